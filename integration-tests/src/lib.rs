@@ -1,0 +1,1 @@
+//! Harness for tests that start the real `ferromq` binary.

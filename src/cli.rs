@@ -1,0 +1,2 @@
+//! TODO
+pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }

@@ -1,0 +1,2 @@
+//! The durable state of one node.
+pub mod record;
