@@ -1,1 +1,1040 @@
-//! Harness for tests that start the real `ferromq` binary.
+//! Harness for tests that start the real `ferromq` binary and talk to it like a user.
+//!
+//! - [`ferromq_bin`] finds the binary: `$FERROMQ_BIN` when set, else
+//!   `<workspace>/target/debug/ferromq`. Without `$FERROMQ_BIN` it runs
+//!   `cargo build --bin ferromq` from the workspace root once per test process (a no-op when the
+//!   binary is up to date), so a plain `cargo test -p ferromq-integration-tests` never runs a
+//!   missing or stale broker. Nested cargo does not deadlock: `cargo test` releases the build
+//!   directory lock before it runs test binaries.
+//! - [`BrokerProcess`] runs one broker in its own directory on a port the OS picks, collects its
+//!   log lines (echoed to stderr, so a failing test shows them) and can kill -9, terminate and
+//!   restart it.
+//! - [`StompClient`] is a small blocking raw STOMP client that writes exact frames and reads
+//!   frames back with timeouts, for assertions on the wire and for malformed input.
+//! - [`wait_until`] polls a condition until a deadline: tests never sleep for a fixed time to
+//!   wait for something to happen.
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// How long a broker may take to print `accepting clients`.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The default wait for one expected frame.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(20);
+
+// ----- waiting -------------------------------------------------------------------------------
+
+/// `Instant::now() + after`.
+pub fn deadline(after: Duration) -> Instant {
+    Instant::now() + after
+}
+
+/// Polls `condition` until it holds (true) or `deadline` passes (false). The pause between
+/// polls grows from 1 ms to 50 ms.
+pub fn wait_until(deadline: Instant, mut condition: impl FnMut() -> bool) -> bool {
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if condition() {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Milliseconds since the Unix epoch (the unit of STOMP's `expires` header).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A name unique within this test process, for queues, topics and client ids.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+// ----- the binary ----------------------------------------------------------------------------
+
+/// The cargo workspace root: the parent of this crate's manifest directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("integration-tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The `ferromq` binary, built once per test process unless `$FERROMQ_BIN` names one.
+pub fn ferromq_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("FERROMQ_BIN") {
+            let bin = PathBuf::from(bin);
+            assert!(bin.is_file(), "FERROMQ_BIN={} is not a file", bin.display());
+            return bin;
+        }
+        let root = workspace_root();
+        let target = match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(dir) => root.join(dir),
+            None => root.join("target"),
+        };
+        let bin = target
+            .join("debug")
+            .join(format!("ferromq{}", std::env::consts::EXE_SUFFIX));
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let output = Command::new(&cargo)
+            .args(["build", "--bin", "ferromq"])
+            .current_dir(&root)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {cargo:?} build --bin ferromq: {e}"));
+        assert!(
+            output.status.success(),
+            "`cargo build --bin ferromq` failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            bin.is_file(),
+            "`cargo build --bin ferromq` succeeded but {} is missing",
+            bin.display()
+        );
+        bin
+    })
+}
+
+/// Runs `ferromq ARGS...` to completion with a deadline; returns (status, stdout, stderr).
+pub fn run_cli(args: &[&str], timeout: Duration) -> Result<(ExitStatus, String, String)> {
+    let mut command = Command::new(ferromq_bin());
+    command.args(args).env("NO_COLOR", "1");
+    run_with_timeout(command, timeout)
+}
+
+/// Runs a command to completion with a deadline (killing it past the deadline); returns
+/// (status, stdout, stderr).
+pub fn run_with_timeout(
+    mut command: Command,
+    timeout: Duration,
+) -> Result<(ExitStatus, String, String)> {
+    let shown = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {shown}"))?;
+    let stdout = read_all_in_thread(child.stdout.take().expect("piped"));
+    let stderr = read_all_in_thread(child.stderr.take().expect("piped"));
+    let mut status = None;
+    let finished = wait_until(deadline(timeout), || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    if !finished {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    match status {
+        Some(status) => Ok((status, stdout, stderr)),
+        None => {
+            bail!("{shown} did not exit within {timeout:?}\nstdout:\n{stdout}\nstderr:\n{stderr}")
+        }
+    }
+}
+
+fn read_all_in_thread(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+// ----- the broker process --------------------------------------------------------------------
+
+/// A TOML basic string.
+pub fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... letter`), in case the logger colours its output.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The `address=HOST:PORT` field of a log line.
+fn parse_address(line: &str) -> Option<SocketAddr> {
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix("address="))
+        .and_then(|a| a.trim_matches(|c| c == '"' || c == ',').parse().ok())
+}
+
+/// One running `ferromq broker` process with its own directory.
+///
+/// Its config is `<dir>/ferromq.toml`: one `tcp://127.0.0.1:0` connector, the store in
+/// `<dir>/data`, and the caller's extra TOML appended (which must not repeat the `[transport]`
+/// or `[store]` tables). Drop kills the process.
+pub struct BrokerProcess {
+    name: String,
+    config: PathBuf,
+    dir: PathBuf,
+    child: Option<Child>,
+    readers: Vec<JoinHandle<()>>,
+    addr: SocketAddr,
+    /// Every log line of every run of this broker, ANSI-stripped.
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl BrokerProcess {
+    /// Writes the config and starts the broker; returns once it accepts clients.
+    pub fn start(dir: &Path, extra_toml: &str) -> Result<BrokerProcess> {
+        let name = std::thread::current()
+            .name()
+            .filter(|n| *n != "main")
+            .map(|n| n.rsplit("::").next().unwrap_or(n).to_string())
+            .unwrap_or_else(|| "broker".to_string());
+        std::fs::create_dir_all(dir)?;
+        let config = dir.join("ferromq.toml");
+        let text = format!(
+            "[transport]\nconnectors = [\"tcp://127.0.0.1:0\"]\n\n[store]\ndirectory = {}\n\n{}\n",
+            toml_string(&dir.join("data").to_string_lossy()),
+            extra_toml
+        );
+        std::fs::write(&config, text).context("writing the broker config")?;
+        let mut broker = BrokerProcess {
+            name,
+            config,
+            dir: dir.to_path_buf(),
+            child: None,
+            readers: Vec::new(),
+            addr: "127.0.0.1:0".parse().expect("literal"),
+            logs: Arc::new(Mutex::new(Vec::new())),
+        };
+        broker.spawn()?;
+        Ok(broker)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let first_line = self.logs.lock().unwrap().len();
+        let mut command = Command::new(ferromq_bin());
+        command
+            .arg("broker")
+            .arg("--config")
+            .arg(&self.config)
+            .current_dir(&self.dir)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // The developer's own overrides must not leak into a test broker.
+        for (key, _) in std::env::vars_os() {
+            if key
+                .to_str()
+                .is_some_and(|k| k.to_ascii_uppercase().starts_with("FERROMQ_"))
+            {
+                command.env_remove(key);
+            }
+        }
+        let mut child = command.spawn().context("spawning ferromq broker")?;
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        self.readers.push(self.log_reader(stdout));
+        self.readers.push(self.log_reader(stderr));
+        self.child = Some(child);
+        let end = deadline(STARTUP_TIMEOUT);
+        loop {
+            let found = self.logs.lock().unwrap()[first_line..]
+                .iter()
+                .find(|l| l.contains("accepting clients"))
+                .cloned();
+            if let Some(line) = found {
+                self.addr = parse_address(&line)
+                    .ok_or_else(|| anyhow!("no address=HOST:PORT in log line {line:?}"))?;
+                return Ok(());
+            }
+            if let Some(status) = self.child.as_mut().expect("just set").try_wait()? {
+                self.join_readers();
+                bail!(
+                    "broker {} exited ({status}) before accepting clients; log:\n{}",
+                    self.name,
+                    self.logs.lock().unwrap()[first_line..].join("\n")
+                );
+            }
+            if Instant::now() >= end {
+                bail!(
+                    "broker {} printed no `accepting clients` line within {STARTUP_TIMEOUT:?}; log:\n{}",
+                    self.name,
+                    self.logs.lock().unwrap()[first_line..].join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn log_reader(&self, pipe: impl Read + Send + 'static) -> JoinHandle<()> {
+        let logs = self.logs.clone();
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut raw = Vec::new();
+            loop {
+                raw.clear();
+                match reader.read_until(b'\n', &mut raw) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                let line = strip_ansi(String::from_utf8_lossy(&raw).trim_end());
+                eprintln!("[{name}] {line}");
+                logs.lock().unwrap().push(line);
+            }
+        })
+    }
+
+    fn join_readers(&mut self) {
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+    }
+
+    /// Where clients connect (this run's port).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `tcp://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("tcp://{}", self.addr)
+    }
+
+    /// The process id of the running broker.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the broker with SIGKILL (no chance to flush or clean up) and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.join_readers();
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let mut child = self.child.take().ok_or_else(|| anyhow!("not running"))?;
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -TERM {}", child.id()))
+            .status()
+            .context("running kill -TERM")?;
+        if !status.success() {
+            bail!("kill -TERM {} failed: {status}", child.id());
+        }
+        let mut exit = None;
+        let exited = wait_until(deadline(timeout), || {
+            exit = child.try_wait().ok().flatten();
+            exit.is_some()
+        });
+        if !exited {
+            let _ = child.kill();
+            let _ = child.wait();
+            self.join_readers();
+            bail!(
+                "broker {} did not exit within {timeout:?} of SIGTERM",
+                self.name
+            );
+        }
+        self.join_readers();
+        Ok(exit.expect("exited"))
+    }
+
+    /// Starts the broker again on the same directory and config (kills it first if it runs).
+    /// The port may change: use [`addr`](Self::addr) afterwards.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        self.spawn()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Whether any log line (of any run) contains `text`.
+    pub fn logs_contain(&self, text: &str) -> bool {
+        self.logs.lock().unwrap().iter().any(|l| l.contains(text))
+    }
+
+    /// Every log line so far (of every run).
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// A connected STOMP 1.2 client.
+    pub fn client(&self) -> Result<StompClient> {
+        StompClient::connect(self.addr)
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+// ----- frames --------------------------------------------------------------------------------
+
+/// A STOMP frame as seen on the wire (headers unescaped, in order, repeats kept).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Frame {
+    pub command: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Frame {
+    pub fn new(command: &str) -> Frame {
+        Frame {
+            command: command.to_string(),
+            ..Frame::default()
+        }
+    }
+
+    /// Appends a header (builder style).
+    pub fn header(mut self, name: &str, value: impl Into<String>) -> Frame {
+        self.headers.push((name.to_string(), value.into()));
+        self
+    }
+
+    /// Appends headers (builder style).
+    pub fn headers(mut self, headers: &[(&str, &str)]) -> Frame {
+        for (k, v) in headers {
+            self.headers.push((k.to_string(), v.to_string()));
+        }
+        self
+    }
+
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Frame {
+        self.body = body.into();
+        self
+    }
+
+    /// The first header called `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The frame's bytes. With `escape` (STOMP 1.1/1.2, not for CONNECT) header names and
+    /// values are escaped. No `content-length` is added.
+    pub fn encode(&self, escape: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.body.len());
+        out.extend_from_slice(self.command.as_bytes());
+        out.push(b'\n');
+        for (k, v) in &self.headers {
+            if escape {
+                out.extend_from_slice(escape_header(k).as_bytes());
+                out.push(b':');
+                out.extend_from_slice(escape_header(v).as_bytes());
+            } else {
+                out.extend_from_slice(k.as_bytes());
+                out.push(b':');
+                out.extend_from_slice(v.as_bytes());
+            }
+            out.push(b'\n');
+        }
+        out.push(b'\n');
+        out.extend_from_slice(&self.body);
+        out.push(0);
+        out
+    }
+}
+
+fn escape_header(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            ':' => out.push_str("\\c"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn unescape_header(s: &str) -> Result<String> {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('\\') => out.push('\\'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('c') => out.push(':'),
+            other => bail!("invalid escape \\{other:?} in header {s:?}"),
+        }
+    }
+    Ok(out)
+}
+
+/// Parses one frame from `buf[*pos..]`, advancing `pos`. `Ok(None)`: incomplete. Heart-beat
+/// EOLs before a frame are skipped.
+fn parse_frame(buf: &[u8], pos: &mut usize, unescape: bool) -> Result<Option<Frame>> {
+    let mut at = *pos;
+    while at < buf.len() && (buf[at] == b'\n' || buf[at] == b'\r') {
+        at += 1;
+    }
+    *pos = at;
+    let mut lines = Vec::new();
+    let body_start = loop {
+        let Some(nl) = buf[at..].iter().position(|&b| b == b'\n') else {
+            return Ok(None);
+        };
+        let mut line = &buf[at..at + nl];
+        if line.last() == Some(&b'\r') {
+            line = &line[..line.len() - 1];
+        }
+        at += nl + 1;
+        if line.is_empty() {
+            break at;
+        }
+        lines.push(
+            std::str::from_utf8(line)
+                .with_context(|| format!("non-UTF-8 frame line {line:?}"))?
+                .to_string(),
+        );
+    };
+    let command = lines.first().cloned().unwrap_or_default();
+    let mut headers = Vec::new();
+    for line in lines.iter().skip(1) {
+        let (k, v) = line
+            .split_once(':')
+            .ok_or_else(|| anyhow!("header line without ':' {line:?}"))?;
+        if unescape && command != "CONNECTED" {
+            headers.push((unescape_header(k)?, unescape_header(v)?));
+        } else {
+            headers.push((k.to_string(), v.to_string()));
+        }
+    }
+    let length = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map(|(_, v)| v.trim().parse::<usize>())
+        .transpose()
+        .context("bad content-length from the server")?;
+    let body_end = match length {
+        Some(n) => {
+            if buf.len() <= body_start + n {
+                return Ok(None);
+            }
+            if buf[body_start + n] != 0 {
+                bail!("no NUL after a {n}-byte body");
+            }
+            body_start + n
+        }
+        None => match buf[body_start..].iter().position(|&b| b == 0) {
+            Some(n) => body_start + n,
+            None => return Ok(None),
+        },
+    };
+    *pos = body_end + 1;
+    Ok(Some(Frame {
+        command,
+        headers,
+        body: buf[body_start..body_end].to_vec(),
+    }))
+}
+
+// ----- the raw client ------------------------------------------------------------------------
+
+/// What [`StompClient::poll`] saw.
+#[derive(Debug)]
+pub enum Incoming {
+    Frame(Frame),
+    /// The server closed the connection (or reset it).
+    Closed,
+    TimedOut,
+}
+
+/// A blocking raw STOMP client.
+///
+/// Frames read but not yet asked for wait in an inbox, so a client can wait for a RECEIPT
+/// while MESSAGE frames arrive, and read those afterwards.
+pub struct StompClient {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    inbox: VecDeque<Frame>,
+    closed: bool,
+    /// The negotiated version, from CONNECTED (`1.0` before).
+    pub version: String,
+    next_receipt: u64,
+}
+
+impl StompClient {
+    /// A TCP connection with nothing sent yet.
+    pub fn open(addr: SocketAddr) -> Result<StompClient> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        Ok(StompClient {
+            stream,
+            buf: Vec::with_capacity(64 * 1024),
+            inbox: VecDeque::new(),
+            closed: false,
+            version: "1.0".into(),
+            next_receipt: 1,
+        })
+    }
+
+    /// Connects with STOMP 1.2.
+    pub fn connect(addr: SocketAddr) -> Result<StompClient> {
+        Self::connect_with(addr, &[])
+    }
+
+    /// Connects with `accept-version:1.2` (unless given), `host:localhost` and `headers`
+    /// (e.g. `client-id`); fails unless the answer is CONNECTED.
+    pub fn connect_with(addr: SocketAddr, headers: &[(&str, &str)]) -> Result<StompClient> {
+        let mut all = Vec::new();
+        if !headers.iter().any(|(k, _)| *k == "accept-version") {
+            all.push(("accept-version", "1.2"));
+        }
+        all.push(("host", "localhost"));
+        all.extend_from_slice(headers);
+        Self::connect_exact(addr, &all)
+    }
+
+    /// Sends a CONNECT frame with exactly `headers` (none added: without `accept-version`
+    /// this is a STOMP 1.0 client); fails unless the answer is CONNECTED.
+    pub fn connect_exact(addr: SocketAddr, headers: &[(&str, &str)]) -> Result<StompClient> {
+        let mut client = Self::open(addr)?;
+        let connect = Frame::new("CONNECT").headers(headers);
+        client.write_raw(&connect.encode(false))?;
+        let answer = client.expect_frame(FRAME_TIMEOUT)?;
+        if answer.command != "CONNECTED" {
+            bail!("expected CONNECTED, got {answer:?}");
+        }
+        client.version = answer.get("version").unwrap_or("1.0").to_string();
+        Ok(client)
+    }
+
+    fn escapes(&self) -> bool {
+        self.version != "1.0"
+    }
+
+    /// Writes bytes as they are.
+    pub fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Writes a frame (escaped per the negotiated version); adds `content-length` to frames
+    /// with a body unless present.
+    pub fn send_frame(&mut self, frame: &Frame) -> Result<()> {
+        let mut frame = frame.clone();
+        if !frame.body.is_empty() && frame.get("content-length").is_none() {
+            let length = frame.body.len().to_string();
+            frame = frame.header("content-length", length);
+        }
+        let bytes = frame.encode(self.escapes() && frame.command != "CONNECT");
+        self.write_raw(&bytes)
+            .with_context(|| format!("writing a {} frame", frame.command))
+    }
+
+    /// A fresh receipt id for this connection.
+    pub fn receipt_id(&mut self) -> String {
+        let id = format!("rcpt-{}", self.next_receipt);
+        self.next_receipt += 1;
+        id
+    }
+
+    /// Reads more bytes (waiting until `deadline`) and moves whole frames to the inbox.
+    /// Returns false on timeout; sets `closed` at end of stream or reset.
+    fn fill(&mut self, deadline: Instant) -> Result<bool> {
+        if self.closed {
+            return Ok(false);
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Ok(false);
+        }
+        self.stream.set_read_timeout(Some(remaining))?;
+        let mut chunk = [0u8; 64 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => {
+                self.closed = true;
+            }
+            Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                self.closed = true;
+            }
+            Err(e) => return Err(e).context("reading from the broker"),
+        }
+        let mut pos = 0;
+        let unescape = self.escapes();
+        while let Some(frame) = parse_frame(&self.buf, &mut pos, unescape)? {
+            self.inbox.push_back(frame);
+        }
+        self.buf.drain(..pos);
+        Ok(true)
+    }
+
+    /// The next frame, or why there is none.
+    pub fn poll(&mut self, timeout: Duration) -> Result<Incoming> {
+        let end = deadline(timeout);
+        loop {
+            if let Some(frame) = self.inbox.pop_front() {
+                return Ok(Incoming::Frame(frame));
+            }
+            if self.closed {
+                return Ok(Incoming::Closed);
+            }
+            if !self.fill(end)? && !self.closed {
+                return Ok(Incoming::TimedOut);
+            }
+        }
+    }
+
+    /// The next frame; an error on timeout or close.
+    pub fn expect_frame(&mut self, timeout: Duration) -> Result<Frame> {
+        match self.poll(timeout)? {
+            Incoming::Frame(f) => Ok(f),
+            Incoming::Closed => bail!("the broker closed the connection"),
+            Incoming::TimedOut => bail!("no frame within {timeout:?}"),
+        }
+    }
+
+    /// Takes the first inbox frame matching `pick`, reading until `deadline`. An ERROR frame
+    /// fails the wait.
+    fn take(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pick: impl Fn(&Frame) -> bool,
+    ) -> Result<Frame> {
+        let end = deadline(timeout);
+        loop {
+            if let Some(error) = self.inbox.iter().find(|f| f.command == "ERROR") {
+                bail!(
+                    "ERROR frame while waiting for {what}: message={:?} body={:?}",
+                    error.get("message"),
+                    error.text()
+                );
+            }
+            if let Some(i) = self.inbox.iter().position(&pick) {
+                return Ok(self.inbox.remove(i).expect("found"));
+            }
+            if self.closed {
+                bail!("the broker closed the connection while we waited for {what}");
+            }
+            if !self.fill(end)? && !self.closed {
+                bail!("no {what} within {timeout:?}");
+            }
+        }
+    }
+
+    /// Waits for `RECEIPT receipt-id:id`; other frames stay in the inbox.
+    pub fn wait_receipt(&mut self, id: &str, timeout: Duration) -> Result<()> {
+        self.take(timeout, &format!("RECEIPT {id}"), |f| {
+            f.command == "RECEIPT" && f.get("receipt-id") == Some(id)
+        })
+        .map(|_| ())
+    }
+
+    /// Sends `frame` with a fresh `receipt` header and waits for its RECEIPT.
+    pub fn request(&mut self, frame: Frame) -> Result<()> {
+        let id = self.receipt_id();
+        self.send_frame(&frame.header("receipt", id.clone()))?;
+        self.wait_receipt(&id, FRAME_TIMEOUT)
+    }
+
+    /// SEND without a receipt.
+    pub fn send_nowait(
+        &mut self,
+        destination: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Result<()> {
+        let frame = Frame::new("SEND")
+            .header("destination", destination)
+            .headers(headers)
+            .body(body);
+        self.send_frame(&frame)
+    }
+
+    /// SEND with a receipt, waiting for it.
+    pub fn send(&mut self, destination: &str, body: &[u8], headers: &[(&str, &str)]) -> Result<()> {
+        let frame = Frame::new("SEND")
+            .header("destination", destination)
+            .headers(headers)
+            .body(body);
+        self.request(frame)
+            .with_context(|| format!("receipted SEND to {destination}"))
+    }
+
+    /// A persistent SEND with a receipt, waiting for it.
+    pub fn send_persistent(&mut self, destination: &str, body: &[u8]) -> Result<()> {
+        self.send(destination, body, &[("persistent", "true")])
+    }
+
+    /// SUBSCRIBE with a receipt, waiting for it.
+    pub fn subscribe(
+        &mut self,
+        id: &str,
+        destination: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<()> {
+        let frame = Frame::new("SUBSCRIBE")
+            .header("id", id)
+            .header("destination", destination)
+            .headers(headers);
+        self.request(frame)
+            .with_context(|| format!("SUBSCRIBE {id} to {destination}"))
+    }
+
+    /// The next MESSAGE frame (other frames stay in the inbox).
+    pub fn recv_message(&mut self, timeout: Duration) -> Result<Frame> {
+        self.take(timeout, "a MESSAGE", |f| f.command == "MESSAGE")
+    }
+
+    /// The next MESSAGE frame, or `None` if none arrives within `timeout`.
+    pub fn try_recv_message(&mut self, timeout: Duration) -> Result<Option<Frame>> {
+        let end = deadline(timeout);
+        loop {
+            if let Some(error) = self.inbox.iter().find(|f| f.command == "ERROR") {
+                bail!("ERROR frame: {:?}", error.get("message"));
+            }
+            if let Some(i) = self.inbox.iter().position(|f| f.command == "MESSAGE") {
+                return Ok(self.inbox.remove(i));
+            }
+            if self.closed {
+                bail!("the broker closed the connection");
+            }
+            if !self.fill(end)? && !self.closed {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Receives messages until one with body `last` arrives; returns all of them, `last`
+    /// included. Fails if that takes longer than `timeout` in all.
+    pub fn recv_until(&mut self, last: &[u8], timeout: Duration) -> Result<Vec<Frame>> {
+        let end = deadline(timeout);
+        let mut got = Vec::new();
+        loop {
+            let remaining = end.saturating_duration_since(Instant::now());
+            let frame = self.recv_message(remaining).with_context(|| {
+                format!(
+                    "waiting for the message {:?} ({} others received)",
+                    String::from_utf8_lossy(last),
+                    got.len()
+                )
+            })?;
+            let done = frame.body == last;
+            got.push(frame);
+            if done {
+                return Ok(got);
+            }
+        }
+    }
+
+    /// The ACK (or NACK) frame for a MESSAGE, per the negotiated version.
+    pub fn ack_frame(&self, command: &str, message: &Frame) -> Frame {
+        let frame = Frame::new(command);
+        if self.version == "1.2" {
+            frame.header("id", message.get("ack").unwrap_or_default())
+        } else {
+            frame
+                .header("message-id", message.get("message-id").unwrap_or_default())
+                .header(
+                    "subscription",
+                    message.get("subscription").unwrap_or_default(),
+                )
+        }
+    }
+
+    /// ACKs a message and waits for the receipt.
+    pub fn ack(&mut self, message: &Frame) -> Result<()> {
+        let frame = self.ack_frame("ACK", message);
+        self.request(frame).context("ACK")
+    }
+
+    /// NACKs a message and waits for the receipt.
+    pub fn nack(&mut self, message: &Frame) -> Result<()> {
+        let frame = self.ack_frame("NACK", message);
+        self.request(frame).context("NACK")
+    }
+
+    /// DISCONNECT with a receipt; waits for it and for the close.
+    pub fn disconnect(mut self) -> Result<()> {
+        self.request(Frame::new("DISCONNECT"))
+            .context("DISCONNECT")?;
+        Ok(())
+    }
+
+    /// Drops the TCP connection without a DISCONNECT (as a crashed client would).
+    pub fn drop_connection(self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+
+    /// Waits for an ERROR frame and then for the server to close the connection; returns the
+    /// ERROR frame. Frames before the ERROR are skipped.
+    pub fn expect_error_then_close(&mut self, timeout: Duration) -> Result<Frame> {
+        let end = deadline(timeout);
+        let error = loop {
+            match self.poll(end.saturating_duration_since(Instant::now()))? {
+                Incoming::Frame(f) if f.command == "ERROR" => break f,
+                Incoming::Frame(_) => continue,
+                Incoming::Closed => bail!("the connection closed without an ERROR frame"),
+                Incoming::TimedOut => bail!("no ERROR frame within {timeout:?}"),
+            }
+        };
+        self.expect_closed(end.saturating_duration_since(Instant::now()))
+            .with_context(|| format!("after ERROR {:?}", error.get("message")))?;
+        Ok(error)
+    }
+
+    /// Waits for the server to close the connection; frames before the close are skipped.
+    pub fn expect_closed(&mut self, timeout: Duration) -> Result<()> {
+        let end = deadline(timeout);
+        loop {
+            match self.poll(end.saturating_duration_since(Instant::now()))? {
+                Incoming::Frame(_) => continue,
+                Incoming::Closed => return Ok(()),
+                Incoming::TimedOut => bail!("the connection stayed open for {timeout:?}"),
+            }
+        }
+    }
+
+    /// A clone of the socket, for a second thread that only writes.
+    pub fn try_clone_stream(&self) -> io::Result<TcpStream> {
+        self.stream.try_clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_frames_split_anywhere() {
+        let wire = b"\nMESSAGE\nmessage-id:ID\\cp1\\c1\ncontent-length:3\n\na\0b\0\r\nRECEIPT\r\nreceipt-id:r1\r\n\r\n\0";
+        for split in 0..wire.len() {
+            let mut buf = wire[..split].to_vec();
+            let mut frames = Vec::new();
+            let mut pos = 0;
+            while let Some(f) = parse_frame(&buf, &mut pos, true).unwrap() {
+                frames.push(f);
+            }
+            buf.drain(..pos);
+            buf.extend_from_slice(&wire[split..]);
+            let mut pos = 0;
+            while let Some(f) = parse_frame(&buf, &mut pos, true).unwrap() {
+                frames.push(f);
+            }
+            assert_eq!(frames.len(), 2, "split at {split}");
+            assert_eq!(frames[0].get("message-id"), Some("ID:p1:1"));
+            assert_eq!(frames[0].body, b"a\0b");
+            assert_eq!(frames[1].command, "RECEIPT");
+            assert_eq!(frames[1].get("receipt-id"), Some("r1"));
+        }
+    }
+
+    #[test]
+    fn address_from_a_log_line() {
+        let line = strip_ansi(
+            "2024-01-01T00:00:00Z  INFO ferromq::server: accepting clients connector=tcp://127.0.0.1:0 \u{1b}[3maddress\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:40123",
+        );
+        assert_eq!(
+            parse_address(&line),
+            Some("127.0.0.1:40123".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn escapes_round_trip() {
+        let s = "a:b\\c\nd\re";
+        assert_eq!(unescape_header(&escape_header(s)).unwrap(), s);
+    }
+}

@@ -1,2 +1,526 @@
-//! The durable state of one node.
+//! The durable state of one node: the write-ahead journal, which is the source of truth, and
+//! the LevelDB index of what is live, which can always be rebuilt from the journal.
+//!
+//! - [`record`]: the record and its frame (byte layout shared with replication).
+//! - [`journal`]: segment files, the writer thread (group commit), recovery, readers.
+//! - `index`: LevelDB on its own thread, its key layout and clean-shutdown marker.
+//! - `state`: the live state records add up to, and segment garbage collection (no I/O).
+//!
+//! The store never knows about clients, protocols or ZooKeeper, and never reports a position
+//! durable before it is fsynced (when fsync is on). The caller only appends; the store decides
+//! by itself which segments hold nothing live any more and releases them.
+//!
+//! Files in the store directory: the segments `%016x.log`, `journal.lock` (held while open),
+//! `index/` (LevelDB) and `index.state` (whether the index was closed cleanly).
+
+pub mod journal;
 pub mod record;
+
+mod index;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+
+use tracing::{error, info, warn};
+
+pub use journal::{
+    Appended, DurableCallback, Frames, Journal, JournalOptions, JournalReader, JournalStats,
+    Records, SegmentInfo,
+};
+pub use record::{
+    entry, Entry, EpochStart, FrameError, Header, Message, MessageAdd, MessageKey, MessageRemove,
+    Position, Record, SubscriptionAdd, SubscriptionRemove,
+};
+
+use index::{Index, Trust};
+use state::LiveState;
+
+/// The LevelDB directory inside the store directory.
+const INDEX_DIRECTORY: &str = "index";
+/// A message key holds the entry index in 16 bits.
+const MAX_ENTRIES: usize = 1 << 16;
+/// Index operations sent per message while replaying the journal at open.
+const REPLAY_BATCH_OPS: usize = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub directory: PathBuf,
+    /// Segment size: a new segment starts when the next frame would pass it.
+    pub log_size: u64,
+    /// fdatasync each batch before reporting it durable.
+    pub fsync: bool,
+}
+
+/// What the store held at open.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recovered {
+    /// Next append position.
+    pub end: Position,
+    /// Highest epoch seen in any record.
+    pub epoch: u64,
+    /// Live messages per queue (queues by name), in key order.
+    pub queues: Vec<(String, Vec<(MessageKey, Message)>)>,
+    /// Live durable subscriptions, by client id and subscription name.
+    pub subscriptions: Vec<SubscriptionAdd>,
+    /// Producer id -> highest stored sequence, by producer id.
+    pub producers: Vec<(String, u64)>,
+}
+
+/// Counters for logs and status pages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Journal segments holding data.
+    pub segments: usize,
+    /// Bytes in those segments.
+    pub bytes: u64,
+    /// First retained position.
+    pub oldest: Position,
+    /// Next append position.
+    pub end: Position,
+    /// Everything before this is written to the operating system.
+    pub written: Position,
+    /// Everything before this is durable.
+    pub durable: Position,
+    /// Group commits (batches that called fdatasync) since open.
+    pub fsyncs: u64,
+    /// Batches written since open.
+    pub batches: u64,
+    /// Segments released since open.
+    pub released_segments: u64,
+    pub live_messages: u64,
+    pub live_subscriptions: u64,
+    /// The index was rebuilt from the journal at open.
+    pub index_rebuilt: bool,
+    /// Records replayed into the index at open (catch-up or rebuild).
+    pub index_replayed: u64,
+    /// The index failed since open (it will be rebuilt at the next open).
+    pub index_failed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{operation} {}: {source}", path.display())]
+    Io {
+        operation: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the store is in use by another process (lock {} is held)", .0.display())]
+    Locked(PathBuf),
+    #[error("invalid store options: {0}")]
+    InvalidOptions(String),
+    #[error("journal frame at position {position} in {}: {cause}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        position: Position,
+        #[source]
+        cause: FrameError,
+    },
+    #[error("frame offered for position {position} is invalid: {cause}")]
+    InvalidFrame {
+        position: Position,
+        #[source]
+        cause: FrameError,
+    },
+    #[error("position {position} is not retained (the oldest retained position is {oldest})")]
+    NotRetained { position: Position, oldest: Position },
+    #[error("position {position} is not written yet (written up to {written})")]
+    NotWritten { position: Position, written: Position },
+    #[error("frame for position {position} does not continue the journal, which ends at {end}")]
+    NotContiguous { position: Position, end: Position },
+    #[error("record of {len} bytes exceeds the frame limit of {limit} bytes")]
+    RecordTooLarge { len: usize, limit: usize },
+    #[error("record has {0} entries; a message key addresses at most 65536")]
+    TooManyEntries(usize),
+    #[error("journal segment at {start} cannot be released: {reason}")]
+    NotReleasable {
+        start: Position,
+        reason: &'static str,
+    },
+    #[error("the journal failed and accepts no more appends: {0}")]
+    JournalFailed(String),
+    #[error("index {}: {cause}", path.display())]
+    Index { path: PathBuf, cause: String },
+    #[error("the index disagrees with the journal even after a rebuild: {0}")]
+    Inconsistent(String),
+}
+
+/// The journal and the index of one node. `Send`; owned by the broker core behind its mutex.
+pub struct Store {
+    directory: PathBuf,
+    journal: Journal,
+    index: Option<Index>,
+    state: LiveState,
+    index_rebuilt: bool,
+    index_replayed: u64,
+    index_trouble_logged: bool,
+    closed: bool,
+}
+
+/// Why opening the index from its contents did not work out.
+enum Attempt {
+    /// The index is unusable (the reason): rebuild it from the journal.
+    Rebuild(String),
+    Fatal(StoreError),
+}
+
+impl Attempt {
+    /// A journal read error: I/O errors are fatal, anything else means the index pointed at
+    /// something the journal does not hold.
+    fn from_read(error: StoreError) -> Attempt {
+        match error {
+            StoreError::Io { .. } => Attempt::Fatal(error),
+            other => Attempt::Rebuild(other.to_string()),
+        }
+    }
+}
+
+type Opened = (LiveState, Recovered, u64);
+
+impl Store {
+    /// Opens the store in `options.directory` (creating it if needed): recovers the journal,
+    /// catches the index up (or rebuilds it), and returns what is live. `on_durable` is called
+    /// on the journal's writer thread with each new durable end; at open everything before
+    /// `Recovered::end` is durable. It must not block on anything that waits for the store.
+    pub fn open(
+        options: StoreOptions,
+        on_durable: DurableCallback,
+    ) -> Result<(Store, Recovered), StoreError> {
+        let journal = Journal::open(
+            JournalOptions {
+                directory: options.directory.clone(),
+                log_size: options.log_size,
+                fsync: options.fsync,
+            },
+            on_durable,
+        )?;
+        let directory = options.directory;
+        let trust = index::read_marker(&directory);
+        index::mark_open(&directory)?;
+        let (index, wiped) = Index::open(directory.join(INDEX_DIRECTORY))?;
+        let mut rebuild = match (wiped, trust) {
+            (Some(reason), _) | (None, Trust::Untrusted(reason)) => Some(reason),
+            (None, Trust::Clean | Trust::SameBoot) => None,
+        };
+        let reader = journal.reader();
+        let segments: Vec<(Position, Position)> = journal
+            .segments()
+            .iter()
+            .map(|s| (s.start, s.end))
+            .collect();
+        let end = journal.end();
+        let (mut state, recovered, replayed) = loop {
+            let attempt = match &rebuild {
+                None => catch_up(&index, &reader, &segments, end),
+                Some(reason) => {
+                    warn!(
+                        directory = %directory.display(),
+                        "rebuilding the index from the journal: {reason}"
+                    );
+                    index.wipe()?;
+                    rebuild_all(&index, &reader, &segments, end)
+                }
+            };
+            match attempt {
+                Ok(opened) => break opened,
+                Err(Attempt::Rebuild(reason)) if rebuild.is_none() => rebuild = Some(reason),
+                Err(Attempt::Rebuild(reason)) => return Err(StoreError::Inconsistent(reason)),
+                Err(Attempt::Fatal(error)) => return Err(error),
+            }
+        };
+
+        let mut store = Store {
+            directory,
+            journal,
+            index: Some(index),
+            state: LiveState::default(),
+            index_rebuilt: rebuild.is_some(),
+            index_replayed: replayed,
+            index_trouble_logged: false,
+            closed: false,
+        };
+        let mut ops = Vec::new();
+        state.consider_all();
+        for start in state.take_releasable(&mut ops) {
+            store.journal.release(start)?;
+        }
+        store.state = state;
+        store.send_to_index(ops, end);
+        let stats = store.stats();
+        info!(
+            directory = %store.directory.display(),
+            end = %end,
+            epoch = recovered.epoch,
+            segments = stats.segments,
+            bytes = stats.bytes,
+            live_messages = stats.live_messages,
+            live_subscriptions = stats.live_subscriptions,
+            index_rebuilt = stats.index_rebuilt,
+            index_replayed = stats.index_replayed,
+            "store opened"
+        );
+        Ok((store, recovered))
+    }
+
+    /// Appends `record` and returns its position. Cheap: encodes and hands the bytes to the
+    /// journal's writer thread; never blocks on I/O. The record is durable once the durable
+    /// callback reports an end past it.
+    pub fn append(&mut self, record: &Record) -> Result<Position, StoreError> {
+        if record.entries.len() > MAX_ENTRIES {
+            return Err(StoreError::TooManyEntries(record.entries.len()));
+        }
+        let appended = self.journal.append(record)?;
+        if appended.new_segment {
+            self.state.segment_started(appended.position);
+        }
+        let mut ops = Vec::new();
+        self.state.apply(appended.position, record, &mut ops);
+        for start in self.state.take_releasable(&mut ops) {
+            // Deleted by the writer once this record (and all before it) is durable.
+            if let Err(e) = self.journal.release(start) {
+                error!("releasing journal segment at {start}: {e}");
+            }
+        }
+        self.send_to_index(ops, Position(appended.position.0 + appended.len));
+        Ok(appended.position)
+    }
+
+    fn send_to_index(&mut self, ops: Vec<index::IndexOp>, end: Position) {
+        let sent = self.index.as_ref().is_some_and(|index| index.apply(ops, end));
+        if !sent && !self.index_trouble_logged {
+            self.index_trouble_logged = true;
+            error!(
+                directory = %self.directory.display(),
+                "the index is no longer updated; it will be rebuilt from the journal at the next start"
+            );
+        }
+    }
+
+    /// Next append position.
+    pub fn end(&self) -> Position {
+        self.journal.end()
+    }
+
+    /// A reader of the journal (replication catch-up, tools).
+    pub fn reader(&self) -> JournalReader {
+        self.journal.reader()
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let journal = self.journal.stats();
+        StoreStats {
+            segments: journal.segments,
+            bytes: journal.bytes,
+            oldest: journal.oldest,
+            end: journal.end,
+            written: journal.written,
+            durable: journal.durable,
+            fsyncs: journal.fsyncs,
+            batches: journal.batches,
+            released_segments: journal.released,
+            live_messages: self.state.live_messages(),
+            live_subscriptions: self.state.live_subscriptions(),
+            index_rebuilt: self.index_rebuilt,
+            index_replayed: self.index_replayed,
+            index_failed: self.index.as_ref().is_none_or(|i| i.failed()),
+        }
+    }
+
+    /// Writes and syncs everything appended, closes the index cleanly (so the next open trusts
+    /// it without a rebuild) and releases the directory. Dropping the store does the same but
+    /// only logs failures. Waits for the writer thread, which calls the durable callback: do
+    /// not call this while holding a lock that callback takes.
+    pub fn close(mut self) -> Result<(), StoreError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), StoreError> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
+        let journal = self.journal.shutdown();
+        let index = match self.index.take() {
+            Some(index) => index.close(),
+            None => Ok(()),
+        };
+        if index.is_ok() {
+            index::mark_clean(&self.directory)?;
+        }
+        journal.and(index)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn hold_journal(&self) -> std::sync::mpsc::Sender<()> {
+        self.journal.hold_writer()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn state_segments(&self) -> Vec<u64> {
+        self.state.segment_starts()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            warn!(directory = %self.directory.display(), "closing the store: {e}");
+        }
+    }
+}
+
+/// Loads the index, replays the journal from the position it applied, and reads what is live.
+fn catch_up(
+    index: &Index,
+    reader: &JournalReader,
+    segments: &[(Position, Position)],
+    end: Position,
+) -> Result<Opened, Attempt> {
+    let snapshot = index
+        .load()
+        .map_err(|e| Attempt::Rebuild(format!("reading the index: {e}")))?;
+    if let Some(problem) = snapshot.problems.first() {
+        return Err(Attempt::Rebuild(format!("the index holds an {problem}")));
+    }
+    match snapshot.version {
+        Some(index::INDEX_VERSION) => {}
+        Some(version) => {
+            return Err(Attempt::Rebuild(format!(
+                "the index has format {version}, this build uses {}",
+                index::INDEX_VERSION
+            )))
+        }
+        None => return Err(Attempt::Rebuild("the index is empty".into())),
+    }
+    let Some(applied) = snapshot.end else {
+        return Err(Attempt::Rebuild(
+            "the index does not say which journal position it applied".into(),
+        ));
+    };
+    let oldest = segments.first().map(|s| s.0).unwrap_or_default();
+    if applied > end {
+        return Err(Attempt::Rebuild(format!(
+            "the index applied the journal up to {applied}, past its end {end} (the journal tail \
+             was lost or truncated)"
+        )));
+    }
+    if applied < oldest {
+        return Err(Attempt::Rebuild(format!(
+            "the index applied the journal up to {applied}, before the oldest retained segment \
+             at {oldest}"
+        )));
+    }
+    let mut ops = Vec::new();
+    let mut state = LiveState::from_snapshot(segments, snapshot, &mut ops);
+    if !ops.is_empty() {
+        index.apply(ops, applied);
+    }
+    let replayed = replay(&mut state, index, reader, applied, end)?;
+    if replayed > 0 {
+        info!("caught the index up from {applied} to {end} ({replayed} records)");
+    }
+    let recovered = build_recovered(&state, reader, end)?;
+    Ok((state, recovered, replayed))
+}
+
+/// Builds the index afresh from the oldest retained segment.
+fn rebuild_all(
+    index: &Index,
+    reader: &JournalReader,
+    segments: &[(Position, Position)],
+    end: Position,
+) -> Result<Opened, Attempt> {
+    let mut state = LiveState::new(segments);
+    let oldest = segments.first().map(|s| s.0).unwrap_or_default();
+    let replayed = replay(&mut state, index, reader, oldest, end)?;
+    let recovered = build_recovered(&state, reader, end)?;
+    info!("rebuilt the index from {oldest} to {end} ({replayed} records)");
+    Ok((state, recovered, replayed))
+}
+
+/// Applies the journal's records from `from` to `end` to `state` and the index.
+fn replay(
+    state: &mut LiveState,
+    index: &Index,
+    reader: &JournalReader,
+    from: Position,
+    end: Position,
+) -> Result<u64, Attempt> {
+    let mut ops = Vec::new();
+    let mut replayed = 0;
+    let mut at = from;
+    for item in reader.records(from, end) {
+        let (position, record, len) = item.map_err(Attempt::from_read)?;
+        state.apply(position, &record, &mut ops);
+        replayed += 1;
+        at = Position(position.0 + len);
+        if ops.len() >= REPLAY_BATCH_OPS {
+            index.apply(std::mem::take(&mut ops), at);
+        }
+    }
+    if at != end {
+        return Err(Attempt::Rebuild(format!(
+            "replaying the journal from {from} stopped at {at}, before its end {end}"
+        )));
+    }
+    if replayed > 0 || !ops.is_empty() {
+        index.apply(ops, end);
+    }
+    Ok(replayed)
+}
+
+/// Reads every live message from the journal (each record once, in journal order).
+fn build_recovered(
+    state: &LiveState,
+    reader: &JournalReader,
+    end: Position,
+) -> Result<Recovered, Attempt> {
+    state.check_placed().map_err(Attempt::Rebuild)?;
+    let live = state.queues();
+    let mut wanted: Vec<(MessageKey, usize)> = live
+        .iter()
+        .enumerate()
+        .flat_map(|(queue, (_, keys))| keys.iter().map(move |&key| (key, queue)))
+        .collect();
+    wanted.sort_unstable();
+    let mut queues: Vec<(String, Vec<(MessageKey, Message)>)> = live
+        .iter()
+        .map(|(name, keys)| (name.to_string(), Vec::with_capacity(keys.len())))
+        .collect();
+    let mut cached: Option<(Position, Record)> = None;
+    for (key, queue) in wanted {
+        let position = key.position();
+        let record = match &cached {
+            Some((at, record)) if *at == position => record,
+            _ => {
+                let record = reader.read(position).map_err(Attempt::from_read)?;
+                &cached.insert((position, record)).1
+            }
+        };
+        let name = &queues[queue].0;
+        let entry_index = (key.0 & 0xffff) as usize;
+        let message = match record.entries.get(entry_index).and_then(|e| e.kind.as_ref()) {
+            Some(entry::Kind::Add(add)) if add.queues.iter().any(|q| q == name) => {
+                add.message.clone().unwrap_or_default()
+            }
+            _ => {
+                return Err(Attempt::Rebuild(format!(
+                    "the index lists message {} on {name}, but entry {entry_index} of the \
+                     record at {position} does not add it there",
+                    key.0
+                )))
+            }
+        };
+        queues[queue].1.push((key, message));
+    }
+    Ok(Recovered {
+        end,
+        epoch: state.epoch(),
+        queues,
+        subscriptions: state.subscriptions(),
+        producers: state.producers(),
+    })
+}

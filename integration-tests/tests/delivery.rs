@@ -1,0 +1,497 @@
+//! Delivery semantics as a STOMP client sees them: acknowledgement modes, redelivery,
+//! transactions, prefetch isolation, duplicate detection, the dead-letter queue and protocol
+//! versions. Each test starts its own broker in a temporary directory.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use ferromq_integration_tests::{
+    deadline, wait_until, BrokerProcess, Frame, StompClient, FRAME_TIMEOUT,
+};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn bodies(frames: &[Frame]) -> Vec<String> {
+    frames.iter().map(Frame::text).collect()
+}
+
+/// Test 2: a client-ack consumer that disconnects without acknowledging gives its messages
+/// back; the next consumer gets them flagged as redelivered.
+#[test]
+fn client_ack_messages_are_redelivered_after_a_disconnect() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), "")?;
+    let queue = "/queue/redeliver";
+    let mut producer = broker.client()?;
+    let sent: Vec<String> = (0..5).map(|i| format!("m{i}")).collect();
+    for body in &sent {
+        producer.send_persistent(queue, body.as_bytes())?;
+    }
+
+    let mut first = broker.client()?;
+    first.subscribe("a", queue, &[("ack", "client")])?;
+    let mut got = Vec::new();
+    for _ in 0..sent.len() {
+        let m = first.recv_message(FRAME_TIMEOUT)?;
+        ensure!(
+            m.get("redelivered").is_none(),
+            "first delivery flagged as redelivered: {m:?}"
+        );
+        ensure!(
+            m.get("subscription") == Some("a"),
+            "subscription header: {m:?}"
+        );
+        ensure!(
+            m.get("destination") == Some(queue),
+            "destination header: {m:?}"
+        );
+        ensure!(m.get("message-id").is_some(), "no message-id: {m:?}");
+        ensure!(m.get("ack").is_some(), "no ack header in STOMP 1.2: {m:?}");
+        got.push(m.text());
+    }
+    assert_eq!(got, sent, "first consumer's messages");
+    first.drop_connection();
+
+    let mut second = broker.client()?;
+    second.subscribe("b", queue, &[("ack", "client-individual")])?;
+    let mut again = Vec::new();
+    for _ in 0..sent.len() {
+        let m = second.recv_message(FRAME_TIMEOUT)?;
+        assert_eq!(
+            m.get("redelivered"),
+            Some("true"),
+            "a message the first consumer never acknowledged must come back with \
+             redelivered:true: {m:?}"
+        );
+        assert_eq!(
+            m.get("redelivery-count"),
+            Some("1"),
+            "redelivery-count: {m:?}"
+        );
+        second.ack(&m)?;
+        again.push(m.text());
+    }
+    assert_eq!(again, sent, "redelivered messages, in order");
+
+    // Acknowledged now: nothing is left but what we send next.
+    producer.send_persistent(queue, b"sentinel")?;
+    let rest = second.recv_until(b"sentinel", FRAME_TIMEOUT)?;
+    assert_eq!(
+        bodies(&rest),
+        ["sentinel"],
+        "acknowledged messages came back"
+    );
+    Ok(())
+}
+
+/// Test 4: sends in an aborted transaction are never delivered; committed ones are, and only
+/// at the commit; an acknowledgement in an aborted transaction is undone (the message is
+/// redelivered), and one in a committed transaction sticks.
+#[test]
+fn transactions_commit_and_abort_sends_and_acks() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), "")?;
+    let queue = "/queue/tx";
+    let mut consumer = broker.client()?;
+    consumer.subscribe("c", queue, &[])?;
+
+    let mut producer = broker.client()?;
+    producer.request(Frame::new("BEGIN").header("transaction", "tx1"))?;
+    for i in 0..3 {
+        producer.send(
+            queue,
+            format!("aborted-{i}").as_bytes(),
+            &[("transaction", "tx1"), ("persistent", "true")],
+        )?;
+    }
+    producer.request(Frame::new("ABORT").header("transaction", "tx1"))?;
+
+    producer.request(Frame::new("BEGIN").header("transaction", "tx2"))?;
+    producer.send(
+        queue,
+        b"committed",
+        &[("transaction", "tx2"), ("persistent", "true")],
+    )?;
+    // Sent outside the transaction after the transacted send: visible first.
+    producer.send_persistent(queue, b"outside")?;
+    let m = consumer.recv_message(FRAME_TIMEOUT)?;
+    assert_eq!(
+        m.text(),
+        "outside",
+        "before COMMIT only the non-transacted message may be delivered (aborted sends \
+         must never be)"
+    );
+    producer.request(Frame::new("COMMIT").header("transaction", "tx2"))?;
+    producer.send_persistent(queue, b"sentinel")?;
+    let rest = consumer.recv_until(b"sentinel", FRAME_TIMEOUT)?;
+    assert_eq!(bodies(&rest), ["committed", "sentinel"]);
+
+    // A transacted ACK, aborted: the message comes back.
+    let queue = "/queue/tx-ack";
+    let mut acker = broker.client()?;
+    acker.subscribe("k", queue, &[("ack", "client-individual")])?;
+    producer.send_persistent(queue, b"m1")?;
+    let m = acker.recv_message(FRAME_TIMEOUT)?;
+    assert_eq!(m.text(), "m1");
+    acker.request(Frame::new("BEGIN").header("transaction", "tx3"))?;
+    let ack = acker.ack_frame("ACK", &m).header("transaction", "tx3");
+    acker.request(ack)?;
+    acker.request(Frame::new("ABORT").header("transaction", "tx3"))?;
+    let again = acker
+        .recv_message(FRAME_TIMEOUT)
+        .context("the message acknowledged in an aborted transaction was not redelivered")?;
+    assert_eq!(again.text(), "m1");
+    assert_eq!(again.get("redelivered"), Some("true"), "{again:?}");
+
+    // A transacted ACK, committed: the message is gone for good.
+    acker.request(Frame::new("BEGIN").header("transaction", "tx4"))?;
+    let ack = acker.ack_frame("ACK", &again).header("transaction", "tx4");
+    acker.request(ack)?;
+    acker.request(Frame::new("COMMIT").header("transaction", "tx4"))?;
+    acker.disconnect()?;
+    let mut after = broker.client()?;
+    after.subscribe("z", queue, &[])?;
+    producer.send_persistent(queue, b"sentinel")?;
+    let rest = after.recv_until(b"sentinel", FRAME_TIMEOUT)?;
+    assert_eq!(
+        bodies(&rest),
+        ["sentinel"],
+        "a message acknowledged in a committed transaction came back"
+    );
+    Ok(())
+}
+
+/// Test 5: a consumer that never acknowledges holds its prefetch window and no more; the other
+/// consumer on the queue gets everything else.
+#[test]
+fn a_stuck_queue_consumer_holds_only_its_prefetch() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), "")?;
+    let queue = "/queue/isolation";
+    let mut stuck = broker.client()?;
+    stuck.subscribe(
+        "stuck",
+        queue,
+        &[("ack", "client"), ("activemq.prefetchSize", "10")],
+    )?;
+    let mut fast = broker.client()?;
+    fast.subscribe("fast", queue, &[])?;
+
+    let mut producer = broker.client()?;
+    const N: usize = 200;
+    for i in 0..N {
+        producer.send_nowait(queue, format!("{i}").as_bytes(), &[])?;
+    }
+    producer.send(queue, b"last-of-batch-receipt", &[])?;
+
+    let mut fast_got = BTreeSet::new();
+    let mut stuck_got = BTreeSet::new();
+    // 201 messages in all: 10 for the stuck consumer, the rest for the fast one.
+    while fast_got.len() < N + 1 - 10 {
+        let m = fast.recv_message(FRAME_TIMEOUT).with_context(|| {
+            format!(
+                "the auto-ack consumer received {} of the expected {}",
+                fast_got.len(),
+                N + 1 - 10
+            )
+        })?;
+        assert!(fast_got.insert(m.text()), "duplicate delivery {m:?}");
+    }
+    while stuck_got.len() < 10 {
+        let m = stuck
+            .recv_message(FRAME_TIMEOUT)
+            .with_context(|| format!("the stuck consumer received only {}", stuck_got.len()))?;
+        assert!(stuck_got.insert(m.text()), "duplicate delivery {m:?}");
+    }
+    assert!(
+        fast_got.is_disjoint(&stuck_got),
+        "a message went to both consumers"
+    );
+    assert_eq!(fast_got.len() + stuck_got.len(), N + 1);
+
+    // The stuck consumer's window is full: more messages all go to the other consumer.
+    for i in 0..20 {
+        producer.send(queue, format!("extra-{i}").as_bytes(), &[])?;
+    }
+    for i in 0..20 {
+        let m = fast.recv_message(FRAME_TIMEOUT)?;
+        assert_eq!(
+            m.text(),
+            format!("extra-{i}"),
+            "with the stuck consumer's window full, every new message must go to the other \
+             consumer, in order"
+        );
+    }
+    Ok(())
+}
+
+/// Test 6: slow non-durable topic subscribers (one that never acknowledges, one that never
+/// reads its socket) cost neither the producer nor the fast subscriber anything; the slow
+/// client-ack subscriber keeps only the newest `topic_pending_limit` messages beyond its
+/// prefetch.
+#[test]
+fn slow_topic_subscribers_do_not_stall_producers_or_others() -> Result<()> {
+    const LIMIT: usize = 50;
+    const PREFETCH: usize = 10;
+    const N: usize = 4000;
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(
+        dir.path(),
+        &format!("[broker]\ntopic_pending_limit = {LIMIT}\n"),
+    )?;
+    let topic = "/topic/firehose";
+
+    // Never acknowledges (until the end).
+    let mut slow = broker.client()?;
+    slow.subscribe(
+        "slow",
+        topic,
+        &[
+            ("ack", "client"),
+            ("activemq.prefetchSize", &PREFETCH.to_string()),
+        ],
+    )?;
+    // Never reads its socket after subscribing.
+    let mut deaf = broker.client()?;
+    deaf.subscribe("deaf", topic, &[("activemq.prefetchSize", "20")])?;
+    // Reads everything, in its own thread.
+    let mut fast = broker.client()?;
+    fast.subscribe("fast", topic, &[])?;
+    let reader = std::thread::spawn(move || -> Result<Vec<usize>> {
+        let mut got = Vec::with_capacity(N);
+        while got.len() < N {
+            let m = fast
+                .recv_message(LONG)
+                .with_context(|| format!("fast subscriber after {} messages", got.len()))?;
+            let text = m.text();
+            let n = text
+                .split(':')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .with_context(|| format!("unexpected body {text:?}"))?;
+            got.push(n);
+        }
+        Ok(got)
+    });
+
+    let padding = "x".repeat(4096);
+    let mut producer = broker.client()?;
+    let started = std::time::Instant::now();
+    for i in 0..N - 1 {
+        producer.send_nowait(topic, format!("{i}:{padding}").as_bytes(), &[])?;
+    }
+    producer
+        .send(topic, format!("{}:{padding}", N - 1).as_bytes(), &[])
+        .context("the producer's last send was not receipted: it was held up")?;
+    eprintln!("producer sent {N} messages in {:?}", started.elapsed());
+
+    let got = reader.join().expect("reader thread")?;
+    assert_eq!(
+        got,
+        (0..N).collect::<Vec<_>>(),
+        "the fast subscriber must get every message in order"
+    );
+
+    // Still responsive while the deaf subscriber stalls.
+    let mut other = broker.client()?;
+    other.subscribe("q", "/queue/still-alive", &[])?;
+    other.send("/queue/still-alive", b"ping", &[])?;
+    assert_eq!(other.recv_message(FRAME_TIMEOUT)?.text(), "ping");
+
+    // The slow subscriber got its first window, then (once it acknowledges) the newest
+    // LIMIT messages: the older ones were discarded for it.
+    let mut slow_got = Vec::new();
+    while slow_got.len() < PREFETCH {
+        slow_got.push(slow.recv_message(FRAME_TIMEOUT)?);
+    }
+    let first: Vec<usize> = slow_got
+        .iter()
+        .map(|m| m.text().split(':').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(first, (0..PREFETCH).collect::<Vec<_>>(), "first window");
+    let mut rest = Vec::new();
+    let mut last = slow_got.pop().expect("non-empty");
+    loop {
+        slow.ack(&last)?;
+        last = slow
+            .recv_message(FRAME_TIMEOUT)
+            .with_context(|| format!("slow subscriber after acknowledging, got {rest:?}"))?;
+        let n: usize = last.text().split(':').next().unwrap().parse()?;
+        rest.push(n);
+        if n == N - 1 {
+            break;
+        }
+    }
+    assert_eq!(
+        rest,
+        (N - LIMIT..N).collect::<Vec<_>>(),
+        "after its prefetch window, a slow subscriber keeps the newest topic_pending_limit \
+         messages"
+    );
+    assert!(
+        wait_until(deadline(Duration::from_secs(5)), || broker
+            .logs_contain("slow topic subscriber")),
+        "no log line about discarding for a slow topic subscriber"
+    );
+    drop(deaf);
+    Ok(())
+}
+
+/// Test 8: a persistent message re-sent with the same `<producer>:<n>` message-id is
+/// confirmed again but stored and delivered once, also after a restart.
+#[test]
+fn a_resent_message_id_is_delivered_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut broker = BrokerProcess::start(dir.path(), "")?;
+    let queue = "/queue/dedup";
+    let mut producer = broker.client()?;
+    for _ in 0..2 {
+        producer.send(
+            queue,
+            b"once",
+            &[("persistent", "true"), ("message-id", "ID:p1:1")],
+        )?;
+    }
+    producer.send(
+        queue,
+        b"next",
+        &[("persistent", "true"), ("message-id", "ID:p1:2")],
+    )?;
+    producer.send_persistent(queue, b"sentinel")?;
+    let mut consumer = broker.client()?;
+    consumer.subscribe("d", queue, &[("ack", "client-individual")])?;
+    let got = consumer.recv_until(b"sentinel", FRAME_TIMEOUT)?;
+    assert_eq!(bodies(&got), ["once", "next", "sentinel"]);
+    assert_eq!(got[0].get("message-id"), Some("ID:p1:1"));
+    for m in &got {
+        consumer.ack(m)?;
+    }
+    consumer.disconnect()?;
+    producer.disconnect()?;
+
+    // The broker remembers the producer's sequence across a restart.
+    broker.restart()?;
+    let mut producer = broker.client()?;
+    producer.send(
+        queue,
+        b"once-again",
+        &[("persistent", "true"), ("message-id", "ID:p1:1")],
+    )?;
+    producer.send_persistent(queue, b"sentinel-2")?;
+    let mut consumer = broker.client()?;
+    consumer.subscribe("d", queue, &[])?;
+    let got = consumer.recv_until(b"sentinel-2", FRAME_TIMEOUT)?;
+    assert_eq!(
+        bodies(&got),
+        ["sentinel-2"],
+        "a duplicate sent after a restart was delivered"
+    );
+    Ok(())
+}
+
+/// Test 9a: a NACKed message goes to `/queue/ActiveMQ.DLQ` and not back to its queue.
+#[test]
+fn nack_moves_a_message_to_the_dead_letter_queue() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), "")?;
+    let queue = "/queue/poison";
+    let mut producer = broker.client()?;
+    producer.send_persistent(queue, b"poison")?;
+    let mut consumer = broker.client()?;
+    consumer.subscribe("p", queue, &[("ack", "client-individual")])?;
+    let m = consumer.recv_message(FRAME_TIMEOUT)?;
+    assert_eq!(m.text(), "poison");
+    consumer.nack(&m)?;
+
+    let mut dlq = broker.client()?;
+    dlq.subscribe("dlq", "/queue/ActiveMQ.DLQ", &[])?;
+    let dead = dlq
+        .recv_message(FRAME_TIMEOUT)
+        .context("the NACKed message did not arrive on /queue/ActiveMQ.DLQ")?;
+    assert_eq!(dead.text(), "poison");
+    assert_eq!(dead.get("message-id"), m.get("message-id"));
+
+    producer.send_persistent(queue, b"sentinel")?;
+    let rest = consumer.recv_until(b"sentinel", FRAME_TIMEOUT)?;
+    assert_eq!(bodies(&rest), ["sentinel"], "the NACKed message came back");
+    Ok(())
+}
+
+/// Test 9b: with `max_redeliveries = 1`, a message whose consumers disconnect twice without
+/// acknowledging it goes to the dead-letter queue.
+#[test]
+fn redelivery_limit_moves_a_message_to_the_dead_letter_queue() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), "[broker]\nmax_redeliveries = 1\n")?;
+    let queue = "/queue/flaky";
+    let mut dlq = broker.client()?;
+    dlq.subscribe("dlq", "/queue/ActiveMQ.DLQ", &[])?;
+    let mut producer = broker.client()?;
+    producer.send_persistent(queue, b"hot-potato")?;
+
+    let mut c1 = broker.client()?;
+    c1.subscribe("c", queue, &[("ack", "client")])?;
+    let m = c1.recv_message(FRAME_TIMEOUT)?;
+    assert_eq!(m.text(), "hot-potato");
+    assert_eq!(m.get("redelivered"), None);
+    c1.drop_connection();
+
+    let mut c2 = broker.client()?;
+    c2.subscribe("c", queue, &[("ack", "client")])?;
+    let m = c2.recv_message(FRAME_TIMEOUT)?;
+    assert_eq!(m.text(), "hot-potato");
+    assert_eq!(m.get("redelivered"), Some("true"));
+    assert_eq!(m.get("redelivery-count"), Some("1"));
+    c2.drop_connection();
+
+    let dead = dlq.recv_message(FRAME_TIMEOUT).context(
+        "a message redelivered more than max_redeliveries=1 times did not reach the DLQ",
+    )?;
+    assert_eq!(dead.text(), "hot-potato");
+
+    let mut c3 = broker.client()?;
+    c3.subscribe("c", queue, &[])?;
+    producer.send_persistent(queue, b"sentinel")?;
+    let rest = c3.recv_until(b"sentinel", FRAME_TIMEOUT)?;
+    assert_eq!(
+        bodies(&rest),
+        ["sentinel"],
+        "the dead-lettered message was also redelivered on its queue"
+    );
+    Ok(())
+}
+
+/// STOMP 1.0, 1.1 and 1.2 clients on the one port, each sending, receiving and acknowledging
+/// (1.0/1.1 by message-id and subscription, 1.2 by the MESSAGE's `ack` header).
+#[test]
+fn stomp_1_0_1_1_and_1_2_share_one_port() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), "")?;
+    for version in ["1.0", "1.1", "1.2"] {
+        let mut client = if version == "1.0" {
+            StompClient::connect_exact(broker.addr(), &[])?
+        } else {
+            StompClient::connect_with(broker.addr(), &[("accept-version", version)])?
+        };
+        assert_eq!(client.version, version, "negotiated version");
+        let queue = format!("/queue/v{version}");
+        client.subscribe("s", &queue, &[("ack", "client-individual")])?;
+        client.send_persistent(&queue, format!("hello {version}").as_bytes())?;
+        let m = client.recv_message(FRAME_TIMEOUT)?;
+        assert_eq!(m.text(), format!("hello {version}"));
+        client.ack(&m)?;
+        client.disconnect()?;
+        // Acknowledged: a new consumer finds only what is sent next.
+        let mut check = broker.client()?;
+        check.subscribe("s", &queue, &[])?;
+        check.send(&queue, b"sentinel", &[])?;
+        let rest = check.recv_until(b"sentinel", FRAME_TIMEOUT)?;
+        assert_eq!(
+            bodies(&rest),
+            ["sentinel"],
+            "STOMP {version} ACK had no effect"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! Test 7: bad input gets an ERROR frame whose `message` header names the problem, then the
+//! connection closes; the broker keeps serving everyone else. In every case a well-behaved
+//! connection opened before the bad one keeps working afterwards, and new connections work.
+
+use anyhow::{ensure, Context, Result};
+use ferromq_integration_tests::{BrokerProcess, Frame, Incoming, StompClient, FRAME_TIMEOUT};
+
+const MAX_FRAME_SIZE: usize = 4096;
+
+/// Starts a broker with a small `max_frame_size`, opens a well-behaved connection, runs the
+/// bad `case`, then checks that the well-behaved connection and a new one still work.
+fn with_bystander(case: impl FnOnce(&BrokerProcess) -> Result<()>) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(
+        dir.path(),
+        &format!("[broker]\nmax_frame_size = {MAX_FRAME_SIZE}\n"),
+    )?;
+    let queue = "/queue/bystander";
+    let mut good = broker.client()?;
+    good.subscribe("s", queue, &[])?;
+    good.send(queue, b"before", &[])?;
+    assert_eq!(good.recv_message(FRAME_TIMEOUT)?.text(), "before");
+
+    case(&broker)?;
+
+    good.send(queue, b"after", &[("persistent", "true")])
+        .context("the well-behaved connection stopped working after the bad one")?;
+    assert_eq!(good.recv_message(FRAME_TIMEOUT)?.text(), "after");
+    let mut fresh = broker
+        .client()
+        .context("a new connection after the bad one")?;
+    fresh.send(queue, b"fresh", &[])?;
+    assert_eq!(good.recv_message(FRAME_TIMEOUT)?.text(), "fresh");
+    good.disconnect()?;
+    Ok(())
+}
+
+/// Sends `bytes` on a connected STOMP 1.2 connection and expects an ERROR frame whose
+/// `message` contains one of `names` (case-insensitive), then the close.
+fn expect_error(broker: &BrokerProcess, bytes: &[u8], names: &[&str]) -> Result<Frame> {
+    let mut bad = broker.client()?;
+    bad.write_raw(bytes)?;
+    let error = bad.expect_error_then_close(FRAME_TIMEOUT)?;
+    let message = error.get("message").unwrap_or_default().to_lowercase();
+    ensure!(
+        names.iter().any(|n| message.contains(&n.to_lowercase())),
+        "ERROR message {:?} names none of {names:?} (frame: {error:?})",
+        error.get("message")
+    );
+    Ok(error)
+}
+
+#[test]
+fn garbage_instead_of_connect_is_refused() -> Result<()> {
+    with_bystander(|broker| {
+        let mut bad = StompClient::open(broker.addr())?;
+        bad.write_raw(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+        // An ERROR frame is optional here (the client may not speak STOMP), the close is not.
+        let mut frames = Vec::new();
+        loop {
+            match bad.poll(FRAME_TIMEOUT)? {
+                Incoming::Frame(f) => frames.push(f),
+                Incoming::Closed => break,
+                Incoming::TimedOut => anyhow::bail!(
+                    "the broker kept a connection that sent HTTP open for {FRAME_TIMEOUT:?}"
+                ),
+            }
+        }
+        ensure!(
+            frames.iter().all(|f| f.command == "ERROR"),
+            "frames other than ERROR for garbage: {frames:?}"
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn binary_garbage_after_connect_is_refused() -> Result<()> {
+    with_bystander(|broker| {
+        let mut bad = broker.client()?;
+        bad.write_raw(b"\xff\xfe\x01\x02garbage\x00\n\n\x00")?;
+        let error = bad.expect_error_then_close(FRAME_TIMEOUT)?;
+        ensure!(
+            error.get("message").is_some_and(|m| !m.is_empty()),
+            "ERROR without a message header: {error:?}"
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn unknown_command_is_named_in_the_error() -> Result<()> {
+    with_bystander(|broker| {
+        expect_error(broker, b"FROBNICATE\nx:y\n\n\0", &["FROBNICATE"])?;
+        Ok(())
+    })
+}
+
+#[test]
+fn send_without_destination_names_the_header() -> Result<()> {
+    with_bystander(|broker| {
+        expect_error(broker, b"SEND\nreceipt:r1\n\nhello\0", &["destination"])?;
+        Ok(())
+    })
+}
+
+#[test]
+fn non_numeric_content_length_is_refused() -> Result<()> {
+    with_bystander(|broker| {
+        expect_error(
+            broker,
+            b"SEND\ndestination:/queue/x\ncontent-length:abc\n\nhi\0",
+            &["content-length"],
+        )?;
+        Ok(())
+    })
+}
+
+#[test]
+fn frame_over_max_frame_size_is_refused() -> Result<()> {
+    with_bystander(|broker| {
+        // Declared too large: refused before the body is even sent.
+        let head = format!(
+            "SEND\ndestination:/queue/x\ncontent-length:{}\n\n",
+            MAX_FRAME_SIZE * 10
+        );
+        expect_error(
+            broker,
+            head.as_bytes(),
+            &["too large", "max_frame_size", "size"],
+        )?;
+
+        // Streamed past the limit without content-length: the broker must not buffer on.
+        let mut bad = broker.client()?;
+        let mut frame = b"SEND\ndestination:/queue/x\n\n".to_vec();
+        frame.extend(std::iter::repeat_n(b'x', MAX_FRAME_SIZE + 1));
+        bad.write_raw(&frame)?;
+        let mut error = None;
+        loop {
+            match bad.poll(FRAME_TIMEOUT)? {
+                Incoming::Frame(f) if f.command == "ERROR" => error = Some(f),
+                Incoming::Frame(f) => anyhow::bail!("unexpected frame {f:?}"),
+                Incoming::Closed => break,
+                Incoming::TimedOut => anyhow::bail!(
+                    "a frame body streamed past max_frame_size ({MAX_FRAME_SIZE}) neither got \
+                     an ERROR nor closed the connection within {FRAME_TIMEOUT:?}"
+                ),
+            }
+        }
+        if let Some(error) = error {
+            let message = error.get("message").unwrap_or_default().to_lowercase();
+            ensure!(
+                message.contains("large") || message.contains("size"),
+                "ERROR for an oversized frame: {error:?}"
+            );
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn malformed_header_line_is_refused() -> Result<()> {
+    with_bystander(|broker| {
+        expect_error(broker, b"SEND\ndestination/queue/x\n\nhi\0", &["header"])?;
+        Ok(())
+    })
+}
+
+#[test]
+fn durable_subscription_without_client_id_is_refused() -> Result<()> {
+    with_bystander(|broker| {
+        let error = expect_error(
+            broker,
+            b"SUBSCRIBE\nid:1\ndestination:/topic/t\nactivemq.subscriptionName:s\nreceipt:r9\n\n\0",
+            &["client-id", "client id"],
+        )?;
+        assert_eq!(
+            error.get("receipt-id"),
+            Some("r9"),
+            "an ERROR for a frame with a receipt names that receipt"
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn connect_with_no_common_version_is_refused() -> Result<()> {
+    with_bystander(|broker| {
+        let mut bad = StompClient::open(broker.addr())?;
+        bad.write_raw(b"CONNECT\naccept-version:9.9\nhost:localhost\n\n\0")?;
+        let error = bad.expect_error_then_close(FRAME_TIMEOUT)?;
+        let message = error.get("message").unwrap_or_default();
+        ensure!(
+            message.contains("1.2"),
+            "the ERROR should list the supported versions: {error:?}"
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn a_client_silent_after_connecting_does_not_block_others() -> Result<()> {
+    // A half-sent frame (no NUL) is just waiting: others are served meanwhile.
+    with_bystander(|broker| {
+        let mut slow = broker.client()?;
+        slow.write_raw(b"SEND\ndestination:/queue/half\n\nno end yet")?;
+        let mut other = broker.client()?;
+        other.send("/queue/other", b"x", &[])?;
+        slow.write_raw(b"\0")?;
+        // The completed frame is accepted (no ERROR): a receipted request still works.
+        slow.request(Frame::new("SEND").header("destination", "/queue/half"))?;
+        Ok(())
+    })
+}

@@ -1,0 +1,1110 @@
+//! The core's state and its rules, behind the mutex in `mod.rs`.
+//!
+//! Invariants enforced here:
+//! - a persistent change is appended to the store before anything observes it, and becomes
+//!   visible (consumers, confirmations) only when the confirmed watermark passes the end of its
+//!   record, in append order (`pending` is ordered by position);
+//! - a consumer holds at most `prefetch` unacknowledged deliveries, so one stuck consumer never
+//!   holds more than its window and never stops the others;
+//! - a slow non-durable topic subscriber never blocks a producer: past its pending limit the
+//!   oldest messages for it are discarded and counted.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::queue::{Consumer, Entry, InFlight, Queue, Source};
+use super::{
+    AckScope, BrokerError, BrokerOptions, Confirmation, Delivery, Destination, NewMessage,
+    SubscribeRequest, DEAD_LETTER_QUEUE,
+};
+use crate::store::{
+    entry, EpochStart, Header, Message, MessageAdd, MessageKey, MessageRemove, Position, Record,
+    Recovered, Store, SubscriptionAdd, SubscriptionRemove,
+};
+
+/// Counters for logs, status and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub epoch: u64,
+    pub journal_end: u64,
+    pub confirmed: u64,
+    pub sessions: usize,
+    pub consumers: usize,
+    pub queues: usize,
+    pub ready_messages: usize,
+    pub in_flight_messages: usize,
+    pub pending_confirmations: usize,
+    pub enqueued: u64,
+    pub delivered: u64,
+    pub acknowledged: u64,
+    pub duplicates_dropped: u64,
+    pub dead_lettered: u64,
+    pub expired: u64,
+    pub topic_discarded: u64,
+}
+
+type Reply = oneshot::Sender<Result<(), BrokerError>>;
+
+/// Waits for the confirmed watermark to pass `end`, then publishes and replies.
+struct Pending {
+    end: Position,
+    publish: Vec<Publish>,
+    reply: Option<Reply>,
+}
+
+enum Publish {
+    Queue(String, Entry),
+    Topic(String, Arc<Message>),
+}
+
+struct SessionState {
+    client_id: Option<String>,
+    deliveries: mpsc::UnboundedSender<Delivery>,
+    /// Subscription id -> consumer id.
+    subscriptions: HashMap<String, u64>,
+    transactions: HashMap<String, Transaction>,
+}
+
+#[derive(Default)]
+struct Transaction {
+    sends: Vec<(Destination, Arc<Message>)>,
+    acks: Vec<InFlight>,
+}
+
+#[derive(Default)]
+struct Topic {
+    /// Non-durable subscribers (consumer ids).
+    subscribers: Vec<u64>,
+    /// Queues of the durable subscriptions on this topic.
+    durables: Vec<String>,
+}
+
+struct Durable {
+    subscription: SubscriptionAdd,
+    /// The consumer currently attached, if any.
+    active: Option<u64>,
+}
+
+pub(crate) struct Core {
+    store: Store,
+    epoch: u64,
+    options: BrokerOptions,
+    /// Set once the store failed: nothing more is accepted.
+    failed: Option<String>,
+    confirmed: Position,
+    pending: VecDeque<Pending>,
+    queues: HashMap<String, Queue>,
+    topics: HashMap<String, Topic>,
+    /// By durable queue name.
+    durables: HashMap<String, Durable>,
+    sessions: HashMap<u64, SessionState>,
+    consumers: HashMap<u64, Consumer>,
+    /// Delivery tag -> consumer id.
+    tags: HashMap<u64, u64>,
+    /// Producer id -> highest sequence appended.
+    producers: HashMap<String, u64>,
+    next_session: u64,
+    next_consumer: u64,
+    next_tag: u64,
+    next_seq: u64,
+    next_message: u64,
+    boot: String,
+    stats: Stats,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `(producer, sequence)` of an id of the form `<producer>:<decimal>`.
+fn producer_of(message_id: &str) -> Option<(&str, u64)> {
+    let (producer, sequence) = message_id.rsplit_once(':')?;
+    if producer.is_empty() {
+        return None;
+    }
+    Some((producer, sequence.parse().ok()?))
+}
+
+/// The queue that holds a durable subscription's messages.
+fn durable_queue(client_id: &str, name: &str) -> String {
+    let escape = |s: &str| s.replace('%', "%25").replace(':', "%3A");
+    format!("durable://{}:{}", escape(client_id), escape(name))
+}
+
+fn add_entry(queues: Vec<String>, message: Arc<Message>) -> crate::store::Entry {
+    crate::store::Entry {
+        kind: Some(entry::Kind::Add(MessageAdd {
+            queues,
+            message: Some((*message).clone()),
+        })),
+    }
+}
+
+fn remove_entry(queue: &str, key: MessageKey) -> crate::store::Entry {
+    crate::store::Entry {
+        kind: Some(entry::Kind::Remove(MessageRemove {
+            queue: queue.to_string(),
+            key: key.0,
+        })),
+    }
+}
+
+impl Core {
+    pub fn new(
+        store: Store,
+        recovered: Recovered,
+        epoch: u64,
+        options: BrokerOptions,
+    ) -> Result<Core, BrokerError> {
+        let boot = format!("{:x}", now_ms());
+        let mut core = Core {
+            confirmed: Position(0),
+            store,
+            epoch,
+            options,
+            failed: None,
+            pending: VecDeque::new(),
+            queues: HashMap::new(),
+            topics: HashMap::new(),
+            durables: HashMap::new(),
+            sessions: HashMap::new(),
+            consumers: HashMap::new(),
+            tags: HashMap::new(),
+            producers: recovered.producers.into_iter().collect(),
+            next_session: 1,
+            next_consumer: 1,
+            next_tag: 1,
+            next_seq: 1,
+            next_message: 1,
+            boot,
+            stats: Stats::default(),
+        };
+        for subscription in recovered.subscriptions {
+            core.register_durable(subscription);
+        }
+        for (queue, messages) in recovered.queues {
+            let q = core.queues.entry(queue).or_default();
+            for (key, message) in messages {
+                let seq = core.next_seq;
+                core.next_seq += 1;
+                q.push(Entry {
+                    seq,
+                    key: Some(key),
+                    redeliveries: message.redelivery_count,
+                    message: Arc::new(message),
+                });
+            }
+        }
+        // The epoch-start record comes first: nothing written under this epoch is confirmed
+        // before it is held.
+        core.append(vec![crate::store::Entry {
+            kind: Some(entry::Kind::EpochStart(EpochStart {
+                epoch,
+                node: core.options.name.clone(),
+            })),
+        }])?;
+        Ok(core)
+    }
+
+    fn register_durable(&mut self, subscription: SubscriptionAdd) {
+        let queue = subscription.queue.clone();
+        let topic = self.topics.entry(subscription.topic.clone()).or_default();
+        if !topic.durables.contains(&queue) {
+            topic.durables.push(queue.clone());
+        }
+        self.queues.entry(queue.clone()).or_default();
+        self.durables.insert(
+            queue,
+            Durable {
+                subscription,
+                active: None,
+            },
+        );
+    }
+
+    /// Appends one record; returns the key base position and the record's end.
+    fn append(
+        &mut self,
+        entries: Vec<crate::store::Entry>,
+    ) -> Result<(Position, Position), BrokerError> {
+        if let Some(reason) = &self.failed {
+            return Err(BrokerError::StoreFailed(reason.clone()));
+        }
+        let record = Record {
+            epoch: self.epoch,
+            entries,
+        };
+        match self.store.append(&record) {
+            Ok(position) => Ok((position, self.store.end())),
+            Err(error) => {
+                let reason = error.to_string();
+                tracing::error!(%reason, "store append failed; refusing all further writes");
+                self.failed = Some(reason.clone());
+                for pending in self.pending.drain(..) {
+                    if let Some(reply) = pending.reply {
+                        let _ = reply.send(Err(BrokerError::StoreFailed(reason.clone())));
+                    }
+                }
+                Err(BrokerError::StoreFailed(reason))
+            }
+        }
+    }
+
+    /// A confirmation that resolves once everything appended so far is confirmed.
+    pub fn flush(&mut self) -> Confirmation {
+        self.wait_for(Vec::new())
+    }
+
+    /// Queues `publish` behind the current end of the journal.
+    fn wait_for(&mut self, publish: Vec<Publish>) -> Confirmation {
+        let end = self.store.end();
+        if self.pending.is_empty() && self.confirmed >= end {
+            let mut touched = BTreeSet::new();
+            for p in publish {
+                self.publish(p, &mut touched);
+            }
+            self.dispatch_all(touched);
+            return Confirmation::done();
+        }
+        let (reply, confirmation) = Confirmation::pending();
+        self.pending.push_back(Pending {
+            end,
+            publish,
+            reply: Some(reply),
+        });
+        confirmation
+    }
+
+    /// The watermark moved: everything before `position` is held as `sync` requires.
+    pub fn on_confirmed(&mut self, position: Position) {
+        if position <= self.confirmed {
+            return;
+        }
+        self.confirmed = position;
+        let mut touched = BTreeSet::new();
+        while self.pending.front().is_some_and(|p| p.end <= position) {
+            let pending = self.pending.pop_front().expect("checked non-empty");
+            for p in pending.publish {
+                self.publish(p, &mut touched);
+            }
+            if let Some(reply) = pending.reply {
+                let _ = reply.send(Ok(()));
+            }
+        }
+        self.dispatch_all(touched);
+    }
+
+    fn publish(&mut self, publish: Publish, touched: &mut BTreeSet<String>) {
+        match publish {
+            Publish::Queue(queue, mut entry) => {
+                entry.seq = self.next_seq;
+                self.next_seq += 1;
+                self.stats.enqueued += 1;
+                self.queues.entry(queue.clone()).or_default().push(entry);
+                touched.insert(queue);
+            }
+            Publish::Topic(topic, message) => self.publish_to_subscribers(&topic, message),
+        }
+    }
+
+    fn dispatch_all(&mut self, touched: BTreeSet<String>) {
+        for queue in touched {
+            self.dispatch_queue(&queue);
+        }
+    }
+
+    // ----- sessions ------------------------------------------------------------------------
+
+    pub fn open_session(
+        &mut self,
+        client_id: Option<String>,
+        deliveries: mpsc::UnboundedSender<Delivery>,
+    ) -> u64 {
+        let id = self.next_session;
+        self.next_session += 1;
+        self.sessions.insert(
+            id,
+            SessionState {
+                client_id,
+                deliveries,
+                subscriptions: HashMap::new(),
+                transactions: HashMap::new(),
+            },
+        );
+        id
+    }
+
+    pub fn close_session(&mut self, session: u64) {
+        let Some(state) = self.sessions.get(&session) else {
+            return;
+        };
+        let transactions: Vec<String> = state.transactions.keys().cloned().collect();
+        let subscriptions: Vec<String> = state.subscriptions.keys().cloned().collect();
+        for tx in transactions {
+            let _ = self.abort(session, &tx);
+        }
+        for sub in subscriptions {
+            let _ = self.unsubscribe(session, &sub, false);
+        }
+        self.sessions.remove(&session);
+    }
+
+    fn session(&mut self, session: u64) -> Result<&mut SessionState, BrokerError> {
+        self.sessions
+            .get_mut(&session)
+            .ok_or(BrokerError::ShuttingDown)
+    }
+
+    // ----- sending -------------------------------------------------------------------------
+
+    fn make_message(
+        &mut self,
+        session: u64,
+        destination: &Destination,
+        new: NewMessage,
+    ) -> Arc<Message> {
+        let message_id = match new.message_id {
+            Some(id) if !id.is_empty() => id,
+            _ => {
+                let n = self.next_message;
+                self.next_message += 1;
+                format!("ID:{}-{}:{}:{}", self.options.name, self.boot, session, n)
+            }
+        };
+        let (producer_id, producer_sequence) = match producer_of(&message_id) {
+            Some((p, s)) if new.persistent => (p.to_string(), s),
+            _ => (String::new(), 0),
+        };
+        Arc::new(Message {
+            message_id,
+            producer_id,
+            producer_sequence,
+            destination: destination.canonical(),
+            persistent: new.persistent,
+            expiration: new.expiration,
+            timestamp: now_ms(),
+            priority: new.priority,
+            redelivery_count: 0,
+            headers: new
+                .headers
+                .into_iter()
+                .map(|(name, value)| Header { name, value })
+                .collect(),
+            body: new.body,
+        })
+    }
+
+    pub fn send(
+        &mut self,
+        session: u64,
+        destination: &Destination,
+        new: NewMessage,
+        transaction: Option<&str>,
+    ) -> Result<Confirmation, BrokerError> {
+        if let Some(reason) = &self.failed {
+            return Err(BrokerError::StoreFailed(reason.clone()));
+        }
+        let message = self.make_message(session, destination, new);
+        if let Some(tx) = transaction {
+            let state = self.session(session)?;
+            let tx = state
+                .transactions
+                .get_mut(tx)
+                .ok_or_else(|| BrokerError::UnknownTransaction(tx.to_string()))?;
+            tx.sends.push((destination.clone(), message));
+            return Ok(Confirmation::done());
+        }
+        if self.is_duplicate(&message) {
+            self.stats.duplicates_dropped += 1;
+            return Ok(self.flush());
+        }
+        let (entries, publish) = self.route(destination, message);
+        if entries.is_empty() {
+            let mut touched = BTreeSet::new();
+            for p in publish {
+                self.publish(p, &mut touched);
+            }
+            self.dispatch_all(touched);
+            return Ok(Confirmation::done());
+        }
+        let (start, _) = self.append(entries)?;
+        Ok(self.wait_for(with_keys(publish, start, 0)))
+    }
+
+    /// A persistent message whose producer sequence was already stored: the client re-sent it
+    /// after losing its connection. It is confirmed again but not stored twice.
+    fn is_duplicate(&mut self, message: &Message) -> bool {
+        if message.producer_id.is_empty() {
+            return false;
+        }
+        match self.producers.get_mut(&message.producer_id) {
+            Some(last) if message.producer_sequence <= *last => true,
+            Some(last) => {
+                *last = message.producer_sequence;
+                false
+            }
+            None => {
+                self.producers
+                    .insert(message.producer_id.clone(), message.producer_sequence);
+                false
+            }
+        }
+    }
+
+    /// What storing `message` at `destination` takes: the store entries (empty when nothing
+    /// is stored) and what to publish once they are confirmed. Queue entries in `publish` carry
+    /// no key yet; [`with_keys`] fills it in from the record's position.
+    fn route(
+        &mut self,
+        destination: &Destination,
+        message: Arc<Message>,
+    ) -> (Vec<crate::store::Entry>, Vec<Publish>) {
+        let entry = |message: &Arc<Message>| Entry {
+            seq: 0,
+            key: None,
+            message: message.clone(),
+            redeliveries: 0,
+        };
+        match destination {
+            Destination::Queue(_) => {
+                let queue = destination.canonical();
+                let publish = vec![Publish::Queue(queue.clone(), entry(&message))];
+                let entries = if message.persistent {
+                    vec![add_entry(vec![queue], message)]
+                } else {
+                    Vec::new()
+                };
+                (entries, publish)
+            }
+            Destination::Topic(_) => {
+                let topic = destination.canonical();
+                let durables = self
+                    .topics
+                    .get(&topic)
+                    .map(|t| t.durables.clone())
+                    .unwrap_or_default();
+                let mut publish: Vec<Publish> = durables
+                    .iter()
+                    .map(|q| Publish::Queue(q.clone(), entry(&message)))
+                    .collect();
+                publish.push(Publish::Topic(topic, message.clone()));
+                let entries = if message.persistent && !durables.is_empty() {
+                    vec![add_entry(durables, message)]
+                } else {
+                    Vec::new()
+                };
+                (entries, publish)
+            }
+        }
+    }
+
+    fn publish_to_subscribers(&mut self, topic: &str, message: Arc<Message>) {
+        let Some(t) = self.topics.get(topic) else {
+            return;
+        };
+        let limit = self.options.topic_pending_limit;
+        for cid in t.subscribers.clone() {
+            let entry = Entry {
+                seq: 0,
+                key: None,
+                message: message.clone(),
+                redeliveries: 0,
+            };
+            let Some(consumer) = self.consumers.get_mut(&cid) else {
+                continue;
+            };
+            if consumer.has_credit() && consumer.pending.is_empty() {
+                self.deliver(cid, None, entry);
+            } else {
+                consumer.pending.push_back(entry);
+                if consumer.pending.len() > limit {
+                    consumer.pending.pop_front();
+                    consumer.discarded += 1;
+                    self.stats.topic_discarded += 1;
+                    if consumer.discarded == 1 || consumer.discarded.is_power_of_two() {
+                        tracing::warn!(
+                            topic,
+                            subscription = %consumer.subscription,
+                            discarded = consumer.discarded,
+                            limit,
+                            "slow topic subscriber: discarding its oldest pending messages"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    // ----- subscriptions -------------------------------------------------------------------
+
+    pub fn subscribe(
+        &mut self,
+        session: u64,
+        request: SubscribeRequest,
+    ) -> Result<Confirmation, BrokerError> {
+        let state = self.session(session)?;
+        if state.subscriptions.contains_key(&request.id) {
+            return Err(BrokerError::DuplicateSubscription(request.id));
+        }
+        let client_id = state.client_id.clone();
+        let deliveries = state.deliveries.clone();
+        let mut confirmation = Confirmation::done();
+        let source = match (&request.destination, &request.durable_name) {
+            (Destination::Topic(_), Some(name)) => {
+                let client_id = client_id.ok_or(BrokerError::DurableNeedsClientId)?;
+                let topic = request.destination.canonical();
+                let queue = durable_queue(&client_id, name);
+                match self.durables.get(&queue) {
+                    Some(d) if d.active.is_some() => {
+                        return Err(BrokerError::DurableInUse(name.clone()))
+                    }
+                    Some(d) if d.subscription.topic == topic => {}
+                    existing => {
+                        // New, or moved to another topic (ActiveMQ then starts it afresh).
+                        if existing.is_some() {
+                            self.remove_durable(&queue)?;
+                        }
+                        let subscription = SubscriptionAdd {
+                            client_id: client_id.clone(),
+                            subscription_name: name.clone(),
+                            topic,
+                            selector: String::new(),
+                            queue: queue.clone(),
+                        };
+                        self.append(vec![crate::store::Entry {
+                            kind: Some(entry::Kind::Subscribe(subscription.clone())),
+                        }])?;
+                        self.register_durable(subscription);
+                        confirmation = self.flush();
+                    }
+                }
+                Source::Queue(queue)
+            }
+            (Destination::Topic(_), None) => Source::Topic(request.destination.canonical()),
+            (Destination::Queue(_), _) => Source::Queue(request.destination.canonical()),
+        };
+        let id = self.next_consumer;
+        self.next_consumer += 1;
+        self.consumers.insert(
+            id,
+            Consumer {
+                session,
+                subscription: request.id.clone(),
+                destination: request.destination.clone(),
+                source: source.clone(),
+                prefetch: request.prefetch.max(1),
+                in_flight: Default::default(),
+                pending: VecDeque::new(),
+                deliveries,
+                discarded: 0,
+            },
+        );
+        self.session(session)?
+            .subscriptions
+            .insert(request.id, id);
+        match source {
+            Source::Queue(queue) => {
+                if let Some(d) = self.durables.get_mut(&queue) {
+                    d.active = Some(id);
+                }
+                self.queues
+                    .entry(queue.clone())
+                    .or_default()
+                    .consumers
+                    .push(id);
+                self.dispatch_queue(&queue);
+            }
+            Source::Topic(topic) => self.topics.entry(topic).or_default().subscribers.push(id),
+        }
+        Ok(confirmation)
+    }
+
+    pub fn unsubscribe(
+        &mut self,
+        session: u64,
+        id: &str,
+        remove_durable: bool,
+    ) -> Result<Confirmation, BrokerError> {
+        let cid = self
+            .session(session)?
+            .subscriptions
+            .remove(id)
+            .ok_or_else(|| BrokerError::UnknownSubscription(id.to_string()))?;
+        let consumer = self
+            .consumers
+            .remove(&cid)
+            .expect("a session's subscription has a consumer");
+        let mut touched = BTreeSet::new();
+        match &consumer.source {
+            Source::Queue(queue) => {
+                if let Some(q) = self.queues.get_mut(queue) {
+                    q.consumers.retain(|c| *c != cid);
+                }
+                if let Some(d) = self.durables.get_mut(queue) {
+                    d.active = None;
+                }
+            }
+            Source::Topic(topic) => {
+                if let Some(t) = self.topics.get_mut(topic) {
+                    t.subscribers.retain(|c| *c != cid);
+                }
+            }
+        }
+        for (tag, in_flight) in consumer.in_flight {
+            self.tags.remove(&tag);
+            self.redeliver(in_flight, &mut touched)?;
+        }
+        let mut confirmation = Confirmation::done();
+        if remove_durable {
+            if let Source::Queue(queue) = &consumer.source {
+                if self.durables.contains_key(queue) {
+                    touched.remove(queue);
+                    self.remove_durable(queue)?;
+                    confirmation = self.flush();
+                }
+            }
+        }
+        self.dispatch_all(touched);
+        Ok(confirmation)
+    }
+
+    pub fn remove_durable_by_name(
+        &mut self,
+        session: u64,
+        name: &str,
+    ) -> Result<Confirmation, BrokerError> {
+        let client_id = self
+            .session(session)?
+            .client_id
+            .clone()
+            .ok_or(BrokerError::DurableNeedsClientId)?;
+        let queue = durable_queue(&client_id, name);
+        match self.durables.get(&queue) {
+            None => Ok(Confirmation::done()),
+            Some(d) if d.active.is_some() => Err(BrokerError::DurableInUse(name.to_string())),
+            Some(_) => {
+                self.remove_durable(&queue)?;
+                Ok(self.flush())
+            }
+        }
+    }
+
+    /// Deletes an inactive durable subscription and every message stored for it.
+    fn remove_durable(&mut self, queue: &str) -> Result<(), BrokerError> {
+        let Some(durable) = self.durables.get(queue) else {
+            return Ok(());
+        };
+        let subscription = durable.subscription.clone();
+        let mut entries = vec![crate::store::Entry {
+            kind: Some(entry::Kind::Unsubscribe(SubscriptionRemove {
+                client_id: subscription.client_id.clone(),
+                subscription_name: subscription.subscription_name.clone(),
+            })),
+        }];
+        if let Some(q) = self.queues.get(queue) {
+            entries.extend(
+                q.ready
+                    .values()
+                    .filter_map(|e| e.key)
+                    .map(|key| remove_entry(queue, key)),
+            );
+        }
+        self.append(entries)?;
+        self.durables.remove(queue);
+        self.queues.remove(queue);
+        if let Some(t) = self.topics.get_mut(&subscription.topic) {
+            t.durables.retain(|q| q != queue);
+        }
+        Ok(())
+    }
+
+    // ----- dispatch ------------------------------------------------------------------------
+
+    fn deliver(&mut self, cid: u64, queue: Option<String>, entry: Entry) {
+        let Some(consumer) = self.consumers.get_mut(&cid) else {
+            return;
+        };
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let delivery = Delivery {
+            subscription: consumer.subscription.clone(),
+            tag,
+            destination: consumer.destination.clone(),
+            message: entry.message.clone(),
+            redelivery_count: entry.redeliveries,
+        };
+        consumer.in_flight.insert(tag, InFlight { queue, entry });
+        self.tags.insert(tag, cid);
+        self.stats.delivered += 1;
+        // A closed receiver means the session is going away; close_session cleans up.
+        let _ = consumer.deliveries.send(delivery);
+    }
+
+    /// Hands ready messages of `queue` to its consumers with credit, round-robin.
+    fn dispatch_queue(&mut self, queue: &str) {
+        let now = now_ms();
+        let mut expired = Vec::new();
+        loop {
+            let Some(q) = self.queues.get_mut(queue) else {
+                return;
+            };
+            let n = q.consumers.len();
+            if n == 0 || q.ready.is_empty() {
+                break;
+            }
+            let chosen = (0..n)
+                .map(|i| (q.next_consumer + i) % n)
+                .find(|&i| self.consumers.get(&q.consumers[i]).is_some_and(|c| c.has_credit()));
+            let Some(index) = chosen else {
+                break;
+            };
+            let (_, entry) = q.ready.pop_first().expect("checked non-empty");
+            if entry.message.expiration != 0 {
+                q.expiring = q.expiring.saturating_sub(1);
+            }
+            if entry.is_expired(now) {
+                expired.push(entry);
+                continue;
+            }
+            q.next_consumer = (index + 1) % n;
+            let cid = q.consumers[index];
+            self.deliver(cid, Some(queue.to_string()), entry);
+        }
+        for entry in expired {
+            self.stats.expired += 1;
+            let _ = self.dead_letter(queue, entry, "expired");
+        }
+    }
+
+    /// Gives a consumer whose credit grew more of what waits for it.
+    fn refill(&mut self, cid: u64) {
+        let Some(consumer) = self.consumers.get_mut(&cid) else {
+            return;
+        };
+        match consumer.source.clone() {
+            Source::Queue(queue) => self.dispatch_queue(&queue),
+            Source::Topic(_) => {
+                while self
+                    .consumers
+                    .get(&cid)
+                    .is_some_and(|c| c.has_credit() && !c.pending.is_empty())
+                {
+                    let entry = self
+                        .consumers
+                        .get_mut(&cid)
+                        .and_then(|c| c.pending.pop_front())
+                        .expect("checked non-empty");
+                    self.deliver(cid, None, entry);
+                }
+            }
+        }
+    }
+
+    /// Puts an unacknowledged message back on its queue, or dead-letters it once it has been
+    /// redelivered more than `max_redeliveries` times.
+    fn redeliver(
+        &mut self,
+        in_flight: InFlight,
+        touched: &mut BTreeSet<String>,
+    ) -> Result<(), BrokerError> {
+        let Some(queue) = in_flight.queue else {
+            return Ok(()); // non-durable topic: nothing is kept for a subscriber that left
+        };
+        let mut entry = in_flight.entry;
+        entry.redeliveries += 1;
+        if entry.redeliveries > self.options.max_redeliveries {
+            return self.dead_letter(&queue, entry, "redelivery limit reached");
+        }
+        if let Some(q) = self.queues.get_mut(&queue) {
+            q.push(entry);
+            touched.insert(queue);
+        }
+        Ok(())
+    }
+
+    /// Moves a message from `queue` to `ActiveMQ.DLQ` in one record (non-persistent messages
+    /// are dropped, as ActiveMQ does by default).
+    fn dead_letter(&mut self, queue: &str, entry: Entry, why: &str) -> Result<(), BrokerError> {
+        tracing::debug!(queue, message_id = %entry.message.message_id, why, "dead-lettering");
+        let Some(key) = entry.key else {
+            return Ok(());
+        };
+        self.stats.dead_lettered += 1;
+        let mut message = (*entry.message).clone();
+        message.redelivery_count = entry.redeliveries;
+        let message = Arc::new(message);
+        let (start, _) = self.append(vec![
+            remove_entry(queue, key),
+            add_entry(vec![DEAD_LETTER_QUEUE.to_string()], message.clone()),
+        ])?;
+        let publish = vec![Publish::Queue(
+            DEAD_LETTER_QUEUE.to_string(),
+            Entry {
+                seq: 0,
+                key: Some(MessageKey::new(start, 1)),
+                message,
+                redeliveries: entry.redeliveries,
+            },
+        )];
+        let _ = self.wait_for(publish);
+        Ok(())
+    }
+
+    /// Removes expired messages waiting on queues (called periodically).
+    pub fn expire_messages(&mut self) {
+        let now = now_ms();
+        let queues: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| q.expiring > 0)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for queue in queues {
+            let Some(q) = self.queues.get_mut(&queue) else {
+                continue;
+            };
+            let expired: Vec<u64> = q
+                .ready
+                .iter()
+                .filter(|(_, e)| e.is_expired(now))
+                .map(|(seq, _)| *seq)
+                .collect();
+            let mut removed = Vec::new();
+            for seq in expired {
+                if let Some(e) = q.ready.remove(&seq) {
+                    removed.push(e);
+                }
+            }
+            q.expiring = q.ready.values().filter(|e| e.message.expiration != 0).count();
+            for entry in removed {
+                self.stats.expired += 1;
+                let _ = self.dead_letter(&queue, entry, "expired");
+            }
+        }
+    }
+
+    // ----- acknowledgements ----------------------------------------------------------------
+
+    /// Takes the deliveries an ack covers out of their consumer.
+    fn take_acked(
+        &mut self,
+        session: u64,
+        tag: u64,
+        scope: AckScope,
+    ) -> Result<(u64, Vec<InFlight>), BrokerError> {
+        let cid = *self.tags.get(&tag).ok_or(BrokerError::UnknownDelivery(tag))?;
+        let consumer = self
+            .consumers
+            .get_mut(&cid)
+            .filter(|c| c.session == session)
+            .ok_or(BrokerError::UnknownDelivery(tag))?;
+        let taken: Vec<(u64, InFlight)> = match scope {
+            AckScope::Single => consumer
+                .in_flight
+                .remove(&tag)
+                .map(|f| vec![(tag, f)])
+                .unwrap_or_default(),
+            AckScope::Cumulative => {
+                let rest = consumer.in_flight.split_off(&(tag + 1));
+                std::mem::replace(&mut consumer.in_flight, rest)
+                    .into_iter()
+                    .collect()
+            }
+        };
+        let mut acked = Vec::with_capacity(taken.len());
+        for (t, f) in taken {
+            self.tags.remove(&t);
+            acked.push(f);
+        }
+        Ok((cid, acked))
+    }
+
+    pub fn ack(
+        &mut self,
+        session: u64,
+        tag: u64,
+        scope: AckScope,
+        transaction: Option<&str>,
+    ) -> Result<Confirmation, BrokerError> {
+        if let Some(tx) = transaction {
+            if !self.session(session)?.transactions.contains_key(tx) {
+                return Err(BrokerError::UnknownTransaction(tx.to_string()));
+            }
+        }
+        let (cid, acked) = self.take_acked(session, tag, scope)?;
+        self.stats.acknowledged += acked.len() as u64;
+        let confirmation = match transaction {
+            Some(tx) => {
+                self.session(session)?
+                    .transactions
+                    .get_mut(tx)
+                    .expect("checked above")
+                    .acks
+                    .extend(acked);
+                Confirmation::done()
+            }
+            None => {
+                let removes: Vec<_> = acked
+                    .iter()
+                    .filter_map(|f| Some(remove_entry(f.queue.as_deref()?, f.entry.key?)))
+                    .collect();
+                if removes.is_empty() {
+                    Confirmation::done()
+                } else {
+                    self.append(removes)?;
+                    self.flush()
+                }
+            }
+        };
+        self.refill(cid);
+        Ok(confirmation)
+    }
+
+    pub fn nack(
+        &mut self,
+        session: u64,
+        tag: u64,
+        transaction: Option<&str>,
+    ) -> Result<Confirmation, BrokerError> {
+        let _ = transaction; // a poison ack takes effect at once, as in ActiveMQ
+        let (cid, rejected) = self.take_acked(session, tag, AckScope::Single)?;
+        for f in rejected {
+            if let Some(queue) = f.queue {
+                self.dead_letter(&queue, f.entry, "rejected by the consumer")?;
+            }
+        }
+        self.refill(cid);
+        Ok(self.flush())
+    }
+
+    // ----- transactions --------------------------------------------------------------------
+
+    pub fn begin(&mut self, session: u64, tx: &str) -> Result<(), BrokerError> {
+        let state = self.session(session)?;
+        if state.transactions.contains_key(tx) {
+            return Err(BrokerError::TransactionExists(tx.to_string()));
+        }
+        state
+            .transactions
+            .insert(tx.to_string(), Transaction::default());
+        Ok(())
+    }
+
+    /// Stores a transaction's sends and acknowledgements as one record: all or nothing.
+    pub fn commit(&mut self, session: u64, tx: &str) -> Result<Confirmation, BrokerError> {
+        let transaction = self
+            .session(session)?
+            .transactions
+            .remove(tx)
+            .ok_or_else(|| BrokerError::UnknownTransaction(tx.to_string()))?;
+        let mut entries = Vec::new();
+        let mut publish = Vec::new();
+        let mut keyed = Vec::new(); // (index into publish, entry index in the record)
+        for (destination, message) in transaction.sends {
+            if self.is_duplicate(&message) {
+                self.stats.duplicates_dropped += 1;
+                continue;
+            }
+            let (e, p) = self.route(&destination, message);
+            let stored = !e.is_empty();
+            for item in p {
+                if stored && matches!(item, Publish::Queue(..)) {
+                    keyed.push((publish.len(), entries.len()));
+                }
+                publish.push(item);
+            }
+            entries.extend(e);
+        }
+        for f in &transaction.acks {
+            if let (Some(queue), Some(key)) = (&f.queue, f.entry.key) {
+                entries.push(remove_entry(queue, key));
+            }
+        }
+        if entries.is_empty() {
+            let mut touched = BTreeSet::new();
+            for p in publish {
+                self.publish(p, &mut touched);
+            }
+            self.dispatch_all(touched);
+            return Ok(Confirmation::done());
+        }
+        let (start, _) = self.append(entries)?;
+        for (p, index) in keyed {
+            if let Publish::Queue(_, entry) = &mut publish[p] {
+                entry.key = Some(MessageKey::new(start, index));
+            }
+        }
+        Ok(self.wait_for(publish))
+    }
+
+    /// Drops a transaction's sends; its acknowledged messages are redelivered.
+    pub fn abort(&mut self, session: u64, tx: &str) -> Result<(), BrokerError> {
+        let transaction = self
+            .session(session)?
+            .transactions
+            .remove(tx)
+            .ok_or_else(|| BrokerError::UnknownTransaction(tx.to_string()))?;
+        let mut touched = BTreeSet::new();
+        for f in transaction.acks {
+            self.redeliver(f, &mut touched)?;
+        }
+        self.dispatch_all(touched);
+        Ok(())
+    }
+
+    // ----- introspection -------------------------------------------------------------------
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            epoch: self.epoch,
+            journal_end: self.store.end().0,
+            confirmed: self.confirmed.0,
+            sessions: self.sessions.len(),
+            consumers: self.consumers.len(),
+            queues: self.queues.len(),
+            ready_messages: self.queues.values().map(|q| q.ready.len()).sum(),
+            in_flight_messages: self.consumers.values().map(|c| c.in_flight.len()).sum(),
+            pending_confirmations: self.pending.len(),
+            ..self.stats.clone()
+        }
+    }
+
+    pub fn queue_depth(&self, queue: &str) -> usize {
+        self.queues.get(queue).map_or(0, |q| q.ready.len())
+    }
+}
+
+/// Fills in the store key of queue entries published from a record that starts at `start`
+/// and stores the message as its entry `index`.
+fn with_keys(mut publish: Vec<Publish>, start: Position, index: usize) -> Vec<Publish> {
+    for p in &mut publish {
+        if let Publish::Queue(_, entry) = p {
+            entry.key = Some(MessageKey::new(start, index));
+        }
+    }
+    publish
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn producer_sequence_is_the_last_colon_field() {
+        assert_eq!(producer_of("ID:abc:1:1:42"), Some(("ID:abc:1:1", 42)));
+        assert_eq!(producer_of("no-sequence"), None);
+        assert_eq!(producer_of("ID:abc:x"), None);
+        assert_eq!(producer_of(":5"), None);
+    }
+
+    #[test]
+    fn durable_queue_names_do_not_collide() {
+        assert_ne!(durable_queue("a:b", "c"), durable_queue("a", "b:c"));
+    }
+}

@@ -1,0 +1,383 @@
+//! The broker core: queues, topics, durable subscriptions, dispatch, acknowledgements,
+//! transactions, expiry and the dead-letter queue.
+//!
+//! It owns all routing state behind one mutex (never held across an `.await`) and talks to the
+//! rest of the node through narrow seams:
+//! - protocol sessions call [`Session`] methods and read [`Delivery`]s from their receiver;
+//! - every durable change becomes one write-ahead [`Record`](crate::store::Record) appended to
+//!   the [`Store`];
+//! - the confirmed watermark (a `watch` of [`Position`]) says how far the journal is held as the
+//!   `sync` policy requires; only then does a persistent message become visible to consumers and
+//!   its sender's [`Confirmation`] resolve.
+//!
+//! It must never know about STOMP, OpenWire or ZooKeeper, and never confirms a persistent change
+//! before the watermark covers its record.
+
+mod core;
+mod queue;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::store::{Message, Position, Recovered, Store};
+
+pub use self::core::Stats;
+
+/// The dead-letter queue, ActiveMQ's default name.
+pub const DEAD_LETTER_QUEUE: &str = "queue://ActiveMQ.DLQ";
+
+/// How the broker core behaves; filled from the configuration.
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    /// Names this node in generated message ids.
+    pub name: String,
+    /// A message whose delivery failed more than this many times goes to `ActiveMQ.DLQ`.
+    pub max_redeliveries: u32,
+    /// Messages held for one slow non-durable topic subscriber beyond its prefetch; past this
+    /// the oldest are discarded (ActiveMQ's pending-message-limit policy for topics).
+    pub topic_pending_limit: usize,
+    /// How often queues are swept for expired messages.
+    pub expiry_sweep: Duration,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        BrokerOptions {
+            name: "localhost".into(),
+            max_redeliveries: 6,
+            topic_pending_limit: 1000,
+            expiry_sweep: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A destination as the core knows it. Names are without prefix: `Queue("orders")`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Destination {
+    Queue(String),
+    Topic(String),
+}
+
+impl Destination {
+    /// Parses `queue://x`, `topic://x`, `/queue/x`, `/topic/x` (and ActiveMQ's
+    /// `/temp-queue/x`, `/temp-topic/x`, treated as plain queues and topics).
+    pub fn parse(text: &str) -> Result<Destination, BrokerError> {
+        let (kind, name) = if let Some(n) = text.strip_prefix("queue://") {
+            ("queue", n)
+        } else if let Some(n) = text.strip_prefix("topic://") {
+            ("topic", n)
+        } else if let Some(n) = text.strip_prefix("/queue/") {
+            ("queue", n)
+        } else if let Some(n) = text.strip_prefix("/topic/") {
+            ("topic", n)
+        } else if let Some(n) = text.strip_prefix("/temp-queue/") {
+            ("queue", n)
+        } else if let Some(n) = text.strip_prefix("/temp-topic/") {
+            ("topic", n)
+        } else {
+            return Err(BrokerError::InvalidDestination(text.to_string()));
+        };
+        if name.is_empty() || name.contains(['\n', '\0']) {
+            return Err(BrokerError::InvalidDestination(text.to_string()));
+        }
+        Ok(match kind {
+            "queue" => Destination::Queue(name.to_string()),
+            _ => Destination::Topic(name.to_string()),
+        })
+    }
+
+    /// The canonical form stored in records: `queue://x` or `topic://x`.
+    pub fn canonical(&self) -> String {
+        match self {
+            Destination::Queue(n) => format!("queue://{n}"),
+            Destination::Topic(n) => format!("topic://{n}"),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Destination::Queue(n) | Destination::Topic(n) => n,
+        }
+    }
+}
+
+/// A message as a producer hands it to the core.
+#[derive(Debug, Clone, Default)]
+pub struct NewMessage {
+    /// The client's id for the message. When it has the form `<producer>:<n>` (ActiveMQ's
+    /// `ID:...:<sequence>`), `(producer, n)` identifies it for duplicate detection.
+    pub message_id: Option<String>,
+    pub persistent: bool,
+    /// Milliseconds since the Unix epoch; 0 = never expires.
+    pub expiration: i64,
+    pub priority: u32,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+/// What a subscriber asks for.
+#[derive(Debug, Clone)]
+pub struct SubscribeRequest {
+    /// The session-unique id deliveries are tagged with.
+    pub id: String,
+    pub destination: Destination,
+    /// Messages delivered and not yet acknowledged, at most.
+    pub prefetch: u32,
+    /// A durable topic subscription's name (needs the session's client id).
+    pub durable_name: Option<String>,
+}
+
+/// Which deliveries an acknowledgement covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckScope {
+    /// Only the named delivery (STOMP client-individual, auto).
+    Single,
+    /// The named delivery and every earlier one of the same subscription (STOMP client).
+    Cumulative,
+}
+
+/// A message handed to a session for one of its subscriptions.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub subscription: String,
+    /// Session-unique; names the delivery in `ack`/`nack`.
+    pub tag: u64,
+    /// The destination the subscription is on.
+    pub destination: Destination,
+    pub message: Arc<Message>,
+    /// How many times this message was delivered before and not acknowledged.
+    pub redelivery_count: u32,
+}
+
+/// Why the core refused a request. Each message is fit to show a client.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum BrokerError {
+    #[error("invalid destination '{0}': use /queue/NAME or /topic/NAME")]
+    InvalidDestination(String),
+    #[error("subscription id '{0}' is already in use on this connection")]
+    DuplicateSubscription(String),
+    #[error("no subscription with id '{0}' on this connection")]
+    UnknownSubscription(String),
+    #[error("no delivery '{0}' awaiting acknowledgement on this connection")]
+    UnknownDelivery(u64),
+    #[error("transaction '{0}' is already open")]
+    TransactionExists(String),
+    #[error("no transaction '{0}' is open")]
+    UnknownTransaction(String),
+    #[error("a durable subscription needs a client id (STOMP header client-id on CONNECT)")]
+    DurableNeedsClientId,
+    #[error("durable subscription '{0}' is already active on another connection")]
+    DurableInUse(String),
+    #[error("durable subscriptions are for topics; '{0}' is a queue")]
+    DurableOnQueue(String),
+    #[error("the store failed and accepts no more writes: {0}")]
+    StoreFailed(String),
+    #[error("this node is not the master and confirms nothing: {0}")]
+    NotMaster(String),
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+}
+
+/// Resolves when a change is held as the `sync` policy requires (or failed).
+#[derive(Debug)]
+pub struct Confirmation(Option<oneshot::Receiver<Result<(), BrokerError>>>);
+
+impl Confirmation {
+    pub(crate) fn done() -> Confirmation {
+        Confirmation(None)
+    }
+
+    pub(crate) fn pending() -> (oneshot::Sender<Result<(), BrokerError>>, Confirmation) {
+        let (tx, rx) = oneshot::channel();
+        (tx, Confirmation(Some(rx)))
+    }
+
+    /// True when nothing is left to wait for.
+    pub fn is_done(&self) -> bool {
+        self.0.is_none()
+    }
+
+    pub async fn wait(self) -> Result<(), BrokerError> {
+        self.await
+    }
+}
+
+/// Awaiting a confirmation by reference lets a connection keep a queue of them and poll only
+/// the oldest: the core resolves them in the order they were made.
+impl std::future::Future for Confirmation {
+    type Output = Result<(), BrokerError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut self.0 {
+            None => std::task::Poll::Ready(Ok(())),
+            Some(rx) => std::pin::Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(BrokerError::ShuttingDown))),
+        }
+    }
+}
+
+/// A handle on the broker core; cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    shared: Arc<Mutex<core::Core>>,
+}
+
+impl Broker {
+    /// Starts the core on a recovered store. `confirmed` reports how far the journal is held
+    /// as the `sync` policy requires (for a standalone node: the store's durable watermark).
+    /// `epoch` is the epoch this node writes under; an epoch-start record is appended first.
+    pub fn start(
+        store: Store,
+        recovered: Recovered,
+        mut confirmed: watch::Receiver<Position>,
+        epoch: u64,
+        options: BrokerOptions,
+    ) -> Result<Broker, BrokerError> {
+        let sweep = options.expiry_sweep;
+        let core = core::Core::new(store, recovered, epoch, options)?;
+        let broker = Broker {
+            shared: Arc::new(Mutex::new(core)),
+        };
+        // Apply confirmed watermarks as they come; a watch coalesces bursts into one lock.
+        let weak = Arc::downgrade(&broker.shared);
+        tokio::spawn(async move {
+            loop {
+                let position = *confirmed.borrow_and_update();
+                match weak.upgrade() {
+                    Some(shared) => lock(&shared).on_confirmed(position),
+                    None => return,
+                }
+                if confirmed.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let weak = Arc::downgrade(&broker.shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(sweep);
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(shared) => lock(&shared).expire_messages(),
+                    None => return,
+                }
+            }
+        });
+        Ok(broker)
+    }
+
+    /// Opens a session for one client connection. Deliveries for its subscriptions arrive on
+    /// the returned receiver; the receiver holds at most the subscriptions' prefetch windows.
+    pub fn open_session(
+        &self,
+        client_id: Option<String>,
+    ) -> (Session, mpsc::UnboundedReceiver<Delivery>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let id = lock(&self.shared).open_session(client_id, tx);
+        (
+            Session {
+                id,
+                shared: self.shared.clone(),
+            },
+            rx,
+        )
+    }
+
+    /// Counters for logs, status and tests.
+    pub fn stats(&self) -> Stats {
+        lock(&self.shared).stats()
+    }
+
+    /// Messages waiting on a queue (not delivered), for tests and status.
+    pub fn queue_depth(&self, queue: &str) -> usize {
+        lock(&self.shared).queue_depth(queue)
+    }
+}
+
+fn lock(shared: &Mutex<core::Core>) -> MutexGuard<'_, core::Core> {
+    // A panic while holding the lock is a bug; keep serving rather than poison every session.
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One client connection's view of the broker. Dropping it closes the session: its
+/// unacknowledged deliveries go back to their queues, open transactions roll back.
+pub struct Session {
+    id: u64,
+    shared: Arc<Mutex<core::Core>>,
+}
+
+impl Session {
+    pub fn send(
+        &self,
+        destination: &Destination,
+        message: NewMessage,
+        transaction: Option<&str>,
+    ) -> Result<Confirmation, BrokerError> {
+        lock(&self.shared).send(self.id, destination, message, transaction)
+    }
+
+    /// Starts a subscription; the confirmation resolves once a new durable subscription is
+    /// stored (at once otherwise).
+    pub fn subscribe(&self, request: SubscribeRequest) -> Result<Confirmation, BrokerError> {
+        lock(&self.shared).subscribe(self.id, request)
+    }
+
+    /// Ends a subscription; with `remove_durable`, a durable subscription and its stored
+    /// messages are deleted too (else it stays and keeps collecting messages).
+    pub fn unsubscribe(&self, id: &str, remove_durable: bool) -> Result<Confirmation, BrokerError> {
+        lock(&self.shared).unsubscribe(self.id, id, remove_durable)
+    }
+
+    /// Deletes a durable subscription that is not active, by name.
+    pub fn remove_durable(&self, name: &str) -> Result<Confirmation, BrokerError> {
+        lock(&self.shared).remove_durable_by_name(self.id, name)
+    }
+
+    pub fn ack(
+        &self,
+        tag: u64,
+        scope: AckScope,
+        transaction: Option<&str>,
+    ) -> Result<Confirmation, BrokerError> {
+        lock(&self.shared).ack(self.id, tag, scope, transaction)
+    }
+
+    /// Rejects a delivery: like ActiveMQ's poison ack, the message goes to `ActiveMQ.DLQ`.
+    pub fn nack(&self, tag: u64, transaction: Option<&str>) -> Result<Confirmation, BrokerError> {
+        lock(&self.shared).nack(self.id, tag, transaction)
+    }
+
+    pub fn begin(&self, transaction: &str) -> Result<(), BrokerError> {
+        lock(&self.shared).begin(self.id, transaction)
+    }
+
+    pub fn commit(&self, transaction: &str) -> Result<Confirmation, BrokerError> {
+        lock(&self.shared).commit(self.id, transaction)
+    }
+
+    pub fn abort(&self, transaction: &str) -> Result<(), BrokerError> {
+        lock(&self.shared).abort(self.id, transaction)
+    }
+
+    /// Resolves once everything this node appended so far is confirmed (for a DISCONNECT
+    /// receipt: every earlier change of this session is then safe).
+    pub fn flush(&self) -> Confirmation {
+        lock(&self.shared).flush()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        lock(&self.shared).close_session(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests;

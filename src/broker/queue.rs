@@ -1,0 +1,86 @@
+//! A queue's messages and consumers, and what one delivery carries. Pure data: the rules
+//! for moving messages between these live in `core.rs`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::{Delivery, Destination};
+use crate::store::{Message, MessageKey};
+
+/// One message on a queue (or held for a topic subscriber).
+#[derive(Debug, Clone)]
+pub(super) struct Entry {
+    /// Orders the queue; kept across redeliveries so a returned message goes back to its place.
+    pub seq: u64,
+    /// Where the message is stored; `None` for a non-persistent message.
+    pub key: Option<MessageKey>,
+    pub message: Arc<Message>,
+    pub redeliveries: u32,
+}
+
+impl Entry {
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        self.message.expiration != 0 && self.message.expiration <= now_ms
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Queue {
+    /// Messages ready for delivery, in order.
+    pub ready: BTreeMap<u64, Entry>,
+    /// Consumer ids, served round-robin.
+    pub consumers: Vec<u64>,
+    pub next_consumer: usize,
+    /// Ready entries that carry an expiration, so the sweep can skip queues without any.
+    pub expiring: usize,
+}
+
+impl Queue {
+    pub fn push(&mut self, entry: Entry) {
+        if entry.message.expiration != 0 {
+            self.expiring += 1;
+        }
+        self.ready.insert(entry.seq, entry);
+    }
+}
+
+/// Where a consumer's messages come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Source {
+    /// A queue, or a durable subscription's queue.
+    Queue(String),
+    /// A non-durable topic subscription: messages are not stored for it.
+    Topic(String),
+}
+
+/// A delivered, unacknowledged message.
+#[derive(Debug, Clone)]
+pub(super) struct InFlight {
+    /// The queue it came from; `None` for a non-durable topic subscription.
+    pub queue: Option<String>,
+    pub entry: Entry,
+}
+
+#[derive(Debug)]
+pub(super) struct Consumer {
+    pub session: u64,
+    pub subscription: String,
+    pub destination: Destination,
+    pub source: Source,
+    pub prefetch: u32,
+    /// Delivered and not acknowledged, by tag (tags grow, so this is delivery order).
+    pub in_flight: BTreeMap<u64, InFlight>,
+    /// Topic messages beyond the prefetch window, oldest first (non-durable topics only).
+    pub pending: std::collections::VecDeque<Entry>,
+    pub deliveries: mpsc::UnboundedSender<Delivery>,
+    /// Topic messages discarded because this subscriber fell too far behind.
+    pub discarded: u64,
+}
+
+impl Consumer {
+    pub fn has_credit(&self) -> bool {
+        (self.in_flight.len() as u64) < self.prefetch.max(1) as u64
+    }
+}

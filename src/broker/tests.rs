@@ -1,0 +1,274 @@
+//! The core's rules, exercised on a real store in a temporary directory.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::*;
+use crate::store::StoreOptions;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    broker: Broker,
+}
+
+async fn start_in(dir: &std::path::Path, options: BrokerOptions) -> Broker {
+    let (tx, rx) = watch::channel(Position(0));
+    let (store, recovered) = Store::open(
+        StoreOptions {
+            directory: dir.to_path_buf(),
+            log_size: 1 << 20,
+            fsync: false,
+        },
+        Box::new(move |p| {
+            let _ = tx.send(p);
+        }),
+    )
+    .unwrap();
+    let epoch = recovered.epoch + 1;
+    Broker::start(store, recovered, rx, epoch, options).unwrap()
+}
+
+async fn fixture(options: BrokerOptions) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_in(dir.path(), options).await;
+    Fixture { _dir: dir, broker }
+}
+
+fn queue(name: &str) -> Destination {
+    Destination::Queue(name.into())
+}
+
+fn persistent(body: &str) -> NewMessage {
+    NewMessage {
+        persistent: true,
+        body: Bytes::copy_from_slice(body.as_bytes()),
+        ..NewMessage::default()
+    }
+}
+
+fn subscribe(session: &Session, id: &str, destination: Destination, prefetch: u32) {
+    session
+        .subscribe(SubscribeRequest {
+            id: id.into(),
+            destination,
+            prefetch,
+            durable_name: None,
+        })
+        .unwrap();
+}
+
+async fn next(rx: &mut UnboundedReceiver<Delivery>) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a delivery within 5 s")
+        .expect("session open")
+}
+
+fn body(d: &Delivery) -> &str {
+    std::str::from_utf8(&d.message.body).unwrap()
+}
+
+#[tokio::test]
+async fn confirmed_send_is_delivered_and_acked_once() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (producer, _) = f.broker.open_session(None);
+    producer
+        .send(&queue("q"), persistent("a"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    let (consumer, mut rx) = f.broker.open_session(None);
+    subscribe(&consumer, "s", queue("q"), 10);
+    let d = next(&mut rx).await;
+    assert_eq!(body(&d), "a");
+    assert_eq!(d.redelivery_count, 0);
+    consumer.ack(d.tag, AckScope::Single, None).unwrap().await.unwrap();
+    assert_eq!(f.broker.queue_depth("queue://q"), 0);
+    assert!(consumer.ack(d.tag, AckScope::Single, None).is_err());
+}
+
+#[tokio::test]
+async fn messages_survive_a_restart_until_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let broker = start_in(dir.path(), BrokerOptions::default()).await;
+        let (s, _) = broker.open_session(None);
+        for i in 0..3 {
+            s.send(&queue("q"), persistent(&i.to_string()), None)
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let (c, mut rx) = broker.open_session(None);
+        subscribe(&c, "s", queue("q"), 10);
+        let first = next(&mut rx).await;
+        c.ack(first.tag, AckScope::Single, None).unwrap().await.unwrap();
+    }
+    let broker = start_in(dir.path(), BrokerOptions::default()).await;
+    assert_eq!(broker.queue_depth("queue://q"), 2);
+    let (c, mut rx) = broker.open_session(None);
+    subscribe(&c, "s", queue("q"), 10);
+    assert_eq!(body(&next(&mut rx).await), "1");
+    assert_eq!(body(&next(&mut rx).await), "2");
+}
+
+#[tokio::test]
+async fn a_stuck_consumer_holds_only_its_prefetch() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (stuck, mut stuck_rx) = f.broker.open_session(None);
+    subscribe(&stuck, "s", queue("q"), 3);
+    let (fast, mut fast_rx) = f.broker.open_session(None);
+    subscribe(&fast, "s", queue("q"), 1);
+    let (producer, _) = f.broker.open_session(None);
+    for i in 0..20 {
+        producer
+            .send(&queue("q"), persistent(&i.to_string()), None)
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let mut got = 0;
+    while got < 17 {
+        let d = next(&mut fast_rx).await;
+        fast.ack(d.tag, AckScope::Single, None).unwrap();
+        got += 1;
+    }
+    let mut held = 0;
+    while stuck_rx.try_recv().is_ok() {
+        held += 1;
+    }
+    assert_eq!(held, 3);
+}
+
+#[tokio::test]
+async fn unacked_messages_are_redelivered_then_dead_lettered() {
+    let f = fixture(BrokerOptions {
+        max_redeliveries: 1,
+        ..BrokerOptions::default()
+    })
+    .await;
+    let (producer, _) = f.broker.open_session(None);
+    producer
+        .send(&queue("q"), persistent("poison"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    for expected in 0..2 {
+        let (c, mut rx) = f.broker.open_session(None);
+        subscribe(&c, "s", queue("q"), 1);
+        let d = next(&mut rx).await;
+        assert_eq!(d.redelivery_count, expected);
+        drop(c);
+    }
+    let (c, mut rx) = f.broker.open_session(None);
+    subscribe(&c, "dlq", Destination::Queue("ActiveMQ.DLQ".into()), 1);
+    let d = next(&mut rx).await;
+    assert_eq!(body(&d), "poison");
+    assert_eq!(f.broker.queue_depth("queue://q"), 0);
+}
+
+#[tokio::test]
+async fn a_transaction_is_all_or_nothing() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (s, _) = f.broker.open_session(None);
+    s.begin("t1").unwrap();
+    s.send(&queue("q"), persistent("rolled back"), Some("t1")).unwrap();
+    s.abort("t1").unwrap();
+    s.begin("t2").unwrap();
+    s.send(&queue("q"), persistent("x"), Some("t2")).unwrap();
+    s.send(&queue("q"), persistent("y"), Some("t2")).unwrap();
+    assert_eq!(f.broker.queue_depth("queue://q"), 0);
+    s.commit("t2").unwrap().await.unwrap();
+    assert_eq!(f.broker.queue_depth("queue://q"), 2);
+    // A transacted ack rolled back makes the message deliverable again.
+    let (c, mut rx) = f.broker.open_session(None);
+    subscribe(&c, "s", queue("q"), 1);
+    let d = next(&mut rx).await;
+    assert_eq!(body(&d), "x");
+    c.begin("t3").unwrap();
+    c.ack(d.tag, AckScope::Single, Some("t3")).unwrap();
+    let d2 = next(&mut rx).await;
+    assert_eq!(body(&d2), "y");
+    c.abort("t3").unwrap();
+    c.ack(d2.tag, AckScope::Single, None).unwrap();
+    let again = next(&mut rx).await;
+    assert_eq!(body(&again), "x");
+    assert_eq!(again.redelivery_count, 1);
+}
+
+#[tokio::test]
+async fn a_resent_producer_sequence_is_stored_once() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (s, _) = f.broker.open_session(None);
+    let mut m = persistent("once");
+    m.message_id = Some("ID:producer-1:7".into());
+    s.send(&queue("q"), m.clone(), None).unwrap().await.unwrap();
+    s.send(&queue("q"), m, None).unwrap().await.unwrap();
+    assert_eq!(f.broker.queue_depth("queue://q"), 1);
+    assert_eq!(f.broker.stats().duplicates_dropped, 1);
+}
+
+#[tokio::test]
+async fn a_slow_topic_subscriber_loses_its_oldest_messages_not_the_producer() {
+    let f = fixture(BrokerOptions {
+        topic_pending_limit: 5,
+        ..BrokerOptions::default()
+    })
+    .await;
+    let topic = Destination::Topic("t".into());
+    let (slow, mut slow_rx) = f.broker.open_session(None);
+    subscribe(&slow, "s", topic.clone(), 1);
+    let (fast, mut fast_rx) = f.broker.open_session(None);
+    subscribe(&fast, "s", topic.clone(), 100);
+    let (producer, _) = f.broker.open_session(None);
+    for i in 0..50 {
+        let m = NewMessage {
+            body: Bytes::from(i.to_string()),
+            ..NewMessage::default()
+        };
+        producer.send(&topic, m, None).unwrap().await.unwrap();
+    }
+    for i in 0..50 {
+        let d = next(&mut fast_rx).await;
+        assert_eq!(body(&d), i.to_string());
+    }
+    // The slow one got the first message, then keeps only the newest five.
+    let first = next(&mut slow_rx).await;
+    assert_eq!(body(&first), "0");
+    slow.ack(first.tag, AckScope::Single, None).unwrap();
+    let after = next(&mut slow_rx).await;
+    assert_eq!(body(&after), "45");
+    assert_eq!(f.broker.stats().topic_discarded, 44);
+}
+
+#[tokio::test]
+async fn a_durable_subscription_keeps_messages_while_away() {
+    let f = fixture(BrokerOptions::default()).await;
+    let topic = Destination::Topic("news".into());
+    let durable = |s: &Session| {
+        s.subscribe(SubscribeRequest {
+            id: "d".into(),
+            destination: topic.clone(),
+            prefetch: 10,
+            durable_name: Some("sub".into()),
+        })
+    };
+    let (s, _) = f.broker.open_session(Some("client-1".into()));
+    durable(&s).unwrap().await.unwrap();
+    drop(s);
+    let (producer, _) = f.broker.open_session(None);
+    producer
+        .send(&topic, persistent("while away"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    let (s, mut rx) = f.broker.open_session(Some("client-1".into()));
+    durable(&s).unwrap();
+    assert_eq!(body(&next(&mut rx).await), "while away");
+    let (other, _) = f.broker.open_session(Some("client-1".into()));
+    assert_eq!(
+        durable(&other).unwrap_err(),
+        BrokerError::DurableInUse("sub".into())
+    );
+}

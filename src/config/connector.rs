@@ -1,0 +1,313 @@
+//! Listener addresses written as ActiveMQ URIs: `tcp://0.0.0.0:61616`, `stomp://[::]:61613`.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::ParseError;
+
+/// The protocol a client listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConnectorScheme {
+    /// `tcp://`: the protocol is detected from the first bytes a client sends (ActiveMQ's
+    /// `auto://` behaviour on its default port).
+    Tcp,
+    /// `stomp://`: STOMP only.
+    Stomp,
+}
+
+impl ConnectorScheme {
+    /// The URI scheme, without `://`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ConnectorScheme::Tcp => "tcp",
+            ConnectorScheme::Stomp => "stomp",
+        }
+    }
+}
+
+impl fmt::Display for ConnectorScheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A listen or connect address `host:port` (`[::1]:61616` for IPv6; port 0 means "any free
+/// port"), kept as that canonical string so that `as_str()` can go straight to
+/// `tokio::net::TcpListener::bind` or `TcpStream::connect`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPort(String);
+
+impl HostPort {
+    /// `host` is a name or an IP literal without brackets.
+    pub fn new(host: &str, port: u16) -> HostPort {
+        if host.contains(':') {
+            HostPort(format!("[{host}]:{port}"))
+        } else {
+            HostPort(format!("{host}:{port}"))
+        }
+    }
+
+    /// `host:port`, or `[v6]:port`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The host, without IPv6 brackets.
+    pub fn host(&self) -> &str {
+        let (host, _) = self.0.rsplit_once(':').expect("validated host:port");
+        host.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+    }
+
+    pub fn port(&self) -> u16 {
+        let (_, port) = self.0.rsplit_once(':').expect("validated host:port");
+        port.parse().expect("validated port")
+    }
+
+    /// The address as a `SocketAddr` when the host is an IP literal (no name resolution).
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.host()
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, self.port()))
+    }
+
+    /// The host is a wildcard address (`0.0.0.0` or `::`): the listener accepts on every
+    /// interface.
+    pub fn is_unspecified(&self) -> bool {
+        self.host()
+            .parse::<IpAddr>()
+            .map(|ip| ip.is_unspecified())
+            .unwrap_or(false)
+    }
+
+    /// Parses `host:port` or `[v6]:port` (the part of a URI after `scheme://`). `uri` is the
+    /// whole text, for error messages.
+    fn parse_authority(authority: &str, uri: &str) -> Result<HostPort, ParseError> {
+        let bad = |why: &str| ParseError::new(format!("invalid address {uri:?}: {why}"));
+        if authority.contains(['?', '#']) {
+            return Err(bad("URI options (`?...`) are not supported"));
+        }
+        if authority.contains('/') {
+            return Err(bad("a path is not allowed; expected scheme://host:port"));
+        }
+        let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+            let (v6, after) = rest
+                .split_once(']')
+                .ok_or_else(|| bad("missing `]` after an IPv6 address"))?;
+            if v6.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(bad("not an IPv6 address between `[` and `]`"));
+            }
+            let port = after
+                .strip_prefix(':')
+                .ok_or_else(|| bad("missing `:port`"))?;
+            (v6, port)
+        } else {
+            let (host, port) = authority
+                .rsplit_once(':')
+                .ok_or_else(|| bad("missing `:port`"))?;
+            if host.contains(':') {
+                return Err(bad("write an IPv6 address in brackets: [::1]:61616"));
+            }
+            (host, port)
+        };
+        if host.is_empty() {
+            return Err(bad(
+                "missing host (use 0.0.0.0 to listen on every interface)",
+            ));
+        }
+        if host.contains(|c: char| c.is_whitespace() || c == '@') {
+            return Err(bad("invalid host"));
+        }
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| bad("the port must be an integer from 0 to 65535"))?;
+        Ok(HostPort::new(host, port))
+    }
+
+    /// Parses `tcp://host:port` (the form of `replication.bind`).
+    pub fn parse_tcp_uri(uri: &str) -> Result<HostPort, ParseError> {
+        match split_scheme(uri)? {
+            (scheme, authority) if scheme.eq_ignore_ascii_case("tcp") => {
+                HostPort::parse_authority(authority, uri)
+            }
+            (scheme, _) => Err(ParseError::new(format!(
+                "unsupported scheme {scheme:?} in {uri:?}: expected tcp://host:port"
+            ))),
+        }
+    }
+
+    /// `tcp://host:port`, the form [`HostPort::parse_tcp_uri`] reads.
+    pub fn to_tcp_uri(&self) -> String {
+        format!("tcp://{self}")
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn split_scheme(uri: &str) -> Result<(&str, &str), ParseError> {
+    uri.trim().split_once("://").ok_or_else(|| {
+        ParseError::new(format!(
+            "invalid address {uri:?}: expected scheme://host:port, e.g. tcp://0.0.0.0:61616"
+        ))
+    })
+}
+
+/// One client listener of `transport.connectors`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Connector {
+    pub scheme: ConnectorScheme,
+    /// `host:port`; `address.as_str()` is what `TcpListener::bind` takes.
+    pub address: HostPort,
+}
+
+impl FromStr for Connector {
+    type Err = ParseError;
+
+    fn from_str(uri: &str) -> Result<Connector, ParseError> {
+        let (scheme, authority) = split_scheme(uri)?;
+        let scheme = match scheme.to_ascii_lowercase().as_str() {
+            "tcp" => ConnectorScheme::Tcp,
+            "stomp" => ConnectorScheme::Stomp,
+            _ => {
+                return Err(ParseError::new(format!(
+                    "unsupported scheme {scheme:?} in connector {:?}: expected tcp:// \
+                     (protocol detected) or stomp://",
+                    uri.trim()
+                )))
+            }
+        };
+        Ok(Connector {
+            scheme,
+            address: HostPort::parse_authority(authority, uri.trim())?,
+        })
+    }
+}
+
+impl fmt::Display for Connector {
+    /// The URI form: `tcp://0.0.0.0:61616`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.address)
+    }
+}
+
+impl Serialize for Connector {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Connector {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `#[serde(with = "connector::tcp_uri")]` for a [`HostPort`] written as `tcp://host:port`.
+pub mod tcp_uri {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(value: &HostPort, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&value.to_tcp_uri())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<HostPort, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        HostPort::parse_tcp_uri(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `#[serde(deserialize_with = "connector::list")]`: a list of connector URIs, or one string of
+/// comma-separated URIs (handy in `FERROMQ_TRANSPORT__CONNECTORS=tcp://...,stomp://...`).
+pub fn list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Connector>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<String>),
+        One(String),
+    }
+    let uris = match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::Many(uris) => uris,
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    };
+    uris.iter()
+        .map(|uri| uri.parse().map_err(serde::de::Error::custom))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_connectors() {
+        let c: Connector = "tcp://0.0.0.0:61616".parse().unwrap();
+        assert_eq!(c.scheme, ConnectorScheme::Tcp);
+        assert_eq!(c.address.host(), "0.0.0.0");
+        assert_eq!(c.address.port(), 61616);
+        assert!(c.address.is_unspecified());
+        assert_eq!(
+            c.address.socket_addr(),
+            Some("0.0.0.0:61616".parse().unwrap())
+        );
+        assert_eq!(c.to_string(), "tcp://0.0.0.0:61616");
+
+        let c: Connector = "STOMP://broker.example:61613".parse().unwrap();
+        assert_eq!(c.scheme, ConnectorScheme::Stomp);
+        assert_eq!(c.address.to_string(), "broker.example:61613");
+        assert_eq!(c.address.socket_addr(), None);
+
+        let c: Connector = "tcp://[::1]:0".parse().unwrap();
+        assert_eq!(c.address.host(), "::1");
+        assert_eq!(c.address.port(), 0);
+        assert_eq!(c.to_string(), "tcp://[::1]:0");
+    }
+
+    #[test]
+    fn rejects_bad_connectors() {
+        let err = "ssl://0.0.0.0:61617"
+            .parse::<Connector>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"ssl://0.0.0.0:61617\"") && err.contains("scheme"),
+            "{err}"
+        );
+        for bad in [
+            "0.0.0.0:61616",
+            "tcp://0.0.0.0",
+            "tcp://:61616",
+            "tcp://0.0.0.0:70000",
+            "tcp://::1:61616",
+            "tcp://0.0.0.0:61616?maximumConnections=1000",
+            "tcp://0.0.0.0:61616/",
+            "tcp://[::1:61616",
+        ] {
+            let err = bad.parse::<Connector>().unwrap_err().to_string();
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn replication_bind() {
+        let hp = HostPort::parse_tcp_uri("tcp://0.0.0.0:61619").unwrap();
+        assert_eq!((hp.host(), hp.port()), ("0.0.0.0", 61619));
+        assert_eq!(hp.as_str(), "0.0.0.0:61619");
+        assert_eq!(hp.to_tcp_uri(), "tcp://0.0.0.0:61619");
+        assert!(HostPort::parse_tcp_uri("stomp://0.0.0.0:61619").is_err());
+    }
+}

@@ -1,0 +1,965 @@
+//! The configuration file, environment overrides and their validation.
+//!
+//! Sources, later ones overriding earlier ones:
+//! 1. the defaults ([`Config::default`]);
+//! 2. the TOML file given with `--config` (a missing or unreadable file is an error);
+//! 3. environment variables `FERROMQ_<SECTION>__<KEY>`, e.g. `FERROMQ_REPLICATION__ZK_ADDRESS`,
+//!    `FERROMQ_STORE__SYNC` (see [`env`] for the details).
+//!
+//! Keys are ActiveMQ's attribute names in snake_case (`zkAddress` is `zk_address`). Unknown keys
+//! are errors, and every error names the key and where its value came from (file or variable).
+//!
+//! ```toml
+//! [broker]
+//! name = "ferromq-cluster"        # brokerName; the znode `id` shared by one cluster
+//! [transport]
+//! connectors = ["tcp://0.0.0.0:61616"]
+//! [store]
+//! directory = "data"
+//! sync = "local_disk"
+//! [replication]
+//! zk_address = "zk1:2181,zk2:2181,zk3:2181"   # absent: a standalone node
+//! ```
+
+pub mod connector;
+pub mod env;
+pub mod sync;
+pub mod units;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::{Figment, Metadata, Profile, Provider, Source};
+use serde::{Deserialize, Serialize};
+
+pub use connector::{Connector, ConnectorScheme, HostPort};
+pub use env::{env_var_name, ENV_PREFIX};
+pub use sync::{SyncPolicy, SYNC_WORDS};
+pub use units::{format_duration, format_size, parse_duration, parse_size};
+
+/// One MiB, in bytes.
+pub const MIB: u64 = 1024 * 1024;
+/// The smallest accepted `store.log_size`.
+pub const MIN_LOG_SIZE: u64 = MIB;
+/// The smallest accepted `broker.max_frame_size`.
+pub const MIN_FRAME_SIZE: u64 = 1024;
+/// The largest accepted `broker.max_frame_size` (frame and record lengths are 32-bit).
+pub const MAX_FRAME_SIZE: u64 = u32::MAX as u64;
+
+/// A value that could not be parsed (a duration, size, sync word or address). When it comes
+/// from a configuration source, figment adds the key and the source to the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(String);
+
+impl ParseError {
+    fn new(message: impl Into<String>) -> ParseError {
+        ParseError(message.into())
+    }
+}
+
+/// Why the configuration could not be loaded. Every message names the key and its source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file is missing or unreadable.
+    #[error("cannot read configuration file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Syntax error, unknown key or badly typed value. figment's message names the key and
+    /// the source (`for key "default.store.sync" in conf/node1.toml TOML file`); several
+    /// errors are separated by newlines.
+    #[error("invalid configuration: {0}")]
+    Parse(Box<figment::Error>),
+    /// A value that parsed but is not acceptable (found by [`Config::validate`]).
+    #[error("invalid configuration: `{key}`{}: {message}", in_origin(.origin))]
+    Invalid {
+        /// The dotted key, e.g. `replication.replicas`.
+        key: String,
+        /// Where the value came from (`conf/node1.toml TOML file`,
+        /// `environment variable FERROMQ_REPLICATION__REPLICAS`, `built-in default`); `None`
+        /// when [`Config::validate`] is called on a value built in code.
+        origin: Option<String>,
+        message: String,
+    },
+}
+
+// `?` into anyhow::Error needs this.
+const _: () = {
+    fn assert_error<T: std::error::Error + Send + Sync + 'static>() {}
+    let _ = assert_error::<ConfigError>;
+};
+
+fn in_origin(origin: &Option<String>) -> String {
+    origin
+        .as_ref()
+        .map(|o| format!(" in {o}"))
+        .unwrap_or_default()
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        ConfigError::Parse(Box::new(e))
+    }
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        origin: None,
+        message: message.into(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub broker: BrokerConfig,
+    pub transport: TransportConfig,
+    pub store: StoreConfig,
+    pub replication: ReplicationConfig,
+}
+
+/// `[broker]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// ActiveMQ's `brokerName` (default `"localhost"`); all nodes of one cluster share it (it
+    /// is the `id` in their znodes).
+    #[serde(deserialize_with = "units::lenient_string")]
+    pub name: String,
+    /// The largest frame a client may send, in bytes (default 64 MiB; `"64MiB"` or an integer).
+    #[serde(with = "units::size")]
+    pub max_frame_size: u64,
+    /// After this many redeliveries a message goes to `ActiveMQ.DLQ` (ActiveMQ's
+    /// `maximumRedeliveries`, default 6).
+    pub max_redeliveries: u32,
+    /// Messages buffered for one slow non-durable topic subscriber beyond its prefetch before
+    /// the oldest are discarded (default 1000).
+    pub topic_pending_limit: usize,
+    /// login -> password. When non-empty, CONNECT must authenticate.
+    #[serde(deserialize_with = "units::lenient_string_map")]
+    pub users: BTreeMap<String, String>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            name: "localhost".to_owned(),
+            max_frame_size: 64 * MIB,
+            max_redeliveries: 6,
+            topic_pending_limit: 1000,
+            users: BTreeMap::new(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// CONNECT must carry a valid login and passcode (`users` is non-empty).
+    pub fn requires_authentication(&self) -> bool {
+        !self.users.is_empty()
+    }
+}
+
+/// `[transport]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportConfig {
+    /// Client listeners (default `["tcp://0.0.0.0:61616"]`): `tcp://` detects the protocol,
+    /// `stomp://` is STOMP only.
+    #[serde(deserialize_with = "connector::list")]
+    pub connectors: Vec<Connector>,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            connectors: vec![Connector {
+                scheme: ConnectorScheme::Tcp,
+                address: HostPort::new("0.0.0.0", 61616),
+            }],
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The store directory (default `data`; a relative path is relative to the working
+    /// directory).
+    pub directory: PathBuf,
+    /// Size of one journal segment in bytes (ActiveMQ's `logSize`, default 100 MiB).
+    #[serde(with = "units::size")]
+    pub log_size: u64,
+    /// When a persistent send is confirmed (default `local_disk`).
+    pub sync: SyncPolicy,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            directory: PathBuf::from("data"),
+            log_size: 100 * MIB,
+            sync: SyncPolicy::default(),
+        }
+    }
+}
+
+/// `[replication]`: ActiveMQ's `<replicatedLevelDB>` attributes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// Cluster size (default 3); quorum = replicas/2 + 1.
+    pub replicas: u32,
+    /// The replication listener opened by the master (default `tcp://0.0.0.0:61619`; port 0
+    /// means any free port).
+    #[serde(with = "connector::tcp_uri")]
+    pub bind: HostPort,
+    /// ZooKeeper connect string, e.g. `zk1:2181,zk2:2181,zk3:2181` (optional chroot suffix
+    /// `/chroot`). `None` (absent or `""`): a standalone node.
+    #[serde(deserialize_with = "units::optional_string")]
+    pub zk_address: Option<String>,
+    /// ZooKeeper digest password (optional).
+    #[serde(deserialize_with = "units::optional_string")]
+    pub zk_password: Option<String>,
+    /// Parent znode of the group (default `/activemq/leveldb-stores`).
+    #[serde(deserialize_with = "units::lenient_string")]
+    pub zk_path: String,
+    /// ZooKeeper session timeout (default 2 s).
+    #[serde(with = "units::duration")]
+    pub zk_session_timeout: Duration,
+    /// Host part of the address the master advertises; `None`: the machine's hostname, see
+    /// [`ReplicationConfig::advertised_hostname`].
+    #[serde(deserialize_with = "units::optional_string")]
+    pub hostname: Option<String>,
+    /// Election tie-break (default 1): higher wins among equally up-to-date nodes.
+    pub weight: u32,
+    /// Shared secret a slave presents at login (default `""`).
+    #[serde(deserialize_with = "units::lenient_string")]
+    pub security_token: String,
+    /// Published in the znode JSON only (optional).
+    #[serde(deserialize_with = "units::optional_string")]
+    pub container: Option<String>,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            replicas: 3,
+            bind: HostPort::new("0.0.0.0", 61619),
+            zk_address: None,
+            zk_password: None,
+            zk_path: "/activemq/leveldb-stores".to_owned(),
+            zk_session_timeout: Duration::from_secs(2),
+            hostname: None,
+            weight: 1,
+            security_token: String::new(),
+            container: None,
+        }
+    }
+}
+
+impl ReplicationConfig {
+    /// Members needed to elect a master and to confirm a write: replicas/2 + 1.
+    pub fn quorum(&self) -> u32 {
+        self.replicas / 2 + 1
+    }
+
+    /// Slave acknowledgements the master waits for under a `remote_*`/`quorum_*` sync policy:
+    /// replicas/2 (0 when replicas < 2).
+    pub fn slave_acks_required(&self) -> u32 {
+        self.replicas / 2
+    }
+
+    /// `hostname` if configured, else the machine's hostname, looked up now.
+    pub fn advertised_hostname(&self) -> String {
+        self.hostname.clone().unwrap_or_else(local_hostname)
+    }
+}
+
+/// The machine's hostname (Linux: /proc/sys/kernel/hostname, else /etc/hostname, else
+/// `$HOSTNAME`), or `localhost`.
+pub fn local_hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .chain(std::env::var("HOSTNAME").ok())
+        .map(|s| s.trim().to_owned())
+        .find(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+impl Config {
+    /// Defaults, then the TOML file at `path` (if given), then the process environment's
+    /// `FERROMQ_<SECTION>__<KEY>` variables; then [`Config::validate`].
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let vars = std::env::vars_os().map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        });
+        Config::load_with_env(path, vars)
+    }
+
+    /// [`Config::load`] with an explicit list of environment variables (name, value) instead of
+    /// the process environment. Names not starting with `FERROMQ_` are ignored.
+    pub fn load_with_env<I, K, V>(path: Option<&Path>, env: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: Into<String>,
+    {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = path {
+            // figment reports a missing file, but not always with its path: check first.
+            if let Err(source) = std::fs::File::open(path) {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+            figment = figment.merge(PlainKeys(Toml::file_exact(path)));
+        }
+        let figment = figment.merge(env::EnvOverrides::from_pairs(env));
+        Config::extract(&figment)
+    }
+
+    /// Defaults overridden by a TOML document (no environment), validated. For tests and tools.
+    pub fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
+        let figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(PlainKeys(Toml::string(toml)));
+        Config::extract(&figment)
+    }
+
+    fn extract(figment: &Figment) -> Result<Config, ConfigError> {
+        let config: Config = figment.extract()?;
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid {
+                key,
+                origin: None,
+                message,
+            } => ConfigError::Invalid {
+                origin: describe_origin(figment, &key),
+                key,
+                message,
+            },
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// A node without `replication.zk_address`: no election, no replication; it is always
+    /// the master of its own store.
+    pub fn is_standalone(&self) -> bool {
+        self.replication.zk_address.is_none()
+    }
+
+    /// Checks what types cannot: ranges, forms and conflicts. Called by the loaders; call it
+    /// again after changing a `Config` in code.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let b = &self.broker;
+        if b.name.trim().is_empty() {
+            return Err(invalid("broker.name", "must not be empty"));
+        }
+        if !(MIN_FRAME_SIZE..=MAX_FRAME_SIZE).contains(&b.max_frame_size) {
+            return Err(invalid(
+                "broker.max_frame_size",
+                format!(
+                    "{} bytes is out of range: must be between {MIN_FRAME_SIZE} and \
+                     {MAX_FRAME_SIZE} bytes",
+                    b.max_frame_size
+                ),
+            ));
+        }
+        if b.users.keys().any(|login| login.is_empty()) {
+            return Err(invalid("broker.users", "a login must not be empty"));
+        }
+
+        let t = &self.transport;
+        if t.connectors.is_empty() {
+            return Err(invalid(
+                "transport.connectors",
+                "at least one connector is required, e.g. [\"tcp://0.0.0.0:61616\"]",
+            ));
+        }
+        for (i, a) in t.connectors.iter().enumerate() {
+            if let Some(b) = t.connectors[..i]
+                .iter()
+                .find(|b| same_listen_addr(&a.address, &b.address))
+            {
+                return Err(invalid(
+                    "transport.connectors",
+                    format!("connectors {b} and {a} would listen on the same port"),
+                ));
+            }
+        }
+
+        let s = &self.store;
+        if s.directory.as_os_str().is_empty() {
+            return Err(invalid("store.directory", "must not be empty"));
+        }
+        if s.log_size < MIN_LOG_SIZE {
+            return Err(invalid(
+                "store.log_size",
+                format!(
+                    "{} bytes is too small: the minimum is {MIN_LOG_SIZE} (1 MiB)",
+                    s.log_size
+                ),
+            ));
+        }
+
+        let r = &self.replication;
+        if r.replicas < 1 {
+            return Err(invalid("replication.replicas", "must be at least 1"));
+        }
+        if let Some(c) = t
+            .connectors
+            .iter()
+            .find(|c| same_listen_addr(&c.address, &r.bind))
+        {
+            return Err(invalid(
+                "replication.bind",
+                format!(
+                    "{} would listen on the same port as connector {c}",
+                    r.bind.to_tcp_uri()
+                ),
+            ));
+        }
+        if let Some(zk) = &r.zk_address {
+            check_zk_address(zk).map_err(|m| invalid("replication.zk_address", m))?;
+        }
+        check_zk_path(&r.zk_path).map_err(|m| invalid("replication.zk_path", m))?;
+        if r.zk_session_timeout.is_zero() {
+            return Err(invalid(
+                "replication.zk_session_timeout",
+                "must be greater than 0, e.g. \"2s\"",
+            ));
+        }
+        if let Some(h) = &r.hostname {
+            if h.contains(|c: char| c.is_whitespace() || c == '/') {
+                return Err(invalid(
+                    "replication.hostname",
+                    format!("{h:?} is not a host name"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Two listeners that cannot both bind: same non-zero port, and the same host or a wildcard.
+fn same_listen_addr(a: &HostPort, b: &HostPort) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.host().eq_ignore_ascii_case(b.host()) || a.is_unspecified() || b.is_unspecified())
+}
+
+/// `host[:port],host[:port],...[/chroot]`
+fn check_zk_address(zk: &str) -> Result<(), String> {
+    let (servers, chroot) = match zk.find('/') {
+        Some(i) => (&zk[..i], Some(&zk[i..])),
+        None => (zk, None),
+    };
+    for server in servers.split(',') {
+        let server = server.trim();
+        let bad = |why: &str| Err(format!("{zk:?}: server {server:?} {why}"));
+        let (host, port) = if let Some(rest) = server.strip_prefix('[') {
+            match rest.split_once(']') {
+                Some((host, "")) => (host, None),
+                Some((host, after)) => match after.strip_prefix(':') {
+                    Some(port) => (host, Some(port)),
+                    None => return bad("is not host:port"),
+                },
+                None => return bad("lacks a `]`"),
+            }
+        } else {
+            match server.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (server, None),
+            }
+        };
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return bad("has no valid host; expected host:port, e.g. zk1:2181");
+        }
+        if let Some(port) = port {
+            if !matches!(port.parse::<u16>(), Ok(p) if p != 0) {
+                return bad("has an invalid port");
+            }
+        }
+    }
+    if let Some(chroot) = chroot {
+        check_zk_path(chroot).map_err(|m| format!("{zk:?}: chroot {m}"))?;
+    }
+    Ok(())
+}
+
+/// An absolute znode path: starts with '/', no trailing '/', no empty, `.` or `..` segments.
+fn check_zk_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} must start with '/'"));
+    }
+    if path.len() > 1 && path.ends_with('/') {
+        return Err(format!("{path:?} must not end with '/'"));
+    }
+    if path == "/" {
+        return Err(
+            "\"/\" is the root: name a parent znode such as /activemq/leveldb-stores".into(),
+        );
+    }
+    if path[1..]
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == ".." || seg.contains(char::is_control))
+    {
+        return Err(format!(
+            "{path:?} is not a valid znode path (empty, `.` or `..` segment)"
+        ));
+    }
+    Ok(())
+}
+
+/// A provider whose error messages name keys as `store.sync` rather than figment's
+/// `default.store.sync` (we use no profiles).
+struct PlainKeys<P>(P);
+
+impl<P: Provider> Provider for PlainKeys<P> {
+    fn metadata(&self) -> Metadata {
+        self.0
+            .metadata()
+            .interpolater(|_: &Profile, keys: &[&str]| keys.join("."))
+    }
+
+    fn data(&self) -> Result<figment::value::Map<Profile, figment::value::Dict>, figment::Error> {
+        self.0.data()
+    }
+}
+
+/// Where the value of `key` came from, for error messages.
+fn describe_origin(figment: &Figment, key: &str) -> Option<String> {
+    let md = figment.find_metadata(key)?;
+    Some(match &md.source {
+        Some(Source::Code(_)) => "built-in default".to_owned(),
+        Some(source) => format!("{source} {}", md.name),
+        None if md.name == env::ENV_SOURCE_NAME => {
+            let parts: Vec<&str> = key.split('.').collect();
+            format!("{} {}", md.name, md.interpolate(&Profile::Default, &parts))
+        }
+        None => md.name.to_string(),
+    })
+}
+
+impl fmt::Display for Config {
+    /// A one-line summary for the startup log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let connectors: Vec<String> = self
+            .transport
+            .connectors
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        write!(
+            f,
+            "broker {} on [{}], store {} (sync {}, log_size {}), ",
+            self.broker.name,
+            connectors.join(", "),
+            self.store.directory.display(),
+            self.store.sync,
+            format_size(self.store.log_size),
+        )?;
+        match &self.replication.zk_address {
+            None => f.write_str("standalone"),
+            Some(zk) => write!(
+                f,
+                "replicas {} via ZooKeeper {}{}",
+                self.replication.replicas, zk, self.replication.zk_path
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const NO_ENV: [(&str, &str); 0] = [];
+
+    fn toml_file(contents: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new()
+            .prefix("ferromq-test-")
+            .suffix(".toml")
+            .tempfile()
+            .unwrap();
+        f.write_all(contents.as_bytes()).unwrap();
+        f
+    }
+
+    fn file_name(f: &tempfile::NamedTempFile) -> String {
+        f.path().file_name().unwrap().to_string_lossy().into_owned()
+    }
+
+    fn load_err(contents: &str) -> (String, String) {
+        let f = toml_file(contents);
+        let err = Config::load_with_env(Some(f.path()), NO_ENV).unwrap_err();
+        (err.to_string(), file_name(&f))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::load_with_env(None, NO_ENV).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.broker.name, "localhost");
+        assert_eq!(c.broker.max_frame_size, 64 * MIB);
+        assert_eq!(c.broker.max_redeliveries, 6);
+        assert_eq!(c.broker.topic_pending_limit, 1000);
+        assert!(!c.broker.requires_authentication());
+        assert_eq!(c.transport.connectors.len(), 1);
+        assert_eq!(c.transport.connectors[0].to_string(), "tcp://0.0.0.0:61616");
+        assert_eq!(c.store.directory, PathBuf::from("data"));
+        assert_eq!(c.store.log_size, 104_857_600);
+        assert_eq!(c.store.sync, SyncPolicy::LOCAL_DISK);
+        let r = &c.replication;
+        assert_eq!(r.replicas, 3);
+        assert_eq!((r.quorum(), r.slave_acks_required()), (2, 1));
+        assert_eq!(r.bind.to_tcp_uri(), "tcp://0.0.0.0:61619");
+        assert_eq!(r.zk_path, "/activemq/leveldb-stores");
+        assert_eq!(r.zk_session_timeout, Duration::from_secs(2));
+        assert_eq!(r.weight, 1);
+        assert_eq!(r.security_token, "");
+        assert!(r.zk_address.is_none() && r.zk_password.is_none() && r.container.is_none());
+        assert!(c.is_standalone());
+        assert!(!r.advertised_hostname().is_empty());
+        c.validate().unwrap();
+        assert_eq!(Config::from_toml_str("").unwrap(), c);
+    }
+
+    #[test]
+    fn file_overrides() {
+        let f = toml_file(
+            r#"
+            [broker]
+            name = "ferromq-cluster"
+            max_frame_size = "100MB"
+            users = { admin = "secret", guest = 1234 }
+
+            [transport]
+            connectors = ["tcp://0.0.0.0:61616", "stomp://127.0.0.1:61613"]
+
+            [store]
+            directory = "/var/lib/ferromq"
+            log_size = 2097152
+            sync = "local_disk,quorum_mem"
+
+            [replication]
+            replicas = 5
+            bind = "tcp://0.0.0.0:0"
+            zk_address = "zk1:2181,zk2:2181,zk3:2181"
+            zk_session_timeout = 500
+            hostname = "node1"
+            weight = 7
+            security_token = 12345
+            "#,
+        );
+        let c = Config::load_with_env(Some(f.path()), NO_ENV).unwrap();
+        assert_eq!(c.broker.name, "ferromq-cluster");
+        assert_eq!(c.broker.max_frame_size, 100 * MIB);
+        assert_eq!(
+            c.broker.max_redeliveries, 6,
+            "untouched keys keep their default"
+        );
+        assert_eq!(c.broker.users["admin"], "secret");
+        assert_eq!(c.broker.users["guest"], "1234");
+        assert!(c.broker.requires_authentication());
+        assert_eq!(c.transport.connectors[1].scheme, ConnectorScheme::Stomp);
+        assert_eq!(
+            c.transport.connectors[1].address.to_string(),
+            "127.0.0.1:61613"
+        );
+        assert_eq!(c.store.directory, PathBuf::from("/var/lib/ferromq"));
+        assert_eq!(c.store.log_size, 2 * MIB);
+        assert!(c.store.sync.fsync_locally() && c.store.sync.waits_for_slaves());
+        assert_eq!(c.replication.replicas, 5);
+        assert_eq!(c.replication.bind.port(), 0);
+        assert_eq!(c.replication.zk_session_timeout, Duration::from_millis(500));
+        assert_eq!(c.replication.advertised_hostname(), "node1");
+        assert_eq!(c.replication.weight, 7);
+        assert_eq!(c.replication.security_token, "12345");
+        assert!(!c.is_standalone());
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let f = toml_file(
+            "[replication]\nzk_address = \"zk1:2181\"\nreplicas = 5\n[store]\nsync = \"quorum_mem\"\n",
+        );
+        let env = [
+            ("FERROMQ_REPLICATION__ZK_ADDRESS", "zk9:2181/chroot"),
+            ("FERROMQ_REPLICATION__SECURITY_TOKEN", "12345"),
+            ("FERROMQ_REPLICATION__ZK_SESSION_TIMEOUT", "1m"),
+            ("FERROMQ_STORE__SYNC", "local_disk,quorum_disk"),
+            ("FERROMQ_STORE__LOG_SIZE", "64MiB"),
+            ("FERROMQ_BROKER__NAME", "42"),
+            (
+                "FERROMQ_TRANSPORT__CONNECTORS",
+                "tcp://0.0.0.0:61626,stomp://0.0.0.0:61613",
+            ),
+            ("FERROMQ_CONFIG", "/etc/ferromq.toml"),
+            ("HOME", "/root"),
+        ];
+        let c = Config::load_with_env(Some(f.path()), env).unwrap();
+        assert_eq!(c.replication.zk_address.as_deref(), Some("zk9:2181/chroot"));
+        assert_eq!(c.replication.replicas, 5, "file value kept");
+        assert_eq!(c.replication.security_token, "12345");
+        assert_eq!(c.replication.zk_session_timeout, Duration::from_secs(60));
+        assert!(c.store.sync.quorum_disk && c.store.sync.local_disk && !c.store.sync.quorum_mem);
+        assert_eq!(c.store.log_size, 64 * MIB);
+        assert_eq!(c.broker.name, "42");
+        assert_eq!(c.transport.connectors.len(), 2);
+
+        // A list in figment's syntax, a numeric token with leading zeros, and an empty
+        // zk_address switching a clustered file back to standalone.
+        let env = [
+            (
+                "FERROMQ_TRANSPORT__CONNECTORS",
+                "[tcp://0.0.0.0:1, stomp://0.0.0.0:2]",
+            ),
+            ("FERROMQ_REPLICATION__SECURITY_TOKEN", "007"),
+            ("FERROMQ_REPLICATION__ZK_ADDRESS", ""),
+        ];
+        let c = Config::load_with_env(Some(f.path()), env).unwrap();
+        assert_eq!(c.transport.connectors[1].to_string(), "stomp://0.0.0.0:2");
+        assert_eq!(c.replication.security_token, "007");
+        assert!(c.is_standalone());
+    }
+
+    #[test]
+    fn numeric_security_token_from_env() {
+        let env = [("FERROMQ_REPLICATION__SECURITY_TOKEN", "12345")];
+        let c = Config::load_with_env(None, env).unwrap();
+        assert_eq!(c.replication.security_token, "12345");
+        let env = [("FERROMQ_REPLICATION__ZK_PASSWORD", "4711")];
+        let c = Config::load_with_env(None, env).unwrap();
+        assert_eq!(c.replication.zk_password.as_deref(), Some("4711"));
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope.toml");
+        let err = Config::load_with_env(Some(&path), NO_ENV).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+        assert!(err.to_string().contains("nope.toml"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let (err, file) = load_err("[replication]\nreplicaz = 3\n");
+        assert!(err.contains("replicaz") && err.contains(&file), "{err}");
+
+        let (err, file) = load_err("[replicaton]\nreplicas = 3\n");
+        assert!(err.contains("replicaton") && err.contains(&file), "{err}");
+
+        let err = Config::load_with_env(None, [("FERROMQ_STORE__SYNK", "local_mem")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("synk") && err.contains("environment variable"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_sync_word() {
+        let (err, file) = load_err("[store]\nsync = \"local_disk,quorum_dsk\"\n");
+        assert!(err.contains("quorum_dsk"), "{err}");
+        assert!(err.contains("store.sync") && err.contains(&file), "{err}");
+        assert!(
+            err.contains("quorum_disk") && err.contains("local_mem"),
+            "{err}"
+        );
+
+        let err = Config::load_with_env(None, [("FERROMQ_STORE__SYNC", "fast")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"fast\"") && err.contains("FERROMQ_STORE__SYNC"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_duration() {
+        let (err, file) = load_err("[replication]\nzk_session_timeout = \"2 weeks\"\n");
+        assert!(err.contains("replication.zk_session_timeout"), "{err}");
+        assert!(err.contains(&file) && err.contains("2 weeks"), "{err}");
+
+        let env = [("FERROMQ_REPLICATION__ZK_SESSION_TIMEOUT", "-5")];
+        let err = Config::load_with_env(None, env).unwrap_err().to_string();
+        assert!(
+            err.contains("FERROMQ_REPLICATION__ZK_SESSION_TIMEOUT"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_size() {
+        let (err, file) = load_err("[store]\nlog_size = \"lots\"\n");
+        assert!(
+            err.contains("store.log_size") && err.contains(&file),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_connector_scheme() {
+        let (err, file) = load_err(
+            "[transport]\nconnectors = [\"tcp://0.0.0.0:61616\", \"ssl://0.0.0.0:61617\"]\n",
+        );
+        assert!(err.contains("ssl://0.0.0.0:61617"), "{err}");
+        assert!(
+            err.contains("transport.connectors") && err.contains(&file),
+            "{err}"
+        );
+
+        let (err, _) = load_err("[replication]\nbind = \"stomp://0.0.0.0:61619\"\n");
+        assert!(err.contains("replication.bind"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_key_and_origin() {
+        let (err, file) = load_err("[replication]\nreplicas = 0\n");
+        assert!(
+            err.contains("replication.replicas") && err.contains(&file),
+            "{err}"
+        );
+
+        let env = [("FERROMQ_REPLICATION__REPLICAS", "0")];
+        let err = Config::load_with_env(None, env).unwrap_err().to_string();
+        assert!(err.contains("FERROMQ_REPLICATION__REPLICAS"), "{err}");
+
+        let cases = [
+            ("[store]\nlog_size = \"512KiB\"", "store.log_size"),
+            ("[broker]\nmax_frame_size = 10", "broker.max_frame_size"),
+            ("[broker]\nname = \"\"", "broker.name"),
+            ("[transport]\nconnectors = []", "transport.connectors"),
+            (
+                "[transport]\nconnectors = [\"tcp://0.0.0.0:1\", \"stomp://127.0.0.1:1\"]",
+                "transport.connectors",
+            ),
+            (
+                "[replication]\nbind = \"tcp://0.0.0.0:61616\"",
+                "replication.bind",
+            ),
+            (
+                "[replication]\nzk_path = \"activemq\"",
+                "replication.zk_path",
+            ),
+            (
+                "[replication]\nzk_path = \"/activemq/\"",
+                "replication.zk_path",
+            ),
+            ("[replication]\nzk_path = \"/a//b\"", "replication.zk_path"),
+            ("[replication]\nzk_path = \"/\"", "replication.zk_path"),
+            (
+                "[replication]\nzk_address = \"zk1:2181,:2181\"",
+                "replication.zk_address",
+            ),
+            (
+                "[replication]\nzk_address = \"zk1:x\"",
+                "replication.zk_address",
+            ),
+            (
+                "[replication]\nzk_address = \"zk1:2181/\"",
+                "replication.zk_address",
+            ),
+            (
+                "[replication]\nzk_session_timeout = 0",
+                "replication.zk_session_timeout",
+            ),
+            ("[replication]\nhostname = \"a b\"", "replication.hostname"),
+        ];
+        for (toml, key) in cases {
+            let (err, file) = load_err(toml);
+            assert!(err.contains(key) && err.contains(&file), "{toml}: {err}");
+            let err = Config::from_toml_str(toml).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+
+        let ok = [
+            "[replication]\nzk_address = \"zk1:2181,[::1]:2181,zk3/chroot/x\"",
+            "[replication]\nbind = \"tcp://127.0.0.1:61616\"\n[transport]\nconnectors = [\"tcp://10.0.0.1:61616\"]",
+            "[transport]\nconnectors = [\"tcp://0.0.0.0:0\", \"stomp://0.0.0.0:0\"]",
+        ];
+        for toml in ok {
+            Config::from_toml_str(toml).unwrap_or_else(|e| panic!("{toml}: {e}"));
+        }
+
+        let mut c = Config::default();
+        c.replication.replicas = 0;
+        let err = c.validate().unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { origin: None, .. }));
+    }
+
+    #[test]
+    fn toml_syntax_error_names_file() {
+        let (err, file) = load_err("[store\n");
+        assert!(err.contains(&file), "{err}");
+    }
+
+    #[test]
+    fn defaults_round_trip_through_serialize() {
+        // Serialized::defaults relies on Serialize and Deserialize agreeing.
+        let mut c = Config::default();
+        c.store.sync = "local_disk,quorum_mem".parse().unwrap();
+        c.replication.zk_session_timeout = Duration::from_millis(1500);
+        c.replication.zk_address = Some("zk1:2181".into());
+        c.transport
+            .connectors
+            .push("stomp://[::]:61613".parse().unwrap());
+        let back: Config = Figment::from(Serialized::defaults(&c)).extract().unwrap();
+        assert_eq!(back, c);
+        assert!(c.to_string().contains("zk1:2181/activemq/leveldb-stores"));
+    }
+
+    #[test]
+    fn conf_files_load_and_validate() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        files.sort();
+        assert!(files.len() >= 4, "{files:?}");
+        let mut cluster = Vec::new();
+        for path in &files {
+            let c = Config::load_with_env(Some(path), NO_ENV)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let name = path.file_name().unwrap().to_string_lossy();
+            if name.starts_with("node") {
+                assert!(!c.is_standalone(), "{name}");
+                assert_eq!(c.replication.replicas, 3, "{name}");
+                cluster.push(c);
+            } else if name == "standalone.toml" {
+                assert!(c.is_standalone());
+            }
+        }
+        assert_eq!(cluster.len(), 3);
+        for c in &cluster[1..] {
+            assert_eq!(c.broker.name, cluster[0].broker.name);
+            assert_eq!(c.replication.zk_address, cluster[0].replication.zk_address);
+            assert_eq!(c.replication.zk_path, cluster[0].replication.zk_path);
+            assert_eq!(
+                c.replication.security_token,
+                cluster[0].replication.security_token
+            );
+            assert_ne!(c.replication.hostname, cluster[0].replication.hostname);
+        }
+    }
+}

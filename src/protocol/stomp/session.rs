@@ -1,0 +1,730 @@
+//! One STOMP connection: frames in, broker-core calls out, deliveries back as MESSAGE frames.
+//!
+//! Owns the STOMP-specific parts of a conversation: version and heart-beat negotiation, login,
+//! header mapping, ack modes, receipts. It must never hold broker state of its own beyond what
+//! the wire needs (which deliveries await a client ack), and never sends a RECEIPT for a change
+//! before the core confirms it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::frame::{self, Command, Decoder, Frame, Item, Version};
+use crate::broker::{
+    AckScope, Broker, BrokerError, Confirmation, Delivery, Destination, NewMessage, Session,
+    SubscribeRequest,
+};
+
+/// What every STOMP connection on a listener shares.
+#[derive(Debug, Clone)]
+pub struct StompOptions {
+    pub max_frame_size: usize,
+    /// login -> passcode; empty means anyone may connect.
+    pub users: HashMap<String, String>,
+    /// How long a client may take to send its CONNECT frame.
+    pub connect_timeout: Duration,
+}
+
+/// Default prefetch windows, ActiveMQ's.
+const QUEUE_PREFETCH: u32 = 1000;
+const TOPIC_PREFETCH: u32 = 32767;
+const DURABLE_PREFETCH: u32 = 100;
+
+/// Headers that carry STOMP or broker semantics and are not stored as application headers.
+const RESERVED_SEND_HEADERS: &[&str] = &[
+    "destination",
+    "receipt",
+    "transaction",
+    "content-length",
+    "persistent",
+    "expires",
+    "priority",
+    "message-id",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AckMode {
+    Auto,
+    Client,
+    ClientIndividual,
+}
+
+struct Subscription {
+    ack: AckMode,
+}
+
+/// Why a connection ends with an ERROR frame.
+struct Fatal {
+    message: String,
+    detail: String,
+    receipt: Option<String>,
+}
+
+impl Fatal {
+    fn new(message: impl Into<String>) -> Fatal {
+        Fatal {
+            message: message.into(),
+            detail: String::new(),
+            receipt: None,
+        }
+    }
+}
+
+impl From<BrokerError> for Fatal {
+    fn from(e: BrokerError) -> Fatal {
+        Fatal::new(e.to_string())
+    }
+}
+
+/// What a queued confirmation answers when it resolves.
+enum Awaiting {
+    Receipt(String),
+    /// A DISCONNECT: answer (maybe with a receipt), then close.
+    Disconnect(Option<String>),
+    /// Nothing to answer, but a failure must still end the connection.
+    Silent,
+}
+
+/// Serves one connection whose first bytes (already read, in `initial`) are STOMP.
+pub async fn serve<S>(
+    stream: S,
+    initial: BytesMut,
+    broker: Broker,
+    options: Arc<StompOptions>,
+    peer: SocketAddr,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut connection = Connection {
+        stream,
+        input: initial,
+        output: BytesMut::with_capacity(64 * 1024),
+        decoder: Decoder::new(options.max_frame_size),
+        version: Version::V1_0,
+        options,
+        peer,
+    };
+    match connection.handshake(&broker).await {
+        Ok(Some((session, deliveries, heartbeat))) => {
+            connection.run(session, deliveries, heartbeat).await
+        }
+        Ok(None) => {}
+        Err(fatal) => connection.fail(fatal).await,
+    }
+}
+
+struct Connection<S> {
+    stream: S,
+    input: BytesMut,
+    output: BytesMut,
+    decoder: Decoder,
+    version: Version,
+    options: Arc<StompOptions>,
+    peer: SocketAddr,
+}
+
+/// Negotiated heart-beat periods: how often we send, how long the client may stay silent.
+#[derive(Debug, Clone, Copy)]
+struct Heartbeat {
+    send: Option<Duration>,
+    receive: Option<Duration>,
+}
+
+fn parse_heartbeat(value: Option<&str>) -> (u64, u64) {
+    let Some(value) = value else { return (0, 0) };
+    let mut parts = value.split(',').map(|p| p.trim().parse::<u64>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+fn negotiate_version(accept: Option<&str>) -> Option<Version> {
+    let Some(accept) = accept else {
+        return Some(Version::V1_0);
+    };
+    let offered: Vec<&str> = accept.split(',').map(str::trim).collect();
+    [
+        ("1.2", Version::V1_2),
+        ("1.1", Version::V1_1),
+        ("1.0", Version::V1_0),
+    ]
+    .into_iter()
+    .find(|(name, _)| offered.contains(name))
+    .map(|(_, v)| v)
+}
+
+fn version_name(v: Version) -> &'static str {
+    match v {
+        Version::V1_0 => "1.0",
+        Version::V1_1 => "1.1",
+        Version::V1_2 => "1.2",
+    }
+}
+
+/// STOMP's view of a destination: `/queue/x`, `/topic/x`.
+fn stomp_destination(d: &Destination) -> String {
+    match d {
+        Destination::Queue(n) => format!("/queue/{n}"),
+        Destination::Topic(n) => format!("/topic/{n}"),
+    }
+}
+
+fn required<'a>(frame: &'a Frame, header: &str) -> Result<&'a str, Fatal> {
+    frame.get(header).ok_or_else(|| {
+        Fatal::new(format!(
+            "missing header '{header}' on {:?} frame",
+            frame.command
+        ))
+    })
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// Reads the next frame, or `None` at end of stream. Heart-beats are skipped.
+    async fn read_frame(&mut self) -> Result<Option<Frame>, Fatal> {
+        loop {
+            match self.decoder.decode(&mut self.input) {
+                Ok(Some(Item::Frame(frame))) => return Ok(Some(frame)),
+                Ok(Some(Item::HeartBeat)) => continue,
+                Ok(None) => {}
+                Err(e) => return Err(Fatal::new(e.to_string())),
+            }
+            match self.stream.read_buf(&mut self.input).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    async fn handshake(
+        &mut self,
+        broker: &Broker,
+    ) -> Result<Option<(Session, mpsc::UnboundedReceiver<Delivery>, Heartbeat)>, Fatal> {
+        let frame = match tokio::time::timeout(self.options.connect_timeout, self.read_frame())
+            .await
+        {
+            Err(_) => return Err(Fatal::new("no CONNECT frame within the connect timeout")),
+            Ok(frame) => frame?,
+        };
+        let Some(frame) = frame else { return Ok(None) };
+        if !matches!(frame.command, Command::Connect | Command::Stomp) {
+            return Err(Fatal::new(format!(
+                "expected CONNECT or STOMP as the first frame, got {:?}",
+                frame.command
+            )));
+        }
+        let version = negotiate_version(frame.get("accept-version")).ok_or_else(|| Fatal {
+            message: "Supported protocol versions are 1.0,1.1,1.2".into(),
+            detail: String::new(),
+            receipt: None,
+        })?;
+        self.version = version;
+        self.decoder.set_version(version);
+        if !self.options.users.is_empty() {
+            let login = frame.get("login").unwrap_or("");
+            let passcode = frame.get("passcode").unwrap_or("");
+            if self.options.users.get(login).map(String::as_str) != Some(passcode) {
+                tracing::warn!(peer = %self.peer, login, "STOMP login refused");
+                return Err(Fatal::new(format!(
+                    "User name [{login}] or password is invalid."
+                )));
+            }
+        }
+        let (client_send, client_receive) = parse_heartbeat(frame.get("heart-beat"));
+        // Mirror the client's wishes: we send as often as it asks, and allow it twice the
+        // period it promises before we call it dead.
+        let heartbeat = Heartbeat {
+            send: (client_receive > 0).then(|| Duration::from_millis(client_receive.max(100))),
+            receive: (client_send > 0).then(|| Duration::from_millis(client_send.max(100) * 2)),
+        };
+        let client_id = frame.get("client-id").map(str::to_string);
+        let (session, deliveries) = broker.open_session(client_id);
+        let mut connected = Frame::new(Command::Connected)
+            .header("version", version_name(version))
+            .header("server", concat!("ferromq/", env!("CARGO_PKG_VERSION")))
+            .header("session", format!("{}", self.peer))
+            .header(
+                "heart-beat",
+                format!("{},{}", client_receive, client_send),
+            );
+        if version == Version::V1_0 {
+            connected.headers.retain(|(k, _)| k != "version");
+        }
+        self.queue_frame(&connected);
+        self.flush_output().await.map_err(|_| Fatal::new("write failed"))?;
+        tracing::debug!(peer = %self.peer, version = version_name(version), "STOMP session open");
+        Ok(Some((session, deliveries, heartbeat)))
+    }
+
+    fn queue_frame(&mut self, frame: &Frame) {
+        frame::encode(frame, self.version, &mut self.output);
+    }
+
+    async fn flush_output(&mut self) -> std::io::Result<()> {
+        if !self.output.is_empty() {
+            self.stream.write_all(&self.output).await?;
+            self.output.clear();
+        }
+        Ok(())
+    }
+
+    /// Sends an ERROR frame and closes.
+    async fn fail(&mut self, fatal: Fatal) {
+        tracing::info!(peer = %self.peer, error = %fatal.message, "closing STOMP connection with ERROR");
+        let mut error = frame::error_frame(&fatal.message, &fatal.detail);
+        if let Some(receipt) = fatal.receipt {
+            error = error.header("receipt-id", receipt);
+        }
+        self.queue_frame(&error);
+        let _ = self.flush_output().await;
+        let _ = self.stream.shutdown().await;
+    }
+
+    async fn run(
+        &mut self,
+        session: Session,
+        mut deliveries: mpsc::UnboundedReceiver<Delivery>,
+        heartbeat: Heartbeat,
+    ) {
+        let mut state = State {
+            session,
+            subscriptions: HashMap::new(),
+            unacked: BTreeMap::new(),
+            awaiting: VecDeque::new(),
+            auto_acks: HashMap::new(),
+            version: self.version,
+        };
+        let mut send_tick = tokio::time::interval(heartbeat.send.unwrap_or(Duration::from_secs(3600)));
+        send_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_read = Instant::now();
+        let mut wrote_since_tick = false;
+        let check = heartbeat.receive.map(|d| d / 2).unwrap_or(Duration::from_secs(3600));
+        let mut receive_tick = tokio::time::interval(check);
+        receive_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let result: Result<(), Fatal> = loop {
+            let step = tokio::select! {
+                read = self.stream.read_buf(&mut self.input) => match read {
+                    Ok(0) | Err(_) => break Ok(()),
+                    Ok(_) => {
+                        last_read = Instant::now();
+                        self.handle_input(&mut state)
+                    }
+                },
+                Some(delivery) = deliveries.recv() => {
+                    self.write_delivery(&mut state, delivery);
+                    // Batch what else is ready into the same write.
+                    for _ in 0..255 {
+                        match deliveries.try_recv() {
+                            Ok(d) => self.write_delivery(&mut state, d),
+                            Err(_) => break,
+                        }
+                    }
+                    Ok(Step::Continue)
+                }
+                result = front(&mut state.awaiting), if !state.awaiting.is_empty() => {
+                    let (awaiting, _) = state.awaiting.pop_front().expect("non-empty");
+                    self.answer(awaiting, result)
+                }
+                _ = send_tick.tick(), if heartbeat.send.is_some() => {
+                    if !wrote_since_tick {
+                        self.output.extend_from_slice(b"\n");
+                    }
+                    wrote_since_tick = false;
+                    Ok(Step::Continue)
+                }
+                _ = receive_tick.tick(), if heartbeat.receive.is_some() => {
+                    if last_read.elapsed() > heartbeat.receive.expect("guarded") {
+                        tracing::info!(peer = %self.peer, "no heart-beat from client; closing");
+                        break Ok(());
+                    }
+                    Ok(Step::Continue)
+                }
+            };
+            if !self.output.is_empty() {
+                wrote_since_tick = true;
+                if self.flush_output().await.is_err() {
+                    break Ok(());
+                }
+            }
+            // Auto-ack what has now been written to the socket.
+            state.flush_auto_acks();
+            match step {
+                Ok(Step::Continue) => {}
+                Ok(Step::Close) => break Ok(()),
+                Err(fatal) => break Err(fatal),
+            }
+        };
+        if let Err(fatal) = result {
+            self.fail(fatal).await;
+        } else {
+            let _ = self.stream.shutdown().await;
+        }
+        tracing::debug!(peer = %self.peer, "STOMP session closed");
+        // Dropping the session returns unacknowledged messages to their queues.
+    }
+
+    /// Handles every whole frame in the input buffer.
+    fn handle_input(&mut self, state: &mut State) -> Result<Step, Fatal> {
+        loop {
+            match self.decoder.decode(&mut self.input) {
+                Ok(Some(Item::Frame(frame))) => {
+                    if let Step::Close = self.handle_frame(state, frame)? {
+                        return Ok(Step::Close);
+                    }
+                }
+                Ok(Some(Item::HeartBeat)) => {}
+                Ok(None) => return Ok(Step::Continue),
+                Err(e) => return Err(Fatal::new(e.to_string())),
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, state: &mut State, frame: Frame) -> Result<Step, Fatal> {
+        let receipt = frame.get("receipt").map(str::to_string);
+        let result = self.dispatch_frame(state, &frame, receipt.clone());
+        result.map_err(|mut fatal| {
+            fatal.receipt = receipt;
+            if fatal.detail.is_empty() {
+                fatal.detail = format!("{:?} frame refused", frame.command);
+            }
+            fatal
+        })
+    }
+
+    fn dispatch_frame(
+        &mut self,
+        state: &mut State,
+        frame: &Frame,
+        receipt: Option<String>,
+    ) -> Result<Step, Fatal> {
+        let confirmation = match frame.command {
+            Command::Send => state.send(frame)?,
+            Command::Subscribe => state.subscribe(frame)?,
+            Command::Unsubscribe => state.unsubscribe(frame)?,
+            Command::Ack => state.ack(frame)?,
+            Command::Nack => state.nack(frame)?,
+            Command::Begin => {
+                state.session.begin(required(frame, "transaction")?)?;
+                Confirmation::done()
+            }
+            Command::Commit => state.session.commit(required(frame, "transaction")?)?,
+            Command::Abort => {
+                state.session.abort(required(frame, "transaction")?)?;
+                Confirmation::done()
+            }
+            Command::Disconnect => {
+                let flush = state.session.flush();
+                state.awaiting.push_back((Awaiting::Disconnect(receipt), flush));
+                return Ok(Step::Continue);
+            }
+            Command::Connect | Command::Stomp => {
+                return Err(Fatal::new("already connected"));
+            }
+            other => {
+                return Err(Fatal::new(format!(
+                    "a client may not send {other:?} frames"
+                )))
+            }
+        };
+        match receipt {
+            Some(id) => state.awaiting.push_back((Awaiting::Receipt(id), confirmation)),
+            None if !confirmation.is_done() => {
+                state.awaiting.push_back((Awaiting::Silent, confirmation))
+            }
+            None => {}
+        }
+        Ok(Step::Continue)
+    }
+
+    fn answer(
+        &mut self,
+        awaiting: Awaiting,
+        result: Result<(), BrokerError>,
+    ) -> Result<Step, Fatal> {
+        match (awaiting, result) {
+            (Awaiting::Receipt(id), Ok(())) => {
+                self.queue_frame(&frame::receipt(&id));
+                Ok(Step::Continue)
+            }
+            (Awaiting::Silent, Ok(())) => Ok(Step::Continue),
+            (Awaiting::Disconnect(receipt), Ok(())) => {
+                if let Some(id) = receipt {
+                    self.queue_frame(&frame::receipt(&id));
+                }
+                Ok(Step::Close)
+            }
+            (Awaiting::Receipt(id), Err(e)) | (Awaiting::Disconnect(Some(id)), Err(e)) => {
+                Err(Fatal {
+                    message: e.to_string(),
+                    detail: "the change was not confirmed".into(),
+                    receipt: Some(id),
+                })
+            }
+            (_, Err(e)) => Err(Fatal::new(e.to_string())),
+        }
+    }
+
+    fn write_delivery(&mut self, state: &mut State, delivery: Delivery) {
+        let Some(subscription) = state.subscriptions.get(&delivery.subscription) else {
+            return; // unsubscribed meanwhile; the core takes it back
+        };
+        let ack = subscription.ack;
+        let message = &delivery.message;
+        let destination = Destination::parse(&message.destination)
+            .map(|d| stomp_destination(&d))
+            .unwrap_or_else(|_| stomp_destination(&delivery.destination));
+        let mut out = Frame::new(Command::Message)
+            .header("subscription", delivery.subscription.clone())
+            .header("message-id", message.message_id.clone())
+            .header("destination", destination)
+            .header("ack", delivery.tag.to_string());
+        if message.persistent {
+            out = out.header("persistent", "true");
+        }
+        if message.expiration != 0 {
+            out = out.header("expires", message.expiration.to_string());
+        }
+        out = out
+            .header("priority", message.priority.to_string())
+            .header("timestamp", message.timestamp.to_string());
+        if delivery.redelivery_count > 0 {
+            out = out
+                .header("redelivered", "true")
+                .header("redelivery-count", delivery.redelivery_count.to_string());
+        }
+        for h in &message.headers {
+            out = out.header(h.name.clone(), h.value.clone());
+        }
+        out.body = message.body.clone();
+        self.queue_frame(&out);
+        match ack {
+            AckMode::Auto => {
+                // Tags grow, so the last one written acknowledges all before it.
+                state.auto_acks.insert(delivery.subscription, delivery.tag);
+            }
+            _ => {
+                state.unacked.insert(
+                    delivery.tag,
+                    (delivery.subscription, message.message_id.clone()),
+                );
+            }
+        }
+    }
+}
+
+enum Step {
+    Continue,
+    Close,
+}
+
+/// Polls the oldest queued confirmation (the core resolves them in order).
+async fn front(awaiting: &mut VecDeque<(Awaiting, Confirmation)>) -> Result<(), BrokerError> {
+    let (_, confirmation) = awaiting.front_mut().expect("guarded by is_empty");
+    confirmation.await
+}
+
+/// The per-connection STOMP bookkeeping around a broker session.
+struct State {
+    session: Session,
+    subscriptions: HashMap<String, Subscription>,
+    /// Deliveries awaiting a client ACK: tag -> (subscription id, message id).
+    unacked: BTreeMap<u64, (String, String)>,
+    awaiting: VecDeque<(Awaiting, Confirmation)>,
+    /// Auto-ack subscriptions written to since the last flush -> their last tag written.
+    auto_acks: HashMap<String, u64>,
+    version: Version,
+}
+
+impl State {
+    fn send(&mut self, frame: &Frame) -> Result<Confirmation, Fatal> {
+        let destination = Destination::parse(required(frame, "destination")?)?;
+        let persistent = frame.get("persistent") == Some("true");
+        let expiration = match frame.get("expires") {
+            None => 0,
+            Some(v) => v
+                .parse::<i64>()
+                .map_err(|_| Fatal::new(format!("header 'expires' is not a number: '{v}'")))?,
+        };
+        let priority = match frame.get("priority") {
+            None => 4,
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|p| *p <= 9)
+                .ok_or_else(|| Fatal::new(format!("header 'priority' must be 0..9, got '{v}'")))?,
+        };
+        let mut headers = Vec::new();
+        for (name, value) in &frame.headers {
+            if !RESERVED_SEND_HEADERS.contains(&name.as_str())
+                && !headers.iter().any(|(n, _): &(String, String)| n == name)
+            {
+                headers.push((name.clone(), value.clone()));
+            }
+        }
+        let message = NewMessage {
+            message_id: frame.get("message-id").map(str::to_string),
+            persistent,
+            expiration,
+            priority,
+            headers,
+            body: frame.body.clone(),
+        };
+        Ok(self
+            .session
+            .send(&destination, message, frame.get("transaction"))?)
+    }
+
+    fn subscribe(&mut self, frame: &Frame) -> Result<Confirmation, Fatal> {
+        let destination_text = required(frame, "destination")?;
+        let destination = Destination::parse(destination_text)?;
+        let id = match (frame.get("id"), self.version) {
+            (Some(id), _) => id.to_string(),
+            (None, Version::V1_0) => destination_text.to_string(),
+            (None, _) => return Err(Fatal::new("missing header 'id' on SUBSCRIBE frame")),
+        };
+        if frame.get("selector").is_some() {
+            return Err(Fatal::new(
+                "message selectors are not supported yet (header 'selector')",
+            ));
+        }
+        let ack = match frame.get("ack").unwrap_or("auto") {
+            "auto" => AckMode::Auto,
+            "client" => AckMode::Client,
+            "client-individual" => AckMode::ClientIndividual,
+            other => {
+                return Err(Fatal::new(format!(
+                    "header 'ack' must be auto, client or client-individual, got '{other}'"
+                )))
+            }
+        };
+        let durable_name = frame
+            .get("activemq.subscriptionName")
+            .or_else(|| frame.get("durable-subscription-name"))
+            .map(str::to_string);
+        let default_prefetch = match (&destination, &durable_name) {
+            (Destination::Queue(_), _) => QUEUE_PREFETCH,
+            (Destination::Topic(_), Some(_)) => DURABLE_PREFETCH,
+            (Destination::Topic(_), None) => TOPIC_PREFETCH,
+        };
+        let prefetch = match frame.get("activemq.prefetchSize") {
+            None => default_prefetch,
+            Some(v) => v.parse::<u32>().map_err(|_| {
+                Fatal::new(format!(
+                    "header 'activemq.prefetchSize' is not a number: '{v}'"
+                ))
+            })?,
+        };
+        if self.subscriptions.contains_key(&id) {
+            return Err(BrokerError::DuplicateSubscription(id).into());
+        }
+        self.subscriptions.insert(id.clone(), Subscription { ack });
+        let result = self.session.subscribe(SubscribeRequest {
+            id: id.clone(),
+            destination,
+            prefetch,
+            durable_name,
+        });
+        if result.is_err() {
+            self.subscriptions.remove(&id);
+        }
+        Ok(result?)
+    }
+
+    fn unsubscribe(&mut self, frame: &Frame) -> Result<Confirmation, Fatal> {
+        let id = match frame.get("id").or_else(|| frame.get("destination")) {
+            Some(id) => id.to_string(),
+            None => return Err(Fatal::new("missing header 'id' on UNSUBSCRIBE frame")),
+        };
+        let remove_durable = frame.get("activemq.subscriptionName").is_some()
+            || frame.get("durable-subscription-name").is_some();
+        if self.subscriptions.remove(&id).is_none() {
+            // ActiveMQ lets a client delete an inactive durable subscription by name.
+            if let Some(name) = frame
+                .get("activemq.subscriptionName")
+                .or_else(|| frame.get("durable-subscription-name"))
+            {
+                return Ok(self.session.remove_durable(name)?);
+            }
+            return Err(BrokerError::UnknownSubscription(id).into());
+        }
+        self.unacked.retain(|_, (sub, _)| *sub != id);
+        Ok(self.session.unsubscribe(&id, remove_durable)?)
+    }
+
+    /// Finds the delivery an ACK/NACK names: `id` (1.2) or `message-id` (1.0, 1.1).
+    fn acked_tag(&self, frame: &Frame) -> Result<u64, Fatal> {
+        if self.version == Version::V1_2 {
+            let id = required(frame, "id")?;
+            return id
+                .parse()
+                .map_err(|_| Fatal::new(format!("header 'id' names no delivery: '{id}'")));
+        }
+        let message_id = required(frame, "message-id")?;
+        // Clients that use our `ack` header value as the id are served too.
+        if let Some((tag, _)) = self.unacked.iter().find(|(_, (_, m))| m == message_id) {
+            return Ok(*tag);
+        }
+        message_id
+            .parse()
+            .map_err(|_| Fatal::new(format!("no unacknowledged message '{message_id}'")))
+    }
+
+    fn ack(&mut self, frame: &Frame) -> Result<Confirmation, Fatal> {
+        let tag = self.acked_tag(frame)?;
+        let Some((subscription, _)) = self.unacked.get(&tag).cloned() else {
+            return Err(BrokerError::UnknownDelivery(tag).into());
+        };
+        let scope = match self.subscriptions.get(&subscription).map(|s| s.ack) {
+            Some(AckMode::Client) => AckScope::Cumulative,
+            _ => AckScope::Single,
+        };
+        match scope {
+            AckScope::Single => {
+                self.unacked.remove(&tag);
+            }
+            AckScope::Cumulative => self
+                .unacked
+                .retain(|t, (sub, _)| *t > tag || *sub != subscription),
+        }
+        Ok(self.session.ack(tag, scope, frame.get("transaction"))?)
+    }
+
+    fn nack(&mut self, frame: &Frame) -> Result<Confirmation, Fatal> {
+        let tag = self.acked_tag(frame)?;
+        if self.unacked.remove(&tag).is_none() {
+            return Err(BrokerError::UnknownDelivery(tag).into());
+        }
+        Ok(self.session.nack(tag, frame.get("transaction"))?)
+    }
+
+    fn flush_auto_acks(&mut self) {
+        for (_, tag) in self.auto_acks.drain() {
+            // One cumulative ack (one record) per subscription and write. The confirmation is
+            // not awaited: auto-ack promises nothing to the client.
+            let _ = self.session.ack(tag, AckScope::Cumulative, None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_negotiation_picks_the_highest_common() {
+        assert_eq!(negotiate_version(None), Some(Version::V1_0));
+        assert_eq!(negotiate_version(Some("1.0,1.1,1.2")), Some(Version::V1_2));
+        assert_eq!(negotiate_version(Some("1.1")), Some(Version::V1_1));
+        assert_eq!(negotiate_version(Some("2.0")), None);
+    }
+
+    #[test]
+    fn heartbeat_header_parses_leniently() {
+        assert_eq!(parse_heartbeat(Some("1000,2000")), (1000, 2000));
+        assert_eq!(parse_heartbeat(Some("x,5")), (0, 5));
+        assert_eq!(parse_heartbeat(None), (0, 0));
+    }
+}

@@ -1,0 +1,1728 @@
+//! The write-ahead journal: append-only segment files of framed records, the source of truth.
+//!
+//! Owns the segment files `<first position as 16 hex digits>.log` in the store directory and the
+//! `journal.lock` file that keeps a second process out. Positions are assigned synchronously by
+//! [`Journal`] (the caller's handle); the bytes go over a channel to one writer thread that
+//! writes each batch with one write per segment, calls `fdatasync` once per batch (group commit)
+//! and then reports the durable end through the callback given at open.
+//!
+//! It must never: report a position durable before its bytes are fsynced (when fsync is on);
+//! retry a failed write or fsync (the journal stops instead); interpret records beyond checking
+//! that their frames decode; let a reader see bytes that are not yet written.
+//!
+//! Released segments: a segment in the middle of the journal that the store releases is
+//! truncated to zero bytes but keeps its name (a *tombstone*), so that recovery can tell a
+//! released range from a lost file: a zero-length file that is not the last one covers the
+//! positions up to the next file. Tombstones at the front, or right after another tombstone,
+//! carry no information and are deleted.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use bytes::{Bytes, BytesMut};
+use prost::Message as _;
+use tracing::{debug, error, info, warn};
+
+use super::record::{
+    check_frame, decode_frame, encode_frame, FrameError, Position, Record, FRAME_HEADER_LEN,
+    MAX_RECORD_LEN,
+};
+use super::StoreError;
+
+/// Where and how the journal keeps its segments.
+#[derive(Debug, Clone)]
+pub struct JournalOptions {
+    pub directory: PathBuf,
+    /// A new segment starts when the next frame would push the current one past this size.
+    pub log_size: u64,
+    /// Call `fdatasync` before reporting a batch durable. Without it, batches are reported
+    /// once written to the operating system.
+    pub fsync: bool,
+}
+
+/// Called on the writer thread with the new durable end: every byte before it is durable.
+/// Values only grow (except across [`Journal::truncate`]).
+pub type DurableCallback = Box<dyn Fn(Position) + Send>;
+
+/// What [`Journal::append`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Position of the record's frame.
+    pub position: Position,
+    /// Length of the frame in bytes; the next record starts at `position + len`.
+    pub len: u64,
+    /// The frame starts a new segment (named by `position`).
+    pub new_segment: bool,
+}
+
+/// A segment that still holds data: positions `start..end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub start: Position,
+    pub end: Position,
+}
+
+/// Counters for logs and status pages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Segments holding data (released ones excluded).
+    pub segments: usize,
+    /// Bytes in those segments (written so far).
+    pub bytes: u64,
+    /// First retained position.
+    pub oldest: Position,
+    /// Next append position.
+    pub end: Position,
+    /// Everything before this is written to the operating system (and readable).
+    pub written: Position,
+    /// Everything before this is durable (reported through the callback).
+    pub durable: Position,
+    /// Group commits: one per batch that called `fdatasync`.
+    pub fsyncs: u64,
+    /// Batches written.
+    pub batches: u64,
+    /// Segments released since open.
+    pub released: u64,
+}
+
+const LOCK_FILE: &str = "journal.lock";
+/// A batch stops draining the channel once this many bytes are buffered, so durability is
+/// reported regularly under a flood of appends.
+const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Bytes a [`Frames`] iterator reads at once.
+const READ_CHUNK: usize = 1 << 20;
+
+/// The file name of the segment starting at `start`.
+pub fn segment_file_name(start: Position) -> String {
+    format!("{:016x}.log", start.0)
+}
+
+fn segment_path(directory: &Path, start: u64) -> PathBuf {
+    directory.join(segment_file_name(Position(start)))
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let hex = name.strip_suffix(".log")?;
+    if hex.len() != 16 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+fn io_error(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io {
+        operation,
+        path,
+        source,
+    }
+}
+
+fn sync_directory(directory: &Path) -> Result<(), StoreError> {
+    File::open(directory)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error("fsync directory", directory))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SegmentState {
+    Live,
+    /// Release requested; the writer deletes it after the batch in flight is durable.
+    Releasing,
+    /// A tombstone: truncated to zero bytes, kept so recovery knows the gap is intended.
+    Released,
+}
+
+struct Segment {
+    state: SegmentState,
+    /// Read handle, opened on first read; dropped on release so the space is freed.
+    reader: Mutex<Option<Arc<File>>>,
+}
+
+impl Segment {
+    fn new(state: SegmentState) -> Segment {
+        Segment {
+            state,
+            reader: Mutex::new(None),
+        }
+    }
+}
+
+/// State shared by the handle, the writer thread and the readers.
+struct Shared {
+    directory: PathBuf,
+    /// Every segment file by start position, tombstones included.
+    segments: RwLock<BTreeMap<u64, Segment>>,
+    written: AtomicU64,
+    durable: AtomicU64,
+    fsyncs: AtomicU64,
+    batches: AtomicU64,
+    released: AtomicU64,
+    failed: AtomicBool,
+    failure: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn failure(&self) -> Option<StoreError> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        let message = self.failure.lock().unwrap().clone();
+        Some(StoreError::JournalFailed(
+            message.unwrap_or_else(|| "writer thread stopped".into()),
+        ))
+    }
+
+    fn fail(&self, message: String) {
+        error!("journal failed, no further appends are accepted: {message}");
+        *self.failure.lock().unwrap() = Some(message);
+        self.failed.store(true, Ordering::Release);
+    }
+}
+
+enum Command {
+    Append {
+        bytes: Bytes,
+        /// The frame starts a new segment at this position.
+        new_segment: Option<u64>,
+    },
+    Release {
+        start: u64,
+    },
+    Truncate {
+        position: u64,
+        reply: mpsc::Sender<Result<(), StoreError>>,
+    },
+    /// Tests: block the writer until the sender side is dropped.
+    #[cfg(test)]
+    Hold(mpsc::Receiver<()>),
+}
+
+/// The caller's handle: assigns positions and hands frames to the writer thread.
+pub struct Journal {
+    shared: Arc<Shared>,
+    sender: Option<mpsc::Sender<Command>>,
+    writer: Option<JoinHandle<()>>,
+    log_size: u64,
+    end: u64,
+    current_start: u64,
+    encode_buffer: BytesMut,
+    /// Held (locked) for the journal's life.
+    _lock: File,
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal in `options.directory`, recovers it (see the module
+    /// docs) and starts the writer thread.
+    pub fn open(
+        options: JournalOptions,
+        on_durable: DurableCallback,
+    ) -> Result<Journal, StoreError> {
+        if options.log_size == 0 {
+            return Err(StoreError::InvalidOptions("log_size must be positive".into()));
+        }
+        let directory = options.directory.clone();
+        fs::create_dir_all(&directory).map_err(io_error("create directory", &directory))?;
+        let lock = lock_directory(&directory)?;
+        let recovery = recover(&directory, options.fsync)?;
+        let (current_start, _) = *recovery.segments.last().expect("recovery keeps a segment");
+        let current_path = segment_path(&directory, current_start);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&current_path)
+            .map_err(io_error("open for append", &current_path))?;
+        if options.fsync {
+            // A previous run without fsync may have left recovered bytes only in the page cache.
+            file.sync_data()
+                .map_err(io_error("fsync", &current_path))?;
+            sync_directory(&directory)?;
+        }
+        let segments = recovery
+            .segments
+            .iter()
+            .map(|&(start, state)| (start, Segment::new(state)))
+            .collect();
+        let shared = Arc::new(Shared {
+            directory: directory.clone(),
+            segments: RwLock::new(segments),
+            written: AtomicU64::new(recovery.end),
+            durable: AtomicU64::new(recovery.end),
+            fsyncs: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            released: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+        });
+        let (sender, receiver) = mpsc::channel();
+        let writer = Writer {
+            shared: shared.clone(),
+            receiver,
+            fsync: options.fsync,
+            on_durable,
+            file,
+            file_start: current_start,
+            file_offset: recovery.end - current_start,
+            buffer: Vec::new(),
+            end: recovery.end,
+            reported: recovery.end,
+            unsynced: false,
+            to_sync: Vec::new(),
+            directory_dirty: false,
+            releases: Vec::new(),
+        };
+        let writer = std::thread::Builder::new()
+            .name("ferromq-journal".into())
+            .spawn(move || writer.run())
+            .map_err(io_error("spawn writer thread for", &directory))?;
+        Ok(Journal {
+            shared,
+            sender: Some(sender),
+            writer: Some(writer),
+            log_size: options.log_size,
+            end: recovery.end,
+            current_start,
+            encode_buffer: BytesMut::new(),
+            _lock: lock,
+        })
+    }
+
+    /// Encodes `record`, assigns it the current end as its position and queues it for the
+    /// writer. Never blocks on I/O.
+    pub fn append(&mut self, record: &Record) -> Result<Appended, StoreError> {
+        self.check_failed()?;
+        let len = record.encoded_len();
+        if len > MAX_RECORD_LEN {
+            return Err(StoreError::RecordTooLarge {
+                len,
+                limit: MAX_RECORD_LEN,
+            });
+        }
+        encode_frame(record, &mut self.encode_buffer);
+        let bytes = self.encode_buffer.split().freeze();
+        self.push(bytes)
+    }
+
+    /// Appends a frame received from elsewhere (a slave copying its master): `position` must be
+    /// the current end and `frame` one whole valid frame.
+    pub fn append_frame(&mut self, position: Position, frame: Bytes) -> Result<Appended, StoreError> {
+        self.check_failed()?;
+        if position.0 != self.end {
+            return Err(StoreError::NotContiguous {
+                position,
+                end: Position(self.end),
+            });
+        }
+        match check_frame(&frame) {
+            Ok(Some(n)) if n == frame.len() => {}
+            Ok(_) => {
+                return Err(StoreError::InvalidFrame {
+                    position,
+                    cause: FrameError::Undecodable(format!(
+                        "{} bytes are not exactly one frame",
+                        frame.len()
+                    )),
+                })
+            }
+            Err(cause) => return Err(StoreError::InvalidFrame { position, cause }),
+        }
+        self.push(frame)
+    }
+
+    fn push(&mut self, bytes: Bytes) -> Result<Appended, StoreError> {
+        let len = bytes.len() as u64;
+        let position = self.end;
+        let current_len = position - self.current_start;
+        let new_segment = current_len > 0 && current_len + len > self.log_size;
+        if new_segment {
+            // Registered before the writer can write it, so readers never see its bytes as
+            // part of the previous segment.
+            self.shared
+                .segments
+                .write()
+                .unwrap()
+                .insert(position, Segment::new(SegmentState::Live));
+            self.current_start = position;
+        }
+        self.send(Command::Append {
+            bytes,
+            new_segment: new_segment.then_some(position),
+        })?;
+        self.end += len;
+        Ok(Appended {
+            position: Position(position),
+            len,
+            new_segment,
+        })
+    }
+
+    fn send(&self, command: Command) -> Result<(), StoreError> {
+        let sent = self.sender.as_ref().map(|s| s.send(command));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            _ => Err(self
+                .shared
+                .failure()
+                .unwrap_or_else(|| StoreError::JournalFailed("writer thread stopped".into()))),
+        }
+    }
+
+    fn check_failed(&self) -> Result<(), StoreError> {
+        match self.shared.failure() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Next append position.
+    pub fn end(&self) -> Position {
+        Position(self.end)
+    }
+
+    /// A reader for records below the written watermark.
+    pub fn reader(&self) -> JournalReader {
+        JournalReader {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The segments that hold data, oldest first; the last one is the current segment.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let map = self.shared.segments.read().unwrap();
+        let mut out: Vec<SegmentInfo> = Vec::new();
+        let mut iter = map.iter().peekable();
+        while let Some((&start, segment)) = iter.next() {
+            let end = iter.peek().map(|(&next, _)| next).unwrap_or(self.end);
+            if segment.state != SegmentState::Released {
+                out.push(SegmentInfo {
+                    start: Position(start),
+                    end: Position(end),
+                });
+            }
+        }
+        out
+    }
+
+    /// Releases the whole non-current segment starting at `start`: it is deleted (or made a
+    /// tombstone) once everything appended before this call is durable.
+    pub fn release(&mut self, start: Position) -> Result<(), StoreError> {
+        self.check_failed()?;
+        if start.0 == self.current_start {
+            return Err(StoreError::NotReleasable {
+                start,
+                reason: "it is the current segment",
+            });
+        }
+        {
+            let mut map = self.shared.segments.write().unwrap();
+            match map.get_mut(&start.0) {
+                Some(segment) if segment.state == SegmentState::Live => {
+                    segment.state = SegmentState::Releasing
+                }
+                Some(_) => {
+                    return Err(StoreError::NotReleasable {
+                        start,
+                        reason: "it is already released",
+                    })
+                }
+                None => {
+                    return Err(StoreError::NotReleasable {
+                        start,
+                        reason: "no segment starts there",
+                    })
+                }
+            }
+        }
+        self.send(Command::Release { start: start.0 })
+    }
+
+    /// Cuts the journal at `position` (a frame boundary at or after the oldest retained
+    /// position): every later byte and segment is deleted, and the next append goes to
+    /// `position`. Waits for the writer. Used by a slave whose tail diverged from its master.
+    pub fn truncate(&mut self, position: Position) -> Result<(), StoreError> {
+        self.check_failed()?;
+        if position.0 > self.end {
+            return Err(StoreError::NotWritten {
+                position,
+                written: Position(self.end),
+            });
+        }
+        if position.0 == self.end {
+            return Ok(());
+        }
+        let containing = {
+            let map = self.shared.segments.read().unwrap();
+            match map.range(..=position.0).next_back() {
+                Some((&start, segment)) if segment.state == SegmentState::Live => start,
+                _ => {
+                    return Err(StoreError::NotRetained {
+                        position,
+                        oldest: oldest_of(&map),
+                    })
+                }
+            }
+        };
+        let (reply, answer) = mpsc::channel();
+        self.send(Command::Truncate {
+            position: position.0,
+            reply,
+        })?;
+        answer.recv().map_err(|_| {
+            self.shared
+                .failure()
+                .unwrap_or_else(|| StoreError::JournalFailed("writer thread stopped".into()))
+        })??;
+        self.end = position.0;
+        self.current_start = containing;
+        Ok(())
+    }
+
+    pub fn stats(&self) -> JournalStats {
+        let shared = &self.shared;
+        let written = shared.written.load(Ordering::Acquire);
+        let map = shared.segments.read().unwrap();
+        let mut segments = 0;
+        let mut bytes = 0;
+        let mut iter = map.iter().peekable();
+        while let Some((&start, segment)) = iter.next() {
+            if segment.state == SegmentState::Released {
+                continue;
+            }
+            let end = iter.peek().map(|(&next, _)| next).unwrap_or(written);
+            segments += 1;
+            bytes += end.saturating_sub(start);
+        }
+        JournalStats {
+            segments,
+            bytes,
+            oldest: oldest_of(&map),
+            end: Position(self.end),
+            written: Position(written),
+            durable: Position(shared.durable.load(Ordering::Acquire)),
+            fsyncs: shared.fsyncs.load(Ordering::Relaxed),
+            batches: shared.batches.load(Ordering::Relaxed),
+            released: shared.released.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Blocks the writer thread until the returned guard is dropped (tests of group commit).
+    #[cfg(test)]
+    pub(crate) fn hold_writer(&self) -> mpsc::Sender<()> {
+        let (guard, wait) = mpsc::channel();
+        self.send(Command::Hold(wait)).unwrap();
+        guard
+    }
+
+    /// Waits for the writer to write and sync everything queued; reports the first failure.
+    pub fn close(mut self) -> Result<(), StoreError> {
+        self.shutdown()
+    }
+
+    pub(crate) fn shutdown(&mut self) -> Result<(), StoreError> {
+        self.sender.take();
+        if let Some(writer) = self.writer.take() {
+            if writer.join().is_err() {
+                self.shared.fail("writer thread panicked".into());
+            }
+        }
+        self.check_failed()
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+fn oldest_of(map: &BTreeMap<u64, Segment>) -> Position {
+    map.iter()
+        .find(|(_, s)| s.state != SegmentState::Released)
+        .map(|(&start, _)| Position(start))
+        .unwrap_or_default()
+}
+
+fn lock_directory(directory: &Path) -> Result<File, StoreError> {
+    let path = directory.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error("open lock file", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked(path)),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_error("lock", &path)(e)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recovery
+
+struct Recovery {
+    /// Every remaining segment file, oldest first; the last is the current segment (`Live`).
+    segments: Vec<(u64, SegmentState)>,
+    end: u64,
+}
+
+/// Scans the segments, keeps the longest valid prefix of the journal and normalizes the files.
+fn recover(directory: &Path, fsync: bool) -> Result<Recovery, StoreError> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(directory).map_err(io_error("list", directory))? {
+        let entry = entry.map_err(io_error("list", directory))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        match parse_segment_name(name) {
+            Some(start) => files.push(start),
+            None if name.ends_with(".log") => {
+                warn!(file = %entry.path().display(), "ignoring a .log file that is not named like a journal segment")
+            }
+            None => {}
+        }
+    }
+    files.sort_unstable();
+    if files.is_empty() {
+        let path = segment_path(directory, 0);
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_error("create segment", &path))?;
+        if fsync {
+            sync_directory(directory)?;
+        }
+        info!(directory = %directory.display(), "created a new journal");
+        return Ok(Recovery {
+            segments: vec![(0, SegmentState::Live)],
+            end: 0,
+        });
+    }
+
+    // (start, length, tombstone)
+    let mut kept: Vec<(u64, u64, bool)> = Vec::new();
+    let mut expected: Option<u64> = None;
+    let mut recovered_frames = 0u64;
+    for (i, &start) in files.iter().enumerate() {
+        let path = segment_path(directory, start);
+        let is_last = i + 1 == files.len();
+        if let Some(expected) = expected {
+            if start != expected {
+                warn!(
+                    file = %path.display(),
+                    position = expected,
+                    "journal segment starts at {start} but the previous one ends at {expected}: \
+                     the journal ends at the gap"
+                );
+                delete_unreachable(directory, &files[i..], fsync)?;
+                break;
+            }
+        }
+        let size = fs::metadata(&path)
+            .map_err(io_error("stat", &path))?
+            .len();
+        if size == 0 && !is_last {
+            kept.push((start, 0, true));
+            expected = None;
+            continue;
+        }
+        let scan = scan_segment(&path).map_err(io_error("read", &path))?;
+        recovered_frames += scan.frames;
+        kept.push((start, scan.valid_len, false));
+        expected = Some(start + scan.valid_len);
+        if let Some(cause) = scan.problem {
+            let position = start + scan.valid_len;
+            warn!(
+                file = %path.display(),
+                position,
+                "journal frame at position {position} is torn or corrupt ({cause}); truncating \
+                 the segment there"
+            );
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io_error("open for truncation", &path))?;
+            file.set_len(scan.valid_len)
+                .map_err(io_error("truncate", &path))?;
+            file.sync_all().map_err(io_error("fsync", &path))?;
+            if !is_last {
+                delete_unreachable(directory, &files[i + 1..], fsync)?;
+            }
+            break;
+        }
+    }
+
+    normalize(directory, &mut kept)?;
+    let &(last_start, last_len, _) = kept.last().expect("the last kept file is never removed");
+    let end = last_start + last_len;
+    let segments = kept
+        .iter()
+        .map(|&(start, _, tombstone)| {
+            let state = if tombstone {
+                SegmentState::Released
+            } else {
+                SegmentState::Live
+            };
+            (start, state)
+        })
+        .collect();
+    info!(
+        directory = %directory.display(),
+        end,
+        frames = recovered_frames,
+        "journal recovered"
+    );
+    Ok(Recovery { segments, end })
+}
+
+/// Deletes tombstones that carry no information (leading, or right after another tombstone),
+/// and an empty last segment that directly follows a segment with data (so the current segment
+/// always holds the last record, if there is one).
+fn normalize(directory: &Path, kept: &mut Vec<(u64, u64, bool)>) -> Result<(), StoreError> {
+    let mut index = 0;
+    while index < kept.len() {
+        let (start, _, tombstone) = kept[index];
+        let redundant = tombstone && (index == 0 || kept[index - 1].2);
+        if redundant {
+            let path = segment_path(directory, start);
+            debug!(file = %path.display(), "deleting a redundant tombstone");
+            fs::remove_file(&path).map_err(io_error("delete", &path))?;
+            kept.remove(index);
+        } else {
+            index += 1;
+        }
+    }
+    if let [.., (previous_start, previous_len, false), (last_start, 0, false)] = kept[..] {
+        if previous_start + previous_len == last_start {
+            let path = segment_path(directory, last_start);
+            fs::remove_file(&path).map_err(io_error("delete", &path))?;
+            kept.pop();
+        }
+    }
+    Ok(())
+}
+
+fn delete_unreachable(directory: &Path, starts: &[u64], fsync: bool) -> Result<(), StoreError> {
+    let names: Vec<String> = starts
+        .iter()
+        .map(|&s| segment_file_name(Position(s)))
+        .collect();
+    error!(
+        directory = %directory.display(),
+        "deleting journal segments unreachable past a hole: {}",
+        names.join(", ")
+    );
+    for &start in starts {
+        let path = segment_path(directory, start);
+        fs::remove_file(&path).map_err(io_error("delete", &path))?;
+    }
+    if fsync {
+        sync_directory(directory)?;
+    }
+    Ok(())
+}
+
+struct Scan {
+    valid_len: u64,
+    frames: u64,
+    /// Why the segment stops being valid at `valid_len` (before its end), if it does.
+    problem: Option<String>,
+}
+
+/// Checks every frame of one segment file.
+fn scan_segment(path: &Path) -> std::io::Result<Scan> {
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut input = BufReader::with_capacity(READ_CHUNK, file);
+    let mut offset = 0u64;
+    let mut frames = 0;
+    let problem = loop {
+        let remaining = size - offset;
+        if remaining == 0 {
+            break None;
+        }
+        if remaining < FRAME_HEADER_LEN as u64 {
+            break Some(format!("torn frame header: {remaining} bytes"));
+        }
+        let mut header = [0u8; FRAME_HEADER_LEN];
+        input.read_exact(&mut header)?;
+        let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
+        if len > MAX_RECORD_LEN {
+            break Some(FrameError::TooLarge(len, MAX_RECORD_LEN).to_string());
+        }
+        let frame_len = (FRAME_HEADER_LEN + len) as u64;
+        if remaining < frame_len {
+            break Some(format!(
+                "torn frame: {len} body bytes declared, {} present",
+                remaining - FRAME_HEADER_LEN as u64
+            ));
+        }
+        let mut frame = vec![0u8; FRAME_HEADER_LEN + len];
+        frame[..FRAME_HEADER_LEN].copy_from_slice(&header);
+        input.read_exact(&mut frame[FRAME_HEADER_LEN..])?;
+        if let Err(e) = check_frame(&frame) {
+            break Some(e.to_string());
+        }
+        if let Err(e) = decode_frame(Bytes::from(frame)) {
+            break Some(e.to_string());
+        }
+        offset += frame_len;
+        frames += 1;
+    };
+    Ok(Scan {
+        valid_len: offset,
+        frames,
+        problem,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The writer thread
+
+struct Writer {
+    shared: Arc<Shared>,
+    receiver: mpsc::Receiver<Command>,
+    fsync: bool,
+    on_durable: DurableCallback,
+    /// The current segment, its start and the bytes already written into it.
+    file: File,
+    file_start: u64,
+    file_offset: u64,
+    /// Frames of this batch not yet written to `file`.
+    buffer: Vec<u8>,
+    /// Position after the last buffered byte.
+    end: u64,
+    /// Last durable end reported.
+    reported: u64,
+    /// Bytes written since the last fsync.
+    unsynced: bool,
+    /// Segments finished during this batch, to fsync with it.
+    to_sync: Vec<(u64, File)>,
+    directory_dirty: bool,
+    /// Releases requested during this batch: run after its fsync.
+    releases: Vec<u64>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        while let Ok(first) = self.receiver.recv() {
+            let mut next = Some(first);
+            while let Some(command) = next.take() {
+                if let Err(e) = self.handle(command) {
+                    self.shared.fail(e.to_string());
+                    return;
+                }
+                if self.buffer.len() >= MAX_BATCH_BYTES {
+                    break;
+                }
+                next = self.receiver.try_recv().ok();
+            }
+            if let Err(e) = self.finish_batch() {
+                self.shared.fail(e.to_string());
+                return;
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) -> Result<(), StoreError> {
+        match command {
+            Command::Append { bytes, new_segment } => {
+                if let Some(start) = new_segment {
+                    self.rotate(start)?;
+                }
+                self.buffer.extend_from_slice(&bytes);
+                self.end += bytes.len() as u64;
+            }
+            Command::Release { start } => self.releases.push(start),
+            Command::Truncate { position, reply } => {
+                self.finish_batch()?;
+                let result = self.truncate(position);
+                let failed = result.is_err();
+                let _ = reply.send(result);
+                if failed {
+                    return Err(StoreError::JournalFailed(format!(
+                        "truncation to {position} failed"
+                    )));
+                }
+            }
+            #[cfg(test)]
+            Command::Hold(wait) => {
+                let _ = wait.recv();
+            }
+        }
+        Ok(())
+    }
+
+    fn current_path(&self) -> PathBuf {
+        segment_path(&self.shared.directory, self.file_start)
+    }
+
+    fn write_buffer(&mut self) -> Result<(), StoreError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_all_at(&self.buffer, self.file_offset)
+            .map_err(|source| StoreError::Io {
+                operation: "write",
+                path: self.current_path(),
+                source,
+            })?;
+        self.file_offset += self.buffer.len() as u64;
+        self.buffer.clear();
+        self.unsynced = true;
+        Ok(())
+    }
+
+    fn rotate(&mut self, start: u64) -> Result<(), StoreError> {
+        self.write_buffer()?;
+        let path = segment_path(&self.shared.directory, start);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_error("create segment", &path))?;
+        let previous = std::mem::replace(&mut self.file, file);
+        if self.fsync {
+            self.to_sync.push((self.file_start, previous));
+        }
+        self.file_start = start;
+        self.file_offset = 0;
+        self.directory_dirty = true;
+        Ok(())
+    }
+
+    /// Writes what is buffered, fsyncs it (group commit), reports the durable end, then runs
+    /// the releases requested in this batch.
+    fn finish_batch(&mut self) -> Result<(), StoreError> {
+        self.write_buffer()?;
+        self.shared.written.store(self.end, Ordering::Release);
+        if self.fsync && (self.unsynced || !self.to_sync.is_empty() || self.directory_dirty) {
+            for (start, file) in self.to_sync.drain(..) {
+                let path = segment_path(&self.shared.directory, start);
+                file.sync_data().map_err(io_error("fsync", &path))?;
+            }
+            self.file
+                .sync_data()
+                .map_err(|source| StoreError::Io {
+                    operation: "fsync",
+                    path: self.current_path(),
+                    source,
+                })?;
+            if self.directory_dirty {
+                sync_directory(&self.shared.directory)?;
+            }
+            self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        self.unsynced = false;
+        self.directory_dirty = false;
+        if self.end != self.reported {
+            self.shared.batches.fetch_add(1, Ordering::Relaxed);
+            self.reported = self.end;
+            self.shared.durable.store(self.end, Ordering::Release);
+            (self.on_durable)(Position(self.end));
+        }
+        for start in std::mem::take(&mut self.releases) {
+            self.release(start)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a released segment, or truncates it to a tombstone when a segment with data
+    /// precedes it (see the module docs). A failure here is logged, not fatal: the segment
+    /// merely stays on disk until it is released again after the next start.
+    fn release(&mut self, start: u64) -> Result<(), StoreError> {
+        let directory = self.shared.directory.clone();
+        let mut map = self.shared.segments.write().unwrap();
+        let leading_or_after_tombstone = map
+            .range(..start)
+            .next_back()
+            .is_none_or(|(_, s)| s.state == SegmentState::Released);
+        let Some(segment) = map.get_mut(&start) else {
+            return Ok(());
+        };
+        segment.reader.lock().unwrap().take();
+        let path = segment_path(&directory, start);
+        let result = if leading_or_after_tombstone {
+            map.remove(&start);
+            fs::remove_file(&path).map_err(io_error("delete", &path))
+        } else {
+            segment.state = SegmentState::Released;
+            OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| {
+                    f.set_len(0)?;
+                    if self.fsync {
+                        f.sync_all()?;
+                    }
+                    Ok(())
+                })
+                .map_err(io_error("truncate released segment", &path))
+        };
+        if let Err(e) = result {
+            error!("releasing journal segment {}: {e}", path.display());
+            return Ok(());
+        }
+        // A tombstone right after what was just released is now redundant.
+        let next_tombstone = map
+            .range(start + 1..)
+            .next()
+            .filter(|(_, s)| s.state == SegmentState::Released)
+            .map(|(&next, _)| next);
+        if let Some(next) = next_tombstone {
+            map.remove(&next);
+            let next_path = segment_path(&directory, next);
+            if let Err(e) = fs::remove_file(&next_path) {
+                error!("deleting journal tombstone {}: {e}", next_path.display());
+            }
+        }
+        drop(map);
+        if self.fsync {
+            // The next release may depend on this one having happened (see store::state).
+            if let Err(e) = sync_directory(&directory) {
+                error!("after releasing journal segment {}: {e}", path.display());
+            }
+        }
+        self.shared.released.fetch_add(1, Ordering::Relaxed);
+        debug!(file = %path.display(), "released journal segment");
+        Ok(())
+    }
+
+    fn truncate(&mut self, position: u64) -> Result<(), StoreError> {
+        let directory = self.shared.directory.clone();
+        let mut map = self.shared.segments.write().unwrap();
+        let containing = *map
+            .range(..=position)
+            .next_back()
+            .map(|(start, _)| start)
+            .expect("the handle checked the segment");
+        let later: Vec<u64> = map.range(position + 1..).map(|(&s, _)| s).collect();
+        for start in later.into_iter().rev() {
+            if let Some(segment) = map.remove(&start) {
+                segment.reader.lock().unwrap().take();
+            }
+            let path = segment_path(&directory, start);
+            fs::remove_file(&path).map_err(io_error("delete", &path))?;
+        }
+        if containing != self.file_start {
+            let path = segment_path(&directory, containing);
+            self.file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io_error("open for append", &path))?;
+            self.file_start = containing;
+        }
+        drop(map);
+        let path = self.current_path();
+        self.file
+            .set_len(position - containing)
+            .map_err(io_error("truncate", &path))?;
+        // Always synced: new frames must never land before stale ones in a file whose
+        // truncation was lost.
+        self.file.sync_all().map_err(io_error("fsync", &path))?;
+        sync_directory(&directory)?;
+        self.file_offset = position - containing;
+        self.end = position;
+        self.reported = position;
+        self.shared.written.store(position, Ordering::Release);
+        self.shared.durable.store(position, Ordering::Release);
+        info!(file = %path.display(), position, "journal truncated");
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+/// Reads records below the written watermark. Cheap to clone; Send + Sync.
+#[derive(Clone)]
+pub struct JournalReader {
+    shared: Arc<Shared>,
+}
+
+/// Where a position's bytes are: the file, its start position and the end of readable bytes.
+struct Located {
+    file: Arc<File>,
+    path: PathBuf,
+    start: u64,
+    limit: u64,
+}
+
+impl JournalReader {
+    /// Everything before this is written and readable.
+    pub fn written(&self) -> Position {
+        Position(self.shared.written.load(Ordering::Acquire))
+    }
+
+    /// The first retained position.
+    pub fn oldest(&self) -> Position {
+        oldest_of(&self.shared.segments.read().unwrap())
+    }
+
+    fn locate(&self, position: u64) -> Result<Located, StoreError> {
+        let written = self.shared.written.load(Ordering::Acquire);
+        if position >= written {
+            return Err(StoreError::NotWritten {
+                position: Position(position),
+                written: Position(written),
+            });
+        }
+        let map = self.shared.segments.read().unwrap();
+        let not_retained = || StoreError::NotRetained {
+            position: Position(position),
+            oldest: oldest_of(&map),
+        };
+        let Some((&start, segment)) = map.range(..=position).next_back() else {
+            return Err(not_retained());
+        };
+        if segment.state == SegmentState::Released {
+            return Err(not_retained());
+        }
+        let limit = map
+            .range(start + 1..)
+            .next()
+            .map(|(&next, _)| next)
+            .unwrap_or(u64::MAX)
+            .min(written);
+        let path = segment_path(&self.shared.directory, start);
+        let mut reader = segment.reader.lock().unwrap();
+        let file = match &*reader {
+            Some(file) => file.clone(),
+            None => {
+                let file = Arc::new(File::open(&path).map_err(io_error("open", &path))?);
+                *reader = Some(file.clone());
+                file
+            }
+        };
+        Ok(Located {
+            file,
+            path,
+            start,
+            limit,
+        })
+    }
+
+    /// The frame (header included) of the record at `position`.
+    pub fn read_frame(&self, position: Position) -> Result<Bytes, StoreError> {
+        let located = self.locate(position.0)?;
+        let offset = position.0 - located.start;
+        let corrupt = |cause| StoreError::Corrupt {
+            path: located.path.clone(),
+            position,
+            cause,
+        };
+        let mut header = [0u8; FRAME_HEADER_LEN];
+        if position.0 + FRAME_HEADER_LEN as u64 > located.limit {
+            return Err(corrupt(FrameError::Undecodable(
+                "frame header crosses the end of the segment".into(),
+            )));
+        }
+        located
+            .file
+            .read_exact_at(&mut header, offset)
+            .map_err(io_error("read", &located.path))?;
+        let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
+        if len > MAX_RECORD_LEN {
+            return Err(corrupt(FrameError::TooLarge(len, MAX_RECORD_LEN)));
+        }
+        let frame_len = FRAME_HEADER_LEN + len;
+        if position.0 + frame_len as u64 > located.limit {
+            return Err(corrupt(FrameError::Undecodable(format!(
+                "frame of {frame_len} bytes crosses the end of the segment"
+            ))));
+        }
+        let mut frame = vec![0u8; frame_len];
+        located
+            .file
+            .read_exact_at(&mut frame, offset)
+            .map_err(io_error("read", &located.path))?;
+        check_frame(&frame).map_err(corrupt)?;
+        Ok(Bytes::from(frame))
+    }
+
+    /// The record at `position`.
+    pub fn read(&self, position: Position) -> Result<Record, StoreError> {
+        let frame = self.read_frame(position)?;
+        decode_frame(frame).map_err(|cause| StoreError::Corrupt {
+            path: self.path_of(position),
+            position,
+            cause,
+        })
+    }
+
+    fn path_of(&self, position: Position) -> PathBuf {
+        let map = self.shared.segments.read().unwrap();
+        let start = map
+            .range(..=position.0)
+            .next_back()
+            .map(|(&s, _)| s)
+            .unwrap_or(0);
+        segment_path(&self.shared.directory, start)
+    }
+
+    /// Frames from `from` (a frame boundary) up to `limit` or the written watermark, whichever
+    /// comes first.
+    pub fn frames(&self, from: Position, limit: Position) -> Frames {
+        Frames {
+            reader: self.clone(),
+            position: from.0,
+            limit: limit.0,
+            buffer: Vec::new(),
+            buffer_start: 0,
+            failed: false,
+        }
+    }
+
+    /// Decoded records from `from` up to `limit` or the written watermark: (position, record,
+    /// frame length).
+    pub fn records(&self, from: Position, limit: Position) -> Records {
+        Records {
+            frames: self.frames(from, limit),
+        }
+    }
+}
+
+/// Iterator over `(position, frame)`; stops after the first error.
+pub struct Frames {
+    reader: JournalReader,
+    position: u64,
+    limit: u64,
+    buffer: Vec<u8>,
+    /// Position of `buffer[0]`.
+    buffer_start: u64,
+    failed: bool,
+}
+
+impl Frames {
+    /// Makes `buffer` hold `position .. position + n`.
+    fn fill(&mut self, n: usize) -> Result<(), StoreError> {
+        let have_from = self.position.checked_sub(self.buffer_start);
+        if let Some(offset) = have_from {
+            if offset as usize + n <= self.buffer.len() {
+                return Ok(());
+            }
+        }
+        let located = self.reader.locate(self.position)?;
+        if self.position + n as u64 > located.limit {
+            return Err(StoreError::Corrupt {
+                path: located.path,
+                position: Position(self.position),
+                cause: FrameError::Undecodable(format!(
+                    "frame of at least {n} bytes crosses the end of the segment"
+                )),
+            });
+        }
+        let len = (n.max(READ_CHUNK) as u64).min(located.limit - self.position) as usize;
+        self.buffer.resize(len, 0);
+        located
+            .file
+            .read_exact_at(&mut self.buffer, self.position - located.start)
+            .map_err(io_error("read", &located.path))?;
+        self.buffer_start = self.position;
+        Ok(())
+    }
+
+    fn next_frame(&mut self) -> Result<(Position, Bytes), StoreError> {
+        self.fill(FRAME_HEADER_LEN)?;
+        let offset = (self.position - self.buffer_start) as usize;
+        let header = &self.buffer[offset..offset + FRAME_HEADER_LEN];
+        let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
+        let position = Position(self.position);
+        if len > MAX_RECORD_LEN {
+            return Err(StoreError::Corrupt {
+                path: self.reader.path_of(position),
+                position,
+                cause: FrameError::TooLarge(len, MAX_RECORD_LEN),
+            });
+        }
+        let frame_len = FRAME_HEADER_LEN + len;
+        self.fill(frame_len)?;
+        let offset = (self.position - self.buffer_start) as usize;
+        let frame = &self.buffer[offset..offset + frame_len];
+        check_frame(frame).map_err(|cause| StoreError::Corrupt {
+            path: self.reader.path_of(position),
+            position,
+            cause,
+        })?;
+        // Copied out so a retained frame (or a message body decoded from it) never pins the
+        // whole read-ahead chunk.
+        let frame = Bytes::copy_from_slice(frame);
+        self.position += frame_len as u64;
+        Ok((position, frame))
+    }
+}
+
+impl Iterator for Frames {
+    type Item = Result<(Position, Bytes), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let written = self.reader.shared.written.load(Ordering::Acquire);
+        if self.failed || self.position >= self.limit.min(written) {
+            return None;
+        }
+        let result = self.next_frame();
+        self.failed = result.is_err();
+        Some(result)
+    }
+}
+
+/// Iterator over `(position, record, frame length)`; stops after the first error.
+pub struct Records {
+    frames: Frames,
+}
+
+impl Iterator for Records {
+    type Item = Result<(Position, Record, u64), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (position, frame) = match self.frames.next()? {
+            Ok(x) => x,
+            Err(e) => return Some(Err(e)),
+        };
+        let len = frame.len() as u64;
+        match decode_frame(frame) {
+            Ok(record) => Some(Ok((position, record, len))),
+            Err(cause) => {
+                self.frames.failed = true;
+                Some(Err(StoreError::Corrupt {
+                    path: self.frames.reader.path_of(position),
+                    position,
+                    cause,
+                }))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::record::{entry, Entry, Message, MessageAdd};
+    use std::time::Duration;
+
+    fn record(n: u64, body_len: usize) -> Record {
+        Record {
+            epoch: 1,
+            entries: vec![Entry {
+                kind: Some(entry::Kind::Add(MessageAdd {
+                    queues: vec!["queue://q".into()],
+                    message: Some(Message {
+                        message_id: format!("m{n}"),
+                        body: Bytes::from(vec![n as u8; body_len]),
+                        ..Message::default()
+                    }),
+                })),
+            }],
+        }
+    }
+
+    fn frame_len(record: &Record) -> u64 {
+        (FRAME_HEADER_LEN + record.encoded_len()) as u64
+    }
+
+    fn open(dir: &Path, log_size: u64, fsync: bool) -> (Journal, mpsc::Receiver<Position>) {
+        let (tx, rx) = mpsc::channel();
+        let journal = Journal::open(
+            JournalOptions {
+                directory: dir.to_path_buf(),
+                log_size,
+                fsync,
+            },
+            Box::new(move |p| {
+                let _ = tx.send(p);
+            }),
+        )
+        .unwrap();
+        (journal, rx)
+    }
+
+    fn wait_durable(rx: &mpsc::Receiver<Position>, target: Position) -> Vec<Position> {
+        let mut seen = Vec::new();
+        while seen.last().is_none_or(|&p| p < target) {
+            seen.push(rx.recv_timeout(Duration::from_secs(10)).expect("durable report"));
+        }
+        seen
+    }
+
+    fn all_records(journal: &Journal) -> Vec<(Position, Record)> {
+        journal
+            .reader()
+            .records(Position(0), journal.end())
+            .map(|r| r.map(|(p, rec, _)| (p, rec)).unwrap())
+            .collect()
+    }
+
+    fn segment_files(dir: &Path) -> Vec<(u64, u64)> {
+        let mut files: Vec<(u64, u64)> = fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| {
+                let e = e.unwrap();
+                let start = parse_segment_name(e.file_name().to_str()?)?;
+                Some((start, e.metadata().unwrap().len()))
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn positions_are_stable_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, rx) = open(dir.path(), 1 << 20, false);
+        let mut expected = Vec::new();
+        let mut next = 0;
+        for n in 0..20 {
+            let r = record(n, n as usize * 7);
+            let appended = journal.append(&r).unwrap();
+            assert_eq!(appended.position, Position(next));
+            assert_eq!(appended.len, frame_len(&r));
+            next += appended.len;
+            expected.push((appended.position, r));
+        }
+        assert_eq!(journal.end(), Position(next));
+        wait_durable(&rx, Position(next));
+        assert_eq!(all_records(&journal), expected);
+        assert_eq!(journal.reader().read(expected[7].0).unwrap(), expected[7].1);
+        journal.close().unwrap();
+
+        let (mut journal, _rx) = open(dir.path(), 1 << 20, false);
+        assert_eq!(journal.end(), Position(next));
+        assert_eq!(all_records(&journal), expected);
+        let appended = journal.append(&record(99, 1)).unwrap();
+        assert_eq!(appended.position, Position(next));
+    }
+
+    #[test]
+    fn rotates_at_log_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = frame_len(&record(0, 100));
+        let (mut journal, _rx) = open(dir.path(), 3 * len + len / 2, false);
+        let mut positions = Vec::new();
+        for n in 0..10 {
+            let appended = journal.append(&record(n, 100)).unwrap();
+            assert_eq!(appended.new_segment, n > 0 && n % 3 == 0, "record {n}");
+            positions.push(appended.position.0);
+        }
+        // A record larger than log_size gets a segment of its own.
+        let big = journal.append(&record(10, 10_000)).unwrap();
+        assert!(big.new_segment);
+        let after = journal.append(&record(11, 100)).unwrap();
+        assert!(after.new_segment);
+        journal.close().unwrap();
+        let files = segment_files(dir.path());
+        let starts: Vec<u64> = files.iter().map(|f| f.0).collect();
+        assert_eq!(
+            starts,
+            vec![0, positions[3], positions[6], positions[9], big.position.0, after.position.0]
+        );
+        assert_eq!(
+            fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_name() == "0000000000000000.log")
+                .count(),
+            1,
+            "named by 16 lowercase hex digits"
+        );
+        for (start, size) in &files[..3] {
+            assert_eq!(*size, 3 * len, "segment {start}");
+        }
+        let (journal, _rx) = open(dir.path(), 3 * len + len / 2, false);
+        assert_eq!(all_records(&journal).len(), 12);
+    }
+
+    #[test]
+    fn torn_tail_is_truncated_at_every_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let records: Vec<Record> = (0..3).map(|n| record(n, 20)).collect();
+        let (mut journal, _rx) = open(dir.path(), 1 << 20, false);
+        for r in &records {
+            journal.append(r).unwrap();
+        }
+        journal.close().unwrap();
+        let path = segment_path(dir.path(), 0);
+        let full = fs::read(&path).unwrap();
+        let last = full.len() as u64 - frame_len(&records[2]);
+        for cut in last..full.len() as u64 {
+            fs::write(&path, &full[..cut as usize]).unwrap();
+            let (mut journal, rx) = open(dir.path(), 1 << 20, false);
+            assert_eq!(journal.end(), Position(last), "cut at {cut}");
+            assert_eq!(fs::metadata(&path).unwrap().len(), last, "cut at {cut}");
+            let recovered: Vec<Record> = all_records(&journal).into_iter().map(|r| r.1).collect();
+            assert_eq!(recovered, records[..2].to_vec(), "cut at {cut}");
+            let appended = journal.append(&record(7, 3)).unwrap();
+            assert_eq!(appended.position, Position(last), "cut at {cut}");
+            wait_durable(&rx, journal.end());
+            journal.close().unwrap();
+            let (journal, _rx) = open(dir.path(), 1 << 20, false);
+            let recovered: Vec<Record> = all_records(&journal).into_iter().map(|r| r.1).collect();
+            assert_eq!(recovered.len(), 3);
+            assert_eq!(recovered[2], record(7, 3));
+        }
+    }
+
+    /// Three full segments of three records each plus a current one; returns the positions.
+    fn four_segments(dir: &Path, fsync: bool) -> (Journal, mpsc::Receiver<Position>, Vec<u64>) {
+        let len = frame_len(&record(0, 50));
+        let (mut journal, rx) = open(dir, 3 * len, fsync);
+        let positions: Vec<u64> = (0..10)
+            .map(|n| journal.append(&record(n, 50)).unwrap().position.0)
+            .collect();
+        (journal, rx, positions)
+    }
+
+    #[test]
+    fn flipped_bit_truncates_there_and_removes_later_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _rx, positions) = four_segments(dir.path(), false);
+        journal.close().unwrap();
+        // Flip a bit in the body of the middle frame of the second segment.
+        let victim = positions[4];
+        let path = segment_path(dir.path(), positions[3]);
+        let mut bytes = fs::read(&path).unwrap();
+        let offset = (victim - positions[3]) as usize + FRAME_HEADER_LEN + 5;
+        bytes[offset] ^= 0x10;
+        fs::write(&path, &bytes).unwrap();
+
+        let (mut journal, _rx) = open(dir.path(), 1 << 20, false);
+        assert_eq!(journal.end(), Position(victim));
+        assert_eq!(
+            segment_files(dir.path()),
+            vec![(0, positions[3]), (positions[3], victim - positions[3])]
+        );
+        assert_eq!(all_records(&journal).len(), 4);
+        assert_eq!(journal.append(&record(42, 1)).unwrap().position, Position(victim));
+    }
+
+    #[test]
+    fn absurd_length_and_undecodable_body_end_the_journal() {
+        for garbage in [
+            // Length far beyond the limit.
+            vec![0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 1, 2, 3],
+            // A valid checksum over a body that is not a record.
+            {
+                let body = [0xffu8; 5];
+                let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+                frame.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+                frame.extend_from_slice(&body);
+                frame
+            },
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut journal, _rx) = open(dir.path(), 1 << 20, false);
+            let end = {
+                journal.append(&record(1, 10)).unwrap();
+                journal.end()
+            };
+            journal.close().unwrap();
+            let path = segment_path(dir.path(), 0);
+            let mut bytes = fs::read(&path).unwrap();
+            bytes.extend_from_slice(&garbage);
+            bytes.extend_from_slice(&[0u8; 64]);
+            fs::write(&path, &bytes).unwrap();
+            let (journal, _rx) = open(dir.path(), 1 << 20, false);
+            assert_eq!(journal.end(), end);
+            assert_eq!(fs::metadata(&path).unwrap().len(), end.0);
+        }
+    }
+
+    #[test]
+    fn gap_between_segments_ends_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _rx, positions) = four_segments(dir.path(), false);
+        journal.close().unwrap();
+        fs::remove_file(segment_path(dir.path(), positions[3])).unwrap();
+        let (journal, _rx) = open(dir.path(), 1 << 20, false);
+        assert_eq!(journal.end(), Position(positions[3]));
+        assert_eq!(segment_files(dir.path()), vec![(0, positions[3])]);
+    }
+
+    #[test]
+    fn corrupt_first_frame_of_last_segment_continues_in_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _rx, positions) = four_segments(dir.path(), false);
+        journal.close().unwrap();
+        let path = segment_path(dir.path(), positions[9]);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[FRAME_HEADER_LEN] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        let (mut journal, _rx) = open(dir.path(), 1 << 20, false);
+        assert_eq!(journal.end(), Position(positions[9]));
+        assert!(!path.exists(), "the emptied last segment is removed");
+        let appended = journal.append(&record(1, 1)).unwrap();
+        assert_eq!(appended.position, Position(positions[9]));
+        assert!(!appended.new_segment, "log_size is now 1 MiB");
+    }
+
+    #[test]
+    fn durable_reports_are_monotone_and_reach_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, rx) = open(dir.path(), 4096, true);
+        for n in 0..200 {
+            journal.append(&record(n, 30)).unwrap();
+        }
+        let seen = wait_durable(&rx, journal.end());
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+        assert_eq!(*seen.last().unwrap(), journal.end());
+        let stats = journal.stats();
+        assert_eq!(stats.durable, journal.end());
+        assert!(stats.fsyncs >= 1);
+    }
+
+    #[test]
+    fn group_commit_shares_one_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, rx) = open(dir.path(), 1 << 20, true);
+        let hold = journal.hold_writer();
+        for n in 0..100 {
+            journal.append(&record(n, 30)).unwrap();
+        }
+        assert!(rx.try_recv().is_err(), "nothing is durable while the writer is held");
+        drop(hold);
+        wait_durable(&rx, journal.end());
+        let stats = journal.stats();
+        assert_eq!(stats.fsyncs, 1, "{stats:?}");
+        assert_eq!(stats.batches, 1);
+    }
+
+    #[test]
+    fn readers_see_only_written_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, rx) = open(dir.path(), 1 << 20, false);
+        let hold = journal.hold_writer();
+        let position = journal.append(&record(1, 10)).unwrap().position;
+        let reader = journal.reader();
+        assert!(matches!(
+            reader.read(position),
+            Err(StoreError::NotWritten { .. })
+        ));
+        assert_eq!(reader.records(Position(0), journal.end()).count(), 0);
+        drop(hold);
+        wait_durable(&rx, journal.end());
+        let other_thread = std::thread::spawn(move || reader.read(position).unwrap());
+        assert_eq!(other_thread.join().unwrap(), record(1, 10));
+    }
+
+    #[test]
+    fn release_waits_for_the_batch_and_leaves_tombstones_in_the_middle() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, rx, positions) = four_segments(dir.path(), true);
+        wait_durable(&rx, journal.end());
+        let (a, b, c, d) = (0, positions[3], positions[6], positions[9]);
+        let hold = journal.hold_writer();
+        journal.append(&record(1, 50)).unwrap(); // same size: no rotation
+        journal.release(Position(b)).unwrap();
+        assert!(matches!(
+            journal.release(Position(d)),
+            Err(StoreError::NotReleasable { .. })
+        ));
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(segment_files(dir.path()).len(), 4, "nothing deleted while held");
+        drop(hold);
+        wait_durable(&rx, journal.end());
+        journal.append(&record(2, 50)).unwrap(); // a later batch: the release ran
+        wait_durable(&rx, journal.end());
+        let files = segment_files(dir.path());
+        assert_eq!(files[1], (b, 0), "b is a tombstone after live a");
+        let reader = journal.reader();
+        assert!(matches!(
+            reader.read(Position(positions[4])),
+            Err(StoreError::NotRetained { .. })
+        ));
+        assert_eq!(journal.stats().segments, 3);
+        let end = journal.end();
+        journal.close().unwrap();
+
+        // Recovery accepts the released range.
+        let (mut journal, rx) = open(dir.path(), 1 << 20, true);
+        assert_eq!(journal.end(), end);
+        assert_eq!(
+            journal.segments(),
+            vec![
+                SegmentInfo {
+                    start: Position(a),
+                    end: Position(b)
+                },
+                SegmentInfo {
+                    start: Position(c),
+                    end: Position(d)
+                },
+                SegmentInfo {
+                    start: Position(d),
+                    end
+                },
+            ]
+        );
+        assert_eq!(journal.reader().read(Position(positions[7])).unwrap(), record(7, 50));
+        // Releasing the first deletes it and the tombstone after it.
+        journal.release(Position(a)).unwrap();
+        journal.append(&record(13, 1)).unwrap();
+        wait_durable(&rx, journal.end());
+        journal.append(&record(14, 1)).unwrap();
+        wait_durable(&rx, journal.end());
+        let starts: Vec<u64> = segment_files(dir.path()).iter().map(|f| f.0).collect();
+        assert_eq!(starts, vec![c, d]);
+        assert_eq!(journal.reader().oldest(), Position(c));
+    }
+
+    #[test]
+    fn truncate_then_append_frames_from_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, rx, positions) = four_segments(dir.path(), false);
+        wait_durable(&rx, journal.end());
+        let reader = journal.reader();
+        let frames: Vec<(Position, Bytes)> = reader
+            .frames(Position(0), journal.end())
+            .map(Result::unwrap)
+            .collect();
+        let cut = Position(positions[4]);
+        journal.truncate(cut).unwrap();
+        assert_eq!(journal.end(), cut);
+        assert_eq!(segment_files(dir.path()).len(), 2);
+        assert!(matches!(
+            reader.read(Position(positions[5])),
+            Err(StoreError::NotWritten { .. })
+        ));
+        assert!(matches!(
+            journal.append_frame(Position(positions[5]), frames[5].1.clone()),
+            Err(StoreError::NotContiguous { .. })
+        ));
+        assert!(matches!(
+            journal.append_frame(cut, Bytes::from_static(b"garbage!garbage")),
+            Err(StoreError::InvalidFrame { .. })
+        ));
+        for (position, frame) in &frames[4..] {
+            let appended = journal.append_frame(*position, frame.clone()).unwrap();
+            assert_eq!(appended.position, *position);
+        }
+        wait_durable(&rx, journal.end());
+        journal.close().unwrap();
+        let (journal, _rx) = open(dir.path(), 1 << 20, false);
+        let again: Vec<(Position, Bytes)> = journal
+            .reader()
+            .frames(Position(0), journal.end())
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(again, frames);
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_journal, _rx) = open(dir.path(), 1 << 20, false);
+        let second = Journal::open(
+            JournalOptions {
+                directory: dir.path().to_path_buf(),
+                log_size: 1 << 20,
+                fsync: false,
+            },
+            Box::new(|_| {}),
+        );
+        assert!(matches!(second, Err(StoreError::Locked(_))));
+    }
+}

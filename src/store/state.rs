@@ -1,0 +1,549 @@
+//! The live state the journal's records add up to, and the segment garbage-collection decisions
+//! that follow from it. Pure: no I/O, no threads; the store feeds it records and carries out
+//! what it returns (index operations, segment releases).
+//!
+//! It must never release a segment whose deletion could change what a rebuild from the
+//! remaining segments yields. Two rules guarantee that:
+//! 1. A segment is released only when nothing live was added in it (no live message entry, no
+//!    live durable subscription) and it is not the current segment.
+//! 2. A segment holding the removal of something added in an older, still retained segment
+//!    *depends* on it and is released only after that older segment (otherwise a rebuild would
+//!    replay the add without the remove and resurrect it). A subscription replaced by a newer
+//!    `SubscriptionAdd` counts as removed by the newer one.
+//!
+//! Releases are returned oldest-first, so a dependent segment is always released after the
+//! segments it depends on; the journal deletes them in that order.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::index::{self, IndexOp, IndexSnapshot};
+use super::record::{entry, Message, MessageKey, Position, Record, SubscriptionAdd};
+
+/// A live durable subscription and the position of the record that added it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LiveSubscription {
+    pub position: Position,
+    pub add: SubscriptionAdd,
+}
+
+#[derive(Debug, Default)]
+struct SegmentUsage {
+    /// End of the segment; `None` for the current one.
+    end: Option<u64>,
+    /// Live things added in this segment: message entries (per queue) and subscriptions.
+    live: u64,
+    /// Older retained segments this one holds removals for.
+    depends_on: BTreeSet<u64>,
+    /// Newer segments that depend on this one.
+    pinned_by: BTreeSet<u64>,
+}
+
+/// What is live, plus per-segment usage for garbage collection.
+#[derive(Debug, Default)]
+pub(crate) struct LiveState {
+    queues: HashMap<String, BTreeSet<u64>>,
+    subscriptions: HashMap<(String, String), LiveSubscription>,
+    producers: HashMap<String, u64>,
+    epoch: u64,
+    live_messages: u64,
+    segments: BTreeMap<u64, SegmentUsage>,
+    /// Segments whose usage dropped since the last [`LiveState::take_releasable`].
+    candidates: BTreeSet<u64>,
+}
+
+impl LiveState {
+    /// An empty state over the journal's retained segments `(start, end)`, oldest first; the
+    /// last one is the current segment.
+    pub fn new(segments: &[(Position, Position)]) -> LiveState {
+        let mut state = LiveState::default();
+        let last = segments.len().saturating_sub(1);
+        for (i, &(start, end)) in segments.iter().enumerate() {
+            let usage = SegmentUsage {
+                end: (i != last).then_some(end.0),
+                ..SegmentUsage::default()
+            };
+            state.segments.insert(start.0, usage);
+        }
+        state
+    }
+
+    /// The state held by an index. Things it names in segments that are no longer retained are
+    /// kept but not counted: replaying the journal from the index's position must remove them
+    /// (see [`LiveState::check_placed`]). Dependencies on or of segments that are gone are
+    /// dropped, with the index operations that delete them.
+    pub fn from_snapshot(
+        segments: &[(Position, Position)],
+        snapshot: IndexSnapshot,
+        ops: &mut Vec<IndexOp>,
+    ) -> LiveState {
+        let mut state = LiveState::new(segments);
+        state.epoch = snapshot.epoch;
+        for (queue, keys) in snapshot.messages {
+            for key in &keys {
+                if let Some(segment) = state.segment_of(key.position()) {
+                    state.usage(segment).live += 1;
+                }
+            }
+            state.live_messages += keys.len() as u64;
+            if !keys.is_empty() {
+                state
+                    .queues
+                    .insert(queue, keys.into_iter().map(|k| k.0).collect());
+            }
+        }
+        for subscription in snapshot.subscriptions {
+            if let Some(segment) = state.segment_of(subscription.position) {
+                state.usage(segment).live += 1;
+            }
+            let key = (
+                subscription.add.client_id.clone(),
+                subscription.add.subscription_name.clone(),
+            );
+            state.subscriptions.insert(key, subscription);
+        }
+        state.producers = snapshot.producers.into_iter().collect();
+        for (on, by) in snapshot.dependencies {
+            if state.segments.contains_key(&on.0) && state.segments.contains_key(&by.0) {
+                state.add_dependency(on.0, by.0);
+            } else {
+                ops.push(IndexOp::Delete(index::dependency_key(on, by)));
+            }
+        }
+        state
+    }
+
+    /// Checks that everything live was added in a retained segment; the reason if not (the
+    /// index then disagrees with the journal and must be rebuilt).
+    pub fn check_placed(&self) -> Result<(), String> {
+        for (queue, keys) in &self.queues {
+            for &key in keys {
+                let key = MessageKey(key);
+                if self.segment_of(key.position()).is_none() {
+                    return Err(format!(
+                        "message {} on {queue} was added at {}, which is not retained",
+                        key.0,
+                        key.position()
+                    ));
+                }
+            }
+        }
+        for subscription in self.subscriptions.values() {
+            if self.segment_of(subscription.position).is_none() {
+                return Err(format!(
+                    "durable subscription {}/{} was added at {}, which is not retained",
+                    subscription.add.client_id,
+                    subscription.add.subscription_name,
+                    subscription.position
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn usage(&mut self, start: u64) -> &mut SegmentUsage {
+        self.segments.get_mut(&start).expect("a retained segment")
+    }
+
+    /// The start of the retained segment holding `position`.
+    fn segment_of(&self, position: Position) -> Option<u64> {
+        let (&start, usage) = self.segments.range(..=position.0).next_back()?;
+        match usage.end {
+            Some(end) if position.0 >= end => None,
+            _ => Some(start),
+        }
+    }
+
+    /// The journal started a new segment at `start`; the previous one is complete.
+    pub fn segment_started(&mut self, start: Position) {
+        if let Some((&previous, usage)) = self.segments.iter_mut().next_back() {
+            usage.end = Some(start.0);
+            self.candidates.insert(previous);
+        }
+        self.segments.insert(start.0, SegmentUsage::default());
+    }
+
+    /// Applies the record at `position` and pushes the index operations that bring an index
+    /// from the state before to the state after.
+    pub fn apply(&mut self, position: Position, record: &Record, ops: &mut Vec<IndexOp>) {
+        let here = self.segment_of(position);
+        debug_assert!(here.is_some(), "record at {position} outside the segments");
+        self.raise_epoch(record.epoch, ops);
+        for (entry_index, entry) in record.entries.iter().enumerate() {
+            let Some(kind) = &entry.kind else { continue };
+            match kind {
+                entry::Kind::Add(add) => {
+                    let key = MessageKey::new(position, entry_index);
+                    for queue in &add.queues {
+                        let keys = self.queues.entry(queue.clone()).or_default();
+                        if keys.insert(key.0) {
+                            self.live_messages += 1;
+                            if let Some(here) = here {
+                                self.usage(here).live += 1;
+                            }
+                            ops.push(IndexOp::Put(index::message_key(queue, key), Vec::new()));
+                        }
+                    }
+                    if let Some(message) = &add.message {
+                        self.raise_producer(message, ops);
+                    }
+                }
+                entry::Kind::Remove(remove) => {
+                    let Some(keys) = self.queues.get_mut(&remove.queue) else {
+                        continue;
+                    };
+                    if !keys.remove(&remove.key) {
+                        continue;
+                    }
+                    if keys.is_empty() {
+                        self.queues.remove(&remove.queue);
+                    }
+                    self.live_messages -= 1;
+                    let key = MessageKey(remove.key);
+                    ops.push(IndexOp::Delete(index::message_key(&remove.queue, key)));
+                    self.released_thing(key.position(), here, ops);
+                }
+                entry::Kind::Subscribe(add) => {
+                    let key = (add.client_id.clone(), add.subscription_name.clone());
+                    let live = LiveSubscription {
+                        position,
+                        add: add.clone(),
+                    };
+                    ops.push(IndexOp::Put(
+                        index::subscription_key(&add.client_id, &add.subscription_name),
+                        index::subscription_value(position, add),
+                    ));
+                    if let Some(here) = here {
+                        self.usage(here).live += 1;
+                    }
+                    if let Some(previous) = self.subscriptions.insert(key, live) {
+                        self.released_thing(previous.position, here, ops);
+                    }
+                }
+                entry::Kind::Unsubscribe(remove) => {
+                    let key = (remove.client_id.clone(), remove.subscription_name.clone());
+                    if let Some(previous) = self.subscriptions.remove(&key) {
+                        ops.push(IndexOp::Delete(index::subscription_key(
+                            &remove.client_id,
+                            &remove.subscription_name,
+                        )));
+                        self.released_thing(previous.position, here, ops);
+                    }
+                }
+                entry::Kind::EpochStart(start) => self.raise_epoch(start.epoch, ops),
+            }
+        }
+    }
+
+    fn raise_epoch(&mut self, epoch: u64, ops: &mut Vec<IndexOp>) {
+        if epoch > self.epoch {
+            self.epoch = epoch;
+            ops.push(index::epoch_op(epoch));
+        }
+    }
+
+    fn raise_producer(&mut self, message: &Message, ops: &mut Vec<IndexOp>) {
+        if message.producer_id.is_empty() {
+            return;
+        }
+        let sequence = message.producer_sequence;
+        match self.producers.get_mut(&message.producer_id) {
+            Some(highest) if *highest >= sequence => return,
+            Some(highest) => *highest = sequence,
+            None => {
+                self.producers
+                    .insert(message.producer_id.clone(), sequence);
+            }
+        }
+        ops.push(IndexOp::Put(
+            index::producer_key(&message.producer_id),
+            sequence.to_be_bytes().to_vec(),
+        ));
+    }
+
+    /// Something added at `added` stopped being live because of the record in segment `here`.
+    fn released_thing(&mut self, added: Position, here: Option<u64>, ops: &mut Vec<IndexOp>) {
+        let Some(origin) = self.segment_of(added) else {
+            return;
+        };
+        let usage = self.usage(origin);
+        debug_assert!(usage.live > 0, "segment {origin} live count underflow");
+        usage.live = usage.live.saturating_sub(1);
+        self.candidates.insert(origin);
+        if let Some(here) = here {
+            if here != origin && self.add_dependency(origin, here) {
+                ops.push(IndexOp::Put(
+                    index::dependency_key(Position(origin), Position(here)),
+                    Vec::new(),
+                ));
+            }
+        }
+    }
+
+    /// Records that segment `by` holds removals of things added in `on`; true if new.
+    fn add_dependency(&mut self, on: u64, by: u64) -> bool {
+        let new = self.usage(by).depends_on.insert(on);
+        self.usage(on).pinned_by.insert(by);
+        new
+    }
+
+    /// Considers every segment for release (after open).
+    pub fn consider_all(&mut self) {
+        self.candidates.extend(self.segments.keys().copied());
+    }
+
+    /// Segments to release now, oldest first, removed from the state; pushes the index
+    /// operations that forget their dependencies.
+    pub fn take_releasable(&mut self, ops: &mut Vec<IndexOp>) -> Vec<Position> {
+        let mut released = Vec::new();
+        while let Some(start) = self.candidates.pop_first() {
+            let releasable = self.segments.get(&start).is_some_and(|usage| {
+                usage.end.is_some() && usage.live == 0 && usage.depends_on.is_empty()
+            });
+            if !releasable {
+                continue;
+            }
+            let usage = self.segments.remove(&start).expect("checked above");
+            for by in usage.pinned_by {
+                ops.push(IndexOp::Delete(index::dependency_key(
+                    Position(start),
+                    Position(by),
+                )));
+                if let Some(dependent) = self.segments.get_mut(&by) {
+                    dependent.depends_on.remove(&start);
+                    self.candidates.insert(by);
+                }
+            }
+            released.push(Position(start));
+        }
+        released
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn live_messages(&self) -> u64 {
+        self.live_messages
+    }
+
+    pub fn live_subscriptions(&self) -> u64 {
+        self.subscriptions.len() as u64
+    }
+
+    /// Live message keys per queue, queues by name, keys in order.
+    pub fn queues(&self) -> Vec<(&str, Vec<MessageKey>)> {
+        let mut queues: Vec<(&str, Vec<MessageKey>)> = self
+            .queues
+            .iter()
+            .map(|(name, keys)| (name.as_str(), keys.iter().map(|&k| MessageKey(k)).collect()))
+            .collect();
+        queues.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        queues
+    }
+
+    /// Live durable subscriptions by (client id, subscription name).
+    pub fn subscriptions(&self) -> Vec<SubscriptionAdd> {
+        let mut subscriptions: Vec<SubscriptionAdd> = self
+            .subscriptions
+            .values()
+            .map(|s| s.add.clone())
+            .collect();
+        subscriptions.sort_unstable_by(|a, b| {
+            (&a.client_id, &a.subscription_name).cmp(&(&b.client_id, &b.subscription_name))
+        });
+        subscriptions
+    }
+
+    /// Highest stored sequence per producer, by producer id.
+    pub fn producers(&self) -> Vec<(String, u64)> {
+        let mut producers: Vec<(String, u64)> =
+            self.producers.iter().map(|(p, s)| (p.clone(), *s)).collect();
+        producers.sort_unstable();
+        producers
+    }
+
+    /// The retained segments as the state sees them (tests and consistency checks).
+    #[cfg(test)]
+    pub fn segment_starts(&self) -> Vec<u64> {
+        self.segments.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::record::{
+        Entry, MessageAdd, MessageRemove, SubscriptionAdd, SubscriptionRemove,
+    };
+
+    fn add(queues: &[&str]) -> Record {
+        Record {
+            epoch: 1,
+            entries: vec![Entry {
+                kind: Some(entry::Kind::Add(MessageAdd {
+                    queues: queues.iter().map(|q| q.to_string()).collect(),
+                    message: Some(Message::default()),
+                })),
+            }],
+        }
+    }
+
+    fn remove(queue: &str, key: MessageKey) -> Record {
+        Record {
+            epoch: 1,
+            entries: vec![Entry {
+                kind: Some(entry::Kind::Remove(MessageRemove {
+                    queue: queue.into(),
+                    key: key.0,
+                })),
+            }],
+        }
+    }
+
+    fn subscribe(name: &str) -> Record {
+        Record {
+            epoch: 1,
+            entries: vec![Entry {
+                kind: Some(entry::Kind::Subscribe(SubscriptionAdd {
+                    client_id: "c".into(),
+                    subscription_name: name.into(),
+                    topic: "topic://t".into(),
+                    selector: String::new(),
+                    queue: format!("sub://{name}"),
+                })),
+            }],
+        }
+    }
+
+    fn unsubscribe(name: &str) -> Record {
+        Record {
+            epoch: 1,
+            entries: vec![Entry {
+                kind: Some(entry::Kind::Unsubscribe(SubscriptionRemove {
+                    client_id: "c".into(),
+                    subscription_name: name.into(),
+                })),
+            }],
+        }
+    }
+
+    /// Drives a state with segments of 10 positions each: record at position p lies in the
+    /// segment starting at p - p % 10.
+    struct Driver {
+        state: LiveState,
+        current: u64,
+        released: Vec<u64>,
+        ops: Vec<IndexOp>,
+    }
+
+    impl Driver {
+        fn new() -> Driver {
+            Driver {
+                state: LiveState::new(&[(Position(0), Position(0))]),
+                current: 0,
+                released: Vec::new(),
+                ops: Vec::new(),
+            }
+        }
+
+        fn at(&mut self, position: u64, record: Record) {
+            let segment = position - position % 10;
+            if segment != self.current {
+                self.state.segment_started(Position(segment));
+                self.current = segment;
+            }
+            self.state
+                .apply(Position(position), &record, &mut self.ops);
+            let released = self.state.take_releasable(&mut self.ops);
+            self.released.extend(released.iter().map(|p| p.0));
+        }
+    }
+
+    #[test]
+    fn consumed_segment_is_released_once_not_current() {
+        let mut d = Driver::new();
+        d.at(1, add(&["q"]));
+        d.at(2, remove("q", MessageKey::new(Position(1), 0)));
+        assert!(d.released.is_empty(), "the current segment is never released");
+        d.at(10, add(&["q"]));
+        assert_eq!(d.released, vec![0]);
+    }
+
+    #[test]
+    fn live_message_pins_its_segment() {
+        let mut d = Driver::new();
+        d.at(1, add(&["q", "r"]));
+        d.at(2, remove("q", MessageKey::new(Position(1), 0)));
+        d.at(10, add(&["q"]));
+        assert!(d.released.is_empty(), "r still holds the message");
+        d.at(11, remove("r", MessageKey::new(Position(1), 0)));
+        assert_eq!(d.released, vec![0]);
+    }
+
+    #[test]
+    fn remove_of_an_older_add_waits_for_that_segment() {
+        let mut d = Driver::new();
+        d.at(1, add(&["q"])); // segment 0: a, pinned
+        d.at(2, add(&["q"])); // segment 0: b
+        d.at(10, remove("q", MessageKey::new(Position(2), 0))); // segment 10 depends on 0
+        d.at(20, add(&["q"])); // segment 10 is complete and holds nothing live
+        assert!(
+            d.released.is_empty(),
+            "segment 10 removes b, added in retained segment 0"
+        );
+        d.at(21, remove("q", MessageKey::new(Position(1), 0)));
+        assert_eq!(d.released, vec![0, 10], "older first");
+    }
+
+    #[test]
+    fn durable_subscription_pins_its_segment_and_replacement_releases_it() {
+        let mut d = Driver::new();
+        d.at(1, subscribe("s"));
+        d.at(10, add(&["q"]));
+        assert!(d.released.is_empty());
+        d.at(11, subscribe("s")); // replaces the add of segment 0
+        d.at(20, add(&["q"]));
+        // Segment 0 is free; segment 10 holds the live subscription.
+        assert_eq!(d.released, vec![0]);
+        d.at(21, unsubscribe("s"));
+        d.at(22, remove("q", MessageKey::new(Position(10), 0)));
+        d.at(30, add(&["q"]));
+        assert_eq!(d.released, vec![0, 10]);
+        assert_eq!(d.state.live_subscriptions(), 0);
+    }
+
+    #[test]
+    fn duplicate_and_unknown_removes_are_no_ops() {
+        let mut d = Driver::new();
+        d.at(1, add(&["q"]));
+        d.at(2, add(&["q"]));
+        d.at(10, remove("q", MessageKey::new(Position(1), 0)));
+        d.at(11, remove("q", MessageKey::new(Position(1), 0)));
+        d.at(12, remove("nope", MessageKey::new(Position(1), 0)));
+        assert_eq!(d.state.live_messages(), 1);
+        d.at(20, add(&["q"]));
+        assert!(d.released.is_empty(), "segment 0 still holds the message at 2");
+    }
+
+    #[test]
+    fn snapshot_orphans_must_be_removed_by_replay() {
+        let orphan = MessageKey::new(Position(5), 0);
+        let snapshot = IndexSnapshot {
+            messages: vec![("q".into(), vec![orphan])],
+            dependencies: vec![(Position(0), Position(10))],
+            ..IndexSnapshot::default()
+        };
+        let segments = [(Position(10), Position(20)), (Position(20), Position(25))];
+        let mut ops = Vec::new();
+        let mut state = LiveState::from_snapshot(&segments, snapshot, &mut ops);
+        assert_eq!(
+            ops,
+            vec![IndexOp::Delete(index::dependency_key(Position(0), Position(10)))],
+            "a dependency on a released segment is forgotten"
+        );
+        assert!(state.check_placed().is_err());
+        state.apply(Position(21), &remove("q", orphan), &mut ops);
+        assert_eq!(state.check_placed(), Ok(()));
+        assert_eq!(state.live_messages(), 0);
+    }
+}
