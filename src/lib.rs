@@ -22,6 +22,7 @@ pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod election;
 pub mod protocol;
 pub mod server;
 pub mod store;

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+pub mod zk;
+
 /// How long a broker may take to print `accepting clients`.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -85,11 +85,9 @@ fn client_ack_messages_are_redelivered_after_a_disconnect() -> Result<()> {
     Ok(())
 }
 
-/// Test 4: sends in an aborted transaction are never delivered; committed ones are, and only
-/// at the commit; an acknowledgement in an aborted transaction is undone (the message is
-/// redelivered), and one in a committed transaction sticks.
+/// Test 4a: sends in an aborted transaction are never delivered; a committed one is.
 #[test]
-fn transactions_commit_and_abort_sends_and_acks() -> Result<()> {
+fn transaction_abort_discards_sends_and_commit_delivers_them() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let broker = BrokerProcess::start(dir.path(), "")?;
     let queue = "/queue/tx";
@@ -113,22 +111,62 @@ fn transactions_commit_and_abort_sends_and_acks() -> Result<()> {
         b"committed",
         &[("transaction", "tx2"), ("persistent", "true")],
     )?;
-    // Sent outside the transaction after the transacted send: visible first.
+    producer.send(queue, b"committed-transient", &[("transaction", "tx2")])?;
+    producer.request(Frame::new("COMMIT").header("transaction", "tx2"))?;
+    producer.send_persistent(queue, b"sentinel")?;
+    let got = consumer.recv_until(b"sentinel", FRAME_TIMEOUT)?;
+    assert_eq!(
+        bodies(&got),
+        ["committed", "committed-transient", "sentinel"],
+        "aborted sends must never be delivered, committed ones must"
+    );
+    Ok(())
+}
+
+/// Test 4b: a transacted send becomes visible at COMMIT, even when the same connection sent
+/// other (non-transacted) messages after it and before the commit.
+#[test]
+fn transacted_send_is_delivered_at_commit_after_interleaved_plain_sends() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), "")?;
+    let queue = "/queue/tx-interleaved";
+    let mut consumer = broker.client()?;
+    consumer.subscribe("c", queue, &[])?;
+
+    let mut producer = broker.client()?;
+    producer.request(Frame::new("BEGIN").header("transaction", "tx"))?;
+    producer.send(
+        queue,
+        b"committed",
+        &[("transaction", "tx"), ("persistent", "true")],
+    )?;
     producer.send_persistent(queue, b"outside")?;
     let m = consumer.recv_message(FRAME_TIMEOUT)?;
     assert_eq!(
         m.text(),
         "outside",
-        "before COMMIT only the non-transacted message may be delivered (aborted sends \
-         must never be)"
+        "before COMMIT only the non-transacted message may be delivered"
     );
-    producer.request(Frame::new("COMMIT").header("transaction", "tx2"))?;
+    producer.request(Frame::new("COMMIT").header("transaction", "tx"))?;
     producer.send_persistent(queue, b"sentinel")?;
     let rest = consumer.recv_until(b"sentinel", FRAME_TIMEOUT)?;
-    assert_eq!(bodies(&rest), ["committed", "sentinel"]);
+    assert_eq!(
+        bodies(&rest),
+        ["committed", "sentinel"],
+        "the committed transacted send was not delivered (it was sent before the plain \
+         'outside' message on the same connection)"
+    );
+    Ok(())
+}
 
-    // A transacted ACK, aborted: the message comes back.
+/// Test 4c: an acknowledgement in an aborted transaction is undone (the message is
+/// redelivered); one in a committed transaction sticks.
+#[test]
+fn transacted_ack_abort_redelivers_and_commit_removes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), "")?;
     let queue = "/queue/tx-ack";
+    let mut producer = broker.client()?;
     let mut acker = broker.client()?;
     acker.subscribe("k", queue, &[("ack", "client-individual")])?;
     producer.send_persistent(queue, b"m1")?;
@@ -144,7 +182,6 @@ fn transactions_commit_and_abort_sends_and_acks() -> Result<()> {
     assert_eq!(again.text(), "m1");
     assert_eq!(again.get("redelivered"), Some("true"), "{again:?}");
 
-    // A transacted ACK, committed: the message is gone for good.
     acker.request(Frame::new("BEGIN").header("transaction", "tx4"))?;
     let ack = acker.ack_frame("ACK", &again).header("transaction", "tx4");
     acker.request(ack)?;

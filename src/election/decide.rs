@@ -266,7 +266,11 @@ mod tests {
         let cases = vec![
             Case {
                 name: "highest position wins within one epoch",
-                members: vec![member(0, 2, 100, 1), member(1, 2, 300, 1), member(2, 2, 200, 1)],
+                members: vec![
+                    member(0, 2, 100, 1),
+                    member(1, 2, 300, 1),
+                    member(2, 2, 200, 1),
+                ],
                 replicas: 3,
                 current: None,
                 wait_over: false,
@@ -274,7 +278,11 @@ mod tests {
             },
             Case {
                 name: "stale longer log loses to a newer epoch",
-                members: vec![member(0, 1, 9_000, 5), member(1, 2, 100, 1), member(2, 2, 50, 1)],
+                members: vec![
+                    member(0, 1, 9_000, 5),
+                    member(1, 2, 100, 1),
+                    member(2, 2, 50, 1),
+                ],
                 replicas: 3,
                 current: None,
                 wait_over: false,
@@ -282,7 +290,11 @@ mod tests {
             },
             Case {
                 name: "weight breaks a (epoch, position) tie",
-                members: vec![member(0, 2, 100, 1), member(1, 2, 100, 3), member(2, 2, 100, 2)],
+                members: vec![
+                    member(0, 2, 100, 1),
+                    member(1, 2, 100, 3),
+                    member(2, 2, 100, 2),
+                ],
                 replicas: 3,
                 current: None,
                 wait_over: false,
@@ -298,7 +310,11 @@ mod tests {
             },
             Case {
                 name: "full tie: lowest sequence",
-                members: vec![member(4, 2, 100, 1), member(2, 2, 100, 1), member(7, 2, 100, 1)],
+                members: vec![
+                    member(4, 2, 100, 1),
+                    member(2, 2, 100, 1),
+                    member(7, 2, 100, 1),
+                ],
                 replicas: 3,
                 current: None,
                 wait_over: false,
@@ -328,7 +344,11 @@ mod tests {
             },
             Case {
                 name: "elected member still registered: kept, whatever the positions",
-                members: vec![member(0, 2, -1, 1), member(1, 2, -1, 1), member(2, 9, 999, 9)],
+                members: vec![
+                    member(0, 2, -1, 1),
+                    member(1, 2, -1, 1),
+                    member(2, 9, 999, 9),
+                ],
                 replicas: 3,
                 current: Some("0000000001"),
                 wait_over: false,
@@ -356,7 +376,11 @@ mod tests {
             },
             Case {
                 name: "a member not reporting holds the election",
-                members: vec![member(0, 2, 10, 1), member(1, 2, 20, 1), member(2, 2, -1, 1)],
+                members: vec![
+                    member(0, 2, 10, 1),
+                    member(1, 2, 20, 1),
+                    member(2, 2, -1, 1),
+                ],
                 replicas: 3,
                 current: None,
                 wait_over: false,
@@ -368,7 +392,11 @@ mod tests {
             },
             Case {
                 name: "wait over: a reporting quorum elects",
-                members: vec![member(0, 2, 10, 1), member(1, 2, 20, 1), member(2, 2, -1, 1)],
+                members: vec![
+                    member(0, 2, 10, 1),
+                    member(1, 2, 20, 1),
+                    member(2, 2, -1, 1),
+                ],
                 replicas: 3,
                 current: None,
                 wait_over: true,
@@ -376,7 +404,11 @@ mod tests {
             },
             Case {
                 name: "wait over but fewer than a quorum report",
-                members: vec![member(0, 2, 10, 1), member(1, 2, -1, 1), member(2, 2, -1, 1)],
+                members: vec![
+                    member(0, 2, 10, 1),
+                    member(1, 2, -1, 1),
+                    member(2, 2, -1, 1),
+                ],
                 replicas: 3,
                 current: None,
                 wait_over: true,

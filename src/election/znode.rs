@@ -221,7 +221,10 @@ mod tests {
             weight: 7,
             ..sample()
         };
-        assert_eq!(MemberData::parse(other.to_json().as_bytes()).unwrap(), other);
+        assert_eq!(
+            MemberData::parse(other.to_json().as_bytes()).unwrap(),
+            other
+        );
     }
 
     #[test]

@@ -8,7 +8,11 @@
 //!
 //! The store never knows about clients, protocols or ZooKeeper, and never reports a position
 //! durable before it is fsynced (when fsync is on). The caller only appends; the store decides
-//! by itself which segments hold nothing live any more and releases them.
+//! by itself which segments hold nothing live any more and releases them (see `state` for the
+//! rules). To keep long-lived items (a durable subscription, a message nobody consumes) from
+//! pinning every later segment, the store may append records of its own right after a caller's
+//! record that started a new segment: re-adds of durable subscriptions and repeats of earlier
+//! removals. They change nothing live; they only move what a rebuild needs forward.
 //!
 //! Files in the store directory: the segments `%016x.log`, `journal.lock` (held while open),
 //! `index/` (LevelDB) and `index.state` (whether the index was closed cleanly).
@@ -43,6 +47,8 @@ const INDEX_DIRECTORY: &str = "index";
 const MAX_ENTRIES: usize = 1 << 16;
 /// Index operations sent per message while replaying the journal at open.
 const REPLAY_BATCH_OPS: usize = 10_000;
+/// Stale segments forwarded at most per new segment (bounds the work of one append).
+const MAX_FORWARDS_PER_SEGMENT: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -89,6 +95,8 @@ pub struct StoreStats {
     pub batches: u64,
     /// Segments released since open.
     pub released_segments: u64,
+    /// Records the store appended on its own to let stale segments go (see the module docs).
+    pub forwarded_records: u64,
     pub live_messages: u64,
     pub live_subscriptions: u64,
     /// The index was rebuilt from the journal at open.
@@ -154,6 +162,9 @@ pub struct Store {
     journal: Journal,
     index: Option<Index>,
     state: LiveState,
+    /// Largest record the store appends on its own.
+    forward_limit: usize,
+    forwarded_records: u64,
     index_rebuilt: bool,
     index_replayed: u64,
     index_trouble_logged: bool,
@@ -178,7 +189,8 @@ impl Attempt {
     }
 }
 
-type Opened = (LiveState, Recovered, u64);
+/// The state, what is live, records replayed, and where replay started.
+type Opened = (LiveState, Recovered, u64, Position);
 
 impl Store {
     /// Opens the store in `options.directory` (creating it if needed): recovers the journal,
@@ -212,7 +224,7 @@ impl Store {
             .map(|s| (s.start, s.end))
             .collect();
         let end = journal.end();
-        let (mut state, recovered, replayed) = loop {
+        let (mut state, recovered, replayed, replayed_from) = loop {
             let attempt = match &rebuild {
                 None => catch_up(&index, &reader, &segments, end),
                 Some(reason) => {
@@ -232,11 +244,23 @@ impl Store {
             }
         };
 
+        // Removals held by segments that still depend on older ones are not in the index; read
+        // those segments again (few: forwarding keeps them few).
+        for (start, segment_end) in state.to_rescan(replayed_from) {
+            let records = reader
+                .records(start, segment_end)
+                .map(|item| item.map(|(position, record, _)| (position, record)))
+                .collect::<Result<Vec<_>, _>>()?;
+            state.rescan(start, &records);
+        }
+
         let mut store = Store {
             directory,
             journal,
             index: Some(index),
             state: LiveState::default(),
+            forward_limit: (options.log_size / 2).clamp(4096, 16 << 20) as usize,
+            forwarded_records: 0,
             index_rebuilt: rebuild.is_some(),
             index_replayed: replayed,
             index_trouble_logged: false,
@@ -244,10 +268,8 @@ impl Store {
         };
         let mut ops = Vec::new();
         state.consider_all();
-        for start in state.take_releasable(&mut ops) {
-            store.journal.release(start)?;
-        }
         store.state = state;
+        store.release_ready(&mut ops);
         store.send_to_index(ops, end);
         let stats = store.stats();
         info!(
@@ -272,20 +294,61 @@ impl Store {
         if record.entries.len() > MAX_ENTRIES {
             return Err(StoreError::TooManyEntries(record.entries.len()));
         }
+        let mut ops = Vec::new();
+        let appended = self.append_record(record, &mut ops)?;
+        if appended.new_segment {
+            self.forward_stale(&mut ops);
+        }
+        self.release_ready(&mut ops);
+        self.send_to_index(ops, self.journal.end());
+        Ok(appended.position)
+    }
+
+    fn append_record(
+        &mut self,
+        record: &Record,
+        ops: &mut Vec<index::IndexOp>,
+    ) -> Result<Appended, StoreError> {
         let appended = self.journal.append(record)?;
         if appended.new_segment {
             self.state.segment_started(appended.position);
         }
-        let mut ops = Vec::new();
-        self.state.apply(appended.position, record, &mut ops);
-        for start in self.state.take_releasable(&mut ops) {
-            // Deleted by the writer once this record (and all before it) is durable.
+        self.state.apply(appended.position, record, ops);
+        Ok(appended)
+    }
+
+    /// Carries the obligations of the oldest stale segments into the current one.
+    fn forward_stale(&mut self, ops: &mut Vec<index::IndexOp>) {
+        for _ in 0..MAX_FORWARDS_PER_SEGMENT {
+            let Some(forward) = self.state.plan_forward(self.forward_limit) else {
+                return;
+            };
+            let at = if forward.record.entries.is_empty() {
+                None
+            } else {
+                match self.append_record(&forward.record, ops) {
+                    Ok(appended) => {
+                        self.forwarded_records += 1;
+                        Some(appended.position)
+                    }
+                    Err(e) => {
+                        error!("forwarding journal segment at {}: {e}", forward.from);
+                        return;
+                    }
+                }
+            };
+            self.state.forwarded(forward, at, ops);
+        }
+    }
+
+    /// Releases the segments that hold nothing needed any more. The journal deletes them once
+    /// everything appended so far is durable.
+    fn release_ready(&mut self, ops: &mut Vec<index::IndexOp>) {
+        for start in self.state.take_releasable(ops) {
             if let Err(e) = self.journal.release(start) {
                 error!("releasing journal segment at {start}: {e}");
             }
         }
-        self.send_to_index(ops, Position(appended.position.0 + appended.len));
-        Ok(appended.position)
     }
 
     fn send_to_index(&mut self, ops: Vec<index::IndexOp>, end: Position) {
@@ -321,6 +384,7 @@ impl Store {
             fsyncs: journal.fsyncs,
             batches: journal.batches,
             released_segments: journal.released,
+            forwarded_records: self.forwarded_records,
             live_messages: self.state.live_messages(),
             live_subscriptions: self.state.live_subscriptions(),
             index_rebuilt: self.index_rebuilt,
@@ -418,12 +482,12 @@ fn catch_up(
     if !ops.is_empty() {
         index.apply(ops, applied);
     }
-    let replayed = replay(&mut state, index, reader, applied, end)?;
+    let replayed = replay(&mut state, index, reader, segments, applied)?;
     if replayed > 0 {
         info!("caught the index up from {applied} to {end} ({replayed} records)");
     }
     let recovered = build_recovered(&state, reader, end)?;
-    Ok((state, recovered, replayed))
+    Ok((state, recovered, replayed, applied))
 }
 
 /// Builds the index afresh from the oldest retained segment.
@@ -435,37 +499,42 @@ fn rebuild_all(
 ) -> Result<Opened, Attempt> {
     let mut state = LiveState::new(segments);
     let oldest = segments.first().map(|s| s.0).unwrap_or_default();
-    let replayed = replay(&mut state, index, reader, oldest, end)?;
+    let replayed = replay(&mut state, index, reader, segments, oldest)?;
     let recovered = build_recovered(&state, reader, end)?;
     info!("rebuilt the index from {oldest} to {end} ({replayed} records)");
-    Ok((state, recovered, replayed))
+    Ok((state, recovered, replayed, oldest))
 }
 
-/// Applies the journal's records from `from` to `end` to `state` and the index.
+/// Applies the records of the retained segments from `from` to the journal end to `state` and
+/// the index. Released ranges are skipped: they held nothing a rebuild needs (see `state`);
+/// whatever an index still names in them is caught by [`LiveState::check_placed`].
 fn replay(
     state: &mut LiveState,
     index: &Index,
     reader: &JournalReader,
+    segments: &[(Position, Position)],
     from: Position,
-    end: Position,
 ) -> Result<u64, Attempt> {
     let mut ops = Vec::new();
     let mut replayed = 0;
-    let mut at = from;
-    for item in reader.records(from, end) {
-        let (position, record, len) = item.map_err(Attempt::from_read)?;
-        state.apply(position, &record, &mut ops);
-        replayed += 1;
-        at = Position(position.0 + len);
-        if ops.len() >= REPLAY_BATCH_OPS {
-            index.apply(std::mem::take(&mut ops), at);
+    for &(start, end) in segments.iter().filter(|(_, end)| *end > from) {
+        let mut at = start.max(from);
+        for item in reader.records(at, end) {
+            let (position, record, len) = item.map_err(Attempt::from_read)?;
+            state.apply(position, &record, &mut ops);
+            replayed += 1;
+            at = Position(position.0 + len);
+            if ops.len() >= REPLAY_BATCH_OPS {
+                index.apply(std::mem::take(&mut ops), at);
+            }
+        }
+        if at != end {
+            return Err(Attempt::Rebuild(format!(
+                "replaying the journal segment {start}..{end} stopped at {at}"
+            )));
         }
     }
-    if at != end {
-        return Err(Attempt::Rebuild(format!(
-            "replaying the journal from {from} stopped at {at}, before its end {end}"
-        )));
-    }
+    let end = segments.last().map(|s| s.1).unwrap_or(from).max(from);
     if replayed > 0 || !ops.is_empty() {
         index.apply(ops, end);
     }

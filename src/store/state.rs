@@ -1,23 +1,39 @@
 //! The live state the journal's records add up to, and the segment garbage-collection decisions
 //! that follow from it. Pure: no I/O, no threads; the store feeds it records and carries out
-//! what it returns (index operations, segment releases).
+//! what it returns (index operations, segment releases, records to append).
 //!
-//! It must never release a segment whose deletion could change what a rebuild from the
-//! remaining segments yields. Two rules guarantee that:
-//! 1. A segment is released only when nothing live was added in it (no live message entry, no
-//!    live durable subscription) and it is not the current segment.
+//! It must never let a segment go if deleting it could change what a rebuild from the remaining
+//! segments yields. The rules:
+//! 1. A segment is released only when it is not the current segment and nothing live was added
+//!    in it (no live message entry, no live durable subscription).
 //! 2. A segment holding the removal of something added in an older, still retained segment
 //!    *depends* on it and is released only after that older segment (otherwise a rebuild would
 //!    replay the add without the remove and resurrect it). A subscription replaced by a newer
 //!    `SubscriptionAdd` counts as removed by the newer one.
+//! 3. Releases come out oldest-first, so a segment is always deleted after those it depends on.
 //!
-//! Releases are returned oldest-first, so a dependent segment is always released after the
-//! segments it depends on; the journal deletes them in that order.
+//! Rule 2 alone would let one long-lived item pin every later segment (each segment removes
+//! messages added in the one before it). So once more than [`STALE_LIMIT`] completed segments
+//! are *stale* (nothing live but subscriptions, yet not releasable), the oldest one is
+//! forwarded: a record appended to the current segment repeats its removals that still matter
+//! and re-adds its live subscriptions, after which it is released (like KahaDB's ack
+//! compaction). A forward larger than the store's limit is not written; that segment stays
+//! until what it depends on is gone.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use tracing::warn;
 
 use super::index::{self, IndexOp, IndexSnapshot};
-use super::record::{entry, Message, MessageKey, Position, Record, SubscriptionAdd};
+use super::record::{
+    entry, Entry, Message, MessageKey, MessageRemove, Position, Record, SubscriptionAdd,
+    SubscriptionRemove,
+};
+
+/// Stale segments tolerated before the oldest one is forwarded.
+pub(crate) const STALE_LIMIT: usize = 2;
+/// Entries a record can hold (a message key keeps the entry index in 16 bits).
+const MAX_ENTRIES: usize = 1 << 16;
 
 /// A live durable subscription and the position of the record that added it.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,16 +42,57 @@ pub(crate) struct LiveSubscription {
     pub add: SubscriptionAdd,
 }
 
+/// A removal held by one segment of something added in an older one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Removal {
+    Message {
+        queue: String,
+        key: u64,
+    },
+    Subscription {
+        client_id: String,
+        subscription_name: String,
+    },
+}
+
 #[derive(Debug, Default)]
 struct SegmentUsage {
     /// End of the segment; `None` for the current one.
     end: Option<u64>,
     /// Live things added in this segment: message entries (per queue) and subscriptions.
     live: u64,
+    /// Of which live subscriptions.
+    subscriptions: u64,
     /// Older retained segments this one holds removals for.
     depends_on: BTreeSet<u64>,
     /// Newer segments that depend on this one.
     pinned_by: BTreeSet<u64>,
+    /// The removals behind `depends_on` (possibly more: filtered when forwarded).
+    removals: Vec<Removal>,
+    /// Its forward would be too large: left alone until a dependency goes away.
+    stuck: bool,
+}
+
+impl SegmentUsage {
+    fn stale(&self) -> bool {
+        self.end.is_some()
+            && !self.stuck
+            && self.live == self.subscriptions
+            && (self.subscriptions > 0 || !self.depends_on.is_empty())
+    }
+}
+
+/// A record that carries a stale segment's obligations into the current segment.
+#[derive(Debug)]
+pub(crate) struct Forward {
+    /// The stale segment.
+    pub from: Position,
+    /// Removals still needed, then re-adds of its live subscriptions. May have no entries: the
+    /// segment then has nothing to carry and is released without a record.
+    pub record: Record,
+    removals: Vec<Removal>,
+    /// Segments the forwarded removals are for.
+    targets: BTreeSet<u64>,
 }
 
 /// What is live, plus per-segment usage for garbage collection.
@@ -70,7 +127,8 @@ impl LiveState {
     /// The state held by an index. Things it names in segments that are no longer retained are
     /// kept but not counted: replaying the journal from the index's position must remove them
     /// (see [`LiveState::check_placed`]). Dependencies on or of segments that are gone are
-    /// dropped, with the index operations that delete them.
+    /// dropped, with the index operations that delete them. The removals behind the
+    /// dependencies are not in the index: see [`LiveState::to_rescan`].
     pub fn from_snapshot(
         segments: &[(Position, Position)],
         snapshot: IndexSnapshot,
@@ -93,7 +151,9 @@ impl LiveState {
         }
         for subscription in snapshot.subscriptions {
             if let Some(segment) = state.segment_of(subscription.position) {
-                state.usage(segment).live += 1;
+                let usage = state.usage(segment);
+                usage.live += 1;
+                usage.subscriptions += 1;
             }
             let key = (
                 subscription.add.client_id.clone(),
@@ -103,7 +163,10 @@ impl LiveState {
         }
         state.producers = snapshot.producers.into_iter().collect();
         for (on, by) in snapshot.dependencies {
-            if state.segments.contains_key(&on.0) && state.segments.contains_key(&by.0) {
+            if on < by
+                && state.segments.contains_key(&on.0)
+                && state.segments.contains_key(&by.0)
+            {
                 state.add_dependency(on.0, by.0);
             } else {
                 ops.push(IndexOp::Delete(index::dependency_key(on, by)));
@@ -138,6 +201,53 @@ impl LiveState {
             }
         }
         Ok(())
+    }
+
+    /// Segments `(start, end)` with dependencies whose removals were not all seen by this
+    /// state (those starting before `replayed_from`, the position replay started at): the store
+    /// reads them and hands their records to [`LiveState::rescan`].
+    pub fn to_rescan(&self, replayed_from: Position) -> Vec<(Position, Position)> {
+        self.segments
+            .iter()
+            .filter(|(&start, usage)| start < replayed_from.0 && !usage.depends_on.is_empty())
+            .filter_map(|(&start, usage)| Some((Position(start), Position(usage.end?))))
+            .collect()
+    }
+
+    /// Recomputes the removals held by the segment at `start` from all of its records.
+    pub fn rescan(&mut self, start: Position, records: &[(Position, Record)]) {
+        let mut removals = Vec::new();
+        for (_, record) in records {
+            for entry in &record.entries {
+                match &entry.kind {
+                    Some(entry::Kind::Remove(remove)) => {
+                        let origin = self.segment_of(MessageKey(remove.key).position());
+                        if origin.is_some_and(|origin| origin != start.0) {
+                            removals.push(Removal::Message {
+                                queue: remove.queue.clone(),
+                                key: remove.key,
+                            });
+                        }
+                    }
+                    Some(entry::Kind::Unsubscribe(SubscriptionRemove {
+                        client_id,
+                        subscription_name,
+                    }))
+                    | Some(entry::Kind::Subscribe(SubscriptionAdd {
+                        client_id,
+                        subscription_name,
+                        ..
+                    })) => removals.push(Removal::Subscription {
+                        client_id: client_id.clone(),
+                        subscription_name: subscription_name.clone(),
+                    }),
+                    _ => {}
+                }
+            }
+        }
+        if let Some(usage) = self.segments.get_mut(&start.0) {
+            usage.removals = removals;
+        }
     }
 
     fn usage(&mut self, start: u64) -> &mut SegmentUsage {
@@ -200,7 +310,11 @@ impl LiveState {
                     self.live_messages -= 1;
                     let key = MessageKey(remove.key);
                     ops.push(IndexOp::Delete(index::message_key(&remove.queue, key)));
-                    self.released_thing(key.position(), here, ops);
+                    let removal = Removal::Message {
+                        queue: remove.queue.clone(),
+                        key: remove.key,
+                    };
+                    self.released_thing(key.position(), here, removal, false, ops);
                 }
                 entry::Kind::Subscribe(add) => {
                     let key = (add.client_id.clone(), add.subscription_name.clone());
@@ -213,10 +327,16 @@ impl LiveState {
                         index::subscription_value(position, add),
                     ));
                     if let Some(here) = here {
-                        self.usage(here).live += 1;
+                        let usage = self.usage(here);
+                        usage.live += 1;
+                        usage.subscriptions += 1;
                     }
                     if let Some(previous) = self.subscriptions.insert(key, live) {
-                        self.released_thing(previous.position, here, ops);
+                        let removal = Removal::Subscription {
+                            client_id: add.client_id.clone(),
+                            subscription_name: add.subscription_name.clone(),
+                        };
+                        self.released_thing(previous.position, here, removal, true, ops);
                     }
                 }
                 entry::Kind::Unsubscribe(remove) => {
@@ -226,7 +346,11 @@ impl LiveState {
                             &remove.client_id,
                             &remove.subscription_name,
                         )));
-                        self.released_thing(previous.position, here, ops);
+                        let removal = Removal::Subscription {
+                            client_id: remove.client_id.clone(),
+                            subscription_name: remove.subscription_name.clone(),
+                        };
+                        self.released_thing(previous.position, here, removal, true, ops);
                     }
                 }
                 entry::Kind::EpochStart(start) => self.raise_epoch(start.epoch, ops),
@@ -261,21 +385,37 @@ impl LiveState {
     }
 
     /// Something added at `added` stopped being live because of the record in segment `here`.
-    fn released_thing(&mut self, added: Position, here: Option<u64>, ops: &mut Vec<IndexOp>) {
+    fn released_thing(
+        &mut self,
+        added: Position,
+        here: Option<u64>,
+        removal: Removal,
+        subscription: bool,
+        ops: &mut Vec<IndexOp>,
+    ) {
         let Some(origin) = self.segment_of(added) else {
             return;
         };
         let usage = self.usage(origin);
         debug_assert!(usage.live > 0, "segment {origin} live count underflow");
         usage.live = usage.live.saturating_sub(1);
+        if subscription {
+            usage.subscriptions = usage.subscriptions.saturating_sub(1);
+        }
         self.candidates.insert(origin);
-        if let Some(here) = here {
-            if here != origin && self.add_dependency(origin, here) {
-                ops.push(IndexOp::Put(
-                    index::dependency_key(Position(origin), Position(here)),
-                    Vec::new(),
-                ));
-            }
+        if let Some(here) = here.filter(|&here| here != origin) {
+            self.depend(origin, here, ops);
+            self.usage(here).removals.push(removal);
+        }
+    }
+
+    /// Records (in the index too) that segment `by` holds removals of things added in `on`.
+    fn depend(&mut self, on: u64, by: u64, ops: &mut Vec<IndexOp>) {
+        if self.add_dependency(on, by) {
+            ops.push(IndexOp::Put(
+                index::dependency_key(Position(on), Position(by)),
+                Vec::new(),
+            ));
         }
     }
 
@@ -284,6 +424,22 @@ impl LiveState {
         let new = self.usage(by).depends_on.insert(on);
         self.usage(on).pinned_by.insert(by);
         new
+    }
+
+    /// Forgets that `by` depends on `on`.
+    fn drop_dependency(&mut self, on: u64, by: u64, ops: &mut Vec<IndexOp>) {
+        if let Some(usage) = self.segments.get_mut(&on) {
+            usage.pinned_by.remove(&by);
+        }
+        if let Some(usage) = self.segments.get_mut(&by) {
+            usage.depends_on.remove(&on);
+            usage.stuck = false;
+            self.candidates.insert(by);
+        }
+        ops.push(IndexOp::Delete(index::dependency_key(
+            Position(on),
+            Position(by),
+        )));
     }
 
     /// Considers every segment for release (after open).
@@ -302,20 +458,131 @@ impl LiveState {
             if !releasable {
                 continue;
             }
-            let usage = self.segments.remove(&start).expect("checked above");
-            for by in usage.pinned_by {
-                ops.push(IndexOp::Delete(index::dependency_key(
-                    Position(start),
-                    Position(by),
-                )));
-                if let Some(dependent) = self.segments.get_mut(&by) {
-                    dependent.depends_on.remove(&start);
-                    self.candidates.insert(by);
-                }
+            let pinned_by = std::mem::take(&mut self.usage(start).pinned_by);
+            for by in pinned_by {
+                self.drop_dependency(start, by, ops);
             }
+            self.segments.remove(&start);
             released.push(Position(start));
         }
         released
+    }
+
+    /// When more than [`STALE_LIMIT`] segments are stale, the forward of the oldest one (see
+    /// the module docs), if its record stays within `max_bytes`.
+    pub fn plan_forward(&mut self, max_bytes: usize) -> Option<Forward> {
+        let stale: Vec<u64> = self
+            .segments
+            .iter()
+            .filter(|(_, usage)| usage.stale())
+            .map(|(&start, _)| start)
+            .take(STALE_LIMIT + 1)
+            .collect();
+        if stale.len() <= STALE_LIMIT {
+            return None;
+        }
+        let from = stale[0];
+        let usage = &self.segments[&from];
+        let mut entries = Vec::new();
+        let mut removals = Vec::new();
+        let mut targets = BTreeSet::new();
+        let mut seen = HashSet::new();
+        for removal in &usage.removals {
+            if !seen.insert(removal) {
+                continue;
+            }
+            match removal {
+                Removal::Message { queue, key } => {
+                    let origin = self.segment_of(MessageKey(*key).position());
+                    let Some(origin) = origin.filter(|&origin| origin != from) else {
+                        continue;
+                    };
+                    if self.queues.get(queue).is_some_and(|keys| keys.contains(key)) {
+                        continue; // live again? never remove something live
+                    }
+                    targets.insert(origin);
+                    entries.push(Entry {
+                        kind: Some(entry::Kind::Remove(MessageRemove {
+                            queue: queue.clone(),
+                            key: *key,
+                        })),
+                    });
+                }
+                Removal::Subscription {
+                    client_id,
+                    subscription_name,
+                } => {
+                    let key = (client_id.clone(), subscription_name.clone());
+                    if self.subscriptions.contains_key(&key) {
+                        continue; // a newer add supersedes the old one in any rebuild
+                    }
+                    // Which older segment held the add is not known: keep them all pinned.
+                    targets.extend(usage.depends_on.iter().copied());
+                    entries.push(Entry {
+                        kind: Some(entry::Kind::Unsubscribe(SubscriptionRemove {
+                            client_id: client_id.clone(),
+                            subscription_name: subscription_name.clone(),
+                        })),
+                    });
+                }
+            }
+            removals.push(removal.clone());
+        }
+        let mut moved: Vec<&LiveSubscription> = self
+            .subscriptions
+            .values()
+            .filter(|s| self.segment_of(s.position) == Some(from))
+            .collect();
+        moved.sort_unstable_by_key(|s| s.position);
+        for subscription in moved {
+            entries.push(Entry {
+                kind: Some(entry::Kind::Subscribe(subscription.add.clone())),
+            });
+        }
+        let record = Record {
+            epoch: self.epoch,
+            entries,
+        };
+        let len = prost::Message::encoded_len(&record);
+        if record.entries.len() > MAX_ENTRIES || len > max_bytes {
+            warn!(
+                "journal segment at {from} holds {} removals and subscriptions still needed                  ({len} bytes to carry forward, more than {max_bytes}): it stays until the                  older segments it depends on are released",
+                record.entries.len()
+            );
+            self.usage(from).stuck = true;
+            return None;
+        }
+        Some(Forward {
+            from: Position(from),
+            record,
+            removals,
+            targets,
+        })
+    }
+
+    /// The forward's record was appended (and applied) at `at` (`None` if it had no entries):
+    /// its segment takes over the stale segment's dependencies, and the stale segment becomes
+    /// releasable.
+    pub fn forwarded(&mut self, forward: Forward, at: Option<Position>, ops: &mut Vec<IndexOp>) {
+        let from = forward.from.0;
+        let here = at.and_then(|at| self.segment_of(at));
+        if let Some(here) = here {
+            for &target in &forward.targets {
+                if target != here && self.segments.contains_key(&target) {
+                    self.depend(target, here, ops);
+                }
+            }
+            self.usage(here).removals.extend(forward.removals);
+        }
+        let Some(usage) = self.segments.get_mut(&from) else {
+            return;
+        };
+        usage.removals.clear();
+        let depends_on = std::mem::take(&mut usage.depends_on);
+        for on in depends_on {
+            self.drop_dependency(on, from, ops);
+        }
+        self.candidates.insert(from);
     }
 
     pub fn epoch(&self) -> u64 {
@@ -510,6 +777,75 @@ mod tests {
         d.at(30, add(&["q"]));
         assert_eq!(d.released, vec![0, 10]);
         assert_eq!(d.state.live_subscriptions(), 0);
+    }
+
+    #[test]
+    fn stale_segments_are_forwarded_and_the_chain_unwinds() {
+        let mut d = Driver::new();
+        d.at(1, subscribe("s"));
+        d.at(2, add(&["q"]));
+        d.at(10, remove("q", MessageKey::new(Position(2), 0))); // depends on 0
+        d.at(11, add(&["q"]));
+        d.at(20, remove("q", MessageKey::new(Position(11), 0))); // depends on 10
+        d.at(21, add(&["q"]));
+        assert!(d.state.plan_forward(1 << 20).is_none(), "two stale segments are tolerated");
+        d.at(30, remove("q", MessageKey::new(Position(21), 0))); // depends on 20
+        assert!(d.released.is_empty(), "0 is pinned by the subscription, 10 and 20 by it");
+        let forward = d.state.plan_forward(1 << 20).expect("three stale segments");
+        assert_eq!(forward.from, Position(0));
+        assert_eq!(forward.record.entries, subscribe("s").entries);
+        d.state.apply(Position(31), &forward.record, &mut d.ops);
+        d.state.forwarded(forward, Some(Position(31)), &mut d.ops);
+        let released = d.state.take_releasable(&mut d.ops);
+        assert_eq!(released, vec![Position(0), Position(10), Position(20)]);
+        assert_eq!(d.state.segment_starts(), vec![30]);
+        assert_eq!(d.state.live_subscriptions(), 1);
+    }
+
+    #[test]
+    fn forwarded_removals_keep_the_target_pinned_elsewhere() {
+        let mut d = Driver::new();
+        d.at(1, add(&["q"])); // stays live: pins segment 0
+        d.at(2, add(&["q"]));
+        d.at(10, remove("q", MessageKey::new(Position(2), 0))); // 10 depends on 0
+        d.at(11, add(&["q"]));
+        d.at(20, remove("q", MessageKey::new(Position(11), 0))); // 20 depends on 10
+        d.at(21, add(&["q"]));
+        d.at(30, remove("q", MessageKey::new(Position(21), 0))); // 30 depends on 20
+        d.at(31, add(&["q"]));
+        d.at(40, remove("q", MessageKey::new(Position(31), 0))); // 40 depends on 30
+        // Stale: 10, 20, 30 (0 holds a live message, so it is not stale).
+        let forward = d.state.plan_forward(1 << 20).expect("three stale segments");
+        assert_eq!(forward.from, Position(10));
+        assert_eq!(
+            forward.record.entries,
+            remove("q", MessageKey::new(Position(2), 0)).entries
+        );
+        d.state.apply(Position(41), &forward.record, &mut d.ops);
+        d.state.forwarded(forward, Some(Position(41)), &mut d.ops);
+        let released = d.state.take_releasable(&mut d.ops);
+        assert_eq!(released, vec![Position(10), Position(20), Position(30)]);
+        assert_eq!(d.state.segment_starts(), vec![0, 40]);
+        // 40 now carries the removal for 0: it goes only after 0.
+        d.at(50, add(&["q"]));
+        assert_eq!(d.state.segment_starts(), vec![0, 40, 50]);
+        d.at(51, remove("q", MessageKey::new(Position(1), 0)));
+        assert_eq!(d.state.segment_starts(), vec![50]);
+    }
+
+    #[test]
+    fn a_forward_too_large_is_not_written() {
+        let mut d = Driver::new();
+        d.at(1, add(&["q"]));
+        d.at(2, add(&["q"]));
+        for n in 1..6 {
+            d.at(n * 10, remove("q", MessageKey::new(Position((n - 1) * 10 + 2), 0)));
+            d.at(n * 10 + 2, add(&["q"]));
+        }
+        d.at(60, add(&["q"])); // stale: 10, 20, 30, 40
+        assert!(d.state.plan_forward(4).is_none());
+        let forward = d.state.plan_forward(1 << 20).expect("the next stale segment");
+        assert_eq!(forward.from, Position(20), "10 is stuck");
     }
 
     #[test]

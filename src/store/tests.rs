@@ -230,15 +230,21 @@ fn workload(dir: &Path) -> Recovered {
         .unwrap();
     let mut live = Vec::new();
     for n in 0..200 {
-        let key = add(&mut store, if n % 3 == 0 { "a" } else { "b" }, &format!("m{n}"));
-        live.push((if n % 3 == 0 { "a" } else { "b" }, key));
-        if n % 4 != 0 {
+        let queue = if n % 3 == 0 { "a" } else { "b" };
+        let key = add(&mut store, queue, &format!("m{n}"));
+        if n % 50 == 0 {
+            continue; // never consumed: pins its segment
+        }
+        live.push((queue, key));
+        if live.len() > 3 {
             let (queue, key) = live.remove(0);
             remove(&mut store, queue, key);
         }
     }
-    assert!(store.stats().released_segments > 0);
+    let end = store.end();
     store.close().unwrap();
+    let with_data = segment_starts(dir).iter().filter(|f| f.1 > 0).count() as u64;
+    assert!(with_data * 600 < end.0 / 3, "{with_data} segments for {end} bytes");
     let (_store, recovered, _rx) = open(dir, 600);
     recovered
 }
@@ -247,7 +253,7 @@ fn workload(dir: &Path) -> Recovered {
 fn rebuild_after_the_index_is_deleted_gives_the_same_recovered() {
     let dir = tempfile::tempdir().unwrap();
     let before = workload(dir.path());
-    assert_eq!(before.queues.iter().map(|q| q.1.len()).sum::<usize>(), 50);
+    assert_eq!(before.queues.iter().map(|q| q.1.len()).sum::<usize>(), 7);
     fs::remove_dir_all(dir.path().join("index")).unwrap();
     let (store, after, _rx) = open(dir.path(), 600);
     assert!(store.stats().index_rebuilt);
@@ -350,63 +356,88 @@ fn an_index_ahead_of_a_torn_journal_is_rebuilt() {
 #[test]
 fn gc_releases_consumed_segments_and_keeps_live_ones() {
     let dir = tempfile::tempdir().unwrap();
-    // Three single-message records per segment.
-    let probe = record(1, vec![add_entry(&["q"], message("m0", "p", 0))]);
-    let frame = (record::FRAME_HEADER_LEN + prost::Message::encoded_len(&probe)) as u64;
-    let (mut store, _, rx) = open(dir.path(), 3 * frame);
-
-    // Segment A: a message that stays, then two consumed ones.
-    let kept = add(&mut store, "q", "m0");
-    let b = add(&mut store, "q", "m1");
-    let c = add(&mut store, "q", "m2");
-    // Segment B: consumes them, and a message consumed within B.
-    let segment_b = store.end();
-    remove(&mut store, "q", b);
-    remove(&mut store, "q", c);
-    let d = add(&mut store, "q", "m3");
-    // Segment C: a durable subscription only.
-    let segment_c = store.end();
-    remove(&mut store, "q", d);
-    assert_eq!(store.state_segments(), vec![0, segment_b.0, segment_c.0]);
-    store
+    // log_size 1: every record starts a segment of its own.
+    let (mut store, _, rx) = open(dir.path(), 1);
+    let kept = add(&mut store, "q", "kept");
+    let subscribed = store
         .append(&record(1, vec![subscribe_entry(subscription("s", "sub"))]))
         .unwrap();
-    add(&mut store, "q", "m4");
-    // Segment D, current.
-    let segment_d = store.end();
-    let e = add(&mut store, "q", "m5");
-    remove(&mut store, "q", e);
-    // B has nothing live but holds the removes of A's messages: kept while A is.
-    assert_eq!(
-        store.state_segments(),
-        vec![0, segment_b.0, segment_c.0, segment_d.0]
-    );
-
-    remove(&mut store, "q", kept);
-    // A and then B are released (C still holds m4... and the subscription).
-    assert_eq!(store.state_segments(), vec![segment_c.0, segment_d.0]);
+    let mut consumed = Vec::new();
+    for n in 0..20 {
+        let key = add(&mut store, "q", &format!("m{n}"));
+        remove(&mut store, "q", key);
+        consumed.push(key.position());
+    }
     wait_durable(&rx, store.end());
     // Releases run after the batch that requested them is durable; one more batch makes sure.
-    add(&mut store, "q", "m6");
+    add(&mut store, "q", "last");
     wait_durable(&rx, store.end());
-    let files: Vec<u64> = segment_starts(dir.path()).iter().map(|f| f.0).collect();
-    assert_eq!(files, vec![segment_c.0, segment_d.0]);
-    assert_eq!(store.stats().segments, 2);
-    assert_eq!(store.stats().released_segments, 2);
 
-    // Consuming m4 leaves C pinned by the subscription alone.
-    let m4 = MessageKey::new(Position(segment_d.0 - frame), 0);
-    remove(&mut store, "q", m4);
-    assert_eq!(store.state_segments(), vec![segment_c.0, segment_d.0]);
-    let before = {
-        store.close().unwrap();
-        let (_, recovered, _rx) = open(dir.path(), 3 * frame);
-        recovered
-    };
+    let files: Vec<u64> = segment_starts(dir.path())
+        .iter()
+        .filter(|f| f.1 > 0)
+        .map(|f| f.0)
+        .collect();
+    assert!(files.contains(&kept.position().0), "a live message keeps its segment");
+    assert!(
+        !files.contains(&consumed[0].0),
+        "a consumed segment is deleted: {files:?}"
+    );
+    let stats = store.stats();
+    assert!(stats.released_segments >= 30, "{stats:?}");
+    assert!(stats.segments < 10, "{stats:?}");
+    assert_eq!(stats.live_messages, 2);
+    assert_eq!(stats.live_subscriptions, 1);
+    // The subscription's segment is kept, unless the subscription was carried forward.
+    assert!(files.contains(&subscribed.0) || stats.forwarded_records > 0);
+
+    store.close().unwrap();
+    let (_, before, _rx) = open(dir.path(), 1);
     assert_eq!(before.subscriptions, vec![subscription("s", "sub")]);
+    let ids: Vec<&str> = before.queues[0]
+        .1
+        .iter()
+        .map(|m| m.1.message_id.as_str())
+        .collect();
+    assert_eq!(ids, vec!["kept", "last"]);
     fs::remove_dir_all(dir.path().join("index")).unwrap();
-    let (_store, after, _rx) = open(dir.path(), 3 * frame);
+    let (_store, after, _rx) = open(dir.path(), 1);
     assert_eq!(after, before);
+}
+
+#[test]
+fn a_removal_of_an_older_add_is_not_lost_to_gc() {
+    // Segment A holds a live message and a consumed one; the removal of the consumed one lies
+    // in B. B must outlive A (or be carried forward), or a rebuild would resurrect it.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _, rx) = open(dir.path(), 1);
+    let a = store
+        .append(&record(
+            1,
+            vec![
+                add_entry(&["q"], message("stays", "p", 1)),
+                add_entry(&["q"], message("consumed", "p", 2)),
+            ],
+        ))
+        .unwrap();
+    remove(&mut store, "q", MessageKey::new(a, 1));
+    for n in 0..10 {
+        let key = add(&mut store, "r", &format!("m{n}"));
+        remove(&mut store, "r", key);
+    }
+    wait_durable(&rx, store.end());
+    add(&mut store, "r", "last");
+    wait_durable(&rx, store.end());
+    drop(store);
+    fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let (_store, recovered, _rx) = open(dir.path(), 1);
+    let q: Vec<&str> = recovered.queues[0]
+        .1
+        .iter()
+        .map(|m| m.1.message_id.as_str())
+        .collect();
+    assert_eq!(recovered.queues[0].0, "q");
+    assert_eq!(q, vec!["stays"]);
 }
 
 #[test]
@@ -430,10 +461,10 @@ fn disk_stays_bounded_under_steady_produce_and_consume() {
     assert!(stats.end.0 > 50 * 4096, "{stats:?}");
     assert!(stats.segments <= 4, "{stats:?}");
     assert!(stats.bytes <= 4 * 4096, "{stats:?}");
-    // On disk: the subscription's segment, a tombstone after it, and the tail.
+    // The subscription was carried forward instead of pinning the first segment forever.
+    assert!(stats.forwarded_records > 0, "{stats:?}");
     let files = segment_starts(dir.path());
-    assert!(files.len() <= 5, "{files:?}");
-    assert_eq!(files[0].0, 0, "the subscription pins the first segment");
+    assert!(files.len() <= 6, "{files:?}");
     store.close().unwrap();
     let (_store, recovered, _rx) = open(dir.path(), 4096);
     assert_eq!(recovered.subscriptions.len(), 1);

@@ -1,0 +1,497 @@
+//! The election against real ZooKeeper ensembles, 3.8 and 3.4 alike: three `Election`s in one
+//! process play three nodes of one cluster; the test plays their lifecycles (a master publishes
+//! its replication address once elected). Needs `scripts/zk.sh install`.
+//!
+//! Every wait polls with a deadline; nothing sleeps for a fixed time.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferromq::election::{self, Election, ElectionConfig, LogState, MemberView, Role};
+use ferromq_integration_tests::zk::{ZkEnsemble, ZkVersion};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const ZK_PATH: &str = "/activemq/leveldb-stores";
+const BROKER: &str = "broker";
+const SESSION_TIMEOUT: Duration = Duration::from_secs(2);
+/// Generous bound for anything the election must do "within seconds".
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// One node of the cluster: its election plus a stand-in lifecycle that publishes the
+/// replication address whenever the node becomes master.
+struct Node {
+    name: &'static str,
+    address: String,
+    election: Arc<Election>,
+    roles: watch::Receiver<Role>,
+    history: Arc<Mutex<Vec<Role>>>,
+    lifecycle: JoinHandle<()>,
+}
+
+impl Node {
+    async fn start(
+        zk: &ZkEnsemble,
+        name: &'static str,
+        log: LogState,
+        weight: u32,
+        address_port: u16,
+    ) -> Node {
+        let config = ElectionConfig {
+            zk_address: zk.connect_string(),
+            zk_password: None,
+            zk_path: ZK_PATH.to_owned(),
+            session_timeout: SESSION_TIMEOUT,
+            broker_name: BROKER.to_owned(),
+            replicas: 3,
+            weight,
+            container: Some(name.to_owned()),
+            client_address: Some(format!("tcp://127.0.0.1:{}", address_port + 1)),
+        };
+        let election = Arc::new(
+            Election::start(config, log)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: Election::start: {e}")),
+        );
+        let address = format!("tcp://127.0.0.1:{address_port}");
+        let history = Arc::new(Mutex::new(Vec::new()));
+        let lifecycle = {
+            let election = election.clone();
+            let mut roles = election.roles();
+            let history = history.clone();
+            let address = address.clone();
+            tokio::spawn(async move {
+                loop {
+                    let role = roles.borrow_and_update().clone();
+                    history.lock().unwrap().push(role.clone());
+                    if role.is_master() {
+                        election.publish_master_address(&address).await;
+                    }
+                    if roles.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        let roles = election.roles();
+        Node {
+            name,
+            address,
+            election,
+            roles,
+            history,
+            lifecycle,
+        }
+    }
+
+    fn role(&self) -> Role {
+        self.roles.borrow().clone()
+    }
+
+    fn changes(&self) -> Vec<Role> {
+        self.history.lock().unwrap().clone()
+    }
+
+    async fn close(self) {
+        self.lifecycle.abort();
+        let _ = self.lifecycle.await;
+        match Arc::try_unwrap(self.election) {
+            Ok(election) => election.close().await,
+            Err(_) => panic!("{}: election still shared", self.name),
+        }
+    }
+}
+
+fn log(epoch: u64, position: u64) -> LogState {
+    LogState { epoch, position }
+}
+
+/// Polls `condition` every 20 ms until it holds; panics with `what()` after `timeout`.
+async fn wait_for(
+    timeout: Duration,
+    mut condition: impl FnMut() -> bool,
+    what: impl Fn() -> String,
+) {
+    let end = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return;
+        }
+        if Instant::now() >= end {
+            panic!("not within {timeout:?}: {}", what());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn start_ensemble(version: ZkVersion) -> ZkEnsemble {
+    tokio::task::spawn_blocking(move || ZkEnsemble::start(version, 3))
+        .await
+        .expect("starting the ensemble")
+}
+
+fn describe(nodes: &[&Node]) -> String {
+    nodes
+        .iter()
+        .map(|n| format!("{}: {}", n.name, n.role()))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Waits until `master` is master of an epoch > `after` and every other node is its slave
+/// (same address and epoch); returns the epoch.
+async fn wait_stable(master: &Node, slaves: &[&Node], after: u64) -> u64 {
+    let all: Vec<&Node> = std::iter::once(master)
+        .chain(slaves.iter().copied())
+        .collect();
+    wait_for(
+        SETTLE,
+        || match master.role() {
+            Role::Master { epoch } if epoch > after => slaves.iter().all(|s| {
+                s.role()
+                    == Role::Slave {
+                        master: master.address.clone(),
+                        epoch,
+                    }
+            }),
+            _ => false,
+        },
+        || {
+            format!(
+                "{} master and the others its slaves; now {}",
+                master.name,
+                describe(&all)
+            )
+        },
+    )
+    .await;
+    match master.role() {
+        Role::Master { epoch } => epoch,
+        other => unreachable!("{other}"),
+    }
+}
+
+async fn cluster(zk: &ZkEnsemble, version: ZkVersion) -> (Node, Node, Node) {
+    // a has the longest log; b outweighs it but is behind; c joins last and is far behind.
+    // Whether the coordinator decides with two or three members registered, a wins.
+    let a = Node::start(zk, "a", log(0, 500), 1, 40001).await;
+    let b = Node::start(zk, "b", log(0, 300), 5, 40011).await;
+    let c = Node::start(zk, "c", log(0, 100), 9, 40021).await;
+    let epoch = wait_stable(&a, &[&b, &c], 0).await;
+    assert_eq!(epoch, 1, "{version:?}: the first master's epoch");
+    (a, b, c)
+}
+
+async fn read_members(zk: &ZkEnsemble) -> Vec<MemberView> {
+    election::read_cluster(&zk.connect_string(), ZK_PATH, None)
+        .await
+        .expect("read_cluster")
+}
+
+fn zkcli(zk: &ZkEnsemble, args: &[&str]) -> String {
+    tokio::task::block_in_place(|| zk.zkcli(args))
+}
+
+/// Runs one scenario against both versions' ensembles, each its own test.
+macro_rules! both_versions {
+    ($scenario:ident, $v38:ident, $v34:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $v38() {
+            $scenario(ZkVersion::V3_8).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $v34() {
+            $scenario(ZkVersion::V3_4).await
+        }
+    };
+}
+
+both_versions!(
+    one_master_two_slaves,
+    one_master_two_slaves_zk38,
+    one_master_two_slaves_zk34
+);
+both_versions!(master_leaves, master_leaves_zk38, master_leaves_zk34);
+both_versions!(below_quorum, below_quorum_zk38, below_quorum_zk34);
+both_versions!(
+    zk_leader_killed,
+    zk_leader_killed_zk38,
+    zk_leader_killed_zk34
+);
+both_versions!(
+    zk_quorum_lost_and_back,
+    zk_quorum_lost_and_back_zk38,
+    zk_quorum_lost_and_back_zk34
+);
+
+/// Exactly one master of epoch 1 and two slaves of its published address; the znodes read
+/// back with the version's zkCli start with ActiveMQ's six fields in ActiveMQ's order.
+async fn one_master_two_slaves(version: ZkVersion) {
+    let zk = start_ensemble(version).await;
+    let (a, b, c) = cluster(&zk, version).await;
+
+    let masters = [&a, &b, &c].iter().filter(|n| n.role().is_master()).count();
+    assert_eq!(masters, 1);
+
+    let members = read_members(&zk).await;
+    assert_eq!(members.len(), 3, "{members:?}");
+    let elected: Vec<&MemberView> = members.iter().filter(|m| m.elected).collect();
+    assert_eq!(elected.len(), 1, "{members:?}");
+    let master = elected[0].data.as_ref().expect("member JSON");
+    assert_eq!(master.container.as_deref(), Some("a"));
+    assert_eq!(master.address.as_deref(), Some(a.address.as_str()));
+    assert_eq!(master.role, "master");
+    assert_eq!(master.master_epoch, Some(1));
+    // The coordinator (lowest sequence) is the one naming the elected member.
+    let coordinator = members[0].data.as_ref().unwrap();
+    assert_eq!(coordinator.elected.as_deref(), elected[0].eid.as_deref());
+    for m in &members[1..] {
+        assert_eq!(
+            m.data.as_ref().unwrap().elected,
+            None,
+            "only the coordinator elects"
+        );
+    }
+    let table = election::format_table(&members);
+    assert!(table.starts_with("znode"), "{table}");
+    assert_eq!(table.lines().count(), 4, "{table}");
+
+    // What an operator sees with the version's own CLI.
+    let ls = zkcli(&zk, &["ls", ZK_PATH]);
+    let listed = ls
+        .lines()
+        .find(|l| l.starts_with('['))
+        .unwrap_or_else(|| panic!("no listing in zkCli output:\n{ls}"));
+    for m in &members {
+        assert!(listed.contains(&m.znode), "{} not in {listed}", m.znode);
+    }
+    let fields = [
+        "\"id\":",
+        "\"container\":",
+        "\"address\":",
+        "\"position\":",
+        "\"weight\":",
+        "\"elected\":",
+        "\"epoch\":",
+        "\"role\":",
+        "\"master_epoch\":",
+        "\"client_address\":",
+        "\"quorum\":",
+    ];
+    for m in &members {
+        let out = zkcli(&zk, &["get", &format!("{ZK_PATH}/{}", m.znode)]);
+        let json = out
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or_else(|| panic!("no JSON in zkCli output:\n{out}"));
+        assert!(json.starts_with(r#"{"id":"broker","container":"#), "{json}");
+        let at: Vec<usize> = fields
+            .iter()
+            .map(|f| {
+                json.find(f)
+                    .unwrap_or_else(|| panic!("{f} missing in {json}"))
+            })
+            .collect();
+        assert!(
+            at.windows(2).all(|w| w[0] < w[1]),
+            "fields out of order: {json}"
+        );
+        assert_eq!(json, m.raw, "zkCli and read_cluster disagree");
+    }
+    // The epoch table in zk_path's own data.
+    let out = zkcli(&zk, &["get", ZK_PATH]);
+    assert!(
+        out.lines().any(|l| l == r#"{"epochs":{"broker":1}}"#),
+        "epoch table:\n{out}"
+    );
+
+    for n in [a, b, c] {
+        n.close().await;
+    }
+    assert!(
+        read_members(&zk).await.is_empty(),
+        "closing deletes the znodes"
+    );
+}
+
+/// The master leaves: the next best node becomes master under a higher epoch and the last one
+/// follows it.
+async fn master_leaves(version: ZkVersion) {
+    let zk = start_ensemble(version).await;
+    let (a, b, c) = cluster(&zk, version).await;
+    let started = Instant::now();
+    a.close().await;
+    // b has the longer log (300 vs 100): it wins despite c's weight.
+    let epoch = wait_stable(&b, &[&c], 1).await;
+    assert_eq!(epoch, 2);
+    eprintln!("{version:?}: new master after {:?}", started.elapsed());
+    let members = read_members(&zk).await;
+    assert_eq!(members.len(), 2);
+    let out = zkcli(&zk, &["get", ZK_PATH]);
+    assert!(
+        out.lines().any(|l| l == r#"{"epochs":{"broker":2}}"#),
+        "epoch table:\n{out}"
+    );
+    b.close().await;
+    c.close().await;
+}
+
+/// Two of three nodes leave: the last one steps down and says why.
+async fn below_quorum(version: ZkVersion) {
+    let zk = start_ensemble(version).await;
+    let (a, b, c) = cluster(&zk, version).await;
+    b.close().await;
+    c.close().await;
+    wait_for(
+        SETTLE,
+        || matches!(a.role(), Role::Candidate { .. }),
+        || format!("a candidate; now {}", a.role()),
+    )
+    .await;
+    let Role::Candidate { reason } = a.role() else {
+        unreachable!()
+    };
+    assert_eq!(
+        reason,
+        "not enough cluster members connected to elect a master: 1 of 2"
+    );
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let members = read_members(&zk).await;
+        let data = members[0].data.clone().unwrap();
+        if data.role == "candidate" && !data.quorum && data.address.is_none() {
+            assert_eq!(data.elected, None);
+            assert_eq!(
+                data.position, 500,
+                "a reports its position while nobody is elected"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "a's znode: {}", members[0].raw);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.close().await;
+}
+
+/// The ZooKeeper leader dies: the sessions move to the other members in time, and no node
+/// changes role.
+async fn zk_leader_killed(version: ZkVersion) {
+    let mut zk = start_ensemble(version).await;
+    let (a, b, c) = cluster(&zk, version).await;
+    let before: Vec<usize> = [&a, &b, &c].iter().map(|n| n.changes().len()).collect();
+    let leader = zk.leader().expect("a ZooKeeper leader");
+    let killed = Instant::now();
+    tokio::task::block_in_place(|| zk.kill(leader));
+    // A new ZooKeeper leader, and the cluster readable through it.
+    wait_for(
+        Duration::from_secs(30),
+        || tokio::task::block_in_place(|| zk.leader()).is_some(),
+        || "a new ZooKeeper leader".to_owned(),
+    )
+    .await;
+    eprintln!(
+        "{version:?}: new ZooKeeper leader after {:?}",
+        killed.elapsed()
+    );
+    poll_async(SETTLE, || async {
+        let members = read_members(&zk).await;
+        members.len() == 3 && members.iter().filter(|m| m.elected).count() == 1
+    })
+    .await;
+    // Give the election a chance to misbehave: stay a few session timeouts under watch.
+    let watch_until = killed + SESSION_TIMEOUT * 3;
+    while Instant::now() < watch_until {
+        for n in [&a, &b, &c] {
+            assert!(
+                !matches!(n.role(), Role::Candidate { .. }),
+                "{} changed role: {:?}",
+                n.name,
+                n.changes()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (n, before) in [&a, &b, &c].iter().zip(before) {
+        assert_eq!(
+            n.changes().len(),
+            before,
+            "{}: role changes after the ZooKeeper leader died: {:?}",
+            n.name,
+            &n.changes()[before..]
+        );
+    }
+    assert_eq!(a.role(), Role::Master { epoch: 1 });
+    for n in [a, b, c] {
+        n.close().await;
+    }
+}
+
+/// ZooKeeper loses its quorum: the master steps down (fencing) before its session can expire
+/// on the servers; once ZooKeeper is back the nodes rejoin with new znodes (no restart) and
+/// elect a master under a new epoch.
+async fn zk_quorum_lost_and_back(version: ZkVersion) {
+    let mut zk = start_ensemble(version).await;
+    let (a, b, c) = cluster(&zk, version).await;
+    let lost = Instant::now();
+    tokio::task::block_in_place(|| {
+        zk.kill(0);
+        zk.kill(1);
+    });
+    wait_for(
+        SESSION_TIMEOUT * 3,
+        || {
+            [&a, &b, &c]
+                .iter()
+                .all(|n| matches!(n.role(), Role::Candidate { .. }))
+        },
+        || format!("all candidates; now {}", describe(&[&a, &b, &c])),
+    )
+    .await;
+    let fenced = a
+        .changes()
+        .into_iter()
+        .find(|r| matches!(r, Role::Candidate { .. }))
+        .unwrap();
+    eprintln!(
+        "{version:?}: master fenced after {:?}: {fenced}",
+        lost.elapsed()
+    );
+    assert_eq!(
+        fenced,
+        Role::Candidate {
+            reason: election::LOST_CONNECTION.to_owned()
+        }
+    );
+    assert!(
+        lost.elapsed() < SESSION_TIMEOUT * 3,
+        "fenced only after {:?}",
+        lost.elapsed()
+    );
+    tokio::task::block_in_place(|| {
+        zk.start_member(0);
+        zk.start_member(1);
+    });
+    let epoch = wait_stable(&a, &[&b, &c], 1).await;
+    eprintln!(
+        "{version:?}: master again after {:?} (epoch {epoch})",
+        lost.elapsed()
+    );
+    // Only the new znodes are left once the old sessions expired.
+    poll_async(SETTLE, || async { read_members(&zk).await.len() == 3 }).await;
+    for n in [a, b, c] {
+        n.close().await;
+    }
+}
+
+async fn poll_async<F, Fut>(timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = Instant::now() + timeout;
+    while !condition().await {
+        assert!(Instant::now() < end, "condition not met within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

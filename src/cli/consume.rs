@@ -1,0 +1,194 @@
+//! `ferromq consume`: receive N messages (or until none comes for a while), printing bodies.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use tokio::time::Instant;
+
+use super::report::Rate;
+use super::{duration_arg, AckArg, ConnectArgs};
+use crate::client::{AckMode, ClientError, SubscribeOptions};
+
+#[derive(Debug, Args)]
+pub(crate) struct ConsumeArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Destination: queue://NAME, topic://NAME, /queue/NAME or /topic/NAME.
+    #[arg(long, short = 'd', value_name = "DESTINATION")]
+    destination: String,
+    /// How many messages to receive; the exit code is 0 only if all of them arrive.
+    #[arg(long, short = 'n', default_value_t = 1000, value_name = "N")]
+    count: u64,
+    /// Stop after this long without a message (e.g. 5s, 500ms); by default wait indefinitely.
+    #[arg(long, short = 't', value_parser = duration_arg, value_name = "DURATION")]
+    timeout: Option<Duration>,
+    /// Acknowledgement mode.
+    #[arg(long, value_enum, default_value_t = AckArg::Auto)]
+    ack: AckArg,
+    /// How many unacknowledged messages the broker may push at once (activemq.prefetchSize).
+    #[arg(long, value_name = "N")]
+    prefetch: Option<u32>,
+    /// Do not print message bodies.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+/// Why receiving stopped.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Stopped {
+    /// All the messages asked for arrived.
+    Complete,
+    /// No message within the timeout.
+    Idle(Duration),
+    /// The client failed (gave up failing over, an ack failed, ...).
+    Failed(ClientError),
+}
+
+#[derive(Debug)]
+pub(crate) struct ConsumeReport {
+    pub(crate) received: u64,
+    pub(crate) rate: Rate,
+    pub(crate) stopped: Stopped,
+}
+
+pub(crate) async fn run(args: ConsumeArgs) -> ExitCode {
+    let mut stdout = std::io::stdout();
+    match execute(&args, &mut stdout).await {
+        Ok(report) => {
+            let reason = match &report.stopped {
+                Stopped::Complete => String::new(),
+                Stopped::Idle(timeout) => {
+                    format!("; stopped: no message for {} ms", timeout.as_millis())
+                }
+                Stopped::Failed(error) => format!("; stopped: {error}"),
+            };
+            eprintln!(
+                "received {} of {} in {}{reason}",
+                report.received, args.count, report.rate
+            );
+            if report.stopped == Stopped::Complete {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("ferromq consume: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Subscribes and receives, writing each body and a newline to `out` unless quiet.
+pub(crate) async fn execute(
+    args: &ConsumeArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<ConsumeReport> {
+    let client = args.connect.connect().await?;
+    let options = SubscribeOptions {
+        ack: args.ack.into(),
+        prefetch: args.prefetch,
+        ..SubscribeOptions::default()
+    };
+    let mut subscription = client.subscribe(&args.destination, options).await?;
+    let started = Instant::now();
+    let (mut received, mut bytes) = (0u64, 0u64);
+    let mut last = started;
+    let stopped = loop {
+        if received >= args.count {
+            break Stopped::Complete;
+        }
+        let next = match args.timeout {
+            None => subscription.next().await,
+            Some(timeout) => match tokio::time::timeout(timeout, subscription.next()).await {
+                Ok(next) => next,
+                Err(_) => break Stopped::Idle(timeout),
+            },
+        };
+        let Some(message) = next else {
+            break Stopped::Failed(subscription.close_reason());
+        };
+        if !args.quiet {
+            out.write_all(message.body())?;
+            out.write_all(b"\n")?;
+        }
+        if AckMode::from(args.ack) != AckMode::Auto {
+            if let Err(error) = message.ack().await {
+                break Stopped::Failed(error);
+            }
+        }
+        received += 1;
+        bytes += message.body().len() as u64;
+        last = Instant::now();
+    };
+    out.flush()?;
+    drop(subscription);
+    if let Err(e) = client.close().await {
+        tracing::debug!(error = %e, "closing the connection failed");
+    }
+    Ok(ConsumeReport {
+        received,
+        rate: Rate::new(received, bytes, last - started),
+        stopped,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::produce::{execute as produce, tests::produce_args};
+    use crate::cli::{parse_command, CliCommand};
+    use crate::client::fake_broker::MemoryBroker;
+
+    fn consume_args(args: &[&str]) -> ConsumeArgs {
+        let argv: Vec<&str> = std::iter::once("consume")
+            .chain(args.iter().copied())
+            .collect();
+        match parse_command(&argv) {
+            CliCommand::Consume(args) => args,
+            other => panic!("not consume: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn consumes_what_was_produced_and_prints_bodies() {
+        let broker = MemoryBroker::start().await;
+        let url = broker.url();
+        let produced = produce(&produce_args(&[
+            "-u", &url, "-d", "/queue/q", "-n", "3", "-s", "4",
+        ]))
+        .await
+        .unwrap();
+        assert_eq!(produced.confirmed, 3);
+        let mut out = Vec::new();
+        let args = consume_args(&["-u", &url, "-d", "queue://q", "-n", "3", "--ack", "client"]);
+        let report = execute(&args, &mut out).await.unwrap();
+        assert_eq!(report.stopped, Stopped::Complete);
+        assert_eq!(report.received, 3);
+        assert_eq!(String::from_utf8(out).unwrap(), "1 xx\n2 xx\n3 xx\n");
+    }
+
+    #[tokio::test]
+    async fn stops_after_the_timeout_without_messages() {
+        let broker = MemoryBroker::start().await;
+        let url = broker.url();
+        let args = consume_args(&[
+            "-u",
+            &url,
+            "-d",
+            "queue://empty",
+            "-n",
+            "1",
+            "-t",
+            "100ms",
+            "-q",
+        ]);
+        let mut out = Vec::new();
+        let report = execute(&args, &mut out).await.unwrap();
+        assert_eq!(report.stopped, Stopped::Idle(Duration::from_millis(100)));
+        assert_eq!(report.received, 0);
+        assert!(out.is_empty());
+    }
+}

@@ -1,0 +1,262 @@
+//! The `ferromq` command line.
+//!
+//! - `broker`: run a broker node ([`crate::server::run`]).
+//! - `produce`, `consume`: send or receive messages through [`crate::client`].
+//! - `bench`: concurrent producers and consumers; rates and send latency percentiles.
+//!
+//! Exit codes: 0 success; 1 failure (including `consume` receiving fewer messages than asked);
+//! 2 usage or configuration error.
+
+mod bench;
+mod consume;
+mod produce;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::client::{AckMode, Client, ClientOptions};
+
+/// The exit code of usage and configuration errors (clap uses it too).
+const USAGE_ERROR: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferromq",
+    version,
+    about = "A replicated message broker with ActiveMQ's master/slave model, and its tools",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: CliCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum CliCommand {
+    /// Run a broker node until SIGINT or SIGTERM.
+    Broker(BrokerArgs),
+    /// Send messages to a destination and report how fast the broker confirmed them.
+    Produce(produce::ProduceArgs),
+    /// Receive messages from a destination and print their bodies.
+    Consume(consume::ConsumeArgs),
+    /// Measure throughput and send latency with concurrent producers and consumers.
+    Bench(bench::BenchArgs),
+    // `status` (the cluster as ZooKeeper sees it) goes here.
+}
+
+#[derive(Debug, Args)]
+struct BrokerArgs {
+    /// Configuration file (TOML); without it, defaults and FERROMQ_* environment variables.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// How to reach the broker; shared by the client commands.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ConnectArgs {
+    /// Broker URL: tcp://HOST:PORT, HOST:PORT,HOST:PORT, or
+    /// failover:(tcp://A:PORT,tcp://B:PORT)?initialReconnectDelay=100&timeout=5000 (ActiveMQ's
+    /// failover options).
+    #[arg(
+        long,
+        short = 'u',
+        value_name = "URL",
+        default_value = "tcp://127.0.0.1:61616"
+    )]
+    url: String,
+    /// Login sent on CONNECT.
+    #[arg(long, value_name = "USER")]
+    login: Option<String>,
+    /// Passcode sent on CONNECT.
+    #[arg(long, value_name = "PASSWORD")]
+    passcode: Option<String>,
+}
+
+impl ConnectArgs {
+    pub(crate) async fn connect(&self) -> Result<Client, crate::client::ClientError> {
+        let options = ClientOptions {
+            login: self.login.clone(),
+            passcode: self.passcode.clone(),
+            ..ClientOptions::default()
+        };
+        Client::connect(&self.url, options).await
+    }
+}
+
+/// The `--ack` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum AckArg {
+    /// The broker counts a message consumed once it is written to the consumer.
+    Auto,
+    /// Each message is acknowledged (ACK) after it is handled.
+    Client,
+    /// Like client, acknowledging each message alone.
+    ClientIndividual,
+}
+
+impl From<AckArg> for AckMode {
+    fn from(ack: AckArg) -> AckMode {
+        match ack {
+            AckArg::Auto => AckMode::Auto,
+            AckArg::Client => AckMode::Client,
+            AckArg::ClientIndividual => AckMode::ClientIndividual,
+        }
+    }
+}
+
+/// Parses `5s`, `500ms`, `2m`, `1h` (a bare number is milliseconds), as the configuration does.
+pub(crate) fn duration_arg(value: &str) -> Result<Duration, String> {
+    crate::config::parse_duration(value).map_err(|e| e.to_string())
+}
+
+/// Parses `1024`, `4KiB`, `1MiB`, as the configuration does.
+pub(crate) fn size_arg(value: &str) -> Result<usize, String> {
+    let bytes = crate::config::parse_size(value).map_err(|e| e.to_string())?;
+    usize::try_from(bytes).map_err(|_| format!("size {value:?} is too large"))
+}
+
+/// Runs the command line: parses the arguments, starts logging (RUST_LOG, default `info`, on
+/// stderr) and a multi-threaded runtime, and runs the subcommand.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("ferromq: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        CliCommand::Broker(args) => broker(args).await,
+        CliCommand::Produce(args) => produce::run(args).await,
+        CliCommand::Consume(args) => consume::run(args).await,
+        CliCommand::Bench(args) => bench::run(args).await,
+    }
+}
+
+async fn broker(args: BrokerArgs) -> ExitCode {
+    let config = match crate::config::Config::load(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ferromq broker: {e}");
+            return ExitCode::from(USAGE_ERROR);
+        }
+    };
+    match crate::server::run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferromq broker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses a command line (without the program name), for tests.
+#[cfg(test)]
+fn parse_command(args: &[&str]) -> CliCommand {
+    let argv = std::iter::once("ferromq").chain(args.iter().copied());
+    Cli::parse_from(argv).command
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_lists_every_subcommand_with_a_description() {
+        let help = Cli::command().render_help().to_string();
+        for line in [
+            "broker   Run a broker node",
+            "produce  Send messages",
+            "consume  Receive messages",
+            "bench    Measure throughput",
+        ] {
+            assert!(help.contains(line), "{line:?} missing from:\n{help}");
+        }
+    }
+
+    #[test]
+    fn every_argument_has_help() {
+        fn check(command: &clap::Command, path: &str) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" {
+                    assert!(arg.get_help().is_some(), "{path} --{id} has no help text");
+                }
+            }
+            for sub in command.get_subcommands() {
+                check(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        check(&Cli::command(), "ferromq");
+    }
+
+    #[test]
+    fn durations_and_sizes_use_the_configuration_units() {
+        assert_eq!(duration_arg("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(duration_arg("500ms"), Ok(Duration::from_millis(500)));
+        assert!(duration_arg("soon").is_err());
+        assert_eq!(size_arg("4KiB"), Ok(4096));
+        assert_eq!(size_arg("100"), Ok(100));
+        assert!(size_arg("big").is_err());
+    }
+
+    #[test]
+    fn usage_errors_are_reported() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|_| ()).map_err(|e| e.kind());
+        assert_eq!(
+            parse(&["ferromq", "bench", "--count", "5", "--duration", "1s"]),
+            Err(clap::error::ErrorKind::ArgumentConflict)
+        );
+        assert_eq!(
+            parse(&[
+                "ferromq",
+                "produce",
+                "--destination",
+                "queue://q",
+                "--inflight",
+                "0"
+            ]),
+            Err(clap::error::ErrorKind::ValueValidation)
+        );
+        assert_eq!(
+            parse(&[
+                "ferromq",
+                "consume",
+                "--destination",
+                "queue://q",
+                "--timeout",
+                "x"
+            ]),
+            Err(clap::error::ErrorKind::ValueValidation)
+        );
+        assert!(parse(&["ferromq", "broker", "--config", "b.toml"]).is_ok());
+    }
+}
