@@ -9,9 +9,14 @@
 #   scripts/zk.sh status DIR                     # one line per member: pid, port, mode
 #   scripts/zk.sh cli DIR [zkCli args...]        # run the version's zkCli against member 1
 #
-# Ports of member i (1..3): client BASE+i-1, quorum BASE+1000+i-1, election BASE+2000+i-1.
+# An ensemble uses the 9 ports BASE..BASE+8: member i (1..3) has client port BASE+i-1, quorum
+# port BASE+3+i-1 and election port BASE+6+i-1 (so bases of two ensembles must be >= 9 apart).
 # tickTime=500, so a 2 s session timeout (ActiveMQ's default) is within [2, 20] x tickTime.
 # No nc needed: four-letter words go through bash's /dev/tcp.
+#
+# The 3.4.13 client cannot connect on Java 14+ (it parses InetSocketAddress.toString(), which
+# became "127.0.0.1/<unresolved>:PORT"); `cli` runs it with -Djdk.net.hosts.file mapping that
+# string back to 127.0.0.1.
 #
 # The Rust harness (integration-tests/src/zk.rs) uses the same install paths and classpaths.
 set -euo pipefail
@@ -34,7 +39,7 @@ ZK34_DEPS=/usr/share/java/log4j-1.2.jar:/usr/share/java/slf4j-api.jar:/usr/share
 die() { echo "zk.sh: $*" >&2; exit 1; }
 
 usage() {
-  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -110,7 +115,7 @@ cmd_install() {
 write_configs() { # DIR VERSION BASE
   local dir=$1 version=$2 base=$3 i servers=""
   for i in $(seq 1 $MEMBERS); do
-    servers+="server.$i=$ZK_HOST:$((base + 1000 + i - 1)):$((base + 2000 + i - 1))"$'\n'
+    servers+="server.$i=$ZK_HOST:$((base + MEMBERS + i - 1)):$((base + 2 * MEMBERS + i - 1))"$'\n'
   done
   echo "$version" > "$dir/version"
   echo "$base" > "$dir/port_base"
@@ -162,7 +167,7 @@ cmd_start() {
       die "an ensemble is already running in $dir (scripts/zk.sh stop $dir)"
   done
   for i in $(seq 1 $MEMBERS); do
-    for p in $((base + i - 1)) $((base + 1000 + i - 1)) $((base + 2000 + i - 1)); do
+    for p in $((base + i - 1)) $((base + MEMBERS + i - 1)) $((base + 2 * MEMBERS + i - 1)); do
       zk_port_busy "$p" && die "port $p already in use; choose another CLIENT_PORT_BASE"
     done
   done
@@ -171,7 +176,7 @@ cmd_start() {
   cp=$(classpath "$version" "$dir")
   for i in $(seq 1 $MEMBERS); do
     local d="$dir/node$i"
-    setsid nohup java -Xmx128m -XX:+UseSerialGC \
+    setsid nohup java -Xmx128m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
       -Dzookeeper.admin.enableServer=false -Dzookeeper.jmx.log4j.disable=true \
       -Dorg.slf4j.simpleLogger.showDateTime=true \
       -cp "$cp" org.apache.zookeeper.server.quorum.QuorumPeerMain "$d/zoo.cfg" \
@@ -241,7 +246,14 @@ cmd_cli() {
   if [ "$version" = 3.8 ]; then
     exec "$ZK38_CLI" -server "$ZK_HOST:$base" "$@"
   else
-    exec java -Xmx128m -cp "$(classpath 3.4 "$dir")" -Dlog4j.configuration=file:"$dir/log4j.properties" \
+    printf '%s\n' "$ZK_HOST localhost localhost/<unresolved> $ZK_HOST/<unresolved>" > "$dir/cli-hosts"
+    printf '%s\n' 'log4j.rootLogger=WARN, CONSOLE' \
+      'log4j.appender.CONSOLE=org.apache.log4j.ConsoleAppender' \
+      'log4j.appender.CONSOLE.Target=System.err' \
+      'log4j.appender.CONSOLE.layout=org.apache.log4j.PatternLayout' \
+      'log4j.appender.CONSOLE.layout.ConversionPattern=%-5p %m%n' > "$dir/cli-log4j.properties"
+    exec java -Xmx128m -XX:TieredStopAtLevel=1 -Djdk.net.hosts.file="$dir/cli-hosts" \
+      -Dlog4j.configuration=file:"$dir/cli-log4j.properties" -cp "$ZK34_JAR:$ZK34_DEPS" \
       org.apache.zookeeper.ZooKeeperMain -server "$ZK_HOST:$base" "$@"
   fi
 }

@@ -15,64 +15,36 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::broker::{Broker, BrokerOptions};
+use tokio::task::JoinSet;
 use crate::config::{Config, ConnectorScheme};
 use crate::protocol::stomp::session::{self as stomp, StompOptions};
 use crate::protocol::{detect, Detected};
-use crate::store::{Position, Store, StoreOptions};
+use crate::store::{Position, Recovered, Store, StoreOptions};
 
 /// How long a new connection may take to send enough bytes to tell its protocol.
 const DETECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A running node: its broker core and the addresses it listens on.
-pub struct Node {
-    pub broker: Broker,
-    pub addresses: Vec<SocketAddr>,
-    listeners: Vec<tokio::task::JoinHandle<()>>,
+/// What the client listeners do with a new connection.
+#[derive(Clone)]
+pub enum Mode {
+    /// This node is the master (or standalone): serve clients with this broker core.
+    Serve(Broker),
+    /// Not the master: answer with an ERROR frame giving the reason and close, so a failover
+    /// client moves on at once and a person sees why.
+    Refuse(String),
 }
 
-impl Node {
-    /// Opens the store, recovers, starts the core and binds every connector.
-    pub async fn start(config: &Config) -> anyhow::Result<Node> {
-        let (confirmed_tx, confirmed_rx) = watch::channel(Position(0));
-        let options = StoreOptions {
-            directory: config.store.directory.clone(),
-            log_size: config.store.log_size,
-            fsync: config.store.sync.fsync_locally(),
-        };
-        let directory = options.directory.clone();
-        let (store, recovered) = tokio::task::spawn_blocking(move || {
-            Store::open(
-                options,
-                Box::new(move |position| {
-                    let _ = confirmed_tx.send(position);
-                }),
-            )
-        })
-        .await?
-        .with_context(|| format!("opening the store in {}", directory.display()))?;
-        let epoch = recovered.epoch + 1;
-        let messages: usize = recovered.queues.iter().map(|(_, m)| m.len()).sum();
-        tracing::info!(
-            node = %config.broker.name,
-            role = "standalone",
-            epoch,
-            position = recovered.end.0,
-            messages,
-            directory = %directory.display(),
-            "store recovered; serving as standalone master"
-        );
-        let broker = Broker::start(
-            store,
-            recovered,
-            confirmed_rx,
-            epoch,
-            BrokerOptions {
-                name: config.broker.name.clone(),
-                max_redeliveries: config.broker.max_redeliveries,
-                topic_pending_limit: config.broker.topic_pending_limit,
-                ..BrokerOptions::default()
-            },
-        )?;
+/// The client connectors of a node, bound once for the life of the process. Their mode says
+/// whether connections are served or refused; when it changes, every connection accepted
+/// under the previous mode is closed.
+pub struct Listeners {
+    pub addresses: Vec<SocketAddr>,
+    mode: watch::Sender<Mode>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config, mode: Mode) -> anyhow::Result<Listeners> {
         let stomp_options = Arc::new(StompOptions {
             max_frame_size: config.broker.max_frame_size as usize,
             users: config
@@ -83,8 +55,9 @@ impl Node {
                 .collect(),
             connect_timeout: DETECT_TIMEOUT,
         });
+        let (mode_tx, _) = watch::channel(mode);
         let mut addresses = Vec::new();
-        let mut listeners = Vec::new();
+        let mut tasks = Vec::new();
         for connector in &config.transport.connectors {
             let listener = TcpListener::bind(connector.address.as_str())
                 .await
@@ -92,45 +65,116 @@ impl Node {
             let address = listener.local_addr()?;
             tracing::info!(%connector, %address, "accepting clients");
             addresses.push(address);
-            let scheme = connector.scheme;
-            listeners.push(tokio::spawn(accept_loop(
+            tasks.push(tokio::spawn(accept_loop(
                 listener,
-                scheme,
-                broker.clone(),
+                connector.scheme,
+                mode_tx.subscribe(),
                 stomp_options.clone(),
             )));
         }
-        Ok(Node {
-            broker,
+        Ok(Listeners {
             addresses,
-            listeners,
+            mode: mode_tx,
+            tasks,
         })
     }
 
-    /// Stops accepting new connections.
-    pub fn stop_listening(&self) {
-        for listener in &self.listeners {
-            listener.abort();
+    /// Switches every listener to `mode`, closing the connections of the previous mode.
+    pub fn set_mode(&self, mode: Mode) {
+        self.mode.send_replace(mode);
+    }
+}
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
         }
     }
 }
 
-/// Runs a node until SIGINT or SIGTERM.
+/// A running standalone node: its broker core and its listeners.
+pub struct Node {
+    pub broker: Broker,
+    pub listeners: Listeners,
+}
+
+/// Opens the store in `config.store.directory`; `durable` receives its durable end.
+pub(crate) async fn open_store(
+    config: &Config,
+    fsync: bool,
+    durable: watch::Sender<Position>,
+) -> anyhow::Result<(Store, Recovered)> {
+    let options = StoreOptions {
+        directory: config.store.directory.clone(),
+        log_size: config.store.log_size,
+        fsync,
+    };
+    let directory = options.directory.clone();
+    tokio::task::spawn_blocking(move || {
+        Store::open(
+            options,
+            Box::new(move |position| {
+                durable.send_replace(position);
+            }),
+        )
+    })
+    .await?
+    .with_context(|| format!("opening the store in {}", directory.display()))
+}
+
+/// The broker core's options from the configuration.
+pub(crate) fn broker_options(config: &Config) -> BrokerOptions {
+    BrokerOptions {
+        name: config.broker.name.clone(),
+        max_redeliveries: config.broker.max_redeliveries,
+        topic_pending_limit: config.broker.topic_pending_limit,
+        ..BrokerOptions::default()
+    }
+}
+
+impl Node {
+    /// Opens the store, recovers, starts the core and binds every connector.
+    pub async fn start(config: &Config) -> anyhow::Result<Node> {
+        let (confirmed_tx, confirmed_rx) = watch::channel(Position(0));
+        let (store, recovered) =
+            open_store(config, config.store.sync.fsync_locally(), confirmed_tx).await?;
+        let epoch = recovered.epoch + 1;
+        let messages: usize = recovered.queues.iter().map(|(_, m)| m.len()).sum();
+        tracing::info!(
+            node = %config.broker.name,
+            role = "standalone",
+            epoch,
+            position = recovered.end.0,
+            messages,
+            "role change: standalone master"
+        );
+        let broker = Broker::start(
+            store,
+            recovered,
+            confirmed_rx,
+            epoch,
+            broker_options(config),
+        )?;
+        let listeners = Listeners::bind(config, Mode::Serve(broker.clone())).await?;
+        Ok(Node { broker, listeners })
+    }
+}
+
+/// Runs a node until SIGINT or SIGTERM: standalone without `zk_address`, else a member of a
+/// replicated cluster.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     if !config.is_standalone() {
-        tracing::warn!(
-            "replication settings are present, but this build runs the node standalone: \
-             ZooKeeper election arrives with the replication step"
-        );
+        anyhow::bail!("replication is not built yet"); // crate::node::run_cluster(config, shutdown_signal()).await;
     }
     let node = Node::start(&config).await?;
     shutdown_signal().await;
     tracing::info!("shutting down");
-    node.stop_listening();
+    drop(node.listeners);
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -156,26 +200,61 @@ async fn shutdown_signal() {
 async fn accept_loop(
     listener: TcpListener,
     scheme: ConnectorScheme,
-    broker: Broker,
+    mut mode: watch::Receiver<Mode>,
     stomp_options: Arc<StompOptions>,
 ) {
+    // Connections served under the current mode; dropped (so aborted) when the mode changes.
+    let mut connections = JoinSet::new();
     loop {
-        let (socket, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: back off rather than spin.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (socket, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off rather than spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = socket.set_nodelay(true);
+                match &*mode.borrow() {
+                    Mode::Serve(broker) => {
+                        let broker = broker.clone();
+                        let stomp_options = stomp_options.clone();
+                        connections.spawn(async move {
+                            handle_connection(socket, peer, scheme, broker, stomp_options).await;
+                        });
+                    }
+                    Mode::Refuse(reason) => {
+                        tokio::spawn(refuse(socket, peer, reason.clone()));
+                    }
+                }
             }
-        };
-        let _ = socket.set_nodelay(true);
-        let broker = broker.clone();
-        let stomp_options = stomp_options.clone();
-        tokio::spawn(async move {
-            handle_connection(socket, peer, scheme, broker, stomp_options).await;
-        });
+            changed = mode.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if !connections.is_empty() {
+                    tracing::info!(connections = connections.len(), "closing client connections");
+                }
+                connections.abort_all();
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
     }
+}
+
+/// Tells a client this node does not serve it now, and closes.
+async fn refuse(mut socket: TcpStream, peer: SocketAddr, reason: String) {
+    tracing::debug!(%peer, %reason, "refusing client connection");
+    let reason = reason.replace(['\n', '\r', '\0'], " ");
+    let frame = format!("ERROR\nmessage:{reason}\ncontent-type:text/plain\n\n{reason}\0");
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = socket.write_all(frame.as_bytes()).await;
+        let _ = socket.shutdown().await;
+    })
+    .await;
 }
 
 async fn handle_connection(

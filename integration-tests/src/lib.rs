@@ -42,7 +42,7 @@ pub fn deadline(after: Duration) -> Instant {
 }
 
 /// Polls `condition` until it holds (true) or `deadline` passes (false). The pause between
-/// polls grows from 1 ms to 50 ms.
+/// polls grows from 1 ms to 10 ms.
 pub fn wait_until(deadline: Instant, mut condition: impl FnMut() -> bool) -> bool {
     let mut pause = Duration::from_millis(1);
     loop {
@@ -54,7 +54,7 @@ pub fn wait_until(deadline: Instant, mut condition: impl FnMut() -> bool) -> boo
             return false;
         }
         std::thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(50));
+        pause = (pause * 2).min(Duration::from_millis(10));
     }
 }
 
@@ -406,6 +406,22 @@ impl BrokerProcess {
     pub fn restart(&mut self) -> Result<()> {
         self.kill9();
         self.spawn()
+    }
+
+    /// Like [`restart`](Self::restart), but listening on the port of the previous run, so that
+    /// clients with that address (failover URLs) find the broker again. The config keeps the
+    /// fixed port from then on.
+    pub fn restart_on_same_port(&mut self) -> Result<()> {
+        self.kill9();
+        let text = std::fs::read_to_string(&self.config)?;
+        let fixed = format!("\"tcp://127.0.0.1:{}\"", self.addr.port());
+        std::fs::write(&self.config, text.replace("\"tcp://127.0.0.1:0\"", &fixed))?;
+        let old = self.addr;
+        self.spawn()?;
+        if self.addr != old {
+            bail!("restarted on {} instead of {old}", self.addr);
+        }
+        Ok(())
     }
 
     /// Whether the process is still running.

@@ -89,7 +89,10 @@ struct Durable {
 }
 
 pub(crate) struct Core {
-    store: Store,
+    /// `None` once the core is closed (this node stopped being the master).
+    store: Option<Store>,
+    /// The journal end when the store was taken away.
+    closed_end: Position,
     epoch: u64,
     options: BrokerOptions,
     /// Set once the store failed: nothing more is accepted.
@@ -165,7 +168,8 @@ impl Core {
         let boot = format!("{:x}", now_ms());
         let mut core = Core {
             confirmed: Position(0),
-            store,
+            store: Some(store),
+            closed_end: Position(0),
             epoch,
             options,
             failed: None,
@@ -236,12 +240,15 @@ impl Core {
         if let Some(reason) = &self.failed {
             return Err(BrokerError::StoreFailed(reason.clone()));
         }
+        let Some(store) = self.store.as_mut() else {
+            return Err(BrokerError::NotMaster("the node stepped down".into()));
+        };
         let record = Record {
             epoch: self.epoch,
             entries,
         };
-        match self.store.append(&record) {
-            Ok(position) => Ok((position, self.store.end())),
+        match store.append(&record) {
+            Ok(position) => Ok((position, store.end())),
             Err(error) => {
                 let reason = error.to_string();
                 tracing::error!(%reason, "store append failed; refusing all further writes");
@@ -256,6 +263,22 @@ impl Core {
         }
     }
 
+    fn end(&self) -> Position {
+        self.store.as_ref().map_or(self.closed_end, Store::end)
+    }
+
+    /// Stops the core: every waiting confirmation fails with `reason` and later requests are
+    /// refused. Returns the store so the caller can close it before reopening it in another role.
+    pub fn close(&mut self, reason: &str) -> Option<Store> {
+        self.closed_end = self.end();
+        for pending in self.pending.drain(..) {
+            if let Some(reply) = pending.reply {
+                let _ = reply.send(Err(BrokerError::NotMaster(reason.to_string())));
+            }
+        }
+        self.store.take()
+    }
+
     /// A confirmation that resolves once everything appended so far is confirmed.
     pub fn flush(&mut self) -> Confirmation {
         self.wait_for(Vec::new())
@@ -263,7 +286,7 @@ impl Core {
 
     /// Queues `publish` behind the current end of the journal.
     fn wait_for(&mut self, publish: Vec<Publish>) -> Confirmation {
-        let end = self.store.end();
+        let end = self.end();
         if self.pending.is_empty() && self.confirmed >= end {
             let mut touched = BTreeSet::new();
             for p in publish {
@@ -409,6 +432,9 @@ impl Core {
     ) -> Result<Confirmation, BrokerError> {
         if let Some(reason) = &self.failed {
             return Err(BrokerError::StoreFailed(reason.clone()));
+        }
+        if self.store.is_none() {
+            return Err(BrokerError::NotMaster("the node stepped down".into()));
         }
         let message = self.make_message(session, destination, new);
         if let Some(tx) = transaction {
@@ -852,7 +878,7 @@ impl Core {
                 redeliveries: entry.redeliveries,
             },
         )];
-        let _ = self.wait_for(publish);
+        drop(self.wait_for(publish));
         Ok(())
     }
 
@@ -1063,7 +1089,7 @@ impl Core {
     pub fn stats(&self) -> Stats {
         Stats {
             epoch: self.epoch,
-            journal_end: self.store.end().0,
+            journal_end: self.end().0,
             confirmed: self.confirmed.0,
             sessions: self.sessions.len(),
             consumers: self.consumers.len(),

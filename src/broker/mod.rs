@@ -290,6 +290,12 @@ impl Broker {
         )
     }
 
+    /// Stops serving: waiting confirmations fail with [`BrokerError::NotMaster`], later requests
+    /// are refused, and the store is handed back (to be closed before it is opened again).
+    pub fn close(&self, reason: &str) -> Option<Store> {
+        lock(&self.shared).close(reason)
+    }
+
     /// Counters for logs, status and tests.
     pub fn stats(&self) -> Stats {
         lock(&self.shared).stats()

@@ -134,16 +134,24 @@ impl BenchReport {
 
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "bench: {} producer(s), {} consumer(s), {}-byte {} messages, {} in flight per producer, {}",
-            self.producers,
-            self.consumers,
-            self.size,
-            if self.persistent { "persistent" } else { "non-persistent" },
-            self.inflight,
-            self.destination
-        )?;
+        if self.producers == 0 {
+            writeln!(
+                f,
+                "bench: draining {} with {} consumer(s)",
+                self.destination, self.consumers
+            )?;
+        } else {
+            writeln!(
+                f,
+                "bench: {} producer(s), {} consumer(s), {}-byte {} messages, {} in flight per producer, {}",
+                self.producers,
+                self.consumers,
+                self.size,
+                if self.persistent { "persistent" } else { "non-persistent" },
+                self.inflight,
+                self.destination
+            )?;
+        }
         if let Some(produce) = &self.produce {
             writeln!(
                 f,
@@ -159,7 +167,19 @@ impl std::fmt::Display for BenchReport {
                 Some(expected) => write!(f, "consume: {} of {expected}", consume.received)?,
                 None => write!(f, "consume: {}", consume.received)?,
             }
-            writeln!(f, " received in {}", consume.rate)?;
+            write!(f, " received in {}", consume.rate)?;
+            if let Some(extra) = consume
+                .expected
+                .and_then(|e| consume.received.checked_sub(e))
+            {
+                if extra > 0 {
+                    write!(
+                        f,
+                        " ({extra} more than sent: the destination held messages before)"
+                    )?;
+                }
+            }
+            writeln!(f)?;
         }
         if self.reconnects > 0 {
             writeln!(f, "reconnects: {}", self.reconnects)?;
@@ -262,10 +282,19 @@ pub(crate) async fn execute(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     };
     let stage = Arc::new(watch::Sender::new(initial));
 
-    // Consumers first, subscribed before anything is sent.
-    let mut consumer_tasks = Vec::new();
+    // Every connection first; then the consumers subscribe (the consume clock starts there, as
+    // a pre-filled queue delivers at once), then the producers start.
+    let mut consumer_clients = Vec::new();
     for _ in 0..consumers {
-        let client = args.connect.connect().await?;
+        consumer_clients.push(args.connect.connect().await?);
+    }
+    let mut clients = Vec::new();
+    for _ in 0..producers {
+        clients.push(args.connect.connect().await?);
+    }
+    let consume_started = Instant::now();
+    let mut consumer_tasks = Vec::new();
+    for client in consumer_clients {
         let options = SubscribeOptions {
             ack: args.ack.into(),
             prefetch: args.prefetch,
@@ -281,10 +310,6 @@ pub(crate) async fn execute(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             AckMode::from(args.ack) != AckMode::Auto,
         );
         consumer_tasks.push(tokio::spawn(task));
-    }
-    let mut clients = Vec::new();
-    for _ in 0..producers {
-        clients.push(args.connect.connect().await?);
     }
 
     let started = Instant::now();
@@ -381,7 +406,9 @@ pub(crate) async fn execute(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             rate: Rate::new(
                 consumed.received,
                 consumed.bytes,
-                consumed.last.map_or(Duration::ZERO, |last| last - started),
+                consumed
+                    .last
+                    .map_or(Duration::ZERO, |last| last - consume_started),
             ),
         }),
         reconnects,

@@ -3,7 +3,6 @@
 
 use std::collections::VecDeque;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Args;
@@ -117,11 +116,7 @@ pub(crate) async fn execute(args: &ProduceArgs) -> Result<ProduceReport, ClientE
     Ok(ProduceReport {
         sent,
         confirmed,
-        rate: Rate::new(
-            confirmed,
-            confirmed * args.size as u64,
-            elapsed.max(Duration::ZERO),
-        ),
+        rate: Rate::new(confirmed, confirmed * args.size as u64, elapsed),
         error,
     })
 }

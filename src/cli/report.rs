@@ -11,7 +11,6 @@ use tokio::time::Instant;
 /// Messages over time: the figures of one direction (produce or consume).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub(crate) struct Rate {
-    pub(crate) messages: u64,
     pub(crate) seconds: f64,
     pub(crate) msgs_per_sec: f64,
     /// Body bytes per second, in millions (10^6).
@@ -23,7 +22,6 @@ impl Rate {
         let seconds = elapsed.as_secs_f64();
         let per_second = |n: f64| if seconds > 0.0 { n / seconds } else { 0.0 };
         Rate {
-            messages,
             seconds,
             msgs_per_sec: per_second(messages as f64),
             mb_per_sec: per_second(body_bytes as f64) / 1e6,

@@ -1105,7 +1105,11 @@ impl Core {
 
     /// Recomputes the election from what we know, emits our role and writes our znode.
     fn update(&mut self) {
-        let now = Instant::now();
+        self.step(Instant::now());
+        self.settle_publishes();
+    }
+
+    fn step(&mut self, now: Instant) {
         let Some(s) = self.session.as_ref() else {
             return;
         };
@@ -1134,7 +1138,6 @@ impl Core {
             }
         }
         self.write();
-        self.settle_publishes();
     }
 
     /// The election proper, on a complete view that contains us.

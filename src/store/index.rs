@@ -536,13 +536,10 @@ impl Worker {
 
     fn load(&mut self) -> Result<IndexSnapshot, StoreError> {
         let path = self.path.clone();
-        let db = self
-            .db
-            .as_mut()
-            .ok_or_else(|| StoreError::Index {
-                path,
-                cause: "the index failed earlier".into(),
-            })?;
+        let db = self.db.as_mut().ok_or_else(|| StoreError::Index {
+            path,
+            cause: "the index failed earlier".into(),
+        })?;
         let mut iterator = db.new_iter().map_err(|status| StoreError::Index {
             path: self.path.clone(),
             cause: status.to_string(),
@@ -553,9 +550,10 @@ impl Worker {
                 break;
             };
             if snapshot.take(&key, &value).is_none() && snapshot.problems.len() < 10 {
-                snapshot
-                    .problems
-                    .push(format!("undecodable entry with key {:02x?}", &key[..key.len().min(32)]));
+                snapshot.problems.push(format!(
+                    "undecodable entry with key {:02x?}",
+                    &key[..key.len().min(32)]
+                ));
             }
         }
         Ok(snapshot)

@@ -225,7 +225,9 @@ impl Journal {
         on_durable: DurableCallback,
     ) -> Result<Journal, StoreError> {
         if options.log_size == 0 {
-            return Err(StoreError::InvalidOptions("log_size must be positive".into()));
+            return Err(StoreError::InvalidOptions(
+                "log_size must be positive".into(),
+            ));
         }
         let directory = options.directory.clone();
         fs::create_dir_all(&directory).map_err(io_error("create directory", &directory))?;
@@ -239,8 +241,7 @@ impl Journal {
             .map_err(io_error("open for append", &current_path))?;
         if options.fsync {
             // A previous run without fsync may have left recovered bytes only in the page cache.
-            file.sync_data()
-                .map_err(io_error("fsync", &current_path))?;
+            file.sync_data().map_err(io_error("fsync", &current_path))?;
             sync_directory(&directory)?;
         }
         let segments = recovery
@@ -310,7 +311,11 @@ impl Journal {
 
     /// Appends a frame received from elsewhere (a slave copying its master): `position` must be
     /// the current end and `frame` one whole valid frame.
-    pub fn append_frame(&mut self, position: Position, frame: Bytes) -> Result<Appended, StoreError> {
+    pub fn append_frame(
+        &mut self,
+        position: Position,
+        frame: Bytes,
+    ) -> Result<Appended, StoreError> {
         self.check_failed()?;
         if position.0 != self.end {
             return Err(StoreError::NotContiguous {
@@ -623,9 +628,7 @@ fn recover(directory: &Path, fsync: bool) -> Result<Recovery, StoreError> {
                 break;
             }
         }
-        let size = fs::metadata(&path)
-            .map_err(io_error("stat", &path))?
-            .len();
+        let size = fs::metadata(&path).map_err(io_error("stat", &path))?.len();
         if size == 0 && !is_last {
             kept.push((start, 0, true));
             expected = None;
@@ -907,13 +910,11 @@ impl Writer {
                 let path = segment_path(&self.shared.directory, start);
                 file.sync_data().map_err(io_error("fsync", &path))?;
             }
-            self.file
-                .sync_data()
-                .map_err(|source| StoreError::Io {
-                    operation: "fsync",
-                    path: self.current_path(),
-                    source,
-                })?;
+            self.file.sync_data().map_err(|source| StoreError::Io {
+                operation: "fsync",
+                path: self.current_path(),
+                source,
+            })?;
             if self.directory_dirty {
                 sync_directory(&self.shared.directory)?;
             }
@@ -1345,7 +1346,10 @@ mod tests {
     fn wait_durable(rx: &mpsc::Receiver<Position>, target: Position) -> Vec<Position> {
         let mut seen = Vec::new();
         while seen.last().is_none_or(|&p| p < target) {
-            seen.push(rx.recv_timeout(Duration::from_secs(10)).expect("durable report"));
+            seen.push(
+                rx.recv_timeout(Duration::from_secs(10))
+                    .expect("durable report"),
+            );
         }
         seen
     }
@@ -1419,7 +1423,14 @@ mod tests {
         let starts: Vec<u64> = files.iter().map(|f| f.0).collect();
         assert_eq!(
             starts,
-            vec![0, positions[3], positions[6], positions[9], big.position.0, after.position.0]
+            vec![
+                0,
+                positions[3],
+                positions[6],
+                positions[9],
+                big.position.0,
+                after.position.0
+            ]
         );
         assert_eq!(
             fs::read_dir(dir.path())
@@ -1496,7 +1507,10 @@ mod tests {
             vec![(0, positions[3]), (positions[3], victim - positions[3])]
         );
         assert_eq!(all_records(&journal).len(), 4);
-        assert_eq!(journal.append(&record(42, 1)).unwrap().position, Position(victim));
+        assert_eq!(
+            journal.append(&record(42, 1)).unwrap().position,
+            Position(victim)
+        );
     }
 
     #[test]
@@ -1582,7 +1596,10 @@ mod tests {
         for n in 0..100 {
             journal.append(&record(n, 30)).unwrap();
         }
-        assert!(rx.try_recv().is_err(), "nothing is durable while the writer is held");
+        assert!(
+            rx.try_recv().is_err(),
+            "nothing is durable while the writer is held"
+        );
         drop(hold);
         wait_durable(&rx, journal.end());
         let stats = journal.stats();
@@ -1622,7 +1639,11 @@ mod tests {
             Err(StoreError::NotReleasable { .. })
         ));
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(segment_files(dir.path()).len(), 4, "nothing deleted while held");
+        assert_eq!(
+            segment_files(dir.path()).len(),
+            4,
+            "nothing deleted while held"
+        );
         drop(hold);
         wait_durable(&rx, journal.end());
         journal.append(&record(2, 50)).unwrap(); // a later batch: the release ran
@@ -1658,7 +1679,10 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(journal.reader().read(Position(positions[7])).unwrap(), record(7, 50));
+        assert_eq!(
+            journal.reader().read(Position(positions[7])).unwrap(),
+            record(7, 50)
+        );
         // Releasing the first deletes it and the tombstone after it.
         journal.release(Position(a)).unwrap();
         journal.append(&record(13, 1)).unwrap();
@@ -1709,6 +1733,31 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(again, frames);
+    }
+
+    #[test]
+    fn a_failed_write_stops_the_journal_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, rx) = open(dir.path(), 1, false);
+        journal.append(&record(1, 10)).unwrap();
+        let durable = journal.end();
+        wait_durable(&rx, durable);
+        // The next segment's file already exists: creating it fails in the writer.
+        fs::write(segment_path(dir.path(), durable.0), b"in the way").unwrap();
+        let appended = journal.append(&record(2, 10)).unwrap();
+        assert!(appended.new_segment);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while journal.append(&record(3, 10)).is_ok() {
+            assert!(std::time::Instant::now() < deadline, "the journal never failed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(matches!(
+            journal.append(&record(4, 10)),
+            Err(StoreError::JournalFailed(_))
+        ));
+        assert!(rx.try_iter().all(|p| p <= durable), "nothing reported after the failure");
+        assert_eq!(journal.stats().durable, durable);
+        assert!(matches!(journal.close(), Err(StoreError::JournalFailed(_))));
     }
 
     #[test]

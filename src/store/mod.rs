@@ -134,9 +134,15 @@ pub enum StoreError {
         cause: FrameError,
     },
     #[error("position {position} is not retained (the oldest retained position is {oldest})")]
-    NotRetained { position: Position, oldest: Position },
+    NotRetained {
+        position: Position,
+        oldest: Position,
+    },
     #[error("position {position} is not written yet (written up to {written})")]
-    NotWritten { position: Position, written: Position },
+    NotWritten {
+        position: Position,
+        written: Position,
+    },
     #[error("frame for position {position} does not continue the journal, which ends at {end}")]
     NotContiguous { position: Position, end: Position },
     #[error("record of {len} bytes exceeds the frame limit of {limit} bytes")]
@@ -224,14 +230,18 @@ impl Store {
             .map(|s| (s.start, s.end))
             .collect();
         let end = journal.end();
+        // A journal without records (a new store) gives an empty index: nothing to report.
+        let journal_empty = segments.iter().all(|(start, end)| start == end);
         let (mut state, recovered, replayed, replayed_from) = loop {
             let attempt = match &rebuild {
                 None => catch_up(&index, &reader, &segments, end),
                 Some(reason) => {
-                    warn!(
-                        directory = %directory.display(),
-                        "rebuilding the index from the journal: {reason}"
-                    );
+                    if !journal_empty {
+                        warn!(
+                            directory = %directory.display(),
+                            "rebuilding the index from the journal: {reason}"
+                        );
+                    }
                     index.wipe()?;
                     rebuild_all(&index, &reader, &segments, end)
                 }
@@ -259,9 +269,9 @@ impl Store {
             journal,
             index: Some(index),
             state: LiveState::default(),
-            forward_limit: (options.log_size / 2).clamp(4096, 16 << 20) as usize,
+            forward_limit: (options.log_size / 2).clamp(64, 16 << 20) as usize,
             forwarded_records: 0,
-            index_rebuilt: rebuild.is_some(),
+            index_rebuilt: rebuild.is_some() && !journal_empty,
             index_replayed: replayed,
             index_trouble_logged: false,
             closed: false,
@@ -289,7 +299,9 @@ impl Store {
 
     /// Appends `record` and returns its position. Cheap: encodes and hands the bytes to the
     /// journal's writer thread; never blocks on I/O. The record is durable once the durable
-    /// callback reports an end past it.
+    /// callback reports an end past it. [`Store::end`] afterwards may lie past this record: when
+    /// the record started a new segment the store may append one of its own right behind it
+    /// (see the module docs); waiting for that end is harmless (same batch).
     pub fn append(&mut self, record: &Record) -> Result<Position, StoreError> {
         if record.entries.len() > MAX_ENTRIES {
             return Err(StoreError::TooManyEntries(record.entries.len()));
@@ -352,7 +364,10 @@ impl Store {
     }
 
     fn send_to_index(&mut self, ops: Vec<index::IndexOp>, end: Position) {
-        let sent = self.index.as_ref().is_some_and(|index| index.apply(ops, end));
+        let sent = self
+            .index
+            .as_ref()
+            .is_some_and(|index| index.apply(ops, end));
         if !sent && !self.index_trouble_logged {
             self.index_trouble_logged = true;
             error!(
@@ -420,11 +435,6 @@ impl Store {
     #[cfg(test)]
     pub(crate) fn hold_journal(&self) -> std::sync::mpsc::Sender<()> {
         self.journal.hold_writer()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn state_segments(&self) -> Vec<u64> {
-        self.state.segment_starts()
     }
 }
 
@@ -501,7 +511,9 @@ fn rebuild_all(
     let oldest = segments.first().map(|s| s.0).unwrap_or_default();
     let replayed = replay(&mut state, index, reader, segments, oldest)?;
     let recovered = build_recovered(&state, reader, end)?;
-    info!("rebuilt the index from {oldest} to {end} ({replayed} records)");
+    if replayed > 0 {
+        info!("rebuilt the index from {oldest} to {end} ({replayed} records)");
+    }
     Ok((state, recovered, replayed, oldest))
 }
 
@@ -571,7 +583,11 @@ fn build_recovered(
         };
         let name = &queues[queue].0;
         let entry_index = (key.0 & 0xffff) as usize;
-        let message = match record.entries.get(entry_index).and_then(|e| e.kind.as_ref()) {
+        let message = match record
+            .entries
+            .get(entry_index)
+            .and_then(|e| e.kind.as_ref())
+        {
             Some(entry::Kind::Add(add)) if add.queues.iter().any(|q| q == name) => {
                 add.message.clone().unwrap_or_default()
             }

@@ -163,10 +163,7 @@ impl LiveState {
         }
         state.producers = snapshot.producers.into_iter().collect();
         for (on, by) in snapshot.dependencies {
-            if on < by
-                && state.segments.contains_key(&on.0)
-                && state.segments.contains_key(&by.0)
-            {
+            if on < by && state.segments.contains_key(&on.0) && state.segments.contains_key(&by.0) {
                 state.add_dependency(on.0, by.0);
             } else {
                 ops.push(IndexOp::Delete(index::dependency_key(on, by)));
@@ -374,8 +371,7 @@ impl LiveState {
             Some(highest) if *highest >= sequence => return,
             Some(highest) => *highest = sequence,
             None => {
-                self.producers
-                    .insert(message.producer_id.clone(), sequence);
+                self.producers.insert(message.producer_id.clone(), sequence);
             }
         }
         ops.push(IndexOp::Put(
@@ -497,7 +493,11 @@ impl LiveState {
                     let Some(origin) = origin.filter(|&origin| origin != from) else {
                         continue;
                     };
-                    if self.queues.get(queue).is_some_and(|keys| keys.contains(key)) {
+                    if self
+                        .queues
+                        .get(queue)
+                        .is_some_and(|keys| keys.contains(key))
+                    {
                         continue; // live again? never remove something live
                     }
                     targets.insert(origin);
@@ -610,11 +610,8 @@ impl LiveState {
 
     /// Live durable subscriptions by (client id, subscription name).
     pub fn subscriptions(&self) -> Vec<SubscriptionAdd> {
-        let mut subscriptions: Vec<SubscriptionAdd> = self
-            .subscriptions
-            .values()
-            .map(|s| s.add.clone())
-            .collect();
+        let mut subscriptions: Vec<SubscriptionAdd> =
+            self.subscriptions.values().map(|s| s.add.clone()).collect();
         subscriptions.sort_unstable_by(|a, b| {
             (&a.client_id, &a.subscription_name).cmp(&(&b.client_id, &b.subscription_name))
         });
@@ -623,8 +620,11 @@ impl LiveState {
 
     /// Highest stored sequence per producer, by producer id.
     pub fn producers(&self) -> Vec<(String, u64)> {
-        let mut producers: Vec<(String, u64)> =
-            self.producers.iter().map(|(p, s)| (p.clone(), *s)).collect();
+        let mut producers: Vec<(String, u64)> = self
+            .producers
+            .iter()
+            .map(|(p, s)| (p.clone(), *s))
+            .collect();
         producers.sort_unstable();
         producers
     }
@@ -719,8 +719,7 @@ mod tests {
                 self.state.segment_started(Position(segment));
                 self.current = segment;
             }
-            self.state
-                .apply(Position(position), &record, &mut self.ops);
+            self.state.apply(Position(position), &record, &mut self.ops);
             let released = self.state.take_releasable(&mut self.ops);
             self.released.extend(released.iter().map(|p| p.0));
         }
@@ -731,7 +730,10 @@ mod tests {
         let mut d = Driver::new();
         d.at(1, add(&["q"]));
         d.at(2, remove("q", MessageKey::new(Position(1), 0)));
-        assert!(d.released.is_empty(), "the current segment is never released");
+        assert!(
+            d.released.is_empty(),
+            "the current segment is never released"
+        );
         d.at(10, add(&["q"]));
         assert_eq!(d.released, vec![0]);
     }
@@ -788,9 +790,15 @@ mod tests {
         d.at(11, add(&["q"]));
         d.at(20, remove("q", MessageKey::new(Position(11), 0))); // depends on 10
         d.at(21, add(&["q"]));
-        assert!(d.state.plan_forward(1 << 20).is_none(), "two stale segments are tolerated");
+        assert!(
+            d.state.plan_forward(1 << 20).is_none(),
+            "two stale segments are tolerated"
+        );
         d.at(30, remove("q", MessageKey::new(Position(21), 0))); // depends on 20
-        assert!(d.released.is_empty(), "0 is pinned by the subscription, 10 and 20 by it");
+        assert!(
+            d.released.is_empty(),
+            "0 is pinned by the subscription, 10 and 20 by it"
+        );
         let forward = d.state.plan_forward(1 << 20).expect("three stale segments");
         assert_eq!(forward.from, Position(0));
         assert_eq!(forward.record.entries, subscribe("s").entries);
@@ -814,7 +822,7 @@ mod tests {
         d.at(30, remove("q", MessageKey::new(Position(21), 0))); // 30 depends on 20
         d.at(31, add(&["q"]));
         d.at(40, remove("q", MessageKey::new(Position(31), 0))); // 40 depends on 30
-        // Stale: 10, 20, 30 (0 holds a live message, so it is not stale).
+                                                                 // Stale: 10, 20, 30 (0 holds a live message, so it is not stale).
         let forward = d.state.plan_forward(1 << 20).expect("three stale segments");
         assert_eq!(forward.from, Position(10));
         assert_eq!(
@@ -839,12 +847,18 @@ mod tests {
         d.at(1, add(&["q"]));
         d.at(2, add(&["q"]));
         for n in 1..6 {
-            d.at(n * 10, remove("q", MessageKey::new(Position((n - 1) * 10 + 2), 0)));
+            d.at(
+                n * 10,
+                remove("q", MessageKey::new(Position((n - 1) * 10 + 2), 0)),
+            );
             d.at(n * 10 + 2, add(&["q"]));
         }
         d.at(60, add(&["q"])); // stale: 10, 20, 30, 40
         assert!(d.state.plan_forward(4).is_none());
-        let forward = d.state.plan_forward(1 << 20).expect("the next stale segment");
+        let forward = d
+            .state
+            .plan_forward(1 << 20)
+            .expect("the next stale segment");
         assert_eq!(forward.from, Position(20), "10 is stuck");
     }
 
@@ -858,7 +872,10 @@ mod tests {
         d.at(12, remove("nope", MessageKey::new(Position(1), 0)));
         assert_eq!(d.state.live_messages(), 1);
         d.at(20, add(&["q"]));
-        assert!(d.released.is_empty(), "segment 0 still holds the message at 2");
+        assert!(
+            d.released.is_empty(),
+            "segment 0 still holds the message at 2"
+        );
     }
 
     #[test]
@@ -874,7 +891,10 @@ mod tests {
         let mut state = LiveState::from_snapshot(&segments, snapshot, &mut ops);
         assert_eq!(
             ops,
-            vec![IndexOp::Delete(index::dependency_key(Position(0), Position(10)))],
+            vec![IndexOp::Delete(index::dependency_key(
+                Position(0),
+                Position(10)
+            ))],
             "a dependency on a released segment is forgotten"
         );
         assert!(state.check_placed().is_err());

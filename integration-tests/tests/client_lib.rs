@@ -1,0 +1,145 @@
+//! ferromq's own client library (`ferromq::client`) against the real broker binary.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ferromq::client::{Client, ClientOptions, SendOptions};
+use ferromq_integration_tests::{deadline, wait_until, BrokerProcess, Frame, FRAME_TIMEOUT};
+
+fn bodies(frames: &[Frame]) -> Vec<String> {
+    frames.iter().map(Frame::text).collect()
+}
+
+/// The harness is blocking; run it without stalling the runtime's other tasks.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// A failover client keeps sending through a kill -9 and restart of its broker: every send
+/// resolves, and the re-sent ones that the broker had already stored are not stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_client_replays_sends_across_kill9_without_duplicates() -> Result<()> {
+    const N: usize = 20_000;
+    const KILL_AFTER: u64 = 1_000;
+    let dir = tempfile::tempdir()?;
+    let mut broker = blocking(|| BrokerProcess::start(dir.path(), ""))?;
+    let url = format!(
+        "failover:(tcp://{})?initialReconnectDelay=20&maxReconnectDelay=200&randomize=false",
+        broker.addr()
+    );
+    let client = Client::connect(&url, ClientOptions::default()).await?;
+    let queue = "queue://failover";
+    let confirmed = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..N)
+        .map(|i| client.send_nowait(queue, format!("m{i}"), SendOptions::persistent()))
+        .collect();
+    let waiter = {
+        let confirmed = confirmed.clone();
+        tokio::spawn(async move {
+            let mut results = Vec::with_capacity(N);
+            for handle in handles {
+                let result = handle.await;
+                confirmed.fetch_add(1, Ordering::Relaxed);
+                results.push(result);
+            }
+            results
+        })
+    };
+    let reached = blocking(|| {
+        wait_until(deadline(Duration::from_secs(60)), || {
+            confirmed.load(Ordering::Relaxed) >= KILL_AFTER
+        })
+    });
+    let at_kill = confirmed.load(Ordering::Relaxed);
+    blocking(|| broker.restart_on_same_port())?;
+    assert!(reached, "only {at_kill} sends confirmed within 60s");
+    assert!(
+        (at_kill as usize) < N,
+        "every send was confirmed before the kill: nothing was replayed"
+    );
+
+    let results = tokio::time::timeout(Duration::from_secs(120), waiter)
+        .await
+        .context("sends still unresolved 120s after the restart")??;
+    let failed: Vec<(usize, String)> = results
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.as_ref().err().map(|e| (i, e.to_string())))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} sends failed across the failover (first: {:?})",
+        failed.len(),
+        failed.first()
+    );
+    assert!(client.reconnects() >= 1, "the client never reconnected");
+    client.close().await?;
+
+    let got = blocking(|| -> Result<Vec<Frame>> {
+        let mut consumer = broker.client()?;
+        consumer.send_persistent("/queue/failover", b"sentinel")?;
+        consumer.subscribe("c", "/queue/failover", &[])?;
+        consumer.recv_until(b"sentinel", Duration::from_secs(120))
+    })?;
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for body in bodies(&got[..got.len() - 1]) {
+        *counts.entry(body).or_default() += 1;
+    }
+    let missing: Vec<usize> = (0..N)
+        .filter(|i| !counts.contains_key(&format!("m{i}")))
+        .collect();
+    let duplicated: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    eprintln!(
+        "{N} sends, {at_kill} confirmed before kill -9, {} reconnects, {} delivered",
+        client.reconnects(),
+        got.len() - 1
+    );
+    assert!(
+        missing.is_empty(),
+        "{} confirmed messages missing (first: {:?})",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(
+        duplicated.is_empty(),
+        "{} messages stored twice after the client re-sent them (first: {:?})",
+        duplicated.len(),
+        &duplicated[..duplicated.len().min(10)]
+    );
+    Ok(())
+}
+
+/// With ferromq's client, a transacted send followed by a plain send on the same client, then
+/// COMMIT: both messages are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_transaction_commit_after_a_plain_send_delivers_both() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = blocking(|| BrokerProcess::start(dir.path(), ""))?;
+    let client = Client::connect(&broker.url(), ClientOptions::default()).await?;
+    let queue = "queue://client-tx";
+    let tx = client.begin().await?;
+    tx.send(queue, "in-transaction", SendOptions::persistent())
+        .await?;
+    client
+        .send(queue, "plain", SendOptions::persistent())
+        .await?;
+    tx.commit().await?;
+    client
+        .send(queue, "sentinel", SendOptions::persistent())
+        .await?;
+    client.close().await?;
+    let got = blocking(|| -> Result<Vec<Frame>> {
+        let mut consumer = broker.client()?;
+        consumer.subscribe("c", "/queue/client-tx", &[])?;
+        consumer.recv_until(b"sentinel", FRAME_TIMEOUT)
+    })?;
+    assert_eq!(
+        bodies(&got),
+        ["plain", "in-transaction", "sentinel"],
+        "the committed transacted send was lost"
+    );
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! The life of a replicated node: it joins the election and then, as ZooKeeper decides, serves
+//! as master, follows a master as slave, or waits as a candidate, and moves between these roles
+//! without restarting the process.
+//!
+//! It owns the transitions, never the decisions: who is master comes from [`crate::election`],
+//! what is confirmed from [`crate::replication`]. Each role opens the store afresh and closes it
+//! before the next role opens it again, so two roles never write one journal. Every role change
+//! logs one line with node, epoch and position.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::election::{Election, ElectionConfig, LogState, Role};
+use crate::replication::{self, MasterOptions, ReplicationMaster, SlaveOptions};
+use crate::server::{broker_options, open_store, Listeners, Mode};
+use crate::store::{Position, Store};
+
+/// How long a slave waits before it dials its master again after a lost connection.
+const SLAVE_RETRY: Duration = Duration::from_millis(200);
+
+/// Runs this node as a member of its cluster until `shutdown` resolves.
+pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let node = config.broker.name.clone();
+    let log = read_log_state(&config).await?;
+    let listeners = Listeners::bind(
+        &config,
+        Mode::Refuse("not the master: this node is joining the cluster".into()),
+    )
+    .await?;
+    let client_address = listeners
+        .addresses
+        .first()
+        .map(|a| format!("tcp://{}:{}", config.replication.advertised_hostname(), a.port()));
+    let election = Election::start(
+        ElectionConfig {
+            zk_address: config.replication.zk_address.clone().unwrap_or_default(),
+            zk_password: config.replication.zk_password.clone(),
+            zk_path: config.replication.zk_path.clone(),
+            session_timeout: config.replication.zk_session_timeout,
+            broker_name: node.clone(),
+            replicas: config.replication.replicas as usize,
+            weight: config.replication.weight,
+            container: config.replication.container.clone(),
+            client_address,
+        },
+        log,
+    )
+    .await
+    .context("joining the election in ZooKeeper")?;
+    tracing::info!(%node, epoch = log.epoch, position = log.position, "role change: candidate (joined the election)");
+    let mut lifecycle = Lifecycle {
+        config,
+        election,
+        listeners,
+        log,
+    };
+    tokio::select! {
+        result = lifecycle.run() => result,
+        _ = shutdown => {
+            tracing::info!(%node, "shutting down");
+            lifecycle.listeners.set_mode(Mode::Refuse("the node is shutting down".into()));
+            lifecycle.election.close().await;
+            Ok(())
+        }
+    }
+}
+
+/// Where the journal ends, read by opening and closing the store.
+async fn read_log_state(config: &Config) -> anyhow::Result<LogState> {
+    let (durable, _) = watch::channel(Position(0));
+    let (store, _) = open_store(config, false, durable).await?;
+    let log = log_state(&store);
+    close_store(store).await;
+    Ok(log)
+}
+
+fn log_state(store: &Store) -> LogState {
+    LogState {
+        epoch: store.last_epoch(),
+        position: store.end().0,
+    }
+}
+
+/// Closes a store on a blocking thread (it joins the journal's writer thread).
+async fn close_store(store: Store) {
+    let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+}
+
+struct Lifecycle {
+    config: Config,
+    election: Election,
+    listeners: Listeners,
+    log: LogState,
+}
+
+impl Lifecycle {
+    async fn run(&mut self) -> anyhow::Result<()> {
+        let mut roles = self.election.roles();
+        loop {
+            let role = roles.borrow_and_update().clone();
+            match role {
+                Role::Candidate { reason } => {
+                    self.listeners
+                        .set_mode(Mode::Refuse(format!("not the master: no master elected ({reason})")));
+                    self.election.report_log(self.log);
+                    self.election.set_role_info("candidate", None);
+                    if roles.changed().await.is_err() {
+                        anyhow::bail!("the election stopped");
+                    }
+                }
+                Role::Master { epoch } => {
+                    if let Err(e) = self.serve_as_master(epoch, &mut roles).await {
+                        tracing::error!(node = %self.config.broker.name, epoch, error = %format!("{e:#}"), "master role failed");
+                        tokio::time::sleep(SLAVE_RETRY).await;
+                    }
+                }
+                Role::Slave { master, epoch } => {
+                    if let Err(e) = self.follow(&master, epoch, &mut roles).await {
+                        tracing::warn!(node = %self.config.broker.name, %master, epoch, error = %format!("{e:#}"), "following the master failed");
+                        tokio::time::sleep(SLAVE_RETRY).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn log_role(&self, role: &str, epoch: u64) {
+        tracing::info!(
+            node = %self.config.broker.name,
+            epoch,
+            position = self.log.position,
+            last_record_epoch = self.log.epoch,
+            "role change: {role}"
+        );
+    }
+
+    async fn serve_as_master(
+        &mut self,
+        epoch: u64,
+        roles: &mut watch::Receiver<Role>,
+    ) -> anyhow::Result<()> {
+        let config = &self.config;
+        let (durable_tx, durable_rx) = watch::channel(Position(0));
+        let (store, recovered) =
+            open_store(config, config.store.sync.fsync_locally(), durable_tx).await?;
+        self.log = log_state(&store);
+        self.log_role("master", epoch);
+        let (replication, confirmed) = ReplicationMaster::start(
+            MasterOptions {
+                bind: config.replication.bind.as_str().to_string(),
+                security_token: config.replication.security_token.clone(),
+                replicas: config.replication.replicas as usize,
+                epoch,
+            },
+            &store,
+            durable_rx,
+        )
+        .await
+        .context("opening the replication listener")?;
+        let address = format!(
+            "tcp://{}:{}",
+            config.replication.advertised_hostname(),
+            replication.local_addr().port()
+        );
+        let broker = Broker::start(store, recovered, confirmed, epoch, broker_options(config))?;
+        self.election.set_role_info("master", Some(epoch));
+        self.election.publish_master_address(&address).await;
+        tracing::info!(node = %config.broker.name, epoch, %address, "replication listener published");
+        self.listeners.set_mode(Mode::Serve(broker.clone()));
+
+        let mut report = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                changed = roles.changed() => {
+                    if changed.is_err() || *roles.borrow() != (Role::Master { epoch }) {
+                        break;
+                    }
+                }
+                _ = report.tick() => {
+                    let stats = broker.stats();
+                    self.election.report_log(LogState { epoch, position: stats.journal_end });
+                }
+            }
+        }
+        // Step down: no client is served and nothing is confirmed from here on.
+        self.listeners
+            .set_mode(Mode::Refuse("not the master: this node stepped down".into()));
+        let store = broker.close("this node is no longer the master");
+        replication.stop().await;
+        if let Some(store) = store {
+            self.log = log_state(&store);
+            close_store(store).await;
+        }
+        self.election.report_log(self.log);
+        self.log_role("stepped down from master", epoch);
+        Ok(())
+    }
+
+    async fn follow(
+        &mut self,
+        master: &str,
+        epoch: u64,
+        roles: &mut watch::Receiver<Role>,
+    ) -> anyhow::Result<()> {
+        let config = &self.config;
+        self.listeners.set_mode(Mode::Refuse(format!(
+            "not the master: this node is a slave of {master} (epoch {epoch})"
+        )));
+        let (durable_tx, durable_rx) = watch::channel(Position(0));
+        let (mut store, _) =
+            open_store(config, config.store.sync.slaves_fsync(), durable_tx).await?;
+        self.log = log_state(&store);
+        self.log_role(&format!("slave of {master}"), epoch);
+        self.election.set_role_info("slave", Some(epoch));
+        let options = SlaveOptions {
+            master: master.to_string(),
+            node: config.broker.name.clone(),
+            security_token: config.replication.security_token.clone(),
+            expected_epoch: epoch,
+        };
+        let result = loop {
+            // No position is reported while following: the election must compare the final
+            // log of each node, reported once the store is closed (below), never a stale one.
+            let following = replication::run_slave(options.clone(), &mut store, durable_rx.clone());
+            tokio::pin!(following);
+            let outcome = loop {
+                tokio::select! {
+                    result = &mut following => break Some(result),
+                    changed = roles.changed() => {
+                        let same = changed.is_ok()
+                            && *roles.borrow() == (Role::Slave { master: master.to_string(), epoch });
+                        if !same {
+                            break None;
+                        }
+                    }
+                }
+            };
+            match outcome {
+                None => break Ok(()),
+                Some(result) => {
+                    if let Err(e) = &result {
+                        tracing::warn!(node = %config.broker.name, %master, error = %e, "replication stream ended");
+                    }
+                    tokio::time::sleep(SLAVE_RETRY).await;
+                    if *roles.borrow() != (Role::Slave { master: master.to_string(), epoch }) {
+                        break Ok(());
+                    }
+                }
+            }
+        };
+        self.log = log_state(&store);
+        close_store(store).await;
+        self.election.report_log(self.log);
+        self.log_role("stopped following", epoch);
+        result
+    }
+}
