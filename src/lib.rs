@@ -17,7 +17,6 @@
 //! watermark; the core then makes the message visible to consumers and resolves the sender's
 //! confirmation (the STOMP RECEIPT).
 
-
 pub mod broker;
 pub mod cli;
 pub mod client;

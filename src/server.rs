@@ -15,11 +15,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::broker::{Broker, BrokerOptions};
-use tokio::task::JoinSet;
 use crate::config::{Config, ConnectorScheme};
 use crate::protocol::stomp::session::{self as stomp, StompOptions};
 use crate::protocol::{detect, Detected};
 use crate::store::{Position, Recovered, Store, StoreOptions};
+use tokio::task::JoinSet;
 
 /// How long a new connection may take to send enough bytes to tell its protocol.
 const DETECT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -5,7 +5,11 @@
 //! at run time (so tests run in parallel; a collision is retried with new ports), runs one `java`
 //! process per member with the same classpaths as `scripts/zk.sh`, and waits (polling `srvr`
 //! with a deadline) until every member is leader or follower. `tickTime=500`, so a 2 s session
-//! timeout is honoured. Drop kills every member.
+//! timeout is honoured. Drop kills every member (and keeps the directory, with each member's
+//! `node<i>/zookeeper.out`, if the test is failing or `ZK_KEEP_DIR` is set).
+//!
+//! The methods block (they poll processes and sockets): from async tests call them through
+//! `tokio::task::spawn_blocking` or `block_in_place`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -139,7 +143,7 @@ impl ZkEnsemble {
             .expect("writing log4j.properties");
         }
         let mut list = Vec::new();
-        for m in 0..members {
+        for (m, &client_port) in ports[..members].iter().enumerate() {
             let member_dir = dir.path().join(format!("node{}", m + 1));
             let data = member_dir.join("data");
             std::fs::create_dir_all(&data).expect("creating a dataDir");
@@ -160,14 +164,14 @@ impl ZkEnsemble {
                      preAllocSize=8192\n\
                      {servers}",
                     data.display(),
-                    ports[m]
+                    client_port
                 ),
             )
             .expect("writing zoo.cfg");
             list.push(Member {
                 dir: member_dir,
                 config,
-                client_port: ports[m],
+                client_port,
                 child: None,
             });
         }

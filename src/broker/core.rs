@@ -392,17 +392,22 @@ impl Core {
         destination: &Destination,
         new: NewMessage,
     ) -> Arc<Message> {
-        let message_id = match new.message_id {
-            Some(id) if !id.is_empty() => id,
+        // Only a client's own ids identify a producer's sequence; ids the broker makes up are
+        // never compared for duplicates.
+        let (message_id, producer_id, producer_sequence) = match new.message_id {
+            Some(id) if !id.is_empty() => match producer_of(&id) {
+                Some((p, s)) if new.persistent => {
+                    let p = p.to_string();
+                    (id, p, s)
+                }
+                _ => (id, String::new(), 0),
+            },
             _ => {
                 let n = self.next_message;
                 self.next_message += 1;
-                format!("ID:{}-{}:{}:{}", self.options.name, self.boot, session, n)
+                let id = format!("ID:{}-{}:{}:{}", self.options.name, self.boot, session, n);
+                (id, String::new(), 0)
             }
-        };
-        let (producer_id, producer_sequence) = match producer_of(&message_id) {
-            Some((p, s)) if new.persistent => (p.to_string(), s),
-            _ => (String::new(), 0),
         };
         Arc::new(Message {
             message_id,
@@ -438,12 +443,19 @@ impl Core {
         }
         let message = self.make_message(session, destination, new);
         if let Some(tx) = transaction {
-            let state = self.session(session)?;
-            let tx = state
-                .transactions
-                .get_mut(tx)
-                .ok_or_else(|| BrokerError::UnknownTransaction(tx.to_string()))?;
-            tx.sends.push((destination.clone(), message));
+            if !self.session(session)?.transactions.contains_key(tx) {
+                return Err(BrokerError::UnknownTransaction(tx.to_string()));
+            }
+            // A duplicate is recognised when it is sent, in send order, like a plain send; a
+            // transaction committed later must not be judged against sends made after it.
+            if !self.is_duplicate(&message) {
+                let state = self.session(session)?;
+                if let Some(tx) = state.transactions.get_mut(tx) {
+                    tx.sends.push((destination.clone(), message));
+                }
+            } else {
+                self.stats.duplicates_dropped += 1;
+            }
             return Ok(Confirmation::done());
         }
         if self.is_duplicate(&message) {
@@ -631,9 +643,7 @@ impl Core {
                 discarded: 0,
             },
         );
-        self.session(session)?
-            .subscriptions
-            .insert(request.id, id);
+        self.session(session)?.subscriptions.insert(request.id, id);
         match source {
             Source::Queue(queue) => {
                 if let Some(d) = self.durables.get_mut(&queue) {
@@ -784,9 +794,11 @@ impl Core {
             if n == 0 || q.ready.is_empty() {
                 break;
             }
-            let chosen = (0..n)
-                .map(|i| (q.next_consumer + i) % n)
-                .find(|&i| self.consumers.get(&q.consumers[i]).is_some_and(|c| c.has_credit()));
+            let chosen = (0..n).map(|i| (q.next_consumer + i) % n).find(|&i| {
+                self.consumers
+                    .get(&q.consumers[i])
+                    .is_some_and(|c| c.has_credit())
+            });
             let Some(index) = chosen else {
                 break;
             };
@@ -864,6 +876,17 @@ impl Core {
         self.stats.dead_lettered += 1;
         let mut message = (*entry.message).clone();
         message.redelivery_count = entry.redeliveries;
+        if !message
+            .headers
+            .iter()
+            .any(|h| h.name == "original-destination")
+        {
+            message.headers.push(Header {
+                name: "original-destination".into(),
+                value: message.destination.clone(),
+            });
+        }
+        message.destination = DEAD_LETTER_QUEUE.to_string();
         let message = Arc::new(message);
         let (start, _) = self.append(vec![
             remove_entry(queue, key),
@@ -907,7 +930,11 @@ impl Core {
                     removed.push(e);
                 }
             }
-            q.expiring = q.ready.values().filter(|e| e.message.expiration != 0).count();
+            q.expiring = q
+                .ready
+                .values()
+                .filter(|e| e.message.expiration != 0)
+                .count();
             for entry in removed {
                 self.stats.expired += 1;
                 let _ = self.dead_letter(&queue, entry, "expired");
@@ -924,7 +951,10 @@ impl Core {
         tag: u64,
         scope: AckScope,
     ) -> Result<(u64, Vec<InFlight>), BrokerError> {
-        let cid = *self.tags.get(&tag).ok_or(BrokerError::UnknownDelivery(tag))?;
+        let cid = *self
+            .tags
+            .get(&tag)
+            .ok_or(BrokerError::UnknownDelivery(tag))?;
         let consumer = self
             .consumers
             .get_mut(&cid)
@@ -1033,10 +1063,6 @@ impl Core {
         let mut publish = Vec::new();
         let mut keyed = Vec::new(); // (index into publish, entry index in the record)
         for (destination, message) in transaction.sends {
-            if self.is_duplicate(&message) {
-                self.stats.duplicates_dropped += 1;
-                continue;
-            }
             let (e, p) = self.route(&destination, message);
             let stored = !e.is_empty();
             for item in p {

@@ -83,7 +83,11 @@ async fn confirmed_send_is_delivered_and_acked_once() {
     let d = next(&mut rx).await;
     assert_eq!(body(&d), "a");
     assert_eq!(d.redelivery_count, 0);
-    consumer.ack(d.tag, AckScope::Single, None).unwrap().await.unwrap();
+    consumer
+        .ack(d.tag, AckScope::Single, None)
+        .unwrap()
+        .await
+        .unwrap();
     assert_eq!(f.broker.queue_depth("queue://q"), 0);
     assert!(consumer.ack(d.tag, AckScope::Single, None).is_err());
 }
@@ -103,7 +107,10 @@ async fn messages_survive_a_restart_until_acknowledged() {
         let (c, mut rx) = broker.open_session(None);
         subscribe(&c, "s", queue("q"), 10);
         let first = next(&mut rx).await;
-        c.ack(first.tag, AckScope::Single, None).unwrap().await.unwrap();
+        c.ack(first.tag, AckScope::Single, None)
+            .unwrap()
+            .await
+            .unwrap();
     }
     let broker = start_in(dir.path(), BrokerOptions::default()).await;
     assert_eq!(broker.queue_depth("queue://q"), 2);
@@ -173,7 +180,8 @@ async fn a_transaction_is_all_or_nothing() {
     let f = fixture(BrokerOptions::default()).await;
     let (s, _) = f.broker.open_session(None);
     s.begin("t1").unwrap();
-    s.send(&queue("q"), persistent("rolled back"), Some("t1")).unwrap();
+    s.send(&queue("q"), persistent("rolled back"), Some("t1"))
+        .unwrap();
     s.abort("t1").unwrap();
     s.begin("t2").unwrap();
     s.send(&queue("q"), persistent("x"), Some("t2")).unwrap();

@@ -166,6 +166,8 @@ struct Shared {
     released: AtomicU64,
     failed: AtomicBool,
     failure: Mutex<Option<String>>,
+    /// The written end, for replication (updated after each write, before the fsync).
+    written_watch: tokio::sync::watch::Sender<Position>,
 }
 
 impl Shared {
@@ -197,6 +199,11 @@ enum Command {
     },
     Truncate {
         position: u64,
+        reply: mpsc::Sender<Result<(), StoreError>>,
+    },
+    /// Replication: delete every segment and continue empty at `start`.
+    Reset {
+        start: u64,
         reply: mpsc::Sender<Result<(), StoreError>>,
     },
     /// Tests: block the writer until the sender side is dropped.
@@ -259,6 +266,7 @@ impl Journal {
             released: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
+            written_watch: tokio::sync::watch::channel(Position(recovery.end)).0,
         });
         let (sender, receiver) = mpsc::channel();
         let writer = Writer {
@@ -485,6 +493,65 @@ impl Journal {
         self.end = position.0;
         self.current_start = containing;
         Ok(())
+    }
+
+    /// Replication: deletes every segment and continues empty at `start` (a new segment named
+    /// by it). Waits for the writer.
+    pub fn reset(&mut self, start: Position) -> Result<(), StoreError> {
+        self.check_failed()?;
+        let (reply, answer) = mpsc::channel();
+        self.send(Command::Reset {
+            start: start.0,
+            reply,
+        })?;
+        answer.recv().map_err(|_| {
+            self.shared
+                .failure()
+                .unwrap_or_else(|| StoreError::JournalFailed("writer thread stopped".into()))
+        })??;
+        self.end = start.0;
+        self.current_start = start.0;
+        Ok(())
+    }
+
+    /// Replication: the master's journal holds nothing in `end()..to` (a released range);
+    /// continues at `to` in a new segment. The range becomes an empty segment (released by the
+    /// store like any other, leaving a tombstone). Returns the segments started, in order.
+    pub fn skip_to(&mut self, to: Position) -> Result<Vec<Position>, StoreError> {
+        self.check_failed()?;
+        if to.0 < self.end {
+            return Err(StoreError::NotContiguous {
+                position: to,
+                end: Position(self.end),
+            });
+        }
+        if to.0 == self.end {
+            return Ok(Vec::new());
+        }
+        let mut started = Vec::new();
+        if self.end != self.current_start {
+            started.push(self.end);
+        }
+        started.push(to.0);
+        for &start in &started {
+            self.shared
+                .segments
+                .write()
+                .unwrap()
+                .insert(start, Segment::new(SegmentState::Live));
+            self.current_start = start;
+            self.send(Command::Append {
+                bytes: Bytes::new(),
+                new_segment: Some(start),
+            })?;
+        }
+        self.end = to.0;
+        Ok(started.into_iter().map(Position).collect())
+    }
+
+    /// The written end, updated by the writer thread after each write (before its fsync).
+    pub fn written_watch(&self) -> tokio::sync::watch::Receiver<Position> {
+        self.shared.written_watch.subscribe()
     }
 
     pub fn stats(&self) -> JournalStats {
@@ -842,6 +909,17 @@ impl Writer {
                 self.end += bytes.len() as u64;
             }
             Command::Release { start } => self.releases.push(start),
+            Command::Reset { start, reply } => {
+                self.finish_batch()?;
+                let result = self.reset(start);
+                let failed = result.is_err();
+                let _ = reply.send(result);
+                if failed {
+                    return Err(StoreError::JournalFailed(format!(
+                        "reset to {start} failed"
+                    )));
+                }
+            }
             Command::Truncate { position, reply } => {
                 self.finish_batch()?;
                 let result = self.truncate(position);
@@ -896,6 +974,8 @@ impl Writer {
         }
         self.file_start = start;
         self.file_offset = 0;
+        // Equal to `end` except after a replication skip over a released range.
+        self.end = start;
         self.directory_dirty = true;
         Ok(())
     }
@@ -905,6 +985,7 @@ impl Writer {
     fn finish_batch(&mut self) -> Result<(), StoreError> {
         self.write_buffer()?;
         self.shared.written.store(self.end, Ordering::Release);
+        self.shared.written_watch.send_replace(Position(self.end));
         if self.fsync && (self.unsynced || !self.to_sync.is_empty() || self.directory_dirty) {
             for (start, file) in self.to_sync.drain(..) {
                 let path = segment_path(&self.shared.directory, start);
@@ -1033,7 +1114,50 @@ impl Writer {
         self.reported = position;
         self.shared.written.store(position, Ordering::Release);
         self.shared.durable.store(position, Ordering::Release);
+        self.shared.written_watch.send_replace(Position(position));
         info!(file = %path.display(), position, "journal truncated");
+        Ok(())
+    }
+
+    /// Deletes every segment and starts an empty one at `start` (see [`Journal::reset`]).
+    fn reset(&mut self, start: u64) -> Result<(), StoreError> {
+        let directory = self.shared.directory.clone();
+        let mut map = self.shared.segments.write().unwrap();
+        let all: Vec<u64> = map.keys().copied().collect();
+        for segment in all {
+            if let Some(segment) = map.remove(&segment) {
+                segment.reader.lock().unwrap().take();
+            }
+            let path = segment_path(&directory, segment);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error("delete", &path)(e)),
+            }
+        }
+        let path = segment_path(&directory, start);
+        self.file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_error("create segment", &path))?;
+        map.insert(start, Segment::new(SegmentState::Live));
+        drop(map);
+        self.file.sync_all().map_err(io_error("fsync", &path))?;
+        sync_directory(&directory)?;
+        self.file_start = start;
+        self.file_offset = 0;
+        self.buffer.clear();
+        self.to_sync.clear();
+        self.releases.clear();
+        self.unsynced = false;
+        self.directory_dirty = false;
+        self.end = start;
+        self.reported = start;
+        self.shared.written.store(start, Ordering::Release);
+        self.shared.durable.store(start, Ordering::Release);
+        self.shared.written_watch.send_replace(Position(start));
+        info!(file = %path.display(), start, "journal reset");
         Ok(())
     }
 }
@@ -1064,6 +1188,27 @@ impl JournalReader {
     /// The first retained position.
     pub fn oldest(&self) -> Position {
         oldest_of(&self.shared.segments.read().unwrap())
+    }
+
+    /// The written end, updated by the writer thread after each write (before its fsync).
+    pub fn written_watch(&self) -> tokio::sync::watch::Receiver<Position> {
+        self.shared.written_watch.subscribe()
+    }
+
+    /// Released ranges `(start, end)` after the oldest retained position: positions whose
+    /// records are gone although later ones are retained (replication skips them).
+    pub fn released_ranges(&self) -> Vec<(Position, Position)> {
+        let map = self.shared.segments.read().unwrap();
+        let mut out = Vec::new();
+        let mut iter = map.iter().peekable();
+        while let Some((&start, segment)) = iter.next() {
+            if segment.state == SegmentState::Released {
+                if let Some((&next, _)) = iter.peek() {
+                    out.push((Position(start), Position(next)));
+                }
+            }
+        }
+        out
     }
 
     fn locate(&self, position: u64) -> Result<Located, StoreError> {
@@ -1748,14 +1893,20 @@ mod tests {
         assert!(appended.new_segment);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while journal.append(&record(3, 10)).is_ok() {
-            assert!(std::time::Instant::now() < deadline, "the journal never failed");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the journal never failed"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(matches!(
             journal.append(&record(4, 10)),
             Err(StoreError::JournalFailed(_))
         ));
-        assert!(rx.try_iter().all(|p| p <= durable), "nothing reported after the failure");
+        assert!(
+            rx.try_iter().all(|p| p <= durable),
+            "nothing reported after the failure"
+        );
         assert_eq!(journal.stats().durable, durable);
         assert!(matches!(journal.close(), Err(StoreError::JournalFailed(_))));
     }

@@ -261,6 +261,7 @@ impl Store {
                 .records(start, segment_end)
                 .map(|item| item.map(|(position, record, _)| (position, record)))
                 .collect::<Result<Vec<_>, _>>()?;
+            eprintln!("DBG rescan {start}..{segment_end}");
             state.rescan(start, &records);
         }
 
@@ -349,6 +350,10 @@ impl Store {
                     }
                 }
             };
+            eprintln!(
+                "DBG forward from {} at {:?}: {:?}",
+                forward.from, at, forward.record.entries
+            );
             self.state.forwarded(forward, at, ops);
         }
     }
@@ -357,6 +362,7 @@ impl Store {
     /// everything appended so far is durable.
     fn release_ready(&mut self, ops: &mut Vec<index::IndexOp>) {
         for start in self.state.take_releasable(ops) {
+            eprintln!("DBG release {start}");
             if let Err(e) = self.journal.release(start) {
                 error!("releasing journal segment at {start}: {e}");
             }

@@ -133,7 +133,10 @@ mod tests {
         let mut buf = BytesMut::new();
         let n = encode_frame(&sample(), &mut buf);
         buf[n - 1] ^= 0x01;
-        assert!(matches!(check_frame(&buf), Err(FrameError::BadChecksum { .. })));
+        assert!(matches!(
+            check_frame(&buf),
+            Err(FrameError::BadChecksum { .. })
+        ));
     }
 
     #[test]

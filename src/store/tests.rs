@@ -143,7 +143,10 @@ fn recovers_what_is_live() {
     let dir = tempfile::tempdir().unwrap();
     let (mut store, recovered, rx) = open(dir.path(), 1 << 20);
     assert_eq!(recovered, Recovered::default());
-    assert!(!store.stats().index_rebuilt, "a new store has nothing to rebuild");
+    assert!(
+        !store.stats().index_rebuilt,
+        "a new store has nothing to rebuild"
+    );
     let start = store
         .append(&record(
             4,
@@ -679,7 +682,7 @@ impl Model {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1, ..ProptestConfig::default() })]
 
     #[test]
     fn recovered_state_matches_a_model(steps in prop::collection::vec(step(), 1..120)) {
@@ -695,9 +698,11 @@ proptest! {
                 Step::Append(ops) => {
                     let position = store.end();
                     let record = model.record(position, &ops);
+                    eprintln!("DBG append at {position}: {:?}", record.entries.iter().map(|e| match e.kind.as_ref().unwrap() { entry::Kind::Add(a) => format!("add {:?} {}", a.queues, a.message.as_ref().unwrap().message_id), entry::Kind::Remove(r) => format!("remove {} {}", r.queue, r.key), k => format!("{k:?}") }).collect::<Vec<_>>());
                     prop_assert_eq!(store.append(&record).unwrap(), position);
                 }
                 Step::Reopen | Step::ReopenWithoutIndex => {
+                    eprintln!("DBG {step:?}");
                     let end = store.end();
                     store.close().unwrap();
                     let rebuild = matches!(step, Step::ReopenWithoutIndex);

@@ -138,7 +138,9 @@ struct Heartbeat {
 
 fn parse_heartbeat(value: Option<&str>) -> (u64, u64) {
     let Some(value) = value else { return (0, 0) };
-    let mut parts = value.split(',').map(|p| p.trim().parse::<u64>().unwrap_or(0));
+    let mut parts = value
+        .split(',')
+        .map(|p| p.trim().parse::<u64>().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
@@ -203,12 +205,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         &mut self,
         broker: &Broker,
     ) -> Result<Option<(Session, mpsc::UnboundedReceiver<Delivery>, Heartbeat)>, Fatal> {
-        let frame = match tokio::time::timeout(self.options.connect_timeout, self.read_frame())
-            .await
-        {
-            Err(_) => return Err(Fatal::new("no CONNECT frame within the connect timeout")),
-            Ok(frame) => frame?,
-        };
+        let frame =
+            match tokio::time::timeout(self.options.connect_timeout, self.read_frame()).await {
+                Err(_) => return Err(Fatal::new("no CONNECT frame within the connect timeout")),
+                Ok(frame) => frame?,
+            };
         let Some(frame) = frame else { return Ok(None) };
         if !matches!(frame.command, Command::Connect | Command::Stomp) {
             return Err(Fatal::new(format!(
@@ -246,15 +247,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .header("version", version_name(version))
             .header("server", concat!("ferromq/", env!("CARGO_PKG_VERSION")))
             .header("session", format!("{}", self.peer))
-            .header(
-                "heart-beat",
-                format!("{},{}", client_receive, client_send),
-            );
+            .header("heart-beat", format!("{},{}", client_receive, client_send));
         if version == Version::V1_0 {
             connected.headers.retain(|(k, _)| k != "version");
         }
         self.queue_frame(&connected);
-        self.flush_output().await.map_err(|_| Fatal::new("write failed"))?;
+        self.flush_output()
+            .await
+            .map_err(|_| Fatal::new("write failed"))?;
         tracing::debug!(peer = %self.peer, version = version_name(version), "STOMP session open");
         Ok(Some((session, deliveries, heartbeat)))
     }
@@ -297,11 +297,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             auto_acks: HashMap::new(),
             version: self.version,
         };
-        let mut send_tick = tokio::time::interval(heartbeat.send.unwrap_or(Duration::from_secs(3600)));
+        let mut send_tick =
+            tokio::time::interval(heartbeat.send.unwrap_or(Duration::from_secs(3600)));
         send_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_read = Instant::now();
         let mut wrote_since_tick = false;
-        let check = heartbeat.receive.map(|d| d / 2).unwrap_or(Duration::from_secs(3600));
+        let check = heartbeat
+            .receive
+            .map(|d| d / 2)
+            .unwrap_or(Duration::from_secs(3600));
         let mut receive_tick = tokio::time::interval(check);
         receive_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let result: Result<(), Fatal> = loop {
@@ -417,7 +421,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             Command::Disconnect => {
                 let flush = state.session.flush();
-                state.awaiting.push_back((Awaiting::Disconnect(receipt), flush));
+                state
+                    .awaiting
+                    .push_back((Awaiting::Disconnect(receipt), flush));
                 return Ok(Step::Continue);
             }
             Command::Connect | Command::Stomp => {
@@ -430,7 +436,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
         };
         match receipt {
-            Some(id) => state.awaiting.push_back((Awaiting::Receipt(id), confirmation)),
+            Some(id) => state
+                .awaiting
+                .push_back((Awaiting::Receipt(id), confirmation)),
             None if !confirmation.is_done() => {
                 state.awaiting.push_back((Awaiting::Silent, confirmation))
             }
@@ -496,7 +504,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 .header("redelivery-count", delivery.redelivery_count.to_string());
         }
         for h in &message.headers {
-            out = out.header(h.name.clone(), h.value.clone());
+            let value = match h.name.as_str() {
+                // Stored in the core's form (queue://x); STOMP clients expect /queue/x.
+                "original-destination" => Destination::parse(&h.value)
+                    .map(|d| stomp_destination(&d))
+                    .unwrap_or_else(|_| h.value.clone()),
+                _ => h.value.clone(),
+            };
+            out = out.header(h.name.clone(), value);
         }
         out.body = message.body.clone();
         self.queue_frame(&out);
@@ -548,14 +563,13 @@ impl State {
                 .parse::<i64>()
                 .map_err(|_| Fatal::new(format!("header 'expires' is not a number: '{v}'")))?,
         };
-        let priority = match frame.get("priority") {
-            None => 4,
-            Some(v) => v
-                .parse::<u32>()
-                .ok()
-                .filter(|p| *p <= 9)
-                .ok_or_else(|| Fatal::new(format!("header 'priority' must be 0..9, got '{v}'")))?,
-        };
+        let priority =
+            match frame.get("priority") {
+                None => 4,
+                Some(v) => v.parse::<u32>().ok().filter(|p| *p <= 9).ok_or_else(|| {
+                    Fatal::new(format!("header 'priority' must be 0..9, got '{v}'"))
+                })?,
+            };
         let mut headers = Vec::new();
         for (name, value) in &frame.headers {
             if !RESERVED_SEND_HEADERS.contains(&name.as_str())
