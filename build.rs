@@ -2,7 +2,7 @@
 //! building needs no `protoc` on the machine.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let files = ["proto/ferromq/wal.proto"];
+    let files = ["proto/ferromq/wal.proto", "proto/ferromq/replication.proto"];
     let descriptors = protox::compile(files, ["proto"])?;
     prost_build::Config::new()
         .bytes(["."])

@@ -22,7 +22,9 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod election;
+pub mod node;
 pub mod protocol;
+pub mod replication;
 pub mod server;
 pub mod store;
 

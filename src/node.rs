@@ -70,6 +70,27 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
     }
 }
 
+/// This node's identity among the slaves of a master: every node of a cluster shares the
+/// broker name, so each store directory gets a random id of its own, kept in `node.id`.
+fn node_id(config: &Config) -> anyhow::Result<String> {
+    let path = config.store.directory.join("node.id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_string());
+        }
+    }
+    let id = format!(
+        "{}-{:016x}",
+        config.replication.advertised_hostname(),
+        rand::random::<u64>()
+    );
+    std::fs::create_dir_all(&config.store.directory)
+        .and_then(|_| std::fs::write(&path, &id))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
 /// Where the journal ends, read by opening and closing the store.
 async fn read_log_state(config: &Config) -> anyhow::Result<LogState> {
     let (durable, _) = watch::channel(Position(0));
@@ -105,9 +126,13 @@ impl Lifecycle {
             let role = roles.borrow_and_update().clone();
             match role {
                 Role::Candidate { reason } => {
-                    self.listeners
-                        .set_mode(Mode::Refuse(format!("not the master: no master elected ({reason})")));
-                    self.election.report_log(self.log);
+                    let refusal = if reason.contains("not enough cluster members") {
+                        format!("not the master: no quorum is available ({reason})")
+                    } else {
+                        format!("not the master: no master elected ({reason})")
+                    };
+                    self.listeners.set_mode(Mode::Refuse(refusal));
+                    self.election.report_final_log(self.log);
                     self.election.set_role_info("candidate", None);
                     if roles.changed().await.is_err() {
                         anyhow::bail!("the election stopped");
@@ -150,14 +175,16 @@ impl Lifecycle {
             open_store(config, config.store.sync.fsync_locally(), durable_tx).await?;
         self.log = log_state(&store);
         self.log_role("master", epoch);
-        let (replication, confirmed) = ReplicationMaster::start(
+        let (mut replication, confirmed) = ReplicationMaster::start(
             MasterOptions {
                 bind: config.replication.bind.as_str().to_string(),
                 security_token: config.replication.security_token.clone(),
                 replicas: config.replication.replicas as usize,
                 epoch,
             },
-            &store,
+            store.reader(),
+            store.history(),
+            store.written_watch(),
             durable_rx,
         )
         .await
@@ -191,12 +218,12 @@ impl Lifecycle {
         self.listeners
             .set_mode(Mode::Refuse("not the master: this node stepped down".into()));
         let store = broker.close("this node is no longer the master");
-        replication.stop().await;
+        replication.stop();
         if let Some(store) = store {
             self.log = log_state(&store);
             close_store(store).await;
         }
-        self.election.report_log(self.log);
+        self.election.report_final_log(self.log);
         self.log_role("stepped down from master", epoch);
         Ok(())
     }
@@ -219,7 +246,7 @@ impl Lifecycle {
         self.election.set_role_info("slave", Some(epoch));
         let options = SlaveOptions {
             master: master.to_string(),
-            node: config.broker.name.clone(),
+            node: node_id(config)?,
             security_token: config.replication.security_token.clone(),
             expected_epoch: epoch,
         };
@@ -255,7 +282,7 @@ impl Lifecycle {
         };
         self.log = log_state(&store);
         close_store(store).await;
-        self.election.report_log(self.log);
+        self.election.report_final_log(self.log);
         self.log_role("stopped following", epoch);
         result
     }

@@ -165,7 +165,7 @@ impl Node {
 /// replicated cluster.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     if !config.is_standalone() {
-        anyhow::bail!("replication is not built yet"); // crate::node::run_cluster(config, shutdown_signal()).await;
+        return crate::node::run_cluster(config, shutdown_signal()).await;
     }
     let node = Node::start(&config).await?;
     shutdown_signal().await;

@@ -3,6 +3,7 @@
 //! - `broker`: run a broker node ([`crate::server::run`]).
 //! - `produce`, `consume`: send or receive messages through [`crate::client`].
 //! - `bench`: concurrent producers and consumers; rates and send latency percentiles.
+//! - `status`: the cluster's members as ZooKeeper shows them.
 //!
 //! Exit codes: 0 success; 1 failure (including `consume` receiving fewer messages than asked);
 //! 2 usage or configuration error.
@@ -45,7 +46,24 @@ enum CliCommand {
     Consume(consume::ConsumeArgs),
     /// Measure throughput and send latency with concurrent producers and consumers.
     Bench(bench::BenchArgs),
-    // `status` (the cluster as ZooKeeper sees it) goes here.
+    /// Show the cluster as ZooKeeper sees it: members, roles, epochs, positions.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// ZooKeeper connect string (zkAddress), e.g. zk1:2181,zk2:2181,zk3:2181.
+    #[arg(long, value_name = "HOSTS", default_value = "127.0.0.1:2181")]
+    zk_address: String,
+    /// Parent znode of the members (zkPath).
+    #[arg(long, value_name = "PATH", default_value = "/activemq/leveldb-stores")]
+    zk_path: String,
+    /// ZooKeeper password (zkPassword), if the cluster uses one.
+    #[arg(long, value_name = "PASSWORD")]
+    zk_password: Option<String>,
+    /// Print the members as JSON (the znode data) instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +103,37 @@ impl ConnectArgs {
         };
         Client::connect(&self.url, options).await
     }
+}
+
+/// `ferromq status`: reads the members' znodes and prints them.
+async fn status(args: StatusArgs) -> ExitCode {
+    let members = match crate::election::read_cluster(
+        &args.zk_address,
+        &args.zk_path,
+        args.zk_password.as_deref(),
+    )
+    .await
+    {
+        Ok(members) => members,
+        Err(e) => {
+            eprintln!("ferromq status: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        for m in &members {
+            println!("{} {}", m.znode, m.raw);
+        }
+    } else {
+        print!("{}", crate::election::format_table(&members));
+    }
+    if members.is_empty() {
+        eprintln!(
+            "no members registered under {} at {}",
+            args.zk_path, args.zk_address
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 /// The `--ack` values.
@@ -154,6 +203,7 @@ async fn run(cli: Cli) -> ExitCode {
         CliCommand::Produce(args) => produce::run(args).await,
         CliCommand::Consume(args) => consume::run(args).await,
         CliCommand::Bench(args) => bench::run(args).await,
+        CliCommand::Status(args) => status(args).await,
     }
 }
 

@@ -199,7 +199,8 @@ pub struct Election {
 }
 
 enum Command {
-    ReportLog(LogState),
+    /// The log state, and whether it is final (no role holds the store).
+    ReportLog(LogState, bool),
     PublishAddress(String, oneshot::Sender<()>),
     SetRoleInfo(String, Option<u64>),
     Close(oneshot::Sender<()>),
@@ -236,7 +237,16 @@ impl Election {
     /// the znode. The lifecycle must report its final position when it stops following a
     /// master, since the next election compares positions.
     pub fn report_log(&self, log: LogState) {
-        let _ = self.commands.send(Command::ReportLog(log));
+        let _ = self.commands.send(Command::ReportLog(log, false));
+    }
+
+    /// Where this node's journal ends, reported once no role holds the store open, so nothing
+    /// can move it any more. Only such a final report is published as a `position` an election
+    /// compares: a position reported while the node still follows (or leads) could be stale by
+    /// the time the master is gone, and electing on a stale, lower position could pick a node
+    /// that lacks confirmed records.
+    pub fn report_final_log(&self, log: LogState) {
+        let _ = self.commands.send(Command::ReportLog(log, true));
     }
 
     /// Publishes the replication listener's address (`tcp://host:port`) of this node as master;
@@ -584,6 +594,8 @@ struct Core {
     events: mpsc::UnboundedSender<Event>,
     roles: watch::Sender<Role>,
     log: LogState,
+    /// `log` was reported with no store open (see [`Election::report_final_log`]).
+    log_final: bool,
     role_info: (String, Option<u64>),
     /// (master epoch, replication address) published by the lifecycle.
     published_address: Option<(u64, String)>,
@@ -611,6 +623,7 @@ impl Core {
             events,
             roles,
             log,
+            log_final: true,
             role_info: (ROLE_CANDIDATE.to_owned(), None),
             published_address: None,
             pending_publish: Vec::new(),
@@ -661,7 +674,10 @@ impl Core {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::ReportLog(log) => self.log = log,
+            Command::ReportLog(log, is_final) => {
+                self.log = log;
+                self.log_final = is_final;
+            }
             Command::SetRoleInfo(role, master_epoch) => self.role_info = (role, master_epoch),
             Command::PublishAddress(address, ack) => match &*self.roles.borrow() {
                 Role::Master { epoch } => {
@@ -1065,7 +1081,11 @@ impl Core {
             id: self.cfg.broker_name.clone(),
             container: self.cfg.container.clone(),
             address: None,
-            position: position(self.log),
+            position: if self.log_final {
+                position(self.log)
+            } else {
+                -1
+            },
             weight: self.cfg.weight.into(),
             elected: None,
             epoch: self.log.epoch,
@@ -1088,7 +1108,7 @@ impl Core {
             id: self.cfg.broker_name.clone(),
             container: self.cfg.container.clone(),
             address,
-            position: if s.effective.is_some() {
+            position: if s.effective.is_some() || !self.log_final {
                 -1
             } else {
                 position(self.log)
@@ -1362,6 +1382,11 @@ impl Core {
         };
         if !role.is_master() {
             self.published_address = None;
+        }
+        if !matches!(role, Role::Candidate { .. }) {
+            // The lifecycle opens the store for this role: its log is final again only when it
+            // reports so after closing it.
+            self.log_final = false;
         }
         info!(
             "{}: now {role}; log epoch {}, position {}",

@@ -515,38 +515,40 @@ impl Journal {
     }
 
     /// Replication: the master's journal holds nothing in `end()..to` (a released range);
-    /// continues at `to` in a new segment. The range becomes an empty segment (released by the
-    /// store like any other, leaving a tombstone). Returns the segments started, in order.
-    pub fn skip_to(&mut self, to: Position) -> Result<Vec<Position>, StoreError> {
+    /// continues at `to` in a new segment. The range becomes a tombstone (see the module docs):
+    /// a new empty file, or the current segment itself when it is empty, in which case this
+    /// returns true (the caller's view of the current segment moves to `to`).
+    pub fn skip_to(&mut self, to: Position) -> Result<bool, StoreError> {
         self.check_failed()?;
-        if to.0 < self.end {
+        if to.0 <= self.end {
             return Err(StoreError::NotContiguous {
                 position: to,
                 end: Position(self.end),
             });
         }
-        if to.0 == self.end {
-            return Ok(Vec::new());
+        let moved = self.end == self.current_start;
+        {
+            let mut map = self.shared.segments.write().unwrap();
+            if moved {
+                if let Some(segment) = map.get_mut(&self.current_start) {
+                    segment.state = SegmentState::Released;
+                }
+            } else {
+                map.insert(self.end, Segment::new(SegmentState::Released));
+                self.send(Command::Append {
+                    bytes: Bytes::new(),
+                    new_segment: Some(self.end),
+                })?;
+            }
+            map.insert(to.0, Segment::new(SegmentState::Live));
         }
-        let mut started = Vec::new();
-        if self.end != self.current_start {
-            started.push(self.end);
-        }
-        started.push(to.0);
-        for &start in &started {
-            self.shared
-                .segments
-                .write()
-                .unwrap()
-                .insert(start, Segment::new(SegmentState::Live));
-            self.current_start = start;
-            self.send(Command::Append {
-                bytes: Bytes::new(),
-                new_segment: Some(start),
-            })?;
-        }
+        self.send(Command::Append {
+            bytes: Bytes::new(),
+            new_segment: Some(to.0),
+        })?;
+        self.current_start = to.0;
         self.end = to.0;
-        Ok(started.into_iter().map(Position).collect())
+        Ok(moved)
     }
 
     /// The written end, updated by the writer thread after each write (before its fsync).
@@ -1199,12 +1201,15 @@ impl JournalReader {
     /// records are gone although later ones are retained (replication skips them).
     pub fn released_ranges(&self) -> Vec<(Position, Position)> {
         let map = self.shared.segments.read().unwrap();
+        let oldest = oldest_of(&map);
         let mut out = Vec::new();
         let mut iter = map.iter().peekable();
         while let Some((&start, segment)) = iter.next() {
             if segment.state == SegmentState::Released {
                 if let Some((&next, _)) = iter.peek() {
-                    out.push((Position(start), Position(next)));
+                    if start > oldest.0 {
+                        out.push((Position(start), Position(next)));
+                    }
                 }
             }
         }

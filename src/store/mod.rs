@@ -21,6 +21,7 @@ pub mod journal;
 pub mod record;
 
 mod index;
+mod replica;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -37,6 +38,8 @@ pub use record::{
     entry, Entry, EpochStart, FrameError, Header, Message, MessageAdd, MessageKey, MessageRemove,
     Position, Record, SubscriptionAdd, SubscriptionRemove,
 };
+
+pub use replica::EpochMark;
 
 use index::{Index, Trust};
 use state::LiveState;
@@ -175,6 +178,8 @@ pub struct Store {
     index_replayed: u64,
     index_trouble_logged: bool,
     closed: bool,
+    /// Where each epoch starts in the journal (replication).
+    epochs: replica::Epochs,
 }
 
 /// Why opening the index from its contents did not work out.
@@ -256,15 +261,15 @@ impl Store {
 
         // Removals held by segments that still depend on older ones are not in the index; read
         // those segments again (few: forwarding keeps them few).
-        for (start, segment_end) in state.to_rescan(replayed_from) {
+        for (start, segment_end) in state.to_rescan(replayed_from, end) {
             let records = reader
                 .records(start, segment_end)
                 .map(|item| item.map(|(position, record, _)| (position, record)))
                 .collect::<Result<Vec<_>, _>>()?;
-            eprintln!("DBG rescan {start}..{segment_end}");
             state.rescan(start, &records);
         }
 
+        let epochs = replica::Epochs::scan(&journal)?;
         let mut store = Store {
             directory,
             journal,
@@ -276,6 +281,7 @@ impl Store {
             index_replayed: replayed,
             index_trouble_logged: false,
             closed: false,
+            epochs,
         };
         let mut ops = Vec::new();
         state.consider_all();
@@ -323,6 +329,7 @@ impl Store {
         ops: &mut Vec<index::IndexOp>,
     ) -> Result<Appended, StoreError> {
         let appended = self.journal.append(record)?;
+        self.epochs.note(appended.position, record.epoch);
         if appended.new_segment {
             self.state.segment_started(appended.position);
         }
@@ -350,10 +357,6 @@ impl Store {
                     }
                 }
             };
-            eprintln!(
-                "DBG forward from {} at {:?}: {:?}",
-                forward.from, at, forward.record.entries
-            );
             self.state.forwarded(forward, at, ops);
         }
     }
@@ -362,7 +365,6 @@ impl Store {
     /// everything appended so far is durable.
     fn release_ready(&mut self, ops: &mut Vec<index::IndexOp>) {
         for start in self.state.take_releasable(ops) {
-            eprintln!("DBG release {start}");
             if let Err(e) = self.journal.release(start) {
                 error!("releasing journal segment at {start}: {e}");
             }

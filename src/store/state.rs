@@ -93,6 +93,10 @@ pub(crate) struct Forward {
     removals: Vec<Removal>,
     /// Segments the forwarded removals are for.
     targets: BTreeSet<u64>,
+    /// Subscriptions live again (added anew after the stale segment superseded or removed an
+    /// older add): the segment holding the live add takes the obligation over (`None`: the
+    /// forward's own segment, where the add moves).
+    handed_over: Vec<(Option<u64>, Removal)>,
 }
 
 /// What is live, plus per-segment usage for garbage collection.
@@ -201,13 +205,14 @@ impl LiveState {
     }
 
     /// Segments `(start, end)` with dependencies whose removals were not all seen by this
-    /// state (those starting before `replayed_from`, the position replay started at): the store
-    /// reads them and hands their records to [`LiveState::rescan`].
-    pub fn to_rescan(&self, replayed_from: Position) -> Vec<(Position, Position)> {
+    /// state (those starting before `replayed_from`, the position replay started at; the
+    /// current one included, up to the journal end `end`): the store reads them and hands
+    /// their records to [`LiveState::rescan`].
+    pub fn to_rescan(&self, replayed_from: Position, end: Position) -> Vec<(Position, Position)> {
         self.segments
             .iter()
             .filter(|(&start, usage)| start < replayed_from.0 && !usage.depends_on.is_empty())
-            .filter_map(|(&start, usage)| Some((Position(start), Position(usage.end?))))
+            .map(|(&start, usage)| (Position(start), Position(usage.end.unwrap_or(end.0))))
             .collect()
     }
 
@@ -267,6 +272,14 @@ impl LiveState {
             self.candidates.insert(previous);
         }
         self.segments.insert(start.0, SegmentUsage::default());
+    }
+
+    /// Replication skipped a released range: the empty current segment at `from` became a
+    /// tombstone and the current segment now starts at `to`.
+    pub fn move_current(&mut self, from: Position, to: Position) {
+        self.segments.remove(&from.0);
+        self.candidates.remove(&from.0);
+        self.segments.insert(to.0, SegmentUsage::default());
     }
 
     /// Applies the record at `position` and pushes the index operations that bring an index
@@ -415,6 +428,13 @@ impl LiveState {
         }
     }
 
+    /// [`LiveState::depend`], for `on` older than `by` and still retained.
+    fn depend_if_retained(&mut self, on: u64, by: u64, ops: &mut Vec<IndexOp>) {
+        if on < by && self.segments.contains_key(&on) && self.segments.contains_key(&by) {
+            self.depend(on, by, ops);
+        }
+    }
+
     /// Records that segment `by` holds removals of things added in `on`; true if new.
     fn add_dependency(&mut self, on: u64, by: u64) -> bool {
         let new = self.usage(by).depends_on.insert(on);
@@ -482,6 +502,7 @@ impl LiveState {
         let mut entries = Vec::new();
         let mut removals = Vec::new();
         let mut targets = BTreeSet::new();
+        let mut handed_over = Vec::new();
         let mut seen = HashSet::new();
         for removal in &usage.removals {
             if !seen.insert(removal) {
@@ -513,8 +534,13 @@ impl LiveState {
                     subscription_name,
                 } => {
                     let key = (client_id.clone(), subscription_name.clone());
-                    if self.subscriptions.contains_key(&key) {
-                        continue; // a newer add supersedes the old one in any rebuild
+                    if let Some(live) = self.subscriptions.get(&key) {
+                        // Its live add supersedes the older adds in any rebuild, but whatever
+                        // later removes the live add must also outlive them: the segment
+                        // holding the live add takes the obligation over.
+                        let holder = self.segment_of(live.position).filter(|&h| h != from);
+                        handed_over.push((holder, removal.clone()));
+                        continue;
                     }
                     // Which older segment held the add is not known: keep them all pinned.
                     targets.extend(usage.depends_on.iter().copied());
@@ -557,6 +583,7 @@ impl LiveState {
             record,
             removals,
             targets,
+            handed_over,
         })
     }
 
@@ -568,15 +595,24 @@ impl LiveState {
         let here = at.and_then(|at| self.segment_of(at));
         if let Some(here) = here {
             for &target in &forward.targets {
-                if target != here && self.segments.contains_key(&target) {
-                    self.depend(target, here, ops);
-                }
+                self.depend_if_retained(target, here, ops);
             }
             self.usage(here).removals.extend(forward.removals);
         }
         let Some(usage) = self.segments.get_mut(&from) else {
             return;
         };
+        let previous_targets: Vec<u64> = usage.depends_on.iter().copied().collect();
+        for (holder, removal) in forward.handed_over {
+            let Some(holder) = holder.or(here) else {
+                continue;
+            };
+            for &target in &previous_targets {
+                self.depend_if_retained(target, holder, ops);
+            }
+            self.usage(holder).removals.push(removal);
+        }
+        let usage = self.usage(from);
         usage.removals.clear();
         let depends_on = std::mem::take(&mut usage.depends_on);
         for on in depends_on {
@@ -842,6 +878,37 @@ mod tests {
     }
 
     #[test]
+    fn a_moved_subscription_keeps_older_dead_adds_covered() {
+        let mut d = Driver::new();
+        d.at(1, subscribe("s")); // an old add of s ...
+        d.at(2, add(&["pin"])); // ... in a segment that stays
+        d.at(10, subscribe("s")); // supersedes it: 10 depends on 0
+        d.at(11, add(&["q"]));
+        d.at(20, remove("q", MessageKey::new(Position(11), 0))); // 20 depends on 10
+        d.at(21, add(&["q"]));
+        d.at(30, remove("q", MessageKey::new(Position(21), 0))); // 30 depends on 20
+        d.at(31, add(&["q"]));
+        d.at(40, remove("q", MessageKey::new(Position(31), 0))); // 40 depends on 30
+        let forward = d
+            .state
+            .plan_forward(1 << 20)
+            .expect("10, 20 and 30 are stale");
+        assert_eq!(forward.from, Position(10));
+        assert_eq!(forward.record.entries, subscribe("s").entries, "s moves");
+        d.state.apply(Position(41), &forward.record, &mut d.ops);
+        d.state.forwarded(forward, Some(Position(41)), &mut d.ops);
+        let released = d.state.take_releasable(&mut d.ops);
+        assert_eq!(released, vec![Position(10), Position(20), Position(30)]);
+        // The unsubscribe removes the add at 41; segment 40 must still outlive segment 0,
+        // whose dead add of s a rebuild would otherwise bring back.
+        d.at(50, unsubscribe("s"));
+        d.at(60, add(&["q"]));
+        assert_eq!(d.state.segment_starts(), vec![0, 40, 50, 60]);
+        d.at(61, remove("pin", MessageKey::new(Position(2), 0)));
+        assert_eq!(d.state.segment_starts(), vec![60]);
+    }
+
+    #[test]
     fn a_forward_too_large_is_not_written() {
         let mut d = Driver::new();
         d.at(1, add(&["q"]));
@@ -860,6 +927,25 @@ mod tests {
             .plan_forward(1 << 20)
             .expect("the next stale segment");
         assert_eq!(forward.from, Position(20), "10 is stuck");
+    }
+
+    #[test]
+    fn after_reopen_the_current_segment_is_rescanned_too() {
+        let mut d = Driver::new();
+        d.at(1, add(&["q"])); // pins segment 0
+        d.at(2, add(&["q"]));
+        d.at(10, remove("q", MessageKey::new(Position(2), 0))); // current segment 10 depends on 0
+        let segments = [(Position(0), Position(10)), (Position(10), Position(11))];
+        let snapshot = IndexSnapshot {
+            messages: vec![("q".into(), vec![MessageKey::new(Position(1), 0)])],
+            dependencies: vec![(Position(0), Position(10))],
+            ..IndexSnapshot::default()
+        };
+        let reopened = LiveState::from_snapshot(&segments, snapshot, &mut Vec::new());
+        assert_eq!(
+            reopened.to_rescan(Position(11), Position(11)),
+            vec![(Position(10), Position(11))]
+        );
     }
 
     #[test]

@@ -1,0 +1,355 @@
+#!/usr/bin/env bash
+# bench/compare.sh — ferromq against ActiveMQ 5.17 (KahaDB), same machine, same run, same client.
+#
+# Builds ferromq (release), starts ActiveMQ (bench/activemq.sh) and a standalone ferromq
+# (tcp://127.0.0.1:61633, journal in a temp dir, sync = local_disk), then runs
+# `target/release/ferromq bench` — one STOMP client for both brokers — with 1 KiB persistent
+# messages, every send confirmed by its RECEIPT before it counts:
+#
+#   sync   one synchronous producer          bench -p 1  -w 1 -n $N_SYNC
+#   conc   16 concurrent producers           bench -p 16 -w 1 -n $N_CONC
+#   drain  one consumer (ack auto) draining  bench -p 16 -w 1 -n $N_DRAIN  (fill, not timed)
+#          a pre-filled queue                bench --drain-only -c 1        (timed)
+#
+# $REPS repetitions of each, alternating which broker goes first. Each run uses its own queue,
+# and a produce run's queue is drained afterwards (not timed), so every run starts from an
+# empty broker. Each broker first gets a warm-up that is not counted: $WARMUP messages sent by
+# 16 producers and drained, in rounds of 20000 (ActiveMQ's CPU per message falls by half over
+# its first ~100k messages while the JIT compiles; measured on the reference machine).
+#
+# stdout: a markdown report (machine, fsync rate, per-run figures, the table of medians with the
+# ratio ferromq/ActiveMQ, load before/after each scenario). stderr: progress.
+# Raw data: $RESULTS/runs.jsonl (one object per run: bench --json output, CPU seconds of the
+# broker process and of the client, the broker's fsync/fdatasync calls counted by
+# `perf stat` tracepoints when perf works), $RESULTS/report.md (a copy of stdout), broker logs.
+#
+# Environment (defaults in brackets):
+#   REPS [3]  N_SYNC [5000]  N_CONC [40000]  N_DRAIN [40000]  SIZE [1024]  WARMUP [100000]
+#   SCENARIOS ["sync conc drain"]      BROKERS ["ferromq activemq"]
+#   WORK [/tmp/ferromq-bench]          RESULTS [$WORK/results-<date>]
+#   FERROMQ_PORT [61633]  AMQ_OPENWIRE_PORT [61626]  AMQ_STOMP_PORT [61623]
+#   FERROMQ_SYNC [local_disk]          (e.g. local_mem, to see what fsync costs)
+#   BENCH_EXTRA [""]                   extra `ferromq bench` arguments for the timed produce runs
+#                                      (e.g. "--persistent false")
+#   BUSY_MAX [30] LOAD_WAIT [120]      before each scenario, wait up to LOAD_WAIT s for the CPU
+#                                      time used by other processes to drop below BUSY_MAX %
+#   NO_BUILD [0]                       1: use the existing target/release/ferromq
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
+REPS=${REPS:-3}
+N_SYNC=${N_SYNC:-5000}
+N_CONC=${N_CONC:-40000}
+N_DRAIN=${N_DRAIN:-40000}
+SIZE=${SIZE:-1024}
+WARMUP=${WARMUP:-100000}
+SCENARIOS=${SCENARIOS:-"sync conc drain"}
+BROKERS=${BROKERS:-"ferromq activemq"}
+WORK=${WORK:-/tmp/ferromq-bench}
+RESULTS=${RESULTS:-$WORK/results-$(date -u +%Y%m%dT%H%M%SZ)}
+FERROMQ_PORT=${FERROMQ_PORT:-61633}
+FERROMQ_SYNC=${FERROMQ_SYNC:-local_disk}
+BENCH_EXTRA=${BENCH_EXTRA:-}
+BUSY_MAX=${BUSY_MAX:-30}
+LOAD_WAIT=${LOAD_WAIT:-120}
+NO_BUILD=${NO_BUILD:-0}
+export AMQ_WORK=${AMQ_WORK:-$WORK/activemq}
+export AMQ_OPENWIRE_PORT=${AMQ_OPENWIRE_PORT:-61626}
+export AMQ_STOMP_PORT=${AMQ_STOMP_PORT:-61623}
+export AMQ_FRESH=1
+
+FERROMQ=$ROOT/target/release/ferromq   # copied into $RESULTS after the build (others may rebuild meanwhile)
+declare -A URL=([ferromq]="tcp://127.0.0.1:$FERROMQ_PORT" [activemq]="tcp://127.0.0.1:$AMQ_STOMP_PORT")
+declare -A PID=()
+FERROMQ_DIR=""
+AMQ_STARTED=0
+
+log() { echo "compare.sh: $*" >&2; }
+port_open() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ -n "${PID[ferromq]:-}" ] && kill -0 "${PID[ferromq]}" 2>/dev/null; then
+    kill "${PID[ferromq]}" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "${PID[ferromq]}" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "${PID[ferromq]}" 2>/dev/null || true
+    log "stopped ferromq (pid ${PID[ferromq]})"
+  fi
+  [ "$AMQ_STARTED" = 1 ] && "$ROOT/bench/activemq.sh" stop || true
+  [ -n "$FERROMQ_DIR" ] && rm -rf "$FERROMQ_DIR/data"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# CPU seconds (user + system, all threads) a process has used.
+cpu_of() { awk -v t="$(getconf CLK_TCK)" '{ print ($14 + $15) / t }' "/proc/$1/stat"; }
+
+# Percent of the machine's CPU busy over one second (everything: ours is idle between runs).
+busy_pct() {
+  local a b
+  a=($(head -1 /proc/stat)); sleep 1; b=($(head -1 /proc/stat))
+  awk -v u=$((b[1] + b[2] + b[3] + b[6] + b[7] - a[1] - a[2] - a[3] - a[6] - a[7])) \
+      -v i=$((b[4] + b[5] - a[4] - a[5])) 'BEGIN { printf "%.0f", 100 * u / (u + i) }'
+}
+
+load1() { cut -d' ' -f1 /proc/loadavg; }
+
+# Counting fsync/fdatasync calls of a process through tracepoints (cheap), if perf can.
+PERF_FSYNC=0
+if command -v perf > /dev/null && perf stat -x, -e syscalls:sys_enter_fdatasync true > /dev/null 2>&1; then
+  PERF_FSYNC=1
+fi
+
+wait_for_quiet() {
+  local deadline=$(( $(date +%s) + LOAD_WAIT )) busy
+  while busy=$(busy_pct); [ "$busy" -gt "$BUSY_MAX" ]; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      log "machine still ${busy}% busy after ${LOAD_WAIT}s of waiting; running anyway"
+      break
+    fi
+    log "machine ${busy}% busy (load $(load1)); waiting for < ${BUSY_MAX}%"
+    sleep 5
+  done
+  echo "${busy}"
+}
+
+start_ferromq() {
+  FERROMQ_DIR=$(mktemp -d "$WORK/ferromq.XXXXXX")
+  cat > "$FERROMQ_DIR/broker.toml" <<TOML
+[transport]
+connectors = ["tcp://127.0.0.1:$FERROMQ_PORT"]
+[store]
+directory = "$FERROMQ_DIR/data"
+sync = "$FERROMQ_SYNC"
+TOML
+  if port_open "$FERROMQ_PORT"; then log "port $FERROMQ_PORT is already in use"; exit 1; fi
+  "$FERROMQ" broker --config "$FERROMQ_DIR/broker.toml" > "$RESULTS/ferromq.log" 2>&1 < /dev/null &
+  PID[ferromq]=$!
+  local deadline=$(( $(date +%s) + 30 ))
+  until port_open "$FERROMQ_PORT"; do
+    if ! kill -0 "${PID[ferromq]}" 2>/dev/null || [ "$(date +%s)" -ge "$deadline" ]; then
+      log "ferromq did not start; tail of its log:"; tail -20 "$RESULTS/ferromq.log" >&2; exit 1
+    fi
+    sleep 0.1
+  done
+  log "ferromq up, pid ${PID[ferromq]}, ${URL[ferromq]}, journal $FERROMQ_DIR/data (sync=$FERROMQ_SYNC)"
+}
+
+start_activemq() {
+  AMQ_STARTED=1
+  "$ROOT/bench/activemq.sh" start
+  PID[activemq]=$(cat "$AMQ_WORK/activemq.pid")
+}
+
+# bench BROKER SCENARIO REP ARGS...: one `ferromq bench --json` run; appends a line to runs.jsonl.
+bench() {
+  local broker=$1 scenario=$2 rep=$3; shift 3
+  local out="$RESULTS/run.out" timing="$RESULTS/run.time" cpu0 cpu1 rc=0
+  local perf_pid="" fsyncs=null
+  if [ "$PERF_FSYNC" = 1 ]; then
+    perf stat -x, -e syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync -p "${PID[$broker]}" \
+      -o "$RESULTS/run.perf" 2> /dev/null &
+    perf_pid=$!
+    sleep 0.3   # attached before the first send
+  fi
+  cpu0=$(cpu_of "${PID[$broker]}")
+  /usr/bin/time -f '%e %U %S' -o "$timing" \
+    "$FERROMQ" bench --url "${URL[$broker]}" --size "$SIZE" --json "$@" > "$out" 2>> "$RESULTS/client.log" || rc=$?
+  cpu1=$(cpu_of "${PID[$broker]}")
+  if [ -n "$perf_pid" ]; then
+    kill -INT "$perf_pid" 2> /dev/null || true
+    wait "$perf_pid" 2> /dev/null || true
+    fsyncs=$(awk -F, '/sys_enter_f(data)?sync/ { n += $1 } END { print n + 0 }' "$RESULTS/run.perf")
+  fi
+  if [ "$rc" != 0 ] || ! jq -e . "$out" > /dev/null 2>&1; then
+    log "$broker $scenario #$rep failed (exit $rc): $(cat "$out") $(tail -3 "$RESULTS/client.log")"
+    exit 1
+  fi
+  read -r wall cu cs < <(tail -1 "$timing")
+  jq -c --arg b "$broker" --arg s "$scenario" --argjson r "$rep" \
+     --argjson bcpu "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { print b - a }')" \
+     --argjson ccpu "$(awk -v u="$cu" -v s="$cs" 'BEGIN { print u + s }')" --argjson wall "$wall" \
+     --arg load "$(load1)" --argjson fsyncs "$fsyncs" \
+     '{broker: $b, scenario: $s, rep: $r, broker_cpu_s: $bcpu, client_cpu_s: $ccpu,
+       client_wall_s: $wall, load1_after: ($load | tonumber), broker_fsyncs: $fsyncs, bench: .}' \
+     "$out" >> "$RESULTS/runs.jsonl"
+  jq -r --arg b "$broker" --arg s "$scenario" --argjson r "$rep" '
+    "\($s) #\($r) \($b): " +
+    (if .produce then "produce \(.produce.msgs_per_sec | floor) msg/s p50 \(.produce.latency.p50_us | floor) µs p99 \(.produce.latency.p99_us | floor) µs"
+     else "consume \(.consume.received) in \(.consume.seconds * 1000 | floor) ms: \(.consume.msgs_per_sec | floor) msg/s" end)' \
+     "$out" >&2
+  cat "$out"
+}
+
+# Empties DEST on BROKER (not timed).
+drain() {
+  local broker=$1 dest=$2 n
+  n=$("$FERROMQ" bench --url "${URL[$broker]}" -d "$dest" --drain-only -c 1 --idle-timeout 2s --json \
+        2>> "$RESULTS/client.log" | jq '.consume.received')
+  log "  drained $n from $dest on $broker"
+}
+
+run_scenario() {
+  local scenario=$1 rep=$2 broker=$3 dest="queue://bench.$1.$2"
+  case $scenario in
+    sync)  bench "$broker" sync "$rep" -d "$dest" -p 1 -w 1 -n "$N_SYNC" $BENCH_EXTRA > /dev/null
+           drain "$broker" "$dest" ;;
+    conc)  bench "$broker" conc "$rep" -d "$dest" -p 16 -w 1 -n "$N_CONC" $BENCH_EXTRA > /dev/null
+           drain "$broker" "$dest" ;;
+    drain) bench "$broker" fill "$rep" -d "$dest" -p 16 -w 1 -n "$N_DRAIN" > /dev/null
+           local got
+           got=$(bench "$broker" drain "$rep" -d "$dest" --drain-only -c 1 --idle-timeout 3s | jq '.consume.received')
+           if [ "$got" != "$N_DRAIN" ]; then log "drain on $broker received $got of $N_DRAIN"; exit 1; fi ;;
+    *) log "unknown scenario $scenario"; exit 2 ;;
+  esac
+}
+
+# ---------------------------------------------------------------------------------------------
+mkdir -p "$WORK" "$RESULTS"
+: > "$RESULTS/runs.jsonl"
+: > "$RESULTS/loads.jsonl"
+if [ "$NO_BUILD" != 1 ]; then
+  log "cargo build --release"
+  (cd "$ROOT" && cargo build --release --quiet)
+fi
+
+# Run a private copy: a `cargo build` elsewhere in the tree must not swap the binary mid-run.
+cp "$FERROMQ" "$RESULTS/ferromq"
+FERROMQ=$RESULTS/ferromq
+
+log "measuring append+fdatasync on $WORK"
+FSYNC_JSON=$(python3 "$ROOT/bench/fsync.py" "$WORK" --count 3000 --json)
+
+for b in $BROKERS; do
+  case $b in
+    ferromq) start_ferromq ;;
+    activemq) start_activemq ;;
+  esac
+done
+
+for b in $BROKERS; do
+  left=$WARMUP
+  while [ "$left" -gt 0 ]; do
+    n=$(( left < 20000 ? left : 20000 )); left=$(( left - n ))
+    log "warm-up $b: $n messages (not counted)"
+    "$FERROMQ" bench --url "${URL[$b]}" -d queue://bench.warmup -p 16 -w 1 -n "$n" --json \
+      > /dev/null 2>> "$RESULTS/client.log"
+    drain "$b" queue://bench.warmup
+  done
+done
+
+for scenario in $SCENARIOS; do
+  busy=$(wait_for_quiet)
+  before=$(uptime)
+  log "scenario $scenario; before: $before (other processes ${busy}% CPU)"
+  for rep in $(seq "$REPS"); do
+    if [ $((rep % 2)) = 1 ]; then order=$BROKERS; else order=$(echo "$BROKERS" | tr ' ' '\n' | tac | tr '\n' ' '); fi
+    for b in $order; do run_scenario "$scenario" "$rep" "$b"; done
+  done
+  after=$(uptime)
+  log "scenario $scenario; after: $after"
+  jq -nc --arg s "$scenario" --arg before "$before" --arg after "$after" --argjson busy "$busy" \
+    '{scenario: $s, before: $before, after: $after, busy_before_pct: $busy}' >> "$RESULTS/loads.jsonl"
+done
+
+# ---------------------------------------------------------------------------------------------
+{
+  echo "# ferromq vs ActiveMQ 5.17.2 (KahaDB): $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo
+  echo "## Machine"
+  echo
+  echo '```'
+  echo "nproc:   $(nproc)"
+  echo "cpu:     $(lscpu | sed -n 's/^Model name: *//p' | head -1) ($(lscpu | sed -n 's/^Hypervisor vendor: *//p') guest)"
+  echo "memory:  $(free -h | awk '/^Mem:/ { print $2 }')"
+  echo "kernel:  $(uname -sr)"
+  echo "disk:    $(df -h "$WORK" | tail -1)"
+  echo "fs:      $(findmnt -n -o FSTYPE,OPTIONS --target "$WORK" 2>/dev/null || true)"
+  echo "fsync:   $(jq -r '"\(.fdatasync_per_sec | floor) append+fdatasync/s of \(.size) B (p50 \(.p50_us | floor) µs, p99 \(.p99_us | floor) µs)"' <<< "$FSYNC_JSON")"
+  echo "ferromq: $(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml || echo ' + uncommitted changes in src/'), $(rustc --version), sync=$FERROMQ_SYNC"
+  echo "activemq: $(dpkg-query -W -f '${Version}' activemq 2>/dev/null), $(java -version 2>&1 | head -1), heap ${AMQ_HEAP:-512M}, KahaDB defaults"
+  echo "client:  target/release/ferromq bench (STOMP), ${SIZE}-byte persistent messages, RECEIPT per send${BENCH_EXTRA:+, extra: $BENCH_EXTRA}"
+  echo '```'
+  echo
+  python3 - "$RESULTS/runs.jsonl" "$RESULTS/loads.jsonl" "$REPS" <<'PY'
+import json, statistics, sys
+
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+loads = {l["scenario"]: l for l in (json.loads(x) for x in open(sys.argv[2]) if x.strip())}
+reps = sys.argv[3]
+names = {"sync": "1 producer, sync (-p 1 -w 1)",
+         "conc": "16 producers (-p 16 -w 1)",
+         "drain": "1 consumer draining (ack auto)"}
+targets = {"sync": 1.5, "conc": 10.0, "drain": 2.0}
+
+def figures(r):
+    b = r["bench"]
+    f = b["produce"] if b["produce"] else b["consume"]
+    lat = f.get("latency") or {}
+    n = f.get("confirmed", f.get("received"))
+    return {"rate": f["msgs_per_sec"], "p50": lat.get("p50_us"), "p99": lat.get("p99_us"),
+            "bcpu": r["broker_cpu_s"] / n * 1e6 if n else None,
+            "per_fsync": n / r["broker_fsyncs"] if r.get("broker_fsyncs") else None,
+            "ccpu": r["client_cpu_s"] / n * 1e6 if n else None}
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+def us(x):
+    if x is None: return "–"
+    return f"{x/1000:.1f} ms" if x >= 10000 else f"{x/1000:.2f} ms" if x >= 1000 else f"{x:.0f} µs"
+
+summary = {}
+for s in ("sync", "conc", "drain"):
+    for b in ("ferromq", "activemq"):
+        fs = [figures(r) for r in runs if r["scenario"] == s and r["broker"] == b]
+        if fs:
+            summary[(s, b)] = {k: med([f[k] for f in fs]) for k in fs[0]} | {"all": [f["rate"] for f in fs]}
+
+print(f"## Results (median of {reps} runs each, brokers alternating)\n")
+print("| scenario | ferromq msg/s | ActiveMQ msg/s | ratio | target | met | ferromq p50 / p99 | ActiveMQ p50 / p99 |")
+print("|---|---:|---:|---:|---:|:---:|---|---|")
+for s in ("sync", "conc", "drain"):
+    f, a = summary.get((s, "ferromq")), summary.get((s, "activemq"))
+    if not f and not a: continue
+    ratio = f["rate"] / a["rate"] if f and a and a["rate"] else None
+    met = "–" if ratio is None else ("yes" if ratio >= targets[s] else "**no**")
+    lat = lambda x: "–" if not x or x["p50"] is None else f"{us(x['p50'])} / {us(x['p99'])}"
+    rate = lambda x: "–" if not x else f"{x['rate']:,.0f}"
+    print(f"| {names[s]} | {rate(f)} | {rate(a)} | {'–' if ratio is None else f'{ratio:.2f}×'} "
+          f"| ≥ {targets[s]:g}× | {met} | {lat(f)} | {lat(a)} |")
+print("\nLatency: send to RECEIPT, median over the runs of each run's p50 and p99. "
+      "Drain: first SUBSCRIBE to last message received, ack auto, default prefetch.\n")
+
+print("### Every run\n")
+print("| scenario | broker | msg/s of each run | broker CPU µs/msg | client CPU µs/msg | msgs per fsync |")
+print("|---|---|---|---:|---:|---:|")
+for s in ("sync", "conc", "drain"):
+    for b in ("ferromq", "activemq"):
+        x = summary.get((s, b))
+        if x:
+            per_fsync = "–" if x["per_fsync"] is None else f"{x['per_fsync']:.1f}"
+            print(f"| {s} | {b} | {', '.join(f'{v:,.0f}' for v in x['all'])} | "
+                  f"{x['bcpu']:.1f} | {x['ccpu']:.1f} | {per_fsync} |")
+fills = [r for r in runs if r["scenario"] == "fill"]
+if fills:
+    for b in ("ferromq", "activemq"):
+        v = [r["bench"]["produce"]["msgs_per_sec"] for r in fills if r["broker"] == b]
+        if v: print(f"| fill for drain (-p 16) | {b} | {', '.join(f'{x:,.0f}' for x in v)} | | | |")
+print("\nCPU µs/msg: CPU seconds (user + system, all threads) used during the run, per message "
+      "(10 ms clock ticks); the machine's cores are shared by broker, client and anything else "
+      "running. msgs per fsync: messages confirmed per fsync/fdatasync call of the broker "
+      "(perf tracepoints); for drain, messages consumed per fsync the broker made meanwhile.\n")
+
+print("### Load\n")
+print("| scenario | before | after | CPU busy before (others) |")
+print("|---|---|---|---:|")
+for s, l in loads.items():
+    strip = lambda u: u.split("load average:")[-1].strip()
+    print(f"| {s} | {strip(l['before'])} | {strip(l['after'])} | {l['busy_before_pct']}% |")
+PY
+} | tee "$RESULTS/report.md"
+log "raw results in $RESULTS"

@@ -1,0 +1,595 @@
+//! The master side: the replication listener, one task per slave connection, and the quorum
+//! watermark.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::{interval, timeout, MissedTickBehavior};
+use tracing::{debug, error, info, warn};
+
+use super::history::shared_prefix;
+use super::quorum::QuorumTracker;
+use super::wire::{self, envelope::Kind};
+use super::{
+    frame_epoch, read_message, socket_address, write_message, ReplicationError, HEARTBEAT_INTERVAL,
+    MAX_RECORDS_BYTES, PEER_TIMEOUT, READ_CHUNK,
+};
+use crate::store::{EpochMark, JournalReader, Position, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct MasterOptions {
+    /// `host:port` (or `tcp://host:port`) to listen on; port 0 picks any free port.
+    pub bind: String,
+    /// A slave must present this token.
+    pub security_token: String,
+    /// Cluster size: a position is confirmed once the master and `replicas / 2` slaves hold it.
+    pub replicas: usize,
+    /// This master's epoch (its `EpochStart` record is the first it appended).
+    pub epoch: u64,
+}
+
+/// A connected slave, for status pages and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlaveStatus {
+    pub node: String,
+    /// What the slave last acknowledged holding (0 before its first ack).
+    pub acked: Position,
+    pub connected_since: SystemTime,
+    pub address: SocketAddr,
+    /// Where its stream started: the shared prefix it was truncated to, or the snapshot start.
+    pub stream_start: Position,
+    /// It was sent a snapshot (reset) rather than an incremental catch-up.
+    pub snapshot: bool,
+}
+
+struct SlaveEntry {
+    id: u64,
+    status: SlaveStatus,
+    /// Ends this connection (a newer one of the same node replaced it).
+    kick: Arc<Notify>,
+}
+
+struct Shared {
+    options: MasterOptions,
+    reader: JournalReader,
+    history: Mutex<Vec<EpochMark>>,
+    written: watch::Receiver<Position>,
+    tracker: Mutex<QuorumTracker>,
+    confirmed: watch::Sender<Position>,
+    slaves: Mutex<HashMap<String, SlaveEntry>>,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    fn publish(&self, confirmed: Position) {
+        self.confirmed.send_if_modified(|current| {
+            if confirmed > *current {
+                *current = confirmed;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// The master's history, its own epoch included: if the caller's history lacks it, its
+    /// start is found in the journal (the first record of this epoch), or else is the written
+    /// end (nothing of this epoch is written yet).
+    fn master_history(&self) -> Vec<EpochMark> {
+        let epoch = self.options.epoch;
+        let mut history = self.history.lock().unwrap();
+        if history.last().is_some_and(|m| m.epoch >= epoch) {
+            return history.clone();
+        }
+        let oldest = self.reader.oldest();
+        let from = history.last().map_or(oldest, |m| m.start).max(oldest);
+        let written = self.reader.written();
+        for item in self.reader.frames(from, written) {
+            match item {
+                Ok((position, frame)) if frame_epoch(&frame) >= epoch => {
+                    history.push(EpochMark {
+                        epoch,
+                        start: position,
+                    });
+                    return history.clone();
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!("looking for the start of epoch {epoch} in the journal: {e}");
+                    break;
+                }
+            }
+        }
+        let mut provisional = history.clone();
+        provisional.push(EpochMark {
+            epoch,
+            start: written,
+        });
+        provisional
+    }
+
+    fn acked(&self, node: &str, id: u64, position: Position) {
+        {
+            let mut slaves = self.slaves.lock().unwrap();
+            match slaves.get_mut(node) {
+                Some(entry) if entry.id == id => entry.status.acked = position,
+                _ => return,
+            }
+        }
+        let confirmed = self.tracker.lock().unwrap().slave_acked(node, position);
+        self.publish(confirmed);
+    }
+
+    fn gone(&self, node: &str, id: u64) {
+        let removed = {
+            let mut slaves = self.slaves.lock().unwrap();
+            match slaves.get(node) {
+                Some(entry) if entry.id == id => slaves.remove(node).is_some(),
+                _ => false,
+            }
+        };
+        if removed {
+            self.tracker.lock().unwrap().slave_gone(node);
+        }
+    }
+}
+
+/// The replication side of an elected master. Dropping it (or [`ReplicationMaster::stop`])
+/// closes the listener and every slave connection.
+pub struct ReplicationMaster {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ReplicationMaster {
+    /// Opens the replication listener on `options.bind` and starts serving slaves.
+    ///
+    /// - `reader`: the master store's journal reader;
+    /// - `history`: the master store's [`Store::history`](crate::store::Store::history), best
+    ///   taken after the core appended this epoch's `EpochStart` (if it lacks `options.epoch`,
+    ///   the epoch's start is looked up in the journal);
+    /// - `written`: [`Store::written_watch`](crate::store::Store::written_watch), so records go
+    ///   out while the master's own fsync runs;
+    /// - `local_held`: the master's own held position (its durable end: after fsync when the
+    ///   sync policy asks the master to fsync).
+    ///
+    /// Returns the confirmed watermark for the broker core: the master and `replicas / 2`
+    /// slaves hold everything before it.
+    pub async fn start(
+        options: MasterOptions,
+        reader: JournalReader,
+        history: Vec<EpochMark>,
+        written: watch::Receiver<Position>,
+        mut local_held: watch::Receiver<Position>,
+    ) -> Result<(ReplicationMaster, watch::Receiver<Position>), ReplicationError> {
+        let bind = socket_address(&options.bind)?.to_string();
+        let listener = TcpListener::bind(&bind)
+            .await
+            .map_err(|source| ReplicationError::Bind {
+                bind: bind.clone(),
+                source,
+            })?;
+        let local_addr = listener.local_addr()?;
+        let mut tracker = QuorumTracker::new(options.replicas);
+        let initial = tracker.set_local(*local_held.borrow_and_update());
+        let (confirmed_tx, confirmed_rx) = watch::channel(initial);
+        let shared = Arc::new(Shared {
+            options,
+            reader,
+            history: Mutex::new(history),
+            written,
+            tracker: Mutex::new(tracker),
+            confirmed: confirmed_tx,
+            slaves: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        });
+        info!(
+            address = %local_addr,
+            epoch = shared.options.epoch,
+            replicas = shared.options.replicas,
+            "replication listener open"
+        );
+        let local = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                while local_held.changed().await.is_ok() {
+                    let position = *local_held.borrow_and_update();
+                    let confirmed = shared.tracker.lock().unwrap().set_local(position);
+                    shared.publish(confirmed);
+                }
+            })
+        };
+        let accept = tokio::spawn(accept_loop(shared.clone(), listener));
+        Ok((
+            ReplicationMaster {
+                shared,
+                local_addr,
+                tasks: vec![local, accept],
+            },
+            confirmed_rx,
+        ))
+    }
+
+    /// The bound address (with the port chosen when `bind` asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The connected slaves, by node name.
+    pub fn slaves(&self) -> Vec<SlaveStatus> {
+        let mut slaves: Vec<SlaveStatus> = self
+            .shared
+            .slaves
+            .lock()
+            .unwrap()
+            .values()
+            .map(|e| e.status.clone())
+            .collect();
+        slaves.sort_by(|a, b| a.node.cmp(&b.node));
+        slaves
+    }
+
+    pub fn connected_slaves(&self) -> usize {
+        self.shared.slaves.lock().unwrap().len()
+    }
+
+    /// The current confirmed watermark.
+    pub fn confirmed(&self) -> Position {
+        *self.shared.confirmed.borrow()
+    }
+
+    /// Closes the listener and every slave connection.
+    pub fn stop(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        let slaves = std::mem::take(&mut *self.shared.slaves.lock().unwrap());
+        if !slaves.is_empty() || !self.tasks.is_empty() {
+            info!(address = %self.local_addr, "replication listener closed");
+        }
+    }
+}
+
+impl Drop for ReplicationMaster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    // Dropped (aborting every connection) when this task is aborted.
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    connections.spawn(serve(shared.clone(), stream, peer));
+                }
+                Err(e) => {
+                    warn!("accepting a replication connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let mut node = String::new();
+    if let Err(e) = serve_slave(&shared, stream, peer, &mut node).await {
+        warn!(node = %node, peer = %peer, "replication connection ended: {e}");
+    } else {
+        info!(node = %node, peer = %peer, "replication connection closed by the slave");
+    }
+}
+
+async fn refuse(
+    writer: &mut OwnedWriteHalf,
+    node: &str,
+    peer: SocketAddr,
+    reason: String,
+) -> Result<(), ReplicationError> {
+    warn!(node = %node, peer = %peer, "refused a slave: {reason}");
+    write_message(writer, Kind::Refused(wire::Refused { reason })).await
+}
+
+async fn serve_slave(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    node_name: &mut String,
+) -> Result<(), ReplicationError> {
+    stream.set_nodelay(true)?;
+    let (mut reader, mut writer) = stream.into_split();
+    let login = match timeout(PEER_TIMEOUT, read_message(&mut reader)).await {
+        Err(_) => return Err(ReplicationError::Timeout(PEER_TIMEOUT)),
+        Ok(Ok(Some(Kind::Login(login)))) => login,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Ok(Some(_))) => {
+            return Err(ReplicationError::Protocol(
+                "the first message is not a login".into(),
+            ))
+        }
+        Ok(Err(e)) => return Err(e),
+    };
+    let node = login.node.clone();
+    *node_name = node.clone();
+    let epoch = shared.options.epoch;
+    if login.security_token != shared.options.security_token {
+        return refuse(&mut writer, &node, peer, "security token mismatch".into()).await;
+    }
+    if login.expected_epoch != epoch {
+        let reason = format!(
+            "this master runs epoch {epoch}, the slave expects the master of epoch {}",
+            login.expected_epoch
+        );
+        return refuse(&mut writer, &node, peer, reason).await;
+    }
+    let slave_seen = login
+        .history
+        .iter()
+        .map(|m| m.epoch)
+        .chain([login.last_epoch])
+        .max()
+        .unwrap_or(0);
+    if slave_seen > epoch {
+        let reason = format!(
+            "the slave holds records of epoch {slave_seen}, newer than this master's epoch {epoch}"
+        );
+        return refuse(&mut writer, &node, peer, reason).await;
+    }
+
+    let slave_end = Position(login.end);
+    let slave_history: Vec<EpochMark> = login
+        .history
+        .iter()
+        .map(|m| EpochMark {
+            epoch: m.epoch,
+            start: Position(m.start),
+        })
+        .collect();
+    let master_end = shared.reader.written();
+    let master_history = shared.master_history();
+    let shared_to = shared_prefix(&master_history, master_end, &slave_history, slave_end);
+    let oldest = shared.reader.oldest();
+    let slave_oldest = slave_history.first().map_or(slave_end, |m| m.start);
+    let released = shared.reader.released_ranges();
+    let needs_released = released.iter().any(|&(_, to)| to > shared_to);
+    let snapshot = shared_to < oldest || shared_to < slave_oldest || needs_released;
+    let start = if snapshot { oldest } else { shared_to };
+    write_message(
+        &mut writer,
+        Kind::Accepted(wire::Accepted {
+            master_epoch: epoch,
+            truncate_to: if snapshot { 0 } else { shared_to.0 },
+            snapshot_start: if snapshot { oldest.0 } else { 0 },
+            master_end: master_end.0,
+            snapshot,
+        }),
+    )
+    .await?;
+    if snapshot {
+        info!(
+            node = %node,
+            peer = %peer,
+            slave_end = %slave_end,
+            shared = %shared_to,
+            oldest = %oldest,
+            master_end = %master_end,
+            "slave accepted: sending a snapshot from the oldest retained position"
+        );
+    } else {
+        info!(
+            node = %node,
+            peer = %peer,
+            slave_end = %slave_end,
+            truncate_to = %shared_to,
+            dropped_bytes = slave_end.0.saturating_sub(shared_to.0),
+            master_end = %master_end,
+            "slave accepted: incremental catch-up"
+        );
+    }
+
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let kick = Arc::new(Notify::new());
+    let replaced = shared.slaves.lock().unwrap().insert(
+        node.clone(),
+        SlaveEntry {
+            id,
+            status: SlaveStatus {
+                node: node.clone(),
+                acked: Position(0),
+                connected_since: SystemTime::now(),
+                address: peer,
+                stream_start: start,
+                snapshot,
+            },
+            kick: kick.clone(),
+        },
+    );
+    if let Some(old) = replaced {
+        info!(node = %node, "a new connection of this slave replaces the previous one");
+        old.kick.notify_one();
+        shared.tracker.lock().unwrap().slave_gone(&node);
+    }
+
+    let sent = Arc::new(AtomicU64::new(start.0));
+    let mut acks = tokio::spawn(read_acks(
+        shared.clone(),
+        node.clone(),
+        id,
+        reader,
+        sent.clone(),
+    ));
+    let allowed_gaps = if snapshot { released } else { Vec::new() };
+    let result = tokio::select! {
+        r = stream_journal(shared, &mut writer, start, allowed_gaps, &sent) => r,
+        r = &mut acks => match r {
+            Ok(r) => r,
+            Err(e) => Err(ReplicationError::Protocol(format!("ack reader failed: {e}"))),
+        },
+        _ = kick.notified() => Err(ReplicationError::Protocol("replaced by a newer connection".into())),
+    };
+    acks.abort();
+    shared.gone(&node, id);
+    result
+}
+
+/// Reads the slave's acks until it goes silent or closes.
+async fn read_acks(
+    shared: Arc<Shared>,
+    node: String,
+    id: u64,
+    mut reader: OwnedReadHalf,
+    sent: Arc<AtomicU64>,
+) -> Result<(), ReplicationError> {
+    loop {
+        let message = match timeout(PEER_TIMEOUT, read_message(&mut reader)).await {
+            Err(_) => return Err(ReplicationError::Timeout(PEER_TIMEOUT)),
+            Ok(message) => message?,
+        };
+        match message {
+            None => return Ok(()),
+            Some(Kind::Ack(ack)) => {
+                let sent = sent.load(Ordering::Acquire);
+                if ack.position > sent {
+                    return Err(ReplicationError::Protocol(format!(
+                        "the slave acknowledged {}, beyond what was sent ({sent})",
+                        ack.position
+                    )));
+                }
+                if ack.position > 0 {
+                    shared.acked(&node, id, Position(ack.position));
+                }
+            }
+            Some(_) => {
+                return Err(ReplicationError::Protocol(
+                    "a slave sent something other than an ack".into(),
+                ))
+            }
+        }
+    }
+}
+
+enum Chunk {
+    Frames(Bytes),
+    /// `from..to` was released.
+    Released(Position, Position),
+}
+
+/// Reads whole frames from `from` (at most about [`READ_CHUNK`] bytes, at least one frame).
+fn read_chunk(
+    reader: &JournalReader,
+    from: Position,
+    limit: Position,
+) -> Result<Chunk, ReplicationError> {
+    let mut buf = BytesMut::new();
+    for item in reader.frames(from, limit) {
+        match item {
+            Ok((_, frame)) => {
+                buf.extend_from_slice(&frame);
+                if buf.len() >= READ_CHUNK {
+                    break;
+                }
+            }
+            Err(StoreError::NotRetained { position, oldest }) if buf.is_empty() => {
+                let range = reader
+                    .released_ranges()
+                    .into_iter()
+                    .find(|&(start, end)| start <= position && position < end);
+                return match range {
+                    Some((_, end)) => Ok(Chunk::Released(position, end)),
+                    None => Err(ReplicationError::Protocol(format!(
+                        "position {position} is no longer retained (the oldest is {oldest}); \
+                         the slave must reconnect for a snapshot"
+                    ))),
+                };
+            }
+            Err(StoreError::NotRetained { .. }) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Chunk::Frames(buf.freeze()))
+}
+
+/// Streams the journal from `next` for as long as the connection lasts: whatever is written is
+/// read in big chunks and sent at once, never waiting for acks.
+async fn stream_journal(
+    shared: &Arc<Shared>,
+    writer: &mut OwnedWriteHalf,
+    mut next: Position,
+    allowed_gaps: Vec<(Position, Position)>,
+    sent: &AtomicU64,
+) -> Result<(), ReplicationError> {
+    let mut written = shared.written.clone();
+    let mut heartbeat = interval(HEARTBEAT_INTERVAL);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        written.borrow_and_update();
+        let limit = shared.reader.written();
+        if next < limit {
+            let reader = shared.reader.clone();
+            let chunk = tokio::task::spawn_blocking(move || read_chunk(&reader, next, limit))
+                .await
+                .map_err(|e| ReplicationError::Protocol(format!("journal read task: {e}")))??;
+            match chunk {
+                Chunk::Frames(frames) => {
+                    let mut offset = 0;
+                    while offset < frames.len() {
+                        let piece = (frames.len() - offset).min(MAX_RECORDS_BYTES);
+                        let records = wire::Records {
+                            position: next.0,
+                            frames: frames.slice(offset..offset + piece),
+                        };
+                        offset += piece;
+                        next = Position(next.0 + piece as u64);
+                        // Before the write: the slave may ack before it returns.
+                        sent.store(next.0, Ordering::Release);
+                        write_message(writer, Kind::Records(records)).await?;
+                    }
+                }
+                Chunk::Released(from, to) => {
+                    if !allowed_gaps.contains(&(from, to)) {
+                        return Err(ReplicationError::Protocol(format!(
+                            "the master released {from}..{to} before the slave received it; \
+                             the slave must reconnect for a snapshot"
+                        )));
+                    }
+                    debug!(from = %from, to = %to, "skipping a released range");
+                    next = to;
+                    sent.store(next.0, Ordering::Release);
+                    write_message(
+                        writer,
+                        Kind::Skip(wire::Skip {
+                            from: from.0,
+                            to: to.0,
+                        }),
+                    )
+                    .await?;
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            changed = written.changed() => {
+                if changed.is_err() {
+                    error!("the master's journal is gone; closing the replication stream");
+                    return Ok(());
+                }
+            }
+            _ = heartbeat.tick() => {
+                write_message(writer, Kind::Heartbeat(wire::Heartbeat { master_end: limit.0 })).await?;
+            }
+        }
+    }
+}

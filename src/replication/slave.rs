@@ -1,0 +1,288 @@
+//! The slave side: log in to the master, truncate or reset as told, copy the stream into the
+//! local store and acknowledge what is held.
+
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{interval, timeout, MissedTickBehavior};
+use tracing::{debug, error, info};
+
+use super::wire::{self, envelope::Kind};
+use super::{
+    read_message, socket_address, whole_frames, write_message, ReplicationError, CONNECT_TIMEOUT,
+    HEARTBEAT_INTERVAL, PEER_TIMEOUT,
+};
+use crate::store::{Position, Store};
+
+#[derive(Debug, Clone)]
+pub struct SlaveOptions {
+    /// The master's advertised address, `tcp://host:port`.
+    pub master: String,
+    /// This node's name (the master keeps one connection per name).
+    pub node: String,
+    pub security_token: String,
+    /// The master epoch ZooKeeper announced: the slave follows only that master, and only if
+    /// it is at least the epoch of the slave's own last record.
+    pub expected_epoch: u64,
+}
+
+/// Why [`run_slave`] returned normally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCause {
+    /// The master closed the connection.
+    Closed,
+    /// The master was silent for [`PEER_TIMEOUT`](super::PEER_TIMEOUT).
+    TimedOut,
+}
+
+/// How a replication session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlaveExit {
+    pub cause: ExitCause,
+    /// The master sent a snapshot (the store was reset) rather than an incremental catch-up.
+    pub snapshot: bool,
+    /// The store reached the master's end as of the login.
+    pub caught_up: bool,
+    /// The store's end when the session ended.
+    pub end: Position,
+}
+
+/// Follows the master at `options.master` until the connection ends; the caller (the node
+/// loop) then asks ZooKeeper again. `held` is the store's durable end (fsynced or written, as
+/// the store was opened for the sync policy); the slave acknowledges what it reports.
+///
+/// The store stays consistent at every await point, so dropping the future simply stops
+/// following. Truncation and reset block the calling thread while the store works.
+pub async fn run_slave(
+    options: SlaveOptions,
+    store: &mut Store,
+    mut held: watch::Receiver<Position>,
+) -> Result<SlaveExit, ReplicationError> {
+    let seen = store.last_epoch();
+    if options.expected_epoch < seen {
+        return Err(ReplicationError::StaleEpoch {
+            master: options.expected_epoch,
+            seen,
+        });
+    }
+    let address = socket_address(&options.master)?;
+    let stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
+        .await
+        .map_err(|_| ReplicationError::Timeout(CONNECT_TIMEOUT))??;
+    stream.set_nodelay(true)?;
+    let (mut reader, mut writer) = stream.into_split();
+    let login = wire::Login {
+        node: options.node.clone(),
+        security_token: options.security_token.clone(),
+        expected_epoch: options.expected_epoch,
+        last_epoch: seen,
+        end: store.end().0,
+        history: store
+            .history()
+            .iter()
+            .map(|m| wire::EpochMark {
+                epoch: m.epoch,
+                start: m.start.0,
+            })
+            .collect(),
+    };
+    write_message(&mut writer, Kind::Login(login)).await?;
+    let accepted = match timeout(PEER_TIMEOUT, read_message(&mut reader)).await {
+        Err(_) => return Err(ReplicationError::Timeout(PEER_TIMEOUT)),
+        Ok(Ok(Some(Kind::Accepted(accepted)))) => accepted,
+        Ok(Ok(Some(Kind::Refused(refused)))) => {
+            error!(
+                master = %options.master,
+                node = %options.node,
+                "the master refused this slave: {}",
+                refused.reason
+            );
+            return Err(ReplicationError::Refused(refused.reason));
+        }
+        Ok(Ok(Some(_))) => {
+            return Err(ReplicationError::Protocol(
+                "the master's answer to the login is neither accepted nor refused".into(),
+            ))
+        }
+        Ok(Ok(None)) => {
+            return Err(ReplicationError::Protocol(
+                "the master closed the connection at login".into(),
+            ))
+        }
+        Ok(Err(e)) => return Err(e),
+    };
+    if accepted.master_epoch != options.expected_epoch {
+        return Err(ReplicationError::Protocol(format!(
+            "the master runs epoch {}, ZooKeeper announced epoch {}",
+            accepted.master_epoch, options.expected_epoch
+        )));
+    }
+    let before = store.end();
+    // Acks are only sent for positions past this: a reset store holds nothing before it.
+    let ack_floor = if accepted.snapshot {
+        let start = Position(accepted.snapshot_start);
+        info!(
+            master = %options.master,
+            start = %start,
+            master_end = accepted.master_end,
+            "receiving a snapshot from the master"
+        );
+        store.reset(start)?;
+        start
+    } else {
+        let to = Position(accepted.truncate_to);
+        if to > before {
+            return Err(ReplicationError::Protocol(format!(
+                "the master asks to truncate at {to}, past this journal's end {before}"
+            )));
+        }
+        if to < before {
+            store.truncate(to)?;
+        }
+        info!(
+            master = %options.master,
+            from = %to,
+            master_end = accepted.master_end,
+            "catching up incrementally from the master"
+        );
+        Position(0)
+    };
+    // Reports from before the truncation or reset may name positions no longer held.
+    held.borrow_and_update();
+    let mut last_epoch = store.last_epoch();
+    let target = Position(accepted.master_end);
+    let started = Instant::now();
+    let (mut records, mut bytes) = (0u64, 0u64);
+    let mut caught_up = false;
+    let mut pending = BytesMut::new();
+
+    let (sender, mut messages) = mpsc::channel(16);
+    let read_task = tokio::spawn(async move {
+        loop {
+            let message = read_message(&mut reader).await;
+            let end = !matches!(message, Ok(Some(_)));
+            if sender.send(message).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    let _read_task = AbortOnDrop(read_task);
+
+    let mut acked = Position(0);
+    let mut tick = interval(HEARTBEAT_INTERVAL);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let exit = |cause, caught_up, store: &Store| SlaveExit {
+        cause,
+        snapshot: accepted.snapshot,
+        caught_up,
+        end: store.end(),
+    };
+    loop {
+        if !caught_up && store.end() >= target {
+            caught_up = true;
+            let seconds = started.elapsed().as_secs_f64();
+            info!(
+                master = %options.master,
+                end = %store.end(),
+                records,
+                bytes,
+                seconds,
+                mib_per_second = bytes as f64 / (1 << 20) as f64 / seconds.max(1e-6),
+                snapshot = accepted.snapshot,
+                "caught up with the master"
+            );
+        }
+        tokio::select! {
+            message = messages.recv() => {
+                let message = match message {
+                    None | Some(Ok(None)) => return Ok(exit(ExitCause::Closed, caught_up, store)),
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(Some(message))) => message,
+                };
+                last_heard = Instant::now();
+                match message {
+                    Kind::Records(r) => {
+                        let expected = store.end().0 + pending.len() as u64;
+                        if r.position != expected {
+                            return Err(ReplicationError::Protocol(format!(
+                                "records at {} do not continue the stream at {expected}",
+                                r.position
+                            )));
+                        }
+                        pending.extend_from_slice(&r.frames);
+                        let (len, epochs) = whole_frames(&pending)?;
+                        if len == 0 {
+                            continue;
+                        }
+                        let mut at = store.end();
+                        for epoch in &epochs {
+                            if *epoch > options.expected_epoch || *epoch < last_epoch {
+                                return Err(ReplicationError::Protocol(format!(
+                                    "a record near {at} has epoch {epoch}; this slave follows \
+                                     the master of epoch {} and its log is at epoch {last_epoch}",
+                                    options.expected_epoch
+                                )));
+                            }
+                            last_epoch = *epoch;
+                        }
+                        let frames = pending.split_to(len).freeze();
+                        store.append_frames(at, frames)?;
+                        at = store.end();
+                        records += epochs.len() as u64;
+                        bytes += len as u64;
+                        debug!(end = %at, "appended records from the master");
+                    }
+                    Kind::Skip(skip) => {
+                        if !pending.is_empty() || skip.from != store.end().0 || skip.to <= skip.from {
+                            return Err(ReplicationError::Protocol(format!(
+                                "skip {}..{} does not continue the stream at {}",
+                                skip.from,
+                                skip.to,
+                                store.end().0 + pending.len() as u64
+                            )));
+                        }
+                        debug!(from = skip.from, to = skip.to, "skipping a range the master released");
+                        store.skip_to(Position(skip.to))?;
+                    }
+                    Kind::Heartbeat(_) => {}
+                    _ => {
+                        return Err(ReplicationError::Protocol(
+                            "the master sent a message a slave does not expect".into(),
+                        ))
+                    }
+                }
+            }
+            changed = held.changed() => {
+                if changed.is_err() {
+                    return Err(ReplicationError::Store(crate::store::StoreError::JournalFailed(
+                        "the store's durable reports stopped".into(),
+                    )));
+                }
+                let position = (*held.borrow_and_update()).min(store.durable());
+                if position > acked && position > ack_floor {
+                    acked = position;
+                    write_message(&mut writer, Kind::Ack(wire::Ack { position: acked.0 })).await?;
+                }
+            }
+            _ = tick.tick() => {
+                if last_heard.elapsed() > PEER_TIMEOUT {
+                    error!(master = %options.master, "the master was silent for {PEER_TIMEOUT:?}");
+                    return Ok(exit(ExitCause::TimedOut, caught_up, store));
+                }
+                // Repeated as a heartbeat.
+                write_message(&mut writer, Kind::Ack(wire::Ack { position: acked.0 })).await?;
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,585 @@
+//! Master and slaves in one process, real stores in temporary directories, loopback TCP.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use super::*;
+use crate::store::{
+    entry, Entry, EpochStart, JournalReader, Message, MessageAdd, MessageKey, MessageRemove,
+    Position, Record, Store, StoreError, StoreOptions,
+};
+
+const TOKEN: &str = "secret";
+
+struct Node {
+    store: Store,
+    durable: watch::Receiver<Position>,
+}
+
+fn open(dir: &Path, log_size: u64) -> Node {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .try_init();
+    let (tx, durable) = watch::channel(Position(0));
+    let tx = Arc::new(tx);
+    let callback = tx.clone();
+    let (store, recovered) = Store::open(
+        StoreOptions {
+            directory: dir.to_path_buf(),
+            log_size,
+            fsync: false,
+        },
+        Box::new(move |p| {
+            callback.send_replace(p);
+        }),
+    )
+    .unwrap();
+    tx.send_replace(recovered.end);
+    Node { store, durable }
+}
+
+fn epoch_start(epoch: u64) -> Record {
+    Record {
+        epoch,
+        entries: vec![Entry {
+            kind: Some(entry::Kind::EpochStart(EpochStart {
+                epoch,
+                node: format!("node-{epoch}"),
+            })),
+        }],
+    }
+}
+
+fn add(epoch: u64, n: u64, body: usize) -> Record {
+    Record {
+        epoch,
+        entries: vec![Entry {
+            kind: Some(entry::Kind::Add(MessageAdd {
+                queues: vec!["queue://q".into()],
+                message: Some(Message {
+                    message_id: format!("m-{epoch}-{n}"),
+                    body: Bytes::from(vec![n as u8; body]),
+                    ..Message::default()
+                }),
+            })),
+        }],
+    }
+}
+
+fn remove(epoch: u64, position: Position) -> Record {
+    Record {
+        epoch,
+        entries: vec![Entry {
+            kind: Some(entry::Kind::Remove(MessageRemove {
+                queue: "queue://q".into(),
+                key: MessageKey::new(position, 0).0,
+            })),
+        }],
+    }
+}
+
+/// Appends `count` adds; returns their positions.
+fn append_adds(store: &mut Store, epoch: u64, from: u64, count: u64, body: usize) -> Vec<Position> {
+    (from..from + count)
+        .map(|n| store.append(&add(epoch, n, body)).unwrap())
+        .collect()
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Every retained frame from the oldest retained position, skipping released ranges.
+fn retained_frames(reader: &JournalReader, end: Position) -> Vec<(Position, Bytes)> {
+    let mut out = Vec::new();
+    let mut at = reader.oldest();
+    while at < end {
+        let mut next = None;
+        for item in reader.frames(at, end) {
+            match item {
+                Ok((position, frame)) => {
+                    out.push((position, frame));
+                }
+                Err(StoreError::NotRetained { position, .. }) => {
+                    let (_, to) = reader
+                        .released_ranges()
+                        .into_iter()
+                        .find(|&(from, to)| from <= position && position < to)
+                        .expect("a released range");
+                    next = Some(to);
+                    break;
+                }
+                Err(e) => panic!("reading the journal: {e}"),
+            }
+        }
+        match next {
+            Some(to) => at = to,
+            None => break,
+        }
+    }
+    out
+}
+
+struct Master {
+    node: Node,
+    replication: ReplicationMaster,
+    confirmed: watch::Receiver<Position>,
+    address: String,
+}
+
+async fn start_master(mut node: Node, epoch: u64, replicas: usize) -> Master {
+    if node.store.last_epoch() < epoch || node.store.history().is_empty() {
+        node.store.append(&epoch_start(epoch)).unwrap();
+    }
+    let (replication, confirmed) = ReplicationMaster::start(
+        MasterOptions {
+            bind: "127.0.0.1:0".into(),
+            security_token: TOKEN.into(),
+            replicas,
+            epoch,
+        },
+        node.store.reader(),
+        node.store.history(),
+        node.store.written_watch(),
+        node.durable.clone(),
+    )
+    .await
+    .unwrap();
+    let address = format!("tcp://{}", replication.local_addr());
+    Master {
+        node,
+        replication,
+        confirmed,
+        address,
+    }
+}
+
+type SlaveResult = Option<Result<SlaveExit, ReplicationError>>;
+
+struct RunningSlave {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<(Node, SlaveResult)>,
+}
+
+fn spawn_slave(mut node: Node, master: &str, name: &str, token: &str, epoch: u64) -> RunningSlave {
+    let options = SlaveOptions {
+        master: master.to_string(),
+        node: name.to_string(),
+        security_token: token.to_string(),
+        expected_epoch: epoch,
+    };
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let held = node.durable.clone();
+        let result = tokio::select! {
+            r = run_slave(options, &mut node.store, held) => Some(r),
+            _ = stopped => None,
+        };
+        (node, result)
+    });
+    RunningSlave { stop, task }
+}
+
+impl RunningSlave {
+    async fn stop(self) -> (Node, SlaveResult) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap()
+    }
+}
+
+fn acked(master: &Master, name: &str) -> Option<SlaveStatus> {
+    master
+        .replication
+        .slaves()
+        .into_iter()
+        .find(|s| s.node == name)
+}
+
+async fn wait_acked(master: &Master, name: &str, end: Position) -> SlaveStatus {
+    wait_for(&format!("{name} to ack {end}"), || {
+        acked(master, name).is_some_and(|s| s.acked >= end)
+    })
+    .await;
+    acked(master, name).unwrap()
+}
+
+/// The slave's journal holds exactly the master's frames at the same positions, from `from`.
+fn assert_identical(master: &Store, slave: &Store, from: Position) {
+    let end = master.end();
+    assert_eq!(slave.end(), end, "journal ends");
+    let master_frames: Vec<_> = retained_frames(&master.reader(), end)
+        .into_iter()
+        .filter(|(p, _)| *p >= from)
+        .collect();
+    let slave_frames = retained_frames(&slave.reader(), end);
+    let slave_map: std::collections::HashMap<Position, Bytes> =
+        slave_frames.iter().cloned().collect();
+    let master_map: std::collections::HashMap<Position, Bytes> =
+        retained_frames(&master.reader(), end).into_iter().collect();
+    assert!(!master_frames.is_empty());
+    for (position, frame) in &master_frames {
+        assert_eq!(slave_map.get(position), Some(frame), "frame at {position}");
+    }
+    for (position, frame) in &slave_frames {
+        if let Some(theirs) = master_map.get(position) {
+            assert_eq!(theirs, frame, "frame at {position}");
+        }
+    }
+    assert_eq!(
+        slave.stats().live_messages,
+        master.stats().live_messages,
+        "live messages"
+    );
+    let (ours, theirs) = (slave.history(), master.history());
+    assert_eq!(slave.last_epoch(), master.last_epoch());
+    for mark in ours.iter().skip(1) {
+        assert!(
+            theirs.contains(mark),
+            "{mark:?} is not in the master's history {theirs:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slaves_copy_the_journal_byte_for_byte_and_confirm_it() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut master = start_master(open(dirs[0].path(), 1 << 20), 1, 3).await;
+    let positions = append_adds(&mut master.node.store, 1, 0, 200, 100);
+    for p in &positions[..50] {
+        master.node.store.append(&remove(1, *p)).unwrap();
+    }
+    let a = spawn_slave(
+        open(dirs[1].path(), 1 << 20),
+        &master.address,
+        "a",
+        TOKEN,
+        1,
+    );
+    let b = spawn_slave(
+        open(dirs[2].path(), 1 << 20),
+        &master.address,
+        "b",
+        TOKEN,
+        1,
+    );
+    // More records while the slaves stream.
+    append_adds(&mut master.node.store, 1, 200, 300, 50);
+    let end = master.node.store.end();
+    let status_a = wait_acked(&master, "a", end).await;
+    let status_b = wait_acked(&master, "b", end).await;
+    assert!(!status_a.snapshot && !status_b.snapshot);
+    assert_eq!(status_a.stream_start, Position(0));
+    let mut confirmed = master.confirmed.clone();
+    wait_for("the confirmed watermark", || {
+        *confirmed.borrow_and_update() >= end
+    })
+    .await;
+    assert_eq!(master.replication.connected_slaves(), 2);
+    assert_eq!(master.replication.confirmed(), end);
+
+    let (a, result) = a.stop().await;
+    assert!(result.is_none(), "still following: {result:?}");
+    let (b, _) = b.stop().await;
+    assert_identical(&master.node.store, &a.store, Position(0));
+    assert_identical(&master.node.store, &b.store, Position(0));
+    assert_eq!(a.store.history(), master.node.store.history());
+    wait_for("slaves to be gone", || {
+        master.replication.connected_slaves() == 0
+    })
+    .await;
+
+    // What the slave's index holds survives a reopen and equals the master's.
+    drop(a);
+    let (mut m_node, m_dir) = (master.node, dirs[0].path());
+    drop(master.replication);
+    m_node.store.append(&add(1, 9999, 1)).ok();
+    drop(m_node);
+    let _ = m_dir;
+    let reopened = open(dirs[1].path(), 1 << 20);
+    assert_eq!(reopened.store.stats().live_messages, 450);
+    assert!(!reopened.store.stats().index_rebuilt);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_slave_catches_up_incrementally() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut master = start_master(open(dirs[0].path(), 64 << 10), 1, 2).await;
+    append_adds(&mut master.node.store, 1, 0, 100, 100);
+    let slave = spawn_slave(
+        open(dirs[1].path(), 64 << 10),
+        &master.address,
+        "a",
+        TOKEN,
+        1,
+    );
+    let end = master.node.store.end();
+    wait_acked(&master, "a", end).await;
+    let (node, _) = slave.stop().await;
+    wait_for("the slave to be gone", || {
+        master.replication.connected_slaves() == 0
+    })
+    .await;
+
+    // The master goes on without it; the slave comes back and gets only what it lacks.
+    append_adds(&mut master.node.store, 1, 100, 500, 100);
+    let end2 = master.node.store.end();
+    let confirmed_before = *master.confirmed.borrow();
+    assert!(confirmed_before <= end, "nothing confirmed without a slave");
+    let slave = spawn_slave(node, &master.address, "a", TOKEN, 1);
+    let status = wait_acked(&master, "a", end2).await;
+    assert!(!status.snapshot, "incremental, not a snapshot");
+    assert_eq!(status.stream_start, end);
+    let (node, _) = slave.stop().await;
+    assert_identical(&master.node.store, &node.store, Position(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slave_behind_the_oldest_segment_gets_a_snapshot() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let log_size = 4096;
+    let mut master = start_master(open(dirs[0].path(), log_size), 1, 2).await;
+    // The slave holds an early part of the journal.
+    let first = append_adds(&mut master.node.store, 1, 0, 10, 100);
+    let slave = spawn_slave(
+        open(dirs[1].path(), log_size),
+        &master.address,
+        "a",
+        TOKEN,
+        1,
+    );
+    let end = master.node.store.end();
+    wait_acked(&master, "a", end).await;
+    let (node, _) = slave.stop().await;
+    wait_for("the slave to be gone", || {
+        master.replication.connected_slaves() == 0
+    })
+    .await;
+
+    // Then the master consumes everything and moves on: the early segments are released.
+    let mut live = first;
+    for n in 10..400u64 {
+        let p = master.node.store.append(&add(1, n, 100)).unwrap();
+        live.push(p);
+        if n % 3 != 0 {
+            let p = live.pop().unwrap();
+            master.node.store.append(&remove(1, p)).unwrap();
+        }
+    }
+    let early: Vec<Position> = live.drain(..live.len() / 2).collect();
+    for p in early {
+        master.node.store.append(&remove(1, p)).unwrap();
+    }
+    append_adds(&mut master.node.store, 1, 1000, 50, 100);
+    let master_end = master.node.store.end();
+    wait_for("segments to be released", || {
+        master.node.store.reader().oldest() > end
+    })
+    .await;
+    let oldest = master.node.store.reader().oldest();
+    assert!(
+        oldest > node.store.end(),
+        "the slave is behind the oldest segment"
+    );
+
+    let released = master.node.store.reader().released_ranges();
+    eprintln!("released ranges after the oldest: {released:?}");
+    let slave = spawn_slave(node, &master.address, "a", TOKEN, 1);
+    let status = wait_acked(&master, "a", master_end).await;
+    assert!(status.snapshot, "a snapshot");
+    assert!(status.stream_start >= oldest);
+    let (node, _) = slave.stop().await;
+    assert!(node.store.oldest() >= status.stream_start);
+    assert_identical(&master.node.store, &node.store, status.stream_start);
+
+    // The slave's rebuilt state survives a reopen.
+    let live = node.store.stats().live_messages;
+    drop(node);
+    let reopened = open(dirs[1].path(), log_size);
+    assert_eq!(reopened.store.stats().live_messages, live);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_token_or_epoch_is_refused() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut master = start_master(open(dirs[0].path(), 1 << 20), 2, 2).await;
+    append_adds(&mut master.node.store, 2, 0, 10, 10);
+    let slave = spawn_slave(
+        open(dirs[1].path(), 1 << 20),
+        &master.address,
+        "a",
+        "wrong",
+        2,
+    );
+    let (node, result) = slave.task.await.unwrap();
+    drop(slave.stop);
+    match result {
+        Some(Err(ReplicationError::Refused(reason))) => assert!(reason.contains("token")),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(node.store.end(), Position(0), "nothing received");
+
+    // A slave told about another epoch's master is refused too.
+    let slave = spawn_slave(node, &master.address, "a", TOKEN, 3);
+    let (node, result) = slave.task.await.unwrap();
+    assert!(
+        matches!(result, Some(Err(ReplicationError::Refused(_)))),
+        "{result:?}"
+    );
+
+    // A slave that has seen a newer epoch than it is told to follow does not even connect.
+    let mut node = node;
+    node.store.append(&epoch_start(5)).unwrap();
+    let slave = spawn_slave(node, &master.address, "a", TOKEN, 2);
+    let (_, result) = slave.task.await.unwrap();
+    assert!(
+        matches!(
+            result,
+            Some(Err(ReplicationError::StaleEpoch { master: 2, seen: 5 }))
+        ),
+        "{result:?}"
+    );
+    assert_eq!(master.replication.connected_slaves(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_divergent_tail_is_truncated_to_the_shared_prefix() {
+    let base = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    // A common history under epoch 1.
+    {
+        let mut node = open(base.path(), 1 << 20);
+        node.store.append(&epoch_start(1)).unwrap();
+        append_adds(&mut node.store, 1, 0, 50, 100);
+        node.store.close().unwrap();
+    }
+    for dir in &dirs {
+        for entry in std::fs::read_dir(base.path()).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() && entry.file_name() != "journal.lock" {
+                std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+            }
+        }
+    }
+    // The slave followed a master of epoch 2 that the new master (epoch 3) never heard of.
+    let mut slave_node = open(dirs[1].path(), 1 << 20);
+    let shared_end = slave_node.store.end();
+    slave_node.store.append(&epoch_start(2)).unwrap();
+    append_adds(&mut slave_node.store, 2, 0, 30, 200);
+    assert!(slave_node.store.end() > shared_end);
+
+    let mut master = start_master(open(dirs[0].path(), 1 << 20), 3, 2).await;
+    assert_eq!(master.node.store.history()[1].start, shared_end);
+    append_adds(&mut master.node.store, 3, 0, 20, 50);
+    let end = master.node.store.end();
+    let slave = spawn_slave(slave_node, &master.address, "a", TOKEN, 3);
+    let status = wait_acked(&master, "a", end).await;
+    assert!(!status.snapshot);
+    assert_eq!(
+        status.stream_start, shared_end,
+        "truncated to the shared prefix"
+    );
+    let (node, _) = slave.stop().await;
+    assert_identical(&master.node.store, &node.store, Position(0));
+    assert_eq!(node.store.history(), master.node.store.history());
+    assert_eq!(node.store.last_epoch(), 3);
+    assert_eq!(node.store.stats().live_messages, 70);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_records_stream_pipelined() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut master = start_master(open(dirs[0].path(), 1 << 20), 1, 2).await;
+    let slave = spawn_slave(
+        open(dirs[1].path(), 1 << 20),
+        &master.address,
+        "a",
+        TOKEN,
+        1,
+    );
+    wait_for("the slave to connect", || {
+        master.replication.connected_slaves() == 1
+    })
+    .await;
+    let started = Instant::now();
+    append_adds(&mut master.node.store, 1, 0, 10_000, 32);
+    let end = master.node.store.end();
+    let mut confirmed = master.confirmed.clone();
+    wait_for("10k records confirmed", || {
+        *confirmed.borrow_and_update() >= end
+    })
+    .await;
+    eprintln!(
+        "10k records replicated and confirmed in {:?}",
+        started.elapsed()
+    );
+    let (node, _) = slave.stop().await;
+    assert_identical(&master.node.store, &node.store, Position(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_single_replica_confirms_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = start_master(open(dir.path(), 1 << 20), 1, 1).await;
+    append_adds(&mut master.node.store, 1, 0, 10, 10);
+    let end = master.node.store.end();
+    let mut confirmed = master.confirmed.clone();
+    wait_for("confirmation", || *confirmed.borrow_and_update() >= end).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn released_ranges_are_skipped_in_a_snapshot() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let log_size = 2048;
+    let mut master = start_master(open(dirs[0].path(), log_size), 1, 2).await;
+    // A message nobody consumes pins the first segment; everything after it is consumed, so
+    // the segments in the middle are released and leave holes.
+    append_adds(&mut master.node.store, 1, 0, 1, 100);
+    for n in 1..200u64 {
+        let p = master.node.store.append(&add(1, n, 100)).unwrap();
+        master.node.store.append(&remove(1, p)).unwrap();
+    }
+    append_adds(&mut master.node.store, 1, 500, 5, 100);
+    let end = master.node.store.end();
+    wait_for("holes in the master's journal", || {
+        !master.node.store.reader().released_ranges().is_empty()
+    })
+    .await;
+    assert_eq!(master.node.store.reader().oldest(), Position(0));
+
+    let slave = spawn_slave(
+        open(dirs[1].path(), log_size),
+        &master.address,
+        "a",
+        TOKEN,
+        1,
+    );
+    let status = wait_acked(&master, "a", end).await;
+    assert!(status.snapshot, "holes force a snapshot");
+    let (node, _) = slave.stop().await;
+    assert_identical(&master.node.store, &node.store, Position(0));
+    assert_eq!(node.store.stats().live_messages, 6);
+
+    // The slave's journal, tombstones included, recovers to the same state.
+    drop(node);
+    let reopened = open(dirs[1].path(), log_size);
+    assert_eq!(reopened.store.end(), end);
+    assert_eq!(reopened.store.stats().live_messages, 6);
+    // And it can follow again incrementally afterwards.
+    append_adds(&mut master.node.store, 1, 600, 5, 100);
+    let end = master.node.store.end();
+    let slave = spawn_slave(reopened, &master.address, "a", TOKEN, 1);
+    let status = wait_acked(&master, "a", end).await;
+    assert!(!status.snapshot);
+    let (node, _) = slave.stop().await;
+    assert_identical(&master.node.store, &node.store, Position(0));
+}
