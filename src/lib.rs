@@ -6,16 +6,21 @@
 //!   recovery) and the LevelDB index of what is live. Knows nothing of clients or ZooKeeper.
 //! - [`broker`]: the broker core: queues, topics, durable subscriptions, dispatch, prefetch,
 //!   acknowledgements, transactions, expiry and the dead-letter queue. Protocol-agnostic.
+//! - [`election`]: membership znodes and master election in ZooKeeper, epochs, fencing.
+//! - [`replication`]: the master streams write-ahead records to slaves; the quorum watermark.
+//! - [`node`]: a replicated node's lifecycle: candidate, master, slave, and back.
 //! - [`protocol`]: wire protocols that translate client frames into broker-core calls (STOMP).
-//! - [`server`]: listeners, protocol detection, one task per connection, shutdown.
+//! - [`server`]: listeners (serving or refusing clients), protocol detection, one task per
+//!   connection, shutdown.
 //! - [`client`]: ferromq's own STOMP client with ActiveMQ-style failover URLs.
-//! - [`cli`]: the `ferromq` command line: `broker`, `produce`, `consume`, `bench`.
+//! - [`cli`]: the `ferromq` command line: `broker`, `produce`, `consume`, `bench`, `status`.
 //!
 //! The send path: a protocol session calls [`broker::Session::send`]; the core encodes one
 //! write-ahead record and appends it to the journal (position assigned under the core lock);
 //! the journal's writer thread writes and fsyncs batches (group commit) and reports the durable
-//! watermark; the core then makes the message visible to consumers and resolves the sender's
-//! confirmation (the STOMP RECEIPT).
+//! watermark; on a master the replication module streams the same bytes to the slaves and turns
+//! their acknowledgements into the quorum watermark; the core then makes the message visible to
+//! consumers and resolves the sender's confirmation (the STOMP RECEIPT).
 
 pub mod broker;
 pub mod cli;

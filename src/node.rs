@@ -32,10 +32,13 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
         Mode::Refuse("not the master: this node is joining the cluster".into()),
     )
     .await?;
-    let client_address = listeners
-        .addresses
-        .first()
-        .map(|a| format!("tcp://{}:{}", config.replication.advertised_hostname(), a.port()));
+    let client_address = listeners.addresses.first().map(|a| {
+        format!(
+            "tcp://{}:{}",
+            config.replication.advertised_hostname(),
+            a.port()
+        )
+    });
     let election = Election::start(
         ElectionConfig {
             zk_address: config.replication.zk_address.clone().unwrap_or_default(),
@@ -215,8 +218,9 @@ impl Lifecycle {
             }
         }
         // Step down: no client is served and nothing is confirmed from here on.
-        self.listeners
-            .set_mode(Mode::Refuse("not the master: this node stepped down".into()));
+        self.listeners.set_mode(Mode::Refuse(
+            "not the master: this node stepped down".into(),
+        ));
         let store = broker.close("this node is no longer the master");
         replication.stop();
         if let Some(store) = store {
@@ -274,7 +278,12 @@ impl Lifecycle {
                         tracing::warn!(node = %config.broker.name, %master, error = %e, "replication stream ended");
                     }
                     tokio::time::sleep(SLAVE_RETRY).await;
-                    if *roles.borrow() != (Role::Slave { master: master.to_string(), epoch }) {
+                    if *roles.borrow()
+                        != (Role::Slave {
+                            master: master.to_string(),
+                            epoch,
+                        })
+                    {
                         break Ok(());
                     }
                 }
