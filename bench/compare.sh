@@ -77,7 +77,7 @@ cleanup() {
     log "stopped ferromq (pid ${PID[ferromq]})"
   fi
   [ "$AMQ_STARTED" = 1 ] && "$ROOT/bench/activemq.sh" stop || true
-  [ -n "$FERROMQ_DIR" ] && rm -rf "$FERROMQ_DIR/data"
+  [ -n "$FERROMQ_DIR" ] && rm -rf "$FERROMQ_DIR"
   exit "$rc"
 }
 trap cleanup EXIT
@@ -117,7 +117,7 @@ wait_for_quiet() {
 
 start_ferromq() {
   FERROMQ_DIR=$(mktemp -d "$WORK/ferromq.XXXXXX")
-  cat > "$FERROMQ_DIR/broker.toml" <<TOML
+  cat > "$RESULTS/ferromq.toml" <<TOML
 [transport]
 connectors = ["tcp://127.0.0.1:$FERROMQ_PORT"]
 [store]
@@ -125,7 +125,7 @@ directory = "$FERROMQ_DIR/data"
 sync = "$FERROMQ_SYNC"
 TOML
   if port_open "$FERROMQ_PORT"; then log "port $FERROMQ_PORT is already in use"; exit 1; fi
-  "$FERROMQ" broker --config "$FERROMQ_DIR/broker.toml" > "$RESULTS/ferromq.log" 2>&1 < /dev/null &
+  "$FERROMQ" broker --config "$RESULTS/ferromq.toml" > "$RESULTS/ferromq.log" 2>&1 < /dev/null &
   PID[ferromq]=$!
   local deadline=$(( $(date +%s) + 30 ))
   until port_open "$FERROMQ_PORT"; do

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+pub mod cluster;
 pub mod zk;
 
 /// How long a broker may take to print `accepting clients`.
@@ -263,6 +264,40 @@ impl BrokerProcess {
         };
         broker.spawn()?;
         Ok(broker)
+    }
+
+    /// Writes `config_text` as the whole config (`<dir>/ferromq.toml`: the caller names the
+    /// connectors and the store directory) and starts the broker; returns once it accepts
+    /// clients. Its log lines are echoed to stderr prefixed with `[name]`.
+    pub fn start_with_config(name: &str, dir: &Path, config_text: &str) -> Result<BrokerProcess> {
+        std::fs::create_dir_all(dir)?;
+        let config = dir.join("ferromq.toml");
+        std::fs::write(&config, config_text).context("writing the broker config")?;
+        let mut broker = BrokerProcess {
+            name: name.to_string(),
+            config,
+            dir: dir.to_path_buf(),
+            child: None,
+            readers: Vec::new(),
+            addr: "127.0.0.1:0".parse().expect("literal"),
+            logs: Arc::new(Mutex::new(Vec::new())),
+        };
+        broker.spawn()?;
+        Ok(broker)
+    }
+
+    /// Sends a signal by name (`"STOP"`, `"CONT"`, ...) to the running broker with `kill -SIG`.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let child = self.child.as_ref().ok_or_else(|| anyhow!("not running"))?;
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .with_context(|| format!("running kill -{signal}"))?;
+        if !status.success() {
+            bail!("kill -{signal} {} failed: {status}", child.id());
+        }
+        Ok(())
     }
 
     fn spawn(&mut self) -> Result<()> {

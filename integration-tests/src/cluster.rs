@@ -1,0 +1,439 @@
+//! A replicated ferromq cluster for tests: a real ZooKeeper ensemble of three members and three
+//! `ferromq broker` processes, each with its own store, configured like
+//! `scripts/local-cluster.sh` (`replicas = 3`, `zk_path = /activemq/leveldb-stores`,
+//! `sync = local_disk`, a 2 s session timeout; ZooKeeper runs with `tickTime=500`, so 2 s is
+//! honoured).
+//!
+//! Each node listens for clients on a port picked when the cluster starts and written into its
+//! config, so it keeps the port across restarts and [`Cluster::failover_url`] stays valid.
+//!
+//! Cluster tests are heavy (three JVMs and three brokers each) and timing-sensitive (a 2 s
+//! session timeout), so [`Cluster::start`] holds a process-wide lock for the life of the
+//! cluster: the cluster tests of one test binary run one at a time.
+//!
+//! The methods block: from async code call them through `spawn_blocking` or `block_in_place`.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::zk::{ZkEnsemble, ZkVersion};
+use crate::{deadline, run_cli, toml_string, wait_until, BrokerProcess, Frame, Incoming};
+use crate::{StompClient, STARTUP_TIMEOUT};
+
+/// The broker name of every node (the `id` of the members' znodes).
+pub const BROKER_NAME: &str = "cluster";
+/// The members' parent znode.
+pub const ZK_PATH: &str = "/activemq/leveldb-stores";
+/// The nodes' ZooKeeper session timeout.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a probe waits for the answer to CONNECT.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Held while a cluster lives: one cluster at a time per test binary.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// What a node's client port answers to a STOMP CONNECT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// CONNECTED: the node serves clients.
+    Serving,
+    /// An ERROR frame with this `message` (a non-master: "not the master: ...").
+    Refused(String),
+    /// Nothing listening, no answer in time, or closed without a frame.
+    Down(String),
+    /// The process is paused (SIGSTOP) or not running: not probed.
+    NotRunning,
+}
+
+/// One node of the cluster.
+pub struct Node {
+    pub broker: BrokerProcess,
+    pub port: u16,
+    pub dir: PathBuf,
+    stopped: bool,
+    running: bool,
+}
+
+impl Node {
+    /// `127.0.0.1:PORT` of the client connector.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The log lines that announce a role change, oldest first.
+    pub fn role_changes(&self) -> Vec<String> {
+        self.broker
+            .logs()
+            .into_iter()
+            .filter(|l| l.contains("role change:"))
+            .collect()
+    }
+
+    /// Whether the latest role change logged is `role change: master`.
+    pub fn logs_say_master(&self) -> bool {
+        self.role_changes()
+            .last()
+            .is_some_and(|l| l.contains("role change: master"))
+    }
+}
+
+/// Three ferromq nodes and their ZooKeeper ensemble.
+pub struct Cluster {
+    /// The nodes, 0..3. Dropped first (killed).
+    pub nodes: Vec<Node>,
+    /// The ensemble (dropped after the nodes).
+    pub zk: ZkEnsemble,
+    dir: tempfile::TempDir,
+    name: String,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.broker.kill9();
+        }
+        if std::thread::panicking() || std::env::var_os("ZK_KEEP_DIR").is_some() {
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "cluster {} kept in {}",
+                self.name,
+                self.dir.path().display()
+            );
+        }
+    }
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding 127.0.0.1:0")
+        .port()
+}
+
+/// A node's whole config.
+pub fn node_config(port: u16, data: &std::path::Path, zk_address: &str) -> String {
+    format!(
+        "[broker]\n\
+         name = {name}\n\
+         \n\
+         [transport]\n\
+         connectors = [\"tcp://127.0.0.1:{port}\"]\n\
+         \n\
+         [store]\n\
+         directory = {data}\n\
+         sync = \"local_disk\"\n\
+         \n\
+         [replication]\n\
+         replicas = 3\n\
+         bind = \"tcp://127.0.0.1:0\"\n\
+         zk_address = {zk}\n\
+         zk_path = {path}\n\
+         zk_session_timeout = \"2s\"\n\
+         hostname = \"127.0.0.1\"\n\
+         security_token = \"t\"\n",
+        name = toml_string(BROKER_NAME),
+        data = toml_string(&data.to_string_lossy()),
+        zk = toml_string(zk_address),
+        path = toml_string(ZK_PATH),
+    )
+}
+
+impl Cluster {
+    /// Starts a ZooKeeper ensemble of `version` and three nodes (`replicas` must be 3). Returns
+    /// once every node accepts client connections (which does not mean a master is elected:
+    /// see [`wait_for_master`](Self::wait_for_master)).
+    pub fn start(version: ZkVersion, replicas: usize) -> Cluster {
+        assert_eq!(replicas, 3, "the cluster tests run three nodes");
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let name = std::thread::current()
+            .name()
+            .map(|n| n.rsplit("::").next().unwrap_or(n).to_string())
+            .unwrap_or_else(|| "cluster".into());
+        let zk = ZkEnsemble::start(version, 3);
+        let dir = tempfile::Builder::new()
+            .prefix("ferromq-cluster-")
+            .tempdir()
+            .expect("creating a temporary directory");
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            zk,
+            dir,
+            name,
+            _serial: serial,
+        };
+        for i in 0..replicas {
+            let node = cluster
+                .start_node(i)
+                .unwrap_or_else(|e| panic!("starting node {i}: {e:#}"));
+            cluster.nodes.push(node);
+        }
+        cluster
+    }
+
+    fn start_node(&self, i: usize) -> Result<Node> {
+        let dir = self.dir.path().join(format!("node{i}"));
+        let zk_address = self.zk.connect_string();
+        let mut last = None;
+        // A port picked now may be taken before the broker binds it: then pick another.
+        for _ in 0..5 {
+            let port = free_port();
+            let config = node_config(port, &dir.join("data"), &zk_address);
+            match BrokerProcess::start_with_config(&format!("{}/n{i}", self.name), &dir, &config) {
+                Ok(broker) => {
+                    if broker.addr().port() != port {
+                        bail!("node {i} listens on {} instead of {port}", broker.addr());
+                    }
+                    return Ok(Node {
+                        broker,
+                        port,
+                        dir,
+                        stopped: false,
+                        running: true,
+                    });
+                }
+                Err(e) => {
+                    eprintln!("node {i} on port {port} did not start: {e:#}");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    /// The ZooKeeper connect string.
+    pub fn zk_address(&self) -> String {
+        self.zk.connect_string()
+    }
+
+    /// `failover:(tcp://127.0.0.1:p1,tcp://127.0.0.1:p2,tcp://127.0.0.1:p3)?...` with
+    /// `initialReconnectDelay=100&maxReconnectDelay=1000&randomize=false`.
+    pub fn failover_url(&self) -> String {
+        self.failover_url_with("")
+    }
+
+    /// [`failover_url`](Self::failover_url) with more options (`"&timeout=3000"`).
+    pub fn failover_url_with(&self, more: &str) -> String {
+        let list: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("tcp://127.0.0.1:{}", n.port))
+            .collect();
+        format!(
+            "failover:({})?initialReconnectDelay=100&maxReconnectDelay=1000&randomize=false{more}",
+            list.join(",")
+        )
+    }
+
+    /// What node `i` answers to CONNECT now.
+    pub fn probe(&self, i: usize) -> Probe {
+        let node = &self.nodes[i];
+        if node.stopped || !node.running {
+            return Probe::NotRunning;
+        }
+        probe_addr(node.addr())
+    }
+
+    /// Every node that answers CONNECT with CONNECTED and whose log's latest role change is
+    /// `role change: master`.
+    pub fn masters(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].logs_say_master() && self.probe(i) == Probe::Serving)
+            .collect()
+    }
+
+    /// The master, if exactly one node is.
+    pub fn master(&self) -> Option<usize> {
+        match self.masters().as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        }
+    }
+
+    /// Waits until exactly one node is master; a description of every node if not by then.
+    pub fn wait_for_master(&self, deadline: Instant) -> Result<usize> {
+        let mut found = None;
+        if wait_until(deadline, || {
+            found = self.master();
+            found.is_some()
+        }) {
+            return Ok(found.expect("found"));
+        }
+        bail!("no single master by the deadline:\n{}", self.describe())
+    }
+
+    /// Waits until exactly one node other than `not` is master.
+    pub fn wait_for_new_master(&self, not: usize, deadline: Instant) -> Result<usize> {
+        let mut found = None;
+        if wait_until(deadline, || {
+            found = self.master().filter(|&m| m != not);
+            found.is_some()
+        }) {
+            return Ok(found.expect("found"));
+        }
+        bail!(
+            "no single master other than node {not} by the deadline:\n{}",
+            self.describe()
+        )
+    }
+
+    /// Each node's probe and latest role change, for failure messages.
+    pub fn describe(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| {
+                format!(
+                    "node {i} (port {}): {:?}; last role change: {}",
+                    self.nodes[i].port,
+                    self.probe(i),
+                    self.nodes[i]
+                        .role_changes()
+                        .last()
+                        .map(String::as_str)
+                        .unwrap_or("none")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// kill -9 node `i` (also when paused).
+    pub fn kill9(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        node.broker.kill9();
+        node.running = false;
+        node.stopped = false;
+    }
+
+    /// SIGTERM to node `i`; waits for it to exit.
+    pub fn terminate(&mut self, i: usize) -> Result<ExitStatus> {
+        let node = &mut self.nodes[i];
+        node.running = false;
+        node.stopped = false;
+        node.broker.terminate(Duration::from_secs(30))
+    }
+
+    /// Pauses node `i` with SIGSTOP.
+    pub fn sigstop(&mut self, i: usize) {
+        self.nodes[i]
+            .broker
+            .signal("STOP")
+            .unwrap_or_else(|e| panic!("SIGSTOP node {i}: {e:#}"));
+        self.nodes[i].stopped = true;
+    }
+
+    /// Resumes node `i` with SIGCONT.
+    pub fn sigcont(&mut self, i: usize) {
+        self.nodes[i]
+            .broker
+            .signal("CONT")
+            .unwrap_or_else(|e| panic!("SIGCONT node {i}: {e:#}"));
+        self.nodes[i].stopped = false;
+    }
+
+    /// Starts node `i` again (kill -9 first if it runs) on its port, with its store. If the
+    /// port is briefly taken by another process, retries until [`STARTUP_TIMEOUT`].
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        let end = deadline(STARTUP_TIMEOUT);
+        let node = &mut self.nodes[i];
+        loop {
+            match node.broker.restart() {
+                Ok(()) => {
+                    node.running = true;
+                    node.stopped = false;
+                    if node.broker.addr().port() != node.port {
+                        bail!(
+                            "node {i} restarted on {} instead of port {}",
+                            node.broker.addr(),
+                            node.port
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(e) if Instant::now() < end => {
+                    eprintln!("restarting node {i}: {e:#}; retrying");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e).with_context(|| format!("restarting node {i}")),
+            }
+        }
+    }
+
+    /// The log lines of node `i` from line `from` on (see [`log_len`](Self::log_len)).
+    pub fn logs_since(&self, i: usize, from: usize) -> Vec<String> {
+        let logs = self.nodes[i].broker.logs();
+        logs.get(from..).map(<[String]>::to_vec).unwrap_or_default()
+    }
+
+    /// How many log lines node `i` has printed so far (all runs).
+    pub fn log_len(&self, i: usize) -> usize {
+        self.nodes[i].broker.logs().len()
+    }
+
+    /// Runs the ensemble's zkCli with `args`; its standard output.
+    pub fn zkcli(&self, args: &[&str]) -> String {
+        self.zk.zkcli(args)
+    }
+
+    /// `ferromq status --zk-address ... --zk-path ...`: (exit success, stdout, stderr).
+    pub fn status(&self) -> Result<(bool, String, String)> {
+        let zk = self.zk_address();
+        let (status, out, err) = run_cli(
+            &["status", "--zk-address", &zk, "--zk-path", ZK_PATH],
+            Duration::from_secs(30),
+        )?;
+        Ok((status.success(), out, err))
+    }
+
+    /// The rows of `ferromq status` (header excluded), each split at whitespace: znode, id,
+    /// role, elected?, epoch, position, address, weight, quorum.
+    pub fn status_rows(&self) -> Result<Vec<Vec<String>>> {
+        let (_, out, err) = self.status()?;
+        let mut lines = out.lines();
+        match lines.next() {
+            Some(h) if h.starts_with("znode") => {}
+            _ => return Err(anyhow!("no status table:\nstdout:\n{out}\nstderr:\n{err}")),
+        }
+        Ok(lines
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.split_whitespace().map(str::to_string).collect())
+            .collect())
+    }
+
+    /// A raw STOMP client connected to node `i`.
+    pub fn client(&self, i: usize) -> Result<StompClient> {
+        StompClient::connect(self.nodes[i].addr())
+    }
+}
+
+/// What `addr` answers to a STOMP 1.2 CONNECT within [`PROBE_TIMEOUT`].
+pub fn probe_addr(addr: SocketAddr) -> Probe {
+    let mut client = match StompClient::open(addr) {
+        Ok(c) => c,
+        Err(e) => return Probe::Down(format!("{e:#}")),
+    };
+    let connect = Frame::new("CONNECT")
+        .header("accept-version", "1.2")
+        .header("host", "localhost");
+    if let Err(e) = client.write_raw(&connect.encode(false)) {
+        return Probe::Down(format!("writing CONNECT: {e}"));
+    }
+    match client.poll(PROBE_TIMEOUT) {
+        Ok(Incoming::Frame(f)) if f.command == "CONNECTED" => {
+            client.drop_connection();
+            Probe::Serving
+        }
+        Ok(Incoming::Frame(f)) if f.command == "ERROR" => {
+            Probe::Refused(f.get("message").unwrap_or_default().to_string())
+        }
+        Ok(Incoming::Frame(f)) => Probe::Down(format!("unexpected answer {f:?}")),
+        Ok(Incoming::Closed) => Probe::Down("closed without a frame".into()),
+        Ok(Incoming::TimedOut) => Probe::Down(format!("no answer within {PROBE_TIMEOUT:?}")),
+        Err(e) => Probe::Down(format!("{e:#}")),
+    }
+}

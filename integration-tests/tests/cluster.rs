@@ -1,0 +1,635 @@
+//! The replicated cluster end to end: three `ferromq broker` processes and a real ZooKeeper
+//! ensemble (3.8, and 3.4.13 for the election and failover scenarios), driven like an operator
+//! and a client would: kill -9, SIGSTOP/SIGCONT, restarts, `zkCli.sh`, `ferromq status`, the
+//! failover client, a raw STOMP client and stomp.py.
+//!
+//! The rule every test checks: a message whose send was confirmed (RECEIPT) is consumed exactly
+//! once, whatever happened to the nodes in between; nothing a stale master wrote is ever
+//! confirmed or delivered.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use ferromq::client::{Client, ClientOptions, SendOptions};
+use ferromq_integration_tests::cluster::{Cluster, Probe, ZK_PATH};
+use ferromq_integration_tests::zk::ZkVersion;
+use ferromq_integration_tests::{deadline, unique, wait_until, Frame, Incoming, StompClient};
+
+/// How long an election (or a failover) may take before a test fails.
+const ELECTION: Duration = Duration::from_secs(60);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+// ----- sending and consuming -----------------------------------------------------------------
+
+/// The outcome of sends so far.
+#[derive(Default, Debug)]
+struct Sends {
+    /// Bodies whose send resolved Ok (a RECEIPT came).
+    confirmed: BTreeSet<String>,
+    /// Bodies whose send failed, with the error.
+    failed: Vec<(String, String)>,
+    submitted: usize,
+}
+
+type Progress = Arc<Mutex<Sends>>;
+
+/// Sends persistent messages `"{prefix}-{i}"` for i from 0 with up to `window` in flight, until
+/// `stop` is set and at least `min` were submitted (or `max` were); records every outcome.
+async fn send_stream(
+    client: Client,
+    queue: String,
+    prefix: String,
+    min: usize,
+    max: usize,
+    window: usize,
+    stop: Arc<AtomicBool>,
+    progress: Progress,
+) {
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut i = 0;
+    while i < max && (i < min || !stop.load(Ordering::SeqCst)) {
+        while in_flight.len() >= window {
+            in_flight.join_next().await;
+        }
+        let body = format!("{prefix}-{i}");
+        let handle = client.send_nowait(&queue, body.clone(), SendOptions::persistent());
+        progress.lock().unwrap().submitted += 1;
+        let progress = progress.clone();
+        in_flight.spawn(async move {
+            let result = handle.await;
+            let mut p = progress.lock().unwrap();
+            match result {
+                Ok(()) => {
+                    p.confirmed.insert(body);
+                }
+                Err(e) => p.failed.push((body, e.to_string())),
+            }
+        });
+        i += 1;
+    }
+    while in_flight.join_next().await.is_some() {}
+}
+
+/// Sends `count` persistent messages `"{prefix}-{i}"` through `client`, 16 in flight; every one
+/// must be confirmed. Returns the bodies.
+async fn send_confirmed(client: &Client, queue: &str, prefix: &str, count: usize) -> Vec<String> {
+    let progress = Progress::default();
+    let stop = Arc::new(AtomicBool::new(true));
+    let sending = send_stream(
+        client.clone(),
+        queue.to_string(),
+        prefix.to_string(),
+        count,
+        count,
+        16,
+        stop,
+        progress.clone(),
+    );
+    tokio::time::timeout(Duration::from_secs(120), sending)
+        .await
+        .unwrap_or_else(|_| panic!("{count} sends of {prefix} not resolved within 120 s"));
+    let p = progress.lock().unwrap();
+    assert!(
+        p.failed.is_empty(),
+        "sends of {prefix} failed on a healthy cluster: {:?}",
+        &p.failed[..p.failed.len().min(5)]
+    );
+    p.confirmed.iter().cloned().collect()
+}
+
+/// Sends `count` persistent messages `"{prefix}-{i}"` with the raw client, each waiting for its
+/// RECEIPT. Returns the bodies.
+fn send_raw(client: &mut StompClient, queue: &str, prefix: &str, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            let body = format!("{prefix}-{i}");
+            client
+                .send_persistent(queue, body.as_bytes())
+                .unwrap_or_else(|e| panic!("receipted send of {body}: {e:#}"));
+            body
+        })
+        .collect()
+}
+
+/// Connects the failover client to the cluster (every node is in the URL).
+fn connect(rt: &tokio::runtime::Runtime, url: &str) -> Client {
+    rt.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            Client::connect(url, ClientOptions::default()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("no connection through {url} within 60 s"))
+        .unwrap_or_else(|e| panic!("connecting through {url}: {e}"))
+    })
+}
+
+/// Consumes everything in `queue` from node `node` (a raw client, auto ack): subscribes, sends a
+/// confirmed sentinel and receives until it. The sentinel is stored after everything already in
+/// the queue, so every message (and every duplicate) arrives before it. Returns how often each
+/// body was received (sentinel excluded).
+fn drain(cluster: &Cluster, node: usize, queue: &str) -> Result<BTreeMap<String, usize>> {
+    let mut client = cluster
+        .client(node)
+        .with_context(|| format!("connecting to node {node} to consume"))?;
+    client.subscribe("drain", queue, &[("ack", "auto")])?;
+    let sentinel = unique("sentinel");
+    client.send_persistent(queue, sentinel.as_bytes())?;
+    let frames = client.recv_until(sentinel.as_bytes(), Duration::from_secs(120))?;
+    let mut counts = BTreeMap::new();
+    for f in &frames[..frames.len() - 1] {
+        *counts.entry(f.text()).or_insert(0usize) += 1;
+    }
+    let _ = client.disconnect();
+    Ok(counts)
+}
+
+/// Every confirmed body consumed exactly once, no body consumed twice, none of `forbidden`
+/// consumed at all.
+fn check_exactly_once<'a>(
+    what: &str,
+    counts: &BTreeMap<String, usize>,
+    confirmed: impl IntoIterator<Item = &'a String>,
+    forbidden: &[String],
+) {
+    let duplicates: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    let confirmed: Vec<&String> = confirmed.into_iter().collect();
+    let missing: Vec<&&String> = confirmed
+        .iter()
+        .filter(|b| !counts.contains_key(b.as_str()))
+        .collect();
+    let present: Vec<&String> = forbidden
+        .iter()
+        .filter(|b| counts.contains_key(b.as_str()))
+        .collect();
+    assert!(
+        duplicates.is_empty() && missing.is_empty() && present.is_empty(),
+        "{what}: {} confirmed, {} distinct consumed; {} duplicated (first: {:?}); {} confirmed \
+         but missing (first: {:?}); {} unconfirmed/stale consumed (first: {:?})",
+        confirmed.len(),
+        counts.len(),
+        duplicates.len(),
+        &duplicates[..duplicates.len().min(10)],
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        present.len(),
+        &present[..present.len().min(10)],
+    );
+    eprintln!(
+        "{what}: {} confirmed messages consumed exactly once ({} consumed in all)",
+        confirmed.len(),
+        counts.len()
+    );
+}
+
+/// The value of the `"key":` field in a JSON object written without spaces: `null`, a number
+/// or a string's raw contents.
+fn json_field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
+    let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let rest = &json[at..];
+    if let Some(s) = rest.strip_prefix('"') {
+        s.find('"').map(|end| &s[..end])
+    } else {
+        let end = rest.find([',', '}']).unwrap_or(rest.len());
+        Some(&rest[..end])
+    }
+}
+
+/// The `address=...` field of the last log line of node `i` containing `text`.
+fn logged_address(cluster: &Cluster, i: usize, text: &str) -> Option<String> {
+    cluster.nodes[i]
+        .broker
+        .logs()
+        .iter()
+        .rev()
+        .find(|l| l.contains(text))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix("address="))
+                .map(|a| a.trim_matches('"').to_string())
+        })
+}
+
+macro_rules! both_versions {
+    ($scenario:ident, $v38:ident, $v34:ident) => {
+        #[test]
+        fn $v38() {
+            $scenario(ZkVersion::V3_8)
+        }
+        #[test]
+        fn $v34() {
+            $scenario(ZkVersion::V3_4)
+        }
+    };
+}
+
+// ----- 1. election and znodes ----------------------------------------------------------------
+
+both_versions!(
+    election_and_znodes,
+    election_and_znodes_zk38,
+    election_and_znodes_zk34
+);
+
+/// One master and two slaves; the znodes read back with the version's zkCli carry ActiveMQ's
+/// JSON (id, container, address, position, weight, elected, in that order); only the master's
+/// has an address, its replication listener; `ferromq status` shows one master.
+fn election_and_znodes(version: ZkVersion) {
+    let cluster = Cluster::start(version, 3);
+    let started = Instant::now();
+    let m = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!("{version:?}: node {m} master after {:?}", started.elapsed());
+
+    // Settled: one master, two slaves, as every member reports it.
+    let mut rows = Vec::new();
+    let settled = wait_until(deadline(ELECTION), || {
+        rows = cluster.status_rows().unwrap_or_default();
+        rows.len() == 3
+            && rows.iter().filter(|r| r[2].starts_with("master")).count() == 1
+            && rows.iter().filter(|r| r[2].starts_with("slave")).count() == 2
+    });
+    assert!(
+        settled,
+        "ferromq status never showed one master and two slaves: {rows:?}\n{}",
+        cluster.describe()
+    );
+    let (ok, table, err) = cluster.status().unwrap();
+    assert!(ok, "ferromq status failed: {err}");
+    eprintln!("ferromq status:\n{table}");
+    let master_rows: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(2)
+                .is_some_and(|r| r.starts_with("master"))
+        })
+        .collect();
+    assert_eq!(master_rows.len(), 1, "one master row:\n{table}");
+
+    let replication = logged_address(&cluster, m, "replication listener published")
+        .expect("the master logs its replication address");
+
+    let ls = cluster.zkcli(&["ls", ZK_PATH]);
+    let listed = ls
+        .lines()
+        .find(|l| l.starts_with('['))
+        .unwrap_or_else(|| panic!("no listing in zkCli output:\n{ls}"));
+    let children: Vec<&str> = listed
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(children.len(), 3, "three member znodes: {listed}");
+
+    let mut addresses = Vec::new();
+    for child in &children {
+        let out = cluster.zkcli(&["get", &format!("{ZK_PATH}/{child}")]);
+        let json = out
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or_else(|| panic!("no JSON in zkCli get {child}:\n{out}"));
+        eprintln!("{child}: {json}");
+        assert!(
+            json.starts_with(r#"{"id":"cluster","container":null,"address":"#),
+            "{child}: {json}"
+        );
+        let at: Vec<usize> = [
+            "\"address\":",
+            "\"position\":",
+            "\"weight\":",
+            "\"elected\":",
+        ]
+        .iter()
+        .map(|f| {
+            json.find(f)
+                .unwrap_or_else(|| panic!("{f} missing in {child}: {json}"))
+        })
+        .collect();
+        assert!(
+            at.windows(2).all(|w| w[0] < w[1]),
+            "ActiveMQ's field order (address, position, weight, elected): {json}"
+        );
+        let address = json_field(json, "address").unwrap().to_string();
+        if address != "null" {
+            let port = address
+                .strip_prefix("tcp://127.0.0.1:")
+                .unwrap_or_else(|| panic!("address {address} is not tcp://127.0.0.1:<port>"));
+            assert!(port.parse::<u16>().is_ok(), "address {address}");
+            assert_eq!(
+                json_field(json, "client_address"),
+                Some(format!("tcp://127.0.0.1:{}", cluster.nodes[m].port).as_str()),
+                "the znode with an address is the master's: {json}"
+            );
+        }
+        addresses.push(address);
+    }
+    let published: Vec<&String> = addresses.iter().filter(|a| *a != "null").collect();
+    assert_eq!(
+        published,
+        vec![&replication],
+        "exactly one znode (the master's) carries the master's replication address"
+    );
+    let master_row = master_rows[0];
+    assert!(
+        master_row.contains(&replication),
+        "status master row shows the address {replication}: {master_row}"
+    );
+}
+
+// ----- 2. kill -9 of the master while sending ------------------------------------------------
+
+both_versions!(
+    master_killed_while_sending,
+    master_killed_while_sending_zk38,
+    master_killed_while_sending_zk34
+);
+
+/// Receipted persistent sends through the failover URL keep going while the master is killed
+/// with kill -9; a new master is elected; every confirmed message is consumed exactly once.
+fn master_killed_while_sending(version: ZkVersion) {
+    let mut cluster = Cluster::start(version, 3);
+    let m0 = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let rt = runtime();
+    let client = connect(&rt, &cluster.failover_url());
+    let queue = "/queue/failover".to_string();
+    let progress = Progress::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = rt.spawn(send_stream(
+        client.clone(),
+        queue.clone(),
+        "m".into(),
+        300,
+        20_000,
+        16,
+        stop.clone(),
+        progress.clone(),
+    ));
+    let confirmed = || progress.lock().unwrap().confirmed.len();
+    assert!(
+        wait_until(deadline(Duration::from_secs(60)), || confirmed() >= 150),
+        "150 sends not confirmed within 60 s: {:?}",
+        progress.lock().unwrap().failed.first()
+    );
+    let before_kill = confirmed();
+    let killed = Instant::now();
+    cluster.kill9(m0);
+    let m1 = cluster
+        .wait_for_new_master(m0, deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("after kill -9 of master {m0}: {e:#}"));
+    eprintln!(
+        "{version:?}: node {m1} master {:?} after kill -9 of node {m0}",
+        killed.elapsed()
+    );
+    // Sends confirmed by the new master, then stop.
+    let at_new_master = confirmed();
+    let resumed = wait_until(deadline(ELECTION), || confirmed() >= at_new_master + 100);
+    let resumed_after = killed.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(120), sender).await })
+        .expect("every send resolved within 120 s")
+        .expect("the sender task");
+    let p = progress.lock().unwrap();
+    eprintln!(
+        "{version:?}: {} submitted, {} confirmed ({before_kill} before the kill), {} failed; \
+         sends flowing again {resumed_after:?} after the kill",
+        p.submitted,
+        p.confirmed.len(),
+        p.failed.len()
+    );
+    assert!(
+        resumed,
+        "sends did not resume through the failover URL after the kill"
+    );
+    assert!(
+        p.failed.is_empty(),
+        "with timeout=-1 every send is re-sent until confirmed; failed: {:?}",
+        &p.failed[..p.failed.len().min(10)]
+    );
+    let counts = drain(&cluster, m1, &queue).expect("consuming from the new master");
+    check_exactly_once(
+        &format!("{version:?} kill -9 master"),
+        &counts,
+        &p.confirmed,
+        &[],
+    );
+}
+
+// ----- 4. two of three down ------------------------------------------------------------------
+
+/// With two of three nodes down the survivor refuses clients for want of a quorum, a send with
+/// a failover timeout fails saying so, `ferromq status` shows a candidate without quorum; once a
+/// second node is back a master is elected and nothing confirmed is lost.
+#[test]
+fn no_quorum_then_back_zk38() {
+    let mut cluster = Cluster::start(ZkVersion::V3_8, 3);
+    let m = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let rt = runtime();
+    let client = connect(&rt, &cluster.failover_url_with("&timeout=3000"));
+    let queue = "/queue/quorum";
+    let confirmed = rt.block_on(send_confirmed(&client, queue, "q", 50));
+    let others: Vec<usize> = (0..3).filter(|&i| i != m).collect();
+    let (down, survivor) = (others[0], others[1]);
+    cluster.kill9(m);
+    cluster.kill9(down);
+    let killed = Instant::now();
+
+    let mut last = Probe::NotRunning;
+    let refused = wait_until(deadline(Duration::from_secs(30)), || {
+        last = cluster.probe(survivor);
+        matches!(&last, Probe::Refused(msg) if msg.starts_with("not the master: no quorum is available"))
+    });
+    assert!(
+        refused,
+        "survivor node {survivor} should refuse with \"not the master: no quorum is available\"; \
+         it answers {last:?}"
+    );
+    eprintln!(
+        "survivor refuses {:?} after the kills: {last:?}",
+        killed.elapsed()
+    );
+
+    let sent = Instant::now();
+    let outcome = rt.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            client.send(queue, "q-unconfirmed", SendOptions::persistent()),
+        )
+        .await
+    });
+    match outcome {
+        Err(_) => panic!("a send with timeout=3000 neither failed nor succeeded within 30 s"),
+        Ok(Ok(())) => panic!("a send was confirmed with one node of three up"),
+        Ok(Err(e)) => {
+            let text = e.to_string();
+            eprintln!("send failed after {:?}: {text}", sent.elapsed());
+            assert!(
+                text.contains("quorum"),
+                "the send's error should mention the quorum: {text}"
+            );
+        }
+    }
+
+    let mut rows = Vec::new();
+    let shown = wait_until(deadline(Duration::from_secs(30)), || {
+        rows = cluster.status_rows().unwrap_or_default();
+        rows.len() == 1 && rows[0][2] == "candidate" && rows[0][8] == "no"
+    });
+    assert!(
+        shown,
+        "ferromq status should show the survivor alone as candidate with quorum no: {rows:?}"
+    );
+    drop(client);
+
+    cluster.restart(down).expect("restarting a node");
+    let restarted = Instant::now();
+    let m2 = cluster
+        .wait_for_master(deadline(Duration::from_secs(30)))
+        .unwrap_or_else(|e| panic!("with two of three nodes up again: {e:#}"));
+    eprintln!(
+        "node {m2} master {:?} after node {down} restarted",
+        restarted.elapsed()
+    );
+    let counts = drain(&cluster, m2, queue).expect("consuming from the new master");
+    check_exactly_once("no quorum, then back", &counts, &confirmed, &[]);
+}
+
+// ----- 6. a paused master ---------------------------------------------------------------------
+
+both_versions!(
+    paused_master_is_fenced,
+    paused_master_is_fenced_zk38,
+    paused_master_is_fenced_zk34
+);
+
+/// The master paused (SIGSTOP) past the session timeout: the other two elect a new master. When
+/// it resumes it confirms nothing (a client connected before the pause gets no RECEIPT), steps
+/// down and follows the new master; everything confirmed is consumed exactly once, and the
+/// stale send never.
+fn paused_master_is_fenced(version: ZkVersion) {
+    const PAUSE: Duration = Duration::from_secs(6);
+    let mut cluster = Cluster::start(version, 3);
+    let m = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let queue = "/queue/paused";
+    let mut confirmed = send_raw(&mut cluster.client(m).unwrap(), queue, "before", 20);
+    let mut old = cluster.client(m).expect("a client of the master");
+
+    cluster.sigstop(m);
+    let paused = Instant::now();
+    let n = cluster
+        .wait_for_new_master(m, deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("while node {m} is paused: {e:#}"));
+    eprintln!(
+        "{version:?}: node {n} master {:?} after node {m} was paused",
+        paused.elapsed()
+    );
+    confirmed.extend(send_raw(
+        &mut cluster.client(n).unwrap(),
+        queue,
+        "during",
+        20,
+    ));
+    if let Some(rest) = PAUSE.checked_sub(paused.elapsed()) {
+        std::thread::sleep(rest); // the test is about time passing while paused
+    }
+    let from = cluster.log_len(m);
+    cluster.sigcont(m);
+
+    // The old master's client sends as if nothing happened.
+    let stale = "stale-1".to_string();
+    let send = Frame::new("SEND")
+        .header("destination", queue)
+        .header("persistent", "true")
+        .header("receipt", "stale-receipt")
+        .body(stale.as_bytes());
+    let written = old.send_frame(&send);
+    let end = deadline(Duration::from_secs(15));
+    let answer = loop {
+        let remaining = end.saturating_duration_since(Instant::now());
+        match old.poll(remaining) {
+            Ok(Incoming::Frame(f)) if f.command == "RECEIPT" => {
+                panic!(
+                    "{version:?}: the paused master confirmed a send after SIGCONT: {f:?}\n{}",
+                    cluster.logs_since(m, from).join("\n")
+                )
+            }
+            Ok(Incoming::Frame(f)) if f.command == "ERROR" => {
+                break format!("ERROR {:?}", f.get("message"))
+            }
+            Ok(Incoming::Frame(_)) => continue,
+            Ok(Incoming::Closed) => break "closed".to_string(),
+            Ok(Incoming::TimedOut) => panic!(
+                "{version:?}: the resumed master neither answered ERROR nor closed the \
+                 connection within 15 s of a SEND (write: {written:?})"
+            ),
+            Err(e) => break format!("read error {e:#}"),
+        }
+    };
+    eprintln!("{version:?}: the stale master's client got: {answer}");
+
+    let stepped_down = wait_until(deadline(Duration::from_secs(30)), || {
+        cluster
+            .logs_since(m, from)
+            .iter()
+            .any(|l| l.contains("role change: stepped down from master"))
+    });
+    assert!(
+        stepped_down,
+        "{version:?}: node {m} logged no `role change: stepped down from master` after SIGCONT:\n{}",
+        cluster.logs_since(m, from).join("\n")
+    );
+    let follows = wait_until(deadline(ELECTION), || {
+        let logs = cluster.logs_since(m, from);
+        let down = logs
+            .iter()
+            .position(|l| l.contains("role change: stepped down from master"));
+        down.is_some_and(|d| {
+            logs[d..]
+                .iter()
+                .any(|l| l.contains("role change: slave of"))
+        })
+    });
+    assert!(
+        follows,
+        "{version:?}: node {m} did not rejoin as slave (`role change: slave of`):\n{}",
+        cluster.logs_since(m, from).join("\n")
+    );
+    assert_eq!(
+        cluster.master(),
+        Some(n),
+        "node {n} stays master:\n{}",
+        cluster.describe()
+    );
+    confirmed.extend(send_raw(
+        &mut cluster.client(n).unwrap(),
+        queue,
+        "after",
+        20,
+    ));
+    let counts = drain(&cluster, n, queue).expect("consuming from the new master");
+    check_exactly_once(
+        &format!("{version:?} paused master"),
+        &counts,
+        &confirmed,
+        &[stale],
+    );
+}
