@@ -43,9 +43,9 @@ struct Sends {
 
 type Progress = Arc<Mutex<Sends>>;
 
-/// Sends persistent messages `"{prefix}-{i}"` for i from 0 with up to `window` in flight, until
-/// `stop` is set and at least `min` were submitted (or `max` were); records every outcome.
-async fn send_stream(
+/// A stream of persistent sends `"{prefix}-{i}"` for i from 0, up to `window` in flight, until
+/// `stop` is set and at least `min` were submitted (or `max` were).
+struct Stream {
     client: Client,
     queue: String,
     prefix: String,
@@ -54,7 +54,20 @@ async fn send_stream(
     window: usize,
     stop: Arc<AtomicBool>,
     progress: Progress,
-) {
+}
+
+/// Runs a [`Stream`], recording every outcome in its progress.
+async fn send_stream(stream: Stream) {
+    let Stream {
+        client,
+        queue,
+        prefix,
+        min,
+        max,
+        window,
+        stop,
+        progress,
+    } = stream;
     let mut in_flight = tokio::task::JoinSet::new();
     let mut i = 0;
     while i < max && (i < min || !stop.load(Ordering::SeqCst)) {
@@ -85,16 +98,16 @@ async fn send_stream(
 async fn send_confirmed(client: &Client, queue: &str, prefix: &str, count: usize) -> Vec<String> {
     let progress = Progress::default();
     let stop = Arc::new(AtomicBool::new(true));
-    let sending = send_stream(
-        client.clone(),
-        queue.to_string(),
-        prefix.to_string(),
-        count,
-        count,
-        16,
+    let sending = send_stream(Stream {
+        client: client.clone(),
+        queue: queue.to_string(),
+        prefix: prefix.to_string(),
+        min: count,
+        max: count,
+        window: 16,
         stop,
-        progress.clone(),
-    );
+        progress: progress.clone(),
+    });
     tokio::time::timeout(Duration::from_secs(120), sending)
         .await
         .unwrap_or_else(|_| panic!("{count} sends of {prefix} not resolved within 120 s"));
@@ -370,16 +383,16 @@ fn master_killed_while_sending(version: ZkVersion) {
     let queue = "/queue/failover".to_string();
     let progress = Progress::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let sender = rt.spawn(send_stream(
-        client.clone(),
-        queue.clone(),
-        "m".into(),
-        300,
-        20_000,
-        16,
-        stop.clone(),
-        progress.clone(),
-    ));
+    let sender = rt.spawn(send_stream(Stream {
+        client: client.clone(),
+        queue: queue.clone(),
+        prefix: "m".into(),
+        min: 300,
+        max: 20_000,
+        window: 16,
+        stop: stop.clone(),
+        progress: progress.clone(),
+    }));
     let confirmed = || progress.lock().unwrap().confirmed.len();
     assert!(
         wait_until(deadline(Duration::from_secs(60)), || confirmed() >= 150),

@@ -64,6 +64,10 @@ struct StatusArgs {
     /// Print the members as JSON (the znode data) instead of a table.
     #[arg(long)]
     json: bool,
+    /// Health check for monitoring (Nagios/systemd/cron): exit 0 only if a master serves and at
+    /// least N members are registered; otherwise print what is wrong and exit 1.
+    #[arg(long, value_name = "N")]
+    expect_members: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -133,7 +137,42 @@ async fn status(args: StatusArgs) -> ExitCode {
             args.zk_path, args.zk_address
         );
     }
-    ExitCode::SUCCESS
+    match args.expect_members {
+        None => ExitCode::SUCCESS,
+        Some(expected) => match health_problems(&members, expected) {
+            problems if problems.is_empty() => {
+                eprintln!("OK: a master serves and {} members are registered", members.len());
+                ExitCode::SUCCESS
+            }
+            problems => {
+                for problem in problems {
+                    eprintln!("CRITICAL: {problem}");
+                }
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// What a monitor should alert on: a missing member (a node died or lost ZooKeeper) or no
+/// serving master (clients are refused).
+fn health_problems(members: &[crate::election::MemberView], expected: usize) -> Vec<String> {
+    let registered = members.iter().filter(|m| m.data.is_some()).count();
+    let mut problems = Vec::new();
+    if registered < expected {
+        problems.push(format!(
+            "{registered} of {expected} members registered: a node is down or cut off from ZooKeeper"
+        ));
+    }
+    let serving = members.iter().any(|m| {
+        m.data
+            .as_ref()
+            .is_some_and(|d| d.role == "master" && d.address.is_some())
+    });
+    if !serving {
+        problems.push("no master serves clients: sends are refused until one is elected".into());
+    }
+    problems
 }
 
 /// The `--ack` values.
