@@ -78,6 +78,7 @@ cleanup() {
   fi
   [ "$AMQ_STARTED" = 1 ] && "$ROOT/bench/activemq.sh" stop || true
   [ -n "$FERROMQ_DIR" ] && rm -rf "$FERROMQ_DIR"
+  rm -f "$RESULTS/ferromq" "$RESULTS/run.out" "$RESULTS/run.time" "$RESULTS/run.perf"
   exit "$rc"
 }
 trap cleanup EXIT
