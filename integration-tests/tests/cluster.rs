@@ -387,7 +387,7 @@ fn master_killed_while_sending(version: ZkVersion) {
         client: client.clone(),
         queue: queue.clone(),
         prefix: "m".into(),
-        min: 300,
+        min: 500,
         max: 20_000,
         window: 16,
         stop: stop.clone(),
@@ -564,18 +564,25 @@ fn paused_master_is_fenced(version: ZkVersion) {
     if let Some(rest) = PAUSE.checked_sub(paused.elapsed()) {
         std::thread::sleep(rest); // the test is about time passing while paused
     }
+    // The old master's client sends as if nothing happened: once while the master is paused
+    // (the frame waits in the socket buffer and is the first thing it reads when it resumes),
+    // once after SIGCONT.
+    let stale_frame = |body: &str| {
+        Frame::new("SEND")
+            .header("destination", queue)
+            .header("persistent", "true")
+            .header("receipt", format!("receipt-{body}"))
+            .body(body.as_bytes())
+    };
+    let stale = vec!["stale-1".to_string(), "stale-2".to_string()];
+    let written_paused = old.send_frame(&stale_frame(&stale[0]));
     let from = cluster.log_len(m);
     cluster.sigcont(m);
-
-    // The old master's client sends as if nothing happened.
-    let stale = "stale-1".to_string();
-    let send = Frame::new("SEND")
-        .header("destination", queue)
-        .header("persistent", "true")
-        .header("receipt", "stale-receipt")
-        .body(stale.as_bytes());
-    let written = old.send_frame(&send);
+    let written_resumed = old.send_frame(&stale_frame(&stale[1]));
+    let written = (written_paused, written_resumed);
+    // Read until the connection closes: any RECEIPT fails; an ERROR or the close is required.
     let end = deadline(Duration::from_secs(15));
+    let mut seen = Vec::new();
     let answer = loop {
         let remaining = end.saturating_duration_since(Instant::now());
         match old.poll(remaining) {
@@ -585,16 +592,18 @@ fn paused_master_is_fenced(version: ZkVersion) {
                     cluster.logs_since(m, from).join("\n")
                 )
             }
-            Ok(Incoming::Frame(f)) if f.command == "ERROR" => {
-                break format!("ERROR {:?}", f.get("message"))
+            Ok(Incoming::Frame(f)) => {
+                seen.push(format!("{} {:?}", f.command, f.get("message")));
             }
-            Ok(Incoming::Frame(_)) => continue,
-            Ok(Incoming::Closed) => break "closed".to_string(),
+            Ok(Incoming::Closed) => break format!("{seen:?} then closed"),
+            Ok(Incoming::TimedOut) if seen.iter().any(|f| f.starts_with("ERROR")) => {
+                break format!("{seen:?}, still open")
+            }
             Ok(Incoming::TimedOut) => panic!(
                 "{version:?}: the resumed master neither answered ERROR nor closed the \
-                 connection within 15 s of a SEND (write: {written:?})"
+                 connection within 15 s of a SEND (writes: {written:?}; frames: {seen:?})"
             ),
-            Err(e) => break format!("read error {e:#}"),
+            Err(e) => break format!("{seen:?} then read error {e:#}"),
         }
     };
     eprintln!("{version:?}: the stale master's client got: {answer}");
@@ -638,11 +647,467 @@ fn paused_master_is_fenced(version: ZkVersion) {
         "after",
         20,
     ));
-    let counts = drain(&cluster, n, queue).expect("consuming from the new master");
+    // The old master's store serves again: kill the new master, so that the old master and the
+    // third node elect one of themselves; what the old master wrote while stale must be gone.
+    let synced = wait_until(deadline(ELECTION), || {
+        cluster
+            .logs_since(m, from)
+            .iter()
+            .any(|l| l.contains("caught up with the master"))
+    });
+    assert!(
+        synced,
+        "{version:?}: node {m} never caught up with node {n}"
+    );
+    cluster.kill9(n);
+    let k = cluster
+        .wait_for_new_master(n, deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("after kill -9 of master {n}: {e:#}"));
+    eprintln!("{version:?}: node {k} master after node {n} was killed (old master: node {m})");
+    let counts = drain(&cluster, k, queue).expect("consuming");
     check_exactly_once(
         &format!("{version:?} paused master"),
         &counts,
         &confirmed,
-        &[stale],
+        &stale,
     );
+}
+
+// ----- shared by the streaming scenarios ---------------------------------------------------------
+
+/// A failover client sending persistent messages in the background while a test acts on the
+/// cluster.
+struct Background {
+    rt: tokio::runtime::Runtime,
+    progress: Progress,
+    stop: Arc<AtomicBool>,
+    sender: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Connects through the failover URL and starts sending `"{prefix}-{i}"` to `queue`.
+    fn start(cluster: &Cluster, queue: &str, prefix: &str) -> Background {
+        let rt = runtime();
+        let client = connect(&rt, &cluster.failover_url());
+        let progress = Progress::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let sender = rt.spawn(send_stream(Stream {
+            client,
+            queue: queue.to_string(),
+            prefix: prefix.to_string(),
+            min: 0,
+            max: 1_000_000,
+            window: 8,
+            stop: stop.clone(),
+            progress: progress.clone(),
+        }));
+        Background {
+            rt,
+            progress,
+            stop,
+            sender: Some(sender),
+        }
+    }
+
+    fn confirmed(&self) -> usize {
+        self.progress.lock().unwrap().confirmed.len()
+    }
+
+    /// Waits until `more` sends beyond those confirmed now are confirmed.
+    fn wait_more(&self, more: usize, timeout: Duration, what: &str) {
+        let target = self.confirmed() + more;
+        let ok = wait_until(deadline(timeout), || self.confirmed() >= target);
+        let p = self.progress.lock().unwrap();
+        assert!(
+            ok,
+            "{what}: {} of {target} sends confirmed within {timeout:?} ({} failed, first: {:?})",
+            p.confirmed.len(),
+            p.failed.len(),
+            p.failed.first()
+        );
+    }
+
+    /// Stops sending, waits for every send to resolve; every one must have been confirmed.
+    /// Returns the confirmed bodies.
+    fn finish(mut self, what: &str) -> BTreeSet<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        let sender = self.sender.take().expect("running");
+        self.rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(120), sender).await })
+            .unwrap_or_else(|_| panic!("{what}: sends not resolved within 120 s of the stop"))
+            .expect("the sender task");
+        let p = self.progress.lock().unwrap();
+        eprintln!(
+            "{what}: {} sends, {} confirmed, {} failed",
+            p.submitted,
+            p.confirmed.len(),
+            p.failed.len()
+        );
+        assert!(
+            p.failed.is_empty(),
+            "{what}: with timeout=-1 every send is re-sent until confirmed; failed: {:?}",
+            &p.failed[..p.failed.len().min(10)]
+        );
+        p.confirmed.clone()
+    }
+}
+
+// ----- 3. a slave catches up incrementally ---------------------------------------------------
+
+/// A slave killed with kill -9 and restarted while sends continue catches up incrementally (no
+/// snapshot); then the master is killed, the restarted slave and the other form a quorum, elect
+/// a master, and every confirmed message is there.
+#[test]
+fn restarted_slave_catches_up_zk38() {
+    let mut cluster = Cluster::start(ZkVersion::V3_8, 3);
+    let m = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let queue = "/queue/catch-up";
+    let sends = Background::start(&cluster, queue, "c");
+    sends.wait_more(100, ELECTION, "before the slave is killed");
+    let s = (0..3).find(|&i| i != m).unwrap();
+    cluster.kill9(s);
+    sends.wait_more(100, ELECTION, "with one slave down");
+    let from = cluster.log_len(s);
+    cluster.restart(s).expect("restarting the slave");
+    let caught_up = wait_until(deadline(ELECTION), || {
+        cluster
+            .logs_since(s, from)
+            .iter()
+            .any(|l| l.contains("caught up with the master"))
+    });
+    let logs = cluster.logs_since(s, from);
+    assert!(
+        caught_up,
+        "the restarted slave (node {s}) did not log `caught up with the master`:\n{}",
+        logs.join("\n")
+    );
+    assert!(
+        logs.iter().any(|l| l.contains("catching up incrementally")),
+        "the restarted slave should catch up incrementally:\n{}",
+        logs.join("\n")
+    );
+    assert!(
+        !logs.iter().any(|l| l.contains("snapshot from the master")),
+        "the restarted slave received a snapshot instead of catching up incrementally:\n{}",
+        logs.join("\n")
+    );
+    sends.wait_more(100, ELECTION, "after the slave caught up");
+    cluster.kill9(m);
+    let n = cluster
+        .wait_for_new_master(m, deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("after kill -9 of master {m}: {e:#}"));
+    sends.wait_more(100, ELECTION, "after the master was killed");
+    let confirmed = sends.finish("slave catch-up");
+    let counts = drain(&cluster, n, queue).expect("consuming from the new master");
+    check_exactly_once(
+        "slave catch-up, then master killed",
+        &counts,
+        &confirmed,
+        &[],
+    );
+}
+
+// ----- 5. the ZooKeeper leader dies ----------------------------------------------------------
+
+/// The ZooKeeper leader killed while sends go on: the cluster keeps (or regains) a master, sends
+/// through the failover URL go on, nothing confirmed is lost.
+#[test]
+fn zookeeper_leader_killed_zk38() {
+    let mut cluster = Cluster::start(ZkVersion::V3_8, 3);
+    let m = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let queue = "/queue/zk-leader";
+    let sends = Background::start(&cluster, queue, "z");
+    sends.wait_more(100, ELECTION, "before the ZooKeeper leader is killed");
+    let leader = cluster.zk.leader().expect("a ZooKeeper leader");
+    let killed = Instant::now();
+    cluster.zk.kill(leader);
+    assert!(
+        wait_until(deadline(ELECTION), || cluster.zk.leader().is_some()),
+        "no new ZooKeeper leader"
+    );
+    eprintln!("new ZooKeeper leader after {:?}", killed.elapsed());
+    sends.wait_more(100, ELECTION, "after the ZooKeeper leader was killed");
+    let n = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("after the ZooKeeper leader was killed: {e:#}"));
+    eprintln!(
+        "master node {m} before, node {n} after ({:?} after the kill); role changes of node {m}: {:?}",
+        killed.elapsed(),
+        cluster.nodes[m].role_changes().len()
+    );
+    let confirmed = sends.finish("ZooKeeper leader killed");
+    let n = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let counts = drain(&cluster, n, queue).expect("consuming");
+    check_exactly_once("ZooKeeper leader killed", &counts, &confirmed, &[]);
+}
+
+// ----- 7. a divergent tail is truncated ------------------------------------------------------
+
+/// A master that lost both slaves writes records nobody confirms; it is killed; the former
+/// slaves elect a master of a new epoch that confirms more; the old master rejoins as slave and
+/// truncates its divergent tail. The unconfirmed messages never reach a consumer, even after the
+/// old master's store serves again.
+#[test]
+fn divergent_tail_truncated_zk38() {
+    let mut cluster = Cluster::start(ZkVersion::V3_8, 3);
+    let m = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let queue = "/queue/divergent";
+    let mut client = cluster.client(m).expect("a client of the master");
+    let mut confirmed = send_raw(&mut client, queue, "first", 20);
+    let slaves: Vec<usize> = (0..3).filter(|&i| i != m).collect();
+    cluster.kill9(slaves[0]);
+    cluster.kill9(slaves[1]);
+    // Stored by the master alone: never confirmed.
+    let unconfirmed: Vec<String> = (0..5).map(|i| format!("unconfirmed-{i}")).collect();
+    for body in &unconfirmed {
+        let frame = Frame::new("SEND")
+            .header("destination", queue)
+            .header("persistent", "true")
+            .header("receipt", format!("receipt-{body}"))
+            .body(body.as_bytes());
+        client
+            .send_frame(&frame)
+            .unwrap_or_else(|e| panic!("writing {body}: {e:#}"));
+    }
+    let end = deadline(Duration::from_secs(4));
+    let mut seen = Vec::new();
+    loop {
+        match client.poll(end.saturating_duration_since(Instant::now())) {
+            Ok(Incoming::Frame(f)) if f.command == "RECEIPT" => panic!(
+                "the master confirmed {:?} with both slaves down",
+                f.get("receipt-id")
+            ),
+            Ok(Incoming::Frame(f)) => seen.push(format!("{} {:?}", f.command, f.get("message"))),
+            Ok(Incoming::Closed) | Ok(Incoming::TimedOut) | Err(_) => break,
+        }
+    }
+    eprintln!("the master alone answered the unconfirmable sends with {seen:?}");
+    let master_log = cluster.log_len(m);
+    cluster.kill9(m);
+    let position = cluster.logs_since(m, 0).iter().rev().find_map(|l| {
+        l.contains("role change:")
+            .then(|| {
+                l.split_whitespace()
+                    .find(|f| f.starts_with("position="))
+                    .map(str::to_owned)
+            })
+            .flatten()
+    });
+    eprintln!("old master killed (last logged {position:?}; {master_log} log lines)");
+
+    cluster.restart(slaves[0]).expect("restarting a slave");
+    cluster.restart(slaves[1]).expect("restarting a slave");
+    let n = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("with the two former slaves back: {e:#}"));
+    assert_ne!(n, m);
+    confirmed.extend(send_raw(
+        &mut cluster.client(n).unwrap(),
+        queue,
+        "second",
+        20,
+    ));
+
+    let from = cluster.log_len(m);
+    cluster.restart(m).expect("restarting the old master");
+    let rejoined = wait_until(deadline(ELECTION), || {
+        let logs = cluster.logs_since(m, from);
+        logs.iter().any(|l| l.contains("role change: slave of"))
+            && logs.iter().any(|l| l.contains("caught up with the master"))
+    });
+    let logs = cluster.logs_since(m, from);
+    assert!(
+        rejoined,
+        "the old master (node {m}) did not rejoin and catch up as slave:\n{}",
+        logs.join("\n")
+    );
+    let truncation: Vec<&String> = logs.iter().filter(|l| l.contains("truncat")).collect();
+    assert!(
+        !truncation.is_empty(),
+        "the old master (node {m}) logged no truncation of its divergent tail:\n{}",
+        logs.join("\n")
+    );
+    eprintln!("old master's truncation: {truncation:?}");
+    assert_eq!(cluster.master(), Some(n), "{}", cluster.describe());
+    confirmed.extend(send_raw(
+        &mut cluster.client(n).unwrap(),
+        queue,
+        "third",
+        20,
+    ));
+
+    // The old master's store serves again: kill the master, so that the old master and the
+    // other node elect one of themselves.
+    cluster.kill9(n);
+    let k = cluster
+        .wait_for_new_master(n, deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("after kill -9 of master {n}: {e:#}"));
+    eprintln!("node {k} master after node {n} was killed (old master: node {m})");
+    let counts = drain(&cluster, k, queue).expect("consuming");
+    check_exactly_once("divergent tail", &counts, &confirmed, &unconfirmed);
+}
+
+// ----- 8. every node restarted ---------------------------------------------------------------
+
+/// All three nodes killed with kill -9 (the master first) and started again: a master is
+/// elected and nothing confirmed is lost.
+#[test]
+fn all_nodes_restarted_zk38() {
+    let mut cluster = Cluster::start(ZkVersion::V3_8, 3);
+    let m = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let queue = "/queue/restart-all";
+    let rt = runtime();
+    let client = connect(&rt, &cluster.failover_url());
+    let confirmed = rt.block_on(send_confirmed(&client, queue, "r", 300));
+    drop(client);
+    cluster.kill9(m);
+    for i in (0..3).filter(|&i| i != m) {
+        cluster.kill9(i);
+    }
+    for i in 0..3 {
+        cluster.restart(i).expect("restarting a node");
+    }
+    let restarted = Instant::now();
+    let n = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("after restarting every node: {e:#}"));
+    eprintln!(
+        "node {n} master {:?} after the restarts",
+        restarted.elapsed()
+    );
+    let counts = drain(&cluster, n, queue).expect("consuming");
+    check_exactly_once("all restarted", &counts, &confirmed, &[]);
+}
+
+// ----- 9. stomp.py with the three host/port pairs ----------------------------------------------
+
+/// Whether `python3` with the `stomp` module is available. Outside CI a missing one skips the
+/// test (with a message); under CI (`$CI` set) it fails it.
+fn stomp_py_available(test: &str) -> bool {
+    let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
+    let problem = match std::process::Command::new("python3")
+        .args(["-c", "import stomp"])
+        .output()
+    {
+        Err(e) => format!("python3 cannot be run: {e}"),
+        Ok(out) if !out.status.success() => format!(
+            "python3 cannot import stomp (pip install stomp.py): {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or_default()
+        ),
+        Ok(_) => return true,
+    };
+    assert!(!ci, "{problem}; CI must have it");
+    eprintln!("SKIPPED {test}: {problem}");
+    false
+}
+
+/// stomp.py given the three host/port pairs (`host_and_ports`, the master listed last) sends
+/// receipted messages, the master is killed, stomp.py reconnects through its list to the new
+/// master and sends more; every receipted message is consumed exactly once.
+#[test]
+fn stomp_py_fails_over_zk38() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    if !stomp_py_available("stomp_py_fails_over_zk38") {
+        return;
+    }
+    let mut cluster = Cluster::start(ZkVersion::V3_8, 3);
+    let m = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // The slaves first: stomp.py must get past live non-masters to the master.
+    let order: Vec<usize> = (0..3).filter(|&i| i != m).chain([m]).collect();
+    let script = ferromq_integration_tests::workspace_root()
+        .join("integration-tests/python/stomp_py_failover.py");
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .args(
+            order
+                .iter()
+                .map(|&i| format!("127.0.0.1:{}", cluster.nodes[i].port)),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running python3");
+    let mut stdin = child.stdin.take().expect("piped");
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let readers = [
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            })
+        },
+        {
+            let errors = errors.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("[stomp.py] {line}");
+                    errors.lock().unwrap().push(line);
+                }
+            })
+        },
+    ];
+    let has = |what: &str| lines.lock().unwrap().iter().any(|l| l == what);
+    let mut finished = None;
+    let phase1 = wait_until(deadline(Duration::from_secs(120)), || {
+        finished = child.try_wait().ok().flatten();
+        has("PHASE1") || finished.is_some()
+    });
+    assert!(
+        phase1 && has("PHASE1"),
+        "stomp.py did not confirm its first messages (exit: {finished:?}); stderr:\n{}",
+        errors.lock().unwrap().join("\n")
+    );
+    cluster.kill9(m);
+    let n = cluster
+        .wait_for_new_master(m, deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("after kill -9 of master {m}: {e:#}"));
+    eprintln!("node {n} master after node {m} was killed; stomp.py goes on");
+    writeln!(stdin, "go").expect("writing to stomp.py");
+    let done = wait_until(deadline(Duration::from_secs(180)), || {
+        finished = child.try_wait().ok().flatten();
+        finished.is_some()
+    });
+    if !done {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    let stderr = errors.lock().unwrap().join("\n");
+    assert!(
+        finished.is_some_and(|s| s.success()) && has("DONE"),
+        "stomp.py failed after the master was killed (exit: {finished:?}); stderr:\n{stderr}"
+    );
+    let confirmed: BTreeSet<String> = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.strip_prefix("CONFIRMED ").map(str::to_string))
+        .collect();
+    assert_eq!(confirmed.len(), 100, "stomp.py's receipted messages");
+    let counts = drain(&cluster, n, "/queue/stomp-py-failover").expect("consuming");
+    check_exactly_once("stomp.py failover", &counts, &confirmed, &[]);
 }
