@@ -239,7 +239,7 @@ impl Lifecycle {
         roles: &mut watch::Receiver<Role>,
     ) -> anyhow::Result<()> {
         let config = &self.config;
-        self.listeners.set_mode(Mode::Refuse(format!(
+        self.listeners.set_mode(Mode::Closed(format!(
             "not the master: this node is a slave of {master} (epoch {epoch})"
         )));
         let (durable_tx, durable_rx) = watch::channel(Position(0));

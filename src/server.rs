@@ -29,9 +29,12 @@ const DETECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum Mode {
     /// This node is the master (or standalone): serve clients with this broker core.
     Serve(Broker),
-    /// Not the master: answer with an ERROR frame giving the reason and close, so a failover
-    /// client moves on at once and a person sees why.
+    /// No master to send clients to (no quorum, election under way): answer with an ERROR
+    /// frame giving the reason and close, so a client is told why instead of waiting.
     Refuse(String),
+    /// A master serves elsewhere: the client port is closed, so every client (ferromq's,
+    /// stomp.py, a JMS failover transport) is refused at connect and tries the next address.
+    Closed(String),
 }
 
 /// The client connectors of a node, bound once for the life of the process. Their mode says
@@ -203,11 +206,41 @@ async fn accept_loop(
     mut mode: watch::Receiver<Mode>,
     stomp_options: Arc<StompOptions>,
 ) {
+    let address = match listener.local_addr() {
+        Ok(address) => address,
+        Err(e) => {
+            tracing::error!(error = %e, "listener has no local address");
+            return;
+        }
+    };
+    let mut listener = Some(listener);
     // Connections served under the current mode; dropped (so aborted) when the mode changes.
     let mut connections = JoinSet::new();
     loop {
+        let closed = matches!(&*mode.borrow(), Mode::Closed(_));
+        if closed && listener.is_some() {
+            // A slave does not listen: clients get "connection refused" and try the next
+            // address at once (stomp.py and other clients without ferromq's ERROR handling too).
+            listener = None;
+            tracing::info!(%address, "client port closed while this node is not the master");
+        } else if !closed && listener.is_none() {
+            match TcpListener::bind(address).await {
+                Ok(l) => {
+                    tracing::info!(%address, "client port open again");
+                    listener = Some(l);
+                }
+                Err(e) => {
+                    tracing::warn!(%address, error = %e, "cannot reopen the client port; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        changed = mode.changed() => if changed.is_err() { return },
+                    }
+                    continue;
+                }
+            }
+        }
         tokio::select! {
-            accepted = listener.accept() => {
+            accepted = accept(listener.as_ref()) => {
                 let (socket, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
@@ -226,7 +259,7 @@ async fn accept_loop(
                             handle_connection(socket, peer, scheme, broker, stomp_options).await;
                         });
                     }
-                    Mode::Refuse(reason) => {
+                    Mode::Refuse(reason) | Mode::Closed(reason) => {
                         tokio::spawn(refuse(socket, peer, reason.clone()));
                     }
                 }
@@ -242,6 +275,14 @@ async fn accept_loop(
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
+    }
+}
+
+/// Accepts on `listener`, or waits forever when the port is closed.
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
     }
 }
 

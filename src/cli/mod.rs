@@ -141,7 +141,10 @@ async fn status(args: StatusArgs) -> ExitCode {
         None => ExitCode::SUCCESS,
         Some(expected) => match health_problems(&members, expected) {
             problems if problems.is_empty() => {
-                eprintln!("OK: a master serves and {} members are registered", members.len());
+                eprintln!(
+                    "OK: a master serves and {} members are registered",
+                    members.len()
+                );
                 ExitCode::SUCCESS
             }
             problems => {
