@@ -1,0 +1,121 @@
+//! CONNECT-time behaviour a user sees: login against configured users, and heart-beating in
+//! both directions.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use ferromq_integration_tests::{deadline, BrokerProcess, Incoming, StompClient, FRAME_TIMEOUT};
+
+const USERS: &str = "[broker.users]\napp = \"s3cret\"\n";
+
+/// Opens a raw connection and sends CONNECT with `headers`; returns the first frame's command
+/// and whether the broker then closed the connection.
+fn connect_outcome(
+    broker: &BrokerProcess,
+    headers: &[(&str, &str)],
+) -> Result<(String, String, bool)> {
+    let mut client = StompClient::open(broker.addr())?;
+    let mut frame = String::from("CONNECT\naccept-version:1.2\nhost:localhost\n");
+    for (k, v) in headers {
+        frame.push_str(&format!("{k}:{v}\n"));
+    }
+    frame.push_str("\n\0");
+    client.write_raw(frame.as_bytes())?;
+    let answer = client.expect_frame(FRAME_TIMEOUT)?;
+    let message = answer.get("message").unwrap_or("").to_string();
+    let closed =
+        answer.command == "ERROR" && matches!(client.poll(FRAME_TIMEOUT)?, Incoming::Closed);
+    Ok((answer.command, message, closed))
+}
+
+#[test]
+fn login_is_checked_when_users_are_configured() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), USERS)?;
+
+    let (command, message, closed) = connect_outcome(&broker, &[])?;
+    ensure!(
+        command == "ERROR" && closed,
+        "no credentials: got {command} {message}"
+    );
+    ensure!(message.contains("invalid"), "the ERROR says why: {message}");
+
+    let (command, _, closed) =
+        connect_outcome(&broker, &[("login", "app"), ("passcode", "wrong")])?;
+    ensure!(command == "ERROR" && closed, "a wrong passcode is refused");
+
+    let (command, _, _) = connect_outcome(&broker, &[("login", "app"), ("passcode", "s3cret")])?;
+    ensure!(
+        command == "CONNECTED",
+        "the right passcode connects, got {command}"
+    );
+    Ok(())
+}
+
+#[test]
+fn anyone_connects_without_configured_users() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), "")?;
+    let (command, _, _) = connect_outcome(&broker, &[("login", "who"), ("passcode", "ever")])?;
+    ensure!(command == "CONNECTED");
+    Ok(())
+}
+
+#[test]
+fn the_broker_sends_heart_beats_when_asked() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), "")?;
+    let mut stream = TcpStream::connect(broker.addr())?;
+    // We send nothing (0) and want to hear from the broker every 200 ms.
+    stream.write_all(b"CONNECT\naccept-version:1.2\nhost:localhost\nheart-beat:0,200\n\n\0")?;
+    stream.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let mut received = Vec::new();
+    let end = deadline(Duration::from_secs(10));
+    let mut buf = [0u8; 1024];
+    // Wait for CONNECTED, then for at least three heart-beat EOLs after it.
+    let eols_after_connected = |bytes: &[u8]| -> Option<usize> {
+        let nul = bytes.iter().position(|b| *b == 0)?;
+        Some(bytes[nul + 1..].iter().filter(|b| **b == b'\n').count())
+    };
+    while eols_after_connected(&received).unwrap_or(0) < 3 {
+        ensure!(
+            std::time::Instant::now() < end,
+            "no heart-beats: {:?}",
+            String::from_utf8_lossy(&received)
+        );
+        match stream.read(&mut buf) {
+            Ok(0) => anyhow::bail!("the broker closed the connection"),
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let text = String::from_utf8_lossy(&received);
+    ensure!(text.starts_with("CONNECTED\n"), "{text}");
+    ensure!(
+        text.contains("heart-beat:200,0"),
+        "negotiated heart-beat in CONNECTED: {text}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_client_that_stops_heart_beating_is_disconnected() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), "")?;
+    let mut client = StompClient::open(broker.addr())?;
+    // We promise a heart-beat every 200 ms, then fall silent.
+    client.write_raw(b"CONNECT\naccept-version:1.2\nhost:localhost\nheart-beat:200,0\n\n\0")?;
+    let connected = client.expect_frame(FRAME_TIMEOUT)?;
+    ensure!(connected.command == "CONNECTED");
+    match client.poll(Duration::from_secs(10))? {
+        Incoming::Closed => Ok(()),
+        other => anyhow::bail!("expected the broker to close a silent client, got {other:?}"),
+    }
+}
