@@ -193,7 +193,7 @@ failover() {
   [ -n "$line" ] && t_reconnect=$(ts "$(awk '{print $1}' <<< "$line")")
   jq -c --argjson rep "$rep" --argjson killed "$m" --argjson new "${new:-null}" --argjson kill_t "$kill_t" \
      --argjson t_master "$t_master" --argjson t_reconnect "$t_reconnect" --arg load "$(cut -d' ' -f1 /proc/loadavg)" \
-     '{scenario: "failover", rep: $rep, killed: $killed, new_master: $new,
+     '{scenario: "failover", rep: $rep, killed: $killed, new_master: $new, kill_t: $kill_t,
        election_s: (if $t_master then $t_master - $kill_t else null end),
        reconnect_s: (if $t_reconnect then $t_reconnect - $kill_t else null end),
        max_gap_s: (.produce.latency.max_us / 1e6), load1_after: ($load | tonumber), bench: .}' \
