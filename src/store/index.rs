@@ -20,12 +20,20 @@
 //! tail may be lost or even partly reordered; an index left open by an earlier boot is
 //! therefore rebuilt. After a mere process crash the operating system still holds every write
 //! in order, and the index is a consistent (possibly lagging) prefix that is caught up.
+//!
+//! The operations of appended records are queued ([`Index::queue`]) and applied only once the
+//! journal has written those records (its written watermark covers them), so the index never
+//! gets ahead of the journal: after a process crash it is caught up, not rebuilt. The thread is
+//! not woken per append: it is woken when the queue becomes non-empty, then applies whatever is
+//! written every [`FLUSH_INTERVAL`] in one write batch, while anything is queued.
 
+use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use prost::Message as _;
 use rusty_leveldb::{LdbIterator, Options, StatusCode, WriteBatch, DB};
@@ -282,11 +290,26 @@ pub(crate) fn mark_clean(directory: &Path) -> Result<(), StoreError> {
 // The index thread
 
 enum Command {
-    Apply { ops: Vec<IndexOp>, end: Position },
+    Apply {
+        ops: Vec<IndexOp>,
+        end: Position,
+    },
+    /// Something was queued: apply what is written (now, and then periodically).
+    Flush,
+    /// Tests: stop at once, dropping what is queued, as a killed process would.
+    #[cfg(test)]
+    Crash(mpsc::Sender<()>),
     Load(mpsc::Sender<Result<IndexSnapshot, StoreError>>),
     Wipe(mpsc::Sender<Result<(), StoreError>>),
     Close(mpsc::Sender<Result<(), StoreError>>),
 }
+
+/// The journal's written watermark (everything before it is written to the operating system).
+pub(crate) type WrittenFn = Box<dyn Fn() -> Position + Send>;
+
+/// Operations of appended records with the journal end after them, oldest first, waiting for
+/// the journal to write them.
+type Queue = Arc<Mutex<VecDeque<(Vec<IndexOp>, Position)>>>;
 
 /// Handle to the index thread.
 pub(crate) struct Index {
@@ -294,16 +317,24 @@ pub(crate) struct Index {
     sender: Option<mpsc::Sender<Command>>,
     thread: Option<JoinHandle<()>>,
     failed: Arc<AtomicBool>,
+    queue: Queue,
 }
 
 /// Most operations merged into one write batch.
 const MAX_BATCH_OPS: usize = 50_000;
+/// While operations are queued, the thread applies what the journal has written this often.
+pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
+/// LevelDB's memtable: the larger, the rarer the compactions (run inline in a write).
+const WRITE_BUFFER_SIZE: usize = 32 << 20;
 
 impl Index {
     /// Opens (or creates) the LevelDB database at `path` on its own thread. A database that
     /// does not open (other than being locked) is wiped and recreated: the reason is returned.
-    pub fn open(path: PathBuf) -> Result<(Index, Option<String>), StoreError> {
+    /// `written` is the journal's written watermark: queued operations wait for it.
+    pub fn open(path: PathBuf, written: WrittenFn) -> Result<(Index, Option<String>), StoreError> {
         let failed = Arc::new(AtomicBool::new(false));
+        let queue = Queue::default();
+        let worker_queue = queue.clone();
         let (sender, receiver) = mpsc::channel();
         let (opened, wait) = mpsc::channel();
         let worker_path = path.clone();
@@ -315,6 +346,8 @@ impl Index {
                     path: worker_path,
                     db: None,
                     failed: worker_failed,
+                    queue: worker_queue,
+                    written,
                 };
                 let result = worker.open();
                 let ok = result.is_ok();
@@ -338,14 +371,44 @@ impl Index {
                 sender: Some(sender),
                 thread: Some(thread),
                 failed,
+                queue,
             },
             wiped,
         ))
     }
 
-    /// Queues operations and the new journal end applied; false if the thread is gone.
+    /// Applies operations of records the journal has already written, and the new journal end
+    /// applied; false if the thread is gone.
     pub fn apply(&self, ops: Vec<IndexOp>, end: Position) -> bool {
         !self.failed() && self.send(Command::Apply { ops, end }).is_ok()
+    }
+
+    /// Queues operations of records just appended, up to journal position `end`: they are
+    /// applied once the journal's written watermark reaches `end`. False if the thread is gone.
+    pub fn queue(&self, ops: Vec<IndexOp>, end: Position) -> bool {
+        if self.failed() || self.sender.is_none() {
+            return false;
+        }
+        let was_empty = {
+            let mut queue = self.queue.lock().unwrap();
+            let was_empty = queue.is_empty();
+            queue.push_back((ops, end));
+            was_empty
+        };
+        !was_empty || self.send(Command::Flush).is_ok()
+    }
+
+    /// Stops the thread as a crash would: queued operations are lost (tests).
+    #[cfg(test)]
+    pub fn crash(mut self) {
+        let (reply, answer) = mpsc::channel();
+        if self.send(Command::Crash(reply)).is_ok() {
+            let _ = answer.recv();
+        }
+        self.sender.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 
     pub fn failed(&self) -> bool {
@@ -407,6 +470,8 @@ struct Worker {
     path: PathBuf,
     db: Option<DB>,
     failed: Arc<AtomicBool>,
+    queue: Queue,
+    written: WrittenFn,
 }
 
 impl Worker {
@@ -420,6 +485,7 @@ impl Worker {
     fn open_db(&self) -> Result<DB, rusty_leveldb::Status> {
         let options = Options {
             create_if_missing: true,
+            write_buffer_size: WRITE_BUFFER_SIZE,
             ..Options::default()
         };
         DB::open(&self.path, options)
@@ -442,6 +508,7 @@ impl Worker {
     }
 
     fn wipe(&mut self) -> Result<(), StoreError> {
+        self.queue.lock().unwrap().clear();
         self.db = None;
         match fs::remove_dir_all(&self.path) {
             Ok(()) => {}
@@ -475,9 +542,17 @@ impl Worker {
         loop {
             let command = match next.take() {
                 Some(command) => command,
-                None => match receiver.recv() {
+                None if self.queue.lock().unwrap().is_empty() => match receiver.recv() {
                     Ok(command) => command,
                     Err(_) => break,
+                },
+                None => match receiver.recv_timeout(FLUSH_INTERVAL) {
+                    Ok(command) => command,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.flush_queue();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 },
             };
             match command {
@@ -504,6 +579,14 @@ impl Worker {
                     batch.put(META_END, &end.0.to_be_bytes());
                     self.write(batch, next.is_none());
                 }
+                Command::Flush => self.flush_queue(),
+                #[cfg(test)]
+                Command::Crash(reply) => {
+                    self.queue.lock().unwrap().clear();
+                    self.db = None;
+                    let _ = reply.send(());
+                    return;
+                }
                 Command::Load(reply) => {
                     let _ = reply.send(self.load());
                 }
@@ -511,14 +594,37 @@ impl Worker {
                     let _ = reply.send(self.wipe());
                 }
                 Command::Close(reply) => {
+                    self.flush_queue();
                     let _ = reply.send(self.close());
                     return;
                 }
             }
         }
+        self.flush_queue();
         if let Some(db) = self.db.as_mut() {
             let _ = db.flush();
         }
+    }
+
+    /// Applies, in one batch, the queued operations of every record the journal has written.
+    fn flush_queue(&mut self) {
+        let taken: Vec<(Vec<IndexOp>, Position)> = {
+            let mut queue = self.queue.lock().unwrap();
+            // Read under the lock: whatever was queued before was appended before this.
+            let written = (self.written)();
+            let ready = queue.iter().take_while(|(_, end)| *end <= written).count();
+            queue.drain(..ready).collect()
+        };
+        let Some(&(_, end)) = taken.last() else {
+            return;
+        };
+        let mut batch = WriteBatch::default();
+        for (ops, _) in taken {
+            add_ops(&mut batch, ops);
+        }
+        batch.put(META_VERSION, &INDEX_VERSION.to_be_bytes());
+        batch.put(META_END, &end.0.to_be_bytes());
+        self.write(batch, true);
     }
 
     /// Writes a batch (never synced: the journal is what is durable); hands LevelDB's buffer to
@@ -687,14 +793,14 @@ mod tests {
     fn index_survives_close_and_wipe_empties_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index");
-        let (index, wiped) = Index::open(path.clone()).unwrap();
+        let (index, wiped) = Index::open(path.clone(), Box::new(|| Position(u64::MAX))).unwrap();
         assert_eq!(wiped, None);
         index.apply(
             vec![IndexOp::Put(message_key("q", MessageKey(1)), vec![])],
             Position(10),
         );
         index.close().unwrap();
-        let (index, _) = Index::open(path.clone()).unwrap();
+        let (index, _) = Index::open(path.clone(), Box::new(|| Position(u64::MAX))).unwrap();
         let snapshot = index.load().unwrap();
         assert_eq!(snapshot.end, Some(Position(10)));
         assert_eq!(snapshot.messages.len(), 1);

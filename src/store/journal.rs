@@ -10,6 +10,14 @@
 //! retry a failed write or fsync (the journal stops instead); interpret records beyond checking
 //! that their frames decode; let a reader see bytes that are not yet written.
 //!
+//! Preallocation: the current segment is extended to `log_size` when it is created (with
+//! `fallocate`, or by writing zeros where the filesystem cannot), and frames overwrite it in
+//! place, so a batch's `fdatasync` does not also have to write the file's new size. The data of
+//! a segment therefore ends at its first all-zero frame header (no frame has an empty body, see
+//! [`super::record`]), or at the end of the file; everything after that header must be zero, or
+//! the tail counts as torn. A segment that stops being the current one is cut to the length of
+//! its data.
+//!
 //! Released segments: a segment in the middle of the journal that the store releases is
 //! truncated to zero bytes but keeps its name (a *tombstone*), so that recovery can tell a
 //! released range from a lost file: a zero-length file that is not the last one covers the
@@ -26,12 +34,11 @@ use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use bytes::{Bytes, BytesMut};
-use prost::Message as _;
 use tracing::{debug, error, info, warn};
 
 use super::record::{
-    check_frame, decode_frame, encode_frame, FrameError, Position, Record, FRAME_HEADER_LEN,
-    MAX_RECORD_LEN,
+    check_frame, decode_frame, encode_frame, encoded_body_len, FrameError, Position, Record,
+    FRAME_HEADER_LEN, MAX_RECORD_LEN,
 };
 use super::StoreError;
 
@@ -124,6 +131,42 @@ fn io_error(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error)
     }
 }
 
+/// Extends `file` to `len` bytes of allocated zeros (never shrinks it): `fallocate`, or zeros
+/// written in chunks on filesystems without it. Either way later writes below `len` overwrite
+/// allocated blocks and leave the file size alone.
+fn preallocate(file: &File, len: u64, path: &Path) -> Result<(), StoreError> {
+    use std::os::fd::AsRawFd;
+    let size = file.metadata().map_err(io_error("stat", path))?.len();
+    if size >= len {
+        return Ok(());
+    }
+    let Ok(wanted) = libc::off_t::try_from(len) else {
+        return Ok(());
+    };
+    loop {
+        // SAFETY: a plain syscall on a file descriptor this function borrows.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, wanted) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let error = std::io::Error::last_os_error();
+        match error.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => break,
+            _ => return Err(io_error("preallocate", path)(error)),
+        }
+    }
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    let mut at = size;
+    while at < len {
+        let n = (len - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], at)
+            .map_err(io_error("preallocate", path))?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 fn sync_directory(directory: &Path) -> Result<(), StoreError> {
     File::open(directory)
         .and_then(|d| d.sync_all())
@@ -168,6 +211,9 @@ struct Shared {
     failure: Mutex<Option<String>>,
     /// The written end, for replication (updated after each write, before the fsync).
     written_watch: tokio::sync::watch::Sender<Position>,
+    /// Tests: the writer stops without writing anything more (a killed process).
+    #[cfg(test)]
+    crashed: AtomicBool,
 }
 
 impl Shared {
@@ -246,6 +292,7 @@ impl Journal {
             .write(true)
             .open(&current_path)
             .map_err(io_error("open for append", &current_path))?;
+        preallocate(&file, options.log_size, &current_path)?;
         if options.fsync {
             // A previous run without fsync may have left recovered bytes only in the page cache.
             file.sync_data().map_err(io_error("fsync", &current_path))?;
@@ -267,12 +314,15 @@ impl Journal {
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
             written_watch: tokio::sync::watch::channel(Position(recovery.end)).0,
+            #[cfg(test)]
+            crashed: AtomicBool::new(false),
         });
         let (sender, receiver) = mpsc::channel();
         let writer = Writer {
             shared: shared.clone(),
             receiver,
             fsync: options.fsync,
+            log_size: options.log_size,
             on_durable,
             file,
             file_start: current_start,
@@ -305,7 +355,7 @@ impl Journal {
     /// writer. Never blocks on I/O.
     pub fn append(&mut self, record: &Record) -> Result<Appended, StoreError> {
         self.check_failed()?;
-        let len = record.encoded_len();
+        let len = encoded_body_len(record);
         if len > MAX_RECORD_LEN {
             return Err(StoreError::RecordTooLarge {
                 len,
@@ -592,6 +642,13 @@ impl Journal {
         guard
     }
 
+    /// Makes the writer stop without writing anything it has not written yet, as soon as it
+    /// handles its next command (tests: a killed process; see [`Journal::hold_writer`]).
+    #[cfg(test)]
+    pub(crate) fn crash_after_hold(&self) {
+        self.shared.crashed.store(true, Ordering::Release);
+    }
+
     /// Waits for the writer to write and sync everything queued; reports the first failure.
     pub fn close(mut self) -> Result<(), StoreError> {
         self.shutdown()
@@ -697,13 +754,20 @@ fn recover(directory: &Path, fsync: bool) -> Result<Recovery, StoreError> {
                 break;
             }
         }
-        let size = fs::metadata(&path).map_err(io_error("stat", &path))?.len();
-        if size == 0 && !is_last {
+        let scan = scan_segment(&path).map_err(io_error("read", &path))?;
+        if scan.valid_len == 0 && scan.problem.is_none() && !is_last {
+            // A tombstone (possibly still preallocated, if the cut did not reach the disk).
+            if scan.size > 0 {
+                cut_to(&path, 0, fsync)?;
+            }
             kept.push((start, 0, true));
             expected = None;
             continue;
         }
-        let scan = scan_segment(&path).map_err(io_error("read", &path))?;
+        if scan.problem.is_none() && !is_last && scan.valid_len < scan.size {
+            // A finished segment whose preallocated tail was not cut yet.
+            cut_to(&path, scan.valid_len, fsync)?;
+        }
         recovered_frames += scan.frames;
         kept.push((start, scan.valid_len, false));
         expected = Some(start + scan.valid_len);
@@ -779,6 +843,18 @@ fn normalize(directory: &Path, kept: &mut Vec<(u64, u64, bool)>) -> Result<(), S
     Ok(())
 }
 
+fn cut_to(path: &Path, len: u64, fsync: bool) -> Result<(), StoreError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_error("open for truncation", path))?;
+    file.set_len(len).map_err(io_error("truncate", path))?;
+    if fsync {
+        file.sync_all().map_err(io_error("fsync", path))?;
+    }
+    Ok(())
+}
+
 fn delete_unreachable(directory: &Path, starts: &[u64], fsync: bool) -> Result<(), StoreError> {
     let names: Vec<String> = starts
         .iter()
@@ -800,6 +876,9 @@ fn delete_unreachable(directory: &Path, starts: &[u64], fsync: bool) -> Result<(
 }
 
 struct Scan {
+    /// Size of the file.
+    size: u64,
+    /// Length of the valid frames (the data); zeros may follow up to `size`.
     valid_len: u64,
     frames: u64,
     /// Why the segment stops being valid at `valid_len` (before its end), if it does.
@@ -823,6 +902,15 @@ fn scan_segment(path: &Path) -> std::io::Result<Scan> {
         }
         let mut header = [0u8; FRAME_HEADER_LEN];
         input.read_exact(&mut header)?;
+        if header == [0u8; FRAME_HEADER_LEN] {
+            // The end of the data in a preallocated segment: only zeros may follow.
+            break first_non_zero(&mut input, remaining - FRAME_HEADER_LEN as u64)?.map(|at| {
+                format!(
+                    "zero frame header followed by non-zero bytes {} bytes later",
+                    at + FRAME_HEADER_LEN as u64
+                )
+            });
+        }
         let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
         if len > MAX_RECORD_LEN {
             break Some(FrameError::TooLarge(len, MAX_RECORD_LEN).to_string());
@@ -847,10 +935,32 @@ fn scan_segment(path: &Path) -> std::io::Result<Scan> {
         frames += 1;
     };
     Ok(Scan {
+        size,
         valid_len: offset,
         frames,
         problem,
     })
+}
+
+/// Length of the data (valid frames) in a segment file, preallocated tail excluded (tests).
+#[cfg(test)]
+pub(crate) fn data_len(path: &Path) -> u64 {
+    scan_segment(path).unwrap().valid_len
+}
+
+/// The offset of the first non-zero byte among the next `n` bytes of `input`, if any.
+fn first_non_zero(input: &mut impl Read, n: u64) -> std::io::Result<Option<u64>> {
+    let mut chunk = vec![0u8; READ_CHUNK];
+    let mut at = 0u64;
+    while at < n {
+        let len = (n - at).min(chunk.len() as u64) as usize;
+        input.read_exact(&mut chunk[..len])?;
+        if let Some(i) = chunk[..len].iter().position(|&b| b != 0) {
+            return Ok(Some(at + i as u64));
+        }
+        at += len as u64;
+    }
+    Ok(None)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -860,6 +970,8 @@ struct Writer {
     shared: Arc<Shared>,
     receiver: mpsc::Receiver<Command>,
     fsync: bool,
+    /// Segments are preallocated to this size.
+    log_size: u64,
     on_durable: DurableCallback,
     /// The current segment, its start and the bytes already written into it.
     file: File,
@@ -902,6 +1014,11 @@ impl Writer {
     }
 
     fn handle(&mut self, command: Command) -> Result<(), StoreError> {
+        #[cfg(test)]
+        if self.shared.crashed.load(Ordering::Acquire) {
+            self.buffer.clear();
+            return Err(StoreError::JournalFailed("crashed (test)".into()));
+        }
         match command {
             Command::Append { bytes, new_segment } => {
                 if let Some(start) = new_segment {
@@ -964,12 +1081,18 @@ impl Writer {
 
     fn rotate(&mut self, start: u64) -> Result<(), StoreError> {
         self.write_buffer()?;
+        // The finished segment keeps only its data (a tombstone of a skipped range: none).
+        self.file.set_len(self.file_offset).map_err(io_error(
+            "cut the preallocated tail of",
+            &self.current_path(),
+        ))?;
         let path = segment_path(&self.shared.directory, start);
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)
             .map_err(io_error("create segment", &path))?;
+        preallocate(&file, self.log_size, &path)?;
         let previous = std::mem::replace(&mut self.file, file);
         if self.fsync {
             self.to_sync.push((self.file_start, previous));
@@ -1107,6 +1230,7 @@ impl Writer {
         self.file
             .set_len(position - containing)
             .map_err(io_error("truncate", &path))?;
+        preallocate(&self.file, self.log_size, &path)?;
         // Always synced: new frames must never land before stale ones in a file whose
         // truncation was lost.
         self.file.sync_all().map_err(io_error("fsync", &path))?;
@@ -1145,6 +1269,7 @@ impl Writer {
             .map_err(io_error("create segment", &path))?;
         map.insert(start, Segment::new(SegmentState::Live));
         drop(map);
+        preallocate(&self.file, self.log_size, &path)?;
         self.file.sync_all().map_err(io_error("fsync", &path))?;
         sync_directory(&directory)?;
         self.file_start = start;
@@ -1474,7 +1599,7 @@ mod tests {
     }
 
     fn frame_len(record: &Record) -> u64 {
-        (FRAME_HEADER_LEN + record.encoded_len()) as u64
+        (FRAME_HEADER_LEN + encoded_body_len(record)) as u64
     }
 
     fn open(dir: &Path, log_size: u64, fsync: bool) -> (Journal, mpsc::Receiver<Position>) {
@@ -1518,7 +1643,7 @@ mod tests {
             .filter_map(|e| {
                 let e = e.unwrap();
                 let start = parse_segment_name(e.file_name().to_str()?)?;
-                Some((start, e.metadata().unwrap().len()))
+                Some((start, data_len(&e.path())))
             })
             .collect();
         files.sort();
@@ -1607,13 +1732,14 @@ mod tests {
         }
         journal.close().unwrap();
         let path = segment_path(dir.path(), 0);
-        let full = fs::read(&path).unwrap();
+        let mut full = fs::read(&path).unwrap();
+        full.truncate(data_len(&path) as usize);
         let last = full.len() as u64 - frame_len(&records[2]);
         for cut in last..full.len() as u64 {
             fs::write(&path, &full[..cut as usize]).unwrap();
             let (mut journal, rx) = open(dir.path(), 1 << 20, false);
             assert_eq!(journal.end(), Position(last), "cut at {cut}");
-            assert_eq!(fs::metadata(&path).unwrap().len(), last, "cut at {cut}");
+            assert_eq!(data_len(&path), last, "cut at {cut}");
             let recovered: Vec<Record> = all_records(&journal).into_iter().map(|r| r.1).collect();
             assert_eq!(recovered, records[..2].to_vec(), "cut at {cut}");
             let appended = journal.append(&record(7, 3)).unwrap();
@@ -1686,12 +1812,13 @@ mod tests {
             journal.close().unwrap();
             let path = segment_path(dir.path(), 0);
             let mut bytes = fs::read(&path).unwrap();
+            bytes.truncate(end.0 as usize);
             bytes.extend_from_slice(&garbage);
             bytes.extend_from_slice(&[0u8; 64]);
             fs::write(&path, &bytes).unwrap();
             let (journal, _rx) = open(dir.path(), 1 << 20, false);
             assert_eq!(journal.end(), end);
-            assert_eq!(fs::metadata(&path).unwrap().len(), end.0);
+            assert_eq!(data_len(&path), end.0);
         }
     }
 
@@ -1914,6 +2041,160 @@ mod tests {
         );
         assert_eq!(journal.stats().durable, durable);
         assert!(matches!(journal.close(), Err(StoreError::JournalFailed(_))));
+    }
+
+    fn physical_len(path: &Path) -> u64 {
+        fs::metadata(path).unwrap().len()
+    }
+
+    #[test]
+    fn segments_are_preallocated_and_reopen_finds_the_end_of_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_size = 64 << 10;
+        let path = segment_path(dir.path(), 0);
+        let (mut journal, rx) = open(dir.path(), log_size, true);
+        assert_eq!(physical_len(&path), log_size, "preallocated at creation");
+        let mut expected = Vec::new();
+        for n in 0..5 {
+            let appended = journal.append(&record(n, 100)).unwrap();
+            expected.push((appended.position, record(n, 100)));
+        }
+        // A record that prost encodes as nothing still takes a non-empty frame.
+        let empty = journal.append(&Record::default()).unwrap();
+        assert_eq!(empty.len, FRAME_HEADER_LEN as u64 + 2);
+        expected.push((empty.position, Record::default()));
+        wait_durable(&rx, journal.end());
+        assert_eq!(physical_len(&path), log_size, "frames overwrite in place");
+        let end = journal.end();
+        journal.close().unwrap();
+
+        let (mut journal, rx) = open(dir.path(), log_size, true);
+        assert_eq!(journal.end(), end);
+        assert_eq!(all_records(&journal), expected);
+        assert_eq!(physical_len(&path), log_size);
+        let next = journal.append(&record(9, 10)).unwrap();
+        assert_eq!(next.position, end);
+        wait_durable(&rx, journal.end());
+        journal.close().unwrap();
+        let (journal, _rx) = open(dir.path(), log_size, false);
+        assert_eq!(all_records(&journal).len(), 7);
+        // An old journal without preallocation (data to the end of the file) still opens.
+        let end = journal.end();
+        journal.close().unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(end.0)
+            .unwrap();
+        let (journal, _rx) = open(dir.path(), log_size, false);
+        assert_eq!(journal.end(), end);
+        assert_eq!(physical_len(&path), log_size);
+    }
+
+    #[test]
+    fn a_torn_frame_inside_a_preallocated_segment_is_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_size = 64 << 10;
+        let path = segment_path(dir.path(), 0);
+        let (mut journal, _rx) = open(dir.path(), log_size, false);
+        journal.append(&record(1, 100)).unwrap();
+        let end = journal.end();
+        let torn = record(2, 300);
+        journal.append(&torn).unwrap();
+        journal.close().unwrap();
+        let full = fs::read(&path).unwrap();
+        assert_eq!(full.len() as u64, log_size);
+        let frame_end = (end.0 + frame_len(&torn)) as usize;
+        // Cut the second frame anywhere after its first byte: the rest reads as zeros.
+        for cut in [
+            end.0 as usize + 1,
+            end.0 as usize + 4,
+            end.0 as usize + 8,
+            frame_end - 1,
+        ] {
+            let mut bytes = full.clone();
+            bytes[cut..frame_end].fill(0);
+            fs::write(&path, &bytes).unwrap();
+            let (mut journal, rx) = open(dir.path(), log_size, false);
+            assert_eq!(journal.end(), end, "cut at {cut}");
+            assert_eq!(physical_len(&path), log_size, "cut at {cut}");
+            let on_disk = fs::read(&path).unwrap();
+            assert!(
+                on_disk[end.0 as usize..].iter().all(|&b| b == 0),
+                "the torn bytes are gone (cut at {cut})"
+            );
+            assert_eq!(all_records(&journal).len(), 1);
+            journal.append(&record(3, 5)).unwrap();
+            wait_durable(&rx, journal.end());
+            journal.close().unwrap();
+        }
+        // A zero header followed by data (a lost write in the middle) also ends the journal.
+        let mut bytes = full.clone();
+        bytes[end.0 as usize..end.0 as usize + FRAME_HEADER_LEN].fill(0);
+        fs::write(&path, &bytes).unwrap();
+        let (journal, _rx) = open(dir.path(), log_size, false);
+        assert_eq!(journal.end(), end);
+        assert!(fs::read(&path).unwrap()[end.0 as usize..]
+            .iter()
+            .all(|&b| b == 0));
+    }
+
+    #[test]
+    fn rotation_cuts_finished_segments_and_tolerates_an_uncut_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, rx, positions) = four_segments(dir.path(), true);
+        wait_durable(&rx, journal.end());
+        let log_size = positions[3];
+        let end = journal.end();
+        journal.close().unwrap();
+        let starts = [0, positions[3], positions[6], positions[9]];
+        for pair in starts.windows(2) {
+            assert_eq!(
+                physical_len(&segment_path(dir.path(), pair[0])),
+                pair[1] - pair[0],
+                "finished segment {} keeps only its data",
+                pair[0]
+            );
+        }
+        let current = segment_path(dir.path(), positions[9]);
+        assert_eq!(physical_len(&current), log_size);
+
+        // A crash before the cut reached the disk: a finished segment with a zero tail.
+        let middle = segment_path(dir.path(), positions[3]);
+        OpenOptions::new()
+            .write(true)
+            .open(&middle)
+            .unwrap()
+            .set_len(log_size + 500)
+            .unwrap();
+        let (journal, _rx) = open(dir.path(), log_size, true);
+        assert_eq!(journal.end(), end);
+        assert_eq!(all_records(&journal).len(), 10);
+        assert_eq!(physical_len(&middle), positions[6] - positions[3]);
+    }
+
+    #[test]
+    fn skipping_from_an_empty_preallocated_segment_leaves_an_empty_tombstone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, rx) = open(dir.path(), 1 << 16, true);
+        journal.append(&record(1, 10)).unwrap();
+        let first_end = journal.end();
+        // A fresh segment at the end (no frame yet), then a skip over a released range.
+        assert!(!journal.skip_to(Position(1000)).unwrap());
+        assert!(journal.skip_to(Position(5000)).unwrap());
+        let appended = journal.append(&record(2, 10)).unwrap();
+        assert_eq!(appended.position, Position(5000));
+        wait_durable(&rx, journal.end());
+        let end = journal.end();
+        journal.close().unwrap();
+        assert_eq!(physical_len(&segment_path(dir.path(), first_end.0)), 0);
+        let (journal, _rx) = open(dir.path(), 1 << 16, true);
+        assert_eq!(journal.end(), end);
+        assert_eq!(
+            journal.reader().read(Position(5000)).unwrap(),
+            record(2, 10)
+        );
     }
 
     #[test]

@@ -223,7 +223,11 @@ impl Store {
         let directory = options.directory;
         let trust = index::read_marker(&directory);
         index::mark_open(&directory)?;
-        let (index, wiped) = Index::open(directory.join(INDEX_DIRECTORY))?;
+        let written = journal.reader();
+        let (index, wiped) = Index::open(
+            directory.join(INDEX_DIRECTORY),
+            Box::new(move || written.written()),
+        )?;
         let mut rebuild = match (wiped, trust) {
             (Some(reason), _) | (None, Trust::Untrusted(reason)) => Some(reason),
             (None, Trust::Clean | Trust::SameBoot) => None,
@@ -371,11 +375,13 @@ impl Store {
         }
     }
 
+    /// Queues index operations of records up to `end`: the index applies them once the journal
+    /// has written that far (so it never runs ahead of the journal).
     fn send_to_index(&mut self, ops: Vec<index::IndexOp>, end: Position) {
         let sent = self
             .index
             .as_ref()
-            .is_some_and(|index| index.apply(ops, end));
+            .is_some_and(|index| index.queue(ops, end));
         if !sent && !self.index_trouble_logged {
             self.index_trouble_logged = true;
             error!(
@@ -443,6 +449,20 @@ impl Store {
     #[cfg(test)]
     pub(crate) fn hold_journal(&self) -> std::sync::mpsc::Sender<()> {
         self.journal.hold_writer()
+    }
+
+    /// Stops the store as `kill -9` would (tests): the index thread stops with its queue, and
+    /// the journal's writer drops whatever `hold` (from [`Store::hold_journal`]) kept it from
+    /// writing; the index is not marked clean.
+    #[cfg(test)]
+    pub(crate) fn simulate_crash(mut self, hold: std::sync::mpsc::Sender<()>) {
+        self.closed = true;
+        if let Some(index) = self.index.take() {
+            index.crash();
+        }
+        self.journal.crash_after_hold();
+        drop(hold);
+        let _ = self.journal.shutdown();
     }
 }
 

@@ -3,6 +3,11 @@
 //! Owns the byte layout shared by the journal files and the replication stream:
 //! `u32 LE length | u32 LE CRC32C(body) | body`, where the body is a prost-encoded
 //! [`Record`]. It never does I/O.
+//!
+//! A frame's body is never empty, so a header of eight zero bytes (length 0, and the CRC32C of
+//! nothing, 0) is never a frame: it marks the end of the data in a preallocated, zero-filled
+//! journal segment. A record that prost would encode as nothing (epoch 0, no entries) is written
+//! with its epoch field explicit (`08 00`), which decodes to the same record.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message as _;
@@ -40,6 +45,8 @@ impl MessageKey {
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
+    #[error("frame with an empty body (a zero header marks the end of a journal segment)")]
+    Empty,
     #[error("frame of {0} bytes is larger than the limit of {1} bytes")]
     TooLarge(usize, usize),
     #[error("frame checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
@@ -53,17 +60,33 @@ pub const MAX_RECORD_LEN: usize = 256 * 1024 * 1024;
 
 /// Encodes `record` as one frame appended to `out`; returns the frame's length.
 pub fn encode_frame(record: &Record, out: &mut BytesMut) -> usize {
-    let len = record.encoded_len();
+    let len = encoded_body_len(record);
     out.reserve(FRAME_HEADER_LEN + len);
     let start = out.len();
     out.put_u32_le(len as u32);
     out.put_u32_le(0);
-    record
-        .encode(out)
-        .expect("BytesMut grows to fit an encoded record");
+    if record.encoded_len() == 0 {
+        out.put_slice(EMPTY_RECORD_BODY);
+    } else {
+        record
+            .encode(out)
+            .expect("BytesMut grows to fit an encoded record");
+    }
     let crc = crc32c::crc32c(&out[start + FRAME_HEADER_LEN..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     FRAME_HEADER_LEN + len
+}
+
+/// The body written for a record that prost encodes as nothing: field 1 (`epoch`, a varint)
+/// explicitly 0. Decodes to `Record::default()`.
+const EMPTY_RECORD_BODY: &[u8] = &[0x08, 0x00];
+
+/// Length of the body [`encode_frame`] writes for `record` (never 0).
+pub fn encoded_body_len(record: &Record) -> usize {
+    match record.encoded_len() {
+        0 => EMPTY_RECORD_BODY.len(),
+        len => len,
+    }
 }
 
 /// Checks the frame at the start of `buf` without decoding its body.
@@ -75,6 +98,9 @@ pub fn check_frame(buf: &[u8]) -> Result<Option<usize>, FrameError> {
     let len = u32::from_le_bytes(buf[0..4].try_into().unwrap()) as usize;
     if len > MAX_RECORD_LEN {
         return Err(FrameError::TooLarge(len, MAX_RECORD_LEN));
+    }
+    if len == 0 {
+        return Err(FrameError::Empty);
     }
     if buf.len() < FRAME_HEADER_LEN + len {
         return Ok(None);
@@ -145,6 +171,17 @@ mod tests {
         buf.put_u32_le(u32::MAX);
         buf.put_u32_le(0);
         assert!(matches!(check_frame(&buf), Err(FrameError::TooLarge(..))));
+    }
+
+    #[test]
+    fn an_empty_record_has_a_non_empty_body_and_a_zero_header_is_no_frame() {
+        let mut buf = BytesMut::new();
+        let n = encode_frame(&Record::default(), &mut buf);
+        assert_eq!(n, FRAME_HEADER_LEN + 2);
+        assert_eq!(encoded_body_len(&Record::default()), 2);
+        assert_eq!(check_frame(&buf).unwrap(), Some(n));
+        assert_eq!(decode_frame(buf.freeze()).unwrap(), Record::default());
+        assert_eq!(check_frame(&[0u8; 16]), Err(FrameError::Empty));
     }
 
     #[test]
