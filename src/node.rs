@@ -197,7 +197,13 @@ impl Lifecycle {
             config.replication.advertised_hostname(),
             replication.local_addr().port()
         );
-        let broker = Broker::start(store, recovered, confirmed, epoch, broker_options(config))?;
+        let broker = Broker::start(
+            store,
+            recovered,
+            Some(confirmed),
+            epoch,
+            broker_options(config),
+        )?;
         self.election.set_role_info("master", Some(epoch));
         self.election.publish_master_address(&address).await;
         tracing::info!(node = %config.broker.name, epoch, %address, "replication listener published");

@@ -14,7 +14,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::broker::{Broker, BrokerOptions};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use crate::broker::{Broker, BrokerOptions, WeakBroker};
 use crate::config::{Config, ConnectorScheme};
 use crate::protocol::stomp::session::{self as stomp, StompOptions};
 use crate::protocol::{detect, Detected};
@@ -108,22 +111,32 @@ pub(crate) async fn open_store(
     fsync: bool,
     durable: watch::Sender<Position>,
 ) -> anyhow::Result<(Store, Recovered)> {
+    open_store_with(
+        config,
+        fsync,
+        Box::new(move |position| {
+            durable.send_replace(position);
+        }),
+    )
+    .await
+}
+
+/// Opens the store with `on_durable` called (on the journal's writer thread) with each new
+/// durable end.
+async fn open_store_with(
+    config: &Config,
+    fsync: bool,
+    on_durable: crate::store::DurableCallback,
+) -> anyhow::Result<(Store, Recovered)> {
     let options = StoreOptions {
         directory: config.store.directory.clone(),
         log_size: config.store.log_size,
         fsync,
     };
     let directory = options.directory.clone();
-    tokio::task::spawn_blocking(move || {
-        Store::open(
-            options,
-            Box::new(move |position| {
-                durable.send_replace(position);
-            }),
-        )
-    })
-    .await?
-    .with_context(|| format!("opening the store in {}", directory.display()))
+    tokio::task::spawn_blocking(move || Store::open(options, on_durable))
+        .await?
+        .with_context(|| format!("opening the store in {}", directory.display()))
 }
 
 /// The broker core's options from the configuration.
@@ -139,9 +152,22 @@ pub(crate) fn broker_options(config: &Config) -> BrokerOptions {
 impl Node {
     /// Opens the store, recovers, starts the core and binds every connector.
     pub async fn start(config: &Config) -> anyhow::Result<Node> {
-        let (confirmed_tx, confirmed_rx) = watch::channel(Position(0));
+        // Standalone, "confirmed" is "durable": the journal's writer thread confirms directly
+        // into the core, which saves a task wake-up on every synchronous send.
+        let core: Arc<OnceLock<WeakBroker>> = Arc::new(OnceLock::new());
+        let durable = Arc::new(AtomicU64::new(0));
+        let on_durable = {
+            let core = core.clone();
+            let durable = durable.clone();
+            Box::new(move |position: Position| {
+                durable.fetch_max(position.0, Ordering::AcqRel);
+                if let Some(core) = core.get() {
+                    core.confirm(position);
+                }
+            })
+        };
         let (store, recovered) =
-            open_store(config, config.store.sync.fsync_locally(), confirmed_tx).await?;
+            open_store_with(config, config.store.sync.fsync_locally(), on_durable).await?;
         let epoch = recovered.epoch + 1;
         let messages: usize = recovered.queues.iter().map(|(_, m)| m.len()).sum();
         tracing::info!(
@@ -152,13 +178,10 @@ impl Node {
             messages,
             "role change: standalone master"
         );
-        let broker = Broker::start(
-            store,
-            recovered,
-            confirmed_rx,
-            epoch,
-            broker_options(config),
-        )?;
+        let broker = Broker::start(store, recovered, None, epoch, broker_options(config))?;
+        let _ = core.set(broker.downgrade());
+        // Whatever became durable before the core was reachable.
+        broker.confirm(Position(durable.load(Ordering::Acquire)));
         let listeners = Listeners::bind(config, Mode::Serve(broker.clone())).await?;
         Ok(Node { broker, listeners })
     }

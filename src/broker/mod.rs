@@ -15,6 +15,7 @@
 
 mod core;
 mod queue;
+pub mod selector;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -236,7 +237,7 @@ impl Broker {
     pub fn start(
         store: Store,
         recovered: Recovered,
-        mut confirmed: watch::Receiver<Position>,
+        confirmed: Option<watch::Receiver<Position>>,
         epoch: u64,
         options: BrokerOptions,
     ) -> Result<Broker, BrokerError> {
@@ -246,19 +247,22 @@ impl Broker {
             shared: Arc::new(Mutex::new(core)),
         };
         // Apply confirmed watermarks as they come; a watch coalesces bursts into one lock.
+        // Without a watch the caller confirms through `confirm`.
         let weak = Arc::downgrade(&broker.shared);
-        tokio::spawn(async move {
-            loop {
-                let position = *confirmed.borrow_and_update();
-                match weak.upgrade() {
-                    Some(shared) => lock(&shared).on_confirmed(position),
-                    None => return,
+        if let Some(mut confirmed) = confirmed {
+            tokio::spawn(async move {
+                loop {
+                    let position = *confirmed.borrow_and_update();
+                    match weak.upgrade() {
+                        Some(shared) => lock(&shared).on_confirmed(position),
+                        None => return,
+                    }
+                    if confirmed.changed().await.is_err() {
+                        return;
+                    }
                 }
-                if confirmed.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
+            });
+        }
         let weak = Arc::downgrade(&broker.shared);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(sweep);
@@ -296,6 +300,17 @@ impl Broker {
         lock(&self.shared).close(reason)
     }
 
+    /// The confirmed watermark moved to `position` (when started without a watch).
+    pub fn confirm(&self, position: Position) {
+        lock(&self.shared).on_confirmed(position);
+    }
+
+    /// A handle that does not keep the core alive (for the store's writer thread, which the
+    /// core itself owns).
+    pub fn downgrade(&self) -> WeakBroker {
+        WeakBroker(Arc::downgrade(&self.shared))
+    }
+
     /// Counters for logs, status and tests.
     pub fn stats(&self) -> Stats {
         lock(&self.shared).stats()
@@ -304,6 +319,18 @@ impl Broker {
     /// Messages waiting on a queue (not delivered), for tests and status.
     pub fn queue_depth(&self, queue: &str) -> usize {
         lock(&self.shared).queue_depth(queue)
+    }
+}
+
+/// See [`Broker::downgrade`].
+pub struct WeakBroker(std::sync::Weak<Mutex<core::Core>>);
+
+impl WeakBroker {
+    /// Like [`Broker::confirm`]; does nothing once the core is gone.
+    pub fn confirm(&self, position: Position) {
+        if let Some(shared) = self.0.upgrade() {
+            lock(&shared).on_confirmed(position);
+        }
     }
 }
 

@@ -26,7 +26,7 @@ async fn start_in(dir: &std::path::Path, options: BrokerOptions) -> Broker {
     )
     .unwrap();
     let epoch = recovered.epoch + 1;
-    Broker::start(store, recovered, rx, epoch, options).unwrap()
+    Broker::start(store, recovered, Some(rx), epoch, options).unwrap()
 }
 
 async fn fixture(options: BrokerOptions) -> Fixture {
