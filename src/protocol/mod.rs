@@ -4,6 +4,7 @@
 //! - [`detect`]: tells STOMP from OpenWire by the first bytes a client sends, so that one
 //!   listener can serve both.
 
+pub mod openwire;
 pub mod stomp;
 
 /// The protocol a client speaks, as decided by [`detect`].
