@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
 use super::queue::{Consumer, Entry, InFlight, Queue, Source};
+use super::selector::Selector;
 use super::{
     AckScope, BrokerError, BrokerOptions, Confirmation, Delivery, Destination, NewMessage,
     SubscribeRequest, DEAD_LETTER_QUEUE,
@@ -84,6 +85,8 @@ struct Topic {
 
 struct Durable {
     subscription: SubscriptionAdd,
+    /// Parsed from `subscription.selector`; `None` accepts everything.
+    selector: Option<Arc<Selector>>,
     /// The consumer currently attached, if any.
     active: Option<u64>,
 }
@@ -132,6 +135,16 @@ fn producer_of(message_id: &str) -> Option<(&str, u64)> {
         return None;
     }
     Some((producer, sequence.parse().ok()?))
+}
+
+/// Parses a subscription's selector; an empty one accepts everything.
+fn parse_selector(text: Option<&str>) -> Result<Option<Arc<Selector>>, BrokerError> {
+    match text.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(text) => Selector::parse(text)
+            .map(|s| Some(Arc::new(s)))
+            .map_err(|e| BrokerError::InvalidSelector(e.to_string())),
+    }
 }
 
 /// The queue that holds a durable subscription's messages.
@@ -223,10 +236,18 @@ impl Core {
             topic.durables.push(queue.clone());
         }
         self.queues.entry(queue.clone()).or_default();
+        let selector = match parse_selector(Some(&subscription.selector)) {
+            Ok(selector) => selector,
+            Err(e) => {
+                tracing::warn!(queue, error = %e, "stored durable selector does not parse; delivering everything");
+                None
+            }
+        };
         self.durables.insert(
             queue,
             Durable {
                 subscription,
+                selector,
                 active: None,
             },
         );
@@ -522,11 +543,18 @@ impl Core {
             }
             Destination::Topic(_) => {
                 let topic = destination.canonical();
-                let durables = self
+                let durables: Vec<String> = self
                     .topics
                     .get(&topic)
                     .map(|t| t.durables.clone())
-                    .unwrap_or_default();
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|q| {
+                        self.durables
+                            .get(q)
+                            .is_none_or(|d| d.selector.as_ref().is_none_or(|s| s.matches(&message)))
+                    })
+                    .collect();
                 let mut publish: Vec<Publish> = durables
                     .iter()
                     .map(|q| Publish::Queue(q.clone(), entry(&message)))
@@ -557,6 +585,9 @@ impl Core {
             let Some(consumer) = self.consumers.get_mut(&cid) else {
                 continue;
             };
+            if !consumer.accepts(&message, 0) {
+                continue;
+            }
             if consumer.has_credit() && consumer.pending.is_empty() {
                 self.deliver(cid, None, entry);
             } else {
@@ -592,6 +623,8 @@ impl Core {
         }
         let client_id = state.client_id.clone();
         let deliveries = state.deliveries.clone();
+        let selector = parse_selector(request.selector.as_deref())?;
+        let selector_text = request.selector.clone().unwrap_or_default();
         let mut confirmation = Confirmation::done();
         let source = match (&request.destination, &request.durable_name) {
             (Destination::Topic(_), Some(name)) => {
@@ -602,7 +635,9 @@ impl Core {
                     Some(d) if d.active.is_some() => {
                         return Err(BrokerError::DurableInUse(name.clone()))
                     }
-                    Some(d) if d.subscription.topic == topic => {}
+                    Some(d)
+                        if d.subscription.topic == topic
+                            && d.subscription.selector == selector_text => {}
                     existing => {
                         // New, or moved to another topic (ActiveMQ then starts it afresh).
                         if existing.is_some() {
@@ -612,7 +647,7 @@ impl Core {
                             client_id: client_id.clone(),
                             subscription_name: name.clone(),
                             topic,
-                            selector: String::new(),
+                            selector: selector_text.clone(),
                             queue: queue.clone(),
                         };
                         self.append(vec![crate::store::Entry {
@@ -637,6 +672,14 @@ impl Core {
                 destination: request.destination.clone(),
                 source: source.clone(),
                 prefetch: request.prefetch.max(1),
+                // A durable subscription's queue holds only matching messages already.
+                selector: if request.durable_name.is_some()
+                    && matches!(request.destination, Destination::Topic(_))
+                {
+                    None
+                } else {
+                    selector
+                },
                 in_flight: Default::default(),
                 pending: VecDeque::new(),
                 deliveries,
@@ -784,6 +827,14 @@ impl Core {
 
     /// Hands ready messages of `queue` to its consumers with credit, round-robin.
     fn dispatch_queue(&mut self, queue: &str) {
+        let selective = self.queues.get(queue).is_some_and(|q| {
+            q.consumers
+                .iter()
+                .any(|c| self.consumers.get(c).is_some_and(|c| c.selector.is_some()))
+        });
+        if selective {
+            return self.dispatch_selective(queue);
+        }
         let now = now_ms();
         let mut expired = Vec::new();
         loop {
@@ -809,6 +860,62 @@ impl Core {
             if entry.is_expired(now) {
                 expired.push(entry);
                 continue;
+            }
+            q.next_consumer = (index + 1) % n;
+            let cid = q.consumers[index];
+            self.deliver(cid, Some(queue.to_string()), entry);
+        }
+        for entry in expired {
+            self.stats.expired += 1;
+            let _ = self.dead_letter(queue, entry, "expired");
+        }
+    }
+
+    /// Dispatch when some consumer has a selector: each ready message, in order, goes to the
+    /// next consumer (round-robin) with credit that accepts it; a message nobody accepts stays
+    /// and does not hold up the ones behind it.
+    fn dispatch_selective(&mut self, queue: &str) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let now = now_ms();
+        let mut expired = Vec::new();
+        let mut after: Option<u64> = None;
+        loop {
+            let Some(q) = self.queues.get_mut(queue) else {
+                return;
+            };
+            let n = q.consumers.len();
+            let any_credit = q
+                .consumers
+                .iter()
+                .any(|c| self.consumers.get(c).is_some_and(|c| c.has_credit()));
+            if n == 0 || !any_credit {
+                break;
+            }
+            let next = match after {
+                None => q.ready.iter().next(),
+                Some(seq) => q.ready.range((Excluded(seq), Unbounded)).next(),
+            };
+            let Some((&seq, entry)) = next else {
+                break;
+            };
+            after = Some(seq);
+            if entry.is_expired(now) {
+                let entry = q.ready.remove(&seq).expect("just seen");
+                q.expiring = q.expiring.saturating_sub(1);
+                expired.push(entry);
+                continue;
+            }
+            let chosen = (0..n).map(|i| (q.next_consumer + i) % n).find(|&i| {
+                self.consumers.get(&q.consumers[i]).is_some_and(|c| {
+                    c.has_credit() && c.accepts(&entry.message, entry.redeliveries)
+                })
+            });
+            let Some(index) = chosen else {
+                continue;
+            };
+            let entry = q.ready.remove(&seq).expect("just seen");
+            if entry.message.expiration != 0 {
+                q.expiring = q.expiring.saturating_sub(1);
             }
             q.next_consumer = (index + 1) % n;
             let cid = q.consumers[index];

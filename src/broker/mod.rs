@@ -129,6 +129,8 @@ pub struct SubscribeRequest {
     pub prefetch: u32,
     /// A durable topic subscription's name (needs the session's client id).
     pub durable_name: Option<String>,
+    /// A JMS message selector: only matching messages are delivered.
+    pub selector: Option<String>,
 }
 
 /// Which deliveries an acknowledgement covers.
@@ -180,6 +182,8 @@ pub enum BrokerError {
     NotMaster(String),
     #[error("the broker is shutting down")]
     ShuttingDown,
+    #[error("invalid selector: {0}")]
+    InvalidSelector(String),
 }
 
 /// Resolves when a change is held as the `sync` policy requires (or failed).

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use super::selector::Selector;
 use super::{Delivery, Destination};
 use crate::store::{Message, MessageKey};
 
@@ -70,6 +71,8 @@ pub(super) struct Consumer {
     pub destination: Destination,
     pub source: Source,
     pub prefetch: u32,
+    /// Only messages this selector accepts are delivered (JMS selector).
+    pub selector: Option<Arc<Selector>>,
     /// Delivered and not acknowledged, by tag (tags grow, so this is delivery order).
     pub in_flight: BTreeMap<u64, InFlight>,
     /// Topic messages beyond the prefetch window, oldest first (non-durable topics only).
@@ -80,6 +83,13 @@ pub(super) struct Consumer {
 }
 
 impl Consumer {
+    /// Whether this consumer's selector accepts `message` (delivered `redeliveries` times).
+    pub fn accepts(&self, message: &Message, redeliveries: u32) -> bool {
+        self.selector
+            .as_ref()
+            .is_none_or(|s| s.matches_with_redeliveries(message, redeliveries))
+    }
+
     pub fn has_credit(&self) -> bool {
         (self.in_flight.len() as u64) < self.prefetch.max(1) as u64
     }

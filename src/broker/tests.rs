@@ -54,6 +54,7 @@ fn subscribe(session: &Session, id: &str, destination: Destination, prefetch: u3
             destination,
             prefetch,
             durable_name: None,
+            selector: None,
         })
         .unwrap();
 }
@@ -260,6 +261,7 @@ async fn a_durable_subscription_keeps_messages_while_away() {
             destination: topic.clone(),
             prefetch: 10,
             durable_name: Some("sub".into()),
+            selector: None,
         })
     };
     let (s, _) = f.broker.open_session(Some("client-1".into()));
@@ -279,4 +281,97 @@ async fn a_durable_subscription_keeps_messages_while_away() {
         durable(&other).unwrap_err(),
         BrokerError::DurableInUse("sub".into())
     );
+}
+
+fn colored(color: &str, body: &str) -> NewMessage {
+    NewMessage {
+        headers: vec![("color".into(), color.into())],
+        ..persistent(body)
+    }
+}
+
+#[tokio::test]
+async fn selectors_route_each_message_to_a_consumer_that_accepts_it() {
+    let f = fixture(BrokerOptions::default()).await;
+    let subscribe_with = |s: &Session, selector: &str| {
+        s.subscribe(SubscribeRequest {
+            id: "s".into(),
+            destination: queue("q"),
+            prefetch: 100,
+            durable_name: None,
+            selector: Some(selector.into()),
+        })
+        .unwrap();
+    };
+    let (red, mut red_rx) = f.broker.open_session(None);
+    subscribe_with(&red, "color = 'red'");
+    let (blue, mut blue_rx) = f.broker.open_session(None);
+    subscribe_with(&blue, "color = 'blue'");
+    let (producer, _) = f.broker.open_session(None);
+    // A green message nobody accepts must not hold up the ones behind it.
+    for (color, body) in [
+        ("green", "g1"),
+        ("red", "r1"),
+        ("blue", "b1"),
+        ("red", "r2"),
+    ] {
+        producer
+            .send(&queue("q"), colored(color, body), None)
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    assert_eq!(body(&next(&mut red_rx).await), "r1");
+    assert_eq!(body(&next(&mut red_rx).await), "r2");
+    assert_eq!(body(&next(&mut blue_rx).await), "b1");
+    assert_eq!(f.broker.queue_depth("queue://q"), 1, "the green one waits");
+    let (any, _) = f.broker.open_session(None);
+    assert!(matches!(
+        any.subscribe(SubscribeRequest {
+            id: "bad".into(),
+            destination: queue("q"),
+            prefetch: 1,
+            durable_name: None,
+            selector: Some("color = ".into()),
+        }),
+        Err(BrokerError::InvalidSelector(_))
+    ));
+}
+
+#[tokio::test]
+async fn topic_and_durable_subscribers_get_only_what_their_selector_accepts() {
+    let f = fixture(BrokerOptions::default()).await;
+    let topic = Destination::Topic("t".into());
+    let (live, mut live_rx) = f.broker.open_session(None);
+    live.subscribe(SubscribeRequest {
+        id: "s".into(),
+        destination: topic.clone(),
+        prefetch: 100,
+        durable_name: None,
+        selector: Some("color = 'red'".into()),
+    })
+    .unwrap();
+    let (d, _) = f.broker.open_session(Some("c1".into()));
+    let durable = SubscribeRequest {
+        id: "d".into(),
+        destination: topic.clone(),
+        prefetch: 100,
+        durable_name: Some("only-blue".into()),
+        selector: Some("color = 'blue'".into()),
+    };
+    d.subscribe(durable.clone()).unwrap().await.unwrap();
+    drop(d);
+    let (producer, _) = f.broker.open_session(None);
+    for (color, b) in [("red", "r"), ("blue", "b")] {
+        producer
+            .send(&topic, colored(color, b), None)
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    assert_eq!(body(&next(&mut live_rx).await), "r");
+    let (d, mut d_rx) = f.broker.open_session(Some("c1".into()));
+    d.subscribe(durable).unwrap();
+    assert_eq!(body(&next(&mut d_rx).await), "b");
+    assert!(live_rx.try_recv().is_err() && d_rx.try_recv().is_err());
 }

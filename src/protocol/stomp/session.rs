@@ -599,11 +599,6 @@ impl State {
             (None, Version::V1_0) => destination_text.to_string(),
             (None, _) => return Err(Fatal::new("missing header 'id' on SUBSCRIBE frame")),
         };
-        if frame.get("selector").is_some() {
-            return Err(Fatal::new(
-                "message selectors are not supported yet (header 'selector')",
-            ));
-        }
         let ack = match frame.get("ack").unwrap_or("auto") {
             "auto" => AckMode::Auto,
             "client" => AckMode::Client,
@@ -640,6 +635,7 @@ impl State {
             destination,
             prefetch,
             durable_name,
+            selector: frame.get("selector").map(str::to_string),
         });
         if result.is_err() {
             self.subscriptions.remove(&id);
