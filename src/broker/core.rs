@@ -309,11 +309,7 @@ impl Core {
     fn wait_for(&mut self, publish: Vec<Publish>) -> Confirmation {
         let end = self.end();
         if self.pending.is_empty() && self.confirmed >= end {
-            let mut touched = BTreeSet::new();
-            for p in publish {
-                self.publish(p, &mut touched);
-            }
-            self.dispatch_all(touched);
+            self.publish_now(publish);
             return Confirmation::done();
         }
         let (reply, confirmation) = Confirmation::pending();
@@ -355,6 +351,15 @@ impl Core {
             }
             Publish::Topic(topic, message) => self.publish_to_subscribers(&topic, message),
         }
+    }
+
+    /// Publishes what needs no confirmation (nothing stored, or already confirmed).
+    fn publish_now(&mut self, publish: Vec<Publish>) {
+        let mut touched = BTreeSet::new();
+        for p in publish {
+            self.publish(p, &mut touched);
+        }
+        self.dispatch_all(touched);
     }
 
     fn dispatch_all(&mut self, touched: BTreeSet<String>) {
@@ -485,11 +490,7 @@ impl Core {
         }
         let (entries, publish) = self.route(destination, message);
         if entries.is_empty() {
-            let mut touched = BTreeSet::new();
-            for p in publish {
-                self.publish(p, &mut touched);
-            }
-            self.dispatch_all(touched);
+            self.publish_now(publish);
             return Ok(Confirmation::done());
         }
         let (start, _) = self.append(entries)?;
@@ -1186,11 +1187,7 @@ impl Core {
             }
         }
         if entries.is_empty() {
-            let mut touched = BTreeSet::new();
-            for p in publish {
-                self.publish(p, &mut touched);
-            }
-            self.dispatch_all(touched);
+            self.publish_now(publish);
             return Ok(Confirmation::done());
         }
         let (start, _) = self.append(entries)?;
