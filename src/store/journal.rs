@@ -428,11 +428,25 @@ impl Journal {
         let sent = self.sender.as_ref().map(|s| s.send(command));
         match sent {
             Some(Ok(())) => Ok(()),
-            _ => Err(self
-                .shared
-                .failure()
-                .unwrap_or_else(|| StoreError::JournalFailed("writer thread stopped".into()))),
+            _ => Err(self.writer_gone()),
         }
+    }
+
+    /// Why the writer thread no longer answers.
+    fn writer_gone(&self) -> StoreError {
+        self.shared
+            .failure()
+            .unwrap_or_else(|| StoreError::JournalFailed("writer thread stopped".into()))
+    }
+
+    /// Sends the command `make` builds around a reply channel and waits for the writer's answer.
+    fn request(
+        &self,
+        make: impl FnOnce(mpsc::Sender<Result<(), StoreError>>) -> Command,
+    ) -> Result<(), StoreError> {
+        let (reply, answer) = mpsc::channel();
+        self.send(make(reply))?;
+        answer.recv().map_err(|_| self.writer_gone())?
     }
 
     fn check_failed(&self) -> Result<(), StoreError> {
@@ -530,16 +544,10 @@ impl Journal {
                 }
             }
         };
-        let (reply, answer) = mpsc::channel();
-        self.send(Command::Truncate {
+        self.request(|reply| Command::Truncate {
             position: position.0,
             reply,
         })?;
-        answer.recv().map_err(|_| {
-            self.shared
-                .failure()
-                .unwrap_or_else(|| StoreError::JournalFailed("writer thread stopped".into()))
-        })??;
         self.end = position.0;
         self.current_start = containing;
         Ok(())
@@ -549,16 +557,10 @@ impl Journal {
     /// by it). Waits for the writer.
     pub fn reset(&mut self, start: Position) -> Result<(), StoreError> {
         self.check_failed()?;
-        let (reply, answer) = mpsc::channel();
-        self.send(Command::Reset {
+        self.request(|reply| Command::Reset {
             start: start.0,
             reply,
         })?;
-        answer.recv().map_err(|_| {
-            self.shared
-                .failure()
-                .unwrap_or_else(|| StoreError::JournalFailed("writer thread stopped".into()))
-        })??;
         self.end = start.0;
         self.current_start = start.0;
         Ok(())
