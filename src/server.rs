@@ -19,6 +19,7 @@ use std::sync::OnceLock;
 
 use crate::broker::{Broker, BrokerOptions, WeakBroker};
 use crate::config::{Config, ConnectorScheme};
+use crate::protocol::openwire::session::{self as openwire, OpenWireOptions};
 use crate::protocol::stomp::session::{self as stomp, StompOptions};
 use crate::protocol::{detect, Detected};
 use crate::store::{Position, Recovered, Store, StoreOptions};
@@ -61,6 +62,11 @@ impl Listeners {
                 .collect(),
             connect_timeout: DETECT_TIMEOUT,
         });
+        let openwire_options = Arc::new(OpenWireOptions::new(
+            config.broker.max_frame_size as usize,
+            stomp_options.users.clone(),
+            &config.broker.name,
+        ));
         let (mode_tx, _) = watch::channel(mode);
         let mut addresses = Vec::new();
         let mut tasks = Vec::new();
@@ -75,7 +81,10 @@ impl Listeners {
                 listener,
                 connector.scheme,
                 mode_tx.subscribe(),
-                stomp_options.clone(),
+                Protocols {
+                    stomp: stomp_options.clone(),
+                    openwire: openwire_options.clone(),
+                },
             )));
         }
         Ok(Listeners {
@@ -223,11 +232,18 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
+/// The options of each protocol a listener serves.
+#[derive(Clone)]
+struct Protocols {
+    stomp: Arc<StompOptions>,
+    openwire: Arc<OpenWireOptions>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     scheme: ConnectorScheme,
     mut mode: watch::Receiver<Mode>,
-    stomp_options: Arc<StompOptions>,
+    protocols: Protocols,
 ) {
     let address = match listener.local_addr() {
         Ok(address) => address,
@@ -277,9 +293,9 @@ async fn accept_loop(
                 match &*mode.borrow() {
                     Mode::Serve(broker) => {
                         let broker = broker.clone();
-                        let stomp_options = stomp_options.clone();
+                        let protocols = protocols.clone();
                         connections.spawn(async move {
-                            handle_connection(socket, peer, scheme, broker, stomp_options).await;
+                            handle_connection(socket, peer, scheme, broker, protocols).await;
                         });
                     }
                     Mode::Refuse(reason) | Mode::Closed(reason) => {
@@ -326,7 +342,7 @@ async fn handle_connection(
     peer: SocketAddr,
     scheme: ConnectorScheme,
     broker: Broker,
-    stomp_options: Arc<StompOptions>,
+    protocols: Protocols,
 ) {
     let mut initial = BytesMut::with_capacity(4096);
     let detected = match scheme {
@@ -355,15 +371,14 @@ async fn handle_connection(
         }
     };
     match detected {
-        Detected::Stomp => stomp::serve(socket, initial, broker, stomp_options, peer).await,
+        Detected::Stomp => stomp::serve(socket, initial, broker, protocols.stomp, peer).await,
         Detected::OpenWire => {
-            tracing::warn!(%peer, "OpenWire client refused: OpenWire support is not built yet");
-            let _ = socket.shutdown().await;
+            openwire::serve(socket, initial, broker, protocols.openwire, peer).await
         }
         Detected::Unknown => {
             tracing::info!(%peer, "unknown protocol; closing the connection");
             let _ = socket
-                .write_all(b"ERROR\nmessage:unknown protocol: expected STOMP\n\n\0")
+                .write_all(b"ERROR\nmessage:unknown protocol: expected STOMP or OpenWire\n\n\0")
                 .await;
             let _ = socket.shutdown().await;
         }

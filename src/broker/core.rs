@@ -442,15 +442,16 @@ impl Core {
             destination: destination.canonical(),
             persistent: new.persistent,
             expiration: new.expiration,
-            timestamp: now_ms(),
+            timestamp: if new.timestamp > 0 {
+                new.timestamp
+            } else {
+                now_ms()
+            },
             priority: new.priority,
             redelivery_count: 0,
-            headers: new
-                .headers
-                .into_iter()
-                .map(|(name, value)| Header { name, value })
-                .collect(),
+            headers: new.headers,
             body: new.body,
+            body_type: new.body_type as i32,
         })
     }
 
@@ -672,7 +673,10 @@ impl Core {
                 subscription: request.id.clone(),
                 destination: request.destination.clone(),
                 source: source.clone(),
-                prefetch: request.prefetch.max(1),
+                prefetch: request.prefetch,
+                pulls: 0,
+                delivered_upto: 0,
+                delivered: 0,
                 // A durable subscription's queue holds only matching messages already.
                 selector: if request.durable_name.is_some()
                     && matches!(request.destination, Destination::Topic(_))
@@ -711,6 +715,18 @@ impl Core {
         id: &str,
         remove_durable: bool,
     ) -> Result<Confirmation, BrokerError> {
+        self.unsubscribe_seen(session, id, remove_durable, u64::MAX)
+    }
+
+    /// Like `unsubscribe`; deliveries with a tag above `seen_upto` never reached the
+    /// application, so they return without counting as a redelivery.
+    pub fn unsubscribe_seen(
+        &mut self,
+        session: u64,
+        id: &str,
+        remove_durable: bool,
+        seen_upto: u64,
+    ) -> Result<Confirmation, BrokerError> {
         let cid = self
             .session(session)?
             .subscriptions
@@ -738,7 +754,17 @@ impl Core {
         }
         for (tag, in_flight) in consumer.in_flight {
             self.tags.remove(&tag);
-            self.redeliver(in_flight, &mut touched)?;
+            if tag > seen_upto {
+                // Never handed to the application: back in its place, not a redelivery.
+                if let Some(queue) = in_flight.queue {
+                    if let Some(q) = self.queues.get_mut(&queue) {
+                        q.push(in_flight.entry);
+                        touched.insert(queue);
+                    }
+                }
+            } else {
+                self.redeliver(in_flight, &mut touched)?;
+            }
         }
         let mut confirmation = Confirmation::done();
         if remove_durable {
@@ -820,6 +846,9 @@ impl Core {
             redelivery_count: entry.redeliveries,
         };
         consumer.in_flight.insert(tag, InFlight { queue, entry });
+        if consumer.window_used() > consumer.prefetch as usize && consumer.pulls > 0 {
+            consumer.pulls -= 1;
+        }
         self.tags.insert(tag, cid);
         self.stats.delivered += 1;
         // A closed receiver means the session is going away; close_session cleans up.
@@ -989,10 +1018,10 @@ impl Core {
             .iter()
             .any(|h| h.name == "original-destination")
         {
-            message.headers.push(Header {
-                name: "original-destination".into(),
-                value: message.destination.clone(),
-            });
+            message.headers.push(Header::text(
+                "original-destination",
+                message.destination.clone(),
+            ));
         }
         message.destination = DEAD_LETTER_QUEUE.to_string();
         let message = Arc::new(message);
@@ -1081,6 +1110,7 @@ impl Core {
                     .collect()
             }
         };
+        consumer.forget(taken.iter().map(|(t, _)| *t));
         let mut acked = Vec::with_capacity(taken.len());
         for (t, f) in taken {
             self.tags.remove(&t);
@@ -1145,6 +1175,93 @@ impl Core {
         }
         self.refill(cid);
         Ok(self.flush())
+    }
+
+    /// The consumer behind a session's subscription id.
+    fn consumer_of(&mut self, session: u64, id: &str) -> Result<u64, BrokerError> {
+        self.session(session)?
+            .subscriptions
+            .get(id)
+            .copied()
+            .ok_or_else(|| BrokerError::UnknownSubscription(id.to_string()))
+    }
+
+    /// The client consumed every delivery of subscription `id` up to `tag` without
+    /// acknowledging them yet: they stop filling its prefetch window.
+    pub fn delivered(&mut self, session: u64, id: &str, tag: u64) -> Result<(), BrokerError> {
+        let cid = self.consumer_of(session, id)?;
+        if let Some(c) = self.consumers.get_mut(&cid) {
+            c.mark_delivered(tag);
+        }
+        self.refill(cid);
+        Ok(())
+    }
+
+    /// Lets one more message through to subscription `id` (a consumer with prefetch 0).
+    pub fn pull(&mut self, session: u64, id: &str) -> Result<(), BrokerError> {
+        let cid = self.consumer_of(session, id)?;
+        if let Some(c) = self.consumers.get_mut(&cid) {
+            c.pulls += 1;
+        }
+        self.refill(cid);
+        Ok(())
+    }
+
+    /// Withdraws one outstanding pull of subscription `id`; false when every pull was already
+    /// answered with a delivery.
+    pub fn cancel_pull(&mut self, session: u64, id: &str) -> bool {
+        let Ok(cid) = self.consumer_of(session, id) else {
+            return false;
+        };
+        match self.consumers.get_mut(&cid) {
+            Some(c) if c.pulls > 0 => {
+                c.pulls -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Changes the prefetch window of subscription `id`.
+    pub fn set_prefetch(
+        &mut self,
+        session: u64,
+        id: &str,
+        prefetch: u32,
+    ) -> Result<(), BrokerError> {
+        let cid = self.consumer_of(session, id)?;
+        if let Some(c) = self.consumers.get_mut(&cid) {
+            c.prefetch = prefetch;
+        }
+        self.refill(cid);
+        Ok(())
+    }
+
+    /// The messages waiting on a queue, in delivery order, that `selector` accepts, with how
+    /// often each was delivered before; nothing is consumed (a queue browser).
+    pub fn browse(
+        &mut self,
+        destination: &Destination,
+        selector: Option<&str>,
+    ) -> Result<Vec<(Arc<Message>, u32)>, BrokerError> {
+        let selector = parse_selector(selector)?;
+        let now = now_ms();
+        Ok(self
+            .queues
+            .get(&destination.canonical())
+            .map(|q| {
+                q.ready
+                    .values()
+                    .filter(|e| !e.is_expired(now))
+                    .filter(|e| {
+                        selector
+                            .as_ref()
+                            .is_none_or(|s| s.matches_with_redeliveries(&e.message, e.redeliveries))
+                    })
+                    .map(|e| (e.message.clone(), e.redeliveries))
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     // ----- transactions --------------------------------------------------------------------

@@ -25,6 +25,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::store::{Message, Position, Recovered, Store};
 
+pub use crate::store::{BodyType, Header, PropertyType};
+
 pub use self::core::Stats;
 
 /// The dead-letter queue, ActiveMQ's default name.
@@ -115,7 +117,12 @@ pub struct NewMessage {
     /// Milliseconds since the Unix epoch; 0 = never expires.
     pub expiration: i64,
     pub priority: u32,
-    pub headers: Vec<(String, String)>,
+    /// Milliseconds since the Unix epoch the producer stamped (JMSTimestamp); 0 = the broker
+    /// stamps the time it receives the message.
+    pub timestamp: i64,
+    /// Application headers / JMS properties, in the producer's order.
+    pub headers: Vec<Header>,
+    pub body_type: BodyType,
     pub body: Bytes,
 }
 
@@ -184,6 +191,10 @@ pub enum BrokerError {
     ShuttingDown,
     #[error("invalid selector: {0}")]
     InvalidSelector(String),
+    #[error("invalid message: {0}")]
+    InvalidMessage(String),
+    #[error("not supported: {0}")]
+    Unsupported(String),
 }
 
 /// Resolves when a change is held as the `sync` policy requires (or failed).
@@ -372,6 +383,13 @@ impl Session {
         lock(&self.shared).unsubscribe(self.id, id, remove_durable)
     }
 
+    /// Ends a subscription whose client reports that only deliveries up to tag `seen_upto`
+    /// reached the application: the others return to the queue without counting as
+    /// redelivered (ActiveMQ's `lastDeliveredSequenceId`).
+    pub fn close_consumer(&self, id: &str, seen_upto: u64) -> Result<Confirmation, BrokerError> {
+        lock(&self.shared).unsubscribe_seen(self.id, id, false, seen_upto)
+    }
+
     /// Deletes a durable subscription that is not active, by name.
     pub fn remove_durable(&self, name: &str) -> Result<Confirmation, BrokerError> {
         lock(&self.shared).remove_durable_by_name(self.id, name)
@@ -389,6 +407,40 @@ impl Session {
     /// Rejects a delivery: like ActiveMQ's poison ack, the message goes to `ActiveMQ.DLQ`.
     pub fn nack(&self, tag: u64, transaction: Option<&str>) -> Result<Confirmation, BrokerError> {
         lock(&self.shared).nack(self.id, tag, transaction)
+    }
+
+    /// The client consumed every delivery of subscription `id` up to `tag` and will
+    /// acknowledge them later (OpenWire's delivered ack, a transacted or client-ack consumer):
+    /// they no longer fill the prefetch window.
+    pub fn delivered(&self, id: &str, tag: u64) -> Result<(), BrokerError> {
+        lock(&self.shared).delivered(self.id, id, tag)
+    }
+
+    /// Asks for one message for subscription `id`, even past its prefetch window (a consumer
+    /// with prefetch 0 receives only what it pulls).
+    pub fn pull(&self, id: &str) -> Result<(), BrokerError> {
+        lock(&self.shared).pull(self.id, id)
+    }
+
+    /// Withdraws one outstanding pull; false when it was already answered with a delivery
+    /// (which is then on its way to the session).
+    pub fn cancel_pull(&self, id: &str) -> bool {
+        lock(&self.shared).cancel_pull(self.id, id)
+    }
+
+    /// Changes a subscription's prefetch window.
+    pub fn set_prefetch(&self, id: &str, prefetch: u32) -> Result<(), BrokerError> {
+        lock(&self.shared).set_prefetch(self.id, id, prefetch)
+    }
+
+    /// A snapshot of the messages waiting on a queue that `selector` accepts, in delivery
+    /// order, with their redelivery counts; nothing is consumed.
+    pub fn browse(
+        &self,
+        destination: &Destination,
+        selector: Option<&str>,
+    ) -> Result<Vec<(Arc<Message>, u32)>, BrokerError> {
+        lock(&self.shared).browse(destination, selector)
     }
 
     pub fn begin(&self, transaction: &str) -> Result<(), BrokerError> {

@@ -70,7 +70,16 @@ pub(super) struct Consumer {
     pub subscription: String,
     pub destination: Destination,
     pub source: Source,
+    /// Unacknowledged deliveries allowed beyond those the client reported consumed; 0 means
+    /// the consumer only receives what it pulls.
     pub prefetch: u32,
+    /// Outstanding pull requests: each lets one delivery past a full window.
+    pub pulls: u32,
+    /// The client reported every delivery up to this tag consumed (OpenWire's delivered ack):
+    /// they stay unacknowledged but no longer fill the window.
+    pub delivered_upto: u64,
+    /// How many of `in_flight` are at or below `delivered_upto`.
+    pub delivered: usize,
     /// Only messages this selector accepts are delivered (JMS selector).
     pub selector: Option<Arc<Selector>>,
     /// Delivered and not acknowledged, by tag (tags grow, so this is delivery order).
@@ -90,7 +99,29 @@ impl Consumer {
             .is_none_or(|s| s.matches_with_redeliveries(message, redeliveries))
     }
 
+    /// Deliveries filling the prefetch window.
+    pub fn window_used(&self) -> usize {
+        self.in_flight.len() - self.delivered
+    }
+
     pub fn has_credit(&self) -> bool {
-        (self.in_flight.len() as u64) < self.prefetch.max(1) as u64
+        self.pulls > 0 || self.window_used() < self.prefetch as usize
+    }
+
+    /// Bookkeeping after deliveries left `in_flight` (acknowledged or returned).
+    pub fn forget(&mut self, tags: impl IntoIterator<Item = u64>) {
+        let upto = self.delivered_upto;
+        let gone = tags.into_iter().filter(|t| *t <= upto).count();
+        self.delivered = self.delivered.saturating_sub(gone);
+    }
+
+    /// Marks every delivery up to `tag` consumed by the client.
+    pub fn mark_delivered(&mut self, tag: u64) {
+        if tag <= self.delivered_upto {
+            return;
+        }
+        let newly = self.in_flight.range(self.delivered_upto + 1..=tag).count();
+        self.delivered += newly;
+        self.delivered_upto = tag;
     }
 }

@@ -285,7 +285,7 @@ async fn a_durable_subscription_keeps_messages_while_away() {
 
 fn colored(color: &str, body: &str) -> NewMessage {
     NewMessage {
-        headers: vec![("color".into(), color.into())],
+        headers: vec![crate::store::Header::text("color", color)],
         ..persistent(body)
     }
 }

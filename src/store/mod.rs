@@ -35,8 +35,8 @@ pub use journal::{
     Records, SegmentInfo,
 };
 pub use record::{
-    entry, Entry, EpochStart, FrameError, Header, Message, MessageAdd, MessageKey, MessageRemove,
-    Position, Record, SubscriptionAdd, SubscriptionRemove,
+    entry, BodyType, Entry, EpochStart, FrameError, Header, Message, MessageAdd, MessageKey,
+    MessageRemove, Position, PropertyType, Record, SubscriptionAdd, SubscriptionRemove,
 };
 
 pub use replica::EpochMark;

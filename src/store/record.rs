@@ -14,6 +14,17 @@ use prost::Message as _;
 
 pub use crate::proto::wal::*;
 
+impl Header {
+    /// A string-valued header (all STOMP headers are).
+    pub fn text(name: impl Into<String>, value: impl Into<String>) -> Header {
+        Header {
+            name: name.into(),
+            value: value.into(),
+            kind: PropertyType::String as i32,
+        }
+    }
+}
+
 /// Bytes before the body of every frame: length then checksum.
 pub const FRAME_HEADER_LEN: usize = 8;
 

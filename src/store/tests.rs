@@ -52,10 +52,7 @@ fn message(id: &str, producer: &str, sequence: u64) -> Message {
         destination: "queue://q".into(),
         persistent: true,
         body: Bytes::from(format!("body of {id}")),
-        headers: vec![Header {
-            name: "h".into(),
-            value: id.into(),
-        }],
+        headers: vec![Header::text("h", id)],
         ..Message::default()
     }
 }

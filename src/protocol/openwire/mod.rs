@@ -1,26 +1,32 @@
-//! OpenWire, the native protocol of ActiveMQ 5.x: the codec between bytes and [`Command`]s.
+//! OpenWire, the native protocol of ActiveMQ 5.x, spoken by stock ActiveMQ JMS clients.
 //!
-//! This module owns the wire format only: framing (a 4-byte big-endian size prefix, a type
+//! - [`session`]: one client connection, from `WireFormatInfo` to `ShutdownInfo`, on top of a
+//!   broker-core session;
+//! - [`convert`]: JMS messages to and from the core's protocol-neutral messages;
+//! - this module and its private parts: the codec between bytes and [`Command`]s.
+//!
+//! The codec owns the wire format only: framing (a 4-byte big-endian size prefix, a type
 //! byte, the body), the loose encoding of every command and data structure a stock ActiveMQ
 //! 5.x JMS client sends or expects (field order of ActiveMQ's marshallers, versions 6 to 12),
 //! the primitive map of `WireFormatInfo` properties and message properties, and wire-format
 //! negotiation. Decoding never panics: bad input is a [`CodecError`] naming the field and the
 //! byte offset.
 //!
-//! It must never hold broker logic: no sessions, no replies, no state across frames (the
+//! The codec must never hold broker logic: no sessions, no replies, no state across frames (the
 //! marshal cache and tight encoding are deliberately unsupported: ferromq advertises
 //! `CacheEnabled=false` and `TightEncodingEnabled=false`, so every client falls back to
-//! stateless loose encoding). Deciding what to answer is the job of a protocol session
-//! built on top of this codec.
+//! stateless loose encoding). Deciding what to answer is the job of [`session`].
 //!
 //! Usage: split frames off the socket buffer with [`FrameReader`], [`decode`] each one with
 //! the [`Format`] negotiated from both `WireFormatInfo`s ([`negotiate`]), and [`encode`]
 //! replies.
 
 mod command;
+pub mod convert;
 mod error;
 mod marshal;
 mod primitive;
+pub mod session;
 mod wire;
 
 #[cfg(test)]

@@ -17,8 +17,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::frame::{self, Command, Decoder, Frame, Item, Version};
 use crate::broker::{
-    AckScope, Broker, BrokerError, Confirmation, Delivery, Destination, NewMessage, Session,
-    SubscribeRequest,
+    AckScope, BodyType, Broker, BrokerError, Confirmation, Delivery, Destination, Header,
+    NewMessage, Session, SubscribeRequest,
 };
 
 /// What every STOMP connection on a listener shares.
@@ -46,6 +46,7 @@ const RESERVED_SEND_HEADERS: &[&str] = &[
     "expires",
     "priority",
     "message-id",
+    "amq-msg-type",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -570,20 +571,35 @@ impl State {
                     Fatal::new(format!("header 'priority' must be 0..9, got '{v}'"))
                 })?,
             };
-        let mut headers = Vec::new();
+        let mut headers: Vec<Header> = Vec::new();
         for (name, value) in &frame.headers {
             if !RESERVED_SEND_HEADERS.contains(&name.as_str())
-                && !headers.iter().any(|(n, _): &(String, String)| n == name)
+                && !headers.iter().any(|h| h.name == *name)
             {
-                headers.push((name.clone(), value.clone()));
+                headers.push(Header::text(name.clone(), value.clone()));
             }
         }
+        // ActiveMQ's rule for the JMS class of a STOMP message: `amq-msg-type` when given,
+        // else a BytesMessage when the frame has a content-length, else a TextMessage.
+        let body_type = match frame.get("amq-msg-type") {
+            Some("text") => BodyType::Text,
+            Some("bytes") => BodyType::Bytes,
+            Some(other) => {
+                return Err(Fatal::new(format!(
+                    "header 'amq-msg-type' must be text or bytes, got '{other}'"
+                )))
+            }
+            None if frame.get("content-length").is_some() => BodyType::Bytes,
+            None => BodyType::Text,
+        };
         let message = NewMessage {
             message_id: frame.get("message-id").map(str::to_string),
             persistent,
             expiration,
             priority,
+            timestamp: 0,
             headers,
+            body_type,
             body: frame.body.clone(),
         };
         Ok(self
@@ -633,7 +649,8 @@ impl State {
         let result = self.session.subscribe(SubscribeRequest {
             id: id.clone(),
             destination,
-            prefetch,
+            // STOMP has no pull: a window of 0 is taken as 1, as ActiveMQ does.
+            prefetch: prefetch.max(1),
             durable_name,
             selector: frame.get("selector").map(str::to_string),
         });

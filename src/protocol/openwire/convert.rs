@@ -1,0 +1,589 @@
+//! Between OpenWire messages and the broker core's messages.
+//!
+//! Owns the mapping of JMS message classes, JMS header fields and typed properties onto the
+//! core's protocol-neutral [`NewMessage`]/[`StoredMessage`], done the way ActiveMQ maps JMS
+//! messages to STOMP frames, so that STOMP and OpenWire clients read each other's messages:
+//!
+//! | JMS                     | stored as                                               |
+//! |-------------------------|---------------------------------------------------------|
+//! | TextMessage body        | UTF-8 bytes, body type TEXT                             |
+//! | BytesMessage body       | the bytes, body type BYTES                              |
+//! | Map/Object/StreamMessage| OpenWire's encoding of the body, body type MAP/OBJECT/STREAM |
+//! | JMSCorrelationID        | header `correlation-id`                                 |
+//! | JMSReplyTo              | header `reply-to` as `/queue/x`, `/topic/x`, `/temp-queue/x`, `/temp-topic/x` |
+//! | JMSType                 | header `type`                                           |
+//! | JMSXGroupID, JMSXGroupSeq | headers of those names                                |
+//! | JMSMessageID            | the message id, `<producer id>:<sequence>`              |
+//! | properties              | headers, with their JMS type in `Header.kind`           |
+//!
+//! Pure functions: no I/O, no session state. It must never decide what a client is answered.
+
+use bytes::{Bytes, BytesMut};
+
+use super::{
+    decode_text_body, encode_text_body, Destination as OwDestination, DestinationKind, Message,
+    MessageId, MessageKind, PrimitiveMap, PrimitiveValue, ProducerId,
+};
+use crate::broker::{BodyType, Destination, Header, NewMessage, PropertyType};
+use crate::store::Message as StoredMessage;
+
+/// Headers that carry JMS header fields rather than properties.
+const CORRELATION_ID: &str = "correlation-id";
+const REPLY_TO: &str = "reply-to";
+const TYPE: &str = "type";
+const GROUP_ID: &str = "JMSXGroupID";
+const GROUP_SEQ: &str = "JMSXGroupSeq";
+const ORIGINAL_DESTINATION: &str = "original-destination";
+
+/// ActiveMQ's prefix of advisory topics, which ferromq accepts subscriptions to but never
+/// publishes on.
+pub const ADVISORY_PREFIX: &str = "ActiveMQ.Advisory.";
+
+/// `ProducerId.toString()`: `<connection id>:<session>:<producer>`.
+pub fn producer_id_text(id: &ProducerId) -> String {
+    format!(
+        "{}:{}:{}",
+        id.connection_id.as_deref().unwrap_or(""),
+        id.session_id,
+        id.value
+    )
+}
+
+/// `MessageId.toString()`: the text view when set, else `<producer id>:<sequence>`.
+pub fn message_id_text(id: &MessageId) -> String {
+    if let Some(text) = &id.text_view {
+        return text.clone();
+    }
+    let producer = id
+        .producer_id
+        .as_ref()
+        .map(producer_id_text)
+        .unwrap_or_default();
+    format!("{producer}:{}", id.producer_sequence_id)
+}
+
+/// The structured `MessageId` of a stored message id.
+///
+/// An id an OpenWire producer made (`ID:host-1-2-3:1:1:1:5`) comes back exactly. Any other id
+/// (a STOMP client's, or one the broker made) becomes a text view over a producer derived from
+/// the id itself, so that distinct messages never share a (producer, sequence) pair: the JMS
+/// client drops such a pair as a duplicate.
+pub fn parse_message_id(text: &str, broker_sequence_id: i64) -> MessageId {
+    let structured = (|| {
+        let (rest, seq) = text.rsplit_once(':')?;
+        let (rest, value) = rest.rsplit_once(':')?;
+        let (connection, session) = rest.rsplit_once(':')?;
+        let producer = ProducerId {
+            connection_id: Some(connection.to_string()),
+            value: value.parse().ok()?,
+            session_id: session.parse().ok()?,
+        };
+        let id = MessageId {
+            text_view: None,
+            producer_id: Some(producer),
+            producer_sequence_id: seq.parse().ok()?,
+            broker_sequence_id,
+        };
+        // Only when printing it gives the same text back (no leading zeros, signs...).
+        (!connection.is_empty() && message_id_text(&id) == text).then_some(id)
+    })();
+    if let Some(id) = structured {
+        return id;
+    }
+    let (producer, sequence) = match text.rsplit_once(':') {
+        Some((p, s)) if !p.is_empty() => match s.parse::<i64>() {
+            Ok(s) => (p, s),
+            Err(_) => (text, 1),
+        },
+        _ => (text, 1),
+    };
+    MessageId {
+        text_view: Some(text.to_string()),
+        producer_id: Some(ProducerId {
+            connection_id: Some(producer.to_string()),
+            value: 0,
+            session_id: 0,
+        }),
+        producer_sequence_id: sequence,
+        broker_sequence_id,
+    }
+}
+
+/// The core destination an OpenWire destination names (a temporary one is a plain queue or
+/// topic of the same name). Composite destinations (`a,b`) are refused.
+pub fn core_destination(d: &OwDestination) -> Result<Destination, String> {
+    let name = d
+        .physical_name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| "a destination without a name".to_string())?;
+    if name.contains(',') {
+        return Err(format!(
+            "composite destination '{name}' is not supported: use one destination per producer or consumer"
+        ));
+    }
+    Ok(match d.kind {
+        DestinationKind::Queue | DestinationKind::TempQueue => Destination::Queue(name.into()),
+        DestinationKind::Topic | DestinationKind::TempTopic => Destination::Topic(name.into()),
+    })
+}
+
+/// A destination as ActiveMQ writes it in STOMP headers.
+pub fn stomp_name(d: &OwDestination) -> String {
+    let name = d.physical_name.as_deref().unwrap_or("");
+    match d.kind {
+        DestinationKind::Queue => format!("/queue/{name}"),
+        DestinationKind::Topic => format!("/topic/{name}"),
+        DestinationKind::TempQueue => format!("/temp-queue/{name}"),
+        DestinationKind::TempTopic => format!("/temp-topic/{name}"),
+    }
+}
+
+/// Reads a destination written by [`stomp_name`], by a STOMP client, or in the core's
+/// canonical form (`queue://x`).
+pub fn parse_destination(text: &str) -> Option<OwDestination> {
+    let forms = [
+        ("/queue/", DestinationKind::Queue),
+        ("/topic/", DestinationKind::Topic),
+        ("/temp-queue/", DestinationKind::TempQueue),
+        ("/temp-topic/", DestinationKind::TempTopic),
+        ("/remote-temp-queue/", DestinationKind::TempQueue),
+        ("/remote-temp-topic/", DestinationKind::TempTopic),
+        ("queue://", DestinationKind::Queue),
+        ("topic://", DestinationKind::Topic),
+        ("temp-queue://", DestinationKind::TempQueue),
+        ("temp-topic://", DestinationKind::TempTopic),
+    ];
+    forms.iter().find_map(|(prefix, kind)| {
+        let name = text.strip_prefix(prefix)?;
+        (!name.is_empty()).then(|| OwDestination {
+            kind: *kind,
+            physical_name: Some(name.to_string()),
+        })
+    })
+}
+
+/// Why an OpenWire message cannot be stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConvertError {
+    #[error("compressed message bodies are not supported: set jms.useCompression=false")]
+    Compressed,
+    #[error("blob messages are not supported")]
+    Blob,
+    #[error("the message has no destination")]
+    NoDestination,
+    #[error("bad message: {0}")]
+    Malformed(String),
+}
+
+/// The core's view of a message an OpenWire producer sent.
+pub fn to_new_message(m: &Message) -> Result<NewMessage, ConvertError> {
+    if m.compressed {
+        return Err(ConvertError::Compressed);
+    }
+    let (body_type, body) = match &m.kind {
+        MessageKind::Message => (BodyType::None, Bytes::new()),
+        MessageKind::Text => {
+            let text = match &m.content {
+                Some(content) => decode_text_body(content)
+                    .map_err(|e| ConvertError::Malformed(e.to_string()))?
+                    .unwrap_or_default(),
+                None => String::new(),
+            };
+            (BodyType::Text, Bytes::from(text.into_bytes()))
+        }
+        MessageKind::Bytes => (BodyType::Bytes, m.content.clone().unwrap_or_default()),
+        MessageKind::Map => (BodyType::Map, m.content.clone().unwrap_or_default()),
+        MessageKind::Object => (BodyType::Object, m.content.clone().unwrap_or_default()),
+        MessageKind::Stream => (BodyType::Stream, m.content.clone().unwrap_or_default()),
+        MessageKind::Blob(_) => return Err(ConvertError::Blob),
+    };
+    let mut headers = Vec::new();
+    if let Some(id) = &m.correlation_id {
+        headers.push(Header::text(CORRELATION_ID, id.clone()));
+    }
+    if let Some(reply_to) = &m.reply_to {
+        headers.push(Header::text(REPLY_TO, stomp_name(reply_to)));
+    }
+    if let Some(t) = &m.jms_type {
+        headers.push(Header::text(TYPE, t.clone()));
+    }
+    if let Some(group) = &m.group_id {
+        headers.push(Header::text(GROUP_ID, group.clone()));
+        headers.push(Header {
+            name: GROUP_SEQ.into(),
+            value: m.group_sequence.to_string(),
+            kind: PropertyType::Int as i32,
+        });
+    }
+    if let Some(original) = &m.original_destination {
+        if let Ok(d) = core_destination(original) {
+            headers.push(Header::text(ORIGINAL_DESTINATION, d.canonical()));
+        }
+    }
+    if let Some(props) = &m.marshalled_properties {
+        let props =
+            PrimitiveMap::decode(props).map_err(|e| ConvertError::Malformed(e.to_string()))?;
+        for (name, value) in props.entries {
+            if let Some(header) = property_header(name, value) {
+                headers.push(header);
+            }
+        }
+    }
+    let message_id = m.message_id.as_ref().map(message_id_text);
+    Ok(NewMessage {
+        message_id,
+        persistent: m.persistent,
+        expiration: m.expiration.max(0),
+        priority: u32::from(m.priority.min(9)),
+        timestamp: m.timestamp,
+        headers,
+        body_type,
+        body,
+    })
+}
+
+/// A JMS property as a header; `None` for values JMS properties cannot hold (maps, lists,
+/// byte arrays, null), which are dropped.
+fn property_header(name: String, value: PrimitiveValue) -> Option<Header> {
+    let (value, kind) = match value {
+        PrimitiveValue::Bool(v) => (v.to_string(), PropertyType::Boolean),
+        PrimitiveValue::Byte(v) => (v.to_string(), PropertyType::Byte),
+        PrimitiveValue::Short(v) => (v.to_string(), PropertyType::Short),
+        PrimitiveValue::Int(v) => (v.to_string(), PropertyType::Int),
+        PrimitiveValue::Long(v) => (v.to_string(), PropertyType::Long),
+        PrimitiveValue::Double(v) => (v.to_string(), PropertyType::Double),
+        PrimitiveValue::Float(v) => (v.to_string(), PropertyType::Float),
+        PrimitiveValue::String(v) => (v, PropertyType::String),
+        PrimitiveValue::Char(c) => (
+            char::from_u32(u32::from(c))
+                .unwrap_or('\u{fffd}')
+                .to_string(),
+            PropertyType::String,
+        ),
+        PrimitiveValue::Null
+        | PrimitiveValue::Bytes(_)
+        | PrimitiveValue::Map(_)
+        | PrimitiveValue::List(_) => {
+            tracing::debug!(property = %name, "dropping a property JMS cannot carry");
+            return None;
+        }
+    };
+    Some(Header {
+        name,
+        value,
+        kind: kind as i32,
+    })
+}
+
+/// A header's value as the typed property a JMS client expects (a string when it does not
+/// parse as its declared type).
+fn property_value(h: &Header) -> PrimitiveValue {
+    let text = || PrimitiveValue::String(h.value.clone());
+    match PropertyType::try_from(h.kind).unwrap_or(PropertyType::String) {
+        PropertyType::String => text(),
+        PropertyType::Boolean => match h.value.as_str() {
+            "true" => PrimitiveValue::Bool(true),
+            "false" => PrimitiveValue::Bool(false),
+            _ => text(),
+        },
+        PropertyType::Byte => h
+            .value
+            .parse()
+            .map_or_else(|_| text(), PrimitiveValue::Byte),
+        PropertyType::Short => h
+            .value
+            .parse()
+            .map_or_else(|_| text(), PrimitiveValue::Short),
+        PropertyType::Int => h.value.parse().map_or_else(|_| text(), PrimitiveValue::Int),
+        PropertyType::Long => h
+            .value
+            .parse()
+            .map_or_else(|_| text(), PrimitiveValue::Long),
+        PropertyType::Double => h
+            .value
+            .parse()
+            .map_or_else(|_| text(), PrimitiveValue::Double),
+        PropertyType::Float => h
+            .value
+            .parse()
+            .map_or_else(|_| text(), PrimitiveValue::Float),
+    }
+}
+
+/// The OpenWire message a consumer on `destination` receives for a stored message.
+/// `broker_sequence_id` goes into the message id; the client echoes it in its acks.
+pub fn to_openwire(
+    stored: &StoredMessage,
+    destination: &OwDestination,
+    redeliveries: u32,
+    broker_sequence_id: i64,
+    now_ms: i64,
+) -> Result<Message, ConvertError> {
+    let body_type = BodyType::try_from(stored.body_type).unwrap_or(BodyType::Unspecified);
+    let body_type = match body_type {
+        BodyType::Unspecified if std::str::from_utf8(&stored.body).is_ok() => BodyType::Text,
+        BodyType::Unspecified => BodyType::Bytes,
+        other => other,
+    };
+    let (kind, content) = match body_type {
+        BodyType::None => (MessageKind::Message, None),
+        BodyType::Text => {
+            let text = String::from_utf8_lossy(&stored.body);
+            let mut out = BytesMut::with_capacity(stored.body.len() + 8);
+            encode_text_body(Some(&text), &mut out)
+                .map_err(|e| ConvertError::Malformed(e.to_string()))?;
+            (MessageKind::Text, Some(out.freeze()))
+        }
+        BodyType::Map => (MessageKind::Map, Some(stored.body.clone())),
+        BodyType::Object => (MessageKind::Object, Some(stored.body.clone())),
+        BodyType::Stream => (MessageKind::Stream, Some(stored.body.clone())),
+        BodyType::Bytes | BodyType::Unspecified => (MessageKind::Bytes, Some(stored.body.clone())),
+    };
+    let mut m = Message {
+        kind,
+        content,
+        persistent: stored.persistent,
+        expiration: stored.expiration,
+        priority: stored.priority.min(9) as u8,
+        timestamp: stored.timestamp,
+        redelivery_counter: i32::try_from(redeliveries).unwrap_or(i32::MAX),
+        broker_in_time: stored.timestamp,
+        broker_out_time: now_ms,
+        ..Message::default()
+    };
+    let id = parse_message_id(&stored.message_id, broker_sequence_id);
+    m.producer_id = id.producer_id.clone();
+    m.message_id = Some(id);
+    // The destination the producer addressed, keeping the subscriber's class (temporary or
+    // not) when it is the subscriber's own destination.
+    m.destination = Some(match parse_destination(&stored.destination) {
+        Some(d)
+            if core_destination(&d).ok() == core_destination(destination).ok()
+                || d.physical_name.is_none() =>
+        {
+            destination.clone()
+        }
+        Some(d) => d,
+        None => destination.clone(),
+    });
+    let mut props = PrimitiveMap::new();
+    for h in &stored.headers {
+        match h.name.as_str() {
+            CORRELATION_ID => m.correlation_id = Some(h.value.clone()),
+            REPLY_TO => m.reply_to = parse_destination(&h.value),
+            TYPE => m.jms_type = Some(h.value.clone()),
+            GROUP_ID => m.group_id = Some(h.value.clone()),
+            GROUP_SEQ => m.group_sequence = h.value.parse().unwrap_or(0),
+            ORIGINAL_DESTINATION => m.original_destination = parse_destination(&h.value),
+            _ => {
+                if props.get(&h.name).is_none() {
+                    props.entries.push((h.name.clone(), property_value(h)));
+                }
+            }
+        }
+    }
+    if !props.entries.is_empty() {
+        let mut out = BytesMut::new();
+        props
+            .encode(&mut out)
+            .map_err(|e| ConvertError::Malformed(e.to_string()))?;
+        m.marshalled_properties = Some(out.freeze());
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn producer() -> ProducerId {
+        ProducerId {
+            connection_id: Some("ID:host-4100-1700000000000-1:1".into()),
+            value: 3,
+            session_id: 2,
+        }
+    }
+
+    #[test]
+    fn openwire_message_ids_round_trip_exactly() {
+        let id = MessageId {
+            text_view: None,
+            producer_id: Some(producer()),
+            producer_sequence_id: 42,
+            broker_sequence_id: 0,
+        };
+        let text = message_id_text(&id);
+        assert_eq!(text, "ID:host-4100-1700000000000-1:1:2:3:42");
+        let back = parse_message_id(&text, 7);
+        assert_eq!(back.producer_id, id.producer_id);
+        assert_eq!(back.producer_sequence_id, 42);
+        assert_eq!(back.broker_sequence_id, 7);
+        assert_eq!(back.text_view, None);
+    }
+
+    #[test]
+    fn foreign_message_ids_stay_distinct_and_print_unchanged() {
+        let a = parse_message_id("ID:node-18c:3:17", 1);
+        let b = parse_message_id("ID:node-18c:3:18", 2);
+        let c = parse_message_id("no-colon", 3);
+        assert_eq!(message_id_text(&a), "ID:node-18c:3:17");
+        assert_eq!(message_id_text(&c), "no-colon");
+        let pair = |m: &MessageId| (m.producer_id.clone(), m.producer_sequence_id);
+        assert_ne!(pair(&a), pair(&b));
+        assert_ne!(pair(&a), pair(&c));
+        assert!(a.producer_id.is_some() && c.producer_id.is_some());
+    }
+
+    #[test]
+    fn destinations_map_both_ways() {
+        let temp = OwDestination {
+            kind: DestinationKind::TempQueue,
+            physical_name: Some("ID:h-1:1:1".into()),
+        };
+        assert_eq!(stomp_name(&temp), "/temp-queue/ID:h-1:1:1");
+        assert_eq!(parse_destination(&stomp_name(&temp)), Some(temp.clone()));
+        assert_eq!(
+            core_destination(&temp),
+            Ok(Destination::Queue("ID:h-1:1:1".into()))
+        );
+        assert_eq!(
+            parse_destination("topic://prices"),
+            Some(OwDestination::topic("prices"))
+        );
+        assert!(core_destination(&OwDestination::queue("a,b")).is_err());
+        assert!(core_destination(&OwDestination::default()).is_err());
+    }
+
+    fn text_body(text: &str) -> Bytes {
+        let mut out = BytesMut::new();
+        encode_text_body(Some(text), &mut out).unwrap();
+        out.freeze()
+    }
+
+    #[test]
+    fn a_text_message_with_headers_and_properties_survives_the_core() {
+        let mut props = PrimitiveMap::new();
+        props.insert("flag", PrimitiveValue::Bool(true));
+        props.insert("count", PrimitiveValue::Int(-5));
+        props.insert("big", PrimitiveValue::Long(1 << 40));
+        props.insert("ratio", PrimitiveValue::Double(0.1));
+        props.insert("name", PrimitiveValue::String("x y".into()));
+        let mut marshalled = BytesMut::new();
+        props.encode(&mut marshalled).unwrap();
+        let sent = Message {
+            kind: MessageKind::Text,
+            destination: Some(OwDestination::queue("orders")),
+            message_id: Some(MessageId {
+                text_view: None,
+                producer_id: Some(producer()),
+                producer_sequence_id: 9,
+                broker_sequence_id: 0,
+            }),
+            correlation_id: Some("c-1".into()),
+            reply_to: Some(OwDestination {
+                kind: DestinationKind::TempQueue,
+                physical_name: Some("ID:t:1:1".into()),
+            }),
+            jms_type: Some("order".into()),
+            persistent: true,
+            priority: 7,
+            expiration: 0,
+            timestamp: 1_700_000_000_123,
+            content: Some(text_body("héllo")),
+            marshalled_properties: Some(marshalled.freeze()),
+            ..Message::default()
+        };
+        let new = to_new_message(&sent).unwrap();
+        assert_eq!(new.body_type, BodyType::Text);
+        assert_eq!(&new.body[..], "héllo".as_bytes());
+        assert_eq!(
+            new.message_id.as_deref(),
+            Some("ID:host-4100-1700000000000-1:1:2:3:9")
+        );
+        let find = |n: &str| {
+            new.headers
+                .iter()
+                .find(|h| h.name == n)
+                .unwrap()
+                .value
+                .clone()
+        };
+        assert_eq!(find("correlation-id"), "c-1");
+        assert_eq!(find("reply-to"), "/temp-queue/ID:t:1:1");
+        assert_eq!(find("type"), "order");
+        assert_eq!(find("count"), "-5");
+
+        let stored = StoredMessage {
+            message_id: new.message_id.clone().unwrap(),
+            destination: "queue://orders".into(),
+            persistent: true,
+            priority: new.priority,
+            timestamp: new.timestamp,
+            headers: new.headers.clone(),
+            body: new.body.clone(),
+            body_type: new.body_type as i32,
+            ..StoredMessage::default()
+        };
+        let back = to_openwire(&stored, &OwDestination::queue("orders"), 2, 77, 5).unwrap();
+        assert_eq!(back.kind, MessageKind::Text);
+        assert_eq!(back.content, sent.content);
+        assert_eq!(back.correlation_id, sent.correlation_id);
+        assert_eq!(back.reply_to, sent.reply_to);
+        assert_eq!(back.jms_type, sent.jms_type);
+        assert_eq!(back.priority, 7);
+        assert_eq!(back.timestamp, sent.timestamp);
+        assert_eq!(back.redelivery_counter, 2);
+        assert_eq!(back.message_id.as_ref().unwrap().broker_sequence_id, 77);
+        assert_eq!(back.producer_id, Some(producer()));
+        let props_back =
+            PrimitiveMap::decode(back.marshalled_properties.as_ref().unwrap()).unwrap();
+        assert_eq!(props_back, props);
+    }
+
+    #[test]
+    fn stomp_bodies_become_text_or_bytes_messages() {
+        let stored = StoredMessage {
+            message_id: "ID:n-1:1:1".into(),
+            destination: "queue://q".into(),
+            body: Bytes::from_static(b"plain"),
+            body_type: BodyType::Text as i32,
+            headers: vec![Header::text("color", "red")],
+            ..StoredMessage::default()
+        };
+        let m = to_openwire(&stored, &OwDestination::queue("q"), 0, 1, 0).unwrap();
+        assert_eq!(m.kind, MessageKind::Text);
+        assert_eq!(
+            decode_text_body(m.content.as_ref().unwrap())
+                .unwrap()
+                .as_deref(),
+            Some("plain")
+        );
+        let props = PrimitiveMap::decode(m.marshalled_properties.as_ref().unwrap()).unwrap();
+        assert_eq!(props.string("color"), Some("red"));
+
+        let bytes = StoredMessage {
+            body: Bytes::from_static(&[0xff, 0, 1]),
+            body_type: BodyType::Unspecified as i32,
+            ..stored
+        };
+        let m = to_openwire(&bytes, &OwDestination::queue("q"), 0, 1, 0).unwrap();
+        assert_eq!(m.kind, MessageKind::Bytes);
+        assert_eq!(m.content.as_deref(), Some(&[0xff, 0, 1][..]));
+    }
+
+    #[test]
+    fn compressed_and_blob_messages_are_refused_by_name() {
+        let m = Message {
+            kind: MessageKind::Bytes,
+            compressed: true,
+            ..Message::default()
+        };
+        assert_eq!(to_new_message(&m).unwrap_err(), ConvertError::Compressed);
+        let m = Message {
+            kind: MessageKind::Blob(Default::default()),
+            ..Message::default()
+        };
+        assert_eq!(to_new_message(&m).unwrap_err(), ConvertError::Blob);
+    }
+}

@@ -1,0 +1,1301 @@
+//! One OpenWire connection: commands in, broker-core calls out, deliveries back as
+//! `MessageDispatch`es.
+//!
+//! Owns the JMS conversation of a stock ActiveMQ client: wire-format negotiation, login,
+//! the connection/session/producer/consumer ids, acknowledge types, local transactions,
+//! queue browsers, pull consumers (prefetch 0), temporary destinations, keep-alives, and the
+//! replay a failover client makes after reconnecting (a `ConnectionInfo` reusing a live
+//! connection's id replaces that connection; re-sent persistent messages are recognised by
+//! the core's producer-sequence check and answered without being stored twice).
+//!
+//! It must never hold broker state beyond what the wire needs (which deliveries each consumer
+//! has outstanding) and never answers a persistent send or a commit before the core confirms
+//! it. When the core says this node is no longer the master, it closes the connection without
+//! answering, so the client's failover transport replays the request on the new master.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::convert::{self, ADVISORY_PREFIX};
+use super::{
+    decode, encode, negotiate, BaseCommand, BrokerId, BrokerInfo, Command, ConnectionError,
+    ConnectionId, ConsumerId, ConsumerInfo, DataStructure, Destination as OwDestination,
+    DestinationInfo, DestinationKind, ExceptionResponse, Format, FrameReader, MessageAck,
+    MessageDispatch, MessageId, MessageKind, MessagePull, ProducerId, RemoveInfo, Response,
+    Throwable, TransactionId, TransactionInfo, WireFormatInfo,
+};
+use crate::broker::{
+    AckScope, Broker, BrokerError, Confirmation, Delivery, Destination, Session, SubscribeRequest,
+};
+
+/// What every OpenWire connection on a node shares.
+#[derive(Debug)]
+pub struct OpenWireOptions {
+    pub max_frame_size: usize,
+    /// user name -> password; empty means anyone may connect.
+    pub users: HashMap<String, String>,
+    /// How long a client may take to send its `WireFormatInfo`.
+    pub connect_timeout: Duration,
+    /// The broker name in `BrokerInfo`.
+    pub broker_name: String,
+    /// Advertised `MaxInactivityDuration`: a connection silent this long is closed, and we
+    /// write a `KeepAliveInfo` when we have been silent for a third of it.
+    pub max_inactivity: Duration,
+    /// Live connections by connection id, so a failover client's replay replaces its stale
+    /// connection.
+    pub connections: Registry,
+    /// Temporary destinations of this node's connections, announced on advisory topics.
+    pub temps: TempDestinations,
+}
+
+impl OpenWireOptions {
+    pub fn new(max_frame_size: usize, users: HashMap<String, String>, broker_name: &str) -> Self {
+        OpenWireOptions {
+            max_frame_size,
+            users,
+            connect_timeout: Duration::from_secs(30),
+            broker_name: broker_name.to_string(),
+            max_inactivity: Duration::from_secs(30),
+            connections: Registry::default(),
+            temps: TempDestinations::default(),
+        }
+    }
+}
+
+/// The temporary destinations live on this node. A JMS client learns them from advisory
+/// messages (`ActiveMQ.Advisory.TempQueue`, `ActiveMQ.Advisory.TempTopic`) and refuses to send
+/// to a temporary destination it has not heard of, so every connection with an advisory
+/// consumer is told of each one created or deleted.
+#[derive(Debug)]
+pub struct TempDestinations {
+    live: Mutex<HashMap<OwDestination, String>>,
+    events: broadcast::Sender<TempEvent>,
+}
+
+#[derive(Debug, Clone)]
+struct TempEvent {
+    destination: OwDestination,
+    connection_id: String,
+    added: bool,
+}
+
+impl Default for TempDestinations {
+    fn default() -> Self {
+        TempDestinations {
+            live: Mutex::new(HashMap::new()),
+            events: broadcast::channel(4096).0,
+        }
+    }
+}
+
+impl TempDestinations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<OwDestination, String>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, destination: OwDestination, connection_id: &str) {
+        self.lock()
+            .insert(destination.clone(), connection_id.to_string());
+        let _ = self.events.send(TempEvent {
+            destination,
+            connection_id: connection_id.to_string(),
+            added: true,
+        });
+    }
+
+    fn remove(&self, destination: &OwDestination) {
+        if let Some(connection_id) = self.lock().remove(destination) {
+            let _ = self.events.send(TempEvent {
+                destination: destination.clone(),
+                connection_id,
+                added: false,
+            });
+        }
+    }
+
+    fn snapshot(&self) -> Vec<TempEvent> {
+        self.lock()
+            .iter()
+            .map(|(d, c)| TempEvent {
+                destination: d.clone(),
+                connection_id: c.clone(),
+                added: true,
+            })
+            .collect()
+    }
+}
+
+/// Live OpenWire connections by connection id.
+#[derive(Debug, Default)]
+pub struct Registry(Mutex<HashMap<String, Live>>);
+
+#[derive(Debug)]
+struct Live {
+    serial: u64,
+    kill: watch::Sender<bool>,
+    /// Closes (errors on `changed`) once the connection's broker session is gone.
+    done: watch::Receiver<()>,
+}
+
+/// What a connection keeps to be replaced, and to leave the registry when it ends.
+struct Registration {
+    id: String,
+    serial: u64,
+    kill: watch::Receiver<bool>,
+    done: Option<watch::Sender<()>>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers `id`; a live connection already holding it is told to close, and this waits
+    /// (a few seconds at most) until its broker session is gone.
+    async fn register(&self, id: &str) -> Registration {
+        static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (kill_tx, kill_rx) = watch::channel(false);
+        let (done_tx, done_rx) = watch::channel(());
+        let previous = self.lock().insert(
+            id.to_string(),
+            Live {
+                serial,
+                kill: kill_tx,
+                done: done_rx,
+            },
+        );
+        if let Some(mut previous) = previous {
+            tracing::info!(
+                connection = id,
+                "connection id reused (failover replay): closing the stale connection"
+            );
+            let _ = previous.kill.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                while previous.done.changed().await.is_ok() {}
+            })
+            .await;
+        }
+        Registration {
+            id: id.to_string(),
+            serial,
+            kill: kill_rx,
+            done: Some(done_tx),
+        }
+    }
+
+    fn unregister(&self, registration: &Registration) {
+        let mut map = self.lock();
+        if map
+            .get(&registration.id)
+            .is_some_and(|l| l.serial == registration.serial)
+        {
+            map.remove(&registration.id);
+        }
+    }
+}
+
+/// Default consumer windows (the client always sends its own; these apply to replays that
+/// restore a window with `ConsumerControl`).
+const MAX_PREFETCH: i32 = 1 << 20;
+
+/// Why a connection ends.
+#[derive(Debug)]
+enum Close {
+    /// The client went away or asked to close.
+    Quietly,
+    /// A protocol error: tell the client with a `ConnectionError`, then close.
+    Error(String),
+    /// This node stopped serving: close without a word so the failover client replays.
+    Silently(String),
+}
+
+/// What a queued confirmation answers when it resolves.
+enum Awaiting {
+    /// A `Response` to this command id.
+    Response(i32),
+    /// Nothing to answer; a failure still ends the connection.
+    Silent,
+}
+
+struct ConsumerState {
+    id: ConsumerId,
+    destination: OwDestination,
+    browser: bool,
+    /// The consumer's window; 0: it pulls every message.
+    prefetch: u32,
+    /// Subscribed to nothing in the core (advisory topics).
+    inert: bool,
+    /// Deliveries not yet acknowledged: tag -> (producer text, producer sequence).
+    dispatched: BTreeMap<u64, (String, i64)>,
+}
+
+/// Serves one connection whose first bytes (already read, in `initial`) are OpenWire.
+pub async fn serve<S>(
+    stream: S,
+    initial: BytesMut,
+    broker: Broker,
+    options: Arc<OpenWireOptions>,
+    peer: SocketAddr,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut connection = Connection {
+        stream,
+        input: initial,
+        output: BytesMut::with_capacity(64 * 1024),
+        reader: FrameReader::new(options.max_frame_size),
+        format: Format::new(super::MAX_VERSION),
+        options,
+        peer,
+        inactivity: None,
+    };
+    let close = match connection.handshake().await {
+        Ok(true) => connection.run(&broker).await,
+        Ok(false) => Close::Quietly,
+        Err(close) => close,
+    };
+    connection.finish(close).await;
+}
+
+struct Connection<S> {
+    stream: S,
+    input: BytesMut,
+    output: BytesMut,
+    reader: FrameReader,
+    format: Format,
+    options: Arc<OpenWireOptions>,
+    peer: SocketAddr,
+    /// The negotiated inactivity period; `None` disables keep-alives.
+    inactivity: Option<Duration>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn consumer_key(id: &ConsumerId) -> String {
+    format!(
+        "{}:{}:{}",
+        id.connection_id.as_deref().unwrap_or(""),
+        id.session_id,
+        id.value
+    )
+}
+
+fn transaction_key(id: &TransactionId) -> Result<String, BrokerError> {
+    match id {
+        TransactionId::Local(t) => Ok(format!(
+            "TX:{}:{}",
+            t.connection_id
+                .as_ref()
+                .and_then(|c| c.value.as_deref())
+                .unwrap_or(""),
+            t.value
+        )),
+        TransactionId::Xa(_) => Err(BrokerError::Unsupported(
+            "XA transactions; use local (transacted session) transactions".into(),
+        )),
+    }
+}
+
+fn throwable(class: &str, message: impl Into<String>) -> Throwable {
+    Throwable {
+        class_name: Some(class.to_string()),
+        message: Some(message.into()),
+        stack_trace: Vec::new(),
+        cause: None,
+    }
+}
+
+/// The JMS exception class a client should see for a refusal.
+fn exception_class(e: &BrokerError) -> &'static str {
+    match e {
+        BrokerError::InvalidSelector(_) => "javax.jms.InvalidSelectorException",
+        BrokerError::InvalidDestination(_) => "javax.jms.InvalidDestinationException",
+        BrokerError::DurableNeedsClientId => "javax.jms.InvalidClientIDException",
+        _ => "javax.jms.JMSException",
+    }
+}
+
+/// Errors after which this node cannot serve the client at all: close without answering.
+fn is_not_serving(e: &BrokerError) -> bool {
+    matches!(e, BrokerError::NotMaster(_) | BrokerError::ShuttingDown)
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    fn queue(&mut self, command: &Command) -> Result<(), Close> {
+        encode(command, self.format, &mut self.output).map_err(|e| {
+            tracing::error!(peer = %self.peer, command = command.name(), error = %e, "cannot encode a reply");
+            Close::Error(format!("cannot encode {}: {e}", command.name()))
+        })
+    }
+
+    async fn flush_output(&mut self) -> std::io::Result<()> {
+        if !self.output.is_empty() {
+            self.stream.write_all(&self.output).await?;
+            self.output.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads the next frame, or `None` at end of stream.
+    async fn read_command(&mut self) -> Result<Option<Command>, Close> {
+        loop {
+            if let Some(frame) = self
+                .reader
+                .next_frame(&mut self.input)
+                .map_err(|e| Close::Error(e.to_string()))?
+            {
+                return decode(&frame, self.format)
+                    .map(Some)
+                    .map_err(|e| Close::Error(e.to_string()));
+            }
+            match self.stream.read_buf(&mut self.input).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Exchanges `WireFormatInfo`s; false when the client left first.
+    async fn handshake(&mut self) -> Result<bool, Close> {
+        let inactivity_ms = self.options.max_inactivity.as_millis() as i64;
+        let ours = WireFormatInfo::ferromq(
+            self.options.max_frame_size as i64,
+            inactivity_ms,
+            10_000.min(inactivity_ms),
+        );
+        self.queue(&Command::WireFormatInfo(ours.clone()))?;
+        if self.flush_output().await.is_err() {
+            return Ok(false);
+        }
+        let first = tokio::time::timeout(self.options.connect_timeout, self.read_command())
+            .await
+            .map_err(|_| Close::Error("no WireFormatInfo within the connect timeout".into()))??;
+        let Some(first) = first else { return Ok(false) };
+        let Command::WireFormatInfo(client) = first else {
+            return Err(Close::Error(format!(
+                "expected WireFormatInfo as the first command, got {}",
+                first.name()
+            )));
+        };
+        let negotiated = negotiate(&client, &ours).map_err(|e| Close::Error(e.to_string()))?;
+        self.format = negotiated.format;
+        if negotiated.max_frame_size > 0 {
+            let limit = usize::try_from(negotiated.max_frame_size).unwrap_or(usize::MAX);
+            self.reader = FrameReader::new(limit.min(self.options.max_frame_size));
+        }
+        self.inactivity = (negotiated.max_inactivity_duration > 0)
+            .then(|| Duration::from_millis(negotiated.max_inactivity_duration as u64));
+        let info = BrokerInfo {
+            broker_id: Some(BrokerId {
+                value: Some(format!("ID:ferromq-{}", self.options.broker_name)),
+            }),
+            broker_name: Some(self.options.broker_name.clone()),
+            ..BrokerInfo::default()
+        };
+        self.queue(&Command::BrokerInfo(info))?;
+        if self.flush_output().await.is_err() {
+            return Ok(false);
+        }
+        tracing::debug!(peer = %self.peer, version = self.format.version, "OpenWire wire format negotiated");
+        Ok(true)
+    }
+
+    async fn finish(&mut self, close: Close) {
+        match close {
+            Close::Quietly => {}
+            Close::Silently(reason) => {
+                tracing::info!(peer = %self.peer, %reason, "closing OpenWire connection");
+            }
+            Close::Error(reason) => {
+                tracing::info!(peer = %self.peer, error = %reason, "closing OpenWire connection with an error");
+                let error = ConnectionError {
+                    exception: Some(throwable("java.io.IOException", reason)),
+                    ..ConnectionError::default()
+                };
+                if self.queue(&Command::ConnectionError(error)).is_ok() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), self.flush_output()).await;
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
+    }
+
+    /// Serves commands until the connection ends: first a `ConnectionInfo`, then the JMS
+    /// conversation.
+    async fn run(&mut self, broker: &Broker) -> Close {
+        // Until ConnectionInfo arrives only a few commands make sense.
+        let info = loop {
+            let command = match self.read_command().await {
+                Ok(Some(c)) => c,
+                Ok(None) => return Close::Quietly,
+                Err(close) => return close,
+            };
+            match command {
+                Command::ConnectionInfo(info) => break info,
+                Command::WireFormatInfo(_) | Command::ConnectionControl(_) => {}
+                Command::KeepAliveInfo(k) => {
+                    if let Err(close) = self.keep_alive_reply(k) {
+                        return close;
+                    }
+                }
+                Command::ShutdownInfo(_) => return Close::Quietly,
+                other => {
+                    if other.response_required() {
+                        if let Err(close) = self.exception(
+                            other.command_id(),
+                            "javax.jms.IllegalStateException",
+                            format!("{} before ConnectionInfo", other.name()),
+                        ) {
+                            return close;
+                        }
+                    }
+                }
+            }
+            if self.flush_output().await.is_err() {
+                return Close::Quietly;
+            }
+        };
+        if !self.options.users.is_empty() {
+            let user = info.user_name.as_deref().unwrap_or("");
+            let password = info.password.as_deref().unwrap_or("");
+            if self.options.users.get(user).map(String::as_str) != Some(password) {
+                tracing::warn!(peer = %self.peer, user, "OpenWire login refused");
+                let _ = self.exception(
+                    info.command_id,
+                    "java.lang.SecurityException",
+                    format!("User name [{user}] or password is invalid."),
+                );
+                let _ = self.flush_output().await;
+                return Close::Quietly;
+            }
+        }
+        let connection_id = info
+            .connection_id
+            .as_ref()
+            .and_then(|c| c.value.clone())
+            .unwrap_or_else(|| format!("ferromq-anonymous-{}", self.peer));
+        let options = self.options.clone();
+        let mut registration = options.connections.register(&connection_id).await;
+        let (session, deliveries) = broker.open_session(info.client_id.clone());
+        let mut state = State {
+            session,
+            consumers: HashMap::new(),
+            awaiting: VecDeque::new(),
+            pulls: Vec::new(),
+            acks: HashMap::new(),
+            now: now_ms(),
+            connection_id: connection_id.clone(),
+            temp_events: options.temps.events.subscribe(),
+            own_temps: Vec::new(),
+        };
+        tracing::debug!(peer = %self.peer, connection = %connection_id, client_id = ?info.client_id,
+            failover = info.failover_reconnect, "OpenWire connection open");
+        let close = match self.respond(info.command_id, info.response_required) {
+            Ok(()) => {
+                self.serve_commands(&mut state, deliveries, &mut registration)
+                    .await
+            }
+            Err(close) => close,
+        };
+        // Temporary destinations die with their connection.
+        for destination in std::mem::take(&mut state.own_temps) {
+            options.temps.remove(&destination);
+        }
+        // The broker session goes first (returning unacknowledged messages), then a
+        // replacing connection may proceed.
+        drop(state);
+        options.connections.unregister(&registration);
+        registration.done.take();
+        close
+    }
+
+    fn respond(&mut self, command_id: i32, required: bool) -> Result<(), Close> {
+        if required {
+            self.queue(&Command::Response(Response {
+                correlation_id: command_id,
+                ..Response::default()
+            }))?;
+        }
+        Ok(())
+    }
+
+    fn exception(
+        &mut self,
+        command_id: i32,
+        class: &str,
+        message: impl Into<String>,
+    ) -> Result<(), Close> {
+        self.queue(&Command::ExceptionResponse(ExceptionResponse {
+            correlation_id: command_id,
+            exception: Some(throwable(class, message)),
+            ..ExceptionResponse::default()
+        }))
+    }
+
+    /// Answers a refused request: an `ExceptionResponse` when the client waits for one, else
+    /// a log line. A node that no longer serves closes instead.
+    fn refuse(&mut self, command: &Command, error: BrokerError) -> Result<(), Close> {
+        if is_not_serving(&error) {
+            return Err(Close::Silently(error.to_string()));
+        }
+        tracing::debug!(peer = %self.peer, command = command.name(), %error, "request refused");
+        if command.response_required() {
+            self.exception(
+                command.command_id(),
+                exception_class(&error),
+                error.to_string(),
+            )
+        } else {
+            Ok(())
+        }
+    }
+
+    fn keep_alive_reply(&mut self, k: BaseCommand) -> Result<(), Close> {
+        if k.response_required {
+            self.queue(&Command::KeepAliveInfo(BaseCommand {
+                command_id: 0,
+                response_required: false,
+            }))?;
+        }
+        Ok(())
+    }
+
+    async fn serve_commands(
+        &mut self,
+        state: &mut State,
+        mut deliveries: mpsc::UnboundedReceiver<Delivery>,
+        registration: &mut Registration,
+    ) -> Close {
+        let keep_alive = self
+            .inactivity
+            .map(|d| d / 3)
+            .unwrap_or(Duration::from_secs(3600));
+        let mut tick = tokio::time::interval_at(Instant::now() + keep_alive, keep_alive);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_read = Instant::now();
+        let mut wrote_since_tick = false;
+        loop {
+            let next_pull = state.pulls.iter().map(|p| p.0).min();
+            let step: Result<(), Close> = tokio::select! {
+                read = self.stream.read_buf(&mut self.input) => match read {
+                    Ok(0) | Err(_) => Err(Close::Quietly),
+                    Ok(_) => {
+                        last_read = Instant::now();
+                        state.now = now_ms();
+                        self.handle_input(state)
+                    }
+                },
+                event = state.temp_events.recv() => match event {
+                    Ok(event) => self.write_advisories(state, &[event]),
+                    Err(_) => Ok(()), // lagged: some advisories lost
+                },
+                Some(delivery) = deliveries.recv() => {
+                    state.now = now_ms();
+                    // Advisories first: a reply to a new temporary queue must not reach the
+                    // client before it knows the queue.
+                    let mut events = Vec::new();
+                    while let Ok(event) = state.temp_events.try_recv() {
+                        events.push(event);
+                    }
+                    let mut result = self.write_advisories(state, &events);
+                    if result.is_ok() {
+                        result = self.write_delivery(state, delivery);
+                    }
+                    for _ in 0..255 {
+                        if result.is_err() {
+                            break;
+                        }
+                        match deliveries.try_recv() {
+                            Ok(d) => result = self.write_delivery(state, d),
+                            Err(_) => break,
+                        }
+                    }
+                    result
+                }
+                result = front(&mut state.awaiting), if !state.awaiting.is_empty() => {
+                    let (awaiting, _) = state.awaiting.pop_front().expect("non-empty");
+                    self.answer(awaiting, result)
+                }
+                _ = sleep_until(next_pull), if next_pull.is_some() => {
+                    self.expire_pulls(state)
+                }
+                _ = tick.tick(), if self.inactivity.is_some() => {
+                    let period = self.inactivity.expect("guarded");
+                    if last_read.elapsed() > period {
+                        Err(Close::Error(format!(
+                            "no command from the client for {} ms (inactivity monitor)",
+                            period.as_millis()
+                        )))
+                    } else {
+                        if !wrote_since_tick {
+                            let _ = self.queue(&Command::KeepAliveInfo(BaseCommand::default()));
+                        }
+                        wrote_since_tick = false;
+                        Ok(())
+                    }
+                }
+                _ = registration.kill.changed() => {
+                    Err(Close::Silently("replaced by a new connection with the same id".into()))
+                }
+            };
+            if !self.output.is_empty() {
+                wrote_since_tick = true;
+                if self.flush_output().await.is_err() {
+                    return Close::Quietly;
+                }
+            }
+            if let Err(close) = step {
+                return close;
+            }
+        }
+    }
+
+    /// Handles every whole frame in the input buffer.
+    fn handle_input(&mut self, state: &mut State) -> Result<(), Close> {
+        loop {
+            let frame = match self.reader.next_frame(&mut self.input) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => return Err(Close::Error(e.to_string())),
+            };
+            let command = decode(&frame, self.format).map_err(|e| Close::Error(e.to_string()))?;
+            if !matches!(command, Command::MessageAck(_)) {
+                self.flush_acks(state)?;
+            }
+            self.handle_command(state, command)?;
+        }
+        self.flush_acks(state)
+    }
+
+    fn handle_command(&mut self, state: &mut State, command: Command) -> Result<(), Close> {
+        let id = command.command_id();
+        let rr = command.response_required();
+        let result: Result<Option<Confirmation>, BrokerError> = match &command {
+            Command::Message(m) => state.send(m),
+            Command::MessageAck(ack) => state.ack(ack).map(|()| None),
+            Command::ConsumerInfo(info) => return self.add_consumer(state, &command, info),
+            Command::RemoveInfo(remove) => state.remove(remove),
+            Command::SessionInfo(_) | Command::ProducerInfo(_) => Ok(None),
+            Command::TransactionInfo(tx) => state.transaction(tx),
+            Command::DestinationInfo(info) => {
+                state.destination_info(info, &self.options.temps);
+                Ok(None)
+            }
+            Command::RemoveSubscriptionInfo(r) => match r.subscription_name.as_deref() {
+                Some(name) => state.session.remove_durable(name).map(Some),
+                None => Err(BrokerError::UnknownSubscription(String::new())),
+            },
+            Command::MessagePull(pull) => {
+                self.pull(state, pull)?;
+                Ok(None)
+            }
+            Command::ConsumerControl(control) => {
+                if let Some(cid) = &control.consumer_id {
+                    let key = consumer_key(cid);
+                    if let Some(c) = state
+                        .consumers
+                        .get_mut(&key)
+                        .filter(|c| !c.inert && !c.browser)
+                    {
+                        c.prefetch = control.prefetch.clamp(0, MAX_PREFETCH) as u32;
+                        let _ = state.session.set_prefetch(&key, c.prefetch);
+                    }
+                }
+                Ok(None)
+            }
+            Command::KeepAliveInfo(k) => return self.keep_alive_reply(*k),
+            Command::ShutdownInfo(_) => return Err(Close::Quietly),
+            Command::ConnectionInfo(_) => Err(BrokerError::Unsupported(
+                "a second ConnectionInfo on one connection".into(),
+            )),
+            Command::WireFormatInfo(_)
+            | Command::ConnectionControl(_)
+            | Command::ControlCommand(_)
+            | Command::FlushCommand(_)
+            | Command::ProducerAck(_)
+            | Command::Response(_)
+            | Command::ExceptionResponse(_)
+            | Command::DataResponse(_)
+            | Command::DataArrayResponse(_)
+            | Command::IntegerResponse(_)
+            | Command::ConnectionError(_) => Ok(None),
+            Command::BrokerInfo(_) | Command::MessageDispatch(_) => {
+                return Err(Close::Error(format!(
+                    "a client may not send {}",
+                    command.name()
+                )))
+            }
+        };
+        match result {
+            Ok(None) => self.respond(id, rr),
+            Ok(Some(confirmation)) if confirmation.is_done() => self.respond(id, rr),
+            Ok(Some(confirmation)) => {
+                let awaiting = if rr {
+                    Awaiting::Response(id)
+                } else {
+                    Awaiting::Silent
+                };
+                state.awaiting.push_back((awaiting, confirmation));
+                Ok(())
+            }
+            Err(e) => self.refuse(&command, e),
+        }
+    }
+
+    fn add_consumer(
+        &mut self,
+        state: &mut State,
+        command: &Command,
+        info: &ConsumerInfo,
+    ) -> Result<(), Close> {
+        let Some(cid) = info.consumer_id.clone() else {
+            return self.refuse(
+                command,
+                BrokerError::UnknownSubscription("no consumer id".into()),
+            );
+        };
+        let key = consumer_key(&cid);
+        let Some(destination) = info.destination.clone() else {
+            return self.refuse(command, BrokerError::InvalidDestination(String::new()));
+        };
+        if state.consumers.contains_key(&key) {
+            // A replayed consumer that is still here.
+            return self.respond(info.command_id, info.response_required);
+        }
+        let name = destination.physical_name.clone().unwrap_or_default();
+        let inert = name.starts_with(ADVISORY_PREFIX);
+        let consumer = ConsumerState {
+            id: cid.clone(),
+            destination: destination.clone(),
+            browser: info.browser,
+            prefetch: info.prefetch_size.clamp(0, MAX_PREFETCH) as u32,
+            inert,
+            dispatched: BTreeMap::new(),
+        };
+        if inert {
+            state.consumers.insert(key, consumer);
+            self.respond(info.command_id, info.response_required)?;
+            // A new advisory consumer hears of every temporary destination alive now.
+            let live = self.options.temps.snapshot();
+            return self.write_advisories(state, &live);
+        }
+        let core = match convert::core_destination(&destination) {
+            Ok(d) => d,
+            Err(reason) => return self.refuse(command, BrokerError::Unsupported(reason)),
+        };
+        let selector = info.selector.clone().filter(|s| !s.trim().is_empty());
+        if info.browser {
+            let Destination::Queue(_) = core else {
+                return self.refuse(
+                    command,
+                    BrokerError::Unsupported(format!("browsing topic '{name}': browse queues")),
+                );
+            };
+            let messages = match state.session.browse(&core, selector.as_deref()) {
+                Ok(m) => m,
+                Err(e) => return self.refuse(command, e),
+            };
+            self.respond(info.command_id, info.response_required)?;
+            for (message, redeliveries) in messages {
+                let m = convert::to_openwire(&message, &destination, redeliveries, 0, state.now)
+                    .map_err(|e| Close::Error(e.to_string()))?;
+                self.queue(&Command::MessageDispatch(MessageDispatch {
+                    consumer_id: Some(cid.clone()),
+                    destination: Some(destination.clone()),
+                    message: Some(Box::new(m)),
+                    redelivery_counter: redeliveries as i32,
+                    ..MessageDispatch::default()
+                }))?;
+            }
+            // A dispatch without a message ends the browse.
+            self.queue(&Command::MessageDispatch(MessageDispatch {
+                consumer_id: Some(cid),
+                destination: Some(destination),
+                ..MessageDispatch::default()
+            }))?;
+            state.consumers.insert(key, consumer);
+            return Ok(());
+        }
+        let durable_name = match core {
+            Destination::Topic(_) => info.subscription_name.clone(),
+            Destination::Queue(_) => None,
+        };
+        let request = SubscribeRequest {
+            id: key.clone(),
+            destination: core,
+            prefetch: info.prefetch_size.clamp(0, MAX_PREFETCH) as u32,
+            durable_name,
+            selector,
+        };
+        state.consumers.insert(key.clone(), consumer);
+        match state.session.subscribe(request) {
+            Ok(confirmation) => {
+                if confirmation.is_done() {
+                    self.respond(info.command_id, info.response_required)
+                } else {
+                    let awaiting = if info.response_required {
+                        Awaiting::Response(info.command_id)
+                    } else {
+                        Awaiting::Silent
+                    };
+                    state.awaiting.push_back((awaiting, confirmation));
+                    Ok(())
+                }
+            }
+            Err(e) => {
+                state.consumers.remove(&key);
+                self.refuse(command, e)
+            }
+        }
+    }
+
+    fn pull(&mut self, state: &mut State, pull: &MessagePull) -> Result<(), Close> {
+        let Some(cid) = &pull.consumer_id else {
+            return Ok(());
+        };
+        let key = consumer_key(cid);
+        let Some(consumer) = state.consumers.get(&key) else {
+            return Ok(());
+        };
+        if consumer.inert || consumer.browser || consumer.prefetch > 0 {
+            return Ok(());
+        }
+        if let Err(e) = state.session.pull(&key) {
+            return if is_not_serving(&e) {
+                Err(Close::Silently(e.to_string()))
+            } else {
+                Ok(())
+            };
+        }
+        match pull.timeout {
+            // receive(): wait as long as it takes.
+            0 => {}
+            // receiveNoWait(): answered at once, with nothing if nothing was ready.
+            t if t < 0 => {
+                if state.session.cancel_pull(&key) {
+                    self.queue_empty_dispatch(state, &key)?;
+                }
+            }
+            t => state
+                .pulls
+                .push((Instant::now() + Duration::from_millis(t as u64), key)),
+        }
+        Ok(())
+    }
+
+    fn queue_empty_dispatch(&mut self, state: &State, key: &str) -> Result<(), Close> {
+        let Some(consumer) = state.consumers.get(key) else {
+            return Ok(());
+        };
+        let dispatch = MessageDispatch {
+            consumer_id: Some(consumer.id.clone()),
+            destination: Some(consumer.destination.clone()),
+            ..MessageDispatch::default()
+        };
+        self.queue(&Command::MessageDispatch(dispatch))
+    }
+
+    /// Answers pulls whose timeout passed with an empty dispatch, unless a message went out.
+    fn expire_pulls(&mut self, state: &mut State) -> Result<(), Close> {
+        let now = Instant::now();
+        let (due, rest): (Vec<_>, Vec<_>) = state.pulls.drain(..).partition(|p| p.0 <= now);
+        state.pulls = rest;
+        for (_, key) in due {
+            if state.session.cancel_pull(&key) {
+                self.queue_empty_dispatch(state, &key)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_delivery(&mut self, state: &mut State, delivery: Delivery) -> Result<(), Close> {
+        let Some(consumer) = state.consumers.get_mut(&delivery.subscription) else {
+            return Ok(()); // removed meanwhile; the core took it back
+        };
+        let message = match convert::to_openwire(
+            &delivery.message,
+            &consumer.destination,
+            delivery.redelivery_count,
+            delivery.tag as i64,
+            state.now,
+        ) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(message_id = %delivery.message.message_id, error = %e, "cannot hand a message to an OpenWire consumer; dead-lettering it");
+                let _ = state.session.nack(delivery.tag, None);
+                return Ok(());
+            }
+        };
+        let id = message.message_id.as_ref().expect("to_openwire sets it");
+        let producer = id
+            .producer_id
+            .as_ref()
+            .map(convert::producer_id_text)
+            .unwrap_or_default();
+        consumer
+            .dispatched
+            .insert(delivery.tag, (producer, id.producer_sequence_id));
+        let dispatch = MessageDispatch {
+            consumer_id: Some(consumer.id.clone()),
+            destination: Some(consumer.destination.clone()),
+            message: Some(Box::new(message)),
+            redelivery_counter: i32::try_from(delivery.redelivery_count).unwrap_or(i32::MAX),
+            ..MessageDispatch::default()
+        };
+        self.queue(&Command::MessageDispatch(dispatch))
+    }
+
+    /// Tells this connection's advisory consumers of temporary destinations created or
+    /// deleted.
+    fn write_advisories(&mut self, state: &mut State, events: &[TempEvent]) -> Result<(), Close> {
+        use std::sync::atomic::{AtomicI64, Ordering};
+        static SEQUENCE: AtomicI64 = AtomicI64::new(1);
+        for event in events {
+            let topic = match event.destination.kind {
+                DestinationKind::TempQueue => "ActiveMQ.Advisory.TempQueue",
+                DestinationKind::TempTopic => "ActiveMQ.Advisory.TempTopic",
+                _ => continue,
+            };
+            let listeners: Vec<(ConsumerId, OwDestination)> = state
+                .consumers
+                .values()
+                .filter(|c| {
+                    c.inert
+                        && c.destination
+                            .physical_name
+                            .as_deref()
+                            .is_some_and(|n| n.split(',').any(|part| part == topic))
+                })
+                .map(|c| (c.id.clone(), c.destination.clone()))
+                .collect();
+            for (consumer_id, destination) in listeners {
+                let producer = ProducerId {
+                    connection_id: Some(format!(
+                        "ID:ferromq-{}-advisory",
+                        self.options.broker_name
+                    )),
+                    value: 0,
+                    session_id: 0,
+                };
+                let info = DestinationInfo {
+                    connection_id: Some(ConnectionId {
+                        value: Some(event.connection_id.clone()),
+                    }),
+                    destination: Some(event.destination.clone()),
+                    operation_type: if event.added { 0 } else { 1 },
+                    ..DestinationInfo::default()
+                };
+                let message = super::Message {
+                    kind: MessageKind::Message,
+                    producer_id: Some(producer.clone()),
+                    destination: Some(OwDestination::topic(topic)),
+                    message_id: Some(MessageId {
+                        text_view: None,
+                        producer_id: Some(producer),
+                        producer_sequence_id: SEQUENCE.fetch_add(1, Ordering::Relaxed),
+                        broker_sequence_id: 0,
+                    }),
+                    timestamp: state.now,
+                    data_structure: Some(DataStructure::Command(Box::new(
+                        Command::DestinationInfo(info),
+                    ))),
+                    ..super::Message::default()
+                };
+                self.queue(&Command::MessageDispatch(MessageDispatch {
+                    consumer_id: Some(consumer_id),
+                    destination: Some(destination),
+                    message: Some(Box::new(message)),
+                    ..MessageDispatch::default()
+                }))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_acks(&mut self, state: &mut State) -> Result<(), Close> {
+        for (_, tag) in state.acks.drain() {
+            // One cumulative ack (one record) per consumer and batch of input.
+            if let Err(e) = state.session.ack(tag, AckScope::Cumulative, None) {
+                if is_not_serving(&e) {
+                    return Err(Close::Silently(e.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn answer(&mut self, awaiting: Awaiting, result: Result<(), BrokerError>) -> Result<(), Close> {
+        match (awaiting, result) {
+            (Awaiting::Response(id), Ok(())) => self.respond(id, true),
+            (Awaiting::Silent, Ok(())) => Ok(()),
+            (_, Err(e)) if is_not_serving(&e) => Err(Close::Silently(e.to_string())),
+            (Awaiting::Response(id), Err(e)) => {
+                self.exception(id, exception_class(&e), e.to_string())
+            }
+            (Awaiting::Silent, Err(e)) => Err(Close::Error(e.to_string())),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Polls the oldest queued confirmation (the core resolves them in order).
+async fn front(awaiting: &mut VecDeque<(Awaiting, Confirmation)>) -> Result<(), BrokerError> {
+    let (_, confirmation) = awaiting.front_mut().expect("guarded by is_empty");
+    confirmation.await
+}
+
+/// The per-connection bookkeeping around a broker session.
+struct State {
+    session: Session,
+    consumers: HashMap<String, ConsumerState>,
+    awaiting: VecDeque<(Awaiting, Confirmation)>,
+    /// Pulls with a timeout: (deadline, consumer key).
+    pulls: Vec<(Instant, String)>,
+    /// Standard acks without a transaction received in this batch of input: consumer -> tag.
+    acks: HashMap<String, u64>,
+    now: i64,
+    connection_id: String,
+    /// Temporary destinations created or deleted on this node.
+    temp_events: broadcast::Receiver<TempEvent>,
+    /// The temporary destinations this connection created.
+    own_temps: Vec<OwDestination>,
+}
+
+impl State {
+    fn send(&mut self, m: &super::Message) -> Result<Option<Confirmation>, BrokerError> {
+        let destination = m
+            .destination
+            .as_ref()
+            .ok_or_else(|| BrokerError::InvalidDestination("(none)".into()))?;
+        let core = convert::core_destination(destination).map_err(BrokerError::Unsupported)?;
+        let mut message =
+            convert::to_new_message(m).map_err(|e| BrokerError::InvalidMessage(e.to_string()))?;
+        if matches!(
+            destination.kind,
+            super::DestinationKind::TempQueue | super::DestinationKind::TempTopic
+        ) {
+            // Temporary destinations live as long as their connection: never on disk.
+            message.persistent = false;
+        }
+        let transaction = m.transaction_id.as_ref().map(transaction_key).transpose()?;
+        if let Some(tx) = &transaction {
+            // The client begins transactions lazily; a replay may omit the BEGIN.
+            let _ = self.session.begin(tx);
+        }
+        self.session
+            .send(&core, message, transaction.as_deref())
+            .map(Some)
+    }
+
+    /// The delivery tag an ack names, checked against what this consumer was sent (a client
+    /// that failed over may ack ids of another broker's deliveries).
+    fn acked_tag(&self, key: &str, id: Option<&super::MessageId>) -> Option<u64> {
+        let id = id?;
+        let tag = u64::try_from(id.broker_sequence_id).ok()?;
+        let (producer, sequence) = self.consumers.get(key)?.dispatched.get(&tag)?;
+        let same_producer = id
+            .producer_id
+            .as_ref()
+            .map(convert::producer_id_text)
+            .is_some_and(|p| p == *producer);
+        (same_producer && *sequence == id.producer_sequence_id).then_some(tag)
+    }
+
+    fn ack(&mut self, ack: &MessageAck) -> Result<(), BrokerError> {
+        let Some(cid) = &ack.consumer_id else {
+            return Ok(());
+        };
+        let key = consumer_key(cid);
+        if self
+            .consumers
+            .get(&key)
+            .is_none_or(|c| c.inert || c.browser)
+        {
+            return Ok(());
+        }
+        let Some(tag) = self.acked_tag(&key, ack.last_message_id.as_ref()) else {
+            tracing::debug!(consumer = %key, ack_type = ack.ack_type, "ack for no outstanding delivery; ignored");
+            return Ok(());
+        };
+        let transaction = ack
+            .transaction_id
+            .as_ref()
+            .map(transaction_key)
+            .transpose()?;
+        let consumer = self.consumers.get_mut(&key).expect("checked above");
+        match ack.ack_type {
+            // Delivered: consumed, acknowledged later; widens the window.
+            0 => self.session.delivered(&key, tag),
+            // Standard: everything up to `last`.
+            2 => {
+                consumer.dispatched = consumer.dispatched.split_off(&(tag + 1));
+                match transaction {
+                    None => {
+                        let entry = self.acks.entry(key).or_insert(tag);
+                        *entry = (*entry).max(tag);
+                        Ok(())
+                    }
+                    Some(tx) => {
+                        let _ = self.session.begin(&tx);
+                        self.flush_consumer_ack(&key)?;
+                        self.session
+                            .ack(tag, AckScope::Cumulative, Some(&tx))
+                            .map(drop)
+                    }
+                }
+            }
+            // Individual, unmatched (a durable subscriber's selector refused it): just this one.
+            4 | 5 => {
+                consumer.dispatched.remove(&tag);
+                if let Some(tx) = &transaction {
+                    let _ = self.session.begin(tx);
+                }
+                self.session
+                    .ack(tag, AckScope::Single, transaction.as_deref())
+                    .map(drop)
+            }
+            // Poison (redelivered too often on the client) and expired: to the DLQ.
+            1 | 6 => {
+                let first = self
+                    .acked_tag(&key, ack.first_message_id.as_ref())
+                    .unwrap_or(tag);
+                let consumer = self.consumers.get_mut(&key).expect("checked above");
+                let tags: Vec<u64> = consumer
+                    .dispatched
+                    .range(first.min(tag)..=tag)
+                    .map(|(t, _)| *t)
+                    .collect();
+                for t in &tags {
+                    consumer.dispatched.remove(t);
+                }
+                for t in tags {
+                    self.session.nack(t, None)?;
+                }
+                Ok(())
+            }
+            // Redelivered (a rollback on the client, which redelivers locally) and unknown
+            // types change nothing here.
+            _ => Ok(()),
+        }
+    }
+
+    fn flush_consumer_ack(&mut self, key: &str) -> Result<(), BrokerError> {
+        if let Some(tag) = self.acks.remove(key) {
+            self.session.ack(tag, AckScope::Cumulative, None)?;
+        }
+        Ok(())
+    }
+
+    fn destination_info(&mut self, info: &DestinationInfo, temps: &TempDestinations) {
+        let Some(destination) = info.destination.clone() else {
+            return;
+        };
+        if !matches!(
+            destination.kind,
+            DestinationKind::TempQueue | DestinationKind::TempTopic
+        ) {
+            return; // queues and topics exist when used
+        }
+        if info.operation_type == 0 {
+            if !self.own_temps.contains(&destination) {
+                self.own_temps.push(destination.clone());
+            }
+            temps.add(destination, &self.connection_id);
+        } else {
+            self.own_temps.retain(|d| *d != destination);
+            temps.remove(&destination);
+        }
+    }
+
+    fn remove(&mut self, remove: &RemoveInfo) -> Result<Option<Confirmation>, BrokerError> {
+        use super::DataStructure as D;
+        match &remove.object_id {
+            Some(D::ConsumerId(cid)) => {
+                self.remove_consumer(&consumer_key(cid), remove.last_delivered_sequence_id);
+                Ok(None)
+            }
+            Some(D::SessionId(sid)) => {
+                let keys: Vec<String> = self
+                    .consumers
+                    .iter()
+                    .filter(|(_, c)| {
+                        c.id.session_id == sid.value && c.id.connection_id == sid.connection_id
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for key in keys {
+                    self.remove_consumer(&key, remove.last_delivered_sequence_id);
+                }
+                Ok(None)
+            }
+            // The client waits for this answer before it closes: answer once everything it
+            // sent before is confirmed.
+            Some(D::ConnectionId(_)) => Ok(Some(self.session.flush())),
+            _ => Ok(None),
+        }
+    }
+
+    /// Closes a consumer; `last_delivered` is the broker sequence id (our delivery tag) of
+    /// the last message the client handed to the application (-1: none).
+    fn remove_consumer(&mut self, key: &str, last_delivered: i64) {
+        let _ = self.flush_consumer_ack(key);
+        self.pulls.retain(|(_, k)| k != key);
+        if let Some(consumer) = self.consumers.remove(key) {
+            if !consumer.inert && !consumer.browser {
+                let seen = u64::try_from(last_delivered).unwrap_or(0);
+                let _ = self.session.close_consumer(key, seen);
+            }
+        }
+    }
+
+    fn transaction(&mut self, tx: &TransactionInfo) -> Result<Option<Confirmation>, BrokerError> {
+        let Some(id) = &tx.transaction_id else {
+            return Err(BrokerError::UnknownTransaction("(none)".into()));
+        };
+        let key = transaction_key(id)?;
+        match tx.transaction_type {
+            // BEGIN (a replay may repeat one).
+            0 => match self.session.begin(&key) {
+                Ok(()) | Err(BrokerError::TransactionExists(_)) => Ok(None),
+                Err(e) => Err(e),
+            },
+            // COMMIT_ONE_PHASE (and two-phase, which a local transaction never uses).
+            2 | 3 => {
+                let acks: Vec<String> = self.acks.keys().cloned().collect();
+                for k in acks {
+                    self.flush_consumer_ack(&k)?;
+                }
+                self.session.commit(&key).map(Some)
+            }
+            // ROLLBACK: the client redelivers what it consumed itself.
+            4 => match self.session.abort(&key) {
+                Ok(()) | Err(BrokerError::UnknownTransaction(_)) => Ok(None),
+                Err(e) => Err(e),
+            },
+            // END and FORGET of a local transaction mean nothing here.
+            6 | 7 => Ok(None),
+            other => Err(BrokerError::UnknownTransaction(format!(
+                "transaction operation {other} (XA) is not supported"
+            ))),
+        }
+    }
+}
