@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bench/activemq.sh start|stop|status — one ActiveMQ 5.17 broker (Debian's `activemq` package)
-# for bench/compare.sh, run in the background without systemd.
+# for bench/compare.sh, bench/cluster.sh and bench/openwire.sh, run in the background without
+# systemd.
 #
 #   KahaDB persistence with its defaults (journalDiskSyncStrategy=ALWAYS: the journal is
 #   fsynced before a persistent send is answered; concurrent sends share a write batch),

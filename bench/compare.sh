@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # bench/compare.sh — ferromq against ActiveMQ 5.17 (KahaDB), same machine, same run, same client.
+# (This one speaks STOMP with ferromq's own client; bench/openwire.sh runs the same scenarios over
+# OpenWire with ActiveMQ's JMS client, bench/java/JmsBench.java.)
 #
 # Builds ferromq (release), starts ActiveMQ (bench/activemq.sh) and a standalone ferromq
 # (tcp://127.0.0.1:61633, journal in a temp dir, sync = local_disk), then runs

@@ -13,6 +13,8 @@
 //!   frames back with timeouts, for assertions on the wire and for malformed input.
 //! - [`wait_until`] polls a condition until a deadline: tests never sleep for a fixed time to
 //!   wait for something to happen.
+//! - [`java`] runs the stock ActiveMQ Java JMS client (OpenWire) scenarios of
+//!   `integration-tests/java/`.
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 
 pub mod cluster;
+pub mod java;
 pub mod zk;
 
 /// How long a broker may take to print `accepting clients`.

@@ -1111,3 +1111,102 @@ fn stomp_py_fails_over_zk38() {
     let counts = drain(&cluster, n, "/queue/stomp-py-failover").expect("consuming");
     check_exactly_once("stomp.py failover", &counts, &confirmed, &[]);
 }
+
+// ----- 10. the stock ActiveMQ Java client (OpenWire) through the failover URL ---------------
+
+/// The stock ActiveMQ 5.17 JMS client (`integration-tests/java/JmsCheck.java`) on
+/// `failover:(node0,node1,node2)`: a producer sends numbered persistent messages (each send
+/// waits for the broker) while a consumer (auto-ack) receives them; the master is killed with
+/// kill -9 mid-stream; both clients fail over to the new master and go on. Every message the
+/// producer sent is received exactly once.
+#[test]
+fn openwire_java_clients_fail_over_exactly_once_zk38() {
+    use ferromq_integration_tests::java::{JavaRun, JVM_GRACE};
+    const WATCHDOG: Duration = Duration::from_secs(300);
+    let mut cluster = Cluster::start(ZkVersion::V3_8, 3);
+    let m0 = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let url = cluster.failover_url();
+    let queue = format!("queue={}", unique("openwire.failover"));
+    let mut consumer = JavaRun::start("failover-consume", &url, &[&queue], WATCHDOG)
+        .unwrap_or_else(|e| panic!("starting the Java consumer: {e:#}"));
+    let mut producer = JavaRun::start(
+        "failover-produce",
+        &url,
+        &[&queue, "min=300", "max=1000000"],
+        WATCHDOG,
+    )
+    .unwrap_or_else(|e| panic!("starting the Java producer: {e:#}"));
+
+    // Both clients streaming through the master before it is killed.
+    let streaming = producer.wait_for(deadline(Duration::from_secs(120)), |p| {
+        p.progress("SENT ") >= 150
+    }) && consumer.wait_for(deadline(Duration::from_secs(60)), |c| {
+        c.progress("RECEIVED ") >= 50
+    });
+    assert!(
+        streaming,
+        "the Java clients did not stream through {url} (sent {}, received {}); see their output \
+         above\n{}",
+        producer.progress("SENT "),
+        consumer.progress("RECEIVED "),
+        cluster.describe()
+    );
+    assert!(
+        producer.is_running(),
+        "the producer stopped before the kill"
+    );
+    let before_kill = producer.progress("SENT ");
+    let killed = Instant::now();
+    cluster.kill9(m0);
+    let m1 = cluster
+        .wait_for_new_master(m0, deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("after kill -9 of master {m0}: {e:#}"));
+    eprintln!(
+        "node {m1} master {:?} after kill -9 of node {m0} ({before_kill} sent before)",
+        killed.elapsed()
+    );
+
+    // The producer resumes through the new master.
+    let at_new_master = producer.progress("SENT ");
+    let resumed = producer.wait_for(deadline(ELECTION), |p| {
+        p.progress("SENT ") >= at_new_master + 100
+    });
+    assert!(
+        resumed,
+        "the Java producer did not resume after the kill (sent {} in all, {at_new_master} when \
+         node {m1} became master)\n{}",
+        producer.progress("SENT "),
+        cluster.describe()
+    );
+    eprintln!("sends flowing again {:?} after the kill", killed.elapsed());
+    producer
+        .send_line("stop")
+        .expect("telling the producer to stop");
+    let produced = producer.wait_with_deadline(deadline(Duration::from_secs(120)));
+    produced.assert_passed("the Java producer through the failover URL");
+    let total: u64 = produced
+        .last_with("SENT_TOTAL ")
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no SENT_TOTAL line:\n{}", produced.summary()));
+
+    consumer
+        .send_line(&format!("expect {total}"))
+        .expect("telling the consumer how many to expect");
+    let consumed = consumer.wait_with_deadline(deadline(WATCHDOG + JVM_GRACE));
+    let result = consumed
+        .last_with("RESULT ")
+        .unwrap_or_default()
+        .to_string();
+    eprintln!("{total} sent ({before_kill} before the kill); consumer: {result}");
+    let exactly_once = format!(
+        "expected={total} received={total} distinct={total} duplicates=0 missing=0 unexpected=0"
+    );
+    assert!(
+        result.starts_with(&exactly_once),
+        "every message the producer sent must be received exactly once; consumer: {result}\n{}",
+        consumed.summary()
+    );
+    consumed.assert_passed("the Java consumer through the failover URL");
+}

@@ -335,6 +335,7 @@ fn is_not_serving(e: &BrokerError) -> bool {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     fn queue(&mut self, command: &Command) -> Result<(), Close> {
+        tracing::trace!(peer = %self.peer, command = command.name(), "OpenWire out");
         encode(command, self.format, &mut self.output).map_err(|e| {
             tracing::error!(peer = %self.peer, command = command.name(), error = %e, "cannot encode a reply");
             Close::Error(format!("cannot encode {}: {e}", command.name()))
@@ -587,6 +588,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_read = Instant::now();
         let mut wrote_since_tick = false;
+        // The answer to ConnectionInfo, which the client waits for.
+        if self.flush_output().await.is_err() {
+            return Close::Quietly;
+        }
         loop {
             let next_pull = state.pulls.iter().map(|p| p.0).min();
             let step: Result<(), Close> = tokio::select! {
@@ -681,6 +686,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     fn handle_command(&mut self, state: &mut State, command: Command) -> Result<(), Close> {
+        tracing::trace!(peer = %self.peer, command = command.name(), id = command.command_id(),
+            response_required = command.response_required(), "OpenWire in");
         let id = command.command_id();
         let rr = command.response_required();
         let result: Result<Option<Confirmation>, BrokerError> = match &command {
@@ -1249,7 +1256,15 @@ impl State {
             }
             // The client waits for this answer before it closes: answer once everything it
             // sent before is confirmed.
-            Some(D::ConnectionId(_)) => Ok(Some(self.session.flush())),
+            Some(D::ConnectionId(_)) => {
+                // The client closes without removing its consumers one by one; what it
+                // prefetched beyond the last message handed to the application was never seen.
+                let keys: Vec<String> = self.consumers.keys().cloned().collect();
+                for key in keys {
+                    self.remove_consumer(&key, remove.last_delivered_sequence_id);
+                }
+                Ok(Some(self.session.flush()))
+            }
             _ => Ok(None),
         }
     }
@@ -1299,3 +1314,7 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

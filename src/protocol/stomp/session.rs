@@ -581,9 +581,9 @@ impl State {
         }
         // ActiveMQ's rule for the JMS class of a STOMP message: `amq-msg-type` when given,
         // else a BytesMessage when the frame has a content-length, else a TextMessage.
-        let body_type = match frame.get("amq-msg-type") {
-            Some("text") => BodyType::Text,
-            Some("bytes") => BodyType::Bytes,
+        let body_type = match frame.get("amq-msg-type").map(str::to_ascii_lowercase) {
+            Some(t) if t == "text" => BodyType::Text,
+            Some(t) if t == "bytes" => BodyType::Bytes,
             Some(other) => {
                 return Err(Fatal::new(format!(
                     "header 'amq-msg-type' must be text or bytes, got '{other}'"

@@ -1,0 +1,1411 @@
+import java.io.BufferedReader;
+import java.io.InputStreamReader;
+import java.io.Serializable;
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Collections;
+import java.util.Enumeration;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Objects;
+import java.util.TreeMap;
+import java.util.TreeSet;
+import java.util.UUID;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.concurrent.atomic.AtomicLong;
+import java.util.concurrent.atomic.AtomicReference;
+
+import javax.jms.BytesMessage;
+import javax.jms.Connection;
+import javax.jms.DeliveryMode;
+import javax.jms.Destination;
+import javax.jms.JMSException;
+import javax.jms.MapMessage;
+import javax.jms.Message;
+import javax.jms.MessageConsumer;
+import javax.jms.MessageProducer;
+import javax.jms.ObjectMessage;
+import javax.jms.Queue;
+import javax.jms.QueueBrowser;
+import javax.jms.Session;
+import javax.jms.StreamMessage;
+import javax.jms.TemporaryQueue;
+import javax.jms.TextMessage;
+import javax.jms.Topic;
+import javax.jms.TopicSubscriber;
+
+import org.apache.activemq.ActiveMQConnectionFactory;
+import org.apache.activemq.ActiveMQSession;
+
+/**
+ * JmsCheck: drives a broker with the stock ActiveMQ 5.x JMS client, one scenario per run, the
+ * way an application would (JMS 1.1 API only, plus {@link ActiveMQConnectionFactory} and
+ * {@link ActiveMQSession#INDIVIDUAL_ACKNOWLEDGE}).
+ *
+ * <p>Usage: {@code java -cp CLASSES:CLIENT_CLASSPATH JmsCheck SCENARIO BROKER_URL [key=value...]}.
+ * Every check prints {@code OK <what>}; the first that does not hold prints
+ * {@code FAIL <what>: expected .. got ..} and ends the run. The last line is
+ * {@code PASS <scenario>} (exit 0) or {@code FAILED <scenario>} (exit 1; 2 for an unexpected
+ * exception, 3 for the watchdog). Every receive has a timeout ({@code receive_timeout_ms},
+ * default 20000), and a watchdog ({@code timeout} seconds, default 60, or $JMSCHECK_TIMEOUT)
+ * ends a run that hangs anyway. Each run uses fresh destinations named
+ * {@code <prefix>.<what>} ({@code prefix}, default {@code jmscheck.<scenario>.<random>}), so
+ * runs can share a broker. "Nothing more arrives" is checked without waiting for silence: a
+ * sentinel message is sent after the fact and must be the next one received.
+ *
+ * <p>Options: {@code timeout=SECS}, {@code receive_timeout_ms=MS}, {@code prefix=NAME},
+ * {@code count=N} (message count of queue-text; exact count of failover-produce),
+ * {@code queue=NAME} (failover-produce, failover-consume), {@code min=N}, {@code max=N}
+ * (failover-produce without count: sends until a line {@code stop} on standard input, at least
+ * min and at most max).
+ */
+public final class JmsCheck {
+
+    /** A check that did not hold; the message is the whole {@code FAIL ...} line. */
+    static final class Failure extends Exception {
+        private static final long serialVersionUID = 1L;
+
+        Failure(String message) {
+            super(message);
+        }
+    }
+
+    interface Scenario {
+        void run() throws Exception;
+    }
+
+    static final Map<String, Scenario> SCENARIOS = new LinkedHashMap<>();
+
+    static {
+        SCENARIOS.put("queue-text", JmsCheck::queueText);
+        SCENARIOS.put("message-types", JmsCheck::messageTypes);
+        SCENARIOS.put("ack-auto", JmsCheck::ackAuto);
+        SCENARIOS.put("ack-client", JmsCheck::ackClient);
+        SCENARIOS.put("ack-dups-ok", JmsCheck::ackDupsOk);
+        SCENARIOS.put("ack-individual", JmsCheck::ackIndividual);
+        SCENARIOS.put("tx-producer", JmsCheck::txProducer);
+        SCENARIOS.put("tx-consumer", JmsCheck::txConsumer);
+        SCENARIOS.put("topic-pubsub", JmsCheck::topicPubSub);
+        SCENARIOS.put("durable-topic", JmsCheck::durableTopic);
+        SCENARIOS.put("temp-queue-reply", JmsCheck::tempQueueReply);
+        SCENARIOS.put("selectors", JmsCheck::selectors);
+        SCENARIOS.put("browser", JmsCheck::browser);
+        SCENARIOS.put("prefetch-zero", JmsCheck::prefetchZero);
+        SCENARIOS.put("stomp-interop", JmsCheck::stompInterop);
+        SCENARIOS.put("failover-produce", JmsCheck::failoverProduce);
+        SCENARIOS.put("failover-consume", JmsCheck::failoverConsume);
+    }
+
+    static String scenario;
+    static String url;
+    static final Map<String, String> OPTS = new TreeMap<>();
+    static String prefix;
+    static long receiveTimeoutMs;
+    static final List<Connection> OPEN = Collections.synchronizedList(new ArrayList<>());
+
+    public static void main(String[] args) {
+        if (args.length < 2 || !SCENARIOS.containsKey(args[0])) {
+            System.err.println("usage: JmsCheck SCENARIO BROKER_URL [key=value...]");
+            System.err.println("scenarios: " + String.join(" ", SCENARIOS.keySet()));
+            System.exit(64);
+        }
+        scenario = args[0];
+        url = args[1];
+        for (int i = 2; i < args.length; i++) {
+            int eq = args[i].indexOf('=');
+            if (eq <= 0) {
+                System.err.println("not key=value: " + args[i]);
+                System.exit(64);
+            }
+            OPTS.put(args[i].substring(0, eq), args[i].substring(eq + 1));
+        }
+        String env = System.getenv("JMSCHECK_TIMEOUT");
+        long watchdog = longOpt("timeout",
+                env != null && !env.isEmpty() ? Long.parseLong(env) : 60);
+        receiveTimeoutMs = longOpt("receive_timeout_ms", 20000);
+        prefix = OPTS.getOrDefault("prefix",
+                "jmscheck." + scenario + "." + UUID.randomUUID().toString().substring(0, 8));
+        startWatchdog(watchdog);
+        System.out.println("RUN " + scenario + " against " + url + " (destinations " + prefix
+                + ".*, watchdog " + watchdog + " s)");
+        int code;
+        try {
+            SCENARIOS.get(scenario).run();
+            closeAll();
+            System.out.println("PASS " + scenario);
+            code = 0;
+        } catch (Failure f) {
+            System.out.println(f.getMessage());
+            System.out.println("FAILED " + scenario);
+            code = 1;
+        } catch (Throwable t) {
+            System.out.println("FAIL " + scenario + ": unexpected exception " + describe(t));
+            t.printStackTrace(System.out);
+            System.out.println("FAILED " + scenario);
+            code = 2;
+        }
+        System.out.flush();
+        System.err.flush();
+        // Connections of a failed run are not closed: closing waits for a broker that may never
+        // answer. halt() also ends the client's non-daemon threads.
+        Runtime.getRuntime().halt(code);
+    }
+
+    static void startWatchdog(long seconds) {
+        Thread t = new Thread(() -> {
+            try {
+                Thread.sleep(seconds * 1000);
+            } catch (InterruptedException e) {
+                return;
+            }
+            System.out.println("FAIL " + scenario + ": watchdog: not finished within " + seconds
+                    + " s; threads:");
+            for (Map.Entry<Thread, StackTraceElement[]> e : Thread.getAllStackTraces().entrySet()) {
+                System.out.println("  thread " + e.getKey().getName());
+                for (StackTraceElement frame : e.getValue()) {
+                    System.out.println("      at " + frame);
+                }
+            }
+            System.out.println("FAILED " + scenario);
+            System.out.flush();
+            Runtime.getRuntime().halt(3);
+        }, "jmscheck-watchdog");
+        t.setDaemon(true);
+        t.start();
+    }
+
+    static String describe(Throwable t) {
+        StringBuilder s = new StringBuilder(t.toString());
+        for (Throwable c = t.getCause(); c != null && c != c.getCause(); c = c.getCause()) {
+            s.append(" / caused by ").append(c);
+        }
+        if (t instanceof JMSException && ((JMSException) t).getLinkedException() != null) {
+            s.append(" / linked ").append(((JMSException) t).getLinkedException());
+        }
+        return s.toString();
+    }
+
+    static long longOpt(String key, long dflt) {
+        String v = OPTS.get(key);
+        return v == null ? dflt : Long.parseLong(v);
+    }
+
+    static String requiredOpt(String key) throws Failure {
+        String v = OPTS.get(key);
+        if (v == null || v.isEmpty()) {
+            throw new Failure("FAIL " + scenario + ": option " + key + "=... is required");
+        }
+        return v;
+    }
+
+    // ----- checks ------------------------------------------------------------------------------
+
+    static void ok(String what) {
+        System.out.println("OK " + what);
+    }
+
+    static Failure fail(String what, Object expected, Object got) {
+        return new Failure("FAIL " + what + ": expected " + show(expected) + " got " + show(got));
+    }
+
+    static String show(Object o) {
+        if (o instanceof String) {
+            String s = (String) o;
+            String shown = s.length() > 200
+                    ? s.substring(0, 200) + "...(" + s.length() + " chars)"
+                    : s;
+            return "\"" + shown + "\"";
+        }
+        if (o instanceof byte[]) {
+            return "bytes" + Arrays.toString((byte[]) o);
+        }
+        if (o == null) {
+            return "null";
+        }
+        return o + " (" + o.getClass().getSimpleName() + ")";
+    }
+
+    static void check(String what, boolean condition, Object expected, Object got) throws Failure {
+        if (!condition) {
+            throw fail(what, expected, got);
+        }
+    }
+
+    static void expectEq(String what, Object expected, Object got) throws Failure {
+        boolean same = expected instanceof byte[] && got instanceof byte[]
+                ? Arrays.equals((byte[]) expected, (byte[]) got)
+                : Objects.equals(expected, got);
+        check(what, same, expected, got);
+        ok(what);
+    }
+
+    // ----- connections and messages ------------------------------------------------------------
+
+    static ActiveMQConnectionFactory factory(String brokerUrl) {
+        ActiveMQConnectionFactory f = new ActiveMQConnectionFactory(brokerUrl);
+        // ObjectMessage bodies are deserialized only from trusted packages (the ArrayList of
+        // message-types); an application configures the same.
+        f.setTrustedPackages(List.of("java.util", "java.lang"));
+        return f;
+    }
+
+    /** A started connection to {@code url}. */
+    static Connection connect() throws JMSException, Failure {
+        return connect(url, null);
+    }
+
+    /**
+     * A started connection. Unless the URL is a failover: one (which may legitimately wait for
+     * a broker), creating and starting it must take at most {@code connect_limit_ms} (default
+     * 5000; 0: no limit): stock ActiveMQ needs a few milliseconds, and the client gives up
+     * waiting for the broker's WireFormatInfo after 10 s.
+     */
+    static Connection connect(String brokerUrl, String clientId) throws JMSException, Failure {
+        long t0 = System.nanoTime();
+        Connection c = factory(brokerUrl).createConnection();
+        OPEN.add(c);
+        if (clientId != null) {
+            c.setClientID(clientId);
+        }
+        c.start();
+        long ms = (System.nanoTime() - t0) / 1_000_000;
+        long limit = longOpt("connect_limit_ms", 5000);
+        if (limit > 0 && !brokerUrl.startsWith("failover:") && ms > limit) {
+            throw fail("connection created and started within " + limit
+                    + " ms (stock ActiveMQ: a few ms)", "<= " + limit + " ms", ms + " ms");
+        }
+        return c;
+    }
+
+    static void close(Connection c) throws JMSException {
+        OPEN.remove(c);
+        c.close();
+    }
+
+    static void closeAll() throws JMSException {
+        List<Connection> open;
+        synchronized (OPEN) {
+            open = new ArrayList<>(OPEN);
+        }
+        for (Connection c : open) {
+            close(c);
+        }
+    }
+
+    static String name(String what) {
+        return prefix + "." + what;
+    }
+
+    /** {@code brokerUrl} with one more URI query option. */
+    static String withOption(String brokerUrl, String option) {
+        return brokerUrl + (brokerUrl.contains("?") ? "&" : "?") + option;
+    }
+
+    static Message receive(MessageConsumer consumer, String what) throws JMSException, Failure {
+        Message m = consumer.receive(receiveTimeoutMs);
+        if (m == null) {
+            throw new Failure("FAIL " + what + ": expected a message within " + receiveTimeoutMs
+                    + " ms, got none");
+        }
+        return m;
+    }
+
+    static String text(Message m, String what) throws JMSException, Failure {
+        if (!(m instanceof TextMessage)) {
+            throw fail(what, "a TextMessage", m.getClass().getName() + " " + m);
+        }
+        return ((TextMessage) m).getText();
+    }
+
+    /** Receives {@code n} text messages and checks their bodies, in order. */
+    static List<Message> receiveTexts(MessageConsumer consumer, List<String> expected, String what)
+            throws JMSException, Failure {
+        List<Message> got = new ArrayList<>();
+        List<String> bodies = new ArrayList<>();
+        for (String body : expected) {
+            Message m = consumer.receive(receiveTimeoutMs);
+            if (m == null) {
+                throw new Failure("FAIL " + what + ": expected " + expected + " got " + bodies
+                        + " and then nothing within " + receiveTimeoutMs + " ms");
+            }
+            got.add(m);
+            bodies.add(text(m, what));
+            if (!body.equals(bodies.get(bodies.size() - 1))) {
+                throw fail(what, expected, bodies);
+            }
+        }
+        ok(what + " (" + expected.size() + " messages in order)");
+        return got;
+    }
+
+    static List<String> bodies(String stem, int from, int to) {
+        List<String> out = new ArrayList<>();
+        for (int i = from; i < to; i++) {
+            out.add(stem + "-" + i);
+        }
+        return out;
+    }
+
+    /** Sends persistent text messages on a fresh session of {@code c}. */
+    static void sendTexts(Connection c, Destination d, List<String> bodies) throws JMSException {
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = s.createProducer(d);
+        p.setDeliveryMode(DeliveryMode.PERSISTENT);
+        for (String body : bodies) {
+            p.send(s.createTextMessage(body));
+        }
+        s.close();
+    }
+
+    /**
+     * Sends a persistent sentinel to {@code d} from {@code c} and checks that it is the next
+     * message {@code consumer} receives: nothing else was left for it.
+     */
+    static void expectOnlySentinel(Connection c, Destination d, MessageConsumer consumer,
+            String what) throws JMSException, Failure {
+        String sentinel = "sentinel-" + UUID.randomUUID();
+        sendTexts(c, d, List.of(sentinel));
+        Message m = receive(consumer, what);
+        String body = text(m, what);
+        if (!sentinel.equals(body)) {
+            throw fail(what, "nothing before the sentinel", "\"" + body + "\" (redelivered="
+                    + m.getJMSRedelivered() + ")");
+        }
+        ok(what);
+    }
+
+    static void expectRedelivered(Message m, boolean redelivered, String what)
+            throws JMSException, Failure {
+        check(what + ": JMSRedelivered", m.getJMSRedelivered() == redelivered, redelivered,
+                m.getJMSRedelivered());
+    }
+
+    // ----- scenarios ---------------------------------------------------------------------------
+
+    /** Persistent text messages on a queue: N sent, N received in order with their bodies. */
+    static void queueText() throws Exception {
+        int n = (int) longOpt("count", 100);
+        Connection c = connect();
+        Queue q = queue(c, "texts");
+        List<String> sent = bodies("text", 0, n);
+        sendTexts(c, q, sent);
+        ok("sent " + n + " persistent text messages to " + q.getQueueName());
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageConsumer consumer = s.createConsumer(q);
+        List<Message> got = receiveTexts(consumer, sent, "receive the texts");
+        for (Message m : got) {
+            check("delivery mode of " + text(m, "body"),
+                    m.getJMSDeliveryMode() == DeliveryMode.PERSISTENT, "PERSISTENT",
+                    m.getJMSDeliveryMode());
+            expectRedelivered(m, false, "first delivery of " + text(m, "body"));
+            check("JMSDestination of " + text(m, "body"), q.equals(m.getJMSDestination()), q,
+                    m.getJMSDestination());
+            check("JMSMessageID of " + text(m, "body"), m.getJMSMessageID() != null
+                    && m.getJMSMessageID().startsWith("ID:"), "ID:...", m.getJMSMessageID());
+        }
+        ok("persistent, not redelivered, JMSDestination and JMSMessageID set");
+        expectOnlySentinel(c, q, consumer, "nothing more in the queue");
+        close(c);
+    }
+
+    static Queue queue(Connection c, String what) throws JMSException {
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Queue q = s.createQueue(name(what));
+        s.close();
+        return q;
+    }
+
+    static Topic topic(Connection c, String what) throws JMSException {
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Topic t = s.createTopic(name(what));
+        s.close();
+        return t;
+    }
+
+    /** The typed properties every message of message-types carries. */
+    static final Map<String, Object> PROPERTIES = new LinkedHashMap<>();
+
+    static {
+        PROPERTIES.put("pBoolean", Boolean.TRUE);
+        PROPERTIES.put("pByte", (byte) -7);
+        PROPERTIES.put("pShort", (short) 31000);
+        PROPERTIES.put("pInt", -123456789);
+        PROPERTIES.put("pLong", 1234567890123456789L);
+        PROPERTIES.put("pFloat", 1.5f);
+        PROPERTIES.put("pDouble", 3.25e-7);
+        // Non-ASCII from the BMP only: with stock ActiveMQ a NUL or a supplementary character in
+        // a property string does not survive the round trip (the body's text does).
+        PROPERTIES.put("pString", "h\u00e9llo \u2603 end");
+        PROPERTIES.put("pEmpty", "");
+    }
+
+    static final String TEXT_BODY = "text \u00e9\u2603\ud83d\ude00 nul:\u0000 end";
+    static final byte[] BYTES_BODY = new byte[300];
+
+    static {
+        for (int i = 0; i < BYTES_BODY.length; i++) {
+            BYTES_BODY[i] = (byte) i;
+        }
+    }
+
+    /** Every message type, with typed properties and headers, preserved on receipt. */
+    static void messageTypes() throws Exception {
+        Connection c = connect();
+        Queue q = queue(c, "types");
+        Queue replyTo = queue(c, "types-reply");
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = s.createProducer(q);
+        long ttl = 3_600_000L;
+
+        List<Message> sent = new ArrayList<>();
+        TextMessage text = s.createTextMessage(TEXT_BODY);
+        sent.add(text);
+
+        BytesMessage bytes = s.createBytesMessage();
+        bytes.writeBytes(BYTES_BODY);
+        bytes.writeInt(0x01020304);
+        bytes.writeUTF("utf \u2603");
+        sent.add(bytes);
+
+        MapMessage map = s.createMapMessage();
+        map.setBoolean("b", true);
+        map.setInt("i", 42);
+        map.setLong("l", -5L);
+        map.setDouble("d", 2.5);
+        map.setString("s", "map \u2603");
+        map.setBytes("y", new byte[] {1, 2, 3});
+        sent.add(map);
+
+        ArrayList<String> list = new ArrayList<>(List.of("one", "two \u2603", "three"));
+        ObjectMessage object = s.createObjectMessage(list);
+        sent.add(object);
+
+        StreamMessage stream = s.createStreamMessage();
+        stream.writeInt(7);
+        stream.writeString("stream \u2603");
+        stream.writeBoolean(false);
+        stream.writeBytes(new byte[] {9, 8, 7});
+        stream.writeDouble(-1.25);
+        sent.add(stream);
+
+        Message plain = s.createMessage();
+        sent.add(plain);
+
+        TextMessage large = s.createTextMessage(largeText());
+        sent.add(large);
+
+        int i = 0;
+        for (Message m : sent) {
+            for (Map.Entry<String, Object> e : PROPERTIES.entrySet()) {
+                m.setObjectProperty(e.getKey(), e.getValue());
+            }
+            m.setIntProperty("index", i);
+            m.setJMSCorrelationID("corr-" + i);
+            m.setJMSReplyTo(replyTo);
+            m.setJMSType("type-" + i);
+            int mode = i % 2 == 0 ? DeliveryMode.PERSISTENT : DeliveryMode.NON_PERSISTENT;
+            p.send(m, mode, 1 + i, ttl);
+            i++;
+        }
+        ok("sent " + sent.size() + " messages of every type");
+
+        MessageConsumer consumer = s.createConsumer(q);
+        // JMS orders messages of one producer only within a priority and delivery mode, and
+        // ActiveMQ does reorder these: match them by their index property.
+        Map<Integer, Message> byIndex = new TreeMap<>();
+        for (i = 0; i < sent.size(); i++) {
+            Message got = receive(consumer, "receive message " + (i + 1) + " of " + sent.size()
+                    + " (got indexes " + byIndex.keySet() + " so far)");
+            Object index = got.getObjectProperty("index");
+            check("index property of a received " + kind(got), index instanceof Integer
+                    && (Integer) index >= 0 && (Integer) index < sent.size()
+                    && !byIndex.containsKey(index), "a new index in 0.." + (sent.size() - 1)
+                    + " (have " + byIndex.keySet() + ")", index);
+            byIndex.put((Integer) index, got);
+        }
+        ok("received " + sent.size() + " messages, one of each index");
+        for (i = 0; i < sent.size(); i++) {
+            Message want = sent.get(i);
+            String kind = kind(want) + " #" + i;
+            Message got = byIndex.get(i);
+            check(kind + ": type", kind(got).equals(kind(want)), kind(want), kind(got));
+            expectEq(kind + ": JMSMessageID", want.getJMSMessageID(), got.getJMSMessageID());
+            expectEq(kind + ": JMSCorrelationID", "corr-" + i, got.getJMSCorrelationID());
+            expectEq(kind + ": JMSReplyTo", replyTo, got.getJMSReplyTo());
+            expectEq(kind + ": JMSType", "type-" + i, got.getJMSType());
+            expectEq(kind + ": JMSPriority", 1 + i, got.getJMSPriority());
+            expectEq(kind + ": JMSDeliveryMode",
+                    i % 2 == 0 ? DeliveryMode.PERSISTENT : DeliveryMode.NON_PERSISTENT,
+                    got.getJMSDeliveryMode());
+            check(kind + ": JMSExpiration set from the TTL", want.getJMSExpiration() > 0,
+                    "> 0 on the sent message", want.getJMSExpiration());
+            expectEq(kind + ": JMSExpiration", want.getJMSExpiration(), got.getJMSExpiration());
+            expectEq(kind + ": JMSTimestamp", want.getJMSTimestamp(), got.getJMSTimestamp());
+            expectEq(kind + ": JMSDestination", q, got.getJMSDestination());
+            expectRedelivered(got, false, kind);
+            for (Map.Entry<String, Object> e : PROPERTIES.entrySet()) {
+                expectEq(kind + ": property " + e.getKey(), e.getValue(),
+                        got.getObjectProperty(e.getKey()));
+            }
+            expectEq(kind + ": property index", i, got.getObjectProperty("index"));
+            expectEq(kind + ": typed read of pInt as long", -123456789L,
+                    got.getLongProperty("pInt"));
+            List<String> names = new ArrayList<>();
+            for (Enumeration<?> e = got.getPropertyNames(); e.hasMoreElements();) {
+                names.add((String) e.nextElement());
+            }
+            check(kind + ": property names", names.containsAll(PROPERTIES.keySet()),
+                    PROPERTIES.keySet(), names);
+            checkBody(kind, want, got, list);
+        }
+        expectOnlySentinel(c, q, consumer, "nothing more in the queue");
+        close(c);
+    }
+
+    static String largeText() {
+        StringBuilder b = new StringBuilder();
+        for (int i = 0; b.length() < 200_000; i++) {
+            b.append("line ").append(i).append(" \u2603\n");
+        }
+        return b.toString();
+    }
+
+    static String kind(Message m) {
+        if (m instanceof TextMessage) {
+            return "TextMessage";
+        } else if (m instanceof BytesMessage) {
+            return "BytesMessage";
+        } else if (m instanceof MapMessage) {
+            return "MapMessage";
+        } else if (m instanceof ObjectMessage) {
+            return "ObjectMessage";
+        } else if (m instanceof StreamMessage) {
+            return "StreamMessage";
+        }
+        return "Message";
+    }
+
+    static void checkBody(String kind, Message want, Message got, ArrayList<String> list)
+            throws Exception {
+        if (got instanceof TextMessage) {
+            expectEq(kind + ": text", ((TextMessage) want).getText(),
+                    ((TextMessage) got).getText());
+        } else if (got instanceof BytesMessage) {
+            BytesMessage b = (BytesMessage) got;
+            int expectedLength = BYTES_BODY.length + 4 + 2
+                    + "utf \u2603".getBytes(StandardCharsets.UTF_8).length;
+            expectEq(kind + ": body length", (long) expectedLength, b.getBodyLength());
+            byte[] head = new byte[BYTES_BODY.length];
+            expectEq(kind + ": readBytes count", BYTES_BODY.length, b.readBytes(head));
+            expectEq(kind + ": bytes", BYTES_BODY, head);
+            expectEq(kind + ": readInt", 0x01020304, b.readInt());
+            expectEq(kind + ": readUTF", "utf \u2603", b.readUTF());
+        } else if (got instanceof MapMessage) {
+            MapMessage m = (MapMessage) got;
+            expectEq(kind + ": b", true, m.getBoolean("b"));
+            expectEq(kind + ": i", 42, m.getInt("i"));
+            expectEq(kind + ": l", -5L, m.getLong("l"));
+            expectEq(kind + ": d", 2.5, m.getDouble("d"));
+            expectEq(kind + ": s", "map \u2603", m.getString("s"));
+            expectEq(kind + ": y", new byte[] {1, 2, 3}, m.getBytes("y"));
+        } else if (got instanceof ObjectMessage) {
+            Serializable o = ((ObjectMessage) got).getObject();
+            expectEq(kind + ": object", list, o);
+        } else if (got instanceof StreamMessage) {
+            StreamMessage m = (StreamMessage) got;
+            expectEq(kind + ": readInt", 7, m.readInt());
+            expectEq(kind + ": readString", "stream \u2603", m.readString());
+            expectEq(kind + ": readBoolean", false, m.readBoolean());
+            byte[] b = new byte[3];
+            expectEq(kind + ": readBytes count", 3, m.readBytes(b));
+            expectEq(kind + ": readBytes", new byte[] {9, 8, 7}, b);
+            // The end of a byte-array field: -1.
+            expectEq(kind + ": end of the byte array", -1, m.readBytes(b));
+            expectEq(kind + ": readDouble", -1.25, m.readDouble());
+        }
+    }
+
+    /**
+     * AUTO_ACKNOWLEDGE: messages received with receive() and with a MessageListener are
+     * acknowledged; after a reconnect nothing comes back.
+     */
+    /**
+     * STOMP and JMS read each other's messages (run by a test that speaks STOMP): from queue
+     * {@code from} it receives what a STOMP client sent, a text frame without content-length
+     * (a TextMessage, "hello from stomp", header color=red) then one with content-length (a
+     * BytesMessage, bytes 0 1 2 255); then it sends to queue {@code to} a TextMessage "hello
+     * from jms" with JMSCorrelationID corr-1, JMSType greeting, int property count=7 and string
+     * property color=blue, for the STOMP client to read.
+     */
+    static void stompInterop() throws Exception {
+        Connection c = connect();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageConsumer consumer = s.createConsumer(s.createQueue(requiredOpt("from")));
+        Message first = receive(consumer, "the STOMP text frame");
+        expectEq("a STOMP frame without content-length is a TextMessage", "hello from stomp",
+                text(first, "STOMP text frame"));
+        expectEq("a STOMP header is a string property", "red", first.getStringProperty("color"));
+        Message second = receive(consumer, "the STOMP frame with content-length");
+        check("a STOMP frame with content-length is a BytesMessage",
+                second instanceof BytesMessage, "a BytesMessage", second.getClass().getName());
+        BytesMessage bytes = (BytesMessage) second;
+        byte[] body = new byte[(int) bytes.getBodyLength()];
+        bytes.readBytes(body);
+        expectEq("the bytes body", new byte[] {0, 1, 2, (byte) 255}, body);
+        MessageProducer producer = s.createProducer(s.createQueue(requiredOpt("to")));
+        TextMessage reply = s.createTextMessage("hello from jms");
+        reply.setJMSCorrelationID("corr-1");
+        reply.setJMSType("greeting");
+        reply.setIntProperty("count", 7);
+        reply.setStringProperty("color", "blue");
+        producer.send(reply);
+        ok("sent a TextMessage for the STOMP client");
+        close(c);
+    }
+
+    static void ackAuto() throws Exception {
+        Connection producer = connect();
+        Queue q = queue(producer, "auto");
+        List<String> sent = bodies("auto", 0, 10);
+        sendTexts(producer, q, sent);
+        Connection c = connect();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageConsumer consumer = s.createConsumer(q);
+        for (Message m : receiveTexts(consumer, sent.subList(0, 5), "receive() auto-ack")) {
+            expectRedelivered(m, false, "auto-ack receive()");
+        }
+        consumer.close();
+        // The other half through a listener (asynchronous dispatch).
+        MessageConsumer listening = s.createConsumer(q);
+        List<String> heard = Collections.synchronizedList(new ArrayList<>());
+        List<String> redelivered = Collections.synchronizedList(new ArrayList<>());
+        AtomicReference<String> problem = new AtomicReference<>();
+        CountDownLatch done = new CountDownLatch(5);
+        listening.setMessageListener(m -> {
+            try {
+                heard.add(((TextMessage) m).getText());
+                if (m.getJMSRedelivered()) {
+                    redelivered.add(((TextMessage) m).getText());
+                }
+            } catch (Exception e) {
+                problem.compareAndSet(null, e.toString());
+            }
+            done.countDown();
+        });
+        boolean all = done.await(receiveTimeoutMs, TimeUnit.MILLISECONDS);
+        check("listener auto-ack: 5 messages within " + receiveTimeoutMs + " ms", all,
+                sent.subList(5, 10), heard);
+        expectEq("listener auto-ack: bodies in order", sent.subList(5, 10), new ArrayList<>(heard));
+        expectEq("listener auto-ack: no listener error", null, problem.get());
+        // The first consumer had them prefetched but never handed them to the application:
+        // closing it told the broker the last one it delivered, so they are not redelivered.
+        expectEq("messages prefetched by the closed consumer but never delivered to it are not "
+                + "flagged JMSRedelivered", List.of(), new ArrayList<>(redelivered));
+        close(c);
+        Connection again = connect();
+        Session s2 = again.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        expectOnlySentinel(producer, q, s2.createConsumer(q),
+                "auto-acknowledged messages are gone after a reconnect");
+        close(again);
+        close(producer);
+    }
+
+    /**
+     * CLIENT_ACKNOWLEDGE: messages received but not acknowledged come back, flagged as
+     * redelivered, once the connection closes; acknowledged ones never do.
+     */
+    static void ackClient() throws Exception {
+        Connection producer = connect();
+        Queue q = queue(producer, "client");
+        List<String> sent = bodies("client", 0, 5);
+        sendTexts(producer, q, sent);
+
+        Connection first = connect();
+        Session s1 = first.createSession(false, Session.CLIENT_ACKNOWLEDGE);
+        MessageConsumer c1 = s1.createConsumer(q);
+        for (Message m : receiveTexts(c1, sent, "first delivery (not acknowledged)")) {
+            expectRedelivered(m, false, "first delivery");
+        }
+        close(first);
+        ok("closed the connection without acknowledging");
+
+        Connection second = connect();
+        Session s2 = second.createSession(false, Session.CLIENT_ACKNOWLEDGE);
+        MessageConsumer c2 = s2.createConsumer(q);
+        List<Message> again = receiveTexts(c2, sent, "redelivery after the close");
+        for (Message m : again) {
+            expectRedelivered(m, true, "redelivery of " + text(m, "body"));
+            check("JMSXDeliveryCount of " + text(m, "body"),
+                    m.getIntProperty("JMSXDeliveryCount") >= 2, ">= 2",
+                    m.getIntProperty("JMSXDeliveryCount"));
+        }
+        ok("every unacknowledged message redelivered with JMSRedelivered=true");
+        // Acknowledging the last acknowledges every message of the session.
+        again.get(again.size() - 1).acknowledge();
+        ok("acknowledged");
+        close(second);
+
+        Connection third = connect();
+        Session s3 = third.createSession(false, Session.CLIENT_ACKNOWLEDGE);
+        MessageConsumer c3 = s3.createConsumer(q);
+        String sentinel = "sentinel-" + UUID.randomUUID();
+        sendTexts(producer, q, List.of(sentinel));
+        Message m = receive(c3, "after the acknowledgement");
+        check("acknowledged messages are gone: next is the sentinel",
+                sentinel.equals(text(m, "body")), sentinel,
+                text(m, "body") + " (redelivered=" + m.getJMSRedelivered() + ")");
+        m.acknowledge();
+        ok("acknowledged messages are gone: next is the sentinel");
+        close(third);
+        close(producer);
+    }
+
+    /** DUPS_OK_ACKNOWLEDGE: everything arrives once; closing the consumer settles the acks. */
+    static void ackDupsOk() throws Exception {
+        Connection producer = connect();
+        Queue q = queue(producer, "dupsok");
+        List<String> sent = bodies("dupsok", 0, 20);
+        sendTexts(producer, q, sent);
+        Connection c = connect();
+        Session s = c.createSession(false, Session.DUPS_OK_ACKNOWLEDGE);
+        MessageConsumer consumer = s.createConsumer(q);
+        for (Message m : receiveTexts(consumer, sent, "dups-ok receive")) {
+            expectRedelivered(m, false, "dups-ok first delivery");
+        }
+        close(c);
+        Connection again = connect();
+        Session s2 = again.createSession(false, Session.DUPS_OK_ACKNOWLEDGE);
+        expectOnlySentinel(producer, q, s2.createConsumer(q),
+                "dups-ok messages acknowledged on close: nothing comes back");
+        close(again);
+        close(producer);
+    }
+
+    /**
+     * INDIVIDUAL_ACKNOWLEDGE: acknowledging a message acknowledges that one only; after a
+     * reconnect exactly the others come back, redelivered.
+     */
+    static void ackIndividual() throws Exception {
+        Connection producer = connect();
+        Queue q = queue(producer, "individual");
+        List<String> sent = bodies("individual", 0, 6);
+        sendTexts(producer, q, sent);
+        Connection first = connect();
+        Session s1 = first.createSession(false, ActiveMQSession.INDIVIDUAL_ACKNOWLEDGE);
+        List<Message> got = receiveTexts(s1.createConsumer(q), sent, "first delivery");
+        List<String> unacked = new ArrayList<>();
+        for (int i = 0; i < got.size(); i++) {
+            if (i % 2 == 0) {
+                got.get(i).acknowledge();
+            } else {
+                unacked.add(sent.get(i));
+            }
+        }
+        ok("acknowledged messages 0, 2, 4 individually");
+        close(first);
+
+        Connection second = connect();
+        Session s2 = second.createSession(false, ActiveMQSession.INDIVIDUAL_ACKNOWLEDGE);
+        MessageConsumer c2 = s2.createConsumer(q);
+        for (Message m : receiveTexts(c2, unacked, "only the unacknowledged come back")) {
+            expectRedelivered(m, true, "redelivery of " + text(m, "body"));
+            m.acknowledge();
+        }
+        String sentinel = "sentinel-" + UUID.randomUUID();
+        sendTexts(producer, q, List.of(sentinel));
+        Message m = receive(c2, "after the redelivered ones");
+        check("nothing else comes back", sentinel.equals(text(m, "body")), sentinel,
+                text(m, "body") + " (redelivered=" + m.getJMSRedelivered() + ")");
+        m.acknowledge();
+        ok("nothing else comes back");
+        close(second);
+
+        Connection third = connect();
+        Session s3 = third.createSession(false, ActiveMQSession.INDIVIDUAL_ACKNOWLEDGE);
+        MessageConsumer c3 = s3.createConsumer(q);
+        String last = "sentinel-" + UUID.randomUUID();
+        sendTexts(producer, q, List.of(last));
+        Message n = receive(c3, "after the individual acks");
+        check("every individually acknowledged message is gone", last.equals(text(n, "body")),
+                last, text(n, "body") + " (redelivered=" + n.getJMSRedelivered() + ")");
+        n.acknowledge();
+        ok("every individually acknowledged message is gone");
+        close(third);
+        close(producer);
+    }
+
+    /**
+     * A transacted producer: nothing is visible before commit; committed messages are
+     * delivered; rolled back ones never are.
+     */
+    static void txProducer() throws Exception {
+        Connection c = connect();
+        Queue q = queue(c, "txsend");
+        Session tx = c.createSession(true, Session.SESSION_TRANSACTED);
+        MessageProducer p = tx.createProducer(q);
+        p.setDeliveryMode(DeliveryMode.PERSISTENT);
+        List<String> committed = bodies("committed", 0, 5);
+        for (String body : committed) {
+            p.send(tx.createTextMessage(body));
+        }
+        ok("sent 5 in a transaction, not committed yet");
+
+        Connection reader = connect();
+        Session rs = reader.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageConsumer consumer = rs.createConsumer(q);
+        expectOnlySentinel(c, q, consumer, "uncommitted messages are invisible");
+
+        tx.commit();
+        ok("committed");
+        receiveTexts(consumer, committed, "committed messages delivered");
+
+        for (String body : bodies("rolledback", 0, 5)) {
+            p.send(tx.createTextMessage(body));
+        }
+        tx.rollback();
+        ok("sent 5 more and rolled back");
+        expectOnlySentinel(c, q, consumer, "rolled back messages are never delivered");
+
+        // The session goes on after a rollback: a new transaction commits.
+        p.send(tx.createTextMessage("after-rollback"));
+        tx.commit();
+        receiveTexts(consumer, List.of("after-rollback"), "a commit after the rollback");
+        expectOnlySentinel(c, q, consumer, "nothing more in the queue");
+        close(reader);
+        close(c);
+    }
+
+    /**
+     * A transacted consumer: rollback redelivers (JMSRedelivered), also after the connection
+     * closed with the transaction open; commit removes the messages for good.
+     */
+    static void txConsumer() throws Exception {
+        Connection producer = connect();
+        Queue q = queue(producer, "txreceive");
+        List<String> sent = bodies("txreceive", 0, 5);
+        sendTexts(producer, q, sent);
+
+        Connection c = connect();
+        Session tx = c.createSession(true, Session.SESSION_TRANSACTED);
+        MessageConsumer consumer = tx.createConsumer(q);
+        for (Message m : receiveTexts(consumer, sent, "received in a transaction")) {
+            expectRedelivered(m, false, "first delivery in the transaction");
+        }
+        tx.rollback();
+        ok("rolled back");
+        for (Message m : receiveTexts(consumer, sent, "redelivered after the rollback")) {
+            expectRedelivered(m, true, "after rollback, " + text(m, "body"));
+        }
+        ok("JMSRedelivered=true after rollback");
+        close(c);
+        ok("closed the connection with the transaction open");
+
+        Connection c2 = connect();
+        Session tx2 = c2.createSession(true, Session.SESSION_TRANSACTED);
+        MessageConsumer consumer2 = tx2.createConsumer(q);
+        for (Message m : receiveTexts(consumer2, sent, "redelivered to a new connection")) {
+            expectRedelivered(m, true, "on a new connection, " + text(m, "body"));
+        }
+        tx2.commit();
+        ok("committed");
+        String sentinel = "sentinel-" + UUID.randomUUID();
+        sendTexts(producer, q, List.of(sentinel));
+        Message m = receive(consumer2, "after the commit");
+        check("committed messages are gone", sentinel.equals(text(m, "body")), sentinel,
+                text(m, "body") + " (redelivered=" + m.getJMSRedelivered() + ")");
+        tx2.commit();
+        ok("committed messages are gone");
+        close(c2);
+
+        Connection c3 = connect();
+        Session s3 = c3.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        expectOnlySentinel(producer, q, s3.createConsumer(q),
+                "committed messages stay gone after a reconnect");
+        close(c3);
+        close(producer);
+    }
+
+    /** A topic: every subscriber gets every message published while it is subscribed. */
+    static void topicPubSub() throws Exception {
+        Connection c = connect();
+        Topic t = topic(c, "news");
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = s.createProducer(t);
+        p.send(s.createTextMessage("before-any-subscriber"));
+        Connection other = connect();
+        Session so = other.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageConsumer a = s.createConsumer(t);
+        MessageConsumer b = so.createConsumer(t);
+        List<String> sent = bodies("news", 0, 5);
+        for (String body : sent) {
+            p.send(s.createTextMessage(body));
+        }
+        receiveTexts(a, sent, "subscriber A gets every message (none from before it subscribed)");
+        receiveTexts(b, sent, "subscriber B gets every message (none from before it subscribed)");
+        close(other);
+        close(c);
+    }
+
+    /**
+     * A durable subscriber gets what was published while it was offline; unsubscribe drops the
+     * subscription and its backlog.
+     */
+    static void durableTopic() throws Exception {
+        String clientId = name("client");
+        String sub = "sub";
+        Connection publisher = connect();
+        Topic t = topic(publisher, "durable");
+        Session ps = publisher.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = ps.createProducer(t);
+        p.setDeliveryMode(DeliveryMode.PERSISTENT);
+        p.send(ps.createTextMessage("before-the-subscription"));
+
+        Connection c1 = connect(url, clientId);
+        Session s1 = c1.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        TopicSubscriber d1 = s1.createDurableSubscriber(t, sub);
+        p.send(ps.createTextMessage("online"));
+        receiveTexts(d1, List.of("online"), "durable subscriber online");
+        d1.close();
+        close(c1);
+        ok("durable subscriber offline");
+
+        List<String> offline = bodies("offline", 0, 5);
+        for (String body : offline) {
+            p.send(ps.createTextMessage(body));
+        }
+        ok("published 5 while it was offline");
+
+        Connection c2 = connect(url, clientId);
+        Session s2 = c2.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        TopicSubscriber d2 = s2.createDurableSubscriber(t, sub);
+        String what = "published while offline, received on reconnect";
+        for (Message m : receiveTexts(d2, offline, what)) {
+            check("JMSDestination", t.equals(m.getJMSDestination()), t, m.getJMSDestination());
+        }
+        expectOnlySentinel(publisher, t, d2, "nothing else kept for the subscription");
+        d2.close();
+        s2.unsubscribe(sub);
+        ok("unsubscribed");
+        close(c2);
+
+        p.send(ps.createTextMessage("after-unsubscribe"));
+        Connection c3 = connect(url, clientId);
+        Session s3 = c3.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        TopicSubscriber d3 = s3.createDurableSubscriber(t, sub);
+        expectOnlySentinel(publisher, t, d3,
+                "a new subscription of the same name starts empty (unsubscribe dropped the old)");
+        d3.close();
+        s3.unsubscribe(sub);
+        close(c3);
+        close(publisher);
+    }
+
+    /**
+     * Request/reply: a responder answers each request on JMSReplyTo (a TemporaryQueue of the
+     * requester's connection) with the request's JMSCorrelationID.
+     */
+    static void tempQueueReply() throws Exception {
+        Connection responderConnection = connect();
+        Queue service = queue(responderConnection, "service");
+        Session rs = responderConnection.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer replier = rs.createProducer(null);
+        AtomicReference<String> problem = new AtomicReference<>();
+        AtomicLong answered = new AtomicLong();
+        rs.createConsumer(service).setMessageListener(request -> {
+            try {
+                Destination to = request.getJMSReplyTo();
+                if (!(to instanceof TemporaryQueue)) {
+                    problem.compareAndSet(null, "JMSReplyTo of a request is " + to);
+                    return;
+                }
+                String body = ((TextMessage) request).getText();
+                TextMessage reply = rs.createTextMessage("reply to " + body);
+                reply.setJMSCorrelationID(request.getJMSCorrelationID());
+                replier.send(to, reply);
+                answered.incrementAndGet();
+            } catch (Exception e) {
+                problem.compareAndSet(null, describe(e));
+            }
+        });
+        ok("responder listening on " + service.getQueueName());
+
+        Connection c = connect();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        TemporaryQueue replies = s.createTemporaryQueue();
+        ok("created temporary queue " + replies.getQueueName());
+        MessageConsumer replyConsumer = s.createConsumer(replies);
+        MessageProducer requester = s.createProducer(service);
+        for (int i = 0; i < 3; i++) {
+            TextMessage request = s.createTextMessage("request-" + i);
+            request.setJMSReplyTo(replies);
+            request.setJMSCorrelationID("corr-" + i);
+            requester.send(request);
+            Message reply = replyConsumer.receive(receiveTimeoutMs);
+            if (reply == null) {
+                throw new Failure("FAIL reply to request-" + i + ": expected one within "
+                        + receiveTimeoutMs + " ms, got none (responder answered " + answered.get()
+                        + "; responder problem: " + problem.get() + ")");
+            }
+            expectEq("reply " + i + ": body", "reply to request-" + i, text(reply, "reply"));
+            expectEq("reply " + i + ": JMSCorrelationID", "corr-" + i, reply.getJMSCorrelationID());
+            expectEq("reply " + i + ": JMSDestination", replies, reply.getJMSDestination());
+        }
+        expectEq("responder problems", null, problem.get());
+        close(responderConnection);
+
+        // A responder that connects after the temporary queue was created also answers (its
+        // connection learns of the temporary queue when it starts).
+        Connection late = connect();
+        Session ls = late.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer lateReplier = ls.createProducer(null);
+        MessageConsumer lateService = ls.createConsumer(service);
+        TextMessage request = s.createTextMessage("request-late");
+        request.setJMSReplyTo(replies);
+        request.setJMSCorrelationID("corr-late");
+        requester.send(request);
+        Message got = receive(lateService, "the late responder gets the request");
+        expectEq("the late responder's request: JMSReplyTo", replies, got.getJMSReplyTo());
+        TextMessage reply = ls.createTextMessage("late reply");
+        reply.setJMSCorrelationID(got.getJMSCorrelationID());
+        try {
+            lateReplier.send(got.getJMSReplyTo(), reply);
+        } catch (JMSException e) {
+            throw fail("a responder connected after the temporary queue was created replies to it",
+                    "the reply sent", describe(e));
+        }
+        Message answer = receive(replyConsumer, "the reply of the late responder");
+        expectEq("the late responder's reply: body", "late reply", text(answer, "reply"));
+        expectEq("the late responder's reply: JMSCorrelationID", "corr-late",
+                answer.getJMSCorrelationID());
+        close(late);
+
+        replyConsumer.close();
+        replies.delete();
+        ok("deleted the temporary queue");
+        close(c);
+    }
+
+    /**
+     * Selectors on an int property, a string property and JMSType: a selecting consumer gets
+     * exactly the matching messages, in order; the others stay for a consumer without one.
+     */
+    static void selectors() throws Exception {
+        Connection c = connect();
+        Queue q = queue(c, "selectors");
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = s.createProducer(q);
+        for (int i = 0; i < 10; i++) {
+            TextMessage m = s.createTextMessage("m-" + i);
+            m.setIntProperty("n", i);
+            m.setStringProperty("color", i % 2 == 0 ? "red" : "blue");
+            m.setJMSType(i % 3 == 0 ? "kind-a" : "kind-b");
+            p.send(m);
+        }
+        ok("sent m-0..m-9 with n=i, color red (even) / blue (odd), "
+                + "JMSType kind-a (i%3==0) / kind-b");
+
+        MessageConsumer high = s.createConsumer(q, "n > 6");
+        receiveTexts(high, List.of("m-7", "m-8", "m-9"), "selector n > 6");
+        TextMessage end1 = s.createTextMessage("sentinel-high");
+        end1.setIntProperty("n", 1000);
+        p.send(end1);
+        receiveTexts(high, List.of("sentinel-high"), "selector n > 6: nothing else matched");
+        high.close();
+
+        MessageConsumer red = s.createConsumer(q, "color = 'red' AND JMSType = 'kind-a'");
+        receiveTexts(red, List.of("m-0", "m-6"), "selector color = 'red' AND JMSType = 'kind-a'");
+        TextMessage end2 = s.createTextMessage("sentinel-red");
+        end2.setStringProperty("color", "red");
+        end2.setJMSType("kind-a");
+        p.send(end2);
+        receiveTexts(red, List.of("sentinel-red"), "string/JMSType selector: nothing else matched");
+        red.close();
+
+        MessageConsumer in = s.createConsumer(q, "color IN ('blue') AND n BETWEEN 2 AND 4");
+        receiveTexts(in, List.of("m-3"), "selector color IN ('blue') AND n BETWEEN 2 AND 4");
+        in.close();
+
+        MessageConsumer all = s.createConsumer(q);
+        receiveTexts(all, List.of("m-1", "m-2", "m-4", "m-5"),
+                "the non-matching messages remain, in order, for a consumer without selector");
+        expectOnlySentinel(c, q, all, "nothing more in the queue");
+        close(c);
+    }
+
+    /** A QueueBrowser shows the queue's messages without consuming them. */
+    static void browser() throws Exception {
+        Connection c = connect();
+        Queue q = queue(c, "browse");
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        expectEq("browsing an empty queue", List.of(), browse(s, q, null));
+        List<String> sent = bodies("browse", 0, 5);
+        sendTexts(c, q, sent);
+        expectEq("browse", sent, browse(s, q, null));
+        expectEq("browse again: nothing was consumed", sent, browse(s, q, null));
+        MessageProducer p = s.createProducer(q);
+        TextMessage tagged = s.createTextMessage("tagged");
+        tagged.setStringProperty("tag", "yes");
+        p.send(tagged);
+        expectEq("browse with selector tag = 'yes'", List.of("tagged"),
+                browse(s, q, "tag = 'yes'"));
+        List<String> everything = new ArrayList<>(sent);
+        everything.add("tagged");
+        MessageConsumer consumer = s.createConsumer(q);
+        receiveTexts(consumer, everything, "a consumer still gets every browsed message");
+        expectOnlySentinel(c, q, consumer, "nothing more in the queue");
+        consumer.close();
+        expectEq("browsing the consumed queue", List.of(), browse(s, q, null));
+        close(c);
+    }
+
+    static List<String> browse(Session s, Queue q, String selector) throws Exception {
+        QueueBrowser b = selector == null ? s.createBrowser(q) : s.createBrowser(q, selector);
+        List<String> out = new ArrayList<>();
+        long end = System.currentTimeMillis() + receiveTimeoutMs;
+        for (Enumeration<?> e = b.getEnumeration(); e.hasMoreElements();) {
+            out.add(((TextMessage) e.nextElement()).getText());
+            if (System.currentTimeMillis() > end) {
+                throw new Failure("FAIL browse: not finished within " + receiveTimeoutMs
+                        + " ms; got " + out);
+            }
+        }
+        b.close();
+        return out;
+    }
+
+    /**
+     * Prefetch 0 ({@code jms.prefetchPolicy.all=0}): the client pulls each message
+     * (MessagePull); receive(timeout) and receiveNoWait() work, two consumers share a queue
+     * message by message, and an empty queue answers a pull with nothing.
+     */
+    static void prefetchZero() throws Exception {
+        String pullUrl = withOption(url, "jms.prefetchPolicy.all=0");
+        Connection c = connect(pullUrl, null);
+        Queue q = queue(c, "pull");
+        sendTexts(c, q, bodies("pull", 0, 4));
+        Session sa = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Session sb = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageConsumer a = sa.createConsumer(q);
+        MessageConsumer b = sb.createConsumer(q);
+        receiveTexts(a, List.of("pull-0"), "consumer A receive(timeout)");
+        receiveTexts(b, List.of("pull-1"), "consumer B receive(timeout): A prefetched nothing");
+        Message m = a.receiveNoWait();
+        expectEq("consumer A receiveNoWait()", "pull-2",
+                m == null ? null : text(m, "receiveNoWait"));
+        m = b.receiveNoWait();
+        expectEq("consumer B receiveNoWait()", "pull-3",
+                m == null ? null : text(m, "receiveNoWait"));
+
+        long t0 = System.nanoTime();
+        m = a.receiveNoWait();
+        expectEq("receiveNoWait() on an empty queue", null, m);
+        m = a.receive(1000);
+        long ms = (System.nanoTime() - t0) / 1_000_000;
+        expectEq("receive(1000) on an empty queue", null, m);
+        check("an empty pull is answered after about its timeout", ms >= 900 && ms < 15000,
+                "900..15000 ms", ms + " ms");
+        ok("an empty pull is answered after about its timeout (" + ms + " ms)");
+
+        // A pull waiting when a message arrives gets it.
+        AtomicReference<Object> got = new AtomicReference<>();
+        Thread waiter = new Thread(() -> {
+            try {
+                Message w = b.receive(receiveTimeoutMs);
+                got.set(w == null ? "nothing" : ((TextMessage) w).getText());
+            } catch (Exception e) {
+                got.set(e);
+            }
+        });
+        waiter.start();
+        sendTexts(c, q, List.of("late"));
+        waiter.join(receiveTimeoutMs + 5000);
+        expectEq("a waiting receive(timeout) gets a message sent meanwhile", "late", got.get());
+
+        // Acknowledged: nothing comes back to a new consumer.
+        a.close();
+        b.close();
+        Connection again = connect(pullUrl, null);
+        Session s2 = again.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        expectOnlySentinel(c, q, s2.createConsumer(q), "pulled messages were acknowledged");
+        close(again);
+        close(c);
+    }
+
+    // ----- failover pair -----------------------------------------------------------------------
+
+    /**
+     * Sends numbered persistent text messages ("0", "1", ... with int property n) to
+     * queue=NAME through the URL (a failover: URL), each send waiting for the broker. Prints
+     * {@code SENT k} after every 25 (k confirmed so far), then {@code SENT_TOTAL n}. With
+     * count=N it sends exactly N; otherwise it sends until a line {@code stop} on standard input
+     * (at least min=N, default 0, and at most max=N, default 1000000).
+     */
+    static void failoverProduce() throws Exception {
+        String queueName = requiredOpt("queue");
+        long count = longOpt("count", -1);
+        long min = count >= 0 ? count : longOpt("min", 0);
+        long max = count >= 0 ? count : longOpt("max", 1_000_000);
+        AtomicBoolean stop = new AtomicBoolean(count >= 0);
+        if (count < 0) {
+            Thread reader = new Thread(() -> {
+                try (BufferedReader in = new BufferedReader(new InputStreamReader(System.in,
+                        StandardCharsets.UTF_8))) {
+                    for (String line; (line = in.readLine()) != null;) {
+                        if (line.trim().equals("stop")) {
+                            break;
+                        }
+                    }
+                } catch (Exception e) {
+                    // End of input: stop too.
+                }
+                stop.set(true);
+            }, "stdin");
+            reader.setDaemon(true);
+            reader.start();
+        }
+        Connection c = connect();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = s.createProducer(s.createQueue(queueName));
+        p.setDeliveryMode(DeliveryMode.PERSISTENT);
+        ok("producer connected through " + url);
+        long sent = 0;
+        while (sent < max && (sent < min || !stop.get())) {
+            TextMessage m = s.createTextMessage(Long.toString(sent));
+            m.setLongProperty("n", sent);
+            p.send(m);
+            sent++;
+            if (sent % 25 == 0) {
+                System.out.println("SENT " + sent);
+            }
+        }
+        System.out.println("SENT_TOTAL " + sent);
+        close(c);
+        ok("sent " + sent + " persistent messages to " + queueName);
+    }
+
+    /**
+     * Receives (auto-ack) numbered messages from queue=NAME through the URL until it has seen
+     * every number 0..count-1 (count=N, or a line {@code expect N} on standard input), then
+     * sends itself a sentinel and receives up to it, so that duplicates still queued show up.
+     * Prints {@code RECEIVED k} every 25, {@code DUPLICATE n (redelivered=..)},
+     * {@code MISSING ...} and {@code RESULT expected=.. received=.. distinct=.. duplicates=..
+     * missing=.. unexpected=..}; passes only if every number arrived exactly once. Gives up
+     * (and reports) when the watchdog's time is nearly up.
+     */
+    static void failoverConsume() throws Exception {
+        String queueName = requiredOpt("queue");
+        AtomicLong expected = new AtomicLong(longOpt("count", -1));
+        if (expected.get() < 0) {
+            Thread reader = new Thread(() -> {
+                try (BufferedReader in = new BufferedReader(new InputStreamReader(System.in,
+                        StandardCharsets.UTF_8))) {
+                    for (String line; (line = in.readLine()) != null;) {
+                        line = line.trim();
+                        if (line.startsWith("expect ")) {
+                            expected.set(Long.parseLong(line.substring(7).trim()));
+                        }
+                    }
+                } catch (Exception e) {
+                    System.out.println("stdin: " + e);
+                }
+            }, "stdin");
+            reader.setDaemon(true);
+            reader.start();
+        }
+        long giveUpAt = System.currentTimeMillis()
+                + Math.max(10_000, longOpt("timeout", 60) * 1000 - 15_000);
+        Connection c = connect();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Queue q = s.createQueue(queueName);
+        MessageConsumer consumer = s.createConsumer(q);
+        ok("consumer connected through " + url);
+        TreeMap<Long, Integer> seen = new TreeMap<>();
+        List<String> unexpected = new ArrayList<>();
+        long received = 0;
+        long duplicates = 0;
+        String sentinel = null;
+        boolean sentinelSeen = false;
+        while (!sentinelSeen) {
+            long want = expected.get();
+            if (sentinel == null && want >= 0 && countBelow(seen, want) == want) {
+                sentinel = "sentinel-" + UUID.randomUUID();
+                MessageProducer p = s.createProducer(q);
+                p.setDeliveryMode(DeliveryMode.PERSISTENT);
+                p.send(s.createTextMessage(sentinel));
+                p.close();
+                ok("every number 0.." + (want - 1) + " seen; sent the sentinel");
+            }
+            if (System.currentTimeMillis() > giveUpAt) {
+                System.out.println("gave up waiting (expected=" + want + ", sentinel "
+                        + (sentinel == null ? "not sent" : "not received") + ")");
+                break;
+            }
+            Message m = consumer.receive(1000);
+            if (m == null) {
+                continue;
+            }
+            String body = m instanceof TextMessage
+                    ? ((TextMessage) m).getText()
+                    : String.valueOf(m);
+            if (body.equals(sentinel)) {
+                sentinelSeen = true;
+                break;
+            }
+            long n;
+            try {
+                n = Long.parseLong(body);
+            } catch (NumberFormatException e) {
+                unexpected.add(body);
+                continue;
+            }
+            received++;
+            int times = seen.merge(n, 1, Integer::sum);
+            if (times > 1) {
+                duplicates++;
+                if (duplicates <= 50) {
+                    System.out.println("DUPLICATE " + n + " (redelivered=" + m.getJMSRedelivered()
+                            + ", id " + m.getJMSMessageID() + ")");
+                }
+            }
+            if (received % 25 == 0) {
+                System.out.println("RECEIVED " + received);
+            }
+        }
+        long want = expected.get();
+        List<Long> missing = new ArrayList<>();
+        for (long i = 0; i < Math.max(want, 0); i++) {
+            if (!seen.containsKey(i)) {
+                missing.add(i);
+            }
+        }
+        for (Long n : new TreeSet<>(seen.keySet())) {
+            if (want >= 0 && n >= want) {
+                unexpected.add(Long.toString(n));
+            }
+        }
+        if (!missing.isEmpty()) {
+            System.out.println("MISSING " + missing.subList(0, Math.min(missing.size(), 100))
+                    + (missing.size() > 100 ? " ..." : ""));
+        }
+        if (!unexpected.isEmpty()) {
+            System.out.println("UNEXPECTED "
+                    + unexpected.subList(0, Math.min(unexpected.size(), 100)));
+        }
+        System.out.println("RESULT expected=" + want + " received=" + received + " distinct="
+                + seen.size() + " duplicates=" + duplicates + " missing=" + missing.size()
+                + " unexpected=" + unexpected.size() + " sentinel=" + sentinelSeen);
+        check("every message received exactly once", want >= 0 && sentinelSeen && duplicates == 0
+                && missing.isEmpty() && unexpected.isEmpty(),
+                "0.." + (want - 1) + " once each", "see RESULT");
+        ok("every message 0.." + (want - 1) + " received exactly once");
+        close(c);
+    }
+
+    static long countBelow(TreeMap<Long, Integer> seen, long n) {
+        return seen.headMap(n).size();
+    }
+}

@@ -1,0 +1,43 @@
+import java.io.InputStream;
+import java.net.URI;
+
+import org.apache.activemq.broker.BrokerService;
+import org.apache.activemq.broker.TransportConnector;
+
+/**
+ * RefBroker: the reference broker for JmsCheck. Starts an embedded, stock ActiveMQ 5.x
+ * {@link BrokerService} (non-persistent, no JMX) with one OpenWire connector on 127.0.0.1, prints
+ * {@code LISTENING tcp://127.0.0.1:PORT} once it accepts clients, and runs until its standard
+ * input reaches end of file (or it is killed).
+ *
+ * <p>Usage: {@code java -cp CLASSES:BROKER_CLASSPATH RefBroker [PORT]} (PORT 0, the default, lets
+ * the OS pick one). It exists to check that a JmsCheck scenario is right, by running it against
+ * real ActiveMQ; the Rust tests run the scenarios against ferromq.
+ */
+public final class RefBroker {
+    public static void main(String[] args) throws Exception {
+        int port = args.length > 0 ? Integer.parseInt(args[0]) : 0;
+        BrokerService broker = new BrokerService();
+        broker.setBrokerName("reference");
+        broker.setPersistent(false);
+        broker.setUseJmx(false);
+        broker.setUseShutdownHook(false);
+        TransportConnector connector =
+                broker.addConnector("tcp://127.0.0.1:" + port);
+        broker.start();
+        broker.waitUntilStarted();
+        URI bound = connector.getConnectUri();
+        System.out.println("LISTENING tcp://127.0.0.1:" + bound.getPort());
+        System.out.flush();
+        InputStream in = System.in;
+        byte[] buf = new byte[256];
+        while (in.read(buf) >= 0) {
+            // Only end of file stops the broker.
+        }
+        broker.stop();
+        broker.waitUntilStopped();
+        System.out.println("STOPPED");
+        System.out.flush();
+        Runtime.getRuntime().halt(0);
+    }
+}

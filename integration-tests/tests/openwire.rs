@@ -1,0 +1,259 @@
+//! OpenWire as the stock ActiveMQ 5.17 Java JMS client sees it: each test starts its own
+//! standalone ferromq broker and runs one scenario of `integration-tests/java/JmsCheck.java`
+//! against `tcp://127.0.0.1:<port>` (see `ferromq_integration_tests::java`). The scenario checks
+//! what the application sees (bodies, headers, properties, redelivery flags, what is left in a
+//! queue) and prints `OK`/`FAIL` lines; a test fails with its `FAIL` lines and the broker's
+//! warnings.
+//!
+//! Every scenario passes against real ActiveMQ (`integration-tests/java/run-reference.sh`).
+//! `OPENWIRE_TEST_BROKER=activemq` runs these tests against that reference broker instead of
+//! ferromq, to check the tests themselves.
+
+use std::time::Duration;
+
+use ferromq_integration_tests::java::{self, ReferenceBroker, SCENARIO_TIMEOUT};
+use ferromq_integration_tests::{unique, BrokerProcess};
+
+/// The broker a test talks to.
+enum Target {
+    Ferromq {
+        broker: BrokerProcess,
+        _dir: tempfile::TempDir,
+    },
+    Reference(ReferenceBroker),
+}
+
+impl Target {
+    fn start() -> Target {
+        if std::env::var("OPENWIRE_TEST_BROKER").is_ok_and(|v| v == "activemq") {
+            return Target::Reference(
+                ReferenceBroker::start().unwrap_or_else(|e| panic!("reference broker: {e:#}")),
+            );
+        }
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let broker = BrokerProcess::start(dir.path(), "")
+            .unwrap_or_else(|e| panic!("starting ferromq: {e:#}"));
+        Target::Ferromq { broker, _dir: dir }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Target::Ferromq { broker, .. } => broker.url(),
+            Target::Reference(broker) => broker.url(),
+        }
+    }
+
+    /// For a failure message: the broker's warnings and errors.
+    fn describe(&self) -> String {
+        match self {
+            Target::Ferromq { broker, .. } => {
+                let notable: Vec<String> = broker
+                    .logs()
+                    .into_iter()
+                    .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                    .collect();
+                let n = notable.len();
+                format!(
+                    "ferromq at {} logged {n} warnings/errors{}{}",
+                    broker.url(),
+                    if n > 0 { ", the last ones:\n  " } else { "" },
+                    notable[n.saturating_sub(20)..].join("\n  ")
+                )
+            }
+            Target::Reference(broker) => format!("reference ActiveMQ at {}", broker.url()),
+        }
+    }
+}
+
+/// Runs `scenario` with `options` against a fresh broker; fails the test unless it passes.
+fn check(scenario: &str, options: &[&str]) {
+    let target = Target::start();
+    let outcome = java::run_scenario(scenario, &target.url(), options, SCENARIO_TIMEOUT)
+        .unwrap_or_else(|e| panic!("running JmsCheck {scenario}: {e:#}"));
+    outcome.assert_passed(&target.describe());
+}
+
+/// 100 persistent text messages sent to a queue arrive in order, with their bodies, flagged
+/// persistent and not redelivered; nothing else is left.
+#[test]
+fn persistent_texts_arrive_in_order() {
+    check("queue-text", &["count=100"]);
+}
+
+/// Text (with a NUL and a supplementary character, and 200 KB long), Bytes, Map, Object,
+/// Stream and plain messages keep their bodies, typed properties (boolean, byte, short, int,
+/// long, float, double, string) and headers (message id, correlation id, reply-to, type,
+/// priority, expiration, timestamp, delivery mode, destination).
+#[test]
+fn every_message_type_keeps_body_properties_and_headers() {
+    check("message-types", &[]);
+}
+
+/// AUTO_ACKNOWLEDGE, with receive() and with a MessageListener: nothing comes back after a
+/// reconnect.
+#[test]
+fn auto_acknowledge() {
+    check("ack-auto", &[]);
+}
+
+/// CLIENT_ACKNOWLEDGE: unacknowledged messages come back after the connection closes, with
+/// JMSRedelivered and a delivery count of 2; once acknowledged they are gone.
+#[test]
+fn client_acknowledge_redelivers_until_acknowledged() {
+    check("ack-client", &[]);
+}
+
+/// DUPS_OK_ACKNOWLEDGE: everything arrives; the lazy acknowledgements are settled when the
+/// connection closes, so nothing comes back.
+#[test]
+fn dups_ok_acknowledge() {
+    check("ack-dups-ok", &[]);
+}
+
+/// ActiveMQ's INDIVIDUAL_ACKNOWLEDGE: after acknowledging messages 0, 2 and 4 of six and
+/// reconnecting, exactly 1, 3 and 5 come back, redelivered.
+#[test]
+fn individual_acknowledge_redelivers_only_the_unacknowledged() {
+    check("ack-individual", &[]);
+}
+
+/// A transacted producer: invisible until commit, committed messages delivered, rolled back
+/// ones never.
+#[test]
+fn transacted_producer_commit_and_rollback() {
+    check("tx-producer", &[]);
+}
+
+/// A transacted consumer: rollback redelivers with JMSRedelivered, also to a new connection
+/// after one closed with the transaction open; commit removes the messages.
+#[test]
+fn transacted_consumer_rollback_redelivers_and_commit_removes() {
+    check("tx-consumer", &[]);
+}
+
+/// Two topic subscribers each get every message published while they are subscribed.
+#[test]
+fn topic_subscribers_each_get_every_message() {
+    check("topic-pubsub", &[]);
+}
+
+/// A durable subscriber (client id + subscription name) gets what was published while it was
+/// offline; unsubscribe drops the subscription and its backlog.
+#[test]
+fn durable_subscriber_gets_what_was_published_offline() {
+    check("durable-topic", &[]);
+}
+
+/// Request/reply through a TemporaryQueue: the responder (another connection) answers on
+/// JMSReplyTo with the request's JMSCorrelationID.
+#[test]
+fn temporary_queue_request_reply() {
+    check("temp-queue-reply", &[]);
+}
+
+/// Selectors on an int property, a string property and JMSType (=, >, AND, IN, BETWEEN) get
+/// exactly the matching messages; the others stay, in order, for a consumer without selector.
+#[test]
+fn selectors_on_properties_and_jms_type() {
+    check("selectors", &[]);
+}
+
+/// A QueueBrowser (also with a selector, also of an empty queue) shows the messages without
+/// consuming them.
+#[test]
+fn queue_browser_does_not_consume() {
+    check("browser", &[]);
+}
+
+/// Prefetch 0 (`jms.prefetchPolicy.all=0`, MessagePull): receive(timeout) and receiveNoWait()
+/// work, two consumers share the queue message by message, an empty queue answers a pull after
+/// its timeout, and a waiting pull gets a message sent meanwhile.
+#[test]
+fn prefetch_zero_pulls_each_message() {
+    check("prefetch-zero", &[]);
+}
+
+/// The failover pair through `failover:(tcp://...)` to one broker, nothing killed: the
+/// producer's 300 messages are consumed exactly once (the cluster test kills the master).
+#[test]
+fn failover_url_to_one_broker_delivers_exactly_once() {
+    let target = Target::start();
+    let url = format!("failover:({})?initialReconnectDelay=100", target.url());
+    let queue = format!("queue={}", unique("openwire.failover"));
+    let produced = java::run_scenario(
+        "failover-produce",
+        &url,
+        &[&queue, "count=300"],
+        SCENARIO_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("running the producer: {e:#}"));
+    produced.assert_passed(&target.describe());
+    assert_eq!(
+        produced.last_with("SENT_TOTAL ").map(str::trim),
+        Some("300"),
+        "the producer's count"
+    );
+    let consumed = java::run_scenario(
+        "failover-consume",
+        &url,
+        &[&queue, "count=300"],
+        Duration::from_secs(120),
+    )
+    .unwrap_or_else(|e| panic!("running the consumer: {e:#}"));
+    consumed.assert_passed(&target.describe());
+    let result = consumed.last_with("RESULT ").unwrap_or_default();
+    assert!(
+        result.contains("expected=300 received=300 distinct=300 duplicates=0 missing=0"),
+        "consumer: {result}"
+    );
+}
+
+/// STOMP and JMS clients read each other's messages the way ActiveMQ maps them: a STOMP frame
+/// without content-length reaches JMS as a TextMessage and one with content-length as a
+/// BytesMessage, STOMP headers are string properties; a JMS TextMessage reaches STOMP with its
+/// body, `correlation-id`, `type` and properties as headers.
+#[test]
+fn stomp_and_jms_read_each_others_messages() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let broker = BrokerProcess::start(dir.path(), "").expect("starting ferromq");
+    let from = unique("interop.from-stomp");
+    let to = unique("interop.from-jms");
+    let mut stomp = broker.client().expect("a STOMP connection");
+    // Written by hand: the harness adds content-length to every frame with a body.
+    let text_frame = format!(
+        "SEND\ndestination:/queue/{from}\npersistent:true\ncolor:red\nreceipt:text\n\nhello from stomp\0"
+    );
+    stomp
+        .write_raw(text_frame.as_bytes())
+        .expect("STOMP text send");
+    stomp
+        .wait_receipt("text", Duration::from_secs(20))
+        .expect("receipt of the text frame");
+    stomp
+        .send(
+            &format!("/queue/{from}"),
+            &[0, 1, 2, 255],
+            &[("persistent", "true"), ("content-length", "4")],
+        )
+        .expect("STOMP bytes send");
+    let outcome = java::run_scenario(
+        "stomp-interop",
+        &broker.url(),
+        &[&format!("from={from}"), &format!("to={to}")],
+        SCENARIO_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("running JmsCheck stomp-interop: {e:#}"));
+    outcome.assert_passed(&format!("ferromq at {}", broker.url()));
+    stomp
+        .subscribe("jms", &format!("/queue/{to}"), &[])
+        .expect("STOMP subscribe");
+    let message = stomp
+        .recv_message(Duration::from_secs(20))
+        .expect("the JMS message over STOMP");
+    assert_eq!(message.text(), "hello from jms");
+    assert_eq!(message.get("correlation-id"), Some("corr-1"));
+    assert_eq!(message.get("type"), Some("greeting"));
+    assert_eq!(message.get("count"), Some("7"));
+    assert_eq!(message.get("color"), Some("blue"));
+    assert_eq!(message.get("persistent"), Some("true"));
+}
