@@ -190,6 +190,39 @@ fn spawn_slave(mut node: Node, master: &str, name: &str, token: &str, epoch: u64
     RunningSlave { stop, task }
 }
 
+/// Like `spawn_slave`, but reconnects after the connection ends, as a slave node does (its
+/// snapshot's start may be released by the master's GC between login and streaming).
+fn spawn_slave_retrying(
+    mut node: Node,
+    master: &str,
+    name: &str,
+    token: &str,
+    epoch: u64,
+) -> RunningSlave {
+    let options = SlaveOptions {
+        master: master.to_string(),
+        node: name.to_string(),
+        security_token: token.to_string(),
+        expected_epoch: epoch,
+    };
+    let (stop, mut stopped) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        loop {
+            let held = node.durable.clone();
+            let result = tokio::select! {
+                r = run_slave(options.clone(), &mut node.store, held) => r,
+                _ = &mut stopped => return (node, None),
+            };
+            eprintln!(
+                "slave connection ended ({:?}); reconnecting",
+                result.as_ref().err()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    RunningSlave { stop, task }
+}
+
 impl RunningSlave {
     async fn stop(self) -> (Node, SlaveResult) {
         let _ = self.stop.send(());
@@ -393,7 +426,7 @@ async fn a_slave_behind_the_oldest_segment_gets_a_snapshot() {
 
     let released = master.node.store.reader().released_ranges();
     eprintln!("released ranges after the oldest: {released:?}");
-    let slave = spawn_slave(node, &master.address, "a", TOKEN, 1);
+    let slave = spawn_slave_retrying(node, &master.address, "a", TOKEN, 1);
     let status = wait_acked(&master, "a", master_end).await;
     assert!(status.snapshot, "a snapshot");
     assert!(status.stream_start >= oldest);
@@ -556,7 +589,7 @@ async fn released_ranges_are_skipped_in_a_snapshot() {
     .await;
     assert_eq!(master.node.store.reader().oldest(), Position(0));
 
-    let slave = spawn_slave(
+    let slave = spawn_slave_retrying(
         open(dirs[1].path(), log_size),
         &master.address,
         "a",
