@@ -325,13 +325,32 @@ async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, S
     }
 }
 
-/// Tells a client this node does not serve it now, and closes.
-async fn refuse(mut socket: TcpStream, peer: SocketAddr, reason: String) {
+/// Tells a client this node does not serve it now, and closes: a STOMP ERROR frame, or for an
+/// OpenWire client (told by its first bytes) a `WireFormatInfo` and a `ConnectionError`, which
+/// a JMS application sees in its exception listener before its failover transport retries.
+async fn refuse<S>(mut socket: S, peer: SocketAddr, reason: String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     tracing::debug!(%peer, %reason, "refusing client connection");
     let reason = reason.replace(['\n', '\r', '\0'], " ");
-    let frame = format!("ERROR\nmessage:{reason}\ncontent-type:text/plain\n\n{reason}\0");
+    // Clients speak first; a short wait tells the protocol (STOMP when in doubt).
+    let mut first = BytesMut::with_capacity(64);
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while detect(&first).is_none() {
+            match socket.read_buf(&mut first).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    let answer = match detect(&first) {
+        Some(Detected::OpenWire) => openwire::refusal(&reason),
+        _ => format!("ERROR\nmessage:{reason}\ncontent-type:text/plain\n\n{reason}\0").into_bytes(),
+    };
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = socket.write_all(frame.as_bytes()).await;
+        let _ = socket.write_all(&answer).await;
         let _ = socket.shutdown().await;
     })
     .await;
@@ -382,5 +401,58 @@ async fn handle_connection(
                 .await;
             let _ = socket.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::openwire::{self as ow, Command, Format, WireFormatInfo};
+
+    async fn refused(hello: &[u8]) -> Vec<u8> {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(refuse(
+            server,
+            "127.0.0.1:1".parse().unwrap(),
+            "no quorum: 1 of 3 nodes".into(),
+        ));
+        client.write_all(hello).await.unwrap();
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        task.await.unwrap();
+        answer
+    }
+
+    #[tokio::test]
+    async fn a_refused_stomp_client_gets_an_error_frame_naming_the_reason() {
+        let answer = refused(b"CONNECT\naccept-version:1.2\n\n\0").await;
+        let text = String::from_utf8(answer).unwrap();
+        assert!(text.starts_with("ERROR\n"), "{text}");
+        assert!(text.contains("message:no quorum: 1 of 3 nodes"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_openwire_client_gets_a_connection_error_naming_the_reason() {
+        let mut hello = BytesMut::new();
+        ow::encode(
+            &Command::WireFormatInfo(WireFormatInfo::ferromq(0, 0, 0)),
+            Format::new(12),
+            &mut hello,
+        )
+        .unwrap();
+        let answer = refused(&hello).await;
+        let mut input = BytesMut::from(&answer[..]);
+        let reader = ow::FrameReader::new(1 << 20);
+        let first = reader.next_frame(&mut input).unwrap().unwrap();
+        assert!(matches!(
+            ow::decode(&first, Format::new(12)).unwrap(),
+            Command::WireFormatInfo(_)
+        ));
+        let second = reader.next_frame(&mut input).unwrap().unwrap();
+        let Command::ConnectionError(error) = ow::decode(&second, Format::new(12)).unwrap() else {
+            panic!("expected a ConnectionError");
+        };
+        let reason = error.exception.unwrap().message.unwrap();
+        assert_eq!(reason, "no quorum: 1 of 3 nodes");
     }
 }

@@ -1264,6 +1264,32 @@ impl Core {
             .unwrap_or_default())
     }
 
+    /// Forgets a destination nobody uses any more (a deleted temporary queue or topic): a
+    /// queue without consumers, whose waiting messages are dropped when none of them is stored;
+    /// a topic without subscribers or durable subscriptions. False when it is still in use or
+    /// holds stored messages (they stay deliverable).
+    pub fn delete_destination(&mut self, destination: &Destination) -> bool {
+        let name = destination.canonical();
+        match destination {
+            Destination::Queue(_) => match self.queues.get(&name) {
+                None => true,
+                Some(q) if q.consumers.is_empty() && q.ready.values().all(|e| e.key.is_none()) => {
+                    self.queues.remove(&name);
+                    true
+                }
+                Some(_) => false,
+            },
+            Destination::Topic(_) => match self.topics.get(&name) {
+                None => true,
+                Some(t) if t.subscribers.is_empty() && t.durables.is_empty() => {
+                    self.topics.remove(&name);
+                    true
+                }
+                Some(_) => false,
+            },
+        }
+    }
+
     // ----- transactions --------------------------------------------------------------------
 
     pub fn begin(&mut self, session: u64, tx: &str) -> Result<(), BrokerError> {

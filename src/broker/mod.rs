@@ -331,6 +331,13 @@ impl Broker {
         lock(&self.shared).stats()
     }
 
+    /// Forgets a destination nobody uses any more (a deleted temporary queue or topic); its
+    /// waiting non-persistent messages are dropped. False when it is in use or holds stored
+    /// messages, which then stay.
+    pub fn delete_destination(&self, destination: &Destination) -> bool {
+        lock(&self.shared).delete_destination(destination)
+    }
+
     /// Messages waiting on a queue (not delivered), for tests and status.
     pub fn queue_depth(&self, queue: &str) -> usize {
         lock(&self.shared).queue_depth(queue)
@@ -441,6 +448,11 @@ impl Session {
         selector: Option<&str>,
     ) -> Result<Vec<(Arc<Message>, u32)>, BrokerError> {
         lock(&self.shared).browse(destination, selector)
+    }
+
+    /// See [`Broker::delete_destination`].
+    pub fn delete_destination(&self, destination: &Destination) -> bool {
+        lock(&self.shared).delete_destination(destination)
     }
 
     pub fn begin(&self, transaction: &str) -> Result<(), BrokerError> {

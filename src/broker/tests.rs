@@ -375,3 +375,30 @@ async fn topic_and_durable_subscribers_get_only_what_their_selector_accepts() {
     assert_eq!(body(&next(&mut d_rx).await), "b");
     assert!(live_rx.try_recv().is_err() && d_rx.try_recv().is_err());
 }
+
+#[tokio::test]
+async fn a_deleted_destination_drops_its_unstored_messages_but_never_stored_or_used_ones() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (session, _rx) = f.broker.open_session(None);
+    let transient = NewMessage {
+        persistent: false,
+        ..persistent("reply")
+    };
+    session.send(&queue("temp"), transient, None).unwrap();
+    assert_eq!(f.broker.queue_depth("queue://temp"), 1);
+    assert!(f.broker.delete_destination(&queue("temp")));
+    assert_eq!(f.broker.queue_depth("queue://temp"), 0);
+
+    // A stored message keeps its queue.
+    session
+        .send(&queue("kept"), persistent("stored"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(!f.broker.delete_destination(&queue("kept")));
+    assert_eq!(f.broker.queue_depth("queue://kept"), 1);
+
+    // So does a queue with a consumer.
+    subscribe(&session, "s", queue("used"), 10);
+    assert!(!f.broker.delete_destination(&queue("used")));
+}

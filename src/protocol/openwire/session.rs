@@ -132,6 +132,25 @@ impl TempDestinations {
     }
 }
 
+/// What a node that serves no clients now (no quorum, an election under way) sends an
+/// OpenWire client before closing: its `WireFormatInfo`, then a `ConnectionError` naming the
+/// reason, which the JMS client hands to the application's exception listener.
+pub fn refusal(reason: &str) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    let format = Format::new(super::MIN_VERSION);
+    let hello = Command::WireFormatInfo(WireFormatInfo::ferromq(0, 0, 0));
+    let error = Command::ConnectionError(ConnectionError {
+        exception: Some(throwable("java.io.IOException", reason)),
+        ..ConnectionError::default()
+    });
+    for command in [hello, error] {
+        if encode(&command, format, &mut out).is_err() {
+            return Vec::new();
+        }
+    }
+    out.to_vec()
+}
+
 /// Live OpenWire connections by connection id.
 #[derive(Debug, Default)]
 pub struct Registry(Mutex<HashMap<String, Live>>);
@@ -511,13 +530,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             Err(close) => close,
         };
-        // Temporary destinations die with their connection.
-        for destination in std::mem::take(&mut state.own_temps) {
-            options.temps.remove(&destination);
-        }
         // The broker session goes first (returning unacknowledged messages), then a
         // replacing connection may proceed.
+        let temps = std::mem::take(&mut state.own_temps);
         drop(state);
+        // Temporary destinations die with their connection.
+        for destination in temps {
+            options.temps.remove(&destination);
+            if let Ok(core) = convert::core_destination(&destination) {
+                broker.delete_destination(&core);
+            }
+        }
         options.connections.unregister(&registration);
         registration.done.take();
         close
@@ -1230,6 +1253,9 @@ impl State {
         } else {
             self.own_temps.retain(|d| *d != destination);
             temps.remove(&destination);
+            if let Ok(core) = convert::core_destination(&destination) {
+                self.session.delete_destination(&core);
+            }
         }
     }
 
