@@ -96,6 +96,7 @@ public final class JmsCheck {
         SCENARIOS.put("browser", JmsCheck::browser);
         SCENARIOS.put("prefetch-zero", JmsCheck::prefetchZero);
         SCENARIOS.put("stomp-interop", JmsCheck::stompInterop);
+        SCENARIOS.put("poison-dlq", JmsCheck::poisonDlq);
         SCENARIOS.put("failover-produce", JmsCheck::failoverProduce);
         SCENARIOS.put("failover-consume", JmsCheck::failoverConsume);
     }
@@ -926,6 +927,45 @@ public final class JmsCheck {
         expectOnlySentinel(producer, q, s3.createConsumer(q),
                 "committed messages stay gone after a reconnect");
         close(c3);
+        close(producer);
+    }
+
+    /**
+     * Poison acks: with the client's redelivery policy at one redelivery, a message rolled back
+     * twice is poison-acked by the client and the broker moves it to ActiveMQ.DLQ; it is no
+     * longer on its queue.
+     */
+    static void poisonDlq() throws Exception {
+        Connection producer = connect();
+        Queue q = queue(producer, "poison");
+        String body = "poison-" + UUID.randomUUID();
+        Session ps = producer.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        TextMessage poison = ps.createTextMessage(body);
+        poison.setStringProperty("run", prefix);
+        ps.createProducer(q).send(poison);
+
+        Connection c = connect(withOption(url,
+                "jms.redeliveryPolicy.maximumRedeliveries=1&jms.redeliveryPolicy.initialRedeliveryDelay=0"),
+                null);
+        Session tx = c.createSession(true, Session.SESSION_TRANSACTED);
+        MessageConsumer consumer = tx.createConsumer(q);
+        expectEq("first delivery", body, text(receive(consumer, "first delivery"), "body"));
+        tx.rollback();
+        Message again = receive(consumer, "redelivery");
+        expectEq("redelivered once", body, text(again, "body"));
+        expectRedelivered(again, true, "the redelivery");
+        tx.rollback();
+        ok("rolled back past maximumRedeliveries");
+        close(c);
+
+        Connection d = connect();
+        Session ds = d.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageConsumer dlq = ds.createConsumer(ds.createQueue("ActiveMQ.DLQ"),
+                "run = '" + prefix + "'");
+        expectEq("the poisoned message is on ActiveMQ.DLQ", body,
+                text(receive(dlq, "the message on ActiveMQ.DLQ"), "body"));
+        expectOnlySentinel(producer, q, ds.createConsumer(q), "the poisoned message left its queue");
+        close(d);
         close(producer);
     }
 

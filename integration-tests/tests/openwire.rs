@@ -208,6 +208,13 @@ fn failover_url_to_one_broker_delivers_exactly_once() {
     );
 }
 
+/// A message the client rolls back past its redelivery policy's maximumRedeliveries is
+/// poison-acked and moved to ActiveMQ.DLQ, and leaves its queue.
+#[test]
+fn poison_acked_messages_go_to_the_dead_letter_queue() {
+    check("poison-dlq", &[]);
+}
+
 /// STOMP and JMS clients read each other's messages the way ActiveMQ maps them: a STOMP frame
 /// without content-length reaches JMS as a TextMessage and one with content-length as a
 /// BytesMessage, STOMP headers are string properties; a JMS TextMessage reaches STOMP with its

@@ -73,6 +73,8 @@ struct SessionState {
 struct Transaction {
     sends: Vec<(Destination, Arc<Message>)>,
     acks: Vec<InFlight>,
+    /// For each of `acks`: the consumer and delivery tag it was delivered under.
+    acked_from: Vec<(u64, u64)>,
 }
 
 #[derive(Default)]
@@ -1087,7 +1089,7 @@ impl Core {
         session: u64,
         tag: u64,
         scope: AckScope,
-    ) -> Result<(u64, Vec<InFlight>), BrokerError> {
+    ) -> Result<(u64, Vec<(u64, InFlight)>), BrokerError> {
         let cid = *self
             .tags
             .get(&tag)
@@ -1111,12 +1113,10 @@ impl Core {
             }
         };
         consumer.forget(taken.iter().map(|(t, _)| *t));
-        let mut acked = Vec::with_capacity(taken.len());
-        for (t, f) in taken {
-            self.tags.remove(&t);
-            acked.push(f);
+        for (t, _) in &taken {
+            self.tags.remove(t);
         }
-        Ok((cid, acked))
+        Ok((cid, taken))
     }
 
     pub fn ack(
@@ -1135,18 +1135,21 @@ impl Core {
         self.stats.acknowledged += acked.len() as u64;
         let confirmation = match transaction {
             Some(tx) => {
-                self.session(session)?
+                let transaction = self
+                    .session(session)?
                     .transactions
                     .get_mut(tx)
-                    .expect("checked above")
-                    .acks
-                    .extend(acked);
+                    .expect("checked above");
+                for (tag, f) in acked {
+                    transaction.acked_from.push((cid, tag));
+                    transaction.acks.push(f);
+                }
                 Confirmation::done()
             }
             None => {
                 let removes: Vec<_> = acked
                     .iter()
-                    .filter_map(|f| Some(remove_entry(f.queue.as_deref()?, f.entry.key?)))
+                    .filter_map(|(_, f)| Some(remove_entry(f.queue.as_deref()?, f.entry.key?)))
                     .collect();
                 if removes.is_empty() {
                     Confirmation::done()
@@ -1168,7 +1171,7 @@ impl Core {
     ) -> Result<Confirmation, BrokerError> {
         let _ = transaction; // a poison ack takes effect at once, as in ActiveMQ
         let (cid, rejected) = self.take_acked(session, tag, AckScope::Single)?;
-        for f in rejected {
+        for (_, f) in rejected {
             if let Some(queue) = f.queue {
                 self.dead_letter(&queue, f.entry, "rejected by the consumer")?;
             }
@@ -1344,13 +1347,41 @@ impl Core {
 
     /// Drops a transaction's sends; its acknowledged messages are redelivered.
     pub fn abort(&mut self, session: u64, tx: &str) -> Result<(), BrokerError> {
+        self.rollback(session, tx, false)
+    }
+
+    /// Drops a transaction's sends. Its acknowledged messages are redelivered, or with
+    /// `keep_delivered` they go back to the consumers they were delivered to, unacknowledged
+    /// (a JMS client redelivers rolled-back messages itself, then acknowledges or poisons
+    /// them); a consumer that is gone meanwhile has its messages redelivered.
+    pub fn rollback(
+        &mut self,
+        session: u64,
+        tx: &str,
+        keep_delivered: bool,
+    ) -> Result<(), BrokerError> {
         let transaction = self
             .session(session)?
             .transactions
             .remove(tx)
             .ok_or_else(|| BrokerError::UnknownTransaction(tx.to_string()))?;
         let mut touched = BTreeSet::new();
-        for f in transaction.acks {
+        for ((cid, tag), f) in transaction.acked_from.into_iter().zip(transaction.acks) {
+            if keep_delivered {
+                if let Some(consumer) = self
+                    .consumers
+                    .get_mut(&cid)
+                    .filter(|c| c.session == session)
+                {
+                    if tag <= consumer.delivered_upto {
+                        consumer.delivered += 1;
+                    }
+                    consumer.in_flight.insert(tag, f);
+                    self.tags.insert(tag, cid);
+                    self.stats.acknowledged = self.stats.acknowledged.saturating_sub(1);
+                    continue;
+                }
+            }
             self.redeliver(f, &mut touched)?;
         }
         self.dispatch_all(touched);

@@ -463,6 +463,13 @@ impl Session {
         lock(&self.shared).commit(self.id, transaction)
     }
 
+    /// Rolls back a transaction; the messages it acknowledged stay delivered, unacknowledged,
+    /// to their consumers (a JMS client redelivers them itself). A consumer gone meanwhile has
+    /// them redelivered.
+    pub fn rollback_keeping_deliveries(&self, transaction: &str) -> Result<(), BrokerError> {
+        lock(&self.shared).rollback(self.id, transaction, true)
+    }
+
     pub fn abort(&self, transaction: &str) -> Result<(), BrokerError> {
         lock(&self.shared).abort(self.id, transaction)
     }

@@ -402,3 +402,28 @@ async fn a_deleted_destination_drops_its_unstored_messages_but_never_stored_or_u
     subscribe(&session, "s", queue("used"), 10);
     assert!(!f.broker.delete_destination(&queue("used")));
 }
+
+#[tokio::test]
+async fn a_jms_rollback_keeps_its_acknowledged_messages_delivered_to_the_consumer() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (session, mut rx) = f.broker.open_session(None);
+    session
+        .send(&queue("q"), persistent("m"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    subscribe(&session, "s", queue("q"), 10);
+    let d = next(&mut rx).await;
+    session.begin("tx").unwrap();
+    session.ack(d.tag, AckScope::Single, Some("tx")).unwrap();
+    session.rollback_keeping_deliveries("tx").unwrap();
+    // Not put back on the queue, not delivered again: the client redelivers it itself.
+    assert_eq!(f.broker.queue_depth("queue://q"), 0);
+    assert!(rx.try_recv().is_err());
+    // Still the consumer's to acknowledge, in a new transaction.
+    session.begin("tx2").unwrap();
+    session.ack(d.tag, AckScope::Single, Some("tx2")).unwrap();
+    session.commit("tx2").unwrap().await.unwrap();
+    assert!(session.ack(d.tag, AckScope::Single, None).is_err());
+    assert_eq!(f.broker.stats().in_flight_messages, 0);
+}

@@ -24,7 +24,7 @@
 //! The operations of appended records are queued ([`Index::queue`]) and applied only once the
 //! journal has written those records (its written watermark covers them), so the index never
 //! gets ahead of the journal: after a process crash it is caught up, not rebuilt. The thread is
-//! not woken per append: it is woken when the queue becomes non-empty, then applies whatever is
+//! not woken per append: it is told when the queue becomes non-empty, then applies whatever is
 //! written every [`FLUSH_INTERVAL`] in one write batch, while anything is queued.
 
 use std::collections::VecDeque;
@@ -579,7 +579,10 @@ impl Worker {
                     batch.put(META_END, &end.0.to_be_bytes());
                     self.write(batch, next.is_none());
                 }
-                Command::Flush => self.flush_queue(),
+                // The queue just became non-empty: its operations are applied at the next
+                // tick (the `recv_timeout` above), together with whatever follows, rather
+                // than waking this thread (and the journal's waiters) once per record.
+                Command::Flush => {}
                 #[cfg(test)]
                 Command::Crash(reply) => {
                     self.queue.lock().unwrap().clear();

@@ -516,6 +516,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             awaiting: VecDeque::new(),
             pulls: Vec::new(),
             acks: HashMap::new(),
+            tx_acks: HashMap::new(),
             now: now_ms(),
             connection_id: connection_id.clone(),
             temp_events: options.temps.events.subscribe(),
@@ -1102,6 +1103,8 @@ struct State {
     pulls: Vec<(Instant, String)>,
     /// Standard acks without a transaction received in this batch of input: consumer -> tag.
     acks: HashMap<String, u64>,
+    /// Acks inside each open transaction: (consumer, tag, scope), settled at commit.
+    tx_acks: HashMap<String, Vec<(String, u64, AckScope)>>,
     now: i64,
     connection_id: String,
     /// Temporary destinations created or deleted on this node.
@@ -1177,9 +1180,9 @@ impl State {
             0 => self.session.delivered(&key, tag),
             // Standard: everything up to `last`.
             2 => {
-                consumer.dispatched = consumer.dispatched.split_off(&(tag + 1));
                 match transaction {
                     None => {
+                        consumer.dispatched = consumer.dispatched.split_off(&(tag + 1));
                         let entry = self.acks.entry(key).or_insert(tag);
                         *entry = (*entry).max(tag);
                         Ok(())
@@ -1187,22 +1190,32 @@ impl State {
                     Some(tx) => {
                         let _ = self.session.begin(&tx);
                         self.flush_consumer_ack(&key)?;
-                        self.session
-                            .ack(tag, AckScope::Cumulative, Some(&tx))
-                            .map(drop)
+                        self.session.ack(tag, AckScope::Cumulative, Some(&tx))?;
+                        // Still outstanding until the commit: a rollback keeps them delivered.
+                        self.tx_acks
+                            .entry(tx)
+                            .or_default()
+                            .push((key, tag, AckScope::Cumulative));
+                        Ok(())
                     }
                 }
             }
             // Individual, unmatched (a durable subscriber's selector refused it): just this one.
-            4 | 5 => {
-                consumer.dispatched.remove(&tag);
-                if let Some(tx) = &transaction {
-                    let _ = self.session.begin(tx);
+            4 | 5 => match transaction {
+                None => {
+                    consumer.dispatched.remove(&tag);
+                    self.session.ack(tag, AckScope::Single, None).map(drop)
                 }
-                self.session
-                    .ack(tag, AckScope::Single, transaction.as_deref())
-                    .map(drop)
-            }
+                Some(tx) => {
+                    let _ = self.session.begin(&tx);
+                    self.session.ack(tag, AckScope::Single, Some(&tx))?;
+                    self.tx_acks
+                        .entry(tx)
+                        .or_default()
+                        .push((key, tag, AckScope::Single));
+                    Ok(())
+                }
+            },
             // Poison (redelivered too often on the client) and expired: to the DLQ.
             1 | 6 => {
                 let first = self
@@ -1325,13 +1338,29 @@ impl State {
                 for k in acks {
                     self.flush_consumer_ack(&k)?;
                 }
+                for (consumer, tag, scope) in self.tx_acks.remove(&key).unwrap_or_default() {
+                    if let Some(c) = self.consumers.get_mut(&consumer) {
+                        match scope {
+                            AckScope::Cumulative => {
+                                c.dispatched = c.dispatched.split_off(&(tag + 1))
+                            }
+                            AckScope::Single => {
+                                c.dispatched.remove(&tag);
+                            }
+                        }
+                    }
+                }
                 self.session.commit(&key).map(Some)
             }
-            // ROLLBACK: the client redelivers what it consumed itself.
-            4 => match self.session.abort(&key) {
-                Ok(()) | Err(BrokerError::UnknownTransaction(_)) => Ok(None),
-                Err(e) => Err(e),
-            },
+            // ROLLBACK: the client redelivers what it consumed itself, so those messages stay
+            // delivered to it (to be acknowledged again, or poisoned).
+            4 => {
+                self.tx_acks.remove(&key);
+                match self.session.rollback_keeping_deliveries(&key) {
+                    Ok(()) | Err(BrokerError::UnknownTransaction(_)) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
             // END and FORGET of a local transaction mean nothing here.
             6 | 7 => Ok(None),
             other => Err(BrokerError::UnknownTransaction(format!(
