@@ -225,6 +225,12 @@ impl Registry {
 /// restore a window with `ConsumerControl`).
 const MAX_PREFETCH: i32 = 1 << 20;
 
+/// The shortest inactivity period honoured (keep-alives go out every third of it).
+const MIN_INACTIVITY: Duration = Duration::from_secs(1);
+
+/// Pull timeouts longer than this wait this long (and are then answered with nothing).
+const MAX_PULL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// Why a connection ends.
 #[derive(Debug)]
 enum Close {
@@ -417,7 +423,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.reader = FrameReader::new(limit.min(self.options.max_frame_size));
         }
         self.inactivity = (negotiated.max_inactivity_duration > 0)
-            .then(|| Duration::from_millis(negotiated.max_inactivity_duration as u64));
+            // A client asking for less than a second would be closed between two keep-alives.
+            .then(|| Duration::from_millis(negotiated.max_inactivity_duration as u64))
+            .map(|d| d.max(MIN_INACTIVITY));
         let info = BrokerInfo {
             broker_id: Some(BrokerId {
                 value: Some(format!("ID:ferromq-{}", self.options.broker_name)),
@@ -920,9 +928,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     self.queue_empty_dispatch(state, &key)?;
                 }
             }
-            t => state
-                .pulls
-                .push((Instant::now() + Duration::from_millis(t as u64), key)),
+            t => state.pulls.push((
+                Instant::now() + Duration::from_millis(t as u64).min(MAX_PULL_TIMEOUT),
+                key,
+            )),
         }
         Ok(())
     }

@@ -418,3 +418,42 @@ async fn a_consumer_closed_before_the_application_saw_its_prefetch_does_not_coun
         vec![("m1".into(), 1), ("m2".into(), 0), ("m3".into(), 0)]
     );
 }
+
+#[tokio::test]
+async fn absurd_timeouts_from_a_client_are_bounded_not_fatal() {
+    let f = fixture(&[]);
+    // A client asking for a 1 ms inactivity period.
+    let mut c = Client::open(&f);
+    assert!(matches!(c.read().await, Some(Command::WireFormatInfo(_))));
+    let mut wire = WireFormatInfo::ferromq(0, 1, 0);
+    wire.version = 12;
+    c.write(&Command::WireFormatInfo(wire)).await;
+    assert!(matches!(c.read().await, Some(Command::BrokerInfo(_))));
+    let id = c.id();
+    c.write(&Command::ConnectionInfo(super::super::ConnectionInfo {
+        command_id: id,
+        response_required: true,
+        connection_id: Some(ConnectionId {
+            value: Some("ID:odd:1".into()),
+        }),
+        ..Default::default()
+    }))
+    .await;
+    assert!(matches!(c.next().await, Command::Response(_)));
+    // A pull that would wait past the end of time.
+    c.request(subscribe("ID:odd:1", 1, "odd", 0)).await;
+    c.write(&Command::MessagePull(MessagePull {
+        consumer_id: Some(consumer("ID:odd:1", 1)),
+        destination: Some(OwDestination::queue("odd")),
+        timeout: i64::MAX,
+        ..Default::default()
+    }))
+    .await;
+    // The connection still serves: a message sent now answers the pull.
+    let mut producer = Client::connected(&f, "ID:odd-producer:1").await;
+    let answer = producer
+        .request(text("ID:odd-producer:1", "odd", 1, "still here"))
+        .await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    assert_eq!(body_of(&c.next().await).as_deref(), Some("still here"));
+}
