@@ -3,9 +3,11 @@
 //! without restarting the process.
 //!
 //! It owns the transitions, never the decisions: who is master comes from [`crate::election`],
-//! what is confirmed from [`crate::replication`]. Each role opens the store afresh and closes it
-//! before the next role opens it again, so two roles never write one journal. Every role change
-//! logs one line with node, epoch and position.
+//! what is confirmed from [`crate::replication`]. One role at a time holds the store: a slave's
+//! (or a candidate's) open store is handed to the next role, with its fsync setting changed,
+//! instead of being closed and reopened (which would scan the whole journal again during a
+//! failover); a master's store is closed when it steps down. Every role change logs one line
+//! with node, epoch and position.
 
 use std::future::Future;
 use std::time::Duration;
@@ -26,7 +28,8 @@ const SLAVE_RETRY: Duration = Duration::from_millis(200);
 /// Runs this node as a member of its cluster until `shutdown` resolves.
 pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let node = config.broker.name.clone();
-    let log = read_log_state(&config).await?;
+    let kept = open_kept(&config, false).await?;
+    let log = log_state(&kept.store);
     let listeners = Listeners::bind(
         &config,
         Mode::Refuse("not the master: this node is joining the cluster".into()),
@@ -61,8 +64,9 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
         election,
         listeners,
         log,
+        kept: Some(kept),
     };
-    tokio::select! {
+    let result = tokio::select! {
         result = lifecycle.run() => result,
         _ = shutdown => {
             tracing::info!(%node, "shutting down");
@@ -70,7 +74,28 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
             lifecycle.election.close().await;
             Ok(())
         }
+    };
+    if let Some(kept) = lifecycle.kept.take() {
+        close_store(kept.store).await;
     }
+    result
+}
+
+/// An open store between roles, with the receiving end of its durable watermark.
+struct KeptStore {
+    store: Store,
+    durable: watch::Receiver<Position>,
+    fsync: bool,
+}
+
+async fn open_kept(config: &Config, fsync: bool) -> anyhow::Result<KeptStore> {
+    let (durable_tx, durable) = watch::channel(Position(0));
+    let (store, _) = open_store(config, fsync, durable_tx).await?;
+    Ok(KeptStore {
+        store,
+        durable,
+        fsync,
+    })
 }
 
 /// This node's identity among the slaves of a master: every node of a cluster shares the
@@ -94,15 +119,6 @@ fn node_id(config: &Config) -> anyhow::Result<String> {
     Ok(id)
 }
 
-/// Where the journal ends, read by opening and closing the store.
-async fn read_log_state(config: &Config) -> anyhow::Result<LogState> {
-    let (durable, _) = watch::channel(Position(0));
-    let (store, _) = open_store(config, false, durable).await?;
-    let log = log_state(&store);
-    close_store(store).await;
-    Ok(log)
-}
-
 fn log_state(store: &Store) -> LogState {
     LogState {
         epoch: store.last_epoch(),
@@ -120,6 +136,8 @@ struct Lifecycle {
     election: Election,
     listeners: Listeners,
     log: LogState,
+    /// The store left open by the previous role (a slave's or the first open), if any.
+    kept: Option<KeptStore>,
 }
 
 impl Lifecycle {
@@ -172,10 +190,9 @@ impl Lifecycle {
         epoch: u64,
         roles: &mut watch::Receiver<Role>,
     ) -> anyhow::Result<()> {
+        let fsync = self.config.store.sync.fsync_locally();
+        let (store, recovered, durable_rx) = self.take_for_master(fsync).await?;
         let config = &self.config;
-        let (durable_tx, durable_rx) = watch::channel(Position(0));
-        let (store, recovered) =
-            open_store(config, config.store.sync.fsync_locally(), durable_tx).await?;
         self.log = log_state(&store);
         self.log_role("master", epoch);
         let (mut replication, confirmed) = ReplicationMaster::start(
@@ -248,9 +265,12 @@ impl Lifecycle {
         self.listeners.set_mode(Mode::Closed(format!(
             "not the master: this node is a slave of {master} (epoch {epoch})"
         )));
-        let (durable_tx, durable_rx) = watch::channel(Position(0));
-        let (mut store, _) =
-            open_store(config, config.store.sync.slaves_fsync(), durable_tx).await?;
+        let KeptStore {
+            mut store,
+            durable: durable_rx,
+            fsync,
+        } = self.take_store(config.store.sync.slaves_fsync()).await?;
+        let config = &self.config;
         self.log = log_state(&store);
         self.log_role(&format!("slave of {master}"), epoch);
         self.election.set_role_info("slave", Some(epoch));
@@ -296,9 +316,57 @@ impl Lifecycle {
             }
         };
         self.log = log_state(&store);
-        close_store(store).await;
+        // Nothing appends to it any more: its end is final, and the next role takes it over.
+        self.kept = Some(KeptStore {
+            store,
+            durable: durable_rx,
+            fsync,
+        });
         self.election.report_final_log(self.log);
         self.log_role("stopped following", epoch);
         result
+    }
+
+    /// The store for a role that wants `fsync`: the one left open by the previous role (its
+    /// fsync switched if needed), else opened afresh.
+    async fn take_store(&mut self, fsync: bool) -> anyhow::Result<KeptStore> {
+        if let Some(mut kept) = self.kept.take() {
+            if kept.fsync == fsync {
+                return Ok(kept);
+            }
+            let switched = tokio::task::block_in_place(|| kept.store.set_fsync(fsync));
+            match switched {
+                Ok(()) => {
+                    kept.fsync = fsync;
+                    return Ok(kept);
+                }
+                Err(e) => {
+                    tracing::warn!(node = %self.config.broker.name, error = %e, "cannot switch fsync on the open store; reopening it");
+                    close_store(kept.store).await;
+                }
+            }
+        }
+        open_kept(&self.config, fsync).await
+    }
+
+    /// The store and recovered state a master starts from: the open store of the previous
+    /// role when there is one (read back without a journal scan), else opened afresh.
+    async fn take_for_master(
+        &mut self,
+        fsync: bool,
+    ) -> anyhow::Result<(Store, crate::store::Recovered, watch::Receiver<Position>)> {
+        if let Some(mut kept) = self.kept.take() {
+            let recovered = tokio::task::block_in_place(|| kept.store.recover_open(fsync));
+            match recovered {
+                Ok(recovered) => return Ok((kept.store, recovered, kept.durable)),
+                Err(e) => {
+                    tracing::warn!(node = %self.config.broker.name, error = %e, "cannot take over the open store; reopening it");
+                    close_store(kept.store).await;
+                }
+            }
+        }
+        let (durable_tx, durable_rx) = watch::channel(Position(0));
+        let (store, recovered) = open_store(&self.config, fsync, durable_tx).await?;
+        Ok((store, recovered, durable_rx))
     }
 }

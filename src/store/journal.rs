@@ -247,6 +247,12 @@ enum Command {
         position: u64,
         reply: mpsc::Sender<Result<(), StoreError>>,
     },
+    /// Switch fsync on or off (a replicated node changing role); everything before is written
+    /// first, and switching on syncs the current segment and the directory.
+    SetFsync {
+        on: bool,
+        reply: mpsc::Sender<Result<(), StoreError>>,
+    },
     /// Replication: delete every segment and continue empty at `start`.
     Reset {
         start: u64,
@@ -430,6 +436,12 @@ impl Journal {
             Some(Ok(())) => Ok(()),
             _ => Err(self.writer_gone()),
         }
+    }
+
+    /// Turns fsync on or off for what is appended from now on. Returns once everything
+    /// appended before is written (and, when turning it on, synced as at open).
+    pub fn set_fsync(&self, on: bool) -> Result<(), StoreError> {
+        self.request(|reply| Command::SetFsync { on, reply })
     }
 
     /// Why the writer thread no longer answers.
@@ -1040,6 +1052,17 @@ impl Writer {
                         "reset to {start} failed"
                     )));
                 }
+            }
+            Command::SetFsync { on, reply } => {
+                self.finish_batch()?;
+                if on && !self.fsync {
+                    // As at open: bytes written without fsync may be only in the page cache.
+                    let path = self.current_path();
+                    self.file.sync_data().map_err(io_error("fsync", &path))?;
+                    sync_directory(&self.shared.directory)?;
+                }
+                self.fsync = on;
+                let _ = reply.send(Ok(()));
             }
             Command::Truncate { position, reply } => {
                 self.finish_batch()?;

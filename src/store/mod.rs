@@ -581,6 +581,26 @@ fn replay(
     Ok(replayed)
 }
 
+impl Store {
+    /// The state a broker core starts from, taken from this open store rather than by closing
+    /// and reopening it (a slave becoming master): fsync is set to `fsync` (which also waits
+    /// until everything appended is written), then every live message is read back.
+    pub fn recover_open(&mut self, fsync: bool) -> Result<Recovered, StoreError> {
+        self.journal.set_fsync(fsync)?;
+        let reader = self.journal.reader();
+        build_recovered(&self.state, &reader, self.journal.end()).map_err(|e| match e {
+            Attempt::Rebuild(reason) => StoreError::Inconsistent(reason),
+            Attempt::Fatal(error) => error,
+        })
+    }
+
+    /// Turns fsync on or off for what is appended from now on (a replicated node changing
+    /// role); returns once everything appended before is written.
+    pub fn set_fsync(&self, fsync: bool) -> Result<(), StoreError> {
+        self.journal.set_fsync(fsync)
+    }
+}
+
 /// Reads every live message from the journal (each record once, in journal order).
 fn build_recovered(
     state: &LiveState,

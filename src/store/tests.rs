@@ -749,3 +749,51 @@ proptest! {
         }
     }
 }
+
+/// A slave's open store handed to the master role: what `recover_open` reads back equals
+/// what closing and reopening would recover, and the store goes on with fsync switched on.
+#[test]
+fn an_open_store_recovers_what_a_reopen_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _, rx) = open(dir.path(), 600);
+    store
+        .append(&record(1, vec![subscribe_entry(subscription("s", "sub"))]))
+        .unwrap();
+    let mut live = Vec::new();
+    for n in 0..200 {
+        let queue = if n % 3 == 0 { "a" } else { "b" };
+        let key = add(&mut store, queue, &format!("m{n}"));
+        if n % 50 == 0 {
+            continue;
+        }
+        live.push((queue, key));
+        if live.len() > 3 {
+            let (queue, key) = live.remove(0);
+            remove(&mut store, queue, key);
+        }
+    }
+    let mut taken = store.recover_open(true).unwrap();
+    assert_eq!(taken.queues.iter().map(|q| q.1.len()).sum::<usize>(), 7);
+    assert_eq!(taken.subscriptions.len(), 1);
+
+    let key = add(&mut store, "a", "after");
+    wait_durable(&rx, store.end());
+    store.close().unwrap();
+    let (_store, reopened, _rx) = open(dir.path(), 600);
+    let queue_a = taken.queues.iter_mut().find(|q| q.0 == "a").unwrap();
+    queue_a.1.push((key, message("after", "p", 0)));
+    taken.end = reopened.end;
+    assert_eq!(reopened.queues.len(), taken.queues.len());
+    for ((name, messages), (name2, messages2)) in reopened.queues.iter().zip(&taken.queues) {
+        assert_eq!(name, name2);
+        let ids = |m: &Vec<(MessageKey, Message)>| {
+            m.iter()
+                .map(|(k, m)| (*k, m.message_id.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(messages), ids(messages2), "queue {name}");
+    }
+    assert_eq!(reopened.subscriptions, taken.subscriptions);
+    assert_eq!(reopened.producers, taken.producers);
+    assert_eq!(reopened.epoch, taken.epoch);
+}
