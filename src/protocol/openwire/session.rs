@@ -163,6 +163,29 @@ struct Live {
     done: watch::Receiver<()>,
 }
 
+/// Takes a connection out of the registry when it ends, however it ends.
+struct Leave {
+    options: Arc<OpenWireOptions>,
+    id: String,
+    serial: u64,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.options.connections.unregister(&self.id, self.serial);
+    }
+}
+
+impl Drop for State {
+    /// A connection whose task is aborted still withdraws its temporary destinations (the
+    /// normal end does so itself, and deletes them from the core too).
+    fn drop(&mut self) {
+        for destination in std::mem::take(&mut self.own_temps) {
+            self.options.temps.remove(&destination);
+        }
+    }
+}
+
 /// What a connection keeps to be replaced, and to leave the registry when it ends.
 struct Registration {
     id: String,
@@ -210,13 +233,10 @@ impl Registry {
         }
     }
 
-    fn unregister(&self, registration: &Registration) {
+    fn unregister(&self, id: &str, serial: u64) {
         let mut map = self.lock();
-        if map
-            .get(&registration.id)
-            .is_some_and(|l| l.serial == registration.serial)
-        {
-            map.remove(&registration.id);
+        if map.get(id).is_some_and(|l| l.serial == serial) {
+            map.remove(id);
         }
     }
 }
@@ -517,6 +537,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .unwrap_or_else(|| format!("ferromq-anonymous-{}", self.peer));
         let options = self.options.clone();
         let mut registration = options.connections.register(&connection_id).await;
+        // Runs even when the task is aborted (the node stopped serving).
+        let _leave = Leave {
+            options: options.clone(),
+            id: registration.id.clone(),
+            serial: registration.serial,
+        };
         let (session, deliveries) = broker.open_session(info.client_id.clone());
         let mut state = State {
             session,
@@ -527,6 +553,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             tx_acks: HashMap::new(),
             now: now_ms(),
             connection_id: connection_id.clone(),
+            options: options.clone(),
             temp_events: options.temps.events.subscribe(),
             own_temps: Vec::new(),
         };
@@ -550,7 +577,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 broker.delete_destination(&core);
             }
         }
-        options.connections.unregister(&registration);
         registration.done.take();
         close
     }
@@ -1116,6 +1142,7 @@ struct State {
     tx_acks: HashMap<String, Vec<(String, u64, AckScope)>>,
     now: i64,
     connection_id: String,
+    options: Arc<OpenWireOptions>,
     /// Temporary destinations created or deleted on this node.
     temp_events: broadcast::Receiver<TempEvent>,
     /// The temporary destinations this connection created.
