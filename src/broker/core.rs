@@ -1200,6 +1200,21 @@ impl Core {
         Ok(())
     }
 
+    /// Counts a client-side redelivery of an in-flight delivery of this session.
+    pub fn redelivered(&mut self, session: u64, tag: u64) {
+        let Some(cid) = self.tags.get(&tag).copied() else {
+            return;
+        };
+        if let Some(f) = self
+            .consumers
+            .get_mut(&cid)
+            .filter(|c| c.session == session)
+            .and_then(|c| c.in_flight.get_mut(&tag))
+        {
+            f.entry.redeliveries += 1;
+        }
+    }
+
     /// Lets one more message through to subscription `id` (a consumer with prefetch 0).
     pub fn pull(&mut self, session: u64, id: &str) -> Result<(), BrokerError> {
         let cid = self.consumer_of(session, id)?;

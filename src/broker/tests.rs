@@ -427,3 +427,28 @@ async fn a_jms_rollback_keeps_its_acknowledged_messages_delivered_to_the_consume
     assert!(session.ack(d.tag, AckScope::Single, None).is_err());
     assert_eq!(f.broker.stats().in_flight_messages, 0);
 }
+
+#[tokio::test]
+async fn client_side_redeliveries_count_when_the_message_comes_back() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (session, mut rx) = f.broker.open_session(None);
+    session
+        .send(&queue("q"), persistent("m"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    subscribe(&session, "s", queue("q"), 10);
+    let d = next(&mut rx).await;
+    assert_eq!(d.redelivery_count, 0);
+    // The JMS client rolled it back twice and redelivered it itself.
+    session.redelivered(d.tag);
+    session.redelivered(d.tag);
+    session.unsubscribe("s", false).unwrap();
+    subscribe(&session, "t", queue("q"), 10);
+    let again = next(&mut rx).await;
+    assert_eq!(body(&again), "m");
+    assert_eq!(
+        again.redelivery_count, 3,
+        "two client rollbacks and one return"
+    );
+}

@@ -1271,8 +1271,23 @@ impl State {
                 }
                 Ok(())
             }
-            // Redelivered (a rollback on the client, which redelivers locally) and unknown
-            // types change nothing here.
+            // Redelivered: the client rolled these back and redelivers them itself; count it,
+            // so the messages keep their delivery count if they come back from the broker.
+            3 => {
+                let first = self
+                    .acked_tag(&key, ack.first_message_id.as_ref())
+                    .unwrap_or(tag);
+                let tags: Vec<u64> = self.consumers[&key]
+                    .dispatched
+                    .range(first.min(tag)..=tag)
+                    .map(|(t, _)| *t)
+                    .collect();
+                for t in tags {
+                    self.session.redelivered(t);
+                }
+                Ok(())
+            }
+            // Unknown types change nothing.
             _ => Ok(()),
         }
     }
