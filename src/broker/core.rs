@@ -627,6 +627,19 @@ impl Core {
         }
         let client_id = state.client_id.clone();
         let deliveries = state.deliveries.clone();
+        if request
+            .destination
+            .name()
+            .split('.')
+            .any(|part| part == "*" || part == ">")
+        {
+            // ActiveMQ would read these as wildcards; taking them as literal names would
+            // subscribe to nothing without a word.
+            return Err(BrokerError::Unsupported(format!(
+                "wildcard subscriptions ('{}'); subscribe to each destination by name",
+                request.destination.name()
+            )));
+        }
         let selector = parse_selector(request.selector.as_deref())?;
         let selector_text = request.selector.clone().unwrap_or_default();
         let mut confirmation = Confirmation::done();

@@ -452,3 +452,26 @@ async fn client_side_redeliveries_count_when_the_message_comes_back() {
         "two client rollbacks and one return"
     );
 }
+
+#[tokio::test]
+async fn wildcard_subscriptions_are_refused_by_name() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (session, _rx) = f.broker.open_session(None);
+    for name in ["orders.>", "prices.*.eu", ">"] {
+        let error = session
+            .subscribe(SubscribeRequest {
+                id: name.into(),
+                destination: Destination::Topic(name.into()),
+                prefetch: 10,
+                durable_name: None,
+                selector: None,
+            })
+            .unwrap_err();
+        assert!(
+            matches!(&error, BrokerError::Unsupported(m) if m.contains(name)),
+            "{error}"
+        );
+    }
+    // Names that merely contain the characters are plain names.
+    subscribe(&session, "ok", queue("a*b.c>d"), 10);
+}
