@@ -23,7 +23,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -225,26 +225,16 @@ fn java_command(setup: &Setup, classpath: &str, main: &str) -> Command {
     command
 }
 
+/// Echoes and keeps the lines of a JmsCheck output pipe (NULs shown as `\0`).
 fn line_reader(
     pipe: impl Read + Send + 'static,
     label: String,
     lines: Arc<Mutex<Vec<String>>>,
 ) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(pipe);
-        let mut raw = Vec::new();
-        loop {
-            raw.clear();
-            match reader.read_until(b'\n', &mut raw) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            let line = String::from_utf8_lossy(&raw)
-                .trim_end_matches(['\n', '\r'])
-                .replace('\0', "\\0");
-            eprintln!("[{label}] {line}");
-            lines.lock().unwrap().push(line);
-        }
+    crate::echo_lines(pipe, label, lines, |raw| {
+        String::from_utf8_lossy(raw)
+            .trim_end_matches(['\n', '\r'])
+            .replace('\0', "\\0")
     })
 }
 

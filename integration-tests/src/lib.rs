@@ -197,6 +197,30 @@ pub fn toml_string(s: &str) -> String {
 }
 
 /// Removes ANSI escape sequences (`ESC [ ... letter`), in case the logger colours its output.
+/// Reads `pipe` line by line on a thread of its own: each line, made readable by `clean`, is
+/// echoed to stderr as `[label] line` (so a failing test shows it) and kept in `lines`.
+pub(crate) fn echo_lines(
+    pipe: impl Read + Send + 'static,
+    label: String,
+    lines: Arc<Mutex<Vec<String>>>,
+    clean: fn(&[u8]) -> String,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(pipe);
+        let mut raw = Vec::new();
+        loop {
+            raw.clear();
+            match reader.read_until(b'\n', &mut raw) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let line = clean(&raw);
+            eprintln!("[{label}] {line}");
+            lines.lock().unwrap().push(line);
+        }
+    })
+}
+
 fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars().peekable();
@@ -362,21 +386,8 @@ impl BrokerProcess {
     }
 
     fn log_reader(&self, pipe: impl Read + Send + 'static) -> JoinHandle<()> {
-        let logs = self.logs.clone();
-        let name = self.name.clone();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(pipe);
-            let mut raw = Vec::new();
-            loop {
-                raw.clear();
-                match reader.read_until(b'\n', &mut raw) {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-                let line = strip_ansi(String::from_utf8_lossy(&raw).trim_end());
-                eprintln!("[{name}] {line}");
-                logs.lock().unwrap().push(line);
-            }
+        echo_lines(pipe, self.name.clone(), self.logs.clone(), |raw| {
+            strip_ansi(String::from_utf8_lossy(raw).trim_end())
         })
     }
 

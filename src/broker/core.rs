@@ -72,9 +72,8 @@ struct SessionState {
 #[derive(Default)]
 struct Transaction {
     sends: Vec<(Destination, Arc<Message>)>,
-    acks: Vec<InFlight>,
-    /// For each of `acks`: the consumer and delivery tag it was delivered under.
-    acked_from: Vec<(u64, u64)>,
+    /// Acknowledged deliveries: (consumer, delivery tag, what was delivered).
+    acks: Vec<(u64, u64, InFlight)>,
 }
 
 #[derive(Default)]
@@ -769,17 +768,8 @@ impl Core {
         }
         for (tag, in_flight) in consumer.in_flight {
             self.tags.remove(&tag);
-            if tag > seen_upto {
-                // Never handed to the application: back in its place, not a redelivery.
-                if let Some(queue) = in_flight.queue {
-                    if let Some(q) = self.queues.get_mut(&queue) {
-                        q.push(in_flight.entry);
-                        touched.insert(queue);
-                    }
-                }
-            } else {
-                self.redeliver(in_flight, &mut touched)?;
-            }
+            // A delivery past `seen_upto` never reached the application: not a redelivery.
+            self.requeue(in_flight, tag <= seen_upto, &mut touched)?;
         }
         let mut confirmation = Confirmation::done();
         if remove_durable {
@@ -1003,13 +993,26 @@ impl Core {
         in_flight: InFlight,
         touched: &mut BTreeSet<String>,
     ) -> Result<(), BrokerError> {
+        self.requeue(in_flight, true, touched)
+    }
+
+    /// Puts an unacknowledged message back in its place on its queue; `counted` makes it a
+    /// redelivery (false: it never reached the application).
+    fn requeue(
+        &mut self,
+        in_flight: InFlight,
+        counted: bool,
+        touched: &mut BTreeSet<String>,
+    ) -> Result<(), BrokerError> {
         let Some(queue) = in_flight.queue else {
             return Ok(()); // non-durable topic: nothing is kept for a subscriber that left
         };
         let mut entry = in_flight.entry;
-        entry.redeliveries += 1;
-        if entry.redeliveries > self.options.max_redeliveries {
-            return self.dead_letter(&queue, entry, "redelivery limit reached");
+        if counted {
+            entry.redeliveries += 1;
+            if entry.redeliveries > self.options.max_redeliveries {
+                return self.dead_letter(&queue, entry, "redelivery limit reached");
+            }
         }
         if let Some(q) = self.queues.get_mut(&queue) {
             q.push(entry);
@@ -1154,8 +1157,7 @@ impl Core {
                     .get_mut(tx)
                     .expect("checked above");
                 for (tag, f) in acked {
-                    transaction.acked_from.push((cid, tag));
-                    transaction.acks.push(f);
+                    transaction.acks.push((cid, tag, f));
                 }
                 Confirmation::done()
             }
@@ -1271,7 +1273,7 @@ impl Core {
     /// The messages waiting on a queue, in delivery order, that `selector` accepts, with how
     /// often each was delivered before; nothing is consumed (a queue browser).
     pub fn browse(
-        &mut self,
+        &self,
         destination: &Destination,
         selector: Option<&str>,
     ) -> Result<Vec<(Arc<Message>, u32)>, BrokerError> {
@@ -1355,7 +1357,7 @@ impl Core {
             }
             entries.extend(e);
         }
-        for f in &transaction.acks {
+        for (_, _, f) in &transaction.acks {
             if let (Some(queue), Some(key)) = (&f.queue, f.entry.key) {
                 entries.push(remove_entry(queue, key));
             }
@@ -1394,7 +1396,7 @@ impl Core {
             .remove(tx)
             .ok_or_else(|| BrokerError::UnknownTransaction(tx.to_string()))?;
         let mut touched = BTreeSet::new();
-        for ((cid, tag), f) in transaction.acked_from.into_iter().zip(transaction.acks) {
+        for (cid, tag, f) in transaction.acks {
             if keep_delivered {
                 if let Some(consumer) = self
                     .consumers

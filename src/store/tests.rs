@@ -224,24 +224,30 @@ fn recovers_what_is_live() {
 
 /// A workload with rotations and releases; returns the store's final Recovered (after a clean
 /// reopen).
-fn workload(dir: &Path) -> Recovered {
-    let (mut store, _, _rx) = open(dir, 600);
+/// A subscription and 200 messages over two queues, all but 7 consumed (4 never consumed pin
+/// their segments), in segments of 600 bytes.
+fn run_workload(store: &mut Store) {
     store
         .append(&record(1, vec![subscribe_entry(subscription("s", "sub"))]))
         .unwrap();
     let mut live = Vec::new();
     for n in 0..200 {
         let queue = if n % 3 == 0 { "a" } else { "b" };
-        let key = add(&mut store, queue, &format!("m{n}"));
+        let key = add(store, queue, &format!("m{n}"));
         if n % 50 == 0 {
             continue; // never consumed: pins its segment
         }
         live.push((queue, key));
         if live.len() > 3 {
             let (queue, key) = live.remove(0);
-            remove(&mut store, queue, key);
+            remove(store, queue, key);
         }
     }
+}
+
+fn workload(dir: &Path) -> Recovered {
+    let (mut store, _, _rx) = open(dir, 600);
+    run_workload(&mut store);
     let end = store.end();
     store.close().unwrap();
     let with_data = segment_starts(dir).iter().filter(|f| f.1 > 0).count() as u64;
@@ -756,22 +762,7 @@ proptest! {
 fn an_open_store_recovers_what_a_reopen_would() {
     let dir = tempfile::tempdir().unwrap();
     let (mut store, _, rx) = open(dir.path(), 600);
-    store
-        .append(&record(1, vec![subscribe_entry(subscription("s", "sub"))]))
-        .unwrap();
-    let mut live = Vec::new();
-    for n in 0..200 {
-        let queue = if n % 3 == 0 { "a" } else { "b" };
-        let key = add(&mut store, queue, &format!("m{n}"));
-        if n % 50 == 0 {
-            continue;
-        }
-        live.push((queue, key));
-        if live.len() > 3 {
-            let (queue, key) = live.remove(0);
-            remove(&mut store, queue, key);
-        }
-    }
+    run_workload(&mut store);
     let mut taken = store.recover_open(true).unwrap();
     assert_eq!(taken.queues.iter().map(|q| q.1.len()).sum::<usize>(), 7);
     assert_eq!(taken.subscriptions.len(), 1);

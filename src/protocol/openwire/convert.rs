@@ -40,7 +40,7 @@ const ORIGINAL_DESTINATION: &str = "original-destination";
 pub const ADVISORY_PREFIX: &str = "ActiveMQ.Advisory.";
 
 /// `ProducerId.toString()`: `<connection id>:<session>:<producer>`.
-pub fn producer_id_text(id: &ProducerId) -> String {
+fn producer_id_text(id: &ProducerId) -> String {
     format!(
         "{}:{}:{}",
         id.connection_id.as_deref().unwrap_or(""),
@@ -358,10 +358,7 @@ pub fn to_openwire(
     // The destination the producer addressed, keeping the subscriber's class (temporary or
     // not) when it is the subscriber's own destination.
     m.destination = Some(match parse_destination(&stored.destination) {
-        Some(d)
-            if core_destination(&d).ok() == core_destination(destination).ok()
-                || d.physical_name.is_none() =>
-        {
+        Some(d) if core_destination(&d).ok() == core_destination(destination).ok() => {
             destination.clone()
         }
         Some(d) => d,

@@ -153,7 +153,7 @@ pub fn refusal(reason: &str) -> Vec<u8> {
 
 /// Live OpenWire connections by connection id.
 #[derive(Debug, Default)]
-pub struct Registry(Mutex<HashMap<String, Live>>);
+pub struct Registry(Arc<Mutex<HashMap<String, Live>>>);
 
 #[derive(Debug)]
 struct Live {
@@ -161,19 +161,6 @@ struct Live {
     kill: watch::Sender<bool>,
     /// Closes (errors on `changed`) once the connection's broker session is gone.
     done: watch::Receiver<()>,
-}
-
-/// Takes a connection out of the registry when it ends, however it ends.
-struct Leave {
-    options: Arc<OpenWireOptions>,
-    id: String,
-    serial: u64,
-}
-
-impl Drop for Leave {
-    fn drop(&mut self) {
-        self.options.connections.unregister(&self.id, self.serial);
-    }
 }
 
 impl Drop for State {
@@ -186,12 +173,23 @@ impl Drop for State {
     }
 }
 
-/// What a connection keeps to be replaced, and to leave the registry when it ends.
+/// What a connection keeps to be replaced; dropping it (however the connection ends, its
+/// task aborted included) takes the connection out of the registry.
 struct Registration {
+    registry: Registry,
     id: String,
     serial: u64,
     kill: watch::Receiver<bool>,
     done: Option<watch::Sender<()>>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut map = self.registry.lock();
+        if map.get(&self.id).is_some_and(|l| l.serial == self.serial) {
+            map.remove(&self.id);
+        }
+    }
 }
 
 impl Registry {
@@ -226,23 +224,16 @@ impl Registry {
             .await;
         }
         Registration {
+            registry: Registry(self.0.clone()),
             id: id.to_string(),
             serial,
             kill: kill_rx,
             done: Some(done_tx),
         }
     }
-
-    fn unregister(&self, id: &str, serial: u64) {
-        let mut map = self.lock();
-        if map.get(id).is_some_and(|l| l.serial == serial) {
-            map.remove(id);
-        }
-    }
 }
 
-/// Default consumer windows (the client always sends its own; these apply to replays that
-/// restore a window with `ConsumerControl`).
+/// The largest prefetch window taken from a client (`ConsumerInfo`, `ConsumerControl`).
 const MAX_PREFETCH: i32 = 1 << 20;
 
 /// The shortest inactivity period honoured (keep-alives go out every third of it).
@@ -278,8 +269,8 @@ struct ConsumerState {
     prefetch: u32,
     /// Subscribed to nothing in the core (advisory topics).
     inert: bool,
-    /// Deliveries not yet acknowledged: tag -> (producer text, producer sequence).
-    dispatched: BTreeMap<u64, (String, i64)>,
+    /// Deliveries not yet acknowledged, by tag: an ack must name the same message id.
+    dispatched: BTreeMap<u64, Arc<crate::store::Message>>,
 }
 
 /// Serves one connection whose first bytes (already read, in `initial`) are OpenWire.
@@ -537,12 +528,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .unwrap_or_else(|| format!("ferromq-anonymous-{}", self.peer));
         let options = self.options.clone();
         let mut registration = options.connections.register(&connection_id).await;
-        // Runs even when the task is aborted (the node stopped serving).
-        let _leave = Leave {
-            options: options.clone(),
-            id: registration.id.clone(),
-            serial: registration.serial,
-        };
         let (session, deliveries) = broker.open_session(info.client_id.clone());
         let mut state = State {
             session,
@@ -1005,15 +990,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 return Ok(());
             }
         };
-        let id = message.message_id.as_ref().expect("to_openwire sets it");
-        let producer = id
-            .producer_id
-            .as_ref()
-            .map(convert::producer_id_text)
-            .unwrap_or_default();
         consumer
             .dispatched
-            .insert(delivery.tag, (producer, id.producer_sequence_id));
+            .insert(delivery.tag, delivery.message.clone());
         let dispatch = MessageDispatch {
             consumer_id: Some(consumer.id.clone()),
             destination: Some(consumer.destination.clone()),
@@ -1180,13 +1159,8 @@ impl State {
     fn acked_tag(&self, key: &str, id: Option<&super::MessageId>) -> Option<u64> {
         let id = id?;
         let tag = u64::try_from(id.broker_sequence_id).ok()?;
-        let (producer, sequence) = self.consumers.get(key)?.dispatched.get(&tag)?;
-        let same_producer = id
-            .producer_id
-            .as_ref()
-            .map(convert::producer_id_text)
-            .is_some_and(|p| p == *producer);
-        (same_producer && *sequence == id.producer_sequence_id).then_some(tag)
+        let sent = self.consumers.get(key)?.dispatched.get(&tag)?;
+        (convert::message_id_text(id) == sent.message_id).then_some(tag)
     }
 
     fn ack(&mut self, ack: &MessageAck) -> Result<(), BrokerError> {
