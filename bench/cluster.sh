@@ -75,6 +75,7 @@ CLUSTER_UP=0
 AMQ_STARTED=0
 
 log() { echo "cluster.sh: $(date -u +%T) $*" >&2; }
+. "$ROOT/bench/lib.sh"
 lc() { "$ROOT/scripts/local-cluster.sh" "$@"; }
 
 cleanup() {
@@ -99,22 +100,8 @@ trap 'exit 130' INT TERM
 now() { date +%s.%N; }
 # RFC 3339 timestamp (the first field of a log line) -> epoch seconds
 ts() { date -d "$1" +%s.%N; }
+# Like lib.sh's, but 0 for a node that is gone.
 cpu_of() { awk -v t="$(getconf CLK_TCK)" '{ print ($14 + $15) / t }' "/proc/$1/stat" 2>/dev/null || echo 0; }
-busy_pct() {
-  local a b
-  a=($(head -1 /proc/stat)); sleep 1; b=($(head -1 /proc/stat))
-  awk -v u=$((b[1] + b[2] + b[3] + b[6] + b[7] - a[1] - a[2] - a[3] - a[6] - a[7])) \
-      -v i=$((b[4] + b[5] - a[4] - a[5])) 'BEGIN { printf "%.0f", 100 * u / (u + i) }'
-}
-wait_for_quiet() {
-  local deadline=$(( $(date +%s) + LOAD_WAIT )) busy
-  while busy=$(busy_pct); [ "$busy" -gt "$BUSY_MAX" ]; do
-    if [ "$(date +%s)" -ge "$deadline" ]; then log "machine still ${busy}% busy after ${LOAD_WAIT}s; running anyway"; break; fi
-    log "machine ${busy}% busy (load $(cut -d' ' -f1 /proc/loadavg)); waiting for < ${BUSY_MAX}%"
-    sleep 5
-  done
-  echo "$busy"
-}
 record_load() { # SCENARIO BUSY BEFORE AFTER
   jq -nc --arg s "$1" --argjson busy "$2" --arg before "$3" --arg after "$4" \
     '{scenario: $s, busy_before_pct: $busy, before: $before, after: $after}' >> "$RESULTS/loads.jsonl"

@@ -92,7 +92,7 @@ FERROMQ_BUILT="?"
 AMQ_STARTED=0
 
 log() { echo "openwire.sh: $*" >&2; }
-port_open() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+. "$ROOT/bench/lib.sh"
 
 pick_java() {
   if [ -n "${JAVA:-}" ]; then echo "$JAVA"; return; fi
@@ -125,16 +125,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Percent of the machine's CPU busy over one second (everything: ours is idle between runs).
-busy_pct() {
-  local a b
-  a=($(head -1 /proc/stat)); sleep 1; b=($(head -1 /proc/stat))
-  awk -v u=$((b[1] + b[2] + b[3] + b[6] + b[7] - a[1] - a[2] - a[3] - a[6] - a[7])) \
-      -v i=$((b[4] + b[5] - a[4] - a[5])) 'BEGIN { printf "%.0f", 100 * u / (u + i) }'
-}
-
-load1() { cut -d' ' -f1 /proc/loadavg; }
-
 # Counting fsync/fdatasync calls of a process through tracepoints (cheap), if perf can.
 PERF_FSYNC=0
 # Counted over the client's timed phase only: perf starts with its events disabled and the client
@@ -143,19 +133,6 @@ if command -v perf > /dev/null && perf stat -x, -e syscalls:sys_enter_fdatasync 
    && [[ "$(perf stat -h 2>&1 || true)" == *--control* ]]; then
   PERF_FSYNC=1
 fi
-
-wait_for_quiet() {
-  local deadline=$(( $(date +%s) + LOAD_WAIT )) busy
-  while busy=$(busy_pct); [ "$busy" -gt "$BUSY_MAX" ]; do
-    if [ "$(date +%s)" -ge "$deadline" ]; then
-      log "machine still ${busy}% busy after ${LOAD_WAIT}s of waiting; running anyway"
-      break
-    fi
-    log "machine ${busy}% busy (load $(load1)); waiting for < ${BUSY_MAX}%"
-    sleep 5
-  done
-  echo "${busy}"
-}
 
 # fail BROKER WHAT MESSAGE: give up on BROKER for the rest of the run, say why, keep going.
 fail() {
@@ -393,13 +370,7 @@ done
   echo "## Machine"
   echo
   echo '```'
-  echo "nproc:   $(nproc)"
-  echo "cpu:     $(lscpu | sed -n 's/^Model name: *//p' | head -1) ($(lscpu | sed -n 's/^Hypervisor vendor: *//p') guest)"
-  echo "memory:  $(free -h | awk '/^Mem:/ { print $2 }')"
-  echo "kernel:  $(uname -sr)"
-  echo "disk:    $(df -h "$WORK" | tail -1)"
-  echo "fs:      $(findmnt -n -o FSTYPE,OPTIONS --target "$WORK" 2>/dev/null || true)"
-  echo "fsync:   $(jq -r '"\(.fdatasync_per_sec | floor) append+fdatasync/s of \(.size) B (p50 \(.p50_us | floor) µs, p99 \(.p99_us | floor) µs)"' <<< "$FSYNC_JSON")"
+  machine_lines
   echo "ferromq: $(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml || echo ' + uncommitted changes in src/'), $(rustc --version 2>/dev/null), binary built $FERROMQ_BUILT, sync=$FERROMQ_SYNC${URL[ferromq]:+, ${URL[ferromq]}}"
   echo "activemq: $(dpkg-query -W -f '${Version}' activemq 2>/dev/null), $("$JAVA" -version 2>&1 | head -1), heap ${AMQ_HEAP:-512M}, KahaDB defaults, tcp://127.0.0.1:$AMQ_OPENWIRE_PORT"
   echo "client:  bench/java/JmsBench.java: ActiveMQ 5.17.2 JMS client (OpenWire, stock settings), $("$JAVA" -version 2>&1 | head -1), $JAVA_OPTS"

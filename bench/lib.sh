@@ -1,0 +1,46 @@
+# bench/lib.sh — helpers shared by the benchmark scripts (sourced, never run). The caller
+# defines `log MESSAGE` (to stderr) and sets BUSY_MAX and LOAD_WAIT before wait_for_quiet, and
+# WORK and FSYNC_JSON before machine_lines.
+
+# Whether something listens on 127.0.0.1:PORT.
+port_open() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+
+# CPU seconds (user + system, all threads) a process has used.
+cpu_of() { awk -v t="$(getconf CLK_TCK)" '{ print ($14 + $15) / t }' "/proc/$1/stat"; }
+
+# Percent of the machine's CPU busy over one second (everything: ours is idle between runs).
+busy_pct() {
+  local a b
+  a=($(head -1 /proc/stat)); sleep 1; b=($(head -1 /proc/stat))
+  awk -v u=$((b[1] + b[2] + b[3] + b[6] + b[7] - a[1] - a[2] - a[3] - a[6] - a[7])) \
+      -v i=$((b[4] + b[5] - a[4] - a[5])) 'BEGIN { printf "%.0f", 100 * u / (u + i) }'
+}
+
+load1() { cut -d' ' -f1 /proc/loadavg; }
+
+# Waits (up to LOAD_WAIT s) until other processes use less than BUSY_MAX % of the CPU; prints
+# the last busy percentage measured.
+wait_for_quiet() {
+  local deadline=$(( $(date +%s) + LOAD_WAIT )) busy
+  while busy=$(busy_pct); [ "$busy" -gt "$BUSY_MAX" ]; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      log "machine still ${busy}% busy after ${LOAD_WAIT}s of waiting; running anyway"
+      break
+    fi
+    log "machine ${busy}% busy (load $(load1)); waiting for < ${BUSY_MAX}%"
+    sleep 5
+  done
+  echo "${busy}"
+}
+
+# The machine lines of a report: cores, CPU, memory, kernel, the disk and file system of WORK,
+# and the fsync rate measured by bench/fsync.py (FSYNC_JSON).
+machine_lines() {
+  echo "nproc:   $(nproc)"
+  echo "cpu:     $(lscpu | sed -n 's/^Model name: *//p' | head -1) ($(lscpu | sed -n 's/^Hypervisor vendor: *//p') guest)"
+  echo "memory:  $(free -h | awk '/^Mem:/ { print $2 }')"
+  echo "kernel:  $(uname -sr)"
+  echo "disk:    $(df -h "$WORK" | tail -1)"
+  echo "fs:      $(findmnt -n -o FSTYPE,OPTIONS --target "$WORK" 2>/dev/null || true)"
+  echo "fsync:   $(jq -r '"\(.fdatasync_per_sec | floor) append+fdatasync/s of \(.size) B (p50 \(.p50_us | floor) µs, p99 \(.p99_us | floor) µs)"' <<< "$FSYNC_JSON")"
+}
