@@ -413,6 +413,18 @@ public final class JmsCheck {
         close(c);
     }
 
+    /**
+     * A new connection, with a session in {@code ackMode}, finds nothing on {@code q} but a
+     * sentinel sent now.
+     */
+    static void expectNothingLeft(Connection producer, Queue q, int ackMode, String what)
+            throws Exception {
+        Connection again = connect();
+        Session s = again.createSession(false, ackMode);
+        expectOnlySentinel(producer, q, s.createConsumer(q), what);
+        close(again);
+    }
+
     static Queue queue(Connection c, String what) throws JMSException {
         Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
         Queue q = s.createQueue(name(what));
@@ -707,11 +719,8 @@ public final class JmsCheck {
         expectEq("messages prefetched by the closed consumer but never delivered to it are not "
                 + "flagged JMSRedelivered", List.of(), new ArrayList<>(redelivered));
         close(c);
-        Connection again = connect();
-        Session s2 = again.createSession(false, Session.AUTO_ACKNOWLEDGE);
-        expectOnlySentinel(producer, q, s2.createConsumer(q),
+        expectNothingLeft(producer, q, Session.AUTO_ACKNOWLEDGE,
                 "auto-acknowledged messages are gone after a reconnect");
-        close(again);
         close(producer);
     }
 
@@ -778,11 +787,8 @@ public final class JmsCheck {
             expectRedelivered(m, false, "dups-ok first delivery");
         }
         close(c);
-        Connection again = connect();
-        Session s2 = again.createSession(false, Session.DUPS_OK_ACKNOWLEDGE);
-        expectOnlySentinel(producer, q, s2.createConsumer(q),
+        expectNothingLeft(producer, q, Session.DUPS_OK_ACKNOWLEDGE,
                 "dups-ok messages acknowledged on close: nothing comes back");
-        close(again);
         close(producer);
     }
 
@@ -922,11 +928,8 @@ public final class JmsCheck {
         ok("committed messages are gone");
         close(c2);
 
-        Connection c3 = connect();
-        Session s3 = c3.createSession(false, Session.AUTO_ACKNOWLEDGE);
-        expectOnlySentinel(producer, q, s3.createConsumer(q),
+        expectNothingLeft(producer, q, Session.AUTO_ACKNOWLEDGE,
                 "committed messages stay gone after a reconnect");
-        close(c3);
         close(producer);
     }
 
