@@ -1,27 +1,8 @@
 #!/usr/bin/env bash
-# The test command: installs what the integration tests need when it is missing (ZooKeeper 3.8
-# and 3.4.13 for the cluster tests, stomp.py for the independent-client tests, a JDK and Debian's
-# libactivemq-java for the OpenWire tests; needs root or sudo the first time), then runs every
-# test of the workspace. Extra arguments go to cargo test.
+# The test command: installs what the integration tests need when it is missing
+# (scripts/test-deps.sh: ZooKeeper, stomp.py, a JDK and the ActiveMQ Java client; root or sudo
+# the first time), then runs every test of the workspace. Extra arguments go to cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -c 'import stomp' 2>/dev/null || python3 -m pip install --quiet 'stomp.py>=8'
-scripts/zk.sh install
-# The OpenWire tests run the stock ActiveMQ Java client: a JDK and Debian's libactivemq-java
-# (integration-tests/src/java.rs lists the jars).
-java_client_ok() {
-    command -v javac >/dev/null || return 1
-    local jar
-    for jar in activemq-client activemq-broker geronimo-jms_1.1_spec hawtbuf slf4j-api slf4j-nop \
-        geronimo-j2ee-management-1.1-spec; do
-        [ -f "/usr/share/java/$jar.jar" ] || return 1
-    done
-}
-if ! java_client_ok; then
-    echo "installing a JDK and the ActiveMQ Java client from Debian"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        default-jdk-headless libactivemq-java >/dev/null
-    java_client_ok || { echo "javac or the ActiveMQ client jars still missing" >&2; exit 1; }
-fi
+scripts/test-deps.sh
 exec cargo test --workspace "$@"
