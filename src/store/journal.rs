@@ -10,9 +10,12 @@
 //! retry a failed write or fsync (the journal stops instead); interpret records beyond checking
 //! that their frames decode; let a reader see bytes that are not yet written.
 //!
-//! Preallocation: the current segment is extended to `log_size` when it is created (with
-//! `fallocate`, or by writing zeros where the filesystem cannot), and frames overwrite it in
-//! place, so a batch's `fdatasync` does not also have to write the file's new size. The data of
+//! Preallocation: every segment is filled with `log_size` bytes of written zeros before it
+//! becomes the current one, and frames overwrite it in place, so a batch's `fdatasync` writes
+//! only data blocks: no new file size, and no unwritten extents to convert (which is what a
+//! `fallocate`d file costs; on this project's ext4 disks an overwrite + `fdatasync` takes ~87 µs
+//! against ~139 µs for an append or a `fallocate`d file). The next segment is prepared ahead by a
+//! background thread as `next-segment.tmp` and renamed into place at rotation. The data of
 //! a segment therefore ends at its first all-zero frame header (no frame has an empty body, see
 //! [`super::record`]), or at the end of the file; everything after that header must be zero, or
 //! the tail counts as torn. A segment that stops being the current one is cut to the length of
@@ -131,32 +134,12 @@ fn io_error(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error)
     }
 }
 
-/// Extends `file` to `len` bytes of allocated zeros (never shrinks it): `fallocate`, or zeros
-/// written in chunks on filesystems without it. Either way later writes below `len` overwrite
-/// allocated blocks and leave the file size alone.
+/// Extends `file` to `len` bytes of written zeros (never shrinks it). Zeros are written, not
+/// `fallocate`d: overwriting an unwritten extent makes every later `fdatasync` update extent
+/// metadata too, which costs a third more per fsync on ext4 (see the module docs).
 fn preallocate(file: &File, len: u64, path: &Path) -> Result<(), StoreError> {
-    use std::os::fd::AsRawFd;
     let size = file.metadata().map_err(io_error("stat", path))?.len();
-    if size >= len {
-        return Ok(());
-    }
-    let Ok(wanted) = libc::off_t::try_from(len) else {
-        return Ok(());
-    };
-    loop {
-        // SAFETY: a plain syscall on a file descriptor this function borrows.
-        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, wanted) };
-        if rc == 0 {
-            return Ok(());
-        }
-        let error = std::io::Error::last_os_error();
-        match error.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => break,
-            _ => return Err(io_error("preallocate", path)(error)),
-        }
-    }
-    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    static ZEROS: [u8; 256 << 10] = [0; 256 << 10];
     let mut at = size;
     while at < len {
         let n = (len - at).min(ZEROS.len() as u64) as usize;
@@ -165,6 +148,38 @@ fn preallocate(file: &File, len: u64, path: &Path) -> Result<(), StoreError> {
         at += n as u64;
     }
     Ok(())
+}
+
+/// The file the next segment is prepared in (see the module docs); never read by recovery.
+const SPARE_FILE: &str = "next-segment.tmp";
+
+/// Prepares the next segment on its own thread: `SPARE_FILE`, `len` bytes of zeros, fsynced
+/// when `fsync` is on. The writer renames it into place at rotation.
+/// `None` when no thread could be started: the writer then prepares the segment at rotation.
+fn prepare_spare(
+    directory: &Path,
+    len: u64,
+    fsync: bool,
+) -> Option<JoinHandle<Result<File, StoreError>>> {
+    let path = directory.join(SPARE_FILE);
+    let prepare = move || {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io_error("create", &path))?;
+        preallocate(&file, len, &path)?;
+        if fsync {
+            file.sync_data().map_err(io_error("fsync", &path))?;
+        }
+        Ok(file)
+    };
+    std::thread::Builder::new()
+        .name("ferromq-journal-prealloc".into())
+        .spawn(prepare)
+        .inspect_err(|e| warn!("could not start the segment preparation thread: {e}"))
+        .ok()
 }
 
 fn sync_directory(directory: &Path) -> Result<(), StoreError> {
@@ -291,6 +306,13 @@ impl Journal {
         let directory = options.directory.clone();
         fs::create_dir_all(&directory).map_err(io_error("create directory", &directory))?;
         let lock = lock_directory(&directory)?;
+        let spare = directory.join(SPARE_FILE);
+        match fs::remove_file(&spare) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_error("delete", &spare)(e));
+            }
+            _ => {}
+        }
         let recovery = recover(&directory, options.fsync)?;
         let (current_start, _) = *recovery.segments.last().expect("recovery keeps a segment");
         let current_path = segment_path(&directory, current_start);
@@ -340,6 +362,7 @@ impl Journal {
             to_sync: Vec::new(),
             directory_dirty: false,
             releases: Vec::new(),
+            spare: prepare_spare(&directory, options.log_size, options.fsync),
         };
         let writer = std::thread::Builder::new()
             .name("ferromq-journal".into())
@@ -1004,6 +1027,17 @@ struct Writer {
     directory_dirty: bool,
     /// Releases requested during this batch: run after its fsync.
     releases: Vec<u64>,
+    /// The next segment, being prepared (see [`prepare_spare`]).
+    spare: Option<JoinHandle<Result<File, StoreError>>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // A journal reopened in this process must not find a spare still being written.
+        if let Some(spare) = self.spare.take() {
+            let _ = spare.join();
+        }
+    }
 }
 
 impl Writer {
@@ -1112,12 +1146,8 @@ impl Writer {
             &self.current_path(),
         ))?;
         let path = segment_path(&self.shared.directory, start);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(io_error("create segment", &path))?;
-        preallocate(&file, self.log_size, &path)?;
+        let file = self.take_spare(&path)?;
+        self.spare = prepare_spare(&self.shared.directory, self.log_size, self.fsync);
         let previous = std::mem::replace(&mut self.file, file);
         if self.fsync {
             self.to_sync.push((self.file_start, previous));
@@ -1128,6 +1158,37 @@ impl Writer {
         self.end = start;
         self.directory_dirty = true;
         Ok(())
+    }
+
+    /// The prepared spare renamed to `path`, or (if its preparation failed) a segment created
+    /// and filled here.
+    fn take_spare(&mut self, path: &Path) -> Result<File, StoreError> {
+        let prepared = match self.spare.take().map(JoinHandle::join) {
+            Some(Ok(Ok(file))) => Some(file),
+            Some(Ok(Err(e))) => {
+                warn!("preparing the next journal segment failed, creating it now: {e}");
+                None
+            }
+            Some(Err(_)) => {
+                warn!("the segment preparation thread died, creating the segment now");
+                None
+            }
+            None => None,
+        };
+        if let Some(file) = prepared {
+            let spare = self.shared.directory.join(SPARE_FILE);
+            // A link, not a rename: it fails rather than replace a file already at `path`.
+            fs::hard_link(&spare, path).map_err(io_error("link the prepared segment to", path))?;
+            fs::remove_file(&spare).map_err(io_error("delete", &spare))?;
+            return Ok(file);
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(io_error("create segment", path))?;
+        preallocate(&file, self.log_size, path)?;
+        Ok(file)
     }
 
     /// Writes what is buffered, fsyncs it (group commit), reports the durable end, then runs
@@ -2115,6 +2176,49 @@ mod tests {
         let (journal, _rx) = open(dir.path(), log_size, false);
         assert_eq!(journal.end(), end);
         assert_eq!(physical_len(&path), log_size);
+    }
+
+    #[test]
+    fn rotation_takes_the_prepared_zero_filled_segment_and_reopen_ignores_a_leftover() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_size = 4 << 10;
+        let (mut journal, rx) = open(dir.path(), log_size, true);
+        let mut expected = Vec::new();
+        for n in 0..40 {
+            let appended = journal.append(&record(n, 300)).unwrap();
+            expected.push((appended.position, record(n, 300)));
+        }
+        wait_durable(&rx, journal.end());
+        let segments: Vec<u64> = journal
+            .shared
+            .segments
+            .read()
+            .unwrap()
+            .keys()
+            .copied()
+            .collect();
+        assert!(segments.len() >= 3, "rotated: {segments:?}");
+        let current = *segments.last().unwrap();
+        let current_path = segment_path(dir.path(), current);
+        assert_eq!(
+            physical_len(&current_path),
+            log_size,
+            "prepared to log_size"
+        );
+        let bytes = fs::read(&current_path).unwrap();
+        let data = (journal.end().0 - current) as usize;
+        assert!(
+            bytes[data..].iter().all(|&b| b == 0),
+            "zeros after the data"
+        );
+        let end = journal.end();
+        journal.close().unwrap();
+        // A spare left by a killed process (here: garbage in it) is not part of the journal.
+        fs::write(dir.path().join(SPARE_FILE), b"not a segment").unwrap();
+        let (journal, _rx) = open(dir.path(), log_size, true);
+        assert_eq!(journal.end(), end);
+        assert_eq!(all_records(&journal), expected);
+        journal.close().unwrap();
     }
 
     #[test]
