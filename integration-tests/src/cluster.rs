@@ -129,6 +129,7 @@ pub fn node_config(port: u16, data: &std::path::Path, zk_address: &str) -> Strin
          [store]\n\
          directory = {data}\n\
          sync = \"local_disk\"\n\
+         {log_size}\n\
          \n\
          [replication]\n\
          replicas = 3\n\
@@ -142,6 +143,7 @@ pub fn node_config(port: u16, data: &std::path::Path, zk_address: &str) -> Strin
         data = toml_string(&data.to_string_lossy()),
         zk = toml_string(zk_address),
         path = toml_string(ZK_PATH),
+        log_size = crate::TEST_LOG_SIZE,
     )
 }
 
