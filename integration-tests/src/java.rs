@@ -37,9 +37,11 @@ use crate::{deadline, run_with_timeout, wait_until, workspace_root};
 /// Where Debian's `libactivemq-java` (and its dependencies) put the jars.
 pub const JAR_DIR: &str = "/usr/share/java";
 
-/// The client's classpath: the ActiveMQ client and what it needs at run time.
-pub const CLIENT_JARS: [&str; 6] = [
+/// The client's classpath: the ActiveMQ client and what it needs at run time (the legacy jar
+/// holds the marshallers of OpenWire versions 2 to 8, for clients told to speak them).
+pub const CLIENT_JARS: [&str; 7] = [
     "activemq-client.jar",
+    "activemq-openwire-legacy.jar",
     "geronimo-jms_1.1_spec.jar",
     "hawtbuf.jar",
     "slf4j-api.jar",

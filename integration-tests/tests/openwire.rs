@@ -80,6 +80,22 @@ fn persistent_texts_arrive_in_order() {
     check("queue-text", &["count=100"]);
 }
 
+/// Clients that speak an older OpenWire version (ActiveMQ 4.x spoke 1, 5.0–5.3 spoke 2 to 5):
+/// the stock client told to negotiate version N (`wireFormat.version=N`, ActiveMQ's own
+/// marshallers for it) sends and receives every message type, and queue order holds.
+#[test]
+fn older_openwire_versions_send_and_receive() {
+    for version in [1, 3, 5] {
+        let target = Target::start();
+        let url = format!("{}?wireFormat.version={version}", target.url());
+        for (scenario, options) in [("queue-text", &["count=50"][..]), ("message-types", &[])] {
+            let outcome = java::run_scenario(scenario, &url, options, SCENARIO_TIMEOUT)
+                .unwrap_or_else(|e| panic!("running JmsCheck {scenario} at v{version}: {e:#}"));
+            outcome.assert_passed(&format!("version {version}: {}", target.describe()));
+        }
+    }
+}
+
 /// Text (with a NUL and a supplementary character, and 200 KB long), Bytes, Map, Object,
 /// Stream and plain messages keep their bodies, typed properties (boolean, byte, short, int,
 /// long, float, double, string) and headers (message id, correlation id, reply-to, type,

@@ -1,5 +1,14 @@
 //! Loose marshalling of every data structure and command, field by field in the order of
-//! ActiveMQ's `v12` marshallers, with the fields that older versions (6..=11) lack.
+//! ActiveMQ's `v12` marshallers, with the fields that older versions (1..=11) lack. Field
+//! history (from ActiveMQ's `openwire/v1`..`v12` marshallers): v2 added MessagePull, ProducerInfo
+//! `dispatchAsync`, BrokerInfo `duplexConnection`/`networkConnection`/`connectionId`, ConsumerControl
+//! `flush`/`start`/`stop`, ConnectionInfo `clientMaster` and Message `droppable`; v3 added
+//! ProducerAck, ActiveMQBlobMessage, ProducerInfo `windowSize`, MessagePull `correlationId`/`messageId`,
+//! ConsumerInfo `networkConsumerPath`, BrokerInfo `brokerUploadUrl`/`networkProperties` and
+//! Message `cluster`/`brokerInTime`/`brokerOutTime`; v5 added RemoveInfo `lastDeliveredSequenceId`;
+//! v6 added ConsumerControl `destination`, ConnectionInfo `faultTolerant`/`failoverReconnect` and
+//! ConnectionControl `connectedBrokers`/`reconnectTo`/`rebalanceConnection`; v7, v8 and v10 are
+//! marked where they are read.
 //!
 //! Marshal cache off: a "cached" object field is encoded exactly like a nested one
 //! (bool not-null, type byte, body).
@@ -78,6 +87,27 @@ pub(crate) fn is_command(code: u8) -> bool {
     matches!(code, WIRE_FORMAT_INFO..=INTEGER_RESPONSE) && is_known(code)
 }
 
+/// The first OpenWire version that has type `code` (every other known type is in v1).
+fn since(code: u8) -> i32 {
+    match code {
+        MESSAGE_PULL => 2,
+        PRODUCER_ACK | ACTIVEMQ_BLOB_MESSAGE => 3,
+        _ => 1,
+    }
+}
+
+/// Reading or writing type `code` at a version that lacks it is an unknown type.
+fn check_exists(code: u8, f: Format, what: &'static str, offset: usize) -> Result<()> {
+    if f.version >= since(code) {
+        return Ok(());
+    }
+    Err(CodecError::UnknownType {
+        what,
+        type_code: code,
+        offset,
+    })
+}
+
 /// An object that can sit in a nested (or, cache off, cached) object field.
 pub(crate) trait Nested: Sized {
     /// What the field may hold, for errors.
@@ -115,6 +145,7 @@ fn read_present<T: Nested>(r: &mut Reader<'_>, f: Format, what: &'static str) ->
             }
         });
     }
+    check_exists(code, f, what, at)?;
     r.enter(what)?;
     let value = T::read_typed(r, f, code)?;
     r.leave();
@@ -125,6 +156,7 @@ fn write_nested<T: Nested>(out: &mut BytesMut, f: Format, value: Option<&T>) -> 
     match value {
         None => put_bool(out, false),
         Some(v) => {
+            check_writable(v.type_code(), f)?;
             put_bool(out, true);
             out.put_u8(v.type_code());
             v.write_body(out, f)?;
@@ -577,11 +609,23 @@ fn read_broker_info(r: &mut Reader<'_>, f: Format) -> Result<BrokerInfo> {
         slave_broker: r.bool("BrokerInfo.slaveBroker")?,
         master_broker: r.bool("BrokerInfo.masterBroker")?,
         fault_tolerant_configuration: r.bool("BrokerInfo.faultTolerantConfiguration")?,
-        duplex_connection: r.bool("BrokerInfo.duplexConnection")?,
-        network_connection: r.bool("BrokerInfo.networkConnection")?,
-        connection_id: r.i64("BrokerInfo.connectionId")?,
-        broker_upload_url: r.string("BrokerInfo.brokerUploadUrl")?,
-        network_properties: r.string("BrokerInfo.networkProperties")?,
+        duplex_connection: f.version >= 2 && r.bool("BrokerInfo.duplexConnection")?,
+        network_connection: f.version >= 2 && r.bool("BrokerInfo.networkConnection")?,
+        connection_id: if f.version >= 2 {
+            r.i64("BrokerInfo.connectionId")?
+        } else {
+            0
+        },
+        broker_upload_url: if f.version >= 3 {
+            r.string("BrokerInfo.brokerUploadUrl")?
+        } else {
+            None
+        },
+        network_properties: if f.version >= 3 {
+            r.string("BrokerInfo.networkProperties")?
+        } else {
+            None
+        },
     })
 }
 
@@ -594,11 +638,16 @@ fn write_broker_info(out: &mut BytesMut, f: Format, c: &BrokerInfo) -> Result<()
     put_bool(out, c.slave_broker);
     put_bool(out, c.master_broker);
     put_bool(out, c.fault_tolerant_configuration);
-    put_bool(out, c.duplex_connection);
-    put_bool(out, c.network_connection);
-    out.put_i64(c.connection_id);
-    put_string(out, &c.broker_upload_url, "BrokerInfo.brokerUploadUrl")?;
-    put_string(out, &c.network_properties, "BrokerInfo.networkProperties")
+    if f.version >= 2 {
+        put_bool(out, c.duplex_connection);
+        put_bool(out, c.network_connection);
+        out.put_i64(c.connection_id);
+    }
+    if f.version >= 3 {
+        put_string(out, &c.broker_upload_url, "BrokerInfo.brokerUploadUrl")?;
+        put_string(out, &c.network_properties, "BrokerInfo.networkProperties")?;
+    }
+    Ok(())
 }
 
 impl Nested for BrokerInfo {
@@ -630,9 +679,9 @@ fn read_connection_info(r: &mut Reader<'_>, f: Format) -> Result<ConnectionInfo>
         broker_path: read_array(r, f, "ConnectionInfo.brokerPath")?,
         broker_master_connector: r.bool("ConnectionInfo.brokerMasterConnector")?,
         manageable: r.bool("ConnectionInfo.manageable")?,
-        client_master: r.bool("ConnectionInfo.clientMaster")?,
-        fault_tolerant: r.bool("ConnectionInfo.faultTolerant")?,
-        failover_reconnect: r.bool("ConnectionInfo.failoverReconnect")?,
+        client_master: f.version >= 2 && r.bool("ConnectionInfo.clientMaster")?,
+        fault_tolerant: f.version >= 6 && r.bool("ConnectionInfo.faultTolerant")?,
+        failover_reconnect: f.version >= 6 && r.bool("ConnectionInfo.failoverReconnect")?,
         client_ip: if f.version >= 8 {
             r.string("ConnectionInfo.clientIp")?
         } else {
@@ -650,9 +699,13 @@ fn write_connection_info(out: &mut BytesMut, f: Format, c: &ConnectionInfo) -> R
     write_array(out, f, &c.broker_path, "ConnectionInfo.brokerPath")?;
     put_bool(out, c.broker_master_connector);
     put_bool(out, c.manageable);
-    put_bool(out, c.client_master);
-    put_bool(out, c.fault_tolerant);
-    put_bool(out, c.failover_reconnect);
+    if f.version >= 2 {
+        put_bool(out, c.client_master);
+    }
+    if f.version >= 6 {
+        put_bool(out, c.fault_tolerant);
+        put_bool(out, c.failover_reconnect);
+    }
     if f.version >= 8 {
         put_string(out, &c.client_ip, "ConnectionInfo.clientIp")?;
     }
@@ -705,7 +758,11 @@ fn read_consumer_info(r: &mut Reader<'_>, f: Format) -> Result<ConsumerInfo> {
         network_subscription: r.bool("ConsumerInfo.networkSubscription")?,
         optimized_acknowledge: r.bool("ConsumerInfo.optimizedAcknowledge")?,
         no_range_acks: r.bool("ConsumerInfo.noRangeAcks")?,
-        network_consumer_path: read_array(r, f, "ConsumerInfo.networkConsumerPath")?,
+        network_consumer_path: if f.version >= 4 {
+            read_array(r, f, "ConsumerInfo.networkConsumerPath")?
+        } else {
+            None
+        },
     })
 }
 
@@ -731,12 +788,15 @@ fn write_consumer_info(out: &mut BytesMut, f: Format, c: &ConsumerInfo) -> Resul
     put_bool(out, c.network_subscription);
     put_bool(out, c.optimized_acknowledge);
     put_bool(out, c.no_range_acks);
-    write_array(
-        out,
-        f,
-        &c.network_consumer_path,
-        "ConsumerInfo.networkConsumerPath",
-    )
+    if f.version >= 4 {
+        write_array(
+            out,
+            f,
+            &c.network_consumer_path,
+            "ConsumerInfo.networkConsumerPath",
+        )?;
+    }
+    Ok(())
 }
 
 #[inline(never)]
@@ -771,10 +831,22 @@ fn read_message(r: &mut Reader<'_>, f: Format, code: u8) -> Result<Message> {
         arrival: r.i64("Message.arrival")?,
         user_id: r.string("Message.userID")?,
         received_by_df_bridge: r.bool("Message.recievedByDFBridge")?,
-        droppable: r.bool("Message.droppable")?,
-        cluster: read_array(r, f, "Message.cluster")?,
-        broker_in_time: r.i64("Message.brokerInTime")?,
-        broker_out_time: r.i64("Message.brokerOutTime")?,
+        droppable: f.version >= 2 && r.bool("Message.droppable")?,
+        cluster: if f.version >= 3 {
+            read_array(r, f, "Message.cluster")?
+        } else {
+            None
+        },
+        broker_in_time: if f.version >= 3 {
+            r.i64("Message.brokerInTime")?
+        } else {
+            0
+        },
+        broker_out_time: if f.version >= 3 {
+            r.i64("Message.brokerOutTime")?
+        } else {
+            0
+        },
         jmsx_group_first_for_consumer: if f.version >= 10 {
             r.bool("Message.jMSXGroupFirstForConsumer")?
         } else {
@@ -828,10 +900,14 @@ fn write_message(out: &mut BytesMut, f: Format, m: &Message) -> Result<()> {
     out.put_i64(m.arrival);
     put_string(out, &m.user_id, "Message.userID")?;
     put_bool(out, m.received_by_df_bridge);
-    put_bool(out, m.droppable);
-    write_array(out, f, &m.cluster, "Message.cluster")?;
-    out.put_i64(m.broker_in_time);
-    out.put_i64(m.broker_out_time);
+    if f.version >= 2 {
+        put_bool(out, m.droppable);
+    }
+    if f.version >= 3 {
+        write_array(out, f, &m.cluster, "Message.cluster")?;
+        out.put_i64(m.broker_in_time);
+        out.put_i64(m.broker_out_time);
+    }
     if f.version >= 10 {
         put_bool(out, m.jmsx_group_first_for_consumer);
     }
@@ -896,8 +972,12 @@ fn read_producer_info(r: &mut Reader<'_>, f: Format) -> Result<ProducerInfo> {
         producer_id: read_nested(r, f, "ProducerInfo.producerId")?,
         destination: read_nested(r, f, "ProducerInfo.destination")?,
         broker_path: read_array(r, f, "ProducerInfo.brokerPath")?,
-        dispatch_async: r.bool("ProducerInfo.dispatchAsync")?,
-        window_size: r.i32("ProducerInfo.windowSize")?,
+        dispatch_async: f.version >= 2 && r.bool("ProducerInfo.dispatchAsync")?,
+        window_size: if f.version >= 3 {
+            r.i32("ProducerInfo.windowSize")?
+        } else {
+            0
+        },
     })
 }
 
@@ -950,7 +1030,12 @@ fn read_remove_info(r: &mut Reader<'_>, f: Format) -> Result<RemoveInfo> {
         command_id,
         response_required,
         object_id: read_nested(r, f, "RemoveInfo.objectId")?,
-        last_delivered_sequence_id: r.i64("RemoveInfo.lastDeliveredSequenceId")?,
+        // Before v5 there is no such field: -1 is "unknown", as the Java class defaults it.
+        last_delivered_sequence_id: if f.version >= 5 {
+            r.i64("RemoveInfo.lastDeliveredSequenceId")?
+        } else {
+            -1
+        },
     })
 }
 
@@ -984,13 +1069,17 @@ fn read_consumer_control(r: &mut Reader<'_>, f: Format) -> Result<ConsumerContro
     Ok(ConsumerControl {
         command_id,
         response_required,
-        destination: read_nested(r, f, "ConsumerControl.destination")?,
+        destination: if f.version >= 6 {
+            read_nested(r, f, "ConsumerControl.destination")?
+        } else {
+            None
+        },
         close: r.bool("ConsumerControl.close")?,
         consumer_id: read_nested(r, f, "ConsumerControl.consumerId")?,
         prefetch: r.i32("ConsumerControl.prefetch")?,
-        flush: r.bool("ConsumerControl.flush")?,
-        start: r.bool("ConsumerControl.start")?,
-        stop: r.bool("ConsumerControl.stop")?,
+        flush: f.version >= 2 && r.bool("ConsumerControl.flush")?,
+        start: f.version >= 2 && r.bool("ConsumerControl.start")?,
+        stop: f.version >= 2 && r.bool("ConsumerControl.stop")?,
     })
 }
 
@@ -1006,9 +1095,17 @@ fn read_connection_control(r: &mut Reader<'_>, f: Format) -> Result<ConnectionCo
         fault_tolerant: r.bool("ConnectionControl.faultTolerant")?,
         resume: r.bool("ConnectionControl.resume")?,
         suspend: r.bool("ConnectionControl.suspend")?,
-        connected_brokers: r.string("ConnectionControl.connectedBrokers")?,
-        reconnect_to: r.string("ConnectionControl.reconnectTo")?,
-        rebalance_connection: r.bool("ConnectionControl.rebalanceConnection")?,
+        connected_brokers: if f.version >= 6 {
+            r.string("ConnectionControl.connectedBrokers")?
+        } else {
+            None
+        },
+        reconnect_to: if f.version >= 6 {
+            r.string("ConnectionControl.reconnectTo")?
+        } else {
+            None
+        },
+        rebalance_connection: f.version >= 6 && r.bool("ConnectionControl.rebalanceConnection")?,
         token: if f.version >= 8 {
             r.byte_seq("ConnectionControl.token")?
         } else {
@@ -1039,8 +1136,16 @@ fn read_message_pull(r: &mut Reader<'_>, f: Format) -> Result<MessagePull> {
         consumer_id: read_nested(r, f, "MessagePull.consumerId")?,
         destination: read_nested(r, f, "MessagePull.destination")?,
         timeout: r.i64("MessagePull.timeout")?,
-        correlation_id: r.string("MessagePull.correlationId")?,
-        message_id: read_nested(r, f, "MessagePull.messageId")?,
+        correlation_id: if f.version >= 3 {
+            r.string("MessagePull.correlationId")?
+        } else {
+            None
+        },
+        message_id: if f.version >= 3 {
+            read_nested(r, f, "MessagePull.messageId")?
+        } else {
+            None
+        },
     })
 }
 
@@ -1216,8 +1321,12 @@ impl Nested for Command {
                 write_nested(out, f, c.producer_id.as_ref())?;
                 write_nested(out, f, c.destination.as_ref())?;
                 write_array(out, f, &c.broker_path, "ProducerInfo.brokerPath")?;
-                put_bool(out, c.dispatch_async);
-                out.put_i32(c.window_size);
+                if f.version >= 2 {
+                    put_bool(out, c.dispatch_async);
+                }
+                if f.version >= 3 {
+                    out.put_i32(c.window_size);
+                }
                 Ok(())
             }
             Command::TransactionInfo(c) => {
@@ -1252,7 +1361,9 @@ impl Nested for Command {
             Command::RemoveInfo(c) => {
                 write_header(out, c.command_id, c.response_required);
                 write_nested(out, f, c.object_id.as_ref())?;
-                out.put_i64(c.last_delivered_sequence_id);
+                if f.version >= 5 {
+                    out.put_i64(c.last_delivered_sequence_id);
+                }
                 Ok(())
             }
             Command::ControlCommand(c) => {
@@ -1266,13 +1377,17 @@ impl Nested for Command {
             }
             Command::ConsumerControl(c) => {
                 write_header(out, c.command_id, c.response_required);
-                write_nested(out, f, c.destination.as_ref())?;
+                if f.version >= 6 {
+                    write_nested(out, f, c.destination.as_ref())?;
+                }
                 put_bool(out, c.close);
                 write_nested(out, f, c.consumer_id.as_ref())?;
                 out.put_i32(c.prefetch);
-                put_bool(out, c.flush);
-                put_bool(out, c.start);
-                put_bool(out, c.stop);
+                if f.version >= 2 {
+                    put_bool(out, c.flush);
+                    put_bool(out, c.start);
+                    put_bool(out, c.stop);
+                }
                 Ok(())
             }
             Command::ConnectionControl(c) => {
@@ -1282,13 +1397,15 @@ impl Nested for Command {
                 put_bool(out, c.fault_tolerant);
                 put_bool(out, c.resume);
                 put_bool(out, c.suspend);
-                put_string(
-                    out,
-                    &c.connected_brokers,
-                    "ConnectionControl.connectedBrokers",
-                )?;
-                put_string(out, &c.reconnect_to, "ConnectionControl.reconnectTo")?;
-                put_bool(out, c.rebalance_connection);
+                if f.version >= 6 {
+                    put_string(
+                        out,
+                        &c.connected_brokers,
+                        "ConnectionControl.connectedBrokers",
+                    )?;
+                    put_string(out, &c.reconnect_to, "ConnectionControl.reconnectTo")?;
+                    put_bool(out, c.rebalance_connection);
+                }
                 if f.version >= 8 {
                     put_byte_seq(out, &c.token, "ConnectionControl.token")?;
                 }
@@ -1305,8 +1422,11 @@ impl Nested for Command {
                 write_nested(out, f, c.consumer_id.as_ref())?;
                 write_nested(out, f, c.destination.as_ref())?;
                 out.put_i64(c.timeout);
-                put_string(out, &c.correlation_id, "MessagePull.correlationId")?;
-                write_nested(out, f, c.message_id.as_ref())
+                if f.version >= 3 {
+                    put_string(out, &c.correlation_id, "MessagePull.correlationId")?;
+                    write_nested(out, f, c.message_id.as_ref())?;
+                }
+                Ok(())
             }
             Command::MessageDispatch(c) => {
                 write_header(out, c.command_id, c.response_required);
@@ -1363,6 +1483,7 @@ impl Nested for Command {
 
 /// Reads the body of a top-level command of type `code`.
 pub(crate) fn read_command(r: &mut Reader<'_>, f: Format, code: u8) -> Result<Command> {
+    check_exists(code, f, "command", r.offset().saturating_sub(1))?;
     r.enter("command")?;
     let command = Command::read_typed(r, f, code)?;
     r.leave();
@@ -1371,5 +1492,19 @@ pub(crate) fn read_command(r: &mut Reader<'_>, f: Format, code: u8) -> Result<Co
 
 /// Writes the body (after the type byte) of a top-level command.
 pub(crate) fn write_command(out: &mut BytesMut, f: Format, c: &Command) -> Result<()> {
+    check_writable(c.type_code(), f)?;
     c.write_body(out, f)
+}
+
+/// Why a command cannot be written at the negotiated version.
+pub(crate) const NOT_IN_VERSION: &str = "the negotiated OpenWire version has no such type";
+
+fn check_writable(code: u8, f: Format) -> Result<()> {
+    if f.version >= since(code) {
+        return Ok(());
+    }
+    Err(CodecError::Unencodable {
+        what: type_name(code),
+        reason: NOT_IN_VERSION,
+    })
 }

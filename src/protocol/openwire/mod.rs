@@ -7,7 +7,7 @@
 //!
 //! The codec owns the wire format only: framing (a 4-byte big-endian size prefix, a type
 //! byte, the body), the loose encoding of every command and data structure a stock ActiveMQ
-//! 5.x JMS client sends or expects (field order of ActiveMQ's marshallers, versions 6 to 12),
+//! 5.x (or 4.x) JMS client sends or expects (field order of ActiveMQ's marshallers, versions 1 to 12),
 //! the primitive map of `WireFormatInfo` properties and message properties, and wire-format
 //! negotiation. Decoding never panics: bad input is a [`CodecError`] naming the field and the
 //! byte offset.
@@ -40,8 +40,8 @@ pub use primitive::{decode_text_body, encode_text_body, PrimitiveMap, PrimitiveV
 
 use wire::Reader;
 
-/// The lowest OpenWire version this codec marshals (ActiveMQ 5.4 and later clients).
-pub const MIN_VERSION: i32 = 6;
+/// The lowest OpenWire version this codec marshals (version 1: ActiveMQ 4.0 clients).
+pub const MIN_VERSION: i32 = 1;
 /// The highest OpenWire version this codec marshals (ActiveMQ 5.13 and later speak 12).
 pub const MAX_VERSION: i32 = 12;
 /// A default for [`FrameReader::new`]: ActiveMQ's transport connectors default to 100 MiB.
