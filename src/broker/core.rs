@@ -22,8 +22,8 @@ use super::{
     SubscribeRequest, DEAD_LETTER_QUEUE,
 };
 use crate::store::{
-    entry, EpochStart, Header, Message, MessageAdd, MessageKey, MessageRemove, Position, Record,
-    Recovered, Store, SubscriptionAdd, SubscriptionRemove,
+    entry, EpochStart, Header, Message, MessageAdd, MessageKey, MessageRemove, Position,
+    ProducerAudit, Record, Recovered, Store, SubscriptionAdd, SubscriptionRemove,
 };
 
 /// Counters for logs, status and tests.
@@ -112,7 +112,10 @@ pub(crate) struct Core {
     /// Delivery tag -> consumer id.
     tags: HashMap<u64, u64>,
     /// Producer id -> highest sequence appended.
-    producers: HashMap<String, u64>,
+    /// Duplicate detection of re-sent persistent messages (bounded, see [`ProducerAudit`]).
+    producers: ProducerAudit,
+    /// Orders the audit's entries: one more per recorded send.
+    producer_stamp: u64,
     next_session: u64,
     next_consumer: u64,
     next_tag: u64,
@@ -194,7 +197,8 @@ impl Core {
             sessions: HashMap::new(),
             consumers: HashMap::new(),
             tags: HashMap::new(),
-            producers: recovered.producers.into_iter().collect(),
+            producers: ProducerAudit::default(),
+            producer_stamp: 0,
             next_session: 1,
             next_consumer: 1,
             next_tag: 1,
@@ -203,6 +207,10 @@ impl Core {
             boot,
             stats: Stats::default(),
         };
+        // Least recently stored first, so the audit forgets in the store's order.
+        for (producer, sequence) in &recovered.producers {
+            core.record_producer(producer, *sequence);
+        }
         for subscription in recovered.subscriptions {
             core.register_durable(subscription);
         }
@@ -505,18 +513,22 @@ impl Core {
         if message.producer_id.is_empty() {
             return false;
         }
-        match self.producers.get_mut(&message.producer_id) {
-            Some(last) if message.producer_sequence <= *last => true,
-            Some(last) => {
-                *last = message.producer_sequence;
-                false
-            }
-            None => {
-                self.producers
-                    .insert(message.producer_id.clone(), message.producer_sequence);
-                false
-            }
+        if self
+            .producers
+            .is_duplicate(&message.producer_id, message.producer_sequence)
+        {
+            return true;
         }
+        self.record_producer(&message.producer_id, message.producer_sequence);
+        false
+    }
+
+    fn record_producer(&mut self, producer: &str, sequence: u64) {
+        self.producer_stamp += 1;
+        // The store forgets the same producers on its own, so nothing else is to be done.
+        let mut forgotten = Vec::new();
+        self.producers
+            .record(producer, sequence, self.producer_stamp, &mut forgotten);
     }
 
     /// What storing `message` at `destination` takes: the store entries (empty when nothing

@@ -12,7 +12,8 @@
 //!   `0x00 'h'` → highest epoch seen (u64)
 //! - `'m' queue key` → empty: a live message entry
 //! - `'s' client_id subscription_name` → `position of the add (u64) | SubscriptionAdd`
-//! - `'p' producer_id` → highest stored producer sequence (u64)
+//! - `'p' producer_id` → highest stored producer sequence (u64) | stamp (u64: the message key
+//!   of the add that raised it, ordering the bounded audit; absent in older indexes, read as 0)
 //! - `'d' on by` → empty: segment `by` holds removals of things added in segment `on`
 //!
 //! Next to the database, `index.state` says whether the index was closed cleanly (`clean`) or
@@ -154,7 +155,8 @@ pub(crate) struct IndexSnapshot {
     /// Live message keys per queue, in key order.
     pub messages: Vec<(String, Vec<MessageKey>)>,
     pub subscriptions: Vec<LiveSubscription>,
-    pub producers: Vec<(String, u64)>,
+    /// `(producer id, highest sequence, stamp)`.
+    pub producers: Vec<(String, u64, u64)>,
     /// `(on, by)`: see [`dependency_key`].
     pub dependencies: Vec<(Position, Position)>,
     /// Keys or values that do not decode (the first few, as text).
@@ -196,7 +198,9 @@ impl IndexSnapshot {
             PRODUCER => {
                 let producer = key.str()?;
                 key.done()?;
-                self.producers.push((producer, value.u64()?));
+                let sequence = value.u64()?;
+                let stamp = value.u64().unwrap_or(0);
+                self.producers.push((producer, sequence, stamp));
             }
             DEPENDENCY => {
                 let on = Position(key.u64()?);
@@ -766,7 +770,12 @@ mod tests {
                 subscription_key("c", "s"),
                 subscription_value(Position(40), &add),
             ),
+            // An index written before the audit had stamps: the stamp reads as 0.
             (producer_key("p"), 12u64.to_be_bytes().to_vec()),
+            (
+                producer_key("r"),
+                [7u64.to_be_bytes(), 655_360u64.to_be_bytes()].concat(),
+            ),
             (dependency_key(Position(0), Position(100)), vec![]),
         ];
         for (k, v) in &entries {
@@ -786,7 +795,10 @@ mod tests {
                 add
             }]
         );
-        assert_eq!(snapshot.producers, vec![("p".to_string(), 12)]);
+        assert_eq!(
+            snapshot.producers,
+            vec![("p".to_string(), 12, 0), ("r".to_string(), 7, 655_360)]
+        );
         assert_eq!(snapshot.dependencies, vec![(Position(0), Position(100))]);
         assert_eq!(snapshot.take(&[MESSAGE, 0, 0], &[]), None);
         assert_eq!(snapshot.take(b"zzz", &[]), None);

@@ -21,6 +21,7 @@ pub mod journal;
 pub mod record;
 
 mod index;
+mod producers;
 mod replica;
 mod state;
 #[cfg(test)]
@@ -39,6 +40,7 @@ pub use record::{
     MessageRemove, Position, PropertyType, Record, SubscriptionAdd, SubscriptionRemove,
 };
 
+pub use producers::{ProducerAudit, MAX_AUDITED_PRODUCERS};
 pub use replica::EpochMark;
 
 use index::{Index, Trust};
@@ -73,7 +75,8 @@ pub struct Recovered {
     pub queues: Vec<(String, Vec<(MessageKey, Message)>)>,
     /// Live durable subscriptions, by client id and subscription name.
     pub subscriptions: Vec<SubscriptionAdd>,
-    /// Producer id -> highest stored sequence, by producer id.
+    /// Producer id -> highest stored sequence, for the producers the bounded audit remembers
+    /// (see [`ProducerAudit`]), least recently stored first.
     pub producers: Vec<(String, u64)>,
 }
 

@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use tracing::warn;
 
 use super::index::{self, IndexOp, IndexSnapshot};
+use super::producers::ProducerAudit;
 use super::record::{
     entry, Entry, Message, MessageKey, MessageRemove, Position, Record, SubscriptionAdd,
     SubscriptionRemove,
@@ -104,7 +105,7 @@ pub(crate) struct Forward {
 pub(crate) struct LiveState {
     queues: HashMap<String, BTreeSet<u64>>,
     subscriptions: HashMap<(String, String), LiveSubscription>,
-    producers: HashMap<String, u64>,
+    producers: ProducerAudit,
     epoch: u64,
     live_messages: u64,
     segments: BTreeMap<u64, SegmentUsage>,
@@ -165,7 +166,17 @@ impl LiveState {
             );
             state.subscriptions.insert(key, subscription);
         }
-        state.producers = snapshot.producers.into_iter().collect();
+        let mut producers = snapshot.producers;
+        producers.sort_unstable_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
+        let mut evicted = Vec::new();
+        for (producer, sequence, stamp) in producers {
+            state
+                .producers
+                .record(&producer, sequence, stamp, &mut evicted);
+        }
+        for producer in evicted {
+            ops.push(IndexOp::Delete(index::producer_key(&producer)));
+        }
         for (on, by) in snapshot.dependencies {
             if on < by && state.segments.contains_key(&on.0) && state.segments.contains_key(&by.0) {
                 state.add_dependency(on.0, by.0);
@@ -304,7 +315,7 @@ impl LiveState {
                         }
                     }
                     if let Some(message) = &add.message {
-                        self.raise_producer(message, ops);
+                        self.raise_producer(message, key.0, ops);
                     }
                 }
                 entry::Kind::Remove(remove) => {
@@ -375,22 +386,29 @@ impl LiveState {
         }
     }
 
-    fn raise_producer(&mut self, message: &Message, ops: &mut Vec<IndexOp>) {
+    /// `stamp`: the message key of the add, which orders the bounded audit identically on
+    /// every node that applies the same journal.
+    fn raise_producer(&mut self, message: &Message, stamp: u64, ops: &mut Vec<IndexOp>) {
         if message.producer_id.is_empty() {
             return;
         }
         let sequence = message.producer_sequence;
-        match self.producers.get_mut(&message.producer_id) {
-            Some(highest) if *highest >= sequence => return,
-            Some(highest) => *highest = sequence,
-            None => {
-                self.producers.insert(message.producer_id.clone(), sequence);
-            }
+        let mut evicted = Vec::new();
+        if !self
+            .producers
+            .record(&message.producer_id, sequence, stamp, &mut evicted)
+        {
+            return;
         }
+        let mut value = sequence.to_be_bytes().to_vec();
+        value.extend_from_slice(&stamp.to_be_bytes());
         ops.push(IndexOp::Put(
             index::producer_key(&message.producer_id),
-            sequence.to_be_bytes().to_vec(),
+            value,
         ));
+        for producer in evicted {
+            ops.push(IndexOp::Delete(index::producer_key(&producer)));
+        }
     }
 
     /// Something added at `added` stopped being live because of the record in segment `here`.
@@ -654,15 +672,13 @@ impl LiveState {
         subscriptions
     }
 
-    /// Highest stored sequence per producer, by producer id.
+    /// Highest stored sequence per remembered producer, least recently stored first.
     pub fn producers(&self) -> Vec<(String, u64)> {
-        let mut producers: Vec<(String, u64)> = self
-            .producers
-            .iter()
-            .map(|(p, s)| (p.clone(), *s))
-            .collect();
-        producers.sort_unstable();
-        producers
+        self.producers
+            .entries()
+            .into_iter()
+            .map(|(producer, sequence, _)| (producer, sequence))
+            .collect()
     }
 
     /// The retained segments as the state sees them (tests and consistency checks).
