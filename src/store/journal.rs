@@ -21,6 +21,14 @@
 //! the tail counts as torn. A segment that stops being the current one is cut to the length of
 //! its data.
 //!
+//! Direct writes: a slave copying its master's frames with fsync off would otherwise wake this
+//! thread for every message and be woken back, two thread hand-offs for a `pwrite` into the
+//! page cache. Between [`Journal::begin_direct`] and [`Journal::end_direct`] its frames are
+//! instead written on the caller's thread, under the same mutex the writer thread holds for a
+//! batch, and only when no command is queued for the thread, so the order of writes is the
+//! order of appends either way. With fsync on, or on the append path of a master (whose
+//! durable callback takes the broker core's lock), it is never used.
+//!
 //! Released segments: a segment in the middle of the journal that the store releases is
 //! truncated to zero bytes but keeps its name (a *tombstone*), so that recovery can tell a
 //! released range from a lost file: a zero-length file that is not the last one covers the
@@ -224,6 +232,8 @@ struct Shared {
     released: AtomicU64,
     failed: AtomicBool,
     failure: Mutex<Option<String>>,
+    /// Commands sent to the writer thread and not yet handled (see direct writes).
+    queued: std::sync::atomic::AtomicUsize,
     /// The written end, for replication (updated after each write, before the fsync).
     written_watch: tokio::sync::watch::Sender<Position>,
     /// Tests: the writer stops without writing anything more (a killed process).
@@ -283,6 +293,12 @@ pub struct Journal {
     shared: Arc<Shared>,
     sender: Option<mpsc::Sender<Command>>,
     writer: Option<JoinHandle<()>>,
+    /// The writer's state, locked by its thread for each batch and by direct writes.
+    state: Arc<Mutex<Writer>>,
+    /// Whether batches are fsynced (as last set; direct writes only without).
+    fsync: bool,
+    /// Between `begin_direct` and `end_direct`: appends are written on this thread.
+    direct: bool,
     log_size: u64,
     end: u64,
     current_start: u64,
@@ -341,6 +357,7 @@ impl Journal {
             released: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
+            queued: std::sync::atomic::AtomicUsize::new(0),
             written_watch: tokio::sync::watch::channel(Position(recovery.end)).0,
             #[cfg(test)]
             crashed: AtomicBool::new(false),
@@ -348,7 +365,6 @@ impl Journal {
         let (sender, receiver) = mpsc::channel();
         let writer = Writer {
             shared: shared.clone(),
-            receiver,
             fsync: options.fsync,
             log_size: options.log_size,
             on_durable,
@@ -364,14 +380,19 @@ impl Journal {
             releases: Vec::new(),
             spare: prepare_spare(&directory, options.log_size, options.fsync),
         };
+        let state = Arc::new(Mutex::new(writer));
+        let thread_state = state.clone();
         let writer = std::thread::Builder::new()
             .name("ferromq-journal".into())
-            .spawn(move || writer.run())
+            .spawn(move || Writer::run(&thread_state, receiver))
             .map_err(io_error("spawn writer thread for", &directory))?;
         Ok(Journal {
             shared,
             sender: Some(sender),
             writer: Some(writer),
+            state,
+            fsync: options.fsync,
+            direct: false,
             log_size: options.log_size,
             end: recovery.end,
             current_start,
@@ -441,10 +462,15 @@ impl Journal {
                 .insert(position, Segment::new(SegmentState::Live));
             self.current_start = position;
         }
-        self.send(Command::Append {
+        let command = Command::Append {
             bytes,
             new_segment: new_segment.then_some(position),
-        })?;
+        };
+        if self.direct {
+            self.handle_directly(command)?;
+        } else {
+            self.send(command)?;
+        }
         self.end += len;
         Ok(Appended {
             position: Position(position),
@@ -454,17 +480,58 @@ impl Journal {
     }
 
     fn send(&self, command: Command) -> Result<(), StoreError> {
+        self.shared.queued.fetch_add(1, Ordering::AcqRel);
         let sent = self.sender.as_ref().map(|s| s.send(command));
         match sent {
             Some(Ok(())) => Ok(()),
-            _ => Err(self.writer_gone()),
+            _ => {
+                self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                Err(self.writer_gone())
+            }
         }
+    }
+
+    /// Handles `command` on this thread (see direct writes in the module docs), or sends it to
+    /// the writer thread if something is still queued there.
+    fn handle_directly(&mut self, command: Command) -> Result<(), StoreError> {
+        let mut writer = self.state.lock().unwrap();
+        self.check_failed()?;
+        if self.shared.queued.load(Ordering::Acquire) > 0 {
+            drop(writer);
+            return self.send(command);
+        }
+        writer
+            .handle(command)
+            .inspect_err(|e| self.shared.fail(e.to_string()))
+    }
+
+    /// Starts writing appended frames on this thread instead of the writer's (see direct
+    /// writes in the module docs); does nothing with fsync on. [`Journal::end_direct`] writes
+    /// them and reports them durable.
+    pub fn begin_direct(&mut self) {
+        self.direct = !self.fsync;
+    }
+
+    /// Writes what was appended since [`Journal::begin_direct`] (on this thread, one write per
+    /// segment), reports the durable end, and goes back to handing appends to the thread.
+    pub fn end_direct(&mut self) -> Result<(), StoreError> {
+        if !std::mem::take(&mut self.direct) {
+            return Ok(());
+        }
+        let mut writer = self.state.lock().unwrap();
+        self.check_failed()?;
+        writer
+            .finish_batch()
+            .inspect_err(|e| self.shared.fail(e.to_string()))
     }
 
     /// Turns fsync on or off for what is appended from now on. Returns once everything
     /// appended before is written (and, when turning it on, synced as at open).
-    pub fn set_fsync(&self, on: bool) -> Result<(), StoreError> {
-        self.request(|reply| Command::SetFsync { on, reply })
+    pub fn set_fsync(&mut self, on: bool) -> Result<(), StoreError> {
+        self.end_direct()?;
+        self.request(|reply| Command::SetFsync { on, reply })?;
+        self.fsync = on;
+        Ok(())
     }
 
     /// Why the writer thread no longer answers.
@@ -1005,7 +1072,6 @@ fn first_non_zero(input: &mut impl Read, n: u64) -> std::io::Result<Option<u64>>
 
 struct Writer {
     shared: Arc<Shared>,
-    receiver: mpsc::Receiver<Command>,
     fsync: bool,
     /// Segments are preallocated to this size.
     log_size: u64,
@@ -1041,21 +1107,28 @@ impl Drop for Writer {
 }
 
 impl Writer {
-    fn run(mut self) {
-        while let Ok(first) = self.receiver.recv() {
+    /// The writer thread: takes the state for each batch of queued commands.
+    fn run(state: &Mutex<Writer>, receiver: mpsc::Receiver<Command>) {
+        while let Ok(first) = receiver.recv() {
+            let mut writer = state.lock().unwrap();
+            let shared = writer.shared.clone();
             let mut next = Some(first);
+            let mut handled = 0;
             while let Some(command) = next.take() {
-                if let Err(e) = self.handle(command) {
-                    self.shared.fail(e.to_string());
+                handled += 1;
+                if let Err(e) = writer.handle(command) {
+                    shared.fail(e.to_string());
                     return;
                 }
-                if self.buffer.len() >= MAX_BATCH_BYTES {
+                if writer.buffer.len() >= MAX_BATCH_BYTES {
                     break;
                 }
-                next = self.receiver.try_recv().ok();
+                next = receiver.try_recv().ok();
             }
-            if let Err(e) = self.finish_batch() {
-                self.shared.fail(e.to_string());
+            let finished = writer.finish_batch();
+            shared.queued.fetch_sub(handled, Ordering::AcqRel);
+            if let Err(e) = finished {
+                shared.fail(e.to_string());
                 return;
             }
         }
@@ -1761,6 +1834,65 @@ mod tests {
         assert_eq!(all_records(&journal), expected);
         let appended = journal.append(&record(99, 1)).unwrap();
         assert_eq!(appended.position, Position(next));
+    }
+
+    /// Direct writes (a slave without fsync): durable when `end_direct` returns, on the
+    /// caller's thread; in append order with what was queued for the thread before; across a
+    /// rotation; and never with fsync on.
+    #[test]
+    fn direct_writes_are_durable_on_return_and_keep_the_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_size = 4 * frame_len(&record(0, 200));
+        let (mut journal, rx) = open(dir.path(), log_size, false);
+        let frame = |n: u64| {
+            let mut out = BytesMut::new();
+            encode_frame(&record(n, 200), &mut out);
+            out.freeze()
+        };
+        let mut expected = Vec::new();
+        let first = journal.append(&record(0, 200)).unwrap();
+        expected.push((first.position, record(0, 200)));
+        wait_durable(&rx, journal.end());
+        let batches = journal.stats().batches;
+        journal.begin_direct();
+        for n in 1..=6 {
+            let at = journal.end();
+            journal.append_frame(at, frame(n)).unwrap();
+            expected.push((at, record(n, 200)));
+        }
+        journal.end_direct().unwrap();
+        assert_eq!(journal.stats().durable, journal.end(), "durable on return");
+        assert_eq!(rx.try_iter().last(), Some(journal.end()));
+        assert_eq!(
+            journal.stats().batches,
+            batches + 1,
+            "one batch, written here"
+        );
+        assert!(
+            journal.segments().len() >= 2,
+            "rotated inside the direct batch"
+        );
+        // Something queued for the thread first: direct appends wait their turn.
+        let queued = journal.append(&record(7, 200)).unwrap();
+        expected.push((queued.position, record(7, 200)));
+        journal.begin_direct();
+        let at = journal.end();
+        journal.append_frame(at, frame(8)).unwrap();
+        expected.push((at, record(8, 200)));
+        journal.end_direct().unwrap();
+        wait_durable(&rx, journal.end());
+        assert_eq!(all_records(&journal), expected);
+        // With fsync on, appends always go through the thread.
+        journal.set_fsync(true).unwrap();
+        journal.begin_direct();
+        let at = journal.end();
+        journal.append_frame(at, frame(9)).unwrap();
+        expected.push((at, record(9, 200)));
+        journal.end_direct().unwrap();
+        wait_durable(&rx, journal.end());
+        journal.close().unwrap();
+        let (journal, _rx) = open(dir.path(), log_size, false);
+        assert_eq!(all_records(&journal), expected);
     }
 
     #[test]

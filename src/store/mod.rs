@@ -599,7 +599,7 @@ impl Store {
 
     /// Turns fsync on or off for what is appended from now on (a replicated node changing
     /// role); returns once everything appended before is written.
-    pub fn set_fsync(&self, fsync: bool) -> Result<(), StoreError> {
+    pub fn set_fsync(&mut self, fsync: bool) -> Result<(), StoreError> {
         self.journal.set_fsync(fsync)
     }
 }

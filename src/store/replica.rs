@@ -138,6 +138,9 @@ impl Store {
         let mut ops = Vec::new();
         let mut offset = 0;
         let mut result = Ok(());
+        // Without fsync the frames are written on this thread: no hand-off to the journal's
+        // thread and back before the slave can acknowledge them.
+        self.journal.begin_direct();
         while offset < frames.len() {
             let at = Position(position.0 + offset as u64);
             if let Err(e) = self.append_one(at, &frames, offset, &mut ops) {
@@ -146,9 +149,10 @@ impl Store {
             }
             offset = (self.journal.end().0 - position.0) as usize;
         }
+        let written = self.journal.end_direct();
         self.release_ready(&mut ops);
         self.send_to_index(ops, self.journal.end());
-        result
+        result.and(written)
     }
 
     fn append_one(
