@@ -225,18 +225,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // The command runs as a task on the worker threads, not on this thread: a task woken by
-    // socket readiness then runs on the worker that saw it, instead of waking this thread
-    // (one cross-thread hand-off less for, e.g., a slave's replication loop).
-    runtime.block_on(async {
-        match tokio::spawn(run(cli)).await {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("ferromq: the command stopped abnormally: {e}");
-                ExitCode::FAILURE
-            }
-        }
-    })
+    runtime.block_on(run(cli))
 }
 
 fn init_tracing() {
