@@ -88,7 +88,7 @@ pub(crate) fn is_command(code: u8) -> bool {
 }
 
 /// The first OpenWire version that has type `code` (every other known type is in v1).
-fn since(code: u8) -> i32 {
+fn type_since(code: u8) -> i32 {
     match code {
         MESSAGE_PULL => 2,
         PRODUCER_ACK | ACTIVEMQ_BLOB_MESSAGE => 3,
@@ -98,7 +98,7 @@ fn since(code: u8) -> i32 {
 
 /// Reading or writing type `code` at a version that lacks it is an unknown type.
 fn check_exists(code: u8, f: Format, what: &'static str, offset: usize) -> Result<()> {
-    if f.version >= since(code) {
+    if f.version >= type_since(code) {
         return Ok(());
     }
     Err(CodecError::UnknownType {
@@ -106,6 +106,20 @@ fn check_exists(code: u8, f: Format, what: &'static str, offset: usize) -> Resul
         type_code: code,
         offset,
     })
+}
+
+/// A field that versions before `version` lack: read it, or take its default.
+fn since<T: Default>(f: Format, version: i32, read: impl FnOnce() -> Result<T>) -> Result<T> {
+    since_or(f, version, T::default(), read)
+}
+
+/// Like [`since`], with the value Java gives the field when the version lacks it.
+fn since_or<T>(f: Format, version: i32, absent: T, read: impl FnOnce() -> Result<T>) -> Result<T> {
+    if f.version >= version {
+        read()
+    } else {
+        Ok(absent)
+    }
 }
 
 /// An object that can sit in a nested (or, cache off, cached) object field.
@@ -408,11 +422,7 @@ single!(
     MESSAGE_ID,
     "MessageId",
     |r, f| Ok(MessageId {
-        text_view: if f.version >= 10 {
-            r.string("MessageId.textView")?
-        } else {
-            None
-        },
+        text_view: since(f, 10, || r.string("MessageId.textView"))?,
         producer_id: read_nested(r, f, "MessageId.producerId")?,
         producer_sequence_id: r.i64("MessageId.producerSequenceId")?,
         broker_sequence_id: r.i64("MessageId.brokerSequenceId")?,
@@ -611,21 +621,9 @@ fn read_broker_info(r: &mut Reader<'_>, f: Format) -> Result<BrokerInfo> {
         fault_tolerant_configuration: r.bool("BrokerInfo.faultTolerantConfiguration")?,
         duplex_connection: f.version >= 2 && r.bool("BrokerInfo.duplexConnection")?,
         network_connection: f.version >= 2 && r.bool("BrokerInfo.networkConnection")?,
-        connection_id: if f.version >= 2 {
-            r.i64("BrokerInfo.connectionId")?
-        } else {
-            0
-        },
-        broker_upload_url: if f.version >= 3 {
-            r.string("BrokerInfo.brokerUploadUrl")?
-        } else {
-            None
-        },
-        network_properties: if f.version >= 3 {
-            r.string("BrokerInfo.networkProperties")?
-        } else {
-            None
-        },
+        connection_id: since(f, 2, || r.i64("BrokerInfo.connectionId"))?,
+        broker_upload_url: since(f, 3, || r.string("BrokerInfo.brokerUploadUrl"))?,
+        network_properties: since(f, 3, || r.string("BrokerInfo.networkProperties"))?,
     })
 }
 
@@ -682,11 +680,7 @@ fn read_connection_info(r: &mut Reader<'_>, f: Format) -> Result<ConnectionInfo>
         client_master: f.version >= 2 && r.bool("ConnectionInfo.clientMaster")?,
         fault_tolerant: f.version >= 6 && r.bool("ConnectionInfo.faultTolerant")?,
         failover_reconnect: f.version >= 6 && r.bool("ConnectionInfo.failoverReconnect")?,
-        client_ip: if f.version >= 8 {
-            r.string("ConnectionInfo.clientIp")?
-        } else {
-            None
-        },
+        client_ip: since(f, 8, || r.string("ConnectionInfo.clientIp"))?,
     })
 }
 
@@ -722,11 +716,7 @@ fn read_consumer_info(r: &mut Reader<'_>, f: Format) -> Result<ConsumerInfo> {
     let maximum_pending_message_limit = r.i32("ConsumerInfo.maximumPendingMessageLimit")?;
     let dispatch_async = r.bool("ConsumerInfo.dispatchAsync")?;
     let selector = r.string("ConsumerInfo.selector")?;
-    let client_id = if f.version >= 10 {
-        r.string("ConsumerInfo.clientId")?
-    } else {
-        None
-    };
+    let client_id = since(f, 10, || r.string("ConsumerInfo.clientId"))?;
     let subscription_name = r.string("ConsumerInfo.subscriptionName")?;
     let no_local = r.bool("ConsumerInfo.noLocal")?;
     let exclusive = r.bool("ConsumerInfo.exclusive")?;
@@ -758,11 +748,9 @@ fn read_consumer_info(r: &mut Reader<'_>, f: Format) -> Result<ConsumerInfo> {
         network_subscription: r.bool("ConsumerInfo.networkSubscription")?,
         optimized_acknowledge: r.bool("ConsumerInfo.optimizedAcknowledge")?,
         no_range_acks: r.bool("ConsumerInfo.noRangeAcks")?,
-        network_consumer_path: if f.version >= 4 {
-            read_array(r, f, "ConsumerInfo.networkConsumerPath")?
-        } else {
-            None
-        },
+        network_consumer_path: since(f, 4, || {
+            read_array(r, f, "ConsumerInfo.networkConsumerPath")
+        })?,
     })
 }
 
@@ -832,26 +820,12 @@ fn read_message(r: &mut Reader<'_>, f: Format, code: u8) -> Result<Message> {
         user_id: r.string("Message.userID")?,
         received_by_df_bridge: r.bool("Message.recievedByDFBridge")?,
         droppable: f.version >= 2 && r.bool("Message.droppable")?,
-        cluster: if f.version >= 3 {
-            read_array(r, f, "Message.cluster")?
-        } else {
-            None
-        },
-        broker_in_time: if f.version >= 3 {
-            r.i64("Message.brokerInTime")?
-        } else {
-            0
-        },
-        broker_out_time: if f.version >= 3 {
-            r.i64("Message.brokerOutTime")?
-        } else {
-            0
-        },
-        jmsx_group_first_for_consumer: if f.version >= 10 {
-            r.bool("Message.jMSXGroupFirstForConsumer")?
-        } else {
-            false
-        },
+        cluster: since(f, 3, || read_array(r, f, "Message.cluster"))?,
+        broker_in_time: since(f, 3, || r.i64("Message.brokerInTime"))?,
+        broker_out_time: since(f, 3, || r.i64("Message.brokerOutTime"))?,
+        jmsx_group_first_for_consumer: since(f, 10, || {
+            r.bool("Message.jMSXGroupFirstForConsumer")
+        })?,
     };
     m.kind = match code {
         ACTIVEMQ_BYTES_MESSAGE => MessageKind::Bytes,
@@ -973,11 +947,7 @@ fn read_producer_info(r: &mut Reader<'_>, f: Format) -> Result<ProducerInfo> {
         destination: read_nested(r, f, "ProducerInfo.destination")?,
         broker_path: read_array(r, f, "ProducerInfo.brokerPath")?,
         dispatch_async: f.version >= 2 && r.bool("ProducerInfo.dispatchAsync")?,
-        window_size: if f.version >= 3 {
-            r.i32("ProducerInfo.windowSize")?
-        } else {
-            0
-        },
+        window_size: since(f, 3, || r.i32("ProducerInfo.windowSize"))?,
     })
 }
 
@@ -1031,11 +1001,9 @@ fn read_remove_info(r: &mut Reader<'_>, f: Format) -> Result<RemoveInfo> {
         response_required,
         object_id: read_nested(r, f, "RemoveInfo.objectId")?,
         // Before v5 there is no such field: -1 is "unknown", as the Java class defaults it.
-        last_delivered_sequence_id: if f.version >= 5 {
-            r.i64("RemoveInfo.lastDeliveredSequenceId")?
-        } else {
-            -1
-        },
+        last_delivered_sequence_id: since_or(f, 5, -1, || {
+            r.i64("RemoveInfo.lastDeliveredSequenceId")
+        })?,
     })
 }
 
@@ -1069,11 +1037,7 @@ fn read_consumer_control(r: &mut Reader<'_>, f: Format) -> Result<ConsumerContro
     Ok(ConsumerControl {
         command_id,
         response_required,
-        destination: if f.version >= 6 {
-            read_nested(r, f, "ConsumerControl.destination")?
-        } else {
-            None
-        },
+        destination: since(f, 6, || read_nested(r, f, "ConsumerControl.destination"))?,
         close: r.bool("ConsumerControl.close")?,
         consumer_id: read_nested(r, f, "ConsumerControl.consumerId")?,
         prefetch: r.i32("ConsumerControl.prefetch")?,
@@ -1095,22 +1059,10 @@ fn read_connection_control(r: &mut Reader<'_>, f: Format) -> Result<ConnectionCo
         fault_tolerant: r.bool("ConnectionControl.faultTolerant")?,
         resume: r.bool("ConnectionControl.resume")?,
         suspend: r.bool("ConnectionControl.suspend")?,
-        connected_brokers: if f.version >= 6 {
-            r.string("ConnectionControl.connectedBrokers")?
-        } else {
-            None
-        },
-        reconnect_to: if f.version >= 6 {
-            r.string("ConnectionControl.reconnectTo")?
-        } else {
-            None
-        },
+        connected_brokers: since(f, 6, || r.string("ConnectionControl.connectedBrokers"))?,
+        reconnect_to: since(f, 6, || r.string("ConnectionControl.reconnectTo"))?,
         rebalance_connection: f.version >= 6 && r.bool("ConnectionControl.rebalanceConnection")?,
-        token: if f.version >= 8 {
-            r.byte_seq("ConnectionControl.token")?
-        } else {
-            None
-        },
+        token: since(f, 8, || r.byte_seq("ConnectionControl.token"))?,
     })
 }
 
@@ -1136,16 +1088,8 @@ fn read_message_pull(r: &mut Reader<'_>, f: Format) -> Result<MessagePull> {
         consumer_id: read_nested(r, f, "MessagePull.consumerId")?,
         destination: read_nested(r, f, "MessagePull.destination")?,
         timeout: r.i64("MessagePull.timeout")?,
-        correlation_id: if f.version >= 3 {
-            r.string("MessagePull.correlationId")?
-        } else {
-            None
-        },
-        message_id: if f.version >= 3 {
-            read_nested(r, f, "MessagePull.messageId")?
-        } else {
-            None
-        },
+        correlation_id: since(f, 3, || r.string("MessagePull.correlationId"))?,
+        message_id: since(f, 3, || read_nested(r, f, "MessagePull.messageId"))?,
     })
 }
 
@@ -1177,11 +1121,7 @@ fn read_message_ack(r: &mut Reader<'_>, f: Format) -> Result<MessageAck> {
         first_message_id: read_nested(r, f, "MessageAck.firstMessageId")?,
         last_message_id: read_nested(r, f, "MessageAck.lastMessageId")?,
         message_count: r.i32("MessageAck.messageCount")?,
-        poison_cause: if f.version >= 7 {
-            read_throwable(r, f, "MessageAck.poisonCause")?
-        } else {
-            None
-        },
+        poison_cause: since(f, 7, || read_throwable(r, f, "MessageAck.poisonCause"))?,
     })
 }
 
@@ -1500,7 +1440,7 @@ pub(crate) fn write_command(out: &mut BytesMut, f: Format, c: &Command) -> Resul
 pub(crate) const NOT_IN_VERSION: &str = "the negotiated OpenWire version has no such type";
 
 fn check_writable(code: u8, f: Format) -> Result<()> {
-    if f.version >= since(code) {
+    if f.version >= type_since(code) {
         return Ok(());
     }
     Err(CodecError::Unencodable {
