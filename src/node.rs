@@ -283,19 +283,40 @@ impl Lifecycle {
         let result = loop {
             // No position is reported while following: the election must compare the final
             // log of each node, reported once the store is closed (below), never a stale one.
-            let following = replication::run_slave(options.clone(), &mut store, durable_rx.clone());
-            tokio::pin!(following);
+            // The replication loop runs as a task of its own, so that it runs on the worker
+            // thread that sees its socket ready rather than being woken on this one; it owns
+            // the store until it ends or is told to stop (dropped at an await point, where the
+            // store is consistent), then hands it back.
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let (slave_options, held) = (options.clone(), durable_rx.clone());
+            let mut following = tokio::spawn(async move {
+                let result = tokio::select! {
+                    result = replication::run_slave(slave_options, &mut store, held) => Some(result),
+                    _ = stopped => None,
+                };
+                (store, result)
+            });
+            let mut stop = Some(stop);
             let outcome = loop {
                 tokio::select! {
-                    result = &mut following => break Some(result),
-                    changed = roles.changed() => {
+                    joined = &mut following => break joined,
+                    changed = roles.changed(), if stop.is_some() => {
                         let same = changed.is_ok()
                             && *roles.borrow() == (Role::Slave { master: master.to_string(), epoch });
                         if !same {
-                            break None;
+                            if let Some(stop) = stop.take() {
+                                let _ = stop.send(());
+                            }
                         }
                     }
                 }
+            };
+            let outcome = match outcome {
+                Ok((returned, outcome)) => {
+                    store = returned;
+                    outcome
+                }
+                Err(e) => return Err(anyhow::anyhow!("the replication task failed: {e}")),
             };
             match outcome {
                 None => break Ok(()),
