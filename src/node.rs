@@ -81,6 +81,16 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
     result
 }
 
+/// Aborts its task when dropped: a `follow` cancelled by shutdown must not leave the
+/// replication loop running on with the store.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// An open store between roles, with the receiving end of its durable watermark.
 struct KeptStore {
     store: Store,
@@ -289,17 +299,17 @@ impl Lifecycle {
             // store is consistent), then hands it back.
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let (slave_options, held) = (options.clone(), durable_rx.clone());
-            let mut following = tokio::spawn(async move {
+            let mut following = AbortOnDrop(tokio::spawn(async move {
                 let result = tokio::select! {
                     result = replication::run_slave(slave_options, &mut store, held) => Some(result),
                     _ = stopped => None,
                 };
                 (store, result)
-            });
+            }));
             let mut stop = Some(stop);
             let outcome = loop {
                 tokio::select! {
-                    joined = &mut following => break joined,
+                    joined = &mut following.0 => break joined,
                     changed = roles.changed(), if stop.is_some() => {
                         let same = changed.is_ok()
                             && *roles.borrow() == (Role::Slave { master: master.to_string(), epoch });
