@@ -217,19 +217,7 @@ for b in $BROKERS; do
   done
 done
 
-for scenario in $SCENARIOS; do
-  busy=$(wait_for_quiet)
-  before=$(uptime)
-  log "scenario $scenario; before: $before (other processes ${busy}% CPU)"
-  for rep in $(seq "$REPS"); do
-    if [ $((rep % 2)) = 1 ]; then order=$BROKERS; else order=$(echo "$BROKERS" | tr ' ' '\n' | tac | tr '\n' ' '); fi
-    for b in $order; do run_scenario "$scenario" "$rep" "$b"; done
-  done
-  after=$(uptime)
-  log "scenario $scenario; after: $after"
-  jq -nc --arg s "$scenario" --arg before "$before" --arg after "$after" --argjson busy "$busy" \
-    '{scenario: $s, before: $before, after: $after, busy_before_pct: $busy}' >> "$RESULTS/loads.jsonl"
-done
+run_scenarios
 
 # ---------------------------------------------------------------------------------------------
 {

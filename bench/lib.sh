@@ -1,6 +1,7 @@
 # bench/lib.sh — helpers shared by the benchmark scripts (sourced, never run). The caller
 # defines `log MESSAGE` (to stderr) and sets BUSY_MAX and LOAD_WAIT before wait_for_quiet, and
-# WORK and FSYNC_JSON before machine_lines.
+# WORK and FSYNC_JSON before machine_lines; run_scenarios wants `run_scenario SCENARIO REP
+# BROKER` and SCENARIOS, REPS, BROKERS and RESULTS.
 
 # Whether something listens on 127.0.0.1:PORT.
 port_open() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
@@ -43,4 +44,29 @@ machine_lines() {
   echo "disk:    $(df -h "$WORK" | tail -1)"
   echo "fs:      $(findmnt -n -o FSTYPE,OPTIONS --target "$WORK" 2>/dev/null || true)"
   echo "fsync:   $(jq -r '"\(.fdatasync_per_sec | floor) append+fdatasync/s of \(.size) B (p50 \(.p50_us | floor) µs, p99 \(.p99_us | floor) µs)"' <<< "$FSYNC_JSON")"
+}
+
+# Runs each of SCENARIOS REPS times on every broker of BROKERS (run_scenario SCENARIO REP
+# BROKER), alternating which broker goes first, after waiting for a quiet machine; records the
+# load around each scenario in $RESULTS/loads.jsonl. Stops early when the caller defines
+# `any_broker_left` and it fails.
+run_scenarios() {
+  local scenario busy before after rep order b
+  for scenario in $SCENARIOS; do
+    if declare -F any_broker_left > /dev/null && ! any_broker_left; then
+      log "no broker left to measure"
+      break
+    fi
+    busy=$(wait_for_quiet)
+    before=$(uptime)
+    log "scenario $scenario; before: $before (other processes ${busy}% CPU)"
+    for rep in $(seq "$REPS"); do
+      if [ $((rep % 2)) = 1 ]; then order=$BROKERS; else order=$(echo "$BROKERS" | tr ' ' '\n' | tac | tr '\n' ' '); fi
+      for b in $order; do run_scenario "$scenario" "$rep" "$b"; done
+    done
+    after=$(uptime)
+    log "scenario $scenario; after: $after"
+    jq -nc --arg s "$scenario" --arg before "$before" --arg after "$after" --argjson busy "$busy" \
+      '{scenario: $s, before: $before, after: $after, busy_before_pct: $busy}' >> "$RESULTS/loads.jsonl"
+  done
 }

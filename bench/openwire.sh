@@ -270,7 +270,12 @@ start_activemq() {
 
 alive() { [ -z "${FAILED[$1]:-}" ]; }
 
-run_scenario() {
+# For run_scenarios (bench/lib.sh): a broker that already failed is skipped, a failing run is
+# reported and the other broker's runs go on.
+run_scenario() { alive "$3" || return 0; run_jms_scenario "$@" || true; }
+any_broker_left() { local b; for b in $BROKERS; do alive "$b" && return 0; done; return 1; }
+
+run_jms_scenario() {
   local scenario=$1 rep=$2 broker=$3 q="bench.$1.$2"
   case $scenario in
     sync)  jms "$broker" sync "$rep" produce --queue "$q" --producers 1 --count "$N_SYNC" --warmup "$CLIENT_WARMUP" \
@@ -344,24 +349,7 @@ for b in $BROKERS; do
   done
 done
 
-for scenario in $SCENARIOS; do
-  live=""; for b in $BROKERS; do alive "$b" && live="$live $b"; done
-  [ -n "$live" ] || { log "no broker left to measure"; break; }
-  busy=$(wait_for_quiet)
-  before=$(uptime)
-  log "scenario $scenario; before: $before (other processes ${busy}% CPU)"
-  for rep in $(seq "$REPS"); do
-    if [ $((rep % 2)) = 1 ]; then order=$BROKERS; else order=$(echo "$BROKERS" | tr ' ' '\n' | tac | tr '\n' ' '); fi
-    for b in $order; do
-      alive "$b" || continue
-      run_scenario "$scenario" "$rep" "$b" || true
-    done
-  done
-  after=$(uptime)
-  log "scenario $scenario; after: $after"
-  jq -nc --arg s "$scenario" --arg before "$before" --arg after "$after" --argjson busy "$busy" \
-    '{scenario: $s, before: $before, after: $after, busy_before_pct: $busy}' >> "$RESULTS/loads.jsonl"
-done
+run_scenarios
 
 # ---------------------------------------------------------------------------------------------
 {

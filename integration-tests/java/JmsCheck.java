@@ -302,6 +302,11 @@ public final class JmsCheck {
     }
 
     /** {@code brokerUrl} with one more URI query option. */
+    /** A consumer of {@code d} on a new non-transacted session of {@code c} with {@code ackMode}. */
+    static MessageConsumer consumer(Connection c, int ackMode, Destination d) throws JMSException {
+        return c.createSession(false, ackMode).createConsumer(d);
+    }
+
     static String withOption(String brokerUrl, String option) {
         return brokerUrl + (brokerUrl.contains("?") ? "&" : "?") + option;
     }
@@ -395,8 +400,7 @@ public final class JmsCheck {
         List<String> sent = bodies("text", 0, n);
         sendTexts(c, q, sent);
         ok("sent " + n + " persistent text messages to " + q.getQueueName());
-        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
-        MessageConsumer consumer = s.createConsumer(q);
+        MessageConsumer consumer = consumer(c, Session.AUTO_ACKNOWLEDGE, q);
         List<Message> got = receiveTexts(consumer, sent, "receive the texts");
         for (Message m : got) {
             check("delivery mode of " + text(m, "body"),
@@ -735,8 +739,7 @@ public final class JmsCheck {
         sendTexts(producer, q, sent);
 
         Connection first = connect();
-        Session s1 = first.createSession(false, Session.CLIENT_ACKNOWLEDGE);
-        MessageConsumer c1 = s1.createConsumer(q);
+        MessageConsumer c1 = consumer(first, Session.CLIENT_ACKNOWLEDGE, q);
         for (Message m : receiveTexts(c1, sent, "first delivery (not acknowledged)")) {
             expectRedelivered(m, false, "first delivery");
         }
@@ -744,8 +747,7 @@ public final class JmsCheck {
         ok("closed the connection without acknowledging");
 
         Connection second = connect();
-        Session s2 = second.createSession(false, Session.CLIENT_ACKNOWLEDGE);
-        MessageConsumer c2 = s2.createConsumer(q);
+        MessageConsumer c2 = consumer(second, Session.CLIENT_ACKNOWLEDGE, q);
         List<Message> again = receiveTexts(c2, sent, "redelivery after the close");
         for (Message m : again) {
             expectRedelivered(m, true, "redelivery of " + text(m, "body"));
@@ -760,8 +762,7 @@ public final class JmsCheck {
         close(second);
 
         Connection third = connect();
-        Session s3 = third.createSession(false, Session.CLIENT_ACKNOWLEDGE);
-        MessageConsumer c3 = s3.createConsumer(q);
+        MessageConsumer c3 = consumer(third, Session.CLIENT_ACKNOWLEDGE, q);
         String sentinel = "sentinel-" + UUID.randomUUID();
         sendTexts(producer, q, List.of(sentinel));
         Message m = receive(c3, "after the acknowledgement");
@@ -781,8 +782,7 @@ public final class JmsCheck {
         List<String> sent = bodies("dupsok", 0, 20);
         sendTexts(producer, q, sent);
         Connection c = connect();
-        Session s = c.createSession(false, Session.DUPS_OK_ACKNOWLEDGE);
-        MessageConsumer consumer = s.createConsumer(q);
+        MessageConsumer consumer = consumer(c, Session.DUPS_OK_ACKNOWLEDGE, q);
         for (Message m : receiveTexts(consumer, sent, "dups-ok receive")) {
             expectRedelivered(m, false, "dups-ok first delivery");
         }
@@ -816,8 +816,7 @@ public final class JmsCheck {
         close(first);
 
         Connection second = connect();
-        Session s2 = second.createSession(false, ActiveMQSession.INDIVIDUAL_ACKNOWLEDGE);
-        MessageConsumer c2 = s2.createConsumer(q);
+        MessageConsumer c2 = consumer(second, ActiveMQSession.INDIVIDUAL_ACKNOWLEDGE, q);
         for (Message m : receiveTexts(c2, unacked, "only the unacknowledged come back")) {
             expectRedelivered(m, true, "redelivery of " + text(m, "body"));
             m.acknowledge();
@@ -832,8 +831,7 @@ public final class JmsCheck {
         close(second);
 
         Connection third = connect();
-        Session s3 = third.createSession(false, ActiveMQSession.INDIVIDUAL_ACKNOWLEDGE);
-        MessageConsumer c3 = s3.createConsumer(q);
+        MessageConsumer c3 = consumer(third, ActiveMQSession.INDIVIDUAL_ACKNOWLEDGE, q);
         String last = "sentinel-" + UUID.randomUUID();
         sendTexts(producer, q, List.of(last));
         Message n = receive(c3, "after the individual acks");
@@ -862,8 +860,7 @@ public final class JmsCheck {
         ok("sent 5 in a transaction, not committed yet");
 
         Connection reader = connect();
-        Session rs = reader.createSession(false, Session.AUTO_ACKNOWLEDGE);
-        MessageConsumer consumer = rs.createConsumer(q);
+        MessageConsumer consumer = consumer(reader, Session.AUTO_ACKNOWLEDGE, q);
         expectOnlySentinel(c, q, consumer, "uncommitted messages are invisible");
 
         tx.commit();

@@ -309,6 +309,26 @@ impl Broker {
         )
     }
 
+    /// Tests: a core on a store in `dir` (1 MiB segments, no fsync), confirming what is durable,
+    /// under the next epoch.
+    #[cfg(test)]
+    pub(crate) fn start_for_tests(dir: &std::path::Path, options: BrokerOptions) -> Broker {
+        let (tx, rx) = watch::channel(Position(0));
+        let (store, recovered) = Store::open(
+            crate::store::StoreOptions {
+                directory: dir.to_path_buf(),
+                log_size: 1 << 20,
+                fsync: false,
+            },
+            Box::new(move |p| {
+                let _ = tx.send(p);
+            }),
+        )
+        .unwrap();
+        let epoch = recovered.epoch + 1;
+        Broker::start(store, recovered, Some(rx), epoch, options).unwrap()
+    }
+
     /// Stops serving: waiting confirmations fail with [`BrokerError::NotMaster`], later requests
     /// are refused, and the store is handed back (to be closed before it is opened again).
     pub fn close(&self, reason: &str) -> Option<Store> {

@@ -5,33 +5,15 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::*;
-use crate::store::StoreOptions;
 
 struct Fixture {
     _dir: tempfile::TempDir,
     broker: Broker,
 }
 
-async fn start_in(dir: &std::path::Path, options: BrokerOptions) -> Broker {
-    let (tx, rx) = watch::channel(Position(0));
-    let (store, recovered) = Store::open(
-        StoreOptions {
-            directory: dir.to_path_buf(),
-            log_size: 1 << 20,
-            fsync: false,
-        },
-        Box::new(move |p| {
-            let _ = tx.send(p);
-        }),
-    )
-    .unwrap();
-    let epoch = recovered.epoch + 1;
-    Broker::start(store, recovered, Some(rx), epoch, options).unwrap()
-}
-
 async fn fixture(options: BrokerOptions) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start_in(dir.path(), options).await;
+    let broker = Broker::start_for_tests(dir.path(), options);
     Fixture { _dir: dir, broker }
 }
 
@@ -97,7 +79,7 @@ async fn confirmed_send_is_delivered_and_acked_once() {
 async fn messages_survive_a_restart_until_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let broker = start_in(dir.path(), BrokerOptions::default()).await;
+        let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
         let (s, _) = broker.open_session(None);
         for i in 0..3 {
             s.send(&queue("q"), persistent(&i.to_string()), None)
@@ -113,7 +95,7 @@ async fn messages_survive_a_restart_until_acknowledged() {
             .await
             .unwrap();
     }
-    let broker = start_in(dir.path(), BrokerOptions::default()).await;
+    let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
     assert_eq!(broker.queue_depth("queue://q"), 2);
     let (c, mut rx) = broker.open_session(None);
     subscribe(&c, "s", queue("q"), 10);

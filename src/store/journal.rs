@@ -1109,9 +1109,9 @@ impl Drop for Writer {
 impl Writer {
     /// The writer thread: takes the state for each batch of queued commands.
     fn run(state: &Mutex<Writer>, receiver: mpsc::Receiver<Command>) {
+        let shared = state.lock().unwrap().shared.clone();
         while let Ok(first) = receiver.recv() {
             let mut writer = state.lock().unwrap();
-            let shared = writer.shared.clone();
             let mut next = Some(first);
             let mut handled = 0;
             while let Some(command) = next.take() {

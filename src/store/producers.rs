@@ -139,17 +139,4 @@ mod tests {
         );
         assert_eq!(audit.len(), 2);
     }
-
-    #[test]
-    fn the_same_calls_forget_the_same_producers() {
-        let run = || {
-            let mut audit = ProducerAudit::with_capacity(3);
-            let mut evicted = Vec::new();
-            for i in 0..20u64 {
-                audit.record(&format!("p{}", i * 7 % 5), i, i, &mut evicted);
-            }
-            (audit.entries(), evicted)
-        };
-        assert_eq!(run(), run());
-    }
 }

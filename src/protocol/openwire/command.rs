@@ -130,6 +130,32 @@ pub struct ConsumerId {
     pub value: i64,
 }
 
+/// Java's `toString()` of a `ProducerId` / `ConsumerId`: `<connection id>:<session>:<number>`.
+fn id_text(
+    f: &mut std::fmt::Formatter<'_>,
+    connection: &Option<String>,
+    session: i64,
+    value: i64,
+) -> std::fmt::Result {
+    write!(
+        f,
+        "{}:{session}:{value}",
+        connection.as_deref().unwrap_or("")
+    )
+}
+
+impl std::fmt::Display for ProducerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        id_text(f, &self.connection_id, self.session_id, self.value)
+    }
+}
+
+impl std::fmt::Display for ConsumerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        id_text(f, &self.connection_id, self.session_id, self.value)
+    }
+}
+
 /// `MessageId` (110).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct MessageId {

@@ -39,16 +39,6 @@ const ORIGINAL_DESTINATION: &str = "original-destination";
 /// publishes on.
 pub const ADVISORY_PREFIX: &str = "ActiveMQ.Advisory.";
 
-/// `ProducerId.toString()`: `<connection id>:<session>:<producer>`.
-fn producer_id_text(id: &ProducerId) -> String {
-    format!(
-        "{}:{}:{}",
-        id.connection_id.as_deref().unwrap_or(""),
-        id.session_id,
-        id.value
-    )
-}
-
 /// `MessageId.toString()`: the text view when set, else `<producer id>:<sequence>`.
 pub fn message_id_text(id: &MessageId) -> String {
     if let Some(text) = &id.text_view {
@@ -57,7 +47,7 @@ pub fn message_id_text(id: &MessageId) -> String {
     let producer = id
         .producer_id
         .as_ref()
-        .map(producer_id_text)
+        .map(ProducerId::to_string)
         .unwrap_or_default();
     format!("{producer}:{}", id.producer_sequence_id)
 }

@@ -320,15 +320,6 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn consumer_key(id: &ConsumerId) -> String {
-    format!(
-        "{}:{}:{}",
-        id.connection_id.as_deref().unwrap_or(""),
-        id.session_id,
-        id.value
-    )
-}
-
 fn transaction_key(id: &TransactionId) -> Result<String, BrokerError> {
     match id {
         TransactionId::Local(t) => Ok(format!(
@@ -754,7 +745,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             Command::ConsumerControl(control) => {
                 if let Some(cid) = &control.consumer_id {
-                    let key = consumer_key(cid);
+                    let key = cid.to_string();
                     if let Some(c) = state
                         .consumers
                         .get_mut(&key)
@@ -817,7 +808,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 BrokerError::UnknownSubscription("no consumer id".into()),
             );
         };
-        let key = consumer_key(&cid);
+        let key = cid.to_string();
         let Some(destination) = info.destination.clone() else {
             return self.refuse(command, BrokerError::InvalidDestination(String::new()));
         };
@@ -916,7 +907,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let Some(cid) = &pull.consumer_id else {
             return Ok(());
         };
-        let key = consumer_key(cid);
+        let key = cid.to_string();
         let Some(consumer) = state.consumers.get(&key) else {
             return Ok(());
         };
@@ -1167,7 +1158,7 @@ impl State {
         let Some(cid) = &ack.consumer_id else {
             return Ok(());
         };
-        let key = consumer_key(cid);
+        let key = cid.to_string();
         if self
             .consumers
             .get(&key)
@@ -1301,7 +1292,7 @@ impl State {
         use super::DataStructure as D;
         match &remove.object_id {
             Some(D::ConsumerId(cid)) => {
-                self.remove_consumer(&consumer_key(cid), remove.last_delivered_sequence_id);
+                self.remove_consumer(&cid.to_string(), remove.last_delivered_sequence_id);
                 Ok(None)
             }
             Some(D::SessionId(sid)) => {

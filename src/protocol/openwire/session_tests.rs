@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::sync::watch;
 
 use super::*;
 use crate::broker::BrokerOptions;
@@ -13,7 +12,6 @@ use crate::protocol::openwire::{
     encode_text_body, ConnectionId, ConsumerInfo, DataStructure, Message, MessageId, MessageKind,
     ProducerId, SessionId, SessionInfo,
 };
-use crate::store::{Position, Store, StoreOptions};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -25,21 +23,7 @@ struct Fixture {
 
 fn fixture(users: &[(&str, &str)]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let (tx, rx) = watch::channel(Position(0));
-    let (store, recovered) = Store::open(
-        StoreOptions {
-            directory: dir.path().to_path_buf(),
-            log_size: 1 << 20,
-            fsync: false,
-        },
-        Box::new(move |p| {
-            let _ = tx.send(p);
-        }),
-    )
-    .unwrap();
-    let epoch = recovered.epoch + 1;
-    let broker =
-        Broker::start(store, recovered, Some(rx), epoch, BrokerOptions::default()).unwrap();
+    let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
     let users = users
         .iter()
         .map(|(u, p)| (u.to_string(), p.to_string()))
@@ -230,6 +214,16 @@ fn text(connection: &str, queue: &str, sequence: i64, body: &str) -> Command {
     }))
 }
 
+/// A MessagePull from consumer `value` of `connection` on `queue`, waiting `timeout` ms.
+fn pull(connection: &str, value: i64, queue: &str, timeout: i64) -> Command {
+    Command::MessagePull(MessagePull {
+        consumer_id: Some(consumer(connection, value)),
+        destination: Some(OwDestination::queue(queue)),
+        timeout,
+        ..Default::default()
+    })
+}
+
 fn subscribe(connection: &str, value: i64, queue: &str, prefetch: i32) -> Command {
     Command::ConsumerInfo(ConsumerInfo {
         consumer_id: Some(consumer(connection, value)),
@@ -302,31 +296,13 @@ async fn a_pull_that_times_out_is_answered_with_an_empty_dispatch() {
     c.request(subscribe("ID:c-3:1", 1, "pulled", 0)).await;
     c.request(text("ID:c-3:1", "pulled", 1, "first")).await;
     // Prefetch 0: nothing arrives until pulled.
-    c.write(&Command::MessagePull(MessagePull {
-        consumer_id: Some(consumer("ID:c-3:1", 1)),
-        destination: Some(OwDestination::queue("pulled")),
-        timeout: 50,
-        ..Default::default()
-    }))
-    .await;
+    c.write(&pull("ID:c-3:1", 1, "pulled", 50)).await;
     assert_eq!(body_of(&c.next().await).as_deref(), Some("first"));
     // Nothing left: the pull times out.
-    c.write(&Command::MessagePull(MessagePull {
-        consumer_id: Some(consumer("ID:c-3:1", 1)),
-        destination: Some(OwDestination::queue("pulled")),
-        timeout: 50,
-        ..Default::default()
-    }))
-    .await;
+    c.write(&pull("ID:c-3:1", 1, "pulled", 50)).await;
     assert_eq!(body_of(&c.next().await), None);
     // receiveNoWait (-1) is answered at once.
-    c.write(&Command::MessagePull(MessagePull {
-        consumer_id: Some(consumer("ID:c-3:1", 1)),
-        destination: Some(OwDestination::queue("pulled")),
-        timeout: -1,
-        ..Default::default()
-    }))
-    .await;
+    c.write(&pull("ID:c-3:1", 1, "pulled", -1)).await;
     assert_eq!(body_of(&c.next().await), None);
 }
 
@@ -442,13 +418,7 @@ async fn absurd_timeouts_from_a_client_are_bounded_not_fatal() {
     assert!(matches!(c.next().await, Command::Response(_)));
     // A pull that would wait past the end of time.
     c.request(subscribe("ID:odd:1", 1, "odd", 0)).await;
-    c.write(&Command::MessagePull(MessagePull {
-        consumer_id: Some(consumer("ID:odd:1", 1)),
-        destination: Some(OwDestination::queue("odd")),
-        timeout: i64::MAX,
-        ..Default::default()
-    }))
-    .await;
+    c.write(&pull("ID:odd:1", 1, "odd", i64::MAX)).await;
     // The connection still serves: a message sent now answers the pull.
     let mut producer = Client::connected(&f, "ID:odd-producer:1").await;
     let answer = producer
