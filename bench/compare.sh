@@ -232,11 +232,12 @@ run_scenarios
   echo "client:  target/release/ferromq bench (STOMP), ${SIZE}-byte persistent messages, RECEIPT per send${BENCH_EXTRA:+, extra: $BENCH_EXTRA}"
   echo '```'
   echo
-  python3 - "$RESULTS/runs.jsonl" "$RESULTS/loads.jsonl" "$REPS" <<'PY'
-import json, statistics, sys
+  PYTHONPATH="$ROOT/bench" python3 - "$RESULTS/runs.jsonl" "$RESULTS/loads.jsonl" "$REPS" <<'PY'
+import sys
+from report import lines, load_table, results_table, summarize
 
-runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-loads = {l["scenario"]: l for l in (json.loads(x) for x in open(sys.argv[2]) if x.strip())}
+runs = lines(sys.argv[1])
+loads = {l["scenario"]: l for l in lines(sys.argv[2])}
 reps = sys.argv[3]
 names = {"sync": "1 producer, sync (-p 1 -w 1)",
          "conc": "16 producers (-p 16 -w 1)",
@@ -253,33 +254,9 @@ def figures(r):
             "per_fsync": n / r["broker_fsyncs"] if r.get("broker_fsyncs") else None,
             "ccpu": r["client_cpu_s"] / n * 1e6 if n else None}
 
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
+summary = summarize(runs, figures, ("sync", "conc", "drain"))
 
-def us(x):
-    if x is None: return "–"
-    return f"{x/1000:.1f} ms" if x >= 10000 else f"{x/1000:.2f} ms" if x >= 1000 else f"{x:.0f} µs"
-
-summary = {}
-for s in ("sync", "conc", "drain"):
-    for b in ("ferromq", "activemq"):
-        fs = [figures(r) for r in runs if r["scenario"] == s and r["broker"] == b]
-        if fs:
-            summary[(s, b)] = {k: med([f[k] for f in fs]) for k in fs[0]} | {"all": [f["rate"] for f in fs]}
-
-print(f"## Results (median of {reps} runs each, brokers alternating)\n")
-print("| scenario | ferromq msg/s | ActiveMQ msg/s | ratio | target | met | ferromq p50 / p99 | ActiveMQ p50 / p99 |")
-print("|---|---:|---:|---:|---:|:---:|---|---|")
-for s in ("sync", "conc", "drain"):
-    f, a = summary.get((s, "ferromq")), summary.get((s, "activemq"))
-    if not f and not a: continue
-    ratio = f["rate"] / a["rate"] if f and a and a["rate"] else None
-    met = "–" if ratio is None else ("yes" if ratio >= targets[s] else "**no**")
-    lat = lambda x: "–" if not x or x["p50"] is None else f"{us(x['p50'])} / {us(x['p99'])}"
-    rate = lambda x: "–" if not x else f"{x['rate']:,.0f}"
-    print(f"| {names[s]} | {rate(f)} | {rate(a)} | {'–' if ratio is None else f'{ratio:.2f}×'} "
-          f"| ≥ {targets[s]:g}× | {met} | {lat(f)} | {lat(a)} |")
+results_table(summary, names, targets, f"median of {reps} runs each, brokers alternating", skip_empty=True)
 print("\nLatency: send to RECEIPT, median over the runs of each run's p50 and p99. "
       "Drain: first SUBSCRIBE to last message received, ack auto, default prefetch.\n")
 
@@ -303,12 +280,7 @@ print("\nCPU µs/msg: CPU seconds (user + system, all threads) used during the r
       "running. msgs per fsync: messages confirmed per fsync/fdatasync call of the broker "
       "(perf tracepoints); for drain, messages consumed per fsync the broker made meanwhile.\n")
 
-print("### Load\n")
-print("| scenario | before | after | CPU busy before (others) |")
-print("|---|---|---|---:|")
-for s, l in loads.items():
-    strip = lambda u: u.split("load average:")[-1].strip()
-    print(f"| {s} | {strip(l['before'])} | {strip(l['after'])} | {l['busy_before_pct']}% |")
+load_table(loads)
 PY
 } | tee "$RESULTS/report.md"
 log "raw results in $RESULTS"

@@ -365,11 +365,9 @@ run_scenarios
   echo "         ${SIZE}-byte $([ "$MSG_TYPE" = text ] && echo TextMessage || echo BytesMessage), PERSISTENT, synchronous send; client warm-up $CLIENT_WARMUP msgs per run, broker warm-up $WARMUP"
   echo '```'
   echo
-  python3 - "$RESULTS/runs.jsonl" "$RESULTS/loads.jsonl" "$RESULTS/failures.jsonl" "$REPS" "$RESULTS/summary.json" <<'PY'
-import json, statistics, sys
-
-def lines(p):
-    return [json.loads(l) for l in open(p) if l.strip()]
+  PYTHONPATH="$ROOT/bench" python3 - "$RESULTS/runs.jsonl" "$RESULTS/loads.jsonl" "$RESULTS/failures.jsonl" "$REPS" "$RESULTS/summary.json" <<'PY'
+import json, sys
+from report import lines, load_table, results_table, summarize
 
 runs, loads, failures = lines(sys.argv[1]), lines(sys.argv[2]), lines(sys.argv[3])
 loads = {l["scenario"]: l for l in loads}
@@ -391,32 +389,9 @@ def figures(r):
             "per_fsync": n / r["broker_fsyncs"] if r.get("broker_fsyncs") else None,
             "ccpu": r["client_cpu_s"] / n * 1e6 if n and r.get("client_cpu_s") is not None else None}
 
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
+summary = summarize(runs, figures, ("sync", "conc", "drain", "fill"))
 
-def us(x):
-    if x is None: return "–"
-    return f"{x/1000:.1f} ms" if x >= 10000 else f"{x/1000:.2f} ms" if x >= 1000 else f"{x:.0f} µs"
-
-summary = {}
-for s in ("sync", "conc", "drain", "fill"):
-    for b in ("ferromq", "activemq"):
-        fs = [figures(r) for r in runs if r["scenario"] == s and r["broker"] == b]
-        if fs:
-            summary[(s, b)] = {k: med([f[k] for f in fs]) for k in fs[0]} | {"all": [f["rate"] for f in fs]}
-
-print(f"## Results (median of up to {reps} runs each, brokers alternating)\n")
-print("| scenario | ferromq msg/s | ActiveMQ msg/s | ratio | target | met | ferromq p50 / p99 | ActiveMQ p50 / p99 |")
-print("|---|---:|---:|---:|---:|:---:|---|---|")
-for s in ("sync", "conc", "drain"):
-    f, a = summary.get((s, "ferromq")), summary.get((s, "activemq"))
-    ratio = f["rate"] / a["rate"] if f and a and a["rate"] else None
-    met = "–" if ratio is None else ("yes" if ratio >= targets[s] else "**no**")
-    lat = lambda x: "–" if not x or x["p50"] is None else f"{us(x['p50'])} / {us(x['p99'])}"
-    rate = lambda x, b: (f"{x['rate']:,.0f}" if x else ("**failed**" if b in failed else "–"))
-    print(f"| {names[s]} | {rate(f, 'ferromq')} | {rate(a, 'activemq')} | {'–' if ratio is None else f'{ratio:.2f}×'} "
-          f"| ≥ {targets[s]:g}× | {met} | {lat(f)} | {lat(a)} |")
+results_table(summary, names, targets, f"median of up to {reps} runs each, brokers alternating", failed)
 keys = {"rate": "msgs_per_sec", "mbps": "mb_per_sec", "p50": "p50_us", "p99": "p99_us",
         "bcpu": "broker_cpu_us_per_msg", "ccpu": "client_cpu_us_per_msg", "per_fsync": "msgs_per_fsync",
         "all": "msgs_per_sec_each_run"}
@@ -456,12 +431,7 @@ print("\nCPU µs/msg: CPU seconds (user + system, all threads) used during the t
       "consumed per fsync the broker made meanwhile.\n")
 
 if loads:
-    print("### Load\n")
-    print("| scenario | before | after | CPU busy before (others) |")
-    print("|---|---|---|---:|")
-    for s, l in loads.items():
-        strip = lambda u: u.split("load average:")[-1].strip()
-        print(f"| {s} | {strip(l['before'])} | {strip(l['after'])} | {l['busy_before_pct']}% |")
+    load_table(loads)
 PY
 } | tee "$RESULTS/report.md"
 log "raw results in $RESULTS"
