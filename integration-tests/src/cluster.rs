@@ -270,6 +270,14 @@ impl Cluster {
         bail!("no single master by the deadline:\n{}", self.describe())
     }
 
+    /// `kill -9` of node `master`, then waits (until `deadline`) for another node to be master;
+    /// returns it, or panics saying which master was killed.
+    pub fn kill_master(&mut self, master: usize, deadline: Instant) -> usize {
+        self.kill9(master);
+        self.wait_for_new_master(master, deadline)
+            .unwrap_or_else(|e| panic!("after kill -9 of master {master}: {e:#}"))
+    }
+
     /// Waits until exactly one node other than `not` is master.
     pub fn wait_for_new_master(&self, not: usize, deadline: Instant) -> Result<usize> {
         let mut found = None;

@@ -401,10 +401,7 @@ fn master_killed_while_sending(version: ZkVersion) {
     );
     let before_kill = confirmed();
     let killed = Instant::now();
-    cluster.kill9(m0);
-    let m1 = cluster
-        .wait_for_new_master(m0, deadline(ELECTION))
-        .unwrap_or_else(|e| panic!("after kill -9 of master {m0}: {e:#}"));
+    let m1 = cluster.kill_master(m0, deadline(ELECTION));
     eprintln!(
         "{version:?}: node {m1} master {:?} after kill -9 of node {m0}",
         killed.elapsed()
@@ -659,10 +656,7 @@ fn paused_master_is_fenced(version: ZkVersion) {
         synced,
         "{version:?}: node {m} never caught up with node {n}"
     );
-    cluster.kill9(n);
-    let k = cluster
-        .wait_for_new_master(n, deadline(ELECTION))
-        .unwrap_or_else(|e| panic!("after kill -9 of master {n}: {e:#}"));
+    let k = cluster.kill_master(n, deadline(ELECTION));
     eprintln!("{version:?}: node {k} master after node {n} was killed (old master: node {m})");
     let counts = drain(&cluster, k, queue).expect("consuming");
     check_exactly_once(
@@ -794,10 +788,7 @@ fn restarted_slave_catches_up_zk38() {
         logs.join("\n")
     );
     sends.wait_more(100, ELECTION, "after the slave caught up");
-    cluster.kill9(m);
-    let n = cluster
-        .wait_for_new_master(m, deadline(ELECTION))
-        .unwrap_or_else(|e| panic!("after kill -9 of master {m}: {e:#}"));
+    let n = cluster.kill_master(m, deadline(ELECTION));
     sends.wait_more(100, ELECTION, "after the master was killed");
     let confirmed = sends.finish("slave catch-up");
     let counts = drain(&cluster, n, queue).expect("consuming from the new master");
@@ -946,10 +937,7 @@ fn divergent_tail_truncated_zk38() {
 
     // The old master's store serves again: kill the master, so that the old master and the
     // other node elect one of themselves.
-    cluster.kill9(n);
-    let k = cluster
-        .wait_for_new_master(n, deadline(ELECTION))
-        .unwrap_or_else(|e| panic!("after kill -9 of master {n}: {e:#}"));
+    let k = cluster.kill_master(n, deadline(ELECTION));
     eprintln!("node {k} master after node {n} was killed (old master: node {m})");
     let counts = drain(&cluster, k, queue).expect("consuming");
     check_exactly_once("divergent tail", &counts, &confirmed, &unconfirmed);
@@ -1079,10 +1067,7 @@ fn stomp_py_fails_over_zk38() {
         "stomp.py did not confirm its first messages (exit: {finished:?}); stderr:\n{}",
         errors.lock().unwrap().join("\n")
     );
-    cluster.kill9(m);
-    let n = cluster
-        .wait_for_new_master(m, deadline(ELECTION))
-        .unwrap_or_else(|e| panic!("after kill -9 of master {m}: {e:#}"));
+    let n = cluster.kill_master(m, deadline(ELECTION));
     eprintln!("node {n} master after node {m} was killed; stomp.py goes on");
     writeln!(stdin, "go").expect("writing to stomp.py");
     let done = wait_until(deadline(Duration::from_secs(180)), || {
@@ -1159,10 +1144,7 @@ fn openwire_java_clients_fail_over_exactly_once_zk38() {
     );
     let before_kill = producer.progress("SENT ");
     let killed = Instant::now();
-    cluster.kill9(m0);
-    let m1 = cluster
-        .wait_for_new_master(m0, deadline(ELECTION))
-        .unwrap_or_else(|e| panic!("after kill -9 of master {m0}: {e:#}"));
+    let m1 = cluster.kill_master(m0, deadline(ELECTION));
     eprintln!(
         "node {m1} master {:?} after kill -9 of node {m0} ({before_kill} sent before)",
         killed.elapsed()

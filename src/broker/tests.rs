@@ -17,6 +17,20 @@ async fn fixture(options: BrokerOptions) -> Fixture {
     Fixture { _dir: dir, broker }
 }
 
+/// A session that sent one persistent message "m" to `queue://q`, subscribed with prefetch 10,
+/// and received it as `d`.
+async fn one_delivered(f: &Fixture) -> (Session, UnboundedReceiver<Delivery>, Delivery) {
+    let (session, mut rx) = f.broker.open_session(None);
+    session
+        .send(&queue("q"), persistent("m"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    subscribe(&session, "s", queue("q"), 10);
+    let d = next(&mut rx).await;
+    (session, rx, d)
+}
+
 fn queue(name: &str) -> Destination {
     Destination::Queue(name.into())
 }
@@ -388,14 +402,7 @@ async fn a_deleted_destination_drops_its_unstored_messages_but_never_stored_or_u
 #[tokio::test]
 async fn a_jms_rollback_keeps_its_acknowledged_messages_delivered_to_the_consumer() {
     let f = fixture(BrokerOptions::default()).await;
-    let (session, mut rx) = f.broker.open_session(None);
-    session
-        .send(&queue("q"), persistent("m"), None)
-        .unwrap()
-        .await
-        .unwrap();
-    subscribe(&session, "s", queue("q"), 10);
-    let d = next(&mut rx).await;
+    let (session, mut rx, d) = one_delivered(&f).await;
     session.begin("tx").unwrap();
     session.ack(d.tag, AckScope::Single, Some("tx")).unwrap();
     session.rollback_keeping_deliveries("tx").unwrap();
@@ -413,14 +420,7 @@ async fn a_jms_rollback_keeps_its_acknowledged_messages_delivered_to_the_consume
 #[tokio::test]
 async fn client_side_redeliveries_count_when_the_message_comes_back() {
     let f = fixture(BrokerOptions::default()).await;
-    let (session, mut rx) = f.broker.open_session(None);
-    session
-        .send(&queue("q"), persistent("m"), None)
-        .unwrap()
-        .await
-        .unwrap();
-    subscribe(&session, "s", queue("q"), 10);
-    let d = next(&mut rx).await;
+    let (session, mut rx, d) = one_delivered(&f).await;
     assert_eq!(d.redelivery_count, 0);
     // The JMS client rolled it back twice and redelivered it itself.
     session.redelivered(d.tag);
