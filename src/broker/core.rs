@@ -101,6 +101,11 @@ pub(crate) struct Core {
     options: BrokerOptions,
     /// Set once the store failed: nothing more is accepted.
     failed: Option<String>,
+    /// A send or commit queued its record without waking the journal's writer: the caller must
+    /// run the flusher [`Core::take_flush`] hands out once the core's lock is released.
+    flush_due: bool,
+    /// How many waiting changes the last watermark move confirmed (concurrency of senders).
+    last_confirmed: usize,
     confirmed: Position,
     pending: VecDeque<Pending>,
     queues: HashMap<String, Queue>,
@@ -190,6 +195,8 @@ impl Core {
             epoch,
             options,
             failed: None,
+            flush_due: false,
+            last_confirmed: 0,
             pending: VecDeque::new(),
             queues: HashMap::new(),
             topics: HashMap::new(),
@@ -267,6 +274,40 @@ impl Core {
         &mut self,
         entries: Vec<crate::store::Entry>,
     ) -> Result<(Position, Position), BrokerError> {
+        self.append_waking(entries, true)
+    }
+
+    /// Like [`Core::append`] for a sender that waits for the confirmation: the journal's writer
+    /// is not woken, and the caller flushes (see [`Core::take_flush`]).
+    fn append_deferred(
+        &mut self,
+        entries: Vec<crate::store::Entry>,
+    ) -> Result<(Position, Position), BrokerError> {
+        self.append_waking(entries, false)
+    }
+
+    /// Who must write what a send or commit queued, once the core's lock is released: the
+    /// sender's own thread when it is the only one waiting for a confirmation and the last
+    /// confirmation was a lone one too (and no batch is being written, see `Flusher::flush`);
+    /// else the journal's writer thread, woken here, which batches concurrent senders without
+    /// blocking the threads that serve them.
+    pub fn take_flush(&mut self) -> Option<crate::store::Flusher> {
+        if !std::mem::take(&mut self.flush_due) {
+            return None;
+        }
+        let store = self.store.as_ref()?;
+        if self.pending.len() > 1 || self.last_confirmed > 1 {
+            store.wake_writer();
+            return None;
+        }
+        Some(store.flusher())
+    }
+
+    fn append_waking(
+        &mut self,
+        entries: Vec<crate::store::Entry>,
+        wake: bool,
+    ) -> Result<(Position, Position), BrokerError> {
         if let Some(reason) = &self.failed {
             return Err(BrokerError::StoreFailed(reason.clone()));
         }
@@ -277,7 +318,13 @@ impl Core {
             epoch: self.epoch,
             entries,
         };
-        match store.append(&record) {
+        let appended = if wake {
+            store.append(&record)
+        } else {
+            self.flush_due = true;
+            store.append_deferred(&record)
+        };
+        match appended {
             Ok(position) => Ok((position, store.end())),
             Err(error) => {
                 let reason = error.to_string();
@@ -337,7 +384,9 @@ impl Core {
         }
         self.confirmed = position;
         let mut touched = BTreeSet::new();
+        self.last_confirmed = 0;
         while self.pending.front().is_some_and(|p| p.end <= position) {
+            self.last_confirmed += 1;
             let pending = self.pending.pop_front().expect("checked non-empty");
             for p in pending.publish {
                 self.publish(p, &mut touched);
@@ -503,7 +552,7 @@ impl Core {
             self.publish_now(publish);
             return Ok(Confirmation::done());
         }
-        let (start, _) = self.append(entries)?;
+        let (start, _) = self.append_deferred(entries)?;
         Ok(self.wait_for(with_keys(publish, start, 0)))
     }
 
@@ -1378,7 +1427,7 @@ impl Core {
             self.publish_now(publish);
             return Ok(Confirmation::done());
         }
-        let (start, _) = self.append(entries)?;
+        let (start, _) = self.append_deferred(entries)?;
         for (p, index) in keyed {
             if let Publish::Queue(_, entry) = &mut publish[p] {
                 entry.key = Some(MessageKey::new(start, index));

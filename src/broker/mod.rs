@@ -389,13 +389,28 @@ pub struct Session {
 }
 
 impl Session {
+    /// Runs `f` on the core, then writes what it queued for the journal on this thread once
+    /// the lock is released, unless a batch is being written (see `Flusher::flush`): a
+    /// synchronous sender's confirmation is then usually resolved before it is awaited.
+    fn then_flush<T>(&self, f: impl FnOnce(&mut core::Core) -> T) -> T {
+        let (result, flush) = {
+            let mut core = lock(&self.shared);
+            let result = f(&mut core);
+            (result, core.take_flush())
+        };
+        if let Some(flusher) = flush {
+            flusher.flush();
+        }
+        result
+    }
+
     pub fn send(
         &self,
         destination: &Destination,
         message: NewMessage,
         transaction: Option<&str>,
     ) -> Result<Confirmation, BrokerError> {
-        lock(&self.shared).send(self.id, destination, message, transaction)
+        self.then_flush(|core| core.send(self.id, destination, message, transaction))
     }
 
     /// Starts a subscription; the confirmation resolves once a new durable subscription is
@@ -486,7 +501,7 @@ impl Session {
     }
 
     pub fn commit(&self, transaction: &str) -> Result<Confirmation, BrokerError> {
-        lock(&self.shared).commit(self.id, transaction)
+        self.then_flush(|core| core.commit(self.id, transaction))
     }
 
     /// Rolls back a transaction; the messages it acknowledged stay delivered, unacknowledged,

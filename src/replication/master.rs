@@ -19,8 +19,8 @@ use super::history::shared_prefix;
 use super::quorum::QuorumTracker;
 use super::wire::{self, envelope::Kind};
 use super::{
-    frame_epoch, read_message, socket_address, write_message, ReplicationError, HEARTBEAT_INTERVAL,
-    MAX_RECORDS_BYTES, PEER_TIMEOUT, READ_CHUNK,
+    frame_epoch, socket_address, write_message, MessageReader, ReplicationError,
+    HEARTBEAT_INTERVAL, MAX_RECORDS_BYTES, PEER_TIMEOUT, READ_CHUNK,
 };
 use crate::store::{EpochMark, JournalReader, Position, StoreError};
 
@@ -310,8 +310,9 @@ async fn serve_slave(
     node_name: &mut String,
 ) -> Result<(), ReplicationError> {
     stream.set_nodelay(true)?;
-    let (mut reader, mut writer) = stream.into_split();
-    let login = match timeout(PEER_TIMEOUT, read_message(&mut reader)).await {
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = MessageReader::new(reader);
+    let login = match timeout(PEER_TIMEOUT, reader.next()).await {
         Err(_) => return Err(ReplicationError::Timeout(PEER_TIMEOUT)),
         Ok(Ok(Some(Kind::Login(login)))) => login,
         Ok(Ok(None)) => return Ok(()),
@@ -450,11 +451,11 @@ async fn read_acks(
     shared: Arc<Shared>,
     node: String,
     id: u64,
-    mut reader: OwnedReadHalf,
+    mut reader: MessageReader<OwnedReadHalf>,
     sent: Arc<AtomicU64>,
 ) -> Result<(), ReplicationError> {
     loop {
-        let message = match timeout(PEER_TIMEOUT, read_message(&mut reader)).await {
+        let message = match timeout(PEER_TIMEOUT, reader.next()).await {
             Err(_) => return Err(ReplicationError::Timeout(PEER_TIMEOUT)),
             Ok(message) => message?,
         };
@@ -522,6 +523,11 @@ fn read_chunk(
     Ok(Chunk::Frames(buf.freeze()))
 }
 
+/// Up to this many bytes behind the written end, the stream reads on its own task: they were
+/// written moments ago and are in the page cache. Older ranges (a catch-up) are read on the
+/// blocking pool, where a read from the disk stalls nobody.
+const TAIL_READ: usize = 256 << 10;
+
 /// Streams the journal from `next` for as long as the connection lasts: whatever is written is
 /// read in big chunks and sent at once, never waiting for acks.
 async fn stream_journal(
@@ -538,10 +544,16 @@ async fn stream_journal(
         written.borrow_and_update();
         let limit = shared.reader.written();
         if next < limit {
-            let reader = shared.reader.clone();
-            let chunk = tokio::task::spawn_blocking(move || read_chunk(&reader, next, limit))
-                .await
-                .map_err(|e| ReplicationError::Protocol(format!("journal read task: {e}")))??;
+            let chunk = if limit.0 - next.0 <= TAIL_READ as u64 {
+                // Just written, so in the page cache: a thread hand-off would cost more than
+                // the read.
+                read_chunk(&shared.reader, next, limit)?
+            } else {
+                let reader = shared.reader.clone();
+                tokio::task::spawn_blocking(move || read_chunk(&reader, next, limit))
+                    .await
+                    .map_err(|e| ReplicationError::Protocol(format!("journal read task: {e}")))??
+            };
             match chunk {
                 Chunk::Frames(frames) => {
                     let mut offset = 0;

@@ -116,35 +116,64 @@ async fn write_message<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// The next message; `None` at a clean end of stream (between messages).
-async fn read_message<R: AsyncRead + Unpin>(
-    reader: &mut R,
-) -> Result<Option<Kind>, ReplicationError> {
-    let mut header = [0u8; 4];
-    let mut filled = 0;
-    while filled < 4 {
-        let n = reader.read(&mut header[filled..]).await?;
-        if n == 0 {
-            if filled == 0 {
-                return Ok(None);
-            }
-            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+/// Reads replication messages from a socket through a buffer that lives across calls, so
+/// [`MessageReader::next`] is cancel-safe (a `select!` may drop it: nothing read is lost) and
+/// one read takes every message that has arrived.
+struct MessageReader<R> {
+    reader: R,
+    buffer: BytesMut,
+}
+
+/// What one read asks for at least.
+const READ_BUFFER: usize = 64 << 10;
+
+impl<R: AsyncRead + Unpin> MessageReader<R> {
+    fn new(reader: R) -> MessageReader<R> {
+        MessageReader {
+            reader,
+            buffer: BytesMut::new(),
         }
-        filled += n;
     }
-    let len = u32::from_le_bytes(header) as usize;
-    if len > MAX_MESSAGE_LEN {
-        return Err(ReplicationError::Protocol(format!(
-            "message of {len} bytes exceeds the limit of {MAX_MESSAGE_LEN}"
-        )));
+
+    /// The next message; `None` when the peer closed the connection between messages.
+    async fn next(&mut self) -> Result<Option<Kind>, ReplicationError> {
+        loop {
+            if let Some(kind) = self.parse()? {
+                return Ok(Some(kind));
+            }
+            self.buffer.reserve(READ_BUFFER);
+            if self.reader.read_buf(&mut self.buffer).await? == 0 {
+                if self.buffer.is_empty() {
+                    return Ok(None);
+                }
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+        }
     }
-    let mut body = BytesMut::zeroed(len);
-    reader.read_exact(&mut body).await?;
-    let envelope = wire::Envelope::decode(body.freeze())
-        .map_err(|e| ReplicationError::Protocol(format!("undecodable message: {e}")))?;
-    match envelope.kind {
-        Some(kind) => Ok(Some(kind)),
-        None => Err(ReplicationError::Protocol("empty message".into())),
+
+    /// Takes one whole message off the buffer, if there is one.
+    fn parse(&mut self) -> Result<Option<Kind>, ReplicationError> {
+        let Some(header) = self.buffer.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_le_bytes(header.try_into().expect("4 bytes")) as usize;
+        if len > MAX_MESSAGE_LEN {
+            return Err(ReplicationError::Protocol(format!(
+                "message of {len} bytes exceeds the limit of {MAX_MESSAGE_LEN}"
+            )));
+        }
+        if self.buffer.len() < 4 + len {
+            self.buffer.reserve(4 + len - self.buffer.len());
+            return Ok(None);
+        }
+        self.buffer.advance(4);
+        let body = self.buffer.split_to(len).freeze();
+        let envelope = wire::Envelope::decode(body)
+            .map_err(|e| ReplicationError::Protocol(format!("undecodable message: {e}")))?;
+        match envelope.kind {
+            Some(kind) => Ok(Some(kind)),
+            None => Err(ReplicationError::Protocol("empty message".into())),
+        }
     }
 }
 

@@ -5,13 +5,13 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::{interval, timeout, MissedTickBehavior};
 use tracing::{debug, error, info};
 
 use super::wire::{self, envelope::Kind};
 use super::{
-    read_message, socket_address, whole_frames, write_message, ReplicationError, CONNECT_TIMEOUT,
+    socket_address, whole_frames, write_message, MessageReader, ReplicationError, CONNECT_TIMEOUT,
     HEARTBEAT_INTERVAL, PEER_TIMEOUT,
 };
 use crate::store::{Position, Store};
@@ -72,7 +72,8 @@ pub async fn run_slave(
         .await
         .map_err(|_| ReplicationError::Timeout(CONNECT_TIMEOUT))??;
     stream.set_nodelay(true)?;
-    let (mut reader, mut writer) = stream.into_split();
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = MessageReader::new(reader);
     let login = wire::Login {
         node: options.node.clone(),
         security_token: options.security_token.clone(),
@@ -89,7 +90,7 @@ pub async fn run_slave(
             .collect(),
     };
     write_message(&mut writer, Kind::Login(login)).await?;
-    let accepted = match timeout(PEER_TIMEOUT, read_message(&mut reader)).await {
+    let accepted = match timeout(PEER_TIMEOUT, reader.next()).await {
         Err(_) => return Err(ReplicationError::Timeout(PEER_TIMEOUT)),
         Ok(Ok(Some(Kind::Accepted(accepted)))) => accepted,
         Ok(Ok(Some(Kind::Refused(refused)))) => {
@@ -158,18 +159,6 @@ pub async fn run_slave(
     let mut caught_up = false;
     let mut pending = BytesMut::new();
 
-    let (sender, mut messages) = mpsc::channel(16);
-    let read_task = tokio::spawn(async move {
-        loop {
-            let message = read_message(&mut reader).await;
-            let end = !matches!(message, Ok(Some(_)));
-            if sender.send(message).await.is_err() || end {
-                return;
-            }
-        }
-    });
-    let _read_task = AbortOnDrop(read_task);
-
     let mut acked = Position(0);
     let mut tick = interval(HEARTBEAT_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -196,11 +185,12 @@ pub async fn run_slave(
             );
         }
         tokio::select! {
-            message = messages.recv() => {
+            // Cancel-safe: what a dropped `next` read stays in the reader's buffer.
+            message = reader.next() => {
                 let message = match message {
-                    None | Some(Ok(None)) => return Ok(exit(ExitCause::Closed, caught_up, store)),
-                    Some(Err(e)) => return Err(e),
-                    Some(Ok(Some(message))) => message,
+                    Ok(None) => return Ok(exit(ExitCause::Closed, caught_up, store)),
+                    Err(e) => return Err(e),
+                    Ok(Some(message)) => message,
                 };
                 last_heard = Instant::now();
                 match message {
@@ -276,13 +266,5 @@ pub async fn run_slave(
                 write_message(&mut writer, Kind::Ack(wire::Ack { position: acked.0 })).await?;
             }
         }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

@@ -29,19 +29,28 @@
 //! order of appends either way. With fsync on, or on the append path of a master (whose
 //! durable callback takes the broker core's lock), it is never used.
 //!
+//! Inline batches: a synchronous sender's append would wake this thread, which writes and
+//! fsyncs and then wakes the sender's task: two thread hand-offs, which on this project's
+//! 2-vCPU machines cost about as much as the write itself. [`Journal::append_deferred`] queues
+//! without waking the thread; the caller then runs [`Flusher::flush`] (after releasing the
+//! broker core's lock, which the durable callback takes). If no batch is being written the
+//! caller writes, fsyncs and reports the queue itself, under the writer's mutex; otherwise the
+//! thread or caller writing the current batch takes the queue when it is done. Commands leave
+//! the queue only under that mutex, so they are written in queue order whoever writes them.
+//!
 //! Released segments: a segment in the middle of the journal that the store releases is
 //! truncated to zero bytes but keeps its name (a *tombstone*), so that recovery can tell a
 //! released range from a lost file: a zero-length file that is not the last one covers the
 //! positions up to the next file. Tombstones at the front, or right after another tombstone,
 //! carry no information and are deleted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::sync::{mpsc, Arc, Condvar, Mutex, RwLock, TryLockError};
 use std::thread::JoinHandle;
 
 use bytes::{Bytes, BytesMut};
@@ -232,8 +241,10 @@ struct Shared {
     released: AtomicU64,
     failed: AtomicBool,
     failure: Mutex<Option<String>>,
-    /// Commands sent to the writer thread and not yet handled (see direct writes).
-    queued: std::sync::atomic::AtomicUsize,
+    /// Commands for the writer, in order; taken only by whoever holds the writer's mutex.
+    inbox: Mutex<Inbox>,
+    /// Wakes the writer thread.
+    ready: Condvar,
     /// The written end, for replication (updated after each write, before the fsync).
     written_watch: tokio::sync::watch::Sender<Position>,
     /// Tests: the writer stops without writing anything more (a killed process).
@@ -252,11 +263,42 @@ impl Shared {
         ))
     }
 
+    /// Queues `command` for the writer; `wake` wakes the writer thread for it (else the caller
+    /// runs [`Flusher::flush`] next).
+    fn push(&self, command: Command, wake: bool) -> Result<(), ()> {
+        let mut inbox = self.inbox.lock().unwrap();
+        if inbox.closed {
+            return Err(());
+        }
+        inbox.commands.push_back(command);
+        drop(inbox);
+        if wake {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Wakes the writer thread if commands wait (after a batch written by another thread, whose
+    /// mutex is released: see [`Flusher::flush`]).
+    fn hand_over(&self) {
+        if !self.inbox.lock().unwrap().commands.is_empty() {
+            self.ready.notify_one();
+        }
+    }
+
     fn fail(&self, message: String) {
         error!("journal failed, no further appends are accepted: {message}");
         *self.failure.lock().unwrap() = Some(message);
         self.failed.store(true, Ordering::Release);
     }
+}
+
+/// The writer's queue.
+#[derive(Default)]
+struct Inbox {
+    commands: VecDeque<Command>,
+    /// The journal is closing: the thread ends once the queue is empty.
+    closed: bool,
 }
 
 enum Command {
@@ -285,13 +327,51 @@ enum Command {
     },
     /// Tests: block the writer until the sender side is dropped.
     #[cfg(test)]
-    Hold(mpsc::Receiver<()>),
+    Hold {
+        /// Told once the writer holds its mutex and waits.
+        held: mpsc::Sender<()>,
+        wait: mpsc::Receiver<()>,
+    },
+}
+
+/// Writes what [`Journal::append_deferred`] queued (see inline batches in the module docs).
+#[derive(Clone)]
+pub struct Flusher {
+    state: Arc<Mutex<Writer>>,
+    shared: Arc<Shared>,
+}
+
+impl Flusher {
+    /// Writes and (with fsync on) syncs every queued command on this thread, reporting the
+    /// durable end through the callback, if no batch is being written; otherwise leaves them to
+    /// the thread writing it, which looks at the queue again once its batch is done. Blocks for
+    /// one batch at most. Must not be called while holding a lock the durable callback takes.
+    pub fn flush(&self) {
+        let mut writer = match self.state.try_lock() {
+            Ok(writer) => writer,
+            Err(TryLockError::WouldBlock) => return,
+            Err(TryLockError::Poisoned(_)) => {
+                self.shared.ready.notify_one();
+                return;
+            }
+        };
+        if self.shared.failed.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = writer.handle_queued() {
+            self.shared.fail(e.to_string());
+        }
+        drop(writer);
+        // Whatever was queued while this batch was written (its senders found the mutex taken)
+        // goes to the thread. Looked at after the unlock: a sender that found the mutex free
+        // writes its own.
+        self.shared.hand_over();
+    }
 }
 
 /// The caller's handle: assigns positions and hands frames to the writer thread.
 pub struct Journal {
     shared: Arc<Shared>,
-    sender: Option<mpsc::Sender<Command>>,
     writer: Option<JoinHandle<()>>,
     /// The writer's state, locked by its thread for each batch and by direct writes.
     state: Arc<Mutex<Writer>>,
@@ -357,12 +437,12 @@ impl Journal {
             released: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
-            queued: std::sync::atomic::AtomicUsize::new(0),
+            inbox: Mutex::new(Inbox::default()),
+            ready: Condvar::new(),
             written_watch: tokio::sync::watch::channel(Position(recovery.end)).0,
             #[cfg(test)]
             crashed: AtomicBool::new(false),
         });
-        let (sender, receiver) = mpsc::channel();
         let writer = Writer {
             shared: shared.clone(),
             fsync: options.fsync,
@@ -384,11 +464,10 @@ impl Journal {
         let thread_state = state.clone();
         let writer = std::thread::Builder::new()
             .name("ferromq-journal".into())
-            .spawn(move || Writer::run(&thread_state, receiver))
+            .spawn(move || Writer::run(&thread_state))
             .map_err(io_error("spawn writer thread for", &directory))?;
         Ok(Journal {
             shared,
-            sender: Some(sender),
             writer: Some(writer),
             state,
             fsync: options.fsync,
@@ -402,8 +481,19 @@ impl Journal {
     }
 
     /// Encodes `record`, assigns it the current end as its position and queues it for the
-    /// writer. Never blocks on I/O.
+    /// writer thread. Never blocks on I/O.
     pub fn append(&mut self, record: &Record) -> Result<Appended, StoreError> {
+        self.append_waking(record, true)
+    }
+
+    /// Like [`Journal::append`] but leaves the writer thread asleep: the caller must run
+    /// [`Flusher::flush`] soon after, once it holds no lock the durable callback takes (see
+    /// inline batches in the module docs).
+    pub fn append_deferred(&mut self, record: &Record) -> Result<Appended, StoreError> {
+        self.append_waking(record, false)
+    }
+
+    fn append_waking(&mut self, record: &Record, wake: bool) -> Result<Appended, StoreError> {
         self.check_failed()?;
         let len = encoded_body_len(record);
         if len > MAX_RECORD_LEN {
@@ -414,7 +504,7 @@ impl Journal {
         }
         encode_frame(record, &mut self.encode_buffer);
         let bytes = self.encode_buffer.split().freeze();
-        self.push(bytes)
+        self.push(bytes, wake)
     }
 
     /// Appends a frame received from elsewhere (a slave copying its master): `position` must be
@@ -444,10 +534,10 @@ impl Journal {
             }
             Err(cause) => return Err(StoreError::InvalidFrame { position, cause }),
         }
-        self.push(frame)
+        self.push(frame, true)
     }
 
-    fn push(&mut self, bytes: Bytes) -> Result<Appended, StoreError> {
+    fn push(&mut self, bytes: Bytes, wake: bool) -> Result<Appended, StoreError> {
         let len = bytes.len() as u64;
         let position = self.end;
         let current_len = position - self.current_start;
@@ -469,7 +559,7 @@ impl Journal {
         if self.direct {
             self.handle_directly(command)?;
         } else {
-            self.send(command)?;
+            self.send_waking(command, wake)?;
         }
         self.end += len;
         Ok(Appended {
@@ -480,15 +570,13 @@ impl Journal {
     }
 
     fn send(&self, command: Command) -> Result<(), StoreError> {
-        self.shared.queued.fetch_add(1, Ordering::AcqRel);
-        let sent = self.sender.as_ref().map(|s| s.send(command));
-        match sent {
-            Some(Ok(())) => Ok(()),
-            _ => {
-                self.shared.queued.fetch_sub(1, Ordering::AcqRel);
-                Err(self.writer_gone())
-            }
-        }
+        self.send_waking(command, true)
+    }
+
+    fn send_waking(&self, command: Command, wake: bool) -> Result<(), StoreError> {
+        self.shared
+            .push(command, wake)
+            .map_err(|()| self.writer_gone())
     }
 
     /// Handles `command` on this thread (see direct writes in the module docs), or sends it to
@@ -496,7 +584,8 @@ impl Journal {
     fn handle_directly(&mut self, command: Command) -> Result<(), StoreError> {
         let mut writer = self.state.lock().unwrap();
         self.check_failed()?;
-        if self.shared.queued.load(Ordering::Acquire) > 0 {
+        // Commands leave the queue only under the writer's mutex, which this thread holds.
+        if !self.shared.inbox.lock().unwrap().commands.is_empty() {
             drop(writer);
             return self.send(command);
         }
@@ -532,6 +621,19 @@ impl Journal {
         self.request(|reply| Command::SetFsync { on, reply })?;
         self.fsync = on;
         Ok(())
+    }
+
+    /// A handle that writes queued appends on the caller's thread when the writer is idle.
+    pub fn flusher(&self) -> Flusher {
+        Flusher {
+            state: self.state.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Wakes the writer thread for what [`Journal::append_deferred`] queued.
+    pub fn wake_writer(&self) {
+        self.shared.ready.notify_one();
     }
 
     /// Why the writer thread no longer answers.
@@ -742,7 +844,9 @@ impl Journal {
     #[cfg(test)]
     pub(crate) fn hold_writer(&self) -> mpsc::Sender<()> {
         let (guard, wait) = mpsc::channel();
-        self.send(Command::Hold(wait)).unwrap();
+        let (held, entered) = mpsc::channel();
+        self.send(Command::Hold { held, wait }).unwrap();
+        entered.recv().unwrap();
         guard
     }
 
@@ -759,7 +863,8 @@ impl Journal {
     }
 
     pub(crate) fn shutdown(&mut self) -> Result<(), StoreError> {
-        self.sender.take();
+        self.shared.inbox.lock().unwrap().closed = true;
+        self.shared.ready.notify_all();
         if let Some(writer) = self.writer.take() {
             if writer.join().is_err() {
                 self.shared.fail("writer thread panicked".into());
@@ -1107,29 +1212,43 @@ impl Drop for Writer {
 }
 
 impl Writer {
-    /// The writer thread: takes the state for each batch of queued commands.
-    fn run(state: &Mutex<Writer>, receiver: mpsc::Receiver<Command>) {
+    /// The writer thread: sleeps until commands are queued, then takes the state and handles
+    /// them. Ends when the journal closes (after the last queued command) or fails.
+    fn run(state: &Mutex<Writer>) {
         let shared = state.lock().unwrap().shared.clone();
-        while let Ok(first) = receiver.recv() {
-            let mut writer = state.lock().unwrap();
-            let mut next = Some(first);
-            let mut handled = 0;
-            while let Some(command) = next.take() {
-                handled += 1;
-                if let Err(e) = writer.handle(command) {
-                    shared.fail(e.to_string());
-                    return;
+        loop {
+            {
+                let mut inbox = shared.inbox.lock().unwrap();
+                while inbox.commands.is_empty() {
+                    if inbox.closed {
+                        return;
+                    }
+                    inbox = shared.ready.wait(inbox).unwrap();
                 }
-                if writer.buffer.len() >= MAX_BATCH_BYTES {
-                    break;
-                }
-                next = receiver.try_recv().ok();
             }
-            let finished = writer.finish_batch();
-            shared.queued.fetch_sub(handled, Ordering::AcqRel);
-            if let Err(e) = finished {
+            let mut writer = state.lock().unwrap();
+            if let Err(e) = writer.handle_queued() {
                 shared.fail(e.to_string());
                 return;
+            }
+        }
+    }
+
+    /// Handles every queued command: one write and one fsync per batch of up to
+    /// [`MAX_BATCH_BYTES`], the durable end reported after each. Runs under the writer's mutex
+    /// (the only place commands leave the queue, so they are handled in queue order).
+    fn handle_queued(&mut self) -> Result<(), StoreError> {
+        loop {
+            // What was queued while these were handled joins the same batch.
+            let commands = std::mem::take(&mut self.shared.inbox.lock().unwrap().commands);
+            if commands.is_empty() {
+                return self.finish_batch();
+            }
+            for command in commands {
+                self.handle(command)?;
+                if self.buffer.len() >= MAX_BATCH_BYTES {
+                    self.finish_batch()?;
+                }
             }
         }
     }
@@ -1183,7 +1302,8 @@ impl Writer {
                 }
             }
             #[cfg(test)]
-            Command::Hold(wait) => {
+            Command::Hold { held, wait } => {
+                let _ = held.send(());
                 let _ = wait.recv();
             }
         }
@@ -1892,6 +2012,44 @@ mod tests {
         wait_durable(&rx, journal.end());
         journal.close().unwrap();
         let (journal, _rx) = open(dir.path(), log_size, false);
+        assert_eq!(all_records(&journal), expected);
+    }
+
+    #[test]
+    fn deferred_appends_are_written_by_the_flushing_caller_or_the_busy_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, rx) = open(dir.path(), 1 << 20, true);
+        let flusher = journal.flusher();
+        let mut expected = Vec::new();
+        for n in 0..3 {
+            let appended = journal.append_deferred(&record(n, 100)).unwrap();
+            expected.push((appended.position, record(n, 100)));
+        }
+        let caller = std::thread::current().id();
+        flusher.flush();
+        // Written, synced and reported before flush returned: by this thread, in one batch.
+        assert_eq!(journal.stats().durable, journal.end());
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![journal.end()]);
+        assert_eq!(std::thread::current().id(), caller);
+        assert_eq!(journal.stats().fsyncs, 1);
+
+        // While another batch is being written, flush leaves the queue to its writer, which
+        // takes it once that batch is done, in order.
+        let hold = journal.hold_writer();
+        let queued = journal.append(&record(3, 100)).unwrap();
+        expected.push((queued.position, record(3, 100)));
+        let deferred = journal.append_deferred(&record(4, 100)).unwrap();
+        expected.push((deferred.position, record(4, 100)));
+        flusher.flush();
+        assert!(
+            journal.stats().durable < journal.end(),
+            "nothing written yet"
+        );
+        drop(hold);
+        wait_durable(&rx, journal.end());
+        assert_eq!(all_records(&journal), expected);
+        journal.close().unwrap();
+        let (journal, _rx) = open(dir.path(), 1 << 20, true);
         assert_eq!(all_records(&journal), expected);
     }
 

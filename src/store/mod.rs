@@ -32,8 +32,8 @@ use std::path::PathBuf;
 use tracing::{error, info, warn};
 
 pub use journal::{
-    Appended, DurableCallback, Frames, Journal, JournalOptions, JournalReader, JournalStats,
-    Records, SegmentInfo,
+    Appended, DurableCallback, Flusher, Frames, Journal, JournalOptions, JournalReader,
+    JournalStats, Records, SegmentInfo,
 };
 pub use record::{
     entry, BodyType, Entry, EpochStart, FrameError, Header, Message, MessageAdd, MessageKey,
@@ -317,11 +317,32 @@ impl Store {
     /// the record started a new segment the store may append one of its own right behind it
     /// (see the module docs); waiting for that end is harmless (same batch).
     pub fn append(&mut self, record: &Record) -> Result<Position, StoreError> {
+        self.append_waking(record, true)
+    }
+
+    /// Like [`Store::append`], but the journal's writer thread is not woken: the caller must
+    /// run [`Flusher::flush`] of [`Store::flusher`] once it holds no lock the durable callback
+    /// takes. A synchronous sender then writes its own record, saving two thread hand-offs.
+    pub fn append_deferred(&mut self, record: &Record) -> Result<Position, StoreError> {
+        self.append_waking(record, false)
+    }
+
+    /// Writes what [`Store::append_deferred`] queued.
+    pub fn flusher(&self) -> Flusher {
+        self.journal.flusher()
+    }
+
+    /// Leaves what [`Store::append_deferred`] queued to the journal's writer thread.
+    pub fn wake_writer(&self) {
+        self.journal.wake_writer();
+    }
+
+    fn append_waking(&mut self, record: &Record, wake: bool) -> Result<Position, StoreError> {
         if record.entries.len() > MAX_ENTRIES {
             return Err(StoreError::TooManyEntries(record.entries.len()));
         }
         let mut ops = Vec::new();
-        let appended = self.append_record(record, &mut ops)?;
+        let appended = self.append_record(record, wake, &mut ops)?;
         if appended.new_segment {
             self.forward_stale(&mut ops);
         }
@@ -333,9 +354,14 @@ impl Store {
     fn append_record(
         &mut self,
         record: &Record,
+        wake: bool,
         ops: &mut Vec<index::IndexOp>,
     ) -> Result<Appended, StoreError> {
-        let appended = self.journal.append(record)?;
+        let appended = if wake {
+            self.journal.append(record)?
+        } else {
+            self.journal.append_deferred(record)?
+        };
         self.epochs.note(appended.position, record.epoch);
         if appended.new_segment {
             self.state.segment_started(appended.position);
@@ -353,7 +379,7 @@ impl Store {
             let at = if forward.record.entries.is_empty() {
                 None
             } else {
-                match self.append_record(&forward.record, ops) {
+                match self.append_record(&forward.record, true, ops) {
                     Ok(appended) => {
                         self.forwarded_records += 1;
                         Some(appended.position)
