@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -92,6 +92,10 @@ struct Durable {
     active: Option<u64>,
 }
 
+/// A session writes its own sends' records (inline) only after it was the only sender for this
+/// long; see [`Core::take_flush`].
+const SOLE_SENDER_FOR: Duration = Duration::from_millis(10);
+
 pub(crate) struct Core {
     /// `None` once the core is closed (this node stopped being the master).
     store: Option<Store>,
@@ -104,8 +108,9 @@ pub(crate) struct Core {
     /// A send or commit queued its record without waking the journal's writer: the caller must
     /// run the flusher [`Core::take_flush`] hands out once the core's lock is released.
     flush_due: bool,
-    /// How many waiting changes the last watermark move confirmed (concurrency of senders).
-    last_confirmed: usize,
+    /// The session of the last send or commit, and when the one before it was another's.
+    last_sender: u64,
+    senders_mixed_at: Instant,
     confirmed: Position,
     pending: VecDeque<Pending>,
     queues: HashMap<String, Queue>,
@@ -196,7 +201,8 @@ impl Core {
             options,
             failed: None,
             flush_due: false,
-            last_confirmed: 0,
+            last_sender: 0,
+            senders_mixed_at: Instant::now(),
             pending: VecDeque::new(),
             queues: HashMap::new(),
             topics: HashMap::new(),
@@ -286,17 +292,24 @@ impl Core {
         self.append_waking(entries, false)
     }
 
-    /// Who must write what a send or commit queued, once the core's lock is released: the
-    /// sender's own thread when it is the only one waiting for a confirmation and the last
-    /// confirmation was a lone one too (and no batch is being written, see `Flusher::flush`);
-    /// else the journal's writer thread, woken here, which batches concurrent senders without
-    /// blocking the threads that serve them.
-    pub fn take_flush(&mut self) -> Option<crate::store::Flusher> {
+    /// Who must write what `session`'s send or commit queued, once the core's lock is released:
+    /// the sender's own thread when it is the only one waiting for a confirmation and no other
+    /// session sent for [`SOLE_SENDER_FOR`] (and no batch is being written, see
+    /// `Flusher::flush`); else the journal's writer thread, woken here, which batches
+    /// concurrent senders. Concurrent senders must not write inline: a runtime thread blocked in
+    /// an fsync does not read the other connections' sends, which would then arrive one by one
+    /// and each pay an fsync of its own.
+    pub fn take_flush(&mut self, session: u64) -> Option<crate::store::Flusher> {
         if !std::mem::take(&mut self.flush_due) {
             return None;
         }
+        let now = Instant::now();
+        if session != self.last_sender {
+            self.last_sender = session;
+            self.senders_mixed_at = now;
+        }
         let store = self.store.as_ref()?;
-        if self.pending.len() > 1 || self.last_confirmed > 1 {
+        if self.pending.len() > 1 || now.duration_since(self.senders_mixed_at) < SOLE_SENDER_FOR {
             store.wake_writer();
             return None;
         }
@@ -384,9 +397,7 @@ impl Core {
         }
         self.confirmed = position;
         let mut touched = BTreeSet::new();
-        self.last_confirmed = 0;
         while self.pending.front().is_some_and(|p| p.end <= position) {
-            self.last_confirmed += 1;
             let pending = self.pending.pop_front().expect("checked non-empty");
             for p in pending.publish {
                 self.publish(p, &mut touched);

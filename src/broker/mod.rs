@@ -396,7 +396,7 @@ impl Session {
         let (result, flush) = {
             let mut core = lock(&self.shared);
             let result = f(&mut core);
-            (result, core.take_flush())
+            (result, core.take_flush(self.id))
         };
         if let Some(flusher) = flush {
             flusher.flush();

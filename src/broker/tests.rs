@@ -457,3 +457,69 @@ async fn wildcard_subscriptions_are_refused_by_name() {
     // Names that merely contain the characters are plain names.
     subscribe(&session, "ok", queue("a*b.c>d"), 10);
 }
+
+#[tokio::test]
+async fn a_lone_sender_writes_its_own_records_and_concurrent_senders_leave_them_to_the_journal() {
+    // A broker whose durable reports say which thread wrote the batch.
+    let dir = tempfile::tempdir().unwrap();
+    let writers = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = watch::channel(Position(0));
+    let seen = writers.clone();
+    let (store, recovered) = Store::open(
+        crate::store::StoreOptions {
+            directory: dir.path().to_path_buf(),
+            log_size: 1 << 20,
+            fsync: false,
+        },
+        Box::new(move |p| {
+            seen.lock().unwrap().push(std::thread::current().id());
+            let _ = tx.send(p);
+        }),
+    )
+    .unwrap();
+    let epoch = recovered.epoch + 1;
+    let broker =
+        Broker::start(store, recovered, Some(rx), epoch, BrokerOptions::default()).unwrap();
+    let this_thread = std::thread::current().id();
+    let (a, _ra) = broker.open_session(None);
+    let (b, _rb) = broker.open_session(None);
+
+    // Once `a` has been the only sender for a while, its records are written by the thread
+    // that sends them, before `send` returns.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut sent = 0;
+    loop {
+        sent += 1;
+        writers.lock().unwrap().clear();
+        let confirmation = a.send(&queue("q"), persistent("a"), None).unwrap();
+        let inline = *writers.lock().unwrap() == [this_thread];
+        confirmation.await.unwrap();
+        if inline {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a lone sender does not write its own records"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Another session sends: from now on (for a while) the journal's writer thread writes.
+    for (n, session) in [&b, &a, &b].into_iter().enumerate() {
+        writers.lock().unwrap().clear();
+        session
+            .send(&queue("q"), persistent(&format!("mixed {n}")), None)
+            .unwrap()
+            .await
+            .unwrap();
+        let written_by = writers.lock().unwrap().clone();
+        assert!(
+            !written_by.contains(&this_thread),
+            "send {n}: {written_by:?}"
+        );
+    }
+    assert_eq!(
+        broker.queue_depth("queue://q"),
+        sent + 3,
+        "every send confirmed"
+    );
+}

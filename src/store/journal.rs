@@ -271,17 +271,29 @@ impl Shared {
             return Err(());
         }
         inbox.commands.push_back(command);
+        let notify = wake && inbox.sleeping;
         drop(inbox);
-        if wake {
+        if notify {
             self.ready.notify_one();
         }
         Ok(())
     }
 
+    /// Wakes the writer thread if it sleeps.
+    fn wake(&self) {
+        let sleeping = self.inbox.lock().unwrap().sleeping;
+        if sleeping {
+            self.ready.notify_one();
+        }
+    }
+
     /// Wakes the writer thread if commands wait (after a batch written by another thread, whose
     /// mutex is released: see [`Flusher::flush`]).
     fn hand_over(&self) {
-        if !self.inbox.lock().unwrap().commands.is_empty() {
+        let inbox = self.inbox.lock().unwrap();
+        let notify = inbox.sleeping && !inbox.commands.is_empty();
+        drop(inbox);
+        if notify {
             self.ready.notify_one();
         }
     }
@@ -299,6 +311,8 @@ struct Inbox {
     commands: VecDeque<Command>,
     /// The journal is closing: the thread ends once the queue is empty.
     closed: bool,
+    /// The writer thread waits for commands (only then is a wake-up worth a system call).
+    sleeping: bool,
 }
 
 enum Command {
@@ -633,7 +647,7 @@ impl Journal {
 
     /// Wakes the writer thread for what [`Journal::append_deferred`] queued.
     pub fn wake_writer(&self) {
-        self.shared.ready.notify_one();
+        self.shared.wake();
     }
 
     /// Why the writer thread no longer answers.
@@ -1223,7 +1237,9 @@ impl Writer {
                     if inbox.closed {
                         return;
                     }
+                    inbox.sleeping = true;
                     inbox = shared.ready.wait(inbox).unwrap();
+                    inbox.sleeping = false;
                 }
             }
             let mut writer = state.lock().unwrap();
