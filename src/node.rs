@@ -10,6 +10,7 @@
 //! with node, epoch and position.
 
 use std::future::Future;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -19,7 +20,7 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::election::{Election, ElectionConfig, LogState, Role};
 use crate::replication::{self, MasterOptions, ReplicationMaster, SlaveOptions};
-use crate::server::{broker_options, open_store, Listeners, Mode};
+use crate::server::{broker_options, open_store_with, Listeners, Mode};
 use crate::store::{Position, Store};
 
 /// How long a slave waits before it dials its master again after a lost connection.
@@ -28,7 +29,8 @@ const SLAVE_RETRY: Duration = Duration::from_millis(200);
 /// Runs this node as a member of its cluster until `shutdown` resolves.
 pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let node = config.broker.name.clone();
-    let kept = open_kept(&config, false).await?;
+    let hook = DurableHook::default();
+    let kept = open_kept(&config, false, &hook).await?;
     let log = log_state(&kept.store);
     let listeners = Listeners::bind(
         &config,
@@ -65,6 +67,7 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
         listeners,
         log,
         kept: Some(kept),
+        hook,
     };
     let result = tokio::select! {
         result = lifecycle.run() => result,
@@ -98,14 +101,35 @@ struct KeptStore {
     fsync: bool,
 }
 
-async fn open_kept(config: &Config, fsync: bool) -> anyhow::Result<KeptStore> {
-    let (durable_tx, durable) = watch::channel(Position(0));
-    let (store, _) = open_store(config, fsync, durable_tx).await?;
+async fn open_kept(config: &Config, fsync: bool, hook: &DurableHook) -> anyhow::Result<KeptStore> {
+    let (store, _, durable) = open_hooked(config, fsync, hook).await?;
     Ok(KeptStore {
         store,
         durable,
         fsync,
     })
+}
+
+/// Whom the durable callback of every store this node opens tells, besides its watch: while
+/// this node is master, its replication master's own-position input (so the quorum watermark,
+/// and the broker core, move on the thread that wrote the batch, with no task hand-off).
+type DurableHook = Arc<RwLock<Option<Box<dyn Fn(Position) + Send + Sync>>>>;
+
+async fn open_hooked(
+    config: &Config,
+    fsync: bool,
+    hook: &DurableHook,
+) -> anyhow::Result<(Store, crate::store::Recovered, watch::Receiver<Position>)> {
+    let (durable_tx, durable) = watch::channel(Position(0));
+    let hook = hook.clone();
+    let on_durable = Box::new(move |position: Position| {
+        durable_tx.send_replace(position);
+        if let Some(hook) = hook.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            hook(position);
+        }
+    });
+    let (store, recovered) = open_store_with(config, fsync, on_durable).await?;
+    Ok((store, recovered, durable))
 }
 
 /// This node's identity among the slaves of a master: every node of a cluster shares the
@@ -148,6 +172,7 @@ struct Lifecycle {
     log: LogState,
     /// The store left open by the previous role (a slave's or the first open), if any.
     kept: Option<KeptStore>,
+    hook: DurableHook,
 }
 
 impl Lifecycle {
@@ -224,13 +249,16 @@ impl Lifecycle {
             config.replication.advertised_hostname(),
             replication.local_addr().port()
         );
-        let broker = Broker::start(
-            store,
-            recovered,
-            Some(confirmed),
-            epoch,
-            broker_options(config),
-        )?;
+        // The core is confirmed directly by whoever moves the quorum watermark (an ack reader,
+        // or the writer of the master's own batch through the hook), not through `confirmed`.
+        drop(confirmed);
+        let broker = Broker::start(store, recovered, None, epoch, broker_options(config))?;
+        let core = broker.downgrade();
+        replication.on_confirmed(Box::new(move |position| core.confirm(position)));
+        *self.hook.write().unwrap_or_else(|p| p.into_inner()) =
+            Some(Box::new(replication.held_locally()));
+        // Whatever was confirmed before the core was reachable.
+        broker.confirm(replication.confirmed());
         self.election.set_role_info("master", Some(epoch));
         self.election.publish_master_address(&address).await;
         tracing::info!(node = %config.broker.name, epoch, %address, "replication listener published");
@@ -254,6 +282,7 @@ impl Lifecycle {
         self.listeners.set_mode(Mode::Refuse(
             "not the master: this node stepped down".into(),
         ));
+        *self.hook.write().unwrap_or_else(|p| p.into_inner()) = None;
         let store = broker.close("this node is no longer the master");
         replication.stop();
         if let Some(store) = store {
@@ -377,7 +406,7 @@ impl Lifecycle {
                 }
             }
         }
-        open_kept(&self.config, fsync).await
+        open_kept(&self.config, fsync, &self.hook).await
     }
 
     /// The store and recovered state a master starts from: the open store of the previous
@@ -396,8 +425,6 @@ impl Lifecycle {
                 }
             }
         }
-        let (durable_tx, durable_rx) = watch::channel(Position(0));
-        let (store, recovered) = open_store(&self.config, fsync, durable_tx).await?;
-        Ok((store, recovered, durable_rx))
+        open_hooked(&self.config, fsync, &self.hook).await
     }
 }

@@ -114,25 +114,9 @@ pub struct Node {
     pub listeners: Listeners,
 }
 
-/// Opens the store in `config.store.directory`; `durable` receives its durable end.
-pub(crate) async fn open_store(
-    config: &Config,
-    fsync: bool,
-    durable: watch::Sender<Position>,
-) -> anyhow::Result<(Store, Recovered)> {
-    open_store_with(
-        config,
-        fsync,
-        Box::new(move |position| {
-            durable.send_replace(position);
-        }),
-    )
-    .await
-}
-
 /// Opens the store with `on_durable` called (on the journal's writer thread) with each new
 /// durable end.
-async fn open_store_with(
+pub(crate) async fn open_store_with(
     config: &Config,
     fsync: bool,
     on_durable: crate::store::DurableCallback,

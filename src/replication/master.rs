@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
@@ -64,13 +64,19 @@ struct Shared {
     written: watch::Receiver<Position>,
     tracker: Mutex<QuorumTracker>,
     confirmed: watch::Sender<Position>,
+    /// Told each new confirmed watermark on the thread that moved it (see
+    /// [`ReplicationMaster::on_confirmed`]).
+    on_confirmed: OnceLock<ConfirmedCallback>,
     slaves: Mutex<HashMap<String, SlaveEntry>>,
     next_id: AtomicU64,
 }
 
+/// See [`ReplicationMaster::on_confirmed`].
+pub type ConfirmedCallback = Box<dyn Fn(Position) + Send + Sync>;
+
 impl Shared {
     fn publish(&self, confirmed: Position) {
-        self.confirmed.send_if_modified(|current| {
+        let moved = self.confirmed.send_if_modified(|current| {
             if confirmed > *current {
                 *current = confirmed;
                 true
@@ -78,6 +84,16 @@ impl Shared {
                 false
             }
         });
+        if moved {
+            if let Some(callback) = self.on_confirmed.get() {
+                callback(confirmed);
+            }
+        }
+    }
+
+    fn held_locally(&self, position: Position) {
+        let confirmed = self.tracker.lock().unwrap().set_local(position);
+        self.publish(confirmed);
     }
 
     /// The master's history, its own epoch included: if the caller's history lacks it, its
@@ -189,6 +205,7 @@ impl ReplicationMaster {
             written,
             tracker: Mutex::new(tracker),
             confirmed: confirmed_tx,
+            on_confirmed: OnceLock::new(),
             slaves: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         });
@@ -203,8 +220,7 @@ impl ReplicationMaster {
             tokio::spawn(async move {
                 while local_held.changed().await.is_ok() {
                     let position = *local_held.borrow_and_update();
-                    let confirmed = shared.tracker.lock().unwrap().set_local(position);
-                    shared.publish(confirmed);
+                    shared.held_locally(position);
                 }
             })
         };
@@ -245,6 +261,27 @@ impl ReplicationMaster {
     /// The current confirmed watermark.
     pub fn confirmed(&self) -> Position {
         *self.shared.confirmed.borrow()
+    }
+
+    /// Has `callback` told every later move of the confirmed watermark at once, on the thread
+    /// that moved it (an ack reader, or whoever reports the master's own position through
+    /// [`ReplicationMaster::held_locally`]): the broker core is then confirmed without a task
+    /// hand-off. The watch returned by [`ReplicationMaster::start`] still moves as well. The
+    /// callback must not call back into this master. Set once; later calls are ignored.
+    pub fn on_confirmed(&self, callback: ConfirmedCallback) {
+        let _ = self.shared.on_confirmed.set(callback);
+    }
+
+    /// A function reporting the master's own held position directly (from the store's durable
+    /// callback), as the `local_held` watch of [`ReplicationMaster::start`] does a task
+    /// hand-off later.
+    pub fn held_locally(&self) -> impl Fn(Position) + Send + Sync + 'static {
+        let shared = Arc::downgrade(&self.shared);
+        move |position| {
+            if let Some(shared) = shared.upgrade() {
+                shared.held_locally(position);
+            }
+        }
     }
 
     /// Closes the listener and every slave connection.
