@@ -178,7 +178,7 @@ jms() {
   if [ "$scenario" != - ]; then
     # The client opens these around its timed phase only (warm-up and JVM start excluded).
     measure=(--broker-pid "${PID[$broker]}")
-    if [ "$PERF_FSYNC" = 1 ]; then
+    if [ "$COUNTING" = 1 ]; then
       rm -f "$WORK/perf.ctl" "$WORK/perf.ack"
       mkfifo "$WORK/perf.ctl" "$WORK/perf.ack"
       perf stat -x, -D -1 --control "fifo:$WORK/perf.ctl,$WORK/perf.ack" \
@@ -214,9 +214,9 @@ jms() {
     read -r wall cu cs < <(tail -1 "$timing")
     jq -c --arg b "$broker" --arg s "$scenario" --argjson r "$rep" \
        --argjson ccpu "$(awk -v u="$cu" -v s="$cs" 'BEGIN { print u + s }')" --argjson wall "$wall" \
-       --arg load "$(load1)" --argjson fsyncs "$fsyncs" \
+       --arg load "$(load1)" --argjson fsyncs "$fsyncs" --argjson counting "$COUNTING" \
        '{broker: $b, scenario: $s, rep: $r, broker_cpu_s: .window.broker_cpu_s,
-         client_cpu_s: .window.client_cpu_s, broker_fsyncs: $fsyncs,
+         client_cpu_s: .window.client_cpu_s, broker_fsyncs: $fsyncs, counting: ($counting == 1),
          client_process_cpu_s: $ccpu, client_process_wall_s: $wall, load1_after: ($load | tonumber),
          result: .}' \
        <<< "$result" >> "$RESULTS/runs.jsonl"
@@ -367,9 +367,9 @@ run_scenarios
   echo
   PYTHONPATH="$ROOT/bench" python3 - "$RESULTS/runs.jsonl" "$RESULTS/loads.jsonl" "$RESULTS/failures.jsonl" "$REPS" "$RESULTS/summary.json" <<'PY'
 import json, sys
-from report import lines, load_table, results_table, summarize
+from report import add_fsync_counts, lines, load_table, results_table, summarize, timed_and_counted
 
-runs, loads, failures = lines(sys.argv[1]), lines(sys.argv[2]), lines(sys.argv[3])
+(runs, counted), loads, failures = timed_and_counted(lines(sys.argv[1])), lines(sys.argv[2]), lines(sys.argv[3])
 loads = {l["scenario"]: l for l in loads}
 reps = sys.argv[4]
 names = {"sync": "1 producer, sync (--producers 1)",
@@ -390,6 +390,7 @@ def figures(r):
             "ccpu": r["client_cpu_s"] / n * 1e6 if n and r.get("client_cpu_s") is not None else None}
 
 summary = summarize(runs, figures, ("sync", "conc", "drain", "fill"))
+add_fsync_counts(summary, counted, figures)
 
 results_table(summary, names, targets, f"median of up to {reps} runs each, brokers alternating", failed)
 keys = {"rate": "msgs_per_sec", "mbps": "mb_per_sec", "p50": "p50_us", "p99": "p99_us",
@@ -427,7 +428,8 @@ for s in ("sync", "conc", "drain", "fill"):
 print("\nCPU µs/msg: CPU seconds (user + system, all threads) used during the timed phase only "
       "(warm-up and JVM start excluded), per message; broker from /proc/PID/stat (10 ms ticks), "
       "client from its JVM. msgs per fsync: messages per fsync/fdatasync call the broker made during "
-      "the timed phase (perf tracepoints enabled by the client around it); for drain, messages "
+      "the timed phase of one more run of each scenario, not among the timed ones (perf tracepoints "
+      "enabled by the client around it: they slow every system call); for drain, messages "
       "consumed per fsync the broker made meanwhile.\n")
 
 if loads:

@@ -24,6 +24,19 @@ def us(x):
     return f"{x/1000:.1f} ms" if x >= 10000 else f"{x/1000:.2f} ms" if x >= 1000 else f"{x:.0f} µs"
 
 
+def timed_and_counted(runs):
+    """The timed runs, and {(scenario, broker): the untimed run that counted fsyncs}."""
+    return ([r for r in runs if not r.get("counting")],
+            {(r["scenario"], r["broker"]): r for r in runs if r.get("counting")})
+
+
+def add_fsync_counts(summary, counted, figures):
+    """Messages per fsync from the counting runs (timed runs are never counted, see
+    count_fsyncs in bench/lib.sh)."""
+    for key, x in summary.items():
+        x["per_fsync"] = figures(counted[key])["per_fsync"] if key in counted else None
+
+
 def summarize(runs, figures, scenarios):
     """{(scenario, broker): median of each figure, plus "all": every run's rate}."""
     summary = {}
