@@ -28,7 +28,7 @@
 //! not woken per append: it is told when the queue becomes non-empty, then applies whatever is
 //! written every [`FLUSH_INTERVAL`] in one write batch, while anything is queued.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -561,16 +561,16 @@ impl Worker {
             };
             match command {
                 Command::Apply { ops, end } => {
-                    let mut batch = WriteBatch::default();
+                    let mut batch = Coalesced::default();
                     let mut count = ops.len();
                     let mut end = end;
-                    add_ops(&mut batch, ops);
+                    batch.add(ops);
                     while count < MAX_BATCH_OPS {
                         match receiver.try_recv() {
                             Ok(Command::Apply { ops, end: later }) => {
                                 count += ops.len();
                                 end = later;
-                                add_ops(&mut batch, ops);
+                                batch.add(ops);
                             }
                             Ok(other) => {
                                 next = Some(other);
@@ -579,9 +579,7 @@ impl Worker {
                             Err(_) => break,
                         }
                     }
-                    batch.put(META_VERSION, &INDEX_VERSION.to_be_bytes());
-                    batch.put(META_END, &end.0.to_be_bytes());
-                    self.write(batch, next.is_none());
+                    self.write(batch.into_batch(end), next.is_none());
                 }
                 // The queue just became non-empty: its operations are applied at the next
                 // tick (the `recv_timeout` above), together with whatever follows, rather
@@ -625,13 +623,11 @@ impl Worker {
         let Some(&(_, end)) = taken.last() else {
             return;
         };
-        let mut batch = WriteBatch::default();
+        let mut batch = Coalesced::default();
         for (ops, _) in taken {
-            add_ops(&mut batch, ops);
+            batch.add(ops);
         }
-        batch.put(META_VERSION, &INDEX_VERSION.to_be_bytes());
-        batch.put(META_END, &end.0.to_be_bytes());
-        self.write(batch, true);
+        self.write(batch.into_batch(end), true);
     }
 
     /// Writes a batch (never synced: the journal is what is durable); hands LevelDB's buffer to
@@ -682,12 +678,35 @@ impl Worker {
     }
 }
 
-fn add_ops(batch: &mut WriteBatch, ops: Vec<IndexOp>) {
-    for op in ops {
-        match op {
-            IndexOp::Put(key, value) => batch.put(&key, &value),
-            IndexOp::Delete(key) => batch.delete(&key),
+/// The operations of consecutive records, reduced to each key's last one (the state a batch
+/// leaves depends on nothing else): a message stored and consumed within one batch costs one
+/// delete, a producer's sequence raised by a hundred sends one put. LevelDB's memtable insert is
+/// the index thread's main cost, and the same on every node of a cluster.
+#[derive(Default)]
+struct Coalesced(HashMap<Vec<u8>, Option<Vec<u8>>>);
+
+impl Coalesced {
+    fn add(&mut self, ops: Vec<IndexOp>) {
+        for op in ops {
+            match op {
+                IndexOp::Put(key, value) => self.0.insert(key, Some(value)),
+                IndexOp::Delete(key) => self.0.insert(key, None),
+            };
         }
+    }
+
+    /// One write batch, recording that the index now covers the journal up to `end`.
+    fn into_batch(self, end: Position) -> WriteBatch {
+        let mut batch = WriteBatch::default();
+        for (key, value) in self.0 {
+            match value {
+                Some(value) => batch.put(&key, &value),
+                None => batch.delete(&key),
+            }
+        }
+        batch.put(META_VERSION, &INDEX_VERSION.to_be_bytes());
+        batch.put(META_END, &end.0.to_be_bytes());
+        batch
     }
 }
 
@@ -718,6 +737,34 @@ fn sync_tree(directory: &Path) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_keeps_each_keys_last_operation_only() {
+        let key = |n: u64| message_key("q", MessageKey(n));
+        let mut batch = Coalesced::default();
+        batch.add(vec![
+            IndexOp::Put(key(1), vec![]),
+            IndexOp::Put(key(2), vec![]),
+            IndexOp::Put(b"p".to_vec(), vec![1]),
+        ]);
+        batch.add(vec![
+            IndexOp::Delete(key(1)),
+            IndexOp::Put(b"p".to_vec(), vec![2]),
+            IndexOp::Delete(key(3)),
+            IndexOp::Put(key(3), vec![7]),
+        ]);
+        let mut left: Vec<_> = batch.0.into_iter().collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![
+                (key(1), None),
+                (key(2), Some(vec![])),
+                (key(3), Some(vec![7])),
+                (b"p".to_vec(), Some(vec![2])),
+            ]
+        );
+    }
 
     #[test]
     fn keys_of_one_queue_are_contiguous_and_ordered_by_message_key() {

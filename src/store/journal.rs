@@ -2,9 +2,10 @@
 //!
 //! Owns the segment files `<first position as 16 hex digits>.log` in the store directory and the
 //! `journal.lock` file that keeps a second process out. Positions are assigned synchronously by
-//! [`Journal`] (the caller's handle); the bytes go over a channel to one writer thread that
-//! writes each batch with one write per segment, calls `fdatasync` once per batch (group commit)
-//! and then reports the durable end through the callback given at open.
+//! [`Journal`] (the caller's handle); the bytes go to a queue that one writer thread (or, for
+//! inline batches, the appending caller) writes: one write per segment for each batch, one
+//! `fdatasync` per batch (group commit), then the durable end is reported through the callback
+//! given at open.
 //!
 //! It must never: report a position durable before its bytes are fsynced (when fsync is on);
 //! retry a failed write or fsync (the journal stops instead); interpret records beyond checking
