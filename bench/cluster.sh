@@ -108,11 +108,20 @@ record_load() { # SCENARIO BUSY BEFORE AFTER
 }
 
 # Members as a JSON array (the znode data of each).
-members() { "$B" status --zk-address "$ZK" --json 2>/dev/null | awk '{ $1 = ""; print }' | jq -s -c . ; }
+# The members' znode JSON, each with its znode name added as "znode".
+members() {
+  "$B" status --zk-address "$ZK" --json 2>/dev/null \
+    | while read -r name json; do jq -c --arg z "$name" '. + {znode: $z}' <<< "$json"; done | jq -s -c .
+}
+# jq: the elected master's znode entry. As in ActiveMQ, the coordinator (the member with the
+# lowest sequence, not necessarily the master) announces the elected member's id in its
+# "elected" field; the elected member's znode name ends with that id.
+ELECTED_MASTER='(map(.elected | select(. != null)) | .[0]) as $e
+  | map(select($e != null and .role == "master" and (.znode | endswith($e))))'
 # The node number (1..3) serving as master, or nothing.
 master_node() {
   local port
-  port=$(members | jq -r '.[] | select(.role == "master" and .elected != null) | .client_address' | sed 's/.*://' | head -1)
+  port=$(members | jq -r "$ELECTED_MASTER | .[].client_address" | sed 's/.*://' | head -1)
   [ -n "$port" ] && echo $((port - CLIENT_PORT_BASE + 1))
 }
 node_pid() { cat "$CLUSTER_DIR/node$1/broker.pid"; }
@@ -129,13 +138,25 @@ wait_log() { # N OFFSET PATTERN T
     sleep 0.2
   done
 }
+# What an unhealthy cluster looked like: the members as the health check read them, the
+# status table, and each node's log (the cluster directory itself is deleted after a run).
+unhealthy_evidence() {
+  local dir; dir="$RESULTS/unhealthy-$(date -u +%H%M%S)"
+  mkdir -p "$dir"
+  members > "$dir/members.json" 2>&1 || true
+  "$B" status --zk-address "$ZK" --json > "$dir/status.json" 2> "$dir/status.err" || true
+  "$B" status --zk-address "$ZK" >&2 || true
+  for i in 1 2 3; do cp "$CLUSTER_DIR/node$i/broker.log" "$dir/node$i.log" 2>/dev/null || true; done
+  log "evidence in $dir"
+}
+
 # Waits until one master and two slaves of its epoch are registered.
 wait_healthy() {
   local deadline=$(( $(date +%s) + ${1:-60} ))
-  until members | jq -e '(map(select(.role == "master" and .elected != null)) | length == 1) and
-        (map(select(.role == "slave")) | length == 2) and
-        ((map(select(.role == "master")) | .[0].epoch) as $e | all(.[]; .master_epoch == $e))' > /dev/null 2>&1; do
-    [ "$(date +%s)" -ge "$deadline" ] && { log "cluster not healthy after ${1:-60}s"; "$B" status --zk-address "$ZK" >&2 || true; return 1; }
+  until members | jq -e "($ELECTED_MASTER | length == 1) and
+        (map(select(.role == \"slave\")) | length == 2) and
+        ((map(select(.role == \"master\")) | .[0].epoch) as \$e | all(.[]; .master_epoch == \$e))" > /dev/null 2>&1; do
+    [ "$(date +%s)" -ge "$deadline" ] && { log "cluster not healthy after ${1:-60}s"; unhealthy_evidence; return 1; }
     sleep 0.3
   done
 }

@@ -26,7 +26,9 @@
 //! journal has written those records (its written watermark covers them), so the index never
 //! gets ahead of the journal: after a process crash it is caught up, not rebuilt. The thread is
 //! not woken per append: it is told when the queue becomes non-empty, then applies whatever is
-//! written every [`FLUSH_INTERVAL`] in one write batch, while anything is queued.
+//! written every [`FLUSH_INTERVAL`] in one write batch, while anything is queued. A batch keeps
+//! each key's last operation only ([`Coalesced`]): the state it leaves is the same, and the
+//! memtable inserts it saves are the thread's main cost.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
