@@ -38,6 +38,9 @@
 //! caller writes, fsyncs and reports the queue itself, under the writer's mutex; otherwise the
 //! thread or caller writing the current batch takes the queue when it is done. Commands leave
 //! the queue only under that mutex, so they are written in queue order whoever writes them.
+//! The price: the caller's thread (a runtime worker) blocks for one batch's `fdatasync`; should
+//! the disk stall, that worker's other tasks wait with it (the runtime's other workers steal
+//! what is queued), where the writer thread alone used to wait.
 //!
 //! Released segments: a segment in the middle of the journal that the store releases is
 //! truncated to zero bytes but keeps its name (a *tombstone*), so that recovery can tell a
