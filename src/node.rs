@@ -240,7 +240,7 @@ impl Lifecycle {
             store.reader(),
             store.history(),
             store.written_watch(),
-            durable_rx,
+            *durable_rx.borrow(),
         )
         .await
         .context("opening the replication listener")?;
@@ -252,12 +252,15 @@ impl Lifecycle {
         // The core is confirmed directly by whoever moves the quorum watermark (an ack reader,
         // or the writer of the master's own batch through the hook), not through `confirmed`.
         drop(confirmed);
-        let broker = Broker::start(store, recovered, None, epoch, broker_options(config))?;
+        let broker = Broker::start(store, recovered, epoch, broker_options(config))?;
         let core = broker.downgrade();
         replication.on_confirmed(Box::new(move |position| core.confirm(position)));
         *self.hook.write().unwrap_or_else(|p| p.into_inner()) =
             Some(Box::new(replication.held_locally()));
-        // Whatever was confirmed before the core was reachable.
+        // Whatever became durable before the hook was set (the callback sends the watch before
+        // it calls the hook, so nothing is missed), then whatever was confirmed before the core
+        // was reachable.
+        replication.held_locally()(*durable_rx.borrow());
         broker.confirm(replication.confirmed());
         self.election.set_role_info("master", Some(epoch));
         self.election.publish_master_address(&address).await;

@@ -14,15 +14,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
-
-use crate::broker::{Broker, BrokerOptions, WeakBroker};
+use crate::broker::{Broker, BrokerOptions, ConfirmLater};
 use crate::config::{Config, ConnectorScheme};
 use crate::protocol::openwire::session::{self as openwire, OpenWireOptions};
 use crate::protocol::stomp::session::{self as stomp, StompOptions};
 use crate::protocol::{detect, Detected};
-use crate::store::{Position, Recovered, Store, StoreOptions};
+use crate::store::{Recovered, Store, StoreOptions};
 use tokio::task::JoinSet;
 
 /// How long a new connection may take to send enough bytes to tell its protocol.
@@ -147,20 +144,13 @@ impl Node {
     pub async fn start(config: &Config) -> anyhow::Result<Node> {
         // Standalone, "confirmed" is "durable": the journal's writer thread confirms directly
         // into the core, which saves a task wake-up on every synchronous send.
-        let core: Arc<OnceLock<WeakBroker>> = Arc::new(OnceLock::new());
-        let durable = Arc::new(AtomicU64::new(0));
-        let on_durable = {
-            let core = core.clone();
-            let durable = durable.clone();
-            Box::new(move |position: Position| {
-                durable.fetch_max(position.0, Ordering::AcqRel);
-                if let Some(core) = core.get() {
-                    core.confirm(position);
-                }
-            })
-        };
-        let (store, recovered) =
-            open_store_with(config, config.store.sync.fsync_locally(), on_durable).await?;
+        let confirm = ConfirmLater::default();
+        let (store, recovered) = open_store_with(
+            config,
+            config.store.sync.fsync_locally(),
+            confirm.callback(),
+        )
+        .await?;
         let epoch = recovered.epoch + 1;
         let messages: usize = recovered.queues.iter().map(|(_, m)| m.len()).sum();
         tracing::info!(
@@ -171,10 +161,8 @@ impl Node {
             messages,
             "role change: standalone master"
         );
-        let broker = Broker::start(store, recovered, None, epoch, broker_options(config))?;
-        let _ = core.set(broker.downgrade());
-        // Whatever became durable before the core was reachable.
-        broker.confirm(Position(durable.load(Ordering::Acquire)));
+        let broker = Broker::start(store, recovered, epoch, broker_options(config))?;
+        confirm.attach(&broker);
         let listeners = Listeners::bind(config, Mode::Serve(broker.clone())).await?;
         Ok(Node { broker, listeners })
     }

@@ -6,8 +6,8 @@
 //! - protocol sessions call [`Session`] methods and read [`Delivery`]s from their receiver;
 //! - every durable change becomes one write-ahead [`Record`](crate::store::Record) appended to
 //!   the [`Store`];
-//! - the confirmed watermark (a `watch` of [`Position`]) says how far the journal is held as the
-//!   `sync` policy requires; only then does a persistent message become visible to consumers and
+//! - the confirmed watermark ([`Broker::confirm`], a [`Position`]) says how far the journal is
+//!   held as the `sync` policy requires; only then does a persistent message become visible to consumers and
 //!   its sender's [`Confirmation`] resolve.
 //!
 //! It must never know about STOMP, OpenWire or ZooKeeper, and never confirms a persistent change
@@ -17,11 +17,12 @@ mod core;
 mod queue;
 pub mod selector;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{Message, Position, Recovered, Store};
 
@@ -246,13 +247,13 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts the core on a recovered store. `confirmed` reports how far the journal is held
-    /// as the `sync` policy requires (for a standalone node: the store's durable watermark).
+    /// Starts the core on a recovered store. How far the journal is held as the `sync` policy
+    /// requires is reported through [`Broker::confirm`] or [`WeakBroker::confirm`], on the
+    /// thread that learns it (standalone: the store's durable callback, see [`ConfirmLater`]).
     /// `epoch` is the epoch this node writes under; an epoch-start record is appended first.
     pub fn start(
         store: Store,
         recovered: Recovered,
-        confirmed: Option<watch::Receiver<Position>>,
         epoch: u64,
         options: BrokerOptions,
     ) -> Result<Broker, BrokerError> {
@@ -261,23 +262,6 @@ impl Broker {
         let broker = Broker {
             shared: Arc::new(Mutex::new(core)),
         };
-        // Apply confirmed watermarks as they come; a watch coalesces bursts into one lock.
-        // Without a watch the caller confirms through `confirm`.
-        let weak = Arc::downgrade(&broker.shared);
-        if let Some(mut confirmed) = confirmed {
-            tokio::spawn(async move {
-                loop {
-                    let position = *confirmed.borrow_and_update();
-                    match weak.upgrade() {
-                        Some(shared) => lock(&shared).on_confirmed(position),
-                        None => return,
-                    }
-                    if confirmed.changed().await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
         let weak = Arc::downgrade(&broker.shared);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(sweep);
@@ -313,20 +297,20 @@ impl Broker {
     /// under the next epoch.
     #[cfg(test)]
     pub(crate) fn start_for_tests(dir: &std::path::Path, options: BrokerOptions) -> Broker {
-        let (tx, rx) = watch::channel(Position(0));
+        let confirm = ConfirmLater::default();
         let (store, recovered) = Store::open(
             crate::store::StoreOptions {
                 directory: dir.to_path_buf(),
                 log_size: 1 << 20,
                 fsync: false,
             },
-            Box::new(move |p| {
-                let _ = tx.send(p);
-            }),
+            confirm.callback(),
         )
         .unwrap();
         let epoch = recovered.epoch + 1;
-        Broker::start(store, recovered, Some(rx), epoch, options).unwrap()
+        let broker = Broker::start(store, recovered, epoch, options).unwrap();
+        confirm.attach(&broker);
+        broker
     }
 
     /// Stops serving: waiting confirmations fail with [`BrokerError::NotMaster`], later requests
@@ -335,7 +319,7 @@ impl Broker {
         lock(&self.shared).close(reason)
     }
 
-    /// The confirmed watermark moved to `position` (when started without a watch).
+    /// The confirmed watermark moved to `position`.
     pub fn confirm(&self, position: Position) {
         lock(&self.shared).on_confirmed(position);
     }
@@ -366,6 +350,37 @@ impl Broker {
 
 /// See [`Broker::downgrade`].
 pub struct WeakBroker(std::sync::Weak<Mutex<core::Core>>);
+
+/// A store's durable callback that confirms the core of a standalone node, which is started
+/// after the store is open: until [`ConfirmLater::attach`] it remembers the durable end. It
+/// confirms on the journal's writer thread (or an inline batch's writer), with no task hand-off.
+#[derive(Default, Clone)]
+pub struct ConfirmLater {
+    core: Arc<OnceLock<WeakBroker>>,
+    durable: Arc<AtomicU64>,
+}
+
+impl ConfirmLater {
+    /// The callback to open the store with.
+    pub fn callback(&self) -> crate::store::DurableCallback {
+        let this = self.clone();
+        Box::new(move |position: Position| this.durable(position))
+    }
+
+    /// A durable end reported by the store.
+    pub fn durable(&self, position: Position) {
+        self.durable.fetch_max(position.0, Ordering::AcqRel);
+        if let Some(core) = self.core.get() {
+            core.confirm(position);
+        }
+    }
+
+    /// Confirms `broker` from now on, and at once with whatever became durable before.
+    pub fn attach(&self, broker: &Broker) {
+        let _ = self.core.set(broker.downgrade());
+        broker.confirm(Position(self.durable.load(Ordering::Acquire)));
+    }
+}
 
 impl WeakBroker {
     /// Like [`Broker::confirm`]; does nothing once the core is gone.

@@ -463,8 +463,8 @@ async fn a_lone_sender_writes_its_own_records_and_concurrent_senders_leave_them_
     // A broker whose durable reports say which thread wrote the batch.
     let dir = tempfile::tempdir().unwrap();
     let writers = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = watch::channel(Position(0));
-    let seen = writers.clone();
+    let confirm = ConfirmLater::default();
+    let (seen, confirming) = (writers.clone(), confirm.clone());
     let (store, recovered) = Store::open(
         crate::store::StoreOptions {
             directory: dir.path().to_path_buf(),
@@ -473,13 +473,13 @@ async fn a_lone_sender_writes_its_own_records_and_concurrent_senders_leave_them_
         },
         Box::new(move |p| {
             seen.lock().unwrap().push(std::thread::current().id());
-            let _ = tx.send(p);
+            confirming.durable(p);
         }),
     )
     .unwrap();
     let epoch = recovered.epoch + 1;
-    let broker =
-        Broker::start(store, recovered, Some(rx), epoch, BrokerOptions::default()).unwrap();
+    let broker = Broker::start(store, recovered, epoch, BrokerOptions::default()).unwrap();
+    confirm.attach(&broker);
     let this_thread = std::thread::current().id();
     let (a, _ra) = broker.open_session(None);
     let (b, _rb) = broker.open_session(None);

@@ -175,8 +175,9 @@ impl ReplicationMaster {
     ///   the epoch's start is looked up in the journal);
     /// - `written`: [`Store::written_watch`](crate::store::Store::written_watch), so records go
     ///   out while the master's own fsync runs;
-    /// - `local_held`: the master's own held position (its durable end: after fsync when the
-    ///   sync policy asks the master to fsync).
+    /// - `local_held`: the master's own held position now (its durable end: after fsync when
+    ///   the sync policy asks the master to fsync); later ones are reported through
+    ///   [`ReplicationMaster::held_locally`].
     ///
     /// Returns the confirmed watermark for the broker core: the master and `replicas / 2`
     /// slaves hold everything before it.
@@ -185,7 +186,7 @@ impl ReplicationMaster {
         reader: JournalReader,
         history: Vec<EpochMark>,
         written: watch::Receiver<Position>,
-        mut local_held: watch::Receiver<Position>,
+        local_held: Position,
     ) -> Result<(ReplicationMaster, watch::Receiver<Position>), ReplicationError> {
         let bind = socket_address(&options.bind)?.to_string();
         let listener = TcpListener::bind(&bind)
@@ -196,7 +197,7 @@ impl ReplicationMaster {
             })?;
         let local_addr = listener.local_addr()?;
         let mut tracker = QuorumTracker::new(options.replicas);
-        let initial = tracker.set_local(*local_held.borrow_and_update());
+        let initial = tracker.set_local(local_held);
         let (confirmed_tx, confirmed_rx) = watch::channel(initial);
         let shared = Arc::new(Shared {
             options,
@@ -215,21 +216,12 @@ impl ReplicationMaster {
             replicas = shared.options.replicas,
             "replication listener open"
         );
-        let local = {
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                while local_held.changed().await.is_ok() {
-                    let position = *local_held.borrow_and_update();
-                    shared.held_locally(position);
-                }
-            })
-        };
         let accept = tokio::spawn(accept_loop(shared.clone(), listener));
         Ok((
             ReplicationMaster {
                 shared,
                 local_addr,
-                tasks: vec![local, accept],
+                tasks: vec![accept],
             },
             confirmed_rx,
         ))
@@ -272,9 +264,8 @@ impl ReplicationMaster {
         let _ = self.shared.on_confirmed.set(callback);
     }
 
-    /// A function reporting the master's own held position directly (from the store's durable
-    /// callback), as the `local_held` watch of [`ReplicationMaster::start`] does a task
-    /// hand-off later.
+    /// A function reporting the master's own held position (to be called from the store's
+    /// durable callback, on the thread that wrote the batch).
     pub fn held_locally(&self) -> impl Fn(Position) + Send + Sync + 'static {
         let shared = Arc::downgrade(&self.shared);
         move |position| {

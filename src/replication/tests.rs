@@ -151,10 +151,19 @@ async fn start_master(mut node: Node, epoch: u64, replicas: usize) -> Master {
         node.store.reader(),
         node.store.history(),
         node.store.written_watch(),
-        node.durable.clone(),
+        *node.durable.borrow(),
     )
     .await
     .unwrap();
+    // The store's durable reports reach the master as a node's durable hook would pass them.
+    let held_locally = replication.held_locally();
+    let mut durable = node.durable.clone();
+    tokio::spawn(async move {
+        while durable.changed().await.is_ok() {
+            let position = *durable.borrow_and_update();
+            held_locally(position);
+        }
+    });
     let address = format!("tcp://{}", replication.local_addr());
     Master {
         node,

@@ -2012,23 +2012,23 @@ mod tests {
             journal.segments().len() >= 2,
             "rotated inside the direct batch"
         );
+        // One frame between begin_direct and end_direct.
+        let one_direct = |journal: &mut Journal, n: u64, expected: &mut Vec<_>| {
+            journal.begin_direct();
+            let at = journal.end();
+            journal.append_frame(at, frame(n)).unwrap();
+            expected.push((at, record(n, 200)));
+            journal.end_direct().unwrap();
+        };
         // Something queued for the thread first: direct appends wait their turn.
         let queued = journal.append(&record(7, 200)).unwrap();
         expected.push((queued.position, record(7, 200)));
-        journal.begin_direct();
-        let at = journal.end();
-        journal.append_frame(at, frame(8)).unwrap();
-        expected.push((at, record(8, 200)));
-        journal.end_direct().unwrap();
+        one_direct(&mut journal, 8, &mut expected);
         wait_durable(&rx, journal.end());
         assert_eq!(all_records(&journal), expected);
         // With fsync on, appends always go through the thread.
         journal.set_fsync(true).unwrap();
-        journal.begin_direct();
-        let at = journal.end();
-        journal.append_frame(at, frame(9)).unwrap();
-        expected.push((at, record(9, 200)));
-        journal.end_direct().unwrap();
+        one_direct(&mut journal, 9, &mut expected);
         wait_durable(&rx, journal.end());
         journal.close().unwrap();
         let (journal, _rx) = open(dir.path(), log_size, false);
