@@ -122,6 +122,7 @@ pub(crate) async fn open_store_with(
         directory: config.store.directory.clone(),
         log_size: config.store.log_size,
         fsync,
+        recovered_bodies: config.broker.memory_limit,
     };
     let directory = options.directory.clone();
     tokio::task::spawn_blocking(move || Store::open(options, on_durable))
@@ -135,6 +136,7 @@ pub(crate) fn broker_options(config: &Config) -> BrokerOptions {
         name: config.broker.name.clone(),
         max_redeliveries: config.broker.max_redeliveries,
         topic_pending_limit: config.broker.topic_pending_limit,
+        memory_limit: config.broker.memory_limit,
         ..BrokerOptions::default()
     }
 }

@@ -10,12 +10,13 @@
 //!   oldest messages for it are discarded and counted.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::queue::{Consumer, Entry, InFlight, Queue, Source};
+use super::queue::{Consumer, Entry, InFlight, Queue, Resident, Source};
 use super::selector::Selector;
 use super::{
     AckScope, BrokerError, BrokerOptions, Confirmation, Delivery, Destination, NewMessage,
@@ -45,6 +46,11 @@ pub struct Stats {
     pub dead_lettered: u64,
     pub expired: u64,
     pub topic_discarded: u64,
+    /// Bytes of queued message bodies held in memory (see `memory_limit`).
+    pub resident_bytes: u64,
+    /// Messages queued with their body left in the journal, and bodies read back from it.
+    pub bodies_left_on_disk: u64,
+    pub bodies_read_back: u64,
 }
 
 type Reply = oneshot::Sender<Result<(), BrokerError>>;
@@ -133,6 +139,10 @@ pub(crate) struct Core {
     next_message: u64,
     boot: String,
     stats: Stats,
+    /// Bytes of the bodies queued entries hold in memory (see [`Core::admit`]).
+    resident: Arc<AtomicU64>,
+    /// Bodies are being left on disk (logged when it starts and when it ends).
+    paging: bool,
 }
 
 fn now_ms() -> i64 {
@@ -219,6 +229,8 @@ impl Core {
             next_message: 1,
             boot,
             stats: Stats::default(),
+            resident: Arc::new(AtomicU64::new(0)),
+            paging: false,
         };
         // Least recently stored first, so the audit forgets in the store's order.
         for (producer, sequence) in &recovered.producers {
@@ -228,16 +240,14 @@ impl Core {
             core.register_durable(subscription);
         }
         for (queue, messages) in recovered.queues {
-            let q = core.queues.entry(queue).or_default();
             for (key, message) in messages {
-                let seq = core.next_seq;
+                let redeliveries = message.redelivery_count;
+                let mut entry = Entry::new(Some(key), Arc::new(message), redeliveries);
+                entry.body_on_disk = recovered.bodies_on_disk.contains(&key);
+                entry.seq = core.next_seq;
                 core.next_seq += 1;
-                q.push(Entry {
-                    seq,
-                    key: Some(key),
-                    redeliveries: message.redelivery_count,
-                    message: Arc::new(message),
-                });
+                let entry = core.admit(entry);
+                core.queues.entry(queue.clone()).or_default().push(entry);
             }
         }
         // The epoch-start record comes first: nothing written under this epoch is confirmed
@@ -415,6 +425,7 @@ impl Core {
                 entry.seq = self.next_seq;
                 self.next_seq += 1;
                 self.stats.enqueued += 1;
+                let entry = self.admit(entry);
                 self.queues.entry(queue.clone()).or_default().push(entry);
                 touched.insert(queue);
             }
@@ -599,12 +610,7 @@ impl Core {
         destination: &Destination,
         message: Arc<Message>,
     ) -> (Vec<crate::store::Entry>, Vec<Publish>) {
-        let entry = |message: &Arc<Message>| Entry {
-            seq: 0,
-            key: None,
-            message: message.clone(),
-            redeliveries: 0,
-        };
+        let entry = |message: &Arc<Message>| Entry::new(None, message.clone(), 0);
         match destination {
             Destination::Queue(_) => {
                 let queue = destination.canonical();
@@ -651,12 +657,7 @@ impl Core {
         };
         let limit = self.options.topic_pending_limit;
         for cid in t.subscribers.clone() {
-            let entry = Entry {
-                seq: 0,
-                key: None,
-                message: message.clone(),
-                redeliveries: 0,
-            };
+            let entry = Entry::new(None, message.clone(), 0);
             let Some(consumer) = self.consumers.get_mut(&cid) else {
                 continue;
             };
@@ -907,6 +908,95 @@ impl Core {
         Ok(())
     }
 
+    // ----- memory ---------------------------------------------------------------------------
+
+    /// Counts a queued entry's body against `memory_limit`, or, past the limit, leaves the body
+    /// of a persistent message in the journal: the entry keeps everything else (selectors,
+    /// priority and expiry need no body) and [`Core::page_in`] reads the body back before
+    /// delivery. Non-persistent bodies are nowhere else and always stay.
+    fn admit(&mut self, mut entry: Entry) -> Entry {
+        if entry.resident.is_some() || entry.body_on_disk {
+            if entry.body_on_disk {
+                self.stats.bodies_left_on_disk += 1;
+            }
+            return entry;
+        }
+        let bytes = entry.message.body.len() as u64;
+        let total = self.resident.load(Ordering::Relaxed);
+        let limit = self.options.memory_limit;
+        if entry.key.is_some() && bytes > 0 && total + bytes > limit {
+            if !std::mem::replace(&mut self.paging, true) {
+                tracing::warn!(
+                    memory_limit = limit,
+                    resident = total,
+                    "queued message bodies reached memory_limit: further persistent messages \
+                     are queued with their bodies in the journal and read back on delivery"
+                );
+            }
+            let mut stub = Arc::unwrap_or_clone(entry.message);
+            stub.body = Default::default();
+            entry.message = Arc::new(stub);
+            entry.body_on_disk = true;
+            self.stats.bodies_left_on_disk += 1;
+            return entry;
+        }
+        if self.paging && total + bytes <= limit / 2 {
+            self.paging = false;
+            tracing::info!(
+                memory_limit = limit,
+                resident = total,
+                "queued message bodies are back under half the memory_limit: bodies stay in \
+                 memory again"
+            );
+        }
+        entry.resident = Some(Resident::new(bytes, &self.resident));
+        entry
+    }
+
+    /// `entry`'s message with its body, read back from the journal if it was left there.
+    fn with_body(&self, entry: &Entry) -> Result<Arc<Message>, BrokerError> {
+        if !entry.body_on_disk {
+            return Ok(entry.message.clone());
+        }
+        let key = entry
+            .key
+            .expect("only stored messages leave their body in the journal");
+        let store = self
+            .store
+            .as_ref()
+            .ok_or_else(|| BrokerError::NotMaster("the node stepped down".into()))?;
+        let stored = store
+            .read_message(key)
+            .map_err(|e| BrokerError::StoreFailed(e.to_string()))?;
+        let mut message = (*entry.message).clone();
+        message.body = stored.body;
+        Ok(Arc::new(message))
+    }
+
+    /// `entry` (taken off `queue`) ready to deliver, its body read back if needed; `None` if
+    /// that read failed, in which case the entry is back on its queue and the failure logged.
+    fn page_in(&mut self, queue: &str, mut entry: Entry) -> Option<Entry> {
+        if !entry.body_on_disk {
+            return Some(entry);
+        }
+        match self.with_body(&entry) {
+            Ok(message) => {
+                self.stats.bodies_read_back += 1;
+                entry.resident = Some(Resident::new(message.body.len() as u64, &self.resident));
+                entry.message = message;
+                entry.body_on_disk = false;
+                Some(entry)
+            }
+            Err(error) => {
+                tracing::error!(queue, %error, "cannot read a queued message's body back from the journal; the queue waits");
+                if let Some(q) = self.queues.get_mut(queue) {
+                    q.push(entry);
+                }
+                None
+            }
+        }
+    }
+
     // ----- dispatch ------------------------------------------------------------------------
 
     fn deliver(&mut self, cid: u64, queue: Option<String>, entry: Entry) {
@@ -970,6 +1060,9 @@ impl Core {
             }
             q.next_consumer = (index + 1) % n;
             let cid = q.consumers[index];
+            let Some(entry) = self.page_in(queue, entry) else {
+                break;
+            };
             self.deliver(cid, Some(queue.to_string()), entry);
         }
         for entry in expired {
@@ -1026,6 +1119,9 @@ impl Core {
             }
             q.next_consumer = (index + 1) % n;
             let cid = q.consumers[index];
+            let Some(entry) = self.page_in(queue, entry) else {
+                break;
+            };
             self.deliver(cid, Some(queue.to_string()), entry);
         }
         for entry in expired {
@@ -1086,6 +1182,7 @@ impl Core {
                 return self.dead_letter(&queue, entry, "redelivery limit reached");
             }
         }
+        let entry = self.admit(entry);
         if let Some(q) = self.queues.get_mut(&queue) {
             q.push(entry);
             touched.insert(queue);
@@ -1100,8 +1197,8 @@ impl Core {
         let Some(key) = entry.key else {
             return Ok(());
         };
+        let mut message = (*self.with_body(&entry)?).clone();
         self.stats.dead_lettered += 1;
-        let mut message = (*entry.message).clone();
         message.redelivery_count = entry.redeliveries;
         if !message
             .headers
@@ -1121,12 +1218,7 @@ impl Core {
         ])?;
         let publish = vec![Publish::Queue(
             DEAD_LETTER_QUEUE.to_string(),
-            Entry {
-                seq: 0,
-                key: Some(MessageKey::new(start, 1)),
-                message,
-                redeliveries: entry.redeliveries,
-            },
+            Entry::new(Some(MessageKey::new(start, 1)), message, entry.redeliveries),
         )];
         drop(self.wait_for(publish));
         Ok(())
@@ -1351,22 +1443,19 @@ impl Core {
     ) -> Result<Vec<(Arc<Message>, u32)>, BrokerError> {
         let selector = parse_selector(selector)?;
         let now = now_ms();
-        Ok(self
-            .queues
-            .get(&destination.canonical())
-            .map(|q| {
-                q.ready
-                    .values()
-                    .filter(|e| !e.is_expired(now))
-                    .filter(|e| {
-                        selector
-                            .as_ref()
-                            .is_none_or(|s| s.matches_with_redeliveries(&e.message, e.redeliveries))
-                    })
-                    .map(|e| (e.message.clone(), e.redeliveries))
-                    .collect()
+        let Some(q) = self.queues.get(&destination.canonical()) else {
+            return Ok(Vec::new());
+        };
+        q.ready
+            .values()
+            .filter(|e| !e.is_expired(now))
+            .filter(|e| {
+                selector
+                    .as_ref()
+                    .is_none_or(|s| s.matches_with_redeliveries(&e.message, e.redeliveries))
             })
-            .unwrap_or_default())
+            .map(|e| Ok((self.with_body(e)?, e.redeliveries)))
+            .collect()
     }
 
     /// Forgets a destination nobody uses any more (a deleted temporary queue or topic): a
@@ -1503,6 +1592,7 @@ impl Core {
             ready_messages: self.queues.values().map(|q| q.ready.len()).sum(),
             in_flight_messages: self.consumers.values().map(|c| c.in_flight.len()).sum(),
             pending_confirmations: self.pending.len(),
+            resident_bytes: self.resident.load(Ordering::Relaxed),
             ..self.stats.clone()
         }
     }

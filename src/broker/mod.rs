@@ -45,6 +45,9 @@ pub struct BrokerOptions {
     pub topic_pending_limit: usize,
     /// How often queues are swept for expired messages.
     pub expiry_sweep: Duration,
+    /// Bytes of queued message bodies kept in memory; past it, persistent messages are queued
+    /// with their bodies left in the journal (see `core.rs`).
+    pub memory_limit: u64,
 }
 
 impl Default for BrokerOptions {
@@ -54,6 +57,7 @@ impl Default for BrokerOptions {
             max_redeliveries: 6,
             topic_pending_limit: 1000,
             expiry_sweep: Duration::from_secs(1),
+            memory_limit: 64 << 20,
         }
     }
 }
@@ -303,6 +307,7 @@ impl Broker {
                 directory: dir.to_path_buf(),
                 log_size: 1 << 20,
                 fsync: false,
+                recovered_bodies: options.memory_limit,
             },
             confirm.callback(),
         )

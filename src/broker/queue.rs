@@ -2,6 +2,7 @@
 //! for moving messages between these live in `core.rs`.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -17,11 +18,60 @@ pub(super) struct Entry {
     pub seq: u64,
     /// Where the message is stored; `None` for a non-persistent message.
     pub key: Option<MessageKey>,
+    /// Without its body when `body_on_disk`.
     pub message: Arc<Message>,
     pub redeliveries: u32,
+    /// The body is left in the journal (past the broker's `memory_limit`) and read back from
+    /// the message's key before delivery.
+    pub body_on_disk: bool,
+    /// Counts the body against the `memory_limit` while the entry lives.
+    pub resident: Option<Resident>,
+}
+
+/// Bytes of one entry's body in a total of bodies held in memory: added when made, taken off
+/// when dropped, so every way an entry goes (acked, expired, dead-lettered, deleted with its
+/// queue) keeps the total right.
+#[derive(Debug)]
+pub(super) struct Resident {
+    bytes: u64,
+    total: Arc<AtomicU64>,
+}
+
+impl Resident {
+    pub fn new(bytes: u64, total: &Arc<AtomicU64>) -> Resident {
+        total.fetch_add(bytes, Ordering::Relaxed);
+        Resident {
+            bytes,
+            total: total.clone(),
+        }
+    }
+}
+
+impl Clone for Resident {
+    fn clone(&self) -> Resident {
+        Resident::new(self.bytes, &self.total)
+    }
+}
+
+impl Drop for Resident {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl Entry {
+    /// A new entry, its body not yet counted (see `Core::admit`).
+    pub fn new(key: Option<MessageKey>, message: Arc<Message>, redeliveries: u32) -> Entry {
+        Entry {
+            seq: 0,
+            key,
+            message,
+            redeliveries,
+            body_on_disk: false,
+            resident: None,
+        }
+    }
+
     pub fn is_expired(&self, now_ms: i64) -> bool {
         self.message.expiration != 0 && self.message.expiration <= now_ms
     }

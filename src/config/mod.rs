@@ -142,6 +142,12 @@ pub struct BrokerConfig {
     /// Messages buffered for one slow non-durable topic subscriber beyond its prefetch before
     /// the oldest are discarded (default 1000).
     pub topic_pending_limit: usize,
+    /// Bytes of message bodies the broker keeps in memory for queued messages (ActiveMQ's
+    /// `<memoryUsage limit>`, default 64 MiB). Past it, the bodies of further persistent
+    /// messages stay in the journal and are read back when their turn comes; non-persistent
+    /// messages, which are nowhere else, always stay in memory.
+    #[serde(with = "units::size")]
+    pub memory_limit: u64,
     /// login -> password. When non-empty, CONNECT must authenticate.
     #[serde(deserialize_with = "units::lenient_string_map")]
     pub users: BTreeMap<String, String>,
@@ -154,6 +160,7 @@ impl Default for BrokerConfig {
             max_frame_size: 64 * MIB,
             max_redeliveries: 6,
             topic_pending_limit: 1000,
+            memory_limit: 64 * MIB,
             users: BTreeMap::new(),
         }
     }
@@ -618,6 +625,7 @@ mod tests {
         assert_eq!(c.broker.max_frame_size, 64 * MIB);
         assert_eq!(c.broker.max_redeliveries, 6);
         assert_eq!(c.broker.topic_pending_limit, 1000);
+        assert_eq!(c.broker.memory_limit, 64 * MIB);
         assert!(!c.broker.requires_authentication());
         assert_eq!(c.transport.connectors.len(), 1);
         assert_eq!(c.transport.connectors[0].to_string(), "tcp://0.0.0.0:61616");

@@ -34,6 +34,7 @@ fn open(dir: &Path, log_size: u64) -> Node {
             directory: dir.to_path_buf(),
             log_size,
             fsync: false,
+            recovered_bodies: u64::MAX,
         },
         Box::new(move |p| {
             callback.send_replace(p);

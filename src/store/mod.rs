@@ -27,6 +27,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use tracing::{error, info, warn};
@@ -62,6 +63,9 @@ pub struct StoreOptions {
     pub log_size: u64,
     /// fdatasync each batch before reporting it durable.
     pub fsync: bool,
+    /// Bytes of message bodies [`Recovered`] carries; the bodies of later messages are left in
+    /// the journal (see [`Recovered::bodies_on_disk`]). `u64::MAX`: all of them.
+    pub recovered_bodies: u64,
 }
 
 /// What the store held at open.
@@ -78,6 +82,10 @@ pub struct Recovered {
     /// Producer id -> highest stored sequence, for the producers the bounded audit remembers
     /// (see [`ProducerAudit`]), least recently stored first.
     pub producers: Vec<(String, u64)>,
+    /// Messages in `queues` whose body was left in the journal (past
+    /// [`StoreOptions::recovered_bodies`]): their body is empty here; [`Store::read_message`]
+    /// reads it.
+    pub bodies_on_disk: HashSet<MessageKey>,
 }
 
 /// Counters for logs and status pages.
@@ -183,6 +191,7 @@ pub struct Store {
     closed: bool,
     /// Where each epoch starts in the journal (replication).
     epochs: replica::Epochs,
+    recovered_bodies: u64,
 }
 
 /// Why opening the index from its contents did not work out.
@@ -246,7 +255,7 @@ impl Store {
         let journal_empty = segments.iter().all(|(start, end)| start == end);
         let (mut state, recovered, replayed, replayed_from) = loop {
             let attempt = match &rebuild {
-                None => catch_up(&index, &reader, &segments, end),
+                None => catch_up(&index, &reader, &segments, end, options.recovered_bodies),
                 Some(reason) => {
                     if !journal_empty {
                         warn!(
@@ -255,7 +264,7 @@ impl Store {
                         );
                     }
                     index.wipe()?;
-                    rebuild_all(&index, &reader, &segments, end)
+                    rebuild_all(&index, &reader, &segments, end, options.recovered_bodies)
                 }
             };
             match attempt {
@@ -289,6 +298,7 @@ impl Store {
             index_trouble_logged: false,
             closed: false,
             epochs,
+            recovered_bodies: options.recovered_bodies,
         };
         let mut ops = Vec::new();
         state.consider_all();
@@ -509,6 +519,7 @@ fn catch_up(
     reader: &JournalReader,
     segments: &[(Position, Position)],
     end: Position,
+    bodies: u64,
 ) -> Result<Opened, Attempt> {
     let snapshot = index
         .load()
@@ -553,7 +564,7 @@ fn catch_up(
     if replayed > 0 {
         info!("caught the index up from {applied} to {end} ({replayed} records)");
     }
-    let recovered = build_recovered(&state, reader, end)?;
+    let recovered = build_recovered(&state, reader, end, bodies)?;
     Ok((state, recovered, replayed, applied))
 }
 
@@ -563,11 +574,12 @@ fn rebuild_all(
     reader: &JournalReader,
     segments: &[(Position, Position)],
     end: Position,
+    bodies: u64,
 ) -> Result<Opened, Attempt> {
     let mut state = LiveState::new(segments);
     let oldest = segments.first().map(|s| s.0).unwrap_or_default();
     let replayed = replay(&mut state, index, reader, segments, oldest)?;
-    let recovered = build_recovered(&state, reader, end)?;
+    let recovered = build_recovered(&state, reader, end, bodies)?;
     if replayed > 0 {
         info!("rebuilt the index from {oldest} to {end} ({replayed} records)");
     }
@@ -617,7 +629,8 @@ impl Store {
     pub fn recover_open(&mut self, fsync: bool) -> Result<Recovered, StoreError> {
         self.journal.set_fsync(fsync)?;
         let reader = self.journal.reader();
-        build_recovered(&self.state, &reader, self.journal.end()).map_err(|e| match e {
+        let end = self.journal.end();
+        build_recovered(&self.state, &reader, end, self.recovered_bodies).map_err(|e| match e {
             Attempt::Rebuild(reason) => StoreError::Inconsistent(reason),
             Attempt::Fatal(error) => error,
         })
@@ -628,6 +641,26 @@ impl Store {
     pub fn set_fsync(&mut self, fsync: bool) -> Result<(), StoreError> {
         self.journal.set_fsync(fsync)
     }
+
+    /// Reads back the message `key` names (a live message added to some queue), body
+    /// included, from the journal.
+    pub fn read_message(&self, key: MessageKey) -> Result<Message, StoreError> {
+        let position = key.position();
+        let record = self.journal.reader().read(position)?;
+        let entry_index = (key.0 & 0xffff) as usize;
+        match record
+            .entries
+            .into_iter()
+            .nth(entry_index)
+            .and_then(|e| e.kind)
+        {
+            Some(entry::Kind::Add(add)) => Ok(add.message.unwrap_or_default()),
+            _ => Err(StoreError::Inconsistent(format!(
+                "message {} is not entry {entry_index} of the record at {position}",
+                key.0
+            ))),
+        }
+    }
 }
 
 /// Reads every live message from the journal (each record once, in journal order).
@@ -635,7 +668,10 @@ fn build_recovered(
     state: &LiveState,
     reader: &JournalReader,
     end: Position,
+    bodies: u64,
 ) -> Result<Recovered, Attempt> {
+    let mut bodies_left = bodies;
+    let mut bodies_on_disk = HashSet::new();
     state.check_placed().map_err(Attempt::Rebuild)?;
     let live = state.queues();
     let mut wanted: Vec<(MessageKey, usize)> = live
@@ -666,7 +702,17 @@ fn build_recovered(
             .and_then(|e| e.kind.as_ref())
         {
             Some(entry::Kind::Add(add)) if add.queues.iter().any(|q| q == name) => {
-                add.message.clone().unwrap_or_default()
+                let mut message = add.message.clone().unwrap_or_default();
+                // Oldest first (the keys are sorted): the bodies kept are the first delivered.
+                let len = message.body.len() as u64;
+                if len <= bodies_left {
+                    bodies_left -= len;
+                } else {
+                    bodies_left = 0;
+                    message.body = Default::default();
+                    bodies_on_disk.insert(key);
+                }
+                message
             }
             _ => {
                 return Err(Attempt::Rebuild(format!(
@@ -684,5 +730,6 @@ fn build_recovered(
         queues,
         subscriptions: state.subscriptions(),
         producers: state.producers(),
+        bodies_on_disk,
     })
 }

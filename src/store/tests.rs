@@ -17,6 +17,7 @@ fn options(dir: &Path, log_size: u64, fsync: bool) -> StoreOptions {
         directory: dir.to_path_buf(),
         log_size,
         fsync,
+        recovered_bodies: u64::MAX,
     }
 }
 
