@@ -2,7 +2,8 @@
 # Installs what the integration tests need when it is missing (a no-op when everything is
 # there; needs root or sudo the first time): ZooKeeper 3.8 and 3.4.13 for the cluster tests,
 # stomp.py for the independent-client tests, a JDK and Debian's libactivemq-java for the
-# OpenWire tests (integration-tests/src/java.rs lists the jars). Run by scripts/test.sh and .ci/run.
+# OpenWire tests (integration-tests/src/java.rs lists the jars), and for the Windows build run
+# under Wine: the x86_64-pc-windows-gnu target, MinGW and Wine. Run by scripts/test.sh and .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -c 'import stomp' 2>/dev/null || python3 -m pip install --quiet 'stomp.py>=8'
@@ -21,4 +22,17 @@ if ! java_client_ok; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         default-jdk-headless libactivemq-java >/dev/null
     java_client_ok || { echo "javac or the ActiveMQ client jars still missing" >&2; exit 1; }
+fi
+
+# The Windows build, run under Wine (integration-tests/tests/windows.rs): cargo's
+# x86_64-pc-windows-gnu target, MinGW's linker and Debian's Wine.
+if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-pc-windows-gnu; then
+    echo "adding the x86_64-pc-windows-gnu target"
+    rustup target add x86_64-pc-windows-gnu
+fi
+if ! command -v x86_64-w64-mingw32-gcc >/dev/null || [ ! -x /usr/lib/wine/wine64 ]; then
+    echo "installing MinGW and Wine from Debian"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        gcc-mingw-w64-x86-64 wine64 >/dev/null
 fi

@@ -30,6 +30,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 pub mod cluster;
 pub mod java;
+pub mod windows;
 pub mod zk;
 
 /// How long a broker may take to print `accepting clients`.
@@ -266,11 +267,41 @@ pub struct BrokerProcess {
     addr: SocketAddr,
     /// Every log line of every run of this broker, ANSI-stripped.
     logs: Arc<Mutex<Vec<String>>>,
+    /// Runs the broker instead of the Linux binary (the Windows build under Wine).
+    launcher: Option<Launcher>,
+}
+
+/// Another way to run `ferromq`: a program, its first arguments, and environment variables.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    pub program: PathBuf,
+    pub args: Vec<std::ffi::OsString>,
+    pub env: Vec<(String, std::ffi::OsString)>,
 }
 
 impl BrokerProcess {
     /// Writes the config and starts the broker; returns once it accepts clients.
     pub fn start(dir: &Path, extra_toml: &str) -> Result<BrokerProcess> {
+        let mut broker = BrokerProcess::configure(dir, extra_toml)?;
+        broker.spawn()?;
+        Ok(broker)
+    }
+
+    /// Like [`start`](Self::start), with the broker run by `launcher`.
+    pub fn start_with_launcher(
+        launcher: Launcher,
+        dir: &Path,
+        extra_toml: &str,
+    ) -> Result<BrokerProcess> {
+        let mut broker = BrokerProcess::configure(dir, extra_toml)?;
+        broker.launcher = Some(launcher);
+        broker.spawn()?;
+        Ok(broker)
+    }
+
+    /// Writes the config of a broker in `dir` (a port chosen at start, the store in
+    /// `dir/data`, then `extra_toml`); starts nothing.
+    fn configure(dir: &Path, extra_toml: &str) -> Result<BrokerProcess> {
         let name = std::thread::current()
             .name()
             .filter(|n| *n != "main")
@@ -285,7 +316,7 @@ impl BrokerProcess {
             extra_toml
         );
         std::fs::write(&config, text).context("writing the broker config")?;
-        let mut broker = BrokerProcess {
+        let broker = BrokerProcess {
             name,
             config,
             dir: dir.to_path_buf(),
@@ -293,8 +324,8 @@ impl BrokerProcess {
             readers: Vec::new(),
             addr: "127.0.0.1:0".parse().expect("literal"),
             logs: Arc::new(Mutex::new(Vec::new())),
+            launcher: None,
         };
-        broker.spawn()?;
         Ok(broker)
     }
 
@@ -313,6 +344,7 @@ impl BrokerProcess {
             readers: Vec::new(),
             addr: "127.0.0.1:0".parse().expect("literal"),
             logs: Arc::new(Mutex::new(Vec::new())),
+            launcher: None,
         };
         broker.spawn()?;
         Ok(broker)
@@ -334,7 +366,17 @@ impl BrokerProcess {
 
     fn spawn(&mut self) -> Result<()> {
         let first_line = self.logs.lock().unwrap().len();
-        let mut command = Command::new(ferromq_bin());
+        let mut command = match &self.launcher {
+            None => Command::new(ferromq_bin()),
+            Some(launcher) => {
+                let mut command = Command::new(&launcher.program);
+                command.args(&launcher.args);
+                for (key, value) in &launcher.env {
+                    command.env(key, value);
+                }
+                command
+            }
+        };
         command
             .arg("broker")
             .arg("--config")

@@ -31,7 +31,7 @@
 //! memtable inserts it saves are the thread's main cost.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -44,6 +44,7 @@ use tracing::{error, warn};
 
 use super::record::{MessageKey, Position, SubscriptionAdd};
 use super::state::LiveSubscription;
+use super::sync::{sync_directory, sync_file};
 use super::StoreError;
 
 /// Bumped whenever the key layout changes; an index of another version is rebuilt.
@@ -272,13 +273,9 @@ fn write_marker(directory: &Path, text: &str) -> Result<(), StoreError> {
         }
     };
     fs::write(&temporary, text).map_err(io("write", &temporary))?;
-    File::open(&temporary)
-        .and_then(|f| f.sync_all())
-        .map_err(io("fsync", &temporary))?;
+    sync_file(&temporary).map_err(io("fsync", &temporary))?;
     fs::rename(&temporary, &path).map_err(io("rename into place", &path))?;
-    File::open(directory)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync directory", directory))
+    sync_directory(directory).map_err(io("fsync directory", directory))
 }
 
 /// Records that the index is in use from now on (before anything writes to it).
@@ -726,14 +723,10 @@ fn sync_tree(directory: &Path) -> Result<(), StoreError> {
         let entry = entry.map_err(io("list", directory))?;
         let path = entry.path();
         if entry.file_type().map_err(io("stat", &path))?.is_file() {
-            File::open(&path)
-                .and_then(|f| f.sync_all())
-                .map_err(io("fsync", &path))?;
+            sync_file(&path).map_err(io("fsync", &path))?;
         }
     }
-    File::open(directory)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync directory", directory))
+    sync_directory(directory).map_err(io("fsync directory", directory))
 }
 
 #[cfg(test)]

@@ -51,11 +51,14 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, Read};
+#[cfg(unix)]
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, RwLock, TryLockError};
 use std::thread::JoinHandle;
+#[cfg(windows)]
+use windows_io::FileExt;
 
 use bytes::{Bytes, BytesMut};
 use tracing::{debug, error, info, warn};
@@ -184,10 +187,13 @@ fn prepare_spare(
 ) -> Option<JoinHandle<Result<File, StoreError>>> {
     let path = directory.join(SPARE_FILE);
     let prepare = move || {
+        // Never an existing file: where a deleted name lingers while a handle is open (Windows
+        // without POSIX delete semantics, Wine), `SPARE_FILE` can still name the current
+        // segment, linked into place at the last rotation; truncating it would wipe that
+        // segment. The writer then creates the segment itself at rotation.
         let file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&path)
             .map_err(io_error("create", &path))?;
         preallocate(&file, len, &path)?;
@@ -203,10 +209,55 @@ fn prepare_spare(
         .ok()
 }
 
+/// Makes the directory's entries (new, renamed and deleted segments) durable.
 fn sync_directory(directory: &Path) -> Result<(), StoreError> {
-    File::open(directory)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error("fsync directory", directory))
+    super::sync::sync_directory(directory).map_err(io_error("fsync directory", directory))
+}
+
+/// `pread`/`pwrite` for Windows, as `std::os::unix::fs::FileExt` names them: `seek_read` and
+/// `seek_write` also move the handle's cursor, which the journal never uses.
+#[cfg(windows)]
+mod windows_io {
+    use std::fs::File;
+    use std::io::{Error, ErrorKind, Result};
+    use std::os::windows::fs::FileExt as _;
+
+    pub trait FileExt {
+        fn write_all_at(&self, buf: &[u8], offset: u64) -> Result<()>;
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+    }
+
+    impl FileExt for File {
+        fn write_all_at(&self, mut buf: &[u8], mut offset: u64) -> Result<()> {
+            while !buf.is_empty() {
+                match self.seek_write(buf, offset) {
+                    Ok(0) => return Err(Error::new(ErrorKind::WriteZero, "wrote nothing")),
+                    Ok(n) => {
+                        buf = &buf[n..];
+                        offset += n as u64;
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        }
+
+        fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> Result<()> {
+            while !buf.is_empty() {
+                match self.seek_read(buf, offset) {
+                    Ok(0) => return Err(Error::new(ErrorKind::UnexpectedEof, "end of file")),
+                    Ok(n) => {
+                        buf = &mut buf[n..];
+                        offset += n as u64;
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

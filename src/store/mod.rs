@@ -24,6 +24,7 @@ mod index;
 mod producers;
 mod replica;
 mod state;
+mod sync;
 #[cfg(test)]
 mod tests;
 
