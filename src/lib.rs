@@ -22,6 +22,7 @@
 //! their acknowledgements into the quorum watermark; the core then makes the message visible to
 //! consumers and resolves the sender's confirmation (the STOMP RECEIPT).
 
+pub mod admin;
 pub mod broker;
 pub mod cli;
 pub mod client;

@@ -37,6 +37,9 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
         Mode::Refuse("not the master: this node is joining the cluster".into()),
     )
     .await?;
+    let status = crate::admin::Status::new(&node);
+    status.set_role("candidate", log.epoch, log.position);
+    let _admin = crate::server::start_admin(&config, &status, &listeners).await?;
     let client_address = listeners.addresses.first().map(|a| {
         format!(
             "tcp://{}:{}",
@@ -68,6 +71,7 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
         log,
         kept: Some(kept),
         hook,
+        status,
     };
     let result = tokio::select! {
         result = lifecycle.run() => result,
@@ -173,6 +177,8 @@ struct Lifecycle {
     /// The store left open by the previous role (a slave's or the first open), if any.
     kept: Option<KeptStore>,
     hook: DurableHook,
+    /// What the admin endpoint reports.
+    status: Arc<crate::admin::Status>,
 }
 
 impl Lifecycle {
@@ -188,6 +194,8 @@ impl Lifecycle {
                         format!("not the master: no master elected ({reason})")
                     };
                     self.listeners.set_mode(Mode::Refuse(refusal));
+                    self.status
+                        .set_role("candidate", self.log.epoch, self.log.position);
                     self.election.report_final_log(self.log);
                     self.election.set_role_info("candidate", None);
                     if roles.changed().await.is_err() {
@@ -210,7 +218,10 @@ impl Lifecycle {
         }
     }
 
-    fn log_role(&self, role: &str, epoch: u64) {
+    /// Logs a role change and tells the admin endpoint (`kind`: `master`, `slave`,
+    /// `candidate`).
+    fn log_role(&self, role: &str, kind: &'static str, epoch: u64) {
+        self.status.set_role(kind, epoch, self.log.position);
         tracing::info!(
             node = %self.config.broker.name,
             epoch,
@@ -229,7 +240,7 @@ impl Lifecycle {
         let (store, recovered, durable_rx) = self.take_for_master(fsync).await?;
         let config = &self.config;
         self.log = log_state(&store);
-        self.log_role("master", epoch);
+        self.log_role("master", "master", epoch);
         let (mut replication, confirmed) = ReplicationMaster::start(
             MasterOptions {
                 bind: config.replication.bind.as_str().to_string(),
@@ -293,7 +304,7 @@ impl Lifecycle {
             close_store(store).await;
         }
         self.election.report_final_log(self.log);
-        self.log_role("stepped down from master", epoch);
+        self.log_role("stepped down from master", "candidate", epoch);
         Ok(())
     }
 
@@ -314,7 +325,7 @@ impl Lifecycle {
         } = self.take_store(config.store.sync.slaves_fsync()).await?;
         let config = &self.config;
         self.log = log_state(&store);
-        self.log_role(&format!("slave of {master}"), epoch);
+        self.log_role(&format!("slave of {master}"), "slave", epoch);
         self.election.set_role_info("slave", Some(epoch));
         let options = SlaveOptions {
             master: master.to_string(),
@@ -386,7 +397,7 @@ impl Lifecycle {
             fsync,
         });
         self.election.report_final_log(self.log);
-        self.log_role("stopped following", epoch);
+        self.log_role("stopped following", "candidate", epoch);
         result
     }
 

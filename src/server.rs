@@ -95,6 +95,34 @@ impl Listeners {
     pub fn set_mode(&self, mode: Mode) {
         self.mode.send_replace(mode);
     }
+
+    /// Follows the mode (the admin endpoint reads whether, and with which core, this node
+    /// serves).
+    pub fn mode(&self) -> watch::Receiver<Mode> {
+        self.mode.subscribe()
+    }
+}
+
+/// Starts the admin endpoint if `[admin] bind` is set; it stops when the handle is dropped.
+pub(crate) async fn start_admin(
+    config: &Config,
+    status: &Arc<crate::admin::Status>,
+    listeners: &Listeners,
+) -> anyhow::Result<Option<AdminTask>> {
+    let Some(bind) = &config.admin.bind else {
+        return Ok(None);
+    };
+    let (_, task) = crate::admin::serve(bind.as_str(), status.clone(), listeners.mode()).await?;
+    Ok(Some(AdminTask(task)))
+}
+
+/// The admin endpoint's task, aborted when dropped.
+pub struct AdminTask(tokio::task::JoinHandle<()>);
+
+impl Drop for AdminTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Drop for Listeners {
@@ -109,6 +137,7 @@ impl Drop for Listeners {
 pub struct Node {
     pub broker: Broker,
     pub listeners: Listeners,
+    pub admin: Option<AdminTask>,
 }
 
 /// Opens the store with `on_durable` called (on the journal's writer thread) with each new
@@ -154,6 +183,7 @@ impl Node {
         )
         .await?;
         let epoch = recovered.epoch + 1;
+        let recovered_end = recovered.end;
         let messages: usize = recovered.queues.iter().map(|(_, m)| m.len()).sum();
         tracing::info!(
             node = %config.broker.name,
@@ -166,7 +196,14 @@ impl Node {
         let broker = Broker::start(store, recovered, epoch, broker_options(config))?;
         confirm.attach(&broker);
         let listeners = Listeners::bind(config, Mode::Serve(broker.clone())).await?;
-        Ok(Node { broker, listeners })
+        let status = crate::admin::Status::new(&config.broker.name);
+        status.set_role("standalone", epoch, recovered_end.0);
+        let admin = start_admin(config, &status, &listeners).await?;
+        Ok(Node {
+            broker,
+            listeners,
+            admin,
+        })
     }
 }
 
@@ -179,6 +216,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let node = Node::start(&config).await?;
     shutdown_signal().await;
     tracing::info!("shutting down");
+    drop(node.admin);
     drop(node.listeners);
     Ok(())
 }

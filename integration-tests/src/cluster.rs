@@ -138,7 +138,10 @@ pub fn node_config(port: u16, data: &std::path::Path, zk_address: &str) -> Strin
          zk_path = {path}\n\
          zk_session_timeout = \"2s\"\n\
          hostname = \"127.0.0.1\"\n\
-         security_token = \"t\"\n",
+         security_token = \"t\"\n\
+         \n\
+         [admin]\n\
+         bind = \"tcp://127.0.0.1:0\"\n",
         name = toml_string(BROKER_NAME),
         data = toml_string(&data.to_string_lossy()),
         zk = toml_string(zk_address),

@@ -130,6 +130,35 @@ pub fn ferromq_bin() -> &'static Path {
     })
 }
 
+/// `GET path` on an HTTP endpoint (the admin endpoint); the status code and the body.
+pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    http_request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+    )
+}
+
+/// Writes `request` raw to an HTTP endpoint and reads the whole answer (the endpoint closes);
+/// the status code and the body.
+pub fn http_request(addr: &str, request: &str) -> Result<(u16, String)> {
+    let mut stream =
+        std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(FRAME_TIMEOUT))?;
+    stream.write_all(request.as_bytes())?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let code = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("no status line in {answer:?}"))?;
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
 /// Runs `ferromq ARGS...` to completion with a deadline; returns (status, stdout, stderr).
 pub fn run_cli(args: &[&str], timeout: Duration) -> Result<(ExitStatus, String, String)> {
     let mut command = Command::new(ferromq_bin());
@@ -534,6 +563,19 @@ impl BrokerProcess {
     }
 
     /// Every log line so far (of every run).
+    /// The admin endpoint's `host:port`, from the log line that announces it.
+    pub fn admin_addr(&self) -> Option<String> {
+        self.logs()
+            .iter()
+            .rev()
+            .find(|l| l.contains("admin endpoint listening"))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .find_map(|f| f.strip_prefix("address="))
+                    .map(|a| a.trim_matches('"').to_string())
+            })
+    }
+
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
     }

@@ -16,7 +16,9 @@ use anyhow::{Context, Result};
 use ferromq::client::{Client, ClientOptions, SendOptions};
 use ferromq_integration_tests::cluster::{Cluster, Probe, ZK_PATH};
 use ferromq_integration_tests::zk::ZkVersion;
-use ferromq_integration_tests::{deadline, unique, wait_until, Frame, Incoming, StompClient};
+use ferromq_integration_tests::{
+    deadline, http_get, unique, wait_until, Frame, Incoming, StompClient,
+};
 
 /// How long an election (or a failover) may take before a test fails.
 const ELECTION: Duration = Duration::from_secs(60);
@@ -278,6 +280,28 @@ fn election_and_znodes(version: ZkVersion) {
         "ferromq status never showed one master and two slaves: {rows:?}\n{}",
         cluster.describe()
     );
+    // The admin endpoint agrees: /ready answers 200 on the master only (what a load balancer
+    // in front of the three nodes checks), /health 200 everywhere with the role.
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let admin = node
+            .broker
+            .admin_addr()
+            .unwrap_or_else(|| panic!("node {i} logs its admin endpoint"));
+        let expected = if i == m {
+            (200, "master")
+        } else {
+            (503, "slave")
+        };
+        let mut seen = (0, String::new());
+        let agreed = wait_until(deadline(ELECTION), || {
+            seen = http_get(&admin, "/ready").unwrap_or((0, String::new()));
+            seen.0 == expected.0 && json_field(&seen.1, "role") == Some(expected.1)
+        });
+        assert!(agreed, "node {i} (master: node {m}) /ready gave {seen:?}");
+        let (code, _) = http_get(&admin, "/health").unwrap();
+        assert_eq!(code, 200, "node {i} /health");
+    }
+
     let (ok, table, err) = cluster.status().unwrap();
     assert!(ok, "ferromq status failed: {err}");
     eprintln!("ferromq status:\n{table}");

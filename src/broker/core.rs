@@ -1597,6 +1597,30 @@ impl Core {
         }
     }
 
+    /// Every queue (durable subscriptions' included), by name.
+    pub fn queue_stats(&self) -> Vec<super::QueueStats> {
+        let mut in_flight: HashMap<&str, usize> = HashMap::new();
+        for consumer in self.consumers.values() {
+            for f in consumer.in_flight.values() {
+                if let Some(queue) = &f.queue {
+                    *in_flight.entry(queue.as_str()).or_default() += 1;
+                }
+            }
+        }
+        let mut stats: Vec<super::QueueStats> = self
+            .queues
+            .iter()
+            .map(|(name, q)| super::QueueStats {
+                name: name.clone(),
+                ready: q.ready.len(),
+                consumers: q.consumers.len(),
+                in_flight: in_flight.get(name.as_str()).copied().unwrap_or(0),
+            })
+            .collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
+    }
+
     pub fn queue_depth(&self, queue: &str) -> usize {
         self.queues.get(queue).map_or(0, |q| q.ready.len())
     }

@@ -244,6 +244,18 @@ impl std::future::Future for Confirmation {
     }
 }
 
+/// One queue as monitoring sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QueueStats {
+    /// Canonical name: `queue://orders`, or `durable://client:subscription`.
+    pub name: String,
+    /// Messages waiting for a consumer.
+    pub ready: usize,
+    pub consumers: usize,
+    /// Delivered, not yet acknowledged.
+    pub in_flight: usize,
+}
+
 /// A handle on the broker core; cheap to clone.
 #[derive(Clone)]
 pub struct Broker {
@@ -338,6 +350,11 @@ impl Broker {
     /// Counters for logs, status and tests.
     pub fn stats(&self) -> Stats {
         lock(&self.shared).stats()
+    }
+
+    /// Every queue's depth, consumers and unacknowledged deliveries, by name.
+    pub fn queue_stats(&self) -> Vec<QueueStats> {
+        lock(&self.shared).queue_stats()
     }
 
     /// Forgets a destination nobody uses any more (a deleted temporary queue or topic); its

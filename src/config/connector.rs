@@ -226,6 +226,34 @@ pub mod tcp_uri {
     }
 }
 
+/// `#[serde(with = "connector::optional_tcp_uri")]` for an optional [`HostPort`]: absent or
+/// `""` is `None`.
+pub mod optional_tcp_uri {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<HostPort>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(value) => serializer.serialize_str(&value.to_tcp_uri()),
+            None => serializer.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<HostPort>, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        if s.trim().is_empty() {
+            return Ok(None);
+        }
+        HostPort::parse_tcp_uri(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// `#[serde(deserialize_with = "connector::list")]`: a list of connector URIs, or one string of
 /// comma-separated URIs (handy in `FERROMQ_TRANSPORT__CONNECTORS=tcp://...,stomp://...`).
 pub fn list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Connector>, D::Error> {

@@ -123,6 +123,18 @@ pub struct Config {
     pub transport: TransportConfig,
     pub store: StoreConfig,
     pub replication: ReplicationConfig,
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: the monitoring endpoint (health, readiness, Prometheus metrics, queues), where
+/// ActiveMQ has its web console.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where the HTTP endpoint listens, e.g. `tcp://127.0.0.1:8161` (port 0: any free port).
+    /// Absent or empty (the default): no endpoint.
+    #[serde(with = "connector::optional_tcp_uri")]
+    pub bind: Option<HostPort>,
 }
 
 /// `[broker]`
@@ -441,6 +453,23 @@ impl Config {
         }
         if let Some(zk) = &r.zk_address {
             check_zk_address(zk).map_err(|m| invalid("replication.zk_address", m))?;
+        }
+        if let Some(admin) = &self.admin.bind {
+            let clash = t
+                .connectors
+                .iter()
+                .map(|c| (c.to_string(), &c.address))
+                .chain([(format!("replication.bind {}", r.bind.to_tcp_uri()), &r.bind)])
+                .find(|(_, address)| same_listen_addr(address, admin));
+            if let Some((other, _)) = clash {
+                return Err(invalid(
+                    "admin.bind",
+                    format!(
+                        "{} would listen on the same port as {other}",
+                        admin.to_tcp_uri()
+                    ),
+                ));
+            }
         }
         check_zk_path(&r.zk_path).map_err(|m| invalid("replication.zk_path", m))?;
         if r.zk_session_timeout.is_zero() {
@@ -854,6 +883,8 @@ mod tests {
         let cases = [
             ("[store]\nlog_size = \"512KiB\"", "store.log_size"),
             ("[broker]\nmax_frame_size = 10", "broker.max_frame_size"),
+            ("[admin]\nbind = \"tcp://0.0.0.0:61616\"", "admin.bind"),
+            ("[admin]\nbind = \"http://127.0.0.1:8161\"", "admin.bind"),
             ("[broker]\nname = \"\"", "broker.name"),
             ("[transport]\nconnectors = []", "transport.connectors"),
             (

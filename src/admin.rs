@@ -1,0 +1,539 @@
+//! The admin endpoint: a small HTTP listener for monitoring and load balancers, where ActiveMQ
+//! has its web console (`[admin] bind`, e.g. `tcp://127.0.0.1:8161`).
+//!
+//! - `GET /health`: 200 while the process runs, with its role, epoch, position and whether it
+//!   serves clients (JSON). For "is the node alive" checks and restart supervisors.
+//! - `GET /ready`: the same body; 200 only while this node serves clients (the master, or a
+//!   standalone node), 503 otherwise. For load balancers that send clients to the master only.
+//! - `GET /metrics`: Prometheus text format: role, epoch, positions, sessions, per-queue depth,
+//!   consumers and unacknowledged deliveries, message counters, memory held for queued bodies.
+//! - `GET /queues`: the queues as JSON (503 when this node serves no clients).
+//!
+//! It owns the listener, the parsing of requests (GET and HEAD only, a bounded head read
+//! under a deadline) and the rendering of what [`Status`] and the broker core report. It must
+//! never change broker state, hold the core's lock while writing to a socket, or let a
+//! malformed request do more than get a 4xx answer and a closed connection.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::broker::Broker;
+use crate::server::Mode;
+
+/// The longest request head read; longer ones get 431.
+const MAX_HEAD: usize = 8 * 1024;
+/// A client has this long to send its request head.
+const READ_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What this node is, as the node's lifecycle last reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    /// `standalone`, `master`, `slave` or `candidate`.
+    pub name: &'static str,
+    pub epoch: u64,
+    /// The end of this node's journal when the role began.
+    pub position: u64,
+}
+
+/// The node's role, set by the lifecycle at each role change and read by the endpoint.
+#[derive(Debug)]
+pub struct Status {
+    node: String,
+    role: Mutex<Role>,
+}
+
+impl Status {
+    pub fn new(node: &str) -> Arc<Status> {
+        Arc::new(Status {
+            node: node.to_string(),
+            role: Mutex::new(Role {
+                name: "candidate",
+                epoch: 0,
+                position: 0,
+            }),
+        })
+    }
+
+    pub fn set_role(&self, name: &'static str, epoch: u64, position: u64) {
+        *self.role.lock().unwrap_or_else(|p| p.into_inner()) = Role {
+            name,
+            epoch,
+            position,
+        };
+    }
+
+    pub fn role(&self) -> Role {
+        self.role.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Binds `bind` and serves the endpoint until the returned task is aborted. `mode` is the
+/// client listeners' mode: it says whether (and with which broker core) this node serves.
+pub async fn serve(
+    bind: &str,
+    status: Arc<Status>,
+    mode: watch::Receiver<Mode>,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("binding the admin endpoint on {bind}"))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "admin endpoint listening (/health, /ready, /metrics, /queues)");
+    let task = tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin endpoint: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let status = status.clone();
+            let mode = mode.clone();
+            tokio::spawn(async move {
+                if let Err(e) = answer(stream, &status, &mode).await {
+                    tracing::debug!(%peer, error = %e, "admin endpoint: request failed");
+                }
+            });
+        }
+    });
+    Ok((address, task))
+}
+
+/// Reads one request, writes one response, closes.
+async fn answer(
+    mut stream: TcpStream,
+    status: &Status,
+    mode: &watch::Receiver<Mode>,
+) -> std::io::Result<()> {
+    let response = match tokio::time::timeout(READ_DEADLINE, read_head(&mut stream)).await {
+        Err(_) => Response::text(408, "request head not received in time\n"),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(head)) => match parse_request(&head) {
+            Err(response) => response,
+            Ok(request) => {
+                let view = View::of(status, mode);
+                let mut response = route(&request, &view);
+                if request.method == "HEAD" {
+                    response.body.clear();
+                }
+                response
+            }
+        },
+    };
+    stream.write_all(&response.to_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// The request head (through the blank line), or what arrived of it when the client stopped
+/// sending or it grew past [`MAX_HEAD`].
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() <= MAX_HEAD {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(head)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Request {
+    method: String,
+    path: String,
+}
+
+/// The method and path of a request head; a 4xx response when it is not a usable one.
+fn parse_request(head: &[u8]) -> Result<Request, Response> {
+    if head.len() > MAX_HEAD {
+        return Err(Response::text(431, "request head too large\n"));
+    }
+    let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Err(Response::text(400, "incomplete request head\n"));
+    };
+    let Ok(text) = std::str::from_utf8(&head[..end]) else {
+        return Err(Response::text(400, "request head is not UTF-8\n"));
+    };
+    let line = text.lines().next().unwrap_or_default();
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Response::text(400, "malformed request line\n"));
+    };
+    if !version.starts_with("HTTP/1.") || !target.starts_with('/') || method.is_empty() {
+        return Err(Response::text(400, "malformed request line\n"));
+    }
+    let path = target.split(['?', '#']).next().unwrap_or(target);
+    Ok(Request {
+        method: method.to_string(),
+        path: path.to_string(),
+    })
+}
+
+/// What one request sees: the role and, while serving, the broker core.
+struct View {
+    node: String,
+    role: Role,
+    broker: Option<Broker>,
+    /// Why clients are refused, when they are.
+    refusal: Option<String>,
+}
+
+impl View {
+    fn of(status: &Status, mode: &watch::Receiver<Mode>) -> View {
+        let (broker, refusal) = match &*mode.borrow() {
+            Mode::Serve(broker) => (Some(broker.clone()), None),
+            Mode::Refuse(reason) | Mode::Closed(reason) => (None, Some(reason.clone())),
+        };
+        View {
+            node: status.node.clone(),
+            role: status.role(),
+            broker,
+            refusal,
+        }
+    }
+
+    fn health_json(&self) -> String {
+        serde_json::json!({
+            "status": "up",
+            "node": self.node,
+            "role": self.role.name,
+            "epoch": self.role.epoch,
+            "position": self.role.position,
+            "serving": self.broker.is_some(),
+            "reason": self.refusal,
+        })
+        .to_string()
+            + "\n"
+    }
+}
+
+fn route(request: &Request, view: &View) -> Response {
+    let known = ["/health", "/ready", "/metrics", "/queues"];
+    if !known.contains(&request.path.as_str()) {
+        return Response::text(404, "not found: try /health, /ready, /metrics or /queues\n");
+    }
+    if request.method != "GET" && request.method != "HEAD" {
+        let mut response = Response::text(405, "only GET and HEAD\n");
+        response.headers.push(("Allow", "GET, HEAD".into()));
+        return response;
+    }
+    match request.path.as_str() {
+        "/health" => Response::json(200, view.health_json()),
+        "/ready" => {
+            let code = if view.broker.is_some() { 200 } else { 503 };
+            Response::json(code, view.health_json())
+        }
+        "/metrics" => Response {
+            code: 200,
+            headers: vec![(
+                "Content-Type",
+                "text/plain; version=0.0.4; charset=utf-8".into(),
+            )],
+            body: metrics(view).into_bytes(),
+        },
+        _ => match &view.broker {
+            Some(broker) => {
+                let queues = broker.queue_stats();
+                Response::json(
+                    200,
+                    serde_json::to_string(&queues).unwrap_or_default() + "\n",
+                )
+            }
+            None => Response::json(503, view.health_json()),
+        },
+    }
+}
+
+/// Prometheus text exposition of `view`.
+fn metrics(view: &View) -> String {
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, kind: &str, samples: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let node = escape_label(&view.node);
+    gauge(
+        "ferromq_role",
+        "1 for this node's current role",
+        "gauge",
+        &[(
+            format!("{{node=\"{node}\",role=\"{}\"}}", view.role.name),
+            1,
+        )],
+    );
+    gauge(
+        "ferromq_serving",
+        "1 while this node accepts clients (master or standalone)",
+        "gauge",
+        &[(String::new(), u64::from(view.broker.is_some()))],
+    );
+    gauge(
+        "ferromq_epoch",
+        "Epoch of the current role",
+        "gauge",
+        &[(String::new(), view.role.epoch)],
+    );
+    let Some(broker) = &view.broker else {
+        return out;
+    };
+    let stats = broker.stats();
+    let counters: [(&str, &str, u64); 8] = [
+        (
+            "ferromq_messages_enqueued_total",
+            "Messages put on queues",
+            stats.enqueued,
+        ),
+        (
+            "ferromq_messages_delivered_total",
+            "Deliveries to consumers",
+            stats.delivered,
+        ),
+        (
+            "ferromq_messages_acknowledged_total",
+            "Acknowledged deliveries",
+            stats.acknowledged,
+        ),
+        (
+            "ferromq_messages_duplicate_total",
+            "Re-sent messages already stored, dropped",
+            stats.duplicates_dropped,
+        ),
+        (
+            "ferromq_messages_dead_lettered_total",
+            "Messages moved to ActiveMQ.DLQ",
+            stats.dead_lettered,
+        ),
+        (
+            "ferromq_messages_expired_total",
+            "Messages expired on queues",
+            stats.expired,
+        ),
+        (
+            "ferromq_topic_discarded_total",
+            "Messages discarded for slow topic subscribers",
+            stats.topic_discarded,
+        ),
+        (
+            "ferromq_bodies_read_back_total",
+            "Queued bodies read back from the journal (past memory_limit)",
+            stats.bodies_read_back,
+        ),
+    ];
+    for (name, help, value) in counters {
+        gauge(name, help, "counter", &[(String::new(), value)]);
+    }
+    let gauges: [(&str, &str, u64); 7] = [
+        (
+            "ferromq_journal_end_bytes",
+            "Journal end position",
+            stats.journal_end,
+        ),
+        (
+            "ferromq_confirmed_position_bytes",
+            "Confirmed watermark (held as sync requires)",
+            stats.confirmed,
+        ),
+        ("ferromq_sessions", "Client sessions", stats.sessions as u64),
+        ("ferromq_consumers", "Consumers", stats.consumers as u64),
+        (
+            "ferromq_pending_confirmations",
+            "Sends and commits waiting for their confirmation",
+            stats.pending_confirmations as u64,
+        ),
+        (
+            "ferromq_queued_body_bytes",
+            "Bytes of queued message bodies held in memory (see memory_limit)",
+            stats.resident_bytes,
+        ),
+        (
+            "ferromq_queues",
+            "Queues, durable subscriptions' included",
+            stats.queues as u64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        gauge(name, help, "gauge", &[(String::new(), value)]);
+    }
+    let queues = broker.queue_stats();
+    let per_queue = |f: fn(&crate::broker::QueueStats) -> usize| -> Vec<(String, u64)> {
+        queues
+            .iter()
+            .map(|q| {
+                (
+                    format!("{{queue=\"{}\"}}", escape_label(&q.name)),
+                    f(q) as u64,
+                )
+            })
+            .collect()
+    };
+    gauge(
+        "ferromq_queue_messages",
+        "Messages waiting on the queue",
+        "gauge",
+        &per_queue(|q| q.ready),
+    );
+    gauge(
+        "ferromq_queue_consumers",
+        "Consumers of the queue",
+        "gauge",
+        &per_queue(|q| q.consumers),
+    );
+    gauge(
+        "ferromq_queue_in_flight",
+        "Delivered, unacknowledged messages of the queue",
+        "gauge",
+        &per_queue(|q| q.in_flight),
+    );
+    out
+}
+
+/// A label value as the exposition format writes it.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+struct Response {
+    code: u16,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn text(code: u16, body: &str) -> Response {
+        Response {
+            code,
+            headers: vec![("Content-Type", "text/plain; charset=utf-8".into())],
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn json(code: u16, body: String) -> Response {
+        Response {
+            code,
+            headers: vec![("Content-Type", "application/json".into())],
+            body: body.into_bytes(),
+        }
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let reason = match self.code {
+            200 => "OK",
+            400 => "Bad Request",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            408 => "Request Timeout",
+            431 => "Request Header Fields Too Large",
+            503 => "Service Unavailable",
+            _ => "",
+        };
+        let mut out = format!("HTTP/1.1 {} {reason}\r\n", self.code);
+        for (name, value) in &self.headers {
+            let _ = write!(out, "{name}: {value}\r\n");
+        }
+        let _ = write!(
+            out,
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            self.body.len()
+        );
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(head: &str) -> Result<Request, u16> {
+        parse_request(head.as_bytes()).map_err(|r| r.code)
+    }
+
+    #[test]
+    fn requests_are_parsed_and_bad_ones_get_a_4xx() {
+        assert_eq!(
+            request("GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Ok(Request {
+                method: "GET".into(),
+                path: "/metrics".into()
+            })
+        );
+        assert_eq!(
+            request("GET /health HTTP/1.0\r\n\r\n").unwrap().path,
+            "/health"
+        );
+        assert_eq!(request("GET /health HTTP/1.1\r\n"), Err(400));
+        assert_eq!(request("GET /health\r\n\r\n"), Err(400));
+        assert_eq!(request("GET health HTTP/1.1\r\n\r\n"), Err(400));
+        assert_eq!(request("\u{1}\u{2}garbage\r\n\r\n"), Err(400));
+        assert_eq!(request("GET / HTTP/1.1 extra\r\n\r\n"), Err(400));
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(request(&long), Err(431));
+        assert_eq!(
+            parse_request(&[0xff, 0xfe, b'\r', b'\n', b'\r', b'\n']).map_err(|r| r.code),
+            Err(400)
+        );
+    }
+
+    fn view(serving: bool) -> View {
+        View {
+            node: "n\"1".into(),
+            role: Role {
+                name: if serving { "master" } else { "slave" },
+                epoch: 7,
+                position: 42,
+            },
+            broker: None,
+            refusal: (!serving).then(|| "a master serves elsewhere".into()),
+        }
+    }
+
+    #[test]
+    fn routes_answer_by_role() {
+        let get = |path: &str| Request {
+            method: "GET".into(),
+            path: path.into(),
+        };
+        let slave = view(false);
+        assert_eq!(route(&get("/health"), &slave).code, 200);
+        assert_eq!(route(&get("/ready"), &slave).code, 503);
+        assert_eq!(route(&get("/queues"), &slave).code, 503);
+        assert_eq!(route(&get("/nope"), &slave).code, 404);
+        let post = Request {
+            method: "POST".into(),
+            path: "/health".into(),
+        };
+        assert_eq!(route(&post, &slave).code, 405);
+        let body = String::from_utf8(route(&get("/health"), &slave).body).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["role"], "slave");
+        assert_eq!(json["epoch"], 7);
+        assert_eq!(json["serving"], false);
+        assert_eq!(json["reason"], "a master serves elsewhere");
+        let text = metrics(&slave);
+        assert!(
+            text.contains("ferromq_role{node=\"n\\\"1\",role=\"slave\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("ferromq_serving 0\n"), "{text}");
+    }
+}
