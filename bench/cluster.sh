@@ -42,6 +42,7 @@ WORK=${WORK:-/tmp/ferromq-cluster-bench}
 RESULTS=${RESULTS:-$WORK/results-$(date -u +%Y%m%dT%H%M%SZ)}
 export ZK_PORT_BASE=${ZK_PORT_BASE:-22181}
 export CLIENT_PORT_BASE=${CLIENT_PORT_BASE:-51616}
+export ADMIN_PORT_BASE=${ADMIN_PORT_BASE-}   # no admin endpoints unless asked for
 export CLUSTER_DIR=$RESULTS/cluster
 FAILOVER_REPS=${FAILOVER_REPS:-5}
 FAILOVER_DURATION=${FAILOVER_DURATION:-12s}

@@ -9,7 +9,9 @@
 #   scripts/local-cluster.sh down     # stop everything (data is kept in $CLUSTER_DIR)
 #
 # Environment: CLUSTER_DIR (default /tmp/ferromq-cluster), ZK_VERSION (3.8 or 3.4, default 3.8),
-# ZK_PORT_BASE (default 2181), CLIENT_PORT_BASE (default 61616; node i listens on BASE+i-1).
+# ZK_PORT_BASE (default 2181), CLIENT_PORT_BASE (default 61616; node i listens on BASE+i-1),
+# ADMIN_PORT_BASE (default 8161; node i's admin endpoint, /health /ready /metrics /queues, on
+# http://127.0.0.1:BASE+i-1; empty: none).
 # Clients: failover:(tcp://127.0.0.1:61616,tcp://127.0.0.1:61617,tcp://127.0.0.1:61618)?initialReconnectDelay=1000
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +20,7 @@ CLUSTER_DIR=${CLUSTER_DIR:-/tmp/ferromq-cluster}
 ZK_VERSION=${ZK_VERSION:-3.8}
 ZK_PORT_BASE=${ZK_PORT_BASE:-2181}
 CLIENT_PORT_BASE=${CLIENT_PORT_BASE:-61616}
+ADMIN_PORT_BASE=${ADMIN_PORT_BASE-8161}
 BIN=${FERROMQ_BIN:-target/release/ferromq}
 ZK_ADDRESS="127.0.0.1:$ZK_PORT_BASE,127.0.0.1:$((ZK_PORT_BASE+1)),127.0.0.1:$((ZK_PORT_BASE+2))"
 
@@ -41,6 +44,9 @@ zk_session_timeout = "2s"
 hostname = "127.0.0.1"
 security_token = "local-cluster"
 TOML
+  if [ -n "$ADMIN_PORT_BASE" ]; then
+    printf '[admin]\nbind = "tcp://127.0.0.1:%s"\n' "$((ADMIN_PORT_BASE+i-1))"
+  fi
 }
 
 start_node() {
@@ -50,7 +56,7 @@ start_node() {
   node_config "$i" > "$d/broker.toml"
   setsid nohup "$BIN" broker --config "$d/broker.toml" >> "$d/broker.log" 2>&1 < /dev/null &
   echo $! > "$d/broker.pid"
-  echo "node$i: pid $(cat "$d/broker.pid"), clients on tcp://127.0.0.1:$((CLIENT_PORT_BASE+i-1)), log $d/broker.log"
+  echo "node$i: pid $(cat "$d/broker.pid"), clients on tcp://127.0.0.1:$((CLIENT_PORT_BASE+i-1))${ADMIN_PORT_BASE:+, admin on http://127.0.0.1:$((ADMIN_PORT_BASE+i-1))}, log $d/broker.log"
 }
 
 stop_node() {
