@@ -195,7 +195,9 @@ impl View {
     fn of(status: &Status, mode: &watch::Receiver<Mode>) -> View {
         let (broker, refusal) = match &*mode.borrow() {
             Mode::Serve(broker) => (Some(broker.clone()), None),
-            Mode::Refuse(reason) | Mode::Closed(reason) => (None, Some(reason.clone())),
+            Mode::Refuse(reason) | Mode::Closed(reason) | Mode::Pending(reason) => {
+                (None, Some(reason.clone()))
+            }
         };
         View {
             node: status.node.clone(),

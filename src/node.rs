@@ -186,6 +186,7 @@ impl Lifecycle {
         let mut roles = self.election.roles();
         loop {
             let role = roles.borrow_and_update().clone();
+            let taking_over = role.is_taking_over();
             match role {
                 Role::Candidate { reason } => {
                     let refusal = if reason.contains("not enough cluster members") {
@@ -193,7 +194,12 @@ impl Lifecycle {
                     } else {
                         format!("not the master: no master elected ({reason})")
                     };
-                    self.listeners.set_mode(Mode::Refuse(refusal));
+                    // Elected: clients arriving now are held until this node serves them.
+                    self.listeners.set_mode(if taking_over {
+                        Mode::Pending(refusal)
+                    } else {
+                        Mode::Refuse(refusal)
+                    });
                     self.status
                         .set_role("candidate", self.log.epoch, self.log.position);
                     self.election.report_final_log(self.log);

@@ -4,9 +4,10 @@
 //! It owns sockets and tasks, never broker state; it must never answer a client itself beyond
 //! refusing a protocol it cannot tell.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::BytesMut;
@@ -25,6 +26,9 @@ use tokio::task::JoinSet;
 /// How long a new connection may take to send enough bytes to tell its protocol.
 const DETECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a connection accepted in [`Mode::Pending`] waits for the node to serve.
+const PENDING_HOLD: Duration = Duration::from_secs(2);
+
 /// What the client listeners do with a new connection.
 #[derive(Clone)]
 pub enum Mode {
@@ -36,6 +40,11 @@ pub enum Mode {
     /// A master serves elsewhere: the client port is closed, so every client (ferromq's,
     /// stomp.py, a JMS failover transport) is refused at connect and tries the next address.
     Closed(String),
+    /// This node was elected and is taking over (the reason says so): a new connection is
+    /// held for up to [`PENDING_HOLD`] and served as soon as the node serves, instead of being
+    /// refused and left to its client's reconnect back-off (up to `maxReconnectDelay` more
+    /// after a failover). Refused if the node does not serve by then.
+    Pending(String),
 }
 
 /// The client connectors of a node, bound once for the life of the process. Their mode says
@@ -267,6 +276,8 @@ async fn accept_loop(
     let mut listener = Some(listener);
     // Connections served under the current mode; dropped (so aborted) when the mode changes.
     let mut connections = JoinSet::new();
+    // Connections accepted while pending, with when they were accepted, oldest first.
+    let mut held: VecDeque<(TcpStream, SocketAddr, Instant)> = VecDeque::new();
     loop {
         let closed = matches!(&*mode.borrow(), Mode::Closed(_));
         if closed && listener.is_some() {
@@ -302,17 +313,10 @@ async fn accept_loop(
                     }
                 };
                 let _ = socket.set_nodelay(true);
-                match &*mode.borrow() {
-                    Mode::Serve(broker) => {
-                        let broker = broker.clone();
-                        let protocols = protocols.clone();
-                        connections.spawn(async move {
-                            handle_connection(socket, peer, scheme, broker, protocols).await;
-                        });
-                    }
-                    Mode::Refuse(reason) | Mode::Closed(reason) => {
-                        tokio::spawn(refuse(socket, peer, reason.clone()));
-                    }
+                let current = mode.borrow().clone();
+                match current {
+                    Mode::Pending(_) => held.push_back((socket, peer, Instant::now())),
+                    other => dispatch(&other, socket, peer, scheme, &protocols, &mut connections),
                 }
             }
             changed = mode.changed() => {
@@ -323,8 +327,50 @@ async fn accept_loop(
                     tracing::info!(connections = connections.len(), "closing client connections");
                 }
                 connections.abort_all();
+                let current = mode.borrow().clone();
+                if !matches!(current, Mode::Pending(_)) {
+                    if !held.is_empty() {
+                        tracing::info!(connections = held.len(), "handing over the connections held while taking over");
+                    }
+                    for (socket, peer, _) in held.drain(..) {
+                        dispatch(&current, socket, peer, scheme, &protocols, &mut connections);
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(held.front().map_or_else(tokio::time::Instant::now, |h| (h.2 + PENDING_HOLD).into())), if !held.is_empty() => {
+                let reason = match &*mode.borrow() {
+                    Mode::Pending(reason) => reason.clone(),
+                    _ => "not the master".to_string(),
+                };
+                while held.front().is_some_and(|h| h.2.elapsed() >= PENDING_HOLD) {
+                    let (socket, peer, _) = held.pop_front().expect("checked");
+                    tokio::spawn(refuse(socket, peer, reason.clone()));
+                }
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// Serves `socket` under `mode` (in `connections`, aborted at the next change) or refuses it.
+fn dispatch(
+    mode: &Mode,
+    socket: TcpStream,
+    peer: SocketAddr,
+    scheme: ConnectorScheme,
+    protocols: &Protocols,
+    connections: &mut JoinSet<()>,
+) {
+    match mode {
+        Mode::Serve(broker) => {
+            let broker = broker.clone();
+            let protocols = protocols.clone();
+            connections.spawn(async move {
+                handle_connection(socket, peer, scheme, broker, protocols).await;
+            });
+        }
+        Mode::Refuse(reason) | Mode::Closed(reason) | Mode::Pending(reason) => {
+            tokio::spawn(refuse(socket, peer, reason.clone()));
         }
     }
 }
@@ -433,6 +479,56 @@ mod tests {
         client.read_to_end(&mut answer).await.unwrap();
         task.await.unwrap();
         answer
+    }
+
+    /// A client that connects while the node is taking over is held, then served (or refused)
+    /// as the node's mode settles, instead of being refused at once.
+    #[tokio::test]
+    async fn a_connection_accepted_while_taking_over_is_served_once_the_node_serves() {
+        let mut config = Config::default();
+        config.transport.connectors = vec!["tcp://127.0.0.1:0".parse().unwrap()];
+        let listeners = Listeners::bind(&config, Mode::Pending("elected; taking over".into()))
+            .await
+            .unwrap();
+        let address = listeners.addresses[0];
+        let hello = b"CONNECT\naccept-version:1.2\nhost:x\n\n\0";
+        let answer = |mut client: TcpStream| async move {
+            let mut answer = vec![0u8; 256];
+            let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut answer))
+                .await
+                .expect("an answer")
+                .unwrap();
+            String::from_utf8_lossy(&answer[..n]).to_string()
+        };
+
+        let mut served = TcpStream::connect(address).await.unwrap();
+        served.write_all(hello).await.unwrap();
+        let mut second = TcpStream::connect(address).await.unwrap();
+        second.write_all(hello).await.unwrap();
+        // Both wait: nothing comes back while the node is pending.
+        let mut probe = [0u8; 1];
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), served.read(&mut probe))
+                .await
+                .is_err(),
+            "a held connection is answered only once the node serves"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+        listeners.set_mode(Mode::Serve(broker));
+        let text = answer(served).await;
+        assert!(text.starts_with("CONNECTED\n"), "{text}");
+        // Held while the node took over, it was served: so was the second one.
+        assert!(answer(second).await.starts_with("CONNECTED\n"));
+
+        // Pending again, then the node does not become master after all: refused with why.
+        listeners.set_mode(Mode::Pending("elected; taking over".into()));
+        let mut client = TcpStream::connect(address).await.unwrap();
+        client.write_all(hello).await.unwrap();
+        listeners.set_mode(Mode::Refuse("not the master: no quorum".into()));
+        let text = answer(client).await;
+        assert!(text.starts_with("ERROR\n"), "{text}");
+        assert!(text.contains("no quorum"), "{text}");
     }
 
     #[tokio::test]

@@ -123,7 +123,16 @@ pub enum Role {
     },
 }
 
+/// The reason of a candidate that was elected and is taking its epoch: it becomes master
+/// next, unless ZooKeeper says otherwise first.
+const TAKING_OVER: &str = "elected; taking a new epoch";
+
 impl Role {
+    /// A candidate elected and taking its epoch (see [`TAKING_OVER`]).
+    pub fn is_taking_over(&self) -> bool {
+        matches!(self, Role::Candidate { reason } if reason == TAKING_OVER)
+    }
+
     fn candidate(reason: impl Into<String>) -> Role {
         Role::Candidate {
             reason: reason.into(),
@@ -1267,7 +1276,7 @@ impl Core {
                                     let floor = self.log.epoch.max(highest);
                                     Self::spawn_take_epoch(s, &self.cfg, &self.events, floor);
                                 }
-                                Role::candidate("elected; taking a new epoch")
+                                Role::candidate(TAKING_OVER)
                             }
                         },
                     }
