@@ -563,6 +563,18 @@ impl BrokerProcess {
     }
 
     /// Every log line so far (of every run).
+    /// The bodies of every message waiting on `queue`, in delivery order: a new client
+    /// subscribes, sends a `sentinel` message behind them and receives up to it (the sentinel
+    /// is left out).
+    pub fn remaining_bodies(&self, queue: &str) -> Result<Vec<String>> {
+        let mut consumer = self.client()?;
+        consumer.subscribe("remaining", queue, &[])?;
+        consumer.send_persistent(queue, b"sentinel")?;
+        let mut got = consumer.recv_until(b"sentinel", FRAME_TIMEOUT)?;
+        got.pop();
+        Ok(got.iter().map(Frame::text).collect())
+    }
+
     /// The admin endpoint's `host:port`, from the log line that announces it.
     pub fn admin_addr(&self) -> Option<String> {
         self.logs()
@@ -1073,6 +1085,25 @@ impl StompClient {
                 return Ok(got);
             }
         }
+    }
+
+    /// Subscribes to `queue` with client acks and a prefetch of `n`, receives `n` messages and
+    /// acknowledges them all (one cumulative ACK, with its receipt); their bodies.
+    pub fn consume_acked(&mut self, queue: &str, n: usize) -> Result<Vec<String>> {
+        let prefetch = n.to_string();
+        self.subscribe(
+            "acked",
+            queue,
+            &[("ack", "client"), ("activemq.prefetchSize", &prefetch)],
+        )?;
+        let mut got = Vec::with_capacity(n);
+        for _ in 0..n {
+            got.push(self.recv_message(FRAME_TIMEOUT)?);
+        }
+        if let Some(last) = got.last() {
+            self.ack(last)?;
+        }
+        Ok(got.iter().map(Frame::text).collect())
     }
 
     /// The ACK (or NACK) frame for a MESSAGE, per the negotiated version.
