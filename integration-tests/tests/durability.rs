@@ -407,3 +407,22 @@ fn a_backlog_larger_than_the_memory_limit_is_delivered_whole_after_kill9() -> Re
     );
     Ok(())
 }
+
+/// Test 10d: as in ActiveMQ, a persistent send to a temporary queue is not stored: it is
+/// delivered while the broker runs, and gone after `kill -9` and a restart (a stored one would
+/// keep its journal segment forever once its temporary queue is gone).
+#[test]
+fn persistent_sends_to_a_temporary_queue_are_not_stored() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut broker = BrokerProcess::start(dir.path(), "")?;
+    let mut producer = broker.client()?;
+    producer.send_persistent("/temp-queue/replies", b"reply")?;
+    producer.send_persistent("/queue/kept", b"kept")?;
+    assert_eq!(broker.remaining_bodies("/temp-queue/replies")?, ["reply"]);
+    producer.send_persistent("/temp-queue/replies", b"lost with the broker")?;
+    broker.kill9();
+    broker.restart()?;
+    assert_eq!(broker.remaining_bodies("/queue/kept")?, ["kept"]);
+    assert!(broker.remaining_bodies("/temp-queue/replies")?.is_empty());
+    Ok(())
+}

@@ -556,8 +556,14 @@ struct State {
 
 impl State {
     fn send(&mut self, frame: &Frame) -> Result<Confirmation, Fatal> {
-        let destination = Destination::parse(required(frame, "destination")?)?;
-        let persistent = frame.get("persistent") == Some("true");
+        let destination_text = required(frame, "destination")?;
+        let destination = Destination::parse(destination_text)?;
+        // As in ActiveMQ, messages to temporary destinations are never stored: they live as
+        // long as the connection that made the destination, and a stored one would outlive it
+        // on disk (and keep its journal segment) with nobody left to consume it.
+        let temporary = destination_text.starts_with("/temp-queue/")
+            || destination_text.starts_with("/temp-topic/");
+        let persistent = frame.get("persistent") == Some("true") && !temporary;
         let expiration = match frame.get("expires") {
             None => 0,
             Some(v) => v
