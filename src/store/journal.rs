@@ -919,6 +919,20 @@ impl Journal {
         guard
     }
 
+    /// Waits (up to 10 s) until the writer thread sleeps, so that what is queued next is
+    /// written by whoever the test means to write it (tests of inline batches).
+    #[cfg(test)]
+    pub(crate) fn wait_writer_asleep(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !self.shared.inbox.lock().unwrap().sleeping {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer thread never went to sleep"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     /// Makes the writer stop without writing anything it has not written yet, as soon as it
     /// handles its next command (tests: a killed process; see [`Journal::hold_writer`]).
     #[cfg(test)]
@@ -2091,6 +2105,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut journal, rx) = open(dir.path(), 1 << 20, true);
         let flusher = journal.flusher();
+        // A writer thread just started looks at the queue once before it sleeps; had it not
+        // gone to sleep yet, it would take the appends below itself.
+        journal.wait_writer_asleep();
         let mut expected = Vec::new();
         for n in 0..3 {
             let appended = journal.append_deferred(&record(n, 100)).unwrap();
