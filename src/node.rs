@@ -20,7 +20,7 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::election::{Election, ElectionConfig, LogState, Role};
 use crate::replication::{self, MasterOptions, ReplicationMaster, SlaveOptions};
-use crate::server::{broker_options, open_store_with, Listeners, Mode};
+use crate::server::{broker_options, open_store_with, AbortOnDrop, Listeners, Mode};
 use crate::store::{Position, Store};
 
 /// How long a slave waits before it dials its master again after a lost connection.
@@ -86,16 +86,6 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
         close_store(kept.store).await;
     }
     result
-}
-
-/// Aborts its task when dropped: a `follow` cancelled by shutdown must not leave the
-/// replication loop running on with the store.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// An open store between roles, with the receiving end of its durable watermark.

@@ -112,26 +112,27 @@ impl Listeners {
     }
 }
 
+/// A task aborted when its handle is dropped (the admin endpoint; a slave's replication loop,
+/// which a cancelled role must not leave running on with the store).
+pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Starts the admin endpoint if `[admin] bind` is set; it stops when the handle is dropped.
 pub(crate) async fn start_admin(
     config: &Config,
     status: &Arc<crate::admin::Status>,
     listeners: &Listeners,
-) -> anyhow::Result<Option<AdminTask>> {
+) -> anyhow::Result<Option<AbortOnDrop<()>>> {
     let Some(bind) = &config.admin.bind else {
         return Ok(None);
     };
     let (_, task) = crate::admin::serve(bind.as_str(), status.clone(), listeners.mode()).await?;
-    Ok(Some(AdminTask(task)))
-}
-
-/// The admin endpoint's task, aborted when dropped.
-pub struct AdminTask(tokio::task::JoinHandle<()>);
-
-impl Drop for AdminTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    Ok(Some(AbortOnDrop(task)))
 }
 
 impl Drop for Listeners {
@@ -146,7 +147,7 @@ impl Drop for Listeners {
 pub struct Node {
     pub broker: Broker,
     pub listeners: Listeners,
-    pub admin: Option<AdminTask>,
+    pub admin: Option<AbortOnDrop<()>>,
 }
 
 /// Opens the store with `on_durable` called (on the journal's writer thread) with each new
@@ -338,13 +339,11 @@ async fn accept_loop(
                 }
             }
             _ = tokio::time::sleep_until(held.front().map_or_else(tokio::time::Instant::now, |h| (h.2 + PENDING_HOLD).into())), if !held.is_empty() => {
-                let reason = match &*mode.borrow() {
-                    Mode::Pending(reason) => reason.clone(),
-                    _ => "not the master".to_string(),
-                };
+                // Still pending (a change hands every held connection over): refused, with why.
+                let current = mode.borrow().clone();
                 while held.front().is_some_and(|h| h.2.elapsed() >= PENDING_HOLD) {
                     let (socket, peer, _) = held.pop_front().expect("checked");
-                    tokio::spawn(refuse(socket, peer, reason.clone()));
+                    dispatch(&current, socket, peer, scheme, &protocols, &mut connections);
                 }
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::queue::{Consumer, Entry, InFlight, Queue, Resident, Source};
+use super::queue::{Body, Consumer, Entry, InFlight, Queue, Resident, Source};
 use super::selector::Selector;
 use super::{
     AckScope, BrokerError, BrokerOptions, Confirmation, Delivery, Destination, NewMessage,
@@ -240,14 +240,20 @@ impl Core {
             core.register_durable(subscription);
         }
         for (queue, messages) in recovered.queues {
+            let mut entries = Vec::with_capacity(messages.len());
             for (key, message) in messages {
                 let redeliveries = message.redelivery_count;
                 let mut entry = Entry::new(Some(key), Arc::new(message), redeliveries);
-                entry.body_on_disk = recovered.bodies_on_disk.contains(&key);
+                if recovered.bodies_on_disk.contains(&key) {
+                    entry.body = Body::OnDisk;
+                }
                 entry.seq = core.next_seq;
                 core.next_seq += 1;
-                let entry = core.admit(entry);
-                core.queues.entry(queue.clone()).or_default().push(entry);
+                entries.push(core.admit(entry));
+            }
+            let q = core.queues.entry(queue).or_default();
+            for entry in entries {
+                q.push(entry);
             }
         }
         // The epoch-start record comes first: nothing written under this epoch is confirmed
@@ -915,11 +921,13 @@ impl Core {
     /// priority and expiry need no body) and [`Core::page_in`] reads the body back before
     /// delivery. Non-persistent bodies are nowhere else and always stay.
     fn admit(&mut self, mut entry: Entry) -> Entry {
-        if entry.resident.is_some() || entry.body_on_disk {
-            if entry.body_on_disk {
+        match entry.body {
+            Body::InMemory { .. } => return entry,
+            Body::OnDisk => {
                 self.stats.bodies_left_on_disk += 1;
+                return entry;
             }
-            return entry;
+            Body::Uncounted => {}
         }
         let bytes = entry.message.body.len() as u64;
         let total = self.resident.load(Ordering::Relaxed);
@@ -936,7 +944,7 @@ impl Core {
             let mut stub = Arc::unwrap_or_clone(entry.message);
             stub.body = Default::default();
             entry.message = Arc::new(stub);
-            entry.body_on_disk = true;
+            entry.body = Body::OnDisk;
             self.stats.bodies_left_on_disk += 1;
             return entry;
         }
@@ -949,13 +957,15 @@ impl Core {
                  memory again"
             );
         }
-        entry.resident = Some(Resident::new(bytes, &self.resident));
+        entry.body = Body::InMemory {
+            _share: Resident::new(bytes, &self.resident),
+        };
         entry
     }
 
     /// `entry`'s message with its body, read back from the journal if it was left there.
     fn with_body(&self, entry: &Entry) -> Result<Arc<Message>, BrokerError> {
-        if !entry.body_on_disk {
+        if !matches!(entry.body, Body::OnDisk) {
             return Ok(entry.message.clone());
         }
         let key = entry
@@ -965,26 +975,27 @@ impl Core {
             .store
             .as_ref()
             .ok_or_else(|| BrokerError::NotMaster("the node stepped down".into()))?;
-        let stored = store
+        // The stored message is the one the entry was made from (the core never changes a
+        // message once stored), body included.
+        store
             .read_message(key)
-            .map_err(|e| BrokerError::StoreFailed(e.to_string()))?;
-        let mut message = (*entry.message).clone();
-        message.body = stored.body;
-        Ok(Arc::new(message))
+            .map(Arc::new)
+            .map_err(|e| BrokerError::StoreFailed(e.to_string()))
     }
 
     /// `entry` (taken off `queue`) ready to deliver, its body read back if needed; `None` if
     /// that read failed, in which case the entry is back on its queue and the failure logged.
     fn page_in(&mut self, queue: &str, mut entry: Entry) -> Option<Entry> {
-        if !entry.body_on_disk {
+        if !matches!(entry.body, Body::OnDisk) {
             return Some(entry);
         }
         match self.with_body(&entry) {
             Ok(message) => {
                 self.stats.bodies_read_back += 1;
-                entry.resident = Some(Resident::new(message.body.len() as u64, &self.resident));
+                entry.body = Body::InMemory {
+                    _share: Resident::new(message.body.len() as u64, &self.resident),
+                };
                 entry.message = message;
-                entry.body_on_disk = false;
                 Some(entry)
             }
             Err(error) => {

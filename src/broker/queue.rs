@@ -18,14 +18,22 @@ pub(super) struct Entry {
     pub seq: u64,
     /// Where the message is stored; `None` for a non-persistent message.
     pub key: Option<MessageKey>,
-    /// Without its body when `body_on_disk`.
+    /// Without its body when the body is [`Body::OnDisk`].
     pub message: Arc<Message>,
     pub redeliveries: u32,
-    /// The body is left in the journal (past the broker's `memory_limit`) and read back from
-    /// the message's key before delivery.
-    pub body_on_disk: bool,
-    /// Counts the body against the `memory_limit` while the entry lives.
-    pub resident: Option<Resident>,
+    pub body: Body,
+}
+
+/// Where a queue entry's body is, as the broker's `memory_limit` sees it.
+#[derive(Debug, Clone)]
+pub(super) enum Body {
+    /// Not counted yet: the entry is not on a queue (`Core::admit` decides).
+    Uncounted,
+    /// In memory, counted against the limit while the entry lives (the share is held for its
+    /// `Drop`).
+    InMemory { _share: Resident },
+    /// Left in the journal (past the limit); read back from the message's key before delivery.
+    OnDisk,
 }
 
 /// Bytes of one entry's body in a total of bodies held in memory: added when made, taken off
@@ -67,8 +75,7 @@ impl Entry {
             key,
             message,
             redeliveries,
-            body_on_disk: false,
-            resident: None,
+            body: Body::Uncounted,
         }
     }
 

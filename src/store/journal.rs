@@ -949,6 +949,13 @@ impl Journal {
         self.shared.inbox.lock().unwrap().closed = true;
         self.shared.ready.notify_all();
         if let Some(writer) = self.writer.take() {
+            if writer.thread().id() == std::thread::current().id() {
+                // Dropped on the writer thread itself: the durable callback released the last
+                // handle of the journal's owner (a broker core confirmed from this thread).
+                // Joining would be joining itself; the thread ends on its own once it is back
+                // in its loop and finds the queue closed and empty.
+                return self.check_failed();
+            }
             if writer.join().is_err() {
                 self.shared.fail("writer thread panicked".into());
             }
@@ -2139,6 +2146,54 @@ mod tests {
         journal.close().unwrap();
         let (journal, _rx) = open(dir.path(), 1 << 20, true);
         assert_eq!(all_records(&journal), expected);
+    }
+
+    /// The owner of a journal can go away on the journal's own thread: its durable callback
+    /// (a broker core confirmed from the writer thread) may hold the last handle. Dropping the
+    /// journal there must not try to join that very thread, and what was written stays.
+    #[test]
+    fn a_journal_dropped_from_its_own_durable_callback_closes_and_keeps_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let slot: Arc<Mutex<Option<Journal>>> = Arc::new(Mutex::new(None));
+        let (dropped, was_dropped) = mpsc::channel();
+        let in_callback = slot.clone();
+        let journal = Journal::open(
+            JournalOptions {
+                directory: dir.path().to_path_buf(),
+                log_size: 1 << 20,
+                fsync: true,
+            },
+            Box::new(move |_| {
+                let journal = in_callback.lock().unwrap().take();
+                if journal.is_some() {
+                    drop(journal);
+                    let _ = dropped.send(std::thread::current().id());
+                }
+            }),
+        )
+        .unwrap();
+        let writer = journal.writer.as_ref().unwrap().thread().id();
+        let mut guard = slot.lock().unwrap();
+        let journal = guard.insert(journal);
+        let appended = journal.append(&record(0, 100)).unwrap();
+        drop(guard);
+        let on = was_dropped
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the callback dropped the journal and carried on");
+        assert_eq!(on, writer, "dropped on the writer thread");
+        let reopened = Journal::open(
+            JournalOptions {
+                directory: dir.path().to_path_buf(),
+                log_size: 1 << 20,
+                fsync: true,
+            },
+            Box::new(|_| {}),
+        )
+        .unwrap();
+        assert_eq!(
+            all_records(&reopened),
+            vec![(appended.position, record(0, 100))]
+        );
     }
 
     #[test]

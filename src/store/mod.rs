@@ -646,21 +646,24 @@ impl Store {
     /// Reads back the message `key` names (a live message added to some queue), body
     /// included, from the journal.
     pub fn read_message(&self, key: MessageKey) -> Result<Message, StoreError> {
-        let position = key.position();
-        let record = self.journal.reader().read(position)?;
-        let entry_index = (key.0 & 0xffff) as usize;
-        match record
-            .entries
-            .into_iter()
-            .nth(entry_index)
-            .and_then(|e| e.kind)
-        {
-            Some(entry::Kind::Add(add)) => Ok(add.message.unwrap_or_default()),
-            _ => Err(StoreError::Inconsistent(format!(
-                "message {} is not entry {entry_index} of the record at {position}",
-                key.0
+        let record = self.journal.reader().read(key.position())?;
+        match added_by(&record, key) {
+            Some(add) => Ok(add.message.clone().unwrap_or_default()),
+            None => Err(StoreError::Inconsistent(format!(
+                "message {} is not entry {} of the record at {}",
+                key.0,
+                key.entry_index(),
+                key.position()
             ))),
         }
+    }
+}
+
+/// The entry of `record` (read at `key`'s position) that added the message `key` names.
+fn added_by(record: &Record, key: MessageKey) -> Option<&MessageAdd> {
+    match record.entries.get(key.entry_index())?.kind.as_ref()? {
+        entry::Kind::Add(add) => Some(add),
+        _ => None,
     }
 }
 
@@ -696,13 +699,8 @@ fn build_recovered(
             }
         };
         let name = &queues[queue].0;
-        let entry_index = (key.0 & 0xffff) as usize;
-        let message = match record
-            .entries
-            .get(entry_index)
-            .and_then(|e| e.kind.as_ref())
-        {
-            Some(entry::Kind::Add(add)) if add.queues.iter().any(|q| q == name) => {
+        let message = match added_by(record, key) {
+            Some(add) if add.queues.iter().any(|q| q == name) => {
                 let mut message = add.message.clone().unwrap_or_default();
                 // Oldest first (the keys are sorted): the bodies kept are the first delivered.
                 let len = message.body.len() as u64;
@@ -717,9 +715,10 @@ fn build_recovered(
             }
             _ => {
                 return Err(Attempt::Rebuild(format!(
-                    "the index lists message {} on {name}, but entry {entry_index} of the \
-                     record at {position} does not add it there",
-                    key.0
+                    "the index lists message {} on {name}, but entry {} of the record at \
+                     {position} does not add it there",
+                    key.0,
+                    key.entry_index()
                 )))
             }
         };

@@ -51,6 +51,10 @@ impl MessageKey {
     pub fn position(self) -> Position {
         Position(self.0 >> 16)
     }
+    /// Which entry of the record at [`MessageKey::position`] added the message.
+    pub fn entry_index(self) -> usize {
+        (self.0 & 0xffff) as usize
+    }
 }
 
 /// Why a frame could not be read.
