@@ -2181,15 +2181,7 @@ mod tests {
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("the callback dropped the journal and carried on");
         assert_eq!(on, writer, "dropped on the writer thread");
-        let reopened = Journal::open(
-            JournalOptions {
-                directory: dir.path().to_path_buf(),
-                log_size: 1 << 20,
-                fsync: true,
-            },
-            Box::new(|_| {}),
-        )
-        .unwrap();
+        let (reopened, _rx) = open(dir.path(), 1 << 20, true);
         assert_eq!(
             all_records(&reopened),
             vec![(appended.position, record(0, 100))]
