@@ -340,7 +340,7 @@ fn metrics(view: &View) -> String {
     for (name, help, value) in counters {
         gauge(name, help, "counter", &[(String::new(), value)]);
     }
-    let gauges: [(&str, &str, u64); 7] = [
+    let gauges: [(&str, &str, u64); 8] = [
         (
             "ferromq_journal_end_bytes",
             "Journal end position",
@@ -362,6 +362,11 @@ fn metrics(view: &View) -> String {
             "ferromq_queued_body_bytes",
             "Bytes of queued message bodies held in memory (see memory_limit)",
             stats.resident_bytes,
+        ),
+        (
+            "ferromq_queued_non_persistent_body_bytes",
+            "The non-persistent part; at memory_limit their producers are paused",
+            stats.transient_bytes,
         ),
         (
             "ferromq_queues",

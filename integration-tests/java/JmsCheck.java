@@ -99,6 +99,7 @@ public final class JmsCheck {
         SCENARIOS.put("poison-dlq", JmsCheck::poisonDlq);
         SCENARIOS.put("failover-produce", JmsCheck::failoverProduce);
         SCENARIOS.put("failover-consume", JmsCheck::failoverConsume);
+        SCENARIOS.put("flow-control", JmsCheck::flowControl);
     }
 
     static String scenario;
@@ -1276,6 +1277,67 @@ public final class JmsCheck {
     }
 
     // ----- failover pair -----------------------------------------------------------------------
+
+    /**
+     * Producer flow control: {@code count} non-persistent text messages of {@code size} bytes
+     * sent (asynchronously, the client's default for them) by a producer on one connection; a
+     * consumer on another starts only once the producer has sent them all or has stalled (no
+     * send completed for 1 s: the broker stopped reading it). Every message arrives, once, in
+     * order, and the producer finishes. The broker's side (how much it held) is the test's.
+     */
+    static void flowControl() throws Exception {
+        int n = (int) longOpt("count", 3000);
+        int size = (int) longOpt("size", 1024);
+        String pad = "f".repeat(Math.max(0, size - 6));
+        Connection pc = connect();
+        Queue q = queue(pc, "flow");
+        Session ps = pc.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = ps.createProducer(q);
+        p.setDeliveryMode(DeliveryMode.NON_PERSISTENT);
+        AtomicLong sent = new AtomicLong();
+        AtomicLong lastSend = new AtomicLong(System.nanoTime());
+        AtomicReference<Throwable> error = new AtomicReference<>();
+        Thread producer = new Thread(() -> {
+            try {
+                for (int i = 0; i < n; i++) {
+                    p.send(ps.createTextMessage(String.format("%05d-", i) + pad));
+                    sent.incrementAndGet();
+                    lastSend.set(System.nanoTime());
+                }
+            } catch (Throwable t) {
+                error.set(t);
+            }
+        }, "flow-producer");
+        producer.start();
+        while (sent.get() < n && error.get() == null
+                && System.nanoTime() - lastSend.get() < 1_000_000_000L) {
+            Thread.sleep(10);
+        }
+        System.out.println("INFO the producer had sent " + sent.get() + " of " + n
+                + " when the consumer started");
+        Connection cc = connect();
+        Session cs = cc.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageConsumer consumer = cs.createConsumer(q);
+        for (int i = 0; i < n; i++) {
+            String expected = String.format("%05d-", i) + pad;
+            Message m = consumer.receive(receiveTimeoutMs);
+            if (m == null) {
+                throw fail("message " + i + " of " + n + " within " + receiveTimeoutMs + " ms",
+                        expected, null);
+            }
+            String got = ((TextMessage) m).getText();
+            if (!expected.equals(got)) {
+                throw fail("message " + i + " of " + n + ", in order", expected, got);
+            }
+        }
+        ok("all " + n + " non-persistent messages received once, in order");
+        producer.join(receiveTimeoutMs);
+        check("the producer finished without an error", !producer.isAlive() && error.get() == null,
+                "finished", producer.isAlive() ? "still sending" : error.get());
+        ok("the producer finished");
+        close(cc);
+        close(pc);
+    }
 
     /**
      * Sends numbered persistent text messages ("0", "1", ... with int property n) to

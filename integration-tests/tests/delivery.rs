@@ -263,6 +263,70 @@ fn a_stuck_queue_consumer_holds_only_its_prefetch() -> Result<()> {
     Ok(())
 }
 
+/// ActiveMQ's producer flow control: non-persistent messages exist only in memory, so once
+/// their queued bodies fill `memory_limit` the broker stops reading their producer's
+/// connection, which holds the producer back through TCP, instead of growing until it runs out
+/// of memory. A consumer on another connection drains the queue and the producer goes on:
+/// every message arrives, once, in order.
+#[test]
+fn a_non_persistent_producer_is_held_back_at_the_memory_limit_until_a_consumer_drains() -> Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(
+        dir.path(),
+        "[broker]\nmemory_limit = \"32KiB\"\n[admin]\nbind = \"tcp://127.0.0.1:0\"\n",
+    )?;
+    let admin = broker
+        .admin_addr()
+        .context("the broker logs its admin endpoint")?;
+    let queue = "/queue/flow";
+    // 1 KiB bodies: 32 fill the limit.
+    let body_of = |i: usize| format!("{i:05}-{}", "n".repeat(1018));
+    const N: usize = 2000;
+    let mut producer = broker.client()?;
+    let sending = std::thread::spawn(move || -> Result<()> {
+        for i in 0..N {
+            producer.send_nowait(queue, body_of(i).as_bytes(), &[])?;
+        }
+        // Answered only once the broker reads it again.
+        producer.send(queue, b"last", &[])
+    });
+    assert!(
+        wait_until(deadline(LONG), || broker.logs_contain(
+            "queued non-persistent message bodies reached memory_limit"
+        )),
+        "the broker logs that it holds non-persistent producers back"
+    );
+    let queued = |name: &str| -> Result<u64> {
+        let (_, text) = ferromq_integration_tests::http_get(&admin, "/metrics")?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .with_context(|| format!("{name} in {text}"))
+    };
+    let depth = queued("ferromq_queue_messages{queue=\"queue://flow\"}")?;
+    assert!(
+        (32..=64).contains(&depth),
+        "at the limit the producer's connection is no longer read: {depth} messages queued of {N}"
+    );
+    assert!(
+        !sending.is_finished(),
+        "the receipt of the producer's last send waits for room"
+    );
+
+    let mut consumer = broker.client()?;
+    consumer.subscribe("drain", queue, &[])?;
+    for i in 0..N {
+        let m = consumer
+            .recv_message(LONG)
+            .with_context(|| format!("message {i} of {N}"))?;
+        assert_eq!(m.text(), body_of(i), "every message once, in order");
+    }
+    assert_eq!(consumer.recv_message(FRAME_TIMEOUT)?.text(), "last");
+    sending.join().expect("the producer thread")?;
+    assert_eq!(queued("ferromq_queued_non_persistent_body_bytes")?, 0);
+    Ok(())
+}
+
 /// Test 6: slow non-durable topic subscribers (one that never acknowledges, one that never
 /// reads its socket) cost neither the producer nor the fast subscriber anything; the slow
 /// client-ack subscriber keeps only the newest `topic_pending_limit` messages beyond its

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use ferromq_integration_tests::java::{self, ReferenceBroker, SCENARIO_TIMEOUT};
-use ferromq_integration_tests::{unique, BrokerProcess};
+use ferromq_integration_tests::{http_get, unique, BrokerProcess};
 
 /// The broker a test talks to.
 enum Target {
@@ -279,4 +279,55 @@ fn stomp_and_jms_read_each_others_messages() {
     assert_eq!(message.get("count"), Some("7"));
     assert_eq!(message.get("color"), Some("blue"));
     assert_eq!(message.get("persistent"), Some("true"));
+}
+
+/// Producer flow control with the stock client: a producer of non-persistent messages is held
+/// back (its asynchronous sends block in the socket write) once their queued bodies fill
+/// `memory_limit`, instead of the broker holding everything it is sent; a consumer on another
+/// connection then receives every message once, in order, and the producer finishes. The queued
+/// non-persistent bytes, sampled while the scenario runs, never go far past the limit.
+#[test]
+fn a_non_persistent_jms_producer_is_held_back_at_the_memory_limit() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let broker = BrokerProcess::start(
+        dir.path(),
+        "[broker]\nmemory_limit = \"64KiB\"\n[admin]\nbind = \"tcp://127.0.0.1:0\"\n",
+    )
+    .unwrap_or_else(|e| panic!("starting ferromq: {e:#}"));
+    let admin = broker
+        .admin_addr()
+        .expect("the broker logs its admin endpoint");
+    let url = broker.url();
+    let scenario = std::thread::spawn(move || {
+        java::run_scenario(
+            "flow-control",
+            &url,
+            &["count=3000", "size=1024"],
+            SCENARIO_TIMEOUT,
+        )
+    });
+    let sample = "ferromq_queued_non_persistent_body_bytes ";
+    let mut most = 0u64;
+    while !scenario.is_finished() {
+        if let Ok((_, text)) = http_get(&admin, "/metrics") {
+            let queued = text
+                .lines()
+                .find_map(|l| l.strip_prefix(sample)?.parse::<u64>().ok());
+            most = most.max(queued.unwrap_or(0));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let outcome = scenario
+        .join()
+        .expect("the scenario thread")
+        .unwrap_or_else(|e| panic!("running JmsCheck flow-control: {e:#}"));
+    outcome.assert_passed(&format!("ferromq at {}", broker.url()));
+    assert!(
+        broker.logs_contain("queued non-persistent message bodies reached memory_limit"),
+        "the broker logs that it holds non-persistent producers back"
+    );
+    assert!(
+        (64 * 1024..=192 * 1024).contains(&most),
+        "queued non-persistent bytes peaked at {most}, for a memory_limit of 64 KiB and 3 MB sent"
+    );
 }

@@ -10,13 +10,13 @@
 //!   oldest messages for it are discarded and counted.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::queue::{Body, Consumer, Entry, InFlight, Queue, Resident, Source};
+use super::memory::Memory;
+use super::queue::{Body, Consumer, Entry, InFlight, Queue, Source};
 use super::selector::Selector;
 use super::{
     AckScope, BrokerError, BrokerOptions, Confirmation, Delivery, Destination, NewMessage,
@@ -48,6 +48,9 @@ pub struct Stats {
     pub topic_discarded: u64,
     /// Bytes of queued message bodies held in memory (see `memory_limit`).
     pub resident_bytes: u64,
+    /// The non-persistent part of `resident_bytes`; at `memory_limit`, connections that send
+    /// non-persistent messages stop being read (producer flow control).
+    pub transient_bytes: u64,
     /// Messages queued with their body left in the journal, and bodies read back from it.
     pub bodies_left_on_disk: u64,
     pub bodies_read_back: u64,
@@ -140,9 +143,11 @@ pub(crate) struct Core {
     boot: String,
     stats: Stats,
     /// Bytes of the bodies queued entries hold in memory (see [`Core::admit`]).
-    resident: Arc<AtomicU64>,
+    memory: Memory,
     /// Bodies are being left on disk (logged when it starts and when it ends).
     paging: bool,
+    /// Non-persistent bodies fill `memory_limit` (logged when it starts and when it ends).
+    transient_full: bool,
 }
 
 fn now_ms() -> i64 {
@@ -203,6 +208,7 @@ impl Core {
         options: BrokerOptions,
     ) -> Result<Core, BrokerError> {
         let boot = format!("{:x}", now_ms());
+        let memory = Memory::new(options.memory_limit);
         let mut core = Core {
             confirmed: Position(0),
             store: Some(store),
@@ -229,8 +235,9 @@ impl Core {
             next_message: 1,
             boot,
             stats: Stats::default(),
-            resident: Arc::new(AtomicU64::new(0)),
+            memory,
             paging: false,
+            transient_full: false,
         };
         // Least recently stored first, so the audit forgets in the store's order.
         for (producer, sequence) in &recovered.producers {
@@ -919,7 +926,9 @@ impl Core {
     /// Counts a queued entry's body against `memory_limit`, or, past the limit, leaves the body
     /// of a persistent message in the journal: the entry keeps everything else (selectors,
     /// priority and expiry need no body) and [`Core::page_in`] reads the body back before
-    /// delivery. Non-persistent bodies are nowhere else and always stay.
+    /// delivery. Non-persistent bodies are nowhere else and always stay; once they alone fill
+    /// the limit, the [`MemoryGate`](super::MemoryGate) tells their producers' connections to
+    /// stop reading.
     fn admit(&mut self, mut entry: Entry) -> Entry {
         match entry.body {
             Body::InMemory { .. } => return entry,
@@ -930,9 +939,10 @@ impl Core {
             Body::Uncounted => {}
         }
         let bytes = entry.message.body.len() as u64;
-        let total = self.resident.load(Ordering::Relaxed);
-        let limit = self.options.memory_limit;
-        if entry.key.is_some() && bytes > 0 && total + bytes > limit {
+        let total = self.memory.bytes();
+        let limit = self.memory.limit();
+        let transient = entry.key.is_none();
+        if !transient && bytes > 0 && total + bytes > limit {
             if !std::mem::replace(&mut self.paging, true) {
                 tracing::warn!(
                     memory_limit = limit,
@@ -957,10 +967,35 @@ impl Core {
                  memory again"
             );
         }
+        if transient {
+            let queued = self.memory.transient() + bytes;
+            if queued >= limit && !self.transient_full {
+                self.transient_full = true;
+                tracing::warn!(
+                    memory_limit = limit,
+                    non_persistent = queued,
+                    "queued non-persistent message bodies reached memory_limit: connections \
+                     sending non-persistent messages are paused until consumers make room \
+                     (producer flow control)"
+                );
+            } else if queued <= limit / 2 && self.transient_full {
+                self.transient_full = false;
+                tracing::info!(
+                    memory_limit = limit,
+                    non_persistent = queued,
+                    "queued non-persistent message bodies are back under half the memory_limit"
+                );
+            }
+        }
         entry.body = Body::InMemory {
-            _share: Resident::new(bytes, &self.resident),
+            _share: self.memory.share(bytes, transient),
         };
         entry
+    }
+
+    /// The gate protocol connections consult before reading more non-persistent sends.
+    pub fn memory_gate(&self) -> super::MemoryGate {
+        self.memory.gate()
     }
 
     /// `entry`'s message with its body, read back from the journal if it was left there.
@@ -993,7 +1028,7 @@ impl Core {
             Ok(message) => {
                 self.stats.bodies_read_back += 1;
                 entry.body = Body::InMemory {
-                    _share: Resident::new(message.body.len() as u64, &self.resident),
+                    _share: self.memory.share(message.body.len() as u64, false),
                 };
                 entry.message = message;
                 Some(entry)
@@ -1603,7 +1638,8 @@ impl Core {
             ready_messages: self.queues.values().map(|q| q.ready.len()).sum(),
             in_flight_messages: self.consumers.values().map(|c| c.in_flight.len()).sum(),
             pending_confirmations: self.pending.len(),
-            resident_bytes: self.resident.load(Ordering::Relaxed),
+            resident_bytes: self.memory.bytes(),
+            transient_bytes: self.memory.transient(),
             ..self.stats.clone()
         }
     }

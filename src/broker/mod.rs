@@ -14,6 +14,7 @@
 //! before the watermark covers its record.
 
 mod core;
+mod memory;
 mod queue;
 pub mod selector;
 
@@ -29,6 +30,7 @@ use crate::store::{Message, Position, Recovered, Store};
 pub use crate::store::{BodyType, Header, PropertyType};
 
 pub use self::core::Stats;
+pub use self::memory::MemoryGate;
 
 /// The dead-letter queue, ActiveMQ's default name.
 pub const DEAD_LETTER_QUEUE: &str = "queue://ActiveMQ.DLQ";
@@ -439,6 +441,12 @@ impl Session {
             flusher.flush();
         }
         result
+    }
+
+    /// The broker's producer flow control: a connection that sends non-persistent messages
+    /// stops reading while [`MemoryGate::is_full`], until [`MemoryGate::room`].
+    pub fn memory_gate(&self) -> MemoryGate {
+        lock(&self.shared).memory_gate()
     }
 
     pub fn send(

@@ -2,11 +2,11 @@
 //! for moving messages between these live in `core.rs`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use super::memory::Resident;
 use super::selector::Selector;
 use super::{Delivery, Destination};
 use crate::store::{Message, MessageKey};
@@ -34,37 +34,6 @@ pub(super) enum Body {
     InMemory { _share: Resident },
     /// Left in the journal (past the limit); read back from the message's key before delivery.
     OnDisk,
-}
-
-/// Bytes of one entry's body in a total of bodies held in memory: added when made, taken off
-/// when dropped, so every way an entry goes (acked, expired, dead-lettered, deleted with its
-/// queue) keeps the total right.
-#[derive(Debug)]
-pub(super) struct Resident {
-    bytes: u64,
-    total: Arc<AtomicU64>,
-}
-
-impl Resident {
-    pub fn new(bytes: u64, total: &Arc<AtomicU64>) -> Resident {
-        total.fetch_add(bytes, Ordering::Relaxed);
-        Resident {
-            bytes,
-            total: total.clone(),
-        }
-    }
-}
-
-impl Clone for Resident {
-    fn clone(&self) -> Resident {
-        Resident::new(self.bytes, &self.total)
-    }
-}
-
-impl Drop for Resident {
-    fn drop(&mut self) {
-        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
-    }
 }
 
 impl Entry {

@@ -587,3 +587,51 @@ async fn a_backlog_past_the_memory_limit_keeps_its_bodies_on_disk_and_delivers_t
     assert_eq!(stats.resident_bytes, 0, "{stats:?}");
     assert_eq!(stats.bodies_read_back, 60, "{stats:?}");
 }
+
+/// Non-persistent messages are nowhere but in memory: once their queued bodies fill
+/// `memory_limit`, the gate tells their producers' connections to stop, and opens again when a
+/// consumer takes one. Persistent bodies (which can wait on disk) never close it.
+#[tokio::test]
+async fn non_persistent_bodies_at_the_memory_limit_close_the_gate_until_consumed() {
+    let f = fixture(BrokerOptions {
+        memory_limit: 4 * 1024,
+        ..BrokerOptions::default()
+    })
+    .await;
+    let (producer, _) = f.broker.open_session(None);
+    let gate = producer.memory_gate();
+    let body_of = |i: usize| format!("{i:04}:{}", "x".repeat(1019));
+    for i in 0..20 {
+        producer
+            .send(&queue("p"), persistent(&body_of(i)), None)
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    assert!(!gate.is_full(), "persistent bodies page out instead");
+    for i in 0..4 {
+        assert!(!gate.is_full(), "open before message {i}");
+        let message = NewMessage {
+            persistent: false,
+            ..persistent(&body_of(i))
+        };
+        producer.send(&queue("q"), message, None).unwrap();
+    }
+    assert!(gate.is_full());
+    assert_eq!(f.broker.stats().transient_bytes, 4 * 1024);
+    let room = tokio::spawn({
+        let gate = gate.clone();
+        async move { gate.room().await }
+    });
+    let (consumer, mut rx) = f.broker.open_session(None);
+    subscribe(&consumer, "s", queue("q"), 1);
+    let d = next(&mut rx).await;
+    assert_eq!(body(&d), body_of(0));
+    assert!(gate.is_full(), "delivered but not yet acknowledged");
+    consumer.ack(d.tag, AckScope::Single, None).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), room)
+        .await
+        .expect("the gate opens once a body is consumed")
+        .unwrap();
+    assert!(!gate.is_full());
+}

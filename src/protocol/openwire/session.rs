@@ -32,7 +32,8 @@ use super::{
     Throwable, TransactionId, TransactionInfo, WireFormatInfo,
 };
 use crate::broker::{
-    AckScope, Broker, BrokerError, Confirmation, Delivery, Destination, Session, SubscribeRequest,
+    AckScope, Broker, BrokerError, Confirmation, Delivery, Destination, MemoryGate, Session,
+    SubscribeRequest,
 };
 
 /// What every OpenWire connection on a node shares.
@@ -532,6 +533,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             options: options.clone(),
             temp_events: options.temps.events.subscribe(),
             own_temps: Vec::new(),
+            sent_transient: false,
         };
         tracing::debug!(peer = %self.peer, connection = %connection_id, client_id = ?info.client_id,
             failover = info.failover_reconnect, "OpenWire connection open");
@@ -622,6 +624,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_read = Instant::now();
         let mut wrote_since_tick = false;
+        // Producer flow control: see `Connection::pause_for_memory`.
+        let gate = state.session.memory_gate();
+        let mut paused = false;
         // The answer to ConnectionInfo, which the client waits for.
         if self.flush_output().await.is_err() {
             return Close::Quietly;
@@ -629,7 +634,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         loop {
             let next_pull = state.pulls.iter().map(|p| p.0).min();
             let step: Result<(), Close> = tokio::select! {
-                read = self.stream.read_buf(&mut self.input) => match read {
+                read = self.stream.read_buf(&mut self.input), if !paused => match read {
                     Ok(0) | Err(_) => Err(Close::Quietly),
                     Ok(_) => {
                         last_read = Instant::now();
@@ -637,6 +642,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         self.handle_input(state)
                     }
                 },
+                () = gate.room(), if paused => {
+                    paused = false;
+                    // Not reading was the broker's doing, not an inactive client.
+                    last_read = Instant::now();
+                    tracing::debug!(peer = %self.peer, "memory available again: reading resumed");
+                    Ok(())
+                }
                 event = state.temp_events.recv() => match event {
                     Ok(event) => self.write_advisories(state, &[event]),
                     Err(_) => Ok(()), // lagged: some advisories lost
@@ -673,7 +685,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
                 _ = tick.tick(), if self.inactivity.is_some() => {
                     let period = self.inactivity.expect("guarded");
-                    if last_read.elapsed() > period {
+                    if !paused && last_read.elapsed() > period {
                         Err(Close::Error(format!(
                             "no command from the client for {} ms (inactivity monitor)",
                             period.as_millis()
@@ -699,7 +711,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if let Err(close) = step {
                 return close;
             }
+            if self.pause_for_memory(state, &gate) {
+                paused = true;
+            }
         }
+    }
+
+    /// ActiveMQ's producer flow control: once non-persistent queued bodies fill the broker's
+    /// `memory_limit`, a connection that just sent non-persistent messages stops being read
+    /// until consumers make room, which stops its client through TCP back-pressure (the JMS
+    /// client's asynchronous sends block in its socket write). A connection with consumers
+    /// (other than the client's own advisory ones) is never paused: its acknowledgements may be
+    /// what makes room.
+    fn pause_for_memory(&self, state: &mut State, gate: &MemoryGate) -> bool {
+        let pause = std::mem::take(&mut state.sent_transient)
+            && state.consumers.values().all(|c| c.inert)
+            && gate.is_full();
+        if pause {
+            tracing::debug!(peer = %self.peer, "memory_limit reached by non-persistent messages: reading paused");
+        }
+        pause
     }
 
     /// Handles every whole frame in the input buffer.
@@ -1117,6 +1148,9 @@ struct State {
     temp_events: broadcast::Receiver<TempEvent>,
     /// The temporary destinations this connection created.
     own_temps: Vec<OwDestination>,
+    /// A non-persistent message was sent since the connection last consulted the broker's
+    /// memory gate.
+    sent_transient: bool,
 }
 
 impl State {
@@ -1140,9 +1174,10 @@ impl State {
             // The client begins transactions lazily; a replay may omit the BEGIN.
             let _ = self.session.begin(tx);
         }
-        self.session
-            .send(&core, message, transaction.as_deref())
-            .map(Some)
+        let persistent = message.persistent;
+        let confirmation = self.session.send(&core, message, transaction.as_deref())?;
+        self.sent_transient |= !persistent;
+        Ok(Some(confirmation))
     }
 
     /// The delivery tag an ack names, checked against what this consumer was sent (a client

@@ -18,7 +18,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::frame::{self, Command, Decoder, Frame, Item, Version};
 use crate::broker::{
     AckScope, BodyType, Broker, BrokerError, Confirmation, Delivery, Destination, Header,
-    NewMessage, Session, SubscribeRequest,
+    MemoryGate, NewMessage, Session, SubscribeRequest,
 };
 
 /// What every STOMP connection on a listener shares.
@@ -297,7 +297,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             awaiting: VecDeque::new(),
             auto_acks: HashMap::new(),
             version: self.version,
+            sent_transient: false,
         };
+        // Producer flow control: see `Connection::pause_for_memory`.
+        let gate = state.session.memory_gate();
+        let mut paused = false;
         let mut send_tick =
             tokio::time::interval(heartbeat.send.unwrap_or(Duration::from_secs(3600)));
         send_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -311,13 +315,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         receive_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let result: Result<(), Fatal> = loop {
             let step = tokio::select! {
-                read = self.stream.read_buf(&mut self.input) => match read {
+                read = self.stream.read_buf(&mut self.input), if !paused => match read {
                     Ok(0) | Err(_) => break Ok(()),
                     Ok(_) => {
                         last_read = Instant::now();
                         self.handle_input(&mut state)
                     }
                 },
+                () = gate.room(), if paused => {
+                    paused = false;
+                    // Not reading was the broker's doing, not a silent client.
+                    last_read = Instant::now();
+                    tracing::debug!(peer = %self.peer, "memory available again: reading resumed");
+                    Ok(Step::Continue)
+                }
                 Some(delivery) = deliveries.recv() => {
                     self.write_delivery(&mut state, delivery);
                     // Batch what else is ready into the same write.
@@ -341,7 +352,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     Ok(Step::Continue)
                 }
                 _ = receive_tick.tick(), if heartbeat.receive.is_some() => {
-                    if last_read.elapsed() > heartbeat.receive.expect("guarded") {
+                    if !paused && last_read.elapsed() > heartbeat.receive.expect("guarded") {
                         tracing::info!(peer = %self.peer, "no heart-beat from client; closing");
                         break Ok(());
                     }
@@ -356,6 +367,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             // Auto-ack what has now been written to the socket.
             state.flush_auto_acks();
+            if self.pause_for_memory(&mut state, &gate) {
+                paused = true;
+            }
             match step {
                 Ok(Step::Continue) => {}
                 Ok(Step::Close) => break Ok(()),
@@ -369,6 +383,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         tracing::debug!(peer = %self.peer, "STOMP session closed");
         // Dropping the session returns unacknowledged messages to their queues.
+    }
+
+    /// ActiveMQ's producer flow control: once non-persistent queued bodies fill the broker's
+    /// `memory_limit`, a connection that just sent non-persistent messages stops being read
+    /// until consumers make room, which stops its client through TCP back-pressure. A
+    /// connection with subscriptions is never paused: its acknowledgements may be what makes
+    /// room.
+    fn pause_for_memory(&self, state: &mut State, gate: &MemoryGate) -> bool {
+        let pause = std::mem::take(&mut state.sent_transient)
+            && state.subscriptions.is_empty()
+            && gate.is_full();
+        if pause {
+            tracing::debug!(peer = %self.peer, "memory_limit reached by non-persistent messages: reading paused");
+        }
+        pause
     }
 
     /// Handles every whole frame in the input buffer.
@@ -552,6 +581,9 @@ struct State {
     /// Auto-ack subscriptions written to since the last flush -> their last tag written.
     auto_acks: HashMap<String, u64>,
     version: Version,
+    /// A non-persistent message was sent since the connection last consulted the broker's
+    /// memory gate.
+    sent_transient: bool,
 }
 
 impl State {
@@ -608,9 +640,11 @@ impl State {
             body_type,
             body: frame.body.clone(),
         };
-        Ok(self
+        let confirmation = self
             .session
-            .send(&destination, message, frame.get("transaction"))?)
+            .send(&destination, message, frame.get("transaction"))?;
+        self.sent_transient |= !persistent;
+        Ok(confirmation)
     }
 
     fn subscribe(&mut self, frame: &Frame) -> Result<Confirmation, Fatal> {
