@@ -340,11 +340,16 @@ fn metrics(view: &View) -> String {
     for (name, help, value) in counters {
         gauge(name, help, "counter", &[(String::new(), value)]);
     }
-    let gauges: [(&str, &str, u64); 8] = [
+    let gauges: [(&str, &str, u64); 9] = [
         (
             "ferromq_journal_end_bytes",
             "Journal end position",
             stats.journal_end,
+        ),
+        (
+            "ferromq_journal_retained_bytes",
+            "Journal bytes of segments not yet released (disk use grows with it)",
+            stats.journal_retained,
         ),
         (
             "ferromq_confirmed_position_bytes",

@@ -64,6 +64,11 @@ fn the_admin_endpoint_reports_role_queues_and_metrics_and_refuses_bad_requests()
         "{text}"
     );
     assert_eq!(metric(&text, "ferromq_serving"), Some(1), "{text}");
+    // Three stored messages (and the records before them) are retained in the journal.
+    assert!(
+        metric(&text, "ferromq_journal_retained_bytes").is_some_and(|b| b > 3 * 2),
+        "{text}"
+    );
     let (code, body) = http_get(&admin, "/queues")?;
     assert_eq!(code, 200);
     assert!(

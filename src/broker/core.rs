@@ -32,6 +32,9 @@ use crate::store::{
 pub struct Stats {
     pub epoch: u64,
     pub journal_end: u64,
+    /// Bytes of the journal's retained records (segments not yet released): what a stopped
+    /// consumer makes grow.
+    pub journal_retained: u64,
     pub confirmed: u64,
     pub sessions: usize,
     pub consumers: usize,
@@ -365,15 +368,40 @@ impl Core {
             Err(error) => {
                 let reason = error.to_string();
                 tracing::error!(%reason, "store append failed; refusing all further writes");
-                self.failed = Some(reason.clone());
-                for pending in self.pending.drain(..) {
-                    if let Some(reply) = pending.reply {
-                        let _ = reply.send(Err(BrokerError::StoreFailed(reason.clone())));
-                    }
-                }
+                self.fail_waiting(&reason);
                 Err(BrokerError::StoreFailed(reason))
             }
         }
+    }
+
+    /// Refuses everything from now on, and fails every confirmation still waiting.
+    fn fail_waiting(&mut self, reason: &str) {
+        self.failed = Some(reason.to_string());
+        for pending in self.pending.drain(..) {
+            if let Some(reply) = pending.reply {
+                let _ = reply.send(Err(BrokerError::StoreFailed(reason.to_string())));
+            }
+        }
+    }
+
+    /// Notices a store that failed on its own (the journal's writer could not write, sync or
+    /// prepare a segment: a full disk, say). No append reports that until the next one is
+    /// tried, so without this a sender whose record was in the failed batch would wait for
+    /// ever; called on every sweep tick.
+    pub fn check_store(&mut self) {
+        if self.failed.is_some() {
+            return;
+        }
+        let Some(reason) = self.store.as_ref().and_then(Store::failure) else {
+            return;
+        };
+        tracing::error!(%reason, waiting = self.pending.len(), "the store failed; refusing all further writes and failing what waits for confirmation");
+        self.fail_waiting(&reason);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn store(&self) -> &Store {
+        self.store.as_ref().expect("the store is open")
     }
 
     fn end(&self) -> Position {
@@ -1631,6 +1659,7 @@ impl Core {
         Stats {
             epoch: self.epoch,
             journal_end: self.end().0,
+            journal_retained: self.store.as_ref().map_or(0, |s| s.stats().bytes),
             confirmed: self.confirmed.0,
             sessions: self.sessions.len(),
             consumers: self.consumers.len(),

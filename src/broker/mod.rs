@@ -286,7 +286,11 @@ impl Broker {
             loop {
                 tick.tick().await;
                 match weak.upgrade() {
-                    Some(shared) => lock(&shared).expire_messages(),
+                    Some(shared) => {
+                        let mut core = lock(&shared);
+                        core.check_store();
+                        core.expire_messages();
+                    }
                     None => return,
                 }
             }

@@ -635,3 +635,39 @@ async fn non_persistent_bodies_at_the_memory_limit_close_the_gate_until_consumed
         .unwrap();
     assert!(!gate.is_full());
 }
+
+/// A send whose record was in a batch the journal then failed to write (a full disk, say) is
+/// answered with the store's failure, not left waiting for a confirmation that cannot come;
+/// later sends are refused at once.
+#[tokio::test]
+async fn a_send_waiting_when_the_journal_fails_is_answered_with_the_failure() {
+    let f = fixture(BrokerOptions {
+        expiry_sweep: Duration::from_millis(20),
+        ..BrokerOptions::default()
+    })
+    .await;
+    let (session, _) = f.broker.open_session(None);
+    session
+        .send(&queue("q"), persistent("kept"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    let hold = lock(&f.broker.shared).store().hold_journal();
+    lock(&f.broker.shared).store().fail_journal_after_hold();
+    let waiting = session
+        .send(&queue("q"), persistent("in the failed batch"), None)
+        .unwrap();
+    drop(hold);
+    let result = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting send is answered");
+    assert!(
+        matches!(&result, Err(BrokerError::StoreFailed(reason)) if reason.contains("crashed")),
+        "{result:?}"
+    );
+    let later = session.send(&queue("q"), persistent("later"), None);
+    assert!(
+        matches!(later, Err(BrokerError::StoreFailed(_))),
+        "{later:?}"
+    );
+}

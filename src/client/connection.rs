@@ -184,6 +184,16 @@ pub(crate) struct Driver {
     closing: Option<Instant>,
     /// A close requested while disconnected, answered when the task ends.
     close_reply: Option<Reply>,
+    /// Connections in a row that the broker ended with an ERROR before it confirmed a send or
+    /// delivered a message: each counts as a failed pass, so that a broker that accepts
+    /// connections but refuses the work (its store failed, say) is retried with back-off, not
+    /// in a tight loop, and `maxReconnectAttempts` still ends it. Any other loss (the broker
+    /// went away) starts again from the initial delay, as in ActiveMQ.
+    unproductive: u32,
+    /// Something was confirmed or delivered on the current connection.
+    productive: bool,
+    /// The current connection ended with an ERROR from the broker.
+    refused: bool,
 }
 
 impl Driver {
@@ -213,6 +223,9 @@ impl Driver {
             last_errors: Vec::new(),
             closing: None,
             close_reply: None,
+            unproductive: 0,
+            productive: false,
+            refused: false,
         }
     }
 
@@ -237,6 +250,12 @@ impl Driver {
             match self.serve(link).await {
                 Ended::Closed => return self.finish(ClientError::Closed),
                 Ended::Lost(reason) => {
+                    let refused = std::mem::take(&mut self.refused);
+                    if std::mem::take(&mut self.productive) || !refused {
+                        self.unproductive = 0;
+                    } else {
+                        self.unproductive = self.unproductive.saturating_add(1);
+                    }
                     self.on_lost(&address, &reason);
                     if self.closing.is_some() {
                         return self.finish(ClientError::Closed);
@@ -252,7 +271,12 @@ impl Driver {
     async fn connect(&mut self, phase: Phase) -> Result<Link, ClientError> {
         let options = self.url.options.clone();
         let allowed = options.passes_allowed(phase);
-        let mut pass = 0;
+        let mut pass = match phase {
+            Phase::Startup => 0,
+            // The first lost connection retries at the initial delay; each further one that
+            // achieved nothing waits longer (see `unproductive`).
+            Phase::Reconnect => self.unproductive.saturating_sub(1),
+        };
         loop {
             if allowed.is_some_and(|allowed| pass >= allowed) {
                 return Err(ClientError::GaveUp {
@@ -713,6 +737,7 @@ impl Driver {
     fn on_frame(&mut self, frame: Frame) -> Option<Ended> {
         match frame.command {
             Command::Message => {
+                self.productive = true;
                 self.deliver(frame);
                 None
             }
@@ -757,7 +782,12 @@ impl Driver {
                 None
             }
             Kind::Commit { transaction } | Kind::Abort { transaction } => {
+                self.productive = true;
                 self.transactions.remove(transaction);
+                None
+            }
+            Kind::Send { .. } => {
+                self.productive = true;
                 None
             }
             Kind::Disconnect => {
@@ -781,6 +811,7 @@ impl Driver {
             .filter(|_| !broker_unavailable(&message))
             .and_then(|op| self.outbox.remove(&op));
         let Some(pending) = refused else {
+            self.refused = true;
             return Some(Ended::Lost(format!("the broker sent ERROR: {message}")));
         };
         tracing::warn!(%message, command = %pending.frame.command, "the broker refused a request");

@@ -1,5 +1,7 @@
 //! The client against scripted fake servers: handshake, failover, replay, timeouts.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::fake_broker::{FakeListener, MemoryBroker};
@@ -550,4 +552,50 @@ async fn round_trip_through_the_memory_broker() {
     assert_eq!(broker.depth("/queue/orders"), 1);
     assert_eq!(broker.duplicates(), 0);
     client.close().await.unwrap();
+}
+
+/// A broker that accepts connections but ends each with an ERROR saying it cannot serve (its
+/// store failed): each such connection counts as a failed attempt, so the client backs off and
+/// `maxReconnectAttempts` ends it, instead of reconnecting and re-sending in a tight loop.
+#[tokio::test]
+async fn a_broker_that_refuses_every_send_counts_as_a_failed_attempt() {
+    let server = FakeListener::bind().await;
+    let url = format!(
+        "failover:({})?randomize=false&initialReconnectDelay=1&maxReconnectDelay=50&maxReconnectAttempts=3",
+        server.url()
+    );
+    let connections = Arc::new(AtomicUsize::new(0));
+    let peer = tokio::spawn({
+        let connections = connections.clone();
+        async move {
+            loop {
+                let mut connection = server.accept().await;
+                connections.fetch_add(1, Ordering::SeqCst);
+                connection.handshake().await;
+                let send = connection.expect(Command::Send).await;
+                let mut error = Frame::new(Command::Error).header(
+                    "message",
+                    "the store failed and accepts no more writes: No space left on device",
+                );
+                if let Some(receipt) = send.get("receipt") {
+                    error = error.header("receipt-id", receipt);
+                }
+                connection.send(error).await;
+                connection.close().await;
+            }
+        }
+    });
+    let client = connect(&url).await;
+    let error = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.send("queue://in", "x", SendOptions::default()),
+    )
+    .await
+    .expect("the client gives up instead of retrying forever")
+    .unwrap_err();
+    peer.abort();
+    assert!(matches!(error, ClientError::GaveUp { .. }), "{error:?}");
+    assert!(error.to_string().contains("store failed"), "{error}");
+    // The first connection, then one per allowed attempt.
+    assert_eq!(connections.load(Ordering::SeqCst), 4);
 }

@@ -909,6 +909,12 @@ impl Journal {
         }
     }
 
+    /// Why the journal stopped accepting appends (a write, fsync or segment preparation of the
+    /// writer failed), if it did.
+    pub fn failure(&self) -> Option<StoreError> {
+        self.shared.failure()
+    }
+
     /// Blocks the writer thread until the returned guard is dropped (tests of group commit).
     #[cfg(test)]
     pub(crate) fn hold_writer(&self) -> mpsc::Sender<()> {

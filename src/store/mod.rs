@@ -486,9 +486,23 @@ impl Store {
         journal.and(index)
     }
 
+    /// Why the journal stopped accepting appends, if it did. A failure of the writer thread
+    /// reaches an appender only at its next append; a caller with confirmations waiting polls
+    /// this.
+    pub fn failure(&self) -> Option<String> {
+        self.journal.failure().map(|e| e.to_string())
+    }
+
     #[cfg(test)]
     pub(crate) fn hold_journal(&self) -> std::sync::mpsc::Sender<()> {
         self.journal.hold_writer()
+    }
+
+    /// The journal's writer fails (as on a full disk) at the next command it handles once
+    /// `hold` (from [`Store::hold_journal`]) is dropped (tests).
+    #[cfg(test)]
+    pub(crate) fn fail_journal_after_hold(&self) {
+        self.journal.crash_after_hold();
     }
 
     /// Stops the store as `kill -9` would (tests): the index thread stops with its queue, and
