@@ -575,17 +575,24 @@ impl BrokerProcess {
         Ok(got.iter().map(Frame::text).collect())
     }
 
-    /// The admin endpoint's `host:port`, from the log line that announces it.
+    /// The admin endpoint's `host:port`, from the log line that announces it (logged just
+    /// after the client listener's, so it is waited for, up to [`FRAME_TIMEOUT`]).
     pub fn admin_addr(&self) -> Option<String> {
-        self.logs()
-            .iter()
-            .rev()
-            .find(|l| l.contains("admin endpoint listening"))
-            .and_then(|l| {
-                l.split_whitespace()
-                    .find_map(|f| f.strip_prefix("address="))
-                    .map(|a| a.trim_matches('"').to_string())
-            })
+        let mut found = None;
+        wait_until(deadline(FRAME_TIMEOUT), || {
+            found = self
+                .logs()
+                .iter()
+                .rev()
+                .find(|l| l.contains("admin endpoint listening"))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .find_map(|f| f.strip_prefix("address="))
+                        .map(|a| a.trim_matches('"').to_string())
+                });
+            found.is_some()
+        });
+        found
     }
 
     pub fn logs(&self) -> Vec<String> {

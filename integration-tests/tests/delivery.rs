@@ -266,8 +266,9 @@ fn a_stuck_queue_consumer_holds_only_its_prefetch() -> Result<()> {
 /// ActiveMQ's producer flow control: non-persistent messages exist only in memory, so once
 /// their queued bodies fill `memory_limit` the broker stops reading their producer's
 /// connection, which holds the producer back through TCP, instead of growing until it runs out
-/// of memory. A consumer on another connection drains the queue and the producer goes on:
-/// every message arrives, once, in order.
+/// of memory. The producer promised heart-beats it cannot deliver while held back: that is not
+/// held against it. A consumer on another connection drains the queue and the producer goes
+/// on: every message arrives, once, in order.
 #[test]
 fn a_non_persistent_producer_is_held_back_at_the_memory_limit_until_a_consumer_drains() -> Result<()>
 {
@@ -283,7 +284,8 @@ fn a_non_persistent_producer_is_held_back_at_the_memory_limit_until_a_consumer_d
     // 1 KiB bodies: 32 fill the limit.
     let body_of = |i: usize| format!("{i:05}-{}", "n".repeat(1018));
     const N: usize = 2000;
-    let mut producer = broker.client()?;
+    // Promises a heart-beat every 100 ms: the broker would close it after 200 ms of silence.
+    let mut producer = StompClient::connect_with(broker.addr(), &[("heart-beat", "100,0")])?;
     let sending = std::thread::spawn(move || -> Result<()> {
         for i in 0..N {
             producer.send_nowait(queue, body_of(i).as_bytes(), &[])?;
@@ -311,6 +313,12 @@ fn a_non_persistent_producer_is_held_back_at_the_memory_limit_until_a_consumer_d
     assert!(
         !sending.is_finished(),
         "the receipt of the producer's last send waits for room"
+    );
+    // Three of the producer's heart-beat windows pass while it is held back.
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        !broker.logs_contain("no heart-beat from client"),
+        "a producer held back by the broker is not closed for silence"
     );
 
     let mut consumer = broker.client()?;
