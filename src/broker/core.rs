@@ -1026,6 +1026,13 @@ impl Core {
         self.memory.gate()
     }
 
+    /// Whether `session` has a subscription (see `Session::hold_back`).
+    pub fn has_subscriptions(&self, session: u64) -> bool {
+        self.sessions
+            .get(&session)
+            .is_some_and(|s| !s.subscriptions.is_empty())
+    }
+
     /// `entry`'s message with its body, read back from the journal if it was left there.
     fn with_body(&self, entry: &Entry) -> Result<Arc<Message>, BrokerError> {
         if !matches!(entry.body, Body::OnDisk) {

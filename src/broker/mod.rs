@@ -18,7 +18,7 @@ mod memory;
 mod queue;
 pub mod selector;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -305,11 +305,16 @@ impl Broker {
         client_id: Option<String>,
     ) -> (Session, mpsc::UnboundedReceiver<Delivery>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let id = lock(&self.shared).open_session(client_id, tx);
+        let (id, gate) = {
+            let mut core = lock(&self.shared);
+            (core.open_session(client_id, tx), core.memory_gate())
+        };
         (
             Session {
                 id,
                 shared: self.shared.clone(),
+                gate,
+                sent_transient: AtomicBool::new(false),
             },
             rx,
         )
@@ -429,6 +434,10 @@ fn lock(shared: &Mutex<core::Core>) -> MutexGuard<'_, core::Core> {
 pub struct Session {
     id: u64,
     shared: Arc<Mutex<core::Core>>,
+    /// The broker's producer flow control (see [`Session::hold_back`]).
+    gate: MemoryGate,
+    /// A non-persistent message was sent since [`Session::hold_back`] was last asked.
+    sent_transient: AtomicBool,
 }
 
 impl Session {
@@ -447,10 +456,20 @@ impl Session {
         result
     }
 
-    /// The broker's producer flow control: a connection that sends non-persistent messages
-    /// stops reading while [`MemoryGate::is_full`], until [`MemoryGate::room`].
+    /// ActiveMQ's producer flow control, asked by the connection after each batch of input:
+    /// whether to stop reading its client until [`MemoryGate::room`] resolves. Yes when the
+    /// session sent a non-persistent message since last asked, non-persistent queued bodies
+    /// fill `memory_limit` (they are nowhere else), and it has no subscription, whose
+    /// acknowledgements may be what makes room. The client is then held back by TCP.
+    pub fn hold_back(&self) -> bool {
+        self.sent_transient.swap(false, Ordering::Relaxed)
+            && self.gate.is_full()
+            && !lock(&self.shared).has_subscriptions(self.id)
+    }
+
+    /// What [`Session::hold_back`] consults; its `room` resolves when reading may resume.
     pub fn memory_gate(&self) -> MemoryGate {
-        lock(&self.shared).memory_gate()
+        self.gate.clone()
     }
 
     pub fn send(
@@ -459,7 +478,13 @@ impl Session {
         message: NewMessage,
         transaction: Option<&str>,
     ) -> Result<Confirmation, BrokerError> {
-        self.then_flush(|core| core.send(self.id, destination, message, transaction))
+        let transient = !message.persistent;
+        let confirmation =
+            self.then_flush(|core| core.send(self.id, destination, message, transaction))?;
+        if transient {
+            self.sent_transient.store(true, Ordering::Relaxed);
+        }
+        Ok(confirmation)
     }
 
     /// Starts a subscription; the confirmation resolves once a new durable subscription is

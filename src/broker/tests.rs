@@ -589,10 +589,11 @@ async fn a_backlog_past_the_memory_limit_keeps_its_bodies_on_disk_and_delivers_t
 }
 
 /// Non-persistent messages are nowhere but in memory: once their queued bodies fill
-/// `memory_limit`, the gate tells their producers' connections to stop, and opens again when a
-/// consumer takes one. Persistent bodies (which can wait on disk) never close it.
+/// `memory_limit`, a session that has just sent one is held back, unless it has a subscription
+/// (its acknowledgements may be what makes room), and the gate opens again when a consumer
+/// takes one. Persistent bodies (which can wait on disk) never close it.
 #[tokio::test]
-async fn non_persistent_bodies_at_the_memory_limit_close_the_gate_until_consumed() {
+async fn non_persistent_bodies_at_the_memory_limit_hold_back_their_senders_until_consumed() {
     let f = fixture(BrokerOptions {
         memory_limit: 4 * 1024,
         ..BrokerOptions::default()
@@ -601,6 +602,10 @@ async fn non_persistent_bodies_at_the_memory_limit_close_the_gate_until_consumed
     let (producer, _) = f.broker.open_session(None);
     let gate = producer.memory_gate();
     let body_of = |i: usize| format!("{i:04}:{}", "x".repeat(1019));
+    let transient = |i: usize| NewMessage {
+        persistent: false,
+        ..persistent(&body_of(i))
+    };
     for i in 0..20 {
         producer
             .send(&queue("p"), persistent(&body_of(i)), None)
@@ -609,29 +614,35 @@ async fn non_persistent_bodies_at_the_memory_limit_close_the_gate_until_consumed
             .unwrap();
     }
     assert!(!gate.is_full(), "persistent bodies page out instead");
+    assert!(!producer.hold_back());
     for i in 0..4 {
-        assert!(!gate.is_full(), "open before message {i}");
-        let message = NewMessage {
-            persistent: false,
-            ..persistent(&body_of(i))
-        };
-        producer.send(&queue("q"), message, None).unwrap();
+        assert!(!producer.hold_back(), "not full before message {i}");
+        producer.send(&queue("q"), transient(i), None).unwrap();
     }
     assert!(gate.is_full());
     assert_eq!(f.broker.stats().transient_bytes, 4 * 1024);
+    assert!(producer.hold_back(), "full, and it has just sent one");
+    assert!(!producer.hold_back(), "only after sending one");
     let room = tokio::spawn({
         let gate = gate.clone();
         async move { gate.room().await }
     });
     let (consumer, mut rx) = f.broker.open_session(None);
     subscribe(&consumer, "s", queue("q"), 1);
+    consumer.send(&queue("q"), transient(4), None).unwrap();
+    assert!(
+        !consumer.hold_back(),
+        "a session with a subscription is never held back"
+    );
     let d = next(&mut rx).await;
     assert_eq!(body(&d), body_of(0));
     assert!(gate.is_full(), "delivered but not yet acknowledged");
     consumer.ack(d.tag, AckScope::Single, None).unwrap();
+    let d = next(&mut rx).await;
+    consumer.ack(d.tag, AckScope::Single, None).unwrap();
     tokio::time::timeout(Duration::from_secs(5), room)
         .await
-        .expect("the gate opens once a body is consumed")
+        .expect("the gate opens once bodies are consumed")
         .unwrap();
     assert!(!gate.is_full());
 }

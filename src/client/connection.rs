@@ -144,6 +144,8 @@ enum Admission {
 #[derive(Debug)]
 enum Ended {
     Lost(String),
+    /// The broker ended the connection with an ERROR that refused no single request.
+    Refused(String),
     Closed,
 }
 
@@ -192,8 +194,6 @@ pub(crate) struct Driver {
     unproductive: u32,
     /// Something was confirmed or delivered on the current connection.
     productive: bool,
-    /// The current connection ended with an ERROR from the broker.
-    refused: bool,
 }
 
 impl Driver {
@@ -225,7 +225,6 @@ impl Driver {
             close_reply: None,
             unproductive: 0,
             productive: false,
-            refused: false,
         }
     }
 
@@ -247,22 +246,22 @@ impl Driver {
                 let _ = ready.send(Ok(()));
             }
             let address = link.address.clone();
-            match self.serve(link).await {
+            let (reason, refused) = match self.serve(link).await {
                 Ended::Closed => return self.finish(ClientError::Closed),
-                Ended::Lost(reason) => {
-                    let refused = std::mem::take(&mut self.refused);
-                    if std::mem::take(&mut self.productive) || !refused {
-                        self.unproductive = 0;
-                    } else {
-                        self.unproductive = self.unproductive.saturating_add(1);
-                    }
-                    self.on_lost(&address, &reason);
-                    if self.closing.is_some() {
-                        return self.finish(ClientError::Closed);
-                    }
-                    phase = Phase::Reconnect;
-                }
+                Ended::Lost(reason) => (reason, false),
+                Ended::Refused(reason) => (reason, true),
+            };
+            let productive = std::mem::take(&mut self.productive);
+            self.unproductive = if refused && !productive {
+                self.unproductive.saturating_add(1)
+            } else {
+                0
+            };
+            self.on_lost(&address, &reason);
+            if self.closing.is_some() {
+                return self.finish(ClientError::Closed);
             }
+            phase = Phase::Reconnect;
         }
     }
 
@@ -811,8 +810,7 @@ impl Driver {
             .filter(|_| !broker_unavailable(&message))
             .and_then(|op| self.outbox.remove(&op));
         let Some(pending) = refused else {
-            self.refused = true;
-            return Some(Ended::Lost(format!("the broker sent ERROR: {message}")));
+            return Some(Ended::Refused(format!("the broker sent ERROR: {message}")));
         };
         tracing::warn!(%message, command = %pending.frame.command, "the broker refused a request");
         self.forget(&pending.kind);

@@ -32,8 +32,7 @@ use super::{
     Throwable, TransactionId, TransactionInfo, WireFormatInfo,
 };
 use crate::broker::{
-    AckScope, Broker, BrokerError, Confirmation, Delivery, Destination, MemoryGate, Session,
-    SubscribeRequest,
+    AckScope, Broker, BrokerError, Confirmation, Delivery, Destination, Session, SubscribeRequest,
 };
 
 /// What every OpenWire connection on a node shares.
@@ -533,7 +532,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             options: options.clone(),
             temp_events: options.temps.events.subscribe(),
             own_temps: Vec::new(),
-            sent_transient: false,
         };
         tracing::debug!(peer = %self.peer, connection = %connection_id, client_id = ?info.client_id,
             failover = info.failover_reconnect, "OpenWire connection open");
@@ -624,7 +622,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_read = Instant::now();
         let mut wrote_since_tick = false;
-        // Producer flow control: see `Connection::pause_for_memory`.
+        // Producer flow control: see `Session::hold_back`.
         let gate = state.session.memory_gate();
         let mut paused = false;
         // The answer to ConnectionInfo, which the client waits for.
@@ -711,26 +709,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if let Err(close) = step {
                 return close;
             }
-            if self.pause_for_memory(state, &gate) {
+            // The JMS client's asynchronous sends then block in its socket write. Its advisory
+            // consumers subscribe to nothing in the core, so they do not count as consumers.
+            if state.session.hold_back() {
+                tracing::debug!(peer = %self.peer, "memory_limit reached by non-persistent messages: reading paused");
                 paused = true;
             }
         }
-    }
-
-    /// ActiveMQ's producer flow control: once non-persistent queued bodies fill the broker's
-    /// `memory_limit`, a connection that just sent non-persistent messages stops being read
-    /// until consumers make room, which stops its client through TCP back-pressure (the JMS
-    /// client's asynchronous sends block in its socket write). A connection with consumers
-    /// (other than the client's own advisory ones) is never paused: its acknowledgements may be
-    /// what makes room.
-    fn pause_for_memory(&self, state: &mut State, gate: &MemoryGate) -> bool {
-        let pause = std::mem::take(&mut state.sent_transient)
-            && state.consumers.values().all(|c| c.inert)
-            && gate.is_full();
-        if pause {
-            tracing::debug!(peer = %self.peer, "memory_limit reached by non-persistent messages: reading paused");
-        }
-        pause
     }
 
     /// Handles every whole frame in the input buffer.
@@ -1148,9 +1133,6 @@ struct State {
     temp_events: broadcast::Receiver<TempEvent>,
     /// The temporary destinations this connection created.
     own_temps: Vec<OwDestination>,
-    /// A non-persistent message was sent since the connection last consulted the broker's
-    /// memory gate.
-    sent_transient: bool,
 }
 
 impl State {
@@ -1174,10 +1156,9 @@ impl State {
             // The client begins transactions lazily; a replay may omit the BEGIN.
             let _ = self.session.begin(tx);
         }
-        let persistent = message.persistent;
-        let confirmation = self.session.send(&core, message, transaction.as_deref())?;
-        self.sent_transient |= !persistent;
-        Ok(Some(confirmation))
+        self.session
+            .send(&core, message, transaction.as_deref())
+            .map(Some)
     }
 
     /// The delivery tag an ack names, checked against what this consumer was sent (a client

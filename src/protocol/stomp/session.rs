@@ -18,7 +18,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::frame::{self, Command, Decoder, Frame, Item, Version};
 use crate::broker::{
     AckScope, BodyType, Broker, BrokerError, Confirmation, Delivery, Destination, Header,
-    MemoryGate, NewMessage, Session, SubscribeRequest,
+    NewMessage, Session, SubscribeRequest,
 };
 
 /// What every STOMP connection on a listener shares.
@@ -297,9 +297,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             awaiting: VecDeque::new(),
             auto_acks: HashMap::new(),
             version: self.version,
-            sent_transient: false,
         };
-        // Producer flow control: see `Connection::pause_for_memory`.
+        // Producer flow control: see `Session::hold_back`.
         let gate = state.session.memory_gate();
         let mut paused = false;
         let mut send_tick =
@@ -367,7 +366,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             // Auto-ack what has now been written to the socket.
             state.flush_auto_acks();
-            if self.pause_for_memory(&mut state, &gate) {
+            if state.session.hold_back() {
+                tracing::debug!(peer = %self.peer, "memory_limit reached by non-persistent messages: reading paused");
                 paused = true;
             }
             match step {
@@ -383,21 +383,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         tracing::debug!(peer = %self.peer, "STOMP session closed");
         // Dropping the session returns unacknowledged messages to their queues.
-    }
-
-    /// ActiveMQ's producer flow control: once non-persistent queued bodies fill the broker's
-    /// `memory_limit`, a connection that just sent non-persistent messages stops being read
-    /// until consumers make room, which stops its client through TCP back-pressure. A
-    /// connection with subscriptions is never paused: its acknowledgements may be what makes
-    /// room.
-    fn pause_for_memory(&self, state: &mut State, gate: &MemoryGate) -> bool {
-        let pause = std::mem::take(&mut state.sent_transient)
-            && state.subscriptions.is_empty()
-            && gate.is_full();
-        if pause {
-            tracing::debug!(peer = %self.peer, "memory_limit reached by non-persistent messages: reading paused");
-        }
-        pause
     }
 
     /// Handles every whole frame in the input buffer.
@@ -581,9 +566,6 @@ struct State {
     /// Auto-ack subscriptions written to since the last flush -> their last tag written.
     auto_acks: HashMap<String, u64>,
     version: Version,
-    /// A non-persistent message was sent since the connection last consulted the broker's
-    /// memory gate.
-    sent_transient: bool,
 }
 
 impl State {
@@ -640,11 +622,9 @@ impl State {
             body_type,
             body: frame.body.clone(),
         };
-        let confirmation = self
+        Ok(self
             .session
-            .send(&destination, message, frame.get("transaction"))?;
-        self.sent_transient |= !persistent;
-        Ok(confirmation)
+            .send(&destination, message, frame.get("transaction"))?)
     }
 
     fn subscribe(&mut self, frame: &Frame) -> Result<Confirmation, Fatal> {
