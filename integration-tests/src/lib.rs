@@ -562,7 +562,6 @@ impl BrokerProcess {
         self.logs.lock().unwrap().iter().any(|l| l.contains(text))
     }
 
-    /// Every log line so far (of every run).
     /// The bodies of every message waiting on `queue`, in delivery order: a new client
     /// subscribes, sends a `sentinel` message behind them and receives up to it (the sentinel
     /// is left out).
@@ -595,6 +594,7 @@ impl BrokerProcess {
         found
     }
 
+    /// Every log line so far (of every run).
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
     }

@@ -1,7 +1,7 @@
 //! ferromq's own client library (`ferromq::client`) against the real broker binary.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,10 +20,14 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 
 /// A failover client keeps sending through a kill -9 and restart of its broker: every send
 /// resolves, and the re-sent ones that the broker had already stored are not stored twice.
+///
+/// The producer keeps a window of sends in flight until the client has reconnected and sent
+/// more, so sends are in flight at the kill however fast the machine is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_client_replays_sends_across_kill9_without_duplicates() -> Result<()> {
-    const N: usize = 20_000;
+    const WINDOW: usize = 500;
     const KILL_AFTER: u64 = 1_000;
+    const AFTER_RECONNECT: u64 = 1_000;
     let dir = tempfile::tempdir()?;
     let mut broker = blocking(|| BrokerProcess::start(dir.path(), ""))?;
     let url = format!(
@@ -32,38 +36,70 @@ async fn failover_client_replays_sends_across_kill9_without_duplicates() -> Resu
     );
     let client = Client::connect(&url, ClientOptions::default()).await?;
     let queue = "queue://failover";
+    let submitted = Arc::new(AtomicU64::new(0));
     let confirmed = Arc::new(AtomicU64::new(0));
-    let handles: Vec<_> = (0..N)
-        .map(|i| client.send_nowait(queue, format!("m{i}"), SendOptions::persistent()))
-        .collect();
-    let waiter = {
-        let confirmed = confirmed.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (client, submitted, confirmed, stop) = (
+            client.clone(),
+            submitted.clone(),
+            confirmed.clone(),
+            stop.clone(),
+        );
         tokio::spawn(async move {
-            let mut results = Vec::with_capacity(N);
-            for handle in handles {
-                let result = handle.await;
-                confirmed.fetch_add(1, Ordering::Relaxed);
-                results.push(result);
+            let mut results = Vec::new();
+            let mut in_flight = VecDeque::with_capacity(WINDOW);
+            while !stop.load(Ordering::SeqCst) {
+                let i = submitted.fetch_add(1, Ordering::SeqCst);
+                in_flight.push_back(client.send_nowait(
+                    queue,
+                    format!("m{i}"),
+                    SendOptions::persistent(),
+                ));
+                if in_flight.len() >= WINDOW {
+                    if let Some(oldest) = in_flight.pop_front() {
+                        results.push(oldest.await);
+                        confirmed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+            for handle in in_flight {
+                results.push(handle.await);
             }
             results
         })
     };
     let reached = blocking(|| {
         wait_until(deadline(Duration::from_secs(60)), || {
-            confirmed.load(Ordering::Relaxed) >= KILL_AFTER
+            confirmed.load(Ordering::SeqCst) >= KILL_AFTER
         })
     });
-    let at_kill = confirmed.load(Ordering::Relaxed);
-    blocking(|| broker.restart_on_same_port())?;
+    let at_kill = confirmed.load(Ordering::SeqCst);
     assert!(reached, "only {at_kill} sends confirmed within 60s");
+    blocking(|| broker.restart_on_same_port())?;
+    let reconnected = blocking(|| {
+        wait_until(deadline(Duration::from_secs(60)), || {
+            client.reconnects() >= 1
+        })
+    });
+    assert!(reconnected, "the client did not reconnect within 60s");
+    let at_reconnect = confirmed.load(Ordering::SeqCst);
+    let resumed = blocking(|| {
+        wait_until(deadline(Duration::from_secs(60)), || {
+            confirmed.load(Ordering::SeqCst) >= at_reconnect + AFTER_RECONNECT
+        })
+    });
+    stop.store(true, Ordering::SeqCst);
     assert!(
-        (at_kill as usize) < N,
-        "every send was confirmed before the kill: nothing was replayed"
+        resumed,
+        "sends did not resume after the reconnect ({} confirmed)",
+        confirmed.load(Ordering::SeqCst)
     );
 
-    let results = tokio::time::timeout(Duration::from_secs(120), waiter)
+    let results = tokio::time::timeout(Duration::from_secs(120), producer)
         .await
-        .context("sends still unresolved 120s after the restart")??;
+        .context("sends still unresolved 120s after the producer stopped")??;
+    let n = results.len();
     let failed: Vec<(usize, String)> = results
         .iter()
         .enumerate()
@@ -88,12 +124,12 @@ async fn failover_client_replays_sends_across_kill9_without_duplicates() -> Resu
     for body in bodies(&got[..got.len() - 1]) {
         *counts.entry(body).or_default() += 1;
     }
-    let missing: Vec<usize> = (0..N)
+    let missing: Vec<usize> = (0..n)
         .filter(|i| !counts.contains_key(&format!("m{i}")))
         .collect();
     let duplicated: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
     eprintln!(
-        "{N} sends, {at_kill} confirmed before kill -9, {} reconnects, {} delivered",
+        "{n} sends, {at_kill} confirmed before kill -9, {} reconnects, {} delivered",
         client.reconnects(),
         got.len() - 1
     );
