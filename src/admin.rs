@@ -4,7 +4,8 @@
 //! - `GET /health`: 200 while the process runs, with its role, epoch, position and whether it
 //!   serves clients (JSON). For "is the node alive" checks and restart supervisors.
 //! - `GET /ready`: the same body; 200 only while this node serves clients (the master, or a
-//!   standalone node), 503 otherwise. For load balancers that send clients to the master only.
+//!   standalone node) and its store accepts writes, 503 otherwise. For load balancers that
+//!   send clients to the master only.
 //! - `GET /metrics`: Prometheus text format: role, epoch, positions, sessions, per-queue depth,
 //!   consumers and unacknowledged deliveries, message counters, memory held for queued bodies.
 //! - `GET /queues`: the queues as JSON (503 when this node serves no clients).
@@ -189,6 +190,8 @@ struct View {
     broker: Option<Broker>,
     /// Why clients are refused, when they are.
     refusal: Option<String>,
+    /// Why the store accepts no more writes, once it failed (a full disk, say).
+    store_failure: Option<String>,
 }
 
 impl View {
@@ -199,11 +202,13 @@ impl View {
                 (None, Some(reason.clone()))
             }
         };
+        let store_failure = broker.as_ref().and_then(Broker::store_failure);
         View {
             node: status.node.clone(),
             role: status.role(),
             broker,
             refusal,
+            store_failure,
         }
     }
 
@@ -216,6 +221,7 @@ impl View {
             "position": self.role.position,
             "serving": self.broker.is_some(),
             "reason": self.refusal,
+            "store_failure": self.store_failure,
         })
         .to_string()
             + "\n"
@@ -235,7 +241,8 @@ fn route(request: &Request, view: &View) -> Response {
     match request.path.as_str() {
         "/health" => Response::json(200, view.health_json()),
         "/ready" => {
-            let code = if view.broker.is_some() { 200 } else { 503 };
+            let ready = view.broker.is_some() && view.store_failure.is_none();
+            let code = if ready { 200 } else { 503 };
             Response::json(code, view.health_json())
         }
         "/metrics" => Response {
@@ -284,6 +291,12 @@ fn metrics(view: &View) -> String {
         "1 while this node accepts clients (master or standalone)",
         "gauge",
         &[(String::new(), u64::from(view.broker.is_some()))],
+    );
+    gauge(
+        "ferromq_store_failed",
+        "1 once the store accepts no more writes (see the log for why)",
+        "gauge",
+        &[(String::new(), u64::from(view.store_failure.is_some()))],
     );
     gauge(
         "ferromq_epoch",
@@ -516,6 +529,7 @@ mod tests {
             },
             broker: None,
             refusal: (!serving).then(|| "a master serves elsewhere".into()),
+            store_failure: None,
         }
     }
 
@@ -547,5 +561,6 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("ferromq_serving 0\n"), "{text}");
+        assert!(text.contains("ferromq_store_failed 0\n"), "{text}");
     }
 }

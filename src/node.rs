@@ -8,6 +8,11 @@
 //! instead of being closed and reopened (which would scan the whole journal again during a
 //! failover); a master's store is closed when it steps down. Every role change logs one line
 //! with node, epoch and position.
+//!
+//! A store that fails (a full disk, say) ends the node's membership: it steps down, leaves the
+//! election so that the others elect a master at once, and the process exits with the
+//! store's reason for its supervisor to restart it once the disk is fixed. It must never stay
+//! master, or keep following, on a store that accepts no writes.
 
 use std::future::Future;
 use std::sync::{Arc, RwLock};
@@ -77,15 +82,39 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
         result = lifecycle.run() => result,
         _ = shutdown => {
             tracing::info!(%node, "shutting down");
-            lifecycle.listeners.set_mode(Mode::Refuse("the node is shutting down".into()));
-            lifecycle.election.close().await;
             Ok(())
         }
     };
+    let leaving = match &result {
+        Ok(()) => "the node is shutting down".to_string(),
+        Err(e) => {
+            tracing::error!(%node, error = %format!("{e:#}"), "leaving the cluster");
+            format!("the node is leaving the cluster: {e:#}")
+        }
+    };
+    lifecycle.listeners.set_mode(Mode::Refuse(leaving));
+    // Its znode goes with its session, so the others need not wait for the session to expire.
+    lifecycle.election.close().await;
     if let Some(kept) = lifecycle.kept.take() {
         close_store(kept.store).await;
     }
     result
+}
+
+/// The store accepts no more writes: fatal to this node's membership (see the module docs).
+#[derive(Debug)]
+struct StoreFailed(String);
+
+impl std::fmt::Display for StoreFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the store failed and accepts no more writes: {}", self.0)
+    }
+}
+
+impl std::error::Error for StoreFailed {}
+
+fn is_store_failure(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<StoreFailed>().is_some()
 }
 
 /// An open store between roles, with the receiving end of its durable watermark.
@@ -200,12 +229,18 @@ impl Lifecycle {
                 }
                 Role::Master { epoch } => {
                     if let Err(e) = self.serve_as_master(epoch, &mut roles).await {
+                        if is_store_failure(&e) {
+                            return Err(e);
+                        }
                         tracing::error!(node = %self.config.broker.name, epoch, error = %format!("{e:#}"), "master role failed");
                         tokio::time::sleep(SLAVE_RETRY).await;
                     }
                 }
                 Role::Slave { master, epoch } => {
                     if let Err(e) = self.follow(&master, epoch, &mut roles).await {
+                        if is_store_failure(&e) {
+                            return Err(e);
+                        }
                         tracing::warn!(node = %self.config.broker.name, %master, epoch, error = %format!("{e:#}"), "following the master failed");
                         tokio::time::sleep(SLAVE_RETRY).await;
                     }
@@ -275,19 +310,23 @@ impl Lifecycle {
         self.listeners.set_mode(Mode::Serve(broker.clone()));
 
         let mut report = tokio::time::interval(Duration::from_secs(1));
-        loop {
+        let failed = loop {
             tokio::select! {
                 changed = roles.changed() => {
                     if changed.is_err() || *roles.borrow() != (Role::Master { epoch }) {
-                        break;
+                        break None;
                     }
                 }
                 _ = report.tick() => {
+                    if let Some(reason) = broker.store_failure() {
+                        tracing::error!(node = %config.broker.name, epoch, position = broker.stats().journal_end, %reason, "the store failed: stepping down so that another node takes over");
+                        break Some(reason);
+                    }
                     let stats = broker.stats();
                     self.election.report_log(LogState { epoch, position: stats.journal_end });
                 }
             }
-        }
+        };
         // Step down: no client is served and nothing is confirmed from here on.
         self.listeners.set_mode(Mode::Refuse(
             "not the master: this node stepped down".into(),
@@ -301,7 +340,10 @@ impl Lifecycle {
         }
         self.election.report_final_log(self.log);
         self.log_role("stepped down from master", "candidate", epoch);
-        Ok(())
+        match failed {
+            Some(reason) => Err(StoreFailed(reason).into()),
+            None => Ok(()),
+        }
     }
 
     async fn follow(
@@ -372,6 +414,10 @@ impl Lifecycle {
                 Some(result) => {
                     if let Err(e) = &result {
                         tracing::warn!(node = %config.broker.name, %master, error = %e, "replication stream ended");
+                    }
+                    if let Some(reason) = store.failure() {
+                        tracing::error!(node = %config.broker.name, epoch, position = store.end().0, %reason, "the store failed: this slave stops following");
+                        break Err(StoreFailed(reason).into());
                     }
                     tokio::time::sleep(SLAVE_RETRY).await;
                     if *roles.borrow()

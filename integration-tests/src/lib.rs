@@ -549,6 +549,13 @@ impl BrokerProcess {
         Ok(())
     }
 
+    /// How the process ended, once it has (without stopping it); `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {

@@ -86,3 +86,60 @@ fn the_admin_endpoint_reports_role_queues_and_metrics_and_refuses_bad_requests()
     assert_eq!(http_get(&admin, "/health")?.0, 200);
     Ok(())
 }
+
+/// The store of a standalone node fails under a producer (its directory vanishes, so the next
+/// journal segment cannot be put in place, as with a full or lost disk): the send is refused
+/// with an ERROR naming the store, `/ready` turns 503, `/health` and `/metrics` say why. Once
+/// the directory is back and the node restarted, every receipted message is there.
+#[test]
+fn a_failed_store_turns_ready_off_and_loses_nothing_receipted() -> Result<()> {
+    /// 64 KiB bodies: a few hundred fill a 16 MiB test segment.
+    const PAD: usize = 64 * 1024;
+    let dir = tempfile::tempdir()?;
+    let mut broker = BrokerProcess::start(dir.path(), "[admin]\nbind = \"tcp://127.0.0.1:0\"\n")?;
+    let admin = broker
+        .admin_addr()
+        .expect("the broker logs its admin endpoint");
+    let data = dir.path().join("data");
+    let gone = dir.path().join("data.gone");
+    std::fs::rename(&data, &gone)?;
+
+    let mut producer = broker.client()?;
+    let pad = "x".repeat(PAD);
+    let mut receipted = 0usize;
+    let refusal = loop {
+        assert!(
+            receipted < 1_000,
+            "1000 sends of 64 KiB and the store never failed"
+        );
+        match producer.send_persistent("/queue/disk", format!("m{receipted}-{pad}").as_bytes()) {
+            Ok(()) => receipted += 1,
+            Err(e) => break format!("{e:#}"),
+        }
+    };
+    assert!(
+        refusal.contains("the store failed"),
+        "the refusal names the store: {refusal}"
+    );
+    let (code, body) = http_get(&admin, "/ready")?;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("\"store_failure\":\"the journal failed"),
+        "{body}"
+    );
+    assert_eq!(http_get(&admin, "/health")?.0, 200);
+    let (_, text) = http_get(&admin, "/metrics")?;
+    assert_eq!(metric(&text, "ferromq_store_failed"), Some(1), "{text}");
+
+    broker.kill9();
+    std::fs::rename(&gone, &data)?;
+    broker.restart()?;
+    let bodies = broker.remaining_bodies("/queue/disk")?;
+    let expected: Vec<String> = (0..receipted).map(|i| format!("m{i}-{pad}")).collect();
+    assert!(
+        bodies.len() >= receipted && bodies[..receipted] == expected[..],
+        "{receipted} receipted before the failure, {} recovered",
+        bodies.len()
+    );
+    Ok(())
+}

@@ -464,6 +464,95 @@ fn master_killed_while_sending(version: ZkVersion) {
     );
 }
 
+// ----- 3. the master's store fails ----------------------------------------------------------
+
+/// The master's store fails while clients send (its directory disappears, so the next journal
+/// segment cannot be put in place, as with a full or lost disk): the master steps down, leaves
+/// the cluster and exits with an error naming the store; another node is elected at once, and
+/// a failover client's sends go on there. Every confirmed message is consumed exactly once.
+#[test]
+fn master_store_failure_hands_over_zk38() {
+    /// 64 KiB bodies: a few hundred fill a 16 MiB test segment.
+    const PAD: usize = 64 * 1024;
+    const COUNT: usize = 800;
+    let mut cluster = Cluster::start(ZkVersion::V3_8, 3);
+    let m0 = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let rt = runtime();
+    let client = connect(&rt, &cluster.failover_url());
+    let queue = format!("/queue/{}", unique("store-failure"));
+    let data = cluster.nodes[m0].dir.join("data");
+    std::fs::rename(&data, cluster.nodes[m0].dir.join("data.gone"))
+        .expect("moving the master's store directory away");
+
+    let pad = "x".repeat(PAD);
+    let outcomes: Vec<(String, Result<(), String>)> = rt.block_on(async {
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut outcomes = Vec::new();
+        for i in 0..COUNT {
+            let body = format!("s-{i}-{pad}");
+            let handle = client.send_nowait(&queue, body.clone(), SendOptions::persistent());
+            in_flight.push_back((body, handle));
+            if in_flight.len() >= 16 {
+                let (body, handle) = in_flight.pop_front().expect("not empty");
+                outcomes.push((body, handle.await.map_err(|e| e.to_string())));
+            }
+        }
+        for (body, handle) in in_flight {
+            outcomes.push((body, handle.await.map_err(|e| e.to_string())));
+        }
+        outcomes
+    });
+    let failed: Vec<&(String, Result<(), String>)> =
+        outcomes.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {COUNT} sends failed; the client should have moved to the new master (first: {:?})\n{}",
+        failed.len(),
+        failed.first().map(|(b, r)| (&b[..b.len().min(12)], r)),
+        cluster.describe()
+    );
+    assert!(
+        cluster.nodes[m0]
+            .broker
+            .logs_contain("the store failed: stepping down"),
+        "node {m0} never noticed its store failing (is COUNT too small for a segment?)\n{}",
+        cluster.describe()
+    );
+    let mut exit = None;
+    let exited = wait_until(deadline(ELECTION), || {
+        exit = cluster.nodes[m0].broker.exit_status();
+        exit.is_some()
+    });
+    assert!(exited, "node {m0} still runs on a failed store");
+    let exit = exit.expect("exited");
+    assert!(
+        !exit.success(),
+        "node {m0} exited with {exit}, not an error"
+    );
+    assert!(
+        cluster.nodes[m0].broker.logs_contain("leaving the cluster"),
+        "node {m0} did not log why it left"
+    );
+    let m1 = cluster
+        .wait_for_new_master(m0, deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // Compared without the padding, so that a failure message stays readable.
+    let short = |body: &str| body.trim_end_matches('x').to_string();
+    let confirmed: Vec<String> = outcomes.iter().map(|(body, _)| short(body)).collect();
+    let mut counts = BTreeMap::new();
+    for (body, n) in drain(&cluster, m1, &queue).expect("consuming from the new master") {
+        *counts.entry(short(&body)).or_insert(0) += n;
+    }
+    check_exactly_once(
+        &format!("store failure on node {m0}, new master {m1}"),
+        &counts,
+        &confirmed,
+        &[],
+    );
+}
+
 // ----- 4. two of three down ------------------------------------------------------------------
 
 /// With two of three nodes down the survivor refuses clients for want of a quorum, a send with

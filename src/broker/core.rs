@@ -399,6 +399,12 @@ impl Core {
         self.fail_waiting(&reason);
     }
 
+    /// Why the store failed, if it did (noticed by [`Core::check_store`] or by an append).
+    pub fn store_failure(&mut self) -> Option<String> {
+        self.check_store();
+        self.failed.clone()
+    }
+
     #[cfg(test)]
     pub(crate) fn store(&self) -> &Store {
         self.store.as_ref().expect("the store is open")

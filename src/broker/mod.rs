@@ -358,6 +358,12 @@ impl Broker {
         WeakBroker(Arc::downgrade(&self.shared))
     }
 
+    /// Why the store accepts no more writes (a full disk, say), once it failed: the core then
+    /// refuses every write, so a replicated node leaves its cluster for another to take over.
+    pub fn store_failure(&self) -> Option<String> {
+        lock(&self.shared).store_failure()
+    }
+
     /// Counters for logs, status and tests.
     pub fn stats(&self) -> Stats {
         lock(&self.shared).stats()

@@ -353,9 +353,15 @@ impl Shared {
         }
     }
 
+    /// Records the first failure; later ones are only logged.
     fn fail(&self, message: String) {
+        let mut failure = self.failure.lock().unwrap();
+        if failure.is_some() {
+            warn!("journal: {message} (after the failure that stopped it)");
+            return;
+        }
         error!("journal failed, no further appends are accepted: {message}");
-        *self.failure.lock().unwrap() = Some(message);
+        *failure = Some(message);
         self.failed.store(true, Ordering::Release);
     }
 }
@@ -1747,11 +1753,18 @@ impl JournalReader {
         let mut reader = segment.reader.lock().unwrap();
         let file = match &*reader {
             Some(file) => file.clone(),
-            None => {
-                let file = Arc::new(File::open(&path).map_err(io_error("open", &path))?);
-                *reader = Some(file.clone());
-                file
-            }
+            None => match File::open(&path) {
+                Ok(file) => {
+                    let file = Arc::new(file);
+                    *reader = Some(file.clone());
+                    file
+                }
+                Err(e) => {
+                    drop(reader);
+                    drop(map);
+                    return Err(self.read_failed(position, start, io_error("open", &path)(e)));
+                }
+            },
         };
         Ok(Located {
             file,
@@ -1759,6 +1772,26 @@ impl JournalReader {
             start,
             limit,
         })
+    }
+
+    /// A retained segment could not be opened or read: the disk or the files are broken, and
+    /// a journal that cannot read its own records can neither replicate nor deliver them, so
+    /// it fails as a failed write does (see [`Journal::failure`]). A segment released in the
+    /// meantime is only no longer retained.
+    fn read_failed(&self, position: u64, start: u64, error: StoreError) -> StoreError {
+        let map = self.shared.segments.read().unwrap();
+        match map.get(&start) {
+            Some(segment) if segment.state != SegmentState::Released => {
+                drop(map);
+                self.shared
+                    .fail(format!("cannot read the journal: {error}"));
+                error
+            }
+            _ => StoreError::NotRetained {
+                position: Position(position),
+                oldest: oldest_of(&map),
+            },
+        }
     }
 
     /// The frame (header included) of the record at `position`.
@@ -1779,7 +1812,13 @@ impl JournalReader {
         located
             .file
             .read_exact_at(&mut header, offset)
-            .map_err(io_error("read", &located.path))?;
+            .map_err(|e| {
+                self.read_failed(
+                    position.0,
+                    located.start,
+                    io_error("read", &located.path)(e),
+                )
+            })?;
         let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
         if len > MAX_RECORD_LEN {
             return Err(corrupt(FrameError::TooLarge(len, MAX_RECORD_LEN)));
@@ -1794,7 +1833,13 @@ impl JournalReader {
         located
             .file
             .read_exact_at(&mut frame, offset)
-            .map_err(io_error("read", &located.path))?;
+            .map_err(|e| {
+                self.read_failed(
+                    position.0,
+                    located.start,
+                    io_error("read", &located.path)(e),
+                )
+            })?;
         check_frame(&frame).map_err(corrupt)?;
         Ok(Bytes::from(frame))
     }
@@ -1876,7 +1921,10 @@ impl Frames {
         located
             .file
             .read_exact_at(&mut self.buffer, self.position - located.start)
-            .map_err(io_error("read", &located.path))?;
+            .map_err(|e| {
+                let error = io_error("read", &located.path)(e);
+                self.reader.read_failed(self.position, located.start, error)
+            })?;
         self.buffer_start = self.position;
         Ok(())
     }
@@ -2527,6 +2575,31 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(again, frames);
+    }
+
+    #[test]
+    fn a_retained_segment_that_cannot_be_read_stops_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, rx) = open(dir.path(), 1 << 20, false);
+        let position = journal.append(&record(1, 10)).unwrap().position;
+        wait_durable(&rx, journal.end());
+        // The segment vanishes under the journal (a lost disk, an operator's mistake).
+        fs::remove_file(segment_path(dir.path(), 0)).unwrap();
+        let reader = journal.reader();
+        assert!(matches!(reader.read(position), Err(StoreError::Io { .. })));
+        assert!(
+            matches!(journal.failure(), Some(StoreError::JournalFailed(m)) if m.contains("cannot read the journal")),
+            "{:?}",
+            journal.failure()
+        );
+        assert!(matches!(
+            journal.append(&record(2, 10)),
+            Err(StoreError::JournalFailed(_))
+        ));
+        assert!(reader
+            .frames(Position(0), journal.end())
+            .next()
+            .is_some_and(|frame| frame.is_err()));
     }
 
     #[test]
