@@ -100,6 +100,7 @@ public final class JmsCheck {
         SCENARIOS.put("failover-produce", JmsCheck::failoverProduce);
         SCENARIOS.put("failover-consume", JmsCheck::failoverConsume);
         SCENARIOS.put("flow-control", JmsCheck::flowControl);
+        SCENARIOS.put("producer-window", JmsCheck::producerWindow);
     }
 
     static String scenario;
@@ -1335,6 +1336,72 @@ public final class JmsCheck {
         check("the producer finished without an error", !producer.isAlive() && error.get() == null,
                 "finished", producer.isAlive() ? "still sending" : error.get());
         ok("the producer finished");
+        close(cc);
+        close(pc);
+    }
+
+    /**
+     * ActiveMQ's client-side producer flow control: with a producer window
+     * ({@code jms.producerWindowSize}, here {@code window=BYTES}, default 65536) the client
+     * counts the bytes of its asynchronous sends (non-persistent ones, and every send in a
+     * transaction) and blocks once the window is full, until the broker's ProducerAcks give
+     * credit back. count=N (default 1000) non-persistent messages of about 1 KiB, then N
+     * persistent ones in transactions of 50 (to another queue), many windows' worth each: all
+     * are sent, and all arrive once, in order.
+     */
+    static void producerWindow() throws Exception {
+        int n = (int) longOpt("count", 1000);
+        int window = (int) longOpt("window", 65536);
+        String pad = "w".repeat(1000);
+        ActiveMQConnectionFactory f = factory(url);
+        f.setProducerWindowSize(window);
+        Connection pc = f.createConnection();
+        OPEN.add(pc);
+        pc.start();
+        // A queue for each kind: ActiveMQ keeps no order between persistent and non-persistent
+        // messages of one queue.
+        Queue npq = queue(pc, "window.np");
+        Queue txq = queue(pc, "window.tx");
+        Session ps = pc.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = ps.createProducer(npq);
+        p.setDeliveryMode(DeliveryMode.NON_PERSISTENT);
+        for (int i = 0; i < n; i++) {
+            p.send(ps.createTextMessage(String.format("np-%05d-", i) + pad));
+        }
+        ok(n + " non-persistent sends through a " + window + "-byte producer window");
+        Session ts = ps.getTransacted() ? ps : pc.createSession(true, Session.SESSION_TRANSACTED);
+        MessageProducer tp = ts.createProducer(txq);
+        tp.setDeliveryMode(DeliveryMode.PERSISTENT);
+        for (int i = 0; i < n; i++) {
+            tp.send(ts.createTextMessage(String.format("tx-%05d-", i) + pad));
+            if ((i + 1) % 50 == 0) {
+                ts.commit();
+            }
+        }
+        ts.commit();
+        ok(n + " transacted persistent sends through the same window");
+        Connection cc = connect();
+        Session cs = cc.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        for (String kind : new String[] {"np", "tx"}) {
+            MessageConsumer consumer = cs.createConsumer(kind.equals("np") ? npq : txq);
+            for (int i = 0; i < n; i++) {
+                String expected = String.format("%s-%05d-", kind, i) + pad;
+                Message m = consumer.receive(receiveTimeoutMs);
+                if (m == null) {
+                    throw fail("message " + kind + " " + i + " within " + receiveTimeoutMs + " ms",
+                            expected.substring(0, 9), null);
+                }
+                String got = ((TextMessage) m).getText();
+                if (!expected.equals(got)) {
+                    throw fail("message " + kind + " " + i + ", in order", expected.substring(0, 9),
+                            got.substring(0, Math.min(9, got.length())));
+                }
+            }
+            check("nothing more on the " + kind + " queue", consumer.receive(200) == null,
+                    "null", "a message");
+            consumer.close();
+        }
+        ok("all " + 2 * n + " messages received once, in order");
         close(cc);
         close(pc);
     }

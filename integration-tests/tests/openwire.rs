@@ -331,3 +331,12 @@ fn a_non_persistent_jms_producer_is_held_back_at_the_memory_limit() {
         "queued non-persistent bytes peaked at {most}, for a memory_limit of 64 KiB and 3 MB sent"
     );
 }
+
+/// A JMS producer with a producer window (`jms.producerWindowSize`, ActiveMQ's client-side
+/// producer flow control) blocks once its window of asynchronous sends is full until the
+/// broker's ProducerAcks give credit back: without them it would stop for good after 64 KiB.
+/// Non-persistent and transacted sends, each many windows' worth, all arrive.
+#[test]
+fn a_jms_producer_with_a_window_is_given_credit_back() {
+    check("producer-window", &["count=1000", "window=65536"]);
+}

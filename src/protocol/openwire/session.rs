@@ -28,8 +28,8 @@ use super::{
     decode, encode, negotiate, BaseCommand, BrokerId, BrokerInfo, Command, ConnectionError,
     ConnectionId, ConsumerId, ConsumerInfo, DataStructure, Destination as OwDestination,
     DestinationInfo, DestinationKind, ExceptionResponse, Format, FrameReader, MessageAck,
-    MessageDispatch, MessageId, MessageKind, MessagePull, ProducerId, RemoveInfo, Response,
-    Throwable, TransactionId, TransactionInfo, WireFormatInfo,
+    MessageDispatch, MessageId, MessageKind, MessagePull, ProducerAck, ProducerId, ProducerInfo,
+    RemoveInfo, Response, Throwable, TransactionId, TransactionInfo, WireFormatInfo,
 };
 use crate::broker::{
     AckScope, Broker, BrokerError, Confirmation, Delivery, Destination, Session, SubscribeRequest,
@@ -532,6 +532,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             options: options.clone(),
             temp_events: options.temps.events.subscribe(),
             own_temps: Vec::new(),
+            windows: HashMap::new(),
         };
         tracing::debug!(peer = %self.peer, connection = %connection_id, client_id = ?info.client_id,
             failover = info.failover_reconnect, "OpenWire connection open");
@@ -745,7 +746,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Command::MessageAck(ack) => state.ack(ack).map(|()| None),
             Command::ConsumerInfo(info) => return self.add_consumer(state, &command, info),
             Command::RemoveInfo(remove) => state.remove(remove),
-            Command::SessionInfo(_) | Command::ProducerInfo(_) => Ok(None),
+            Command::SessionInfo(_) => Ok(None),
+            Command::ProducerInfo(info) => {
+                state.add_producer(info);
+                Ok(None)
+            }
             Command::TransactionInfo(tx) => state.transaction(tx),
             Command::DestinationInfo(info) => {
                 state.destination_info(info, &self.options.temps);
@@ -796,6 +801,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 )))
             }
         };
+        if let (Command::Message(m), false, true) = (&command, rr, result.is_ok()) {
+            if let Some(ack) = state.producer_ack(m) {
+                self.queue(&Command::ProducerAck(ack))?;
+            }
+        }
         match result {
             Ok(None) => self.respond(id, rr),
             Ok(Some(confirmation)) if confirmation.is_done() => self.respond(id, rr),
@@ -1133,6 +1143,10 @@ struct State {
     temp_events: broadcast::Receiver<TempEvent>,
     /// The temporary destinations this connection created.
     own_temps: Vec<OwDestination>,
+    /// Producers that announced a window (`ProducerInfo.windowSize` > 0, the client's
+    /// `producerWindowSize`): the client counts the bytes of their asynchronous sends and
+    /// blocks once the window is full, until a `ProducerAck` gives them back.
+    windows: HashMap<ProducerId, i32>,
 }
 
 impl State {
@@ -1304,14 +1318,44 @@ impl State {
         }
     }
 
+    fn add_producer(&mut self, info: &ProducerInfo) {
+        if let Some(id) = info.producer_id.clone().filter(|_| info.window_size > 0) {
+            self.windows.insert(id, info.window_size);
+        }
+    }
+
+    /// The credit to give back for an asynchronous send of `m` (one the client does not wait
+    /// for), if its producer has a window: the size ActiveMQ's `Message.getSize()` gives, which
+    /// is what the client counted (a 1024-byte minimum plus the marshalled properties and the
+    /// content), as ActiveMQ's broker answers.
+    fn producer_ack(&self, m: &super::Message) -> Option<ProducerAck> {
+        let id = m.producer_id.as_ref()?;
+        self.windows.get(id)?;
+        let size = 1024
+            + m.marshalled_properties.as_ref().map_or(0, |p| p.len())
+            + m.content.as_ref().map_or(0, |c| c.len());
+        Some(ProducerAck {
+            producer_id: Some(id.clone()),
+            size: i32::try_from(size).unwrap_or(i32::MAX),
+            ..ProducerAck::default()
+        })
+    }
+
     fn remove(&mut self, remove: &RemoveInfo) -> Result<Option<Confirmation>, BrokerError> {
         use super::DataStructure as D;
         match &remove.object_id {
+            Some(D::ProducerId(pid)) => {
+                self.windows.remove(pid);
+                Ok(None)
+            }
             Some(D::ConsumerId(cid)) => {
                 self.remove_consumer(&cid.to_string(), remove.last_delivered_sequence_id);
                 Ok(None)
             }
             Some(D::SessionId(sid)) => {
+                self.windows.retain(|p, _| {
+                    p.session_id != sid.value || p.connection_id != sid.connection_id
+                });
                 let keys: Vec<String> = self
                     .consumers
                     .iter()
@@ -1330,6 +1374,7 @@ impl State {
             Some(D::ConnectionId(_)) => {
                 // The client closes without removing its consumers one by one; what it
                 // prefetched beyond the last message handed to the application was never seen.
+                self.windows.clear();
                 let keys: Vec<String> = self.consumers.keys().cloned().collect();
                 for key in keys {
                     self.remove_consumer(&key, remove.last_delivered_sequence_id);
