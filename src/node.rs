@@ -11,8 +11,10 @@
 //!
 //! A store that fails (a full disk, say) ends the node's membership: it steps down, leaves the
 //! election so that the others elect a master at once, and the process exits with the
-//! store's reason for its supervisor to restart it once the disk is fixed. It must never stay
-//! master, or keep following, on a store that accepts no writes.
+//! store's reason for its supervisor to restart it once the disk is fixed. So does an elected
+//! node that cannot start serving ([`MASTER_ATTEMPTS`] times in a row). It must never stay
+//! master, or keep following, on a store that accepts no writes, nor hold the election while
+//! serving nobody.
 
 use std::future::Future;
 use std::sync::{Arc, RwLock};
@@ -30,6 +32,11 @@ use crate::store::{Position, Store};
 
 /// How long a slave waits before it dials its master again after a lost connection.
 const SLAVE_RETRY: Duration = Duration::from_millis(200);
+/// An elected node that fails this many times in a row to start serving (its store does not
+/// open, its replication `bind` is taken, ...) leaves the cluster.
+const MASTER_ATTEMPTS: u32 = 3;
+/// The pause between those attempts.
+const MASTER_RETRY: Duration = Duration::from_secs(1);
 
 /// Runs this node as a member of its cluster until `shutdown` resolves.
 pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -203,6 +210,8 @@ struct Lifecycle {
 impl Lifecycle {
     async fn run(&mut self) -> anyhow::Result<()> {
         let mut roles = self.election.roles();
+        // Consecutive attempts to serve as master that failed before serving.
+        let mut failed_as_master = 0;
         loop {
             let role = roles.borrow_and_update().clone();
             let taking_over = role.is_taking_over();
@@ -227,16 +236,25 @@ impl Lifecycle {
                         anyhow::bail!("the election stopped");
                     }
                 }
-                Role::Master { epoch } => {
-                    if let Err(e) = self.serve_as_master(epoch, &mut roles).await {
-                        if is_store_failure(&e) {
-                            return Err(e);
+                Role::Master { epoch } => match self.serve_as_master(epoch, &mut roles).await {
+                    Ok(()) => failed_as_master = 0,
+                    Err(e) if is_store_failure(&e) => return Err(e),
+                    Err(e) => {
+                        failed_as_master += 1;
+                        tracing::error!(node = %self.config.broker.name, epoch, attempt = failed_as_master, error = %format!("{e:#}"), "master role failed");
+                        if failed_as_master >= MASTER_ATTEMPTS {
+                            // Still the best candidate, it would be elected again and again,
+                            // and no other node could serve.
+                            return Err(e.context(format!(
+                                "this node could not serve as master {MASTER_ATTEMPTS} times in \
+                                 a row; it leaves so that another node is elected"
+                            )));
                         }
-                        tracing::error!(node = %self.config.broker.name, epoch, error = %format!("{e:#}"), "master role failed");
-                        tokio::time::sleep(SLAVE_RETRY).await;
+                        tokio::time::sleep(MASTER_RETRY).await;
                     }
-                }
+                },
                 Role::Slave { master, epoch } => {
+                    failed_as_master = 0;
                     if let Err(e) = self.follow(&master, epoch, &mut roles).await {
                         if is_store_failure(&e) {
                             return Err(e);

@@ -553,6 +553,79 @@ fn master_store_failure_hands_over_zk38() {
     );
 }
 
+/// An elected node that cannot start serving (its replication `bind` port is taken by another
+/// process) does not hold the election for ever: after three attempts it leaves the cluster and
+/// exits with an error naming the cause, and another node is elected and serves.
+#[test]
+fn a_master_that_cannot_serve_leaves_zk38() {
+    let mut cluster = Cluster::start(ZkVersion::V3_8, 3);
+    let m0 = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a port to take");
+    let port = taken.local_addr().expect("its address").port();
+    for i in 0..3 {
+        cluster.kill9(i);
+    }
+    // The old master holds every record, and its weight makes it the preferred master; its
+    // replication listener cannot be opened.
+    let path = cluster.nodes[m0].dir.join("ferromq.toml");
+    let text = std::fs::read_to_string(&path).expect("reading the node's config");
+    let changed = text
+        .replacen(
+            "bind = \"tcp://127.0.0.1:0\"",
+            &format!("bind = \"tcp://127.0.0.1:{port}\""),
+            1,
+        )
+        .replacen("replicas = 3\n", "replicas = 3\nweight = 100\n", 1);
+    assert!(
+        changed.contains(&format!("127.0.0.1:{port}")) && changed.contains("weight = 100"),
+        "the config changed as planned:\n{changed}"
+    );
+    std::fs::write(&path, changed).expect("writing the node's config");
+    for i in std::iter::once(m0).chain((0..3).filter(|&i| i != m0)) {
+        cluster
+            .restart(i)
+            .unwrap_or_else(|e| panic!("restarting node {i}: {e:#}"));
+    }
+
+    let mut exit = None;
+    let exited = wait_until(deadline(ELECTION), || {
+        exit = cluster.nodes[m0].broker.exit_status();
+        exit.is_some()
+    });
+    assert!(
+        exited,
+        "node {m0} still runs although it cannot serve\n{}",
+        cluster.describe()
+    );
+    let exit = exit.expect("exited");
+    assert!(
+        !exit.success(),
+        "node {m0} exited with {exit}, not an error"
+    );
+    assert!(
+        cluster.nodes[m0]
+            .broker
+            .logs_contain("could not serve as master 3 times in a row"),
+        "node {m0} says why it left"
+    );
+    assert!(
+        cluster.nodes[m0]
+            .broker
+            .logs_contain("opening the replication listener"),
+        "node {m0} names the cause"
+    );
+    let m1 = cluster
+        .wait_for_new_master(m0, deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut client = cluster.client(m1).expect("connecting to the new master");
+    client
+        .send_persistent("/queue/after-leave", b"served")
+        .expect("a receipted send on the new master");
+    drop(taken);
+}
+
 // ----- 4. two of three down ------------------------------------------------------------------
 
 /// With two of three nodes down the survivor refuses clients for want of a quorum, a send with
