@@ -1794,10 +1794,25 @@ impl JournalReader {
         }
     }
 
+    /// Fills `buffer` from `position` in its segment (see [`JournalReader::read_failed`]).
+    fn read_exact(
+        &self,
+        located: &Located,
+        buffer: &mut [u8],
+        position: u64,
+    ) -> Result<(), StoreError> {
+        located
+            .file
+            .read_exact_at(buffer, position - located.start)
+            .map_err(|e| {
+                let error = io_error("read", &located.path)(e);
+                self.read_failed(position, located.start, error)
+            })
+    }
+
     /// The frame (header included) of the record at `position`.
     pub fn read_frame(&self, position: Position) -> Result<Bytes, StoreError> {
         let located = self.locate(position.0)?;
-        let offset = position.0 - located.start;
         let corrupt = |cause| StoreError::Corrupt {
             path: located.path.clone(),
             position,
@@ -1809,16 +1824,7 @@ impl JournalReader {
                 "frame header crosses the end of the segment".into(),
             )));
         }
-        located
-            .file
-            .read_exact_at(&mut header, offset)
-            .map_err(|e| {
-                self.read_failed(
-                    position.0,
-                    located.start,
-                    io_error("read", &located.path)(e),
-                )
-            })?;
+        self.read_exact(&located, &mut header, position.0)?;
         let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
         if len > MAX_RECORD_LEN {
             return Err(corrupt(FrameError::TooLarge(len, MAX_RECORD_LEN)));
@@ -1830,16 +1836,7 @@ impl JournalReader {
             ))));
         }
         let mut frame = vec![0u8; frame_len];
-        located
-            .file
-            .read_exact_at(&mut frame, offset)
-            .map_err(|e| {
-                self.read_failed(
-                    position.0,
-                    located.start,
-                    io_error("read", &located.path)(e),
-                )
-            })?;
+        self.read_exact(&located, &mut frame, position.0)?;
         check_frame(&frame).map_err(corrupt)?;
         Ok(Bytes::from(frame))
     }
@@ -1918,13 +1915,8 @@ impl Frames {
         }
         let len = (n.max(READ_CHUNK) as u64).min(located.limit - self.position) as usize;
         self.buffer.resize(len, 0);
-        located
-            .file
-            .read_exact_at(&mut self.buffer, self.position - located.start)
-            .map_err(|e| {
-                let error = io_error("read", &located.path)(e);
-                self.reader.read_failed(self.position, located.start, error)
-            })?;
+        self.reader
+            .read_exact(&located, &mut self.buffer, self.position)?;
         self.buffer_start = self.position;
         Ok(())
     }
