@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
 use crate::election::{Election, ElectionConfig, LogState, Role};
 use crate::replication::{self, MasterOptions, ReplicationMaster, SlaveOptions};
@@ -108,20 +108,13 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
     result
 }
 
-/// The store accepts no more writes: fatal to this node's membership (see the module docs).
-#[derive(Debug)]
-struct StoreFailed(String);
-
-impl std::fmt::Display for StoreFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the store failed and accepts no more writes: {}", self.0)
-    }
-}
-
-impl std::error::Error for StoreFailed {}
-
+/// The store accepts no more writes ([`BrokerError::StoreFailed`], as clients are told): fatal
+/// to this node's membership (see the module docs).
 fn is_store_failure(error: &anyhow::Error) -> bool {
-    error.downcast_ref::<StoreFailed>().is_some()
+    matches!(
+        error.downcast_ref::<BrokerError>(),
+        Some(BrokerError::StoreFailed(_))
+    )
 }
 
 /// An open store between roles, with the receiving end of its durable watermark.
@@ -336,12 +329,12 @@ impl Lifecycle {
                     }
                 }
                 _ = report.tick() => {
+                    let position = broker.stats().journal_end;
                     if let Some(reason) = broker.store_failure() {
-                        tracing::error!(node = %config.broker.name, epoch, position = broker.stats().journal_end, %reason, "the store failed: stepping down so that another node takes over");
+                        tracing::error!(node = %config.broker.name, epoch, position, %reason, "the store failed: stepping down so that another node takes over");
                         break Some(reason);
                     }
-                    let stats = broker.stats();
-                    self.election.report_log(LogState { epoch, position: stats.journal_end });
+                    self.election.report_log(LogState { epoch, position });
                 }
             }
         };
@@ -359,7 +352,7 @@ impl Lifecycle {
         self.election.report_final_log(self.log);
         self.log_role("stepped down from master", "candidate", epoch);
         match failed {
-            Some(reason) => Err(StoreFailed(reason).into()),
+            Some(reason) => Err(BrokerError::StoreFailed(reason).into()),
             None => Ok(()),
         }
     }
@@ -435,7 +428,7 @@ impl Lifecycle {
                     }
                     if let Some(reason) = store.failure() {
                         tracing::error!(node = %config.broker.name, epoch, position = store.end().0, %reason, "the store failed: this slave stops following");
-                        break Err(StoreFailed(reason).into());
+                        break Err(BrokerError::StoreFailed(reason).into());
                     }
                     tokio::time::sleep(SLAVE_RETRY).await;
                     if *roles.borrow()

@@ -1369,7 +1369,7 @@ public final class JmsCheck {
             p.send(ps.createTextMessage(String.format("np-%05d-", i) + pad));
         }
         ok(n + " non-persistent sends through a " + window + "-byte producer window");
-        Session ts = ps.getTransacted() ? ps : pc.createSession(true, Session.SESSION_TRANSACTED);
+        Session ts = pc.createSession(true, Session.SESSION_TRANSACTED);
         MessageProducer tp = ts.createProducer(txq);
         tp.setDeliveryMode(DeliveryMode.PERSISTENT);
         for (int i = 0; i < n; i++) {

@@ -520,21 +520,7 @@ fn master_store_failure_hands_over_zk38() {
         "node {m0} never noticed its store failing (is COUNT too small for a segment?)\n{}",
         cluster.describe()
     );
-    let mut exit = None;
-    let exited = wait_until(deadline(ELECTION), || {
-        exit = cluster.nodes[m0].broker.exit_status();
-        exit.is_some()
-    });
-    assert!(exited, "node {m0} still runs on a failed store");
-    let exit = exit.expect("exited");
-    assert!(
-        !exit.success(),
-        "node {m0} exited with {exit}, not an error"
-    );
-    assert!(
-        cluster.nodes[m0].broker.logs_contain("leaving the cluster"),
-        "node {m0} did not log why it left"
-    );
+    assert_left_with_error(&mut cluster, m0, "its store failed");
     let m1 = cluster
         .wait_for_new_master(m0, deadline(ELECTION))
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -550,6 +536,27 @@ fn master_store_failure_hands_over_zk38() {
         &counts,
         &confirmed,
         &[],
+    );
+}
+
+/// Waits until node `i` has exited on its own, then checks that it exited with an error and
+/// logged that it left the cluster; `why` names what should have made it leave.
+fn assert_left_with_error(cluster: &mut Cluster, i: usize, why: &str) {
+    let mut exit = None;
+    let exited = wait_until(deadline(ELECTION), || {
+        exit = cluster.nodes[i].broker.exit_status();
+        exit.is_some()
+    });
+    assert!(
+        exited,
+        "node {i} still runs although {why}\n{}",
+        cluster.describe()
+    );
+    let exit = exit.expect("exited");
+    assert!(!exit.success(), "node {i} exited with {exit}, not an error");
+    assert!(
+        cluster.nodes[i].broker.logs_contain("leaving the cluster"),
+        "node {i} did not log that it left"
     );
 }
 
@@ -589,21 +596,7 @@ fn a_master_that_cannot_serve_leaves_zk38() {
             .unwrap_or_else(|e| panic!("restarting node {i}: {e:#}"));
     }
 
-    let mut exit = None;
-    let exited = wait_until(deadline(ELECTION), || {
-        exit = cluster.nodes[m0].broker.exit_status();
-        exit.is_some()
-    });
-    assert!(
-        exited,
-        "node {m0} still runs although it cannot serve\n{}",
-        cluster.describe()
-    );
-    let exit = exit.expect("exited");
-    assert!(
-        !exit.success(),
-        "node {m0} exited with {exit}, not an error"
-    );
+    assert_left_with_error(&mut cluster, m0, "it cannot serve");
     assert!(
         cluster.nodes[m0]
             .broker

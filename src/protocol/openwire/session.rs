@@ -13,7 +13,7 @@
 //! it. When the core says this node is no longer the master, it closes the connection without
 //! answering, so the client's failover transport replays the request on the new master.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -532,7 +532,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             options: options.clone(),
             temp_events: options.temps.events.subscribe(),
             own_temps: Vec::new(),
-            windows: HashMap::new(),
+            windows: HashSet::new(),
         };
         tracing::debug!(peer = %self.peer, connection = %connection_id, client_id = ?info.client_id,
             failover = info.failover_reconnect, "OpenWire connection open");
@@ -1146,7 +1146,7 @@ struct State {
     /// Producers that announced a window (`ProducerInfo.windowSize` > 0, the client's
     /// `producerWindowSize`): the client counts the bytes of their asynchronous sends and
     /// blocks once the window is full, until a `ProducerAck` gives them back.
-    windows: HashMap<ProducerId, i32>,
+    windows: HashSet<ProducerId>,
 }
 
 impl State {
@@ -1320,7 +1320,7 @@ impl State {
 
     fn add_producer(&mut self, info: &ProducerInfo) {
         if let Some(id) = info.producer_id.clone().filter(|_| info.window_size > 0) {
-            self.windows.insert(id, info.window_size);
+            self.windows.insert(id);
         }
     }
 
@@ -1329,8 +1329,10 @@ impl State {
     /// is what the client counted (a 1024-byte minimum plus the marshalled properties and the
     /// content), as ActiveMQ's broker answers.
     fn producer_ack(&self, m: &super::Message) -> Option<ProducerAck> {
-        let id = m.producer_id.as_ref()?;
-        self.windows.get(id)?;
+        let id = m
+            .producer_id
+            .as_ref()
+            .filter(|id| self.windows.contains(*id))?;
         let size = 1024
             + m.marshalled_properties.as_ref().map_or(0, |p| p.len())
             + m.content.as_ref().map_or(0, |c| c.len());
@@ -1353,9 +1355,8 @@ impl State {
                 Ok(None)
             }
             Some(D::SessionId(sid)) => {
-                self.windows.retain(|p, _| {
-                    p.session_id != sid.value || p.connection_id != sid.connection_id
-                });
+                self.windows
+                    .retain(|p| p.session_id != sid.value || p.connection_id != sid.connection_id);
                 let keys: Vec<String> = self
                     .consumers
                     .iter()
