@@ -13,6 +13,8 @@
 //!   frames back with timeouts, for assertions on the wire and for malformed input.
 //! - [`wait_until`] polls a condition until a deadline: tests never sleep for a fixed time to
 //!   wait for something to happen.
+//! - [`Watchdog`] bounds a whole test: one that hangs ends its test process within minutes,
+//!   with the logs of every broker still alive, instead of running until CI's time is out.
 //! - [`java`] runs the stock ActiveMQ Java JMS client (OpenWire) scenarios of
 //!   `integration-tests/java/`.
 
@@ -22,7 +24,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -61,6 +63,86 @@ pub fn wait_until(deadline: Instant, mut condition: impl FnMut() -> bool) -> boo
         std::thread::sleep(pause.min(deadline - now));
         pause = (pause * 2).min(Duration::from_millis(10));
     }
+}
+
+// ----- the watchdog ----------------------------------------------------------------------------
+
+/// How long a test that runs brokers may take before its [`Watchdog`] ends the test process.
+/// The slowest test takes about a minute.
+pub const TEST_LIMIT: Duration = Duration::from_secs(8 * 60);
+
+/// A broker's label and its log lines (see [`BrokerProcess`]), while the broker lives.
+type LiveLogs = Vec<(String, Weak<Mutex<Vec<String>>>)>;
+
+/// The log lines of every broker started in this process.
+static LIVE_LOGS: Mutex<LiveLogs> = Mutex::new(Vec::new());
+
+/// How many log lines of each broker a watchdog prints.
+const WATCHDOG_TAIL: usize = 400;
+
+/// Ends the whole test process if it is not dropped within its limit: a test that hangs (a
+/// send that never resolves, a process that never exits) then fails at once with what the
+/// brokers logged, rather than holding the run until CI's time is out.
+///
+/// On expiry it writes to the process's real stderr (libtest captures `eprintln!`, and a
+/// process that exits never shows what was captured): the test's name, then the last lines
+/// of every broker still alive. It kills this process's children (brokers, ZooKeeper) and
+/// exits with status 101, as a failed test does.
+pub struct Watchdog {
+    _cancel: mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    /// Starts a watchdog for `what` (a test's name) that fires after `limit`.
+    pub fn start(what: &str, limit: Duration) -> Watchdog {
+        let (cancel, cancelled) = mpsc::channel::<()>();
+        let what = what.to_string();
+        std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = cancelled.recv_timeout(limit) {
+                expire(&what, limit);
+            }
+        });
+        Watchdog { _cancel: cancel }
+    }
+}
+
+fn expire(what: &str, limit: Duration) -> ! {
+    let mut report = format!(
+        "\n==== WATCHDOG: {what} still runs after {limit:?}; ending the test process ====\n"
+    );
+    let live: Vec<(String, Arc<Mutex<Vec<String>>>)> = LIVE_LOGS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter_map(|(label, logs)| Some((label.clone(), logs.upgrade()?)))
+        .collect();
+    for (label, logs) in live {
+        let logs = logs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let from = logs.len().saturating_sub(WATCHDOG_TAIL);
+        report.push_str(&format!(
+            "---- [{label}]: last {} of {} log lines\n",
+            logs.len() - from,
+            logs.len()
+        ));
+        for line in &logs[from..] {
+            report.push_str(&format!("[{label}] {line}\n"));
+        }
+    }
+    report.push_str(&format!("==== WATCHDOG: {what} failed ====\n"));
+    let _ = io::stderr().write_all(report.as_bytes());
+    let _ = io::stderr().flush();
+    // The brokers and ZooKeeper servers this process started: nothing would kill them now.
+    let _ = Command::new("pkill")
+        .args(["-KILL", "-P", &std::process::id().to_string()])
+        .status();
+    std::process::exit(101);
+}
+
+/// Makes `logs` visible to a [`Watchdog`] that fires while they live.
+fn register_logs(label: &str, logs: &Arc<Mutex<Vec<String>>>) {
+    let mut live = LIVE_LOGS.lock().unwrap_or_else(|p| p.into_inner());
+    live.retain(|(_, logs)| logs.strong_count() > 0);
+    live.push((label.to_string(), Arc::downgrade(logs)));
 }
 
 /// Milliseconds since the Unix epoch (the unit of STOMP's `expires` header).
@@ -298,6 +380,8 @@ pub struct BrokerProcess {
     logs: Arc<Mutex<Vec<String>>>,
     /// Runs the broker instead of the Linux binary (the Windows build under Wine).
     launcher: Option<Launcher>,
+    /// Bounds the test that runs this broker (see [`Watchdog`]).
+    _watchdog: Watchdog,
 }
 
 /// Another way to run `ferromq`: a program, its first arguments, and environment variables.
@@ -345,17 +429,25 @@ impl BrokerProcess {
             extra_toml
         );
         std::fs::write(&config, text).context("writing the broker config")?;
-        let broker = BrokerProcess {
+        Ok(BrokerProcess::new(name, config, dir))
+    }
+
+    /// A broker not started yet, its logs registered with, and its test bounded by, a
+    /// [`Watchdog`].
+    fn new(name: String, config: PathBuf, dir: &Path) -> BrokerProcess {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        register_logs(&name, &logs);
+        BrokerProcess {
+            _watchdog: Watchdog::start(&name, TEST_LIMIT),
             name,
             config,
             dir: dir.to_path_buf(),
             child: None,
             readers: Vec::new(),
             addr: "127.0.0.1:0".parse().expect("literal"),
-            logs: Arc::new(Mutex::new(Vec::new())),
+            logs,
             launcher: None,
-        };
-        Ok(broker)
+        }
     }
 
     /// Writes `config_text` as the whole config (`<dir>/ferromq.toml`: the caller names the
@@ -365,16 +457,7 @@ impl BrokerProcess {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("ferromq.toml");
         std::fs::write(&config, config_text).context("writing the broker config")?;
-        let mut broker = BrokerProcess {
-            name: name.to_string(),
-            config,
-            dir: dir.to_path_buf(),
-            child: None,
-            readers: Vec::new(),
-            addr: "127.0.0.1:0".parse().expect("literal"),
-            logs: Arc::new(Mutex::new(Vec::new())),
-            launcher: None,
-        };
+        let mut broker = BrokerProcess::new(name.to_string(), config, dir);
         broker.spawn()?;
         Ok(broker)
     }

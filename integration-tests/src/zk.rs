@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::{Watchdog, TEST_LIMIT};
+
 /// ZooKeeper 3.8 (Debian package `zookeeper`): the jar's manifest pulls its dependencies.
 const ZK38_JAR: &str = "/usr/share/java/zookeeper.jar";
 const ZK38_SLF4J: &str = "/usr/share/java/slf4j-simple.jar";
@@ -89,6 +91,8 @@ pub struct ZkEnsemble {
     version: ZkVersion,
     dir: tempfile::TempDir,
     members: Vec<Member>,
+    /// Bounds the test that runs this ensemble (see [`Watchdog`]).
+    _watchdog: Watchdog,
 }
 
 impl ZkEnsemble {
@@ -179,6 +183,10 @@ impl ZkEnsemble {
             version,
             dir,
             members: list,
+            _watchdog: Watchdog::start(
+                std::thread::current().name().unwrap_or("a ZooKeeper test"),
+                TEST_LIMIT,
+            ),
         }
     }
 

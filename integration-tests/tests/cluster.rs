@@ -472,9 +472,9 @@ fn master_killed_while_sending(version: ZkVersion) {
 /// a failover client's sends go on there. Every confirmed message is consumed exactly once.
 #[test]
 fn master_store_failure_hands_over_zk38() {
-    /// 64 KiB bodies: a few hundred fill a 16 MiB test segment.
+    /// 64 KiB bodies: 400 of them (25.6 MB) cross at least one 16 MiB test segment.
     const PAD: usize = 64 * 1024;
-    const COUNT: usize = 800;
+    const COUNT: usize = 400;
     let mut cluster = Cluster::start(ZkVersion::V3_8, 3);
     let m0 = cluster
         .wait_for_master(deadline(ELECTION))
@@ -482,12 +482,15 @@ fn master_store_failure_hands_over_zk38() {
     let rt = runtime();
     let client = connect(&rt, &cluster.failover_url());
     let queue = format!("/queue/{}", unique("store-failure"));
+    // Confirmed sends first: the slaves are then streaming from the master, so the store
+    // fails mid-stream (at the next segment), not while a slave's first catch-up reads it.
+    let before = rt.block_on(send_confirmed(&client, &queue, "before", 10));
     let data = cluster.nodes[m0].dir.join("data");
     std::fs::rename(&data, cluster.nodes[m0].dir.join("data.gone"))
         .expect("moving the master's store directory away");
 
     let pad = "x".repeat(PAD);
-    let outcomes: Vec<(String, Result<(), String>)> = rt.block_on(async {
+    let sending = async {
         let mut in_flight = std::collections::VecDeque::new();
         let mut outcomes = Vec::new();
         for i in 0..COUNT {
@@ -503,7 +506,17 @@ fn master_store_failure_hands_over_zk38() {
             outcomes.push((body, handle.await.map_err(|e| e.to_string())));
         }
         outcomes
-    });
+    };
+    // The client has no failover timeout: a cluster that never serves again would hold the
+    // sends for ever.
+    let outcomes: Vec<(String, Result<(), String>)> = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(120), sending).await })
+        .unwrap_or_else(|_| {
+            panic!(
+                "the sends did not resolve within 120 s of the store failure\n{}",
+                cluster.describe()
+            )
+        });
     let failed: Vec<&(String, Result<(), String>)> =
         outcomes.iter().filter(|(_, r)| r.is_err()).collect();
     assert!(
@@ -526,7 +539,10 @@ fn master_store_failure_hands_over_zk38() {
         .unwrap_or_else(|e| panic!("{e:#}"));
     // Compared without the padding, so that a failure message stays readable.
     let short = |body: &str| body.trim_end_matches('x').to_string();
-    let confirmed: Vec<String> = outcomes.iter().map(|(body, _)| short(body)).collect();
+    let confirmed: Vec<String> = before
+        .into_iter()
+        .chain(outcomes.iter().map(|(body, _)| short(body)))
+        .collect();
     let mut counts = BTreeMap::new();
     for (body, n) in drain(&cluster, m1, &queue).expect("consuming from the new master") {
         *counts.entry(short(&body)).or_insert(0) += n;
