@@ -1,7 +1,8 @@
 //! The admin endpoint: a small HTTP listener for monitoring and load balancers, where ActiveMQ
 //! has its web console (`[admin] bind`, e.g. `tcp://127.0.0.1:8161`).
 //!
-//! - `GET /health`: 200 while the process runs, with its role, epoch, position and whether it
+//! - `GET /health`: 200 while the process runs, with its role, epoch, position (the journal's
+//!   end: current on the node that serves, where the role began on the others) and whether it
 //!   serves clients (JSON). For "is the node alive" checks and restart supervisors.
 //! - `GET /ready`: the same body; 200 only while this node serves clients (the master, or a
 //!   standalone node) and its store accepts writes, 503 otherwise. For load balancers that
@@ -192,6 +193,8 @@ struct View {
     refusal: Option<String>,
     /// Why the store accepts no more writes, once it failed (a full disk, say).
     store_failure: Option<String>,
+    /// The journal's end: the serving node's current one, else where the role began.
+    position: u64,
 }
 
 impl View {
@@ -203,12 +206,17 @@ impl View {
             }
         };
         let store_failure = broker.as_ref().and_then(Broker::store_failure);
+        let role = status.role();
+        let position = broker
+            .as_ref()
+            .map_or(role.position, |broker| broker.stats().journal_end);
         View {
             node: status.node.clone(),
-            role: status.role(),
+            role,
             broker,
             refusal,
             store_failure,
+            position,
         }
     }
 
@@ -218,7 +226,7 @@ impl View {
             "node": self.node,
             "role": self.role.name,
             "epoch": self.role.epoch,
-            "position": self.role.position,
+            "position": self.position,
             "serving": self.broker.is_some(),
             "reason": self.refusal,
             "store_failure": self.store_failure,
@@ -530,6 +538,7 @@ mod tests {
             broker: None,
             refusal: (!serving).then(|| "a master serves elsewhere".into()),
             store_failure: None,
+            position: 42,
         }
     }
 
@@ -553,6 +562,7 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(json["role"], "slave");
         assert_eq!(json["epoch"], 7);
+        assert_eq!(json["position"], 42);
         assert_eq!(json["serving"], false);
         assert_eq!(json["reason"], "a master serves elsewhere");
         let text = metrics(&slave);

@@ -64,6 +64,11 @@ fn the_admin_endpoint_reports_role_queues_and_metrics_and_refuses_bad_requests()
         "{text}"
     );
     assert_eq!(metric(&text, "ferromq_serving"), Some(1), "{text}");
+    // /health gives the serving node's current journal end, as /metrics does.
+    let end = metric(&text, "ferromq_journal_end_bytes").expect("the journal end metric");
+    assert!(end > 0, "{text}");
+    let (_, body) = http_get(&admin, "/health")?;
+    assert!(body.contains(&format!("\"position\":{end},")), "{body}");
     // Three stored messages (and the records before them) are retained in the journal.
     assert!(
         metric(&text, "ferromq_journal_retained_bytes").is_some_and(|b| b > 3 * 2),
