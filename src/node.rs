@@ -325,7 +325,13 @@ impl Lifecycle {
             tokio::select! {
                 changed = roles.changed() => {
                     if changed.is_err() || *roles.borrow() != (Role::Master { epoch }) {
-                        break None;
+                        // A store that failed meanwhile still ends this node's membership:
+                        // its end may count records never written.
+                        let failure = broker.store_failure();
+                        if let Some(reason) = &failure {
+                            tracing::error!(node = %config.broker.name, epoch, %reason, "the store failed: stepping down and leaving the cluster");
+                        }
+                        break failure;
                     }
                 }
                 _ = report.tick() => {
@@ -421,7 +427,14 @@ impl Lifecycle {
                 Err(e) => return Err(anyhow::anyhow!("the replication task failed: {e}")),
             };
             match outcome {
-                None => break Ok(()),
+                // Told to stop; a store that failed meanwhile still ends this node's membership.
+                None => match store.failure() {
+                    Some(reason) => {
+                        tracing::error!(node = %config.broker.name, epoch, position = store.end().0, %reason, "the store failed: this slave stops following");
+                        break Err(BrokerError::StoreFailed(reason).into());
+                    }
+                    None => break Ok(()),
+                },
                 Some(result) => {
                     if let Err(e) = &result {
                         tracing::warn!(node = %config.broker.name, %master, error = %e, "replication stream ended");

@@ -159,7 +159,16 @@ pub async fn run_slave(
     let mut caught_up = false;
     let mut pending = BytesMut::new();
 
+    // What this slave already holds of the master's history counts at once: a slave that
+    // wrote the master's last records and lost its connection before its ack arrived logs in
+    // with nothing left to receive, and without this ack the master, waiting for it, would
+    // confirm nothing until a new record came (a client that has filled its window sends none).
     let mut acked = Position(0);
+    let holding = (*held.borrow()).min(store.durable()).min(store.end());
+    if holding > ack_floor {
+        acked = holding;
+        write_message(&mut writer, Kind::Ack(wire::Ack { position: acked.0 })).await?;
+    }
     let mut tick = interval(HEARTBEAT_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();

@@ -386,6 +386,64 @@ async fn a_late_slave_catches_up_incrementally() {
     assert_identical(&master.node.store, &node.store, Position(0));
 }
 
+/// A slave that wrote the master's last records but lost its connection before its ack was
+/// counted logs in again with nothing to receive: its ack at login confirms those records,
+/// without waiting for a record that may never come (a client whose window is full).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slave_that_logs_in_holding_everything_acks_at_once() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut master = start_master(open(dirs[0].path(), 1 << 20), 1, 2).await;
+    append_adds(&mut master.node.store, 1, 0, 10, 100);
+    let slave = spawn_slave(
+        open(dirs[1].path(), 1 << 20),
+        &master.address,
+        "a",
+        TOKEN,
+        1,
+    );
+    let first = master.node.store.end();
+    wait_acked(&master, "a", first).await;
+    let (mut node, _) = slave.stop().await;
+    wait_for("the slave to be gone", || {
+        master.replication.connected_slaves() == 0
+    })
+    .await;
+
+    // More records, which the slave gets (as if streamed) while the master counts no ack.
+    append_adds(&mut master.node.store, 1, 10, 20, 100);
+    let end = master.node.store.end();
+    let reader = master.node.store.reader();
+    wait_for("the master to write its records", || {
+        reader.written() >= end
+    })
+    .await;
+    let mut frames = Vec::new();
+    for (position, frame) in retained_frames(&reader, end) {
+        if position >= first {
+            frames.extend_from_slice(&frame);
+        }
+    }
+    node.store
+        .append_frames(first, Bytes::from(frames))
+        .unwrap();
+    assert_eq!(node.store.end(), end);
+    assert!(
+        *master.confirmed.borrow() < end,
+        "nothing confirmed without a slave"
+    );
+
+    let slave = spawn_slave(node, &master.address, "a", TOKEN, 1);
+    let mut confirmed = master.confirmed.clone();
+    wait_for(
+        "the records the slave already holds to be confirmed",
+        || *confirmed.borrow_and_update() >= end,
+    )
+    .await;
+    let status = acked(&master, "a").expect("the slave is connected");
+    assert_eq!(status.stream_start, end, "nothing left to stream");
+    slave.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slave_behind_the_oldest_segment_gets_a_snapshot() {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();

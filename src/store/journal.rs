@@ -353,16 +353,28 @@ impl Shared {
         }
     }
 
-    /// Records the first failure; later ones are only logged.
+    /// Records the first failure (later ones are only logged) and closes the queue: nothing
+    /// queued will be written, so its commands are dropped, and a caller waiting for a reply
+    /// (a truncation, a switch of fsync) gets an error instead of waiting for a writer thread
+    /// that has stopped. The writer thread, if it sleeps, wakes and ends.
     fn fail(&self, message: String) {
-        let mut failure = self.failure.lock().unwrap();
-        if failure.is_some() {
-            warn!("journal: {message} (after the failure that stopped it)");
-            return;
+        {
+            let mut failure = self.failure.lock().unwrap();
+            if failure.is_some() {
+                warn!("journal: {message} (after the failure that stopped it)");
+                return;
+            }
+            error!("journal failed, no further appends are accepted: {message}");
+            *failure = Some(message);
+            self.failed.store(true, Ordering::Release);
         }
-        error!("journal failed, no further appends are accepted: {message}");
-        *failure = Some(message);
-        self.failed.store(true, Ordering::Release);
+        let dropped = {
+            let mut inbox = self.inbox.lock().unwrap();
+            inbox.closed = true;
+            std::mem::take(&mut inbox.commands)
+        };
+        drop(dropped);
+        self.ready.notify_all();
     }
 }
 
@@ -2594,15 +2606,15 @@ mod tests {
             .is_some_and(|frame| frame.is_err()));
     }
 
-    #[test]
-    fn a_failed_write_stops_the_journal_for_good() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut journal, rx) = open(dir.path(), 1, false);
+    /// A journal in `dir` whose writer failed (the next segment's file was in the way) after
+    /// the first record, durable up to the returned position.
+    fn failed_journal(dir: &Path) -> (Journal, mpsc::Receiver<Position>, Position) {
+        let (mut journal, rx) = open(dir, 1, false);
         journal.append(&record(1, 10)).unwrap();
         let durable = journal.end();
         wait_durable(&rx, durable);
         // The next segment's file already exists: creating it fails in the writer.
-        fs::write(segment_path(dir.path(), durable.0), b"in the way").unwrap();
+        fs::write(segment_path(dir, durable.0), b"in the way").unwrap();
         let appended = journal.append(&record(2, 10)).unwrap();
         assert!(appended.new_segment);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -2613,6 +2625,13 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+        (journal, rx, durable)
+    }
+
+    #[test]
+    fn a_failed_write_stops_the_journal_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, rx, durable) = failed_journal(dir.path());
         assert!(matches!(
             journal.append(&record(4, 10)),
             Err(StoreError::JournalFailed(_))
@@ -2623,6 +2642,31 @@ mod tests {
         );
         assert_eq!(journal.stats().durable, durable);
         assert!(matches!(journal.close(), Err(StoreError::JournalFailed(_))));
+    }
+
+    /// A request that waits for the writer's answer (a truncation, a switch of fsync) made
+    /// after the writer stopped on a failure gets that failure; it used to wait for ever.
+    #[test]
+    fn requests_after_a_failure_get_the_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _rx, durable) = failed_journal(dir.path());
+        let (done, answered) = mpsc::channel();
+        std::thread::spawn(move || {
+            let truncated = journal.truncate(durable);
+            let fsync = journal.set_fsync(true);
+            let _ = done.send((truncated, fsync));
+        });
+        let (truncated, fsync) = answered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("requests made after the failure were never answered");
+        assert!(
+            matches!(truncated, Err(StoreError::JournalFailed(_))),
+            "{truncated:?}"
+        );
+        assert!(
+            matches!(fsync, Err(StoreError::JournalFailed(_))),
+            "{fsync:?}"
+        );
     }
 
     fn physical_len(path: &Path) -> u64 {
