@@ -117,6 +117,20 @@ fn is_store_failure(error: &anyhow::Error) -> bool {
     )
 }
 
+/// Why a node stopped serving as master.
+enum MasterEnd {
+    /// The election moved on (a newer epoch, no quorum, the session lost).
+    RoleChanged,
+    /// The store accepts no more writes: the node leaves the cluster.
+    StoreFailed(String),
+    /// A client connector cannot listen (`address: error`): a failed attempt to serve.
+    ClientPort(String),
+}
+
+/// Report ticks (one a second, the first at once) in a row at which a client connector cannot
+/// listen before a master steps down: its accept loop retries every 200 ms meanwhile.
+const CLIENT_PORT_TICKS: u32 = 3;
+
 /// An open store between roles, with the receiving end of its durable watermark.
 struct KeptStore {
     store: Store,
@@ -321,7 +335,9 @@ impl Lifecycle {
         self.listeners.set_mode(Mode::Serve(broker.clone()));
 
         let mut report = tokio::time::interval(Duration::from_secs(1));
-        let failed = loop {
+        // Report ticks in a row at which a client connector could not listen.
+        let mut unbound_ticks = 0;
+        let ended = loop {
             tokio::select! {
                 changed = roles.changed() => {
                     if changed.is_err() || *roles.borrow() != (Role::Master { epoch }) {
@@ -331,14 +347,22 @@ impl Lifecycle {
                         if let Some(reason) = &failure {
                             tracing::error!(node = %config.broker.name, epoch, %reason, "the store failed: stepping down and leaving the cluster");
                         }
-                        break failure;
+                        break failure.map_or(MasterEnd::RoleChanged, MasterEnd::StoreFailed);
                     }
                 }
                 _ = report.tick() => {
                     let position = broker.stats().journal_end;
                     if let Some(reason) = broker.store_failure() {
                         tracing::error!(node = %config.broker.name, epoch, position, %reason, "the store failed: stepping down so that another node takes over");
-                        break Some(reason);
+                        break MasterEnd::StoreFailed(reason);
+                    }
+                    // Its port taken while this node was a slave: a master no client reaches.
+                    let unbound = self.listeners.bind_failures();
+                    unbound_ticks = if unbound.is_empty() { 0 } else { unbound_ticks + 1 };
+                    if unbound_ticks >= CLIENT_PORT_TICKS {
+                        let reason = unbound.join("; ");
+                        tracing::error!(node = %config.broker.name, epoch, position, %reason, "cannot open the client port: stepping down");
+                        break MasterEnd::ClientPort(reason);
                     }
                     self.election.report_log(LogState { epoch, position });
                 }
@@ -357,9 +381,12 @@ impl Lifecycle {
         }
         self.election.report_final_log(self.log);
         self.log_role("stepped down from master", "candidate", epoch);
-        match failed {
-            Some(reason) => Err(BrokerError::StoreFailed(reason).into()),
-            None => Ok(()),
+        match ended {
+            MasterEnd::RoleChanged => Ok(()),
+            MasterEnd::StoreFailed(reason) => Err(BrokerError::StoreFailed(reason).into()),
+            MasterEnd::ClientPort(reason) => Err(anyhow::anyhow!(
+                "cannot open the client port ({reason}), so no client could reach this master"
+            )),
         }
     }
 

@@ -4,7 +4,7 @@
 //! It owns sockets and tasks, never broker state; it must never answer a client itself beyond
 //! refusing a protocol it cannot tell.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,7 +54,12 @@ pub struct Listeners {
     pub addresses: Vec<SocketAddr>,
     mode: watch::Sender<Mode>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Connectors that should listen and cannot (their port was taken while this node did not
+    /// listen, as a slave), with the last error.
+    bind_failures: BindFailures,
 }
+
+type BindFailures = Arc<std::sync::Mutex<BTreeMap<SocketAddr, String>>>;
 
 impl Listeners {
     pub async fn bind(config: &Config, mode: Mode) -> anyhow::Result<Listeners> {
@@ -74,6 +79,7 @@ impl Listeners {
             &config.broker.name,
         ));
         let (mode_tx, _) = watch::channel(mode);
+        let bind_failures = BindFailures::default();
         let mut addresses = Vec::new();
         let mut tasks = Vec::new();
         for connector in &config.transport.connectors {
@@ -91,13 +97,26 @@ impl Listeners {
                     stomp: stomp_options.clone(),
                     openwire: openwire_options.clone(),
                 },
+                bind_failures.clone(),
             )));
         }
         Ok(Listeners {
             addresses,
             mode: mode_tx,
             tasks,
+            bind_failures,
         })
+    }
+
+    /// The connectors that should listen in the current mode and cannot, each as `address:
+    /// error` (empty when every one listens or is closed on purpose).
+    pub fn bind_failures(&self) -> Vec<String> {
+        self.bind_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(address, error)| format!("{address}: {error}"))
+            .collect()
     }
 
     /// Switches every listener to `mode`, closing the connections of the previous mode.
@@ -205,6 +224,8 @@ impl Node {
         );
         let broker = Broker::start(store, recovered, epoch, broker_options(config))?;
         confirm.attach(&broker);
+        // One fsync: clients then find every recovered message in place.
+        broker.wait_recovered().await?;
         let listeners = Listeners::bind(config, Mode::Serve(broker.clone())).await?;
         let status = crate::admin::Status::new(&config.broker.name);
         status.set_role("standalone", epoch, recovered_end.0);
@@ -266,7 +287,15 @@ async fn accept_loop(
     scheme: ConnectorScheme,
     mut mode: watch::Receiver<Mode>,
     protocols: Protocols,
+    bind_failures: BindFailures,
 ) {
+    let failed = |address: SocketAddr, error: Option<String>| {
+        let mut failures = bind_failures.lock().unwrap_or_else(|p| p.into_inner());
+        match error {
+            Some(error) => failures.insert(address, error),
+            None => failures.remove(&address),
+        };
+    };
     let address = match listener.local_addr() {
         Ok(address) => address,
         Err(e) => {
@@ -286,14 +315,18 @@ async fn accept_loop(
             // address at once (stomp.py and other clients without ferromq's ERROR handling too).
             listener = None;
             tracing::info!(%address, "client port closed while this node is not the master");
-        } else if !closed && listener.is_none() {
+        } else if closed {
+            failed(address, None);
+        } else if listener.is_none() {
             match TcpListener::bind(address).await {
                 Ok(l) => {
                     tracing::info!(%address, "client port open again");
+                    failed(address, None);
                     listener = Some(l);
                 }
                 Err(e) => {
                     tracing::warn!(%address, error = %e, "cannot reopen the client port; retrying");
+                    failed(address, Some(e.to_string()));
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                         changed = mode.changed() => if changed.is_err() { return },

@@ -635,6 +635,73 @@ fn a_master_that_cannot_serve_leaves_zk38() {
     drop(taken);
 }
 
+/// A slave closes its client port. If another process takes that port meanwhile and the slave
+/// is then elected, no client can reach it: it steps down within seconds, and after three
+/// attempts leaves the cluster with the reason, so that another node is elected and serves.
+#[test]
+fn a_master_whose_client_port_is_taken_leaves_zk38() {
+    let mut cluster = Cluster::start(ZkVersion::V3_8, 3);
+    let m0 = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let x = (0..3).find(|&i| i != m0).expect("a slave");
+    let mut client = cluster.client(m0).expect("connecting to the master");
+    client
+        .send_persistent("/queue/port", b"before")
+        .expect("a receipted send");
+    drop(client);
+    // Node x gets the highest weight: with equal logs it is the preferred master.
+    cluster.kill9(x);
+    let path = cluster.nodes[x].dir.join("ferromq.toml");
+    let text = std::fs::read_to_string(&path).expect("reading the node's config");
+    let changed = text.replacen("replicas = 3\n", "replicas = 3\nweight = 100\n", 1);
+    assert!(changed.contains("weight = 100"), "{changed}");
+    std::fs::write(&path, changed).expect("writing the node's config");
+    let from = cluster.log_len(x);
+    cluster
+        .restart(x)
+        .unwrap_or_else(|e| panic!("restarting node {x}: {e:#}"));
+    // A slave that caught up: with nothing sent meanwhile, every node holds the same log.
+    let following = wait_until(deadline(ELECTION), || {
+        let logs = cluster.logs_since(x, from);
+        logs.iter()
+            .any(|l| l.contains("client port closed while this node is not the master"))
+            && logs.iter().any(|l| l.contains("caught up with the master"))
+    });
+    assert!(
+        following,
+        "node {x} never caught up as a slave\n{}",
+        cluster.describe()
+    );
+    let taken = std::net::TcpListener::bind(cluster.nodes[x].addr())
+        .expect("taking the slave's client port");
+
+    // The master goes; restarted, it is a member again, so a quorum remains when x leaves.
+    cluster.kill9(m0);
+    cluster
+        .restart(m0)
+        .unwrap_or_else(|e| panic!("restarting node {m0}: {e:#}"));
+    assert_left_with_error(&mut cluster, x, "its client port is taken");
+    assert!(
+        cluster.nodes[x]
+            .broker
+            .logs_contain("cannot open the client port: stepping down"),
+        "node {x} says why it stepped down"
+    );
+    assert!(
+        cluster.nodes[x]
+            .broker
+            .logs_contain("could not serve as master 3 times in a row"),
+        "node {x} says why it left"
+    );
+    let m1 = cluster
+        .wait_for_new_master(x, deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let counts = drain(&cluster, m1, "/queue/port").expect("consuming from the new master");
+    check_exactly_once("client port taken", &counts, &["before".to_string()], &[]);
+    drop(taken);
+}
+
 // ----- 4. two of three down ------------------------------------------------------------------
 
 /// With two of three nodes down the survivor refuses clients for want of a quorum, a send with

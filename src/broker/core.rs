@@ -71,6 +71,9 @@ struct Pending {
 enum Publish {
     Queue(String, Entry),
     Topic(String, Arc<Message>),
+    /// A message the store recovered, shown once the epoch-start record is confirmed (not a
+    /// new enqueue).
+    Recovered(String, Entry),
 }
 
 struct SessionState {
@@ -249,31 +252,37 @@ impl Core {
         for subscription in recovered.subscriptions {
             core.register_durable(subscription);
         }
+        let mut inherited = Vec::new();
         for (queue, messages) in recovered.queues {
-            let mut entries = Vec::with_capacity(messages.len());
+            // The queue exists (and a consumer may subscribe) before its messages show.
+            core.queues.entry(queue.clone()).or_default();
             for (key, message) in messages {
                 let redeliveries = message.redelivery_count;
                 let mut entry = Entry::new(Some(key), Arc::new(message), redeliveries);
                 if recovered.bodies_on_disk.contains(&key) {
                     entry.body = Body::OnDisk;
                 }
-                entry.seq = core.next_seq;
-                core.next_seq += 1;
-                entries.push(core.admit(entry));
-            }
-            let q = core.queues.entry(queue).or_default();
-            for entry in entries {
-                q.push(entry);
+                inherited.push(Publish::Recovered(queue.clone(), entry));
             }
         }
         // The epoch-start record comes first: nothing written under this epoch is confirmed
-        // before it is held.
-        core.append(vec![crate::store::Entry {
+        // before it is held. Nor is anything recovered delivered before: a new master may hold
+        // records that the previous one never had confirmed, and they are safe (on a quorum,
+        // so that every later master holds them) only once the epoch-start record after them
+        // is; delivered earlier, a message could be consumed and then lost with this node.
+        let (_, end) = core.append(vec![crate::store::Entry {
             kind: Some(entry::Kind::EpochStart(EpochStart {
                 epoch,
                 node: core.options.name.clone(),
             })),
         }])?;
+        if !inherited.is_empty() {
+            core.pending.push_back(Pending {
+                end,
+                publish: inherited,
+                reply: None,
+            });
+        }
         Ok(core)
     }
 
@@ -400,6 +409,16 @@ impl Core {
     }
 
     /// Why the store failed, if it did (noticed by [`Core::check_store`] or by an append).
+    /// Whether the messages recovered at start are delivered (see [`Core::new`]): they are
+    /// once the epoch-start record is confirmed.
+    pub fn recovered_shown(&self) -> bool {
+        !self.pending.iter().any(|p| {
+            p.publish
+                .iter()
+                .any(|publish| matches!(publish, Publish::Recovered(..)))
+        })
+    }
+
     pub fn store_failure(&mut self) -> Option<String> {
         self.check_store();
         self.failed.clone()
@@ -477,6 +496,13 @@ impl Core {
                 touched.insert(queue);
             }
             Publish::Topic(topic, message) => self.publish_to_subscribers(&topic, message),
+            Publish::Recovered(queue, mut entry) => {
+                entry.seq = self.next_seq;
+                self.next_seq += 1;
+                let entry = self.admit(entry);
+                self.queues.entry(queue.clone()).or_default().push(entry);
+                touched.insert(queue);
+            }
         }
     }
 

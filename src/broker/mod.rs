@@ -338,6 +338,15 @@ impl Broker {
         let epoch = recovered.epoch + 1;
         let broker = Broker::start(store, recovered, epoch, options).unwrap();
         confirm.attach(&broker);
+        // As a standalone node does before it serves.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !lock(&broker.shared).recovered_shown() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the recovered messages were never shown"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         broker
     }
 
@@ -356,6 +365,21 @@ impl Broker {
     /// core itself owns).
     pub fn downgrade(&self) -> WeakBroker {
         WeakBroker(Arc::downgrade(&self.shared))
+    }
+
+    /// Waits until the messages the store recovered are delivered: a moment after start for
+    /// a standalone node (its epoch-start record is durable), once a quorum holds that record
+    /// for a master. Fails if the store fails first.
+    pub async fn wait_recovered(&self) -> Result<(), BrokerError> {
+        loop {
+            if lock(&self.shared).recovered_shown() {
+                return Ok(());
+            }
+            if let Some(reason) = self.store_failure() {
+                return Err(BrokerError::StoreFailed(reason));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 
     /// Why the store accepts no more writes (a full disk, say), once it failed: the core then

@@ -458,6 +458,50 @@ async fn wildcard_subscriptions_are_refused_by_name() {
     subscribe(&session, "ok", queue("a*b.c>d"), 10);
 }
 
+/// A new master may have inherited records that its predecessor never had confirmed: they
+/// are delivered only once its epoch-start record is confirmed (on a quorum), never before.
+#[tokio::test]
+async fn recovered_messages_wait_for_the_epoch_start_to_be_confirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+        let (s, _) = broker.open_session(None);
+        for i in 0..3 {
+            s.send(&queue("q"), persistent(&i.to_string()), None)
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    }
+    // Reopened as a master is: durable reports go to the quorum, which confirms nothing yet.
+    let (store, recovered) = Store::open(
+        crate::store::StoreOptions {
+            directory: dir.path().to_path_buf(),
+            log_size: 1 << 20,
+            fsync: false,
+            recovered_bodies: u64::MAX,
+        },
+        Box::new(|_| {}),
+    )
+    .unwrap();
+    let epoch = recovered.epoch + 1;
+    let broker = Broker::start(store, recovered, epoch, BrokerOptions::default()).unwrap();
+    let (c, mut rx) = broker.open_session(None);
+    subscribe(&c, "s", queue("q"), 10);
+    assert_eq!(broker.queue_depth("queue://q"), 0);
+    assert!(
+        rx.try_recv().is_err(),
+        "delivered before the epoch start is held"
+    );
+
+    // The quorum holds everything up to the end of the journal, epoch start included.
+    broker.confirm(Position(broker.stats().journal_end));
+    for i in 0..3 {
+        assert_eq!(body(&next(&mut rx).await), i.to_string());
+    }
+    assert_eq!(broker.stats().enqueued, 0, "recovered, not enqueued");
+}
+
 #[tokio::test]
 async fn a_lone_sender_writes_its_own_records_and_concurrent_senders_leave_them_to_the_journal() {
     // A broker whose durable reports say which thread wrote the batch.

@@ -163,8 +163,10 @@ pub async fn run_slave(
     // wrote the master's last records and lost its connection before its ack arrived logs in
     // with nothing left to receive, and without this ack the master, waiting for it, would
     // confirm nothing until a new record came (a client that has filled its window sends none).
+    // The store's own durable end, not `held`: a store opened moments ago has reported
+    // nothing through its watch yet, although everything it recovered is held.
     let mut acked = Position(0);
-    let holding = (*held.borrow()).min(store.durable()).min(store.end());
+    let holding = store.durable().min(store.end());
     if holding > ack_floor {
         acked = holding;
         write_message(&mut writer, Kind::Ack(wire::Ack { position: acked.0 })).await?;
