@@ -43,6 +43,35 @@ fn persistent(body: &str) -> NewMessage {
     }
 }
 
+/// A store in `dir` (1 MiB segments, no fsync, every body in memory) reporting durable ends
+/// to `on_durable`.
+fn open_store(
+    dir: &std::path::Path,
+    on_durable: crate::store::DurableCallback,
+) -> (Store, crate::store::Recovered) {
+    Store::open(
+        crate::store::StoreOptions {
+            directory: dir.to_path_buf(),
+            log_size: 1 << 20,
+            fsync: false,
+            recovered_bodies: u64::MAX,
+        },
+        on_durable,
+    )
+    .unwrap()
+}
+
+/// Sends the persistent messages "0" to "n-1" to `queue://q`, each confirmed.
+async fn send_numbered(broker: &Broker, n: usize) {
+    let (s, _) = broker.open_session(None);
+    for i in 0..n {
+        s.send(&queue("q"), persistent(&i.to_string()), None)
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}
+
 fn subscribe(session: &Session, id: &str, destination: Destination, prefetch: u32) {
     session
         .subscribe(SubscribeRequest {
@@ -94,13 +123,7 @@ async fn messages_survive_a_restart_until_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     {
         let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
-        let (s, _) = broker.open_session(None);
-        for i in 0..3 {
-            s.send(&queue("q"), persistent(&i.to_string()), None)
-                .unwrap()
-                .await
-                .unwrap();
-        }
+        send_numbered(&broker, 3).await;
         let (c, mut rx) = broker.open_session(None);
         subscribe(&c, "s", queue("q"), 10);
         let first = next(&mut rx).await;
@@ -463,27 +486,13 @@ async fn wildcard_subscriptions_are_refused_by_name() {
 #[tokio::test]
 async fn recovered_messages_wait_for_the_epoch_start_to_be_confirmed() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
-        let (s, _) = broker.open_session(None);
-        for i in 0..3 {
-            s.send(&queue("q"), persistent(&i.to_string()), None)
-                .unwrap()
-                .await
-                .unwrap();
-        }
-    }
-    // Reopened as a master is: durable reports go to the quorum, which confirms nothing yet.
-    let (store, recovered) = Store::open(
-        crate::store::StoreOptions {
-            directory: dir.path().to_path_buf(),
-            log_size: 1 << 20,
-            fsync: false,
-            recovered_bodies: u64::MAX,
-        },
-        Box::new(|_| {}),
+    send_numbered(
+        &Broker::start_for_tests(dir.path(), BrokerOptions::default()),
+        3,
     )
-    .unwrap();
+    .await;
+    // Reopened as a master is: durable reports go to the quorum, which confirms nothing yet.
+    let (store, recovered) = open_store(dir.path(), Box::new(|_| {}));
     let epoch = recovered.epoch + 1;
     let broker = Broker::start(store, recovered, epoch, BrokerOptions::default()).unwrap();
     let (c, mut rx) = broker.open_session(None);
@@ -509,19 +518,13 @@ async fn a_lone_sender_writes_its_own_records_and_concurrent_senders_leave_them_
     let writers = Arc::new(Mutex::new(Vec::new()));
     let confirm = ConfirmLater::default();
     let (seen, confirming) = (writers.clone(), confirm.clone());
-    let (store, recovered) = Store::open(
-        crate::store::StoreOptions {
-            directory: dir.path().to_path_buf(),
-            log_size: 1 << 20,
-            fsync: false,
-            recovered_bodies: u64::MAX,
-        },
+    let (store, recovered) = open_store(
+        dir.path(),
         Box::new(move |p| {
             seen.lock().unwrap().push(std::thread::current().id());
             confirming.durable(p);
         }),
-    )
-    .unwrap();
+    );
     let epoch = recovered.epoch + 1;
     let broker = Broker::start(store, recovered, epoch, BrokerOptions::default()).unwrap();
     confirm.attach(&broker);
