@@ -625,7 +625,15 @@ impl BrokerProcess {
         let fixed = format!("\"tcp://127.0.0.1:{}\"", self.addr.port());
         std::fs::write(&self.config, text.replace("\"tcp://127.0.0.1:0\"", &fixed))?;
         let old = self.addr;
-        self.spawn()?;
+        // The port may be in TIME_WAIT, or briefly taken: retry, as a service manager would.
+        let end = deadline(STARTUP_TIMEOUT);
+        while let Err(e) = self.spawn() {
+            if Instant::now() >= end {
+                return Err(e.context(format!("restarting on {old}")));
+            }
+            eprintln!("restarting on {old}: {e:#}; retrying");
+            std::thread::sleep(Duration::from_millis(200));
+        }
         if self.addr != old {
             bail!("restarted on {} instead of {old}", self.addr);
         }

@@ -526,6 +526,7 @@ fn master_store_failure_hands_over_zk38() {
         failed.first().map(|(b, r)| (&b[..b.len().min(12)], r)),
         cluster.describe()
     );
+    assert_left_with_error(&mut cluster, m0, "its store failed");
     assert!(
         cluster.nodes[m0]
             .broker
@@ -533,7 +534,6 @@ fn master_store_failure_hands_over_zk38() {
         "node {m0} never noticed its store failing (is COUNT too small for a segment?)\n{}",
         cluster.describe()
     );
-    assert_left_with_error(&mut cluster, m0, "its store failed");
     let m1 = cluster
         .wait_for_new_master(m0, deadline(ELECTION))
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -570,8 +570,11 @@ fn assert_left_with_error(cluster: &mut Cluster, i: usize, why: &str) {
     );
     let exit = exit.expect("exited");
     assert!(!exit.success(), "node {i} exited with {exit}, not an error");
+    // The log reader threads may still be draining the pipes of the process that exited.
     assert!(
-        cluster.nodes[i].broker.logs_contain("leaving the cluster"),
+        wait_until(deadline(Duration::from_secs(10)), || cluster.nodes[i]
+            .broker
+            .logs_contain("leaving the cluster")),
         "node {i} did not log that it left"
     );
 }
@@ -894,9 +897,9 @@ fn paused_master_is_fenced(version: ZkVersion) {
         "{version:?}: node {m} did not rejoin as slave (`role change: slave of`):\n{}",
         cluster.logs_since(m, from).join("\n")
     );
-    assert_eq!(
-        cluster.master(),
-        Some(n),
+    assert!(
+        wait_until(deadline(Duration::from_secs(10)), || cluster.master()
+            == Some(n)),
         "node {n} stays master:\n{}",
         cluster.describe()
     );
@@ -1189,7 +1192,12 @@ fn divergent_tail_truncated_zk38() {
         logs.join("\n")
     );
     eprintln!("old master's truncation: {truncation:?}");
-    assert_eq!(cluster.master(), Some(n), "{}", cluster.describe());
+    assert!(
+        wait_until(deadline(Duration::from_secs(10)), || cluster.master()
+            == Some(n)),
+        "node {n} stays master:\n{}",
+        cluster.describe()
+    );
     confirmed.extend(send_raw(
         &mut cluster.client(n).unwrap(),
         queue,

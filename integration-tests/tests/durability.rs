@@ -44,12 +44,17 @@ fn kill9_mid_stream_loses_no_receipted_message() -> Result<()> {
     let queue = "/queue/kill9";
     let receipts = Arc::new(AtomicU64::new(0));
 
+    // Every producer is connected before any sends: none connects after the kill.
+    let connected = Arc::new(std::sync::Barrier::new(PRODUCERS));
     let mut producers = Vec::new();
     for p in 0..PRODUCERS {
         let addr = broker.addr();
         let receipts = receipts.clone();
+        let connected = connected.clone();
         producers.push(std::thread::spawn(move || -> Result<ProducerRun> {
-            let mut client = StompClient::connect(addr)?;
+            let client = StompClient::connect(addr);
+            connected.wait();
+            let mut client = client?;
             let mut run = ProducerRun::default();
             let mut outstanding: BTreeMap<String, String> = BTreeMap::new();
             loop {

@@ -177,6 +177,39 @@ async fn wait_stable(master: &Node, slaves: &[&Node], after: u64) -> u64 {
     }
 }
 
+/// Waits until one of `nodes` is master under an epoch above `after` and the others are its
+/// slaves, whichever it is; returns that epoch.
+async fn wait_any_stable(nodes: &[&Node], after: u64) -> u64 {
+    let settled = || {
+        nodes.iter().find_map(|m| match m.role() {
+            Role::Master { epoch } if epoch > after => nodes
+                .iter()
+                .filter(|s| s.name != m.name)
+                .all(|s| {
+                    s.role()
+                        == Role::Slave {
+                            master: m.address.clone(),
+                            epoch,
+                        }
+                })
+                .then_some(epoch),
+            _ => None,
+        })
+    };
+    wait_for(
+        SETTLE,
+        || settled().is_some(),
+        || {
+            format!(
+                "one master and the others its slaves; now {}",
+                describe(nodes)
+            )
+        },
+    )
+    .await;
+    settled().expect("settled")
+}
+
 async fn cluster(zk: &ZkEnsemble, version: ZkVersion) -> (Node, Node, Node) {
     cluster_with(zk, version, SESSION_TIMEOUT).await
 }
@@ -247,6 +280,18 @@ async fn one_master_two_slaves(version: ZkVersion) {
     let masters = [&a, &b, &c].iter().filter(|n| n.role().is_master()).count();
     assert_eq!(masters, 1);
 
+    // Each node writes its role into its znode just after taking it: wait for the writes.
+    poll_async(SETTLE, || async {
+        let members = read_members(&zk).await;
+        let roles: Vec<&str> = members
+            .iter()
+            .filter_map(|m| m.data.as_ref().map(|d| d.role.as_str()))
+            .collect();
+        roles.len() == 3
+            && roles.iter().filter(|r| **r == "master").count() == 1
+            && roles.iter().filter(|r| **r == "slave").count() == 2
+    })
+    .await;
     let members = read_members(&zk).await;
     assert_eq!(members.len(), 3, "{members:?}");
     let elected: Vec<&MemberView> = members.iter().filter(|m| m.elected).collect();
@@ -392,14 +437,16 @@ async fn below_quorum(version: ZkVersion) {
 /// The ZooKeeper leader dies: the sessions move to the other members in time, and no node
 /// changes role.
 ///
-/// With an 8 s session timeout (fencing grace 4 s). A leader failover disconnects every client
+/// With a 16 s session timeout (fencing grace 8 s). A leader failover disconnects every client
 /// for longer than ActiveMQ's 2 s timeout (grace 1 s) allows: measured here, ZooKeeper 3.8
 /// elects a new leader in 0.4-0.6 s and 3.4 in 1.3-1.5 s, and the client retries the members
 /// in cycles about 0, 0.35, 1.0 and 2.2 s after the disconnection, so it is back after 0.4 to
-/// 2.4 s. With a short timeout the master steps down and is re-elected under a new epoch: safe,
-/// but a bounce.
+/// 2.4 s (later on a loaded machine, hence the margin). With a short timeout the master steps
+/// down and is re-elected under a new epoch: safe, but a bounce.
 async fn zk_leader_killed(version: ZkVersion) {
-    const TIMEOUT: Duration = Duration::from_secs(8);
+    const TIMEOUT: Duration = Duration::from_secs(16);
+    /// How long the roles are watched after the kill.
+    const WATCH: Duration = Duration::from_secs(8);
     let mut zk = start_ensemble(version).await;
     let (a, b, c) = cluster_with(&zk, version, TIMEOUT).await;
     let before: Vec<usize> = [&a, &b, &c].iter().map(|n| n.changes().len()).collect();
@@ -423,7 +470,7 @@ async fn zk_leader_killed(version: ZkVersion) {
     })
     .await;
     // Give the election a chance to misbehave: stay a few session timeouts under watch.
-    let watch_until = killed + TIMEOUT;
+    let watch_until = killed + WATCH;
     while Instant::now() < watch_until {
         for n in [&a, &b, &c] {
             assert!(
@@ -496,7 +543,8 @@ async fn zk_quorum_lost_and_back(version: ZkVersion) {
         zk.start_member(0);
         zk.start_member(1);
     });
-    let epoch = wait_stable(&a, &[&b, &c], 1).await;
+    // Whoever re-registers and reports first may be elected: any one master will do.
+    let epoch = wait_any_stable(&[&a, &b, &c], 1).await;
     eprintln!(
         "{version:?}: master again after {:?} (epoch {epoch})",
         lost.elapsed()

@@ -401,6 +401,12 @@ impl Index {
         !was_empty || self.send(Command::Flush).is_ok()
     }
 
+    /// Records queued and not yet taken by the thread (tests).
+    #[cfg(test)]
+    pub fn queued(&self) -> usize {
+        self.queue.lock().unwrap().len()
+    }
+
     /// Stops the thread as a crash would: queued operations are lost (tests).
     #[cfg(test)]
     pub fn crash(mut self) {

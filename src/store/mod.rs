@@ -493,6 +493,12 @@ impl Store {
         self.journal.failure().map(|e| e.to_string())
     }
 
+    /// Records whose index operations wait for the index thread (tests).
+    #[cfg(test)]
+    pub(crate) fn index_queued(&self) -> usize {
+        self.index.as_ref().map_or(0, Index::queued)
+    }
+
     #[cfg(test)]
     pub(crate) fn hold_journal(&self) -> std::sync::mpsc::Sender<()> {
         self.journal.hold_writer()

@@ -394,6 +394,15 @@ fn after_a_crash_the_index_is_caught_up_never_ahead() {
     let (mut store, _, rx) = open(dir.path(), 1 << 20);
     add(&mut store, "q", "kept");
     wait_durable(&rx, store.end());
+    // "kept" is written: the index thread takes it at its next tick.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.index_queued() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the index never took the written record"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     let hold = store.hold_journal();
     add(&mut store, "q", "lost");
     // Longer than the index's flush interval: before, the index applied "lost" at once.
