@@ -343,17 +343,14 @@ impl Lifecycle {
                     if changed.is_err() || *roles.borrow() != (Role::Master { epoch }) {
                         // A store that failed meanwhile still ends this node's membership:
                         // its end may count records never written.
-                        let failure = broker.store_failure();
-                        if let Some(reason) = &failure {
-                            tracing::error!(node = %config.broker.name, epoch, %reason, "the store failed: stepping down and leaving the cluster");
-                        }
-                        break failure.map_or(MasterEnd::RoleChanged, MasterEnd::StoreFailed);
+                        break broker
+                            .store_failure()
+                            .map_or(MasterEnd::RoleChanged, MasterEnd::StoreFailed);
                     }
                 }
                 _ = report.tick() => {
                     let position = broker.stats().journal_end;
                     if let Some(reason) = broker.store_failure() {
-                        tracing::error!(node = %config.broker.name, epoch, position, %reason, "the store failed: stepping down so that another node takes over");
                         break MasterEnd::StoreFailed(reason);
                     }
                     // Its port taken while this node was a slave: a master no client reaches.
@@ -368,6 +365,9 @@ impl Lifecycle {
                 }
             }
         };
+        if let MasterEnd::StoreFailed(reason) = &ended {
+            tracing::error!(node = %config.broker.name, epoch, %reason, "the store failed: stepping down so that another node takes over");
+        }
         // Step down: no client is served and nothing is confirmed from here on.
         self.listeners.set_mode(Mode::Refuse(
             "not the master: this node stepped down".into(),
@@ -453,33 +453,26 @@ impl Lifecycle {
                 }
                 Err(e) => return Err(anyhow::anyhow!("the replication task failed: {e}")),
             };
-            match outcome {
-                // Told to stop; a store that failed meanwhile still ends this node's membership.
-                None => match store.failure() {
-                    Some(reason) => {
-                        tracing::error!(node = %config.broker.name, epoch, position = store.end().0, %reason, "the store failed: this slave stops following");
-                        break Err(BrokerError::StoreFailed(reason).into());
-                    }
-                    None => break Ok(()),
-                },
-                Some(result) => {
-                    if let Err(e) = &result {
-                        tracing::warn!(node = %config.broker.name, %master, error = %e, "replication stream ended");
-                    }
-                    if let Some(reason) = store.failure() {
-                        tracing::error!(node = %config.broker.name, epoch, position = store.end().0, %reason, "the store failed: this slave stops following");
-                        break Err(BrokerError::StoreFailed(reason).into());
-                    }
-                    tokio::time::sleep(SLAVE_RETRY).await;
-                    if *roles.borrow()
-                        != (Role::Slave {
-                            master: master.to_string(),
-                            epoch,
-                        })
-                    {
-                        break Ok(());
-                    }
-                }
+            if let Some(Err(e)) = &outcome {
+                tracing::warn!(node = %config.broker.name, %master, error = %e, "replication stream ended");
+            }
+            // Whether the stream ended or this node was told to stop, a failed store ends its
+            // membership.
+            if let Some(reason) = store.failure() {
+                tracing::error!(node = %config.broker.name, epoch, position = store.end().0, %reason, "the store failed: this slave stops following");
+                break Err(BrokerError::StoreFailed(reason).into());
+            }
+            if outcome.is_none() {
+                break Ok(());
+            }
+            tokio::time::sleep(SLAVE_RETRY).await;
+            if *roles.borrow()
+                != (Role::Slave {
+                    master: master.to_string(),
+                    epoch,
+                })
+            {
+                break Ok(());
             }
         };
         self.log = log_state(&store);

@@ -289,7 +289,7 @@ async fn accept_loop(
     protocols: Protocols,
     bind_failures: BindFailures,
 ) {
-    let failed = |address: SocketAddr, error: Option<String>| {
+    let set_failure = |address: SocketAddr, error: Option<String>| {
         let mut failures = bind_failures.lock().unwrap_or_else(|p| p.into_inner());
         match error {
             Some(error) => failures.insert(address, error),
@@ -316,17 +316,17 @@ async fn accept_loop(
             listener = None;
             tracing::info!(%address, "client port closed while this node is not the master");
         } else if closed {
-            failed(address, None);
+            set_failure(address, None);
         } else if listener.is_none() {
             match TcpListener::bind(address).await {
                 Ok(l) => {
                     tracing::info!(%address, "client port open again");
-                    failed(address, None);
+                    set_failure(address, None);
                     listener = Some(l);
                 }
                 Err(e) => {
                     tracing::warn!(%address, error = %e, "cannot reopen the client port; retrying");
-                    failed(address, Some(e.to_string()));
+                    set_failure(address, Some(e.to_string()));
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                         changed = mode.changed() => if changed.is_err() { return },

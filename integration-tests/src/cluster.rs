@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::zk::{ZkEnsemble, ZkVersion};
-use crate::{deadline, run_cli, toml_string, wait_until, BrokerProcess, Frame, Incoming};
-use crate::{StompClient, STARTUP_TIMEOUT};
+use crate::StompClient;
+use crate::{run_cli, toml_string, wait_until, BrokerProcess, Frame, Incoming};
 
 /// The broker name of every node (the `id` of the members' znodes).
 pub const BROKER_NAME: &str = "cluster";
@@ -352,29 +352,20 @@ impl Cluster {
     /// Starts node `i` again (kill -9 first if it runs) on its port, with its store. If the
     /// port is briefly taken by another process, retries until [`STARTUP_TIMEOUT`].
     pub fn restart(&mut self, i: usize) -> Result<()> {
-        let end = deadline(STARTUP_TIMEOUT);
         let node = &mut self.nodes[i];
-        loop {
-            match node.broker.restart() {
-                Ok(()) => {
-                    node.running = true;
-                    node.stopped = false;
-                    if node.broker.addr().port() != node.port {
-                        bail!(
-                            "node {i} restarted on {} instead of port {}",
-                            node.broker.addr(),
-                            node.port
-                        );
-                    }
-                    return Ok(());
-                }
-                Err(e) if Instant::now() < end => {
-                    eprintln!("restarting node {i}: {e:#}; retrying");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => return Err(e).with_context(|| format!("restarting node {i}")),
-            }
+        node.broker
+            .restart_retrying()
+            .with_context(|| format!("restarting node {i}"))?;
+        node.running = true;
+        node.stopped = false;
+        if node.broker.addr().port() != node.port {
+            bail!(
+                "node {i} restarted on {} instead of port {}",
+                node.broker.addr(),
+                node.port
+            );
         }
+        Ok(())
     }
 
     /// The log lines of node `i` from line `from` on (see [`log_len`](Self::log_len)).

@@ -625,19 +625,27 @@ impl BrokerProcess {
         let fixed = format!("\"tcp://127.0.0.1:{}\"", self.addr.port());
         std::fs::write(&self.config, text.replace("\"tcp://127.0.0.1:0\"", &fixed))?;
         let old = self.addr;
-        // The port may be in TIME_WAIT, or briefly taken: retry, as a service manager would.
-        let end = deadline(STARTUP_TIMEOUT);
-        while let Err(e) = self.spawn() {
-            if Instant::now() >= end {
-                return Err(e.context(format!("restarting on {old}")));
-            }
-            eprintln!("restarting on {old}: {e:#}; retrying");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        self.restart_retrying()?;
         if self.addr != old {
             bail!("restarted on {} instead of {old}", self.addr);
         }
         Ok(())
+    }
+
+    /// Like [`restart`](Self::restart) for a broker on a fixed port, which may be in TIME_WAIT
+    /// or briefly taken: retried, as a service manager would, for up to [`STARTUP_TIMEOUT`].
+    pub fn restart_retrying(&mut self) -> Result<()> {
+        let end = deadline(STARTUP_TIMEOUT);
+        loop {
+            match self.restart() {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() < end => {
+                    eprintln!("restarting {}: {e:#}; retrying", self.name);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e.context(format!("restarting {}", self.name))),
+            }
+        }
     }
 
     /// How the process ended, once it has (without stopping it); `None` while it runs.

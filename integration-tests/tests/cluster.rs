@@ -555,6 +555,17 @@ fn master_store_failure_hands_over_zk38() {
     );
 }
 
+/// Node `n` is the master (probed until it answers as one, within 10 s: a probe may meet a
+/// moment of a ZooKeeper reconnect).
+fn assert_stays_master(cluster: &Cluster, n: usize) {
+    assert!(
+        wait_until(deadline(Duration::from_secs(10)), || cluster.master()
+            == Some(n)),
+        "node {n} stays master:\n{}",
+        cluster.describe()
+    );
+}
+
 /// Waits until node `i` has exited on its own, then checks that it exited with an error and
 /// logged that it left the cluster; `why` names what should have made it leave.
 fn assert_left_with_error(cluster: &mut Cluster, i: usize, why: &str) {
@@ -897,12 +908,7 @@ fn paused_master_is_fenced(version: ZkVersion) {
         "{version:?}: node {m} did not rejoin as slave (`role change: slave of`):\n{}",
         cluster.logs_since(m, from).join("\n")
     );
-    assert!(
-        wait_until(deadline(Duration::from_secs(10)), || cluster.master()
-            == Some(n)),
-        "node {n} stays master:\n{}",
-        cluster.describe()
-    );
+    assert_stays_master(&cluster, n);
     confirmed.extend(send_raw(
         &mut cluster.client(n).unwrap(),
         queue,
@@ -1192,12 +1198,7 @@ fn divergent_tail_truncated_zk38() {
         logs.join("\n")
     );
     eprintln!("old master's truncation: {truncation:?}");
-    assert!(
-        wait_until(deadline(Duration::from_secs(10)), || cluster.master()
-            == Some(n)),
-        "node {n} stays master:\n{}",
-        cluster.describe()
-    );
+    assert_stays_master(&cluster, n);
     confirmed.extend(send_raw(
         &mut cluster.client(n).unwrap(),
         queue,

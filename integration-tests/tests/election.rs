@@ -150,17 +150,12 @@ async fn wait_stable(master: &Node, slaves: &[&Node], after: u64) -> u64 {
     let all: Vec<&Node> = std::iter::once(master)
         .chain(slaves.iter().copied())
         .collect();
+    let mut epoch = None;
     wait_for(
         SETTLE,
-        || match master.role() {
-            Role::Master { epoch } if epoch > after => slaves.iter().all(|s| {
-                s.role()
-                    == Role::Slave {
-                        master: master.address.clone(),
-                        epoch,
-                    }
-            }),
-            _ => false,
+        || {
+            epoch = settled(master, slaves, after);
+            epoch.is_some()
         },
         || {
             format!(
@@ -171,34 +166,23 @@ async fn wait_stable(master: &Node, slaves: &[&Node], after: u64) -> u64 {
         },
     )
     .await;
-    match master.role() {
-        Role::Master { epoch } => epoch,
-        other => unreachable!("{other}"),
-    }
+    epoch.expect("settled")
 }
 
 /// Waits until one of `nodes` is master under an epoch above `after` and the others are its
 /// slaves, whichever it is; returns that epoch.
 async fn wait_any_stable(nodes: &[&Node], after: u64) -> u64 {
-    let settled = || {
-        nodes.iter().find_map(|m| match m.role() {
-            Role::Master { epoch } if epoch > after => nodes
-                .iter()
-                .filter(|s| s.name != m.name)
-                .all(|s| {
-                    s.role()
-                        == Role::Slave {
-                            master: m.address.clone(),
-                            epoch,
-                        }
-                })
-                .then_some(epoch),
-            _ => None,
-        })
-    };
+    let mut epoch = None;
     wait_for(
         SETTLE,
-        || settled().is_some(),
+        || {
+            epoch = nodes.iter().find_map(|m| {
+                let others: Vec<&Node> =
+                    nodes.iter().copied().filter(|s| s.name != m.name).collect();
+                settled(m, &others, after)
+            });
+            epoch.is_some()
+        },
         || {
             format!(
                 "one master and the others its slaves; now {}",
@@ -207,7 +191,24 @@ async fn wait_any_stable(nodes: &[&Node], after: u64) -> u64 {
         },
     )
     .await;
-    settled().expect("settled")
+    epoch.expect("settled")
+}
+
+/// The epoch when `master` is master under an epoch above `after` and `slaves` follow it.
+fn settled(master: &Node, slaves: &[&Node], after: u64) -> Option<u64> {
+    match master.role() {
+        Role::Master { epoch } if epoch > after => slaves
+            .iter()
+            .all(|s| {
+                s.role()
+                    == Role::Slave {
+                        master: master.address.clone(),
+                        epoch,
+                    }
+            })
+            .then_some(epoch),
+        _ => None,
+    }
 }
 
 async fn cluster(zk: &ZkEnsemble, version: ZkVersion) -> (Node, Node, Node) {

@@ -154,6 +154,9 @@ pub(crate) struct Core {
     paging: bool,
     /// Non-persistent bodies fill `memory_limit` (logged when it starts and when it ends).
     transient_full: bool,
+    /// Resolves once the epoch-start record is confirmed and the recovered messages are
+    /// delivered (see [`Core::new`]); taken by whoever waits for it.
+    started: Confirmation,
 }
 
 fn now_ms() -> i64 {
@@ -244,6 +247,7 @@ impl Core {
             memory,
             paging: false,
             transient_full: false,
+            started: Confirmation::done(),
         };
         // Least recently stored first, so the audit forgets in the store's order.
         for (producer, sequence) in &recovered.producers {
@@ -270,19 +274,13 @@ impl Core {
         // records that the previous one never had confirmed, and they are safe (on a quorum,
         // so that every later master holds them) only once the epoch-start record after them
         // is; delivered earlier, a message could be consumed and then lost with this node.
-        let (_, end) = core.append(vec![crate::store::Entry {
+        core.append(vec![crate::store::Entry {
             kind: Some(entry::Kind::EpochStart(EpochStart {
                 epoch,
                 node: core.options.name.clone(),
             })),
         }])?;
-        if !inherited.is_empty() {
-            core.pending.push_back(Pending {
-                end,
-                publish: inherited,
-                reply: None,
-            });
-        }
+        core.started = core.wait_for(inherited);
         Ok(core)
     }
 
@@ -408,17 +406,13 @@ impl Core {
         self.fail_waiting(&reason);
     }
 
-    /// Why the store failed, if it did (noticed by [`Core::check_store`] or by an append).
-    /// Whether the messages recovered at start are delivered (see [`Core::new`]): they are
-    /// once the epoch-start record is confirmed.
-    pub fn recovered_shown(&self) -> bool {
-        !self.pending.iter().any(|p| {
-            p.publish
-                .iter()
-                .any(|publish| matches!(publish, Publish::Recovered(..)))
-        })
+    /// Resolves once the messages recovered at start are delivered (see [`Core::new`]); done
+    /// for a second caller.
+    pub fn take_started(&mut self) -> Confirmation {
+        std::mem::replace(&mut self.started, Confirmation::done())
     }
 
+    /// Why the store failed, if it did (noticed by [`Core::check_store`] or by an append).
     pub fn store_failure(&mut self) -> Option<String> {
         self.check_store();
         self.failed.clone()
@@ -487,23 +481,22 @@ impl Core {
 
     fn publish(&mut self, publish: Publish, touched: &mut BTreeSet<String>) {
         match publish {
-            Publish::Queue(queue, mut entry) => {
-                entry.seq = self.next_seq;
-                self.next_seq += 1;
+            Publish::Queue(queue, entry) => {
                 self.stats.enqueued += 1;
-                let entry = self.admit(entry);
-                self.queues.entry(queue.clone()).or_default().push(entry);
-                touched.insert(queue);
+                self.push_ready(queue, entry, touched);
             }
+            Publish::Recovered(queue, entry) => self.push_ready(queue, entry, touched),
             Publish::Topic(topic, message) => self.publish_to_subscribers(&topic, message),
-            Publish::Recovered(queue, mut entry) => {
-                entry.seq = self.next_seq;
-                self.next_seq += 1;
-                let entry = self.admit(entry);
-                self.queues.entry(queue.clone()).or_default().push(entry);
-                touched.insert(queue);
-            }
         }
+    }
+
+    /// Puts `entry` at the tail of `queue`, ready for dispatch.
+    fn push_ready(&mut self, queue: String, mut entry: Entry, touched: &mut BTreeSet<String>) {
+        entry.seq = self.next_seq;
+        self.next_seq += 1;
+        let entry = self.admit(entry);
+        self.queues.entry(queue.clone()).or_default().push(entry);
+        touched.insert(queue);
     }
 
     /// Publishes what needs no confirmation (nothing stored, or already confirmed).

@@ -223,6 +223,19 @@ impl Confirmation {
         self.0.is_none()
     }
 
+    /// The outcome once known, without waiting (tests that cannot await).
+    #[cfg(test)]
+    pub(crate) fn try_outcome(&mut self) -> Option<Result<(), BrokerError>> {
+        match &mut self.0 {
+            None => Some(Ok(())),
+            Some(rx) => match rx.try_recv() {
+                Ok(outcome) => Some(outcome),
+                Err(oneshot::error::TryRecvError::Empty) => None,
+                Err(oneshot::error::TryRecvError::Closed) => Some(Err(BrokerError::ShuttingDown)),
+            },
+        }
+    }
+
     pub async fn wait(self) -> Result<(), BrokerError> {
         self.await
     }
@@ -338,12 +351,13 @@ impl Broker {
         let epoch = recovered.epoch + 1;
         let broker = Broker::start(store, recovered, epoch, options).unwrap();
         confirm.attach(&broker);
-        // As a standalone node does before it serves.
+        // As a standalone node does before it serves (polled: callers run on a runtime).
+        let mut started = lock(&broker.shared).take_started();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !lock(&broker.shared).recovered_shown() {
+        while started.try_outcome().is_none() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "the recovered messages were never shown"
+                "the epoch-start record was never confirmed"
             );
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
@@ -371,15 +385,8 @@ impl Broker {
     /// a standalone node (its epoch-start record is durable), once a quorum holds that record
     /// for a master. Fails if the store fails first.
     pub async fn wait_recovered(&self) -> Result<(), BrokerError> {
-        loop {
-            if lock(&self.shared).recovered_shown() {
-                return Ok(());
-            }
-            if let Some(reason) = self.store_failure() {
-                return Err(BrokerError::StoreFailed(reason));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
+        let started = lock(&self.shared).take_started();
+        started.await
     }
 
     /// Why the store accepts no more writes (a full disk, say), once it failed: the core then
