@@ -526,7 +526,7 @@ fn master_store_failure_hands_over_zk38() {
         failed.first().map(|(b, r)| (&b[..b.len().min(12)], r)),
         cluster.describe()
     );
-    assert_left_with_error(&mut cluster, m0, "its store failed");
+    assert_left_with_error(&mut cluster, m0, "its store failed", &[]);
     assert!(
         cluster.nodes[m0]
             .broker
@@ -567,8 +567,9 @@ fn assert_stays_master(cluster: &Cluster, n: usize) {
 }
 
 /// Waits until node `i` has exited on its own, then checks that it exited with an error and
-/// logged that it left the cluster; `why` names what should have made it leave.
-fn assert_left_with_error(cluster: &mut Cluster, i: usize, why: &str) {
+/// logged that it left the cluster, and each of `logged` (why); `why` names what should have
+/// made it leave.
+fn assert_left_with_error(cluster: &mut Cluster, i: usize, why: &str, logged: &[&str]) {
     let mut exit = None;
     let exited = wait_until(deadline(ELECTION), || {
         exit = cluster.nodes[i].broker.exit_status();
@@ -588,6 +589,12 @@ fn assert_left_with_error(cluster: &mut Cluster, i: usize, why: &str) {
             .logs_contain("leaving the cluster")),
         "node {i} did not log that it left"
     );
+    for line in logged {
+        assert!(
+            cluster.nodes[i].broker.logs_contain(line),
+            "node {i} did not log {line:?}"
+        );
+    }
 }
 
 /// An elected node that cannot start serving (its replication `bind` port is taken by another
@@ -626,18 +633,14 @@ fn a_master_that_cannot_serve_leaves_zk38() {
             .unwrap_or_else(|e| panic!("restarting node {i}: {e:#}"));
     }
 
-    assert_left_with_error(&mut cluster, m0, "it cannot serve");
-    assert!(
-        cluster.nodes[m0]
-            .broker
-            .logs_contain("could not serve as master 3 times in a row"),
-        "node {m0} says why it left"
-    );
-    assert!(
-        cluster.nodes[m0]
-            .broker
-            .logs_contain("opening the replication listener"),
-        "node {m0} names the cause"
+    assert_left_with_error(
+        &mut cluster,
+        m0,
+        "it cannot serve",
+        &[
+            "could not serve as master 3 times in a row",
+            "opening the replication listener",
+        ],
     );
     let m1 = cluster
         .wait_for_new_master(m0, deadline(ELECTION))
@@ -695,18 +698,14 @@ fn a_master_whose_client_port_is_taken_leaves_zk38() {
     cluster
         .restart(m0)
         .unwrap_or_else(|e| panic!("restarting node {m0}: {e:#}"));
-    assert_left_with_error(&mut cluster, x, "its client port is taken");
-    assert!(
-        cluster.nodes[x]
-            .broker
-            .logs_contain("cannot open the client port: stepping down"),
-        "node {x} says why it stepped down"
-    );
-    assert!(
-        cluster.nodes[x]
-            .broker
-            .logs_contain("could not serve as master 3 times in a row"),
-        "node {x} says why it left"
+    assert_left_with_error(
+        &mut cluster,
+        x,
+        "its client port is taken",
+        &[
+            "cannot open the client port: stepping down",
+            "could not serve as master 3 times in a row",
+        ],
     );
     let m1 = cluster
         .wait_for_new_master(x, deadline(ELECTION))
