@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use ferromq::client::{Client, ClientOptions, SendOptions};
+use ferromq::client::{AckMode, Client, ClientOptions, HeartBeat, SendOptions, SubscribeOptions};
 use ferromq_integration_tests::cluster::{Cluster, Probe, ZK_PATH};
 use ferromq_integration_tests::zk::ZkVersion;
 use ferromq_integration_tests::{
@@ -136,16 +136,20 @@ fn send_raw(client: &mut StompClient, queue: &str, prefix: &str, count: usize) -
         .collect()
 }
 
-/// Connects the failover client to the cluster (every node is in the URL).
+/// Connects the failover client to the cluster (every node is in the URL), with heart-beats
+/// every 500 ms, so that a paused master is left after 1 s of silence, and 3 s for each
+/// attempt (a paused node accepts the TCP connection but never answers CONNECT).
 fn connect(rt: &tokio::runtime::Runtime, url: &str) -> Client {
+    let options = ClientOptions {
+        heartbeat: HeartBeat::every(Duration::from_millis(500)),
+        connect_timeout: Duration::from_secs(3),
+        ..ClientOptions::default()
+    };
     rt.block_on(async {
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            Client::connect(url, ClientOptions::default()),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("no connection through {url} within 60 s"))
-        .unwrap_or_else(|e| panic!("connecting through {url}: {e}"))
+        tokio::time::timeout(Duration::from_secs(60), Client::connect(url, options))
+            .await
+            .unwrap_or_else(|_| panic!("no connection through {url} within 60 s"))
+            .unwrap_or_else(|e| panic!("connecting through {url}: {e}"))
     })
 }
 
@@ -1461,4 +1465,266 @@ fn openwire_java_clients_fail_over_exactly_once_zk38() {
         consumed.summary()
     );
     consumed.assert_passed("the Java consumer through the failover URL");
+}
+
+// ----- 11. random faults, one after another (a Jepsen-style nemesis) --------------------------
+
+/// The faults the nemesis picks from.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// kill -9 of the master; restarted once another node is master.
+    KillMaster,
+    /// kill -9 of a slave while the master keeps confirming; restarted.
+    KillSlave,
+    /// SIGSTOP of the master until another node is master and confirms; then SIGCONT, and it
+    /// must rejoin as a slave.
+    PauseMaster,
+    /// kill -9 of the master and a slave: the survivor must refuse clients for want of a
+    /// quorum, and nothing is confirmed until both are back.
+    LoseQuorum,
+    /// kill -9 of all three; all restarted.
+    RestartAll,
+}
+
+const FAULTS: [Fault; 5] = [
+    Fault::KillMaster,
+    Fault::KillSlave,
+    Fault::PauseMaster,
+    Fault::LoseQuorum,
+    Fault::RestartAll,
+];
+
+/// xorshift64*: enough to vary the order of faults and the node picked, from a printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+    }
+}
+
+/// What the consumer saw: every delivery, and the messages whose ACK was confirmed.
+#[derive(Default)]
+struct Consumed {
+    deliveries: Vec<String>,
+    acked: BTreeSet<String>,
+    /// Bodies delivered again after their ACK was confirmed.
+    after_ack: Vec<String>,
+}
+
+/// Consumes `queue` through the failover URL (client-individual acks, each awaited) until
+/// `stop` is set.
+async fn consume_stream(
+    client: Client,
+    queue: String,
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Consumed>>,
+) {
+    let options = SubscribeOptions {
+        ack: AckMode::ClientIndividual,
+        prefetch: Some(20),
+        ..Default::default()
+    };
+    let mut subscription = client
+        .subscribe(&queue, options)
+        .await
+        .unwrap_or_else(|e| panic!("subscribing to {queue}: {e}"));
+    while !stop.load(Ordering::SeqCst) {
+        let next = tokio::time::timeout(Duration::from_millis(200), subscription.next()).await;
+        let message = match next {
+            Err(_) => continue,
+            Ok(Some(message)) => message,
+            Ok(None) => panic!("the subscription ended: {}", subscription.close_reason()),
+        };
+        let body = String::from_utf8_lossy(message.body()).into_owned();
+        {
+            let mut seen = seen.lock().unwrap();
+            if seen.acked.contains(&body) {
+                seen.after_ack.push(body.clone());
+            }
+            seen.deliveries.push(body.clone());
+        }
+        // An ACK that fails (the connection that delivered it was lost) leaves the message to
+        // be delivered again; one that is confirmed must never be undone.
+        if message.ack().await.is_ok() {
+            seen.lock().unwrap().acked.insert(body);
+        }
+    }
+    drop(subscription);
+    let _ = client.close().await;
+}
+
+/// A producer and a consumer on the failover URL run while a nemesis applies each fault of
+/// [`FAULTS`] once, in an order drawn from a seed (`NEMESIS_SEED` to repeat one), then one more
+/// drawn at random; after each fault the cluster must elect a master and confirm more sends.
+/// At the end, Jepsen's total-queue rules: every confirmed send is delivered (none lost),
+/// nothing is delivered that was not sent, nothing is delivered again once its ACK was
+/// confirmed, and what is left in the queue holds each message once.
+#[test]
+fn random_faults_lose_nothing_confirmed_zk38() {
+    let seed = std::env::var("NEMESIS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
+        | 1;
+    eprintln!("nemesis seed {seed} (NEMESIS_SEED={seed} repeats this order)");
+    let mut rng = Rng(seed);
+    let mut faults = FAULTS.to_vec();
+    for i in (1..faults.len()).rev() {
+        faults.swap(i, rng.below(i + 1));
+    }
+    faults.push(FAULTS[rng.below(FAULTS.len())]);
+
+    let mut cluster = Cluster::start(ZkVersion::V3_8, 3);
+    let mut m = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let queue = "/queue/nemesis";
+    let sends = Background::start(&cluster, queue, "n");
+    let consumer = connect(&sends.rt, &cluster.failover_url());
+    let seen = Arc::new(Mutex::new(Consumed::default()));
+    let stop_consuming = Arc::new(AtomicBool::new(false));
+    let consuming = sends.rt.spawn(consume_stream(
+        consumer,
+        queue.to_string(),
+        stop_consuming.clone(),
+        seen.clone(),
+    ));
+    sends.wait_more(50, ELECTION, "before the first fault");
+
+    for (round, fault) in faults.iter().enumerate() {
+        let started = Instant::now();
+        let slaves: Vec<usize> = (0..3).filter(|&i| i != m).collect();
+        let slave = slaves[rng.below(2)];
+        let what = format!("round {round}, {fault:?} (master node {m}, seed {seed})");
+        match fault {
+            Fault::KillMaster => {
+                cluster.kill_master(m, deadline(ELECTION));
+                cluster.restart(m).expect("restarting the old master");
+            }
+            Fault::KillSlave => {
+                cluster.kill9(slave);
+                sends.wait_more(30, ELECTION, &format!("{what}: with node {slave} down"));
+                cluster.restart(slave).expect("restarting the slave");
+            }
+            Fault::PauseMaster => {
+                let from = cluster.log_len(m);
+                cluster.sigstop(m);
+                cluster
+                    .wait_for_new_master(m, deadline(ELECTION))
+                    .unwrap_or_else(|e| panic!("{what}: while node {m} is paused: {e:#}"));
+                sends.wait_more(30, ELECTION, &format!("{what}: while node {m} is paused"));
+                cluster.sigcont(m);
+                let rejoined = wait_until(deadline(ELECTION), || {
+                    let logs = cluster.logs_since(m, from);
+                    logs.iter().any(|l| l.contains("role change: slave of"))
+                });
+                assert!(
+                    rejoined,
+                    "{what}: node {m} did not rejoin as slave after SIGCONT:\n{}",
+                    cluster.logs_since(m, from).join("\n")
+                );
+            }
+            Fault::LoseQuorum => {
+                let survivor = slaves.iter().copied().find(|&i| i != slave).unwrap();
+                cluster.kill9(m);
+                cluster.kill9(slave);
+                let mut last = Probe::NotRunning;
+                let refused = wait_until(deadline(ELECTION), || {
+                    last = cluster.probe(survivor);
+                    matches!(&last, Probe::Refused(msg) if msg.contains("no quorum"))
+                });
+                assert!(
+                    refused,
+                    "{what}: the survivor (node {survivor}) should refuse for want of a quorum; \
+                     it answers {last:?}"
+                );
+                let stalled = sends.confirmed();
+                assert_eq!(
+                    cluster.masters(),
+                    Vec::<usize>::new(),
+                    "{what}: a master with one node of three up"
+                );
+                assert_eq!(
+                    sends.confirmed(),
+                    stalled,
+                    "{what}: a send was confirmed with one node of three up"
+                );
+                cluster.restart(m).expect("restarting the old master");
+                cluster.restart(slave).expect("restarting the slave");
+            }
+            Fault::RestartAll => {
+                for i in 0..3 {
+                    cluster.kill9(i);
+                }
+                for i in 0..3 {
+                    cluster.restart(i).expect("restarting a node");
+                }
+            }
+        }
+        m = cluster
+            .wait_for_master(deadline(ELECTION))
+            .unwrap_or_else(|e| panic!("{what}: after the fault: {e:#}"));
+        sends.wait_more(50, ELECTION, &format!("{what}: after the fault"));
+        eprintln!(
+            "{what}: done in {:?}; node {m} master, {} sends confirmed",
+            started.elapsed(),
+            sends.confirmed()
+        );
+    }
+
+    stop_consuming.store(true, Ordering::SeqCst);
+    sends
+        .rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(60), consuming).await })
+        .expect("the consumer stopped within 60 s")
+        .expect("the consumer task");
+    let progress = sends.progress.clone();
+    let confirmed = sends.finish("random faults");
+    let submitted = progress.lock().unwrap().submitted;
+    let left = drain(&cluster, m, queue).expect("consuming what is left");
+    let seen = seen.lock().unwrap();
+    let delivered: BTreeSet<&String> = seen.deliveries.iter().chain(left.keys()).collect();
+    let sent: BTreeSet<String> = (0..submitted).map(|i| format!("n-{i}")).collect();
+    let lost: Vec<&String> = confirmed
+        .iter()
+        .filter(|b| !delivered.contains(b))
+        .collect();
+    let unexpected: Vec<&&String> = delivered.iter().filter(|b| !sent.contains(**b)).collect();
+    let acked_again: Vec<&String> = seen
+        .after_ack
+        .iter()
+        .chain(left.keys().filter(|b| seen.acked.contains(*b)))
+        .collect();
+    let twice_left: Vec<(&String, &usize)> = left.iter().filter(|(_, n)| **n > 1).collect();
+    eprintln!(
+        "random faults (seed {seed}): {submitted} sent, {} confirmed; {} deliveries to the \
+         consumer, {} acks confirmed; {} left in the queue",
+        confirmed.len(),
+        seen.deliveries.len(),
+        seen.acked.len(),
+        left.len()
+    );
+    assert!(
+        lost.is_empty() && unexpected.is_empty() && acked_again.is_empty() && twice_left.is_empty(),
+        "seed {seed}: {} confirmed sends lost (first: {:?}); {} unexpected deliveries (first: \
+         {:?}); {} delivered again after a confirmed ACK (first: {:?}); {} left twice in the \
+         queue (first: {:?})",
+        lost.len(),
+        &lost[..lost.len().min(10)],
+        unexpected.len(),
+        &unexpected[..unexpected.len().min(10)],
+        acked_again.len(),
+        &acked_again[..acked_again.len().min(10)],
+        twice_left.len(),
+        &twice_left[..twice_left.len().min(10)],
+    );
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::client::{AckMode, Client, ClientOptions};
+use crate::client::{AckMode, Client, ClientOptions, HeartBeat};
 
 /// The exit code of usage and configuration errors (clap uses it too).
 const USAGE_ERROR: u8 = 2;
@@ -96,6 +96,11 @@ pub(crate) struct ConnectArgs {
     /// Passcode sent on CONNECT.
     #[arg(long, value_name = "PASSWORD")]
     passcode: Option<String>,
+    /// STOMP heart-beat period, both ways: a broker silent for twice this long (a paused
+    /// process, a dead machine) is taken for dead and the failover URL's next broker tried.
+    /// 0 turns heart-beats off.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration_arg)]
+    heart_beat: Duration,
 }
 
 impl ConnectArgs {
@@ -103,6 +108,7 @@ impl ConnectArgs {
         let options = ClientOptions {
             login: self.login.clone(),
             passcode: self.passcode.clone(),
+            heartbeat: HeartBeat::every(self.heart_beat),
             ..ClientOptions::default()
         };
         Client::connect(&self.url, options).await

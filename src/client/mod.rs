@@ -81,7 +81,10 @@ pub struct ClientOptions {
     pub passcode: Option<String>,
     /// The `client-id` CONNECT header; durable subscriptions need one.
     pub client_id: Option<String>,
-    /// Heart-beats to offer; zero (the default) turns that direction off.
+    /// Heart-beats to offer; zero turns that direction off. The default,
+    /// [`HeartBeat::DEFAULT`], lets a failover client notice within 10 s a broker that stopped
+    /// answering without closing the connection (a paused process, a dead machine, a cut
+    /// network), as ActiveMQ's inactivity monitor does for OpenWire clients.
     pub heartbeat: HeartBeat,
     /// The limit for one broker attempt: TCP connect plus the CONNECT/CONNECTED exchange; also
     /// how long [`Client::close`] waits for the broker to confirm DISCONNECT.
@@ -96,7 +99,7 @@ impl Default for ClientOptions {
             login: None,
             passcode: None,
             client_id: None,
-            heartbeat: HeartBeat::default(),
+            heartbeat: HeartBeat::DEFAULT,
             connect_timeout: Duration::from_secs(10),
             max_frame_size: 64 * 1024 * 1024,
         }
@@ -109,6 +112,20 @@ impl Default for ClientOptions {
 pub struct HeartBeat {
     pub send: Duration,
     pub receive: Duration,
+}
+
+impl HeartBeat {
+    /// Every 5 s both ways, where the broker agrees: a broker silent for twice that (10 s) is
+    /// taken for dead and the failover client moves on.
+    pub const DEFAULT: HeartBeat = HeartBeat::every(Duration::from_secs(5));
+
+    /// The same period both ways; zero turns heart-beats off.
+    pub const fn every(period: Duration) -> HeartBeat {
+        HeartBeat {
+            send: period,
+            receive: period,
+        }
+    }
 }
 
 /// Options of one send.

@@ -43,7 +43,7 @@ async fn connect_frame_carries_versions_host_heartbeat_and_credentials() {
     let connect = peer.await.unwrap();
     assert_eq!(connect.get("accept-version"), Some("1.0,1.1,1.2"));
     assert_eq!(connect.get("host"), Some("127.0.0.1"));
-    assert_eq!(connect.get("heart-beat"), Some("0,0"));
+    assert_eq!(connect.get("heart-beat"), Some("5000,5000"));
     assert_eq!(connect.get("login"), Some("app"));
     assert_eq!(connect.get("passcode"), Some("secret"));
     assert_eq!(connect.get("client-id"), Some("orders-service"));
