@@ -492,6 +492,11 @@ impl Core {
 
     /// Puts `entry` at the tail of `queue`, ready for dispatch.
     fn push_ready(&mut self, queue: String, mut entry: Entry, touched: &mut BTreeSet<String>) {
+        if queue.starts_with("durable://") && !self.durables.contains_key(&queue) {
+            // Its subscription was removed while the message waited for its confirmation.
+            self.discard_stored(&queue, &entry);
+            return;
+        }
         entry.seq = self.next_seq;
         self.next_seq += 1;
         let entry = self.admit(entry);
@@ -541,11 +546,13 @@ impl Core {
         };
         let transactions: Vec<String> = state.transactions.keys().cloned().collect();
         let subscriptions: Vec<String> = state.subscriptions.keys().cloned().collect();
-        for tx in transactions {
-            let _ = self.abort(session, &tx);
-        }
+        // Subscriptions first: an aborted transaction's messages must not go back to a
+        // consumer of this session, which would count a second redelivery when it ends.
         for sub in subscriptions {
             let _ = self.unsubscribe(session, &sub, false);
+        }
+        for tx in transactions {
+            let _ = self.abort(session, &tx);
         }
         self.sessions.remove(&session);
     }
@@ -619,15 +626,26 @@ impl Core {
             if !self.session(session)?.transactions.contains_key(tx) {
                 return Err(BrokerError::UnknownTransaction(tx.to_string()));
             }
-            // A duplicate is recognised when it is sent, in send order, like a plain send; a
-            // transaction committed later must not be judged against sends made after it.
-            if !self.is_duplicate(&message) {
-                let state = self.session(session)?;
-                if let Some(tx) = state.transactions.get_mut(tx) {
-                    tx.sends.push((destination.clone(), message));
-                }
-            } else {
+            // A repeat of a stored message is recognised when it is sent, in send order, like
+            // a plain send (a transaction committed later must not be judged against sends
+            // made after it). The sequence is recorded only at commit: a transaction that is
+            // rolled back, or lost with its connection, may be sent again with the same ids.
+            let stored = self
+                .producers
+                .is_duplicate(&message.producer_id, message.producer_sequence);
+            let state = self.session(session)?;
+            let Some(tx) = state.transactions.get_mut(tx) else {
+                return Ok(Confirmation::done());
+            };
+            let repeated = !message.producer_id.is_empty()
+                && tx.sends.iter().any(|(_, m)| {
+                    m.producer_id == message.producer_id
+                        && m.producer_sequence == message.producer_sequence
+                });
+            if stored || repeated {
                 self.stats.duplicates_dropped += 1;
+            } else {
+                tx.sends.push((destination.clone(), message));
             }
             return Ok(Confirmation::done());
         }
@@ -1157,7 +1175,7 @@ impl Core {
                 break;
             };
             let (_, entry) = q.ready.pop_first().expect("checked non-empty");
-            if entry.message.expiration != 0 {
+            if entry.message.expiration > 0 {
                 q.expiring = q.expiring.saturating_sub(1);
             }
             if entry.is_expired(now) {
@@ -1220,7 +1238,7 @@ impl Core {
                 continue;
             };
             let entry = q.ready.remove(&seq).expect("just seen");
-            if entry.message.expiration != 0 {
+            if entry.message.expiration > 0 {
                 q.expiring = q.expiring.saturating_sub(1);
             }
             q.next_consumer = (index + 1) % n;
@@ -1288,12 +1306,28 @@ impl Core {
                 return self.dead_letter(&queue, entry, "redelivery limit reached");
             }
         }
+        if !self.queues.contains_key(&queue) {
+            // Deleted (a removed durable subscription, say) while its consumer or a
+            // transaction held the message.
+            self.discard_stored(&queue, &entry);
+            return Ok(());
+        }
         let entry = self.admit(entry);
         if let Some(q) = self.queues.get_mut(&queue) {
             q.push(entry);
             touched.insert(queue);
         }
         Ok(())
+    }
+
+    /// Drops a message held for a queue that no longer exists; a stored one is removed from
+    /// the store too, so that a restart does not bring it back.
+    fn discard_stored(&mut self, queue: &str, entry: &Entry) {
+        if let Some(key) = entry.key {
+            if let Err(e) = self.append(vec![remove_entry(queue, key)]) {
+                tracing::warn!(queue, error = %e, "could not remove a message of a deleted queue");
+            }
+        }
     }
 
     /// Moves a message from `queue` to `ActiveMQ.DLQ` in one record (non-persistent messages
@@ -1303,9 +1337,18 @@ impl Core {
         let Some(key) = entry.key else {
             return Ok(());
         };
+        if queue == DEAD_LETTER_QUEUE {
+            // Moving it into the queue it is on would go round for ever (ActiveMQ discards it).
+            tracing::warn!(message_id = %entry.message.message_id, why, "a message on {DEAD_LETTER_QUEUE} was dead-lettered again: discarded");
+            self.append(vec![remove_entry(queue, key)])?;
+            return Ok(());
+        }
         let mut message = (*self.with_body(&entry)?).clone();
         self.stats.dead_lettered += 1;
         message.redelivery_count = entry.redeliveries;
+        // On the DLQ it is kept until consumed, as ActiveMQ does: an expiration kept would
+        // expire it again there.
+        message.expiration = 0;
         if !message
             .headers
             .iter()
@@ -1358,7 +1401,7 @@ impl Core {
             q.expiring = q
                 .ready
                 .values()
-                .filter(|e| e.message.expiration != 0)
+                .filter(|e| e.message.expiration > 0)
                 .count();
             for entry in removed {
                 self.stats.expired += 1;
@@ -1403,6 +1446,11 @@ impl Core {
             self.tags.remove(t);
         }
         Ok((cid, taken))
+    }
+
+    /// The tag the next delivery gets (see [`super::Session::next_tag`]).
+    pub fn next_tag(&self) -> u64 {
+        self.next_tag
     }
 
     pub fn ack(
@@ -1614,6 +1662,9 @@ impl Core {
         let mut publish = Vec::new();
         let mut keyed = Vec::new(); // (index into publish, entry index in the record)
         for (destination, message) in transaction.sends {
+            if !message.producer_id.is_empty() {
+                self.record_producer(&message.producer_id, message.producer_sequence);
+            }
             let (e, p) = self.route(&destination, message);
             let stored = !e.is_empty();
             for item in p {

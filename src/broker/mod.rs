@@ -530,6 +530,14 @@ impl Session {
         lock(&self.shared).subscribe(self.id, request)
     }
 
+    /// A tag at or below every delivery's made from now on. A protocol that lets a client
+    /// reuse a subscription id reads it before subscribing again, to tell the new
+    /// subscription's deliveries from those still queued for the old one (which the core took
+    /// back when it ended).
+    pub fn next_tag(&self) -> u64 {
+        lock(&self.shared).next_tag()
+    }
+
     /// Ends a subscription; with `remove_durable`, a durable subscription and its stored
     /// messages are deleted too (else it stays and keeps collecting messages).
     pub fn unsubscribe(&self, id: &str, remove_durable: bool) -> Result<Confirmation, BrokerError> {

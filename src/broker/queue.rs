@@ -49,7 +49,8 @@ impl Entry {
     }
 
     pub fn is_expired(&self, now_ms: i64) -> bool {
-        self.message.expiration != 0 && self.message.expiration <= now_ms
+        // Zero or negative: never expires (ActiveMQ's `expireTime > 0`).
+        self.message.expiration > 0 && self.message.expiration <= now_ms
     }
 }
 
@@ -66,7 +67,7 @@ pub(super) struct Queue {
 
 impl Queue {
     pub fn push(&mut self, entry: Entry) {
-        if entry.message.expiration != 0 {
+        if entry.message.expiration > 0 {
             self.expiring += 1;
         }
         self.ready.insert(entry.seq, entry);

@@ -729,3 +729,149 @@ async fn a_send_waiting_when_the_journal_fails_is_answered_with_the_failure() {
         "{later:?}"
     );
 }
+
+/// A transaction rolled back, or lost with its connection, is sent again by the client with
+/// the same message ids: the second one is stored. Only a committed sequence counts as stored.
+#[tokio::test]
+async fn a_transaction_lost_with_its_connection_can_be_sent_again() {
+    let f = fixture(BrokerOptions::default()).await;
+    let mut m = persistent("order");
+    m.message_id = Some("ID:producer-1:1".into());
+    let (a, _) = f.broker.open_session(None);
+    a.begin("t").unwrap();
+    a.send(&queue("q"), m.clone(), Some("t")).unwrap();
+    drop(a); // the connection is lost: its transaction is rolled back
+    let (b, _) = f.broker.open_session(None);
+    b.begin("t").unwrap();
+    b.send(&queue("q"), m.clone(), Some("t")).unwrap();
+    b.send(&queue("q"), m.clone(), Some("t")).unwrap(); // a repeat inside one transaction
+    b.commit("t").unwrap().await.unwrap();
+    assert_eq!(
+        f.broker.queue_depth("queue://q"),
+        1,
+        "{:?}",
+        f.broker.stats()
+    );
+    // Once committed, the same id is a duplicate, in or out of a transaction.
+    b.begin("u").unwrap();
+    b.send(&queue("q"), m.clone(), Some("u")).unwrap();
+    b.commit("u").unwrap().await.unwrap();
+    b.send(&queue("q"), m, None).unwrap().await.unwrap();
+    assert_eq!(
+        f.broker.queue_depth("queue://q"),
+        1,
+        "{:?}",
+        f.broker.stats()
+    );
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Polls `condition` every 5 ms for up to 10 s.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within 10 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// An expired message moves to `ActiveMQ.DLQ` once, without its expiration, and can be
+/// consumed there (kept, it would expire again on the DLQ at every sweep).
+#[tokio::test]
+async fn an_expired_message_is_dead_lettered_once_and_consumable_there() {
+    let f = fixture(BrokerOptions {
+        expiry_sweep: Duration::from_millis(10),
+        ..BrokerOptions::default()
+    })
+    .await;
+    let (p, _) = f.broker.open_session(None);
+    let mut m = persistent("late");
+    m.expiration = now_millis() + 30;
+    p.send(&queue("q"), m, None).unwrap().await.unwrap();
+    eventually("the message expired", || {
+        f.broker.stats().dead_lettered >= 1
+    })
+    .await;
+    let (c, mut rx) = f.broker.open_session(None);
+    subscribe(&c, "dlq", queue("ActiveMQ.DLQ"), 10);
+    let d = next(&mut rx).await;
+    assert_eq!(body(&d), "late");
+    assert_eq!(d.message.expiration, 0);
+    assert_eq!(f.broker.stats().dead_lettered, 1);
+}
+
+/// A negative expiration means none, as in ActiveMQ (`expireTime > 0`).
+#[tokio::test]
+async fn a_negative_expiration_never_expires() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (s, mut rx) = f.broker.open_session(None);
+    let mut m = persistent("forever");
+    m.expiration = -5;
+    s.send(&queue("q"), m, None).unwrap().await.unwrap();
+    subscribe(&s, "s", queue("q"), 10);
+    assert_eq!(body(&next(&mut rx).await), "forever");
+}
+
+/// A connection closed with a transaction holding an ack: the message comes back counted as
+/// redelivered once, not twice (the closing session's own consumer must not get it first).
+#[tokio::test]
+async fn a_connection_closed_with_an_open_transaction_counts_one_redelivery() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (session, _rx, d) = one_delivered(&f).await;
+    session.begin("t").unwrap();
+    session.ack(d.tag, AckScope::Single, Some("t")).unwrap();
+    drop(session);
+    let (c, mut rx) = f.broker.open_session(None);
+    subscribe(&c, "s", queue("q"), 10);
+    assert_eq!(next(&mut rx).await.redelivery_count, 1);
+}
+
+/// A durable subscription removed while a transaction holds one of its messages (acked, then
+/// rolled back): the message is gone, and stays gone after a restart.
+#[tokio::test]
+async fn a_removed_durable_subscription_leaves_no_message_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = Destination::Topic("t".into());
+    {
+        let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+        let (c, mut rx) = broker.open_session(Some("cid".into()));
+        c.subscribe(SubscribeRequest {
+            id: "s".into(),
+            destination: topic.clone(),
+            prefetch: 10,
+            durable_name: Some("d".into()),
+            selector: None,
+        })
+        .unwrap()
+        .await
+        .unwrap();
+        let (p, _) = broker.open_session(None);
+        p.send(&topic, persistent("old"), None)
+            .unwrap()
+            .await
+            .unwrap();
+        let d = next(&mut rx).await;
+        c.begin("t").unwrap();
+        c.ack(d.tag, AckScope::Single, Some("t")).unwrap();
+        c.unsubscribe("s", true).unwrap().await.unwrap();
+        c.abort("t").unwrap();
+        assert_eq!(broker.queue_depth("durable://cid:d"), 0);
+        c.flush().await.unwrap();
+    }
+    let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+    assert_eq!(
+        broker.queue_depth("durable://cid:d"),
+        0,
+        "{:?}",
+        broker.queue_stats()
+    );
+}

@@ -58,6 +58,9 @@ enum AckMode {
 
 struct Subscription {
     ack: AckMode,
+    /// Deliveries with a lower tag were made to an earlier subscription with the same id
+    /// (UNSUBSCRIBE, then SUBSCRIBE again): the core took them back, so they are not written.
+    first_tag: u64,
 }
 
 /// Why a connection ends with an ERROR frame.
@@ -120,6 +123,17 @@ pub async fn serve<S>(
     }
 }
 
+/// Why [`Connection::flush_watching`] gave up.
+enum Unwritten {
+    /// The connection failed or the client closed it.
+    Failed,
+    /// The client sent nothing for the heart-beat grace.
+    Silent,
+}
+
+/// How much a client may send while a write to it waits before we stop reading it.
+const READ_WHILE_WRITING: usize = 1 << 20;
+
 struct Connection<S> {
     stream: S,
     input: BytesMut,
@@ -135,6 +149,12 @@ struct Connection<S> {
 struct Heartbeat {
     send: Option<Duration>,
     receive: Option<Duration>,
+}
+
+/// A heart-beat period the client asked for (ms), within 100 ms and a day: shorter would
+/// flood the connection, longer is as good as none (and would overflow a deadline).
+fn heartbeat_period(ms: u64) -> Duration {
+    Duration::from_millis(ms.clamp(100, 86_400_000))
 }
 
 fn parse_heartbeat(value: Option<&str>) -> (u64, u64) {
@@ -239,8 +259,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         // Mirror the client's wishes: we send as often as it asks, and allow it twice the
         // period it promises before we call it dead.
         let heartbeat = Heartbeat {
-            send: (client_receive > 0).then(|| Duration::from_millis(client_receive.max(100))),
-            receive: (client_send > 0).then(|| Duration::from_millis(client_send.max(100) * 2)),
+            send: (client_receive > 0).then(|| heartbeat_period(client_receive)),
+            receive: (client_send > 0).then(|| heartbeat_period(client_send) * 2),
         };
         let client_id = frame.get("client-id").map(str::to_string);
         let (session, deliveries) = broker.open_session(client_id);
@@ -248,7 +268,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .header("version", version_name(version))
             .header("server", concat!("ferromq/", env!("CARGO_PKG_VERSION")))
             .header("session", format!("{}", self.peer))
-            .header("heart-beat", format!("{},{}", client_receive, client_send));
+            .header(
+                "heart-beat",
+                format!(
+                    "{},{}",
+                    heartbeat.send.map_or(0, |d| d.as_millis()),
+                    heartbeat.receive.map_or(0, |d| d.as_millis() / 2)
+                ),
+            );
         if version == Version::V1_0 {
             connected.headers.retain(|(k, _)| k != "version");
         }
@@ -270,6 +297,69 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.output.clear();
         }
         Ok(())
+    }
+
+    /// Writes the output while still watching the client: a client that neither reads nor
+    /// sends anything (a heart-beat, a frame) for `grace` is dead, as when the loop is idle.
+    /// What it sends meanwhile is kept in the input buffer, unhandled, up to
+    /// [`READ_WHILE_WRITING`] bytes (past that it is plainly alive, and reading stops).
+    async fn flush_watching(
+        &mut self,
+        grace: Duration,
+        last_read: &mut Instant,
+    ) -> Result<(), Unwritten> {
+        use std::future::Future;
+        use std::pin::Pin;
+        use std::task::Poll;
+        use tokio::io::ReadBuf;
+
+        let silence = tokio::time::sleep_until(*last_read + grace);
+        tokio::pin!(silence);
+        let Connection {
+            stream,
+            input,
+            output,
+            ..
+        } = self;
+        let mut chunk = [0u8; 4096];
+        std::future::poll_fn(|cx| loop {
+            while !output.is_empty() {
+                match Pin::new(&mut *stream).poll_write(cx, output) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(Err(Unwritten::Failed))
+                    }
+                    Poll::Ready(Ok(n)) => bytes::Buf::advance(output, n),
+                    Poll::Pending => break,
+                }
+            }
+            if output.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            if input.len() >= READ_WHILE_WRITING {
+                *last_read = Instant::now();
+                silence.as_mut().reset(*last_read + grace);
+            } else {
+                let mut buf = ReadBuf::new(&mut chunk);
+                match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                        return Poll::Ready(Err(Unwritten::Failed))
+                    }
+                    Poll::Ready(Ok(())) => {
+                        input.extend_from_slice(buf.filled());
+                        *last_read = Instant::now();
+                        silence.as_mut().reset(*last_read + grace);
+                        continue;
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(Unwritten::Failed)),
+                    Poll::Pending => {}
+                }
+            }
+            return match silence.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(Unwritten::Silent)),
+                Poll::Pending => Poll::Pending,
+            };
+        })
+        .await
     }
 
     /// Sends an ERROR frame and closes.
@@ -312,56 +402,76 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .unwrap_or(Duration::from_secs(3600));
         let mut receive_tick = tokio::time::interval(check);
         receive_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Bytes read while a write waited (see `flush_watching`), not yet handled.
+        let mut unhandled_input = false;
         let result: Result<(), Fatal> = loop {
-            let step = tokio::select! {
-                read = self.stream.read_buf(&mut self.input), if !paused => match read {
-                    Ok(0) | Err(_) => break Ok(()),
-                    Ok(_) => {
-                        last_read = Instant::now();
-                        self.handle_input(&mut state)
-                    }
-                },
-                () = gate.room(), if paused => {
-                    paused = false;
-                    // Not reading was the broker's doing, not a silent client.
-                    last_read = Instant::now();
-                    tracing::debug!(peer = %self.peer, "memory available again: reading resumed");
-                    Ok(Step::Continue)
-                }
-                Some(delivery) = deliveries.recv() => {
-                    self.write_delivery(&mut state, delivery);
-                    // Batch what else is ready into the same write.
-                    for _ in 0..255 {
-                        match deliveries.try_recv() {
-                            Ok(d) => self.write_delivery(&mut state, d),
-                            Err(_) => break,
+            let step = if std::mem::take(&mut unhandled_input) {
+                self.handle_input(&mut state)
+            } else {
+                tokio::select! {
+                    read = self.stream.read_buf(&mut self.input), if !paused => match read {
+                        Ok(0) | Err(_) => break Ok(()),
+                        Ok(_) => {
+                            last_read = Instant::now();
+                            self.handle_input(&mut state)
                         }
+                    },
+                    () = gate.room(), if paused => {
+                        paused = false;
+                        // Not reading was the broker's doing, not a silent client.
+                        last_read = Instant::now();
+                        tracing::debug!(peer = %self.peer, "memory available again: reading resumed");
+                        Ok(Step::Continue)
                     }
-                    Ok(Step::Continue)
-                }
-                result = front(&mut state.awaiting), if !state.awaiting.is_empty() => {
-                    let (awaiting, _) = state.awaiting.pop_front().expect("non-empty");
-                    self.answer(awaiting, result)
-                }
-                _ = send_tick.tick(), if heartbeat.send.is_some() => {
-                    if !wrote_since_tick {
-                        self.output.extend_from_slice(b"\n");
+                    Some(delivery) = deliveries.recv() => {
+                        self.write_delivery(&mut state, delivery);
+                        // Batch what else is ready into the same write.
+                        for _ in 0..255 {
+                            match deliveries.try_recv() {
+                                Ok(d) => self.write_delivery(&mut state, d),
+                                Err(_) => break,
+                            }
+                        }
+                        Ok(Step::Continue)
                     }
-                    wrote_since_tick = false;
-                    Ok(Step::Continue)
-                }
-                _ = receive_tick.tick(), if heartbeat.receive.is_some() => {
-                    if !paused && last_read.elapsed() > heartbeat.receive.expect("guarded") {
-                        tracing::info!(peer = %self.peer, "no heart-beat from client; closing");
-                        break Ok(());
+                    result = front(&mut state.awaiting), if !state.awaiting.is_empty() => {
+                        let (awaiting, _) = state.awaiting.pop_front().expect("non-empty");
+                        self.answer(awaiting, result)
                     }
-                    Ok(Step::Continue)
+                    _ = send_tick.tick(), if heartbeat.send.is_some() => {
+                        if !wrote_since_tick {
+                            self.output.extend_from_slice(b"\n");
+                        }
+                        wrote_since_tick = false;
+                        Ok(Step::Continue)
+                    }
+                    _ = receive_tick.tick(), if heartbeat.receive.is_some() => {
+                        if !paused && last_read.elapsed() > heartbeat.receive.expect("guarded") {
+                            tracing::info!(peer = %self.peer, "no heart-beat from client; closing");
+                            break Ok(());
+                        }
+                        Ok(Step::Continue)
+                    }
                 }
             };
             if !self.output.is_empty() {
                 wrote_since_tick = true;
-                if self.flush_output().await.is_err() {
-                    break Ok(());
+                let written = match heartbeat.receive {
+                    Some(grace) if !paused => {
+                        let before = self.input.len();
+                        let written = self.flush_watching(grace, &mut last_read).await;
+                        unhandled_input = self.input.len() > before;
+                        written
+                    }
+                    _ => self.flush_output().await.map_err(|_| Unwritten::Failed),
+                };
+                match written {
+                    Ok(()) => {}
+                    Err(Unwritten::Failed) => break Ok(()),
+                    Err(Unwritten::Silent) => {
+                        tracing::info!(peer = %self.peer, "no heart-beat from client while writing to it; closing");
+                        break Ok(());
+                    }
                 }
             }
             // Auto-ack what has now been written to the socket.
@@ -491,7 +601,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     fn write_delivery(&mut self, state: &mut State, delivery: Delivery) {
-        let Some(subscription) = state.subscriptions.get(&delivery.subscription) else {
+        let Some(subscription) = state
+            .subscriptions
+            .get(&delivery.subscription)
+            .filter(|s| delivery.tag >= s.first_tag)
+        else {
             return; // unsubscribed meanwhile; the core takes it back
         };
         let ack = subscription.ack;
@@ -665,7 +779,9 @@ impl State {
         if self.subscriptions.contains_key(&id) {
             return Err(BrokerError::DuplicateSubscription(id).into());
         }
-        self.subscriptions.insert(id.clone(), Subscription { ack });
+        let first_tag = self.session.next_tag();
+        self.subscriptions
+            .insert(id.clone(), Subscription { ack, first_tag });
         let result = self.session.subscribe(SubscribeRequest {
             id: id.clone(),
             destination,
@@ -710,10 +826,15 @@ impl State {
                 .map_err(|_| Fatal::new(format!("header 'id' names no delivery: '{id}'")));
         }
         let message_id = required(frame, "message-id")?;
-        // Clients that use our `ack` header value as the id are served too.
-        if let Some((tag, _)) = self.unacked.iter().find(|(_, (_, m))| m == message_id) {
+        // Two subscriptions (on one topic, say) hold deliveries of the same message: the
+        // `subscription` header (required in 1.1, optional in 1.0) says whose is acknowledged.
+        let subscription = frame.get("subscription");
+        if let Some((tag, _)) = self.unacked.iter().find(|(_, (sub, m))| {
+            m == message_id && subscription.is_none_or(|wanted| wanted == sub)
+        }) {
             return Ok(*tag);
         }
+        // Clients that use our `ack` header value as the id are served too.
         message_id
             .parse()
             .map_err(|_| Fatal::new(format!("no unacknowledged message '{message_id}'")))
@@ -766,6 +887,214 @@ mod tests {
         assert_eq!(negotiate_version(Some("1.0,1.1,1.2")), Some(Version::V1_2));
         assert_eq!(negotiate_version(Some("1.1")), Some(Version::V1_1));
         assert_eq!(negotiate_version(Some("2.0")), None);
+    }
+
+    use tokio::io::DuplexStream;
+
+    /// A client on an in-memory pipe of `capacity` bytes to a `serve` task of `broker`.
+    struct Peer {
+        io: DuplexStream,
+        buf: BytesMut,
+        decoder: Decoder,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Peer {
+        fn start(broker: &Broker, capacity: usize) -> Peer {
+            let (client, server) = tokio::io::duplex(capacity);
+            let options = Arc::new(StompOptions {
+                max_frame_size: 1 << 20,
+                users: HashMap::new(),
+                connect_timeout: Duration::from_secs(5),
+            });
+            let broker = broker.clone();
+            let peer = "127.0.0.1:1".parse().unwrap();
+            let task = tokio::spawn(serve(server, BytesMut::new(), broker, options, peer));
+            Peer {
+                io: client,
+                buf: BytesMut::new(),
+                decoder: Decoder::new(1 << 20),
+                task,
+            }
+        }
+
+        /// Connects with `headers` (one per line) and returns the CONNECTED frame.
+        async fn connect(broker: &Broker, version: &str, headers: &str) -> (Peer, Frame) {
+            let mut peer = Peer::start(broker, 1 << 20);
+            peer.write(&format!("CONNECT\naccept-version:{version}\n{headers}\n\0"))
+                .await;
+            let connected = peer.next_frame().await;
+            assert_eq!(connected.command, Command::Connected, "{connected:?}");
+            peer.decoder.set_version(Version::parse(version).unwrap());
+            (peer, connected)
+        }
+
+        async fn write(&mut self, text: &str) {
+            self.io.write_all(text.as_bytes()).await.unwrap();
+        }
+
+        /// The next frame (heart-beats skipped); fails after 10 s.
+        async fn next_frame(&mut self) -> Frame {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(item) = self.decoder.decode(&mut self.buf).unwrap() {
+                    match item {
+                        Item::Frame(f) => return f,
+                        Item::HeartBeat => continue,
+                    }
+                }
+                let read = tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.buf));
+                match read.await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    other => panic!("no frame within 10 s: {other:?}"),
+                }
+            }
+        }
+
+        /// Frames up to and including the one `last` accepts.
+        async fn frames_until(&mut self, last: impl Fn(&Frame) -> bool) -> Vec<Frame> {
+            let mut frames = Vec::new();
+            loop {
+                let f = self.next_frame().await;
+                let done = last(&f);
+                frames.push(f);
+                if done {
+                    return frames;
+                }
+            }
+        }
+    }
+
+    fn is_receipt(id: &str) -> impl Fn(&Frame) -> bool + '_ {
+        move |f| f.command == Command::Receipt && f.get("receipt-id") == Some(id)
+    }
+
+    fn bodies(frames: &[Frame]) -> Vec<String> {
+        frames
+            .iter()
+            .filter(|f| f.command == Command::Message)
+            .map(|f| String::from_utf8_lossy(&f.body).into_owned())
+            .collect()
+    }
+
+    /// UNSUBSCRIBE and SUBSCRIBE again with the same id: what the core delivered to the old
+    /// subscription (and took back) is not written under the new one as well.
+    #[tokio::test]
+    async fn a_subscription_id_used_again_gets_each_message_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        let (mut p, _) = Peer::connect(&broker, "1.2", "").await;
+        p.write("SEND\ndestination:/queue/q\npersistent:true\nreceipt:r1\n\nfirst\0")
+            .await;
+        p.frames_until(is_receipt("r1")).await;
+        p.write(concat!(
+            "SUBSCRIBE\nid:1\ndestination:/queue/q\nack:client-individual\n\n\0",
+            "UNSUBSCRIBE\nid:1\n\n\0",
+            "SUBSCRIBE\nid:1\ndestination:/queue/q\nack:client-individual\n\n\0",
+            "SEND\ndestination:/queue/q\npersistent:true\n\nsecond\0",
+        ))
+        .await;
+        let frames = p
+            .frames_until(|f| f.command == Command::Message && &f.body[..] == b"second")
+            .await;
+        assert_eq!(bodies(&frames), ["first", "second"]);
+    }
+
+    /// STOMP 1.1: two subscriptions hold the same message (one topic); an ACK names the
+    /// subscription whose delivery it acknowledges.
+    #[tokio::test]
+    async fn a_stomp_1_1_ack_acknowledges_the_named_subscriptions_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        let (mut p, _) = Peer::connect(&broker, "1.1", "client-id:c1\n").await;
+        p.write(concat!(
+            "SUBSCRIBE\nid:A\ndestination:/topic/t\nack:client-individual\n",
+            "activemq.subscriptionName:A\n\n\0",
+            "SUBSCRIBE\nid:B\ndestination:/topic/t\nack:client-individual\n",
+            "activemq.subscriptionName:B\nreceipt:s\n\n\0",
+        ))
+        .await;
+        p.frames_until(is_receipt("s")).await;
+        p.write("SEND\ndestination:/topic/t\npersistent:true\n\nx\0")
+            .await;
+        let first = p.next_frame().await;
+        let second = p.next_frame().await;
+        let id = first.get("message-id").unwrap().to_string();
+        assert_eq!(second.get("message-id"), Some(id.as_str()));
+        p.write(&format!(
+            "ACK\nsubscription:B\nmessage-id:{id}\nreceipt:a\n\n\0"
+        ))
+        .await;
+        p.frames_until(is_receipt("a")).await;
+        let in_flight = |name: &str| {
+            broker
+                .queue_stats()
+                .into_iter()
+                .find(|q| q.name.ends_with(name))
+                .map(|q| q.in_flight)
+        };
+        assert_eq!((in_flight(":A"), in_flight(":B")), (Some(1), Some(0)));
+    }
+
+    /// A client that promised heart-beats, then neither reads nor sends while the broker has
+    /// more to write than the connection holds, is taken for dead: its deliveries go back.
+    #[tokio::test]
+    async fn a_silent_client_is_dropped_even_while_a_write_to_it_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        let mut p = Peer::start(&broker, 4096);
+        p.write(concat!(
+            "CONNECT\naccept-version:1.2\nheart-beat:100,0\n\n\0",
+            "SUBSCRIBE\nid:1\ndestination:/queue/q\nack:client\n\n\0",
+        ))
+        .await;
+        let (producer, _) = broker.open_session(None);
+        for _ in 0..50 {
+            let m = NewMessage {
+                persistent: true,
+                body: vec![b'x'; 1000].into(),
+                ..Default::default()
+            };
+            let sent = producer.send(&Destination::Queue("q".into()), m, None);
+            sent.unwrap().await.unwrap();
+        }
+        // The client now neither reads nor writes; the broker's writes fill the pipe.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let q = broker
+                .queue_stats()
+                .into_iter()
+                .find(|q| q.name == "queue://q");
+            if q.as_ref()
+                .is_some_and(|q| q.consumers == 0 && q.ready == 50)
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still served: {q:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(p);
+    }
+
+    /// A heart-beat period past any sensible value is bounded (a day), not overflowed.
+    #[tokio::test]
+    async fn a_huge_heart_beat_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        let (mut p, connected) = Peer::connect(
+            &broker,
+            "1.2",
+            "heart-beat:18446744073709551615,18446744073709551615\n",
+        )
+        .await;
+        assert_eq!(connected.get("heart-beat"), Some("86400000,86400000"));
+        p.write("DISCONNECT\nreceipt:bye\n\n\0").await;
+        p.frames_until(is_receipt("bye")).await;
+        let ended = tokio::time::timeout(Duration::from_secs(10), &mut p.task).await;
+        assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
     }
 
     #[test]
