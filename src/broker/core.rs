@@ -89,6 +89,9 @@ struct Transaction {
     sends: Vec<(Destination, Arc<Message>)>,
     /// Acknowledged deliveries: (consumer, delivery tag, what was delivered).
     acks: Vec<(u64, u64, InFlight)>,
+    /// Rejected deliveries (a STOMP NACK in the transaction): dead-lettered at commit,
+    /// redelivered at rollback.
+    nacks: Vec<InFlight>,
 }
 
 #[derive(Default)]
@@ -954,7 +957,8 @@ impl Core {
             .ok_or(BrokerError::DurableNeedsClientId)?;
         let queue = durable_queue(&client_id, name);
         match self.durables.get(&queue) {
-            None => Ok(Confirmation::done()),
+            // As ActiveMQ (and JMS's `Session.unsubscribe`): an unknown name is an error.
+            None => Err(BrokerError::UnknownDurable(name.to_string())),
             Some(d) if d.active.is_some() => Err(BrokerError::DurableInUse(name.to_string())),
             Some(_) => {
                 self.remove_durable(&queue)?;
@@ -1502,8 +1506,21 @@ impl Core {
         tag: u64,
         transaction: Option<&str>,
     ) -> Result<Confirmation, BrokerError> {
-        let _ = transaction; // a poison ack takes effect at once, as in ActiveMQ
+        if let Some(tx) = transaction {
+            if !self.session(session)?.transactions.contains_key(tx) {
+                return Err(BrokerError::UnknownTransaction(tx.to_string()));
+            }
+        }
         let (cid, rejected) = self.take_acked(session, tag, AckScope::Single)?;
+        if let Some(tx) = transaction {
+            let state = self.session(session)?;
+            let transaction = state.transactions.get_mut(tx).expect("checked above");
+            transaction
+                .nacks
+                .extend(rejected.into_iter().map(|(_, f)| f));
+            self.refill(cid);
+            return Ok(Confirmation::done());
+        }
         for (_, f) in rejected {
             if let Some(queue) = f.queue {
                 self.dead_letter(&queue, f.entry, "rejected by the consumer")?;
@@ -1680,9 +1697,14 @@ impl Core {
                 entries.push(remove_entry(queue, key));
             }
         }
+        for f in transaction.nacks {
+            if let Some(queue) = f.queue {
+                self.dead_letter(&queue, f.entry, "rejected by the consumer")?;
+            }
+        }
         if entries.is_empty() {
             self.publish_now(publish);
-            return Ok(Confirmation::done());
+            return Ok(self.flush());
         }
         let (start, _) = self.append_deferred(entries)?;
         for (p, index) in keyed {
@@ -1730,6 +1752,9 @@ impl Core {
                     continue;
                 }
             }
+            self.redeliver(f, &mut touched)?;
+        }
+        for f in transaction.nacks {
             self.redeliver(f, &mut touched)?;
         }
         self.dispatch_all(touched);

@@ -35,6 +35,10 @@ pub use self::memory::MemoryGate;
 /// The dead-letter queue, ActiveMQ's default name.
 pub const DEAD_LETTER_QUEUE: &str = "queue://ActiveMQ.DLQ";
 
+/// The header holding a message's JMSType (STOMP's `type` header, OpenWire's `JMSType`). A JMS
+/// property name cannot contain `-`, so a property called `type` keeps its own name.
+pub const JMS_TYPE_HEADER: &str = "jms-type";
+
 /// How the broker core behaves; filled from the configuration.
 #[derive(Debug, Clone)]
 pub struct BrokerOptions {
@@ -178,12 +182,17 @@ pub enum BrokerError {
     DuplicateSubscription(String),
     #[error("no subscription with id '{0}' on this connection")]
     UnknownSubscription(String),
+    #[error("no durable subscription named '{0}' for this client id")]
+    UnknownDurable(String),
     #[error("no delivery '{0}' awaiting acknowledgement on this connection")]
     UnknownDelivery(u64),
     #[error("transaction '{0}' is already open")]
     TransactionExists(String),
     #[error("no transaction '{0}' is open")]
     UnknownTransaction(String),
+    /// A commit refused because part of the transaction was refused: it was rolled back.
+    #[error("transaction '{0}' was rolled back: {1}")]
+    RolledBack(String, String),
     #[error("a durable subscription needs a client id (STOMP header client-id on CONNECT)")]
     DurableNeedsClientId,
     #[error("durable subscription '{0}' is already active on another connection")]

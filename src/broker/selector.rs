@@ -22,7 +22,7 @@
 //!   | `JMSRedelivered`    | TRUE when delivered before                               |
 //!   | `JMSXDeliveryCount` | deliveries including this one (ActiveMQ's)               |
 //!   | `JMSCorrelationID`  | header `correlation-id` (as STOMP/ActiveMQ map it)       |
-//!   | `JMSType`           | header `type`                                            |
+//!   | `JMSType`           | header `jms-type` (STOMP's `type`)                       |
 //!   | `JMSReplyTo`        | header `reply-to`                                        |
 //!
 //!   Any other name (`JMSXGroupID` included) is the header of that name.
@@ -592,7 +592,7 @@ fn resolve(name: &str) -> (Prop, Kind) {
         "JMSRedelivered" => (Prop::Redelivered, Kind::Bool),
         "JMSXDeliveryCount" => (Prop::DeliveryCount, Kind::Num),
         "JMSCorrelationID" => (Prop::Header("correlation-id".into()), Kind::Any),
-        "JMSType" => (Prop::Header("type".into()), Kind::Any),
+        "JMSType" => (Prop::Header(super::JMS_TYPE_HEADER.into()), Kind::Any),
         "JMSReplyTo" => (Prop::Header("reply-to".into()), Kind::Any),
         other => (Prop::Header(other.into()), Kind::Any),
     }
@@ -1502,7 +1502,7 @@ mod tests {
             ("a", "1"),
             ("b", "0"),
             ("c", "0"),
-            ("type", "order"),
+            ("jms-type", "order"),
             ("correlation-id", "c-1"),
             ("JMSXGroupID", "g1"),
             ("unicode", "héllo"),

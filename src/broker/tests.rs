@@ -875,3 +875,22 @@ async fn a_removed_durable_subscription_leaves_no_message_behind() {
         broker.queue_stats()
     );
 }
+
+/// A NACK inside a transaction takes effect with it: the message goes to the DLQ at commit,
+/// and comes back (redelivered) if the transaction is rolled back.
+#[tokio::test]
+async fn a_nack_in_a_transaction_takes_effect_at_commit_only() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (session, mut rx, d) = one_delivered(&f).await;
+    session.begin("t").unwrap();
+    session.nack(d.tag, Some("t")).unwrap().await.unwrap();
+    assert_eq!(f.broker.queue_depth("queue://ActiveMQ.DLQ"), 0);
+    session.abort("t").unwrap();
+    let again = next(&mut rx).await;
+    assert_eq!((body(&again), again.redelivery_count), ("m", 1));
+    session.begin("u").unwrap();
+    session.nack(again.tag, Some("u")).unwrap().await.unwrap();
+    session.commit("u").unwrap().await.unwrap();
+    assert_eq!(f.broker.queue_depth("queue://ActiveMQ.DLQ"), 1);
+    assert_eq!(f.broker.queue_depth("queue://q"), 0);
+}

@@ -30,7 +30,7 @@ use crate::store::Message as StoredMessage;
 /// Headers that carry JMS header fields rather than properties.
 const CORRELATION_ID: &str = "correlation-id";
 const REPLY_TO: &str = "reply-to";
-const TYPE: &str = "type";
+const TYPE: &str = crate::broker::JMS_TYPE_HEADER;
 const GROUP_ID: &str = "JMSXGroupID";
 const GROUP_SEQ: &str = "JMSXGroupSeq";
 const ORIGINAL_DESTINATION: &str = "original-destination";
@@ -498,7 +498,7 @@ mod tests {
         };
         assert_eq!(find("correlation-id"), "c-1");
         assert_eq!(find("reply-to"), "/temp-queue/ID:t:1:1");
-        assert_eq!(find("type"), "order");
+        assert_eq!(find("jms-type"), "order");
         assert_eq!(find("count"), "-5");
 
         let stored = StoredMessage {
@@ -572,5 +572,41 @@ mod tests {
             ..Message::default()
         };
         assert_eq!(to_new_message(&m).unwrap_err(), ConvertError::Blob);
+    }
+
+    /// JMSType and a property called `type` are two things, both ways.
+    #[test]
+    fn a_property_named_type_stays_a_property() {
+        let mut props = PrimitiveMap::new();
+        props.insert("type", PrimitiveValue::String("invoice".into()));
+        let mut marshalled = BytesMut::new();
+        props.encode(&mut marshalled).unwrap();
+        let sent = Message {
+            kind: MessageKind::Text,
+            destination: Some(OwDestination::queue("orders")),
+            jms_type: Some("order".into()),
+            content: Some(text_body("x")),
+            marshalled_properties: Some(marshalled.freeze()),
+            ..Message::default()
+        };
+        let new = to_new_message(&sent).unwrap();
+        let stored = StoredMessage {
+            message_id: "ID:h-1:1:1:1".into(),
+            destination: "queue://orders".into(),
+            headers: new.headers.clone(),
+            body: new.body.clone(),
+            body_type: new.body_type as i32,
+            ..StoredMessage::default()
+        };
+        let back = to_openwire(&stored, &OwDestination::queue("orders"), 0, 1, 0).unwrap();
+        let props_back = back
+            .marshalled_properties
+            .as_ref()
+            .map(|p| PrimitiveMap::decode(p).unwrap())
+            .unwrap_or_default();
+        assert_eq!(
+            (back.jms_type.as_deref(), props_back.string("type")),
+            (Some("order"), Some("invoice"))
+        );
     }
 }

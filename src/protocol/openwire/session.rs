@@ -349,8 +349,11 @@ fn throwable(class: &str, message: impl Into<String>) -> Throwable {
 fn exception_class(e: &BrokerError) -> &'static str {
     match e {
         BrokerError::InvalidSelector(_) => "javax.jms.InvalidSelectorException",
-        BrokerError::InvalidDestination(_) => "javax.jms.InvalidDestinationException",
+        BrokerError::InvalidDestination(_) | BrokerError::UnknownDurable(_) => {
+            "javax.jms.InvalidDestinationException"
+        }
         BrokerError::DurableNeedsClientId => "javax.jms.InvalidClientIDException",
+        BrokerError::RolledBack(..) => "javax.jms.TransactionRolledBackException",
         _ => "javax.jms.JMSException",
     }
 }
@@ -527,6 +530,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             pulls: Vec::new(),
             acks: HashMap::new(),
             tx_acks: HashMap::new(),
+            rollback_only: HashMap::new(),
             now: now_ms(),
             connection_id: connection_id.clone(),
             options: options.clone(),
@@ -818,7 +822,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 state.awaiting.push_back((awaiting, confirmation));
                 Ok(())
             }
-            Err(e) => self.refuse(&command, e),
+            Err(e) => {
+                if let (Command::Message(m), false) = (&command, is_not_serving(&e)) {
+                    self.refused_send(state, m, &e)?;
+                }
+                self.refuse(&command, e)
+            }
+        }
+    }
+
+    /// A send was refused. Inside a transaction, the transaction can no longer commit. An
+    /// asynchronous send outside one (no response awaited) is reported to the connection's
+    /// exception listener with a `ConnectionError`, instead of vanishing.
+    fn refused_send(
+        &mut self,
+        state: &mut State,
+        m: &super::Message,
+        error: &BrokerError,
+    ) -> Result<(), Close> {
+        match m.transaction_id.as_ref().map(transaction_key) {
+            Some(Ok(key)) => {
+                state
+                    .rollback_only
+                    .entry(key)
+                    .or_insert_with(|| error.to_string());
+                Ok(())
+            }
+            Some(Err(_)) => Ok(()),
+            None if m.response_required => Ok(()),
+            None => self.queue(&Command::ConnectionError(ConnectionError {
+                exception: Some(throwable(exception_class(error), error.to_string())),
+                ..ConnectionError::default()
+            })),
         }
     }
 
@@ -1010,6 +1045,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         consumer
             .dispatched
             .insert(delivery.tag, delivery.message.clone());
+        if consumer.prefetch == 0 {
+            // This answers the consumer's pull (a JMS client has one receive outstanding): its
+            // deadline must not answer a later pull with nothing.
+            state.pulls.retain(|(_, k)| *k != delivery.subscription);
+        }
         let dispatch = MessageDispatch {
             consumer_id: Some(consumer.id.clone()),
             destination: Some(consumer.destination.clone()),
@@ -1136,6 +1176,9 @@ struct State {
     acks: HashMap<String, u64>,
     /// Acks inside each open transaction: (consumer, tag, scope), settled at commit.
     tx_acks: HashMap<String, Vec<(String, u64, AckScope)>>,
+    /// Open transactions with a refused send the client was not told of (it did not wait for
+    /// a response): their commit is refused and rolls them back, as ActiveMQ does.
+    rollback_only: HashMap<String, String>,
     now: i64,
     connection_id: String,
     options: Arc<OpenWireOptions>,
@@ -1205,11 +1248,42 @@ impl State {
             .as_ref()
             .map(transaction_key)
             .transpose()?;
+        let ranged = match ack.ack_type {
+            2 => self.ranged(&key, ack.first_message_id.as_ref(), tag),
+            _ => None,
+        };
         let consumer = self.consumers.get_mut(&key).expect("checked above");
         match ack.ack_type {
             // Delivered: consumed, acknowledged later; widens the window.
             0 => self.session.delivered(&key, tag),
-            // Standard: everything up to `last`.
+            // Standard: `first..=last`. That is everything up to `last` when `first` is the
+            // oldest outstanding delivery (or unknown), the usual case; otherwise an earlier one
+            // waits for a local redelivery on the client (`nonBlockingRedelivery`) and stays
+            // outstanding, as in ActiveMQ's PrefetchSubscription.
+            2 if ranged.is_some() => {
+                let tags = ranged.unwrap_or_default();
+                self.flush_consumer_ack(&key)?;
+                if let Some(tx) = &transaction {
+                    let _ = self.session.begin(tx);
+                }
+                for t in tags {
+                    if transaction.is_none() {
+                        if let Some(c) = self.consumers.get_mut(&key) {
+                            c.dispatched.remove(&t);
+                        }
+                    }
+                    self.session
+                        .ack(t, AckScope::Single, transaction.as_deref())?;
+                    if let Some(tx) = &transaction {
+                        self.tx_acks.entry(tx.clone()).or_default().push((
+                            key.clone(),
+                            t,
+                            AckScope::Single,
+                        ));
+                    }
+                }
+                Ok(())
+            }
             2 => {
                 match transaction {
                     None => {
@@ -1285,6 +1359,17 @@ impl State {
             // Unknown types change nothing.
             _ => Ok(()),
         }
+    }
+
+    /// The outstanding deliveries of a standard ack from `first` to `last`, when `first` is
+    /// known and is not the oldest outstanding one (else the ack is cumulative: `None`).
+    fn ranged(&self, key: &str, first: Option<&super::MessageId>, last: u64) -> Option<Vec<u64>> {
+        let first = self.acked_tag(key, first)?;
+        let dispatched = &self.consumers.get(key)?.dispatched;
+        if dispatched.keys().next() == Some(&first) || first > last {
+            return None;
+        }
+        Some(dispatched.range(first..=last).map(|(t, _)| *t).collect())
     }
 
     fn flush_consumer_ack(&mut self, key: &str) -> Result<(), BrokerError> {
@@ -1411,6 +1496,15 @@ impl State {
                 Err(e) => Err(e),
             },
             // COMMIT_ONE_PHASE (and two-phase, which a local transaction never uses).
+            2 | 3 if self.rollback_only.contains_key(&key) => {
+                let reason = self.rollback_only.remove(&key).unwrap_or_default();
+                self.tx_acks.remove(&key);
+                match self.session.rollback_keeping_deliveries(&key) {
+                    Ok(()) | Err(BrokerError::UnknownTransaction(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                Err(BrokerError::RolledBack(key, reason))
+            }
             2 | 3 => {
                 let acks: Vec<String> = self.acks.keys().cloned().collect();
                 for k in acks {
@@ -1434,6 +1528,7 @@ impl State {
             // delivered to it (to be acknowledged again, or poisoned).
             4 => {
                 self.tx_acks.remove(&key);
+                self.rollback_only.remove(&key);
                 match self.session.rollback_keeping_deliveries(&key) {
                     Ok(()) | Err(BrokerError::UnknownTransaction(_)) => Ok(None),
                     Err(e) => Err(e),

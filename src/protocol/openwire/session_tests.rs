@@ -427,3 +427,229 @@ async fn absurd_timeouts_from_a_client_are_bounded_not_fatal() {
     assert!(matches!(answer, Command::Response(_)), "{answer:?}");
     assert_eq!(body_of(&c.next().await).as_deref(), Some("still here"));
 }
+
+// ----- transactions, ranged acks, pulls, unsubscribe ---------------------------------------
+
+use crate::protocol::openwire::{LocalTransactionId, RemoveSubscriptionInfo};
+
+fn local_tx(connection: &str, value: i64) -> TransactionId {
+    TransactionId::Local(LocalTransactionId {
+        value,
+        connection_id: Some(ConnectionId {
+            value: Some(connection.into()),
+        }),
+    })
+}
+
+/// A TransactionInfo of `kind` (0 begin, 2 commit, 4 rollback); answered when `id` is not 0.
+fn tx_info(connection: &str, tx: &TransactionId, kind: u8, id: i32) -> Command {
+    Command::TransactionInfo(TransactionInfo {
+        command_id: id,
+        response_required: id != 0,
+        connection_id: Some(ConnectionId {
+            value: Some(connection.into()),
+        }),
+        transaction_id: Some(tx.clone()),
+        transaction_type: kind,
+    })
+}
+
+fn in_tx(mut send: Command, tx: &TransactionId) -> Command {
+    if let Command::Message(m) = &mut send {
+        m.transaction_id = Some(tx.clone());
+    }
+    send
+}
+
+/// Commits `tx` and returns the answer to the commit.
+async fn commit(c: &mut Client, connection: &str, tx: &TransactionId) -> Command {
+    let id = c.id();
+    c.write(&tx_info(connection, tx, 2, id)).await;
+    loop {
+        let answer = c.next().await;
+        match &answer {
+            Command::Response(r) if r.correlation_id == id => return answer,
+            Command::ExceptionResponse(r) if r.correlation_id == id => return answer,
+            _ => {}
+        }
+    }
+}
+
+/// Polls `condition` every 5 ms for up to `WAIT`.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not in time: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The failover transport reconnects (to the same broker) and replays an open transaction,
+/// BEGIN and sends with their producer sequences; then the application commits. Stored once.
+#[tokio::test]
+async fn a_transaction_replayed_on_a_new_connection_is_stored_at_commit() {
+    let f = fixture(&[]);
+    let conn = "ID:t-1:1";
+    let tx = local_tx(conn, 1);
+    let send = in_tx(text(conn, "txq", 1, "in tx"), &tx);
+    let mut a = Client::connected(&f, conn).await;
+    a.write(&tx_info(conn, &tx, 0, 0)).await;
+    a.write(&send).await;
+    a.request(subscribe(conn, 9, "elsewhere", 1)).await; // both handled
+    drop(a);
+    let mut b = Client::connected(&f, conn).await;
+    b.write(&tx_info(conn, &tx, 0, 0)).await;
+    b.write(&send).await;
+    let answer = commit(&mut b, conn, &tx).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    assert_eq!(f.broker.queue_depth("queue://txq"), 1);
+}
+
+/// A send the broker refuses inside a transaction (a compressed body) without the client
+/// waiting for an answer: the commit is refused with TransactionRolledBackException and
+/// nothing of the transaction is stored, as in ActiveMQ.
+#[tokio::test]
+async fn a_refused_send_in_a_transaction_fails_its_commit() {
+    let f = fixture(&[]);
+    let conn = "ID:t-2:1";
+    let tx = local_tx(conn, 1);
+    let mut c = Client::connected(&f, conn).await;
+    c.write(&tx_info(conn, &tx, 0, 0)).await;
+    for (sequence, compressed) in [(1, true), (2, false)] {
+        let mut send = in_tx(text(conn, "txq2", sequence, "body"), &tx);
+        if let Command::Message(m) = &mut send {
+            m.compressed = compressed;
+        }
+        c.write(&send).await;
+    }
+    let answer = commit(&mut c, conn, &tx).await;
+    let Command::ExceptionResponse(e) = &answer else {
+        panic!("the commit was accepted: {answer:?}");
+    };
+    let class = e.exception.as_ref().and_then(|t| t.class_name.clone());
+    assert_eq!(
+        class.as_deref(),
+        Some("javax.jms.TransactionRolledBackException")
+    );
+    assert_eq!(f.broker.queue_depth("queue://txq2"), 0);
+    // The session goes on: a new transaction commits.
+    let tx2 = local_tx(conn, 2);
+    c.write(&tx_info(conn, &tx2, 0, 0)).await;
+    c.write(&in_tx(text(conn, "txq2", 3, "next"), &tx2)).await;
+    let answer = commit(&mut c, conn, &tx2).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    assert_eq!(f.broker.queue_depth("queue://txq2"), 1);
+}
+
+/// An asynchronous send outside a transaction that the broker refuses is reported to the
+/// connection (its exception listener) with a ConnectionError instead of vanishing.
+#[tokio::test]
+async fn a_refused_asynchronous_send_is_reported_with_a_connection_error() {
+    let f = fixture(&[]);
+    let conn = "ID:t-3:1";
+    let mut c = Client::connected(&f, conn).await;
+    let mut send = text(conn, "async", 1, "body");
+    if let Command::Message(m) = &mut send {
+        m.compressed = true;
+    }
+    c.write(&send).await;
+    let Command::ConnectionError(e) = c.next().await else {
+        panic!("no ConnectionError");
+    };
+    let message = e.exception.and_then(|t| t.message).unwrap_or_default();
+    assert!(message.contains("compressed"), "{message}");
+    // The connection stays usable.
+    let answer = c.request(text(conn, "async", 2, "plain")).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+}
+
+fn ranged_ack(connection: &str, kind: u8, first: &MessageId, last: &MessageId) -> Command {
+    Command::MessageAck(MessageAck {
+        destination: Some(OwDestination::queue("ranged")),
+        consumer_id: Some(consumer(connection, 1)),
+        ack_type: kind,
+        first_message_id: Some(first.clone()),
+        last_message_id: Some(last.clone()),
+        message_count: 1,
+        ..Default::default()
+    })
+}
+
+/// A standard ack covers `firstMessageId..lastMessageId`, not every earlier delivery: with
+/// `nonBlockingRedelivery` the client acks m2..m3 while m1 waits for a local redelivery, then
+/// poisons m1, which must reach the DLQ.
+#[tokio::test]
+async fn a_standard_ack_covers_only_its_range() {
+    let f = fixture(&[]);
+    let conn = "ID:t-4:1";
+    let mut c = Client::connected(&f, conn).await;
+    for n in 1..=3 {
+        c.request(text(conn, "ranged", n, &format!("m{n}"))).await;
+    }
+    c.request(subscribe(conn, 1, "ranged", 10)).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let Command::MessageDispatch(d) = c.next().await else {
+            panic!("expected three dispatches")
+        };
+        ids.push(d.message.unwrap().message_id.unwrap());
+    }
+    c.write(&ranged_ack(conn, 2, &ids[1], &ids[2])).await;
+    c.write(&ranged_ack(conn, 1, &ids[0], &ids[0])).await;
+    eventually("m1 on the DLQ", || {
+        f.broker.queue_depth("queue://ActiveMQ.DLQ") == 1
+    })
+    .await;
+    assert_eq!(f.broker.queue_depth("queue://ranged"), 0);
+}
+
+/// With prefetch 0, `receive(100)` answered at once by a message, then `receive()`: the first
+/// pull's deadline passing must not answer the second with an empty dispatch (JMS null).
+#[tokio::test]
+async fn a_pull_answered_by_a_message_leaves_no_deadline_behind() {
+    let f = fixture(&[]);
+    let conn = "ID:t-5:1";
+    let mut c = Client::connected(&f, conn).await;
+    c.request(subscribe(conn, 1, "pulled", 0)).await;
+    c.request(text(conn, "pulled", 1, "first")).await;
+    c.write(&pull(conn, 1, "pulled", 100)).await;
+    assert_eq!(body_of(&c.next().await).as_deref(), Some("first"));
+    c.write(&pull(conn, 1, "pulled", 0)).await;
+    // The scenario is time passing: the first pull's 100 ms deadline goes by.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Sent on another connection: `request` would skip the dispatch while it waits.
+    let mut p = Client::connected(&f, "ID:t-5p:1").await;
+    p.request(text("ID:t-5p:1", "pulled", 1, "second")).await;
+    assert_eq!(body_of(&c.next().await).as_deref(), Some("second"));
+}
+
+/// Unsubscribing a durable subscription that does not exist is refused with
+/// InvalidDestinationException, as ActiveMQ (and JMS) do.
+#[tokio::test]
+async fn unsubscribing_an_unknown_durable_subscription_is_refused() {
+    let f = fixture(&[]);
+    let conn = "ID:t-6:1";
+    let mut c = Client::connected(&f, conn).await;
+    let id = c.id();
+    c.write(&Command::RemoveSubscriptionInfo(RemoveSubscriptionInfo {
+        command_id: id,
+        response_required: true,
+        connection_id: Some(ConnectionId {
+            value: Some(conn.into()),
+        }),
+        subscription_name: Some("never-made".into()),
+        client_id: Some(format!("client-{conn}")),
+    }))
+    .await;
+    let Command::ExceptionResponse(e) = c.next().await else {
+        panic!("accepted");
+    };
+    let class = e.exception.as_ref().and_then(|t| t.class_name.clone());
+    assert_eq!(
+        class.as_deref(),
+        Some("javax.jms.InvalidDestinationException")
+    );
+}

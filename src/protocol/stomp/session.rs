@@ -18,7 +18,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::frame::{self, Command, Decoder, Frame, Item, Version};
 use crate::broker::{
     AckScope, BodyType, Broker, BrokerError, Confirmation, Delivery, Destination, Header,
-    NewMessage, Session, SubscribeRequest,
+    NewMessage, Session, SubscribeRequest, JMS_TYPE_HEADER,
 };
 
 /// What every STOMP connection on a listener shares.
@@ -640,7 +640,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     .unwrap_or_else(|_| h.value.clone()),
                 _ => h.value.clone(),
             };
-            out = out.header(h.name.clone(), value);
+            let name = match h.name.as_str() {
+                JMS_TYPE_HEADER => "type".to_string(),
+                other => other.to_string(),
+            };
+            out = out.header(name, value);
         }
         out.body = message.body.clone();
         self.queue_frame(&out);
@@ -707,10 +711,13 @@ impl State {
             };
         let mut headers: Vec<Header> = Vec::new();
         for (name, value) in &frame.headers {
-            if !RESERVED_SEND_HEADERS.contains(&name.as_str())
-                && !headers.iter().any(|h| h.name == *name)
-            {
-                headers.push(Header::text(name.clone(), value.clone()));
+            // ActiveMQ's STOMP `type` header is the JMSType.
+            let name = match name.as_str() {
+                "type" => JMS_TYPE_HEADER,
+                other => other,
+            };
+            if !RESERVED_SEND_HEADERS.contains(&name) && !headers.iter().any(|h| h.name == name) {
+                headers.push(Header::text(name, value.clone()));
             }
         }
         // ActiveMQ's rule for the JMS class of a STOMP message: `amq-msg-type` when given,
