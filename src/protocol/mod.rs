@@ -1,11 +1,13 @@
 //! Wire protocols that translate client frames into broker-core calls.
 //!
 //! - [`stomp`]: STOMP 1.0, 1.1 and 1.2 (the frame codec in [`stomp::frame`]).
+//! - [`write`]: writing to a client while still noticing that it went silent.
 //! - [`detect`]: tells STOMP from OpenWire by the first bytes a client sends, so that one
 //!   listener can serve both.
 
 pub mod openwire;
 pub mod stomp;
+pub(crate) mod write;
 
 /// The protocol a client speaks, as decided by [`detect`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

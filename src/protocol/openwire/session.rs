@@ -34,6 +34,7 @@ use super::{
 use crate::broker::{
     AckScope, Broker, BrokerError, Confirmation, Delivery, Destination, Session, SubscribeRequest,
 };
+use crate::protocol::write::{write_watching, Unwritten};
 
 /// What every OpenWire connection on a node shares.
 #[derive(Debug)]
@@ -634,81 +635,112 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if self.flush_output().await.is_err() {
             return Close::Quietly;
         }
+        // Bytes read while a write waited (see `write_watching`), not yet handled.
+        let mut unhandled_input = false;
         loop {
             let next_pull = state.pulls.iter().map(|p| p.0).min();
-            let step: Result<(), Close> = tokio::select! {
-                read = self.stream.read_buf(&mut self.input), if !paused => match read {
-                    Ok(0) | Err(_) => Err(Close::Quietly),
-                    Ok(_) => {
+            let step: Result<(), Close> = if std::mem::take(&mut unhandled_input) {
+                state.now = now_ms();
+                self.handle_input(state)
+            } else {
+                tokio::select! {
+                    read = self.stream.read_buf(&mut self.input), if !paused => match read {
+                        Ok(0) | Err(_) => Err(Close::Quietly),
+                        Ok(_) => {
+                            last_read = Instant::now();
+                            state.now = now_ms();
+                            self.handle_input(state)
+                        }
+                    },
+                    () = gate.room(), if paused => {
+                        paused = false;
+                        // Not reading was the broker's doing, not an inactive client.
                         last_read = Instant::now();
-                        state.now = now_ms();
-                        self.handle_input(state)
-                    }
-                },
-                () = gate.room(), if paused => {
-                    paused = false;
-                    // Not reading was the broker's doing, not an inactive client.
-                    last_read = Instant::now();
-                    tracing::debug!(peer = %self.peer, "memory available again: reading resumed");
-                    Ok(())
-                }
-                event = state.temp_events.recv() => match event {
-                    Ok(event) => self.write_advisories(state, &[event]),
-                    Err(_) => Ok(()), // lagged: some advisories lost
-                },
-                Some(delivery) = deliveries.recv() => {
-                    state.now = now_ms();
-                    // Advisories first: a reply to a new temporary queue must not reach the
-                    // client before it knows the queue.
-                    let mut events = Vec::new();
-                    while let Ok(event) = state.temp_events.try_recv() {
-                        events.push(event);
-                    }
-                    let mut result = self.write_advisories(state, &events);
-                    if result.is_ok() {
-                        result = self.write_delivery(state, delivery);
-                    }
-                    for _ in 0..255 {
-                        if result.is_err() {
-                            break;
-                        }
-                        match deliveries.try_recv() {
-                            Ok(d) => result = self.write_delivery(state, d),
-                            Err(_) => break,
-                        }
-                    }
-                    result
-                }
-                result = front(&mut state.awaiting), if !state.awaiting.is_empty() => {
-                    let (awaiting, _) = state.awaiting.pop_front().expect("non-empty");
-                    self.answer(awaiting, result)
-                }
-                _ = sleep_until(next_pull), if next_pull.is_some() => {
-                    self.expire_pulls(state)
-                }
-                _ = tick.tick(), if self.inactivity.is_some() => {
-                    let period = self.inactivity.expect("guarded");
-                    if !paused && last_read.elapsed() > period {
-                        Err(Close::Error(format!(
-                            "no command from the client for {} ms (inactivity monitor)",
-                            period.as_millis()
-                        )))
-                    } else {
-                        if !wrote_since_tick {
-                            let _ = self.queue(&Command::KeepAliveInfo(BaseCommand::default()));
-                        }
-                        wrote_since_tick = false;
+                        tracing::debug!(peer = %self.peer, "memory available again: reading resumed");
                         Ok(())
                     }
-                }
-                _ = registration.kill.changed() => {
-                    Err(Close::Silently("replaced by a new connection with the same id".into()))
+                    event = state.temp_events.recv() => match event {
+                        Ok(event) => self.write_advisories(state, &[event]),
+                        Err(_) => Ok(()), // lagged: some advisories lost
+                    },
+                    Some(delivery) = deliveries.recv() => {
+                        state.now = now_ms();
+                        // Advisories first: a reply to a new temporary queue must not reach the
+                        // client before it knows the queue.
+                        let mut events = Vec::new();
+                        while let Ok(event) = state.temp_events.try_recv() {
+                            events.push(event);
+                        }
+                        let mut result = self.write_advisories(state, &events);
+                        if result.is_ok() {
+                            result = self.write_delivery(state, delivery);
+                        }
+                        for _ in 0..255 {
+                            if result.is_err() {
+                                break;
+                            }
+                            match deliveries.try_recv() {
+                                Ok(d) => result = self.write_delivery(state, d),
+                                Err(_) => break,
+                            }
+                        }
+                        result
+                    }
+                    result = front(&mut state.awaiting), if !state.awaiting.is_empty() => {
+                        let (awaiting, _) = state.awaiting.pop_front().expect("non-empty");
+                        self.answer(awaiting, result)
+                    }
+                    _ = sleep_until(next_pull), if next_pull.is_some() => {
+                        self.expire_pulls(state)
+                    }
+                    _ = tick.tick(), if self.inactivity.is_some() => {
+                        let period = self.inactivity.expect("guarded");
+                        if !paused && last_read.elapsed() > period {
+                            Err(Close::Error(format!(
+                                "no command from the client for {} ms (inactivity monitor)",
+                                period.as_millis()
+                            )))
+                        } else {
+                            if !wrote_since_tick {
+                                let _ = self.queue(&Command::KeepAliveInfo(BaseCommand::default()));
+                            }
+                            wrote_since_tick = false;
+                            Ok(())
+                        }
+                    }
+                    _ = registration.kill.changed() => {
+                        Err(Close::Silently("replaced by a new connection with the same id".into()))
+                    }
                 }
             };
             if !self.output.is_empty() {
                 wrote_since_tick = true;
-                if self.flush_output().await.is_err() {
-                    return Close::Quietly;
+                let written = match self.inactivity {
+                    Some(period) if !paused => {
+                        let before = self.input.len();
+                        let written = write_watching(
+                            &mut self.stream,
+                            &mut self.output,
+                            &mut self.input,
+                            period,
+                            &mut last_read,
+                        )
+                        .await;
+                        unhandled_input = self.input.len() > before;
+                        written
+                    }
+                    _ => self.flush_output().await.map_err(|_| Unwritten::Failed),
+                };
+                match written {
+                    Ok(()) => {}
+                    Err(Unwritten::Failed) => return Close::Quietly,
+                    Err(Unwritten::Silent) => {
+                        return Close::Error(format!(
+                            "no command from the client for {} ms while writing to it \
+                             (inactivity monitor)",
+                            self.inactivity.unwrap_or_default().as_millis()
+                        ))
+                    }
                 }
             }
             if let Err(close) = step {

@@ -45,7 +45,12 @@ struct Client {
 
 impl Client {
     fn open(f: &Fixture) -> Client {
-        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        Client::open_with_capacity(f, 1 << 20)
+    }
+
+    /// Like [`Client::open`], over a pipe that holds `capacity` bytes each way.
+    fn open_with_capacity(f: &Fixture, capacity: usize) -> Client {
+        let (ours, theirs) = tokio::io::duplex(capacity);
         let broker = f.broker.clone();
         let options = f.options.clone();
         tokio::spawn(async move {
@@ -652,4 +657,46 @@ async fn unsubscribing_an_unknown_durable_subscription_is_refused() {
         class.as_deref(),
         Some("javax.jms.InvalidDestinationException")
     );
+}
+
+/// A client that stops reading and sending (its machine died) while the broker has more to
+/// write than the connection holds is closed by the inactivity monitor all the same, and its
+/// prefetched messages go back to the queue.
+#[tokio::test]
+async fn a_silent_client_is_closed_even_while_a_write_to_it_waits() {
+    let f = fixture(&[]);
+    let conn = "ID:t-7:1";
+    let mut c = Client::open_with_capacity(&f, 4096);
+    assert!(matches!(c.read().await, Some(Command::WireFormatInfo(_))));
+    let mut wire = WireFormatInfo::ferromq(0, 1000, 0);
+    wire.version = 12;
+    c.write(&Command::WireFormatInfo(wire)).await;
+    assert!(matches!(c.read().await, Some(Command::BrokerInfo(_))));
+    c.write(&Command::ConnectionInfo(super::super::ConnectionInfo {
+        command_id: 1,
+        response_required: true,
+        connection_id: Some(ConnectionId {
+            value: Some(conn.into()),
+        }),
+        ..Default::default()
+    }))
+    .await;
+    assert!(matches!(c.next().await, Command::Response(_)));
+    c.request(subscribe(conn, 1, "silent", 1000)).await;
+    let mut producer = Client::connected(&f, "ID:t-7p:1").await;
+    let body = "x".repeat(1000);
+    for n in 1..=50 {
+        producer
+            .request(text("ID:t-7p:1", "silent", n, &body))
+            .await;
+    }
+    // `c` now neither reads nor writes.
+    eventually("the silent consumer closed, its messages back", || {
+        f.broker
+            .queue_stats()
+            .into_iter()
+            .any(|q| q.name == "queue://silent" && q.consumers == 0 && q.ready == 50)
+    })
+    .await;
+    drop(c);
 }

@@ -20,6 +20,7 @@ use crate::broker::{
     AckScope, BodyType, Broker, BrokerError, Confirmation, Delivery, Destination, Header,
     NewMessage, Session, SubscribeRequest, JMS_TYPE_HEADER,
 };
+use crate::protocol::write::{write_watching, Unwritten};
 
 /// What every STOMP connection on a listener shares.
 #[derive(Debug, Clone)]
@@ -122,17 +123,6 @@ pub async fn serve<S>(
         Err(fatal) => connection.fail(fatal).await,
     }
 }
-
-/// Why [`Connection::flush_watching`] gave up.
-enum Unwritten {
-    /// The connection failed or the client closed it.
-    Failed,
-    /// The client sent nothing for the heart-beat grace.
-    Silent,
-}
-
-/// How much a client may send while a write to it waits before we stop reading it.
-const READ_WHILE_WRITING: usize = 1 << 20;
 
 struct Connection<S> {
     stream: S,
@@ -299,69 +289,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Ok(())
     }
 
-    /// Writes the output while still watching the client: a client that neither reads nor
-    /// sends anything (a heart-beat, a frame) for `grace` is dead, as when the loop is idle.
-    /// What it sends meanwhile is kept in the input buffer, unhandled, up to
-    /// [`READ_WHILE_WRITING`] bytes (past that it is plainly alive, and reading stops).
-    async fn flush_watching(
-        &mut self,
-        grace: Duration,
-        last_read: &mut Instant,
-    ) -> Result<(), Unwritten> {
-        use std::future::Future;
-        use std::pin::Pin;
-        use std::task::Poll;
-        use tokio::io::ReadBuf;
-
-        let silence = tokio::time::sleep_until(*last_read + grace);
-        tokio::pin!(silence);
-        let Connection {
-            stream,
-            input,
-            output,
-            ..
-        } = self;
-        let mut chunk = [0u8; 4096];
-        std::future::poll_fn(|cx| loop {
-            while !output.is_empty() {
-                match Pin::new(&mut *stream).poll_write(cx, output) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                        return Poll::Ready(Err(Unwritten::Failed))
-                    }
-                    Poll::Ready(Ok(n)) => bytes::Buf::advance(output, n),
-                    Poll::Pending => break,
-                }
-            }
-            if output.is_empty() {
-                return Poll::Ready(Ok(()));
-            }
-            if input.len() >= READ_WHILE_WRITING {
-                *last_read = Instant::now();
-                silence.as_mut().reset(*last_read + grace);
-            } else {
-                let mut buf = ReadBuf::new(&mut chunk);
-                match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
-                    Poll::Ready(Ok(())) if buf.filled().is_empty() => {
-                        return Poll::Ready(Err(Unwritten::Failed))
-                    }
-                    Poll::Ready(Ok(())) => {
-                        input.extend_from_slice(buf.filled());
-                        *last_read = Instant::now();
-                        silence.as_mut().reset(*last_read + grace);
-                        continue;
-                    }
-                    Poll::Ready(Err(_)) => return Poll::Ready(Err(Unwritten::Failed)),
-                    Poll::Pending => {}
-                }
-            }
-            return match silence.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(Unwritten::Silent)),
-                Poll::Pending => Poll::Pending,
-            };
-        })
-        .await
-    }
-
     /// Sends an ERROR frame and closes.
     async fn fail(&mut self, fatal: Fatal) {
         tracing::info!(peer = %self.peer, error = %fatal.message, "closing STOMP connection with ERROR");
@@ -459,7 +386,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 let written = match heartbeat.receive {
                     Some(grace) if !paused => {
                         let before = self.input.len();
-                        let written = self.flush_watching(grace, &mut last_read).await;
+                        let written = write_watching(
+                            &mut self.stream,
+                            &mut self.output,
+                            &mut self.input,
+                            grace,
+                            &mut last_read,
+                        )
+                        .await;
                         unhandled_input = self.input.len() > before;
                         written
                     }
