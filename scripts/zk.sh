@@ -65,7 +65,10 @@ installed_34() {
 }
 
 cmd_install() {
-  [ "$(id -u)" = 0 ] || die "install needs root (apt-get)"
+  if installed_38 && installed_34 && command -v java >/dev/null; then
+    return 0 # nothing to install: no root needed
+  fi
+  [ "$(id -u)" = 0 ] || die "ZooKeeper is not installed yet, and installing it needs root (apt-get): run 'sudo $0 install' once"
   command -v java >/dev/null || NEED_JAVA=1
   if ! installed_38 || [ -n "${NEED_JAVA:-}" ]; then
     echo "installing zookeeper 3.8 from Debian"

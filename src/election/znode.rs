@@ -9,7 +9,7 @@
 //! ```json
 //! {"id":"broker","container":null,"address":"tcp://10.0.0.5:61619","position":-1,"weight":1,
 //!  "elected":"0000000000","epoch":3,"role":"master","master_epoch":3,
-//!  "client_address":"tcp://10.0.0.5:61613","quorum":true}
+//!  "client_address":"tcp://10.0.0.5:61616","quorum":true}
 //! ```
 //!
 //! serde_json writes struct fields in declaration order, so the order of the fields of

@@ -16,7 +16,7 @@
 //! only data blocks: no new file size, and no unwritten extents to convert (which is what a
 //! `fallocate`d file costs; on this project's ext4 disks an overwrite + `fdatasync` takes ~87 µs
 //! against ~139 µs for an append or a `fallocate`d file). The next segment is prepared ahead by a
-//! background thread as `next-segment.tmp` and renamed into place at rotation. The data of
+//! background thread as `next-segment.tmp` and linked into place at rotation. The data of
 //! a segment therefore ends at its first all-zero frame header (no frame has an empty body, see
 //! [`super::record`]), or at the end of the file; everything after that header must be zero, or
 //! the tail counts as torn. A segment that stops being the current one is cut to the length of
@@ -178,7 +178,7 @@ fn preallocate(file: &File, len: u64, path: &Path) -> Result<(), StoreError> {
 const SPARE_FILE: &str = "next-segment.tmp";
 
 /// Prepares the next segment on its own thread: `SPARE_FILE`, `len` bytes of zeros, fsynced
-/// when `fsync` is on. The writer renames it into place at rotation.
+/// when `fsync` is on. The writer links it into place at rotation.
 /// `None` when no thread could be started: the writer then prepares the segment at rotation.
 fn prepare_spare(
     directory: &Path,
@@ -1469,7 +1469,7 @@ impl Writer {
         Ok(())
     }
 
-    /// The prepared spare renamed to `path`, or (if its preparation failed) a segment created
+    /// The prepared spare linked to `path`, or (if its preparation failed) a segment created
     /// and filled here.
     fn take_spare(&mut self, path: &Path) -> Result<File, StoreError> {
         let prepared = match self.spare.take().map(JoinHandle::join) {

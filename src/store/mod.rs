@@ -14,8 +14,9 @@
 //! record that started a new segment: re-adds of durable subscriptions and repeats of earlier
 //! removals. They change nothing live; they only move what a rebuild needs forward.
 //!
-//! Files in the store directory: the segments `%016x.log`, `journal.lock` (held while open),
-//! `index/` (LevelDB) and `index.state` (whether the index was closed cleanly).
+//! Files in the store directory: the segments `%016x.log`, `next-segment.tmp` (the next
+//! segment being prepared), `journal.lock` (held while open), `index/` (LevelDB) and
+//! `index.state` (whether the index was closed cleanly). The node adds `node.id`.
 
 pub mod journal;
 pub mod record;
