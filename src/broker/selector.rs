@@ -23,7 +23,7 @@
 //!   | `JMSXDeliveryCount` | deliveries including this one (ActiveMQ's)               |
 //!   | `JMSCorrelationID`  | header `correlation-id` (as STOMP/ActiveMQ map it)       |
 //!   | `JMSType`           | header `jms-type` (STOMP's `type`)                       |
-//!   | `JMSReplyTo`        | header `reply-to`                                        |
+//!   | `JMSReplyTo`        | header `reply-to` (`queue://x`, as ActiveMQ prints it)   |
 //!
 //!   Any other name (`JMSXGroupID` included) is the header of that name.
 //! - Operators, loosest first: `OR`; `AND`; `NOT`; `=` `<>` `IS [NOT] NULL`;

@@ -9,6 +9,37 @@ pub mod openwire;
 pub mod stomp;
 pub(crate) mod write;
 
+/// The header that names a reply destination (JMSReplyTo).
+pub(crate) const REPLY_TO_HEADER: &str = "reply-to";
+
+/// A destination named in a header, as STOMP writes it and as the core keeps it: ActiveMQ's
+/// printed form (`queue://x`, `temp-queue://x`), which is what a JMS selector on JMSReplyTo
+/// compares with.
+const DESTINATION_FORMS: [(&str, &str); 6] = [
+    ("/queue/", "queue://"),
+    ("/topic/", "topic://"),
+    ("/temp-queue/", "temp-queue://"),
+    ("/temp-topic/", "temp-topic://"),
+    ("/remote-temp-queue/", "temp-queue://"),
+    ("/remote-temp-topic/", "temp-topic://"),
+];
+
+/// `/queue/x` → `queue://x` (other text unchanged).
+pub(crate) fn destination_to_core(stomp: &str) -> String {
+    DESTINATION_FORMS
+        .iter()
+        .find_map(|(s, c)| stomp.strip_prefix(s).map(|name| format!("{c}{name}")))
+        .unwrap_or_else(|| stomp.to_string())
+}
+
+/// `queue://x` → `/queue/x` (other text unchanged).
+pub(crate) fn destination_to_stomp(core: &str) -> String {
+    DESTINATION_FORMS[..4]
+        .iter()
+        .find_map(|(s, c)| core.strip_prefix(c).map(|name| format!("{s}{name}")))
+        .unwrap_or_else(|| core.to_string())
+}
+
 /// The protocol a client speaks, as decided by [`detect`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Detected {

@@ -10,7 +10,7 @@
 //! | BytesMessage body       | the bytes, body type BYTES                              |
 //! | Map/Object/StreamMessage| OpenWire's encoding of the body, body type MAP/OBJECT/STREAM |
 //! | JMSCorrelationID        | header `correlation-id`                                 |
-//! | JMSReplyTo              | header `reply-to` as `/queue/x`, `/topic/x`, `/temp-queue/x`, `/temp-topic/x` |
+//! | JMSReplyTo              | header `reply-to` as `queue://x`, `topic://x`, `temp-queue://x`, `temp-topic://x` (STOMP: `/queue/x`, ...) |
 //! | JMSType                 | header `type`                                           |
 //! | JMSXGroupID, JMSXGroupSeq | headers of those names                                |
 //! | JMSMessageID            | the message id, `<producer id>:<sequence>`              |
@@ -29,7 +29,7 @@ use crate::store::Message as StoredMessage;
 
 /// Headers that carry JMS header fields rather than properties.
 const CORRELATION_ID: &str = "correlation-id";
-const REPLY_TO: &str = "reply-to";
+const REPLY_TO: &str = crate::protocol::REPLY_TO_HEADER;
 const TYPE: &str = crate::broker::JMS_TYPE_HEADER;
 const GROUP_ID: &str = "JMSXGroupID";
 const GROUP_SEQ: &str = "JMSXGroupSeq";
@@ -193,7 +193,10 @@ pub fn to_new_message(m: &Message) -> Result<NewMessage, ConvertError> {
         headers.push(Header::text(CORRELATION_ID, id.clone()));
     }
     if let Some(reply_to) = &m.reply_to {
-        headers.push(Header::text(REPLY_TO, stomp_name(reply_to)));
+        headers.push(Header::text(
+            REPLY_TO,
+            crate::protocol::destination_to_core(&stomp_name(reply_to)),
+        ));
     }
     if let Some(t) = &m.jms_type {
         headers.push(Header::text(TYPE, t.clone()));
@@ -497,7 +500,7 @@ mod tests {
                 .clone()
         };
         assert_eq!(find("correlation-id"), "c-1");
-        assert_eq!(find("reply-to"), "/temp-queue/ID:t:1:1");
+        assert_eq!(find("reply-to"), "temp-queue://ID:t:1:1");
         assert_eq!(find("jms-type"), "order");
         assert_eq!(find("count"), "-5");
 

@@ -21,6 +21,7 @@ use crate::broker::{
     NewMessage, Session, SubscribeRequest, JMS_TYPE_HEADER,
 };
 use crate::protocol::write::{write_watching, Unwritten};
+use crate::protocol::{destination_to_core, destination_to_stomp, REPLY_TO_HEADER};
 
 /// What every STOMP connection on a listener shares.
 #[derive(Debug, Clone)]
@@ -572,6 +573,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 "original-destination" => Destination::parse(&h.value)
                     .map(|d| stomp_destination(&d))
                     .unwrap_or_else(|_| h.value.clone()),
+                REPLY_TO_HEADER => destination_to_stomp(&h.value),
                 _ => h.value.clone(),
             };
             let name = match h.name.as_str() {
@@ -651,7 +653,11 @@ impl State {
                 other => other,
             };
             if !RESERVED_SEND_HEADERS.contains(&name) && !headers.iter().any(|h| h.name == name) {
-                headers.push(Header::text(name, value.clone()));
+                let value = match name {
+                    REPLY_TO_HEADER => destination_to_core(value),
+                    _ => value.clone(),
+                };
+                headers.push(Header::text(name, value));
             }
         }
         // ActiveMQ's rule for the JMS class of a STOMP message: `amq-msg-type` when given,
@@ -1018,6 +1024,29 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         drop(p);
+    }
+
+    /// `reply-to` is kept as ActiveMQ prints a destination, so a JMS selector on JMSReplyTo
+    /// matches `queue://x`; STOMP clients see `/queue/x` back.
+    #[tokio::test]
+    async fn a_reply_to_selector_compares_with_activemqs_printed_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        let (mut p, _) = Peer::connect(&broker, "1.2", "").await;
+        p.write(concat!(
+            "SUBSCRIBE\nid:1\ndestination:/queue/q\n",
+            "selector:JMSReplyTo = 'queue://replies'\nreceipt:s\n\n\0",
+        ))
+        .await;
+        p.frames_until(is_receipt("s")).await;
+        p.write(concat!(
+            "SEND\ndestination:/queue/q\nreply-to:/queue/other\n\nno\0",
+            "SEND\ndestination:/queue/q\nreply-to:/queue/replies\n\nyes\0",
+        ))
+        .await;
+        let message = p.next_frame().await;
+        assert_eq!(&message.body[..], b"yes");
+        assert_eq!(message.get("reply-to"), Some("/queue/replies"));
     }
 
     /// A heart-beat period past any sensible value is bounded (a day), not overflowed.
