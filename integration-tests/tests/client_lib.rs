@@ -179,3 +179,51 @@ async fn client_transaction_commit_after_a_plain_send_delivers_both() -> Result<
     );
     Ok(())
 }
+
+/// `ferromq consume -n 2` (default `--ack auto`) on a queue of 5 takes 2 off it: what the
+/// broker pushed beyond the count was not acknowledged and is there for the next consumer.
+#[test]
+fn consume_with_a_count_leaves_the_rest_on_the_queue() -> Result<()> {
+    use ferromq_integration_tests::run_cli;
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), "")?;
+    let url = broker.url();
+    let run = |args: &[&str]| -> Result<String> {
+        let (status, stdout, stderr) = run_cli(args, Duration::from_secs(60))?;
+        assert!(status.success(), "{args:?}: {status}\n{stderr}");
+        Ok(stdout)
+    };
+    run(&[
+        "produce",
+        "--url",
+        &url,
+        "-d",
+        "queue://rest",
+        "-n",
+        "5",
+        "-s",
+        "8",
+        "--persistent",
+    ])?;
+    let first = run(&["consume", "--url", &url, "-d", "queue://rest", "-n", "2"])?;
+    let rest = run(&[
+        "consume",
+        "--url",
+        &url,
+        "-d",
+        "queue://rest",
+        "-n",
+        "3",
+        "--timeout",
+        "5s",
+    ])?;
+    let mut all: Vec<&str> = first.lines().chain(rest.lines()).collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(
+        (first.lines().count(), rest.lines().count(), all.len()),
+        (2, 3, 5),
+        "first:\n{first}\nrest:\n{rest}"
+    );
+    Ok(())
+}

@@ -35,8 +35,9 @@ pub(crate) struct BenchArgs {
         value_name = "DESTINATION"
     )]
     destination: String,
-    /// Producer tasks, each with its own connection.
-    #[arg(long, short = 'p', default_value_t = 1, value_name = "N")]
+    /// Producer tasks, each with its own connection (at least 1; `--drain-only` has none).
+    #[arg(long, short = 'p', default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
     producers: u32,
     /// Consumer tasks, each with its own connection.
     #[arg(long, short = 'c', default_value_t = 0, value_name = "N")]
@@ -61,7 +62,7 @@ pub(crate) struct BenchArgs {
           num_args = 0..=1, default_missing_value = "true")]
     persistent: bool,
     /// Sends each producer keeps in flight, awaiting their RECEIPT.
-    #[arg(long, short = 'w', default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    #[arg(long, short = 'w', default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65_536), value_name = "N")]
     inflight: u32,
     /// Consumer acknowledgement mode.
     #[arg(long, value_enum, default_value_t = AckArg::Auto)]
@@ -456,7 +457,7 @@ async fn produce(
 ) -> ProducerResult {
     let mut result = ProducerResult::default();
     if let Share::Count(count) = share {
-        result.latencies.reserve(count as usize);
+        result.latencies.reserve(count.min(1 << 20) as usize);
     }
     let mut window = VecDeque::with_capacity(inflight);
     let confirm =

@@ -24,10 +24,13 @@ pub(crate) struct ConsumeArgs {
     /// Stop after this long without a message (e.g. 5s, 500ms); by default wait indefinitely.
     #[arg(long, short = 't', value_parser = duration_arg, value_name = "DURATION")]
     timeout: Option<Duration>,
-    /// Acknowledgement mode.
+    /// Acknowledgement mode. Whichever it is, each message is acknowledged once printed (with
+    /// auto too, as JMS's AUTO_ACKNOWLEDGE does), so what is not printed stays on the queue;
+    /// client acknowledges cumulatively, client-individual one message at a time.
     #[arg(long, value_enum, default_value_t = AckArg::Auto)]
     ack: AckArg,
-    /// How many unacknowledged messages the broker may push at once (activemq.prefetchSize).
+    /// How many unacknowledged messages the broker may push at once (activemq.prefetchSize;
+    /// by default --count, at most 1000).
     #[arg(long, value_name = "N")]
     prefetch: Option<u32>,
     /// Do not print message bodies.
@@ -87,15 +90,32 @@ pub(crate) async fn execute(
     out: &mut impl Write,
 ) -> anyhow::Result<ConsumeReport> {
     let client = args.connect.connect().await?;
+    // STOMP's auto ack would count as consumed every message the broker pushes, printed or
+    // not: past --count, up to a whole prefetch would be lost. Acknowledge what is printed.
+    let ack = match AckMode::from(args.ack) {
+        AckMode::Auto => AckMode::ClientIndividual,
+        other => other,
+    };
     let options = SubscribeOptions {
-        ack: args.ack.into(),
-        prefetch: args.prefetch,
+        ack,
+        prefetch: Some(
+            args.prefetch
+                .unwrap_or_else(|| args.count.clamp(1, 1000) as u32),
+        ),
         ..SubscribeOptions::default()
     };
-    let mut subscription = client.subscribe(&args.destination, options).await?;
     let started = Instant::now();
     let (mut received, mut bytes) = (0u64, 0u64);
     let mut last = started;
+    if args.count == 0 {
+        client.close().await.ok();
+        return Ok(ConsumeReport {
+            received,
+            rate: Rate::new(0, 0, Duration::ZERO),
+            stopped: Stopped::Complete,
+        });
+    }
+    let mut subscription = client.subscribe(&args.destination, options).await?;
     let stopped = loop {
         if received >= args.count {
             break Stopped::Complete;
@@ -114,10 +134,11 @@ pub(crate) async fn execute(
             out.write_all(message.body())?;
             out.write_all(b"\n")?;
         }
-        if AckMode::from(args.ack) != AckMode::Auto {
-            if let Err(error) = message.ack().await {
-                break Stopped::Failed(error);
-            }
+        match message.ack().await {
+            Ok(()) => {}
+            // Its connection was lost: the broker delivers it again, to be counted then.
+            Err(ClientError::StaleDelivery) => continue,
+            Err(error) => break Stopped::Failed(error),
         }
         received += 1;
         bytes += message.body().len() as u64;
@@ -190,5 +211,72 @@ mod tests {
         assert_eq!(report.stopped, Stopped::Idle(Duration::from_millis(100)));
         assert_eq!(report.received, 0);
         assert!(out.is_empty());
+    }
+
+    /// `consume --ack client-individual` over a failover URL: the broker dies after the first
+    /// ACK is written; the client reconnects and the broker redelivers both messages; consume
+    /// ends with both received.
+    #[tokio::test]
+    async fn consume_with_client_acks_goes_on_through_a_failover() {
+        use crate::client::fake_broker::FakeListener;
+        use crate::protocol::stomp::frame::{receipt, Command, Frame};
+        let server = FakeListener::bind().await;
+        let url = format!(
+            "failover:({})?randomize=false&initialReconnectDelay=1&maxReconnectDelay=20",
+            server.url()
+        );
+        let message = |id: &str, n: u32, ack: String| {
+            Frame::new(Command::Message)
+                .header("subscription", id)
+                .header("destination", "/queue/q")
+                .header("message-id", format!("ID:p:{n}"))
+                .header("ack", ack)
+                .with_body(format!("m{n}"))
+        };
+        let peer = tokio::spawn(async move {
+            let mut connection = server.accept().await;
+            connection.handshake().await;
+            let subscribe = connection.expect(Command::Subscribe).await;
+            connection.receipt(&subscribe).await;
+            let id = subscribe.get("id").unwrap().to_string();
+            connection.send(message(&id, 1, "a1".into())).await;
+            connection.send(message(&id, 2, "a2".into())).await;
+            connection.expect(Command::Ack).await;
+            connection.close().await; // dies before confirming the ACK
+            let mut connection = server.accept().await;
+            connection.handshake().await;
+            connection.expect(Command::Subscribe).await;
+            connection.send(message(&id, 1, "b1".into())).await;
+            connection.send(message(&id, 2, "b2".into())).await;
+            while let Some(frame) = connection.read_frame().await {
+                if let Some(id) = frame.get("receipt") {
+                    connection.send(receipt(id)).await;
+                }
+                if frame.command == Command::Disconnect {
+                    break;
+                }
+            }
+        });
+        let args = consume_args(&[
+            "-u",
+            &url,
+            "-d",
+            "queue://q",
+            "-n",
+            "2",
+            "--ack",
+            "client-individual",
+            "-t",
+            "3s",
+        ]);
+        let mut out = Vec::new();
+        let report = execute(&args, &mut out).await.unwrap();
+        peer.abort();
+        assert_eq!(
+            (report.stopped, report.received),
+            (Stopped::Complete, 2),
+            "output: {:?}",
+            String::from_utf8_lossy(&out)
+        );
     }
 }

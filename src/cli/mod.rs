@@ -210,9 +210,16 @@ pub(crate) fn duration_arg(value: &str) -> Result<Duration, String> {
     crate::config::parse_duration(value).map_err(|e| e.to_string())
 }
 
-/// Parses `1024`, `4KiB`, `1MiB`, as the configuration does.
+/// The largest message body the tools make: far above any broker's frame limit (ferromq's
+/// default is 64 MiB, ActiveMQ's 100 MiB), far below what would exhaust memory.
+const MAX_BODY_SIZE: u64 = 1 << 30;
+
+/// Parses a message size, `1024`, `4KiB`, `1MiB`, as the configuration does; at most 1 GiB.
 pub(crate) fn size_arg(value: &str) -> Result<usize, String> {
     let bytes = crate::config::parse_size(value).map_err(|e| e.to_string())?;
+    if bytes > MAX_BODY_SIZE {
+        return Err(format!("size {value:?} is over the 1GiB the tools send"));
+    }
     usize::try_from(bytes).map_err(|_| format!("size {value:?} is too large"))
 }
 
@@ -326,6 +333,7 @@ mod tests {
         assert_eq!(size_arg("4KiB"), Ok(4096));
         assert_eq!(size_arg("100"), Ok(100));
         assert!(size_arg("big").is_err());
+        assert!(size_arg("2GiB").unwrap_err().contains("1GiB"));
     }
 
     #[test]
@@ -357,6 +365,21 @@ mod tests {
             ]),
             Err(clap::error::ErrorKind::ValueValidation)
         );
+        // Windows and sizes that would exhaust memory, and a bench that measures nothing.
+        let invalid = [
+            &["ferromq", "produce", "-d", "queue://q", "-w", "4294967295"][..],
+            &["ferromq", "produce", "-d", "queue://q", "--size", "2GiB"],
+            &["ferromq", "bench", "-w", "4294967295"],
+            &["ferromq", "bench", "--producers", "0"],
+        ];
+        for args in invalid {
+            assert_eq!(
+                parse(args),
+                Err(clap::error::ErrorKind::ValueValidation),
+                "{args:?}"
+            );
+        }
+        assert!(parse(&["ferromq", "bench", "--drain-only", "-c", "1"]).is_ok());
         assert!(parse(&["ferromq", "broker", "--config", "b.toml"]).is_ok());
     }
 }

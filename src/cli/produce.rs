@@ -29,7 +29,7 @@ pub(crate) struct ProduceArgs {
     #[arg(long)]
     persistent: bool,
     /// How many sends may await their RECEIPT at once (1: each send waits for the previous one).
-    #[arg(long, short = 'w', default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    #[arg(long, short = 'w', default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65_536), value_name = "N")]
     inflight: u32,
 }
 

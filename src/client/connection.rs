@@ -103,7 +103,10 @@ struct Pending {
     frame: Frame,
     kind: Kind,
     reply: Option<Reply>,
-    submitted: Instant,
+    /// When it first waited for a connection (submitted while disconnected, or its connection
+    /// lost). The failover `timeout` counts from there, across later connections that end
+    /// before confirming it, so a broker that drops every connection cannot hold it for ever.
+    waiting_since: Option<Instant>,
     /// Written to some connection at least once: the broker may have applied it.
     ever_written: bool,
 }
@@ -407,7 +410,7 @@ impl Driver {
     fn next_deadline(&self) -> Option<Instant> {
         let timeout = self.url.options.timeout?;
         let (_, oldest) = self.outbox.first_key_value()?;
-        Some(oldest.submitted.max(self.disconnected_since) + timeout)
+        Some(oldest.waiting_since.unwrap_or(self.disconnected_since) + timeout)
     }
 
     fn expire(&mut self) {
@@ -416,7 +419,8 @@ impl Driver {
         };
         let now = Instant::now();
         while let Some(entry) = self.outbox.first_entry() {
-            if entry.get().submitted.max(self.disconnected_since) + timeout > now {
+            let since = entry.get().waiting_since.unwrap_or(self.disconnected_since);
+            if since + timeout > now {
                 break;
             }
             let pending = entry.remove();
@@ -443,6 +447,9 @@ impl Driver {
         } = link;
         self.connected = true;
         self.generation += 1;
+        self.shared
+            .live_generation
+            .store(self.generation, std::sync::atomic::Ordering::Release);
         self.version = version;
         self.out.clear();
         self.shared.set_broker(Some(address.clone()));
@@ -626,11 +633,12 @@ impl Driver {
         let op = self.next_op;
         self.next_op += 1;
         frame.headers.push(("receipt".to_string(), op.to_string()));
+        let now = Instant::now();
         let pending = Pending {
             frame,
             kind,
             reply,
-            submitted: Instant::now(),
+            waiting_since: (!self.connected).then_some(now),
             ever_written: false,
         };
         self.dispatch(op, pending);
@@ -823,6 +831,9 @@ impl Driver {
     /// subscriptions wait for the next connection; the rest is answered now.
     fn on_lost(&mut self, address: &BrokerAddress, reason: &str) {
         self.connected = false;
+        self.shared
+            .live_generation
+            .store(0, std::sync::atomic::Ordering::Release);
         self.out.clear();
         self.disconnected_since = Instant::now();
         self.shared.set_broker(None);
@@ -857,6 +868,8 @@ impl Driver {
             };
             match outcome {
                 None => {
+                    let mut pending = pending;
+                    pending.waiting_since.get_or_insert(self.disconnected_since);
                     self.outbox.insert(op, pending);
                 }
                 Some(result) => pending.respond(result),

@@ -160,6 +160,9 @@ pub(crate) struct Shared {
     next_subscription: AtomicU64,
     next_transaction: AtomicU64,
     reconnects: AtomicU64,
+    /// The generation of the live connection; 0 while disconnected. A client-ack delivery of
+    /// another generation is stale: the broker delivers it again.
+    pub(crate) live_generation: AtomicU64,
     status: Mutex<Status>,
 }
 
@@ -179,6 +182,7 @@ impl Shared {
             next_subscription: AtomicU64::new(1),
             next_transaction: AtomicU64::new(1),
             reconnects: AtomicU64::new(0),
+            live_generation: AtomicU64::new(0),
             status: Mutex::new(Status::default()),
         }
     }

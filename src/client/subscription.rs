@@ -100,9 +100,21 @@ impl Subscription {
     }
 
     /// The next message; `None` once the client is closed or has given up (see
-    /// [`Subscription::close_reason`]).
+    /// [`Subscription::close_reason`]). Messages to acknowledge that a lost connection
+    /// delivered are skipped, as ActiveMQ's client clears its prefetched messages at a
+    /// failover: the broker delivers them again on the new connection.
     pub async fn next(&mut self) -> Option<Message> {
-        self.messages.recv().await
+        loop {
+            let message = self.messages.recv().await?;
+            let live = self
+                .shared
+                .live_generation
+                .load(std::sync::atomic::Ordering::Acquire);
+            match &message.acker {
+                Some(acker) if acker.generation != live => continue,
+                _ => return Some(message),
+            }
+        }
     }
 
     /// Why [`Subscription::next`] returned `None`: [`ClientError::Closed`] after a close, the

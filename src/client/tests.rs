@@ -599,3 +599,152 @@ async fn a_broker_that_refuses_every_send_counts_as_a_failed_attempt() {
     // The first connection, then one per allowed attempt.
     assert_eq!(connections.load(Ordering::SeqCst), 4);
 }
+
+// ----- failover edge cases -----------------------------------------------------------------
+
+fn redelivery_frame(subscription: &str, n: u32, ack: &str, redelivered: bool) -> Frame {
+    let mut frame = Frame::new(Command::Message)
+        .header("subscription", subscription)
+        .header("destination", "/queue/work")
+        .header("message-id", format!("ID:p:{n}"))
+        .header("ack", ack)
+        .with_body(format!("m{n}"));
+    if redelivered {
+        frame = frame.header("redelivered", "true");
+    }
+    frame
+}
+
+/// Messages to acknowledge that a lost connection delivered, still unread, are not handed to
+/// the application: the broker redelivers them (ActiveMQ's client clears its prefetched
+/// messages on a transport interruption), so each reaches it once.
+#[tokio::test]
+async fn deliveries_of_a_lost_connection_are_not_handed_out() {
+    let server = FakeListener::bind().await;
+    let url = format!("failover:({})?{FAST}", server.url());
+    let peer = tokio::spawn(async move {
+        let mut connection = server.accept().await;
+        connection.handshake().await;
+        let subscribe = connection.expect(Command::Subscribe).await;
+        connection.receipt(&subscribe).await;
+        let id = subscribe.get("id").unwrap().to_string();
+        for n in 1..=2 {
+            connection
+                .send(redelivery_frame(&id, n, &format!("a{n}"), false))
+                .await;
+        }
+        connection.close().await;
+        let mut connection = server.accept().await;
+        connection.handshake().await;
+        connection.expect(Command::Subscribe).await;
+        for n in 1..=2 {
+            connection
+                .send(redelivery_frame(&id, n, &format!("b{n}"), true))
+                .await;
+        }
+        connection
+    });
+    let client = connect(&url).await;
+    let mut subscription = client
+        .subscribe(
+            "/queue/work",
+            SubscribeOptions {
+                ack: AckMode::ClientIndividual,
+                ..SubscribeOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    let connection = peer.await.unwrap();
+    let mut received = Vec::new();
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(300), subscription.next()).await
+    {
+        received.push(format!(
+            "{} (ack {})",
+            String::from_utf8_lossy(message.body()),
+            message.header("ack").unwrap_or("")
+        ));
+    }
+    drop(connection);
+    assert_eq!(
+        received.len(),
+        2,
+        "each message must reach the application once; got {received:?}"
+    );
+}
+
+/// `timeout` bounds a send even when every new connection is lost before its RECEIPT: the
+/// clock starts at the first loss and is not restarted by later connections.
+#[tokio::test]
+async fn the_timeout_bounds_a_send_on_a_broker_that_drops_every_connection() {
+    let server = FakeListener::bind().await;
+    let url = format!("failover:({})?{FAST}&timeout=300", server.url());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let peer = tokio::spawn({
+        let connections = connections.clone();
+        async move {
+            loop {
+                let mut connection = server.accept().await;
+                connections.fetch_add(1, Ordering::SeqCst);
+                connection.handshake().await;
+                let _send = connection.read_frame().await;
+                connection.close().await;
+            }
+        }
+    });
+    let client = connect(&url).await;
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(3),
+        client.send("queue://in", "x", SendOptions::persistent()),
+    )
+    .await;
+    peer.abort();
+    assert!(
+        matches!(outcome, Ok(Err(ClientError::Unreachable { .. }))),
+        "timeout=300 ms, yet after 3 s and {} connections: {outcome:?}",
+        connections.load(Ordering::SeqCst)
+    );
+}
+
+/// A SEND the broker answers with an ERROR and a close on every connection (one over its
+/// max_frame_size) is re-sent on each reconnect, as ActiveMQ's failover transport does; the
+/// failover `timeout` ends it with the broker's message.
+#[tokio::test]
+async fn a_send_the_broker_ends_every_connection_over_fails_after_the_timeout() {
+    let server = FakeListener::bind().await;
+    let url = format!("failover:({})?{FAST}&timeout=300", server.url());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let peer = tokio::spawn({
+        let connections = connections.clone();
+        async move {
+            loop {
+                let mut connection = server.accept().await;
+                connections.fetch_add(1, Ordering::SeqCst);
+                connection.handshake().await;
+                let _send = connection.expect(Command::Send).await;
+                connection
+                    .send(Frame::new(Command::Error).header(
+                        "message",
+                        "frame too large: 70000000 bytes exceeds the limit of 67108864 bytes",
+                    ))
+                    .await;
+                connection.close().await;
+            }
+        }
+    });
+    let client = connect(&url).await;
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(3),
+        client.send("queue://in", "too big", SendOptions::persistent()),
+    )
+    .await;
+    peer.abort();
+    let Ok(Err(error)) = outcome else {
+        panic!(
+            "not failed after 3 s and {} connections: {outcome:?}",
+            connections.load(Ordering::SeqCst)
+        );
+    };
+    assert!(error.to_string().contains("frame too large"), "{error}");
+}
