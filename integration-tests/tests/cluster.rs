@@ -137,7 +137,7 @@ fn send_raw(client: &mut StompClient, queue: &str, prefix: &str, count: usize) -
 }
 
 /// Connects the failover client to the cluster (every node is in the URL), with heart-beats
-/// every 500 ms, so that a paused master is left after 1 s of silence, and 3 s for each
+/// every 500 ms, so that a paused master is left after 1.1 s of silence, and 3 s for each
 /// attempt (a paused node accepts the TCP connection but never answers CONNECT).
 fn connect(rt: &tokio::runtime::Runtime, url: &str) -> Client {
     let options = ClientOptions {

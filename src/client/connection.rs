@@ -32,6 +32,13 @@ use crate::protocol::stomp::frame::{encode, Command, Frame, Item, Version};
 /// Where the task answers a request.
 pub(crate) type Reply = oneshot::Sender<Result<(), ClientError>>;
 
+/// How long the broker may stay silent when it promised a heart-beat every `period`: twice
+/// the period, as the STOMP spec suggests, plus a quarter for a broker that times its
+/// heart-beats by ticks (it may be silent for almost two periods) and for scheduling delays.
+fn silence_allowed(period: std::time::Duration) -> std::time::Duration {
+    period * 2 + period / 4
+}
+
 /// Past this many unwritten bytes, the task stops taking requests until the socket drains.
 const OUTPUT_HIGH_WATER: usize = 1 << 20;
 /// The initial capacity of the output buffer.
@@ -484,13 +491,24 @@ impl Driver {
             }
             let accepting = self.closing.is_none() && self.out.len() < OUTPUT_HIGH_WATER;
             let heartbeat_due = heartbeat.send.map(|period| last_write + period);
-            let silence_limit = heartbeat.receive.map(|period| last_read + period * 2);
+            // The application is behind: stop reading until it catches up (the broker is not
+            // silent then, merely held back).
+            let reading = self
+                .shared
+                .unread
+                .load(std::sync::atomic::Ordering::Acquire)
+                < super::UNREAD_HIGH_WATER;
+            let silence_limit = heartbeat
+                .receive
+                .filter(|_| reading)
+                .map(|period| last_read + silence_allowed(period));
             tokio::select! {
-                read = reader.read_buf(&mut input) => match read {
+                read = reader.read_buf(&mut input), if reading => match read {
                     Ok(0) => return Ended::Lost("the broker closed the connection".to_string()),
                     Ok(_) => last_read = Instant::now(),
                     Err(e) => return Ended::Lost(e.to_string()),
                 },
+                () = self.shared.read_more.notified(), if !reading => last_read = Instant::now(),
                 written = writer.write(&self.out), if !self.out.is_empty() => match written {
                     Ok(0) => return Ended::Lost("the connection accepts no more bytes".to_string()),
                     Ok(n) => {
@@ -515,7 +533,7 @@ impl Driver {
                     let period = heartbeat.receive.unwrap_or_default();
                     return Ended::Lost(format!(
                         "no heart-beat from the broker for {} ms",
-                        (period * 2).as_millis()
+                        silence_allowed(period).as_millis()
                     ));
                 }
                 () = sleep_until_some(self.closing) => {
@@ -775,7 +793,14 @@ impl Driver {
             version: self.version,
         });
         // A dropped receiver means the Subscription is being dropped; it unsubscribes.
-        let _ = entry.deliver.send(Message::new(frame, acker));
+        let message = Message::new(frame, acker);
+        let cost = super::unread_cost(&message);
+        self.shared
+            .unread
+            .fetch_add(cost, std::sync::atomic::Ordering::AcqRel);
+        if entry.deliver.send(message).is_err() {
+            self.shared.taken(cost);
+        }
     }
 
     fn on_receipt(&mut self, frame: &Frame) -> Option<Ended> {

@@ -82,7 +82,7 @@ pub struct ClientOptions {
     /// The `client-id` CONNECT header; durable subscriptions need one.
     pub client_id: Option<String>,
     /// Heart-beats to offer; zero turns that direction off. The default,
-    /// [`HeartBeat::DEFAULT`], lets a failover client notice within 10 s a broker that stopped
+    /// [`HeartBeat::DEFAULT`], lets a failover client notice within 12.5 s a broker that stopped
     /// answering without closing the connection (a paused process, a dead machine, a cut
     /// network), as ActiveMQ's inactivity monitor does for OpenWire clients.
     pub heartbeat: HeartBeat,
@@ -115,7 +115,7 @@ pub struct HeartBeat {
 }
 
 impl HeartBeat {
-    /// Every 5 s both ways, where the broker agrees: a broker silent for twice that (10 s) is
+    /// Every 5 s both ways, where the broker agrees: a broker silent for 2.25 times that (12.5 s) is
     /// taken for dead and the failover client moves on.
     pub const DEFAULT: HeartBeat = HeartBeat::every(Duration::from_secs(5));
 
@@ -163,6 +163,10 @@ pub(crate) struct Shared {
     /// The generation of the live connection; 0 while disconnected. A client-ack delivery of
     /// another generation is stale: the broker delivers it again.
     pub(crate) live_generation: AtomicU64,
+    /// Received messages not yet taken by the application (see [`unread_cost`]), and the
+    /// wake-up of a connection task that stopped reading because of them.
+    pub(crate) unread: std::sync::atomic::AtomicUsize,
+    pub(crate) read_more: tokio::sync::Notify,
     status: Mutex<Status>,
 }
 
@@ -173,7 +177,27 @@ struct Status {
     terminal: Option<ClientError>,
 }
 
+/// Past this many bytes of received messages the application has not taken, the connection
+/// stops reading from the broker, whose writes then wait (TCP holds it back): a slow
+/// application does not buffer a whole queue, which auto-ack would count as consumed.
+pub(crate) const UNREAD_HIGH_WATER: usize = 8 << 20;
+
+/// What one received message counts against [`UNREAD_HIGH_WATER`].
+pub(crate) fn unread_cost(message: &Message) -> usize {
+    message.body().len() + 512
+}
+
 impl Shared {
+    /// The application took a message (or dropped it unread).
+    pub(crate) fn taken(&self, cost: usize) {
+        let before = self
+            .unread
+            .fetch_sub(cost, std::sync::atomic::Ordering::AcqRel);
+        if before >= UNREAD_HIGH_WATER && before - cost < UNREAD_HIGH_WATER {
+            self.read_more.notify_one();
+        }
+    }
+
     fn new(has_client_id: bool) -> Shared {
         Shared {
             producer_id: format!("{:016x}", rand::random::<u64>()),
@@ -183,6 +207,8 @@ impl Shared {
             next_transaction: AtomicU64::new(1),
             reconnects: AtomicU64::new(0),
             live_generation: AtomicU64::new(0),
+            unread: std::sync::atomic::AtomicUsize::new(0),
+            read_more: tokio::sync::Notify::new(),
             status: Mutex::new(Status::default()),
         }
     }

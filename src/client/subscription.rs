@@ -106,6 +106,7 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Message> {
         loop {
             let message = self.messages.recv().await?;
+            self.shared.taken(super::unread_cost(&message));
             let live = self
                 .shared
                 .live_generation
@@ -143,6 +144,11 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        // What was received and never taken no longer holds the connection back.
+        self.messages.close();
+        while let Ok(message) = self.messages.try_recv() {
+            self.shared.taken(super::unread_cost(&message));
+        }
         if let (true, Some(requests)) = (self.subscribed, self.requests.upgrade()) {
             let _ = requests.send(Request::Unsubscribe {
                 id: self.id.clone(),

@@ -748,3 +748,63 @@ async fn a_send_the_broker_ends_every_connection_over_fails_after_the_timeout() 
     };
     assert!(error.to_string().contains("frame too large"), "{error}");
 }
+
+/// An application that does not take its messages holds the connection back: past
+/// `UNREAD_HIGH_WATER` bytes received and not taken, the client stops reading (the broker's
+/// writes wait), without taking the broker for dead; once the application reads, everything
+/// arrives.
+#[tokio::test]
+async fn a_slow_application_holds_the_broker_back_instead_of_buffering_everything() {
+    const MESSAGES: usize = 200;
+    const BODY: usize = 100 * 1024;
+    let server = FakeListener::bind().await;
+    let url = format!("failover:({})?{FAST}", server.url());
+    let peer = tokio::spawn(async move {
+        let mut connection = server.accept().await;
+        connection.handshake().await;
+        let subscribe = connection.expect(Command::Subscribe).await;
+        connection.receipt(&subscribe).await;
+        let id = subscribe.get("id").unwrap().to_string();
+        for n in 0..MESSAGES {
+            let frame = Frame::new(Command::Message)
+                .header("subscription", id.as_str())
+                .header("destination", "/queue/big")
+                .header("message-id", format!("ID:p:{n}"))
+                .header("ack", format!("{n}"))
+                .with_body(vec![b'x'; BODY]);
+            connection.send(frame).await;
+        }
+        connection
+    });
+    let client = connect(&url).await;
+    let mut subscription = client
+        .subscribe("/queue/big", SubscribeOptions::default())
+        .await
+        .unwrap();
+    let unread = || client.shared.unread.load(Ordering::Acquire);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while unread() < UNREAD_HIGH_WATER {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "unread {}",
+            unread()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Time passing is the scenario: the client must stay stopped, not read on.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        unread() <= UNREAD_HIGH_WATER + 4 * BODY,
+        "{} bytes buffered",
+        unread()
+    );
+    for n in 0..MESSAGES {
+        let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .unwrap_or_else(|_| panic!("message {n} did not come"))
+            .unwrap();
+        assert_eq!(message.body().len(), BODY);
+    }
+    let _connection = peer.await.unwrap();
+    assert_eq!(unread(), 0);
+}
