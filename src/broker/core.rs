@@ -92,6 +92,8 @@ struct Transaction {
     /// Rejected deliveries (a STOMP NACK in the transaction): dead-lettered at commit,
     /// redelivered at rollback.
     nacks: Vec<InFlight>,
+    /// Body bytes of `sends`, held in memory until the commit: at most `memory_limit`.
+    bytes: u64,
 }
 
 #[derive(Default)]
@@ -636,10 +638,16 @@ impl Core {
             let stored = self
                 .producers
                 .is_duplicate(&message.producer_id, message.producer_sequence);
+            let limit = self.options.memory_limit;
             let state = self.session(session)?;
-            let Some(tx) = state.transactions.get_mut(tx) else {
+            let Some(open) = state.transactions.get_mut(tx) else {
                 return Ok(Confirmation::done());
             };
+            let bytes = open.bytes + message.body.len() as u64;
+            if bytes > limit {
+                return Err(BrokerError::TransactionTooLarge(tx.to_string(), limit));
+            }
+            let tx = open;
             let repeated = !message.producer_id.is_empty()
                 && tx.sends.iter().any(|(_, m)| {
                     m.producer_id == message.producer_id
@@ -648,6 +656,7 @@ impl Core {
             if stored || repeated {
                 self.stats.duplicates_dropped += 1;
             } else {
+                tx.bytes = bytes;
                 tx.sends.push((destination.clone(), message));
             }
             return Ok(Confirmation::done());

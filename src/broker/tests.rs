@@ -894,3 +894,26 @@ async fn a_nack_in_a_transaction_takes_effect_at_commit_only() {
     assert_eq!(f.broker.queue_depth("queue://ActiveMQ.DLQ"), 1);
     assert_eq!(f.broker.queue_depth("queue://q"), 0);
 }
+
+/// A transaction holds its sends in memory until the commit, at most `memory_limit` bytes of
+/// bodies: past that a send is refused with an error that says so, instead of the broker
+/// growing without bound.
+#[tokio::test]
+async fn a_transaction_holds_at_most_memory_limit_of_bodies() {
+    let f = fixture(BrokerOptions {
+        memory_limit: 1000,
+        ..BrokerOptions::default()
+    })
+    .await;
+    let (s, _) = f.broker.open_session(None);
+    s.begin("t").unwrap();
+    s.send(&queue("q"), persistent(&"a".repeat(600)), Some("t"))
+        .unwrap();
+    let refused = s.send(&queue("q"), persistent(&"b".repeat(600)), Some("t"));
+    let Err(error) = refused else {
+        panic!("a second 600-byte body was taken past a 1000-byte memory_limit");
+    };
+    assert!(error.to_string().contains("memory_limit"), "{error}");
+    s.commit("t").unwrap().await.unwrap();
+    assert_eq!(f.broker.queue_depth("queue://q"), 1);
+}
