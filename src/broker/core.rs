@@ -1275,6 +1275,7 @@ impl Core {
         match consumer.source.clone() {
             Source::Queue(queue) => self.dispatch_queue(&queue),
             Source::Topic(_) => {
+                let now = now_ms();
                 while self
                     .consumers
                     .get(&cid)
@@ -1285,6 +1286,12 @@ impl Core {
                         .get_mut(&cid)
                         .and_then(|c| c.pending.pop_front())
                         .expect("checked non-empty");
+                    // Non-durable topic messages are stored nowhere: one that expired while
+                    // it waited for this slow subscriber is dropped.
+                    if entry.is_expired(now) {
+                        self.stats.expired += 1;
+                        continue;
+                    }
                     self.deliver(cid, None, entry);
                 }
             }

@@ -917,3 +917,36 @@ async fn a_transaction_holds_at_most_memory_limit_of_bodies() {
     s.commit("t").unwrap().await.unwrap();
     assert_eq!(f.broker.queue_depth("queue://q"), 1);
 }
+
+/// A message that expires while it waits for a slow non-durable topic subscriber is dropped,
+/// not delivered late.
+#[tokio::test]
+async fn a_topic_message_that_expired_while_waiting_is_not_delivered() {
+    let f = fixture(BrokerOptions::default()).await;
+    let topic = Destination::Topic("t".into());
+    let (slow, mut rx) = f.broker.open_session(None);
+    subscribe(&slow, "s", topic.clone(), 1);
+    let (producer, _) = f.broker.open_session(None);
+    let message = |body: &str, expiration: i64| NewMessage {
+        body: Bytes::copy_from_slice(body.as_bytes()),
+        expiration,
+        ..NewMessage::default()
+    };
+    let expires = now_millis() + 50;
+    for m in [
+        message("first", 0),
+        message("late", expires),
+        message("last", 0),
+    ] {
+        producer.send(&topic, m, None).unwrap().await.unwrap();
+    }
+    let first = next(&mut rx).await;
+    assert_eq!(body(&first), "first");
+    // The scenario is time passing: "late" expires while it waits behind "first".
+    while now_millis() <= expires {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    slow.ack(first.tag, AckScope::Single, None).unwrap();
+    assert_eq!(body(&next(&mut rx).await), "last");
+    assert_eq!(f.broker.stats().expired, 1);
+}
