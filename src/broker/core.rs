@@ -96,6 +96,24 @@ struct Transaction {
     bytes: u64,
 }
 
+/// A transaction whose commit would not fit one record.
+fn too_many_entries(tx: &str) -> BrokerError {
+    BrokerError::TransactionTooLarge(
+        tx.to_string(),
+        format!(
+            "more than {} sends and acknowledgements",
+            crate::store::MAX_ENTRIES
+        ),
+    )
+}
+
+impl Transaction {
+    /// The entries its commit record will hold (at most one record's worth).
+    fn entries(&self) -> usize {
+        self.sends.len() + self.acks.len()
+    }
+}
+
 #[derive(Default)]
 struct Topic {
     /// Non-durable subscribers (consumer ids).
@@ -319,6 +337,18 @@ impl Core {
         entries: Vec<crate::store::Entry>,
     ) -> Result<(Position, Position), BrokerError> {
         self.append_waking(entries, true)
+    }
+
+    /// Appends removals (and the like) that need not be atomic, in as many records as
+    /// [`crate::store::MAX_ENTRIES`] requires: a cumulative ack or a removed durable
+    /// subscription may cover more messages than one record holds.
+    fn append_in_chunks(&mut self, entries: Vec<crate::store::Entry>) -> Result<(), BrokerError> {
+        let mut entries = entries.into_iter().peekable();
+        while entries.peek().is_some() {
+            let chunk: Vec<_> = entries.by_ref().take(crate::store::MAX_ENTRIES).collect();
+            self.append(chunk)?;
+        }
+        Ok(())
     }
 
     /// Like [`Core::append`] for a sender that waits for the confirmation: the journal's writer
@@ -645,7 +675,13 @@ impl Core {
             };
             let bytes = open.bytes + message.body.len() as u64;
             if bytes > limit {
-                return Err(BrokerError::TransactionTooLarge(tx.to_string(), limit));
+                return Err(BrokerError::TransactionTooLarge(
+                    tx.to_string(),
+                    format!("more than memory_limit ({limit} bytes) of message bodies"),
+                ));
+            }
+            if open.entries() >= crate::store::MAX_ENTRIES {
+                return Err(too_many_entries(tx));
             }
             let tx = open;
             let repeated = !message.producer_id.is_empty()
@@ -996,7 +1032,7 @@ impl Core {
                     .map(|key| remove_entry(queue, key)),
             );
         }
-        self.append(entries)?;
+        self.append_in_chunks(entries)?;
         self.durables.remove(queue);
         self.queues.remove(queue);
         if let Some(t) = self.topics.get_mut(&subscription.topic) {
@@ -1481,8 +1517,18 @@ impl Core {
         transaction: Option<&str>,
     ) -> Result<Confirmation, BrokerError> {
         if let Some(tx) = transaction {
-            if !self.session(session)?.transactions.contains_key(tx) {
+            let Some(open) = self.session(session)?.transactions.get(tx) else {
                 return Err(BrokerError::UnknownTransaction(tx.to_string()));
+            };
+            // The commit writes one record: at most what the consumer holds may join it.
+            let entries = open.entries();
+            let holds = self
+                .tags
+                .get(&tag)
+                .and_then(|cid| self.consumers.get(cid))
+                .map_or(1, |c| c.in_flight.len());
+            if entries + holds > crate::store::MAX_ENTRIES {
+                return Err(too_many_entries(tx));
             }
         }
         let (cid, acked) = self.take_acked(session, tag, scope)?;
@@ -1507,7 +1553,7 @@ impl Core {
                 if removes.is_empty() {
                     Confirmation::done()
                 } else {
-                    self.append(removes)?;
+                    self.append_in_chunks(removes)?;
                     self.flush()
                 }
             }

@@ -190,8 +190,8 @@ pub enum BrokerError {
     TransactionExists(String),
     #[error("no transaction '{0}' is open")]
     UnknownTransaction(String),
-    #[error("transaction '{0}' holds more than memory_limit ({1} bytes) of message bodies: commit in smaller transactions")]
-    TransactionTooLarge(String, u64),
+    #[error("transaction '{0}' would hold {1}: commit in smaller transactions")]
+    TransactionTooLarge(String, String),
     /// A commit refused because part of the transaction was refused: it was rolled back.
     #[error("transaction '{0}' was rolled back: {1}")]
     RolledBack(String, String),

@@ -950,3 +950,44 @@ async fn a_topic_message_that_expired_while_waiting_is_not_delivered() {
     assert_eq!(body(&next(&mut rx).await), "last");
     assert_eq!(f.broker.stats().expired, 1);
 }
+
+/// Removing a durable subscription whose backlog holds more messages than one journal record
+/// has entries (65,536) writes its removals in several records: the store goes on, and after a
+/// restart none of them is back.
+#[tokio::test]
+async fn removing_a_durable_subscription_with_a_huge_backlog_keeps_the_store_running() {
+    const BACKLOG: usize = crate::store::MAX_ENTRIES + 10;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = Destination::Topic("t".into());
+    {
+        let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+        let (c, _rx) = broker.open_session(Some("cid".into()));
+        c.subscribe(SubscribeRequest {
+            id: "s".into(),
+            destination: topic.clone(),
+            prefetch: 1,
+            durable_name: Some("d".into()),
+            selector: None,
+        })
+        .unwrap()
+        .await
+        .unwrap();
+        c.unsubscribe("s", false).unwrap().await.unwrap(); // inactive, kept
+        let (p, _) = broker.open_session(None);
+        let mut last = None;
+        for i in 0..BACKLOG {
+            last = Some(p.send(&topic, persistent(&i.to_string()), None).unwrap());
+        }
+        last.unwrap().await.unwrap();
+        assert_eq!(broker.queue_depth("durable://cid:d"), BACKLOG);
+        c.remove_durable("d").unwrap().await.unwrap();
+        p.send(&queue("after"), persistent("still stored"), None)
+            .unwrap()
+            .await
+            .unwrap();
+        c.flush().await.unwrap();
+    }
+    let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+    assert_eq!(broker.queue_depth("durable://cid:d"), 0);
+    assert_eq!(broker.queue_depth("queue://after"), 1);
+}

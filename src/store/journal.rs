@@ -214,6 +214,24 @@ fn sync_directory(directory: &Path) -> Result<(), StoreError> {
     super::sync::sync_directory(directory).map_err(io_error("fsync directory", directory))
 }
 
+/// Syncs every segment in `starts` and the directory: segments written while fsync was off
+/// (a slave under `local_disk`) may be only in the page cache, and once fsync is on their
+/// bytes count as durable.
+fn sync_segments(
+    directory: &Path,
+    starts: impl IntoIterator<Item = u64>,
+) -> Result<(), StoreError> {
+    for start in starts {
+        let path = segment_path(directory, start);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_error("open to fsync", &path))?;
+        file.sync_data().map_err(io_error("fsync", &path))?;
+    }
+    sync_directory(directory)
+}
+
 /// `pread`/`pwrite` for Windows, as `std::os::unix::fs::FileExt` names them: `seek_read` and
 /// `seek_write` also move the handle's cursor, which the journal never uses.
 #[cfg(windows)]
@@ -505,9 +523,14 @@ impl Journal {
             .map_err(io_error("open for append", &current_path))?;
         preallocate(&file, options.log_size, &current_path)?;
         if options.fsync {
-            // A previous run without fsync may have left recovered bytes only in the page cache.
-            file.sync_data().map_err(io_error("fsync", &current_path))?;
-            sync_directory(&directory)?;
+            // A previous run without fsync may have left recovered bytes only in the page cache,
+            // in any segment it wrote.
+            let live = recovery
+                .segments
+                .iter()
+                .filter(|(_, state)| matches!(state, SegmentState::Live))
+                .map(|&(start, _)| start);
+            sync_segments(&directory, live)?;
         }
         let segments = recovery
             .segments
@@ -1398,10 +1421,18 @@ impl Writer {
             Command::SetFsync { on, reply } => {
                 self.finish_batch()?;
                 if on && !self.fsync {
-                    // As at open: bytes written without fsync may be only in the page cache.
-                    let path = self.current_path();
-                    self.file.sync_data().map_err(io_error("fsync", &path))?;
-                    sync_directory(&self.shared.directory)?;
+                    // As at open: bytes written without fsync may be only in the page cache,
+                    // in every segment written since.
+                    let live: Vec<u64> = self
+                        .shared
+                        .segments
+                        .read()
+                        .unwrap()
+                        .iter()
+                        .filter(|(_, s)| matches!(s.state, SegmentState::Live))
+                        .map(|(&start, _)| start)
+                        .collect();
+                    sync_segments(&self.shared.directory, live)?;
                 }
                 self.fsync = on;
                 let _ = reply.send(Ok(()));

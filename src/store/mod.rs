@@ -51,8 +51,8 @@ use state::LiveState;
 
 /// The LevelDB directory inside the store directory.
 const INDEX_DIRECTORY: &str = "index";
-/// A message key holds the entry index in 16 bits.
-const MAX_ENTRIES: usize = 1 << 16;
+/// The most entries one record holds (a message key holds the entry index in 16 bits).
+pub const MAX_ENTRIES: usize = 1 << 16;
 /// Index operations sent per message while replaying the journal at open.
 const REPLAY_BATCH_OPS: usize = 10_000;
 /// Stale segments forwarded at most per new segment (bounds the work of one append).
