@@ -181,6 +181,7 @@ pub(crate) async fn open_store_with(
         log_size: config.store.log_size,
         fsync,
         recovered_bodies: config.broker.memory_limit,
+        only_copy: config.is_standalone(),
     };
     let directory = options.directory.clone();
     tokio::task::spawn_blocking(move || Store::open(options, on_durable))

@@ -354,6 +354,7 @@ impl Broker {
                 directory: dir.to_path_buf(),
                 log_size: 1 << 20,
                 fsync: false,
+                only_copy: false,
                 recovered_bodies: options.memory_limit,
             },
             confirm.callback(),

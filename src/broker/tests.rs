@@ -54,6 +54,7 @@ fn open_store(
             directory: dir.to_path_buf(),
             log_size: 1 << 20,
             fsync: false,
+            only_copy: false,
             recovered_bodies: u64::MAX,
         },
         on_durable,

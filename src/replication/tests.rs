@@ -40,6 +40,7 @@ fn open_seeded(dir: &Path, log_size: u64, seed: bool) -> Node {
             directory: dir.to_path_buf(),
             log_size,
             fsync: false,
+            only_copy: false,
             recovered_bodies: u64::MAX,
         },
         Box::new(move |p| {

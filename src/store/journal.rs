@@ -78,6 +78,11 @@ pub struct JournalOptions {
     /// Call `fdatasync` before reporting a batch durable. Without it, batches are reported
     /// once written to the operating system.
     pub fsync: bool,
+    /// The journal is the only copy of its records (a standalone node): a corrupt frame
+    /// followed by more than one batch of records cannot be a torn tail, and recovery refuses
+    /// to cut them ([`StoreError::CorruptBeforeRecords`]). A cluster node cuts there and
+    /// catches up from its master.
+    pub only_copy: bool,
 }
 
 /// Called on the writer thread with the new durable end: every byte before it is durable.
@@ -514,7 +519,7 @@ impl Journal {
             }
             _ => {}
         }
-        let recovery = recover(&directory, options.fsync)?;
+        let recovery = recover(&directory, options.fsync, options.only_copy)?;
         let (current_start, _) = *recovery.segments.last().expect("recovery keeps a segment");
         let current_path = segment_path(&directory, current_start);
         let file = OpenOptions::new()
@@ -1049,7 +1054,7 @@ struct Recovery {
 }
 
 /// Scans the segments, keeps the longest valid prefix of the journal and normalizes the files.
-fn recover(directory: &Path, fsync: bool) -> Result<Recovery, StoreError> {
+fn recover(directory: &Path, fsync: bool, only_copy: bool) -> Result<Recovery, StoreError> {
     let mut files = Vec::new();
     for entry in fs::read_dir(directory).map_err(io_error("list", directory))? {
         let entry = entry.map_err(io_error("list", directory))?;
@@ -1119,6 +1124,25 @@ fn recover(directory: &Path, fsync: bool) -> Result<Recovery, StoreError> {
         expected = Some(start + scan.valid_len);
         if let Some(cause) = scan.problem {
             let position = start + scan.valid_len;
+            if only_copy && !is_last {
+                // A batch spanning a rotation can tear the end of this segment and leave the
+                // start of the next one written; more than that after it was confirmed.
+                let mut after = 0u64;
+                for &later in &files[i + 1..] {
+                    let later_path = segment_path(directory, later);
+                    after += scan_segment(&later_path)
+                        .map_err(io_error("read", &later_path))?
+                        .valid_len;
+                }
+                if after > MAX_BATCH_BYTES as u64 {
+                    return Err(StoreError::CorruptBeforeRecords {
+                        path,
+                        position: Position(position),
+                        cause,
+                        after,
+                    });
+                }
+            }
             warn!(
                 file = %path.display(),
                 position,
@@ -2069,6 +2093,7 @@ mod tests {
                 directory: dir.to_path_buf(),
                 log_size,
                 fsync,
+                only_copy: false,
             },
             Box::new(move |p| {
                 let _ = tx.send(p);
@@ -2251,6 +2276,7 @@ mod tests {
                 directory: dir.path().to_path_buf(),
                 log_size: 1 << 20,
                 fsync: true,
+                only_copy: false,
             },
             Box::new(move |_| {
                 let journal = in_callback.lock().unwrap().take();
@@ -2387,6 +2413,66 @@ mod tests {
             journal.append(&record(42, 1)).unwrap().position,
             Position(victim)
         );
+    }
+
+    /// A standalone store (the only copy): a bad frame in an early segment with more than a
+    /// batch of records after it is not a torn tail, and opening fails naming it, instead of
+    /// deleting what follows. Within one batch of the end it is cut as a torn tail.
+    #[test]
+    fn an_only_copy_refuses_to_cut_records_after_a_corrupt_frame() {
+        let open_only_copy = |dir: &Path| {
+            Journal::open(
+                JournalOptions {
+                    directory: dir.to_path_buf(),
+                    log_size: 1 << 20,
+                    fsync: false,
+                    only_copy: true,
+                },
+                Box::new(|_| {}),
+            )
+        };
+        let flip_first_frame = |dir: &Path| {
+            let path = segment_path(dir, 0);
+            let mut bytes = fs::read(&path).unwrap();
+            bytes[FRAME_HEADER_LEN + 5] ^= 0x10;
+            fs::write(&path, &bytes).unwrap();
+        };
+        // 12 MiB after the first segment: more than a batch.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _rx) = open(dir.path(), 1 << 20, false);
+        for n in 0..200 {
+            journal.append(&record(n, 64 << 10)).unwrap();
+        }
+        journal.close().unwrap();
+        let sizes = |dir: &Path| -> Vec<(u64, u64)> {
+            segment_files(dir)
+                .into_iter()
+                .map(|(start, _)| (start, fs::metadata(segment_path(dir, start)).unwrap().len()))
+                .collect()
+        };
+        let files = sizes(dir.path());
+        flip_first_frame(dir.path());
+        let Err(error) = open_only_copy(dir.path()) else {
+            panic!("opened, cutting the records after the corrupt frame");
+        };
+        assert!(
+            matches!(error, StoreError::CorruptBeforeRecords { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("not a torn tail"), "{error}");
+        assert_eq!(sizes(dir.path()), files, "nothing cut or deleted");
+
+        // One small segment after it: a batch torn across a rotation; cut there.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _rx) = open(dir.path(), 1 << 20, false);
+        for n in 0..17 {
+            journal.append(&record(n, 64 << 10)).unwrap();
+        }
+        journal.close().unwrap();
+        assert!(segment_files(dir.path()).len() >= 2);
+        flip_first_frame(dir.path());
+        let journal = open_only_copy(dir.path()).expect("a torn tail is cut");
+        assert_eq!(journal.end(), Position(0));
     }
 
     #[test]
@@ -2906,6 +2992,7 @@ mod tests {
                 directory: dir.path().to_path_buf(),
                 log_size: 1 << 20,
                 fsync: false,
+                only_copy: false,
             },
             Box::new(|_| {}),
         );

@@ -65,6 +65,8 @@ pub struct StoreOptions {
     pub log_size: u64,
     /// fdatasync each batch before reporting it durable.
     pub fsync: bool,
+    /// See [`JournalOptions::only_copy`].
+    pub only_copy: bool,
     /// Bytes of message bodies [`Recovered`] carries; the bodies of later messages are left in
     /// the journal (see [`Recovered::bodies_on_disk`]). `u64::MAX`: all of them.
     pub recovered_bodies: u64,
@@ -142,6 +144,20 @@ pub enum StoreError {
         position: Position,
         #[source]
         cause: FrameError,
+    },
+    #[error(
+        "journal frame at position {position} in {} is corrupt ({cause}), and {after} bytes of \
+         records in later segments follow it: not a torn tail. A standalone store does not cut \
+         records it confirmed: restore the store directory from a backup, or move the segments \
+         after {} out of it to start without them",
+        path.display(),
+        path.display()
+    )]
+    CorruptBeforeRecords {
+        path: PathBuf,
+        position: Position,
+        cause: String,
+        after: u64,
     },
     #[error("frame offered for position {position} is invalid: {cause}")]
     InvalidFrame {
@@ -231,6 +247,7 @@ impl Store {
                 directory: options.directory.clone(),
                 log_size: options.log_size,
                 fsync: options.fsync,
+                only_copy: options.only_copy,
             },
             on_durable,
         )?;

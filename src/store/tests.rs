@@ -17,6 +17,7 @@ fn options(dir: &Path, log_size: u64, fsync: bool) -> StoreOptions {
         directory: dir.to_path_buf(),
         log_size,
         fsync,
+        only_copy: false,
         recovered_bodies: u64::MAX,
     }
 }
@@ -339,6 +340,7 @@ fn an_index_behind_the_journal_is_caught_up() {
             directory: dir.path().to_path_buf(),
             log_size: 1 << 20,
             fsync: false,
+            only_copy: false,
         },
         Box::new(|_| {}),
     )
