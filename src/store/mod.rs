@@ -56,7 +56,7 @@ pub const MAX_ENTRIES: usize = 1 << 16;
 /// Index operations sent per message while replaying the journal at open.
 const REPLAY_BATCH_OPS: usize = 10_000;
 /// Stale segments forwarded at most per new segment (bounds the work of one append).
-const MAX_FORWARDS_PER_SEGMENT: usize = 4;
+pub(crate) const MAX_FORWARDS_PER_SEGMENT: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -203,6 +203,9 @@ pub struct Store {
     /// Largest record the store appends on its own.
     forward_limit: usize,
     forwarded_records: u64,
+    /// On a slave: the forward its master appends next (planned here exactly as the master
+    /// planned it), and how many more the master may append after it (see `replica`).
+    awaiting_forward: Option<(state::Forward, usize)>,
     index_rebuilt: bool,
     index_replayed: u64,
     index_trouble_logged: bool,
@@ -312,6 +315,7 @@ impl Store {
             state: LiveState::default(),
             forward_limit: (options.log_size / 2).clamp(64, 16 << 20) as usize,
             forwarded_records: 0,
+            awaiting_forward: None,
             index_rebuilt: rebuild.is_some() && !journal_empty,
             index_replayed: replayed,
             index_trouble_logged: false,

@@ -6,7 +6,11 @@
 //! A slave applies copied records exactly as [`Store::append`] applies its own (index, live
 //! state, segment release), so a failover needs no long replay. It never appends records of its
 //! own: the forwarding records a master appends (see the module docs of `store`) arrive as
-//! ordinary frames, so positions stay identical to the master's.
+//! ordinary frames, so positions stay identical to the master's. Their bookkeeping (which
+//! stale segment a forward frees) is not in the frame: the slave plans the same forward from
+//! the same state where its master did (after a record that opened a segment), and when the
+//! next record is that forward it frees the same segment; otherwise it keeps the segment, as
+//! before, until released some other way.
 
 use bytes::Bytes;
 use tracing::{info, warn};
@@ -187,7 +191,40 @@ impl Store {
             self.state.segment_started(at);
         }
         self.state.apply(at, &record, ops);
+        match self.awaiting_forward.take() {
+            Some((forward, left)) if forward.record == record => {
+                self.state.forwarded(forward, Some(at), ops);
+                self.forwarded_records += 1;
+                self.follow_forwards(left, ops);
+            }
+            Some((forward, _)) => warn!(
+                segment = %forward.from,
+                "the master did not forward a stale segment as this slave expected; it is kept"
+            ),
+            None if appended.new_segment => {
+                self.follow_forwards(super::MAX_FORWARDS_PER_SEGMENT, ops)
+            }
+            None => {}
+        }
         Ok(())
+    }
+
+    /// Plans, as the master's `forward_stale` does after a record that opened a segment, the
+    /// forwards the master appends next: one without entries frees its segment at once; one
+    /// with entries is awaited as the next record.
+    fn follow_forwards(&mut self, mut left: usize, ops: &mut Vec<IndexOp>) {
+        while left > 0 {
+            left -= 1;
+            let Some(forward) = self.state.plan_forward(self.forward_limit) else {
+                return;
+            };
+            if forward.record.entries.is_empty() {
+                self.state.forwarded(forward, None, ops);
+                continue;
+            }
+            self.awaiting_forward = Some((forward, left));
+            return;
+        }
     }
 
     /// A slave copying its master skips a range the master released (it held nothing a
@@ -250,6 +287,7 @@ impl Store {
     /// Wipes the journal and the index: the store is empty and its next append goes to
     /// `start` (a segment named by it).
     pub fn reset(&mut self, start: Position) -> Result<(), StoreError> {
+        self.awaiting_forward = None;
         let previous = self.stats();
         self.wipe_index()?;
         self.journal.reset(start)?;
@@ -296,6 +334,7 @@ impl Store {
         };
         state.consider_all();
         self.state = state;
+        self.awaiting_forward = None;
         self.index_rebuilt = true;
         self.index_replayed = replayed;
         let mut ops = Vec::new();

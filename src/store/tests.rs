@@ -842,3 +842,64 @@ fn an_open_store_recovers_what_a_reopen_would() {
     assert_eq!(reopened.producers, taken.producers);
     assert_eq!(reopened.epoch, taken.epoch);
 }
+
+/// Copies what `master` appended since `from` to `slave`, as replication does.
+fn copy_to_slave(
+    master: &Store,
+    rx: &mpsc::Receiver<Position>,
+    slave: &mut Store,
+    from: &mut Position,
+) {
+    let end = master.end();
+    if end == *from {
+        return;
+    }
+    wait_durable(rx, end);
+    let mut bytes = Vec::new();
+    for frame in master.reader().frames(*from, end) {
+        bytes.extend_from_slice(&frame.unwrap().1);
+    }
+    slave.append_frames(*from, Bytes::from(bytes)).unwrap();
+    *from = end;
+}
+
+/// One long-lived message (on the DLQ, say) and steady produce and consume: the master keeps
+/// a few segments by forwarding the stale ones, and a slave copying it frees the same
+/// segments, instead of keeping its whole journal.
+#[test]
+fn a_slave_frees_the_segments_its_master_forwarded() {
+    let master_dir = tempfile::tempdir().unwrap();
+    let slave_dir = tempfile::tempdir().unwrap();
+    let (mut master, _, rx) = open(master_dir.path(), 4096);
+    let (mut slave, _, _slave_rx) = open(slave_dir.path(), 4096);
+    let mut copied = Position(0);
+    add(&mut master, "dlq", "long-lived");
+    copy_to_slave(&master, &rx, &mut slave, &mut copied);
+    let mut previous = None;
+    for n in 0..3000 {
+        let key = add(&mut master, "q", &format!("m{n}"));
+        if let Some(previous) = previous.replace(key) {
+            remove(&mut master, "q", previous);
+        }
+        copy_to_slave(&master, &rx, &mut slave, &mut copied);
+    }
+    let (m, s) = (master.stats(), slave.stats());
+    assert!(m.forwarded_records > 0 && m.segments <= 6, "master: {m:?}");
+    assert!(
+        s.segments <= m.segments + 1,
+        "the slave keeps {} segments, its master {}",
+        s.segments,
+        m.segments
+    );
+    assert_eq!(s.forwarded_records, m.forwarded_records);
+    assert_eq!(s.live_messages, m.live_messages);
+    // What the slave kept rebuilds the same live messages.
+    drop(slave);
+    let (_, recovered, _) = open(slave_dir.path(), 4096);
+    let live: Vec<(&str, usize)> = recovered
+        .queues
+        .iter()
+        .map(|(queue, messages)| (queue.as_str(), messages.len()))
+        .collect();
+    assert_eq!(live, [("dlq", 1), ("q", 1)]);
+}
