@@ -165,7 +165,10 @@ async fn open_hooked(
             hook(position);
         }
     });
-    let (store, recovered) = open_store_with(config, fsync, on_durable).await?;
+    let (mut store, recovered) = open_store_with(config, fsync, on_durable).await?;
+    // A record past the quorum-confirmed position may be cut by a new master: what it made
+    // releasable must stay until it is confirmed.
+    store.hold_releases_until_confirmed();
     Ok((store, recovered, durable))
 }
 

@@ -430,6 +430,15 @@ impl Core {
     /// prepare a segment: a full disk, say). No append reports that until the next one is
     /// tried, so without this a sender whose record was in the failed batch would wait for
     /// ever; called on every sweep tick.
+    /// Releases the journal segments that confirmed records made releasable (in a cluster they
+    /// wait for the confirmation; see `Store::hold_releases_until_confirmed`). Called by the
+    /// periodic sweep, outside the journal's writer thread.
+    pub fn release_confirmed(&mut self) {
+        if let Some(store) = &mut self.store {
+            store.release_confirmed();
+        }
+    }
+
     pub fn check_store(&mut self) {
         if self.failed.is_some() {
             return;
@@ -501,6 +510,9 @@ impl Core {
             return;
         }
         self.confirmed = position;
+        if let Some(store) = &mut self.store {
+            store.set_confirmed(position);
+        }
         let mut touched = BTreeSet::new();
         while self.pending.front().is_some_and(|p| p.end <= position) {
             let pending = self.pending.pop_front().expect("checked non-empty");

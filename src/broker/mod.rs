@@ -314,6 +314,7 @@ impl Broker {
                         let mut core = lock(&shared);
                         core.check_store();
                         core.expire_messages();
+                        core.release_confirmed();
                     }
                     None => return,
                 }

@@ -590,6 +590,7 @@ async fn stream_journal(
                         let records = wire::Records {
                             position: next.0,
                             frames: frames.slice(offset..offset + piece),
+                            confirmed: shared.confirmed.borrow().0,
                         };
                         offset += piece;
                         next = Position(next.0 + piece as u64);
@@ -628,7 +629,11 @@ async fn stream_journal(
                 }
             }
             _ = heartbeat.tick() => {
-                write_message(writer, Kind::Heartbeat(wire::Heartbeat { master_end: limit.0 })).await?;
+                let heartbeat = wire::Heartbeat {
+                    master_end: limit.0,
+                    confirmed: shared.confirmed.borrow().0,
+                };
+                write_message(writer, Kind::Heartbeat(heartbeat)).await?;
             }
         }
     }

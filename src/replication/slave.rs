@@ -230,6 +230,7 @@ pub async fn run_slave(
                             last_epoch = *epoch;
                         }
                         let frames = pending.split_to(len).freeze();
+                        store.set_confirmed(Position(r.confirmed));
                         store.append_frames(at, frames)?;
                         at = store.end();
                         records += epochs.len() as u64;
@@ -248,7 +249,10 @@ pub async fn run_slave(
                         debug!(from = skip.from, to = skip.to, "skipping a range the master released");
                         store.skip_to(Position(skip.to))?;
                     }
-                    Kind::Heartbeat(_) => {}
+                    Kind::Heartbeat(heartbeat) => {
+                        store.set_confirmed(Position(heartbeat.confirmed));
+                        store.release_confirmed();
+                    }
                     _ => {
                         return Err(ReplicationError::Protocol(
                             "the master sent a message a slave does not expect".into(),

@@ -206,6 +206,11 @@ pub struct Store {
     /// On a slave: the forward its master appends next (planned here exactly as the master
     /// planned it), and how many more the master may append after it (see `replica`).
     awaiting_forward: Option<(state::Forward, usize)>,
+    /// In a cluster (see [`Store::hold_releases_until_confirmed`]): the quorum-confirmed
+    /// position as last told, and the segments found releasable, each with the journal end
+    /// whose records made it so. `None`: segments are released as soon as they may be.
+    confirmed: Option<Position>,
+    held_releases: std::collections::VecDeque<(Position, Vec<Position>)>,
     index_rebuilt: bool,
     index_replayed: u64,
     index_trouble_logged: bool,
@@ -316,6 +321,8 @@ impl Store {
             forward_limit: (options.log_size / 2).clamp(64, 16 << 20) as usize,
             forwarded_records: 0,
             awaiting_forward: None,
+            confirmed: None,
+            held_releases: std::collections::VecDeque::new(),
             index_rebuilt: rebuild.is_some() && !journal_empty,
             index_replayed: replayed,
             index_trouble_logged: false,
@@ -428,11 +435,59 @@ impl Store {
     }
 
     /// Releases the segments that hold nothing needed any more. The journal deletes them once
-    /// everything appended so far is durable.
+    /// everything appended so far is durable. In a cluster, only once the records that made
+    /// them releasable are confirmed (see [`Store::hold_releases_until_confirmed`]).
     fn release_ready(&mut self, ops: &mut Vec<index::IndexOp>) {
-        for start in self.state.take_releasable(ops) {
-            if let Err(e) = self.journal.release(start) {
-                error!("releasing journal segment at {start}: {e}");
+        let ready = self.state.take_releasable(ops);
+        if self.confirmed.is_none() {
+            for start in ready {
+                self.release_segment(start);
+            }
+            return;
+        }
+        if !ready.is_empty() {
+            self.held_releases.push_back((self.journal.end(), ready));
+        }
+        self.release_confirmed();
+    }
+
+    fn release_segment(&mut self, start: Position) {
+        if let Err(e) = self.journal.release(start) {
+            error!("releasing journal segment at {start}: {e}");
+        }
+    }
+
+    /// From now on, a segment is released only once the records that made it releasable are
+    /// confirmed by the quorum ([`Store::set_confirmed`]). A node of a cluster needs this: a
+    /// record beyond the confirmed position may be cut when a new master is elected (its tail
+    /// diverges), and a segment released because of it (an ack's removal) would then be gone
+    /// with messages the cut brought back to life.
+    pub fn hold_releases_until_confirmed(&mut self) {
+        self.confirmed.get_or_insert(Position(0));
+    }
+
+    /// The quorum confirmed every record before `position`. Only notes it (it may be called
+    /// on the journal's writer thread); [`Store::release_confirmed`], or the next append,
+    /// releases what it allows.
+    pub fn set_confirmed(&mut self, position: Position) {
+        if let Some(confirmed) = &mut self.confirmed {
+            *confirmed = (*confirmed).max(position);
+        }
+    }
+
+    /// Releases the held segments whose records are now confirmed.
+    pub fn release_confirmed(&mut self) {
+        let Some(confirmed) = self.confirmed else {
+            return;
+        };
+        while self
+            .held_releases
+            .front()
+            .is_some_and(|(trigger, _)| *trigger <= confirmed)
+        {
+            let (_, starts) = self.held_releases.pop_front().expect("checked non-empty");
+            for start in starts {
+                self.release_segment(start);
             }
         }
     }

@@ -288,6 +288,7 @@ impl Store {
     /// `start` (a segment named by it).
     pub fn reset(&mut self, start: Position) -> Result<(), StoreError> {
         self.awaiting_forward = None;
+        self.held_releases.clear();
         let previous = self.stats();
         self.wipe_index()?;
         self.journal.reset(start)?;
@@ -335,6 +336,7 @@ impl Store {
         state.consider_all();
         self.state = state;
         self.awaiting_forward = None;
+        self.held_releases.clear();
         self.index_rebuilt = true;
         self.index_replayed = replayed;
         let mut ops = Vec::new();

@@ -903,3 +903,51 @@ fn a_slave_frees_the_segments_its_master_forwarded() {
         .collect();
     assert_eq!(live, [("dlq", 1), ("q", 1)]);
 }
+
+/// In a cluster a segment is released only once the record that made it releasable is
+/// confirmed: an ack's removal that no quorum confirmed may be cut when a new master is
+/// elected, and the message it removed must still be there (its segment kept) when it is.
+#[test]
+fn a_segment_freed_by_an_unconfirmed_record_stays_until_it_is_confirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    // Room for one add and one remove per segment.
+    let (mut store, _, rx) = open_with(options(dir.path(), 100, true));
+    store.hold_releases_until_confirmed();
+    let m = add(&mut store, "q", "confirmed"); // segment A
+    add(&mut store, "q", "keep-it-1"); // segment B (A is complete)
+    wait_durable(&rx, store.end());
+    let shared = store.end();
+    store.set_confirmed(shared);
+    remove(&mut store, "q", m); // an ack no quorum confirmed yet, in segment B
+    wait_durable(&rx, store.end());
+    add(&mut store, "other", "x"); // one more append: releases run
+    wait_durable(&rx, store.end());
+    assert_eq!(
+        store.oldest(),
+        Position(0),
+        "segment A released before its removal was confirmed"
+    );
+    // A new master's answer at login: truncate to the shared prefix.
+    store.truncate(shared).unwrap();
+    store.close().unwrap();
+    let (mut store, recovered, rx) = open(dir.path(), 100);
+    let ids: Vec<&str> = recovered
+        .queues
+        .iter()
+        .flat_map(|q| q.1.iter().map(|m| m.1.message_id.as_str()))
+        .collect();
+    assert_eq!(ids, ["confirmed", "keep-it-1"]);
+
+    // Once confirmed, the removal releases the segment as before.
+    store.hold_releases_until_confirmed();
+    let m = MessageKey(recovered.queues[0].1[0].0 .0);
+    remove(&mut store, "q", m);
+    add(&mut store, "other", "y");
+    wait_durable(&rx, store.end());
+    assert_eq!(store.oldest(), Position(0));
+    store.set_confirmed(store.end());
+    store.release_confirmed();
+    add(&mut store, "other", "z");
+    wait_durable(&rx, store.end());
+    assert!(store.oldest() > Position(0), "segment A never released");
+}
