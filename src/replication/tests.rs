@@ -698,3 +698,43 @@ async fn released_ranges_are_skipped_in_a_snapshot() {
     let (node, _) = slave.stop().await;
     assert_identical(&master.node.store, &node.store, Position(0));
 }
+
+/// A slave cut back to the shared prefix (or reset for a snapshot) and elected before it
+/// writes anything hands its durable end to the new master's quorum count: the cut records
+/// must not count (the journal reports the lower end through its durable callback). One
+/// replica here, so that the master's own count is what is confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_journal_is_not_counted_past_its_end_by_a_new_master() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = open(dir.path(), 1 << 20);
+    node.store.append(&epoch_start(1)).unwrap();
+    append_adds(&mut node.store, 1, 0, 10, 100);
+    let shared = node.store.end();
+    append_adds(&mut node.store, 1, 10, 40, 100);
+    let old_end = node.store.end();
+    let durable = node.durable.clone();
+    wait_for("the tail to be durable", || *durable.borrow() >= old_end).await;
+    node.store.truncate(shared).unwrap();
+    let (replication, confirmed) = ReplicationMaster::start(
+        MasterOptions {
+            bind: "127.0.0.1:0".into(),
+            security_token: TOKEN.into(),
+            replicas: 1,
+            epoch: 3,
+        },
+        node.store.reader(),
+        node.store.history(),
+        node.store.written_watch(),
+        *node.durable.borrow(),
+    )
+    .await
+    .unwrap();
+    let end = node.store.end();
+    let watch = *node.durable.borrow();
+    let got = *confirmed.borrow();
+    drop(replication);
+    assert!(
+        got <= end,
+        "confirmed {got:?} past the journal's end {end:?} (durable watch {watch:?})"
+    );
+}

@@ -1691,6 +1691,9 @@ impl Writer {
         self.shared.written.store(position, Ordering::Release);
         self.shared.durable.store(position, Ordering::Release);
         self.shared.written_watch.send_replace(Position(position));
+        // Whoever counts this journal's durable end (a master's quorum, once this node is
+        // elected) must not go on counting the records cut.
+        (self.on_durable)(Position(position));
         info!(file = %path.display(), position, "journal truncated");
         Ok(())
     }
@@ -1734,6 +1737,7 @@ impl Writer {
         self.shared.written.store(start, Ordering::Release);
         self.shared.durable.store(start, Ordering::Release);
         self.shared.written_watch.send_replace(Position(start));
+        (self.on_durable)(Position(start));
         info!(file = %path.display(), start, "journal reset");
         Ok(())
     }
