@@ -685,7 +685,13 @@ impl Core {
         match command {
             Command::ReportLog(log, is_final) => {
                 self.log = log;
-                self.log_final = is_final;
+                // A final report is for the candidate the lifecycle stepped down to. Read after
+                // the election already made this node a slave (its step-down was slower than
+                // the rejoin), it is stale: the node follows, its log moves, and publishing the
+                // old position as final could elect a node that lacks confirmed records. The
+                // lifecycle reports again when the node stops following.
+                self.log_final =
+                    is_final && matches!(&*self.roles.borrow(), Role::Candidate { .. });
             }
             Command::SetRoleInfo(role, master_epoch) => self.role_info = (role, master_epoch),
             Command::PublishAddress(address, ack) => match &*self.roles.borrow() {
@@ -1694,6 +1700,60 @@ mod tests {
         );
         assert!(lines[1].contains("slave(2)"));
         assert!(lines[3].starts_with("junk"));
+    }
+
+    /// A final report the lifecycle sent as a candidate (a master stepping down after its
+    /// session expired) that the election reads only after it already made the node a slave of
+    /// the new master is not taken as final: the node follows, and its old position must not
+    /// be published for an election to compare.
+    #[test]
+    fn a_final_report_read_after_becoming_slave_is_not_final() {
+        let (events, _events_rx) = mpsc::unbounded_channel();
+        let (roles, _roles_rx) = watch::channel(Role::candidate("joining"));
+        let mut core = Core::new(
+            ElectionConfig {
+                zk_address: "127.0.0.1:2181".into(),
+                zk_password: None,
+                zk_path: "/t".into(),
+                session_timeout: Duration::from_secs(2),
+                broker_name: "b".into(),
+                replicas: 3,
+                weight: 1,
+                container: None,
+                client_address: None,
+            },
+            LogState {
+                epoch: 5,
+                position: 1000,
+            },
+            events,
+            roles,
+        );
+        core.set_role(Role::Master { epoch: 5 });
+        core.set_role(Role::candidate("ZooKeeper session Expired; rejoining"));
+        // The lifecycle is still closing the master's store; the election rejoins and follows
+        // the master of epoch 6 ...
+        core.set_role(Role::Slave {
+            master: "tcp://h:1".into(),
+            epoch: 6,
+        });
+        // ... and only then reads the step-down's report.
+        core.on_command(Command::ReportLog(
+            LogState {
+                epoch: 5,
+                position: 1200,
+            },
+            true,
+        ));
+        assert!(
+            !core.log_final,
+            "a slave's log is taken as final while it follows the master of epoch 6"
+        );
+        assert_eq!(
+            core.join_data().position,
+            -1,
+            "a stale position is published"
+        );
     }
 
     #[test]
