@@ -40,9 +40,10 @@ const MASTER_RETRY: Duration = Duration::from_secs(1);
 
 /// Runs this node as a member of its cluster until `shutdown` resolves.
 pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let node = config.broker.name.clone();
     let hook = DurableHook::default();
     let kept = open_kept(&config, false, &hook).await?;
+    // Every node of a cluster has the same broker name: log lines name the node by its id.
+    let node = node_id(&config)?;
     let log = log_state(&kept.store);
     let listeners = Listeners::bind(
         &config,
@@ -77,6 +78,7 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
     .context("joining the election in ZooKeeper")?;
     tracing::info!(%node, epoch = log.epoch, position = log.position, "role change: candidate (joined the election)");
     let mut lifecycle = Lifecycle {
+        node: node.clone(),
         config,
         election,
         listeners,
@@ -206,6 +208,8 @@ async fn close_store(store: Store) {
 }
 
 struct Lifecycle {
+    /// This node's id (`node.id`), in every role-change line.
+    node: String,
     config: Config,
     election: Election,
     listeners: Listeners,
@@ -251,7 +255,7 @@ impl Lifecycle {
                     Err(e) if is_store_failure(&e) => return Err(e),
                     Err(e) => {
                         failed_as_master += 1;
-                        tracing::error!(node = %self.config.broker.name, epoch, attempt = failed_as_master, error = %format!("{e:#}"), "master role failed");
+                        tracing::error!(node = %self.node, epoch, attempt = failed_as_master, error = %format!("{e:#}"), "master role failed");
                         if failed_as_master >= MASTER_ATTEMPTS {
                             // Still the best candidate, it would be elected again and again,
                             // and no other node could serve.
@@ -269,7 +273,7 @@ impl Lifecycle {
                         if is_store_failure(&e) {
                             return Err(e);
                         }
-                        tracing::warn!(node = %self.config.broker.name, %master, epoch, error = %format!("{e:#}"), "following the master failed");
+                        tracing::warn!(node = %self.node, %master, epoch, error = %format!("{e:#}"), "following the master failed");
                         tokio::time::sleep(SLAVE_RETRY).await;
                     }
                 }
@@ -282,7 +286,8 @@ impl Lifecycle {
     fn log_role(&self, role: &str, kind: &'static str, epoch: u64) {
         self.status.set_role(kind, epoch, self.log.position);
         tracing::info!(
-            node = %self.config.broker.name,
+            node = %self.node,
+            broker = %self.config.broker.name,
             epoch,
             position = self.log.position,
             last_record_epoch = self.log.epoch,
@@ -334,7 +339,7 @@ impl Lifecycle {
         broker.confirm(replication.confirmed());
         self.election.set_role_info("master", Some(epoch));
         self.election.publish_master_address(&address).await;
-        tracing::info!(node = %config.broker.name, epoch, %address, "replication listener published");
+        tracing::info!(node = %self.node, epoch, %address, "replication listener published");
         self.listeners.set_mode(Mode::Serve(broker.clone()));
 
         let mut report = tokio::time::interval(Duration::from_secs(1));
@@ -361,7 +366,7 @@ impl Lifecycle {
                     unbound_ticks = if unbound.is_empty() { 0 } else { unbound_ticks + 1 };
                     if unbound_ticks >= CLIENT_PORT_TICKS {
                         let reason = unbound.join("; ");
-                        tracing::error!(node = %config.broker.name, epoch, position, %reason, "cannot open the client port: stepping down");
+                        tracing::error!(node = %self.node, epoch, position, %reason, "cannot open the client port: stepping down");
                         break MasterEnd::ClientPort(reason);
                     }
                     self.election.report_log(LogState { epoch, position });
@@ -369,7 +374,7 @@ impl Lifecycle {
             }
         };
         if let MasterEnd::StoreFailed(reason) = &ended {
-            tracing::error!(node = %config.broker.name, epoch, %reason, "the store failed: stepping down so that another node takes over");
+            tracing::error!(node = %self.node, epoch, %reason, "the store failed: stepping down so that another node takes over");
         }
         // Step down: no client is served and nothing is confirmed from here on.
         self.listeners.set_mode(Mode::Refuse(
@@ -457,12 +462,12 @@ impl Lifecycle {
                 Err(e) => return Err(anyhow::anyhow!("the replication task failed: {e}")),
             };
             if let Some(Err(e)) = &outcome {
-                tracing::warn!(node = %config.broker.name, %master, error = %e, "replication stream ended");
+                tracing::warn!(node = %self.node, %master, error = %e, "replication stream ended");
             }
             // Whether the stream ended or this node was told to stop, a failed store ends its
             // membership.
             if let Some(reason) = store.failure() {
-                tracing::error!(node = %config.broker.name, epoch, position = store.end().0, %reason, "the store failed: this slave stops following");
+                tracing::error!(node = %self.node, epoch, position = store.end().0, %reason, "the store failed: this slave stops following");
                 break Err(BrokerError::StoreFailed(reason).into());
             }
             if outcome.is_none() {
@@ -504,7 +509,7 @@ impl Lifecycle {
                     return Ok(kept);
                 }
                 Err(e) => {
-                    tracing::warn!(node = %self.config.broker.name, error = %e, "cannot switch fsync on the open store; reopening it");
+                    tracing::warn!(node = %self.node, error = %e, "cannot switch fsync on the open store; reopening it");
                     close_store(kept.store).await;
                 }
             }
@@ -523,7 +528,7 @@ impl Lifecycle {
             match recovered {
                 Ok(recovered) => return Ok((kept.store, recovered, kept.durable)),
                 Err(e) => {
-                    tracing::warn!(node = %self.config.broker.name, error = %e, "cannot take over the open store; reopening it");
+                    tracing::warn!(node = %self.node, error = %e, "cannot take over the open store; reopening it");
                     close_store(kept.store).await;
                 }
             }

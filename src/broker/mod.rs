@@ -350,7 +350,7 @@ impl Broker {
     #[cfg(test)]
     pub(crate) fn start_for_tests(dir: &std::path::Path, options: BrokerOptions) -> Broker {
         let confirm = ConfirmLater::default();
-        let (store, recovered) = Store::open(
+        let (store, recovered) = crate::store::open_when_unlocked(
             crate::store::StoreOptions {
                 directory: dir.to_path_buf(),
                 log_size: 1 << 20,
@@ -358,9 +358,8 @@ impl Broker {
                 only_copy: false,
                 recovered_bodies: options.memory_limit,
             },
-            confirm.callback(),
-        )
-        .unwrap();
+            || confirm.callback(),
+        );
         let epoch = recovered.epoch + 1;
         let broker = Broker::start(store, recovered, epoch, options).unwrap();
         confirm.attach(&broker);

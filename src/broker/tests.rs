@@ -47,9 +47,9 @@ fn persistent(body: &str) -> NewMessage {
 /// to `on_durable`.
 fn open_store(
     dir: &std::path::Path,
-    on_durable: crate::store::DurableCallback,
+    on_durable: impl FnMut() -> crate::store::DurableCallback,
 ) -> (Store, crate::store::Recovered) {
-    Store::open(
+    crate::store::open_when_unlocked(
         crate::store::StoreOptions {
             directory: dir.to_path_buf(),
             log_size: 1 << 20,
@@ -59,7 +59,6 @@ fn open_store(
         },
         on_durable,
     )
-    .unwrap()
 }
 
 /// Sends the persistent messages "0" to "n-1" to `queue://q`, each confirmed.
@@ -493,7 +492,7 @@ async fn recovered_messages_wait_for_the_epoch_start_to_be_confirmed() {
     )
     .await;
     // Reopened as a master is: durable reports go to the quorum, which confirms nothing yet.
-    let (store, recovered) = open_store(dir.path(), Box::new(|_| {}));
+    let (store, recovered) = open_store(dir.path(), || Box::new(|_| {}));
     let epoch = recovered.epoch + 1;
     let broker = Broker::start(store, recovered, epoch, BrokerOptions::default()).unwrap();
     let (c, mut rx) = broker.open_session(None);
@@ -519,13 +518,13 @@ async fn a_lone_sender_writes_its_own_records_and_concurrent_senders_leave_them_
     let writers = Arc::new(Mutex::new(Vec::new()));
     let confirm = ConfirmLater::default();
     let (seen, confirming) = (writers.clone(), confirm.clone());
-    let (store, recovered) = open_store(
-        dir.path(),
+    let (store, recovered) = open_store(dir.path(), move || {
+        let (seen, confirming) = (seen.clone(), confirming.clone());
         Box::new(move |p| {
             seen.lock().unwrap().push(std::thread::current().id());
             confirming.durable(p);
-        }),
-    );
+        })
+    });
     let epoch = recovered.epoch + 1;
     let broker = Broker::start(store, recovered, epoch, BrokerOptions::default()).unwrap();
     confirm.attach(&broker);

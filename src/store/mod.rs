@@ -72,6 +72,25 @@ pub struct StoreOptions {
     pub recovered_bodies: u64,
 }
 
+/// For tests that reopen a store another test broker just dropped: the journal lock is freed
+/// when the last thread holding that broker lets go of it (its journal writer may be in the
+/// middle of a durable report), so opening is retried while it is still held.
+#[cfg(test)]
+pub(crate) fn open_when_unlocked(
+    options: StoreOptions,
+    mut on_durable: impl FnMut() -> DurableCallback,
+) -> (Store, Recovered) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(options.clone(), on_durable()) {
+            Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            result => return result.unwrap(),
+        }
+    }
+}
+
 /// What the store held at open.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Recovered {
