@@ -50,7 +50,7 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
         Mode::Refuse("not the master: this node is joining the cluster".into()),
     )
     .await?;
-    let status = crate::admin::Status::new(&node);
+    let status = crate::admin::Status::new(&config.broker.name);
     status.set_role("candidate", log.epoch, log.position);
     let _admin = crate::server::start_admin(&config, &status, &listeners).await?;
     let client_address = listeners.addresses.first().map(|a| {
@@ -66,7 +66,7 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
             zk_password: config.replication.zk_password.clone(),
             zk_path: config.replication.zk_path.clone(),
             session_timeout: config.replication.zk_session_timeout,
-            broker_name: node.clone(),
+            broker_name: config.broker.name.clone(),
             replicas: config.replication.replicas as usize,
             weight: config.replication.weight,
             container: config.replication.container.clone(),

@@ -685,13 +685,13 @@ impl Core {
         match command {
             Command::ReportLog(log, is_final) => {
                 self.log = log;
-                // A final report is for the candidate the lifecycle stepped down to. Read after
-                // the election already made this node a slave (its step-down was slower than
-                // the rejoin), it is stale: the node follows, its log moves, and publishing the
-                // old position as final could elect a node that lacks confirmed records. The
-                // lifecycle reports again when the node stops following.
-                self.log_final =
-                    is_final && matches!(&*self.roles.borrow(), Role::Candidate { .. });
+                // A final report comes from a lifecycle that left its role (as master, or as a
+                // slave) and holds its store still. Read after the election already made this
+                // node a slave again (the step-down was slower than the rejoin), it is stale: the
+                // node follows, its log moves, and publishing the old position as final could
+                // elect a node that lacks confirmed records. The lifecycle reports again when it
+                // stops following.
+                self.log_final = is_final && !matches!(&*self.roles.borrow(), Role::Slave { .. });
             }
             Command::SetRoleInfo(role, master_epoch) => self.role_info = (role, master_epoch),
             Command::PublishAddress(address, ack) => match &*self.roles.borrow() {
