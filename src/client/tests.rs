@@ -674,25 +674,38 @@ async fn deliveries_of_a_lost_connection_are_not_handed_out() {
     );
 }
 
+/// A broker that reads the first frame of each connection, answers it with an ERROR carrying
+/// `error` (if any) and closes the connection; it counts the connections.
+fn ending_every_connection(
+    server: FakeListener,
+    error: Option<&'static str>,
+) -> (tokio::task::JoinHandle<()>, Arc<AtomicUsize>) {
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    let peer = tokio::spawn(async move {
+        loop {
+            let mut connection = server.accept().await;
+            counted.fetch_add(1, Ordering::SeqCst);
+            connection.handshake().await;
+            let _first = connection.read_frame().await;
+            if let Some(message) = error {
+                connection
+                    .send(Frame::new(Command::Error).header("message", message))
+                    .await;
+            }
+            connection.close().await;
+        }
+    });
+    (peer, connections)
+}
+
 /// `timeout` bounds a send even when every new connection is lost before its RECEIPT: the
 /// clock starts at the first loss and is not restarted by later connections.
 #[tokio::test]
 async fn the_timeout_bounds_a_send_on_a_broker_that_drops_every_connection() {
     let server = FakeListener::bind().await;
     let url = format!("failover:({})?{FAST}&timeout=300", server.url());
-    let connections = Arc::new(AtomicUsize::new(0));
-    let peer = tokio::spawn({
-        let connections = connections.clone();
-        async move {
-            loop {
-                let mut connection = server.accept().await;
-                connections.fetch_add(1, Ordering::SeqCst);
-                connection.handshake().await;
-                let _send = connection.read_frame().await;
-                connection.close().await;
-            }
-        }
-    });
+    let (peer, connections) = ending_every_connection(server, None);
     let client = connect(&url).await;
     let outcome = tokio::time::timeout(
         Duration::from_secs(3),
@@ -714,25 +727,8 @@ async fn the_timeout_bounds_a_send_on_a_broker_that_drops_every_connection() {
 async fn a_send_the_broker_ends_every_connection_over_fails_after_the_timeout() {
     let server = FakeListener::bind().await;
     let url = format!("failover:({})?{FAST}&timeout=300", server.url());
-    let connections = Arc::new(AtomicUsize::new(0));
-    let peer = tokio::spawn({
-        let connections = connections.clone();
-        async move {
-            loop {
-                let mut connection = server.accept().await;
-                connections.fetch_add(1, Ordering::SeqCst);
-                connection.handshake().await;
-                let _send = connection.expect(Command::Send).await;
-                connection
-                    .send(Frame::new(Command::Error).header(
-                        "message",
-                        "frame too large: 70000000 bytes exceeds the limit of 67108864 bytes",
-                    ))
-                    .await;
-                connection.close().await;
-            }
-        }
-    });
+    let error = "frame too large: 70000000 bytes exceeds the limit of 67108864 bytes";
+    let (peer, connections) = ending_every_connection(server, Some(error));
     let client = connect(&url).await;
     let outcome = tokio::time::timeout(
         Duration::from_secs(3),

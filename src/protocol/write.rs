@@ -13,7 +13,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 /// How much a client may send while a write to it waits before reading it stops (past that it
@@ -27,6 +27,29 @@ pub(crate) enum Unwritten {
     Failed,
     /// The client sent nothing for the grace period while the write waited.
     Silent,
+}
+
+/// Writes all of `output` to `stream`: with a `grace` (heart-beats or an inactivity monitor in
+/// force, the client's reading not paused by flow control) through [`write_watching`], else
+/// plainly. `Ok(true)`: the client sent bytes meanwhile, appended to `input`, to handle next.
+pub(crate) async fn flush<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    output: &mut BytesMut,
+    input: &mut BytesMut,
+    grace: Option<Duration>,
+    last_read: &mut Instant,
+) -> Result<bool, Unwritten> {
+    let Some(grace) = grace else {
+        stream
+            .write_all(output)
+            .await
+            .map_err(|_| Unwritten::Failed)?;
+        output.clear();
+        return Ok(false);
+    };
+    let before = input.len();
+    write_watching(stream, output, input, grace, last_read).await?;
+    Ok(input.len() > before)
 }
 
 /// Writes all of `output` to `stream`. Meanwhile, what the client sends is appended to

@@ -34,7 +34,7 @@ use super::{
 use crate::broker::{
     AckScope, Broker, BrokerError, Confirmation, Delivery, Destination, Session, SubscribeRequest,
 };
-use crate::protocol::write::{write_watching, Unwritten};
+use crate::protocol::write::{flush, Unwritten};
 
 /// What every OpenWire connection on a node shares.
 #[derive(Debug)]
@@ -715,24 +715,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             };
             if !self.output.is_empty() {
                 wrote_since_tick = true;
-                let written = match self.inactivity {
-                    Some(period) if !paused => {
-                        let before = self.input.len();
-                        let written = write_watching(
-                            &mut self.stream,
-                            &mut self.output,
-                            &mut self.input,
-                            period,
-                            &mut last_read,
-                        )
-                        .await;
-                        unhandled_input = self.input.len() > before;
-                        written
-                    }
-                    _ => self.flush_output().await.map_err(|_| Unwritten::Failed),
-                };
+                let grace = self.inactivity.filter(|_| !paused);
+                let written = flush(
+                    &mut self.stream,
+                    &mut self.output,
+                    &mut self.input,
+                    grace,
+                    &mut last_read,
+                )
+                .await;
                 match written {
-                    Ok(()) => {}
+                    Ok(read) => unhandled_input = read,
                     Err(Unwritten::Failed) => return Close::Quietly,
                     Err(Unwritten::Silent) => {
                         return Close::Error(format!(

@@ -20,7 +20,7 @@ use crate::broker::{
     AckScope, BodyType, Broker, BrokerError, Confirmation, Delivery, Destination, Header,
     NewMessage, Session, SubscribeRequest, JMS_TYPE_HEADER,
 };
-use crate::protocol::write::{write_watching, Unwritten};
+use crate::protocol::write::{flush, Unwritten};
 use crate::protocol::{destination_to_core, destination_to_stomp, REPLY_TO_HEADER};
 
 /// What every STOMP connection on a listener shares.
@@ -384,24 +384,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             };
             if !self.output.is_empty() {
                 wrote_since_tick = true;
-                let written = match heartbeat.receive {
-                    Some(grace) if !paused => {
-                        let before = self.input.len();
-                        let written = write_watching(
-                            &mut self.stream,
-                            &mut self.output,
-                            &mut self.input,
-                            grace,
-                            &mut last_read,
-                        )
-                        .await;
-                        unhandled_input = self.input.len() > before;
-                        written
-                    }
-                    _ => self.flush_output().await.map_err(|_| Unwritten::Failed),
-                };
+                let grace = heartbeat.receive.filter(|_| !paused);
+                let written = flush(
+                    &mut self.stream,
+                    &mut self.output,
+                    &mut self.input,
+                    grace,
+                    &mut last_read,
+                )
+                .await;
                 match written {
-                    Ok(()) => {}
+                    Ok(read) => unhandled_input = read,
                     Err(Unwritten::Failed) => break Ok(()),
                     Err(Unwritten::Silent) => {
                         tracing::info!(peer = %self.peer, "no heart-beat from client while writing to it; closing");
