@@ -419,7 +419,7 @@ impl Lifecycle {
         self.election.set_role_info("slave", Some(epoch));
         let options = SlaveOptions {
             master: master.to_string(),
-            node: node_id(config)?,
+            node: self.node.clone(),
             security_token: config.replication.security_token.clone(),
             expected_epoch: epoch,
         };

@@ -1647,7 +1647,19 @@ fn random_faults_lose_nothing_confirmed_zk38() {
                     "{what}: the survivor (node {survivor}) should refuse for want of a quorum; \
                      it answers {last:?}"
                 );
+                // While the producer keeps trying, and until ZooKeeper shows the survivor alone
+                // without a quorum, nothing is confirmed and no node serves.
                 let stalled = sends.confirmed();
+                let mut rows = Vec::new();
+                let shown = wait_until(deadline(ELECTION), || {
+                    rows = cluster.status_rows().unwrap_or_default();
+                    rows.len() == 1 && rows[0][2] == "candidate" && rows[0][8] == "no"
+                });
+                assert!(
+                    shown,
+                    "{what}: ferromq status should show the survivor alone, without a quorum: \
+                     {rows:?}"
+                );
                 assert_eq!(
                     cluster.masters(),
                     Vec::<usize>::new(),

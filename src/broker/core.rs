@@ -426,10 +426,6 @@ impl Core {
         }
     }
 
-    /// Notices a store that failed on its own (the journal's writer could not write, sync or
-    /// prepare a segment: a full disk, say). No append reports that until the next one is
-    /// tried, so without this a sender whose record was in the failed batch would wait for
-    /// ever; called on every sweep tick.
     /// Releases the journal segments that confirmed records made releasable (in a cluster they
     /// wait for the confirmation; see `Store::hold_releases_until_confirmed`). Called by the
     /// periodic sweep, outside the journal's writer thread.
@@ -439,6 +435,10 @@ impl Core {
         }
     }
 
+    /// Notices a store that failed on its own (the journal's writer could not write, sync or
+    /// prepare a segment: a full disk, say). No append reports that until the next one is
+    /// tried, so without this a sender whose record was in the failed batch would wait for
+    /// ever; called on every sweep tick.
     pub fn check_store(&mut self) {
         if self.failed.is_some() {
             return;
@@ -541,7 +541,9 @@ impl Core {
     fn push_ready(&mut self, queue: String, mut entry: Entry, touched: &mut BTreeSet<String>) {
         if queue.starts_with("durable://") && !self.durables.contains_key(&queue) {
             // Its subscription was removed while the message waited for its confirmation.
-            self.discard_stored(&queue, &entry);
+            if let Err(e) = self.discard_stored(&queue, &entry) {
+                tracing::warn!(queue, error = %e, "could not remove a message of a removed subscription");
+            }
             return;
         }
         entry.seq = self.next_seq;
@@ -670,9 +672,6 @@ impl Core {
         }
         let message = self.make_message(session, destination, new);
         if let Some(tx) = transaction {
-            if !self.session(session)?.transactions.contains_key(tx) {
-                return Err(BrokerError::UnknownTransaction(tx.to_string()));
-            }
             // A repeat of a stored message is recognised when it is sent, in send order, like
             // a plain send (a transaction committed later must not be judged against sends
             // made after it). The sequence is recorded only at commit: a transaction that is
@@ -683,7 +682,7 @@ impl Core {
             let limit = self.options.memory_limit;
             let state = self.session(session)?;
             let Some(open) = state.transactions.get_mut(tx) else {
-                return Ok(Confirmation::done());
+                return Err(BrokerError::UnknownTransaction(tx.to_string()));
             };
             let bytes = open.bytes + message.body.len() as u64;
             if bytes > limit {
@@ -1377,8 +1376,7 @@ impl Core {
         if !self.queues.contains_key(&queue) {
             // Deleted (a removed durable subscription, say) while its consumer or a
             // transaction held the message.
-            self.discard_stored(&queue, &entry);
-            return Ok(());
+            return self.discard_stored(&queue, &entry);
         }
         let entry = self.admit(entry);
         if let Some(q) = self.queues.get_mut(&queue) {
@@ -1390,11 +1388,18 @@ impl Core {
 
     /// Drops a message held for a queue that no longer exists; a stored one is removed from
     /// the store too, so that a restart does not bring it back.
-    fn discard_stored(&mut self, queue: &str, entry: &Entry) {
+    fn discard_stored(&mut self, queue: &str, entry: &Entry) -> Result<(), BrokerError> {
         if let Some(key) = entry.key {
-            if let Err(e) = self.append(vec![remove_entry(queue, key)]) {
-                tracing::warn!(queue, error = %e, "could not remove a message of a deleted queue");
-            }
+            self.append(vec![remove_entry(queue, key)])?;
+        }
+        Ok(())
+    }
+
+    /// A delivery the consumer rejected (NACK, poison ack) goes to `ActiveMQ.DLQ`.
+    fn reject(&mut self, f: InFlight) -> Result<(), BrokerError> {
+        match f.queue {
+            Some(queue) => self.dead_letter(&queue, f.entry, "rejected by the consumer"),
+            None => Ok(()),
         }
     }
 
@@ -1402,15 +1407,14 @@ impl Core {
     /// are dropped, as ActiveMQ does by default).
     fn dead_letter(&mut self, queue: &str, entry: Entry, why: &str) -> Result<(), BrokerError> {
         tracing::debug!(queue, message_id = %entry.message.message_id, why, "dead-lettering");
-        let Some(key) = entry.key else {
-            return Ok(());
-        };
         if queue == DEAD_LETTER_QUEUE {
             // Moving it into the queue it is on would go round for ever (ActiveMQ discards it).
             tracing::warn!(message_id = %entry.message.message_id, why, "a message on {DEAD_LETTER_QUEUE} was dead-lettered again: discarded");
-            self.append(vec![remove_entry(queue, key)])?;
-            return Ok(());
+            return self.discard_stored(queue, &entry);
         }
+        let Some(key) = entry.key else {
+            return Ok(());
+        };
         let mut message = (*self.with_body(&entry)?).clone();
         self.stats.dead_lettered += 1;
         message.redelivery_count = entry.redeliveries;
@@ -1587,18 +1591,14 @@ impl Core {
         }
         let (cid, rejected) = self.take_acked(session, tag, AckScope::Single)?;
         if let Some(tx) = transaction {
-            let state = self.session(session)?;
-            let transaction = state.transactions.get_mut(tx).expect("checked above");
-            transaction
-                .nacks
-                .extend(rejected.into_iter().map(|(_, f)| f));
+            if let Some(open) = self.session(session)?.transactions.get_mut(tx) {
+                open.nacks.extend(rejected.into_iter().map(|(_, f)| f));
+            }
             self.refill(cid);
             return Ok(Confirmation::done());
         }
         for (_, f) in rejected {
-            if let Some(queue) = f.queue {
-                self.dead_letter(&queue, f.entry, "rejected by the consumer")?;
-            }
+            self.reject(f)?;
         }
         self.refill(cid);
         Ok(self.flush())
@@ -1772,9 +1772,7 @@ impl Core {
             }
         }
         for f in transaction.nacks {
-            if let Some(queue) = f.queue {
-                self.dead_letter(&queue, f.entry, "rejected by the consumer")?;
-            }
+            self.reject(f)?;
         }
         if entries.is_empty() {
             self.publish_now(publish);

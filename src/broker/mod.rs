@@ -39,6 +39,10 @@ pub const DEAD_LETTER_QUEUE: &str = "queue://ActiveMQ.DLQ";
 /// property name cannot contain `-`, so a property called `type` keeps its own name.
 pub const JMS_TYPE_HEADER: &str = "jms-type";
 
+/// The header naming a message's reply destination (JMSReplyTo), as ActiveMQ prints a
+/// destination (`queue://x`, `temp-queue://x`): what a selector on JMSReplyTo compares with.
+pub const REPLY_TO_HEADER: &str = "reply-to";
+
 /// How the broker core behaves; filled from the configuration.
 #[derive(Debug, Clone)]
 pub struct BrokerOptions {

@@ -593,7 +593,7 @@ fn resolve(name: &str) -> (Prop, Kind) {
         "JMSXDeliveryCount" => (Prop::DeliveryCount, Kind::Num),
         "JMSCorrelationID" => (Prop::Header("correlation-id".into()), Kind::Any),
         "JMSType" => (Prop::Header(super::JMS_TYPE_HEADER.into()), Kind::Any),
-        "JMSReplyTo" => (Prop::Header("reply-to".into()), Kind::Any),
+        "JMSReplyTo" => (Prop::Header(super::REPLY_TO_HEADER.into()), Kind::Any),
         other => (Prop::Header(other.into()), Kind::Any),
     }
 }

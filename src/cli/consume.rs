@@ -218,36 +218,29 @@ mod tests {
     /// ends with both received.
     #[tokio::test]
     async fn consume_with_client_acks_goes_on_through_a_failover() {
-        use crate::client::fake_broker::FakeListener;
-        use crate::protocol::stomp::frame::{receipt, Command, Frame};
+        use crate::client::fake_broker::{message_frame, FakeListener};
+        use crate::protocol::stomp::frame::{receipt, Command};
         let server = FakeListener::bind().await;
         let url = format!(
             "failover:({})?randomize=false&initialReconnectDelay=1&maxReconnectDelay=20",
             server.url()
         );
-        let message = |id: &str, n: u32, ack: String| {
-            Frame::new(Command::Message)
-                .header("subscription", id)
-                .header("destination", "/queue/q")
-                .header("message-id", format!("ID:p:{n}"))
-                .header("ack", ack)
-                .with_body(format!("m{n}"))
-        };
+        let message = |id: &str, n: u32, ack: &str| message_frame(id, "/queue/q", n, ack);
         let peer = tokio::spawn(async move {
             let mut connection = server.accept().await;
             connection.handshake().await;
             let subscribe = connection.expect(Command::Subscribe).await;
             connection.receipt(&subscribe).await;
             let id = subscribe.get("id").unwrap().to_string();
-            connection.send(message(&id, 1, "a1".into())).await;
-            connection.send(message(&id, 2, "a2".into())).await;
+            connection.send(message(&id, 1, "a1")).await;
+            connection.send(message(&id, 2, "a2")).await;
             connection.expect(Command::Ack).await;
             connection.close().await; // dies before confirming the ACK
             let mut connection = server.accept().await;
             connection.handshake().await;
             connection.expect(Command::Subscribe).await;
-            connection.send(message(&id, 1, "b1".into())).await;
-            connection.send(message(&id, 2, "b2".into())).await;
+            connection.send(message(&id, 1, "b1")).await;
+            connection.send(message(&id, 2, "b2")).await;
             while let Some(frame) = connection.read_frame().await {
                 if let Some(id) = frame.get("receipt") {
                     connection.send(receipt(id)).await;

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -456,7 +457,7 @@ impl Driver {
         self.generation += 1;
         self.shared
             .live_generation
-            .store(self.generation, std::sync::atomic::Ordering::Release);
+            .store(self.generation, Ordering::Release);
         self.version = version;
         self.out.clear();
         self.shared.set_broker(Some(address.clone()));
@@ -493,11 +494,7 @@ impl Driver {
             let heartbeat_due = heartbeat.send.map(|period| last_write + period);
             // The application is behind: stop reading until it catches up (the broker is not
             // silent then, merely held back).
-            let reading = self
-                .shared
-                .unread
-                .load(std::sync::atomic::Ordering::Acquire)
-                < super::UNREAD_HIGH_WATER;
+            let reading = self.shared.unread.load(Ordering::Acquire) < super::UNREAD_HIGH_WATER;
             let silence_limit = heartbeat
                 .receive
                 .filter(|_| reading)
@@ -795,9 +792,7 @@ impl Driver {
         // A dropped receiver means the Subscription is being dropped; it unsubscribes.
         let message = Message::new(frame, acker);
         let cost = super::unread_cost(&message);
-        self.shared
-            .unread
-            .fetch_add(cost, std::sync::atomic::Ordering::AcqRel);
+        self.shared.unread.fetch_add(cost, Ordering::AcqRel);
         if entry.deliver.send(message).is_err() {
             self.shared.taken(cost);
         }
@@ -856,9 +851,7 @@ impl Driver {
     /// subscriptions wait for the next connection; the rest is answered now.
     fn on_lost(&mut self, address: &BrokerAddress, reason: &str) {
         self.connected = false;
-        self.shared
-            .live_generation
-            .store(0, std::sync::atomic::Ordering::Release);
+        self.shared.live_generation.store(0, Ordering::Release);
         self.out.clear();
         self.disconnected_since = Instant::now();
         self.shared.set_broker(None);

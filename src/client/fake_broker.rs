@@ -17,6 +17,17 @@ use crate::protocol::stomp::frame::{encode, receipt, Command, Decoder, Frame, It
 const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A listening socket on 127.0.0.1 with a random port.
+/// A MESSAGE frame for subscription `subscription` on `destination`: message-id `ID:p:<n>`,
+/// body `m<n>`, to be acknowledged as `ack`.
+pub(crate) fn message_frame(subscription: &str, destination: &str, n: u32, ack: &str) -> Frame {
+    Frame::new(Command::Message)
+        .header("subscription", subscription)
+        .header("destination", destination)
+        .header("message-id", format!("ID:p:{n}"))
+        .header("ack", ack)
+        .with_body(format!("m{n}"))
+}
+
 pub(crate) struct FakeListener {
     listener: TcpListener,
 }

@@ -47,7 +47,7 @@ mod tests;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -165,7 +165,7 @@ pub(crate) struct Shared {
     pub(crate) live_generation: AtomicU64,
     /// Received messages not yet taken by the application (see [`unread_cost`]), and the
     /// wake-up of a connection task that stopped reading because of them.
-    pub(crate) unread: std::sync::atomic::AtomicUsize,
+    pub(crate) unread: AtomicUsize,
     pub(crate) read_more: tokio::sync::Notify,
     status: Mutex<Status>,
 }
@@ -190,9 +190,7 @@ pub(crate) fn unread_cost(message: &Message) -> usize {
 impl Shared {
     /// The application took a message (or dropped it unread).
     pub(crate) fn taken(&self, cost: usize) {
-        let before = self
-            .unread
-            .fetch_sub(cost, std::sync::atomic::Ordering::AcqRel);
+        let before = self.unread.fetch_sub(cost, Ordering::AcqRel);
         if before >= UNREAD_HIGH_WATER && before - cost < UNREAD_HIGH_WATER {
             self.read_more.notify_one();
         }
@@ -207,7 +205,7 @@ impl Shared {
             next_transaction: AtomicU64::new(1),
             reconnects: AtomicU64::new(0),
             live_generation: AtomicU64::new(0),
-            unread: std::sync::atomic::AtomicUsize::new(0),
+            unread: AtomicUsize::new(0),
             read_more: tokio::sync::Notify::new(),
             status: Mutex::new(Status::default()),
         }

@@ -1,5 +1,6 @@
 //! The consumer side: subscriptions, the messages they yield, acknowledgements.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -107,10 +108,7 @@ impl Subscription {
         loop {
             let message = self.messages.recv().await?;
             self.shared.taken(super::unread_cost(&message));
-            let live = self
-                .shared
-                .live_generation
-                .load(std::sync::atomic::Ordering::Acquire);
+            let live = self.shared.live_generation.load(Ordering::Acquire);
             match &message.acker {
                 Some(acker) if acker.generation != live => continue,
                 _ => return Some(message),

@@ -4,12 +4,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::fake_broker::{FakeListener, MemoryBroker};
+use super::fake_broker::{message_frame, FakeListener, MemoryBroker};
 use super::*;
 use crate::protocol::stomp::frame::Command;
 
 /// Failover options that keep tests quick and deterministic.
 const FAST: &str = "randomize=false&initialReconnectDelay=1&maxReconnectDelay=20";
+
+/// A client-individual subscription to `destination`.
+async fn subscribe_individually(client: &Client, destination: &str) -> Subscription {
+    let options = SubscribeOptions {
+        ack: AckMode::ClientIndividual,
+        ..SubscribeOptions::default()
+    };
+    client.subscribe(destination, options).await.unwrap()
+}
 
 async fn connect(url: &str) -> Client {
     Client::connect(url, ClientOptions::default())
@@ -439,16 +448,7 @@ async fn acks_for_messages_from_a_lost_connection_are_stale() {
         connection.receipt(&disconnect).await;
     });
     let client = connect(&url).await;
-    let mut subscription = client
-        .subscribe(
-            "/queue/work",
-            SubscribeOptions {
-                ack: AckMode::ClientIndividual,
-                ..SubscribeOptions::default()
-            },
-        )
-        .await
-        .unwrap();
+    let mut subscription = subscribe_individually(&client, "/queue/work").await;
     let first = subscription.next().await.unwrap();
     let second = subscription.next().await.unwrap();
     first.ack().await.unwrap();
@@ -602,19 +602,6 @@ async fn a_broker_that_refuses_every_send_counts_as_a_failed_attempt() {
 
 // ----- failover edge cases -----------------------------------------------------------------
 
-fn redelivery_frame(subscription: &str, n: u32, ack: &str, redelivered: bool) -> Frame {
-    let mut frame = Frame::new(Command::Message)
-        .header("subscription", subscription)
-        .header("destination", "/queue/work")
-        .header("message-id", format!("ID:p:{n}"))
-        .header("ack", ack)
-        .with_body(format!("m{n}"));
-    if redelivered {
-        frame = frame.header("redelivered", "true");
-    }
-    frame
-}
-
 /// Messages to acknowledge that a lost connection delivered, still unread, are not handed to
 /// the application: the broker redelivers them (ActiveMQ's client clears its prefetched
 /// messages on a transport interruption), so each reaches it once.
@@ -630,7 +617,7 @@ async fn deliveries_of_a_lost_connection_are_not_handed_out() {
         let id = subscribe.get("id").unwrap().to_string();
         for n in 1..=2 {
             connection
-                .send(redelivery_frame(&id, n, &format!("a{n}"), false))
+                .send(message_frame(&id, "/queue/work", n, &format!("a{n}")))
                 .await;
         }
         connection.close().await;
@@ -639,22 +626,16 @@ async fn deliveries_of_a_lost_connection_are_not_handed_out() {
         connection.expect(Command::Subscribe).await;
         for n in 1..=2 {
             connection
-                .send(redelivery_frame(&id, n, &format!("b{n}"), true))
+                .send(
+                    message_frame(&id, "/queue/work", n, &format!("b{n}"))
+                        .header("redelivered", "true"),
+                )
                 .await;
         }
         connection
     });
     let client = connect(&url).await;
-    let mut subscription = client
-        .subscribe(
-            "/queue/work",
-            SubscribeOptions {
-                ack: AckMode::ClientIndividual,
-                ..SubscribeOptions::default()
-            },
-        )
-        .await
-        .unwrap();
+    let mut subscription = subscribe_individually(&client, "/queue/work").await;
     let connection = peer.await.unwrap();
     let mut received = Vec::new();
     while let Ok(Some(message)) =

@@ -9,9 +9,6 @@ pub mod openwire;
 pub mod stomp;
 pub(crate) mod write;
 
-/// The header that names a reply destination (JMSReplyTo).
-pub(crate) const REPLY_TO_HEADER: &str = "reply-to";
-
 /// A destination named in a header, as STOMP writes it and as the core keeps it: ActiveMQ's
 /// printed form (`queue://x`, `temp-queue://x`), which is what a JMS selector on JMSReplyTo
 /// compares with.

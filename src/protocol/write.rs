@@ -2,7 +2,7 @@
 //!
 //! A connection task that awaits a plain `write_all` reads nothing meanwhile, so a client that
 //! vanished (a dead machine, a cut network) with a full socket would never be found silent by
-//! the heart-beat or inactivity check. [`write_watching`] writes and reads at once: what the
+//! the heart-beat or inactivity check. [`flush`] writes and reads at once: what the
 //! client sends counts as a sign of life and is kept for the caller to handle.
 //!
 //! It must never interpret what it reads, nor read without bound.
@@ -55,28 +55,25 @@ pub(crate) async fn flush<S: AsyncRead + AsyncWrite + Unpin>(
 /// Writes all of `output` to `stream`. Meanwhile, what the client sends is appended to
 /// `input` (unhandled; the caller handles it next) and moves `last_read`; a client that
 /// sends nothing until `last_read + grace` is given up as [`Unwritten::Silent`].
-pub(crate) async fn write_watching<S: AsyncRead + AsyncWrite + Unpin>(
+async fn write_watching<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     output: &mut BytesMut,
     input: &mut BytesMut,
     grace: Duration,
     last_read: &mut Instant,
 ) -> Result<(), Unwritten> {
+    // Nearly every write completes at once: the timer below is made only for one that waits.
+    if std::future::poll_fn(|cx| Poll::Ready(write_some(stream, output, cx))).await? {
+        return Ok(());
+    }
     let silence = tokio::time::sleep_until(*last_read + grace);
     tokio::pin!(silence);
     let mut chunk = [0u8; 4096];
     std::future::poll_fn(|cx| loop {
-        while !output.is_empty() {
-            match Pin::new(&mut *stream).poll_write(cx, output) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                    return Poll::Ready(Err(Unwritten::Failed))
-                }
-                Poll::Ready(Ok(n)) => output.advance(n),
-                Poll::Pending => break,
-            }
-        }
-        if output.is_empty() {
-            return Poll::Ready(Ok(()));
+        match write_some(stream, output, cx) {
+            Ok(true) => return Poll::Ready(Ok(())),
+            Ok(false) => {}
+            Err(e) => return Poll::Ready(Err(e)),
         }
         if input.len() >= READ_WHILE_WRITING {
             *last_read = Instant::now();
@@ -103,6 +100,23 @@ pub(crate) async fn write_watching<S: AsyncRead + AsyncWrite + Unpin>(
         };
     })
     .await
+}
+
+/// Writes what the stream takes now: `Ok(true)` once `output` is all written, `Ok(false)` when
+/// the stream would block (the waker is registered).
+fn write_some<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    output: &mut BytesMut,
+    cx: &mut std::task::Context<'_>,
+) -> Result<bool, Unwritten> {
+    while !output.is_empty() {
+        match Pin::new(&mut *stream).poll_write(cx, output) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(Unwritten::Failed),
+            Poll::Ready(Ok(n)) => output.advance(n),
+            Poll::Pending => return Ok(false),
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -431,26 +431,37 @@ impl Store {
 
     /// Carries the obligations of the oldest stale segments into the current one.
     fn forward_stale(&mut self, ops: &mut Vec<index::IndexOp>) {
-        for _ in 0..MAX_FORWARDS_PER_SEGMENT {
-            let Some(forward) = self.state.plan_forward(self.forward_limit) else {
-                return;
-            };
-            let at = if forward.record.entries.is_empty() {
-                None
-            } else {
-                match self.append_record(&forward.record, true, ops) {
-                    Ok(appended) => {
-                        self.forwarded_records += 1;
-                        Some(appended.position)
-                    }
-                    Err(e) => {
-                        error!("forwarding journal segment at {}: {e}", forward.from);
-                        return;
-                    }
+        let mut left = MAX_FORWARDS_PER_SEGMENT;
+        while let Some(forward) = self.next_forward(&mut left, ops) {
+            match self.append_record(&forward.record, true, ops) {
+                Ok(appended) => {
+                    self.forwarded_records += 1;
+                    self.state.forwarded(forward, Some(appended.position), ops);
                 }
-            };
-            self.state.forwarded(forward, at, ops);
+                Err(e) => {
+                    error!("forwarding journal segment at {}: {e}", forward.from);
+                    return;
+                }
+            }
         }
+    }
+
+    /// Plans forwards (at most `left` more): one without entries frees its segment at once;
+    /// the first with entries is returned, for the master to append (or a slave to await).
+    fn next_forward(
+        &mut self,
+        left: &mut usize,
+        ops: &mut Vec<index::IndexOp>,
+    ) -> Option<state::Forward> {
+        while *left > 0 {
+            *left -= 1;
+            let forward = self.state.plan_forward(self.forward_limit)?;
+            if !forward.record.entries.is_empty() {
+                return Some(forward);
+            }
+            self.state.forwarded(forward, None, ops);
+        }
+        None
     }
 
     /// Releases the segments that hold nothing needed any more. The journal deletes them once

@@ -213,18 +213,7 @@ impl Store {
     /// forwards the master appends next: one without entries frees its segment at once; one
     /// with entries is awaited as the next record.
     fn follow_forwards(&mut self, mut left: usize, ops: &mut Vec<IndexOp>) {
-        while left > 0 {
-            left -= 1;
-            let Some(forward) = self.state.plan_forward(self.forward_limit) else {
-                return;
-            };
-            if forward.record.entries.is_empty() {
-                self.state.forwarded(forward, None, ops);
-                continue;
-            }
-            self.awaiting_forward = Some((forward, left));
-            return;
-        }
+        self.awaiting_forward = self.next_forward(&mut left, ops).map(|f| (f, left));
     }
 
     /// A slave copying its master skips a range the master released (it held nothing a

@@ -29,7 +29,7 @@ use crate::store::Message as StoredMessage;
 
 /// Headers that carry JMS header fields rather than properties.
 const CORRELATION_ID: &str = "correlation-id";
-const REPLY_TO: &str = crate::protocol::REPLY_TO_HEADER;
+const REPLY_TO: &str = crate::broker::REPLY_TO_HEADER;
 const TYPE: &str = crate::broker::JMS_TYPE_HEADER;
 const GROUP_ID: &str = "JMSXGroupID";
 const GROUP_SEQ: &str = "JMSXGroupSeq";

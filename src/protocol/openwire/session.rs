@@ -635,7 +635,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if self.flush_output().await.is_err() {
             return Close::Quietly;
         }
-        // Bytes read while a write waited (see `write_watching`), not yet handled.
+        // Bytes read while a write waited (see `write::flush`), not yet handled.
         let mut unhandled_input = false;
         loop {
             let next_pull = state.pulls.iter().map(|p| p.0).min();
@@ -1286,26 +1286,9 @@ impl State {
             // waits for a local redelivery on the client (`nonBlockingRedelivery`) and stays
             // outstanding, as in ActiveMQ's PrefetchSubscription.
             2 if ranged.is_some() => {
-                let tags = ranged.unwrap_or_default();
                 self.flush_consumer_ack(&key)?;
-                if let Some(tx) = &transaction {
-                    let _ = self.session.begin(tx);
-                }
-                for t in tags {
-                    if transaction.is_none() {
-                        if let Some(c) = self.consumers.get_mut(&key) {
-                            c.dispatched.remove(&t);
-                        }
-                    }
-                    self.session
-                        .ack(t, AckScope::Single, transaction.as_deref())?;
-                    if let Some(tx) = &transaction {
-                        self.tx_acks.entry(tx.clone()).or_default().push((
-                            key.clone(),
-                            t,
-                            AckScope::Single,
-                        ));
-                    }
+                for t in ranged.unwrap_or_default() {
+                    self.ack_one(&key, t, transaction.as_deref())?;
                 }
                 Ok(())
             }
@@ -1331,21 +1314,7 @@ impl State {
                 }
             }
             // Individual, unmatched (a durable subscriber's selector refused it): just this one.
-            4 | 5 => match transaction {
-                None => {
-                    consumer.dispatched.remove(&tag);
-                    self.session.ack(tag, AckScope::Single, None).map(drop)
-                }
-                Some(tx) => {
-                    let _ = self.session.begin(&tx);
-                    self.session.ack(tag, AckScope::Single, Some(&tx))?;
-                    self.tx_acks
-                        .entry(tx)
-                        .or_default()
-                        .push((key, tag, AckScope::Single));
-                    Ok(())
-                }
-            },
+            4 | 5 => self.ack_one(&key, tag, transaction.as_deref()),
             // Poison (redelivered too often on the client) and expired: to the DLQ.
             1 | 6 => {
                 let first = self
@@ -1384,6 +1353,30 @@ impl State {
             // Unknown types change nothing.
             _ => Ok(()),
         }
+    }
+
+    /// Acknowledges one delivery (an individual ack, or one of a standard ack's range): at once,
+    /// or inside a transaction at its commit (a rollback keeps it delivered).
+    fn ack_one(
+        &mut self,
+        key: &str,
+        tag: u64,
+        transaction: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let Some(tx) = transaction else {
+            if let Some(c) = self.consumers.get_mut(key) {
+                c.dispatched.remove(&tag);
+            }
+            return self.session.ack(tag, AckScope::Single, None).map(drop);
+        };
+        let _ = self.session.begin(tx);
+        self.session.ack(tag, AckScope::Single, Some(tx))?;
+        self.tx_acks.entry(tx.to_string()).or_default().push((
+            key.to_string(),
+            tag,
+            AckScope::Single,
+        ));
+        Ok(())
     }
 
     /// The outstanding deliveries of a standard ack from `first` to `last`, when `first` is

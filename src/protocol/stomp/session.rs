@@ -18,10 +18,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::frame::{self, Command, Decoder, Frame, Item, Version};
 use crate::broker::{
     AckScope, BodyType, Broker, BrokerError, Confirmation, Delivery, Destination, Header,
-    NewMessage, Session, SubscribeRequest, JMS_TYPE_HEADER,
+    NewMessage, Session, SubscribeRequest, JMS_TYPE_HEADER, REPLY_TO_HEADER,
 };
 use crate::protocol::write::{flush, Unwritten};
-use crate::protocol::{destination_to_core, destination_to_stomp, REPLY_TO_HEADER};
+use crate::protocol::{destination_to_core, destination_to_stomp};
 
 /// What every STOMP connection on a listener shares.
 #[derive(Debug, Clone)]
@@ -330,7 +330,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .unwrap_or(Duration::from_secs(3600));
         let mut receive_tick = tokio::time::interval(check);
         receive_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // Bytes read while a write waited (see `flush_watching`), not yet handled.
+        // Bytes read while a write waited (see `write::flush`), not yet handled.
         let mut unhandled_input = false;
         let result: Result<(), Fatal> = loop {
             let step = if std::mem::take(&mut unhandled_input) {
