@@ -140,7 +140,7 @@ impl Shared {
                 _ => return,
             }
         }
-        let confirmed = self.tracker.lock().unwrap().slave_acked(node, position);
+        let confirmed = self.tracker.lock().unwrap().slave_acked(node, id, position);
         self.publish(confirmed);
     }
 
@@ -153,7 +153,7 @@ impl Shared {
             }
         };
         if removed {
-            self.tracker.lock().unwrap().slave_gone(node);
+            self.tracker.lock().unwrap().slave_gone(node, id);
         }
     }
 }
@@ -429,11 +429,12 @@ async fn serve_slave(
         );
     }
 
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let kick = Arc::new(Notify::new());
-    let replaced = shared.slaves.lock().unwrap().insert(
-        node.clone(),
-        SlaveEntry {
+    // Numbered under the lock, so that a newer connection of a node has the higher id.
+    let (id, replaced) = {
+        let mut slaves = shared.slaves.lock().unwrap();
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let entry = SlaveEntry {
             id,
             status: SlaveStatus {
                 node: node.clone(),
@@ -444,12 +445,15 @@ async fn serve_slave(
                 snapshot,
             },
             kick: kick.clone(),
-        },
-    );
+        };
+        (id, slaves.insert(node.clone(), entry))
+    };
+    // Whatever an earlier connection acknowledged stops counting, even an ack its reader is
+    // reporting right now: the tracker counts this session's acks only.
+    shared.tracker.lock().unwrap().slave_connected(&node, id);
     if let Some(old) = replaced {
         info!(node = %node, "a new connection of this slave replaces the previous one");
         old.kick.notify_one();
-        shared.tracker.lock().unwrap().slave_gone(&node);
     }
 
     let sent = Arc::new(AtomicU64::new(start.0));
