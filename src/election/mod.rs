@@ -22,8 +22,10 @@
 //! so an election never waits on stale positions.
 //!
 //! A member that finds itself elected takes a new epoch, strictly greater than any taken before
-//! (max of the stored epoch, of its own last record's epoch and of any master epoch a member
-//! reports, plus one), with a compare-and-set on the epoch table, and only then becomes
+//! (max of the stored epoch, of its own last record's epoch and of any master epoch or last
+//! record's epoch a member reports, plus one: should ZooKeeper lose the table, the new epoch
+//! still exceeds every record of the registered members), with a compare-and-set on the epoch
+//! table, and only then becomes
 //! [`Role::Master`]. Once its replication listener is bound the lifecycle calls
 //! [`Election::publish_master_address`]; the others then become [`Role::Slave`] of that address
 //! and epoch.
@@ -439,7 +441,9 @@ async fn take_epoch(
             path: zk_path.to_owned(),
             source,
         })?;
-        let epoch = table.get(broker).max(floor) + 1;
+        // Saturating: a member's JSON could name any epoch (the election then waits, unable
+        // to take one above it, rather than this task panicking).
+        let epoch = table.get(broker).max(floor).saturating_add(1);
         table.epochs.insert(broker.to_owned(), epoch);
         match client
             .set_data(zk_path, table.to_json().as_bytes(), Some(stat.version))
@@ -564,6 +568,15 @@ impl View {
             .filter_map(|m| m.data.master_epoch)
             .max()
             .unwrap_or(0)
+    }
+
+    /// What a new epoch must exceed besides the epoch table: `own` (this node's last record's
+    /// epoch), every master epoch a member reports and every member's last record's epoch.
+    fn epoch_floor(&self, own: u64) -> u64 {
+        self.members
+            .iter()
+            .map(|m| m.data.epoch)
+            .fold(own.max(self.highest_master_epoch()), u64::max)
     }
 }
 
@@ -1274,17 +1287,19 @@ impl Core {
                         Role::Master { epoch } => Role::candidate(format!(
                             "a member reports master epoch {highest}, newer than ours ({epoch})"
                         )),
-                        _ => match s.granted_epoch.take() {
-                            Some(epoch) if epoch > highest => Role::Master { epoch },
-                            _ => {
-                                if !s.cas_in_flight && s.cas_retry_at.is_none_or(|t| now >= t) {
-                                    s.cas_retry_at = None;
-                                    let floor = self.log.epoch.max(highest);
-                                    Self::spawn_take_epoch(s, &self.cfg, &self.events, floor);
+                        _ => {
+                            let floor = view.epoch_floor(self.log.epoch);
+                            match s.granted_epoch.take() {
+                                Some(epoch) if epoch > floor => Role::Master { epoch },
+                                _ => {
+                                    if !s.cas_in_flight && s.cas_retry_at.is_none_or(|t| now >= t) {
+                                        s.cas_retry_at = None;
+                                        Self::spawn_take_epoch(s, &self.cfg, &self.events, floor);
+                                    }
+                                    Role::candidate(TAKING_OVER)
                                 }
-                                Role::candidate(TAKING_OVER)
                             }
-                        },
+                        }
                     }
                 }
                 Some(eid) if self.previous_eids.contains(eid) => Role::candidate(format!(
@@ -1754,6 +1769,33 @@ mod tests {
             -1,
             "a stale position is published"
         );
+    }
+
+    /// Should ZooKeeper lose its epoch table (the ensemble's data wiped, `zk_path` deleted), a
+    /// new epoch still exceeds every epoch in a registered member's log, here a candidate's
+    /// last record of epoch 7 while the others know epoch 2 at most.
+    #[test]
+    fn the_epoch_floor_covers_every_members_last_record() {
+        let ahead = MemberData {
+            epoch: 7,
+            ..data("b", ROLE_CANDIDATE, None)
+        };
+        let view = View {
+            members: vec![
+                ViewMember {
+                    sequence: 1,
+                    eid: "0000000001".into(),
+                    data: data("b", ROLE_SLAVE, None),
+                },
+                ViewMember {
+                    sequence: 2,
+                    eid: "0000000002".into(),
+                    data: ahead,
+                },
+            ],
+        };
+        assert_eq!(view.epoch_floor(3), 7);
+        assert_eq!(view.epoch_floor(9), 9);
     }
 
     #[test]
