@@ -52,6 +52,7 @@ pub mod znode;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -206,12 +207,23 @@ fn zk_error<'a>(op: &'static str, path: &'a str) -> impl FnOnce(zk::Error) -> El
 pub struct Election {
     commands: mpsc::UnboundedSender<Command>,
     roles: watch::Receiver<Role>,
+    generation: RoleGeneration,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Counts the roles the election has issued (each [`Role`] sent on the watch is one more); it
+/// changes together with the watch, under its lock, so a final log report can name the role
+/// it was made in.
+type RoleGeneration = Arc<Mutex<u64>>;
+
+fn generation_of(generation: &Mutex<u64>) -> u64 {
+    *generation.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 enum Command {
-    /// The log state, and whether it is final (no role holds the store).
-    ReportLog(LogState, bool),
+    /// The log state and, for a final one (no role holds the store), the role generation it
+    /// was made in.
+    ReportLog(LogState, Option<u64>),
     PublishAddress(String, oneshot::Sender<()>),
     SetRoleInfo(String, Option<u64>),
     Close(oneshot::Sender<()>),
@@ -227,6 +239,7 @@ impl Election {
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let (roles_tx, roles_rx) = watch::channel(Role::candidate("joining the election"));
         let mut core = Core::new(config, log, events_tx, roles_tx);
+        let generation = core.generation.clone();
         let session = join(&core.cfg, core.join_data().to_json(), core.next_incarnation).await?;
         core.next_incarnation += 1;
         core.on_joined(session);
@@ -234,6 +247,7 @@ impl Election {
         Ok(Election {
             commands: commands_tx,
             roles: roles_rx,
+            generation,
             task,
         })
     }
@@ -248,16 +262,18 @@ impl Election {
     /// the znode. The lifecycle must report its final position when it stops following a
     /// master, since the next election compares positions.
     pub fn report_log(&self, log: LogState) {
-        let _ = self.commands.send(Command::ReportLog(log, false));
+        let _ = self.commands.send(Command::ReportLog(log, None));
     }
 
     /// Where this node's journal ends, reported once no role holds the store open, so nothing
     /// can move it any more. Only such a final report is published as a `position` an election
     /// compares: a position reported while the node still follows (or leads) could be stale by
     /// the time the master is gone, and electing on a stale, lower position could pick a node
-    /// that lacks confirmed records.
+    /// that lacks confirmed records. The report counts only in the role it was made in (see
+    /// [`RoleGeneration`]), so the lifecycle reports again at each candidate role it sees.
     pub fn report_final_log(&self, log: LogState) {
-        let _ = self.commands.send(Command::ReportLog(log, true));
+        let made_in = generation_of(&self.generation);
+        let _ = self.commands.send(Command::ReportLog(log, Some(made_in)));
     }
 
     /// Publishes the replication listener's address (`tcp://host:port`) of this node as master;
@@ -615,8 +631,14 @@ struct Core {
     quorum: usize,
     events: mpsc::UnboundedSender<Event>,
     roles: watch::Sender<Role>,
+    /// The generation of the role on `roles`.
+    generation: RoleGeneration,
+    /// The generation of the last master or slave role issued (the lifecycle takes the store
+    /// for it).
+    store_role: u64,
     log: LogState,
-    /// `log` was reported with no store open (see [`Election::report_final_log`]).
+    /// `log` was reported with no store open, in the current role (see
+    /// [`Election::report_final_log`]).
     log_final: bool,
     role_info: (String, Option<u64>),
     /// (master epoch, replication address) published by the lifecycle.
@@ -645,6 +667,9 @@ impl Core {
             events,
             roles,
             log,
+            // The watch's initial role, a candidate's, is the first.
+            generation: Arc::new(Mutex::new(1)),
+            store_role: 0,
             log_final: true,
             role_info: (ROLE_CANDIDATE.to_owned(), None),
             published_address: None,
@@ -696,15 +721,17 @@ impl Core {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::ReportLog(log, is_final) => {
+            Command::ReportLog(log, made_in) => {
                 self.log = log;
                 // A final report comes from a lifecycle that left its role (as master, or as a
-                // slave) and holds its store still. Read after the election already made this
-                // node a slave again (the step-down was slower than the rejoin), it is stale: the
-                // node follows, its log moves, and publishing the old position as final could
-                // elect a node that lacks confirmed records. The lifecycle reports again when it
-                // stops following.
-                self.log_final = is_final && !matches!(&*self.roles.borrow(), Role::Slave { .. });
+                // slave) and holds its store still. It is final only if no master or slave role
+                // was issued since the role it was made in (nor was that role one): read after
+                // the election already made this node a slave or master again (the step-down was
+                // slower than the rejoin), even if it is a candidate again by now, it is stale:
+                // the lifecycle took the store for that role and its log moved, and publishing
+                // the old position as final could elect a node that lacks confirmed records.
+                // The lifecycle reports again at each candidate role it sees.
+                self.log_final = made_in.is_some_and(|made_in| made_in > self.store_role);
             }
             Command::SetRoleInfo(role, master_epoch) => self.role_info = (role, master_epoch),
             Command::PublishAddress(address, ack) => match &*self.roles.borrow() {
@@ -1413,17 +1440,23 @@ impl Core {
         if !role.is_master() {
             self.published_address = None;
         }
-        if !matches!(role, Role::Candidate { .. }) {
-            // The lifecycle opens the store for this role: its log is final again only when it
-            // reports so after closing it.
-            self.log_final = false;
-        }
         info!(
             "{}: now {role}; log epoch {}, position {}",
             self.node(),
             self.log.epoch,
             self.log.position
         );
+        let mut generation = self
+            .generation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *generation += 1;
+        if !matches!(role, Role::Candidate { .. }) {
+            // The lifecycle opens the store for this role: its log is final again only when it
+            // reports so after closing it, in a later role.
+            self.log_final = false;
+            self.store_role = *generation;
+        }
         self.roles.send_replace(role);
     }
 
@@ -1723,9 +1756,90 @@ mod tests {
     /// be published for an election to compare.
     #[test]
     fn a_final_report_read_after_becoming_slave_is_not_final() {
+        let mut core = test_core();
+        core.set_role(Role::Master { epoch: 5 });
+        core.set_role(Role::candidate("ZooKeeper session Expired; rejoining"));
+        // The lifecycle, still closing the master's store, reports as this candidate; the
+        // election rejoins and follows the master of epoch 6 ...
+        let made_in = generation_of(&core.generation);
+        core.set_role(Role::Slave {
+            master: "tcp://h:1".into(),
+            epoch: 6,
+        });
+        // ... and only then reads the step-down's report.
+        core.on_command(Command::ReportLog(
+            LogState {
+                epoch: 5,
+                position: 1200,
+            },
+            Some(made_in),
+        ));
+        assert!(
+            !core.log_final,
+            "a slave's log is taken as final while it follows the master of epoch 6"
+        );
+        assert_eq!(
+            core.join_data().position,
+            -1,
+            "a stale position is published"
+        );
+    }
+
+    /// A final report made as a candidate and read only after the election made the node a
+    /// slave (its lifecycle then followed, cutting back and appending) and a candidate again
+    /// is stale: it was made in another role than the one it is read in.
+    #[test]
+    fn a_final_report_of_an_earlier_role_is_not_final() {
+        let mut core = test_core();
+        let joining = LogState {
+            epoch: 5,
+            position: 1100,
+        };
+        core.on_command(Command::ReportLog(
+            joining,
+            Some(generation_of(&core.generation)),
+        ));
+        assert_eq!(core.join_data().position, 1100, "the first report counts");
+        core.set_role(Role::candidate("no master elected"));
+        let report = Command::ReportLog(
+            LogState {
+                epoch: 5,
+                position: 1200,
+            },
+            Some(generation_of(&core.generation)),
+        );
+        core.set_role(Role::Slave {
+            master: "tcp://h:1".into(),
+            epoch: 6,
+        });
+        core.set_role(Role::candidate("not enough cluster members"));
+        core.on_command(report);
+        assert!(
+            !core.log_final,
+            "a report made before the slave role is taken as final after it"
+        );
+        assert_eq!(
+            core.join_data().position,
+            -1,
+            "a stale position is published"
+        );
+        // The lifecycle's report in this candidate role counts.
+        let log = LogState {
+            epoch: 6,
+            position: 1300,
+        };
+        core.on_command(Command::ReportLog(
+            log,
+            Some(generation_of(&core.generation)),
+        ));
+        assert!(core.log_final);
+        assert_eq!(core.join_data().position, 1300);
+    }
+
+    fn test_core() -> Core {
         let (events, _events_rx) = mpsc::unbounded_channel();
         let (roles, _roles_rx) = watch::channel(Role::candidate("joining"));
-        let mut core = Core::new(
+        Core::new(
             ElectionConfig {
                 zk_address: "127.0.0.1:2181".into(),
                 zk_password: None,
@@ -1743,32 +1857,7 @@ mod tests {
             },
             events,
             roles,
-        );
-        core.set_role(Role::Master { epoch: 5 });
-        core.set_role(Role::candidate("ZooKeeper session Expired; rejoining"));
-        // The lifecycle is still closing the master's store; the election rejoins and follows
-        // the master of epoch 6 ...
-        core.set_role(Role::Slave {
-            master: "tcp://h:1".into(),
-            epoch: 6,
-        });
-        // ... and only then reads the step-down's report.
-        core.on_command(Command::ReportLog(
-            LogState {
-                epoch: 5,
-                position: 1200,
-            },
-            true,
-        ));
-        assert!(
-            !core.log_final,
-            "a slave's log is taken as final while it follows the master of epoch 6"
-        );
-        assert_eq!(
-            core.join_data().position,
-            -1,
-            "a stale position is published"
-        );
+        )
     }
 
     /// Should ZooKeeper lose its epoch table (the ensemble's data wiped, `zk_path` deleted), a
