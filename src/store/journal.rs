@@ -2512,7 +2512,11 @@ mod tests {
         journal.close().unwrap();
         zero_fill(&segment_path(dir.path(), positions[3]));
         let (journal, _rx) = open(dir.path(), 1 << 20, false);
-        assert_eq!(journal.end(), Position(positions[3]), "cut at the lost segment");
+        assert_eq!(
+            journal.end(),
+            Position(positions[3]),
+            "cut at the lost segment"
+        );
         assert_eq!(all_records(&journal).len(), 3);
         journal.close().unwrap();
 
