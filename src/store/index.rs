@@ -14,6 +14,8 @@
 //! - `'s' client_id subscription_name` → `position of the add (u64) | SubscriptionAdd`
 //! - `'p' producer_id` → highest stored producer sequence (u64) | stamp (u64: the message key
 //!   of the add that raised it, ordering the bounded audit; absent in older indexes, read as 0)
+//!   | holder (u64: the position of the record a rebuild learns it from, see `state`; absent in
+//!   older indexes, read as the stamp's position)
 //! - `'d' on by` → empty: segment `by` holds removals of things added in segment `on`
 //!
 //! Next to the database, `index.state` says whether the index was closed cleanly (`clean`) or
@@ -101,6 +103,13 @@ pub(crate) fn producer_key(producer_id: &str) -> Vec<u8> {
     out
 }
 
+pub(crate) fn producer_value(sequence: u64, stamp: u64, holder: Position) -> Vec<u8> {
+    [sequence, stamp, holder.0]
+        .iter()
+        .flat_map(|v| v.to_be_bytes())
+        .collect()
+}
+
 pub(crate) fn dependency_key(on: Position, by: Position) -> Vec<u8> {
     let mut out = Vec::with_capacity(17);
     out.push(DEPENDENCY);
@@ -158,8 +167,8 @@ pub(crate) struct IndexSnapshot {
     /// Live message keys per queue, in key order.
     pub messages: Vec<(String, Vec<MessageKey>)>,
     pub subscriptions: Vec<LiveSubscription>,
-    /// `(producer id, highest sequence, stamp)`.
-    pub producers: Vec<(String, u64, u64)>,
+    /// `(producer id, highest sequence, stamp, holder)`.
+    pub producers: Vec<(String, u64, u64, Position)>,
     /// `(on, by)`: see [`dependency_key`].
     pub dependencies: Vec<(Position, Position)>,
     /// Keys or values that do not decode (the first few, as text).
@@ -203,7 +212,9 @@ impl IndexSnapshot {
                 key.done()?;
                 let sequence = value.u64()?;
                 let stamp = value.u64().unwrap_or(0);
-                self.producers.push((producer, sequence, stamp));
+                let holder = value.u64().unwrap_or(MessageKey(stamp).position().0);
+                self.producers
+                    .push((producer, sequence, stamp, Position(holder)));
             }
             DEPENDENCY => {
                 let on = Position(key.u64()?);
@@ -824,6 +835,7 @@ mod tests {
                 producer_key("r"),
                 [7u64.to_be_bytes(), 655_360u64.to_be_bytes()].concat(),
             ),
+            (producer_key("s"), producer_value(2, 655_360, Position(99))),
             (dependency_key(Position(0), Position(100)), vec![]),
         ];
         for (k, v) in &entries {
@@ -845,7 +857,11 @@ mod tests {
         );
         assert_eq!(
             snapshot.producers,
-            vec![("p".to_string(), 12, 0), ("r".to_string(), 7, 655_360)]
+            vec![
+                ("p".to_string(), 12, 0, Position(0)),
+                ("r".to_string(), 7, 655_360, Position(10)),
+                ("s".to_string(), 2, 655_360, Position(99)),
+            ]
         );
         assert_eq!(snapshot.dependencies, vec![(Position(0), Position(100))]);
         assert_eq!(snapshot.take(&[MESSAGE, 0, 0], &[]), None);

@@ -46,7 +46,8 @@
 //! truncated to zero bytes but keeps its name (a *tombstone*), so that recovery can tell a
 //! released range from a lost file: a zero-length file that is not the last one covers the
 //! positions up to the next file. Tombstones at the front, or right after another tombstone,
-//! carry no information and are deleted.
+//! carry no information and are deleted. Only a zero-length file is a tombstone: a segment of
+//! zeros before the next one is data lost, and recovery treats it as a corrupt frame.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -1106,23 +1107,39 @@ fn recover(directory: &Path, fsync: bool, only_copy: bool) -> Result<Recovery, S
             }
         }
         let scan = scan_segment(&path).map_err(io_error("read", &path))?;
-        if scan.valid_len == 0 && scan.problem.is_none() && !is_last {
-            // A tombstone (possibly still preallocated, if the cut did not reach the disk).
-            if scan.size > 0 {
-                cut_to(&path, 0, fsync)?;
-            }
+        if scan.size == 0 && !is_last {
             kept.push((start, 0, true));
             expected = None;
             continue;
         }
-        if scan.problem.is_none() && !is_last && scan.valid_len < scan.size {
-            // A finished segment whose preallocated tail was not cut yet.
-            cut_to(&path, scan.valid_len, fsync)?;
+        let mut problem = scan.problem;
+        if problem.is_none() && !is_last && scan.valid_len < scan.size {
+            if start + scan.valid_len == files[i + 1] {
+                // A finished segment whose preallocated tail was not cut yet.
+                cut_to(&path, scan.valid_len, fsync)?;
+            } else {
+                // Zeros where records should be (the next segment starts later): data lost
+                // in the middle, treated as a corrupt frame. Only a zero-length file is a
+                // tombstone. With fsync on, a segment is released only once its data is
+                // durable and its cut to zero bytes is fsynced before the next batch counts
+                // (a skipped range's tombstone is cut and fsynced with the batch after it),
+                // so a released segment reads back as its records or as nothing, never as
+                // zeros with records after them. Without fsync a power loss can undo that
+                // cut and lose the data alike: a released segment and a lost live one then
+                // look the same, and only cutting here (or refusing, for the only copy) is
+                // safe.
+                problem = Some(format!(
+                    "zeros from byte {} on, where the records up to the next segment at {} \
+                     should be: their data was lost",
+                    scan.valid_len,
+                    files[i + 1]
+                ));
+            }
         }
         recovered_frames += scan.frames;
         kept.push((start, scan.valid_len, false));
         expected = Some(start + scan.valid_len);
-        if let Some(cause) = scan.problem {
+        if let Some(cause) = problem {
             let position = start + scan.valid_len;
             if only_copy && !is_last {
                 // A batch spanning a rotation can tear the end of this segment and leave the
@@ -2477,6 +2494,57 @@ mod tests {
         flip_first_frame(dir.path());
         let journal = open_only_copy(dir.path()).expect("a torn tail is cut");
         assert_eq!(journal.end(), Position(0));
+    }
+
+    /// A finished segment in the middle whose data was lost but whose size was kept (all
+    /// zeros, as a power loss can leave a segment written without fsync) is no tombstone:
+    /// recovery cuts there like at a corrupt frame, and a standalone store with more than a
+    /// batch of records after it refuses to open instead of skipping it.
+    #[test]
+    fn a_zero_filled_segment_in_the_middle_is_corruption_not_a_tombstone() {
+        let zero_fill = |path: &Path| {
+            let len = fs::metadata(path).unwrap().len() as usize;
+            assert!(len > 0);
+            fs::write(path, vec![0u8; len]).unwrap();
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _rx, positions) = four_segments(dir.path(), false);
+        journal.close().unwrap();
+        zero_fill(&segment_path(dir.path(), positions[3]));
+        let (journal, _rx) = open(dir.path(), 1 << 20, false);
+        assert_eq!(
+            journal.end(),
+            Position(positions[3]),
+            "cut at the lost segment"
+        );
+        assert_eq!(all_records(&journal).len(), 3);
+        journal.close().unwrap();
+
+        // A standalone store: more than a batch of records after the lost segment.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _rx) = open(dir.path(), 1 << 20, false);
+        for n in 0..200 {
+            journal.append(&record(n, 64 << 10)).unwrap();
+        }
+        journal.close().unwrap();
+        let second = segment_files(dir.path())[1].0;
+        zero_fill(&segment_path(dir.path(), second));
+        let only_copy = Journal::open(
+            JournalOptions {
+                directory: dir.path().to_path_buf(),
+                log_size: 1 << 20,
+                fsync: false,
+                only_copy: true,
+            },
+            Box::new(|_| {}),
+        );
+        let Err(error) = only_copy else {
+            panic!("opened, taking a segment of zeros for a released one");
+        };
+        assert!(
+            matches!(error, StoreError::CorruptBeforeRecords { position, .. } if position == Position(second)),
+            "{error}"
+        );
     }
 
     #[test]

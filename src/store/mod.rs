@@ -12,7 +12,8 @@
 //! rules). To keep long-lived items (a durable subscription, a message nobody consumes) from
 //! pinning every later segment, the store may append records of its own right after a caller's
 //! record that started a new segment: re-adds of durable subscriptions and repeats of earlier
-//! removals. They change nothing live; they only move what a rebuild needs forward.
+//! removals, and carries of the producer audit out of segments about to be released. They
+//! change nothing live; they only move what a rebuild needs forward.
 //!
 //! Files in the store directory: the segments `%016x.log`, `next-segment.tmp` (the next
 //! segment being prepared), `journal.lock` (held while open), `index/` (LevelDB) and
@@ -406,8 +407,38 @@ impl Store {
             self.forward_stale(&mut ops);
         }
         self.release_ready(&mut ops);
+        self.carry_producers(wake, &mut ops);
         self.send_to_index(ops, self.journal.end());
         Ok(appended.position)
+    }
+
+    /// Appends the records that carry forward the producer audit entries of the segments
+    /// releasable but for them (see `state`), then releases those segments. A carry that
+    /// opens a segment is followed by forwards, as any record that does (a slave plans them
+    /// after it too).
+    fn carry_producers(&mut self, wake: bool, ops: &mut Vec<index::IndexOp>) {
+        let mut carried = false;
+        // Each carry moves at least one producer out of those segments: bounded by the audit.
+        for _ in 0..MAX_AUDITED_PRODUCERS {
+            let Some(record) = self.state.plan_carry(self.forward_limit) else {
+                break;
+            };
+            match self.append_record(&record, wake, ops) {
+                Ok(appended) => {
+                    carried = true;
+                    if appended.new_segment {
+                        self.forward_stale(ops);
+                    }
+                }
+                Err(e) => {
+                    error!("carrying the producer audit forward: {e}");
+                    break;
+                }
+            }
+        }
+        if carried {
+            self.release_ready(ops);
+        }
     }
 
     fn append_record(

@@ -11,6 +11,9 @@
 //! Eviction depends only on the order of the calls, so every node that applies the same
 //! journal forgets the same producers. It must never decide anything else: it does not know
 //! where a message goes or whether it is persistent.
+//!
+//! The store also notes, per producer, the *holder*: the position of the journal record a
+//! rebuild would learn the producer's entry from (see `state`). The broker's audit leaves it 0.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -21,8 +24,8 @@ pub const MAX_AUDITED_PRODUCERS: usize = 65_536;
 #[derive(Debug, Clone)]
 pub struct ProducerAudit {
     capacity: usize,
-    /// Producer id → (highest sequence, stamp of the call that raised it).
-    by_id: HashMap<String, (u64, u64)>,
+    /// Producer id → (highest sequence, stamp of the call that raised it, holder).
+    by_id: HashMap<String, (u64, u64, u64)>,
     /// (stamp, producer id), oldest first.
     by_stamp: BTreeSet<(u64, String)>,
 }
@@ -47,7 +50,19 @@ impl ProducerAudit {
     pub fn is_duplicate(&self, producer: &str, sequence: u64) -> bool {
         self.by_id
             .get(producer)
-            .is_some_and(|&(highest, _)| sequence <= highest)
+            .is_some_and(|&(highest, _, _)| sequence <= highest)
+    }
+
+    /// `(highest sequence, stamp, holder)` of `producer`, if remembered.
+    pub fn get(&self, producer: &str) -> Option<(u64, u64, u64)> {
+        self.by_id.get(producer).copied()
+    }
+
+    /// Notes that the record at `holder` holds `producer`'s entry now.
+    pub fn set_holder(&mut self, producer: &str, holder: u64) {
+        if let Some(entry) = self.by_id.get_mut(producer) {
+            entry.2 = holder;
+        }
     }
 
     /// Records that `producer` stored `sequence`; `stamp` orders the calls (larger = more
@@ -58,17 +73,31 @@ impl ProducerAudit {
         producer: &str,
         sequence: u64,
         stamp: u64,
-        evicted: &mut Vec<String>,
+        evicted: &mut Vec<(String, u64)>,
+    ) -> bool {
+        self.record_held(producer, sequence, stamp, 0, evicted)
+    }
+
+    /// [`ProducerAudit::record`], noting `holder`; `evicted` gets `(producer, holder)`.
+    pub fn record_held(
+        &mut self,
+        producer: &str,
+        sequence: u64,
+        stamp: u64,
+        holder: u64,
+        evicted: &mut Vec<(String, u64)>,
     ) -> bool {
         match self.by_id.get_mut(producer) {
-            Some((highest, _)) if *highest >= sequence => return false,
-            Some((highest, old_stamp)) => {
+            Some((highest, _, _)) if *highest >= sequence => return false,
+            Some((highest, old_stamp, old_holder)) => {
                 self.by_stamp.remove(&(*old_stamp, producer.to_string()));
                 *highest = sequence;
                 *old_stamp = stamp;
+                *old_holder = holder;
             }
             None => {
-                self.by_id.insert(producer.to_string(), (sequence, stamp));
+                self.by_id
+                    .insert(producer.to_string(), (sequence, stamp, holder));
             }
         }
         self.by_stamp.insert((stamp, producer.to_string()));
@@ -76,8 +105,9 @@ impl ProducerAudit {
             let Some((_, oldest)) = self.by_stamp.pop_first() else {
                 break;
             };
-            self.by_id.remove(&oldest);
-            evicted.push(oldest);
+            if let Some((_, _, holder)) = self.by_id.remove(&oldest) {
+                evicted.push((oldest, holder));
+            }
         }
         true
     }
@@ -129,7 +159,7 @@ mod tests {
         // "a" stores again: now "b" is the oldest.
         audit.record("a", 2, 3, &mut evicted);
         audit.record("c", 1, 4, &mut evicted);
-        assert_eq!(evicted, vec!["b".to_string()]);
+        assert_eq!(evicted, vec![("b".to_string(), 0)]);
         assert!(!audit.is_duplicate("b", 1), "forgotten");
         assert!(audit.is_duplicate("a", 2));
         assert!(audit.is_duplicate("c", 1));

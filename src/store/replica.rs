@@ -10,7 +10,8 @@
 //! stale segment a forward frees) is not in the frame: the slave plans the same forward from
 //! the same state where its master did (after a record that opened a segment), and when the
 //! next record is that forward it frees the same segment; otherwise it keeps the segment, as
-//! before, until released some other way.
+//! before, until released some other way. A segment that holds producer audit entries is kept
+//! until the master's record carrying them forward arrives (see `state`).
 
 use bytes::Bytes;
 use tracing::{info, warn};

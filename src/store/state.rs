@@ -19,6 +19,15 @@
 //! and re-adds its live subscriptions, after which it is released (like KahaDB's ack
 //! compaction). A forward larger than the store's limit is not written; that segment stays
 //! until what it depends on is gone.
+//!
+//! The producer audit must survive releases too: each remembered producer is *held* by the
+//! record a rebuild would learn its entry from (the add that raised its sequence, at first). A
+//! segment holding a producer is not released; a master appends a [`ProducerSequences`]
+//! record that carries the entries of the segments releasable but for that into the current
+//! segment ([`LiveState::plan_carry`]), which then holds them, and a slave waits for that
+//! record. Only the entries those segments hold are carried, so a record never holds more
+//! than the audit's bound (65,536 producers), and a producer silent long enough to be carried
+//! again and again is carried once per segment it outlives, until the audit forgets it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -27,8 +36,8 @@ use tracing::warn;
 use super::index::{self, IndexOp, IndexSnapshot};
 use super::producers::ProducerAudit;
 use super::record::{
-    entry, Entry, Message, MessageKey, MessageRemove, Position, Record, SubscriptionAdd,
-    SubscriptionRemove,
+    entry, Entry, MessageKey, MessageRemove, Position, ProducerSequence, ProducerSequences, Record,
+    SubscriptionAdd, SubscriptionRemove,
 };
 
 /// Stale segments tolerated before the oldest one is forwarded.
@@ -106,6 +115,13 @@ pub(crate) struct LiveState {
     queues: HashMap<String, BTreeSet<u64>>,
     subscriptions: HashMap<(String, String), LiveSubscription>,
     producers: ProducerAudit,
+    /// (holder, producer id) for every producer the audit remembers (see the module docs).
+    held: BTreeSet<(u64, String)>,
+    /// Producers whose holder is no longer retained (an index written before audit entries
+    /// were carried): the next carry takes them.
+    unheld: BTreeSet<String>,
+    /// Segments releasable but for the producers they hold.
+    awaiting_carry: BTreeSet<u64>,
     epoch: u64,
     live_messages: u64,
     segments: BTreeMap<u64, SegmentUsage>,
@@ -169,12 +185,17 @@ impl LiveState {
         let mut producers = snapshot.producers;
         producers.sort_unstable_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
         let mut evicted = Vec::new();
-        for (producer, sequence, stamp) in producers {
+        for (producer, sequence, stamp, holder) in producers {
+            if state.segment_of(holder).is_none() {
+                state.unheld.insert(producer.clone());
+            }
+            state.held.insert((holder.0, producer.clone()));
             state
                 .producers
-                .record(&producer, sequence, stamp, &mut evicted);
+                .record_held(&producer, sequence, stamp, holder.0, &mut evicted);
         }
-        for producer in evicted {
+        for (producer, holder) in evicted {
+            state.hold_producer(&producer, Some(holder), None);
             ops.push(IndexOp::Delete(index::producer_key(&producer)));
         }
         for (on, by) in snapshot.dependencies {
@@ -314,8 +335,12 @@ impl LiveState {
                             ops.push(IndexOp::Put(index::message_key(queue, key), Vec::new()));
                         }
                     }
-                    if let Some(message) = &add.message {
-                        self.raise_producer(message, key.0, ops);
+                    if let Some(message) =
+                        add.message.as_ref().filter(|m| !m.producer_id.is_empty())
+                    {
+                        let (producer, sequence) =
+                            (&message.producer_id, message.producer_sequence);
+                        self.raise_producer(producer, sequence, key.0, position, ops);
                     }
                 }
                 entry::Kind::Remove(remove) => {
@@ -375,6 +400,11 @@ impl LiveState {
                     }
                 }
                 entry::Kind::EpochStart(start) => self.raise_epoch(start.epoch, ops),
+                entry::Kind::Producers(carried) => {
+                    for carried in &carried.producers {
+                        self.carried_producer(carried, position, ops);
+                    }
+                }
             }
         }
     }
@@ -387,28 +417,147 @@ impl LiveState {
     }
 
     /// `stamp`: the message key of the add, which orders the bounded audit identically on
-    /// every node that applies the same journal.
-    fn raise_producer(&mut self, message: &Message, stamp: u64, ops: &mut Vec<IndexOp>) {
-        if message.producer_id.is_empty() {
-            return;
-        }
-        let sequence = message.producer_sequence;
+    /// every node that applies the same journal; `holder`: the record at hand.
+    fn raise_producer(
+        &mut self,
+        producer: &str,
+        sequence: u64,
+        stamp: u64,
+        holder: Position,
+        ops: &mut Vec<IndexOp>,
+    ) {
+        let previous = self.producers.get(producer).map(|(_, _, holder)| holder);
         let mut evicted = Vec::new();
         if !self
             .producers
-            .record(&message.producer_id, sequence, stamp, &mut evicted)
+            .record_held(producer, sequence, stamp, holder.0, &mut evicted)
         {
             return;
         }
-        let mut value = sequence.to_be_bytes().to_vec();
-        value.extend_from_slice(&stamp.to_be_bytes());
+        self.hold_producer(producer, previous, Some(holder.0));
         ops.push(IndexOp::Put(
-            index::producer_key(&message.producer_id),
-            value,
+            index::producer_key(producer),
+            index::producer_value(sequence, stamp, holder),
         ));
-        for producer in evicted {
+        for (producer, holder) in evicted {
+            self.hold_producer(&producer, Some(holder), None);
             ops.push(IndexOp::Delete(index::producer_key(&producer)));
         }
+    }
+
+    /// A producer's entry carried forward by the record at `position`: that record holds it
+    /// now. A rebuild learns it from there (unless a later add raised it meanwhile).
+    fn carried_producer(
+        &mut self,
+        carried: &ProducerSequence,
+        position: Position,
+        ops: &mut Vec<IndexOp>,
+    ) {
+        let producer = &carried.producer_id;
+        self.unheld.remove(producer);
+        match self.producers.get(producer) {
+            Some((sequence, stamp, holder)) if sequence == carried.sequence => {
+                if holder != position.0 {
+                    self.producers.set_holder(producer, position.0);
+                    self.hold_producer(producer, Some(holder), Some(position.0));
+                    ops.push(IndexOp::Put(
+                        index::producer_key(producer),
+                        index::producer_value(sequence, stamp, position),
+                    ));
+                }
+            }
+            Some((sequence, _, _)) if sequence > carried.sequence => {}
+            _ => self.raise_producer(producer, carried.sequence, carried.stamp, position, ops),
+        }
+    }
+
+    /// Moves `producer` in `held` from the record at `old` to the one at `new` (`None`: not
+    /// held, or forgotten); the segment it leaves may now be released.
+    fn hold_producer(&mut self, producer: &str, old: Option<u64>, new: Option<u64>) {
+        if old == new {
+            return;
+        }
+        if let Some(old) = old {
+            self.held.remove(&(old, producer.to_string()));
+            if let Some(segment) = self.segment_of(Position(old)) {
+                self.candidates.insert(segment);
+            }
+        }
+        match new {
+            Some(new) => {
+                self.held.insert((new, producer.to_string()));
+            }
+            None => {
+                self.unheld.remove(producer);
+            }
+        }
+    }
+
+    /// Whether a record in `start..end` holds a producer.
+    fn holds_producers(&self, start: u64, end: u64) -> bool {
+        self.held
+            .range((start, String::new())..(end, String::new()))
+            .next()
+            .is_some()
+    }
+
+    /// The record that carries forward the producers held by segments releasable but for them
+    /// (and those no retained record holds), at most about `max_bytes` of them (at least one);
+    /// `None` if there are none. The master appends it, and plans again until `None`.
+    pub fn plan_carry(&mut self, max_bytes: usize) -> Option<Record> {
+        if self.awaiting_carry.is_empty() && self.unheld.is_empty() {
+            return None;
+        }
+        let awaiting = std::mem::take(&mut self.awaiting_carry);
+        for start in awaiting {
+            let Some(usage) = self.segments.get(&start) else {
+                continue;
+            };
+            if let (Some(end), 0, true) = (usage.end, usage.live, usage.depends_on.is_empty()) {
+                if self.holds_producers(start, end) {
+                    self.awaiting_carry.insert(start);
+                }
+            }
+        }
+        let unheld = self.unheld.iter().filter_map(|producer| {
+            let (_, _, holder) = self.producers.get(producer)?;
+            self.segment_of(Position(holder))
+                .is_none()
+                .then_some(producer.as_str())
+        });
+        let held = self.awaiting_carry.iter().flat_map(|&start| {
+            let end = self.segments[&start].end.unwrap_or(start);
+            self.held
+                .range((start, String::new())..(end, String::new()))
+                .map(|(_, producer)| producer.as_str())
+        });
+        let mut producers = Vec::new();
+        let mut len = 0;
+        for producer in unheld.chain(held) {
+            let Some((sequence, stamp, _)) = self.producers.get(producer) else {
+                continue;
+            };
+            let carried = ProducerSequence {
+                producer_id: producer.to_string(),
+                sequence,
+                stamp,
+            };
+            len += prost::Message::encoded_len(&carried) + 4;
+            producers.push(carried);
+            if len >= max_bytes {
+                break;
+            }
+        }
+        if producers.is_empty() {
+            self.unheld.clear();
+            return None;
+        }
+        Some(Record {
+            epoch: self.epoch,
+            entries: vec![Entry {
+                kind: Some(entry::Kind::Producers(ProducerSequences { producers })),
+            }],
+        })
     }
 
     /// Something added at `added` stopped being live because of the record in segment `here`.
@@ -486,12 +635,18 @@ impl LiveState {
     pub fn take_releasable(&mut self, ops: &mut Vec<IndexOp>) -> Vec<Position> {
         let mut released = Vec::new();
         while let Some(start) = self.candidates.pop_first() {
-            let releasable = self.segments.get(&start).is_some_and(|usage| {
-                usage.end.is_some() && usage.live == 0 && usage.depends_on.is_empty()
-            });
-            if !releasable {
+            let Some(usage) = self.segments.get(&start) else {
+                continue;
+            };
+            let Some(end) = usage.end else { continue };
+            if usage.live != 0 || !usage.depends_on.is_empty() {
                 continue;
             }
+            if self.holds_producers(start, end) {
+                self.awaiting_carry.insert(start);
+                continue;
+            }
+            self.awaiting_carry.remove(&start);
             let pinned_by = std::mem::take(&mut self.usage(start).pinned_by);
             for by in pinned_by {
                 self.drop_dependency(start, by, ops);
@@ -692,7 +847,7 @@ impl LiveState {
 mod tests {
     use super::*;
     use crate::store::record::{
-        Entry, MessageAdd, MessageRemove, SubscriptionAdd, SubscriptionRemove,
+        Entry, Message, MessageAdd, MessageRemove, SubscriptionAdd, SubscriptionRemove,
     };
 
     fn add(queues: &[&str]) -> Record {
