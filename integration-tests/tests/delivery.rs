@@ -447,6 +447,56 @@ fn slow_topic_subscribers_do_not_stall_producers_or_others() -> Result<()> {
     Ok(())
 }
 
+/// A STOMP subscriber on the wildcard topic `/topic/logs.>` (ActiveMQ's log-collection
+/// pattern) receives what is published to each matching topic, each with the topic it was
+/// published to as its `destination`, and nothing of a topic the pattern does not match. A
+/// SEND to a wildcard destination is refused with an ERROR naming it.
+#[test]
+fn a_wildcard_topic_subscriber_receives_every_matching_topic() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), "")?;
+    let mut collector = broker.client()?;
+    collector.subscribe("logs", "/topic/logs.>", &[])?;
+    let mut producer = broker.client()?;
+    for (topic, body) in [
+        ("/topic/metrics.app1", "not-logs"),
+        ("/topic/logs.app1.error", "app1-error"),
+        ("/topic/logsx.app1", "not-logs-either"),
+        ("/topic/logs.app2.info", "app2-info"),
+    ] {
+        producer.send(topic, body.as_bytes(), &[])?;
+    }
+    let got = collector.recv_until(b"app2-info", FRAME_TIMEOUT)?;
+    let seen: Vec<(String, String)> = got
+        .iter()
+        .map(|m| (m.get("destination").unwrap_or("").to_string(), m.text()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                "/topic/logs.app1.error".to_string(),
+                "app1-error".to_string()
+            ),
+            ("/topic/logs.app2.info".to_string(), "app2-info".to_string()),
+        ],
+        "the matching topics' messages, each with its own topic, and nothing else"
+    );
+    ensure!(
+        got.iter().all(|m| m.get("subscription") == Some("logs")),
+        "subscription header: {got:?}"
+    );
+
+    let refused = producer
+        .send("/topic/logs.>", b"to a pattern", &[])
+        .expect_err("a SEND to a wildcard destination must be refused");
+    ensure!(
+        format!("{refused:#}").contains("logs.>"),
+        "the ERROR names the destination: {refused:#}"
+    );
+    Ok(())
+}
+
 /// Test 8: a persistent message re-sent with the same `<producer>:<n>` message-id is
 /// confirmed again but stored and delivered once, also after a restart.
 #[test]

@@ -9,6 +9,7 @@
 //! - a slow non-durable topic subscriber never blocks a producer: past its pending limit the
 //!   oldest messages for it are discarded and counted.
 
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::memory::Memory;
 use super::queue::{Body, Consumer, Entry, InFlight, Queue, Source};
 use super::selector::Selector;
+use super::wildcard::{self, Pattern};
 use super::{
     AckScope, BrokerError, BrokerOptions, Confirmation, Delivery, Destination, NewMessage,
     SubscribeRequest, DEAD_LETTER_QUEUE,
@@ -122,6 +124,19 @@ struct Topic {
     durables: Vec<String>,
 }
 
+impl Topic {
+    fn is_empty(&self) -> bool {
+        self.subscribers.is_empty() && self.durables.is_empty()
+    }
+}
+
+/// The subscriptions on one wildcard pattern (`topic://logs.>`): every message published to a
+/// topic the pattern matches reaches them too.
+struct Wildcard {
+    pattern: Pattern,
+    topic: Topic,
+}
+
 struct Durable {
     subscription: SubscriptionAdd,
     /// Parsed from `subscription.selector`; `None` accepts everything.
@@ -153,6 +168,9 @@ pub(crate) struct Core {
     pending: VecDeque<Pending>,
     queues: HashMap<String, Queue>,
     topics: HashMap<String, Topic>,
+    /// Subscriptions on wildcard patterns, by canonical pattern (`topic://logs.>`); removed
+    /// once unused, so that a publish with none costs one emptiness check.
+    wildcards: HashMap<String, Wildcard>,
     /// By durable queue name.
     durables: HashMap<String, Durable>,
     sessions: HashMap<u64, SessionState>,
@@ -254,6 +272,7 @@ impl Core {
             pending: VecDeque::new(),
             queues: HashMap::new(),
             topics: HashMap::new(),
+            wildcards: HashMap::new(),
             durables: HashMap::new(),
             sessions: HashMap::new(),
             consumers: HashMap::new(),
@@ -309,9 +328,17 @@ impl Core {
 
     fn register_durable(&mut self, subscription: SubscriptionAdd) {
         let queue = subscription.queue.clone();
-        let topic = self.topics.entry(subscription.topic.clone()).or_default();
-        if !topic.durables.contains(&queue) {
-            topic.durables.push(queue.clone());
+        // A wildcard durable (its topic is the pattern) is registered as when it was made, on
+        // start, after an index rebuild or on a promoted slave alike.
+        match self.topic_mut(&subscription.topic) {
+            Some(topic) => {
+                if !topic.durables.contains(&queue) {
+                    topic.durables.push(queue.clone());
+                }
+            }
+            None => {
+                tracing::warn!(queue, topic = %subscription.topic, "stored durable subscription's topic is not a valid wildcard pattern; it receives nothing");
+            }
         }
         self.queues.entry(queue.clone()).or_default();
         let selector = match parse_selector(Some(&subscription.selector)) {
@@ -329,6 +356,48 @@ impl Core {
                 active: None,
             },
         );
+    }
+
+    /// The subscriptions on topic or wildcard pattern `canonical` (`topic://x`), made if
+    /// missing; `None` for an invalid pattern (refused before anything is stored).
+    fn topic_mut(&mut self, canonical: &str) -> Option<&mut Topic> {
+        let name = canonical.strip_prefix("topic://").unwrap_or(canonical);
+        if !wildcard::is_pattern(name) {
+            return Some(self.topics.entry(canonical.to_string()).or_default());
+        }
+        match self.wildcards.entry(canonical.to_string()) {
+            MapEntry::Occupied(e) => Some(&mut e.into_mut().topic),
+            MapEntry::Vacant(v) => {
+                let pattern = Pattern::parse(name).ok()?;
+                let wildcard = v.insert(Wildcard {
+                    pattern,
+                    topic: Topic::default(),
+                });
+                Some(&mut wildcard.topic)
+            }
+        }
+    }
+
+    /// Changes the subscriptions on topic or pattern `canonical`, if it has any; a pattern
+    /// left without subscriptions is forgotten.
+    fn change_topic(&mut self, canonical: &str, change: impl FnOnce(&mut Topic)) {
+        if let Some(topic) = self.topics.get_mut(canonical) {
+            change(topic);
+        } else if let Some(wildcard) = self.wildcards.get_mut(canonical) {
+            change(&mut wildcard.topic);
+            if wildcard.topic.is_empty() {
+                self.wildcards.remove(canonical);
+            }
+        }
+    }
+
+    /// The subscriptions on the wildcard patterns that match topic `name` (without prefix).
+    /// Callers first check that there are any, so a publish without them matches nothing.
+    fn wildcards_matching<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Topic> + 'a {
+        self.wildcards
+            .values()
+            .filter(move |w| w.pattern.matches(name))
+            .map(|w| &w.topic)
     }
 
     /// Appends one record; returns the key base position and the record's end.
@@ -664,6 +733,14 @@ impl Core {
         new: NewMessage,
         transaction: Option<&str>,
     ) -> Result<Confirmation, BrokerError> {
+        if wildcard::is_pattern(destination.name()) {
+            // ActiveMQ sends a copy to each existing destination the pattern matches; taken
+            // as a literal name, it would reach only the wildcard subscribers, quietly.
+            return Err(BrokerError::Unsupported(format!(
+                "sending to '{}', a wildcard destination: send to each destination by name",
+                destination.canonical()
+            )));
+        }
         if let Some(reason) = &self.failed {
             return Err(BrokerError::StoreFailed(reason.clone()));
         }
@@ -765,13 +842,19 @@ impl Core {
                 };
                 (entries, publish)
             }
-            Destination::Topic(_) => {
+            Destination::Topic(name) => {
                 let topic = destination.canonical();
-                let durables: Vec<String> = self
+                let mut durables: Vec<String> = self
                     .topics
                     .get(&topic)
                     .map(|t| t.durables.clone())
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                if !self.wildcards.is_empty() {
+                    for t in self.wildcards_matching(name) {
+                        durables.extend(t.durables.iter().cloned());
+                    }
+                }
+                let durables: Vec<String> = durables
                     .into_iter()
                     .filter(|q| {
                         self.durables
@@ -794,12 +877,22 @@ impl Core {
         }
     }
 
+    /// Hands a confirmed topic message to the non-durable subscribers of `topic` and of the
+    /// wildcard patterns matching it (a consumer is on one of them, so it gets one copy).
     fn publish_to_subscribers(&mut self, topic: &str, message: Arc<Message>) {
-        let Some(t) = self.topics.get(topic) else {
-            return;
-        };
+        let mut subscribers = self
+            .topics
+            .get(topic)
+            .map(|t| t.subscribers.clone())
+            .unwrap_or_default();
+        if !self.wildcards.is_empty() {
+            let name = topic.strip_prefix("topic://").unwrap_or(topic);
+            for t in self.wildcards_matching(name) {
+                subscribers.extend_from_slice(&t.subscribers);
+            }
+        }
         let limit = self.options.topic_pending_limit;
-        for cid in t.subscribers.clone() {
+        for cid in subscribers {
             let entry = Entry::new(None, message.clone(), 0);
             let Some(consumer) = self.consumers.get_mut(&cid) else {
                 continue;
@@ -842,18 +935,22 @@ impl Core {
         }
         let client_id = state.client_id.clone();
         let deliveries = state.deliveries.clone();
-        if request
-            .destination
-            .name()
-            .split('.')
-            .any(|part| part == "*" || part == ">")
-        {
-            // ActiveMQ would read these as wildcards; taking them as literal names would
-            // subscribe to nothing without a word.
-            return Err(BrokerError::Unsupported(format!(
-                "wildcard subscriptions ('{}'); subscribe to each destination by name",
-                request.destination.name()
-            )));
+        let name = request.destination.name();
+        if wildcard::is_pattern(name) {
+            match &request.destination {
+                // ActiveMQ would read these as wildcards; taking them as literal names would
+                // subscribe to nothing without a word.
+                Destination::Queue(_) => {
+                    return Err(BrokerError::Unsupported(format!(
+                        "wildcard subscriptions on queues ('{name}'); wildcards work on topics: \
+                         subscribe to each queue by name"
+                    )))
+                }
+                Destination::Topic(_) => {
+                    Pattern::parse(name)
+                        .map_err(|e| BrokerError::Unsupported(format!("wildcard {e}")))?;
+                }
+            }
         }
         let selector = parse_selector(request.selector.as_deref())?;
         let selector_text = request.selector.clone().unwrap_or_default();
@@ -934,7 +1031,11 @@ impl Core {
                     .push(id);
                 self.dispatch_queue(&queue);
             }
-            Source::Topic(topic) => self.topics.entry(topic).or_default().subscribers.push(id),
+            Source::Topic(topic) => {
+                if let Some(t) = self.topic_mut(&topic) {
+                    t.subscribers.push(id);
+                }
+            }
         }
         Ok(confirmation)
     }
@@ -977,9 +1078,7 @@ impl Core {
                 }
             }
             Source::Topic(topic) => {
-                if let Some(t) = self.topics.get_mut(topic) {
-                    t.subscribers.retain(|c| *c != cid);
-                }
+                self.change_topic(topic, |t| t.subscribers.retain(|c| *c != cid));
             }
         }
         for (tag, in_flight) in consumer.in_flight {
@@ -1046,9 +1145,7 @@ impl Core {
         self.append_in_chunks(entries)?;
         self.durables.remove(queue);
         self.queues.remove(queue);
-        if let Some(t) = self.topics.get_mut(&subscription.topic) {
-            t.durables.retain(|q| q != queue);
-        }
+        self.change_topic(&subscription.topic, |t| t.durables.retain(|q| q != queue));
         Ok(())
     }
 

@@ -1,5 +1,7 @@
 //! The broker core: queues, topics, durable subscriptions, dispatch, acknowledgements,
-//! transactions, expiry and the dead-letter queue.
+//! transactions, expiry and the dead-letter queue. Topic subscriptions (durable or not) may
+//! name an ActiveMQ wildcard pattern (`logs.>`, `prices.*.eu`; `broker::wildcard`); queue
+//! subscriptions and sends may not.
 //!
 //! It owns all routing state behind one mutex (never held across an `.await`) and talks to the
 //! rest of the node through narrow seams:
@@ -17,6 +19,7 @@ mod core;
 mod memory;
 mod queue;
 pub mod selector;
+mod wildcard;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -170,7 +173,8 @@ pub struct Delivery {
     pub subscription: String,
     /// Session-unique; names the delivery in `ack`/`nack`.
     pub tag: u64,
-    /// The destination the subscription is on.
+    /// The destination the subscription is on (for a wildcard subscription, its pattern:
+    /// `message.destination` is the topic the message was published to).
     pub destination: Destination,
     pub message: Arc<Message>,
     /// How many times this message was delivered before and not acknowledged.

@@ -458,27 +458,362 @@ async fn client_side_redeliveries_count_when_the_message_comes_back() {
     );
 }
 
+/// ActiveMQ's wildcard rules (`broker::wildcard`).
+fn matches(pattern: &str, name: &str) -> bool {
+    wildcard::Pattern::parse(pattern).unwrap().matches(name)
+}
+
+#[test]
+fn a_star_matches_exactly_one_whole_segment() {
+    assert!(matches("prices.*.eu", "prices.stock.eu"));
+    assert!(
+        matches("prices.*.eu", "prices..eu"),
+        "an empty segment is one"
+    );
+    assert!(!matches("prices.*.eu", "prices.eu"));
+    assert!(!matches("prices.*.eu", "prices.stock.nasdaq.eu"));
+    assert!(!matches("prices.*.eu", "prices.stock.eu.x"));
+    assert!(matches("*", "anything"));
+    assert!(!matches("*", "two.segments"));
+    assert!(matches("*.*", "two.segments"));
+}
+
+#[test]
+fn a_trailing_descendant_matches_any_number_of_segments_none_included() {
+    assert!(matches("logs.>", "logs.app1"));
+    assert!(matches("logs.>", "logs.app1.error"));
+    assert!(matches("logs.>", "logs"), "ActiveMQ: A matches A.>");
+    assert!(!matches("logs.>", "logsx"));
+    assert!(!matches("logs.>", "audit.logs.app1"));
+    assert!(matches(">", "any.topic.at.all"));
+    assert!(matches("logs.*.>", "logs.app1"));
+    assert!(matches("logs.*.>", "logs.app1.error.detail"));
+    assert!(!matches("logs.*.>", "logs"));
+}
+
+#[test]
+fn segments_match_whole_never_in_part() {
+    assert!(!matches("logs.app.>", "logs.app1.error"));
+    assert!(!matches("logs.app.*", "logs.app1.error"));
+    assert!(matches("logs.app.*", "logs.app.error"));
+    assert!(!matches("logs.*", "logs.app1.error"), "'*' is one segment");
+}
+
+#[test]
+fn only_whole_wildcard_segments_make_a_pattern() {
+    assert!(wildcard::is_pattern("logs.>"));
+    assert!(wildcard::is_pattern("*.eu"));
+    assert!(wildcard::is_pattern(">"));
+    assert!(!wildcard::is_pattern("a*b.c>d"));
+    assert!(!wildcard::is_pattern("logs.app1"));
+}
+
+#[test]
+fn a_descendant_wildcard_must_come_last() {
+    let error = wildcard::Pattern::parse("logs.>.error").unwrap_err();
+    assert!(
+        error.contains("logs.>.error") && error.contains("last"),
+        "{error}"
+    );
+    assert!(wildcard::Pattern::parse(">.>").is_err());
+}
+
+fn topic(name: &str) -> Destination {
+    Destination::Topic(name.into())
+}
+
+fn subscribe_to(
+    session: &Session,
+    id: &str,
+    destination: Destination,
+    durable_name: Option<&str>,
+    selector: Option<&str>,
+) -> Result<Confirmation, BrokerError> {
+    session.subscribe(SubscribeRequest {
+        id: id.into(),
+        destination,
+        prefetch: 100,
+        durable_name: durable_name.map(str::to_string),
+        selector: selector.map(str::to_string),
+    })
+}
+
+/// Everything delivered to `rx` so far, as (subscription, topic published to, body).
+fn drain(rx: &mut UnboundedReceiver<Delivery>) -> Vec<(String, String, String)> {
+    let mut got = Vec::new();
+    while let Ok(d) = rx.try_recv() {
+        got.push((
+            d.subscription.clone(),
+            d.message.destination.clone(),
+            body(&d).into(),
+        ));
+    }
+    got
+}
+
+fn triple(subscription: &str, topic: &str, body: &str) -> (String, String, String) {
+    (subscription.into(), format!("topic://{topic}"), body.into())
+}
+
 #[tokio::test]
-async fn wildcard_subscriptions_are_refused_by_name() {
+async fn wildcards_on_queues_and_misplaced_descendants_are_refused_by_name() {
     let f = fixture(BrokerOptions::default()).await;
-    let (session, _rx) = f.broker.open_session(None);
+    let (session, _rx) = f.broker.open_session(Some("c".into()));
     for name in ["orders.>", "prices.*.eu", ">"] {
-        let error = session
-            .subscribe(SubscribeRequest {
-                id: name.into(),
-                destination: Destination::Topic(name.into()),
-                prefetch: 10,
-                durable_name: None,
-                selector: None,
-            })
-            .unwrap_err();
+        let error = subscribe_to(&session, name, queue(name), None, None).unwrap_err();
         assert!(
-            matches!(&error, BrokerError::Unsupported(m) if m.contains(name)),
+            matches!(&error, BrokerError::Unsupported(m) if m.contains(name) && m.contains("queues")),
+            "{error}"
+        );
+    }
+    for durable in [None, Some("d")] {
+        let error =
+            subscribe_to(&session, "bad", topic("logs.>.error"), durable, None).unwrap_err();
+        assert!(
+            matches!(&error, BrokerError::Unsupported(m) if m.contains("logs.>.error") && m.contains("last")),
             "{error}"
         );
     }
     // Names that merely contain the characters are plain names.
     subscribe(&session, "ok", queue("a*b.c>d"), 10);
+}
+
+#[tokio::test]
+async fn a_send_to_a_wildcard_destination_is_refused_by_name() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (session, _rx) = f.broker.open_session(None);
+    session.begin("tx").unwrap();
+    for destination in [topic("logs.>"), topic("prices.*.eu"), queue("orders.>")] {
+        for transaction in [None, Some("tx")] {
+            let error = session
+                .send(&destination, persistent("m"), transaction)
+                .unwrap_err();
+            assert!(
+                matches!(&error, BrokerError::Unsupported(m) if m.contains(&destination.canonical()) && m.contains("wildcard")),
+                "{error}"
+            );
+        }
+    }
+    session.commit("tx").unwrap().await.unwrap();
+    // A plain name with the characters inside a segment is sent as usual.
+    session
+        .send(&topic("a*b.c>d"), persistent("m"), None)
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// Non-durable wildcard subscriptions get every message of a matching topic, with the topic it
+/// was published to as its destination, through their selectors; two subscriptions of one
+/// session that both match each get it; a pattern left without subscribers gets nothing.
+#[tokio::test]
+async fn wildcard_topic_subscribers_get_every_matching_topic_as_published() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (a, mut a_rx) = f.broker.open_session(None);
+    subscribe_to(&a, "all", topic("logs.>"), None, None).unwrap();
+    subscribe_to(&a, "exact", topic("logs.app1.error"), None, None).unwrap();
+    let (b, mut b_rx) = f.broker.open_session(None);
+    subscribe_to(
+        &b,
+        "red-errors",
+        topic("logs.*.error"),
+        None,
+        Some("color = 'red'"),
+    )
+    .unwrap();
+    let (producer, _) = f.broker.open_session(None);
+    let sends = [
+        ("logs.app1.error", "red", "1"),
+        ("logs.app2.info", "red", "2"),
+        ("logs.app3.error", "blue", "3"),
+        ("logs", "red", "4"),
+        ("logs.app1.error.detail", "red", "5"),
+        ("logsx.app1.error", "red", "6"),
+        ("audit.logs.app1.error", "red", "7"),
+    ];
+    for (name, color, b) in sends {
+        let mut m = colored(color, b);
+        m.persistent = b == "1"; // stored or not, a topic message reaches its subscribers
+        producer.send(&topic(name), m, None).unwrap().await.unwrap();
+    }
+    // Every send was confirmed after its message was handed to the subscribers.
+    let mut deliveries = vec![next(&mut a_rx).await];
+    while let Ok(d) = a_rx.try_recv() {
+        deliveries.push(d);
+    }
+    let d = deliveries
+        .iter()
+        .find(|d| d.subscription == "all")
+        .expect("a delivery to the wildcard subscription");
+    assert_eq!(d.destination, topic("logs.>"), "the subscription's pattern");
+    assert_eq!(
+        d.message.destination, "topic://logs.app1.error",
+        "the real topic"
+    );
+    let mut got: Vec<_> = deliveries
+        .iter()
+        .map(|d| {
+            (
+                d.subscription.clone(),
+                d.message.destination.clone(),
+                body(d).to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut expected = vec![
+        triple("all", "logs.app1.error", "1"),
+        triple("all", "logs.app2.info", "2"),
+        triple("all", "logs.app3.error", "3"),
+        triple("all", "logs", "4"),
+        triple("all", "logs.app1.error.detail", "5"),
+        triple("exact", "logs.app1.error", "1"),
+    ];
+    expected.sort();
+    assert_eq!(got, expected);
+    assert_eq!(
+        drain(&mut b_rx),
+        [triple("red-errors", "logs.app1.error", "1")]
+    );
+
+    a.unsubscribe("all", false).unwrap();
+    b.unsubscribe("red-errors", false).unwrap();
+    producer
+        .send(&topic("logs.app1.error"), colored("red", "8"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(body(&next(&mut a_rx).await), "8");
+    assert!(drain(&mut a_rx).is_empty() && drain(&mut b_rx).is_empty());
+}
+
+/// A slow wildcard subscriber is held to the same pending limit as any topic subscriber.
+#[tokio::test]
+async fn a_slow_wildcard_subscriber_loses_its_oldest_messages_not_the_producer() {
+    let f = fixture(BrokerOptions {
+        topic_pending_limit: 2,
+        ..BrokerOptions::default()
+    })
+    .await;
+    let (slow, mut rx) = f.broker.open_session(None);
+    subscribe(&slow, "s", topic("prices.*"), 1);
+    let (producer, _) = f.broker.open_session(None);
+    for i in 0..6 {
+        let m = NewMessage {
+            body: Bytes::from(i.to_string()),
+            ..NewMessage::default()
+        };
+        let name = format!("prices.{i}");
+        producer
+            .send(&topic(&name), m, None)
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let first = next(&mut rx).await;
+    assert_eq!(body(&first), "0");
+    slow.ack(first.tag, AckScope::Single, None).unwrap();
+    let after = next(&mut rx).await;
+    assert_eq!(body(&after), "4");
+    assert_eq!(after.message.destination, "topic://prices.4");
+    assert_eq!(f.broker.stats().topic_discarded, 3);
+}
+
+/// A durable subscription on a pattern keeps what is published to every matching topic while
+/// its subscriber is away, and only that.
+#[tokio::test]
+async fn a_durable_wildcard_subscription_keeps_matching_messages_while_away() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (s, _) = f.broker.open_session(Some("collector".into()));
+    subscribe_to(&s, "d", topic("logs.>"), Some("logs"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    drop(s);
+    let (producer, _) = f.broker.open_session(None);
+    for (name, b) in [
+        ("logs.app1.error", "1"),
+        ("metrics.app1", "x"),
+        ("logs.app2.info", "2"),
+    ] {
+        producer
+            .send(&topic(name), persistent(b), None)
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    assert_eq!(f.broker.queue_depth("durable://collector:logs"), 2);
+    let (s, mut rx) = f.broker.open_session(Some("collector".into()));
+    subscribe_to(&s, "d", topic("logs.>"), Some("logs"), None).unwrap();
+    let first = next(&mut rx).await;
+    assert_eq!(first.message.destination, "topic://logs.app1.error");
+    assert_eq!(body(&next(&mut rx).await), "2");
+    assert!(rx.try_recv().is_err());
+    // Removed, it stops collecting; the pattern is forgotten.
+    s.unsubscribe("d", true).unwrap().await.unwrap();
+    producer
+        .send(&topic("logs.app1.error"), persistent("after"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(f.broker.queue_depth("durable://collector:logs"), 0);
+}
+
+/// A durable wildcard subscription comes back from the journal at a restart with its pattern
+/// (through the index, then through an index rebuilt from the journal, as a promoted slave's
+/// store gives it too): what it kept is still there and what is published after a restart to a
+/// matching topic is kept for it too.
+#[tokio::test]
+async fn a_durable_wildcard_subscription_is_recovered_from_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+        let (s, _) = broker.open_session(Some("collector".into()));
+        subscribe_to(&s, "d", topic("logs.*.error"), Some("errors"), None)
+            .unwrap()
+            .await
+            .unwrap();
+        drop(s);
+        let (p, _) = broker.open_session(None);
+        p.send(&topic("logs.app1.error"), persistent("before"), None)
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    {
+        let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+        let (p, _) = broker.open_session(None);
+        for (name, b) in [("logs.app2.error", "after"), ("logs.app2.info", "x")] {
+            p.send(&topic(name), persistent(b), None)
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        assert_eq!(broker.queue_depth("durable://collector:errors"), 2);
+    }
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+    assert!(lock(&broker.shared).store().stats().index_rebuilt);
+    assert_eq!(broker.queue_depth("durable://collector:errors"), 2);
+    let (p, _) = broker.open_session(None);
+    p.send(&topic("logs.app3.error"), persistent("rebuilt"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    let (s, mut rx) = broker.open_session(Some("collector".into()));
+    subscribe_to(&s, "d", topic("logs.*.error"), Some("errors"), None).unwrap();
+    let first = next(&mut rx).await;
+    assert_eq!(
+        (body(&first), first.message.destination.as_str()),
+        ("before", "topic://logs.app1.error")
+    );
+    let second = next(&mut rx).await;
+    assert_eq!(
+        (body(&second), second.message.destination.as_str()),
+        ("after", "topic://logs.app2.error")
+    );
+    assert_eq!(body(&next(&mut rx).await), "rebuilt");
+    assert!(rx.try_recv().is_err());
 }
 
 /// A new master may have inherited records that its predecessor never had confirmed: they
