@@ -91,6 +91,7 @@ public final class JmsCheck {
         SCENARIOS.put("tx-consumer", JmsCheck::txConsumer);
         SCENARIOS.put("topic-pubsub", JmsCheck::topicPubSub);
         SCENARIOS.put("durable-topic", JmsCheck::durableTopic);
+        SCENARIOS.put("wildcard-topic", JmsCheck::wildcardTopic);
         SCENARIOS.put("temp-queue-reply", JmsCheck::tempQueueReply);
         SCENARIOS.put("selectors", JmsCheck::selectors);
         SCENARIOS.put("browser", JmsCheck::browser);
@@ -990,6 +991,56 @@ public final class JmsCheck {
         receiveTexts(a, sent, "subscriber A gets every message (none from before it subscribed)");
         receiveTexts(b, sent, "subscriber B gets every message (none from before it subscribed)");
         close(other);
+        close(c);
+    }
+
+    /**
+     * Wildcard topics, as ActiveMQ reads them: a consumer on {@code <base>.>} gets what is
+     * published to every topic under {@code <base>}, with the topic it was published to as
+     * JMSDestination, and nothing from {@code <base>x.app1}; a durable subscriber on
+     * {@code <base>.*} keeps, while offline, what one-segment topics under it get, not
+     * {@code <base>.app2.error}.
+     */
+    static void wildcardTopic() throws Exception {
+        String base = name("logs");
+        Connection c = connect();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Topic app1 = s.createTopic(base + ".app1");
+        Topic app2Error = s.createTopic(base + ".app2.error");
+        Topic elsewhere = s.createTopic(base + "x.app1");
+        MessageConsumer all = s.createConsumer(s.createTopic(base + ".>"));
+        MessageProducer p = s.createProducer(null);
+        p.setDeliveryMode(DeliveryMode.PERSISTENT);
+        p.send(app1, s.createTextMessage("app1"));
+        p.send(elsewhere, s.createTextMessage("elsewhere"));
+        p.send(app2Error, s.createTextMessage("app2-error"));
+        List<Message> got = receiveTexts(all, List.of("app1", "app2-error"),
+                "a consumer on " + base + ".> gets both matching topics");
+        check("JMSDestination of app1", app1.equals(got.get(0).getJMSDestination()), app1,
+                got.get(0).getJMSDestination());
+        check("JMSDestination of app2-error", app2Error.equals(got.get(1).getJMSDestination()),
+                app2Error, got.get(1).getJMSDestination());
+        ok("JMSDestination is the topic published to");
+        expectOnlySentinel(c, app1, all, "nothing from " + base + "x.app1");
+
+        String clientId = name("client");
+        Connection c1 = connect(url, clientId);
+        Session s1 = c1.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Topic oneLevel = s1.createTopic(base + ".*");
+        s1.createDurableSubscriber(oneLevel, "wild").close();
+        close(c1);
+        ok("durable subscriber on " + base + ".* offline");
+        p.send(app1, s.createTextMessage("offline-app1"));
+        p.send(app2Error, s.createTextMessage("offline-app2-error"));
+        Connection c2 = connect(url, clientId);
+        Session s2 = c2.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        TopicSubscriber d = s2.createDurableSubscriber(oneLevel, "wild");
+        receiveTexts(d, List.of("offline-app1"), "kept while offline, for the matching topic only");
+        expectOnlySentinel(c, app1, d, "nothing kept from " + base + ".app2.error");
+        d.close();
+        s2.unsubscribe("wild");
+        ok("unsubscribed");
+        close(c2);
         close(c);
     }
 

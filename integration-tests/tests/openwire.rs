@@ -160,6 +160,14 @@ fn durable_subscriber_gets_what_was_published_offline() {
     check("durable-topic", &[]);
 }
 
+/// Wildcard topics as ActiveMQ reads them: a consumer on `<base>.>` gets every topic under
+/// `<base>` (JMSDestination the topic published to) and nothing of `<base>x.app1`; a durable
+/// subscriber on `<base>.*` keeps, while offline, the one-segment topics' messages only.
+#[test]
+fn wildcard_topic_consumers_and_durable_subscribers() {
+    check("wildcard-topic", &[]);
+}
+
 /// Request/reply through a TemporaryQueue: the responder (another connection) answers on
 /// JMSReplyTo with the request's JMSCorrelationID.
 #[test]
