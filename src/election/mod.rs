@@ -1791,23 +1791,10 @@ mod tests {
     #[test]
     fn a_final_report_of_an_earlier_role_is_not_final() {
         let mut core = test_core();
-        let joining = LogState {
-            epoch: 5,
-            position: 1100,
-        };
-        core.on_command(Command::ReportLog(
-            joining,
-            Some(generation_of(&core.generation)),
-        ));
+        core.on_command(final_report_now(&core, 5, 1100));
         assert_eq!(core.join_data().position, 1100, "the first report counts");
         core.set_role(Role::candidate("no master elected"));
-        let report = Command::ReportLog(
-            LogState {
-                epoch: 5,
-                position: 1200,
-            },
-            Some(generation_of(&core.generation)),
-        );
+        let report = final_report_now(&core, 5, 1200);
         core.set_role(Role::Slave {
             master: "tcp://h:1".into(),
             epoch: 6,
@@ -1824,16 +1811,17 @@ mod tests {
             "a stale position is published"
         );
         // The lifecycle's report in this candidate role counts.
-        let log = LogState {
-            epoch: 6,
-            position: 1300,
-        };
-        core.on_command(Command::ReportLog(
-            log,
-            Some(generation_of(&core.generation)),
-        ));
+        core.on_command(final_report_now(&core, 6, 1300));
         assert!(core.log_final);
         assert_eq!(core.join_data().position, 1300);
+    }
+
+    /// A final log report made in `core`'s current role.
+    fn final_report_now(core: &Core, epoch: u64, position: u64) -> Command {
+        Command::ReportLog(
+            LogState { epoch, position },
+            Some(generation_of(&core.generation)),
+        )
     }
 
     fn test_core() -> Core {
