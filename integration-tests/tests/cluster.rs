@@ -1484,14 +1484,22 @@ enum Fault {
     LoseQuorum,
     /// kill -9 of all three; all restarted.
     RestartAll,
+    /// SIGSTOP of a slave until its znode is gone (its ZooKeeper session expired) while the
+    /// master keeps confirming; then SIGCONT, and it must rejoin as a slave.
+    PauseSlave,
+    /// kill -9 of the ZooKeeper ensemble's leader while sends go on; restarted once another
+    /// member leads.
+    KillZkLeader,
 }
 
-const FAULTS: [Fault; 5] = [
+const FAULTS: [Fault; 7] = [
     Fault::KillMaster,
     Fault::KillSlave,
     Fault::PauseMaster,
     Fault::LoseQuorum,
     Fault::RestartAll,
+    Fault::PauseSlave,
+    Fault::KillZkLeader,
 ];
 
 /// xorshift64*: enough to vary the order of faults and the node picked, from a printed seed.
@@ -1680,6 +1688,49 @@ fn random_faults_lose_nothing_confirmed_zk38() {
                 for i in 0..3 {
                     cluster.restart(i).expect("restarting a node");
                 }
+            }
+            Fault::PauseSlave => {
+                let from = cluster.log_len(slave);
+                cluster.sigstop(slave);
+                let mut rows = Vec::new();
+                let expired = wait_until(deadline(ELECTION), || {
+                    rows = cluster.status_rows().unwrap_or_default();
+                    rows.len() == 2
+                });
+                assert!(
+                    expired,
+                    "{what}: the znode of paused node {slave} should expire: {rows:?}"
+                );
+                sends.wait_more(
+                    30,
+                    ELECTION,
+                    &format!("{what}: while node {slave} is paused"),
+                );
+                cluster.sigcont(slave);
+                let rejoined = wait_until(deadline(ELECTION), || {
+                    let logs = cluster.logs_since(slave, from);
+                    logs.iter().any(|l| l.contains("role change: slave of"))
+                });
+                assert!(
+                    rejoined,
+                    "{what}: node {slave} did not rejoin as slave after SIGCONT:\n{}",
+                    cluster.logs_since(slave, from).join("\n")
+                );
+            }
+            Fault::KillZkLeader => {
+                let leader = cluster.zk.leader().expect("a ZooKeeper leader");
+                cluster.zk.kill(leader);
+                let led = wait_until(deadline(ELECTION), || cluster.zk.leader().is_some());
+                assert!(
+                    led,
+                    "{what}: no new ZooKeeper leader after killing member {leader}"
+                );
+                sends.wait_more(
+                    30,
+                    ELECTION,
+                    &format!("{what}: after the ZooKeeper leader died"),
+                );
+                cluster.zk.start_member(leader);
             }
         }
         m = cluster
