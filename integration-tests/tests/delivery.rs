@@ -681,9 +681,15 @@ fn exclusive_consumer_and_message_groups() -> Result<()> {
     for _ in 0..sent.len() {
         got.push(exclusive.recv_message(FRAME_TIMEOUT)?);
     }
-    assert_eq!(bodies(&got), sent, "the exclusive consumer gets every message");
+    assert_eq!(
+        bodies(&got),
+        sent,
+        "the exclusive consumer gets every message"
+    );
     ensure!(
-        plain.try_recv_message(Duration::from_millis(300))?.is_none(),
+        plain
+            .try_recv_message(Duration::from_millis(300))?
+            .is_none(),
         "a message went to the other consumer while an exclusive one was subscribed"
     );
     exclusive.ack(&got[0])?;
@@ -731,10 +737,7 @@ fn exclusive_consumer_and_message_groups() -> Result<()> {
     for group in ["x", "y"] {
         let on_a = to_a.iter().any(|m| m.starts_with(group));
         let on_b = to_b.iter().any(|m| m.starts_with(group));
-        ensure!(
-            on_a != on_b,
-            "group {group} was split: {to_a:?} / {to_b:?}"
-        );
+        ensure!(on_a != on_b, "group {group} was split: {to_a:?} / {to_b:?}");
     }
     Ok(())
 }

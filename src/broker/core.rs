@@ -5,7 +5,8 @@
 //!   visible (consumers, confirmations) only when the confirmed watermark passes the end of its
 //!   record, in append order (`pending` is ordered by position);
 //! - a consumer holds at most `prefetch` unacknowledged deliveries, so one stuck consumer never
-//!   holds more than its window and never stops the others;
+//!   holds more than its window and never stops the others (except by request: an exclusive
+//!   consumer alone receives its queue, and a message group's messages wait for its consumer);
 //! - a slow non-durable topic subscriber never blocks a producer: past its pending limit the
 //!   oldest messages for it are discarded and counted.
 

@@ -1405,7 +1405,10 @@ async fn exclusive_consumer_alone_receives_the_queue() {
     for i in 0..6 {
         send_to_q(&producer, persistent(&i.to_string())).await;
     }
-    assert_eq!(bodies(&take_all(&mut first_rx)), ["0", "1", "2", "3", "4", "5"]);
+    assert_eq!(
+        bodies(&take_all(&mut first_rx)),
+        ["0", "1", "2", "3", "4", "5"]
+    );
     assert!(take_all(&mut plain_rx).is_empty());
     assert!(take_all(&mut second_rx).is_empty());
     // Past its prefetch window the rest waits for it rather than going to the others.
