@@ -92,6 +92,7 @@ public final class JmsCheck {
         SCENARIOS.put("topic-pubsub", JmsCheck::topicPubSub);
         SCENARIOS.put("durable-topic", JmsCheck::durableTopic);
         SCENARIOS.put("wildcard-topic", JmsCheck::wildcardTopic);
+        SCENARIOS.put("exclusive-consumer", JmsCheck::exclusiveConsumer);
         SCENARIOS.put("temp-queue-reply", JmsCheck::tempQueueReply);
         SCENARIOS.put("selectors", JmsCheck::selectors);
         SCENARIOS.put("browser", JmsCheck::browser);
@@ -1041,6 +1042,51 @@ public final class JmsCheck {
         s2.unsubscribe("wild");
         ok("unsubscribed");
         close(c2);
+        close(c);
+    }
+
+    /**
+     * Exclusive consumers ({@code queue://x?consumer.exclusive=true}): with a plain consumer
+     * and two exclusive ones on a queue, the first exclusive consumer gets every message; when
+     * its connection closes the second exclusive one gets what the first did not acknowledge,
+     * redelivered and in order, and then what is sent next; the plain consumer got nothing
+     * meanwhile (the sentinel, sent once it is alone, is the first message it receives).
+     */
+    static void exclusiveConsumer() throws Exception {
+        Connection c = connect();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Queue q = s.createQueue(name("orders"));
+        Queue exclusiveQ = s.createQueue(name("orders") + "?consumer.exclusive=true");
+        Connection plainConn = connect();
+        MessageConsumer plain = consumer(plainConn, Session.AUTO_ACKNOWLEDGE, q);
+        Connection firstConn = connect();
+        MessageConsumer first =
+                consumer(firstConn, ActiveMQSession.INDIVIDUAL_ACKNOWLEDGE, exclusiveQ);
+        Connection secondConn = connect();
+        MessageConsumer second =
+                consumer(secondConn, ActiveMQSession.INDIVIDUAL_ACKNOWLEDGE, exclusiveQ);
+        ok("a plain consumer, then two exclusive consumers on " + q.getQueueName());
+        List<String> sent = bodies("order", 0, 6);
+        sendTexts(c, q, sent);
+        List<Message> got = receiveTexts(first, sent, "the first exclusive consumer gets all");
+        got.get(0).acknowledge();
+        got.get(1).acknowledge();
+        close(firstConn);
+        ok("the first exclusive consumer acknowledged 2 and closed");
+        List<Message> again = receiveTexts(second, sent.subList(2, 6),
+                "the second exclusive consumer takes over the unacknowledged");
+        for (Message m : again) {
+            expectRedelivered(m, true, "taken over " + text(m, "body"));
+            m.acknowledge();
+        }
+        ok("taken over as redelivered");
+        sendTexts(c, q, List.of("order-6"));
+        receiveTexts(second, List.of("order-6"), "the second exclusive consumer gets the next")
+                .get(0).acknowledge();
+        close(secondConn);
+        expectOnlySentinel(c, q, plain,
+                "the plain consumer got nothing while an exclusive consumer was there");
+        close(plainConn);
         close(c);
     }
 

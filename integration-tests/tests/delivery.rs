@@ -654,3 +654,90 @@ fn stomp_1_0_1_1_and_1_2_share_one_port() -> Result<()> {
     }
     Ok(())
 }
+
+/// ActiveMQ's exclusive consumer (`activemq.exclusive:true`): while it is subscribed it alone
+/// receives the queue, and when it goes away the others get its unacknowledged messages,
+/// redelivered, in order. Message groups (`JMSXGroupID`): each group's messages go to one
+/// consumer.
+#[test]
+fn exclusive_consumer_and_message_groups() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), "")?;
+    let queue = "/queue/exclusive";
+    let mut plain = broker.client()?;
+    plain.subscribe("plain", queue, &[("ack", "client-individual")])?;
+    let mut exclusive = broker.client()?;
+    exclusive.subscribe(
+        "excl",
+        queue,
+        &[("ack", "client-individual"), ("activemq.exclusive", "true")],
+    )?;
+    let mut producer = broker.client()?;
+    let sent: Vec<String> = (0..5).map(|i| format!("m{i}")).collect();
+    for body in &sent {
+        producer.send_persistent(queue, body.as_bytes())?;
+    }
+    let mut got = Vec::new();
+    for _ in 0..sent.len() {
+        got.push(exclusive.recv_message(FRAME_TIMEOUT)?);
+    }
+    assert_eq!(
+        bodies(&got),
+        sent,
+        "the exclusive consumer gets every message"
+    );
+    ensure!(
+        plain
+            .try_recv_message(Duration::from_millis(300))?
+            .is_none(),
+        "a message went to the other consumer while an exclusive one was subscribed"
+    );
+    exclusive.ack(&got[0])?;
+    exclusive.drop_connection();
+    let mut again = Vec::new();
+    for _ in 1..sent.len() {
+        let m = plain.recv_message(FRAME_TIMEOUT)?;
+        ensure!(
+            m.get("redelivered") == Some("true"),
+            "not flagged as redelivered: {m:?}"
+        );
+        again.push(m.text());
+    }
+    assert_eq!(again, sent[1..], "the unacknowledged messages, in order");
+
+    // Message groups: x,x,y,y,... round-robin alone would split each group.
+    let groups_queue = "/queue/groups";
+    let mut a = broker.client()?;
+    a.subscribe("a", groups_queue, &[])?;
+    let mut b = broker.client()?;
+    b.subscribe("b", groups_queue, &[])?;
+    let pattern = ["x", "x", "y", "y", "x", "x", "y", "y"];
+    for (i, group) in pattern.iter().enumerate() {
+        producer.send(
+            groups_queue,
+            format!("{group}{i}").as_bytes(),
+            &[("JMSXGroupID", group)],
+        )?;
+    }
+    let mut to_a = Vec::new();
+    let mut to_b = Vec::new();
+    let end = deadline(FRAME_TIMEOUT);
+    while to_a.len() + to_b.len() < pattern.len() {
+        ensure!(
+            std::time::Instant::now() < end,
+            "received {to_a:?} and {to_b:?}"
+        );
+        if let Some(m) = a.try_recv_message(Duration::from_millis(50))? {
+            to_a.push(m.text());
+        }
+        if let Some(m) = b.try_recv_message(Duration::from_millis(50))? {
+            to_b.push(m.text());
+        }
+    }
+    for group in ["x", "y"] {
+        let on_a = to_a.iter().any(|m| m.starts_with(group));
+        let on_b = to_b.iter().any(|m| m.starts_with(group));
+        ensure!(on_a != on_b, "group {group} was split: {to_a:?} / {to_b:?}");
+    }
+    Ok(())
+}

@@ -168,6 +168,14 @@ fn wildcard_topic_consumers_and_durable_subscribers() {
     check("wildcard-topic", &[]);
 }
 
+/// Exclusive consumers (`queue://x?consumer.exclusive=true`, which the client turns into
+/// ConsumerInfo.exclusive): the first one alone receives the queue; the next one takes over its
+/// unacknowledged messages, in order, when it closes; a plain consumer gets nothing meanwhile.
+#[test]
+fn exclusive_consumer_takes_the_queue_and_hands_over_in_order() {
+    check("exclusive-consumer", &[]);
+}
+
 /// Request/reply through a TemporaryQueue: the responder (another connection) answers on
 /// JMSReplyTo with the request's JMSCorrelationID.
 #[test]

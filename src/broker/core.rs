@@ -5,7 +5,8 @@
 //!   visible (consumers, confirmations) only when the confirmed watermark passes the end of its
 //!   record, in append order (`pending` is ordered by position);
 //! - a consumer holds at most `prefetch` unacknowledged deliveries, so one stuck consumer never
-//!   holds more than its window and never stops the others;
+//!   holds more than its window and never stops the others (except by request: an exclusive
+//!   consumer alone receives its queue, and a message group's messages wait for its consumer);
 //! - a slow non-durable topic subscriber never blocks a producer: past its pending limit the
 //!   oldest messages for it are discarded and counted.
 
@@ -901,7 +902,7 @@ impl Core {
                 continue;
             }
             if consumer.has_credit() && consumer.pending.is_empty() {
-                self.deliver(cid, None, entry);
+                self.deliver(cid, None, entry, false);
             } else {
                 consumer.pending.push_back(entry);
                 if consumer.pending.len() > limit {
@@ -991,6 +992,8 @@ impl Core {
             (Destination::Topic(_), None) => Source::Topic(request.destination.canonical()),
             (Destination::Queue(_), _) => Source::Queue(request.destination.canonical()),
         };
+        // Exclusive consumers are a queue feature (ActiveMQ ignores the flag on topics).
+        let exclusive = request.exclusive && matches!(request.destination, Destination::Queue(_));
         let id = self.next_consumer;
         self.next_consumer += 1;
         self.consumers.insert(
@@ -1016,6 +1019,7 @@ impl Core {
                 pending: VecDeque::new(),
                 deliveries,
                 discarded: 0,
+                exclusive,
             },
         );
         self.session(session)?.subscriptions.insert(request.id, id);
@@ -1024,11 +1028,14 @@ impl Core {
                 if let Some(d) = self.durables.get_mut(&queue) {
                     d.active = Some(id);
                 }
-                self.queues
-                    .entry(queue.clone())
-                    .or_default()
-                    .consumers
-                    .push(id);
+                let q = self.queues.entry(queue.clone()).or_default();
+                q.consumers.push(id);
+                // The first exclusive consumer wins (ActiveMQ also lets a higher consumer
+                // priority take over; ferromq has no consumer priorities). The others'
+                // unacknowledged deliveries stay theirs.
+                if exclusive && q.exclusive.is_none() {
+                    q.exclusive = Some(id);
+                }
                 self.dispatch_queue(&queue);
             }
             Source::Topic(topic) => {
@@ -1072,6 +1079,23 @@ impl Core {
             Source::Queue(queue) => {
                 if let Some(q) = self.queues.get_mut(queue) {
                     q.consumers.retain(|c| *c != cid);
+                    if q.exclusive == Some(cid) {
+                        // The next exclusive consumer, in subscription order, takes over; with
+                        // none left every consumer is served again. Either way the queue's
+                        // messages (this one's unacknowledged ones among them, back in their
+                        // places below) go to them now.
+                        q.exclusive = q
+                            .consumers
+                            .iter()
+                            .copied()
+                            .find(|c| self.consumers.get(c).is_some_and(|c| c.exclusive));
+                        touched.insert(queue.clone());
+                    }
+                    if let Some(groups) = &mut q.groups {
+                        // Its groups move to whoever receives their next message.
+                        groups.forget_consumer(cid);
+                        touched.insert(queue.clone());
+                    }
                 }
                 if let Some(d) = self.durables.get_mut(queue) {
                     d.active = None;
@@ -1280,7 +1304,7 @@ impl Core {
 
     // ----- dispatch ------------------------------------------------------------------------
 
-    fn deliver(&mut self, cid: u64, queue: Option<String>, entry: Entry) {
+    fn deliver(&mut self, cid: u64, queue: Option<String>, entry: Entry, group_first: bool) {
         let Some(consumer) = self.consumers.get_mut(&cid) else {
             return;
         };
@@ -1292,6 +1316,7 @@ impl Core {
             destination: consumer.destination.clone(),
             message: entry.message.clone(),
             redelivery_count: entry.redeliveries,
+            group_first,
         };
         consumer.in_flight.insert(tag, InFlight { queue, entry });
         if consumer.window_used() > consumer.prefetch as usize && consumer.pulls > 0 {
@@ -1303,12 +1328,16 @@ impl Core {
         let _ = consumer.deliveries.send(delivery);
     }
 
-    /// Hands ready messages of `queue` to its consumers with credit, round-robin.
+    /// Hands ready messages of `queue` to its consumers with credit, round-robin (only to
+    /// its exclusive consumer while it has one).
     fn dispatch_queue(&mut self, queue: &str) {
+        // A queue that has seen message groups may have to pass over a message whose group's
+        // consumer has no credit, as with selectors.
         let selective = self.queues.get(queue).is_some_and(|q| {
-            q.consumers
-                .iter()
-                .any(|c| self.consumers.get(c).is_some_and(|c| c.selector.is_some()))
+            q.groups.is_some()
+                || q.consumers
+                    .iter()
+                    .any(|c| self.consumers.get(c).is_some_and(|c| c.selector.is_some()))
         });
         if selective {
             return self.dispatch_selective(queue);
@@ -1324,9 +1353,11 @@ impl Core {
                 break;
             }
             let chosen = (0..n).map(|i| (q.next_consumer + i) % n).find(|&i| {
-                self.consumers
-                    .get(&q.consumers[i])
-                    .is_some_and(|c| c.has_credit())
+                q.admits(q.consumers[i])
+                    && self
+                        .consumers
+                        .get(&q.consumers[i])
+                        .is_some_and(|c| c.has_credit())
             });
             let Some(index) = chosen else {
                 break;
@@ -1344,7 +1375,7 @@ impl Core {
             let Some(entry) = self.page_in(queue, entry) else {
                 break;
             };
-            self.deliver(cid, Some(queue.to_string()), entry);
+            self.deliver(cid, Some(queue.to_string()), entry, false);
         }
         for entry in expired {
             self.stats.expired += 1;
@@ -1352,9 +1383,16 @@ impl Core {
         }
     }
 
-    /// Dispatch when some consumer has a selector: each ready message, in order, goes to the
-    /// next consumer (round-robin) with credit that accepts it; a message nobody accepts stays
-    /// and does not hold up the ones behind it.
+    /// Dispatch when some consumer has a selector or the queue has message groups: each ready
+    /// message, in order, goes to the next consumer (round-robin) with credit that accepts it
+    /// (its exclusive consumer only, while it has one; the group's consumer only, for a
+    /// message whose group is assigned); a message nobody can take stays and does not hold up
+    /// the ones behind it.
+    ///
+    /// Message groups, as ActiveMQ's `Queue.assignMessageGroup`: a message of a group with no
+    /// consumer, or with `JMSXGroupSeq` 1 (a group starting), assigns its group to the consumer
+    /// it goes to (`Delivery::group_first`); a negative `JMSXGroupSeq` closes the group once
+    /// delivered; a consumer's groups are freed when it goes away.
     fn dispatch_selective(&mut self, queue: &str) {
         use std::ops::Bound::{Excluded, Unbounded};
         let now = now_ms();
@@ -1386,24 +1424,49 @@ impl Core {
                 expired.push(entry);
                 continue;
             }
+            let group = super::queue::group_of(&entry.message);
+            let owner = match (&q.groups, group) {
+                (Some(groups), Some((id, _))) => groups.owner(id),
+                _ => None,
+            };
+            // The consumer the message must go to: its group's, unless the group starts again
+            // (sequence 1) or an exclusive consumer takes everything anyway (the group then
+            // moves to it).
+            let pinned = match group {
+                Some((_, group_seq)) if group_seq != 1 && q.exclusive.is_none() => owner,
+                _ => None,
+            };
             let chosen = (0..n).map(|i| (q.next_consumer + i) % n).find(|&i| {
-                self.consumers.get(&q.consumers[i]).is_some_and(|c| {
-                    c.has_credit() && c.accepts(&entry.message, entry.redeliveries)
-                })
+                let cid = q.consumers[i];
+                q.admits(cid)
+                    && pinned.is_none_or(|p| p == cid)
+                    && self.consumers.get(&cid).is_some_and(|c| {
+                        c.has_credit() && c.accepts(&entry.message, entry.redeliveries)
+                    })
             });
             let Some(index) = chosen else {
                 continue;
             };
+            let cid = q.consumers[index];
+            let mut group_first = false;
+            if let (Some(groups), Some((id, group_seq))) = (&mut q.groups, group) {
+                if owner != Some(cid) || group_seq == 1 {
+                    groups.assign(id, cid);
+                    group_first = true;
+                }
+                if group_seq < 0 {
+                    groups.close(id);
+                }
+            }
             let entry = q.ready.remove(&seq).expect("just seen");
             if entry.message.expiration > 0 {
                 q.expiring = q.expiring.saturating_sub(1);
             }
             q.next_consumer = (index + 1) % n;
-            let cid = q.consumers[index];
             let Some(entry) = self.page_in(queue, entry) else {
                 break;
             };
-            self.deliver(cid, Some(queue.to_string()), entry);
+            self.deliver(cid, Some(queue.to_string()), entry, group_first);
         }
         for entry in expired {
             self.stats.expired += 1;
@@ -1436,7 +1499,7 @@ impl Core {
                         self.stats.expired += 1;
                         continue;
                     }
-                    self.deliver(cid, None, entry);
+                    self.deliver(cid, None, entry, false);
                 }
             }
         }

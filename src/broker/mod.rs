@@ -156,6 +156,11 @@ pub struct SubscribeRequest {
     pub durable_name: Option<String>,
     /// A JMS message selector: only matching messages are delivered.
     pub selector: Option<String>,
+    /// ActiveMQ's exclusive consumer (STOMP `activemq.exclusive:true`, JMS
+    /// `queue://x?consumer.exclusive=true`): while it lives, it alone receives the queue's
+    /// messages. The first exclusive consumer of a queue wins; the next one takes over when it
+    /// goes away. Ignored on topics.
+    pub exclusive: bool,
 }
 
 /// Which deliveries an acknowledgement covers.
@@ -179,6 +184,9 @@ pub struct Delivery {
     pub message: Arc<Message>,
     /// How many times this message was delivered before and not acknowledged.
     pub redelivery_count: u32,
+    /// The message's group (`JMSXGroupID`) was assigned to this subscription with it
+    /// (ActiveMQ's `JMSXGroupFirstForConsumer`).
+    pub group_first: bool,
 }
 
 /// Why the core refused a request. Each message is fit to show a client.

@@ -58,11 +58,17 @@ impl Entry {
 pub(super) struct Queue {
     /// Messages ready for delivery, in order.
     pub ready: BTreeMap<u64, Entry>,
-    /// Consumer ids, served round-robin.
+    /// Consumer ids, served round-robin, in the order they subscribed.
     pub consumers: Vec<u64>,
     pub next_consumer: usize,
     /// Ready entries that carry an expiration, so the sweep can skip queues without any.
     pub expiring: usize,
+    /// The exclusive consumer that alone receives this queue's messages while it lives
+    /// (ActiveMQ's exclusive consumer: the first of the queue's exclusive consumers).
+    pub exclusive: Option<u64>,
+    /// Message group owners; made when the first message with a `JMSXGroupID` arrives, and
+    /// kept (dispatch then takes the path that can skip a message, see `Core::dispatch_queue`).
+    pub groups: Option<Groups>,
 }
 
 impl Queue {
@@ -70,7 +76,88 @@ impl Queue {
         if entry.message.expiration > 0 {
             self.expiring += 1;
         }
+        if self.groups.is_none() && group_of(&entry.message).is_some() {
+            self.groups = Some(Groups::new());
+        }
         self.ready.insert(entry.seq, entry);
+    }
+
+    /// Whether consumer `cid` may receive this queue's messages now: there is no exclusive
+    /// consumer, or it is the one.
+    pub fn admits(&self, cid: u64) -> bool {
+        self.exclusive.is_none_or(|owner| owner == cid)
+    }
+}
+
+/// The message property naming a message's group (JMS `JMSXGroupID`, a STOMP header).
+pub(super) const GROUP_ID: &str = "JMSXGroupID";
+/// The message's place in its group; `-1` (any negative value) closes the group.
+pub(super) const GROUP_SEQ: &str = "JMSXGroupSeq";
+/// How many buckets message groups hash to, per queue: ActiveMQ's `MessageGroupHashBucket`
+/// default.
+pub(super) const GROUP_BUCKETS: usize = 1024;
+
+/// A message's group id and sequence (0 when absent or not a number), if it has a group.
+pub(super) fn group_of(message: &Message) -> Option<(&str, i64)> {
+    let id = message.headers.iter().find(|h| h.name == GROUP_ID)?;
+    if id.value.is_empty() {
+        return None;
+    }
+    let seq = message
+        .headers
+        .iter()
+        .find(|h| h.name == GROUP_SEQ)
+        .and_then(|h| h.value.trim().parse::<i64>().ok())
+        .unwrap_or(0);
+    Some((&id.value, seq))
+}
+
+/// Which consumer owns each message group of a queue, bounded as ActiveMQ's hash-bucket group
+/// map is: a group id hashes to one of [`GROUP_BUCKETS`] buckets and the bucket has the owner,
+/// so groups that share a bucket share their consumer (and a closed group frees its bucket).
+#[derive(Debug)]
+pub(super) struct Groups {
+    owners: Box<[Option<u64>]>,
+}
+
+impl Groups {
+    pub fn new() -> Groups {
+        Groups {
+            owners: vec![None; GROUP_BUCKETS].into_boxed_slice(),
+        }
+    }
+
+    fn bucket(group: &str) -> usize {
+        // FNV-1a: stable and cheap; the map lives in memory only.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in group.bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        (hash % GROUP_BUCKETS as u64) as usize
+    }
+
+    /// The consumer `group` is assigned to.
+    pub fn owner(&self, group: &str) -> Option<u64> {
+        self.owners[Self::bucket(group)]
+    }
+
+    pub fn assign(&mut self, group: &str, cid: u64) {
+        self.owners[Self::bucket(group)] = Some(cid);
+    }
+
+    /// The group ended (`JMSXGroupSeq` -1): its next message is assigned afresh.
+    pub fn close(&mut self, group: &str) {
+        self.owners[Self::bucket(group)] = None;
+    }
+
+    /// Consumer `cid` went away: its groups move to whoever gets their next message.
+    pub fn forget_consumer(&mut self, cid: u64) {
+        for owner in self.owners.iter_mut() {
+            if *owner == Some(cid) {
+                *owner = None;
+            }
+        }
     }
 }
 
@@ -116,6 +203,8 @@ pub(super) struct Consumer {
     pub deliveries: mpsc::UnboundedSender<Delivery>,
     /// Topic messages discarded because this subscriber fell too far behind.
     pub discarded: u64,
+    /// Asked to be its queue's exclusive consumer (queues only).
+    pub exclusive: bool,
 }
 
 impl Consumer {

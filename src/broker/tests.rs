@@ -80,6 +80,7 @@ fn subscribe(session: &Session, id: &str, destination: Destination, prefetch: u3
             prefetch,
             durable_name: None,
             selector: None,
+            exclusive: false,
         })
         .unwrap();
 }
@@ -281,6 +282,7 @@ async fn a_durable_subscription_keeps_messages_while_away() {
             prefetch: 10,
             durable_name: Some("sub".into()),
             selector: None,
+            exclusive: false,
         })
     };
     let (s, _) = f.broker.open_session(Some("client-1".into()));
@@ -319,6 +321,7 @@ async fn selectors_route_each_message_to_a_consumer_that_accepts_it() {
             prefetch: 100,
             durable_name: None,
             selector: Some(selector.into()),
+            exclusive: false,
         })
         .unwrap();
     };
@@ -352,6 +355,7 @@ async fn selectors_route_each_message_to_a_consumer_that_accepts_it() {
             prefetch: 1,
             durable_name: None,
             selector: Some("color = ".into()),
+            exclusive: false,
         }),
         Err(BrokerError::InvalidSelector(_))
     ));
@@ -368,6 +372,7 @@ async fn topic_and_durable_subscribers_get_only_what_their_selector_accepts() {
         prefetch: 100,
         durable_name: None,
         selector: Some("color = 'red'".into()),
+        exclusive: false,
     })
     .unwrap();
     let (d, _) = f.broker.open_session(Some("c1".into()));
@@ -377,6 +382,7 @@ async fn topic_and_durable_subscribers_get_only_what_their_selector_accepts() {
         prefetch: 100,
         durable_name: Some("only-blue".into()),
         selector: Some("color = 'blue'".into()),
+        exclusive: false,
     };
     d.subscribe(durable.clone()).unwrap().await.unwrap();
     drop(d);
@@ -535,6 +541,7 @@ fn subscribe_to(
         prefetch: 100,
         durable_name: durable_name.map(str::to_string),
         selector: selector.map(str::to_string),
+        exclusive: false,
     })
 }
 
@@ -958,6 +965,7 @@ async fn a_backlog_past_the_memory_limit_keeps_its_bodies_on_disk_and_delivers_t
         prefetch: 10,
         durable_name: None,
         selector: Some("JMSPriority >= 0".into()),
+        exclusive: false,
     })
     .unwrap();
     for i in 30..100 {
@@ -1185,6 +1193,7 @@ async fn a_removed_durable_subscription_leaves_no_message_behind() {
             prefetch: 10,
             durable_name: Some("d".into()),
             selector: None,
+            exclusive: false,
         })
         .unwrap()
         .await
@@ -1303,6 +1312,7 @@ async fn removing_a_durable_subscription_with_a_huge_backlog_keeps_the_store_run
             prefetch: 1,
             durable_name: Some("d".into()),
             selector: None,
+            exclusive: false,
         })
         .unwrap()
         .await
@@ -1325,4 +1335,267 @@ async fn removing_a_durable_subscription_with_a_huge_backlog_keeps_the_store_run
     let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
     assert_eq!(broker.queue_depth("durable://cid:d"), 0);
     assert_eq!(broker.queue_depth("queue://after"), 1);
+}
+
+// ----- exclusive consumers and message groups ----------------------------------------------
+
+fn subscribe_exclusive(session: &Session, id: &str, prefetch: u32) {
+    session
+        .subscribe(SubscribeRequest {
+            id: id.into(),
+            destination: queue("q"),
+            prefetch,
+            durable_name: None,
+            selector: None,
+            exclusive: true,
+        })
+        .unwrap();
+}
+
+/// Every delivery already handed to `rx` (dispatch runs under the core's lock, so what a
+/// confirmed send or an unsubscribe dispatched is there).
+fn take_all(rx: &mut UnboundedReceiver<Delivery>) -> Vec<Delivery> {
+    let mut out = Vec::new();
+    while let Ok(d) = rx.try_recv() {
+        out.push(d);
+    }
+    out
+}
+
+fn bodies(deliveries: &[Delivery]) -> Vec<&str> {
+    deliveries.iter().map(body).collect()
+}
+
+/// A persistent message of group `group`, with `JMSXGroupSeq` `seq` when given.
+fn grouped(body: &str, group: &str, seq: Option<i32>) -> NewMessage {
+    let mut m = persistent(body);
+    m.headers.push(Header::text("JMSXGroupID", group));
+    if let Some(seq) = seq {
+        m.headers.push(Header {
+            name: "JMSXGroupSeq".into(),
+            value: seq.to_string(),
+            kind: PropertyType::Int as i32,
+        });
+    }
+    m
+}
+
+async fn send_to_q(s: &Session, message: NewMessage) {
+    send_settled(s, &queue("q"), message).await;
+}
+
+/// Sends `message` and waits until its dispatch is over: the confirmation resolves under the
+/// core's lock before the confirmed messages are dispatched, so take the lock once more.
+async fn send_settled(s: &Session, destination: &Destination, message: NewMessage) {
+    s.send(destination, message, None).unwrap().await.unwrap();
+    let _ = s.next_tag();
+}
+
+#[tokio::test]
+async fn exclusive_consumer_alone_receives_the_queue() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (plain, mut plain_rx) = f.broker.open_session(None);
+    subscribe(&plain, "s", queue("q"), 10);
+    let (first, mut first_rx) = f.broker.open_session(None);
+    subscribe_exclusive(&first, "s", 10);
+    // A later exclusive consumer waits behind the first (no priorities: the first wins).
+    let (second, mut second_rx) = f.broker.open_session(None);
+    subscribe_exclusive(&second, "s", 10);
+    let (producer, _) = f.broker.open_session(None);
+    for i in 0..6 {
+        send_to_q(&producer, persistent(&i.to_string())).await;
+    }
+    assert_eq!(
+        bodies(&take_all(&mut first_rx)),
+        ["0", "1", "2", "3", "4", "5"]
+    );
+    assert!(take_all(&mut plain_rx).is_empty());
+    assert!(take_all(&mut second_rx).is_empty());
+    // Past its prefetch window the rest waits for it rather than going to the others.
+    for i in 6..20 {
+        send_to_q(&producer, persistent(&i.to_string())).await;
+    }
+    assert_eq!(take_all(&mut first_rx).len(), 4);
+    assert!(take_all(&mut plain_rx).is_empty() && take_all(&mut second_rx).is_empty());
+    assert_eq!(f.broker.queue_depth("queue://q"), 10);
+}
+
+#[tokio::test]
+async fn next_exclusive_consumer_takes_over_with_the_unacknowledged_in_order() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (first, mut first_rx) = f.broker.open_session(None);
+    subscribe_exclusive(&first, "s", 10);
+    let (plain, mut plain_rx) = f.broker.open_session(None);
+    subscribe(&plain, "s", queue("q"), 10);
+    let (second, mut second_rx) = f.broker.open_session(None);
+    subscribe_exclusive(&second, "s", 10);
+    let (producer, _) = f.broker.open_session(None);
+    for i in 0..5 {
+        send_to_q(&producer, persistent(&i.to_string())).await;
+    }
+    let got = take_all(&mut first_rx);
+    assert_eq!(bodies(&got), ["0", "1", "2", "3", "4"]);
+    first
+        .ack(got[0].tag, AckScope::Single, None)
+        .unwrap()
+        .await
+        .unwrap();
+    drop(first);
+    // The next exclusive consumer gets the unacknowledged ones, in order, redelivered.
+    let took = take_all(&mut second_rx);
+    assert_eq!(bodies(&took), ["1", "2", "3", "4"]);
+    assert!(took.iter().all(|d| d.redelivery_count == 1));
+    send_to_q(&producer, persistent("5")).await;
+    assert_eq!(bodies(&take_all(&mut second_rx)), ["5"]);
+    assert!(take_all(&mut plain_rx).is_empty());
+    // With no exclusive consumer left, the others are served again, this one's messages
+    // first.
+    second.unsubscribe("s", false).unwrap();
+    assert_eq!(bodies(&take_all(&mut plain_rx)), ["1", "2", "3", "4", "5"]);
+}
+
+#[tokio::test]
+async fn without_an_exclusive_consumer_the_queue_is_shared() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (exclusive, mut exclusive_rx) = f.broker.open_session(None);
+    subscribe_exclusive(&exclusive, "s", 10);
+    let (a, mut a_rx) = f.broker.open_session(None);
+    subscribe(&a, "s", queue("q"), 10);
+    let (b, mut b_rx) = f.broker.open_session(None);
+    subscribe(&b, "s", queue("q"), 10);
+    // On another queue, plain consumers share as always.
+    let (c, mut c_rx) = f.broker.open_session(None);
+    subscribe(&c, "s", queue("other"), 10);
+    let (d, mut d_rx) = f.broker.open_session(None);
+    subscribe(&d, "s", queue("other"), 10);
+    let (producer, _) = f.broker.open_session(None);
+    for i in 0..4 {
+        send_to_q(&producer, persistent(&i.to_string())).await;
+        send_settled(&producer, &queue("other"), persistent(&i.to_string())).await;
+    }
+    assert_eq!(take_all(&mut exclusive_rx).len(), 4);
+    assert!(take_all(&mut a_rx).is_empty() && take_all(&mut b_rx).is_empty());
+    assert_eq!(bodies(&take_all(&mut c_rx)), ["0", "2"]);
+    assert_eq!(bodies(&take_all(&mut d_rx)), ["1", "3"]);
+    // An exclusive subscription on a topic is an ordinary one (queues only).
+    let (t1, mut t1_rx) = f.broker.open_session(None);
+    t1.subscribe(SubscribeRequest {
+        id: "t".into(),
+        destination: Destination::Topic("t".into()),
+        prefetch: 10,
+        durable_name: None,
+        selector: None,
+        exclusive: true,
+    })
+    .unwrap();
+    let (t2, mut t2_rx) = f.broker.open_session(None);
+    subscribe(&t2, "t", Destination::Topic("t".into()), 10);
+    send_settled(&producer, &Destination::Topic("t".into()), persistent("t")).await;
+    assert_eq!(take_all(&mut t1_rx).len(), 1);
+    assert_eq!(take_all(&mut t2_rx).len(), 1);
+    // Once the exclusive consumer is gone, the remaining ones share the queue.
+    for d in take_all(&mut exclusive_rx) {
+        exclusive.ack(d.tag, AckScope::Single, None).unwrap();
+    }
+    exclusive.unsubscribe("s", false).unwrap();
+    // Its four unacknowledged messages are shared round-robin, in order.
+    let a_got = take_all(&mut a_rx);
+    let b_got = take_all(&mut b_rx);
+    assert_eq!((a_got.len(), b_got.len()), (2, 2));
+    for i in 4..8 {
+        send_to_q(&producer, persistent(&i.to_string())).await;
+    }
+    assert_eq!(take_all(&mut a_rx).len(), 2);
+    assert_eq!(take_all(&mut b_rx).len(), 2);
+}
+
+#[tokio::test]
+async fn message_groups_stick_to_one_consumer() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (a, mut a_rx) = f.broker.open_session(None);
+    subscribe(&a, "s", queue("q"), 100);
+    let (b, mut b_rx) = f.broker.open_session(None);
+    subscribe(&b, "s", queue("q"), 100);
+    let (producer, _) = f.broker.open_session(None);
+    let groups = ["red", "green", "blue"];
+    for i in 0..12 {
+        let group = groups[i % 3];
+        send_to_q(&producer, grouped(&format!("{group}-{i}"), group, None)).await;
+    }
+    let a_got = take_all(&mut a_rx);
+    let b_got = take_all(&mut b_rx);
+    assert_eq!(a_got.len() + b_got.len(), 12);
+    for group in groups {
+        let to_a = a_got.iter().filter(|d| body(d).starts_with(group)).count();
+        let to_b = b_got.iter().filter(|d| body(d).starts_with(group)).count();
+        assert!(
+            (to_a, to_b) == (4, 0) || (to_a, to_b) == (0, 4),
+            "group {group} split: {to_a} to one consumer, {to_b} to the other"
+        );
+        // Only the group's first message to its consumer says so.
+        let firsts: Vec<&str> = a_got
+            .iter()
+            .chain(&b_got)
+            .filter(|d| body(d).starts_with(group) && d.group_first)
+            .map(body)
+            .collect();
+        assert_eq!(firsts.len(), 1, "{group}: {firsts:?}");
+    }
+    // Messages without a group are still shared.
+    for i in 0..4 {
+        send_to_q(&producer, persistent(&i.to_string())).await;
+    }
+    assert_eq!(take_all(&mut a_rx).len(), 2);
+    assert_eq!(take_all(&mut b_rx).len(), 2);
+}
+
+#[tokio::test]
+async fn message_group_moves_when_its_consumer_goes_away() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (a, mut a_rx) = f.broker.open_session(None);
+    subscribe(&a, "s", queue("q"), 100);
+    let (b, mut b_rx) = f.broker.open_session(None);
+    subscribe(&b, "s", queue("q"), 100);
+    let (producer, _) = f.broker.open_session(None);
+    for i in 0..4 {
+        send_to_q(&producer, grouped(&i.to_string(), "g", None)).await;
+    }
+    // Round-robin gave the first to a; the group stays there.
+    assert_eq!(bodies(&take_all(&mut a_rx)), ["0", "1", "2", "3"]);
+    assert!(take_all(&mut b_rx).is_empty());
+    drop(a);
+    // b takes the group over, with a's unacknowledged messages in order.
+    let took = take_all(&mut b_rx);
+    assert_eq!(bodies(&took), ["0", "1", "2", "3"]);
+    assert!(took[0].group_first && !took[1].group_first);
+    let (c, mut c_rx) = f.broker.open_session(None);
+    subscribe(&c, "s", queue("q"), 100);
+    for i in 4..8 {
+        send_to_q(&producer, grouped(&i.to_string(), "g", None)).await;
+    }
+    assert_eq!(bodies(&take_all(&mut b_rx)), ["4", "5", "6", "7"]);
+    assert!(take_all(&mut c_rx).is_empty());
+}
+
+#[tokio::test]
+async fn group_sequence_minus_one_closes_the_group() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (a, mut a_rx) = f.broker.open_session(None);
+    subscribe(&a, "s", queue("q"), 100);
+    let (b, mut b_rx) = f.broker.open_session(None);
+    subscribe(&b, "s", queue("q"), 100);
+    let (producer, _) = f.broker.open_session(None);
+    send_to_q(&producer, grouped("1", "g", Some(1))).await;
+    send_to_q(&producer, grouped("2", "g", Some(2))).await;
+    send_to_q(&producer, grouped("last", "g", Some(-1))).await;
+    assert_eq!(bodies(&take_all(&mut a_rx)), ["1", "2", "last"]);
+    assert!(take_all(&mut b_rx).is_empty());
+    // Closed: the group's next message is assigned afresh by round-robin (b's turn), and the
+    // group then sticks to b.
+    send_to_q(&producer, grouped("again", "g", None)).await;
+    send_to_q(&producer, grouped("more", "g", None)).await;
+    let to_b = take_all(&mut b_rx);
+    assert_eq!(bodies(&to_b), ["again", "more"]);
+    assert!(to_b[0].group_first);
+    assert!(take_all(&mut a_rx).is_empty());
 }

@@ -966,6 +966,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             prefetch: info.prefetch_size.clamp(0, MAX_PREFETCH) as u32,
             durable_name,
             selector,
+            // The JMS client takes `consumer.exclusive=true` off the destination's options
+            // into this field (the destination on the wire has no options).
+            exclusive: info.exclusive,
         };
         state.consumers.insert(key.clone(), consumer);
         match state.session.subscribe(request) {
@@ -1060,7 +1063,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             delivery.tag as i64,
             state.now,
         ) {
-            Ok(m) => m,
+            Ok(mut m) => {
+                m.jmsx_group_first_for_consumer = delivery.group_first;
+                m
+            }
             Err(e) => {
                 tracing::warn!(message_id = %delivery.message.message_id, error = %e, "cannot hand a message to an OpenWire consumer; dead-lettering it");
                 let _ = state.session.nack(delivery.tag, None);

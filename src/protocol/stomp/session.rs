@@ -729,6 +729,11 @@ impl State {
             prefetch: prefetch.max(1),
             durable_name,
             selector: frame.get("selector").map(str::to_string),
+            // ActiveMQ sets ConsumerInfo's fields from the `activemq.` headers; Boolean parsing
+            // ignores case.
+            exclusive: frame
+                .get("activemq.exclusive")
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
         });
         if result.is_err() {
             self.subscriptions.remove(&id);
