@@ -30,6 +30,17 @@ use crate::store::{
     ProducerAudit, Record, Recovered, Store, SubscriptionAdd, SubscriptionRemove,
 };
 
+/// How many ready messages nobody can take one selective dispatch (selectors, message groups)
+/// passes over before it stops: a queue whose head no consumer can take (a group whose
+/// consumer's window is full, selectors nothing matches) then costs each send and ack bounded
+/// work under the core's lock instead of a walk through its whole backlog. ActiveMQ bounds the
+/// same walk by its page size (200 messages), and a consumer whose messages lie beyond the page
+/// waits; here the periodic sweep walks on ([`Core::continue_scans`]), so such a message is
+/// found within a few sweeps.
+pub(super) const SCAN_LIMIT: usize = 1_000;
+/// How far each sweep walks on from where a stopped dispatch (or the last sweep) left off.
+const SWEEP_SCAN_LIMIT: usize = 50_000;
+
 /// Counters for logs, status and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -52,6 +63,8 @@ pub struct Stats {
     pub dead_lettered: u64,
     pub expired: u64,
     pub topic_discarded: u64,
+    /// Ready messages selective dispatches examined and left (no consumer could take them).
+    pub passed_over: u64,
     /// Bytes of queued message bodies held in memory (see `memory_limit`).
     pub resident_bytes: u64,
     /// The non-persistent part of `resident_bytes`; at `memory_limit`, connections that send
@@ -1340,7 +1353,15 @@ impl Core {
                     .any(|c| self.consumers.get(c).is_some_and(|c| c.selector.is_some()))
         });
         if selective {
-            return self.dispatch_selective(queue);
+            if let Some(stopped) = self.dispatch_selective(queue, None, SCAN_LIMIT) {
+                if let Some(q) = self.queues.get_mut(queue) {
+                    q.scan_pending = true;
+                    if q.scan_resume.is_none_or(|r| r < stopped) {
+                        q.scan_resume = Some(stopped);
+                    }
+                }
+            }
+            return;
         }
         let now = now_ms();
         let mut expired = Vec::new();
@@ -1393,14 +1414,24 @@ impl Core {
     /// consumer, or with `JMSXGroupSeq` 1 (a group starting), assigns its group to the consumer
     /// it goes to (`Delivery::group_first`); a negative `JMSXGroupSeq` closes the group once
     /// delivered; a consumer's groups are freed when it goes away.
-    fn dispatch_selective(&mut self, queue: &str) {
+    ///
+    /// The walk starts strictly after `after` (from the head if `None`) and stops once it has
+    /// passed over `limit` messages nobody could take: it returns the sequence it stopped at,
+    /// `None` if it ran out of messages or of consumers with credit. See [`SCAN_LIMIT`].
+    fn dispatch_selective(
+        &mut self,
+        queue: &str,
+        mut after: Option<u64>,
+        limit: usize,
+    ) -> Option<u64> {
         use std::ops::Bound::{Excluded, Unbounded};
         let now = now_ms();
         let mut expired = Vec::new();
-        let mut after: Option<u64> = None;
+        let mut passed_over = 0;
+        let mut stopped = None;
         loop {
             let Some(q) = self.queues.get_mut(queue) else {
-                return;
+                return None;
             };
             let n = q.consumers.len();
             let any_credit = q
@@ -1445,6 +1476,12 @@ impl Core {
                     })
             });
             let Some(index) = chosen else {
+                self.stats.passed_over += 1;
+                passed_over += 1;
+                if passed_over >= limit {
+                    stopped = Some(seq);
+                    break;
+                }
                 continue;
             };
             let cid = q.consumers[index];
@@ -1471,6 +1508,26 @@ impl Core {
         for entry in expired {
             self.stats.expired += 1;
             let _ = self.dead_letter(queue, entry, "expired");
+        }
+        stopped
+    }
+
+    /// Goes on with the selective dispatches that stopped at [`SCAN_LIMIT`] (called by the
+    /// periodic sweep), [`SWEEP_SCAN_LIMIT`] messages further each time, from the head again
+    /// once a walk reaches the end.
+    pub fn continue_scans(&mut self) {
+        let pending: Vec<(String, Option<u64>)> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| q.scan_pending)
+            .map(|(name, q)| (name.clone(), q.scan_resume))
+            .collect();
+        for (queue, after) in pending {
+            let stopped = self.dispatch_selective(&queue, after, SWEEP_SCAN_LIMIT);
+            if let Some(q) = self.queues.get_mut(&queue) {
+                q.scan_pending = stopped.is_some();
+                q.scan_resume = stopped;
+            }
         }
     }
 

@@ -330,6 +330,7 @@ impl Broker {
                         let mut core = lock(&shared);
                         core.check_store();
                         core.expire_messages();
+                        core.continue_scans();
                         core.release_confirmed();
                     }
                     None => return,

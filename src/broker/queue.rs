@@ -69,6 +69,11 @@ pub(super) struct Queue {
     /// Message group owners; made when the first message with a `JMSXGroupID` arrives, and
     /// kept (dispatch then takes the path that can skip a message, see `Core::dispatch_queue`).
     pub groups: Option<Groups>,
+    /// A selective dispatch stopped at its scan limit with consumers still wanting messages:
+    /// the periodic sweep looks further, strictly after `scan_resume` (see
+    /// `Core::dispatch_selective`).
+    pub scan_pending: bool,
+    pub scan_resume: Option<u64>,
 }
 
 impl Queue {

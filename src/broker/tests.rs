@@ -1599,3 +1599,78 @@ async fn group_sequence_minus_one_closes_the_group() {
     assert!(to_b[0].group_first);
     assert!(take_all(&mut a_rx).is_empty());
 }
+
+/// A group whose consumer's window is full, with a backlog behind it, while another consumer
+/// has room: each ack makes the core walk the queue for that other consumer, and the walk
+/// stops after `SCAN_LIMIT` messages it cannot take instead of going through the whole
+/// backlog under the core's lock (which every connection waits for).
+#[tokio::test]
+async fn a_stuck_group_costs_each_ack_bounded_work() {
+    const BACKLOG: usize = 3 * super::core::SCAN_LIMIT;
+    let f = fixture(BrokerOptions::default()).await;
+    let (owner, mut owner_rx) = f.broker.open_session(None);
+    subscribe(&owner, "s", queue("q"), 1);
+    let (other, mut other_rx) = f.broker.open_session(None);
+    subscribe(&other, "s", queue("q"), 100);
+    let (producer, _) = f.broker.open_session(None);
+    let mut confirmations = Vec::new();
+    for i in 0..BACKLOG {
+        let sent = producer.send(&queue("q"), grouped(&i.to_string(), "g", None), None);
+        confirmations.push(sent.unwrap());
+    }
+    for confirmation in confirmations {
+        confirmation.await.unwrap();
+    }
+    let _ = producer.next_tag(); // the last dispatch is over (see send_settled)
+    let first = next(&mut owner_rx).await;
+    assert_eq!(body(&first), "0");
+    assert!(take_all(&mut other_rx).is_empty(), "the group split");
+    let before = f.broker.stats().passed_over;
+    owner
+        .ack(first.tag, AckScope::Single, None)
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(body(&next(&mut owner_rx).await), "1");
+    let walked = f.broker.stats().passed_over - before;
+    assert!(
+        walked <= super::core::SCAN_LIMIT as u64,
+        "one ack walked past {walked} messages of a {BACKLOG}-message backlog"
+    );
+}
+
+/// A consumer whose selector matches only a message deep in a backlog nobody else takes
+/// still gets it: the dispatch stops at `SCAN_LIMIT`, and the periodic sweep walks on.
+#[tokio::test]
+async fn a_selector_match_deep_in_a_backlog_is_found_by_the_sweep() {
+    let f = fixture(BrokerOptions {
+        expiry_sweep: Duration::from_millis(20),
+        ..BrokerOptions::default()
+    })
+    .await;
+    let (producer, _) = f.broker.open_session(None);
+    let mut confirmations = Vec::new();
+    for i in 0..3 * super::core::SCAN_LIMIT {
+        let sent = producer.send(&queue("q"), colored("green", &format!("g{i}")), None);
+        confirmations.push(sent.unwrap());
+    }
+    confirmations.push(
+        producer
+            .send(&queue("q"), colored("red", "r"), None)
+            .unwrap(),
+    );
+    for confirmation in confirmations {
+        confirmation.await.unwrap();
+    }
+    let (red, mut red_rx) = f.broker.open_session(None);
+    red.subscribe(SubscribeRequest {
+        id: "s".into(),
+        destination: queue("q"),
+        prefetch: 10,
+        durable_name: None,
+        selector: Some("color = 'red'".into()),
+        exclusive: false,
+    })
+    .unwrap();
+    assert_eq!(body(&next(&mut red_rx).await), "r");
+}
