@@ -1430,9 +1430,7 @@ impl Core {
         let mut passed_over = 0;
         let mut stopped = None;
         loop {
-            let Some(q) = self.queues.get_mut(queue) else {
-                return None;
-            };
+            let q = self.queues.get_mut(queue)?;
             let n = q.consumers.len();
             let any_credit = q
                 .consumers
