@@ -25,7 +25,9 @@
 //! segment holding a producer is not released; a master appends a [`ProducerSequences`]
 //! record that carries the entries of the segments releasable but for that into the current
 //! segment ([`LiveState::plan_carry`]), which then holds them, and a slave waits for that
-//! record. Only the entries those segments hold are carried, so a record never holds more
+//! record. A segment is carried only once its producers take at most half of it, so a carry
+//! frees at least twice what it writes (segments kept for their producers then hold less than
+//! twice the audit). Only the entries those segments hold are carried, so a record never holds more
 //! than the audit's bound (65,536 producers), and a producer silent long enough to be carried
 //! again and again is carried once per segment it outlives, until the audit forgets it.
 
@@ -81,6 +83,8 @@ struct SegmentUsage {
     removals: Vec<Removal>,
     /// Its forward would be too large: left alone until a dependency goes away.
     stuck: bool,
+    /// About how many bytes carrying the producers its records hold takes ([`carry_len`]).
+    held_bytes: u64,
 }
 
 impl SegmentUsage {
@@ -90,6 +94,12 @@ impl SegmentUsage {
             && self.live == self.subscriptions
             && (self.subscriptions > 0 || !self.depends_on.is_empty())
     }
+}
+
+/// About what carrying `producer`'s audit entry forward takes in a record (its id, sequence
+/// and stamp, with their tags).
+fn carry_len(producer: &str) -> u64 {
+    producer.len() as u64 + 16
 }
 
 /// A record that carries a stale segment's obligations into the current segment.
@@ -189,7 +199,7 @@ impl LiveState {
             if state.segment_of(holder).is_none() {
                 state.unheld.insert(producer.clone());
             }
-            state.held.insert((holder.0, producer.clone()));
+            state.hold_producer(&producer, None, Some(holder.0));
             state
                 .producers
                 .record_held(&producer, sequence, stamp, holder.0, &mut evicted);
@@ -480,12 +490,17 @@ impl LiveState {
         if let Some(old) = old {
             self.held.remove(&(old, producer.to_string()));
             if let Some(segment) = self.segment_of(Position(old)) {
+                let usage = self.usage(segment);
+                usage.held_bytes = usage.held_bytes.saturating_sub(carry_len(producer));
                 self.candidates.insert(segment);
             }
         }
         match new {
             Some(new) => {
                 self.held.insert((new, producer.to_string()));
+                if let Some(segment) = self.segment_of(Position(new)) {
+                    self.usage(segment).held_bytes += carry_len(producer);
+                }
             }
             None => {
                 self.unheld.remove(producer);
@@ -643,7 +658,12 @@ impl LiveState {
                 continue;
             }
             if self.holds_producers(start, end) {
-                self.awaiting_carry.insert(start);
+                // Carried only once that frees at least twice what it writes: a segment
+                // mostly of producers (of carries, once the audit outgrows a segment) would
+                // otherwise be carried whole, again and again, at every append.
+                if usage.held_bytes * 2 <= end - start {
+                    self.awaiting_carry.insert(start);
+                }
                 continue;
             }
             self.awaiting_carry.remove(&start);
