@@ -407,10 +407,14 @@ impl Core {
 
     /// The subscriptions on the wildcard patterns that match topic `name` (without prefix).
     /// Callers first check that there are any, so a publish without them matches nothing.
+    /// A JMS temporary topic (named after its connection, `ID:...`) matches none: in ActiveMQ
+    /// temporary destinations are a tree of their own, so a subscriber on `>` never sees
+    /// another connection's request/reply traffic.
     fn wildcards_matching<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Topic> + 'a {
+        let temporary = name.starts_with("ID:");
         self.wildcards
             .values()
-            .filter(move |w| w.pattern.matches(name))
+            .filter(move |w| !temporary && w.pattern.matches(name))
             .map(|w| &w.topic)
     }
 

@@ -1674,3 +1674,24 @@ async fn a_selector_match_deep_in_a_backlog_is_found_by_the_sweep() {
     .unwrap();
     assert_eq!(body(&next(&mut red_rx).await), "r");
 }
+
+/// A subscriber on `>` gets every topic's messages but those of JMS temporary topics (named
+/// after their connection, `ID:...`), which ActiveMQ keeps out of the wildcard tree.
+#[tokio::test]
+async fn a_wildcard_subscriber_never_sees_temporary_topics() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (everything, mut rx) = f.broker.open_session(None);
+    subscribe_to(&everything, "all", topic(">"), None, None).unwrap();
+    let (producer, _) = f.broker.open_session(None);
+    for (name, b) in [
+        ("ID:host.example-40123-1764150000000-1:1:1", "reply"),
+        ("orders", "o"),
+    ] {
+        producer
+            .send(&topic(name), persistent(b), None)
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    assert_eq!(bodies(&take_all(&mut rx)), ["o"]);
+}
