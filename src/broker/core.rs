@@ -2195,9 +2195,15 @@ impl Core {
 /// one for every consumer queue, keeps the topic.
 fn virtual_copy(message: &Arc<Message>, queue: &str) -> Arc<Message> {
     let mut copy = (**message).clone();
-    if !copy.headers.iter().any(|h| h.name == "original-destination") {
-        copy.headers
-            .push(Header::text("original-destination", copy.destination.clone()));
+    if !copy
+        .headers
+        .iter()
+        .any(|h| h.name == "original-destination")
+    {
+        copy.headers.push(Header::text(
+            "original-destination",
+            copy.destination.clone(),
+        ));
     }
     copy.destination = queue.to_string();
     Arc::new(copy)

@@ -1769,15 +1769,21 @@ async fn a_virtual_topic_fans_out_to_each_consumer_queue_with_one_record_per_sen
             .message
             .headers
             .iter()
-            .any(|h| h.name == "original-destination"
-                && h.value == "topic://VirtualTopic.Orders"));
+            .any(|h| h.name == "original-destination" && h.value == "topic://VirtualTopic.Orders"));
         assert_eq!(body(&next(&mut rx_t).await), i.to_string());
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(rx_a1.try_recv().is_err() && rx_a2.try_recv().is_err());
     assert!(rx_b.try_recv().is_err() && rx_t.try_recv().is_err());
-    assert!(rx_o.try_recv().is_err(), "only Consumer.<one segment>. queues");
-    assert_eq!(f.broker.queue_depth("queue://Consumer.A.VirtualTopic.Orders"), 0);
+    assert!(
+        rx_o.try_recv().is_err(),
+        "only Consumer.<one segment>. queues"
+    );
+    assert_eq!(
+        f.broker
+            .queue_depth("queue://Consumer.A.VirtualTopic.Orders"),
+        0
+    );
 
     // Non-persistent messages are copied too, in memory.
     p.send(&topic("VirtualTopic.Orders"), non_persistent("np"), None)
@@ -1796,11 +1802,36 @@ async fn a_virtual_topic_fans_out_to_each_consumer_queue_with_one_record_per_sen
 #[tokio::test]
 async fn a_virtual_topic_consumer_queue_is_an_ordinary_queue_to_its_consumers() {
     let f = fixture(BrokerOptions::default()).await;
+    // An empty client id is no client id for a durable subscription (such records are
+    // virtual topic consumer queues').
+    let (anonymous, _) = f.broker.open_session(Some(String::new()));
+    assert!(matches!(
+        subscribe_to(
+            &anonymous,
+            "d",
+            topic("VirtualTopic.Orders"),
+            Some("d"),
+            None
+        ),
+        Err(BrokerError::DurableNeedsClientId)
+    ));
     // No client id needed, and any number of consumers at once, with selectors.
     let (c1, mut rx1) = f.broker.open_session(None);
     let (c2, mut rx2) = f.broker.open_session(None);
-    subscribe_virtual(&c1, "red", "Consumer.A.VirtualTopic.Orders", Some("color = 'red'")).await;
-    subscribe_virtual(&c2, "blue", "Consumer.A.VirtualTopic.Orders", Some("color = 'blue'")).await;
+    subscribe_virtual(
+        &c1,
+        "red",
+        "Consumer.A.VirtualTopic.Orders",
+        Some("color = 'red'"),
+    )
+    .await;
+    subscribe_virtual(
+        &c2,
+        "blue",
+        "Consumer.A.VirtualTopic.Orders",
+        Some("color = 'blue'"),
+    )
+    .await;
     let (p, _) = f.broker.open_session(None);
     for (color, b) in [("red", "r"), ("blue", "b")] {
         p.send(&topic("VirtualTopic.Orders"), colored(color, b), None)
@@ -1819,8 +1850,12 @@ async fn a_virtual_topic_consumer_queue_is_an_ordinary_queue_to_its_consumers() 
     subscribe(&d, "dlq", queue("ActiveMQ.DLQ"), 10);
     let dead = next(&mut rx_d).await;
     assert_eq!(body(&dead), "r");
-    assert!(dead.message.headers.iter().any(|h| h.name == "original-destination"
-        && h.value == "queue://Consumer.A.VirtualTopic.Orders"));
+    assert!(dead
+        .message
+        .headers
+        .iter()
+        .any(|h| h.name == "original-destination"
+            && h.value == "queue://Consumer.A.VirtualTopic.Orders"));
     // Status shows it as a queue.
     let stats = f.broker.queue_stats();
     assert!(stats
@@ -1831,7 +1866,11 @@ async fn a_virtual_topic_consumer_queue_is_an_ordinary_queue_to_its_consumers() 
         .await
         .unwrap();
     // "b", back when its consumer left unacknowledged, and "b2".
-    assert_eq!(f.broker.queue_depth("queue://Consumer.A.VirtualTopic.Orders"), 2);
+    assert_eq!(
+        f.broker
+            .queue_depth("queue://Consumer.A.VirtualTopic.Orders"),
+        2
+    );
 }
 
 #[tokio::test]
@@ -1902,6 +1941,14 @@ async fn virtual_topic_consumer_queues_do_not_pin_journal_segments() {
     drop((c, rx, p, broker));
     // Still known after a restart from what is left; the unacknowledged last one is back too.
     let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
-    send_confirmed(&broker.open_session(None).0, &topic("VirtualTopic.Orders"), "still").await;
-    assert_eq!(broker.queue_depth("queue://Consumer.A.VirtualTopic.Orders"), 2);
+    send_confirmed(
+        &broker.open_session(None).0,
+        &topic("VirtualTopic.Orders"),
+        "still",
+    )
+    .await;
+    assert_eq!(
+        broker.queue_depth("queue://Consumer.A.VirtualTopic.Orders"),
+        2
+    );
 }
