@@ -40,6 +40,8 @@ import javax.jms.TopicSubscriber;
 
 import org.apache.activemq.ActiveMQConnectionFactory;
 import org.apache.activemq.ActiveMQSession;
+import org.apache.activemq.command.ActiveMQDestination;
+import org.apache.activemq.command.ActiveMQMessage;
 
 /**
  * JmsCheck: drives a broker with the stock ActiveMQ 5.x JMS client, one scenario per run, the
@@ -92,6 +94,7 @@ public final class JmsCheck {
         SCENARIOS.put("topic-pubsub", JmsCheck::topicPubSub);
         SCENARIOS.put("durable-topic", JmsCheck::durableTopic);
         SCENARIOS.put("wildcard-topic", JmsCheck::wildcardTopic);
+        SCENARIOS.put("virtual-topic", JmsCheck::virtualTopic);
         SCENARIOS.put("exclusive-consumer", JmsCheck::exclusiveConsumer);
         SCENARIOS.put("temp-queue-reply", JmsCheck::tempQueueReply);
         SCENARIOS.put("selectors", JmsCheck::selectors);
@@ -1042,6 +1045,79 @@ public final class JmsCheck {
         s2.unsubscribe("wild");
         ok("unsubscribed");
         close(c2);
+        close(c);
+    }
+
+    /**
+     * ActiveMQ's virtual topics (on by default: topics {@code VirtualTopic.>}, consumer queues
+     * {@code Consumer.*.VirtualTopic.>}): a message sent to topic {@code VirtualTopic.T} is
+     * copied to each consumer queue {@code Consumer.<system>.VirtualTopic.T} that exists when it
+     * is sent (made by its first consumer), with that queue as JMSDestination and the topic as
+     * its original destination; system A's two consumers share its copies, system B gets all of
+     * them, a plain subscriber of the topic gets them too. A message sent before any consumer
+     * queue exists reaches none, and a consumer queue keeps receiving while its consumers are
+     * away.
+     */
+    static void virtualTopic() throws Exception {
+        Connection c = connect();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        String topicName = "VirtualTopic." + name("orders");
+        Topic t = s.createTopic(topicName);
+        Queue qa = s.createQueue("Consumer.A." + topicName);
+        Queue qb = s.createQueue("Consumer.B." + topicName);
+        sendTexts(c, t, List.of("early"));
+        ok("sent to " + topicName + " before any consumer queue exists");
+        Connection a1Conn = connect();
+        MessageConsumer a1 = consumer(a1Conn, Session.AUTO_ACKNOWLEDGE, qa);
+        Connection a2Conn = connect();
+        MessageConsumer a2 = consumer(a2Conn, Session.AUTO_ACKNOWLEDGE, qa);
+        Connection bConn = connect();
+        MessageConsumer b = consumer(bConn, Session.AUTO_ACKNOWLEDGE, qb);
+        MessageConsumer plain = consumer(c, Session.AUTO_ACKNOWLEDGE, t);
+        ok("two consumers on " + qa.getQueueName() + ", one on " + qb.getQueueName()
+                + ", one on the topic");
+        List<String> sent = bodies("order", 0, 4);
+        sendTexts(c, t, sent);
+        for (Message m : receiveTexts(b, sent, "system B gets every message")) {
+            check("JMSDestination on system B's queue", qb.equals(m.getJMSDestination()), qb,
+                    m.getJMSDestination());
+            ActiveMQDestination original = ((ActiveMQMessage) m).getOriginalDestination();
+            check("original destination on system B's queue", t.equals(original), t, original);
+        }
+        ok("addressed to the consumer queue, the topic as original destination");
+        for (Message m : receiveTexts(plain, sent, "the topic's own subscriber gets them")) {
+            check("JMSDestination on the topic", t.equals(m.getJMSDestination()), t,
+                    m.getJMSDestination());
+        }
+        TreeSet<String> shared = new TreeSet<>();
+        long end = System.currentTimeMillis() + receiveTimeoutMs;
+        while (shared.size() < sent.size() && System.currentTimeMillis() < end) {
+            for (MessageConsumer a : List.of(a1, a2)) {
+                Message m = a.receive(50);
+                if (m != null && !shared.add(text(m, "system A"))) {
+                    throw fail("each message once on system A's queue", sent, text(m, "again"));
+                }
+            }
+        }
+        expectEq("system A's consumers share its copies", new TreeSet<>(sent), shared);
+        close(a1Conn);
+        close(a2Conn);
+        close(bConn);
+        sendTexts(c, t, List.of("while-away"));
+        ok("sent while the consumer queues have no consumer");
+        Connection again = connect();
+        MessageConsumer a3 = consumer(again, Session.AUTO_ACKNOWLEDGE, qa);
+        MessageConsumer b2 = consumer(again, Session.AUTO_ACKNOWLEDGE, qb);
+        receiveTexts(a3, List.of("while-away"), "system A's queue kept it, not \"early\"");
+        receiveTexts(b2, List.of("while-away"), "system B's queue kept it, not \"early\"");
+        receiveTexts(plain, List.of("while-away"), "the topic subscriber too");
+        // One sentinel reaches all three: the next message each receives.
+        String sentinel = "sentinel-" + UUID.randomUUID();
+        sendTexts(c, t, List.of(sentinel));
+        receiveTexts(a3, List.of(sentinel), "nothing more on system A's queue");
+        receiveTexts(b2, List.of(sentinel), "nothing more on system B's queue");
+        receiveTexts(plain, List.of(sentinel), "nothing more for the topic subscriber");
+        close(again);
         close(c);
     }
 

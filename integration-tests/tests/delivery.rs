@@ -741,3 +741,72 @@ fn exclusive_consumer_and_message_groups() -> Result<()> {
     }
     Ok(())
 }
+
+/// ActiveMQ's virtual topics: a send to `/topic/VirtualTopic.Orders` reaches every consumer
+/// queue `/queue/Consumer.<system>.VirtualTopic.Orders` (shared by that system's competing
+/// consumers) and the topic's own subscribers; a consumer queue stays known across a restart.
+#[test]
+fn a_virtual_topic_copies_each_message_to_every_consumer_queue() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut broker = BrokerProcess::start(dir.path(), "")?;
+    let mut a1 = broker.client()?;
+    let mut a2 = broker.client()?;
+    let mut b = broker.client()?;
+    let mut live = broker.client()?;
+    a1.subscribe("a1", "/queue/Consumer.A.VirtualTopic.Orders", &[])?;
+    a2.subscribe("a2", "/queue/Consumer.A.VirtualTopic.Orders", &[])?;
+    b.subscribe("b", "/queue/Consumer.B.VirtualTopic.Orders", &[])?;
+    live.subscribe("t", "/topic/VirtualTopic.Orders", &[])?;
+    let mut producer = broker.client()?;
+    let sent = ["o1", "o2", "o3", "o4"];
+    for body in sent {
+        producer.send_persistent("/topic/VirtualTopic.Orders", body.as_bytes())?;
+    }
+
+    let got_b = b.recv_until(b"o4", FRAME_TIMEOUT)?;
+    assert_eq!(bodies(&got_b), sent, "system B gets every message");
+    for m in &got_b {
+        assert_eq!(
+            m.get("destination"),
+            Some("/queue/Consumer.B.VirtualTopic.Orders")
+        );
+        assert_eq!(
+            m.get("original-destination"),
+            Some("/topic/VirtualTopic.Orders")
+        );
+    }
+    assert_eq!(bodies(&live.recv_until(b"o4", FRAME_TIMEOUT)?), sent);
+    // System A's two consumers share its copy of each message.
+    let mut got_a = BTreeSet::new();
+    let end = deadline(FRAME_TIMEOUT);
+    while got_a.len() < sent.len() && std::time::Instant::now() < end {
+        for c in [&mut a1, &mut a2] {
+            if let Some(m) = c.try_recv_message(Duration::from_millis(50))? {
+                ensure!(got_a.insert(m.text()), "{} delivered twice", m.text());
+            }
+        }
+    }
+    assert_eq!(got_a, sent.iter().map(|s| s.to_string()).collect());
+    for c in [&mut a1, &mut a2, &mut b] {
+        ensure!(
+            c.try_recv_message(Duration::from_millis(200))?.is_none(),
+            "one copy per consumer queue"
+        );
+    }
+    drop((a1, a2, b, live, producer));
+
+    // After a restart, with no consumer connected, the consumer queues still receive.
+    broker.restart()?;
+    let mut producer = broker.client()?;
+    producer.send_persistent("/topic/VirtualTopic.Orders", b"after restart")?;
+    for system in ["A", "B"] {
+        let mut c = broker.client()?;
+        c.subscribe(
+            "c",
+            &format!("/queue/Consumer.{system}.VirtualTopic.Orders"),
+            &[],
+        )?;
+        assert_eq!(c.recv_message(FRAME_TIMEOUT)?.text(), "after restart");
+    }
+    Ok(())
+}

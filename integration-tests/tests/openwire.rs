@@ -168,6 +168,14 @@ fn wildcard_topic_consumers_and_durable_subscribers() {
     check("wildcard-topic", &[]);
 }
 
+/// ActiveMQ's virtual topics: a send to topic `VirtualTopic.T` is copied to each existing
+/// consumer queue `Consumer.<system>.VirtualTopic.T` (competing consumers share it), addressed to
+/// the queue with the topic as original destination, and still reaches the topic's subscribers.
+#[test]
+fn virtual_topic_consumer_queues() {
+    check("virtual-topic", &[]);
+}
+
 /// Exclusive consumers (`queue://x?consumer.exclusive=true`, which the client turns into
 /// ConsumerInfo.exclusive): the first one alone receives the queue; the next one takes over its
 /// unacknowledged messages, in order, when it closes; a plain consumer gets nothing meanwhile.

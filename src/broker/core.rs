@@ -134,7 +134,9 @@ impl Transaction {
 struct Topic {
     /// Non-durable subscribers (consumer ids).
     subscribers: Vec<u64>,
-    /// Queues of the durable subscriptions on this topic.
+    /// The queues this topic feeds: its durable subscriptions' and, on a virtual topic, its
+    /// consumer queues (`queue://Consumer.<name>.VirtualTopic.X`). A persistent message is
+    /// stored once, in one `MessageAdd` naming all of them.
     durables: Vec<String>,
 }
 
@@ -187,6 +189,10 @@ pub(crate) struct Core {
     wildcards: HashMap<String, Wildcard>,
     /// By durable queue name.
     durables: HashMap<String, Durable>,
+    /// Known consumer queues of virtual topics (`queue://Consumer.A.VirtualTopic.X`), each fed
+    /// by its topic like a durable subscription (see [`Core::register_durable`]) but an ordinary
+    /// queue otherwise. Known from the first subscription to it until the data is wiped.
+    virtual_queues: BTreeSet<String>,
     sessions: HashMap<u64, SessionState>,
     consumers: HashMap<u64, Consumer>,
     /// Delivery tag -> consumer id.
@@ -240,6 +246,33 @@ fn parse_selector(text: Option<&str>) -> Result<Option<Arc<Selector>>, BrokerErr
     }
 }
 
+/// ActiveMQ's default virtual topics (`BrokerService.createDefaultDestinationInterceptor`: a
+/// `VirtualTopic` named `VirtualTopic.>` with its default prefix `Consumer.*.`): a message sent
+/// to topic `VirtualTopic.X` is also copied to every existing queue `Consumer.<name>.VirtualTopic.X`.
+const VIRTUAL_TOPIC_PATTERN: &str = "VirtualTopic.>";
+const VIRTUAL_TOPIC_CONSUMER_PREFIX: &str = "Consumer.";
+
+/// The virtual topic (`topic://VirtualTopic.X`) whose consumer queue is queue `name` (without
+/// prefix: `Consumer.A.VirtualTopic.X`), if it is one: `Consumer.`, one non-empty segment,
+/// `.`, then a topic name `VirtualTopic.>` matches (ActiveMQ's `Consumer.*.VirtualTopic.X`).
+fn virtual_topic_of(name: &str) -> Option<String> {
+    let rest = name.strip_prefix(VIRTUAL_TOPIC_CONSUMER_PREFIX)?;
+    let (consumer, topic) = rest.split_once('.')?;
+    if consumer.is_empty() || wildcard::is_pattern(topic) {
+        return None;
+    }
+    let pattern = Pattern::parse(VIRTUAL_TOPIC_PATTERN).expect("a valid pattern");
+    pattern.matches(topic).then(|| format!("topic://{topic}"))
+}
+
+/// Whether a stored [`SubscriptionAdd`] records a virtual topic's consumer queue rather than a
+/// durable subscription: its queue is an ordinary queue (`queue://Consumer.A.VirtualTopic.X`),
+/// where a durable subscription's is `durable://client:name`. Such a record has an empty
+/// client id (which durable subscriptions never have) and the queue as its subscription name.
+fn is_virtual_subscription(subscription: &SubscriptionAdd) -> bool {
+    subscription.queue.starts_with("queue://")
+}
+
 /// The queue that holds a durable subscription's messages.
 fn durable_queue(client_id: &str, name: &str) -> String {
     let escape = |s: &str| s.replace('%', "%25").replace(':', "%3A");
@@ -288,6 +321,7 @@ impl Core {
             topics: HashMap::new(),
             wildcards: HashMap::new(),
             durables: HashMap::new(),
+            virtual_queues: BTreeSet::new(),
             sessions: HashMap::new(),
             consumers: HashMap::new(),
             tags: HashMap::new(),
@@ -340,8 +374,27 @@ impl Core {
         Ok(core)
     }
 
+    /// Registers a stored subscription: a durable topic subscription, or a virtual topic's
+    /// consumer queue (see [`is_virtual_subscription`]), which its topic feeds the same way but
+    /// which is an ordinary queue to its consumers: none of the durable rules (one active
+    /// subscriber, a client id, unsubscribe) apply to it.
     fn register_durable(&mut self, subscription: SubscriptionAdd) {
         let queue = subscription.queue.clone();
+        if is_virtual_subscription(&subscription) {
+            match self.topic_mut(&subscription.topic) {
+                Some(topic) => {
+                    if !topic.durables.contains(&queue) {
+                        topic.durables.push(queue.clone());
+                    }
+                }
+                None => {
+                    tracing::warn!(queue, topic = %subscription.topic, "stored virtual topic consumer queue names an invalid topic; it receives nothing from it");
+                }
+            }
+            self.queues.entry(queue.clone()).or_default();
+            self.virtual_queues.insert(queue);
+            return;
+        }
         // A wildcard durable (its topic is the pattern) is registered as when it was made, on
         // start, after an index rebuild or on a promoted slave alike.
         match self.topic_mut(&subscription.topic) {
@@ -975,7 +1028,11 @@ impl Core {
         let mut confirmation = Confirmation::done();
         let source = match (&request.destination, &request.durable_name) {
             (Destination::Topic(_), Some(name)) => {
-                let client_id = client_id.ok_or(BrokerError::DurableNeedsClientId)?;
+                // An empty client id is none (and keeps durable records apart from virtual
+                // topic consumer queues', whose client id is empty).
+                let client_id = client_id
+                    .filter(|c| !c.is_empty())
+                    .ok_or(BrokerError::DurableNeedsClientId)?;
                 let topic = request.destination.canonical();
                 let queue = durable_queue(&client_id, name);
                 match self.durables.get(&queue) {
@@ -1007,7 +1064,30 @@ impl Core {
                 Source::Queue(queue)
             }
             (Destination::Topic(_), None) => Source::Topic(request.destination.canonical()),
-            (Destination::Queue(_), _) => Source::Queue(request.destination.canonical()),
+            (Destination::Queue(name), _) => {
+                let queue = request.destination.canonical();
+                if !self.virtual_queues.contains(&queue) {
+                    if let Some(topic) = virtual_topic_of(name) {
+                        // A virtual topic's consumer queue exists from its first consumer on
+                        // (ActiveMQ creates the queue then and keeps it, persisted, until an
+                        // admin removes it): recorded once, in the journal, so that restarts,
+                        // failovers and index rebuilds keep feeding it.
+                        let subscription = SubscriptionAdd {
+                            client_id: String::new(),
+                            subscription_name: queue.clone(),
+                            topic,
+                            selector: String::new(),
+                            queue: queue.clone(),
+                        };
+                        self.append(vec![crate::store::Entry {
+                            kind: Some(entry::Kind::Subscribe(subscription.clone())),
+                        }])?;
+                        self.register_durable(subscription);
+                        confirmation = self.flush();
+                    }
+                }
+                Source::Queue(queue)
+            }
         };
         // Exclusive consumers are a queue feature (ActiveMQ ignores the flag on topics).
         let exclusive = request.exclusive && matches!(request.destination, Destination::Queue(_));
@@ -1327,11 +1407,17 @@ impl Core {
         };
         let tag = self.next_tag;
         self.next_tag += 1;
+        let message = match &queue {
+            Some(q) if self.virtual_queues.contains(q) && entry.message.destination != *q => {
+                virtual_copy(&entry.message, q)
+            }
+            _ => entry.message.clone(),
+        };
         let delivery = Delivery {
             subscription: consumer.subscription.clone(),
             tag,
             destination: consumer.destination.clone(),
-            message: entry.message.clone(),
+            message,
             redelivery_count: entry.redeliveries,
             group_first,
         };
@@ -1645,10 +1731,16 @@ impl Core {
             .iter()
             .any(|h| h.name == "original-destination")
         {
-            message.headers.push(Header::text(
-                "original-destination",
-                message.destination.clone(),
-            ));
+            // A virtual topic's copy was on its consumer queue (the stored message names the
+            // topic, shared by every consumer queue).
+            let origin = if self.virtual_queues.contains(queue) {
+                queue.to_string()
+            } else {
+                message.destination.clone()
+            };
+            message
+                .headers
+                .push(Header::text("original-destination", origin));
         }
         message.destination = DEAD_LETTER_QUEUE.to_string();
         let message = Arc::new(message);
@@ -2099,6 +2191,26 @@ impl Core {
     pub fn queue_depth(&self, queue: &str) -> usize {
         self.queues.get(queue).map_or(0, |q| q.ready.len())
     }
+}
+
+/// A virtual topic's message as its consumer queue delivers it, as ActiveMQ's
+/// `VirtualTopicInterceptor` copies it (`setOriginalDestination`, on by default): addressed to
+/// the queue, with the topic it was sent to as its original destination. The stored message,
+/// one for every consumer queue, keeps the topic.
+fn virtual_copy(message: &Arc<Message>, queue: &str) -> Arc<Message> {
+    let mut copy = (**message).clone();
+    if !copy
+        .headers
+        .iter()
+        .any(|h| h.name == "original-destination")
+    {
+        copy.headers.push(Header::text(
+            "original-destination",
+            copy.destination.clone(),
+        ));
+    }
+    copy.destination = queue.to_string();
+    Arc::new(copy)
 }
 
 /// Fills in the store key of queue entries published from a record that starts at `start`
