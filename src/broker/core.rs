@@ -1446,8 +1446,13 @@ impl Core {
             if let Some(stopped) = self.dispatch_selective(queue, None, SCAN_LIMIT) {
                 if let Some(q) = self.queues.get_mut(queue) {
                     q.scan_pending = true;
-                    if q.scan_resume.is_none_or(|r| r < stopped) {
-                        q.scan_resume = Some(stopped);
+                    match q.scan_resume {
+                        Some(r) if r > stopped => {
+                            // The sweep is further on and walked past messages this dispatch
+                            // did not reach, some of which may now have a taker.
+                            q.scan_again = true;
+                        }
+                        _ => q.scan_resume = Some(stopped),
                     }
                 }
             }
@@ -1602,7 +1607,7 @@ impl Core {
 
     /// Goes on with the selective dispatches that stopped at [`SCAN_LIMIT`] (called by the
     /// periodic sweep), [`SWEEP_SCAN_LIMIT`] messages further each time, from the head again
-    /// once a walk reaches the end.
+    /// once a walk reaches the end if a dispatch stopped behind it meanwhile (`scan_again`).
     pub fn continue_scans(&mut self) {
         let pending: Vec<(String, Option<u64>)> = self
             .queues
@@ -1613,7 +1618,9 @@ impl Core {
         for (queue, after) in pending {
             let stopped = self.dispatch_selective(&queue, after, SWEEP_SCAN_LIMIT);
             if let Some(q) = self.queues.get_mut(&queue) {
-                q.scan_pending = stopped.is_some();
+                // At the end, from the head once more if a dispatch stopped behind the walk.
+                let again = stopped.is_none() && std::mem::take(&mut q.scan_again);
+                q.scan_pending = stopped.is_some() || again;
                 q.scan_resume = stopped;
             }
         }

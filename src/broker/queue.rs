@@ -74,6 +74,10 @@ pub(super) struct Queue {
     /// `Core::dispatch_selective`).
     pub scan_pending: bool,
     pub scan_resume: Option<u64>,
+    /// A dispatch from the head stopped before `scan_resume` (a consumer got room, say): what
+    /// lies between was passed over earlier, so the sweep walks from the head again once it
+    /// reaches the end.
+    pub scan_again: bool,
 }
 
 impl Queue {

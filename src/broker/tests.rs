@@ -1973,3 +1973,69 @@ async fn a_wildcard_subscriber_never_sees_temporary_topics() {
     }
     assert_eq!(bodies(&take_all(&mut rx)), ["o"]);
 }
+
+/// A consumer's selector matches messages the sweep passed over while its window was full,
+/// then the sweep walked on past them to the end of the backlog: once the consumer has room
+/// again (its ack dispatches from the head, which stops at `SCAN_LIMIT` before them), the
+/// sweep must walk from the head once more instead of leaving them unoffered for ever.
+#[tokio::test]
+async fn a_match_the_sweep_passed_while_its_consumer_was_full_is_offered_again() {
+    const GREEN_BEFORE: usize = super::core::SCAN_LIMIT + 500;
+    const GREEN_AFTER: usize = 60_000;
+    let f = fixture(BrokerOptions {
+        // The test runs the sweep itself.
+        expiry_sweep: Duration::from_secs(3600),
+        ..BrokerOptions::default()
+    })
+    .await;
+    let (producer, _) = f.broker.open_session(None);
+    let green = |i: usize| NewMessage {
+        persistent: false,
+        ..colored("green", &format!("g{i}"))
+    };
+    for i in 0..GREEN_BEFORE {
+        producer.send(&queue("q"), green(i), None).unwrap();
+    }
+    for i in 0..3 {
+        let red = NewMessage {
+            persistent: false,
+            ..colored("red", &format!("r{i}"))
+        };
+        producer.send(&queue("q"), red, None).unwrap();
+    }
+    for i in 0..GREEN_AFTER {
+        producer.send(&queue("q"), green(GREEN_BEFORE + i), None).unwrap();
+    }
+    let with_selector = |session: &Session, selector: &str, prefetch: u32| {
+        session
+            .subscribe(SubscribeRequest {
+                id: "s".into(),
+                destination: queue("q"),
+                prefetch,
+                durable_name: None,
+                selector: Some(selector.into()),
+                exclusive: false,
+            })
+            .unwrap();
+    };
+    // A consumer with room whose selector matches nothing keeps every walk going.
+    let (blue, mut blue_rx) = f.broker.open_session(None);
+    with_selector(&blue, "color = 'blue'", 10);
+    let (red, mut red_rx) = f.broker.open_session(None);
+    with_selector(&red, "color = 'red'", 1);
+    assert!(take_all(&mut red_rx).is_empty(), "beyond the scan limit");
+    let sweep = || super::lock(&f.broker.shared).continue_scans();
+    sweep(); // finds r0, passes r1 and r2 (the window is full) and stops far beyond
+    let r0 = next(&mut red_rx).await;
+    assert_eq!(body(&r0), "r0");
+    red.ack(r0.tag, AckScope::Single, None)
+        .unwrap()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        sweep();
+    }
+    let r1 = take_all(&mut red_rx);
+    assert_eq!(bodies(&r1), ["r1"], "r1 was never offered again");
+    assert!(take_all(&mut blue_rx).is_empty());
+}
