@@ -2006,9 +2006,12 @@ impl Core {
     ) -> Result<Vec<(Arc<Message>, u32)>, BrokerError> {
         let selector = parse_selector(selector)?;
         let now = now_ms();
-        let Some(q) = self.queues.get(&destination.canonical()) else {
+        let name = destination.canonical();
+        let Some(q) = self.queues.get(&name) else {
             return Ok(Vec::new());
         };
+        // A virtual topic's consumer queue shows its copies, as its consumers receive them.
+        let copies = self.virtual_queues.contains(&name);
         q.ready
             .values()
             .filter(|e| !e.is_expired(now))
@@ -2017,7 +2020,15 @@ impl Core {
                     .as_ref()
                     .is_none_or(|s| s.matches_with_redeliveries(&e.message, e.redeliveries))
             })
-            .map(|e| Ok((self.with_body(e)?, e.redeliveries)))
+            .map(|e| {
+                let message = self.with_body(e)?;
+                let message = if copies && message.destination != name {
+                    virtual_copy(&message, &name)
+                } else {
+                    message
+                };
+                Ok((message, e.redeliveries))
+            })
             .collect()
     }
 

@@ -2039,3 +2039,26 @@ async fn a_match_the_sweep_passed_while_its_consumer_was_full_is_offered_again()
     assert_eq!(bodies(&r1), ["r1"], "r1 was never offered again");
     assert!(take_all(&mut blue_rx).is_empty());
 }
+
+/// A queue browser on a virtual topic's consumer queue sees what its consumers would receive:
+/// messages addressed to the queue, with the topic as their original destination (not the
+/// stored message, which names the topic all consumer queues share).
+#[tokio::test]
+async fn a_browser_on_a_virtual_topic_consumer_queue_sees_the_queue_copies() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (c, _) = f.broker.open_session(None);
+    subscribe_virtual(&c, "a", "Consumer.A.VirtualTopic.Orders", None).await;
+    c.unsubscribe("a", false).unwrap().await.unwrap();
+    let (p, _) = f.broker.open_session(None);
+    send_confirmed(&p, &topic("VirtualTopic.Orders"), "m").await;
+    let browsed = p
+        .browse(&queue("Consumer.A.VirtualTopic.Orders"), None)
+        .unwrap();
+    assert_eq!(browsed.len(), 1);
+    let (message, _) = &browsed[0];
+    assert_eq!(message.destination, "queue://Consumer.A.VirtualTopic.Orders");
+    assert!(message
+        .headers
+        .iter()
+        .any(|h| h.name == "original-destination" && h.value == "topic://VirtualTopic.Orders"));
+}
