@@ -96,6 +96,7 @@ public final class JmsCheck {
         SCENARIOS.put("wildcard-topic", JmsCheck::wildcardTopic);
         SCENARIOS.put("virtual-topic", JmsCheck::virtualTopic);
         SCENARIOS.put("exclusive-consumer", JmsCheck::exclusiveConsumer);
+        SCENARIOS.put("message-groups", JmsCheck::messageGroups);
         SCENARIOS.put("temp-queue-reply", JmsCheck::tempQueueReply);
         SCENARIOS.put("selectors", JmsCheck::selectors);
         SCENARIOS.put("browser", JmsCheck::browser);
@@ -1163,6 +1164,81 @@ public final class JmsCheck {
         expectOnlySentinel(c, q, plain,
                 "the plain consumer got nothing while an exclusive consumer was there");
         close(plainConn);
+        close(c);
+    }
+
+    /**
+     * Message groups (JMSXGroupID): two consumers on one queue, groups A and B interleaved;
+     * each group's messages all reach one consumer, in order, the first of each flagged
+     * JMSXGroupFirstForConsumer. When the consumer that owns group A closes, A's next messages
+     * go to the other one, the first of them flagged again.
+     */
+    static void messageGroups() throws Exception {
+        Connection c = connect();
+        Queue q = queue(c, "groups");
+        Connection conn1 = connect();
+        MessageConsumer k1 = consumer(conn1, Session.AUTO_ACKNOWLEDGE, q);
+        Connection conn2 = connect();
+        MessageConsumer k2 = consumer(conn2, Session.AUTO_ACKNOWLEDGE, q);
+        ok("two consumers on " + q.getQueueName());
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = s.createProducer(q);
+        p.setDeliveryMode(DeliveryMode.PERSISTENT);
+        int perGroup = 10;
+        for (int i = 0; i < perGroup; i++) {
+            for (String g : List.of("A", "B")) {
+                TextMessage m = s.createTextMessage(g + "-" + i);
+                m.setStringProperty("JMSXGroupID", g);
+                p.send(m);
+            }
+        }
+        ok("sent groups A and B interleaved, " + perGroup + " each");
+        Map<String, List<String>> got = new TreeMap<>(); // "consumer group" -> bodies
+        Map<String, String> owner = new TreeMap<>(); // group -> consumer
+        long deadline = System.currentTimeMillis() + receiveTimeoutMs;
+        int received = 0;
+        while (received < 2 * perGroup) {
+            if (System.currentTimeMillis() > deadline) {
+                throw fail("every grouped message received", 2 * perGroup, received + ": " + got);
+            }
+            for (String who : List.of("1", "2")) {
+                Message m = (who.equals("1") ? k1 : k2).receive(50);
+                if (m == null) {
+                    continue;
+                }
+                received++;
+                String g = m.getStringProperty("JMSXGroupID");
+                List<String> list = got.computeIfAbsent(who + " " + g, k -> new ArrayList<>());
+                boolean firstForConsumer = m.getBooleanProperty("JMSXGroupFirstForConsumer");
+                check("JMSXGroupFirstForConsumer on " + text(m, "grouped") + " (consumer " + who
+                        + ")", firstForConsumer == list.isEmpty(), list.isEmpty(),
+                        firstForConsumer);
+                list.add(text(m, "grouped"));
+                String before = owner.putIfAbsent(g, who);
+                check("group " + g + " stays with one consumer", before == null
+                        || before.equals(who), "consumer " + before, "consumer " + who);
+            }
+        }
+        for (String g : List.of("A", "B")) {
+            expectEq("group " + g + " in order on consumer " + owner.get(g), bodies(g, 0, perGroup),
+                    got.get(owner.get(g) + " " + g));
+        }
+        String ownerA = owner.get("A");
+        close(ownerA.equals("1") ? conn1 : conn2);
+        MessageConsumer other = ownerA.equals("1") ? k2 : k1;
+        ok("closed consumer " + ownerA + ", which owned group A");
+        for (int i = perGroup; i < perGroup + 2; i++) {
+            TextMessage m = s.createTextMessage("A-" + i);
+            m.setStringProperty("JMSXGroupID", "A");
+            p.send(m);
+        }
+        List<Message> moved = receiveTexts(other, bodies("A", perGroup, perGroup + 2),
+                "group A moves to the other consumer");
+        boolean[] flags = {moved.get(0).getBooleanProperty("JMSXGroupFirstForConsumer"),
+            moved.get(1).getBooleanProperty("JMSXGroupFirstForConsumer")};
+        expectEq("JMSXGroupFirstForConsumer on the moved group's messages", "[true, false]",
+                Arrays.toString(flags));
+        close(ownerA.equals("1") ? conn2 : conn1);
         close(c);
     }
 

@@ -184,6 +184,14 @@ fn exclusive_consumer_takes_the_queue_and_hands_over_in_order() {
     check("exclusive-consumer", &[]);
 }
 
+/// Message groups (JMSXGroupID): two consumers on one queue and groups A and B interleaved;
+/// each group's messages reach one consumer in order, the first flagged
+/// JMSXGroupFirstForConsumer; when A's consumer closes, A moves to the other, flagged again.
+#[test]
+fn message_groups_stick_to_one_consumer_in_order() {
+    check("message-groups", &[]);
+}
+
 /// Request/reply through a TemporaryQueue: the responder (another connection) answers on
 /// JMSReplyTo with the request's JMSCorrelationID.
 #[test]
