@@ -1527,10 +1527,12 @@ impl Core {
         loop {
             let q = self.queues.get_mut(queue)?;
             let n = q.consumers.len();
+            // Only the exclusive consumer's room counts while there is one: the others take
+            // nothing, so a walk for them would pass over every message.
             let any_credit = q
                 .consumers
                 .iter()
-                .any(|c| self.consumers.get(c).is_some_and(|c| c.has_credit()));
+                .any(|c| q.admits(*c) && self.consumers.get(c).is_some_and(|c| c.has_credit()));
             if n == 0 || !any_credit {
                 break;
             }

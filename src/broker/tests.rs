@@ -2062,3 +2062,41 @@ async fn a_browser_on_a_virtual_topic_consumer_queue_sees_the_queue_copies() {
         .iter()
         .any(|h| h.name == "original-destination" && h.value == "topic://VirtualTopic.Orders"));
 }
+
+/// While a queue has an exclusive consumer, only its window counts: with it full, a
+/// selective dispatch (the queue has message groups) has nobody to walk the backlog for, even
+/// though the other consumers have room, and the sweep has nothing to go on with.
+#[tokio::test]
+async fn a_full_exclusive_consumer_makes_no_walk_for_the_others() {
+    const BACKLOG: usize = 3 * super::core::SCAN_LIMIT;
+    let f = fixture(BrokerOptions {
+        expiry_sweep: Duration::from_secs(3600),
+        ..BrokerOptions::default()
+    })
+    .await;
+    let (exclusive, mut exclusive_rx) = f.broker.open_session(None);
+    subscribe_exclusive(&exclusive, "s", 1);
+    let (plain, mut plain_rx) = f.broker.open_session(None);
+    subscribe(&plain, "s", queue("q"), 100);
+    let (producer, _) = f.broker.open_session(None);
+    for i in 0..BACKLOG {
+        let group = if i % 2 == 0 { "a" } else { "b" };
+        producer
+            .send(&queue("q"), grouped(&i.to_string(), group, None), None)
+            .unwrap();
+    }
+    let _ = producer.next_tag();
+    let first = next(&mut exclusive_rx).await;
+    assert_eq!(body(&first), "0");
+    let before = f.broker.stats().passed_over;
+    exclusive
+        .ack(first.tag, AckScope::Single, None)
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(body(&next(&mut exclusive_rx).await), "1");
+    super::lock(&f.broker.shared).continue_scans();
+    let walked = f.broker.stats().passed_over - before;
+    assert_eq!(walked, 0, "walked past messages only the exclusive consumer may take");
+    assert!(take_all(&mut plain_rx).is_empty());
+}
