@@ -1028,10 +1028,11 @@ impl Core {
         let mut confirmation = Confirmation::done();
         let source = match (&request.destination, &request.durable_name) {
             (Destination::Topic(_), Some(name)) => {
-                // An empty client id is none (and keeps durable records apart from virtual
-                // topic consumer queues', whose client id is empty).
+                // An empty client id is one, as in ActiveMQ (`setClientID("")`), except with a
+                // name a virtual topic consumer queue's record has (client id empty, the
+                // queue as name; see `is_virtual_subscription`): the records stay apart.
                 let client_id = client_id
-                    .filter(|c| !c.is_empty())
+                    .filter(|c| !c.is_empty() || !name.starts_with("queue://"))
                     .ok_or(BrokerError::DurableNeedsClientId)?;
                 let topic = request.destination.canonical();
                 let queue = durable_queue(&client_id, name);

@@ -1802,19 +1802,6 @@ async fn a_virtual_topic_fans_out_to_each_consumer_queue_with_one_record_per_sen
 #[tokio::test]
 async fn a_virtual_topic_consumer_queue_is_an_ordinary_queue_to_its_consumers() {
     let f = fixture(BrokerOptions::default()).await;
-    // An empty client id is no client id for a durable subscription (such records are
-    // virtual topic consumer queues').
-    let (anonymous, _) = f.broker.open_session(Some(String::new()));
-    assert!(matches!(
-        subscribe_to(
-            &anonymous,
-            "d",
-            topic("VirtualTopic.Orders"),
-            Some("d"),
-            None
-        ),
-        Err(BrokerError::DurableNeedsClientId)
-    ));
     // No client id needed, and any number of consumers at once, with selectors.
     let (c1, mut rx1) = f.broker.open_session(None);
     let (c2, mut rx2) = f.broker.open_session(None);
@@ -2099,4 +2086,31 @@ async fn a_full_exclusive_consumer_makes_no_walk_for_the_others() {
     let walked = f.broker.stats().passed_over - before;
     assert_eq!(walked, 0, "walked past messages only the exclusive consumer may take");
     assert!(take_all(&mut plain_rx).is_empty());
+}
+
+/// ActiveMQ (client and broker) accepts an empty client id, and a durable subscription under
+/// it (`setClientID("")`, STOMP `client-id:` with an empty value): it works as any other, and
+/// one stored before stays reachable. Only a name a virtual topic consumer queue's record uses
+/// (`queue://...`, under the empty client id) is refused, so the records stay apart.
+#[tokio::test]
+async fn a_durable_subscription_under_an_empty_client_id_works_as_in_activemq() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (s, mut rx) = f.broker.open_session(Some(String::new()));
+    subscribe_to(&s, "d", topic("t"), Some("d"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    let (p, _) = f.broker.open_session(None);
+    send_confirmed(&p, &topic("t"), "m").await;
+    assert_eq!(body(&next(&mut rx).await), "m");
+    assert!(matches!(
+        subscribe_to(
+            &s,
+            "v",
+            topic("VirtualTopic.Orders"),
+            Some("queue://Consumer.A.VirtualTopic.Orders"),
+            None
+        ),
+        Err(BrokerError::DurableNeedsClientId)
+    ));
 }
