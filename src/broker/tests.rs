@@ -1991,7 +1991,9 @@ async fn a_match_the_sweep_passed_while_its_consumer_was_full_is_offered_again()
         producer.send(&queue("q"), red, None).unwrap();
     }
     for i in 0..GREEN_AFTER {
-        producer.send(&queue("q"), green(GREEN_BEFORE + i), None).unwrap();
+        producer
+            .send(&queue("q"), green(GREEN_BEFORE + i), None)
+            .unwrap();
     }
     let with_selector = |session: &Session, selector: &str, prefetch: u32| {
         session
@@ -2043,7 +2045,10 @@ async fn a_browser_on_a_virtual_topic_consumer_queue_sees_the_queue_copies() {
         .unwrap();
     assert_eq!(browsed.len(), 1);
     let (message, _) = &browsed[0];
-    assert_eq!(message.destination, "queue://Consumer.A.VirtualTopic.Orders");
+    assert_eq!(
+        message.destination,
+        "queue://Consumer.A.VirtualTopic.Orders"
+    );
     assert!(message
         .headers
         .iter()
@@ -2084,7 +2089,10 @@ async fn a_full_exclusive_consumer_makes_no_walk_for_the_others() {
     assert_eq!(body(&next(&mut exclusive_rx).await), "1");
     super::lock(&f.broker.shared).continue_scans();
     let walked = f.broker.stats().passed_over - before;
-    assert_eq!(walked, 0, "walked past messages only the exclusive consumer may take");
+    assert_eq!(
+        walked, 0,
+        "walked past messages only the exclusive consumer may take"
+    );
     assert!(take_all(&mut plain_rx).is_empty());
 }
 
