@@ -380,21 +380,6 @@ impl Core {
     /// subscriber, a client id, unsubscribe) apply to it.
     fn register_durable(&mut self, subscription: SubscriptionAdd) {
         let queue = subscription.queue.clone();
-        if is_virtual_subscription(&subscription) {
-            match self.topic_mut(&subscription.topic) {
-                Some(topic) => {
-                    if !topic.durables.contains(&queue) {
-                        topic.durables.push(queue.clone());
-                    }
-                }
-                None => {
-                    tracing::warn!(queue, topic = %subscription.topic, "stored virtual topic consumer queue names an invalid topic; it receives nothing from it");
-                }
-            }
-            self.queues.entry(queue.clone()).or_default();
-            self.virtual_queues.insert(queue);
-            return;
-        }
         // A wildcard durable (its topic is the pattern) is registered as when it was made, on
         // start, after an index rebuild or on a promoted slave alike.
         match self.topic_mut(&subscription.topic) {
@@ -404,10 +389,14 @@ impl Core {
                 }
             }
             None => {
-                tracing::warn!(queue, topic = %subscription.topic, "stored durable subscription's topic is not a valid wildcard pattern; it receives nothing");
+                tracing::warn!(queue, topic = %subscription.topic, "stored subscription's topic is not a valid wildcard pattern; its queue receives nothing from it");
             }
         }
         self.queues.entry(queue.clone()).or_default();
+        if is_virtual_subscription(&subscription) {
+            self.virtual_queues.insert(queue);
+            return;
+        }
         let selector = match parse_selector(Some(&subscription.selector)) {
             Ok(selector) => selector,
             Err(e) => {
