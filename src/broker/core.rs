@@ -397,6 +397,10 @@ impl Core {
             self.virtual_queues.insert(queue);
             return;
         }
+        if let Some(q) = self.queues.get_mut(&queue) {
+            q.subscription = true;
+            q.groups = None;
+        }
         let selector = match parse_selector(Some(&subscription.selector)) {
             Ok(selector) => selector,
             Err(e) => {

@@ -78,6 +78,9 @@ pub(super) struct Queue {
     /// lies between was passed over earlier, so the sweep walks from the head again once it
     /// reaches the end.
     pub scan_again: bool,
+    /// A durable topic subscription's queue: message groups, a queue feature in ActiveMQ, do
+    /// not apply (its one subscriber gets every message, with no group flag).
+    pub subscription: bool,
 }
 
 impl Queue {
@@ -85,7 +88,7 @@ impl Queue {
         if entry.message.expiration > 0 {
             self.expiring += 1;
         }
-        if self.groups.is_none() && group_of(&entry.message).is_some() {
+        if !self.subscription && self.groups.is_none() && group_of(&entry.message).is_some() {
             self.groups = Some(Groups::new());
         }
         self.ready.insert(entry.seq, entry);

@@ -2122,3 +2122,25 @@ async fn a_durable_subscription_under_an_empty_client_id_works_as_in_activemq() 
         Err(BrokerError::DurableNeedsClientId)
     ));
 }
+
+/// Message groups are a queue feature: a durable topic subscriber gets grouped messages as
+/// any others, none flagged as its group's first (ActiveMQ never sets the flag on topics).
+#[tokio::test]
+async fn a_durable_subscription_ignores_message_groups() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (d, mut rx) = f.broker.open_session(Some("c".into()));
+    subscribe_to(&d, "d", topic("t"), Some("sub"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    let (producer, _) = f.broker.open_session(None);
+    for i in 0..3 {
+        send_settled(&producer, &topic("t"), grouped(&i.to_string(), "g", None)).await;
+    }
+    let got = take_all(&mut rx);
+    assert_eq!(bodies(&got), ["0", "1", "2"]);
+    assert!(
+        got.iter().all(|d| !d.group_first),
+        "a group flag on a topic subscriber"
+    );
+}
