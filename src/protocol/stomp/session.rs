@@ -20,6 +20,8 @@ use crate::broker::{
     AckScope, BodyType, Broker, BrokerError, Confirmation, Delivery, Destination, Header,
     NewMessage, Session, SubscribeRequest, JMS_TYPE_HEADER, REPLY_TO_HEADER,
 };
+use crate::protocol::openwire::session::TempDestinations;
+use crate::protocol::openwire::{Destination as OwDestination, DestinationKind};
 use crate::protocol::write::{flush, Unwritten};
 use crate::protocol::{destination_to_core, destination_to_stomp};
 
@@ -31,6 +33,9 @@ pub struct StompOptions {
     pub users: HashMap<String, String>,
     /// How long a client may take to send its CONNECT frame.
     pub connect_timeout: Duration,
+    /// The node's temporary destinations (shared with the OpenWire listener): JMS clients hear
+    /// of a STOMP client's on the advisory topics, and send replies to it only then.
+    pub temps: Arc<TempDestinations>,
 }
 
 /// Default prefetch windows, ActiveMQ's.
@@ -118,7 +123,7 @@ pub async fn serve<S>(
     };
     match connection.handshake(&broker).await {
         Ok(Some((session, deliveries, heartbeat))) => {
-            let temps = Temps::new(broker.clone());
+            let temps = Temps::new(broker.clone(), connection.options.temps.clone());
             connection.run(session, deliveries, heartbeat, temps).await
         }
         Ok(None) => {}
@@ -629,6 +634,9 @@ struct State {
 /// Dropping this deletes them from the core, as a closing OpenWire connection deletes its own.
 struct Temps {
     broker: Broker,
+    /// Where JMS clients learn of them (ActiveMQ's STOMP connection sends a `DestinationInfo`
+    /// for each, which the broker announces on its advisory topics).
+    advisories: Arc<TempDestinations>,
     connection_id: String,
     /// (topic?, NAME) -> `ID:...`.
     by_name: HashMap<(bool, String), String>,
@@ -637,9 +645,10 @@ struct Temps {
 }
 
 impl Temps {
-    fn new(broker: Broker) -> Temps {
+    fn new(broker: Broker, advisories: Arc<TempDestinations>) -> Temps {
         Temps {
             broker,
+            advisories,
             // ActiveMQ's connection ids look like `ID:host-port-time-n:m`; a random part keeps
             // ours unique across connections, restarts and nodes.
             connection_id: format!("ID:ferromq-stomp-{:016x}:1", rand::random::<u64>()),
@@ -663,6 +672,8 @@ impl Temps {
         self.by_name.insert((topic, name.to_string()), id.clone());
         self.by_id
             .insert((topic, id.clone()), format!("{prefix}{name}"));
+        self.advisories
+            .add(advisory_destination(topic, &id), &self.connection_id);
         id
     }
 
@@ -739,9 +750,22 @@ impl Temps {
     }
 }
 
+/// A temporary destination as the advisory topics name it.
+fn advisory_destination(topic: bool, id: &str) -> OwDestination {
+    OwDestination {
+        kind: if topic {
+            DestinationKind::TempTopic
+        } else {
+            DestinationKind::TempQueue
+        },
+        physical_name: Some(id.to_string()),
+    }
+}
+
 impl Drop for Temps {
     fn drop(&mut self) {
         for (topic, id) in self.by_id.keys() {
+            self.advisories.remove(&advisory_destination(*topic, id));
             let destination = if *topic {
                 Destination::Topic(id.clone())
             } else {
@@ -981,11 +1005,17 @@ mod tests {
 
     impl Peer {
         fn start(broker: &Broker, capacity: usize) -> Peer {
+            Peer::start_sharing(broker, capacity, Arc::default())
+        }
+
+        /// As [`Peer::start`], announcing temporary destinations on `temps`.
+        fn start_sharing(broker: &Broker, capacity: usize, temps: Arc<TempDestinations>) -> Peer {
             let (client, server) = tokio::io::duplex(capacity);
             let options = Arc::new(StompOptions {
                 max_frame_size: 1 << 20,
                 users: HashMap::new(),
                 connect_timeout: Duration::from_secs(5),
+                temps,
             });
             let broker = broker.clone();
             let peer = "127.0.0.1:1".parse().unwrap();
@@ -1286,8 +1316,11 @@ mod tests {
     async fn temp_destinations_are_deleted_when_their_connection_ends() {
         let dir = tempfile::tempdir().unwrap();
         let broker = Broker::start_for_tests(dir.path(), Default::default());
+        let advisories = Arc::new(TempDestinations::default());
         for clean in [true, false] {
-            let (mut p, _) = Peer::connect(&broker, "1.2", "").await;
+            let mut p = Peer::start_sharing(&broker, 1 << 20, advisories.clone());
+            p.write("CONNECT\naccept-version:1.2\n\n\0").await;
+            assert_eq!(p.next_frame().await.command, Command::Connected);
             p.write(concat!(
                 "SEND\ndestination:/temp-queue/waiting\n\nw\0",
                 "SUBSCRIBE\nid:1\ndestination:/temp-queue/used\nack:client\n\n\0",
@@ -1298,6 +1331,19 @@ mod tests {
             let mut queues = temp_queues(&broker);
             queues.sort();
             assert_eq!(queues.len(), 2, "{queues:?}");
+            // JMS clients hear of them on the advisory topics, as made by one connection.
+            let owners: Vec<Option<String>> = queues
+                .iter()
+                .map(|(name, _)| {
+                    let id = name.strip_prefix("queue://").unwrap();
+                    advisories.owner(&advisory_destination(false, id))
+                })
+                .collect();
+            assert!(owners[0].is_some(), "{owners:?}");
+            assert_eq!(owners[0], owners[1]);
+            assert!(queues[0]
+                .0
+                .starts_with(&format!("queue://{}:", owners[0].as_ref().unwrap())));
             if !frames.iter().any(|f| f.command == Command::Message) {
                 p.next_frame().await; // the unacknowledged delivery of `u`
             }
@@ -1308,6 +1354,7 @@ mod tests {
                 drop(p);
             }
             wait_for_no_temp_queues(&broker).await;
+            assert!(advisories.snapshot_is_empty());
         }
     }
 
