@@ -573,7 +573,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let value = match h.name.as_str() {
                 // Stored in the core's form (queue://x); STOMP clients expect /queue/x.
                 "original-destination" => Destination::parse(&h.value)
-                    .map(|d| stomp_destination(&d))
+                    .map(|d| state.temps.to_stomp(&d))
                     .unwrap_or_else(|_| h.value.clone()),
                 REPLY_TO_HEADER => state.temps.reply_to_stomp(&h.value),
                 _ => h.value.clone(),
