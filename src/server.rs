@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::broker::{Broker, BrokerOptions, ConfirmLater};
 use crate::config::{Config, ConnectorScheme};
-use crate::protocol::openwire::session::{self as openwire, OpenWireOptions};
+use crate::protocol::openwire::session::{self as openwire, OpenWireOptions, TempDestinations};
 use crate::protocol::stomp::session::{self as stomp, StompOptions};
 use crate::protocol::{detect, Detected};
 use crate::store::{Recovered, Store, StoreOptions};
@@ -63,6 +63,7 @@ type BindFailures = Arc<std::sync::Mutex<BTreeMap<SocketAddr, String>>>;
 
 impl Listeners {
     pub async fn bind(config: &Config, mode: Mode) -> anyhow::Result<Listeners> {
+        let temps = Arc::new(TempDestinations::default());
         let stomp_options = Arc::new(StompOptions {
             max_frame_size: config.broker.max_frame_size as usize,
             users: config
@@ -72,12 +73,16 @@ impl Listeners {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             connect_timeout: DETECT_TIMEOUT,
+            temps: temps.clone(),
         });
-        let openwire_options = Arc::new(OpenWireOptions::new(
+        let mut openwire_options = OpenWireOptions::new(
             config.broker.max_frame_size as usize,
             stomp_options.users.clone(),
             &config.broker.name,
-        ));
+        );
+        // JMS clients hear of STOMP clients' temporary destinations too.
+        openwire_options.temps = temps;
+        let openwire_options = Arc::new(openwire_options);
         let (mode_tx, _) = watch::channel(mode);
         let bind_failures = BindFailures::default();
         let mut addresses = Vec::new();

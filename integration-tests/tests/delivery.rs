@@ -810,3 +810,66 @@ fn a_virtual_topic_copies_each_message_to_every_consumer_queue() -> Result<()> {
     }
     Ok(())
 }
+
+/// ActiveMQ's `/temp-queue/NAME` is the connection's own temporary queue: two clients that
+/// both use `/temp-queue/replies` as `reply-to` each get exactly their own replies. The
+/// responder sees `/remote-temp-queue/ID:...` and answers there; the owner sees the reply on
+/// `/temp-queue/replies`.
+#[test]
+fn two_clients_with_the_same_temp_queue_name_get_their_own_replies() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), "")?;
+    let mut responder = broker.client()?;
+    responder.subscribe("r", "/queue/requests", &[])?;
+    let mut a = broker.client()?;
+    let mut b = broker.client()?;
+    for (client, name) in [(&mut a, "a"), (&mut b, "b")] {
+        client.subscribe("replies", "/temp-queue/replies", &[])?;
+        for n in 1..=2 {
+            client.send(
+                "/queue/requests",
+                format!("{name}{n}").as_bytes(),
+                &[("reply-to", "/temp-queue/replies")],
+            )?;
+        }
+    }
+    // Replies in the order a1, a2, b1, b2: shared by two consumers, each would get one of
+    // each client's.
+    let mut reply_tos = BTreeSet::new();
+    for m in responder.recv_until(b"b2", FRAME_TIMEOUT)? {
+        let reply_to = m.get("reply-to").context("no reply-to")?.to_string();
+        ensure!(
+            reply_to.starts_with("/remote-temp-queue/ID:"),
+            "another connection's temporary queue: {m:?}"
+        );
+        reply_tos.insert(reply_to.clone());
+        responder.send(
+            &reply_to,
+            format!("reply to {}", m.text()).as_bytes(),
+            &[("persistent", "true")],
+        )?;
+    }
+    assert_eq!(
+        reply_tos.len(),
+        2,
+        "one temporary queue per client: {reply_tos:?}"
+    );
+    for (client, name) in [(&mut a, "a"), (&mut b, "b")] {
+        let got = client.recv_until(format!("reply to {name}2").as_bytes(), FRAME_TIMEOUT)?;
+        assert_eq!(
+            bodies(&got),
+            [format!("reply to {name}1"), format!("reply to {name}2")],
+            "client {name} gets exactly its own replies"
+        );
+        for m in &got {
+            assert_eq!(m.get("destination"), Some("/temp-queue/replies"));
+        }
+        ensure!(
+            client
+                .try_recv_message(Duration::from_millis(200))?
+                .is_none(),
+            "client {name} got another client's reply"
+        );
+    }
+    Ok(())
+}

@@ -407,11 +407,18 @@ fn persistent_sends_to_a_temporary_queue_are_not_stored() -> Result<()> {
     let mut producer = broker.client()?;
     producer.send_persistent("/temp-queue/replies", b"reply")?;
     producer.send_persistent("/queue/kept", b"kept")?;
-    assert_eq!(broker.remaining_bodies("/temp-queue/replies")?, ["reply"]);
+    // `/temp-queue/replies` is the producer's own; other connections reach it by the name a
+    // `reply-to` gives them, `/remote-temp-queue/ID:...`.
+    producer.send("/queue/names", b"", &[("reply-to", "/temp-queue/replies")])?;
+    let mut reader = broker.client()?;
+    reader.subscribe("names", "/queue/names", &[])?;
+    let named = reader.recv_message(FRAME_TIMEOUT)?;
+    let replies = named.get("reply-to").context("no reply-to")?.to_string();
+    assert_eq!(broker.remaining_bodies(&replies)?, ["reply"]);
     producer.send_persistent("/temp-queue/replies", b"lost with the broker")?;
     broker.kill9();
     broker.restart()?;
     assert_eq!(broker.remaining_bodies("/queue/kept")?, ["kept"]);
-    assert!(broker.remaining_bodies("/temp-queue/replies")?.is_empty());
+    assert!(broker.remaining_bodies(&replies)?.is_empty());
     Ok(())
 }

@@ -8,7 +8,7 @@ use ferromq_integration_tests::{run_cli, run_with_timeout, workspace_root, Broke
 
 /// Whether `python3` with the `stomp` module is available. Outside CI a missing one skips the
 /// test (with a message); under CI (`$CI` set) it fails it.
-fn stomp_py_available() -> Result<bool> {
+fn stomp_py_available(test: &str) -> Result<bool> {
     let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
     let problem = match Command::new("python3")
         .args(["-c", "import stomp"])
@@ -27,7 +27,7 @@ fn stomp_py_available() -> Result<bool> {
     if ci {
         bail!("{problem}; CI must have it");
     }
-    eprintln!("SKIPPED stomp_py_client_round_trip: {problem}");
+    eprintln!("SKIPPED {test}: {problem}");
     Ok(false)
 }
 
@@ -35,12 +35,29 @@ fn stomp_py_available() -> Result<bool> {
 /// client-individual acks (see `python/stomp_py_roundtrip.py`).
 #[test]
 fn stomp_py_client_round_trip() -> Result<()> {
-    if !stomp_py_available()? {
+    if !stomp_py_available("stomp_py_client_round_trip")? {
         return Ok(());
     }
+    run_stomp_py("stomp_py_roundtrip.py")
+}
+
+/// Two stomp.py clients use `/temp-queue/replies` as `reply-to`; each gets exactly its own
+/// replies (ActiveMQ's per-connection temporary queues; see `python/stomp_py_temp_queue.py`).
+#[test]
+fn stomp_py_temp_queue_replies_are_per_connection() -> Result<()> {
+    if !stomp_py_available("stomp_py_temp_queue_replies_are_per_connection")? {
+        return Ok(());
+    }
+    run_stomp_py("stomp_py_temp_queue.py")
+}
+
+/// Runs `integration-tests/python/<script> HOST PORT` against a fresh broker; it must exit 0.
+fn run_stomp_py(script: &str) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let broker = BrokerProcess::start(dir.path(), "")?;
-    let script = workspace_root().join("integration-tests/python/stomp_py_roundtrip.py");
+    let script = workspace_root()
+        .join("integration-tests/python")
+        .join(script);
     let mut command = Command::new("python3");
     command
         .arg(&script)

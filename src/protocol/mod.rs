@@ -12,13 +12,17 @@ pub(crate) mod write;
 /// A destination named in a header, as STOMP writes it and as the core keeps it: ActiveMQ's
 /// printed form (`queue://x`, `temp-queue://x`), which is what a JMS selector on JMSReplyTo
 /// compares with.
+///
+/// A temporary destination is written back as ActiveMQ writes one that the reading connection
+/// did not create: `/remote-temp-queue/ID:...`. The STOMP session maps its own
+/// `/temp-queue/NAME` to and from its `ID:...` names before these forms apply.
 const DESTINATION_FORMS: [(&str, &str); 6] = [
     ("/queue/", "queue://"),
     ("/topic/", "topic://"),
-    ("/temp-queue/", "temp-queue://"),
-    ("/temp-topic/", "temp-topic://"),
     ("/remote-temp-queue/", "temp-queue://"),
     ("/remote-temp-topic/", "temp-topic://"),
+    ("/temp-queue/", "temp-queue://"),
+    ("/temp-topic/", "temp-topic://"),
 ];
 
 /// `/queue/x` → `queue://x` (other text unchanged).
@@ -29,7 +33,7 @@ pub(crate) fn destination_to_core(stomp: &str) -> String {
         .unwrap_or_else(|| stomp.to_string())
 }
 
-/// `queue://x` → `/queue/x` (other text unchanged).
+/// `queue://x` → `/queue/x`, `temp-queue://x` → `/remote-temp-queue/x` (other text unchanged).
 pub(crate) fn destination_to_stomp(core: &str) -> String {
     DESTINATION_FORMS[..4]
         .iter()

@@ -52,8 +52,9 @@ pub struct OpenWireOptions {
     /// Live connections by connection id, so a failover client's replay replaces its stale
     /// connection.
     pub connections: Registry,
-    /// Temporary destinations of this node's connections, announced on advisory topics.
-    pub temps: TempDestinations,
+    /// Temporary destinations of this node's connections, announced on advisory topics
+    /// (shared with the STOMP listener, whose clients make temporary destinations too).
+    pub temps: Arc<TempDestinations>,
 }
 
 impl OpenWireOptions {
@@ -65,7 +66,7 @@ impl OpenWireOptions {
             broker_name: broker_name.to_string(),
             max_inactivity: Duration::from_secs(30),
             connections: Registry::default(),
-            temps: TempDestinations::default(),
+            temps: Arc::default(),
         }
     }
 }
@@ -73,7 +74,7 @@ impl OpenWireOptions {
 /// The temporary destinations live on this node. A JMS client learns them from advisory
 /// messages (`ActiveMQ.Advisory.TempQueue`, `ActiveMQ.Advisory.TempTopic`) and refuses to send
 /// to a temporary destination it has not heard of, so every connection with an advisory
-/// consumer is told of each one created or deleted.
+/// consumer is told of each one created or deleted, whichever protocol's connection made it.
 #[derive(Debug)]
 pub struct TempDestinations {
     live: Mutex<HashMap<OwDestination, String>>,
@@ -101,7 +102,7 @@ impl TempDestinations {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn add(&self, destination: OwDestination, connection_id: &str) {
+    pub(crate) fn add(&self, destination: OwDestination, connection_id: &str) {
         self.lock()
             .insert(destination.clone(), connection_id.to_string());
         let _ = self.events.send(TempEvent {
@@ -111,7 +112,7 @@ impl TempDestinations {
         });
     }
 
-    fn remove(&self, destination: &OwDestination) {
+    pub(crate) fn remove(&self, destination: &OwDestination) {
         if let Some(connection_id) = self.lock().remove(destination) {
             let _ = self.events.send(TempEvent {
                 destination: destination.clone(),
@@ -119,6 +120,17 @@ impl TempDestinations {
                 added: false,
             });
         }
+    }
+
+    /// The connection that made `destination`, while it lives.
+    #[cfg(test)]
+    pub(crate) fn owner(&self, destination: &OwDestination) -> Option<String> {
+        self.lock().get(destination).cloned()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn snapshot_is_empty(&self) -> bool {
+        self.lock().is_empty()
     }
 
     fn snapshot(&self) -> Vec<TempEvent> {

@@ -20,6 +20,8 @@ use crate::broker::{
     AckScope, BodyType, Broker, BrokerError, Confirmation, Delivery, Destination, Header,
     NewMessage, Session, SubscribeRequest, JMS_TYPE_HEADER, REPLY_TO_HEADER,
 };
+use crate::protocol::openwire::session::TempDestinations;
+use crate::protocol::openwire::{Destination as OwDestination, DestinationKind};
 use crate::protocol::write::{flush, Unwritten};
 use crate::protocol::{destination_to_core, destination_to_stomp};
 
@@ -31,6 +33,9 @@ pub struct StompOptions {
     pub users: HashMap<String, String>,
     /// How long a client may take to send its CONNECT frame.
     pub connect_timeout: Duration,
+    /// The node's temporary destinations (shared with the OpenWire listener): JMS clients hear
+    /// of a STOMP client's on the advisory topics, and send replies to it only then.
+    pub temps: Arc<TempDestinations>,
 }
 
 /// Default prefetch windows, ActiveMQ's.
@@ -118,7 +123,8 @@ pub async fn serve<S>(
     };
     match connection.handshake(&broker).await {
         Ok(Some((session, deliveries, heartbeat))) => {
-            connection.run(session, deliveries, heartbeat).await
+            let temps = Temps::new(broker.clone(), connection.options.temps.clone());
+            connection.run(session, deliveries, heartbeat, temps).await
         }
         Ok(None) => {}
         Err(fatal) => connection.fail(fatal).await,
@@ -307,6 +313,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         session: Session,
         mut deliveries: mpsc::UnboundedReceiver<Delivery>,
         heartbeat: Heartbeat,
+        temps: Temps,
     ) {
         let mut state = State {
             session,
@@ -315,6 +322,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             awaiting: VecDeque::new(),
             auto_acks: HashMap::new(),
             version: self.version,
+            temps,
         };
         // Producer flow control: see `Session::hold_back`.
         let gate = state.session.memory_gate();
@@ -420,7 +428,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let _ = self.stream.shutdown().await;
         }
         tracing::debug!(peer = %self.peer, "STOMP session closed");
-        // Dropping the session returns unacknowledged messages to their queues.
+        // Dropping the session returns unacknowledged messages to their queues; then (`State`
+        // drops `temps` after `session`) the connection's temporary destinations are deleted.
     }
 
     /// Handles every whole frame in the input buffer.
@@ -539,8 +548,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let ack = subscription.ack;
         let message = &delivery.message;
         let destination = Destination::parse(&message.destination)
-            .map(|d| stomp_destination(&d))
-            .unwrap_or_else(|_| stomp_destination(&delivery.destination));
+            .map(|d| state.temps.to_stomp(&d))
+            .unwrap_or_else(|_| state.temps.to_stomp(&delivery.destination));
         let mut out = Frame::new(Command::Message)
             .header("subscription", delivery.subscription.clone())
             .header("message-id", message.message_id.clone())
@@ -564,9 +573,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let value = match h.name.as_str() {
                 // Stored in the core's form (queue://x); STOMP clients expect /queue/x.
                 "original-destination" => Destination::parse(&h.value)
-                    .map(|d| stomp_destination(&d))
+                    .map(|d| state.temps.to_stomp(&d))
                     .unwrap_or_else(|_| h.value.clone()),
-                REPLY_TO_HEADER => destination_to_stomp(&h.value),
+                REPLY_TO_HEADER => state.temps.reply_to_stomp(&h.value),
                 _ => h.value.clone(),
             };
             let name = match h.name.as_str() {
@@ -613,17 +622,167 @@ struct State {
     /// Auto-ack subscriptions written to since the last flush -> their last tag written.
     auto_acks: HashMap<String, u64>,
     version: Version,
+    /// Declared after `session`, so dropped after it: by then the connection's consumers of
+    /// its temporary destinations are gone and the destinations can be deleted.
+    temps: Temps,
+}
+
+/// This connection's temporary destinations, ActiveMQ's `/temp-queue/NAME` and
+/// `/temp-topic/NAME`: each NAME is a destination of its own, named after the connection
+/// (`ID:<connection id>:<n>`), as a JMS client names its `TemporaryQueue`. Other connections
+/// see it as `/remote-temp-queue/ID:...` (`/remote-temp-topic/ID:...`) and may send there.
+/// Dropping this deletes them from the core, as a closing OpenWire connection deletes its own.
+struct Temps {
+    broker: Broker,
+    /// Where JMS clients learn of them (ActiveMQ's STOMP connection sends a `DestinationInfo`
+    /// for each, which the broker announces on its advisory topics).
+    advisories: Arc<TempDestinations>,
+    connection_id: String,
+    /// (topic?, NAME) -> `ID:...`.
+    by_name: HashMap<(bool, String), String>,
+    /// (topic?, `ID:...`) -> `/temp-queue/NAME` or `/temp-topic/NAME`.
+    by_id: HashMap<(bool, String), String>,
+}
+
+impl Temps {
+    fn new(broker: Broker, advisories: Arc<TempDestinations>) -> Temps {
+        Temps {
+            broker,
+            advisories,
+            // ActiveMQ's connection ids look like `ID:host-port-time-n:m`; a random part keeps
+            // ours unique across connections, restarts and nodes.
+            connection_id: format!("ID:ferromq-stomp-{:016x}:1", rand::random::<u64>()),
+            by_name: HashMap::new(),
+            by_id: HashMap::new(),
+        }
+    }
+
+    /// The `ID:...` name of this connection's `/temp-queue/NAME` (`topic`: `/temp-topic/`),
+    /// made on first use.
+    fn id_of(&mut self, topic: bool, name: &str) -> String {
+        if let Some(id) = self.by_name.get(&(topic, name.to_string())) {
+            return id.clone();
+        }
+        let id = format!("{}:{}", self.connection_id, self.by_name.len() + 1);
+        let prefix = if topic {
+            "/temp-topic/"
+        } else {
+            "/temp-queue/"
+        };
+        self.by_name.insert((topic, name.to_string()), id.clone());
+        self.by_id
+            .insert((topic, id.clone()), format!("{prefix}{name}"));
+        self.advisories
+            .add(advisory_destination(topic, &id), &self.connection_id);
+        id
+    }
+
+    /// A STOMP destination as the core knows it, and whether it is temporary (its messages are
+    /// then never stored).
+    fn resolve(&mut self, text: &str) -> Result<(Destination, bool), BrokerError> {
+        let temporary = [
+            ("/temp-queue/", false, true),
+            ("/temp-topic/", true, true),
+            ("/remote-temp-queue/", false, false),
+            ("/remote-temp-topic/", true, false),
+        ]
+        .into_iter()
+        .find_map(|(prefix, topic, own)| text.strip_prefix(prefix).map(|n| (topic, own, n)));
+        let Some((topic, own, name)) = temporary else {
+            return Ok((Destination::parse(text)?, false));
+        };
+        if name.is_empty() || name.contains(['\n', '\0']) {
+            return Err(BrokerError::InvalidDestination(text.to_string()));
+        }
+        let name = if own {
+            self.id_of(topic, name)
+        } else {
+            name.to_string()
+        };
+        let destination = if topic {
+            Destination::Topic(name)
+        } else {
+            Destination::Queue(name)
+        };
+        Ok((destination, true))
+    }
+
+    /// A SEND's `reply-to` in the core's form: this connection's `/temp-queue/NAME` becomes
+    /// `temp-queue://ID:...`, which another connection reads as `/remote-temp-queue/ID:...`.
+    fn reply_to_core(&mut self, text: &str) -> String {
+        for (prefix, topic, core) in [
+            ("/temp-queue/", false, "temp-queue://"),
+            ("/temp-topic/", true, "temp-topic://"),
+        ] {
+            if let Some(name) = text.strip_prefix(prefix).filter(|n| !n.is_empty()) {
+                return format!("{core}{}", self.id_of(topic, name));
+            }
+        }
+        destination_to_core(text)
+    }
+
+    /// A stored `reply-to` as this connection reads it: its own temporary destinations by
+    /// their NAME, others' as `/remote-temp-queue/ID:...`.
+    fn reply_to_stomp(&self, core: &str) -> String {
+        for (prefix, topic) in [("temp-queue://", false), ("temp-topic://", true)] {
+            if let Some(id) = core.strip_prefix(prefix) {
+                if let Some(own) = self.by_id.get(&(topic, id.to_string())) {
+                    return own.clone();
+                }
+            }
+        }
+        destination_to_stomp(core)
+    }
+
+    /// A MESSAGE's `destination`: this connection's temporary destinations by their NAME,
+    /// another connection's (a JMS `TemporaryQueue` included: the core, like ActiveMQ, knows
+    /// them by their `ID:` names) as `/remote-temp-queue/ID:...`.
+    fn to_stomp(&self, d: &Destination) -> String {
+        let topic = matches!(d, Destination::Topic(_));
+        if let Some(own) = self.by_id.get(&(topic, d.name().to_string())) {
+            return own.clone();
+        }
+        match d {
+            Destination::Queue(n) if n.starts_with("ID:") => format!("/remote-temp-queue/{n}"),
+            Destination::Topic(n) if n.starts_with("ID:") => format!("/remote-temp-topic/{n}"),
+            _ => stomp_destination(d),
+        }
+    }
+}
+
+/// A temporary destination as the advisory topics name it.
+fn advisory_destination(topic: bool, id: &str) -> OwDestination {
+    OwDestination {
+        kind: if topic {
+            DestinationKind::TempTopic
+        } else {
+            DestinationKind::TempQueue
+        },
+        physical_name: Some(id.to_string()),
+    }
+}
+
+impl Drop for Temps {
+    fn drop(&mut self) {
+        for (topic, id) in self.by_id.keys() {
+            self.advisories.remove(&advisory_destination(*topic, id));
+            let destination = if *topic {
+                Destination::Topic(id.clone())
+            } else {
+                Destination::Queue(id.clone())
+            };
+            self.broker.delete_destination(&destination);
+        }
+    }
 }
 
 impl State {
     fn send(&mut self, frame: &Frame) -> Result<Confirmation, Fatal> {
         let destination_text = required(frame, "destination")?;
-        let destination = Destination::parse(destination_text)?;
+        let (destination, temporary) = self.temps.resolve(destination_text)?;
         // As in ActiveMQ, messages to temporary destinations are never stored: they live as
         // long as the connection that made the destination, and a stored one would outlive it
         // on disk (and keep its journal segment) with nobody left to consume it.
-        let temporary = destination_text.starts_with("/temp-queue/")
-            || destination_text.starts_with("/temp-topic/");
         let persistent = frame.get("persistent") == Some("true") && !temporary;
         let expiration = match frame.get("expires") {
             None => 0,
@@ -647,7 +806,7 @@ impl State {
             };
             if !RESERVED_SEND_HEADERS.contains(&name) && !headers.iter().any(|h| h.name == name) {
                 let value = match name {
-                    REPLY_TO_HEADER => destination_to_core(value),
+                    REPLY_TO_HEADER => self.temps.reply_to_core(value),
                     _ => value.clone(),
                 };
                 headers.push(Header::text(name, value));
@@ -683,7 +842,7 @@ impl State {
 
     fn subscribe(&mut self, frame: &Frame) -> Result<Confirmation, Fatal> {
         let destination_text = required(frame, "destination")?;
-        let destination = Destination::parse(destination_text)?;
+        let (destination, _) = self.temps.resolve(destination_text)?;
         let id = match (frame.get("id"), self.version) {
             (Some(id), _) => id.to_string(),
             (None, Version::V1_0) => destination_text.to_string(),
@@ -846,11 +1005,17 @@ mod tests {
 
     impl Peer {
         fn start(broker: &Broker, capacity: usize) -> Peer {
+            Peer::start_sharing(broker, capacity, Arc::default())
+        }
+
+        /// As [`Peer::start`], announcing temporary destinations on `temps`.
+        fn start_sharing(broker: &Broker, capacity: usize, temps: Arc<TempDestinations>) -> Peer {
             let (client, server) = tokio::io::duplex(capacity);
             let options = Arc::new(StompOptions {
                 max_frame_size: 1 << 20,
                 users: HashMap::new(),
                 connect_timeout: Duration::from_secs(5),
+                temps,
             });
             let broker = broker.clone();
             let peer = "127.0.0.1:1".parse().unwrap();
@@ -1045,6 +1210,204 @@ mod tests {
         let message = p.next_frame().await;
         assert_eq!(&message.body[..], b"yes");
         assert_eq!(message.get("reply-to"), Some("/queue/replies"));
+    }
+
+    /// ActiveMQ's `/temp-queue/NAME` is the connection's own: two clients that both use
+    /// `/temp-queue/replies` as `reply-to` each get their own replies. A responder sees
+    /// `/remote-temp-queue/ID:...` and can send there; the owner sees `/temp-queue/replies`.
+    #[tokio::test]
+    async fn each_connection_has_its_own_temp_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        let (mut responder, _) = Peer::connect(&broker, "1.2", "").await;
+        responder
+            .write("SUBSCRIBE\nid:r\ndestination:/queue/requests\nreceipt:s\n\n\0")
+            .await;
+        responder.frames_until(is_receipt("s")).await;
+        let mut clients = Vec::new();
+        for name in ["a", "b"] {
+            let (mut c, _) = Peer::connect(&broker, "1.2", "").await;
+            c.write(&format!(
+                "SUBSCRIBE\nid:1\ndestination:/temp-queue/replies\nreceipt:s\n\n\0\
+                 SEND\ndestination:/queue/requests\nreply-to:/temp-queue/replies\n\n{name}\0"
+            ))
+            .await;
+            c.frames_until(is_receipt("s")).await;
+            clients.push(c);
+        }
+        let mut reply_tos = Vec::new();
+        for _ in 0..2 {
+            let request = responder.next_frame().await;
+            let reply_to = request.get("reply-to").unwrap().to_string();
+            assert!(reply_to.starts_with("/remote-temp-queue/ID:"), "{reply_to}");
+            let body = String::from_utf8_lossy(&request.body).into_owned();
+            responder
+                .write(&format!(
+                    "SEND\ndestination:{reply_to}\npersistent:true\n\nfor {body}\0"
+                ))
+                .await;
+            reply_tos.push(reply_to);
+        }
+        assert_ne!(reply_tos[0], reply_tos[1]);
+        for (c, name) in clients.iter_mut().zip(["a", "b"]) {
+            let reply = c.next_frame().await;
+            assert_eq!(String::from_utf8_lossy(&reply.body), format!("for {name}"));
+            assert_eq!(reply.get("destination"), Some("/temp-queue/replies"));
+            assert_eq!(reply.get("persistent"), None, "never stored");
+        }
+        // Nothing else arrives: a sentinel on each client's own queue comes next.
+        for c in &mut clients {
+            c.write("SEND\ndestination:/temp-queue/replies\n\nend\0")
+                .await;
+            assert_eq!(&c.next_frame().await.body[..], b"end");
+        }
+    }
+
+    /// A MESSAGE's `reply-to` naming the reader's own temporary queue reads as it was written;
+    /// a temporary topic works the same way.
+    #[tokio::test]
+    async fn the_owner_reads_its_temp_destinations_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        let (mut p, _) = Peer::connect(&broker, "1.2", "").await;
+        p.write("SUBSCRIBE\nid:1\ndestination:/temp-topic/events\nreceipt:s\n\n\0")
+            .await;
+        p.frames_until(is_receipt("s")).await;
+        p.write("SEND\ndestination:/temp-topic/events\nreply-to:/temp-queue/replies\n\nx\0")
+            .await;
+        let m = p.next_frame().await;
+        assert_eq!(m.get("destination"), Some("/temp-topic/events"));
+        assert_eq!(m.get("reply-to"), Some("/temp-queue/replies"));
+        // Another connection's `/temp-topic/events` is another topic.
+        let (mut other, _) = Peer::connect(&broker, "1.2", "").await;
+        other
+            .write("SEND\ndestination:/temp-topic/events\nreceipt:r\n\nnot yours\0")
+            .await;
+        other.frames_until(is_receipt("r")).await;
+        p.write("SEND\ndestination:/temp-topic/events\n\nmine\0")
+            .await;
+        assert_eq!(&p.next_frame().await.body[..], b"mine");
+    }
+
+    fn temp_queues(broker: &Broker) -> Vec<(String, usize)> {
+        broker
+            .queue_stats()
+            .into_iter()
+            .filter(|q| q.name.starts_with("queue://ID:"))
+            .map(|q| (q.name, q.ready))
+            .collect()
+    }
+
+    async fn wait_for_no_temp_queues(broker: &Broker) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !temp_queues(broker).is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}",
+                temp_queues(broker)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A connection's temporary destinations, and the messages waiting on them, go when it
+    /// ends, cleanly or not.
+    #[tokio::test]
+    async fn temp_destinations_are_deleted_when_their_connection_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        let advisories = Arc::new(TempDestinations::default());
+        for clean in [true, false] {
+            let mut p = Peer::start_sharing(&broker, 1 << 20, advisories.clone());
+            p.write("CONNECT\naccept-version:1.2\n\n\0").await;
+            assert_eq!(p.next_frame().await.command, Command::Connected);
+            p.write(concat!(
+                "SEND\ndestination:/temp-queue/waiting\n\nw\0",
+                "SUBSCRIBE\nid:1\ndestination:/temp-queue/used\nack:client\n\n\0",
+                "SEND\ndestination:/temp-queue/used\nreceipt:r\n\nu\0",
+            ))
+            .await;
+            let frames = p.frames_until(is_receipt("r")).await;
+            let mut queues = temp_queues(&broker);
+            queues.sort();
+            assert_eq!(queues.len(), 2, "{queues:?}");
+            // JMS clients hear of them on the advisory topics, as made by one connection.
+            let owners: Vec<Option<String>> = queues
+                .iter()
+                .map(|(name, _)| {
+                    let id = name.strip_prefix("queue://").unwrap();
+                    advisories.owner(&advisory_destination(false, id))
+                })
+                .collect();
+            assert!(owners[0].is_some(), "{owners:?}");
+            assert_eq!(owners[0], owners[1]);
+            assert!(queues[0]
+                .0
+                .starts_with(&format!("queue://{}:", owners[0].as_ref().unwrap())));
+            if !frames.iter().any(|f| f.command == Command::Message) {
+                p.next_frame().await; // the unacknowledged delivery of `u`
+            }
+            if clean {
+                p.write("DISCONNECT\nreceipt:bye\n\n\0").await;
+                p.frames_until(is_receipt("bye")).await;
+            } else {
+                drop(p);
+            }
+            wait_for_no_temp_queues(&broker).await;
+            assert!(advisories.snapshot_is_empty());
+        }
+    }
+
+    /// A JMS client's `TemporaryQueue` as `reply-to` (stored as `temp-queue://ID:...`, as the
+    /// OpenWire session stores it) reaches a STOMP responder as `/remote-temp-queue/ID:...`,
+    /// and a reply sent there reaches the JMS client's queue, never stored.
+    #[tokio::test]
+    async fn a_jms_temporary_queue_reply_to_reaches_its_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        let (mut responder, _) = Peer::connect(&broker, "1.2", "").await;
+        responder
+            .write("SUBSCRIBE\nid:r\ndestination:/queue/requests\nreceipt:s\n\n\0")
+            .await;
+        responder.frames_until(is_receipt("s")).await;
+        let (jms, mut jms_deliveries) = broker.open_session(None);
+        let temp = Destination::Queue("ID:jms-host-1-2:1:1".into());
+        jms.subscribe(SubscribeRequest {
+            id: "replies".into(),
+            destination: temp.clone(),
+            prefetch: 10,
+            durable_name: None,
+            selector: None,
+            exclusive: false,
+        })
+        .unwrap()
+        .await
+        .unwrap();
+        let request = NewMessage {
+            headers: vec![Header::text(
+                REPLY_TO_HEADER,
+                "temp-queue://ID:jms-host-1-2:1:1",
+            )],
+            body: b"request".to_vec().into(),
+            ..Default::default()
+        };
+        let sent = jms.send(&Destination::Queue("requests".into()), request, None);
+        sent.unwrap().await.unwrap();
+        let m = responder.next_frame().await;
+        let reply_to = m.get("reply-to").unwrap().to_string();
+        assert_eq!(reply_to, "/remote-temp-queue/ID:jms-host-1-2:1:1");
+        responder
+            .write(&format!(
+                "SEND\ndestination:{reply_to}\npersistent:true\n\nreply\0"
+            ))
+            .await;
+        let reply = tokio::time::timeout(Duration::from_secs(10), jms_deliveries.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&reply.message.body[..], b"reply");
+        assert_eq!(reply.destination, temp);
+        assert!(!reply.message.persistent);
     }
 
     /// A heart-beat period past any sensible value is bounded (a day), not overflowed.
