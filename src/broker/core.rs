@@ -374,6 +374,19 @@ impl Core {
         Ok(core)
     }
 
+    /// Journals a new durable subscription (or virtual topic consumer queue) and registers it;
+    /// the confirmation resolves once its record is confirmed.
+    fn record_subscription(
+        &mut self,
+        subscription: SubscriptionAdd,
+    ) -> Result<Confirmation, BrokerError> {
+        self.append(vec![crate::store::Entry {
+            kind: Some(entry::Kind::Subscribe(subscription.clone())),
+        }])?;
+        self.register_durable(subscription);
+        Ok(self.flush())
+    }
+
     /// Registers a stored subscription: a durable topic subscription, or a virtual topic's
     /// consumer queue (see [`is_virtual_subscription`]), which its topic feeds the same way but
     /// which is an ordinary queue to its consumers: none of the durable rules (one active
@@ -1048,11 +1061,7 @@ impl Core {
                             selector: selector_text.clone(),
                             queue: queue.clone(),
                         };
-                        self.append(vec![crate::store::Entry {
-                            kind: Some(entry::Kind::Subscribe(subscription.clone())),
-                        }])?;
-                        self.register_durable(subscription);
-                        confirmation = self.flush();
+                        confirmation = self.record_subscription(subscription)?;
                     }
                 }
                 Source::Queue(queue)
@@ -1073,11 +1082,7 @@ impl Core {
                             selector: String::new(),
                             queue: queue.clone(),
                         };
-                        self.append(vec![crate::store::Entry {
-                            kind: Some(entry::Kind::Subscribe(subscription.clone())),
-                        }])?;
-                        self.register_durable(subscription);
-                        confirmation = self.flush();
+                        confirmation = self.record_subscription(subscription)?;
                     }
                 }
                 Source::Queue(queue)

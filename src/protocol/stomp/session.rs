@@ -1212,6 +1212,16 @@ mod tests {
         assert_eq!(message.get("reply-to"), Some("/queue/replies"));
     }
 
+    /// A STOMP 1.2 client subscribed (receipted) to `/queue/requests`.
+    async fn responder_on_requests(broker: &Broker) -> Peer {
+        let (mut responder, _) = Peer::connect(broker, "1.2", "").await;
+        responder
+            .write("SUBSCRIBE\nid:r\ndestination:/queue/requests\nreceipt:s\n\n\0")
+            .await;
+        responder.frames_until(is_receipt("s")).await;
+        responder
+    }
+
     /// ActiveMQ's `/temp-queue/NAME` is the connection's own: two clients that both use
     /// `/temp-queue/replies` as `reply-to` each get their own replies. A responder sees
     /// `/remote-temp-queue/ID:...` and can send there; the owner sees `/temp-queue/replies`.
@@ -1219,11 +1229,7 @@ mod tests {
     async fn each_connection_has_its_own_temp_queue() {
         let dir = tempfile::tempdir().unwrap();
         let broker = Broker::start_for_tests(dir.path(), Default::default());
-        let (mut responder, _) = Peer::connect(&broker, "1.2", "").await;
-        responder
-            .write("SUBSCRIBE\nid:r\ndestination:/queue/requests\nreceipt:s\n\n\0")
-            .await;
-        responder.frames_until(is_receipt("s")).await;
+        let mut responder = responder_on_requests(&broker).await;
         let mut clients = Vec::new();
         for name in ["a", "b"] {
             let (mut c, _) = Peer::connect(&broker, "1.2", "").await;
@@ -1365,11 +1371,7 @@ mod tests {
     async fn a_jms_temporary_queue_reply_to_reaches_its_queue() {
         let dir = tempfile::tempdir().unwrap();
         let broker = Broker::start_for_tests(dir.path(), Default::default());
-        let (mut responder, _) = Peer::connect(&broker, "1.2", "").await;
-        responder
-            .write("SUBSCRIBE\nid:r\ndestination:/queue/requests\nreceipt:s\n\n\0")
-            .await;
-        responder.frames_until(is_receipt("s")).await;
+        let mut responder = responder_on_requests(&broker).await;
         let (jms, mut jms_deliveries) = broker.open_session(None);
         let temp = Destination::Queue("ID:jms-host-1-2:1:1".into());
         jms.subscribe(SubscribeRequest {
