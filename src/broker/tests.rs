@@ -105,8 +105,7 @@ async fn confirmed_send_is_delivered_and_acked_once() {
         .unwrap()
         .await
         .unwrap();
-    let (consumer, mut rx) = f.broker.open_session(None);
-    subscribe(&consumer, "s", queue("q"), 10);
+    let (consumer, mut rx) = consumer_on_q(&f, 10);
     let d = next(&mut rx).await;
     assert_eq!(body(&d), "a");
     assert_eq!(d.redelivery_count, 0);
@@ -144,10 +143,8 @@ async fn messages_survive_a_restart_until_acknowledged() {
 #[tokio::test]
 async fn a_stuck_consumer_holds_only_its_prefetch() {
     let f = fixture(BrokerOptions::default()).await;
-    let (stuck, mut stuck_rx) = f.broker.open_session(None);
-    subscribe(&stuck, "s", queue("q"), 3);
-    let (fast, mut fast_rx) = f.broker.open_session(None);
-    subscribe(&fast, "s", queue("q"), 1);
+    let (_stuck, mut stuck_rx) = consumer_on_q(&f, 3);
+    let (fast, mut fast_rx) = consumer_on_q(&f, 1);
     let (producer, _) = f.broker.open_session(None);
     for i in 0..20 {
         producer
@@ -211,8 +208,7 @@ async fn a_transaction_is_all_or_nothing() {
     s.commit("t2").unwrap().await.unwrap();
     assert_eq!(f.broker.queue_depth("queue://q"), 2);
     // A transacted ack rolled back makes the message deliverable again.
-    let (c, mut rx) = f.broker.open_session(None);
-    subscribe(&c, "s", queue("q"), 1);
+    let (c, mut rx) = consumer_on_q(&f, 1);
     let d = next(&mut rx).await;
     assert_eq!(body(&d), "x");
     c.begin("t3").unwrap();
@@ -1017,8 +1013,7 @@ async fn non_persistent_bodies_at_the_memory_limit_hold_back_their_senders_until
         let gate = gate.clone();
         async move { gate.room().await }
     });
-    let (consumer, mut rx) = f.broker.open_session(None);
-    subscribe(&consumer, "s", queue("q"), 1);
+    let (consumer, mut rx) = consumer_on_q(&f, 1);
     consumer.send(&queue("q"), transient(4), None).unwrap();
     assert!(
         !consumer.hold_back(),
@@ -1173,8 +1168,7 @@ async fn a_connection_closed_with_an_open_transaction_counts_one_redelivery() {
     session.begin("t").unwrap();
     session.ack(d.tag, AckScope::Single, Some("t")).unwrap();
     drop(session);
-    let (c, mut rx) = f.broker.open_session(None);
-    subscribe(&c, "s", queue("q"), 10);
+    let (_c, mut rx) = consumer_on_q(&f, 10);
     assert_eq!(next(&mut rx).await.redelivery_count, 1);
 }
 
@@ -1394,8 +1388,7 @@ async fn send_settled(s: &Session, destination: &Destination, message: NewMessag
 #[tokio::test]
 async fn exclusive_consumer_alone_receives_the_queue() {
     let f = fixture(BrokerOptions::default()).await;
-    let (plain, mut plain_rx) = f.broker.open_session(None);
-    subscribe(&plain, "s", queue("q"), 10);
+    let (_plain, mut plain_rx) = consumer_on_q(&f, 10);
     let (first, mut first_rx) = f.broker.open_session(None);
     subscribe_exclusive(&first, "s", 10);
     // A later exclusive consumer waits behind the first (no priorities: the first wins).
@@ -1425,8 +1418,7 @@ async fn next_exclusive_consumer_takes_over_with_the_unacknowledged_in_order() {
     let f = fixture(BrokerOptions::default()).await;
     let (first, mut first_rx) = f.broker.open_session(None);
     subscribe_exclusive(&first, "s", 10);
-    let (plain, mut plain_rx) = f.broker.open_session(None);
-    subscribe(&plain, "s", queue("q"), 10);
+    let (_plain, mut plain_rx) = consumer_on_q(&f, 10);
     let (second, mut second_rx) = f.broker.open_session(None);
     subscribe_exclusive(&second, "s", 10);
     let (producer, _) = f.broker.open_session(None);
@@ -1459,10 +1451,8 @@ async fn without_an_exclusive_consumer_the_queue_is_shared() {
     let f = fixture(BrokerOptions::default()).await;
     let (exclusive, mut exclusive_rx) = f.broker.open_session(None);
     subscribe_exclusive(&exclusive, "s", 10);
-    let (a, mut a_rx) = f.broker.open_session(None);
-    subscribe(&a, "s", queue("q"), 10);
-    let (b, mut b_rx) = f.broker.open_session(None);
-    subscribe(&b, "s", queue("q"), 10);
+    let (_a, mut a_rx) = consumer_on_q(&f, 10);
+    let (_b, mut b_rx) = consumer_on_q(&f, 10);
     // On another queue, plain consumers share as always.
     let (c, mut c_rx) = f.broker.open_session(None);
     subscribe(&c, "s", queue("other"), 10);
@@ -1512,10 +1502,8 @@ async fn without_an_exclusive_consumer_the_queue_is_shared() {
 #[tokio::test]
 async fn message_groups_stick_to_one_consumer() {
     let f = fixture(BrokerOptions::default()).await;
-    let (a, mut a_rx) = f.broker.open_session(None);
-    subscribe(&a, "s", queue("q"), 100);
-    let (b, mut b_rx) = f.broker.open_session(None);
-    subscribe(&b, "s", queue("q"), 100);
+    let (_a, mut a_rx) = consumer_on_q(&f, 100);
+    let (_b, mut b_rx) = consumer_on_q(&f, 100);
     let (producer, _) = f.broker.open_session(None);
     let groups = ["red", "green", "blue"];
     for i in 0..12 {
@@ -1552,10 +1540,8 @@ async fn message_groups_stick_to_one_consumer() {
 #[tokio::test]
 async fn message_group_moves_when_its_consumer_goes_away() {
     let f = fixture(BrokerOptions::default()).await;
-    let (a, mut a_rx) = f.broker.open_session(None);
-    subscribe(&a, "s", queue("q"), 100);
-    let (b, mut b_rx) = f.broker.open_session(None);
-    subscribe(&b, "s", queue("q"), 100);
+    let (a, mut a_rx) = consumer_on_q(&f, 100);
+    let (_b, mut b_rx) = consumer_on_q(&f, 100);
     let (producer, _) = f.broker.open_session(None);
     for i in 0..4 {
         send_to_q(&producer, grouped(&i.to_string(), "g", None)).await;
@@ -1568,8 +1554,7 @@ async fn message_group_moves_when_its_consumer_goes_away() {
     let took = take_all(&mut b_rx);
     assert_eq!(bodies(&took), ["0", "1", "2", "3"]);
     assert!(took[0].group_first && !took[1].group_first);
-    let (c, mut c_rx) = f.broker.open_session(None);
-    subscribe(&c, "s", queue("q"), 100);
+    let (_c, mut c_rx) = consumer_on_q(&f, 100);
     for i in 4..8 {
         send_to_q(&producer, grouped(&i.to_string(), "g", None)).await;
     }
@@ -1580,10 +1565,8 @@ async fn message_group_moves_when_its_consumer_goes_away() {
 #[tokio::test]
 async fn group_sequence_minus_one_closes_the_group() {
     let f = fixture(BrokerOptions::default()).await;
-    let (a, mut a_rx) = f.broker.open_session(None);
-    subscribe(&a, "s", queue("q"), 100);
-    let (b, mut b_rx) = f.broker.open_session(None);
-    subscribe(&b, "s", queue("q"), 100);
+    let (_a, mut a_rx) = consumer_on_q(&f, 100);
+    let (_b, mut b_rx) = consumer_on_q(&f, 100);
     let (producer, _) = f.broker.open_session(None);
     send_to_q(&producer, grouped("1", "g", Some(1))).await;
     send_to_q(&producer, grouped("2", "g", Some(2))).await;
@@ -1608,10 +1591,8 @@ async fn group_sequence_minus_one_closes_the_group() {
 async fn a_stuck_group_costs_each_ack_bounded_work() {
     const BACKLOG: usize = 3 * super::core::SCAN_LIMIT;
     let f = fixture(BrokerOptions::default()).await;
-    let (owner, mut owner_rx) = f.broker.open_session(None);
-    subscribe(&owner, "s", queue("q"), 1);
-    let (other, mut other_rx) = f.broker.open_session(None);
-    subscribe(&other, "s", queue("q"), 100);
+    let (owner, mut owner_rx) = consumer_on_q(&f, 1);
+    let (_other, mut other_rx) = consumer_on_q(&f, 100);
     let (producer, _) = f.broker.open_session(None);
     let mut confirmations = Vec::new();
     for i in 0..BACKLOG {
@@ -2068,8 +2049,7 @@ async fn a_full_exclusive_consumer_makes_no_walk_for_the_others() {
     .await;
     let (exclusive, mut exclusive_rx) = f.broker.open_session(None);
     subscribe_exclusive(&exclusive, "s", 1);
-    let (plain, mut plain_rx) = f.broker.open_session(None);
-    subscribe(&plain, "s", queue("q"), 100);
+    let (_plain, mut plain_rx) = consumer_on_q(&f, 100);
     let (producer, _) = f.broker.open_session(None);
     for i in 0..BACKLOG {
         let group = if i % 2 == 0 { "a" } else { "b" };
@@ -2143,4 +2123,11 @@ async fn a_durable_subscription_ignores_message_groups() {
         got.iter().all(|d| !d.group_first),
         "a group flag on a topic subscriber"
     );
+}
+
+/// A new session with subscription `s` on queue `q`.
+fn consumer_on_q(f: &Fixture, prefetch: u32) -> (Session, UnboundedReceiver<Delivery>) {
+    let (session, rx) = f.broker.open_session(None);
+    subscribe(&session, "s", queue("q"), prefetch);
+    (session, rx)
 }
