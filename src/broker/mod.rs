@@ -194,6 +194,8 @@ pub struct Delivery {
 pub enum BrokerError {
     #[error("invalid destination '{0}': use /queue/NAME or /topic/NAME")]
     InvalidDestination(String),
+    #[error("temporary destination '{0}' does not exist (any more): the connection that made it has closed")]
+    TemporaryGone(String),
     #[error("subscription id '{0}' is already in use on this connection")]
     DuplicateSubscription(String),
     #[error("no subscription with id '{0}' on this connection")]

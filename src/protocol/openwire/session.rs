@@ -123,7 +123,6 @@ impl TempDestinations {
     }
 
     /// The connection that made `destination`, while it lives.
-    #[cfg(test)]
     pub(crate) fn owner(&self, destination: &OwDestination) -> Option<String> {
         self.lock().get(destination).cloned()
     }
@@ -362,9 +361,9 @@ fn throwable(class: &str, message: impl Into<String>) -> Throwable {
 fn exception_class(e: &BrokerError) -> &'static str {
     match e {
         BrokerError::InvalidSelector(_) => "javax.jms.InvalidSelectorException",
-        BrokerError::InvalidDestination(_) | BrokerError::UnknownDurable(_) => {
-            "javax.jms.InvalidDestinationException"
-        }
+        BrokerError::InvalidDestination(_)
+        | BrokerError::TemporaryGone(_)
+        | BrokerError::UnknownDurable(_) => "javax.jms.InvalidDestinationException",
         BrokerError::DurableNeedsClientId => "javax.jms.InvalidClientIDException",
         BrokerError::RolledBack(..) => "javax.jms.TransactionRolledBackException",
         _ => "javax.jms.JMSException",

@@ -694,6 +694,16 @@ impl Temps {
         if name.is_empty() || name.contains(['\n', '\0']) {
             return Err(BrokerError::InvalidDestination(text.to_string()));
         }
+        // As in ActiveMQ, another connection's temporary destination is there only while its
+        // connection lives (STOMP's or JMS's: both register theirs here).
+        if !own
+            && self
+                .advisories
+                .owner(&advisory_destination(topic, name))
+                .is_none()
+        {
+            return Err(BrokerError::TemporaryGone(text.to_string()));
+        }
         let name = if own {
             self.id_of(topic, name)
         } else {
@@ -996,6 +1006,11 @@ mod tests {
     use tokio::io::DuplexStream;
 
     /// A client on an in-memory pipe of `capacity` bytes to a `serve` task of `broker`.
+    /// The registry of temporary destinations that [`Peer::start`]ed connections share, as a
+    /// listener's connections do (an OpenWire connection's are registered there too).
+    static SHARED_TEMPS: std::sync::LazyLock<Arc<TempDestinations>> =
+        std::sync::LazyLock::new(Arc::default);
+
     struct Peer {
         io: DuplexStream,
         buf: BytesMut,
@@ -1004,8 +1019,11 @@ mod tests {
     }
 
     impl Peer {
+        /// A connection announcing its temporary destinations where every other `start`ed one
+        /// does (as a listener's connections share one registry), so that each sees the
+        /// others' as existing.
         fn start(broker: &Broker, capacity: usize) -> Peer {
-            Peer::start_sharing(broker, capacity, Arc::default())
+            Peer::start_sharing(broker, capacity, SHARED_TEMPS.clone())
         }
 
         /// As [`Peer::start`], announcing temporary destinations on `temps`.
@@ -1364,6 +1382,65 @@ mod tests {
         }
     }
 
+    /// Another connection's temporary queue exists only while that connection lives, as in
+    /// ActiveMQ: a SEND to it afterwards (or to one that never existed) is an ERROR naming it,
+    /// where it used to make a plain queue of that name that nobody would ever read.
+    #[tokio::test]
+    async fn a_temp_queue_of_a_closed_connection_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        let mut responder = responder_on_requests(&broker).await;
+        let (mut client, _) = Peer::connect(&broker, "1.2", "").await;
+        client
+            .write("SEND\ndestination:/queue/requests\nreply-to:/temp-queue/r\nreceipt:x\n\nq\0")
+            .await;
+        client.frames_until(is_receipt("x")).await;
+        let reply_to = responder
+            .next_frame()
+            .await
+            .get("reply-to")
+            .unwrap()
+            .to_string();
+        // While its connection lives, a reply goes through.
+        responder
+            .write(&format!(
+                "SEND\ndestination:{reply_to}\nreceipt:a\n\nalive\0"
+            ))
+            .await;
+        responder.frames_until(is_receipt("a")).await;
+        client.write("DISCONNECT\nreceipt:bye\n\n\0").await;
+        client.frames_until(is_receipt("bye")).await;
+        drop(client);
+        let refused = wait_until_refused(&mut responder, &reply_to).await;
+        assert_eq!(refused.command, Command::Error, "{refused:?}");
+        let message = refused.get("message").unwrap_or_default().to_string();
+        assert!(message.contains(&reply_to), "{message}");
+        assert!(
+            temp_queues(&broker).is_empty(),
+            "{:?}",
+            temp_queues(&broker)
+        );
+    }
+
+    /// Sends to `reply_to` until the broker answers with something else than a receipt (the
+    /// owner's end is noticed by its task, a moment after its DISCONNECT receipt).
+    async fn wait_until_refused(peer: &mut Peer, reply_to: &str) -> Frame {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        for n in 0.. {
+            peer.write(&format!(
+                "SEND\ndestination:{reply_to}\nreceipt:t{n}\n\nlate\0"
+            ))
+            .await;
+            let frame = peer.next_frame().await;
+            if frame.command != Command::Receipt {
+                return frame;
+            }
+            assert!(std::time::Instant::now() < deadline, "never refused");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        unreachable!()
+    }
+
     /// A JMS client's `TemporaryQueue` as `reply-to` (stored as `temp-queue://ID:...`, as the
     /// OpenWire session stores it) reaches a STOMP responder as `/remote-temp-queue/ID:...`,
     /// and a reply sent there reaches the JMS client's queue, never stored.
@@ -1374,6 +1451,11 @@ mod tests {
         let mut responder = responder_on_requests(&broker).await;
         let (jms, mut jms_deliveries) = broker.open_session(None);
         let temp = Destination::Queue("ID:jms-host-1-2:1:1".into());
+        // As the JMS client's connection registers its TemporaryQueue.
+        SHARED_TEMPS.add(
+            advisory_destination(false, "ID:jms-host-1-2:1:1"),
+            "ID:jms-host-1-2:1",
+        );
         jms.subscribe(SubscribeRequest {
             id: "replies".into(),
             destination: temp.clone(),
