@@ -185,7 +185,7 @@ pub(crate) struct Core {
     queues: HashMap<String, Queue>,
     topics: HashMap<String, Topic>,
     /// Subscriptions on wildcard patterns, by canonical pattern (`topic://logs.>`); removed
-    /// once unused, so that a publish with none costs one emptiness check.
+    /// once unused, so that a publish with none iterates an empty map.
     wildcards: HashMap<String, Wildcard>,
     /// By durable queue name.
     durables: HashMap<String, Durable>,
@@ -465,7 +465,6 @@ impl Core {
     }
 
     /// The subscriptions on the wildcard patterns that match topic `name` (without prefix).
-    /// Callers first check that there are any, so a publish without them matches nothing.
     /// A JMS temporary topic (named after its connection, `ID:...`) matches none: in ActiveMQ
     /// temporary destinations are a tree of their own, so a subscriber on `>` never sees
     /// another connection's request/reply traffic.
@@ -926,10 +925,8 @@ impl Core {
                     .get(&topic)
                     .map(|t| t.durables.clone())
                     .unwrap_or_default();
-                if !self.wildcards.is_empty() {
-                    for t in self.wildcards_matching(name) {
-                        durables.extend(t.durables.iter().cloned());
-                    }
+                for t in self.wildcards_matching(name) {
+                    durables.extend(t.durables.iter().cloned());
                 }
                 let durables: Vec<String> = durables
                     .into_iter()
@@ -962,11 +959,9 @@ impl Core {
             .get(topic)
             .map(|t| t.subscribers.clone())
             .unwrap_or_default();
-        if !self.wildcards.is_empty() {
-            let name = topic.strip_prefix("topic://").unwrap_or(topic);
-            for t in self.wildcards_matching(name) {
-                subscribers.extend_from_slice(&t.subscribers);
-            }
+        let name = topic.strip_prefix("topic://").unwrap_or(topic);
+        for t in self.wildcards_matching(name) {
+            subscribers.extend_from_slice(&t.subscribers);
         }
         let limit = self.options.topic_pending_limit;
         for cid in subscribers {
@@ -1400,18 +1395,26 @@ impl Core {
 
     // ----- dispatch ------------------------------------------------------------------------
 
+    /// `message` as consumers of `queue` get it: on a virtual topic's consumer queue, its
+    /// copy for that queue (see [`virtual_copy`]); anywhere else, itself.
+    fn as_on_queue(&self, message: &Arc<Message>, queue: &str) -> Arc<Message> {
+        if self.virtual_queues.contains(queue) && message.destination != queue {
+            virtual_copy(message, queue)
+        } else {
+            message.clone()
+        }
+    }
+
     fn deliver(&mut self, cid: u64, queue: Option<String>, entry: Entry, group_first: bool) {
+        let message = match &queue {
+            Some(q) => self.as_on_queue(&entry.message, q),
+            None => entry.message.clone(),
+        };
         let Some(consumer) = self.consumers.get_mut(&cid) else {
             return;
         };
         let tag = self.next_tag;
         self.next_tag += 1;
-        let message = match &queue {
-            Some(q) if self.virtual_queues.contains(q) && entry.message.destination != *q => {
-                virtual_copy(&entry.message, q)
-            }
-            _ => entry.message.clone(),
-        };
         let delivery = Delivery {
             subscription: consumer.subscription.clone(),
             tag,
@@ -1444,7 +1447,6 @@ impl Core {
         if selective {
             if let Some(stopped) = self.dispatch_selective(queue, None, SCAN_LIMIT) {
                 if let Some(q) = self.queues.get_mut(queue) {
-                    q.scan_pending = true;
                     match q.scan_resume {
                         Some(r) if r > stopped => {
                             // The sweep is further on and walked past messages this dispatch
@@ -1613,15 +1615,18 @@ impl Core {
         let pending: Vec<(String, Option<u64>)> = self
             .queues
             .iter()
-            .filter(|(_, q)| q.scan_pending)
+            .filter(|(_, q)| q.scan_resume.is_some() || q.scan_again)
             .map(|(name, q)| (name.clone(), q.scan_resume))
             .collect();
         for (queue, after) in pending {
+            if after.is_none() {
+                // From the head once more, since a dispatch stopped behind the last walk.
+                if let Some(q) = self.queues.get_mut(&queue) {
+                    q.scan_again = false;
+                }
+            }
             let stopped = self.dispatch_selective(&queue, after, SWEEP_SCAN_LIMIT);
             if let Some(q) = self.queues.get_mut(&queue) {
-                // At the end, from the head once more if a dispatch stopped behind the walk.
-                let again = stopped.is_none() && std::mem::take(&mut q.scan_again);
-                q.scan_pending = stopped.is_some() || again;
                 q.scan_resume = stopped;
             }
         }
@@ -2011,8 +2016,6 @@ impl Core {
         let Some(q) = self.queues.get(&name) else {
             return Ok(Vec::new());
         };
-        // A virtual topic's consumer queue shows its copies, as its consumers receive them.
-        let copies = self.virtual_queues.contains(&name);
         q.ready
             .values()
             .filter(|e| !e.is_expired(now))
@@ -2022,12 +2025,8 @@ impl Core {
                     .is_none_or(|s| s.matches_with_redeliveries(&e.message, e.redeliveries))
             })
             .map(|e| {
-                let message = self.with_body(e)?;
-                let message = if copies && message.destination != name {
-                    virtual_copy(&message, &name)
-                } else {
-                    message
-                };
+                // A virtual topic's consumer queue shows its copies, as its consumers get them.
+                let message = self.as_on_queue(&self.with_body(e)?, &name);
                 Ok((message, e.redeliveries))
             })
             .collect()

@@ -70,13 +70,12 @@ pub(super) struct Queue {
     /// kept (dispatch then takes the path that can skip a message, see `Core::dispatch_queue`).
     pub groups: Option<Groups>,
     /// A selective dispatch stopped at its scan limit with consumers still wanting messages:
-    /// the periodic sweep looks further, strictly after `scan_resume` (see
-    /// `Core::dispatch_selective`).
-    pub scan_pending: bool,
+    /// the periodic sweep looks further, strictly after this sequence (see
+    /// `Core::continue_scans`).
     pub scan_resume: Option<u64>,
     /// A dispatch from the head stopped before `scan_resume` (a consumer got room, say): what
     /// lies between was passed over earlier, so the sweep walks from the head again once it
-    /// reaches the end.
+    /// reaches the end. The sweep has work while either is set.
     pub scan_again: bool,
     /// A durable topic subscription's queue: message groups, a queue feature in ActiveMQ, do
     /// not apply (its one subscriber gets every message, with no group flag).
