@@ -86,7 +86,8 @@ struct Pending {
 
 enum Publish {
     Queue(String, Entry),
-    Topic(String, Arc<Message>),
+    /// A topic message, and the session that sent it (for noLocal subscribers).
+    Topic(String, Arc<Message>, u64),
     /// A message the store recovered, shown once the epoch-start record is confirmed (not a
     /// new enqueue).
     Recovered(String, Entry),
@@ -271,6 +272,11 @@ fn virtual_topic_of(name: &str) -> Option<String> {
 /// client id (which durable subscriptions never have) and the queue as its subscription name.
 fn is_virtual_subscription(subscription: &SubscriptionAdd) -> bool {
     subscription.queue.starts_with("queue://")
+}
+
+/// A consumer's priority, by id, as [`Queue`]'s consumer order needs it.
+fn priority_of(consumers: &HashMap<u64, Consumer>) -> impl Fn(u64) -> i8 + '_ {
+    |cid| consumers.get(&cid).map_or(0, |c| c.priority)
 }
 
 /// The queue that holds a durable subscription's messages.
@@ -678,7 +684,9 @@ impl Core {
                 self.push_ready(queue, entry, touched);
             }
             Publish::Recovered(queue, entry) => self.push_ready(queue, entry, touched),
-            Publish::Topic(topic, message) => self.publish_to_subscribers(&topic, message),
+            Publish::Topic(topic, message, origin) => {
+                self.publish_to_subscribers(&topic, message, origin)
+            }
         }
     }
 
@@ -865,7 +873,7 @@ impl Core {
             self.stats.duplicates_dropped += 1;
             return Ok(self.flush());
         }
-        let (entries, publish) = self.route(destination, message);
+        let (entries, publish) = self.route(session, destination, message);
         if entries.is_empty() {
             self.publish_now(publish);
             return Ok(Confirmation::done());
@@ -898,15 +906,25 @@ impl Core {
             .record(producer, sequence, self.producer_stamp, &mut forgotten);
     }
 
-    /// What storing `message` at `destination` takes: the store entries (empty when nothing
-    /// is stored) and what to publish once they are confirmed. Queue entries in `publish` carry
-    /// no key yet; [`with_keys`] fills it in from the record's position.
+    /// What storing `message`, sent by `session`, at `destination` takes: the store entries
+    /// (empty when nothing is stored) and what to publish once they are confirmed. Queue
+    /// entries in `publish` carry no key yet; [`with_keys`] fills it in from the record's
+    /// position.
+    ///
+    /// The sending session is kept with the message in memory only (`Entry::origin`), not
+    /// stored: noLocal compares it with a subscriber's session, and a session never outlives
+    /// its connection, so after a restart no message is any subscriber's own. A durable
+    /// noLocal subscription is spared its own messages here, when they are published, while
+    /// it is active on the sending connection; what is stored for it while it is inactive is
+    /// delivered when it comes back, as in ActiveMQ, which compares the message's connection
+    /// id with the reconnected subscriber's new one.
     fn route(
         &mut self,
+        session: u64,
         destination: &Destination,
         message: Arc<Message>,
     ) -> (Vec<crate::store::Entry>, Vec<Publish>) {
-        let entry = |message: &Arc<Message>| Entry::new(None, message.clone(), 0);
+        let entry = |message: &Arc<Message>| Entry::new(None, message.clone(), 0).from(session);
         match destination {
             Destination::Queue(_) => {
                 let queue = destination.canonical();
@@ -931,16 +949,20 @@ impl Core {
                 let durables: Vec<String> = durables
                     .into_iter()
                     .filter(|q| {
-                        self.durables
-                            .get(q)
-                            .is_none_or(|d| d.selector.as_ref().is_none_or(|s| s.matches(&message)))
+                        self.durables.get(q).is_none_or(|d| {
+                            d.selector.as_ref().is_none_or(|s| s.matches(&message))
+                                && !d
+                                    .active
+                                    .and_then(|c| self.consumers.get(&c))
+                                    .is_some_and(|c| c.no_local && c.session == session)
+                        })
                     })
                     .collect();
                 let mut publish: Vec<Publish> = durables
                     .iter()
                     .map(|q| Publish::Queue(q.clone(), entry(&message)))
                     .collect();
-                publish.push(Publish::Topic(topic, message.clone()));
+                publish.push(Publish::Topic(topic, message.clone(), session));
                 let entries = if message.persistent && !durables.is_empty() {
                     vec![add_entry(durables, message)]
                 } else {
@@ -953,7 +975,7 @@ impl Core {
 
     /// Hands a confirmed topic message to the non-durable subscribers of `topic` and of the
     /// wildcard patterns matching it (a consumer is on one of them, so it gets one copy).
-    fn publish_to_subscribers(&mut self, topic: &str, message: Arc<Message>) {
+    fn publish_to_subscribers(&mut self, topic: &str, message: Arc<Message>, origin: u64) {
         let mut subscribers = self
             .topics
             .get(topic)
@@ -965,11 +987,11 @@ impl Core {
         }
         let limit = self.options.topic_pending_limit;
         for cid in subscribers {
-            let entry = Entry::new(None, message.clone(), 0);
+            let entry = Entry::new(None, message.clone(), 0).from(origin);
             let Some(consumer) = self.consumers.get_mut(&cid) else {
                 continue;
             };
-            if !consumer.accepts(&message, 0) {
+            if !consumer.accepts(&entry) {
                 continue;
             }
             if consumer.has_credit() && consumer.pending.is_empty() {
@@ -1111,6 +1133,8 @@ impl Core {
                 deliveries,
                 discarded: 0,
                 exclusive,
+                priority: request.priority,
+                no_local: request.no_local,
             },
         );
         self.session(session)?.subscriptions.insert(request.id, id);
@@ -1120,11 +1144,15 @@ impl Core {
                     d.active = Some(id);
                 }
                 let q = self.queues.entry(queue.clone()).or_default();
-                q.consumers.push(id);
-                // The first exclusive consumer wins (ActiveMQ also lets a higher consumer
-                // priority take over; ferromq has no consumer priorities). The others'
+                q.add_consumer(id, request.priority, priority_of(&self.consumers));
+                // The first exclusive consumer wins, unless a later one has a higher priority
+                // or the highest (127), as in ActiveMQ's `Queue.addSubscription`. The others'
                 // unacknowledged deliveries stay theirs.
-                if exclusive && q.exclusive.is_none() {
+                let owner_priority = q.exclusive.map(priority_of(&self.consumers));
+                if exclusive
+                    && owner_priority
+                        .is_none_or(|p| request.priority == i8::MAX || request.priority > p)
+                {
                     q.exclusive = Some(id);
                 }
                 self.dispatch_queue(&queue);
@@ -1169,12 +1197,13 @@ impl Core {
         match &consumer.source {
             Source::Queue(queue) => {
                 if let Some(q) = self.queues.get_mut(queue) {
-                    q.consumers.retain(|c| *c != cid);
+                    q.remove_consumer(cid, priority_of(&self.consumers));
                     if q.exclusive == Some(cid) {
-                        // The next exclusive consumer, in subscription order, takes over; with
-                        // none left every consumer is served again. Either way the queue's
-                        // messages (this one's unacknowledged ones among them, back in their
-                        // places below) go to them now.
+                        // The exclusive consumer of highest priority, the earliest among
+                        // equals, takes over (the list is in that order); with none left every
+                        // consumer is served again. Either way the queue's messages (this one's
+                        // unacknowledged ones among them, back in their places below) go to
+                        // them now.
                         q.exclusive = q
                             .consumers
                             .iter()
@@ -1442,7 +1471,7 @@ impl Core {
             q.groups.is_some()
                 || q.consumers
                     .iter()
-                    .any(|c| self.consumers.get(c).is_some_and(|c| c.selector.is_some()))
+                    .any(|c| self.consumers.get(c).is_some_and(|c| c.is_selective()))
         });
         if selective {
             if let Some(stopped) = self.dispatch_selective(queue, None, SCAN_LIMIT) {
@@ -1469,12 +1498,8 @@ impl Core {
             if n == 0 || q.ready.is_empty() {
                 break;
             }
-            let chosen = (0..n).map(|i| (q.next_consumer + i) % n).find(|&i| {
-                q.admits(q.consumers[i])
-                    && self
-                        .consumers
-                        .get(&q.consumers[i])
-                        .is_some_and(|c| c.has_credit())
+            let chosen = q.choose(|cid| {
+                q.admits(cid) && self.consumers.get(&cid).is_some_and(|c| c.has_credit())
             });
             let Some(index) = chosen else {
                 break;
@@ -1487,8 +1512,8 @@ impl Core {
                 expired.push(entry);
                 continue;
             }
-            q.next_consumer = (index + 1) % n;
             let cid = q.consumers[index];
+            q.served(index, priority_of(&self.consumers));
             let Some(entry) = self.page_in(queue, entry) else {
                 break;
             };
@@ -1563,13 +1588,13 @@ impl Core {
                 Some((_, group_seq)) if group_seq != 1 && q.exclusive.is_none() => owner,
                 _ => None,
             };
-            let chosen = (0..n).map(|i| (q.next_consumer + i) % n).find(|&i| {
-                let cid = q.consumers[i];
+            let chosen = q.choose(|cid| {
                 q.admits(cid)
                     && pinned.is_none_or(|p| p == cid)
-                    && self.consumers.get(&cid).is_some_and(|c| {
-                        c.has_credit() && c.accepts(&entry.message, entry.redeliveries)
-                    })
+                    && self
+                        .consumers
+                        .get(&cid)
+                        .is_some_and(|c| c.has_credit() && c.accepts(entry))
             });
             let Some(index) = chosen else {
                 self.stats.passed_over += 1;
@@ -1595,7 +1620,7 @@ impl Core {
             if entry.message.expiration > 0 {
                 q.expiring = q.expiring.saturating_sub(1);
             }
-            q.next_consumer = (index + 1) % n;
+            q.served(index, priority_of(&self.consumers));
             let Some(entry) = self.page_in(queue, entry) else {
                 break;
             };
@@ -2085,7 +2110,7 @@ impl Core {
             if !message.producer_id.is_empty() {
                 self.record_producer(&message.producer_id, message.producer_sequence);
             }
-            let (e, p) = self.route(&destination, message);
+            let (e, p) = self.route(session, &destination, message);
             let stored = !e.is_empty();
             for item in p {
                 if stored && matches!(item, Publish::Queue(..)) {

@@ -158,9 +158,26 @@ pub struct SubscribeRequest {
     pub selector: Option<String>,
     /// ActiveMQ's exclusive consumer (STOMP `activemq.exclusive:true`, JMS
     /// `queue://x?consumer.exclusive=true`): while it lives, it alone receives the queue's
-    /// messages. The first exclusive consumer of a queue wins; the next one takes over when it
-    /// goes away. Ignored on topics.
+    /// messages. The first exclusive consumer of a queue wins unless a later one has a higher
+    /// `priority` (or 127, the highest), which takes over; when the owner goes away, the
+    /// remaining exclusive consumer of highest priority (the earliest among equals) does.
+    /// Ignored on topics.
     pub exclusive: bool,
+    /// ActiveMQ's consumer priority (STOMP `activemq.priority`, JMS
+    /// `queue://x?consumer.priority=10`, OpenWire `ConsumerInfo.priority`; 0 by default, 127
+    /// the highest): a queue offers each message to its consumers of highest priority first,
+    /// round-robin among equals, and to lower ones only when every higher one that would
+    /// take it has a full prefetch window. Ignored on topics (every subscriber gets every
+    /// message).
+    pub priority: i8,
+    /// JMS noLocal (STOMP `activemq.noLocal:true`, OpenWire `ConsumerInfo.noLocal`): messages
+    /// sent through this subscriber's own session (its connection) are not delivered to it.
+    /// As in ActiveMQ, where it is part of every subscription's selector, it applies to queue
+    /// consumers too (the message stays for other consumers). A durable subscription is
+    /// spared only the messages its connection sends while it is active on that connection:
+    /// messages stored while it was inactive are delivered when it comes back (a new
+    /// connection never sent them, as ActiveMQ compares connection ids).
+    pub no_local: bool,
 }
 
 /// Which deliveries an acknowledgement covers.

@@ -22,6 +22,10 @@ pub(super) struct Entry {
     pub message: Arc<Message>,
     pub redeliveries: u32,
     pub body: Body,
+    /// The session (client connection) that sent the message, for noLocal subscribers; 0
+    /// when unknown (a message recovered from the store: its connection is gone, and session
+    /// ids are never reused, so no subscriber takes it for its own).
+    pub origin: u64,
 }
 
 /// Where a queue entry's body is, as the broker's `memory_limit` sees it.
@@ -45,7 +49,14 @@ impl Entry {
             message,
             redeliveries,
             body: Body::Uncounted,
+            origin: 0,
         }
+    }
+
+    /// The same, sent by session `origin`.
+    pub fn from(mut self, origin: u64) -> Entry {
+        self.origin = origin;
+        self
     }
 
     pub fn is_expired(&self, now_ms: i64) -> bool {
@@ -58,9 +69,14 @@ impl Entry {
 pub(super) struct Queue {
     /// Messages ready for delivery, in order.
     pub ready: BTreeMap<u64, Entry>,
-    /// Consumer ids, served round-robin, in the order they subscribed.
+    /// Consumer ids, by descending consumer priority, then in the order they subscribed.
+    /// Without priorities they are served round-robin from `next_consumer`; see
+    /// [`Queue::choose`].
     pub consumers: Vec<u64>,
     pub next_consumer: usize,
+    /// The consumers' priorities are not all equal: dispatch offers each message to the
+    /// highest first (see [`Queue::choose`]).
+    pub prioritized: bool,
     /// Ready entries that carry an expiration, so the sweep can skip queues without any.
     pub expiring: usize,
     /// The exclusive consumer that alone receives this queue's messages while it lives
@@ -97,6 +113,61 @@ impl Queue {
     /// consumer, or it is the one.
     pub fn admits(&self, cid: u64) -> bool {
         self.exclusive.is_none_or(|owner| owner == cid)
+    }
+
+    /// Adds consumer `cid` of priority `priority` after every consumer of the same or a higher
+    /// priority (`priority_of` tells the others').
+    pub fn add_consumer(&mut self, cid: u64, priority: i8, priority_of: impl Fn(u64) -> i8) {
+        let at = self
+            .consumers
+            .iter()
+            .position(|&c| priority_of(c) < priority)
+            .unwrap_or(self.consumers.len());
+        self.consumers.insert(at, cid);
+        self.prioritized = self.has_priorities(priority_of);
+    }
+
+    /// Removes consumer `cid`.
+    pub fn remove_consumer(&mut self, cid: u64, priority_of: impl Fn(u64) -> i8) {
+        self.consumers.retain(|c| *c != cid);
+        self.prioritized = self.has_priorities(priority_of);
+    }
+
+    fn has_priorities(&self, priority_of: impl Fn(u64) -> i8) -> bool {
+        let mut priorities = self.consumers.iter().map(|&c| priority_of(c));
+        let first = priorities.next();
+        priorities.any(|p| Some(p) != first)
+    }
+
+    /// The index in `consumers` of the consumer the next message goes to among those `takes`
+    /// accepts: without priorities the next one round-robin; with them, as ActiveMQ's
+    /// `Queue.doActualDispatch` does, the first in priority order (each consumer served moves
+    /// behind the others of its priority, see [`Queue::served`]).
+    pub fn choose(&self, mut takes: impl FnMut(u64) -> bool) -> Option<usize> {
+        let n = self.consumers.len();
+        if self.prioritized {
+            (0..n).find(|&i| takes(self.consumers[i]))
+        } else {
+            (0..n)
+                .map(|i| (self.next_consumer + i) % n)
+                .find(|&i| takes(self.consumers[i]))
+        }
+    }
+
+    /// The consumer at `index` (from [`Queue::choose`]) was given a message: the next one goes
+    /// to the following consumer of the same priority.
+    pub fn served(&mut self, index: usize, priority_of: impl Fn(u64) -> i8) {
+        let n = self.consumers.len();
+        if !self.prioritized {
+            self.next_consumer = (index + 1) % n;
+            return;
+        }
+        let priority = priority_of(self.consumers[index]);
+        let tier_end = self.consumers[index..]
+            .iter()
+            .position(|&c| priority_of(c) != priority)
+            .map_or(n, |p| index + p);
+        self.consumers[index..tier_end].rotate_left(1);
     }
 }
 
@@ -216,14 +287,27 @@ pub(super) struct Consumer {
     pub discarded: u64,
     /// Asked to be its queue's exclusive consumer (queues only).
     pub exclusive: bool,
+    /// Its consumer priority (queues only; see `SubscribeRequest::priority`).
+    pub priority: i8,
+    /// Messages its own session sent are not for it (JMS noLocal).
+    pub no_local: bool,
 }
 
 impl Consumer {
-    /// Whether this consumer's selector accepts `message` (delivered `redeliveries` times).
-    pub fn accepts(&self, message: &Message, redeliveries: u32) -> bool {
-        self.selector
-            .as_ref()
-            .is_none_or(|s| s.matches_with_redeliveries(message, redeliveries))
+    /// Whether this consumer takes `entry`: its selector accepts the message, and it is not
+    /// its own session's with noLocal.
+    pub fn accepts(&self, entry: &Entry) -> bool {
+        !(self.no_local && entry.origin == self.session)
+            && self
+                .selector
+                .as_ref()
+                .is_none_or(|s| s.matches_with_redeliveries(&entry.message, entry.redeliveries))
+    }
+
+    /// Whether it may pass over messages (a selector, noLocal): its queue's dispatch must
+    /// then be able to leave a message for others.
+    pub fn is_selective(&self) -> bool {
+        self.selector.is_some() || self.no_local
     }
 
     /// Deliveries filling the prefetch window.

@@ -72,16 +72,23 @@ async fn send_numbered(broker: &Broker, n: usize) {
     }
 }
 
+/// A plain subscription request (no selector, not durable, exclusive, noLocal; priority 0).
+fn request(id: &str, destination: Destination, prefetch: u32) -> SubscribeRequest {
+    SubscribeRequest {
+        id: id.into(),
+        destination,
+        prefetch,
+        durable_name: None,
+        selector: None,
+        exclusive: false,
+        priority: 0,
+        no_local: false,
+    }
+}
+
 fn subscribe(session: &Session, id: &str, destination: Destination, prefetch: u32) {
     session
-        .subscribe(SubscribeRequest {
-            id: id.into(),
-            destination,
-            prefetch,
-            durable_name: None,
-            selector: None,
-            exclusive: false,
-        })
+        .subscribe(request(id, destination, prefetch))
         .unwrap();
 }
 
@@ -279,6 +286,8 @@ async fn a_durable_subscription_keeps_messages_while_away() {
             durable_name: Some("sub".into()),
             selector: None,
             exclusive: false,
+            priority: 0,
+            no_local: false,
         })
     };
     let (s, _) = f.broker.open_session(Some("client-1".into()));
@@ -318,6 +327,8 @@ async fn selectors_route_each_message_to_a_consumer_that_accepts_it() {
             durable_name: None,
             selector: Some(selector.into()),
             exclusive: false,
+            priority: 0,
+            no_local: false,
         })
         .unwrap();
     };
@@ -352,6 +363,8 @@ async fn selectors_route_each_message_to_a_consumer_that_accepts_it() {
             durable_name: None,
             selector: Some("color = ".into()),
             exclusive: false,
+            priority: 0,
+            no_local: false,
         }),
         Err(BrokerError::InvalidSelector(_))
     ));
@@ -369,6 +382,8 @@ async fn topic_and_durable_subscribers_get_only_what_their_selector_accepts() {
         durable_name: None,
         selector: Some("color = 'red'".into()),
         exclusive: false,
+        priority: 0,
+        no_local: false,
     })
     .unwrap();
     let (d, _) = f.broker.open_session(Some("c1".into()));
@@ -379,6 +394,8 @@ async fn topic_and_durable_subscribers_get_only_what_their_selector_accepts() {
         durable_name: Some("only-blue".into()),
         selector: Some("color = 'blue'".into()),
         exclusive: false,
+        priority: 0,
+        no_local: false,
     };
     d.subscribe(durable.clone()).unwrap().await.unwrap();
     drop(d);
@@ -538,6 +555,8 @@ fn subscribe_to(
         durable_name: durable_name.map(str::to_string),
         selector: selector.map(str::to_string),
         exclusive: false,
+        priority: 0,
+        no_local: false,
     })
 }
 
@@ -962,6 +981,8 @@ async fn a_backlog_past_the_memory_limit_keeps_its_bodies_on_disk_and_delivers_t
         durable_name: None,
         selector: Some("JMSPriority >= 0".into()),
         exclusive: false,
+        priority: 0,
+        no_local: false,
     })
     .unwrap();
     for i in 30..100 {
@@ -1188,6 +1209,8 @@ async fn a_removed_durable_subscription_leaves_no_message_behind() {
             durable_name: Some("d".into()),
             selector: None,
             exclusive: false,
+            priority: 0,
+            no_local: false,
         })
         .unwrap()
         .await
@@ -1307,6 +1330,8 @@ async fn removing_a_durable_subscription_with_a_huge_backlog_keeps_the_store_run
             durable_name: Some("d".into()),
             selector: None,
             exclusive: false,
+            priority: 0,
+            no_local: false,
         })
         .unwrap()
         .await
@@ -1336,12 +1361,8 @@ async fn removing_a_durable_subscription_with_a_huge_backlog_keeps_the_store_run
 fn subscribe_exclusive(session: &Session, id: &str, prefetch: u32) {
     session
         .subscribe(SubscribeRequest {
-            id: id.into(),
-            destination: queue("q"),
-            prefetch,
-            durable_name: None,
-            selector: None,
             exclusive: true,
+            ..request(id, queue("q"), prefetch)
         })
         .unwrap();
 }
@@ -1476,6 +1497,8 @@ async fn without_an_exclusive_consumer_the_queue_is_shared() {
         durable_name: None,
         selector: None,
         exclusive: true,
+        priority: 0,
+        no_local: false,
     })
     .unwrap();
     let (t2, mut t2_rx) = f.broker.open_session(None);
@@ -1651,6 +1674,8 @@ async fn a_selector_match_deep_in_a_backlog_is_found_by_the_sweep() {
         durable_name: None,
         selector: Some("color = 'red'".into()),
         exclusive: false,
+        priority: 0,
+        no_local: false,
     })
     .unwrap();
     assert_eq!(body(&next(&mut red_rx).await), "r");
@@ -1986,6 +2011,8 @@ async fn a_match_the_sweep_passed_while_its_consumer_was_full_is_offered_again()
                 durable_name: None,
                 selector: Some(selector.into()),
                 exclusive: false,
+                priority: 0,
+                no_local: false,
             })
             .unwrap();
     };
@@ -2131,4 +2158,170 @@ fn consumer_on_q(f: &Fixture, prefetch: u32) -> (Session, UnboundedReceiver<Deli
     let (session, rx) = f.broker.open_session(None);
     subscribe(&session, "s", queue("q"), prefetch);
     (session, rx)
+}
+
+/// A new session with subscription `s` on queue `q` of consumer priority `priority`,
+/// exclusive or not.
+fn prioritized_on_q(
+    f: &Fixture,
+    prefetch: u32,
+    priority: i8,
+    exclusive: bool,
+) -> (Session, UnboundedReceiver<Delivery>) {
+    let (session, rx) = f.broker.open_session(None);
+    session
+        .subscribe(SubscribeRequest {
+            priority,
+            exclusive,
+            ..request("s", queue("q"), prefetch)
+        })
+        .unwrap();
+    (session, rx)
+}
+
+#[tokio::test]
+async fn higher_priority_consumers_are_served_first_while_they_have_room() {
+    let f = fixture(BrokerOptions::default()).await;
+    // The low one subscribes first: without priorities it would be served first.
+    let (_low, mut low_rx) = prioritized_on_q(&f, 10, 0, false);
+    let (high_a, mut a_rx) = prioritized_on_q(&f, 2, 10, false);
+    let (_high_b, mut b_rx) = prioritized_on_q(&f, 2, 10, false);
+    let (_mid, mut mid_rx) = prioritized_on_q(&f, 1, 5, false);
+    let (producer, _) = f.broker.open_session(None);
+    for i in 0..8 {
+        send_to_q(&producer, persistent(&i.to_string())).await;
+    }
+    // Round-robin among the highest while they have room, then the next priority, then the
+    // lowest.
+    let a = take_all(&mut a_rx);
+    assert_eq!(bodies(&a), ["0", "2"]);
+    assert_eq!(bodies(&take_all(&mut b_rx)), ["1", "3"]);
+    assert_eq!(bodies(&take_all(&mut mid_rx)), ["4"]);
+    assert_eq!(bodies(&take_all(&mut low_rx)), ["5", "6", "7"]);
+    // Room made at a higher priority is filled there first, though the low one has room.
+    high_a
+        .ack(a[0].tag, AckScope::Single, None)
+        .unwrap()
+        .await
+        .unwrap();
+    send_to_q(&producer, persistent("8")).await;
+    send_to_q(&producer, persistent("9")).await;
+    assert_eq!(bodies(&take_all(&mut a_rx)), ["8"]);
+    assert_eq!(bodies(&take_all(&mut low_rx)), ["9"]);
+    assert!(take_all(&mut b_rx).is_empty() && take_all(&mut mid_rx).is_empty());
+    // A consumer leaving hands its messages to the highest with room: none but the lowest.
+    drop(high_a);
+    assert_eq!(bodies(&take_all(&mut low_rx)), ["2", "8"]);
+}
+
+#[tokio::test]
+async fn a_higher_priority_exclusive_consumer_takes_over_and_the_next_highest_follows() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (_first, mut first_rx) = prioritized_on_q(&f, 10, 0, true);
+    let (producer, _) = f.broker.open_session(None);
+    send_to_q(&producer, persistent("0")).await;
+    assert_eq!(bodies(&take_all(&mut first_rx)), ["0"]);
+    // A higher priority takes the queue over; an equal one later does not, a lower neither.
+    let (high, mut high_rx) = prioritized_on_q(&f, 10, 5, true);
+    let (_equal, mut equal_rx) = prioritized_on_q(&f, 10, 5, true);
+    let (_middle, mut middle_rx) = prioritized_on_q(&f, 10, 3, true);
+    let (_plain, mut plain_rx) = prioritized_on_q(&f, 10, 9, false);
+    send_to_q(&producer, persistent("1")).await;
+    assert_eq!(bodies(&take_all(&mut high_rx)), ["1"]);
+    // When it leaves, the exclusive consumer of highest priority (the earliest among equals)
+    // takes over, with its unacknowledged message.
+    drop(high);
+    send_to_q(&producer, persistent("2")).await;
+    assert_eq!(bodies(&take_all(&mut equal_rx)), ["1", "2"]);
+    assert!(take_all(&mut first_rx).is_empty() && take_all(&mut middle_rx).is_empty());
+    assert!(take_all(&mut plain_rx).is_empty());
+    // 127, the highest, takes over even from an equal one.
+    let (_top, mut top_rx) = prioritized_on_q(&f, 10, 127, true);
+    let (_top_too, mut top_too_rx) = prioritized_on_q(&f, 10, 127, true);
+    send_to_q(&producer, persistent("3")).await;
+    assert!(take_all(&mut top_rx).is_empty());
+    assert_eq!(bodies(&take_all(&mut top_too_rx)), ["3"]);
+}
+
+/// A new session subscribed to `destination` as `s`, with noLocal.
+fn no_local_on(
+    f: &Fixture,
+    client_id: Option<&str>,
+    destination: Destination,
+    durable_name: Option<&str>,
+) -> (Session, UnboundedReceiver<Delivery>) {
+    let (session, rx) = f.broker.open_session(client_id.map(str::to_string));
+    session
+        .subscribe(SubscribeRequest {
+            no_local: true,
+            durable_name: durable_name.map(str::to_string),
+            ..request("s", destination, 10)
+        })
+        .unwrap();
+    (session, rx)
+}
+
+#[tokio::test]
+async fn a_no_local_topic_subscriber_gets_only_other_connections_messages() {
+    let f = fixture(BrokerOptions::default()).await;
+    let t = topic("news");
+    let (own, mut own_rx) = no_local_on(&f, None, t.clone(), None);
+    // Another subscription of the same connection without noLocal gets everything.
+    subscribe(&own, "plain", t.clone(), 10);
+    let (other, _) = f.broker.open_session(None);
+    send_settled(&own, &t, non_persistent("mine")).await;
+    own.begin("tx").unwrap();
+    own.send(&t, non_persistent("mine in a transaction"), Some("tx"))
+        .unwrap();
+    own.commit("tx").unwrap().await.unwrap();
+    send_settled(&other, &t, non_persistent("theirs")).await;
+    let got: Vec<(String, String)> = take_all(&mut own_rx)
+        .iter()
+        .map(|d| (d.subscription.clone(), body(d).to_string()))
+        .collect();
+    let pair = |s: &str, b: &str| (s.to_string(), b.to_string());
+    assert_eq!(
+        got,
+        [
+            pair("plain", "mine"),
+            pair("plain", "mine in a transaction"),
+            pair("s", "theirs"),
+            pair("plain", "theirs")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_no_local_queue_consumer_leaves_its_connections_messages_to_others() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (own, mut own_rx) = no_local_on(&f, None, queue("q"), None);
+    let (other, _) = f.broker.open_session(None);
+    send_to_q(&own, persistent("mine")).await;
+    send_to_q(&other, persistent("theirs")).await;
+    assert_eq!(bodies(&take_all(&mut own_rx)), ["theirs"]);
+    assert_eq!(f.broker.queue_depth("queue://q"), 1);
+    let (_plain, mut plain_rx) = consumer_on_q(&f, 10);
+    assert_eq!(bodies(&take_all(&mut plain_rx)), ["mine"]);
+}
+
+#[tokio::test]
+async fn a_no_local_durable_subscriber_gets_what_its_old_connection_sent_while_away() {
+    let f = fixture(BrokerOptions::default()).await;
+    let t = topic("news");
+    let (own, mut own_rx) = no_local_on(&f, Some("c"), t.clone(), Some("d"));
+    let (other, _) = f.broker.open_session(None);
+    send_settled(&own, &t, persistent("mine")).await;
+    send_settled(&other, &t, persistent("theirs")).await;
+    assert_eq!(bodies(&take_all(&mut own_rx)), ["theirs"]);
+    // Its own message was not kept for it either.
+    own.unsubscribe("s", false).unwrap();
+    send_settled(&own, &t, persistent("sent while away")).await;
+    drop(own);
+    // Back on a new connection: what the old one sent is not its own any more ("theirs",
+    // unacknowledged, comes back first).
+    let (_back, mut back_rx) = no_local_on(&f, Some("c"), t.clone(), Some("d"));
+    assert_eq!(
+        bodies(&take_all(&mut back_rx)),
+        ["theirs", "sent while away"]
+    );
 }

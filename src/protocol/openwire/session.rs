@@ -980,6 +980,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             // The JMS client takes `consumer.exclusive=true` off the destination's options
             // into this field (the destination on the wire has no options).
             exclusive: info.exclusive,
+            // A Java byte, as the client sent it (`consumer.priority=10`).
+            priority: info.priority as i8,
+            no_local: info.no_local,
         };
         state.consumers.insert(key.clone(), consumer);
         match state.session.subscribe(request) {

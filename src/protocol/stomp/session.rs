@@ -202,6 +202,14 @@ fn required<'a>(frame: &'a Frame, header: &str) -> Result<&'a str, Fatal> {
     })
 }
 
+/// A boolean `activemq.` header: ActiveMQ sets ConsumerInfo's fields from them, and its
+/// Boolean parsing ignores case (anything but `true` is false).
+fn flag(frame: &Frame, header: &str) -> bool {
+    frame
+        .get(header)
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Reads the next frame, or `None` at end of stream. Heart-beats are skipped.
     async fn read_frame(&mut self) -> Result<Option<Frame>, Fatal> {
@@ -885,6 +893,20 @@ impl State {
                 ))
             })?,
         };
+        // ActiveMQ's documented consumer priorities are 0 (the default) to 127.
+        let priority = match frame.get("activemq.priority") {
+            None => 0,
+            Some(v) => v
+                .trim()
+                .parse::<i8>()
+                .ok()
+                .filter(|p| *p >= 0)
+                .ok_or_else(|| {
+                    Fatal::new(format!(
+                        "header 'activemq.priority' must be a number from 0 to 127, got '{v}'"
+                    ))
+                })?,
+        };
         if self.subscriptions.contains_key(&id) {
             return Err(BrokerError::DuplicateSubscription(id).into());
         }
@@ -898,11 +920,9 @@ impl State {
             prefetch: prefetch.max(1),
             durable_name,
             selector: frame.get("selector").map(str::to_string),
-            // ActiveMQ sets ConsumerInfo's fields from the `activemq.` headers; Boolean parsing
-            // ignores case.
-            exclusive: frame
-                .get("activemq.exclusive")
-                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
+            exclusive: flag(frame, "activemq.exclusive"),
+            priority,
+            no_local: flag(frame, "activemq.noLocal"),
         });
         if result.is_err() {
             self.subscriptions.remove(&id);
@@ -1463,6 +1483,8 @@ mod tests {
             durable_name: None,
             selector: None,
             exclusive: false,
+            priority: 0,
+            no_local: false,
         })
         .unwrap()
         .await
