@@ -1250,6 +1250,90 @@ mod tests {
         assert_eq!(message.get("reply-to"), Some("/queue/replies"));
     }
 
+    /// `activemq.noLocal:true`: the subscriber does not get what its own connection sends.
+    #[tokio::test]
+    async fn activemq_no_local_spares_a_subscriber_its_own_connections_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        let (mut own, _) = Peer::connect(&broker, "1.2", "").await;
+        own.write(concat!(
+            "SUBSCRIBE\nid:1\ndestination:/topic/t\nactivemq.noLocal:true\nreceipt:s\n\n\0",
+            "SEND\ndestination:/topic/t\nreceipt:sent\n\nmine\0",
+        ))
+        .await;
+        let mut frames = own.frames_until(is_receipt("sent")).await;
+        let (mut other, _) = Peer::connect(&broker, "1.2", "").await;
+        other
+            .write("SEND\ndestination:/topic/t\nreceipt:sent\n\ntheirs\0")
+            .await;
+        other.frames_until(is_receipt("sent")).await;
+        frames.extend(own.frames_until(|f| f.command == Command::Message).await);
+        assert_eq!(bodies(&frames), ["theirs"]);
+    }
+
+    /// `activemq.priority`: a queue's higher-priority consumer is served first while it has
+    /// room in its prefetch window.
+    #[tokio::test]
+    async fn activemq_priority_serves_the_higher_consumer_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        let (mut p, _) = Peer::connect(&broker, "1.2", "").await;
+        p.write(concat!(
+            "SUBSCRIBE\nid:low\ndestination:/queue/q\nack:client-individual\n\n\0",
+            "SUBSCRIBE\nid:high\ndestination:/queue/q\nack:client-individual\n",
+            "activemq.priority:10\nactivemq.prefetchSize:2\nreceipt:s\n\n\0",
+        ))
+        .await;
+        p.frames_until(is_receipt("s")).await;
+        for i in 0..4 {
+            p.write(&format!("SEND\ndestination:/queue/q\n\n{i}\0"))
+                .await;
+        }
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let f = p.next_frame().await;
+            assert_eq!(f.command, Command::Message, "{f:?}");
+            let body = String::from_utf8_lossy(&f.body).into_owned();
+            got.push((f.get("subscription").unwrap().to_string(), body));
+        }
+        got.sort();
+        let pair = |s: &str, b: &str| (s.to_string(), b.to_string());
+        assert_eq!(
+            got,
+            [
+                pair("high", "0"),
+                pair("high", "1"),
+                pair("low", "2"),
+                pair("low", "3")
+            ]
+        );
+    }
+
+    /// A priority that is not a number from 0 to 127 is refused, naming the header.
+    #[tokio::test]
+    async fn a_bad_activemq_priority_is_an_error_naming_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        for bad in ["high", "128", "-1", ""] {
+            let (mut p, _) = Peer::connect(&broker, "1.2", "").await;
+            p.write(&format!(
+                "SUBSCRIBE\nid:1\ndestination:/queue/q\nactivemq.priority:{bad}\n\n\0"
+            ))
+            .await;
+            let error = p.next_frame().await;
+            assert_eq!(error.command, Command::Error, "{error:?}");
+            assert_eq!(
+                error.get("message"),
+                Some(
+                    format!(
+                        "header 'activemq.priority' must be a number from 0 to 127, got '{bad}'"
+                    )
+                    .as_str()
+                )
+            );
+        }
+    }
+
     /// A STOMP 1.2 client subscribed (receipted) to `/queue/requests`.
     async fn responder_on_requests(broker: &Broker) -> Peer {
         let (mut responder, _) = Peer::connect(broker, "1.2", "").await;
