@@ -160,6 +160,9 @@ struct Durable {
     selector: Option<Arc<Selector>>,
     /// The consumer currently attached, if any.
     active: Option<u64>,
+    /// With noLocal, the session it was last active on: that session's messages are not
+    /// stored for it, even while it is inactive (see [`Core::route`]). In memory only.
+    no_local_session: Option<u64>,
 }
 
 /// A session writes its own sends' records (inline) only after it was the only sender for this
@@ -433,6 +436,7 @@ impl Core {
                 subscription,
                 selector,
                 active: None,
+                no_local_session: None,
             },
         );
     }
@@ -912,12 +916,13 @@ impl Core {
     /// position.
     ///
     /// The sending session is kept with the message in memory only (`Entry::origin`), not
-    /// stored: noLocal compares it with a subscriber's session, and a session never outlives
-    /// its connection, so after a restart no message is any subscriber's own. A durable
-    /// noLocal subscription is spared its own messages here, when they are published, while
-    /// it is active on the sending connection; what is stored for it while it is inactive is
-    /// delivered when it comes back, as in ActiveMQ, which compares the message's connection
-    /// id with the reconnected subscriber's new one.
+    /// stored: noLocal compares it with a subscriber's session (its connection), and session
+    /// ids are never reused, so after a restart no message is any subscriber's own. A durable
+    /// noLocal subscription is spared its connection's messages here, when they are
+    /// published: those of the connection it was last active on, even while it is inactive
+    /// (ActiveMQ keeps the subscription's noLocal filter, with that connection's id, until it
+    /// is activated again). Back on a new connection, the old connection's messages are not
+    /// its own any more (none are stored for it: they were never kept).
     fn route(
         &mut self,
         session: u64,
@@ -951,10 +956,7 @@ impl Core {
                     .filter(|q| {
                         self.durables.get(q).is_none_or(|d| {
                             d.selector.as_ref().is_none_or(|s| s.matches(&message))
-                                && !d
-                                    .active
-                                    .and_then(|c| self.consumers.get(&c))
-                                    .is_some_and(|c| c.no_local && c.session == session)
+                                && d.no_local_session != Some(session)
                         })
                     })
                     .collect();
@@ -1142,6 +1144,7 @@ impl Core {
             Source::Queue(queue) => {
                 if let Some(d) = self.durables.get_mut(&queue) {
                     d.active = Some(id);
+                    d.no_local_session = request.no_local.then_some(session);
                 }
                 let q = self.queues.entry(queue.clone()).or_default();
                 q.add_consumer(id, request.priority, priority_of(&self.consumers));

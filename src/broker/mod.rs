@@ -173,10 +173,9 @@ pub struct SubscribeRequest {
     /// JMS noLocal (STOMP `activemq.noLocal:true`, OpenWire `ConsumerInfo.noLocal`): messages
     /// sent through this subscriber's own session (its connection) are not delivered to it.
     /// As in ActiveMQ, where it is part of every subscription's selector, it applies to queue
-    /// consumers too (the message stays for other consumers). A durable subscription is
-    /// spared only the messages its connection sends while it is active on that connection:
-    /// messages stored while it was inactive are delivered when it comes back (a new
-    /// connection never sent them, as ActiveMQ compares connection ids).
+    /// consumers too (the message stays for other consumers). A durable subscription is not
+    /// kept the messages of the connection it was last active on, even while inactive; back
+    /// on a new connection, only that one's are its own (ActiveMQ compares connection ids).
     pub no_local: bool,
 }
 

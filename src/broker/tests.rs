@@ -2305,7 +2305,7 @@ async fn a_no_local_queue_consumer_leaves_its_connections_messages_to_others() {
 }
 
 #[tokio::test]
-async fn a_no_local_durable_subscriber_gets_what_its_old_connection_sent_while_away() {
+async fn a_no_local_durable_subscriber_is_not_kept_its_last_connections_messages() {
     let f = fixture(BrokerOptions::default()).await;
     let t = topic("news");
     let (own, mut own_rx) = no_local_on(&f, Some("c"), t.clone(), Some("d"));
@@ -2313,15 +2313,19 @@ async fn a_no_local_durable_subscriber_gets_what_its_old_connection_sent_while_a
     send_settled(&own, &t, persistent("mine")).await;
     send_settled(&other, &t, persistent("theirs")).await;
     assert_eq!(bodies(&take_all(&mut own_rx)), ["theirs"]);
-    // Its own message was not kept for it either.
+    // Inactive, it is still not kept what its connection sends (as in ActiveMQ).
     own.unsubscribe("s", false).unwrap();
-    send_settled(&own, &t, persistent("sent while away")).await;
+    send_settled(&own, &t, persistent("mine while away")).await;
+    send_settled(&other, &t, persistent("theirs while away")).await;
     drop(own);
-    // Back on a new connection: what the old one sent is not its own any more ("theirs",
-    // unacknowledged, comes back first).
-    let (_back, mut back_rx) = no_local_on(&f, Some("c"), t.clone(), Some("d"));
+    // Back on a new connection: "theirs", unacknowledged, comes back first.
+    let (back, mut back_rx) = no_local_on(&f, Some("c"), t.clone(), Some("d"));
     assert_eq!(
         bodies(&take_all(&mut back_rx)),
-        ["theirs", "sent while away"]
+        ["theirs", "theirs while away"]
     );
+    // Now this connection's messages are its own, and only those.
+    send_settled(&back, &t, persistent("mine again")).await;
+    send_settled(&other, &t, persistent("theirs again")).await;
+    assert_eq!(bodies(&take_all(&mut back_rx)), ["theirs again"]);
 }
