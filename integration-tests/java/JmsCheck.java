@@ -97,6 +97,8 @@ public final class JmsCheck {
         SCENARIOS.put("virtual-topic", JmsCheck::virtualTopic);
         SCENARIOS.put("exclusive-consumer", JmsCheck::exclusiveConsumer);
         SCENARIOS.put("message-groups", JmsCheck::messageGroups);
+        SCENARIOS.put("no-local", JmsCheck::noLocal);
+        SCENARIOS.put("consumer-priority", JmsCheck::consumerPriority);
         SCENARIOS.put("temp-queue-reply", JmsCheck::tempQueueReply);
         SCENARIOS.put("selectors", JmsCheck::selectors);
         SCENARIOS.put("browser", JmsCheck::browser);
@@ -1164,6 +1166,122 @@ public final class JmsCheck {
         expectOnlySentinel(c, q, plain,
                 "the plain consumer got nothing while an exclusive consumer was there");
         close(plainConn);
+        close(c);
+    }
+
+    /**
+     * noLocal ({@code createConsumer(d, null, true)}, {@code createDurableSubscriber(t, name,
+     * null, true)}): a topic subscriber with noLocal does not receive what its own connection
+     * publishes, while a plain subscriber of the same connection does; a queue consumer with
+     * noLocal leaves its connection's messages to other consumers (ActiveMQ applies noLocal to
+     * every subscription); a durable subscriber with noLocal is not kept the messages of the
+     * connection it was last active on, even while inactive; back on a new connection, that
+     * one's messages are the ones it is not kept.
+     */
+    static void noLocal() throws Exception {
+        Connection own = connect();
+        Connection other = connect();
+        Topic t = topic(own, "news");
+        MessageConsumer noLocalSub =
+                own.createSession(false, Session.AUTO_ACKNOWLEDGE).createConsumer(t, null, true);
+        MessageConsumer plainSub = consumer(own, Session.AUTO_ACKNOWLEDGE, t);
+        ok("a noLocal and a plain topic subscriber on one connection");
+        sendTexts(own, t, List.of("own-1"));
+        sendTexts(other, t, List.of("other-1"));
+        receiveTexts(noLocalSub, List.of("other-1"),
+                "the noLocal subscriber gets only the other connection's message");
+        receiveTexts(plainSub, List.of("own-1", "other-1"), "the plain subscriber gets both");
+        expectOnlySentinel(other, t, noLocalSub, "nothing more for the noLocal subscriber");
+
+        Queue q = queue(own, "work");
+        MessageConsumer noLocalQ =
+                own.createSession(false, Session.AUTO_ACKNOWLEDGE).createConsumer(q, null, true);
+        sendTexts(own, q, List.of("own-q"));
+        sendTexts(other, q, List.of("other-q"));
+        receiveTexts(noLocalQ, List.of("other-q"),
+                "the noLocal queue consumer gets the other connection's message");
+        MessageConsumer otherQ = consumer(other, Session.AUTO_ACKNOWLEDGE, q);
+        receiveTexts(otherQ, List.of("own-q"),
+                "its own connection's message waited for another consumer");
+
+        String clientId = name("client");
+        Topic dt = topic(own, "durable");
+        Connection first = connect(url, clientId);
+        Session fs = first.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        TopicSubscriber d1 = fs.createDurableSubscriber(dt, "sub", null, true);
+        sendTexts(first, dt, List.of("own-d1"));
+        sendTexts(other, dt, List.of("other-d1"));
+        receiveTexts(d1, List.of("other-d1"),
+                "the noLocal durable subscriber gets only the other connection's message");
+        d1.close();
+        sendTexts(first, dt, List.of("own-d2"));
+        sendTexts(other, dt, List.of("other-d2"));
+        close(first);
+        ok("both connections published while it was inactive, then its connection closed");
+        Connection second = connect(url, clientId);
+        Session ss = second.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        TopicSubscriber d2 = ss.createDurableSubscriber(dt, "sub", null, true);
+        receiveTexts(d2, List.of("other-d2"),
+                "back on a new connection it gets the other connection's message");
+        expectOnlySentinel(other, dt, d2,
+                "its old connection's messages were not kept, active or not");
+        sendTexts(second, dt, List.of("own-d3"));
+        expectOnlySentinel(other, dt, d2, "nor are its new connection's");
+        d2.close();
+        ss.unsubscribe("sub");
+        close(second);
+        close(other);
+        close(own);
+    }
+
+    /**
+     * Consumer priorities ({@code queue://x?consumer.priority=N}): with a priority-0 consumer
+     * (subscribed first) and a priority-10 one of prefetch 3 on a queue, the high one gets the
+     * first 3 of 6 messages and the low one the other 3; once the high one has room again (a
+     * transacted session committed what it took) the next message goes to it. An exclusive
+     * consumer of higher priority takes over a queue from the first exclusive consumer; when
+     * it closes, the first one has it again.
+     */
+    static void consumerPriority() throws Exception {
+        Connection c = connect();
+        Queue q = queue(c, "orders");
+        Connection lowConn = connect();
+        MessageConsumer low = consumer(lowConn, Session.AUTO_ACKNOWLEDGE,
+                lowConn.createSession(false, Session.AUTO_ACKNOWLEDGE)
+                        .createQueue(q.getQueueName() + "?consumer.prefetchSize=10"));
+        Connection highConn = connect();
+        Session highSession = highConn.createSession(true, Session.SESSION_TRANSACTED);
+        MessageConsumer high = highSession.createConsumer(highSession.createQueue(
+                q.getQueueName() + "?consumer.priority=10&consumer.prefetchSize=3"));
+        ok("a consumer of priority 0, then one of priority 10 with prefetch 3 on "
+                + q.getQueueName());
+        List<String> sent = bodies("order", 0, 6);
+        sendTexts(c, q, sent);
+        receiveTexts(high, sent.subList(0, 3), "the high-priority consumer gets the first 3");
+        highSession.commit();
+        ok("the high-priority consumer committed");
+        expectOnlySentinel(c, q, high, "with room again, the high-priority consumer gets the next");
+        highSession.commit();
+        receiveTexts(low, sent.subList(3, 6), "the low-priority consumer gets the rest");
+        close(highConn);
+        expectOnlySentinel(c, q, low, "nothing more for the low-priority consumer");
+        close(lowConn);
+
+        Queue x = queue(c, "exclusive");
+        Connection firstConn = connect();
+        MessageConsumer first = consumer(firstConn, Session.AUTO_ACKNOWLEDGE,
+                firstConn.createSession(false, Session.AUTO_ACKNOWLEDGE)
+                        .createQueue(x.getQueueName() + "?consumer.exclusive=true"));
+        Connection higherConn = connect();
+        MessageConsumer higher = consumer(higherConn, Session.AUTO_ACKNOWLEDGE,
+                higherConn.createSession(false, Session.AUTO_ACKNOWLEDGE).createQueue(
+                        x.getQueueName() + "?consumer.exclusive=true&consumer.priority=5"));
+        ok("an exclusive consumer, then one of priority 5 on " + x.getQueueName());
+        sendTexts(c, x, List.of("x-0"));
+        receiveTexts(higher, List.of("x-0"), "the higher-priority exclusive consumer took over");
+        close(higherConn);
+        expectOnlySentinel(c, x, first, "then the first one has the queue again, and got nothing before");
+        close(firstConn);
         close(c);
     }
 

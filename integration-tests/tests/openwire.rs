@@ -184,6 +184,26 @@ fn exclusive_consumer_takes_the_queue_and_hands_over_in_order() {
     check("exclusive-consumer", &[]);
 }
 
+/// noLocal (`createConsumer(topic, null, true)`, ConsumerInfo.noLocal): a topic subscriber does
+/// not get its own connection's messages while a plain one of the same connection does; a
+/// queue consumer leaves them to other consumers; a durable subscriber is not kept the messages
+/// of the connection it was last active on, even while inactive, and back on a new connection
+/// gets the others' messages kept meanwhile.
+#[test]
+fn no_local_subscribers_skip_their_own_connections_messages() {
+    check("no-local", &[]);
+}
+
+/// Consumer priorities (`queue://x?consumer.priority=10`, ConsumerInfo.priority): the
+/// high-priority consumer of prefetch 3 gets the first 3 of 6 messages though the low one
+/// subscribed first, the low one the rest, and the high one the next once it has room again;
+/// an exclusive consumer of higher priority takes a queue over from the first exclusive one,
+/// which has it again when the other closes.
+#[test]
+fn higher_priority_consumers_are_served_first() {
+    check("consumer-priority", &[]);
+}
+
 /// Message groups (JMSXGroupID): two consumers on one queue and groups A and B interleaved;
 /// each group's messages reach one consumer in order, the first flagged
 /// JMSXGroupFirstForConsumer; when A's consumer closes, A moves to the other, flagged again.
