@@ -1465,8 +1465,9 @@ impl Core {
         let _ = consumer.deliveries.send(delivery);
     }
 
-    /// Hands ready messages of `queue` to its consumers with credit, round-robin (only to
-    /// its exclusive consumer while it has one).
+    /// Hands ready messages of `queue` to its consumers with credit, round-robin, highest
+    /// consumer priority first (only to its exclusive consumer while it has one; see
+    /// [`Queue::choose`]).
     fn dispatch_queue(&mut self, queue: &str) {
         // A queue that has seen message groups may have to pass over a message whose group's
         // consumer has no credit, as with selectors.
@@ -1528,8 +1529,9 @@ impl Core {
         }
     }
 
-    /// Dispatch when some consumer has a selector or the queue has message groups: each ready
-    /// message, in order, goes to the next consumer (round-robin) with credit that accepts it
+    /// Dispatch when some consumer has a selector (or noLocal) or the queue has message groups:
+    /// each ready message, in order, goes to the next consumer (round-robin, highest priority
+    /// first) with credit that accepts it
     /// (its exclusive consumer only, while it has one; the group's consumer only, for a
     /// message whose group is assigned); a message nobody can take stays and does not hold up
     /// the ones behind it.

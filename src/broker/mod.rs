@@ -1,7 +1,9 @@
 //! The broker core: queues, topics, durable subscriptions, dispatch, acknowledgements,
 //! transactions, expiry and the dead-letter queue. Topic subscriptions (durable or not) may
 //! name an ActiveMQ wildcard pattern (`logs.>`, `prices.*.eu`; `broker::wildcard`); queue
-//! subscriptions and sends may not.
+//! subscriptions and sends may not. Queue consumers may have ActiveMQ's consumer priorities, and
+//! any subscriber noLocal (the core knows which session, that is which client connection, sent
+//! each message; see [`SubscribeRequest`]).
 //!
 //! It owns all routing state behind one mutex (never held across an `.await`) and talks to the
 //! rest of the node through narrow seams:
