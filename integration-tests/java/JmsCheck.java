@@ -318,6 +318,17 @@ public final class JmsCheck {
         return c.createSession(false, ackMode).createConsumer(d);
     }
 
+    /**
+     * A consumer of queue {@code q} with ActiveMQ destination options
+     * ({@code consumer.priority=10&consumer.prefetchSize=3}) on a new auto-acknowledge session
+     * of {@code c}.
+     */
+    static MessageConsumer consumerWithOptions(Connection c, Queue q, String options)
+            throws JMSException {
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        return s.createConsumer(s.createQueue(q.getQueueName() + "?" + options));
+    }
+
     static String withOption(String brokerUrl, String option) {
         return brokerUrl + (brokerUrl.contains("?") ? "&" : "?") + option;
     }
@@ -1246,9 +1257,7 @@ public final class JmsCheck {
         Connection c = connect();
         Queue q = queue(c, "orders");
         Connection lowConn = connect();
-        MessageConsumer low = consumer(lowConn, Session.AUTO_ACKNOWLEDGE,
-                lowConn.createSession(false, Session.AUTO_ACKNOWLEDGE)
-                        .createQueue(q.getQueueName() + "?consumer.prefetchSize=10"));
+        MessageConsumer low = consumerWithOptions(lowConn, q, "consumer.prefetchSize=10");
         Connection highConn = connect();
         Session highSession = highConn.createSession(true, Session.SESSION_TRANSACTED);
         MessageConsumer high = highSession.createConsumer(highSession.createQueue(
@@ -1260,7 +1269,8 @@ public final class JmsCheck {
         receiveTexts(high, sent.subList(0, 3), "the high-priority consumer gets the first 3");
         highSession.commit();
         ok("the high-priority consumer committed");
-        expectOnlySentinel(c, q, high, "with room again, the high-priority consumer gets the next");
+        expectOnlySentinel(c, q, high,
+                "with room again, the high-priority consumer gets the next");
         highSession.commit();
         receiveTexts(low, sent.subList(3, 6), "the low-priority consumer gets the rest");
         close(highConn);
@@ -1269,18 +1279,16 @@ public final class JmsCheck {
 
         Queue x = queue(c, "exclusive");
         Connection firstConn = connect();
-        MessageConsumer first = consumer(firstConn, Session.AUTO_ACKNOWLEDGE,
-                firstConn.createSession(false, Session.AUTO_ACKNOWLEDGE)
-                        .createQueue(x.getQueueName() + "?consumer.exclusive=true"));
+        MessageConsumer first = consumerWithOptions(firstConn, x, "consumer.exclusive=true");
         Connection higherConn = connect();
-        MessageConsumer higher = consumer(higherConn, Session.AUTO_ACKNOWLEDGE,
-                higherConn.createSession(false, Session.AUTO_ACKNOWLEDGE).createQueue(
-                        x.getQueueName() + "?consumer.exclusive=true&consumer.priority=5"));
+        MessageConsumer higher =
+                consumerWithOptions(higherConn, x, "consumer.exclusive=true&consumer.priority=5");
         ok("an exclusive consumer, then one of priority 5 on " + x.getQueueName());
         sendTexts(c, x, List.of("x-0"));
         receiveTexts(higher, List.of("x-0"), "the higher-priority exclusive consumer took over");
         close(higherConn);
-        expectOnlySentinel(c, x, first, "then the first one has the queue again, and got nothing before");
+        expectOnlySentinel(c, x, first,
+                "then the first one has the queue again, and got nothing before");
         close(firstConn);
         close(c);
     }
