@@ -1109,6 +1109,8 @@ impl Core {
         };
         // Exclusive consumers are a queue feature (ActiveMQ ignores the flag on topics).
         let exclusive = request.exclusive && matches!(request.destination, Destination::Queue(_));
+        let durable = matches!(source, Source::Queue(_))
+            && matches!(request.destination, Destination::Topic(_));
         let id = self.next_consumer;
         self.next_consumer += 1;
         self.consumers.insert(
@@ -1122,21 +1124,16 @@ impl Core {
                 pulls: 0,
                 delivered_upto: 0,
                 delivered: 0,
-                // A durable subscription's queue holds only matching messages already.
-                selector: if request.durable_name.is_some()
-                    && matches!(request.destination, Destination::Topic(_))
-                {
-                    None
-                } else {
-                    selector
-                },
+                // A durable subscription's queue holds only matching messages already (and
+                // none of its noLocal connection's, see `route`).
+                selector: if durable { None } else { selector },
                 in_flight: Default::default(),
                 pending: VecDeque::new(),
                 deliveries,
                 discarded: 0,
                 exclusive,
                 priority: request.priority,
-                no_local: request.no_local,
+                no_local: request.no_local && !durable,
             },
         );
         self.session(session)?.subscriptions.insert(request.id, id);

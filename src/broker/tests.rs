@@ -2329,3 +2329,29 @@ async fn a_no_local_durable_subscriber_is_not_kept_its_last_connections_messages
     send_settled(&other, &t, persistent("theirs again")).await;
     assert_eq!(bodies(&take_all(&mut back_rx)), ["theirs again"]);
 }
+
+#[tokio::test]
+async fn a_durable_subscription_resubscribed_with_no_local_is_not_stuck_on_what_it_holds() {
+    let f = fixture(BrokerOptions::default()).await;
+    let t = topic("news");
+    let (s, mut rx) = f.broker.open_session(Some("c".into()));
+    subscribe_to(&s, "d", t.clone(), Some("sub"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    send_settled(&s, &t, persistent("mine, before noLocal")).await;
+    assert_eq!(bodies(&take_all(&mut rx)), ["mine, before noLocal"]);
+    s.unsubscribe("d", false).unwrap();
+    // noLocal decides what is kept for it from now on; what it holds is delivered (ActiveMQ,
+    // whose store records noLocal, would start the subscription afresh instead).
+    s.subscribe(SubscribeRequest {
+        no_local: true,
+        durable_name: Some("sub".into()),
+        ..request("d", t.clone(), 10)
+    })
+    .unwrap();
+    assert_eq!(bodies(&take_all(&mut rx)), ["mine, before noLocal"]);
+    send_settled(&s, &t, persistent("mine, with noLocal")).await;
+    assert!(take_all(&mut rx).is_empty());
+    assert_eq!(f.broker.queue_depth("durable://c:sub"), 0);
+}
