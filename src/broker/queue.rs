@@ -289,7 +289,8 @@ pub(super) struct Consumer {
     pub exclusive: bool,
     /// Its consumer priority (queues only; see `SubscribeRequest::priority`).
     pub priority: i8,
-    /// Messages its own session sent are not for it (JMS noLocal).
+    /// Messages its own session sent are not for it (JMS noLocal). Never set on a durable
+    /// subscription's consumer: its queue is not fed them (see `Core::route`).
     pub no_local: bool,
 }
 
