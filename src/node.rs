@@ -12,7 +12,7 @@
 //! A store that fails (a full disk, say) ends the node's membership: it steps down, leaves the
 //! election so that the others elect a master at once, and the process exits with the
 //! store's reason for its supervisor to restart it once the disk is fixed. So does an elected
-//! node that cannot start serving ([`MASTER_ATTEMPTS`] times in a row). It must never stay
+//! node that cannot start serving (`MASTER_ATTEMPTS` times in a row). It must never stay
 //! master, or keep following, on a store that accepts no writes, nor hold the election while
 //! serving nobody.
 

@@ -41,7 +41,7 @@ pub enum Mode {
     /// stomp.py, a JMS failover transport) is refused at connect and tries the next address.
     Closed(String),
     /// This node was elected and is taking over (the reason says so): a new connection is
-    /// held for up to [`PENDING_HOLD`] and served as soon as the node serves, instead of being
+    /// held for up to `PENDING_HOLD` and served as soon as the node serves, instead of being
     /// refused and left to its client's reconnect back-off (up to `maxReconnectDelay` more
     /// after a failover). Refused if the node does not serve by then.
     Pending(String),

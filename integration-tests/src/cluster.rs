@@ -350,7 +350,7 @@ impl Cluster {
     }
 
     /// Starts node `i` again (kill -9 first if it runs) on its port, with its store. If the
-    /// port is briefly taken by another process, retries until [`STARTUP_TIMEOUT`].
+    /// port is briefly taken by another process, retries until [`STARTUP_TIMEOUT`](crate::STARTUP_TIMEOUT).
     pub fn restart(&mut self, i: usize) -> Result<()> {
         let node = &mut self.nodes[i];
         node.broker
@@ -415,7 +415,7 @@ impl Cluster {
     }
 }
 
-/// What `addr` answers to a STOMP 1.2 CONNECT within [`PROBE_TIMEOUT`].
+/// What `addr` answers to a STOMP 1.2 CONNECT within `PROBE_TIMEOUT`.
 pub fn probe_addr(addr: SocketAddr) -> Probe {
     let mut client = match StompClient::open(addr) {
         Ok(c) => c,

@@ -4,7 +4,7 @@
 //! 1. the defaults ([`Config::default`]);
 //! 2. the TOML file given with `--config` (a missing or unreadable file is an error);
 //! 3. environment variables `FERROMQ_<SECTION>__<KEY>`, e.g. `FERROMQ_REPLICATION__ZK_ADDRESS`,
-//!    `FERROMQ_STORE__SYNC` (see [`env`] for the details).
+//!    `FERROMQ_STORE__SYNC` (see [`env`](mod@env) for the details).
 //!
 //! Keys are ActiveMQ's attribute names in snake_case (`zkAddress` is `zk_address`). Unknown keys
 //! are errors, and every error names the key and where its value came from (file or variable).

@@ -131,7 +131,7 @@ pub enum Role {
 const TAKING_OVER: &str = "elected; taking a new epoch";
 
 impl Role {
-    /// A candidate elected and taking its epoch (see [`TAKING_OVER`]).
+    /// A candidate elected and taking its epoch (see `TAKING_OVER`).
     pub fn is_taking_over(&self) -> bool {
         matches!(self, Role::Candidate { reason } if reason == TAKING_OVER)
     }
@@ -270,7 +270,7 @@ impl Election {
     /// compares: a position reported while the node still follows (or leads) could be stale by
     /// the time the master is gone, and electing on a stale, lower position could pick a node
     /// that lacks confirmed records. The report counts only in the role it was made in (see
-    /// [`RoleGeneration`]), so the lifecycle reports again at each candidate role it sees.
+    /// `RoleGeneration`), so the lifecycle reports again at each candidate role it sees.
     pub fn report_final_log(&self, log: LogState) {
         let made_in = generation_of(&self.generation);
         let _ = self.commands.send(Command::ReportLog(log, Some(made_in)));

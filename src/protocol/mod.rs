@@ -57,7 +57,7 @@ const MAX_LEADING_EOLS: usize = 256;
 
 /// Once a client has sent this many bytes, [`detect`] always decides (never returns `None`).
 ///
-/// Up to [`MAX_LEADING_EOLS`] heart-beat EOLs, then `CONNECT` and its line ending.
+/// Up to `MAX_LEADING_EOLS` heart-beat EOLs, then `CONNECT` and its line ending.
 pub const DETECT_MAX_BYTES: usize = MAX_LEADING_EOLS + STOMP_CONNECT.len() + 1;
 
 const STOMP_CONNECT: &[u8] = b"CONNECT";
@@ -82,7 +82,7 @@ enum Verdict {
 /// Returns `None` while the bytes are still a prefix of a STOMP or an OpenWire opening; once
 /// [`DETECT_MAX_BYTES`] bytes are available it always returns `Some`.
 ///
-/// - STOMP: optional EOLs (`\n`, `\r\n`; at most [`MAX_LEADING_EOLS`] bytes), then the command
+/// - STOMP: optional EOLs (`\n`, `\r\n`; at most `MAX_LEADING_EOLS` bytes), then the command
 ///   `CONNECT` or `STOMP` followed by its line ending.
 /// - OpenWire: a 4-byte big-endian size, then the `WireFormatInfo` type byte `1` and the magic
 ///   `ActiveMQ` (bytes 4..13).
