@@ -17,8 +17,9 @@ use tokio::sync::watch;
 
 use crate::broker::{Broker, BrokerOptions, ConfirmLater};
 use crate::config::{Config, ConnectorScheme};
-use crate::protocol::openwire::session::{self as openwire, OpenWireOptions, TempDestinations};
+use crate::protocol::openwire::session::{self as openwire, OpenWireOptions};
 use crate::protocol::stomp::session::{self as stomp, StompOptions};
+use crate::protocol::temps::TempDestinations;
 use crate::protocol::{detect, Detected};
 use crate::store::{Recovered, Store, StoreOptions};
 use tokio::task::JoinSet;

@@ -1,12 +1,14 @@
 //! Wire protocols that translate client frames into broker-core calls.
 //!
 //! - [`stomp`]: STOMP 1.0, 1.1 and 1.2 (the frame codec in [`stomp::frame`]).
+//! - [`temps`]: the temporary destinations live on this node, whichever protocol made them.
 //! - [`write`]: writing to a client while still noticing that it went silent.
 //! - [`detect`]: tells STOMP from OpenWire by the first bytes a client sends, so that one
 //!   listener can serve both.
 
 pub mod openwire;
 pub mod stomp;
+pub mod temps;
 pub(crate) mod write;
 
 /// A destination named in a header, as STOMP writes it and as the core keeps it: ActiveMQ's

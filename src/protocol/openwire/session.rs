@@ -34,6 +34,7 @@ use super::{
 use crate::broker::{
     AckScope, Broker, BrokerError, Confirmation, Delivery, Destination, Session, SubscribeRequest,
 };
+use crate::protocol::temps::{TempDestinations, TempEvent};
 use crate::protocol::write::{flush, Unwritten};
 
 /// What every OpenWire connection on a node shares.
@@ -68,79 +69,6 @@ impl OpenWireOptions {
             connections: Registry::default(),
             temps: Arc::default(),
         }
-    }
-}
-
-/// The temporary destinations live on this node. A JMS client learns them from advisory
-/// messages (`ActiveMQ.Advisory.TempQueue`, `ActiveMQ.Advisory.TempTopic`) and refuses to send
-/// to a temporary destination it has not heard of, so every connection with an advisory
-/// consumer is told of each one created or deleted, whichever protocol's connection made it.
-#[derive(Debug)]
-pub struct TempDestinations {
-    live: Mutex<HashMap<OwDestination, String>>,
-    events: broadcast::Sender<TempEvent>,
-}
-
-#[derive(Debug, Clone)]
-struct TempEvent {
-    destination: OwDestination,
-    connection_id: String,
-    added: bool,
-}
-
-impl Default for TempDestinations {
-    fn default() -> Self {
-        TempDestinations {
-            live: Mutex::new(HashMap::new()),
-            events: broadcast::channel(4096).0,
-        }
-    }
-}
-
-impl TempDestinations {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<OwDestination, String>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn add(&self, destination: OwDestination, connection_id: &str) {
-        self.lock()
-            .insert(destination.clone(), connection_id.to_string());
-        let _ = self.events.send(TempEvent {
-            destination,
-            connection_id: connection_id.to_string(),
-            added: true,
-        });
-    }
-
-    pub(crate) fn remove(&self, destination: &OwDestination) {
-        if let Some(connection_id) = self.lock().remove(destination) {
-            let _ = self.events.send(TempEvent {
-                destination: destination.clone(),
-                connection_id,
-                added: false,
-            });
-        }
-    }
-
-    /// The connection that made `destination`, while it lives.
-    pub(crate) fn owner(&self, destination: &OwDestination) -> Option<String> {
-        self.lock().get(destination).cloned()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn snapshot_is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
-
-    fn snapshot(&self) -> Vec<TempEvent> {
-        self.lock()
-            .iter()
-            .map(|(d, c)| TempEvent {
-                destination: d.clone(),
-                connection_id: c.clone(),
-                added: true,
-            })
-            .collect()
     }
 }
 
@@ -546,7 +474,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             now: now_ms(),
             connection_id: connection_id.clone(),
             options: options.clone(),
-            temp_events: options.temps.events.subscribe(),
+            temp_events: options.temps.subscribe(),
             own_temps: Vec::new(),
             windows: HashSet::new(),
         };

@@ -20,8 +20,8 @@ use crate::broker::{
     AckScope, BodyType, Broker, BrokerError, Confirmation, Delivery, Destination, Header,
     NewMessage, Session, SubscribeRequest, JMS_TYPE_HEADER, REPLY_TO_HEADER,
 };
-use crate::protocol::openwire::session::TempDestinations;
 use crate::protocol::openwire::{Destination as OwDestination, DestinationKind};
+use crate::protocol::temps::TempDestinations;
 use crate::protocol::write::{flush, Unwritten};
 use crate::protocol::{destination_to_core, destination_to_stomp};
 
