@@ -802,19 +802,38 @@ impl Core {
         })
     }
 
+    /// Sends one message to each of `destinations` (a composite destination's members, or
+    /// just one): a copy per distinct member, each naming its member as its destination. The
+    /// copies are stored in one record, so a crash keeps all or none of them, and a re-send of
+    /// the same producer sequence is recognised once for all of them.
     pub fn send(
         &mut self,
         session: u64,
-        destination: &Destination,
+        destinations: &[Destination],
         new: NewMessage,
         transaction: Option<&str>,
     ) -> Result<Confirmation, BrokerError> {
-        if wildcard::is_pattern(destination.name()) {
+        let mut members: Vec<&Destination> = Vec::with_capacity(destinations.len());
+        for d in destinations {
+            if !members.contains(&d) {
+                members.push(d);
+            }
+        }
+        let Some(&first) = members.first() else {
+            return Err(BrokerError::InvalidDestination(String::new()));
+        };
+        if let Some(pattern) = members.iter().find(|d| wildcard::is_pattern(d.name())) {
             // ActiveMQ sends a copy to each existing destination the pattern matches; taken
             // as a literal name, it would reach only the wildcard subscribers, quietly.
             return Err(BrokerError::Unsupported(format!(
                 "sending to '{}', a wildcard destination: send to each destination by name",
-                destination.canonical()
+                pattern.canonical()
+            )));
+        }
+        if members.len() > crate::store::MAX_ENTRIES {
+            return Err(BrokerError::InvalidMessage(format!(
+                "a send to more than {} destinations at once",
+                crate::store::MAX_ENTRIES
             )));
         }
         if let Some(reason) = &self.failed {
@@ -823,7 +842,11 @@ impl Core {
         if self.store.is_none() {
             return Err(BrokerError::NotMaster("the node stepped down".into()));
         }
-        let message = self.make_message(session, destination, new);
+        let message = self.make_message(session, first, new);
+        let sends: Vec<(Destination, Arc<Message>)> = members
+            .iter()
+            .map(|&d| (d.clone(), for_member(&message, d)))
+            .collect();
         if let Some(tx) = transaction {
             // A repeat of a stored message is recognised when it is sent, in send order, like
             // a plain send (a transaction committed later must not be judged against sends
@@ -837,14 +860,14 @@ impl Core {
             let Some(open) = state.transactions.get_mut(tx) else {
                 return Err(BrokerError::UnknownTransaction(tx.to_string()));
             };
-            let bytes = open.bytes + message.body.len() as u64;
+            let bytes = open.bytes + (message.body.len() * sends.len()) as u64;
             if bytes > limit {
                 return Err(BrokerError::TransactionTooLarge(
                     tx.to_string(),
                     format!("more than memory_limit ({limit} bytes) of message bodies"),
                 ));
             }
-            if open.entries() >= crate::store::MAX_ENTRIES {
+            if open.entries() + sends.len() > crate::store::MAX_ENTRIES {
                 return Err(too_many_entries(tx));
             }
             let tx = open;
@@ -857,7 +880,7 @@ impl Core {
                 self.stats.duplicates_dropped += 1;
             } else {
                 tx.bytes = bytes;
-                tx.sends.push((destination.clone(), message));
+                tx.sends.extend(sends);
             }
             return Ok(Confirmation::done());
         }
@@ -865,13 +888,13 @@ impl Core {
             self.stats.duplicates_dropped += 1;
             return Ok(self.flush());
         }
-        let (entries, publish) = self.route(destination, message);
-        if entries.is_empty() {
-            self.publish_now(publish);
+        let routed = self.route_all(sends);
+        if routed.entries.is_empty() {
+            self.publish_now(routed.publish);
             return Ok(Confirmation::done());
         }
-        let (start, _) = self.append_deferred(entries)?;
-        Ok(self.wait_for(with_keys(publish, start, 0)))
+        let (start, _) = self.append_deferred(routed.entries)?;
+        Ok(self.wait_for(with_keys(routed.publish, &routed.keyed, start)))
     }
 
     /// A persistent message whose producer sequence was already stored: the client re-sent it
@@ -949,6 +972,29 @@ impl Core {
                 (entries, publish)
             }
         }
+    }
+
+    /// [`Core::route`] for each of `sends`, their entries gathered for one record.
+    fn route_all(&mut self, sends: Vec<(Destination, Arc<Message>)>) -> Routed {
+        let mut routed = Routed {
+            entries: Vec::new(),
+            publish: Vec::new(),
+            keyed: Vec::new(),
+        };
+        for (destination, message) in sends {
+            let (entries, publish) = self.route(&destination, message);
+            let stored = !entries.is_empty();
+            for item in publish {
+                if stored && matches!(item, Publish::Queue(..)) {
+                    routed
+                        .keyed
+                        .push((routed.publish.len(), routed.entries.len()));
+                }
+                routed.publish.push(item);
+            }
+            routed.entries.extend(entries);
+        }
+        routed
     }
 
     /// Hands a confirmed topic message to the non-durable subscribers of `topic` and of the
@@ -2078,23 +2124,16 @@ impl Core {
             .transactions
             .remove(tx)
             .ok_or_else(|| BrokerError::UnknownTransaction(tx.to_string()))?;
-        let mut entries = Vec::new();
-        let mut publish = Vec::new();
-        let mut keyed = Vec::new(); // (index into publish, entry index in the record)
-        for (destination, message) in transaction.sends {
+        for (_, message) in &transaction.sends {
             if !message.producer_id.is_empty() {
                 self.record_producer(&message.producer_id, message.producer_sequence);
             }
-            let (e, p) = self.route(&destination, message);
-            let stored = !e.is_empty();
-            for item in p {
-                if stored && matches!(item, Publish::Queue(..)) {
-                    keyed.push((publish.len(), entries.len()));
-                }
-                publish.push(item);
-            }
-            entries.extend(e);
         }
+        let Routed {
+            mut entries,
+            publish,
+            keyed,
+        } = self.route_all(transaction.sends);
         for (_, _, f) in &transaction.acks {
             if let (Some(queue), Some(key)) = (&f.queue, f.entry.key) {
                 entries.push(remove_entry(queue, key));
@@ -2108,12 +2147,7 @@ impl Core {
             return Ok(self.flush());
         }
         let (start, _) = self.append_deferred(entries)?;
-        for (p, index) in keyed {
-            if let Publish::Queue(_, entry) = &mut publish[p] {
-                entry.key = Some(MessageKey::new(start, index));
-            }
-        }
-        Ok(self.wait_for(publish))
+        Ok(self.wait_for(with_keys(publish, &keyed, start)))
     }
 
     /// Drops a transaction's sends; its acknowledged messages are redelivered.
@@ -2231,11 +2265,31 @@ fn virtual_copy(message: &Arc<Message>, queue: &str) -> Arc<Message> {
     Arc::new(copy)
 }
 
-/// Fills in the store key of queue entries published from a record that starts at `start`
-/// and stores the message as its entry `index`.
-fn with_keys(mut publish: Vec<Publish>, start: Position, index: usize) -> Vec<Publish> {
-    for p in &mut publish {
-        if let Publish::Queue(_, entry) = p {
+/// A copy of `message` for member `destination` of a composite send (the message itself when
+/// it already names that destination).
+fn for_member(message: &Arc<Message>, destination: &Destination) -> Arc<Message> {
+    let canonical = destination.canonical();
+    if message.destination == canonical {
+        return message.clone();
+    }
+    let mut copy = (**message).clone();
+    copy.destination = canonical;
+    Arc::new(copy)
+}
+
+/// What storing several sends in one record takes (see [`Core::route_all`]).
+struct Routed {
+    entries: Vec<crate::store::Entry>,
+    publish: Vec<Publish>,
+    /// (index into `publish`, index of the entry storing it in the record).
+    keyed: Vec<(usize, usize)>,
+}
+
+/// Fills in the store key of the queue entries `keyed` names, published from a record that
+/// starts at `start`.
+fn with_keys(mut publish: Vec<Publish>, keyed: &[(usize, usize)], start: Position) -> Vec<Publish> {
+    for &(p, index) in keyed {
+        if let Publish::Queue(_, entry) = &mut publish[p] {
             entry.key = Some(MessageKey::new(start, index));
         }
     }

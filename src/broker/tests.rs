@@ -2132,3 +2132,162 @@ fn consumer_on_q(f: &Fixture, prefetch: u32) -> (Session, UnboundedReceiver<Deli
     subscribe(&session, "s", queue("q"), prefetch);
     (session, rx)
 }
+
+// ----- composite destinations ------------------------------------------------------------
+
+/// Sends `message` to every member of `members` and waits for its confirmation.
+async fn send_to_each(s: &Session, members: &[Destination], message: NewMessage) {
+    s.send_to_each(members, message, None)
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// A composite send reaches each distinct member once (a member named twice gets one copy),
+/// queues and topics mixed; each copy names its own member as its destination.
+#[tokio::test]
+async fn a_composite_send_reaches_each_member_once() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (listener, mut topic_rx) = f.broker.open_session(None);
+    subscribe(&listener, "t", topic("t"), 10);
+    let (producer, _) = f.broker.open_session(None);
+    let members = [queue("a"), topic("t"), queue("b"), queue("a")];
+    send_to_each(&producer, &members, persistent("m")).await;
+    assert_eq!(f.broker.queue_depth("queue://a"), 1);
+    assert_eq!(f.broker.queue_depth("queue://b"), 1);
+    let d = next(&mut topic_rx).await;
+    assert_eq!(
+        (body(&d), d.message.destination.as_str()),
+        ("m", "topic://t")
+    );
+    let (c, mut rx) = f.broker.open_session(None);
+    subscribe(&c, "a", queue("a"), 10);
+    subscribe(&c, "b", queue("b"), 10);
+    let mut got: Vec<(String, String)> = Vec::new();
+    for _ in 0..2 {
+        let d = next(&mut rx).await;
+        got.push((d.subscription.clone(), d.message.destination.clone()));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("a".to_string(), "queue://a".to_string()),
+            ("b".to_string(), "queue://b".to_string())
+        ]
+    );
+    assert!(take_all(&mut topic_rx).is_empty());
+}
+
+/// The copies of a persistent composite send are stored in one record: after a crash that tore
+/// that record, no member has the message; an earlier composite send is in every member.
+#[tokio::test]
+async fn a_composite_send_is_kept_in_all_members_or_none_across_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = [queue("a"), queue("b")];
+    {
+        let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+        let (s, _) = broker.open_session(None);
+        send_to_each(&s, &members, persistent("kept")).await;
+        send_to_each(&s, &members, persistent("torn")).await;
+    }
+    let segment = dir.path().join("0000000000000000.log");
+    let len = crate::store::journal::data_len(&segment);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+    let (c, mut rx) = broker.open_session(None);
+    subscribe(&c, "a", queue("a"), 10);
+    subscribe(&c, "b", queue("b"), 10);
+    let got = [next(&mut rx).await, next(&mut rx).await];
+    assert_eq!(bodies(&got), ["kept", "kept"]);
+    assert_eq!(broker.queue_depth("queue://a"), 0);
+    assert_eq!(broker.queue_depth("queue://b"), 0);
+    assert!(take_all(&mut rx).is_empty());
+}
+
+/// A failover re-send of a composite send (same producer sequence) is confirmed again but
+/// stored in no member twice, whether sent alone or in a transaction.
+#[tokio::test]
+async fn a_resent_composite_send_is_stored_once_in_each_member() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (s, _) = f.broker.open_session(None);
+    let members = [queue("a"), queue("b")];
+    let mut m = persistent("once");
+    m.message_id = Some("ID:producer-1:7".into());
+    send_to_each(&s, &members, m.clone()).await;
+    send_to_each(&s, &members, m.clone()).await;
+    s.begin("tx").unwrap();
+    s.send_to_each(&members, m, Some("tx")).unwrap();
+    let mut next_one = persistent("next");
+    next_one.message_id = Some("ID:producer-1:8".into());
+    s.send_to_each(&members, next_one.clone(), Some("tx"))
+        .unwrap();
+    s.send_to_each(&members, next_one, Some("tx")).unwrap();
+    s.commit("tx").unwrap().await.unwrap();
+    assert_eq!(f.broker.queue_depth("queue://a"), 2);
+    assert_eq!(f.broker.queue_depth("queue://b"), 2);
+    assert_eq!(f.broker.stats().duplicates_dropped, 3);
+}
+
+/// In a transaction, a composite send reaches its members at commit, and none at rollback.
+#[tokio::test]
+async fn a_transacted_composite_send_commits_and_rolls_back_with_the_transaction() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (s, _) = f.broker.open_session(None);
+    let members = [queue("a"), queue("b")];
+    s.begin("t1").unwrap();
+    s.send_to_each(&members, persistent("rolled back"), Some("t1"))
+        .unwrap();
+    s.abort("t1").unwrap();
+    s.begin("t2").unwrap();
+    s.send_to_each(&members, persistent("committed"), Some("t2"))
+        .unwrap();
+    assert_eq!(f.broker.queue_depth("queue://a"), 0);
+    s.commit("t2").unwrap().await.unwrap();
+    let (c, mut rx) = f.broker.open_session(None);
+    subscribe(&c, "a", queue("a"), 10);
+    subscribe(&c, "b", queue("b"), 10);
+    let got = [next(&mut rx).await, next(&mut rx).await];
+    assert_eq!(bodies(&got), ["committed", "committed"]);
+    assert!(take_all(&mut rx).is_empty());
+}
+
+/// A wildcard member is refused by name, and the other members get nothing.
+#[tokio::test]
+async fn a_composite_send_with_a_wildcard_member_is_refused_whole() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (s, _) = f.broker.open_session(None);
+    s.begin("tx").unwrap();
+    for transaction in [None, Some("tx")] {
+        let error = s
+            .send_to_each(&[queue("a"), topic("logs.>")], persistent("m"), transaction)
+            .unwrap_err();
+        assert!(
+            matches!(&error, BrokerError::Unsupported(m) if m.contains("topic://logs.>")),
+            "{error}"
+        );
+    }
+    s.commit("tx").unwrap().await.unwrap();
+    assert_eq!(f.broker.queue_depth("queue://a"), 0);
+}
+
+#[test]
+fn composite_names_split_into_trimmed_members_and_empty_members_are_refused() {
+    assert_eq!(composite_members("orders").unwrap(), None);
+    assert_eq!(
+        composite_members("a, topic://b ,/queue/c").unwrap(),
+        Some(vec!["a", "topic://b", "/queue/c"])
+    );
+    for bad in ["a,,b", "a,", ",a", "a, ,b"] {
+        let error = composite_members(bad).unwrap_err();
+        assert!(
+            matches!(&error, BrokerError::InvalidComposite(name, why) if name == bad && why.contains("empty member")),
+            "{bad}: {error}"
+        );
+    }
+}

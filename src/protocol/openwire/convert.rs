@@ -24,7 +24,9 @@ use super::{
     decode_text_body, encode_text_body, Destination as OwDestination, DestinationKind, Message,
     MessageId, MessageKind, PrimitiveMap, PrimitiveValue, ProducerId,
 };
-use crate::broker::{BodyType, Destination, Header, NewMessage, PropertyType};
+use crate::broker::{
+    composite_members, BodyType, BrokerError, Destination, Header, NewMessage, PropertyType,
+};
 use crate::store::Message as StoredMessage;
 
 /// Headers that carry JMS header fields rather than properties.
@@ -116,6 +118,55 @@ pub fn core_destination(d: &OwDestination) -> Result<Destination, String> {
         DestinationKind::Queue | DestinationKind::TempQueue => Destination::Queue(name.into()),
         DestinationKind::Topic | DestinationKind::TempTopic => Destination::Topic(name.into()),
     })
+}
+
+/// The core destinations a producer's destination names: itself, or each member of a
+/// composite one (`a,b`; ActiveMQ's `ActiveMQDestination.getCompositeDestinations`). A member
+/// is of the composite's kind unless prefixed `queue://` or `topic://`
+/// (`queue://a,topic://b`). Temporary members are refused: their messages would have to be
+/// kept off disk while the other members' are stored.
+pub fn core_destinations(d: &OwDestination) -> Result<Vec<Destination>, BrokerError> {
+    let name = d.physical_name.as_deref().unwrap_or("");
+    let Some(members) = composite_members(name)? else {
+        return core_destination(d)
+            .map(|d| vec![d])
+            .map_err(BrokerError::Unsupported);
+    };
+    let invalid = |why: String| BrokerError::InvalidComposite(name.to_string(), why);
+    if matches!(
+        d.kind,
+        DestinationKind::TempQueue | DestinationKind::TempTopic
+    ) {
+        return Err(invalid(
+            "a temporary destination cannot be composite".into(),
+        ));
+    }
+    members
+        .into_iter()
+        .map(|member| {
+            if member.starts_with("temp-queue://") || member.starts_with("temp-topic://") {
+                return Err(invalid(format!(
+                    "member '{member}' is temporary: name only queues and topics"
+                )));
+            }
+            let (kind, bare) = if let Some(n) = member.strip_prefix("queue://") {
+                (DestinationKind::Queue, n)
+            } else if let Some(n) = member.strip_prefix("topic://") {
+                (DestinationKind::Topic, n)
+            } else {
+                (d.kind, member)
+            };
+            if bare.is_empty() || bare.contains("://") {
+                return Err(invalid(format!(
+                    "member '{member}' is not a name, queue://NAME or topic://NAME"
+                )));
+            }
+            Ok(match kind {
+                DestinationKind::Topic => Destination::Topic(bare.to_string()),
+                _ => Destination::Queue(bare.to_string()),
+            })
+        })
+        .collect()
 }
 
 /// A destination as ActiveMQ writes it in STOMP headers.

@@ -362,6 +362,7 @@ fn exception_class(e: &BrokerError) -> &'static str {
     match e {
         BrokerError::InvalidSelector(_) => "javax.jms.InvalidSelectorException",
         BrokerError::InvalidDestination(_)
+        | BrokerError::InvalidComposite(..)
         | BrokerError::TemporaryGone(_)
         | BrokerError::UnknownDurable(_) => "javax.jms.InvalidDestinationException",
         BrokerError::DurableNeedsClientId => "javax.jms.InvalidClientIDException",
@@ -1240,7 +1241,7 @@ impl State {
             .destination
             .as_ref()
             .ok_or_else(|| BrokerError::InvalidDestination("(none)".into()))?;
-        let core = convert::core_destination(destination).map_err(BrokerError::Unsupported)?;
+        let members = convert::core_destinations(destination)?;
         let mut message =
             convert::to_new_message(m).map_err(|e| BrokerError::InvalidMessage(e.to_string()))?;
         if matches!(
@@ -1256,7 +1257,7 @@ impl State {
             let _ = self.session.begin(tx);
         }
         self.session
-            .send(&core, message, transaction.as_deref())
+            .send_to_each(&members, message, transaction.as_deref())
             .map(Some)
     }
 
