@@ -7,7 +7,8 @@
 //! rest of the node through narrow seams:
 //! - protocol sessions call [`Session`] methods and read [`Delivery`]s from their receiver;
 //!   a protocol splits a composite destination (`a,b`, [`composite_members`]) and hands the
-//!   core its members ([`Session::send_to_each`]), which stores the copies in one record;
+//!   core its members ([`Session::send_to_each`], which stores the copies in one record, and
+//!   [`Session::subscribe_to_each`]);
 //! - every durable change becomes one write-ahead [`Record`](crate::store::Record) appended to
 //!   the [`Store`];
 //! - the confirmed watermark ([`Broker::confirm`], a [`Position`]) says how far the journal is
@@ -128,10 +129,15 @@ impl Destination {
 }
 
 /// The members of destination name `text` if it is composite (ActiveMQ's `a,b`: it names
-/// every member), each trimmed, in order; `None` for a name without a comma. A member that is
-/// empty (`a,,b`, `a,`) is refused, naming the composite. What a member may look like is the
-/// protocol's to say; the core takes the parsed members ([`Session::send_to_each`]).
-pub fn composite_members(text: &str) -> Result<Option<Vec<&str>>, BrokerError> {
+/// every member), in order, each trimmed and then read by `parse`, the protocol's rule for a
+/// member (its error says why that member is refused); `None` for a name without a comma. An
+/// empty member (`a,,b`, `a,`) or one `parse` refuses makes the whole name
+/// [`BrokerError::InvalidComposite`]. The core takes the parsed members
+/// ([`Session::send_to_each`], [`Session::subscribe_to_each`]).
+pub fn composite_members(
+    text: &str,
+    mut parse: impl FnMut(&str) -> Result<Destination, String>,
+) -> Result<Option<Vec<Destination>>, BrokerError> {
     if !text.contains(',') {
         return Ok(None);
     }
@@ -139,16 +145,14 @@ pub fn composite_members(text: &str) -> Result<Option<Vec<&str>>, BrokerError> {
         .map(str::trim)
         .map(|member| {
             if member.is_empty() {
-                Err(BrokerError::InvalidComposite(
-                    text.to_string(),
-                    "it has an empty member (two commas in a row, or one at an end)".into(),
-                ))
+                Err("it has an empty member (two commas in a row, or one at an end)".into())
             } else {
-                Ok(member)
+                parse(member)
             }
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
+        .map_err(|why| BrokerError::InvalidComposite(text.to_string(), why))
 }
 
 /// A message as a producer hands it to the core.
@@ -602,6 +606,21 @@ impl Session {
     /// stored (at once otherwise).
     pub fn subscribe(&self, request: SubscribeRequest) -> Result<Confirmation, BrokerError> {
         lock(&self.shared).subscribe(self.id, request)
+    }
+
+    /// Subscribes to every one of `members` (a composite destination's, see
+    /// [`composite_members`]) in place of `request.destination`: deliveries from each distinct
+    /// member arrive under `request.id`, each naming its member; acknowledgements, pulls,
+    /// prefetch changes and the unsubscribe cover them all. Each member's consumer has the
+    /// request's prefetch window, so as many as that times the members may be unacknowledged
+    /// (as with ActiveMQ, whose subscription is added to each member). A durable subscription
+    /// takes one topic.
+    pub fn subscribe_to_each(
+        &self,
+        request: SubscribeRequest,
+        members: &[Destination],
+    ) -> Result<Confirmation, BrokerError> {
+        lock(&self.shared).subscribe_each(self.id, request, members)
     }
 
     /// A tag at or below every delivery's made from now on. A protocol that lets a client

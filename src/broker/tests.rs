@@ -2278,16 +2278,138 @@ async fn a_composite_send_with_a_wildcard_member_is_refused_whole() {
 
 #[test]
 fn composite_names_split_into_trimmed_members_and_empty_members_are_refused() {
-    assert_eq!(composite_members("orders").unwrap(), None);
+    let parse = |m: &str| match m.strip_prefix("bad") {
+        Some(_) => Err(format!("member '{m}' is bad")),
+        None => Ok(queue(m)),
+    };
+    assert_eq!(composite_members("orders", parse).unwrap(), None);
     assert_eq!(
-        composite_members("a, topic://b ,/queue/c").unwrap(),
-        Some(vec!["a", "topic://b", "/queue/c"])
+        composite_members("a, b ,c", parse).unwrap(),
+        Some(vec![queue("a"), queue("b"), queue("c")])
+    );
+    assert_eq!(
+        composite_members("a,bad-b", parse).unwrap_err(),
+        BrokerError::InvalidComposite("a,bad-b".into(), "member 'bad-b' is bad".into())
     );
     for bad in ["a,,b", "a,", ",a", "a, ,b"] {
-        let error = composite_members(bad).unwrap_err();
+        let error = composite_members(bad, parse).unwrap_err();
         assert!(
             matches!(&error, BrokerError::InvalidComposite(name, why) if name == bad && why.contains("empty member")),
             "{bad}: {error}"
         );
     }
+}
+
+fn request(id: &str, prefetch: u32) -> SubscribeRequest {
+    SubscribeRequest {
+        id: id.into(),
+        destination: queue("unused"),
+        prefetch,
+        durable_name: None,
+        selector: None,
+        exclusive: false,
+    }
+}
+
+/// A subscription on a composite destination receives from every member, each delivery naming
+/// its member; a cumulative ack covers the earlier deliveries of all members; unsubscribing
+/// returns what is unacknowledged to each member.
+#[tokio::test]
+async fn a_composite_subscription_receives_from_every_member() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (producer, _) = f.broker.open_session(None);
+    send_settled(&producer, &queue("a"), persistent("a1")).await;
+    send_settled(&producer, &queue("b"), persistent("b1")).await;
+    let (c, mut rx) = f.broker.open_session(None);
+    c.subscribe_to_each(request("s", 10), &[queue("a"), topic("t"), queue("b")])
+        .unwrap()
+        .await
+        .unwrap();
+    send_settled(&producer, &topic("t"), persistent("t1")).await;
+    send_settled(&producer, &queue("a"), persistent("a2")).await;
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let d = next(&mut rx).await;
+        assert_eq!(d.subscription, "s");
+        assert_eq!(d.destination.canonical(), d.message.destination);
+        got.push(d);
+    }
+    let mut seen: Vec<(&str, &str)> = got
+        .iter()
+        .map(|d| (body(d), d.message.destination.as_str()))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("a1", "queue://a"),
+            ("a2", "queue://a"),
+            ("b1", "queue://b"),
+            ("t1", "topic://t")
+        ]
+    );
+    // Acknowledging the third delivery cumulatively leaves only the fourth unacknowledged.
+    c.ack(got[2].tag, AckScope::Cumulative, None)
+        .unwrap()
+        .await
+        .unwrap();
+    c.unsubscribe("s", false).unwrap().await.unwrap();
+    let left = f.broker.queue_depth("queue://a") + f.broker.queue_depth("queue://b");
+    let last_on_a_queue = got[3].message.destination.starts_with("queue://");
+    assert_eq!(left, usize::from(last_on_a_queue));
+    assert!(c.subscribe_to_each(request("s", 10), &[queue("a")]).is_ok());
+}
+
+/// A pull (prefetch 0) of a composite subscription is answered by one message, from whichever
+/// member has one.
+#[tokio::test]
+async fn a_pull_of_a_composite_subscription_brings_one_message() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (producer, _) = f.broker.open_session(None);
+    send_settled(&producer, &queue("a"), persistent("a1")).await;
+    send_settled(&producer, &queue("b"), persistent("b1")).await;
+    let (c, mut rx) = f.broker.open_session(None);
+    c.subscribe_to_each(request("s", 0), &[queue("a"), queue("b")])
+        .unwrap();
+    assert!(take_all(&mut rx).is_empty());
+    c.pull("s").unwrap();
+    let first = next(&mut rx).await;
+    assert!(take_all(&mut rx).is_empty(), "one pull, one message");
+    assert!(!c.cancel_pull("s"), "the pull was answered");
+    c.ack(first.tag, AckScope::Single, None).unwrap();
+    assert!(take_all(&mut rx).is_empty(), "no pull, no message");
+    c.pull("s").unwrap();
+    let second = next(&mut rx).await;
+    let mut both = [body(&first), body(&second)];
+    both.sort();
+    assert_eq!(both, ["a1", "b1"]);
+}
+
+/// A composite subscription with a wildcard queue member, or a durable one, is refused whole:
+/// no member keeps a consumer.
+#[tokio::test]
+async fn a_bad_composite_subscription_is_refused_whole() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (c, mut rx) = f.broker.open_session(Some("client".into()));
+    let error = c
+        .subscribe_to_each(request("s", 10), &[queue("a"), queue("orders.>")])
+        .unwrap_err();
+    assert!(
+        matches!(&error, BrokerError::Unsupported(m) if m.contains("orders.>")),
+        "{error}"
+    );
+    let mut durable = request("d", 10);
+    durable.durable_name = Some("sub".into());
+    let error = c
+        .subscribe_to_each(durable, &[topic("t"), topic("u")])
+        .unwrap_err();
+    assert!(
+        matches!(&error, BrokerError::Unsupported(m) if m.contains("durable")),
+        "{error}"
+    );
+    let (producer, _) = f.broker.open_session(None);
+    send_settled(&producer, &queue("a"), persistent("a1")).await;
+    assert_eq!(f.broker.queue_depth("queue://a"), 1);
+    assert!(take_all(&mut rx).is_empty());
+    assert!(c.unsubscribe("s", false).is_err());
 }

@@ -931,12 +931,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let live = self.options.temps.snapshot();
             return self.write_advisories(state, &live);
         }
-        let core = match convert::core_destination(&destination) {
-            Ok(d) => d,
-            Err(reason) => return self.refuse(command, BrokerError::Unsupported(reason)),
+        let members = match convert::core_destinations(&destination) {
+            Ok(members) => members,
+            Err(e) => return self.refuse(command, e),
         };
+        let core = members[0].clone();
         let selector = info.selector.clone().filter(|s| !s.trim().is_empty());
         if info.browser {
+            if members.len() > 1 {
+                return self.refuse(
+                    command,
+                    BrokerError::Unsupported(format!(
+                        "browsing composite destination '{name}': browse each queue"
+                    )),
+                );
+            }
             let Destination::Queue(_) = core else {
                 return self.refuse(
                     command,
@@ -983,7 +992,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             exclusive: info.exclusive,
         };
         state.consumers.insert(key.clone(), consumer);
-        match state.session.subscribe(request) {
+        match state.session.subscribe_to_each(request, &members) {
             Ok(confirmation) => {
                 if confirmation.is_done() {
                     self.respond(info.command_id, info.response_required)

@@ -677,32 +677,27 @@ impl Temps {
         id
     }
 
-    /// What a SEND's destination names: one destination, or each member of a composite one
-    /// (ActiveMQ's `/queue/a,/topic/b`, every member with its own prefix), and whether it is
-    /// temporary (its messages are then never stored). A composite's members may not be
-    /// temporary: its other members' messages are stored.
+    /// What a SEND's or SUBSCRIBE's destination names: one destination, or each member of a
+    /// composite one (ActiveMQ's `/queue/a,/topic/b`, every member with its own prefix), and
+    /// whether it is temporary (its messages are then never stored). A composite's members may
+    /// not be temporary: its other members' messages are stored. Never empty.
     fn resolve_members(&mut self, text: &str) -> Result<(Vec<Destination>, bool), BrokerError> {
-        let Some(members) = composite_members(text)? else {
-            let (destination, temporary) = self.resolve(text)?;
-            return Ok((vec![destination], temporary));
-        };
-        let invalid = |why: String| BrokerError::InvalidComposite(text.to_string(), why);
-        members
-            .into_iter()
-            .map(|member| {
-                if member.starts_with("/temp-") || member.starts_with("/remote-temp-") {
-                    return Err(invalid(format!(
-                        "member '{member}' is temporary: name only /queue/NAME and /topic/NAME"
-                    )));
-                }
-                Destination::parse(member).map_err(|_| {
-                    invalid(format!(
-                        "member '{member}' is not /queue/NAME or /topic/NAME"
-                    ))
-                })
-            })
-            .collect::<Result<_, _>>()
-            .map(|members| (members, false))
+        let members = composite_members(text, |member| {
+            if member.starts_with("/temp-") || member.starts_with("/remote-temp-") {
+                return Err(format!(
+                    "member '{member}' is temporary: name only /queue/NAME and /topic/NAME"
+                ));
+            }
+            Destination::parse(member)
+                .map_err(|_| format!("member '{member}' is not /queue/NAME or /topic/NAME"))
+        })?;
+        match members {
+            Some(members) => Ok((members, false)),
+            None => {
+                let (destination, temporary) = self.resolve(text)?;
+                Ok((vec![destination], temporary))
+            }
+        }
     }
 
     /// A STOMP destination as the core knows it, and whether it is temporary (its messages are
@@ -880,7 +875,8 @@ impl State {
 
     fn subscribe(&mut self, frame: &Frame) -> Result<Confirmation, Fatal> {
         let destination_text = required(frame, "destination")?;
-        let (destination, _) = self.temps.resolve(destination_text)?;
+        let (members, _) = self.temps.resolve_members(destination_text)?;
+        let destination = members[0].clone();
         let id = match (frame.get("id"), self.version) {
             (Some(id), _) => id.to_string(),
             (None, Version::V1_0) => destination_text.to_string(),
@@ -919,7 +915,7 @@ impl State {
         let first_tag = self.session.next_tag();
         self.subscriptions
             .insert(id.clone(), Subscription { ack, first_tag });
-        let result = self.session.subscribe(SubscribeRequest {
+        let request = SubscribeRequest {
             id: id.clone(),
             destination,
             // STOMP has no pull: a window of 0 is taken as 1, as ActiveMQ does.
@@ -931,7 +927,8 @@ impl State {
             exclusive: frame
                 .get("activemq.exclusive")
                 .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
-        });
+        };
+        let result = self.session.subscribe_to_each(request, &members);
         if result.is_err() {
             self.subscriptions.remove(&id);
         }
@@ -1260,12 +1257,7 @@ mod tests {
 
     /// A STOMP 1.2 client subscribed (receipted) to `/queue/requests`.
     async fn responder_on_requests(broker: &Broker) -> Peer {
-        let (mut responder, _) = Peer::connect(broker, "1.2", "").await;
-        responder
-            .write("SUBSCRIBE\nid:r\ndestination:/queue/requests\nreceipt:s\n\n\0")
-            .await;
-        responder.frames_until(is_receipt("s")).await;
-        responder
+        subscribed(broker, "id:r\ndestination:/queue/requests").await
     }
 
     /// ActiveMQ's `/temp-queue/NAME` is the connection's own: two clients that both use
@@ -1450,6 +1442,16 @@ mod tests {
         );
     }
 
+    /// A STOMP 1.2 connection subscribed with `headers` (one per line), once the broker has
+    /// confirmed the subscription.
+    async fn subscribed(broker: &Broker, headers: &str) -> Peer {
+        let (mut peer, _) = Peer::connect(broker, "1.2", "").await;
+        peer.write(&format!("SUBSCRIBE\n{headers}\nreceipt:subscribed\n\n\0"))
+            .await;
+        peer.frames_until(is_receipt("subscribed")).await;
+        peer
+    }
+
     /// A SEND to `/queue/a,/topic/t` (ActiveMQ's composite destination) reaches both members,
     /// each copy naming its own member; a re-send of the same `message-id` is stored in
     /// neither twice; in a transaction the copies go at COMMIT and nowhere at ABORT.
@@ -1457,11 +1459,7 @@ mod tests {
     async fn a_send_to_a_composite_destination_reaches_every_member() {
         let dir = tempfile::tempdir().unwrap();
         let broker = Broker::start_for_tests(dir.path(), Default::default());
-        let (mut listener, _) = Peer::connect(&broker, "1.2", "").await;
-        listener
-            .write("SUBSCRIBE\nid:t\ndestination:/topic/t\nreceipt:s\n\n\0")
-            .await;
-        listener.frames_until(is_receipt("s")).await;
+        let mut listener = subscribed(&broker, "id:t\ndestination:/topic/t").await;
         let (mut producer, _) = Peer::connect(&broker, "1.2", "").await;
         for receipt in ["r1", "r2"] {
             producer
@@ -1511,6 +1509,53 @@ mod tests {
         );
         assert_eq!(broker.queue_depth("queue://a"), 0);
         assert_eq!(broker.queue_depth("queue://b"), 0);
+    }
+
+    /// A SUBSCRIBE to `/queue/a,/topic/t` receives from both members, each MESSAGE naming its
+    /// member; in client ack mode an ACK covers the earlier messages of both members.
+    #[tokio::test]
+    async fn a_subscription_to_a_composite_destination_receives_from_every_member() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        let mut consumer =
+            subscribed(&broker, "id:s\nack:client\ndestination:/queue/a,/topic/t").await;
+        let (mut producer, _) = Peer::connect(&broker, "1.2", "").await;
+        // One after the other: the persistent one is delivered once stored, the other at once.
+        for (destination, body) in [("/queue/a\npersistent:true", "to-a"), ("/topic/t", "to-t")] {
+            producer
+                .write(&format!(
+                    "SEND\ndestination:{destination}\nreceipt:{body}\n\n{body}\0"
+                ))
+                .await;
+            producer.frames_until(is_receipt(body)).await;
+        }
+        let first = consumer.next_frame().await;
+        let second = consumer.next_frame().await;
+        let got: Vec<(Option<&str>, Option<&str>, &[u8])> = [&first, &second]
+            .iter()
+            .map(|f| (f.get("subscription"), f.get("destination"), f.body.as_ref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some("s"), Some("/queue/a"), b"to-a".as_ref()),
+                (Some("s"), Some("/topic/t"), b"to-t".as_ref())
+            ]
+        );
+        let ack = second.get("ack").unwrap();
+        consumer
+            .write(&format!(
+                "ACK\nid:{ack}\nreceipt:a\n\n\0DISCONNECT\nreceipt:bye\n\n\0"
+            ))
+            .await;
+        consumer.frames_until(is_receipt("bye")).await;
+        drop(consumer.io);
+        consumer.task.await.unwrap();
+        assert_eq!(
+            broker.queue_depth("queue://a"),
+            0,
+            "the ACK covered /queue/a's message"
+        );
     }
 
     /// A composite destination with an empty member, a member without `/queue/` or `/topic/`,
