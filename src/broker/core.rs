@@ -904,11 +904,27 @@ impl Core {
             }
             return Ok(Confirmation::done());
         }
+        let copies = sends.len();
+        let routed = self.route_all(sends);
+        // The copies' record must fit the journal (which would refuse it, and fail), before
+        // the audit takes the message as stored.
+        let len: usize = routed
+            .entries
+            .iter()
+            .map(|e| prost::Message::encoded_len(e) + 16)
+            .sum();
+        if len > crate::store::record::MAX_RECORD_LEN {
+            return Err(BrokerError::InvalidMessage(format!(
+                "{copies} copies of a {}-byte message would make a record of more than {} \
+                 bytes: send to fewer destinations at once",
+                message.body.len(),
+                crate::store::record::MAX_RECORD_LEN
+            )));
+        }
         if self.is_duplicate(&message) {
             self.stats.duplicates_dropped += 1;
             return Ok(self.flush());
         }
-        let routed = self.route_all(sends);
         if routed.entries.is_empty() {
             self.publish_now(routed.publish);
             return Ok(Confirmation::done());

@@ -2413,3 +2413,29 @@ async fn a_bad_composite_subscription_is_refused_whole() {
     assert!(take_all(&mut rx).is_empty());
     assert!(c.unsubscribe("s", false).is_err());
 }
+
+/// A persistent composite send whose copies would not fit one journal record is refused,
+/// naming the cause; the store keeps working and the message's producer sequence is not taken
+/// as stored (sent to fewer members it is stored).
+#[tokio::test]
+async fn a_composite_send_too_large_for_one_record_is_refused_and_the_store_carries_on() {
+    let f = fixture(BrokerOptions {
+        memory_limit: u64::MAX,
+        ..BrokerOptions::default()
+    })
+    .await;
+    let (s, _) = f.broker.open_session(None);
+    let members: Vec<Destination> = (0..260).map(|i| queue(&format!("q{i}"))).collect();
+    let mut big = persistent("");
+    big.body = Bytes::from(vec![b'x'; 1 << 20]);
+    big.message_id = Some("ID:producer-1:1".into());
+    let error = s.send_to_each(&members, big.clone(), None).unwrap_err();
+    assert!(
+        matches!(&error, BrokerError::InvalidMessage(m) if m.contains("260 copies") && m.contains("fewer destinations")),
+        "{error}"
+    );
+    send_to_each(&s, &members[..2], big).await;
+    assert_eq!(f.broker.queue_depth("queue://q0"), 1);
+    assert_eq!(f.broker.queue_depth("queue://q1"), 1);
+    assert_eq!(f.broker.store_failure(), None);
+}
