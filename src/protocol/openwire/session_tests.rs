@@ -753,3 +753,33 @@ async fn a_bad_composite_destination_is_refused_naming_the_problem() {
     }
     assert_eq!(f.broker.queue_depth("queue://a"), 0);
 }
+
+/// A consumer on a composite queue (`a,b`) gets what is sent to either member; a browser on
+/// one is refused, naming it (a browser takes one queue).
+#[tokio::test]
+async fn a_consumer_on_a_composite_queue_gets_every_members_messages_and_a_browser_is_refused() {
+    let f = fixture(&[]);
+    let conn = "ID:t-comp:3";
+    let mut c = Client::connected(&f, conn).await;
+    let answer = c.request(text(conn, "a", 1, "to-a")).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    let answer = c.request(text(conn, "b", 2, "to-b")).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    let Command::ConsumerInfo(mut browser) = subscribe(conn, 1, "a,b", 10) else {
+        unreachable!()
+    };
+    browser.browser = true;
+    let Command::ExceptionResponse(e) = c.request(Command::ConsumerInfo(browser)).await else {
+        panic!("a browser on a composite destination was accepted");
+    };
+    let message = e.exception.and_then(|t| t.message).unwrap_or_default();
+    assert!(
+        message.contains("browsing composite destination 'a,b'"),
+        "{message}"
+    );
+    let answer = c.request(subscribe(conn, 2, "a,b", 10)).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    let mut got = [body_of(&c.next().await), body_of(&c.next().await)];
+    got.sort();
+    assert_eq!(got, [Some("to-a".to_string()), Some("to-b".to_string())]);
+}
