@@ -95,6 +95,7 @@ public final class JmsCheck {
         SCENARIOS.put("durable-topic", JmsCheck::durableTopic);
         SCENARIOS.put("wildcard-topic", JmsCheck::wildcardTopic);
         SCENARIOS.put("virtual-topic", JmsCheck::virtualTopic);
+        SCENARIOS.put("composite-destinations", JmsCheck::compositeDestinations);
         SCENARIOS.put("exclusive-consumer", JmsCheck::exclusiveConsumer);
         SCENARIOS.put("message-groups", JmsCheck::messageGroups);
         SCENARIOS.put("no-local", JmsCheck::noLocal);
@@ -1059,6 +1060,70 @@ public final class JmsCheck {
         s2.unsubscribe("wild");
         ok("unsubscribed");
         close(c2);
+        close(c);
+    }
+
+    /**
+     * Composite destinations: a producer on queue {@code A,B,topic://T} sends each message to
+     * queues A and B and topic T, each copy with its member as JMSDestination; in a transacted
+     * session the copies go at commit and nowhere at rollback. A consumer on queue {@code A,B}
+     * receives what is sent to either, each with its member as JMSDestination.
+     */
+    static void compositeDestinations() throws Exception {
+        Connection c = connect();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Queue a = s.createQueue(name("a"));
+        Queue b = s.createQueue(name("b"));
+        Topic t = s.createTopic(name("t"));
+        Queue composite = s.createQueue(a.getQueueName() + "," + b.getQueueName() + ",topic://"
+                + t.getTopicName());
+        MessageConsumer onT = consumer(c, Session.AUTO_ACKNOWLEDGE, t);
+        MessageConsumer onA = consumer(c, Session.AUTO_ACKNOWLEDGE, a);
+        MessageConsumer onB = consumer(c, Session.AUTO_ACKNOWLEDGE, b);
+        List<String> sent = List.of("one", "two");
+        sendTexts(c, composite, sent);
+        ok("sent to " + composite.getQueueName());
+        Map<MessageConsumer, Destination> members = new LinkedHashMap<>();
+        members.put(onA, a);
+        members.put(onB, b);
+        members.put(onT, t);
+        for (Map.Entry<MessageConsumer, Destination> e : members.entrySet()) {
+            for (Message m : receiveTexts(e.getKey(), sent, "member " + e.getValue() + " gets them")) {
+                check("JMSDestination on " + e.getValue(), e.getValue().equals(m.getJMSDestination()),
+                        e.getValue(), m.getJMSDestination());
+            }
+        }
+        ok("each copy addressed to its member");
+
+        Session tx = c.createSession(true, Session.SESSION_TRANSACTED);
+        MessageProducer p = tx.createProducer(composite);
+        p.setDeliveryMode(DeliveryMode.PERSISTENT);
+        p.send(tx.createTextMessage("rolled-back"));
+        tx.rollback();
+        p.send(tx.createTextMessage("committed"));
+        tx.commit();
+        for (MessageConsumer m : members.keySet()) {
+            receiveTexts(m, List.of("committed"), "member " + members.get(m) + " gets the commit");
+        }
+        expectOnlySentinel(c, a, onA, "nothing rolled back reached " + a);
+        expectOnlySentinel(c, b, onB, "nothing rolled back reached " + b);
+        onA.close();
+        onB.close();
+
+        Queue both = s.createQueue(a.getQueueName() + "," + b.getQueueName());
+        MessageConsumer onBoth = consumer(c, Session.AUTO_ACKNOWLEDGE, both);
+        sendTexts(c, a, List.of("to-a"));
+        sendTexts(c, b, List.of("to-b"));
+        Map<String, Destination> got = new TreeMap<>();
+        for (int i = 0; i < 2; i++) {
+            Message m = receive(onBoth, "a consumer on " + both.getQueueName());
+            got.put(text(m, "from a member"), m.getJMSDestination());
+        }
+        Map<String, Destination> want = new TreeMap<>();
+        want.put("to-a", a);
+        want.put("to-b", b);
+        expectEq("a consumer on " + both.getQueueName() + " gets each member's message", want, got);
+        expectOnlySentinel(c, a, onBoth, "nothing more for the consumer on " + both.getQueueName());
         close(c);
     }
 

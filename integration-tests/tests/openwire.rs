@@ -176,6 +176,14 @@ fn virtual_topic_consumer_queues() {
     check("virtual-topic", &[]);
 }
 
+/// Composite destinations: a send to queue `A,B,topic://T` reaches each member, addressed to
+/// it, with a transacted session's commit and not its rollback; a consumer on `A,B` receives from
+/// both.
+#[test]
+fn composite_destinations_send_to_and_receive_from_every_member() {
+    check("composite-destinations", &[]);
+}
+
 /// Exclusive consumers (`queue://x?consumer.exclusive=true`, which the client turns into
 /// ConsumerInfo.exclusive): the first one alone receives the queue; the next one takes over its
 /// unacknowledged messages, in order, when it closes; a plain consumer gets nothing meanwhile.

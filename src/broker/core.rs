@@ -96,8 +96,9 @@ enum Publish {
 struct SessionState {
     client_id: Option<String>,
     deliveries: mpsc::UnboundedSender<Delivery>,
-    /// Subscription id -> consumer id.
-    subscriptions: HashMap<String, u64>,
+    /// Subscription id -> its consumer ids: one, or one per member of a composite
+    /// destination (see [`Core::subscribe_each`]).
+    subscriptions: HashMap<String, Vec<u64>>,
     transactions: HashMap<String, Transaction>,
 }
 
@@ -280,6 +281,25 @@ fn is_virtual_subscription(subscription: &SubscriptionAdd) -> bool {
 /// A consumer's priority, by id, as [`Queue`]'s consumer order needs it.
 fn priority_of(consumers: &HashMap<u64, Consumer>) -> impl Fn(u64) -> i8 + '_ {
     |cid| consumers.get(&cid).map_or(0, |c| c.priority)
+}
+
+/// Refuses a subscription to a queue wildcard (`orders.>`: ActiveMQ would read it as a
+/// wildcard; taken as a literal name it would subscribe to nothing without a word) and to a
+/// malformed topic wildcard.
+fn check_subscribable(destination: &Destination) -> Result<(), BrokerError> {
+    let name = destination.name();
+    if !wildcard::is_pattern(name) {
+        return Ok(());
+    }
+    match destination {
+        Destination::Queue(_) => Err(BrokerError::Unsupported(format!(
+            "wildcard subscriptions on queues ('{name}'); wildcards work on topics: \
+             subscribe to each queue by name"
+        ))),
+        Destination::Topic(_) => Pattern::parse(name)
+            .map(|_| ())
+            .map_err(|e| BrokerError::Unsupported(format!("wildcard {e}"))),
+    }
 }
 
 /// The queue that holds a durable subscription's messages.
@@ -814,19 +834,38 @@ impl Core {
         })
     }
 
+    /// Sends one message to each of `destinations` (a composite destination's members, or
+    /// just one): a copy per distinct member, each naming its member as its destination. The
+    /// copies are stored in one record, so a crash keeps all or none of them, and a re-send of
+    /// the same producer sequence is recognised once for all of them.
     pub fn send(
         &mut self,
         session: u64,
-        destination: &Destination,
+        destinations: &[Destination],
         new: NewMessage,
         transaction: Option<&str>,
     ) -> Result<Confirmation, BrokerError> {
-        if wildcard::is_pattern(destination.name()) {
+        let mut members: Vec<&Destination> = Vec::with_capacity(destinations.len());
+        for d in destinations {
+            if !members.contains(&d) {
+                members.push(d);
+            }
+        }
+        let Some(&first) = members.first() else {
+            return Err(BrokerError::InvalidDestination(String::new()));
+        };
+        if let Some(pattern) = members.iter().find(|d| wildcard::is_pattern(d.name())) {
             // ActiveMQ sends a copy to each existing destination the pattern matches; taken
             // as a literal name, it would reach only the wildcard subscribers, quietly.
             return Err(BrokerError::Unsupported(format!(
                 "sending to '{}', a wildcard destination: send to each destination by name",
-                destination.canonical()
+                pattern.canonical()
+            )));
+        }
+        if members.len() > crate::store::MAX_ENTRIES {
+            return Err(BrokerError::InvalidMessage(format!(
+                "a send to more than {} destinations at once",
+                crate::store::MAX_ENTRIES
             )));
         }
         if let Some(reason) = &self.failed {
@@ -835,7 +874,11 @@ impl Core {
         if self.store.is_none() {
             return Err(BrokerError::NotMaster("the node stepped down".into()));
         }
-        let message = self.make_message(session, destination, new);
+        let message = self.make_message(session, first, new);
+        let sends: Vec<(Destination, Arc<Message>)> = members
+            .iter()
+            .map(|&d| (d.clone(), for_member(&message, d)))
+            .collect();
         if let Some(tx) = transaction {
             // A repeat of a stored message is recognised when it is sent, in send order, like
             // a plain send (a transaction committed later must not be judged against sends
@@ -849,14 +892,14 @@ impl Core {
             let Some(open) = state.transactions.get_mut(tx) else {
                 return Err(BrokerError::UnknownTransaction(tx.to_string()));
             };
-            let bytes = open.bytes + message.body.len() as u64;
+            let bytes = open.bytes + (message.body.len() * sends.len()) as u64;
             if bytes > limit {
                 return Err(BrokerError::TransactionTooLarge(
                     tx.to_string(),
                     format!("more than memory_limit ({limit} bytes) of message bodies"),
                 ));
             }
-            if open.entries() >= crate::store::MAX_ENTRIES {
+            if open.entries() + sends.len() > crate::store::MAX_ENTRIES {
                 return Err(too_many_entries(tx));
             }
             let tx = open;
@@ -869,21 +912,37 @@ impl Core {
                 self.stats.duplicates_dropped += 1;
             } else {
                 tx.bytes = bytes;
-                tx.sends.push((destination.clone(), message));
+                tx.sends.extend(sends);
             }
             return Ok(Confirmation::done());
+        }
+        let copies = sends.len();
+        let routed = self.route_all(session, sends);
+        // The copies' record must fit the journal (which would refuse it, and fail), before
+        // the audit takes the message as stored.
+        let len: usize = routed
+            .entries
+            .iter()
+            .map(|e| prost::Message::encoded_len(e) + 16)
+            .sum();
+        if len > crate::store::record::MAX_RECORD_LEN {
+            return Err(BrokerError::InvalidMessage(format!(
+                "{copies} copies of a {}-byte message would make a record of more than {} \
+                 bytes: send to fewer destinations at once",
+                message.body.len(),
+                crate::store::record::MAX_RECORD_LEN
+            )));
         }
         if self.is_duplicate(&message) {
             self.stats.duplicates_dropped += 1;
             return Ok(self.flush());
         }
-        let (entries, publish) = self.route(session, destination, message);
-        if entries.is_empty() {
-            self.publish_now(publish);
+        if routed.entries.is_empty() {
+            self.publish_now(routed.publish);
             return Ok(Confirmation::done());
         }
-        let (start, _) = self.append_deferred(entries)?;
-        Ok(self.wait_for(with_keys(publish, start, 0)))
+        let (start, _) = self.append_deferred(routed.entries)?;
+        Ok(self.wait_for(with_keys(routed.publish, &routed.keyed, start)))
     }
 
     /// A persistent message whose producer sequence was already stored: the client re-sent it
@@ -975,6 +1034,29 @@ impl Core {
         }
     }
 
+    /// [`Core::route`] for each of `sends`, their entries gathered for one record.
+    fn route_all(&mut self, session: u64, sends: Vec<(Destination, Arc<Message>)>) -> Routed {
+        let mut routed = Routed {
+            entries: Vec::new(),
+            publish: Vec::new(),
+            keyed: Vec::new(),
+        };
+        for (destination, message) in sends {
+            let (entries, publish) = self.route(session, &destination, message);
+            let stored = !entries.is_empty();
+            for item in publish {
+                if stored && matches!(item, Publish::Queue(..)) {
+                    routed
+                        .keyed
+                        .push((routed.publish.len(), routed.entries.len()));
+                }
+                routed.publish.push(item);
+            }
+            routed.entries.extend(entries);
+        }
+        routed
+    }
+
     /// Hands a confirmed topic message to the non-durable subscribers of `topic` and of the
     /// wildcard patterns matching it (a consumer is on one of them, so it gets one copy).
     fn publish_to_subscribers(&mut self, topic: &str, message: Arc<Message>, origin: u64) {
@@ -1025,29 +1107,74 @@ impl Core {
         session: u64,
         request: SubscribeRequest,
     ) -> Result<Confirmation, BrokerError> {
+        let members = [request.destination.clone()];
+        self.subscribe_each(session, request, &members)
+    }
+
+    /// Subscribes `request` to every one of `members` (a composite destination's) in place of
+    /// its destination: one consumer per distinct member, each with the request's prefetch
+    /// window and selector, all delivering under the request's id. All or nothing.
+    pub fn subscribe_each(
+        &mut self,
+        session: u64,
+        request: SubscribeRequest,
+        members: &[Destination],
+    ) -> Result<Confirmation, BrokerError> {
         let state = self.session(session)?;
         if state.subscriptions.contains_key(&request.id) {
             return Err(BrokerError::DuplicateSubscription(request.id));
         }
-        let client_id = state.client_id.clone();
-        let deliveries = state.deliveries.clone();
-        let name = request.destination.name();
-        if wildcard::is_pattern(name) {
-            match &request.destination {
-                // ActiveMQ would read these as wildcards; taking them as literal names would
-                // subscribe to nothing without a word.
-                Destination::Queue(_) => {
-                    return Err(BrokerError::Unsupported(format!(
-                        "wildcard subscriptions on queues ('{name}'); wildcards work on topics: \
-                         subscribe to each queue by name"
-                    )))
-                }
-                Destination::Topic(_) => {
-                    Pattern::parse(name)
-                        .map_err(|e| BrokerError::Unsupported(format!("wildcard {e}")))?;
+        let mut distinct: Vec<&Destination> = Vec::with_capacity(members.len());
+        for d in members {
+            if !distinct.contains(&d) {
+                distinct.push(d);
+            }
+        }
+        if distinct.is_empty() {
+            return Err(BrokerError::InvalidDestination(String::new()));
+        }
+        if distinct.len() > 1 && request.durable_name.is_some() {
+            return Err(BrokerError::Unsupported(format!(
+                "a durable subscription '{}' on several destinations: make one per topic",
+                request.durable_name.as_deref().unwrap_or_default()
+            )));
+        }
+        for d in &distinct {
+            check_subscribable(d)?;
+        }
+        self.session(session)?
+            .subscriptions
+            .insert(request.id.clone(), Vec::new());
+        let mut confirmation = Confirmation::done();
+        for d in distinct {
+            let member = SubscribeRequest {
+                destination: d.clone(),
+                ..request.clone()
+            };
+            match self.add_consumer(session, member) {
+                // Confirmations resolve in order: the last one waiting covers the others.
+                Ok(c) if c.is_done() => {}
+                Ok(c) => confirmation = c,
+                Err(e) => {
+                    let _ = self.unsubscribe(session, &request.id, false);
+                    return Err(e);
                 }
             }
         }
+        Ok(confirmation)
+    }
+
+    /// Adds one consumer of `request.destination` to `session`'s subscription `request.id`
+    /// (already registered, see [`Core::subscribe_each`]).
+    fn add_consumer(
+        &mut self,
+        session: u64,
+        request: SubscribeRequest,
+    ) -> Result<Confirmation, BrokerError> {
+        let state = self.session(session)?;
+        let client_id = state.client_id.clone();
+        let deliveries = state.deliveries.clone();
+        check_subscribable(&request.destination)?;
         let selector = parse_selector(request.selector.as_deref())?;
         let selector_text = request.selector.clone().unwrap_or_default();
         let mut confirmation = Confirmation::done();
@@ -1136,7 +1263,11 @@ impl Core {
                 no_local: request.no_local && !durable,
             },
         );
-        self.session(session)?.subscriptions.insert(request.id, id);
+        self.session(session)?
+            .subscriptions
+            .entry(request.id)
+            .or_default()
+            .push(id);
         match source {
             Source::Queue(queue) => {
                 if let Some(d) = self.durables.get_mut(&queue) {
@@ -1184,17 +1315,47 @@ impl Core {
         remove_durable: bool,
         seen_upto: u64,
     ) -> Result<Confirmation, BrokerError> {
-        let cid = self
+        let cids = self
             .session(session)?
             .subscriptions
             .remove(id)
             .ok_or_else(|| BrokerError::UnknownSubscription(id.to_string()))?;
-        let consumer = self
-            .consumers
-            .remove(&cid)
-            .expect("a session's subscription has a consumer");
         let mut touched = BTreeSet::new();
-        match &consumer.source {
+        let mut confirmation = Confirmation::done();
+        for cid in cids {
+            let consumer = self
+                .consumers
+                .remove(&cid)
+                .expect("a session's subscription has a consumer");
+            let source = self.remove_consumer(cid, consumer, seen_upto, &mut touched)?;
+            if remove_durable {
+                if let Source::Queue(queue) = &source {
+                    if self.durables.contains_key(queue) {
+                        touched.remove(queue);
+                        self.remove_durable(queue)?;
+                        confirmation = self.flush();
+                    }
+                }
+            }
+        }
+        self.dispatch_all(touched);
+        Ok(confirmation)
+    }
+
+    /// Detaches a removed consumer from its queue or topic and returns its unacknowledged
+    /// deliveries to their queues (those past `seen_upto` not counting as redelivered).
+    /// Returns where it consumed from.
+    fn remove_consumer(
+        &mut self,
+        cid: u64,
+        consumer: Consumer,
+        seen_upto: u64,
+        touched: &mut BTreeSet<String>,
+    ) -> Result<Source, BrokerError> {
+        let Consumer {
+            source, in_flight, ..
+        } = consumer;
+        match &source {
             Source::Queue(queue) => {
                 if let Some(q) = self.queues.get_mut(queue) {
                     q.remove_consumer(cid, priority_of(&self.consumers));
@@ -1225,23 +1386,12 @@ impl Core {
                 self.change_topic(topic, |t| t.subscribers.retain(|c| *c != cid));
             }
         }
-        for (tag, in_flight) in consumer.in_flight {
+        for (tag, in_flight) in in_flight {
             self.tags.remove(&tag);
             // A delivery past `seen_upto` never reached the application: not a redelivery.
-            self.requeue(in_flight, tag <= seen_upto, &mut touched)?;
+            self.requeue(in_flight, tag <= seen_upto, touched)?;
         }
-        let mut confirmation = Confirmation::done();
-        if remove_durable {
-            if let Source::Queue(queue) = &consumer.source {
-                if self.durables.contains_key(queue) {
-                    touched.remove(queue);
-                    self.remove_durable(queue)?;
-                    confirmation = self.flush();
-                }
-            }
-        }
-        self.dispatch_all(touched);
-        Ok(confirmation)
+        Ok(source)
     }
 
     pub fn remove_durable_by_name(
@@ -1453,13 +1603,23 @@ impl Core {
             group_first,
         };
         consumer.in_flight.insert(tag, InFlight { queue, entry });
-        if consumer.window_used() > consumer.prefetch as usize && consumer.pulls > 0 {
+        let pulled = consumer.window_used() > consumer.prefetch as usize && consumer.pulls > 0;
+        if pulled {
             consumer.pulls -= 1;
         }
         self.tags.insert(tag, cid);
         self.stats.delivered += 1;
         // A closed receiver means the session is going away; close_session cleans up.
         let _ = consumer.deliveries.send(delivery);
+        if pulled {
+            // A pull of a composite destination's subscription went to every member's
+            // consumer: answered, it is withdrawn from the others.
+            for sibling in self.siblings(cid) {
+                if let Some(c) = self.consumers.get_mut(&sibling).filter(|_| sibling != cid) {
+                    c.pulls = c.pulls.saturating_sub(1);
+                }
+            }
+        }
     }
 
     /// Hands ready messages of `queue` to its consumers with credit, round-robin, highest
@@ -1836,39 +1996,62 @@ impl Core {
     // ----- acknowledgements ----------------------------------------------------------------
 
     /// Takes the deliveries an ack covers out of their consumer.
+    /// Takes the deliveries an acknowledgement of `tag` covers from their consumers:
+    /// `(consumer, tag, delivery)`. A cumulative one covers the earlier deliveries of the
+    /// whole subscription (every member's consumer of a composite destination).
     fn take_acked(
         &mut self,
         session: u64,
         tag: u64,
         scope: AckScope,
-    ) -> Result<(u64, Vec<(u64, InFlight)>), BrokerError> {
+    ) -> Result<Vec<(u64, u64, InFlight)>, BrokerError> {
         let cid = *self
             .tags
             .get(&tag)
             .ok_or(BrokerError::UnknownDelivery(tag))?;
-        let consumer = self
+        if self
             .consumers
-            .get_mut(&cid)
-            .filter(|c| c.session == session)
-            .ok_or(BrokerError::UnknownDelivery(tag))?;
-        let taken: Vec<(u64, InFlight)> = match scope {
-            AckScope::Single => consumer
-                .in_flight
-                .remove(&tag)
-                .map(|f| vec![(tag, f)])
-                .unwrap_or_default(),
-            AckScope::Cumulative => {
-                let rest = consumer.in_flight.split_off(&(tag + 1));
-                std::mem::replace(&mut consumer.in_flight, rest)
-                    .into_iter()
-                    .collect()
-            }
-        };
-        consumer.forget(taken.iter().map(|(t, _)| *t));
-        for (t, _) in &taken {
-            self.tags.remove(t);
+            .get(&cid)
+            .is_none_or(|c| c.session != session)
+        {
+            return Err(BrokerError::UnknownDelivery(tag));
         }
-        Ok((cid, taken))
+        let cids = match scope {
+            AckScope::Single => vec![cid],
+            AckScope::Cumulative => self.siblings(cid),
+        };
+        let mut taken = Vec::new();
+        for cid in cids {
+            let Some(consumer) = self.consumers.get_mut(&cid) else {
+                continue;
+            };
+            let mine: Vec<(u64, InFlight)> = match scope {
+                AckScope::Single => consumer
+                    .in_flight
+                    .remove(&tag)
+                    .map(|f| vec![(tag, f)])
+                    .unwrap_or_default(),
+                AckScope::Cumulative => {
+                    let rest = consumer.in_flight.split_off(&(tag + 1));
+                    std::mem::replace(&mut consumer.in_flight, rest)
+                        .into_iter()
+                        .collect()
+                }
+            };
+            consumer.forget(mine.iter().map(|(t, _)| *t));
+            for (t, f) in mine {
+                self.tags.remove(&t);
+                taken.push((cid, t, f));
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Gives each consumer [`Core::take_acked`] took deliveries from more of what waits for it.
+    fn refill_each(&mut self, cids: BTreeSet<u64>) {
+        for cid in cids {
+            self.refill(cid);
+        }
     }
 
     /// The tag the next delivery gets (see [`super::Session::next_tag`]).
@@ -1889,16 +2072,21 @@ impl Core {
             };
             // The commit writes one record: at most what the consumer holds may join it.
             let entries = open.entries();
-            let holds = self
-                .tags
-                .get(&tag)
-                .and_then(|cid| self.consumers.get(cid))
-                .map_or(1, |c| c.in_flight.len());
+            let holds = match self.tags.get(&tag) {
+                Some(&cid) => self
+                    .siblings(cid)
+                    .iter()
+                    .filter_map(|c| self.consumers.get(c))
+                    .map(|c| c.in_flight.len())
+                    .sum(),
+                None => 1,
+            };
             if entries + holds > crate::store::MAX_ENTRIES {
                 return Err(too_many_entries(tx));
             }
         }
-        let (cid, acked) = self.take_acked(session, tag, scope)?;
+        let acked = self.take_acked(session, tag, scope)?;
+        let cids = acked.iter().map(|(cid, _, _)| *cid).collect();
         self.stats.acknowledged += acked.len() as u64;
         let confirmation = match transaction {
             Some(tx) => {
@@ -1907,15 +2095,13 @@ impl Core {
                     .transactions
                     .get_mut(tx)
                     .expect("checked above");
-                for (tag, f) in acked {
-                    transaction.acks.push((cid, tag, f));
-                }
+                transaction.acks.extend(acked);
                 Confirmation::done()
             }
             None => {
                 let removes: Vec<_> = acked
                     .iter()
-                    .filter_map(|(_, f)| Some(remove_entry(f.queue.as_deref()?, f.entry.key?)))
+                    .filter_map(|(_, _, f)| Some(remove_entry(f.queue.as_deref()?, f.entry.key?)))
                     .collect();
                 if removes.is_empty() {
                     Confirmation::done()
@@ -1925,7 +2111,7 @@ impl Core {
                 }
             }
         };
-        self.refill(cid);
+        self.refill_each(cids);
         Ok(confirmation)
     }
 
@@ -1940,38 +2126,55 @@ impl Core {
                 return Err(BrokerError::UnknownTransaction(tx.to_string()));
             }
         }
-        let (cid, rejected) = self.take_acked(session, tag, AckScope::Single)?;
+        let rejected = self.take_acked(session, tag, AckScope::Single)?;
+        let cids = rejected.iter().map(|(cid, _, _)| *cid).collect();
         if let Some(tx) = transaction {
             if let Some(open) = self.session(session)?.transactions.get_mut(tx) {
-                open.nacks.extend(rejected.into_iter().map(|(_, f)| f));
+                open.nacks.extend(rejected.into_iter().map(|(_, _, f)| f));
             }
-            self.refill(cid);
+            self.refill_each(cids);
             return Ok(Confirmation::done());
         }
-        for (_, f) in rejected {
+        for (_, _, f) in rejected {
             self.reject(f)?;
         }
-        self.refill(cid);
+        self.refill_each(cids);
         Ok(self.flush())
     }
 
-    /// The consumer behind a session's subscription id.
-    fn consumer_of(&mut self, session: u64, id: &str) -> Result<u64, BrokerError> {
+    /// The consumers behind a session's subscription id (one per member of a composite
+    /// destination).
+    fn consumers_of(&mut self, session: u64, id: &str) -> Result<Vec<u64>, BrokerError> {
         self.session(session)?
             .subscriptions
             .get(id)
-            .copied()
+            .cloned()
             .ok_or_else(|| BrokerError::UnknownSubscription(id.to_string()))
+    }
+
+    /// The consumers of the subscription consumer `cid` belongs to (itself among them).
+    fn siblings(&self, cid: u64) -> Vec<u64> {
+        self.consumers
+            .get(&cid)
+            .and_then(|c| {
+                self.sessions
+                    .get(&c.session)?
+                    .subscriptions
+                    .get(&c.subscription)
+            })
+            .cloned()
+            .unwrap_or_else(|| vec![cid])
     }
 
     /// The client consumed every delivery of subscription `id` up to `tag` without
     /// acknowledging them yet: they stop filling its prefetch window.
     pub fn delivered(&mut self, session: u64, id: &str, tag: u64) -> Result<(), BrokerError> {
-        let cid = self.consumer_of(session, id)?;
-        if let Some(c) = self.consumers.get_mut(&cid) {
-            c.mark_delivered(tag);
+        for cid in self.consumers_of(session, id)? {
+            if let Some(c) = self.consumers.get_mut(&cid) {
+                c.mark_delivered(tag);
+            }
+            self.refill(cid);
         }
-        self.refill(cid);
         Ok(())
     }
 
@@ -1990,29 +2193,36 @@ impl Core {
         }
     }
 
-    /// Lets one more message through to subscription `id` (a consumer with prefetch 0).
+    /// Lets one more message through to subscription `id` (a consumer with prefetch 0). On a
+    /// composite destination, each member's consumer may answer it; the first to do so takes
+    /// it from the others (see [`Core::deliver`]).
     pub fn pull(&mut self, session: u64, id: &str) -> Result<(), BrokerError> {
-        let cid = self.consumer_of(session, id)?;
-        if let Some(c) = self.consumers.get_mut(&cid) {
-            c.pulls += 1;
+        let cids = self.consumers_of(session, id)?;
+        for cid in &cids {
+            if let Some(c) = self.consumers.get_mut(cid) {
+                c.pulls += 1;
+            }
         }
-        self.refill(cid);
+        for cid in cids {
+            self.refill(cid);
+        }
         Ok(())
     }
 
     /// Withdraws one outstanding pull of subscription `id`; false when every pull was already
     /// answered with a delivery.
     pub fn cancel_pull(&mut self, session: u64, id: &str) -> bool {
-        let Ok(cid) = self.consumer_of(session, id) else {
+        let Ok(cids) = self.consumers_of(session, id) else {
             return false;
         };
-        match self.consumers.get_mut(&cid) {
-            Some(c) if c.pulls > 0 => {
+        let mut outstanding = false;
+        for cid in cids {
+            if let Some(c) = self.consumers.get_mut(&cid).filter(|c| c.pulls > 0) {
                 c.pulls -= 1;
-                true
+                outstanding = true;
             }
-            _ => false,
         }
+        outstanding
     }
 
     /// Changes the prefetch window of subscription `id`.
@@ -2022,11 +2232,12 @@ impl Core {
         id: &str,
         prefetch: u32,
     ) -> Result<(), BrokerError> {
-        let cid = self.consumer_of(session, id)?;
-        if let Some(c) = self.consumers.get_mut(&cid) {
-            c.prefetch = prefetch;
+        for cid in self.consumers_of(session, id)? {
+            if let Some(c) = self.consumers.get_mut(&cid) {
+                c.prefetch = prefetch;
+            }
+            self.refill(cid);
         }
-        self.refill(cid);
         Ok(())
     }
 
@@ -2105,23 +2316,16 @@ impl Core {
             .transactions
             .remove(tx)
             .ok_or_else(|| BrokerError::UnknownTransaction(tx.to_string()))?;
-        let mut entries = Vec::new();
-        let mut publish = Vec::new();
-        let mut keyed = Vec::new(); // (index into publish, entry index in the record)
-        for (destination, message) in transaction.sends {
+        for (_, message) in &transaction.sends {
             if !message.producer_id.is_empty() {
                 self.record_producer(&message.producer_id, message.producer_sequence);
             }
-            let (e, p) = self.route(session, &destination, message);
-            let stored = !e.is_empty();
-            for item in p {
-                if stored && matches!(item, Publish::Queue(..)) {
-                    keyed.push((publish.len(), entries.len()));
-                }
-                publish.push(item);
-            }
-            entries.extend(e);
         }
+        let Routed {
+            mut entries,
+            publish,
+            keyed,
+        } = self.route_all(session, transaction.sends);
         for (_, _, f) in &transaction.acks {
             if let (Some(queue), Some(key)) = (&f.queue, f.entry.key) {
                 entries.push(remove_entry(queue, key));
@@ -2135,12 +2339,7 @@ impl Core {
             return Ok(self.flush());
         }
         let (start, _) = self.append_deferred(entries)?;
-        for (p, index) in keyed {
-            if let Publish::Queue(_, entry) = &mut publish[p] {
-                entry.key = Some(MessageKey::new(start, index));
-            }
-        }
-        Ok(self.wait_for(publish))
+        Ok(self.wait_for(with_keys(publish, &keyed, start)))
     }
 
     /// Drops a transaction's sends; its acknowledged messages are redelivered.
@@ -2258,11 +2457,31 @@ fn virtual_copy(message: &Arc<Message>, queue: &str) -> Arc<Message> {
     Arc::new(copy)
 }
 
-/// Fills in the store key of queue entries published from a record that starts at `start`
-/// and stores the message as its entry `index`.
-fn with_keys(mut publish: Vec<Publish>, start: Position, index: usize) -> Vec<Publish> {
-    for p in &mut publish {
-        if let Publish::Queue(_, entry) = p {
+/// A copy of `message` for member `destination` of a composite send (the message itself when
+/// it already names that destination).
+fn for_member(message: &Arc<Message>, destination: &Destination) -> Arc<Message> {
+    let canonical = destination.canonical();
+    if message.destination == canonical {
+        return message.clone();
+    }
+    let mut copy = (**message).clone();
+    copy.destination = canonical;
+    Arc::new(copy)
+}
+
+/// What storing several sends in one record takes (see [`Core::route_all`]).
+struct Routed {
+    entries: Vec<crate::store::Entry>,
+    publish: Vec<Publish>,
+    /// (index into `publish`, index of the entry storing it in the record).
+    keyed: Vec<(usize, usize)>,
+}
+
+/// Fills in the store key of the queue entries `keyed` names, published from a record that
+/// starts at `start`.
+fn with_keys(mut publish: Vec<Publish>, keyed: &[(usize, usize)], start: Position) -> Vec<Publish> {
+    for &(p, index) in keyed {
+        if let Publish::Queue(_, entry) = &mut publish[p] {
             entry.key = Some(MessageKey::new(start, index));
         }
     }

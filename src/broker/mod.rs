@@ -8,6 +8,9 @@
 //! It owns all routing state behind one mutex (never held across an `.await`) and talks to the
 //! rest of the node through narrow seams:
 //! - protocol sessions call [`Session`] methods and read [`Delivery`]s from their receiver;
+//!   a protocol splits a composite destination (`a,b`, [`composite_members`]) and hands the
+//!   core its members ([`Session::send_to_each`], which stores the copies in one record, and
+//!   [`Session::subscribe_to_each`]);
 //! - every durable change becomes one write-ahead [`Record`](crate::store::Record) appended to
 //!   the [`Store`];
 //! - the confirmed watermark ([`Broker::confirm`], a [`Position`]) says how far the journal is
@@ -127,6 +130,33 @@ impl Destination {
     }
 }
 
+/// The members of destination name `text` if it is composite (ActiveMQ's `a,b`: it names
+/// every member), in order, each trimmed and then read by `parse`, the protocol's rule for a
+/// member (its error says why that member is refused); `None` for a name without a comma. An
+/// empty member (`a,,b`, `a,`) or one `parse` refuses makes the whole name
+/// [`BrokerError::InvalidComposite`]. The core takes the parsed members
+/// ([`Session::send_to_each`], [`Session::subscribe_to_each`]).
+pub fn composite_members(
+    text: &str,
+    mut parse: impl FnMut(&str) -> Result<Destination, String>,
+) -> Result<Option<Vec<Destination>>, BrokerError> {
+    if !text.contains(',') {
+        return Ok(None);
+    }
+    text.split(',')
+        .map(str::trim)
+        .map(|member| {
+            if member.is_empty() {
+                Err("it has an empty member (two commas in a row, or one at an end)".into())
+            } else {
+                parse(member)
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+        .map_err(|why| BrokerError::InvalidComposite(text.to_string(), why))
+}
+
 /// A message as a producer hands it to the core.
 #[derive(Debug, Clone, Default)]
 pub struct NewMessage {
@@ -212,6 +242,9 @@ pub struct Delivery {
 pub enum BrokerError {
     #[error("invalid destination '{0}': use /queue/NAME or /topic/NAME")]
     InvalidDestination(String),
+    /// A composite destination (`a,b`) one of whose members is not acceptable: the reason.
+    #[error("invalid composite destination '{0}': {1}")]
+    InvalidComposite(String, String),
     #[error("temporary destination '{0}' does not exist (any more): the connection that made it has closed")]
     TemporaryGone(String),
     #[error("subscription id '{0}' is already in use on this connection")]
@@ -564,9 +597,23 @@ impl Session {
         message: NewMessage,
         transaction: Option<&str>,
     ) -> Result<Confirmation, BrokerError> {
+        self.send_to_each(std::slice::from_ref(destination), message, transaction)
+    }
+
+    /// Sends `message` to every one of `destinations` (the members of a composite destination,
+    /// see [`composite_members`]), each distinct member once: all or nothing. A persistent
+    /// message is confirmed once it is stored for all of them (in one record, so a crash
+    /// keeps all copies or none); a re-send of the same producer sequence is a duplicate for
+    /// all of them; in a transaction, the copies commit or roll back with it.
+    pub fn send_to_each(
+        &self,
+        destinations: &[Destination],
+        message: NewMessage,
+        transaction: Option<&str>,
+    ) -> Result<Confirmation, BrokerError> {
         let transient = !message.persistent;
         let confirmation =
-            self.then_flush(|core| core.send(self.id, destination, message, transaction))?;
+            self.then_flush(|core| core.send(self.id, destinations, message, transaction))?;
         if transient {
             self.sent_transient.store(true, Ordering::Relaxed);
         }
@@ -577,6 +624,21 @@ impl Session {
     /// stored (at once otherwise).
     pub fn subscribe(&self, request: SubscribeRequest) -> Result<Confirmation, BrokerError> {
         lock(&self.shared).subscribe(self.id, request)
+    }
+
+    /// Subscribes to every one of `members` (a composite destination's, see
+    /// [`composite_members`]) in place of `request.destination`: deliveries from each distinct
+    /// member arrive under `request.id`, each naming its member; acknowledgements, pulls,
+    /// prefetch changes and the unsubscribe cover them all. Each member's consumer has the
+    /// request's prefetch window, so as many as that times the members may be unacknowledged
+    /// (as with ActiveMQ, whose subscription is added to each member). A durable subscription
+    /// takes one topic.
+    pub fn subscribe_to_each(
+        &self,
+        request: SubscribeRequest,
+        members: &[Destination],
+    ) -> Result<Confirmation, BrokerError> {
+        lock(&self.shared).subscribe_each(self.id, request, members)
     }
 
     /// A tag at or below every delivery's made from now on. A protocol that lets a client

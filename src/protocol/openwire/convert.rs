@@ -24,7 +24,9 @@ use super::{
     decode_text_body, encode_text_body, Destination as OwDestination, DestinationKind, Message,
     MessageId, MessageKind, PrimitiveMap, PrimitiveValue, ProducerId,
 };
-use crate::broker::{BodyType, Destination, Header, NewMessage, PropertyType};
+use crate::broker::{
+    composite_members, BodyType, BrokerError, Destination, Header, NewMessage, PropertyType,
+};
 use crate::store::Message as StoredMessage;
 
 /// Headers that carry JMS header fields rather than properties.
@@ -116,6 +118,51 @@ pub fn core_destination(d: &OwDestination) -> Result<Destination, String> {
         DestinationKind::Queue | DestinationKind::TempQueue => Destination::Queue(name.into()),
         DestinationKind::Topic | DestinationKind::TempTopic => Destination::Topic(name.into()),
     })
+}
+
+/// The core destinations a producer's or consumer's destination names: itself, or each member of a
+/// composite one (`a,b`; ActiveMQ's `ActiveMQDestination.getCompositeDestinations`). A member
+/// is of the composite's kind unless prefixed `queue://` or `topic://`
+/// (`queue://a,topic://b`). Temporary members are refused: their messages would have to be
+/// kept off disk while the other members' are stored.
+pub fn core_destinations(d: &OwDestination) -> Result<Vec<Destination>, BrokerError> {
+    let name = d.physical_name.as_deref().unwrap_or("");
+    let temporary = matches!(
+        d.kind,
+        DestinationKind::TempQueue | DestinationKind::TempTopic
+    );
+    let members = composite_members(name, |member| {
+        if temporary {
+            return Err("a temporary destination cannot be composite".into());
+        }
+        if member.starts_with("temp-queue://") || member.starts_with("temp-topic://") {
+            return Err(format!(
+                "member '{member}' is temporary: name only queues and topics"
+            ));
+        }
+        let (kind, bare) = if let Some(n) = member.strip_prefix("queue://") {
+            (DestinationKind::Queue, n)
+        } else if let Some(n) = member.strip_prefix("topic://") {
+            (DestinationKind::Topic, n)
+        } else {
+            (d.kind, member)
+        };
+        if bare.is_empty() || bare.contains("://") {
+            return Err(format!(
+                "member '{member}' is not a name, queue://NAME or topic://NAME"
+            ));
+        }
+        Ok(match kind {
+            DestinationKind::Topic => Destination::Topic(bare.to_string()),
+            _ => Destination::Queue(bare.to_string()),
+        })
+    })?;
+    match members {
+        Some(members) => Ok(members),
+        None => core_destination(d)
+            .map(|d| vec![d])
+            .map_err(BrokerError::Unsupported),
+    }
 }
 
 /// A destination as ActiveMQ writes it in STOMP headers.
@@ -443,6 +490,28 @@ mod tests {
         );
         assert!(core_destination(&OwDestination::queue("a,b")).is_err());
         assert!(core_destination(&OwDestination::default()).is_err());
+    }
+
+    /// A composite destination's members are of its kind unless prefixed (ActiveMQ's
+    /// `ActiveMQDestination.createDestination(name, defaultType)`).
+    #[test]
+    fn a_composite_destinations_members_are_of_its_kind_unless_prefixed() {
+        let composite = OwDestination {
+            kind: DestinationKind::Topic,
+            physical_name: Some("a, queue://b,topic://c".into()),
+        };
+        assert_eq!(
+            core_destinations(&composite).unwrap(),
+            [
+                Destination::Topic("a".into()),
+                Destination::Queue("b".into()),
+                Destination::Topic("c".into())
+            ]
+        );
+        assert_eq!(
+            core_destinations(&OwDestination::queue("a")).unwrap(),
+            [Destination::Queue("a".into())]
+        );
     }
 
     fn text_body(text: &str) -> Bytes {

@@ -290,6 +290,7 @@ fn exception_class(e: &BrokerError) -> &'static str {
     match e {
         BrokerError::InvalidSelector(_) => "javax.jms.InvalidSelectorException",
         BrokerError::InvalidDestination(_)
+        | BrokerError::InvalidComposite(..)
         | BrokerError::TemporaryGone(_)
         | BrokerError::UnknownDurable(_) => "javax.jms.InvalidDestinationException",
         BrokerError::DurableNeedsClientId => "javax.jms.InvalidClientIDException",
@@ -858,12 +859,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let live = self.options.temps.snapshot();
             return self.write_advisories(state, &live);
         }
-        let core = match convert::core_destination(&destination) {
-            Ok(d) => d,
-            Err(reason) => return self.refuse(command, BrokerError::Unsupported(reason)),
+        let members = match convert::core_destinations(&destination) {
+            Ok(members) => members,
+            Err(e) => return self.refuse(command, e),
         };
+        let core = members[0].clone();
         let selector = info.selector.clone().filter(|s| !s.trim().is_empty());
         if info.browser {
+            if members.len() > 1 {
+                return self.refuse(
+                    command,
+                    BrokerError::Unsupported(format!(
+                        "browsing composite destination '{name}': browse each queue"
+                    )),
+                );
+            }
             let Destination::Queue(_) = core else {
                 return self.refuse(
                     command,
@@ -913,7 +923,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             no_local: info.no_local,
         };
         state.consumers.insert(key.clone(), consumer);
-        match state.session.subscribe(request) {
+        match state.session.subscribe_to_each(request, &members) {
             Ok(confirmation) => {
                 if confirmation.is_done() {
                     self.respond(info.command_id, info.response_required)
@@ -1171,7 +1181,7 @@ impl State {
             .destination
             .as_ref()
             .ok_or_else(|| BrokerError::InvalidDestination("(none)".into()))?;
-        let core = convert::core_destination(destination).map_err(BrokerError::Unsupported)?;
+        let members = convert::core_destinations(destination)?;
         let mut message =
             convert::to_new_message(m).map_err(|e| BrokerError::InvalidMessage(e.to_string()))?;
         if matches!(
@@ -1187,7 +1197,7 @@ impl State {
             let _ = self.session.begin(tx);
         }
         self.session
-            .send(&core, message, transaction.as_deref())
+            .send_to_each(&members, message, transaction.as_deref())
             .map(Some)
     }
 

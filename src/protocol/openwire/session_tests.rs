@@ -700,3 +700,86 @@ async fn a_silent_client_is_closed_even_while_a_write_to_it_waits() {
     .await;
     drop(c);
 }
+
+/// A send to a composite queue (`a,topic://t,b`) that the failover transport replays on a new
+/// connection is answered again but stored once in each member.
+#[tokio::test]
+async fn a_composite_send_replayed_after_failover_is_stored_once_in_each_member() {
+    let f = fixture(&[]);
+    let conn = "ID:t-comp:1";
+    let mut a = Client::connected(&f, conn).await;
+    let answer = a.request(text(conn, "a,topic://t,b", 1, "one")).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    drop(a);
+    let mut b = Client::connected(&f, conn).await;
+    let answer = b.request(text(conn, "a,topic://t,b", 1, "one")).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    assert_eq!(f.broker.queue_depth("queue://a"), 1);
+    assert_eq!(f.broker.queue_depth("queue://b"), 1);
+    assert_eq!(f.broker.queue_depth("queue://a,topic://t,b"), 0);
+}
+
+/// A composite destination with an empty member, a temporary member or a member with an
+/// unknown prefix is refused with InvalidDestinationException naming the problem; nothing is
+/// stored in its other members.
+#[tokio::test]
+async fn a_bad_composite_destination_is_refused_naming_the_problem() {
+    let f = fixture(&[]);
+    let conn = "ID:t-comp:2";
+    let mut c = Client::connected(&f, conn).await;
+    for (n, (name, problem)) in [
+        ("a,,b", "empty member"),
+        ("a,temp-queue://ID:x:1", "is temporary"),
+        ("a,qeue://b", "member 'qeue://b'"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let Command::ExceptionResponse(e) = c.request(text(conn, name, n as i64 + 1, "m")).await
+        else {
+            panic!("{name} accepted");
+        };
+        let e = e.exception.unwrap();
+        assert_eq!(
+            e.class_name.as_deref(),
+            Some("javax.jms.InvalidDestinationException"),
+            "{name}"
+        );
+        let message = e.message.unwrap_or_default();
+        assert!(
+            message.contains(name) && message.contains(problem),
+            "{name}: {message}"
+        );
+    }
+    assert_eq!(f.broker.queue_depth("queue://a"), 0);
+}
+
+/// A consumer on a composite queue (`a,b`) gets what is sent to either member; a browser on
+/// one is refused, naming it (a browser takes one queue).
+#[tokio::test]
+async fn a_consumer_on_a_composite_queue_gets_every_members_messages_and_a_browser_is_refused() {
+    let f = fixture(&[]);
+    let conn = "ID:t-comp:3";
+    let mut c = Client::connected(&f, conn).await;
+    let answer = c.request(text(conn, "a", 1, "to-a")).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    let answer = c.request(text(conn, "b", 2, "to-b")).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    let Command::ConsumerInfo(mut browser) = subscribe(conn, 1, "a,b", 10) else {
+        unreachable!()
+    };
+    browser.browser = true;
+    let Command::ExceptionResponse(e) = c.request(Command::ConsumerInfo(browser)).await else {
+        panic!("a browser on a composite destination was accepted");
+    };
+    let message = e.exception.and_then(|t| t.message).unwrap_or_default();
+    assert!(
+        message.contains("browsing composite destination 'a,b'"),
+        "{message}"
+    );
+    let answer = c.request(subscribe(conn, 2, "a,b", 10)).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    let mut got = [body_of(&c.next().await), body_of(&c.next().await)];
+    got.sort();
+    assert_eq!(got, [Some("to-a".to_string()), Some("to-b".to_string())]);
+}

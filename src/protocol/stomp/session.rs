@@ -17,8 +17,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::frame::{self, Command, Decoder, Frame, Item, Version};
 use crate::broker::{
-    AckScope, BodyType, Broker, BrokerError, Confirmation, Delivery, Destination, Header,
-    NewMessage, Session, SubscribeRequest, JMS_TYPE_HEADER, REPLY_TO_HEADER,
+    composite_members, AckScope, BodyType, Broker, BrokerError, Confirmation, Delivery,
+    Destination, Header, NewMessage, Session, SubscribeRequest, JMS_TYPE_HEADER, REPLY_TO_HEADER,
 };
 use crate::protocol::openwire::{Destination as OwDestination, DestinationKind};
 use crate::protocol::temps::TempDestinations;
@@ -685,6 +685,29 @@ impl Temps {
         id
     }
 
+    /// What a SEND's or SUBSCRIBE's destination names: one destination, or each member of a
+    /// composite one (ActiveMQ's `/queue/a,/topic/b`, every member with its own prefix), and
+    /// whether it is temporary (its messages are then never stored). A composite's members may
+    /// not be temporary: its other members' messages are stored. Never empty.
+    fn resolve_members(&mut self, text: &str) -> Result<(Vec<Destination>, bool), BrokerError> {
+        let members = composite_members(text, |member| {
+            if member.starts_with("/temp-") || member.starts_with("/remote-temp-") {
+                return Err(format!(
+                    "member '{member}' is temporary: name only /queue/NAME and /topic/NAME"
+                ));
+            }
+            Destination::parse(member)
+                .map_err(|_| format!("member '{member}' is not /queue/NAME or /topic/NAME"))
+        })?;
+        match members {
+            Some(members) => Ok((members, false)),
+            None => {
+                let (destination, temporary) = self.resolve(text)?;
+                Ok((vec![destination], temporary))
+            }
+        }
+    }
+
     /// A STOMP destination as the core knows it, and whether it is temporary (its messages are
     /// then never stored).
     fn resolve(&mut self, text: &str) -> Result<(Destination, bool), BrokerError> {
@@ -797,7 +820,7 @@ impl Drop for Temps {
 impl State {
     fn send(&mut self, frame: &Frame) -> Result<Confirmation, Fatal> {
         let destination_text = required(frame, "destination")?;
-        let (destination, temporary) = self.temps.resolve(destination_text)?;
+        let (destinations, temporary) = self.temps.resolve_members(destination_text)?;
         // As in ActiveMQ, messages to temporary destinations are never stored: they live as
         // long as the connection that made the destination, and a stored one would outlive it
         // on disk (and keep its journal segment) with nobody left to consume it.
@@ -855,12 +878,13 @@ impl State {
         };
         Ok(self
             .session
-            .send(&destination, message, frame.get("transaction"))?)
+            .send_to_each(&destinations, message, frame.get("transaction"))?)
     }
 
     fn subscribe(&mut self, frame: &Frame) -> Result<Confirmation, Fatal> {
         let destination_text = required(frame, "destination")?;
-        let (destination, _) = self.temps.resolve(destination_text)?;
+        let (members, _) = self.temps.resolve_members(destination_text)?;
+        let destination = members[0].clone();
         let id = match (frame.get("id"), self.version) {
             (Some(id), _) => id.to_string(),
             (None, Version::V1_0) => destination_text.to_string(),
@@ -913,7 +937,7 @@ impl State {
         let first_tag = self.session.next_tag();
         self.subscriptions
             .insert(id.clone(), Subscription { ack, first_tag });
-        let result = self.session.subscribe(SubscribeRequest {
+        let request = SubscribeRequest {
             id: id.clone(),
             destination,
             // STOMP has no pull: a window of 0 is taken as 1, as ActiveMQ does.
@@ -923,7 +947,8 @@ impl State {
             exclusive: flag(frame, "activemq.exclusive"),
             priority,
             no_local: flag(frame, "activemq.noLocal"),
-        });
+        };
+        let result = self.session.subscribe_to_each(request, &members);
         if result.is_err() {
             self.subscriptions.remove(&id);
         }
@@ -1336,12 +1361,7 @@ mod tests {
 
     /// A STOMP 1.2 client subscribed (receipted) to `/queue/requests`.
     async fn responder_on_requests(broker: &Broker) -> Peer {
-        let (mut responder, _) = Peer::connect(broker, "1.2", "").await;
-        responder
-            .write("SUBSCRIBE\nid:r\ndestination:/queue/requests\nreceipt:s\n\n\0")
-            .await;
-        responder.frames_until(is_receipt("s")).await;
-        responder
+        subscribed(broker, "id:r\ndestination:/queue/requests").await
     }
 
     /// ActiveMQ's `/temp-queue/NAME` is the connection's own: two clients that both use
@@ -1524,6 +1544,152 @@ mod tests {
             "{:?}",
             temp_queues(&broker)
         );
+    }
+
+    /// A STOMP 1.2 connection subscribed with `headers` (one per line), once the broker has
+    /// confirmed the subscription.
+    async fn subscribed(broker: &Broker, headers: &str) -> Peer {
+        let (mut peer, _) = Peer::connect(broker, "1.2", "").await;
+        peer.write(&format!("SUBSCRIBE\n{headers}\nreceipt:subscribed\n\n\0"))
+            .await;
+        peer.frames_until(is_receipt("subscribed")).await;
+        peer
+    }
+
+    /// A SEND to `/queue/a,/topic/t` (ActiveMQ's composite destination) reaches both members,
+    /// each copy naming its own member; a re-send of the same `message-id` is stored in
+    /// neither twice; in a transaction the copies go at COMMIT and nowhere at ABORT.
+    #[tokio::test]
+    async fn a_send_to_a_composite_destination_reaches_every_member() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        let mut listener = subscribed(&broker, "id:t\ndestination:/topic/t").await;
+        let (mut producer, _) = Peer::connect(&broker, "1.2", "").await;
+        for receipt in ["r1", "r2"] {
+            producer
+                .write(&format!(
+                    "SEND\ndestination:/queue/a,/topic/t\npersistent:true\n\
+                     message-id:ID:p-1:1\nreceipt:{receipt}\n\nboth\0"
+                ))
+                .await;
+            producer.frames_until(is_receipt(receipt)).await;
+        }
+        producer
+            .write(
+                "BEGIN\ntransaction:x\n\n\0\
+                 SEND\ndestination:/queue/a, /queue/b\ntransaction:x\n\naborted\0\
+                 ABORT\ntransaction:x\n\n\0\
+                 BEGIN\ntransaction:y\n\n\0\
+                 SEND\ndestination:/queue/a,/queue/b\ntransaction:y\n\ncommitted\0\
+                 COMMIT\ntransaction:y\nreceipt:c\n\n\0",
+            )
+            .await;
+        producer.frames_until(is_receipt("c")).await;
+        let on_topic = listener.next_frame().await;
+        assert_eq!(
+            (on_topic.get("destination"), on_topic.body.as_ref()),
+            (Some("/topic/t"), b"both".as_ref())
+        );
+        let (mut consumer, _) = Peer::connect(&broker, "1.2", "").await;
+        consumer
+            .write(
+                "SUBSCRIBE\nid:a\ndestination:/queue/a\n\n\0\
+                 SUBSCRIBE\nid:b\ndestination:/queue/b\n\n\0",
+            )
+            .await;
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let f = consumer.next_frame().await;
+            got.push(format!(
+                "{} {}",
+                f.get("destination").unwrap_or_default(),
+                String::from_utf8_lossy(&f.body)
+            ));
+        }
+        got.sort();
+        assert_eq!(
+            got,
+            ["/queue/a both", "/queue/a committed", "/queue/b committed"]
+        );
+        assert_eq!(broker.queue_depth("queue://a"), 0);
+        assert_eq!(broker.queue_depth("queue://b"), 0);
+    }
+
+    /// A SUBSCRIBE to `/queue/a,/topic/t` receives from both members, each MESSAGE naming its
+    /// member; in client ack mode an ACK covers the earlier messages of both members.
+    #[tokio::test]
+    async fn a_subscription_to_a_composite_destination_receives_from_every_member() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        let mut consumer =
+            subscribed(&broker, "id:s\nack:client\ndestination:/queue/a,/topic/t").await;
+        let (mut producer, _) = Peer::connect(&broker, "1.2", "").await;
+        // One after the other: the persistent one is delivered once stored, the other at once.
+        for (destination, body) in [("/queue/a\npersistent:true", "to-a"), ("/topic/t", "to-t")] {
+            producer
+                .write(&format!(
+                    "SEND\ndestination:{destination}\nreceipt:{body}\n\n{body}\0"
+                ))
+                .await;
+            producer.frames_until(is_receipt(body)).await;
+        }
+        let first = consumer.next_frame().await;
+        let second = consumer.next_frame().await;
+        let got: Vec<(Option<&str>, Option<&str>, &[u8])> = [&first, &second]
+            .iter()
+            .map(|f| (f.get("subscription"), f.get("destination"), f.body.as_ref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some("s"), Some("/queue/a"), b"to-a".as_ref()),
+                (Some("s"), Some("/topic/t"), b"to-t".as_ref())
+            ]
+        );
+        let ack = second.get("ack").unwrap();
+        consumer
+            .write(&format!(
+                "ACK\nid:{ack}\nreceipt:a\n\n\0DISCONNECT\nreceipt:bye\n\n\0"
+            ))
+            .await;
+        consumer.frames_until(is_receipt("bye")).await;
+        drop(consumer.io);
+        consumer.task.await.unwrap();
+        assert_eq!(
+            broker.queue_depth("queue://a"),
+            0,
+            "the ACK covered /queue/a's message"
+        );
+    }
+
+    /// A composite destination with an empty member, a member without `/queue/` or `/topic/`,
+    /// a temporary member or a wildcard member is an ERROR naming the problem, and no member
+    /// gets the message.
+    #[tokio::test]
+    async fn a_bad_composite_destination_is_an_error_naming_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        for (destination, problem) in [
+            ("/queue/a,,/queue/b", "empty member"),
+            ("/queue/a,/queue/b,", "empty member"),
+            ("/queue/a,b", "member 'b'"),
+            (
+                "/queue/a,/temp-queue/r",
+                "member '/temp-queue/r' is temporary",
+            ),
+            ("/queue/a,/topic/logs.>", "topic://logs.>"),
+        ] {
+            let (mut peer, _) = Peer::connect(&broker, "1.2", "").await;
+            peer.write(&format!(
+                "SEND\ndestination:{destination}\npersistent:true\nreceipt:r\n\nm\0"
+            ))
+            .await;
+            let error = peer.next_frame().await;
+            assert_eq!(error.command, Command::Error, "{destination}: {error:?}");
+            let message = error.get("message").unwrap_or_default();
+            assert!(message.contains(problem), "{destination}: {message}");
+        }
+        assert_eq!(broker.queue_depth("queue://a"), 0);
     }
 
     /// Sends to `reply_to` until the broker answers with something else than a receipt (the
