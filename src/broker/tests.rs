@@ -2533,10 +2533,13 @@ async fn a_composite_subscription_receives_from_every_member() {
     send_settled(&producer, &queue("a"), persistent("a1")).await;
     send_settled(&producer, &queue("b"), persistent("b1")).await;
     let (c, mut rx) = f.broker.open_session(None);
-    c.subscribe_to_each(request("s", queue("unused"), 10), &[queue("a"), topic("t"), queue("b")])
-        .unwrap()
-        .await
-        .unwrap();
+    c.subscribe_to_each(
+        request("s", queue("unused"), 10),
+        &[queue("a"), topic("t"), queue("b")],
+    )
+    .unwrap()
+    .await
+    .unwrap();
     send_settled(&producer, &topic("t"), persistent("t1")).await;
     send_settled(&producer, &queue("a"), persistent("a2")).await;
     let mut got = Vec::new();
@@ -2569,7 +2572,9 @@ async fn a_composite_subscription_receives_from_every_member() {
     let left = f.broker.queue_depth("queue://a") + f.broker.queue_depth("queue://b");
     let last_on_a_queue = got[3].message.destination.starts_with("queue://");
     assert_eq!(left, usize::from(last_on_a_queue));
-    assert!(c.subscribe_to_each(request("s", queue("unused"), 10), &[queue("a")]).is_ok());
+    assert!(c
+        .subscribe_to_each(request("s", queue("unused"), 10), &[queue("a")])
+        .is_ok());
 }
 
 /// A pull (prefetch 0) of a composite subscription is answered by one message, from whichever
@@ -2604,7 +2609,10 @@ async fn a_bad_composite_subscription_is_refused_whole() {
     let f = fixture(BrokerOptions::default()).await;
     let (c, mut rx) = f.broker.open_session(Some("client".into()));
     let error = c
-        .subscribe_to_each(request("s", queue("unused"), 10), &[queue("a"), queue("orders.>")])
+        .subscribe_to_each(
+            request("s", queue("unused"), 10),
+            &[queue("a"), queue("orders.>")],
+        )
         .unwrap_err();
     assert!(
         matches!(&error, BrokerError::Unsupported(m) if m.contains("orders.>")),
