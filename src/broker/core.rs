@@ -114,6 +114,17 @@ struct Transaction {
     bytes: u64,
 }
 
+/// Whether `entries` fit one journal record (the journal refuses a longer one, and fails).
+fn fits_one_record(entries: &[crate::store::Entry]) -> bool {
+    // Each entry's field tag and length prefix, the epoch and the frame header take less than
+    // 16 bytes an entry.
+    let len: usize = entries
+        .iter()
+        .map(|e| prost::Message::encoded_len(e) + 16)
+        .sum();
+    len <= crate::store::record::MAX_RECORD_LEN
+}
+
 /// A transaction whose commit would not fit one record.
 fn too_many_entries(tx: &str) -> BrokerError {
     BrokerError::TransactionTooLarge(
@@ -918,20 +929,22 @@ impl Core {
         }
         let copies = sends.len();
         let routed = self.route_all(session, sends);
-        // The copies' record must fit the journal (which would refuse it, and fail), before
-        // the audit takes the message as stored.
-        let len: usize = routed
-            .entries
-            .iter()
-            .map(|e| prost::Message::encoded_len(e) + 16)
-            .sum();
-        if len > crate::store::record::MAX_RECORD_LEN {
-            return Err(BrokerError::InvalidMessage(format!(
-                "{copies} copies of a {}-byte message would make a record of more than {} \
-                 bytes: send to fewer destinations at once",
-                message.body.len(),
-                crate::store::record::MAX_RECORD_LEN
-            )));
+        // The record must fit the journal (which would refuse it and fail, taking every later
+        // write with it), checked before the audit takes the message as stored.
+        if !fits_one_record(&routed.entries) {
+            let limit = crate::store::record::MAX_RECORD_LEN;
+            let size = message.body.len();
+            return Err(BrokerError::InvalidMessage(if copies > 1 {
+                format!(
+                    "{copies} copies of a {size}-byte message would make a record of more \
+                     than {limit} bytes: send to fewer destinations at once"
+                )
+            } else {
+                format!(
+                    "a persistent {size}-byte message would make a record of more than \
+                     {limit} bytes, the journal's limit"
+                )
+            }));
         }
         if self.is_duplicate(&message) {
             self.stats.duplicates_dropped += 1;
@@ -2311,24 +2324,48 @@ impl Core {
 
     /// Stores a transaction's sends and acknowledgements as one record: all or nothing.
     pub fn commit(&mut self, session: u64, tx: &str) -> Result<Confirmation, BrokerError> {
-        let transaction = self
-            .session(session)?
-            .transactions
-            .remove(tx)
-            .ok_or_else(|| BrokerError::UnknownTransaction(tx.to_string()))?;
-        for (_, message) in &transaction.sends {
-            if !message.producer_id.is_empty() {
-                self.record_producer(&message.producer_id, message.producer_sequence);
-            }
-        }
+        let (sends, removes) = {
+            let open = self
+                .session(session)?
+                .transactions
+                .get(tx)
+                .ok_or_else(|| BrokerError::UnknownTransaction(tx.to_string()))?;
+            let removes: Vec<_> = open
+                .acks
+                .iter()
+                .filter_map(|(_, _, f)| match (&f.queue, f.entry.key) {
+                    (Some(queue), Some(key)) => Some(remove_entry(queue, key)),
+                    _ => None,
+                })
+                .collect();
+            (open.sends.clone(), removes)
+        };
         let Routed {
             mut entries,
             publish,
             keyed,
-        } = self.route_all(session, transaction.sends);
-        for (_, _, f) in &transaction.acks {
-            if let (Some(queue), Some(key)) = (&f.queue, f.entry.key) {
-                entries.push(remove_entry(queue, key));
+        } = self.route_all(session, sends);
+        entries.extend(removes);
+        // A commit the journal would refuse (and fail on, taking every later write with it) is
+        // refused instead, the transaction still open: the client may roll it back.
+        if !fits_one_record(&entries) {
+            return Err(BrokerError::TransactionTooLarge(
+                tx.to_string(),
+                format!(
+                    "its commit would make a record of more than {} bytes, the journal's \
+                     limit: commit in smaller transactions",
+                    crate::store::record::MAX_RECORD_LEN
+                ),
+            ));
+        }
+        let transaction = self
+            .session(session)?
+            .transactions
+            .remove(tx)
+            .expect("looked up above, under the same lock");
+        for (_, message) in &transaction.sends {
+            if !message.producer_id.is_empty() {
+                self.record_producer(&message.producer_id, message.producer_sequence);
             }
         }
         for f in transaction.nacks {

@@ -2659,3 +2659,62 @@ async fn a_composite_send_too_large_for_one_record_is_refused_and_the_store_carr
     assert_eq!(f.broker.queue_depth("queue://q1"), 1);
     assert_eq!(f.broker.store_failure(), None);
 }
+
+/// A persistent message too large for one journal record (a `max_frame_size` raised past it)
+/// is refused, naming the limit; the store keeps working for every other send.
+#[tokio::test]
+async fn a_message_too_large_for_one_record_is_refused_and_the_store_carries_on() {
+    let f = fixture(BrokerOptions {
+        memory_limit: u64::MAX,
+        ..BrokerOptions::default()
+    })
+    .await;
+    let (s, _) = f.broker.open_session(None);
+    let mut big = persistent("");
+    big.body = Bytes::from(vec![0u8; crate::store::record::MAX_RECORD_LEN + 1]);
+    let error = s.send(&queue("q"), big, None).unwrap_err();
+    assert!(
+        matches!(&error, BrokerError::InvalidMessage(m) if m.contains("journal's limit")),
+        "{error}"
+    );
+    send_settled(&s, &queue("q"), persistent("small")).await;
+    assert_eq!(f.broker.queue_depth("queue://q"), 1);
+    assert_eq!(f.broker.store_failure(), None);
+}
+
+/// A transaction whose commit would not fit one journal record is refused at the commit,
+/// naming the limit, and stays open: the client rolls it back (its acknowledged message is
+/// then redelivered), nothing of it is stored, and the store keeps working.
+#[tokio::test]
+async fn a_commit_too_large_for_one_record_is_refused_and_can_be_rolled_back() {
+    let f = fixture(BrokerOptions {
+        memory_limit: u64::MAX,
+        ..BrokerOptions::default()
+    })
+    .await;
+    let (producer, _) = f.broker.open_session(None);
+    send_settled(&producer, &queue("in"), persistent("work")).await;
+    let (s, mut rx) = f.broker.open_session(None);
+    subscribe(&s, "s", queue("in"), 10);
+    let delivery = next(&mut rx).await;
+    s.begin("tx").unwrap();
+    s.ack(delivery.tag, AckScope::Single, Some("tx")).unwrap();
+    let mut big = persistent("");
+    big.body = Bytes::from(vec![0u8; 1 << 20]);
+    for _ in 0..260 {
+        s.send(&queue("out"), big.clone(), Some("tx")).unwrap();
+    }
+    let error = s.commit("tx").unwrap_err();
+    assert!(
+        matches!(&error, BrokerError::TransactionTooLarge(tx, m) if tx == "tx" && m.contains("journal's limit")),
+        "{error}"
+    );
+    assert_eq!(f.broker.store_failure(), None);
+    s.abort("tx").unwrap();
+    let again = next(&mut rx).await;
+    assert_eq!(again.message.body, delivery.message.body);
+    assert_eq!(again.redelivery_count, 1);
+    assert_eq!(f.broker.queue_depth("queue://out"), 0);
+    send_settled(&producer, &queue("out"), persistent("small")).await;
+    assert_eq!(f.broker.queue_depth("queue://out"), 1);
+}
