@@ -1207,9 +1207,11 @@ impl Core {
                     }
                     Some(d)
                         if d.subscription.topic == topic
-                            && d.subscription.selector == selector_text => {}
+                            && d.subscription.selector == selector_text
+                            && d.subscription.no_local == request.no_local => {}
                     existing => {
-                        // New, or moved to another topic (ActiveMQ then starts it afresh).
+                        // New, or changed: another topic, selector or noLocal (ActiveMQ then
+                        // starts it afresh, its messages dropped).
                         if existing.is_some() {
                             self.remove_durable(&queue)?;
                         }
@@ -1219,6 +1221,7 @@ impl Core {
                             topic,
                             selector: selector_text.clone(),
                             queue: queue.clone(),
+                            no_local: request.no_local,
                         };
                         confirmation = self.record_subscription(subscription)?;
                     }
@@ -1240,6 +1243,7 @@ impl Core {
                             topic,
                             selector: String::new(),
                             queue: queue.clone(),
+                            no_local: false,
                         };
                         confirmation = self.record_subscription(subscription)?;
                     }

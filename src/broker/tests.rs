@@ -2330,30 +2330,38 @@ async fn a_no_local_durable_subscriber_is_not_kept_its_last_connections_messages
     assert_eq!(bodies(&take_all(&mut back_rx)), ["theirs again"]);
 }
 
+/// A durable subscription keeps its noLocal flag, in the journal: resubscribed with the other
+/// value it starts afresh (what it held is dropped), as ActiveMQ does with a store that records
+/// noLocal (KahaDB); resubscribed with the same value, after a restart too, it keeps its
+/// messages.
 #[tokio::test]
-async fn a_durable_subscription_resubscribed_with_no_local_is_not_stuck_on_what_it_holds() {
-    let f = fixture(BrokerOptions::default()).await;
+async fn a_durable_subscription_resubscribed_with_another_no_local_starts_afresh() {
+    let dir = tempfile::tempdir().unwrap();
     let t = topic("news");
-    let (s, mut rx) = f.broker.open_session(Some("c".into()));
-    subscribe_to(&s, "d", t.clone(), Some("sub"), None)
-        .unwrap()
-        .await
-        .unwrap();
-    send_settled(&s, &t, persistent("mine, before noLocal")).await;
-    assert_eq!(bodies(&take_all(&mut rx)), ["mine, before noLocal"]);
-    s.unsubscribe("d", false).unwrap();
-    // noLocal decides what is kept for it from now on; what it holds is delivered (ActiveMQ,
-    // whose store records noLocal, would start the subscription afresh instead).
-    s.subscribe(SubscribeRequest {
-        no_local: true,
+    let durable = |no_local: bool| SubscribeRequest {
+        no_local,
         durable_name: Some("sub".into()),
         ..request("d", t.clone(), 10)
-    })
-    .unwrap();
-    assert_eq!(bodies(&take_all(&mut rx)), ["mine, before noLocal"]);
-    send_settled(&s, &t, persistent("mine, with noLocal")).await;
-    assert!(take_all(&mut rx).is_empty());
-    assert_eq!(f.broker.queue_depth("durable://c:sub"), 0);
+    };
+    {
+        let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+        let (other, _) = broker.open_session(None);
+        let (s, mut rx) = broker.open_session(Some("c".into()));
+        s.subscribe(durable(false)).unwrap().await.unwrap();
+        send_settled(&other, &t, persistent("theirs, before noLocal")).await;
+        assert_eq!(bodies(&take_all(&mut rx)), ["theirs, before noLocal"]);
+        s.unsubscribe("d", false).unwrap();
+        s.subscribe(durable(true)).unwrap().await.unwrap();
+        assert!(take_all(&mut rx).is_empty(), "started afresh");
+        assert_eq!(broker.queue_depth("durable://c:sub"), 0);
+        send_settled(&other, &t, persistent("theirs, with noLocal")).await;
+        assert_eq!(bodies(&take_all(&mut rx)), ["theirs, with noLocal"]);
+        // Deactivated unacknowledged: kept for the subscription.
+    }
+    let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+    let (s, mut rx) = broker.open_session(Some("c".into()));
+    s.subscribe(durable(true)).unwrap().await.unwrap();
+    assert_eq!(bodies(&take_all(&mut rx)), ["theirs, with noLocal"]);
 }
 
 // ----- composite destinations ------------------------------------------------------------

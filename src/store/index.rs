@@ -817,6 +817,7 @@ mod tests {
             topic: "topic://t".into(),
             selector: "x > 1".into(),
             queue: "q".into(),
+            no_local: true,
         };
         let mut snapshot = IndexSnapshot::default();
         let entries: Vec<(Vec<u8>, Vec<u8>)> = vec![

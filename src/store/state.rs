@@ -904,6 +904,7 @@ mod tests {
                     topic: "topic://t".into(),
                     selector: String::new(),
                     queue: format!("sub://{name}"),
+                    no_local: false,
                 })),
             }],
         }

@@ -84,6 +84,7 @@ fn subscription(name: &str, queue: &str) -> SubscriptionAdd {
         topic: "topic://t".into(),
         selector: String::new(),
         queue: queue.into(),
+        no_local: false,
     }
 }
 
