@@ -2848,7 +2848,11 @@ async fn the_individual_strategy_names_a_virtual_topic_copys_dlq_after_its_consu
     send_confirmed(&p, &topic("VirtualTopic.Orders"), "v").await;
     let d = next(&mut rx).await;
     c.nack(d.tag, None).unwrap().await.unwrap();
-    let dead = take_from(&f.broker, "ActiveMQ.DLQ.Queue.Consumer.A.VirtualTopic.Orders").await;
+    let dead = take_from(
+        &f.broker,
+        "ActiveMQ.DLQ.Queue.Consumer.A.VirtualTopic.Orders",
+    )
+    .await;
     assert_eq!(body(&dead), "v");
 }
 
