@@ -630,6 +630,71 @@ fn redelivery_limit_moves_a_message_to_the_dead_letter_queue() -> Result<()> {
     Ok(())
 }
 
+/// Test 9c: with `dead_letter_strategy = "individual"` (ActiveMQ's
+/// `<individualDeadLetterStrategy queuePrefix="DLQ."/>`), a queue's dead letter goes to its own
+/// DLQ (`DLQ.orders`), a durable subscription's to the topic's (`ActiveMQ.DLQ.Topic.news`, the
+/// default topic prefix), one NACKed on a DLQ to that DLQ's DLQ, and none to `ActiveMQ.DLQ`.
+#[test]
+fn the_individual_dead_letter_strategy_gives_each_destination_its_dlq() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(
+        dir.path(),
+        "[broker]\ndead_letter_strategy = \"individual\"\ndead_letter_queue_prefix = \"DLQ.\"\n",
+    )?;
+    let mut producer = broker.client()?;
+
+    // A queue's dead letter, NACKed again on its DLQ.
+    producer.send_persistent("/queue/orders", b"bad-order")?;
+    let mut consumer = broker.client()?;
+    consumer.subscribe("o", "/queue/orders", &[("ack", "client-individual")])?;
+    let m = consumer.recv_message(FRAME_TIMEOUT)?;
+    consumer.nack(&m)?;
+    let mut dlq = broker.client()?;
+    dlq.subscribe("dlq", "/queue/DLQ.orders", &[("ack", "client-individual")])?;
+    let dead = dlq
+        .recv_message(FRAME_TIMEOUT)
+        .context("the NACKed message did not arrive on /queue/DLQ.orders")?;
+    assert_eq!(dead.text(), "bad-order");
+    assert_eq!(dead.get("original-destination"), Some("/queue/orders"));
+    dlq.nack(&dead)?;
+    let mut dlq_of_dlq = broker.client()?;
+    dlq_of_dlq.subscribe("dlq2", "/queue/DLQ.DLQ.orders", &[])?;
+    let again = dlq_of_dlq
+        .recv_message(FRAME_TIMEOUT)
+        .context("the message NACKed on DLQ.orders did not arrive on DLQ.DLQ.orders")?;
+    assert_eq!(again.text(), "bad-order");
+
+    // A durable subscription's dead letter.
+    let durable = [
+        ("activemq.subscriptionName", "news-sub"),
+        ("ack", "client-individual"),
+    ];
+    let mut reader = StompClient::connect_with(broker.addr(), &[("client-id", "reader")])?;
+    reader.subscribe("d", "/topic/news", &durable)?;
+    producer.send_persistent("/topic/news", b"bad-news")?;
+    let m = reader.recv_message(FRAME_TIMEOUT)?;
+    reader.nack(&m)?;
+    let mut topic_dlq = broker.client()?;
+    topic_dlq.subscribe("tdlq", "/queue/ActiveMQ.DLQ.Topic.news", &[])?;
+    let dead = topic_dlq
+        .recv_message(FRAME_TIMEOUT)
+        .context("the NACKed topic message did not arrive on /queue/ActiveMQ.DLQ.Topic.news")?;
+    assert_eq!(dead.text(), "bad-news");
+    assert_eq!(dead.get("original-destination"), Some("/topic/news"));
+
+    // Nothing went to the shared DLQ.
+    let mut shared = broker.client()?;
+    shared.subscribe("shared", "/queue/ActiveMQ.DLQ", &[])?;
+    producer.send_persistent("/queue/ActiveMQ.DLQ", b"sentinel")?;
+    let rest = shared.recv_until(b"sentinel", FRAME_TIMEOUT)?;
+    assert_eq!(
+        bodies(&rest),
+        ["sentinel"],
+        "a dead letter reached ActiveMQ.DLQ"
+    );
+    Ok(())
+}
+
 /// STOMP 1.0, 1.1 and 1.2 clients on the one port, each sending, receiving and acknowledging
 /// (1.0/1.1 by message-id and subscription, 1.2 by the MESSAGE's `ack` header).
 #[test]
