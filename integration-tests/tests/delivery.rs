@@ -558,6 +558,21 @@ fn a_resent_message_id_is_delivered_once() -> Result<()> {
     Ok(())
 }
 
+/// A new client subscribed to `destination` (with `headers`) and the first message it gets
+/// there: a dead letter, in these tests.
+fn first_on(
+    broker: &BrokerProcess,
+    destination: &str,
+    headers: &[(&str, &str)],
+) -> Result<(StompClient, Frame)> {
+    let mut client = broker.client()?;
+    client.subscribe("dlq", destination, headers)?;
+    let m = client
+        .recv_message(FRAME_TIMEOUT)
+        .with_context(|| format!("the dead letter did not arrive on {destination}"))?;
+    Ok((client, m))
+}
+
 /// Test 9a: a NACKed message goes to `/queue/ActiveMQ.DLQ` and not back to its queue.
 #[test]
 fn nack_moves_a_message_to_the_dead_letter_queue() -> Result<()> {
@@ -572,11 +587,7 @@ fn nack_moves_a_message_to_the_dead_letter_queue() -> Result<()> {
     assert_eq!(m.text(), "poison");
     consumer.nack(&m)?;
 
-    let mut dlq = broker.client()?;
-    dlq.subscribe("dlq", "/queue/ActiveMQ.DLQ", &[])?;
-    let dead = dlq
-        .recv_message(FRAME_TIMEOUT)
-        .context("the NACKed message did not arrive on /queue/ActiveMQ.DLQ")?;
+    let (_dlq, dead) = first_on(&broker, "/queue/ActiveMQ.DLQ", &[])?;
     assert_eq!(dead.text(), "poison");
     assert_eq!(dead.get("message-id"), m.get("message-id"));
 
@@ -649,19 +660,15 @@ fn the_individual_dead_letter_strategy_gives_each_destination_its_dlq() -> Resul
     consumer.subscribe("o", "/queue/orders", &[("ack", "client-individual")])?;
     let m = consumer.recv_message(FRAME_TIMEOUT)?;
     consumer.nack(&m)?;
-    let mut dlq = broker.client()?;
-    dlq.subscribe("dlq", "/queue/DLQ.orders", &[("ack", "client-individual")])?;
-    let dead = dlq
-        .recv_message(FRAME_TIMEOUT)
-        .context("the NACKed message did not arrive on /queue/DLQ.orders")?;
+    let (mut dlq, dead) = first_on(
+        &broker,
+        "/queue/DLQ.orders",
+        &[("ack", "client-individual")],
+    )?;
     assert_eq!(dead.text(), "bad-order");
     assert_eq!(dead.get("original-destination"), Some("/queue/orders"));
     dlq.nack(&dead)?;
-    let mut dlq_of_dlq = broker.client()?;
-    dlq_of_dlq.subscribe("dlq2", "/queue/DLQ.DLQ.orders", &[])?;
-    let again = dlq_of_dlq
-        .recv_message(FRAME_TIMEOUT)
-        .context("the message NACKed on DLQ.orders did not arrive on DLQ.DLQ.orders")?;
+    let (_dlq_of_dlq, again) = first_on(&broker, "/queue/DLQ.DLQ.orders", &[])?;
     assert_eq!(again.text(), "bad-order");
 
     // A durable subscription's dead letter.
@@ -674,11 +681,7 @@ fn the_individual_dead_letter_strategy_gives_each_destination_its_dlq() -> Resul
     producer.send_persistent("/topic/news", b"bad-news")?;
     let m = reader.recv_message(FRAME_TIMEOUT)?;
     reader.nack(&m)?;
-    let mut topic_dlq = broker.client()?;
-    topic_dlq.subscribe("tdlq", "/queue/ActiveMQ.DLQ.Topic.news", &[])?;
-    let dead = topic_dlq
-        .recv_message(FRAME_TIMEOUT)
-        .context("the NACKed topic message did not arrive on /queue/ActiveMQ.DLQ.Topic.news")?;
+    let (_topic_dlq, dead) = first_on(&broker, "/queue/ActiveMQ.DLQ.Topic.news", &[])?;
     assert_eq!(dead.text(), "bad-news");
     assert_eq!(dead.get("original-destination"), Some("/topic/news"));
 

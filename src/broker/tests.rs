@@ -1145,11 +1145,12 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
 
 /// An expired message moves to `ActiveMQ.DLQ` once, without its expiration, and can be
 /// consumed there (kept, it would expire again on the DLQ at every sweep).
-#[tokio::test]
-async fn an_expired_message_is_dead_lettered_once_and_consumable_there() {
+/// A broker with `options` (swept for expired messages every 10 ms) where a persistent
+/// message "late" sent to `queue://q` has expired and been dead-lettered.
+async fn expired_on_q(options: BrokerOptions) -> Fixture {
     let f = fixture(BrokerOptions {
         expiry_sweep: Duration::from_millis(10),
-        ..BrokerOptions::default()
+        ..options
     })
     .await;
     let (p, _) = f.broker.open_session(None);
@@ -1160,6 +1161,12 @@ async fn an_expired_message_is_dead_lettered_once_and_consumable_there() {
         f.broker.stats().dead_lettered >= 1
     })
     .await;
+    f
+}
+
+#[tokio::test]
+async fn an_expired_message_is_dead_lettered_once_and_consumable_there() {
+    let f = expired_on_q(BrokerOptions::default()).await;
     let (c, mut rx) = f.broker.open_session(None);
     subscribe(&c, "dlq", queue("ActiveMQ.DLQ"), 10);
     let d = next(&mut rx).await;
@@ -2858,19 +2865,7 @@ async fn the_individual_strategy_names_a_virtual_topic_copys_dlq_after_its_consu
 
 #[tokio::test]
 async fn the_individual_strategy_sends_an_expired_message_to_its_queues_dlq() {
-    let f = fixture(BrokerOptions {
-        expiry_sweep: Duration::from_millis(10),
-        ..individual_dlqs()
-    })
-    .await;
-    let (p, _) = f.broker.open_session(None);
-    let mut m = persistent("late");
-    m.expiration = now_millis() + 30;
-    p.send(&queue("q"), m, None).unwrap().await.unwrap();
-    eventually("the message expired", || {
-        f.broker.stats().dead_lettered >= 1
-    })
-    .await;
+    let f = expired_on_q(individual_dlqs()).await;
     let dead = take_from(&f.broker, "ActiveMQ.DLQ.Queue.q").await;
     assert_eq!((body(&dead), dead.message.expiration), ("late", 0));
     assert_eq!(f.broker.queue_depth("queue://ActiveMQ.DLQ"), 0);
@@ -2879,15 +2874,23 @@ async fn the_individual_strategy_sends_an_expired_message_to_its_queues_dlq() {
 /// A message dead-lettered while on an individual DLQ goes to that DLQ's own DLQ, as in
 /// ActiveMQ with the strategy on every destination (`<policyEntry queue=">">`): only a message
 /// whose DLQ would be the queue it is on (the shared `ActiveMQ.DLQ`) is discarded.
-#[tokio::test]
-async fn a_message_dead_lettered_on_an_individual_dlq_goes_to_that_dlqs_dlq() {
-    let f = fixture(individual_dlqs()).await;
+/// A broker with `options` where message "m" was NACKed on `queue://q`, then NACKed again
+/// on its DLQ `dlq` (a name without prefix).
+async fn nacked_twice(options: BrokerOptions, dlq: &str) -> Fixture {
+    let f = fixture(options).await;
     let (session, _rx, d) = one_delivered(&f).await;
     session.nack(d.tag, None).unwrap().await.unwrap();
     let (c, mut rx) = f.broker.open_session(None);
-    subscribe(&c, "dlq", queue("ActiveMQ.DLQ.Queue.q"), 10);
+    subscribe(&c, "dlq", queue(dlq), 10);
     let d = next(&mut rx).await;
     c.nack(d.tag, None).unwrap().await.unwrap();
+    assert!(rx.try_recv().is_err(), "it came back on {dlq}");
+    f
+}
+
+#[tokio::test]
+async fn a_message_dead_lettered_on_an_individual_dlq_goes_to_that_dlqs_dlq() {
+    let f = nacked_twice(individual_dlqs(), "ActiveMQ.DLQ.Queue.q").await;
     assert_eq!(f.broker.queue_depth("queue://ActiveMQ.DLQ.Queue.q"), 0);
     let dead = take_from(&f.broker, "ActiveMQ.DLQ.Queue.ActiveMQ.DLQ.Queue.q").await;
     assert_eq!(body(&dead), "m");
@@ -2897,15 +2900,8 @@ async fn a_message_dead_lettered_on_an_individual_dlq_goes_to_that_dlqs_dlq() {
 
 #[tokio::test]
 async fn a_message_dead_lettered_on_the_shared_dlq_is_discarded() {
-    let f = fixture(BrokerOptions::default()).await;
-    let (session, _rx, d) = one_delivered(&f).await;
-    session.nack(d.tag, None).unwrap().await.unwrap();
-    let (c, mut rx) = f.broker.open_session(None);
-    subscribe(&c, "dlq", queue("ActiveMQ.DLQ"), 10);
-    let d = next(&mut rx).await;
-    c.nack(d.tag, None).unwrap().await.unwrap();
+    let f = nacked_twice(BrokerOptions::default(), "ActiveMQ.DLQ").await;
     assert_eq!(f.broker.queue_depth("queue://ActiveMQ.DLQ"), 0);
-    assert!(rx.try_recv().is_err());
     assert_eq!(f.broker.stats().dead_lettered, 1);
 }
 
