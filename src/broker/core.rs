@@ -1928,14 +1928,22 @@ impl Core {
     /// Moves a message from `queue` to its DLQ (see [`super::DeadLetterStrategy`]) in one record
     /// (non-persistent messages are dropped, as ActiveMQ does by default).
     fn dead_letter(&mut self, queue: &str, entry: Entry, why: &str) -> Result<(), BrokerError> {
-        let dlq = self
-            .options
-            .dead_letter_strategy
-            .dead_letter_queue(queue, &entry.message.destination);
+        let strategy = &self.options.dead_letter_strategy;
+        let dlq = strategy.dead_letter_queue(queue, &entry.message.destination);
         tracing::debug!(queue, dlq, message_id = %entry.message.message_id, why, "dead-lettering");
-        if queue == dlq {
-            // Moving it into the queue it is on would go round for ever (ActiveMQ discards it).
-            tracing::warn!(message_id = %entry.message.message_id, why, "a message on {dlq}, its own DLQ, was dead-lettered again: discarded");
+        // Moving it into the queue it is on would go round for ever; one already dead-lettered
+        // to the queue it is on is discarded too, as ActiveMQ 5.17's dead-letter audit does
+        // (it has seen the message before), rather than sent to a DLQ of the DLQ. Only the DLQ
+        // of its original destination counts: a message sent back to that destination, or sent
+        // to a DLQ by a client, is dead-lettered as any other (the audit has not seen it).
+        let dead_lettered_here = entry
+            .message
+            .headers
+            .iter()
+            .find(|h| h.name == "original-destination")
+            .is_some_and(|h| strategy.dead_letter_queue(&h.value, &h.value) == queue);
+        if queue == dlq || dead_lettered_here {
+            tracing::warn!(message_id = %entry.message.message_id, why, "a message on {queue}, a DLQ, was dead-lettered again: discarded");
             return self.discard_stored(queue, &entry);
         }
         let Some(key) = entry.key else {

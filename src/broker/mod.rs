@@ -80,9 +80,9 @@ impl DeadLetterStrategy {
     /// The DLQ (canonical, `queue://...`) of a message dead-lettered from `queue` (canonical:
     /// `queue://orders`, or a durable subscription's `durable://client:name`) whose own
     /// destination is `destination` (`topic://news` for a durable subscription's message).
-    /// Like ActiveMQ, a DLQ's own dead letters get a DLQ of their own
-    /// (`ActiveMQ.DLQ.Queue.ActiveMQ.DLQ.Queue.orders`); only a DLQ equal to `queue` (the
-    /// shared one's) is refused by the caller.
+    /// The caller discards, rather than moves, a message whose DLQ would be `queue` itself
+    /// (one on `ActiveMQ.DLQ` with the shared strategy) or that was dead-lettered to `queue`
+    /// (`dead_letter_queue(origin, origin) == queue` for its `original-destination`).
     pub fn dead_letter_queue(&self, queue: &str, destination: &str) -> String {
         let DeadLetterStrategy::Individual {
             queue_prefix,

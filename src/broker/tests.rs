@@ -2871,9 +2871,6 @@ async fn the_individual_strategy_sends_an_expired_message_to_its_queues_dlq() {
     assert_eq!(f.broker.queue_depth("queue://ActiveMQ.DLQ"), 0);
 }
 
-/// A message dead-lettered while on an individual DLQ goes to that DLQ's own DLQ, as in
-/// ActiveMQ with the strategy on every destination (`<policyEntry queue=">">`): only a message
-/// whose DLQ would be the queue it is on (the shared `ActiveMQ.DLQ`) is discarded.
 /// A broker with `options` where message "m" was NACKed on `queue://q`, then NACKed again
 /// on its DLQ `dlq` (a name without prefix).
 async fn nacked_twice(options: BrokerOptions, dlq: &str) -> Fixture {
@@ -2888,13 +2885,49 @@ async fn nacked_twice(options: BrokerOptions, dlq: &str) -> Fixture {
     f
 }
 
+/// A message dead-lettered again while on the individual DLQ it was dead-lettered to is
+/// discarded, as ActiveMQ 5.17 does (its dead-letter audit has seen the message), not sent on
+/// to a DLQ of the DLQ.
 #[tokio::test]
-async fn a_message_dead_lettered_on_an_individual_dlq_goes_to_that_dlqs_dlq() {
+async fn a_message_dead_lettered_again_on_its_individual_dlq_is_discarded() {
     let f = nacked_twice(individual_dlqs(), "ActiveMQ.DLQ.Queue.q").await;
     assert_eq!(f.broker.queue_depth("queue://ActiveMQ.DLQ.Queue.q"), 0);
-    let dead = take_from(&f.broker, "ActiveMQ.DLQ.Queue.ActiveMQ.DLQ.Queue.q").await;
-    assert_eq!(body(&dead), "m");
-    assert_eq!(header(&dead, "original-destination"), Some("queue://q"));
+    assert_eq!(
+        f.broker
+            .queue_depth("queue://ActiveMQ.DLQ.Queue.ActiveMQ.DLQ.Queue.q"),
+        0
+    );
+    assert_eq!(f.broker.stats().dead_lettered, 1);
+}
+
+/// Only the DLQ a message was dead-lettered to counts: one carrying its original destination
+/// back on that destination (sent again by an application that empties a DLQ), and one a
+/// client sent to a DLQ itself, are dead-lettered as any other.
+#[tokio::test]
+async fn a_message_not_dead_lettered_to_its_queue_is_dead_lettered_again() {
+    let f = fixture(individual_dlqs()).await;
+    let (p, _) = f.broker.open_session(None);
+    let mut retried = persistent("retried");
+    retried
+        .headers
+        .push(Header::text("original-destination", "queue://q"));
+    p.send(&queue("q"), retried, None).unwrap().await.unwrap();
+    p.send(&queue("ActiveMQ.DLQ.Queue.x"), persistent("direct"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    for on in ["q", "ActiveMQ.DLQ.Queue.x"] {
+        let (c, mut rx) = f.broker.open_session(None);
+        subscribe(&c, "c", queue(on), 10);
+        let d = next(&mut rx).await;
+        c.nack(d.tag, None).unwrap().await.unwrap();
+    }
+    assert_eq!(
+        body(&take_from(&f.broker, "ActiveMQ.DLQ.Queue.q").await),
+        "retried"
+    );
+    let direct = take_from(&f.broker, "ActiveMQ.DLQ.Queue.ActiveMQ.DLQ.Queue.x").await;
+    assert_eq!(body(&direct), "direct");
     assert_eq!(f.broker.stats().dead_lettered, 2);
 }
 
