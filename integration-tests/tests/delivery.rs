@@ -16,6 +16,20 @@ fn bodies(frames: &[Frame]) -> Vec<String> {
     frames.iter().map(Frame::text).collect()
 }
 
+/// Sends a persistent `sentinel` to `destination` from `producer` and checks that it is the
+/// next message `consumer` gets: nothing else was left there for it.
+fn expect_only_sentinel(
+    producer: &mut StompClient,
+    consumer: &mut StompClient,
+    destination: &str,
+    what: &str,
+) -> Result<()> {
+    producer.send_persistent(destination, b"sentinel")?;
+    let rest = bodies(&consumer.recv_until(b"sentinel", FRAME_TIMEOUT)?);
+    ensure!(rest == ["sentinel"], "{what}: got {rest:?}");
+    Ok(())
+}
+
 /// Test 2: a client-ack consumer that disconnects without acknowledging gives its messages
 /// back; the next consumer gets them flagged as redelivered.
 #[test]
@@ -75,14 +89,12 @@ fn client_ack_messages_are_redelivered_after_a_disconnect() -> Result<()> {
     assert_eq!(again, sent, "redelivered messages, in order");
 
     // Acknowledged now: nothing is left but what we send next.
-    producer.send_persistent(queue, b"sentinel")?;
-    let rest = second.recv_until(b"sentinel", FRAME_TIMEOUT)?;
-    assert_eq!(
-        bodies(&rest),
-        ["sentinel"],
-        "acknowledged messages came back"
-    );
-    Ok(())
+    expect_only_sentinel(
+        &mut producer,
+        &mut second,
+        queue,
+        "acknowledged messages came back",
+    )
 }
 
 /// Test 4a: sends in an aborted transaction are never delivered; a committed one is.
@@ -189,14 +201,12 @@ fn transacted_ack_abort_redelivers_and_commit_removes() -> Result<()> {
     acker.disconnect()?;
     let mut after = broker.client()?;
     after.subscribe("z", queue, &[])?;
-    producer.send_persistent(queue, b"sentinel")?;
-    let rest = after.recv_until(b"sentinel", FRAME_TIMEOUT)?;
-    assert_eq!(
-        bodies(&rest),
-        ["sentinel"],
-        "a message acknowledged in a committed transaction came back"
-    );
-    Ok(())
+    expect_only_sentinel(
+        &mut producer,
+        &mut after,
+        queue,
+        "a message acknowledged in a committed transaction came back",
+    )
 }
 
 /// Test 5: a consumer that never acknowledges holds its prefetch window and no more; the other
@@ -591,10 +601,12 @@ fn nack_moves_a_message_to_the_dead_letter_queue() -> Result<()> {
     assert_eq!(dead.text(), "poison");
     assert_eq!(dead.get("message-id"), m.get("message-id"));
 
-    producer.send_persistent(queue, b"sentinel")?;
-    let rest = consumer.recv_until(b"sentinel", FRAME_TIMEOUT)?;
-    assert_eq!(bodies(&rest), ["sentinel"], "the NACKed message came back");
-    Ok(())
+    expect_only_sentinel(
+        &mut producer,
+        &mut consumer,
+        queue,
+        "the NACKed message came back",
+    )
 }
 
 /// Test 9b: with `max_redeliveries = 1`, a message whose consumers disconnect twice without
@@ -631,14 +643,12 @@ fn redelivery_limit_moves_a_message_to_the_dead_letter_queue() -> Result<()> {
 
     let mut c3 = broker.client()?;
     c3.subscribe("c", queue, &[])?;
-    producer.send_persistent(queue, b"sentinel")?;
-    let rest = c3.recv_until(b"sentinel", FRAME_TIMEOUT)?;
-    assert_eq!(
-        bodies(&rest),
-        ["sentinel"],
-        "the dead-lettered message was also redelivered on its queue"
-    );
-    Ok(())
+    expect_only_sentinel(
+        &mut producer,
+        &mut c3,
+        queue,
+        "the dead-lettered message was also redelivered on its queue",
+    )
 }
 
 /// Test 9c: with `dead_letter_strategy = "individual"` (ActiveMQ's
@@ -675,13 +685,8 @@ fn the_individual_dead_letter_strategy_gives_each_destination_its_dlq() -> Resul
         (&mut dlq, "/queue/DLQ.orders"),
         (&mut dlq_of_dlq, "/queue/DLQ.DLQ.orders"),
     ] {
-        producer.send_persistent(queue, b"sentinel")?;
-        let rest = client.recv_until(b"sentinel", FRAME_TIMEOUT)?;
-        assert_eq!(
-            bodies(&rest),
-            ["sentinel"],
-            "the message NACKed on DLQ.orders is on {queue}"
-        );
+        let what = format!("the message NACKed on DLQ.orders is on {queue}");
+        expect_only_sentinel(&mut producer, client, queue, &what)?;
     }
 
     // A durable subscription's dead letter.
@@ -701,14 +706,12 @@ fn the_individual_dead_letter_strategy_gives_each_destination_its_dlq() -> Resul
     // Nothing went to the shared DLQ.
     let mut shared = broker.client()?;
     shared.subscribe("shared", "/queue/ActiveMQ.DLQ", &[])?;
-    producer.send_persistent("/queue/ActiveMQ.DLQ", b"sentinel")?;
-    let rest = shared.recv_until(b"sentinel", FRAME_TIMEOUT)?;
-    assert_eq!(
-        bodies(&rest),
-        ["sentinel"],
-        "a dead letter reached ActiveMQ.DLQ"
-    );
-    Ok(())
+    expect_only_sentinel(
+        &mut producer,
+        &mut shared,
+        "/queue/ActiveMQ.DLQ",
+        "a dead letter reached ActiveMQ.DLQ",
+    )
 }
 
 /// STOMP 1.0, 1.1 and 1.2 clients on the one port, each sending, receiving and acknowledging
