@@ -339,7 +339,7 @@ fn metrics(view: &View) -> String {
         ),
         (
             "ferromq_messages_dead_lettered_total",
-            "Messages moved to ActiveMQ.DLQ",
+            "Messages moved to a dead-letter queue",
             stats.dead_lettered,
         ),
         (

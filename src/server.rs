@@ -15,8 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::broker::{Broker, BrokerOptions, ConfirmLater};
-use crate::config::{Config, ConnectorScheme};
+use crate::broker::{Broker, BrokerOptions, ConfirmLater, DeadLetterStrategy};
+use crate::config::{BrokerConfig, Config, ConnectorScheme, DeadLetterStrategyKind};
 use crate::protocol::openwire::session::{self as openwire, OpenWireOptions};
 use crate::protocol::stomp::session::{self as stomp, StompOptions};
 use crate::protocol::temps::TempDestinations;
@@ -200,9 +200,23 @@ pub(crate) fn broker_options(config: &Config) -> BrokerOptions {
     BrokerOptions {
         name: config.broker.name.clone(),
         max_redeliveries: config.broker.max_redeliveries,
+        dead_letter_strategy: dead_letter_strategy(&config.broker),
         topic_pending_limit: config.broker.topic_pending_limit,
         memory_limit: config.broker.memory_limit,
         ..BrokerOptions::default()
+    }
+}
+
+/// The broker core's dead-letter strategy from `[broker]`.
+fn dead_letter_strategy(broker: &BrokerConfig) -> DeadLetterStrategy {
+    match broker.dead_letter_strategy {
+        DeadLetterStrategyKind::Shared => DeadLetterStrategy::Shared,
+        DeadLetterStrategyKind::Individual => DeadLetterStrategy::Individual {
+            queue_prefix: broker.dead_letter_queue_prefix.clone(),
+            queue_suffix: broker.dead_letter_queue_suffix.clone(),
+            topic_prefix: broker.dead_letter_topic_prefix.clone(),
+            topic_suffix: broker.dead_letter_topic_suffix.clone(),
+        },
     }
 }
 
@@ -601,5 +615,25 @@ mod tests {
         };
         let reason = error.exception.unwrap().message.unwrap();
         assert_eq!(reason, "no quorum: 1 of 3 nodes");
+    }
+
+    #[test]
+    fn broker_options_carry_the_dead_letter_strategy() {
+        let shared = broker_options(&Config::default());
+        assert_eq!(shared.dead_letter_strategy, DeadLetterStrategy::Shared);
+        let config = Config::from_toml_str(
+            "[broker]\ndead_letter_strategy = \"individual\"\n\
+             dead_letter_queue_prefix = \"DLQ.\"\ndead_letter_topic_suffix = \".DLT\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            broker_options(&config).dead_letter_strategy,
+            DeadLetterStrategy::Individual {
+                queue_prefix: "DLQ.".into(),
+                queue_suffix: String::new(),
+                topic_prefix: "ActiveMQ.DLQ.Topic.".into(),
+                topic_suffix: ".DLT".into(),
+            }
+        );
     }
 }

@@ -106,6 +106,7 @@ public final class JmsCheck {
         SCENARIOS.put("prefetch-zero", JmsCheck::prefetchZero);
         SCENARIOS.put("stomp-interop", JmsCheck::stompInterop);
         SCENARIOS.put("poison-dlq", JmsCheck::poisonDlq);
+        SCENARIOS.put("individual-dlq", JmsCheck::individualDlq);
         SCENARIOS.put("failover-produce", JmsCheck::failoverProduce);
         SCENARIOS.put("failover-consume", JmsCheck::failoverConsume);
         SCENARIOS.put("flow-control", JmsCheck::flowControl);
@@ -953,6 +954,35 @@ public final class JmsCheck {
         close(producer);
     }
 
+    /** Client options under which a message rolled back twice is poison-acked. */
+    static final String ONE_REDELIVERY =
+            "jms.redeliveryPolicy.maximumRedeliveries=1&jms.redeliveryPolicy.initialRedeliveryDelay=0";
+
+    /**
+     * Receives {@code body} from {@code consumer} (of transacted session {@code tx}, on a
+     * connection with {@link #ONE_REDELIVERY}) and rolls it back twice: the client then
+     * poison-acks it and the broker dead-letters it.
+     */
+    static void rollBackTwice(Session tx, MessageConsumer consumer, String body, String where)
+            throws Exception {
+        expectEq("first delivery from " + where, body,
+                text(receive(consumer, "first delivery from " + where), "body"));
+        tx.rollback();
+        Message again = receive(consumer, "redelivery from " + where);
+        expectEq("redelivered once from " + where, body, text(again, "body"));
+        expectRedelivered(again, true, "the redelivery from " + where);
+        tx.rollback();
+        ok("rolled back past maximumRedeliveries on " + where);
+    }
+
+    /** Poisons {@code body}, the next message on queue {@code q}, from a connection of its own. */
+    static void poisonFromQueue(Queue q, String body) throws Exception {
+        Connection c = connect(withOption(url, ONE_REDELIVERY), null);
+        Session tx = c.createSession(true, Session.SESSION_TRANSACTED);
+        rollBackTwice(tx, tx.createConsumer(q), body, q.getQueueName());
+        close(c);
+    }
+
     /**
      * Poison acks: with the client's redelivery policy at one redelivery, a message rolled back
      * twice is poison-acked by the client and the broker moves it to ActiveMQ.DLQ; it is no
@@ -966,20 +996,7 @@ public final class JmsCheck {
         TextMessage poison = ps.createTextMessage(body);
         poison.setStringProperty("run", prefix);
         ps.createProducer(q).send(poison);
-
-        Connection c = connect(withOption(url,
-                "jms.redeliveryPolicy.maximumRedeliveries=1&jms.redeliveryPolicy.initialRedeliveryDelay=0"),
-                null);
-        Session tx = c.createSession(true, Session.SESSION_TRANSACTED);
-        MessageConsumer consumer = tx.createConsumer(q);
-        expectEq("first delivery", body, text(receive(consumer, "first delivery"), "body"));
-        tx.rollback();
-        Message again = receive(consumer, "redelivery");
-        expectEq("redelivered once", body, text(again, "body"));
-        expectRedelivered(again, true, "the redelivery");
-        tx.rollback();
-        ok("rolled back past maximumRedeliveries");
-        close(c);
+        poisonFromQueue(q, body);
 
         Connection d = connect();
         Session ds = d.createSession(false, Session.AUTO_ACKNOWLEDGE);
@@ -988,6 +1005,51 @@ public final class JmsCheck {
         expectEq("the poisoned message is on ActiveMQ.DLQ", body,
                 text(receive(dlq, "the message on ActiveMQ.DLQ"), "body"));
         expectOnlySentinel(producer, q, ds.createConsumer(q), "the poisoned message left its queue");
+        close(d);
+        close(producer);
+    }
+
+    /**
+     * Against a broker whose dead-letter strategy is individual on every destination (ActiveMQ's
+     * {@code <individualDeadLetterStrategy/>} with its default prefixes, ferromq's
+     * {@code dead_letter_strategy = "individual"}): a queue's poisoned message goes to
+     * ActiveMQ.DLQ.Queue.QUEUE, a durable subscription's to ActiveMQ.DLQ.Topic.TOPIC (a queue),
+     * and each leaves where it was. Poisoned again on its DLQ, a message is discarded (ActiveMQ
+     * 5.17's dead-letter audit has seen it), not moved to a DLQ of the DLQ.
+     */
+    static void individualDlq() throws Exception {
+        Connection producer = connect();
+        Queue q = queue(producer, "orders");
+        String body = "poison-" + UUID.randomUUID();
+        sendTexts(producer, q, List.of(body));
+        poisonFromQueue(q, body);
+        Connection d = connect();
+        Session ds = d.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        expectOnlySentinel(producer, q, ds.createConsumer(q), "the poisoned message left its queue");
+        Queue dlq = ds.createQueue("ActiveMQ.DLQ.Queue." + q.getQueueName());
+        poisonFromQueue(dlq, body);
+        expectOnlySentinel(producer, dlq, ds.createConsumer(dlq),
+                "poisoned again on its DLQ, it left it");
+        Queue dlqOfDlq = ds.createQueue("ActiveMQ.DLQ.Queue." + dlq.getQueueName());
+        expectOnlySentinel(producer, dlqOfDlq, ds.createConsumer(dlqOfDlq),
+                "and was discarded, not moved to " + dlqOfDlq.getQueueName());
+
+        Topic t = topic(producer, "news");
+        Connection sub = connect(withOption(url, ONE_REDELIVERY), prefix + ".reader");
+        Session tx = sub.createSession(true, Session.SESSION_TRANSACTED);
+        TopicSubscriber durable = tx.createDurableSubscriber(t, "news");
+        String news = "bad-news-" + UUID.randomUUID();
+        sendTexts(producer, t, List.of(news));
+        rollBackTwice(tx, durable, news, "durable subscription on " + t.getTopicName());
+        Queue topicDlq = ds.createQueue("ActiveMQ.DLQ.Topic." + t.getTopicName());
+        expectEq("the poisoned topic message is on " + topicDlq.getQueueName(), news,
+                text(receive(ds.createConsumer(topicDlq),
+                        "the message on " + topicDlq.getQueueName()), "body"));
+        expectOnlySentinel(producer, t, durable, "the poisoned message left the subscription");
+        tx.commit();
+        durable.close();
+        tx.unsubscribe("news");
+        close(sub);
         close(d);
         close(producer);
     }

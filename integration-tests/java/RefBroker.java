@@ -3,6 +3,9 @@ import java.net.URI;
 
 import org.apache.activemq.broker.BrokerService;
 import org.apache.activemq.broker.TransportConnector;
+import org.apache.activemq.broker.region.policy.IndividualDeadLetterStrategy;
+import org.apache.activemq.broker.region.policy.PolicyEntry;
+import org.apache.activemq.broker.region.policy.PolicyMap;
 
 /**
  * RefBroker: the reference broker for JmsCheck. Starts an embedded, stock ActiveMQ 5.x
@@ -13,6 +16,11 @@ import org.apache.activemq.broker.TransportConnector;
  * <p>Usage: {@code java -cp CLASSES:BROKER_CLASSPATH RefBroker [PORT]} (PORT 0, the default, lets
  * the OS pick one). It exists to check that a JmsCheck scenario is right, by running it against
  * real ActiveMQ; the Rust tests run the scenarios against ferromq.
+ *
+ * <p>System property {@code refbroker.deadLetterStrategy}: {@code shared} (the default, ActiveMQ's
+ * own default) or {@code individual}, an {@code <individualDeadLetterStrategy/>} with its default
+ * prefixes in a default policy entry, so on every destination (DLQs included), as ferromq's
+ * {@code dead_letter_strategy = "individual"} is.
  */
 public final class RefBroker {
     public static void main(String[] args) throws Exception {
@@ -22,6 +30,18 @@ public final class RefBroker {
         broker.setPersistent(false);
         broker.setUseJmx(false);
         broker.setUseShutdownHook(false);
+        String strategy = System.getProperty("refbroker.deadLetterStrategy", "shared");
+        if (strategy.equals("individual")) {
+            PolicyEntry every = new PolicyEntry();
+            every.setDeadLetterStrategy(new IndividualDeadLetterStrategy());
+            PolicyMap policies = new PolicyMap();
+            policies.setDefaultEntry(every);
+            broker.setDestinationPolicy(policies);
+        } else if (!strategy.equals("shared")) {
+            System.err.println("refbroker.deadLetterStrategy: expected shared or individual, got "
+                    + strategy);
+            System.exit(64);
+        }
         TransportConnector connector =
                 broker.addConnector("tcp://127.0.0.1:" + port);
         broker.start();

@@ -6,6 +6,8 @@
 #   integration-tests/java/run-reference.sh browser prefetch-zero # some scenarios vs ActiveMQ
 #   BROKER_URL=tcp://127.0.0.1:61616 integration-tests/java/run-reference.sh queue-text
 #   JMSCHECK_OPTS="connect_limit_ms=0 timeout=120" ...         # extra JmsCheck options
+#   REFBROKER_OPTS=-Drefbroker.deadLetterStrategy=individual integration-tests/java/run-reference.sh individual-dlq
+#                                                                 # JVM options of the reference broker
 #
 # "failover" stands for the failover-produce/failover-consume pair (200 messages through a
 # failover: URL of the one broker). Needs a JDK and Debian's libactivemq-java. Exit status 0 only
@@ -33,7 +35,8 @@ url="${BROKER_URL:-}"
 if [[ -z $url ]]; then
     mkfifo "$work/keep" "$work/out"
     # RefBroker stops at end of its input: keep the fifo open until this script exits.
-    java -cp "$work/classes:$BROKER_CP" RefBroker <"$work/keep" >"$work/out" 2>"$work/broker.log" &
+    read -r -a refbroker_opts <<<"${REFBROKER_OPTS:-}"
+    java ${refbroker_opts[@]+"${refbroker_opts[@]}"} -cp "$work/classes:$BROKER_CP" RefBroker <"$work/keep" >"$work/out" 2>"$work/broker.log" &
     broker_pid=$!
     exec 3>"$work/keep"
     read -r -t 60 word url <"$work/out" || { echo "the reference broker did not start:" >&2; cat "$work/broker.log" >&2; exit 2; }

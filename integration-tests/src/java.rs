@@ -209,16 +209,21 @@ fn target_dir() -> PathBuf {
 
 /// `java` with options that start fast and stay small beside the broker under test.
 fn java_command(setup: &Setup, classpath: &str, main: &str) -> Command {
+    java_command_with(setup, &[], classpath, main)
+}
+
+/// [`java_command`] with system properties (`-Dname=value`) for the JVM.
+fn java_command_with(
+    setup: &Setup,
+    properties: &[(&str, &str)],
+    classpath: &str,
+    main: &str,
+) -> Command {
     let mut command = Command::new(&setup.java);
     command
-        .args([
-            "-XX:TieredStopAtLevel=1",
-            "-XX:+UseSerialGC",
-            "-Xmx256m",
-            "-cp",
-            classpath,
-            main,
-        ])
+        .args(["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xmx256m"])
+        .args(properties.iter().map(|(k, v)| format!("-D{k}={v}")))
+        .args(["-cp", classpath, main])
         .env_remove("JAVA_TOOL_OPTIONS")
         .env_remove("JMSCHECK_TIMEOUT")
         .stdin(Stdio::piped())
@@ -525,8 +530,14 @@ pub struct ReferenceBroker {
 impl ReferenceBroker {
     /// Starts it; returns once it accepts clients.
     pub fn start() -> Result<ReferenceBroker> {
+        ReferenceBroker::start_with(&[])
+    }
+
+    /// Starts it with system properties (see `RefBroker.java`: `refbroker.deadLetterStrategy`);
+    /// returns once it accepts clients.
+    pub fn start_with(properties: &[(&str, &str)]) -> Result<ReferenceBroker> {
         let setup = setup()?;
-        let mut child = java_command(setup, &setup.broker_classpath, "RefBroker")
+        let mut child = java_command_with(setup, properties, &setup.broker_classpath, "RefBroker")
             .spawn()
             .context("spawning the reference broker")?;
         let stdin = child.stdin.take().expect("piped");

@@ -16,6 +16,20 @@ fn bodies(frames: &[Frame]) -> Vec<String> {
     frames.iter().map(Frame::text).collect()
 }
 
+/// Sends a persistent `sentinel` to `destination` from `producer` and checks that it is the
+/// next message `consumer` gets: nothing else was left there for it.
+fn expect_only_sentinel(
+    producer: &mut StompClient,
+    consumer: &mut StompClient,
+    destination: &str,
+    what: &str,
+) -> Result<()> {
+    producer.send_persistent(destination, b"sentinel")?;
+    let rest = bodies(&consumer.recv_until(b"sentinel", FRAME_TIMEOUT)?);
+    ensure!(rest == ["sentinel"], "{what}: got {rest:?}");
+    Ok(())
+}
+
 /// Test 2: a client-ack consumer that disconnects without acknowledging gives its messages
 /// back; the next consumer gets them flagged as redelivered.
 #[test]
@@ -75,14 +89,12 @@ fn client_ack_messages_are_redelivered_after_a_disconnect() -> Result<()> {
     assert_eq!(again, sent, "redelivered messages, in order");
 
     // Acknowledged now: nothing is left but what we send next.
-    producer.send_persistent(queue, b"sentinel")?;
-    let rest = second.recv_until(b"sentinel", FRAME_TIMEOUT)?;
-    assert_eq!(
-        bodies(&rest),
-        ["sentinel"],
-        "acknowledged messages came back"
-    );
-    Ok(())
+    expect_only_sentinel(
+        &mut producer,
+        &mut second,
+        queue,
+        "acknowledged messages came back",
+    )
 }
 
 /// Test 4a: sends in an aborted transaction are never delivered; a committed one is.
@@ -189,14 +201,12 @@ fn transacted_ack_abort_redelivers_and_commit_removes() -> Result<()> {
     acker.disconnect()?;
     let mut after = broker.client()?;
     after.subscribe("z", queue, &[])?;
-    producer.send_persistent(queue, b"sentinel")?;
-    let rest = after.recv_until(b"sentinel", FRAME_TIMEOUT)?;
-    assert_eq!(
-        bodies(&rest),
-        ["sentinel"],
-        "a message acknowledged in a committed transaction came back"
-    );
-    Ok(())
+    expect_only_sentinel(
+        &mut producer,
+        &mut after,
+        queue,
+        "a message acknowledged in a committed transaction came back",
+    )
 }
 
 /// Test 5: a consumer that never acknowledges holds its prefetch window and no more; the other
@@ -558,6 +568,21 @@ fn a_resent_message_id_is_delivered_once() -> Result<()> {
     Ok(())
 }
 
+/// A new client subscribed to `destination` (with `headers`) and the first message it gets
+/// there: a dead letter, in these tests.
+fn first_on(
+    broker: &BrokerProcess,
+    destination: &str,
+    headers: &[(&str, &str)],
+) -> Result<(StompClient, Frame)> {
+    let mut client = broker.client()?;
+    client.subscribe("dlq", destination, headers)?;
+    let m = client
+        .recv_message(FRAME_TIMEOUT)
+        .with_context(|| format!("the dead letter did not arrive on {destination}"))?;
+    Ok((client, m))
+}
+
 /// Test 9a: a NACKed message goes to `/queue/ActiveMQ.DLQ` and not back to its queue.
 #[test]
 fn nack_moves_a_message_to_the_dead_letter_queue() -> Result<()> {
@@ -572,18 +597,16 @@ fn nack_moves_a_message_to_the_dead_letter_queue() -> Result<()> {
     assert_eq!(m.text(), "poison");
     consumer.nack(&m)?;
 
-    let mut dlq = broker.client()?;
-    dlq.subscribe("dlq", "/queue/ActiveMQ.DLQ", &[])?;
-    let dead = dlq
-        .recv_message(FRAME_TIMEOUT)
-        .context("the NACKed message did not arrive on /queue/ActiveMQ.DLQ")?;
+    let (_dlq, dead) = first_on(&broker, "/queue/ActiveMQ.DLQ", &[])?;
     assert_eq!(dead.text(), "poison");
     assert_eq!(dead.get("message-id"), m.get("message-id"));
 
-    producer.send_persistent(queue, b"sentinel")?;
-    let rest = consumer.recv_until(b"sentinel", FRAME_TIMEOUT)?;
-    assert_eq!(bodies(&rest), ["sentinel"], "the NACKed message came back");
-    Ok(())
+    expect_only_sentinel(
+        &mut producer,
+        &mut consumer,
+        queue,
+        "the NACKed message came back",
+    )
 }
 
 /// Test 9b: with `max_redeliveries = 1`, a message whose consumers disconnect twice without
@@ -620,14 +643,75 @@ fn redelivery_limit_moves_a_message_to_the_dead_letter_queue() -> Result<()> {
 
     let mut c3 = broker.client()?;
     c3.subscribe("c", queue, &[])?;
-    producer.send_persistent(queue, b"sentinel")?;
-    let rest = c3.recv_until(b"sentinel", FRAME_TIMEOUT)?;
-    assert_eq!(
-        bodies(&rest),
-        ["sentinel"],
-        "the dead-lettered message was also redelivered on its queue"
-    );
-    Ok(())
+    expect_only_sentinel(
+        &mut producer,
+        &mut c3,
+        queue,
+        "the dead-lettered message was also redelivered on its queue",
+    )
+}
+
+/// Test 9c: with `dead_letter_strategy = "individual"` (ActiveMQ's
+/// `<individualDeadLetterStrategy queuePrefix="DLQ."/>`), a queue's dead letter goes to its own
+/// DLQ (`DLQ.orders`), a durable subscription's to the topic's (`ActiveMQ.DLQ.Topic.news`, the
+/// default topic prefix), and none to `ActiveMQ.DLQ`; one NACKed again on its DLQ is discarded,
+/// as ActiveMQ 5.17 does.
+#[test]
+fn the_individual_dead_letter_strategy_gives_each_destination_its_dlq() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(
+        dir.path(),
+        "[broker]\ndead_letter_strategy = \"individual\"\ndead_letter_queue_prefix = \"DLQ.\"\n",
+    )?;
+    let mut producer = broker.client()?;
+
+    // A queue's dead letter, NACKed again on its DLQ.
+    producer.send_persistent("/queue/orders", b"bad-order")?;
+    let mut consumer = broker.client()?;
+    consumer.subscribe("o", "/queue/orders", &[("ack", "client-individual")])?;
+    let m = consumer.recv_message(FRAME_TIMEOUT)?;
+    consumer.nack(&m)?;
+    let (mut dlq, dead) = first_on(
+        &broker,
+        "/queue/DLQ.orders",
+        &[("ack", "client-individual")],
+    )?;
+    assert_eq!(dead.text(), "bad-order");
+    assert_eq!(dead.get("original-destination"), Some("/queue/orders"));
+    dlq.nack(&dead)?;
+    let mut dlq_of_dlq = broker.client()?;
+    dlq_of_dlq.subscribe("dlq2", "/queue/DLQ.DLQ.orders", &[])?;
+    for (client, queue) in [
+        (&mut dlq, "/queue/DLQ.orders"),
+        (&mut dlq_of_dlq, "/queue/DLQ.DLQ.orders"),
+    ] {
+        let what = format!("the message NACKed on DLQ.orders is on {queue}");
+        expect_only_sentinel(&mut producer, client, queue, &what)?;
+    }
+
+    // A durable subscription's dead letter.
+    let durable = [
+        ("activemq.subscriptionName", "news-sub"),
+        ("ack", "client-individual"),
+    ];
+    let mut reader = StompClient::connect_with(broker.addr(), &[("client-id", "reader")])?;
+    reader.subscribe("d", "/topic/news", &durable)?;
+    producer.send_persistent("/topic/news", b"bad-news")?;
+    let m = reader.recv_message(FRAME_TIMEOUT)?;
+    reader.nack(&m)?;
+    let (_topic_dlq, dead) = first_on(&broker, "/queue/ActiveMQ.DLQ.Topic.news", &[])?;
+    assert_eq!(dead.text(), "bad-news");
+    assert_eq!(dead.get("original-destination"), Some("/topic/news"));
+
+    // Nothing went to the shared DLQ.
+    let mut shared = broker.client()?;
+    shared.subscribe("shared", "/queue/ActiveMQ.DLQ", &[])?;
+    expect_only_sentinel(
+        &mut producer,
+        &mut shared,
+        "/queue/ActiveMQ.DLQ",
+        "a dead letter reached ActiveMQ.DLQ",
+    )
 }
 
 /// STOMP 1.0, 1.1 and 1.2 clients on the one port, each sending, receiving and acknowledging

@@ -14,6 +14,14 @@ use std::time::Duration;
 use ferromq_integration_tests::java::{self, ReferenceBroker, SCENARIO_TIMEOUT};
 use ferromq_integration_tests::{http_get, unique, BrokerProcess};
 
+/// One broker setting as each broker takes it: ferromq's TOML, the reference broker's system
+/// properties (see `RefBroker.java`).
+#[derive(Default)]
+struct Setting {
+    ferromq: &'static str,
+    reference: &'static [(&'static str, &'static str)],
+}
+
 /// The broker a test talks to.
 enum Target {
     Ferromq {
@@ -25,13 +33,19 @@ enum Target {
 
 impl Target {
     fn start() -> Target {
+        Target::start_with(&Setting::default())
+    }
+
+    /// A broker configured with `setting`, in ferromq's terms or in the reference broker's.
+    fn start_with(setting: &Setting) -> Target {
         if std::env::var("OPENWIRE_TEST_BROKER").is_ok_and(|v| v == "activemq") {
             return Target::Reference(
-                ReferenceBroker::start().unwrap_or_else(|e| panic!("reference broker: {e:#}")),
+                ReferenceBroker::start_with(setting.reference)
+                    .unwrap_or_else(|e| panic!("reference broker: {e:#}")),
             );
         }
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let broker = BrokerProcess::start(dir.path(), "")
+        let broker = BrokerProcess::start(dir.path(), setting.ferromq)
             .unwrap_or_else(|e| panic!("starting ferromq: {e:#}"));
         Target::Ferromq { broker, _dir: dir }
     }
@@ -67,7 +81,12 @@ impl Target {
 
 /// Runs `scenario` with `options` against a fresh broker; fails the test unless it passes.
 fn check(scenario: &str, options: &[&str]) {
-    let target = Target::start();
+    check_with(&Setting::default(), scenario, options);
+}
+
+/// [`check`] against a broker configured with `setting`.
+fn check_with(setting: &Setting, scenario: &str, options: &[&str]) {
+    let target = Target::start_with(setting);
     let outcome = java::run_scenario(scenario, &target.url(), options, SCENARIO_TIMEOUT)
         .unwrap_or_else(|e| panic!("running JmsCheck {scenario}: {e:#}"));
     outcome.assert_passed(&target.describe());
@@ -289,6 +308,19 @@ fn failover_url_to_one_broker_delivers_exactly_once() {
 #[test]
 fn poison_acked_messages_go_to_the_dead_letter_queue() {
     check("poison-dlq", &[]);
+}
+
+/// With the individual dead-letter strategy (ActiveMQ's `<individualDeadLetterStrategy/>` on
+/// every destination), a poison-acked queue message goes to `ActiveMQ.DLQ.Queue.<queue>` and is
+/// discarded if poison-acked there again, and a durable subscription's goes to
+/// `ActiveMQ.DLQ.Topic.<topic>`.
+#[test]
+fn poison_acked_messages_go_to_their_own_dlq_with_the_individual_strategy() {
+    let individual = Setting {
+        ferromq: "[broker]\ndead_letter_strategy = \"individual\"\n",
+        reference: &[("refbroker.deadLetterStrategy", "individual")],
+    };
+    check_with(&individual, "individual-dlq", &[]);
 }
 
 /// STOMP and JMS clients read each other's messages the way ActiveMQ maps them: a STOMP frame

@@ -23,7 +23,7 @@ use super::selector::Selector;
 use super::wildcard::{self, Pattern};
 use super::{
     AckScope, BrokerError, BrokerOptions, Confirmation, Delivery, Destination, NewMessage,
-    SubscribeRequest, DEAD_LETTER_QUEUE,
+    SubscribeRequest,
 };
 use crate::store::{
     entry, EpochStart, Header, Message, MessageAdd, MessageKey, MessageRemove, Position,
@@ -1917,7 +1917,7 @@ impl Core {
         Ok(())
     }
 
-    /// A delivery the consumer rejected (NACK, poison ack) goes to `ActiveMQ.DLQ`.
+    /// A delivery the consumer rejected (NACK, poison ack) goes to its DLQ.
     fn reject(&mut self, f: InFlight) -> Result<(), BrokerError> {
         match f.queue {
             Some(queue) => self.dead_letter(&queue, f.entry, "rejected by the consumer"),
@@ -1925,13 +1925,25 @@ impl Core {
         }
     }
 
-    /// Moves a message from `queue` to `ActiveMQ.DLQ` in one record (non-persistent messages
-    /// are dropped, as ActiveMQ does by default).
+    /// Moves a message from `queue` to its DLQ (see [`super::DeadLetterStrategy`]) in one record
+    /// (non-persistent messages are dropped, as ActiveMQ does by default).
     fn dead_letter(&mut self, queue: &str, entry: Entry, why: &str) -> Result<(), BrokerError> {
-        tracing::debug!(queue, message_id = %entry.message.message_id, why, "dead-lettering");
-        if queue == DEAD_LETTER_QUEUE {
-            // Moving it into the queue it is on would go round for ever (ActiveMQ discards it).
-            tracing::warn!(message_id = %entry.message.message_id, why, "a message on {DEAD_LETTER_QUEUE} was dead-lettered again: discarded");
+        let strategy = &self.options.dead_letter_strategy;
+        let dlq = strategy.dead_letter_queue(queue, &entry.message.destination);
+        tracing::debug!(queue, dlq, message_id = %entry.message.message_id, why, "dead-lettering");
+        // Moving it into the queue it is on would go round for ever; one already dead-lettered
+        // to the queue it is on is discarded too, as ActiveMQ 5.17's dead-letter audit does
+        // (it has seen the message before), rather than sent to a DLQ of the DLQ. Only the DLQ
+        // of its original destination counts: a message sent back to that destination, or sent
+        // to a DLQ by a client, is dead-lettered as any other (the audit has not seen it).
+        let dead_lettered_here = entry
+            .message
+            .headers
+            .iter()
+            .find(|h| h.name == "original-destination")
+            .is_some_and(|h| strategy.dead_letter_queue(&h.value, &h.value) == queue);
+        if queue == dlq || dead_lettered_here {
+            tracing::warn!(message_id = %entry.message.message_id, why, "a message on {queue}, a DLQ, was dead-lettered again: discarded");
             return self.discard_stored(queue, &entry);
         }
         let Some(key) = entry.key else {
@@ -1959,14 +1971,14 @@ impl Core {
                 .headers
                 .push(Header::text("original-destination", origin));
         }
-        message.destination = DEAD_LETTER_QUEUE.to_string();
+        message.destination = dlq.clone();
         let message = Arc::new(message);
         let (start, _) = self.append(vec![
             remove_entry(queue, key),
-            add_entry(vec![DEAD_LETTER_QUEUE.to_string()], message.clone()),
+            add_entry(vec![dlq.clone()], message.clone()),
         ])?;
         let publish = vec![Publish::Queue(
-            DEAD_LETTER_QUEUE.to_string(),
+            dlq,
             Entry::new(Some(MessageKey::new(start, 1)), message, entry.redeliveries),
         )];
         drop(self.wait_for(publish));

@@ -40,8 +40,72 @@ pub use crate::store::{BodyType, Header, PropertyType};
 pub use self::core::Stats;
 pub use self::memory::MemoryGate;
 
-/// The dead-letter queue, ActiveMQ's default name.
+/// The dead-letter queue, ActiveMQ's default name (the shared strategy's only DLQ).
 pub const DEAD_LETTER_QUEUE: &str = "queue://ActiveMQ.DLQ";
+
+/// Where dead letters go: ActiveMQ's `<sharedDeadLetterStrategy>` (the default) or
+/// `<individualDeadLetterStrategy>`. The master decides the DLQ and writes it in the journal
+/// record, so slaves need not know the strategy.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum DeadLetterStrategy {
+    /// Every dead letter goes to [`DEAD_LETTER_QUEUE`].
+    #[default]
+    Shared,
+    /// One DLQ for each destination, always a queue: a queue's dead letters go to
+    /// `queue_prefix + queue + queue_suffix`; a durable subscription's (a topic message) to
+    /// `topic_prefix + topic + topic_suffix`, named after the topic the message was published
+    /// to (so all durable subscriptions on a topic share one). A virtual topic's consumer
+    /// queue is a queue. A prefix and suffix both empty would name the queue itself:
+    /// [`crate::config`] refuses it.
+    Individual {
+        queue_prefix: String,
+        queue_suffix: String,
+        topic_prefix: String,
+        topic_suffix: String,
+    },
+}
+
+impl DeadLetterStrategy {
+    /// The individual strategy with ActiveMQ's defaults: `ActiveMQ.DLQ.Queue.` and
+    /// `ActiveMQ.DLQ.Topic.`, no suffixes.
+    pub fn individual() -> DeadLetterStrategy {
+        DeadLetterStrategy::Individual {
+            queue_prefix: "ActiveMQ.DLQ.Queue.".into(),
+            queue_suffix: String::new(),
+            topic_prefix: "ActiveMQ.DLQ.Topic.".into(),
+            topic_suffix: String::new(),
+        }
+    }
+
+    /// The DLQ (canonical, `queue://...`) of a message dead-lettered from `queue` (canonical:
+    /// `queue://orders`, or a durable subscription's `durable://client:name`) whose own
+    /// destination is `destination` (`topic://news` for a durable subscription's message).
+    /// The caller discards, rather than moves, a message whose DLQ would be `queue` itself
+    /// (one on `ActiveMQ.DLQ` with the shared strategy) or that was dead-lettered to `queue`
+    /// (`dead_letter_queue(origin, origin) == queue` for its `original-destination`).
+    pub fn dead_letter_queue(&self, queue: &str, destination: &str) -> String {
+        let DeadLetterStrategy::Individual {
+            queue_prefix,
+            queue_suffix,
+            topic_prefix,
+            topic_suffix,
+        } = self
+        else {
+            return DEAD_LETTER_QUEUE.to_string();
+        };
+        let (prefix, name, suffix) = if let Some(name) = queue.strip_prefix("queue://") {
+            (queue_prefix, name, queue_suffix)
+        } else if let Some(name) = destination.strip_prefix("topic://") {
+            (topic_prefix, name, topic_suffix)
+        } else if let Some(name) = destination.strip_prefix("queue://") {
+            (queue_prefix, name, queue_suffix)
+        } else {
+            // Not a destination the core makes; the shared DLQ keeps it rather than losing it.
+            return DEAD_LETTER_QUEUE.to_string();
+        };
+        format!("queue://{prefix}{name}{suffix}")
+    }
+}
 
 /// The header holding a message's JMSType (STOMP's `type` header, OpenWire's `JMSType`). A JMS
 /// property name cannot contain `-`, so a property called `type` keeps its own name.
@@ -56,8 +120,10 @@ pub const REPLY_TO_HEADER: &str = "reply-to";
 pub struct BrokerOptions {
     /// Names this node in generated message ids.
     pub name: String,
-    /// A message whose delivery failed more than this many times goes to `ActiveMQ.DLQ`.
+    /// A message whose delivery failed more than this many times goes to its DLQ.
     pub max_redeliveries: u32,
+    /// Which DLQ a dead letter goes to.
+    pub dead_letter_strategy: DeadLetterStrategy,
     /// Messages held for one slow non-durable topic subscriber beyond its prefetch; past this
     /// the oldest are discarded (ActiveMQ's pending-message-limit policy for topics).
     pub topic_pending_limit: usize,
@@ -73,6 +139,7 @@ impl Default for BrokerOptions {
         BrokerOptions {
             name: "localhost".into(),
             max_redeliveries: 6,
+            dead_letter_strategy: DeadLetterStrategy::Shared,
             topic_pending_limit: 1000,
             expiry_sweep: Duration::from_secs(1),
             memory_limit: 64 << 20,
@@ -676,7 +743,8 @@ impl Session {
         lock(&self.shared).ack(self.id, tag, scope, transaction)
     }
 
-    /// Rejects a delivery: like ActiveMQ's poison ack, the message goes to `ActiveMQ.DLQ`.
+    /// Rejects a delivery: like ActiveMQ's poison ack, the message goes to its DLQ
+    /// (`ActiveMQ.DLQ` unless [`DeadLetterStrategy::Individual`]).
     pub fn nack(&self, tag: u64, transaction: Option<&str>) -> Result<Confirmation, BrokerError> {
         lock(&self.shared).nack(self.id, tag, transaction)
     }

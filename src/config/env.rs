@@ -37,8 +37,15 @@ fn is_string_key(parts: &[String]) -> bool {
     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     matches!(
         parts.as_slice(),
-        ["broker", "name"]
-            | ["broker", "users", _]
+        [
+            "broker",
+            "name"
+                | "dead_letter_strategy"
+                | "dead_letter_queue_prefix"
+                | "dead_letter_queue_suffix"
+                | "dead_letter_topic_prefix"
+                | "dead_letter_topic_suffix"
+        ] | ["broker", "users", _]
             | ["store", "directory"]
             | ["store", "sync"]
             | [

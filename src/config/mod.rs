@@ -148,9 +148,27 @@ pub struct BrokerConfig {
     /// The largest frame a client may send, in bytes (default 64 MiB; `"64MiB"` or an integer).
     #[serde(with = "units::size")]
     pub max_frame_size: u64,
-    /// After this many redeliveries a message goes to `ActiveMQ.DLQ` (ActiveMQ's
+    /// After this many redeliveries a message goes to its DLQ (ActiveMQ's
     /// `maximumRedeliveries`, default 6).
     pub max_redeliveries: u32,
+    /// Which DLQ a dead letter goes to (ActiveMQ's `<deadLetterStrategy>`): `shared` (the
+    /// default: all to `ActiveMQ.DLQ`) or `individual` (one DLQ for each destination, named
+    /// by the four keys below).
+    pub dead_letter_strategy: DeadLetterStrategyKind,
+    /// `individual`: a queue's DLQ is this + the queue's name + `dead_letter_queue_suffix`
+    /// (ActiveMQ's `queuePrefix`, default `ActiveMQ.DLQ.Queue.`).
+    #[serde(deserialize_with = "units::lenient_string")]
+    pub dead_letter_queue_prefix: String,
+    /// `individual`: appended to a queue's DLQ name (ActiveMQ's `queueSuffix`, default empty).
+    #[serde(deserialize_with = "units::lenient_string")]
+    pub dead_letter_queue_suffix: String,
+    /// `individual`: a durable topic subscription's DLQ (a queue) is this + the topic's name +
+    /// `dead_letter_topic_suffix` (ActiveMQ's `topicPrefix`, default `ActiveMQ.DLQ.Topic.`).
+    #[serde(deserialize_with = "units::lenient_string")]
+    pub dead_letter_topic_prefix: String,
+    /// `individual`: appended to a topic's DLQ name (ActiveMQ's `topicSuffix`, default empty).
+    #[serde(deserialize_with = "units::lenient_string")]
+    pub dead_letter_topic_suffix: String,
     /// Messages buffered for one slow non-durable topic subscriber beyond its prefetch before
     /// the oldest are discarded (default 1000).
     pub topic_pending_limit: usize,
@@ -171,11 +189,28 @@ impl Default for BrokerConfig {
             name: "localhost".to_owned(),
             max_frame_size: 64 * MIB,
             max_redeliveries: 6,
+            dead_letter_strategy: DeadLetterStrategyKind::Shared,
+            dead_letter_queue_prefix: "ActiveMQ.DLQ.Queue.".to_owned(),
+            dead_letter_queue_suffix: String::new(),
+            dead_letter_topic_prefix: "ActiveMQ.DLQ.Topic.".to_owned(),
+            dead_letter_topic_suffix: String::new(),
             topic_pending_limit: 1000,
             memory_limit: 64 * MIB,
             users: BTreeMap::new(),
         }
     }
+}
+
+/// `broker.dead_letter_strategy`: ActiveMQ's `<sharedDeadLetterStrategy>` or
+/// `<individualDeadLetterStrategy>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterStrategyKind {
+    /// Every dead letter goes to `ActiveMQ.DLQ`.
+    #[default]
+    Shared,
+    /// Each destination has its own DLQ (prefix + name + suffix).
+    Individual,
 }
 
 impl BrokerConfig {
@@ -397,6 +432,9 @@ impl Config {
                 ),
             ));
         }
+        if b.dead_letter_strategy == DeadLetterStrategyKind::Individual {
+            check_dead_letter_names(b)?;
+        }
         if b.users.keys().any(|login| login.is_empty()) {
             return Err(invalid("broker.users", "a login must not be empty"));
         }
@@ -491,6 +529,53 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The individual dead-letter strategy's prefixes and suffixes: a prefix and suffix both
+/// empty would dead-letter a message into the queue it is on, and a wildcard or `,` would make
+/// DLQs no consumer could subscribe to by name.
+fn check_dead_letter_names(b: &BrokerConfig) -> Result<(), ConfigError> {
+    let pairs = [
+        (
+            "broker.dead_letter_queue_prefix",
+            &b.dead_letter_queue_prefix,
+            "broker.dead_letter_queue_suffix",
+            &b.dead_letter_queue_suffix,
+        ),
+        (
+            "broker.dead_letter_topic_prefix",
+            &b.dead_letter_topic_prefix,
+            "broker.dead_letter_topic_suffix",
+            &b.dead_letter_topic_suffix,
+        ),
+    ];
+    for (prefix_key, prefix, suffix_key, suffix) in pairs {
+        if prefix.is_empty() && suffix.is_empty() {
+            return Err(invalid(
+                prefix_key,
+                format!(
+                    "must not be empty while `{suffix_key}` is empty too (with \
+                     dead_letter_strategy = \"individual\"): the DLQ would be the destination \
+                     itself"
+                ),
+            ));
+        }
+        for (key, value) in [(prefix_key, prefix), (suffix_key, suffix)] {
+            if let Some(c) = value
+                .chars()
+                .find(|c| matches!(c, '*' | '>' | ',') || c.is_control())
+            {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{value:?} contains {c:?}: DLQ names cannot hold wildcards (`*`, `>`), \
+                         `,` or control characters"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Two listeners that cannot both bind: same non-zero port, and the same host or a wildcard.
@@ -658,6 +743,14 @@ mod tests {
         assert_eq!(c.broker.max_redeliveries, 6);
         assert_eq!(c.broker.topic_pending_limit, 1000);
         assert_eq!(c.broker.memory_limit, 64 * MIB);
+        assert_eq!(
+            c.broker.dead_letter_strategy,
+            DeadLetterStrategyKind::Shared
+        );
+        assert_eq!(c.broker.dead_letter_queue_prefix, "ActiveMQ.DLQ.Queue.");
+        assert_eq!(c.broker.dead_letter_topic_prefix, "ActiveMQ.DLQ.Topic.");
+        assert_eq!(c.broker.dead_letter_queue_suffix, "");
+        assert_eq!(c.broker.dead_letter_topic_suffix, "");
         assert!(!c.broker.requires_authentication());
         assert_eq!(c.transport.connectors.len(), 1);
         assert_eq!(c.transport.connectors[0].to_string(), "tcp://0.0.0.0:61616");
@@ -953,6 +1046,108 @@ mod tests {
     }
 
     #[test]
+    fn dead_letter_strategy_keys() {
+        let f = toml_file(
+            r#"
+            [broker]
+            dead_letter_strategy = "individual"
+            dead_letter_queue_prefix = "DLQ."
+            dead_letter_queue_suffix = ".dead"
+            dead_letter_topic_prefix = ""
+            dead_letter_topic_suffix = ".DLT"
+            "#,
+        );
+        let c = Config::load_with_env(Some(f.path()), NO_ENV).unwrap();
+        let b = &c.broker;
+        assert_eq!(b.dead_letter_strategy, DeadLetterStrategyKind::Individual);
+        assert_eq!(
+            (
+                b.dead_letter_queue_prefix.as_str(),
+                b.dead_letter_queue_suffix.as_str(),
+                b.dead_letter_topic_prefix.as_str(),
+                b.dead_letter_topic_suffix.as_str()
+            ),
+            ("DLQ.", ".dead", "", ".DLT")
+        );
+
+        // From the environment; the default prefixes stay.
+        let env = [
+            ("FERROMQ_BROKER__DEAD_LETTER_STRATEGY", "individual"),
+            ("FERROMQ_BROKER__DEAD_LETTER_QUEUE_SUFFIX", "007"),
+        ];
+        let c = Config::load_with_env(None, env).unwrap();
+        assert_eq!(
+            c.broker.dead_letter_strategy,
+            DeadLetterStrategyKind::Individual
+        );
+        assert_eq!(c.broker.dead_letter_queue_prefix, "ActiveMQ.DLQ.Queue.");
+        assert_eq!(c.broker.dead_letter_queue_suffix, "007");
+
+        // An unknown strategy names the key, the file and the valid words.
+        let (err, file) = load_err("[broker]\ndead_letter_strategy = \"per_queue\"\n");
+        assert!(
+            err.contains("broker.dead_letter_strategy") && err.contains(&file),
+            "{err}"
+        );
+        assert!(
+            err.contains("shared") && err.contains("individual"),
+            "{err}"
+        );
+        let env = [("FERROMQ_BROKER__DEAD_LETTER_STRATEGY", "Individual")];
+        let err = Config::load_with_env(None, env).unwrap_err().to_string();
+        assert!(
+            err.contains("FERROMQ_BROKER__DEAD_LETTER_STRATEGY"),
+            "{err}"
+        );
+
+        // Individual with a prefix and suffix both empty would dead-letter into the queue
+        // itself; a wildcard or comma would make a DLQ nobody can subscribe to.
+        let cases = [
+            (
+                "dead_letter_queue_prefix = \"\"",
+                "broker.dead_letter_queue_prefix",
+                "the DLQ would be the destination itself",
+            ),
+            (
+                "dead_letter_topic_prefix = \"\"\ndead_letter_topic_suffix = \"\"",
+                "broker.dead_letter_topic_prefix",
+                "the DLQ would be the destination itself",
+            ),
+            (
+                "dead_letter_queue_prefix = \"DLQ.>.\"",
+                "broker.dead_letter_queue_prefix",
+                "'>'",
+            ),
+            (
+                "dead_letter_topic_suffix = \",x\"",
+                "broker.dead_letter_topic_suffix",
+                "','",
+            ),
+        ];
+        for (keys, key, why) in cases {
+            let toml = format!("[broker]\ndead_letter_strategy = \"individual\"\n{keys}\n");
+            let (err, file) = load_err(&toml);
+            assert!(
+                err.contains(key) && err.contains(&file) && err.contains(why),
+                "{toml}: {err}"
+            );
+            // The shared strategy does not use them.
+            let shared = toml.replace("individual", "shared");
+            Config::from_toml_str(&shared).unwrap_or_else(|e| panic!("{shared}: {e}"));
+        }
+        let env = [
+            ("FERROMQ_BROKER__DEAD_LETTER_STRATEGY", "individual"),
+            ("FERROMQ_BROKER__DEAD_LETTER_QUEUE_PREFIX", ""),
+        ];
+        let err = Config::load_with_env(None, env).unwrap_err().to_string();
+        assert!(
+            err.contains("broker.dead_letter_queue_prefix")
+                && err.contains("FERROMQ_BROKER__DEAD_LETTER_QUEUE_PREFIX"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn toml_syntax_error_names_file() {
         let (err, file) = load_err("[store\n");
         assert!(err.contains(&file), "{err}");
@@ -965,6 +1160,8 @@ mod tests {
         c.store.sync = "local_disk,quorum_mem".parse().unwrap();
         c.replication.zk_session_timeout = Duration::from_millis(1500);
         c.replication.zk_address = Some("zk1:2181".into());
+        c.broker.dead_letter_strategy = DeadLetterStrategyKind::Individual;
+        c.broker.dead_letter_queue_suffix = ".dead".into();
         c.transport
             .connectors
             .push("stomp://[::]:61613".parse().unwrap());
