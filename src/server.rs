@@ -202,6 +202,7 @@ pub(crate) fn broker_options(config: &Config) -> BrokerOptions {
         max_redeliveries: config.broker.max_redeliveries,
         topic_pending_limit: config.broker.topic_pending_limit,
         memory_limit: config.broker.memory_limit,
+        scheduler_support: config.broker.scheduler_support,
         ..BrokerOptions::default()
     }
 }

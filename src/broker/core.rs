@@ -11,7 +11,7 @@
 //!   oldest messages for it are discarded and counted.
 
 use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::memory::Memory;
 use super::queue::{Body, Consumer, Entry, InFlight, Queue, Source};
+use super::schedule;
 use super::selector::Selector;
 use super::wildcard::{self, Pattern};
 use super::{
@@ -73,6 +74,8 @@ pub struct Stats {
     /// Messages queued with their body left in the journal, and bodies read back from it.
     pub bodies_left_on_disk: u64,
     pub bodies_read_back: u64,
+    /// Stored (or, non-persistent, held) messages not yet due (`scheduler_support`).
+    pub scheduled: usize,
 }
 
 type Reply = oneshot::Sender<Result<(), BrokerError>>;
@@ -82,6 +85,18 @@ struct Pending {
     end: Position,
     publish: Vec<Publish>,
     reply: Option<Reply>,
+}
+
+impl Publish {
+    /// When the message is due, if that is still ahead (a scheduled message, see
+    /// [`schedule`]); costs a field read for any other.
+    fn due_after(&self, now: impl FnOnce() -> i64) -> Option<i64> {
+        let deliver_at = match self {
+            Publish::Queue(_, entry) | Publish::Recovered(_, entry) => entry.message.deliver_at,
+            Publish::Topic(_, message, _) => message.deliver_at,
+        };
+        (deliver_at > 0 && deliver_at > now()).then_some(deliver_at)
+    }
 }
 
 enum Publish {
@@ -234,6 +249,13 @@ pub(crate) struct Core {
     /// Resolves once the epoch-start record is confirmed and the recovered messages are
     /// delivered (see [`Core::new`]); taken by whoever waits for it.
     started: Confirmation,
+    /// Confirmed messages not yet due, by (due time, arrival): published, in that order, by
+    /// [`Core::release_due`]. Empty unless `scheduler_support` stamped a message (or a
+    /// recovered one carries a due time).
+    scheduled: BTreeMap<(i64, u64), Publish>,
+    next_scheduled: u64,
+    /// Wakes the sweep task when a message due earlier than all others is held.
+    scheduler_wake: Arc<tokio::sync::Notify>,
 }
 
 fn now_ms() -> i64 {
@@ -378,6 +400,9 @@ impl Core {
             paging: false,
             transient_full: false,
             started: Confirmation::done(),
+            scheduled: BTreeMap::new(),
+            next_scheduled: 0,
+            scheduler_wake: Arc::new(tokio::sync::Notify::new()),
         };
         // Least recently stored first, so the audit forgets in the store's order.
         for (producer, sequence) in &recovered.producers {
@@ -713,6 +738,10 @@ impl Core {
     }
 
     fn publish(&mut self, publish: Publish, touched: &mut BTreeSet<String>) {
+        if let Some(due) = publish.due_after(now_ms) {
+            self.hold(due, publish);
+            return;
+        }
         match publish {
             Publish::Queue(queue, entry) => {
                 self.stats.enqueued += 1;
@@ -723,6 +752,60 @@ impl Core {
                 self.publish_to_subscribers(&topic, message, origin)
             }
         }
+    }
+
+    /// Keeps a confirmed message that is not yet due out of dispatch until `due`. A stored
+    /// message's body waits in the journal (read back on delivery, as past `memory_limit`), so
+    /// a backlog of scheduled messages costs memory only for their headers.
+    fn hold(&mut self, due: i64, mut publish: Publish) {
+        if let Publish::Queue(_, entry) | Publish::Recovered(_, entry) = &mut publish {
+            if entry.key.is_some() && matches!(entry.body, Body::Uncounted) {
+                leave_body_on_disk(entry);
+            }
+        }
+        let earliest = self.scheduled.keys().next().is_none_or(|(d, _)| due < *d);
+        self.scheduled.insert((due, self.next_scheduled), publish);
+        self.next_scheduled += 1;
+        if earliest {
+            self.scheduler_wake.notify_one();
+        }
+    }
+
+    /// Publishes the held messages that are due, in due order (each to the tail of its queue);
+    /// returns how long until the next one is.
+    pub fn release_due(&mut self) -> Option<Duration> {
+        let now = now_ms();
+        let mut due = Vec::new();
+        while let Some(entry) = self.scheduled.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            due.push(entry.remove());
+        }
+        if !due.is_empty() {
+            self.publish_now(due);
+        }
+        let (next, _) = self.scheduled.keys().next()?;
+        Some(Duration::from_millis(next.saturating_sub(now).max(1) as u64))
+    }
+
+    /// What the sweep task waits on besides its tick (see [`Core::hold`]).
+    pub fn scheduler_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.scheduler_wake.clone()
+    }
+
+    /// `message` with its due time stamped (see [`schedule`]), if it asks for one and
+    /// `scheduler_support` is on; else itself, untouched.
+    fn schedule(&self, message: Arc<Message>) -> Result<Arc<Message>, BrokerError> {
+        if !self.options.scheduler_support {
+            return Ok(message);
+        }
+        let Some(due) = schedule::due_time(&message.headers, now_ms())? else {
+            return Ok(message);
+        };
+        let mut stamped = Arc::unwrap_or_clone(message);
+        schedule::stamp(&mut stamped, due);
+        Ok(Arc::new(stamped))
     }
 
     /// Puts `entry` at the tail of `queue`, ready for dispatch.
@@ -842,6 +925,7 @@ impl Core {
             headers: new.headers,
             body: new.body,
             body_type: new.body_type as i32,
+            deliver_at: 0,
         })
     }
 
@@ -886,6 +970,12 @@ impl Core {
             return Err(BrokerError::NotMaster("the node stepped down".into()));
         }
         let message = self.make_message(session, first, new);
+        // A transaction's sends are scheduled at its commit (as ActiveMQ's are), but a bad
+        // scheduling property is refused now.
+        let message = match transaction {
+            Some(_) => self.schedule(message.clone()).map(|_| message)?,
+            None => self.schedule(message)?,
+        };
         let sends: Vec<(Destination, Arc<Message>)> = members
             .iter()
             .map(|&d| (d.clone(), for_member(&message, d)))
@@ -1490,10 +1580,7 @@ impl Core {
                      are queued with their bodies in the journal and read back on delivery"
                 );
             }
-            let mut stub = Arc::unwrap_or_clone(entry.message);
-            stub.body = Default::default();
-            entry.message = Arc::new(stub);
-            entry.body = Body::OnDisk;
+            leave_body_on_disk(&mut entry);
             self.stats.bodies_left_on_disk += 1;
             return entry;
         }
@@ -2344,6 +2431,10 @@ impl Core {
                 .collect();
             (open.sends.clone(), removes)
         };
+        let sends = sends
+            .into_iter()
+            .map(|(d, m)| Ok((d, self.schedule(m)?)))
+            .collect::<Result<Vec<_>, BrokerError>>()?;
         let Routed {
             mut entries,
             publish,
@@ -2445,6 +2536,7 @@ impl Core {
             pending_confirmations: self.pending.len(),
             resident_bytes: self.memory.bytes(),
             transient_bytes: self.memory.transient(),
+            scheduled: self.scheduled.len(),
             ..self.stats.clone()
         }
     }
@@ -2476,6 +2568,14 @@ impl Core {
     pub fn queue_depth(&self, queue: &str) -> usize {
         self.queues.get(queue).map_or(0, |q| q.ready.len())
     }
+}
+
+/// Drops a stored entry's body from memory: [`Core::page_in`] reads it back from the journal.
+fn leave_body_on_disk(entry: &mut Entry) {
+    let mut stub = (*entry.message).clone();
+    stub.body = Default::default();
+    entry.message = Arc::new(stub);
+    entry.body = Body::OnDisk;
 }
 
 /// A virtual topic's message as its consumer queue delivers it, as ActiveMQ's
