@@ -170,7 +170,7 @@ mod tests {
             let e = at(bad.clone()).unwrap_err().to_string();
             assert!(e.contains(SCHEDULED_DELAY) && e.contains(&bad.value), "{e}");
         }
-        let e = at(Header::text(SCHEDULED_DELAY, &i64::MAX.to_string()))
+        let e = at(Header::text(SCHEDULED_DELAY, i64::MAX.to_string()))
             .unwrap_err()
             .to_string();
         assert!(e.contains(SCHEDULED_DELAY), "{e}");
@@ -179,7 +179,10 @@ mod tests {
     #[test]
     fn a_period_without_repeats_is_a_delay_and_repeats_and_cron_are_refused() {
         let period = Header::text(SCHEDULED_PERIOD, "300");
-        assert_eq!(due_time(&[period.clone()], 1000), Ok(Some(1300)));
+        assert_eq!(
+            due_time(std::slice::from_ref(&period), 1000),
+            Ok(Some(1300))
+        );
         let delay = Header::text(SCHEDULED_DELAY, "100");
         assert_eq!(due_time(&[delay, period.clone()], 1000), Ok(Some(1100)));
         let no_repeat = Header::text(SCHEDULED_REPEAT, "0");
