@@ -2761,14 +2761,8 @@ async fn a_delayed_message_is_delivered_only_when_due() {
     let (c, mut rx) = consumer_on_q(&f, 10);
     let (p, _) = f.broker.open_session(None);
     let sent = now_millis();
-    p.send(&queue("q"), delayed("later", "400"), None)
-        .unwrap()
-        .await
-        .unwrap();
-    p.send(&queue("q"), persistent("now"), None)
-        .unwrap()
-        .await
-        .unwrap();
+    send_settled(&p, &queue("q"), delayed("later", "400")).await;
+    send_settled(&p, &queue("q"), persistent("now")).await;
     let first = next(&mut rx).await;
     assert_eq!(body(&first), "now");
     // Still ahead of its due time: neither delivered nor visible to a browser.
@@ -2796,10 +2790,7 @@ async fn without_scheduler_support_a_delay_is_an_ordinary_property() {
     let (_c, mut rx) = consumer_on_q(&f, 10);
     let (p, _) = f.broker.open_session(None);
     let sent = now_millis();
-    p.send(&queue("q"), delayed("at once", "60000"), None)
-        .unwrap()
-        .await
-        .unwrap();
+    send_settled(&p, &queue("q"), delayed("at once", "60000")).await;
     let d = next(&mut rx).await;
     assert!(now_millis() < sent + 60_000);
     assert_eq!(header(&d, schedule::SCHEDULED_DELAY), Some("60000"));
@@ -2854,10 +2845,7 @@ async fn bad_or_unsupported_scheduling_properties_are_refused_by_name() {
     );
     let (_c, mut rx) = consumer_on_q(&f, 10);
     let sent = now_millis();
-    p.send(&queue("q"), delayed("negative", "-5000"), None)
-        .unwrap()
-        .await
-        .unwrap();
+    send_settled(&p, &queue("q"), delayed("negative", "-5000")).await;
     assert_eq!(body(&next(&mut rx).await), "negative");
     assert!(now_millis() < sent + 5000);
 }
@@ -2901,10 +2889,7 @@ async fn a_delayed_message_survives_a_restart_and_is_delivered_when_due() {
     {
         let broker = Broker::start_for_tests(dir.path(), scheduling());
         let (p, _) = broker.open_session(None);
-        p.send(&queue("q"), delayed("kept", "1500"), None)
-            .unwrap()
-            .await
-            .unwrap();
+        send_settled(&p, &queue("q"), delayed("kept", "1500")).await;
     }
     let broker = Broker::start_for_tests(dir.path(), scheduling());
     let (c, mut rx) = broker.open_session(None);
@@ -2933,10 +2918,7 @@ async fn a_delayed_topic_message_is_published_when_due() {
         .unwrap();
     let (p, _) = f.broker.open_session(None);
     let sent = now_millis();
-    p.send(&topic("t"), delayed("news", "300"), None)
-        .unwrap()
-        .await
-        .unwrap();
+    send_settled(&p, &topic("t"), delayed("news", "300")).await;
     let (late, mut late_rx) = f.broker.open_session(None);
     subscribe_to(&late, "s", topic("t"), None, None).unwrap();
     assert!(now_millis() < sent + 300, "the check came too late to tell");
