@@ -2381,14 +2381,26 @@ impl Core {
     pub fn delete_destination(&mut self, destination: &Destination) -> bool {
         let name = destination.canonical();
         match destination {
-            Destination::Queue(_) => match self.queues.get(&name) {
-                None => true,
-                Some(q) if q.consumers.is_empty() && q.ready.values().all(|e| e.key.is_none()) => {
-                    self.queues.remove(&name);
-                    true
+            Destination::Queue(_) => {
+                let deleted = match self.queues.get(&name) {
+                    None => true,
+                    Some(q)
+                        if q.consumers.is_empty() && q.ready.values().all(|e| e.key.is_none()) =>
+                    {
+                        self.queues.remove(&name);
+                        true
+                    }
+                    Some(_) => false,
+                };
+                if deleted && !self.scheduled.is_empty() {
+                    // Its delayed non-persistent messages would make it again when due, for
+                    // nobody; a stored one still goes to the queue, made again then.
+                    self.scheduled.retain(
+                        |_, p| !matches!(p, Publish::Queue(q, e) if *q == name && e.key.is_none()),
+                    );
                 }
-                Some(_) => false,
-            },
+                deleted
+            }
             Destination::Topic(_) => match self.topics.get(&name) {
                 None => true,
                 Some(t) if t.subscribers.is_empty() && t.durables.is_empty() => {

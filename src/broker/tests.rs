@@ -2945,3 +2945,19 @@ async fn a_delayed_messages_time_to_live_counts_from_its_due_time() {
     assert_eq!(d.message.expiration, d.message.deliver_at + 100);
     assert_eq!(f.broker.stats().expired, 0);
 }
+
+/// A deleted (temporary) queue's delayed non-persistent messages go with it: when due they
+/// would make the queue again, for nobody.
+#[tokio::test]
+async fn a_deleted_queue_drops_its_delayed_non_persistent_messages() {
+    let f = fixture(scheduling()).await;
+    let (p, _) = f.broker.open_session(None);
+    let transient = NewMessage {
+        persistent: false,
+        ..delayed("reply", "60000")
+    };
+    p.send(&queue("temp"), transient, None).unwrap();
+    assert_eq!(f.broker.stats().scheduled, 1);
+    assert!(f.broker.delete_destination(&queue("temp")));
+    assert_eq!(f.broker.stats().scheduled, 0);
+}
