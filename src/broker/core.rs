@@ -87,6 +87,15 @@ struct Pending {
     reply: Option<Reply>,
 }
 
+enum Publish {
+    Queue(String, Entry),
+    /// A topic message, and the session that sent it (for noLocal subscribers).
+    Topic(String, Arc<Message>, u64),
+    /// A message the store recovered, shown once the epoch-start record is confirmed (not a
+    /// new enqueue).
+    Recovered(String, Entry),
+}
+
 impl Publish {
     /// When the message is due, if that is still ahead (a scheduled message, see
     /// [`schedule`]); costs a field read for any other.
@@ -97,15 +106,6 @@ impl Publish {
         };
         (deliver_at > 0 && deliver_at > now()).then_some(deliver_at)
     }
-}
-
-enum Publish {
-    Queue(String, Entry),
-    /// A topic message, and the session that sent it (for noLocal subscribers).
-    Topic(String, Arc<Message>, u64),
-    /// A message the store recovered, shown once the epoch-start record is confirmed (not a
-    /// new enqueue).
-    Recovered(String, Entry),
 }
 
 struct SessionState {
