@@ -6,10 +6,12 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Collections;
 import java.util.Enumeration;
+import java.util.HashSet;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Objects;
+import java.util.Set;
 import java.util.TreeMap;
 import java.util.TreeSet;
 import java.util.UUID;
@@ -1652,7 +1654,9 @@ public final class JmsCheck {
      * {@code AMQ_SCHEDULED_DELAY} (option {@code delay_ms}, default 1500) arrives no earlier than
      * that long after its send, after a message sent later without it, without the property
      * and with {@code scheduledJobId}; a browser does not see it while it waits; a delayed send
-     * in a transaction counts its delay from the commit. (A delay that is not a number never
+     * in a transaction counts its delay from the commit; with {@code AMQ_SCHEDULED_PERIOD} and
+     * {@code AMQ_SCHEDULED_REPEAT} 2 it arrives three times, a period apart, each time with a
+     * message id of its own. (A delay that is not a number never
      * reaches the broker from this client: {@code setStringProperty("AMQ_SCHEDULED_DELAY",
      * "soon")} throws in the client, which converts the scheduling properties to long.)
      */
@@ -1702,6 +1706,24 @@ public final class JmsCheck {
                 ">= " + delay + " ms", after + " ms");
         ok("delivered " + after + " ms after the commit");
 
+        TextMessage ticks = s.createTextMessage("tick");
+        ticks.setLongProperty("AMQ_SCHEDULED_DELAY", delay);
+        ticks.setLongProperty("AMQ_SCHEDULED_PERIOD", delay);
+        ticks.setIntProperty("AMQ_SCHEDULED_REPEAT", 2);
+        sent = System.currentTimeMillis();
+        p.send(ticks);
+        Set<String> ids = new HashSet<>();
+        for (int k = 0; k < 3; k++) {
+            String what = "delivery " + k + " of a message repeated twice";
+            m = receive(consumer, what);
+            after = System.currentTimeMillis() - sent;
+            expectEq(what, "tick", text(m, what));
+            long due = delay * (k + 1);
+            check(what + " no earlier than " + due + " ms after the send", after >= due,
+                    ">= " + due + " ms", after + " ms");
+            ids.add(m.getJMSMessageID());
+        }
+        expectEq("each delivery of the repeated message has an id of its own", 3, ids.size());
         expectOnlySentinel(c, q, consumer, "nothing more in the queue");
         close(c);
     }

@@ -415,7 +415,9 @@ fn a_jms_producer_with_a_window_is_given_credit_back() {
 /// Delayed delivery with `scheduler_support` (ActiveMQ's `schedulerSupport`): a message with
 /// the long property `AMQ_SCHEDULED_DELAY` arrives no earlier than its delay after the send,
 /// after a later undelayed one, without the property and with `scheduledJobId`, unseen by a
-/// browser meanwhile; in a transaction the delay counts from the commit.
+/// browser meanwhile; in a transaction the delay counts from the commit; with
+/// `AMQ_SCHEDULED_PERIOD` and `AMQ_SCHEDULED_REPEAT` it arrives once a period, each time with
+/// an id of its own.
 #[test]
 fn a_delayed_message_arrives_after_its_delay() {
     check_with(

@@ -127,6 +127,9 @@ struct Transaction {
     nacks: Vec<InFlight>,
     /// Body bytes of `sends`, held in memory until the commit: at most `memory_limit`.
     bytes: u64,
+    /// How many more messages the commit stores than `sends` holds: the repeats of scheduled
+    /// sends (`AMQ_SCHEDULED_REPEAT`), each a message of its own once committed.
+    repeats: usize,
 }
 
 /// Whether `entries` fit one journal record (the journal refuses a longer one, and fails).
@@ -154,7 +157,7 @@ fn too_many_entries(tx: &str) -> BrokerError {
 impl Transaction {
     /// The entries its commit record will hold (at most one record's worth).
     fn entries(&self) -> usize {
-        self.sends.len() + self.acks.len()
+        self.sends.len() + self.repeats + self.acks.len()
     }
 }
 
@@ -794,18 +797,39 @@ impl Core {
         self.scheduler_wake.clone()
     }
 
-    /// `message` with its due time stamped (see [`schedule`]), if it asks for one and
-    /// `scheduler_support` is on; else itself, untouched.
-    fn schedule(&self, message: Arc<Message>) -> Result<Arc<Message>, BrokerError> {
+    /// The messages `message`, sent by `session`, is delivered as (see [`schedule`]): itself
+    /// stamped with its due time if it asks for one and `scheduler_support` is on, and with
+    /// repeats a copy per delivery, each stamped and with an id of its own; else itself,
+    /// untouched.
+    fn schedule(
+        &mut self,
+        session: u64,
+        message: Arc<Message>,
+    ) -> Result<Vec<Arc<Message>>, BrokerError> {
         if !self.options.scheduler_support {
-            return Ok(message);
+            return Ok(vec![message]);
         }
-        let Some(due) = schedule::due_time(&message.headers, now_ms())? else {
-            return Ok(message);
+        let Some(plan) = schedule::plan(&message.headers, now_ms())? else {
+            return Ok(vec![message]);
         };
-        let mut stamped = Arc::unwrap_or_clone(message);
-        schedule::stamp(&mut stamped, due);
-        Ok(Arc::new(stamped))
+        let mut deliveries = Vec::with_capacity(plan.repeat as usize + 1);
+        for due in plan.deliveries() {
+            let mut copy = (*message).clone();
+            schedule::stamp(&mut copy, due);
+            if plan.repeat > 0 {
+                copy.message_id = self.new_message_id(session);
+            }
+            deliveries.push(Arc::new(copy));
+        }
+        Ok(deliveries)
+    }
+
+    /// How many messages [`Core::schedule`] makes of `message` (refusing it as that would).
+    fn deliveries(&self, message: &Message) -> Result<usize, BrokerError> {
+        if !self.options.scheduler_support {
+            return Ok(1);
+        }
+        Ok(schedule::plan(&message.headers, now_ms())?.map_or(1, |p| p.repeat as usize + 1))
     }
 
     /// Puts `entry` at the tail of `queue`, ready for dispatch.
@@ -885,6 +909,14 @@ impl Core {
 
     // ----- sending -------------------------------------------------------------------------
 
+    /// An id of the broker's own for a message of `session`, never given before (the boot
+    /// time tells this run's from an earlier one's).
+    fn new_message_id(&mut self, session: u64) -> String {
+        let n = self.next_message;
+        self.next_message += 1;
+        format!("ID:{}-{}:{}:{}", self.options.name, self.boot, session, n)
+    }
+
     fn make_message(
         &mut self,
         session: u64,
@@ -901,12 +933,7 @@ impl Core {
                 }
                 _ => (id, String::new(), 0),
             },
-            _ => {
-                let n = self.next_message;
-                self.next_message += 1;
-                let id = format!("ID:{}-{}:{}:{}", self.options.name, self.boot, session, n);
-                (id, String::new(), 0)
-            }
+            _ => (self.new_message_id(session), String::new(), 0),
         };
         Arc::new(Message {
             message_id,
@@ -970,16 +997,27 @@ impl Core {
             return Err(BrokerError::NotMaster("the node stepped down".into()));
         }
         let message = self.make_message(session, first, new);
-        // A transaction's sends are scheduled at its commit (as ActiveMQ's are), but a bad
-        // scheduling property is refused now.
-        let message = match transaction {
-            Some(_) => self.schedule(message.clone()).map(|_| message)?,
-            None => self.schedule(message)?,
+        // A transaction's sends are scheduled at its commit (as ActiveMQ's are), each making
+        // `weight` messages then; a bad scheduling property is refused now.
+        let (deliveries, weight) = match transaction {
+            Some(_) => (vec![message.clone()], self.deliveries(&message)?),
+            None => (self.schedule(session, message.clone())?, 1),
         };
         let sends: Vec<(Destination, Arc<Message>)> = members
             .iter()
-            .map(|&d| (d.clone(), for_member(&message, d)))
+            .flat_map(|&d| {
+                deliveries
+                    .iter()
+                    .map(move |m| (d.clone(), for_member(m, d)))
+            })
             .collect();
+        if sends.len() * weight > crate::store::MAX_ENTRIES {
+            return Err(BrokerError::InvalidMessage(format!(
+                "a send of more than {} messages at once (destinations times {} deliveries)",
+                crate::store::MAX_ENTRIES,
+                schedule::SCHEDULED_REPEAT
+            )));
+        }
         if let Some(tx) = transaction {
             // A repeat of a stored message is recognised when it is sent, in send order, like
             // a plain send (a transaction committed later must not be judged against sends
@@ -993,14 +1031,14 @@ impl Core {
             let Some(open) = state.transactions.get_mut(tx) else {
                 return Err(BrokerError::UnknownTransaction(tx.to_string()));
             };
-            let bytes = open.bytes + (message.body.len() * sends.len()) as u64;
+            let bytes = open.bytes + (message.body.len() * sends.len() * weight) as u64;
             if bytes > limit {
                 return Err(BrokerError::TransactionTooLarge(
                     tx.to_string(),
                     format!("more than memory_limit ({limit} bytes) of message bodies"),
                 ));
             }
-            if open.entries() + sends.len() > crate::store::MAX_ENTRIES {
+            if open.entries() + sends.len() * weight > crate::store::MAX_ENTRIES {
                 return Err(too_many_entries(tx));
             }
             let tx = open;
@@ -1013,6 +1051,7 @@ impl Core {
                 self.stats.duplicates_dropped += 1;
             } else {
                 tx.bytes = bytes;
+                tx.repeats += sends.len() * (weight - 1);
                 tx.sends.extend(sends);
             }
             return Ok(Confirmation::done());
@@ -1027,7 +1066,9 @@ impl Core {
             return Err(BrokerError::InvalidMessage(if copies > 1 {
                 format!(
                     "{copies} copies of a {size}-byte message would make a record of more \
-                     than {limit} bytes: send to fewer destinations at once"
+                     than {limit} bytes: send to fewer destinations (or with fewer \
+                     {}) at once",
+                    schedule::SCHEDULED_REPEAT
                 )
             } else {
                 format!(
@@ -2443,10 +2484,13 @@ impl Core {
                 .collect();
             (open.sends.clone(), removes)
         };
-        let sends = sends
-            .into_iter()
-            .map(|(d, m)| Ok((d, self.schedule(m)?)))
-            .collect::<Result<Vec<_>, BrokerError>>()?;
+        let mut scheduled = Vec::with_capacity(sends.len());
+        for (destination, message) in sends {
+            for delivery in self.schedule(session, message)? {
+                scheduled.push((destination.clone(), delivery));
+            }
+        }
+        let sends = scheduled;
         let Routed {
             mut entries,
             publish,

@@ -2797,8 +2797,9 @@ async fn without_scheduler_support_a_delay_is_an_ordinary_property() {
     assert_eq!(d.message.deliver_at, 0);
 }
 
-/// A delay that is not a whole number, a repeat and a cron schedule are refused, naming the
-/// property, and nothing is stored; a negative delay is none (as in ActiveMQ).
+/// A delay that is not a whole number, a repeat for ever or of more than 1000 and a cron
+/// schedule are refused, naming the property, and nothing is stored; a negative delay is none
+/// (as in ActiveMQ).
 #[tokio::test]
 async fn bad_or_unsupported_scheduling_properties_are_refused_by_name() {
     let f = fixture(scheduling()).await;
@@ -2817,7 +2818,11 @@ async fn bad_or_unsupported_scheduling_properties_are_refused_by_name() {
             schedule::SCHEDULED_DELAY,
         ),
         (
-            with(schedule::SCHEDULED_REPEAT, "3"),
+            with(schedule::SCHEDULED_REPEAT, "-1"),
+            schedule::SCHEDULED_REPEAT,
+        ),
+        (
+            with(schedule::SCHEDULED_REPEAT, "1001"),
             schedule::SCHEDULED_REPEAT,
         ),
         (
@@ -2959,5 +2964,78 @@ async fn a_deleted_queue_drops_its_delayed_non_persistent_messages() {
     p.send(&queue("temp"), transient, None).unwrap();
     assert_eq!(f.broker.stats().scheduled, 1);
     assert!(f.broker.delete_destination(&queue("temp")));
+    assert_eq!(f.broker.stats().scheduled, 0);
+}
+
+/// `AMQ_SCHEDULED_PERIOD` and `AMQ_SCHEDULED_REPEAT`: the message is delivered once more per
+/// repeat, a period apart, each time as a message with an id of its own and the same
+/// `scheduledJobId`, as ActiveMQ does. All are stored with the send, so a restart keeps them.
+#[tokio::test]
+async fn a_repeated_message_is_delivered_once_a_period_also_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let sent = now_millis();
+    {
+        let broker = Broker::start_for_tests(dir.path(), scheduling());
+        let (p, _) = broker.open_session(None);
+        let message = NewMessage {
+            headers: vec![
+                Header::text(schedule::SCHEDULED_DELAY, "300"),
+                Header::text(schedule::SCHEDULED_PERIOD, "300"),
+                Header::text(schedule::SCHEDULED_REPEAT, "2"),
+            ],
+            ..persistent("tick")
+        };
+        send_settled(&p, &queue("q"), message).await;
+        assert_eq!(broker.stats().scheduled, 3);
+    }
+    let broker = Broker::start_for_tests(dir.path(), scheduling());
+    let (c, mut rx) = broker.open_session(None);
+    subscribe(&c, "s", queue("q"), 10);
+    let mut ids = std::collections::BTreeSet::new();
+    let mut jobs = std::collections::BTreeSet::new();
+    for k in 0..3 {
+        let d = next(&mut rx).await;
+        let due = sent + 300 + 300 * k;
+        assert!(now_millis() >= due, "delivery {k} came early");
+        assert_eq!(body(&d), "tick");
+        assert_eq!(header(&d, schedule::SCHEDULED_REPEAT), None);
+        assert_eq!(header(&d, schedule::SCHEDULED_PERIOD), None);
+        ids.insert(d.message.message_id.clone());
+        jobs.insert(header(&d, schedule::SCHEDULED_ID).unwrap().to_string());
+    }
+    assert_eq!((ids.len(), jobs.len()), (3, 1));
+    assert_eq!(broker.stats().scheduled, 0);
+    assert!(rx.try_recv().is_err());
+}
+
+/// A repeated send in a transaction makes its deliveries when the transaction commits.
+#[tokio::test]
+async fn a_repeated_send_in_a_transaction_is_delivered_each_period_after_the_commit() {
+    let f = fixture(scheduling()).await;
+    let (_c, mut rx) = consumer_on_q(&f, 10);
+    let (p, _) = f.broker.open_session(None);
+    p.begin("tx").unwrap();
+    let message = NewMessage {
+        headers: vec![
+            Header::text(schedule::SCHEDULED_PERIOD, "200"),
+            Header::text(schedule::SCHEDULED_REPEAT, "1"),
+        ],
+        ..persistent("twice")
+    };
+    p.send(&queue("q"), message, Some("tx")).unwrap();
+    assert_eq!(f.broker.stats().scheduled, 0);
+    let committed = now_millis();
+    p.commit("tx").unwrap().await.unwrap();
+    if now_millis() < committed + 200 {
+        assert_eq!(f.broker.stats().scheduled, 2);
+    }
+    for k in 1..=2 {
+        let d = next(&mut rx).await;
+        assert!(
+            now_millis() >= committed + 200 * k,
+            "delivery {k} came early"
+        );
+        assert_eq!(body(&d), "twice");
+    }
     assert_eq!(f.broker.stats().scheduled, 0);
 }
