@@ -361,7 +361,7 @@ fn metrics(view: &View) -> String {
     for (name, help, value) in counters {
         gauge(name, help, "counter", &[(String::new(), value)]);
     }
-    let gauges: [(&str, &str, u64); 9] = [
+    let gauges: [(&str, &str, u64); 10] = [
         (
             "ferromq_journal_end_bytes",
             "Journal end position",
@@ -398,6 +398,11 @@ fn metrics(view: &View) -> String {
             "ferromq_queues",
             "Queues, durable subscriptions' included",
             stats.queues as u64,
+        ),
+        (
+            "ferromq_scheduled_messages",
+            "Delayed messages not yet due (scheduler_support), on no queue until then",
+            stats.scheduled as u64,
         ),
     ];
     for (name, help, value) in gauges {

@@ -203,6 +203,7 @@ pub(crate) fn broker_options(config: &Config) -> BrokerOptions {
         dead_letter_strategy: dead_letter_strategy(&config.broker),
         topic_pending_limit: config.broker.topic_pending_limit,
         memory_limit: config.broker.memory_limit,
+        scheduler_support: config.broker.scheduler_support,
         ..BrokerOptions::default()
     }
 }

@@ -6,10 +6,12 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Collections;
 import java.util.Enumeration;
+import java.util.HashSet;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Objects;
+import java.util.Set;
 import java.util.TreeMap;
 import java.util.TreeSet;
 import java.util.UUID;
@@ -111,6 +113,7 @@ public final class JmsCheck {
         SCENARIOS.put("failover-consume", JmsCheck::failoverConsume);
         SCENARIOS.put("flow-control", JmsCheck::flowControl);
         SCENARIOS.put("producer-window", JmsCheck::producerWindow);
+        SCENARIOS.put("scheduled-delay", JmsCheck::scheduledDelay);
     }
 
     static String scenario;
@@ -1704,6 +1707,86 @@ public final class JmsCheck {
         expectOnlySentinel(c, q, consumer, "nothing more in the queue");
         consumer.close();
         expectEq("browsing the consumed queue", List.of(), browse(s, q, null));
+        close(c);
+    }
+
+    /**
+     * Delayed delivery, with the broker's scheduler on (ActiveMQ's {@code schedulerSupport},
+     * ferromq's {@code scheduler_support}): a message with the long property
+     * {@code AMQ_SCHEDULED_DELAY} (option {@code delay_ms}, default 1500) arrives no earlier than
+     * that long after its send, after a message sent later without it, without the property
+     * and with {@code scheduledJobId}; a browser does not see it while it waits; a delayed send
+     * in a transaction counts its delay from the commit; with {@code AMQ_SCHEDULED_PERIOD} and
+     * {@code AMQ_SCHEDULED_REPEAT} 2 it arrives three times, a period apart, each time with a
+     * message id of its own. (A delay that is not a number never
+     * reaches the broker from this client: {@code setStringProperty("AMQ_SCHEDULED_DELAY",
+     * "soon")} throws in the client, which converts the scheduling properties to long.)
+     */
+    static void scheduledDelay() throws Exception {
+        long delay = longOpt("delay_ms", 1500);
+        Connection c = connect();
+        Queue q = queue(c, "scheduled");
+        MessageConsumer consumer = consumer(c, Session.AUTO_ACKNOWLEDGE, q);
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = s.createProducer(q);
+        p.setDeliveryMode(DeliveryMode.PERSISTENT);
+        TextMessage later = s.createTextMessage("later");
+        later.setLongProperty("AMQ_SCHEDULED_DELAY", delay);
+        long sent = System.currentTimeMillis();
+        p.send(later);
+        p.send(s.createTextMessage("now"));
+        receiveTexts(consumer, List.of("now"), "the message sent after the delayed one, first");
+        List<String> browsed = browse(s, q, null);
+        if (System.currentTimeMillis() - sent < delay) {
+            expectEq("a browser does not see the delayed message before it is due", List.of(),
+                    browsed);
+        }
+        Message m = receive(consumer, "the delayed message");
+        long after = System.currentTimeMillis() - sent;
+        expectEq("the delayed message", "later", text(m, "the delayed message"));
+        check("delivered no earlier than its delay after the send", after >= delay,
+                ">= " + delay + " ms", after + " ms");
+        ok("delivered " + after + " ms after the send");
+        expectEq("AMQ_SCHEDULED_DELAY is gone", false, m.propertyExists("AMQ_SCHEDULED_DELAY"));
+        expectEq("scheduledJobId is there", true, m.propertyExists("scheduledJobId"));
+
+        Session tx = c.createSession(true, Session.SESSION_TRANSACTED);
+        MessageProducer tp = tx.createProducer(q);
+        tp.setDeliveryMode(DeliveryMode.PERSISTENT);
+        TextMessage txm = tx.createTextMessage("committed");
+        txm.setLongProperty("AMQ_SCHEDULED_DELAY", delay);
+        tp.send(txm);
+        // Time passes between the send and the commit: the delay starts at the commit.
+        Thread.sleep(delay);
+        long committed = System.currentTimeMillis();
+        tx.commit();
+        m = receive(consumer, "the delayed message sent in a transaction");
+        after = System.currentTimeMillis() - committed;
+        expectEq("the delayed message sent in a transaction", "committed",
+                text(m, "the transaction's message"));
+        check("delivered no earlier than its delay after the commit", after >= delay,
+                ">= " + delay + " ms", after + " ms");
+        ok("delivered " + after + " ms after the commit");
+
+        TextMessage ticks = s.createTextMessage("tick");
+        ticks.setLongProperty("AMQ_SCHEDULED_DELAY", delay);
+        ticks.setLongProperty("AMQ_SCHEDULED_PERIOD", delay);
+        ticks.setIntProperty("AMQ_SCHEDULED_REPEAT", 2);
+        sent = System.currentTimeMillis();
+        p.send(ticks);
+        Set<String> ids = new HashSet<>();
+        for (int k = 0; k < 3; k++) {
+            String what = "delivery " + k + " of a message repeated twice";
+            m = receive(consumer, what);
+            after = System.currentTimeMillis() - sent;
+            expectEq(what, "tick", text(m, what));
+            long due = delay * (k + 1);
+            check(what + " no earlier than " + due + " ms after the send", after >= due,
+                    ">= " + due + " ms", after + " ms");
+            ids.add(m.getJMSMessageID());
+        }
+        expectEq("each delivery of the repeated message has an id of its own", 3, ids.size());
+        expectOnlySentinel(c, q, consumer, "nothing more in the queue");
         close(c);
     }
 

@@ -9,7 +9,7 @@ import org.apache.activemq.broker.region.policy.PolicyMap;
 
 /**
  * RefBroker: the reference broker for JmsCheck. Starts an embedded, stock ActiveMQ 5.x
- * {@link BrokerService} (non-persistent, no JMX) with one OpenWire connector on 127.0.0.1, prints
+ * {@link BrokerService} (non-persistent, no JMX, scheduler support on) with one OpenWire connector on 127.0.0.1, prints
  * {@code LISTENING tcp://127.0.0.1:PORT} once it accepts clients, and runs until its standard
  * input reaches end of file (or it is killed).
  *
@@ -42,6 +42,9 @@ public final class RefBroker {
                     + strategy);
             System.exit(64);
         }
+        // For the scheduled-delay scenario (AMQ_SCHEDULED_DELAY); the other scenarios send no
+        // scheduling properties.
+        broker.setSchedulerSupport(true);
         TransportConnector connector =
                 broker.addConnector("tcp://127.0.0.1:" + port);
         broker.start();

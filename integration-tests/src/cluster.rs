@@ -90,6 +90,8 @@ pub struct Cluster {
     pub zk: ZkEnsemble,
     dir: tempfile::TempDir,
     name: String,
+    /// Lines every node's `[broker]` section gets (see [`Cluster::start_with`]).
+    broker_extra: String,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -117,11 +119,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A node's whole config.
-pub fn node_config(port: u16, data: &std::path::Path, zk_address: &str) -> String {
+/// A node's whole config; `broker_extra` adds lines to its `[broker]` section.
+pub fn node_config(
+    port: u16,
+    data: &std::path::Path,
+    zk_address: &str,
+    broker_extra: &str,
+) -> String {
     format!(
         "[broker]\n\
          name = {name}\n\
+         {broker_extra}\n\
          \n\
          [transport]\n\
          connectors = [\"tcp://127.0.0.1:{port}\"]\n\
@@ -155,6 +163,12 @@ impl Cluster {
     /// once every node accepts client connections (which does not mean a master is elected:
     /// see [`wait_for_master`](Self::wait_for_master)).
     pub fn start(version: ZkVersion, replicas: usize) -> Cluster {
+        Cluster::start_with(version, replicas, "")
+    }
+
+    /// Like [`start`](Self::start), every node's `[broker]` section with `broker_extra` too
+    /// (`"scheduler_support = true"`).
+    pub fn start_with(version: ZkVersion, replicas: usize, broker_extra: &str) -> Cluster {
         assert_eq!(replicas, 3, "the cluster tests run three nodes");
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let name = std::thread::current()
@@ -171,6 +185,7 @@ impl Cluster {
             zk,
             dir,
             name,
+            broker_extra: broker_extra.to_string(),
             _serial: serial,
         };
         for i in 0..replicas {
@@ -189,7 +204,7 @@ impl Cluster {
         // A port picked now may be taken before the broker binds it: then pick another.
         for _ in 0..5 {
             let port = free_port();
-            let config = node_config(port, &dir.join("data"), &zk_address);
+            let config = node_config(port, &dir.join("data"), &zk_address, &self.broker_extra);
             match BrokerProcess::start_with_config(&format!("{}/n{i}", self.name), &dir, &config) {
                 Ok(broker) => {
                     if broker.addr().port() != port {

@@ -1791,3 +1791,60 @@ fn random_faults_lose_nothing_confirmed_zk38() {
         &twice_left[..twice_left.len().min(10)],
     );
 }
+
+// ----- delayed delivery across a failover ----------------------------------------------------
+
+/// A delayed message (`scheduler_support` on every node), confirmed by the master, is held by
+/// the new master after a kill -9 of the old one (its due time is in the replicated record)
+/// and delivered once, no earlier than its due time.
+#[test]
+fn a_delayed_message_survives_a_failover_zk38() {
+    const DELAY_MS: i64 = 10_000;
+    let mut cluster = Cluster::start_with(ZkVersion::V3_8, 3, "scheduler_support = true");
+    let m0 = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let queue = "/queue/delayed";
+    let mut producer = cluster.client(m0).expect("a client of the master");
+    let sent = ferromq_integration_tests::now_ms();
+    let delay = DELAY_MS.to_string();
+    producer
+        .send(
+            queue,
+            b"later",
+            &[("persistent", "true"), ("AMQ_SCHEDULED_DELAY", &delay)],
+        )
+        .expect("the delayed send is receipted");
+    drop(producer);
+    let m1 = cluster.kill_master(m0, deadline(ELECTION));
+    let mut consumer = cluster.client(m1).expect("a client of the new master");
+    consumer
+        .subscribe("s", queue, &[])
+        .expect("subscribed on the new master");
+    if ferromq_integration_tests::now_ms() < sent + DELAY_MS - 200 {
+        assert!(
+            consumer
+                .try_recv_message(Duration::from_millis(100))
+                .expect("the connection")
+                .is_none(),
+            "the new master delivered the delayed message before its due time"
+        );
+    }
+    let m = consumer
+        .recv_message(ELECTION)
+        .expect("the delayed message from the new master");
+    let at = ferromq_integration_tests::now_ms();
+    assert_eq!(m.text(), "later");
+    assert!(
+        at >= sent + DELAY_MS,
+        "delivered {} ms before its due time",
+        sent + DELAY_MS - at
+    );
+    assert!(
+        consumer
+            .try_recv_message(Duration::from_millis(500))
+            .expect("the connection")
+            .is_none(),
+        "delivered once"
+    );
+}

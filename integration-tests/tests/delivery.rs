@@ -966,3 +966,70 @@ fn two_clients_with_the_same_temp_queue_name_get_their_own_replies() -> Result<(
     }
     Ok(())
 }
+
+/// Delayed delivery (`scheduler_support`), as a STOMP client sees it: a SEND with the header
+/// `AMQ_SCHEDULED_DELAY` is receipted once stored, long before it is due; the message is
+/// delivered no earlier than its due time, which survives a kill -9 and a restart; a delay
+/// that is not a number gets an ERROR naming the header.
+#[test]
+fn a_delayed_message_is_delivered_when_due_even_across_a_kill_and_restart() -> Result<()> {
+    const DELAY_MS: i64 = 4000;
+    let dir = tempfile::tempdir()?;
+    let mut broker = BrokerProcess::start(dir.path(), "[broker]\nscheduler_support = true\n")?;
+    let queue = "/queue/delayed";
+    let mut consumer = broker.client()?;
+    consumer.subscribe("s", queue, &[])?;
+    let mut producer = broker.client()?;
+    let sent = ferromq_integration_tests::now_ms();
+    let delay = DELAY_MS.to_string();
+    producer.send(
+        queue,
+        b"later",
+        &[("persistent", "true"), ("AMQ_SCHEDULED_DELAY", &delay)],
+    )?;
+    producer.send_persistent(queue, b"now")?;
+    assert_eq!(consumer.recv_message(FRAME_TIMEOUT)?.text(), "now");
+    ensure!(
+        ferromq_integration_tests::now_ms() < sent + DELAY_MS,
+        "the receipts took longer than the delay: nothing to tell"
+    );
+    ensure!(
+        consumer
+            .try_recv_message(Duration::from_millis(10))?
+            .is_none(),
+        "the delayed message came before its due time"
+    );
+
+    broker.kill9();
+    broker.restart()?;
+    let mut consumer = broker.client()?;
+    consumer.subscribe("s", queue, &[])?;
+    let m = consumer.recv_message(LONG)?;
+    let at = ferromq_integration_tests::now_ms();
+    assert_eq!(m.text(), "later");
+    ensure!(
+        at >= sent + DELAY_MS,
+        "delivered {} ms early",
+        sent + DELAY_MS - at
+    );
+    ensure!(m.get("AMQ_SCHEDULED_DELAY").is_none(), "{m:?}");
+    ensure!(m.get("scheduledJobId") == m.get("message-id"), "{m:?}");
+
+    let mut bad = broker.client()?;
+    bad.send_frame(
+        &Frame::new("SEND")
+            .header("destination", queue)
+            .header("AMQ_SCHEDULED_DELAY", "soon")
+            .header("receipt", "r1")
+            .body("x"),
+    )?;
+    let error = bad.expect_frame(FRAME_TIMEOUT)?;
+    ensure!(
+        error.command == "ERROR"
+            && error
+                .get("message")
+                .is_some_and(|m| m.contains("AMQ_SCHEDULED_DELAY")),
+        "{error:?}"
+    );
+    Ok(())
+}

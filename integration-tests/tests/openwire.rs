@@ -432,3 +432,19 @@ fn a_non_persistent_jms_producer_is_held_back_at_the_memory_limit() {
 fn a_jms_producer_with_a_window_is_given_credit_back() {
     check("producer-window", &["count=1000", "window=65536"]);
 }
+
+/// Delayed delivery with `scheduler_support` (ActiveMQ's `schedulerSupport`): a message with
+/// the long property `AMQ_SCHEDULED_DELAY` arrives no earlier than its delay after the send,
+/// after a later undelayed one, without the property and with `scheduledJobId`, unseen by a
+/// browser meanwhile; in a transaction the delay counts from the commit; with
+/// `AMQ_SCHEDULED_PERIOD` and `AMQ_SCHEDULED_REPEAT` it arrives once a period, each time with
+/// an id of its own.
+#[test]
+fn a_delayed_message_arrives_after_its_delay() {
+    // The reference broker has its scheduler on for every scenario (see `RefBroker.java`).
+    let scheduler = Setting {
+        ferromq: "[broker]\nscheduler_support = true\n",
+        reference: &[],
+    };
+    check_with(&scheduler, "scheduled-delay", &[]);
+}

@@ -11,7 +11,7 @@
 //!   oldest messages for it are discarded and counted.
 
 use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::memory::Memory;
 use super::queue::{Body, Consumer, Entry, InFlight, Queue, Source};
+use super::schedule;
 use super::selector::Selector;
 use super::wildcard::{self, Pattern};
 use super::{
@@ -73,6 +74,8 @@ pub struct Stats {
     /// Messages queued with their body left in the journal, and bodies read back from it.
     pub bodies_left_on_disk: u64,
     pub bodies_read_back: u64,
+    /// Stored (or, non-persistent, held) messages not yet due (`scheduler_support`).
+    pub scheduled: usize,
 }
 
 type Reply = oneshot::Sender<Result<(), BrokerError>>;
@@ -91,6 +94,18 @@ enum Publish {
     /// A message the store recovered, shown once the epoch-start record is confirmed (not a
     /// new enqueue).
     Recovered(String, Entry),
+}
+
+impl Publish {
+    /// When the message is due, if that is still ahead (a scheduled message, see
+    /// [`schedule`]); costs a field read for any other.
+    fn due_after(&self, now: impl FnOnce() -> i64) -> Option<i64> {
+        let deliver_at = match self {
+            Publish::Queue(_, entry) | Publish::Recovered(_, entry) => entry.message.deliver_at,
+            Publish::Topic(_, message, _) => message.deliver_at,
+        };
+        (deliver_at > 0 && deliver_at > now()).then_some(deliver_at)
+    }
 }
 
 struct SessionState {
@@ -112,6 +127,9 @@ struct Transaction {
     nacks: Vec<InFlight>,
     /// Body bytes of `sends`, held in memory until the commit: at most `memory_limit`.
     bytes: u64,
+    /// How many more messages the commit stores than `sends` holds: the repeats of scheduled
+    /// sends (`AMQ_SCHEDULED_REPEAT`), each a message of its own once committed.
+    repeats: usize,
 }
 
 /// Whether `entries` fit one journal record (the journal refuses a longer one, and fails).
@@ -139,7 +157,7 @@ fn too_many_entries(tx: &str) -> BrokerError {
 impl Transaction {
     /// The entries its commit record will hold (at most one record's worth).
     fn entries(&self) -> usize {
-        self.sends.len() + self.acks.len()
+        self.sends.len() + self.repeats + self.acks.len()
     }
 }
 
@@ -234,6 +252,13 @@ pub(crate) struct Core {
     /// Resolves once the epoch-start record is confirmed and the recovered messages are
     /// delivered (see [`Core::new`]); taken by whoever waits for it.
     started: Confirmation,
+    /// Confirmed messages not yet due, by (due time, arrival): published, in that order, by
+    /// [`Core::release_due`]. Empty unless `scheduler_support` stamped a message (or a
+    /// recovered one carries a due time).
+    scheduled: BTreeMap<(i64, u64), Publish>,
+    next_scheduled: u64,
+    /// Wakes the sweep task when a message due earlier than all others is held.
+    scheduler_wake: Arc<tokio::sync::Notify>,
 }
 
 fn now_ms() -> i64 {
@@ -378,6 +403,9 @@ impl Core {
             paging: false,
             transient_full: false,
             started: Confirmation::done(),
+            scheduled: BTreeMap::new(),
+            next_scheduled: 0,
+            scheduler_wake: Arc::new(tokio::sync::Notify::new()),
         };
         // Least recently stored first, so the audit forgets in the store's order.
         for (producer, sequence) in &recovered.producers {
@@ -713,6 +741,10 @@ impl Core {
     }
 
     fn publish(&mut self, publish: Publish, touched: &mut BTreeSet<String>) {
+        if let Some(due) = publish.due_after(now_ms) {
+            self.hold(due, publish);
+            return;
+        }
         match publish {
             Publish::Queue(queue, entry) => {
                 self.stats.enqueued += 1;
@@ -723,6 +755,81 @@ impl Core {
                 self.publish_to_subscribers(&topic, message, origin)
             }
         }
+    }
+
+    /// Keeps a confirmed message that is not yet due out of dispatch until `due`. A stored
+    /// message's body waits in the journal (read back on delivery, as past `memory_limit`), so
+    /// a backlog of scheduled messages costs memory only for their headers.
+    fn hold(&mut self, due: i64, mut publish: Publish) {
+        if let Publish::Queue(_, entry) | Publish::Recovered(_, entry) = &mut publish {
+            if entry.key.is_some() && matches!(entry.body, Body::Uncounted) {
+                leave_body_on_disk(entry);
+            }
+        }
+        let earliest = self.scheduled.keys().next().is_none_or(|(d, _)| due < *d);
+        self.scheduled.insert((due, self.next_scheduled), publish);
+        self.next_scheduled += 1;
+        if earliest {
+            self.scheduler_wake.notify_one();
+        }
+    }
+
+    /// Publishes the held messages that are due, in due order (each to the tail of its queue);
+    /// returns how long until the next one is.
+    pub fn release_due(&mut self) -> Option<Duration> {
+        let now = now_ms();
+        let mut due = Vec::new();
+        while let Some(entry) = self.scheduled.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            due.push(entry.remove());
+        }
+        if !due.is_empty() {
+            self.publish_now(due);
+        }
+        let (next, _) = self.scheduled.keys().next()?;
+        Some(Duration::from_millis(next.saturating_sub(now).max(1) as u64))
+    }
+
+    /// What the sweep task waits on besides its tick (see [`Core::hold`]).
+    pub fn scheduler_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.scheduler_wake.clone()
+    }
+
+    /// The messages `message`, sent by `session`, is delivered as (see [`schedule`]): itself
+    /// stamped with its due time if it asks for one and `scheduler_support` is on, and with
+    /// repeats a copy per delivery, each stamped and with an id of its own; else itself,
+    /// untouched.
+    fn schedule(
+        &mut self,
+        session: u64,
+        message: Arc<Message>,
+    ) -> Result<Vec<Arc<Message>>, BrokerError> {
+        if !self.options.scheduler_support {
+            return Ok(vec![message]);
+        }
+        let Some(plan) = schedule::plan(&message.headers, now_ms())? else {
+            return Ok(vec![message]);
+        };
+        let mut deliveries = Vec::with_capacity(plan.repeat as usize + 1);
+        for due in plan.deliveries() {
+            let mut copy = (*message).clone();
+            schedule::stamp(&mut copy, due);
+            if plan.repeat > 0 {
+                copy.message_id = self.new_message_id(session);
+            }
+            deliveries.push(Arc::new(copy));
+        }
+        Ok(deliveries)
+    }
+
+    /// How many messages [`Core::schedule`] makes of `message` (refusing it as that would).
+    fn deliveries(&self, message: &Message) -> Result<usize, BrokerError> {
+        if !self.options.scheduler_support {
+            return Ok(1);
+        }
+        Ok(schedule::plan(&message.headers, now_ms())?.map_or(1, |p| p.repeat as usize + 1))
     }
 
     /// Puts `entry` at the tail of `queue`, ready for dispatch.
@@ -802,6 +909,14 @@ impl Core {
 
     // ----- sending -------------------------------------------------------------------------
 
+    /// An id of the broker's own for a message of `session`, never given before (the boot
+    /// time tells this run's from an earlier one's).
+    fn new_message_id(&mut self, session: u64) -> String {
+        let n = self.next_message;
+        self.next_message += 1;
+        format!("ID:{}-{}:{}:{}", self.options.name, self.boot, session, n)
+    }
+
     fn make_message(
         &mut self,
         session: u64,
@@ -818,12 +933,7 @@ impl Core {
                 }
                 _ => (id, String::new(), 0),
             },
-            _ => {
-                let n = self.next_message;
-                self.next_message += 1;
-                let id = format!("ID:{}-{}:{}:{}", self.options.name, self.boot, session, n);
-                (id, String::new(), 0)
-            }
+            _ => (self.new_message_id(session), String::new(), 0),
         };
         Arc::new(Message {
             message_id,
@@ -842,6 +952,7 @@ impl Core {
             headers: new.headers,
             body: new.body,
             body_type: new.body_type as i32,
+            deliver_at: 0,
         })
     }
 
@@ -886,10 +997,27 @@ impl Core {
             return Err(BrokerError::NotMaster("the node stepped down".into()));
         }
         let message = self.make_message(session, first, new);
+        // A transaction's sends are scheduled at its commit (as ActiveMQ's are), each making
+        // `weight` messages then; a bad scheduling property is refused now.
+        let (deliveries, weight) = match transaction {
+            Some(_) => (vec![message.clone()], self.deliveries(&message)?),
+            None => (self.schedule(session, message.clone())?, 1),
+        };
         let sends: Vec<(Destination, Arc<Message>)> = members
             .iter()
-            .map(|&d| (d.clone(), for_member(&message, d)))
+            .flat_map(|&d| {
+                deliveries
+                    .iter()
+                    .map(move |m| (d.clone(), for_member(m, d)))
+            })
             .collect();
+        if sends.len() * weight > crate::store::MAX_ENTRIES {
+            return Err(BrokerError::InvalidMessage(format!(
+                "a send of more than {} messages at once (destinations times {} deliveries)",
+                crate::store::MAX_ENTRIES,
+                schedule::SCHEDULED_REPEAT
+            )));
+        }
         if let Some(tx) = transaction {
             // A repeat of a stored message is recognised when it is sent, in send order, like
             // a plain send (a transaction committed later must not be judged against sends
@@ -903,14 +1031,14 @@ impl Core {
             let Some(open) = state.transactions.get_mut(tx) else {
                 return Err(BrokerError::UnknownTransaction(tx.to_string()));
             };
-            let bytes = open.bytes + (message.body.len() * sends.len()) as u64;
+            let bytes = open.bytes + (message.body.len() * sends.len() * weight) as u64;
             if bytes > limit {
                 return Err(BrokerError::TransactionTooLarge(
                     tx.to_string(),
                     format!("more than memory_limit ({limit} bytes) of message bodies"),
                 ));
             }
-            if open.entries() + sends.len() > crate::store::MAX_ENTRIES {
+            if open.entries() + sends.len() * weight > crate::store::MAX_ENTRIES {
                 return Err(too_many_entries(tx));
             }
             let tx = open;
@@ -923,6 +1051,7 @@ impl Core {
                 self.stats.duplicates_dropped += 1;
             } else {
                 tx.bytes = bytes;
+                tx.repeats += sends.len() * (weight - 1);
                 tx.sends.extend(sends);
             }
             return Ok(Confirmation::done());
@@ -937,7 +1066,9 @@ impl Core {
             return Err(BrokerError::InvalidMessage(if copies > 1 {
                 format!(
                     "{copies} copies of a {size}-byte message would make a record of more \
-                     than {limit} bytes: send to fewer destinations at once"
+                     than {limit} bytes: send to fewer destinations (or with fewer \
+                     {}) at once",
+                    schedule::SCHEDULED_REPEAT
                 )
             } else {
                 format!(
@@ -1490,10 +1621,7 @@ impl Core {
                      are queued with their bodies in the journal and read back on delivery"
                 );
             }
-            let mut stub = Arc::unwrap_or_clone(entry.message);
-            stub.body = Default::default();
-            entry.message = Arc::new(stub);
-            entry.body = Body::OnDisk;
+            leave_body_on_disk(&mut entry);
             self.stats.bodies_left_on_disk += 1;
             return entry;
         }
@@ -2306,14 +2434,26 @@ impl Core {
     pub fn delete_destination(&mut self, destination: &Destination) -> bool {
         let name = destination.canonical();
         match destination {
-            Destination::Queue(_) => match self.queues.get(&name) {
-                None => true,
-                Some(q) if q.consumers.is_empty() && q.ready.values().all(|e| e.key.is_none()) => {
-                    self.queues.remove(&name);
-                    true
+            Destination::Queue(_) => {
+                let deleted = match self.queues.get(&name) {
+                    None => true,
+                    Some(q)
+                        if q.consumers.is_empty() && q.ready.values().all(|e| e.key.is_none()) =>
+                    {
+                        self.queues.remove(&name);
+                        true
+                    }
+                    Some(_) => false,
+                };
+                if deleted && !self.scheduled.is_empty() {
+                    // Its delayed non-persistent messages would make it again when due, for
+                    // nobody; a stored one still goes to the queue, made again then.
+                    self.scheduled.retain(
+                        |_, p| !matches!(p, Publish::Queue(q, e) if *q == name && e.key.is_none()),
+                    );
                 }
-                Some(_) => false,
-            },
+                deleted
+            }
             Destination::Topic(_) => match self.topics.get(&name) {
                 None => true,
                 Some(t) if t.subscribers.is_empty() && t.durables.is_empty() => {
@@ -2356,6 +2496,13 @@ impl Core {
                 .collect();
             (open.sends.clone(), removes)
         };
+        let mut scheduled = Vec::with_capacity(sends.len());
+        for (destination, message) in sends {
+            for delivery in self.schedule(session, message)? {
+                scheduled.push((destination.clone(), delivery));
+            }
+        }
+        let sends = scheduled;
         let Routed {
             mut entries,
             publish,
@@ -2457,6 +2604,7 @@ impl Core {
             pending_confirmations: self.pending.len(),
             resident_bytes: self.memory.bytes(),
             transient_bytes: self.memory.transient(),
+            scheduled: self.scheduled.len(),
             ..self.stats.clone()
         }
     }
@@ -2488,6 +2636,14 @@ impl Core {
     pub fn queue_depth(&self, queue: &str) -> usize {
         self.queues.get(queue).map_or(0, |q| q.ready.len())
     }
+}
+
+/// Drops a stored entry's body from memory: [`Core::page_in`] reads it back from the journal.
+fn leave_body_on_disk(entry: &mut Entry) {
+    let mut stub = (*entry.message).clone();
+    stub.body = Default::default();
+    entry.message = Arc::new(stub);
+    entry.body = Body::OnDisk;
 }
 
 /// A virtual topic's message as its consumer queue delivers it, as ActiveMQ's

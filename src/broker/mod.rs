@@ -23,6 +23,7 @@
 mod core;
 mod memory;
 mod queue;
+pub mod schedule;
 pub mod selector;
 mod wildcard;
 
@@ -132,6 +133,9 @@ pub struct BrokerOptions {
     /// Bytes of queued message bodies kept in memory; past it, persistent messages are queued
     /// with their bodies left in the journal (see `core.rs`).
     pub memory_limit: u64,
+    /// ActiveMQ's `schedulerSupport`: a message with `AMQ_SCHEDULED_DELAY` is delivered only
+    /// after that delay (see [`schedule`]). Off: the scheduling properties are ordinary ones.
+    pub scheduler_support: bool,
 }
 
 impl Default for BrokerOptions {
@@ -143,6 +147,7 @@ impl Default for BrokerOptions {
             topic_pending_limit: 1000,
             expiry_sweep: Duration::from_secs(1),
             memory_limit: 64 << 20,
+            scheduler_support: false,
         }
     }
 }
@@ -441,20 +446,32 @@ impl Broker {
             shared: Arc::new(Mutex::new(core)),
         };
         let weak = Arc::downgrade(&broker.shared);
+        let scheduled = lock(&broker.shared).scheduler_wake();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(sweep);
+            // When the earliest scheduled message is due (see `Core::release_due`); the core
+            // wakes this task when an earlier one arrives.
+            let mut due: Option<tokio::time::Instant> = None;
             loop {
-                tick.tick().await;
-                match weak.upgrade() {
-                    Some(shared) => {
-                        let mut core = lock(&shared);
-                        core.check_store();
-                        core.expire_messages();
-                        core.continue_scans();
-                        core.release_confirmed();
-                    }
-                    None => return,
+                let sweep_now = tokio::select! {
+                    _ = tick.tick() => true,
+                    _ = async { tokio::time::sleep_until(due.expect("checked")).await },
+                        if due.is_some() => false,
+                    _ = scheduled.notified() => false,
+                };
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                let mut core = lock(&shared);
+                if sweep_now {
+                    core.check_store();
+                    core.expire_messages();
+                    core.continue_scans();
+                    core.release_confirmed();
                 }
+                due = core
+                    .release_due()
+                    .map(|wait| tokio::time::Instant::now() + wait);
             }
         });
         Ok(broker)

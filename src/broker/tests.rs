@@ -2963,3 +2963,308 @@ fn dead_letter_queue_names() {
         assert_eq!(individual.dead_letter_queue(queue, destination), dlq);
     }
 }
+
+// ----- scheduled (delayed) delivery ------------------------------------------------------------
+
+fn scheduling() -> BrokerOptions {
+    BrokerOptions {
+        scheduler_support: true,
+        ..BrokerOptions::default()
+    }
+}
+
+/// `body`, persistent, with `AMQ_SCHEDULED_DELAY` as a STOMP header gives it (a string).
+fn delayed(body: &str, delay_ms: &str) -> NewMessage {
+    NewMessage {
+        headers: vec![Header::text(schedule::SCHEDULED_DELAY, delay_ms)],
+        ..persistent(body)
+    }
+}
+
+/// A delayed message is confirmed when stored, kept out of dispatch (and of browsers) until
+/// its due time, then delivered at the tail of its queue, as ActiveMQ delivers it: without
+/// the scheduling property, with `scheduledJobId`; its body waited in the journal.
+#[tokio::test]
+async fn a_delayed_message_is_delivered_only_when_due() {
+    let f = fixture(scheduling()).await;
+    let (c, mut rx) = consumer_on_q(&f, 10);
+    let (p, _) = f.broker.open_session(None);
+    let sent = now_millis();
+    send_settled(&p, &queue("q"), delayed("later", "400")).await;
+    send_settled(&p, &queue("q"), persistent("now")).await;
+    let first = next(&mut rx).await;
+    assert_eq!(body(&first), "now");
+    // Still ahead of its due time: neither delivered nor visible to a browser.
+    assert!(now_millis() < sent + 400, "the check came too late to tell");
+    assert!(rx.try_recv().is_err());
+    assert_eq!(f.broker.stats().scheduled, 1);
+    assert!(c.browse(&queue("q"), None).unwrap().is_empty());
+    let later = next(&mut rx).await;
+    assert!(now_millis() >= sent + 400, "delivered early");
+    assert_eq!(body(&later), "later");
+    assert!(later.message.deliver_at >= sent + 400);
+    assert_eq!(header(&later, schedule::SCHEDULED_DELAY), None);
+    assert_eq!(
+        header(&later, schedule::SCHEDULED_ID),
+        Some(later.message.message_id.as_str())
+    );
+    let stats = f.broker.stats();
+    assert_eq!((stats.scheduled, stats.bodies_read_back), (0, 1));
+}
+
+/// Without `scheduler_support` (ActiveMQ's default), the delay is an ordinary property.
+#[tokio::test]
+async fn without_scheduler_support_a_delay_is_an_ordinary_property() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (_c, mut rx) = consumer_on_q(&f, 10);
+    let (p, _) = f.broker.open_session(None);
+    let sent = now_millis();
+    send_settled(&p, &queue("q"), delayed("at once", "60000")).await;
+    let d = next(&mut rx).await;
+    assert!(now_millis() < sent + 60_000);
+    assert_eq!(header(&d, schedule::SCHEDULED_DELAY), Some("60000"));
+    assert_eq!(d.message.deliver_at, 0);
+}
+
+/// A delay that is not a whole number, a repeat for ever or of more than 1000 and a cron
+/// schedule are refused, naming the property, and nothing is stored; a negative delay is none
+/// (as in ActiveMQ).
+#[tokio::test]
+async fn bad_or_unsupported_scheduling_properties_are_refused_by_name() {
+    let f = fixture(scheduling()).await;
+    let (p, _) = f.broker.open_session(None);
+    let with = |name: &str, value: &str| NewMessage {
+        headers: vec![
+            Header::text(schedule::SCHEDULED_DELAY, "100"),
+            Header::text(name, value),
+        ],
+        ..persistent("x")
+    };
+    for (message, name) in [
+        (delayed("x", "soon"), schedule::SCHEDULED_DELAY),
+        (
+            delayed("x", "9223372036854775807"),
+            schedule::SCHEDULED_DELAY,
+        ),
+        (
+            with(schedule::SCHEDULED_REPEAT, "-1"),
+            schedule::SCHEDULED_REPEAT,
+        ),
+        (
+            with(schedule::SCHEDULED_REPEAT, "1001"),
+            schedule::SCHEDULED_REPEAT,
+        ),
+        (
+            with(schedule::SCHEDULED_CRON, "0 * * * *"),
+            schedule::SCHEDULED_CRON,
+        ),
+    ] {
+        let error = p.send(&queue("q"), message, None).unwrap_err();
+        assert!(error.to_string().contains(name), "{error}");
+    }
+    p.begin("tx").unwrap();
+    let error = p
+        .send(&queue("q"), delayed("x", "1.5"), Some("tx"))
+        .unwrap_err();
+    assert!(
+        error.to_string().contains(schedule::SCHEDULED_DELAY),
+        "{error}"
+    );
+    p.commit("tx").unwrap().await.unwrap();
+    let stats = f.broker.stats();
+    assert_eq!(
+        (stats.scheduled, stats.enqueued),
+        (0, 0),
+        "nothing was stored"
+    );
+    let (_c, mut rx) = consumer_on_q(&f, 10);
+    let sent = now_millis();
+    send_settled(&p, &queue("q"), delayed("negative", "-5000")).await;
+    assert_eq!(body(&next(&mut rx).await), "negative");
+    assert!(now_millis() < sent + 5000);
+}
+
+/// A delayed send in a transaction is scheduled when the transaction commits (its delay counts
+/// from the commit), and not at all when it rolls back.
+#[tokio::test]
+async fn a_delayed_send_in_a_transaction_is_scheduled_at_commit() {
+    let f = fixture(scheduling()).await;
+    let (_c, mut rx) = consumer_on_q(&f, 10);
+    let (p, _) = f.broker.open_session(None);
+    p.begin("gone").unwrap();
+    p.send(&queue("q"), delayed("rolled back", "1"), Some("gone"))
+        .unwrap();
+    p.abort("gone").unwrap();
+    p.begin("tx").unwrap();
+    p.send(&queue("q"), delayed("committed", "300"), Some("tx"))
+        .unwrap();
+    // Time passes between the send and the commit; the delay starts at the commit.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let committed = now_millis();
+    p.commit("tx").unwrap().await.unwrap();
+    assert!(
+        now_millis() < committed + 300,
+        "the check came too late to tell"
+    );
+    assert!(rx.try_recv().is_err());
+    assert_eq!(f.broker.stats().scheduled, 1);
+    let d = next(&mut rx).await;
+    assert!(now_millis() >= committed + 300, "delivered early");
+    assert_eq!(body(&d), "committed");
+    assert!(rx.try_recv().is_err(), "the rolled back send stays unsent");
+}
+
+/// A stored delayed message survives a restart with its due time: after recovery it is still
+/// held until then (not delivered early, not lost), its body read back from the journal.
+#[tokio::test]
+async fn a_delayed_message_survives_a_restart_and_is_delivered_when_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let sent = now_millis();
+    {
+        let broker = Broker::start_for_tests(dir.path(), scheduling());
+        let (p, _) = broker.open_session(None);
+        send_settled(&p, &queue("q"), delayed("kept", "1500")).await;
+    }
+    let broker = Broker::start_for_tests(dir.path(), scheduling());
+    let (c, mut rx) = broker.open_session(None);
+    subscribe(&c, "s", queue("q"), 10);
+    assert!(
+        now_millis() < sent + 1500,
+        "the restart took too long to tell"
+    );
+    assert!(rx.try_recv().is_err());
+    assert_eq!(broker.stats().scheduled, 1);
+    assert_eq!(broker.queue_depth("queue://q"), 0);
+    let d = next(&mut rx).await;
+    assert!(now_millis() >= sent + 1500, "delivered early");
+    assert_eq!(body(&d), "kept");
+}
+
+/// A delayed topic message is published when due: a subscriber that came meanwhile gets it,
+/// and so does a durable subscription that existed when it was sent.
+#[tokio::test]
+async fn a_delayed_topic_message_is_published_when_due() {
+    let f = fixture(scheduling()).await;
+    let (durable, mut durable_rx) = f.broker.open_session(Some("client".into()));
+    subscribe_to(&durable, "d", topic("t"), Some("sub"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    let (p, _) = f.broker.open_session(None);
+    let sent = now_millis();
+    send_settled(&p, &topic("t"), delayed("news", "300")).await;
+    let (late, mut late_rx) = f.broker.open_session(None);
+    subscribe_to(&late, "s", topic("t"), None, None).unwrap();
+    assert!(now_millis() < sent + 300, "the check came too late to tell");
+    assert!(durable_rx.try_recv().is_err() && late_rx.try_recv().is_err());
+    assert_eq!(body(&next(&mut late_rx).await), "news");
+    assert_eq!(body(&next(&mut durable_rx).await), "news");
+    assert!(now_millis() >= sent + 300, "delivered early");
+}
+
+/// As in ActiveMQ, a delayed message's time to live counts from its due time: one that would
+/// have expired while it waited is delivered, and expires that long after it is due.
+#[tokio::test]
+async fn a_delayed_messages_time_to_live_counts_from_its_due_time() {
+    let f = fixture(scheduling()).await;
+    let (_c, mut rx) = consumer_on_q(&f, 10);
+    let (p, _) = f.broker.open_session(None);
+    let mut m = delayed("fresh", "300");
+    m.timestamp = now_millis();
+    m.expiration = m.timestamp + 100;
+    p.send(&queue("q"), m, None).unwrap().await.unwrap();
+    let d = next(&mut rx).await;
+    assert_eq!(body(&d), "fresh");
+    assert_eq!(d.message.timestamp, d.message.deliver_at);
+    assert_eq!(d.message.expiration, d.message.deliver_at + 100);
+    assert_eq!(f.broker.stats().expired, 0);
+}
+
+/// A deleted (temporary) queue's delayed non-persistent messages go with it: when due they
+/// would make the queue again, for nobody.
+#[tokio::test]
+async fn a_deleted_queue_drops_its_delayed_non_persistent_messages() {
+    let f = fixture(scheduling()).await;
+    let (p, _) = f.broker.open_session(None);
+    let transient = NewMessage {
+        persistent: false,
+        ..delayed("reply", "60000")
+    };
+    p.send(&queue("temp"), transient, None).unwrap();
+    assert_eq!(f.broker.stats().scheduled, 1);
+    assert!(f.broker.delete_destination(&queue("temp")));
+    assert_eq!(f.broker.stats().scheduled, 0);
+}
+
+/// `AMQ_SCHEDULED_PERIOD` and `AMQ_SCHEDULED_REPEAT`: the message is delivered once more per
+/// repeat, a period apart, each time as a message with an id of its own and the same
+/// `scheduledJobId`, as ActiveMQ does. All are stored with the send, so a restart keeps them.
+#[tokio::test]
+async fn a_repeated_message_is_delivered_once_a_period_also_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let sent = now_millis();
+    {
+        let broker = Broker::start_for_tests(dir.path(), scheduling());
+        let (p, _) = broker.open_session(None);
+        let message = NewMessage {
+            headers: vec![
+                Header::text(schedule::SCHEDULED_DELAY, "300"),
+                Header::text(schedule::SCHEDULED_PERIOD, "300"),
+                Header::text(schedule::SCHEDULED_REPEAT, "2"),
+            ],
+            ..persistent("tick")
+        };
+        send_settled(&p, &queue("q"), message).await;
+        assert_eq!(broker.stats().scheduled, 3);
+    }
+    let broker = Broker::start_for_tests(dir.path(), scheduling());
+    let (c, mut rx) = broker.open_session(None);
+    subscribe(&c, "s", queue("q"), 10);
+    let mut ids = std::collections::BTreeSet::new();
+    let mut jobs = std::collections::BTreeSet::new();
+    for k in 0..3 {
+        let d = next(&mut rx).await;
+        let due = sent + 300 + 300 * k;
+        assert!(now_millis() >= due, "delivery {k} came early");
+        assert_eq!(body(&d), "tick");
+        assert_eq!(header(&d, schedule::SCHEDULED_REPEAT), None);
+        assert_eq!(header(&d, schedule::SCHEDULED_PERIOD), None);
+        ids.insert(d.message.message_id.clone());
+        jobs.insert(header(&d, schedule::SCHEDULED_ID).unwrap().to_string());
+    }
+    assert_eq!((ids.len(), jobs.len()), (3, 1));
+    assert_eq!(broker.stats().scheduled, 0);
+    assert!(rx.try_recv().is_err());
+}
+
+/// A repeated send in a transaction makes its deliveries when the transaction commits.
+#[tokio::test]
+async fn a_repeated_send_in_a_transaction_is_delivered_each_period_after_the_commit() {
+    let f = fixture(scheduling()).await;
+    let (_c, mut rx) = consumer_on_q(&f, 10);
+    let (p, _) = f.broker.open_session(None);
+    p.begin("tx").unwrap();
+    let message = NewMessage {
+        headers: vec![
+            Header::text(schedule::SCHEDULED_PERIOD, "200"),
+            Header::text(schedule::SCHEDULED_REPEAT, "1"),
+        ],
+        ..persistent("twice")
+    };
+    p.send(&queue("q"), message, Some("tx")).unwrap();
+    assert_eq!(f.broker.stats().scheduled, 0);
+    let committed = now_millis();
+    p.commit("tx").unwrap().await.unwrap();
+    if now_millis() < committed + 200 {
+        assert_eq!(f.broker.stats().scheduled, 2);
+    }
+    for k in 1..=2 {
+        let d = next(&mut rx).await;
+        assert!(
+            now_millis() >= committed + 200 * k,
+            "delivery {k} came early"
+        );
+        assert_eq!(body(&d), "twice");
+    }
+    assert_eq!(f.broker.stats().scheduled, 0);
+}

@@ -178,6 +178,10 @@ pub struct BrokerConfig {
     /// messages, which are nowhere else, always stay in memory.
     #[serde(with = "units::size")]
     pub memory_limit: u64,
+    /// ActiveMQ's `schedulerSupport` (default false): a message sent with the property or
+    /// STOMP header `AMQ_SCHEDULED_DELAY` (milliseconds) is delivered only after that delay.
+    /// Off, the property is an ordinary one and the message is delivered at once.
+    pub scheduler_support: bool,
     /// login -> password. When non-empty, CONNECT must authenticate.
     #[serde(deserialize_with = "units::lenient_string_map")]
     pub users: BTreeMap<String, String>,
@@ -196,6 +200,7 @@ impl Default for BrokerConfig {
             dead_letter_topic_suffix: String::new(),
             topic_pending_limit: 1000,
             memory_limit: 64 * MIB,
+            scheduler_support: false,
             users: BTreeMap::new(),
         }
     }
@@ -770,6 +775,29 @@ mod tests {
         assert!(!r.advertised_hostname().is_empty());
         c.validate().unwrap();
         assert_eq!(Config::from_toml_str("").unwrap(), c);
+    }
+
+    #[test]
+    fn scheduler_support_is_off_unless_the_file_or_the_environment_turns_it_on() {
+        assert!(!Config::default().broker.scheduler_support);
+        let f = toml_file("[broker]\nscheduler_support = true\n");
+        let c = Config::load_with_env(Some(f.path()), NO_ENV).unwrap();
+        assert!(c.broker.scheduler_support);
+        assert!(crate::server::broker_options(&c).scheduler_support);
+        let c =
+            Config::load_with_env(None, [("FERROMQ_BROKER__SCHEDULER_SUPPORT", "true")]).unwrap();
+        assert!(c.broker.scheduler_support);
+        let c = Config::load_with_env(
+            Some(f.path()),
+            [("FERROMQ_BROKER__SCHEDULER_SUPPORT", "false")],
+        )
+        .unwrap();
+        assert!(!c.broker.scheduler_support, "the environment wins");
+        let (err, file) = load_err("[broker]\nscheduler_support = \"sometimes\"\n");
+        assert!(
+            err.contains("broker.scheduler_support") && err.contains(&file),
+            "{err}"
+        );
     }
 
     #[test]
