@@ -375,8 +375,9 @@ impl Confirmation {
         self.0.is_none()
     }
 
-    /// The outcome once known, without waiting (tests that cannot await).
-    #[cfg(test)]
+    /// The outcome once known, without waiting (a connection answering what is confirmed
+    /// before it writes anything else; tests that cannot await). Not to be asked again once it
+    /// gave one.
     pub(crate) fn try_outcome(&mut self) -> Option<Result<(), BrokerError>> {
         match &mut self.0 {
             None => Some(Ok(())),

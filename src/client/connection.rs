@@ -493,8 +493,12 @@ impl Driver {
             let accepting = self.closing.is_none() && self.out.len() < OUTPUT_HIGH_WATER;
             let heartbeat_due = heartbeat.send.map(|period| last_write + period);
             // The application is behind: stop reading until it catches up (the broker is not
-            // silent then, merely held back).
-            let reading = self.shared.unread.load(Ordering::Acquire) < super::UNREAD_HIGH_WATER;
+            // silent then, merely held back). Not while a request waits for its RECEIPT, up to
+            // a hard limit: the application may be waiting for that RECEIPT (a subscribe, a
+            // send) before it takes any message, and the RECEIPT may be behind the messages.
+            let unread = self.shared.unread.load(Ordering::Acquire);
+            let reading = unread < super::UNREAD_HIGH_WATER
+                || (!self.outbox.is_empty() && unread < super::UNREAD_HARD_LIMIT);
             let silence_limit = heartbeat
                 .receive
                 .filter(|_| reading)

@@ -182,6 +182,10 @@ struct Status {
 /// application does not buffer a whole queue, which auto-ack would count as consumed.
 pub(crate) const UNREAD_HIGH_WATER: usize = 8 << 20;
 
+/// Past [`UNREAD_HIGH_WATER`], the connection still reads while a request waits for its
+/// RECEIPT, up to this many unread bytes (see the connection task).
+pub(crate) const UNREAD_HARD_LIMIT: usize = 4 * UNREAD_HIGH_WATER;
+
 /// What one received message counts against [`UNREAD_HIGH_WATER`].
 pub(crate) fn unread_cost(message: &Message) -> usize {
     message.body().len() + 512

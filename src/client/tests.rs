@@ -785,3 +785,48 @@ async fn a_slow_application_holds_the_broker_back_instead_of_buffering_everythin
     let _connection = peer.await.unwrap();
     assert_eq!(unread(), 0);
 }
+
+/// A RECEIPT behind more unread messages than `UNREAD_HIGH_WATER` still arrives: the client
+/// reads on while a request waits for its RECEIPT (here a SUBSCRIBE whose broker writes the
+/// backlog first), where stopping would leave the application waiting for ever.
+#[tokio::test]
+async fn a_receipt_behind_a_large_backlog_still_arrives() {
+    const MESSAGES: usize = 120;
+    const BODY: usize = 100 * 1024;
+    let server = FakeListener::bind().await;
+    let url = format!("failover:({})?{FAST}", server.url());
+    let peer = tokio::spawn(async move {
+        let mut connection = server.accept().await;
+        connection.handshake().await;
+        let subscribe = connection.expect(Command::Subscribe).await;
+        let id = subscribe.get("id").unwrap().to_string();
+        for n in 0..MESSAGES {
+            let frame = Frame::new(Command::Message)
+                .header("subscription", id.as_str())
+                .header("destination", "/queue/big")
+                .header("message-id", format!("ID:p:{n}"))
+                .header("ack", format!("{n}"))
+                .with_body(vec![b'x'; BODY]);
+            connection.send(frame).await;
+        }
+        connection.receipt(&subscribe).await;
+        connection
+    });
+    let client = connect(&url).await;
+    const { assert!(MESSAGES * BODY > UNREAD_HIGH_WATER) };
+    let mut subscription = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.subscribe("/queue/big", SubscribeOptions::default()),
+    )
+    .await
+    .expect("the SUBSCRIBE's RECEIPT did not arrive")
+    .unwrap();
+    for n in 0..MESSAGES {
+        let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .unwrap_or_else(|_| panic!("message {n} did not come"))
+            .unwrap();
+        assert_eq!(message.body().len(), BODY);
+    }
+    let _connection = peer.await.unwrap();
+}

@@ -349,8 +349,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         // Bytes read while a write waited (see `write::flush`), not yet handled.
         let mut unhandled_input = false;
         let result: Result<(), Fatal> = loop {
-            let step = if std::mem::take(&mut unhandled_input) {
+            let handle_input = std::mem::take(&mut unhandled_input);
+            let ready = if handle_input {
+                None
+            } else {
+                state
+                    .awaiting
+                    .front_mut()
+                    .and_then(|(_, confirmation)| confirmation.try_outcome())
+            };
+            let step = if handle_input {
                 self.handle_input(&mut state)
+            } else if let Some(result) = ready {
+                // What is confirmed is answered before more deliveries are written: a RECEIPT
+                // must not wait behind a stream of MESSAGE frames (an auto-ack subscription's
+                // backlog), which a client that stops reading while its application waits for
+                // that RECEIPT would never get through.
+                let (awaiting, _) = state.awaiting.pop_front().expect("non-empty");
+                self.answer(awaiting, result)
             } else {
                 tokio::select! {
                     read = self.stream.read_buf(&mut self.input), if !paused => match read {
@@ -1171,6 +1187,38 @@ mod tests {
             .frames_until(|f| f.command == Command::Message && &f.body[..] == b"second")
             .await;
         assert_eq!(bodies(&frames), ["first", "second"]);
+    }
+
+    /// The RECEIPT of a SUBSCRIBE comes before the backlog it starts delivering: a client that
+    /// stops reading while its application waits for that RECEIPT (ferromq's own client does,
+    /// past its unread limit) would otherwise wait for ever behind an auto-ack stream.
+    #[tokio::test]
+    async fn a_subscribe_receipt_is_not_written_behind_its_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        let (mut p, _) = Peer::connect(&broker, "1.2", "").await;
+        for n in 0..2000 {
+            p.write(&format!("SEND\ndestination:/queue/backlog\n\nm{n}\0"))
+                .await;
+        }
+        p.write("SEND\ndestination:/queue/backlog\nreceipt:sent\n\nlast\0")
+            .await;
+        p.frames_until(is_receipt("sent")).await;
+        // Each subscription (a new connection each time) starts a stream of the whole backlog.
+        for round in 0..6 {
+            let (mut c, _) = Peer::connect(&broker, "1.2", "").await;
+            c.write(&format!(
+                "SUBSCRIBE\nid:{round}\ndestination:/queue/backlog\nack:client\nreceipt:sub\n\n\0"
+            ))
+            .await;
+            let first = c.next_frame().await;
+            assert_eq!(
+                (first.command, first.get("receipt-id")),
+                (Command::Receipt, Some("sub")),
+                "round {round}: a {:?} came first",
+                first.command
+            );
+        }
     }
 
     /// STOMP 1.1: two subscriptions hold the same message (one topic); an ACK names the
