@@ -41,6 +41,9 @@ use crate::store::{
 pub(super) const SCAN_LIMIT: usize = 1_000;
 /// How far each sweep walks on from where a stopped dispatch (or the last sweep) left off.
 const SWEEP_SCAN_LIMIT: usize = 50_000;
+/// How many due scheduled messages [`Core::release_due`] publishes under one hold of the core
+/// lock; the sweep task takes the lock again at once for the rest.
+pub(super) const RELEASE_BATCH: usize = 1_000;
 
 /// Counters for logs, status and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -774,13 +777,14 @@ impl Core {
         }
     }
 
-    /// Publishes the held messages that are due, in due order (each to the tail of its queue);
-    /// returns how long until the next one is.
+    /// Publishes the held messages that are due, in due order (each to the tail of its queue),
+    /// at most [`RELEASE_BATCH`] at a time so that many messages due at once do not keep the
+    /// core locked; returns how long until the next one is (zero: more are due already).
     pub fn release_due(&mut self) -> Option<Duration> {
         let now = now_ms();
         let mut due = Vec::new();
         while let Some(entry) = self.scheduled.first_entry() {
-            if entry.key().0 > now {
+            if entry.key().0 > now || due.len() == RELEASE_BATCH {
                 break;
             }
             due.push(entry.remove());
@@ -789,7 +793,10 @@ impl Core {
             self.publish_now(due);
         }
         let (next, _) = self.scheduled.keys().next()?;
-        Some(Duration::from_millis(next.saturating_sub(now).max(1) as u64))
+        if *next <= now {
+            return Some(Duration::ZERO);
+        }
+        Some(Duration::from_millis(next.saturating_sub(now) as u64))
     }
 
     /// What the sweep task waits on besides its tick (see [`Core::hold`]).

@@ -3268,3 +3268,43 @@ async fn a_repeated_send_in_a_transaction_is_delivered_each_period_after_the_com
     }
     assert_eq!(f.broker.stats().scheduled, 0);
 }
+
+/// Many delayed messages due at the same time are released a batch at a time, each batch
+/// under its own hold of the core lock, not all at once (which kept every client waiting on
+/// the lock while 100k messages were dispatched); the sweep task comes back for the rest at
+/// once.
+#[tokio::test]
+async fn many_messages_due_at_once_are_released_a_batch_per_lock() {
+    let f = fixture(scheduling()).await;
+    let (p, _) = f.broker.open_session(None);
+    let count = super::core::RELEASE_BATCH * 2 + 10;
+    let sent = now_millis();
+    for k in 0..count {
+        let message = NewMessage {
+            persistent: false,
+            ..delayed(&format!("m{k}"), "100")
+        };
+        p.send(&queue("q"), message, None).unwrap();
+    }
+    // The sweep task does not run meanwhile (no await on this single-threaded runtime).
+    assert_eq!(f.broker.stats().scheduled, count);
+    let last_due = now_millis() + 100;
+    while now_millis() <= last_due {
+        std::thread::yield_now();
+    }
+    assert!(now_millis() > sent + 100);
+    let wait = lock(&f.broker.shared).release_due();
+    assert_eq!(
+        f.broker.stats().scheduled,
+        count - super::core::RELEASE_BATCH
+    );
+    assert_eq!(wait, Some(Duration::ZERO), "more are due already");
+    let mut calls = 1;
+    loop {
+        calls += 1;
+        if lock(&f.broker.shared).release_due().is_none() {
+            break;
+        }
+    }
+    assert_eq!((calls, f.broker.stats().scheduled), (3, 0));
+}
