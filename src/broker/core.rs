@@ -763,10 +763,16 @@ impl Core {
     /// Keeps a confirmed message that is not yet due out of dispatch until `due`. A stored
     /// message's body waits in the journal (read back on delivery, as past `memory_limit`), so
     /// a backlog of scheduled messages costs memory only for their headers.
+    /// A non-persistent one's body has nowhere else to wait: it counts against `memory_limit`
+    /// from now on, as a queued one does (so its senders are held back when memory is full).
     fn hold(&mut self, due: i64, mut publish: Publish) {
         if let Publish::Queue(_, entry) | Publish::Recovered(_, entry) = &mut publish {
-            if entry.key.is_some() && matches!(entry.body, Body::Uncounted) {
-                leave_body_on_disk(entry);
+            if matches!(entry.body, Body::Uncounted) {
+                if entry.key.is_some() {
+                    leave_body_on_disk(entry);
+                } else {
+                    *entry = self.admit(entry.clone());
+                }
             }
         }
         let earliest = self.scheduled.keys().next().is_none_or(|(d, _)| due < *d);

@@ -3308,3 +3308,32 @@ async fn many_messages_due_at_once_are_released_a_batch_per_lock() {
     }
     assert_eq!((calls, f.broker.stats().scheduled), (3, 0));
 }
+
+/// Delayed non-persistent messages waiting for their due time are in memory as much as queued
+/// ones: they count against `memory_limit`, so that their senders are held back (producer
+/// flow control) rather than filling memory with messages not yet due.
+#[tokio::test]
+async fn delayed_non_persistent_bodies_count_against_the_memory_limit() {
+    let f = fixture(BrokerOptions {
+        memory_limit: 4 * 1024,
+        ..scheduling()
+    })
+    .await;
+    let (producer, _) = f.broker.open_session(None);
+    let gate = producer.memory_gate();
+    for i in 0..4 {
+        assert!(!gate.is_full(), "not full before message {i}");
+        let message = NewMessage {
+            persistent: false,
+            ..delayed(&format!("{i:04}:{}", "x".repeat(1019)), "60000")
+        };
+        producer.send(&queue("q"), message, None).unwrap();
+    }
+    assert_eq!(f.broker.stats().scheduled, 4);
+    assert_eq!(f.broker.stats().transient_bytes, 4 * 1024);
+    assert!(gate.is_full());
+    // Dropped with their (temporary) queue, they free their share.
+    assert!(f.broker.delete_destination(&queue("q")));
+    assert_eq!(f.broker.stats().transient_bytes, 0);
+    assert!(!gate.is_full());
+}
