@@ -2096,22 +2096,20 @@ impl Core {
         // On the DLQ it is kept until consumed, as ActiveMQ does: an expiration kept would
         // expire it again there.
         message.expiration = 0;
-        if !message
+        // It names where the message was dead-lettered from, as ActiveMQ sets it, replacing one
+        // it carried (sent on from another DLQ with its headers): kept, that one would not name
+        // this DLQ's destination, and dead-lettered again here the message would move on to a
+        // DLQ of this DLQ, and so on at each rejection. A virtual topic's copy was on its
+        // consumer queue (the stored message names the topic, shared by every consumer queue).
+        let origin = if self.virtual_queues.contains(queue) {
+            queue.to_string()
+        } else {
+            message.destination.clone()
+        };
+        message.headers.retain(|h| h.name != "original-destination");
+        message
             .headers
-            .iter()
-            .any(|h| h.name == "original-destination")
-        {
-            // A virtual topic's copy was on its consumer queue (the stored message names the
-            // topic, shared by every consumer queue).
-            let origin = if self.virtual_queues.contains(queue) {
-                queue.to_string()
-            } else {
-                message.destination.clone()
-            };
-            message
-                .headers
-                .push(Header::text("original-destination", origin));
-        }
+            .push(Header::text("original-destination", origin));
         message.destination = dlq.clone();
         let message = Arc::new(message);
         let (start, _) = self.append(vec![

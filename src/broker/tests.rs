@@ -3337,3 +3337,37 @@ async fn delayed_non_persistent_bodies_count_against_the_memory_limit() {
     assert_eq!(f.broker.stats().transient_bytes, 0);
     assert!(!gate.is_full());
 }
+
+/// A message carrying another destination's `original-destination` (taken off one DLQ and
+/// sent on to a retry queue with its headers) names, once dead-lettered, the queue it was
+/// dead-lettered from, as ActiveMQ sets it; dead-lettered again on that DLQ it is discarded,
+/// not moved on to a DLQ of the DLQ, and from there to yet another at each rejection.
+#[tokio::test]
+async fn a_message_with_a_foreign_original_destination_does_not_walk_a_chain_of_dlqs() {
+    let f = fixture(individual_dlqs()).await;
+    let (p, _) = f.broker.open_session(None);
+    let mut retried = persistent("retried");
+    retried
+        .headers
+        .push(Header::text("original-destination", "queue://orders"));
+    p.send(&queue("retry"), retried, None)
+        .unwrap()
+        .await
+        .unwrap();
+    let mut on = "retry".to_string();
+    for _ in 0..3 {
+        let (c, mut rx) = f.broker.open_session(None);
+        subscribe(&c, "c", queue(&on), 10);
+        let d = next(&mut rx).await;
+        c.nack(d.tag, None).unwrap().await.unwrap();
+        on = format!("ActiveMQ.DLQ.Queue.{on}");
+        if f.broker.queue_depth(&format!("queue://{on}")) == 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        on, "ActiveMQ.DLQ.Queue.ActiveMQ.DLQ.Queue.retry",
+        "walked on"
+    );
+    assert_eq!(f.broker.stats().dead_lettered, 1);
+}
