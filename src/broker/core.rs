@@ -1202,7 +1202,10 @@ impl Core {
     }
 
     /// Hands a confirmed topic message to the non-durable subscribers of `topic` and of the
-    /// wildcard patterns matching it (a consumer is on one of them, so it gets one copy).
+    /// wildcard patterns matching it, one copy per subscription: a consumer is on one of them,
+    /// but a composite subscription (`news.>,news.*`) has a consumer on each of its members,
+    /// and as in ActiveMQ (whose subscription is added once to each destination any member
+    /// matches) it gets the message once.
     fn publish_to_subscribers(&mut self, topic: &str, message: Arc<Message>, origin: u64) {
         let mut subscribers = self
             .topics
@@ -1210,8 +1213,20 @@ impl Core {
             .map(|t| t.subscribers.clone())
             .unwrap_or_default();
         let name = topic.strip_prefix("topic://").unwrap_or(topic);
+        let mut patterns = 0;
         for t in self.wildcards_matching(name) {
             subscribers.extend_from_slice(&t.subscribers);
+            patterns += 1;
+        }
+        if patterns > 0 {
+            // Only a pattern can match a topic another member of the same subscription is on
+            // (a subscription's members are distinct).
+            let mut seen = std::collections::HashSet::new();
+            subscribers.retain(|cid| {
+                self.consumers
+                    .get(cid)
+                    .is_some_and(|c| seen.insert((c.session, c.subscription.as_str())))
+            });
         }
         let limit = self.options.topic_pending_limit;
         for cid in subscribers {

@@ -2617,6 +2617,27 @@ async fn a_pull_of_a_composite_subscription_brings_one_message() {
     assert_eq!(both, ["a1", "b1"]);
 }
 
+/// A composite subscription whose topic members overlap (`news.>` and `news.*`, or a topic and
+/// a pattern matching it) gets each message once, as in ActiveMQ, where the one subscription is
+/// added once to each destination any member matches.
+#[tokio::test]
+async fn a_composite_subscription_with_overlapping_topic_members_gets_each_message_once() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (c, mut rx) = f.broker.open_session(None);
+    c.subscribe_to_each(
+        request("s", topic("unused"), 10),
+        &[topic("news.>"), topic("news.*"), topic("news.eu")],
+    )
+    .unwrap()
+    .await
+    .unwrap();
+    let (producer, _) = f.broker.open_session(None);
+    for (name, body) in [("news.eu", "eu"), ("news.us", "us"), ("news.eu.fr", "fr")] {
+        send_settled(&producer, &topic(name), non_persistent(body)).await;
+    }
+    assert_eq!(bodies(&take_all(&mut rx)), ["eu", "us", "fr"]);
+}
+
 /// A composite subscription with a wildcard queue member, or a durable one, is refused whole:
 /// no member keeps a consumer.
 #[tokio::test]
