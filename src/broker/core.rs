@@ -314,6 +314,20 @@ fn is_virtual_subscription(subscription: &SubscriptionAdd) -> bool {
     subscription.queue.starts_with("queue://")
 }
 
+/// The distinct members of a composite destination, in order; more than
+/// [`super::MAX_COMPOSITE_MEMBERS`] are refused before they are compared.
+fn distinct(members: &[Destination]) -> Result<Vec<&Destination>, BrokerError> {
+    if members.len() > super::MAX_COMPOSITE_MEMBERS {
+        let first = members.first().map(Destination::canonical).unwrap_or_default();
+        return Err(BrokerError::InvalidComposite(
+            format!("{first},..."),
+            super::too_many_members(members.len()),
+        ));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(members.len());
+    Ok(members.iter().filter(|d| seen.insert(*d)).collect())
+}
+
 /// A consumer's priority, by id, as [`Queue`]'s consumer order needs it.
 fn priority_of(consumers: &HashMap<u64, Consumer>) -> impl Fn(u64) -> i8 + '_ {
     |cid| consumers.get(&cid).map_or(0, |c| c.priority)
@@ -967,12 +981,7 @@ impl Core {
         new: NewMessage,
         transaction: Option<&str>,
     ) -> Result<Confirmation, BrokerError> {
-        let mut members: Vec<&Destination> = Vec::with_capacity(destinations.len());
-        for d in destinations {
-            if !members.contains(&d) {
-                members.push(d);
-            }
-        }
+        let members = distinct(destinations)?;
         let Some(&first) = members.first() else {
             return Err(BrokerError::InvalidDestination(String::new()));
         };
@@ -982,12 +991,6 @@ impl Core {
             return Err(BrokerError::Unsupported(format!(
                 "sending to '{}', a wildcard destination: send to each destination by name",
                 pattern.canonical()
-            )));
-        }
-        if members.len() > crate::store::MAX_ENTRIES {
-            return Err(BrokerError::InvalidMessage(format!(
-                "a send to more than {} destinations at once",
-                crate::store::MAX_ENTRIES
             )));
         }
         if let Some(reason) = &self.failed {
@@ -1283,12 +1286,7 @@ impl Core {
         if state.subscriptions.contains_key(&request.id) {
             return Err(BrokerError::DuplicateSubscription(request.id));
         }
-        let mut distinct: Vec<&Destination> = Vec::with_capacity(members.len());
-        for d in members {
-            if !distinct.contains(&d) {
-                distinct.push(d);
-            }
-        }
+        let distinct = distinct(members)?;
         if distinct.is_empty() {
             return Err(BrokerError::InvalidDestination(String::new()));
         }

@@ -202,10 +202,17 @@ impl Destination {
     }
 }
 
+/// The most destinations a composite destination may name. Each is a consumer of a composite
+/// subscription and a copy (a journal entry) of a composite send, and a subscription's
+/// acknowledgements, pulls and prefetch changes visit every member, so the count is bounded
+/// (ActiveMQ sets no limit).
+pub const MAX_COMPOSITE_MEMBERS: usize = 1024;
+
 /// The members of destination name `text` if it is composite (ActiveMQ's `a,b`: it names
 /// every member), in order, each trimmed and then read by `parse`, the protocol's rule for a
 /// member (its error says why that member is refused); `None` for a name without a comma. An
-/// empty member (`a,,b`, `a,`) or one `parse` refuses makes the whole name
+/// empty member (`a,,b`, `a,`), one `parse` refuses or more than [`MAX_COMPOSITE_MEMBERS`]
+/// members (counted before any is parsed) make the whole name
 /// [`BrokerError::InvalidComposite`]. The core takes the parsed members
 /// ([`Session::send_to_each`], [`Session::subscribe_to_each`]).
 pub fn composite_members(
@@ -214,6 +221,13 @@ pub fn composite_members(
 ) -> Result<Option<Vec<Destination>>, BrokerError> {
     if !text.contains(',') {
         return Ok(None);
+    }
+    let count = text.split(',').count();
+    if count > MAX_COMPOSITE_MEMBERS {
+        return Err(BrokerError::InvalidComposite(
+            shortened(text),
+            too_many_members(count),
+        ));
     }
     text.split(',')
         .map(str::trim)
@@ -226,7 +240,21 @@ pub fn composite_members(
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
-        .map_err(|why| BrokerError::InvalidComposite(text.to_string(), why))
+        .map_err(|why| BrokerError::InvalidComposite(shortened(text), why))
+}
+
+/// Why a composite destination of `count` members is refused.
+pub(crate) fn too_many_members(count: usize) -> String {
+    format!("it names {count} destinations, more than the {MAX_COMPOSITE_MEMBERS} one may name")
+}
+
+/// A destination name as an error quotes it: a long one only by its beginning.
+fn shortened(text: &str) -> String {
+    const SHOWN: usize = 100;
+    match text.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}... ({} bytes)", &text[..end], text.len()),
+        None => text.to_string(),
+    }
 }
 
 /// A message as a producer hands it to the core.

@@ -2638,6 +2638,54 @@ async fn a_composite_subscription_with_overlapping_topic_members_gets_each_messa
     assert_eq!(bodies(&take_all(&mut rx)), ["eu", "us", "fr"]);
 }
 
+/// A composite destination names at most [`MAX_COMPOSITE_MEMBERS`] destinations: more are
+/// refused at once, naming the limit, as a name (without parsing every member), as a send and
+/// as a subscription (which would otherwise make a consumer per member), and the work is
+/// bounded by the count (no pairwise comparison of a huge member list under the core's lock).
+#[tokio::test]
+async fn a_composite_destination_with_too_many_members_is_refused_at_once() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (s, mut rx) = f.broker.open_session(None);
+    let names: Vec<String> = (0..150_000).map(|i| format!("q{i}")).collect();
+    let many: Vec<Destination> = names.iter().map(|n| queue(n)).collect();
+    let limit = MAX_COMPOSITE_MEMBERS.to_string();
+    let started = std::time::Instant::now();
+    let error = s.send_to_each(&many, persistent("m"), None).unwrap_err();
+    assert!(error.to_string().contains(&limit), "{error}");
+    s.begin("tx").unwrap();
+    let error = s.send_to_each(&many, persistent("m"), Some("tx")).unwrap_err();
+    assert!(error.to_string().contains(&limit), "{error}");
+    let error = s
+        .subscribe_to_each(request("s", queue("unused"), 10), &many)
+        .unwrap_err();
+    assert!(error.to_string().contains(&limit), "{error}");
+    let mut parsed = 0;
+    let error = composite_members(&names.join(","), |m| {
+        parsed += 1;
+        Ok(queue(m))
+    })
+    .unwrap_err();
+    assert!(
+        matches!(&error, BrokerError::InvalidComposite(name, why) if why.contains(&limit) && name.len() < 200),
+        "{error}"
+    );
+    assert_eq!(parsed, 0, "refused before parsing members");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refusing took {:?}",
+        started.elapsed()
+    );
+    // Just as many members are taken, by a subscription too.
+    let most = &many[..MAX_COMPOSITE_MEMBERS];
+    s.subscribe_to_each(request("s", queue("unused"), 10), most)
+        .unwrap();
+    let (producer, _) = f.broker.open_session(None);
+    send_to_each(&producer, most, persistent("m")).await;
+    let _ = s.next_tag();
+    assert_eq!(take_all(&mut rx).len(), MAX_COMPOSITE_MEMBERS);
+    assert_eq!(f.broker.queue_depth("queue://q0"), 0);
+}
+
 /// A composite subscription with a wildcard queue member, or a durable one, is refused whole:
 /// no member keeps a consumer.
 #[tokio::test]
