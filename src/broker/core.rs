@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
 use super::memory::Memory;
-use super::queue::{Body, Consumer, Entry, InFlight, Queue, Source};
+use super::queue::{has_credit, Body, Consumer, Entry, InFlight, Queue, Source};
 use super::schedule;
 use super::selector::Selector;
 use super::wildcard::{self, Pattern};
@@ -1234,13 +1234,14 @@ impl Core {
         let limit = self.options.topic_pending_limit;
         for cid in subscribers {
             let entry = Entry::new(None, message.clone(), 0).from(origin);
+            let credit = has_credit(&self.consumers, cid);
             let Some(consumer) = self.consumers.get_mut(&cid) else {
                 continue;
             };
             if !consumer.accepts(&entry) {
                 continue;
             }
-            if consumer.has_credit() && consumer.pending.is_empty() {
+            if credit && consumer.pending.is_empty() {
                 self.deliver(cid, None, entry, false);
             } else {
                 consumer.pending.push_back(entry);
@@ -1274,8 +1275,9 @@ impl Core {
     }
 
     /// Subscribes `request` to every one of `members` (a composite destination's) in place of
-    /// its destination: one consumer per distinct member, each with the request's prefetch
-    /// window and selector, all delivering under the request's id. All or nothing.
+    /// its destination: one consumer per distinct member, each with the request's selector,
+    /// all delivering under the request's id and sharing its one prefetch window (see
+    /// [`has_credit`]). All or nothing.
     pub fn subscribe_each(
         &mut self,
         session: u64,
@@ -1303,12 +1305,19 @@ impl Core {
             .subscriptions
             .insert(request.id.clone(), Vec::new());
         let mut confirmation = Confirmation::done();
+        // The consumers' ids, as add_consumer gives them (one after the other, under this
+        // lock): a composite's consumers share one prefetch window (see `has_credit`).
+        let members: Arc<[u64]> = if distinct.len() > 1 {
+            (self.next_consumer..self.next_consumer + distinct.len() as u64).collect()
+        } else {
+            Arc::new([])
+        };
         for d in distinct {
             let member = SubscribeRequest {
                 destination: d.clone(),
                 ..request.clone()
             };
-            match self.add_consumer(session, member) {
+            match self.add_consumer(session, member, members.clone()) {
                 // Confirmations resolve in order: the last one waiting covers the others.
                 Ok(c) if c.is_done() => {}
                 Ok(c) => confirmation = c,
@@ -1327,6 +1336,7 @@ impl Core {
         &mut self,
         session: u64,
         request: SubscribeRequest,
+        members: Arc<[u64]>,
     ) -> Result<Confirmation, BrokerError> {
         let state = self.session(session)?;
         let client_id = state.client_id.clone();
@@ -1401,6 +1411,7 @@ impl Core {
             && matches!(request.destination, Destination::Topic(_));
         let id = self.next_consumer;
         self.next_consumer += 1;
+        debug_assert!(members.is_empty() || members.contains(&id));
         self.consumers.insert(
             id,
             Consumer {
@@ -1422,6 +1433,7 @@ impl Core {
                 exclusive,
                 priority: request.priority,
                 no_local: request.no_local && !durable,
+                members,
             },
         );
         self.session(session)?
@@ -1747,6 +1759,15 @@ impl Core {
             Some(q) => self.as_on_queue(&entry.message, q),
             None => entry.message.clone(),
         };
+        // The window the other consumers of a composite's subscription use (they share it).
+        let others: usize = self.consumers.get(&cid).map_or(0, |c| {
+            c.members
+                .iter()
+                .filter(|m| **m != cid)
+                .filter_map(|m| self.consumers.get(m))
+                .map(Consumer::window_used)
+                .sum()
+        });
         let Some(consumer) = self.consumers.get_mut(&cid) else {
             return;
         };
@@ -1761,7 +1782,8 @@ impl Core {
             group_first,
         };
         consumer.in_flight.insert(tag, InFlight { queue, entry });
-        let pulled = consumer.window_used() > consumer.prefetch as usize && consumer.pulls > 0;
+        let pulled =
+            others + consumer.window_used() > consumer.prefetch as usize && consumer.pulls > 0;
         if pulled {
             consumer.pulls -= 1;
         }
@@ -1818,7 +1840,7 @@ impl Core {
                 break;
             }
             let chosen = q.choose(|cid| {
-                q.admits(cid) && self.consumers.get(&cid).is_some_and(|c| c.has_credit())
+                q.admits(cid) && has_credit(&self.consumers, cid)
             });
             let Some(index) = chosen else {
                 break;
@@ -1878,7 +1900,7 @@ impl Core {
             let any_credit = q
                 .consumers
                 .iter()
-                .any(|c| q.admits(*c) && self.consumers.get(c).is_some_and(|c| c.has_credit()));
+                .any(|c| q.admits(*c) && has_credit(&self.consumers, *c));
             if n == 0 || !any_credit {
                 break;
             }
@@ -1914,7 +1936,8 @@ impl Core {
                     && self
                         .consumers
                         .get(&cid)
-                        .is_some_and(|c| c.has_credit() && c.accepts(entry))
+                        .is_some_and(|c| c.accepts(entry))
+                    && has_credit(&self.consumers, cid)
             });
             let Some(index) = chosen else {
                 self.stats.passed_over += 1;
@@ -1989,7 +2012,8 @@ impl Core {
                 while self
                     .consumers
                     .get(&cid)
-                    .is_some_and(|c| c.has_credit() && !c.pending.is_empty())
+                    .is_some_and(|c| !c.pending.is_empty())
+                    && has_credit(&self.consumers, cid)
                 {
                     let entry = self
                         .consumers
@@ -2217,9 +2241,20 @@ impl Core {
         Ok(taken)
     }
 
-    /// Gives each consumer [`Core::take_acked`] took deliveries from more of what waits for it.
+    /// Gives each consumer [`Core::take_acked`] took deliveries from more of what waits for it,
+    /// and the other consumers of its subscription too (a composite destination's share one
+    /// prefetch window).
     fn refill_each(&mut self, cids: BTreeSet<u64>) {
+        let mut all = BTreeSet::new();
         for cid in cids {
+            match self.consumers.get(&cid) {
+                Some(c) if !c.members.is_empty() => all.extend(c.members.iter().copied()),
+                _ => {
+                    all.insert(cid);
+                }
+            }
+        }
+        for cid in all {
             self.refill(cid);
         }
     }
@@ -2339,10 +2374,14 @@ impl Core {
     /// The client consumed every delivery of subscription `id` up to `tag` without
     /// acknowledging them yet: they stop filling its prefetch window.
     pub fn delivered(&mut self, session: u64, id: &str, tag: u64) -> Result<(), BrokerError> {
-        for cid in self.consumers_of(session, id)? {
-            if let Some(c) = self.consumers.get_mut(&cid) {
+        // All first, then the refills: a composite's consumers share one window.
+        let cids = self.consumers_of(session, id)?;
+        for cid in &cids {
+            if let Some(c) = self.consumers.get_mut(cid) {
                 c.mark_delivered(tag);
             }
+        }
+        for cid in cids {
             self.refill(cid);
         }
         Ok(())
@@ -2402,10 +2441,13 @@ impl Core {
         id: &str,
         prefetch: u32,
     ) -> Result<(), BrokerError> {
-        for cid in self.consumers_of(session, id)? {
-            if let Some(c) = self.consumers.get_mut(&cid) {
+        let cids = self.consumers_of(session, id)?;
+        for cid in &cids {
+            if let Some(c) = self.consumers.get_mut(cid) {
                 c.prefetch = prefetch;
             }
+        }
+        for cid in cids {
             self.refill(cid);
         }
         Ok(())

@@ -742,10 +742,9 @@ impl Session {
     /// Subscribes to every one of `members` (a composite destination's, see
     /// [`composite_members`]) in place of `request.destination`: deliveries from each distinct
     /// member arrive under `request.id`, each naming its member; acknowledgements, pulls,
-    /// prefetch changes and the unsubscribe cover them all. Each member's consumer has the
-    /// request's prefetch window, so as many as that times the members may be unacknowledged
-    /// (as with ActiveMQ, whose subscription is added to each member). A durable subscription
-    /// takes one topic.
+    /// prefetch changes and the unsubscribe cover them all. The members' consumers share the
+    /// request's one prefetch window, as ActiveMQ's one subscription on several destinations
+    /// has one list of dispatched messages. A durable subscription takes one topic.
     pub fn subscribe_to_each(
         &self,
         request: SubscribeRequest,

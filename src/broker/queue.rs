@@ -1,7 +1,7 @@
 //! A queue's messages and consumers, and what one delivery carries. Pure data: the rules
 //! for moving messages between these live in `core.rs`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -292,6 +292,29 @@ pub(super) struct Consumer {
     /// Messages its own session sent are not for it (JMS noLocal). Never set on a durable
     /// subscription's consumer: its queue is not fed them (see `Core::route`).
     pub no_local: bool,
+    /// The consumers of its subscription when that is on a composite destination (itself
+    /// among them; empty otherwise): their prefetch window is one, shared (see
+    /// [`has_credit`]).
+    pub members: Arc<[u64]>,
+}
+
+/// Whether consumer `cid` may be handed one more message: it has an outstanding pull, or room
+/// in its prefetch window, which a composite destination's consumers share, as ActiveMQ's one
+/// subscription on several destinations has one window.
+pub(super) fn has_credit(consumers: &HashMap<u64, Consumer>, cid: u64) -> bool {
+    let Some(c) = consumers.get(&cid) else {
+        return false;
+    };
+    if c.members.is_empty() {
+        return c.has_credit();
+    }
+    c.pulls > 0
+        || c.members
+            .iter()
+            .filter_map(|m| consumers.get(m))
+            .map(Consumer::window_used)
+            .sum::<usize>()
+            < c.prefetch as usize
 }
 
 impl Consumer {

@@ -2675,15 +2675,54 @@ async fn a_composite_destination_with_too_many_members_is_refused_at_once() {
         "refusing took {:?}",
         started.elapsed()
     );
-    // Just as many members are taken, by a subscription too.
+    // Just as many members are taken, by a subscription too (its one window fits them all).
     let most = &many[..MAX_COMPOSITE_MEMBERS];
-    s.subscribe_to_each(request("s", queue("unused"), 10), most)
+    let window = MAX_COMPOSITE_MEMBERS as u32;
+    s.subscribe_to_each(request("s", queue("unused"), window), most)
         .unwrap();
     let (producer, _) = f.broker.open_session(None);
     send_to_each(&producer, most, persistent("m")).await;
     let _ = s.next_tag();
     assert_eq!(take_all(&mut rx).len(), MAX_COMPOSITE_MEMBERS);
     assert_eq!(f.broker.queue_depth("queue://q0"), 0);
+}
+
+/// A composite subscription has one prefetch window across its members, as in ActiveMQ (one
+/// subscription, one list of dispatched messages, whichever destination they come from): with
+/// prefetch 1 it holds one unacknowledged message, and the other members' messages stay for
+/// competing consumers; an acknowledgement through any member lets the next one through.
+#[tokio::test]
+async fn a_composite_subscription_shares_one_prefetch_window_across_its_members() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (producer, _) = f.broker.open_session(None);
+    for member in ["a", "b", "c"] {
+        send_settled(&producer, &queue(member), persistent(member)).await;
+    }
+    send_settled(&producer, &topic("t"), non_persistent("t")).await;
+    let (c, mut rx) = f.broker.open_session(None);
+    c.subscribe_to_each(
+        request("s", queue("unused"), 1),
+        &[queue("a"), queue("b"), topic("t"), queue("c")],
+    )
+    .unwrap()
+    .await
+    .unwrap();
+    let _ = c.next_tag();
+    let mut got = take_all(&mut rx);
+    assert_eq!(bodies(&got), ["a"], "one window of 1");
+    send_settled(&producer, &topic("t"), non_persistent("t1")).await;
+    assert!(take_all(&mut rx).is_empty(), "the topic member waits too");
+    for _ in 0..3 {
+        let last = got.pop().unwrap();
+        c.ack(last.tag, AckScope::Single, None)
+            .unwrap()
+            .await
+            .unwrap();
+        let _ = c.next_tag();
+        got = take_all(&mut rx);
+        assert_eq!(got.len(), 1, "{:?}", bodies(&got));
+    }
+    assert_eq!(f.broker.queue_depth("queue://a") + f.broker.queue_depth("queue://b") + f.broker.queue_depth("queue://c"), 0);
 }
 
 /// A composite subscription with a wildcard queue member, or a durable one, is refused whole:
