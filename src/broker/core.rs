@@ -318,7 +318,10 @@ fn is_virtual_subscription(subscription: &SubscriptionAdd) -> bool {
 /// [`super::MAX_COMPOSITE_MEMBERS`] are refused before they are compared.
 fn distinct(members: &[Destination]) -> Result<Vec<&Destination>, BrokerError> {
     if members.len() > super::MAX_COMPOSITE_MEMBERS {
-        let first = members.first().map(Destination::canonical).unwrap_or_default();
+        let first = members
+            .first()
+            .map(Destination::canonical)
+            .unwrap_or_default();
         return Err(BrokerError::InvalidComposite(
             format!("{first},..."),
             super::too_many_members(members.len()),
@@ -1839,9 +1842,7 @@ impl Core {
             if n == 0 || q.ready.is_empty() {
                 break;
             }
-            let chosen = q.choose(|cid| {
-                q.admits(cid) && has_credit(&self.consumers, cid)
-            });
+            let chosen = q.choose(|cid| q.admits(cid) && has_credit(&self.consumers, cid));
             let Some(index) = chosen else {
                 break;
             };
@@ -1933,10 +1934,7 @@ impl Core {
             let chosen = q.choose(|cid| {
                 q.admits(cid)
                     && pinned.is_none_or(|p| p == cid)
-                    && self
-                        .consumers
-                        .get(&cid)
-                        .is_some_and(|c| c.accepts(entry))
+                    && self.consumers.get(&cid).is_some_and(|c| c.accepts(entry))
                     && has_credit(&self.consumers, cid)
             });
             let Some(index) = chosen else {

@@ -2653,7 +2653,9 @@ async fn a_composite_destination_with_too_many_members_is_refused_at_once() {
     let error = s.send_to_each(&many, persistent("m"), None).unwrap_err();
     assert!(error.to_string().contains(&limit), "{error}");
     s.begin("tx").unwrap();
-    let error = s.send_to_each(&many, persistent("m"), Some("tx")).unwrap_err();
+    let error = s
+        .send_to_each(&many, persistent("m"), Some("tx"))
+        .unwrap_err();
     assert!(error.to_string().contains(&limit), "{error}");
     let error = s
         .subscribe_to_each(request("s", queue("unused"), 10), &many)
@@ -2722,7 +2724,12 @@ async fn a_composite_subscription_shares_one_prefetch_window_across_its_members(
         got = take_all(&mut rx);
         assert_eq!(got.len(), 1, "{:?}", bodies(&got));
     }
-    assert_eq!(f.broker.queue_depth("queue://a") + f.broker.queue_depth("queue://b") + f.broker.queue_depth("queue://c"), 0);
+    assert_eq!(
+        f.broker.queue_depth("queue://a")
+            + f.broker.queue_depth("queue://b")
+            + f.broker.queue_depth("queue://c"),
+        0
+    );
 }
 
 /// A composite subscription with a wildcard queue member, or a durable one, is refused whole:
