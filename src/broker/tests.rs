@@ -2311,6 +2311,49 @@ async fn a_no_local_queue_consumer_leaves_its_connections_messages_to_others() {
     assert_eq!(bodies(&take_all(&mut plain_rx)), ["mine"]);
 }
 
+/// A queue whose only consumer is noLocal and whose backlog is all its own connection's: each
+/// send costs bounded work (no walk through the whole backlog), nothing is lost, and the
+/// messages go to another connection's consumer once there is one, also a message the noLocal
+/// consumer's connection had delivered elsewhere and that came back (it keeps its origin).
+#[tokio::test]
+async fn a_no_local_consumer_alone_with_its_own_backlog_costs_each_send_bounded_work() {
+    const BACKLOG: usize = 3 * super::core::SCAN_LIMIT;
+    let f = fixture(BrokerOptions::default()).await;
+    let (own, mut own_rx) = no_local_on(&f, None, queue("q"), None);
+    let (other, mut other_rx) = f.broker.open_session(None);
+    subscribe(&other, "plain", queue("q"), 1);
+    send_to_q(&own, persistent("first")).await;
+    let first = next(&mut other_rx).await;
+    let mut confirmations = Vec::new();
+    for i in 0..BACKLOG {
+        confirmations.push(
+            own.send(&queue("q"), persistent(&i.to_string()), None)
+                .unwrap(),
+        );
+    }
+    for confirmation in confirmations {
+        confirmation.await.unwrap();
+    }
+    let _ = own.next_tag();
+    // The plain consumer leaves: "first" comes back, still the noLocal connection's own.
+    drop(other);
+    drop(other_rx);
+    let before = f.broker.stats().passed_over;
+    send_to_q(&own, persistent("last")).await;
+    let walked = f.broker.stats().passed_over - before;
+    assert!(
+        walked <= super::core::SCAN_LIMIT as u64,
+        "one send walked past {walked} messages of a {BACKLOG}-message backlog"
+    );
+    assert!(take_all(&mut own_rx).is_empty());
+    assert_eq!(f.broker.queue_depth("queue://q"), BACKLOG + 2);
+    let (_plain, mut plain_rx) = consumer_on_q(&f, u32::MAX);
+    let got = take_all(&mut plain_rx);
+    assert_eq!(got.len(), BACKLOG + 2);
+    assert_eq!(body(&got[0]), body(&first));
+    assert_eq!(got[0].redelivery_count, 1);
+}
+
 #[tokio::test]
 async fn a_no_local_durable_subscriber_is_not_kept_its_last_connections_messages() {
     let f = fixture(BrokerOptions::default()).await;
