@@ -115,6 +115,34 @@ struct SessionState {
     /// destination (see [`Core::subscribe_each`]).
     subscriptions: HashMap<String, Vec<u64>>,
     transactions: HashMap<String, Transaction>,
+    /// Who its sends are from, for noLocal (see `Entry::origin`): its session id, or its
+    /// client connection's [`connection_origin`] once the protocol named the connection.
+    origin: u64,
+}
+
+/// The origin (see `Entry::origin`) of the messages of client connection `connection` (an
+/// OpenWire connection id): the same for each socket its failover transport opens, and after
+/// a restart or failover, as ActiveMQ's noLocal compares the message's producer connection id
+/// with the consumer's. A hash with its top bit set, apart from session ids.
+fn connection_origin(connection: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in connection.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash | (1 << 63)
+}
+
+/// The origin of a stored message, from its producer id (OpenWire's
+/// `<connection id>:<session>:<producer>`); 0 (nobody's) for any other.
+fn stored_origin(producer_id: &str) -> u64 {
+    let mut parts = producer_id.rsplitn(3, ':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some(_), Some(connection)) if connection.starts_with("ID:") => {
+            connection_origin(connection)
+        }
+        _ => 0,
+    }
 }
 
 #[derive(Default)]
@@ -190,8 +218,9 @@ struct Durable {
     selector: Option<Arc<Selector>>,
     /// The consumer currently attached, if any.
     active: Option<u64>,
-    /// With noLocal, the session it was last active on: that session's messages are not
-    /// stored for it, even while it is inactive (see [`Core::route`]). In memory only.
+    /// With noLocal, the origin (session or client connection, see `Entry::origin`) it was
+    /// last active on: its messages are not stored for it, even while it is inactive (see
+    /// [`Core::route`]). In memory only.
     no_local_session: Option<u64>,
 }
 
@@ -437,7 +466,8 @@ impl Core {
             core.queues.entry(queue.clone()).or_default();
             for (key, message) in messages {
                 let redeliveries = message.redelivery_count;
-                let mut entry = Entry::new(Some(key), Arc::new(message), redeliveries);
+                let origin = stored_origin(&message.producer_id);
+                let mut entry = Entry::new(Some(key), Arc::new(message), redeliveries).from(origin);
                 if recovered.bodies_on_disk.contains(&key) {
                     entry.body = Body::OnDisk;
                 }
@@ -896,9 +926,18 @@ impl Core {
                 deliveries,
                 subscriptions: HashMap::new(),
                 transactions: HashMap::new(),
+                origin: id,
             },
         );
         id
+    }
+
+    /// Session `session` serves client connection `connection`: its messages are that
+    /// connection's for noLocal (see [`connection_origin`]). Called before it subscribes.
+    pub fn set_connection(&mut self, session: u64, connection: &str) {
+        if let Some(state) = self.sessions.get_mut(&session) {
+            state.origin = connection_origin(connection);
+        }
     }
 
     pub fn close_session(&mut self, session: u64) {
@@ -1138,7 +1177,8 @@ impl Core {
         destination: &Destination,
         message: Arc<Message>,
     ) -> (Vec<crate::store::Entry>, Vec<Publish>) {
-        let entry = |message: &Arc<Message>| Entry::new(None, message.clone(), 0).from(session);
+        let origin = self.sessions.get(&session).map_or(session, |s| s.origin);
+        let entry = |message: &Arc<Message>| Entry::new(None, message.clone(), 0).from(origin);
         match destination {
             Destination::Queue(_) => {
                 let queue = destination.canonical();
@@ -1165,7 +1205,7 @@ impl Core {
                     .filter(|q| {
                         self.durables.get(q).is_none_or(|d| {
                             d.selector.as_ref().is_none_or(|s| s.matches(&message))
-                                && d.no_local_session != Some(session)
+                                && d.no_local_session != Some(origin)
                         })
                     })
                     .collect();
@@ -1173,7 +1213,7 @@ impl Core {
                     .iter()
                     .map(|q| Publish::Queue(q.clone(), entry(&message)))
                     .collect();
-                publish.push(Publish::Topic(topic, message.clone(), session));
+                publish.push(Publish::Topic(topic, message.clone(), origin));
                 let entries = if message.persistent && !durables.is_empty() {
                     vec![add_entry(durables, message)]
                 } else {
@@ -1344,6 +1384,7 @@ impl Core {
         let state = self.session(session)?;
         let client_id = state.client_id.clone();
         let deliveries = state.deliveries.clone();
+        let origin = state.origin;
         check_subscribable(&request.destination)?;
         let selector = parse_selector(request.selector.as_deref())?;
         let selector_text = request.selector.clone().unwrap_or_default();
@@ -1436,6 +1477,7 @@ impl Core {
                 exclusive,
                 priority: request.priority,
                 no_local: request.no_local && !durable,
+                origin,
                 members,
             },
         );
@@ -1448,7 +1490,7 @@ impl Core {
             Source::Queue(queue) => {
                 if let Some(d) = self.durables.get_mut(&queue) {
                     d.active = Some(id);
-                    d.no_local_session = request.no_local.then_some(session);
+                    d.no_local_session = request.no_local.then_some(origin);
                 }
                 let q = self.queues.entry(queue.clone()).or_default();
                 q.add_consumer(id, request.priority, priority_of(&self.consumers));
@@ -2142,7 +2184,8 @@ impl Core {
         ])?;
         let publish = vec![Publish::Queue(
             dlq,
-            Entry::new(Some(MessageKey::new(start, 1)), message, entry.redeliveries),
+            Entry::new(Some(MessageKey::new(start, 1)), message, entry.redeliveries)
+                .from(entry.origin),
         )];
         drop(self.wait_for(publish));
         Ok(())

@@ -303,7 +303,8 @@ pub struct SubscribeRequest {
     /// message).
     pub priority: i8,
     /// JMS noLocal (STOMP `activemq.noLocal:true`, OpenWire `ConsumerInfo.noLocal`): messages
-    /// sent through this subscriber's own session (its connection) are not delivered to it.
+    /// sent through this subscriber's own session (its connection; an OpenWire connection
+    /// across reconnects, see [`Session::set_connection`]) are not delivered to it.
     /// As in ActiveMQ, where it is part of every subscription's selector, it applies to queue
     /// consumers too (the message stays for other consumers). A durable subscription is not
     /// kept the messages of the connection it was last active on, even while inactive; back
@@ -770,6 +771,14 @@ impl Session {
     /// Ends a subscription whose client reports that only deliveries up to tag `seen_upto`
     /// reached the application: the others return to the queue without counting as
     /// redelivered (ActiveMQ's `lastDeliveredSequenceId`).
+    /// This session serves client connection `connection` (an OpenWire connection id, which a
+    /// failover client keeps when it reconnects): noLocal takes the messages sent under that
+    /// connection, through any session, after a restart or failover too, for its own, as
+    /// ActiveMQ compares connection ids. Call it before subscribing.
+    pub fn set_connection(&self, connection: &str) {
+        lock(&self.shared).set_connection(self.id, connection);
+    }
+
     pub fn close_consumer(&self, id: &str, seen_upto: u64) -> Result<Confirmation, BrokerError> {
         lock(&self.shared).unsubscribe_seen(self.id, id, false, seen_upto)
     }

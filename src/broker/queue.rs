@@ -22,9 +22,10 @@ pub(super) struct Entry {
     pub message: Arc<Message>,
     pub redeliveries: u32,
     pub body: Body,
-    /// The session (client connection) that sent the message, for noLocal subscribers; 0
-    /// when unknown (a message recovered from the store: its connection is gone, and session
-    /// ids are never reused, so no subscriber takes it for its own).
+    /// Who sent the message, for noLocal subscribers: the sending session's id, or the client
+    /// connection it serves when the protocol named it (an OpenWire connection id, which a
+    /// failover client keeps across reconnects; also read back from a recovered message's
+    /// producer id); 0 when unknown (nobody's own).
     pub origin: u64,
 }
 
@@ -292,6 +293,8 @@ pub(super) struct Consumer {
     /// Messages its own session sent are not for it (JMS noLocal). Never set on a durable
     /// subscription's consumer: its queue is not fed them (see `Core::route`).
     pub no_local: bool,
+    /// Its session's origin (its client connection, see `Entry::origin`), for noLocal.
+    pub origin: u64,
     /// The consumers of its subscription when that is on a composite destination (itself
     /// among them; empty otherwise): their prefetch window is one, shared (see
     /// [`has_credit`]).
@@ -321,7 +324,7 @@ impl Consumer {
     /// Whether this consumer takes `entry`: its selector accepts the message, and it is not
     /// its own session's with noLocal.
     pub fn accepts(&self, entry: &Entry) -> bool {
-        !(self.no_local && entry.origin == self.session)
+        !(self.no_local && entry.origin == self.origin)
             && self
                 .selector
                 .as_ref()

@@ -2354,6 +2354,38 @@ async fn a_no_local_consumer_alone_with_its_own_backlog_costs_each_send_bounded_
     assert_eq!(got[0].redelivery_count, 1);
 }
 
+/// noLocal is about the client connection when the protocol names it (an OpenWire connection
+/// id, kept by a failover client): after a restart, the same connection's noLocal consumer is
+/// still not given what it sent before (read back from the stored producer id), while another
+/// connection's consumer is.
+#[tokio::test]
+async fn a_no_local_consumer_skips_its_connections_messages_also_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let connection = "ID:host-1-2-3:1";
+    {
+        let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+        let (s, _) = broker.open_session(None);
+        s.set_connection(connection);
+        let mut m = persistent("mine");
+        m.message_id = Some(format!("{connection}:1:1:1"));
+        send_settled(&s, &queue("q"), m).await;
+    }
+    let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+    let (s, mut rx) = broker.open_session(None);
+    s.set_connection(connection);
+    s.subscribe(SubscribeRequest {
+        no_local: true,
+        ..request("s", queue("q"), 10)
+    })
+    .unwrap();
+    let _ = s.next_tag();
+    assert!(take_all(&mut rx).is_empty(), "its own connection's message");
+    assert_eq!(broker.queue_depth("queue://q"), 1);
+    let (other, mut other_rx) = broker.open_session(None);
+    subscribe(&other, "s", queue("q"), 10);
+    assert_eq!(body(&next(&mut other_rx).await), "mine");
+}
+
 #[tokio::test]
 async fn a_no_local_durable_subscriber_is_not_kept_its_last_connections_messages() {
     let f = fixture(BrokerOptions::default()).await;

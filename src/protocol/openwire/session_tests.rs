@@ -882,3 +882,42 @@ async fn a_replayed_composite_consumer_gets_its_one_window_back_with_consumer_co
             .as_deref()
     );
 }
+
+/// noLocal is about the client's connection (ActiveMQ compares the message's producer
+/// connection id with the consumer's), which the failover transport keeps when it reconnects: a
+/// noLocal queue consumer replayed on the new socket still does not get what its connection
+/// sent before, which waits for other consumers.
+#[tokio::test]
+async fn a_no_local_consumer_replayed_after_a_reconnect_still_skips_its_connections_messages() {
+    let f = fixture(&[]);
+    let conn = "ID:t-nl:1";
+    let no_local = || {
+        let Command::ConsumerInfo(mut info) = subscribe(conn, 1, "nl", 10) else {
+            unreachable!()
+        };
+        info.no_local = true;
+        Command::ConsumerInfo(info)
+    };
+    let mut c = Client::connected(&f, conn).await;
+    let answer = c.request(no_local()).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    let answer = c.request(text(conn, "nl", 1, "mine")).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    assert_eq!(f.broker.queue_depth("queue://nl"), 1);
+    drop(c);
+
+    let mut c = Client::connected(&f, conn).await;
+    let answer = c.request(no_local()).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    // A round trip after the subscription: anything dispatched to it is queued before this.
+    let answer = c.request(text(conn, "other", 2, "sync")).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    assert_eq!(
+        f.broker.queue_depth("queue://nl"),
+        1,
+        "its own connection's message was dispatched to the noLocal consumer"
+    );
+    let mut other = Client::connected(&f, "ID:t-nl:2").await;
+    other.request(subscribe("ID:t-nl:2", 1, "nl", 10)).await;
+    assert_eq!(body_of(&other.next().await).as_deref(), Some("mine"));
+}
