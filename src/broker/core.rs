@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
 use super::memory::Memory;
-use super::queue::{Body, Consumer, Entry, InFlight, Queue, Source};
+use super::queue::{has_credit, Body, Consumer, Entry, InFlight, Queue, Source};
 use super::schedule;
 use super::selector::Selector;
 use super::wildcard::{self, Pattern};
@@ -118,6 +118,34 @@ struct SessionState {
     /// destination (see [`Core::subscribe_each`]).
     subscriptions: HashMap<String, Vec<u64>>,
     transactions: HashMap<String, Transaction>,
+    /// Who its sends are from, for noLocal (see `Entry::origin`): its session id, or its
+    /// client connection's [`connection_origin`] once the protocol named the connection.
+    origin: u64,
+}
+
+/// The origin (see `Entry::origin`) of the messages of client connection `connection` (an
+/// OpenWire connection id): the same for each socket its failover transport opens, and after
+/// a restart or failover, as ActiveMQ's noLocal compares the message's producer connection id
+/// with the consumer's. A hash with its top bit set, apart from session ids.
+fn connection_origin(connection: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in connection.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash | (1 << 63)
+}
+
+/// The origin of a stored message, from its producer id (OpenWire's
+/// `<connection id>:<session>:<producer>`); 0 (nobody's) for any other.
+fn stored_origin(producer_id: &str) -> u64 {
+    let mut parts = producer_id.rsplitn(3, ':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some(_), Some(connection)) if connection.starts_with("ID:") => {
+            connection_origin(connection)
+        }
+        _ => 0,
+    }
 }
 
 #[derive(Default)]
@@ -193,8 +221,9 @@ struct Durable {
     selector: Option<Arc<Selector>>,
     /// The consumer currently attached, if any.
     active: Option<u64>,
-    /// With noLocal, the session it was last active on: that session's messages are not
-    /// stored for it, even while it is inactive (see [`Core::route`]). In memory only.
+    /// With noLocal, the origin (session or client connection, see `Entry::origin`) it was
+    /// last active on: its messages are not stored for it, even while it is inactive (see
+    /// [`Core::route`]). In memory only.
     no_local_session: Option<u64>,
 }
 
@@ -317,6 +346,23 @@ fn is_virtual_subscription(subscription: &SubscriptionAdd) -> bool {
     subscription.queue.starts_with("queue://")
 }
 
+/// The distinct members of a composite destination, in order; more than
+/// [`super::MAX_COMPOSITE_MEMBERS`] are refused before they are compared.
+fn distinct(members: &[Destination]) -> Result<Vec<&Destination>, BrokerError> {
+    if members.len() > super::MAX_COMPOSITE_MEMBERS {
+        let first = members
+            .first()
+            .map(Destination::canonical)
+            .unwrap_or_default();
+        return Err(BrokerError::InvalidComposite(
+            format!("{first},..."),
+            super::too_many_members(members.len()),
+        ));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(members.len());
+    Ok(members.iter().filter(|d| seen.insert(*d)).collect())
+}
+
 /// A consumer's priority, by id, as [`Queue`]'s consumer order needs it.
 fn priority_of(consumers: &HashMap<u64, Consumer>) -> impl Fn(u64) -> i8 + '_ {
     |cid| consumers.get(&cid).map_or(0, |c| c.priority)
@@ -423,7 +469,8 @@ impl Core {
             core.queues.entry(queue.clone()).or_default();
             for (key, message) in messages {
                 let redeliveries = message.redelivery_count;
-                let mut entry = Entry::new(Some(key), Arc::new(message), redeliveries);
+                let origin = stored_origin(&message.producer_id);
+                let mut entry = Entry::new(Some(key), Arc::new(message), redeliveries).from(origin);
                 if recovered.bodies_on_disk.contains(&key) {
                     entry.body = Body::OnDisk;
                 }
@@ -892,9 +939,18 @@ impl Core {
                 deliveries,
                 subscriptions: HashMap::new(),
                 transactions: HashMap::new(),
+                origin: id,
             },
         );
         id
+    }
+
+    /// Session `session` serves client connection `connection`: its messages are that
+    /// connection's for noLocal (see [`connection_origin`]). Called before it subscribes.
+    pub fn set_connection(&mut self, session: u64, connection: &str) {
+        if let Some(state) = self.sessions.get_mut(&session) {
+            state.origin = connection_origin(connection);
+        }
     }
 
     pub fn close_session(&mut self, session: u64) {
@@ -980,12 +1036,7 @@ impl Core {
         new: NewMessage,
         transaction: Option<&str>,
     ) -> Result<Confirmation, BrokerError> {
-        let mut members: Vec<&Destination> = Vec::with_capacity(destinations.len());
-        for d in destinations {
-            if !members.contains(&d) {
-                members.push(d);
-            }
-        }
+        let members = distinct(destinations)?;
         let Some(&first) = members.first() else {
             return Err(BrokerError::InvalidDestination(String::new()));
         };
@@ -995,12 +1046,6 @@ impl Core {
             return Err(BrokerError::Unsupported(format!(
                 "sending to '{}', a wildcard destination: send to each destination by name",
                 pattern.canonical()
-            )));
-        }
-        if members.len() > crate::store::MAX_ENTRIES {
-            return Err(BrokerError::InvalidMessage(format!(
-                "a send to more than {} destinations at once",
-                crate::store::MAX_ENTRIES
             )));
         }
         if let Some(reason) = &self.failed {
@@ -1145,7 +1190,8 @@ impl Core {
         destination: &Destination,
         message: Arc<Message>,
     ) -> (Vec<crate::store::Entry>, Vec<Publish>) {
-        let entry = |message: &Arc<Message>| Entry::new(None, message.clone(), 0).from(session);
+        let origin = self.sessions.get(&session).map_or(session, |s| s.origin);
+        let entry = |message: &Arc<Message>| Entry::new(None, message.clone(), 0).from(origin);
         match destination {
             Destination::Queue(_) => {
                 let queue = destination.canonical();
@@ -1172,7 +1218,7 @@ impl Core {
                     .filter(|q| {
                         self.durables.get(q).is_none_or(|d| {
                             d.selector.as_ref().is_none_or(|s| s.matches(&message))
-                                && d.no_local_session != Some(session)
+                                && d.no_local_session != Some(origin)
                         })
                     })
                     .collect();
@@ -1180,7 +1226,7 @@ impl Core {
                     .iter()
                     .map(|q| Publish::Queue(q.clone(), entry(&message)))
                     .collect();
-                publish.push(Publish::Topic(topic, message.clone(), session));
+                publish.push(Publish::Topic(topic, message.clone(), origin));
                 let entries = if message.persistent && !durables.is_empty() {
                     vec![add_entry(durables, message)]
                 } else {
@@ -1215,7 +1261,10 @@ impl Core {
     }
 
     /// Hands a confirmed topic message to the non-durable subscribers of `topic` and of the
-    /// wildcard patterns matching it (a consumer is on one of them, so it gets one copy).
+    /// wildcard patterns matching it, one copy per subscription: a consumer is on one of them,
+    /// but a composite subscription (`news.>,news.*`) has a consumer on each of its members,
+    /// and as in ActiveMQ (whose subscription is added once to each destination any member
+    /// matches) it gets the message once.
     fn publish_to_subscribers(&mut self, topic: &str, message: Arc<Message>, origin: u64) {
         let mut subscribers = self
             .topics
@@ -1223,19 +1272,32 @@ impl Core {
             .map(|t| t.subscribers.clone())
             .unwrap_or_default();
         let name = topic.strip_prefix("topic://").unwrap_or(topic);
+        let mut patterns = 0;
         for t in self.wildcards_matching(name) {
             subscribers.extend_from_slice(&t.subscribers);
+            patterns += 1;
+        }
+        if patterns > 0 {
+            // Only a pattern can match a topic another member of the same subscription is on
+            // (a subscription's members are distinct).
+            let mut seen = std::collections::HashSet::new();
+            subscribers.retain(|cid| {
+                self.consumers
+                    .get(cid)
+                    .is_some_and(|c| seen.insert((c.session, c.subscription.as_str())))
+            });
         }
         let limit = self.options.topic_pending_limit;
         for cid in subscribers {
             let entry = Entry::new(None, message.clone(), 0).from(origin);
+            let credit = has_credit(&self.consumers, cid);
             let Some(consumer) = self.consumers.get_mut(&cid) else {
                 continue;
             };
             if !consumer.accepts(&entry) {
                 continue;
             }
-            if consumer.has_credit() && consumer.pending.is_empty() {
+            if credit && consumer.pending.is_empty() {
                 self.deliver(cid, None, entry, false);
             } else {
                 consumer.pending.push_back(entry);
@@ -1269,8 +1331,9 @@ impl Core {
     }
 
     /// Subscribes `request` to every one of `members` (a composite destination's) in place of
-    /// its destination: one consumer per distinct member, each with the request's prefetch
-    /// window and selector, all delivering under the request's id. All or nothing.
+    /// its destination: one consumer per distinct member, each with the request's selector,
+    /// all delivering under the request's id and sharing its one prefetch window (see
+    /// [`has_credit`]). All or nothing.
     pub fn subscribe_each(
         &mut self,
         session: u64,
@@ -1281,12 +1344,7 @@ impl Core {
         if state.subscriptions.contains_key(&request.id) {
             return Err(BrokerError::DuplicateSubscription(request.id));
         }
-        let mut distinct: Vec<&Destination> = Vec::with_capacity(members.len());
-        for d in members {
-            if !distinct.contains(&d) {
-                distinct.push(d);
-            }
-        }
+        let distinct = distinct(members)?;
         if distinct.is_empty() {
             return Err(BrokerError::InvalidDestination(String::new()));
         }
@@ -1303,12 +1361,19 @@ impl Core {
             .subscriptions
             .insert(request.id.clone(), Vec::new());
         let mut confirmation = Confirmation::done();
+        // The consumers' ids, as add_consumer gives them (one after the other, under this
+        // lock): a composite's consumers share one prefetch window (see `has_credit`).
+        let members: Arc<[u64]> = if distinct.len() > 1 {
+            (self.next_consumer..self.next_consumer + distinct.len() as u64).collect()
+        } else {
+            Arc::new([])
+        };
         for d in distinct {
             let member = SubscribeRequest {
                 destination: d.clone(),
                 ..request.clone()
             };
-            match self.add_consumer(session, member) {
+            match self.add_consumer(session, member, members.clone()) {
                 // Confirmations resolve in order: the last one waiting covers the others.
                 Ok(c) if c.is_done() => {}
                 Ok(c) => confirmation = c,
@@ -1327,10 +1392,12 @@ impl Core {
         &mut self,
         session: u64,
         request: SubscribeRequest,
+        members: Arc<[u64]>,
     ) -> Result<Confirmation, BrokerError> {
         let state = self.session(session)?;
         let client_id = state.client_id.clone();
         let deliveries = state.deliveries.clone();
+        let origin = state.origin;
         check_subscribable(&request.destination)?;
         let selector = parse_selector(request.selector.as_deref())?;
         let selector_text = request.selector.clone().unwrap_or_default();
@@ -1401,6 +1468,7 @@ impl Core {
             && matches!(request.destination, Destination::Topic(_));
         let id = self.next_consumer;
         self.next_consumer += 1;
+        debug_assert!(members.is_empty() || members.contains(&id));
         self.consumers.insert(
             id,
             Consumer {
@@ -1422,6 +1490,8 @@ impl Core {
                 exclusive,
                 priority: request.priority,
                 no_local: request.no_local && !durable,
+                origin,
+                members,
             },
         );
         self.session(session)?
@@ -1433,7 +1503,7 @@ impl Core {
             Source::Queue(queue) => {
                 if let Some(d) = self.durables.get_mut(&queue) {
                     d.active = Some(id);
-                    d.no_local_session = request.no_local.then_some(session);
+                    d.no_local_session = request.no_local.then_some(origin);
                 }
                 let q = self.queues.entry(queue.clone()).or_default();
                 q.add_consumer(id, request.priority, priority_of(&self.consumers));
@@ -1747,6 +1817,15 @@ impl Core {
             Some(q) => self.as_on_queue(&entry.message, q),
             None => entry.message.clone(),
         };
+        // The window the other consumers of a composite's subscription use (they share it).
+        let others: usize = self.consumers.get(&cid).map_or(0, |c| {
+            c.members
+                .iter()
+                .filter(|m| **m != cid)
+                .filter_map(|m| self.consumers.get(m))
+                .map(Consumer::window_used)
+                .sum()
+        });
         let Some(consumer) = self.consumers.get_mut(&cid) else {
             return;
         };
@@ -1761,7 +1840,8 @@ impl Core {
             group_first,
         };
         consumer.in_flight.insert(tag, InFlight { queue, entry });
-        let pulled = consumer.window_used() > consumer.prefetch as usize && consumer.pulls > 0;
+        let pulled =
+            others + consumer.window_used() > consumer.prefetch as usize && consumer.pulls > 0;
         if pulled {
             consumer.pulls -= 1;
         }
@@ -1817,9 +1897,7 @@ impl Core {
             if n == 0 || q.ready.is_empty() {
                 break;
             }
-            let chosen = q.choose(|cid| {
-                q.admits(cid) && self.consumers.get(&cid).is_some_and(|c| c.has_credit())
-            });
+            let chosen = q.choose(|cid| q.admits(cid) && has_credit(&self.consumers, cid));
             let Some(index) = chosen else {
                 break;
             };
@@ -1878,7 +1956,7 @@ impl Core {
             let any_credit = q
                 .consumers
                 .iter()
-                .any(|c| q.admits(*c) && self.consumers.get(c).is_some_and(|c| c.has_credit()));
+                .any(|c| q.admits(*c) && has_credit(&self.consumers, *c));
             if n == 0 || !any_credit {
                 break;
             }
@@ -1911,10 +1989,8 @@ impl Core {
             let chosen = q.choose(|cid| {
                 q.admits(cid)
                     && pinned.is_none_or(|p| p == cid)
-                    && self
-                        .consumers
-                        .get(&cid)
-                        .is_some_and(|c| c.has_credit() && c.accepts(entry))
+                    && self.consumers.get(&cid).is_some_and(|c| c.accepts(entry))
+                    && has_credit(&self.consumers, cid)
             });
             let Some(index) = chosen else {
                 self.stats.passed_over += 1;
@@ -1989,7 +2065,8 @@ impl Core {
                 while self
                     .consumers
                     .get(&cid)
-                    .is_some_and(|c| c.has_credit() && !c.pending.is_empty())
+                    .is_some_and(|c| !c.pending.is_empty())
+                    && has_credit(&self.consumers, cid)
                 {
                     let entry = self
                         .consumers
@@ -2118,7 +2195,8 @@ impl Core {
         ])?;
         let publish = vec![Publish::Queue(
             dlq,
-            Entry::new(Some(MessageKey::new(start, 1)), message, entry.redeliveries),
+            Entry::new(Some(MessageKey::new(start, 1)), message, entry.redeliveries)
+                .from(entry.origin),
         )];
         drop(self.wait_for(publish));
         Ok(())
@@ -2215,9 +2293,20 @@ impl Core {
         Ok(taken)
     }
 
-    /// Gives each consumer [`Core::take_acked`] took deliveries from more of what waits for it.
+    /// Gives each consumer [`Core::take_acked`] took deliveries from more of what waits for it,
+    /// and the other consumers of its subscription too (a composite destination's share one
+    /// prefetch window).
     fn refill_each(&mut self, cids: BTreeSet<u64>) {
+        let mut all = BTreeSet::new();
         for cid in cids {
+            match self.consumers.get(&cid) {
+                Some(c) if !c.members.is_empty() => all.extend(c.members.iter().copied()),
+                _ => {
+                    all.insert(cid);
+                }
+            }
+        }
+        for cid in all {
             self.refill(cid);
         }
     }
@@ -2337,10 +2426,14 @@ impl Core {
     /// The client consumed every delivery of subscription `id` up to `tag` without
     /// acknowledging them yet: they stop filling its prefetch window.
     pub fn delivered(&mut self, session: u64, id: &str, tag: u64) -> Result<(), BrokerError> {
-        for cid in self.consumers_of(session, id)? {
-            if let Some(c) = self.consumers.get_mut(&cid) {
+        // All first, then the refills: a composite's consumers share one window.
+        let cids = self.consumers_of(session, id)?;
+        for cid in &cids {
+            if let Some(c) = self.consumers.get_mut(cid) {
                 c.mark_delivered(tag);
             }
+        }
+        for cid in cids {
             self.refill(cid);
         }
         Ok(())
@@ -2400,10 +2493,13 @@ impl Core {
         id: &str,
         prefetch: u32,
     ) -> Result<(), BrokerError> {
-        for cid in self.consumers_of(session, id)? {
-            if let Some(c) = self.consumers.get_mut(&cid) {
+        let cids = self.consumers_of(session, id)?;
+        for cid in &cids {
+            if let Some(c) = self.consumers.get_mut(cid) {
                 c.prefetch = prefetch;
             }
+        }
+        for cid in cids {
             self.refill(cid);
         }
         Ok(())

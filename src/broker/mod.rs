@@ -202,10 +202,17 @@ impl Destination {
     }
 }
 
+/// The most destinations a composite destination may name. Each is a consumer of a composite
+/// subscription and a copy (a journal entry) of a composite send, and a subscription's
+/// acknowledgements, pulls and prefetch changes visit every member, so the count is bounded
+/// (ActiveMQ sets no limit).
+pub const MAX_COMPOSITE_MEMBERS: usize = 1024;
+
 /// The members of destination name `text` if it is composite (ActiveMQ's `a,b`: it names
 /// every member), in order, each trimmed and then read by `parse`, the protocol's rule for a
 /// member (its error says why that member is refused); `None` for a name without a comma. An
-/// empty member (`a,,b`, `a,`) or one `parse` refuses makes the whole name
+/// empty member (`a,,b`, `a,`), one `parse` refuses or more than [`MAX_COMPOSITE_MEMBERS`]
+/// members (counted before any is parsed) make the whole name
 /// [`BrokerError::InvalidComposite`]. The core takes the parsed members
 /// ([`Session::send_to_each`], [`Session::subscribe_to_each`]).
 pub fn composite_members(
@@ -214,6 +221,13 @@ pub fn composite_members(
 ) -> Result<Option<Vec<Destination>>, BrokerError> {
     if !text.contains(',') {
         return Ok(None);
+    }
+    let count = text.split(',').count();
+    if count > MAX_COMPOSITE_MEMBERS {
+        return Err(BrokerError::InvalidComposite(
+            shortened(text),
+            too_many_members(count),
+        ));
     }
     text.split(',')
         .map(str::trim)
@@ -226,7 +240,21 @@ pub fn composite_members(
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
-        .map_err(|why| BrokerError::InvalidComposite(text.to_string(), why))
+        .map_err(|why| BrokerError::InvalidComposite(shortened(text), why))
+}
+
+/// Why a composite destination of `count` members is refused.
+pub(crate) fn too_many_members(count: usize) -> String {
+    format!("it names {count} destinations, more than the {MAX_COMPOSITE_MEMBERS} one may name")
+}
+
+/// A destination name as an error quotes it: a long one only by its beginning.
+fn shortened(text: &str) -> String {
+    const SHOWN: usize = 100;
+    match text.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}... ({} bytes)", &text[..end], text.len()),
+        None => text.to_string(),
+    }
 }
 
 /// A message as a producer hands it to the core.
@@ -275,7 +303,8 @@ pub struct SubscribeRequest {
     /// message).
     pub priority: i8,
     /// JMS noLocal (STOMP `activemq.noLocal:true`, OpenWire `ConsumerInfo.noLocal`): messages
-    /// sent through this subscriber's own session (its connection) are not delivered to it.
+    /// sent through this subscriber's own session (its connection; an OpenWire connection
+    /// across reconnects, see [`Session::set_connection`]) are not delivered to it.
     /// As in ActiveMQ, where it is part of every subscription's selector, it applies to queue
     /// consumers too (the message stays for other consumers). A durable subscription is not
     /// kept the messages of the connection it was last active on, even while inactive; back
@@ -714,10 +743,9 @@ impl Session {
     /// Subscribes to every one of `members` (a composite destination's, see
     /// [`composite_members`]) in place of `request.destination`: deliveries from each distinct
     /// member arrive under `request.id`, each naming its member; acknowledgements, pulls,
-    /// prefetch changes and the unsubscribe cover them all. Each member's consumer has the
-    /// request's prefetch window, so as many as that times the members may be unacknowledged
-    /// (as with ActiveMQ, whose subscription is added to each member). A durable subscription
-    /// takes one topic.
+    /// prefetch changes and the unsubscribe cover them all. The members' consumers share the
+    /// request's one prefetch window, as ActiveMQ's one subscription on several destinations
+    /// has one list of dispatched messages. A durable subscription takes one topic.
     pub fn subscribe_to_each(
         &self,
         request: SubscribeRequest,
@@ -743,6 +771,14 @@ impl Session {
     /// Ends a subscription whose client reports that only deliveries up to tag `seen_upto`
     /// reached the application: the others return to the queue without counting as
     /// redelivered (ActiveMQ's `lastDeliveredSequenceId`).
+    /// This session serves client connection `connection` (an OpenWire connection id, which a
+    /// failover client keeps when it reconnects): noLocal takes the messages sent under that
+    /// connection, through any session, after a restart or failover too, for its own, as
+    /// ActiveMQ compares connection ids. Call it before subscribing.
+    pub fn set_connection(&self, connection: &str) {
+        lock(&self.shared).set_connection(self.id, connection);
+    }
+
     pub fn close_consumer(&self, id: &str, seen_upto: u64) -> Result<Confirmation, BrokerError> {
         lock(&self.shared).unsubscribe_seen(self.id, id, false, seen_upto)
     }

@@ -1,7 +1,7 @@
 //! A queue's messages and consumers, and what one delivery carries. Pure data: the rules
 //! for moving messages between these live in `core.rs`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -22,9 +22,10 @@ pub(super) struct Entry {
     pub message: Arc<Message>,
     pub redeliveries: u32,
     pub body: Body,
-    /// The session (client connection) that sent the message, for noLocal subscribers; 0
-    /// when unknown (a message recovered from the store: its connection is gone, and session
-    /// ids are never reused, so no subscriber takes it for its own).
+    /// Who sent the message, for noLocal subscribers: the sending session's id, or the client
+    /// connection it serves when the protocol named it (an OpenWire connection id, which a
+    /// failover client keeps across reconnects; also read back from a recovered message's
+    /// producer id); 0 when unknown (nobody's own).
     pub origin: u64,
 }
 
@@ -292,13 +293,38 @@ pub(super) struct Consumer {
     /// Messages its own session sent are not for it (JMS noLocal). Never set on a durable
     /// subscription's consumer: its queue is not fed them (see `Core::route`).
     pub no_local: bool,
+    /// Its session's origin (its client connection, see `Entry::origin`), for noLocal.
+    pub origin: u64,
+    /// The consumers of its subscription when that is on a composite destination (itself
+    /// among them; empty otherwise): their prefetch window is one, shared (see
+    /// [`has_credit`]).
+    pub members: Arc<[u64]>,
+}
+
+/// Whether consumer `cid` may be handed one more message: it has an outstanding pull, or room
+/// in its prefetch window, which a composite destination's consumers share, as ActiveMQ's one
+/// subscription on several destinations has one window.
+pub(super) fn has_credit(consumers: &HashMap<u64, Consumer>, cid: u64) -> bool {
+    let Some(c) = consumers.get(&cid) else {
+        return false;
+    };
+    if c.members.is_empty() {
+        return c.has_credit();
+    }
+    c.pulls > 0
+        || c.members
+            .iter()
+            .filter_map(|m| consumers.get(m))
+            .map(Consumer::window_used)
+            .sum::<usize>()
+            < c.prefetch as usize
 }
 
 impl Consumer {
     /// Whether this consumer takes `entry`: its selector accepts the message, and it is not
     /// its own session's with noLocal.
     pub fn accepts(&self, entry: &Entry) -> bool {
-        !(self.no_local && entry.origin == self.session)
+        !(self.no_local && entry.origin == self.origin)
             && self
                 .selector
                 .as_ref()

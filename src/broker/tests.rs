@@ -2311,6 +2311,81 @@ async fn a_no_local_queue_consumer_leaves_its_connections_messages_to_others() {
     assert_eq!(bodies(&take_all(&mut plain_rx)), ["mine"]);
 }
 
+/// A queue whose only consumer is noLocal and whose backlog is all its own connection's: each
+/// send costs bounded work (no walk through the whole backlog), nothing is lost, and the
+/// messages go to another connection's consumer once there is one, also a message the noLocal
+/// consumer's connection had delivered elsewhere and that came back (it keeps its origin).
+#[tokio::test]
+async fn a_no_local_consumer_alone_with_its_own_backlog_costs_each_send_bounded_work() {
+    const BACKLOG: usize = 3 * super::core::SCAN_LIMIT;
+    let f = fixture(BrokerOptions::default()).await;
+    let (own, mut own_rx) = no_local_on(&f, None, queue("q"), None);
+    let (other, mut other_rx) = f.broker.open_session(None);
+    subscribe(&other, "plain", queue("q"), 1);
+    send_to_q(&own, persistent("first")).await;
+    let first = next(&mut other_rx).await;
+    let mut confirmations = Vec::new();
+    for i in 0..BACKLOG {
+        confirmations.push(
+            own.send(&queue("q"), persistent(&i.to_string()), None)
+                .unwrap(),
+        );
+    }
+    for confirmation in confirmations {
+        confirmation.await.unwrap();
+    }
+    let _ = own.next_tag();
+    // The plain consumer leaves: "first" comes back, still the noLocal connection's own.
+    drop(other);
+    drop(other_rx);
+    let before = f.broker.stats().passed_over;
+    send_to_q(&own, persistent("last")).await;
+    let walked = f.broker.stats().passed_over - before;
+    assert!(
+        walked <= super::core::SCAN_LIMIT as u64,
+        "one send walked past {walked} messages of a {BACKLOG}-message backlog"
+    );
+    assert!(take_all(&mut own_rx).is_empty());
+    assert_eq!(f.broker.queue_depth("queue://q"), BACKLOG + 2);
+    let (_plain, mut plain_rx) = consumer_on_q(&f, u32::MAX);
+    let got = take_all(&mut plain_rx);
+    assert_eq!(got.len(), BACKLOG + 2);
+    assert_eq!(body(&got[0]), body(&first));
+    assert_eq!(got[0].redelivery_count, 1);
+}
+
+/// noLocal is about the client connection when the protocol names it (an OpenWire connection
+/// id, kept by a failover client): after a restart, the same connection's noLocal consumer is
+/// still not given what it sent before (read back from the stored producer id), while another
+/// connection's consumer is.
+#[tokio::test]
+async fn a_no_local_consumer_skips_its_connections_messages_also_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let connection = "ID:host-1-2-3:1";
+    {
+        let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+        let (s, _) = broker.open_session(None);
+        s.set_connection(connection);
+        let mut m = persistent("mine");
+        m.message_id = Some(format!("{connection}:1:1:1"));
+        send_settled(&s, &queue("q"), m).await;
+    }
+    let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+    let (s, mut rx) = broker.open_session(None);
+    s.set_connection(connection);
+    s.subscribe(SubscribeRequest {
+        no_local: true,
+        ..request("s", queue("q"), 10)
+    })
+    .unwrap();
+    let _ = s.next_tag();
+    assert!(take_all(&mut rx).is_empty(), "its own connection's message");
+    assert_eq!(broker.queue_depth("queue://q"), 1);
+    let (other, mut other_rx) = broker.open_session(None);
+    subscribe(&other, "s", queue("q"), 10);
+    assert_eq!(body(&next(&mut other_rx).await), "mine");
+}
+
 #[tokio::test]
 async fn a_no_local_durable_subscriber_is_not_kept_its_last_connections_messages() {
     let f = fixture(BrokerOptions::default()).await;
@@ -2615,6 +2690,121 @@ async fn a_pull_of_a_composite_subscription_brings_one_message() {
     let mut both = [body(&first), body(&second)];
     both.sort();
     assert_eq!(both, ["a1", "b1"]);
+}
+
+/// A composite subscription whose topic members overlap (`news.>` and `news.*`, or a topic and
+/// a pattern matching it) gets each message once, as in ActiveMQ, where the one subscription is
+/// added once to each destination any member matches.
+#[tokio::test]
+async fn a_composite_subscription_with_overlapping_topic_members_gets_each_message_once() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (c, mut rx) = f.broker.open_session(None);
+    c.subscribe_to_each(
+        request("s", topic("unused"), 10),
+        &[topic("news.>"), topic("news.*"), topic("news.eu")],
+    )
+    .unwrap()
+    .await
+    .unwrap();
+    let (producer, _) = f.broker.open_session(None);
+    for (name, body) in [("news.eu", "eu"), ("news.us", "us"), ("news.eu.fr", "fr")] {
+        send_settled(&producer, &topic(name), non_persistent(body)).await;
+    }
+    assert_eq!(bodies(&take_all(&mut rx)), ["eu", "us", "fr"]);
+}
+
+/// A composite destination names at most [`MAX_COMPOSITE_MEMBERS`] destinations: more are
+/// refused at once, naming the limit, as a name (without parsing every member), as a send and
+/// as a subscription (which would otherwise make a consumer per member), and the work is
+/// bounded by the count (no pairwise comparison of a huge member list under the core's lock).
+#[tokio::test]
+async fn a_composite_destination_with_too_many_members_is_refused_at_once() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (s, mut rx) = f.broker.open_session(None);
+    let names: Vec<String> = (0..150_000).map(|i| format!("q{i}")).collect();
+    let many: Vec<Destination> = names.iter().map(|n| queue(n)).collect();
+    let limit = MAX_COMPOSITE_MEMBERS.to_string();
+    let started = std::time::Instant::now();
+    let error = s.send_to_each(&many, persistent("m"), None).unwrap_err();
+    assert!(error.to_string().contains(&limit), "{error}");
+    s.begin("tx").unwrap();
+    let error = s
+        .send_to_each(&many, persistent("m"), Some("tx"))
+        .unwrap_err();
+    assert!(error.to_string().contains(&limit), "{error}");
+    let error = s
+        .subscribe_to_each(request("s", queue("unused"), 10), &many)
+        .unwrap_err();
+    assert!(error.to_string().contains(&limit), "{error}");
+    let mut parsed = 0;
+    let error = composite_members(&names.join(","), |m| {
+        parsed += 1;
+        Ok(queue(m))
+    })
+    .unwrap_err();
+    assert!(
+        matches!(&error, BrokerError::InvalidComposite(name, why) if why.contains(&limit) && name.len() < 200),
+        "{error}"
+    );
+    assert_eq!(parsed, 0, "refused before parsing members");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refusing took {:?}",
+        started.elapsed()
+    );
+    // Just as many members are taken, by a subscription too (its one window fits them all).
+    let most = &many[..MAX_COMPOSITE_MEMBERS];
+    let window = MAX_COMPOSITE_MEMBERS as u32;
+    s.subscribe_to_each(request("s", queue("unused"), window), most)
+        .unwrap();
+    let (producer, _) = f.broker.open_session(None);
+    send_to_each(&producer, most, persistent("m")).await;
+    let _ = s.next_tag();
+    assert_eq!(take_all(&mut rx).len(), MAX_COMPOSITE_MEMBERS);
+    assert_eq!(f.broker.queue_depth("queue://q0"), 0);
+}
+
+/// A composite subscription has one prefetch window across its members, as in ActiveMQ (one
+/// subscription, one list of dispatched messages, whichever destination they come from): with
+/// prefetch 1 it holds one unacknowledged message, and the other members' messages stay for
+/// competing consumers; an acknowledgement through any member lets the next one through.
+#[tokio::test]
+async fn a_composite_subscription_shares_one_prefetch_window_across_its_members() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (producer, _) = f.broker.open_session(None);
+    for member in ["a", "b", "c"] {
+        send_settled(&producer, &queue(member), persistent(member)).await;
+    }
+    send_settled(&producer, &topic("t"), non_persistent("t")).await;
+    let (c, mut rx) = f.broker.open_session(None);
+    c.subscribe_to_each(
+        request("s", queue("unused"), 1),
+        &[queue("a"), queue("b"), topic("t"), queue("c")],
+    )
+    .unwrap()
+    .await
+    .unwrap();
+    let _ = c.next_tag();
+    let mut got = take_all(&mut rx);
+    assert_eq!(bodies(&got), ["a"], "one window of 1");
+    send_settled(&producer, &topic("t"), non_persistent("t1")).await;
+    assert!(take_all(&mut rx).is_empty(), "the topic member waits too");
+    for _ in 0..3 {
+        let last = got.pop().unwrap();
+        c.ack(last.tag, AckScope::Single, None)
+            .unwrap()
+            .await
+            .unwrap();
+        let _ = c.next_tag();
+        got = take_all(&mut rx);
+        assert_eq!(got.len(), 1, "{:?}", bodies(&got));
+    }
+    assert_eq!(
+        f.broker.queue_depth("queue://a")
+            + f.broker.queue_depth("queue://b")
+            + f.broker.queue_depth("queue://c"),
+        0
+    );
 }
 
 /// A composite subscription with a wildcard queue member, or a durable one, is refused whole:

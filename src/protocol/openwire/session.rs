@@ -464,6 +464,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let options = self.options.clone();
         let mut registration = options.connections.register(&connection_id).await;
         let (session, deliveries) = broker.open_session(info.client_id.clone());
+        session.set_connection(&connection_id);
         let mut state = State {
             session,
             consumers: HashMap::new(),

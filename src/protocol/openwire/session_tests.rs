@@ -783,3 +783,141 @@ async fn a_consumer_on_a_composite_queue_gets_every_members_messages_and_a_brows
     got.sort();
     assert_eq!(got, [Some("to-a".to_string()), Some("to-b".to_string())]);
 }
+
+/// A composite consumer (`a,b`) as the failover transport replays it: with prefetch 0 first
+/// (it gets nothing), then a ConsumerControl giving back its prefetch of 2, which is one window
+/// for both members (two messages, not two from each). On a new connection its unacknowledged
+/// messages come back redelivered, and one poisoned goes to the DLQ from its own member.
+#[tokio::test]
+async fn a_replayed_composite_consumer_gets_its_one_window_back_with_consumer_control() {
+    let f = fixture(&[]);
+    let conn = "ID:t-comp:4";
+    let mut c = Client::connected(&f, conn).await;
+    for (n, member) in ["a", "b", "a", "b"].into_iter().enumerate() {
+        let answer = c.request(text(conn, member, n as i64 + 1, member)).await;
+        assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    }
+    let depth = |f: &Fixture| f.broker.queue_depth("queue://a") + f.broker.queue_depth("queue://b");
+    let answer = c.request(subscribe(conn, 1, "a,b", 0)).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    assert_eq!(depth(&f), 4, "prefetch 0: nothing dispatched");
+    c.write(&Command::ConsumerControl(
+        crate::protocol::openwire::ConsumerControl {
+            consumer_id: Some(consumer(conn, 1)),
+            destination: Some(OwDestination::queue("a,b")),
+            prefetch: 2,
+            ..Default::default()
+        },
+    ))
+    .await;
+    let first = [body_of(&c.next().await), body_of(&c.next().await)];
+    eventually("two dispatched", || depth(&f) == 2).await;
+    // Still two after a round trip: one window of 2 for both members.
+    let answer = c.request(text(conn, "c", 9, "sync")).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    assert_eq!(depth(&f), 2, "{first:?}");
+    drop(c);
+    eventually("the closed connection's deliveries back", || depth(&f) == 4).await;
+
+    let mut c = Client::connected(&f, "ID:t-comp:5").await;
+    let answer = c.request(subscribe("ID:t-comp:5", 1, "a,b", 10)).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    let mut redelivered = 0;
+    let mut poisoned = None;
+    for _ in 0..4 {
+        let Command::MessageDispatch(d) = c.next().await else {
+            panic!("expected four dispatches")
+        };
+        if d.redelivery_counter == 1 {
+            redelivered += 1;
+        }
+        let m = d.message.unwrap();
+        if poisoned.is_none() {
+            poisoned = Some((m.message_id.unwrap(), m.destination.unwrap()));
+        }
+    }
+    assert_eq!(redelivered, 2);
+    let (id, destination) = poisoned.unwrap();
+    c.write(&Command::MessageAck(MessageAck {
+        destination: Some(OwDestination::queue("a,b")),
+        consumer_id: Some(consumer("ID:t-comp:5", 1)),
+        ack_type: 1,
+        first_message_id: Some(id.clone()),
+        last_message_id: Some(id),
+        message_count: 1,
+        ..Default::default()
+    }))
+    .await;
+    eventually("the poisoned message on the DLQ", || {
+        f.broker.queue_depth("queue://ActiveMQ.DLQ") == 1
+    })
+    .await;
+    let (s, mut rx) = f.broker.open_session(None);
+    s.subscribe(crate::broker::SubscribeRequest {
+        id: "dlq".into(),
+        destination: Destination::Queue("ActiveMQ.DLQ".into()),
+        prefetch: 1,
+        durable_name: None,
+        selector: None,
+        exclusive: false,
+        priority: 0,
+        no_local: false,
+    })
+    .unwrap();
+    let d = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let original = d
+        .message
+        .headers
+        .iter()
+        .find(|h| h.name == "original-destination")
+        .map(|h| h.value.clone());
+    assert_eq!(
+        original.as_deref(),
+        convert::core_destination(&destination)
+            .ok()
+            .map(|d| d.canonical())
+            .as_deref()
+    );
+}
+
+/// noLocal is about the client's connection (ActiveMQ compares the message's producer
+/// connection id with the consumer's), which the failover transport keeps when it reconnects: a
+/// noLocal queue consumer replayed on the new socket still does not get what its connection
+/// sent before, which waits for other consumers.
+#[tokio::test]
+async fn a_no_local_consumer_replayed_after_a_reconnect_still_skips_its_connections_messages() {
+    let f = fixture(&[]);
+    let conn = "ID:t-nl:1";
+    let no_local = || {
+        let Command::ConsumerInfo(mut info) = subscribe(conn, 1, "nl", 10) else {
+            unreachable!()
+        };
+        info.no_local = true;
+        Command::ConsumerInfo(info)
+    };
+    let mut c = Client::connected(&f, conn).await;
+    let answer = c.request(no_local()).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    let answer = c.request(text(conn, "nl", 1, "mine")).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    assert_eq!(f.broker.queue_depth("queue://nl"), 1);
+    drop(c);
+
+    let mut c = Client::connected(&f, conn).await;
+    let answer = c.request(no_local()).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    // A round trip after the subscription: anything dispatched to it is queued before this.
+    let answer = c.request(text(conn, "other", 2, "sync")).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    assert_eq!(
+        f.broker.queue_depth("queue://nl"),
+        1,
+        "its own connection's message was dispatched to the noLocal consumer"
+    );
+    let mut other = Client::connected(&f, "ID:t-nl:2").await;
+    other.request(subscribe("ID:t-nl:2", 1, "nl", 10)).await;
+    assert_eq!(body_of(&other.next().await).as_deref(), Some("mine"));
+}
