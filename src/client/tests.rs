@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::fake_broker::{message_frame, FakeListener, MemoryBroker};
+use super::fake_broker::{message_frame, FakeConnection, FakeListener, MemoryBroker};
 use super::*;
 use crate::protocol::stomp::frame::Command;
 
@@ -726,6 +726,19 @@ async fn a_send_the_broker_ends_every_connection_over_fails_after_the_timeout() 
     assert!(error.to_string().contains("frame too large"), "{error}");
 }
 
+/// Writes `count` MESSAGE frames of `body` bytes on `/queue/big` for subscription `id`.
+async fn send_big_messages(connection: &mut FakeConnection, id: &str, count: usize, body: usize) {
+    for n in 0..count {
+        let frame = Frame::new(Command::Message)
+            .header("subscription", id)
+            .header("destination", "/queue/big")
+            .header("message-id", format!("ID:p:{n}"))
+            .header("ack", format!("{n}"))
+            .with_body(vec![b'x'; body]);
+        connection.send(frame).await;
+    }
+}
+
 /// An application that does not take its messages holds the connection back: past
 /// `UNREAD_HIGH_WATER` bytes received and not taken, the client stops reading (the broker's
 /// writes wait), without taking the broker for dead; once the application reads, everything
@@ -742,15 +755,7 @@ async fn a_slow_application_holds_the_broker_back_instead_of_buffering_everythin
         let subscribe = connection.expect(Command::Subscribe).await;
         connection.receipt(&subscribe).await;
         let id = subscribe.get("id").unwrap().to_string();
-        for n in 0..MESSAGES {
-            let frame = Frame::new(Command::Message)
-                .header("subscription", id.as_str())
-                .header("destination", "/queue/big")
-                .header("message-id", format!("ID:p:{n}"))
-                .header("ack", format!("{n}"))
-                .with_body(vec![b'x'; BODY]);
-            connection.send(frame).await;
-        }
+        send_big_messages(&mut connection, &id, MESSAGES, BODY).await;
         connection
     });
     let client = connect(&url).await;
@@ -800,15 +805,7 @@ async fn a_receipt_behind_a_large_backlog_still_arrives() {
         connection.handshake().await;
         let subscribe = connection.expect(Command::Subscribe).await;
         let id = subscribe.get("id").unwrap().to_string();
-        for n in 0..MESSAGES {
-            let frame = Frame::new(Command::Message)
-                .header("subscription", id.as_str())
-                .header("destination", "/queue/big")
-                .header("message-id", format!("ID:p:{n}"))
-                .header("ack", format!("{n}"))
-                .with_body(vec![b'x'; BODY]);
-            connection.send(frame).await;
-        }
+        send_big_messages(&mut connection, &id, MESSAGES, BODY).await;
         connection.receipt(&subscribe).await;
         connection
     });
