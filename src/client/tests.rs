@@ -739,6 +739,17 @@ async fn send_big_messages(connection: &mut FakeConnection, id: &str, count: usi
     }
 }
 
+/// Takes `count` messages of `body` bytes from `subscription`, each within 10 s.
+async fn take_big_messages(subscription: &mut Subscription, count: usize, body: usize) {
+    for n in 0..count {
+        let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .unwrap_or_else(|_| panic!("message {n} did not come"))
+            .unwrap();
+        assert_eq!(message.body().len(), body);
+    }
+}
+
 /// An application that does not take its messages holds the connection back: past
 /// `UNREAD_HIGH_WATER` bytes received and not taken, the client stops reading (the broker's
 /// writes wait), without taking the broker for dead; once the application reads, everything
@@ -780,13 +791,7 @@ async fn a_slow_application_holds_the_broker_back_instead_of_buffering_everythin
         "{} bytes buffered",
         unread()
     );
-    for n in 0..MESSAGES {
-        let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
-            .await
-            .unwrap_or_else(|_| panic!("message {n} did not come"))
-            .unwrap();
-        assert_eq!(message.body().len(), BODY);
-    }
+    take_big_messages(&mut subscription, MESSAGES, BODY).await;
     let _connection = peer.await.unwrap();
     assert_eq!(unread(), 0);
 }
@@ -818,12 +823,6 @@ async fn a_receipt_behind_a_large_backlog_still_arrives() {
     .await
     .expect("the SUBSCRIBE's RECEIPT did not arrive")
     .unwrap();
-    for n in 0..MESSAGES {
-        let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
-            .await
-            .unwrap_or_else(|_| panic!("message {n} did not come"))
-            .unwrap();
-        assert_eq!(message.body().len(), BODY);
-    }
+    take_big_messages(&mut subscription, MESSAGES, BODY).await;
     let _connection = peer.await.unwrap();
 }
