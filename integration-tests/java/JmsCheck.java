@@ -65,7 +65,8 @@ import org.apache.activemq.command.ActiveMQMessage;
  * {@code count=N} (message count of queue-text; exact count of failover-produce),
  * {@code queue=NAME} (failover-produce, failover-consume), {@code min=N}, {@code max=N}
  * (failover-produce without count: sends until a line {@code stop} on standard input, at least
- * min and at most max).
+ * min and at most max), {@code compression=true} (every connection sets
+ * {@code useCompression}, as {@code jms.useCompression=true} on a URL does).
  */
 public final class JmsCheck {
 
@@ -266,6 +267,7 @@ public final class JmsCheck {
         // ObjectMessage bodies are deserialized only from trusted packages (the ArrayList of
         // message-types); an application configures the same.
         f.setTrustedPackages(List.of("java.util", "java.lang"));
+        f.setUseCompression(Boolean.parseBoolean(OPTS.getOrDefault("compression", "false")));
         return f;
     }
 

@@ -124,6 +124,14 @@ fn every_message_type_keeps_body_properties_and_headers() {
     check("message-types", &[]);
 }
 
+/// A client with `jms.useCompression=true` (its bodies deflated): every message type arrives
+/// with its body, and a queue of texts in order, as from stock ActiveMQ.
+#[test]
+fn compressed_bodies_of_every_type_arrive_intact() {
+    check("message-types", &["compression=true"]);
+    check("queue-text", &["count=50", "compression=true"]);
+}
+
 /// AUTO_ACKNOWLEDGE, with receive() and with a MessageListener: nothing comes back after a
 /// reconnect.
 #[test]
@@ -329,6 +337,17 @@ fn poison_acked_messages_go_to_their_own_dlq_with_the_individual_strategy() {
 /// body, `correlation-id`, `type` and properties as headers.
 #[test]
 fn stomp_and_jms_read_each_others_messages() {
+    stomp_and_jms_interop(&[]);
+}
+
+/// The same with the JMS client compressing its bodies (`jms.useCompression=true`): the STOMP
+/// client reads the JMS text as plain text, as a STOMP client of ActiveMQ does.
+#[test]
+fn a_compressed_jms_message_reaches_stomp_as_plain_text() {
+    stomp_and_jms_interop(&["compression=true"]);
+}
+
+fn stomp_and_jms_interop(options: &[&str]) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let broker = BrokerProcess::start(dir.path(), "").expect("starting ferromq");
     let from = unique("interop.from-stomp");
@@ -354,10 +373,10 @@ fn stomp_and_jms_read_each_others_messages() {
     let outcome = java::run_scenario(
         "stomp-interop",
         &broker.url(),
-        &[&format!("from={from}"), &format!("to={to}")],
+        &[&[&format!("from={from}")[..], &format!("to={to}")], options].concat(),
         SCENARIO_TIMEOUT,
     )
-    .unwrap_or_else(|e| panic!("running JmsCheck stomp-interop: {e:#}"));
+    .unwrap_or_else(|e| panic!("running JmsCheck stomp-interop {options:?}: {e:#}"));
     outcome.assert_passed(&format!("ferromq at {}", broker.url()));
     stomp
         .subscribe("jms", &format!("/queue/{to}"), &[])

@@ -9,6 +9,7 @@
 //! | TextMessage body        | UTF-8 bytes, body type TEXT                             |
 //! | BytesMessage body       | the bytes, body type BYTES                              |
 //! | Map/Object/StreamMessage| OpenWire's encoding of the body, body type MAP/OBJECT/STREAM |
+//! | a compressed body       | inflated (bounded by `max_frame_size`), then as above   |
 //! | JMSCorrelationID        | header `correlation-id`                                 |
 //! | JMSReplyTo              | header `reply-to` as `queue://x`, `topic://x`, `temp-queue://x`, `temp-topic://x` (STOMP: `/queue/x`, ...) |
 //! | JMSType                 | header `type`                                           |
@@ -203,8 +204,13 @@ pub fn parse_destination(text: &str) -> Option<OwDestination> {
 /// Why an OpenWire message cannot be stored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConvertError {
-    #[error("compressed message bodies are not supported: set jms.useCompression=false")]
-    Compressed,
+    #[error("a compressed body (jms.useCompression) that does not inflate: {0}")]
+    BadCompression(String),
+    #[error(
+        "a compressed body (jms.useCompression) that inflates to more than {0} bytes, the \
+         broker's max_frame_size"
+    )]
+    InflatesTooLarge(usize),
     #[error("blob messages are not supported")]
     Blob,
     #[error("the message has no destination")]
@@ -213,15 +219,82 @@ pub enum ConvertError {
     Malformed(String),
 }
 
-/// The core's view of a message an OpenWire producer sent.
-pub fn to_new_message(m: &Message) -> Result<NewMessage, ConvertError> {
-    if m.compressed {
-        return Err(ConvertError::Compressed);
+/// The first `n` bytes (or fewer, if the stream ends before) of the zlib stream `compressed`
+/// (what Java's `DeflaterOutputStream` and `Deflater` write).
+fn inflate_first(compressed: &[u8], n: usize) -> Result<Vec<u8>, ConvertError> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    flate2::read::ZlibDecoder::new(compressed)
+        .take(n as u64)
+        .read_to_end(&mut out)
+        .map_err(|e| ConvertError::BadCompression(e.to_string()))?;
+    Ok(out)
+}
+
+/// The zlib stream `compressed` inflated, if that makes at most `limit` bytes.
+fn inflate(compressed: &[u8], limit: usize) -> Result<Vec<u8>, ConvertError> {
+    let out = inflate_first(compressed, limit + 1)?;
+    if out.len() > limit {
+        return Err(ConvertError::InflatesTooLarge(limit));
     }
+    Ok(out)
+}
+
+/// The body of a message sent with `jms.useCompression=true`, inflated, at most `limit` bytes.
+/// As the client compresses it: a BytesMessage's content is the body's length (4 bytes, big
+/// endian) then a zlib stream that starts with the body; any other kind's is the zlib stream of its
+/// uncompressed content (a text body's length and modified UTF-8 included).
+fn inflate_content(
+    kind: &MessageKind,
+    content: &[u8],
+    limit: usize,
+) -> Result<Bytes, ConvertError> {
+    if content.is_empty() {
+        return Ok(Bytes::new());
+    }
+    let body = if matches!(kind, MessageKind::Bytes) {
+        let Some((length, stream)) = content.split_first_chunk::<4>() else {
+            return Err(ConvertError::BadCompression(format!(
+                "{} bytes, too short for the body's length",
+                content.len()
+            )));
+        };
+        let length = i32::from_be_bytes(*length);
+        let length = usize::try_from(length).map_err(|_| {
+            ConvertError::BadCompression(format!("a negative body length ({length})"))
+        })?;
+        if length > limit {
+            return Err(ConvertError::InflatesTooLarge(limit));
+        }
+        // The client deflates the whole buffer its body was written into, so the stream may
+        // go on past the body (zeros); like the client, read only the body's length.
+        let body = inflate_first(stream, length)?;
+        if body.len() != length {
+            return Err(ConvertError::BadCompression(format!(
+                "{} bytes inflated where the message says {length}",
+                body.len()
+            )));
+        }
+        body
+    } else {
+        inflate(content, limit)?
+    };
+    Ok(Bytes::from(body))
+}
+
+/// The core's view of a message an OpenWire producer sent. A compressed body is inflated (to
+/// at most `max_body` bytes) and stored as if sent uncompressed, so STOMP clients read it and
+/// JMS consumers receive it uncompressed, as ActiveMQ's STOMP and JMS clients would read it.
+pub fn to_new_message(m: &Message, max_body: usize) -> Result<NewMessage, ConvertError> {
+    let inflated = match (&m.content, m.compressed) {
+        (Some(content), true) => Some(inflate_content(&m.kind, content, max_body)?),
+        (content, _) => content.clone(),
+    };
+    let content = &inflated;
     let (body_type, body) = match &m.kind {
         MessageKind::Message => (BodyType::None, Bytes::new()),
         MessageKind::Text => {
-            let text = match &m.content {
+            let text = match content {
                 Some(content) => decode_text_body(content)
                     .map_err(|e| ConvertError::Malformed(e.to_string()))?
                     .unwrap_or_default(),
@@ -229,10 +302,10 @@ pub fn to_new_message(m: &Message) -> Result<NewMessage, ConvertError> {
             };
             (BodyType::Text, Bytes::from(text.into_bytes()))
         }
-        MessageKind::Bytes => (BodyType::Bytes, m.content.clone().unwrap_or_default()),
-        MessageKind::Map => (BodyType::Map, m.content.clone().unwrap_or_default()),
-        MessageKind::Object => (BodyType::Object, m.content.clone().unwrap_or_default()),
-        MessageKind::Stream => (BodyType::Stream, m.content.clone().unwrap_or_default()),
+        MessageKind::Bytes => (BodyType::Bytes, content.clone().unwrap_or_default()),
+        MessageKind::Map => (BodyType::Map, content.clone().unwrap_or_default()),
+        MessageKind::Object => (BodyType::Object, content.clone().unwrap_or_default()),
+        MessageKind::Stream => (BodyType::Stream, content.clone().unwrap_or_default()),
         MessageKind::Blob(_) => return Err(ConvertError::Blob),
     };
     let mut headers = Vec::new();
@@ -514,6 +587,9 @@ mod tests {
         );
     }
 
+    /// A body limit no test message reaches.
+    const MAX: usize = 64 << 20;
+
     fn text_body(text: &str) -> Bytes {
         let mut out = BytesMut::new();
         encode_text_body(Some(text), &mut out).unwrap();
@@ -553,7 +629,7 @@ mod tests {
             marshalled_properties: Some(marshalled.freeze()),
             ..Message::default()
         };
-        let new = to_new_message(&sent).unwrap();
+        let new = to_new_message(&sent, MAX).unwrap();
         assert_eq!(new.body_type, BodyType::Text);
         assert_eq!(&new.body[..], "héllo".as_bytes());
         assert_eq!(
@@ -632,18 +708,119 @@ mod tests {
     }
 
     #[test]
-    fn compressed_and_blob_messages_are_refused_by_name() {
-        let m = Message {
-            kind: MessageKind::Bytes,
-            compressed: true,
-            ..Message::default()
-        };
-        assert_eq!(to_new_message(&m).unwrap_err(), ConvertError::Compressed);
+    fn blob_messages_are_refused_by_name() {
         let m = Message {
             kind: MessageKind::Blob(Default::default()),
             ..Message::default()
         };
-        assert_eq!(to_new_message(&m).unwrap_err(), ConvertError::Blob);
+        assert_eq!(to_new_message(&m, MAX).unwrap_err(), ConvertError::Blob);
+    }
+
+    /// What Java's `DeflaterOutputStream` (and `Deflater`) write: a zlib stream.
+    fn deflate(data: &[u8]) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(data).unwrap();
+        z.finish().unwrap()
+    }
+
+    /// `jms.useCompression=true`: a text body is the zlib stream of its usual encoding; a
+    /// bytes body is its length (4 bytes, big endian) and the zlib stream of the bytes. Both
+    /// are stored inflated, as if sent uncompressed.
+    #[test]
+    fn compressed_bodies_are_stored_inflated() {
+        let text = "compressible ".repeat(100);
+        let sent = Message {
+            kind: MessageKind::Text,
+            compressed: true,
+            content: Some(Bytes::from(deflate(&text_body(&text)))),
+            ..Message::default()
+        };
+        let new = to_new_message(&sent, MAX).unwrap();
+        assert_eq!(
+            (new.body_type, &new.body[..]),
+            (BodyType::Text, text.as_bytes())
+        );
+
+        // As the client writes it: the length, then the deflated buffer the body was written
+        // into, whose unused end (zeros) is deflated too.
+        let body = vec![7u8; 5000];
+        let mut content = (body.len() as i32).to_be_bytes().to_vec();
+        content.extend(deflate(&[&body[..], &[0u8; 3192]].concat()));
+        let sent = Message {
+            kind: MessageKind::Bytes,
+            compressed: true,
+            content: Some(Bytes::from(content)),
+            ..Message::default()
+        };
+        let new = to_new_message(&sent, MAX).unwrap();
+        assert_eq!((new.body_type, &new.body[..]), (BodyType::Bytes, &body[..]));
+
+        // Map, Object and Stream bodies are compressed whole, like a text body.
+        let sent = Message {
+            kind: MessageKind::Map,
+            compressed: true,
+            content: Some(Bytes::from(deflate(b"map encoding"))),
+            ..Message::default()
+        };
+        assert_eq!(
+            &to_new_message(&sent, MAX).unwrap().body[..],
+            b"map encoding"
+        );
+    }
+
+    /// A body that does not inflate, or would inflate past the frame limit (a few KB of zeros
+    /// deflate to a few bytes), is refused naming the problem, before it takes any memory.
+    #[test]
+    fn bad_or_oversized_compressed_bodies_are_refused() {
+        let bomb = deflate(&vec![0u8; 1 << 20]);
+        assert!(bomb.len() < 2048);
+        for kind in [MessageKind::Text, MessageKind::Object] {
+            let sent = Message {
+                kind,
+                compressed: true,
+                content: Some(Bytes::from(bomb.clone())),
+                ..Message::default()
+            };
+            assert_eq!(
+                to_new_message(&sent, 4096).unwrap_err(),
+                ConvertError::InflatesTooLarge(4096)
+            );
+        }
+        // More than the stream holds.
+        let mut said_more = 2_000_000i32.to_be_bytes().to_vec();
+        said_more.extend(&bomb);
+        let mut said_large = (1i32 << 20).to_be_bytes().to_vec();
+        said_large.extend(&bomb);
+        for (content, limit) in [
+            ([&3i32.to_be_bytes()[..], b"not zlib"].concat(), MAX),
+            (vec![0, 0], MAX),
+            ((-1i32).to_be_bytes().to_vec(), MAX),
+            (said_more, MAX),
+        ] {
+            let sent = Message {
+                kind: MessageKind::Bytes,
+                compressed: true,
+                content: Some(Bytes::from(content.clone())),
+                ..Message::default()
+            };
+            let err = to_new_message(&sent, limit).unwrap_err();
+            assert!(
+                matches!(err, ConvertError::BadCompression(_)),
+                "{content:?}: {err:?}"
+            );
+            assert!(err.to_string().contains("jms.useCompression"), "{err}");
+        }
+        let sent = Message {
+            kind: MessageKind::Bytes,
+            compressed: true,
+            content: Some(Bytes::from(said_large)),
+            ..Message::default()
+        };
+        assert_eq!(
+            to_new_message(&sent, 4096).unwrap_err(),
+            ConvertError::InflatesTooLarge(4096)
+        );
     }
 
     /// JMSType and a property called `type` are two things, both ways.
@@ -661,7 +838,7 @@ mod tests {
             marshalled_properties: Some(marshalled.freeze()),
             ..Message::default()
         };
-        let new = to_new_message(&sent).unwrap();
+        let new = to_new_message(&sent, MAX).unwrap();
         let stored = StoredMessage {
             message_id: "ID:h-1:1:1:1".into(),
             destination: "queue://orders".into(),

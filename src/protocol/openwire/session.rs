@@ -1183,8 +1183,8 @@ impl State {
             .as_ref()
             .ok_or_else(|| BrokerError::InvalidDestination("(none)".into()))?;
         let members = convert::core_destinations(destination)?;
-        let mut message =
-            convert::to_new_message(m).map_err(|e| BrokerError::InvalidMessage(e.to_string()))?;
+        let mut message = convert::to_new_message(m, self.options.max_frame_size)
+            .map_err(|e| BrokerError::InvalidMessage(e.to_string()))?;
         if matches!(
             destination.kind,
             super::DestinationKind::TempQueue | super::DestinationKind::TempTopic
