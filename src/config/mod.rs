@@ -135,6 +135,11 @@ pub struct AdminConfig {
     /// Absent or empty (the default): no endpoint.
     #[serde(with = "connector::optional_tcp_uri")]
     pub bind: Option<HostPort>,
+    /// The secret that allows the endpoint's write operations (purge, delete, retry a DLQ):
+    /// a request must carry `Authorization: Bearer <token>`. Absent (the default): they are
+    /// refused. ActiveMQ's web console asks for a user of its `jetty-realm.properties`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// `[broker]`
@@ -511,6 +516,20 @@ impl Config {
                         "{} would listen on the same port as {other}",
                         admin.to_tcp_uri()
                     ),
+                ));
+            }
+        }
+        if let Some(token) = &self.admin.token {
+            if token.is_empty() {
+                return Err(invalid(
+                    "admin.token",
+                    "must not be empty (leave it out to refuse write operations)",
+                ));
+            }
+            if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(
+                    "admin.token",
+                    "must not hold spaces or control characters (it is sent in an HTTP header)",
                 ));
             }
         }
@@ -1009,6 +1028,9 @@ mod tests {
             ("[broker]\nmax_frame_size = 10", "broker.max_frame_size"),
             ("[admin]\nbind = \"tcp://0.0.0.0:61616\"", "admin.bind"),
             ("[admin]\nbind = \"http://127.0.0.1:8161\"", "admin.bind"),
+            ("[admin]\ntoken = \"\"", "admin.token"),
+            ("[admin]\ntoken = \"a b\"", "admin.token"),
+            ("[admin]\ntoken = 5", "admin.token"),
             ("[broker]\nname = \"\"", "broker.name"),
             ("[transport]\nconnectors = []", "transport.connectors"),
             (
