@@ -85,30 +85,22 @@ impl DeadLetterStrategy {
     /// (one on `ActiveMQ.DLQ` with the shared strategy) or that was dead-lettered to `queue`
     /// (`dead_letter_queue(origin, origin) == queue` for its `original-destination`).
     pub fn dead_letter_queue(&self, queue: &str, destination: &str) -> String {
-        let DeadLetterStrategy::Individual {
-            queue_prefix,
-            queue_suffix,
-            topic_prefix,
-            topic_suffix,
-        } = self
-        else {
+        let Some([queues, topics]) = self.affixes() else {
             return DEAD_LETTER_QUEUE.to_string();
         };
-        let (prefix, name, suffix) = if let Some(name) = queue.strip_prefix("queue://") {
-            (queue_prefix, name, queue_suffix)
+        let ((prefix, suffix), name) = if let Some(name) = queue.strip_prefix("queue://") {
+            (queues, name)
         } else if let Some(name) = destination.strip_prefix("topic://") {
-            (topic_prefix, name, topic_suffix)
+            (topics, name)
         } else if let Some(name) = destination.strip_prefix("queue://") {
-            (queue_prefix, name, queue_suffix)
+            (queues, name)
         } else {
             // Not a destination the core makes; the shared DLQ keeps it rather than losing it.
             return DEAD_LETTER_QUEUE.to_string();
         };
         format!("queue://{prefix}{name}{suffix}")
     }
-}
 
-impl DeadLetterStrategy {
     /// Whether `queue` (canonical) is a dead-letter queue as this strategy names them (ActiveMQ's
     /// `isDLQ`): `ActiveMQ.DLQ` always (the individual strategy's fallback too), and with the
     /// individual strategy every queue named with its queue or topic prefix and suffix.
@@ -116,24 +108,28 @@ impl DeadLetterStrategy {
         if queue == DEAD_LETTER_QUEUE {
             return true;
         }
-        let DeadLetterStrategy::Individual {
-            queue_prefix,
-            queue_suffix,
-            topic_prefix,
-            topic_suffix,
-        } = self
-        else {
+        let (Some(affixes), Some(name)) = (self.affixes(), queue.strip_prefix("queue://")) else {
             return false;
         };
-        let Some(name) = queue.strip_prefix("queue://") else {
-            return false;
-        };
-        let named = |prefix: &str, suffix: &str| {
+        affixes.iter().any(|(prefix, suffix)| {
             name.len() > prefix.len() + suffix.len()
                 && name.starts_with(prefix)
                 && name.ends_with(suffix)
-        };
-        named(queue_prefix, queue_suffix) || named(topic_prefix, topic_suffix)
+        })
+    }
+
+    /// The individual strategy's (prefix, suffix) for queues and for topics; `None` for the
+    /// shared one.
+    fn affixes(&self) -> Option<[(&str, &str); 2]> {
+        match self {
+            DeadLetterStrategy::Shared => None,
+            DeadLetterStrategy::Individual {
+                queue_prefix,
+                queue_suffix,
+                topic_prefix,
+                topic_suffix,
+            } => Some([(queue_prefix, queue_suffix), (topic_prefix, topic_suffix)]),
+        }
     }
 }
 

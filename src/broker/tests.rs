@@ -3724,6 +3724,9 @@ async fn a_retry_moves_dead_letters_back_with_a_fresh_redelivery_count() {
     assert_eq!(broker.queue_depth("queue://q"), 1);
     assert_eq!(broker.queue_depth("queue://ActiveMQ.DLQ"), 1);
     assert_eq!(body(&take_from(&broker, "ActiveMQ.DLQ").await), "stray");
+    // The stored copy starts from 0 too (a restart counts again from the stored count).
+    let back = take_from(&broker, "q").await;
+    assert_eq!((body(&back), back.redelivery_count), ("poison", 0));
 }
 
 /// A durable subscription's dead letter names the topic: retried, it is published to the
