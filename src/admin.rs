@@ -18,7 +18,8 @@
 //!   need `Authorization: Bearer <token>` (401), compared in constant time.
 //!
 //! It owns the listener, the parsing of requests (a bounded head read under a deadline; a
-//! request body is not read), the authorization of write operations and the rendering of
+//! body of at most 64 KiB is read and ignored, a longer one refused), the authorization of
+//! write operations and the rendering of
 //! what [`Status`] and the broker core report. It changes broker state only through the
 //! core's admin operations ([`Broker::purge_queue`], [`Broker::delete_queue`],
 //! [`Broker::retry_dead_letters`]), which journal every change as any other, and only for a
@@ -41,10 +42,14 @@ use crate::server::Mode;
 
 /// The longest request head read; longer ones get 431.
 const MAX_HEAD: usize = 8 * 1024;
+/// The longest request body read (and ignored: no request takes one, but a client may send an
+/// empty form); longer ones get 413.
+const MAX_BODY: usize = 64 * 1024;
 /// A client has this long to send its request head.
 const READ_DEADLINE: Duration = Duration::from_secs(5);
-/// How long a write operation waits for its last record to be confirmed (a cluster that lost
-/// its quorum confirms nothing) before it answers 503; the change may still be confirmed.
+/// How long a write operation's answer waits for it to finish and its last record to be
+/// confirmed (a cluster that lost its quorum confirms nothing) before it answers 503; the
+/// operation goes on, and may still be confirmed.
 const CONFIRM_DEADLINE: Duration = Duration::from_secs(30);
 
 /// What this node is, as the node's lifecycle last reported it.
@@ -144,6 +149,14 @@ async fn answer(
         Ok(Ok(head)) => match parse_request(&head) {
             Err(response) => response,
             Ok(request) => {
+                // Read before answering: closing with unread bytes resets the connection, and
+                // the client may lose the answer.
+                let mut unread = (&mut stream).take(request.body_unread as u64);
+                let mut sink = tokio::io::sink();
+                let drained = tokio::io::copy(&mut unread, &mut sink);
+                if tokio::time::timeout(READ_DEADLINE, drained).await.is_err() {
+                    return Ok(());
+                }
                 let view = View::of(status, mode);
                 let mut response = match Operation::of(&request.path) {
                     Some(operation) => operation.answer(&request, &view, token).await,
@@ -181,6 +194,8 @@ struct Request {
     path: String,
     /// The `Authorization` header's value, if the request has one.
     authorization: Option<String>,
+    /// Bytes of the body (`Content-Length`, at most [`MAX_BODY`]) not read with the head.
+    body_unread: usize,
 }
 
 /// The method and path of a request head; a 4xx response when it is not a usable one.
@@ -205,16 +220,25 @@ fn parse_request(head: &[u8]) -> Result<Request, Response> {
         return Err(Response::text(400, "malformed request line\n"));
     }
     let path = target.split(['?', '#']).next().unwrap_or(target);
-    let authorization = text.lines().skip(1).find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.trim()
-            .eq_ignore_ascii_case("authorization")
-            .then(|| value.trim().to_string())
-    });
+    let header = |wanted: &str| {
+        text.lines().skip(1).find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case(wanted)
+                .then(|| value.trim().to_string())
+        })
+    };
+    let body = match header("content-length").map(|n| n.parse::<usize>()) {
+        None => 0,
+        Some(Ok(n)) if n <= MAX_BODY => n,
+        Some(Ok(_)) => return Err(Response::text(413, "no request here takes a body\n")),
+        Some(Err(_)) => return Err(Response::text(400, "malformed Content-Length\n")),
+    };
     Ok(Request {
         method: method.to_string(),
         path: path.to_string(),
-        authorization,
+        authorization: header("authorization"),
+        body_unread: body.saturating_sub(head.len() - (end + 4)),
     })
 }
 
@@ -312,29 +336,37 @@ impl Operation {
             Err(response) => return response,
             Ok(ready) => ready,
         };
-        let run = async {
-            match self {
-                Operation::Purge(_) => broker
-                    .purge_queue(&queue)
-                    .await
-                    .map(|removed| serde_json::json!({ "queue": queue, "removed": removed })),
-                Operation::Delete(_) => broker
-                    .delete_queue(&queue)
-                    .await
-                    .map(|removed| serde_json::json!({ "queue": queue, "removed": removed, "deleted": true })),
-                Operation::Retry(_) => broker.retry_dead_letters(&queue).await.map(|r| {
-                    serde_json::json!({ "queue": queue, "moved": r.moved, "left": r.left })
-                }),
-            }
+        // On a task of its own: a client that goes away, or the deadline, never stops an
+        // operation between two batches.
+        let run = {
+            let (operation, queue) = (self.clone(), queue.clone());
+            tokio::spawn(async move {
+                match operation {
+                    Operation::Purge(_) => broker
+                        .purge_queue(&queue)
+                        .await
+                        .map(|removed| serde_json::json!({ "queue": queue, "removed": removed })),
+                    Operation::Delete(_) => broker.delete_queue(&queue).await.map(|removed| {
+                        serde_json::json!({ "queue": queue, "removed": removed, "deleted": true })
+                    }),
+                    Operation::Retry(_) => broker.retry_dead_letters(&queue).await.map(|r| {
+                        serde_json::json!({ "queue": queue, "moved": r.moved, "left": r.left })
+                    }),
+                }
+            })
         };
         let outcome = tokio::time::timeout(CONFIRM_DEADLINE, run).await;
         let (code, body) = match outcome {
             Err(_) => (
                 503,
-                serde_json::json!({ "queue": queue, "error": format!("not confirmed within {CONFIRM_DEADLINE:?}: the change may still be confirmed") }),
+                serde_json::json!({ "queue": queue, "error": format!("not done within {CONFIRM_DEADLINE:?} (a cluster without its quorum confirms nothing): it goes on, and may still be confirmed; see /queues") }),
             ),
-            Ok(Ok(done)) => (200, done),
-            Ok(Err(error)) => {
+            Ok(Err(panicked)) => (
+                500,
+                serde_json::json!({ "queue": queue, "error": format!("the operation failed: {panicked}") }),
+            ),
+            Ok(Ok(Ok(done))) => (200, done),
+            Ok(Ok(Err(error))) => {
                 let code = match &error {
                     AdminError::UnknownQueue(_) => 404,
                     AdminError::Conflict(_) => 409,
@@ -674,6 +706,8 @@ impl Response {
             404 => "Not Found",
             405 => "Method Not Allowed",
             409 => "Conflict",
+            413 => "Payload Too Large",
+            500 => "Internal Server Error",
             408 => "Request Timeout",
             431 => "Request Header Fields Too Large",
             503 => "Service Unavailable",
@@ -710,6 +744,7 @@ mod tests {
                 method: "GET".into(),
                 path: "/metrics".into(),
                 authorization: None,
+                body_unread: 0,
             })
         );
         assert_eq!(
@@ -750,6 +785,7 @@ mod tests {
             method: "GET".into(),
             path: path.into(),
             authorization: None,
+            body_unread: 0,
         };
         let slave = view(false);
         assert_eq!(route(&get("/health"), &slave).code, 200);
@@ -760,6 +796,7 @@ mod tests {
             method: "POST".into(),
             path: "/health".into(),
             authorization: None,
+            body_unread: 0,
         };
         assert_eq!(route(&post, &slave).code, 405);
         let body = String::from_utf8(route(&get("/health"), &slave).body).unwrap();
@@ -783,6 +820,7 @@ mod tests {
             method: method.into(),
             path: path.into(),
             authorization: authorization.map(str::to_string),
+            body_unread: 0,
         }
     }
 
@@ -818,6 +856,18 @@ mod tests {
             percent_decoded("queue%3A%2F%2Fa%2Fb").as_deref(),
             Some("queue://a/b")
         );
+        let with_body = b"POST /queues/q/purge HTTP/1.1\r\nContent-Length: 5\r\n\r\nab";
+        assert_eq!(
+            parse_request(with_body)
+                .map_err(|r| r.code)
+                .unwrap()
+                .body_unread,
+            3
+        );
+        let huge = b"POST /queues/q/purge HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n";
+        assert_eq!(parse_request(huge).map_err(|r| r.code).unwrap_err(), 413);
+        let bad = b"POST /queues/q/purge HTTP/1.1\r\nContent-Length: -1\r\n\r\n";
+        assert_eq!(parse_request(bad).map_err(|r| r.code).unwrap_err(), 400);
         assert_eq!(percent_decoded("%zz"), None);
         assert_eq!(percent_decoded("%4"), None);
         assert_eq!(percent_decoded("%ff"), None);

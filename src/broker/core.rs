@@ -47,6 +47,14 @@ pub(super) const RELEASE_BATCH: usize = 1_000;
 /// How many messages one batch of an admin operation (purge, delete, retry) handles under one
 /// hold of the core lock; [`super::Broker`] takes the lock again for the next.
 pub(super) const ADMIN_BATCH: usize = 1_000;
+/// A retry batch also ends once it has moved this many bytes of messages, each read back and
+/// held until its record is confirmed: 1000 large messages would take that much memory and
+/// time under the lock.
+const ADMIN_BATCH_BYTES: usize = 64 << 20;
+/// A retry gathers moves into records of at most this many bytes (a single larger move gets a
+/// record of its own, up to the journal's `MAX_RECORD_LEN`), as the producer carry bounds its
+/// records: a record is encoded whole in memory and sent whole to the slaves.
+const MOVE_RECORD_LEN: usize = 16 << 20;
 
 /// Counters for logs, status and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -2805,7 +2813,9 @@ impl Core {
     /// with sequence in `from..=upto` (at most [`ADMIN_BATCH`]) whose `original-destination`
     /// names another queue or a topic is moved there, in records that each hold whole moves
     /// (the add to the destination and the remove from the DLQ together, so a crash leaves a
-    /// message in one place) and fit the journal's record limit. As ActiveMQ's resend does, the
+    /// message in one place) of at most [`MOVE_RECORD_LEN`] (a larger single move alone, up
+    /// to the journal's record limit; past it the message stays). The batch ends early once
+    /// it moved [`ADMIN_BATCH_BYTES`]. As ActiveMQ's resend does, the
     /// moved message keeps its id, its redelivery count starts again from 0 and its
     /// `original-destination` names the DLQ; sent back to a topic, every current subscriber
     /// of the topic (durable or not) receives it. The others stay, counted as left.
@@ -2825,14 +2835,18 @@ impl Core {
             .take(ADMIN_BATCH)
             .map(|(seq, _)| *seq)
             .collect();
-        let resume = seqs
+        let mut resume = seqs
             .last()
             .filter(|last| seqs.len() == ADMIN_BATCH && **last < upto)
             .map(|last| last + 1);
         let mut retried = Retried::default();
         let mut chunk = Routed::default();
-        let mut chunk_len = 0;
+        let (mut chunk_len, mut moved_len) = (0, 0);
         for seq in seqs {
+            if moved_len >= ADMIN_BATCH_BYTES {
+                resume = Some(seq);
+                break;
+            }
             let Some(entry) = self.queues.get(queue).and_then(|q| q.ready.get(&seq)) else {
                 continue;
             };
@@ -2868,14 +2882,16 @@ impl Core {
                 retried.left += 1;
                 continue;
             }
-            if chunk_len + len > crate::store::record::MAX_RECORD_LEN
-                || chunk.entries.len() + entries.len() > crate::store::MAX_ENTRIES
+            if !chunk.entries.is_empty()
+                && (chunk_len + len > MOVE_RECORD_LEN
+                    || chunk.entries.len() + entries.len() > crate::store::MAX_ENTRIES)
             {
                 self.append_moves(std::mem::take(&mut chunk))?;
                 chunk_len = 0;
             }
             chunk.push(entries, stored, publish);
             chunk_len += len;
+            moved_len += len;
             if let Some(q) = self.queues.get_mut(queue) {
                 if let Some(entry) = q.ready.remove(&seq) {
                     if entry.message.expiration > 0 {

@@ -3816,3 +3816,71 @@ fn dead_letter_queues_are_recognised_by_the_strategy() {
     assert!(!individual.is_dead_letter_queue("queue://q"));
     assert!(!individual.is_dead_letter_queue("queue://ActiveMQ.DLQ.Queue."));
 }
+
+/// Large dead letters, their bodies left in the journal past `memory_limit`, are read back
+/// and moved in records of bounded size and batches of bounded bytes: all of them arrive
+/// whole, and are there after a restart.
+#[tokio::test]
+async fn a_retry_of_large_messages_moves_them_whole_in_bounded_records() {
+    const SIZE: usize = 6 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let options = BrokerOptions {
+        memory_limit: 1 << 20,
+        ..BrokerOptions::default()
+    };
+    let n = 12; // 72 MiB: more than one retry batch's bytes, many records' worth
+    {
+        let broker = Broker::start_for_tests(dir.path(), options.clone());
+        let (p, _) = broker.open_session(None);
+        for i in 0..n {
+            let mut m = dead_letter_from("queue://big", "");
+            m.body = Bytes::from(vec![i as u8; SIZE]);
+            p.send(&queue("ActiveMQ.DLQ"), m, None)
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let retried = broker.retry_dead_letters("queue://ActiveMQ.DLQ").await;
+        assert_eq!(retried, Ok(Retried { moved: n, left: 0 }));
+        assert_eq!(broker.queue_depth("queue://big"), n);
+        assert_eq!(broker.queue_depth("queue://ActiveMQ.DLQ"), 0);
+    }
+    // No record holds more than a few of them (ADMIN_BATCH_BYTES would fit ten).
+    let largest = largest_frame(dir.path());
+    assert!(
+        largest < 3 * SIZE,
+        "a record of {largest} bytes holds more than two 6 MiB moves"
+    );
+    let broker = Broker::start_for_tests(dir.path(), options);
+    assert_eq!(broker.queue_depth("queue://ActiveMQ.DLQ"), 0);
+    let (c, mut rx) = broker.open_session(None);
+    subscribe(&c, "s", queue("big"), 1);
+    for i in 0..n {
+        let d = next(&mut rx).await;
+        assert_eq!(d.message.body.len(), SIZE);
+        assert!(d.message.body.iter().all(|b| *b == i as u8), "message {i}");
+        c.ack(d.tag, AckScope::Single, None).unwrap();
+    }
+}
+
+/// The longest journal frame body in the segments (`*.log`) of store directory `dir`.
+fn largest_frame(dir: &std::path::Path) -> usize {
+    let mut largest = 0;
+    for file in std::fs::read_dir(dir).unwrap() {
+        let path = file.unwrap().path();
+        if path.extension().is_none_or(|e| e != "log") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let mut at = 0;
+        while let Some(header) = bytes.get(at..at + 8) {
+            let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
+            if len == 0 {
+                break;
+            }
+            largest = largest.max(len);
+            at += 8 + len;
+        }
+    }
+    largest
+}
