@@ -3884,3 +3884,41 @@ fn largest_frame(dir: &std::path::Path) -> usize {
     }
     largest
 }
+
+/// A durable subscription's queue, as `/queues` lists it, is deleted with its subscription
+/// while inactive (refused while active): later messages to the topic are not kept for it,
+/// and a restart does not bring it back.
+#[tokio::test]
+async fn deleting_a_durable_subscriptions_queue_removes_the_subscription() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = "durable://client:news";
+    {
+        let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+        let (s, _rx) = broker.open_session(Some("client".into()));
+        subscribe_to(&s, "news", topic("news"), Some("news"), None)
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(matches!(
+            broker.delete_queue(name).await,
+            Err(AdminError::Conflict(_))
+        ));
+        s.unsubscribe("news", false).unwrap().await.unwrap();
+        let (p, _) = broker.open_session(None);
+        for body in ["a", "b"] {
+            p.send(&topic("news"), persistent(body), None)
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        assert_eq!(broker.queue_depth(name), 2);
+        assert_eq!(broker.delete_queue(name).await, Ok(2));
+        p.send(&topic("news"), persistent("c"), None)
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(broker.queue_stats().iter().all(|q| q.name != name));
+    }
+    let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+    assert!(broker.queue_stats().iter().all(|q| q.name != name));
+}
