@@ -137,8 +137,12 @@ pub struct AdminConfig {
     pub bind: Option<HostPort>,
     /// The secret that allows the endpoint's write operations (purge, delete, retry a DLQ):
     /// a request must carry `Authorization: Bearer <token>`. Absent (the default): they are
-    /// refused. ActiveMQ's web console asks for a user of its `jetty-realm.properties`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// refused (an empty one too). ActiveMQ's web console asks for a user of its
+    /// `jetty-realm.properties`. `FERROMQ_ADMIN__TOKEN` keeps it out of the file.
+    #[serde(
+        deserialize_with = "units::optional_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub token: Option<String>,
 }
 
@@ -520,12 +524,6 @@ impl Config {
             }
         }
         if let Some(token) = &self.admin.token {
-            if token.is_empty() {
-                return Err(invalid(
-                    "admin.token",
-                    "must not be empty (leave it out to refuse write operations)",
-                ));
-            }
             if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(invalid(
                     "admin.token",
@@ -926,6 +924,12 @@ mod tests {
         let env = [("FERROMQ_REPLICATION__ZK_PASSWORD", "4711")];
         let c = Config::load_with_env(None, env).unwrap();
         assert_eq!(c.replication.zk_password.as_deref(), Some("4711"));
+        let env = [("FERROMQ_ADMIN__TOKEN", "0815")];
+        let c = Config::load_with_env(None, env).unwrap();
+        assert_eq!(c.admin.token.as_deref(), Some("0815"));
+        let env = [("FERROMQ_ADMIN__TOKEN", "")];
+        let c = Config::load_with_env(None, env).unwrap();
+        assert_eq!(c.admin.token, None);
     }
 
     #[test]
@@ -1028,9 +1032,8 @@ mod tests {
             ("[broker]\nmax_frame_size = 10", "broker.max_frame_size"),
             ("[admin]\nbind = \"tcp://0.0.0.0:61616\"", "admin.bind"),
             ("[admin]\nbind = \"http://127.0.0.1:8161\"", "admin.bind"),
-            ("[admin]\ntoken = \"\"", "admin.token"),
             ("[admin]\ntoken = \"a b\"", "admin.token"),
-            ("[admin]\ntoken = 5", "admin.token"),
+            ("[admin]\ntoken = [\"a\"]", "admin.token"),
             ("[broker]\nname = \"\"", "broker.name"),
             ("[transport]\nconnectors = []", "transport.connectors"),
             (
