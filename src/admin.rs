@@ -19,8 +19,8 @@
 //!
 //! It owns the listener, the parsing of requests (a bounded head read under a deadline; a
 //! body of at most 64 KiB is read and ignored, a longer one refused), the authorization of
-//! write operations and the rendering of
-//! what [`Status`] and the broker core report. It changes broker state only through the
+//! write operations and the rendering of what [`Status`] and the broker core report. It
+//! changes broker state only through the
 //! core's admin operations ([`Broker::purge_queue`], [`Broker::delete_queue`],
 //! [`Broker::retry_dead_letters`]), which journal every change as any other, and only for a
 //! request that carries the configured token. It must never change state any other way or
@@ -404,11 +404,13 @@ impl Operation {
                  to allow them\n",
             ));
         };
+        // The scheme is case-insensitive (RFC 9110).
         let offered = request
             .authorization
             .as_deref()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, credentials)| credentials.trim());
         if !offered.is_some_and(|offered| same_secret(offered, token)) {
             let mut response = Response::text(
                 401,
@@ -910,7 +912,9 @@ mod tests {
                 "{authorization:?}"
             );
         }
-        // Authorized, on a node that serves no clients: 503.
+        // Authorized (the scheme in any case), on a node that serves no clients: 503.
+        let request = write("POST", "/queues/q/purge", Some("bearer s3cret"));
+        assert_eq!(operate(&request, &slave, token).await.0, 503);
         let request = write("POST", "/queues/q/retry", right);
         assert_eq!(operate(&request, &slave, token).await.0, 503);
 
