@@ -206,6 +206,8 @@ pub(crate) fn broker_options(config: &Config) -> BrokerOptions {
         topic_pending_limit: config.broker.topic_pending_limit,
         memory_limit: config.broker.memory_limit,
         scheduler_support: config.broker.scheduler_support,
+        // Checked when the configuration was loaded.
+        virtual_topics: config.broker.virtual_topics().unwrap_or_default(),
         ..BrokerOptions::default()
     }
 }

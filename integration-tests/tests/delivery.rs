@@ -904,6 +904,39 @@ fn a_virtual_topic_copies_each_message_to_every_consumer_queue() -> Result<()> {
     Ok(())
 }
 
+/// A virtual topic rule of one's own, as in ActiveMQ's documentation (`<virtualTopic name=">"
+/// prefix="VirtualTopicConsumers.*."/>`): every topic feeds its `VirtualTopicConsumers.<system>.`
+/// queues, and the default `Consumer.*.VirtualTopic.>` queues are ordinary queues.
+#[test]
+fn a_configured_virtual_topic_rule_replaces_the_default() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = "[broker]\nvirtual_topic_name = \">\"\nvirtual_topic_prefix = \"VirtualTopicConsumers.*.\"\n";
+    let mut broker = BrokerProcess::start(dir.path(), config)?;
+    let mut billing = broker.client()?;
+    billing.subscribe("b", "/queue/VirtualTopicConsumers.billing.orders", &[])?;
+    let mut old = broker.client()?;
+    old.subscribe("o", "/queue/Consumer.A.VirtualTopic.Orders", &[])?;
+    let mut producer = broker.client()?;
+    producer.send_persistent("/topic/orders", b"o1")?;
+    producer.send_persistent("/topic/VirtualTopic.Orders", b"v1")?;
+    let m = billing.recv_message(FRAME_TIMEOUT)?;
+    assert_eq!(m.text(), "o1");
+    assert_eq!(m.get("original-destination"), Some("/topic/orders"));
+    ensure!(
+        old.try_recv_message(Duration::from_millis(300))?.is_none(),
+        "the default rule should be replaced"
+    );
+    drop((billing, old));
+    // Sent while its consumer is away, kept across a restart.
+    producer.send_persistent("/topic/orders", b"o2")?;
+    drop(producer);
+    broker.restart()?;
+    let mut billing = broker.client()?;
+    billing.subscribe("b", "/queue/VirtualTopicConsumers.billing.orders", &[])?;
+    assert_eq!(billing.recv_message(FRAME_TIMEOUT)?.text(), "o2");
+    Ok(())
+}
+
 /// ActiveMQ's `/temp-queue/NAME` is the connection's own temporary queue: two clients that
 /// both use `/temp-queue/replies` as `reply-to` each get exactly their own replies. The
 /// responder sees `/remote-temp-queue/ID:...` and answers there; the owner sees the reply on

@@ -344,25 +344,6 @@ fn parse_selector(text: Option<&str>) -> Result<Option<Arc<Selector>>, BrokerErr
     }
 }
 
-/// ActiveMQ's default virtual topics (`BrokerService.createDefaultDestinationInterceptor`: a
-/// `VirtualTopic` named `VirtualTopic.>` with its default prefix `Consumer.*.`): a message sent
-/// to topic `VirtualTopic.X` is also copied to every existing queue `Consumer.<name>.VirtualTopic.X`.
-const VIRTUAL_TOPIC_PATTERN: &str = "VirtualTopic.>";
-const VIRTUAL_TOPIC_CONSUMER_PREFIX: &str = "Consumer.";
-
-/// The virtual topic (`topic://VirtualTopic.X`) whose consumer queue is queue `name` (without
-/// prefix: `Consumer.A.VirtualTopic.X`), if it is one: `Consumer.`, one non-empty segment,
-/// `.`, then a topic name `VirtualTopic.>` matches (ActiveMQ's `Consumer.*.VirtualTopic.X`).
-fn virtual_topic_of(name: &str) -> Option<String> {
-    let rest = name.strip_prefix(VIRTUAL_TOPIC_CONSUMER_PREFIX)?;
-    let (consumer, topic) = rest.split_once('.')?;
-    if consumer.is_empty() || wildcard::is_pattern(topic) {
-        return None;
-    }
-    let pattern = Pattern::parse(VIRTUAL_TOPIC_PATTERN).expect("a valid pattern");
-    pattern.matches(topic).then(|| format!("topic://{topic}"))
-}
-
 /// Whether a stored [`SubscriptionAdd`] records a virtual topic's consumer queue rather than a
 /// durable subscription: its queue is an ordinary queue (`queue://Consumer.A.VirtualTopic.X`),
 /// where a durable subscription's is `durable://client:name`. Such a record has an empty
@@ -1456,7 +1437,8 @@ impl Core {
             (Destination::Queue(name), _) => {
                 let queue = request.destination.canonical();
                 if !self.virtual_queues.contains(&queue) {
-                    if let Some(topic) = virtual_topic_of(name) {
+                    let rule = self.options.virtual_topics.as_ref();
+                    if let Some(topic) = rule.and_then(|v| v.topic_of(name)) {
                         // A virtual topic's consumer queue exists from its first consumer on
                         // (ActiveMQ creates the queue then and keeps it, persisted, until an
                         // admin removes it): recorded once, in the journal, so that restarts,

@@ -25,6 +25,7 @@ mod memory;
 mod queue;
 pub mod schedule;
 pub mod selector;
+pub mod virtual_topic;
 mod wildcard;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -161,6 +162,8 @@ pub struct BrokerOptions {
     /// ActiveMQ's `schedulerSupport`: a message with `AMQ_SCHEDULED_DELAY` is delivered only
     /// after that delay (see [`schedule`]). Off: the scheduling properties are ordinary ones.
     pub scheduler_support: bool,
+    /// ActiveMQ's virtual topics (see [`virtual_topic`]); `None`: off (`useVirtualTopics="false"`).
+    pub virtual_topics: Option<virtual_topic::VirtualTopics>,
 }
 
 impl Default for BrokerOptions {
@@ -173,6 +176,7 @@ impl Default for BrokerOptions {
             expiry_sweep: Duration::from_secs(1),
             memory_limit: 64 << 20,
             scheduler_support: false,
+            virtual_topics: Some(virtual_topic::VirtualTopics::activemq_default()),
         }
     }
 }

@@ -1814,6 +1814,56 @@ async fn a_virtual_topic_fans_out_to_each_consumer_queue_with_one_record_per_sen
 }
 
 #[tokio::test]
+async fn virtual_topics_follow_the_configured_rule_or_none() {
+    // ActiveMQ's documented alternative: every topic virtual, consumer queues
+    // `VirtualTopicConsumers.<system>.<topic>`.
+    let rule =
+        crate::broker::virtual_topic::VirtualTopics::new(">", "VirtualTopicConsumers.*.", "")
+            .unwrap();
+    let f = fixture(BrokerOptions {
+        virtual_topics: Some(rule),
+        ..BrokerOptions::default()
+    })
+    .await;
+    let (p, _) = f.broker.open_session(None);
+    let (c, _rx) = f.broker.open_session(None);
+    subscribe_virtual(&c, "billing", "VirtualTopicConsumers.billing.orders", None).await;
+    subscribe_virtual(&c, "default", "Consumer.A.VirtualTopic.Orders", None).await;
+    c.unsubscribe("billing", false).unwrap();
+    c.unsubscribe("default", false).unwrap();
+    send_confirmed(&p, &topic("orders"), "1").await;
+    send_confirmed(&p, &topic("VirtualTopic.Orders"), "2").await;
+    assert_eq!(
+        f.broker
+            .queue_depth("queue://VirtualTopicConsumers.billing.orders"),
+        1
+    );
+    assert_eq!(
+        f.broker
+            .queue_depth("queue://Consumer.A.VirtualTopic.Orders"),
+        0,
+        "the default rule no longer applies"
+    );
+
+    // Off (`use_virtual_topics = false`): a queue named like a consumer queue is only a queue.
+    let f = fixture(BrokerOptions {
+        virtual_topics: None,
+        ..BrokerOptions::default()
+    })
+    .await;
+    let (p, _) = f.broker.open_session(None);
+    let (c, _rx) = f.broker.open_session(None);
+    subscribe_virtual(&c, "a", "Consumer.A.VirtualTopic.Orders", None).await;
+    c.unsubscribe("a", false).unwrap();
+    send_confirmed(&p, &topic("VirtualTopic.Orders"), "3").await;
+    assert_eq!(
+        f.broker
+            .queue_depth("queue://Consumer.A.VirtualTopic.Orders"),
+        0
+    );
+}
+
+#[tokio::test]
 async fn a_virtual_topic_consumer_queue_is_an_ordinary_queue_to_its_consumers() {
     let f = fixture(BrokerOptions::default()).await;
     // No client id needed, and any number of consumers at once, with selectors.

@@ -31,6 +31,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::broker::virtual_topic::VirtualTopics;
 use figment::providers::{Format, Serialized, Toml};
 use figment::{Figment, Metadata, Profile, Provider, Source};
 use serde::{Deserialize, Serialize};
@@ -191,6 +192,21 @@ pub struct BrokerConfig {
     /// STOMP header `AMQ_SCHEDULED_DELAY` (milliseconds) is delivered only after that delay.
     /// Off, the property is an ordinary one and the message is delivered at once.
     pub scheduler_support: bool,
+    /// ActiveMQ's `useVirtualTopics` (default true): a message sent to a topic
+    /// `virtual_topic_name` matches is also copied to its consumer queues.
+    pub use_virtual_topics: bool,
+    /// ActiveMQ's `<virtualTopic name>`: the topics that are virtual (default
+    /// `VirtualTopic.>`; `>` makes every topic one).
+    #[serde(deserialize_with = "units::lenient_string")]
+    pub virtual_topic_name: String,
+    /// ActiveMQ's `<virtualTopic prefix>`: a consumer queue is named this + the topic's name +
+    /// `virtual_topic_postfix`, a `*` segment standing for the consuming system (default
+    /// `Consumer.*.`).
+    #[serde(deserialize_with = "units::lenient_string")]
+    pub virtual_topic_prefix: String,
+    /// ActiveMQ's `<virtualTopic postfix>` (default empty).
+    #[serde(deserialize_with = "units::lenient_string")]
+    pub virtual_topic_postfix: String,
     /// login -> password. When non-empty, CONNECT must authenticate.
     #[serde(deserialize_with = "units::lenient_string_map")]
     pub users: BTreeMap<String, String>,
@@ -210,6 +226,10 @@ impl Default for BrokerConfig {
             topic_pending_limit: 1000,
             memory_limit: 64 * MIB,
             scheduler_support: false,
+            use_virtual_topics: true,
+            virtual_topic_name: "VirtualTopic.>".to_owned(),
+            virtual_topic_prefix: "Consumer.*.".to_owned(),
+            virtual_topic_postfix: String::new(),
             users: BTreeMap::new(),
         }
     }
@@ -228,6 +248,28 @@ pub enum DeadLetterStrategyKind {
 }
 
 impl BrokerConfig {
+    /// The virtual topic rule of the four `virtual_topic` keys; `None` when
+    /// `use_virtual_topics` is off. The error names the key at fault.
+    pub fn virtual_topics(&self) -> Result<Option<VirtualTopics>, ConfigError> {
+        if !self.use_virtual_topics {
+            return Ok(None);
+        }
+        VirtualTopics::new(
+            &self.virtual_topic_name,
+            &self.virtual_topic_prefix,
+            &self.virtual_topic_postfix,
+        )
+        .map(Some)
+        .map_err(|e| {
+            let key = match e.part {
+                "name" => "broker.virtual_topic_name",
+                "postfix" => "broker.virtual_topic_postfix",
+                _ => "broker.virtual_topic_prefix",
+            };
+            invalid(key, e.message)
+        })
+    }
+
     /// CONNECT must carry a valid login and passcode (`users` is non-empty).
     pub fn requires_authentication(&self) -> bool {
         !self.users.is_empty()
@@ -449,6 +491,7 @@ impl Config {
         if b.dead_letter_strategy == DeadLetterStrategyKind::Individual {
             check_dead_letter_names(b)?;
         }
+        b.virtual_topics()?;
         if b.users.keys().any(|login| login.is_empty()) {
             return Err(invalid("broker.users", "a login must not be empty"));
         }
@@ -792,6 +835,44 @@ mod tests {
         assert!(!r.advertised_hostname().is_empty());
         c.validate().unwrap();
         assert_eq!(Config::from_toml_str("").unwrap(), c);
+    }
+
+    #[test]
+    fn virtual_topics_are_activemqs_default_configurable_and_checked() {
+        let default = Config::default();
+        assert_eq!(
+            crate::server::broker_options(&default).virtual_topics,
+            Some(VirtualTopics::activemq_default())
+        );
+        let f = toml_file(
+            "[broker]\nvirtual_topic_name = \">\"\nvirtual_topic_prefix = \"VirtualTopicConsumers.*.\"\n",
+        );
+        let c = Config::load_with_env(Some(f.path()), NO_ENV).unwrap();
+        assert_eq!(
+            crate::server::broker_options(&c).virtual_topics,
+            Some(VirtualTopics::new(">", "VirtualTopicConsumers.*.", "").unwrap())
+        );
+        let f = toml_file("[broker]\nuse_virtual_topics = false\n");
+        let c = Config::load_with_env(Some(f.path()), NO_ENV).unwrap();
+        assert_eq!(crate::server::broker_options(&c).virtual_topics, None);
+        for (toml, key) in [
+            (
+                "virtual_topic_prefix = \"Consumer.*\"",
+                "broker.virtual_topic_prefix",
+            ),
+            ("virtual_topic_prefix = \"\"", "broker.virtual_topic_prefix"),
+            (
+                "virtual_topic_name = \"a.>.b\"",
+                "broker.virtual_topic_name",
+            ),
+            (
+                "virtual_topic_postfix = \"x\"",
+                "broker.virtual_topic_postfix",
+            ),
+        ] {
+            let (err, file) = load_err(&format!("[broker]\n{toml}\n"));
+            assert!(err.contains(key) && err.contains(&file), "{toml}: {err}");
+        }
     }
 
     #[test]

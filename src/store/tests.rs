@@ -876,7 +876,16 @@ fn a_slave_frees_the_segments_its_master_forwarded() {
         }
         copy_to_slave(&master, &rx, &mut slave, &mut copied);
     }
-    let (m, s) = (master.stats(), slave.stats());
+    // Each writer releases a segment just after the batch that made it releasable is
+    // durable, on its own thread: the counts settle once both have caught up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (m, s) = loop {
+        let (m, s) = (master.stats(), slave.stats());
+        if s.segments <= m.segments + 1 || std::time::Instant::now() > deadline {
+            break (m, s);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
     assert!(m.forwarded_records > 0 && m.segments <= 6, "master: {m:?}");
     assert!(
         s.segments <= m.segments + 1,
