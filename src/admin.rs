@@ -1,5 +1,5 @@
-//! The admin endpoint: a small HTTP listener for monitoring and load balancers, where ActiveMQ
-//! has its web console (`[admin] bind`, e.g. `tcp://127.0.0.1:8161`).
+//! The admin endpoint: a small HTTP listener for monitoring, load balancers and operators,
+//! where ActiveMQ has its web console (`[admin] bind`, e.g. `tcp://127.0.0.1:8161`).
 //!
 //! - `GET /health`: 200 while the process runs, with its role, epoch, position (the journal's
 //!   end: current on the node that serves, where the role began on the others) and whether it
@@ -10,11 +10,22 @@
 //! - `GET /metrics`: Prometheus text format: role, epoch, positions, sessions, per-queue depth,
 //!   consumers and unacknowledged deliveries, message counters, memory held for queued bodies.
 //! - `GET /queues`: the queues as JSON (503 when this node serves no clients).
+//! - Destination operations, as the web console's (JSON answers; 503 where `/queues` is):
+//!   `POST /queues/<name>/purge` (ActiveMQ's `purge()`), `DELETE /queues/<name>`
+//!   (`removeQueue`) and `POST /queues/<name>/retry` (`retryMessages()`, for a DLQ). `<name>`
+//!   is a name as `/queues` lists it (`queue://orders`, percent-encoded or not) or a bare
+//!   queue name (`orders`). They are refused (403) unless `[admin] token` is set, and then
+//!   need `Authorization: Bearer <token>` (401), compared in constant time.
 //!
-//! It owns the listener, the parsing of requests (GET and HEAD only, a bounded head read
-//! under a deadline) and the rendering of what [`Status`] and the broker core report. It must
-//! never change broker state, hold the core's lock while writing to a socket, or let a
-//! malformed request do more than get a 4xx answer and a closed connection.
+//! It owns the listener, the parsing of requests (a bounded head read under a deadline; a
+//! body of at most 64 KiB is read and ignored, a longer one refused), the authorization of
+//! write operations and the rendering of what [`Status`] and the broker core report. It
+//! changes broker state only through the
+//! core's admin operations ([`Broker::purge_queue`], [`Broker::delete_queue`],
+//! [`Broker::retry_dead_letters`]), which journal every change as any other, and only for a
+//! request that carries the configured token. It must never change state any other way or
+//! without that token, hold the core's lock while writing to a socket, or let a malformed
+//! request do more than get a 4xx answer and a closed connection.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -26,13 +37,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::broker::Broker;
+use crate::broker::{AdminError, Broker};
 use crate::server::Mode;
 
 /// The longest request head read; longer ones get 431.
 const MAX_HEAD: usize = 8 * 1024;
+/// The longest request body read (and ignored: no request takes one, but a client may send an
+/// empty form); longer ones get 413.
+const MAX_BODY: usize = 64 * 1024;
 /// A client has this long to send its request head.
 const READ_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a write operation's answer waits for it to finish and its last record to be
+/// confirmed (a cluster that lost its quorum confirms nothing) before it answers 503; the
+/// operation goes on, and may still be confirmed.
+const CONFIRM_DEADLINE: Duration = Duration::from_secs(30);
 
 /// What this node is, as the node's lifecycle last reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,16 +96,23 @@ impl Status {
 
 /// Binds `bind` and serves the endpoint until the returned task is aborted. `mode` is the
 /// client listeners' mode: it says whether (and with which broker core) this node serves.
+/// `token` is `[admin] token`: without one, write operations are refused.
 pub async fn serve(
     bind: &str,
     status: Arc<Status>,
     mode: watch::Receiver<Mode>,
+    token: Option<String>,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let token: Arc<Option<String>> = Arc::new(token);
     let listener = TcpListener::bind(bind)
         .await
         .with_context(|| format!("binding the admin endpoint on {bind}"))?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, "admin endpoint listening (/health, /ready, /metrics, /queues)");
+    tracing::info!(
+        %address,
+        writes = if token.is_some() { "with the token" } else { "refused: no [admin] token" },
+        "admin endpoint listening (/health, /ready, /metrics, /queues)"
+    );
     let task = tokio::spawn(async move {
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -100,8 +125,9 @@ pub async fn serve(
             };
             let status = status.clone();
             let mode = mode.clone();
+            let token = token.clone();
             tokio::spawn(async move {
-                if let Err(e) = answer(stream, &status, &mode).await {
+                if let Err(e) = answer(stream, &status, &mode, token.as_deref()).await {
                     tracing::debug!(%peer, error = %e, "admin endpoint: request failed");
                 }
             });
@@ -115,6 +141,7 @@ async fn answer(
     mut stream: TcpStream,
     status: &Status,
     mode: &watch::Receiver<Mode>,
+    token: Option<&str>,
 ) -> std::io::Result<()> {
     let response = match tokio::time::timeout(READ_DEADLINE, read_head(&mut stream)).await {
         Err(_) => Response::text(408, "request head not received in time\n"),
@@ -122,8 +149,19 @@ async fn answer(
         Ok(Ok(head)) => match parse_request(&head) {
             Err(response) => response,
             Ok(request) => {
+                // Read before answering: closing with unread bytes resets the connection, and
+                // the client may lose the answer.
+                let mut unread = (&mut stream).take(request.body_unread as u64);
+                let mut sink = tokio::io::sink();
+                let drained = tokio::io::copy(&mut unread, &mut sink);
+                if tokio::time::timeout(READ_DEADLINE, drained).await.is_err() {
+                    return Ok(());
+                }
                 let view = View::of(status, mode);
-                let mut response = route(&request, &view);
+                let mut response = match Operation::of(&request.path) {
+                    Some(operation) => operation.answer(&request, &view, token).await,
+                    None => route(&request, &view),
+                };
                 if request.method == "HEAD" {
                     response.body.clear();
                 }
@@ -154,6 +192,10 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 struct Request {
     method: String,
     path: String,
+    /// The `Authorization` header's value, if the request has one.
+    authorization: Option<String>,
+    /// Bytes of the body (`Content-Length`, at most [`MAX_BODY`]) not read with the head.
+    body_unread: usize,
 }
 
 /// The method and path of a request head; a 4xx response when it is not a usable one.
@@ -178,9 +220,25 @@ fn parse_request(head: &[u8]) -> Result<Request, Response> {
         return Err(Response::text(400, "malformed request line\n"));
     }
     let path = target.split(['?', '#']).next().unwrap_or(target);
+    let header = |wanted: &str| {
+        text.lines().skip(1).find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case(wanted)
+                .then(|| value.trim().to_string())
+        })
+    };
+    let body = match header("content-length").map(|n| n.parse::<usize>()) {
+        None => 0,
+        Some(Ok(n)) if n <= MAX_BODY => n,
+        Some(Ok(_)) => return Err(Response::text(413, "no request here takes a body\n")),
+        Some(Err(_)) => return Err(Response::text(400, "malformed Content-Length\n")),
+    };
     Ok(Request {
         method: method.to_string(),
         path: path.to_string(),
+        authorization: header("authorization"),
+        body_unread: body.saturating_sub(head.len() - (end + 4)),
     })
 }
 
@@ -236,10 +294,179 @@ impl View {
     }
 }
 
+/// A write operation on a queue: what a path under `/queues/` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Operation {
+    Purge(String),
+    Delete(String),
+    Retry(String),
+}
+
+impl Operation {
+    /// The operation `path` names (`/queues/<name>/purge`, `/queues/<name>`,
+    /// `/queues/<name>/retry`), its name still as written; `None` for any other path.
+    fn of(path: &str) -> Option<Operation> {
+        let rest = path.strip_prefix("/queues/")?;
+        Some(if let Some(name) = rest.strip_suffix("/purge") {
+            Operation::Purge(name.to_string())
+        } else if let Some(name) = rest.strip_suffix("/retry") {
+            Operation::Retry(name.to_string())
+        } else {
+            Operation::Delete(rest.to_string())
+        })
+    }
+
+    fn method(&self) -> &'static str {
+        match self {
+            Operation::Delete(_) => "DELETE",
+            Operation::Purge(_) | Operation::Retry(_) => "POST",
+        }
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            Operation::Purge(name) | Operation::Delete(name) | Operation::Retry(name) => name,
+        }
+    }
+
+    /// Checks the request as [`Operation::refusal`] does, then runs the operation on the
+    /// serving core.
+    async fn answer(&self, request: &Request, view: &View, token: Option<&str>) -> Response {
+        let (queue, broker) = match self.refusal(request, view, token) {
+            Err(response) => return response,
+            Ok(ready) => ready,
+        };
+        // On a task of its own: a client that goes away, or the deadline, never stops an
+        // operation between two batches.
+        let run = {
+            let (operation, queue) = (self.clone(), queue.clone());
+            tokio::spawn(async move {
+                match operation {
+                    Operation::Purge(_) => broker
+                        .purge_queue(&queue)
+                        .await
+                        .map(|removed| serde_json::json!({ "queue": queue, "removed": removed })),
+                    Operation::Delete(_) => broker.delete_queue(&queue).await.map(|removed| {
+                        serde_json::json!({ "queue": queue, "removed": removed, "deleted": true })
+                    }),
+                    Operation::Retry(_) => broker.retry_dead_letters(&queue).await.map(|r| {
+                        serde_json::json!({ "queue": queue, "moved": r.moved, "left": r.left })
+                    }),
+                }
+            })
+        };
+        let outcome = tokio::time::timeout(CONFIRM_DEADLINE, run).await;
+        let (code, body) = match outcome {
+            Err(_) => (
+                503,
+                serde_json::json!({ "queue": queue, "error": format!("not done within {CONFIRM_DEADLINE:?} (a cluster without its quorum confirms nothing): it goes on, and may still be confirmed; see /queues") }),
+            ),
+            Ok(Err(panicked)) => (
+                500,
+                serde_json::json!({ "queue": queue, "error": format!("the operation failed: {panicked}") }),
+            ),
+            Ok(Ok(Ok(done))) => (200, done),
+            Ok(Ok(Err(error))) => {
+                let code = match &error {
+                    AdminError::UnknownQueue(_) => 404,
+                    AdminError::Conflict(_) => 409,
+                    AdminError::Broker(_) => 503,
+                };
+                (
+                    code,
+                    serde_json::json!({ "queue": queue, "error": error.to_string() }),
+                )
+            }
+        };
+        tracing::info!(operation = ?self, queue, code, outcome = %body, "admin operation");
+        Response::json(code, body.to_string() + "\n")
+    }
+
+    /// The canonical queue and the serving core to run the operation on, or the answer that
+    /// refuses it: 405 for another method, 403 without a configured token, 401 without the
+    /// right `Authorization`, 503 on a node that serves no clients, 404 for a name that
+    /// names no queue.
+    fn refusal(
+        &self,
+        request: &Request,
+        view: &View,
+        token: Option<&str>,
+    ) -> Result<(String, Broker), Response> {
+        if request.method != self.method() {
+            let mut response = Response::text(405, &format!("only {} here\n", self.method()));
+            response.headers.push(("Allow", self.method().into()));
+            return Err(response);
+        }
+        let Some(token) = token else {
+            return Err(Response::text(
+                403,
+                "write operations are off: set [admin] token (admin.token) in the configuration \
+                 to allow them\n",
+            ));
+        };
+        // The scheme is case-insensitive (RFC 9110).
+        let offered = request
+            .authorization
+            .as_deref()
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, credentials)| credentials.trim());
+        if !offered.is_some_and(|offered| same_secret(offered, token)) {
+            let mut response = Response::text(
+                401,
+                "write operations need Authorization: Bearer <[admin] token>\n",
+            );
+            response.headers.push(("WWW-Authenticate", "Bearer".into()));
+            return Err(response);
+        }
+        let Some(broker) = &view.broker else {
+            return Err(Response::json(503, view.health_json()));
+        };
+        let queue = match percent_decoded(self.name()) {
+            Some(name) if name.contains("://") => name,
+            Some(name) if !name.is_empty() => format!("queue://{name}"),
+            _ => return Err(Response::text(404, "not found: no such queue name\n")),
+        };
+        Ok((queue, broker.clone()))
+    }
+}
+
+/// Whether `offered` is `secret`, in time that depends only on their lengths.
+fn same_secret(offered: &str, secret: &str) -> bool {
+    let (a, b) = (offered.as_bytes(), secret.as_bytes());
+    let mut diff = u8::from(a.len() != b.len());
+    for (i, byte) in b.iter().enumerate() {
+        diff |= byte ^ a.get(i).copied().unwrap_or(!byte);
+    }
+    diff == 0
+}
+
+/// `text` with its `%XX` escapes decoded; `None` when one is malformed or the result is not
+/// UTF-8.
+fn percent_decoded(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 fn route(request: &Request, view: &View) -> Response {
     let known = ["/health", "/ready", "/metrics", "/queues"];
     if !known.contains(&request.path.as_str()) {
-        return Response::text(404, "not found: try /health, /ready, /metrics or /queues\n");
+        return Response::text(
+            404,
+            "not found: try /health, /ready, /metrics, /queues or /queues/<name>/purge\n",
+        );
     }
     if request.method != "GET" && request.method != "HEAD" {
         let mut response = Response::text(405, "only GET and HEAD\n");
@@ -476,8 +703,13 @@ impl Response {
         let reason = match self.code {
             200 => "OK",
             400 => "Bad Request",
+            401 => "Unauthorized",
+            403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",
+            409 => "Conflict",
+            413 => "Payload Too Large",
+            500 => "Internal Server Error",
             408 => "Request Timeout",
             431 => "Request Header Fields Too Large",
             503 => "Service Unavailable",
@@ -512,7 +744,9 @@ mod tests {
             request("GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"),
             Ok(Request {
                 method: "GET".into(),
-                path: "/metrics".into()
+                path: "/metrics".into(),
+                authorization: None,
+                body_unread: 0,
             })
         );
         assert_eq!(
@@ -552,6 +786,8 @@ mod tests {
         let get = |path: &str| Request {
             method: "GET".into(),
             path: path.into(),
+            authorization: None,
+            body_unread: 0,
         };
         let slave = view(false);
         assert_eq!(route(&get("/health"), &slave).code, 200);
@@ -561,6 +797,8 @@ mod tests {
         let post = Request {
             method: "POST".into(),
             path: "/health".into(),
+            authorization: None,
+            body_unread: 0,
         };
         assert_eq!(route(&post, &slave).code, 405);
         let body = String::from_utf8(route(&get("/health"), &slave).body).unwrap();
@@ -577,5 +815,144 @@ mod tests {
         );
         assert!(text.contains("ferromq_serving 0\n"), "{text}");
         assert!(text.contains("ferromq_store_failed 0\n"), "{text}");
+    }
+
+    fn write(method: &str, path: &str, authorization: Option<&str>) -> Request {
+        Request {
+            method: method.into(),
+            path: path.into(),
+            authorization: authorization.map(str::to_string),
+            body_unread: 0,
+        }
+    }
+
+    /// The answer to a write operation: its code and body.
+    async fn operate(request: &Request, view: &View, token: Option<&str>) -> (u16, String) {
+        let operation = Operation::of(&request.path).expect("a write operation's path");
+        let response = operation.answer(request, view, token).await;
+        let body = String::from_utf8(response.body.clone()).unwrap();
+        if response.code == 405 {
+            assert!(response.headers.iter().any(|(n, _)| *n == "Allow"));
+        }
+        if response.code == 401 {
+            assert!(response
+                .headers
+                .contains(&("WWW-Authenticate", "Bearer".into())));
+        }
+        (response.code, body)
+    }
+
+    #[test]
+    fn the_authorization_header_is_parsed_and_names_are_decoded() {
+        let parsed =
+            parse_request(b"POST /queues/q/purge HTTP/1.1\r\nauthorization:  Bearer s3 \r\n\r\n");
+        assert_eq!(
+            parsed.map_err(|r| r.code).unwrap().authorization.as_deref(),
+            Some("Bearer s3")
+        );
+        assert_eq!(
+            Operation::of("/queues/queue%3A%2F%2Fa%2Fb/retry"),
+            Some(Operation::Retry("queue%3A%2F%2Fa%2Fb".into()))
+        );
+        assert_eq!(
+            percent_decoded("queue%3A%2F%2Fa%2Fb").as_deref(),
+            Some("queue://a/b")
+        );
+        let with_body = b"POST /queues/q/purge HTTP/1.1\r\nContent-Length: 5\r\n\r\nab";
+        assert_eq!(
+            parse_request(with_body)
+                .map_err(|r| r.code)
+                .unwrap()
+                .body_unread,
+            3
+        );
+        let huge = b"POST /queues/q/purge HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n";
+        assert_eq!(parse_request(huge).map_err(|r| r.code).unwrap_err(), 413);
+        let bad = b"POST /queues/q/purge HTTP/1.1\r\nContent-Length: -1\r\n\r\n";
+        assert_eq!(parse_request(bad).map_err(|r| r.code).unwrap_err(), 400);
+        assert_eq!(percent_decoded("%zz"), None);
+        assert_eq!(percent_decoded("%4"), None);
+        assert_eq!(percent_decoded("%ff"), None);
+        assert_eq!(Operation::of("/queues"), None);
+        assert!(same_secret("s3cret", "s3cret"));
+        assert!(!same_secret("s3cre", "s3cret"));
+        assert!(!same_secret("s3cretx", "s3cret"));
+        assert!(!same_secret("", "s3cret"));
+    }
+
+    #[tokio::test]
+    async fn write_operations_are_refused_without_the_token_a_serving_core_or_a_queue() {
+        let token = Some("s3cret");
+        let right = Some("Bearer s3cret");
+        let slave = view(false);
+        // The method comes first: 405 with Allow.
+        let wrong_method = write("GET", "/queues/q/purge", right);
+        assert_eq!(operate(&wrong_method, &slave, token).await.0, 405);
+        assert_eq!(
+            operate(&write("POST", "/queues/q", right), &slave, token)
+                .await
+                .0,
+            405
+        );
+        // No token configured: 403 naming the key, whatever the request carries.
+        let (code, body) = operate(&write("POST", "/queues/q/purge", right), &slave, None).await;
+        assert_eq!(code, 403);
+        assert!(body.contains("admin.token"), "{body}");
+        // A token configured: 401 without it, or with another.
+        for authorization in [
+            None,
+            Some("Bearer nope"),
+            Some("s3cret"),
+            Some("Basic s3cret"),
+        ] {
+            let request = write("DELETE", "/queues/q", authorization);
+            assert_eq!(
+                operate(&request, &slave, token).await.0,
+                401,
+                "{authorization:?}"
+            );
+        }
+        // Authorized (the scheme in any case), on a node that serves no clients: 503.
+        let request = write("POST", "/queues/q/purge", Some("bearer s3cret"));
+        assert_eq!(operate(&request, &slave, token).await.0, 503);
+        let request = write("POST", "/queues/q/retry", right);
+        assert_eq!(operate(&request, &slave, token).await.0, 503);
+
+        // On the serving core: an unknown queue is 404; a known one is purged.
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        let (session, _rx) = broker.open_session(None);
+        for body in ["a", "b"] {
+            let message = crate::broker::NewMessage {
+                persistent: true,
+                body: bytes::Bytes::copy_from_slice(body.as_bytes()),
+                ..Default::default()
+            };
+            let destination = crate::broker::Destination::Queue("q".into());
+            session
+                .send(&destination, message, None)
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let mut master = view(true);
+        master.broker = Some(broker.clone());
+        let request = write("POST", "/queues/nope/purge", right);
+        assert_eq!(operate(&request, &master, token).await.0, 404);
+        let request = write("POST", "/queues/q/retry", right);
+        let (code, body) = operate(&request, &master, token).await;
+        assert_eq!(code, 409, "{body}");
+        let request = write("POST", "/queues/queue%3A%2F%2Fq/purge", right);
+        let (code, body) = operate(&request, &master, token).await;
+        assert_eq!(code, 200, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["removed"], 2);
+        assert_eq!(json["queue"], "queue://q");
+        assert_eq!(broker.queue_depth("queue://q"), 0);
+        let (code, body) = operate(&write("DELETE", "/queues/q", right), &master, token).await;
+        assert_eq!(code, 200, "{body}");
+        assert!(broker.queue_stats().is_empty());
+        // GET /queues/... is not an operation's method; the listing stays open.
+        assert_eq!(route(&write("GET", "/queues", None), &master).code, 200);
     }
 }

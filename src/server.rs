@@ -156,7 +156,9 @@ pub(crate) async fn start_admin(
     let Some(bind) = &config.admin.bind else {
         return Ok(None);
     };
-    let (_, task) = crate::admin::serve(bind.as_str(), status.clone(), listeners.mode()).await?;
+    let token = config.admin.token.clone();
+    let (_, task) =
+        crate::admin::serve(bind.as_str(), status.clone(), listeners.mode(), token).await?;
     Ok(Some(AbortOnDrop(task)))
 }
 

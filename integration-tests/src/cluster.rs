@@ -31,6 +31,8 @@ pub const BROKER_NAME: &str = "cluster";
 pub const ZK_PATH: &str = "/activemq/leveldb-stores";
 /// The nodes' ZooKeeper session timeout.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(2);
+/// Every node's `[admin] token`: the admin endpoint's queue operations need it.
+pub const ADMIN_TOKEN: &str = "cluster-admin-token";
 /// How long a probe waits for the answer to CONNECT.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -149,7 +151,9 @@ pub fn node_config(
          security_token = \"t\"\n\
          \n\
          [admin]\n\
-         bind = \"tcp://127.0.0.1:0\"\n",
+         bind = \"tcp://127.0.0.1:0\"\n\
+         token = {token}\n",
+        token = toml_string(ADMIN_TOKEN),
         name = toml_string(BROKER_NAME),
         data = toml_string(&data.to_string_lossy()),
         zk = toml_string(zk_address),

@@ -1,8 +1,11 @@
 //! The admin endpoint (`[admin] bind`) of a standalone broker: health, readiness, metrics and
-//! queues as a monitoring system or a load balancer reads them, and bad requests.
+//! queues as a monitoring system or a load balancer reads them, bad requests, and the
+//! destination operations an operator runs (purge, delete, retry a DLQ) with the token.
 
 use anyhow::Result;
-use ferromq_integration_tests::{http_get, http_request, BrokerProcess, FRAME_TIMEOUT};
+use ferromq_integration_tests::{
+    deadline, http_get, http_request, wait_until, BrokerProcess, FRAME_TIMEOUT,
+};
 
 fn metric(text: &str, sample: &str) -> Option<u64> {
     text.lines()
@@ -146,5 +149,152 @@ fn a_failed_store_turns_ready_off_and_loses_nothing_receipted() -> Result<()> {
         "{receipted} receipted before the failure, {} recovered",
         bodies.len()
     );
+    Ok(())
+}
+
+/// `method path` with `Authorization: Bearer <token>` when a token is given, and an empty JSON
+/// object as its body (as some HTTP clients send one; the endpoint reads and ignores it).
+fn admin_write(addr: &str, method: &str, path: &str, token: Option<&str>) -> Result<(u16, String)> {
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    http_request(
+        addr,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Content-Length: 2\r\n\r\n{{}}"
+        ),
+    )
+}
+
+/// Messages poisoned over STOMP (a client-ack consumer that goes away twice, past
+/// `max_redeliveries = 1`) land on `ActiveMQ.DLQ`; `POST /queues/ActiveMQ.DLQ/retry` with the
+/// token moves them back to their queue, where they are consumed again with a fresh
+/// redelivery count. A purge (which takes a delivered, unacknowledged message too) and a
+/// delete are refused without the token and done with it; after a kill -9 and a restart the
+/// purged and deleted messages stay gone and the retried one waits on its queue.
+#[test]
+fn dead_letters_are_retried_and_queues_purged_and_deleted_over_http_for_good() -> Result<()> {
+    const TOKEN: &str = "t0ken-for-tests";
+    let dir = tempfile::tempdir()?;
+    let mut broker = BrokerProcess::start(
+        dir.path(),
+        &format!(
+            "[broker]\nmax_redeliveries = 1\n[admin]\nbind = \"tcp://127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
+        ),
+    )?;
+    let admin = broker
+        .admin_addr()
+        .expect("the broker logs its admin endpoint");
+    let mut producer = broker.client()?;
+    for body in ["o1", "o2", "o3"] {
+        producer.send_persistent("/queue/orders", body.as_bytes())?;
+    }
+    for _ in 0..2 {
+        let mut consumer = broker.client()?;
+        consumer.subscribe("c", "/queue/orders", &[("ack", "client")])?;
+        for _ in 0..3 {
+            consumer.recv_message(FRAME_TIMEOUT)?;
+        }
+        consumer.drop_connection();
+    }
+    // How many wait on `queue`, as /queues lists it (None: not listed).
+    let depth = |queue: &str| -> Option<u64> {
+        let (_, body) = http_get(&admin, "/queues").ok()?;
+        let start = body.find(&format!("{{\"name\":\"{queue}\",\"ready\":"))?;
+        let rest = &body[start..];
+        let ready = &rest[rest.find("\"ready\":")? + 8..];
+        ready[..ready.find(',')?].parse().ok()
+    };
+    assert!(
+        wait_until(deadline(FRAME_TIMEOUT), || depth("queue://ActiveMQ.DLQ")
+            == Some(3)),
+        "the three poisoned messages did not reach the DLQ: {:?}",
+        http_get(&admin, "/queues")?
+    );
+
+    // Refused without the token (and with a wrong one), as write operations are.
+    let retry = "/queues/ActiveMQ.DLQ/retry";
+    assert_eq!(admin_write(&admin, "POST", retry, None)?.0, 401);
+    assert_eq!(admin_write(&admin, "POST", retry, Some("wrong"))?.0, 401);
+    assert_eq!(admin_write(&admin, "GET", retry, Some(TOKEN))?.0, 405);
+    let (code, body) = admin_write(&admin, "POST", retry, Some(TOKEN))?;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"moved\":3"), "{body}");
+    assert!(body.contains("\"left\":0"), "{body}");
+    assert_eq!(depth("queue://ActiveMQ.DLQ"), Some(0));
+
+    // Back on their queue, delivered as new: not redelivered.
+    let mut consumer = broker.client()?;
+    consumer.subscribe(
+        "again",
+        "/queue/orders",
+        &[("ack", "client-individual"), ("activemq.prefetchSize", "1")],
+    )?;
+    for expected in ["o1", "o2"] {
+        let m = consumer.recv_message(FRAME_TIMEOUT)?;
+        assert_eq!(m.text(), expected);
+        assert_eq!(
+            m.get("redelivered"),
+            None,
+            "{expected} came back as redelivered"
+        );
+        consumer.ack(&m)?;
+    }
+    consumer.disconnect()?;
+
+    // A purge takes the waiting messages and the one delivered and not acknowledged.
+    for i in 0..5 {
+        producer.send_persistent("/queue/junk", format!("j{i}").as_bytes())?;
+    }
+    let mut holder = broker.client()?;
+    holder.subscribe(
+        "h",
+        "/queue/junk",
+        &[("ack", "client"), ("activemq.prefetchSize", "1")],
+    )?;
+    holder.recv_message(FRAME_TIMEOUT)?;
+    assert_eq!(
+        admin_write(&admin, "POST", "/queues/junk/purge", None)?.0,
+        401
+    );
+    let (code, body) = admin_write(
+        &admin,
+        "POST",
+        "/queues/queue%3A%2F%2Fjunk/purge",
+        Some(TOKEN),
+    )?;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"removed\":5"), "{body}");
+    holder.drop_connection();
+
+    // A delete takes the queue and its messages.
+    producer.send_persistent("/queue/gone", b"g")?;
+    assert_eq!(
+        admin_write(&admin, "DELETE", "/queues/nope", Some(TOKEN))?.0,
+        404
+    );
+    let (code, body) = admin_write(&admin, "DELETE", "/queues/gone", Some(TOKEN))?;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"removed\":1"), "{body}");
+    assert_eq!(depth("queue://gone"), None);
+
+    broker.kill9();
+    broker.restart()?;
+    // The log holds the first run's admin address too (on another port): wait for one that
+    // answers.
+    let mut admin = String::new();
+    assert!(
+        wait_until(deadline(FRAME_TIMEOUT), || {
+            admin = broker.admin_addr().unwrap_or_default();
+            http_get(&admin, "/health").is_ok()
+        }),
+        "the restarted broker's admin endpoint does not answer"
+    );
+    let (_, listed) = http_get(&admin, "/queues")?;
+    assert!(!listed.contains("queue://gone"), "{listed}");
+    assert!(!listed.contains("queue://junk"), "{listed}");
+    assert_eq!(broker.remaining_bodies("/queue/orders")?, ["o3"]);
+    assert!(broker.remaining_bodies("/queue/ActiveMQ.DLQ")?.is_empty());
+    assert!(broker.remaining_bodies("/queue/junk")?.is_empty());
     Ok(())
 }

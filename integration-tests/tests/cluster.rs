@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use ferromq::client::{AckMode, Client, ClientOptions, HeartBeat, SendOptions, SubscribeOptions};
-use ferromq_integration_tests::cluster::{Cluster, Probe, ZK_PATH};
+use ferromq_integration_tests::cluster::{Cluster, Probe, ADMIN_TOKEN, ZK_PATH};
 use ferromq_integration_tests::zk::ZkVersion;
 use ferromq_integration_tests::{
-    deadline, http_get, unique, wait_until, Frame, Incoming, StompClient,
+    deadline, http_get, http_request, unique, wait_until, Frame, Incoming, StompClient,
 };
 
 /// How long an election (or a failover) may take before a test fails.
@@ -1847,4 +1847,74 @@ fn a_delayed_message_survives_a_failover_zk38() {
             .is_none(),
         "delivered once"
     );
+}
+
+/// `POST path` on node `i`'s admin endpoint with the cluster's admin token.
+fn admin_post(cluster: &Cluster, i: usize, path: &str) -> Result<(u16, String)> {
+    let admin = logged_address(cluster, i, "admin endpoint listening")
+        .with_context(|| format!("node {i} logs no admin endpoint"))?;
+    http_request(
+        &admin,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+        ),
+    )
+}
+
+/// The admin endpoint's DLQ retry and purge on a master are journaled and replicated like
+/// client traffic: a slave refuses them (503), and after the master is killed the new master
+/// has the retried messages back on their queue, none left on the DLQ, and the purged queue
+/// empty.
+#[test]
+fn admin_retry_and_purge_survive_a_failover_zk38() {
+    let mut cluster = Cluster::start(ZkVersion::V3_8, 3);
+    let m0 = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut producer = cluster.client(m0).expect("a client of the master");
+    for body in ["o1", "o2"] {
+        producer
+            .send_persistent("/queue/orders", body.as_bytes())
+            .expect("receipted");
+    }
+    for i in 0..3 {
+        producer
+            .send_persistent("/queue/junk", format!("j{i}").as_bytes())
+            .expect("receipted");
+    }
+    let mut consumer = cluster.client(m0).expect("a client of the master");
+    consumer
+        .subscribe("c", "/queue/orders", &[("ack", "client-individual")])
+        .expect("subscribed");
+    for _ in 0..2 {
+        let m = consumer.recv_message(ELECTION).expect("a message");
+        consumer.nack(&m).expect("NACK receipted");
+    }
+    drop(consumer);
+    let slave = (0..3).find(|i| *i != m0).expect("a slave");
+    let (code, body) =
+        admin_post(&cluster, slave, "/queues/ActiveMQ.DLQ/retry").expect("the slave answers");
+    assert_eq!(code, 503, "{body}");
+    let (code, body) =
+        admin_post(&cluster, m0, "/queues/ActiveMQ.DLQ/retry").expect("the master answers");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"moved\":2"), "{body}");
+    let (code, body) = admin_post(&cluster, m0, "/queues/junk/purge").expect("the master answers");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"removed\":3"), "{body}");
+
+    let m1 = cluster.kill_master(m0, deadline(ELECTION));
+    let node = &cluster.nodes[m1].broker;
+    assert_eq!(
+        node.remaining_bodies("/queue/orders").expect("orders"),
+        ["o1", "o2"]
+    );
+    assert!(node
+        .remaining_bodies("/queue/ActiveMQ.DLQ")
+        .expect("the DLQ")
+        .is_empty());
+    assert!(node
+        .remaining_bodies("/queue/junk")
+        .expect("junk")
+        .is_empty());
 }

@@ -23,8 +23,8 @@ use super::schedule;
 use super::selector::Selector;
 use super::wildcard::{self, Pattern};
 use super::{
-    AckScope, BrokerError, BrokerOptions, Confirmation, Delivery, Destination, NewMessage,
-    SubscribeRequest,
+    AckScope, AdminError, BrokerError, BrokerOptions, Confirmation, Delivery, Destination,
+    NewMessage, Purged, Retried, SubscribeRequest,
 };
 use crate::store::{
     entry, EpochStart, Header, Message, MessageAdd, MessageKey, MessageRemove, Position,
@@ -44,6 +44,17 @@ const SWEEP_SCAN_LIMIT: usize = 50_000;
 /// How many due scheduled messages [`Core::release_due`] publishes under one hold of the core
 /// lock; the sweep task takes the lock again at once for the rest.
 pub(super) const RELEASE_BATCH: usize = 1_000;
+/// How many messages one batch of an admin operation (purge, delete, retry) handles under one
+/// hold of the core lock; [`super::Broker`] takes the lock again for the next.
+pub(super) const ADMIN_BATCH: usize = 1_000;
+/// A retry batch also ends once it has moved this many bytes of messages, each read back and
+/// held until its record is confirmed: 1000 large messages would take that much memory and
+/// time under the lock.
+const ADMIN_BATCH_BYTES: usize = 64 << 20;
+/// A retry gathers moves into records of at most this many bytes (a single larger move gets a
+/// record of its own, up to the journal's `MAX_RECORD_LEN`), as the producer carry bounds its
+/// records: a record is encoded whole in memory and sent whole to the slaves.
+const MOVE_RECORD_LEN: usize = 16 << 20;
 
 /// Counters for logs, status and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -165,13 +176,27 @@ struct Transaction {
 
 /// Whether `entries` fit one journal record (the journal refuses a longer one, and fails).
 fn fits_one_record(entries: &[crate::store::Entry]) -> bool {
-    // Each entry's field tag and length prefix, the epoch and the frame header take less than
-    // 16 bytes an entry.
-    let len: usize = entries
+    record_len(entries) <= crate::store::record::MAX_RECORD_LEN
+}
+
+/// At least the length of the record `entries` make: each entry's field tag and length
+/// prefix, the epoch and the frame header take less than 16 bytes an entry.
+fn record_len(entries: &[crate::store::Entry]) -> usize {
+    entries
         .iter()
         .map(|e| prost::Message::encoded_len(e) + 16)
-        .sum();
-    len <= crate::store::record::MAX_RECORD_LEN
+        .sum()
+}
+
+/// The destination a dead-lettered message came from, from its `original-destination` header
+/// (`queue://x` or `topic://x`, as [`Core::dead_letter`] writes it); `None` without one or
+/// with one that names no destination.
+fn original_destination(message: &Message) -> Option<Destination> {
+    let header = message
+        .headers
+        .iter()
+        .find(|h| h.name == "original-destination")?;
+    Destination::parse(&header.value).ok()
 }
 
 /// A transaction whose commit would not fit one record.
@@ -1220,23 +1245,11 @@ impl Core {
 
     /// [`Core::route`] for each of `sends`, their entries gathered for one record.
     fn route_all(&mut self, session: u64, sends: Vec<(Destination, Arc<Message>)>) -> Routed {
-        let mut routed = Routed {
-            entries: Vec::new(),
-            publish: Vec::new(),
-            keyed: Vec::new(),
-        };
+        let mut routed = Routed::default();
         for (destination, message) in sends {
             let (entries, publish) = self.route(session, &destination, message);
             let stored = !entries.is_empty();
-            for item in publish {
-                if stored && matches!(item, Publish::Queue(..)) {
-                    routed
-                        .keyed
-                        .push((routed.publish.len(), routed.entries.len()));
-                }
-                routed.publish.push(item);
-            }
-            routed.entries.extend(entries);
+            routed.push(entries, stored, publish);
         }
         routed
     }
@@ -2677,6 +2690,243 @@ impl Core {
         Ok(())
     }
 
+    // ----- administration (the admin endpoint's destination operations) --------------------
+
+    /// Removes up to [`ADMIN_BATCH`] of `queue`'s waiting messages in one record of removes
+    /// (the caller takes the lock again for the next batch, so a deep queue never holds the
+    /// core for long). With `delivered`, its delivered and unacknowledged messages go too, as
+    /// ActiveMQ's `Queue.purge()` removes every message it has paged in, dispatched ones
+    /// included: see [`Core::forget_delivered`].
+    pub fn purge_batch(&mut self, queue: &str, delivered: bool) -> Result<Purged, AdminError> {
+        let Some(q) = self.queues.get_mut(queue) else {
+            return Err(AdminError::UnknownQueue(queue.to_string()));
+        };
+        let waiting = q.ready.len();
+        let seqs: Vec<u64> = q.ready.keys().take(ADMIN_BATCH).copied().collect();
+        let mut removes = Vec::with_capacity(seqs.len());
+        for seq in &seqs {
+            if let Some(entry) = q.ready.remove(seq) {
+                if entry.message.expiration > 0 {
+                    q.expiring = q.expiring.saturating_sub(1);
+                }
+                if let Some(key) = entry.key {
+                    removes.push(remove_entry(queue, key));
+                }
+            }
+        }
+        let more = !q.ready.is_empty();
+        let delivered = if delivered {
+            self.forget_delivered(queue, &mut removes)
+        } else {
+            0
+        };
+        self.append_in_chunks(removes)?;
+        Ok(Purged {
+            waiting,
+            removed: seqs.len(),
+            delivered,
+            more,
+        })
+    }
+
+    /// Takes `queue`'s delivered, unacknowledged messages (with their consumers, or
+    /// acknowledged or rejected inside an open transaction) off the queue for good, their
+    /// removes added to `removes`: the consumer keeps its delivery, and whatever it does with
+    /// it later (an acknowledgement, a NACK, a rollback, going away) finds nothing to remove,
+    /// redeliver or dead-letter, as an ActiveMQ consumer's later ack of a purged message does.
+    fn forget_delivered(&mut self, queue: &str, removes: &mut Vec<crate::store::Entry>) -> usize {
+        let mut count = 0;
+        let mut forget = |f: &mut InFlight| {
+            if f.queue.as_deref() == Some(queue) {
+                if let Some(key) = f.entry.key {
+                    removes.push(remove_entry(queue, key));
+                }
+                // As a non-durable topic's delivery: nothing is kept for it.
+                f.queue = None;
+                count += 1;
+            }
+        };
+        for consumer in self.consumers.values_mut() {
+            consumer.in_flight.values_mut().for_each(&mut forget);
+        }
+        for session in self.sessions.values_mut() {
+            for tx in session.transactions.values_mut() {
+                tx.acks.iter_mut().for_each(|(_, _, f)| forget(f));
+                tx.nacks.iter_mut().for_each(&mut forget);
+            }
+        }
+        count
+    }
+
+    /// One batch of deleting `queue` (ActiveMQ's `removeQueue`): refused while it has a
+    /// consumer (ActiveMQ detaches them instead), and for a virtual topic's consumer queue,
+    /// which its topic would fill again; else a [`Core::purge_batch`], and once nothing is
+    /// left the queue is forgotten (a durable subscription's, `durable://...`, is removed with
+    /// its subscription record, as an unsubscribe does).
+    pub fn delete_batch(&mut self, queue: &str, first: bool) -> Result<Purged, AdminError> {
+        let Some(q) = self.queues.get(queue) else {
+            return Err(AdminError::UnknownQueue(queue.to_string()));
+        };
+        if !q.consumers.is_empty() || self.durables.get(queue).is_some_and(|d| d.active.is_some()) {
+            return Err(AdminError::Conflict(format!(
+                "{queue} has {} consumer(s): close them first (ActiveMQ's removeQueue detaches \
+                 them; ferromq refuses instead)",
+                q.consumers.len().max(1)
+            )));
+        }
+        if self.virtual_queues.contains(queue) {
+            return Err(AdminError::Conflict(format!(
+                "{queue} is a virtual topic's consumer queue, which its topic keeps filling: \
+                 purge it instead"
+            )));
+        }
+        let batch = self.purge_batch(queue, first)?;
+        if !batch.more {
+            if self.durables.contains_key(queue) {
+                self.remove_durable(queue)?;
+            } else {
+                self.queues.remove(queue);
+            }
+        }
+        Ok(batch)
+    }
+
+    /// One batch of ActiveMQ's `retryMessages()` on DLQ `queue`: each of its waiting messages
+    /// with sequence in `from..=upto` (at most [`ADMIN_BATCH`]) whose `original-destination`
+    /// names another queue or a topic is moved there, in records that each hold whole moves
+    /// (the add to the destination and the remove from the DLQ together, so a crash leaves a
+    /// message in one place) of at most [`MOVE_RECORD_LEN`] (a larger single move alone, up
+    /// to the journal's record limit; past it the message stays). The batch ends early once
+    /// it moved [`ADMIN_BATCH_BYTES`]. As ActiveMQ's resend does, the
+    /// moved message keeps its id, its redelivery count starts again from 0 and its
+    /// `original-destination` names the DLQ; sent back to a topic, every current subscriber
+    /// of the topic (durable or not) receives it. The others stay, counted as left.
+    /// Returns what it did and where the next batch starts, if there is one.
+    pub fn retry_batch(
+        &mut self,
+        queue: &str,
+        from: u64,
+        upto: u64,
+    ) -> Result<(Retried, Option<u64>), AdminError> {
+        let Some(q) = self.queues.get(queue) else {
+            return Ok((Retried::default(), None));
+        };
+        let seqs: Vec<u64> = q
+            .ready
+            .range(from..=upto)
+            .take(ADMIN_BATCH)
+            .map(|(seq, _)| *seq)
+            .collect();
+        let mut resume = seqs
+            .last()
+            .filter(|last| seqs.len() == ADMIN_BATCH && **last < upto)
+            .map(|last| last + 1);
+        let mut retried = Retried::default();
+        let mut chunk = Routed::default();
+        let (mut chunk_len, mut moved_len) = (0, 0);
+        for seq in seqs {
+            if moved_len >= ADMIN_BATCH_BYTES {
+                resume = Some(seq);
+                break;
+            }
+            let Some(entry) = self.queues.get(queue).and_then(|q| q.ready.get(&seq)) else {
+                continue;
+            };
+            let Some(target) =
+                original_destination(&entry.message).filter(|d| d.canonical() != queue)
+            else {
+                retried.left += 1;
+                continue;
+            };
+            let message = match self.with_body(entry) {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::error!(queue, %error, "retry: cannot read a message back from the journal; it stays");
+                    retried.left += 1;
+                    continue;
+                }
+            };
+            let key = entry.key;
+            let mut copy = (*message).clone();
+            copy.destination = target.canonical();
+            copy.redelivery_count = 0;
+            copy.headers.retain(|h| h.name != "original-destination");
+            copy.headers
+                .push(Header::text("original-destination", queue.to_string()));
+            let (mut entries, publish) = self.route(0, &target, Arc::new(copy));
+            let stored = !entries.is_empty();
+            if let Some(key) = key {
+                entries.push(remove_entry(queue, key));
+            }
+            let len = record_len(&entries);
+            if len > crate::store::record::MAX_RECORD_LEN {
+                tracing::warn!(queue, message_id = %message.message_id, "retry: the message's move would not fit one journal record; it stays");
+                retried.left += 1;
+                continue;
+            }
+            if !chunk.entries.is_empty()
+                && (chunk_len + len > MOVE_RECORD_LEN
+                    || chunk.entries.len() + entries.len() > crate::store::MAX_ENTRIES)
+            {
+                self.append_moves(std::mem::take(&mut chunk))?;
+                chunk_len = 0;
+            }
+            chunk.push(entries, stored, publish);
+            chunk_len += len;
+            moved_len += len;
+            if let Some(q) = self.queues.get_mut(queue) {
+                if let Some(entry) = q.ready.remove(&seq) {
+                    if entry.message.expiration > 0 {
+                        q.expiring = q.expiring.saturating_sub(1);
+                    }
+                }
+            }
+            retried.moved += 1;
+        }
+        if !chunk.entries.is_empty() || !chunk.publish.is_empty() {
+            self.append_moves(chunk)?;
+        }
+        Ok((retried, resume))
+    }
+
+    /// Where a [`Core::retry_batch`] on `queue` starts: the last waiting sequence (messages
+    /// arriving later are not retried by it), or `None` with nothing waiting; refused unless
+    /// `queue` is a dead-letter queue, as ActiveMQ refuses.
+    pub fn retry_start(&self, queue: &str) -> Result<Option<u64>, AdminError> {
+        let Some(q) = self.queues.get(queue) else {
+            return Err(AdminError::UnknownQueue(queue.to_string()));
+        };
+        if !self
+            .options
+            .dead_letter_strategy
+            .is_dead_letter_queue(queue)
+        {
+            return Err(AdminError::Conflict(format!(
+                "{queue} is not a dead-letter queue (as dead_letter_strategy names them): \
+                 retry is only for DLQs"
+            )));
+        }
+        Ok(q.ready.keys().next_back().copied())
+    }
+
+    /// Appends one record of moves gathered by [`Core::retry_batch`]; the moved messages show
+    /// on their destinations once it is confirmed.
+    fn append_moves(&mut self, moves: Routed) -> Result<(), BrokerError> {
+        let Routed {
+            entries,
+            publish,
+            keyed,
+        } = moves;
+        let publish = if entries.is_empty() {
+            publish
+        } else {
+            let (start, _) = self.append(entries)?;
+            with_keys(publish, &keyed, start)
+        };
+        drop(self.wait_for(publish));
+        Ok(())
+    }
+
     // ----- introspection -------------------------------------------------------------------
 
     pub fn stats(&self) -> Stats {
@@ -2768,11 +3018,26 @@ fn for_member(message: &Arc<Message>, destination: &Destination) -> Arc<Message>
 }
 
 /// What storing several sends in one record takes (see [`Core::route_all`]).
+#[derive(Default)]
 struct Routed {
     entries: Vec<crate::store::Entry>,
     publish: Vec<Publish>,
     /// (index into `publish`, index of the entry storing it in the record).
     keyed: Vec<(usize, usize)>,
+}
+
+impl Routed {
+    /// Adds what [`Core::route`] made of one message (`entries` first holding its add when
+    /// `stored`): its queue entries are keyed to that add.
+    fn push(&mut self, entries: Vec<crate::store::Entry>, stored: bool, publish: Vec<Publish>) {
+        for item in publish {
+            if stored && matches!(item, Publish::Queue(..)) {
+                self.keyed.push((self.publish.len(), self.entries.len()));
+            }
+            self.publish.push(item);
+        }
+        self.entries.extend(entries);
+    }
 }
 
 /// Fills in the store key of the queue entries `keyed` names, published from a record that

@@ -86,26 +86,51 @@ impl DeadLetterStrategy {
     /// (one on `ActiveMQ.DLQ` with the shared strategy) or that was dead-lettered to `queue`
     /// (`dead_letter_queue(origin, origin) == queue` for its `original-destination`).
     pub fn dead_letter_queue(&self, queue: &str, destination: &str) -> String {
-        let DeadLetterStrategy::Individual {
-            queue_prefix,
-            queue_suffix,
-            topic_prefix,
-            topic_suffix,
-        } = self
-        else {
+        let Some([queues, topics]) = self.affixes() else {
             return DEAD_LETTER_QUEUE.to_string();
         };
-        let (prefix, name, suffix) = if let Some(name) = queue.strip_prefix("queue://") {
-            (queue_prefix, name, queue_suffix)
+        let ((prefix, suffix), name) = if let Some(name) = queue.strip_prefix("queue://") {
+            (queues, name)
         } else if let Some(name) = destination.strip_prefix("topic://") {
-            (topic_prefix, name, topic_suffix)
+            (topics, name)
         } else if let Some(name) = destination.strip_prefix("queue://") {
-            (queue_prefix, name, queue_suffix)
+            (queues, name)
         } else {
             // Not a destination the core makes; the shared DLQ keeps it rather than losing it.
             return DEAD_LETTER_QUEUE.to_string();
         };
         format!("queue://{prefix}{name}{suffix}")
+    }
+
+    /// Whether `queue` (canonical) is a dead-letter queue as this strategy names them (ActiveMQ's
+    /// `isDLQ`): `ActiveMQ.DLQ` always (the individual strategy's fallback too), and with the
+    /// individual strategy every queue named with its queue or topic prefix and suffix.
+    pub fn is_dead_letter_queue(&self, queue: &str) -> bool {
+        if queue == DEAD_LETTER_QUEUE {
+            return true;
+        }
+        let (Some(affixes), Some(name)) = (self.affixes(), queue.strip_prefix("queue://")) else {
+            return false;
+        };
+        affixes.iter().any(|(prefix, suffix)| {
+            name.len() > prefix.len() + suffix.len()
+                && name.starts_with(prefix)
+                && name.ends_with(suffix)
+        })
+    }
+
+    /// The individual strategy's (prefix, suffix) for queues and for topics; `None` for the
+    /// shared one.
+    fn affixes(&self) -> Option<[(&str, &str); 2]> {
+        match self {
+            DeadLetterStrategy::Shared => None,
+            DeadLetterStrategy::Individual {
+                queue_prefix,
+                queue_suffix,
+                topic_prefix,
+                topic_suffix,
+            } => Some([(queue_prefix, queue_suffix), (topic_prefix, topic_suffix)]),
+        }
     }
 }
 
@@ -457,6 +482,42 @@ pub struct QueueStats {
     pub in_flight: usize,
 }
 
+/// Why an admin operation on a queue ([`Broker::purge_queue`], [`Broker::delete_queue`],
+/// [`Broker::retry_dead_letters`]) was refused. Each message is fit to show an operator.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum AdminError {
+    #[error("no queue named '{0}' (see /queues)")]
+    UnknownQueue(String),
+    /// The queue is in a state the operation is refused in: the reason.
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// One batch of a purge or a delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Purged {
+    /// Messages waiting on the queue before the batch.
+    pub waiting: usize,
+    /// Waiting messages removed by the batch.
+    pub removed: usize,
+    /// Delivered, unacknowledged messages it removed (asked of the first batch only).
+    pub delivered: usize,
+    /// Messages still wait on the queue.
+    pub more: bool,
+}
+
+/// What a DLQ retry ([`Broker::retry_dead_letters`]) did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Retried {
+    /// Messages moved back to the destination they were dead-lettered from.
+    pub moved: usize,
+    /// Messages left on the DLQ: without an `original-destination` naming another queue or a
+    /// topic (or whose move would not fit a journal record).
+    pub left: usize,
+}
+
 /// A handle on the broker core; cheap to clone.
 #[derive(Clone)]
 pub struct Broker {
@@ -615,6 +676,82 @@ impl Broker {
     /// Messages waiting on a queue (not delivered), for tests and status.
     pub fn queue_depth(&self, queue: &str) -> usize {
         lock(&self.shared).queue_depth(queue)
+    }
+
+    /// Removes the messages of `queue` (canonical, as [`Broker::queue_stats`] names it), as
+    /// ActiveMQ's `QueueViewMBean.purge()`: those waiting when it starts (not those sent while
+    /// it runs) and those delivered and not yet acknowledged (their consumers keep the
+    /// deliveries; acknowledging one later removes nothing more, and one not acknowledged
+    /// never comes back). The removes are journaled in batches of at most 1000 messages, one
+    /// lock hold each; answers how many were removed once the last batch is confirmed.
+    pub async fn purge_queue(&self, queue: &str) -> Result<usize, AdminError> {
+        let (mut removed, mut waiting_removed) = (0, 0);
+        let mut limit = None;
+        loop {
+            let batch = lock(&self.shared).purge_batch(queue, limit.is_none())?;
+            // Those waiting at the start, and no more: a producer cannot keep it going.
+            let limit = *limit.get_or_insert(batch.waiting);
+            waiting_removed += batch.removed;
+            removed += batch.removed + batch.delivered;
+            if !batch.more || waiting_removed >= limit {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        self.confirmed().await?;
+        Ok(removed)
+    }
+
+    /// Deletes `queue` and its messages, as ActiveMQ's `BrokerViewMBean.removeQueue`, in
+    /// batches as [`Broker::purge_queue`]; refused ([`AdminError::Conflict`]) while it has
+    /// consumers (ActiveMQ detaches them), also when one arrives midway (what was removed
+    /// by then stays removed). A durable subscription's queue goes with its subscription.
+    /// Answers how many messages were removed once that is confirmed.
+    pub async fn delete_queue(&self, queue: &str) -> Result<usize, AdminError> {
+        let mut removed = 0;
+        let mut first = true;
+        loop {
+            let batch = lock(&self.shared).delete_batch(queue, first)?;
+            first = false;
+            removed += batch.removed + batch.delivered;
+            if !batch.more {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        self.confirmed().await?;
+        Ok(removed)
+    }
+
+    /// Moves each message waiting on DLQ `queue` back to the destination it was dead-lettered
+    /// from, as ActiveMQ's `QueueViewMBean.retryMessages()` (see `Core::retry_batch`): in
+    /// batches of at most 1000 messages a lock hold, each move one journal record with the
+    /// others of its batch that fit. Refused for a queue that is not a DLQ. Answers once the
+    /// last move is confirmed.
+    pub async fn retry_dead_letters(&self, queue: &str) -> Result<Retried, AdminError> {
+        let mut total = Retried::default();
+        let Some(upto) = lock(&self.shared).retry_start(queue)? else {
+            return Ok(total);
+        };
+        let mut from = 0;
+        loop {
+            let (batch, resume) = lock(&self.shared).retry_batch(queue, from, upto)?;
+            total.moved += batch.moved;
+            total.left += batch.left;
+            let Some(next) = resume else {
+                break;
+            };
+            from = next;
+            tokio::task::yield_now().await;
+        }
+        self.confirmed().await?;
+        Ok(total)
+    }
+
+    /// Resolves once everything appended so far is confirmed.
+    async fn confirmed(&self) -> Result<(), BrokerError> {
+        let confirmation = lock(&self.shared).flush();
+        confirmation.await
     }
 }
 

@@ -58,6 +58,7 @@ fn is_string_key(parts: &[String]) -> bool {
                     | "security_token"
                     | "container"
             ]
+            | ["admin", "token"]
     )
 }
 

@@ -136,6 +136,15 @@ pub struct AdminConfig {
     /// Absent or empty (the default): no endpoint.
     #[serde(with = "connector::optional_tcp_uri")]
     pub bind: Option<HostPort>,
+    /// The secret that allows the endpoint's write operations (purge, delete, retry a DLQ):
+    /// a request must carry `Authorization: Bearer <token>`. Absent (the default): they are
+    /// refused (an empty one too). ActiveMQ's web console asks for a user of its
+    /// `jetty-realm.properties`. `FERROMQ_ADMIN__TOKEN` keeps it out of the file.
+    #[serde(
+        deserialize_with = "units::optional_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub token: Option<String>,
 }
 
 /// `[broker]`
@@ -554,6 +563,14 @@ impl Config {
                         "{} would listen on the same port as {other}",
                         admin.to_tcp_uri()
                     ),
+                ));
+            }
+        }
+        if let Some(token) = &self.admin.token {
+            if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(
+                    "admin.token",
+                    "must not hold spaces or control characters (it is sent in an HTTP header)",
                 ));
             }
         }
@@ -988,6 +1005,12 @@ mod tests {
         let env = [("FERROMQ_REPLICATION__ZK_PASSWORD", "4711")];
         let c = Config::load_with_env(None, env).unwrap();
         assert_eq!(c.replication.zk_password.as_deref(), Some("4711"));
+        let env = [("FERROMQ_ADMIN__TOKEN", "0815")];
+        let c = Config::load_with_env(None, env).unwrap();
+        assert_eq!(c.admin.token.as_deref(), Some("0815"));
+        let env = [("FERROMQ_ADMIN__TOKEN", "")];
+        let c = Config::load_with_env(None, env).unwrap();
+        assert_eq!(c.admin.token, None);
     }
 
     #[test]
@@ -1090,6 +1113,8 @@ mod tests {
             ("[broker]\nmax_frame_size = 10", "broker.max_frame_size"),
             ("[admin]\nbind = \"tcp://0.0.0.0:61616\"", "admin.bind"),
             ("[admin]\nbind = \"http://127.0.0.1:8161\"", "admin.bind"),
+            ("[admin]\ntoken = \"a b\"", "admin.token"),
+            ("[admin]\ntoken = [\"a\"]", "admin.token"),
             ("[broker]\nname = \"\"", "broker.name"),
             ("[transport]\nconnectors = []", "transport.connectors"),
             (
