@@ -108,14 +108,24 @@ enum Publish {
     /// A message the store recovered, shown once the epoch-start record is confirmed (not a
     /// new enqueue).
     Recovered(String, Entry),
+    /// A scheduled message stored on [`HOLDING`] until due, then routed to its destination
+    /// (`message.destination`) as a send made then (see [`Core::release_due`]).
+    Scheduled(Entry),
 }
+
+/// The store's holding area for scheduled messages: a queue no client can name (every
+/// destination is `queue://` or `topic://`). A message waits there, persistent or not, until
+/// due; one record then removes it and stores it at its destination.
+const HOLDING: &str = "scheduled://";
 
 impl Publish {
     /// When the message is due, if that is still ahead (a scheduled message, see
     /// [`schedule`]); costs a field read for any other.
     fn due_after(&self, now: impl FnOnce() -> i64) -> Option<i64> {
         let deliver_at = match self {
-            Publish::Queue(_, entry) | Publish::Recovered(_, entry) => entry.message.deliver_at,
+            Publish::Queue(_, entry) | Publish::Recovered(_, entry) | Publish::Scheduled(entry) => {
+                entry.message.deliver_at
+            }
             Publish::Topic(_, message, _) => message.deliver_at,
         };
         (deliver_at > 0 && deliver_at > now()).then_some(deliver_at)
@@ -471,8 +481,11 @@ impl Core {
         }
         let mut inherited = Vec::new();
         for (queue, messages) in recovered.queues {
-            // The queue exists (and a consumer may subscribe) before its messages show.
-            core.queues.entry(queue.clone()).or_default();
+            let holding = queue == HOLDING;
+            if !holding {
+                // The queue exists (and a consumer may subscribe) before its messages show.
+                core.queues.entry(queue.clone()).or_default();
+            }
             for (key, message) in messages {
                 let redeliveries = message.redelivery_count;
                 let origin = stored_origin(&message.producer_id);
@@ -480,7 +493,11 @@ impl Core {
                 if recovered.bodies_on_disk.contains(&key) {
                     entry.body = Body::OnDisk;
                 }
-                inherited.push(Publish::Recovered(queue.clone(), entry));
+                inherited.push(if holding {
+                    Publish::Scheduled(entry)
+                } else {
+                    Publish::Recovered(queue.clone(), entry)
+                });
             }
         }
         // The epoch-start record comes first: nothing written under this epoch is confirmed
@@ -802,6 +819,11 @@ impl Core {
             return;
         }
         match publish {
+            // Due already (recovered after its time): its move is a record of its own, written
+            // by [`Core::release_due`], not from inside a confirmation.
+            Publish::Scheduled(entry) => {
+                self.hold(entry.message.deliver_at, Publish::Scheduled(entry))
+            }
             Publish::Queue(queue, entry) => {
                 self.stats.enqueued += 1;
                 self.push_ready(queue, entry, touched);
@@ -819,7 +841,9 @@ impl Core {
     /// A non-persistent one's body has nowhere else to wait: it counts against `memory_limit`
     /// from now on, as a queued one does (so its senders are held back when memory is full).
     fn hold(&mut self, due: i64, mut publish: Publish) {
-        if let Publish::Queue(_, entry) | Publish::Recovered(_, entry) = &mut publish {
+        if let Publish::Queue(_, entry) | Publish::Recovered(_, entry) | Publish::Scheduled(entry) =
+            &mut publish
+        {
             if matches!(entry.body, Body::Uncounted) {
                 if entry.key.is_some() {
                     leave_body_on_disk(entry);
@@ -842,20 +866,68 @@ impl Core {
     pub fn release_due(&mut self) -> Option<Duration> {
         let now = now_ms();
         let mut due = Vec::new();
+        let mut moves = Vec::new();
         while let Some(entry) = self.scheduled.first_entry() {
-            if entry.key().0 > now || due.len() == RELEASE_BATCH {
+            if entry.key().0 > now || due.len() + moves.len() == RELEASE_BATCH {
                 break;
             }
-            due.push(entry.remove());
+            match entry.remove() {
+                Publish::Scheduled(held) => moves.push(held),
+                other => due.push(other),
+            }
         }
         if !due.is_empty() {
             self.publish_now(due);
+        }
+        for held in moves {
+            if let Err(error) = self.move_due(held) {
+                // The message stays in the holding area of the store: a later master (or a
+                // restart) moves it.
+                tracing::error!(%error, "could not move a due scheduled message to its destination");
+            }
         }
         let (next, _) = self.scheduled.keys().next()?;
         if *next <= now {
             return Some(Duration::ZERO);
         }
         Some(Duration::from_millis(next.saturating_sub(now) as u64))
+    }
+
+    /// Routes a due message from the holding area to its destination as a send made now (the
+    /// durable subscriptions and subscribers of this moment), in one record that stores it
+    /// there and removes it from [`HOLDING`], so that a crash leaves it in one place or the
+    /// other.
+    fn move_due(&mut self, held: Entry) -> Result<(), BrokerError> {
+        let Some(key) = held.key else {
+            return Err(BrokerError::InvalidMessage(
+                "a held message without a key".into(),
+            ));
+        };
+        let message = self.with_body(&held)?;
+        if matches!(held.body, Body::OnDisk) {
+            self.stats.bodies_read_back += 1;
+        }
+        let Ok(destination) = Destination::parse(&message.destination) else {
+            tracing::warn!(destination = %message.destination, "dropping a scheduled message for no destination");
+            return self.append(vec![remove_entry(HOLDING, key)]).map(drop);
+        };
+        let (entries, publish) = self.route(held.origin, &destination, message);
+        let mut routed = Routed::default();
+        let stored = !entries.is_empty();
+        routed.push(entries, stored, publish);
+        routed.entries.push(remove_entry(HOLDING, key));
+        if !fits_one_record(&routed.entries) {
+            // Too many destination queues to name with the removal in one record: stored
+            // first, removed after (a crash between the two delivers it twice, never loses it).
+            let remove = routed.entries.pop().expect("pushed above");
+            let (start, _) = self.append(routed.entries)?;
+            self.append(vec![remove])?;
+            self.wait_for(with_keys(routed.publish, &routed.keyed, start));
+            return Ok(());
+        }
+        let (start, _) = self.append(routed.entries)?;
+        self.wait_for(with_keys(routed.publish, &routed.keyed, start));
+        Ok(())
     }
 
     /// What the sweep task waits on besides its tick (see [`Core::hold`]).
@@ -1192,12 +1264,17 @@ impl Core {
     /// its own any more (none are stored for it: they were never kept).
     fn route(
         &mut self,
-        session: u64,
+        origin: u64,
         destination: &Destination,
         message: Arc<Message>,
     ) -> (Vec<crate::store::Entry>, Vec<Publish>) {
-        let origin = self.sessions.get(&session).map_or(session, |s| s.origin);
         let entry = |message: &Arc<Message>| Entry::new(None, message.clone(), 0).from(origin);
+        if message.deliver_at > 0 && message.deliver_at > now_ms() {
+            // Scheduled: one stored record in the holding area, whatever its persistence and
+            // whoever subscribes now; routed when due (see [`Core::move_due`]).
+            let publish = vec![Publish::Scheduled(entry(&message))];
+            return (vec![add_entry(vec![HOLDING.to_string()], message)], publish);
+        }
         match destination {
             Destination::Queue(_) => {
                 let queue = destination.canonical();
@@ -1245,9 +1322,10 @@ impl Core {
 
     /// [`Core::route`] for each of `sends`, their entries gathered for one record.
     fn route_all(&mut self, session: u64, sends: Vec<(Destination, Arc<Message>)>) -> Routed {
+        let origin = self.sessions.get(&session).map_or(session, |s| s.origin);
         let mut routed = Routed::default();
         for (destination, message) in sends {
-            let (entries, publish) = self.route(session, &destination, message);
+            let (entries, publish) = self.route(origin, &destination, message);
             let stored = !entries.is_empty();
             routed.push(entries, stored, publish);
         }
@@ -2549,10 +2627,21 @@ impl Core {
                 };
                 if deleted && !self.scheduled.is_empty() {
                     // Its delayed non-persistent messages would make it again when due, for
-                    // nobody; a stored one still goes to the queue, made again then.
-                    self.scheduled.retain(
-                        |_, p| !matches!(p, Publish::Queue(q, e) if *q == name && e.key.is_none()),
-                    );
+                    // nobody; a persistent one still goes to the queue, made again then.
+                    let mut removes = Vec::new();
+                    self.scheduled.retain(|_, p| match p {
+                        Publish::Queue(q, e) => !(*q == name && e.key.is_none()),
+                        Publish::Scheduled(e)
+                            if e.message.destination == name && !e.message.persistent =>
+                        {
+                            removes.extend(e.key.map(|key| remove_entry(HOLDING, key)));
+                            false
+                        }
+                        _ => true,
+                    });
+                    if let Err(error) = self.append_in_chunks(removes) {
+                        tracing::error!(queue = name, %error, "could not remove a deleted queue's delayed messages");
+                    }
                 }
                 deleted
             }
@@ -3031,7 +3120,7 @@ impl Routed {
     /// `stored`): its queue entries are keyed to that add.
     fn push(&mut self, entries: Vec<crate::store::Entry>, stored: bool, publish: Vec<Publish>) {
         for item in publish {
-            if stored && matches!(item, Publish::Queue(..)) {
+            if stored && matches!(item, Publish::Queue(..) | Publish::Scheduled(_)) {
                 self.keyed.push((self.publish.len(), self.entries.len()));
             }
             self.publish.push(item);
@@ -3044,7 +3133,7 @@ impl Routed {
 /// starts at `start`.
 fn with_keys(mut publish: Vec<Publish>, keyed: &[(usize, usize)], start: Position) -> Vec<Publish> {
     for &(p, index) in keyed {
-        if let Publish::Queue(_, entry) = &mut publish[p] {
+        if let Publish::Queue(_, entry) | Publish::Scheduled(entry) = &mut publish[p] {
             entry.key = Some(MessageKey::new(start, index));
         }
     }
