@@ -3548,6 +3548,61 @@ async fn messages_due_while_the_broker_was_down_are_delivered_after_the_restart(
     assert_eq!(broker.stats().scheduled, 0);
 }
 
+/// A journal written before the holding area existed keeps a scheduled message at its
+/// destination with its due time ahead: it is still held until then, and delivered.
+#[tokio::test]
+async fn a_delayed_message_stored_at_its_queue_by_an_older_version_is_held_until_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let due = now_millis() + 1000;
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (mut store, _) = crate::store::Store::open(
+            crate::store::StoreOptions {
+                directory: dir.path().to_path_buf(),
+                log_size: 1 << 20,
+                fsync: false,
+                only_copy: false,
+                recovered_bodies: u64::MAX,
+            },
+            Box::new(move |p| {
+                let _ = tx.send(p);
+            }),
+        )
+        .unwrap();
+        let message = crate::store::Message {
+            message_id: "ID:old:1".into(),
+            destination: "queue://q".into(),
+            persistent: true,
+            body: "old".into(),
+            deliver_at: due,
+            ..Default::default()
+        };
+        let add = crate::store::Entry {
+            kind: Some(crate::store::entry::Kind::Add(crate::store::MessageAdd {
+                queues: vec!["queue://q".into()],
+                message: Some(message),
+            })),
+        };
+        store
+            .append(&crate::store::Record {
+                epoch: 1,
+                entries: vec![add],
+            })
+            .unwrap();
+        let end = store.end();
+        while rx.recv_timeout(Duration::from_secs(10)).expect("durable") < end {}
+    }
+    let broker = Broker::start_for_tests(dir.path(), scheduling());
+    let (c, mut rx) = broker.open_session(None);
+    subscribe(&c, "s", queue("q"), 10);
+    assert!(now_millis() < due, "the start took too long to tell");
+    assert!(rx.try_recv().is_err());
+    assert_eq!(broker.stats().scheduled, 1);
+    let d = next(&mut rx).await;
+    assert!(now_millis() >= due, "delivered early");
+    assert_eq!(body(&d), "old");
+}
+
 /// As in ActiveMQ, a delayed message's time to live counts from its due time: one that would
 /// have expired while it waited is delivered, and expires that long after it is due.
 #[tokio::test]
