@@ -88,7 +88,8 @@ pub struct Stats {
     /// Messages queued with their body left in the journal, and bodies read back from it.
     pub bodies_left_on_disk: u64,
     pub bodies_read_back: u64,
-    /// Stored (or, non-persistent, held) messages not yet due (`scheduler_support`).
+    /// Messages held until due (`scheduler_support`): stored in the holding area, persistent
+    /// or not.
     pub scheduled: usize,
 }
 
@@ -319,9 +320,9 @@ pub(crate) struct Core {
     /// Resolves once the epoch-start record is confirmed and the recovered messages are
     /// delivered (see [`Core::new`]); taken by whoever waits for it.
     started: Confirmation,
-    /// Confirmed messages not yet due, by (due time, arrival): published, in that order, by
-    /// [`Core::release_due`]. Empty unless `scheduler_support` stamped a message (or a
-    /// recovered one carries a due time).
+    /// Confirmed messages not yet due, by (due time, arrival): moved to their destinations (or
+    /// published), in that order, by [`Core::release_due`]. Empty unless `scheduler_support`
+    /// stamped a message (or a recovered one carries a due time).
     scheduled: BTreeMap<(i64, u64), Publish>,
     next_scheduled: u64,
     /// Wakes the sweep task when a message due earlier than all others is held.
@@ -835,11 +836,12 @@ impl Core {
         }
     }
 
-    /// Keeps a confirmed message that is not yet due out of dispatch until `due`. A stored
-    /// message's body waits in the journal (read back on delivery, as past `memory_limit`), so
-    /// a backlog of scheduled messages costs memory only for their headers.
-    /// A non-persistent one's body has nowhere else to wait: it counts against `memory_limit`
-    /// from now on, as a queued one does (so its senders are held back when memory is full).
+    /// Keeps a confirmed message that is not yet due out of dispatch until `due`: a message in
+    /// the holding area ([`Publish::Scheduled`], persistent or not), or one an older version
+    /// stored at its destination with its due time. Its body waits in the journal (read back
+    /// when due), so a backlog of scheduled messages costs memory only for their headers. (An
+    /// unstored one would count against `memory_limit`; none comes here, as non-persistent
+    /// delayed messages are stored in the holding area too.)
     fn hold(&mut self, due: i64, mut publish: Publish) {
         if let Publish::Queue(_, entry) | Publish::Recovered(_, entry) | Publish::Scheduled(entry) =
             &mut publish

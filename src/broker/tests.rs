@@ -3541,6 +3541,37 @@ async fn messages_due_while_the_broker_was_down_are_delivered_after_the_restart(
     assert_eq!(broker.stats().scheduled, 0);
 }
 
+/// A delayed composite send (a queue and a topic) is routed when due, member by member: the
+/// queue gets it, and so does a durable subscription on the topic made after the send.
+#[tokio::test]
+async fn a_delayed_composite_send_reaches_the_members_subscriptions_of_its_due_time() {
+    let f = fixture(scheduling()).await;
+    let (c, mut queue_rx) = consumer_on_q(&f, 10);
+    let (p, _) = f.broker.open_session(None);
+    let sent = now_millis();
+    p.send_to_each(&[queue("q"), topic("t")], delayed("both", "500"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    let (d, mut durable_rx) = f.broker.open_session(Some("client".into()));
+    subscribe_to(&d, "d", topic("t"), Some("sub"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(f.broker.stats().scheduled, 2);
+    let q = next_when_due(&mut queue_rx, sent + 500).await;
+    assert_eq!(
+        (body(&q), q.message.destination.as_str()),
+        ("both", "queue://q")
+    );
+    let t = next(&mut durable_rx).await;
+    assert_eq!(
+        (body(&t), t.message.destination.as_str()),
+        ("both", "topic://t")
+    );
+    drop(c);
+}
+
 /// A journal written before the holding area existed keeps a scheduled message at its
 /// destination with its due time ahead: it is still held until then, and delivered.
 #[tokio::test]
