@@ -1209,9 +1209,15 @@ impl Core {
                     schedule::SCHEDULED_REPEAT
                 )
             } else {
+                // A delayed message is stored (in the holding area) even when non-persistent.
+                let kind = if message.persistent {
+                    "persistent"
+                } else {
+                    "delayed"
+                };
                 format!(
-                    "a persistent {size}-byte message would make a record of more than \
-                     {limit} bytes, the journal's limit"
+                    "a {kind} {size}-byte message would make a record of more than {limit} \
+                     bytes, the journal's limit"
                 )
             }));
         }

@@ -2916,20 +2916,31 @@ async fn a_composite_send_too_large_for_one_record_is_refused_and_the_store_carr
 }
 
 /// A persistent message too large for one journal record (a `max_frame_size` raised past it)
-/// is refused, naming the limit; the store keeps working for every other send.
+/// is refused, naming the limit; the store keeps working for every other send. So is a
+/// delayed non-persistent one (stored in the holding area until due).
 #[tokio::test]
 async fn a_message_too_large_for_one_record_is_refused_and_the_store_carries_on() {
     let f = fixture(BrokerOptions {
         memory_limit: u64::MAX,
-        ..BrokerOptions::default()
+        ..scheduling()
     })
     .await;
     let (s, _) = f.broker.open_session(None);
     let mut big = persistent("");
     big.body = Bytes::from(vec![0u8; crate::store::record::MAX_RECORD_LEN + 1]);
+    let delayed_big = NewMessage {
+        persistent: false,
+        headers: vec![Header::text(schedule::SCHEDULED_DELAY, "60000")],
+        ..big.clone()
+    };
     let error = s.send(&queue("q"), big, None).unwrap_err();
     assert!(
         matches!(&error, BrokerError::InvalidMessage(m) if m.contains("journal's limit")),
+        "{error}"
+    );
+    let error = s.send(&queue("q"), delayed_big, None).unwrap_err();
+    assert!(
+        matches!(&error, BrokerError::InvalidMessage(m) if m.contains("a delayed") && m.contains("journal's limit")),
         "{error}"
     );
     send_settled(&s, &queue("q"), persistent("small")).await;
