@@ -51,9 +51,10 @@ pub(super) const ADMIN_BATCH: usize = 1_000;
 /// held until its record is confirmed: 1000 large messages would take that much memory and
 /// time under the lock.
 const ADMIN_BATCH_BYTES: usize = 64 << 20;
-/// A retry gathers moves into records of at most this many bytes (a single larger move gets a
-/// record of its own, up to the journal's `MAX_RECORD_LEN`), as the producer carry bounds its
-/// records: a record is encoded whole in memory and sent whole to the slaves.
+/// A retry (and the release of due scheduled messages) gathers moves into records of at most
+/// this many bytes (a single larger move gets a record of its own, up to the journal's
+/// `MAX_RECORD_LEN`), as the producer carry bounds its records: a record is encoded whole in
+/// memory and sent whole to the slaves.
 const MOVE_RECORD_LEN: usize = 16 << 20;
 
 /// Counters for logs, status and tests.
@@ -881,12 +882,8 @@ impl Core {
         if !due.is_empty() {
             self.publish_now(due);
         }
-        for held in moves {
-            if let Err(error) = self.move_due(held) {
-                // The message stays in the holding area of the store: a later master (or a
-                // restart) moves it.
-                tracing::error!(%error, "could not move a due scheduled message to its destination");
-            }
+        if !moves.is_empty() {
+            self.move_due(moves);
         }
         let (next, _) = self.scheduled.keys().next()?;
         if *next <= now {
@@ -895,11 +892,40 @@ impl Core {
         Some(Duration::from_millis(next.saturating_sub(now) as u64))
     }
 
-    /// Routes a due message from the holding area to its destination as a send made now (the
-    /// durable subscriptions and subscribers of this moment), in one record that stores it
-    /// there and removes it from [`HOLDING`], so that a crash leaves it in one place or the
-    /// other.
-    fn move_due(&mut self, held: Entry) -> Result<(), BrokerError> {
+    /// Routes due messages from the holding area to their destinations as sends made now (the
+    /// durable subscriptions and subscribers of this moment). Each message's add there and its
+    /// removal from [`HOLDING`] are in one record (with other moves, up to [`MOVE_RECORD_LEN`]),
+    /// so that a crash leaves it in one place or the other. One that fails (its body cannot be
+    /// read back, the store failed) stays in the holding area of the store, for a restart or a
+    /// later master to move.
+    fn move_due(&mut self, moves: Vec<Entry>) {
+        let mut chunk = (Routed::default(), 0);
+        for held in moves {
+            let moved = self.route_due(held).and_then(|(entries, stored, publish)| {
+                let len = record_len(&entries);
+                if len > crate::store::record::MAX_RECORD_LEN {
+                    return self.move_in_two(entries, stored, publish);
+                }
+                self.gather_move(&mut chunk, len, entries, stored, publish)
+            });
+            if let Err(error) = moved {
+                tracing::error!(%error, "could not move a due scheduled message to its destination");
+            }
+        }
+        if !chunk.0.entries.is_empty() {
+            if let Err(error) = self.append_moves(chunk.0) {
+                tracing::error!(%error, "could not move due scheduled messages to their destinations");
+            }
+        }
+    }
+
+    /// What moving `held` out of the holding area takes: the entries (its add at its
+    /// destination, if stored there, then its removal from [`HOLDING`]), whether it is stored,
+    /// and what to publish once they are confirmed.
+    fn route_due(
+        &mut self,
+        held: Entry,
+    ) -> Result<(Vec<crate::store::Entry>, bool, Vec<Publish>), BrokerError> {
         let Some(key) = held.key else {
             return Err(BrokerError::InvalidMessage(
                 "a held message without a key".into(),
@@ -909,27 +935,32 @@ impl Core {
         if matches!(held.body, Body::OnDisk) {
             self.stats.bodies_read_back += 1;
         }
-        let Ok(destination) = Destination::parse(&message.destination) else {
-            tracing::warn!(destination = %message.destination, "dropping a scheduled message for no destination");
-            return self.append(vec![remove_entry(HOLDING, key)]).map(drop);
+        let (mut entries, publish) = match Destination::parse(&message.destination) {
+            Ok(destination) => self.route(held.origin, &destination, message),
+            Err(_) => {
+                tracing::warn!(destination = %message.destination, "dropping a scheduled message for no destination");
+                (Vec::new(), Vec::new())
+            }
         };
-        let (entries, publish) = self.route(held.origin, &destination, message);
-        let mut routed = Routed::default();
         let stored = !entries.is_empty();
-        routed.push(entries, stored, publish);
-        routed.entries.push(remove_entry(HOLDING, key));
-        if !fits_one_record(&routed.entries) {
-            // Too many destination queues to name with the removal in one record: stored
-            // first, removed after (a crash between the two delivers it twice, never loses it).
-            let remove = routed.entries.pop().expect("pushed above");
-            let (start, _) = self.append(routed.entries)?;
-            self.append(vec![remove])?;
-            self.wait_for(with_keys(routed.publish, &routed.keyed, start));
-            return Ok(());
-        }
-        let (start, _) = self.append(routed.entries)?;
-        self.wait_for(with_keys(routed.publish, &routed.keyed, start));
-        Ok(())
+        entries.push(remove_entry(HOLDING, key));
+        Ok((entries, stored, publish))
+    }
+
+    /// A move whose add names so many queues that it and the removal pass a record's limit:
+    /// stored first, removed after (a crash between the two delivers it twice, never loses
+    /// it).
+    fn move_in_two(
+        &mut self,
+        mut entries: Vec<crate::store::Entry>,
+        stored: bool,
+        publish: Vec<Publish>,
+    ) -> Result<(), BrokerError> {
+        let remove = entries.pop().expect("route_due ends with the removal");
+        let mut add = Routed::default();
+        add.push(entries, stored, publish);
+        self.append_moves(add)?;
+        self.append(vec![remove]).map(drop)
     }
 
     /// What the sweep task waits on besides its tick (see [`Core::hold`]).
@@ -2919,8 +2950,8 @@ impl Core {
             .filter(|last| seqs.len() == ADMIN_BATCH && **last < upto)
             .map(|last| last + 1);
         let mut retried = Retried::default();
-        let mut chunk = Routed::default();
-        let (mut chunk_len, mut moved_len) = (0, 0);
+        let mut chunk = (Routed::default(), 0);
+        let mut moved_len = 0;
         for seq in seqs {
             if moved_len >= ADMIN_BATCH_BYTES {
                 resume = Some(seq);
@@ -2961,15 +2992,7 @@ impl Core {
                 retried.left += 1;
                 continue;
             }
-            if !chunk.entries.is_empty()
-                && (chunk_len + len > MOVE_RECORD_LEN
-                    || chunk.entries.len() + entries.len() > crate::store::MAX_ENTRIES)
-            {
-                self.append_moves(std::mem::take(&mut chunk))?;
-                chunk_len = 0;
-            }
-            chunk.push(entries, stored, publish);
-            chunk_len += len;
+            self.gather_move(&mut chunk, len, entries, stored, publish)?;
             moved_len += len;
             if let Some(q) = self.queues.get_mut(queue) {
                 if let Some(entry) = q.ready.remove(&seq) {
@@ -2980,8 +3003,8 @@ impl Core {
             }
             retried.moved += 1;
         }
-        if !chunk.entries.is_empty() || !chunk.publish.is_empty() {
-            self.append_moves(chunk)?;
+        if !chunk.0.entries.is_empty() || !chunk.0.publish.is_empty() {
+            self.append_moves(chunk.0)?;
         }
         Ok((retried, resume))
     }
@@ -3006,8 +3029,31 @@ impl Core {
         Ok(q.ready.keys().next_back().copied())
     }
 
-    /// Appends one record of moves gathered by [`Core::retry_batch`]; the moved messages show
-    /// on their destinations once it is confirmed.
+    /// Adds one move (`entries`, `len` bytes as [`record_len`] counts them) to `chunk` (the
+    /// moves gathered for one record, and their length), appending the chunk first when the
+    /// move would take it past [`MOVE_RECORD_LEN`] or a record's entries.
+    fn gather_move(
+        &mut self,
+        chunk: &mut (Routed, usize),
+        len: usize,
+        entries: Vec<crate::store::Entry>,
+        stored: bool,
+        publish: Vec<Publish>,
+    ) -> Result<(), BrokerError> {
+        if !chunk.0.entries.is_empty()
+            && (chunk.1 + len > MOVE_RECORD_LEN
+                || chunk.0.entries.len() + entries.len() > crate::store::MAX_ENTRIES)
+        {
+            self.append_moves(std::mem::take(&mut chunk.0))?;
+            chunk.1 = 0;
+        }
+        chunk.0.push(entries, stored, publish);
+        chunk.1 += len;
+        Ok(())
+    }
+
+    /// Appends one record of moves gathered by [`Core::retry_batch`] or [`Core::move_due`];
+    /// the moved messages show on their destinations once it is confirmed.
     fn append_moves(&mut self, moves: Routed) -> Result<(), BrokerError> {
         let Routed {
             entries,
