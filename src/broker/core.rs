@@ -956,11 +956,15 @@ impl Core {
         stored: bool,
         publish: Vec<Publish>,
     ) -> Result<(), BrokerError> {
-        let remove = entries.pop().expect("route_due ends with the removal");
+        // `route_due` puts the removal last.
+        let remove = entries.pop();
         let mut add = Routed::default();
         add.push(entries, stored, publish);
         self.append_moves(add)?;
-        self.append(vec![remove]).map(drop)
+        match remove {
+            Some(remove) => self.append(vec![remove]).map(drop),
+            None => Ok(()),
+        }
     }
 
     /// What the sweep task waits on besides its tick (see [`Core::hold`]).
