@@ -115,6 +115,7 @@ public final class JmsCheck {
         SCENARIOS.put("flow-control", JmsCheck::flowControl);
         SCENARIOS.put("producer-window", JmsCheck::producerWindow);
         SCENARIOS.put("scheduled-delay", JmsCheck::scheduledDelay);
+        SCENARIOS.put("scheduled-topic-later", JmsCheck::scheduledTopicLater);
     }
 
     static String scenario;
@@ -1790,6 +1791,50 @@ public final class JmsCheck {
         expectEq("each delivery of the repeated message has an id of its own", 3, ids.size());
         expectOnlySentinel(c, q, consumer, "nothing more in the queue");
         close(c);
+    }
+
+    /**
+     * A delayed topic message is routed when it is due, as a send made then: a durable
+     * subscription and a non-durable consumer created after the send (option {@code delay_ms},
+     * default 1500) both get it, no earlier than its delay after the send, and a non-persistent
+     * one is still non-persistent (JMSDeliveryMode unchanged by the wait).
+     */
+    static void scheduledTopicLater() throws Exception {
+        long delay = longOpt("delay_ms", 1500);
+        Connection producer = connect();
+        Topic t = topic(producer, "scheduled-topic");
+        Session ps = producer.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = ps.createProducer(t);
+        p.setDeliveryMode(DeliveryMode.NON_PERSISTENT);
+        TextMessage later = ps.createTextMessage("later");
+        later.setLongProperty("AMQ_SCHEDULED_DELAY", delay);
+        long sent = System.currentTimeMillis();
+        p.send(later);
+        Connection c = connect(url, name("scheduled-topic-client"));
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        TopicSubscriber durable = s.createDurableSubscriber(t, "later");
+        MessageConsumer plain = s.createConsumer(t);
+        check("the subscriptions were made before the message was due",
+                System.currentTimeMillis() - sent < delay, "< " + delay + " ms",
+                (System.currentTimeMillis() - sent) + " ms");
+        for (MessageConsumer consumer : List.of(durable, plain)) {
+            String what = consumer == durable
+                    ? "the delayed message, on a durable subscription made after the send"
+                    : "the delayed message, on a consumer made after the send";
+            Message m = receive(consumer, what);
+            long after = System.currentTimeMillis() - sent;
+            expectEq(what, "later", text(m, what));
+            check(what + ", no earlier than its delay", after >= delay, ">= " + delay + " ms",
+                    after + " ms");
+            expectEq(what + ", non-persistent", DeliveryMode.NON_PERSISTENT,
+                    m.getJMSDeliveryMode());
+        }
+        ok("delivered to both subscriptions made after the send");
+        durable.close();
+        plain.close();
+        s.unsubscribe("later");
+        close(c);
+        close(producer);
     }
 
     static List<String> browse(Session s, Queue q, String selector) throws Exception {

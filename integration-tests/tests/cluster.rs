@@ -1796,7 +1796,9 @@ fn random_faults_lose_nothing_confirmed_zk38() {
 
 /// A delayed message (`scheduler_support` on every node), confirmed by the master, is held by
 /// the new master after a kill -9 of the old one (its due time is in the replicated record)
-/// and delivered once, no earlier than its due time.
+/// and delivered once, no earlier than its due time. A non-persistent one too: as in
+/// ActiveMQ's scheduler store, it waits in the (replicated) store, and it is still delivered
+/// as non-persistent.
 #[test]
 fn a_delayed_message_survives_a_failover_zk38() {
     const DELAY_MS: i64 = 10_000;
@@ -1815,6 +1817,13 @@ fn a_delayed_message_survives_a_failover_zk38() {
             &[("persistent", "true"), ("AMQ_SCHEDULED_DELAY", &delay)],
         )
         .expect("the delayed send is receipted");
+    producer
+        .send(
+            queue,
+            b"transient",
+            &[("persistent", "false"), ("AMQ_SCHEDULED_DELAY", &delay)],
+        )
+        .expect("the delayed non-persistent send is receipted");
     drop(producer);
     let m1 = cluster.kill_master(m0, deadline(ELECTION));
     let mut consumer = cluster.client(m1).expect("a client of the new master");
@@ -1840,6 +1849,11 @@ fn a_delayed_message_survives_a_failover_zk38() {
         "delivered {} ms before its due time",
         sent + DELAY_MS - at
     );
+    let m = consumer
+        .recv_message(ELECTION)
+        .expect("the delayed non-persistent message from the new master");
+    assert_eq!(m.text(), "transient");
+    assert_eq!(m.get("persistent"), None, "delivered as non-persistent");
     assert!(
         consumer
             .try_recv_message(Duration::from_millis(500))

@@ -467,3 +467,15 @@ fn a_delayed_message_arrives_after_its_delay() {
     };
     check_with(&scheduler, "scheduled-delay", &[]);
 }
+
+/// As in ActiveMQ (whose scheduler sends a due message as if it were sent then), a delayed
+/// non-persistent topic message reaches a durable subscription and a consumer made after the
+/// send, when due, still non-persistent (scenario passed against stock ActiveMQ 5.17.2).
+#[test]
+fn a_delayed_topic_message_reaches_subscriptions_made_after_the_send() {
+    let scheduler = Setting {
+        ferromq: "[broker]\nscheduler_support = true\n",
+        reference: &[],
+    };
+    check_with(&scheduler, "scheduled-topic-later", &[]);
+}

@@ -51,9 +51,10 @@ pub(super) const ADMIN_BATCH: usize = 1_000;
 /// held until its record is confirmed: 1000 large messages would take that much memory and
 /// time under the lock.
 const ADMIN_BATCH_BYTES: usize = 64 << 20;
-/// A retry gathers moves into records of at most this many bytes (a single larger move gets a
-/// record of its own, up to the journal's `MAX_RECORD_LEN`), as the producer carry bounds its
-/// records: a record is encoded whole in memory and sent whole to the slaves.
+/// A retry (and the release of due scheduled messages) gathers moves into records of at most
+/// this many bytes (a single larger move gets a record of its own, up to the journal's
+/// `MAX_RECORD_LEN`), as the producer carry bounds its records: a record is encoded whole in
+/// memory and sent whole to the slaves.
 const MOVE_RECORD_LEN: usize = 16 << 20;
 
 /// Counters for logs, status and tests.
@@ -88,7 +89,8 @@ pub struct Stats {
     /// Messages queued with their body left in the journal, and bodies read back from it.
     pub bodies_left_on_disk: u64,
     pub bodies_read_back: u64,
-    /// Stored (or, non-persistent, held) messages not yet due (`scheduler_support`).
+    /// Messages held until due (`scheduler_support`): stored in the holding area, persistent
+    /// or not.
     pub scheduled: usize,
 }
 
@@ -108,14 +110,24 @@ enum Publish {
     /// A message the store recovered, shown once the epoch-start record is confirmed (not a
     /// new enqueue).
     Recovered(String, Entry),
+    /// A scheduled message stored on [`HOLDING`] until due, then routed to its destination
+    /// (`message.destination`) as a send made then (see [`Core::release_due`]).
+    Scheduled(Entry),
 }
+
+/// The store's holding area for scheduled messages: a queue no client can name (every
+/// destination is `queue://` or `topic://`). A message waits there, persistent or not, until
+/// due; one record then removes it and stores it at its destination.
+const HOLDING: &str = "scheduled://";
 
 impl Publish {
     /// When the message is due, if that is still ahead (a scheduled message, see
     /// [`schedule`]); costs a field read for any other.
     fn due_after(&self, now: impl FnOnce() -> i64) -> Option<i64> {
         let deliver_at = match self {
-            Publish::Queue(_, entry) | Publish::Recovered(_, entry) => entry.message.deliver_at,
+            Publish::Queue(_, entry) | Publish::Recovered(_, entry) | Publish::Scheduled(entry) => {
+                entry.message.deliver_at
+            }
             Publish::Topic(_, message, _) => message.deliver_at,
         };
         (deliver_at > 0 && deliver_at > now()).then_some(deliver_at)
@@ -309,9 +321,9 @@ pub(crate) struct Core {
     /// Resolves once the epoch-start record is confirmed and the recovered messages are
     /// delivered (see [`Core::new`]); taken by whoever waits for it.
     started: Confirmation,
-    /// Confirmed messages not yet due, by (due time, arrival): published, in that order, by
-    /// [`Core::release_due`]. Empty unless `scheduler_support` stamped a message (or a
-    /// recovered one carries a due time).
+    /// Confirmed messages not yet due, by (due time, arrival): moved to their destinations (or
+    /// published), in that order, by [`Core::release_due`]. Empty unless `scheduler_support`
+    /// stamped a message (or a recovered one carries a due time).
     scheduled: BTreeMap<(i64, u64), Publish>,
     next_scheduled: u64,
     /// Wakes the sweep task when a message due earlier than all others is held.
@@ -471,8 +483,11 @@ impl Core {
         }
         let mut inherited = Vec::new();
         for (queue, messages) in recovered.queues {
-            // The queue exists (and a consumer may subscribe) before its messages show.
-            core.queues.entry(queue.clone()).or_default();
+            let holding = queue == HOLDING;
+            if !holding {
+                // The queue exists (and a consumer may subscribe) before its messages show.
+                core.queues.entry(queue.clone()).or_default();
+            }
             for (key, message) in messages {
                 let redeliveries = message.redelivery_count;
                 let origin = stored_origin(&message.producer_id);
@@ -480,7 +495,11 @@ impl Core {
                 if recovered.bodies_on_disk.contains(&key) {
                     entry.body = Body::OnDisk;
                 }
-                inherited.push(Publish::Recovered(queue.clone(), entry));
+                inherited.push(if holding {
+                    Publish::Scheduled(entry)
+                } else {
+                    Publish::Recovered(queue.clone(), entry)
+                });
             }
         }
         // The epoch-start record comes first: nothing written under this epoch is confirmed
@@ -802,6 +821,11 @@ impl Core {
             return;
         }
         match publish {
+            // Due already (recovered after its time): its move is a record of its own, written
+            // by [`Core::release_due`], not from inside a confirmation.
+            Publish::Scheduled(entry) => {
+                self.hold(entry.message.deliver_at, Publish::Scheduled(entry))
+            }
             Publish::Queue(queue, entry) => {
                 self.stats.enqueued += 1;
                 self.push_ready(queue, entry, touched);
@@ -813,13 +837,16 @@ impl Core {
         }
     }
 
-    /// Keeps a confirmed message that is not yet due out of dispatch until `due`. A stored
-    /// message's body waits in the journal (read back on delivery, as past `memory_limit`), so
-    /// a backlog of scheduled messages costs memory only for their headers.
-    /// A non-persistent one's body has nowhere else to wait: it counts against `memory_limit`
-    /// from now on, as a queued one does (so its senders are held back when memory is full).
+    /// Keeps a confirmed message that is not yet due out of dispatch until `due`: a message in
+    /// the holding area ([`Publish::Scheduled`], persistent or not), or one an older version
+    /// stored at its destination with its due time. Its body waits in the journal (read back
+    /// when due), so a backlog of scheduled messages costs memory only for their headers. (An
+    /// unstored one would count against `memory_limit`; none comes here, as non-persistent
+    /// delayed messages are stored in the holding area too.)
     fn hold(&mut self, due: i64, mut publish: Publish) {
-        if let Publish::Queue(_, entry) | Publish::Recovered(_, entry) = &mut publish {
+        if let Publish::Queue(_, entry) | Publish::Recovered(_, entry) | Publish::Scheduled(entry) =
+            &mut publish
+        {
             if matches!(entry.body, Body::Uncounted) {
                 if entry.key.is_some() {
                     leave_body_on_disk(entry);
@@ -842,20 +869,102 @@ impl Core {
     pub fn release_due(&mut self) -> Option<Duration> {
         let now = now_ms();
         let mut due = Vec::new();
+        let mut moves = Vec::new();
         while let Some(entry) = self.scheduled.first_entry() {
-            if entry.key().0 > now || due.len() == RELEASE_BATCH {
+            if entry.key().0 > now || due.len() + moves.len() == RELEASE_BATCH {
                 break;
             }
-            due.push(entry.remove());
+            match entry.remove() {
+                Publish::Scheduled(held) => moves.push(held),
+                other => due.push(other),
+            }
         }
         if !due.is_empty() {
             self.publish_now(due);
+        }
+        if !moves.is_empty() {
+            self.move_due(moves);
         }
         let (next, _) = self.scheduled.keys().next()?;
         if *next <= now {
             return Some(Duration::ZERO);
         }
         Some(Duration::from_millis(next.saturating_sub(now) as u64))
+    }
+
+    /// Routes due messages from the holding area to their destinations as sends made now (the
+    /// durable subscriptions and subscribers of this moment). Each message's add there and its
+    /// removal from [`HOLDING`] are in one record (with other moves, up to [`MOVE_RECORD_LEN`]),
+    /// so that a crash leaves it in one place or the other. One that fails (its body cannot be
+    /// read back, the store failed) stays in the holding area of the store, for a restart or a
+    /// later master to move.
+    fn move_due(&mut self, moves: Vec<Entry>) {
+        let mut chunk = (Routed::default(), 0);
+        for held in moves {
+            let moved = self.route_due(held).and_then(|(entries, stored, publish)| {
+                let len = record_len(&entries);
+                if len > crate::store::record::MAX_RECORD_LEN {
+                    return self.move_in_two(entries, stored, publish);
+                }
+                self.gather_move(&mut chunk, len, entries, stored, publish)
+            });
+            if let Err(error) = moved {
+                tracing::error!(%error, "could not move a due scheduled message to its destination");
+            }
+        }
+        if !chunk.0.entries.is_empty() {
+            if let Err(error) = self.append_moves(chunk.0) {
+                tracing::error!(%error, "could not move due scheduled messages to their destinations");
+            }
+        }
+    }
+
+    /// What moving `held` out of the holding area takes: the entries (its add at its
+    /// destination, if stored there, then its removal from [`HOLDING`]), whether it is stored,
+    /// and what to publish once they are confirmed.
+    fn route_due(
+        &mut self,
+        held: Entry,
+    ) -> Result<(Vec<crate::store::Entry>, bool, Vec<Publish>), BrokerError> {
+        let Some(key) = held.key else {
+            return Err(BrokerError::InvalidMessage(
+                "a held message without a key".into(),
+            ));
+        };
+        let message = self.with_body(&held)?;
+        if matches!(held.body, Body::OnDisk) {
+            self.stats.bodies_read_back += 1;
+        }
+        let (mut entries, publish) = match Destination::parse(&message.destination) {
+            Ok(destination) => self.route(held.origin, &destination, message),
+            Err(_) => {
+                tracing::warn!(destination = %message.destination, "dropping a scheduled message for no destination");
+                (Vec::new(), Vec::new())
+            }
+        };
+        let stored = !entries.is_empty();
+        entries.push(remove_entry(HOLDING, key));
+        Ok((entries, stored, publish))
+    }
+
+    /// A move whose add names so many queues that it and the removal pass a record's limit:
+    /// stored first, removed after (a crash between the two delivers it twice, never loses
+    /// it).
+    fn move_in_two(
+        &mut self,
+        mut entries: Vec<crate::store::Entry>,
+        stored: bool,
+        publish: Vec<Publish>,
+    ) -> Result<(), BrokerError> {
+        // `route_due` puts the removal last.
+        let remove = entries.pop();
+        let mut add = Routed::default();
+        add.push(entries, stored, publish);
+        self.append_moves(add)?;
+        match remove {
+            Some(remove) => self.append(vec![remove]).map(drop),
+            None => Ok(()),
+        }
     }
 
     /// What the sweep task waits on besides its tick (see [`Core::hold`]).
@@ -1135,9 +1244,15 @@ impl Core {
                     schedule::SCHEDULED_REPEAT
                 )
             } else {
+                // A delayed message is stored (in the holding area) even when non-persistent.
+                let kind = if message.persistent {
+                    "persistent"
+                } else {
+                    "delayed"
+                };
                 format!(
-                    "a persistent {size}-byte message would make a record of more than \
-                     {limit} bytes, the journal's limit"
+                    "a {kind} {size}-byte message would make a record of more than {limit} \
+                     bytes, the journal's limit"
                 )
             }));
         }
@@ -1192,12 +1307,17 @@ impl Core {
     /// its own any more (none are stored for it: they were never kept).
     fn route(
         &mut self,
-        session: u64,
+        origin: u64,
         destination: &Destination,
         message: Arc<Message>,
     ) -> (Vec<crate::store::Entry>, Vec<Publish>) {
-        let origin = self.sessions.get(&session).map_or(session, |s| s.origin);
         let entry = |message: &Arc<Message>| Entry::new(None, message.clone(), 0).from(origin);
+        if message.deliver_at > 0 && message.deliver_at > now_ms() {
+            // Scheduled: one stored record in the holding area, whatever its persistence and
+            // whoever subscribes now; routed when due (see [`Core::move_due`]).
+            let publish = vec![Publish::Scheduled(entry(&message))];
+            return (vec![add_entry(vec![HOLDING.to_string()], message)], publish);
+        }
         match destination {
             Destination::Queue(_) => {
                 let queue = destination.canonical();
@@ -1245,9 +1365,10 @@ impl Core {
 
     /// [`Core::route`] for each of `sends`, their entries gathered for one record.
     fn route_all(&mut self, session: u64, sends: Vec<(Destination, Arc<Message>)>) -> Routed {
+        let origin = self.sessions.get(&session).map_or(session, |s| s.origin);
         let mut routed = Routed::default();
         for (destination, message) in sends {
-            let (entries, publish) = self.route(session, &destination, message);
+            let (entries, publish) = self.route(origin, &destination, message);
             let stored = !entries.is_empty();
             routed.push(entries, stored, publish);
         }
@@ -2549,10 +2670,21 @@ impl Core {
                 };
                 if deleted && !self.scheduled.is_empty() {
                     // Its delayed non-persistent messages would make it again when due, for
-                    // nobody; a stored one still goes to the queue, made again then.
-                    self.scheduled.retain(
-                        |_, p| !matches!(p, Publish::Queue(q, e) if *q == name && e.key.is_none()),
-                    );
+                    // nobody; a persistent one still goes to the queue, made again then.
+                    let mut removes = Vec::new();
+                    self.scheduled.retain(|_, p| match p {
+                        Publish::Queue(q, e) => !(*q == name && e.key.is_none()),
+                        Publish::Scheduled(e)
+                            if e.message.destination == name && !e.message.persistent =>
+                        {
+                            removes.extend(e.key.map(|key| remove_entry(HOLDING, key)));
+                            false
+                        }
+                        _ => true,
+                    });
+                    if let Err(error) = self.append_in_chunks(removes) {
+                        tracing::error!(queue = name, %error, "could not remove a deleted queue's delayed messages");
+                    }
                 }
                 deleted
             }
@@ -2822,8 +2954,8 @@ impl Core {
             .filter(|last| seqs.len() == ADMIN_BATCH && **last < upto)
             .map(|last| last + 1);
         let mut retried = Retried::default();
-        let mut chunk = Routed::default();
-        let (mut chunk_len, mut moved_len) = (0, 0);
+        let mut chunk = (Routed::default(), 0);
+        let mut moved_len = 0;
         for seq in seqs {
             if moved_len >= ADMIN_BATCH_BYTES {
                 resume = Some(seq);
@@ -2864,15 +2996,7 @@ impl Core {
                 retried.left += 1;
                 continue;
             }
-            if !chunk.entries.is_empty()
-                && (chunk_len + len > MOVE_RECORD_LEN
-                    || chunk.entries.len() + entries.len() > crate::store::MAX_ENTRIES)
-            {
-                self.append_moves(std::mem::take(&mut chunk))?;
-                chunk_len = 0;
-            }
-            chunk.push(entries, stored, publish);
-            chunk_len += len;
+            self.gather_move(&mut chunk, len, entries, stored, publish)?;
             moved_len += len;
             if let Some(q) = self.queues.get_mut(queue) {
                 if let Some(entry) = q.ready.remove(&seq) {
@@ -2883,8 +3007,8 @@ impl Core {
             }
             retried.moved += 1;
         }
-        if !chunk.entries.is_empty() || !chunk.publish.is_empty() {
-            self.append_moves(chunk)?;
+        if !chunk.0.entries.is_empty() || !chunk.0.publish.is_empty() {
+            self.append_moves(chunk.0)?;
         }
         Ok((retried, resume))
     }
@@ -2909,8 +3033,31 @@ impl Core {
         Ok(q.ready.keys().next_back().copied())
     }
 
-    /// Appends one record of moves gathered by [`Core::retry_batch`]; the moved messages show
-    /// on their destinations once it is confirmed.
+    /// Adds one move (`entries`, `len` bytes as [`record_len`] counts them) to `chunk` (the
+    /// moves gathered for one record, and their length), appending the chunk first when the
+    /// move would take it past [`MOVE_RECORD_LEN`] or a record's entries.
+    fn gather_move(
+        &mut self,
+        chunk: &mut (Routed, usize),
+        len: usize,
+        entries: Vec<crate::store::Entry>,
+        stored: bool,
+        publish: Vec<Publish>,
+    ) -> Result<(), BrokerError> {
+        if !chunk.0.entries.is_empty()
+            && (chunk.1 + len > MOVE_RECORD_LEN
+                || chunk.0.entries.len() + entries.len() > crate::store::MAX_ENTRIES)
+        {
+            self.append_moves(std::mem::take(&mut chunk.0))?;
+            chunk.1 = 0;
+        }
+        chunk.0.push(entries, stored, publish);
+        chunk.1 += len;
+        Ok(())
+    }
+
+    /// Appends one record of moves gathered by [`Core::retry_batch`] or [`Core::move_due`];
+    /// the moved messages show on their destinations once it is confirmed.
     fn append_moves(&mut self, moves: Routed) -> Result<(), BrokerError> {
         let Routed {
             entries,
@@ -3031,7 +3178,7 @@ impl Routed {
     /// `stored`): its queue entries are keyed to that add.
     fn push(&mut self, entries: Vec<crate::store::Entry>, stored: bool, publish: Vec<Publish>) {
         for item in publish {
-            if stored && matches!(item, Publish::Queue(..)) {
+            if stored && matches!(item, Publish::Queue(..) | Publish::Scheduled(_)) {
                 self.keyed.push((self.publish.len(), self.entries.len()));
             }
             self.publish.push(item);
@@ -3044,7 +3191,7 @@ impl Routed {
 /// starts at `start`.
 fn with_keys(mut publish: Vec<Publish>, keyed: &[(usize, usize)], start: Position) -> Vec<Publish> {
     for &(p, index) in keyed {
-        if let Publish::Queue(_, entry) = &mut publish[p] {
+        if let Publish::Queue(_, entry) | Publish::Scheduled(entry) = &mut publish[p] {
             entry.key = Some(MessageKey::new(start, index));
         }
     }

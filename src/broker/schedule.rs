@@ -1,8 +1,14 @@
 //! ActiveMQ's delayed delivery (`<broker schedulerSupport="true">`, here `[broker]
 //! scheduler_support`): which messages are scheduled, and for when. The core reads the
 //! properties by name (a JMS property or a STOMP header, whose values are strings) and stamps
-//! the stored message with its due time (`Message::deliver_at`), so that a restart or a
-//! failover keeps it; `core.rs` keeps a message out of dispatch until then.
+//! the message with its due time (`Message::deliver_at`).
+//!
+//! As ActiveMQ's job scheduler store keeps every scheduled message, `core.rs` stores a stamped
+//! message, persistent or not, as one record in the holding queue `scheduled://` (body in the
+//! journal, not in memory), whatever subscribers exist, so that a restart or a failover keeps
+//! it. When it is due, one record removes it from there and stores it at its destination,
+//! routed as a send made then (a topic: the durable subscriptions and subscribers of that
+//! moment); a non-persistent one stays non-persistent.
 //!
 //! As ActiveMQ's `SchedulerBroker` reads them:
 //! - `AMQ_SCHEDULED_DELAY` (ms): the message is due that long after it is stored (a
@@ -12,8 +18,8 @@
 //! - `AMQ_SCHEDULED_REPEAT` more deliveries (at most [`MAX_REPEAT`], ActiveMQ's limit) follow
 //!   the first, a period apart (all at once without a positive period, as ActiveMQ fires
 //!   them). Each is a message of its own with an id of its own, as ActiveMQ's are; ferromq
-//!   stores them all with the send, each with its due time, so a repeat needs nothing more
-//!   than a delayed message does. A negative repeat (ActiveMQ: for ever) is refused.
+//!   stores them all (in the holding queue) with the send, each with its due time, so a repeat
+//!   needs nothing more than a delayed message does. A negative repeat (ActiveMQ: for ever) is refused.
 //! - A value must be a whole number: an integer property, or a string holding one (Java's
 //!   `Long.valueOf`); another type or text is refused, as ActiveMQ's send fails on it.
 //! - A non-empty `AMQ_SCHEDULED_CRON` is refused, naming the property: ferromq has no cron

@@ -2916,20 +2916,31 @@ async fn a_composite_send_too_large_for_one_record_is_refused_and_the_store_carr
 }
 
 /// A persistent message too large for one journal record (a `max_frame_size` raised past it)
-/// is refused, naming the limit; the store keeps working for every other send.
+/// is refused, naming the limit; the store keeps working for every other send. So is a
+/// delayed non-persistent one (stored in the holding area until due).
 #[tokio::test]
 async fn a_message_too_large_for_one_record_is_refused_and_the_store_carries_on() {
     let f = fixture(BrokerOptions {
         memory_limit: u64::MAX,
-        ..BrokerOptions::default()
+        ..scheduling()
     })
     .await;
     let (s, _) = f.broker.open_session(None);
     let mut big = persistent("");
     big.body = Bytes::from(vec![0u8; crate::store::record::MAX_RECORD_LEN + 1]);
+    let delayed_big = NewMessage {
+        persistent: false,
+        headers: vec![Header::text(schedule::SCHEDULED_DELAY, "60000")],
+        ..big.clone()
+    };
     let error = s.send(&queue("q"), big, None).unwrap_err();
     assert!(
         matches!(&error, BrokerError::InvalidMessage(m) if m.contains("journal's limit")),
+        "{error}"
+    );
+    let error = s.send(&queue("q"), delayed_big, None).unwrap_err();
+    assert!(
+        matches!(&error, BrokerError::InvalidMessage(m) if m.contains("a delayed") && m.contains("journal's limit")),
         "{error}"
     );
     send_settled(&s, &queue("q"), persistent("small")).await;
@@ -3354,29 +3365,45 @@ async fn a_delayed_send_in_a_transaction_is_scheduled_at_commit() {
     assert!(rx.try_recv().is_err(), "the rolled back send stays unsent");
 }
 
+/// A scheduling broker on `dir` that was stopped after `message` was sent to `destination`
+/// (and stored), started again; and when the message was sent.
+async fn restarted_after_sending(
+    dir: &std::path::Path,
+    destination: Destination,
+    message: NewMessage,
+) -> (Broker, i64) {
+    let sent = now_millis();
+    {
+        let broker = Broker::start_for_tests(dir, scheduling());
+        let (p, _) = broker.open_session(None);
+        send_settled(&p, &destination, message).await;
+    }
+    (Broker::start_for_tests(dir, scheduling()), sent)
+}
+
+/// The next delivery on `rx`, checked to come no earlier than `due` (and not yet there now).
+async fn next_when_due(rx: &mut UnboundedReceiver<Delivery>, due: i64) -> Delivery {
+    assert!(now_millis() < due, "the check came too late to tell");
+    assert!(rx.try_recv().is_err(), "delivered early");
+    let d = next(rx).await;
+    assert!(now_millis() >= due, "delivered early");
+    d
+}
+
 /// A stored delayed message survives a restart with its due time: after recovery it is still
 /// held until then (not delivered early, not lost), its body read back from the journal.
 #[tokio::test]
 async fn a_delayed_message_survives_a_restart_and_is_delivered_when_due() {
     let dir = tempfile::tempdir().unwrap();
-    let sent = now_millis();
-    {
-        let broker = Broker::start_for_tests(dir.path(), scheduling());
-        let (p, _) = broker.open_session(None);
-        send_settled(&p, &queue("q"), delayed("kept", "1500")).await;
-    }
-    let broker = Broker::start_for_tests(dir.path(), scheduling());
+    let (broker, sent) =
+        restarted_after_sending(dir.path(), queue("q"), delayed("kept", "1500")).await;
     let (c, mut rx) = broker.open_session(None);
     subscribe(&c, "s", queue("q"), 10);
-    assert!(
-        now_millis() < sent + 1500,
-        "the restart took too long to tell"
-    );
-    assert!(rx.try_recv().is_err());
-    assert_eq!(broker.stats().scheduled, 1);
-    assert_eq!(broker.queue_depth("queue://q"), 0);
-    let d = next(&mut rx).await;
-    assert!(now_millis() >= sent + 1500, "delivered early");
+    if now_millis() < sent + 1500 {
+        assert_eq!(broker.stats().scheduled, 1);
+        assert_eq!(broker.queue_depth("queue://q"), 0);
+    }
+    let d = next_when_due(&mut rx, sent + 1500).await;
     assert_eq!(body(&d), "kept");
 }
 
@@ -3400,6 +3427,215 @@ async fn a_delayed_topic_message_is_published_when_due() {
     assert_eq!(body(&next(&mut late_rx).await), "news");
     assert_eq!(body(&next(&mut durable_rx).await), "news");
     assert!(now_millis() >= sent + 300, "delivered early");
+}
+
+/// Waits (polling, with a deadline) until the clock is past `instant` (ms since the epoch).
+async fn wait_past(instant: i64) {
+    let deadline = now_millis() + 10_000;
+    while now_millis() <= instant {
+        assert!(now_millis() < deadline, "the clock did not pass {instant}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// As ActiveMQ routes a scheduled message only when it is due, a delayed topic message goes to
+/// the durable subscriptions of that moment: one created after the send gets it (active, or
+/// inactive and back later), and one removed meanwhile does not, nor is anything kept for it.
+#[tokio::test]
+async fn a_delayed_topic_message_goes_to_the_durable_subscriptions_of_its_due_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let sent = now_millis();
+    {
+        let broker = Broker::start_for_tests(dir.path(), scheduling());
+        let (gone, _) = broker.open_session(Some("gone".into()));
+        subscribe_to(&gone, "d", topic("t"), Some("sub"), None)
+            .unwrap()
+            .await
+            .unwrap();
+        let (p, _) = broker.open_session(None);
+        send_settled(&p, &topic("t"), delayed("news", "500")).await;
+        gone.unsubscribe("d", true).unwrap().await.unwrap();
+        let (active, mut active_rx) = broker.open_session(Some("active".into()));
+        subscribe_to(&active, "d", topic("t"), Some("sub"), None)
+            .unwrap()
+            .await
+            .unwrap();
+        let (away, _) = broker.open_session(Some("away".into()));
+        subscribe_to(&away, "d", topic("t"), Some("sub"), None)
+            .unwrap()
+            .await
+            .unwrap();
+        away.unsubscribe("d", false).unwrap().await.unwrap();
+        assert!(now_millis() < sent + 500, "the check came too late to tell");
+        assert!(active_rx.try_recv().is_err());
+        assert_eq!(body(&next(&mut active_rx).await), "news");
+        assert!(now_millis() >= sent + 500, "delivered early");
+        assert_eq!(broker.queue_depth("durable://away:sub"), 1);
+        assert_eq!(broker.queue_depth("durable://gone:sub"), 0);
+    }
+    // Stored for the inactive one, which gets it when back (after a restart too).
+    let broker = Broker::start_for_tests(dir.path(), scheduling());
+    let (away, mut away_rx) = broker.open_session(Some("away".into()));
+    subscribe_to(&away, "d", topic("t"), Some("sub"), None).unwrap();
+    assert_eq!(body(&next(&mut away_rx).await), "news");
+    assert_eq!(broker.queue_depth("durable://gone:sub"), 0);
+}
+
+/// A persistent delayed topic message is stored even when no durable subscription exists (as
+/// ActiveMQ's scheduler store keeps every scheduled message): a restart before it is due does
+/// not lose it for the subscribers there are when it is.
+#[tokio::test]
+async fn a_delayed_topic_message_without_durable_subscribers_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, sent) =
+        restarted_after_sending(dir.path(), topic("t"), delayed("news", "1500")).await;
+    let (s, mut rx) = broker.open_session(None);
+    subscribe_to(&s, "s", topic("t"), None, None).unwrap();
+    let d = next_when_due(&mut rx, sent + 1500).await;
+    assert_eq!(body(&d), "news");
+}
+
+/// A delayed non-persistent message waits in the store, as ActiveMQ's does in its scheduler
+/// store: a restart keeps it, and it is still delivered as non-persistent.
+#[tokio::test]
+async fn a_delayed_non_persistent_message_survives_a_restart_and_stays_non_persistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let transient = NewMessage {
+        persistent: false,
+        ..delayed("kept", "1500")
+    };
+    let (broker, sent) = restarted_after_sending(dir.path(), queue("q"), transient).await;
+    let (c, mut rx) = broker.open_session(None);
+    subscribe(&c, "s", queue("q"), 10);
+    let d = next_when_due(&mut rx, sent + 1500).await;
+    assert_eq!(body(&d), "kept");
+    assert!(!d.message.persistent, "delivered as non-persistent");
+}
+
+/// Delayed messages that fall due while the broker is down are delivered after the restart: a
+/// non-persistent queue message, and a topic message to a durable subscription created after
+/// it was sent (which did not exist when it was sent, and does when it is due).
+#[tokio::test]
+async fn messages_due_while_the_broker_was_down_are_delivered_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let sent = now_millis();
+    {
+        let broker = Broker::start_for_tests(dir.path(), scheduling());
+        let (p, _) = broker.open_session(None);
+        let transient = NewMessage {
+            persistent: false,
+            ..delayed("queued", "1000")
+        };
+        send_settled(&p, &queue("q"), transient).await;
+        send_settled(&p, &topic("t"), delayed("published", "1000")).await;
+        let (d, _) = broker.open_session(Some("client".into()));
+        subscribe_to(&d, "d", topic("t"), Some("sub"), None)
+            .unwrap()
+            .await
+            .unwrap();
+        d.unsubscribe("d", false).unwrap().await.unwrap();
+        assert!(
+            now_millis() < sent + 1000,
+            "the check came too late to tell"
+        );
+    }
+    wait_past(sent + 1000).await;
+    let broker = Broker::start_for_tests(dir.path(), scheduling());
+    let (c, mut rx) = broker.open_session(None);
+    subscribe(&c, "s", queue("q"), 10);
+    let d = next(&mut rx).await;
+    assert_eq!(body(&d), "queued");
+    assert!(!d.message.persistent);
+    let (durable, mut durable_rx) = broker.open_session(Some("client".into()));
+    subscribe_to(&durable, "d", topic("t"), Some("sub"), None).unwrap();
+    assert_eq!(body(&next(&mut durable_rx).await), "published");
+    assert_eq!(broker.stats().scheduled, 0);
+}
+
+/// A delayed composite send (a queue and a topic) is routed when due, member by member: the
+/// queue gets it, and so does a durable subscription on the topic made after the send.
+#[tokio::test]
+async fn a_delayed_composite_send_reaches_the_members_subscriptions_of_its_due_time() {
+    let f = fixture(scheduling()).await;
+    let (c, mut queue_rx) = consumer_on_q(&f, 10);
+    let (p, _) = f.broker.open_session(None);
+    let sent = now_millis();
+    p.send_to_each(&[queue("q"), topic("t")], delayed("both", "500"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    let (d, mut durable_rx) = f.broker.open_session(Some("client".into()));
+    subscribe_to(&d, "d", topic("t"), Some("sub"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(f.broker.stats().scheduled, 2);
+    let q = next_when_due(&mut queue_rx, sent + 500).await;
+    assert_eq!(
+        (body(&q), q.message.destination.as_str()),
+        ("both", "queue://q")
+    );
+    let t = next(&mut durable_rx).await;
+    assert_eq!(
+        (body(&t), t.message.destination.as_str()),
+        ("both", "topic://t")
+    );
+    drop(c);
+}
+
+/// A journal written before the holding area existed keeps a scheduled message at its
+/// destination with its due time ahead: it is still held until then, and delivered.
+#[tokio::test]
+async fn a_delayed_message_stored_at_its_queue_by_an_older_version_is_held_until_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let due = now_millis() + 1000;
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (mut store, _) = crate::store::Store::open(
+            crate::store::StoreOptions {
+                directory: dir.path().to_path_buf(),
+                log_size: 1 << 20,
+                fsync: false,
+                only_copy: false,
+                recovered_bodies: u64::MAX,
+            },
+            Box::new(move |p| {
+                let _ = tx.send(p);
+            }),
+        )
+        .unwrap();
+        let message = crate::store::Message {
+            message_id: "ID:old:1".into(),
+            destination: "queue://q".into(),
+            persistent: true,
+            body: "old".into(),
+            deliver_at: due,
+            ..Default::default()
+        };
+        let add = crate::store::Entry {
+            kind: Some(crate::store::entry::Kind::Add(crate::store::MessageAdd {
+                queues: vec!["queue://q".into()],
+                message: Some(message),
+            })),
+        };
+        store
+            .append(&crate::store::Record {
+                epoch: 1,
+                entries: vec![add],
+            })
+            .unwrap();
+        let end = store.end();
+        while rx.recv_timeout(Duration::from_secs(10)).expect("durable") < end {}
+    }
+    let broker = Broker::start_for_tests(dir.path(), scheduling());
+    let (c, mut rx) = broker.open_session(None);
+    subscribe(&c, "s", queue("q"), 10);
+    assert!(now_millis() < due, "the start took too long to tell");
+    assert!(rx.try_recv().is_err());
+    assert_eq!(broker.stats().scheduled, 1);
+    let d = next(&mut rx).await;
+    assert!(now_millis() >= due, "delivered early");
+    assert_eq!(body(&d), "old");
 }
 
 /// As in ActiveMQ, a delayed message's time to live counts from its due time: one that would
@@ -3430,10 +3666,15 @@ async fn a_deleted_queue_drops_its_delayed_non_persistent_messages() {
         persistent: false,
         ..delayed("reply", "60000")
     };
-    p.send(&queue("temp"), transient, None).unwrap();
+    send_settled(&p, &queue("temp"), transient).await;
     assert_eq!(f.broker.stats().scheduled, 1);
     assert!(f.broker.delete_destination(&queue("temp")));
     assert_eq!(f.broker.stats().scheduled, 0);
+    // Removed from the store too: a restart does not bring it back.
+    let dir = f._dir;
+    drop((p, f.broker));
+    let broker = Broker::start_for_tests(dir.path(), scheduling());
+    assert_eq!(broker.stats().scheduled, 0);
 }
 
 /// `AMQ_SCHEDULED_PERIOD` and `AMQ_SCHEDULED_REPEAT`: the message is delivered once more per
@@ -3519,20 +3760,25 @@ async fn many_messages_due_at_once_are_released_a_batch_per_lock() {
     let (p, _) = f.broker.open_session(None);
     let count = super::core::RELEASE_BATCH * 2 + 10;
     let sent = now_millis();
+    let mut stored = Vec::new();
     for k in 0..count {
         let message = NewMessage {
             persistent: false,
-            ..delayed(&format!("m{k}"), "100")
+            ..delayed(&format!("m{k}"), "1000")
         };
-        p.send(&queue("q"), message, None).unwrap();
+        stored.push(p.send(&queue("q"), message, None).unwrap());
     }
-    // The sweep task does not run meanwhile (no await on this single-threaded runtime).
+    for confirmation in stored {
+        confirmation.await.unwrap();
+    }
+    assert!(now_millis() < sent + 1000, "storing took too long to tell");
+    // The sweep task does not run from here on (no await on this single-threaded runtime).
     assert_eq!(f.broker.stats().scheduled, count);
-    let last_due = now_millis() + 100;
+    let last_due = now_millis() + 1000;
     while now_millis() <= last_due {
         std::thread::yield_now();
     }
-    assert!(now_millis() > sent + 100);
+    assert!(now_millis() > sent + 1000);
     let wait = lock(&f.broker.shared).release_due();
     assert_eq!(
         f.broker.stats().scheduled,
@@ -3549,33 +3795,41 @@ async fn many_messages_due_at_once_are_released_a_batch_per_lock() {
     assert_eq!((calls, f.broker.stats().scheduled), (3, 0));
 }
 
-/// Delayed non-persistent messages waiting for their due time are in memory as much as queued
-/// ones: they count against `memory_limit`, so that their senders are held back (producer
-/// flow control) rather than filling memory with messages not yet due.
+/// Delayed non-persistent messages, queue and topic alike, wait in the store as ActiveMQ's
+/// wait in its job scheduler store: not in memory, so they neither fill `memory_limit` nor hold
+/// their senders back; each body is read back from the journal when it is due.
 #[tokio::test]
-async fn delayed_non_persistent_bodies_count_against_the_memory_limit() {
+async fn delayed_non_persistent_messages_wait_in_the_store_not_in_memory() {
     let f = fixture(BrokerOptions {
         memory_limit: 4 * 1024,
         ..scheduling()
     })
     .await;
+    let (s, mut rx) = f.broker.open_session(None);
+    subscribe_to(&s, "t", topic("t"), None, None).unwrap();
+    subscribe(&s, "q", queue("q"), 100);
     let (producer, _) = f.broker.open_session(None);
     let gate = producer.memory_gate();
-    for i in 0..4 {
-        assert!(!gate.is_full(), "not full before message {i}");
-        let message = NewMessage {
-            persistent: false,
-            ..delayed(&format!("{i:04}:{}", "x".repeat(1019)), "60000")
-        };
-        producer.send(&queue("q"), message, None).unwrap();
+    let sent = now_millis();
+    for i in 0..8 {
+        for destination in [topic("t"), queue("q")] {
+            let message = NewMessage {
+                persistent: false,
+                ..delayed(&format!("{i:04}:{}", "x".repeat(1019)), "600")
+            };
+            send_settled(&producer, &destination, message).await;
+        }
     }
-    assert_eq!(f.broker.stats().scheduled, 4);
-    assert_eq!(f.broker.stats().transient_bytes, 4 * 1024);
-    assert!(gate.is_full());
-    // Dropped with their (temporary) queue, they free their share.
-    assert!(f.broker.delete_destination(&queue("q")));
-    assert_eq!(f.broker.stats().transient_bytes, 0);
+    assert!(now_millis() < sent + 600, "the check came too late to tell");
+    let stats = f.broker.stats();
+    assert_eq!((stats.scheduled, stats.transient_bytes), (16, 0));
     assert!(!gate.is_full());
+    for _ in 0..16 {
+        let d = next(&mut rx).await;
+        assert!(!d.message.persistent);
+    }
+    assert!(now_millis() >= sent + 600, "delivered early");
+    assert_eq!(f.broker.stats().bodies_read_back, 16);
 }
 
 /// A message carrying another destination's `original-destination` (taken off one DLQ and
