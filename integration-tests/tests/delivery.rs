@@ -1066,3 +1066,69 @@ fn a_delayed_message_is_delivered_when_due_even_across_a_kill_and_restart() -> R
     );
     Ok(())
 }
+
+/// ActiveMQ's scheduler management destination over STOMP: a SEND to
+/// `/topic/ActiveMQ.Scheduler.Management` with `AMQ_SCHEDULER_ACTION:BROWSE` and a `reply-to`
+/// gets a copy of each scheduled message there, carrying its `scheduledJobId`;
+/// `AMQ_SCHEDULER_ACTION:REMOVE` with a `scheduledJobId` removes that one, also across a
+/// kill -9 and a restart. The requests reach no subscriber of the management topic.
+#[test]
+fn the_scheduler_management_topic_browses_and_removes_scheduled_messages() -> Result<()> {
+    const MANAGEMENT: &str = "/topic/ActiveMQ.Scheduler.Management";
+    let dir = tempfile::tempdir()?;
+    let mut broker = BrokerProcess::start(dir.path(), "[broker]\nscheduler_support = true\n")?;
+    let mut producer = broker.client()?;
+    for body in [&b"first"[..], b"second"] {
+        producer.send(
+            "/queue/later",
+            body,
+            &[("persistent", "true"), ("AMQ_SCHEDULED_DELAY", "600000")],
+        )?;
+    }
+    // The `n` copies a BROWSE sends (and then no more, nor the request itself).
+    let browse = |broker: &BrokerProcess, n: usize| -> Result<Vec<(String, String)>> {
+        let mut client = broker.client()?;
+        client.subscribe("replies", "/queue/replies", &[])?;
+        client.subscribe("mgmt", MANAGEMENT, &[])?;
+        client.send(
+            MANAGEMENT,
+            b"",
+            &[
+                ("AMQ_SCHEDULER_ACTION", "BROWSE"),
+                ("reply-to", "/queue/replies"),
+            ],
+        )?;
+        let mut got = Vec::new();
+        for _ in 0..n {
+            let m = client.recv_message(FRAME_TIMEOUT)?;
+            ensure!(m.get("destination") == Some("/queue/replies"), "{m:?}");
+            let id = m.get("scheduledJobId").unwrap_or_default().to_string();
+            got.push((m.text(), id));
+        }
+        ensure!(
+            client
+                .try_recv_message(Duration::from_millis(200))?
+                .is_none(),
+            "more than {n} copies, or the request itself"
+        );
+        Ok(got)
+    };
+    let copies = browse(&broker, 2)?;
+    let bodies: Vec<_> = copies.iter().map(|(b, _)| b.as_str()).collect();
+    assert_eq!(bodies, ["first", "second"]);
+    ensure!(copies.iter().all(|(_, id)| !id.is_empty()), "{copies:?}");
+    producer.send(
+        MANAGEMENT,
+        b"",
+        &[
+            ("AMQ_SCHEDULER_ACTION", "REMOVE"),
+            ("scheduledJobId", &copies[0].1),
+        ],
+    )?;
+    let left = browse(&broker, 1)?;
+    assert_eq!(left, copies[1..]);
+    broker.kill9();
+    broker.restart()?;
+    assert_eq!(browse(&broker, 1)?, copies[1..]);
+    Ok(())
+}

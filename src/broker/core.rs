@@ -11,7 +11,7 @@
 //!   oldest messages for it are discarded and counted.
 
 use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -51,6 +51,12 @@ pub(super) const ADMIN_BATCH: usize = 1_000;
 /// held until its record is confirmed: 1000 large messages would take that much memory and
 /// time under the lock.
 const ADMIN_BATCH_BYTES: usize = 64 << 20;
+/// How many scheduled messages one step of a scheduler management request (see
+/// [`Core::manage_step`]) looks at, and how many browse copies it sends, under one hold of the
+/// core lock; [`super::Session`] takes the lock again for the next step.
+const MANAGE_SCAN: usize = 4_096;
+const MANAGE_COPIES: usize = 256;
+
 /// A retry (and the release of due scheduled messages) gathers moves into records of at most
 /// this many bytes (a single larger move gets a record of its own, up to the journal's
 /// `MAX_RECORD_LEN`), as the producer carry bounds its records: a record is encoded whole in
@@ -945,6 +951,188 @@ impl Core {
         let stored = !entries.is_empty();
         entries.push(remove_entry(HOLDING, key));
         Ok((entries, stored, publish))
+    }
+
+    /// A scheduler management request (`scheduler_support` on, a send to a destination named
+    /// [`schedule::MANAGEMENT_DESTINATION`]), read from `new`, or `None` for an ordinary send.
+    /// Such a send is never delivered, as in ActiveMQ, whatever it asks.
+    pub fn management_request(
+        &self,
+        destinations: &[Destination],
+        new: &NewMessage,
+    ) -> Result<Option<Management>, BrokerError> {
+        let [destination] = destinations else {
+            return Ok(None);
+        };
+        if !self.options.scheduler_support || !schedule::is_management(destination.name()) {
+            return Ok(None);
+        }
+        let reply_to = new
+            .headers
+            .iter()
+            .find(|h| h.name == super::REPLY_TO_HEADER)
+            .map_or("", |h| h.value.as_str());
+        let request = schedule::request(&new.headers, reply_to)?;
+        let reply_to = match &request.action {
+            schedule::Action::Browse(to) => Some(
+                Destination::parse(to).map_err(|_| BrokerError::InvalidDestination(to.clone()))?,
+            ),
+            _ => None,
+        };
+        Ok(Some(Management {
+            request,
+            reply_to,
+            next: None,
+            browsed: HashSet::new(),
+        }))
+    }
+
+    /// One step of a management request: looks at up to [`MANAGE_SCAN`] of the scheduled
+    /// messages (those due in its range, in due order, from where the last step stopped),
+    /// browsing (sending up to [`MANAGE_COPIES`] non-persistent copies to the reply-to) or
+    /// removing them (journaled removes of their [`HOLDING`] adds). Answers whether more
+    /// steps are needed. A repeated message's deliveries share a job id: a browse sends one
+    /// copy per job (the next delivery), a removal removes them all, as ActiveMQ's job goes.
+    pub fn manage_step(&mut self, session: u64, m: &mut Management) -> Result<bool, BrokerError> {
+        use std::ops::Bound;
+        let (start, end) = match m.request.range {
+            Some((start, end)) if start > end => return Ok(false),
+            Some((start, end)) => (
+                Bound::Included((start, 0)),
+                Bound::Included((end, u64::MAX)),
+            ),
+            None => (Bound::Unbounded, Bound::Unbounded),
+        };
+        let start = m.next.map_or(start, Bound::Included);
+        if matches!(m.request.action, schedule::Action::Nothing) {
+            return Ok(false);
+        }
+        let (mut looked, mut chosen) = (0, Vec::new());
+        let mut more = false;
+        for (key, publish) in self.scheduled.range((start, end)) {
+            if looked == MANAGE_SCAN || chosen.len() == MANAGE_COPIES {
+                m.next = Some(*key);
+                more = true;
+                break;
+            }
+            looked += 1;
+            let Publish::Scheduled(entry) = publish else {
+                continue;
+            };
+            let job = entry
+                .message
+                .headers
+                .iter()
+                .find(|h| h.name == schedule::SCHEDULED_ID)
+                .map_or(entry.message.message_id.as_str(), |h| h.value.as_str());
+            let wanted = match &m.request.action {
+                schedule::Action::Browse(_) => !m.browsed.contains(job),
+                schedule::Action::Remove(id) => id == job,
+                schedule::Action::RemoveAll => true,
+                schedule::Action::Nothing => false,
+            };
+            if wanted {
+                chosen.push(*key);
+            }
+        }
+        match m.reply_to.clone() {
+            Some(reply_to) => {
+                if let Some(stopped) = self.browse_copies(session, &reply_to, &chosen, m) {
+                    m.next = Some(stopped);
+                    more = true;
+                }
+            }
+            None => {
+                let removes = chosen
+                    .iter()
+                    .filter_map(|key| match self.scheduled.remove(key) {
+                        Some(Publish::Scheduled(e)) => e.key.map(|k| remove_entry(HOLDING, k)),
+                        _ => None,
+                    })
+                    .collect();
+                self.append_in_chunks(removes)?;
+            }
+        }
+        Ok(more)
+    }
+
+    /// Sends a copy of each of the scheduled messages at `keys` to `reply_to`, as ActiveMQ's
+    /// browse does: non-persistent, with an id of its own, JMSType `Advisory`, its
+    /// destination in `original-destination` and its job id in `scheduledJobId`. A copy
+    /// whose body cannot be read back is skipped (and logged). Stops once the copies hold
+    /// [`ADMIN_BATCH_BYTES`], answering the first key not copied.
+    fn browse_copies(
+        &mut self,
+        session: u64,
+        reply_to: &Destination,
+        keys: &[(i64, u64)],
+        m: &mut Management,
+    ) -> Option<(i64, u64)> {
+        let mut sends = Vec::with_capacity(keys.len());
+        let (mut bytes, mut stopped) = (0, None);
+        for key in keys {
+            if bytes >= ADMIN_BATCH_BYTES {
+                stopped = Some(*key);
+                break;
+            }
+            let Some(Publish::Scheduled(entry)) = self.scheduled.get(key) else {
+                continue;
+            };
+            let entry = entry.clone();
+            let message = match self.with_body(&entry) {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::error!(%error, "could not read a scheduled message back to browse it");
+                    continue;
+                }
+            };
+            if matches!(entry.body, Body::OnDisk) {
+                self.stats.bodies_read_back += 1;
+            }
+            let mut copy = (*message).clone();
+            let job = copy
+                .headers
+                .iter()
+                .find(|h| h.name == schedule::SCHEDULED_ID)
+                .map_or(copy.message_id.clone(), |h| h.value.clone());
+            if !m.browsed.insert(job.clone()) {
+                continue;
+            }
+            bytes += copy.body.len();
+            copy.headers.retain(|h| {
+                ![
+                    super::JMS_TYPE_HEADER,
+                    "original-destination",
+                    schedule::SCHEDULED_ID,
+                ]
+                .contains(&h.name.as_str())
+            });
+            copy.headers.extend([
+                Header::text(super::JMS_TYPE_HEADER, schedule::BROWSE_TYPE),
+                Header::text("original-destination", copy.destination.clone()),
+                Header::text(schedule::SCHEDULED_ID, job),
+            ]);
+            copy.message_id = self.new_message_id(session);
+            copy.producer_id = String::new();
+            copy.producer_sequence = 0;
+            copy.persistent = false;
+            copy.deliver_at = 0;
+            copy.destination = reply_to.canonical();
+            sends.push((reply_to.clone(), Arc::new(copy)));
+        }
+        let routed = self.route_all(session, sends);
+        if routed.entries.is_empty() {
+            self.publish_now(routed.publish);
+        } else {
+            // Non-persistent copies are not stored; should one ever be, it waits for its record.
+            match self.append(routed.entries) {
+                Ok((start, _)) => {
+                    drop(self.wait_for(with_keys(routed.publish, &routed.keyed, start)));
+                }
+                Err(error) => tracing::error!(%error, "could not send scheduled messages' copies"),
+            }
+        }
+        stopped
     }
 
     /// A move whose add names so many queues that it and the removal pass a record's limit:
@@ -3162,6 +3350,17 @@ fn for_member(message: &Arc<Message>, destination: &Destination) -> Arc<Message>
     let mut copy = (**message).clone();
     copy.destination = canonical;
     Arc::new(copy)
+}
+
+/// A scheduler management request under way (see [`Core::manage_step`]).
+pub struct Management {
+    request: schedule::Request,
+    /// A browse's destination for the copies.
+    reply_to: Option<Destination>,
+    /// Where the next step starts (the first key the last one did not look at).
+    next: Option<(i64, u64)>,
+    /// The job ids a browse sent a copy of.
+    browsed: HashSet<String>,
 }
 
 /// What storing several sends in one record takes (see [`Core::route_all`]).

@@ -866,6 +866,13 @@ impl Session {
         message: NewMessage,
         transaction: Option<&str>,
     ) -> Result<Confirmation, BrokerError> {
+        let management = lock(&self.shared).management_request(destinations, &message)?;
+        if let Some(mut request) = management {
+            // ActiveMQ's scheduler management (`schedule::MANAGEMENT_DESTINATION`): done at
+            // once (also in a transaction, as ActiveMQ does), a step per hold of the lock.
+            while self.then_flush(|core| core.manage_step(self.id, &mut request))? {}
+            return Ok(Confirmation::done());
+        }
         let transient = !message.persistent;
         let confirmation =
             self.then_flush(|core| core.send(self.id, destinations, message, transaction))?;

@@ -30,6 +30,12 @@
 //! The delivered message, as ActiveMQ's, no longer has the four scheduling properties, has
 //! `scheduledJobId`, and its time to live counts from its due time (its JMSTimestamp becomes
 //! the due time).
+//!
+//! It also reads requests to ActiveMQ's scheduler management destination
+//! ([`MANAGEMENT_DESTINATION`]: `BROWSE`, `REMOVE`, `REMOVEALL`, an optional due-time range) as
+//! ActiveMQ's `SchedulerBroker` does ([`request`]); `core.rs` carries them out
+//! (`Core::manage_step`). This module owns no state and never touches the store or the
+//! protocols: it only reads headers and stamps messages.
 
 use super::BrokerError;
 use crate::store::{Header, Message, PropertyType};
@@ -183,6 +189,74 @@ pub(super) fn stamp(message: &mut Message, due: i64) {
     }
 }
 
+/// ActiveMQ's scheduler management destination: a send to a destination whose name starts so
+/// (in any case, as ActiveMQ compares it) is a request to the scheduler, never delivered.
+pub const MANAGEMENT_DESTINATION: &str = "ActiveMQ.Scheduler.Management";
+/// The request's property naming what to do: [`BROWSE`], [`REMOVE`] or [`REMOVEALL`].
+pub const ACTION: &str = "AMQ_SCHEDULER_ACTION";
+/// With [`ACTION_END_TIME`]: only messages due in this range (ms since the epoch, inclusive).
+pub const ACTION_START_TIME: &str = "AMQ_SCHEDULER_ACTION_START_TIME";
+/// See [`ACTION_START_TIME`].
+pub const ACTION_END_TIME: &str = "AMQ_SCHEDULER_ACTION_END_TIME";
+/// Sends a copy of each scheduled message to the request's reply-to.
+pub const BROWSE: &str = "BROWSE";
+/// Removes the scheduled message(s) whose [`SCHEDULED_ID`] the request carries.
+pub const REMOVE: &str = "REMOVE";
+/// Removes every scheduled message (in the range, if one is given).
+pub const REMOVEALL: &str = "REMOVEALL";
+/// The JMSType of a browse copy, as ActiveMQ sets it (`AdvisorySupport.ADIVSORY_MESSAGE_TYPE`).
+pub const BROWSE_TYPE: &str = "Advisory";
+
+/// Whether a send to `name` (a destination's name, without its kind) is a management request.
+pub fn is_management(name: &str) -> bool {
+    name.get(..MANAGEMENT_DESTINATION.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(MANAGEMENT_DESTINATION))
+}
+
+/// What a management request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// A copy of each scheduled message to this destination (the core's name of the reply-to).
+    Browse(String),
+    /// Remove the scheduled messages with this job id.
+    Remove(String),
+    RemoveAll,
+    /// Nothing: no action, an unknown one, a BROWSE without a reply-to or a REMOVE without a
+    /// job id (ActiveMQ ignores each).
+    Nothing,
+}
+
+/// A management request read from a message's headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub action: Action,
+    /// Only messages due from `.0` to `.1` (inclusive); both properties or neither count.
+    pub range: Option<(i64, i64)>,
+}
+
+/// Reads a management request as ActiveMQ's `SchedulerBroker` does: the action is compared
+/// as given (`browse` is no action); `reply_to` is the request's reply-to header. A range bound
+/// that is not a whole number is refused, naming the property.
+pub fn request(headers: &[Header], reply_to: &str) -> Result<Request, BrokerError> {
+    let find = |name: &str| headers.iter().find(|h| h.name == name);
+    let action = match find(ACTION).map(|h| h.value.as_str()) {
+        Some(BROWSE) if !reply_to.is_empty() => Action::Browse(reply_to.to_string()),
+        Some(REMOVE) => match find(SCHEDULED_ID) {
+            Some(id) => Action::Remove(id.value.clone()),
+            None => Action::Nothing,
+        },
+        Some(REMOVEALL) => Action::RemoveAll,
+        _ => Action::Nothing,
+    };
+    let range = match (find(ACTION_START_TIME), find(ACTION_END_TIME)) {
+        (Some(start), Some(end)) if matches!(action, Action::Browse(_) | Action::RemoveAll) => {
+            Some((whole_number(start)?, whole_number(end)?))
+        }
+        _ => None,
+    };
+    Ok(Request { action, range })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +267,53 @@ mod tests {
             value: value.into(),
             kind: kind as i32,
         }
+    }
+
+    #[test]
+    fn management_requests_are_read_as_activemq_reads_them() {
+        assert!(is_management("ActiveMQ.Scheduler.Management"));
+        assert!(is_management("activemq.scheduler.management.x"));
+        assert!(!is_management("ActiveMQ.Scheduler"));
+        assert!(!is_management("ActiveMQ.Scheduler.Managemen\u{e9}"));
+        let action = |a: &str| Header::text(ACTION, a);
+        let id = Header::text(SCHEDULED_ID, "ID:x:1");
+        let range = [
+            Header::text(ACTION_START_TIME, "10"),
+            typed(ACTION_END_TIME, "20", PropertyType::Long),
+        ];
+        let read = |headers: &[Header], reply: &str| request(headers, reply).unwrap();
+        let browse = [&range[..], &[action(BROWSE)]].concat();
+        assert_eq!(
+            read(&browse, "queue://r"),
+            Request {
+                action: Action::Browse("queue://r".into()),
+                range: Some((10, 20))
+            }
+        );
+        assert_eq!(read(&browse, "").action, Action::Nothing);
+        assert_eq!(
+            read(&[action("browse")], "queue://r").action,
+            Action::Nothing
+        );
+        assert_eq!(
+            read(&[action("PURGE")], "queue://r").action,
+            Action::Nothing
+        );
+        assert_eq!(read(&[], "queue://r").action, Action::Nothing);
+        assert_eq!(read(&[action(REMOVE)], "").action, Action::Nothing);
+        assert_eq!(
+            read(&[action(REMOVE), id], "").action,
+            Action::Remove("ID:x:1".into())
+        );
+        let all = [&range[..1], &[action(REMOVEALL)]].concat();
+        assert_eq!(read(&all, "").range, None, "one bound is none");
+        let bad = [
+            action(REMOVEALL),
+            range[0].clone(),
+            Header::text(ACTION_END_TIME, "x"),
+        ];
+        let e = request(&bad, "").unwrap_err().to_string();
+        assert!(e.contains(ACTION_END_TIME), "{e}");
     }
 
     #[test]

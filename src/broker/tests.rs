@@ -4229,3 +4229,232 @@ async fn deleting_a_durable_subscriptions_queue_removes_the_subscription() {
     let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
     assert!(broker.queue_stats().iter().all(|q| q.name != name));
 }
+
+// ----- the scheduler's management destination -------------------------------------------------
+
+/// `body`, persistent, with the client's id `id`, delayed `delay_ms`, and `more` headers.
+fn delayed_as(id: &str, body: &str, delay_ms: i64, more: &[(&str, &str)]) -> NewMessage {
+    let mut m = delayed(body, &delay_ms.to_string());
+    m.message_id = Some(id.into());
+    m.headers
+        .extend(more.iter().map(|(n, v)| Header::text(*n, *v)));
+    m
+}
+
+/// A request to ActiveMQ's scheduler management destination with these headers.
+async fn manage(s: &Session, headers: &[(&str, &str)]) {
+    let request = NewMessage {
+        headers: headers.iter().map(|(n, v)| Header::text(*n, *v)).collect(),
+        ..persistent("")
+    };
+    send_settled(s, &topic(schedule::MANAGEMENT_DESTINATION), request).await;
+}
+
+/// The next `n` deliveries on `rx`, and no more queued: a request's copies are published under
+/// the lock before its send returns.
+async fn exactly(rx: &mut UnboundedReceiver<Delivery>, n: usize) -> Vec<Delivery> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        got.push(next(rx).await);
+    }
+    assert!(rx.try_recv().is_err(), "more than {n}");
+    got
+}
+
+/// Three scheduled jobs: `a` to `q` in 60 s, `b` to topic `t` in 60 s with two repeats, `c` to
+/// `q` in 30 s; stored and held.
+async fn three_jobs(p: &Session) {
+    send_settled(p, &queue("q"), delayed_as("ID:p:1", "a", 60_000, &[])).await;
+    let repeats = [
+        (schedule::SCHEDULED_PERIOD, "1000"),
+        (schedule::SCHEDULED_REPEAT, "2"),
+    ];
+    send_settled(p, &topic("t"), delayed_as("ID:p:2", "b", 60_000, &repeats)).await;
+    send_settled(p, &queue("q"), delayed_as("ID:p:3", "c", 30_000, &[])).await;
+}
+
+/// BROWSE sends a copy of each scheduled job (one for a repeated one) to the request's
+/// reply-to, in due order, as ActiveMQ's `SchedulerBroker` does: non-persistent, an id of its
+/// own, JMSType `Advisory`, the job's destination in `original-destination`, its job id in
+/// `scheduledJobId`. The jobs stay scheduled; the request reaches no subscriber of the
+/// management topic; without a reply-to, or with an unknown action, nothing happens.
+#[tokio::test]
+async fn scheduler_management_browse_sends_a_copy_of_each_job_to_the_reply_to() {
+    let f = fixture(scheduling()).await;
+    let (p, _) = f.broker.open_session(None);
+    let (c, mut rx) = f.broker.open_session(None);
+    subscribe(&c, "replies", queue("replies"), 100);
+    subscribe(&c, "mgmt", topic(schedule::MANAGEMENT_DESTINATION), 100);
+    subscribe(&c, "q", queue("q"), 100);
+    three_jobs(&p).await;
+    assert_eq!(f.broker.stats().scheduled, 5);
+    manage(&p, &[(schedule::ACTION, schedule::BROWSE)]).await;
+    manage(
+        &p,
+        &[(schedule::ACTION, "PURGE"), ("reply-to", "queue://replies")],
+    )
+    .await;
+    manage(
+        &p,
+        &[
+            (schedule::ACTION, schedule::BROWSE),
+            ("reply-to", "queue://replies"),
+        ],
+    )
+    .await;
+    let copies = exactly(&mut rx, 3).await;
+    let bodies: Vec<_> = copies.iter().map(body).collect();
+    assert_eq!(bodies, ["c", "a", "b"]);
+    for (d, (id, from)) in copies.iter().zip([
+        ("ID:p:3", "queue://q"),
+        ("ID:p:1", "queue://q"),
+        ("ID:p:2", "topic://t"),
+    ]) {
+        assert_eq!(d.message.destination, "queue://replies");
+        assert!(!d.message.persistent);
+        assert_ne!(d.message.message_id, id);
+        assert_eq!(header(d, schedule::SCHEDULED_ID), Some(id));
+        assert_eq!(header(d, "original-destination"), Some(from));
+        assert_eq!(
+            header(d, super::JMS_TYPE_HEADER),
+            Some(schedule::BROWSE_TYPE)
+        );
+    }
+    assert_eq!(f.broker.stats().scheduled, 5, "browsing removes nothing");
+}
+
+/// BROWSE with a start and an end time sends only the jobs due in that range (inclusive).
+#[tokio::test]
+async fn scheduler_management_browse_with_a_range_sends_only_the_jobs_due_in_it() {
+    let f = fixture(scheduling()).await;
+    let (p, _) = f.broker.open_session(None);
+    let (c, mut rx) = f.broker.open_session(None);
+    subscribe(&c, "replies", queue("replies"), 100);
+    let before = now_millis();
+    three_jobs(&p).await;
+    let after = now_millis();
+    let (start, end) = ((before + 30_000).to_string(), (after + 30_000).to_string());
+    manage(
+        &p,
+        &[
+            (schedule::ACTION, schedule::BROWSE),
+            ("reply-to", "queue://replies"),
+            (schedule::ACTION_START_TIME, &start),
+            (schedule::ACTION_END_TIME, &end),
+        ],
+    )
+    .await;
+    let copies = exactly(&mut rx, 1).await;
+    assert_eq!(header(&copies[0], schedule::SCHEDULED_ID), Some("ID:p:3"));
+    // An empty range (its end before its start) sends nothing.
+    manage(
+        &p,
+        &[
+            (schedule::ACTION, schedule::BROWSE),
+            ("reply-to", "queue://replies"),
+            (schedule::ACTION_START_TIME, &end),
+            (schedule::ACTION_END_TIME, &start),
+        ],
+    )
+    .await;
+    assert!(rx.try_recv().is_err());
+}
+
+/// REMOVE removes the job whose id the request carries (every delivery of a repeated one);
+/// an unknown id, or none, removes nothing. The removal is journaled: a restart does not
+/// bring the job back, and what was not removed is still delivered when due.
+#[tokio::test]
+async fn scheduler_management_remove_takes_one_job_out_also_across_a_restart() {
+    let f = fixture(scheduling()).await;
+    let (p, _) = f.broker.open_session(None);
+    three_jobs(&p).await;
+    manage(&p, &[(schedule::ACTION, schedule::REMOVE)]).await;
+    manage(
+        &p,
+        &[
+            (schedule::ACTION, schedule::REMOVE),
+            (schedule::SCHEDULED_ID, "ID:nobody:9"),
+        ],
+    )
+    .await;
+    assert_eq!(f.broker.stats().scheduled, 5);
+    manage(
+        &p,
+        &[
+            (schedule::ACTION, schedule::REMOVE),
+            (schedule::SCHEDULED_ID, "ID:p:2"),
+        ],
+    )
+    .await;
+    assert_eq!(f.broker.stats().scheduled, 2);
+    manage(
+        &p,
+        &[
+            (schedule::ACTION, schedule::REMOVE),
+            (schedule::SCHEDULED_ID, "ID:p:1"),
+        ],
+    )
+    .await;
+    assert_eq!(f.broker.stats().scheduled, 1);
+    let dir = f._dir;
+    drop((p, f.broker));
+    let broker = Broker::start_for_tests(dir.path(), scheduling());
+    assert_eq!(broker.stats().scheduled, 1);
+    let (p, _) = broker.open_session(None);
+    let (c, mut rx) = broker.open_session(None);
+    subscribe(&c, "replies", queue("replies"), 100);
+    manage(
+        &p,
+        &[
+            (schedule::ACTION, schedule::BROWSE),
+            ("reply-to", "queue://replies"),
+        ],
+    )
+    .await;
+    let left = exactly(&mut rx, 1).await;
+    assert_eq!(body(&left[0]), "c");
+}
+
+/// REMOVEALL removes every job, or those due in its range; journaled, as REMOVE.
+#[tokio::test]
+async fn scheduler_management_removeall_takes_every_job_or_those_in_range_out_also_across_a_restart(
+) {
+    let f = fixture(scheduling()).await;
+    let (p, _) = f.broker.open_session(None);
+    let before = now_millis();
+    three_jobs(&p).await;
+    let after = now_millis();
+    let (start, end) = ((before + 59_000).to_string(), (after + 70_000).to_string());
+    manage(
+        &p,
+        &[
+            (schedule::ACTION, schedule::REMOVEALL),
+            (schedule::ACTION_START_TIME, &start),
+            (schedule::ACTION_END_TIME, &end),
+        ],
+    )
+    .await;
+    assert_eq!(f.broker.stats().scheduled, 1, "c, due in 30 s, stays");
+    let dir = f._dir;
+    drop((p, f.broker));
+    let broker = Broker::start_for_tests(dir.path(), scheduling());
+    assert_eq!(broker.stats().scheduled, 1);
+    let (p, _) = broker.open_session(None);
+    manage(&p, &[(schedule::ACTION, schedule::REMOVEALL)]).await;
+    assert_eq!(broker.stats().scheduled, 0);
+    drop((p, broker));
+    let broker = Broker::start_for_tests(dir.path(), scheduling());
+    assert_eq!(broker.stats().scheduled, 0);
+}
+
+/// Without `scheduler_support` a send to the management topic is an ordinary topic send.
+#[tokio::test]
+async fn scheduler_management_topic_is_an_ordinary_topic_without_scheduler_support() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (c, mut rx) = f.broker.open_session(None);
+    subscribe(&c, "mgmt", topic(schedule::MANAGEMENT_DESTINATION), 100);
+    let (p, _) = f.broker.open_session(None);
+    manage(&p, &[(schedule::ACTION, schedule::REMOVEALL)]).await;
+    let d = next(&mut rx).await;
+    assert_eq!(header(&d, schedule::ACTION), Some(schedule::REMOVEALL));
+}
