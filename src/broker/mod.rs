@@ -866,7 +866,13 @@ impl Session {
         message: NewMessage,
         transaction: Option<&str>,
     ) -> Result<Confirmation, BrokerError> {
-        let management = lock(&self.shared).management_request(destinations, &message)?;
+        // Only a send to the management name takes the lock an extra time.
+        let management = match destinations {
+            [d] if schedule::is_management(d.name()) => {
+                lock(&self.shared).management_request(destinations, &message)?
+            }
+            _ => None,
+        };
         if let Some(mut request) = management {
             // ActiveMQ's scheduler management (`schedule::MANAGEMENT_DESTINATION`): done at
             // once (also in a transaction, as ActiveMQ does), a step per hold of the lock.
