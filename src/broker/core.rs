@@ -206,6 +206,25 @@ fn record_len(entries: &[crate::store::Entry]) -> usize {
         .sum()
 }
 
+/// The job id of a scheduled message (its `scheduledJobId`, see [`schedule::stamp`]): repeated
+/// deliveries of one message share it.
+fn job_id(message: &Message) -> &str {
+    message
+        .headers
+        .iter()
+        .find(|h| h.name == schedule::SCHEDULED_ID)
+        .map_or(message.message_id.as_str(), |h| h.value.as_str())
+}
+
+/// Makes `original-destination` name `origin`, replacing any the message carried (where a
+/// dead letter came from, or the DLQ a retried one comes back from).
+fn set_original_destination(message: &mut Message, origin: String) {
+    message.headers.retain(|h| h.name != "original-destination");
+    message
+        .headers
+        .push(Header::text("original-destination", origin));
+}
+
 /// The destination a dead-lettered message came from, from its `original-destination` header
 /// (`queue://x` or `topic://x`, as [`Core::dead_letter`] writes it); `None` without one or
 /// with one that names no destination.
@@ -846,19 +865,14 @@ impl Core {
     /// Keeps a confirmed message that is not yet due out of dispatch until `due`: a message in
     /// the holding area ([`Publish::Scheduled`], persistent or not), or one an older version
     /// stored at its destination with its due time. Its body waits in the journal (read back
-    /// when due), so a backlog of scheduled messages costs memory only for their headers. (An
-    /// unstored one would count against `memory_limit`; none comes here, as non-persistent
-    /// delayed messages are stored in the holding area too.)
+    /// when due), so a backlog of scheduled messages costs memory only for their headers. (Every
+    /// held message is stored: non-persistent delayed messages go to the holding area too.)
     fn hold(&mut self, due: i64, mut publish: Publish) {
         if let Publish::Queue(_, entry) | Publish::Recovered(_, entry) | Publish::Scheduled(entry) =
             &mut publish
         {
-            if matches!(entry.body, Body::Uncounted) {
-                if entry.key.is_some() {
-                    leave_body_on_disk(entry);
-                } else {
-                    *entry = self.admit(entry.clone());
-                }
+            if entry.key.is_some() && matches!(entry.body, Body::Uncounted) {
+                leave_body_on_disk(entry);
             }
         }
         let earliest = self.scheduled.keys().next().is_none_or(|(d, _)| due < *d);
@@ -1019,12 +1033,7 @@ impl Core {
             let Publish::Scheduled(entry) = publish else {
                 continue;
             };
-            let job = entry
-                .message
-                .headers
-                .iter()
-                .find(|h| h.name == schedule::SCHEDULED_ID)
-                .map_or(entry.message.message_id.as_str(), |h| h.value.as_str());
+            let job = job_id(&entry.message);
             let wanted = match &m.request.action {
                 schedule::Action::Browse(_) => !m.browsed.contains(job),
                 schedule::Action::Remove(id) => id == job,
@@ -1089,15 +1098,11 @@ impl Core {
             if matches!(entry.body, Body::OnDisk) {
                 self.stats.bodies_read_back += 1;
             }
-            let mut copy = (*message).clone();
-            let job = copy
-                .headers
-                .iter()
-                .find(|h| h.name == schedule::SCHEDULED_ID)
-                .map_or(copy.message_id.clone(), |h| h.value.clone());
+            let job = job_id(&message).to_string();
             if !m.browsed.insert(job.clone()) {
                 continue;
             }
+            let mut copy = (*message).clone();
             bytes += copy.body.len();
             copy.headers.retain(|h| {
                 ![
@@ -1120,18 +1125,10 @@ impl Core {
             copy.destination = reply_to.canonical();
             sends.push((reply_to.clone(), Arc::new(copy)));
         }
+        // Non-persistent and not delayed: [`Core::route`] stores none of them.
         let routed = self.route_all(session, sends);
-        if routed.entries.is_empty() {
-            self.publish_now(routed.publish);
-        } else {
-            // Non-persistent copies are not stored; should one ever be, it waits for its record.
-            match self.append(routed.entries) {
-                Ok((start, _)) => {
-                    drop(self.wait_for(with_keys(routed.publish, &routed.keyed, start)));
-                }
-                Err(error) => tracing::error!(%error, "could not send scheduled messages' copies"),
-            }
-        }
+        debug_assert!(routed.entries.is_empty());
+        self.publish_now(routed.publish);
         stopped
     }
 
@@ -2273,8 +2270,7 @@ impl Core {
             };
             after = Some(seq);
             if entry.is_expired(now) {
-                let entry = q.ready.remove(&seq).expect("just seen");
-                q.expiring = q.expiring.saturating_sub(1);
+                let entry = q.remove_ready(seq).expect("just seen");
                 expired.push(entry);
                 continue;
             }
@@ -2316,10 +2312,7 @@ impl Core {
                     groups.close(id);
                 }
             }
-            let entry = q.ready.remove(&seq).expect("just seen");
-            if entry.message.expiration > 0 {
-                q.expiring = q.expiring.saturating_sub(1);
-            }
+            let entry = q.remove_ready(seq).expect("just seen");
             q.served(index, priority_of(&self.consumers));
             let Some(entry) = self.page_in(queue, entry) else {
                 break;
@@ -2487,10 +2480,7 @@ impl Core {
         } else {
             message.destination.clone()
         };
-        message.headers.retain(|h| h.name != "original-destination");
-        message
-            .headers
-            .push(Header::text("original-destination", origin));
+        set_original_destination(&mut message, origin);
         message.destination = dlq.clone();
         let message = Arc::new(message);
         let (start, _) = self.append(vec![
@@ -3025,10 +3015,7 @@ impl Core {
         let seqs: Vec<u64> = q.ready.keys().take(ADMIN_BATCH).copied().collect();
         let mut removes = Vec::with_capacity(seqs.len());
         for seq in &seqs {
-            if let Some(entry) = q.ready.remove(seq) {
-                if entry.message.expiration > 0 {
-                    q.expiring = q.expiring.saturating_sub(1);
-                }
+            if let Some(entry) = q.remove_ready(*seq) {
                 if let Some(key) = entry.key {
                     removes.push(remove_entry(queue, key));
                 }
@@ -3170,9 +3157,7 @@ impl Core {
             let mut copy = (*message).clone();
             copy.destination = target.canonical();
             copy.redelivery_count = 0;
-            copy.headers.retain(|h| h.name != "original-destination");
-            copy.headers
-                .push(Header::text("original-destination", queue.to_string()));
+            set_original_destination(&mut copy, queue.to_string());
             let (mut entries, publish) = self.route(0, &target, Arc::new(copy));
             let stored = !entries.is_empty();
             if let Some(key) = key {
@@ -3187,11 +3172,7 @@ impl Core {
             self.gather_move(&mut chunk, len, entries, stored, publish)?;
             moved_len += len;
             if let Some(q) = self.queues.get_mut(queue) {
-                if let Some(entry) = q.ready.remove(&seq) {
-                    if entry.message.expiration > 0 {
-                        q.expiring = q.expiring.saturating_sub(1);
-                    }
-                }
+                q.remove_ready(seq);
             }
             retried.moved += 1;
         }

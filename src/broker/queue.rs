@@ -110,6 +110,15 @@ impl Queue {
         self.ready.insert(entry.seq, entry);
     }
 
+    /// Takes the waiting entry `seq` off the queue (the counterpart of [`Queue::push`]).
+    pub fn remove_ready(&mut self, seq: u64) -> Option<Entry> {
+        let entry = self.ready.remove(&seq)?;
+        if entry.message.expiration > 0 {
+            self.expiring = self.expiring.saturating_sub(1);
+        }
+        Some(entry)
+    }
+
     /// Whether consumer `cid` may receive this queue's messages now: there is no exclusive
     /// consumer, or it is the one.
     pub fn admits(&self, cid: u64) -> bool {
