@@ -4346,14 +4346,16 @@ async fn scheduler_management_browse_with_a_range_sends_only_the_jobs_due_in_it(
     .await;
     let copies = exactly(&mut rx, 1).await;
     assert_eq!(header(&copies[0], schedule::SCHEDULED_ID), Some("ID:p:3"));
-    // An empty range (its end before its start) sends nothing.
+    // An empty range (its end before its start) sends nothing. The sends may all fall in one
+    // millisecond (`before == after`), so the range is inverted around c's due time.
+    let (start, end) = ((after + 30_001).to_string(), (before + 29_999).to_string());
     manage(
         &p,
         &[
             (schedule::ACTION, schedule::BROWSE),
             ("reply-to", "queue://replies"),
-            (schedule::ACTION_START_TIME, &end),
-            (schedule::ACTION_END_TIME, &start),
+            (schedule::ACTION_START_TIME, &start),
+            (schedule::ACTION_END_TIME, &end),
         ],
     )
     .await;
