@@ -3246,10 +3246,11 @@ async fn a_delayed_message_is_delivered_only_when_due() {
     let first = next(&mut rx).await;
     assert_eq!(body(&first), "now");
     // Still ahead of its due time: neither delivered nor visible to a browser.
-    assert!(now_millis() < sent + 400, "the check came too late to tell");
-    assert!(rx.try_recv().is_err());
-    assert_eq!(f.broker.stats().scheduled, 1);
-    assert!(c.browse(&queue("q"), None).unwrap().is_empty());
+    if in_time_to_tell(sent + 400) {
+        assert!(rx.try_recv().is_err());
+        assert_eq!(f.broker.stats().scheduled, 1);
+        assert!(c.browse(&queue("q"), None).unwrap().is_empty());
+    }
     let later = next(&mut rx).await;
     assert!(now_millis() >= sent + 400, "delivered early");
     assert_eq!(body(&later), "later");
@@ -3353,12 +3354,10 @@ async fn a_delayed_send_in_a_transaction_is_scheduled_at_commit() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let committed = now_millis();
     p.commit("tx").unwrap().await.unwrap();
-    assert!(
-        now_millis() < committed + 300,
-        "the check came too late to tell"
-    );
-    assert!(rx.try_recv().is_err());
-    assert_eq!(f.broker.stats().scheduled, 1);
+    if in_time_to_tell(committed + 300) {
+        assert!(rx.try_recv().is_err());
+        assert_eq!(f.broker.stats().scheduled, 1);
+    }
     let d = next(&mut rx).await;
     assert!(now_millis() >= committed + 300, "delivered early");
     assert_eq!(body(&d), "committed");
@@ -3383,8 +3382,9 @@ async fn restarted_after_sending(
 
 /// The next delivery on `rx`, checked to come no earlier than `due` (and not yet there now).
 async fn next_when_due(rx: &mut UnboundedReceiver<Delivery>, due: i64) -> Delivery {
-    assert!(now_millis() < due, "the check came too late to tell");
-    assert!(rx.try_recv().is_err(), "delivered early");
+    if in_time_to_tell(due) {
+        assert!(rx.try_recv().is_err(), "delivered early");
+    }
     let d = next(rx).await;
     assert!(now_millis() >= due, "delivered early");
     d
@@ -3422,11 +3422,20 @@ async fn a_delayed_topic_message_is_published_when_due() {
     send_settled(&p, &topic("t"), delayed("news", "300")).await;
     let (late, mut late_rx) = f.broker.open_session(None);
     subscribe_to(&late, "s", topic("t"), None, None).unwrap();
-    assert!(now_millis() < sent + 300, "the check came too late to tell");
-    assert!(durable_rx.try_recv().is_err() && late_rx.try_recv().is_err());
+    if in_time_to_tell(sent + 300) {
+        assert!(durable_rx.try_recv().is_err() && late_rx.try_recv().is_err());
+    }
     assert_eq!(body(&next(&mut late_rx).await), "news");
     assert_eq!(body(&next(&mut durable_rx).await), "news");
     assert!(now_millis() >= sent + 300, "delivered early");
+}
+
+/// Whether the clock is still before `instant` (ms since the epoch). A check that something
+/// has not happened yet tells only while it has not become due; on a loaded machine the test
+/// may get there too late, and then skips that check (the ones made after the delivery, that
+/// it came no earlier than due, still run).
+fn in_time_to_tell(instant: i64) -> bool {
+    now_millis() < instant
 }
 
 /// Waits (polling, with a deadline) until the clock is past `instant` (ms since the epoch).
@@ -3466,8 +3475,9 @@ async fn a_delayed_topic_message_goes_to_the_durable_subscriptions_of_its_due_ti
             .await
             .unwrap();
         away.unsubscribe("d", false).unwrap().await.unwrap();
-        assert!(now_millis() < sent + 500, "the check came too late to tell");
-        assert!(active_rx.try_recv().is_err());
+        if in_time_to_tell(sent + 500) {
+            assert!(active_rx.try_recv().is_err());
+        }
         assert_eq!(body(&next(&mut active_rx).await), "news");
         assert!(now_millis() >= sent + 500, "delivered early");
         assert_eq!(broker.queue_depth("durable://away:sub"), 1);
@@ -3517,6 +3527,9 @@ async fn a_delayed_non_persistent_message_survives_a_restart_and_stays_non_persi
 /// it was sent (which did not exist when it was sent, and does when it is due).
 #[tokio::test]
 async fn messages_due_while_the_broker_was_down_are_delivered_after_the_restart() {
+    // Long enough for the first broker to be stopped before anything is due, also on a loaded
+    // machine.
+    const DELAY: i64 = 2_500;
     let dir = tempfile::tempdir().unwrap();
     let sent = now_millis();
     {
@@ -3524,10 +3537,10 @@ async fn messages_due_while_the_broker_was_down_are_delivered_after_the_restart(
         let (p, _) = broker.open_session(None);
         let transient = NewMessage {
             persistent: false,
-            ..delayed("queued", "1000")
+            ..delayed("queued", &DELAY.to_string())
         };
         send_settled(&p, &queue("q"), transient).await;
-        send_settled(&p, &topic("t"), delayed("published", "1000")).await;
+        send_settled(&p, &topic("t"), delayed("published", &DELAY.to_string())).await;
         let (d, _) = broker.open_session(Some("client".into()));
         subscribe_to(&d, "d", topic("t"), Some("sub"), None)
             .unwrap()
@@ -3535,11 +3548,11 @@ async fn messages_due_while_the_broker_was_down_are_delivered_after_the_restart(
             .unwrap();
         d.unsubscribe("d", false).unwrap().await.unwrap();
         assert!(
-            now_millis() < sent + 1000,
-            "the check came too late to tell"
+            now_millis() < sent + DELAY,
+            "stopping the broker came too late to tell"
         );
     }
-    wait_past(sent + 1000).await;
+    wait_past(sent + DELAY).await;
     let broker = Broker::start_for_tests(dir.path(), scheduling());
     let (c, mut rx) = broker.open_session(None);
     subscribe(&c, "s", queue("q"), 10);
@@ -3630,9 +3643,10 @@ async fn a_delayed_message_stored_at_its_queue_by_an_older_version_is_held_until
     let broker = Broker::start_for_tests(dir.path(), scheduling());
     let (c, mut rx) = broker.open_session(None);
     subscribe(&c, "s", queue("q"), 10);
-    assert!(now_millis() < due, "the start took too long to tell");
-    assert!(rx.try_recv().is_err());
-    assert_eq!(broker.stats().scheduled, 1);
+    if in_time_to_tell(due) {
+        assert!(rx.try_recv().is_err());
+        assert_eq!(broker.stats().scheduled, 1);
+    }
     let d = next(&mut rx).await;
     assert!(now_millis() >= due, "delivered early");
     assert_eq!(body(&d), "old");
@@ -3758,27 +3772,28 @@ async fn a_repeated_send_in_a_transaction_is_delivered_each_period_after_the_com
 async fn many_messages_due_at_once_are_released_a_batch_per_lock() {
     let f = fixture(scheduling()).await;
     let (p, _) = f.broker.open_session(None);
+    // Long enough to store them all before the first is due, also on a loaded machine.
+    const DELAY: i64 = 3_000;
     let count = super::core::RELEASE_BATCH * 2 + 10;
     let sent = now_millis();
     let mut stored = Vec::new();
     for k in 0..count {
         let message = NewMessage {
             persistent: false,
-            ..delayed(&format!("m{k}"), "1000")
+            ..delayed(&format!("m{k}"), &DELAY.to_string())
         };
         stored.push(p.send(&queue("q"), message, None).unwrap());
     }
     for confirmation in stored {
         confirmation.await.unwrap();
     }
-    assert!(now_millis() < sent + 1000, "storing took too long to tell");
+    assert!(now_millis() < sent + DELAY, "storing took too long to tell");
     // The sweep task does not run from here on (no await on this single-threaded runtime).
     assert_eq!(f.broker.stats().scheduled, count);
-    let last_due = now_millis() + 1000;
+    let last_due = now_millis() + DELAY;
     while now_millis() <= last_due {
-        std::thread::yield_now();
+        std::thread::sleep(Duration::from_millis(1));
     }
-    assert!(now_millis() > sent + 1000);
     let wait = lock(&f.broker.shared).release_due();
     assert_eq!(
         f.broker.stats().scheduled,
@@ -3820,9 +3835,10 @@ async fn delayed_non_persistent_messages_wait_in_the_store_not_in_memory() {
             send_settled(&producer, &destination, message).await;
         }
     }
-    assert!(now_millis() < sent + 600, "the check came too late to tell");
-    let stats = f.broker.stats();
-    assert_eq!((stats.scheduled, stats.transient_bytes), (16, 0));
+    if in_time_to_tell(sent + 600) {
+        let stats = f.broker.stats();
+        assert_eq!((stats.scheduled, stats.transient_bytes), (16, 0));
+    }
     assert!(!gate.is_full());
     for _ in 0..16 {
         let d = next(&mut rx).await;
