@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::proxy::Proxy;
 use crate::zk::{ZkEnsemble, ZkVersion};
 use crate::StompClient;
 use crate::{run_cli, toml_string, wait_until, BrokerProcess, Frame, Incoming};
@@ -94,6 +95,9 @@ pub struct Cluster {
     name: String,
     /// Lines every node's `[broker]` section gets (see [`Cluster::start_with`]).
     broker_extra: String,
+    /// Per node, one proxy per ensemble member that the node reaches ZooKeeper through (see
+    /// [`Cluster::start_partitionable`]); empty when the nodes connect directly.
+    zk_proxies: Vec<Vec<Proxy>>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -173,6 +177,22 @@ impl Cluster {
     /// Like [`start`](Self::start), every node's `[broker]` section with `broker_extra` too
     /// (`"scheduler_support = true"`).
     pub fn start_with(version: ZkVersion, replicas: usize, broker_extra: &str) -> Cluster {
+        Cluster::start_inner(version, replicas, broker_extra, false)
+    }
+
+    /// Like [`start`](Self::start), each node reaching ZooKeeper through proxies of its own, so
+    /// that [`cut_from_zookeeper`](Self::cut_from_zookeeper) can partition it from the ensemble
+    /// while it keeps running, serving and replicating.
+    pub fn start_partitionable(version: ZkVersion) -> Cluster {
+        Cluster::start_inner(version, 3, "", true)
+    }
+
+    fn start_inner(
+        version: ZkVersion,
+        replicas: usize,
+        broker_extra: &str,
+        partitionable: bool,
+    ) -> Cluster {
         assert_eq!(replicas, 3, "the cluster tests run three nodes");
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let name = std::thread::current()
@@ -180,6 +200,23 @@ impl Cluster {
             .map(|n| n.rsplit("::").next().unwrap_or(n).to_string())
             .unwrap_or_else(|| "cluster".into());
         let zk = ZkEnsemble::start(version, 3);
+        let zk_proxies = if partitionable {
+            let members: Vec<SocketAddr> = zk
+                .connect_string()
+                .split(',')
+                .map(|a| a.parse().expect("a member's address"))
+                .collect();
+            (0..replicas)
+                .map(|_| {
+                    members
+                        .iter()
+                        .map(|&m| Proxy::start(m).expect("starting a ZooKeeper proxy"))
+                        .collect()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let dir = tempfile::Builder::new()
             .prefix("ferromq-cluster-")
             .tempdir()
@@ -190,6 +227,7 @@ impl Cluster {
             dir,
             name,
             broker_extra: broker_extra.to_string(),
+            zk_proxies,
             _serial: serial,
         };
         for i in 0..replicas {
@@ -203,7 +241,14 @@ impl Cluster {
 
     fn start_node(&self, i: usize) -> Result<Node> {
         let dir = self.dir.path().join(format!("node{i}"));
-        let zk_address = self.zk.connect_string();
+        let zk_address = match self.zk_proxies.get(i) {
+            Some(proxies) => proxies
+                .iter()
+                .map(|p| p.addr().to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            None => self.zk.connect_string(),
+        };
         let mut last = None;
         // A port picked now may be taken before the broker binds it: then pick another.
         for _ in 0..5 {
@@ -229,6 +274,22 @@ impl Cluster {
             }
         }
         Err(last.expect("at least one attempt"))
+    }
+
+    /// Partitions node `i` from every ZooKeeper server (its proxies stop forwarding); it keeps
+    /// running, its clients and its replication links. Needs
+    /// [`start_partitionable`](Self::start_partitionable).
+    pub fn cut_from_zookeeper(&self, i: usize) {
+        for p in &self.zk_proxies[i] {
+            p.cut();
+        }
+    }
+
+    /// Ends [`cut_from_zookeeper`](Self::cut_from_zookeeper).
+    pub fn heal_zookeeper(&self, i: usize) {
+        for p in &self.zk_proxies[i] {
+            p.heal();
+        }
     }
 
     /// The ZooKeeper connect string.

@@ -32,6 +32,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 pub mod cluster;
 pub mod java;
+pub mod proxy;
 pub mod windows;
 pub mod zk;
 

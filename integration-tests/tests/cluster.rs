@@ -941,6 +941,127 @@ fn paused_master_is_fenced(version: ZkVersion) {
     );
 }
 
+// ----- 6b. a master cut off from ZooKeeper ---------------------------------------------------------
+
+both_versions!(
+    master_cut_off_from_zookeeper_is_fenced,
+    master_cut_off_from_zookeeper_is_fenced_zk38,
+    master_cut_off_from_zookeeper_is_fenced_zk34
+);
+
+/// The master partitioned from every ZooKeeper server while it keeps running, keeps its
+/// clients and its links to the slaves (what a network partition does, and what ActiveMQ's
+/// replicated LevelDB turned into two masters): the two others elect a new master, the old one
+/// steps down by itself and refuses its client, and every send confirmed anywhere (by the old
+/// master before and during the cut, by the new one after) is consumed exactly once. When the
+/// partition heals, the old master follows the new one.
+fn master_cut_off_from_zookeeper_is_fenced(version: ZkVersion) {
+    let mut cluster = Cluster::start_partitionable(version);
+    let m = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let queue = "/queue/partitioned";
+    let mut confirmed = send_raw(&mut cluster.client(m).unwrap(), queue, "before", 20);
+
+    // A client of the old master goes on sending, one receipted send after another, through
+    // the cut, until the master refuses it or closes its connection.
+    let mut old = cluster.client(m).expect("a client of the master");
+    let stop = Arc::new(AtomicBool::new(false));
+    let stale_sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut receipted = Vec::new();
+            for i in 0.. {
+                if stop.load(Ordering::SeqCst) {
+                    return (receipted, "stopped by the test".to_string());
+                }
+                let body = format!("cut-{i}");
+                match old.send_persistent(queue, body.as_bytes()) {
+                    Ok(()) => receipted.push(body),
+                    Err(e) => return (receipted, format!("{e:#}")),
+                }
+            }
+            unreachable!()
+        })
+    };
+    let from = cluster.log_len(m);
+    cluster.cut_from_zookeeper(m);
+    let cut = Instant::now();
+    let n = cluster
+        .wait_for_new_master(m, deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("while node {m} is cut off from ZooKeeper: {e:#}"));
+    eprintln!(
+        "{version:?}: node {n} master {:?} after node {m} was cut off",
+        cut.elapsed()
+    );
+    let stepped_down = wait_until(deadline(ELECTION), || {
+        cluster
+            .logs_since(m, from)
+            .iter()
+            .any(|l| l.contains("role change:") && !l.contains("role change: master"))
+    });
+    assert!(
+        stepped_down,
+        "node {m}, cut off from ZooKeeper, did not step down:\n{}",
+        cluster.logs_since(m, from).join("\n")
+    );
+    eprintln!(
+        "{version:?}: node {m} had stepped down {:?} after the cut",
+        cut.elapsed()
+    );
+    // Its client is refused (an ERROR, or the connection closed) rather than left waiting.
+    let refused = wait_until(deadline(ELECTION), || stale_sender.is_finished());
+    stop.store(true, Ordering::SeqCst);
+    let (receipted, ended) = stale_sender.join().expect("the stale sender");
+    assert!(
+        refused,
+        "the cut-off master's client was still sending at the deadline"
+    );
+    eprintln!(
+        "the cut-off master's client: {} sends receipted, then: {ended}",
+        receipted.len()
+    );
+    confirmed.extend(receipted);
+    confirmed.extend(send_raw(
+        &mut cluster.client(n).unwrap(),
+        queue,
+        "during",
+        20,
+    ));
+
+    let from = cluster.log_len(m);
+    cluster.heal_zookeeper(m);
+    let follows = wait_until(deadline(ELECTION), || {
+        cluster
+            .logs_since(m, from)
+            .iter()
+            .any(|l| l.contains("caught up with the master"))
+    });
+    assert!(
+        follows,
+        "node {m} did not catch up with node {n} once the partition healed:\n{}",
+        cluster.logs_since(m, from).join("\n")
+    );
+    assert_stays_master(&cluster, n);
+    confirmed.extend(send_raw(
+        &mut cluster.client(n).unwrap(),
+        queue,
+        "after",
+        20,
+    ));
+    // The old master's store serves again once the new master is killed: what it holds must
+    // be what the cluster confirmed.
+    let k = cluster.kill_master(n, deadline(ELECTION));
+    eprintln!("node {k} master after node {n} was killed (old master: node {m})");
+    let counts = drain(&cluster, k, queue).expect("consuming");
+    check_exactly_once(
+        &format!("{version:?} master cut off from ZooKeeper"),
+        &counts,
+        &confirmed,
+        &[],
+    );
+}
+
 // ----- shared by the streaming scenarios ---------------------------------------------------------
 
 /// A failover client sending persistent messages in the background while a test acts on the
@@ -1490,9 +1611,13 @@ enum Fault {
     /// kill -9 of the ZooKeeper ensemble's leader while sends go on; restarted once another
     /// member leads.
     KillZkLeader,
+    /// The master partitioned from ZooKeeper (still running, its clients and slaves still
+    /// connected) until another node is master and confirms; then healed, and it must rejoin
+    /// as a slave.
+    CutMasterFromZk,
 }
 
-const FAULTS: [Fault; 7] = [
+const FAULTS: [Fault; 8] = [
     Fault::KillMaster,
     Fault::KillSlave,
     Fault::PauseMaster,
@@ -1500,6 +1625,7 @@ const FAULTS: [Fault; 7] = [
     Fault::RestartAll,
     Fault::PauseSlave,
     Fault::KillZkLeader,
+    Fault::CutMasterFromZk,
 ];
 
 /// xorshift64*: enough to vary the order of faults and the node picked, from a printed seed.
@@ -1591,7 +1717,7 @@ fn random_faults_lose_nothing_confirmed_zk38() {
     }
     faults.push(FAULTS[rng.below(FAULTS.len())]);
 
-    let mut cluster = Cluster::start(ZkVersion::V3_8, 3);
+    let mut cluster = Cluster::start_partitionable(ZkVersion::V3_8);
     let mut m = cluster
         .wait_for_master(deadline(ELECTION))
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -1731,6 +1857,24 @@ fn random_faults_lose_nothing_confirmed_zk38() {
                     &format!("{what}: after the ZooKeeper leader died"),
                 );
                 cluster.zk.start_member(leader);
+            }
+            Fault::CutMasterFromZk => {
+                let from = cluster.log_len(m);
+                cluster.cut_from_zookeeper(m);
+                cluster
+                    .wait_for_new_master(m, deadline(ELECTION))
+                    .unwrap_or_else(|e| panic!("{what}: while node {m} is cut off: {e:#}"));
+                sends.wait_more(30, ELECTION, &format!("{what}: while node {m} is cut off"));
+                cluster.heal_zookeeper(m);
+                let rejoined = wait_until(deadline(ELECTION), || {
+                    let logs = cluster.logs_since(m, from);
+                    logs.iter().any(|l| l.contains("role change: slave of"))
+                });
+                assert!(
+                    rejoined,
+                    "{what}: node {m} did not rejoin as slave once healed:\n{}",
+                    cluster.logs_since(m, from).join("\n")
+                );
             }
         }
         m = cluster
