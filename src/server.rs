@@ -95,14 +95,31 @@ impl Listeners {
             let address = listener.local_addr()?;
             tracing::info!(%connector, %address, "accepting clients");
             addresses.push(address);
-            tasks.push(tokio::spawn(accept_loop(
-                listener,
-                connector.scheme,
-                mode_tx.subscribe(),
-                Protocols {
+            let protocols = match connector.options.max_frame_size {
+                // `wireFormat.maxFrameSize`: this listener's own frame limit.
+                Some(limit) => Protocols {
+                    stomp: Arc::new(StompOptions {
+                        max_frame_size: limit as usize,
+                        ..(*stomp_options).clone()
+                    }),
+                    openwire: Arc::new(OpenWireOptions {
+                        max_frame_size: limit as usize,
+                        ..(*openwire_options).clone()
+                    }),
+                },
+                None => Protocols {
                     stomp: stomp_options.clone(),
                     openwire: openwire_options.clone(),
                 },
+            };
+            tasks.push(tokio::spawn(accept_loop(
+                listener,
+                Listener {
+                    scheme: connector.scheme,
+                    maximum_connections: connector.options.maximum_connections,
+                    protocols,
+                },
+                mode_tx.subscribe(),
                 bind_failures.clone(),
             )));
         }
@@ -308,11 +325,18 @@ struct Protocols {
     openwire: Arc<OpenWireOptions>,
 }
 
+/// What one connector's accept loop serves, from its URI.
+struct Listener {
+    scheme: ConnectorScheme,
+    /// `maximumConnections`: connections served at once, past which a new one is refused.
+    maximum_connections: Option<usize>,
+    protocols: Protocols,
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    scheme: ConnectorScheme,
+    serves: Listener,
     mut mode: watch::Receiver<Mode>,
-    protocols: Protocols,
     bind_failures: BindFailures,
 ) {
     let set_failure = |address: SocketAddr, error: Option<String>| {
@@ -376,7 +400,7 @@ async fn accept_loop(
                 let current = mode.borrow().clone();
                 match current {
                     Mode::Pending(_) => held.push_back((socket, peer, Instant::now())),
-                    other => dispatch(&other, socket, peer, scheme, &protocols, &mut connections),
+                    other => dispatch(&other, socket, peer, &serves, &mut connections),
                 }
             }
             changed = mode.changed() => {
@@ -393,7 +417,7 @@ async fn accept_loop(
                         tracing::info!(connections = held.len(), "handing over the connections held while taking over");
                     }
                     for (socket, peer, _) in held.drain(..) {
-                        dispatch(&current, socket, peer, scheme, &protocols, &mut connections);
+                        dispatch(&current, socket, peer, &serves, &mut connections);
                     }
                 }
             }
@@ -402,7 +426,7 @@ async fn accept_loop(
                 let current = mode.borrow().clone();
                 while held.front().is_some_and(|h| h.2.elapsed() >= PENDING_HOLD) {
                     let (socket, peer, _) = held.pop_front().expect("checked");
-                    dispatch(&current, socket, peer, scheme, &protocols, &mut connections);
+                    dispatch(&current, socket, peer, &serves, &mut connections);
                 }
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -410,19 +434,44 @@ async fn accept_loop(
     }
 }
 
-/// Serves `socket` under `mode` (in `connections`, aborted at the next change) or refuses it.
+/// Serves `socket` under `mode` (in `connections`, aborted at the next change) or refuses it;
+/// refused too when the listener already serves its `maximumConnections`.
 fn dispatch(
     mode: &Mode,
     socket: TcpStream,
     peer: SocketAddr,
-    scheme: ConnectorScheme,
-    protocols: &Protocols,
+    serves: &Listener,
     connections: &mut JoinSet<()>,
 ) {
+    if serves.maximum_connections.is_some() {
+        // Connections that ended count no more, even if the loop has not reaped them yet.
+        while connections.try_join_next().is_some() {}
+    }
     match mode {
+        Mode::Serve(_)
+            if serves
+                .maximum_connections
+                .is_some_and(|max| connections.len() >= max) =>
+        {
+            let max = serves.maximum_connections.unwrap_or_default();
+            tracing::warn!(
+                %peer,
+                maximum_connections = max,
+                "refusing a client connection: the connector's maximumConnections is reached"
+            );
+            tokio::spawn(refuse(
+                socket,
+                peer,
+                format!(
+                    "this connector serves at most {max} connections (its maximumConnections); \
+                     try again later"
+                ),
+            ));
+        }
         Mode::Serve(broker) => {
             let broker = broker.clone();
-            let protocols = protocols.clone();
+            let protocols = serves.protocols.clone();
+            let scheme = serves.scheme;
             connections.spawn(async move {
                 handle_connection(socket, peer, scheme, broker, protocols).await;
             });

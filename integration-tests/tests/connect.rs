@@ -6,7 +6,9 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use ferromq_integration_tests::{deadline, BrokerProcess, Incoming, StompClient, FRAME_TIMEOUT};
+use ferromq_integration_tests::{
+    deadline, toml_string, wait_until, BrokerProcess, Incoming, StompClient, FRAME_TIMEOUT,
+};
 
 const USERS: &str = "[broker.users]\napp = \"s3cret\"\n";
 
@@ -118,4 +120,45 @@ fn a_client_that_stops_heart_beating_is_disconnected() -> Result<()> {
         Incoming::Closed => Ok(()),
         other => anyhow::bail!("expected the broker to close a silent client, got {other:?}"),
     }
+}
+
+/// A `<transportConnector uri>` copied from `activemq.xml`, NIO scheme and options included,
+/// is honoured: past `maximumConnections` a new client is refused with an ERROR naming the
+/// option (and served again once a connection ends); a frame over the connector's
+/// `wireFormat.maxFrameSize` is refused naming the limit.
+#[test]
+fn a_connector_uri_from_activemq_xml_limits_connections_and_frames() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = format!(
+        "[transport]\nconnectors = [\"nio://127.0.0.1:0?maximumConnections=2&wireFormat.maxFrameSize=2048\"]\n\
+         [store]\ndirectory = {}\n",
+        toml_string(&dir.path().join("data").to_string_lossy())
+    );
+    let broker = BrokerProcess::start_with_config("connector-options", dir.path(), &config)?;
+    let mut first = StompClient::connect(broker.addr())?;
+    let _second = StompClient::connect(broker.addr())?;
+    let (command, message, closed) = connect_outcome(&broker, &[])?;
+    ensure!(
+        command == "ERROR" && closed && message.contains("maximumConnections"),
+        "a third connection: got {command} {message:?} (closed: {closed})"
+    );
+
+    first.send_nowait("/queue/big", &[b'x'; 4096], &[])?;
+    let error = first.expect_error_then_close(FRAME_TIMEOUT)?;
+    let message = error.get("message").unwrap_or("");
+    ensure!(
+        message.contains("2048"),
+        "a 4 KiB frame on a connector limited to 2048 bytes: {message:?}"
+    );
+    // The first connection ended: there is room for another.
+    let mut last = String::new();
+    let served = wait_until(deadline(Duration::from_secs(20)), || {
+        last = match connect_outcome(&broker, &[]) {
+            Ok((command, message, _)) => format!("{command} {message}"),
+            Err(e) => format!("{e:#}"),
+        };
+        last.starts_with("CONNECTED")
+    });
+    ensure!(served, "no room after a connection ended: {last}");
+    Ok(())
 }

@@ -1,4 +1,10 @@
-//! Listener addresses written as ActiveMQ URIs: `tcp://0.0.0.0:61616`, `stomp://[::]:61613`.
+//! Listener addresses written as ActiveMQ URIs: `tcp://0.0.0.0:61616`, `stomp://[::]:61613`,
+//! `nio://0.0.0.0:61616?maximumConnections=1000&wireFormat.maxFrameSize=104857600`.
+//!
+//! A `<transportConnector uri>` copied from `activemq.xml` parses as ActiveMQ reads it where
+//! ferromq can honour it (the schemes of plain TCP, and the two options above), and is refused
+//! with an error naming what cannot be honoured (TLS, other protocols, other options) rather
+//! than silently listening differently.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -12,10 +18,105 @@ use super::ParseError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConnectorScheme {
     /// `tcp://`: the protocol is detected from the first bytes a client sends (ActiveMQ's
-    /// `auto://` behaviour on its default port).
+    /// `auto://` behaviour on its default port). Also written `nio://`, `auto://` or
+    /// `auto+nio://` (ActiveMQ's OpenWire over NIO, and its protocol detection).
     Tcp,
-    /// `stomp://`: STOMP only.
+    /// `stomp://`: STOMP only. Also written `stomp+nio://`.
     Stomp,
+}
+
+impl ConnectorScheme {
+    /// The scheme of a connector URI written `name://` (any case); what to write instead
+    /// when ferromq cannot listen as it asks.
+    fn from_name(name: &str) -> Result<ConnectorScheme, String> {
+        let name = name.to_ascii_lowercase();
+        match name.as_str() {
+            "tcp" | "nio" | "auto" | "auto+nio" => Ok(ConnectorScheme::Tcp),
+            "stomp" | "stomp+nio" => Ok(ConnectorScheme::Stomp),
+            n if n.contains("ssl") || n == "wss" || n == "https" => Err(
+                "TLS is not supported by ferromq's listeners: listen on tcp:// and terminate \
+                 TLS in front of it (stunnel, HAProxy), or use a private network"
+                    .into(),
+            ),
+            n if n.starts_with("amqp") || n.starts_with("mqtt") => {
+                Err("ferromq speaks STOMP and OpenWire only".into())
+            }
+            _ => Err(
+                "expected tcp:// (protocol detected; also nio://, auto://, auto+nio://) \
+                 or stomp:// (also stomp+nio://)"
+                    .into(),
+            ),
+        }
+    }
+}
+
+/// The options of a connector URI (`?name=value&...`) that ferromq honours; any other is an
+/// error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ConnectorOptions {
+    /// `maximumConnections`: past this many open client connections, a new one is refused
+    /// with an error naming the option.
+    pub maximum_connections: Option<usize>,
+    /// `wireFormat.maxFrameSize`: this connector's frame limit, in place of
+    /// `broker.max_frame_size`.
+    pub max_frame_size: Option<u64>,
+}
+
+impl ConnectorOptions {
+    const MAXIMUM_CONNECTIONS: &'static str = "maximumConnections";
+    const MAX_FRAME_SIZE: &'static str = "wireFormat.maxFrameSize";
+
+    /// Parses `name=value&...` (the part after `?`).
+    fn parse(query: &str, uri: &str) -> Result<ConnectorOptions, ParseError> {
+        let bad = |why: String| ParseError::new(format!("invalid connector {uri:?}: {why}"));
+        let mut options = ConnectorOptions::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair
+                .split_once('=')
+                .ok_or_else(|| bad(format!("option {pair:?} has no `=value`")))?;
+            let number = |what: &str, min: u64, max: u64| {
+                value
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (min..=max).contains(n))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "{what}={value:?}: expected an integer from {min} to {max}"
+                        ))
+                    })
+            };
+            if name == Self::MAXIMUM_CONNECTIONS {
+                options.maximum_connections = Some(number(name, 1, u32::MAX as u64)? as usize);
+            } else if name == Self::MAX_FRAME_SIZE {
+                options.max_frame_size =
+                    Some(number(name, super::MIN_FRAME_SIZE, super::MAX_FRAME_SIZE)?);
+            } else {
+                return Err(bad(format!(
+                    "option {name:?} is not supported (supported: {}, {})",
+                    Self::MAXIMUM_CONNECTIONS,
+                    Self::MAX_FRAME_SIZE
+                )));
+            }
+        }
+        Ok(options)
+    }
+
+    /// `?name=value&...`, or `""` without options.
+    fn query(&self) -> String {
+        let mut pairs = Vec::new();
+        if let Some(n) = self.maximum_connections {
+            pairs.push(format!("{}={n}", Self::MAXIMUM_CONNECTIONS));
+        }
+        if let Some(n) = self.max_frame_size {
+            pairs.push(format!("{}={n}", Self::MAX_FRAME_SIZE));
+        }
+        if pairs.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", pairs.join("&"))
+        }
+    }
 }
 
 impl ConnectorScheme {
@@ -167,35 +268,53 @@ pub struct Connector {
     pub scheme: ConnectorScheme,
     /// `host:port`; `address.as_str()` is what `TcpListener::bind` takes.
     pub address: HostPort,
+    pub options: ConnectorOptions,
+}
+
+impl Connector {
+    /// A connector without options.
+    pub fn new(scheme: ConnectorScheme, address: HostPort) -> Connector {
+        Connector {
+            scheme,
+            address,
+            options: ConnectorOptions::default(),
+        }
+    }
 }
 
 impl FromStr for Connector {
     type Err = ParseError;
 
     fn from_str(uri: &str) -> Result<Connector, ParseError> {
-        let (scheme, authority) = split_scheme(uri)?;
-        let scheme = match scheme.to_ascii_lowercase().as_str() {
-            "tcp" => ConnectorScheme::Tcp,
-            "stomp" => ConnectorScheme::Stomp,
-            _ => {
-                return Err(ParseError::new(format!(
-                    "unsupported scheme {scheme:?} in connector {:?}: expected tcp:// \
-                     (protocol detected) or stomp://",
-                    uri.trim()
-                )))
-            }
+        let uri = uri.trim();
+        let (scheme, rest) = split_scheme(uri)?;
+        let scheme = ConnectorScheme::from_name(scheme).map_err(|why| {
+            ParseError::new(format!(
+                "unsupported scheme {scheme:?} in connector {uri:?}: {why}"
+            ))
+        })?;
+        let (authority, options) = match rest.split_once('?') {
+            Some((authority, query)) => (authority, ConnectorOptions::parse(query, uri)?),
+            None => (rest, ConnectorOptions::default()),
         };
         Ok(Connector {
             scheme,
-            address: HostPort::parse_authority(authority, uri.trim())?,
+            address: HostPort::parse_authority(authority, uri)?,
+            options,
         })
     }
 }
 
 impl fmt::Display for Connector {
-    /// The URI form: `tcp://0.0.0.0:61616`.
+    /// The URI form: `tcp://0.0.0.0:61616`, with its options.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}", self.scheme, self.address)
+        write!(
+            f,
+            "{}://{}{}",
+            self.scheme,
+            self.address,
+            self.options.query()
+        )
     }
 }
 
@@ -305,6 +424,55 @@ mod tests {
         assert_eq!(c.to_string(), "tcp://[::1]:0");
     }
 
+    /// A `<transportConnector uri>` from `activemq.xml` parses as ActiveMQ reads it: the NIO
+    /// and auto-detecting schemes of plain TCP, `maximumConnections` and
+    /// `wireFormat.maxFrameSize`; TLS and other protocols are refused saying why.
+    #[test]
+    fn activemq_connector_uris() {
+        let c: Connector =
+            "nio://0.0.0.0:61616?maximumConnections=1000&wireFormat.maxFrameSize=104857600"
+                .parse()
+                .unwrap();
+        assert_eq!(c.scheme, ConnectorScheme::Tcp);
+        assert_eq!(c.address.port(), 61616);
+        assert_eq!(
+            c.options,
+            ConnectorOptions {
+                maximum_connections: Some(1000),
+                max_frame_size: Some(104_857_600),
+            }
+        );
+        assert_eq!(
+            c.to_string(),
+            "tcp://0.0.0.0:61616?maximumConnections=1000&wireFormat.maxFrameSize=104857600"
+        );
+        assert_eq!(c.to_string().parse::<Connector>().unwrap(), c);
+        for (uri, scheme) in [
+            ("auto://0.0.0.0:1", ConnectorScheme::Tcp),
+            ("auto+nio://0.0.0.0:1", ConnectorScheme::Tcp),
+            (
+                "stomp+nio://0.0.0.0:1?maximumConnections=5",
+                ConnectorScheme::Stomp,
+            ),
+        ] {
+            assert_eq!(uri.parse::<Connector>().unwrap().scheme, scheme, "{uri}");
+        }
+        for (uri, says) in [
+            ("ssl://0.0.0.0:61617", "TLS"),
+            ("stomp+ssl://0.0.0.0:61612", "TLS"),
+            ("amqp://0.0.0.0:5672", "STOMP and OpenWire only"),
+            ("mqtt://0.0.0.0:1883", "STOMP and OpenWire only"),
+            ("ws://0.0.0.0:61614", "expected tcp://"),
+            (
+                "tcp://0.0.0.0:1?transport.soTimeout=1",
+                "transport.soTimeout",
+            ),
+        ] {
+            let err = uri.parse::<Connector>().unwrap_err().to_string();
+            assert!(err.contains(uri) && err.contains(says), "{uri}: {err}");
+        }
+    }
+
     #[test]
     fn rejects_bad_connectors() {
         let err = "ssl://0.0.0.0:61617"
@@ -321,7 +489,11 @@ mod tests {
             "tcp://:61616",
             "tcp://0.0.0.0:70000",
             "tcp://::1:61616",
-            "tcp://0.0.0.0:61616?maximumConnections=1000",
+            "tcp://0.0.0.0:61616?maximumConnections=0",
+            "tcp://0.0.0.0:61616?maximumConnections=many",
+            "tcp://0.0.0.0:61616?wireFormat.maxFrameSize=10",
+            "tcp://0.0.0.0:61616?transport.soTimeout=1000",
+            "tcp://0.0.0.0:61616?maximumConnections",
             "tcp://0.0.0.0:61616/",
             "tcp://[::1:61616",
         ] {

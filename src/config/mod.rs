@@ -36,7 +36,7 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::{Figment, Metadata, Profile, Provider, Source};
 use serde::{Deserialize, Serialize};
 
-pub use connector::{Connector, ConnectorScheme, HostPort};
+pub use connector::{Connector, ConnectorOptions, ConnectorScheme, HostPort};
 pub use env::{env_var_name, ENV_PREFIX};
 pub use sync::{SyncPolicy, SYNC_WORDS};
 pub use units::{format_duration, format_size, parse_duration, parse_size};
@@ -289,10 +289,10 @@ pub struct TransportConfig {
 impl Default for TransportConfig {
     fn default() -> Self {
         TransportConfig {
-            connectors: vec![Connector {
-                scheme: ConnectorScheme::Tcp,
-                address: HostPort::new("0.0.0.0", 61616),
-            }],
+            connectors: vec![Connector::new(
+                ConnectorScheme::Tcp,
+                HostPort::new("0.0.0.0", 61616),
+            )],
         }
     }
 }

@@ -37,8 +37,9 @@ use crate::broker::{
 use crate::protocol::temps::{TempDestinations, TempEvent};
 use crate::protocol::write::{flush, Unwritten};
 
-/// What every OpenWire connection on a node shares.
-#[derive(Debug)]
+/// What every OpenWire connection on a node shares (a clone shares the registry and the
+/// temporary destinations: a listener with its own frame limit is a clone).
+#[derive(Debug, Clone)]
 pub struct OpenWireOptions {
     pub max_frame_size: usize,
     /// user name -> password; empty means anyone may connect.
@@ -91,8 +92,8 @@ pub fn refusal(reason: &str) -> Vec<u8> {
     out.to_vec()
 }
 
-/// Live OpenWire connections by connection id.
-#[derive(Debug, Default)]
+/// Live OpenWire connections by connection id (a clone is the same registry).
+#[derive(Debug, Default, Clone)]
 pub struct Registry(Arc<Mutex<HashMap<String, Live>>>);
 
 #[derive(Debug)]
