@@ -1,0 +1,325 @@
+//! Recovery at open: scans every segment file, keeps the longest valid prefix of the journal,
+//! cuts a torn tail and the preallocated zeros of finished segments, and deletes segments
+//! unreachable past a hole and tombstones that carry no information.
+//!
+//! It must never interpret records beyond checking that their frames decode, nor cut the
+//! records after a corrupt frame in the only copy of the journal.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+use bytes::Bytes;
+use tracing::{debug, error, info, warn};
+
+use super::segment::{parse_segment_name, segment_file_name, segment_path, sync_directory};
+use super::{io_error, SegmentState, MAX_BATCH_BYTES, READ_CHUNK};
+use crate::store::record::{
+    check_frame, decode_frame, FrameError, Position, FRAME_HEADER_LEN, MAX_RECORD_LEN,
+};
+use crate::store::StoreError;
+pub(super) struct Recovery {
+    /// Every remaining segment file, oldest first; the last is the current segment (`Live`).
+    pub(super) segments: Vec<(u64, SegmentState)>,
+    pub(super) end: u64,
+}
+
+/// Scans the segments, keeps the longest valid prefix of the journal and normalizes the files.
+pub(super) fn recover(
+    directory: &Path,
+    fsync: bool,
+    only_copy: bool,
+) -> Result<Recovery, StoreError> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(directory).map_err(io_error("list", directory))? {
+        let entry = entry.map_err(io_error("list", directory))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        match parse_segment_name(name) {
+            Some(start) => files.push(start),
+            None if name.ends_with(".log") => {
+                warn!(file = %entry.path().display(), "ignoring a .log file that is not named like a journal segment")
+            }
+            None => {}
+        }
+    }
+    files.sort_unstable();
+    if files.is_empty() {
+        let path = segment_path(directory, 0);
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_error("create segment", &path))?;
+        if fsync {
+            sync_directory(directory)?;
+        }
+        info!(directory = %directory.display(), "created a new journal");
+        return Ok(Recovery {
+            segments: vec![(0, SegmentState::Live)],
+            end: 0,
+        });
+    }
+
+    // (start, length, tombstone)
+    let mut kept: Vec<(u64, u64, bool)> = Vec::new();
+    let mut expected: Option<u64> = None;
+    let mut recovered_frames = 0u64;
+    for (i, &start) in files.iter().enumerate() {
+        let path = segment_path(directory, start);
+        let is_last = i + 1 == files.len();
+        if let Some(expected) = expected {
+            if start != expected {
+                warn!(
+                    file = %path.display(),
+                    position = expected,
+                    "journal segment starts at {start} but the previous one ends at {expected}: \
+                     the journal ends at the gap"
+                );
+                delete_unreachable(directory, &files[i..], fsync)?;
+                break;
+            }
+        }
+        let scan = scan_segment(&path).map_err(io_error("read", &path))?;
+        if scan.size == 0 && !is_last {
+            kept.push((start, 0, true));
+            expected = None;
+            continue;
+        }
+        let mut problem = scan.problem;
+        if problem.is_none() && !is_last && scan.valid_len < scan.size {
+            if start + scan.valid_len == files[i + 1] {
+                // A finished segment whose preallocated tail was not cut yet.
+                cut_to(&path, scan.valid_len, fsync)?;
+            } else {
+                // Zeros where records should be (the next segment starts later): data lost
+                // in the middle, treated as a corrupt frame. Only a zero-length file is a
+                // tombstone. With fsync on, a segment is released only once its data is
+                // durable and its cut to zero bytes is fsynced before the next batch counts
+                // (a skipped range's tombstone is cut and fsynced with the batch after it),
+                // so a released segment reads back as its records or as nothing, never as
+                // zeros with records after them. Without fsync a power loss can undo that
+                // cut and lose the data alike: a released segment and a lost live one then
+                // look the same, and only cutting here (or refusing, for the only copy) is
+                // safe.
+                problem = Some(format!(
+                    "zeros from byte {} on, where the records up to the next segment at {} \
+                     should be: their data was lost",
+                    scan.valid_len,
+                    files[i + 1]
+                ));
+            }
+        }
+        recovered_frames += scan.frames;
+        kept.push((start, scan.valid_len, false));
+        expected = Some(start + scan.valid_len);
+        if let Some(cause) = problem {
+            let position = start + scan.valid_len;
+            if only_copy && !is_last {
+                // A batch spanning a rotation can tear the end of this segment and leave the
+                // start of the next one written; more than that after it was confirmed.
+                let mut after = 0u64;
+                for &later in &files[i + 1..] {
+                    let later_path = segment_path(directory, later);
+                    after += scan_segment(&later_path)
+                        .map_err(io_error("read", &later_path))?
+                        .valid_len;
+                }
+                if after > MAX_BATCH_BYTES as u64 {
+                    return Err(StoreError::CorruptBeforeRecords {
+                        path,
+                        position: Position(position),
+                        cause,
+                        after,
+                    });
+                }
+            }
+            warn!(
+                file = %path.display(),
+                position,
+                "journal frame at position {position} is torn or corrupt ({cause}); truncating \
+                 the segment there"
+            );
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io_error("open for truncation", &path))?;
+            file.set_len(scan.valid_len)
+                .map_err(io_error("truncate", &path))?;
+            file.sync_all().map_err(io_error("fsync", &path))?;
+            if !is_last {
+                delete_unreachable(directory, &files[i + 1..], fsync)?;
+            }
+            break;
+        }
+    }
+
+    normalize(directory, &mut kept)?;
+    let &(last_start, last_len, _) = kept.last().expect("the last kept file is never removed");
+    let end = last_start + last_len;
+    let segments = kept
+        .iter()
+        .map(|&(start, _, tombstone)| {
+            let state = if tombstone {
+                SegmentState::Released
+            } else {
+                SegmentState::Live
+            };
+            (start, state)
+        })
+        .collect();
+    info!(
+        directory = %directory.display(),
+        end,
+        frames = recovered_frames,
+        "journal recovered"
+    );
+    Ok(Recovery { segments, end })
+}
+
+/// Deletes tombstones that carry no information (leading, or right after another tombstone),
+/// and an empty last segment that directly follows a segment with data (so the current segment
+/// always holds the last record, if there is one).
+fn normalize(directory: &Path, kept: &mut Vec<(u64, u64, bool)>) -> Result<(), StoreError> {
+    let mut index = 0;
+    while index < kept.len() {
+        let (start, _, tombstone) = kept[index];
+        let redundant = tombstone && (index == 0 || kept[index - 1].2);
+        if redundant {
+            let path = segment_path(directory, start);
+            debug!(file = %path.display(), "deleting a redundant tombstone");
+            fs::remove_file(&path).map_err(io_error("delete", &path))?;
+            kept.remove(index);
+        } else {
+            index += 1;
+        }
+    }
+    if let [.., (previous_start, previous_len, false), (last_start, 0, false)] = kept[..] {
+        if previous_start + previous_len == last_start {
+            let path = segment_path(directory, last_start);
+            fs::remove_file(&path).map_err(io_error("delete", &path))?;
+            kept.pop();
+        }
+    }
+    Ok(())
+}
+
+fn cut_to(path: &Path, len: u64, fsync: bool) -> Result<(), StoreError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_error("open for truncation", path))?;
+    file.set_len(len).map_err(io_error("truncate", path))?;
+    if fsync {
+        file.sync_all().map_err(io_error("fsync", path))?;
+    }
+    Ok(())
+}
+
+fn delete_unreachable(directory: &Path, starts: &[u64], fsync: bool) -> Result<(), StoreError> {
+    let names: Vec<String> = starts
+        .iter()
+        .map(|&s| segment_file_name(Position(s)))
+        .collect();
+    error!(
+        directory = %directory.display(),
+        "deleting journal segments unreachable past a hole: {}",
+        names.join(", ")
+    );
+    for &start in starts {
+        let path = segment_path(directory, start);
+        fs::remove_file(&path).map_err(io_error("delete", &path))?;
+    }
+    if fsync {
+        sync_directory(directory)?;
+    }
+    Ok(())
+}
+
+struct Scan {
+    /// Size of the file.
+    size: u64,
+    /// Length of the valid frames (the data); zeros may follow up to `size`.
+    valid_len: u64,
+    frames: u64,
+    /// Why the segment stops being valid at `valid_len` (before its end), if it does.
+    problem: Option<String>,
+}
+
+/// Checks every frame of one segment file.
+fn scan_segment(path: &Path) -> std::io::Result<Scan> {
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut input = BufReader::with_capacity(READ_CHUNK, file);
+    let mut offset = 0u64;
+    let mut frames = 0;
+    let problem = loop {
+        let remaining = size - offset;
+        if remaining == 0 {
+            break None;
+        }
+        if remaining < FRAME_HEADER_LEN as u64 {
+            break Some(format!("torn frame header: {remaining} bytes"));
+        }
+        let mut header = [0u8; FRAME_HEADER_LEN];
+        input.read_exact(&mut header)?;
+        if header == [0u8; FRAME_HEADER_LEN] {
+            // The end of the data in a preallocated segment: only zeros may follow.
+            break first_non_zero(&mut input, remaining - FRAME_HEADER_LEN as u64)?.map(|at| {
+                format!(
+                    "zero frame header followed by non-zero bytes {} bytes later",
+                    at + FRAME_HEADER_LEN as u64
+                )
+            });
+        }
+        let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
+        if len > MAX_RECORD_LEN {
+            break Some(FrameError::TooLarge(len, MAX_RECORD_LEN).to_string());
+        }
+        let frame_len = (FRAME_HEADER_LEN + len) as u64;
+        if remaining < frame_len {
+            break Some(format!(
+                "torn frame: {len} body bytes declared, {} present",
+                remaining - FRAME_HEADER_LEN as u64
+            ));
+        }
+        let mut frame = vec![0u8; FRAME_HEADER_LEN + len];
+        frame[..FRAME_HEADER_LEN].copy_from_slice(&header);
+        input.read_exact(&mut frame[FRAME_HEADER_LEN..])?;
+        if let Err(e) = check_frame(&frame) {
+            break Some(e.to_string());
+        }
+        if let Err(e) = decode_frame(Bytes::from(frame)) {
+            break Some(e.to_string());
+        }
+        offset += frame_len;
+        frames += 1;
+    };
+    Ok(Scan {
+        size,
+        valid_len: offset,
+        frames,
+        problem,
+    })
+}
+
+/// Length of the data (valid frames) in a segment file, preallocated tail excluded (tests).
+#[cfg(test)]
+pub(crate) fn data_len(path: &Path) -> u64 {
+    scan_segment(path).unwrap().valid_len
+}
+
+/// The offset of the first non-zero byte among the next `n` bytes of `input`, if any.
+fn first_non_zero(input: &mut impl Read, n: u64) -> std::io::Result<Option<u64>> {
+    let mut chunk = vec![0u8; READ_CHUNK];
+    let mut at = 0u64;
+    while at < n {
+        let len = (n - at).min(chunk.len() as u64) as usize;
+        input.read_exact(&mut chunk[..len])?;
+        if let Some(i) = chunk[..len].iter().position(|&b| b != 0) {
+            return Ok(Some(at + i as u64));
+        }
+        at += len as u64;
+    }
+    Ok(None)
+}
