@@ -2,7 +2,7 @@
 //!
 //! - [`stomp`]: STOMP 1.0, 1.1 and 1.2 (the frame codec in [`stomp::frame`]).
 //! - [`temps`]: the temporary destinations live on this node, whichever protocol made them.
-//! - [`write`]: writing to a client while still noticing that it went silent.
+//! - `write`: writing to a client while still noticing that it went silent.
 //! - [`detect`]: tells STOMP from OpenWire by the first bytes a client sends, so that one
 //!   listener can serve both.
 

@@ -33,7 +33,7 @@ pub struct SlaveOptions {
 pub enum ExitCause {
     /// The master closed the connection.
     Closed,
-    /// The master was silent for [`PEER_TIMEOUT`](super::PEER_TIMEOUT).
+    /// The master was silent for [`PEER_TIMEOUT`].
     TimedOut,
 }
 
