@@ -1615,9 +1615,12 @@ enum Fault {
     /// connected) until another node is master and confirms; then healed, and it must rejoin
     /// as a slave.
     CutMasterFromZk,
+    /// A slave partitioned from ZooKeeper (still running and replicating) until its znode is
+    /// gone while the master keeps confirming; then healed, and it must rejoin as a slave.
+    CutSlaveFromZk,
 }
 
-const FAULTS: [Fault; 8] = [
+const FAULTS: [Fault; 9] = [
     Fault::KillMaster,
     Fault::KillSlave,
     Fault::PauseMaster,
@@ -1626,6 +1629,7 @@ const FAULTS: [Fault; 8] = [
     Fault::PauseSlave,
     Fault::KillZkLeader,
     Fault::CutMasterFromZk,
+    Fault::CutSlaveFromZk,
 ];
 
 /// xorshift64*: enough to vary the order of faults and the node picked, from a printed seed.
@@ -1857,6 +1861,34 @@ fn random_faults_lose_nothing_confirmed_zk38() {
                     &format!("{what}: after the ZooKeeper leader died"),
                 );
                 cluster.zk.start_member(leader);
+            }
+            Fault::CutSlaveFromZk => {
+                let from = cluster.log_len(slave);
+                cluster.cut_from_zookeeper(slave);
+                let mut rows = Vec::new();
+                let expired = wait_until(deadline(ELECTION), || {
+                    rows = cluster.status_rows().unwrap_or_default();
+                    rows.len() == 2
+                });
+                assert!(
+                    expired,
+                    "{what}: the znode of node {slave}, cut off, should expire: {rows:?}"
+                );
+                sends.wait_more(
+                    30,
+                    ELECTION,
+                    &format!("{what}: while node {slave} is cut off"),
+                );
+                cluster.heal_zookeeper(slave);
+                let rejoined = wait_until(deadline(ELECTION), || {
+                    let logs = cluster.logs_since(slave, from);
+                    logs.iter().any(|l| l.contains("role change: slave of"))
+                });
+                assert!(
+                    rejoined,
+                    "{what}: node {slave} did not rejoin as slave once healed:\n{}",
+                    cluster.logs_since(slave, from).join("\n")
+                );
             }
             Fault::CutMasterFromZk => {
                 let from = cluster.log_len(m);
