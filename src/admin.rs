@@ -62,11 +62,42 @@ pub struct Role {
     pub position: u64,
 }
 
+/// A master's replication, as the endpoint shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replication {
+    /// Slave acknowledgements a confirmation needs (`replicas / 2`).
+    pub needed: usize,
+    /// The connected slaves.
+    pub slaves: Vec<Slave>,
+}
+
+/// A slave connected to this master.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Slave {
+    pub node: String,
+    pub address: String,
+    /// The journal position it last acknowledged holding.
+    pub acked: u64,
+}
+
+/// Reads a master's replication when asked.
+pub type ReplicationSource = Box<dyn Fn() -> Replication + Send + Sync>;
+
 /// The node's role, set by the lifecycle at each role change and read by the endpoint.
-#[derive(Debug)]
 pub struct Status {
     node: String,
     role: Mutex<Role>,
+    /// Set while this node is master.
+    replication: Mutex<Option<ReplicationSource>>,
+}
+
+impl std::fmt::Debug for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Status")
+            .field("node", &self.node)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Status {
@@ -78,7 +109,21 @@ impl Status {
                 epoch: 0,
                 position: 0,
             }),
+            replication: Mutex::new(None),
         })
+    }
+
+    /// Where a master's replication is read (`None` when this node stops being master).
+    pub fn set_replication(&self, source: Option<ReplicationSource>) {
+        *self.replication.lock().unwrap_or_else(|p| p.into_inner()) = source;
+    }
+
+    pub fn replication(&self) -> Option<Replication> {
+        self.replication
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|source| source())
     }
 
     pub fn set_role(&self, name: &'static str, epoch: u64, position: u64) {
@@ -253,6 +298,8 @@ struct View {
     store_failure: Option<String>,
     /// The journal's end: the serving node's current one, else where the role began.
     position: u64,
+    /// A master's slaves.
+    replication: Option<Replication>,
 }
 
 impl View {
@@ -274,6 +321,7 @@ impl View {
             broker,
             refusal,
             store_failure,
+            replication: status.replication(),
             position,
         }
     }
@@ -288,6 +336,8 @@ impl View {
             "serving": self.broker.is_some(),
             "reason": self.refusal,
             "store_failure": self.store_failure,
+            "slaves": self.replication.as_ref().map(|r| &r.slaves),
+            "slaves_needed": self.replication.as_ref().map(|r| r.needed),
         })
         .to_string()
             + "\n"
@@ -539,6 +589,40 @@ fn metrics(view: &View) -> String {
         "gauge",
         &[(String::new(), view.role.epoch)],
     );
+    if let Some(replication) = &view.replication {
+        gauge(
+            "ferromq_replication_slaves",
+            "Slaves connected to this master",
+            "gauge",
+            &[(String::new(), replication.slaves.len() as u64)],
+        );
+        gauge(
+            "ferromq_replication_slaves_needed",
+            "Slave acknowledgements a confirmation needs (replicas/2); fewer connected: nothing is confirmed",
+            "gauge",
+            &[(String::new(), replication.needed as u64)],
+        );
+        let acked: Vec<(String, u64)> = replication
+            .slaves
+            .iter()
+            .map(|s| {
+                (
+                    format!(
+                        "{{slave=\"{}\",address=\"{}\"}}",
+                        escape_label(&s.node),
+                        escape_label(&s.address)
+                    ),
+                    s.acked,
+                )
+            })
+            .collect();
+        gauge(
+            "ferromq_replication_slave_acked_bytes",
+            "Journal position each slave last acknowledged (behind ferromq_journal_end_bytes by its lag)",
+            "gauge",
+            &acked,
+        );
+    }
     let Some(broker) = &view.broker else {
         return out;
     };
@@ -778,7 +862,39 @@ mod tests {
             refusal: (!serving).then(|| "a master serves elsewhere".into()),
             store_failure: None,
             position: 42,
+            replication: None,
         }
+    }
+
+    /// A master shows its slaves: how many are connected against how many a confirmation
+    /// needs, and what each acknowledged, in `/metrics` and `/health`; other roles show none.
+    #[test]
+    fn a_master_shows_its_slaves() {
+        let mut master = view(true);
+        master.replication = Some(Replication {
+            needed: 1,
+            slaves: vec![Slave {
+                node: "n2".into(),
+                address: "10.0.0.2:40000".into(),
+                acked: 4096,
+            }],
+        });
+        let text = metrics(&master);
+        for line in [
+            "ferromq_replication_slaves 1\n",
+            "ferromq_replication_slaves_needed 1\n",
+            "ferromq_replication_slave_acked_bytes{slave=\"n2\",address=\"10.0.0.2:40000\"} 4096\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        let json: serde_json::Value = serde_json::from_str(&master.health_json()).unwrap();
+        assert_eq!(json["slaves_needed"], 1);
+        assert_eq!(json["slaves"][0]["node"], "n2");
+        assert_eq!(json["slaves"][0]["acked"], 4096);
+        let slave = view(false);
+        assert!(!metrics(&slave).contains("ferromq_replication"));
+        let json: serde_json::Value = serde_json::from_str(&slave.health_json()).unwrap();
+        assert!(json["slaves"].is_null());
     }
 
     #[test]

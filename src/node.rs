@@ -133,6 +133,10 @@ enum MasterEnd {
 /// listen before a master steps down: its accept loop retries every 200 ms meanwhile.
 const CLIENT_PORT_TICKS: u32 = 3;
 
+/// Report ticks in a row with fewer slaves connected than a confirmation needs before a master
+/// logs that its replication is degraded.
+const DEGRADED_TICKS: u32 = 3;
+
 /// An open store between roles, with the receiving end of its durable watermark.
 struct KeptStore {
     store: Store,
@@ -337,6 +341,20 @@ impl Lifecycle {
         // was reachable.
         replication.held_locally()(*durable_rx.borrow());
         broker.confirm(replication.confirmed());
+        let slaves = replication.observer();
+        let needed = replication.slaves_needed();
+        self.status
+            .set_replication(Some(Box::new(move || crate::admin::Replication {
+                needed,
+                slaves: slaves()
+                    .into_iter()
+                    .map(|s| crate::admin::Slave {
+                        node: s.node,
+                        address: s.address.to_string(),
+                        acked: s.acked.0,
+                    })
+                    .collect(),
+            })));
         self.election.set_role_info("master", Some(epoch));
         self.election.publish_master_address(&address).await;
         tracing::info!(node = %self.node, epoch, %address, "replication listener published");
@@ -345,6 +363,10 @@ impl Lifecycle {
         let mut report = tokio::time::interval(Duration::from_secs(1));
         // Report ticks in a row at which a client connector could not listen.
         let mut unbound_ticks = 0;
+        // Report ticks in a row with fewer slaves connected than a confirmation needs, and
+        // whether that was logged (after `DEGRADED_TICKS`: slaves take a moment to connect to
+        // a new master, and a restarted one to come back).
+        let (mut short_ticks, mut degraded) = (0, false);
         let ended = loop {
             tokio::select! {
                 changed = roles.changed() => {
@@ -370,6 +392,15 @@ impl Lifecycle {
                         break MasterEnd::ClientPort(reason);
                     }
                     self.election.report_log(LogState { epoch, position });
+                    let connected = replication.connected_slaves();
+                    short_ticks = if connected < needed { short_ticks + 1 } else { 0 };
+                    if !degraded && short_ticks >= DEGRADED_TICKS {
+                        degraded = true;
+                        tracing::warn!(node = %self.node, epoch, position, connected, needed, "replication degraded: fewer slaves connected than a confirmation needs; nothing is confirmed until enough are back");
+                    } else if degraded && short_ticks == 0 {
+                        degraded = false;
+                        tracing::info!(node = %self.node, epoch, position, connected, needed, "replication restored: enough slaves connected to confirm");
+                    }
                 }
             }
         };
@@ -381,6 +412,7 @@ impl Lifecycle {
             "not the master: this node stepped down".into(),
         ));
         *self.hook.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.status.set_replication(None);
         let store = broker.close("this node is no longer the master");
         replication.stop();
         if let Some(store) = store {

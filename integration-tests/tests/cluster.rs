@@ -304,6 +304,20 @@ fn election_and_znodes(version: ZkVersion) {
         assert!(agreed, "node {i} (master: node {m}) /ready gave {seen:?}");
         let (code, _) = http_get(&admin, "/health").unwrap();
         assert_eq!(code, 200, "node {i} /health");
+        // The master's metrics count its slaves against the one a confirmation needs (an
+        // alert on `slaves < slaves_needed` catches a master that can confirm nothing); a
+        // slave shows none.
+        let mut metrics = String::new();
+        let shown = wait_until(deadline(ELECTION), || {
+            metrics = http_get(&admin, "/metrics").map_or_else(|e| e.to_string(), |r| r.1);
+            if i == m {
+                metrics.contains("ferromq_replication_slaves 2\n")
+                    && metrics.contains("ferromq_replication_slaves_needed 1\n")
+            } else {
+                metrics.contains("ferromq_role") && !metrics.contains("ferromq_replication")
+            }
+        });
+        assert!(shown, "node {i} (master: node {m}) /metrics:\n{metrics}");
     }
 
     let (ok, table, err) = cluster.status().unwrap();

@@ -234,8 +234,11 @@ impl ReplicationMaster {
 
     /// The connected slaves, by node name.
     pub fn slaves(&self) -> Vec<SlaveStatus> {
-        let mut slaves: Vec<SlaveStatus> = self
-            .shared
+        ReplicationMaster::slaves_of(&self.shared)
+    }
+
+    fn slaves_of(shared: &Shared) -> Vec<SlaveStatus> {
+        let mut slaves: Vec<SlaveStatus> = shared
             .slaves
             .lock()
             .unwrap()
@@ -248,6 +251,23 @@ impl ReplicationMaster {
 
     pub fn connected_slaves(&self) -> usize {
         self.shared.slaves.lock().unwrap().len()
+    }
+
+    /// Slave acknowledgements a confirmation needs besides the master's (`replicas / 2`).
+    pub fn slaves_needed(&self) -> usize {
+        self.shared.options.replicas / 2
+    }
+
+    /// Reads [`ReplicationMaster::slaves`] for as long as this master lives (then nothing),
+    /// without keeping it alive: for status pages.
+    pub fn observer(&self) -> impl Fn() -> Vec<SlaveStatus> + Send + Sync + 'static {
+        let shared = Arc::downgrade(&self.shared);
+        move || {
+            shared
+                .upgrade()
+                .map(|shared| ReplicationMaster::slaves_of(&shared))
+                .unwrap_or_default()
+        }
     }
 
     /// The current confirmed watermark.
