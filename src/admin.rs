@@ -672,7 +672,7 @@ fn metrics(view: &View) -> String {
     for (name, help, value) in counters {
         gauge(name, help, "counter", &[(String::new(), value)]);
     }
-    let gauges: [(&str, &str, u64); 10] = [
+    let gauges: [(&str, &str, u64); 13] = [
         (
             "ferromq_journal_end_bytes",
             "Journal end position",
@@ -682,6 +682,21 @@ fn metrics(view: &View) -> String {
             "ferromq_journal_retained_bytes",
             "Journal bytes of segments not yet released (disk use grows with it)",
             stats.journal_retained,
+        ),
+        (
+            "ferromq_store_size_bytes",
+            "Disk the journal's retained segments take, each at least log_size (compared with store_limit)",
+            stats.store_bytes,
+        ),
+        (
+            "ferromq_store_limit_bytes",
+            "store_limit, capped at start to the disk's room",
+            stats.store_limit,
+        ),
+        (
+            "ferromq_store_full",
+            "1 while the store is at store_limit: persistent sends wait (or are refused with send_fail_if_no_space)",
+            u64::from(stats.store_full),
         ),
         (
             "ferromq_confirmed_position_bytes",

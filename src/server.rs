@@ -222,6 +222,8 @@ pub(crate) fn broker_options(config: &Config) -> BrokerOptions {
         dead_letter_strategy: dead_letter_strategy(&config.broker),
         topic_pending_limit: config.broker.topic_pending_limit,
         memory_limit: config.broker.memory_limit,
+        store_limit: config.store.store_limit,
+        send_fail_if_no_space: config.broker.send_fail_if_no_space,
         scheduler_support: config.broker.scheduler_support,
         // Checked when the configuration was loaded.
         virtual_topics: config.broker.virtual_topics().unwrap_or_default(),

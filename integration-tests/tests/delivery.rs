@@ -3,7 +3,7 @@
 //! versions. Each test starts its own broker in a temporary directory.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use ferromq_integration_tests::{
@@ -351,6 +351,200 @@ fn a_non_persistent_producer_is_held_back_at_the_memory_limit_until_a_consumer_d
         }),
         "non-persistent bodies still counted after the queue was drained: {left:?}"
     );
+    Ok(())
+}
+
+/// A broker in `dir` whose journal (1 MiB segments) may take `store_limit = "2MiB"`, with
+/// `[broker] extra` and an admin endpoint; the endpoint's address.
+fn store_limited_broker(dir: &std::path::Path, extra: &str) -> Result<(BrokerProcess, String)> {
+    let config = format!(
+        "[transport]\nconnectors = [\"tcp://127.0.0.1:0\"]\n\
+         [store]\ndirectory = {}\nlog_size = \"1MiB\"\nstore_limit = \"2MiB\"\n\
+         [broker]\n{extra}\n[admin]\nbind = \"tcp://127.0.0.1:0\"\n",
+        ferromq_integration_tests::toml_string(&dir.join("data").to_string_lossy()),
+    );
+    let broker = BrokerProcess::start_with_config("store-limit", dir, &config)?;
+    let admin = broker
+        .admin_addr()
+        .context("the broker logs its admin endpoint")?;
+    Ok((broker, admin))
+}
+
+/// A sample of the admin endpoint's `/metrics`.
+fn metric(admin: &str, name: &str) -> Result<u64> {
+    let (_, text) = ferromq_integration_tests::http_get(admin, "/metrics")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .with_context(|| format!("{name} in {text}"))
+}
+
+/// A 32 KiB body numbered `i`: 31 fill a 1 MiB segment.
+fn store_body(i: usize) -> String {
+    format!("{i:05}-{}", "p".repeat(32 * 1024 - 6))
+}
+
+/// Sends persistent message `i` to `queue` with a receipt (not waited for); the receipt id.
+fn send_numbered(producer: &mut StompClient, queue: &str, i: usize) -> Result<String> {
+    let id = producer.receipt_id();
+    producer.send_frame(
+        &Frame::new("SEND")
+            .header("destination", queue)
+            .header("persistent", "true")
+            .header("receipt", id.clone())
+            .body(store_body(i)),
+    )?;
+    Ok(id)
+}
+
+/// ActiveMQ's store limit (`<storeUsage limit>`): once the journal takes `store_limit`, the
+/// broker stops reading the connection of a producer of persistent messages, whose next
+/// RECEIPT then does not come, until a consumer frees journal segments; the producer then goes
+/// on, and every message is delivered exactly once, in order.
+#[test]
+fn a_persistent_producer_waits_at_the_store_limit_until_a_consumer_drains() -> Result<()> {
+    const N: usize = 150;
+    let dir = tempfile::tempdir()?;
+    let (broker, admin) = store_limited_broker(dir.path(), "")?;
+    assert_eq!(metric(&admin, "ferromq_store_limit_bytes")?, 2 << 20);
+    assert_eq!(metric(&admin, "ferromq_store_full")?, 0);
+    let queue = "/queue/stored";
+    let mut producer = broker.client()?;
+    // Receipted sends until one's RECEIPT does not come while the store is full.
+    let mut stalled = None;
+    for i in 0..N {
+        let id = send_numbered(&mut producer, queue, i)?;
+        let waited = deadline(LONG);
+        loop {
+            if producer
+                .wait_receipt(&id, Duration::from_millis(500))
+                .is_ok()
+            {
+                break;
+            }
+            if metric(&admin, "ferromq_store_full")? == 1 {
+                stalled = Some((i, id));
+                break;
+            }
+            ensure!(
+                Instant::now() < waited,
+                "no RECEIPT for message {i}, and the store is not full"
+            );
+        }
+        if stalled.is_some() {
+            break;
+        }
+    }
+    let (stalled_at, stalled_id) = stalled.context("150 messages of 32 KiB never filled 2 MiB")?;
+    assert!(
+        (20..=70).contains(&stalled_at),
+        "the store filled after {stalled_at} messages of 32 KiB"
+    );
+    assert!(
+        producer
+            .wait_receipt(&stalled_id, Duration::from_secs(1))
+            .is_err(),
+        "no RECEIPT while the store is full"
+    );
+    assert!(
+        broker.logs_contain("the store is full"),
+        "the broker logs that the store is full"
+    );
+    let producing = std::thread::spawn(move || -> Result<StompClient> {
+        producer
+            .wait_receipt(&stalled_id, LONG)
+            .context("the held-back send, once there is room")?;
+        for i in stalled_at + 1..N {
+            let id = send_numbered(&mut producer, queue, i)?;
+            producer
+                .wait_receipt(&id, LONG)
+                .with_context(|| format!("message {i}"))?;
+        }
+        Ok(producer)
+    });
+    let mut consumer = broker.client()?;
+    consumer.subscribe("drain", queue, &[])?;
+    for i in 0..N {
+        let m = consumer
+            .recv_message(LONG)
+            .with_context(|| format!("message {i} of {N}"))?;
+        assert_eq!(m.text(), store_body(i), "every message once, in order");
+    }
+    producing.join().expect("the producer thread")?;
+    assert!(
+        consumer
+            .try_recv_message(Duration::from_millis(500))?
+            .is_none(),
+        "no message twice"
+    );
+    assert!(
+        broker.logs_contain("the store has room again"),
+        "the broker logs that the store has room again"
+    );
+    assert!(
+        wait_until(deadline(LONG), || metric(&admin, "ferromq_store_full").ok()
+            == Some(0)),
+        "the store is under its limit once drained"
+    );
+    Ok(())
+}
+
+/// With `send_fail_if_no_space` (ActiveMQ's `sendFailIfNoSpace`), a persistent send while the
+/// store is at `store_limit` is answered with an ERROR naming the limit instead; once a
+/// consumer has taken what was stored (each message once), persistent sends are accepted
+/// again.
+#[test]
+fn with_send_fail_if_no_space_a_persistent_send_at_the_store_limit_gets_an_error() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (broker, admin) = store_limited_broker(dir.path(), "send_fail_if_no_space = true")?;
+    let queue = "/queue/refused";
+    let mut producer = broker.client()?;
+    let mut error = None;
+    let mut receipted = 0;
+    for i in 0..150 {
+        let id = send_numbered(&mut producer, queue, i)?;
+        let frame = producer.expect_frame(LONG)?;
+        match frame.command.as_str() {
+            "RECEIPT" if frame.get("receipt-id") == Some(id.as_str()) => receipted += 1,
+            "ERROR" => {
+                error = Some(frame);
+                break;
+            }
+            other => anyhow::bail!("unexpected {other} frame"),
+        }
+    }
+    let error = error.context("150 messages of 32 KiB never filled 2 MiB")?;
+    let message = format!("{:?} {}", error.get("message"), error.text());
+    assert!(
+        message.contains("store_limit is 2097152 bytes")
+            && message.contains("send_fail_if_no_space"),
+        "the ERROR names the limit: {message}"
+    );
+    assert!((20..=70).contains(&receipted), "{receipted} receipted");
+    assert_eq!(metric(&admin, "ferromq_store_full")?, 1);
+    // Non-persistent messages are still taken.
+    let mut light = broker.client()?;
+    light.send(queue, b"light", &[])?;
+
+    let mut consumer = broker.client()?;
+    consumer.subscribe("drain", queue, &[])?;
+    for i in 0..receipted {
+        let m = consumer
+            .recv_message(LONG)
+            .with_context(|| format!("message {i} of {receipted}"))?;
+        assert_eq!(
+            m.text(),
+            store_body(i),
+            "every receipted message once, in order"
+        );
+    }
+    assert_eq!(consumer.recv_message(LONG)?.text(), "light");
+    assert!(
+        wait_until(deadline(LONG), || metric(&admin, "ferromq_store_full").ok()
+            == Some(0)),
+        "the store is under its limit once drained"
+    );
+    light.send_persistent(queue, b"after")?;
+    assert_eq!(consumer.recv_message(LONG)?.text(), "after");
     Ok(())
 }
 

@@ -21,6 +21,7 @@ use super::memory::Memory;
 use super::queue::{has_credit, Body, Consumer, Entry, InFlight, Queue, Source};
 use super::schedule;
 use super::selector::Selector;
+use super::store_limit::{self, StoreUsage};
 use super::wildcard::{self, Pattern};
 use super::{
     AckScope, AdminError, BrokerError, BrokerOptions, Confirmation, Delivery, Destination,
@@ -92,6 +93,12 @@ pub struct Stats {
     /// The non-persistent part of `resident_bytes`; at `memory_limit`, connections that send
     /// non-persistent messages stop being read (producer flow control).
     pub transient_bytes: u64,
+    /// The bytes the journal takes on disk as last measured (see `Store::disk_bytes`), and
+    /// `store_limit` (capped at start to the disk's room).
+    pub store_bytes: u64,
+    pub store_limit: u64,
+    /// `store_bytes` is at or past `store_limit`: persistent sends wait or are refused.
+    pub store_full: bool,
     /// Messages queued with their body left in the journal, and bodies read back from it.
     pub bodies_left_on_disk: u64,
     pub bodies_read_back: u64,
@@ -343,6 +350,10 @@ pub(crate) struct Core {
     paging: bool,
     /// Non-persistent bodies fill `memory_limit` (logged when it starts and when it ends).
     transient_full: bool,
+    /// The store's size against `store_limit` (see [`Core::measure_store`]).
+    store_usage: StoreUsage,
+    /// The journal end past which an append measures the store again.
+    measure_at: Position,
     /// Resolves once the epoch-start record is confirmed and the recovered messages are
     /// delivered (see [`Core::new`]); taken by whoever waits for it.
     started: Confirmation,
@@ -463,6 +474,13 @@ impl Core {
     ) -> Result<Core, BrokerError> {
         let boot = format!("{:x}", now_ms());
         let memory = Memory::new(options.memory_limit);
+        let store_limit = store_limit::capped(
+            options.store_limit,
+            store.disk_bytes(),
+            store.available_space(),
+            store.directory(),
+        );
+        let store_usage = StoreUsage::new(store_limit, options.send_fail_if_no_space);
         let mut core = Core {
             confirmed: Position(0),
             store: Some(store),
@@ -494,6 +512,8 @@ impl Core {
             memory,
             paging: false,
             transient_full: false,
+            store_usage,
+            measure_at: Position(0),
             started: Confirmation::done(),
             scheduled: BTreeMap::new(),
             next_scheduled: 0,
@@ -720,7 +740,13 @@ impl Core {
             store.append_deferred(&record)
         };
         match appended {
-            Ok(position) => Ok((position, store.end())),
+            Ok(position) => {
+                let end = store.end();
+                if end >= self.measure_at {
+                    self.measure_store();
+                }
+                Ok((position, end))
+            }
             Err(error) => {
                 let reason = error.to_string();
                 tracing::error!(%reason, "store append failed; refusing all further writes");
@@ -747,6 +773,28 @@ impl Core {
         if let Some(store) = &mut self.store {
             store.release_confirmed();
         }
+    }
+
+    /// Tells the `store_limit` gate the store's size (see `Store::disk_bytes`). Called by the
+    /// periodic sweep, by an append once the journal grew by a sixteenth of a segment since
+    /// the last time (a new segment is noticed that soon), and while the store is full at
+    /// each confirmation (a released segment is deleted once a batch is durable).
+    pub fn measure_store(&mut self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        self.store_usage.update(store.disk_bytes());
+        self.measure_at = Position(store.end().0 + (store.log_size() / 16).max(1));
+    }
+
+    /// A persistent send (or a commit carrying one) that the store has no room for, with
+    /// `send_fail_if_no_space`: its refusal, naming the limit. Without, it is stored and its
+    /// connection is held back (`Session::hold_back`).
+    fn refuse_if_full(&self) -> Result<(), BrokerError> {
+        if self.options.send_fail_if_no_space && self.store_usage.is_full() {
+            return Err(self.store_usage.refusal());
+        }
+        Ok(())
     }
 
     /// Notices a store that failed on its own (the journal's writer could not write, sync or
@@ -826,6 +874,9 @@ impl Core {
         self.confirmed = position;
         if let Some(store) = &mut self.store {
             store.set_confirmed(position);
+        }
+        if self.store_usage.is_full() {
+            self.measure_store();
         }
         let mut touched = BTreeSet::new();
         while self.pending.front().is_some_and(|p| p.end <= position) {
@@ -1377,6 +1428,9 @@ impl Core {
             )));
         }
         if let Some(tx) = transaction {
+            if message.persistent {
+                self.refuse_if_full()?;
+            }
             // A repeat of a stored message is recognised when it is sent, in send order, like
             // a plain send (a transaction committed later must not be judged against sends
             // made after it). The sequence is recorded only at commit: a transaction that is
@@ -1440,6 +1494,16 @@ impl Core {
                      bytes, the journal's limit"
                 )
             }));
+        }
+        // A repeat is confirmed again, full or not: it stores nothing.
+        if message.persistent
+            && !routed.entries.is_empty()
+            && (message.producer_id.is_empty()
+                || !self
+                    .producers
+                    .is_duplicate(&message.producer_id, message.producer_sequence))
+        {
+            self.refuse_if_full()?;
         }
         if self.is_duplicate(&message) {
             self.stats.duplicates_dropped += 1;
@@ -2044,9 +2108,12 @@ impl Core {
         entry
     }
 
-    /// The gate protocol connections consult before reading more non-persistent sends.
-    pub fn memory_gate(&self) -> super::MemoryGate {
-        self.memory.gate()
+    /// The gates protocol connections consult before reading more sends.
+    pub fn flow_gate(&self) -> super::FlowGate {
+        super::FlowGate {
+            memory: self.memory.gate(),
+            store: self.store_usage.gate(),
+        }
     }
 
     /// Whether `session` has a subscription (see `Session::hold_back`).
@@ -2908,6 +2975,10 @@ impl Core {
                 .collect();
             (open.sends.clone(), removes)
         };
+        if sends.iter().any(|(_, m)| m.persistent) {
+            // Refused with the transaction still open, as a commit too large for a record.
+            self.refuse_if_full()?;
+        }
         let mut scheduled = Vec::with_capacity(sends.len());
         for (destination, message) in sends {
             for delivery in self.schedule(session, message)? {
@@ -3259,6 +3330,9 @@ impl Core {
             pending_confirmations: self.pending.len(),
             resident_bytes: self.memory.bytes(),
             transient_bytes: self.memory.transient(),
+            store_bytes: self.store_usage.bytes(),
+            store_limit: self.store_usage.limit(),
+            store_full: self.store_usage.is_full(),
             scheduled: self.scheduled.len(),
             ..self.stats.clone()
         }

@@ -114,16 +114,7 @@ impl MemoryGate {
     /// Resolves once non-persistent queued bodies are under `memory_limit` (at once if they
     /// are already).
     pub async fn room(&self) {
-        loop {
-            let notified = self.0.room.notified();
-            tokio::pin!(notified);
-            // Registered before the check, so a drop between the two is not missed.
-            notified.as_mut().enable();
-            if !self.is_full() {
-                return;
-            }
-            notified.await;
-        }
+        super::flow::wait_for_room(&self.0.room, || self.is_full()).await
     }
 }
 

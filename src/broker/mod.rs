@@ -21,10 +21,12 @@
 //! before the watermark covers its record.
 
 mod core;
+mod flow;
 mod memory;
 mod queue;
 pub mod schedule;
 pub mod selector;
+mod store_limit;
 pub mod virtual_topic;
 mod wildcard;
 
@@ -40,7 +42,9 @@ use crate::store::{Message, Position, Recovered, Store};
 pub use crate::store::{BodyType, Header, PropertyType};
 
 pub use self::core::Stats;
+pub use self::flow::{FlowGate, Hold};
 pub use self::memory::MemoryGate;
+pub use self::store_limit::StoreGate;
 
 /// The dead-letter queue, ActiveMQ's default name (the shared strategy's only DLQ).
 pub const DEAD_LETTER_QUEUE: &str = "queue://ActiveMQ.DLQ";
@@ -159,6 +163,14 @@ pub struct BrokerOptions {
     /// Bytes of queued message bodies kept in memory; past it, persistent messages are queued
     /// with their bodies left in the journal (see `core.rs`).
     pub memory_limit: u64,
+    /// Bytes the journal's retained segments may take on disk (ActiveMQ's `<storeUsage
+    /// limit>`; see [`store_limit`]); at or past it, persistent sends wait or are refused.
+    /// Capped at start to the store's free disk space plus what the journal takes.
+    pub store_limit: u64,
+    /// ActiveMQ's `sendFailIfNoSpace`: while the store is at `store_limit`, a persistent send
+    /// (or a commit carrying one) is refused with [`BrokerError::StoreFull`] instead of its
+    /// connection being held back.
+    pub send_fail_if_no_space: bool,
     /// ActiveMQ's `schedulerSupport`: a message with `AMQ_SCHEDULED_DELAY` is delivered only
     /// after that delay (see [`schedule`]). Off: the scheduling properties are ordinary ones.
     pub scheduler_support: bool,
@@ -175,6 +187,8 @@ impl Default for BrokerOptions {
             topic_pending_limit: 1000,
             expiry_sweep: Duration::from_secs(1),
             memory_limit: 64 << 20,
+            store_limit: 100 << 30,
+            send_fail_if_no_space: false,
             scheduler_support: false,
             virtual_topics: Some(virtual_topic::VirtualTopics::activemq_default()),
         }
@@ -402,6 +416,12 @@ pub enum BrokerError {
     DurableOnQueue(String),
     #[error("the store failed and accepts no more writes: {0}")]
     StoreFailed(String),
+    /// A persistent send or commit refused while the store is full (`send_fail_if_no_space`).
+    #[error(
+        "the store is full: its journal takes {used} bytes, store_limit is {limit} bytes; \
+         persistent messages are refused (send_fail_if_no_space) until consumers free space"
+    )]
+    StoreFull { used: u64, limit: u64 },
     #[error("this node is not the master and confirms nothing: {0}")]
     NotMaster(String),
     #[error("the broker is shutting down")]
@@ -563,6 +583,7 @@ impl Broker {
                     core.expire_messages();
                     core.continue_scans();
                     core.release_confirmed();
+                    core.measure_store();
                 }
                 due = core
                     .release_due()
@@ -581,7 +602,7 @@ impl Broker {
         let (tx, rx) = mpsc::unbounded_channel();
         let (id, gate) = {
             let mut core = lock(&self.shared);
-            (core.open_session(client_id, tx), core.memory_gate())
+            (core.open_session(client_id, tx), core.flow_gate())
         };
         (
             Session {
@@ -589,6 +610,7 @@ impl Broker {
                 shared: self.shared.clone(),
                 gate,
                 sent_transient: AtomicBool::new(false),
+                sent_persistent: AtomicBool::new(false),
             },
             rx,
         )
@@ -809,9 +831,11 @@ pub struct Session {
     id: u64,
     shared: Arc<Mutex<core::Core>>,
     /// The broker's producer flow control (see [`Session::hold_back`]).
-    gate: MemoryGate,
+    gate: FlowGate,
     /// A non-persistent message was sent since [`Session::hold_back`] was last asked.
     sent_transient: AtomicBool,
+    /// A persistent message was sent, or a transaction committed, since then.
+    sent_persistent: AtomicBool,
 }
 
 impl Session {
@@ -831,19 +855,37 @@ impl Session {
     }
 
     /// ActiveMQ's producer flow control, asked by the connection after each batch of input:
-    /// whether to stop reading its client until [`MemoryGate::room`] resolves. Yes when the
-    /// session sent a non-persistent message since last asked, non-persistent queued bodies
-    /// fill `memory_limit` (they are nowhere else), and it has no subscription, whose
-    /// acknowledgements may be what makes room. The client is then held back by TCP.
-    pub fn hold_back(&self) -> bool {
-        self.sent_transient.swap(false, Ordering::Relaxed)
-            && self.gate.is_full()
-            && !lock(&self.shared).has_subscriptions(self.id)
+    /// whether to stop reading its client until [`FlowGate::room`] resolves for the answer,
+    /// and why. Held when the session sent a non-persistent message since last asked and
+    /// non-persistent queued bodies fill `memory_limit` (they are nowhere else), or sent a
+    /// persistent one (or committed) and the store is at `store_limit` (without
+    /// `send_fail_if_no_space`, which refuses such sends instead; the send that found the
+    /// store full is stored, the next ones are not read). Never when it has a subscription,
+    /// whose acknowledgements may be what makes room. The client is then held back by TCP.
+    pub fn hold_back(&self) -> Option<Hold> {
+        let hold = Hold {
+            memory: self.sent_transient.swap(false, Ordering::Relaxed)
+                && self.gate.memory.is_full(),
+            store: self.sent_persistent.swap(false, Ordering::Relaxed)
+                && self.gate.store.holds_back(),
+        };
+        ((hold.memory || hold.store) && !lock(&self.shared).has_subscriptions(self.id))
+            .then_some(hold)
     }
 
     /// What [`Session::hold_back`] consults; its `room` resolves when reading may resume.
-    pub fn memory_gate(&self) -> MemoryGate {
+    pub fn flow_gate(&self) -> FlowGate {
         self.gate.clone()
+    }
+
+    /// The `memory_limit` part of [`Session::flow_gate`].
+    pub fn memory_gate(&self) -> MemoryGate {
+        self.gate.memory.clone()
+    }
+
+    /// The `store_limit` part of [`Session::flow_gate`].
+    pub fn store_gate(&self) -> StoreGate {
+        self.gate.store.clone()
     }
 
     pub fn send(
@@ -879,12 +921,14 @@ impl Session {
             while self.then_flush(|core| core.manage_step(self.id, &mut request))? {}
             return Ok(Confirmation::done());
         }
-        let transient = !message.persistent;
+        let sent = if message.persistent {
+            &self.sent_persistent
+        } else {
+            &self.sent_transient
+        };
         let confirmation =
             self.then_flush(|core| core.send(self.id, destinations, message, transaction))?;
-        if transient {
-            self.sent_transient.store(true, Ordering::Relaxed);
-        }
+        sent.store(true, Ordering::Relaxed);
         Ok(confirmation)
     }
 
@@ -1007,7 +1051,9 @@ impl Session {
     }
 
     pub fn commit(&self, transaction: &str) -> Result<Confirmation, BrokerError> {
-        self.then_flush(|core| core.commit(self.id, transaction))
+        let confirmation = self.then_flush(|core| core.commit(self.id, transaction))?;
+        self.sent_persistent.store(true, Ordering::Relaxed);
+        Ok(confirmation)
     }
 
     /// Rolls back a transaction; the messages it acknowledged stay delivered, unacknowledged,

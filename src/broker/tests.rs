@@ -1021,15 +1021,25 @@ async fn non_persistent_bodies_at_the_memory_limit_hold_back_their_senders_until
             .unwrap();
     }
     assert!(!gate.is_full(), "persistent bodies page out instead");
-    assert!(!producer.hold_back());
+    assert!(producer.hold_back().is_none());
     for i in 0..4 {
-        assert!(!producer.hold_back(), "not full before message {i}");
+        assert!(
+            producer.hold_back().is_none(),
+            "not full before message {i}"
+        );
         producer.send(&queue("q"), transient(i), None).unwrap();
     }
     assert!(gate.is_full());
     assert_eq!(f.broker.stats().transient_bytes, 4 * 1024);
-    assert!(producer.hold_back(), "full, and it has just sent one");
-    assert!(!producer.hold_back(), "only after sending one");
+    assert_eq!(
+        producer.hold_back(),
+        Some(Hold {
+            memory: true,
+            store: false
+        }),
+        "full, and it has just sent one"
+    );
+    assert!(producer.hold_back().is_none(), "only after sending one");
     let room = tokio::spawn({
         let gate = gate.clone();
         async move { gate.room().await }
@@ -1037,7 +1047,7 @@ async fn non_persistent_bodies_at_the_memory_limit_hold_back_their_senders_until
     let (consumer, mut rx) = consumer_on_q(&f, 1);
     consumer.send(&queue("q"), transient(4), None).unwrap();
     assert!(
-        !consumer.hold_back(),
+        consumer.hold_back().is_none(),
         "a session with a subscription is never held back"
     );
     let d = next(&mut rx).await;
@@ -1051,6 +1061,171 @@ async fn non_persistent_bodies_at_the_memory_limit_hold_back_their_senders_until
         .expect("the gate opens once bodies are consumed")
         .unwrap();
     assert!(!gate.is_full());
+}
+
+/// A core whose store may take 2 MiB (two of the test store's 1 MiB segments), measured
+/// every 20 ms.
+async fn store_limited(send_fail_if_no_space: bool) -> Fixture {
+    fixture(BrokerOptions {
+        store_limit: 2 << 20,
+        send_fail_if_no_space,
+        expiry_sweep: Duration::from_millis(20),
+        ..BrokerOptions::default()
+    })
+    .await
+}
+
+/// A 64 KiB persistent message numbered `i`.
+fn large(i: usize) -> NewMessage {
+    persistent(&format!("{i:04}:{}", "x".repeat(64 * 1024)))
+}
+
+/// Sends confirmed 64 KiB persistent messages to `queue://q` until the store is at its
+/// limit (a second segment begins); answers how many were sent.
+async fn fill_store(producer: &Session) -> usize {
+    let gate = producer.store_gate();
+    for i in 0..64 {
+        if gate.is_full() {
+            return i;
+        }
+        producer
+            .send(&queue("q"), large(i), None)
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    panic!("64 messages of 64 KiB did not fill a 2 MiB store");
+}
+
+/// Takes and acknowledges `n` messages from `queue://q`, in order.
+async fn drain_q(f: &Fixture, n: usize) {
+    let (consumer, mut rx) = consumer_on_q(f, 10);
+    for i in 0..n {
+        let d = next(&mut rx).await;
+        assert!(body(&d).starts_with(&format!("{i:04}:")), "message {i}");
+        consumer
+            .ack(d.tag, AckScope::Single, None)
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}
+
+/// ActiveMQ's store limit: once the journal takes `store_limit`, a session that has just
+/// sent a persistent message is held back (its connection stops reading) until consumers
+/// free segments; non-persistent sends and consumption go on meanwhile.
+#[tokio::test]
+async fn persistent_senders_wait_at_the_store_limit_until_consumers_free_segments() {
+    let f = store_limited(false).await;
+    let (producer, _) = f.broker.open_session(None);
+    let gate = producer.store_gate();
+    assert!(producer.hold_back().is_none());
+    let sent = fill_store(&producer).await;
+    assert!(
+        (15..=17).contains(&sent),
+        "{sent} messages filled a segment"
+    );
+    let stats = f.broker.stats();
+    assert!(stats.store_full, "{stats:?}");
+    assert_eq!(stats.store_limit, 2 << 20);
+    assert!(stats.store_bytes >= 2 << 20, "{stats:?}");
+    assert_eq!(
+        producer.hold_back(),
+        Some(Hold {
+            memory: false,
+            store: true
+        }),
+        "full, and it has just sent a persistent message"
+    );
+    let room = tokio::spawn({
+        let gate = gate.clone();
+        async move { gate.room().await }
+    });
+    // Non-persistent messages are not held back by the store, and are delivered.
+    let (other, mut other_rx) = f.broker.open_session(None);
+    subscribe(&other, "np", queue("np"), 10);
+    producer
+        .send(
+            &queue("np"),
+            NewMessage {
+                persistent: false,
+                ..persistent("light")
+            },
+            None,
+        )
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(producer.hold_back().is_none(), "a non-persistent send");
+    assert_eq!(body(&next(&mut other_rx).await), "light");
+    assert!(!room.is_finished(), "nothing consumed yet");
+    assert!(gate.is_full());
+    drain_q(&f, sent).await;
+    tokio::time::timeout(Duration::from_secs(10), room)
+        .await
+        .expect("the gate opens once consumers free a segment")
+        .unwrap();
+    let stats = f.broker.stats();
+    assert!(
+        !stats.store_full && stats.store_bytes < 2 << 20,
+        "{stats:?}"
+    );
+    producer
+        .send(&queue("q"), large(sent), None)
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(producer.hold_back().is_none(), "room again");
+}
+
+/// With `send_fail_if_no_space`, a persistent send (in a transaction too, and a commit
+/// carrying one) is refused while the store is at `store_limit`, with an error naming the
+/// limit; non-persistent sends and consumption go on, and once consumers free a segment
+/// persistent sends (and the refused commit, its transaction still open) succeed.
+#[tokio::test]
+async fn with_send_fail_if_no_space_persistent_sends_are_refused_at_the_store_limit() {
+    let f = store_limited(true).await;
+    let (producer, _) = f.broker.open_session(None);
+    producer.begin("t").unwrap();
+    producer.send(&queue("q"), large(9999), Some("t")).unwrap();
+    let sent = fill_store(&producer).await;
+    let refused = |result: Result<Confirmation, BrokerError>, what: &str| match result {
+        Err(e @ BrokerError::StoreFull { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("store_limit is 2097152 bytes"),
+                "{what}: {text}"
+            );
+        }
+        other => panic!("{what}: {other:?}"),
+    };
+    refused(producer.send(&queue("q"), large(sent), None), "a send");
+    refused(
+        producer.send(&queue("q"), large(sent), Some("t")),
+        "a transacted send",
+    );
+    refused(producer.commit("t"), "a commit carrying a persistent send");
+    assert!(producer.hold_back().is_none(), "refused, not held back");
+    producer
+        .send(
+            &queue("np"),
+            NewMessage {
+                persistent: false,
+                ..persistent("light")
+            },
+            None,
+        )
+        .expect("non-persistent sends go on");
+    drain_q(&f, sent).await;
+    tokio::time::timeout(Duration::from_secs(10), producer.store_gate().room())
+        .await
+        .expect("room once consumers free a segment");
+    producer.commit("t").unwrap().await.unwrap();
+    producer
+        .send(&queue("q"), large(sent), None)
+        .unwrap()
+        .await
+        .unwrap();
 }
 
 /// A send whose record was in a batch the journal then failed to write (a full disk, say) is

@@ -188,6 +188,10 @@ pub struct BrokerConfig {
     /// messages, which are nowhere else, always stay in memory.
     #[serde(with = "units::size")]
     pub memory_limit: u64,
+    /// ActiveMQ's `<systemUsage sendFailIfNoSpace>` (default false): while the store is at
+    /// `store.store_limit`, a persistent send (or a commit carrying one) is refused with an
+    /// error naming the limit, instead of its connection being held back until there is room.
+    pub send_fail_if_no_space: bool,
     /// ActiveMQ's `schedulerSupport` (default false): a message sent with the property or
     /// STOMP header `AMQ_SCHEDULED_DELAY` (milliseconds) is delivered only after that delay.
     /// Off, the property is an ordinary one and the message is delivered at once.
@@ -225,6 +229,7 @@ impl Default for BrokerConfig {
             dead_letter_topic_suffix: String::new(),
             topic_pending_limit: 1000,
             memory_limit: 64 * MIB,
+            send_fail_if_no_space: false,
             scheduler_support: false,
             use_virtual_topics: true,
             virtual_topic_name: "VirtualTopic.>".to_owned(),
@@ -309,6 +314,12 @@ pub struct StoreConfig {
     pub log_size: u64,
     /// When a persistent send is confirmed (default `local_disk`).
     pub sync: SyncPolicy,
+    /// The disk the journal's retained segments may take (ActiveMQ's `<storeUsage limit>`,
+    /// default 100 GiB; at least twice `log_size`). At it, producers of persistent messages
+    /// are held back (or refused, `broker.send_fail_if_no_space`) until consumers free space.
+    /// Capped at start to the directory's free space plus what the journal takes.
+    #[serde(with = "units::size")]
+    pub store_limit: u64,
 }
 
 impl Default for StoreConfig {
@@ -317,6 +328,7 @@ impl Default for StoreConfig {
             directory: PathBuf::from("data"),
             log_size: 100 * MIB,
             sync: SyncPolicy::default(),
+            store_limit: 100 * 1024 * MIB,
         }
     }
 }
@@ -525,6 +537,16 @@ impl Config {
                 format!(
                     "{} bytes is too small: the minimum is {MIN_LOG_SIZE} (1 MiB)",
                     s.log_size
+                ),
+            ));
+        }
+        if s.store_limit / 2 < s.log_size {
+            return Err(invalid(
+                "store.store_limit",
+                format!(
+                    "{} bytes is too small: it must be at least twice log_size ({} bytes), \
+                     since the current journal segment alone takes log_size",
+                    s.store_limit, s.log_size
                 ),
             ));
         }
@@ -754,12 +776,13 @@ impl fmt::Display for Config {
             .collect();
         write!(
             f,
-            "broker {} on [{}], store {} (sync {}, log_size {}), ",
+            "broker {} on [{}], store {} (sync {}, log_size {}, store_limit {}), ",
             self.broker.name,
             connectors.join(", "),
             self.store.directory.display(),
             self.store.sync,
             format_size(self.store.log_size),
+            format_size(self.store.store_limit),
         )?;
         match &self.replication.zk_address {
             None => f.write_str("standalone"),
@@ -873,6 +896,61 @@ mod tests {
             let (err, file) = load_err(&format!("[broker]\n{toml}\n"));
             assert!(err.contains(key) && err.contains(&file), "{toml}: {err}");
         }
+    }
+
+    #[test]
+    fn store_limit_and_send_fail_if_no_space_from_file_and_environment() {
+        let c = Config::default();
+        assert_eq!(c.store.store_limit, 100 * 1024 * MIB);
+        assert!(!c.broker.send_fail_if_no_space);
+        let options = crate::server::broker_options(&c);
+        assert_eq!(options.store_limit, 100 << 30);
+        assert!(!options.send_fail_if_no_space);
+        let f = toml_file(
+            "[broker]\nsend_fail_if_no_space = true\n[store]\nlog_size = \"1MiB\"\n\
+             store_limit = \"3MiB\"\n",
+        );
+        let c = Config::load_with_env(Some(f.path()), NO_ENV).unwrap();
+        assert_eq!(c.store.store_limit, 3 * MIB);
+        assert!(c.broker.send_fail_if_no_space);
+        let options = crate::server::broker_options(&c);
+        assert_eq!(options.store_limit, 3 * MIB);
+        assert!(options.send_fail_if_no_space);
+        let c = Config::load_with_env(
+            Some(f.path()),
+            [
+                ("FERROMQ_STORE__STORE_LIMIT", "2GiB"),
+                ("FERROMQ_BROKER__SEND_FAIL_IF_NO_SPACE", "false"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.store.store_limit, 2048 * MIB, "the environment wins");
+        assert!(!c.broker.send_fail_if_no_space);
+
+        let (err, file) = load_err("[store]\nstore_limit = \"150MiB\"\n");
+        assert!(
+            err.contains("store.store_limit")
+                && err.contains(&file)
+                && err.contains("at least twice log_size (104857600 bytes)"),
+            "{err}"
+        );
+        let (err, file) = load_err("[store]\nstore_limit = \"lots\"\n");
+        assert!(
+            err.contains("store.store_limit") && err.contains(&file),
+            "{err}"
+        );
+        let (err, file) = load_err("[broker]\nsend_fail_if_no_space = \"yes please\"\n");
+        assert!(
+            err.contains("broker.send_fail_if_no_space") && err.contains(&file),
+            "{err}"
+        );
+        let err = Config::load_with_env(None, [("FERROMQ_STORE__STORE_LIMIT", "1KiB")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("store.store_limit") && err.contains("FERROMQ_STORE__STORE_LIMIT"),
+            "{err}"
+        );
     }
 
     #[test]

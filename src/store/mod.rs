@@ -218,6 +218,8 @@ pub enum StoreError {
 pub struct Store {
     directory: PathBuf,
     journal: Journal,
+    /// The journal's segment size (see [`Store::disk_bytes`]).
+    log_size: u64,
     index: Option<Index>,
     state: LiveState,
     /// Largest record the store appends on its own.
@@ -336,6 +338,7 @@ impl Store {
         let mut store = Store {
             directory,
             journal,
+            log_size: options.log_size,
             index: Some(index),
             state: LiveState::default(),
             forward_limit: (options.log_size / 2).clamp(64, 16 << 20) as usize,
@@ -577,6 +580,32 @@ impl Store {
     /// A reader of the journal (replication catch-up, tools).
     pub fn reader(&self) -> JournalReader {
         self.journal.reader()
+    }
+
+    /// The bytes the retained journal segments take on disk: each is written full of zeros
+    /// before use, so the current one (and a finished one not yet cut back at an open) takes
+    /// `log_size` however little it holds. This is what `store_limit` is compared with.
+    /// Counted from the journal's statistics: a segment whose release is requested counts
+    /// until the journal's writer has deleted it.
+    pub fn disk_bytes(&self) -> u64 {
+        let journal = self.journal.stats();
+        journal.bytes.max(journal.segments as u64 * self.log_size)
+    }
+
+    /// The journal's segment size.
+    pub fn log_size(&self) -> u64 {
+        self.log_size
+    }
+
+    /// The store directory.
+    pub fn directory(&self) -> &std::path::Path {
+        &self.directory
+    }
+
+    /// Free space the store could still take on its directory's filesystem (what an
+    /// unprivileged process may use), if the system tells.
+    pub fn available_space(&self) -> Option<u64> {
+        fs2::available_space(&self.directory).ok()
     }
 
     pub fn stats(&self) -> StoreStats {

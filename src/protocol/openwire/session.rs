@@ -296,6 +296,8 @@ fn exception_class(e: &BrokerError) -> &'static str {
         | BrokerError::UnknownDurable(_) => "javax.jms.InvalidDestinationException",
         BrokerError::DurableNeedsClientId => "javax.jms.InvalidClientIDException",
         BrokerError::RolledBack(..) => "javax.jms.TransactionRolledBackException",
+        // ActiveMQ's refusal with sendFailIfNoSpace.
+        BrokerError::StoreFull { .. } => "javax.jms.ResourceAllocationException",
         _ => "javax.jms.JMSException",
     }
 }
@@ -571,8 +573,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let mut last_read = Instant::now();
         let mut wrote_since_tick = false;
         // Producer flow control: see `Session::hold_back`.
-        let gate = state.session.memory_gate();
-        let mut paused = false;
+        let gate = state.session.flow_gate();
+        // Why reading is paused, while it is.
+        let mut paused = None;
         // The answer to ConnectionInfo, which the client waits for.
         if self.flush_output().await.is_err() {
             return Close::Quietly;
@@ -586,7 +589,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 self.handle_input(state)
             } else {
                 tokio::select! {
-                    read = self.stream.read_buf(&mut self.input), if !paused => match read {
+                    read = self.stream.read_buf(&mut self.input), if paused.is_none() => match read {
                         Ok(0) | Err(_) => Err(Close::Quietly),
                         Ok(_) => {
                             last_read = Instant::now();
@@ -594,11 +597,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                             self.handle_input(state)
                         }
                     },
-                    () = gate.room(), if paused => {
-                        paused = false;
+                    () = gate.room(paused), if paused.is_some() => {
+                        paused = None;
                         // Not reading was the broker's doing, not an inactive client.
                         last_read = Instant::now();
-                        tracing::debug!(peer = %self.peer, "memory available again: reading resumed");
+                        tracing::debug!(peer = %self.peer, "room again: reading resumed");
                         Ok(())
                     }
                     event = state.temp_events.recv() => match event {
@@ -637,7 +640,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     }
                     _ = tick.tick(), if self.inactivity.is_some() => {
                         let period = self.inactivity.expect("guarded");
-                        if !paused && last_read.elapsed() > period {
+                        if paused.is_none() && last_read.elapsed() > period {
                             Err(Close::Error(format!(
                                 "no command from the client for {} ms (inactivity monitor)",
                                 period.as_millis()
@@ -657,7 +660,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             };
             if !self.output.is_empty() {
                 wrote_since_tick = true;
-                let grace = self.inactivity.filter(|_| !paused);
+                let grace = self.inactivity.filter(|_| paused.is_none());
                 let written = flush(
                     &mut self.stream,
                     &mut self.output,
@@ -683,9 +686,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             // The JMS client's asynchronous sends then block in its socket write. Its advisory
             // consumers subscribe to nothing in the core, so they do not count as consumers.
-            if state.session.hold_back() {
-                tracing::debug!(peer = %self.peer, "memory_limit reached by non-persistent messages: reading paused");
-                paused = true;
+            if let Some(hold) = state.session.hold_back() {
+                tracing::debug!(peer = %self.peer, "{hold}: reading paused");
+                paused = Some(hold);
             }
         }
     }

@@ -333,8 +333,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             temps,
         };
         // Producer flow control: see `Session::hold_back`.
-        let gate = state.session.memory_gate();
-        let mut paused = false;
+        let gate = state.session.flow_gate();
+        // Why reading is paused, while it is.
+        let mut paused = None;
         let mut send_tick =
             tokio::time::interval(heartbeat.send.unwrap_or(Duration::from_secs(3600)));
         send_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -369,18 +370,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 self.answer(awaiting, result)
             } else {
                 tokio::select! {
-                    read = self.stream.read_buf(&mut self.input), if !paused => match read {
+                    read = self.stream.read_buf(&mut self.input), if paused.is_none() => match read {
                         Ok(0) | Err(_) => break Ok(()),
                         Ok(_) => {
                             last_read = Instant::now();
                             self.handle_input(&mut state)
                         }
                     },
-                    () = gate.room(), if paused => {
-                        paused = false;
+                    () = gate.room(paused), if paused.is_some() => {
+                        paused = None;
                         // Not reading was the broker's doing, not a silent client.
                         last_read = Instant::now();
-                        tracing::debug!(peer = %self.peer, "memory available again: reading resumed");
+                        tracing::debug!(peer = %self.peer, "room again: reading resumed");
                         Ok(Step::Continue)
                     }
                     Some(delivery) = deliveries.recv() => {
@@ -406,7 +407,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         Ok(Step::Continue)
                     }
                     _ = receive_tick.tick(), if heartbeat.receive.is_some() => {
-                        if !paused && last_read.elapsed() > heartbeat.receive.expect("guarded") {
+                        if paused.is_none() && last_read.elapsed() > heartbeat.receive.expect("guarded") {
                             tracing::info!(peer = %self.peer, "no heart-beat from client; closing");
                             break Ok(());
                         }
@@ -416,7 +417,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             };
             if !self.output.is_empty() {
                 wrote_since_tick = true;
-                let grace = heartbeat.receive.filter(|_| !paused);
+                let grace = heartbeat.receive.filter(|_| paused.is_none());
                 let written = flush(
                     &mut self.stream,
                     &mut self.output,
@@ -436,9 +437,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             // Auto-ack what has now been written to the socket.
             state.flush_auto_acks();
-            if state.session.hold_back() {
-                tracing::debug!(peer = %self.peer, "memory_limit reached by non-persistent messages: reading paused");
-                paused = true;
+            if let Some(hold) = state.session.hold_back() {
+                tracing::debug!(peer = %self.peer, "{hold}: reading paused");
+                paused = Some(hold);
             }
             match step {
                 Ok(Step::Continue) => {}

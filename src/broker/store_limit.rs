@@ -1,0 +1,188 @@
+//! The broker's `store_limit` (ActiveMQ's `<systemUsage><storeUsage limit>`): how much disk
+//! the journal's retained segments may take before producers of persistent messages are
+//! stopped, and the gate their connections ask.
+//!
+//! Owns the figures only. The core tells it the store's size ([`StoreUsage::update`]) when
+//! segments may have come or gone; a send reads one atomic flag. While the store is full, the
+//! core refuses persistent sends with `send_fail_if_no_space`, and otherwise a connection that
+//! sent one stops being read until [`StoreGate::room`] resolves (producer flow control). It
+//! never blocks anything itself: waiting is the protocol layer's choice.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use super::BrokerError;
+
+#[derive(Debug)]
+struct Usage {
+    limit: u64,
+    /// The store's size as last told (see `Store::disk_bytes`).
+    bytes: AtomicU64,
+    /// `bytes` is at or over `limit`.
+    full: AtomicBool,
+    /// Told whenever `full` goes from true to false.
+    room: Notify,
+    /// What persistent sends do while full, for the log line.
+    refuse: bool,
+}
+
+/// The store's size against `store_limit`, as the core keeps it.
+#[derive(Debug)]
+pub(super) struct StoreUsage(Arc<Usage>);
+
+impl StoreUsage {
+    /// `refuse`: `send_fail_if_no_space`.
+    pub fn new(limit: u64, refuse: bool) -> StoreUsage {
+        StoreUsage(Arc::new(Usage {
+            limit,
+            bytes: AtomicU64::new(0),
+            full: AtomicBool::new(false),
+            room: Notify::new(),
+            refuse,
+        }))
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.0.limit
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.0.bytes.load(Ordering::Relaxed)
+    }
+
+    /// The store is at or over its limit: persistent sends wait or are refused.
+    pub fn is_full(&self) -> bool {
+        self.0.full.load(Ordering::Relaxed)
+    }
+
+    /// The store now takes `bytes`. Logs when it becomes full and when it has room again
+    /// (once each), and wakes the connections waiting for room.
+    pub fn update(&self, bytes: u64) {
+        let usage = &self.0;
+        usage.bytes.store(bytes, Ordering::Relaxed);
+        let full = bytes >= usage.limit;
+        if usage.full.swap(full, Ordering::Relaxed) == full {
+            return;
+        }
+        if full {
+            let then = if usage.refuse {
+                "are refused (send_fail_if_no_space)"
+            } else {
+                "wait: connections sending them are not read (producer flow control)"
+            };
+            tracing::warn!(
+                store_bytes = bytes,
+                store_limit = usage.limit,
+                "the store is full: its journal takes {bytes} bytes, store_limit is {} bytes; \
+                 persistent sends {then} until consumers free space",
+                usage.limit
+            );
+        } else {
+            tracing::info!(
+                store_bytes = bytes,
+                store_limit = usage.limit,
+                "the store has room again: its journal takes {bytes} bytes, under store_limit \
+                 ({} bytes); persistent sends go on",
+                usage.limit
+            );
+            usage.room.notify_waiters();
+        }
+    }
+
+    /// The refusal of a persistent send (or commit) while full, naming the limit.
+    pub fn refusal(&self) -> BrokerError {
+        BrokerError::StoreFull {
+            used: self.bytes(),
+            limit: self.limit(),
+        }
+    }
+
+    pub fn gate(&self) -> StoreGate {
+        StoreGate(self.0.clone())
+    }
+}
+
+/// `store_limit` capped to what the store's filesystem can hold: the space still free there
+/// plus what the journal takes already (ActiveMQ resets its store limit the same way at
+/// start). `free`: `None` when the system does not tell, and the limit stays.
+pub(super) fn capped(limit: u64, used: u64, free: Option<u64>, directory: &std::path::Path) -> u64 {
+    let Some(free) = free else {
+        return limit;
+    };
+    let usable = free.saturating_add(used);
+    if limit <= usable {
+        return limit;
+    }
+    tracing::warn!(
+        store_limit = limit,
+        usable,
+        "store_limit is {limit} bytes, whilst the store directory {} only has {usable} bytes \
+         of usable space ({free} free, {used} taken by the journal): store_limit is set to \
+         {usable} bytes",
+        directory.display()
+    );
+    usable
+}
+
+/// What a connection asks before reading more from a producer of persistent messages.
+#[derive(Debug, Clone)]
+pub struct StoreGate(Arc<Usage>);
+
+impl StoreGate {
+    /// The store is at or over `store_limit`.
+    pub fn is_full(&self) -> bool {
+        self.0.full.load(Ordering::Relaxed)
+    }
+
+    /// Full, and persistent sends wait (no `send_fail_if_no_space`, which refuses them): a
+    /// connection that sends them should stop reading until [`StoreGate::room`] resolves.
+    pub fn holds_back(&self) -> bool {
+        !self.0.refuse && self.is_full()
+    }
+
+    /// Resolves once the store is under `store_limit` (at once if it is already).
+    pub async fn room(&self) {
+        super::flow::wait_for_room(&self.0.room, || self.is_full()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_gate_closes_at_the_limit_and_opens_under_it() {
+        let usage = StoreUsage::new(100, false);
+        let gate = usage.gate();
+        usage.update(99);
+        assert!(!gate.is_full());
+        usage.update(100);
+        assert!(gate.is_full() && usage.is_full());
+        let waiter = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.room().await }
+        });
+        tokio::task::yield_now().await;
+        usage.update(150);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        usage.update(40);
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+            .await
+            .expect("the waiter is woken when the store is under its limit")
+            .unwrap();
+        assert_eq!(usage.bytes(), 40);
+        let refusal = usage.refusal().to_string();
+        assert!(refusal.contains("store_limit"), "{refusal}");
+    }
+
+    #[test]
+    fn the_limit_is_capped_to_free_space_plus_the_journal() {
+        let dir = std::path::Path::new("data");
+        assert_eq!(capped(1000, 100, Some(500), dir), 600);
+        assert_eq!(capped(1000, 100, Some(5000), dir), 1000);
+        assert_eq!(capped(1000, 100, None, dir), 1000);
+    }
+}
