@@ -273,6 +273,24 @@ fn a_stuck_queue_consumer_holds_only_its_prefetch() -> Result<()> {
     Ok(())
 }
 
+/// Subscribes `consumer` to `queue` (auto acknowledged) and checks that its next `n` messages
+/// are `body_of(0)` to `body_of(n - 1)`: each once, in order.
+fn drain_in_order(
+    consumer: &mut StompClient,
+    queue: &str,
+    n: usize,
+    body_of: impl Fn(usize) -> String,
+) -> Result<()> {
+    consumer.subscribe("drain", queue, &[])?;
+    for i in 0..n {
+        let m = consumer
+            .recv_message(LONG)
+            .with_context(|| format!("message {i} of {n}"))?;
+        assert_eq!(m.text(), body_of(i), "every message once, in order");
+    }
+    Ok(())
+}
+
 /// ActiveMQ's producer flow control: non-persistent messages exist only in memory, so once
 /// their queued bodies fill `memory_limit` the broker stops reading their producer's
 /// connection, which holds the producer back through TCP, instead of growing until it runs out
@@ -332,13 +350,7 @@ fn a_non_persistent_producer_is_held_back_at_the_memory_limit_until_a_consumer_d
     );
 
     let mut consumer = broker.client()?;
-    consumer.subscribe("drain", queue, &[])?;
-    for i in 0..N {
-        let m = consumer
-            .recv_message(LONG)
-            .with_context(|| format!("message {i} of {N}"))?;
-        assert_eq!(m.text(), body_of(i), "every message once, in order");
-    }
+    drain_in_order(&mut consumer, queue, N, body_of)?;
     assert_eq!(consumer.recv_message(FRAME_TIMEOUT)?.text(), "last");
     sending.join().expect("the producer thread")?;
     // The broker frees an auto-acknowledged body once its write is done, which may come just
@@ -462,13 +474,7 @@ fn a_persistent_producer_waits_at_the_store_limit_until_a_consumer_drains() -> R
         Ok(producer)
     });
     let mut consumer = broker.client()?;
-    consumer.subscribe("drain", queue, &[])?;
-    for i in 0..N {
-        let m = consumer
-            .recv_message(LONG)
-            .with_context(|| format!("message {i} of {N}"))?;
-        assert_eq!(m.text(), store_body(i), "every message once, in order");
-    }
+    drain_in_order(&mut consumer, queue, N, store_body)?;
     producing.join().expect("the producer thread")?;
     assert!(
         consumer
@@ -526,17 +532,7 @@ fn with_send_fail_if_no_space_a_persistent_send_at_the_store_limit_gets_an_error
     light.send(queue, b"light", &[])?;
 
     let mut consumer = broker.client()?;
-    consumer.subscribe("drain", queue, &[])?;
-    for i in 0..receipted {
-        let m = consumer
-            .recv_message(LONG)
-            .with_context(|| format!("message {i} of {receipted}"))?;
-        assert_eq!(
-            m.text(),
-            store_body(i),
-            "every receipted message once, in order"
-        );
-    }
+    drain_in_order(&mut consumer, queue, receipted, store_body)?;
     assert_eq!(consumer.recv_message(LONG)?.text(), "light");
     assert!(
         wait_until(deadline(LONG), || metric(&admin, "ferromq_store_full").ok()

@@ -164,7 +164,7 @@ pub struct BrokerOptions {
     /// with their bodies left in the journal (see `core.rs`).
     pub memory_limit: u64,
     /// Bytes the journal's retained segments may take on disk (ActiveMQ's `<storeUsage
-    /// limit>`; see [`store_limit`]); at or past it, persistent sends wait or are refused.
+    /// limit>`; see `broker::store_limit`); at or past it, persistent sends wait or are refused.
     /// Capped at start to the store's free disk space plus what the journal takes.
     pub store_limit: u64,
     /// ActiveMQ's `sendFailIfNoSpace`: while the store is at `store_limit`, a persistent send

@@ -1145,14 +1145,7 @@ async fn persistent_senders_wait_at_the_store_limit_until_consumers_free_segment
     let (other, mut other_rx) = f.broker.open_session(None);
     subscribe(&other, "np", queue("np"), 10);
     producer
-        .send(
-            &queue("np"),
-            NewMessage {
-                persistent: false,
-                ..persistent("light")
-            },
-            None,
-        )
+        .send(&queue("np"), non_persistent("light"), None)
         .unwrap()
         .await
         .unwrap();
@@ -1207,14 +1200,7 @@ async fn with_send_fail_if_no_space_persistent_sends_are_refused_at_the_store_li
     refused(producer.commit("t"), "a commit carrying a persistent send");
     assert!(producer.hold_back().is_none(), "refused, not held back");
     producer
-        .send(
-            &queue("np"),
-            NewMessage {
-                persistent: false,
-                ..persistent("light")
-            },
-            None,
-        )
+        .send(&queue("np"), non_persistent("light"), None)
         .expect("non-persistent sends go on");
     drain_q(&f, sent).await;
     tokio::time::timeout(Duration::from_secs(10), producer.store_gate().room())

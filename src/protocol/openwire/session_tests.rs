@@ -22,8 +22,12 @@ struct Fixture {
 }
 
 fn fixture(users: &[(&str, &str)]) -> Fixture {
+    fixture_with(users, BrokerOptions::default())
+}
+
+fn fixture_with(users: &[(&str, &str)], broker_options: BrokerOptions) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+    let broker = Broker::start_for_tests(dir.path(), broker_options);
     let users = users
         .iter()
         .map(|(u, p)| (u.to_string(), p.to_string()))
@@ -547,6 +551,50 @@ async fn a_refused_send_in_a_transaction_fails_its_commit() {
     let answer = commit(&mut c, conn, &tx2).await;
     assert!(matches!(answer, Command::Response(_)), "{answer:?}");
     assert_eq!(f.broker.queue_depth("queue://txq2"), 1);
+}
+
+/// With `send_fail_if_no_space`, a synchronous persistent send while the store is at
+/// `store_limit` is answered as ActiveMQ answers it: a ResourceAllocationException naming the
+/// limit; the connection goes on.
+#[tokio::test]
+async fn a_send_at_the_store_limit_is_refused_with_resource_allocation_exception() {
+    let f = fixture_with(
+        &[],
+        BrokerOptions {
+            store_limit: 2 << 20,
+            send_fail_if_no_space: true,
+            ..BrokerOptions::default()
+        },
+    );
+    let conn = "ID:t-9:1";
+    let mut c = Client::connected(&f, conn).await;
+    let body = "b".repeat(64 * 1024);
+    let mut refused = None;
+    for sequence in 1..64 {
+        match c.request(text(conn, "full", sequence, &body)).await {
+            Command::Response(_) => {}
+            Command::ExceptionResponse(e) => {
+                refused = Some((sequence, e));
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let (sequence, e) = refused.expect("64 messages of 64 KiB fill a 2 MiB store");
+    assert!(sequence > 10, "refused at message {sequence}");
+    let thrown = e.exception.as_ref().expect("an exception");
+    assert_eq!(
+        thrown.class_name.as_deref(),
+        Some("javax.jms.ResourceAllocationException")
+    );
+    let message = thrown.message.clone().unwrap_or_default();
+    assert!(message.contains("store_limit"), "{message}");
+    assert_eq!(f.broker.queue_depth("queue://full"), sequence as usize - 1);
+    let mut light = text(conn, "light", 100, "light");
+    if let Command::Message(m) = &mut light {
+        m.persistent = false;
+    }
+    assert!(matches!(c.request(light).await, Command::Response(_)));
 }
 
 /// An asynchronous send outside a transaction that the broker refuses is reported to the
