@@ -1151,6 +1151,15 @@ async fn persistent_senders_wait_at_the_store_limit_until_consumers_free_segment
         .unwrap();
     assert!(producer.hold_back().is_none(), "a non-persistent send");
     assert_eq!(body(&next(&mut other_rx).await), "light");
+    // A transaction's persistent sends and its commit are taken, then held back too.
+    let (committer, _) = f.broker.open_session(None);
+    committer.begin("t").unwrap();
+    committer
+        .send(&queue("t"), persistent("in a transaction"), Some("t"))
+        .unwrap();
+    assert!(committer.hold_back().is_some_and(|h| h.store));
+    committer.commit("t").unwrap().await.unwrap();
+    assert!(committer.hold_back().is_some_and(|h| h.store));
     assert!(!room.is_finished(), "nothing consumed yet");
     assert!(gate.is_full());
     drain_q(&f, sent).await;
@@ -1169,6 +1178,20 @@ async fn persistent_senders_wait_at_the_store_limit_until_consumers_free_segment
         .await
         .unwrap();
     assert!(producer.hold_back().is_none(), "room again");
+}
+
+/// The admin purge goes on while the store is full, and is one way to make room.
+#[tokio::test]
+async fn purging_a_full_store_makes_room() {
+    let f = store_limited(false).await;
+    let (producer, _) = f.broker.open_session(None);
+    let sent = fill_store(&producer).await;
+    assert!(f.broker.stats().store_full);
+    assert_eq!(f.broker.purge_queue("queue://q").await, Ok(sent));
+    tokio::time::timeout(Duration::from_secs(10), producer.store_gate().room())
+        .await
+        .expect("room once the purge freed a segment");
+    assert!(!f.broker.stats().store_full);
 }
 
 /// With `send_fail_if_no_space`, a persistent send (in a transaction too, and a commit
