@@ -187,7 +187,7 @@ impl Default for BrokerOptions {
             topic_pending_limit: 1000,
             expiry_sweep: Duration::from_secs(1),
             memory_limit: 64 << 20,
-            store_limit: 100 << 30,
+            store_limit: store_limit::DEFAULT_STORE_LIMIT,
             send_fail_if_no_space: false,
             scheduler_support: false,
             virtual_topics: Some(virtual_topic::VirtualTopics::activemq_default()),

@@ -104,26 +104,36 @@ impl StoreUsage {
     }
 }
 
+/// `store_limit`'s default, ActiveMQ's `storeUsage` default (100 GB).
+pub const DEFAULT_STORE_LIMIT: u64 = 100 << 30;
+
 /// `store_limit` capped to what the store's filesystem can hold: the space still free there
-/// plus what the journal takes already (ActiveMQ resets its store limit the same way at
-/// start). `free`: `None` when the system does not tell, and the limit stays.
+/// plus what the journal takes already, less a twentieth for the index and the segment
+/// prepared ahead, which the limit does not count (ActiveMQ resets its store limit to the
+/// usable space the same way at start). Logged as a warning when the limit was configured, as
+/// information when it is the default (most disks are smaller than 100 GiB). `free`: `None`
+/// when the system does not tell, and the limit stays.
 pub(super) fn capped(limit: u64, used: u64, free: Option<u64>, directory: &std::path::Path) -> u64 {
     let Some(free) = free else {
         return limit;
     };
     let usable = free.saturating_add(used);
-    if limit <= usable {
+    let cap = usable - usable / 20;
+    if limit <= cap {
         return limit;
     }
-    tracing::warn!(
-        store_limit = limit,
-        usable,
+    let message = format!(
         "store_limit is {limit} bytes, whilst the store directory {} only has {usable} bytes \
          of usable space ({free} free, {used} taken by the journal): store_limit is set to \
-         {usable} bytes",
+         {cap} bytes",
         directory.display()
     );
-    usable
+    if limit == DEFAULT_STORE_LIMIT {
+        tracing::info!(store_limit = limit, usable, "{message}");
+    } else {
+        tracing::warn!(store_limit = limit, usable, "{message}");
+    }
+    cap
 }
 
 /// What a connection asks before reading more from a producer of persistent messages.
@@ -181,7 +191,7 @@ mod tests {
     #[test]
     fn the_limit_is_capped_to_free_space_plus_the_journal() {
         let dir = std::path::Path::new("data");
-        assert_eq!(capped(1000, 100, Some(500), dir), 600);
+        assert_eq!(capped(1000, 100, Some(500), dir), 570);
         assert_eq!(capped(1000, 100, Some(5000), dir), 1000);
         assert_eq!(capped(1000, 100, None, dir), 1000);
     }
