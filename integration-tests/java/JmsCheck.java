@@ -42,6 +42,7 @@ import javax.jms.TopicSubscriber;
 
 import org.apache.activemq.ActiveMQConnectionFactory;
 import org.apache.activemq.ActiveMQSession;
+import org.apache.activemq.ScheduledMessage;
 import org.apache.activemq.command.ActiveMQDestination;
 import org.apache.activemq.command.ActiveMQMessage;
 
@@ -116,6 +117,7 @@ public final class JmsCheck {
         SCENARIOS.put("producer-window", JmsCheck::producerWindow);
         SCENARIOS.put("scheduled-delay", JmsCheck::scheduledDelay);
         SCENARIOS.put("scheduled-topic-later", JmsCheck::scheduledTopicLater);
+        SCENARIOS.put("scheduler-management", JmsCheck::schedulerManagement);
     }
 
     static String scenario;
@@ -1835,6 +1837,167 @@ public final class JmsCheck {
         s.unsubscribe("later");
         close(c);
         close(producer);
+    }
+
+    /**
+     * The scheduler's management destination, used as ActiveMQ's "Delay and Schedule Message
+     * Feature" page shows (scheduler on): requests are messages sent to the topic
+     * {@code ActiveMQ.Scheduler.Management} with {@code AMQ_SCHEDULER_ACTION}. Three messages
+     * are scheduled on a queue: {@code in-90s} (delay 90 s), {@code in-60s} (60 s) and
+     * {@code repeated} (120 s, period 10 s, 2 repeats). Then:
+     * <ul>
+     * <li>BROWSE (reply-to a temporary queue) gets one copy per job (one for the repeated
+     * message), in due order: its body, the reply-to as JMSDestination, non-persistent, an id
+     * of its own, JMSType {@code Advisory}, the queue as its original destination, a
+     * {@code scheduledJobId} of its own and the scheduling properties it was sent with
+     * ({@code AMQ_SCHEDULED_DELAY}, for the repeated one also {@code _PERIOD} and
+     * {@code _REPEAT});</li>
+     * <li>BROWSE with {@code AMQ_SCHEDULER_ACTION_START_TIME} and {@code _END_TIME} (string
+     * properties, as ActiveMQ's tests set them, or long ones) gets the jobs whose next delivery
+     * is in that range: a range holding only the repeated message's later repeats gets
+     * nothing;</li>
+     * <li>REMOVE with the {@code scheduledJobId} of a browsed copy removes that job only;</li>
+     * <li>REMOVEALL with a range removes the jobs whose next delivery is in it, the repeated
+     * message's later repeats with it;</li>
+     * <li>REMOVEALL removes the rest: a BROWSE then gets nothing;</li>
+     * <li>the queue's consumer gets none of the scheduled messages meanwhile.</li>
+     * </ul>
+     * Each browse's replies are all there when its send returns (a persistent send waits for
+     * the broker): the copies are received with the usual timeout, and a sentinel sent to the
+     * reply queue afterwards must come next. The ranges are far (15 s or more) from every due
+     * time, so the sends may take that long.
+     */
+    static void schedulerManagement() throws Exception {
+        Connection c = connect();
+        Queue q = queue(c, "scheduled");
+        MessageConsumer consumer = consumer(c, Session.AUTO_ACKNOWLEDGE, q);
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = s.createProducer(q);
+        p.setDeliveryMode(DeliveryMode.PERSISTENT);
+        Map<String, String> sentIds = new LinkedHashMap<>();
+        long before = System.currentTimeMillis();
+        for (Object[] job : new Object[][] {{"in-90s", 90_000L, 0L, 0}, {"in-60s", 60_000L, 0L, 0},
+                {"repeated", 120_000L, 10_000L, 2}}) {
+            TextMessage m = s.createTextMessage((String) job[0]);
+            m.setLongProperty(ScheduledMessage.AMQ_SCHEDULED_DELAY, (Long) job[1]);
+            if ((Integer) job[3] > 0) {
+                m.setLongProperty(ScheduledMessage.AMQ_SCHEDULED_PERIOD, (Long) job[2]);
+                m.setIntProperty(ScheduledMessage.AMQ_SCHEDULED_REPEAT, (Integer) job[3]);
+            }
+            p.send(m);
+            sentIds.put((String) job[0], m.getJMSMessageID());
+        }
+        long after = System.currentTimeMillis();
+        ok("scheduled in-90s, in-60s and repeated (in 120 s, then twice 10 s apart) on "
+                + q.getQueueName());
+
+        MessageProducer manage = s.createProducer(
+                s.createTopic(ScheduledMessage.AMQ_SCHEDULER_MANAGEMENT_DESTINATION));
+        TemporaryQueue replies = s.createTemporaryQueue();
+        MessageConsumer browsed = s.createConsumer(replies);
+
+        List<Message> copies = scheduleBrowse(c, s, manage, replies, browsed, null, null,
+                List.of("in-60s", "in-90s", "repeated"), "BROWSE");
+        Set<String> jobIds = new HashSet<>();
+        Map<String, String> jobOf = new LinkedHashMap<>();
+        for (Message m : copies) {
+            String body = text(m, "browsed copy");
+            String what = "the browsed copy of " + body;
+            expectEq(what + ": JMSDestination", replies, m.getJMSDestination());
+            expectEq(what + ": JMSDeliveryMode", DeliveryMode.NON_PERSISTENT,
+                    m.getJMSDeliveryMode());
+            check(what + ": a JMSMessageID of its own", m.getJMSMessageID() != null
+                    && !m.getJMSMessageID().equals(sentIds.get(body)), "not "
+                    + sentIds.get(body), m.getJMSMessageID());
+            expectEq(what + ": JMSType", "Advisory", m.getJMSType());
+            expectEq(what + ": original destination", q,
+                    ((ActiveMQMessage) m).getOriginalDestination());
+            String jobId = m.getStringProperty(ScheduledMessage.AMQ_SCHEDULED_ID);
+            check(what + ": scheduledJobId", jobId != null && !jobId.isEmpty(), "a job id",
+                    jobId);
+            jobIds.add(jobId);
+            jobOf.put(body, jobId);
+            long delay = body.equals("in-60s") ? 60_000 : body.equals("in-90s") ? 90_000 : 120_000;
+            expectEq(what + ": AMQ_SCHEDULED_DELAY", delay,
+                    m.getLongProperty(ScheduledMessage.AMQ_SCHEDULED_DELAY));
+            if (body.equals("repeated")) {
+                expectEq(what + ": AMQ_SCHEDULED_PERIOD", 10_000L,
+                        m.getLongProperty(ScheduledMessage.AMQ_SCHEDULED_PERIOD));
+                expectEq(what + ": AMQ_SCHEDULED_REPEAT", 2,
+                        m.getIntProperty(ScheduledMessage.AMQ_SCHEDULED_REPEAT));
+            }
+        }
+        expectEq("each job has a scheduledJobId of its own", 3, jobIds.size());
+
+        scheduleBrowse(c, s, manage, replies, browsed, String.valueOf(after + 75_000),
+                String.valueOf(before + 105_000), List.of("in-90s"),
+                "BROWSE from 75 s to 105 s (string properties)");
+        scheduleBrowse(c, s, manage, replies, browsed, after + 50_000, before + 100_000,
+                List.of("in-60s", "in-90s"), "BROWSE from 50 s to 100 s (long properties)");
+        scheduleBrowse(c, s, manage, replies, browsed, String.valueOf(after + 125_000),
+                String.valueOf(before + 145_000), List.of(),
+                "BROWSE from 125 s to 145 s (only the repeated message's later repeats)");
+
+        Message remove = s.createMessage();
+        remove.setStringProperty(ScheduledMessage.AMQ_SCHEDULER_ACTION,
+                ScheduledMessage.AMQ_SCHEDULER_ACTION_REMOVE);
+        remove.setStringProperty(ScheduledMessage.AMQ_SCHEDULED_ID, jobOf.get("in-90s"));
+        manage.send(remove);
+        ok("REMOVE sent with the scheduledJobId of the browsed in-90s");
+        scheduleBrowse(c, s, manage, replies, browsed, null, null,
+                List.of("in-60s", "repeated"), "BROWSE after the REMOVE");
+
+        Message removeRange = s.createMessage();
+        removeRange.setStringProperty(ScheduledMessage.AMQ_SCHEDULER_ACTION,
+                ScheduledMessage.AMQ_SCHEDULER_ACTION_REMOVEALL);
+        removeRange.setStringProperty(ScheduledMessage.AMQ_SCHEDULER_ACTION_START_TIME,
+                String.valueOf(after + 105_000));
+        removeRange.setStringProperty(ScheduledMessage.AMQ_SCHEDULER_ACTION_END_TIME,
+                String.valueOf(before + 125_000));
+        manage.send(removeRange);
+        ok("REMOVEALL sent from 105 s to 125 s (the repeated message's first delivery)");
+        scheduleBrowse(c, s, manage, replies, browsed, null, null, List.of("in-60s"),
+                "BROWSE after the REMOVEALL in range (the repeats are gone with it)");
+
+        Message removeAll = s.createMessage();
+        removeAll.setStringProperty(ScheduledMessage.AMQ_SCHEDULER_ACTION,
+                ScheduledMessage.AMQ_SCHEDULER_ACTION_REMOVEALL);
+        manage.send(removeAll);
+        ok("REMOVEALL sent");
+        scheduleBrowse(c, s, manage, replies, browsed, null, null, List.of(),
+                "BROWSE after the REMOVEALL");
+
+        expectOnlySentinel(c, q, consumer,
+                "none of the scheduled messages was delivered to the queue's consumer");
+        close(c);
+    }
+
+    /**
+     * Sends a BROWSE request (with a start and an end time unless {@code start} is null) whose
+     * reply-to is {@code replies}, receives the copies on {@code browsed} and checks their
+     * bodies, in order, and that nothing else arrives: a sentinel sent to {@code replies} after
+     * them is the next message. Answers the copies.
+     */
+    static List<Message> scheduleBrowse(Connection c, Session s, MessageProducer manage,
+            TemporaryQueue replies, MessageConsumer browsed, Object start, Object end,
+            List<String> expected, String what) throws Exception {
+        Message request = s.createMessage();
+        request.setStringProperty(ScheduledMessage.AMQ_SCHEDULER_ACTION,
+                ScheduledMessage.AMQ_SCHEDULER_ACTION_BROWSE);
+        if (start instanceof Long) {
+            request.setLongProperty(ScheduledMessage.AMQ_SCHEDULER_ACTION_START_TIME, (Long) start);
+            request.setLongProperty(ScheduledMessage.AMQ_SCHEDULER_ACTION_END_TIME, (Long) end);
+        } else if (start != null) {
+            request.setStringProperty(ScheduledMessage.AMQ_SCHEDULER_ACTION_START_TIME,
+                    (String) start);
+            request.setStringProperty(ScheduledMessage.AMQ_SCHEDULER_ACTION_END_TIME,
+                    (String) end);
+        }
+        request.setJMSReplyTo(replies);
+        manage.send(request);
+        List<Message> copies = receiveTexts(browsed, expected, what);
+        expectOnlySentinel(c, replies, browsed, what + ": nothing more");
+        return copies;
     }
 
     static List<String> browse(Session s, Queue q, String selector) throws Exception {

@@ -479,3 +479,21 @@ fn a_delayed_topic_message_reaches_subscriptions_made_after_the_send() {
     };
     check_with(&scheduler, "scheduled-topic-later", &[]);
 }
+
+/// ActiveMQ's scheduler management destination (`ActiveMQ.Scheduler.Management`) driven by
+/// the stock JMS client as ActiveMQ's docs show it: BROWSE (reply-to a temporary queue) gets
+/// one copy per job in due order, with its body, a `scheduledJobId`, the scheduling properties
+/// it was sent with, JMSType `Advisory` and its queue as original destination; a BROWSE with
+/// start and end times (string or long properties) gets the jobs whose next delivery is in
+/// that range; REMOVE with a browsed copy's `scheduledJobId` removes that job; REMOVEALL with a
+/// range removes the jobs due next in it (a repeated one with its later repeats); REMOVEALL
+/// removes every job; and no scheduled message reaches the queue's consumer (scenario passed
+/// against stock ActiveMQ 5.17.2).
+#[test]
+fn the_scheduler_management_destination_browses_and_removes_jobs() {
+    let scheduler = Setting {
+        ferromq: "[broker]\nscheduler_support = true\n",
+        reference: &[],
+    };
+    check_with(&scheduler, "scheduler-management", &[]);
+}

@@ -223,6 +223,21 @@ fn job_id(message: &Message) -> &str {
         .map_or(message.message_id.as_str(), |h| h.value.as_str())
 }
 
+/// The destination a reply-to header names, in the core's form (see
+/// `crate::protocol::destination_to_core`): a queue or a topic, or a JMS client's temporary
+/// queue or topic (`temp-queue://ID:...`), which the core keeps as a queue or a topic of that
+/// name.
+fn reply_destination(reply_to: &str) -> Result<Destination, BrokerError> {
+    let invalid = || BrokerError::InvalidDestination(reply_to.to_string());
+    if let Some(name) = reply_to.strip_prefix("temp-queue://") {
+        return Destination::parse(&format!("queue://{name}")).map_err(|_| invalid());
+    }
+    if let Some(name) = reply_to.strip_prefix("temp-topic://") {
+        return Destination::parse(&format!("topic://{name}")).map_err(|_| invalid());
+    }
+    Destination::parse(reply_to).map_err(|_| invalid())
+}
+
 /// Makes `original-destination` name `origin`, replacing any the message carried (where a
 /// dead letter came from, or the DLQ a retried one comes back from).
 fn set_original_destination(message: &mut Message, origin: String) {
@@ -1039,9 +1054,7 @@ impl Core {
             .map_or("", |h| h.value.as_str());
         let request = schedule::request(&new.headers, reply_to)?;
         let reply_to = match &request.action {
-            schedule::Action::Browse(to) => Some(
-                Destination::parse(to).map_err(|_| BrokerError::InvalidDestination(to.clone()))?,
-            ),
+            schedule::Action::Browse(to) => Some(reply_destination(to)?),
             _ => None,
         };
         Ok(Some(Management {
@@ -1049,29 +1062,36 @@ impl Core {
             reply_to,
             next: None,
             browsed: HashSet::new(),
+            next_of: HashMap::new(),
+            removing: HashSet::new(),
         }))
     }
 
     /// One step of a management request: looks at up to [`MANAGE_SCAN`] of the scheduled
-    /// messages (those due in its range, in due order, from where the last step stopped),
-    /// browsing (sending up to [`MANAGE_COPIES`] non-persistent copies to the reply-to) or
-    /// removing them (journaled removes of their [`HOLDING`] adds). Answers whether more
-    /// steps are needed. A repeated message's deliveries share a job id: a browse sends one
-    /// copy per job (the next delivery), a removal removes them all, as ActiveMQ's job goes.
+    /// messages (in due order, from where the last step stopped), browsing (sending up to
+    /// [`MANAGE_COPIES`] non-persistent copies to the reply-to) or removing them (journaled
+    /// removes of their [`HOLDING`] adds). Answers whether more steps are needed.
+    ///
+    /// A repeated message's deliveries share a job id and are one job, as in ActiveMQ: a
+    /// browse sends one copy per job (of its next delivery), a removal removes every delivery.
+    /// A range selects the jobs whose next delivery is due in it (ActiveMQ keeps a job under
+    /// its next run time): a job's later repeats in the range do not select it, and a ranged
+    /// REMOVEALL removes the repeats of a job it selects, in the range or not.
     pub fn manage_step(&mut self, session: u64, m: &mut Management) -> Result<bool, BrokerError> {
         use std::ops::Bound;
-        let (start, end) = match m.request.range {
-            Some((start, end)) if start > end => return Ok(false),
-            Some((start, end)) => (
-                Bound::Included((start, 0)),
-                Bound::Included((end, u64::MAX)),
-            ),
-            None => (Bound::Unbounded, Bound::Unbounded),
-        };
-        let start = m.next.map_or(start, Bound::Included);
-        if matches!(m.request.action, schedule::Action::Nothing) {
+        let range = m.request.range;
+        if matches!(m.request.action, schedule::Action::Nothing)
+            || range.is_some_and(|(start, end)| start > end)
+        {
             return Ok(false);
         }
+        // With a range, the scan starts at the earliest delivery, to tell each job's next
+        // delivery; a browse ends it at the range's end, a removal goes on for the repeats.
+        let end = match (&m.request.action, range) {
+            (schedule::Action::Browse(_), Some((_, end))) => Bound::Included((end, u64::MAX)),
+            _ => Bound::Unbounded,
+        };
+        let start = m.next.map_or(Bound::Unbounded, Bound::Included);
         let (mut looked, mut chosen) = (0, Vec::new());
         let mut more = false;
         for (key, publish) in self.scheduled.range((start, end)) {
@@ -1085,11 +1105,30 @@ impl Core {
                 continue;
             };
             let job = job_id(&entry.message);
-            let wanted = match &m.request.action {
-                schedule::Action::Browse(_) => !m.browsed.contains(job),
-                schedule::Action::Remove(id) => id == job,
-                schedule::Action::RemoveAll => true,
-                schedule::Action::Nothing => false,
+            // Whether this is its job's next delivery and due in the range (a ranged request
+            // only: the map of jobs seen grows with the scan).
+            let mut selected = || {
+                let (start, end) = range.expect("a ranged request");
+                if key.0 > end {
+                    return false;
+                }
+                let first = *m.next_of.entry(job.to_string()).or_insert(*key);
+                first == *key && key.0 >= start
+            };
+            let wanted = match (&m.request.action, range) {
+                (schedule::Action::Browse(_), None) => !m.browsed.contains(job),
+                (schedule::Action::Browse(_), Some(_)) => selected() && !m.browsed.contains(job),
+                (schedule::Action::Remove(id), _) => id == job,
+                (schedule::Action::RemoveAll, None) => true,
+                (schedule::Action::RemoveAll, Some((_, end))) => {
+                    if selected() {
+                        m.removing.insert(job.to_string());
+                    } else if key.0 > end && m.removing.is_empty() {
+                        break;
+                    }
+                    m.removing.contains(job)
+                }
+                (schedule::Action::Nothing, _) => false,
             };
             if wanted {
                 chosen.push(*key);
@@ -1567,6 +1606,13 @@ impl Core {
             let publish = vec![Publish::Scheduled(entry(&message))];
             return (vec![add_entry(vec![HOLDING.to_string()], message)], publish);
         }
+        // A scheduled message delivered now (due, or due at once): without the scheduling
+        // properties it kept while held, for a browse.
+        let message = if message.deliver_at > 0 {
+            schedule::delivered(message)
+        } else {
+            message
+        };
         match destination {
             Destination::Queue(_) => {
                 let queue = destination.canonical();
@@ -3416,6 +3462,11 @@ pub struct Management {
     next: Option<(i64, u64)>,
     /// The job ids a browse sent a copy of.
     browsed: HashSet<String>,
+    /// A ranged request's jobs seen so far, each with the key of its next delivery (the first
+    /// seen).
+    next_of: HashMap<String, (i64, u64)>,
+    /// The jobs a ranged REMOVEALL selected: every delivery of theirs goes.
+    removing: HashSet<String>,
 }
 
 /// What storing several sends in one record takes (see [`Core::route_all`]).

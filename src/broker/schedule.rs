@@ -27,9 +27,9 @@
 //! - A message carrying `scheduledJobId` (ActiveMQ's `AMQ_SCHEDULED_ID`, which a delivered
 //!   scheduled message carries) is not scheduled again.
 //!
-//! The delivered message, as ActiveMQ's, no longer has the four scheduling properties, has
-//! `scheduledJobId`, and its time to live counts from its due time (its JMSTimestamp becomes
-//! the due time).
+//! The delivered message, as ActiveMQ's, no longer has the four scheduling properties (the
+//! held one keeps them, for a browse's copy: [`delivered`] drops them), has `scheduledJobId`,
+//! and its time to live counts from its due time (its JMSTimestamp becomes the due time).
 //!
 //! It also reads requests to ActiveMQ's scheduler management destination
 //! ([`MANAGEMENT_DESTINATION`]: `BROWSE`, `REMOVE`, `REMOVEALL`, an optional due-time range) as
@@ -165,19 +165,20 @@ fn whole_number(header: &Header) -> Result<i64, BrokerError> {
     })
 }
 
-/// Makes `message` a scheduled one, due at `due`: as ActiveMQ delivers it, without the
-/// scheduling properties, with `scheduledJobId` (its message id), and with its time to live
-/// counted from `due` (JMSTimestamp moved to `due`, the expiration with it).
+/// The properties a scheduled message is sent with, which [`delivered`] drops.
+const SCHEDULING: [&str; 4] = [
+    SCHEDULED_DELAY,
+    SCHEDULED_PERIOD,
+    SCHEDULED_REPEAT,
+    SCHEDULED_CRON,
+];
+
+/// Makes `message` a scheduled one, due at `due`: with `scheduledJobId` (its message id), and
+/// with its time to live counted from `due` (JMSTimestamp moved to `due`, the expiration with
+/// it). It keeps its scheduling properties while held, as ActiveMQ's job keeps the message as
+/// sent: a browse's copy carries them (a selector on `AMQ_SCHEDULED_DELAY` picks copies);
+/// [`delivered`] drops them.
 pub(super) fn stamp(message: &mut Message, due: i64) {
-    message.headers.retain(|h| {
-        ![
-            SCHEDULED_DELAY,
-            SCHEDULED_PERIOD,
-            SCHEDULED_REPEAT,
-            SCHEDULED_CRON,
-        ]
-        .contains(&h.name.as_str())
-    });
     message
         .headers
         .push(Header::text(SCHEDULED_ID, message.message_id.clone()));
@@ -189,15 +190,29 @@ pub(super) fn stamp(message: &mut Message, due: i64) {
     }
 }
 
+/// A scheduled message as it is delivered, as ActiveMQ delivers it: without the scheduling
+/// properties (`message` itself when it has none).
+pub(super) fn delivered(message: std::sync::Arc<Message>) -> std::sync::Arc<Message> {
+    let scheduling = |h: &Header| SCHEDULING.contains(&h.name.as_str());
+    if !message.headers.iter().any(scheduling) {
+        return message;
+    }
+    let mut message = std::sync::Arc::unwrap_or_clone(message);
+    message.headers.retain(|h| !scheduling(h));
+    std::sync::Arc::new(message)
+}
+
 /// ActiveMQ's scheduler management destination: a send to a destination whose name starts so
 /// (in any case, as ActiveMQ compares it) is a request to the scheduler, never delivered.
 pub const MANAGEMENT_DESTINATION: &str = "ActiveMQ.Scheduler.Management";
 /// The request's property naming what to do: [`BROWSE`], [`REMOVE`] or [`REMOVEALL`].
 pub const ACTION: &str = "AMQ_SCHEDULER_ACTION";
-/// With [`ACTION_END_TIME`]: only messages due in this range (ms since the epoch, inclusive).
-pub const ACTION_START_TIME: &str = "AMQ_SCHEDULER_ACTION_START_TIME";
-/// See [`ACTION_START_TIME`].
-pub const ACTION_END_TIME: &str = "AMQ_SCHEDULER_ACTION_END_TIME";
+/// With [`ACTION_END_TIME`]: only the jobs next due in this range (ms since the epoch,
+/// inclusive). ActiveMQ's constant for it is `ScheduledMessage.AMQ_SCHEDULER_ACTION_START_TIME`,
+/// but the property it names, which its client sends, is `ACTION_START_TIME`.
+pub const ACTION_START_TIME: &str = "ACTION_START_TIME";
+/// See [`ACTION_START_TIME`] (`ScheduledMessage.AMQ_SCHEDULER_ACTION_END_TIME`).
+pub const ACTION_END_TIME: &str = "ACTION_END_TIME";
 /// Sends a copy of each scheduled message to the request's reply-to.
 pub const BROWSE: &str = "BROWSE";
 /// Removes the scheduled message(s) whose [`SCHEDULED_ID`] the request carries.
@@ -424,7 +439,7 @@ mod tests {
     }
 
     #[test]
-    fn stamping_drops_the_properties_and_moves_the_time_to_live() {
+    fn stamping_keeps_the_properties_delivery_drops_them_and_the_time_to_live_moves() {
         let mut m = Message {
             message_id: "ID:p:1".into(),
             timestamp: 1000,
@@ -437,13 +452,19 @@ mod tests {
             ..Message::default()
         };
         stamp(&mut m, 3000);
-        let names: Vec<_> = m.headers.iter().map(|h| h.name.as_str()).collect();
-        assert_eq!(names, ["keep", SCHEDULED_ID]);
-        assert_eq!(m.headers[1].value, "ID:p:1");
+        let names =
+            |m: &Message| -> Vec<String> { m.headers.iter().map(|h| h.name.clone()).collect() };
+        assert_eq!(
+            names(&m),
+            [SCHEDULED_DELAY, "keep", SCHEDULED_REPEAT, SCHEDULED_ID]
+        );
+        assert_eq!(m.headers[3].value, "ID:p:1");
         assert_eq!(
             (m.deliver_at, m.timestamp, m.expiration),
             (3000, 3000, 3500)
         );
+        let m = delivered(std::sync::Arc::new(m));
+        assert_eq!(names(&m), ["keep", SCHEDULED_ID]);
         let mut never = Message {
             timestamp: 1000,
             ..Message::default()

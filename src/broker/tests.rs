@@ -4649,6 +4649,160 @@ async fn scheduler_management_removeall_takes_every_job_or_those_in_range_out_al
     assert_eq!(broker.stats().scheduled, 0);
 }
 
+/// A JMS client's BROWSE names its temporary queue as reply-to (`temp-queue://ID:...`, the
+/// core's form of OpenWire's temporary queue, as ActiveMQ's docs and tests use it): the copies
+/// go to that queue (the core's queue of that name). Before, the request was refused as an
+/// invalid destination.
+#[tokio::test]
+async fn scheduler_management_browse_replies_to_a_temporary_queue() {
+    let f = fixture(scheduling()).await;
+    let (p, _) = f.broker.open_session(None);
+    let (c, mut rx) = f.broker.open_session(None);
+    subscribe(&c, "replies", queue("ID:client-1:1:1"), 100);
+    three_jobs(&p).await;
+    manage(
+        &p,
+        &[
+            (schedule::ACTION, schedule::BROWSE),
+            ("reply-to", "temp-queue://ID:client-1:1:1"),
+        ],
+    )
+    .await;
+    let copies = exactly(&mut rx, 3).await;
+    assert_eq!(copies.iter().map(body).collect::<Vec<_>>(), ["c", "a", "b"]);
+    assert_eq!(copies[0].message.destination, "queue://ID:client-1:1:1");
+}
+
+/// A browse copy carries the scheduling properties its message was sent with, as ActiveMQ's
+/// (its job keeps the message as sent; ActiveMQ's own test selects copies by
+/// `AMQ_SCHEDULED_DELAY`), while every delivery, also one due at once, has none of them.
+#[tokio::test]
+async fn scheduler_management_browse_copies_keep_the_scheduling_properties() {
+    let f = fixture(scheduling()).await;
+    let (p, _) = f.broker.open_session(None);
+    let (c, mut rx) = f.broker.open_session(None);
+    subscribe(&c, "replies", queue("replies"), 100);
+    subscribe(&c, "q", queue("q"), 100);
+    three_jobs(&p).await;
+    manage(
+        &p,
+        &[
+            (schedule::ACTION, schedule::BROWSE),
+            ("reply-to", "queue://replies"),
+        ],
+    )
+    .await;
+    let copies = exactly(&mut rx, 3).await;
+    let scheduling = |d: &Delivery| {
+        [
+            schedule::SCHEDULED_DELAY,
+            schedule::SCHEDULED_PERIOD,
+            schedule::SCHEDULED_REPEAT,
+        ]
+        .map(|name| header(d, name).map(str::to_string))
+    };
+    assert_eq!(scheduling(&copies[0]), [Some("30000".into()), None, None]);
+    assert_eq!(
+        scheduling(&copies[2]),
+        [Some("60000".into()), Some("1000".into()), Some("2".into())]
+    );
+    let now = NewMessage {
+        headers: vec![
+            Header::text(schedule::SCHEDULED_DELAY, "0"),
+            Header::text(schedule::SCHEDULED_PERIOD, "0"),
+            Header::text(schedule::SCHEDULED_REPEAT, "1"),
+        ],
+        ..persistent("now")
+    };
+    send_settled(&p, &queue("q"), now).await;
+    for _ in 0..2 {
+        let d = next(&mut rx).await;
+        assert_eq!(body(&d), "now");
+        assert_eq!(scheduling(&d), [None, None, None]);
+        assert!(header(&d, schedule::SCHEDULED_ID).is_some());
+    }
+}
+
+/// The range is in the properties ActiveMQ's client sends, `ACTION_START_TIME` and
+/// `ACTION_END_TIME` (the names its constants `AMQ_SCHEDULER_ACTION_START_TIME` and `_END_TIME`
+/// hold), a string or a long. Before, ferromq read properties named as the constants, which no
+/// client sends, and browsed everything.
+#[tokio::test]
+async fn scheduler_management_range_is_read_from_activemqs_property_names() {
+    let f = fixture(scheduling()).await;
+    let (p, _) = f.broker.open_session(None);
+    let (c, mut rx) = f.broker.open_session(None);
+    subscribe(&c, "replies", queue("replies"), 100);
+    let before = now_millis();
+    three_jobs(&p).await;
+    let after = now_millis();
+    let request = NewMessage {
+        headers: vec![
+            Header::text(schedule::ACTION, schedule::BROWSE),
+            Header::text("reply-to", "queue://replies"),
+            Header::text("ACTION_START_TIME", (after + 20_000).to_string()),
+            Header {
+                name: "ACTION_END_TIME".into(),
+                value: (before + 40_000).to_string(),
+                kind: PropertyType::Long as i32,
+            },
+        ],
+        ..persistent("")
+    };
+    send_settled(&p, &topic(schedule::MANAGEMENT_DESTINATION), request).await;
+    let copies = exactly(&mut rx, 1).await;
+    assert_eq!(body(&copies[0]), "c");
+}
+
+/// A range selects the jobs whose next delivery is due in it, as ActiveMQ keeps a job under
+/// its next run time: a range holding only a repeated job's later repeats browses nothing, and
+/// a REMOVEALL whose range holds its next delivery removes its later repeats too. Before,
+/// ferromq looked at each delivery on its own.
+#[tokio::test]
+async fn scheduler_management_range_selects_a_repeated_job_by_its_next_delivery() {
+    let f = fixture(scheduling()).await;
+    let (p, _) = f.broker.open_session(None);
+    let (c, mut rx) = f.broker.open_session(None);
+    subscribe(&c, "replies", queue("replies"), 100);
+    let before = now_millis();
+    // a and b due in 60 s, b then at 61 s and 62 s; c in 30 s. The sends take well under
+    // 500 ms.
+    three_jobs(&p).await;
+    let after = now_millis();
+    async fn ranged(p: &Session, action: &str, start: i64, end: i64) {
+        let (start, end) = (start.to_string(), end.to_string());
+        let range = [
+            (schedule::ACTION, action),
+            ("reply-to", "queue://replies"),
+            (schedule::ACTION_START_TIME, &start),
+            (schedule::ACTION_END_TIME, &end),
+        ];
+        manage(p, &range).await;
+    }
+    ranged(&p, schedule::BROWSE, after + 60_500, before + 62_500).await;
+    assert!(rx.try_recv().is_err(), "only b's repeats are in the range");
+    ranged(&p, schedule::BROWSE, before + 45_000, after + 60_500).await;
+    let copies = exactly(&mut rx, 2).await;
+    assert_eq!(copies.iter().map(body).collect::<Vec<_>>(), ["a", "b"]);
+    // a and b's first delivery are due in the range.
+    ranged(&p, schedule::REMOVEALL, after + 59_500, before + 60_500).await;
+    assert_eq!(
+        f.broker.stats().scheduled,
+        1,
+        "only c is left, none of b's repeats"
+    );
+    manage(
+        &p,
+        &[
+            (schedule::ACTION, schedule::BROWSE),
+            ("reply-to", "queue://replies"),
+        ],
+    )
+    .await;
+    let left = exactly(&mut rx, 1).await;
+    assert_eq!(body(&left[0]), "c");
+}
+
 /// Without `scheduler_support` a send to the management topic is an ordinary topic send.
 #[tokio::test]
 async fn scheduler_management_topic_is_an_ordinary_topic_without_scheduler_support() {
