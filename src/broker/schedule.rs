@@ -28,7 +28,7 @@
 //!   scheduled message carries) is not scheduled again.
 //!
 //! The delivered message, as ActiveMQ's, no longer has the four scheduling properties (the
-//! held one keeps them, for a browse's copy: [`delivered`] drops them), has `scheduledJobId`,
+//! held one keeps them, for a browse's copy: `delivered` drops them), has `scheduledJobId`,
 //! and its time to live counts from its due time (its JMSTimestamp becomes the due time).
 //!
 //! It also reads requests to ActiveMQ's scheduler management destination
