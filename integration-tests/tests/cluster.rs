@@ -1709,6 +1709,59 @@ async fn consume_stream(
     let _ = client.close().await;
 }
 
+/// How a node is taken away from the cluster without being killed.
+#[derive(Clone, Copy, Debug)]
+enum Away {
+    /// SIGSTOP, then SIGCONT.
+    Paused,
+    /// Partitioned from ZooKeeper, then healed.
+    CutOff,
+}
+
+/// Takes node `i` (the master if `was_master`) away as `how` says until the cluster has gone
+/// on without it (the master: a new master is elected; a slave: its znode expired) and confirms more sends, then brings it
+/// back, and it must rejoin as a slave.
+fn away_and_back(
+    cluster: &mut Cluster,
+    sends: &Background,
+    (i, was_master): (usize, bool),
+    how: Away,
+    what: &str,
+) {
+    let from = cluster.log_len(i);
+    match how {
+        Away::Paused => cluster.sigstop(i),
+        Away::CutOff => cluster.cut_from_zookeeper(i),
+    }
+    let while_away = format!("{what}: while node {i} is away ({how:?})");
+    if was_master {
+        cluster
+            .wait_for_new_master(i, deadline(ELECTION))
+            .unwrap_or_else(|e| panic!("{while_away}: {e:#}"));
+    } else {
+        let mut rows = Vec::new();
+        let expired = wait_until(deadline(ELECTION), || {
+            rows = cluster.status_rows().unwrap_or_default();
+            rows.len() == 2
+        });
+        assert!(expired, "{while_away}: its znode should expire: {rows:?}");
+    }
+    sends.wait_more(30, ELECTION, &while_away);
+    match how {
+        Away::Paused => cluster.sigcont(i),
+        Away::CutOff => cluster.heal_zookeeper(i),
+    }
+    let rejoined = wait_until(deadline(ELECTION), || {
+        let logs = cluster.logs_since(i, from);
+        logs.iter().any(|l| l.contains("role change: slave of"))
+    });
+    assert!(
+        rejoined,
+        "{what}: node {i} did not rejoin as slave once back ({how:?}):\n{}",
+        cluster.logs_since(i, from).join("\n")
+    );
+}
+
 /// A producer and a consumer on the failover URL run while a nemesis applies each fault of
 /// [`FAULTS`] once, in an order drawn from a seed (`NEMESIS_SEED` to repeat one), then one more
 /// drawn at random; after each fault the cluster must elect a master and confirm more sends.
@@ -1768,22 +1821,7 @@ fn random_faults_lose_nothing_confirmed_zk38() {
                 cluster.restart(slave).expect("restarting the slave");
             }
             Fault::PauseMaster => {
-                let from = cluster.log_len(m);
-                cluster.sigstop(m);
-                cluster
-                    .wait_for_new_master(m, deadline(ELECTION))
-                    .unwrap_or_else(|e| panic!("{what}: while node {m} is paused: {e:#}"));
-                sends.wait_more(30, ELECTION, &format!("{what}: while node {m} is paused"));
-                cluster.sigcont(m);
-                let rejoined = wait_until(deadline(ELECTION), || {
-                    let logs = cluster.logs_since(m, from);
-                    logs.iter().any(|l| l.contains("role change: slave of"))
-                });
-                assert!(
-                    rejoined,
-                    "{what}: node {m} did not rejoin as slave after SIGCONT:\n{}",
-                    cluster.logs_since(m, from).join("\n")
-                );
+                away_and_back(&mut cluster, &sends, (m, true), Away::Paused, &what);
             }
             Fault::LoseQuorum => {
                 let survivor = slaves.iter().copied().find(|&i| i != slave).unwrap();
@@ -1834,32 +1872,7 @@ fn random_faults_lose_nothing_confirmed_zk38() {
                 }
             }
             Fault::PauseSlave => {
-                let from = cluster.log_len(slave);
-                cluster.sigstop(slave);
-                let mut rows = Vec::new();
-                let expired = wait_until(deadline(ELECTION), || {
-                    rows = cluster.status_rows().unwrap_or_default();
-                    rows.len() == 2
-                });
-                assert!(
-                    expired,
-                    "{what}: the znode of paused node {slave} should expire: {rows:?}"
-                );
-                sends.wait_more(
-                    30,
-                    ELECTION,
-                    &format!("{what}: while node {slave} is paused"),
-                );
-                cluster.sigcont(slave);
-                let rejoined = wait_until(deadline(ELECTION), || {
-                    let logs = cluster.logs_since(slave, from);
-                    logs.iter().any(|l| l.contains("role change: slave of"))
-                });
-                assert!(
-                    rejoined,
-                    "{what}: node {slave} did not rejoin as slave after SIGCONT:\n{}",
-                    cluster.logs_since(slave, from).join("\n")
-                );
+                away_and_back(&mut cluster, &sends, (slave, false), Away::Paused, &what);
             }
             Fault::KillZkLeader => {
                 let leader = cluster.zk.leader().expect("a ZooKeeper leader");
@@ -1877,50 +1890,10 @@ fn random_faults_lose_nothing_confirmed_zk38() {
                 cluster.zk.start_member(leader);
             }
             Fault::CutSlaveFromZk => {
-                let from = cluster.log_len(slave);
-                cluster.cut_from_zookeeper(slave);
-                let mut rows = Vec::new();
-                let expired = wait_until(deadline(ELECTION), || {
-                    rows = cluster.status_rows().unwrap_or_default();
-                    rows.len() == 2
-                });
-                assert!(
-                    expired,
-                    "{what}: the znode of node {slave}, cut off, should expire: {rows:?}"
-                );
-                sends.wait_more(
-                    30,
-                    ELECTION,
-                    &format!("{what}: while node {slave} is cut off"),
-                );
-                cluster.heal_zookeeper(slave);
-                let rejoined = wait_until(deadline(ELECTION), || {
-                    let logs = cluster.logs_since(slave, from);
-                    logs.iter().any(|l| l.contains("role change: slave of"))
-                });
-                assert!(
-                    rejoined,
-                    "{what}: node {slave} did not rejoin as slave once healed:\n{}",
-                    cluster.logs_since(slave, from).join("\n")
-                );
+                away_and_back(&mut cluster, &sends, (slave, false), Away::CutOff, &what);
             }
             Fault::CutMasterFromZk => {
-                let from = cluster.log_len(m);
-                cluster.cut_from_zookeeper(m);
-                cluster
-                    .wait_for_new_master(m, deadline(ELECTION))
-                    .unwrap_or_else(|e| panic!("{what}: while node {m} is cut off: {e:#}"));
-                sends.wait_more(30, ELECTION, &format!("{what}: while node {m} is cut off"));
-                cluster.heal_zookeeper(m);
-                let rejoined = wait_until(deadline(ELECTION), || {
-                    let logs = cluster.logs_since(m, from);
-                    logs.iter().any(|l| l.contains("role change: slave of"))
-                });
-                assert!(
-                    rejoined,
-                    "{what}: node {m} did not rejoin as slave once healed:\n{}",
-                    cluster.logs_since(m, from).join("\n")
-                );
+                away_and_back(&mut cluster, &sends, (m, true), Away::CutOff, &what);
             }
         }
         m = cluster

@@ -4450,6 +4450,12 @@ async fn manage(s: &Session, headers: &[(&str, &str)]) {
     send_settled(s, &topic(schedule::MANAGEMENT_DESTINATION), request).await;
 }
 
+/// A BROWSE request to the scheduler management destination, replying to `reply_to`.
+async fn browse_to(s: &Session, reply_to: &str) {
+    let request = [(schedule::ACTION, schedule::BROWSE), ("reply-to", reply_to)];
+    manage(s, &request).await;
+}
+
 /// The next `n` deliveries on `rx`, and no more queued: a request's copies are published under
 /// the lock before its send returns.
 async fn exactly(rx: &mut UnboundedReceiver<Delivery>, n: usize) -> Vec<Delivery> {
@@ -4494,14 +4500,7 @@ async fn scheduler_management_browse_sends_a_copy_of_each_job_to_the_reply_to() 
         &[(schedule::ACTION, "PURGE"), ("reply-to", "queue://replies")],
     )
     .await;
-    manage(
-        &p,
-        &[
-            (schedule::ACTION, schedule::BROWSE),
-            ("reply-to", "queue://replies"),
-        ],
-    )
-    .await;
+    browse_to(&p, "queue://replies").await;
     let copies = exactly(&mut rx, 3).await;
     let bodies: Vec<_> = copies.iter().map(body).collect();
     assert_eq!(bodies, ["c", "a", "b"]);
@@ -4605,14 +4604,7 @@ async fn scheduler_management_remove_takes_one_job_out_also_across_a_restart() {
     let (p, _) = broker.open_session(None);
     let (c, mut rx) = broker.open_session(None);
     subscribe(&c, "replies", queue("replies"), 100);
-    manage(
-        &p,
-        &[
-            (schedule::ACTION, schedule::BROWSE),
-            ("reply-to", "queue://replies"),
-        ],
-    )
-    .await;
+    browse_to(&p, "queue://replies").await;
     let left = exactly(&mut rx, 1).await;
     assert_eq!(body(&left[0]), "c");
 }
@@ -4660,14 +4652,7 @@ async fn scheduler_management_browse_replies_to_a_temporary_queue() {
     let (c, mut rx) = f.broker.open_session(None);
     subscribe(&c, "replies", queue("ID:client-1:1:1"), 100);
     three_jobs(&p).await;
-    manage(
-        &p,
-        &[
-            (schedule::ACTION, schedule::BROWSE),
-            ("reply-to", "temp-queue://ID:client-1:1:1"),
-        ],
-    )
-    .await;
+    browse_to(&p, "temp-queue://ID:client-1:1:1").await;
     let copies = exactly(&mut rx, 3).await;
     assert_eq!(copies.iter().map(body).collect::<Vec<_>>(), ["c", "a", "b"]);
     assert_eq!(copies[0].message.destination, "queue://ID:client-1:1:1");
@@ -4684,14 +4669,7 @@ async fn scheduler_management_browse_copies_keep_the_scheduling_properties() {
     subscribe(&c, "replies", queue("replies"), 100);
     subscribe(&c, "q", queue("q"), 100);
     three_jobs(&p).await;
-    manage(
-        &p,
-        &[
-            (schedule::ACTION, schedule::BROWSE),
-            ("reply-to", "queue://replies"),
-        ],
-    )
-    .await;
+    browse_to(&p, "queue://replies").await;
     let copies = exactly(&mut rx, 3).await;
     let scheduling = |d: &Delivery| {
         [
@@ -4791,14 +4769,7 @@ async fn scheduler_management_range_selects_a_repeated_job_by_its_next_delivery(
         1,
         "only c is left, none of b's repeats"
     );
-    manage(
-        &p,
-        &[
-            (schedule::ACTION, schedule::BROWSE),
-            ("reply-to", "queue://replies"),
-        ],
-    )
-    .await;
+    browse_to(&p, "queue://replies").await;
     let left = exactly(&mut rx, 1).await;
     assert_eq!(body(&left[0]), "c");
 }

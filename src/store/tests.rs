@@ -130,7 +130,7 @@ fn segment_starts(dir: &Path) -> Vec<(u64, u64)> {
             let hex = name.strip_suffix(".log")?;
             Some((
                 u64::from_str_radix(hex, 16).ok()?,
-                crate::store::journal::data_len(&e.path()),
+                crate::store::journal::listed_data_len(&e.path())?,
             ))
         })
         .collect();

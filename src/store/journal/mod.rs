@@ -77,9 +77,9 @@ use super::record::{
 };
 use super::StoreError;
 pub use reader::{Frames, JournalReader, Records};
-#[cfg(test)]
-pub(crate) use recovery::data_len;
 use recovery::recover;
+#[cfg(test)]
+pub(crate) use recovery::{data_len, listed_data_len};
 pub use segment::segment_file_name;
 use segment::{preallocate, segment_path, sync_segments, SPARE_FILE};
 use writer::Writer;

@@ -309,6 +309,17 @@ pub(crate) fn data_len(path: &Path) -> u64 {
     scan_segment(path).unwrap().valid_len
 }
 
+/// [`data_len`] of a segment file a directory listing named, or `None` if it is gone by now
+/// (the writer thread deletes released segments while tests look: tests).
+#[cfg(test)]
+pub(crate) fn listed_data_len(path: &Path) -> Option<u64> {
+    match scan_segment(path) {
+        Ok(scan) => Some(scan.valid_len),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("scanning {}: {e}", path.display()),
+    }
+}
+
 /// The offset of the first non-zero byte among the next `n` bytes of `input`, if any.
 fn first_non_zero(input: &mut impl Read, n: u64) -> std::io::Result<Option<u64>> {
     let mut chunk = vec![0u8; READ_CHUNK];

@@ -71,7 +71,7 @@ fn segment_files(dir: &Path) -> Vec<(u64, u64)> {
         .filter_map(|e| {
             let e = e.unwrap();
             let start = parse_segment_name(e.file_name().to_str()?)?;
-            Some((start, data_len(&e.path())))
+            Some((start, listed_data_len(&e.path())?))
         })
         .collect();
     files.sort();
