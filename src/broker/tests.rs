@@ -4743,8 +4743,7 @@ async fn scheduler_management_range_selects_a_repeated_job_by_its_next_delivery(
     let (c, mut rx) = f.broker.open_session(None);
     subscribe(&c, "replies", queue("replies"), 100);
     let before = now_millis();
-    // a and b due in 60 s, b then at 61 s and 62 s; c in 30 s. The sends take well under
-    // 500 ms.
+    // a and b due in 60 s, b then at 61 s and 62 s; c in 30 s.
     three_jobs(&p).await;
     let after = now_millis();
     async fn ranged(p: &Session, action: &str, start: i64, end: i64) {
@@ -4762,16 +4761,19 @@ async fn scheduler_management_range_selects_a_repeated_job_by_its_next_delivery(
     ranged(&p, schedule::BROWSE, before + 45_000, after + 60_500).await;
     let copies = exactly(&mut rx, 2).await;
     assert_eq!(copies.iter().map(body).collect::<Vec<_>>(), ["a", "b"]);
-    // a and b's first delivery are due in the range.
-    ranged(&p, schedule::REMOVEALL, after + 59_500, before + 60_500).await;
-    assert_eq!(
-        f.broker.stats().scheduled,
-        1,
-        "only c is left, none of b's repeats"
-    );
-    browse_to(&p, "queue://replies").await;
-    let left = exactly(&mut rx, 1).await;
-    assert_eq!(body(&left[0]), "c");
+    // a's and b's first deliveries are due in the range and b's repeats (a second later) are
+    // not, if the sends took less than a second; a machine too loaded for that skips this.
+    if after - before < 1_000 {
+        ranged(&p, schedule::REMOVEALL, before + 45_000, after + 60_000).await;
+        assert_eq!(
+            f.broker.stats().scheduled,
+            1,
+            "only c is left, none of b's repeats"
+        );
+        browse_to(&p, "queue://replies").await;
+        let left = exactly(&mut rx, 1).await;
+        assert_eq!(body(&left[0]), "c");
+    }
 }
 
 /// Without `scheduler_support` a send to the management topic is an ordinary topic send.
