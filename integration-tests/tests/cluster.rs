@@ -898,16 +898,12 @@ fn paused_master_is_fenced(version: ZkVersion) {
     };
     eprintln!("{version:?}: the stale master's client got: {answer}");
 
-    let stepped_down = wait_until(deadline(Duration::from_secs(30)), || {
-        cluster
-            .logs_since(m, from)
-            .iter()
-            .any(|l| l.contains("role change: stepped down from master"))
-    });
-    assert!(
-        stepped_down,
-        "{version:?}: node {m} logged no `role change: stepped down from master` after SIGCONT:\n{}",
-        cluster.logs_since(m, from).join("\n")
+    expect_logged(
+        &cluster,
+        (m, from),
+        "role change: stepped down from master",
+        Duration::from_secs(30),
+        &format!("{version:?}: node {m} after SIGCONT"),
     );
     let follows = wait_until(deadline(ELECTION), || {
         let logs = cluster.logs_since(m, from);
@@ -934,15 +930,12 @@ fn paused_master_is_fenced(version: ZkVersion) {
     ));
     // The old master's store serves again: kill the new master, so that the old master and the
     // third node elect one of themselves; what the old master wrote while stale must be gone.
-    let synced = wait_until(deadline(ELECTION), || {
-        cluster
-            .logs_since(m, from)
-            .iter()
-            .any(|l| l.contains("caught up with the master"))
-    });
-    assert!(
-        synced,
-        "{version:?}: node {m} never caught up with node {n}"
+    expect_logged(
+        &cluster,
+        (m, from),
+        "caught up with the master",
+        ELECTION,
+        &format!("{version:?}: node {m}, following node {n}"),
     );
     let k = cluster.kill_master(n, deadline(ELECTION));
     eprintln!("{version:?}: node {k} master after node {n} was killed (old master: node {m})");
@@ -1008,16 +1001,12 @@ fn master_cut_off_from_zookeeper_is_fenced(version: ZkVersion) {
         "{version:?}: node {n} master {:?} after node {m} was cut off",
         cut.elapsed()
     );
-    let stepped_down = wait_until(deadline(ELECTION), || {
-        cluster
-            .logs_since(m, from)
-            .iter()
-            .any(|l| l.contains("role change:") && !l.contains("role change: master"))
-    });
-    assert!(
-        stepped_down,
-        "node {m}, cut off from ZooKeeper, did not step down:\n{}",
-        cluster.logs_since(m, from).join("\n")
+    expect_logged(
+        &cluster,
+        (m, from),
+        "role change: stepped down from master",
+        ELECTION,
+        &format!("{version:?}: node {m}, cut off from ZooKeeper"),
     );
     eprintln!(
         "{version:?}: node {m} had stepped down {:?} after the cut",
@@ -1045,16 +1034,12 @@ fn master_cut_off_from_zookeeper_is_fenced(version: ZkVersion) {
 
     let from = cluster.log_len(m);
     cluster.heal_zookeeper(m);
-    let follows = wait_until(deadline(ELECTION), || {
-        cluster
-            .logs_since(m, from)
-            .iter()
-            .any(|l| l.contains("caught up with the master"))
-    });
-    assert!(
-        follows,
-        "node {m} did not catch up with node {n} once the partition healed:\n{}",
-        cluster.logs_since(m, from).join("\n")
+    expect_logged(
+        &cluster,
+        (m, from),
+        "caught up with the master",
+        ELECTION,
+        &format!("{version:?}: node {m}, healed, following node {n}"),
     );
     assert_stays_master(&cluster, n);
     confirmed.extend(send_raw(
@@ -1077,6 +1062,25 @@ fn master_cut_off_from_zookeeper_is_fenced(version: ZkVersion) {
 }
 
 // ----- shared by the streaming scenarios ---------------------------------------------------------
+
+/// Waits up to `within` for node `i` to log a line containing `text` after its line `from`;
+/// fails naming `what` and showing those lines otherwise.
+fn expect_logged(
+    cluster: &Cluster,
+    (i, from): (usize, usize),
+    text: &str,
+    within: Duration,
+    what: &str,
+) {
+    let logged = wait_until(deadline(within), || {
+        cluster.logs_since(i, from).iter().any(|l| l.contains(text))
+    });
+    assert!(
+        logged,
+        "{what}: no `{text}` logged within {within:?}:\n{}",
+        cluster.logs_since(i, from).join("\n")
+    );
+}
 
 /// A failover client sending persistent messages in the background while a test acts on the
 /// cluster.
@@ -1751,14 +1755,12 @@ fn away_and_back(
         Away::Paused => cluster.sigcont(i),
         Away::CutOff => cluster.heal_zookeeper(i),
     }
-    let rejoined = wait_until(deadline(ELECTION), || {
-        let logs = cluster.logs_since(i, from);
-        logs.iter().any(|l| l.contains("role change: slave of"))
-    });
-    assert!(
-        rejoined,
-        "{what}: node {i} did not rejoin as slave once back ({how:?}):\n{}",
-        cluster.logs_since(i, from).join("\n")
+    expect_logged(
+        cluster,
+        (i, from),
+        "role change: slave of",
+        ELECTION,
+        &format!("{what}: node {i}, back ({how:?})"),
     );
 }
 

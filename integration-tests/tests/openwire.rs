@@ -452,6 +452,13 @@ fn a_jms_producer_with_a_window_is_given_credit_back() {
     check("producer-window", &["count=1000", "window=65536"]);
 }
 
+/// ferromq with `scheduler_support`; the reference broker has its scheduler on for every
+/// scenario (see `RefBroker.java`).
+const SCHEDULER: Setting = Setting {
+    ferromq: "[broker]\nscheduler_support = true\n",
+    reference: &[],
+};
+
 /// Delayed delivery with `scheduler_support` (ActiveMQ's `schedulerSupport`): a message with
 /// the long property `AMQ_SCHEDULED_DELAY` arrives no earlier than its delay after the send,
 /// after a later undelayed one, without the property and with `scheduledJobId`, unseen by a
@@ -460,12 +467,7 @@ fn a_jms_producer_with_a_window_is_given_credit_back() {
 /// an id of its own.
 #[test]
 fn a_delayed_message_arrives_after_its_delay() {
-    // The reference broker has its scheduler on for every scenario (see `RefBroker.java`).
-    let scheduler = Setting {
-        ferromq: "[broker]\nscheduler_support = true\n",
-        reference: &[],
-    };
-    check_with(&scheduler, "scheduled-delay", &[]);
+    check_with(&SCHEDULER, "scheduled-delay", &[]);
 }
 
 /// As in ActiveMQ (whose scheduler sends a due message as if it were sent then), a delayed
@@ -473,11 +475,7 @@ fn a_delayed_message_arrives_after_its_delay() {
 /// send, when due, still non-persistent (scenario passed against stock ActiveMQ 5.17.2).
 #[test]
 fn a_delayed_topic_message_reaches_subscriptions_made_after_the_send() {
-    let scheduler = Setting {
-        ferromq: "[broker]\nscheduler_support = true\n",
-        reference: &[],
-    };
-    check_with(&scheduler, "scheduled-topic-later", &[]);
+    check_with(&SCHEDULER, "scheduled-topic-later", &[]);
 }
 
 /// ActiveMQ's scheduler management destination (`ActiveMQ.Scheduler.Management`) driven by
@@ -491,9 +489,5 @@ fn a_delayed_topic_message_reaches_subscriptions_made_after_the_send() {
 /// against stock ActiveMQ 5.17.2).
 #[test]
 fn the_scheduler_management_destination_browses_and_removes_jobs() {
-    let scheduler = Setting {
-        ferromq: "[broker]\nscheduler_support = true\n",
-        reference: &[],
-    };
-    check_with(&scheduler, "scheduler-management", &[]);
+    check_with(&SCHEDULER, "scheduler-management", &[]);
 }

@@ -4450,6 +4450,18 @@ async fn manage(s: &Session, headers: &[(&str, &str)]) {
     send_settled(s, &topic(schedule::MANAGEMENT_DESTINATION), request).await;
 }
 
+/// A REMOVE request to the scheduler management destination for job `id`.
+async fn remove_job(s: &Session, id: &str) {
+    manage(
+        s,
+        &[
+            (schedule::ACTION, schedule::REMOVE),
+            (schedule::SCHEDULED_ID, id),
+        ],
+    )
+    .await;
+}
+
 /// A BROWSE request to the scheduler management destination, replying to `reply_to`.
 async fn browse_to(s: &Session, reply_to: &str) {
     let request = [(schedule::ACTION, schedule::BROWSE), ("reply-to", reply_to)];
@@ -4570,32 +4582,11 @@ async fn scheduler_management_remove_takes_one_job_out_also_across_a_restart() {
     let (p, _) = f.broker.open_session(None);
     three_jobs(&p).await;
     manage(&p, &[(schedule::ACTION, schedule::REMOVE)]).await;
-    manage(
-        &p,
-        &[
-            (schedule::ACTION, schedule::REMOVE),
-            (schedule::SCHEDULED_ID, "ID:nobody:9"),
-        ],
-    )
-    .await;
+    remove_job(&p, "ID:nobody:9").await;
     assert_eq!(f.broker.stats().scheduled, 5);
-    manage(
-        &p,
-        &[
-            (schedule::ACTION, schedule::REMOVE),
-            (schedule::SCHEDULED_ID, "ID:p:2"),
-        ],
-    )
-    .await;
+    remove_job(&p, "ID:p:2").await;
     assert_eq!(f.broker.stats().scheduled, 2);
-    manage(
-        &p,
-        &[
-            (schedule::ACTION, schedule::REMOVE),
-            (schedule::SCHEDULED_ID, "ID:p:1"),
-        ],
-    )
-    .await;
+    remove_job(&p, "ID:p:1").await;
     assert_eq!(f.broker.stats().scheduled, 1);
     let dir = f._dir;
     drop((p, f.broker));

@@ -255,7 +255,7 @@ impl ReplicationMaster {
 
     /// Slave acknowledgements a confirmation needs besides the master's (`replicas / 2`).
     pub fn slaves_needed(&self) -> usize {
-        self.shared.options.replicas / 2
+        self.shared.tracker.lock().unwrap().slaves_needed()
     }
 
     /// Reads [`ReplicationMaster::slaves`] for as long as this master lives (then nothing),
