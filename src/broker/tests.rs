@@ -4462,6 +4462,19 @@ async fn remove_job(s: &Session, id: &str) {
     .await;
 }
 
+/// An `action` request to the scheduler management destination for the jobs due from `start`
+/// to `end` (ms since the epoch), replying to `queue://replies`.
+async fn ranged(p: &Session, action: &str, start: i64, end: i64) {
+    let (start, end) = (start.to_string(), end.to_string());
+    let range = [
+        (schedule::ACTION, action),
+        ("reply-to", "queue://replies"),
+        (schedule::ACTION_START_TIME, &start),
+        (schedule::ACTION_END_TIME, &end),
+    ];
+    manage(p, &range).await;
+}
+
 /// A BROWSE request to the scheduler management destination, replying to `reply_to`.
 async fn browse_to(s: &Session, reply_to: &str) {
     let request = [(schedule::ACTION, schedule::BROWSE), ("reply-to", reply_to)];
@@ -4544,32 +4557,12 @@ async fn scheduler_management_browse_with_a_range_sends_only_the_jobs_due_in_it(
     let before = now_millis();
     three_jobs(&p).await;
     let after = now_millis();
-    let (start, end) = ((before + 30_000).to_string(), (after + 30_000).to_string());
-    manage(
-        &p,
-        &[
-            (schedule::ACTION, schedule::BROWSE),
-            ("reply-to", "queue://replies"),
-            (schedule::ACTION_START_TIME, &start),
-            (schedule::ACTION_END_TIME, &end),
-        ],
-    )
-    .await;
+    ranged(&p, schedule::BROWSE, before + 30_000, after + 30_000).await;
     let copies = exactly(&mut rx, 1).await;
     assert_eq!(header(&copies[0], schedule::SCHEDULED_ID), Some("ID:p:3"));
     // An empty range (its end before its start) sends nothing. The sends may all fall in one
     // millisecond (`before == after`), so the range is inverted around c's due time.
-    let (start, end) = ((after + 30_001).to_string(), (before + 29_999).to_string());
-    manage(
-        &p,
-        &[
-            (schedule::ACTION, schedule::BROWSE),
-            ("reply-to", "queue://replies"),
-            (schedule::ACTION_START_TIME, &start),
-            (schedule::ACTION_END_TIME, &end),
-        ],
-    )
-    .await;
+    ranged(&p, schedule::BROWSE, after + 30_001, before + 29_999).await;
     assert!(rx.try_recv().is_err());
 }
 
@@ -4737,16 +4730,6 @@ async fn scheduler_management_range_selects_a_repeated_job_by_its_next_delivery(
     // a and b due in 60 s, b then at 61 s and 62 s; c in 30 s.
     three_jobs(&p).await;
     let after = now_millis();
-    async fn ranged(p: &Session, action: &str, start: i64, end: i64) {
-        let (start, end) = (start.to_string(), end.to_string());
-        let range = [
-            (schedule::ACTION, action),
-            ("reply-to", "queue://replies"),
-            (schedule::ACTION_START_TIME, &start),
-            (schedule::ACTION_END_TIME, &end),
-        ];
-        manage(p, &range).await;
-    }
     ranged(&p, schedule::BROWSE, after + 60_500, before + 62_500).await;
     assert!(rx.try_recv().is_err(), "only b's repeats are in the range");
     ranged(&p, schedule::BROWSE, before + 45_000, after + 60_500).await;
