@@ -7,6 +7,13 @@
 //! Each node listens for clients on a port picked when the cluster starts and written into its
 //! config, so it keeps the port across restarts and [`Cluster::failover_url`] stays valid.
 //!
+//! A partitionable cluster ([`Cluster::start_partitionable`]) puts proxies on the links a
+//! network partition cuts: each node reaches every ZooKeeper server through proxies of its
+//! own, and reaches a master's replication listener through the master's replication proxy.
+//! For the latter, node `i` binds its replication listener on a port `Ri` picked when the
+//! cluster starts, `127.0.0.1:Ri`, and advertises `127.0.0.2:Ri` (`hostname = "127.0.0.2"`),
+//! where its proxy listens: every slave connecting to node `i` as master goes through it.
+//!
 //! Cluster tests are heavy (three JVMs and three brokers each) and timing-sensitive (a 2 s
 //! session timeout), so [`Cluster::start`] holds a process-wide lock for the life of the
 //! cluster: the cluster tests of one test binary run one at a time.
@@ -98,6 +105,9 @@ pub struct Cluster {
     /// Per node, one proxy per ensemble member that the node reaches ZooKeeper through (see
     /// [`Cluster::start_partitionable`]); empty when the nodes connect directly.
     zk_proxies: Vec<Vec<Proxy>>,
+    /// Per node, the proxy in front of its replication listener (see the module doc); empty
+    /// when slaves connect directly.
+    replication_proxies: Vec<Proxy>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -125,9 +135,26 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Where a node's replication listener binds (`127.0.0.1:port`, 0: any free port) and the
+/// host it advertises with that port.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplicationAddress {
+    pub port: u16,
+    pub hostname: &'static str,
+}
+
+impl ReplicationAddress {
+    /// Any free port, advertised as `127.0.0.1`: slaves connect directly.
+    pub const DIRECT: ReplicationAddress = ReplicationAddress {
+        port: 0,
+        hostname: "127.0.0.1",
+    };
+}
+
 /// A node's whole config; `broker_extra` adds lines to its `[broker]` section.
 pub fn node_config(
     port: u16,
+    replication: ReplicationAddress,
     data: &std::path::Path,
     zk_address: &str,
     broker_extra: &str,
@@ -147,11 +174,11 @@ pub fn node_config(
          \n\
          [replication]\n\
          replicas = 3\n\
-         bind = \"tcp://127.0.0.1:0\"\n\
+         bind = \"tcp://127.0.0.1:{replication_port}\"\n\
          zk_address = {zk}\n\
          zk_path = {path}\n\
          zk_session_timeout = \"2s\"\n\
-         hostname = \"127.0.0.1\"\n\
+         hostname = {hostname}\n\
          security_token = \"t\"\n\
          \n\
          [admin]\n\
@@ -163,6 +190,8 @@ pub fn node_config(
         zk = toml_string(zk_address),
         path = toml_string(ZK_PATH),
         log_size = crate::TEST_LOG_SIZE,
+        replication_port = replication.port,
+        hostname = toml_string(replication.hostname),
     )
 }
 
@@ -182,7 +211,10 @@ impl Cluster {
 
     /// Like [`start`](Self::start), each node reaching ZooKeeper through proxies of its own, so
     /// that [`cut_from_zookeeper`](Self::cut_from_zookeeper) can partition it from the ensemble
-    /// while it keeps running, serving and replicating.
+    /// while it keeps running, serving and replicating, and the slaves reaching each node's
+    /// replication listener through a proxy, so that
+    /// [`cut_replication`](Self::cut_replication) can partition a master from its slaves while
+    /// it keeps ZooKeeper and its clients.
     pub fn start_partitionable(version: ZkVersion) -> Cluster {
         Cluster::start_inner(version, 3, "", true)
     }
@@ -217,6 +249,11 @@ impl Cluster {
         } else {
             Vec::new()
         };
+        let replication_proxies = if partitionable {
+            (0..replicas).map(|_| replication_proxy()).collect()
+        } else {
+            Vec::new()
+        };
         let dir = tempfile::Builder::new()
             .prefix("ferromq-cluster-")
             .tempdir()
@@ -228,6 +265,7 @@ impl Cluster {
             name,
             broker_extra: broker_extra.to_string(),
             zk_proxies,
+            replication_proxies,
             _serial: serial,
         };
         for i in 0..replicas {
@@ -249,11 +287,32 @@ impl Cluster {
                 .join(","),
             None => self.zk.connect_string(),
         };
+        let replication = match self.replication_proxies.get(i) {
+            Some(proxy) => ReplicationAddress {
+                port: proxy.addr().port(),
+                hostname: REPLICATION_PROXY_HOST,
+            },
+            None => ReplicationAddress::DIRECT,
+        };
+        // The replication ports are free on 127.0.0.1 until a master binds one: not for clients.
+        let reserved: Vec<u16> = self
+            .replication_proxies
+            .iter()
+            .map(|p| p.addr().port())
+            .collect();
         let mut last = None;
         // A port picked now may be taken before the broker binds it: then pick another.
         for _ in 0..5 {
-            let port = free_port();
-            let config = node_config(port, &dir.join("data"), &zk_address, &self.broker_extra);
+            let port = std::iter::repeat_with(free_port)
+                .find(|p| !reserved.contains(p))
+                .expect("a free port");
+            let config = node_config(
+                port,
+                replication,
+                &dir.join("data"),
+                &zk_address,
+                &self.broker_extra,
+            );
             match BrokerProcess::start_with_config(&format!("{}/n{i}", self.name), &dir, &config) {
                 Ok(broker) => {
                     if broker.addr().port() != port {
@@ -290,6 +349,18 @@ impl Cluster {
         for p in &self.zk_proxies[i] {
             p.heal();
         }
+    }
+
+    /// Partitions node `i`, as master, from its slaves: every link into its replication
+    /// listener stops forwarding, those open and those opened meanwhile; it keeps ZooKeeper and
+    /// its clients. Needs [`start_partitionable`](Self::start_partitionable).
+    pub fn cut_replication(&self, i: usize) {
+        self.replication_proxies[i].cut();
+    }
+
+    /// Ends [`cut_replication`](Self::cut_replication).
+    pub fn heal_replication(&self, i: usize) {
+        self.replication_proxies[i].heal();
     }
 
     /// The ZooKeeper connect string.
@@ -493,6 +564,31 @@ impl Cluster {
     pub fn client(&self, i: usize) -> Result<StompClient> {
         StompClient::connect(self.nodes[i].addr())
     }
+}
+
+/// The host a node of a partitionable cluster advertises for its replication listener: its
+/// proxy listens there.
+const REPLICATION_PROXY_HOST: &str = "127.0.0.2";
+
+/// A proxy from `127.0.0.2:R` to `127.0.0.1:R`, for a port R free on both when picked: the
+/// node whose replication listener binds `127.0.0.1:R` advertises `127.0.0.2:R`.
+fn replication_proxy() -> Proxy {
+    let host: std::net::IpAddr = REPLICATION_PROXY_HOST.parse().expect("an IP address");
+    let mut last = None;
+    for _ in 0..5 {
+        let port = free_port();
+        match Proxy::listen(
+            SocketAddr::new(host, port),
+            SocketAddr::from(([127, 0, 0, 1], port)),
+        ) {
+            Ok(proxy) => return proxy,
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!(
+        "no port free on both 127.0.0.1 and {REPLICATION_PROXY_HOST} for a replication proxy: {:?}",
+        last
+    )
 }
 
 /// What `addr` answers to a STOMP 1.2 CONNECT within `PROBE_TIMEOUT`.

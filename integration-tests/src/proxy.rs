@@ -5,7 +5,8 @@
 //! its peers survive (what a peer closed meanwhile is closed then).
 //!
 //! Used to cut one broker off from ZooKeeper while it keeps running and keeps its clients and
-//! its replication links.
+//! its replication links, and to cut a master off from its slaves while it keeps ZooKeeper and
+//! its clients.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -26,7 +27,12 @@ pub struct Proxy {
 impl Proxy {
     /// Listens on `127.0.0.1:0` and forwards every connection to `target`.
     pub fn start(target: SocketAddr) -> io::Result<Proxy> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        Proxy::listen(SocketAddr::from(([127, 0, 0, 1], 0)), target)
+    }
+
+    /// Listens on `listen` (port 0: any free port) and forwards every connection to `target`.
+    pub fn listen(listen: SocketAddr, target: SocketAddr) -> io::Result<Proxy> {
+        let listener = TcpListener::bind(listen)?;
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         let cut = Arc::new(AtomicBool::new(false));

@@ -1061,6 +1061,187 @@ fn master_cut_off_from_zookeeper_is_fenced(version: ZkVersion) {
     );
 }
 
+// ----- 6c. a master cut off from its slaves -------------------------------------------------------
+
+both_versions!(
+    master_cut_off_from_slaves_waits_for_them,
+    master_cut_off_from_slaves_waits_for_them_zk38,
+    master_cut_off_from_slaves_waits_for_them_zk34
+);
+
+/// Node `i`'s `/metrics` shows `slaves` replication slaves connected and one needed, within
+/// 30 s; fails naming `what` otherwise.
+fn expect_slaves_metric(cluster: &Cluster, i: usize, slaves: usize, what: &str) {
+    let admin = cluster.nodes[i]
+        .broker
+        .admin_addr()
+        .unwrap_or_else(|| panic!("node {i} logs its admin endpoint"));
+    let mut metrics = String::new();
+    let shown = wait_until(deadline(Duration::from_secs(30)), || {
+        metrics = http_get(&admin, "/metrics").map_or_else(|e| e.to_string(), |r| r.1);
+        metrics.contains(&format!("ferromq_replication_slaves {slaves}\n"))
+            && metrics.contains("ferromq_replication_slaves_needed 1\n")
+    });
+    assert!(
+        shown,
+        "{what}: node {i} should count {slaves} slaves of the 1 needed; /metrics:\n{metrics}"
+    );
+}
+
+/// `ferromq status` shows one master and two slaves; returns the master's row.
+fn settled_master_row(cluster: &Cluster, what: &str) -> Vec<String> {
+    let mut rows = Vec::new();
+    let settled = wait_until(deadline(ELECTION), || {
+        rows = cluster.status_rows().unwrap_or_default();
+        rows.len() == 3
+            && rows.iter().filter(|r| r[2].starts_with("master")).count() == 1
+            && rows.iter().filter(|r| r[2].starts_with("slave")).count() == 2
+    });
+    assert!(
+        settled,
+        "{what}: ferromq status should show one master and two slaves: {rows:?}\n{}",
+        cluster.describe()
+    );
+    rows.into_iter()
+        .find(|r| r[2].starts_with("master"))
+        .expect("a master row")
+}
+
+/// The master partitioned from both slaves (every replication link cut, both ways) while it
+/// keeps ZooKeeper and its clients. Nothing is elected: ZooKeeper still sees three members and
+/// the same master, which stays master (`ferromq status`, its log, the probes agree). It drops
+/// the silent slaves and logs `replication degraded`; a send made then gets no RECEIPT while
+/// the cut lasts (no confirmation without a quorum), and is not refused either: it waits. Once
+/// healed the slaves reconnect, the master logs `replication restored`, the waiting sends are
+/// receipted, and every receipted message is consumed exactly once.
+fn master_cut_off_from_slaves_waits_for_them(version: ZkVersion) {
+    /// How long sends made during the cut are watched for a RECEIPT that must not come.
+    const UNCONFIRMED_FOR: Duration = Duration::from_secs(5);
+    let cluster = Cluster::start_partitionable(version);
+    let m = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let rt = runtime();
+    let client = connect(&rt, &format!("tcp://127.0.0.1:{}", cluster.nodes[m].port));
+    let queue = "/queue/cut-from-slaves";
+    let mut confirmed = rt.block_on(send_confirmed(&client, queue, "before", 20));
+    expect_slaves_metric(&cluster, m, 2, &format!("{version:?}: before the cut"));
+    let master_row = settled_master_row(&cluster, &format!("{version:?}: before the cut"));
+    let from: Vec<usize> = (0..3).map(|i| cluster.log_len(i)).collect();
+
+    cluster.cut_replication(m);
+    let cut = Instant::now();
+    let what = format!("{version:?}: node {m} cut off from its slaves");
+    expect_logged(
+        &cluster,
+        (m, from[m]),
+        "replication degraded",
+        ELECTION,
+        &what,
+    );
+    eprintln!(
+        "{what}: `replication degraded` logged after {:?}",
+        cut.elapsed()
+    );
+    expect_slaves_metric(&cluster, m, 0, &what);
+
+    // Sends made now, with no slave connected: none is receipted (nor refused) while the cut
+    // lasts.
+    let during = Progress::default();
+    let sending = rt.spawn(send_stream(Stream {
+        client: client.clone(),
+        queue: queue.to_string(),
+        prefix: "during".to_string(),
+        min: 20,
+        max: 20,
+        window: 20,
+        stop: Arc::new(AtomicBool::new(true)),
+        progress: during.clone(),
+    }));
+    let resolved = wait_until(deadline(UNCONFIRMED_FOR), || {
+        let p = during.lock().unwrap();
+        !p.confirmed.is_empty() || !p.failed.is_empty()
+    });
+    {
+        let p = during.lock().unwrap();
+        assert!(
+            !resolved && p.submitted == 20,
+            "{what}: sends made with no slave connected must wait (within {UNCONFIRMED_FOR:?}: \
+             {} submitted, {} receipted, failed: {:?})\n{}",
+            p.submitted,
+            p.confirmed.len(),
+            p.failed,
+            cluster.logs_since(m, from[m]).join("\n")
+        );
+    }
+
+    // The master stays master and nothing else is elected: the probes, ZooKeeper and the logs
+    // agree.
+    assert_eq!(
+        cluster.masters(),
+        vec![m],
+        "{what}: the master serves, the others refuse:\n{}",
+        cluster.describe()
+    );
+    let row = settled_master_row(&cluster, &what);
+    assert_eq!(
+        (&row[0], &row[4], &row[6]),
+        (&master_row[0], &master_row[4], &master_row[6]),
+        "{what}: ferromq status shows the same master znode, epoch and address: {row:?}, \
+         before the cut: {master_row:?}"
+    );
+    for (i, &from) in from.iter().enumerate() {
+        let changes: Vec<String> = cluster
+            .logs_since(i, from)
+            .into_iter()
+            .filter(|l| l.contains("role change:"))
+            .collect();
+        assert!(
+            changes.is_empty(),
+            "{what}: node {i} changed role during the cut: {changes:?}"
+        );
+    }
+
+    let from = cluster.log_len(m);
+    cluster.heal_replication(m);
+    let healed = Instant::now();
+    let what = format!("{version:?}: node {m} healed");
+    expect_logged(&cluster, (m, from), "replication restored", ELECTION, &what);
+    eprintln!(
+        "{what}: `replication restored` logged after {:?}",
+        healed.elapsed()
+    );
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), sending).await })
+        .unwrap_or_else(|_| panic!("{what}: the waiting sends not resolved within 60 s"))
+        .expect("the sender task");
+    {
+        let p = during.lock().unwrap();
+        assert!(
+            p.confirmed.len() == 20 && p.failed.is_empty(),
+            "{what}: every waiting send is receipted ({} receipted, failed: {:?})",
+            p.confirmed.len(),
+            p.failed
+        );
+        eprintln!(
+            "{what}: the {} waiting sends receipted {:?} after the heal",
+            p.confirmed.len(),
+            healed.elapsed()
+        );
+        confirmed.extend(p.confirmed.iter().cloned());
+    }
+    expect_slaves_metric(&cluster, m, 2, &what);
+    assert_stays_master(&cluster, m);
+    confirmed.extend(rt.block_on(send_confirmed(&client, queue, "after", 20)));
+    drop(client);
+    let counts = drain(&cluster, m, queue).expect("consuming");
+    check_exactly_once(
+        &format!("{version:?} master cut off from its slaves"),
+        &counts,
+        &confirmed,
+        &[],
+    );
+}
+
 // ----- shared by the streaming scenarios ---------------------------------------------------------
 
 /// Waits up to `within` for node `i` to log a line containing `text` after its line `from`;
