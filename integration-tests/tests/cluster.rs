@@ -1817,9 +1817,13 @@ enum Fault {
     /// A slave partitioned from ZooKeeper (still running and replicating) until its znode is
     /// gone while the master keeps confirming; then healed, and it must rejoin as a slave.
     CutSlaveFromZk,
+    /// The master partitioned from both slaves (its replication links cut, ZooKeeper kept)
+    /// until it logs that its replication is degraded: it must stay master and confirm
+    /// nothing; then healed, and it must log that its replication is restored.
+    CutMasterFromSlaves,
 }
 
-const FAULTS: [Fault; 9] = [
+const FAULTS: [Fault; 10] = [
     Fault::KillMaster,
     Fault::KillSlave,
     Fault::PauseMaster,
@@ -1829,6 +1833,7 @@ const FAULTS: [Fault; 9] = [
     Fault::KillZkLeader,
     Fault::CutMasterFromZk,
     Fault::CutSlaveFromZk,
+    Fault::CutMasterFromSlaves,
 ];
 
 /// xorshift64*: enough to vary the order of faults and the node picked, from a printed seed.
@@ -2077,6 +2082,28 @@ fn random_faults_lose_nothing_confirmed_zk38() {
             }
             Fault::CutMasterFromZk => {
                 away_and_back(&mut cluster, &sends, (m, true), Away::CutOff, &what);
+            }
+            Fault::CutMasterFromSlaves => {
+                let from = cluster.log_len(m);
+                cluster.cut_replication(m);
+                expect_logged(&cluster, (m, from), "replication degraded", ELECTION, &what);
+                // The slaves are dropped: while the producer keeps trying, nothing is
+                // confirmed, and the master stays master.
+                let stalled = sends.confirmed();
+                let moved = wait_until(deadline(Duration::from_secs(2)), || {
+                    sends.confirmed() > stalled
+                });
+                assert!(
+                    !moved,
+                    "{what}: a send was confirmed with no slave connected"
+                );
+                assert_eq!(
+                    cluster.masters(),
+                    vec![m],
+                    "{what}: the master cut off from its slaves stays the only master"
+                );
+                cluster.heal_replication(m);
+                expect_logged(&cluster, (m, from), "replication restored", ELECTION, &what);
             }
         }
         m = cluster
