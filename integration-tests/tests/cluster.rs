@@ -239,6 +239,26 @@ fn logged_address(cluster: &Cluster, i: usize, text: &str) -> Option<String> {
         })
 }
 
+/// Waits (up to [`ELECTION`]) until `ferromq status` shows one master and two slaves; returns
+/// the master's row.
+fn settled_master_row(cluster: &Cluster, what: &str) -> Vec<String> {
+    let mut rows = Vec::new();
+    let settled = wait_until(deadline(ELECTION), || {
+        rows = cluster.status_rows().unwrap_or_default();
+        rows.len() == 3
+            && rows.iter().filter(|r| r[2].starts_with("master")).count() == 1
+            && rows.iter().filter(|r| r[2].starts_with("slave")).count() == 2
+    });
+    assert!(
+        settled,
+        "{what}: ferromq status should show one master and two slaves: {rows:?}\n{}",
+        cluster.describe()
+    );
+    rows.into_iter()
+        .find(|r| r[2].starts_with("master"))
+        .expect("a master row")
+}
+
 macro_rules! both_versions {
     ($scenario:ident, $v38:ident, $v34:ident) => {
         #[test]
@@ -272,18 +292,7 @@ fn election_and_znodes(version: ZkVersion) {
     eprintln!("{version:?}: node {m} master after {:?}", started.elapsed());
 
     // Settled: one master, two slaves, as every member reports it.
-    let mut rows = Vec::new();
-    let settled = wait_until(deadline(ELECTION), || {
-        rows = cluster.status_rows().unwrap_or_default();
-        rows.len() == 3
-            && rows.iter().filter(|r| r[2].starts_with("master")).count() == 1
-            && rows.iter().filter(|r| r[2].starts_with("slave")).count() == 2
-    });
-    assert!(
-        settled,
-        "ferromq status never showed one master and two slaves: {rows:?}\n{}",
-        cluster.describe()
-    );
+    settled_master_row(&cluster, &format!("{version:?}"));
     // The admin endpoint agrees: /ready answers 200 on the master only (what a load balancer
     // in front of the three nodes checks), /health 200 everywhere with the role.
     for (i, node) in cluster.nodes.iter().enumerate() {
@@ -1088,25 +1097,6 @@ fn expect_slaves_metric(cluster: &Cluster, i: usize, slaves: usize, what: &str) 
     );
 }
 
-/// `ferromq status` shows one master and two slaves; returns the master's row.
-fn settled_master_row(cluster: &Cluster, what: &str) -> Vec<String> {
-    let mut rows = Vec::new();
-    let settled = wait_until(deadline(ELECTION), || {
-        rows = cluster.status_rows().unwrap_or_default();
-        rows.len() == 3
-            && rows.iter().filter(|r| r[2].starts_with("master")).count() == 1
-            && rows.iter().filter(|r| r[2].starts_with("slave")).count() == 2
-    });
-    assert!(
-        settled,
-        "{what}: ferromq status should show one master and two slaves: {rows:?}\n{}",
-        cluster.describe()
-    );
-    rows.into_iter()
-        .find(|r| r[2].starts_with("master"))
-        .expect("a master row")
-}
-
 /// The master partitioned from both slaves (every replication link cut, both ways) while it
 /// keeps ZooKeeper and its clients. Nothing is elected: ZooKeeper still sees three members and
 /// the same master, which stays master (`ferromq status`, its log, the probes agree). It drops
@@ -1206,11 +1196,6 @@ fn master_cut_off_from_slaves_waits_for_them(version: ZkVersion) {
     cluster.heal_replication(m);
     let healed = Instant::now();
     let what = format!("{version:?}: node {m} healed");
-    expect_logged(&cluster, (m, from), "replication restored", ELECTION, &what);
-    eprintln!(
-        "{what}: `replication restored` logged after {:?}",
-        healed.elapsed()
-    );
     rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), sending).await })
         .unwrap_or_else(|_| panic!("{what}: the waiting sends not resolved within 60 s"))
         .expect("the sender task");
@@ -1229,6 +1214,11 @@ fn master_cut_off_from_slaves_waits_for_them(version: ZkVersion) {
         );
         confirmed.extend(p.confirmed.iter().cloned());
     }
+    expect_logged(&cluster, (m, from), "replication restored", ELECTION, &what);
+    eprintln!(
+        "{what}: `replication restored` logged after {:?}",
+        healed.elapsed()
+    );
     expect_slaves_metric(&cluster, m, 2, &what);
     assert_stays_master(&cluster, m);
     confirmed.extend(rt.block_on(send_confirmed(&client, queue, "after", 20)));
