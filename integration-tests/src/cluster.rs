@@ -572,15 +572,39 @@ const REPLICATION_PROXY_HOST: &str = "127.0.0.2";
 
 /// A proxy from `127.0.0.2:R` to `127.0.0.1:R`, for a port R free on both when picked: the
 /// node whose replication listener binds `127.0.0.1:R` advertises `127.0.0.2:R`.
+///
+/// Nothing holds `127.0.0.1:R` while the node is not master, so R is picked below the kernel's
+/// ephemeral range where there is room: no `bind(0)` (an admin endpoint's, another test's) and
+/// no outgoing connection is given it meanwhile. The proxy holding `127.0.0.2:R` keeps other
+/// clusters, which pick the same way, off it.
 fn replication_proxy() -> Proxy {
     let host: std::net::IpAddr = REPLICATION_PROXY_HOST.parse().expect("an IP address");
+    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|&low| low > 2048);
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        ^ (u64::from(std::process::id()) << 32)
+        | 1;
     let mut last = None;
-    for _ in 0..5 {
-        let port = free_port();
-        match Proxy::listen(
-            SocketAddr::new(host, port),
-            SocketAddr::from(([127, 0, 0, 1], port)),
-        ) {
+    for _ in 0..50 {
+        let port = match below {
+            Some(low) => {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                1024 + (seed % u64::from(low - 1024)) as u16
+            }
+            None => free_port(),
+        };
+        let master = SocketAddr::from(([127, 0, 0, 1], port));
+        if let Err(e) = TcpListener::bind(master) {
+            last = Some(e);
+            continue;
+        }
+        match Proxy::listen(SocketAddr::new(host, port), master) {
             Ok(proxy) => return proxy,
             Err(e) => last = Some(e),
         }
