@@ -1,8 +1,8 @@
 //! Acknowledgements and consumer credit: acks (individual and cumulative), NACKs, delivered
 //! and redelivered notices, pulls and prefetch changes.
 //!
-//! It must never remove an acknowledged persistent message from the queue without journaling
-//! the removal.
+//! It must never confirm an acknowledgement of a stored message before its removal is
+//! journaled (outside a transaction at once, inside one with the commit's record).
 
 use std::collections::BTreeSet;
 

@@ -1,5 +1,5 @@
-//! Redelivery, the dead-letter queue and expiry: putting unacknowledged messages back,
-//! dead-lettering them past `max_redeliveries` or when rejected, and dropping expired ones.
+//! Redelivery, the dead-letter queue and expiry: putting unacknowledged messages back, and
+//! dead-lettering them past `max_redeliveries`, when rejected, or once expired on a queue.
 //!
 //! It must never move a message to its DLQ in more than one record (a crash leaves it in one
 //! place).
