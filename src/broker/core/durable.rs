@@ -1,0 +1,118 @@
+//! Durable topic subscriptions and virtual topic consumer queues: journaling, registering and
+//! removing them.
+//!
+//! It must never remove a durable subscription while a consumer is attached to it, nor leave
+//! its stored messages behind when it goes.
+
+use super::{durable_queue, is_virtual_subscription, parse_selector, remove_entry, Core, Durable};
+use crate::broker::{BrokerError, Confirmation};
+use crate::store::{entry, SubscriptionAdd, SubscriptionRemove};
+
+impl Core {
+    /// Journals a new durable subscription (or virtual topic consumer queue) and registers it;
+    /// the confirmation resolves once its record is confirmed.
+    pub(super) fn record_subscription(
+        &mut self,
+        subscription: SubscriptionAdd,
+    ) -> Result<Confirmation, BrokerError> {
+        self.append(vec![crate::store::Entry {
+            kind: Some(entry::Kind::Subscribe(subscription.clone())),
+        }])?;
+        self.register_durable(subscription);
+        Ok(self.flush())
+    }
+
+    /// Registers a stored subscription: a durable topic subscription, or a virtual topic's
+    /// consumer queue (see [`is_virtual_subscription`]), which its topic feeds the same way but
+    /// which is an ordinary queue to its consumers: none of the durable rules (one active
+    /// subscriber, a client id, unsubscribe) apply to it.
+    pub(super) fn register_durable(&mut self, subscription: SubscriptionAdd) {
+        let queue = subscription.queue.clone();
+        // A wildcard durable (its topic is the pattern) is registered as when it was made, on
+        // start, after an index rebuild or on a promoted slave alike.
+        match self.topic_mut(&subscription.topic) {
+            Some(topic) => {
+                if !topic.durables.contains(&queue) {
+                    topic.durables.push(queue.clone());
+                }
+            }
+            None => {
+                tracing::warn!(queue, topic = %subscription.topic, "stored subscription's topic is not a valid wildcard pattern; its queue receives nothing from it");
+            }
+        }
+        self.queues.entry(queue.clone()).or_default();
+        if is_virtual_subscription(&subscription) {
+            self.virtual_queues.insert(queue);
+            return;
+        }
+        if let Some(q) = self.queues.get_mut(&queue) {
+            q.subscription = true;
+            q.groups = None;
+        }
+        let selector = match parse_selector(Some(&subscription.selector)) {
+            Ok(selector) => selector,
+            Err(e) => {
+                tracing::warn!(queue, error = %e, "stored durable selector does not parse; delivering everything");
+                None
+            }
+        };
+        self.durables.insert(
+            queue,
+            Durable {
+                subscription,
+                selector,
+                active: None,
+                no_local_session: None,
+            },
+        );
+    }
+
+    pub fn remove_durable_by_name(
+        &mut self,
+        session: u64,
+        name: &str,
+    ) -> Result<Confirmation, BrokerError> {
+        let client_id = self
+            .session(session)?
+            .client_id
+            .clone()
+            .ok_or(BrokerError::DurableNeedsClientId)?;
+        let queue = durable_queue(&client_id, name);
+        match self.durables.get(&queue) {
+            // As ActiveMQ (and JMS's `Session.unsubscribe`): an unknown name is an error.
+            None => Err(BrokerError::UnknownDurable(name.to_string())),
+            Some(d) if d.active.is_some() => Err(BrokerError::DurableInUse(name.to_string())),
+            Some(_) => {
+                self.remove_durable(&queue)?;
+                Ok(self.flush())
+            }
+        }
+    }
+
+    /// Deletes an inactive durable subscription and every message stored for it.
+    pub(super) fn remove_durable(&mut self, queue: &str) -> Result<(), BrokerError> {
+        let Some(durable) = self.durables.get(queue) else {
+            return Ok(());
+        };
+        let subscription = durable.subscription.clone();
+        let mut entries = vec![crate::store::Entry {
+            kind: Some(entry::Kind::Unsubscribe(SubscriptionRemove {
+                client_id: subscription.client_id.clone(),
+                subscription_name: subscription.subscription_name.clone(),
+            })),
+        }];
+        if let Some(q) = self.queues.get(queue) {
+            entries.extend(
+                q.ready
+                    .values()
+                    .filter_map(|e| e.key)
+                    .map(|key| remove_entry(queue, key)),
+            );
+        }
+        self.append_in_chunks(entries)?;
+        self.durables.remove(queue);
+        self.queues.remove(queue);
+        self.change_topic(&subscription.topic, |t| t.durables.retain(|q| q != queue));
+        Ok(())
+    }
+}

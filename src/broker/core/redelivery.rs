@@ -1,0 +1,171 @@
+//! Redelivery, the dead-letter queue and expiry: putting unacknowledged messages back, and
+//! dead-lettering them past `max_redeliveries`, when rejected, or once expired on a queue.
+//!
+//! It must never move a message to its DLQ in more than one record (a crash leaves it in one
+//! place).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::{add_entry, now_ms, remove_entry, set_original_destination, Core, Publish};
+use crate::broker::queue::{Entry, InFlight};
+use crate::broker::BrokerError;
+use crate::store::MessageKey;
+
+impl Core {
+    /// Puts an unacknowledged message back on its queue, or dead-letters it once it has been
+    /// redelivered more than `max_redeliveries` times.
+    pub(super) fn redeliver(
+        &mut self,
+        in_flight: InFlight,
+        touched: &mut BTreeSet<String>,
+    ) -> Result<(), BrokerError> {
+        self.requeue(in_flight, true, touched)
+    }
+
+    /// Puts an unacknowledged message back in its place on its queue; `counted` makes it a
+    /// redelivery (false: it never reached the application).
+    pub(super) fn requeue(
+        &mut self,
+        in_flight: InFlight,
+        counted: bool,
+        touched: &mut BTreeSet<String>,
+    ) -> Result<(), BrokerError> {
+        let Some(queue) = in_flight.queue else {
+            return Ok(()); // non-durable topic: nothing is kept for a subscriber that left
+        };
+        let mut entry = in_flight.entry;
+        if counted {
+            entry.redeliveries += 1;
+            if entry.redeliveries > self.options.max_redeliveries {
+                return self.dead_letter(&queue, entry, "redelivery limit reached");
+            }
+        }
+        if !self.queues.contains_key(&queue) {
+            // Deleted (a removed durable subscription, say) while its consumer or a
+            // transaction held the message.
+            return self.discard_stored(&queue, &entry);
+        }
+        let entry = self.admit(entry);
+        if let Some(q) = self.queues.get_mut(&queue) {
+            q.push(entry);
+            touched.insert(queue);
+        }
+        Ok(())
+    }
+
+    /// Drops a message held for a queue that no longer exists; a stored one is removed from
+    /// the store too, so that a restart does not bring it back.
+    pub(super) fn discard_stored(&mut self, queue: &str, entry: &Entry) -> Result<(), BrokerError> {
+        if let Some(key) = entry.key {
+            self.append(vec![remove_entry(queue, key)])?;
+        }
+        Ok(())
+    }
+
+    /// A delivery the consumer rejected (NACK, poison ack) goes to its DLQ.
+    pub(super) fn reject(&mut self, f: InFlight) -> Result<(), BrokerError> {
+        match f.queue {
+            Some(queue) => self.dead_letter(&queue, f.entry, "rejected by the consumer"),
+            None => Ok(()),
+        }
+    }
+
+    /// Moves a message from `queue` to its DLQ (see [`crate::broker::DeadLetterStrategy`]) in one
+    /// record (non-persistent messages are dropped, as ActiveMQ does by default).
+    pub(super) fn dead_letter(
+        &mut self,
+        queue: &str,
+        entry: Entry,
+        why: &str,
+    ) -> Result<(), BrokerError> {
+        let strategy = &self.options.dead_letter_strategy;
+        let dlq = strategy.dead_letter_queue(queue, &entry.message.destination);
+        tracing::debug!(queue, dlq, message_id = %entry.message.message_id, why, "dead-lettering");
+        // Moving it into the queue it is on would go round for ever; one already dead-lettered
+        // to the queue it is on is discarded too, as ActiveMQ 5.17's dead-letter audit does
+        // (it has seen the message before), rather than sent to a DLQ of the DLQ. Only the DLQ
+        // of its original destination counts: a message sent back to that destination, or sent
+        // to a DLQ by a client, is dead-lettered as any other (the audit has not seen it).
+        let dead_lettered_here = entry
+            .message
+            .headers
+            .iter()
+            .find(|h| h.name == "original-destination")
+            .is_some_and(|h| strategy.dead_letter_queue(&h.value, &h.value) == queue);
+        if queue == dlq || dead_lettered_here {
+            tracing::warn!(message_id = %entry.message.message_id, why, "a message on {queue}, a DLQ, was dead-lettered again: discarded");
+            return self.discard_stored(queue, &entry);
+        }
+        let Some(key) = entry.key else {
+            return Ok(());
+        };
+        let mut message = (*self.with_body(&entry)?).clone();
+        self.stats.dead_lettered += 1;
+        message.redelivery_count = entry.redeliveries;
+        // On the DLQ it is kept until consumed, as ActiveMQ does: an expiration kept would
+        // expire it again there.
+        message.expiration = 0;
+        // It names where the message was dead-lettered from, as ActiveMQ sets it, replacing one
+        // it carried (sent on from another DLQ with its headers): kept, that one would not name
+        // this DLQ's destination, and dead-lettered again here the message would move on to a
+        // DLQ of this DLQ, and so on at each rejection. A virtual topic's copy was on its
+        // consumer queue (the stored message names the topic, shared by every consumer queue).
+        let origin = if self.virtual_queues.contains(queue) {
+            queue.to_string()
+        } else {
+            message.destination.clone()
+        };
+        set_original_destination(&mut message, origin);
+        message.destination = dlq.clone();
+        let message = Arc::new(message);
+        let (start, _) = self.append(vec![
+            remove_entry(queue, key),
+            add_entry(vec![dlq.clone()], message.clone()),
+        ])?;
+        let publish = vec![Publish::Queue(
+            dlq,
+            Entry::new(Some(MessageKey::new(start, 1)), message, entry.redeliveries)
+                .from(entry.origin),
+        )];
+        drop(self.wait_for(publish));
+        Ok(())
+    }
+
+    /// Removes expired messages waiting on queues (called periodically).
+    pub fn expire_messages(&mut self) {
+        let now = now_ms();
+        let queues: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| q.expiring > 0)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for queue in queues {
+            let Some(q) = self.queues.get_mut(&queue) else {
+                continue;
+            };
+            let expired: Vec<u64> = q
+                .ready
+                .iter()
+                .filter(|(_, e)| e.is_expired(now))
+                .map(|(seq, _)| *seq)
+                .collect();
+            let mut removed = Vec::new();
+            for seq in expired {
+                if let Some(e) = q.ready.remove(&seq) {
+                    removed.push(e);
+                }
+            }
+            q.expiring = q
+                .ready
+                .values()
+                .filter(|e| e.message.expiration > 0)
+                .count();
+            for entry in removed {
+                self.stats.expired += 1;
+                let _ = self.dead_letter(&queue, entry, "expired");
+            }
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Protocol sessions: opening and closing them, their client connection (for noLocal) and the
+//! ids of the messages they send.
+//!
+//! It must never know which protocol a session speaks.
+
+use std::collections::HashMap;
+
+use tokio::sync::mpsc;
+
+use super::{connection_origin, Core, SessionState};
+use crate::broker::{BrokerError, Delivery};
+
+impl Core {
+    pub fn open_session(
+        &mut self,
+        client_id: Option<String>,
+        deliveries: mpsc::UnboundedSender<Delivery>,
+    ) -> u64 {
+        let id = self.next_session;
+        self.next_session += 1;
+        self.sessions.insert(
+            id,
+            SessionState {
+                client_id,
+                deliveries,
+                subscriptions: HashMap::new(),
+                transactions: HashMap::new(),
+                origin: id,
+            },
+        );
+        id
+    }
+
+    /// Session `session` serves client connection `connection`: its messages are that
+    /// connection's for noLocal (see [`connection_origin`]). Called before it subscribes.
+    pub fn set_connection(&mut self, session: u64, connection: &str) {
+        if let Some(state) = self.sessions.get_mut(&session) {
+            state.origin = connection_origin(connection);
+        }
+    }
+
+    pub fn close_session(&mut self, session: u64) {
+        let Some(state) = self.sessions.get(&session) else {
+            return;
+        };
+        let transactions: Vec<String> = state.transactions.keys().cloned().collect();
+        let subscriptions: Vec<String> = state.subscriptions.keys().cloned().collect();
+        // Subscriptions first: an aborted transaction's messages must not go back to a
+        // consumer of this session, which would count a second redelivery when it ends.
+        for sub in subscriptions {
+            let _ = self.unsubscribe(session, &sub, false);
+        }
+        for tx in transactions {
+            let _ = self.abort(session, &tx);
+        }
+        self.sessions.remove(&session);
+    }
+
+    pub(super) fn session(&mut self, session: u64) -> Result<&mut SessionState, BrokerError> {
+        self.sessions
+            .get_mut(&session)
+            .ok_or(BrokerError::ShuttingDown)
+    }
+
+    /// An id of the broker's own for a message of `session`, never given before (the boot
+    /// time tells this run's from an earlier one's).
+    pub(super) fn new_message_id(&mut self, session: u64) -> String {
+        let n = self.next_message;
+        self.next_message += 1;
+        format!("ID:{}-{}:{}:{}", self.options.name, self.boot, session, n)
+    }
+
+    /// Whether `session` has a subscription (see `Session::hold_back`).
+    pub fn has_subscriptions(&self, session: u64) -> bool {
+        self.sessions
+            .get(&session)
+            .is_some_and(|s| !s.subscriptions.is_empty())
+    }
+}

@@ -1,0 +1,272 @@
+//! Durable subscriptions: kept while away, on patterns, recovered, removed, client ids.
+
+use super::*;
+
+#[tokio::test]
+async fn a_durable_subscription_keeps_messages_while_away() {
+    let f = fixture(BrokerOptions::default()).await;
+    let topic = Destination::Topic("news".into());
+    let durable = |s: &Session| {
+        s.subscribe(SubscribeRequest {
+            id: "d".into(),
+            destination: topic.clone(),
+            prefetch: 10,
+            durable_name: Some("sub".into()),
+            selector: None,
+            exclusive: false,
+            priority: 0,
+            no_local: false,
+        })
+    };
+    let (s, _) = f.broker.open_session(Some("client-1".into()));
+    durable(&s).unwrap().await.unwrap();
+    drop(s);
+    let (producer, _) = f.broker.open_session(None);
+    producer
+        .send(&topic, persistent("while away"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    let (s, mut rx) = f.broker.open_session(Some("client-1".into()));
+    durable(&s).unwrap();
+    assert_eq!(body(&next(&mut rx).await), "while away");
+    let (other, _) = f.broker.open_session(Some("client-1".into()));
+    assert_eq!(
+        durable(&other).unwrap_err(),
+        BrokerError::DurableInUse("sub".into())
+    );
+}
+
+/// A durable subscription on a pattern keeps what is published to every matching topic while
+/// its subscriber is away, and only that.
+#[tokio::test]
+async fn a_durable_wildcard_subscription_keeps_matching_messages_while_away() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (s, _) = f.broker.open_session(Some("collector".into()));
+    subscribe_to(&s, "d", topic("logs.>"), Some("logs"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    drop(s);
+    let (producer, _) = f.broker.open_session(None);
+    for (name, b) in [
+        ("logs.app1.error", "1"),
+        ("metrics.app1", "x"),
+        ("logs.app2.info", "2"),
+    ] {
+        producer
+            .send(&topic(name), persistent(b), None)
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    assert_eq!(f.broker.queue_depth("durable://collector:logs"), 2);
+    let (s, mut rx) = f.broker.open_session(Some("collector".into()));
+    subscribe_to(&s, "d", topic("logs.>"), Some("logs"), None).unwrap();
+    let first = next(&mut rx).await;
+    assert_eq!(first.message.destination, "topic://logs.app1.error");
+    assert_eq!(body(&next(&mut rx).await), "2");
+    assert!(rx.try_recv().is_err());
+    // Removed, it stops collecting; the pattern is forgotten.
+    s.unsubscribe("d", true).unwrap().await.unwrap();
+    producer
+        .send(&topic("logs.app1.error"), persistent("after"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(f.broker.queue_depth("durable://collector:logs"), 0);
+}
+
+/// A durable wildcard subscription comes back from the journal at a restart with its pattern
+/// (through the index, then through an index rebuilt from the journal, as a promoted slave's
+/// store gives it too): what it kept is still there and what is published after a restart to a
+/// matching topic is kept for it too.
+#[tokio::test]
+async fn a_durable_wildcard_subscription_is_recovered_from_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+        let (s, _) = broker.open_session(Some("collector".into()));
+        subscribe_to(&s, "d", topic("logs.*.error"), Some("errors"), None)
+            .unwrap()
+            .await
+            .unwrap();
+        drop(s);
+        let (p, _) = broker.open_session(None);
+        p.send(&topic("logs.app1.error"), persistent("before"), None)
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    {
+        let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+        let (p, _) = broker.open_session(None);
+        for (name, b) in [("logs.app2.error", "after"), ("logs.app2.info", "x")] {
+            p.send(&topic(name), persistent(b), None)
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        assert_eq!(broker.queue_depth("durable://collector:errors"), 2);
+    }
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+    assert!(lock(&broker.shared).store().stats().index_rebuilt);
+    assert_eq!(broker.queue_depth("durable://collector:errors"), 2);
+    let (p, _) = broker.open_session(None);
+    p.send(&topic("logs.app3.error"), persistent("rebuilt"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    let (s, mut rx) = broker.open_session(Some("collector".into()));
+    subscribe_to(&s, "d", topic("logs.*.error"), Some("errors"), None).unwrap();
+    let first = next(&mut rx).await;
+    assert_eq!(
+        (body(&first), first.message.destination.as_str()),
+        ("before", "topic://logs.app1.error")
+    );
+    let second = next(&mut rx).await;
+    assert_eq!(
+        (body(&second), second.message.destination.as_str()),
+        ("after", "topic://logs.app2.error")
+    );
+    assert_eq!(body(&next(&mut rx).await), "rebuilt");
+    assert!(rx.try_recv().is_err());
+}
+
+/// A durable subscription removed while a transaction holds one of its messages (acked, then
+/// rolled back): the message is gone, and stays gone after a restart.
+#[tokio::test]
+async fn a_removed_durable_subscription_leaves_no_message_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = Destination::Topic("t".into());
+    {
+        let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+        let (c, mut rx) = broker.open_session(Some("cid".into()));
+        c.subscribe(SubscribeRequest {
+            id: "s".into(),
+            destination: topic.clone(),
+            prefetch: 10,
+            durable_name: Some("d".into()),
+            selector: None,
+            exclusive: false,
+            priority: 0,
+            no_local: false,
+        })
+        .unwrap()
+        .await
+        .unwrap();
+        let (p, _) = broker.open_session(None);
+        p.send(&topic, persistent("old"), None)
+            .unwrap()
+            .await
+            .unwrap();
+        let d = next(&mut rx).await;
+        c.begin("t").unwrap();
+        c.ack(d.tag, AckScope::Single, Some("t")).unwrap();
+        c.unsubscribe("s", true).unwrap().await.unwrap();
+        c.abort("t").unwrap();
+        assert_eq!(broker.queue_depth("durable://cid:d"), 0);
+        c.flush().await.unwrap();
+    }
+    let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+    assert_eq!(
+        broker.queue_depth("durable://cid:d"),
+        0,
+        "{:?}",
+        broker.queue_stats()
+    );
+}
+
+/// Removing a durable subscription whose backlog holds more messages than one journal record
+/// has entries (65,536) writes its removals in several records: the store goes on, and after a
+/// restart none of them is back.
+#[tokio::test]
+async fn removing_a_durable_subscription_with_a_huge_backlog_keeps_the_store_running() {
+    const BACKLOG: usize = crate::store::MAX_ENTRIES + 10;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = Destination::Topic("t".into());
+    {
+        let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+        let (c, _rx) = broker.open_session(Some("cid".into()));
+        c.subscribe(SubscribeRequest {
+            id: "s".into(),
+            destination: topic.clone(),
+            prefetch: 1,
+            durable_name: Some("d".into()),
+            selector: None,
+            exclusive: false,
+            priority: 0,
+            no_local: false,
+        })
+        .unwrap()
+        .await
+        .unwrap();
+        c.unsubscribe("s", false).unwrap().await.unwrap(); // inactive, kept
+        let (p, _) = broker.open_session(None);
+        let mut last = None;
+        for i in 0..BACKLOG {
+            last = Some(p.send(&topic, persistent(&i.to_string()), None).unwrap());
+        }
+        last.unwrap().await.unwrap();
+        assert_eq!(broker.queue_depth("durable://cid:d"), BACKLOG);
+        c.remove_durable("d").unwrap().await.unwrap();
+        p.send(&queue("after"), persistent("still stored"), None)
+            .unwrap()
+            .await
+            .unwrap();
+        c.flush().await.unwrap();
+    }
+    let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+    assert_eq!(broker.queue_depth("durable://cid:d"), 0);
+    assert_eq!(broker.queue_depth("queue://after"), 1);
+}
+
+/// ActiveMQ (client and broker) accepts an empty client id, and a durable subscription under
+/// it (`setClientID("")`, STOMP `client-id:` with an empty value): it works as any other, and
+/// one stored before stays reachable. Only a name a virtual topic consumer queue's record uses
+/// (`queue://...`, under the empty client id) is refused, so the records stay apart.
+#[tokio::test]
+async fn a_durable_subscription_under_an_empty_client_id_works_as_in_activemq() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (s, mut rx) = f.broker.open_session(Some(String::new()));
+    subscribe_to(&s, "d", topic("t"), Some("d"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    let (p, _) = f.broker.open_session(None);
+    send_confirmed(&p, &topic("t"), "m").await;
+    assert_eq!(body(&next(&mut rx).await), "m");
+    assert!(matches!(
+        subscribe_to(
+            &s,
+            "v",
+            topic("VirtualTopic.Orders"),
+            Some("queue://Consumer.A.VirtualTopic.Orders"),
+            None
+        ),
+        Err(BrokerError::DurableNeedsClientId)
+    ));
+}
+
+/// Message groups are a queue feature: a durable topic subscriber gets grouped messages as
+/// any others, none flagged as its group's first (ActiveMQ never sets the flag on topics).
+#[tokio::test]
+async fn a_durable_subscription_ignores_message_groups() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (d, mut rx) = f.broker.open_session(Some("c".into()));
+    subscribe_to(&d, "d", topic("t"), Some("sub"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    let (producer, _) = f.broker.open_session(None);
+    for i in 0..3 {
+        send_settled(&producer, &topic("t"), grouped(&i.to_string(), "g", None)).await;
+    }
+    let got = take_all(&mut rx);
+    assert_eq!(bodies(&got), ["0", "1", "2"]);
+    assert!(
+        got.iter().all(|d| !d.group_first),
+        "a group flag on a topic subscriber"
+    );
+}

@@ -1,0 +1,381 @@
+//! Redelivery, expiry and the dead-letter queues (shared and individual strategies).
+
+use super::*;
+
+#[tokio::test]
+async fn unacked_messages_are_redelivered_then_dead_lettered() {
+    let f = fixture(BrokerOptions {
+        max_redeliveries: 1,
+        ..BrokerOptions::default()
+    })
+    .await;
+    let (producer, _) = f.broker.open_session(None);
+    producer
+        .send(&queue("q"), persistent("poison"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    for expected in 0..2 {
+        let (c, mut rx) = f.broker.open_session(None);
+        subscribe(&c, "s", queue("q"), 1);
+        let d = next(&mut rx).await;
+        assert_eq!(d.redelivery_count, expected);
+        drop(c);
+    }
+    let (c, mut rx) = f.broker.open_session(None);
+    subscribe(&c, "dlq", Destination::Queue("ActiveMQ.DLQ".into()), 1);
+    let d = next(&mut rx).await;
+    assert_eq!(body(&d), "poison");
+    assert_eq!(f.broker.queue_depth("queue://q"), 0);
+}
+
+#[tokio::test]
+async fn client_side_redeliveries_count_when_the_message_comes_back() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (session, mut rx, d) = one_delivered(&f).await;
+    assert_eq!(d.redelivery_count, 0);
+    // The JMS client rolled it back twice and redelivered it itself.
+    session.redelivered(d.tag);
+    session.redelivered(d.tag);
+    session.unsubscribe("s", false).unwrap();
+    subscribe(&session, "t", queue("q"), 10);
+    let again = next(&mut rx).await;
+    assert_eq!(body(&again), "m");
+    assert_eq!(
+        again.redelivery_count, 3,
+        "two client rollbacks and one return"
+    );
+}
+
+/// Polls `condition` every 5 ms for up to 10 s.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within 10 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// An expired message moves to `ActiveMQ.DLQ` once, without its expiration, and can be
+/// consumed there (kept, it would expire again on the DLQ at every sweep).
+/// A broker with `options` (swept for expired messages every 10 ms) where a persistent
+/// message "late" sent to `queue://q` has expired and been dead-lettered.
+async fn expired_on_q(options: BrokerOptions) -> Fixture {
+    let f = fixture(BrokerOptions {
+        expiry_sweep: Duration::from_millis(10),
+        ..options
+    })
+    .await;
+    let (p, _) = f.broker.open_session(None);
+    let mut m = persistent("late");
+    m.expiration = now_millis() + 30;
+    p.send(&queue("q"), m, None).unwrap().await.unwrap();
+    eventually("the message expired", || {
+        f.broker.stats().dead_lettered >= 1
+    })
+    .await;
+    f
+}
+
+#[tokio::test]
+async fn an_expired_message_is_dead_lettered_once_and_consumable_there() {
+    let f = expired_on_q(BrokerOptions::default()).await;
+    let (c, mut rx) = f.broker.open_session(None);
+    subscribe(&c, "dlq", queue("ActiveMQ.DLQ"), 10);
+    let d = next(&mut rx).await;
+    assert_eq!(body(&d), "late");
+    assert_eq!(d.message.expiration, 0);
+    assert_eq!(f.broker.stats().dead_lettered, 1);
+}
+
+/// A negative expiration means none, as in ActiveMQ (`expireTime > 0`).
+#[tokio::test]
+async fn a_negative_expiration_never_expires() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (s, mut rx) = f.broker.open_session(None);
+    let mut m = persistent("forever");
+    m.expiration = -5;
+    s.send(&queue("q"), m, None).unwrap().await.unwrap();
+    subscribe(&s, "s", queue("q"), 10);
+    assert_eq!(body(&next(&mut rx).await), "forever");
+}
+
+/// A message that expires while it waits for a slow non-durable topic subscriber is dropped,
+/// not delivered late.
+#[tokio::test]
+async fn a_topic_message_that_expired_while_waiting_is_not_delivered() {
+    let f = fixture(BrokerOptions::default()).await;
+    let topic = Destination::Topic("t".into());
+    let (slow, mut rx) = f.broker.open_session(None);
+    subscribe(&slow, "s", topic.clone(), 1);
+    let (producer, _) = f.broker.open_session(None);
+    let message = |body: &str, expiration: i64| NewMessage {
+        body: Bytes::copy_from_slice(body.as_bytes()),
+        expiration,
+        ..NewMessage::default()
+    };
+    let expires = now_millis() + 50;
+    for m in [
+        message("first", 0),
+        message("late", expires),
+        message("last", 0),
+    ] {
+        producer.send(&topic, m, None).unwrap().await.unwrap();
+    }
+    let first = next(&mut rx).await;
+    assert_eq!(body(&first), "first");
+    // The scenario is time passing: "late" expires while it waits behind "first".
+    while now_millis() <= expires {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    slow.ack(first.tag, AckScope::Single, None).unwrap();
+    assert_eq!(body(&next(&mut rx).await), "last");
+    assert_eq!(f.broker.stats().expired, 1);
+}
+
+/// Options with ActiveMQ's `<individualDeadLetterStrategy/>` (default names).
+fn individual_dlqs() -> BrokerOptions {
+    BrokerOptions {
+        dead_letter_strategy: DeadLetterStrategy::individual(),
+        ..BrokerOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn the_individual_strategy_gives_a_queue_its_own_dlq() {
+    let f = fixture(individual_dlqs()).await;
+    let (session, _rx, d) = one_delivered(&f).await;
+    session.nack(d.tag, None).unwrap().await.unwrap();
+    assert_eq!(f.broker.queue_depth("queue://q"), 0);
+    assert_eq!(f.broker.queue_depth("queue://ActiveMQ.DLQ"), 0);
+    let dead = take_from(&f.broker, "ActiveMQ.DLQ.Queue.q").await;
+    assert_eq!(body(&dead), "m");
+    assert_eq!(dead.message.destination, "queue://ActiveMQ.DLQ.Queue.q");
+    assert_eq!(header(&dead, "original-destination"), Some("queue://q"));
+    assert_eq!(f.broker.stats().dead_lettered, 1);
+}
+
+/// Prefix and suffix are the configured ones; the DLQ and its message are in the journal, so a
+/// node restarted with another strategy still has them where they went.
+#[tokio::test]
+async fn an_individual_dlq_takes_the_configured_prefix_and_suffix_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let options = BrokerOptions {
+            dead_letter_strategy: DeadLetterStrategy::Individual {
+                queue_prefix: "DLQ.".into(),
+                queue_suffix: ".dead".into(),
+                topic_prefix: "DLT.".into(),
+                topic_suffix: String::new(),
+            },
+            ..BrokerOptions::default()
+        };
+        let broker = Broker::start_for_tests(dir.path(), options);
+        let (p, _) = broker.open_session(None);
+        p.send(&queue("orders"), persistent("bad"), None)
+            .unwrap()
+            .await
+            .unwrap();
+        let (c, mut rx) = broker.open_session(None);
+        subscribe(&c, "s", queue("orders"), 10);
+        let d = next(&mut rx).await;
+        c.nack(d.tag, None).unwrap().await.unwrap();
+        assert_eq!(broker.queue_depth("queue://DLQ.orders.dead"), 1);
+        c.flush().await.unwrap();
+    }
+    let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+    assert_eq!(broker.queue_depth("queue://orders"), 0);
+    let dead = take_from(&broker, "DLQ.orders.dead").await;
+    assert_eq!(body(&dead), "bad");
+}
+
+/// A durable subscription's dead letter goes to the DLQ named after the topic it was published
+/// to (ActiveMQ's topic prefix; a wildcard subscription's after the matching topic), which is
+/// a queue.
+#[tokio::test]
+async fn the_individual_strategy_names_a_durable_subscriptions_dlq_after_the_topic() {
+    let f = fixture(individual_dlqs()).await;
+    let (s, mut rx) = f.broker.open_session(Some("collector".into()));
+    subscribe_to(&s, "news", topic("news"), Some("news"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    subscribe_to(&s, "logs", topic("logs.>"), Some("logs"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    let (p, _) = f.broker.open_session(None);
+    for (name, b) in [("news", "n"), ("logs.app1.error", "l")] {
+        p.send(&topic(name), persistent(b), None)
+            .unwrap()
+            .await
+            .unwrap();
+        let d = next(&mut rx).await;
+        s.nack(d.tag, None).unwrap().await.unwrap();
+    }
+    assert_eq!(f.broker.queue_depth("durable://collector:news"), 0);
+    assert_eq!(f.broker.queue_depth("durable://collector:logs"), 0);
+    let dead = take_from(&f.broker, "ActiveMQ.DLQ.Topic.news").await;
+    assert_eq!(body(&dead), "n");
+    assert_eq!(header(&dead, "original-destination"), Some("topic://news"));
+    let dead = take_from(&f.broker, "ActiveMQ.DLQ.Topic.logs.app1.error").await;
+    assert_eq!(body(&dead), "l");
+    assert_eq!(f.broker.queue_depth("queue://ActiveMQ.DLQ"), 0);
+}
+
+/// A virtual topic's copy was on its consumer queue: that queue names its DLQ, as in ActiveMQ
+/// (`ActiveMQ.DLQ.Queue.Consumer.A.VirtualTopic.Orders`).
+#[tokio::test]
+async fn the_individual_strategy_names_a_virtual_topic_copys_dlq_after_its_consumer_queue() {
+    let f = fixture(individual_dlqs()).await;
+    let (c, mut rx) = f.broker.open_session(None);
+    subscribe_virtual(&c, "a", "Consumer.A.VirtualTopic.Orders", None).await;
+    let (p, _) = f.broker.open_session(None);
+    send_confirmed(&p, &topic("VirtualTopic.Orders"), "v").await;
+    let d = next(&mut rx).await;
+    c.nack(d.tag, None).unwrap().await.unwrap();
+    let dead = take_from(
+        &f.broker,
+        "ActiveMQ.DLQ.Queue.Consumer.A.VirtualTopic.Orders",
+    )
+    .await;
+    assert_eq!(body(&dead), "v");
+}
+
+#[tokio::test]
+async fn the_individual_strategy_sends_an_expired_message_to_its_queues_dlq() {
+    let f = expired_on_q(individual_dlqs()).await;
+    let dead = take_from(&f.broker, "ActiveMQ.DLQ.Queue.q").await;
+    assert_eq!((body(&dead), dead.message.expiration), ("late", 0));
+    assert_eq!(f.broker.queue_depth("queue://ActiveMQ.DLQ"), 0);
+}
+
+/// A broker with `options` where message "m" was NACKed on `queue://q`, then NACKed again
+/// on its DLQ `dlq` (a name without prefix).
+async fn nacked_twice(options: BrokerOptions, dlq: &str) -> Fixture {
+    let f = fixture(options).await;
+    let (session, _rx, d) = one_delivered(&f).await;
+    session.nack(d.tag, None).unwrap().await.unwrap();
+    let (c, mut rx) = f.broker.open_session(None);
+    subscribe(&c, "dlq", queue(dlq), 10);
+    let d = next(&mut rx).await;
+    c.nack(d.tag, None).unwrap().await.unwrap();
+    assert!(rx.try_recv().is_err(), "it came back on {dlq}");
+    f
+}
+
+/// A message dead-lettered again while on the individual DLQ it was dead-lettered to is
+/// discarded, as ActiveMQ 5.17 does (its dead-letter audit has seen the message), not sent on
+/// to a DLQ of the DLQ.
+#[tokio::test]
+async fn a_message_dead_lettered_again_on_its_individual_dlq_is_discarded() {
+    let f = nacked_twice(individual_dlqs(), "ActiveMQ.DLQ.Queue.q").await;
+    assert_eq!(f.broker.queue_depth("queue://ActiveMQ.DLQ.Queue.q"), 0);
+    assert_eq!(
+        f.broker
+            .queue_depth("queue://ActiveMQ.DLQ.Queue.ActiveMQ.DLQ.Queue.q"),
+        0
+    );
+    assert_eq!(f.broker.stats().dead_lettered, 1);
+}
+
+/// Only the DLQ a message was dead-lettered to counts: one carrying its original destination
+/// back on that destination (sent again by an application that empties a DLQ), and one a
+/// client sent to a DLQ itself, are dead-lettered as any other.
+#[tokio::test]
+async fn a_message_not_dead_lettered_to_its_queue_is_dead_lettered_again() {
+    let f = fixture(individual_dlqs()).await;
+    let (p, _) = f.broker.open_session(None);
+    let mut retried = persistent("retried");
+    retried
+        .headers
+        .push(Header::text("original-destination", "queue://q"));
+    p.send(&queue("q"), retried, None).unwrap().await.unwrap();
+    p.send(&queue("ActiveMQ.DLQ.Queue.x"), persistent("direct"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    for on in ["q", "ActiveMQ.DLQ.Queue.x"] {
+        let (c, mut rx) = f.broker.open_session(None);
+        subscribe(&c, "c", queue(on), 10);
+        let d = next(&mut rx).await;
+        c.nack(d.tag, None).unwrap().await.unwrap();
+    }
+    assert_eq!(
+        body(&take_from(&f.broker, "ActiveMQ.DLQ.Queue.q").await),
+        "retried"
+    );
+    let direct = take_from(&f.broker, "ActiveMQ.DLQ.Queue.ActiveMQ.DLQ.Queue.x").await;
+    assert_eq!(body(&direct), "direct");
+    assert_eq!(f.broker.stats().dead_lettered, 2);
+}
+
+#[tokio::test]
+async fn a_message_dead_lettered_on_the_shared_dlq_is_discarded() {
+    let f = nacked_twice(BrokerOptions::default(), "ActiveMQ.DLQ").await;
+    assert_eq!(f.broker.queue_depth("queue://ActiveMQ.DLQ"), 0);
+    assert_eq!(f.broker.stats().dead_lettered, 1);
+}
+
+#[test]
+fn dead_letter_queue_names() {
+    let shared = DeadLetterStrategy::Shared;
+    assert_eq!(
+        shared.dead_letter_queue("queue://q", "queue://q"),
+        DEAD_LETTER_QUEUE
+    );
+    let individual = DeadLetterStrategy::individual();
+    for (queue, destination, dlq) in [
+        ("queue://q", "queue://q", "queue://ActiveMQ.DLQ.Queue.q"),
+        (
+            "durable://c:s",
+            "topic://a.b",
+            "queue://ActiveMQ.DLQ.Topic.a.b",
+        ),
+        (
+            "queue://Consumer.A.VirtualTopic.X",
+            "topic://VirtualTopic.X",
+            "queue://ActiveMQ.DLQ.Queue.Consumer.A.VirtualTopic.X",
+        ),
+        ("durable://c:s", "nonsense", DEAD_LETTER_QUEUE),
+    ] {
+        assert_eq!(individual.dead_letter_queue(queue, destination), dlq);
+    }
+}
+
+/// A message carrying another destination's `original-destination` (taken off one DLQ and
+/// sent on to a retry queue with its headers) names, once dead-lettered, the queue it was
+/// dead-lettered from, as ActiveMQ sets it; dead-lettered again on that DLQ it is discarded,
+/// not moved on to a DLQ of the DLQ, and from there to yet another at each rejection.
+#[tokio::test]
+async fn a_message_with_a_foreign_original_destination_does_not_walk_a_chain_of_dlqs() {
+    let f = fixture(individual_dlqs()).await;
+    let (p, _) = f.broker.open_session(None);
+    let mut retried = persistent("retried");
+    retried
+        .headers
+        .push(Header::text("original-destination", "queue://orders"));
+    p.send(&queue("retry"), retried, None)
+        .unwrap()
+        .await
+        .unwrap();
+    let mut on = "retry".to_string();
+    for _ in 0..3 {
+        let (c, mut rx) = f.broker.open_session(None);
+        subscribe(&c, "c", queue(&on), 10);
+        let d = next(&mut rx).await;
+        c.nack(d.tag, None).unwrap().await.unwrap();
+        on = format!("ActiveMQ.DLQ.Queue.{on}");
+        if f.broker.queue_depth(&format!("queue://{on}")) == 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        on, "ActiveMQ.DLQ.Queue.ActiveMQ.DLQ.Queue.retry",
+        "walked on"
+    );
+    assert_eq!(f.broker.stats().dead_lettered, 1);
+}

@@ -1,0 +1,209 @@
+//! Selectors, and the bounded selective dispatch walks that the periodic sweep continues.
+
+use super::*;
+
+#[tokio::test]
+async fn selectors_route_each_message_to_a_consumer_that_accepts_it() {
+    let f = fixture(BrokerOptions::default()).await;
+    let subscribe_with = |s: &Session, selector: &str| {
+        s.subscribe(SubscribeRequest {
+            id: "s".into(),
+            destination: queue("q"),
+            prefetch: 100,
+            durable_name: None,
+            selector: Some(selector.into()),
+            exclusive: false,
+            priority: 0,
+            no_local: false,
+        })
+        .unwrap();
+    };
+    let (red, mut red_rx) = f.broker.open_session(None);
+    subscribe_with(&red, "color = 'red'");
+    let (blue, mut blue_rx) = f.broker.open_session(None);
+    subscribe_with(&blue, "color = 'blue'");
+    let (producer, _) = f.broker.open_session(None);
+    // A green message nobody accepts must not hold up the ones behind it.
+    for (color, body) in [
+        ("green", "g1"),
+        ("red", "r1"),
+        ("blue", "b1"),
+        ("red", "r2"),
+    ] {
+        producer
+            .send(&queue("q"), colored(color, body), None)
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    assert_eq!(body(&next(&mut red_rx).await), "r1");
+    assert_eq!(body(&next(&mut red_rx).await), "r2");
+    assert_eq!(body(&next(&mut blue_rx).await), "b1");
+    assert_eq!(f.broker.queue_depth("queue://q"), 1, "the green one waits");
+    let (any, _) = f.broker.open_session(None);
+    assert!(matches!(
+        any.subscribe(SubscribeRequest {
+            id: "bad".into(),
+            destination: queue("q"),
+            prefetch: 1,
+            durable_name: None,
+            selector: Some("color = ".into()),
+            exclusive: false,
+            priority: 0,
+            no_local: false,
+        }),
+        Err(BrokerError::InvalidSelector(_))
+    ));
+}
+
+#[tokio::test]
+async fn topic_and_durable_subscribers_get_only_what_their_selector_accepts() {
+    let f = fixture(BrokerOptions::default()).await;
+    let topic = Destination::Topic("t".into());
+    let (live, mut live_rx) = f.broker.open_session(None);
+    live.subscribe(SubscribeRequest {
+        id: "s".into(),
+        destination: topic.clone(),
+        prefetch: 100,
+        durable_name: None,
+        selector: Some("color = 'red'".into()),
+        exclusive: false,
+        priority: 0,
+        no_local: false,
+    })
+    .unwrap();
+    let (d, _) = f.broker.open_session(Some("c1".into()));
+    let durable = SubscribeRequest {
+        id: "d".into(),
+        destination: topic.clone(),
+        prefetch: 100,
+        durable_name: Some("only-blue".into()),
+        selector: Some("color = 'blue'".into()),
+        exclusive: false,
+        priority: 0,
+        no_local: false,
+    };
+    d.subscribe(durable.clone()).unwrap().await.unwrap();
+    drop(d);
+    let (producer, _) = f.broker.open_session(None);
+    for (color, b) in [("red", "r"), ("blue", "b")] {
+        producer
+            .send(&topic, colored(color, b), None)
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    assert_eq!(body(&next(&mut live_rx).await), "r");
+    let (d, mut d_rx) = f.broker.open_session(Some("c1".into()));
+    d.subscribe(durable).unwrap();
+    assert_eq!(body(&next(&mut d_rx).await), "b");
+    assert!(live_rx.try_recv().is_err() && d_rx.try_recv().is_err());
+}
+
+/// A consumer whose selector matches only a message deep in a backlog nobody else takes
+/// still gets it: the dispatch stops at `SCAN_LIMIT`, and the periodic sweep walks on.
+#[tokio::test]
+async fn a_selector_match_deep_in_a_backlog_is_found_by_the_sweep() {
+    let f = fixture(BrokerOptions {
+        expiry_sweep: Duration::from_millis(20),
+        ..BrokerOptions::default()
+    })
+    .await;
+    let (producer, _) = f.broker.open_session(None);
+    let mut confirmations = Vec::new();
+    for i in 0..3 * super::core::SCAN_LIMIT {
+        let sent = producer.send(&queue("q"), colored("green", &format!("g{i}")), None);
+        confirmations.push(sent.unwrap());
+    }
+    confirmations.push(
+        producer
+            .send(&queue("q"), colored("red", "r"), None)
+            .unwrap(),
+    );
+    for confirmation in confirmations {
+        confirmation.await.unwrap();
+    }
+    let (red, mut red_rx) = f.broker.open_session(None);
+    red.subscribe(SubscribeRequest {
+        id: "s".into(),
+        destination: queue("q"),
+        prefetch: 10,
+        durable_name: None,
+        selector: Some("color = 'red'".into()),
+        exclusive: false,
+        priority: 0,
+        no_local: false,
+    })
+    .unwrap();
+    assert_eq!(body(&next(&mut red_rx).await), "r");
+}
+
+/// A consumer's selector matches messages the sweep passed over while its window was full,
+/// then the sweep walked on past them to the end of the backlog: once the consumer has room
+/// again (its ack dispatches from the head, which stops at `SCAN_LIMIT` before them), the
+/// sweep must walk from the head once more instead of leaving them unoffered for ever.
+#[tokio::test]
+async fn a_match_the_sweep_passed_while_its_consumer_was_full_is_offered_again() {
+    const GREEN_BEFORE: usize = super::core::SCAN_LIMIT + 500;
+    const GREEN_AFTER: usize = 60_000;
+    let f = fixture(BrokerOptions {
+        // The test runs the sweep itself.
+        expiry_sweep: Duration::from_secs(3600),
+        ..BrokerOptions::default()
+    })
+    .await;
+    let (producer, _) = f.broker.open_session(None);
+    let green = |i: usize| NewMessage {
+        persistent: false,
+        ..colored("green", &format!("g{i}"))
+    };
+    for i in 0..GREEN_BEFORE {
+        producer.send(&queue("q"), green(i), None).unwrap();
+    }
+    for i in 0..3 {
+        let red = NewMessage {
+            persistent: false,
+            ..colored("red", &format!("r{i}"))
+        };
+        producer.send(&queue("q"), red, None).unwrap();
+    }
+    for i in 0..GREEN_AFTER {
+        producer
+            .send(&queue("q"), green(GREEN_BEFORE + i), None)
+            .unwrap();
+    }
+    let with_selector = |session: &Session, selector: &str, prefetch: u32| {
+        session
+            .subscribe(SubscribeRequest {
+                id: "s".into(),
+                destination: queue("q"),
+                prefetch,
+                durable_name: None,
+                selector: Some(selector.into()),
+                exclusive: false,
+                priority: 0,
+                no_local: false,
+            })
+            .unwrap();
+    };
+    // A consumer with room whose selector matches nothing keeps every walk going.
+    let (blue, mut blue_rx) = f.broker.open_session(None);
+    with_selector(&blue, "color = 'blue'", 10);
+    let (red, mut red_rx) = f.broker.open_session(None);
+    with_selector(&red, "color = 'red'", 1);
+    assert!(take_all(&mut red_rx).is_empty(), "beyond the scan limit");
+    let sweep = || super::lock(&f.broker.shared).continue_scans();
+    sweep(); // finds r0, passes r1 and r2 (the window is full) and stops far beyond
+    let r0 = next(&mut red_rx).await;
+    assert_eq!(body(&r0), "r0");
+    red.ack(r0.tag, AckScope::Single, None)
+        .unwrap()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        sweep();
+    }
+    let r1 = take_all(&mut red_rx);
+    assert_eq!(bodies(&r1), ["r1"], "r1 was never offered again");
+    assert!(take_all(&mut blue_rx).is_empty());
+}
