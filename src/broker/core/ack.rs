@@ -11,7 +11,6 @@ use crate::broker::queue::InFlight;
 use crate::broker::{AckScope, BrokerError, Confirmation};
 
 impl Core {
-    /// Takes the deliveries an ack covers out of their consumer.
     /// Takes the deliveries an acknowledgement of `tag` covers from their consumers:
     /// `(consumer, tag, delivery)`. A cumulative one covers the earlier deliveries of the
     /// whole subscription (every member's consumer of a composite destination).
@@ -114,7 +113,10 @@ impl Core {
         }
         let acked = self.take_acked(session, tag, scope)?;
         let cids = acked.iter().map(|(cid, _, _)| *cid).collect();
-        self.stats.acknowledged += acked.len() as u64;
+        if transaction.is_none() {
+            // A transaction's acknowledgements count when it commits (a counter never goes back).
+            self.stats.acknowledged += acked.len() as u64;
+        }
         let confirmation = match transaction {
             Some(tx) => {
                 let transaction = self

@@ -308,7 +308,6 @@ pub(crate) struct Core {
     consumers: HashMap<u64, Consumer>,
     /// Delivery tag -> consumer id.
     tags: HashMap<u64, u64>,
-    /// Producer id -> highest sequence appended.
     /// Duplicate detection of re-sent persistent messages (bounded, see [`ProducerAudit`]).
     producers: ProducerAudit,
     /// Orders the audit's entries: one more per recorded send.

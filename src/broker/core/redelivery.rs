@@ -164,7 +164,12 @@ impl Core {
                 .count();
             for entry in removed {
                 self.stats.expired += 1;
-                let _ = self.dead_letter(&queue, entry, "expired");
+                // Failing here means the store failed (the node is stopping) or the body could
+                // not be read back: the message is then still in the journal, and a restart
+                // recovers it and expires it again.
+                if let Err(error) = self.dead_letter(&queue, entry, "expired") {
+                    tracing::warn!(%queue, %error, "could not dead-letter an expired message");
+                }
             }
         }
     }

@@ -77,6 +77,7 @@ impl Core {
                 self.record_producer(&message.producer_id, message.producer_sequence);
             }
         }
+        self.stats.acknowledged += transaction.acks.len() as u64;
         for f in transaction.nacks {
             self.reject(f)?;
         }
@@ -121,7 +122,6 @@ impl Core {
                     }
                     consumer.in_flight.insert(tag, f);
                     self.tags.insert(tag, cid);
-                    self.stats.acknowledged = self.stats.acknowledged.saturating_sub(1);
                     continue;
                 }
             }

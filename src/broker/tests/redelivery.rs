@@ -59,8 +59,6 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-/// An expired message moves to `ActiveMQ.DLQ` once, without its expiration, and can be
-/// consumed there (kept, it would expire again on the DLQ at every sweep).
 /// A broker with `options` (swept for expired messages every 10 ms) where a persistent
 /// message "late" sent to `queue://q` has expired and been dead-lettered.
 async fn expired_on_q(options: BrokerOptions) -> Fixture {
@@ -80,6 +78,8 @@ async fn expired_on_q(options: BrokerOptions) -> Fixture {
     f
 }
 
+/// An expired message moves to `ActiveMQ.DLQ` once, without its expiration, and can be
+/// consumed there (kept, it would expire again on the DLQ at every sweep).
 #[tokio::test]
 async fn an_expired_message_is_dead_lettered_once_and_consumable_there() {
     let f = expired_on_q(BrokerOptions::default()).await;

@@ -175,3 +175,37 @@ async fn a_commit_too_large_for_one_record_is_refused_and_can_be_rolled_back() {
     send_settled(&producer, &queue("out"), persistent("small")).await;
     assert_eq!(f.broker.queue_depth("queue://out"), 1);
 }
+
+/// `ferromq_messages_acknowledged_total` is a counter: a transaction's acknowledgements count
+/// once it commits, and a rollback (either kind) leaves it where it was.
+#[tokio::test]
+async fn a_transactions_acknowledgements_count_at_commit_only() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (session, mut rx, d) = one_delivered(&f).await;
+    session.begin("kept").unwrap();
+    session.ack(d.tag, AckScope::Single, Some("kept")).unwrap();
+    assert_eq!(
+        f.broker.stats().acknowledged,
+        0,
+        "counted before the commit"
+    );
+    session.rollback_keeping_deliveries("kept").unwrap();
+    session.begin("redelivered").unwrap();
+    session
+        .ack(d.tag, AckScope::Single, Some("redelivered"))
+        .unwrap();
+    session.abort("redelivered").unwrap();
+    assert_eq!(
+        f.broker.stats().acknowledged,
+        0,
+        "counted a rolled-back ack"
+    );
+    let again = next(&mut rx).await;
+    assert_eq!(again.redelivery_count, 1);
+    session.begin("committed").unwrap();
+    session
+        .ack(again.tag, AckScope::Single, Some("committed"))
+        .unwrap();
+    session.commit("committed").unwrap().await.unwrap();
+    assert_eq!(f.broker.stats().acknowledged, 1);
+}
