@@ -1,7 +1,8 @@
 //! The write-ahead journal: append-only segment files of framed records, the source of truth.
 //!
 //! Owns the segment files `<first position as 16 hex digits>.log` in the store directory and the
-//! `journal.lock` file that keeps a second process out. Positions are assigned synchronously by
+//! `journal.lock` file that keeps a second journal out (another process, or a reopen in this
+//! one before the writer thread has ended: the lock is the thread's). Positions are assigned synchronously by
 //! [`Journal`] (the caller's handle); the bytes go to a queue that one writer thread (or, for
 //! inline batches, the appending caller) writes: one write per segment for each batch, one
 //! `fdatasync` per batch (group commit), then the durable end is reported through the callback
@@ -66,7 +67,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, RwLock, TryLockError};
+use std::sync::{mpsc, Arc, Condvar, Mutex, PoisonError, RwLock, TryLockError};
 use std::thread::JoinHandle;
 
 use bytes::{Bytes, BytesMut};
@@ -371,8 +372,6 @@ pub struct Journal {
     end: u64,
     current_start: u64,
     encode_buffer: BytesMut,
-    /// Held (locked) for the journal's life.
-    _lock: File,
 }
 
 impl Journal {
@@ -448,7 +447,19 @@ impl Journal {
         let thread_state = state.clone();
         let writer = std::thread::Builder::new()
             .name("ferromq-journal".into())
-            .spawn(move || Writer::run(&thread_state))
+            .spawn(move || {
+                // The directory stays locked until this thread is done with it, not merely
+                // until the caller's handle is dropped: a journal dropped on this very thread
+                // (by its durable callback) is not joined, and this thread still finishes its
+                // batch and its releases. A journal opened there meanwhile gets `Locked`
+                // instead of segments being deleted under it.
+                let _lock = lock;
+                Writer::run(&thread_state);
+                thread_state
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .join_spare();
+            })
             .map_err(io_error("spawn writer thread for", &directory))?;
         Ok(Journal {
             shared,
@@ -460,7 +471,6 @@ impl Journal {
             end: recovery.end,
             current_start,
             encode_buffer: BytesMut::new(),
-            _lock: lock,
         })
     }
 

@@ -46,6 +46,16 @@ fn open(dir: &Path, log_size: u64, fsync: bool) -> (Journal, mpsc::Receiver<Posi
     (journal, rx)
 }
 
+/// A 1 MiB-segment journal in `dir`, fsync on.
+fn options_for(dir: &Path) -> JournalOptions {
+    JournalOptions {
+        directory: dir.to_path_buf(),
+        log_size: 1 << 20,
+        fsync: true,
+        only_copy: false,
+    }
+}
+
 fn wait_durable(rx: &mpsc::Receiver<Position>, target: Position) -> Vec<Position> {
     let mut seen = Vec::new();
     while seen.last().is_none_or(|&p| p < target) {
@@ -207,25 +217,27 @@ fn deferred_appends_are_written_by_the_flushing_caller_or_the_busy_writer() {
 
 /// The owner of a journal can go away on the journal's own thread: its durable callback
 /// (a broker core confirmed from the writer thread) may hold the last handle. Dropping the
-/// journal there must not try to join that very thread, and what was written stays.
+/// journal there must not try to join that very thread, and what was written stays. The
+/// directory stays locked until that thread is done with it (it still finishes its batch and
+/// its releases): a journal opened there meanwhile gets `Locked`, not a directory whose
+/// segments are being deleted under it.
 #[test]
 fn a_journal_dropped_from_its_own_durable_callback_closes_and_keeps_its_records() {
     let dir = tempfile::tempdir().unwrap();
+    let options = options_for(dir.path());
     let slot: Arc<Mutex<Option<Journal>>> = Arc::new(Mutex::new(None));
     let (dropped, was_dropped) = mpsc::channel();
     let in_callback = slot.clone();
+    let second = options.clone();
     let journal = Journal::open(
-        JournalOptions {
-            directory: dir.path().to_path_buf(),
-            log_size: 1 << 20,
-            fsync: true,
-            only_copy: false,
-        },
+        options,
         Box::new(move |_| {
             let journal = in_callback.lock().unwrap().take();
             if journal.is_some() {
                 drop(journal);
-                let _ = dropped.send(std::thread::current().id());
+                let meanwhile = Journal::open(second.clone(), Box::new(|_| {}));
+                let locked = matches!(meanwhile, Err(StoreError::Locked(_)));
+                let _ = dropped.send((std::thread::current().id(), locked));
             }
         }),
     )
@@ -235,11 +247,24 @@ fn a_journal_dropped_from_its_own_durable_callback_closes_and_keeps_its_records(
     let journal = guard.insert(journal);
     let appended = journal.append(&record(0, 100)).unwrap();
     drop(guard);
-    let on = was_dropped
+    let (on, locked) = was_dropped
         .recv_timeout(std::time::Duration::from_secs(10))
         .expect("the callback dropped the journal and carried on");
     assert_eq!(on, writer, "dropped on the writer thread");
-    let (reopened, _rx) = open(dir.path(), 1 << 20, true);
+    assert!(
+        locked,
+        "the directory was unlocked while its writer thread still ran"
+    );
+    // Unlocked once the writer thread has ended.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let reopened = loop {
+        match Journal::open(options_for(dir.path()), Box::new(|_| {})) {
+            Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            result => break result.unwrap(),
+        }
+    };
     assert_eq!(
         all_records(&reopened),
         vec![(appended.position, record(0, 100))]

@@ -51,10 +51,7 @@ pub(super) struct Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        // A journal reopened in this process must not find a spare still being written.
-        if let Some(spare) = self.spare.take() {
-            let _ = spare.join();
-        }
+        self.join_spare();
     }
 }
 
@@ -85,6 +82,14 @@ impl Writer {
             directory_dirty: false,
             releases: Vec::new(),
             spare: prepare_spare(&options.directory, options.log_size, options.fsync),
+        }
+    }
+
+    /// Waits for the next segment's preparation, if one is under way: a journal reopened in
+    /// this process must not find a spare still being written.
+    pub(super) fn join_spare(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            let _ = spare.join();
         }
     }
 
