@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
 use crate::election::{Election, ElectionConfig, LogState, Role};
-use crate::replication::{self, MasterOptions, ReplicationMaster, SlaveOptions};
+use crate::replication::{self, ConnectionId, MasterOptions, ReplicationMaster, SlaveOptions};
 use crate::server::{broker_options, open_store_with, AbortOnDrop, Listeners, Mode};
 use crate::store::{Position, Store};
 
@@ -86,6 +86,7 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
         kept: Some(kept),
         hook,
         status,
+        connections: ConnectionId::new_incarnation(),
     };
     let result = tokio::select! {
         result = lifecycle.run() => result,
@@ -223,6 +224,9 @@ struct Lifecycle {
     hook: DurableHook,
     /// What the admin endpoint reports.
     status: Arc<crate::admin::Status>,
+    /// This process's replication connections as a slave, numbered so that a master can tell
+    /// a late login of one given up on from the live one.
+    connections: ConnectionId,
 }
 
 impl Lifecycle {
@@ -454,6 +458,7 @@ impl Lifecycle {
             node: self.node.clone(),
             security_token: config.replication.security_token.clone(),
             expected_epoch: epoch,
+            connection: ConnectionId::default(),
         };
         let result = loop {
             // No position is reported while following: the election must compare the final
@@ -463,7 +468,11 @@ impl Lifecycle {
             // the store until it ends or is told to stop (dropped at an await point, where the
             // store is consistent), then hands it back.
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let (slave_options, held) = (options.clone(), durable_rx.clone());
+            let slave_options = SlaveOptions {
+                connection: self.connections.next_attempt(),
+                ..options.clone()
+            };
+            let held = durable_rx.clone();
             let mut following = AbortOnDrop(tokio::spawn(async move {
                 let result = tokio::select! {
                     result = replication::run_slave(slave_options, &mut store, held) => Some(result),

@@ -19,7 +19,7 @@ use super::history::shared_prefix;
 use super::quorum::QuorumTracker;
 use super::wire::{self, envelope::Kind};
 use super::{
-    frame_epoch, socket_address, write_message, MessageReader, ReplicationError,
+    frame_epoch, socket_address, write_message, ConnectionId, MessageReader, ReplicationError,
     HEARTBEAT_INTERVAL, MAX_RECORDS_BYTES, PEER_TIMEOUT, READ_CHUNK,
 };
 use crate::store::{EpochMark, JournalReader, Position, StoreError};
@@ -52,6 +52,8 @@ pub struct SlaveStatus {
 
 struct SlaveEntry {
     id: u64,
+    /// The slave's own id of this connection (see [`ConnectionId`]).
+    connection: ConnectionId,
     status: SlaveStatus,
     /// Ends this connection (a newer one of the same node replaced it).
     kick: Arc<Notify>,
@@ -451,11 +453,30 @@ async fn serve_slave(
 
     let kick = Arc::new(Notify::new());
     // Numbered under the lock, so that a newer connection of a node has the higher id.
+    let connection = ConnectionId {
+        incarnation: login.incarnation,
+        attempt: login.attempt,
+    };
     let (id, replaced) = {
         let mut slaves = shared.slaves.lock().unwrap();
+        if let Some(live) = slaves
+            .get(&node)
+            .filter(|live| connection.is_stale_beside(&live.connection))
+        {
+            info!(
+                node = %node,
+                peer = %peer,
+                attempt = connection.attempt,
+                live_attempt = live.connection.attempt,
+                "a stale login of this slave (a connection it gave up on, delivered late): \
+                 closed; its live connection stays"
+            );
+            return Ok(());
+        }
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let entry = SlaveEntry {
             id,
+            connection,
             status: SlaveStatus {
                 node: node.clone(),
                 acked: Position(0),

@@ -26,6 +26,52 @@ pub struct SlaveOptions {
     /// The master epoch ZooKeeper announced: the slave follows only that master, and only if
     /// it is at least the epoch of the slave's own last record.
     pub expected_epoch: u64,
+    /// Which connection of this node this is: a new one for every connection (see
+    /// [`ConnectionId::next_attempt`]).
+    pub connection: ConnectionId,
+}
+
+/// Tells a slave's connections apart, so that a master can tell a stale login (from a
+/// connection the slave gave up on, delivered late) from the slave's live connection, which it
+/// would otherwise replace with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConnectionId {
+    /// Drawn once per process; 0: unknown (a slave of a version that did not send it).
+    pub incarnation: u64,
+    /// Counts the process's connections, from 1.
+    pub attempt: u64,
+}
+
+impl ConnectionId {
+    /// A new process's first id (its attempt is 0: take [`ConnectionId::next_attempt`] for each
+    /// connection).
+    pub fn new_incarnation() -> ConnectionId {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        hasher.write_u32(std::process::id());
+        ConnectionId {
+            incarnation: hasher.finish() | 1,
+            attempt: 0,
+        }
+    }
+
+    /// The id of this process's next connection.
+    pub fn next_attempt(&mut self) -> ConnectionId {
+        self.attempt += 1;
+        *self
+    }
+
+    /// Whether a login with this id is older than the connection `live` of the same node:
+    /// the same process's earlier attempt. A different or unknown incarnation is never stale
+    /// (a restarted slave's first connection replaces what the master holds).
+    pub fn is_stale_beside(&self, live: &ConnectionId) -> bool {
+        self.incarnation != 0 && self.incarnation == live.incarnation && self.attempt < live.attempt
+    }
 }
 
 /// Why [`run_slave`] returned normally.
@@ -88,6 +134,8 @@ pub async fn run_slave(
                 start: m.start.0,
             })
             .collect(),
+        incarnation: options.connection.incarnation,
+        attempt: options.connection.attempt,
     };
     write_message(&mut writer, Kind::Login(login)).await?;
     let accepted = match timeout(PEER_TIMEOUT, reader.next()).await {

@@ -190,12 +190,26 @@ struct RunningSlave {
     task: JoinHandle<(Node, SlaveResult)>,
 }
 
-fn spawn_slave(mut node: Node, master: &str, name: &str, token: &str, epoch: u64) -> RunningSlave {
+fn spawn_slave(node: Node, master: &str, name: &str, token: &str, epoch: u64) -> RunningSlave {
+    let connection = ConnectionId::new_incarnation().next_attempt();
+    spawn_slave_as(node, master, name, token, epoch, connection)
+}
+
+/// Like `spawn_slave`, its login carrying `connection`.
+fn spawn_slave_as(
+    mut node: Node,
+    master: &str,
+    name: &str,
+    token: &str,
+    epoch: u64,
+    connection: ConnectionId,
+) -> RunningSlave {
     let options = SlaveOptions {
         master: master.to_string(),
         node: name.to_string(),
         security_token: token.to_string(),
         expected_epoch: epoch,
+        connection,
     };
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(async move {
@@ -223,13 +237,19 @@ fn spawn_slave_retrying(
         node: name.to_string(),
         security_token: token.to_string(),
         expected_epoch: epoch,
+        connection: ConnectionId::new_incarnation().next_attempt(),
     };
     let (stop, mut stopped) = oneshot::channel();
+    let mut connections = ConnectionId::new_incarnation();
     let task = tokio::spawn(async move {
         loop {
             let held = node.durable.clone();
+            let options = SlaveOptions {
+                connection: connections.next_attempt(),
+                ..options.clone()
+            };
             let result = tokio::select! {
-                r = run_slave(options.clone(), &mut node.store, held) => r,
+                r = run_slave(options, &mut node.store, held) => r,
                 _ = &mut stopped => return (node, None),
             };
             eprintln!(
@@ -564,6 +584,82 @@ async fn a_wrong_token_or_epoch_is_refused() {
         "{result:?}"
     );
     assert_eq!(master.replication.connected_slaves(), 0);
+}
+
+/// After a partition heals, a login the slave sent on a connection it has since given up on
+/// can reach the master after the slave's live connection. The master closes that stale
+/// connection and keeps the live one (which it would otherwise have replaced, dropping the
+/// slave for a reconnect); a newer connection of the slave still replaces the live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stale_login_of_a_slave_leaves_its_live_connection_alone() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut master = start_master(open(dirs[0].path(), 1 << 20), 2, 2).await;
+    append_adds(&mut master.node.store, 2, 0, 10, 10);
+    let mut ids = ConnectionId::new_incarnation();
+    let stale = ids.next_attempt();
+    let live = ids.next_attempt();
+    let slave = spawn_slave_as(
+        open(dirs[1].path(), 1 << 20),
+        &master.address,
+        "a",
+        TOKEN,
+        2,
+        live,
+    );
+    let end = master.node.store.end();
+    let before = wait_acked(&master, "a", end).await;
+
+    // The late login: same node and process, an earlier attempt.
+    let login = |connection: ConnectionId| wire::Login {
+        node: "a".into(),
+        security_token: TOKEN.into(),
+        expected_epoch: 2,
+        last_epoch: 0,
+        end: 0,
+        history: Vec::new(),
+        incarnation: connection.incarnation,
+        attempt: connection.attempt,
+    };
+    let address = socket_address(&master.address).unwrap();
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (reader, mut writer) = stream.into_split();
+    write_message(&mut writer, Kind::Login(login(stale)))
+        .await
+        .unwrap();
+    let mut reader = MessageReader::new(reader);
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match reader.next().await {
+                Ok(Some(Kind::Records(_))) => panic!("the stale connection is streamed to"),
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => break,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the master kept the stale connection open");
+    let after = acked(&master, "a").expect("the slave is still connected");
+    assert_eq!(
+        (after.connected_since, after.address),
+        (before.connected_since, before.address),
+        "the live connection was replaced"
+    );
+    assert!(!slave.task.is_finished(), "the live slave was dropped");
+    append_adds(&mut master.node.store, 2, 10, 5, 10);
+    let end = master.node.store.end();
+    wait_acked(&master, "a", end).await;
+
+    // A newer connection of the same process replaces the live one, as before.
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (_reader, mut writer) = stream.into_split();
+    write_message(&mut writer, Kind::Login(login(ids.next_attempt())))
+        .await
+        .unwrap();
+    wait_for("the newer connection replaced the live one", || {
+        acked(&master, "a").is_some_and(|s| s.address != before.address)
+    })
+    .await;
+    let _ = slave.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
