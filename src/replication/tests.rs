@@ -834,3 +834,21 @@ async fn a_cut_journal_is_not_counted_past_its_end_by_a_new_master() {
         "confirmed {got:?} past the journal's end {end:?} (durable watch {watch:?})"
     );
 }
+
+/// Only an earlier attempt of the same slave process is stale; a restarted process (another
+/// incarnation) and a slave that sends no id (an older version) replace the live connection.
+#[test]
+fn only_an_earlier_attempt_of_the_same_process_is_a_stale_login() {
+    let mut process = ConnectionId::new_incarnation();
+    let first = process.next_attempt();
+    let second = process.next_attempt();
+    assert!(first.is_stale_beside(&second));
+    assert!(!second.is_stale_beside(&first));
+    assert!(!second.is_stale_beside(&second));
+    let restarted = ConnectionId::new_incarnation().next_attempt();
+    assert_ne!(restarted.incarnation, first.incarnation);
+    assert!(!restarted.is_stale_beside(&second));
+    let unknown = ConnectionId::default();
+    assert!(!unknown.is_stale_beside(&second));
+    assert!(!second.is_stale_beside(&unknown));
+}
