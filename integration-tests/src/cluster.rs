@@ -583,20 +583,16 @@ fn replication_proxy() -> Proxy {
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
         .filter(|&low| low > 2048);
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        ^ (u64::from(std::process::id()) << 32)
-        | 1;
+    let mut rng = crate::Rng::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            ^ (u64::from(std::process::id()) << 32),
+    );
     let mut last = None;
     for _ in 0..50 {
         let port = match below {
-            Some(low) => {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                1024 + (seed % u64::from(low - 1024)) as u16
-            }
+            Some(low) => 1024 + rng.below(usize::from(low - 1024)) as u16,
             None => free_port(),
         };
         let master = SocketAddr::from(([127, 0, 0, 1], port));

@@ -42,6 +42,25 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// The default wait for one expected frame.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// xorshift64*: enough to vary a test's choices (an order of faults, a port) from a printed
+/// seed.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed` (made odd: xorshift needs a state that is not zero).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+    }
+}
+
 // ----- waiting -------------------------------------------------------------------------------
 
 /// `Instant::now() + after`.

@@ -17,7 +17,7 @@ use ferromq::client::{AckMode, Client, ClientOptions, HeartBeat, SendOptions, Su
 use ferromq_integration_tests::cluster::{Cluster, Probe, ADMIN_TOKEN, ZK_PATH};
 use ferromq_integration_tests::zk::ZkVersion;
 use ferromq_integration_tests::{
-    deadline, http_get, http_request, unique, wait_until, Frame, Incoming, StompClient,
+    deadline, http_get, http_request, unique, wait_until, Frame, Incoming, Rng, StompClient,
 };
 
 /// How long an election (or a failover) may take before a test fails.
@@ -1826,18 +1826,6 @@ const FAULTS: [Fault; 10] = [
     Fault::CutMasterFromSlaves,
 ];
 
-/// xorshift64*: enough to vary the order of faults and the node picked, from a printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
-    }
-}
-
 /// What the consumer saw: every delivery, and the messages whose ACK was confirmed.
 #[derive(Default)]
 struct Consumed {
@@ -1959,7 +1947,7 @@ fn random_faults_lose_nothing_confirmed_zk38() {
         })
         | 1;
     eprintln!("nemesis seed {seed} (NEMESIS_SEED={seed} repeats this order)");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut faults = FAULTS.to_vec();
     for i in (1..faults.len()).rev() {
         faults.swap(i, rng.below(i + 1));

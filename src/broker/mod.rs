@@ -44,7 +44,7 @@ pub use crate::store::{BodyType, Header, PropertyType};
 pub use self::core::Stats;
 pub use self::flow::{FlowGate, Hold};
 pub use self::memory::MemoryGate;
-pub use self::store_limit::StoreGate;
+pub use self::store_limit::{StoreGate, DEFAULT_STORE_LIMIT};
 
 /// The dead-letter queue, ActiveMQ's default name (the shared strategy's only DLQ).
 pub const DEAD_LETTER_QUEUE: &str = "queue://ActiveMQ.DLQ";
@@ -161,7 +161,7 @@ pub struct BrokerOptions {
     /// How often queues are swept for expired messages.
     pub expiry_sweep: Duration,
     /// Bytes of queued message bodies kept in memory; past it, persistent messages are queued
-    /// with their bodies left in the journal (see `core.rs`).
+    /// with their bodies left in the journal (see `core::paging`).
     pub memory_limit: u64,
     /// Bytes the journal's retained segments may take on disk (ActiveMQ's `<storeUsage
     /// limit>`; see `broker::store_limit`); at or past it, persistent sends wait or are refused.
@@ -876,16 +876,6 @@ impl Session {
     /// What [`Session::hold_back`] consults; its `room` resolves when reading may resume.
     pub fn flow_gate(&self) -> FlowGate {
         self.gate.clone()
-    }
-
-    /// The `memory_limit` part of [`Session::flow_gate`].
-    pub fn memory_gate(&self) -> MemoryGate {
-        self.gate.memory.clone()
-    }
-
-    /// The `store_limit` part of [`Session::flow_gate`].
-    pub fn store_gate(&self) -> StoreGate {
-        self.gate.store.clone()
     }
 
     pub fn send(

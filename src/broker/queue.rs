@@ -1,5 +1,5 @@
 //! A queue's messages and consumers, and what one delivery carries. Pure data: the rules
-//! for moving messages between these live in `core.rs`.
+//! for moving messages between these live in `core`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -3,12 +3,13 @@
 //! properties by name (a JMS property or a STOMP header, whose values are strings) and stamps
 //! the message with its due time (`Message::deliver_at`).
 //!
-//! As ActiveMQ's job scheduler store keeps every scheduled message, `core.rs` stores a stamped
-//! message, persistent or not, as one record in the holding queue `scheduled://` (body in the
-//! journal, not in memory), whatever subscribers exist, so that a restart or a failover keeps
-//! it. When it is due, one record removes it from there and stores it at its destination,
-//! routed as a send made then (a topic: the durable subscriptions and subscribers of that
-//! moment); a non-persistent one stays non-persistent.
+//! As ActiveMQ's job scheduler store keeps every scheduled message, the core
+//! (`core::scheduled`) stores a stamped message, persistent or not, as one record in the
+//! holding queue `scheduled://` (body in the journal, not in memory), whatever subscribers
+//! exist, so that a restart or a failover keeps it. When it is due, one record removes it
+//! from there and stores it at its destination, routed as a send made then (a topic: the
+//! durable subscriptions and subscribers of that moment); a non-persistent one stays
+//! non-persistent.
 //!
 //! As ActiveMQ's `SchedulerBroker` reads them:
 //! - `AMQ_SCHEDULED_DELAY` (ms): the message is due that long after it is stored (a
@@ -33,7 +34,7 @@
 //!
 //! It also reads requests to ActiveMQ's scheduler management destination
 //! ([`MANAGEMENT_DESTINATION`]: `BROWSE`, `REMOVE`, `REMOVEALL`, an optional due-time range) as
-//! ActiveMQ's `SchedulerBroker` does ([`request`]); `core.rs` carries them out
+//! ActiveMQ's `SchedulerBroker` does ([`request`]); `core::scheduled` carries them out
 //! (`Core::manage_step`). This module owns no state and never touches the store or the
 //! protocols: it only reads headers and stamps messages.
 

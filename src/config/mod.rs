@@ -328,7 +328,7 @@ impl Default for StoreConfig {
             directory: PathBuf::from("data"),
             log_size: 100 * MIB,
             sync: SyncPolicy::default(),
-            store_limit: 100 * 1024 * MIB,
+            store_limit: crate::broker::DEFAULT_STORE_LIMIT,
         }
     }
 }

@@ -47,15 +47,12 @@ impl ConnectionId {
     /// connection).
     pub fn new_incarnation() -> ConnectionId {
         use std::hash::{BuildHasher, Hasher};
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        hasher.write_u32(std::process::id());
+        // A hasher with fresh random keys: its empty hash is a random number.
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
         ConnectionId {
-            incarnation: hasher.finish() | 1,
+            incarnation: random | 1,
             attempt: 0,
         }
     }

@@ -114,9 +114,7 @@ impl Core {
             // a plain send (a transaction committed later must not be judged against sends
             // made after it). The sequence is recorded only at commit: a transaction that is
             // rolled back, or lost with its connection, may be sent again with the same ids.
-            let stored = self
-                .producers
-                .is_duplicate(&message.producer_id, message.producer_sequence);
+            let stored = self.is_repeat(&message);
             let limit = self.options.memory_limit;
             let state = self.session(session)?;
             let Some(open) = state.transactions.get_mut(tx) else {
@@ -175,18 +173,15 @@ impl Core {
             }));
         }
         // A repeat is confirmed again, full or not: it stores nothing.
-        if message.persistent
-            && !routed.entries.is_empty()
-            && (message.producer_id.is_empty()
-                || !self
-                    .producers
-                    .is_duplicate(&message.producer_id, message.producer_sequence))
-        {
-            self.refuse_if_full()?;
-        }
-        if self.is_duplicate(&message) {
+        if self.is_repeat(&message) {
             self.stats.duplicates_dropped += 1;
             return Ok(self.flush());
+        }
+        if message.persistent && !routed.entries.is_empty() {
+            self.refuse_if_full()?;
+        }
+        if !message.producer_id.is_empty() {
+            self.record_producer(&message.producer_id, message.producer_sequence);
         }
         if routed.entries.is_empty() {
             self.publish_now(routed.publish);
@@ -196,20 +191,13 @@ impl Core {
         Ok(self.wait_for(with_keys(routed.publish, &routed.keyed, start)))
     }
 
-    /// A persistent message whose producer sequence was already stored: the client re-sent it
-    /// after losing its connection. It is confirmed again but not stored twice.
-    fn is_duplicate(&mut self, message: &Message) -> bool {
-        if message.producer_id.is_empty() {
-            return false;
-        }
-        if self
-            .producers
-            .is_duplicate(&message.producer_id, message.producer_sequence)
-        {
-            return true;
-        }
-        self.record_producer(&message.producer_id, message.producer_sequence);
-        false
+    /// A message whose producer sequence was already stored: the client re-sent it after
+    /// losing its connection. It is confirmed again but not stored twice.
+    fn is_repeat(&self, message: &Message) -> bool {
+        !message.producer_id.is_empty()
+            && self
+                .producers
+                .is_duplicate(&message.producer_id, message.producer_sequence)
     }
 
     pub(super) fn record_producer(&mut self, producer: &str, sequence: u64) {

@@ -80,7 +80,7 @@ async fn non_persistent_bodies_at_the_memory_limit_hold_back_their_senders_until
     })
     .await;
     let (producer, _) = f.broker.open_session(None);
-    let gate = producer.memory_gate();
+    let gate = producer.flow_gate().memory;
     let body_of = |i: usize| format!("{i:04}:{}", "x".repeat(1019));
     let transient = |i: usize| NewMessage {
         persistent: false,
@@ -151,7 +151,7 @@ async fn store_limited(send_fail_if_no_space: bool) -> Fixture {
 /// Sends confirmed 64 KiB persistent messages to `queue://q` until the store is at its
 /// limit (a second segment begins); answers how many were sent.
 async fn fill_store(producer: &Session) -> usize {
-    let gate = producer.store_gate();
+    let gate = producer.flow_gate().store;
     for i in 0..64 {
         if gate.is_full() {
             return i;
@@ -186,7 +186,7 @@ async fn drain_q(f: &Fixture, n: usize) {
 async fn persistent_senders_wait_at_the_store_limit_until_consumers_free_segments() {
     let f = store_limited(false).await;
     let (producer, _) = f.broker.open_session(None);
-    let gate = producer.store_gate();
+    let gate = producer.flow_gate().store;
     assert!(producer.hold_back().is_none());
     let sent = fill_store(&producer).await;
     assert!(
@@ -256,7 +256,7 @@ async fn purging_a_full_store_makes_room() {
     let sent = fill_store(&producer).await;
     assert!(f.broker.stats().store_full);
     assert_eq!(f.broker.purge_queue("queue://q").await, Ok(sent));
-    tokio::time::timeout(Duration::from_secs(10), producer.store_gate().room())
+    tokio::time::timeout(Duration::from_secs(10), producer.flow_gate().store.room())
         .await
         .expect("room once the purge freed a segment");
     assert!(!f.broker.stats().store_full);
@@ -294,7 +294,7 @@ async fn with_send_fail_if_no_space_persistent_sends_are_refused_at_the_store_li
         .send(&queue("np"), non_persistent("light"), None)
         .expect("non-persistent sends go on");
     drain_q(&f, sent).await;
-    tokio::time::timeout(Duration::from_secs(10), producer.store_gate().room())
+    tokio::time::timeout(Duration::from_secs(10), producer.flow_gate().store.room())
         .await
         .expect("room once consumers free a segment");
     producer.commit("t").unwrap().await.unwrap();

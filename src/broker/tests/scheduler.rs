@@ -594,7 +594,7 @@ async fn delayed_non_persistent_messages_wait_in_the_store_not_in_memory() {
     subscribe_to(&s, "t", topic("t"), None, None).unwrap();
     subscribe(&s, "q", queue("q"), 100);
     let (producer, _) = f.broker.open_session(None);
-    let gate = producer.memory_gate();
+    let gate = producer.flow_gate().memory;
     let sent = now_millis();
     for i in 0..8 {
         for destination in [topic("t"), queue("q")] {

@@ -74,6 +74,36 @@ async fn three_jobs(p: &Session) {
     send_settled(p, &queue("q"), delayed_as("ID:p:3", "c", 30_000, &[])).await;
 }
 
+/// A broker holding [`three_jobs`], the session that sent them, and a session subscribed to
+/// `queue://replies`, with the clock just before and just after the sends (ms since the
+/// epoch).
+struct Jobs {
+    f: Fixture,
+    p: Session,
+    _c: Session,
+    rx: UnboundedReceiver<Delivery>,
+    before: i64,
+    after: i64,
+}
+
+async fn three_jobs_and_replies() -> Jobs {
+    let f = fixture(scheduling()).await;
+    let (p, _) = f.broker.open_session(None);
+    let (c, rx) = f.broker.open_session(None);
+    subscribe(&c, "replies", queue("replies"), 100);
+    let before = now_millis();
+    three_jobs(&p).await;
+    let after = now_millis();
+    Jobs {
+        f,
+        p,
+        _c: c,
+        rx,
+        before,
+        after,
+    }
+}
+
 /// BROWSE sends a copy of each scheduled job (one for a repeated one) to the request's
 /// reply-to, in due order, as ActiveMQ's `SchedulerBroker` does: non-persistent, an id of its
 /// own, JMSType `Advisory`, the job's destination in `original-destination`, its job id in
@@ -120,13 +150,14 @@ async fn scheduler_management_browse_sends_a_copy_of_each_job_to_the_reply_to() 
 /// BROWSE with a start and an end time sends only the jobs due in that range (inclusive).
 #[tokio::test]
 async fn scheduler_management_browse_with_a_range_sends_only_the_jobs_due_in_it() {
-    let f = fixture(scheduling()).await;
-    let (p, _) = f.broker.open_session(None);
-    let (c, mut rx) = f.broker.open_session(None);
-    subscribe(&c, "replies", queue("replies"), 100);
-    let before = now_millis();
-    three_jobs(&p).await;
-    let after = now_millis();
+    let Jobs {
+        f: _f,
+        p,
+        _c,
+        mut rx,
+        before,
+        after,
+    } = three_jobs_and_replies().await;
     ranged(&p, schedule::BROWSE, before + 30_000, after + 30_000).await;
     let copies = exactly(&mut rx, 1).await;
     assert_eq!(header(&copies[0], schedule::SCHEDULED_ID), Some("ID:p:3"));
@@ -261,13 +292,14 @@ async fn scheduler_management_browse_copies_keep_the_scheduling_properties() {
 /// client sends, and browsed everything.
 #[tokio::test]
 async fn scheduler_management_range_is_read_from_activemqs_property_names() {
-    let f = fixture(scheduling()).await;
-    let (p, _) = f.broker.open_session(None);
-    let (c, mut rx) = f.broker.open_session(None);
-    subscribe(&c, "replies", queue("replies"), 100);
-    let before = now_millis();
-    three_jobs(&p).await;
-    let after = now_millis();
+    let Jobs {
+        f: _f,
+        p,
+        _c,
+        mut rx,
+        before,
+        after,
+    } = three_jobs_and_replies().await;
     let request = NewMessage {
         headers: vec![
             Header::text(schedule::ACTION, schedule::BROWSE),
@@ -292,14 +324,15 @@ async fn scheduler_management_range_is_read_from_activemqs_property_names() {
 /// ferromq looked at each delivery on its own.
 #[tokio::test]
 async fn scheduler_management_range_selects_a_repeated_job_by_its_next_delivery() {
-    let f = fixture(scheduling()).await;
-    let (p, _) = f.broker.open_session(None);
-    let (c, mut rx) = f.broker.open_session(None);
-    subscribe(&c, "replies", queue("replies"), 100);
-    let before = now_millis();
     // a and b due in 60 s, b then at 61 s and 62 s; c in 30 s.
-    three_jobs(&p).await;
-    let after = now_millis();
+    let Jobs {
+        f,
+        p,
+        _c,
+        mut rx,
+        before,
+        after,
+    } = three_jobs_and_replies().await;
     ranged(&p, schedule::BROWSE, after + 60_500, before + 62_500).await;
     assert!(rx.try_recv().is_err(), "only b's repeats are in the range");
     ranged(&p, schedule::BROWSE, before + 45_000, after + 60_500).await;
