@@ -98,6 +98,13 @@ impl Node {
         self.history.lock().unwrap().clone()
     }
 
+    /// The current role once the lifecycle task has recorded it in [`Node::changes`] (the
+    /// roles watch shows a new role a moment before the task records it), else `None`.
+    fn recorded_role(&self) -> Option<Role> {
+        let role = self.role();
+        (self.history.lock().unwrap().last() == Some(&role)).then_some(role)
+    }
+
     async fn close(self) {
         self.lifecycle.abort();
         let _ = self.lifecycle.await;
@@ -194,17 +201,18 @@ async fn wait_any_stable(nodes: &[&Node], after: u64) -> u64 {
     epoch.expect("settled")
 }
 
-/// The epoch when `master` is master under an epoch above `after` and `slaves` follow it.
+/// The epoch when `master` is master under an epoch above `after` and `slaves` follow it, as
+/// each node's recorded changes show it too (so that changes counted next are new ones).
 fn settled(master: &Node, slaves: &[&Node], after: u64) -> Option<u64> {
-    match master.role() {
+    match master.recorded_role()? {
         Role::Master { epoch } if epoch > after => slaves
             .iter()
             .all(|s| {
-                s.role()
-                    == Role::Slave {
+                s.recorded_role()
+                    == Some(Role::Slave {
                         master: master.address.clone(),
                         epoch,
-                    }
+                    })
             })
             .then_some(epoch),
         _ => None,

@@ -75,16 +75,16 @@ async fn three_jobs(p: &Session) {
 }
 
 /// A broker holding [`three_jobs`], the session that sent them, and a session subscribed to
-/// `queue://replies`, with the clock just before and just after the sends (ms since the
-/// epoch).
-struct Jobs {
-    f: Fixture,
-    p: Session,
-    _c: Session,
-    rx: UnboundedReceiver<Delivery>,
-    before: i64,
-    after: i64,
-}
+/// `queue://replies` with its deliveries, then the clock just before and just after the sends
+/// (ms since the epoch).
+type Jobs = (
+    Fixture,
+    Session,
+    Session,
+    UnboundedReceiver<Delivery>,
+    i64,
+    i64,
+);
 
 async fn three_jobs_and_replies() -> Jobs {
     let f = fixture(scheduling()).await;
@@ -94,14 +94,7 @@ async fn three_jobs_and_replies() -> Jobs {
     let before = now_millis();
     three_jobs(&p).await;
     let after = now_millis();
-    Jobs {
-        f,
-        p,
-        _c: c,
-        rx,
-        before,
-        after,
-    }
+    (f, p, c, rx, before, after)
 }
 
 /// BROWSE sends a copy of each scheduled job (one for a repeated one) to the request's
@@ -150,14 +143,7 @@ async fn scheduler_management_browse_sends_a_copy_of_each_job_to_the_reply_to() 
 /// BROWSE with a start and an end time sends only the jobs due in that range (inclusive).
 #[tokio::test]
 async fn scheduler_management_browse_with_a_range_sends_only_the_jobs_due_in_it() {
-    let Jobs {
-        f: _f,
-        p,
-        _c,
-        mut rx,
-        before,
-        after,
-    } = three_jobs_and_replies().await;
+    let (_f, p, _c, mut rx, before, after) = three_jobs_and_replies().await;
     ranged(&p, schedule::BROWSE, before + 30_000, after + 30_000).await;
     let copies = exactly(&mut rx, 1).await;
     assert_eq!(header(&copies[0], schedule::SCHEDULED_ID), Some("ID:p:3"));
@@ -292,14 +278,7 @@ async fn scheduler_management_browse_copies_keep_the_scheduling_properties() {
 /// client sends, and browsed everything.
 #[tokio::test]
 async fn scheduler_management_range_is_read_from_activemqs_property_names() {
-    let Jobs {
-        f: _f,
-        p,
-        _c,
-        mut rx,
-        before,
-        after,
-    } = three_jobs_and_replies().await;
+    let (_f, p, _c, mut rx, before, after) = three_jobs_and_replies().await;
     let request = NewMessage {
         headers: vec![
             Header::text(schedule::ACTION, schedule::BROWSE),
@@ -325,14 +304,7 @@ async fn scheduler_management_range_is_read_from_activemqs_property_names() {
 #[tokio::test]
 async fn scheduler_management_range_selects_a_repeated_job_by_its_next_delivery() {
     // a and b due in 60 s, b then at 61 s and 62 s; c in 30 s.
-    let Jobs {
-        f,
-        p,
-        _c,
-        mut rx,
-        before,
-        after,
-    } = three_jobs_and_replies().await;
+    let (f, p, _c, mut rx, before, after) = three_jobs_and_replies().await;
     ranged(&p, schedule::BROWSE, after + 60_500, before + 62_500).await;
     assert!(rx.try_recv().is_err(), "only b's repeats are in the range");
     ranged(&p, schedule::BROWSE, before + 45_000, after + 60_500).await;
