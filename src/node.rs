@@ -60,7 +60,9 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
             a.port()
         )
     });
-    let election = Election::start(
+    tokio::pin!(shutdown);
+    // Waits for ZooKeeper as long as it takes (see `Election::start`), or for the shutdown.
+    let joined = Election::start(
         ElectionConfig {
             zk_address: config.replication.zk_address.clone().unwrap_or_default(),
             zk_password: config.replication.zk_password.clone(),
@@ -73,9 +75,22 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
             client_address,
         },
         log,
-    )
-    .await
-    .context("joining the election in ZooKeeper")?;
+    );
+    let election = tokio::select! {
+        election = joined => election.context("joining the election in ZooKeeper"),
+        _ = &mut shutdown => {
+            tracing::info!(%node, "shutting down before joining the election");
+            close_store(kept.store).await;
+            return Ok(());
+        }
+    };
+    let election = match election {
+        Ok(election) => election,
+        Err(e) => {
+            close_store(kept.store).await;
+            return Err(e);
+        }
+    };
     tracing::info!(%node, epoch = log.epoch, position = log.position, "role change: candidate (joined the election)");
     let mut lifecycle = Lifecycle {
         node: node.clone(),
@@ -90,7 +105,7 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
     };
     let result = tokio::select! {
         result = lifecycle.run() => result,
-        _ = shutdown => {
+        _ = &mut shutdown => {
             tracing::info!(%node, "shutting down");
             Ok(())
         }

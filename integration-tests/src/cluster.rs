@@ -519,6 +519,21 @@ impl Cluster {
         Ok(())
     }
 
+    /// The nodes that should run (not killed, stopped or paused by the test) but whose process
+    /// has exited, each with its exit status and last log lines.
+    pub fn exited_on_their_own(&mut self) -> Vec<(usize, String)> {
+        let mut exited = Vec::new();
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            if node.running && !node.stopped && !node.broker.is_running() {
+                let status = node.broker.exit_status();
+                let logs = node.broker.logs();
+                let tail = logs[logs.len().saturating_sub(15)..].join("\n");
+                exited.push((i, format!("exit {status:?}; last lines:\n{tail}")));
+            }
+        }
+        exited
+    }
+
     /// The log lines of node `i` from line `from` on (see [`log_len`](Self::log_len)).
     pub fn logs_since(&self, i: usize, from: usize) -> Vec<String> {
         let logs = self.nodes[i].broker.logs();

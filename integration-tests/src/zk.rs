@@ -312,13 +312,21 @@ impl ZkEnsemble {
     /// Starts a killed member again (same config and data) and waits until it serves; the
     /// other members must form a quorum with it.
     pub fn start_member(&mut self, member: usize) {
-        assert!(
-            self.members[member].child.is_none(),
-            "member {member} is running"
-        );
-        self.spawn(member);
-        if let Err(e) = self.wait_serving(vec![member], ZK_START_TIMEOUT) {
-            panic!("restarting ZooKeeper member {member}: {e}");
+        self.start_members(&[member]);
+    }
+
+    /// Starts killed members again together (an ensemble that lost its quorum needs a quorum
+    /// of them back at once) and waits until each serves.
+    pub fn start_members(&mut self, members: &[usize]) {
+        for &member in members {
+            assert!(
+                self.members[member].child.is_none(),
+                "member {member} is running"
+            );
+            self.spawn(member);
+        }
+        if let Err(e) = self.wait_serving(members.to_vec(), ZK_START_TIMEOUT) {
+            panic!("restarting ZooKeeper members {members:?}: {e}");
         }
     }
 

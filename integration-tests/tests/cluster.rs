@@ -1422,6 +1422,75 @@ fn zookeeper_leader_killed_zk38() {
     check_exactly_once("ZooKeeper leader killed", &counts, &confirmed, &[]);
 }
 
+// ----- 5b. ZooKeeper down while a node starts ------------------------------------------------
+
+/// Every ZooKeeper server down, and a node restarted meanwhile (a machine rebooted before its
+/// ensemble, say): the node does not exit but keeps trying to join, logging each attempt, and
+/// no node serves; once the servers are back the three nodes elect a master, the restarted one
+/// joins, and every message confirmed before is there once.
+#[test]
+fn a_node_started_while_zookeeper_is_down_waits_for_it_zk38() {
+    let mut cluster = Cluster::start(ZkVersion::V3_8, 3);
+    let m = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let queue = "/queue/zookeeper-down-at-start";
+    let mut client = cluster.client(m).expect("a client of the master");
+    let confirmed = send_raw(&mut client, queue, "before", 20);
+    drop(client);
+    for z in 0..cluster.zk.size() {
+        cluster.zk.kill(z);
+    }
+    let s = (0..3).find(|&i| i != m).expect("a slave");
+    cluster.kill9(s);
+    let from = cluster.log_len(s);
+    cluster
+        .restart(s)
+        .expect("restarting a node while ZooKeeper is down");
+    // Two failed attempts: it outlived the first.
+    let attempts = |cluster: &Cluster| {
+        cluster
+            .logs_since(s, from)
+            .iter()
+            .filter(|l| l.contains("cannot join the election yet"))
+            .count()
+    };
+    let retried = wait_until(deadline(ELECTION), || {
+        attempts(&cluster) >= 2 || !cluster.nodes[s].broker.is_running()
+    });
+    assert!(
+        retried && cluster.nodes[s].broker.is_running(),
+        "node {s}, started with every ZooKeeper server down, should wait and retry (attempts \
+         logged: {}):\n{}",
+        attempts(&cluster),
+        cluster.logs_since(s, from).join("\n")
+    );
+    assert_eq!(
+        cluster.masters(),
+        Vec::<usize>::new(),
+        "a node serves with every ZooKeeper server down"
+    );
+    let all: Vec<usize> = (0..cluster.zk.size()).collect();
+    cluster.zk.start_members(&all);
+    let n = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("once ZooKeeper is back: {e:#}"));
+    let role = if n == s {
+        "role change: master"
+    } else {
+        "role change: slave of"
+    };
+    expect_logged(
+        &cluster,
+        (s, from),
+        role,
+        ELECTION,
+        &format!("node {s} once ZooKeeper is back (node {n} master)"),
+    );
+    let counts = drain(&cluster, n, queue).expect("consuming");
+    check_exactly_once("ZooKeeper down at start", &counts, &confirmed, &[]);
+}
+
 // ----- 7. a divergent tail is truncated ------------------------------------------------------
 
 /// A master that lost both slaves writes records nobody confirms; it is killed; the former
@@ -2119,6 +2188,13 @@ fn random_faults_lose_nothing_confirmed_zk38() {
             .wait_for_master(deadline(ELECTION))
             .unwrap_or_else(|e| panic!("{what}: after the fault: {e:#}"));
         sends.wait_more(50, ELECTION, &format!("{what}: after the fault"));
+        // A node that died of the fault (no node ever should) would make the next fault act
+        // on a dead node and fail far from the cause.
+        let exited = cluster.exited_on_their_own();
+        assert!(
+            exited.is_empty(),
+            "{what}: a node exited on its own: {exited:?}"
+        );
         eprintln!(
             "{what}: done in {:?}; node {m} master, {} sends confirmed",
             started.elapsed(),

@@ -35,6 +35,9 @@
 //!   expires the session after one session timeout, so another master can only be elected after
 //!   that); if not reconnected by then this node becomes [`Role::Candidate`] ("lost ZooKeeper
 //!   connection").
+//! - No ZooKeeper at start (no server answers, or the connection drops during the
+//!   registration): the node stays a candidate and retries ([`Election::start`]); only an error
+//!   no retry fixes (configuration, authentication, ACLs) stops it.
 //! - Session expired: a new client, a new znode (a new, last-in-order sequence) and the node
 //!   rejoins as a candidate, without the process restarting (ActiveMQ's AMQ-5082).
 //! - Fewer registered members than a quorum, or a member reporting a master epoch newer than
@@ -192,6 +195,35 @@ pub enum ElectionError {
     },
 }
 
+impl ElectionError {
+    /// Whether joining again can succeed with the same configuration: false for a wrong
+    /// configuration and for what ZooKeeper refuses for good (authentication, ACLs, a request
+    /// it does not support); true for an unreachable ensemble, a lost connection or an expired
+    /// session.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ElectionError::Config(_) | ElectionError::Data { .. } => false,
+            ElectionError::Connect { source, .. } | ElectionError::ZooKeeper { source, .. } => {
+                !matches!(
+                    source,
+                    zk::Error::NoAuth
+                        | zk::Error::AuthFailed
+                        | zk::Error::InvalidAcl
+                        | zk::Error::BadArguments(_)
+                        | zk::Error::Unimplemented
+                        | zk::Error::NoChildrenForEphemerals
+                )
+            }
+        }
+    }
+}
+
+/// The pause before another attempt to join after `failures` failed ones in a row: 0.5 s,
+/// doubling up to 5 s.
+fn join_retry_delay(failures: u32) -> Duration {
+    Duration::from_millis(250 << failures.min(5)).min(Duration::from_secs(5))
+}
+
 fn zk_error<'a>(op: &'static str, path: &'a str) -> impl FnOnce(zk::Error) -> ElectionError + 'a {
     move |source| ElectionError::ZooKeeper {
         op,
@@ -231,8 +263,11 @@ enum Command {
 
 impl Election {
     /// Connects to ZooKeeper, registers this node's znode and spawns the task that follows the
-    /// election. Fails if no ZooKeeper session can be established (within about the session
-    /// timeout) or the znode cannot be created; later session losses are handled by rejoining.
+    /// election; later session losses are handled by rejoining. Waits for ZooKeeper as long as
+    /// it takes: a failure that another attempt can get past (no server answers, the
+    /// connection is lost during the registration, as when the ensemble elects a leader) is
+    /// logged and retried after a pause growing from 0.5 s to 5 s. Fails only on what no retry
+    /// fixes ([`ElectionError::is_transient`]): the configuration, authentication or ACLs.
     pub async fn start(config: ElectionConfig, log: LogState) -> Result<Election, ElectionError> {
         let config = validate(config)?;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -240,7 +275,22 @@ impl Election {
         let (roles_tx, roles_rx) = watch::channel(Role::candidate("joining the election"));
         let mut core = Core::new(config, log, events_tx, roles_tx);
         let generation = core.generation.clone();
-        let session = join(&core.cfg, core.join_data().to_json(), core.next_incarnation).await?;
+        let mut failures = 0;
+        let session = loop {
+            match join(&core.cfg, core.join_data().to_json(), core.next_incarnation).await {
+                Ok(session) => break session,
+                Err(e) if !e.is_transient() => return Err(e),
+                Err(e) => {
+                    failures += 1;
+                    let delay = join_retry_delay(failures);
+                    warn!(
+                        "{}: cannot join the election yet ({e}); retrying in {delay:?}",
+                        core.node()
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        };
         core.next_incarnation += 1;
         core.on_joined(session);
         let task = tokio::spawn(core.run(commands_rx, events_rx));
@@ -827,8 +877,7 @@ impl Core {
             Event::Joined(Ok(session)) => self.on_joined(*session),
             Event::Joined(Err(e)) => {
                 self.join_failures += 1;
-                let delay = Duration::from_millis(250 << self.join_failures.min(5))
-                    .min(Duration::from_secs(5));
+                let delay = join_retry_delay(self.join_failures);
                 warn!(
                     "{}: cannot rejoin the election ({e}); retrying in {delay:?}",
                     self.node()
@@ -1660,6 +1709,45 @@ pub fn format_table(members: &[MemberView]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Joining at start waits out an unreachable or unsteady ensemble and stops only on what
+    /// no retry fixes.
+    #[test]
+    fn only_errors_a_retry_cannot_fix_stop_the_join() {
+        let connect = |source| ElectionError::Connect {
+            address: "zk:2181".into(),
+            source,
+        };
+        let request = |source| ElectionError::ZooKeeper {
+            op: "create",
+            path: "/activemq/leveldb-stores/0".into(),
+            source,
+        };
+        for transient in [
+            connect(zk::Error::Timeout),
+            connect(zk::Error::NoHosts),
+            request(zk::Error::ConnectionLoss),
+            request(zk::Error::SessionExpired),
+        ] {
+            assert!(transient.is_transient(), "{transient} should be retried");
+        }
+        for permanent in [
+            ElectionError::Config(
+                "zk_path \"x\" must be an absolute znode path other than /".into(),
+            ),
+            connect(zk::Error::AuthFailed),
+            request(zk::Error::NoAuth),
+            request(zk::Error::InvalidAcl),
+        ] {
+            assert!(
+                !permanent.is_transient(),
+                "{permanent} should stop the node"
+            );
+        }
+        assert_eq!(join_retry_delay(1), Duration::from_millis(500));
+        assert_eq!(join_retry_delay(2), Duration::from_secs(1));
+        assert_eq!(join_retry_delay(40), Duration::from_secs(5));
+    }
 
     fn view(znode: &str, data: Option<MemberData>) -> MemberView {
         MemberView {
