@@ -1424,13 +1424,18 @@ fn zookeeper_leader_killed_zk38() {
 
 // ----- 5b. ZooKeeper down while a node starts ------------------------------------------------
 
+both_versions!(
+    a_node_started_while_zookeeper_is_down_waits_for_it,
+    a_node_started_while_zookeeper_is_down_waits_for_it_zk38,
+    a_node_started_while_zookeeper_is_down_waits_for_it_zk34
+);
+
 /// Every ZooKeeper server down, and a node restarted meanwhile (a machine rebooted before its
 /// ensemble, say): the node does not exit but keeps trying to join, logging each attempt, and
 /// no node serves; once the servers are back the three nodes elect a master, the restarted one
 /// joins, and every message confirmed before is there once.
-#[test]
-fn a_node_started_while_zookeeper_is_down_waits_for_it_zk38() {
-    let mut cluster = Cluster::start(ZkVersion::V3_8, 3);
+fn a_node_started_while_zookeeper_is_down_waits_for_it(version: ZkVersion) {
+    let mut cluster = Cluster::start(version, 3);
     let m = cluster
         .wait_for_master(deadline(ELECTION))
         .unwrap_or_else(|e| panic!("{e:#}"));
