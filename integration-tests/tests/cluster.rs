@@ -1475,6 +1475,22 @@ fn a_node_started_while_zookeeper_is_down_waits_for_it(version: ZkVersion) {
         Vec::<usize>::new(),
         "a node serves with every ZooKeeper server down"
     );
+    // A stop meanwhile is honoured, not left waiting for ZooKeeper; started again, it waits.
+    let stopped = cluster
+        .terminate(s)
+        .unwrap_or_else(|e| panic!("SIGTERM to node {s} while it waits for ZooKeeper: {e:#}"));
+    assert!(
+        stopped.success()
+            && cluster
+                .logs_since(s, from)
+                .iter()
+                .any(|l| l.contains("shutting down before joining the election")),
+        "node {s}, stopped while it waits for ZooKeeper, exited with {stopped}:\n{}",
+        cluster.logs_since(s, from).join("\n")
+    );
+    cluster
+        .restart(s)
+        .expect("restarting the node again while ZooKeeper is down");
     let all: Vec<usize> = (0..cluster.zk.size()).collect();
     cluster.zk.start_members(&all);
     let n = cluster
