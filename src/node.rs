@@ -76,19 +76,20 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
         },
         log,
     );
-    let election = tokio::select! {
-        election = joined => election.context("joining the election in ZooKeeper"),
-        _ = &mut shutdown => {
+    let joined = tokio::select! {
+        joined = joined => Some(joined),
+        _ = &mut shutdown => None,
+    };
+    let election = match joined {
+        Some(Ok(election)) => election,
+        Some(Err(e)) => {
+            close_store(kept.store).await;
+            return Err(e).context("joining the election in ZooKeeper");
+        }
+        None => {
             tracing::info!(%node, "shutting down before joining the election");
             close_store(kept.store).await;
             return Ok(());
-        }
-    };
-    let election = match election {
-        Ok(election) => election,
-        Err(e) => {
-            close_store(kept.store).await;
-            return Err(e);
         }
     };
     tracing::info!(%node, epoch = log.epoch, position = log.position, "role change: candidate (joined the election)");

@@ -8,14 +8,8 @@ async fn a_durable_subscription_keeps_messages_while_away() {
     let topic = Destination::Topic("news".into());
     let durable = |s: &Session| {
         s.subscribe(SubscribeRequest {
-            id: "d".into(),
-            destination: topic.clone(),
-            prefetch: 10,
             durable_name: Some("sub".into()),
-            selector: None,
-            exclusive: false,
-            priority: 0,
-            no_local: false,
+            ..request("d", topic.clone(), 10)
         })
     };
     let (s, _) = f.broker.open_session(Some("client-1".into()));
@@ -144,14 +138,8 @@ async fn a_removed_durable_subscription_leaves_no_message_behind() {
         let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
         let (c, mut rx) = broker.open_session(Some("cid".into()));
         c.subscribe(SubscribeRequest {
-            id: "s".into(),
-            destination: topic.clone(),
-            prefetch: 10,
             durable_name: Some("d".into()),
-            selector: None,
-            exclusive: false,
-            priority: 0,
-            no_local: false,
+            ..request("s", topic.clone(), 10)
         })
         .unwrap()
         .await
@@ -190,14 +178,8 @@ async fn removing_a_durable_subscription_with_a_huge_backlog_keeps_the_store_run
         let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
         let (c, _rx) = broker.open_session(Some("cid".into()));
         c.subscribe(SubscribeRequest {
-            id: "s".into(),
-            destination: topic.clone(),
-            prefetch: 1,
             durable_name: Some("d".into()),
-            selector: None,
-            exclusive: false,
-            priority: 0,
-            no_local: false,
+            ..request("s", topic.clone(), 1)
         })
         .unwrap()
         .await

@@ -48,14 +48,8 @@ async fn a_backlog_past_the_memory_limit_keeps_its_bodies_on_disk_and_delivers_t
     assert_eq!(stats.bodies_left_on_disk, 60, "{stats:?}");
     let (c, mut rx) = broker.open_session(None);
     c.subscribe(SubscribeRequest {
-        id: "s".into(),
-        destination: queue("q"),
-        prefetch: 10,
-        durable_name: None,
         selector: Some("JMSPriority >= 0".into()),
-        exclusive: false,
-        priority: 0,
-        no_local: false,
+        ..request("s", queue("q"), 10)
     })
     .unwrap();
     for i in 30..100 {

@@ -96,14 +96,8 @@ async fn without_an_exclusive_consumer_the_queue_is_shared() {
     // An exclusive subscription on a topic is an ordinary one (queues only).
     let (t1, mut t1_rx) = f.broker.open_session(None);
     t1.subscribe(SubscribeRequest {
-        id: "t".into(),
-        destination: Destination::Topic("t".into()),
-        prefetch: 10,
-        durable_name: None,
-        selector: None,
         exclusive: true,
-        priority: 0,
-        no_local: false,
+        ..request("t", Destination::Topic("t".into()), 10)
     })
     .unwrap();
     let (t2, mut t2_rx) = f.broker.open_session(None);

@@ -121,14 +121,9 @@ fn subscribe_to(
     selector: Option<&str>,
 ) -> Result<Confirmation, BrokerError> {
     session.subscribe(SubscribeRequest {
-        id: id.into(),
-        destination,
-        prefetch: 100,
         durable_name: durable_name.map(str::to_string),
         selector: selector.map(str::to_string),
-        exclusive: false,
-        priority: 0,
-        no_local: false,
+        ..request(id, destination, 100)
     })
 }
 

@@ -7,14 +7,8 @@ async fn selectors_route_each_message_to_a_consumer_that_accepts_it() {
     let f = fixture(BrokerOptions::default()).await;
     let subscribe_with = |s: &Session, selector: &str| {
         s.subscribe(SubscribeRequest {
-            id: "s".into(),
-            destination: queue("q"),
-            prefetch: 100,
-            durable_name: None,
             selector: Some(selector.into()),
-            exclusive: false,
-            priority: 0,
-            no_local: false,
+            ..request("s", queue("q"), 100)
         })
         .unwrap();
     };
@@ -43,14 +37,8 @@ async fn selectors_route_each_message_to_a_consumer_that_accepts_it() {
     let (any, _) = f.broker.open_session(None);
     assert!(matches!(
         any.subscribe(SubscribeRequest {
-            id: "bad".into(),
-            destination: queue("q"),
-            prefetch: 1,
-            durable_name: None,
             selector: Some("color = ".into()),
-            exclusive: false,
-            priority: 0,
-            no_local: false,
+            ..request("bad", queue("q"), 1)
         }),
         Err(BrokerError::InvalidSelector(_))
     ));
@@ -62,26 +50,15 @@ async fn topic_and_durable_subscribers_get_only_what_their_selector_accepts() {
     let topic = Destination::Topic("t".into());
     let (live, mut live_rx) = f.broker.open_session(None);
     live.subscribe(SubscribeRequest {
-        id: "s".into(),
-        destination: topic.clone(),
-        prefetch: 100,
-        durable_name: None,
         selector: Some("color = 'red'".into()),
-        exclusive: false,
-        priority: 0,
-        no_local: false,
+        ..request("s", topic.clone(), 100)
     })
     .unwrap();
     let (d, _) = f.broker.open_session(Some("c1".into()));
     let durable = SubscribeRequest {
-        id: "d".into(),
-        destination: topic.clone(),
-        prefetch: 100,
         durable_name: Some("only-blue".into()),
         selector: Some("color = 'blue'".into()),
-        exclusive: false,
-        priority: 0,
-        no_local: false,
+        ..request("d", topic.clone(), 100)
     };
     d.subscribe(durable.clone()).unwrap().await.unwrap();
     drop(d);
@@ -125,14 +102,8 @@ async fn a_selector_match_deep_in_a_backlog_is_found_by_the_sweep() {
     }
     let (red, mut red_rx) = f.broker.open_session(None);
     red.subscribe(SubscribeRequest {
-        id: "s".into(),
-        destination: queue("q"),
-        prefetch: 10,
-        durable_name: None,
         selector: Some("color = 'red'".into()),
-        exclusive: false,
-        priority: 0,
-        no_local: false,
+        ..request("s", queue("q"), 10)
     })
     .unwrap();
     assert_eq!(body(&next(&mut red_rx).await), "r");
@@ -175,14 +146,8 @@ async fn a_match_the_sweep_passed_while_its_consumer_was_full_is_offered_again()
     let with_selector = |session: &Session, selector: &str, prefetch: u32| {
         session
             .subscribe(SubscribeRequest {
-                id: "s".into(),
-                destination: queue("q"),
-                prefetch,
-                durable_name: None,
                 selector: Some(selector.into()),
-                exclusive: false,
-                priority: 0,
-                no_local: false,
+                ..request("s", queue("q"), prefetch)
             })
             .unwrap();
     };
