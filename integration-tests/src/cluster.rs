@@ -560,6 +560,26 @@ impl Cluster {
         Ok((status.success(), out, err))
     }
 
+    /// `ferromq status --expect-members N`, the health check a monitor runs: (exit code,
+    /// stdout, stderr). The exit code is `None` when the check was killed by a signal.
+    pub fn health_check(&self, expected: usize) -> Result<(Option<i32>, String, String)> {
+        let zk = self.zk_address();
+        let expected = expected.to_string();
+        let (status, out, err) = run_cli(
+            &[
+                "status",
+                "--zk-address",
+                &zk,
+                "--zk-path",
+                ZK_PATH,
+                "--expect-members",
+                &expected,
+            ],
+            Duration::from_secs(30),
+        )?;
+        Ok((status.code(), out, err))
+    }
+
     /// The rows of `ferromq status` (header excluded), each split at whitespace: znode, id,
     /// role, elected?, epoch, position, address, weight, quorum.
     pub fn status_rows(&self) -> Result<Vec<Vec<String>>> {

@@ -747,6 +747,25 @@ fn a_master_whose_client_port_is_taken_leaves_zk38() {
 /// With two of three nodes down the survivor refuses clients for want of a quorum, a send with
 /// a failover timeout fails saying so, `ferromq status` shows a candidate without quorum; once a
 /// second node is back a master is elected and nothing confirmed is lost.
+/// Polls `ferromq status --expect-members 3`, the health check a monitor runs, until it exits
+/// with `code` and its first line starts with `start`; panics with the last answer otherwise.
+fn expect_health(cluster: &Cluster, code: i32, start: &str, why: &str) {
+    let mut last = (None, String::new(), String::new());
+    let seen = wait_until(deadline(Duration::from_secs(30)), || {
+        last = cluster
+            .health_check(3)
+            .unwrap_or_else(|e| (None, String::new(), e.to_string()));
+        last.0 == Some(code) && last.1.starts_with(start)
+    });
+    assert!(
+        seen,
+        "{why}: the health check should exit {code} with {start:?} first; it exited {:?}\n\
+         stdout:\n{}\nstderr:\n{}",
+        last.0, last.1, last.2
+    );
+    eprintln!("{why}: {}", last.1.lines().next().unwrap_or_default());
+}
+
 #[test]
 fn no_quorum_then_back_zk38() {
     let mut cluster = Cluster::start(ZkVersion::V3_8, 3);
@@ -759,8 +778,17 @@ fn no_quorum_then_back_zk38() {
     let confirmed = rt.block_on(send_confirmed(&client, queue, "q", 50));
     let others: Vec<usize> = (0..3).filter(|&i| i != m).collect();
     let (down, survivor) = (others[0], others[1]);
-    cluster.kill9(m);
+    // The health check a monitor runs (Nagios plugin codes): OK, then WARNING when a node
+    // dies while a master still serves, then CRITICAL when no master can.
+    expect_health(&cluster, 0, "FERROMQ OK - master ", "all three up");
     cluster.kill9(down);
+    expect_health(
+        &cluster,
+        1,
+        "FERROMQ WARNING - 2 of 3 members registered: a node is down",
+        "a slave killed",
+    );
+    cluster.kill9(m);
     let killed = Instant::now();
 
     let mut last = Probe::NotRunning;
@@ -808,6 +836,12 @@ fn no_quorum_then_back_zk38() {
         shown,
         "ferromq status should show the survivor alone as candidate with quorum no: {rows:?}"
     );
+    expect_health(
+        &cluster,
+        2,
+        "FERROMQ CRITICAL - no master serves clients",
+        "the master killed as well",
+    );
     drop(client);
 
     cluster.restart(down).expect("restarting a node");
@@ -818,6 +852,12 @@ fn no_quorum_then_back_zk38() {
     eprintln!(
         "node {m2} master {:?} after node {down} restarted",
         restarted.elapsed()
+    );
+    expect_health(
+        &cluster,
+        1,
+        "FERROMQ WARNING - 2 of 3 members registered",
+        "two of three back",
     );
     let counts = drain(&cluster, m2, queue).expect("consuming from the new master");
     check_exactly_once("no quorum, then back", &counts, &confirmed, &[]);
@@ -1474,6 +1514,12 @@ fn a_node_started_while_zookeeper_is_down_waits_for_it(version: ZkVersion) {
         cluster.masters(),
         Vec::<usize>::new(),
         "a node serves with every ZooKeeper server down"
+    );
+    expect_health(
+        &cluster,
+        2,
+        "FERROMQ CRITICAL - cannot read the members from ZooKeeper",
+        "every ZooKeeper server down",
     );
     // A stop meanwhile is honoured, not left waiting for ZooKeeper; started again, it waits.
     let stopped = cluster

@@ -6,12 +6,14 @@
 //! - `status`: the cluster's members as ZooKeeper shows them.
 //!
 //! Exit codes: 0 success; 1 failure (including `consume` receiving fewer messages than asked);
-//! 2 usage or configuration error.
+//! 2 usage or configuration error. `status --expect-members` uses the Nagios plugin codes
+//! instead: 0 OK, 1 WARNING, 2 CRITICAL.
 
 mod bench;
 mod consume;
 mod produce;
 mod report;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,27 +49,7 @@ enum CliCommand {
     /// Measure throughput and send latency with concurrent producers and consumers.
     Bench(bench::BenchArgs),
     /// Show the cluster as ZooKeeper sees it: members, roles, epochs, positions.
-    Status(StatusArgs),
-}
-
-#[derive(Debug, Args)]
-struct StatusArgs {
-    /// ZooKeeper connect string (zkAddress), e.g. zk1:2181,zk2:2181,zk3:2181.
-    #[arg(long, value_name = "HOSTS", default_value = "127.0.0.1:2181")]
-    zk_address: String,
-    /// Parent znode of the members (zkPath).
-    #[arg(long, value_name = "PATH", default_value = "/activemq/leveldb-stores")]
-    zk_path: String,
-    /// ZooKeeper password (zkPassword), if the cluster uses one.
-    #[arg(long, value_name = "PASSWORD")]
-    zk_password: Option<String>,
-    /// Print the members as JSON (the znode data) instead of a table.
-    #[arg(long)]
-    json: bool,
-    /// Health check for monitoring (Nagios/systemd/cron): exit 0 only if a master serves and at
-    /// least N members are registered; otherwise print what is wrong and exit 1.
-    #[arg(long, value_name = "N")]
-    expect_members: Option<usize>,
+    Status(status::StatusArgs),
 }
 
 #[derive(Debug, Args)]
@@ -113,75 +95,6 @@ impl ConnectArgs {
         };
         Client::connect(&self.url, options).await
     }
-}
-
-/// `ferromq status`: reads the members' znodes and prints them.
-async fn status(args: StatusArgs) -> ExitCode {
-    let members = match crate::election::read_cluster(
-        &args.zk_address,
-        &args.zk_path,
-        args.zk_password.as_deref(),
-    )
-    .await
-    {
-        Ok(members) => members,
-        Err(e) => {
-            eprintln!("ferromq status: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if args.json {
-        for m in &members {
-            println!("{} {}", m.znode, m.raw);
-        }
-    } else {
-        print!("{}", crate::election::format_table(&members));
-    }
-    if members.is_empty() {
-        eprintln!(
-            "no members registered under {} at {}",
-            args.zk_path, args.zk_address
-        );
-    }
-    match args.expect_members {
-        None => ExitCode::SUCCESS,
-        Some(expected) => match health_problems(&members, expected) {
-            problems if problems.is_empty() => {
-                eprintln!(
-                    "OK: a master serves and {} members are registered",
-                    members.len()
-                );
-                ExitCode::SUCCESS
-            }
-            problems => {
-                for problem in problems {
-                    eprintln!("CRITICAL: {problem}");
-                }
-                ExitCode::FAILURE
-            }
-        },
-    }
-}
-
-/// What a monitor should alert on: a missing member (a node died or lost ZooKeeper) or no
-/// serving master (clients are refused).
-fn health_problems(members: &[crate::election::MemberView], expected: usize) -> Vec<String> {
-    let registered = members.iter().filter(|m| m.data.is_some()).count();
-    let mut problems = Vec::new();
-    if registered < expected {
-        problems.push(format!(
-            "{registered} of {expected} members registered: a node is down or cut off from ZooKeeper"
-        ));
-    }
-    let serving = members.iter().any(|m| {
-        m.data
-            .as_ref()
-            .is_some_and(|d| d.role == "master" && d.address.is_some())
-    });
-    if !serving {
-        problems.push("no master serves clients: sends are refused until one is elected".into());
-    }
-    problems
 }
 
 /// The `--ack` values.
@@ -258,7 +171,7 @@ async fn run(cli: Cli) -> ExitCode {
         CliCommand::Produce(args) => produce::run(args).await,
         CliCommand::Consume(args) => consume::run(args).await,
         CliCommand::Bench(args) => bench::run(args).await,
-        CliCommand::Status(args) => status(args).await,
+        CliCommand::Status(args) => status::run(args).await,
     }
 }
 

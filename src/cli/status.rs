@@ -1,0 +1,259 @@
+//! `ferromq status`: the cluster as ZooKeeper shows it, and a health check for monitors.
+//!
+//! Without `--expect-members` it prints the members' table (or their JSON) and exits 0 when
+//! ZooKeeper answered. With it, it is a check in the Nagios plugin convention, which Icinga,
+//! Zabbix agents, cron mail and systemd's `OnFailure=` all understand: the first line of
+//! standard output is the verdict (`FERROMQ OK - ...`, `FERROMQ WARNING - ...`,
+//! `FERROMQ CRITICAL - ...`), the table follows as the long output, and the exit code is the
+//! state (0 OK, 1 WARNING, 2 CRITICAL). It only reads ZooKeeper; it never writes there.
+
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::election::znode::ROLE_MASTER;
+use crate::election::MemberView;
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// ZooKeeper connect string (zkAddress), e.g. zk1:2181,zk2:2181,zk3:2181.
+    #[arg(long, value_name = "HOSTS", default_value = "127.0.0.1:2181")]
+    zk_address: String,
+    /// Parent znode of the members (zkPath).
+    #[arg(long, value_name = "PATH", default_value = "/activemq/leveldb-stores")]
+    zk_path: String,
+    /// ZooKeeper password (zkPassword), if the cluster uses one.
+    #[arg(long, value_name = "PASSWORD")]
+    zk_password: Option<String>,
+    /// Print the members as JSON (the znode data) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Health check for monitoring (Nagios/Icinga plugin, systemd timer, cron): the first
+    /// line says OK, WARNING or CRITICAL and the exit code is 0, 1 or 2. WARNING: a master
+    /// serves but fewer than N members are registered (a node is down: one more failure may
+    /// stop writes). CRITICAL: no master serves, or ZooKeeper cannot be read.
+    #[arg(long, value_name = "N")]
+    expect_members: Option<usize>,
+}
+
+/// A check's state, as a Nagios plugin reports it; the discriminant is the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Health {
+    Ok = 0,
+    Warning = 1,
+    Critical = 2,
+}
+
+impl Health {
+    fn word(self) -> &'static str {
+        match self {
+            Health::Ok => "OK",
+            Health::Warning => "WARNING",
+            Health::Critical => "CRITICAL",
+        }
+    }
+
+    fn exit_code(self) -> ExitCode {
+        ExitCode::from(self as u8)
+    }
+}
+
+/// The verdict of the health check: its state and the sentence after `FERROMQ <STATE> - `.
+#[derive(Debug, PartialEq, Eq)]
+struct Verdict {
+    health: Health,
+    summary: String,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FERROMQ {} - {}", self.health.word(), self.summary)
+    }
+}
+
+/// Runs `ferromq status`.
+pub(crate) async fn run(args: StatusArgs) -> ExitCode {
+    let read =
+        crate::election::read_cluster(&args.zk_address, &args.zk_path, args.zk_password.as_deref())
+            .await;
+    let members = match (read, args.expect_members) {
+        (Ok(members), _) => members,
+        (Err(e), None) => {
+            eprintln!("ferromq status: {e}");
+            return ExitCode::FAILURE;
+        }
+        // A monitor reads standard output: the cluster cannot serve without ZooKeeper (its
+        // master steps down), so this is CRITICAL, not a failure of the check itself.
+        (Err(e), Some(_)) => {
+            let verdict = Verdict {
+                health: Health::Critical,
+                summary: format!("cannot read the members from ZooKeeper: {e}"),
+            };
+            println!("{verdict}");
+            return verdict.health.exit_code();
+        }
+    };
+    let verdict = args.expect_members.map(|n| check(&members, n));
+    if let Some(verdict) = &verdict {
+        println!("{verdict}");
+    }
+    if args.json {
+        for m in &members {
+            println!("{} {}", m.znode, m.raw);
+        }
+    } else {
+        print!("{}", crate::election::format_table(&members));
+    }
+    if members.is_empty() {
+        eprintln!(
+            "no members registered under {} at {}",
+            args.zk_path, args.zk_address
+        );
+    }
+    verdict.map_or(ExitCode::SUCCESS, |v| v.health.exit_code())
+}
+
+/// What a monitor should alert on. CRITICAL: no master serves (clients are refused, sends
+/// wait). WARNING: a master serves but a member is missing (a node died or lost ZooKeeper;
+/// the cluster has less redundancy than it was built with). OK otherwise.
+fn check(members: &[MemberView], expected: usize) -> Verdict {
+    let registered = members.iter().filter(|m| m.data.is_some()).count();
+    let master = members.iter().find_map(|m| {
+        m.data
+            .as_ref()
+            .filter(|d| d.role == ROLE_MASTER && d.address.is_some())
+            .map(|d| (m, d))
+    });
+    let members_part = format!("{registered} of {expected} members registered");
+    match master {
+        None => Verdict {
+            health: Health::Critical,
+            summary: format!(
+                "no master serves clients: sends are refused until one is elected; \
+                 {members_part}"
+            ),
+        },
+        Some((m, d)) => {
+            let serves = format!(
+                "master {} serves{} (epoch {})",
+                m.znode,
+                d.client_address
+                    .as_deref()
+                    .map(|a| format!(" at {a}"))
+                    .unwrap_or_default(),
+                d.master_epoch.unwrap_or(d.epoch),
+            );
+            if registered < expected {
+                Verdict {
+                    health: Health::Warning,
+                    summary: format!(
+                        "{members_part}: a node is down or cut off from ZooKeeper; {serves}"
+                    ),
+                }
+            } else {
+                Verdict {
+                    health: Health::Ok,
+                    summary: format!("{serves}; {members_part}"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::election::MemberData;
+
+    fn member(znode: &str, role: &str) -> MemberView {
+        let master = role == ROLE_MASTER;
+        MemberView {
+            znode: znode.into(),
+            eid: None,
+            sequence: znode.parse().ok(),
+            data: Some(MemberData {
+                id: "cluster".into(),
+                container: None,
+                address: master.then(|| "tcp://10.0.0.1:61619".into()),
+                position: -1,
+                weight: 1,
+                elected: None,
+                epoch: 3,
+                role: role.into(),
+                master_epoch: Some(4),
+                client_address: master.then(|| "tcp://10.0.0.1:61616".into()),
+                quorum: true,
+            }),
+            raw: String::new(),
+            elected: false,
+        }
+    }
+
+    #[test]
+    fn a_full_cluster_with_a_master_is_ok() {
+        let members = [
+            member("00000000001", "slave"),
+            member("00000000002", "master"),
+            member("00000000003", "slave"),
+        ];
+        let verdict = check(&members, 3);
+        assert_eq!(verdict.health, Health::Ok);
+        assert_eq!(
+            verdict.to_string(),
+            "FERROMQ OK - master 00000000002 serves at tcp://10.0.0.1:61616 (epoch 4); \
+             3 of 3 members registered"
+        );
+    }
+
+    #[test]
+    fn a_missing_member_is_a_warning_while_a_master_serves() {
+        let members = [
+            member("00000000001", "slave"),
+            member("00000000002", "master"),
+        ];
+        let verdict = check(&members, 3);
+        assert_eq!(verdict.health, Health::Warning);
+        assert!(
+            verdict
+                .to_string()
+                .starts_with("FERROMQ WARNING - 2 of 3 members registered: a node is down"),
+            "{verdict}"
+        );
+    }
+
+    #[test]
+    fn no_serving_master_is_critical_however_many_are_registered() {
+        // Elected but not yet serving (no replication address), and plain candidates.
+        let mut electing = member("00000000002", "master");
+        electing.data.as_mut().unwrap().address = None;
+        let members = [
+            member("00000000001", "candidate"),
+            electing,
+            member("00000000003", "slave"),
+        ];
+        let verdict = check(&members, 3);
+        assert_eq!(verdict.health, Health::Critical);
+        assert!(
+            verdict
+                .to_string()
+                .starts_with("FERROMQ CRITICAL - no master serves clients"),
+            "{verdict}"
+        );
+        assert_eq!(check(&[], 3).health, Health::Critical);
+    }
+
+    #[test]
+    fn junk_under_the_path_is_not_a_member() {
+        let mut junk = member("lock", "master");
+        junk.data = None;
+        let members = [junk, member("00000000002", "master")];
+        assert_eq!(check(&members, 2).health, Health::Warning);
+    }
+
+    #[test]
+    fn the_states_are_the_nagios_exit_codes() {
+        assert_eq!(Health::Ok as u8, 0);
+        assert_eq!(Health::Warning as u8, 1);
+        assert_eq!(Health::Critical as u8, 2);
+    }
+}
