@@ -268,19 +268,51 @@ pub fn run_cli(args: &[&str], timeout: Duration) -> Result<(ExitStatus, String, 
     run_with_timeout(command, timeout)
 }
 
+/// Runs `ferromq ARGS...` with `input` on its standard input (then closed), to completion with
+/// a deadline; returns (status, stdout, stderr).
+pub fn run_cli_with_input(
+    args: &[&str],
+    input: &[u8],
+    timeout: Duration,
+) -> Result<(ExitStatus, String, String)> {
+    let mut command = Command::new(ferromq_bin());
+    command.args(args).env("NO_COLOR", "1");
+    run_with_input(command, Some(input.to_vec()), timeout)
+}
+
 /// Runs a command to completion with a deadline (killing it past the deadline); returns
 /// (status, stdout, stderr).
 pub fn run_with_timeout(
+    command: Command,
+    timeout: Duration,
+) -> Result<(ExitStatus, String, String)> {
+    run_with_input(command, None, timeout)
+}
+
+/// [`run_with_timeout`], writing `input` (if any) to the command's standard input and then
+/// closing it; without input, standard input is empty.
+fn run_with_input(
     mut command: Command,
+    input: Option<Vec<u8>>,
     timeout: Duration,
 ) -> Result<(ExitStatus, String, String)> {
     let shown = format!("{command:?}");
     let mut child = command
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("spawning {shown}"))?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        // A thread: a command that stops reading early must not block the test.
+        std::thread::spawn(move || {
+            let _ = std::io::Write::write_all(&mut stdin, &input);
+        });
+    }
     let stdout = read_all_in_thread(child.stdout.take().expect("piped"));
     let stderr = read_all_in_thread(child.stderr.take().expect("piped"));
     let mut status = None;

@@ -227,3 +227,110 @@ fn consume_with_a_count_leaves_the_rest_on_the_queue() -> Result<()> {
     );
     Ok(())
 }
+
+/// The CLI as an operator uses it: `produce --stdin` ships each line of standard input as one
+/// message (a log file's lines) with `--header`s; `consume --selector` takes only the matching
+/// ones and leaves the rest; `consume --durable` with `--client-id` receives what a topic got
+/// while it was away.
+#[test]
+fn cli_ships_lines_filters_by_selector_and_keeps_a_durable_subscription() -> Result<()> {
+    use ferromq_integration_tests::{run_cli, run_cli_with_input};
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), "")?;
+    let url = broker.url();
+    let timeout = Duration::from_secs(60);
+    let ok = |(status, stdout, stderr): (std::process::ExitStatus, String, String)| {
+        assert!(
+            status.success(),
+            "{status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        stdout
+    };
+    let produce = |level: &str, input: &[u8]| -> Result<String> {
+        let header = format!("level={level}");
+        let args = [
+            "produce",
+            "--url",
+            &url,
+            "-d",
+            "queue://logs",
+            "--stdin",
+            "--persistent",
+            "-w",
+            "8",
+            "-H",
+            &header,
+        ];
+        Ok(ok(run_cli_with_input(&args, input, timeout)?))
+    };
+    // The info lines are ahead on the queue: only the selector skips them.
+    let shipped = produce("info", b"started\nlistening\nready")?;
+    assert!(shipped.contains("confirmed 3"), "{shipped}");
+    let shipped = produce("error", b"disk full\r\nretrying\n")?;
+    assert!(shipped.contains("confirmed 2"), "{shipped}");
+
+    let consume = |extra: &[&str]| -> Result<(std::process::ExitStatus, String, String)> {
+        let mut args = vec!["consume", "--url", &url];
+        args.extend_from_slice(extra);
+        if !extra.contains(&"--timeout") {
+            args.extend_from_slice(&["--timeout", "3s"]);
+        }
+        run_cli(&args, timeout)
+    };
+    let errors = ok(consume(&[
+        "-d",
+        "queue://logs",
+        "-n",
+        "2",
+        "--selector",
+        "level = 'error'",
+    ])?);
+    assert_eq!(errors, "disk full\nretrying\n");
+    let rest = ok(consume(&["-d", "queue://logs", "-n", "3"])?);
+    assert_eq!(rest, "started\nlistening\nready\n");
+
+    // A durable subscription: registered once, away while the topic gets messages, back.
+    let durable = [
+        "-d",
+        "topic://events",
+        "--durable",
+        "audit",
+        "--client-id",
+        "auditor",
+    ];
+    let (status, _, stderr) =
+        consume(&[&durable[..], &["-n", "1", "--timeout", "200ms"]].concat())?;
+    assert!(
+        !status.success() && stderr.contains("received 0 of 1"),
+        "registering the durable subscription: {status}\n{stderr}"
+    );
+    ok(run_cli(
+        &[
+            "produce",
+            "--url",
+            &url,
+            "-d",
+            "topic://events",
+            "-n",
+            "3",
+            "-m",
+            "event",
+            "--persistent",
+        ],
+        timeout,
+    )?);
+    let kept = ok(consume(&[&durable[..], &["-n", "3"]].concat())?);
+    assert_eq!(kept, "event\nevent\nevent\n");
+
+    // Usage errors name what is wrong.
+    let (status, _, stderr) = consume(&["-d", "topic://events", "--durable", "audit"])?;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--client-id"), "{stderr}");
+    let (status, _, stderr) =
+        consume(&["-d", "queue://logs", "--durable", "x", "--client-id", "y"])?;
+    assert!(
+        !status.success() && stderr.contains("--durable subscribes to a topic"),
+        "{status}\n{stderr}"
+    );
+    Ok(())
+}

@@ -33,6 +33,15 @@ pub(crate) struct ConsumeArgs {
     /// by default --count, at most 1000).
     #[arg(long, value_name = "N")]
     prefetch: Option<u32>,
+    /// Receive only the messages this JMS selector matches (SQL-92 on headers and properties,
+    /// e.g. "region = 'eu' AND priority > 4"); the others stay for other consumers.
+    #[arg(long, value_name = "SELECTOR")]
+    selector: Option<String>,
+    /// Subscribe to a topic durably under this subscription name (needs --client-id): the
+    /// broker keeps the topic's messages for it while it is away, and the same --client-id
+    /// and --durable get them later.
+    #[arg(long, value_name = "NAME", requires = "client_id")]
+    durable: Option<String>,
     /// Do not print message bodies.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -89,6 +98,14 @@ pub(crate) async fn execute(
     args: &ConsumeArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<ConsumeReport> {
+    if args.durable.is_some()
+        && !crate::client::stomp_destination(&args.destination)?.starts_with("/topic/")
+    {
+        anyhow::bail!(
+            "--durable subscribes to a topic; {} is not one (a queue keeps its messages anyway)",
+            args.destination
+        );
+    }
     let client = args.connect.connect().await?;
     // STOMP's auto ack would count as consumed every message the broker pushes, printed or
     // not: past --count, up to a whole prefetch would be lost. Acknowledge what is printed.
@@ -102,6 +119,8 @@ pub(crate) async fn execute(
             args.prefetch
                 .unwrap_or_else(|| args.count.clamp(1, 1000) as u32),
         ),
+        selector: args.selector.clone(),
+        durable_name: args.durable.clone(),
         ..SubscribeOptions::default()
     };
     let started = Instant::now();

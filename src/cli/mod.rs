@@ -78,6 +78,10 @@ pub(crate) struct ConnectArgs {
     /// Passcode sent on CONNECT.
     #[arg(long, value_name = "PASSWORD")]
     passcode: Option<String>,
+    /// Client id sent on CONNECT (ActiveMQ's clientId); a durable subscription is kept under
+    /// it, so `consume --durable` needs one.
+    #[arg(long, value_name = "ID")]
+    client_id: Option<String>,
     /// STOMP heart-beat period, both ways: a broker silent for twice this long (a paused
     /// process, a dead machine) is taken for dead and the failover URL's next broker tried.
     /// 0 turns heart-beats off.
@@ -90,6 +94,7 @@ impl ConnectArgs {
         let options = ClientOptions {
             login: self.login.clone(),
             passcode: self.passcode.clone(),
+            client_id: self.client_id.clone(),
             heartbeat: HeartBeat::every(self.heart_beat),
             ..ClientOptions::default()
         };

@@ -1,15 +1,19 @@
-//! `ferromq produce`: send N messages, each confirmed by a RECEIPT, with a bounded window of
-//! sends in flight.
+//! `ferromq produce`: send messages, each confirmed by a RECEIPT, with a bounded window of
+//! sends in flight. Bodies are numbered filler of `--size` bytes, one `--message` text, or the
+//! lines of standard input (`--stdin`: one message per line until end of input, for shipping a
+//! log file's lines).
 
 use std::collections::VecDeque;
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use clap::Args;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::time::Instant;
 
 use super::report::Rate;
-use super::{size_arg, ConnectArgs};
+use super::{duration_arg, size_arg, ConnectArgs};
 use crate::client::{stomp_destination, ClientError, SendOptions};
 
 #[derive(Debug, Args)]
@@ -25,12 +29,64 @@ pub(crate) struct ProduceArgs {
     /// Body size (e.g. 1024, 4KiB): the message number, then 'x' up to the size.
     #[arg(long, short = 's', default_value = "1024", value_parser = size_arg, value_name = "BYTES")]
     size: usize,
+    /// Send this text as every message's body (instead of numbered filler of --size bytes).
+    #[arg(long, short = 'm', value_name = "TEXT", conflicts_with_all = ["size", "stdin"])]
+    message: Option<String>,
+    /// Send each line of standard input as one message (without its line end), until the end
+    /// of input: `tail -F app.log | ferromq produce -d queue://logs --stdin --persistent`.
+    #[arg(long, conflicts_with_all = ["size", "count"])]
+    stdin: bool,
+    /// A header on every message, NAME=VALUE; repeatable. Headers other than STOMP's own are
+    /// JMS properties for selectors and OpenWire consumers (`--header region=eu`); ActiveMQ's
+    /// are honoured (`priority=9`, `JMSXGroupID=order-7`, `AMQ_SCHEDULED_DELAY=60000`,
+    /// `type=...`, `correlation-id=...`, `reply-to=/queue/answers`).
+    #[arg(long = "header", short = 'H', value_name = "NAME=VALUE", value_parser = header_arg)]
+    headers: Vec<(String, String)>,
+    /// Time to live: the message expires this long after it is sent (the `expires` header,
+    /// JMSExpiration); e.g. 30s, 10m.
+    #[arg(long, value_parser = duration_arg, value_name = "DURATION")]
+    ttl: Option<Duration>,
     /// Mark messages persistent: the broker stores each one before it confirms it.
     #[arg(long)]
     persistent: bool,
     /// How many sends may await their RECEIPT at once (1: each send waits for the previous one).
     #[arg(long, short = 'w', default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65_536), value_name = "N")]
     inflight: u32,
+}
+
+/// Headers the client writes itself: a second copy would be ambiguous or break the frame.
+const RESERVED_HEADERS: [&str; 6] = [
+    "destination",
+    "content-length",
+    "receipt",
+    "transaction",
+    "persistent",
+    "expires",
+];
+
+/// Parses `--header NAME=VALUE`.
+fn header_arg(value: &str) -> Result<(String, String), String> {
+    let (name, header_value) = value
+        .split_once('=')
+        .ok_or_else(|| format!("{value:?} is not NAME=VALUE"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!("{value:?} has no header name before '='"));
+    }
+    if let Some(reserved) = RESERVED_HEADERS
+        .iter()
+        .find(|r| r.eq_ignore_ascii_case(name))
+    {
+        let instead = match *reserved {
+            "persistent" => " (use --persistent)",
+            "expires" => " (use --ttl)",
+            _ => "",
+        };
+        return Err(format!(
+            "header {name:?} is set by ferromq produce itself{instead}"
+        ));
+    }
+    Ok((name.to_owned(), header_value.to_owned()))
 }
 
 /// What a produce run did.
@@ -40,18 +96,34 @@ pub(crate) struct ProduceReport {
     pub(crate) confirmed: u64,
     pub(crate) rate: Rate,
     /// The first failure; sending stops at it.
-    pub(crate) error: Option<ClientError>,
+    pub(crate) error: Option<ProduceError>,
+}
+
+/// Why sending stopped early.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProduceError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("reading standard input: {0}")]
+    Input(std::io::Error),
 }
 
 pub(crate) async fn run(args: ProduceArgs) -> ExitCode {
-    match execute(&args).await {
+    let stdin = tokio::io::stdin();
+    match execute_from(&args, stdin).await {
         Ok(report) => {
+            let bodies = if args.stdin {
+                "lines of standard input".to_owned()
+            } else if args.message.is_some() {
+                "--message bodies".to_owned()
+            } else {
+                format!("{}-byte bodies", args.size)
+            };
             println!(
-                "sent {}, confirmed {} in {} ({}-byte bodies, {}, {} in flight)",
+                "sent {}, confirmed {} in {} ({bodies}, {}, {} in flight)",
                 report.sent,
                 report.confirmed,
                 report.rate,
-                args.size,
                 if args.persistent {
                     "persistent"
                 } else {
@@ -74,38 +146,122 @@ pub(crate) async fn run(args: ProduceArgs) -> ExitCode {
     }
 }
 
-/// Connects, sends, closes. `Err` only when nothing could be sent (bad destination, no
-/// connection).
+/// Where the bodies come from.
+enum Bodies<R> {
+    Numbered { next: u64, count: u64, size: usize },
+    Fixed { left: u64, body: Bytes },
+    Lines(BufReader<R>),
+}
+
+impl<R: AsyncRead + Unpin> Bodies<R> {
+    fn new(args: &ProduceArgs, input: R) -> Bodies<R> {
+        if args.stdin {
+            Bodies::Lines(BufReader::new(input))
+        } else if let Some(text) = &args.message {
+            Bodies::Fixed {
+                left: args.count,
+                body: Bytes::from(text.clone().into_bytes()),
+            }
+        } else {
+            Bodies::Numbered {
+                next: 1,
+                count: args.count,
+                size: args.size,
+            }
+        }
+    }
+
+    /// The next body; `None` when there is none left.
+    async fn next(&mut self) -> Result<Option<Bytes>, ProduceError> {
+        match self {
+            Bodies::Numbered { next, count, size } => {
+                if *next > *count {
+                    return Ok(None);
+                }
+                *next += 1;
+                Ok(Some(numbered_body(*next - 1, *size)))
+            }
+            Bodies::Fixed { left, body } => {
+                if *left == 0 {
+                    return Ok(None);
+                }
+                *left -= 1;
+                Ok(Some(body.clone()))
+            }
+            Bodies::Lines(reader) => {
+                let mut line = Vec::new();
+                let read = reader
+                    .read_until(b'\n', &mut line)
+                    .await
+                    .map_err(ProduceError::Input)?;
+                if read == 0 {
+                    return Ok(None);
+                }
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                }
+                Ok(Some(Bytes::from(line)))
+            }
+        }
+    }
+}
+
+/// Connects, sends, closes, with bodies of `--size` or `--message` (standard input is not
+/// read). `Err` only when nothing could be sent (bad destination, no connection).
+#[cfg(test)]
 pub(crate) async fn execute(args: &ProduceArgs) -> Result<ProduceReport, ClientError> {
+    execute_from(args, tokio::io::empty()).await
+}
+
+/// Connects, sends, closes; `--stdin` reads its lines from `input`. `Err` only when nothing
+/// could be sent (bad destination, no connection).
+pub(crate) async fn execute_from<R: AsyncRead + Unpin>(
+    args: &ProduceArgs,
+    input: R,
+) -> Result<ProduceReport, ClientError> {
     stomp_destination(&args.destination)?;
     let client = args.connect.connect().await?;
-    let options = SendOptions {
-        persistent: args.persistent,
-        headers: Vec::new(),
-    };
     let started = Instant::now();
+    let mut bodies = Bodies::new(args, input);
     let mut window = VecDeque::with_capacity(args.inflight as usize);
-    let (mut sent, mut confirmed, mut error) = (0, 0, None);
-    for number in 1..=args.count {
+    let (mut sent, mut confirmed, mut bytes) = (0, 0, 0);
+    let mut error: Option<ProduceError> = None;
+    loop {
         if window.len() >= args.inflight as usize {
-            let Some(oldest) = window.pop_front() else {
+            let Some((oldest, len)) = window.pop_front() else {
                 break;
             };
             if let Err(e) = oldest.await {
-                error = Some(e);
+                error = Some(ProduceError::Client(e));
                 break;
             }
             confirmed += 1;
+            bytes += len;
         }
-        let body = numbered_body(number, args.size);
-        window.push_back(client.send_nowait(&args.destination, body, options.clone()));
+        let body = match bodies.next().await {
+            Ok(Some(body)) => body,
+            Ok(None) => break,
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        };
+        let len = body.len() as u64;
+        let options = send_options(args);
+        window.push_back((client.send_nowait(&args.destination, body, options), len));
         sent += 1;
     }
-    for handle in window {
+    for (handle, len) in window {
         match handle.await {
-            Ok(()) => confirmed += 1,
+            Ok(()) => {
+                confirmed += 1;
+                bytes += len;
+            }
             Err(e) => {
-                error.get_or_insert(e);
+                error.get_or_insert(ProduceError::Client(e));
             }
         }
     }
@@ -116,9 +272,25 @@ pub(crate) async fn execute(args: &ProduceArgs) -> Result<ProduceReport, ClientE
     Ok(ProduceReport {
         sent,
         confirmed,
-        rate: Rate::new(confirmed, confirmed * args.size as u64, elapsed),
+        rate: Rate::new(confirmed, bytes, elapsed),
         error,
     })
+}
+
+/// One send's options: `--persistent`, `--header`s and, with `--ttl`, `expires` counted from
+/// now.
+fn send_options(args: &ProduceArgs) -> SendOptions {
+    let mut headers = args.headers.clone();
+    if let Some(ttl) = args.ttl {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        headers.push(("expires".into(), (now + ttl).as_millis().to_string()));
+    }
+    SendOptions {
+        persistent: args.persistent,
+        headers,
+    }
 }
 
 /// A body of exactly `size` bytes: `"<number> "` then `x`s (the number cut short if it must).
@@ -174,6 +346,61 @@ pub(crate) mod tests {
         assert_eq!((report.sent, report.confirmed), (250, 250));
         assert!(report.error.is_none());
         assert_eq!(broker.depth("/queue/orders"), 250);
+    }
+
+    #[test]
+    fn headers_are_name_equals_value_and_not_the_clients_own() {
+        assert_eq!(
+            header_arg("region=eu=west"),
+            Ok(("region".into(), "eu=west".into()))
+        );
+        assert_eq!(header_arg("empty="), Ok(("empty".into(), String::new())));
+        assert!(header_arg("novalue").unwrap_err().contains("NAME=VALUE"));
+        assert!(header_arg("=x").unwrap_err().contains("no header name"));
+        let reserved = header_arg("Expires=1").unwrap_err();
+        assert!(reserved.contains("--ttl"), "{reserved}");
+        assert!(header_arg("destination=/queue/x").is_err());
+    }
+
+    #[test]
+    fn ttl_becomes_an_absolute_expires_header() {
+        let args = produce_args(&["-d", "queue://q", "--ttl", "30s", "-H", "priority=9"]);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let options = send_options(&args);
+        assert_eq!(options.headers[0], ("priority".into(), "9".into()));
+        let expires: u128 = options.headers[1].1.parse().unwrap();
+        assert_eq!(options.headers[1].0, "expires");
+        assert!(
+            (now + 29_000..now + 31_000).contains(&expires),
+            "{expires} vs {now}"
+        );
+    }
+
+    #[tokio::test]
+    async fn stdin_lines_are_the_bodies_without_their_line_ends() {
+        let broker = MemoryBroker::start().await;
+        let url = broker.url();
+        let args = produce_args(&["-u", &url, "-d", "queue://logs", "--stdin", "-w", "4"]);
+        let input: &[u8] = b"first line\r\nsecond\n\nlast, no line end";
+        let report = execute_from(&args, input).await.unwrap();
+        assert_eq!((report.sent, report.confirmed), (4, 4));
+        assert_eq!(
+            broker.bodies("/queue/logs"),
+            ["first line", "second", "", "last, no line end"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_message_text_is_every_body() {
+        let broker = MemoryBroker::start().await;
+        let url = broker.url();
+        let args = produce_args(&["-u", &url, "-d", "queue://q", "-n", "2", "-m", "hello"]);
+        let report = execute(&args).await.unwrap();
+        assert_eq!(report.confirmed, 2);
+        assert_eq!(broker.bodies("/queue/q"), ["hello", "hello"]);
     }
 
     #[tokio::test]

@@ -194,6 +194,16 @@ impl MemoryBroker {
         state.queues.get(queue).map_or(0, VecDeque::len)
     }
 
+    /// The bodies of the messages waiting in `queue`, oldest first, as text.
+    pub(crate) fn bodies(&self, queue: &str) -> Vec<String> {
+        let state = self.state.lock().expect("state");
+        state.queues.get(queue).map_or_else(Vec::new, |q| {
+            q.iter()
+                .map(|f| String::from_utf8_lossy(&f.body).into_owned())
+                .collect()
+        })
+    }
+
     /// SENDs dropped as duplicates.
     pub(crate) fn duplicates(&self) -> u64 {
         self.state.lock().expect("state").duplicates
