@@ -41,6 +41,10 @@ const MASTER_ATTEMPTS: u32 = 3;
 /// The pause between those attempts.
 const MASTER_RETRY: Duration = Duration::from_secs(1);
 
+/// The file in the store directory where the election records this node's znode, so that a
+/// restarted process removes the one it left (see `election::leftover`).
+const REGISTRATION_FILE: &str = "zk.registration";
+
 /// Runs this node as a member of its cluster until `shutdown` resolves.
 pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let hook = DurableHook::default();
@@ -76,6 +80,7 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
             weight: config.replication.weight,
             container: config.replication.container.clone(),
             client_address,
+            registration_file: Some(config.store.directory.join(REGISTRATION_FILE)),
         },
         log,
     );

@@ -102,6 +102,8 @@ pub struct Cluster {
     name: String,
     /// Lines every node's `[broker]` section gets (see [`Cluster::start_with`]).
     broker_extra: String,
+    /// Every node's `zk_session_timeout` (see [`Cluster::start_with_session_timeout`]).
+    zk_session_timeout: &'static str,
     /// Per node, one proxy per ensemble member that the node reaches ZooKeeper through (see
     /// [`Cluster::start_partitionable`]); empty when the nodes connect directly.
     zk_proxies: Vec<Vec<Proxy>>,
@@ -158,6 +160,7 @@ pub fn node_config(
     data: &std::path::Path,
     zk_address: &str,
     broker_extra: &str,
+    zk_session_timeout: &str,
 ) -> String {
     format!(
         "[broker]\n\
@@ -177,7 +180,7 @@ pub fn node_config(
          bind = \"tcp://127.0.0.1:{replication_port}\"\n\
          zk_address = {zk}\n\
          zk_path = {path}\n\
-         zk_session_timeout = \"2s\"\n\
+         zk_session_timeout = {session_timeout}\n\
          hostname = {hostname}\n\
          security_token = \"t\"\n\
          \n\
@@ -188,6 +191,7 @@ pub fn node_config(
         name = toml_string(BROKER_NAME),
         data = toml_string(&data.to_string_lossy()),
         zk = toml_string(zk_address),
+        session_timeout = toml_string(zk_session_timeout),
         path = toml_string(ZK_PATH),
         log_size = crate::TEST_LOG_SIZE,
         replication_port = replication.port,
@@ -206,7 +210,13 @@ impl Cluster {
     /// Like [`start`](Self::start), every node's `[broker]` section with `broker_extra` too
     /// (`"scheduler_support = true"`).
     pub fn start_with(version: ZkVersion, replicas: usize, broker_extra: &str) -> Cluster {
-        Cluster::start_inner(version, replicas, broker_extra, false)
+        Cluster::start_inner(version, replicas, broker_extra, false, "2s")
+    }
+
+    /// Like [`start`](Self::start), with every node's `zk_session_timeout` set to `timeout`
+    /// instead of 2 s (at most 10 s: the servers' `tickTime` is 500 ms).
+    pub fn start_with_session_timeout(version: ZkVersion, timeout: &'static str) -> Cluster {
+        Cluster::start_inner(version, 3, "", false, timeout)
     }
 
     /// Like [`start`](Self::start), each node reaching ZooKeeper through proxies of its own, so
@@ -216,7 +226,7 @@ impl Cluster {
     /// [`cut_replication`](Self::cut_replication) can partition a master from its slaves while
     /// it keeps ZooKeeper and its clients.
     pub fn start_partitionable(version: ZkVersion) -> Cluster {
-        Cluster::start_inner(version, 3, "", true)
+        Cluster::start_inner(version, 3, "", true, "2s")
     }
 
     fn start_inner(
@@ -224,6 +234,7 @@ impl Cluster {
         replicas: usize,
         broker_extra: &str,
         partitionable: bool,
+        zk_session_timeout: &'static str,
     ) -> Cluster {
         assert_eq!(replicas, 3, "the cluster tests run three nodes");
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -264,6 +275,7 @@ impl Cluster {
             dir,
             name,
             broker_extra: broker_extra.to_string(),
+            zk_session_timeout,
             zk_proxies,
             replication_proxies,
             _serial: serial,
@@ -312,6 +324,7 @@ impl Cluster {
                 &dir.join("data"),
                 &zk_address,
                 &self.broker_extra,
+                self.zk_session_timeout,
             );
             match BrokerProcess::start_with_config(&format!("{}/n{i}", self.name), &dir, &config) {
                 Ok(broker) => {

@@ -1697,6 +1697,73 @@ fn all_nodes_restarted_zk38() {
     check_exactly_once("all restarted", &counts, &confirmed, &[]);
 }
 
+both_versions!(
+    a_restarted_master_removes_its_leftover_znode,
+    a_restarted_master_removes_its_leftover_znode_zk38,
+    a_restarted_master_removes_its_leftover_znode_zk34
+);
+
+/// A master killed and restarted at once (a supervisor's `Restart=always`) removes the znode
+/// its previous process left, instead of the cluster waiting for that session to expire (10 s
+/// here) before it can elect a master; every confirmed message is still there.
+fn a_restarted_master_removes_its_leftover_znode(version: ZkVersion) {
+    let mut cluster = Cluster::start_with_session_timeout(version, "10s");
+    let m = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let queue = "/queue/restarted-master";
+    let mut client = cluster.client(m).expect("a client of the master");
+    let confirmed = send_raw(&mut client, queue, "before", 20);
+    drop(client);
+    let registered = |cluster: &Cluster, from: usize| {
+        cluster.logs_since(m, from).iter().rev().find_map(|l| {
+            let path = l
+                .split("registered as ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?;
+            Some(path.to_owned())
+        })
+    };
+    let old = registered(&cluster, 0).expect("the master logs its znode");
+    cluster.kill9(m);
+    let killed = Instant::now();
+    let from = cluster.log_len(m);
+    cluster.restart(m).expect("restarting the master");
+    let removal = format!("removed {old}, left by an earlier ZooKeeper session of this node");
+    let removed = wait_until(deadline(ELECTION), || {
+        cluster
+            .logs_since(m, from)
+            .iter()
+            .any(|l| l.contains(&removal))
+    });
+    assert!(
+        removed,
+        "node {m}, restarted, should log {removal:?}:\n{}",
+        cluster.logs_since(m, from).join("\n")
+    );
+    let new = registered(&cluster, from).expect("the restarted node logs its new znode");
+    let listed = cluster.zkcli(&["ls", ZK_PATH]);
+    let name = |path: &str| path.rsplit('/').next().unwrap_or_default().to_owned();
+    assert!(
+        !listed.contains(&name(&old)) && listed.contains(&name(&new)),
+        "ZooKeeper should list {new} and no longer {old}:\n{listed}"
+    );
+    eprintln!(
+        "{version:?}: {old} removed {:?} after the kill",
+        killed.elapsed()
+    );
+    let n = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("after the master's restart: {e:#}"));
+    eprintln!(
+        "{version:?}: node {n} master {:?} after the kill",
+        killed.elapsed()
+    );
+    let counts = drain(&cluster, n, queue).expect("consuming");
+    check_exactly_once("restarted master", &counts, &confirmed, &[]);
+}
+
 // ----- 9. stomp.py with the three host/port pairs ----------------------------------------------
 
 /// Whether `python3` with the `stomp` module is available. Outside CI a missing one skips the

@@ -49,6 +49,7 @@ impl Node {
             weight,
             container: Some(name.to_owned()),
             client_address: Some(format!("tcp://127.0.0.1:{}", address_port + 1)),
+            registration_file: None,
         };
         let election = Arc::new(
             Election::start(config, log)

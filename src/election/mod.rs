@@ -51,6 +51,7 @@
 //! session ends, and reads that register watches are never cancelled.
 
 pub mod decide;
+mod leftover;
 pub mod znode;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -96,6 +97,10 @@ pub struct ElectionConfig {
     pub container: Option<String>,
     /// This node's client connector (informational).
     pub client_address: Option<String>,
+    /// Where to record the znode this node registers (its path and session), so that after a
+    /// restart the node removes the one its previous process left instead of the cluster
+    /// waiting a session timeout for it (`leftover`). `None`: not recorded.
+    pub registration_file: Option<std::path::PathBuf>,
 }
 
 /// Where this node's journal ends.
@@ -274,10 +279,14 @@ impl Election {
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let (roles_tx, roles_rx) = watch::channel(Role::candidate("joining the election"));
         let mut core = Core::new(config, log, events_tx, roles_tx);
+        if let Some(file) = &core.cfg.registration_file {
+            core.leftovers.extend(leftover::read(file));
+        }
         let generation = core.generation.clone();
         let mut failures = 0;
         let session = loop {
-            match join(&core.cfg, core.join_data().to_json(), core.next_incarnation).await {
+            let json = core.join_data().to_json();
+            match join(&core.cfg, json, core.next_incarnation, &core.leftovers).await {
                 Ok(session) => break session,
                 Err(e) if !e.is_transient() => return Err(e),
                 Err(e) => {
@@ -419,11 +428,13 @@ async fn connect(
         })
 }
 
-/// Connects, creates `zk_path` if missing and registers a new member znode with `json`.
+/// Connects, creates `zk_path` if missing, registers a new member znode with `json`, removes
+/// the `leftovers` of this node's earlier sessions and records the new registration.
 async fn join(
     cfg: &ElectionConfig,
     json: String,
     incarnation: u64,
+    leftovers: &[leftover::Registration],
 ) -> Result<Session, ElectionError> {
     let client = connect(
         &cfg.zk_address,
@@ -461,6 +472,15 @@ async fn join(
         cfg.broker_name,
         client.session_id()
     );
+    leftover::remove(&client, leftovers).await;
+    if let Some(file) = &cfg.registration_file {
+        let registration = leftover::Registration {
+            path: path.clone(),
+            session: client.session_id().0,
+        };
+        // A line in a small file: not worth a thread hand-off.
+        leftover::write(file, &registration);
+    }
     Ok(Session {
         incarnation,
         state: client.state_watcher(),
@@ -702,6 +722,9 @@ struct Core {
     /// Eids of our earlier (expired) sessions: their znodes linger until the servers expire
     /// them, and we must not follow them.
     previous_eids: Vec<String>,
+    /// The znodes of our earlier sessions (and of our previous process, from the registration
+    /// file) that the next join removes.
+    leftovers: Vec<leftover::Registration>,
 }
 
 impl Core {
@@ -730,6 +753,7 @@ impl Core {
             connected: false,
             disconnected_at: None,
             previous_eids: Vec::new(),
+            leftovers: Vec::new(),
         }
     }
 
@@ -837,6 +861,10 @@ impl Core {
             self.node()
         );
         if let Some(s) = self.session.take() {
+            self.leftovers.push(leftover::Registration {
+                path: s.path.clone(),
+                session: s.client.session_id().0,
+            });
             self.previous_eids.push(s.eid);
         }
         self.connected = false;
@@ -850,15 +878,20 @@ impl Core {
         self.next_incarnation += 1;
         let cfg = self.cfg.clone();
         let json = self.join_data().to_json();
+        let leftovers = self.leftovers.clone();
         let events = self.events.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let result = join(&cfg, json, incarnation).await.map(Box::new);
+            let result = join(&cfg, json, incarnation, &leftovers)
+                .await
+                .map(Box::new);
             let _ = events.send(Event::Joined(result));
         });
     }
 
     fn on_joined(&mut self, session: Session) {
+        // The join removed what it could of them; the rest expire by themselves.
+        self.leftovers.clear();
         self.join_failures = 0;
         self.connected = true;
         self.disconnected_at = None;
@@ -1926,6 +1959,7 @@ mod tests {
                 weight: 1,
                 container: None,
                 client_address: None,
+                registration_file: None,
             },
             LogState {
                 epoch: 5,
