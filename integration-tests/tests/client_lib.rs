@@ -229,9 +229,9 @@ fn consume_with_a_count_leaves_the_rest_on_the_queue() -> Result<()> {
 }
 
 /// The CLI as an operator uses it: `produce --stdin` ships each line of standard input as one
-/// message (a log file's lines) with `--header`s; `consume --selector` takes only the matching
-/// ones and leaves the rest; `consume --durable` with `--client-id` receives what a topic got
-/// while it was away.
+/// message (a log file's lines) with `--header`s; `consume --browse` prints the queue and
+/// leaves it; `consume --selector` takes only the matching ones and leaves the rest;
+/// `consume --durable` with `--client-id` receives what a topic got while it was away.
 #[test]
 fn cli_ships_lines_filters_by_selector_and_keeps_a_durable_subscription() -> Result<()> {
     use ferromq_integration_tests::{run_cli, run_cli_with_input};
@@ -277,6 +277,13 @@ fn cli_ships_lines_filters_by_selector_and_keeps_a_durable_subscription() -> Res
         }
         run_cli(&args, timeout)
     };
+    // A browse prints what the queue holds and leaves it there.
+    let (status, browsed, stderr) = consume(&["-d", "queue://logs", "--browse"])?;
+    assert!(
+        status.success() && stderr.contains("the end of the queue"),
+        "browse: {status}\n{stderr}"
+    );
+    assert_eq!(browsed, "started\nlistening\nready\ndisk full\nretrying\n");
     let errors = ok(consume(&[
         "-d",
         "queue://logs",

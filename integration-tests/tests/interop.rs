@@ -51,6 +51,16 @@ fn stomp_py_temp_queue_replies_are_per_connection() -> Result<()> {
     run_stomp_py("stomp_py_temp_queue.py")
 }
 
+/// stomp.py browses a queue with ActiveMQ's `browser:true` header: copies, then `browser:end`,
+/// and the messages are still there for a consumer (see `python/stomp_py_browse.py`).
+#[test]
+fn stomp_py_browses_a_queue_without_consuming_it() -> Result<()> {
+    if !stomp_py_available("stomp_py_browses_a_queue_without_consuming_it")? {
+        return Ok(());
+    }
+    run_stomp_py("stomp_py_browse.py")
+}
+
 /// Runs `integration-tests/python/<script> HOST PORT` against a fresh broker; it must exit 0.
 fn run_stomp_py(script: &str) -> Result<()> {
     let dir = tempfile::tempdir()?;

@@ -42,6 +42,10 @@ pub(crate) struct ConsumeArgs {
     /// and --durable get them later.
     #[arg(long, value_name = "NAME", requires = "client_id")]
     durable: Option<String>,
+    /// Browse instead of consume (ActiveMQ's STOMP queue browser): print what the queue holds
+    /// now, up to --count, and leave it there.
+    #[arg(long, conflicts_with = "durable")]
+    browse: bool,
     /// Do not print message bodies.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -52,6 +56,8 @@ pub(crate) struct ConsumeArgs {
 pub(crate) enum Stopped {
     /// All the messages asked for arrived.
     Complete,
+    /// A browse reached the end of the queue.
+    EndOfQueue,
     /// No message within the timeout.
     Idle(Duration),
     /// The client failed (gave up failing over, an ack failed, ...).
@@ -71,6 +77,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> ExitCode {
         Ok(report) => {
             let reason = match &report.stopped {
                 Stopped::Complete => String::new(),
+                Stopped::EndOfQueue => "; the end of the queue (browsed: left on it)".into(),
                 Stopped::Idle(timeout) => {
                     format!("; stopped: no message for {} ms", timeout.as_millis())
                 }
@@ -80,7 +87,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> ExitCode {
                 "received {} of {} in {}{reason}",
                 report.received, args.count, report.rate
             );
-            if report.stopped == Stopped::Complete {
+            if matches!(report.stopped, Stopped::Complete | Stopped::EndOfQueue) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -110,6 +117,8 @@ pub(crate) async fn execute(
     // STOMP's auto ack would count as consumed every message the broker pushes, printed or
     // not: past --count, up to a whole prefetch would be lost. Acknowledge what is printed.
     let ack = match AckMode::from(args.ack) {
+        // A browser's copies need no acknowledgement.
+        _ if args.browse => AckMode::Auto,
         AckMode::Auto => AckMode::ClientIndividual,
         other => other,
     };
@@ -121,7 +130,11 @@ pub(crate) async fn execute(
         ),
         selector: args.selector.clone(),
         durable_name: args.durable.clone(),
-        ..SubscribeOptions::default()
+        headers: if args.browse {
+            vec![("browser".into(), "true".into())]
+        } else {
+            Vec::new()
+        },
     };
     let started = Instant::now();
     let (mut received, mut bytes) = (0u64, 0u64);
@@ -149,6 +162,9 @@ pub(crate) async fn execute(
         let Some(message) = next else {
             break Stopped::Failed(subscription.close_reason());
         };
+        if args.browse && message.header("browser") == Some("end") {
+            break Stopped::EndOfQueue;
+        }
         if !args.quiet {
             out.write_all(message.body())?;
             out.write_all(b"\n")?;

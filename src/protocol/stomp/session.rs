@@ -65,6 +65,10 @@ enum AckMode {
 
 struct Subscription {
     ack: AckMode,
+    /// A queue browser (`browser:true`, as ActiveMQ's STOMP): it got a copy of what the queue
+    /// held when it subscribed, then `browser:end`; the core knows nothing of it, and its ACKs
+    /// and NACKs change nothing.
+    browser: bool,
     /// Deliveries with a lower tag were made to an earlier subscription with the same id
     /// (UNSUBSCRIBE, then SUBSCRIBE again): the core took them back, so they are not written.
     first_tag: u64,
@@ -204,6 +208,18 @@ fn required<'a>(frame: &'a Frame, header: &str) -> Result<&'a str, Fatal> {
 
 /// A boolean `activemq.` header: ActiveMQ sets ConsumerInfo's fields from them, and its
 /// Boolean parsing ignores case (anything but `true` is false).
+/// A SUBSCRIBE's `ack` header (default auto).
+fn ack_mode(frame: &Frame) -> Result<AckMode, Fatal> {
+    match frame.get("ack").unwrap_or("auto") {
+        "auto" => Ok(AckMode::Auto),
+        "client" => Ok(AckMode::Client),
+        "client-individual" => Ok(AckMode::ClientIndividual),
+        other => Err(Fatal::new(format!(
+            "header 'ack' must be auto, client or client-individual, got '{other}'"
+        ))),
+    }
+}
+
 fn flag(frame: &Frame, header: &str) -> bool {
     frame
         .get(header)
@@ -329,6 +345,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             unacked: BTreeMap::new(),
             awaiting: VecDeque::new(),
             auto_acks: HashMap::new(),
+            next_browse_tag: BROWSE_TAGS,
             version: self.version,
             temps,
         };
@@ -491,6 +508,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         frame: &Frame,
         receipt: Option<String>,
     ) -> Result<Step, Fatal> {
+        if frame.command == Command::Subscribe && frame.get("browser") == Some("true") {
+            // As ActiveMQ: the RECEIPT, the copies, then a MESSAGE with `browser:end`.
+            let browse = state.browse(frame)?;
+            if let Some(id) = &receipt {
+                self.queue_frame(&frame::receipt(id));
+            }
+            for copy in browse.copies {
+                self.write_delivery(state, copy);
+            }
+            self.queue_frame(&browse.end);
+            return Ok(Step::Continue);
+        }
         let confirmation = match frame.command {
             Command::Send => state.send(frame)?,
             Command::Subscribe => state.subscribe(frame)?,
@@ -571,6 +600,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             return; // unsubscribed meanwhile; the core takes it back
         };
         let ack = subscription.ack;
+        let subscription_is_browser = subscription.browser;
         let message = &delivery.message;
         let destination = Destination::parse(&message.destination)
             .map(|d| state.temps.to_stomp(&d))
@@ -612,6 +642,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         out.body = message.body.clone();
         self.queue_frame(&out);
         match ack {
+            // Nothing to acknowledge in the core for a browsed copy.
+            AckMode::Auto if subscription_is_browser => {}
             AckMode::Auto => {
                 // Tags grow, so the last one written acknowledges all before it.
                 state.auto_acks.insert(delivery.subscription, delivery.tag);
@@ -631,6 +663,16 @@ enum Step {
     Close,
 }
 
+/// Browsed copies are tagged from here up, far above any tag the core gives a delivery, so an
+/// ACK of one is told apart from an ACK of a real delivery.
+const BROWSE_TAGS: u64 = 1 << 62;
+
+/// What a queue browser's SUBSCRIBE writes: the copies, then the end marker.
+struct Browse {
+    copies: Vec<Delivery>,
+    end: Frame,
+}
+
 /// Polls the oldest queued confirmation (the core resolves them in order).
 async fn front(awaiting: &mut VecDeque<(Awaiting, Confirmation)>) -> Result<(), BrokerError> {
     let (_, confirmation) = awaiting.front_mut().expect("guarded by is_empty");
@@ -646,6 +688,8 @@ struct State {
     awaiting: VecDeque<(Awaiting, Confirmation)>,
     /// Auto-ack subscriptions written to since the last flush -> their last tag written.
     auto_acks: HashMap<String, u64>,
+    /// The tag of the next browsed copy (see [`BROWSE_TAGS`]).
+    next_browse_tag: u64,
     version: Version,
     /// Declared after `session`, so dropped after it: by then the connection's consumers of
     /// its temporary destinations are gone and the destinations can be deleted.
@@ -907,16 +951,7 @@ impl State {
             (None, Version::V1_0) => destination_text.to_string(),
             (None, _) => return Err(Fatal::new("missing header 'id' on SUBSCRIBE frame")),
         };
-        let ack = match frame.get("ack").unwrap_or("auto") {
-            "auto" => AckMode::Auto,
-            "client" => AckMode::Client,
-            "client-individual" => AckMode::ClientIndividual,
-            other => {
-                return Err(Fatal::new(format!(
-                    "header 'ack' must be auto, client or client-individual, got '{other}'"
-                )))
-            }
-        };
+        let ack = ack_mode(frame)?;
         let durable_name = frame
             .get("activemq.subscriptionName")
             .or_else(|| frame.get("durable-subscription-name"))
@@ -952,8 +987,14 @@ impl State {
             return Err(BrokerError::DuplicateSubscription(id).into());
         }
         let first_tag = self.session.next_tag();
-        self.subscriptions
-            .insert(id.clone(), Subscription { ack, first_tag });
+        self.subscriptions.insert(
+            id.clone(),
+            Subscription {
+                ack,
+                first_tag,
+                browser: false,
+            },
+        );
         let request = SubscribeRequest {
             id: id.clone(),
             destination,
@@ -979,7 +1020,12 @@ impl State {
         };
         let remove_durable = frame.get("activemq.subscriptionName").is_some()
             || frame.get("durable-subscription-name").is_some();
-        if self.subscriptions.remove(&id).is_none() {
+        let removed = self.subscriptions.remove(&id);
+        if removed.as_ref().is_some_and(|s| s.browser) {
+            self.unacked.retain(|_, (sub, _)| *sub != id);
+            return Ok(Confirmation::done());
+        }
+        if removed.is_none() {
             // ActiveMQ lets a client delete an inactive durable subscription by name.
             if let Some(name) = frame
                 .get("activemq.subscriptionName")
@@ -1021,6 +1067,11 @@ impl State {
         let Some((subscription, _)) = self.unacked.get(&tag).cloned() else {
             return Err(BrokerError::UnknownDelivery(tag).into());
         };
+        if self.is_browser(&subscription) {
+            // A browsed copy: the message stays on its queue whatever the client says.
+            self.unacked.remove(&tag);
+            return Ok(Confirmation::done());
+        }
         let scope = match self.subscriptions.get(&subscription).map(|s| s.ack) {
             Some(AckMode::Client) => AckScope::Cumulative,
             _ => AckScope::Single,
@@ -1038,10 +1089,80 @@ impl State {
 
     fn nack(&mut self, frame: &Frame) -> Result<Confirmation, Fatal> {
         let tag = self.acked_tag(frame)?;
-        if self.unacked.remove(&tag).is_none() {
+        let Some((subscription, _)) = self.unacked.remove(&tag) else {
             return Err(BrokerError::UnknownDelivery(tag).into());
+        };
+        if self.is_browser(&subscription) {
+            return Ok(Confirmation::done());
         }
         Ok(self.session.nack(tag, frame.get("transaction"))?)
+    }
+
+    fn is_browser(&self, subscription: &str) -> bool {
+        self.subscriptions
+            .get(subscription)
+            .is_some_and(|s| s.browser)
+    }
+
+    /// A `browser:true` SUBSCRIBE: registers the browser and returns what to write, a copy of
+    /// each message its queue holds now (that its selector matches), oldest first.
+    fn browse(&mut self, frame: &Frame) -> Result<Browse, Fatal> {
+        if self.version == Version::V1_0 {
+            return Err(Fatal::new(
+                "header 'browser' needs STOMP 1.1 or later (as ActiveMQ's queue browser does)",
+            ));
+        }
+        let destination_text = required(frame, "destination")?;
+        let id = required(frame, "id")?.to_string();
+        let (members, _) = self.temps.resolve_members(destination_text)?;
+        let [destination] = &members[..] else {
+            return Err(BrokerError::Unsupported(format!(
+                "browsing composite destination '{destination_text}': browse each queue"
+            ))
+            .into());
+        };
+        if !matches!(destination, Destination::Queue(_)) {
+            return Err(BrokerError::Unsupported(format!(
+                "browsing topic '{destination_text}': only a queue can be browsed"
+            ))
+            .into());
+        }
+        let ack = ack_mode(frame)?;
+        if self.subscriptions.contains_key(&id) {
+            return Err(BrokerError::DuplicateSubscription(id).into());
+        }
+        let messages = self.session.browse(destination, frame.get("selector"))?;
+        self.subscriptions.insert(
+            id.clone(),
+            Subscription {
+                ack,
+                first_tag: 0,
+                browser: true,
+            },
+        );
+        let copies = messages
+            .into_iter()
+            .map(|(message, redelivery_count)| {
+                let tag = self.next_browse_tag;
+                self.next_browse_tag += 1;
+                Delivery {
+                    subscription: id.clone(),
+                    tag,
+                    destination: destination.clone(),
+                    message,
+                    redelivery_count,
+                    group_first: false,
+                }
+            })
+            .collect();
+        Ok(Browse {
+            end: Frame::new(Command::Message)
+                .header("subscription", id)
+                .header("browser", "end")
+                .header("destination", self.temps.to_stomp(destination))
+                .header("message-id", "0"),
+            copies,
+        })
     }
 
     fn flush_auto_acks(&mut self) {
@@ -1218,6 +1339,73 @@ mod tests {
                 (Command::Receipt, Some("sub")),
                 "round {round}: a {:?} came first",
                 first.command
+            );
+        }
+    }
+
+    /// ActiveMQ's STOMP queue browser: `browser:true` gets the RECEIPT, a copy of each message
+    /// the selector matches, oldest first, then a MESSAGE with `browser:end` and no body; ACKs
+    /// of the copies change nothing, and a consumer still gets every message afterwards.
+    #[tokio::test]
+    async fn a_browser_subscription_copies_the_queue_then_says_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        let (mut p, _) = Peer::connect(&broker, "1.2", "").await;
+        for (n, colour) in ["red", "blue", "red"].iter().enumerate() {
+            p.write(&format!(
+                "SEND\ndestination:/queue/b\npersistent:true\ncolour:{colour}\nreceipt:s{n}\n\nm{n}\0"
+            ))
+            .await;
+            p.frames_until(is_receipt(&format!("s{n}"))).await;
+        }
+        p.write(concat!(
+            "SUBSCRIBE\nid:look\ndestination:/queue/b\nbrowser:true\nack:client\n",
+            "selector:colour = 'red'\nreceipt:r\n\n\0"
+        ))
+        .await;
+        let receipt = p.next_frame().await;
+        assert_eq!(receipt.get("receipt-id"), Some("r"));
+        let frames = p.frames_until(|f| f.get("browser") == Some("end")).await;
+        assert_eq!(bodies(&frames[..2]), ["m0", "m2"]);
+        let end = &frames[2];
+        assert_eq!(
+            (end.command, end.get("subscription"), end.get("destination")),
+            (Command::Message, Some("look"), Some("/queue/b"))
+        );
+        assert_eq!((end.get("message-id"), end.body.len()), (Some("0"), 0));
+        // Acknowledging a copy consumes nothing; the browser ends like any subscription.
+        let ack = frames[1].get("ack").unwrap().to_string();
+        p.write(&format!("ACK\nid:{ack}\nreceipt:a\n\n\0")).await;
+        p.frames_until(is_receipt("a")).await;
+        p.write("UNSUBSCRIBE\nid:look\nreceipt:u\n\n\0").await;
+        p.frames_until(is_receipt("u")).await;
+        p.write("SUBSCRIBE\nid:take\ndestination:/queue/b\n\n\0")
+            .await;
+        let taken = p
+            .frames_until(|f| f.command == Command::Message && &f.body[..] == b"m2")
+            .await;
+        assert_eq!(bodies(&taken), ["m0", "m1", "m2"]);
+    }
+
+    #[tokio::test]
+    async fn a_browser_is_refused_on_a_topic_and_before_stomp_1_1() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        for (version, destination, expected) in [
+            ("1.2", "/topic/t", "only a queue can be browsed"),
+            ("1.0", "/queue/q", "needs STOMP 1.1 or later"),
+        ] {
+            let (mut p, _) = Peer::connect(&broker, version, "").await;
+            p.write(&format!(
+                "SUBSCRIBE\nid:1\ndestination:{destination}\nbrowser:true\n\n\0"
+            ))
+            .await;
+            let error = p.next_frame().await;
+            assert_eq!(error.command, Command::Error, "{version} {destination}");
+            let message = error.get("message").unwrap_or_default();
+            assert!(
+                message.contains(expected),
+                "{version} {destination}: {message}"
             );
         }
     }
