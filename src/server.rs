@@ -221,6 +221,7 @@ pub(crate) fn broker_options(config: &Config) -> BrokerOptions {
         max_redeliveries: config.broker.max_redeliveries,
         dead_letter_strategy: dead_letter_strategy(&config.broker),
         topic_pending_limit: config.broker.topic_pending_limit,
+        max_browse_page_size: config.broker.max_browse_page_size,
         memory_limit: config.broker.memory_limit,
         store_limit: config.store.store_limit,
         send_fail_if_no_space: config.broker.send_fail_if_no_space,

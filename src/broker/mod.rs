@@ -158,6 +158,8 @@ pub struct BrokerOptions {
     /// Messages held for one slow non-durable topic subscriber beyond its prefetch; past this
     /// the oldest are discarded (ActiveMQ's pending-message-limit policy for topics).
     pub topic_pending_limit: usize,
+    /// The most messages one browse returns (ActiveMQ's `maxBrowsePageSize`).
+    pub max_browse_page_size: usize,
     /// How often queues are swept for expired messages.
     pub expiry_sweep: Duration,
     /// Bytes of queued message bodies kept in memory; past it, persistent messages are queued
@@ -185,6 +187,7 @@ impl Default for BrokerOptions {
             max_redeliveries: 6,
             dead_letter_strategy: DeadLetterStrategy::Shared,
             topic_pending_limit: 1000,
+            max_browse_page_size: 400,
             expiry_sweep: Duration::from_secs(1),
             memory_limit: 64 << 20,
             store_limit: store_limit::DEFAULT_STORE_LIMIT,

@@ -182,6 +182,11 @@ pub struct BrokerConfig {
     /// Messages buffered for one slow non-durable topic subscriber beyond its prefetch before
     /// the oldest are discarded (default 1000).
     pub topic_pending_limit: usize,
+    /// The most messages a queue browser (a JMS `QueueBrowser`, a STOMP `browser:true`
+    /// subscription) is shown, the first ones in delivery order (ActiveMQ's
+    /// `<policyEntry maxBrowsePageSize>`, default 400). It bounds what one browse reads back
+    /// from the journal and holds in memory, and how long it holds the broker's lock.
+    pub max_browse_page_size: usize,
     /// Bytes of message bodies the broker keeps in memory for queued messages (ActiveMQ's
     /// `<memoryUsage limit>`, default 64 MiB). Past it, the bodies of further persistent
     /// messages stay in the journal and are read back when their turn comes; non-persistent
@@ -228,6 +233,7 @@ impl Default for BrokerConfig {
             dead_letter_topic_prefix: "ActiveMQ.DLQ.Topic.".to_owned(),
             dead_letter_topic_suffix: String::new(),
             topic_pending_limit: 1000,
+            max_browse_page_size: 400,
             memory_limit: 64 * MIB,
             send_fail_if_no_space: false,
             scheduler_support: false,
@@ -504,6 +510,12 @@ impl Config {
             check_dead_letter_names(b)?;
         }
         b.virtual_topics()?;
+        if b.max_browse_page_size == 0 {
+            return Err(invalid(
+                "broker.max_browse_page_size",
+                "must be at least 1 (it is how many messages a queue browser is shown)",
+            ));
+        }
         if b.users.keys().any(|login| login.is_empty()) {
             return Err(invalid("broker.users", "a login must not be empty"));
         }
@@ -830,6 +842,7 @@ mod tests {
         assert_eq!(c.broker.max_frame_size, 64 * MIB);
         assert_eq!(c.broker.max_redeliveries, 6);
         assert_eq!(c.broker.topic_pending_limit, 1000);
+        assert_eq!(c.broker.max_browse_page_size, 400);
         assert_eq!(c.broker.memory_limit, 64 * MIB);
         assert_eq!(
             c.broker.dead_letter_strategy,
@@ -1194,6 +1207,10 @@ mod tests {
             ("[admin]\ntoken = \"a b\"", "admin.token"),
             ("[admin]\ntoken = [\"a\"]", "admin.token"),
             ("[broker]\nname = \"\"", "broker.name"),
+            (
+                "[broker]\nmax_browse_page_size = 0",
+                "broker.max_browse_page_size",
+            ),
             ("[transport]\nconnectors = []", "transport.connectors"),
             (
                 "[transport]\nconnectors = [\"tcp://0.0.0.0:1\", \"stomp://127.0.0.1:1\"]",

@@ -15,7 +15,9 @@ use crate::store::Message;
 
 impl Core {
     /// The messages waiting on a queue, in delivery order, that `selector` accepts, with how
-    /// often each was delivered before; nothing is consumed (a queue browser).
+    /// often each was delivered before; nothing is consumed (a queue browser). At most
+    /// `max_browse_page_size` of them (the first), so one browse of a deep queue neither reads
+    /// the whole backlog back from the journal nor holds the lock for it.
     pub fn browse(
         &self,
         destination: &Destination,
@@ -35,6 +37,7 @@ impl Core {
                     .as_ref()
                     .is_none_or(|s| s.matches_with_redeliveries(&e.message, e.redeliveries))
             })
+            .take(self.options.max_browse_page_size)
             .map(|e| {
                 // A virtual topic's consumer queue shows its copies, as its consumers get them.
                 let message = self.as_on_queue(&self.with_body(e)?, &name);

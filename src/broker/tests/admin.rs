@@ -363,3 +363,38 @@ async fn deleting_a_durable_subscriptions_queue_removes_the_subscription() {
     let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
     assert!(broker.queue_stats().iter().all(|q| q.name != name));
 }
+
+/// A browse shows at most `max_browse_page_size` messages, the first in delivery order among
+/// those its selector matches (ActiveMQ's `maxBrowsePageSize`), and consumes none.
+#[tokio::test]
+async fn a_browse_shows_at_most_a_page_of_the_queue() {
+    let f = fixture(BrokerOptions {
+        max_browse_page_size: 3,
+        ..BrokerOptions::default()
+    })
+    .await;
+    let (s, _) = f.broker.open_session(None);
+    for i in 0..10 {
+        let color = if i % 2 == 0 { "red" } else { "blue" };
+        s.send(&queue("q"), colored(color, &format!("{color}{i}")), None)
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let shown = |selector: Option<&str>| -> Vec<String> {
+        s.browse(&queue("q"), selector)
+            .unwrap()
+            .iter()
+            .map(|(m, _)| String::from_utf8_lossy(&m.body).into_owned())
+            .collect()
+    };
+    assert_eq!(shown(None), ["red0", "blue1", "red2"]);
+    assert_eq!(shown(Some("color = 'blue'")), ["blue1", "blue3", "blue5"]);
+    let waiting: Vec<(String, usize)> = f
+        .broker
+        .queue_stats()
+        .into_iter()
+        .map(|q| (q.name, q.ready))
+        .collect();
+    assert_eq!(waiting, [("queue://q".to_string(), 10)]);
+}
