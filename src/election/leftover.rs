@@ -31,7 +31,7 @@ impl Registration {
     }
 
     fn parse(text: &str) -> Option<Registration> {
-        let (path, session) = text.trim().split_once(' ')?;
+        let (path, session) = text.trim().rsplit_once(' ')?;
         // Written as the u64 of its bits: the server's id is in the top byte.
         let session = u64::from_str_radix(session.strip_prefix("0x")?, 16).ok()? as i64;
         path.starts_with('/').then(|| Registration {
@@ -136,6 +136,14 @@ mod tests {
             session: -0x7000_0000_0000_0000,
         };
         assert_eq!(Registration::parse(&high.to_line()), Some(high));
+        // The session is the last word: a znode path may hold a space.
+        assert_eq!(
+            Registration::parse("/my path/00000000001 0x2a\n"),
+            Some(Registration {
+                path: "/my path/00000000001".into(),
+                session: 42,
+            })
+        );
         for bad in ["", "no-session", "relative 0x1", "/p 12", "/p 0xzz"] {
             assert_eq!(Registration::parse(bad), None, "{bad:?}");
         }
