@@ -623,23 +623,22 @@ impl RepeatedFailure {
         let recent = self
             .logged_at
             .is_some_and(|at| now.saturating_duration_since(at) < SLAVE_RETRY_LOG_PERIOD);
-        if recent && self.error == error {
+        let same = self.error == error;
+        if recent && same {
             self.unlogged += 1;
             return None;
         }
-        let unlogged = std::mem::take(&mut self.unlogged);
         self.logged_at = Some(now);
-        if self.error == error {
-            Some(unlogged)
-        } else {
-            // The count was of the other error.
+        // A count of another error's attempts is dropped with it.
+        let unlogged = std::mem::take(&mut self.unlogged);
+        if !same {
             self.error = error.to_owned();
-            Some(0)
         }
+        Some(if same { unlogged } else { 0 })
     }
 }
 
-/// `"; the same error N more times since the last line"` (empty for none).
+/// `" (the same error N more times since the last line)"`, or nothing for none.
 fn repeated_note(unlogged: u32) -> String {
     match unlogged {
         0 => String::new(),

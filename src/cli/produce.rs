@@ -103,7 +103,7 @@ pub(crate) struct ProduceReport {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProduceError {
     #[error(transparent)]
-    Client(#[from] ClientError),
+    Client(ClientError),
     #[error("reading standard input: {0}")]
     Input(std::io::Error),
 }

@@ -77,9 +77,7 @@ pub(crate) fn write(file: &Path, registration: &Registration) {
 }
 
 /// Removes each leftover that still exists and is still owned by the session recorded with it.
-/// Returns the paths removed.
-pub(crate) async fn remove(client: &zk::Client, leftovers: &[Registration]) -> Vec<String> {
-    let mut removed = Vec::new();
+pub(crate) async fn remove(client: &zk::Client, leftovers: &[Registration]) {
     for leftover in leftovers {
         let stat = match client.check_stat(&leftover.path).await {
             Ok(Some(stat)) => stat,
@@ -102,7 +100,6 @@ pub(crate) async fn remove(client: &zk::Client, leftovers: &[Registration]) -> V
                      instead of waiting for that session to expire",
                     leftover.path, leftover.session
                 );
-                removed.push(leftover.path.clone());
             }
             Err(zk::Error::NoNode | zk::Error::BadVersion) => {}
             Err(e) => warn!(
@@ -111,7 +108,6 @@ pub(crate) async fn remove(client: &zk::Client, leftovers: &[Registration]) -> V
             ),
         }
     }
-    removed
 }
 
 #[cfg(test)]

@@ -206,8 +206,6 @@ fn required<'a>(frame: &'a Frame, header: &str) -> Result<&'a str, Fatal> {
     })
 }
 
-/// A boolean `activemq.` header: ActiveMQ sets ConsumerInfo's fields from them, and its
-/// Boolean parsing ignores case (anything but `true` is false).
 /// A SUBSCRIBE's `ack` header (default auto).
 fn ack_mode(frame: &Frame) -> Result<AckMode, Fatal> {
     match frame.get("ack").unwrap_or("auto") {
@@ -220,6 +218,8 @@ fn ack_mode(frame: &Frame) -> Result<AckMode, Fatal> {
     }
 }
 
+/// A boolean `activemq.` header: ActiveMQ sets ConsumerInfo's fields from them, and its
+/// Boolean parsing ignores case (anything but `true` is false).
 fn flag(frame: &Frame, header: &str) -> bool {
     frame
         .get(header)
@@ -508,20 +508,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         frame: &Frame,
         receipt: Option<String>,
     ) -> Result<Step, Fatal> {
-        if frame.command == Command::Subscribe && frame.get("browser") == Some("true") {
-            // As ActiveMQ: the RECEIPT, the copies, then a MESSAGE with `browser:end`.
-            let browse = state.browse(frame)?;
-            if let Some(id) = &receipt {
-                self.queue_frame(&frame::receipt(id));
-            }
-            for copy in browse.copies {
-                self.write_delivery(state, copy);
-            }
-            self.queue_frame(&browse.end);
-            return Ok(Step::Continue);
-        }
         let confirmation = match frame.command {
             Command::Send => state.send(frame)?,
+            Command::Subscribe if frame.get("browser") == Some("true") => {
+                // As ActiveMQ: the RECEIPT, the copies, then a MESSAGE with `browser:end`.
+                let browse = state.browse(frame)?;
+                if let Some(id) = &receipt {
+                    self.queue_frame(&frame::receipt(id));
+                }
+                for copy in browse.copies {
+                    self.write_delivery(state, copy);
+                }
+                self.queue_frame(&browse.end);
+                return Ok(Step::Continue);
+            }
             Command::Subscribe => state.subscribe(frame)?,
             Command::Unsubscribe => state.unsubscribe(frame)?,
             Command::Ack => state.ack(frame)?,
@@ -1020,12 +1020,7 @@ impl State {
         };
         let remove_durable = frame.get("activemq.subscriptionName").is_some()
             || frame.get("durable-subscription-name").is_some();
-        let removed = self.subscriptions.remove(&id);
-        if removed.as_ref().is_some_and(|s| s.browser) {
-            self.unacked.retain(|_, (sub, _)| *sub != id);
-            return Ok(Confirmation::done());
-        }
-        if removed.is_none() {
+        let Some(removed) = self.subscriptions.remove(&id) else {
             // ActiveMQ lets a client delete an inactive durable subscription by name.
             if let Some(name) = frame
                 .get("activemq.subscriptionName")
@@ -1034,8 +1029,12 @@ impl State {
                 return Ok(self.session.remove_durable(name)?);
             }
             return Err(BrokerError::UnknownSubscription(id).into());
-        }
+        };
         self.unacked.retain(|_, (sub, _)| *sub != id);
+        if removed.browser {
+            // The core never knew it.
+            return Ok(Confirmation::done());
+        }
         Ok(self.session.unsubscribe(&id, remove_durable)?)
     }
 
