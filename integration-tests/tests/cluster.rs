@@ -744,9 +744,6 @@ fn a_master_whose_client_port_is_taken_leaves_zk38() {
 
 // ----- 4. two of three down ------------------------------------------------------------------
 
-/// With two of three nodes down the survivor refuses clients for want of a quorum, a send with
-/// a failover timeout fails saying so, `ferromq status` shows a candidate without quorum; once a
-/// second node is back a master is elected and nothing confirmed is lost.
 /// Polls `ferromq status --expect-members 3`, the health check a monitor runs, until it exits
 /// with `code` and its first line starts with `start`; panics with the last answer otherwise.
 fn expect_health(cluster: &Cluster, code: i32, start: &str, why: &str) {
@@ -766,6 +763,40 @@ fn expect_health(cluster: &Cluster, code: i32, start: &str, why: &str) {
     eprintln!("{why}: {}", last.1.lines().next().unwrap_or_default());
 }
 
+/// A monitor that runs the health check with a bad command line is told UNKNOWN (exit 3, as
+/// Nagios plugins do), not CRITICAL: the check did not run, so it says nothing of the cluster.
+/// No ZooKeeper is needed: the command line is refused before any is contacted.
+#[test]
+fn a_health_check_with_a_bad_command_line_is_unknown() {
+    use ferromq_integration_tests::run_cli;
+    for (args, named) in [
+        (&["status", "--expect-members", "three"][..], "'three'"),
+        (
+            &["status", "--expect-members", "3", "--zk-adress", "zk1:2181"][..],
+            "'--zk-adress'",
+        ),
+    ] {
+        let (status, stdout, stderr) = run_cli(args, Duration::from_secs(30)).unwrap();
+        let first = stdout.lines().next().unwrap_or_default();
+        assert_eq!(
+            status.code(),
+            Some(3),
+            "{args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        assert!(
+            first.starts_with("FERROMQ UNKNOWN - bad command line: ") && first.contains(named),
+            "{args:?}: {first}"
+        );
+        assert!(stderr.contains(named), "{args:?}: {stderr}");
+    }
+    // Without --expect-members it is no check: a usage error keeps clap's code.
+    let (status, _, _) = run_cli(&["status", "--zk-adress", "x"], Duration::from_secs(30)).unwrap();
+    assert_eq!(status.code(), Some(2));
+}
+
+/// With two of three nodes down the survivor refuses clients for want of a quorum, a send with
+/// a failover timeout fails saying so, `ferromq status` shows a candidate without quorum; once a
+/// second node is back a master is elected and nothing confirmed is lost.
 #[test]
 fn no_quorum_then_back_zk38() {
     let mut cluster = Cluster::start(ZkVersion::V3_8, 3);

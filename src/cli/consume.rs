@@ -1,5 +1,6 @@
 //! `ferromq consume`: receive N messages (or until none comes for a while), printing bodies.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -148,6 +149,9 @@ pub(crate) async fn execute(
         });
     }
     let mut subscription = client.subscribe(&args.destination, options).await?;
+    // A browse renewed after a failover starts again at the head of the queue: what was
+    // printed already is skipped, by message id.
+    let mut browsed = HashSet::new();
     let stopped = loop {
         if received >= args.count {
             break Stopped::Complete;
@@ -162,8 +166,14 @@ pub(crate) async fn execute(
         let Some(message) = next else {
             break Stopped::Failed(subscription.close_reason());
         };
-        if args.browse && message.header("browser") == Some("end") {
-            break Stopped::EndOfQueue;
+        if args.browse {
+            if message.header("browser") == Some("end") {
+                break Stopped::EndOfQueue;
+            }
+            let id = message.header("message-id").unwrap_or_default();
+            if !browsed.insert(id.to_string()) {
+                continue;
+            }
         }
         if !args.quiet {
             out.write_all(message.body())?;
@@ -224,6 +234,64 @@ mod tests {
         assert_eq!(report.stopped, Stopped::Complete);
         assert_eq!(report.received, 3);
         assert_eq!(String::from_utf8(out).unwrap(), "1 xx\n2 xx\n3 xx\n");
+    }
+
+    /// The broker fails over in the middle of a browse: the renewed browser shows the queue
+    /// from its head again, and what was printed already is not printed twice.
+    #[tokio::test]
+    async fn a_browse_renewed_by_a_failover_prints_each_message_once() {
+        use crate::client::fake_broker::{message_frame, FakeListener};
+        use crate::protocol::stomp::frame::{Command, Frame};
+        let first = FakeListener::bind().await;
+        let second = FakeListener::bind().await;
+        let url = format!(
+            "failover:({},{})?randomize=false&initialReconnectDelay=1&maxReconnectDelay=20",
+            first.url(),
+            second.url()
+        );
+        let brokers = tokio::spawn(async move {
+            let mut shown = 0;
+            for (listener, copies) in [(first, 2), (second, 3)] {
+                let mut connection = listener.accept().await;
+                connection.handshake().await;
+                let subscribe = connection.expect(Command::Subscribe).await;
+                assert_eq!(subscribe.get("browser"), Some("true"));
+                let id = subscribe.get("id").unwrap().to_string();
+                if subscribe.get("receipt").is_some() {
+                    // The first SUBSCRIBE; the client renews it without one.
+                    connection.receipt(&subscribe).await;
+                }
+                for n in 1..=copies {
+                    connection
+                        .send(message_frame(&id, "/queue/q", n, &n.to_string()))
+                        .await;
+                }
+                shown += copies;
+                if copies == 3 {
+                    let end = Frame::new(Command::Message)
+                        .header("subscription", id)
+                        .header("browser", "end")
+                        .header("message-id", "0");
+                    connection.send(end).await;
+                    // UNSUBSCRIBE, then DISCONNECT, each with a receipt.
+                    while let Some(frame) = connection.read_frame().await {
+                        connection.receipt(&frame).await;
+                        if frame.command == Command::Disconnect {
+                            break;
+                        }
+                    }
+                } else {
+                    connection.close().await;
+                }
+            }
+            shown
+        });
+        let mut out = Vec::new();
+        let args = consume_args(&["-u", &url, "-d", "queue://q", "--browse", "-n", "10"]);
+        let report = execute(&args, &mut out).await.unwrap();
+        assert_eq!(brokers.await.unwrap(), 5);
+        assert_eq!(String::from_utf8(out).unwrap(), "m1\nm2\nm3\n");
+        assert_eq!((report.received, report.stopped), (3, Stopped::EndOfQueue));
     }
 
     #[tokio::test]

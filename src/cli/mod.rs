@@ -144,7 +144,16 @@ pub(crate) fn size_arg(value: &str) -> Result<usize, String> {
 /// Runs the command line: parses the arguments, starts logging (RUST_LOG, default `info`, on
 /// stderr) and a multi-threaded runtime, and runs the subcommand.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            if e.use_stderr() && status::is_check(&args) {
+                return status::usage_error(&e);
+            }
+            e.exit()
+        }
+    };
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -5,7 +5,8 @@
 //! Zabbix agents, cron mail and systemd's `OnFailure=` all understand: the first line of
 //! standard output is the verdict (`FERROMQ OK - ...`, `FERROMQ WARNING - ...`,
 //! `FERROMQ CRITICAL - ...`), the table follows as the long output, and the exit code is the
-//! state (0 OK, 1 WARNING, 2 CRITICAL). It only reads ZooKeeper; it never writes there.
+//! state (0 OK, 1 WARNING, 2 CRITICAL; 3 UNKNOWN for a bad command line). It only reads
+//! ZooKeeper; it never writes there.
 
 use std::process::ExitCode;
 
@@ -42,6 +43,8 @@ enum Health {
     Ok = 0,
     Warning = 1,
     Critical = 2,
+    /// The check itself could not run (a bad command line), so it says nothing of the cluster.
+    Unknown = 3,
 }
 
 impl Health {
@@ -50,6 +53,7 @@ impl Health {
             Health::Ok => "OK",
             Health::Warning => "WARNING",
             Health::Critical => "CRITICAL",
+            Health::Unknown => "UNKNOWN",
         }
     }
 
@@ -69,6 +73,32 @@ impl std::fmt::Display for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "FERROMQ {} - {}", self.health.word(), self.summary)
     }
+}
+
+/// Whether a command line (without the program name) asks for the health check: `status`
+/// with `--expect-members`. A monitor runs it, so a usage error must read as UNKNOWN.
+pub(crate) fn is_check(args: &[String]) -> bool {
+    args.first().is_some_and(|a| a == "status")
+        && args.iter().any(|a| a.starts_with("--expect-members"))
+}
+
+/// A usage error of the health check, the Nagios way: `FERROMQ UNKNOWN - <what is wrong>` on
+/// standard output, clap's full message on standard error, exit code 3 (not clap's 2, which a
+/// monitor would take for CRITICAL).
+pub(crate) fn usage_error(error: &clap::Error) -> ExitCode {
+    let text = error.to_string();
+    let what = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ");
+    let verdict = Verdict {
+        health: Health::Unknown,
+        summary: format!("bad command line: {what}"),
+    };
+    println!("{verdict}");
+    eprint!("{text}");
+    verdict.health.exit_code()
 }
 
 /// Runs `ferromq status`.

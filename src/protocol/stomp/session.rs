@@ -104,6 +104,10 @@ enum Awaiting {
     Disconnect(Option<String>),
     /// Nothing to answer, but a failure must still end the connection.
     Silent,
+    /// A queue browser's snapshot, taken when this reaches the front: after everything the
+    /// connection sent before it is confirmed (so the copies include those sends), and with its
+    /// RECEIPT written after theirs.
+    Browse(BrowsePlan, Option<String>),
 }
 
 /// Serves one connection whose first bytes (already read, in `initial`) are STOMP.
@@ -384,7 +388,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 // backlog), which a client that stops reading while its application waits for
                 // that RECEIPT would never get through.
                 let (awaiting, _) = state.awaiting.pop_front().expect("non-empty");
-                self.answer(awaiting, result)
+                self.answer(&mut state, awaiting, result)
             } else {
                 tokio::select! {
                     read = self.stream.read_buf(&mut self.input), if paused.is_none() => match read {
@@ -414,7 +418,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     }
                     result = front(&mut state.awaiting), if !state.awaiting.is_empty() => {
                         let (awaiting, _) = state.awaiting.pop_front().expect("non-empty");
-                        self.answer(awaiting, result)
+                        self.answer(&mut state, awaiting, result)
                     }
                     _ = send_tick.tick(), if heartbeat.send.is_some() => {
                         if !wrote_since_tick {
@@ -511,15 +515,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let confirmation = match frame.command {
             Command::Send => state.send(frame)?,
             Command::Subscribe if frame.get("browser") == Some("true") => {
-                // As ActiveMQ: the RECEIPT, the copies, then a MESSAGE with `browser:end`.
-                let browse = state.browse(frame)?;
-                if let Some(id) = &receipt {
-                    self.queue_frame(&frame::receipt(id));
-                }
-                for copy in browse.copies {
-                    self.write_delivery(state, copy);
-                }
-                self.queue_frame(&browse.end);
+                // Registered now; the snapshot waits its turn (`Awaiting::Browse`).
+                let plan = state.browse(frame)?;
+                state
+                    .awaiting
+                    .push_back((Awaiting::Browse(plan, receipt), Confirmation::done()));
                 return Ok(Step::Continue);
             }
             Command::Subscribe => state.subscribe(frame)?,
@@ -565,10 +565,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     fn answer(
         &mut self,
+        state: &mut State,
         awaiting: Awaiting,
         result: Result<(), BrokerError>,
     ) -> Result<Step, Fatal> {
         match (awaiting, result) {
+            (Awaiting::Browse(plan, receipt), Ok(())) => {
+                // As ActiveMQ: the RECEIPT, the copies, then a MESSAGE with `browser:end`.
+                let browse = state.browse_copies(plan).map_err(|mut fatal| {
+                    fatal.receipt.clone_from(&receipt);
+                    fatal
+                })?;
+                if let Some(id) = &receipt {
+                    self.queue_frame(&frame::receipt(id));
+                }
+                if let Some(browse) = browse {
+                    for copy in browse.copies {
+                        self.write_delivery(state, copy);
+                    }
+                    self.queue_frame(&browse.end);
+                }
+                Ok(Step::Continue)
+            }
             (Awaiting::Receipt(id), Ok(())) => {
                 self.queue_frame(&frame::receipt(&id));
                 Ok(Step::Continue)
@@ -668,6 +686,16 @@ enum Step {
 const BROWSE_TAGS: u64 = 1 << 62;
 
 /// What a queue browser's SUBSCRIBE writes: the copies, then the end marker.
+/// A registered queue browser whose snapshot is still to be taken.
+struct BrowsePlan {
+    id: String,
+    /// The browser's `first_tag`: the snapshot is taken only if this subscription is still the
+    /// one registered under `id` (not unsubscribed, nor replaced by a later SUBSCRIBE).
+    first_tag: u64,
+    destination: Destination,
+    selector: Option<String>,
+}
+
 struct Browse {
     copies: Vec<Delivery>,
     end: Frame,
@@ -1103,9 +1131,9 @@ impl State {
             .is_some_and(|s| s.browser)
     }
 
-    /// A `browser:true` SUBSCRIBE: registers the browser and returns what to write, a copy of
-    /// each message its queue holds now (that its selector matches), oldest first.
-    fn browse(&mut self, frame: &Frame) -> Result<Browse, Fatal> {
+    /// A `browser:true` SUBSCRIBE: checks it and registers the browser; `browse_copies` takes
+    /// the snapshot when the plan's turn comes.
+    fn browse(&mut self, frame: &Frame) -> Result<BrowsePlan, Fatal> {
         if self.version == Version::V1_0 {
             return Err(Fatal::new(
                 "header 'browser' needs STOMP 1.1 or later (as ActiveMQ's queue browser does)",
@@ -1130,15 +1158,43 @@ impl State {
         if self.subscriptions.contains_key(&id) {
             return Err(BrokerError::DuplicateSubscription(id).into());
         }
-        let messages = self.session.browse(destination, frame.get("selector"))?;
+        // A tag of its own marks this registration (its copies' tags are higher).
+        let first_tag = self.next_browse_tag;
+        self.next_browse_tag += 1;
         self.subscriptions.insert(
             id.clone(),
             Subscription {
                 ack,
-                first_tag: 0,
+                first_tag,
                 browser: true,
             },
         );
+        Ok(BrowsePlan {
+            id,
+            first_tag,
+            destination: destination.clone(),
+            selector: frame.get("selector").map(str::to_string),
+        })
+    }
+
+    /// A copy of each message the browser's queue holds now (that its selector matches),
+    /// oldest first, and the `browser:end` frame; `None` if the browser was unsubscribed
+    /// before its turn came.
+    fn browse_copies(&mut self, plan: BrowsePlan) -> Result<Option<Browse>, Fatal> {
+        let BrowsePlan {
+            id,
+            first_tag,
+            destination,
+            selector,
+        } = plan;
+        let registered = self
+            .subscriptions
+            .get(&id)
+            .is_some_and(|s| s.browser && s.first_tag == first_tag);
+        if !registered {
+            return Ok(None);
+        }
+        let messages = self.session.browse(&destination, selector.as_deref())?;
         let copies = messages
             .into_iter()
             .map(|(message, redelivery_count)| {
@@ -1154,14 +1210,14 @@ impl State {
                 }
             })
             .collect();
-        Ok(Browse {
+        Ok(Some(Browse {
             end: Frame::new(Command::Message)
                 .header("subscription", id)
                 .header("browser", "end")
-                .header("destination", self.temps.to_stomp(destination))
+                .header("destination", self.temps.to_stomp(&destination))
                 .header("message-id", "0"),
             copies,
-        })
+        }))
     }
 
     fn flush_auto_acks(&mut self) {
@@ -1384,6 +1440,51 @@ mod tests {
             .frames_until(|f| f.command == Command::Message && &f.body[..] == b"m2")
             .await;
         assert_eq!(bodies(&taken), ["m0", "m1", "m2"]);
+    }
+
+    /// A browser subscribed right behind sends still being confirmed (one write, no wait):
+    /// their RECEIPTs come first, then the browser's, and its copies include those sends.
+    #[tokio::test]
+    async fn a_browse_waits_for_the_sends_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        let (mut p, _) = Peer::connect(&broker, "1.2", "").await;
+        p.write(concat!(
+            "SEND\ndestination:/queue/b\npersistent:true\nreceipt:s0\n\nm0\0",
+            "SEND\ndestination:/queue/b\npersistent:true\nreceipt:s1\n\nm1\0",
+            "SUBSCRIBE\nid:look\ndestination:/queue/b\nbrowser:true\nreceipt:r\n\n\0",
+        ))
+        .await;
+        let frames = p.frames_until(|f| f.get("browser") == Some("end")).await;
+        let receipts: Vec<_> = frames.iter().filter_map(|f| f.get("receipt-id")).collect();
+        assert_eq!(receipts, ["s0", "s1", "r"]);
+        assert_eq!(frames[2].get("receipt-id"), Some("r"), "{frames:?}");
+        assert_eq!(bodies(&frames[3..5]), ["m0", "m1"]);
+    }
+
+    /// A browser unsubscribed (or its id reused) before its snapshot's turn writes no copies
+    /// to the subscription that now holds the id.
+    #[tokio::test]
+    async fn a_browser_unsubscribed_before_its_turn_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        let (mut p, _) = Peer::connect(&broker, "1.2", "").await;
+        p.write(concat!(
+            "SEND\ndestination:/queue/b\npersistent:true\nreceipt:s0\n\nm0\0",
+            "SUBSCRIBE\nid:look\ndestination:/queue/b\nbrowser:true\nreceipt:r1\n\n\0",
+            "UNSUBSCRIBE\nid:look\n\n\0",
+            "SUBSCRIBE\nid:look\ndestination:/queue/b\nbrowser:true\nreceipt:r2\n\n\0",
+        ))
+        .await;
+        let frames = p.frames_until(|f| f.get("browser") == Some("end")).await;
+        let commands: Vec<_> = frames
+            .iter()
+            .map(|f| {
+                f.get("receipt-id")
+                    .unwrap_or(std::str::from_utf8(&f.body).unwrap())
+            })
+            .collect();
+        assert_eq!(commands, ["s0", "r1", "r2", "m0", ""]);
     }
 
     #[tokio::test]
