@@ -1803,6 +1803,58 @@ fn a_restarted_master_removes_its_leftover_znode(version: ZkVersion) {
     check_exactly_once("restarted master", &counts, &confirmed, &[]);
 }
 
+/// A node whose data directory was copied from another's (a replacement seeded from a live
+/// slave, say) finds that node's registration in it. It must not remove that node's live
+/// znode: the copy leaves it alone (it advertises another client address), and the original
+/// stays registered without rejoining.
+#[test]
+fn a_copied_data_directory_leaves_the_original_nodes_znode_zk38() {
+    let mut cluster = Cluster::start(ZkVersion::V3_8, 3);
+    let m = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (original, copy) = {
+        let slaves: Vec<usize> = (0..3).filter(|&i| i != m).collect();
+        (slaves[0], slaves[1])
+    };
+    let [from, to] = [original, copy].map(|i| cluster.nodes[i].dir.join("data/zk.registration"));
+    let recorded = std::fs::read_to_string(&from).expect("the slave's registration");
+    let path = recorded.split_whitespace().next().unwrap().to_owned();
+    cluster.kill9(copy);
+    std::fs::copy(&from, &to).expect("copying the registration");
+    let (from_original, from_copy) = (cluster.log_len(original), cluster.log_len(copy));
+    cluster
+        .restart(copy)
+        .expect("restarting the node with the copied registration");
+    let left_alone = format!("left {path} alone");
+    let seen = wait_until(deadline(ELECTION), || {
+        cluster
+            .logs_since(copy, from_copy)
+            .iter()
+            .any(|l| l.contains(&left_alone))
+    });
+    let copy_logs = cluster.logs_since(copy, from_copy).join("\n");
+    assert!(seen, "node {copy} should log {left_alone:?}:\n{copy_logs}");
+    assert!(
+        !copy_logs.contains(&format!("removed {path}")),
+        "{copy_logs}"
+    );
+    let listing = cluster.zkcli(&["ls", ZK_PATH]);
+    let name = path.rsplit('/').next().unwrap();
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with('[') && l.contains(name)),
+        "{path} (node {original}) should still be registered:\n{listing}"
+    );
+    let original_logs = cluster.logs_since(original, from_original).join("\n");
+    assert!(
+        !original_logs.contains("rejoining the election"),
+        "node {original} lost its znode:\n{original_logs}"
+    );
+    assert_stays_master(&cluster, m);
+}
+
 // ----- 9. stomp.py with the three host/port pairs ----------------------------------------------
 
 /// Whether `python3` with the `stomp` module is available. Outside CI a missing one skips the

@@ -7,13 +7,17 @@
 //! Owns the registration file (the path and session id of this node's current znode, rewritten
 //! at each registration) and the removal of leftovers: at each registration the node removes
 //! the znodes of its earlier sessions, each only if ZooKeeper still shows it owned by that
-//! session (`ephemeralOwner`), so nothing another session made is ever touched. It never
+//! session (`ephemeralOwner`), so nothing another session made is ever touched, and only if it
+//! advertises this node's client address: a data directory copied to seed another node holds
+//! the original node's registration, whose live znode the copy must leave alone. It never
 //! decides anything about the election; a leftover it cannot remove just expires as before.
 
 use std::path::Path;
 
 use tracing::{info, warn};
 use zookeeper_client as zk;
+
+use super::znode::MemberData;
 
 /// One registration: a member znode and the ZooKeeper session that owns it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,12 +80,17 @@ pub(crate) fn write(file: &Path, registration: &Registration) {
     }
 }
 
-/// Removes each leftover that still exists and is still owned by the session recorded with it.
-pub(crate) async fn remove(client: &zk::Client, leftovers: &[Registration]) {
+/// Removes each leftover that still exists, is still owned by the session recorded with it
+/// and advertises `client_address` (this node's).
+pub(crate) async fn remove(
+    client: &zk::Client,
+    leftovers: &[Registration],
+    client_address: Option<&str>,
+) {
     for leftover in leftovers {
-        let stat = match client.check_stat(&leftover.path).await {
-            Ok(Some(stat)) => stat,
-            Ok(None) => continue,
+        let (data, stat) = match client.get_data(&leftover.path).await {
+            Ok(found) => found,
+            Err(zk::Error::NoNode) => continue,
             Err(e) => {
                 warn!(
                     "cannot look at {} ({e}); it is left to expire",
@@ -91,6 +100,20 @@ pub(crate) async fn remove(client: &zk::Client, leftovers: &[Registration]) {
             }
         };
         if stat.ephemeral_owner != leftover.session {
+            continue;
+        }
+        let advertised = MemberData::parse(&data)
+            .ok()
+            .and_then(|member| member.client_address);
+        if advertised.as_deref() != client_address {
+            warn!(
+                "left {} alone: its session is the one recorded in this node's data directory, \
+                 but it advertises {} and this node {}: the directory was copied from that \
+                 node, which is still registered",
+                leftover.path,
+                advertised.as_deref().unwrap_or("no client address"),
+                client_address.unwrap_or("none"),
+            );
             continue;
         }
         match client.delete(&leftover.path, Some(stat.version)).await {

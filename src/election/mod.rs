@@ -472,7 +472,7 @@ async fn join(
         cfg.broker_name,
         client.session_id()
     );
-    leftover::remove(&client, leftovers).await;
+    leftover::remove(&client, leftovers, cfg.client_address.as_deref()).await;
     if let Some(file) = &cfg.registration_file {
         let registration = leftover::Registration {
             path: path.clone(),
