@@ -772,6 +772,10 @@ fn a_health_check_with_a_bad_command_line_is_unknown() {
     for (args, named) in [
         (&["status", "--expect-members", "three"][..], "'three'"),
         (
+            &["status", "--expect-members", "0"][..],
+            "at least 1 member is expected",
+        ),
+        (
             &["status", "--expect-members", "3", "--zk-adress", "zk1:2181"][..],
             "'--zk-adress'",
         ),

@@ -33,8 +33,17 @@ pub(crate) struct StatusArgs {
     /// line says OK, WARNING or CRITICAL and the exit code is 0, 1 or 2. WARNING: a master
     /// serves but fewer than N members are registered (a node is down: one more failure may
     /// stop writes). CRITICAL: no master serves, or ZooKeeper cannot be read.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = members_count)]
     expect_members: Option<usize>,
+}
+
+/// `--expect-members`: a number of nodes, at least 1 (0 would make every cluster OK).
+fn members_count(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("at least 1 member is expected (the nodes of the cluster)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e}")),
+    }
 }
 
 /// A check's state, as a Nagios plugin reports it; the discriminant is the exit code.
