@@ -685,7 +685,6 @@ enum Step {
 /// ACK of one is told apart from an ACK of a real delivery.
 const BROWSE_TAGS: u64 = 1 << 62;
 
-/// What a queue browser's SUBSCRIBE writes: the copies, then the end marker.
 /// A registered queue browser whose snapshot is still to be taken.
 struct BrowsePlan {
     id: String,
@@ -696,6 +695,7 @@ struct BrowsePlan {
     selector: Option<String>,
 }
 
+/// What a queue browser's snapshot writes: the copies, then the end marker.
 struct Browse {
     copies: Vec<Delivery>,
     end: Frame,
