@@ -1178,7 +1178,8 @@ fn expect_slaves_metric(cluster: &Cluster, i: usize, slaves: usize, what: &str) 
 /// the silent slaves and logs `replication degraded`; a send made then gets no RECEIPT while
 /// the cut lasts (no confirmation without a quorum), and is not refused either: it waits. Once
 /// healed the slaves reconnect, the master logs `replication restored`, the waiting sends are
-/// receipted, and every receipted message is consumed exactly once.
+/// receipted, and every receipted message is consumed exactly once. The health check says
+/// CRITICAL during the cut (the master's znode counts no slave) and OK before and after.
 fn master_cut_off_from_slaves_waits_for_them(version: ZkVersion) {
     /// How long sends made during the cut are watched for a RECEIPT that must not come.
     const UNCONFIRMED_FOR: Duration = Duration::from_secs(5);
@@ -1191,6 +1192,7 @@ fn master_cut_off_from_slaves_waits_for_them(version: ZkVersion) {
     let queue = "/queue/cut-from-slaves";
     let mut confirmed = rt.block_on(send_confirmed(&client, queue, "before", 20));
     expect_slaves_metric(&cluster, m, 2, &format!("{version:?}: before the cut"));
+    expect_health(&cluster, 0, "FERROMQ OK - master ", "before the cut");
     let master_row = settled_master_row(&cluster, &format!("{version:?}: before the cut"));
     let from: Vec<usize> = (0..3).map(|i| cluster.log_len(i)).collect();
 
@@ -1209,6 +1211,9 @@ fn master_cut_off_from_slaves_waits_for_them(version: ZkVersion) {
         cut.elapsed()
     );
     expect_slaves_metric(&cluster, m, 0, &what);
+    // Every node is still registered and the master serves: only its `slaves` count tells a
+    // monitor that nothing can be confirmed.
+    expect_health(&cluster, 2, "FERROMQ CRITICAL - master ", &what);
 
     // Sends made now, with no slave connected: none is receipted (nor refused) while the cut
     // lasts.
@@ -1295,6 +1300,7 @@ fn master_cut_off_from_slaves_waits_for_them(version: ZkVersion) {
         healed.elapsed()
     );
     expect_slaves_metric(&cluster, m, 2, &what);
+    expect_health(&cluster, 0, "FERROMQ OK - master ", &what);
     assert_stays_master(&cluster, m);
     confirmed.extend(rt.block_on(send_confirmed(&client, queue, "after", 20)));
     drop(client);

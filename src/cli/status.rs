@@ -32,7 +32,8 @@ pub(crate) struct StatusArgs {
     /// Health check for monitoring (Nagios/Icinga plugin, systemd timer, cron): the first
     /// line says OK, WARNING or CRITICAL and the exit code is 0, 1 or 2. WARNING: a master
     /// serves but fewer than N members are registered (a node is down: one more failure may
-    /// stop writes). CRITICAL: no master serves, or ZooKeeper cannot be read.
+    /// stop writes), or fewer than N-1 slaves follow it. CRITICAL: no master serves, the master
+    /// has fewer slaves than a confirmation needs (N/2), or ZooKeeper cannot be read.
     #[arg(long, value_name = "N", value_parser = members_count)]
     expect_members: Option<usize>,
 }
@@ -153,8 +154,11 @@ pub(crate) async fn run(args: StatusArgs) -> ExitCode {
 }
 
 /// What a monitor should alert on. CRITICAL: no master serves (clients are refused, sends
-/// wait). WARNING: a master serves but a member is missing (a node died or lost ZooKeeper;
-/// the cluster has less redundancy than it was built with). OK otherwise.
+/// wait), or the master has fewer slaves following it than a confirmation needs (sends wait,
+/// nothing is confirmed). WARNING: a master serves but a member is missing (a node died or
+/// lost ZooKeeper), or a registered node does not follow the master (cut off from it): the
+/// cluster has less redundancy than it was built with. OK otherwise. A master that publishes
+/// no `slaves` count (an older version) is judged by its registration alone.
 fn check(members: &[MemberView], expected: usize) -> Verdict {
     let registered = members.iter().filter(|m| m.data.is_some()).count();
     let master = members.iter().find_map(|m| {
@@ -182,18 +186,35 @@ fn check(members: &[MemberView], expected: usize) -> Verdict {
                     .unwrap_or_default(),
                 d.master_epoch.unwrap_or(d.epoch),
             );
-            if registered < expected {
-                Verdict {
+            // A confirmation needs `expected/2` slaves besides the master (a quorum of
+            // `expected/2 + 1`); a full cluster has `expected - 1` following it.
+            let (needed, followers) = (expected / 2, expected.saturating_sub(1));
+            let slaves = d.slaves.map(|n| n as usize);
+            match slaves {
+                Some(n) if n < needed => Verdict {
+                    health: Health::Critical,
+                    summary: format!(
+                        "{serves} but only {n} of the {needed} slaves a confirmation needs \
+                         follow it: sends wait and nothing is confirmed; {members_part}"
+                    ),
+                },
+                _ if registered < expected => Verdict {
                     health: Health::Warning,
                     summary: format!(
                         "{members_part}: a node is down or cut off from ZooKeeper; {serves}"
                     ),
-                }
-            } else {
-                Verdict {
+                },
+                Some(n) if n < followers => Verdict {
+                    health: Health::Warning,
+                    summary: format!(
+                        "{n} of {followers} slaves follow the master: a registered node is cut \
+                         off from it; {serves}; {members_part}"
+                    ),
+                },
+                _ => Verdict {
                     health: Health::Ok,
                     summary: format!("{serves}; {members_part}"),
-                }
+                },
             }
         }
     }
@@ -222,6 +243,7 @@ mod tests {
                 master_epoch: Some(4),
                 client_address: master.then(|| "tcp://10.0.0.1:61616".into()),
                 quorum: true,
+                slaves: master.then_some(2),
             }),
             raw: String::new(),
             elected: false,
@@ -279,6 +301,42 @@ mod tests {
             "{verdict}"
         );
         assert_eq!(check(&[], 3).health, Health::Critical);
+    }
+
+    /// Registered is not enough: the master's `slaves` says who follows it.
+    #[test]
+    fn a_master_without_enough_slaves_is_critical_and_one_short_a_warning() {
+        let with_slaves = |n: Option<u32>| {
+            let mut master = member("00000000002", "master");
+            master.data.as_mut().unwrap().slaves = n;
+            [
+                member("00000000001", "slave"),
+                master,
+                member("00000000003", "slave"),
+            ]
+        };
+        let verdict = check(&with_slaves(Some(0)), 3);
+        assert_eq!(verdict.health, Health::Critical, "{verdict}");
+        assert!(
+            verdict.to_string().starts_with(
+                "FERROMQ CRITICAL - master 00000000002 serves at tcp://10.0.0.1:61616 (epoch 4) \
+                 but only 0 of the 1 slaves a confirmation needs follow it"
+            ),
+            "{verdict}"
+        );
+        let verdict = check(&with_slaves(Some(1)), 3);
+        assert_eq!(verdict.health, Health::Warning, "{verdict}");
+        assert!(
+            verdict
+                .to_string()
+                .starts_with("FERROMQ WARNING - 1 of 2 slaves follow the master"),
+            "{verdict}"
+        );
+        // A master of an older version publishes no count: judged by the registrations.
+        assert_eq!(check(&with_slaves(None), 3).health, Health::Ok);
+        // Five nodes: two slaves make a quorum of three, so not CRITICAL (WARNING: two of the
+        // five are not registered).
+        assert_eq!(check(&with_slaves(Some(2))[..], 5).health, Health::Warning);
     }
 
     #[test]

@@ -211,6 +211,7 @@ mod tests {
                 master_epoch: None,
                 client_address: None,
                 quorum: true,
+                slaves: None,
             },
         )
     }

@@ -263,6 +263,7 @@ enum Command {
     ReportLog(LogState, Option<u64>),
     PublishAddress(String, oneshot::Sender<()>),
     SetRoleInfo(String, Option<u64>),
+    SetSlaves(u32),
     Close(oneshot::Sender<()>),
 }
 
@@ -356,6 +357,14 @@ impl Election {
         let _ = self
             .commands
             .send(Command::SetRoleInfo(role.to_owned(), master_epoch));
+    }
+
+    /// How many slaves follow this node as master now, for the `slaves` field of its znode
+    /// (published with its address, cleared when it is no longer master). Cheap; a change is
+    /// written with the next write of the znode.
+    pub fn set_slaves(&self, slaves: usize) {
+        let slaves = u32::try_from(slaves).unwrap_or(u32::MAX);
+        let _ = self.commands.send(Command::SetSlaves(slaves));
     }
 
     /// Leaves the election: deletes this node's znode and closes the ZooKeeper session.
@@ -587,7 +596,7 @@ enum Slot {
     /// Last data read (`None`: not member JSON, ignored).
     Loaded {
         version: i32,
-        data: Option<MemberData>,
+        data: Option<Box<MemberData>>,
     },
 }
 
@@ -685,7 +694,7 @@ impl Session {
                     members.push(ViewMember {
                         sequence,
                         eid: eid.to_owned(),
-                        data: data.clone(),
+                        data: MemberData::clone(data),
                     });
                 }
                 Slot::Loaded { .. } => {}
@@ -713,6 +722,9 @@ struct Core {
     role_info: (String, Option<u64>),
     /// (master epoch, replication address) published by the lifecycle.
     published_address: Option<(u64, String)>,
+    /// Slaves following this node as master, as the lifecycle last said (`Election::set_slaves`);
+    /// published only with the address.
+    slaves: u32,
     pending_publish: Vec<oneshot::Sender<()>>,
     session: Option<Session>,
     next_incarnation: u64,
@@ -746,6 +758,7 @@ impl Core {
             log_final: true,
             role_info: (ROLE_CANDIDATE.to_owned(), None),
             published_address: None,
+            slaves: 0,
             pending_publish: Vec::new(),
             session: None,
             next_incarnation: 1,
@@ -808,6 +821,7 @@ impl Core {
                 self.log_final = made_in.is_some_and(|made_in| made_in > self.store_role);
             }
             Command::SetRoleInfo(role, master_epoch) => self.role_info = (role, master_epoch),
+            Command::SetSlaves(slaves) => self.slaves = slaves,
             Command::PublishAddress(address, ack) => match &*self.roles.borrow() {
                 Role::Master { epoch } => {
                     self.published_address = Some((*epoch, address));
@@ -1069,7 +1083,7 @@ impl Core {
                     }
                 }
                 let data = match MemberData::parse(&bytes) {
-                    Ok(data) => Some(data),
+                    Ok(data) => Some(Box::new(data)),
                     Err(e) => {
                         debug!("{node}: ignoring znode {name}: not member JSON ({e})");
                         None
@@ -1230,6 +1244,7 @@ impl Core {
             master_epoch: None,
             client_address: self.cfg.client_address.clone(),
             quorum: false,
+            slaves: None,
         }
     }
 
@@ -1241,6 +1256,7 @@ impl Core {
             }
             _ => None,
         };
+        let slaves = address.is_some().then_some(self.slaves);
         MemberData {
             id: self.cfg.broker_name.clone(),
             container: self.cfg.container.clone(),
@@ -1257,6 +1273,7 @@ impl Core {
             master_epoch: self.role_info.1,
             client_address: self.cfg.client_address.clone(),
             quorum: s.quorum && self.connected,
+            slaves,
         }
     }
 
@@ -1521,6 +1538,7 @@ impl Core {
         };
         if !role.is_master() {
             self.published_address = None;
+            self.slaves = 0;
         }
         info!(
             "{}: now {role}; log epoch {}, position {}",
@@ -1806,6 +1824,7 @@ mod tests {
             master_epoch: (role != ROLE_CANDIDATE).then_some(2),
             client_address: None,
             quorum: true,
+            slaves: None,
         }
     }
 

@@ -63,6 +63,11 @@ pub struct MemberData {
     /// Whether the member sees a quorum of its cluster registered.
     #[serde(default)]
     pub quorum: bool,
+    /// A serving master's slaves attached to its replication stream (connected, following);
+    /// absent for other members. A monitor compares it with what a confirmation needs
+    /// (`replicas/2`): fewer, and every send waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slaves: Option<u32>,
 }
 
 fn minus_one() -> i64 {
@@ -170,6 +175,7 @@ mod tests {
             master_epoch: Some(3),
             client_address: Some("tcp://192.168.101.69:61613".into()),
             quorum: true,
+            slaves: None,
         }
     }
 
