@@ -594,7 +594,7 @@ impl Cluster {
     }
 
     /// The rows of `ferromq status` (header excluded), each split at whitespace: znode, id,
-    /// role, elected?, epoch, position, address, weight, quorum.
+    /// role, elected?, epoch, position, address, weight, quorum, slaves.
     pub fn status_rows(&self) -> Result<Vec<Vec<String>>> {
         let (_, out, err) = self.status()?;
         let mut lines = out.lines();

@@ -1707,10 +1707,12 @@ fn mark_elected(members: &mut [MemberView]) {
     }
 }
 
-/// The members as a table: znode, id, role, elected?, epoch, position, address, weight, quorum.
+/// The members as a table: znode, id, role, elected?, epoch, position, address, weight, quorum,
+/// slaves (a serving master's followers; `-` for the others).
 pub fn format_table(members: &[MemberView]) -> String {
     let header = [
         "znode", "id", "role", "elected?", "epoch", "position", "address", "weight", "quorum",
+        "slaves",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for m in members {
@@ -1728,6 +1730,7 @@ pub fn format_table(members: &[MemberView]) -> String {
                 d.address.clone().unwrap_or_else(|| "-".to_owned()),
                 d.weight.to_string(),
                 if d.quorum { "yes" } else { "no" }.to_owned(),
+                d.slaves.map_or_else(|| "-".to_owned(), |n| n.to_string()),
             ],
             None => {
                 let mut row = vec![
@@ -1824,7 +1827,7 @@ mod tests {
             master_epoch: (role != ROLE_CANDIDATE).then_some(2),
             client_address: None,
             quorum: true,
-            slaves: None,
+            slaves: (role == ROLE_MASTER).then_some(2),
         }
     }
 
@@ -1868,7 +1871,7 @@ mod tests {
             header,
             [
                 "znode", "id", "role", "elected?", "epoch", "position", "address", "weight",
-                "quorum"
+                "quorum", "slaves"
             ]
         );
         let master: Vec<&str> = lines[2].split_whitespace().collect();
@@ -1883,10 +1886,12 @@ mod tests {
                 "-1",
                 "tcp://10.0.0.1:61619",
                 "1",
-                "yes"
+                "yes",
+                "2"
             ]
         );
-        assert!(lines[1].contains("slave(2)"));
+        let slave: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!((slave[2], slave[9]), ("slave(2)", "-"), "{table}");
         assert!(lines[3].starts_with("junk"));
     }
 
