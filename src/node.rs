@@ -385,8 +385,7 @@ impl Lifecycle {
             })));
         self.election.set_role_info("master", Some(epoch));
         // Published with the address: how many slaves follow, for `ferromq status`.
-        let mut published_slaves = replication.connected_slaves();
-        self.election.set_slaves(published_slaves);
+        self.election.set_slaves(replication.connected_slaves());
         self.election.publish_master_address(&address).await;
         tracing::info!(node = %self.node, epoch, %address, "replication listener published");
         self.listeners.set_mode(Mode::Serve(broker.clone()));
@@ -424,10 +423,8 @@ impl Lifecycle {
                     }
                     self.election.report_log(LogState { epoch, position });
                     let connected = replication.connected_slaves();
-                    if connected != published_slaves {
-                        published_slaves = connected;
-                        self.election.set_slaves(connected);
-                    }
+                    // The election rewrites the znode only when its data changes.
+                    self.election.set_slaves(connected);
                     short_ticks = if connected < needed { short_ticks + 1 } else { 0 };
                     if !degraded && short_ticks >= DEGRADED_TICKS {
                         degraded = true;

@@ -251,7 +251,8 @@ mod tests {
         );
         let brokers = tokio::spawn(async move {
             let mut shown = 0;
-            for (listener, copies) in [(first, 2), (second, 3)] {
+            // The first broker dies after two copies; the second shows all three, then the end.
+            for (listener, copies, last) in [(first, 2, false), (second, 3, true)] {
                 let mut connection = listener.accept().await;
                 connection.handshake().await;
                 let subscribe = connection.expect(Command::Subscribe).await;
@@ -267,7 +268,7 @@ mod tests {
                         .await;
                 }
                 shown += copies;
-                if copies == 3 {
+                if last {
                     let end = Frame::new(Command::Message)
                         .header("subscription", id)
                         .header("browser", "end")

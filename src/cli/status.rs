@@ -43,7 +43,7 @@ fn members_count(value: &str) -> Result<usize, String> {
     match value.parse::<usize>() {
         Ok(0) => Err("at least 1 member is expected (the nodes of the cluster)".into()),
         Ok(n) => Ok(n),
-        Err(e) => Err(format!("{e}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -360,8 +360,8 @@ impl Election {
     }
 
     /// How many slaves follow this node as master now, for the `slaves` field of its znode
-    /// (published with its address, cleared when it is no longer master). Cheap; a change is
-    /// written with the next write of the znode.
+    /// (published only with its master address, so only while it serves). Cheap: the znode is
+    /// rewritten only when its data changes.
     pub fn set_slaves(&self, slaves: usize) {
         let slaves = u32::try_from(slaves).unwrap_or(u32::MAX);
         let _ = self.commands.send(Command::SetSlaves(slaves));
@@ -1538,7 +1538,6 @@ impl Core {
         };
         if !role.is_master() {
             self.published_address = None;
-            self.slaves = 0;
         }
         info!(
             "{}: now {role}; log epoch {}, position {}",
