@@ -563,6 +563,23 @@ impl Cluster {
         self.zk.zkcli(args)
     }
 
+    /// The member znodes under [`ZK_PATH`] as zkCli's `ls` lists them (names, not paths);
+    /// panics with zkCli's output if it printed no listing.
+    pub fn znodes(&self) -> Vec<String> {
+        let ls = self.zkcli(&["ls", ZK_PATH]);
+        let listed = ls
+            .lines()
+            .find(|l| l.starts_with('['))
+            .unwrap_or_else(|| panic!("no listing in zkCli output:\n{ls}"));
+        listed
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// `ferromq status --zk-address ... --zk-path ...`: (exit success, stdout, stderr).
     pub fn status(&self) -> Result<(bool, String, String)> {
         let zk = self.zk_address();

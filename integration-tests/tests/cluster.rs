@@ -346,18 +346,8 @@ fn election_and_znodes(version: ZkVersion) {
     let replication = logged_address(&cluster, m, "replication listener published")
         .expect("the master logs its replication address");
 
-    let ls = cluster.zkcli(&["ls", ZK_PATH]);
-    let listed = ls
-        .lines()
-        .find(|l| l.starts_with('['))
-        .unwrap_or_else(|| panic!("no listing in zkCli output:\n{ls}"));
-    let children: Vec<&str> = listed
-        .trim_matches(|c| c == '[' || c == ']')
-        .split(',')
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .collect();
-    assert_eq!(children.len(), 3, "three member znodes: {listed}");
+    let children = cluster.znodes();
+    assert_eq!(children.len(), 3, "three member znodes: {children:?}");
 
     let mut addresses = Vec::new();
     for child in &children {
@@ -1784,18 +1774,10 @@ fn a_restarted_master_removes_its_leftover_znode(version: ZkVersion) {
         cluster.logs_since(m, from).join("\n")
     );
     let new = registered(&cluster, from).expect("the restarted node logs its new znode");
-    let ls = cluster.zkcli(&["ls", ZK_PATH]);
-    let listed: Vec<&str> = ls
-        .lines()
-        .find(|l| l.starts_with('['))
-        .unwrap_or_else(|| panic!("no listing in zkCli output:\n{ls}"))
-        .trim_matches(|c| c == '[' || c == ']')
-        .split(',')
-        .map(str::trim)
-        .collect();
+    let listed = cluster.znodes();
     let name = |path: &str| path.rsplit('/').next().unwrap_or_default().to_owned();
     assert!(
-        !listed.contains(&name(&old).as_str()) && listed.contains(&name(&new).as_str()),
+        !listed.contains(&name(&old)) && listed.contains(&name(&new)),
         "ZooKeeper should list {new} and no longer {old}: {listed:?}"
     );
     eprintln!(
@@ -1849,13 +1831,11 @@ fn a_copied_data_directory_leaves_the_original_nodes_znode_zk38() {
         !copy_logs.contains(&format!("removed {path}")),
         "{copy_logs}"
     );
-    let listing = cluster.zkcli(&["ls", ZK_PATH]);
+    let listed = cluster.znodes();
     let name = path.rsplit('/').next().unwrap();
     assert!(
-        listing
-            .lines()
-            .any(|l| l.starts_with('[') && l.contains(name)),
-        "{path} (node {original}) should still be registered:\n{listing}"
+        listed.iter().any(|z| z == name),
+        "{path} (node {original}) should still be registered: {listed:?}"
     );
     let original_logs = cluster.logs_since(original, from_original).join("\n");
     assert!(
