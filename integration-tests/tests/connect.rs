@@ -1,5 +1,5 @@
-//! CONNECT-time behaviour a user sees: login against configured users, and heart-beating in
-//! both directions.
+//! CONNECT-time behaviour a user sees: login against configured users, frames written right
+//! behind CONNECT, and heart-beating in both directions.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -62,6 +62,44 @@ fn anyone_connects_without_configured_users() -> Result<()> {
     let broker = BrokerProcess::start(dir.path(), "")?;
     let (command, _, _) = connect_outcome(&broker, &[("login", "who"), ("passcode", "ever")])?;
     ensure!(command == "CONNECTED");
+    Ok(())
+}
+
+/// A client may write its first frames right behind CONNECT, in the same packet, without
+/// waiting for CONNECTED (`nc` with a prepared file, or a minimal client library): every one
+/// of them is answered.
+#[test]
+fn frames_written_right_behind_connect_are_answered() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), "")?;
+    let mut client = StompClient::open(broker.addr())?;
+    client.write_raw(
+        b"CONNECT\naccept-version:1.2\nhost:localhost\n\n\0\
+          SEND\ndestination:/queue/pipelined\npersistent:true\nreceipt:sent\n\nhello\0\
+          SUBSCRIBE\nid:0\ndestination:/queue/pipelined\nreceipt:subscribed\n\n\0",
+    )?;
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let frame = client
+            .expect_frame(FRAME_TIMEOUT)
+            .map_err(|e| e.context(format!("frames answered before the wait ended: {seen:?}")))?;
+        let what = match frame.command.as_str() {
+            "RECEIPT" => format!("RECEIPT {}", frame.get("receipt-id").unwrap_or("")),
+            "MESSAGE" => format!("MESSAGE {}", String::from_utf8_lossy(&frame.body)),
+            other => other.to_string(),
+        };
+        seen.push(what);
+    }
+    seen[1..].sort();
+    ensure!(
+        seen == [
+            "CONNECTED",
+            "MESSAGE hello",
+            "RECEIPT sent",
+            "RECEIPT subscribed"
+        ],
+        "{seen:?}"
+    );
     Ok(())
 }
 

@@ -183,6 +183,10 @@ const MIN_INACTIVITY: Duration = Duration::from_secs(1);
 /// Pull timeouts longer than this wait this long (and are then answered with nothing).
 const MAX_PULL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
+/// How often a client held back by producer flow control, without an inactivity monitor, is
+/// sent a `KeepAliveInfo`.
+const HELD_BACK_PROBE: Duration = Duration::from_secs(1);
+
 /// Why a connection ends.
 #[derive(Debug)]
 enum Close {
@@ -580,8 +584,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if self.flush_output().await.is_err() {
             return Close::Quietly;
         }
-        // Bytes read while a write waited (see `write::flush`), not yet handled.
-        let mut unhandled_input = false;
+        // Bytes read but not yet handled: what a write waited behind (see `write::flush`), and
+        // at first whatever came with ConnectionInfo (a failover replay writes its sessions,
+        // producers and consumers right behind it, without waiting for an answer).
+        let mut unhandled_input = !self.input.is_empty();
         loop {
             let next_pull = state.pulls.iter().map(|p| p.0).min();
             let step: Result<(), Close> = if std::mem::take(&mut unhandled_input) {
@@ -652,6 +658,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                             wrote_since_tick = false;
                             Ok(())
                         }
+                    }
+                    // Held back without an inactivity monitor, nothing is read from the client:
+                    // only a failed write shows that it left.
+                    () = tokio::time::sleep(HELD_BACK_PROBE),
+                        if paused.is_some() && self.inactivity.is_none() =>
+                    {
+                        self.queue(&Command::KeepAliveInfo(BaseCommand::default()))
                     }
                     _ = registration.kill.changed() => {
                         Err(Close::Silently("replaced by a new connection with the same id".into()))

@@ -54,25 +54,42 @@ impl Client {
 
     /// Like [`Client::open`], over a pipe that holds `capacity` bytes each way.
     fn open_with_capacity(f: &Fixture, capacity: usize) -> Client {
+        Client::open_watched(f, capacity).0
+    }
+
+    /// Like [`Client::open_with_capacity`], with the handle of the task serving it (a panic
+    /// in the session is its `JoinError::is_panic`).
+    fn open_watched(f: &Fixture, capacity: usize) -> (Client, tokio::task::JoinHandle<()>) {
+        Client::open_serving(f, capacity, BytesMut::new())
+    }
+
+    /// Like [`Client::open_watched`], the session starting with `initial` as its input buffer
+    /// (a listener hands over its first read, in a buffer of 4 KiB, as `initial`).
+    fn open_serving(
+        f: &Fixture,
+        capacity: usize,
+        initial: BytesMut,
+    ) -> (Client, tokio::task::JoinHandle<()>) {
         let (ours, theirs) = tokio::io::duplex(capacity);
         let broker = f.broker.clone();
         let options = f.options.clone();
-        tokio::spawn(async move {
+        let session = tokio::spawn(async move {
             serve(
                 theirs,
-                BytesMut::new(),
+                initial,
                 broker,
                 options,
                 "127.0.0.1:1".parse().unwrap(),
             )
             .await
         });
-        Client {
+        let client = Client {
             io: ours,
             input: BytesMut::new(),
             format: Format::new(12),
             next_id: 1,
-        }
+        };
+        (client, session)
     }
 
     async fn write(&mut self, command: &Command) {
@@ -123,7 +140,17 @@ impl Client {
         connection: &str,
         user: Option<(&str, &str)>,
     ) -> (Client, Command) {
-        let mut c = Client::open(f);
+        Client::open(f).handshake(connection, user).await
+    }
+
+    /// What [`Client::connect`] does on a client already opened: WireFormatInfo both ways (no
+    /// inactivity monitor), BrokerInfo, then ConnectionInfo answered.
+    async fn handshake(
+        mut self,
+        connection: &str,
+        user: Option<(&str, &str)>,
+    ) -> (Client, Command) {
+        let c = &mut self;
         assert!(matches!(c.read().await, Some(Command::WireFormatInfo(_))));
         c.write(&Command::WireFormatInfo(WireFormatInfo::ferromq(0, 0, 0)))
             .await;
@@ -142,7 +169,7 @@ impl Client {
         }))
         .await;
         let answer = c.next().await;
-        (c, answer)
+        (self, answer)
     }
 
     async fn connected(f: &Fixture, connection: &str) -> Client {
@@ -968,4 +995,104 @@ async fn a_no_local_consumer_replayed_after_a_reconnect_still_skips_its_connecti
     let mut other = Client::connected(&f, "ID:t-nl:2").await;
     other.request(subscribe("ID:t-nl:2", 1, "nl", 10)).await;
     assert_eq!(body_of(&other.next().await).as_deref(), Some("mine"));
+}
+
+/// A failover reconnect replays the connection, its sessions, producers and consumers in one
+/// burst, without waiting for answers: what the session read together with ConnectionInfo is
+/// served at once, not left in its buffer until the client writes again.
+#[tokio::test]
+async fn commands_read_together_with_connection_info_are_served() {
+    let f = fixture(&[]);
+    let conn = "ID:replay:1";
+    let (mut c, session) = Client::open_serving(&f, 1 << 20, BytesMut::with_capacity(4096));
+    assert!(matches!(c.read().await, Some(Command::WireFormatInfo(_))));
+    c.write(&Command::WireFormatInfo(WireFormatInfo::ferromq(0, 0, 0)))
+        .await;
+    assert!(matches!(c.read().await, Some(Command::BrokerInfo(_))));
+    let mut burst = BytesMut::new();
+    let mut send = text(conn, "replayed", 1, "after the replay");
+    if let Command::Message(m) = &mut send {
+        m.command_id = 4;
+        m.response_required = true;
+    }
+    for command in [
+        Command::ConnectionInfo(super::super::ConnectionInfo {
+            command_id: 1,
+            connection_id: Some(ConnectionId {
+                value: Some(conn.into()),
+            }),
+            ..Default::default()
+        }),
+        Command::SessionInfo(SessionInfo {
+            command_id: 2,
+            session_id: Some(SessionId {
+                connection_id: Some(conn.into()),
+                value: 1,
+            }),
+            ..Default::default()
+        }),
+        Command::ProducerInfo(super::super::ProducerInfo {
+            command_id: 3,
+            producer_id: Some(producer(conn)),
+            ..Default::default()
+        }),
+        send,
+    ] {
+        encode(&command, c.format, &mut burst).unwrap();
+    }
+    c.write_raw(&burst).await;
+    let answer = c.next().await;
+    assert!(
+        matches!(&answer, Command::Response(r) if r.correlation_id == 4),
+        "{answer:?}"
+    );
+    assert_eq!(f.broker.queue_depth("queue://replayed"), 1);
+    drop(c);
+    assert!(tokio::time::timeout(WAIT, session).await.is_ok());
+}
+
+// ----- robustness: random plausible conversations ------------------------------------------
+
+#[path = "session_conversations.rs"]
+mod conversations;
+
+/// A producer held back by producer flow control (its non-persistent sends fill
+/// `memory_limit`, nobody consumes) whose client then goes away, with no inactivity monitor
+/// (`wireFormat.maxInactivityDuration=0`): the broker reads nothing from it, so a keep-alive
+/// written now and then finds out; its connection used to stay open until room came, which
+/// without a consumer is never.
+#[tokio::test]
+async fn a_held_back_producer_that_vanishes_is_closed_even_without_an_inactivity_monitor() {
+    let f = fixture_with(
+        &[],
+        BrokerOptions {
+            memory_limit: 64 * 1024,
+            ..BrokerOptions::default()
+        },
+    );
+    let conn = "ID:held:1";
+    let (c, session) = Client::open_watched(&f, 1 << 20);
+    // No MaxInactivityDuration: no inactivity monitor, no keep-alives.
+    let (mut c, answer) = c.handshake(conn, None).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    let body = "x".repeat(8 * 1024);
+    for n in 1..=20 {
+        let mut send = text(conn, "held", n, &body);
+        if let Command::Message(m) = &mut send {
+            m.persistent = false;
+        }
+        c.write(&send).await;
+    }
+    // 64 KiB of 8 KiB bodies fill memory_limit; the rest waits unread.
+    eventually("memory_limit reached", || {
+        f.broker.queue_depth("queue://held") >= 8
+    })
+    .await;
+    assert!(f.broker.queue_depth("queue://held") < 20, "not held back");
+    drop(c);
+    let ended = tokio::time::timeout(WAIT, session).await;
+    assert!(
+        ended.is_ok(),
+        "the held-back connection stayed open after its client left"
+    );
 }

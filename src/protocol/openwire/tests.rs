@@ -730,7 +730,7 @@ macro_rules! one_of {
     };
 }
 
-fn string() -> impl Strategy<Value = String> {
+pub(super) fn string() -> impl Strategy<Value = String> {
     prop_oneof![
         4 => "[a-zA-Z0-9:._-]{0,16}",
         1 => ".{0,8}",
@@ -742,7 +742,7 @@ fn opt_string() -> impl Strategy<Value = Option<String>> {
     prop::option::of(string())
 }
 
-fn opt_bytes() -> impl Strategy<Value = Option<Bytes>> {
+pub(super) fn opt_bytes() -> impl Strategy<Value = Option<Bytes>> {
     prop::option::of(prop::collection::vec(any::<u8>(), 0..24).prop_map(Bytes::from))
 }
 
@@ -781,7 +781,7 @@ fn consumer_id() -> impl Strategy<Value = ConsumerId> {
     })
 }
 
-fn message_id() -> impl Strategy<Value = MessageId> {
+pub(super) fn message_id() -> impl Strategy<Value = MessageId> {
     (
         opt_string(),
         prop::option::of(producer_id()),
@@ -836,7 +836,7 @@ fn broker_path() -> impl Strategy<Value = Option<Vec<BrokerId>>> {
     prop::option::of(prop::collection::vec(broker_id(), 0..3))
 }
 
-fn throwable() -> impl Strategy<Value = Throwable> {
+pub(super) fn throwable() -> impl Strategy<Value = Throwable> {
     let element =
         (opt_string(), opt_string(), opt_string(), any::<i32>()).prop_map(|(c, m, f, l)| {
             StackTraceElement {
@@ -894,7 +894,7 @@ fn primitive_value() -> impl Strategy<Value = PrimitiveValue> {
     })
 }
 
-fn primitive_map() -> impl Strategy<Value = PrimitiveMap> {
+pub(super) fn primitive_map() -> impl Strategy<Value = PrimitiveMap> {
     prop::collection::vec((string(), primitive_value()), 0..5)
         .prop_map(|entries| PrimitiveMap { entries })
 }
@@ -954,7 +954,7 @@ fn destination_info() -> impl Strategy<Value = DestinationInfo> {
         )
 }
 
-fn message_kind() -> BoxedStrategy<MessageKind> {
+pub(super) fn message_kind() -> BoxedStrategy<MessageKind> {
     one_of![
         Just(MessageKind::Message),
         Just(MessageKind::Bytes),
@@ -972,7 +972,7 @@ fn message_kind() -> BoxedStrategy<MessageKind> {
     ]
 }
 
-fn message() -> BoxedStrategy<Message> {
+pub(super) fn message() -> BoxedStrategy<Message> {
     let ids = (
         header(),
         message_kind(),
@@ -1147,7 +1147,7 @@ fn consumer_info() -> impl Strategy<Value = ConsumerInfo> {
     })
 }
 
-fn command() -> BoxedStrategy<Command> {
+pub(super) fn command() -> BoxedStrategy<Command> {
     let base = || {
         header().prop_map(|(command_id, response_required)| BaseCommand {
             command_id,
