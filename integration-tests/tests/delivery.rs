@@ -706,8 +706,57 @@ fn a_wildcard_topic_subscriber_receives_every_matching_topic() -> Result<()> {
     Ok(())
 }
 
-/// Test 8: a persistent message re-sent with the same `<producer>:<n>` message-id is
-/// confirmed again but stored and delivered once, also after a restart.
+/// A script that moves a message by sending it on with the headers it arrived with (its
+/// `message-id` among them) stores a new message: only a SEND that vouches for its
+/// `message-id` with `ferromq.dedupe:true` is compared with what its producer sent before,
+/// and the broker never writes that header on a MESSAGE. (It used to be dropped as a repeat
+/// of the message it was copied from, and still confirmed.)
+#[test]
+fn a_message_forwarded_with_its_headers_is_stored_again() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), "")?;
+    let mut producer = broker.client()?;
+    producer.send(
+        "/queue/incoming",
+        b"move me",
+        &[
+            ("persistent", "true"),
+            ("message-id", "ID:p1:1"),
+            ("ferromq.dedupe", "true"),
+        ],
+    )?;
+    let mut mover = broker.client()?;
+    mover.subscribe("in", "/queue/incoming", &[("ack", "client-individual")])?;
+    let got = mover.recv_until(b"move me", FRAME_TIMEOUT)?;
+    let original = got.last().expect("the message");
+    ensure!(
+        original.get("ferromq.dedupe").is_none(),
+        "the broker wrote the marker on a MESSAGE: {original:?}"
+    );
+    let copied: Vec<(&str, &str)> = original
+        .headers
+        .iter()
+        .filter(|(name, _)| {
+            !["destination", "subscription", "ack", "content-length"].contains(&name.as_str())
+        })
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    mover.send("/queue/moved", &original.body, &copied)?;
+    mover.ack(original)?;
+    let mut consumer = broker.client()?;
+    consumer.subscribe("out", "/queue/moved", &[])?;
+    let moved = consumer.recv_until(b"move me", FRAME_TIMEOUT)?;
+    let moved = moved.last().expect("the moved message");
+    ensure!(
+        moved.get("message-id") != Some("ID:p1:1"),
+        "the copy kept the original's id: {moved:?}"
+    );
+    Ok(())
+}
+
+/// Test 8: a persistent message re-sent with the same `<producer>:<n>` message-id (and
+/// `ferromq.dedupe:true`, as ferromq's failover client sends) is confirmed again but stored
+/// and delivered once, also after a restart.
 #[test]
 fn a_resent_message_id_is_delivered_once() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -718,13 +767,21 @@ fn a_resent_message_id_is_delivered_once() -> Result<()> {
         producer.send(
             queue,
             b"once",
-            &[("persistent", "true"), ("message-id", "ID:p1:1")],
+            &[
+                ("persistent", "true"),
+                ("message-id", "ID:p1:1"),
+                ("ferromq.dedupe", "true"),
+            ],
         )?;
     }
     producer.send(
         queue,
         b"next",
-        &[("persistent", "true"), ("message-id", "ID:p1:2")],
+        &[
+            ("persistent", "true"),
+            ("message-id", "ID:p1:2"),
+            ("ferromq.dedupe", "true"),
+        ],
     )?;
     producer.send_persistent(queue, b"sentinel")?;
     let mut consumer = broker.client()?;
@@ -744,7 +801,11 @@ fn a_resent_message_id_is_delivered_once() -> Result<()> {
     producer.send(
         queue,
         b"once-again",
-        &[("persistent", "true"), ("message-id", "ID:p1:1")],
+        &[
+            ("persistent", "true"),
+            ("message-id", "ID:p1:1"),
+            ("ferromq.dedupe", "true"),
+        ],
     )?;
     producer.send_persistent(queue, b"sentinel-2")?;
     let mut consumer = broker.client()?;

@@ -26,7 +26,9 @@
 //! the order sends are submitted. A send resolves when its RECEIPT arrives. When a connection is
 //! lost, the task reconnects (next broker first, the lost one last, back-off between passes),
 //! re-subscribes every subscription with its id, then re-sends, in order, every send that has no
-//! RECEIPT yet, with the same message-id, so that the broker can drop duplicates. Messages
+//! RECEIPT yet, with the same message-id, so that the broker can drop duplicates (each SEND
+//! says so with `ferromq.dedupe:true`, [`DEDUPE_HEADER`]; without it the broker ignores a
+//! SEND's message-id, as ActiveMQ does). Messages
 //! received but not acknowledged are redelivered by the broker; acknowledging them afterwards
 //! fails with [`ClientError::StaleDelivery`]. An open transaction cannot survive a lost
 //! connection: it is rolled back ([`ClientError::TransactionRolledBack`]), as in ActiveMQ.
@@ -56,6 +58,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::stomp::frame::{Command, Frame};
+use crate::protocol::stomp::DEDUPE_HEADER;
 use connection::{Driver, Request};
 
 pub use destination::stomp_destination;
@@ -70,6 +73,7 @@ const RESERVED_SEND_HEADERS: &[&str] = &[
     "destination",
     "receipt",
     "message-id",
+    DEDUPE_HEADER,
     "transaction",
     "content-length",
 ];
@@ -357,6 +361,7 @@ impl Client {
         *last_sequence += 1;
         let message_id = format!("ID:{}:{}", self.shared.producer_id, *last_sequence);
         headers.push(("message-id".to_string(), message_id.clone()));
+        headers.push((DEDUPE_HEADER.to_string(), "true".to_string()));
         let frame = Frame {
             command: Command::Send,
             headers,

@@ -53,6 +53,7 @@ const RESERVED_SEND_HEADERS: &[&str] = &[
     "expires",
     "priority",
     "message-id",
+    super::DEDUPE_HEADER,
     "amq-msg-type",
 ];
 
@@ -968,7 +969,11 @@ impl State {
             None => BodyType::Text,
         };
         let message = NewMessage {
-            message_id: frame.get("message-id").map(str::to_string),
+            // The client's id only when it vouches for it (see `DEDUPE_HEADER`).
+            message_id: frame
+                .get("message-id")
+                .filter(|_| flag(frame, super::DEDUPE_HEADER))
+                .map(str::to_string),
             persistent,
             expiration,
             priority,
@@ -1918,7 +1923,7 @@ mod tests {
             producer
                 .write(&format!(
                     "SEND\ndestination:/queue/a,/topic/t\npersistent:true\n\
-                     message-id:ID:p-1:1\nreceipt:{receipt}\n\nboth\0"
+                     message-id:ID:p-1:1\nferromq.dedupe:true\nreceipt:{receipt}\n\nboth\0"
                 ))
                 .await;
             producer.frames_until(is_receipt(receipt)).await;
