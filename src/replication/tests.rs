@@ -586,6 +586,69 @@ async fn a_wrong_token_or_epoch_is_refused() {
     assert_eq!(master.replication.connected_slaves(), 0);
 }
 
+/// Whatever else connects to the replication port (a port scanner, an HTTP probe, a STOMP
+/// client given the wrong port, a half-written or oversized message, silence) is closed by
+/// the master within its login timeout, and a real slave logging in meanwhile follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strangers_on_the_replication_port_are_closed_and_a_slave_still_follows() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut master = start_master(open(dirs[0].path(), 1 << 20), 2, 2).await;
+    append_adds(&mut master.node.store, 2, 0, 10, 10);
+    let end = master.node.store.end();
+    let address = master.address.trim_start_matches("tcp://").to_string();
+    let mut half_written = 1000u32.to_le_bytes().to_vec();
+    half_written.extend_from_slice(b"only ten b");
+    let strangers: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "an HTTP probe",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        (
+            "a STOMP client",
+            b"CONNECT\naccept-version:1.2\n\n\0".to_vec(),
+        ),
+        ("an oversized message", u32::MAX.to_le_bytes().to_vec()),
+        ("a half-written message", half_written),
+        ("garbage", (0..=255u8).rev().cycle().take(3000).collect()),
+        ("silence", Vec::new()),
+    ];
+    let mut sockets = Vec::new();
+    for (what, bytes) in strangers {
+        let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+        socket.write_all(&bytes).await.unwrap();
+        sockets.push((what, socket));
+    }
+    let slave = spawn_slave(
+        open(dirs[1].path(), 1 << 20),
+        &master.address,
+        "a",
+        TOKEN,
+        2,
+    );
+    wait_acked(&master, "a", end).await;
+    for (what, mut socket) in sockets {
+        let mut buf = [0u8; 4096];
+        let closed = tokio::time::timeout(PEER_TIMEOUT * 2, async {
+            loop {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {} // a refusal, say; the close must follow
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "{what}: still open after {:?}",
+            PEER_TIMEOUT * 2
+        );
+    }
+    assert_eq!(master.replication.connected_slaves(), 1);
+    let (node, _) = slave.stop().await;
+    assert_identical(&master.node.store, &node.store, Position(0));
+}
+
 /// After a partition heals, a login the slave sent on a connection it has since given up on
 /// can reach the master after the slave's live connection. The master closes that stale
 /// connection and keeps the live one (which it would otherwise have replaced, dropping the
