@@ -44,6 +44,10 @@ const TOPIC_PREFETCH: u32 = 32767;
 const DURABLE_PREFETCH: u32 = 100;
 
 /// Headers that carry STOMP or broker semantics and are not stored as application headers.
+/// The second group is what the broker writes on each MESSAGE itself: a SEND that carries
+/// them (a MESSAGE sent on with its headers, say) would otherwise deliver them twice, and a
+/// client that reads the last of two `ack` or `subscription` headers would acknowledge the
+/// wrong delivery. ActiveMQ drops the same ones (and `JMSXUserID`, which only a broker sets).
 const RESERVED_SEND_HEADERS: &[&str] = &[
     "destination",
     "receipt",
@@ -55,6 +59,12 @@ const RESERVED_SEND_HEADERS: &[&str] = &[
     "message-id",
     super::DEDUPE_HEADER,
     "amq-msg-type",
+    "subscription",
+    "ack",
+    "timestamp",
+    "redelivered",
+    "redelivery-count",
+    "JMSXUserID",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -2660,6 +2670,44 @@ mod tests {
             matches!(ended, Ok(Ok(()))),
             "the held-back connection stayed open after its client left: {ended:?}"
         );
+    }
+
+    /// A SEND carrying the headers a MESSAGE arrived with (a message moved by a script) is
+    /// delivered with the broker's own `subscription`, `ack`, `message-id` and `timestamp`,
+    /// each once, and no `redelivered` it did not earn: the copied ones are not stored.
+    #[tokio::test]
+    async fn headers_the_broker_writes_are_not_taken_from_a_send() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start_for_tests(dir.path(), Default::default());
+        let (mut p, _) = Peer::connect(&broker, "1.2", "").await;
+        p.write(
+            "SEND\ndestination:/queue/moved\nsubscription:old\nack:77\nmessage-id:ID:x:1\n\
+             timestamp:1\nredelivered:true\nredelivery-count:3\nJMSXUserID:admin\n\
+             color:red\nreceipt:s\n\nbody\0\
+             SUBSCRIBE\nid:new\ndestination:/queue/moved\nack:client-individual\n\n\0",
+        )
+        .await;
+        let frames = p.frames_until(|f| f.command == Command::Message).await;
+        let message = frames.last().unwrap();
+        let all = |name: &str| -> Vec<&str> {
+            message
+                .headers
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        assert_eq!(all("subscription"), ["new"], "{message:?}");
+        assert_eq!(all("ack").len(), 1, "{message:?}");
+        assert_ne!(all("ack"), ["77"], "{message:?}");
+        assert_eq!(all("message-id").len(), 1, "{message:?}");
+        assert_ne!(all("message-id"), ["ID:x:1"], "{message:?}");
+        assert_eq!(all("timestamp").len(), 1, "{message:?}");
+        assert_ne!(all("timestamp"), ["1"], "{message:?}");
+        for absent in ["redelivered", "redelivery-count", "JMSXUserID"] {
+            assert!(all(absent).is_empty(), "{absent}: {message:?}");
+        }
+        assert_eq!(all("color"), ["red"], "an application header is kept");
     }
 
     /// A client that writes its first frames together with CONNECT, without waiting for
