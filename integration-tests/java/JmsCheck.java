@@ -66,7 +66,8 @@ import org.apache.activemq.command.ActiveMQMessage;
  * {@code count=N} (message count of queue-text; exact count of failover-produce),
  * {@code queue=NAME} (failover-produce, failover-consume), {@code min=N}, {@code max=N}
  * (failover-produce without count: sends until a line {@code stop} on standard input, at least
- * min and at most max), {@code compression=true} (every connection sets
+ * min and at most max), {@code transacted=N} (failover-produce and failover-consume: a
+ * transacted session committing every N messages), {@code compression=true} (every connection sets
  * {@code useCompression}, as {@code jms.useCompression=true} on a URL does).
  */
 public final class JmsCheck {
@@ -2232,13 +2233,43 @@ public final class JmsCheck {
             reader.setDaemon(true);
             reader.start();
         }
+        int transacted = (int) longOpt("transacted", 0);
         Connection c = connect();
-        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Session s = transacted > 0
+                ? c.createSession(true, Session.SESSION_TRANSACTED)
+                : c.createSession(false, Session.AUTO_ACKNOWLEDGE);
         MessageProducer p = s.createProducer(s.createQueue(queueName));
         p.setDeliveryMode(DeliveryMode.PERSISTENT);
         ok("producer connected through " + url);
         long sent = 0;
-        while (sent < max && (sent < min || !stop.get())) {
+        while (transacted > 0 && sent < max && (sent < min || !stop.get())) {
+            long end = Math.min(max, sent + transacted);
+            try {
+                for (long n = sent; n < end; n++) {
+                    TextMessage m = s.createTextMessage(Long.toString(n));
+                    m.setLongProperty("n", n);
+                    p.send(m);
+                }
+                s.commit();
+            } catch (JMSException e) {
+                // A failover during the transaction: the client cannot tell whether the broker
+                // committed ("in doubt"), so the batch is sent again.
+                System.out.println("IN_DOUBT_PRODUCE " + sent + " " + (end - 1) + " " + e);
+                try {
+                    s.rollback();
+                } catch (JMSException r) {
+                    System.out.println("rollback: " + r);
+                }
+                continue;
+            }
+            for (long n = sent; n < end; n++) {
+                if ((n + 1) % 25 == 0) {
+                    System.out.println("SENT " + (n + 1));
+                }
+            }
+            sent = end;
+        }
+        while (transacted == 0 && sent < max && (sent < min || !stop.get())) {
             TextMessage m = s.createTextMessage(Long.toString(sent));
             m.setLongProperty("n", sent);
             p.send(m);
@@ -2283,11 +2314,18 @@ public final class JmsCheck {
         }
         long giveUpAt = System.currentTimeMillis()
                 + Math.max(10_000, longOpt("timeout", 60) * 1000 - 15_000);
+        int transacted = (int) longOpt("transacted", 0);
         Connection c = connect();
-        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Session s = transacted > 0
+                ? c.createSession(true, Session.SESSION_TRANSACTED)
+                : c.createSession(false, Session.AUTO_ACKNOWLEDGE);
         Queue q = s.createQueue(queueName);
         MessageConsumer consumer = s.createConsumer(q);
         ok("consumer connected through " + url);
+        // Transacted: what the current transaction received, counted once it commits.
+        List<Message> batch = new ArrayList<>();
+        Set<Long> inDoubt = new HashSet<>();
+        boolean idle = false;
         TreeMap<Long, Integer> seen = new TreeMap<>();
         List<String> unexpected = new ArrayList<>();
         long received = 0;
@@ -2296,13 +2334,48 @@ public final class JmsCheck {
         boolean sentinelSeen = false;
         while (!sentinelSeen) {
             long want = expected.get();
-            if (sentinel == null && want >= 0 && countBelow(seen, want) == want) {
+            // Transacted: a number whose consumer commit was in doubt may be gone for good.
+            if (sentinel == null && want >= 0
+                    && countBelow(seen, want) + missingInDoubt(seen, inDoubt, want) == want) {
                 sentinel = "sentinel-" + UUID.randomUUID();
                 MessageProducer p = s.createProducer(q);
                 p.setDeliveryMode(DeliveryMode.PERSISTENT);
                 p.send(s.createTextMessage(sentinel));
                 p.close();
+                if (transacted > 0) {
+                    s.commit(); // sends the sentinel and settles what the batch holds
+                    received += settle(batch, seen);
+                    duplicates = seen.values().stream().filter(k -> k > 1).count();
+                }
                 ok("every number 0.." + (want - 1) + " seen; sent the sentinel");
+            }
+            if (transacted > 0 && (batch.size() >= transacted || (idle && !batch.isEmpty()))) {
+                try {
+                    s.commit();
+                    long before = received;
+                    received += settle(batch, seen);
+                    duplicates = seen.values().stream().filter(k -> k > 1).count();
+                    if (received / 25 != before / 25) {
+                        System.out.println("RECEIVED " + received);
+                    }
+                } catch (JMSException e) {
+                    StringBuilder numbers = new StringBuilder();
+                    for (Message m : batch) {
+                        String text = ((TextMessage) m).getText();
+                        numbers.append(' ').append(text);
+                        inDoubt.add(Long.parseLong(text));
+                    }
+                    // In doubt: the broker may have committed (then these are gone) or not
+                    // (then they come again).
+                    System.out.println("IN_DOUBT_CONSUME" + numbers + " " + e);
+                    batch.clear();
+                    try {
+                        s.rollback();
+                    } catch (JMSException r) {
+                        System.out.println("rollback: " + r);
+                    }
+                }
+                continue;
             }
             if (System.currentTimeMillis() > giveUpAt) {
                 System.out.println("gave up waiting (expected=" + want + ", sentinel "
@@ -2310,6 +2383,7 @@ public final class JmsCheck {
                 break;
             }
             Message m = consumer.receive(1000);
+            idle = m == null;
             if (m == null) {
                 continue;
             }
@@ -2319,6 +2393,10 @@ public final class JmsCheck {
             if (body.equals(sentinel)) {
                 sentinelSeen = true;
                 break;
+            }
+            if (transacted > 0) {
+                batch.add(m);
+                continue;
             }
             long n;
             try {
@@ -2363,11 +2441,39 @@ public final class JmsCheck {
         System.out.println("RESULT expected=" + want + " received=" + received + " distinct="
                 + seen.size() + " duplicates=" + duplicates + " missing=" + missing.size()
                 + " unexpected=" + unexpected.size() + " sentinel=" + sentinelSeen);
+        if (transacted > 0) {
+            // Judged by the caller, which knows the in-doubt transactions of both sides.
+            for (Long n : seen.keySet()) {
+                if (seen.get(n) > 1) {
+                    System.out.println("DUPLICATE " + n);
+                }
+            }
+            System.out.println("MISSING_ALL " + missing);
+            check("the sentinel arrived", sentinelSeen && unexpected.isEmpty(), "sentinel",
+                    "see RESULT");
+            close(c);
+            return;
+        }
         check("every message received exactly once", want >= 0 && sentinelSeen && duplicates == 0
                 && missing.isEmpty() && unexpected.isEmpty(),
                 "0.." + (want - 1) + " once each", "see RESULT");
         ok("every message 0.." + (want - 1) + " received exactly once");
         close(c);
+    }
+
+    /** Counts a committed transaction's numbers into seen; returns how many. */
+    static long settle(List<Message> batch, TreeMap<Long, Integer> seen) throws JMSException {
+        for (Message m : batch) {
+            seen.merge(Long.parseLong(((TextMessage) m).getText()), 1, Integer::sum);
+        }
+        long n = batch.size();
+        batch.clear();
+        return n;
+    }
+
+    /** How many numbers below n are unseen but were in a transaction whose commit was in doubt. */
+    static long missingInDoubt(TreeMap<Long, Integer> seen, Set<Long> inDoubt, long n) {
+        return inDoubt.stream().filter(k -> k < n && !seen.containsKey(k)).count();
     }
 
     static long countBelow(TreeMap<Long, Integer> seen, long n) {
