@@ -2345,7 +2345,6 @@ public final class JmsCheck {
                 if (transacted > 0) {
                     s.commit(); // sends the sentinel and settles what the batch holds
                     received += settle(batch, seen);
-                    duplicates = seen.values().stream().filter(k -> k > 1).count();
                 }
                 ok("every number 0.." + (want - 1) + " seen; sent the sentinel");
             }
@@ -2354,7 +2353,6 @@ public final class JmsCheck {
                     s.commit();
                     long before = received;
                     received += settle(batch, seen);
-                    duplicates = seen.values().stream().filter(k -> k > 1).count();
                     if (received / 25 != before / 25) {
                         System.out.println("RECEIVED " + received);
                     }
@@ -2437,6 +2435,10 @@ public final class JmsCheck {
         if (!unexpected.isEmpty()) {
             System.out.println("UNEXPECTED "
                     + unexpected.subList(0, Math.min(unexpected.size(), 100)));
+        }
+        if (transacted > 0) {
+            // Counted at each commit, not at each receive.
+            duplicates = seen.values().stream().filter(k -> k > 1).count();
         }
         System.out.println("RESULT expected=" + want + " received=" + received + " distinct="
                 + seen.size() + " duplicates=" + duplicates + " missing=" + missing.size()

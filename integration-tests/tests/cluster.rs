@@ -2090,32 +2090,26 @@ fn openwire_java_clients_fail_over_exactly_once_zk38() {
 fn openwire_transacted_java_clients_fail_over_zk38() {
     let (produced, consumed, total) = java_clients_through_a_master_kill(&["transacted=10"]);
     consumed.assert_passed("the transacted Java consumer through the failover URL");
-    let numbers = |line: &str| -> Vec<u64> {
-        line.split_whitespace()
-            .map_while(|word| word.parse().ok())
-            .collect()
+    // The numbers on each line of `outcome` that starts with `prefix`, one list per line.
+    let numbered = |outcome: &ferromq_integration_tests::java::JavaOutcome, prefix: &str| {
+        outcome
+            .stdout
+            .iter()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .map(|l| {
+                l.split_whitespace()
+                    .map_while(|word| word.parse::<u64>().ok())
+                    .collect::<Vec<u64>>()
+            })
+            .collect::<Vec<_>>()
     };
-    let resent: Vec<(u64, u64)> = produced
-        .stdout
-        .iter()
-        .filter_map(|l| l.strip_prefix("IN_DOUBT_PRODUCE "))
-        .map(|l| {
-            let n = numbers(l);
-            (n[0], n[1])
-        })
+    // IN_DOUBT_PRODUCE <first> <last> <exception>
+    let resent: Vec<(u64, u64)> = numbered(&produced, "IN_DOUBT_PRODUCE ")
+        .into_iter()
+        .map(|n| (n[0], n[1]))
         .collect();
-    let in_doubt: Vec<u64> = consumed
-        .stdout
-        .iter()
-        .filter_map(|l| l.strip_prefix("IN_DOUBT_CONSUME "))
-        .flat_map(numbers)
-        .collect();
-    let duplicated: Vec<u64> = consumed
-        .stdout
-        .iter()
-        .filter_map(|l| l.strip_prefix("DUPLICATE "))
-        .flat_map(numbers)
-        .collect();
+    let in_doubt: Vec<u64> = numbered(&consumed, "IN_DOUBT_CONSUME ").concat();
+    let duplicated: Vec<u64> = numbered(&consumed, "DUPLICATE ").concat();
     let missing: Vec<u64> = consumed
         .last_with("MISSING_ALL ")
         .unwrap_or_else(|| panic!("no MISSING_ALL line:\n{}", consumed.summary()))

@@ -574,6 +574,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .unwrap_or(Duration::from_secs(3600));
         let mut tick = tokio::time::interval_at(Instant::now() + keep_alive, keep_alive);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // A timer of its own, so that other events while held back do not restart it.
+        let mut probe = tokio::time::interval(HELD_BACK_PROBE);
+        probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_read = Instant::now();
         let mut wrote_since_tick = false;
         // Producer flow control: see `Session::hold_back`.
@@ -661,8 +664,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     }
                     // Held back without an inactivity monitor, nothing is read from the client:
                     // only a failed write shows that it left.
-                    () = tokio::time::sleep(HELD_BACK_PROBE),
-                        if paused.is_some() && self.inactivity.is_none() =>
+                    _ = probe.tick(), if paused.is_some() && self.inactivity.is_none() =>
                     {
                         self.queue(&Command::KeepAliveInfo(BaseCommand::default()))
                     }

@@ -41,7 +41,7 @@ use crate::protocol::openwire::{
     ConsumerControl, ConsumerId, ConsumerInfo, DataStructure, Destination, DestinationInfo,
     DestinationKind, Format, FrameReader, LocalTransactionId, Message, MessageAck, MessageId,
     MessageKind, MessagePull, PrimitiveMap, PrimitiveValue, ProducerId, ProducerInfo, RemoveInfo,
-    RemoveSubscriptionInfo, SessionId, SessionInfo, TransactionId, TransactionInfo, WireFormatInfo,
+    RemoveSubscriptionInfo, SessionId, SessionInfo, TransactionId, TransactionInfo,
     XaTransactionId,
 };
 
@@ -1236,22 +1236,8 @@ async fn logged_in(
     f: &Fixture,
     client_id: Option<String>,
 ) -> (Client, tokio::task::JoinHandle<()>) {
-    let (mut c, session) = Client::open_watched(f, 1 << 20);
-    assert!(matches!(c.read().await, Some(Command::WireFormatInfo(_))));
-    c.write(&Command::WireFormatInfo(WireFormatInfo::ferromq(0, 0, 0)))
-        .await;
-    assert!(matches!(c.read().await, Some(Command::BrokerInfo(_))));
-    c.write(&Command::ConnectionInfo(ConnectionInfo {
-        command_id: 1,
-        response_required: true,
-        connection_id: Some(ConnectionId {
-            value: Some(CONN.into()),
-        }),
-        client_id,
-        ..ConnectionInfo::default()
-    }))
-    .await;
-    let answer = c.next().await;
+    let (c, session) = Client::open_watched(f, 1 << 20);
+    let (c, answer) = c.handshake(CONN, client_id, None).await;
     assert!(matches!(answer, Command::Response(_)), "{answer:?}");
     (c, session)
 }
@@ -1272,14 +1258,16 @@ async fn converse(case: Case) -> Result<(), String> {
     );
     let (c, session) = logged_in(&f, case.client_id.clone()).await;
     let mut session = Some(session);
-    let Client { io, input, .. } = c;
+    let Client {
+        io, input, next_id, ..
+    } = c;
     let (read, write) = tokio::io::split(io);
     let heard = Arc::new(StdMutex::new(Heard::default()));
     let listener = tokio::spawn(listen(read, input, heard.clone()));
     let mut talk = Conversation {
         out: write,
         heard: heard.clone(),
-        next_id: 1,
+        next_id,
         requests: BTreeMap::new(),
         open: true,
         sequences: HashMap::new(),

@@ -140,14 +140,16 @@ impl Client {
         connection: &str,
         user: Option<(&str, &str)>,
     ) -> (Client, Command) {
-        Client::open(f).handshake(connection, user).await
+        let client_id = Some(format!("client-{connection}"));
+        Client::open(f).handshake(connection, client_id, user).await
     }
 
     /// What [`Client::connect`] does on a client already opened: WireFormatInfo both ways (no
-    /// inactivity monitor), BrokerInfo, then ConnectionInfo answered.
+    /// inactivity monitor), BrokerInfo, then ConnectionInfo (with `client_id`) answered.
     async fn handshake(
         mut self,
         connection: &str,
+        client_id: Option<String>,
         user: Option<(&str, &str)>,
     ) -> (Client, Command) {
         let c = &mut self;
@@ -162,7 +164,7 @@ impl Client {
             connection_id: Some(ConnectionId {
                 value: Some(connection.into()),
             }),
-            client_id: Some(format!("client-{connection}")),
+            client_id,
             user_name: user.map(|u| u.0.to_string()),
             password: user.map(|u| u.1.to_string()),
             ..Default::default()
@@ -1073,7 +1075,7 @@ async fn a_held_back_producer_that_vanishes_is_closed_even_without_an_inactivity
     let conn = "ID:held:1";
     let (c, session) = Client::open_watched(&f, 1 << 20);
     // No MaxInactivityDuration: no inactivity monitor, no keep-alives.
-    let (mut c, answer) = c.handshake(conn, None).await;
+    let (mut c, answer) = c.handshake(conn, None, None).await;
     assert!(matches!(answer, Command::Response(_)), "{answer:?}");
     let body = "x".repeat(8 * 1024);
     for n in 1..=20 {

@@ -383,6 +383,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .unwrap_or(Duration::from_secs(3600));
         let mut receive_tick = tokio::time::interval(check);
         receive_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // A timer of its own, so that other events while held back do not restart it.
+        let mut probe = tokio::time::interval(HELD_BACK_PROBE);
+        probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // Bytes read but not yet handled: what a write waited behind (see `write::flush`), and
         // at first whatever came with CONNECT (a client need not wait for CONNECTED).
         let mut unhandled_input = !self.input.is_empty();
@@ -446,7 +449,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     // Held back without heart-beats, nothing is read from the client: only a
                     // failed write shows that it left. Every STOMP version allows an EOL
                     // between frames (ActiveMQ ends each frame with one).
-                    () = tokio::time::sleep(HELD_BACK_PROBE), if paused.is_some() && heartbeat.send.is_none() => {
+                    _ = probe.tick(), if paused.is_some() && heartbeat.send.is_none() => {
                         self.output.extend_from_slice(b"\n");
                         Ok(Step::Continue)
                     }

@@ -35,6 +35,17 @@ impl Peer {
 
     /// As [`Peer::start`], announcing temporary destinations on `temps`.
     fn start_sharing(broker: &Broker, capacity: usize, temps: Arc<TempDestinations>) -> Peer {
+        Peer::start_reading(broker, capacity, temps, BytesMut::new())
+    }
+
+    /// As [`Peer::start_sharing`], the session starting with `first_read` in its input (as a
+    /// listener hands over the bytes it read to detect the protocol).
+    fn start_reading(
+        broker: &Broker,
+        capacity: usize,
+        temps: Arc<TempDestinations>,
+        first_read: BytesMut,
+    ) -> Peer {
         let (client, server) = tokio::io::duplex(capacity);
         let options = Arc::new(StompOptions {
             max_frame_size: 1 << 20,
@@ -44,7 +55,7 @@ impl Peer {
         });
         let broker = broker.clone();
         let peer = "127.0.0.1:1".parse().unwrap();
-        let task = tokio::spawn(serve(server, BytesMut::new(), broker, options, peer));
+        let task = tokio::spawn(serve(server, first_read, broker, options, peer));
         Peer {
             io: client,
             buf: BytesMut::new(),
@@ -982,7 +993,6 @@ async fn frames_written_with_connect_are_answered() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start_for_tests(dir.path(), Default::default());
     for version in ["1.0", "1.2"] {
-        let (client, server) = tokio::io::duplex(1 << 20);
         let first_read = BytesMut::from(
             format!(
                 "CONNECT\naccept-version:{version}\n\n\0\
@@ -991,19 +1001,7 @@ async fn frames_written_with_connect_are_answered() {
             )
             .as_bytes(),
         );
-        let options = Arc::new(StompOptions {
-            max_frame_size: 1 << 20,
-            users: HashMap::new(),
-            connect_timeout: Duration::from_secs(5),
-            temps: SHARED_TEMPS.clone(),
-        });
-        let peer = "127.0.0.1:1".parse().unwrap();
-        let mut p = Peer {
-            io: client,
-            buf: BytesMut::new(),
-            decoder: Decoder::new(1 << 20),
-            task: tokio::spawn(serve(server, first_read, broker.clone(), options, peer)),
-        };
+        let mut p = Peer::start_reading(&broker, 1 << 20, SHARED_TEMPS.clone(), first_read);
         let frames = p.frames_until(is_receipt("b")).await;
         assert_eq!(frames[0].command, Command::Connected, "{frames:?}");
         assert!(frames.iter().any(is_receipt("s")), "{frames:?}");
