@@ -847,7 +847,8 @@ impl Driver {
         tracing::warn!(%message, command = %pending.frame.command, "the broker refused a request");
         self.forget(&pending.kind);
         pending.respond(Err(ClientError::Rejected { message }));
-        // A STOMP broker closes the connection after an ERROR; that is handled when it happens.
+        // ActiveMQ and ferromq keep the connection after refusing a well-formed frame; a
+        // broker that closes it after its ERROR is handled when that happens.
         None
     }
 

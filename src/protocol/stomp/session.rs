@@ -85,27 +85,68 @@ struct Subscription {
     first_tag: u64,
 }
 
-/// Why a connection ends with an ERROR frame.
-struct Fatal {
+/// Why a frame is answered with an ERROR, and whether the connection ends with it.
+///
+/// As ActiveMQ's STOMP does, only what leaves the conversation unusable closes the connection:
+/// bytes that are no frame, an unknown or misplaced command, a missing header, a frame over the
+/// size limit, or a node that no longer serves. A well-formed frame the broker refuses (an ACK
+/// of a delivery it does not know, an unknown transaction or subscription, a bad selector or
+/// header value, a destination refused) gets its ERROR and the connection carries on with its
+/// subscriptions and unacknowledged messages: closing it would send those messages to other
+/// consumers again, after the client had processed them.
+struct Refusal {
     message: String,
     detail: String,
     receipt: Option<String>,
+    closes: bool,
 }
 
-impl Fatal {
-    fn new(message: impl Into<String>) -> Fatal {
-        Fatal {
+impl Refusal {
+    /// A refusal that ends the connection.
+    fn new(message: impl Into<String>) -> Refusal {
+        Refusal {
             message: message.into(),
             detail: String::new(),
             receipt: None,
+            closes: true,
+        }
+    }
+
+    /// A refusal of one well-formed frame: ERROR, and the connection carries on.
+    fn frame(message: impl Into<String>) -> Refusal {
+        Refusal {
+            closes: false,
+            ..Refusal::new(message)
+        }
+    }
+
+    fn error_frame(&self) -> Frame {
+        let error = frame::error_frame(&self.message, &self.detail);
+        match &self.receipt {
+            Some(receipt) => error.header("receipt-id", receipt.clone()),
+            None => error,
         }
     }
 }
 
-impl From<BrokerError> for Fatal {
-    fn from(e: BrokerError) -> Fatal {
-        Fatal::new(e.to_string())
+impl From<BrokerError> for Refusal {
+    fn from(e: BrokerError) -> Refusal {
+        let message = e.to_string();
+        if ends_connection(&e) {
+            Refusal::new(message)
+        } else {
+            Refusal::frame(message)
+        }
     }
+}
+
+/// Broker errors after which this node cannot serve the connection: it closes, and a failover
+/// client moves on.
+fn ends_connection(e: &BrokerError) -> bool {
+    matches!(
+        e,
+        BrokerError::NotMaster(_) | BrokerError::ShuttingDown | BrokerError::StoreFailed(_)
+    )
 }
 
 /// What a queued confirmation answers when it resolves.
@@ -216,9 +257,36 @@ fn stomp_destination(d: &Destination) -> String {
     }
 }
 
-fn required<'a>(frame: &'a Frame, header: &str) -> Result<&'a str, Fatal> {
+/// A STOMP destination (or composite member) as the core knows it: `/queue/NAME`,
+/// `/topic/NAME` (or `queue://NAME`, `topic://NAME`); as ActiveMQ does, a name without a prefix
+/// is a queue's.
+fn parse_destination(text: &str) -> Result<Destination, BrokerError> {
+    match Destination::parse(text) {
+        Err(_) if !text.starts_with('/') && !text.contains("://") && !text.is_empty() => {
+            Destination::parse(&format!("queue://{text}"))
+        }
+        parsed => parsed,
+    }
+}
+
+/// ActiveMQ's destination options: `/queue/orders?consumer.prefetchSize=10` names queue
+/// `orders`, with options `[("consumer.prefetchSize", "10")]` (the `consumer.` ones apply to a
+/// SUBSCRIBE; the others are ignored, as a broker ignores what it does not know).
+fn split_options(text: &str) -> (&str, Vec<(&str, &str)>) {
+    let Some((name, query)) = text.split_once('?') else {
+        return (text, Vec::new());
+    };
+    let options = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .collect();
+    (name, options)
+}
+
+fn required<'a>(frame: &'a Frame, header: &str) -> Result<&'a str, Refusal> {
     frame.get(header).ok_or_else(|| {
-        Fatal::new(format!(
+        Refusal::new(format!(
             "missing header '{header}' on {:?} frame",
             frame.command
         ))
@@ -226,12 +294,12 @@ fn required<'a>(frame: &'a Frame, header: &str) -> Result<&'a str, Fatal> {
 }
 
 /// A SUBSCRIBE's `ack` header (default auto).
-fn ack_mode(frame: &Frame) -> Result<AckMode, Fatal> {
+fn ack_mode(frame: &Frame) -> Result<AckMode, Refusal> {
     match frame.get("ack").unwrap_or("auto") {
         "auto" => Ok(AckMode::Auto),
         "client" => Ok(AckMode::Client),
         "client-individual" => Ok(AckMode::ClientIndividual),
-        other => Err(Fatal::new(format!(
+        other => Err(Refusal::frame(format!(
             "header 'ack' must be auto, client or client-individual, got '{other}'"
         ))),
     }
@@ -247,13 +315,13 @@ fn flag(frame: &Frame, header: &str) -> bool {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Reads the next frame, or `None` at end of stream. Heart-beats are skipped.
-    async fn read_frame(&mut self) -> Result<Option<Frame>, Fatal> {
+    async fn read_frame(&mut self) -> Result<Option<Frame>, Refusal> {
         loop {
             match self.decoder.decode(&mut self.input) {
                 Ok(Some(Item::Frame(frame))) => return Ok(Some(frame)),
                 Ok(Some(Item::HeartBeat)) => continue,
                 Ok(None) => {}
-                Err(e) => return Err(Fatal::new(e.to_string())),
+                Err(e) => return Err(Refusal::new(e.to_string())),
             }
             match self.stream.read_buf(&mut self.input).await {
                 Ok(0) | Err(_) => return Ok(None),
@@ -265,24 +333,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn handshake(
         &mut self,
         broker: &Broker,
-    ) -> Result<Option<(Session, mpsc::UnboundedReceiver<Delivery>, Heartbeat)>, Fatal> {
+    ) -> Result<Option<(Session, mpsc::UnboundedReceiver<Delivery>, Heartbeat)>, Refusal> {
         let frame =
             match tokio::time::timeout(self.options.connect_timeout, self.read_frame()).await {
-                Err(_) => return Err(Fatal::new("no CONNECT frame within the connect timeout")),
+                Err(_) => return Err(Refusal::new("no CONNECT frame within the connect timeout")),
                 Ok(frame) => frame?,
             };
         let Some(frame) = frame else { return Ok(None) };
         if !matches!(frame.command, Command::Connect | Command::Stomp) {
-            return Err(Fatal::new(format!(
+            return Err(Refusal::new(format!(
                 "expected CONNECT or STOMP as the first frame, got {:?}",
                 frame.command
             )));
         }
-        let version = negotiate_version(frame.get("accept-version")).ok_or_else(|| Fatal {
-            message: "Supported protocol versions are 1.0,1.1,1.2".into(),
-            detail: String::new(),
-            receipt: None,
-        })?;
+        let version = negotiate_version(frame.get("accept-version"))
+            .ok_or_else(|| Refusal::new("Supported protocol versions are 1.0,1.1,1.2"))?;
         self.version = version;
         self.decoder.set_version(version);
         if !self.options.users.is_empty() {
@@ -290,7 +355,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let passcode = frame.get("passcode").unwrap_or("");
             if self.options.users.get(login).map(String::as_str) != Some(passcode) {
                 tracing::warn!(peer = %self.peer, login, "STOMP login refused");
-                return Err(Fatal::new(format!(
+                return Err(Refusal::new(format!(
                     "User name [{login}] or password is invalid."
                 )));
             }
@@ -322,7 +387,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.queue_frame(&connected);
         self.flush_output()
             .await
-            .map_err(|_| Fatal::new("write failed"))?;
+            .map_err(|_| Refusal::new("write failed"))?;
         tracing::debug!(peer = %self.peer, version = version_name(version), "STOMP session open");
         Ok(Some((session, deliveries, heartbeat)))
     }
@@ -340,12 +405,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Sends an ERROR frame and closes.
-    async fn fail(&mut self, fatal: Fatal) {
+    async fn fail(&mut self, fatal: Refusal) {
         tracing::info!(peer = %self.peer, error = %fatal.message, "closing STOMP connection with ERROR");
-        let mut error = frame::error_frame(&fatal.message, &fatal.detail);
-        if let Some(receipt) = fatal.receipt {
-            error = error.header("receipt-id", receipt);
-        }
+        let error = fatal.error_frame();
         self.queue_frame(&error);
         let _ = self.flush_output().await;
         let _ = self.stream.shutdown().await;
@@ -389,7 +451,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         // Bytes read but not yet handled: what a write waited behind (see `write::flush`), and
         // at first whatever came with CONNECT (a client need not wait for CONNECTED).
         let mut unhandled_input = !self.input.is_empty();
-        let result: Result<(), Fatal> = loop {
+        let result: Result<(), Refusal> = loop {
             let handle_input = std::mem::take(&mut unhandled_input);
             let ready = if handle_input {
                 None
@@ -505,7 +567,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Handles every whole frame in the input buffer.
-    fn handle_input(&mut self, state: &mut State) -> Result<Step, Fatal> {
+    fn handle_input(&mut self, state: &mut State) -> Result<Step, Refusal> {
         loop {
             match self.decoder.decode(&mut self.input) {
                 Ok(Some(Item::Frame(frame))) => {
@@ -515,21 +577,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
                 Ok(Some(Item::HeartBeat)) => {}
                 Ok(None) => return Ok(Step::Continue),
-                Err(e) => return Err(Fatal::new(e.to_string())),
+                Err(e) => return Err(Refusal::new(e.to_string())),
             }
         }
     }
 
-    fn handle_frame(&mut self, state: &mut State, frame: Frame) -> Result<Step, Fatal> {
+    fn handle_frame(&mut self, state: &mut State, frame: Frame) -> Result<Step, Refusal> {
         let receipt = frame.get("receipt").map(str::to_string);
         let result = self.dispatch_frame(state, &frame, receipt.clone());
-        result.map_err(|mut fatal| {
-            fatal.receipt = receipt;
-            if fatal.detail.is_empty() {
-                fatal.detail = format!("{:?} frame refused", frame.command);
+        result.or_else(|mut refusal| {
+            refusal.receipt = receipt;
+            if refusal.detail.is_empty() {
+                refusal.detail = format!("{:?} frame refused", frame.command);
             }
-            fatal
+            self.refuse(refusal)
         })
+    }
+
+    /// Writes the ERROR of a refusal that leaves the connection open; passes on one that
+    /// closes it (the session loop writes that ERROR and closes).
+    fn refuse(&mut self, refusal: Refusal) -> Result<Step, Refusal> {
+        if refusal.closes {
+            return Err(refusal);
+        }
+        tracing::debug!(peer = %self.peer, error = %refusal.message, "STOMP frame refused with ERROR");
+        let error = refusal.error_frame();
+        self.queue_frame(&error);
+        Ok(Step::Continue)
     }
 
     fn dispatch_frame(
@@ -537,7 +611,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         state: &mut State,
         frame: &Frame,
         receipt: Option<String>,
-    ) -> Result<Step, Fatal> {
+    ) -> Result<Step, Refusal> {
         let confirmation = match frame.command {
             Command::Send => state.send(frame)?,
             Command::Subscribe if frame.get("browser") == Some("true") => {
@@ -569,10 +643,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 return Ok(Step::Continue);
             }
             Command::Connect | Command::Stomp => {
-                return Err(Fatal::new("already connected"));
+                return Err(Refusal::new("already connected"));
             }
             other => {
-                return Err(Fatal::new(format!(
+                return Err(Refusal::new(format!(
                     "a client may not send {other:?} frames"
                 )))
             }
@@ -594,14 +668,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         state: &mut State,
         awaiting: Awaiting,
         result: Result<(), BrokerError>,
-    ) -> Result<Step, Fatal> {
+    ) -> Result<Step, Refusal> {
         match (awaiting, result) {
             (Awaiting::Browse(plan, receipt), Ok(())) => {
                 // As ActiveMQ: the RECEIPT, the copies, then a MESSAGE with `browser:end`.
-                let browse = state.browse_copies(plan).map_err(|mut fatal| {
-                    fatal.receipt.clone_from(&receipt);
-                    fatal
-                })?;
+                let browse = match state.browse_copies(plan) {
+                    Ok(browse) => browse,
+                    Err(mut refusal) => {
+                        refusal.receipt = receipt;
+                        return self.refuse(refusal);
+                    }
+                };
                 if let Some(id) = &receipt {
                     self.queue_frame(&frame::receipt(id));
                 }
@@ -624,14 +701,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
                 Ok(Step::Close)
             }
-            (Awaiting::Receipt(id), Err(e)) | (Awaiting::Disconnect(Some(id)), Err(e)) => {
-                Err(Fatal {
-                    message: e.to_string(),
-                    detail: "the change was not confirmed".into(),
-                    receipt: Some(id),
-                })
-            }
-            (_, Err(e)) => Err(Fatal::new(e.to_string())),
+            (Awaiting::Receipt(id), Err(e)) => self.refuse(Refusal {
+                detail: "the change was not confirmed".into(),
+                receipt: Some(id),
+                ..Refusal::from(e)
+            }),
+            // The client is leaving: the connection closes whatever the error.
+            (Awaiting::Disconnect(receipt), Err(e)) => Err(Refusal {
+                detail: "the change was not confirmed".into(),
+                receipt,
+                ..Refusal::new(e.to_string())
+            }),
+            (Awaiting::Silent, Err(e)) => self.refuse(Refusal::from(e)),
+            (Awaiting::Browse(_, receipt), Err(e)) => self.refuse(Refusal {
+                receipt,
+                ..Refusal::from(e)
+            }),
         }
     }
 
@@ -805,13 +890,14 @@ impl Temps {
     /// whether it is temporary (its messages are then never stored). A composite's members may
     /// not be temporary: its other members' messages are stored. Never empty.
     fn resolve_members(&mut self, text: &str) -> Result<(Vec<Destination>, bool), BrokerError> {
+        let (text, _) = split_options(text);
         let members = composite_members(text, |member| {
             if member.starts_with("/temp-") || member.starts_with("/remote-temp-") {
                 return Err(format!(
                     "member '{member}' is temporary: name only /queue/NAME and /topic/NAME"
                 ));
             }
-            Destination::parse(member)
+            parse_destination(member)
                 .map_err(|_| format!("member '{member}' is not /queue/NAME or /topic/NAME"))
         })?;
         match members {
@@ -835,7 +921,7 @@ impl Temps {
         .into_iter()
         .find_map(|(prefix, topic, own)| text.strip_prefix(prefix).map(|n| (topic, own, n)));
         let Some((topic, own, name)) = temporary else {
-            return Ok((Destination::parse(text)?, false));
+            return Ok((parse_destination(text)?, false));
         };
         if name.is_empty() || name.contains(['\n', '\0']) {
             return Err(BrokerError::InvalidDestination(text.to_string()));
@@ -933,7 +1019,7 @@ impl Drop for Temps {
 }
 
 impl State {
-    fn send(&mut self, frame: &Frame) -> Result<Confirmation, Fatal> {
+    fn send(&mut self, frame: &Frame) -> Result<Confirmation, Refusal> {
         let destination_text = required(frame, "destination")?;
         let (destinations, temporary) = self.temps.resolve_members(destination_text)?;
         // As in ActiveMQ, messages to temporary destinations are never stored: they live as
@@ -944,15 +1030,17 @@ impl State {
             None => 0,
             Some(v) => v
                 .parse::<i64>()
-                .map_err(|_| Fatal::new(format!("header 'expires' is not a number: '{v}'")))?,
+                .map_err(|_| Refusal::frame(format!("header 'expires' is not a number: '{v}'")))?,
         };
-        let priority =
-            match frame.get("priority") {
-                None => 4,
-                Some(v) => v.parse::<u32>().ok().filter(|p| *p <= 9).ok_or_else(|| {
-                    Fatal::new(format!("header 'priority' must be 0..9, got '{v}'"))
-                })?,
-            };
+        // As ActiveMQ: a priority outside JMS's 0..9 is taken as the nearer bound.
+        let priority = match frame.get("priority") {
+            None => 4,
+            Some(v) => v
+                .trim()
+                .parse::<i64>()
+                .map(|p| p.clamp(0, 9) as u32)
+                .map_err(|_| Refusal::frame(format!("header 'priority' is not a number: '{v}'")))?,
+        };
         let mut headers: Vec<Header> = Vec::new();
         for (name, value) in &frame.headers {
             // ActiveMQ's STOMP `type` header is the JMSType.
@@ -974,7 +1062,7 @@ impl State {
             Some(t) if t == "text" => BodyType::Text,
             Some(t) if t == "bytes" => BodyType::Bytes,
             Some(other) => {
-                return Err(Fatal::new(format!(
+                return Err(Refusal::frame(format!(
                     "header 'amq-msg-type' must be text or bytes, got '{other}'"
                 )))
             }
@@ -1000,14 +1088,27 @@ impl State {
             .send_to_each(&destinations, message, frame.get("transaction"))?)
     }
 
-    fn subscribe(&mut self, frame: &Frame) -> Result<Confirmation, Fatal> {
+    fn subscribe(&mut self, frame: &Frame) -> Result<Confirmation, Refusal> {
         let destination_text = required(frame, "destination")?;
         let (members, _) = self.temps.resolve_members(destination_text)?;
         let destination = members[0].clone();
+        // A header, else the destination's ActiveMQ option (`?consumer.prefetchSize=10`).
+        let (_, options) = split_options(destination_text);
+        let setting = |header: &str, option: &str| {
+            frame.get(header).or_else(|| {
+                options
+                    .iter()
+                    .find(|(name, _)| *name == option)
+                    .map(|(_, value)| *value)
+            })
+        };
+        let on = |header: &str, option: &str| {
+            setting(header, option).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        };
         let id = match (frame.get("id"), self.version) {
             (Some(id), _) => id.to_string(),
             (None, Version::V1_0) => destination_text.to_string(),
-            (None, _) => return Err(Fatal::new("missing header 'id' on SUBSCRIBE frame")),
+            (None, _) => return Err(Refusal::new("missing header 'id' on SUBSCRIBE frame")),
         };
         let ack = ack_mode(frame)?;
         let durable_name = frame
@@ -1019,16 +1120,16 @@ impl State {
             (Destination::Topic(_), Some(_)) => DURABLE_PREFETCH,
             (Destination::Topic(_), None) => TOPIC_PREFETCH,
         };
-        let prefetch = match frame.get("activemq.prefetchSize") {
+        let prefetch = match setting("activemq.prefetchSize", "consumer.prefetchSize") {
             None => default_prefetch,
             Some(v) => v.parse::<u32>().map_err(|_| {
-                Fatal::new(format!(
+                Refusal::frame(format!(
                     "header 'activemq.prefetchSize' is not a number: '{v}'"
                 ))
             })?,
         };
         // ActiveMQ's documented consumer priorities are 0 (the default) to 127.
-        let priority = match frame.get("activemq.priority") {
+        let priority = match setting("activemq.priority", "consumer.priority") {
             None => 0,
             Some(v) => v
                 .trim()
@@ -1036,7 +1137,7 @@ impl State {
                 .ok()
                 .filter(|p| *p >= 0)
                 .ok_or_else(|| {
-                    Fatal::new(format!(
+                    Refusal::frame(format!(
                         "header 'activemq.priority' must be a number from 0 to 127, got '{v}'"
                     ))
                 })?,
@@ -1060,9 +1161,9 @@ impl State {
             prefetch: prefetch.max(1),
             durable_name,
             selector: frame.get("selector").map(str::to_string),
-            exclusive: flag(frame, "activemq.exclusive"),
+            exclusive: on("activemq.exclusive", "consumer.exclusive"),
             priority,
-            no_local: flag(frame, "activemq.noLocal"),
+            no_local: on("activemq.noLocal", "consumer.noLocal"),
         };
         let result = self.session.subscribe_to_each(request, &members);
         if result.is_err() {
@@ -1071,10 +1172,10 @@ impl State {
         Ok(result?)
     }
 
-    fn unsubscribe(&mut self, frame: &Frame) -> Result<Confirmation, Fatal> {
+    fn unsubscribe(&mut self, frame: &Frame) -> Result<Confirmation, Refusal> {
         let id = match frame.get("id").or_else(|| frame.get("destination")) {
             Some(id) => id.to_string(),
-            None => return Err(Fatal::new("missing header 'id' on UNSUBSCRIBE frame")),
+            None => return Err(Refusal::new("missing header 'id' on UNSUBSCRIBE frame")),
         };
         let remove_durable = frame.get("activemq.subscriptionName").is_some()
             || frame.get("durable-subscription-name").is_some();
@@ -1097,12 +1198,12 @@ impl State {
     }
 
     /// Finds the delivery an ACK/NACK names: `id` (1.2) or `message-id` (1.0, 1.1).
-    fn acked_tag(&self, frame: &Frame) -> Result<u64, Fatal> {
+    fn acked_tag(&self, frame: &Frame) -> Result<u64, Refusal> {
         if self.version == Version::V1_2 {
             let id = required(frame, "id")?;
             return id
                 .parse()
-                .map_err(|_| Fatal::new(format!("header 'id' names no delivery: '{id}'")));
+                .map_err(|_| Refusal::frame(format!("header 'id' names no delivery: '{id}'")));
         }
         let message_id = required(frame, "message-id")?;
         // Two subscriptions (on one topic, say) hold deliveries of the same message: the
@@ -1116,10 +1217,10 @@ impl State {
         // Clients that use our `ack` header value as the id are served too.
         message_id
             .parse()
-            .map_err(|_| Fatal::new(format!("no unacknowledged message '{message_id}'")))
+            .map_err(|_| Refusal::frame(format!("no unacknowledged message '{message_id}'")))
     }
 
-    fn ack(&mut self, frame: &Frame) -> Result<Confirmation, Fatal> {
+    fn ack(&mut self, frame: &Frame) -> Result<Confirmation, Refusal> {
         let tag = self.acked_tag(frame)?;
         let Some((subscription, _)) = self.unacked.get(&tag).cloned() else {
             return Err(BrokerError::UnknownDelivery(tag).into());
@@ -1144,7 +1245,7 @@ impl State {
         Ok(self.session.ack(tag, scope, frame.get("transaction"))?)
     }
 
-    fn nack(&mut self, frame: &Frame) -> Result<Confirmation, Fatal> {
+    fn nack(&mut self, frame: &Frame) -> Result<Confirmation, Refusal> {
         let tag = self.acked_tag(frame)?;
         let Some((subscription, _)) = self.unacked.remove(&tag) else {
             return Err(BrokerError::UnknownDelivery(tag).into());
@@ -1163,9 +1264,9 @@ impl State {
 
     /// A `browser:true` SUBSCRIBE: checks it and registers the browser; `browse_copies` takes
     /// the snapshot when the plan's turn comes.
-    fn browse(&mut self, frame: &Frame) -> Result<BrowsePlan, Fatal> {
+    fn browse(&mut self, frame: &Frame) -> Result<BrowsePlan, Refusal> {
         if self.version == Version::V1_0 {
-            return Err(Fatal::new(
+            return Err(Refusal::frame(
                 "header 'browser' needs STOMP 1.1 or later (as ActiveMQ's queue browser does)",
             ));
         }
@@ -1210,7 +1311,7 @@ impl State {
     /// A copy of each message the browser's queue holds now (that its selector matches),
     /// oldest first, and the `browser:end` frame; `None` if the browser was unsubscribed
     /// before its turn came.
-    fn browse_copies(&mut self, plan: BrowsePlan) -> Result<Option<Browse>, Fatal> {
+    fn browse_copies(&mut self, plan: BrowsePlan) -> Result<Option<Browse>, Refusal> {
         let BrowsePlan {
             id,
             first_tag,

@@ -319,7 +319,13 @@ async fn read_all(mut input: tokio::io::ReadHalf<DuplexStream>, heard: Hearing) 
                     h.receipts
                         .insert(frame.get("receipt-id").unwrap_or("").into());
                 }
-                Command::Error => h.closed = true,
+                // A refused frame's ERROR answers its receipt; the connection may carry on
+                // (a refusal that closes it ends the stream below).
+                Command::Error => {
+                    if let Some(receipt) = frame.get("receipt-id") {
+                        h.receipts.insert(receipt.into());
+                    }
+                }
                 _ => {}
             }
             drop(h);

@@ -776,9 +776,9 @@ async fn a_subscription_to_a_composite_destination_receives_from_every_member() 
     );
 }
 
-/// A composite destination with an empty member, a member without `/queue/` or `/topic/`,
-/// a temporary member or a wildcard member is an ERROR naming the problem, and no member
-/// gets the message.
+/// A composite destination with an empty member, a member with an unknown prefix, a
+/// temporary member or a wildcard member is an ERROR naming the problem, and no member gets the
+/// message.
 #[tokio::test]
 async fn a_bad_composite_destination_is_an_error_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
@@ -786,7 +786,7 @@ async fn a_bad_composite_destination_is_an_error_naming_the_problem() {
     for (destination, problem) in [
         ("/queue/a,,/queue/b", "empty member"),
         ("/queue/a,/queue/b,", "empty member"),
-        ("/queue/a,b", "member 'b'"),
+        ("/queue/a,/queues/b", "member '/queues/b'"),
         (
             "/queue/a,/temp-queue/r",
             "member '/temp-queue/r' is temporary",
@@ -1006,4 +1006,91 @@ async fn frames_written_with_connect_are_answered() {
         assert_eq!(frames[0].command, Command::Connected, "{frames:?}");
         assert!(frames.iter().any(is_receipt("s")), "{frames:?}");
     }
+}
+
+/// As ActiveMQ's STOMP: a well-formed frame the broker refuses (an ACK of an unknown delivery,
+/// an UNSUBSCRIBE or COMMIT of something that is not there, a bad selector or header value) gets
+/// an ERROR answering its receipt, and the connection carries on. Its unacknowledged delivery
+/// is not taken back and sent again, so the client's ACK of it still counts.
+#[tokio::test]
+async fn a_refused_frame_leaves_the_connection_and_its_deliveries_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_for_tests(dir.path(), Default::default());
+    let mut consumer = subscribed(
+        &broker,
+        "id:s\ndestination:/queue/work\nack:client-individual",
+    )
+    .await;
+    let (mut producer, _) = Peer::connect(&broker, "1.2", "").await;
+    producer
+        .write("SEND\ndestination:/queue/work\npersistent:true\nreceipt:p\n\njob\0")
+        .await;
+    producer.frames_until(is_receipt("p")).await;
+    let delivery = consumer.next_frame().await;
+    assert_eq!(delivery.command, Command::Message, "{delivery:?}");
+    let ack = delivery.get("ack").unwrap().to_string();
+    for (n, frame) in [
+        "ACK\nid:424242",
+        "NACK\nid:424242",
+        "UNSUBSCRIBE\nid:nobody",
+        "COMMIT\ntransaction:none",
+        "ABORT\ntransaction:none",
+        "SUBSCRIBE\nid:t\ndestination:/queue/other\nselector:color = ",
+        "SUBSCRIBE\nid:s\ndestination:/queue/again",
+        "SEND\ndestination:/queue/work\nexpires:soon",
+        "SEND\ndestination:/queue/work\npriority:high",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        consumer
+            .write(&format!("{frame}\nreceipt:e{n}\n\n\0"))
+            .await;
+        let error = consumer.next_frame().await;
+        assert_eq!(error.command, Command::Error, "{frame}: {error:?}");
+        assert_eq!(error.get("receipt-id"), Some(format!("e{n}").as_str()));
+    }
+    consumer
+        .write(&format!("ACK\nid:{ack}\nreceipt:done\n\n\0"))
+        .await;
+    consumer.frames_until(is_receipt("done")).await;
+    assert_eq!(broker.queue_depth("queue://work"), 0, "the ACK counted");
+    assert!(!consumer.task.is_finished(), "the connection was kept");
+}
+
+/// As ActiveMQ's STOMP: a destination without `/queue/` or `/topic/` is a queue, a
+/// destination's options (`?consumer.prefetchSize=1`) are taken off its name and the
+/// `consumer.` ones apply to the subscription, and a priority outside 0..9 is taken as the
+/// nearer bound.
+#[tokio::test]
+async fn bare_names_options_and_priorities_are_read_as_activemq_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_for_tests(dir.path(), Default::default());
+    let mut consumer = subscribed(
+        &broker,
+        "id:s\ndestination:/queue/orders?consumer.prefetchSize=1\nack:client-individual",
+    )
+    .await;
+    let (mut producer, _) = Peer::connect(&broker, "1.2", "").await;
+    producer
+        .write(
+            "SEND\ndestination:orders\npriority:12\nreceipt:a\n\nfirst\0\
+             SEND\ndestination:orders?producer.ignored=1\npriority:-3\nreceipt:b\n\nsecond\0",
+        )
+        .await;
+    producer.frames_until(is_receipt("b")).await;
+    let first = consumer.next_frame().await;
+    assert_eq!(first.get("destination"), Some("/queue/orders"));
+    assert_eq!(first.get("priority"), Some("9"));
+    // A prefetch of 1: the second comes only once the first is acknowledged.
+    consumer
+        .write("SUBSCRIBE\nid:probe\ndestination:/queue/none\nreceipt:r\n\n\0")
+        .await;
+    let before_ack = consumer.frames_until(is_receipt("r")).await;
+    assert!(bodies(&before_ack).is_empty(), "{before_ack:?}");
+    let ack = first.get("ack").unwrap();
+    consumer.write(&format!("ACK\nid:{ack}\n\n\0")).await;
+    let second = consumer.next_frame().await;
+    assert_eq!(String::from_utf8_lossy(&second.body), "second");
+    assert_eq!(second.get("priority"), Some("0"));
 }
