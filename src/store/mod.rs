@@ -167,9 +167,10 @@ pub enum StoreError {
     },
     #[error(
         "journal frame at position {position} in {} is corrupt ({cause}), and {after} bytes of \
-         records in later segments follow it: not a torn tail. A standalone store does not cut \
-         records it confirmed: restore the store directory from a backup, or move the segments \
-         after {} out of it to start without them",
+         records follow it (in that segment or later ones): not a torn tail. A standalone store \
+         does not cut records it confirmed: restore the store directory from a backup, or, to \
+         start without the records from that frame on, truncate {} there and move the \
+         segments after it out of the directory",
         path.display(),
         path.display()
     )]

@@ -115,11 +115,14 @@ pub(super) fn recover(
         expected = Some(start + scan.valid_len);
         if let Some(cause) = problem {
             let position = start + scan.valid_len;
-            if only_copy && !is_last {
-                // A batch spanning a rotation can tear the end of this segment and leave the
-                // start of the next one written; more than that after it was confirmed.
-                let mut after = 0u64;
-                for &later in &files[i + 1..] {
+            if only_copy {
+                // A torn batch can leave its later pages written and an earlier one not, and a
+                // batch spanning a rotation can tear the end of this segment and leave the
+                // start of the next one written; more than a batch of records after the bad
+                // frame, in this segment or later ones, were confirmed.
+                let mut after =
+                    valid_bytes_after(&path, scan.valid_len).map_err(io_error("read", &path))?;
+                for &later in if is_last { &[][..] } else { &files[i + 1..] } {
                     let later_path = segment_path(directory, later);
                     after += scan_segment(&later_path)
                         .map_err(io_error("read", &later_path))?
@@ -301,6 +304,63 @@ fn scan_segment(path: &Path) -> std::io::Result<Scan> {
         frames,
         problem,
     })
+}
+
+/// Bytes of valid frames following the bad frame at `from` in the segment at `path`: the run
+/// of consecutive frames that check, starting at the first offset after `from` where one does
+/// (searched up to a batch and a record beyond it). A torn tail has no more than a batch after
+/// it; zeros (a preallocated tail) have none.
+fn valid_bytes_after(path: &Path, from: u64) -> std::io::Result<u64> {
+    let bytes = fs::read(path)?;
+    let Some(first) = usize::try_from(from).ok().and_then(|f| f.checked_add(1)) else {
+        return Ok(0);
+    };
+    let chain = |at: usize| {
+        let mut end = at;
+        while let Ok(Some(len)) = check_frame(&bytes[end..]) {
+            end += len;
+        }
+        (end - at) as u64
+    };
+    // Most often the bad frame's length is intact (a damaged body): its successor starts
+    // where it says it ends.
+    if let Some(declared) = bytes
+        .get(first - 1..first + 3)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+    {
+        let next = first - 1 + FRAME_HEADER_LEN + declared;
+        if declared > 0 && declared <= MAX_RECORD_LEN && next < bytes.len() {
+            let after = chain(next);
+            if after > 0 {
+                return Ok(after);
+            }
+        }
+    }
+    let search_end = bytes
+        .len()
+        .min(first.saturating_add(MAX_BATCH_BYTES + MAX_RECORD_LEN));
+    // Checksums computed over candidates, bounded: garbage whose length field happens to fit
+    // would otherwise cost a checksum of up to a whole segment at each offset.
+    let mut budget = 4 * MAX_RECORD_LEN;
+    for at in first..search_end {
+        let Some(len) = bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+        else {
+            break;
+        };
+        if len == 0 || len > MAX_RECORD_LEN || at + FRAME_HEADER_LEN + len > bytes.len() {
+            continue;
+        }
+        if budget < len {
+            break;
+        }
+        budget -= len;
+        if let Ok(Some(_)) = check_frame(&bytes[at..]) {
+            return Ok(chain(at));
+        }
+    }
+    Ok(0)
 }
 
 /// Length of the data (valid frames) in a segment file, preallocated tail excluded (tests).

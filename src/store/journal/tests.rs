@@ -443,6 +443,61 @@ fn an_only_copy_refuses_to_cut_records_after_a_corrupt_frame() {
     assert_eq!(journal.end(), Position(0));
 }
 
+/// The same within the current segment: a standalone store whose bad frame is followed, in
+/// the same segment, by more than a batch of records refuses to open; one followed by less is
+/// cut there as a torn tail.
+#[test]
+fn an_only_copy_refuses_to_cut_records_after_a_corrupt_frame_in_its_current_segment() {
+    let open_only_copy = |dir: &Path| {
+        Journal::open(
+            JournalOptions {
+                directory: dir.to_path_buf(),
+                log_size: 64 << 20,
+                fsync: false,
+                only_copy: true,
+            },
+            Box::new(|_| {}),
+        )
+    };
+    // 200 records of 64 KiB (12.5 MiB) in one segment; a byte flipped in record `bad`, at
+    // `at` within its frame (its body, or its length field).
+    let written_with_bad_at = |bad: usize, at: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _rx) = open(dir.path(), 64 << 20, false);
+        let mut starts = Vec::new();
+        for n in 0..200 {
+            starts.push(journal.append(&record(n, 64 << 10)).unwrap().position.0);
+        }
+        journal.close().unwrap();
+        assert_eq!(segment_files(dir.path()).len(), 1);
+        let path = segment_path(dir.path(), 0);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[starts[bad] as usize + at] ^= 0x10;
+        fs::write(&path, &bytes).unwrap();
+        (dir, bytes, starts[bad])
+    };
+    let written_with_bad = |bad: usize| written_with_bad_at(bad, FRAME_HEADER_LEN + 5);
+    for (bad, at) in [(1, FRAME_HEADER_LEN + 5), (20, 1)] {
+        let (dir, bytes, _) = written_with_bad_at(bad, at);
+        let Err(error) = open_only_copy(dir.path()) else {
+            panic!("opened, cutting 12 MiB of records after the corrupt frame");
+        };
+        assert!(
+            matches!(error, StoreError::CorruptBeforeRecords { .. }),
+            "{error}"
+        );
+        assert_eq!(
+            fs::read(segment_path(dir.path(), 0)).unwrap(),
+            bytes,
+            "nothing cut"
+        );
+    }
+
+    let (dir, _, bad_start) = written_with_bad(190);
+    let journal = open_only_copy(dir.path()).expect("a torn tail is cut");
+    assert_eq!(journal.end(), Position(bad_start));
+}
+
 /// A finished segment in the middle whose data was lost but whose size was kept (all
 /// zeros, as a power loss can leave a segment written without fsync) is no tombstone:
 /// recovery cuts there like at a corrupt frame, and a standalone store with more than a
