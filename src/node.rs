@@ -43,7 +43,10 @@ const MASTER_RETRY: Duration = Duration::from_secs(1);
 
 /// The file in the store directory where the election records this node's znode, so that a
 /// restarted process removes the one it left (see `election::leftover`).
-const REGISTRATION_FILE: &str = "zk.registration";
+/// The registration file in the store directory (see `election::leftover`): it exists once the
+/// store has joined a cluster, and a standalone start refuses such a store
+/// ([`crate::server::Node::start`]).
+pub(crate) const REGISTRATION_FILE: &str = "zk.registration";
 
 /// Runs this node as a member of its cluster until `shutdown` resolves.
 pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {

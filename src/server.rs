@@ -248,6 +248,7 @@ fn dead_letter_strategy(broker: &BrokerConfig) -> DeadLetterStrategy {
 impl Node {
     /// Opens the store, recovers, starts the core and binds every connector.
     pub async fn start(config: &Config) -> anyhow::Result<Node> {
+        refuse_cluster_store(config)?;
         // Standalone, "confirmed" is "durable": the journal's writer thread confirms directly
         // into the core, which saves a task wake-up on every synchronous send.
         let confirm = ConfirmLater::default();
@@ -282,6 +283,28 @@ impl Node {
             admin,
         })
     }
+}
+
+/// Refuses to run standalone on the store of a cluster node: its journal would fork from the
+/// cluster's under an epoch of its own, and should it rejoin, its records could win an
+/// election and cut records the cluster confirmed. A configuration that lost its
+/// `zk_address` (an unset template variable, `FERROMQ_REPLICATION__ZK_ADDRESS=`) is the usual
+/// cause.
+fn refuse_cluster_store(config: &Config) -> anyhow::Result<()> {
+    let marker = config.store.directory.join(crate::node::REGISTRATION_FILE);
+    if marker.exists() {
+        anyhow::bail!(
+            "the store in {} belongs to a member of a replicated cluster (it holds {}, written \
+             when it joined ZooKeeper), but this configuration has no replication.zk_address \
+             (an empty value, FERROMQ_REPLICATION__ZK_ADDRESS= included, means none): run \
+             standalone, it would fork the cluster's journal. Set zk_address; or, to take this \
+             store out of its cluster on purpose, delete {}",
+            config.store.directory.display(),
+            crate::node::REGISTRATION_FILE,
+            marker.display()
+        );
+    }
+    Ok(())
 }
 
 /// Runs a node until SIGINT or SIGTERM: standalone without `zk_address`, else a member of a

@@ -1845,6 +1845,63 @@ fn a_copied_data_directory_leaves_the_original_nodes_znode_zk38() {
     assert_stays_master(&cluster, m);
 }
 
+/// A cluster node restarted without its `zk_address` (an unset template variable,
+/// `FERROMQ_REPLICATION__ZK_ADDRESS=`) would run standalone on the cluster's store and confirm
+/// sends no other node holds; back in the cluster, its forked records could win an election and
+/// cut records the cluster confirmed. It refuses to start, naming the key and the way out, and
+/// started again with its configuration it rejoins as a slave.
+#[test]
+fn a_cluster_nodes_store_is_refused_standalone_zk38() {
+    let mut cluster = Cluster::start(ZkVersion::V3_8, 3);
+    let m = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let s = (0..3).find(|&i| i != m).unwrap();
+    cluster.kill9(s);
+    let dir = cluster.nodes[s].dir.clone();
+    let mut child = std::process::Command::new(ferromq_integration_tests::ferromq_bin())
+        .arg("broker")
+        .arg("--config")
+        .arg(dir.join("ferromq.toml"))
+        .env("FERROMQ_REPLICATION__ZK_ADDRESS", "")
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the node without zk_address");
+    let exited = wait_until(deadline(Duration::from_secs(30)), || {
+        child.try_wait().ok().flatten().is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        panic!("node {s} started standalone on its cluster store");
+    }
+    let output = child.wait_with_output().expect("its output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("replication.zk_address") && stderr.contains("zk.registration"),
+        "the error should name the key and the way out: {stderr}"
+    );
+    let from = cluster.log_len(s);
+    cluster
+        .restart(s)
+        .expect("restarting with its configuration");
+    let rejoined = wait_until(deadline(ELECTION), || {
+        cluster
+            .logs_since(s, from)
+            .iter()
+            .any(|l| l.contains("role change: slave of"))
+    });
+    assert!(
+        rejoined,
+        "node {s} did not rejoin as slave:\n{}",
+        cluster.logs_since(s, from).join("\n")
+    );
+    assert_stays_master(&cluster, m);
+}
+
 // ----- 9. stomp.py with the three host/port pairs ----------------------------------------------
 
 /// Whether `python3` with the `stomp` module is available. Outside CI a missing one skips the
