@@ -344,7 +344,8 @@ impl Lifecycle {
             MasterOptions {
                 bind: config.replication.bind.as_str().to_string(),
                 security_token: config.replication.security_token.clone(),
-                replicas: config.replication.replicas as usize,
+                // The cluster's, if larger than this node's own (`Election::replicas`).
+                replicas: self.election.replicas(),
                 epoch,
             },
             store.reader(),

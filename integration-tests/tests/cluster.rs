@@ -1902,6 +1902,55 @@ fn a_cluster_nodes_store_is_refused_standalone_zk38() {
     assert_stays_master(&cluster, m);
 }
 
+/// A node restarted with a smaller `replicas` than its cluster's (1 beside 3) and then left
+/// alone must not elect itself and confirm what no other node holds: the epoch table records
+/// the cluster's `replicas`, and the node counts quorums with it, saying so in its log.
+#[test]
+fn a_node_configured_with_fewer_replicas_counts_the_clusters_quorum_zk38() {
+    let mut cluster = Cluster::start(ZkVersion::V3_8, 3);
+    let m = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let s = (0..3).find(|&i| i != m).unwrap();
+    let other = (0..3).find(|&i| i != m && i != s).unwrap();
+    cluster.kill9(s);
+    let config = cluster.nodes[s].dir.join("ferromq.toml");
+    let text = std::fs::read_to_string(&config).expect("the node's configuration");
+    assert!(text.contains("replicas = 3"), "{text}");
+    std::fs::write(&config, text.replace("replicas = 3", "replicas = 1")).unwrap();
+    let from = cluster.log_len(s);
+    cluster.restart(s).expect("restarting with replicas = 1");
+    let warned = wait_until(deadline(ELECTION), || {
+        cluster
+            .logs_since(s, from)
+            .iter()
+            .any(|l| l.contains("counts quorums of 3 replicas"))
+    });
+    assert!(
+        warned,
+        "node {s} should say it counts the cluster's quorum:\n{}",
+        cluster.logs_since(s, from).join("\n")
+    );
+    cluster.kill9(m);
+    cluster.kill9(other);
+    // Alone, it coordinates: it must find one member too few, not elect itself.
+    let refused = wait_until(deadline(ELECTION), || {
+        cluster
+            .logs_since(s, from)
+            .iter()
+            .any(|l| l.contains("not enough cluster members connected to elect a master: 1 of 2"))
+    });
+    let logs = cluster.logs_since(s, from).join("\n");
+    assert!(
+        refused,
+        "node {s} alone should wait for a quorum of 3:\n{logs}"
+    );
+    assert!(
+        !logs.contains("role change: master"),
+        "node {s} became master alone:\n{logs}"
+    );
+}
+
 // ----- 9. stomp.py with the three host/port pairs ----------------------------------------------
 
 /// Whether `python3` with the `stomp` module is available. Outside CI a missing one skips the

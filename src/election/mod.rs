@@ -56,6 +56,7 @@ pub mod znode;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -245,6 +246,7 @@ pub struct Election {
     commands: mpsc::UnboundedSender<Command>,
     roles: watch::Receiver<Role>,
     generation: RoleGeneration,
+    replicas: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -284,6 +286,7 @@ impl Election {
             core.leftovers.extend(leftover::read(file));
         }
         let generation = core.generation.clone();
+        let replicas = core.replicas.clone();
         let mut failures = 0;
         let session = loop {
             let json = core.join_data().to_json();
@@ -308,8 +311,16 @@ impl Election {
             commands: commands_tx,
             roles: roles_rx,
             generation,
+            replicas,
             task,
         })
+    }
+
+    /// The `replicas` a master counts quorums with: the configured value, or the one recorded
+    /// for this cluster in the epoch table if larger (a node configured with fewer than the
+    /// cluster it joins must not confirm with a smaller quorum).
+    pub fn replicas(&self) -> usize {
+        self.replicas.load(Ordering::Relaxed)
     }
 
     /// What this node should be now; changes are announced on the receiver.
@@ -465,6 +476,13 @@ async fn join(
         )
         .await
         .map_err(zk_error("create", &prefix))?;
+    // The cluster's `replicas`, as its masters recorded it (see `EpochTable::replicas`).
+    let cluster_replicas = match client.get_data(&cfg.zk_path).await {
+        Ok((bytes, _)) => EpochTable::parse(&bytes)
+            .map(|table| table.replicas(&cfg.broker_name))
+            .unwrap_or(0),
+        Err(e) => return Err(zk_error("get", &cfg.zk_path)(e)),
+    };
     let name = format!("0{sequence}");
     let eid = name[1..].to_owned();
     let path = format!("{}/{name}", cfg.zk_path);
@@ -492,6 +510,7 @@ async fn join(
     }
     Ok(Session {
         incarnation,
+        cluster_replicas,
         state: client.state_watcher(),
         timeout: negotiated.min(cfg.session_timeout),
         client,
@@ -520,13 +539,15 @@ async fn join(
 }
 
 /// Takes a new epoch for `broker` with compare-and-set on the epoch table in `zk_path`'s data:
-/// max(stored, `floor`) + 1.
+/// max(stored, `floor`) + 1, recording `replicas` as the cluster's if it is larger. Returns the
+/// epoch and the cluster's `replicas` (the larger).
 async fn take_epoch(
     client: &zk::Client,
     zk_path: &str,
     broker: &str,
     floor: u64,
-) -> Result<u64, ElectionError> {
+    replicas: usize,
+) -> Result<(u64, usize), ElectionError> {
     loop {
         let (bytes, stat) = client
             .get_data(zk_path)
@@ -540,11 +561,13 @@ async fn take_epoch(
         // to take one above it, rather than this task panicking).
         let epoch = table.get(broker).max(floor).saturating_add(1);
         table.epochs.insert(broker.to_owned(), epoch);
+        let replicas = table.replicas(broker).max(replicas);
+        table.replicas.insert(broker.to_owned(), replicas as u64);
         match client
             .set_data(zk_path, table.to_json().as_bytes(), Some(stat.version))
             .await
         {
-            Ok(_) => return Ok(epoch),
+            Ok(_) => return Ok((epoch, replicas)),
             Err(zk::Error::BadVersion) => {
                 debug!("epoch table of {zk_path} changed under us; retrying");
                 continue;
@@ -586,7 +609,8 @@ enum Event {
     },
     Epoch {
         incarnation: u64,
-        result: Result<u64, ElectionError>,
+        /// The epoch taken, and the cluster's `replicas`.
+        result: Result<(u64, usize), ElectionError>,
     },
 }
 
@@ -603,6 +627,8 @@ enum Slot {
 /// One ZooKeeper session and everything learnt through it.
 struct Session {
     incarnation: u64,
+    /// The cluster's `replicas` recorded in the epoch table when this session joined (0: none).
+    cluster_replicas: usize,
     client: zk::Client,
     state: zk::StateWatcher,
     /// min(requested, negotiated) session timeout.
@@ -707,6 +733,9 @@ impl Session {
 
 struct Core {
     cfg: ElectionConfig,
+    /// The `replicas` quorums are counted with: the configured one, or the cluster's if larger
+    /// (see [`EpochTable::replicas`]). Shared with [`Election::replicas`].
+    replicas: Arc<AtomicUsize>,
     quorum: usize,
     events: mpsc::UnboundedSender<Event>,
     roles: watch::Sender<Role>,
@@ -747,6 +776,7 @@ impl Core {
         roles: watch::Sender<Role>,
     ) -> Core {
         Core {
+            replicas: Arc::new(AtomicUsize::new(cfg.replicas)),
             quorum: decide::quorum(cfg.replicas),
             cfg,
             events,
@@ -903,7 +933,26 @@ impl Core {
         });
     }
 
+    /// Counts quorums with the cluster's `replicas` (the epoch table's record of its masters')
+    /// where it exceeds this node's own, and says so.
+    fn adopt_replicas(&mut self, cluster: usize) {
+        let effective = cluster.max(self.cfg.replicas);
+        let before = self.replicas.swap(effective, Ordering::Relaxed);
+        self.quorum = decide::quorum(effective);
+        if effective != before && effective > self.cfg.replicas {
+            warn!(
+                "{}: this node is configured with replicas = {}, but masters of this cluster \
+                 have run with replicas = {cluster} (the epoch table in {}): it counts quorums \
+                 of {cluster} replicas. Set replicas = {cluster} in its configuration",
+                self.node(),
+                self.cfg.replicas,
+                self.cfg.zk_path
+            );
+        }
+    }
+
     fn on_joined(&mut self, session: Session) {
+        self.adopt_replicas(session.cluster_replicas);
         // The join removed what it could of them; the rest expire by themselves.
         self.leftovers.clear();
         self.join_failures = 0;
@@ -1003,9 +1052,10 @@ impl Core {
                 };
                 s.cas_in_flight = false;
                 match result {
-                    Ok(epoch) => {
+                    Ok((epoch, replicas)) => {
                         info!("{node}: took epoch {epoch}");
                         s.granted_epoch = Some(epoch);
+                        self.adopt_replicas(replicas);
                     }
                     Err(e) => {
                         warn!("{node}: cannot take a new epoch: {e}");
@@ -1317,7 +1367,7 @@ impl Core {
     /// The election proper, on a complete view that contains us.
     fn elect(&mut self, view: &View, now: Instant) {
         let node = self.node();
-        let replicas = self.cfg.replicas;
+        let replicas = self.replicas.load(Ordering::Relaxed);
         let quorum = self.quorum;
         let s = self.session.as_mut().expect("called with a session");
         let hold = s.timeout;
@@ -1461,8 +1511,9 @@ impl Core {
         let broker = cfg.broker_name.clone();
         let events = events.clone();
         let incarnation = s.incarnation;
+        let replicas = cfg.replicas;
         tokio::spawn(async move {
-            let result = take_epoch(&client, &path, &broker, floor).await;
+            let result = take_epoch(&client, &path, &broker, floor, replicas).await;
             let _ = events.send(Event::Epoch {
                 incarnation,
                 result,

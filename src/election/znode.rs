@@ -129,12 +129,18 @@ pub fn eid_of(name: &str) -> Option<&str> {
 
 /// The data of the `zk_path` znode: the last epoch taken by each cluster (broker name).
 ///
-/// `{"epochs":{"<broker name>":N}}`, updated only by compare-and-set (versioned setData).
+/// `{"epochs":{"<broker name>":N},"replicas":{"<broker name>":R}}`, updated only by
+/// compare-and-set (versioned setData).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpochTable {
     /// Last epoch taken, per broker name.
     #[serde(default)]
     pub epochs: BTreeMap<String, u64>,
+    /// The largest `replicas` a master of each cluster has run with. A node configured with
+    /// fewer counts its quorums with this many: one left alone with `replicas = 1` beside a
+    /// cluster of three must not elect itself and confirm what no other node holds.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub replicas: BTreeMap<String, u64>,
 }
 
 impl EpochTable {
@@ -155,6 +161,13 @@ impl EpochTable {
     /// The last epoch taken by `broker` (0 if none).
     pub fn get(&self, broker: &str) -> u64 {
         self.epochs.get(broker).copied().unwrap_or(0)
+    }
+
+    /// The largest `replicas` a master of `broker` has run with (0 if none recorded).
+    pub fn replicas(&self, broker: &str) -> usize {
+        self.replicas
+            .get(broker)
+            .map_or(0, |&r| usize::try_from(r).unwrap_or(usize::MAX))
     }
 }
 
@@ -292,5 +305,11 @@ mod tests {
         assert_eq!(EpochTable::parse(json.as_bytes()).unwrap(), table);
         assert_eq!(EpochTable::parse(b"{}").unwrap(), EpochTable::default());
         assert!(EpochTable::parse(b"hello").is_err());
+        // The cluster's replicas, once a master recorded them; a table without is 0.
+        assert_eq!(table.replicas("b"), 0);
+        table.replicas.insert("b".into(), 3);
+        let json = table.to_json();
+        assert_eq!(json, r#"{"epochs":{"a":2,"b":4},"replicas":{"b":3}}"#);
+        assert_eq!(EpochTable::parse(json.as_bytes()).unwrap().replicas("b"), 3);
     }
 }
