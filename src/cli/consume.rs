@@ -152,6 +152,10 @@ pub(crate) async fn execute(
     // A browse renewed after a failover starts again at the head of the queue: what was
     // printed already is skipped, by message id.
     let mut browsed = HashSet::new();
+    // Messages whose ACK was in doubt (its connection was lost before the RECEIPT): counted
+    // then, since the broker may have applied it and will not deliver them again; one that
+    // does come again is acknowledged and neither printed nor counted twice.
+    let mut in_doubt = HashSet::new();
     let stopped = loop {
         if received >= args.count {
             break Stopped::Complete;
@@ -175,14 +179,22 @@ pub(crate) async fn execute(
                 continue;
             }
         }
-        if !args.quiet {
+        let id = message.header("message-id").unwrap_or_default().to_string();
+        let again = in_doubt.remove(&id);
+        if !args.quiet && !again {
             out.write_all(message.body())?;
             out.write_all(b"\n")?;
         }
         match message.ack().await {
+            Ok(()) if again => continue,
             Ok(()) => {}
-            // Its connection was lost: the broker delivers it again, to be counted then.
-            Err(ClientError::StaleDelivery) => continue,
+            // Its connection was lost before the broker confirmed the ACK.
+            Err(ClientError::StaleDelivery) => {
+                in_doubt.insert(id);
+                if again {
+                    continue;
+                }
+            }
             Err(error) => break Stopped::Failed(error),
         }
         received += 1;
@@ -315,6 +327,52 @@ mod tests {
         assert_eq!(report.stopped, Stopped::Idle(Duration::from_millis(100)));
         assert_eq!(report.received, 0);
         assert!(out.is_empty());
+    }
+
+    /// `consume -n 2` over a failover URL: the broker applies the first ACK and dies before
+    /// confirming it, so that message never comes again. It was received: consume counts it
+    /// and ends once the second arrives, instead of waiting for a third.
+    #[tokio::test]
+    async fn an_ack_applied_before_a_failover_counts_its_message() {
+        use crate::client::fake_broker::{message_frame, FakeListener};
+        use crate::protocol::stomp::frame::{receipt, Command};
+        let server = FakeListener::bind().await;
+        let url = format!(
+            "failover:({})?randomize=false&initialReconnectDelay=1&maxReconnectDelay=20",
+            server.url()
+        );
+        let peer = tokio::spawn(async move {
+            let mut connection = server.accept().await;
+            connection.handshake().await;
+            let subscribe = connection.expect(Command::Subscribe).await;
+            connection.receipt(&subscribe).await;
+            let id = subscribe.get("id").unwrap().to_string();
+            connection
+                .send(message_frame(&id, "/queue/q", 1, "a1"))
+                .await;
+            connection.expect(Command::Ack).await;
+            connection.close().await; // applied, never confirmed
+            let mut connection = server.accept().await;
+            connection.handshake().await;
+            connection.expect(Command::Subscribe).await;
+            connection
+                .send(message_frame(&id, "/queue/q", 2, "b2"))
+                .await;
+            while let Some(frame) = connection.read_frame().await {
+                if let Some(id) = frame.get("receipt") {
+                    connection.send(receipt(id)).await;
+                }
+                if frame.command == Command::Disconnect {
+                    break;
+                }
+            }
+        });
+        let args = consume_args(&["-u", &url, "-d", "queue://q", "-n", "2", "-t", "3s"]);
+        let mut out = Vec::new();
+        let report = execute(&args, &mut out).await.unwrap();
+        peer.abort();
+        assert_eq!((report.stopped, report.received), (Stopped::Complete, 2));
+        assert_eq!(String::from_utf8(out).unwrap(), "m1\nm2\n");
     }
 
     /// `consume --ack client-individual` over a failover URL: the broker dies after the first
