@@ -282,6 +282,10 @@ fn inflate_content(
     Ok(Bytes::from(body))
 }
 
+fn non_empty(body: &Bytes) -> Option<Bytes> {
+    (!body.is_empty()).then(|| body.clone())
+}
+
 /// The core's view of a message an OpenWire producer sent. A compressed body is inflated (to
 /// at most `max_body` bytes) and stored as if sent uncompressed, so STOMP clients read it and
 /// JMS consumers receive it uncompressed, as ActiveMQ's STOMP and JMS clients would read it.
@@ -448,9 +452,12 @@ pub fn to_openwire(
                 .map_err(|e| ConvertError::Malformed(e.to_string()))?;
             (MessageKind::Text, Some(out.freeze()))
         }
-        BodyType::Map => (MessageKind::Map, Some(stored.body.clone())),
-        BodyType::Object => (MessageKind::Object, Some(stored.body.clone())),
-        BodyType::Stream => (MessageKind::Stream, Some(stored.body.clone())),
+        // No body: the producer's content was null (an empty map or stream marshals to a few
+        // bytes). The JMS client reads null content as an empty map, a null object, an empty
+        // stream; empty bytes would fail to unmarshal.
+        BodyType::Map => (MessageKind::Map, non_empty(&stored.body)),
+        BodyType::Object => (MessageKind::Object, non_empty(&stored.body)),
+        BodyType::Stream => (MessageKind::Stream, non_empty(&stored.body)),
         BodyType::Bytes | BodyType::Unspecified => (MessageKind::Bytes, Some(stored.body.clone())),
     };
     let mut m = Message {
@@ -705,6 +712,31 @@ mod tests {
         let m = to_openwire(&bytes, &OwDestination::queue("q"), 0, 1, 0).unwrap();
         assert_eq!(m.kind, MessageKind::Bytes);
         assert_eq!(m.content.as_deref(), Some(&[0xff, 0, 1][..]));
+    }
+
+    /// A MapMessage, ObjectMessage or StreamMessage sent with null content (an empty map
+    /// made with `createMapMessage()`, `createObjectMessage(null)`) goes back out with null
+    /// content, which the JMS client reads as an empty map, a null object, an empty stream;
+    /// empty content would fail to unmarshal (`EOFException`).
+    #[test]
+    fn null_map_object_and_stream_bodies_stay_null() {
+        for kind in [MessageKind::Map, MessageKind::Object, MessageKind::Stream] {
+            let sent = Message {
+                kind: kind.clone(),
+                content: None,
+                ..Message::default()
+            };
+            let new = to_new_message(&sent, 1 << 20).unwrap();
+            let stored = StoredMessage {
+                message_id: "ID:n-1:1:1".into(),
+                destination: "queue://q".into(),
+                body: new.body,
+                body_type: new.body_type as i32,
+                ..StoredMessage::default()
+            };
+            let out = to_openwire(&stored, &OwDestination::queue("q"), 0, 1, 0).unwrap();
+            assert_eq!((out.kind, out.content), (kind, None));
+        }
     }
 
     #[test]
