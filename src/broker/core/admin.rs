@@ -9,12 +9,13 @@ use super::{
     now_ms, parse_selector, record_len, remove_entry, set_original_destination, Core, Publish,
     Routed, ADMIN_BATCH, ADMIN_BATCH_BYTES, HOLDING,
 };
-use crate::broker::queue::InFlight;
+use crate::broker::queue::{Entry, InFlight};
 use crate::broker::{AdminError, BrokerError, Destination, Purged, Retried};
 use crate::store::Message;
 
 impl Core {
-    /// The messages waiting on a queue, in delivery order, that `selector` accepts, with how
+    /// The messages on a queue (waiting, or delivered and not yet acknowledged), in delivery
+    /// order, that `selector` accepts, with how
     /// often each was delivered before; nothing is consumed (a queue browser). At most
     /// `max_browse_page_size` of them (the first), so one browse of a deep queue neither reads
     /// the whole backlog back from the journal nor holds the lock for it.
@@ -29,21 +30,36 @@ impl Core {
         let Some(q) = self.queues.get(&name) else {
             return Ok(Vec::new());
         };
-        q.ready
+        // As ActiveMQ's browser: messages delivered and not yet acknowledged are still on the
+        // queue, in their place.
+        let mut in_flight: Vec<&Entry> = self
+            .consumers
             .values()
-            .filter(|e| !e.is_expired(now))
-            .filter(|e| {
-                selector
-                    .as_ref()
-                    .is_none_or(|s| s.matches_with_redeliveries(&e.message, e.redeliveries))
-            })
-            .take(self.options.max_browse_page_size)
-            .map(|e| {
-                // A virtual topic's consumer queue shows its copies, as its consumers get them.
-                let message = self.as_on_queue(&self.with_body(e)?, &name);
-                Ok((message, e.redeliveries))
-            })
-            .collect()
+            .flat_map(|c| c.in_flight.values())
+            .filter(|f| f.queue.as_deref() == Some(name.as_str()))
+            .map(|f| &f.entry)
+            .collect();
+        in_flight.sort_unstable_by_key(|e| e.seq);
+        let mut in_flight = in_flight.into_iter().peekable();
+        let mut ready = q.ready.values().peekable();
+        std::iter::from_fn(|| match (ready.peek(), in_flight.peek()) {
+            (Some(r), Some(f)) if f.seq < r.seq => in_flight.next(),
+            (Some(_), _) => ready.next(),
+            (None, _) => in_flight.next(),
+        })
+        .filter(|e| !e.is_expired(now))
+        .filter(|e| {
+            selector
+                .as_ref()
+                .is_none_or(|s| s.matches_with_redeliveries(&e.message, e.redeliveries))
+        })
+        .take(self.options.max_browse_page_size)
+        .map(|e| {
+            // A virtual topic's consumer queue shows its copies, as its consumers get them.
+            let message = self.as_on_queue(&self.with_body(e)?, &name);
+            Ok((message, e.redeliveries))
+        })
+        .collect()
     }
 
     /// Forgets a destination nobody uses any more (a deleted temporary queue or topic): a

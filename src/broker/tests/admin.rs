@@ -364,6 +364,26 @@ async fn deleting_a_durable_subscriptions_queue_removes_the_subscription() {
     assert!(broker.queue_stats().iter().all(|q| q.name != name));
 }
 
+/// As ActiveMQ's queue browser: messages delivered to a consumer and not yet acknowledged are
+/// still on the queue, and a browse shows them in their place.
+#[tokio::test]
+async fn a_browse_shows_delivered_unacknowledged_messages_in_their_place() {
+    let f = fixture(BrokerOptions::default()).await;
+    send_numbered(&f.broker, 5).await;
+    let (consumer, mut rx) = f.broker.open_session(None);
+    subscribe(&consumer, "s", queue("q"), 2);
+    assert_eq!(body(&next(&mut rx).await), "0");
+    assert_eq!(body(&next(&mut rx).await), "1");
+    let (browser, _) = f.broker.open_session(None);
+    let shown: Vec<String> = browser
+        .browse(&queue("q"), None)
+        .unwrap()
+        .iter()
+        .map(|(m, _)| String::from_utf8_lossy(&m.body).into_owned())
+        .collect();
+    assert_eq!(shown, ["0", "1", "2", "3", "4"]);
+}
+
 /// A browse shows at most `max_browse_page_size` messages, the first in delivery order among
 /// those its selector matches (ActiveMQ's `maxBrowsePageSize`), and consumes none.
 #[tokio::test]
