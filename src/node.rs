@@ -48,12 +48,28 @@ const MASTER_RETRY: Duration = Duration::from_secs(1);
 /// ([`crate::server::Node::start`]).
 pub(crate) const REGISTRATION_FILE: &str = "zk.registration";
 
+/// Says so, loudly, when the host name this node advertises as master does not resolve here:
+/// slaves would then most likely fail to follow it once it is elected, and a master nobody
+/// follows confirms nothing. Not an error: the name may resolve elsewhere, or later.
+async fn warn_if_unresolvable(hostname: &str) {
+    if let Err(e) = tokio::net::lookup_host((hostname, 0)).await {
+        tracing::warn!(
+            hostname,
+            "replication.hostname {hostname:?} (the address this node advertises as master) \
+             does not resolve on this machine ({e}): if it does not resolve on the other nodes \
+             either, they cannot follow this node once it is elected, and nothing is confirmed; \
+             set replication.hostname to a name or address they reach"
+        );
+    }
+}
+
 /// Runs this node as a member of its cluster until `shutdown` resolves.
 pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let hook = DurableHook::default();
     let kept = open_kept(&config, false, &hook).await?;
     // Every node of a cluster has the same broker name: log lines name the node by its id.
     let node = node_id(&config)?;
+    warn_if_unresolvable(&config.replication.advertised_hostname()).await;
     let log = log_state(&kept.store);
     let listeners = Listeners::bind(
         &config,
