@@ -370,7 +370,8 @@ async fn one_master_two_slaves(version: ZkVersion) {
     // The epoch table in zk_path's own data.
     let out = zkcli(&zk, &["get", ZK_PATH]);
     assert!(
-        out.lines().any(|l| l == r#"{"epochs":{"broker":1}}"#),
+        out.lines()
+            .any(|l| l == r#"{"epochs":{"broker":1},"replicas":{"broker":3}}"#),
         "epoch table:\n{out}"
     );
 
@@ -398,7 +399,8 @@ async fn master_leaves(version: ZkVersion) {
     assert_eq!(members.len(), 2);
     let out = zkcli(&zk, &["get", ZK_PATH]);
     assert!(
-        out.lines().any(|l| l == r#"{"epochs":{"broker":2}}"#),
+        out.lines()
+            .any(|l| l == r#"{"epochs":{"broker":2},"replicas":{"broker":3}}"#),
         "epoch table:\n{out}"
     );
     b.close().await;
