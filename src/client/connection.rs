@@ -244,7 +244,22 @@ impl Driver {
         let mut ready = Some(ready);
         let mut phase = Phase::Startup;
         loop {
-            let link = match self.connect(phase).await {
+            let connected = match (phase, self.url.options.timeout) {
+                // As ActiveMQ's failover transport: the first connection is a request too, and
+                // waits no longer than `timeout` (a cluster without a master, say).
+                (Phase::Startup, Some(timeout)) => {
+                    match tokio::time::timeout(timeout, self.connect(phase)).await {
+                        Ok(connected) => connected,
+                        Err(_) => Err(ClientError::Unreachable {
+                            waited: timeout,
+                            last_errors: self.describe_errors(),
+                            in_doubt: false,
+                        }),
+                    }
+                }
+                _ => self.connect(phase).await,
+            };
+            let link = match connected {
                 Ok(link) => link,
                 Err(error) => {
                     if let Some(ready) = ready.take() {

@@ -277,6 +277,39 @@ async fn a_send_waiting_for_a_broker_fails_after_the_timeout_with_the_last_error
     assert!(text.contains("no quorum"), "{text}");
 }
 
+/// The failover `timeout` bounds the first connection too, as ActiveMQ's does: a client started
+/// while every broker refuses (a cluster without a master) fails with the last error instead
+/// of waiting for ever.
+#[tokio::test]
+async fn the_timeout_bounds_the_first_connection() {
+    let server = FakeListener::bind().await;
+    let url = format!("failover:({})?{FAST}&timeout=300", server.url());
+    let broker = tokio::spawn(async move {
+        loop {
+            server
+                .accept()
+                .await
+                .refuse("this node is not the master and confirms nothing: no quorum")
+                .await;
+        }
+    });
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(10),
+        Client::connect(&url, ClientOptions::default()),
+    )
+    .await;
+    broker.abort();
+    let Ok(Err(error)) = outcome else {
+        panic!("expected the connect to fail after the timeout: {outcome:?}");
+    };
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let ClientError::Unreachable { last_errors, .. } = &error else {
+        panic!("expected Unreachable, got {error:?}");
+    };
+    assert!(last_errors.contains("no quorum"), "{last_errors}");
+}
+
 #[tokio::test]
 async fn with_max_reconnect_attempts_zero_a_lost_connection_is_final() {
     let server = FakeListener::bind().await;
