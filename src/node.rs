@@ -51,7 +51,8 @@ pub(crate) const REGISTRATION_FILE: &str = "zk.registration";
 /// Says so, loudly, when the host name this node advertises as master does not resolve here:
 /// slaves would then most likely fail to follow it once it is elected, and a master nobody
 /// follows confirms nothing. Not an error: the name may resolve elsewhere, or later.
-async fn warn_if_unresolvable(hostname: &str) {
+async fn warn_if_unresolvable(hostname: String) {
+    let hostname = hostname.as_str();
     if let Err(e) = tokio::net::lookup_host((hostname, 0)).await {
         tracing::warn!(
             hostname,
@@ -69,7 +70,20 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
     let kept = open_kept(&config, false, &hook).await?;
     // Every node of a cluster has the same broker name: log lines name the node by its id.
     let node = node_id(&config)?;
-    warn_if_unresolvable(&config.replication.advertised_hostname()).await;
+    // In the background: a slow resolver must not hold the start up.
+    tokio::spawn(warn_if_unresolvable(
+        config.replication.advertised_hostname(),
+    ));
+    let replicas = config.replication.replicas;
+    if replicas % 2 == 0 {
+        tracing::warn!(
+            replicas,
+            "replicas = {replicas} is even: a confirmation needs {} of them (replicas/2 + 1), so \
+             the cluster survives no more failures than with replicas = {}; use an odd number",
+            replicas / 2 + 1,
+            replicas - 1
+        );
+    }
     let log = log_state(&kept.store);
     let listeners = Listeners::bind(
         &config,

@@ -1952,24 +1952,28 @@ fn a_node_configured_with_fewer_replicas_counts_the_clusters_quorum_zk38() {
 }
 
 /// A node whose `hostname` (the address it advertises as master) does not resolve says so at
-/// start: elected, it would be a master no slave can follow. (No ZooKeeper is needed: the
-/// check comes before the node joins, which here it waits to do.)
+/// start: elected, it would be a master no slave can follow. So does one with an even
+/// `replicas`, which tolerates no more failures than one replica fewer. (No ZooKeeper is
+/// needed: the checks come before the node joins, which here it waits to do.)
 #[test]
-fn an_unresolvable_hostname_is_reported_at_start() {
+fn questionable_replication_settings_are_reported_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let zk = unused.local_addr().unwrap();
     drop(unused);
     let broker = ferromq_integration_tests::BrokerProcess::start(
         dir.path(),
-        &format!("[replication]\nzk_address = \"{zk}\"\nhostname = \"no-such-host.invalid\"\n"),
+        &format!(
+            "[replication]\nzk_address = \"{zk}\"\nhostname = \"no-such-host.invalid\"\n\
+             replicas = 2\n"
+        ),
     )
     .expect("a node waiting for ZooKeeper");
     let warned = wait_until(deadline(Duration::from_secs(30)), || {
-        broker
-            .logs()
-            .iter()
+        let logs = broker.logs();
+        logs.iter()
             .any(|l| l.contains("\"no-such-host.invalid\"") && l.contains("does not resolve"))
+            && logs.iter().any(|l| l.contains("replicas = 2 is even"))
     });
     assert!(warned, "{}", broker.logs().join("\n"));
 }
