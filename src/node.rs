@@ -75,7 +75,7 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
         config.replication.advertised_hostname(),
     ));
     let replicas = config.replication.replicas;
-    if replicas % 2 == 0 {
+    if replicas.is_multiple_of(2) {
         tracing::warn!(
             replicas,
             "replicas = {replicas} is even: a confirmation needs {} of them (replicas/2 + 1), so \
