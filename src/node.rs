@@ -42,8 +42,7 @@ const MASTER_ATTEMPTS: u32 = 3;
 const MASTER_RETRY: Duration = Duration::from_secs(1);
 
 /// The file in the store directory where the election records this node's znode, so that a
-/// restarted process removes the one it left (see `election::leftover`).
-/// The registration file in the store directory (see `election::leftover`): it exists once the
+/// restarted process removes the one it left (see `election::leftover`). It exists once the
 /// store has joined a cluster, and a standalone start refuses such a store
 /// ([`crate::server::Node::start`]).
 pub(crate) const REGISTRATION_FILE: &str = "zk.registration";
@@ -52,10 +51,9 @@ pub(crate) const REGISTRATION_FILE: &str = "zk.registration";
 /// slaves would then most likely fail to follow it once it is elected, and a master nobody
 /// follows confirms nothing. Not an error: the name may resolve elsewhere, or later.
 async fn warn_if_unresolvable(hostname: String) {
-    let hostname = hostname.as_str();
-    if let Err(e) = tokio::net::lookup_host((hostname, 0)).await {
+    if let Err(e) = tokio::net::lookup_host((hostname.as_str(), 0)).await {
         tracing::warn!(
-            hostname,
+            %hostname,
             "replication.hostname {hostname:?} (the address this node advertises as master) \
              does not resolve on this machine ({e}): if it does not resolve on the other nodes \
              either, they cannot follow this node once it is elected, and nothing is confirmed; \

@@ -186,16 +186,15 @@ pub(crate) async fn execute(
             out.write_all(b"\n")?;
         }
         match message.ack().await {
-            Ok(()) if again => continue,
             Ok(()) => {}
             // Its connection was lost before the broker confirmed the ACK.
             Err(ClientError::StaleDelivery) => {
                 in_doubt.insert(id);
-                if again {
-                    continue;
-                }
             }
             Err(error) => break Stopped::Failed(error),
+        }
+        if again {
+            continue; // counted when its first ACK went in doubt
         }
         received += 1;
         bytes += message.body().len() as u64;
@@ -219,6 +218,15 @@ mod tests {
     use crate::cli::produce::{execute as produce, tests::produce_args};
     use crate::cli::{parse_command, CliCommand};
     use crate::client::fake_broker::MemoryBroker;
+
+    /// A failover URL over `brokers` that reconnects at once, in order.
+    fn fast_failover(brokers: &[&crate::client::fake_broker::FakeListener]) -> String {
+        let list: Vec<String> = brokers.iter().map(|b| b.url()).collect();
+        format!(
+            "failover:({})?randomize=false&initialReconnectDelay=1&maxReconnectDelay=20",
+            list.join(",")
+        )
+    }
 
     fn consume_args(args: &[&str]) -> ConsumeArgs {
         let argv: Vec<&str> = std::iter::once("consume")
@@ -256,11 +264,7 @@ mod tests {
         use crate::protocol::stomp::frame::{Command, Frame};
         let first = FakeListener::bind().await;
         let second = FakeListener::bind().await;
-        let url = format!(
-            "failover:({},{})?randomize=false&initialReconnectDelay=1&maxReconnectDelay=20",
-            first.url(),
-            second.url()
-        );
+        let url = fast_failover(&[&first, &second]);
         let brokers = tokio::spawn(async move {
             let mut shown = 0;
             // The first broker dies after two copies; the second shows all three, then the end.
@@ -287,12 +291,7 @@ mod tests {
                         .header("message-id", "0");
                     connection.send(end).await;
                     // UNSUBSCRIBE, then DISCONNECT, each with a receipt.
-                    while let Some(frame) = connection.read_frame().await {
-                        connection.receipt(&frame).await;
-                        if frame.command == Command::Disconnect {
-                            break;
-                        }
-                    }
+                    connection.receipts_until_disconnect().await;
                 } else {
                     connection.close().await;
                 }
@@ -335,12 +334,9 @@ mod tests {
     #[tokio::test]
     async fn an_ack_applied_before_a_failover_counts_its_message() {
         use crate::client::fake_broker::{message_frame, FakeListener};
-        use crate::protocol::stomp::frame::{receipt, Command};
+        use crate::protocol::stomp::frame::Command;
         let server = FakeListener::bind().await;
-        let url = format!(
-            "failover:({})?randomize=false&initialReconnectDelay=1&maxReconnectDelay=20",
-            server.url()
-        );
+        let url = fast_failover(&[&server]);
         let peer = tokio::spawn(async move {
             let mut connection = server.accept().await;
             connection.handshake().await;
@@ -358,14 +354,7 @@ mod tests {
             connection
                 .send(message_frame(&id, "/queue/q", 2, "b2"))
                 .await;
-            while let Some(frame) = connection.read_frame().await {
-                if let Some(id) = frame.get("receipt") {
-                    connection.send(receipt(id)).await;
-                }
-                if frame.command == Command::Disconnect {
-                    break;
-                }
-            }
+            connection.receipts_until_disconnect().await;
         });
         let args = consume_args(&["-u", &url, "-d", "queue://q", "-n", "2", "-t", "3s"]);
         let mut out = Vec::new();
@@ -381,12 +370,9 @@ mod tests {
     #[tokio::test]
     async fn consume_with_client_acks_goes_on_through_a_failover() {
         use crate::client::fake_broker::{message_frame, FakeListener};
-        use crate::protocol::stomp::frame::{receipt, Command};
+        use crate::protocol::stomp::frame::Command;
         let server = FakeListener::bind().await;
-        let url = format!(
-            "failover:({})?randomize=false&initialReconnectDelay=1&maxReconnectDelay=20",
-            server.url()
-        );
+        let url = fast_failover(&[&server]);
         let message = |id: &str, n: u32, ack: &str| message_frame(id, "/queue/q", n, ack);
         let peer = tokio::spawn(async move {
             let mut connection = server.accept().await;
@@ -403,14 +389,7 @@ mod tests {
             connection.expect(Command::Subscribe).await;
             connection.send(message(&id, 1, "b1")).await;
             connection.send(message(&id, 2, "b2")).await;
-            while let Some(frame) = connection.read_frame().await {
-                if let Some(id) = frame.get("receipt") {
-                    connection.send(receipt(id)).await;
-                }
-                if frame.command == Command::Disconnect {
-                    break;
-                }
-            }
+            connection.receipts_until_disconnect().await;
         });
         let args = consume_args(&[
             "-u",

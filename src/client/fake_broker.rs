@@ -141,6 +141,19 @@ impl FakeConnection {
         self.send(receipt(id)).await;
     }
 
+    /// Answers every frame's receipt, if it asks for one, until DISCONNECT (answered too) or
+    /// the end of the connection.
+    pub(crate) async fn receipts_until_disconnect(&mut self) {
+        while let Some(frame) = self.read_frame().await {
+            if frame.get("receipt").is_some() {
+                self.receipt(&frame).await;
+            }
+            if frame.command == Command::Disconnect {
+                break;
+            }
+        }
+    }
+
     /// Closes the connection cleanly (FIN, not RST).
     pub(crate) async fn close(mut self) {
         let _ = self.stream.shutdown().await;

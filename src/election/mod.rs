@@ -736,7 +736,6 @@ struct Core {
     /// The `replicas` quorums are counted with: the configured one, or the cluster's if larger
     /// (see [`EpochTable::replicas`]). Shared with [`Election::replicas`].
     replicas: Arc<AtomicUsize>,
-    quorum: usize,
     events: mpsc::UnboundedSender<Event>,
     roles: watch::Sender<Role>,
     /// The generation of the role on `roles`.
@@ -777,7 +776,6 @@ impl Core {
     ) -> Core {
         Core {
             replicas: Arc::new(AtomicUsize::new(cfg.replicas)),
-            quorum: decide::quorum(cfg.replicas),
             cfg,
             events,
             roles,
@@ -938,7 +936,6 @@ impl Core {
     fn adopt_replicas(&mut self, cluster: usize) {
         let effective = cluster.max(self.cfg.replicas);
         let before = self.replicas.swap(effective, Ordering::Relaxed);
-        self.quorum = decide::quorum(effective);
         if effective != before && effective > self.cfg.replicas {
             warn!(
                 "{}: this node is configured with replicas = {}, but masters of this cluster \
@@ -1368,7 +1365,7 @@ impl Core {
     fn elect(&mut self, view: &View, now: Instant) {
         let node = self.node();
         let replicas = self.replicas.load(Ordering::Relaxed);
-        let quorum = self.quorum;
+        let quorum = decide::quorum(replicas);
         let s = self.session.as_mut().expect("called with a session");
         let hold = s.timeout;
         let report_wait = s.timeout * 2;

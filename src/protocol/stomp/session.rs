@@ -270,17 +270,14 @@ fn parse_destination(text: &str) -> Result<Destination, BrokerError> {
 }
 
 /// ActiveMQ's destination options: `/queue/orders?consumer.prefetchSize=10` names queue
-/// `orders`, with options `[("consumer.prefetchSize", "10")]` (the `consumer.` ones apply to a
+/// `orders`, with options `("consumer.prefetchSize", "10")` (the `consumer.` ones apply to a
 /// SUBSCRIBE; the others are ignored, as a broker ignores what it does not know).
-fn split_options(text: &str) -> (&str, Vec<(&str, &str)>) {
-    let Some((name, query)) = text.split_once('?') else {
-        return (text, Vec::new());
-    };
+fn split_options(text: &str) -> (&str, impl Iterator<Item = (&str, &str)> + Clone) {
+    let (name, query) = text.split_once('?').unwrap_or((text, ""));
     let options = query
         .split('&')
         .filter(|pair| !pair.is_empty())
-        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
-        .collect();
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")));
     (name, options)
 }
 
@@ -308,9 +305,11 @@ fn ack_mode(frame: &Frame) -> Result<AckMode, Refusal> {
 /// A boolean `activemq.` header: ActiveMQ sets ConsumerInfo's fields from them, and its
 /// Boolean parsing ignores case (anything but `true` is false).
 fn flag(frame: &Frame, header: &str) -> bool {
-    frame
-        .get(header)
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+    frame.get(header).is_some_and(is_true)
+}
+
+fn is_true(value: &str) -> bool {
+    value.trim().eq_ignore_ascii_case("true")
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -405,9 +404,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Sends an ERROR frame and closes.
-    async fn fail(&mut self, fatal: Refusal) {
-        tracing::info!(peer = %self.peer, error = %fatal.message, "closing STOMP connection with ERROR");
-        let error = fatal.error_frame();
+    async fn fail(&mut self, refusal: Refusal) {
+        tracing::info!(peer = %self.peer, error = %refusal.message, "closing STOMP connection with ERROR");
+        let error = refusal.error_frame();
         self.queue_frame(&error);
         let _ = self.flush_output().await;
         let _ = self.stream.shutdown().await;
@@ -556,8 +555,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Err(fatal) => break Err(fatal),
             }
         };
-        if let Err(fatal) = result {
-            self.fail(fatal).await;
+        if let Err(refusal) = result {
+            self.fail(refusal).await;
         } else {
             let _ = self.stream.shutdown().await;
         }
@@ -1097,14 +1096,12 @@ impl State {
         let setting = |header: &str, option: &str| {
             frame.get(header).or_else(|| {
                 options
-                    .iter()
+                    .clone()
                     .find(|(name, _)| *name == option)
-                    .map(|(_, value)| *value)
+                    .map(|(_, value)| value)
             })
         };
-        let on = |header: &str, option: &str| {
-            setting(header, option).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
-        };
+        let on = |header: &str, option: &str| setting(header, option).is_some_and(is_true);
         let id = match (frame.get("id"), self.version) {
             (Some(id), _) => id.to_string(),
             (None, Version::V1_0) => destination_text.to_string(),
@@ -1124,7 +1121,8 @@ impl State {
             None => default_prefetch,
             Some(v) => v.parse::<u32>().map_err(|_| {
                 Refusal::frame(format!(
-                    "header 'activemq.prefetchSize' is not a number: '{v}'"
+                    "header 'activemq.prefetchSize' (or option consumer.prefetchSize) is not a \
+                     number: '{v}'"
                 ))
             })?,
         };
@@ -1138,7 +1136,8 @@ impl State {
                 .filter(|p| *p >= 0)
                 .ok_or_else(|| {
                     Refusal::frame(format!(
-                        "header 'activemq.priority' must be a number from 0 to 127, got '{v}'"
+                        "header 'activemq.priority' (or option consumer.priority) must be a \
+                         number from 0 to 127, got '{v}'"
                     ))
                 })?,
         };

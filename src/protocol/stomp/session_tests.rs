@@ -467,8 +467,11 @@ async fn a_bad_activemq_priority_is_an_error_naming_the_header() {
         assert_eq!(
             error.get("message"),
             Some(
-                format!("header 'activemq.priority' must be a number from 0 to 127, got '{bad}'")
-                    .as_str()
+                format!(
+                    "header 'activemq.priority' (or option consumer.priority) must be a number \
+                     from 0 to 127, got '{bad}'"
+                )
+                .as_str()
             )
         );
     }

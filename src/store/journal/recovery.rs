@@ -122,7 +122,7 @@ pub(super) fn recover(
                 // frame, in this segment or later ones, were confirmed.
                 let mut after =
                     valid_bytes_after(&path, scan.valid_len).map_err(io_error("read", &path))?;
-                for &later in if is_last { &[][..] } else { &files[i + 1..] } {
+                for &later in &files[i + 1..] {
                     let later_path = segment_path(directory, later);
                     after += scan_segment(&later_path)
                         .map_err(io_error("read", &later_path))?
@@ -312,44 +312,39 @@ fn scan_segment(path: &Path) -> std::io::Result<Scan> {
 /// it; zeros (a preallocated tail) have none.
 fn valid_bytes_after(path: &Path, from: u64) -> std::io::Result<u64> {
     let bytes = fs::read(path)?;
-    let Some(first) = usize::try_from(from).ok().and_then(|f| f.checked_add(1)) else {
+    let Ok(from) = usize::try_from(from) else {
         return Ok(0);
+    };
+    let length_at = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+            .filter(|&len| len > 0 && len <= MAX_RECORD_LEN)
     };
     let chain = |at: usize| {
         let mut end = at;
-        while let Ok(Some(len)) = check_frame(&bytes[end..]) {
+        while let Some(Ok(Some(len))) = bytes.get(end..).map(check_frame) {
             end += len;
         }
         (end - at) as u64
     };
     // Most often the bad frame's length is intact (a damaged body): its successor starts
     // where it says it ends.
-    if let Some(declared) = bytes
-        .get(first - 1..first + 3)
-        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
-    {
-        let next = first - 1 + FRAME_HEADER_LEN + declared;
-        if declared > 0 && declared <= MAX_RECORD_LEN && next < bytes.len() {
-            let after = chain(next);
-            if after > 0 {
-                return Ok(after);
-            }
+    if let Some(declared) = length_at(from) {
+        let after = chain(from + FRAME_HEADER_LEN + declared);
+        if after > 0 {
+            return Ok(after);
         }
     }
     let search_end = bytes
         .len()
-        .min(first.saturating_add(MAX_BATCH_BYTES + MAX_RECORD_LEN));
+        .min(from.saturating_add(1 + MAX_BATCH_BYTES + MAX_RECORD_LEN));
     // Checksums computed over candidates, bounded: garbage whose length field happens to fit
     // would otherwise cost a checksum of up to a whole segment at each offset.
     let mut budget = 4 * MAX_RECORD_LEN;
-    for at in first..search_end {
-        let Some(len) = bytes
-            .get(at..at + 4)
-            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
-        else {
-            break;
-        };
-        if len == 0 || len > MAX_RECORD_LEN || at + FRAME_HEADER_LEN + len > bytes.len() {
+    for at in from + 1..search_end {
+        let Some(len) = length_at(at) else { continue };
+        if at + FRAME_HEADER_LEN + len > bytes.len() {
             continue;
         }
         if budget < len {

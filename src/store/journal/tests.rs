@@ -476,7 +476,6 @@ fn an_only_copy_refuses_to_cut_records_after_a_corrupt_frame_in_its_current_segm
         fs::write(&path, &bytes).unwrap();
         (dir, bytes, starts[bad])
     };
-    let written_with_bad = |bad: usize| written_with_bad_at(bad, FRAME_HEADER_LEN + 5);
     for (bad, at) in [(1, FRAME_HEADER_LEN + 5), (20, 1)] {
         let (dir, bytes, _) = written_with_bad_at(bad, at);
         let Err(error) = open_only_copy(dir.path()) else {
@@ -493,7 +492,7 @@ fn an_only_copy_refuses_to_cut_records_after_a_corrupt_frame_in_its_current_segm
         );
     }
 
-    let (dir, _, bad_start) = written_with_bad(190);
+    let (dir, _, bad_start) = written_with_bad_at(190, FRAME_HEADER_LEN + 5);
     let journal = open_only_copy(dir.path()).expect("a torn tail is cut");
     assert_eq!(journal.end(), Position(bad_start));
 }
