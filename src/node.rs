@@ -83,6 +83,17 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
         );
     }
     let log = log_state(&kept.store);
+    let damage = kept.store.damage();
+    if let Some(damage) = &damage {
+        tracing::warn!(
+            %node,
+            "this node's store is marked damaged ({damage}): it may lack confirmed records, so it \
+             is not elected and does not count in the quorum an election needs until it has \
+             caught up with a master; if no master can be elected without it and its loss is \
+             accepted, delete {} to count it again",
+            config.store.directory.join(crate::store::DAMAGED_FILE).display()
+        );
+    }
     let listeners = Listeners::bind(
         &config,
         Mode::Refuse("not the master: this node is joining the cluster".into()),
@@ -112,6 +123,7 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
             container: config.replication.container.clone(),
             client_address,
             registration_file: Some(config.store.directory.join(REGISTRATION_FILE)),
+            damaged: damage.is_some(),
         },
         log,
     );
@@ -521,6 +533,8 @@ impl Lifecycle {
             connection: ConnectionId::default(),
         };
         let mut failures = RepeatedFailure::default();
+        // Cleared by the replication loop once a damaged store has caught up (durably).
+        let mut damage = store.damage_watch();
         let result = loop {
             // No position is reported while following: the election must compare the final
             // log of each node, reported once the store is closed (below), never a stale one.
@@ -552,6 +566,12 @@ impl Lifecycle {
                             if let Some(stop) = stop.take() {
                                 let _ = stop.send(());
                             }
+                        }
+                    }
+                    Ok(()) = damage.changed() => {
+                        if !*damage.borrow_and_update() {
+                            tracing::info!(node = %self.node, %master, epoch, "the store marked damaged caught up with the master: this node counts in elections again");
+                            self.election.set_whole();
                         }
                     }
                 }

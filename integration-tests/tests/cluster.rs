@@ -1951,6 +1951,119 @@ fn a_node_configured_with_fewer_replicas_counts_the_clusters_quorum_zk38() {
     );
 }
 
+/// A node whose journal is found corrupt in the middle at a restart (a bad disk, a stray
+/// write) cuts the records after the bad frame, as its master holds them, but they may include
+/// confirmed records that only it and one other node held. So it is marked damaged: beside a
+/// node that is behind, it elects nobody (electing either would lose confirmed messages);
+/// once a whole node is back, that one is elected, nothing confirmed is lost, and the damaged
+/// node, caught up as its slave, counts again.
+#[test]
+fn a_node_whose_journal_was_cut_after_corruption_elects_nobody_alone_zk38() {
+    let mut cluster = Cluster::start(ZkVersion::V3_8, 3);
+    let m = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let a = (0..3).find(|&i| i != m).unwrap();
+    let c = (0..3).find(|&i| i != m && i != a).unwrap();
+    let queue = "/queue/damaged";
+    let mut client = cluster.client(m).expect("a client of the master");
+    send_raw(&mut client, queue, "before", 5);
+    // Node c falls behind; the master and node a confirm 10 MiB more.
+    cluster.kill9(c);
+    let pad = "x".repeat(64 << 10);
+    let mut confirmed: Vec<String> = (0..5).map(|i| format!("before-{i}")).collect();
+    for i in 0..160 {
+        let body = format!("big-{i} {pad}");
+        client
+            .send_persistent(queue, body.as_bytes())
+            .unwrap_or_else(|e| panic!("receipted send of big-{i}: {e:#}"));
+        confirmed.push(format!("big-{i}"));
+    }
+    drop(client);
+    cluster.kill9(m);
+    cluster.kill9(a);
+
+    // A byte flipped in the first frame of node a's oldest segment.
+    let data = cluster.nodes[a].dir.join("data");
+    let mut segments: Vec<_> = std::fs::read_dir(&data)
+        .expect("node a's store")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 64))
+        .collect();
+    segments.sort();
+    let oldest = segments.first().expect("a journal segment");
+    let mut bytes = std::fs::read(oldest).unwrap();
+    bytes[13] ^= 0x10;
+    std::fs::write(oldest, &bytes).unwrap();
+
+    let from_a = cluster.log_len(a);
+    let from_c = cluster.log_len(c);
+    cluster.restart(a).expect("restarting node a");
+    cluster.restart(c).expect("restarting node c");
+    // Until the coordinator decides, or (what must not happen) a master serves.
+    let refused = wait_until(deadline(ELECTION), || {
+        cluster.master().is_some()
+            || [(a, from_a), (c, from_c)].iter().any(|&(i, from)| {
+                cluster.logs_since(i, from).iter().any(|l| {
+                    l.contains("not enough members with a whole store to elect a master: 1 of 2")
+                })
+            })
+    });
+    if let Some(elected) = cluster.master() {
+        panic!(
+            "node {elected} was elected, but neither node a ({a}, cut) nor node c ({c}, behind) \
+             holds the 160 messages confirmed last:\n{}",
+            cluster.describe()
+        );
+    }
+    let logs = |cluster: &Cluster, i: usize, from: usize| cluster.logs_since(i, from).join("\n");
+    assert!(
+        refused,
+        "nodes a ({a}) and c ({c}) should refuse to elect a master without a whole quorum:\n\
+         node a:\n{}\nnode c:\n{}\n{}",
+        logs(&cluster, a, from_a),
+        logs(&cluster, c, from_c),
+        cluster.describe()
+    );
+    assert!(
+        logs(&cluster, a, from_a).contains("journal damaged"),
+        "node a did not report its damaged journal:\n{}",
+        logs(&cluster, a, from_a)
+    );
+    let (_, status, _) = cluster.status().expect("ferromq status");
+    assert!(status.contains("candidate damaged"), "{status}");
+
+    cluster.restart(m).expect("restarting the old master");
+    let n = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("with a whole quorum back: {e:#}"));
+    assert_eq!(
+        n, m,
+        "the only node holding every confirmed record is elected"
+    );
+    let repaired = wait_until(deadline(ELECTION), || {
+        cluster
+            .logs_since(a, from_a)
+            .iter()
+            .any(|l| l.contains("counts in elections again"))
+            && cluster
+                .status_rows()
+                .is_ok_and(|rows| !rows.iter().flatten().any(|f| f == "damaged"))
+    });
+    assert!(
+        repaired,
+        "node a should count again once caught up:\n{}",
+        logs(&cluster, a, from_a)
+    );
+    let counts: BTreeMap<String, usize> = drain(&cluster, n, queue)
+        .expect("consuming")
+        .into_iter()
+        .map(|(body, count)| (body.split(' ').next().unwrap_or("").to_owned(), count))
+        .collect();
+    check_exactly_once("damaged journal", &counts, &confirmed, &[]);
+}
+
 /// A node whose `hostname` (the address it advertises as master) does not resolve says so at
 /// start: elected, it would be a master no slave can follow. So does one with an even
 /// `replicas`, which tolerates no more failures than one replica fewer. (No ZooKeeper is

@@ -50,6 +50,7 @@ impl Node {
             container: Some(name.to_owned()),
             client_address: Some(format!("tcp://127.0.0.1:{}", address_port + 1)),
             registration_file: None,
+            damaged: false,
         };
         let election = Arc::new(
             Election::start(config, log)

@@ -167,7 +167,19 @@ fn check(members: &[MemberView], expected: usize) -> Verdict {
             .filter(|d| d.role == ROLE_MASTER && d.address.is_some())
             .map(|d| (m, d))
     });
-    let members_part = format!("{registered} of {expected} members registered");
+    let mut members_part = format!("{registered} of {expected} members registered");
+    let damaged: Vec<&str> = members
+        .iter()
+        .filter(|m| m.data.as_ref().is_some_and(|d| d.damaged))
+        .map(|m| m.znode.as_str())
+        .collect();
+    if !damaged.is_empty() {
+        members_part.push_str(&format!(
+            ", {} marked damaged (a store cut after a corrupt record: not counted in elections \
+             until it has caught up with a master)",
+            damaged.join(", ")
+        ));
+    }
     match master {
         None => Verdict {
             health: Health::Critical,
@@ -203,6 +215,10 @@ fn check(members: &[MemberView], expected: usize) -> Verdict {
                     summary: format!(
                         "{members_part}: a node is down or cut off from ZooKeeper; {serves}"
                     ),
+                },
+                _ if !damaged.is_empty() => Verdict {
+                    health: Health::Warning,
+                    summary: format!("{serves}; {members_part}"),
                 },
                 Some(n) if n < followers => Verdict {
                     health: Health::Warning,
@@ -244,6 +260,7 @@ mod tests {
                 client_address: master.then(|| "tcp://10.0.0.1:61616".into()),
                 quorum: true,
                 slaves: master.then_some(2),
+                damaged: false,
             }),
             raw: String::new(),
             elected: false,
@@ -263,6 +280,35 @@ mod tests {
             verdict.to_string(),
             "FERROMQ OK - master 00000000002 serves at tcp://10.0.0.1:61616 (epoch 4); \
              3 of 3 members registered"
+        );
+    }
+
+    /// A member whose store is marked damaged is named: with a master, it is catching up
+    /// (a WARNING); without one, it may be why no master is elected.
+    #[test]
+    fn a_damaged_member_is_named() {
+        let mut members = [
+            member("00000000001", "slave"),
+            member("00000000002", "master"),
+            member("00000000003", "slave"),
+        ];
+        members[2].data.as_mut().unwrap().damaged = true;
+        let verdict = check(&members, 3);
+        assert_eq!(verdict.health, Health::Warning);
+        assert!(
+            verdict.to_string().ends_with(
+                "3 of 3 members registered, 00000000003 marked damaged (a store cut \
+                            after a corrupt record: not counted in elections until it has \
+                            caught up with a master)"
+            ),
+            "{verdict}"
+        );
+        let candidates = [member("00000000001", "candidate"), members[2].clone()];
+        let verdict = check(&candidates, 3);
+        assert_eq!(verdict.health, Health::Critical);
+        assert!(
+            verdict.to_string().contains("00000000003 marked damaged"),
+            "{verdict}"
         );
     }
 

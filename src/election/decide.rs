@@ -9,10 +9,13 @@
 //! 3. Nobody is elected but a registered member serves as master under the highest epoch any
 //!    member knows (a new coordinator taking over after the old one left): it is kept, so losing
 //!    a slave that happened to be the coordinator does not bounce the master.
-//! 4. Otherwise elect among the members that report a position (`position >= 0`), once every
-//!    member reports or, if at least a quorum does, once the caller says the wait is over: the
-//!    highest (epoch, position), then the highest weight, then the lowest sequence. Never by
-//!    position alone: a stale node with a longer, divergent log loses to a newer epoch.
+//! 4. Fewer than a quorum of the members have a whole store (a member whose store is marked
+//!    `damaged` may lack confirmed records): nobody is elected.
+//! 5. Otherwise elect among the whole members that report a position (`position >= 0`), once
+//!    every whole member reports or, if at least a quorum does, once the caller says the wait
+//!    is over: the highest (epoch, position), then the highest weight, then the lowest
+//!    sequence. Never by position alone: a stale node with a longer, divergent log loses to a
+//!    newer epoch.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -77,6 +80,16 @@ pub enum Decision {
         /// Members needed.
         quorum: usize,
     },
+    /// `elected` = null: fewer members than a quorum whose stores are whole (not marked
+    /// damaged).
+    Damaged {
+        /// Registered members whose stores are whole.
+        whole: usize,
+        /// Registered members.
+        members: usize,
+        /// Members needed.
+        quorum: usize,
+    },
     /// `elected` = null: waiting for members to report their positions.
     WaitForReports {
         /// Members reporting a position.
@@ -109,6 +122,17 @@ impl fmt::Display for Decision {
             Decision::NoQuorum { members, quorum } => write!(
                 f,
                 "not enough cluster members connected to elect a master: {members} of {quorum}"
+            ),
+            Decision::Damaged {
+                whole,
+                members,
+                quorum,
+            } => write!(
+                f,
+                "not enough members with a whole store to elect a master: {whole} of {quorum} \
+                 ({} of the {members} connected are marked damaged and count once they have \
+                 caught up with a master)",
+                members - whole
             ),
             Decision::WaitForReports {
                 reporting,
@@ -148,15 +172,25 @@ pub fn decide(input: &Input<'_>) -> Decision {
             how: How::Adopted,
         };
     }
+    // A member whose store is marked damaged may lack confirmed records: electing among a
+    // quorum of whole members is what guarantees one of them holds each.
+    let whole = members.iter().filter(|m| !m.data.damaged).count();
+    if whole < quorum {
+        return Decision::Damaged {
+            whole,
+            members: members.len(),
+            quorum,
+        };
+    }
     let reporting: Vec<&Member<'_>> = members
         .iter()
-        .filter(|m| m.data.reports_position())
+        .filter(|m| m.data.reports_position() && !m.data.damaged)
         .collect();
-    let all_report = reporting.len() == members.len();
+    let all_report = reporting.len() == whole;
     if !(all_report || (input.report_wait_over && reporting.len() >= quorum)) {
         return Decision::WaitForReports {
             reporting: reporting.len(),
-            members: members.len(),
+            members: whole,
             quorum,
         };
     }
@@ -212,6 +246,7 @@ mod tests {
                 client_address: None,
                 quorum: true,
                 slaves: None,
+                damaged: false,
             },
         )
     }
@@ -252,6 +287,60 @@ mod tests {
         assert_eq!(quorum(3), 2);
         assert_eq!(quorum(4), 3);
         assert_eq!(quorum(5), 3);
+    }
+
+    fn damaged(mut m: (String, MemberData)) -> (String, MemberData) {
+        m.1.damaged = true;
+        m
+    }
+
+    /// A member whose store was cut after a corrupt frame (marked damaged) may lack confirmed
+    /// records: it is never elected, and a quorum must be found among the others.
+    #[test]
+    fn a_damaged_member_is_neither_elected_nor_counted() {
+        // Three members, the damaged one furthest ahead: the best whole one wins.
+        let three = [
+            damaged(member(0, 2, 900, 1)),
+            member(1, 2, 300, 1),
+            member(2, 2, 200, 1),
+        ];
+        assert_eq!(run(&three, 3, None, false), elected(1, How::Elected));
+        // Two members, one damaged: no whole quorum, nobody elected, however long the wait;
+        // the node it would have elected may be the one that lost confirmed records.
+        let two = [damaged(member(0, 2, 900, 1)), member(1, 2, 200, 1)];
+        for wait_over in [false, true] {
+            let decision = run(&two, 3, None, wait_over);
+            assert_eq!(
+                decision,
+                Decision::Damaged {
+                    whole: 1,
+                    members: 2,
+                    quorum: 2
+                }
+            );
+            assert!(
+                decision
+                    .to_string()
+                    .contains("not enough members with a whole store to elect a master: 1 of 2"),
+                "{decision}"
+            );
+        }
+        // Whole members that have not reported yet are waited for, not the damaged one.
+        let mut waiting = three.clone();
+        waiting[2].1.position = -1;
+        assert!(matches!(
+            run(&waiting, 3, None, false),
+            Decision::WaitForReports {
+                reporting: 1,
+                members: 2,
+                ..
+            }
+        ));
+        // An elected master stays elected when a damaged member joins.
+        assert_eq!(
+            run(&three, 3, Some("0000000002"), false),
+            elected(2, How::Kept)
+        );
     }
 
     #[test]

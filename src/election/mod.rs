@@ -102,6 +102,9 @@ pub struct ElectionConfig {
     /// restart the node removes the one its previous process left instead of the cluster
     /// waiting a session timeout for it (`leftover`). `None`: not recorded.
     pub registration_file: Option<std::path::PathBuf>,
+    /// The node's store is marked damaged at the start (see [`MemberData::damaged`]);
+    /// [`Election::set_whole`] clears it.
+    pub damaged: bool,
 }
 
 /// Where this node's journal ends.
@@ -266,6 +269,7 @@ enum Command {
     PublishAddress(String, oneshot::Sender<()>),
     SetRoleInfo(String, Option<u64>),
     SetSlaves(u32),
+    SetWhole,
     Close(oneshot::Sender<()>),
 }
 
@@ -376,6 +380,12 @@ impl Election {
     pub fn set_slaves(&self, slaves: usize) {
         let slaves = u32::try_from(slaves).unwrap_or(u32::MAX);
         let _ = self.commands.send(Command::SetSlaves(slaves));
+    }
+
+    /// This node's store, marked damaged at the start, holds a master's journal again: it counts
+    /// in elections from now on.
+    pub fn set_whole(&self) {
+        let _ = self.commands.send(Command::SetWhole);
     }
 
     /// Leaves the election: deletes this node's znode and closes the ZooKeeper session.
@@ -850,6 +860,7 @@ impl Core {
             }
             Command::SetRoleInfo(role, master_epoch) => self.role_info = (role, master_epoch),
             Command::SetSlaves(slaves) => self.slaves = slaves,
+            Command::SetWhole => self.cfg.damaged = false,
             Command::PublishAddress(address, ack) => match &*self.roles.borrow() {
                 Role::Master { epoch } => {
                     self.published_address = Some((*epoch, address));
@@ -1292,6 +1303,7 @@ impl Core {
             client_address: self.cfg.client_address.clone(),
             quorum: false,
             slaves: None,
+            damaged: self.cfg.damaged,
         }
     }
 
@@ -1321,6 +1333,7 @@ impl Core {
             client_address: self.cfg.client_address.clone(),
             quorum: s.quorum && self.connected,
             slaves,
+            damaged: self.cfg.damaged,
         }
     }
 
@@ -1770,7 +1783,7 @@ pub fn format_table(members: &[MemberView]) -> String {
                 match d.master_epoch {
                     Some(e) if d.role != ROLE_CANDIDATE => format!("{}({e})", d.role),
                     _ => d.role.clone(),
-                },
+                } + if d.damaged { " damaged" } else { "" },
                 if m.elected { "yes" } else { "-" }.to_owned(),
                 d.epoch.to_string(),
                 d.position.to_string(),
@@ -1875,6 +1888,7 @@ mod tests {
             client_address: None,
             quorum: true,
             slaves: (role == ROLE_MASTER).then_some(2),
+            damaged: false,
         }
     }
 
@@ -2031,6 +2045,7 @@ mod tests {
                 container: None,
                 client_address: None,
                 registration_file: None,
+                damaged: false,
             },
             LogState {
                 epoch: 5,

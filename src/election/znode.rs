@@ -68,6 +68,15 @@ pub struct MemberData {
     /// (`replicas/2`): fewer, and every send waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slaves: Option<u32>,
+    /// The member's store is marked damaged: its recovery cut records it held after a corrupt
+    /// frame, and it has not caught up with a master since. It may lack confirmed records, so
+    /// it is neither elected nor counted in the quorum an election needs. Absent when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub damaged: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 fn minus_one() -> i64 {
@@ -189,6 +198,7 @@ mod tests {
             client_address: Some("tcp://192.168.101.69:61613".into()),
             quorum: true,
             slaves: None,
+            damaged: false,
         }
     }
 

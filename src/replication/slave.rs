@@ -225,7 +225,20 @@ pub async fn run_slave(
         caught_up,
         end: store.end(),
     };
+    // A copy marked damaged (recovery cut records it held) is whole again once it durably
+    // holds everything this master held at the login, every confirmed record included.
+    let mut damaged = store.damage().is_some();
     loop {
+        if damaged && caught_up && store.durable() >= target {
+            store.clear_damage()?;
+            damaged = false;
+            info!(
+                master = %options.master,
+                end = %store.end(),
+                "the store marked damaged holds the master's journal again: mark removed, and \
+                 this node counts in elections again"
+            );
+        }
         if !caught_up && store.end() >= target {
             caught_up = true;
             let seconds = started.elapsed().as_secs_f64();

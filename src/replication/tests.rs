@@ -415,6 +415,55 @@ async fn a_late_slave_catches_up_incrementally() {
     assert_identical(&master.node.store, &node.store, Position(0));
 }
 
+/// A slave whose journal recovery cut records after a corrupt frame is marked damaged (it
+/// may lack confirmed records); once it has caught up with a master again, durably, the mark
+/// goes, and it may be elected again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_slave_is_whole_again_once_caught_up() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut master = start_master(open(dirs[0].path(), 1 << 20), 1, 2).await;
+    append_adds(&mut master.node.store, 1, 0, 200, 64 << 10);
+    let slave = spawn_slave(
+        open(dirs[1].path(), 1 << 20),
+        &master.address,
+        "a",
+        TOKEN,
+        1,
+    );
+    let end = master.node.store.end();
+    wait_acked(&master, "a", end).await;
+    let (node, _) = slave.stop().await;
+    drop(node);
+
+    // A byte flipped in its first segment: 12 MiB of records after it are cut, and marked.
+    let first = dirs[1]
+        .path()
+        .join(crate::store::journal::segment_file_name(Position(0)));
+    let mut bytes = std::fs::read(&first).expect("the slave's first segment");
+    bytes[crate::store::record::FRAME_HEADER_LEN + 5] ^= 0x10;
+    std::fs::write(&first, &bytes).unwrap();
+    let node = open(dirs[1].path(), 1 << 20);
+    assert!(
+        node.store.end() < Position(1 << 20),
+        "cut at the corrupt frame"
+    );
+    assert!(node.store.damage().is_some(), "marked damaged");
+    let mut damage = node.store.damage_watch();
+
+    let slave = spawn_slave(node, &master.address, "a", TOKEN, 1);
+    wait_acked(&master, "a", end).await;
+    tokio::time::timeout(Duration::from_secs(30), damage.wait_for(|damaged| !damaged))
+        .await
+        .expect("the mark goes once the slave has caught up")
+        .unwrap();
+    let (node, _) = slave.stop().await;
+    assert_eq!(node.store.damage(), None);
+    assert_identical(&master.node.store, &node.store, Position(0));
+    drop(node);
+    let node = open(dirs[1].path(), 1 << 20);
+    assert_eq!(node.store.damage(), None, "gone for good");
+}
+
 /// A slave that wrote the master's last records but lost its connection (here: was restarted)
 /// before its ack was counted logs in again with nothing to receive: its ack at login confirms
 /// those records,

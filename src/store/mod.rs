@@ -37,7 +37,7 @@ use tracing::{error, info, warn};
 
 pub use journal::{
     Appended, DurableCallback, Flusher, Frames, Journal, JournalOptions, JournalReader,
-    JournalStats, Records, SegmentInfo,
+    JournalStats, Records, SegmentInfo, DAMAGED_FILE,
 };
 pub use record::{
     entry, BodyType, Entry, EpochStart, FrameError, Header, Message, MessageAdd, MessageKey,
@@ -576,6 +576,23 @@ impl Store {
     /// Next append position.
     pub fn end(&self) -> Position {
         self.journal.end()
+    }
+
+    /// What this copy lost, if it is marked damaged (a cluster node's journal cut after a
+    /// corrupt frame): it may lack records it confirmed, until it is refilled.
+    pub fn damage(&self) -> Option<String> {
+        self.journal.damage()
+    }
+
+    /// Whether this copy is marked damaged, now and as it changes.
+    pub fn damage_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.journal.damage_watch()
+    }
+
+    /// Removes the damage mark once this copy holds everything a whole copy holds (see
+    /// [`crate::replication`]).
+    pub fn clear_damage(&self) -> Result<(), StoreError> {
+        self.journal.clear_damage()
     }
 
     /// A reader of the journal (replication catch-up, tools).

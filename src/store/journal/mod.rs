@@ -79,6 +79,7 @@ use super::record::{
 use super::StoreError;
 pub use reader::{Frames, JournalReader, Records};
 use recovery::recover;
+pub use recovery::DAMAGED_FILE;
 #[cfg(test)]
 pub(crate) use recovery::{data_len, listed_data_len};
 pub use segment::segment_file_name;
@@ -372,6 +373,8 @@ pub struct Journal {
     end: u64,
     current_start: u64,
     encode_buffer: BytesMut,
+    /// Whether [`DAMAGED_FILE`] exists: this copy lost records it held.
+    damaged: tokio::sync::watch::Sender<bool>,
 }
 
 impl Journal {
@@ -471,7 +474,45 @@ impl Journal {
             end: recovery.end,
             current_start,
             encode_buffer: BytesMut::new(),
+            damaged: tokio::sync::watch::channel(directory.join(DAMAGED_FILE).exists()).0,
         })
+    }
+
+    /// What this copy lost, if it is marked damaged: recovery cut records it held after a
+    /// corrupt frame (see the recovery in the module docs), and it has not been refilled since.
+    pub fn damage(&self) -> Option<String> {
+        if !*self.damaged.borrow() {
+            return None;
+        }
+        let path = self.shared.directory.join(DAMAGED_FILE);
+        Some(
+            fs::read_to_string(&path)
+                .map(|text| text.trim().to_owned())
+                .unwrap_or_else(|e| format!("{} ({e})", path.display())),
+        )
+    }
+
+    /// Whether this copy is marked damaged, now and as it changes.
+    pub fn damage_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.damaged.subscribe()
+    }
+
+    /// Removes the damage mark: the caller has refilled this copy with everything another,
+    /// whole copy holds (a slave caught up with its master, durably).
+    pub fn clear_damage(&self) -> Result<(), StoreError> {
+        if !*self.damaged.borrow() {
+            return Ok(());
+        }
+        let path = self.shared.directory.join(DAMAGED_FILE);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_error("delete", &path)(e));
+            }
+            _ => {}
+        }
+        segment::sync_directory(&self.shared.directory)?;
+        self.damaged.send_replace(false);
+        Ok(())
     }
 
     /// Encodes `record`, assigns it the current end as its position and queues it for the

@@ -2,11 +2,16 @@
 //! cuts a torn tail and the preallocated zeros of finished segments, and deletes segments
 //! unreachable past a hole and tombstones that carry no information.
 //!
+//! A copy that cuts more than a batch of records after a corrupt frame (a cluster node's: the
+//! only copy refuses to) is marked damaged first ([`DAMAGED_FILE`]), and stays so until
+//! replication has refilled it.
+//!
 //! It must never interpret records beyond checking that their frames decode, nor cut the
-//! records after a corrupt frame in the only copy of the journal.
+//! records after a corrupt frame in the only copy of the journal, nor cut them in any copy
+//! without marking it damaged.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Write};
 use std::path::Path;
 
 use bytes::Bytes;
@@ -18,6 +23,25 @@ use crate::store::record::{
     check_frame, decode_frame, FrameError, Position, FRAME_HEADER_LEN, MAX_RECORD_LEN,
 };
 use crate::store::StoreError;
+
+/// The file in the journal directory that says this copy lost records it held (see
+/// `mark_damaged`); its text says what was cut.
+pub const DAMAGED_FILE: &str = "journal.damaged";
+
+/// Records, durably, that this journal lost records it held. Written before the cut, so that a
+/// crash between the two leaves the mark rather than a shorter journal that looks whole.
+fn mark_damaged(directory: &Path, description: &str) -> Result<(), StoreError> {
+    let path = directory.join(DAMAGED_FILE);
+    let mut previous = fs::read_to_string(&path).unwrap_or_default();
+    previous.push_str(description);
+    let file = File::create(&path).map_err(io_error("create", &path))?;
+    (&file)
+        .write_all(previous.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io_error("write", &path))?;
+    sync_directory(directory)
+}
+
 pub(super) struct Recovery {
     /// Every remaining segment file, oldest first; the last is the current segment (`Live`).
     pub(super) segments: Vec<(u64, SegmentState)>,
@@ -115,20 +139,20 @@ pub(super) fn recover(
         expected = Some(start + scan.valid_len);
         if let Some(cause) = problem {
             let position = start + scan.valid_len;
-            if only_copy {
-                // A torn batch can leave its later pages written and an earlier one not, and a
-                // batch spanning a rotation can tear the end of this segment and leave the
-                // start of the next one written; more than a batch of records after the bad
-                // frame, in this segment or later ones, were confirmed.
-                let mut after =
-                    valid_bytes_after(&path, scan.valid_len).map_err(io_error("read", &path))?;
-                for &later in &files[i + 1..] {
-                    let later_path = segment_path(directory, later);
-                    after += scan_segment(&later_path)
-                        .map_err(io_error("read", &later_path))?
-                        .valid_len;
-                }
-                if after > MAX_BATCH_BYTES as u64 {
+            // A torn batch can leave its later pages written and an earlier one not, and a
+            // batch spanning a rotation can tear the end of this segment and leave the start
+            // of the next one written; more than a batch of records after the bad frame, in
+            // this segment or later ones, were confirmed.
+            let mut after =
+                valid_bytes_after(&path, scan.valid_len).map_err(io_error("read", &path))?;
+            for &later in &files[i + 1..] {
+                let later_path = segment_path(directory, later);
+                after += scan_segment(&later_path)
+                    .map_err(io_error("read", &later_path))?
+                    .valid_len;
+            }
+            if after > MAX_BATCH_BYTES as u64 {
+                if only_copy {
                     return Err(StoreError::CorruptBeforeRecords {
                         path,
                         position: Position(position),
@@ -136,6 +160,22 @@ pub(super) fn recover(
                         after,
                     });
                 }
+                // Another copy holds them: cut, but say (durably, before cutting) that this
+                // copy lost records, until it has copied a master's journal again.
+                let description = format!(
+                    "{after} bytes of records after a corrupt frame at position {position} in \
+                     {} ({cause}) were cut when the journal was recovered\n",
+                    path.display()
+                );
+                mark_damaged(directory, &description)?;
+                error!(
+                    file = %path.display(),
+                    position,
+                    after,
+                    "journal damaged: {after} bytes of records follow a corrupt frame at position \
+                     {position} ({cause}); cutting them, and marking this copy damaged (file \
+                     {DAMAGED_FILE}) until it has caught up with a master"
+                );
             }
             warn!(
                 file = %path.display(),

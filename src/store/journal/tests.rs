@@ -497,6 +497,64 @@ fn an_only_copy_refuses_to_cut_records_after_a_corrupt_frame_in_its_current_segm
     assert_eq!(journal.end(), Position(bad_start));
 }
 
+/// A cluster node's copy (not the only one) cuts more than a batch of records after a
+/// corrupt frame, as its master holds them, but marks itself damaged first, durably, and
+/// stays marked across reopenings until told it was refilled. A torn tail leaves no mark.
+#[test]
+fn a_copy_that_cuts_records_after_a_corrupt_frame_is_marked_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut journal, _rx) = open(dir.path(), 64 << 20, false);
+    let mut starts = Vec::new();
+    for n in 0..200 {
+        starts.push(journal.append(&record(n, 64 << 10)).unwrap().position.0);
+    }
+    assert_eq!(journal.damage(), None);
+    journal.close().unwrap();
+    let flip = |at: u64| {
+        let path = segment_path(dir.path(), 0);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[at as usize + FRAME_HEADER_LEN + 5] ^= 0x10;
+        fs::write(&path, &bytes).unwrap();
+    };
+
+    // Within a batch of the end: a torn tail, no mark.
+    flip(starts[195]);
+    let (journal, _rx) = open(dir.path(), 64 << 20, false);
+    assert_eq!(journal.end(), Position(starts[195]));
+    assert_eq!(journal.damage(), None);
+    assert!(!dir.path().join(DAMAGED_FILE).exists());
+    journal.close().unwrap();
+
+    // 12 MiB after the bad frame: cut, and marked.
+    flip(starts[3]);
+    let (journal, _rx) = open(dir.path(), 64 << 20, false);
+    assert_eq!(
+        journal.end(),
+        Position(starts[3]),
+        "cut at the corrupt frame"
+    );
+    let damage = journal.damage().expect("marked damaged");
+    assert!(
+        damage.contains(&format!("corrupt frame at position {}", starts[3])),
+        "{damage}"
+    );
+    let watch = journal.damage_watch();
+    assert!(*watch.borrow());
+    journal.close().unwrap();
+
+    // Still marked after another reopening (the journal itself now looks whole).
+    let (journal, _rx) = open(dir.path(), 64 << 20, false);
+    assert!(journal.damage().is_some(), "the mark survives a restart");
+    let watch = journal.damage_watch();
+    journal.clear_damage().unwrap();
+    assert_eq!(journal.damage(), None);
+    assert!(!*watch.borrow(), "watchers see the mark go");
+    journal.close().unwrap();
+    let (journal, _rx) = open(dir.path(), 64 << 20, false);
+    assert_eq!(journal.damage(), None, "cleared for good");
+    journal.close().unwrap();
+}
+
 /// A finished segment in the middle whose data was lost but whose size was kept (all
 /// zeros, as a power loss can leave a segment written without fsync) is no tombstone:
 /// recovery cuts there like at a corrupt frame, and a standalone store with more than a
