@@ -548,6 +548,10 @@ public final class JmsCheck {
         TextMessage large = s.createTextMessage(largeText());
         sent.add(large);
 
+        // Null text is not "": each comes back as it was sent.
+        sent.add(s.createTextMessage());
+        sent.add(s.createTextMessage(""));
+
         int i = 0;
         for (Message m : sent) {
             for (Map.Entry<String, Object> e : PROPERTIES.entrySet()) {

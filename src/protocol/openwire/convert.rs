@@ -6,7 +6,7 @@
 //!
 //! | JMS                     | stored as                                               |
 //! |-------------------------|---------------------------------------------------------|
-//! | TextMessage body        | UTF-8 bytes, body type TEXT                             |
+//! | TextMessage body        | UTF-8 bytes, body type TEXT (null text: TEXT_NULL, no bytes) |
 //! | BytesMessage body       | the bytes, body type BYTES                              |
 //! | Map/Object/StreamMessage| OpenWire's encoding of the body, body type MAP/OBJECT/STREAM |
 //! | a compressed body       | inflated (bounded by `max_frame_size`), then as above   |
@@ -299,12 +299,15 @@ pub fn to_new_message(m: &Message, max_body: usize) -> Result<NewMessage, Conver
         MessageKind::Message => (BodyType::None, Bytes::new()),
         MessageKind::Text => {
             let text = match content {
-                Some(content) => decode_text_body(content)
-                    .map_err(|e| ConvertError::Malformed(e.to_string()))?
-                    .unwrap_or_default(),
-                None => String::new(),
+                Some(content) => {
+                    decode_text_body(content).map_err(|e| ConvertError::Malformed(e.to_string()))?
+                }
+                None => None,
             };
-            (BodyType::Text, Bytes::from(text.into_bytes()))
+            match text {
+                Some(text) => (BodyType::Text, Bytes::from(text.into_bytes())),
+                None => (BodyType::TextNull, Bytes::new()),
+            }
         }
         MessageKind::Bytes => (BodyType::Bytes, content.clone().unwrap_or_default()),
         MessageKind::Map => (BodyType::Map, content.clone().unwrap_or_default()),
@@ -452,6 +455,7 @@ pub fn to_openwire(
                 .map_err(|e| ConvertError::Malformed(e.to_string()))?;
             (MessageKind::Text, Some(out.freeze()))
         }
+        BodyType::TextNull => (MessageKind::Text, None),
         // No body: the producer's content was null (an empty map or stream marshals to a few
         // bytes). The JMS client reads null content as an empty map, a null object, an empty
         // stream; empty bytes would fail to unmarshal.
@@ -717,10 +721,17 @@ mod tests {
     /// A MapMessage, ObjectMessage or StreamMessage sent with null content (an empty map
     /// made with `createMapMessage()`, `createObjectMessage(null)`) goes back out with null
     /// content, which the JMS client reads as an empty map, a null object, an empty stream;
-    /// empty content would fail to unmarshal (`EOFException`).
+    /// empty content would fail to unmarshal (`EOFException`). A TextMessage with null text
+    /// goes back out with null text, not "" (and "" stays "").
     #[test]
-    fn null_map_object_and_stream_bodies_stay_null() {
-        for kind in [MessageKind::Map, MessageKind::Object, MessageKind::Stream] {
+    fn null_bodies_stay_null() {
+        let kinds = [
+            MessageKind::Map,
+            MessageKind::Object,
+            MessageKind::Stream,
+            MessageKind::Text,
+        ];
+        for kind in kinds {
             let sent = Message {
                 kind: kind.clone(),
                 content: None,
@@ -737,6 +748,25 @@ mod tests {
             let out = to_openwire(&stored, &OwDestination::queue("q"), 0, 1, 0).unwrap();
             assert_eq!((out.kind, out.content), (kind, None));
         }
+        let mut empty = BytesMut::new();
+        encode_text_body(Some(""), &mut empty).unwrap();
+        let sent = Message {
+            kind: MessageKind::Text,
+            content: Some(empty.freeze()),
+            ..Message::default()
+        };
+        let new = to_new_message(&sent, 1 << 20).unwrap();
+        assert_eq!(new.body_type, BodyType::Text);
+        let stored = StoredMessage {
+            message_id: "ID:n-1:1:2".into(),
+            destination: "queue://q".into(),
+            body: new.body,
+            body_type: new.body_type as i32,
+            ..StoredMessage::default()
+        };
+        let out = to_openwire(&stored, &OwDestination::queue("q"), 0, 1, 0).unwrap();
+        let text = decode_text_body(out.content.as_deref().expect("content")).unwrap();
+        assert_eq!(text.as_deref(), Some(""));
     }
 
     #[test]
