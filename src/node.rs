@@ -123,6 +123,7 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
             container: config.replication.container.clone(),
             client_address,
             registration_file: Some(config.store.directory.join(REGISTRATION_FILE)),
+            node: Some(node.clone()),
             damaged: damage.is_some(),
         },
         log,

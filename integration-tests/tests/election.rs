@@ -39,6 +39,20 @@ impl Node {
         address_port: u16,
         session_timeout: Duration,
     ) -> Node {
+        Node::start_as(zk, name, name, log, weight, address_port, session_timeout).await
+    }
+
+    /// Like [`Node::start`], publishing `node` as its node id (a node's second znode: the
+    /// same id as another's).
+    async fn start_as(
+        zk: &ZkEnsemble,
+        name: &'static str,
+        node: &str,
+        log: LogState,
+        weight: u32,
+        address_port: u16,
+        session_timeout: Duration,
+    ) -> Node {
         let config = ElectionConfig {
             zk_address: zk.connect_string(),
             zk_password: None,
@@ -51,6 +65,7 @@ impl Node {
             client_address: Some(format!("tcp://127.0.0.1:{}", address_port + 1)),
             registration_file: None,
             damaged: false,
+            node: Some(node.to_owned()),
         };
         let election = Arc::new(
             Election::start(config, log)
@@ -444,6 +459,58 @@ async fn below_quorum(version: ZkVersion) {
         assert!(Instant::now() < deadline, "a's znode: {}", members[0].raw);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    a.close().await;
+}
+
+/// Two znodes of one node (here two registrations with one node id: as when a killed node's
+/// znode outlives it, for a session timeout, beside the one its restarted process made) are
+/// one member: with the other two nodes away, nobody is elected (that node may lack what they
+/// confirmed); once another node registers, a master is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_znodes_of_one_node_are_one_member_zk38() {
+    let zk = start_ensemble(ZkVersion::V3_8).await;
+    let a = Node::start_as(&zk, "a", "node-a", log(0, 500), 1, 40001, SESSION_TIMEOUT).await;
+    let again = Node::start_as(
+        &zk,
+        "a-again",
+        "node-a",
+        log(0, 500),
+        1,
+        40011,
+        SESSION_TIMEOUT,
+    )
+    .await;
+    let one_of_two = |node: &Node| {
+        matches!(node.role(), Role::Candidate { reason }
+            if reason == "not enough cluster members connected to elect a master: 1 of 2")
+    };
+    // Until both say so, or (what must not happen) one is elected.
+    wait_for(
+        SETTLE,
+        || {
+            (one_of_two(&a) && one_of_two(&again))
+                || a.role().is_master()
+                || again.role().is_master()
+        },
+        || {
+            format!(
+                "both candidates; now a {}, a-again {}",
+                a.role(),
+                again.role()
+            )
+        },
+    )
+    .await;
+    assert!(
+        one_of_two(&a) && one_of_two(&again),
+        "one node's two znodes elected a master: a {}, a-again {}",
+        a.role(),
+        again.role()
+    );
+    let b = Node::start(&zk, "b", log(0, 300), 1, 40021, SESSION_TIMEOUT).await;
+    wait_any_stable(&[&a, &again, &b], 0).await;
+    b.close().await;
+    again.close().await;
     a.close().await;
 }
 

@@ -160,7 +160,9 @@ pub(crate) async fn run(args: StatusArgs) -> ExitCode {
 /// cluster has less redundancy than it was built with. OK otherwise. A master that publishes
 /// no `slaves` count (an older version) is judged by its registration alone.
 fn check(members: &[MemberView], expected: usize) -> Verdict {
-    let registered = members.iter().filter(|m| m.data.is_some()).count();
+    // By node: a restarted node's previous znode, until its session expires, is the same node.
+    let registered =
+        crate::election::decide::count_nodes(members.iter().filter_map(|m| m.data.as_ref()));
     let master = members.iter().find_map(|m| {
         m.data
             .as_ref()
@@ -261,6 +263,7 @@ mod tests {
                 quorum: true,
                 slaves: master.then_some(2),
                 damaged: false,
+                node: None,
             }),
             raw: String::new(),
             elected: false,

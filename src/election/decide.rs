@@ -4,7 +4,8 @@
 //! change of the member list or of any member's data and writes the result into the `elected`
 //! field of its own znode. The rule, ActiveMQ's plus epochs:
 //!
-//! 1. Fewer than `replicas/2 + 1` members registered: nobody is elected.
+//! 1. Fewer than `replicas/2 + 1` members registered: nobody is elected. Members are counted
+//!    by node: two znodes of one node (its `node` id) count once.
 //! 2. The elected member is still registered: it stays elected.
 //! 3. Nobody is elected but a registered member serves as master under the highest epoch any
 //!    member knows (a new coordinator taking over after the old one left): it is kept, so losing
@@ -18,6 +19,7 @@
 //!    newer epoch.
 
 use std::cmp::Ordering;
+use std::collections::HashSet;
 use std::fmt;
 
 use super::znode::{MemberData, ROLE_MASTER};
@@ -147,13 +149,31 @@ impl fmt::Display for Decision {
     }
 }
 
+/// How many nodes `members` are: the znodes of one node (the same `node` id: one left by its
+/// previous process, say, until its session expires) count once; znodes without an id count
+/// each.
+pub fn count_nodes<'a>(members: impl IntoIterator<Item = &'a MemberData>) -> usize {
+    let mut ids = HashSet::new();
+    let mut anonymous = 0;
+    for member in members {
+        match &member.node {
+            Some(id) => {
+                ids.insert(id.as_str());
+            }
+            None => anonymous += 1,
+        }
+    }
+    ids.len() + anonymous
+}
+
 /// The election rule (see the module documentation).
 pub fn decide(input: &Input<'_>) -> Decision {
     let members = input.members;
     let quorum = quorum(input.replicas);
-    if members.len() < quorum {
+    let nodes = count_nodes(members.iter().map(|m| m.data));
+    if nodes < quorum {
         return Decision::NoQuorum {
-            members: members.len(),
+            members: nodes,
             quorum,
         };
     }
@@ -174,23 +194,39 @@ pub fn decide(input: &Input<'_>) -> Decision {
     }
     // A member whose store is marked damaged may lack confirmed records: electing among a
     // quorum of whole members is what guarantees one of them holds each.
-    let whole = members.iter().filter(|m| !m.data.damaged).count();
-    if whole < quorum {
+    // A node with a damaged znode is damaged, whatever its other znode (an older one) says.
+    let damaged: HashSet<&str> = members
+        .iter()
+        .filter(|m| m.data.damaged)
+        .filter_map(|m| m.data.node.as_deref())
+        .collect();
+    let is_whole = |m: &&Member<'_>| {
+        !m.data.damaged
+            && m.data
+                .node
+                .as_deref()
+                .is_none_or(|id| !damaged.contains(id))
+    };
+    let whole: Vec<&Member<'_>> = members.iter().filter(is_whole).collect();
+    let whole_nodes = count_nodes(whole.iter().map(|m| m.data));
+    if whole_nodes < quorum {
         return Decision::Damaged {
-            whole,
-            members: members.len(),
+            whole: whole_nodes,
+            members: nodes,
             quorum,
         };
     }
-    let reporting: Vec<&Member<'_>> = members
+    let reporting: Vec<&Member<'_>> = whole
         .iter()
-        .filter(|m| m.data.reports_position() && !m.data.damaged)
+        .copied()
+        .filter(|m| m.data.reports_position())
         .collect();
-    let all_report = reporting.len() == whole;
-    if !(all_report || (input.report_wait_over && reporting.len() >= quorum)) {
+    let reporting_nodes = count_nodes(reporting.iter().map(|m| m.data));
+    let all_report = reporting.len() == whole.len();
+    if !(all_report || (input.report_wait_over && reporting_nodes >= quorum)) {
         return Decision::WaitForReports {
-            reporting: reporting.len(),
-            members: whole,
+            reporting: reporting_nodes,
+            members: whole_nodes,
             quorum,
         };
     }
@@ -247,6 +283,7 @@ mod tests {
                 quorum: true,
                 slaves: None,
                 damaged: false,
+                node: None,
             },
         )
     }
@@ -340,6 +377,47 @@ mod tests {
         assert_eq!(
             run(&three, 3, Some("0000000002"), false),
             elected(2, How::Kept)
+        );
+    }
+
+    fn of_node(mut m: (String, MemberData), node: &str) -> (String, MemberData) {
+        m.1.node = Some(node.to_owned());
+        m
+    }
+
+    /// Two znodes of one node (the one its killed process left, until its session expires,
+    /// beside its new one) are one member: alone, that node has no quorum, and cannot elect
+    /// itself while the nodes holding the last confirmed records are down.
+    #[test]
+    fn two_znodes_of_one_node_count_once() {
+        let alone = [
+            of_node(member(0, 2, 100, 1), "a"),
+            of_node(member(1, 2, 100, 1), "a"),
+        ];
+        assert_eq!(
+            run(&alone, 3, None, true),
+            Decision::NoQuorum {
+                members: 1,
+                quorum: 2
+            }
+        );
+        // With another node: a quorum, the best of them elected.
+        let mut two = alone.to_vec();
+        two.push(of_node(member(2, 2, 300, 1), "b"));
+        assert_eq!(run(&two, 3, None, false), elected(2, How::Elected));
+        // Znodes without a node id (ActiveMQ's, older ferromq's) count each.
+        let anonymous = [member(0, 2, 100, 1), member(1, 2, 100, 1)];
+        assert_eq!(run(&anonymous, 3, None, false), elected(0, How::Elected));
+        // A node whose newer znode says damaged is damaged, whatever its older one says.
+        let mut mixed = two.clone();
+        mixed[1].1.damaged = true;
+        assert_eq!(
+            run(&mixed, 3, None, true),
+            Decision::Damaged {
+                whole: 1,
+                members: 2,
+                quorum: 2
+            }
         );
     }
 

@@ -102,6 +102,9 @@ pub struct ElectionConfig {
     /// restart the node removes the one its previous process left instead of the cluster
     /// waiting a session timeout for it (`leftover`). `None`: not recorded.
     pub registration_file: Option<std::path::PathBuf>,
+    /// This node's id (its store's `node.id`), published so that two znodes of one node count
+    /// once (see [`MemberData::node`]).
+    pub node: Option<String>,
     /// The node's store is marked damaged at the start (see [`MemberData::damaged`]);
     /// [`Election::set_whole`] clears it.
     pub damaged: bool,
@@ -1304,6 +1307,7 @@ impl Core {
             quorum: false,
             slaves: None,
             damaged: self.cfg.damaged,
+            node: self.cfg.node.clone(),
         }
     }
 
@@ -1334,6 +1338,7 @@ impl Core {
             quorum: s.quorum && self.connected,
             slaves,
             damaged: self.cfg.damaged,
+            node: self.cfg.node.clone(),
         }
     }
 
@@ -1442,7 +1447,8 @@ impl Core {
             None => None,
         };
         s.effective = effective.clone();
-        s.quorum = view.members.len() >= quorum;
+        let nodes = decide::count_nodes(view.members.iter().map(|m| &m.data));
+        s.quorum = nodes >= quorum;
 
         // Our role.
         let current_role = self.roles.borrow().clone();
@@ -1452,7 +1458,7 @@ impl Core {
         let role = if !s.quorum {
             Role::candidate(
                 Decision::NoQuorum {
-                    members: view.members.len(),
+                    members: nodes,
                     quorum,
                 }
                 .to_string(),
@@ -1889,6 +1895,7 @@ mod tests {
             quorum: true,
             slaves: (role == ROLE_MASTER).then_some(2),
             damaged: false,
+            node: None,
         }
     }
 
@@ -2046,6 +2053,7 @@ mod tests {
                 client_address: None,
                 registration_file: None,
                 damaged: false,
+                node: None,
             },
             LogState {
                 epoch: 5,

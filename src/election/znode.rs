@@ -73,6 +73,12 @@ pub struct MemberData {
     /// it is neither elected nor counted in the quorum an election needs. Absent when false.
     #[serde(default, skip_serializing_if = "is_false")]
     pub damaged: bool,
+    /// The node's id (`node.id` in its store directory). Two znodes of one node (one left by
+    /// its previous process or by a registration whose reply was lost, until its session
+    /// expires) count once towards a quorum. Absent (ActiveMQ's members, older ferromq): each
+    /// znode counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -199,6 +205,7 @@ mod tests {
             quorum: true,
             slaves: None,
             damaged: false,
+            node: None,
         }
     }
 
