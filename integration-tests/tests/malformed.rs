@@ -205,6 +205,23 @@ fn connect_with_no_common_version_is_refused() -> Result<()> {
     })
 }
 
+/// A `heart-beat` that is not two numbers is refused as ActiveMQ refuses it, rather than read
+/// as no heart-beat (the client would then think its heart-beats were agreed).
+#[test]
+fn connect_with_a_malformed_heart_beat_is_refused() -> Result<()> {
+    with_bystander(|broker| {
+        let mut bad = StompClient::open(broker.addr())?;
+        bad.write_raw(b"CONNECT\naccept-version:1.2\nhost:localhost\nheart-beat:abc\n\n\0")?;
+        let error = bad.expect_error_then_close(FRAME_TIMEOUT)?;
+        // STOMP 1.2 escapes the colon in a header value (`\c`): this client does not undo it.
+        ensure!(
+            error.get("message") == Some("Invalid heart-beat header\\cabc"),
+            "the ERROR should name the header: {error:?}"
+        );
+        Ok(())
+    })
+}
+
 #[test]
 fn a_client_silent_after_connecting_does_not_block_others() -> Result<()> {
     // A half-sent frame (no NUL) is just waiting: others are served meanwhile.

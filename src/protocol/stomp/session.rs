@@ -218,12 +218,16 @@ fn heartbeat_period(ms: u64) -> Duration {
     Duration::from_millis(ms.clamp(100, 86_400_000))
 }
 
-fn parse_heartbeat(value: Option<&str>) -> (u64, u64) {
-    let Some(value) = value else { return (0, 0) };
-    let mut parts = value
-        .split(',')
-        .map(|p| p.trim().parse::<u64>().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+/// The CONNECT frame's `heart-beat` (`cx,cy`: what the client sends, what it wants); absent:
+/// none. Anything but two whole numbers is refused, in ActiveMQ's words.
+fn parse_heartbeat(value: Option<&str>) -> Result<(u64, u64), Refusal> {
+    let Some(value) = value else {
+        return Ok((0, 0));
+    };
+    let invalid = || Refusal::new(format!("Invalid heart-beat header:{value}"));
+    let (send, receive) = value.trim().split_once(',').ok_or_else(invalid)?;
+    let number = |p: &str| p.trim().parse::<u64>().map_err(|_| invalid());
+    Ok((number(send)?, number(receive)?))
 }
 
 fn negotiate_version(accept: Option<&str>) -> Option<Version> {
@@ -359,7 +363,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 )));
             }
         }
-        let (client_send, client_receive) = parse_heartbeat(frame.get("heart-beat"));
+        let (client_send, client_receive) = parse_heartbeat(frame.get("heart-beat"))?;
         // Mirror the client's wishes: we send as often as it asks, and allow it twice the
         // period it promises before we call it dead.
         let heartbeat = Heartbeat {

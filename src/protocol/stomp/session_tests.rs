@@ -901,11 +901,21 @@ async fn a_huge_heart_beat_is_bounded() {
     assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
 }
 
+/// `heart-beat` is two whole numbers (blanks around them allowed); anything else is refused
+/// with ActiveMQ's message, as ActiveMQ refuses it.
 #[test]
-fn heartbeat_header_parses_leniently() {
-    assert_eq!(parse_heartbeat(Some("1000,2000")), (1000, 2000));
-    assert_eq!(parse_heartbeat(Some("x,5")), (0, 5));
-    assert_eq!(parse_heartbeat(None), (0, 0));
+fn heartbeat_header_is_two_numbers() {
+    let parsed = |v: Option<&str>| parse_heartbeat(v).map_err(|r| r.message);
+    assert_eq!(parsed(Some("1000,2000")), Ok((1000, 2000)));
+    assert_eq!(parsed(Some(" 0, 500 ")), Ok((0, 500)));
+    assert_eq!(parsed(None), Ok((0, 0)));
+    for bad in ["x,5", "abc", "1000", "1,2,3", "-1,0", ""] {
+        assert_eq!(
+            parsed(Some(bad)),
+            Err(format!("Invalid heart-beat header:{bad}")),
+            "{bad:?}"
+        );
+    }
 }
 
 // ----- random conversations: bad input never panics, and the broker carries on ----------
