@@ -1015,8 +1015,14 @@ public final class JmsCheck {
         Session ds = d.createSession(false, Session.AUTO_ACKNOWLEDGE);
         MessageConsumer dlq = ds.createConsumer(ds.createQueue("ActiveMQ.DLQ"),
                 "run = '" + prefix + "'");
-        expectEq("the poisoned message is on ActiveMQ.DLQ", body,
-                text(receive(dlq, "the message on ActiveMQ.DLQ"), "body"));
+        Message dead = receive(dlq, "the message on ActiveMQ.DLQ");
+        expectEq("the poisoned message is on ActiveMQ.DLQ", body, text(dead, "body"));
+        // Why it is there, in the client's words, and its expiration (none), as ActiveMQ says.
+        String cause = dead.getStringProperty("dlqDeliveryFailureCause");
+        check("dlqDeliveryFailureCause names the redelivery limit",
+                cause != null && cause.contains("exceeds redelivery policy limit"),
+                "...exceeds redelivery policy limit...", cause);
+        expectEq("originalExpiration", 0L, dead.getObjectProperty("originalExpiration"));
         expectOnlySentinel(producer, q, ds.createConsumer(q), "the poisoned message left its queue");
         close(d);
         close(producer);

@@ -994,6 +994,12 @@ impl Session {
         lock(&self.shared).nack(self.id, tag, transaction)
     }
 
+    /// Like [`Session::nack`] outside a transaction, saying why (an OpenWire poison ack's
+    /// cause, `class: message`): the message carries it on its DLQ as `dlqDeliveryFailureCause`.
+    pub fn poison(&self, tag: u64, cause: Option<&str>) -> Result<Confirmation, BrokerError> {
+        lock(&self.shared).nack_because(self.id, tag, None, cause)
+    }
+
     /// The client consumed every delivery of subscription `id` up to `tag` and will
     /// acknowledge them later (OpenWire's delivered ack, a transacted or client-ack consumer):
     /// they no longer fill the prefetch window.

@@ -150,6 +150,19 @@ impl Core {
         tag: u64,
         transaction: Option<&str>,
     ) -> Result<Confirmation, BrokerError> {
+        self.nack_because(session, tag, transaction, None)
+    }
+
+    /// Like [`Core::nack`], the client saying why (an OpenWire poison ack's cause), which the
+    /// message carries on its DLQ as `dlqDeliveryFailureCause`. A transaction's rejections
+    /// carry none (no client sends a cause with one).
+    pub fn nack_because(
+        &mut self,
+        session: u64,
+        tag: u64,
+        transaction: Option<&str>,
+        cause: Option<&str>,
+    ) -> Result<Confirmation, BrokerError> {
         if let Some(tx) = transaction {
             if !self.session(session)?.transactions.contains_key(tx) {
                 return Err(BrokerError::UnknownTransaction(tx.to_string()));
@@ -165,7 +178,7 @@ impl Core {
             return Ok(Confirmation::done());
         }
         for (_, _, f) in rejected {
-            self.reject(f)?;
+            self.reject(f, cause)?;
         }
         self.refill_each(cids);
         Ok(self.flush())

@@ -165,7 +165,7 @@ impl Core {
         }
         for entry in expired {
             self.stats.expired += 1;
-            let _ = self.dead_letter(queue, entry, "expired");
+            let _ = self.dead_letter_expired(queue, entry);
         }
     }
 
@@ -267,7 +267,7 @@ impl Core {
         }
         for entry in expired {
             self.stats.expired += 1;
-            let _ = self.dead_letter(queue, entry, "expired");
+            let _ = self.dead_letter_expired(queue, entry);
         }
         stopped
     }

@@ -9,8 +9,13 @@ use std::sync::Arc;
 
 use super::{add_entry, now_ms, remove_entry, set_original_destination, Core, Publish};
 use crate::broker::queue::{Entry, InFlight};
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, Header, PropertyType};
 use crate::store::MessageKey;
+
+/// The property (header) a dead-lettered message carries saying why, as ActiveMQ names it.
+pub const FAILURE_CAUSE: &str = "dlqDeliveryFailureCause";
+/// The property holding a dead-lettered message's expiration (its own is cleared on the DLQ).
+pub const ORIGINAL_EXPIRATION: &str = "originalExpiration";
 
 impl Core {
     /// Puts an unacknowledged message back on its queue, or dead-letters it once it has been
@@ -38,7 +43,12 @@ impl Core {
         if counted {
             entry.redeliveries += 1;
             if entry.redeliveries > self.options.max_redeliveries {
-                return self.dead_letter(&queue, entry, "redelivery limit reached");
+                let cause = format!(
+                    "java.lang.Throwable: Delivery[{}] exceeds redelivery policy limit:\
+                     RedeliveryPolicy {{maximumRedeliveries = {}}}",
+                    entry.redeliveries, self.options.max_redeliveries
+                );
+                return self.dead_letter(&queue, entry, Some(&cause));
             }
         }
         if !self.queues.contains_key(&queue) {
@@ -63,22 +73,39 @@ impl Core {
         Ok(())
     }
 
-    /// A delivery the consumer rejected (NACK, poison ack) goes to its DLQ.
-    pub(super) fn reject(&mut self, f: InFlight) -> Result<(), BrokerError> {
+    /// A delivery the consumer rejected (NACK, poison ack, with the client's `cause` if it gave
+    /// one) goes to its DLQ.
+    pub(super) fn reject(&mut self, f: InFlight, cause: Option<&str>) -> Result<(), BrokerError> {
         match f.queue {
-            Some(queue) => self.dead_letter(&queue, f.entry, "rejected by the consumer"),
+            Some(queue) => self.dead_letter(&queue, f.entry, cause),
             None => Ok(()),
         }
     }
 
+    /// Expired `entry` on `queue` goes to its DLQ, saying so as ActiveMQ does.
+    pub(super) fn dead_letter_expired(
+        &mut self,
+        queue: &str,
+        entry: Entry,
+    ) -> Result<(), BrokerError> {
+        let cause = format!(
+            "java.lang.Throwable: Message Expired. Expiration:{}",
+            entry.message.expiration
+        );
+        self.dead_letter(queue, entry, Some(&cause))
+    }
+
     /// Moves a message from `queue` to its DLQ (see [`crate::broker::DeadLetterStrategy`]) in one
-    /// record (non-persistent messages are dropped, as ActiveMQ does by default).
+    /// record (non-persistent messages are dropped, as ActiveMQ does by default). As ActiveMQ
+    /// does, it carries `dlqDeliveryFailureCause` (why, when known: `cause`) and
+    /// `originalExpiration` there.
     pub(super) fn dead_letter(
         &mut self,
         queue: &str,
         entry: Entry,
-        why: &str,
+        cause: Option<&str>,
     ) -> Result<(), BrokerError> {
+        let why = cause.unwrap_or("rejected by the consumer");
         let strategy = &self.options.dead_letter_strategy;
         let dlq = strategy.dead_letter_queue(queue, &entry.message.destination);
         tracing::debug!(queue, dlq, message_id = %entry.message.message_id, why, "dead-lettering");
@@ -104,7 +131,25 @@ impl Core {
         self.stats.dead_lettered += 1;
         message.redelivery_count = entry.redeliveries;
         // On the DLQ it is kept until consumed, as ActiveMQ does: an expiration kept would
-        // expire it again there.
+        // expire it again there. Its own is kept as a property (the first DLQ's, if it went
+        // round), and why it came, replacing an earlier one.
+        if !message
+            .headers
+            .iter()
+            .any(|h| h.name == ORIGINAL_EXPIRATION)
+        {
+            message.headers.push(Header {
+                name: ORIGINAL_EXPIRATION.into(),
+                value: message.expiration.to_string(),
+                kind: PropertyType::Long as i32,
+            });
+        }
+        message.headers.retain(|h| h.name != FAILURE_CAUSE);
+        if let Some(cause) = cause {
+            message
+                .headers
+                .push(Header::text(FAILURE_CAUSE, cause.to_owned()));
+        }
         message.expiration = 0;
         // It names where the message was dead-lettered from, as ActiveMQ sets it, replacing one
         // it carried (sent on from another DLQ with its headers): kept, that one would not name
@@ -167,7 +212,7 @@ impl Core {
                 // Failing here means the store failed (the node is stopping) or the body could
                 // not be read back: the message is then still in the journal, and a restart
                 // recovers it and expires it again.
-                if let Err(error) = self.dead_letter(&queue, entry, "expired") {
+                if let Err(error) = self.dead_letter_expired(&queue, entry) {
                     tracing::warn!(%queue, %error, "could not dead-letter an expired message");
                 }
             }

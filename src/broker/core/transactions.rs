@@ -79,7 +79,7 @@ impl Core {
         }
         self.stats.acknowledged += transaction.acks.len() as u64;
         for f in transaction.nacks {
-            self.reject(f)?;
+            self.reject(f, None)?;
         }
         if entries.is_empty() {
             self.publish_now(publish);

@@ -27,6 +27,54 @@ async fn unacked_messages_are_redelivered_then_dead_lettered() {
     let d = next(&mut rx).await;
     assert_eq!(body(&d), "poison");
     assert_eq!(f.broker.queue_depth("queue://q"), 0);
+    // Why, and its expiration, as ActiveMQ's DLQ messages say.
+    assert_eq!(
+        header(&d, "dlqDeliveryFailureCause"),
+        Some("java.lang.Throwable: Delivery[2] exceeds redelivery policy limit:RedeliveryPolicy {maximumRedeliveries = 1}")
+    );
+    assert_eq!(header(&d, "originalExpiration"), Some("0"));
+}
+
+fn header<'a>(d: &'a Delivery, name: &str) -> Option<&'a str> {
+    d.message
+        .headers
+        .iter()
+        .find(|h| h.name == name)
+        .map(|h| h.value.as_str())
+}
+
+/// A poison ack's cause (an OpenWire client's, which counts redeliveries itself) is what the
+/// message says on its DLQ; a rejection without one says nothing.
+#[tokio::test]
+async fn a_poison_cause_travels_to_the_dlq() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (session, mut rx, d) = one_delivered(&f).await;
+    session
+        .poison(
+            d.tag,
+            Some("java.lang.Throwable: Delivery[7] exceeds redelivery policy limit"),
+        )
+        .unwrap()
+        .await
+        .unwrap();
+    let (p, _) = f.broker.open_session(None);
+    p.send(&queue("q"), persistent("second"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    let second = next(&mut rx).await;
+    session.nack(second.tag, None).unwrap().await.unwrap();
+    subscribe(&session, "dlq", queue("ActiveMQ.DLQ"), 10);
+    let first = next(&mut rx).await;
+    assert_eq!(body(&first), "m");
+    assert_eq!(
+        header(&first, "dlqDeliveryFailureCause"),
+        Some("java.lang.Throwable: Delivery[7] exceeds redelivery policy limit")
+    );
+    let second = next(&mut rx).await;
+    assert_eq!(body(&second), "second");
+    assert_eq!(header(&second, "dlqDeliveryFailureCause"), None);
+    assert_eq!(header(&second, "originalExpiration"), Some("0"));
 }
 
 #[tokio::test]
@@ -89,6 +137,12 @@ async fn an_expired_message_is_dead_lettered_once_and_consumable_there() {
     assert_eq!(body(&d), "late");
     assert_eq!(d.message.expiration, 0);
     assert_eq!(f.broker.stats().dead_lettered, 1);
+    let original = header(&d, "originalExpiration").expect("originalExpiration");
+    assert!(original.parse::<i64>().unwrap() > 0, "{original}");
+    assert_eq!(
+        header(&d, "dlqDeliveryFailureCause"),
+        Some(format!("java.lang.Throwable: Message Expired. Expiration:{original}").as_str())
+    );
 }
 
 /// A negative expiration means none, as in ActiveMQ (`expireTime > 0`).

@@ -1307,8 +1307,19 @@ impl State {
                 for t in &tags {
                     consumer.dispatched.remove(t);
                 }
+                // As ActiveMQ stores it: the Throwable's toString().
+                let cause = ack.poison_cause.as_ref().map(|c| match &c.message {
+                    Some(message) => format!(
+                        "{}: {message}",
+                        c.class_name.as_deref().unwrap_or("java.lang.Throwable")
+                    ),
+                    None => c
+                        .class_name
+                        .clone()
+                        .unwrap_or_else(|| "java.lang.Throwable".into()),
+                });
                 for t in tags {
-                    self.session.nack(t, None)?;
+                    self.session.poison(t, cause.as_deref())?;
                 }
                 Ok(())
             }
