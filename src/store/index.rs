@@ -530,7 +530,13 @@ impl Worker {
     fn wipe(&mut self) -> Result<(), StoreError> {
         self.queue.lock().unwrap().clear();
         self.db = None;
-        match fs::remove_dir_all(&self.path) {
+        // A file where the index directory should be (a stray copy, say) goes the same way.
+        let removed = if self.path.is_dir() {
+            fs::remove_dir_all(&self.path)
+        } else {
+            fs::remove_file(&self.path)
+        };
+        match removed {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {

@@ -271,6 +271,13 @@ fn rebuild_after_the_index_is_deleted_gives_the_same_recovered() {
     let (store, after, _rx) = open(dir.path(), 600);
     assert!(store.stats().index_rebuilt);
     assert_eq!(after, before);
+    drop(store);
+    // A file where the index directory should be: removed, and the index rebuilt.
+    fs::remove_dir_all(dir.path().join("index")).unwrap();
+    fs::write(dir.path().join("index"), b"not an index").unwrap();
+    let (store, again, _rx) = open(dir.path(), 600);
+    assert!(store.stats().index_rebuilt);
+    assert_eq!(again, before);
 }
 
 /// The producer audit is bounded: one producer more than it holds, and the least recently
