@@ -417,6 +417,8 @@ impl Journal {
                 .map(|&(start, _)| start);
             sync_segments(&directory, live)?;
         }
+        // Every retained segment is durable now, and the writer seals each one it finishes.
+        segment::set_sealed(&directory, options.fsync)?;
         let segments = recovery
             .segments
             .iter()

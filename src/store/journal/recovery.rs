@@ -17,7 +17,9 @@ use std::path::Path;
 use bytes::Bytes;
 use tracing::{debug, error, info, warn};
 
-use super::segment::{parse_segment_name, segment_file_name, segment_path, sync_directory};
+use super::segment::{
+    parse_segment_name, segment_file_name, segment_path, sync_directory, SEALED_FILE,
+};
 use super::{io_error, SegmentState, MAX_BATCH_BYTES, READ_CHUNK};
 use crate::store::record::{
     check_frame, decode_frame, FrameError, Position, FRAME_HEADER_LEN, MAX_RECORD_LEN,
@@ -85,6 +87,7 @@ pub(super) fn recover(
         });
     }
 
+    let sealed = directory.join(SEALED_FILE).exists();
     // (start, length, tombstone)
     let mut kept: Vec<(u64, u64, bool)> = Vec::new();
     let mut expected: Option<u64> = None;
@@ -94,6 +97,24 @@ pub(super) fn recover(
         let is_last = i + 1 == files.len();
         if let Some(expected) = expected {
             if start != expected {
+                // A segment missing, or one cut short: what follows cannot be reached.
+                let cause = format!(
+                    "the segment starts at {start} but the previous one ends at {expected}: the \
+                     records between are missing"
+                );
+                let later = valid_bytes_of(directory, &files[i..])?;
+                // The previous segment ends there: what its refusal names.
+                let previous = segment_path(directory, files[i - 1]);
+                judge(&Damage {
+                    directory,
+                    only_copy,
+                    sealed,
+                    path: &previous,
+                    position: expected,
+                    cause: &cause,
+                    same: 0,
+                    later,
+                })?;
                 warn!(
                     file = %path.display(),
                     position = expected,
@@ -139,44 +160,18 @@ pub(super) fn recover(
         expected = Some(start + scan.valid_len);
         if let Some(cause) = problem {
             let position = start + scan.valid_len;
-            // A torn batch can leave its later pages written and an earlier one not, and a
-            // batch spanning a rotation can tear the end of this segment and leave the start
-            // of the next one written; more than a batch of records after the bad frame, in
-            // this segment or later ones, were confirmed.
-            let mut after =
-                valid_bytes_after(&path, scan.valid_len).map_err(io_error("read", &path))?;
-            for &later in &files[i + 1..] {
-                let later_path = segment_path(directory, later);
-                after += scan_segment(&later_path)
-                    .map_err(io_error("read", &later_path))?
-                    .valid_len;
-            }
-            if after > MAX_BATCH_BYTES as u64 {
-                if only_copy {
-                    return Err(StoreError::CorruptBeforeRecords {
-                        path,
-                        position: Position(position),
-                        cause,
-                        after,
-                    });
-                }
-                // Another copy holds them: cut, but say (durably, before cutting) that this
-                // copy lost records, until it has copied a master's journal again.
-                let description = format!(
-                    "{after} bytes of records after a corrupt frame at position {position} in \
-                     {} ({cause}) were cut when the journal was recovered\n",
-                    path.display()
-                );
-                mark_damaged(directory, &description)?;
-                error!(
-                    file = %path.display(),
-                    position,
-                    after,
-                    "journal damaged: {after} bytes of records follow a corrupt frame at position \
-                     {position} ({cause}); cutting them, and marking this copy damaged (file \
-                     {DAMAGED_FILE}) until it has caught up with a master"
-                );
-            }
+            let same = valid_bytes_after(&path, scan.valid_len).map_err(io_error("read", &path))?;
+            let later = valid_bytes_of(directory, &files[i + 1..])?;
+            judge(&Damage {
+                directory,
+                only_copy,
+                sealed,
+                path: &path,
+                position,
+                cause: &cause,
+                same,
+                later,
+            })?;
             warn!(
                 file = %path.display(),
                 position,
@@ -218,6 +213,73 @@ pub(super) fn recover(
         "journal recovered"
     );
     Ok(Recovery { segments, end })
+}
+
+/// Where recovery stops reading: a bad frame (or a gap between segments) at `position`,
+/// with `same` bytes of valid records after it in its segment and `later` in later segments.
+struct Damage<'a> {
+    directory: &'a Path,
+    only_copy: bool,
+    sealed: bool,
+    path: &'a Path,
+    position: u64,
+    cause: &'a str,
+    same: u64,
+    later: u64,
+}
+
+/// Whether the records after a bad frame may be a torn write, and so cut: only if they fit in
+/// the batch that was being written (a torn batch can leave its later pages written and an
+/// earlier one not, and a batch spanning a rotation can tear the end of one segment and leave
+/// the start of the next written), and, in a journal whose finished segments were sealed
+/// ([`SEALED_FILE`]), only in its last segment. Otherwise they were confirmed: the only copy
+/// refuses to open ([`StoreError::CorruptBeforeRecords`]); another copy is marked damaged,
+/// durably, before it cuts them.
+fn judge(damage: &Damage<'_>) -> Result<(), StoreError> {
+    let after = damage.same + damage.later;
+    let torn = after <= MAX_BATCH_BYTES as u64 && !(damage.sealed && damage.later > 0);
+    if torn {
+        return Ok(());
+    }
+    let position = damage.position;
+    let cause = damage.cause;
+    if damage.only_copy {
+        return Err(StoreError::CorruptBeforeRecords {
+            path: damage.path.to_path_buf(),
+            position: Position(position),
+            cause: cause.to_owned(),
+            after,
+        });
+    }
+    // Another copy holds them: cut, but say (durably, before cutting) that this copy lost
+    // records, until it has copied a master's journal again.
+    let description = format!(
+        "{after} bytes of records after a corrupt frame at position {position} in {} ({cause}) \
+         were cut when the journal was recovered\n",
+        damage.path.display()
+    );
+    mark_damaged(damage.directory, &description)?;
+    error!(
+        file = %damage.path.display(),
+        position,
+        after,
+        "journal damaged: {after} bytes of records follow a corrupt frame at position \
+         {position} ({cause}); cutting them, and marking this copy damaged (file \
+         {DAMAGED_FILE}) until it has caught up with a master"
+    );
+    Ok(())
+}
+
+/// Bytes of valid records in the segments starting at `starts`.
+fn valid_bytes_of(directory: &Path, starts: &[u64]) -> Result<u64, StoreError> {
+    let mut bytes = 0;
+    for &start in starts {
+        let path = segment_path(directory, start);
+        bytes += scan_segment(&path)
+            .map_err(io_error("read", &path))?
+            .valid_len;
+    }
+    Ok(bytes)
 }
 
 /// Deletes tombstones that carry no information (leading, or right after another tombstone),

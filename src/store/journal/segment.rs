@@ -5,7 +5,7 @@
 //! It must never open the spare over an existing file (where a deleted name lingers, it can
 //! still name the current segment), nor read or interpret what a segment holds.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 #[cfg(unix)]
 pub(super) use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -96,6 +96,28 @@ pub(super) fn sync_directory(directory: &Path) -> Result<(), StoreError> {
 /// Syncs every segment in `starts` and the directory: segments written while fsync was off
 /// (a slave under `local_disk`) may be only in the page cache, and once fsync is on their
 /// bytes count as durable.
+/// The file in the journal directory that says every finished segment was sealed: fsynced
+/// before a byte of the next one was written (the journal runs with fsync on, and ran so since
+/// this file was made). A power loss then tears only the last segment, and recovery reads a
+/// bad frame in an earlier one, or a gap between segments, as damage whatever follows it.
+pub const SEALED_FILE: &str = "journal.sealed";
+
+/// Makes (`on`, after every retained segment is synced) or removes (before anything is written
+/// without fsync) [`SEALED_FILE`], durably.
+pub(super) fn set_sealed(directory: &Path, on: bool) -> Result<(), StoreError> {
+    let path = directory.join(SEALED_FILE);
+    let present = path.exists();
+    if on && !present {
+        let file = File::create(&path).map_err(io_error("create", &path))?;
+        file.sync_all().map_err(io_error("fsync", &path))?;
+    } else if !on && present {
+        fs::remove_file(&path).map_err(io_error("delete", &path))?;
+    } else {
+        return Ok(());
+    }
+    sync_directory(directory)
+}
+
 pub(super) fn sync_segments(
     directory: &Path,
     starts: impl IntoIterator<Item = u64>,

@@ -4,7 +4,7 @@
 //!
 //! They must never touch files outside their own temporary directories.
 
-use super::segment::parse_segment_name;
+use super::segment::{parse_segment_name, SEALED_FILE};
 use super::*;
 use crate::store::record::{entry, Entry, Message, MessageAdd, FRAME_HEADER_LEN};
 use std::time::Duration;
@@ -648,6 +648,89 @@ fn gap_between_segments_ends_the_journal() {
     let (journal, _rx) = open(dir.path(), 1 << 20, false);
     assert_eq!(journal.end(), Position(positions[3]));
     assert_eq!(segment_files(dir.path()), vec![(0, positions[3])]);
+}
+
+/// A journal run with fsync seals each segment before writing the next (`SEALED_FILE`): a
+/// power loss tears only its last segment. So a bad frame in a finished segment, or a missing
+/// one, is damage however little follows: the only copy refuses to open, another copy is cut
+/// and marked damaged. In the last segment it is still a torn tail. Run without fsync, the
+/// journal drops the mark and the batch rule applies again.
+#[test]
+fn a_sealed_journal_reads_a_bad_finished_segment_as_damage() {
+    let open_as = |dir: &Path, only_copy: bool, fsync: bool| {
+        Journal::open(
+            JournalOptions {
+                directory: dir.to_path_buf(),
+                log_size: 1 << 20,
+                fsync,
+                only_copy,
+            },
+            Box::new(|_| {}),
+        )
+    };
+    let flip = |dir: &Path, segment: u64, at: u64| {
+        let path = segment_path(dir, segment);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[(at - segment) as usize + FRAME_HEADER_LEN + 5] ^= 0x10;
+        fs::write(&path, &bytes).unwrap();
+    };
+    // Four small segments, written with fsync: sealed.
+    let sealed = |dir: &Path| {
+        let (journal, _rx, positions) = four_segments(dir, true);
+        journal.close().unwrap();
+        assert!(dir.join(SEALED_FILE).exists());
+        positions
+    };
+
+    // A bad frame in the second segment, a few hundred bytes of records after it.
+    let dir = tempfile::tempdir().unwrap();
+    let positions = sealed(dir.path());
+    flip(dir.path(), positions[3], positions[4]);
+    let Err(error) = open_as(dir.path(), true, true) else {
+        panic!("the only copy opened, cutting records after a bad finished segment");
+    };
+    assert!(
+        matches!(error, StoreError::CorruptBeforeRecords { position, .. } if position == Position(positions[4])),
+        "{error}"
+    );
+    let journal = open_as(dir.path(), false, true).expect("another copy opens");
+    assert_eq!(journal.end(), Position(positions[4]));
+    assert!(journal.damage().is_some(), "and is marked damaged");
+    journal.close().unwrap();
+
+    // A finished segment missing.
+    let dir = tempfile::tempdir().unwrap();
+    let positions = sealed(dir.path());
+    fs::remove_file(segment_path(dir.path(), positions[3])).unwrap();
+    let Err(error) = open_as(dir.path(), true, true) else {
+        panic!("the only copy opened without a finished segment");
+    };
+    assert!(
+        matches!(error, StoreError::CorruptBeforeRecords { position, .. } if position == Position(positions[3])),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("records between are missing"),
+        "{error}"
+    );
+
+    // A bad frame in the last segment: a torn tail, cut.
+    let dir = tempfile::tempdir().unwrap();
+    let positions = sealed(dir.path());
+    flip(dir.path(), positions[9], positions[9]);
+    let journal = open_as(dir.path(), true, true).expect("a torn tail is cut");
+    assert_eq!(journal.end(), Position(positions[9]));
+    assert_eq!(journal.damage(), None);
+    journal.close().unwrap();
+
+    // Opened without fsync, the journal is no longer sealed: the batch rule again.
+    let dir = tempfile::tempdir().unwrap();
+    let positions = sealed(dir.path());
+    open_as(dir.path(), true, false).unwrap().close().unwrap();
+    assert!(!dir.path().join(SEALED_FILE).exists());
+    flip(dir.path(), positions[3], positions[4]);
+    let journal = open_as(dir.path(), true, true).expect("within a batch of the end: cut");
+    assert_eq!(journal.end(), Position(positions[4]));
 }
 
 #[test]

@@ -14,7 +14,8 @@ use std::thread::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use super::segment::{
-    preallocate, prepare_spare, segment_path, sync_directory, sync_segments, FileExt, SPARE_FILE,
+    preallocate, prepare_spare, segment_path, set_sealed, sync_directory, sync_segments, FileExt,
+    SPARE_FILE,
 };
 use super::{
     io_error, Command, DurableCallback, JournalOptions, Segment, SegmentState, Shared,
@@ -40,8 +41,6 @@ pub(super) struct Writer {
     reported: u64,
     /// Bytes written since the last fsync.
     unsynced: bool,
-    /// Segments finished during this batch, to fsync with it.
-    to_sync: Vec<(u64, File)>,
     directory_dirty: bool,
     /// Releases requested during this batch: run after its fsync.
     releases: Vec<u64>,
@@ -78,7 +77,6 @@ impl Writer {
             end,
             reported: end,
             unsynced: false,
-            to_sync: Vec::new(),
             directory_dirty: false,
             releases: Vec::new(),
             spare: prepare_spare(&options.directory, options.log_size, options.fsync),
@@ -164,6 +162,10 @@ impl Writer {
             }
             Command::SetFsync { on, reply } => {
                 self.finish_batch()?;
+                if !on {
+                    // Before anything is written without fsync (see `SEALED_FILE`).
+                    set_sealed(&self.shared.directory, false)?;
+                }
                 if on && !self.fsync {
                     // As at open: bytes written without fsync may be only in the page cache,
                     // in every segment written since.
@@ -177,6 +179,9 @@ impl Writer {
                         .map(|(&start, _)| start)
                         .collect();
                     sync_segments(&self.shared.directory, live)?;
+                }
+                if on {
+                    set_sealed(&self.shared.directory, true)?;
                 }
                 self.fsync = on;
                 let _ = reply.send(Ok(()));
@@ -234,7 +239,10 @@ impl Writer {
         self.spare = prepare_spare(&self.shared.directory, self.log_size, self.fsync);
         let previous = std::mem::replace(&mut self.file, file);
         if self.fsync {
-            self.to_sync.push((self.file_start, previous));
+            // Sealed before a byte of the next segment is written: a power loss tears only the
+            // last segment (see `SEALED_FILE`). One more fsync per `log_size` bytes.
+            let path = segment_path(&self.shared.directory, self.file_start);
+            previous.sync_data().map_err(io_error("fsync", &path))?;
         }
         self.file_start = start;
         self.file_offset = 0;
@@ -281,11 +289,7 @@ impl Writer {
         self.write_buffer()?;
         self.shared.written.store(self.end, Ordering::Release);
         self.shared.written_watch.send_replace(Position(self.end));
-        if self.fsync && (self.unsynced || !self.to_sync.is_empty() || self.directory_dirty) {
-            for (start, file) in self.to_sync.drain(..) {
-                let path = segment_path(&self.shared.directory, start);
-                file.sync_data().map_err(io_error("fsync", &path))?;
-            }
+        if self.fsync && (self.unsynced || self.directory_dirty) {
             self.file.sync_data().map_err(|source| StoreError::Io {
                 operation: "fsync",
                 path: self.current_path(),
@@ -449,7 +453,6 @@ impl Writer {
         self.file_start = start;
         self.file_offset = 0;
         self.buffer.clear();
-        self.to_sync.clear();
         self.releases.clear();
         self.unsynced = false;
         self.directory_dirty = false;
