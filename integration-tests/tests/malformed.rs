@@ -236,3 +236,71 @@ fn a_client_silent_after_connecting_does_not_block_others() -> Result<()> {
         Ok(())
     })
 }
+
+/// The broker's log going nowhere (the process reading its standard error died: a crashed log
+/// shipper, `ferromq broker | head`) does not stop it: it goes on serving, logging into the
+/// closed pipe, and a SIGTERM still ends it cleanly (exit 0, not a panic's 101).
+#[test]
+fn a_closed_log_pipe_does_not_stop_the_broker() -> Result<()> {
+    use std::io::Read as _;
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir()?;
+    let port = ferromq_integration_tests::cluster::free_port();
+    let config = dir.path().join("ferromq.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[transport]\nconnectors = [\"tcp://127.0.0.1:{port}\"]\n\n[store]\ndirectory = {}\n{}\n",
+            ferromq_integration_tests::toml_string(&dir.path().join("data").to_string_lossy()),
+            ferromq_integration_tests::TEST_LOG_SIZE
+        ),
+    )?;
+    let mut child = Command::new(ferromq_integration_tests::ferromq_bin())
+        .arg("broker")
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the broker")?;
+    // Its first log line, then the reader goes away.
+    let mut stderr = child.stderr.take().expect("piped");
+    let mut first = [0u8; 1];
+    stderr.read_exact(&mut first)?;
+    drop(stderr);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let result = (|| -> Result<()> {
+        ensure!(
+            ferromq_integration_tests::wait_until(
+                ferromq_integration_tests::deadline(std::time::Duration::from_secs(30)),
+                || StompClient::open(addr).is_ok()
+            ),
+            "the broker never accepted a connection"
+        );
+        // Each of these is logged (at INFO) into the closed pipe.
+        for _ in 0..3 {
+            let mut bad = StompClient::open(addr)?;
+            bad.write_raw(b"GARBAGE\n\n\0")?;
+            bad.expect_error_then_close(FRAME_TIMEOUT)?;
+        }
+        let mut client = StompClient::connect(addr)?;
+        client.subscribe("s", "/queue/after-the-pipe", &[("ack", "auto")])?;
+        client.send_persistent("/queue/after-the-pipe", b"still here")?;
+        let got = client.recv_message(FRAME_TIMEOUT)?;
+        ensure!(got.body == b"still here", "{got:?}");
+        client.disconnect()?;
+        Ok(())
+    })();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait()?;
+    result?;
+    ensure!(
+        status.success(),
+        "the broker ended with {status} after its log pipe closed"
+    );
+    Ok(())
+}

@@ -197,11 +197,11 @@ pub(crate) async fn run(args: BenchArgs) -> ExitCode {
         Ok(report) => {
             if args.json {
                 match serde_json::to_string(&report) {
-                    Ok(json) => println!("{json}"),
-                    Err(e) => eprintln!("ferromq bench: {e}"),
+                    Ok(json) => outln!("{json}"),
+                    Err(e) => errln!("ferromq bench: {e}"),
                 }
             } else {
-                print!("{report}");
+                out!("{report}");
             }
             if report.succeeded() {
                 ExitCode::SUCCESS
@@ -210,7 +210,7 @@ pub(crate) async fn run(args: BenchArgs) -> ExitCode {
             }
         }
         Err(error) => {
-            eprintln!("ferromq bench: {error:#}");
+            errln!("ferromq bench: {error:#}");
             ExitCode::FAILURE
         }
     }

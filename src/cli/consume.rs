@@ -84,9 +84,11 @@ pub(crate) async fn run(args: ConsumeArgs) -> ExitCode {
                 }
                 Stopped::Failed(error) => format!("; stopped: {error}"),
             };
-            eprintln!(
+            errln!(
                 "received {} of {} in {}{reason}",
-                report.received, args.count, report.rate
+                report.received,
+                args.count,
+                report.rate
             );
             if matches!(report.stopped, Stopped::Complete | Stopped::EndOfQueue) {
                 ExitCode::SUCCESS
@@ -95,7 +97,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> ExitCode {
             }
         }
         Err(error) => {
-            eprintln!("ferromq consume: {error:#}");
+            errln!("ferromq consume: {error:#}");
             ExitCode::FAILURE
         }
     }

@@ -9,6 +9,33 @@
 //! 2 usage or configuration error. `status --expect-members` uses the Nagios plugin codes
 //! instead: 0 OK, 1 WARNING, 2 CRITICAL.
 
+/// `print!` / `println!` / `eprint!` / `eprintln!` that never panic: output to a closed pipe
+/// (`ferromq status | head -1`, a log reader that went away) is dropped, not a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+macro_rules! errout {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod consume;
 mod produce;
@@ -161,11 +188,28 @@ pub fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("ferromq: cannot start the async runtime: {e}");
+            errln!("ferromq: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     runtime.block_on(run(cli))
+}
+
+/// Standard error for the log, write errors ignored: a log reader that went away (a closed
+/// pipe) must not stop the broker. tracing-subscriber reports a failed write with
+/// `eprintln!`, which panics on that same closed pipe.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 fn init_tracing() {
@@ -173,7 +217,7 @@ fn init_tracing() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
         // Colour only for a person at a terminal: log files and test harnesses parse plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
@@ -193,14 +237,14 @@ async fn broker(args: BrokerArgs) -> ExitCode {
     let config = match crate::config::Config::load(args.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("ferromq broker: {e}");
+            errln!("ferromq broker: {e}");
             return ExitCode::from(USAGE_ERROR);
         }
     };
     match crate::server::run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ferromq broker: {e:#}");
+            errln!("ferromq broker: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -119,7 +119,7 @@ pub(crate) async fn run(args: ProduceArgs) -> ExitCode {
             } else {
                 format!("{}-byte bodies", args.size)
             };
-            println!(
+            outln!(
                 "sent {}, confirmed {} in {} ({bodies}, {}, {} in flight)",
                 report.sent,
                 report.confirmed,
@@ -134,13 +134,13 @@ pub(crate) async fn run(args: ProduceArgs) -> ExitCode {
             match report.error {
                 None => ExitCode::SUCCESS,
                 Some(error) => {
-                    eprintln!("ferromq produce: {error}");
+                    errln!("ferromq produce: {error}");
                     ExitCode::FAILURE
                 }
             }
         }
         Err(error) => {
-            eprintln!("ferromq produce: {error}");
+            errln!("ferromq produce: {error}");
             ExitCode::FAILURE
         }
     }

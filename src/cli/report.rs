@@ -124,11 +124,11 @@ impl Progress {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => eprint!("\r\x1b[2K{}", render(started.elapsed())),
+                    _ = tick.tick() => errout!("\r\x1b[2K{}", render(started.elapsed())),
                     _ = &mut stopped => break,
                 }
             }
-            eprint!("\r\x1b[2K");
+            errout!("\r\x1b[2K");
         });
         Some(Progress { stop, task })
     }

@@ -106,8 +106,8 @@ pub(crate) fn usage_error(error: &clap::Error) -> ExitCode {
         health: Health::Unknown,
         summary: format!("bad command line: {what}"),
     };
-    println!("{verdict}");
-    eprint!("{text}");
+    outln!("{verdict}");
+    errout!("{text}");
     verdict.health.exit_code()
 }
 
@@ -119,7 +119,7 @@ pub(crate) async fn run(args: StatusArgs) -> ExitCode {
     let members = match (read, args.expect_members) {
         (Ok(members), _) => members,
         (Err(e), None) => {
-            eprintln!("ferromq status: {e}");
+            errln!("ferromq status: {e}");
             return ExitCode::FAILURE;
         }
         // A monitor reads standard output: the cluster cannot serve without ZooKeeper (its
@@ -129,25 +129,26 @@ pub(crate) async fn run(args: StatusArgs) -> ExitCode {
                 health: Health::Critical,
                 summary: format!("cannot read the members from ZooKeeper: {e}"),
             };
-            println!("{verdict}");
+            outln!("{verdict}");
             return verdict.health.exit_code();
         }
     };
     let verdict = args.expect_members.map(|n| check(&members, n));
     if let Some(verdict) = &verdict {
-        println!("{verdict}");
+        outln!("{verdict}");
     }
     if args.json {
         for m in &members {
-            println!("{} {}", m.znode, m.raw);
+            outln!("{} {}", m.znode, m.raw);
         }
     } else {
-        print!("{}", crate::election::format_table(&members));
+        out!("{}", crate::election::format_table(&members));
     }
     if members.is_empty() {
-        eprintln!(
+        errln!(
             "no members registered under {} at {}",
-            args.zk_path, args.zk_address
+            args.zk_path,
+            args.zk_address
         );
     }
     verdict.map_or(ExitCode::SUCCESS, |v| v.health.exit_code())
