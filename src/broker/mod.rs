@@ -425,6 +425,18 @@ pub enum BrokerError {
          persistent messages are refused (send_fail_if_no_space) until consumers free space"
     )]
     StoreFull { used: u64, limit: u64 },
+    /// The store's filesystem cannot hold a journal of `log_size` segments.
+    #[error(
+        "the store directory {directory} has {usable} bytes of usable space: too little for \
+         segments of log_size = {log_size} bytes (the journal needs room for at least four: two \
+         under store_limit, the one prepared ahead and one more before producers are held back, \
+         plus a twentieth for the index); lower [store] log_size or give the store more space"
+    )]
+    StoreTooSmall {
+        directory: String,
+        usable: u64,
+        log_size: u64,
+    },
     #[error("this node is not the master and confirms nothing: {0}")]
     NotMaster(String),
     #[error("the broker is shutting down")]

@@ -108,19 +108,34 @@ impl StoreUsage {
 pub const DEFAULT_STORE_LIMIT: u64 = 100 << 30;
 
 /// `store_limit` capped to what the store's filesystem can hold: the space still free there
-/// plus what the journal takes already, less a twentieth for the index and the segment
-/// prepared ahead, which the limit does not count (ActiveMQ resets its store limit to the
-/// usable space the same way at start). Logged as a warning when the limit was configured, as
+/// plus what the journal takes already, less what the limit does not count: a twentieth for
+/// the index, and two segments of `log_size` (the one prepared ahead, and one more the journal
+/// may start before the limit holds producers back). ActiveMQ resets its store limit to the
+/// usable space the same way at start. Logged as a warning when the limit was configured, as
 /// information when it is the default (most disks are smaller than 100 GiB). `free`: `None`
-/// when the system does not tell, and the limit stays.
-pub(super) fn capped(limit: u64, used: u64, free: Option<u64>, directory: &std::path::Path) -> u64 {
+/// when the system does not tell, and the limit stays. Too little room for a journal of two
+/// segments under the cap is an error naming `log_size`.
+pub(super) fn capped(
+    limit: u64,
+    used: u64,
+    free: Option<u64>,
+    log_size: u64,
+    directory: &std::path::Path,
+) -> Result<u64, BrokerError> {
     let Some(free) = free else {
-        return limit;
+        return Ok(limit);
     };
     let usable = free.saturating_add(used);
-    let cap = usable - usable / 20;
+    let cap = (usable - usable / 20).saturating_sub(2 * log_size);
+    if cap < 2 * log_size {
+        return Err(BrokerError::StoreTooSmall {
+            directory: directory.display().to_string(),
+            usable,
+            log_size,
+        });
+    }
     if limit <= cap {
-        return limit;
+        return Ok(limit);
     }
     let message = format!(
         "store_limit is {limit} bytes, whilst the store directory {} only has {usable} bytes \
@@ -133,7 +148,7 @@ pub(super) fn capped(limit: u64, used: u64, free: Option<u64>, directory: &std::
     } else {
         tracing::warn!(store_limit = limit, usable, "{message}");
     }
-    cap
+    Ok(cap)
 }
 
 /// What a connection asks before reading more from a producer of persistent messages.
@@ -191,8 +206,15 @@ mod tests {
     #[test]
     fn the_limit_is_capped_to_free_space_plus_the_journal() {
         let dir = std::path::Path::new("data");
-        assert_eq!(capped(1000, 100, Some(500), dir), 570);
-        assert_eq!(capped(1000, 100, Some(5000), dir), 1000);
-        assert_eq!(capped(1000, 100, None, dir), 1000);
+        let capped = |limit, used, free, log_size| capped(limit, used, free, log_size, dir).ok();
+        // 600 usable, less a twentieth (30) and two 10-byte segments.
+        assert_eq!(capped(1000, 100, Some(500), 10), Some(550));
+        assert_eq!(capped(1000, 100, Some(5000), 10), Some(1000));
+        assert_eq!(capped(1000, 100, None, 10), Some(1000));
+        // Room for the margin and two segments under the cap: 4 x 100 + 30.
+        assert_eq!(capped(1000, 0, Some(600), 100), Some(370));
+        // Not for a 96 MiB volume with 32 MiB segments.
+        let error = super::capped(u64::MAX, 0, Some(96 << 20), 32 << 20, dir).unwrap_err();
+        assert!(error.to_string().contains("log_size"), "{error}");
     }
 }

@@ -28,8 +28,9 @@ impl Core {
             options.store_limit,
             store.disk_bytes(),
             store.available_space(),
+            store.log_size(),
             store.directory(),
-        );
+        )?;
         let store_usage = StoreUsage::new(store_limit, options.send_fail_if_no_space);
         let mut core = Core {
             confirmed: Position(0),
