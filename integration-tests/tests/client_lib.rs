@@ -280,7 +280,7 @@ fn cli_ships_lines_filters_by_selector_and_keeps_a_durable_subscription() -> Res
     // A browse prints what the queue holds and leaves it there.
     let (status, browsed, stderr) = consume(&["-d", "queue://logs", "--browse"])?;
     assert!(
-        status.success() && stderr.contains("the end of the queue"),
+        status.success() && stderr.contains("the end of the browse"),
         "browse: {status}\n{stderr}"
     );
     assert_eq!(browsed, "started\nlistening\nready\ndisk full\nretrying\n");

@@ -769,6 +769,21 @@ fn a_health_check_with_a_bad_command_line_is_unknown() {
             &["status", "--expect-members", "3", "--zk-adress", "zk1:2181"][..],
             "'--zk-adress'",
         ),
+        // A mistyped address or path is no outage of the cluster.
+        (
+            &[
+                "status",
+                "--expect-members",
+                "3",
+                "--zk-address",
+                "127.0.0.1:notaport",
+            ][..],
+            "invalid port",
+        ),
+        (
+            &["status", "--expect-members", "3", "--zk-path", "relative"][..],
+            "must start with '/'",
+        ),
     ] {
         let (status, stdout, stderr) = run_cli(args, Duration::from_secs(30)).unwrap();
         let first = stdout.lines().next().unwrap_or_default();

@@ -113,6 +113,25 @@ pub(crate) fn usage_error(error: &clap::Error) -> ExitCode {
 
 /// Runs `ferromq status`.
 pub(crate) async fn run(args: StatusArgs) -> ExitCode {
+    // A mistyped address or path is the check's own fault (UNKNOWN), not the cluster's.
+    let bad = crate::config::check_zk_address(&args.zk_address)
+        .map_err(|e| format!("--zk-address {}: {e}", args.zk_address))
+        .and_then(|()| {
+            crate::config::check_zk_path(&args.zk_path)
+                .map_err(|e| format!("--zk-path {}: {e}", args.zk_path))
+        });
+    if let Err(what) = bad {
+        errln!("ferromq status: {what}");
+        if args.expect_members.is_none() {
+            return ExitCode::from(2);
+        }
+        let verdict = Verdict {
+            health: Health::Unknown,
+            summary: format!("bad command line: {what}"),
+        };
+        outln!("{verdict}");
+        return verdict.health.exit_code();
+    }
     let read =
         crate::election::read_cluster(&args.zk_address, &args.zk_path, args.zk_password.as_deref())
             .await;

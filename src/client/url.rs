@@ -175,7 +175,8 @@ impl FailoverUrl {
             parse_options(query, &mut options, &mut ignored)?;
         }
         for option in &ignored {
-            tracing::warn!(option = %option, "ignoring unsupported option in broker URL");
+            let shown = loggable_option(option);
+            tracing::warn!(option = %shown, "ignoring unsupported option in broker URL");
         }
         Ok(FailoverUrl {
             brokers,
@@ -388,9 +389,34 @@ fn parse_attempts(option: &str, value: &str) -> Result<AttemptLimit, UrlError> {
     }
 }
 
+/// An option as it may be logged: the name only when it may hold a secret
+/// (`jms.password=...`).
+fn loggable_option(option: &str) -> String {
+    match option.split_once('=') {
+        Some((name, _))
+            if ["password", "passcode", "secret", "token"]
+                .iter()
+                .any(|s| name.to_ascii_lowercase().contains(s)) =>
+        {
+            format!("{name}=(hidden)")
+        }
+        _ => option.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_in_ignored_options_are_not_logged() {
+        assert_eq!(
+            loggable_option("jms.password=s3cret"),
+            "jms.password=(hidden)"
+        );
+        assert_eq!(loggable_option("jms.userName=app"), "jms.userName=app");
+        assert_eq!(loggable_option("trace"), "trace");
+    }
 
     fn addr(host: &str, port: u16) -> BrokerAddress {
         BrokerAddress {

@@ -45,6 +45,9 @@ fn is_string_key(parts: &[String]) -> bool {
                 | "dead_letter_queue_suffix"
                 | "dead_letter_topic_prefix"
                 | "dead_letter_topic_suffix"
+                | "virtual_topic_name"
+                | "virtual_topic_prefix"
+                | "virtual_topic_postfix"
         ] | ["broker", "users", _]
             | ["store", "directory"]
             | ["store", "sync"]
@@ -58,7 +61,7 @@ fn is_string_key(parts: &[String]) -> bool {
                     | "security_token"
                     | "container"
             ]
-            | ["admin", "token"]
+            | ["admin", "bind" | "token"]
     )
 }
 

@@ -492,6 +492,9 @@ impl Config {
     /// Checks what types cannot: ranges, forms and conflicts. Called by the loaders; call it
     /// again after changing a `Config` in code.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        /// ZooKeeper's own ceiling with a long tickTime (20 ticks of 30 s): anything longer is
+        /// a typo.
+        const MAX_ZK_SESSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
         let b = &self.broker;
         if b.name.trim().is_empty() {
             return Err(invalid("broker.name", "must not be empty"));
@@ -514,6 +517,13 @@ impl Config {
             return Err(invalid(
                 "broker.max_browse_page_size",
                 "must be at least 1 (it is how many messages a queue browser is shown)",
+            ));
+        }
+        if b.memory_limit == 0 {
+            return Err(invalid(
+                "broker.memory_limit",
+                "must be positive (it bounds the message bodies held in memory; 0 would hold \
+                 back every producer of non-persistent messages for good)",
             ));
         }
         if b.users.keys().any(|login| login.is_empty()) {
@@ -542,6 +552,16 @@ impl Config {
         let s = &self.store;
         if s.directory.as_os_str().is_empty() {
             return Err(invalid("store.directory", "must not be empty"));
+        }
+        let directory = s.directory.to_string_lossy();
+        if directory.contains("${") || directory.starts_with('~') {
+            return Err(invalid(
+                "store.directory",
+                format!(
+                    "{directory:?} would be taken literally: ferromq does not expand ActiveMQ's \
+                     ${{...}} placeholders or ~; write the path out"
+                ),
+            ));
         }
         if s.log_size < MIN_LOG_SIZE {
             return Err(invalid(
@@ -609,6 +629,17 @@ impl Config {
             }
         }
         check_zk_path(&r.zk_path).map_err(|m| invalid("replication.zk_path", m))?;
+        if r.zk_session_timeout > MAX_ZK_SESSION_TIMEOUT {
+            return Err(invalid(
+                "replication.zk_session_timeout",
+                format!(
+                    "{:?} is too long: at most {MAX_ZK_SESSION_TIMEOUT:?} (ZooKeeper grants at \
+                     most 20 ticks, 40s with its default tickTime; a master cut off from it \
+                     steps down after half the timeout)",
+                    r.zk_session_timeout
+                ),
+            ));
+        }
         if r.zk_session_timeout < std::time::Duration::from_millis(100) {
             return Err(invalid(
                 "replication.zk_session_timeout",
@@ -685,7 +716,7 @@ fn same_listen_addr(a: &HostPort, b: &HostPort) -> bool {
 }
 
 /// `host[:port],host[:port],...[/chroot]`
-fn check_zk_address(zk: &str) -> Result<(), String> {
+pub(crate) fn check_zk_address(zk: &str) -> Result<(), String> {
     let (servers, chroot) = match zk.find('/') {
         Some(i) => (&zk[..i], Some(&zk[i..])),
         None => (zk, None),
@@ -724,7 +755,7 @@ fn check_zk_address(zk: &str) -> Result<(), String> {
 }
 
 /// An absolute znode path: starts with '/', no trailing '/', no empty, `.` or `..` segments.
-fn check_zk_path(path: &str) -> Result<(), String> {
+pub(crate) fn check_zk_path(path: &str) -> Result<(), String> {
     if !path.starts_with('/') {
         return Err(format!("{path:?} must start with '/'"));
     }
@@ -832,6 +863,44 @@ mod tests {
         let f = toml_file(contents);
         let err = Config::load_with_env(Some(f.path()), NO_ENV).unwrap_err();
         (err.to_string(), file_name(&f))
+    }
+
+    /// Values an operator copying from `activemq.xml` or a template might write, each refused
+    /// naming its key; string values from the environment stay strings.
+    #[test]
+    fn placeholders_zero_memory_and_endless_sessions_are_refused() {
+        for (toml, key, says) in [
+            (
+                "[store]\ndirectory = \"${activemq.data}/leveldb\"\n",
+                "store.directory",
+                "placeholders",
+            ),
+            ("[store]\ndirectory = \"~/data\"\n", "store.directory", "~"),
+            (
+                "[broker]\nmemory_limit = 0\n",
+                "broker.memory_limit",
+                "positive",
+            ),
+            (
+                "[replication]\nzk_session_timeout = \"3000000s\"\n",
+                "replication.zk_session_timeout",
+                "too long",
+            ),
+        ] {
+            let (err, _) = load_err(toml);
+            assert!(err.contains(key) && err.contains(says), "{toml}: {err}");
+        }
+        let c = Config::load_with_env(
+            None,
+            [
+                ("FERROMQ_BROKER__VIRTUAL_TOPIC_POSTFIX", ".1"),
+                ("FERROMQ_BROKER__VIRTUAL_TOPIC_PREFIX", "1."),
+                ("FERROMQ_ADMIN__BIND", "tcp://127.0.0.1:8161"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.broker.virtual_topic_postfix, ".1");
+        assert_eq!(c.broker.virtual_topic_prefix, "1.");
     }
 
     #[test]
