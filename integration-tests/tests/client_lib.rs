@@ -180,6 +180,44 @@ async fn client_transaction_commit_after_a_plain_send_delivers_both() -> Result<
     Ok(())
 }
 
+/// A message over the broker's `max_frame_size` is refused with the broker's reason, once:
+/// the broker closes the connection after such a frame, and the client does not send it again
+/// on the next connection (where it would be refused again, for ever). The sends around it
+/// are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_frame_limit_is_refused_not_resent_for_ever() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker =
+        blocking(|| BrokerProcess::start(dir.path(), "[broker]\nmax_frame_size = 4096\n"))?;
+    let client = Client::connect(&broker.url(), ClientOptions::default()).await?;
+    let queue = "queue://frame-limit";
+    client
+        .send(queue, "before", SendOptions::persistent())
+        .await?;
+    let refused = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.send(queue, vec![b'x'; 10_000], SendOptions::persistent()),
+    )
+    .await
+    .context("the oversized send was neither confirmed nor refused within 30 s")?;
+    let error = refused.expect_err("a 10 KB frame confirmed by a broker with a 4 KiB limit");
+    assert!(
+        error.to_string().contains("frame too large"),
+        "refused for another reason: {error}"
+    );
+    client
+        .send(queue, "after", SendOptions::persistent())
+        .await?;
+    client.close().await?;
+    let got = blocking(|| -> Result<Vec<Frame>> {
+        let mut consumer = broker.client()?;
+        consumer.subscribe("c", "/queue/frame-limit", &[])?;
+        consumer.recv_until(b"after", FRAME_TIMEOUT)
+    })?;
+    assert_eq!(bodies(&got), ["before", "after"]);
+    Ok(())
+}
+
 /// `ferromq consume -n 2` (default `--ack auto`) on a queue of 5 takes 2 off it: what the
 /// broker pushed beyond the count was not acknowledged and is there for the next consumer.
 #[test]

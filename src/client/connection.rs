@@ -857,6 +857,7 @@ impl Driver {
             .filter(|_| !broker_unavailable(&message))
             .and_then(|op| self.outbox.remove(&op));
         let Some(pending) = refused else {
+            self.refuse_too_large(&message);
             return Some(Ended::Refused(format!("the broker sent ERROR: {message}")));
         };
         tracing::warn!(%message, command = %pending.frame.command, "the broker refused a request");
@@ -865,6 +866,35 @@ impl Driver {
         // ActiveMQ and ferromq keep the connection after refusing a well-formed frame; a
         // broker that closes it after its ERROR is handled when that happens.
         None
+    }
+
+    /// A broker's `frame too large: ... exceeds the limit of N bytes` (it then closes the
+    /// connection, naming no request): every waiting request whose frame is over N is refused
+    /// with it rather than re-sent on the next connection, where it would be refused again, for
+    /// ever.
+    fn refuse_too_large(&mut self, message: &str) {
+        let Some(limit) = frame_limit(message) else {
+            return;
+        };
+        let too_large: Vec<u64> = self
+            .outbox
+            .iter()
+            .filter(|(_, pending)| {
+                let mut encoded = BytesMut::new();
+                encode(&pending.frame, self.version, &mut encoded);
+                encoded.len() > limit
+            })
+            .map(|(&op, _)| op)
+            .collect();
+        for op in too_large {
+            if let Some(pending) = self.outbox.remove(&op) {
+                tracing::warn!(%message, command = %pending.frame.command, "the broker refused a request");
+                self.forget(&pending.kind);
+                pending.respond(Err(ClientError::Rejected {
+                    message: message.to_string(),
+                }));
+            }
+        }
     }
 
     /// Decides the fate of every unconfirmed request when the connection is lost: sends and
@@ -932,4 +962,11 @@ impl Driver {
             let _ = reply.send(Ok(()));
         }
     }
+}
+
+/// The limit a broker's `frame too large: ... exceeds the limit of N bytes` names (ferromq's
+/// words), if `message` is that.
+fn frame_limit(message: &str) -> Option<usize> {
+    let rest = message.split("exceeds the limit of ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
 }

@@ -6,8 +6,10 @@
 //! - `failover:(tcp://a:61613,tcp://b:61613)?initialReconnectDelay=100&randomize=false`, or
 //!   `failover:tcp://a:61613,tcp://b:61613?randomize=false` without the parentheses.
 //!
-//! Whatever the form, the client fails over between the listed brokers; only `failover:` URLs
-//! take options, with ActiveMQ's names, units (milliseconds) and defaults. A port left out is
+//! Whatever the form, the client fails over between the listed brokers once connected; only
+//! `failover:` URLs take options, with ActiveMQ's names, units (milliseconds) and defaults.
+//! Without `failover:`, as with ActiveMQ's `tcp://`, a first connection that cannot be made is
+//! an error at once (one pass over the list) rather than retried. A port left out is
 //! 61616 (ActiveMQ's and ferromq's default connector, which detects STOMP), or 61613 for
 //! `stomp://`. Unknown options, and nested transport options such as
 //! `tcp://a:61613?wireFormat.maxInactivityDuration=0` or `failover:(..)?nested.x=y`, are ignored
@@ -171,6 +173,11 @@ impl FailoverUrl {
             brokers.push(parse_address(part, &mut ignored)?);
         }
         let mut options = FailoverOptions::default();
+        if strip_prefix_ignore_case(url, "failover:").is_none() {
+            // As ActiveMQ's `tcp://`: a broker that cannot be reached at the start is an error
+            // at once (one pass over the list), not a wait for ever.
+            options.startup_max_reconnect_attempts = AttemptLimit::Limited(0);
+        }
         if let Some(query) = query {
             parse_options(query, &mut options, &mut ignored)?;
         }
@@ -407,6 +414,7 @@ fn loggable_option(option: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::failover::Phase;
 
     #[test]
     fn secrets_in_ignored_options_are_not_logged() {
@@ -429,6 +437,17 @@ mod tests {
     fn single_urls_and_plain_lists() {
         let url = FailoverUrl::parse("tcp://broker1:61616").unwrap();
         assert_eq!(url.brokers, vec![addr("broker1", 61616)]);
+        // As ActiveMQ's tcp://: the first connection is tried once, not for ever.
+        assert_eq!(
+            url.options,
+            FailoverOptions {
+                startup_max_reconnect_attempts: AttemptLimit::Limited(0),
+                ..FailoverOptions::default()
+            }
+        );
+        assert_eq!(url.options.passes_allowed(Phase::Startup), Some(1));
+        assert_eq!(url.options.passes_allowed(Phase::Reconnect), None);
+        let url = FailoverUrl::parse("failover:(tcp://broker1:61616)").unwrap();
         assert_eq!(url.options, FailoverOptions::default());
 
         let url = FailoverUrl::parse("stomp://10.0.0.1").unwrap();
