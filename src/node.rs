@@ -99,7 +99,7 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
         Mode::Refuse("not the master: this node is joining the cluster".into()),
     )
     .await?;
-    let status = crate::admin::Status::new(&config.broker.name);
+    let status = crate::admin::Status::new(&node);
     status.set_role("candidate", log.epoch, log.position);
     let _admin = crate::server::start_admin(&config, &status, &listeners).await?;
     let client_address = listeners.addresses.first().map(|a| {

@@ -171,6 +171,12 @@ pub(crate) async fn start_admin(
     listeners: &Listeners,
 ) -> anyhow::Result<Option<AbortOnDrop<()>>> {
     let Some(bind) = &config.admin.bind else {
+        if config.admin.token.is_some() {
+            tracing::warn!(
+                "admin.token is set but admin.bind is not: there is no admin endpoint for it to \
+                 protect; set admin.bind (e.g. \"tcp://127.0.0.1:8161\") to serve one"
+            );
+        }
         return Ok(None);
     };
     let token = config.admin.token.clone();

@@ -367,6 +367,13 @@ pub mod optional_tcp_uri {
         if s.trim().is_empty() {
             return Ok(None);
         }
+        // An HTTP endpoint's address may be written as one (`http://0.0.0.0:8161`).
+        let s = match s.trim().get(..7) {
+            Some(scheme) if scheme.eq_ignore_ascii_case("http://") => {
+                format!("tcp://{}", s.trim()[7..].trim_end_matches('/'))
+            }
+            _ => s,
+        };
         HostPort::parse_tcp_uri(&s)
             .map(Some)
             .map_err(serde::de::Error::custom)

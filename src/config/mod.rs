@@ -159,7 +159,8 @@ pub struct BrokerConfig {
     #[serde(with = "units::size")]
     pub max_frame_size: u64,
     /// After this many redeliveries a message goes to its DLQ (ActiveMQ's
-    /// `maximumRedeliveries`, default 6).
+    /// `maximumRedeliveries`, default 6; -1, as in ActiveMQ: never, kept here as `u32::MAX`).
+    #[serde(with = "units::redeliveries")]
     pub max_redeliveries: u32,
     /// Which DLQ a dead letter goes to (ActiveMQ's `<deadLetterStrategy>`): `shared` (the
     /// default: all to `ActiveMQ.DLQ`) or `individual` (one DLQ for each destination, named
@@ -901,6 +902,19 @@ mod tests {
         .unwrap();
         assert_eq!(c.broker.virtual_topic_postfix, ".1");
         assert_eq!(c.broker.virtual_topic_prefix, "1.");
+        // ActiveMQ's "unlimited" redeliveries.
+        let f = toml_file("[broker]\nmax_redeliveries = -1\n");
+        let c = Config::load_with_env(Some(f.path()), NO_ENV).unwrap();
+        assert_eq!(c.broker.max_redeliveries, u32::MAX);
+        let (err, _) = load_err("[broker]\nmax_redeliveries = -2\n");
+        assert!(
+            err.contains("max_redeliveries") && err.contains("-1"),
+            "{err}"
+        );
+        // The admin endpoint's address written as an HTTP URL is taken too.
+        let f = toml_file("[admin]\nbind = \"http://127.0.0.1:8161/\"\n");
+        let c = Config::load_with_env(Some(f.path()), NO_ENV).unwrap();
+        assert_eq!(c.admin.bind.unwrap().to_tcp_uri(), "tcp://127.0.0.1:8161");
     }
 
     #[test]
@@ -1272,7 +1286,6 @@ mod tests {
             ("[store]\nlog_size = \"512KiB\"", "store.log_size"),
             ("[broker]\nmax_frame_size = 10", "broker.max_frame_size"),
             ("[admin]\nbind = \"tcp://0.0.0.0:61616\"", "admin.bind"),
-            ("[admin]\nbind = \"http://127.0.0.1:8161\"", "admin.bind"),
             ("[admin]\ntoken = \"a b\"", "admin.token"),
             ("[admin]\ntoken = [\"a\"]", "admin.token"),
             ("[broker]\nname = \"\"", "broker.name"),

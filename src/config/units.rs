@@ -350,3 +350,29 @@ mod tests {
         assert_eq!(format_size(0), "0");
     }
 }
+
+/// `#[serde(with = "units::redeliveries")]`: a redelivery count, or -1 for ActiveMQ's
+/// "unlimited" (`u32::MAX`: never reached).
+pub mod redeliveries {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &u32, serializer: S) -> Result<S::Ok, S::Error> {
+        if *value == u32::MAX {
+            serializer.serialize_i64(-1)
+        } else {
+            serializer.serialize_u32(*value)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+        let n = i64::deserialize(deserializer)?;
+        match n {
+            -1 => Ok(u32::MAX),
+            n => u32::try_from(n).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "{n} is not a redelivery count: 0 or more, or -1 for unlimited"
+                ))
+            }),
+        }
+    }
+}
