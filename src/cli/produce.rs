@@ -405,8 +405,11 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_bad_destination_is_an_error_before_connecting() {
-        let args = produce_args(&["--url", "tcp://127.0.0.1:1", "-d", "orders"]);
+        let args = produce_args(&["--url", "tcp://127.0.0.1:1", "-d", "temp-queue://orders"]);
         let error = execute(&args).await.unwrap_err();
-        assert_eq!(error, ClientError::InvalidDestination("orders".into()));
+        assert_eq!(
+            error,
+            ClientError::InvalidDestination("temp-queue://orders".into())
+        );
     }
 }

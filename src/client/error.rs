@@ -11,7 +11,7 @@ pub enum ClientError {
     #[error(transparent)]
     Url(#[from] UrlError),
     #[error(
-        "invalid destination {0:?}: use queue://NAME, topic://NAME, /queue/NAME or /topic/NAME"
+        "invalid destination {0:?}: use queue://NAME, topic://NAME, /queue/NAME, /topic/NAME or a bare NAME (a queue)"
     )]
     InvalidDestination(String),
     /// The broker answered CONNECT with an ERROR that is not about its own availability (bad
