@@ -86,9 +86,16 @@ impl ConnectorOptions {
                         ))
                     })
             };
+            let twice = || bad(format!("option {name:?} is given twice"));
             if name == Self::MAXIMUM_CONNECTIONS {
+                if options.maximum_connections.is_some() {
+                    return Err(twice());
+                }
                 options.maximum_connections = Some(number(name, 1, u32::MAX as u64)? as usize);
             } else if name == Self::MAX_FRAME_SIZE {
+                if options.max_frame_size.is_some() {
+                    return Err(twice());
+                }
                 options.max_frame_size =
                     Some(number(name, super::MIN_FRAME_SIZE, super::MAX_FRAME_SIZE)?);
             } else {
@@ -497,6 +504,7 @@ mod tests {
             "tcp://0.0.0.0:70000",
             "tcp://::1:61616",
             "tcp://0.0.0.0:61616?maximumConnections=0",
+            "tcp://0.0.0.0:61616?maximumConnections=10&maximumConnections=20",
             "tcp://0.0.0.0:61616?maximumConnections=many",
             "tcp://0.0.0.0:61616?wireFormat.maxFrameSize=10",
             "tcp://0.0.0.0:61616?transport.soTimeout=1000",
