@@ -551,10 +551,10 @@ async fn durable_subscriptions_need_a_client_id() {
     );
     assert_eq!(
         client
-            .send("orders", "x", SendOptions::default())
+            .send("temp-queue://orders", "x", SendOptions::default())
             .await
             .unwrap_err(),
-        ClientError::InvalidDestination("orders".into())
+        ClientError::InvalidDestination("temp-queue://orders".into())
     );
 }
 

@@ -35,14 +35,6 @@ async fn unacked_messages_are_redelivered_then_dead_lettered() {
     assert_eq!(header(&d, "originalExpiration"), Some("0"));
 }
 
-fn header<'a>(d: &'a Delivery, name: &str) -> Option<&'a str> {
-    d.message
-        .headers
-        .iter()
-        .find(|h| h.name == name)
-        .map(|h| h.value.as_str())
-}
-
 /// A poison ack's cause (an OpenWire client's, which counts redeliveries itself) is what the
 /// message says on its DLQ; a rejection without one says nothing.
 #[tokio::test]
