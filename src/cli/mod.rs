@@ -11,29 +11,23 @@
 
 /// `print!` / `println!` / `eprint!` / `eprintln!` that never panic: output to a closed pipe
 /// (`ferromq status | head -1`, a log reader that went away) is dropped, not a panic.
-macro_rules! out {
-    ($($arg:tt)*) => {{
+macro_rules! emit {
+    ($stream:ident, $write:ident, $($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = write!(std::io::stdout(), $($arg)*);
+        let _ = $write!(std::io::$stream(), $($arg)*);
     }};
+}
+macro_rules! out {
+    ($($arg:tt)*) => { emit!(stdout, write, $($arg)*) };
 }
 macro_rules! outln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
+    ($($arg:tt)*) => { emit!(stdout, writeln, $($arg)*) };
 }
 macro_rules! errout {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = write!(std::io::stderr(), $($arg)*);
-    }};
+    ($($arg:tt)*) => { emit!(stderr, write, $($arg)*) };
 }
 macro_rules! errln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
+    ($($arg:tt)*) => { emit!(stderr, writeln, $($arg)*) };
 }
 
 mod bench;

@@ -102,12 +102,17 @@ pub(crate) fn usage_error(error: &clap::Error) -> ExitCode {
         .next()
         .unwrap_or_default()
         .trim_start_matches("error: ");
+    errout!("{text}");
+    unknown(what)
+}
+
+/// `FERROMQ UNKNOWN - bad command line: <what>` on standard output, exit code 3.
+fn unknown(what: &str) -> ExitCode {
     let verdict = Verdict {
         health: Health::Unknown,
         summary: format!("bad command line: {what}"),
     };
     outln!("{verdict}");
-    errout!("{text}");
     verdict.health.exit_code()
 }
 
@@ -122,15 +127,10 @@ pub(crate) async fn run(args: StatusArgs) -> ExitCode {
         });
     if let Err(what) = bad {
         errln!("ferromq status: {what}");
-        if args.expect_members.is_none() {
-            return ExitCode::from(2);
-        }
-        let verdict = Verdict {
-            health: Health::Unknown,
-            summary: format!("bad command line: {what}"),
+        return match args.expect_members {
+            None => ExitCode::from(2),
+            Some(_) => unknown(&what),
         };
-        outln!("{verdict}");
-        return verdict.health.exit_code();
     }
     let read =
         crate::election::read_cluster(&args.zk_address, &args.zk_path, args.zk_password.as_deref())

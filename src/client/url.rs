@@ -160,7 +160,8 @@ impl FailoverUrl {
             return Err(UrlError::Empty);
         }
         let mut ignored = Vec::new();
-        let (list, query) = match strip_prefix_ignore_case(url, "failover:") {
+        let failover = strip_prefix_ignore_case(url, "failover:");
+        let (list, query) = match failover {
             Some(rest) => split_failover(url, rest.strip_prefix("//").unwrap_or(rest))?,
             None => (url, None),
         };
@@ -173,7 +174,7 @@ impl FailoverUrl {
             brokers.push(parse_address(part, &mut ignored)?);
         }
         let mut options = FailoverOptions::default();
-        if strip_prefix_ignore_case(url, "failover:").is_none() {
+        if failover.is_none() {
             // As ActiveMQ's `tcp://`: a broker that cannot be reached at the start is an error
             // at once (one pass over the list), not a wait for ever.
             options.startup_max_reconnect_attempts = AttemptLimit::Limited(0);

@@ -375,9 +375,10 @@ pub mod optional_tcp_uri {
             return Ok(None);
         }
         // An HTTP endpoint's address may be written as one (`http://0.0.0.0:8161`).
-        let s = match s.trim().get(..7) {
+        let trimmed = s.trim();
+        let s = match trimmed.get(..7) {
             Some(scheme) if scheme.eq_ignore_ascii_case("http://") => {
-                format!("tcp://{}", s.trim()[7..].trim_end_matches('/'))
+                format!("tcp://{}", trimmed[7..].trim_end_matches('/'))
             }
             _ => s,
         };

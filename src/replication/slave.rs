@@ -230,14 +230,9 @@ pub async fn run_slave(
     let mut damaged = store.damage().is_some();
     loop {
         if damaged && caught_up && store.durable() >= target {
+            // The node, watching the store's mark, logs it and tells the election.
             store.clear_damage()?;
             damaged = false;
-            info!(
-                master = %options.master,
-                end = %store.end(),
-                "the store marked damaged holds the master's journal again: mark removed, and \
-                 this node counts in elections again"
-            );
         }
         if !caught_up && store.end() >= target {
             caught_up = true;

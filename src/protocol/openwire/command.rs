@@ -228,6 +228,17 @@ pub struct Throwable {
     pub cause: Option<Box<Throwable>>,
 }
 
+/// As Java's `Throwable.toString()`: `class: message`, or the class alone.
+impl std::fmt::Display for Throwable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let class = self.class_name.as_deref().unwrap_or("java.lang.Throwable");
+        match &self.message {
+            Some(message) => write!(f, "{class}: {message}"),
+            None => f.write_str(class),
+        }
+    }
+}
+
 /// Any marshallable object, for fields typed `DataStructure` in Java
 /// (`Message.dataStructure`, `DataResponse.data`, `RemoveInfo.objectId`...).
 #[derive(Debug, Clone, PartialEq)]

@@ -1308,16 +1308,7 @@ impl State {
                     consumer.dispatched.remove(t);
                 }
                 // As ActiveMQ stores it: the Throwable's toString().
-                let cause = ack.poison_cause.as_ref().map(|c| match &c.message {
-                    Some(message) => format!(
-                        "{}: {message}",
-                        c.class_name.as_deref().unwrap_or("java.lang.Throwable")
-                    ),
-                    None => c
-                        .class_name
-                        .clone()
-                        .unwrap_or_else(|| "java.lang.Throwable".into()),
-                });
+                let cause = ack.poison_cause.as_ref().map(ToString::to_string);
                 for t in tags {
                     self.session.poison(t, cause.as_deref())?;
                 }
