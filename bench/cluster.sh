@@ -108,11 +108,9 @@ record_load() { # SCENARIO BUSY BEFORE AFTER
     '{scenario: $s, busy_before_pct: $busy, before: $before, after: $after}' >> "$RESULTS/loads.jsonl"
 }
 
-# Members as a JSON array (the znode data of each).
-# The members' znode JSON, each with its znode name added as "znode".
+# The members as a JSON array: each one's znode data, with its znode name added as "znode".
 members() {
-  "$B" status --zk-address "$ZK" --json 2>/dev/null \
-    | while read -r name json; do jq -c --arg z "$name" '. + {znode: $z}' <<< "$json"; done | jq -s -c .
+  "$B" status --zk-address "$ZK" --json 2>/dev/null || echo '[]'
 }
 # jq: the elected master's znode entry. As in ActiveMQ, the coordinator (the member with the
 # lowest sequence, not necessarily the master) announces the elected member's id in its

@@ -306,9 +306,10 @@ impl View {
     fn of(status: &Status, mode: &watch::Receiver<Mode>) -> View {
         let (broker, refusal) = match &*mode.borrow() {
             Mode::Serve(broker) => (Some(broker.clone()), None),
-            Mode::Refuse(reason) | Mode::Closed(reason) | Mode::Pending(reason) => {
-                (None, Some(reason.clone()))
-            }
+            Mode::Refuse(reason)
+            | Mode::Electing(reason)
+            | Mode::Closed(reason)
+            | Mode::Pending(reason) => (None, Some(reason.clone())),
         };
         let store_failure = broker.as_ref().and_then(Broker::store_failure);
         let role = status.role();

@@ -96,7 +96,7 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
     }
     let listeners = Listeners::bind(
         &config,
-        Mode::Refuse("not the master: this node is joining the cluster".into()),
+        Mode::Electing("not the master: this node is joining the cluster".into()),
     )
     .await?;
     let status = crate::admin::Status::new(&node);
@@ -307,16 +307,21 @@ impl Lifecycle {
             let taking_over = role.is_taking_over();
             match role {
                 Role::Candidate { reason } => {
-                    let refusal = if reason.contains("not enough cluster members") {
+                    let no_quorum = reason.contains("not enough cluster members");
+                    let refusal = if no_quorum {
                         format!("not the master: no quorum is available ({reason})")
                     } else {
                         format!("not the master: no master elected ({reason})")
                     };
-                    // Elected: clients arriving now are held until this node serves them.
+                    // Elected: clients arriving now are held until this node serves them. No
+                    // quorum: JMS applications are told (it lasts until an operator acts); an
+                    // election: their failover transports just retry.
                     self.listeners.set_mode(if taking_over {
                         Mode::Pending(refusal)
-                    } else {
+                    } else if no_quorum {
                         Mode::Refuse(refusal)
+                    } else {
+                        Mode::Electing(refusal)
                     });
                     self.status
                         .set_role("candidate", self.log.epoch, self.log.position);
@@ -485,7 +490,7 @@ impl Lifecycle {
             tracing::error!(node = %self.node, epoch, %reason, "the store failed: stepping down so that another node takes over");
         }
         // Step down: no client is served and nothing is confirmed from here on.
-        self.listeners.set_mode(Mode::Refuse(
+        self.listeners.set_mode(Mode::Electing(
             "not the master: this node stepped down".into(),
         ));
         *self.hook.write().unwrap_or_else(|p| p.into_inner()) = None;

@@ -35,9 +35,17 @@ const PENDING_HOLD: Duration = Duration::from_secs(2);
 pub enum Mode {
     /// This node is the master (or standalone): serve clients with this broker core.
     Serve(Broker),
-    /// No master to send clients to (no quorum, election under way): answer with an ERROR
-    /// frame giving the reason and close, so a client is told why instead of waiting.
+    /// No master to send clients to for want of a quorum, or a node that is leaving: answer
+    /// with an ERROR frame (STOMP) or a `ConnectionError` (OpenWire, which a JMS application
+    /// sees in its exception listener) giving the reason, and close, so a client is told why
+    /// instead of waiting.
     Refuse(String),
+    /// An election is under way (a master was lost, this node is joining or stepped down): a
+    /// STOMP client gets the ERROR frame as with `Refuse`; an OpenWire client is closed
+    /// without a `ConnectionError`, so its failover transport retries without troubling the
+    /// application's exception listener, as it would at a node that does not listen (ActiveMQ's
+    /// own non-masters), for what is an ordinary failover.
+    Electing(String),
     /// A master serves elsewhere: the client port is closed, so every client (ferromq's,
     /// stomp.py, a JMS failover transport) is refused at connect and tries the next address.
     Closed(String),
@@ -299,7 +307,7 @@ impl Node {
 fn refuse_cluster_store(config: &Config) -> anyhow::Result<()> {
     let marker = config.store.directory.join(crate::node::REGISTRATION_FILE);
     if marker.exists() {
-        anyhow::bail!(
+        return Err(NeedsOperator(format!(
             "the store in {} belongs to a member of a replicated cluster (it holds {}, written \
              when it joined ZooKeeper), but this configuration has no replication.zk_address \
              (an empty value, FERROMQ_REPLICATION__ZK_ADDRESS= included, means none): run \
@@ -308,9 +316,33 @@ fn refuse_cluster_store(config: &Config) -> anyhow::Result<()> {
             config.store.directory.display(),
             crate::node::REGISTRATION_FILE,
             marker.display()
-        );
+        ))
+        .into());
     }
     Ok(())
+}
+
+/// A start-up refusal that only a person can resolve; see [`needs_operator`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NeedsOperator(String);
+
+/// Whether a node's start-up failed in a way that starting it again cannot mend: a store that
+/// belongs to a cluster under a standalone configuration, a damaged standalone journal, a
+/// volume too small for the journal. The command line exits with the configuration-error
+/// status for these (2), which the shipped systemd unit does not retry; anything else (a port
+/// in use, a store locked by a process still stopping, a ZooKeeper not yet up) exits with 1
+/// and is retried.
+pub fn needs_operator(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.is::<NeedsOperator>()
+            || cause
+                .downcast_ref::<crate::store::StoreError>()
+                .is_some_and(crate::store::StoreError::needs_operator)
+            || cause
+                .downcast_ref::<crate::broker::BrokerError>()
+                .is_some_and(|e| matches!(e, crate::broker::BrokerError::StoreTooSmall { .. }))
+    })
 }
 
 /// Runs a node until SIGINT or SIGTERM: standalone without `zk_address`, else a member of a
@@ -498,6 +530,7 @@ fn dispatch(
                     "this connector serves at most {max} connections (its maximumConnections); \
                      try again later"
                 ),
+                true,
             ));
         }
         Mode::Serve(broker) => {
@@ -509,7 +542,10 @@ fn dispatch(
             });
         }
         Mode::Refuse(reason) | Mode::Closed(reason) | Mode::Pending(reason) => {
-            tokio::spawn(refuse(socket, peer, reason.clone()));
+            tokio::spawn(refuse(socket, peer, reason.clone(), true));
+        }
+        Mode::Electing(reason) => {
+            tokio::spawn(refuse(socket, peer, reason.clone(), false));
         }
     }
 }
@@ -523,9 +559,10 @@ async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, S
 }
 
 /// Tells a client this node does not serve it now, and closes: a STOMP ERROR frame, or for an
-/// OpenWire client (told by its first bytes) a `WireFormatInfo` and a `ConnectionError`, which
-/// a JMS application sees in its exception listener before its failover transport retries.
-async fn refuse<S>(mut socket: S, peer: SocketAddr, reason: String)
+/// OpenWire client (told by its first bytes) with `tell_openwire` a `WireFormatInfo` and a
+/// `ConnectionError`, which a JMS application sees in its exception listener before its
+/// failover transport retries (without, nothing: the transport just retries).
+async fn refuse<S>(mut socket: S, peer: SocketAddr, reason: String, tell_openwire: bool)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -543,7 +580,8 @@ where
     })
     .await;
     let answer = match detect(&first) {
-        Some(Detected::OpenWire) => openwire::refusal(&reason),
+        Some(Detected::OpenWire) if tell_openwire => openwire::refusal(&reason),
+        Some(Detected::OpenWire) => Vec::new(),
         _ => format!("ERROR\nmessage:{reason}\ncontent-type:text/plain\n\n{reason}\0").into_bytes(),
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -606,12 +644,29 @@ mod tests {
     use super::*;
     use crate::protocol::openwire::{self as ow, Command, Format, WireFormatInfo};
 
+    /// What a JMS client sends first: its `WireFormatInfo`.
+    fn openwire_hello() -> BytesMut {
+        let mut hello = BytesMut::new();
+        ow::encode(
+            &Command::WireFormatInfo(WireFormatInfo::ferromq(0, 0, 0)),
+            Format::new(12),
+            &mut hello,
+        )
+        .unwrap();
+        hello
+    }
+
     async fn refused(hello: &[u8]) -> Vec<u8> {
+        refused_telling(hello, true).await
+    }
+
+    async fn refused_telling(hello: &[u8], tell_openwire: bool) -> Vec<u8> {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let task = tokio::spawn(refuse(
             server,
             "127.0.0.1:1".parse().unwrap(),
             "no quorum: 1 of 3 nodes".into(),
+            tell_openwire,
         ));
         client.write_all(hello).await.unwrap();
         let mut answer = Vec::new();
@@ -680,13 +735,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_openwire_client_gets_a_connection_error_naming_the_reason() {
-        let mut hello = BytesMut::new();
-        ow::encode(
-            &Command::WireFormatInfo(WireFormatInfo::ferromq(0, 0, 0)),
-            Format::new(12),
-            &mut hello,
-        )
-        .unwrap();
+        let hello = openwire_hello();
         let answer = refused(&hello).await;
         let mut input = BytesMut::from(&answer[..]);
         let reader = ow::FrameReader::new(1 << 20);
@@ -701,6 +750,17 @@ mod tests {
         };
         let reason = error.exception.unwrap().message.unwrap();
         assert_eq!(reason, "no quorum: 1 of 3 nodes");
+    }
+
+    /// During an election a JMS client's connection is closed without a word: its failover
+    /// transport retries, and the application's exception listener hears nothing of what is
+    /// an ordinary failover. A STOMP client still gets the ERROR frame.
+    #[tokio::test]
+    async fn during_an_election_an_openwire_client_is_closed_without_a_connection_error() {
+        let hello = openwire_hello();
+        assert!(refused_telling(&hello, false).await.is_empty());
+        let stomp = refused_telling(b"CONNECT\naccept-version:1.2\n\n\0", false).await;
+        assert!(String::from_utf8(stomp).unwrap().starts_with("ERROR\n"));
     }
 
     #[test]

@@ -611,7 +611,7 @@ impl Cluster {
     }
 
     /// The rows of `ferromq status` (header excluded), each split at whitespace: znode, id,
-    /// role, elected?, epoch, position, address, weight, quorum, slaves.
+    /// role, elected?, epoch, position, address, weight, quorum, slaves, node.
     pub fn status_rows(&self) -> Result<Vec<Vec<String>>> {
         let (_, out, err) = self.status()?;
         let mut lines = out.lines();

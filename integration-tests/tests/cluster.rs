@@ -821,6 +821,26 @@ fn no_quorum_then_back_zk38() {
     // The health check a monitor runs (Nagios plugin codes): OK, then WARNING when a node
     // dies while a master still serves, then CRITICAL when no master can.
     expect_health(&cluster, 0, "FERROMQ OK - master ", "all three up");
+    // A mistyped --zk-path is the check's own mistake (UNKNOWN, naming the path), not a page
+    // saying that no master serves.
+    let (status, out, err) = ferromq_integration_tests::run_cli(
+        &[
+            "status",
+            "--zk-address",
+            &cluster.zk_address(),
+            "--zk-path",
+            "/activemq/leveldb-storse",
+            "--expect-members",
+            "3",
+        ],
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(status.code(), Some(3), "{out}\n{err}");
+    assert!(
+        out.starts_with("FERROMQ UNKNOWN - no znode /activemq/leveldb-storse in ZooKeeper"),
+        "{out}"
+    );
     cluster.kill9(down);
     expect_health(
         &cluster,
@@ -1894,7 +1914,11 @@ fn a_cluster_nodes_store_is_refused_standalone_zk38() {
     }
     let output = child.wait_with_output().expect("its output");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a refusal only a person can mend exits 2, which supervisors do not retry: {stderr}"
+    );
     assert!(
         stderr.contains("replication.zk_address") && stderr.contains("zk.registration"),
         "the error should name the key and the way out: {stderr}"
@@ -2315,6 +2339,17 @@ fn java_clients_through_a_master_kill(
         "{total} sent ({before_kill} before the kill); consumer: {}",
         consumed.last_with("RESULT ").unwrap_or_default()
     );
+    // The survivors refuse connections during the election without a ConnectionError, so the
+    // applications' exception listeners hear nothing of an ordinary failover.
+    for outcome in [&produced, &consumed] {
+        assert_eq!(
+            outcome.last_with("EXCEPTION_LISTENER "),
+            None,
+            "{}: the exception listener was called during the failover\n{}",
+            outcome.label,
+            outcome.summary()
+        );
+    }
     (produced, consumed, total)
 }
 

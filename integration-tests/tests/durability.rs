@@ -432,3 +432,47 @@ fn persistent_sends_to_a_temporary_queue_are_not_stored() -> Result<()> {
     assert!(format!("{gone:#}").contains("does not exist"), "{gone:#}");
     Ok(())
 }
+
+/// A standalone store with a corrupt frame in a finished segment (a bad disk, a stray write)
+/// holds confirmed records after it: the broker refuses to start, naming the segment and the
+/// way out, and exits with status 2, which the shipped systemd unit does not retry
+/// (`RestartPreventExitStatus=2`): starting again cannot mend it, a person must.
+#[test]
+fn a_damaged_store_refuses_to_start_with_the_status_supervisors_do_not_retry() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = format!(
+        "[transport]\nconnectors = [\"tcp://127.0.0.1:0\"]\n[store]\ndirectory = {}\nlog_size = \"1MiB\"\n",
+        ferromq_integration_tests::toml_string(&dir.path().join("data").to_string_lossy())
+    );
+    let mut broker = BrokerProcess::start_with_config("damaged", dir.path(), &config)?;
+    let mut producer = broker.client()?;
+    // 3 MiB of confirmed messages: the first 1 MiB segment is finished, records follow it.
+    let body = vec![b'x'; 16 * 1024];
+    for _ in 0..192 {
+        producer.send_persistent("/queue/kept", &body)?;
+    }
+    broker.kill9();
+    let first = dir.path().join("data").join("0000000000000000.log");
+    let mut bytes = std::fs::read(&first)?;
+    bytes[200_000] ^= 0x5a;
+    std::fs::write(&first, bytes)?;
+
+    let refused = broker.restart();
+    assert!(
+        refused.is_err(),
+        "a store with a corrupt finished segment started"
+    );
+    let status = broker.exit_status().context("the broker has not exited")?;
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "a refusal only a person can mend must exit 2; logs:\n{}",
+        broker.logs().join("\n")
+    );
+    assert!(
+        broker.logs_contain("not a torn tail"),
+        "the refusal should say why: {}",
+        broker.logs().join("\n")
+    );
+    Ok(())
+}

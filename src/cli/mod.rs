@@ -6,7 +6,9 @@
 //! - `status`: the cluster's members as ZooKeeper shows them.
 //!
 //! Exit codes: 0 success; 1 failure (including `consume` receiving fewer messages than asked);
-//! 2 usage or configuration error. `status --expect-members` uses the Nagios plugin codes
+//! 2 usage or configuration error, or a broker start-up refused in a way only a person can
+//! mend (a damaged store, a cluster member's store under a standalone configuration, a volume
+//! too small; [`crate::server::needs_operator`]), which supervisors should not retry. `status --expect-members` uses the Nagios plugin codes
 //! instead: 0 OK, 1 WARNING, 2 CRITICAL.
 
 /// `print!` / `println!` / `eprint!` / `eprintln!` that never panic: output to a closed pipe
@@ -103,7 +105,7 @@ pub(crate) struct ConnectArgs {
     /// it, so `consume --durable` needs one.
     #[arg(long, value_name = "ID")]
     client_id: Option<String>,
-    /// STOMP heart-beat period, both ways: a broker silent for twice this long (a paused
+    /// STOMP heart-beat period, both ways: a broker silent for 2.25 times this long (a paused
     /// process, a dead machine) is taken for dead and the failover URL's next broker tried.
     /// 0 turns heart-beats off.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration_arg)]
@@ -239,7 +241,11 @@ async fn broker(args: BrokerArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             errln!("ferromq broker: {e:#}");
-            ExitCode::FAILURE
+            if crate::server::needs_operator(&e) {
+                ExitCode::from(USAGE_ERROR)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -23,10 +23,16 @@ pub(crate) struct StatusArgs {
     /// Parent znode of the members (zkPath).
     #[arg(long, value_name = "PATH", default_value = "/activemq/leveldb-stores")]
     zk_path: String,
+    /// The cluster to show or check, by its broker name (`[broker] name`, ActiveMQ's
+    /// brokerName: the znodes' "id"), when several clusters register under one zk_path. A
+    /// health check refuses to judge several clusters at once (UNKNOWN).
+    #[arg(long, value_name = "NAME")]
+    cluster: Option<String>,
     /// ZooKeeper password (zkPassword), if the cluster uses one.
     #[arg(long, value_name = "PASSWORD")]
     zk_password: Option<String>,
-    /// Print the members as JSON (the znode data) instead of a table.
+    /// Print the members as one JSON array instead of a table: each member's znode data, with
+    /// its znode name added as "znode".
     #[arg(long)]
     json: bool,
     /// Health check for monitoring (Nagios/Icinga plugin, systemd timer, cron): the first
@@ -108,9 +114,14 @@ pub(crate) fn usage_error(error: &clap::Error) -> ExitCode {
 
 /// `FERROMQ UNKNOWN - bad command line: <what>` on standard output, exit code 3.
 fn unknown(what: &str) -> ExitCode {
+    unknown_because(&format!("bad command line: {what}"))
+}
+
+/// `FERROMQ UNKNOWN - <why>` on standard output, exit code 3: the check cannot judge.
+fn unknown_because(why: &str) -> ExitCode {
     let verdict = Verdict {
         health: Health::Unknown,
-        summary: format!("bad command line: {what}"),
+        summary: why.to_string(),
     };
     outln!("{verdict}");
     verdict.health.exit_code()
@@ -137,6 +148,10 @@ pub(crate) async fn run(args: StatusArgs) -> ExitCode {
             .await;
     let members = match (read, args.expect_members) {
         (Ok(members), _) => members,
+        // A path nobody registered under is most likely the check's own mistake.
+        (Err(e @ crate::election::ElectionError::NoPath { .. }), Some(_)) => {
+            return unknown_because(&format!("{e} (--zk-path)"));
+        }
         (Err(e), None) => {
             errln!("ferromq status: {e}");
             return ExitCode::FAILURE;
@@ -152,14 +167,26 @@ pub(crate) async fn run(args: StatusArgs) -> ExitCode {
             return verdict.health.exit_code();
         }
     };
+    let mut members = members;
+    if let Some(name) = &args.cluster {
+        members.retain(|m| m.data.as_ref().is_some_and(|d| &d.id == name));
+    }
+    if args.expect_members.is_some() && args.cluster.is_none() {
+        if let Some(names) = several_clusters(&members) {
+            return unknown_because(&format!(
+                "members of several clusters register under {} ({}): name the one to check \
+                 with --cluster",
+                args.zk_path,
+                names.join(", ")
+            ));
+        }
+    }
     let verdict = args.expect_members.map(|n| check(&members, n));
     if let Some(verdict) = &verdict {
         outln!("{verdict}");
     }
     if args.json {
-        for m in &members {
-            outln!("{} {}", m.znode, m.raw);
-        }
+        outln!("{}", members_json(&members));
     } else {
         out!("{}", crate::election::format_table(&members));
     }
@@ -171,6 +198,37 @@ pub(crate) async fn run(args: StatusArgs) -> ExitCode {
         );
     }
     verdict.map_or(ExitCode::SUCCESS, |v| v.health.exit_code())
+}
+
+/// The broker names (znode ids) of the members, when there are several: clusters that
+/// share a zk_path, which one health check cannot judge together.
+fn several_clusters(members: &[MemberView]) -> Option<Vec<&str>> {
+    let names: std::collections::BTreeSet<&str> = members
+        .iter()
+        .filter_map(|m| m.data.as_ref().map(|d| d.id.as_str()))
+        .collect();
+    (names.len() > 1).then(|| names.into_iter().collect())
+}
+
+/// `--json`: one JSON array, each member's znode data as stored with its znode name added as
+/// `"znode"` (data that is not a JSON object is given as a string under `"data"`).
+fn members_json(members: &[MemberView]) -> String {
+    let all: Vec<serde_json::Value> = members
+        .iter()
+        .map(|m| {
+            let mut object = match serde_json::from_str(&m.raw) {
+                Ok(serde_json::Value::Object(object)) => object,
+                _ => {
+                    let mut object = serde_json::Map::new();
+                    object.insert("data".into(), m.raw.clone().into());
+                    object
+                }
+            };
+            object.insert("znode".into(), m.znode.clone().into());
+            serde_json::Value::Object(object)
+        })
+        .collect();
+    serde_json::Value::Array(all).to_string()
 }
 
 /// What a monitor should alert on. CRITICAL: no master serves (clients are refused, sends
@@ -288,6 +346,41 @@ mod tests {
             raw: String::new(),
             elected: false,
         }
+    }
+
+    /// `--json` is one JSON document a script can parse: the data of each member with its
+    /// znode name, data that is not JSON kept as a string.
+    #[test]
+    fn the_json_output_is_one_array_of_the_members() {
+        let mut a = member("00000000001", "slave");
+        a.raw = r#"{"id":"cluster","role":"slave","position":42}"#.into();
+        let mut b = member("00000000002", "master");
+        b.raw = "not json".into();
+        let parsed: serde_json::Value =
+            serde_json::from_str(&members_json(&[a, b])).expect("valid JSON");
+        assert_eq!(
+            parsed,
+            serde_json::json!([
+                {"znode": "00000000001", "id": "cluster", "role": "slave", "position": 42},
+                {"znode": "00000000002", "data": "not json"},
+            ])
+        );
+        assert_eq!(members_json(&[]), "[]");
+    }
+
+    /// Two clusters under one zk_path (allowed when their names differ): the check names
+    /// them instead of counting one's members and judging by the other's master.
+    #[test]
+    fn clusters_sharing_a_path_are_told_apart() {
+        let mut other = member("00000000004", "master");
+        other.data.as_mut().unwrap().id = "billing".into();
+        let ours = [
+            member("00000000001", "slave"),
+            member("00000000002", "master"),
+        ];
+        assert_eq!(several_clusters(&ours), None);
+        let mixed = [ours[0].clone(), ours[1].clone(), other];
+        assert_eq!(several_clusters(&mixed), Some(vec!["billing", "cluster"]));
     }
 
     #[test]

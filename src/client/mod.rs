@@ -86,7 +86,7 @@ pub struct ClientOptions {
     /// The `client-id` CONNECT header; durable subscriptions need one.
     pub client_id: Option<String>,
     /// Heart-beats to offer; zero turns that direction off. The default,
-    /// [`HeartBeat::DEFAULT`], lets a failover client notice within 12.5 s a broker that stopped
+    /// [`HeartBeat::DEFAULT`], lets a failover client notice within 11.25 s a broker that stopped
     /// answering without closing the connection (a paused process, a dead machine, a cut
     /// network), as ActiveMQ's inactivity monitor does for OpenWire clients.
     pub heartbeat: HeartBeat,
@@ -119,7 +119,7 @@ pub struct HeartBeat {
 }
 
 impl HeartBeat {
-    /// Every 5 s both ways, where the broker agrees: a broker silent for 2.25 times that (12.5 s) is
+    /// Every 5 s both ways, where the broker agrees: a broker silent for 2.25 times that (11.25 s) is
     /// taken for dead and the failover client moves on.
     pub const DEFAULT: HeartBeat = HeartBeat::every(Duration::from_secs(5));
 

@@ -11,9 +11,13 @@
 //! Without `failover:`, as with ActiveMQ's `tcp://`, a first connection that cannot be made is
 //! an error at once (one pass over the list) rather than retried. A port left out is
 //! 61616 (ActiveMQ's and ferromq's default connector, which detects STOMP), or 61613 for
-//! `stomp://`. Unknown options, and nested transport options such as
-//! `tcp://a:61613?wireFormat.maxInactivityDuration=0` or `failover:(..)?nested.x=y`, are ignored
-//! with a warning, as ActiveMQ ignores options a transport does not know.
+//! `stomp://`. ActiveMQ's other options, which this client has no use for (`trackMessages`,
+//! `priorityBackup`, `nested.*`, `jms.*`, and on an address `soTimeout`, `wireFormat.*`,
+//! `transport.*`, ...), are ignored with a warning, so that a URL copied from a Java
+//! application works. An option ActiveMQ does not know either (a misspelt
+//! `initialReconectDelay`) is refused, naming it and the option it resembles, as ActiveMQ's
+//! client refuses it ("Invalid connect parameters"): taken silently, it would leave the default
+//! in force.
 
 use std::fmt;
 use std::str::FromStr;
@@ -23,6 +27,61 @@ use std::time::Duration;
 pub const DEFAULT_PORT: u16 = 61616;
 /// The port of `stomp://host` without one: STOMP's registered port.
 pub const DEFAULT_STOMP_PORT: u16 = 61613;
+
+/// The failover options this client applies (see [`parse_options`]).
+const FAILOVER_OPTIONS: &[&str] = &[
+    "initialReconnectDelay",
+    "maxReconnectDelay",
+    "useExponentialBackOff",
+    "backOffMultiplier",
+    "reconnectDelayExponent",
+    "maxReconnectAttempts",
+    "startupMaxReconnectAttempts",
+    "randomize",
+    "timeout",
+];
+
+/// ActiveMQ's other failover transport options: accepted, ignored with a warning.
+const FAILOVER_OPTIONS_IGNORED: &[&str] = &[
+    "backup",
+    "backupPoolSize",
+    "maxCacheSize",
+    "priorityBackup",
+    "priorityURIs",
+    "rebalanceUpdateURIs",
+    "reconnectDelay",
+    "reconnectSupported",
+    "trackMessages",
+    "trackTransactionProducers",
+    "updateURIsSupported",
+    "updateURIsURL",
+    "warnAfterReconnectAttempts",
+];
+
+/// ActiveMQ's TCP transport options (on an address): accepted, ignored with a warning.
+const TCP_OPTIONS_IGNORED: &[&str] = &[
+    "closeAsync",
+    "connectionTimeout",
+    "diffServ",
+    "dynamicManagement",
+    "ioBufferSize",
+    "jmxPort",
+    "keepAlive",
+    "logWriterName",
+    "minmumWireFormatVersion",
+    "soLinger",
+    "soTimeout",
+    "socketBufferSize",
+    "startLogging",
+    "tcpNoDelay",
+    "trace",
+    "typeOfService",
+    "useLocalHost",
+];
+
+/// Option families ActiveMQ hands to another layer (the connection factory, the wire format,
+/// the nested transports, the socket): accepted wherever they appear, ignored with a warning.
+const IGNORED_PREFIXES: &[&str] = &["jms.", "nested.", "wireformat.", "transport.", "socket."];
 
 /// Schemes that are plain TCP carrying STOMP.
 const TCP_SCHEMES: &[&str] = &["tcp", "stomp", "nio", "stomp+nio"];
@@ -127,6 +186,16 @@ pub enum UrlError {
         option: String,
         value: String,
         expected: &'static str,
+    },
+    #[error(
+        "unknown option {option:?} in {part:?}{}: ActiveMQ's client refuses it too (\"Invalid \
+         connect parameters\"); taken silently it would leave the default in force",
+        .resembles.as_ref().map(|r| format!(" (did you mean {r}?)")).unwrap_or_default()
+    )]
+    UnknownOption {
+        option: String,
+        part: String,
+        resembles: Option<&'static str>,
     },
 }
 
@@ -260,12 +329,10 @@ fn parse_address(part: &str, ignored: &mut Vec<String>) -> Result<BrokerAddress,
         });
     }
     if let Some((authority, query)) = rest.split_once('?') {
-        ignored.extend(
-            query
-                .split('&')
-                .filter(|o| !o.is_empty())
-                .map(|o| format!("{o} (on {part})")),
-        );
+        for option in query.split('&').filter(|o| !o.is_empty()) {
+            check_known(option, part, &[TCP_OPTIONS_IGNORED])?;
+            ignored.push(format!("{option} (on {part})"));
+        }
         rest = authority;
     }
     let rest = rest.trim_end_matches('/');
@@ -345,10 +412,54 @@ fn parse_options(
                 options.timeout =
                     parse_minus_one(name, value, "-1 or milliseconds")?.map(Duration::from_millis)
             }
-            _ => ignored.push(pair.to_string()),
+            _ => {
+                check_known(pair, query, &[FAILOVER_OPTIONS, FAILOVER_OPTIONS_IGNORED])?;
+                ignored.push(pair.to_string());
+            }
         }
     }
     Ok(())
+}
+
+/// Refuses an option (`name=value`, in `part`) that is in none of `known` and has none of the
+/// [`IGNORED_PREFIXES`], naming the known option it resembles, if one does.
+fn check_known(option: &str, part: &str, known: &[&[&'static str]]) -> Result<(), UrlError> {
+    let name = option.split_once('=').map_or(option, |(n, _)| n).trim();
+    let lower = name.to_ascii_lowercase();
+    let names = || known.iter().flat_map(|list| list.iter().copied());
+    if IGNORED_PREFIXES.iter().any(|p| lower.starts_with(p))
+        || names().any(|n| n.eq_ignore_ascii_case(name))
+    {
+        return Ok(());
+    }
+    let resembles = names()
+        .map(|n| (edit_distance(&n.to_ascii_lowercase(), &lower), n))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, n)| n);
+    Err(UrlError::UnknownOption {
+        option: name.to_string(),
+        part: part.to_string(),
+        resembles,
+    })
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 fn invalid(option: &str, value: &str, expected: &'static str) -> UrlError {
@@ -527,8 +638,41 @@ mod tests {
         assert_eq!(url.brokers, vec![addr("a", 1)]);
     }
 
+    /// A misspelt option is refused, naming it and the option meant, as ActiveMQ's client
+    /// refuses it: ignored, it would leave the default in force (a client retrying for ever
+    /// instead of giving up).
     #[test]
-    fn unknown_and_nested_options_are_ignored() {
+    fn options_activemq_does_not_know_either_are_refused() {
+        let err = |s: &str| FailoverUrl::parse(s).unwrap_err().to_string();
+        let e = err("failover:(tcp://a:1)?initialReconectDelay=1000&maxReconectAttempts=0");
+        assert!(
+            e.contains("unknown option \"initialReconectDelay\"")
+                && e.contains("did you mean initialReconnectDelay?")
+                && e.contains("Invalid connect parameters"),
+            "{e}"
+        );
+        let e = err("failover:(tcp://a:1)?maxReconectAttempts=0");
+        assert!(e.contains("did you mean maxReconnectAttempts?"), "{e}");
+        let e = err("tcp://a:1?bogus=1");
+        assert!(
+            e.contains("unknown option \"bogus\" in \"tcp://a:1?bogus=1\"") && !e.contains("mean"),
+            "{e}"
+        );
+        let e = err("tcp://a:1?soTimeot=5");
+        assert!(e.contains("did you mean soTimeout?"), "{e}");
+        // A failover option on an address is not a TCP option (ActiveMQ refuses it there too).
+        assert!(err("tcp://a:1?randomize=false").contains("unknown option"));
+        // ActiveMQ's own options, copied from a Java application, still pass (ignored).
+        let url = FailoverUrl::parse(
+            "failover:(tcp://a:1?soTimeout=5&socket.x=1&transport.useKeepAlive=false)\
+             ?jms.prefetchPolicy.all=10&priorityBackup=true&UPDATEURISSUPPORTED=false",
+        )
+        .unwrap();
+        assert_eq!(url.ignored_options.len(), 6, "{:?}", url.ignored_options);
+    }
+
+    #[test]
+    fn activemq_options_this_client_has_no_use_for_are_ignored() {
         let url = FailoverUrl::parse(
             "failover:(tcp://a:1?wireFormat.maxInactivityDuration=0,tcp://b:2)\
              ?nested.wireFormat.x=1&trackMessages=true&reconnectDelayExponent=3",

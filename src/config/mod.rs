@@ -564,6 +564,18 @@ impl Config {
                 ),
             ));
         }
+        if let Some(c) = directory.chars().find(|c| c.is_control()) {
+            return Err(invalid(
+                "store.directory",
+                format!(
+                    "{directory:?} holds a control character ({:?}): in a TOML \"...\" string a \
+                     backslash starts an escape (\\f, \\b, \\t, \\n, \\r), so a Windows path \
+                     such as \"C:\\ferromq\\broker\" loses characters; write it in single quotes \
+                     ('C:\\ferromq\\broker'), with doubled backslashes, or with forward slashes",
+                    c
+                ),
+            ));
+        }
         if s.log_size < MIN_LOG_SIZE {
             return Err(invalid(
                 "store.log_size",
@@ -877,6 +889,12 @@ mod tests {
                 "placeholders",
             ),
             ("[store]\ndirectory = \"~/data\"\n", "store.directory", "~"),
+            // A Windows path in a basic TOML string: \f and \b are escapes.
+            (
+                "[store]\ndirectory = \"C:\\ferromq\\broker\"\n",
+                "store.directory",
+                "single quotes",
+            ),
             (
                 "[broker]\nmemory_limit = 0\n",
                 "broker.memory_limit",

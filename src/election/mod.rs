@@ -197,6 +197,16 @@ pub enum ElectionError {
         /// The client's error.
         source: zk::Error,
     },
+    /// The members' parent znode does not exist: no node ever registered under that path (a
+    /// mistyped `zk_path`, or a cluster never started).
+    #[error(
+        "no znode {path} in ZooKeeper: no node has registered under this path (the path is made \
+         when the first node joins); check the path"
+    )]
+    NoPath {
+        /// The path.
+        path: String,
+    },
     /// A znode holds data that is not ours.
     #[error("znode {path} does not hold the expected JSON: {source}")]
     Data {
@@ -215,6 +225,8 @@ impl ElectionError {
     pub fn is_transient(&self) -> bool {
         match self {
             ElectionError::Config(_) | ElectionError::Data { .. } => false,
+            // Only `read_cluster` says so; a joining node makes the path.
+            ElectionError::NoPath { .. } => true,
             ElectionError::Connect { source, .. } | ElectionError::ZooKeeper { source, .. } => {
                 !matches!(
                     source,
@@ -1725,7 +1737,7 @@ pub async fn read_cluster(
     let client = connect(zk_address, password, Duration::from_secs(4)).await?;
     let names = match client.get_children(&path).await {
         Ok((names, _)) => names,
-        Err(zk::Error::NoNode) => Vec::new(),
+        Err(zk::Error::NoNode) => return Err(ElectionError::NoPath { path }),
         Err(e) => return Err(zk_error("list", &path)(e)),
     };
     let mut members = Vec::new();
@@ -1774,11 +1786,12 @@ fn mark_elected(members: &mut [MemberView]) {
 }
 
 /// The members as a table: znode, id, role, elected?, epoch, position, address, weight, quorum,
-/// slaves (a serving master's followers; `-` for the others).
+/// slaves (a serving master's followers; `-` for the others), node (the node's id, which names
+/// its host: the row missing when a node is down).
 pub fn format_table(members: &[MemberView]) -> String {
     let header = [
         "znode", "id", "role", "elected?", "epoch", "position", "address", "weight", "quorum",
-        "slaves",
+        "slaves", "node",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for m in members {
@@ -1797,6 +1810,7 @@ pub fn format_table(members: &[MemberView]) -> String {
                 d.weight.to_string(),
                 if d.quorum { "yes" } else { "no" }.to_owned(),
                 d.slaves.map_or_else(|| "-".to_owned(), |n| n.to_string()),
+                d.node.clone().unwrap_or_else(|| "-".to_owned()),
             ],
             None => {
                 let mut row = vec![

@@ -215,6 +215,18 @@ pub enum StoreError {
     Inconsistent(String),
 }
 
+impl StoreError {
+    /// Whether opening the store again cannot succeed without a person: records the store
+    /// will not cut follow a corrupt frame, or the index disagrees with the journal even after
+    /// a rebuild.
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            StoreError::CorruptBeforeRecords { .. } | StoreError::Inconsistent(_)
+        )
+    }
+}
+
 /// The journal and the index of one node. `Send`; owned by the broker core behind its mutex.
 pub struct Store {
     directory: PathBuf,

@@ -427,6 +427,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             session,
             subscriptions: HashMap::new(),
             unacked: BTreeMap::new(),
+            acked_in: HashMap::new(),
             awaiting: VecDeque::new(),
             auto_acks: HashMap::new(),
             next_browse_tag: BROWSE_TAGS,
@@ -633,11 +634,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 state.session.begin(required(frame, "transaction")?)?;
                 Confirmation::done()
             }
-            Command::Commit => state.session.commit(required(frame, "transaction")?)?,
-            Command::Abort => {
-                state.session.abort(required(frame, "transaction")?)?;
-                Confirmation::done()
+            Command::Commit => {
+                let transaction = required(frame, "transaction")?;
+                let confirmation = state.session.commit(transaction)?;
+                state.acked_in.remove(transaction);
+                confirmation
             }
+            Command::Abort => state.abort(required(frame, "transaction")?)?,
             Command::Disconnect => {
                 let flush = state.session.flush();
                 state
@@ -821,12 +824,18 @@ async fn front(awaiting: &mut VecDeque<(Awaiting, Confirmation)>) -> Result<(), 
     confirmation.await
 }
 
+/// A delivery awaiting a client ACK: (subscription id, message id).
+type Unacked = (String, String);
+
 /// The per-connection STOMP bookkeeping around a broker session.
 struct State {
     session: Session,
     subscriptions: HashMap<String, Subscription>,
     /// Deliveries awaiting a client ACK: tag -> (subscription id, message id).
-    unacked: BTreeMap<u64, (String, String)>,
+    unacked: BTreeMap<u64, Unacked>,
+    /// Deliveries acknowledged inside each open transaction, as they were in `unacked`: an
+    /// ABORT puts them back (the messages stay delivered, awaiting an ACK again).
+    acked_in: HashMap<String, Vec<(u64, Unacked)>>,
     awaiting: VecDeque<(Awaiting, Confirmation)>,
     /// Auto-ack subscriptions written to since the last flush -> their last tag written.
     auto_acks: HashMap<String, u64>,
@@ -1237,15 +1246,42 @@ impl State {
             Some(AckMode::Client) => AckScope::Cumulative,
             _ => AckScope::Single,
         };
-        match scope {
-            AckScope::Single => {
-                self.unacked.remove(&tag);
-            }
+        let covered: Vec<u64> = match scope {
+            AckScope::Single => vec![tag],
             AckScope::Cumulative => self
                 .unacked
-                .retain(|t, (sub, _)| *t > tag || *sub != subscription),
+                .range(..=tag)
+                .filter(|(_, (sub, _))| *sub == subscription)
+                .map(|(t, _)| *t)
+                .collect(),
+        };
+        let taken: Vec<_> = covered
+            .into_iter()
+            .filter_map(|t| self.unacked.remove(&t).map(|entry| (t, entry)))
+            .collect();
+        let transaction = frame.get("transaction");
+        let confirmation = self.session.ack(tag, scope, transaction)?;
+        if let Some(tx) = transaction {
+            self.acked_in
+                .entry(tx.to_string())
+                .or_default()
+                .extend(taken);
         }
-        Ok(self.session.ack(tag, scope, frame.get("transaction"))?)
+        Ok(confirmation)
+    }
+
+    /// ABORT: the transaction's sends are dropped and its acknowledgements undone. As in
+    /// ActiveMQ (and RabbitMQ), the messages it acknowledged stay delivered to their consumers,
+    /// to be acknowledged again with the same ack ids; those whose subscription is gone are
+    /// redelivered. Its NACKs are dropped, and their messages redelivered.
+    fn abort(&mut self, transaction: &str) -> Result<Confirmation, Refusal> {
+        self.session.rollback_keeping_deliveries(transaction)?;
+        for (tag, entry) in self.acked_in.remove(transaction).unwrap_or_default() {
+            if self.subscriptions.contains_key(&entry.0) {
+                self.unacked.insert(tag, entry);
+            }
+        }
+        Ok(Confirmation::done())
     }
 
     fn nack(&mut self, frame: &Frame) -> Result<Confirmation, Refusal> {
