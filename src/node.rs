@@ -497,9 +497,23 @@ impl Lifecycle {
         self.status.set_replication(None);
         let store = broker.close("this node is no longer the master");
         replication.stop();
-        if let Some(store) = store {
+        if let Some(mut store) = store {
+            // Kept open for the next role, once what was appended is written: elected again
+            // (a ZooKeeper blip) it reads its state back without a journal scan, and as a
+            // slave it is cut back to the new master's history like any kept store. A failed
+            // store is closed.
+            let keep = matches!(ended, MasterEnd::RoleChanged)
+                && tokio::task::block_in_place(|| store.set_fsync(fsync)).is_ok();
             self.log = log_state(&store);
-            close_store(store).await;
+            if keep {
+                self.kept = Some(KeptStore {
+                    store,
+                    durable: durable_rx,
+                    fsync,
+                });
+            } else {
+                close_store(store).await;
+            }
         }
         self.election.report_final_log(self.log);
         self.log_role("stepped down from master", "candidate", epoch);
