@@ -8,6 +8,7 @@
 //! state (0 OK, 1 WARNING, 2 CRITICAL; 3 UNKNOWN for a bad command line). It only reads
 //! ZooKeeper; it never writes there.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use clap::Args;
@@ -200,6 +201,29 @@ pub(crate) async fn run(args: StatusArgs) -> ExitCode {
     verdict.map_or(ExitCode::SUCCESS, |v| v.health.exit_code())
 }
 
+/// When the members are not all configured with the same `replicas`: which says what. A node
+/// with a larger value counts quorums with it (and, as master, records it for the cluster), so
+/// the others may then be unable to elect anyone or to survive one failure.
+fn replicas_disagreement(members: &[MemberView]) -> Option<String> {
+    let mut by_value: BTreeMap<u32, Vec<&str>> = BTreeMap::new();
+    for m in members {
+        if let Some(n) = m.data.as_ref().and_then(|d| d.replicas) {
+            by_value.entry(n).or_default().push(m.znode.as_str());
+        }
+    }
+    (by_value.len() > 1).then(|| {
+        let said: Vec<String> = by_value
+            .iter()
+            .map(|(n, znodes)| format!("{} {n}", znodes.join(", ")))
+            .collect();
+        format!(
+            "members disagree on replicas ({}): a quorum is counted with the largest; give every \
+             node the same value",
+            said.join("; ")
+        )
+    })
+}
+
 /// The broker names (znode ids) of the members, when there are several: clusters that
 /// share a zk_path, which one health check cannot judge together.
 fn several_clusters(members: &[MemberView]) -> Option<Vec<&str>> {
@@ -253,6 +277,10 @@ fn check(members: &[MemberView], expected: usize) -> Verdict {
         .filter(|m| m.data.as_ref().is_some_and(|d| d.damaged))
         .map(|m| m.znode.as_str())
         .collect();
+    let disagreement = replicas_disagreement(members);
+    if let Some(text) = &disagreement {
+        members_part.push_str(&format!(", {text}"));
+    }
     if !damaged.is_empty() {
         members_part.push_str(&format!(
             ", {} marked damaged (a store cut after a corrupt record: not counted in elections \
@@ -296,7 +324,7 @@ fn check(members: &[MemberView], expected: usize) -> Verdict {
                         "{members_part}: a node is down or cut off from ZooKeeper; {serves}"
                     ),
                 },
-                _ if !damaged.is_empty() => Verdict {
+                _ if !damaged.is_empty() || disagreement.is_some() => Verdict {
                     health: Health::Warning,
                     summary: format!("{serves}; {members_part}"),
                 },
@@ -342,6 +370,7 @@ mod tests {
                 slaves: master.then_some(2),
                 damaged: false,
                 node: None,
+                replicas: None,
             }),
             raw: String::new(),
             elected: false,
@@ -381,6 +410,47 @@ mod tests {
         assert_eq!(several_clusters(&ours), None);
         let mixed = [ours[0].clone(), ours[1].clone(), other];
         assert_eq!(several_clusters(&mixed), Some(vec!["billing", "cluster"]));
+    }
+
+    /// A node configured with another `replicas` (a typo, a change rolled out halfway) is
+    /// named: OK becomes WARNING, and a CRITICAL says it too (it may be why no master is
+    /// elected).
+    #[test]
+    fn members_configured_with_different_replicas_are_named() {
+        let with = |znode: &str, role: &str, replicas: u32| {
+            let mut m = member(znode, role);
+            m.data.as_mut().unwrap().replicas = Some(replicas);
+            m
+        };
+        let same = [
+            with("00000000001", "slave", 3),
+            with("00000000002", "master", 3),
+            with("00000000003", "slave", 3),
+        ];
+        assert_eq!(check(&same, 3).health, Health::Ok);
+        let mixed = [
+            with("00000000001", "slave", 3),
+            with("00000000002", "master", 3),
+            with("00000000003", "slave", 5),
+        ];
+        let verdict = check(&mixed, 3);
+        assert_eq!(verdict.health, Health::Warning);
+        assert!(
+            verdict.summary.contains(
+                "members disagree on replicas (00000000001, 00000000002 3; 00000000003 5)"
+            ),
+            "{verdict}"
+        );
+        let leaderless = [
+            with("00000000001", "candidate", 3),
+            with("00000000003", "candidate", 5),
+        ];
+        let verdict = check(&leaderless, 3);
+        assert_eq!(verdict.health, Health::Critical);
+        assert!(
+            verdict.summary.contains("disagree on replicas"),
+            "{verdict}"
+        );
     }
 
     #[test]

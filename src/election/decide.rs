@@ -284,6 +284,7 @@ mod tests {
                 slaves: None,
                 damaged: false,
                 node: None,
+                replicas: None,
             },
         )
     }

@@ -1320,6 +1320,7 @@ impl Core {
             slaves: None,
             damaged: self.cfg.damaged,
             node: self.cfg.node.clone(),
+            replicas: u32::try_from(self.cfg.replicas).ok(),
         }
     }
 
@@ -1351,6 +1352,7 @@ impl Core {
             slaves,
             damaged: self.cfg.damaged,
             node: self.cfg.node.clone(),
+            replicas: u32::try_from(self.cfg.replicas).ok(),
         }
     }
 
@@ -1910,6 +1912,7 @@ mod tests {
             slaves: (role == ROLE_MASTER).then_some(2),
             damaged: false,
             node: None,
+            replicas: None,
         }
     }
 
@@ -1953,7 +1956,7 @@ mod tests {
             header,
             [
                 "znode", "id", "role", "elected?", "epoch", "position", "address", "weight",
-                "quorum", "slaves"
+                "quorum", "slaves", "node"
             ]
         );
         let master: Vec<&str> = lines[2].split_whitespace().collect();
@@ -1969,7 +1972,8 @@ mod tests {
                 "tcp://10.0.0.1:61619",
                 "1",
                 "yes",
-                "2"
+                "2",
+                "-"
             ]
         );
         let slave: Vec<&str> = lines[1].split_whitespace().collect();

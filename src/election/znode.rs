@@ -79,6 +79,11 @@ pub struct MemberData {
     /// znode counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The `replicas` the node is configured with (before the cluster's recorded value is
+    /// applied). Members that disagree (a typo, or a change rolled out halfway) may be unable
+    /// to elect anyone; `ferromq status` says so. Absent in ActiveMQ's and older ferromq's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -206,6 +211,7 @@ mod tests {
             slaves: None,
             damaged: false,
             node: None,
+            replicas: None,
         }
     }
 
