@@ -164,8 +164,8 @@ pub(crate) fn size_arg(value: &str) -> Result<usize, String> {
     usize::try_from(bytes).map_err(|_| format!("size {value:?} is too large"))
 }
 
-/// Runs the command line: parses the arguments, starts logging (RUST_LOG, default `info`, on
-/// stderr) and a multi-threaded runtime, and runs the subcommand.
+/// Runs the command line: parses the arguments, starts logging (RUST_LOG, default `info`,
+/// `warn` for `status`, on stderr) and a multi-threaded runtime, and runs the subcommand.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -177,7 +177,13 @@ pub fn main() -> ExitCode {
             e.exit()
         }
     };
-    init_tracing();
+    // The health check's output is read by monitors and people: its own lines, not the
+    // ZooKeeper client's session chatter (RUST_LOG still overrides).
+    init_tracing(if matches!(cli.command, CliCommand::Status(_)) {
+        "warn"
+    } else {
+        "info"
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -208,9 +214,9 @@ impl std::io::Write for LogWriter {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| LogWriter)

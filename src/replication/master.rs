@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -17,6 +17,7 @@ use tracing::{debug, error, info, warn};
 
 use super::history::shared_prefix;
 use super::quorum::QuorumTracker;
+use super::repeated::{repeated_note, RepeatedFailure};
 use super::wire::{self, envelope::Kind};
 use super::{
     frame_epoch, socket_address, write_message, ConnectionId, MessageReader, ReplicationError,
@@ -71,6 +72,9 @@ struct Shared {
     on_confirmed: OnceLock<ConfirmedCallback>,
     slaves: Mutex<HashMap<String, SlaveEntry>>,
     next_id: AtomicU64,
+    /// Refusals logged at most once per period while the same one repeats (a slave with
+    /// another `security_token` retries five times a second).
+    refusals: Mutex<RepeatedFailure>,
 }
 
 /// See [`ReplicationMaster::on_confirmed`].
@@ -209,6 +213,7 @@ impl ReplicationMaster {
             tracker: Mutex::new(tracker),
             confirmed: confirmed_tx,
             on_confirmed: OnceLock::new(),
+            refusals: Mutex::default(),
             slaves: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         });
@@ -336,21 +341,41 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 
 async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let mut node = String::new();
-    if let Err(e) = serve_slave(&shared, stream, peer, &mut node).await {
-        warn!(node = %node, peer = %peer, "replication connection ended: {e}");
-    } else {
-        info!(node = %node, peer = %peer, "replication connection closed by the slave");
+    match serve_slave(&shared, stream, peer, &mut node).await {
+        // Logged by `refuse`, at most once per period while it repeats.
+        Err(ReplicationError::Refused(_)) => {}
+        Err(e) => warn!(node = %node, peer = %peer, "replication connection ended: {e}"),
+        Ok(()) => {
+            info!(node = %node, peer = %peer, "replication connection closed by the slave");
+        }
     }
 }
 
+/// Tells the slave why it is refused, and ends its connection with
+/// [`ReplicationError::Refused`].
 async fn refuse(
+    shared: &Shared,
     writer: &mut OwnedWriteHalf,
     node: &str,
     peer: SocketAddr,
     reason: String,
 ) -> Result<(), ReplicationError> {
-    warn!(node = %node, peer = %peer, "refused a slave: {reason}");
-    write_message(writer, Kind::Refused(wire::Refused { reason })).await
+    let logged = shared
+        .refusals
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .failed(&format!("{node}: {reason}"), Instant::now());
+    if let Some(unlogged) = logged {
+        warn!(node = %node, peer = %peer, "refused a slave: {reason}{}", repeated_note(unlogged));
+    }
+    write_message(
+        writer,
+        Kind::Refused(wire::Refused {
+            reason: reason.clone(),
+        }),
+    )
+    .await?;
+    Err(ReplicationError::Refused(reason))
 }
 
 async fn serve_slave(
@@ -377,14 +402,21 @@ async fn serve_slave(
     *node_name = node.clone();
     let epoch = shared.options.epoch;
     if login.security_token != shared.options.security_token {
-        return refuse(&mut writer, &node, peer, "security token mismatch".into()).await;
+        return refuse(
+            shared,
+            &mut writer,
+            &node,
+            peer,
+            "security token mismatch".into(),
+        )
+        .await;
     }
     if login.expected_epoch != epoch {
         let reason = format!(
             "this master runs epoch {epoch}, the slave expects the master of epoch {}",
             login.expected_epoch
         );
-        return refuse(&mut writer, &node, peer, reason).await;
+        return refuse(shared, &mut writer, &node, peer, reason).await;
     }
     let slave_seen = login
         .history
@@ -397,7 +429,7 @@ async fn serve_slave(
         let reason = format!(
             "the slave holds records of epoch {slave_seen}, newer than this master's epoch {epoch}"
         );
-        return refuse(&mut writer, &node, peer, reason).await;
+        return refuse(shared, &mut writer, &node, peer, reason).await;
     }
 
     let slave_end = Position(login.end);

@@ -27,6 +27,7 @@
 pub mod history;
 mod master;
 pub mod quorum;
+pub(crate) mod repeated;
 mod slave;
 #[cfg(test)]
 mod tests;

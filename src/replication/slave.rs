@@ -138,13 +138,8 @@ pub async fn run_slave(
     let accepted = match timeout(PEER_TIMEOUT, reader.next()).await {
         Err(_) => return Err(ReplicationError::Timeout(PEER_TIMEOUT)),
         Ok(Ok(Some(Kind::Accepted(accepted)))) => accepted,
+        // The node logs it (once per period while it repeats, as it retries).
         Ok(Ok(Some(Kind::Refused(refused)))) => {
-            error!(
-                master = %options.master,
-                node = %options.node,
-                "the master refused this slave: {}",
-                refused.reason
-            );
             return Err(ReplicationError::Refused(refused.reason));
         }
         Ok(Ok(Some(_))) => {
