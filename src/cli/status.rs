@@ -170,7 +170,18 @@ pub(crate) async fn run(args: StatusArgs) -> ExitCode {
     };
     let mut members = members;
     if let Some(name) = &args.cluster {
-        members.retain(|m| m.data.as_ref().is_some_and(|d| &d.id == name));
+        members = match of_cluster(members, name) {
+            Ok(ours) => ours,
+            // Other clusters there and none of this name: a mistyped --cluster, most likely.
+            Err(others) if args.expect_members.is_some() => {
+                return unknown_because(&format!(
+                    "no member of cluster {name} under {} (registered there: {others}) \
+                     (--cluster)",
+                    args.zk_path
+                ));
+            }
+            Err(_) => Vec::new(),
+        };
     }
     if args.expect_members.is_some() && args.cluster.is_none() {
         if let Some(names) = several_clusters(&members) {
@@ -222,6 +233,23 @@ fn replicas_disagreement(members: &[MemberView]) -> Option<String> {
             said.join("; ")
         )
     })
+}
+
+/// `--cluster NAME`: the members of cluster `name`; when there are members but none of it,
+/// the names that are there instead.
+fn of_cluster(members: Vec<MemberView>, name: &str) -> Result<Vec<MemberView>, String> {
+    let names: std::collections::BTreeSet<String> = members
+        .iter()
+        .filter_map(|m| m.data.as_ref().map(|d| d.id.clone()))
+        .collect();
+    let ours: Vec<MemberView> = members
+        .into_iter()
+        .filter(|m| m.data.as_ref().is_some_and(|d| d.id == name))
+        .collect();
+    if ours.is_empty() && !names.is_empty() {
+        return Err(names.into_iter().collect::<Vec<_>>().join(", "));
+    }
+    Ok(ours)
 }
 
 /// The broker names (znode ids) of the members, when there are several: clusters that
@@ -410,6 +438,15 @@ mod tests {
         assert_eq!(several_clusters(&ours), None);
         let mixed = [ours[0].clone(), ours[1].clone(), other];
         assert_eq!(several_clusters(&mixed), Some(vec!["billing", "cluster"]));
+        // --cluster picks one; a name none has is told apart from a cluster that is down.
+        let picked = of_cluster(mixed.to_vec(), "billing").unwrap();
+        assert_eq!(picked.len(), 1);
+        assert_eq!(picked[0].znode, "00000000004");
+        assert_eq!(
+            of_cluster(mixed.to_vec(), "biling").unwrap_err(),
+            "billing, cluster"
+        );
+        assert!(of_cluster(Vec::new(), "billing").unwrap().is_empty());
     }
 
     /// A node configured with another `replicas` (a typo, a change rolled out halfway) is
