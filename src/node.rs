@@ -497,11 +497,17 @@ impl Lifecycle {
         replication.stop();
         if let Some(mut store) = store {
             // Kept open for the next role, once what was appended is written: elected again
-            // (a ZooKeeper blip) it reads its state back without a journal scan, and as a
-            // slave it is cut back to the new master's history like any kept store. A failed
-            // store is closed.
-            let keep = matches!(ended, MasterEnd::RoleChanged)
-                && tokio::task::block_in_place(|| store.set_fsync(fsync)).is_ok();
+            // (a ZooKeeper blip, or another attempt after its client port was found taken) it
+            // reads its state back without a journal scan, and as a slave it is cut back to
+            // the new master's history like any kept store. A failed store is closed.
+            let keep = matches!(ended, MasterEnd::RoleChanged | MasterEnd::ClientPort(_))
+                && match tokio::task::block_in_place(|| store.set_fsync(fsync)) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(node = %self.node, epoch, error = %e, "cannot keep the store open for the next role; closing it");
+                        false
+                    }
+                };
             self.log = log_state(&store);
             if keep {
                 self.kept = Some(KeptStore {
