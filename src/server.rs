@@ -541,11 +541,12 @@ fn dispatch(
                 handle_connection(socket, peer, scheme, broker, protocols).await;
             });
         }
-        Mode::Refuse(reason) | Mode::Closed(reason) | Mode::Pending(reason) => {
-            tokio::spawn(refuse(socket, peer, reason.clone(), true));
-        }
-        Mode::Electing(reason) => {
-            tokio::spawn(refuse(socket, peer, reason.clone(), false));
+        Mode::Refuse(reason)
+        | Mode::Electing(reason)
+        | Mode::Closed(reason)
+        | Mode::Pending(reason) => {
+            let tell_openwire = !matches!(mode, Mode::Electing(_));
+            tokio::spawn(refuse(socket, peer, reason.clone(), tell_openwire));
         }
     }
 }

@@ -553,6 +553,13 @@ impl Cluster {
         logs.get(from..).map(<[String]>::to_vec).unwrap_or_default()
     }
 
+    /// The log lines of node `i` from line `from` on that contain `text`.
+    pub fn logged_since(&self, i: usize, from: usize, text: &str) -> Vec<String> {
+        let mut lines = self.logs_since(i, from);
+        lines.retain(|l| l.contains(text));
+        lines
+    }
+
     /// How many log lines node `i` has printed so far (all runs).
     pub fn log_len(&self, i: usize) -> usize {
         self.nodes[i].broker.logs().len()

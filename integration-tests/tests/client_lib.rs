@@ -18,6 +18,15 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
+/// The bodies a fresh STOMP consumer of `queue` receives, up to and including `last`.
+fn bodies_until(broker: &BrokerProcess, queue: &str, last: &[u8]) -> Result<Vec<String>> {
+    blocking(|| {
+        let mut consumer = broker.client()?;
+        consumer.subscribe("c", queue, &[])?;
+        Ok(bodies(&consumer.recv_until(last, FRAME_TIMEOUT)?))
+    })
+}
+
 /// A failover client keeps sending through a kill -9 and restart of its broker: every send
 /// resolves, and the re-sent ones that the broker had already stored are not stored twice.
 ///
@@ -167,13 +176,8 @@ async fn client_transaction_commit_after_a_plain_send_delivers_both() -> Result<
         .send(queue, "sentinel", SendOptions::persistent())
         .await?;
     client.close().await?;
-    let got = blocking(|| -> Result<Vec<Frame>> {
-        let mut consumer = broker.client()?;
-        consumer.subscribe("c", "/queue/client-tx", &[])?;
-        consumer.recv_until(b"sentinel", FRAME_TIMEOUT)
-    })?;
     assert_eq!(
-        bodies(&got),
+        bodies_until(&broker, "/queue/client-tx", b"sentinel")?,
         ["plain", "in-transaction", "sentinel"],
         "the committed transacted send was lost"
     );
@@ -209,12 +213,10 @@ async fn a_message_over_the_frame_limit_is_refused_not_resent_for_ever() -> Resu
         .send(queue, "after", SendOptions::persistent())
         .await?;
     client.close().await?;
-    let got = blocking(|| -> Result<Vec<Frame>> {
-        let mut consumer = broker.client()?;
-        consumer.subscribe("c", "/queue/frame-limit", &[])?;
-        consumer.recv_until(b"after", FRAME_TIMEOUT)
-    })?;
-    assert_eq!(bodies(&got), ["before", "after"]);
+    assert_eq!(
+        bodies_until(&broker, "/queue/frame-limit", b"after")?,
+        ["before", "after"]
+    );
     Ok(())
 }
 

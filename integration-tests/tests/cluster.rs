@@ -1286,11 +1286,7 @@ fn master_cut_off_from_slaves_waits_for_them(version: ZkVersion) {
          before the cut: {master_row:?}"
     );
     for (i, &from) in from.iter().enumerate() {
-        let changes: Vec<String> = cluster
-            .logs_since(i, from)
-            .into_iter()
-            .filter(|l| l.contains("role change:"))
-            .collect();
+        let changes = cluster.logged_since(i, from, "role change:");
         assert!(
             changes.is_empty(),
             "{what}: node {i} changed role during the cut: {changes:?}"
@@ -1571,11 +1567,7 @@ fn a_master_that_stepped_down_keeps_its_store_open_zk38() {
         );
     }
     for (i, &since) in from.iter().enumerate() {
-        let reread: Vec<String> = cluster
-            .logs_since(i, since)
-            .into_iter()
-            .filter(|l| l.contains("journal recovered"))
-            .collect();
+        let reread = cluster.logged_since(i, since, "journal recovered");
         assert!(
             reread.is_empty(),
             "node {i} read its journal again after the outage (master before: {m}, after: {n}):\n{}",
@@ -1624,10 +1616,8 @@ fn a_node_started_while_zookeeper_is_down_waits_for_it(version: ZkVersion) {
     // Two failed attempts: it outlived the first.
     let attempts = |cluster: &Cluster| {
         cluster
-            .logs_since(s, from)
-            .iter()
-            .filter(|l| l.contains("cannot join the election yet"))
-            .count()
+            .logged_since(s, from, "cannot join the election yet")
+            .len()
     };
     let retried = wait_until(deadline(ELECTION), || {
         attempts(&cluster) >= 2 || !cluster.nodes[s].broker.is_running()

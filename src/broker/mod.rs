@@ -1068,12 +1068,15 @@ impl Session {
     }
 
     /// Rolls back a transaction; the messages it acknowledged stay delivered, unacknowledged,
-    /// to their consumers (a JMS client redelivers them itself). A consumer gone meanwhile has
-    /// them redelivered.
-    pub fn rollback_keeping_deliveries(&self, transaction: &str) -> Result<(), BrokerError> {
+    /// to their consumers (a JMS client redelivers them itself; a STOMP client acknowledges
+    /// them again), whose tags it returns. A consumer gone meanwhile has them redelivered.
+    pub fn rollback_keeping_deliveries(&self, transaction: &str) -> Result<Vec<u64>, BrokerError> {
         lock(&self.shared).rollback(self.id, transaction, true)
     }
 
+    /// Rolls back a transaction, redelivering what it acknowledged: what a session that goes
+    /// away does with its open transactions (the clients' own rollbacks keep deliveries).
+    #[cfg(test)]
     pub fn abort(&self, transaction: &str) -> Result<(), BrokerError> {
         lock(&self.shared).abort(self.id, transaction)
     }

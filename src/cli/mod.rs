@@ -8,8 +8,9 @@
 //! Exit codes: 0 success; 1 failure (including `consume` receiving fewer messages than asked);
 //! 2 usage or configuration error, or a broker start-up refused in a way only a person can
 //! mend (a damaged store, a cluster member's store under a standalone configuration, a volume
-//! too small; [`crate::server::needs_operator`]), which supervisors should not retry. `status --expect-members` uses the Nagios plugin codes
-//! instead: 0 OK, 1 WARNING, 2 CRITICAL.
+//! too small; [`crate::server::needs_operator`]), which supervisors should not retry.
+//! `status --expect-members` uses the Nagios plugin codes instead: 0 OK, 1 WARNING,
+//! 2 CRITICAL, 3 UNKNOWN.
 
 /// `print!` / `println!` / `eprint!` / `eprintln!` that never panic: output to a closed pipe
 /// (`ferromq status | head -1`, a log reader that went away) is dropped, not a panic.

@@ -8,7 +8,7 @@
 //! state (0 OK, 1 WARNING, 2 CRITICAL; 3 UNKNOWN for a bad command line). It only reads
 //! ZooKeeper; it never writes there.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 
 use clap::Args;
@@ -147,7 +147,7 @@ pub(crate) async fn run(args: StatusArgs) -> ExitCode {
     let read =
         crate::election::read_cluster(&args.zk_address, &args.zk_path, args.zk_password.as_deref())
             .await;
-    let members = match (read, args.expect_members) {
+    let mut members = match (read, args.expect_members) {
         (Ok(members), _) => members,
         // A path nobody registered under is most likely the check's own mistake.
         (Err(e @ crate::election::ElectionError::NoPath { .. }), Some(_)) => {
@@ -168,7 +168,6 @@ pub(crate) async fn run(args: StatusArgs) -> ExitCode {
             return verdict.health.exit_code();
         }
     };
-    let mut members = members;
     if let Some(name) = &args.cluster {
         members = match of_cluster(members, name) {
             Ok(ours) => ours,
@@ -238,16 +237,16 @@ fn replicas_disagreement(members: &[MemberView]) -> Option<String> {
 /// `--cluster NAME`: the members of cluster `name`; when there are members but none of it,
 /// the names that are there instead.
 fn of_cluster(members: Vec<MemberView>, name: &str) -> Result<Vec<MemberView>, String> {
-    let names: std::collections::BTreeSet<String> = members
-        .iter()
-        .filter_map(|m| m.data.as_ref().map(|d| d.id.clone()))
-        .collect();
+    let names = cluster_names(&members)
+        .into_iter()
+        .collect::<Vec<_>>()
+        .join(", ");
     let ours: Vec<MemberView> = members
         .into_iter()
         .filter(|m| m.data.as_ref().is_some_and(|d| d.id == name))
         .collect();
     if ours.is_empty() && !names.is_empty() {
-        return Err(names.into_iter().collect::<Vec<_>>().join(", "));
+        return Err(names);
     }
     Ok(ours)
 }
@@ -255,11 +254,16 @@ fn of_cluster(members: Vec<MemberView>, name: &str) -> Result<Vec<MemberView>, S
 /// The broker names (znode ids) of the members, when there are several: clusters that
 /// share a zk_path, which one health check cannot judge together.
 fn several_clusters(members: &[MemberView]) -> Option<Vec<&str>> {
-    let names: std::collections::BTreeSet<&str> = members
+    let names = cluster_names(members);
+    (names.len() > 1).then(|| names.into_iter().collect())
+}
+
+/// The distinct broker names (znode ids) of the members, in order.
+fn cluster_names(members: &[MemberView]) -> BTreeSet<&str> {
+    members
         .iter()
         .filter_map(|m| m.data.as_ref().map(|d| d.id.as_str()))
-        .collect();
-    (names.len() > 1).then(|| names.into_iter().collect())
+        .collect()
 }
 
 /// `--json`: one JSON array, each member's znode data as stored with its znode name added as

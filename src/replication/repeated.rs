@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 /// A repeating failure is logged at most this often while the error stays the same.
 pub(crate) const REPEAT_LOG_PERIOD: Duration = Duration::from_secs(5);
 
-/// Keeps a slave that keeps failing to reach its master with the same error (a master that died
-/// stays named until its ZooKeeper session expires) from logging it five times a second: the
-/// same error is logged again only [`REPEAT_LOG_PERIOD`] after it last was, with the count
-/// of attempts not logged meanwhile.
+/// One repeating failure's log state (a slave's attempts to follow a master that died and stays
+/// named until its ZooKeeper session expires; a master's refusals of one slave): the same error
+/// is logged again only [`REPEAT_LOG_PERIOD`] after it last was, with the count of attempts not
+/// logged meanwhile.
 #[derive(Debug, Default)]
 pub(crate) struct RepeatedFailure {
     error: String,

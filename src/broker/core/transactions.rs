@@ -91,25 +91,27 @@ impl Core {
 
     /// Drops a transaction's sends; its acknowledged messages are redelivered.
     pub fn abort(&mut self, session: u64, tx: &str) -> Result<(), BrokerError> {
-        self.rollback(session, tx, false)
+        self.rollback(session, tx, false).map(drop)
     }
 
     /// Drops a transaction's sends. Its acknowledged messages are redelivered, or with
     /// `keep_delivered` they go back to the consumers they were delivered to, unacknowledged
     /// (a JMS client redelivers rolled-back messages itself, then acknowledges or poisons
-    /// them); a consumer that is gone meanwhile has its messages redelivered.
+    /// them); a consumer that is gone meanwhile has its messages redelivered. Returns the tags
+    /// of the deliveries that stay with their consumers.
     pub fn rollback(
         &mut self,
         session: u64,
         tx: &str,
         keep_delivered: bool,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<Vec<u64>, BrokerError> {
         let transaction = self
             .session(session)?
             .transactions
             .remove(tx)
             .ok_or_else(|| BrokerError::UnknownTransaction(tx.to_string()))?;
         let mut touched = BTreeSet::new();
+        let mut kept = Vec::new();
         for (cid, tag, f) in transaction.acks {
             if keep_delivered {
                 if let Some(consumer) = self
@@ -122,6 +124,7 @@ impl Core {
                     }
                     consumer.in_flight.insert(tag, f);
                     self.tags.insert(tag, cid);
+                    kept.push(tag);
                     continue;
                 }
             }
@@ -131,6 +134,6 @@ impl Core {
             self.redeliver(f, &mut touched)?;
         }
         self.dispatch_all(touched);
-        Ok(())
+        Ok(kept)
     }
 }

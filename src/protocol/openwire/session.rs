@@ -1498,7 +1498,7 @@ impl State {
                 let reason = self.rollback_only.remove(&key).unwrap_or_default();
                 self.tx_acks.remove(&key);
                 match self.session.rollback_keeping_deliveries(&key) {
-                    Ok(()) | Err(BrokerError::UnknownTransaction(_)) => {}
+                    Ok(_) | Err(BrokerError::UnknownTransaction(_)) => {}
                     Err(e) => return Err(e),
                 }
                 Err(BrokerError::RolledBack(key, reason))
@@ -1528,7 +1528,7 @@ impl State {
                 self.tx_acks.remove(&key);
                 self.rollback_only.remove(&key);
                 match self.session.rollback_keeping_deliveries(&key) {
-                    Ok(()) | Err(BrokerError::UnknownTransaction(_)) => Ok(None),
+                    Ok(_) | Err(BrokerError::UnknownTransaction(_)) => Ok(None),
                     Err(e) => Err(e),
                 }
             }

@@ -5,7 +5,7 @@
 //! the wire needs (which deliveries await a client ack), and never sends a RECEIPT for a change
 //! before the core confirms it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -1272,15 +1272,17 @@ impl State {
 
     /// ABORT: the transaction's sends are dropped and its acknowledgements undone. As in
     /// ActiveMQ (and RabbitMQ), the messages it acknowledged stay delivered to their consumers,
-    /// to be acknowledged again with the same ack ids; those whose subscription is gone are
+    /// to be acknowledged again with the same ack ids; those whose consumer is gone are
     /// redelivered. Its NACKs are dropped, and their messages redelivered.
     fn abort(&mut self, transaction: &str) -> Result<Confirmation, Refusal> {
-        self.session.rollback_keeping_deliveries(transaction)?;
-        for (tag, entry) in self.acked_in.remove(transaction).unwrap_or_default() {
-            if self.subscriptions.contains_key(&entry.0) {
-                self.unacked.insert(tag, entry);
-            }
-        }
+        let kept: HashSet<u64> = self
+            .session
+            .rollback_keeping_deliveries(transaction)?
+            .into_iter()
+            .collect();
+        let mut acked = self.acked_in.remove(transaction).unwrap_or_default();
+        acked.retain(|(tag, _)| kept.contains(tag));
+        self.unacked.extend(acked);
         Ok(Confirmation::done())
     }
 
