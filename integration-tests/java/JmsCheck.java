@@ -25,6 +25,7 @@ import javax.jms.BytesMessage;
 import javax.jms.Connection;
 import javax.jms.DeliveryMode;
 import javax.jms.Destination;
+import javax.jms.InvalidClientIDException;
 import javax.jms.JMSException;
 import javax.jms.MapMessage;
 import javax.jms.Message;
@@ -98,6 +99,7 @@ public final class JmsCheck {
         SCENARIOS.put("tx-consumer", JmsCheck::txConsumer);
         SCENARIOS.put("topic-pubsub", JmsCheck::topicPubSub);
         SCENARIOS.put("durable-topic", JmsCheck::durableTopic);
+        SCENARIOS.put("client-id", JmsCheck::clientId);
         SCENARIOS.put("wildcard-topic", JmsCheck::wildcardTopic);
         SCENARIOS.put("virtual-topic", JmsCheck::virtualTopic);
         SCENARIOS.put("composite-destinations", JmsCheck::compositeDestinations);
@@ -1566,6 +1568,37 @@ public final class JmsCheck {
         s3.unsubscribe(sub);
         close(c3);
         close(publisher);
+    }
+
+    /**
+     * A client id belongs to one connection at a time: a second connection setting it fails to
+     * start with InvalidClientIDException, and the id is free again once the first closes.
+     */
+    static void clientId() throws Exception {
+        String clientId = name("client");
+        Connection first = connect(url, clientId);
+        Connection second = factory(url).createConnection();
+        try {
+            second.setClientID(clientId);
+            second.start();
+            throw fail("a second connection with the client id of an open one",
+                    "InvalidClientIDException", "started");
+        } catch (InvalidClientIDException e) {
+            check("the refusal names the client id", String.valueOf(e.getMessage())
+                    .contains(clientId), clientId, e.getMessage());
+            ok("a second connection with an open one's client id is refused: "
+                    + e.getMessage());
+        } finally {
+            try {
+                second.close();
+            } catch (JMSException ignored) {
+                // The broker closes a refused connection; there is nothing to close.
+            }
+        }
+        close(first);
+        Connection third = connect(url, clientId);
+        ok("the client id is free once its connection closed");
+        close(third);
     }
 
     /**

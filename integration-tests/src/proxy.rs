@@ -6,12 +6,14 @@
 //!
 //! Used to cut one broker off from ZooKeeper while it keeps running and keeps its clients and
 //! its replication links, and to cut a master off from its slaves while it keeps ZooKeeper and
-//! its clients.
+//! its clients. [`Proxy::cut_at`] arms a trip wire instead: the proxy cuts itself the moment a
+//! client sends given bytes, before forwarding them, so a test can partition a process in the
+//! middle of a conversation it cannot time from outside.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How often a pump of a cut proxy looks whether it is healed.
@@ -22,7 +24,12 @@ pub struct Proxy {
     addr: SocketAddr,
     cut: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
+    wire: TripWire,
 }
+
+/// Bytes whose sending by a client cuts the proxy (see [`Proxy::cut_at`]); set when it trips.
+#[derive(Clone, Default)]
+struct TripWire(Arc<Mutex<Option<Vec<u8>>>>, Arc<AtomicBool>);
 
 impl Proxy {
     /// Listens on `127.0.0.1:0` and forwards every connection to `target`.
@@ -37,11 +44,17 @@ impl Proxy {
         listener.set_nonblocking(true)?;
         let cut = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let (c, s) = (cut.clone(), stop.clone());
+        let wire = TripWire::default();
+        let (c, s, w) = (cut.clone(), stop.clone(), wire.clone());
         std::thread::Builder::new()
             .name(format!("proxy-{addr}"))
-            .spawn(move || accept_loop(listener, target, c, s))?;
-        Ok(Proxy { addr, cut, stop })
+            .spawn(move || accept_loop(listener, target, c, s, w))?;
+        Ok(Proxy {
+            addr,
+            cut,
+            stop,
+            wire,
+        })
     }
 
     /// Where clients connect.
@@ -58,6 +71,18 @@ impl Proxy {
     pub fn heal(&self) {
         self.cut.store(false, Ordering::SeqCst);
     }
+
+    /// Arms a trip wire: the first time a client sends `bytes` (within one read of the
+    /// proxy's, or across two), the proxy cuts itself as [`Proxy::cut`] does, before it
+    /// forwards them. Fires once; [`Proxy::tripped`] tells whether it has.
+    pub fn cut_at(&self, bytes: &[u8]) {
+        *self.wire.0.lock().unwrap() = Some(bytes.to_vec());
+    }
+
+    /// Whether the trip wire of [`Proxy::cut_at`] fired.
+    pub fn tripped(&self) -> bool {
+        self.wire.1.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Proxy {
@@ -71,14 +96,15 @@ fn accept_loop(
     target: SocketAddr,
     cut: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
+    wire: TripWire,
 ) {
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((client, _)) => {
-                let (cut, stop) = (cut.clone(), stop.clone());
+                let (cut, stop, wire) = (cut.clone(), stop.clone(), wire.clone());
                 let _ = std::thread::Builder::new()
                     .name("proxy-connection".into())
-                    .spawn(move || connect_and_pump(client, target, cut, stop));
+                    .spawn(move || connect_and_pump(client, target, cut, stop, wire));
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(PAUSED_POLL),
             Err(_) => std::thread::sleep(PAUSED_POLL),
@@ -93,6 +119,7 @@ fn connect_and_pump(
     target: SocketAddr,
     cut: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
+    wire: TripWire,
 ) {
     if client.set_nonblocking(false).is_err() {
         return;
@@ -114,13 +141,24 @@ fn connect_and_pump(
     let (c, s) = (cut.clone(), stop.clone());
     let _ = std::thread::Builder::new()
         .name("proxy-pump".into())
-        .spawn(move || pump(client2, server2, c, s));
-    pump(server, client, cut, stop);
+        .spawn(move || pump(client2, server2, c, s, Some(wire)));
+    pump(server, client, cut, stop, None);
 }
 
 /// Copies `from` to `to` while not cut; at the end of `from` (or an error) shuts both down.
-fn pump(mut from: TcpStream, mut to: TcpStream, cut: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
+/// With a `wire` (the client's direction), bytes that trip it cut the proxy and wait.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    cut: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    wire: Option<TripWire>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
+    // The end of what was read before, so that bytes split across two reads trip the wire.
+    let mut tail: Vec<u8> = Vec::new();
+    // Read while cut by the wire, forwarded once healed.
+    let mut held: Option<usize> = None;
     // A short read timeout, so that a cut (or the proxy's end) is noticed while idle.
     let _ = from.set_read_timeout(Some(PAUSED_POLL));
     loop {
@@ -131,9 +169,25 @@ fn pump(mut from: TcpStream, mut to: TcpStream, cut: Arc<AtomicBool>, stop: Arc<
             std::thread::sleep(PAUSED_POLL);
             continue;
         }
+        if let Some(n) = held.take() {
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            continue;
+        }
         match from.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
+                if let Some(wire) = &wire {
+                    tail.extend_from_slice(&buf[..n]);
+                    if wire.trips(&tail) {
+                        cut.store(true, Ordering::SeqCst);
+                        held = Some(n);
+                        continue;
+                    }
+                    let keep = tail.len().min(256);
+                    tail.drain(..tail.len() - keep);
+                }
                 if to.write_all(&buf[..n]).is_err() {
                     break;
                 }
@@ -149,4 +203,20 @@ fn pump(mut from: TcpStream, mut to: TcpStream, cut: Arc<AtomicBool>, stop: Arc<
     }
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
+}
+
+impl TripWire {
+    /// Whether `seen` holds the armed bytes; if so the wire is spent and marked tripped.
+    fn trips(&self, seen: &[u8]) -> bool {
+        let mut armed = self.0.lock().unwrap();
+        let Some(bytes) = armed.as_ref() else {
+            return false;
+        };
+        if bytes.is_empty() || !seen.windows(bytes.len()).any(|w| w == bytes.as_slice()) {
+            return false;
+        }
+        *armed = None;
+        self.1.store(true, Ordering::SeqCst);
+        true
+    }
 }

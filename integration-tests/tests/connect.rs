@@ -65,6 +65,39 @@ fn anyone_connects_without_configured_users() -> Result<()> {
     Ok(())
 }
 
+/// A `client-id` is held by one connection at a time, as at ActiveMQ: a second CONNECT with
+/// the id of an open connection gets an ERROR naming the id and is closed; once the first
+/// connection has gone, the id connects again.
+#[test]
+fn a_client_id_in_use_is_refused_until_its_connection_closes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), "")?;
+    let mut first = StompClient::open(broker.addr())?;
+    first.write_raw(b"CONNECT\naccept-version:1.2\nhost:localhost\nclient-id:orders-app\n\n\0")?;
+    let connected = first.expect_frame(FRAME_TIMEOUT)?;
+    ensure!(connected.command == "CONNECTED", "{connected:?}");
+
+    let (command, message, closed) = connect_outcome(&broker, &[("client-id", "orders-app")])?;
+    ensure!(
+        command == "ERROR" && closed,
+        "{command}: {message} (closed: {closed})"
+    );
+    ensure!(
+        message.contains("'orders-app' is already connected from tcp"),
+        "{message}"
+    );
+    let (command, _, _) = connect_outcome(&broker, &[("client-id", "another-app")])?;
+    ensure!(command == "CONNECTED", "another id: {command}");
+
+    drop(first);
+    let (command, message, _) = connect_outcome(&broker, &[("client-id", "orders-app")])?;
+    ensure!(
+        command == "CONNECTED",
+        "after the first closed: {command}: {message}"
+    );
+    Ok(())
+}
+
 /// A client may write its first frames right behind CONNECT, in the same packet, without
 /// waiting for CONNECTED (`nc` with a prepared file, or a minimal client library): every one
 /// of them is answered.

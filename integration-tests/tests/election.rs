@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferromq::election::{self, Election, ElectionConfig, LogState, MemberView, Role};
+use ferromq_integration_tests::proxy::Proxy;
 use ferromq_integration_tests::zk::{ZkEnsemble, ZkVersion};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -67,6 +68,17 @@ impl Node {
             damaged: false,
             node: Some(node.to_owned()),
         };
+        Node::start_with(name, config, log, address_port).await
+    }
+
+    /// A node of `config` (its ZooKeeper address, registration file, ...), publishing
+    /// `address_port` as its replication address once elected.
+    async fn start_with(
+        name: &'static str,
+        config: ElectionConfig,
+        log: LogState,
+        address_port: u16,
+    ) -> Node {
         let election = Arc::new(
             Election::start(config, log)
                 .await
@@ -511,6 +523,90 @@ async fn two_znodes_of_one_node_are_one_member_zk38() {
     wait_any_stable(&[&a, &again, &b], 0).await;
     b.close().await;
     again.close().await;
+    a.close().await;
+}
+
+/// A node whose ZooKeeper session expires while it registers (cut off from ZooKeeper after
+/// its znode is made and before its registration is done) registers anew and follows the
+/// master.
+///
+/// Node c reaches ZooKeeper through a proxy armed to cut itself when c asks for its leftover
+/// znode, the last step of a registration; the test heals it once ZooKeeper has expired c's
+/// session (its znode is gone). The nemesis once found a node that waited for ever as a
+/// candidate after such an expiry: its process was paused at that step, and the watch on its
+/// session was made after the expiry, when the session's state no longer changes. This test
+/// does not reproduce that ordering (here the request in flight fails as the connection is
+/// lost, before the expiry is known); the fix, watching the session from its connection on,
+/// is in `election::join`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_expired_while_registering_is_replaced_zk38() {
+    const LEFTOVER: &str = "/ferromq-test-leftover";
+    let zk = start_ensemble(ZkVersion::V3_8).await;
+    let a = Node::start(&zk, "a", log(0, 500), 1, 40001, SESSION_TIMEOUT).await;
+    let b = Node::start(&zk, "b", log(0, 300), 1, 40011, SESSION_TIMEOUT).await;
+    let epoch = wait_stable(&a, &[&b], 0).await;
+
+    let server = format!("127.0.0.1:{}", zk.client_port(0)).parse().unwrap();
+    let proxy = Proxy::start(server).expect("proxy");
+    proxy.cut_at(LEFTOVER.as_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let registration = dir.path().join("zk.registration");
+    std::fs::write(&registration, format!("{LEFTOVER} 0x1\n")).unwrap();
+    let config = ElectionConfig {
+        zk_address: proxy.addr().to_string(),
+        zk_password: None,
+        zk_path: ZK_PATH.to_owned(),
+        session_timeout: SESSION_TIMEOUT,
+        broker_name: BROKER.to_owned(),
+        replicas: 3,
+        weight: 1,
+        container: Some("c".to_owned()),
+        client_address: Some("tcp://127.0.0.1:40022".to_owned()),
+        registration_file: Some(registration),
+        damaged: false,
+        node: Some("c".to_owned()),
+    };
+    let starting = tokio::spawn(Node::start_with("c", config, log(0, 100), 40021));
+
+    // c registered, and is cut off in the middle of its registration.
+    let c_registered = |members: &[MemberView]| {
+        members.iter().any(|m| {
+            m.data
+                .as_ref()
+                .is_some_and(|d| d.container.as_deref() == Some("c"))
+        })
+    };
+    let deadline = Instant::now() + SETTLE;
+    while !(proxy.tripped() && c_registered(&read_members(&zk).await)) {
+        assert!(
+            Instant::now() < deadline,
+            "c did not register and ask for its leftover within {SETTLE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ZooKeeper expires c's session: its znode goes.
+    while c_registered(&read_members(&zk).await) {
+        assert!(
+            Instant::now() < deadline,
+            "c's session did not expire within {SETTLE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.heal();
+    let c = starting.await.expect("starting c");
+    wait_for(
+        SETTLE,
+        || matches!(c.role(), Role::Slave { epoch: e, .. } if e == epoch),
+        || format!("c a slave of epoch {epoch} again; c is {}", c.role()),
+    )
+    .await;
+    assert!(
+        c_registered(&read_members(&zk).await),
+        "c is a slave with no znode"
+    );
+    assert!(a.role().is_master(), "a lost its role: {}", a.role());
+    c.close().await;
+    b.close().await;
     a.close().await;
 }
 

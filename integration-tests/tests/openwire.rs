@@ -187,6 +187,13 @@ fn durable_subscriber_gets_what_was_published_offline() {
     check("durable-topic", &[]);
 }
 
+/// A second connection with an open connection's client id fails to start with
+/// `InvalidClientIDException`, as at ActiveMQ; the id is free once the first closes.
+#[test]
+fn a_client_id_is_refused_while_another_connection_holds_it() {
+    check("client-id", &[]);
+}
+
 /// Wildcard topics as ActiveMQ reads them: a consumer on `<base>.>` gets every topic under
 /// `<base>` (JMSDestination the topic published to) and nothing of `<base>x.app1`; a durable
 /// subscriber on `<base>.*` keeps, while offline, the one-segment topics' messages only.

@@ -49,6 +49,10 @@ pub use self::store_limit::{StoreGate, DEFAULT_STORE_LIMIT};
 /// The dead-letter queue, ActiveMQ's default name (the shared strategy's only DLQ).
 pub const DEAD_LETTER_QUEUE: &str = "queue://ActiveMQ.DLQ";
 
+/// How long a connection whose client id another session holds waits for that session to
+/// close before it is refused (see [`Broker::connect`]).
+pub const CLIENT_ID_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Where dead letters go: ActiveMQ's `<sharedDeadLetterStrategy>` (the default) or
 /// `<individualDeadLetterStrategy>`. The master decides the DLQ and writes it in the journal
 /// record, so slaves need not know the strategy.
@@ -413,6 +417,9 @@ pub enum BrokerError {
     RolledBack(String, String),
     #[error("a durable subscription needs a client id (STOMP header client-id on CONNECT)")]
     DurableNeedsClientId,
+    /// ActiveMQ's `InvalidClientIDException` for a second connection with a client id.
+    #[error("client id '{client_id}' is already connected from {peer}")]
+    ClientIdInUse { client_id: String, peer: String },
     #[error("durable subscription '{0}' is already active on another connection")]
     DurableInUse(String),
     #[error("durable subscriptions are for topics; '{0}' is a queue")]
@@ -608,27 +615,65 @@ impl Broker {
         Ok(broker)
     }
 
-    /// Opens a session for one client connection. Deliveries for its subscriptions arrive on
-    /// the returned receiver; the receiver holds at most the subscriptions' prefetch windows.
+    /// Opens a session for one client connection, from `peer`. Deliveries for its
+    /// subscriptions arrive on the returned receiver; the receiver holds at most the
+    /// subscriptions' prefetch windows.
+    ///
+    /// A client id held by another open session is refused with
+    /// [`BrokerError::ClientIdInUse`], once that session has not closed within
+    /// [`CLIENT_ID_GRACE`]: a client that reconnects at once after losing its connection is
+    /// not refused because the broker has not yet seen the old one end.
+    pub async fn connect(
+        &self,
+        client_id: Option<String>,
+        peer: &str,
+    ) -> Result<(Session, mpsc::UnboundedReceiver<Delivery>), BrokerError> {
+        let deadline = tokio::time::Instant::now() + CLIENT_ID_GRACE;
+        loop {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let closed = {
+                let mut core = lock(&self.shared);
+                let closed = core.session_closed();
+                let mut notified = Box::pin(closed.clone().notified_owned());
+                // Registered before the lock is released: a close after it wakes us.
+                notified.as_mut().enable();
+                match core.open_session(client_id.clone(), peer, tx) {
+                    Ok(id) => return Ok((self.session(id, &core), rx)),
+                    Err(BrokerError::ClientIdInUse { .. })
+                        if tokio::time::Instant::now() < deadline =>
+                    {
+                        notified
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            let _ = tokio::time::timeout_at(deadline, closed).await;
+        }
+    }
+
+    /// Tests: [`Broker::connect`] for a session whose client id is free.
+    #[cfg(test)]
     pub fn open_session(
         &self,
         client_id: Option<String>,
     ) -> (Session, mpsc::UnboundedReceiver<Delivery>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (id, gate) = {
-            let mut core = lock(&self.shared);
-            (core.open_session(client_id, tx), core.flow_gate())
-        };
-        (
-            Session {
-                id,
-                shared: self.shared.clone(),
-                gate,
-                sent_transient: AtomicBool::new(false),
-                sent_persistent: AtomicBool::new(false),
-            },
-            rx,
-        )
+        let mut core = lock(&self.shared);
+        let id = core
+            .open_session(client_id, "test", tx)
+            .expect("the client id is free");
+        (self.session(id, &core), rx)
+    }
+
+    /// The handle on core session `id`, just opened.
+    fn session(&self, id: u64, core: &core::Core) -> Session {
+        Session {
+            id,
+            shared: self.shared.clone(),
+            gate: core.flow_gate(),
+            sent_transient: AtomicBool::new(false),
+            sent_persistent: AtomicBool::new(false),
+        }
     }
 
     /// Tests: a core on a store in `dir` (1 MiB segments, no fsync), confirming what is durable,

@@ -39,7 +39,9 @@
 //!   registration): the node stays a candidate and retries ([`Election::start`]); only an error
 //!   no retry fixes (configuration, authentication, ACLs) stops it.
 //! - Session expired: a new client, a new znode (a new, last-in-order sequence) and the node
-//!   rejoins as a candidate, without the process restarting (ActiveMQ's AMQ-5082).
+//!   rejoins as a candidate, without the process restarting (ActiveMQ's AMQ-5082). The
+//!   session's state is watched from its connection on, so an expiry during the registration
+//!   itself (the process paused there) is seen too: a watch made after it would never fire.
 //! - Fewer registered members than a quorum, or a member reporting a master epoch newer than
 //!   ours: a master becomes a candidate.
 //!
@@ -487,6 +489,11 @@ async fn join(
         cfg.session_timeout,
     )
     .await?;
+    // Watched from the connection on: a session that expires during the registration below
+    // (this process paused, say) is seen as expired by the election task. A watcher made
+    // after the expiry would never report it (the state is terminal and never changes again),
+    // and the node would wait for ever as a candidate on a dead session.
+    let state = client.state_watcher();
     let acls = acls(cfg.zk_password.is_some());
     client
         .mkdir(&cfg.zk_path, &zk::CreateMode::Persistent.with_acls(acls))
@@ -536,7 +543,7 @@ async fn join(
     Ok(Session {
         incarnation,
         cluster_replicas,
-        state: client.state_watcher(),
+        state,
         timeout: negotiated.min(cfg.session_timeout),
         client,
         name,

@@ -162,6 +162,8 @@ impl Publish {
 
 struct SessionState {
     client_id: Option<String>,
+    /// Where its client connects from (for the refusal of a second holder of its client id).
+    peer: String,
     deliveries: mpsc::UnboundedSender<Delivery>,
     /// Subscription id -> its consumer ids: one, or one per member of a composite
     /// destination (see [`Core::subscribe_each`]).
@@ -305,6 +307,10 @@ pub(crate) struct Core {
     /// queue otherwise. Known from the first subscription to it until the data is wiped.
     virtual_queues: BTreeSet<String>,
     sessions: HashMap<u64, SessionState>,
+    /// Client id -> the session holding it: a client id is held by one connection at a time.
+    client_ids: HashMap<String, u64>,
+    /// Woken whenever a session closes (a connection waiting for its client id to be freed).
+    session_closed: Arc<tokio::sync::Notify>,
     consumers: HashMap<u64, Consumer>,
     /// Delivery tag -> consumer id.
     tags: HashMap<u64, u64>,

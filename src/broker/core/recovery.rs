@@ -49,6 +49,8 @@ impl Core {
             durables: HashMap::new(),
             virtual_queues: BTreeSet::new(),
             sessions: HashMap::new(),
+            client_ids: HashMap::new(),
+            session_closed: Arc::default(),
             consumers: HashMap::new(),
             tags: HashMap::new(),
             producers: ProducerAudit::default(),

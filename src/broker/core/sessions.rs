@@ -4,31 +4,51 @@
 //! It must never know which protocol a session speaks.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::{connection_origin, Core, SessionState};
 use crate::broker::{BrokerError, Delivery};
 
 impl Core {
+    /// Opens a session for a client connecting from `peer`. A non-empty `client_id` already
+    /// held by another open session is refused ([`BrokerError::ClientIdInUse`]), as ActiveMQ
+    /// refuses a second connection with a client id (its default, without link stealing).
     pub fn open_session(
         &mut self,
         client_id: Option<String>,
+        peer: &str,
         deliveries: mpsc::UnboundedSender<Delivery>,
-    ) -> u64 {
+    ) -> Result<u64, BrokerError> {
         let id = self.next_session;
+        if let Some(name) = client_id.as_ref().filter(|c| !c.is_empty()) {
+            if let Some(holder) = self.client_ids.get(name).and_then(|s| self.sessions.get(s)) {
+                return Err(BrokerError::ClientIdInUse {
+                    client_id: name.clone(),
+                    peer: holder.peer.clone(),
+                });
+            }
+            self.client_ids.insert(name.clone(), id);
+        }
         self.next_session += 1;
         self.sessions.insert(
             id,
             SessionState {
                 client_id,
+                peer: peer.to_string(),
                 deliveries,
                 subscriptions: HashMap::new(),
                 transactions: HashMap::new(),
                 origin: id,
             },
         );
-        id
+        Ok(id)
+    }
+
+    /// Woken whenever a session closes.
+    pub fn session_closed(&self) -> Arc<Notify> {
+        self.session_closed.clone()
     }
 
     /// Session `session` serves client connection `connection`: its messages are that
@@ -53,7 +73,13 @@ impl Core {
         for tx in transactions {
             let _ = self.abort(session, &tx);
         }
-        self.sessions.remove(&session);
+        if let Some(state) = self.sessions.remove(&session) {
+            let name = state.client_id.unwrap_or_default();
+            if self.client_ids.get(&name) == Some(&session) {
+                self.client_ids.remove(&name);
+            }
+        }
+        self.session_closed.notify_waiters();
     }
 
     pub(super) fn session(&mut self, session: u64) -> Result<&mut SessionState, BrokerError> {

@@ -24,11 +24,58 @@ async fn a_durable_subscription_keeps_messages_while_away() {
     let (s, mut rx) = f.broker.open_session(Some("client-1".into()));
     durable(&s).unwrap();
     assert_eq!(body(&next(&mut rx).await), "while away");
-    let (other, _) = f.broker.open_session(Some("client-1".into()));
+    // Active already: a second consumer of it (another subscription id) is refused.
+    let again = s.subscribe(SubscribeRequest {
+        durable_name: Some("sub".into()),
+        ..request("d2", topic.clone(), 10)
+    });
+    assert_eq!(again.unwrap_err(), BrokerError::DurableInUse("sub".into()));
+}
+
+/// A client id is held by one connection at a time, as in ActiveMQ: a second connection with
+/// it is refused (naming where the first connects from) unless the first closes within the
+/// grace; once it has closed the id is free again. Sessions without one, or with an empty one,
+/// are not limited.
+#[tokio::test]
+async fn a_client_id_is_held_by_one_connection_at_a_time() {
+    let f = fixture(BrokerOptions::default()).await;
+    let first = f
+        .broker
+        .connect(Some("app".into()), "tcp://10.0.0.1:5000")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let refused = f
+        .broker
+        .connect(Some("app".into()), "tcp://10.0.0.2:6000")
+        .await;
     assert_eq!(
-        durable(&other).unwrap_err(),
-        BrokerError::DurableInUse("sub".into())
+        refused.err(),
+        Some(BrokerError::ClientIdInUse {
+            client_id: "app".into(),
+            peer: "tcp://10.0.0.1:5000".into()
+        })
     );
+    assert!(started.elapsed() >= crate::broker::CLIENT_ID_GRACE);
+    for _ in 0..2 {
+        for id in [None, Some(String::new())] {
+            f.broker.connect(id, "tcp://10.0.0.3:7000").await.unwrap();
+        }
+    }
+    // A connection that closes while the next one waits hands its id over.
+    let broker = f.broker.clone();
+    let next = tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let connected = broker
+            .connect(Some("app".into()), "tcp://10.0.0.2:6001")
+            .await;
+        (connected.is_ok(), started.elapsed())
+    });
+    tokio::task::yield_now().await;
+    drop(first);
+    let (connected, waited) = next.await.unwrap();
+    assert!(connected);
+    assert!(waited < crate::broker::CLIENT_ID_GRACE, "waited {waited:?}");
 }
 
 /// A durable subscription on a pattern keeps what is published to every matching topic while

@@ -298,7 +298,9 @@ fn exception_class(e: &BrokerError) -> &'static str {
         | BrokerError::InvalidComposite(..)
         | BrokerError::TemporaryGone(_)
         | BrokerError::UnknownDurable(_) => "javax.jms.InvalidDestinationException",
-        BrokerError::DurableNeedsClientId => "javax.jms.InvalidClientIDException",
+        BrokerError::DurableNeedsClientId | BrokerError::ClientIdInUse { .. } => {
+            "javax.jms.InvalidClientIDException"
+        }
         BrokerError::RolledBack(..) => "javax.jms.TransactionRolledBackException",
         // ActiveMQ's refusal with sendFailIfNoSpace.
         BrokerError::StoreFull { .. } => "javax.jms.ResourceAllocationException",
@@ -470,7 +472,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .unwrap_or_else(|| format!("ferromq-anonymous-{}", self.peer));
         let options = self.options.clone();
         let mut registration = options.connections.register(&connection_id).await;
-        let (session, deliveries) = broker.open_session(info.client_id.clone());
+        let peer = format!("tcp://{}", self.peer);
+        let (session, deliveries) = match broker.connect(info.client_id.clone(), &peer).await {
+            Ok(opened) => opened,
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, error = %e, "OpenWire connection refused");
+                if let Err(close) = self.refuse(&Command::ConnectionInfo(info), e) {
+                    return close;
+                }
+                let _ = self.flush_output().await;
+                return Close::Quietly;
+            }
+        };
         session.set_connection(&connection_id);
         let mut state = State {
             session,

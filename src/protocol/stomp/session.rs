@@ -371,7 +371,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             receive: (client_send > 0).then(|| heartbeat_period(client_send) * 2),
         };
         let client_id = frame.get("client-id").map(str::to_string);
-        let (session, deliveries) = broker.open_session(client_id);
+        let (session, deliveries) = broker
+            .connect(client_id, &format!("tcp://{}", self.peer))
+            .await
+            .map_err(|e| {
+                tracing::warn!(peer = %self.peer, error = %e, "STOMP connection refused");
+                Refusal::new(e.to_string())
+            })?;
         let mut connected = Frame::new(Command::Connected)
             .header("version", version_name(version))
             .header("server", concat!("ferromq/", env!("CARGO_PKG_VERSION")))
