@@ -493,6 +493,8 @@ public final class JmsCheck {
         // a property string does not survive the round trip (the body's text does).
         PROPERTIES.put("pString", "h\u00e9llo \u2603 end");
         PROPERTIES.put("pEmpty", "");
+        // Set to null: it exists (propertyExists, getPropertyNames) and reads as null.
+        PROPERTIES.put("pNull", null);
     }
 
     static final String TEXT_BODY = "text \u00e9\u2603\ud83d\ude00 nul:\u0000 end";
@@ -616,6 +618,8 @@ public final class JmsCheck {
             }
             check(kind + ": property names", names.containsAll(PROPERTIES.keySet()),
                     PROPERTIES.keySet(), names);
+            check(kind + ": a property set to null exists", got.propertyExists("pNull"),
+                    true, false);
             checkBody(kind, want, got, list);
         }
         expectOnlySentinel(c, q, consumer, "nothing more in the queue");
@@ -694,8 +698,8 @@ public final class JmsCheck {
      * {@code from} it receives what a STOMP client sent, a text frame without content-length
      * (a TextMessage, "hello from stomp", header color=red) then one with content-length (a
      * BytesMessage, bytes 0 1 2 255); then it sends to queue {@code to} a TextMessage "hello
-     * from jms" with JMSCorrelationID corr-1, JMSType greeting, int property count=7 and string
-     * property color=blue, for the STOMP client to read.
+     * from jms" with JMSCorrelationID corr-1, JMSType greeting, int property count=7, string
+     * property color=blue and property unset=null, for the STOMP client to read.
      */
     static void stompInterop() throws Exception {
         Connection c = connect();
@@ -718,6 +722,7 @@ public final class JmsCheck {
         reply.setJMSType("greeting");
         reply.setIntProperty("count", 7);
         reply.setStringProperty("color", "blue");
+        reply.setObjectProperty("unset", null);
         producer.send(reply);
         ok("sent a TextMessage for the STOMP client");
         close(c);

@@ -396,6 +396,8 @@ fn stomp_and_jms_interop(options: &[&str]) {
     assert_eq!(message.get("type"), Some("greeting"));
     assert_eq!(message.get("count"), Some("7"));
     assert_eq!(message.get("color"), Some("blue"));
+    // A property set to null, as ActiveMQ writes it.
+    assert_eq!(message.get("unset"), Some("null"));
     assert_eq!(message.get("persistent"), Some("true"));
 }
 

@@ -90,7 +90,12 @@ pub(super) fn plan(headers: &[Header], now: i64) -> Result<Option<Schedule>, Bro
     if !headers.iter().any(|h| h.name.starts_with(PREFIX)) {
         return Ok(None);
     }
-    let find = |name: &str| headers.iter().find(|h| h.name == name);
+    // A property set to null is as good as absent (ActiveMQ's scheduler reads null).
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h.name == name && h.kind != PropertyType::Null as i32)
+    };
     if find(SCHEDULED_ID).is_some() {
         return Ok(None);
     }

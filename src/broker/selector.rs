@@ -51,7 +51,7 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
 
-use crate::store::Message;
+use crate::store::{Message, PropertyType};
 
 /// How deeply a selector may nest: parentheses, `NOT` and signs, and the depth of the
 /// expression tree (a chain of `AND`s or of `OR`s counts as one level). Deeper selectors are
@@ -1290,6 +1290,7 @@ impl<'a> Ctx<'a> {
                 .headers
                 .iter()
                 .find(|h| h.name == *name)
+                .filter(|h| h.kind != PropertyType::Null as i32)
                 .map_or(Value::Null, |h| Value::Str(&h.value)),
             Prop::MessageId => text(&m.message_id),
             Prop::Destination => text(&m.destination),
@@ -1508,6 +1509,12 @@ mod tests {
             ("unicode", "héllo"),
             ("color", "second value is ignored"),
         ];
+        // A JMS property set to null: as if missing.
+        let unset = Header {
+            name: "unset".into(),
+            value: String::new(),
+            kind: PropertyType::Null as i32,
+        };
         Message {
             message_id: "ID:n-1:1".into(),
             destination: "queue://orders".into(),
@@ -1519,6 +1526,7 @@ mod tests {
             headers: headers
                 .iter()
                 .map(|(name, value)| Header::text(*name, *value))
+                .chain([unset])
                 .collect(),
             ..Message::default()
         }
@@ -1605,6 +1613,10 @@ mod tests {
         ("missing = 'x'", false),
         ("missing IS NULL", true),
         ("missing IS NOT NULL", false),
+        ("unset IS NULL", true),
+        ("unset IS NOT NULL", false),
+        ("unset = ''", false),
+        ("unset <> ''", false),
         ("color IS NULL", false),
         ("empty IS NULL", false),
         ("missing = 1 OR size = 10", true),  // UNKNOWN OR TRUE

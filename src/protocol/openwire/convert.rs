@@ -364,7 +364,7 @@ pub fn to_new_message(m: &Message, max_body: usize) -> Result<NewMessage, Conver
 }
 
 /// A JMS property as a header; `None` for values JMS properties cannot hold (maps, lists,
-/// byte arrays, null), which are dropped.
+/// byte arrays), which are dropped. A null property is kept, as a header of type null.
 fn property_header(name: String, value: PrimitiveValue) -> Option<Header> {
     let (value, kind) = match value {
         PrimitiveValue::Bool(v) => (v.to_string(), PropertyType::Boolean),
@@ -381,10 +381,8 @@ fn property_header(name: String, value: PrimitiveValue) -> Option<Header> {
                 .to_string(),
             PropertyType::String,
         ),
-        PrimitiveValue::Null
-        | PrimitiveValue::Bytes(_)
-        | PrimitiveValue::Map(_)
-        | PrimitiveValue::List(_) => {
+        PrimitiveValue::Null => (String::new(), PropertyType::Null),
+        PrimitiveValue::Bytes(_) | PrimitiveValue::Map(_) | PrimitiveValue::List(_) => {
             tracing::debug!(property = %name, "dropping a property JMS cannot carry");
             return None;
         }
@@ -402,6 +400,7 @@ fn property_value(h: &Header) -> PrimitiveValue {
     let text = || PrimitiveValue::String(h.value.clone());
     match PropertyType::try_from(h.kind).unwrap_or(PropertyType::String) {
         PropertyType::String => text(),
+        PropertyType::Null => PrimitiveValue::Null,
         PropertyType::Boolean => match h.value.as_str() {
             "true" => PrimitiveValue::Bool(true),
             "false" => PrimitiveValue::Bool(false),
@@ -615,6 +614,7 @@ mod tests {
         props.insert("big", PrimitiveValue::Long(1 << 40));
         props.insert("ratio", PrimitiveValue::Double(0.1));
         props.insert("name", PrimitiveValue::String("x y".into()));
+        props.insert("unset", PrimitiveValue::Null);
         let mut marshalled = BytesMut::new();
         props.encode(&mut marshalled).unwrap();
         let sent = Message {

@@ -18,7 +18,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::frame::{self, Command, Decoder, Frame, Item, Version};
 use crate::broker::{
     composite_members, AckScope, BodyType, Broker, BrokerError, Confirmation, Delivery,
-    Destination, Header, NewMessage, Session, SubscribeRequest, JMS_TYPE_HEADER, REPLY_TO_HEADER,
+    Destination, Header, NewMessage, PropertyType, Session, SubscribeRequest, JMS_TYPE_HEADER,
+    REPLY_TO_HEADER,
 };
 use crate::protocol::openwire::{Destination as OwDestination, DestinationKind};
 use crate::protocol::temps::TempDestinations;
@@ -772,6 +773,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     .map(|d| state.temps.to_stomp(&d))
                     .unwrap_or_else(|_| h.value.clone()),
                 REPLY_TO_HEADER => state.temps.reply_to_stomp(&h.value),
+                // A JMS property set to null: as ActiveMQ writes it.
+                _ if h.kind == PropertyType::Null as i32 => "null".to_string(),
                 _ => h.value.clone(),
             };
             let name = match h.name.as_str() {
