@@ -355,16 +355,21 @@ enum Operation {
 
 impl Operation {
     /// The operation `path` names (`/queues/<name>/purge`, `/queues/<name>`,
-    /// `/queues/<name>/retry`), its name still as written; `None` for any other path.
+    /// `/queues/<name>/retry`), its name still as written; `None` for any other path, such as
+    /// a misspelt operation (`/queues/<name>/prge`: a name holds no `/` but its scheme's, a
+    /// `/` in a queue's name is written `%2F`).
     fn of(path: &str) -> Option<Operation> {
         let rest = path.strip_prefix("/queues/")?;
-        Some(if let Some(name) = rest.strip_suffix("/purge") {
+        let operation = if let Some(name) = rest.strip_suffix("/purge") {
             Operation::Purge(name.to_string())
         } else if let Some(name) = rest.strip_suffix("/retry") {
             Operation::Retry(name.to_string())
         } else {
             Operation::Delete(rest.to_string())
-        })
+        };
+        let name = operation.name();
+        let bare = name.split_once("://").map_or(name, |(_, bare)| bare);
+        (!bare.contains('/')).then_some(operation)
     }
 
     fn method(&self) -> &'static str {
@@ -516,7 +521,8 @@ fn route(request: &Request, view: &View) -> Response {
     if !known.contains(&request.path.as_str()) {
         return Response::text(
             404,
-            "not found: try /health, /ready, /metrics, /queues or /queues/<name>/purge\n",
+            "not found: try /health, /ready, /metrics, /queues, or POST /queues/<name>/purge, \
+             POST /queues/<name>/retry, DELETE /queues/<name>\n",
         );
     }
     if request.method != "GET" && request.method != "HEAD" {
@@ -1006,6 +1012,23 @@ mod tests {
         assert_eq!(percent_decoded("%4"), None);
         assert_eq!(percent_decoded("%ff"), None);
         assert_eq!(Operation::of("/queues"), None);
+        // A misspelt operation names no queue: 404, not "only DELETE here".
+        assert_eq!(Operation::of("/queues/q/prge"), None);
+        assert_eq!(
+            Operation::of("/queues/queue://q"),
+            Some(Operation::Delete("queue://q".into()))
+        );
+        assert_eq!(
+            Operation::of("/queues/queue://q/purge"),
+            Some(Operation::Purge("queue://q".into()))
+        );
+        let misspelt = Request {
+            method: "POST".into(),
+            path: "/queues/q/prge".into(),
+            authorization: None,
+            body_unread: 0,
+        };
+        assert_eq!(route(&misspelt, &view(true)).code, 404);
         assert!(same_secret("s3cret", "s3cret"));
         assert!(!same_secret("s3cre", "s3cret"));
         assert!(!same_secret("s3cretx", "s3cret"));
