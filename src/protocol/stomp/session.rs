@@ -755,10 +755,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if message.persistent {
             out = out.header("persistent", "true");
         }
-        if message.expiration != 0 {
-            out = out.header("expires", message.expiration.to_string());
-        }
+        // Always, as ActiveMQ writes it: 0 when the message never expires.
         out = out
+            .header("expires", message.expiration.to_string())
             .header("priority", message.priority.to_string())
             .header("timestamp", message.timestamp.to_string());
         if delivery.redelivery_count > 0 {

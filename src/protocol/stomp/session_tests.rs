@@ -1095,6 +1095,8 @@ async fn bare_names_options_and_priorities_are_read_as_activemq_reads_them() {
     let first = consumer.next_frame().await;
     assert_eq!(first.get("destination"), Some("/queue/orders"));
     assert_eq!(first.get("priority"), Some("9"));
+    // Never expires: written as ActiveMQ writes it.
+    assert_eq!(first.get("expires"), Some("0"));
     // A prefetch of 1: the second comes only once the first is acknowledged.
     consumer
         .write("SUBSCRIBE\nid:probe\ndestination:/queue/none\nreceipt:r\n\n\0")
