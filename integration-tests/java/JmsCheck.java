@@ -974,6 +974,10 @@ public final class JmsCheck {
         close(producer);
     }
 
+    /** Client options under which a message rolled back three times is poison-acked. */
+    static final String TWO_REDELIVERIES =
+            "jms.redeliveryPolicy.maximumRedeliveries=2&jms.redeliveryPolicy.initialRedeliveryDelay=0";
+
     /** Client options under which a message rolled back twice is poison-acked. */
     static final String ONE_REDELIVERY =
             "jms.redeliveryPolicy.maximumRedeliveries=1&jms.redeliveryPolicy.initialRedeliveryDelay=0";
@@ -1004,9 +1008,9 @@ public final class JmsCheck {
     }
 
     /**
-     * Poison acks: with the client's redelivery policy at one redelivery, a message rolled back
-     * twice is poison-acked by the client and the broker moves it to ActiveMQ.DLQ; it is no
-     * longer on its queue.
+     * Poison acks: with the client's redelivery policy at two redeliveries, a message rolled
+     * back three times is poison-acked by the client and the broker moves it to ActiveMQ.DLQ,
+     * whence it is delivered afresh (not redelivered); it is no longer on its queue.
      */
     static void poisonDlq() throws Exception {
         Connection producer = connect();
@@ -1016,7 +1020,16 @@ public final class JmsCheck {
         TextMessage poison = ps.createTextMessage(body);
         poison.setStringProperty("run", prefix);
         ps.createProducer(q).send(poison);
-        poisonFromQueue(q, body);
+        // Two redeliveries allowed and three rollbacks: the client reports the redeliveries
+        // to the broker (redelivered acks) before it poison-acks the message.
+        Connection c = connect(withOption(url, TWO_REDELIVERIES), null);
+        Session tx = c.createSession(true, Session.SESSION_TRANSACTED);
+        MessageConsumer consumer = tx.createConsumer(q);
+        for (int i = 1; i <= 3; i++) {
+            expectEq("delivery " + i, body, text(receive(consumer, "delivery " + i), "body"));
+            tx.rollback();
+        }
+        close(c);
 
         Connection d = connect();
         Session ds = d.createSession(false, Session.AUTO_ACKNOWLEDGE);
@@ -1030,6 +1043,9 @@ public final class JmsCheck {
                 cause != null && cause.contains("exceeds redelivery policy limit"),
                 "...exceeds redelivery policy limit...", cause);
         expectEq("originalExpiration", 0L, dead.getObjectProperty("originalExpiration"));
+        // Delivered afresh from the DLQ: a DLQ consumer's redelivery policy starts anew.
+        expectEq("JMSRedelivered on the DLQ", false, dead.getJMSRedelivered());
+        expectEq("JMSXDeliveryCount on the DLQ", 1, dead.getIntProperty("JMSXDeliveryCount"));
         expectOnlySentinel(producer, q, ds.createConsumer(q), "the poisoned message left its queue");
         close(d);
         close(producer);

@@ -129,7 +129,10 @@ impl Core {
         };
         let mut message = (*self.with_body(&entry)?).clone();
         self.stats.dead_lettered += 1;
-        message.redelivery_count = entry.redeliveries;
+        // Delivered afresh from the DLQ (JMSRedelivered false, JMSXDeliveryCount 1), as from
+        // ActiveMQ's, whose copy does not count the client's local redeliveries: a DLQ
+        // consumer's own redelivery policy gets its whole allowance.
+        message.redelivery_count = 0;
         // On the DLQ it is kept until consumed, as ActiveMQ does: an expiration kept would
         // expire it again there. Its own is kept as a property (the first DLQ's, if it went
         // round), and why it came, replacing an earlier one.
@@ -170,8 +173,7 @@ impl Core {
         ])?;
         let publish = vec![Publish::Queue(
             dlq,
-            Entry::new(Some(MessageKey::new(start, 1)), message, entry.redeliveries)
-                .from(entry.origin),
+            Entry::new(Some(MessageKey::new(start, 1)), message, 0).from(entry.origin),
         )];
         drop(self.wait_for(publish));
         Ok(())

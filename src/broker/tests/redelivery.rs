@@ -26,6 +26,8 @@ async fn unacked_messages_are_redelivered_then_dead_lettered() {
     subscribe(&c, "dlq", Destination::Queue("ActiveMQ.DLQ".into()), 1);
     let d = next(&mut rx).await;
     assert_eq!(body(&d), "poison");
+    // Delivered afresh from the DLQ, as ActiveMQ's DLQ copies are.
+    assert_eq!(d.redelivery_count, 0);
     assert_eq!(f.broker.queue_depth("queue://q"), 0);
     // Why, and its expiration, as ActiveMQ's DLQ messages say.
     assert_eq!(
