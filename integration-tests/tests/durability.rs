@@ -433,6 +433,39 @@ fn persistent_sends_to_a_temporary_queue_are_not_stored() -> Result<()> {
     Ok(())
 }
 
+/// A store directory that is a file is refused at start with one clear line (the OS error
+/// said once) and the exit status supervisors do not retry, 2: a restart cannot mend it.
+#[test]
+fn a_store_directory_that_is_a_file_is_refused_with_status_2() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, "x")?;
+    let config = dir.path().join("ferromq.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[transport]\nconnectors = [\"tcp://127.0.0.1:0\"]\n[store]\ndirectory = {}\n",
+            ferromq_integration_tests::toml_string(&file.to_string_lossy())
+        ),
+    )?;
+    let output = std::process::Command::new(ferromq_integration_tests::ferromq_bin())
+        .args(["broker", "--config"])
+        .arg(&config)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("create directory") && stderr.contains("not-a-directory"),
+        "the refusal should name the directory: {stderr}"
+    );
+    assert_eq!(
+        stderr.matches("os error").count(),
+        1,
+        "the OS error should be said once: {stderr}"
+    );
+    Ok(())
+}
+
 /// A standalone store with a corrupt frame in a finished segment (a bad disk, a stray write)
 /// holds confirmed records after it: the broker refuses to start, naming the segment and the
 /// way out, and exits with status 2, which the shipped systemd unit does not retry

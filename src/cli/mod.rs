@@ -8,7 +8,8 @@
 //! Exit codes: 0 success; 1 failure (including `consume` receiving fewer messages than asked);
 //! 2 usage or configuration error, or a broker start-up refused in a way only a person can
 //! mend (a damaged store, a cluster member's store under a standalone configuration, a volume
-//! too small; [`crate::server::needs_operator`]), which supervisors should not retry.
+//! too small, a store directory that is a file or not the user's to use;
+//! [`crate::server::needs_operator`]), which supervisors should not retry.
 //! `status --expect-members` uses the Nagios plugin codes instead: 0 OK, 1 WARNING,
 //! 2 CRITICAL, 3 UNKNOWN.
 

@@ -280,7 +280,7 @@ fn write_marker(directory: &Path, text: &str) -> Result<(), StoreError> {
         move |source| StoreError::Io {
             operation,
             path,
-            source,
+            error: source,
         }
     };
     fs::write(&temporary, text).map_err(io("write", &temporary))?;
@@ -373,7 +373,7 @@ impl Index {
             .map_err(|source| StoreError::Io {
                 operation: "spawn index thread for",
                 path: path.clone(),
-                source,
+                error: source,
             })?;
         let wiped = wait.recv().map_err(|_| StoreError::Index {
             path: path.clone(),
@@ -543,7 +543,7 @@ impl Worker {
                 return Err(StoreError::Io {
                     operation: "delete index",
                     path: self.path.clone(),
-                    source,
+                    error: source,
                 })
             }
         }
@@ -739,7 +739,7 @@ fn sync_tree(directory: &Path) -> Result<(), StoreError> {
         move |source| StoreError::Io {
             operation,
             path,
-            source,
+            error: source,
         }
     };
     for entry in fs::read_dir(directory).map_err(io("list", directory))? {

@@ -147,12 +147,13 @@ pub struct StoreStats {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{operation} {}: {source}", path.display())]
+    /// The OS error is in the message, not a `source` as well: a chain of causes printed in
+    /// full (`{:#}`) would say it twice.
+    #[error("{operation} {}: {error}", path.display())]
     Io {
         operation: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("the store is in use by another process (lock {} is held)", .0.display())]
     Locked(PathBuf),
@@ -217,13 +218,21 @@ pub enum StoreError {
 
 impl StoreError {
     /// Whether opening the store again cannot succeed without a person: records the store
-    /// will not cut follow a corrupt frame, or the index disagrees with the journal even after
-    /// a rebuild.
+    /// will not cut follow a corrupt frame, the index disagrees with the journal even after
+    /// a rebuild, or the directory is a file or not the node's user's to use.
     pub fn needs_operator(&self) -> bool {
-        matches!(
-            self,
-            StoreError::CorruptBeforeRecords { .. } | StoreError::Inconsistent(_)
-        )
+        use std::io::ErrorKind::{AlreadyExists, NotADirectory, PermissionDenied};
+        match self {
+            StoreError::CorruptBeforeRecords { .. } | StoreError::Inconsistent(_) => true,
+            // The directory is a file, or the node's user may not use it.
+            StoreError::Io { error, .. } => {
+                matches!(
+                    error.kind(),
+                    AlreadyExists | NotADirectory | PermissionDenied
+                )
+            }
+            _ => false,
+        }
     }
 }
 

@@ -159,7 +159,7 @@ fn io_error(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error)
     move |source| StoreError::Io {
         operation,
         path,
-        source,
+        error: source,
     }
 }
 

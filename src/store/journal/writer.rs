@@ -219,7 +219,7 @@ impl Writer {
             .map_err(|source| StoreError::Io {
                 operation: "write",
                 path: self.current_path(),
-                source,
+                error: source,
             })?;
         self.file_offset += self.buffer.len() as u64;
         self.buffer.clear();
@@ -293,7 +293,7 @@ impl Writer {
             self.file.sync_data().map_err(|source| StoreError::Io {
                 operation: "fsync",
                 path: self.current_path(),
-                source,
+                error: source,
             })?;
             if self.directory_dirty {
                 sync_directory(&self.shared.directory)?;
