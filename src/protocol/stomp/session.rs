@@ -66,7 +66,28 @@ const RESERVED_SEND_HEADERS: &[&str] = &[
     "redelivered",
     "redelivery-count",
     "JMSXUserID",
+    // JMS headers a SEND may set (read above) or that only the broker sets.
+    "JMSDeliveryMode",
+    "JMSExpiration",
+    "JMSPriority",
+    "JMSTimestamp",
+    "JMSRedelivered",
+    "JMSXDeliveryCount",
+    "JMSMessageID",
+    "JMSDestination",
 ];
+
+/// A `JMSDeliveryMode` header as ActiveMQ reads it: 2 or `PERSISTENT` (any case) or `true` is
+/// persistent; 1, `NON_PERSISTENT` or `false` is not.
+fn delivery_mode(value: &str) -> Result<bool, Refusal> {
+    match value.trim().to_ascii_uppercase().as_str() {
+        "2" | "PERSISTENT" | "TRUE" => Ok(true),
+        "1" | "NON_PERSISTENT" | "FALSE" => Ok(false),
+        _ => Err(Refusal::frame(format!(
+            "header 'JMSDeliveryMode' must be PERSISTENT (2) or NON_PERSISTENT (1), not '{value}'"
+        ))),
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AckMode {
@@ -1045,29 +1066,53 @@ impl State {
         // As in ActiveMQ, messages to temporary destinations are never stored: they live as
         // long as the connection that made the destination, and a stored one would outlive it
         // on disk (and keep its journal segment) with nobody left to consume it.
-        let persistent = frame.get("persistent") == Some("true") && !temporary;
-        let expiration = match frame.get("expires") {
+        // A header named as a JMS header sets that header, as at ActiveMQ (whose message takes
+        // each STOMP header as a property, and a property named JMSPriority, say, sets the
+        // JMSPriority): it wins over the STOMP header of the same meaning.
+        let jms_or = |jms: &'static str, stomp: &'static str| {
+            frame
+                .get(jms)
+                .map(|v| (jms, v))
+                .or_else(|| frame.get(stomp).map(|v| (stomp, v)))
+        };
+        let persistent = match frame.get("JMSDeliveryMode") {
+            Some(mode) => delivery_mode(mode)?,
+            None => frame.get("persistent") == Some("true"),
+        } && !temporary;
+        let expiration = match jms_or("JMSExpiration", "expires") {
             None => 0,
-            Some(v) => v
+            Some((name, v)) => v
+                .trim()
                 .parse::<i64>()
-                .map_err(|_| Refusal::frame(format!("header 'expires' is not a number: '{v}'")))?,
+                .map_err(|_| Refusal::frame(format!("header '{name}' is not a number: '{v}'")))?,
         };
         // As ActiveMQ: a priority outside JMS's 0..9 is taken as the nearer bound.
-        let priority = match frame.get("priority") {
+        let priority = match jms_or("JMSPriority", "priority") {
             None => 4,
-            Some(v) => v
+            Some((name, v)) => v
                 .trim()
                 .parse::<i64>()
                 .map(|p| p.clamp(0, 9) as u32)
-                .map_err(|_| Refusal::frame(format!("header 'priority' is not a number: '{v}'")))?,
+                .map_err(|_| Refusal::frame(format!("header '{name}' is not a number: '{v}'")))?,
+        };
+        let timestamp = match frame.get("JMSTimestamp") {
+            None => 0,
+            Some(v) => v.trim().parse::<i64>().map_err(|_| {
+                Refusal::frame(format!("header 'JMSTimestamp' is not a number: '{v}'"))
+            })?,
         };
         let mut headers: Vec<Header> = Vec::new();
         for (name, value) in &frame.headers {
-            // ActiveMQ's STOMP `type` header is the JMSType.
-            let name = match name.as_str() {
-                "type" => JMS_TYPE_HEADER,
-                other => other,
+            // ActiveMQ's STOMP `type` header is the JMSType; JMS-named ones win (see above).
+            let (name, jms) = match name.as_str() {
+                "type" => (JMS_TYPE_HEADER, false),
+                "JMSType" => (JMS_TYPE_HEADER, true),
+                "JMSCorrelationID" => ("correlation-id", true),
+                other => (other, false),
             };
+            if jms {
+                headers.retain(|h| h.name != name);
+            }
             if !RESERVED_SEND_HEADERS.contains(&name) && !headers.iter().any(|h| h.name == name) {
                 let value = match name {
                     REPLY_TO_HEADER => self.temps.reply_to_core(value),
@@ -1098,7 +1143,7 @@ impl State {
             persistent,
             expiration,
             priority,
-            timestamp: 0,
+            timestamp,
             headers,
             body_type,
             body: frame.body.clone(),

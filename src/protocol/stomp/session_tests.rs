@@ -1109,3 +1109,48 @@ async fn bare_names_options_and_priorities_are_read_as_activemq_reads_them() {
     assert_eq!(String::from_utf8_lossy(&second.body), "second");
     assert_eq!(second.get("priority"), Some("0"));
 }
+
+/// Headers named as JMS headers set those headers, as at ActiveMQ (JMSPriority wins over
+/// priority, JMSType over type), and are not kept as properties; a bad one is an ERROR naming
+/// it.
+#[tokio::test]
+async fn jms_named_send_headers_set_the_jms_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_for_tests(dir.path(), Default::default());
+    let mut consumer = subscribed(&broker, "id:s\ndestination:/queue/jms\nack:auto").await;
+    let (mut producer, _) = Peer::connect(&broker, "1.2", "").await;
+    producer
+        .write(
+            "SEND\ndestination:/queue/jms\npriority:1\nJMSPriority:8\ntype:t\nJMSType:jt\n\
+             JMSCorrelationID:jc\nJMSDeliveryMode:PERSISTENT\nJMSTimestamp:1700000000000\n\
+             JMSExpiration:0\ncolor:red\nreceipt:a\n\nbody\0",
+        )
+        .await;
+    producer.frames_until(is_receipt("a")).await;
+    let got = consumer.next_frame().await;
+    assert_eq!(got.get("priority"), Some("8"));
+    assert_eq!(got.get("type"), Some("jt"));
+    assert_eq!(got.get("correlation-id"), Some("jc"));
+    assert_eq!(got.get("persistent"), Some("true"));
+    assert_eq!(got.get("timestamp"), Some("1700000000000"));
+    assert_eq!(got.get("color"), Some("red"));
+    for name in [
+        "JMSPriority",
+        "JMSType",
+        "JMSCorrelationID",
+        "JMSDeliveryMode",
+        "JMSTimestamp",
+    ] {
+        assert_eq!(got.get(name), None, "{name} kept as a property");
+    }
+    producer
+        .write("SEND\ndestination:/queue/jms\nJMSDeliveryMode:sometimes\nreceipt:b\n\nx\0")
+        .await;
+    let refused = producer.next_frame().await;
+    assert!(
+        refused
+            .get("message")
+            .is_some_and(|m| m.contains("JMSDeliveryMode")),
+        "{refused:?}"
+    );
+}
