@@ -466,11 +466,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let gate = state.session.flow_gate();
         // Why reading is paused, while it is.
         let mut paused = None;
-        let mut send_tick =
-            tokio::time::interval(heartbeat.send.unwrap_or(Duration::from_secs(3600)));
-        send_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Due one send period after the last write: every write (a heart-beat's too) moves it,
+        // so the client hears from us at least once per period, as agreed in CONNECTED.
+        let send_period = heartbeat.send.unwrap_or(Duration::from_secs(3600));
+        let send_due = tokio::time::sleep(send_period);
+        tokio::pin!(send_due);
         let mut last_read = Instant::now();
-        let mut wrote_since_tick = false;
         let check = heartbeat
             .receive
             .map(|d| d / 2)
@@ -533,11 +534,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         let (awaiting, _) = state.awaiting.pop_front().expect("non-empty");
                         self.answer(&mut state, awaiting, result)
                     }
-                    _ = send_tick.tick(), if heartbeat.send.is_some() => {
-                        if !wrote_since_tick {
-                            self.output.extend_from_slice(b"\n");
-                        }
-                        wrote_since_tick = false;
+                    () = &mut send_due, if heartbeat.send.is_some() => {
+                        self.output.extend_from_slice(b"\n");
                         Ok(Step::Continue)
                     }
                     // Held back without heart-beats, nothing is read from the client: only a
@@ -557,7 +555,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
             };
             if !self.output.is_empty() {
-                wrote_since_tick = true;
+                if heartbeat.send.is_some() {
+                    send_due
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + send_period);
+                }
                 let grace = heartbeat.receive.filter(|_| paused.is_none());
                 let written = flush(
                     &mut self.stream,

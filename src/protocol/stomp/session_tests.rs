@@ -1154,3 +1154,33 @@ async fn jms_named_send_headers_set_the_jms_headers() {
         "{refused:?}"
     );
 }
+
+/// The broker writes at least once per heart-beat period the client asked for (500 ms here, as
+/// CONNECTED says), its own heart-beats included: it once counted its last heart-beat as
+/// traffic and skipped the next one, so an idle client heard from it every other period and
+/// stomp.py, which allows a period and a half, called it dead.
+#[tokio::test(start_paused = true)]
+async fn heart_beats_come_once_per_agreed_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_for_tests(dir.path(), Default::default());
+    let (mut peer, connected) = Peer::connect(&broker, "1.2", "heart-beat:0,500\n").await;
+    assert_eq!(connected.get("heart-beat"), Some("500,0"));
+    let period = Duration::from_millis(500);
+    let mut last = tokio::time::Instant::now();
+    let mut beats = 0;
+    while beats < 6 {
+        match peer.decoder.decode(&mut peer.buf).unwrap() {
+            Some(Item::HeartBeat) => {
+                let now = tokio::time::Instant::now();
+                assert!(now - last <= period, "{:?} between heart-beats", now - last);
+                last = now;
+                beats += 1;
+            }
+            Some(Item::Frame(f)) => panic!("unexpected {f:?}"),
+            None => {
+                let read = tokio::time::timeout(period * 4, peer.io.read_buf(&mut peer.buf));
+                assert!(matches!(read.await, Ok(Ok(n)) if n > 0), "no heart-beat");
+            }
+        }
+    }
+}
