@@ -237,6 +237,7 @@ pub async fn serve<S>(
         options,
         peer,
         inactivity: None,
+        inactivity_initial_delay: Duration::ZERO,
     };
     let close = match connection.handshake().await {
         Ok(true) => connection.run(&broker).await,
@@ -256,6 +257,9 @@ struct Connection<S> {
     peer: SocketAddr,
     /// The negotiated inactivity period; `None` disables keep-alives.
     inactivity: Option<Duration>,
+    /// The negotiated `MaxInactivityDurationInitalDelay`: the client sends its first
+    /// keep-alive only after it, so silence is allowed until it and a period have passed.
+    inactivity_initial_delay: Duration,
 }
 
 fn now_ms() -> i64 {
@@ -381,6 +385,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             // A client asking for less than a second would be closed between two keep-alives.
             .then(|| Duration::from_millis(negotiated.max_inactivity_duration as u64))
             .map(|d| d.max(MIN_INACTIVITY));
+        self.inactivity_initial_delay =
+            Duration::from_millis(negotiated.max_inactivity_duration_initial_delay.max(0) as u64);
         let info = BrokerInfo {
             broker_id: Some(BrokerId {
                 value: Some(format!("ID:ferromq-{}", self.options.broker_name)),
@@ -591,6 +597,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let mut probe = tokio::time::interval(HELD_BACK_PROBE);
         probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_read = Instant::now();
+        // As ActiveMQ's inactivity monitor: the first read check comes after the initial delay,
+        // when the client's keep-alives begin.
+        let checks_from = Instant::now() + self.inactivity_initial_delay;
         let mut wrote_since_tick = false;
         // Producer flow control: see `Session::hold_back`.
         let gate = state.session.flow_gate();
@@ -662,7 +671,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     }
                     _ = tick.tick(), if self.inactivity.is_some() => {
                         let period = self.inactivity.expect("guarded");
-                        if paused.is_none() && last_read.elapsed() > period {
+                        if paused.is_none()
+                            && last_read.elapsed() > period
+                            && Instant::now() > checks_from + period
+                        {
                             Err(Close::Error(format!(
                                 "no command from the client for {} ms (inactivity monitor)",
                                 period.as_millis()

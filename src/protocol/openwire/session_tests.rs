@@ -1098,3 +1098,46 @@ async fn a_held_back_producer_that_vanishes_is_closed_even_without_an_inactivity
         "the held-back connection stayed open after its client left"
     );
 }
+
+/// The JMS client sends its first keep-alive only after the negotiated initial delay
+/// (`MaxInactivityDurationInitalDelay`, 10 s by its default), as ActiveMQ's monitor expects:
+/// a connection with a 2 s inactivity period that is silent until then is not closed, and
+/// one silent past the delay and a period is.
+#[tokio::test(start_paused = true)]
+async fn the_inactivity_monitor_waits_for_the_initial_delay() {
+    let f = fixture(&[]);
+    let mut c = Client::open(&f);
+    assert!(matches!(c.read().await, Some(Command::WireFormatInfo(_))));
+    let mut wire = WireFormatInfo::ferromq(0, 2000, 10_000);
+    wire.version = 12;
+    c.write(&Command::WireFormatInfo(wire)).await;
+    assert!(matches!(c.read().await, Some(Command::BrokerInfo(_))));
+    let id = c.id();
+    c.write(&Command::ConnectionInfo(super::super::ConnectionInfo {
+        command_id: id,
+        response_required: true,
+        connection_id: Some(ConnectionId {
+            value: Some("ID:quiet:1".into()),
+        }),
+        ..Default::default()
+    }))
+    .await;
+    assert!(matches!(c.next().await, Command::Response(_)));
+    let start = tokio::time::Instant::now();
+    // Silent from here on: the broker's keep-alives, then its ConnectionError, then the end.
+    let mut refused = None;
+    while let Some(command) = c.read().await {
+        match command {
+            Command::KeepAliveInfo(_) => {}
+            Command::ConnectionError(e) => refused = Some(e),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let silent = start.elapsed();
+    assert!(
+        silent >= Duration::from_secs(12),
+        "closed after {silent:?} of silence"
+    );
+    assert!(silent < Duration::from_secs(15), "open {silent:?}");
+    assert!(refused.is_some(), "closed without a ConnectionError");
+}
