@@ -181,6 +181,22 @@ pub enum StoreError {
         cause: String,
         after: u64,
     },
+    /// The journal ends before what the index, closed cleanly or left by a process of this
+    /// boot, says it applied: its files lost records after they were written, not in a crash.
+    #[error(
+        "the journal in {} ends at {end}, but its index applied records up to {applied}, and \
+         the journal ran with fsync and was not left torn by a crash: journal segment files \
+         were deleted or truncated after they were written (a partial restore, say). A \
+         standalone store does not start without records it confirmed: put the missing \
+         segment files back, or, to start with what is left and lose the rest, delete \
+         index.state in that directory (the index is then rebuilt from the journal)",
+        directory.display()
+    )]
+    JournalShort {
+        directory: PathBuf,
+        applied: u64,
+        end: u64,
+    },
     #[error("frame offered for position {position} is invalid: {cause}")]
     InvalidFrame {
         position: Position,
@@ -223,7 +239,9 @@ impl StoreError {
     pub fn needs_operator(&self) -> bool {
         use std::io::ErrorKind::{AlreadyExists, NotADirectory, PermissionDenied};
         match self {
-            StoreError::CorruptBeforeRecords { .. } | StoreError::Inconsistent(_) => true,
+            StoreError::CorruptBeforeRecords { .. }
+            | StoreError::Inconsistent(_)
+            | StoreError::JournalShort { .. } => true,
             // The directory is a file, or the node's user may not use it.
             StoreError::Io { error, .. } => {
                 matches!(
@@ -268,10 +286,33 @@ pub struct Store {
 enum Attempt {
     /// The index is unusable (the reason): rebuild it from the journal.
     Rebuild(String),
+    /// The index applied the journal further than it now reaches: rebuild it, unless the
+    /// journal cannot have lost those records in a crash (see [`StoreError::JournalShort`]).
+    Short {
+        applied: u64,
+        end: u64,
+    },
     Fatal(StoreError),
 }
 
+/// Why an index that applied the journal past its end is rebuilt.
+fn short_reason(applied: u64, end: u64) -> String {
+    format!(
+        "the index applied the journal up to {applied}, past its end {end} (the journal tail \
+         was lost or truncated)"
+    )
+}
+
 impl Attempt {
+    /// The error when no rebuild is left to try.
+    fn into_error(self) -> StoreError {
+        match self {
+            Attempt::Rebuild(reason) => StoreError::Inconsistent(reason),
+            Attempt::Short { applied, end } => StoreError::Inconsistent(short_reason(applied, end)),
+            Attempt::Fatal(error) => error,
+        }
+    }
+
     /// A journal read error: I/O errors are fatal, anything else means the index pointed at
     /// something the journal does not hold.
     fn from_read(error: StoreError) -> Attempt {
@@ -294,6 +335,8 @@ impl Store {
         options: StoreOptions,
         on_durable: DurableCallback,
     ) -> Result<(Store, Recovered), StoreError> {
+        // Whether the journal ran with fsync (see `journal::SEALED_FILE`), as it was left.
+        let sealed = options.directory.join(journal::SEALED_FILE).exists();
         let journal = Journal::open(
             JournalOptions {
                 directory: options.directory.clone(),
@@ -340,9 +383,18 @@ impl Store {
             };
             match attempt {
                 Ok(opened) => break opened,
+                Err(Attempt::Short { applied, end }) if options.only_copy && sealed => {
+                    return Err(StoreError::JournalShort {
+                        directory: directory.clone(),
+                        applied,
+                        end,
+                    })
+                }
+                Err(Attempt::Short { applied, end }) if rebuild.is_none() => {
+                    rebuild = Some(short_reason(applied, end))
+                }
                 Err(Attempt::Rebuild(reason)) if rebuild.is_none() => rebuild = Some(reason),
-                Err(Attempt::Rebuild(reason)) => return Err(StoreError::Inconsistent(reason)),
-                Err(Attempt::Fatal(error)) => return Err(error),
+                Err(attempt) => return Err(attempt.into_error()),
             }
         };
 
@@ -771,10 +823,10 @@ fn catch_up(
     };
     let oldest = segments.first().map(|s| s.0).unwrap_or_default();
     if applied > end {
-        return Err(Attempt::Rebuild(format!(
-            "the index applied the journal up to {applied}, past its end {end} (the journal tail \
-             was lost or truncated)"
-        )));
+        return Err(Attempt::Short {
+            applied: applied.0,
+            end: end.0,
+        });
     }
     if applied < oldest {
         return Err(Attempt::Rebuild(format!(
@@ -857,10 +909,8 @@ impl Store {
         self.journal.set_fsync(fsync)?;
         let reader = self.journal.reader();
         let end = self.journal.end();
-        build_recovered(&self.state, &reader, end, self.recovered_bodies).map_err(|e| match e {
-            Attempt::Rebuild(reason) => StoreError::Inconsistent(reason),
-            Attempt::Fatal(error) => error,
-        })
+        build_recovered(&self.state, &reader, end, self.recovered_bodies)
+            .map_err(Attempt::into_error)
     }
 
     /// Turns fsync on or off for what is appended from now on (a replicated node changing

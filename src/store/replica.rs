@@ -20,7 +20,7 @@ use super::index::IndexOp;
 use super::journal::Journal;
 use super::record::{check_frame, decode_frame, FrameError, Position, FRAME_HEADER_LEN};
 use super::state::LiveState;
-use super::{replay, Attempt, Store, StoreError, MAX_ENTRIES};
+use super::{replay, Store, StoreError, MAX_ENTRIES};
 
 /// Where one epoch starts in a journal: the position of the first retained record written
 /// under it (its `EpochStart` record, unless that was released). Records written before any
@@ -320,8 +320,7 @@ impl Store {
         let mut state = LiveState::new(&segments);
         let replayed = match replay(&mut state, index, &reader, &segments, oldest) {
             Ok(replayed) => replayed,
-            Err(Attempt::Rebuild(reason)) => return Err(StoreError::Inconsistent(reason)),
-            Err(Attempt::Fatal(error)) => return Err(error),
+            Err(attempt) => return Err(attempt.into_error()),
         };
         state.consider_all();
         self.state = state;

@@ -121,6 +121,17 @@ fn remove(store: &mut Store, queue: &str, key: MessageKey) {
         .unwrap();
 }
 
+/// Cuts the last 3 bytes of `segment`'s data: its last frame is torn.
+fn tear_last_frame(segment: &Path) {
+    let len = crate::store::journal::data_len(segment);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(segment)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+}
+
 fn segment_starts(dir: &Path) -> Vec<(u64, u64)> {
     let mut files: Vec<(u64, u64)> = fs::read_dir(dir)
         .unwrap()
@@ -441,19 +452,79 @@ fn an_index_ahead_of_a_torn_journal_is_rebuilt() {
     let lost = add(&mut store, "q", "lost");
     store.close().unwrap();
     let segment = dir.path().join("0000000000000000.log");
-    let len = crate::store::journal::data_len(&segment);
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&segment)
-        .unwrap()
-        .set_len(len - 3)
-        .unwrap();
+    tear_last_frame(&segment);
     let (store, recovered, _rx) = open(dir.path(), 1 << 20);
     assert!(store.stats().index_rebuilt);
     assert_eq!(recovered.end, lost.position());
     assert_eq!(recovered.queues.len(), 1);
     assert_eq!(recovered.queues[0].1.len(), 1);
     assert_eq!(recovered.queues[0].1[0].1.message_id, "kept");
+}
+
+/// A standalone store (the only copy) whose journal ran with fsync and was closed cleanly
+/// cannot lose its tail in a crash: a journal shorter than its index applied (a segment
+/// deleted or cut after the close, as by a partial restore) is refused, naming the fix,
+/// rather than opened without the confirmed records. Without the index's marker it opens with
+/// what is left; a cluster member's store (not the only copy) rebuilds, as after a crash.
+#[test]
+fn a_journal_cut_after_a_clean_close_is_refused_by_an_only_copy() {
+    for cut in ["truncated", "deleted"] {
+        let dir = tempfile::tempdir().unwrap();
+        let only_copy = StoreOptions {
+            only_copy: true,
+            ..options(dir.path(), 1 << 20, true)
+        };
+        let (mut store, _, _rx) = open_with(only_copy.clone());
+        let kept = add(&mut store, "q", "kept");
+        add(&mut store, "q", "confirmed");
+        store.close().unwrap();
+        let segment = dir.path().join("0000000000000000.log");
+        if cut == "deleted" {
+            fs::remove_file(&segment).unwrap();
+        } else {
+            tear_last_frame(&segment);
+        }
+        let refused = Store::open(only_copy.clone(), Box::new(|_| {}));
+        let Err(error) = refused else {
+            panic!("{cut}: a store missing confirmed records opened")
+        };
+        assert!(
+            matches!(error, StoreError::JournalShort { .. }) && error.needs_operator(),
+            "{cut}: {error}"
+        );
+        assert!(error.to_string().contains("index.state"), "{error}");
+
+        // A cluster member's store rebuilds from what is left (its master has the rest).
+        let member = StoreOptions {
+            only_copy: false,
+            ..only_copy.clone()
+        };
+        let (store, recovered, _rx) = open_with(member);
+        if cut == "truncated" {
+            assert!(store.stats().index_rebuilt);
+            assert_eq!(recovered.queues[0].1.len(), 1);
+            assert_eq!(recovered.queues[0].1[0].0, kept);
+        } else {
+            assert!(recovered.queues.iter().all(|(_, m)| m.is_empty()));
+        }
+        drop(store);
+    }
+    // The documented way past the refusal: delete index.state, start with what is left.
+    let dir = tempfile::tempdir().unwrap();
+    let only_copy = StoreOptions {
+        only_copy: true,
+        ..options(dir.path(), 1 << 20, true)
+    };
+    let (mut store, _, _rx) = open_with(only_copy.clone());
+    add(&mut store, "q", "kept");
+    add(&mut store, "q", "confirmed");
+    store.close().unwrap();
+    let segment = dir.path().join("0000000000000000.log");
+    tear_last_frame(&segment);
+    assert!(Store::open(only_copy.clone(), Box::new(|_| {})).is_err());
+    fs::remove_file(dir.path().join("index.state")).unwrap();
+    let (_store, recovered, _rx) = open_with(only_copy);
+    assert_eq!(recovered.queues[0].1.len(), 1);
 }
 
 #[test]

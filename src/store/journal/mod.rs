@@ -82,8 +82,8 @@ use recovery::recover;
 pub use recovery::DAMAGED_FILE;
 #[cfg(test)]
 pub(crate) use recovery::{data_len, listed_data_len};
-pub use segment::segment_file_name;
 use segment::{preallocate, segment_path, sync_segments, SPARE_FILE};
+pub use segment::{segment_file_name, SEALED_FILE};
 use writer::Writer;
 
 /// Where and how the journal keeps its segments.
