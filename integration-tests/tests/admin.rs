@@ -166,8 +166,9 @@ fn admin_write(addr: &str, method: &str, path: &str, token: Option<&str>) -> Res
     )
 }
 
-/// Messages poisoned over STOMP (a client-ack consumer that goes away twice, past
-/// `max_redeliveries = 1`) land on `ActiveMQ.DLQ`; `POST /queues/ActiveMQ.DLQ/retry` with the
+/// Messages poisoned over STOMP (one that was the oldest a client-ack consumer held when it
+/// went away, twice, past `max_redeliveries = 1`; two rejected with NACK) land on
+/// `ActiveMQ.DLQ`; `POST /queues/ActiveMQ.DLQ/retry` with the
 /// token moves them back to their queue, where they are consumed again with a fresh
 /// redelivery count. A purge (which takes a delivered, unacknowledged message too) and a
 /// delete are refused without the token and done with it; after a kill -9 and a restart the
@@ -189,6 +190,7 @@ fn dead_letters_are_retried_and_queues_purged_and_deleted_over_http_for_good() -
     for body in ["o1", "o2", "o3"] {
         producer.send_persistent("/queue/orders", body.as_bytes())?;
     }
+    // o1, the oldest each consumer held, fails twice; the others only come back.
     for _ in 0..2 {
         let mut consumer = broker.client()?;
         consumer.subscribe("c", "/queue/orders", &[("ack", "client")])?;
@@ -197,6 +199,15 @@ fn dead_letters_are_retried_and_queues_purged_and_deleted_over_http_for_good() -
         }
         consumer.drop_connection();
     }
+    // o2 and o3 are rejected.
+    let mut rejecting = broker.client()?;
+    rejecting.subscribe("r", "/queue/orders", &[("ack", "client-individual")])?;
+    for expected in ["o2", "o3"] {
+        let message = rejecting.recv_message(FRAME_TIMEOUT)?;
+        assert_eq!(message.text(), expected);
+        rejecting.nack(&message)?;
+    }
+    rejecting.disconnect()?;
     // How many wait on `queue`, as /queues lists it (None: not listed).
     let depth = |queue: &str| -> Option<u64> {
         let (_, body) = http_get(&admin, "/queues").ok()?;

@@ -20,7 +20,13 @@ pub(super) struct Entry {
     pub key: Option<MessageKey>,
     /// Without its body when the body is [`Body::OnDisk`].
     pub message: Arc<Message>,
+    /// Times it came back undelivered-to-completion: shown to consumers (`redelivered`,
+    /// `redelivery-count`, JMSRedelivered, JMSXDeliveryCount).
     pub redeliveries: u32,
+    /// Times it failed: it was the oldest delivery a consumer that went away held
+    /// unacknowledged (the one it was presumably working on), or was in a transaction rolled
+    /// back. What `max_redeliveries` limits; the rest of a prefetch returns without failing.
+    pub failures: u32,
     pub body: Body,
     /// Who sent the message, for noLocal subscribers: the sending session's id, or the client
     /// connection it serves when the protocol named it (an OpenWire connection id, which a
@@ -49,6 +55,7 @@ impl Entry {
             key,
             message,
             redeliveries,
+            failures: 0,
             body: Body::Uncounted,
             origin: 0,
         }

@@ -17,36 +17,50 @@ pub const FAILURE_CAUSE: &str = "dlqDeliveryFailureCause";
 /// The property holding a dead-lettered message's expiration (its own is cleared on the DLQ).
 pub const ORIGINAL_EXPIRATION: &str = "originalExpiration";
 
+/// How an unacknowledged delivery returns to its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Return {
+    /// It never reached the application (past what the client says it delivered).
+    Unseen,
+    /// It may have been seen: it comes back marked redelivered.
+    Seen,
+    /// Its processing presumably failed: marked redelivered, and counted against
+    /// `max_redeliveries`.
+    Failed,
+}
+
 impl Core {
-    /// Puts an unacknowledged message back on its queue, or dead-letters it once it has been
-    /// redelivered more than `max_redeliveries` times.
+    /// Puts a message whose processing failed (in a transaction rolled back) back on its
+    /// queue, or dead-letters it once it has failed more than `max_redeliveries` times.
     pub(super) fn redeliver(
         &mut self,
         in_flight: InFlight,
         touched: &mut BTreeSet<String>,
     ) -> Result<(), BrokerError> {
-        self.requeue(in_flight, true, touched)
+        self.requeue(in_flight, Return::Failed, touched)
     }
 
-    /// Puts an unacknowledged message back in its place on its queue; `counted` makes it a
-    /// redelivery (false: it never reached the application).
+    /// Puts an unacknowledged message back in its place on its queue, as `how` says.
     pub(super) fn requeue(
         &mut self,
         in_flight: InFlight,
-        counted: bool,
+        how: Return,
         touched: &mut BTreeSet<String>,
     ) -> Result<(), BrokerError> {
         let Some(queue) = in_flight.queue else {
             return Ok(()); // non-durable topic: nothing is kept for a subscriber that left
         };
         let mut entry = in_flight.entry;
-        if counted {
+        if how != Return::Unseen {
             entry.redeliveries += 1;
-            if entry.redeliveries > self.options.max_redeliveries {
+        }
+        if how == Return::Failed {
+            entry.failures += 1;
+            if entry.failures > self.options.max_redeliveries {
                 let cause = format!(
                     "java.lang.Throwable: Delivery[{}] exceeds redelivery policy limit:\
                      RedeliveryPolicy {{maximumRedeliveries = {}}}",
-                    entry.redeliveries, self.options.max_redeliveries
+                    entry.failures, self.options.max_redeliveries
                 );
                 return self.dead_letter(&queue, entry, Some(&cause));
             }

@@ -8,6 +8,7 @@ use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
+use super::redelivery::Return;
 use super::{distinct, durable_queue, parse_selector, priority_of, Core, Topic, Wildcard};
 use crate::broker::queue::{Consumer, Source};
 use crate::broker::wildcard::{self, Pattern};
@@ -360,10 +361,22 @@ impl Core {
                 self.change_topic(topic, |t| t.subscribers.retain(|c| *c != cid));
             }
         }
+        // In tag order: the first one seen is the oldest the consumer held unacknowledged,
+        // the one it was presumably working on when it went away. Only that one fails; the
+        // rest of its prefetch comes back marked redelivered, so that a consumer taking one
+        // message per connection, or restarted, does not send its prefetch to the DLQ.
+        let mut oldest = true;
         for (tag, in_flight) in in_flight {
             self.tags.remove(&tag);
             // A delivery past `seen_upto` never reached the application: not a redelivery.
-            self.requeue(in_flight, tag <= seen_upto, touched)?;
+            let how = if tag > seen_upto {
+                Return::Unseen
+            } else if std::mem::take(&mut oldest) {
+                Return::Failed
+            } else {
+                Return::Seen
+            };
+            self.requeue(in_flight, how, touched)?;
         }
         Ok(source)
     }

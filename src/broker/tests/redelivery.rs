@@ -37,6 +37,74 @@ async fn unacked_messages_are_redelivered_then_dead_lettered() {
     assert_eq!(header(&d, "originalExpiration"), Some("0"));
 }
 
+/// A consumer that takes one message per connection (a cron job with the default prefetch:
+/// it is sent many, acknowledges the first, disconnects) sends nothing to the DLQ: only the
+/// oldest delivery it held unacknowledged counts against `max_redeliveries`, the rest of its
+/// prefetch comes back marked redelivered. ActiveMQ, without its redelivery plugin, never
+/// dead-letters them either.
+#[tokio::test]
+async fn a_prefetch_returned_by_consumers_that_leave_is_not_dead_lettered() {
+    let f = fixture(BrokerOptions {
+        max_redeliveries: 1,
+        ..BrokerOptions::default()
+    })
+    .await;
+    let (producer, _) = f.broker.open_session(None);
+    for i in 0..8 {
+        producer
+            .send(&queue("q"), persistent(&format!("m{i}")), None)
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    for i in 0..8 {
+        let (c, mut rx) = f.broker.open_session(None);
+        subscribe(&c, "s", queue("q"), 100);
+        let first = next(&mut rx).await;
+        assert_eq!(body(&first), format!("m{i}"));
+        // Each one came back (marked redelivered) once per consumer that held it before.
+        assert_eq!(first.redelivery_count, i);
+        c.ack(first.tag, AckScope::Single, None)
+            .unwrap()
+            .await
+            .unwrap();
+        drop(c);
+    }
+    assert_eq!(f.broker.queue_depth("queue://q"), 0);
+    assert_eq!(f.broker.queue_depth("queue://ActiveMQ.DLQ"), 0);
+}
+
+/// Redeliveries a JMS client made itself (rollbacks under its redelivery policy, which may
+/// allow any number) are shown again, but do not count against `max_redeliveries`: the
+/// message returns once its consumer leaves, as from ActiveMQ.
+#[tokio::test]
+async fn client_side_redeliveries_do_not_dead_letter() {
+    let f = fixture(BrokerOptions {
+        max_redeliveries: 1,
+        ..BrokerOptions::default()
+    })
+    .await;
+    let (producer, _) = f.broker.open_session(None);
+    producer
+        .send(&queue("q"), persistent("retried"), None)
+        .unwrap()
+        .await
+        .unwrap();
+    let (c, mut rx) = f.broker.open_session(None);
+    subscribe(&c, "s", queue("q"), 1);
+    let d = next(&mut rx).await;
+    for _ in 0..15 {
+        c.redelivered(d.tag);
+    }
+    drop(c);
+    let (c, mut rx) = f.broker.open_session(None);
+    subscribe(&c, "s", queue("q"), 1);
+    let again = next(&mut rx).await;
+    assert_eq!(body(&again), "retried");
+    assert_eq!(again.redelivery_count, 16);
+    assert_eq!(f.broker.queue_depth("queue://ActiveMQ.DLQ"), 0);
+}
+
 /// A poison ack's cause (an OpenWire client's, which counts redeliveries itself) is what the
 /// message says on its DLQ; a rejection without one says nothing.
 #[tokio::test]
