@@ -345,7 +345,7 @@ pub fn needs_operator(error: &anyhow::Error) -> bool {
     })
 }
 
-/// Runs a node until SIGINT or SIGTERM: standalone without `zk_address`, else a member of a
+/// Runs a node until SIGINT, SIGTERM or SIGHUP: standalone without `zk_address`, else a member of a
 /// replicated cluster.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     if !config.is_standalone() {
@@ -363,17 +363,23 @@ pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut term, mut hangup) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(hangup)) => (term, hangup),
+            _ => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        // SIGHUP (the terminal or session gone, `kill -HUP`) stops the node as SIGTERM does,
+        // as the JVM stops ActiveMQ, rather than killing it without its orderly shutdown.
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
+            _ = hangup.recv() => {}
         }
     }
     #[cfg(not(unix))]

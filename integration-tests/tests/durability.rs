@@ -509,3 +509,24 @@ fn a_damaged_store_refuses_to_start_with_the_status_supervisors_do_not_retry() -
     );
     Ok(())
 }
+
+/// SIGHUP (a closed terminal or session, `kill -HUP`) stops the broker as SIGTERM does: an
+/// orderly shutdown, status 0, and what it confirmed is there after a restart.
+#[test]
+fn a_hangup_stops_the_broker_in_order() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut broker = BrokerProcess::start(dir.path(), "")?;
+    let mut producer = broker.client()?;
+    producer.send_persistent("/queue/hup", b"kept")?;
+    broker.signal("HUP")?;
+    let deadline = ferromq_integration_tests::deadline(Duration::from_secs(30));
+    let stopped = ferromq_integration_tests::wait_until(deadline, || !broker.is_running());
+    assert!(stopped, "the broker did not stop on SIGHUP");
+    assert_eq!(broker.exit_status().and_then(|s| s.code()), Some(0));
+    assert!(broker.logs_contain("shutting down"), "no orderly shutdown");
+    broker.restart()?;
+    let mut consumer = broker.client()?;
+    consumer.subscribe("s", "/queue/hup", &[("ack", "auto")])?;
+    assert_eq!(consumer.recv_message(FRAME_TIMEOUT)?.text(), "kept");
+    Ok(())
+}

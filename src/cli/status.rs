@@ -33,7 +33,9 @@ pub(crate) struct StatusArgs {
     #[arg(long, value_name = "PASSWORD")]
     zk_password: Option<String>,
     /// Print the members as one JSON array instead of a table: each member's znode data, with
-    /// its znode name added as "znode".
+    /// its znode name added as "znode". With --expect-members, one JSON object instead:
+    /// "state" (OK, WARNING, CRITICAL), "summary" and "members" (that array); the exit code
+    /// is the check's.
     #[arg(long)]
     json: bool,
     /// Health check for monitoring (Nagios/Icinga plugin, systemd timer, cron): the first
@@ -193,11 +195,23 @@ pub(crate) async fn run(args: StatusArgs) -> ExitCode {
         }
     }
     let verdict = args.expect_members.map(|n| check(&members, n));
-    if let Some(verdict) = &verdict {
-        outln!("{verdict}");
+    match (&verdict, args.json) {
+        // One JSON document for a script: the verdict with the members.
+        (Some(verdict), true) => outln!(
+            "{}",
+            serde_json::json!({
+                "state": verdict.health.word(),
+                "summary": verdict.summary,
+                "members": members_json(&members),
+            })
+        ),
+        (Some(verdict), false) => outln!("{verdict}"),
+        (None, _) => {}
     }
     if args.json {
-        outln!("{}", members_json(&members));
+        if verdict.is_none() {
+            outln!("{}", members_json(&members));
+        }
     } else {
         out!("{}", crate::election::format_table(&members));
     }
@@ -268,7 +282,7 @@ fn cluster_names(members: &[MemberView]) -> BTreeSet<&str> {
 
 /// `--json`: one JSON array, each member's znode data as stored with its znode name added as
 /// `"znode"` (data that is not a JSON object is given as a string under `"data"`).
-fn members_json(members: &[MemberView]) -> String {
+fn members_json(members: &[MemberView]) -> serde_json::Value {
     let all: Vec<serde_json::Value> = members
         .iter()
         .map(|m| {
@@ -284,7 +298,7 @@ fn members_json(members: &[MemberView]) -> String {
             serde_json::Value::Object(object)
         })
         .collect();
-    serde_json::Value::Array(all).to_string()
+    serde_json::Value::Array(all)
 }
 
 /// What a monitor should alert on. CRITICAL: no master serves (clients are refused, sends
@@ -356,6 +370,13 @@ fn check(members: &[MemberView], expected: usize) -> Verdict {
                         "{members_part}: a node is down or cut off from ZooKeeper; {serves}"
                     ),
                 },
+                _ if registered > expected => Verdict {
+                    health: Health::Warning,
+                    summary: format!(
+                        "{members_part}: more nodes than expected (--expect-members counts the \
+                         nodes of the cluster); {serves}"
+                    ),
+                },
                 _ if !damaged.is_empty() || disagreement.is_some() => Verdict {
                     health: Health::Warning,
                     summary: format!("{serves}; {members_part}"),
@@ -417,8 +438,8 @@ mod tests {
         a.raw = r#"{"id":"cluster","role":"slave","position":42}"#.into();
         let mut b = member("00000000002", "master");
         b.raw = "not json".into();
-        let parsed: serde_json::Value =
-            serde_json::from_str(&members_json(&[a, b])).expect("valid JSON");
+        let printed = members_json(&[a, b]).to_string();
+        let parsed: serde_json::Value = serde_json::from_str(&printed).expect("valid JSON");
         assert_eq!(
             parsed,
             serde_json::json!([
@@ -426,7 +447,7 @@ mod tests {
                 {"znode": "00000000002", "data": "not json"},
             ])
         );
-        assert_eq!(members_json(&[]), "[]");
+        assert_eq!(members_json(&[]).to_string(), "[]");
     }
 
     /// Two clusters under one zk_path (allowed when their names differ): the check names
@@ -551,6 +572,25 @@ mod tests {
             verdict
                 .to_string()
                 .starts_with("FERROMQ WARNING - 2 of 3 members registered: a node is down"),
+            "{verdict}"
+        );
+    }
+
+    /// More nodes than the check expects: a count mistyped in the check, or another node
+    /// joined; not OK either way.
+    #[test]
+    fn more_members_than_expected_is_a_warning() {
+        let members = [
+            member("00000000001", "slave"),
+            member("00000000002", "master"),
+            member("00000000003", "slave"),
+        ];
+        let verdict = check(&members, 2);
+        assert_eq!(verdict.health, Health::Warning);
+        assert!(
+            verdict.to_string().starts_with(
+                "FERROMQ WARNING - 3 of 2 members registered: more nodes than expected"
+            ),
             "{verdict}"
         );
     }
