@@ -632,6 +632,14 @@ impl Cluster {
             .collect())
     }
 
+    /// Node `i`'s id (its store's `node.id`, the `node` column of `ferromq status`), once it
+    /// has one.
+    pub fn node_id(&self, i: usize) -> Option<String> {
+        let path = self.nodes[i].dir.join("data").join("node.id");
+        let id = std::fs::read_to_string(path).ok()?;
+        Some(id.trim().to_string()).filter(|id| !id.is_empty())
+    }
+
     /// A raw STOMP client connected to node `i`.
     pub fn client(&self, i: usize) -> Result<StompClient> {
         StompClient::connect(self.nodes[i].addr())
