@@ -2,19 +2,28 @@
 
 use super::*;
 
-#[tokio::test]
-async fn unacked_messages_are_redelivered_then_dead_lettered() {
+/// A broker that dead-letters past one redelivery, with `bodies` sent persistently to queue
+/// `q`, in order.
+async fn one_redelivery_allowed(bodies: &[&str]) -> Fixture {
     let f = fixture(BrokerOptions {
         max_redeliveries: 1,
         ..BrokerOptions::default()
     })
     .await;
     let (producer, _) = f.broker.open_session(None);
-    producer
-        .send(&queue("q"), persistent("poison"), None)
-        .unwrap()
-        .await
-        .unwrap();
+    for body in bodies {
+        producer
+            .send(&queue("q"), persistent(body), None)
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    f
+}
+
+#[tokio::test]
+async fn unacked_messages_are_redelivered_then_dead_lettered() {
+    let f = one_redelivery_allowed(&["poison"]).await;
     for expected in 0..2 {
         let (c, mut rx) = f.broker.open_session(None);
         subscribe(&c, "s", queue("q"), 1);
@@ -44,19 +53,9 @@ async fn unacked_messages_are_redelivered_then_dead_lettered() {
 /// dead-letters them either.
 #[tokio::test]
 async fn a_prefetch_returned_by_consumers_that_leave_is_not_dead_lettered() {
-    let f = fixture(BrokerOptions {
-        max_redeliveries: 1,
-        ..BrokerOptions::default()
-    })
-    .await;
-    let (producer, _) = f.broker.open_session(None);
-    for i in 0..8 {
-        producer
-            .send(&queue("q"), persistent(&format!("m{i}")), None)
-            .unwrap()
-            .await
-            .unwrap();
-    }
+    let bodies: Vec<String> = (0..8).map(|i| format!("m{i}")).collect();
+    let bodies: Vec<&str> = bodies.iter().map(String::as_str).collect();
+    let f = one_redelivery_allowed(&bodies).await;
     for i in 0..8 {
         let (c, mut rx) = f.broker.open_session(None);
         subscribe(&c, "s", queue("q"), 100);
@@ -79,17 +78,7 @@ async fn a_prefetch_returned_by_consumers_that_leave_is_not_dead_lettered() {
 /// message returns once its consumer leaves, as from ActiveMQ.
 #[tokio::test]
 async fn client_side_redeliveries_do_not_dead_letter() {
-    let f = fixture(BrokerOptions {
-        max_redeliveries: 1,
-        ..BrokerOptions::default()
-    })
-    .await;
-    let (producer, _) = f.broker.open_session(None);
-    producer
-        .send(&queue("q"), persistent("retried"), None)
-        .unwrap()
-        .await
-        .unwrap();
+    let f = one_redelivery_allowed(&["retried"]).await;
     let (c, mut rx) = f.broker.open_session(None);
     subscribe(&c, "s", queue("q"), 1);
     let d = next(&mut rx).await;

@@ -433,13 +433,17 @@ async fn a_consumer_closed_before_the_application_saw_its_prefetch_does_not_coun
     );
 }
 
-#[tokio::test]
-async fn absurd_timeouts_from_a_client_are_bounded_not_fatal() {
-    let f = fixture(&[]);
-    // A client asking for a 1 ms inactivity period.
-    let mut c = Client::open(&f);
+/// A connection whose WireFormatInfo asks for `inactivity` ms (initial delay `delay` ms), its
+/// ConnectionInfo answered.
+async fn connected_with_inactivity(
+    f: &Fixture,
+    connection: &str,
+    inactivity: i64,
+    delay: i64,
+) -> Client {
+    let mut c = Client::open(f);
     assert!(matches!(c.read().await, Some(Command::WireFormatInfo(_))));
-    let mut wire = WireFormatInfo::ferromq(0, 1, 0);
+    let mut wire = WireFormatInfo::ferromq(0, inactivity, delay);
     wire.version = 12;
     c.write(&Command::WireFormatInfo(wire)).await;
     assert!(matches!(c.read().await, Some(Command::BrokerInfo(_))));
@@ -448,12 +452,20 @@ async fn absurd_timeouts_from_a_client_are_bounded_not_fatal() {
         command_id: id,
         response_required: true,
         connection_id: Some(ConnectionId {
-            value: Some("ID:odd:1".into()),
+            value: Some(connection.into()),
         }),
         ..Default::default()
     }))
     .await;
     assert!(matches!(c.next().await, Command::Response(_)));
+    c
+}
+
+#[tokio::test]
+async fn absurd_timeouts_from_a_client_are_bounded_not_fatal() {
+    let f = fixture(&[]);
+    // A client asking for a 1 ms inactivity period.
+    let mut c = connected_with_inactivity(&f, "ID:odd:1", 1, 0).await;
     // A pull that would wait past the end of time.
     c.request(subscribe("ID:odd:1", 1, "odd", 0)).await;
     c.write(&pull("ID:odd:1", 1, "odd", i64::MAX)).await;
@@ -1106,23 +1118,7 @@ async fn a_held_back_producer_that_vanishes_is_closed_even_without_an_inactivity
 #[tokio::test(start_paused = true)]
 async fn the_inactivity_monitor_waits_for_the_initial_delay() {
     let f = fixture(&[]);
-    let mut c = Client::open(&f);
-    assert!(matches!(c.read().await, Some(Command::WireFormatInfo(_))));
-    let mut wire = WireFormatInfo::ferromq(0, 2000, 10_000);
-    wire.version = 12;
-    c.write(&Command::WireFormatInfo(wire)).await;
-    assert!(matches!(c.read().await, Some(Command::BrokerInfo(_))));
-    let id = c.id();
-    c.write(&Command::ConnectionInfo(super::super::ConnectionInfo {
-        command_id: id,
-        response_required: true,
-        connection_id: Some(ConnectionId {
-            value: Some("ID:quiet:1".into()),
-        }),
-        ..Default::default()
-    }))
-    .await;
-    assert!(matches!(c.next().await, Command::Response(_)));
+    let mut c = connected_with_inactivity(&f, "ID:quiet:1", 2000, 10_000).await;
     let start = tokio::time::Instant::now();
     // Silent from here on: the broker's keep-alives, then its ConnectionError, then the end.
     let mut refused = None;
