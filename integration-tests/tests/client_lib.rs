@@ -220,6 +220,30 @@ async fn a_message_over_the_frame_limit_is_refused_not_resent_for_ever() -> Resu
     Ok(())
 }
 
+/// `ferromq bench --json` with no broker to reach still prints one JSON document on standard
+/// output, naming the error, and fails: a script reading it learns why.
+#[test]
+fn bench_json_without_a_broker_is_a_json_error() -> Result<()> {
+    use ferromq_integration_tests::run_cli;
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("tcp://127.0.0.1:{port}?maxReconnectAttempts=0");
+    let (status, stdout, stderr) = run_cli(
+        &["bench", "--url", &url, "-n", "1", "--json"],
+        Duration::from_secs(60),
+    )?;
+    assert!(!status.success(), "{stdout}\n{stderr}");
+    let line = stdout.trim();
+    assert!(
+        line.starts_with("{\"error\":\"") && line.ends_with("\"}") && !line.contains('\n'),
+        "not one JSON error document: {stdout:?}"
+    );
+    assert!(line.contains(&port.to_string()), "{line}");
+    Ok(())
+}
+
 /// `ferromq consume -n 2` (default `--ack auto`) on a queue of 5 takes 2 off it: what the
 /// broker pushed beyond the count was not acknowledged and is there for the next consumer.
 #[test]

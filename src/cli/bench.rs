@@ -77,7 +77,8 @@ pub(crate) struct BenchArgs {
     /// Consumers stop after this long without a message, once the producers are done.
     #[arg(long, default_value = "10s", value_parser = duration_arg, value_name = "DURATION")]
     idle_timeout: Duration,
-    /// Print one JSON object with every figure on stdout instead of the text summary.
+    /// Print one JSON object with every figure on stdout instead of the text summary (or
+    /// `{"error": ...}` when the run could not start: no broker reachable, say).
     #[arg(long)]
     json: bool,
 }
@@ -211,6 +212,10 @@ pub(crate) async fn run(args: BenchArgs) -> ExitCode {
         }
         Err(error) => {
             errln!("ferromq bench: {error:#}");
+            if args.json {
+                // A script reading standard output gets a document all the same.
+                outln!("{}", serde_json::json!({ "error": format!("{error:#}") }));
+            }
             ExitCode::FAILURE
         }
     }
