@@ -466,11 +466,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let gate = state.session.flow_gate();
         // Why reading is paused, while it is.
         let mut paused = None;
-        // Due one send period after the last write: every write (a heart-beat's too) moves it,
-        // so the client hears from us at least once per period, as agreed in CONNECTED.
+        // A heart-beat is due one send period after the last write (a heart-beat's too), so the
+        // client hears from us at least once per period, as agreed in CONNECTED. Writes only
+        // note their time; the timer is moved when it fires (not at every write).
         let send_period = heartbeat.send.unwrap_or(Duration::from_secs(3600));
         let send_due = tokio::time::sleep(send_period);
         tokio::pin!(send_due);
+        let mut last_write = tokio::time::Instant::now();
         let mut last_read = Instant::now();
         let check = heartbeat
             .receive
@@ -535,7 +537,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         self.answer(&mut state, awaiting, result)
                     }
                     () = &mut send_due, if heartbeat.send.is_some() => {
-                        self.output.extend_from_slice(b"\n");
+                        let due = last_write + send_period;
+                        if due > tokio::time::Instant::now() {
+                            send_due.as_mut().reset(due);
+                        } else {
+                            self.output.extend_from_slice(b"\n");
+                            send_due
+                                .as_mut()
+                                .reset(tokio::time::Instant::now() + send_period);
+                        }
                         Ok(Step::Continue)
                     }
                     // Held back without heart-beats, nothing is read from the client: only a
@@ -556,9 +566,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             };
             if !self.output.is_empty() {
                 if heartbeat.send.is_some() {
-                    send_due
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + send_period);
+                    last_write = tokio::time::Instant::now();
                 }
                 let grace = heartbeat.receive.filter(|_| paused.is_none());
                 let written = flush(
