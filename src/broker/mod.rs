@@ -633,8 +633,7 @@ impl Broker {
             let (tx, rx) = mpsc::unbounded_channel();
             let closed = {
                 let mut core = lock(&self.shared);
-                let closed = core.session_closed();
-                let mut notified = Box::pin(closed.clone().notified_owned());
+                let mut notified = Box::pin(core.session_closed().notified_owned());
                 // Registered before the lock is released: a close after it wakes us.
                 notified.as_mut().enable();
                 match core.open_session(client_id.clone(), peer, tx) {

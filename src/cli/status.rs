@@ -205,15 +205,12 @@ pub(crate) async fn run(args: StatusArgs) -> ExitCode {
                 "members": members_json(&members),
             })
         ),
-        (Some(verdict), false) => outln!("{verdict}"),
-        (None, _) => {}
-    }
-    if args.json {
-        if verdict.is_none() {
-            outln!("{}", members_json(&members));
+        (None, true) => outln!("{}", members_json(&members)),
+        (Some(verdict), false) => {
+            outln!("{verdict}");
+            out!("{}", crate::election::format_table(&members));
         }
-    } else {
-        out!("{}", crate::election::format_table(&members));
+        (None, false) => out!("{}", crate::election::format_table(&members)),
     }
     if members.is_empty() {
         errln!(

@@ -277,10 +277,10 @@ fn write_marker(directory: &Path, text: &str) -> Result<(), StoreError> {
     let temporary = directory.join(format!("{MARKER}.tmp"));
     let io = |operation, path: &Path| {
         let path = path.to_path_buf();
-        move |source| StoreError::Io {
+        move |error| StoreError::Io {
             operation,
             path,
-            error: source,
+            error,
         }
     };
     fs::write(&temporary, text).map_err(io("write", &temporary))?;
@@ -370,10 +370,10 @@ impl Index {
                     worker.run(receiver);
                 }
             })
-            .map_err(|source| StoreError::Io {
+            .map_err(|error| StoreError::Io {
                 operation: "spawn index thread for",
                 path: path.clone(),
-                error: source,
+                error,
             })?;
         let wiped = wait.recv().map_err(|_| StoreError::Index {
             path: path.clone(),
@@ -539,11 +539,11 @@ impl Worker {
         match removed {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
+            Err(error) => {
                 return Err(StoreError::Io {
                     operation: "delete index",
                     path: self.path.clone(),
-                    error: source,
+                    error,
                 })
             }
         }
@@ -736,10 +736,10 @@ impl Coalesced {
 fn sync_tree(directory: &Path) -> Result<(), StoreError> {
     let io = |operation, path: &Path| {
         let path = path.to_path_buf();
-        move |source| StoreError::Io {
+        move |error| StoreError::Io {
             operation,
             path,
-            error: source,
+            error,
         }
     };
     for entry in fs::read_dir(directory).map_err(io("list", directory))? {

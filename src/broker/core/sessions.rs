@@ -73,8 +73,7 @@ impl Core {
         for tx in transactions {
             let _ = self.abort(session, &tx);
         }
-        if let Some(state) = self.sessions.remove(&session) {
-            let name = state.client_id.unwrap_or_default();
+        if let Some(name) = self.sessions.remove(&session).and_then(|s| s.client_id) {
             if self.client_ids.get(&name) == Some(&session) {
                 self.client_ids.remove(&name);
             }

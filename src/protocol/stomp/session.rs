@@ -472,7 +472,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let send_period = heartbeat.send.unwrap_or(Duration::from_secs(3600));
         let send_due = tokio::time::sleep(send_period);
         tokio::pin!(send_due);
-        let mut last_write = tokio::time::Instant::now();
+        let mut last_write = Instant::now();
         let mut last_read = Instant::now();
         let check = heartbeat
             .receive
@@ -537,14 +537,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         self.answer(&mut state, awaiting, result)
                     }
                     () = &mut send_due, if heartbeat.send.is_some() => {
+                        let now = Instant::now();
                         let due = last_write + send_period;
-                        if due > tokio::time::Instant::now() {
+                        if due > now {
                             send_due.as_mut().reset(due);
                         } else {
                             self.output.extend_from_slice(b"\n");
-                            send_due
-                                .as_mut()
-                                .reset(tokio::time::Instant::now() + send_period);
+                            send_due.as_mut().reset(now + send_period);
                         }
                         Ok(Step::Continue)
                     }
@@ -566,7 +565,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             };
             if !self.output.is_empty() {
                 if heartbeat.send.is_some() {
-                    last_write = tokio::time::Instant::now();
+                    last_write = Instant::now();
                 }
                 let grace = heartbeat.receive.filter(|_| paused.is_none());
                 let written = flush(

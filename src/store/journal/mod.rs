@@ -156,10 +156,10 @@ const READ_CHUNK: usize = 1 << 20;
 
 fn io_error(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
     let path = path.to_path_buf();
-    move |source| StoreError::Io {
+    move |error| StoreError::Io {
         operation,
         path,
-        error: source,
+        error,
     }
 }
 

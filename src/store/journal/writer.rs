@@ -216,10 +216,10 @@ impl Writer {
         }
         self.file
             .write_all_at(&self.buffer, self.file_offset)
-            .map_err(|source| StoreError::Io {
+            .map_err(|error| StoreError::Io {
                 operation: "write",
                 path: self.current_path(),
-                error: source,
+                error,
             })?;
         self.file_offset += self.buffer.len() as u64;
         self.buffer.clear();
@@ -290,10 +290,10 @@ impl Writer {
         self.shared.written.store(self.end, Ordering::Release);
         self.shared.written_watch.send_replace(Position(self.end));
         if self.fsync && (self.unsynced || self.directory_dirty) {
-            self.file.sync_data().map_err(|source| StoreError::Io {
+            self.file.sync_data().map_err(|error| StoreError::Io {
                 operation: "fsync",
                 path: self.current_path(),
-                error: source,
+                error,
             })?;
             if self.directory_dirty {
                 sync_directory(&self.shared.directory)?;
