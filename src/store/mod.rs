@@ -943,6 +943,14 @@ fn added_by(record: &Record, key: MessageKey) -> Option<&MessageAdd> {
     }
 }
 
+/// [`added_by`], to take the message out.
+fn added_by_mut(record: &mut Record, key: MessageKey) -> Option<&mut MessageAdd> {
+    match record.entries.get_mut(key.entry_index())?.kind.as_mut()? {
+        entry::Kind::Add(add) => Some(add),
+        _ => None,
+    }
+}
+
 /// Reads every live message from the journal (each record once, in journal order).
 fn build_recovered(
     state: &LiveState,
@@ -954,30 +962,41 @@ fn build_recovered(
     let mut bodies_on_disk = HashSet::new();
     state.check_placed().map_err(Attempt::Rebuild)?;
     let live = state.queues();
-    let mut wanted: Vec<(MessageKey, usize)> = live
-        .iter()
-        .enumerate()
-        .flat_map(|(queue, (_, keys))| keys.iter().map(move |&key| (key, queue)))
-        .collect();
+    let mut wanted: Vec<(MessageKey, usize)> =
+        Vec::with_capacity(live.iter().map(|(_, keys)| keys.len()).sum());
+    for (queue, (_, keys)) in live.iter().enumerate() {
+        wanted.extend(keys.iter().map(|&key| (key, queue)));
+    }
     wanted.sort_unstable();
     let mut queues: Vec<(String, Vec<(MessageKey, Message)>)> = live
         .iter()
         .map(|(name, keys)| (name.to_string(), Vec::with_capacity(keys.len())))
         .collect();
     let mut cached: Option<(Position, Record)> = None;
-    for (key, queue) in wanted {
+    // Ascending positions, read through one read-ahead buffer: a backlog of small messages
+    // lies close together in the journal.
+    let mut frames = reader.frames(Position(0), end);
+    let mut wanted = wanted.into_iter().peekable();
+    while let Some((key, queue)) = wanted.next() {
         let position = key.position();
-        let record = match &cached {
+        let record = match &mut cached {
             Some((at, record)) if *at == position => record,
             _ => {
-                let record = reader.read(position).map_err(Attempt::from_read)?;
-                &cached.insert((position, record)).1
+                let record = frames.record_at(position).map_err(Attempt::from_read)?;
+                &mut cached.insert((position, record)).1
             }
         };
+        // The last queue that wants this message (the keys are sorted) takes it; others copy.
+        let last = wanted.peek().is_none_or(|(next, _)| *next != key);
         let name = &queues[queue].0;
-        let message = match added_by(record, key) {
+        let message = match added_by_mut(record, key) {
             Some(add) if add.queues.iter().any(|q| q == name) => {
-                let mut message = add.message.clone().unwrap_or_default();
+                let mut message = if last {
+                    add.message.take()
+                } else {
+                    add.message.clone()
+                }
+                .unwrap_or_default();
                 // Oldest first (the keys are sorted): the bodies kept are the first delivered.
                 let len = message.body.len() as u64;
                 if len <= bodies_left {

@@ -33,8 +33,14 @@ impl Core {
         entry.seq = self.next_seq;
         self.next_seq += 1;
         let entry = self.admit(entry);
-        self.queues.entry(queue.clone()).or_default().push(entry);
-        touched.insert(queue);
+        // Looked up before a copy of the name is made: it exists but for a queue's first send.
+        match self.queues.get_mut(&queue) {
+            Some(existing) => existing.push(entry),
+            None => self.queues.entry(queue.clone()).or_default().push(entry),
+        }
+        if !touched.contains(&queue) {
+            touched.insert(queue);
+        }
     }
 
     pub(super) fn dispatch_all(&mut self, touched: BTreeSet<String>) {

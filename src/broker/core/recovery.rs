@@ -79,7 +79,8 @@ impl Core {
         for subscription in recovered.subscriptions {
             core.register_durable(subscription);
         }
-        let mut inherited = Vec::new();
+        // Sized at once: a backlog of millions would otherwise be copied as the list grows.
+        let mut inherited = Vec::with_capacity(recovered.queues.iter().map(|q| q.1.len()).sum());
         for (queue, messages) in recovered.queues {
             let holding = queue == HOLDING;
             if !holding {
