@@ -296,7 +296,7 @@ impl Frames {
 impl Frames {
     /// The record at `position` (a frame boundary below the written watermark), read through
     /// this iterator's read-ahead: reading records in ascending order this way costs one read
-    /// per [`READ_CHUNK`] where they lie close together, instead of two per record (what
+    /// per read-ahead chunk (1 MiB) where they lie close together, instead of two per record (what
     /// [`JournalReader::read`] costs). The iterator then goes on after that record.
     pub fn record_at(&mut self, position: Position) -> Result<Record, StoreError> {
         self.position = position.0;
