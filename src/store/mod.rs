@@ -30,7 +30,6 @@ mod sync;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 
 use tracing::{error, info, warn};
@@ -69,7 +68,7 @@ pub struct StoreOptions {
     /// See [`JournalOptions::only_copy`].
     pub only_copy: bool,
     /// Bytes of message bodies [`Recovered`] carries; the bodies of later messages are left in
-    /// the journal (see [`Recovered::bodies_on_disk`]). `u64::MAX`: all of them.
+    /// the journal (see [`Recovered::bodies_on_disk_from`]). `u64::MAX`: all of them.
     pub recovered_bodies: u64,
 }
 
@@ -106,10 +105,12 @@ pub struct Recovered {
     /// Producer id -> highest stored sequence, for the producers the bounded audit remembers
     /// (see [`ProducerAudit`]), least recently stored first.
     pub producers: Vec<(String, u64)>,
-    /// Messages in `queues` whose body was left in the journal (past
-    /// [`StoreOptions::recovered_bodies`]): their body is empty here; [`Store::read_message`]
-    /// reads it.
-    pub bodies_on_disk: HashSet<MessageKey>,
+    /// The first message whose body was left in the journal (past
+    /// [`StoreOptions::recovered_bodies`]; the bodies are kept oldest first): from this key on,
+    /// a message with an empty body here has its body, if any, in the journal, where
+    /// [`Store::read_message`] reads it. A comparison rather than a set: a backlog of millions
+    /// is looked up once per message at a takeover.
+    pub bodies_on_disk_from: Option<MessageKey>,
 }
 
 /// Counters for logs and status pages.
@@ -959,7 +960,7 @@ fn build_recovered(
     bodies: u64,
 ) -> Result<Recovered, Attempt> {
     let mut bodies_left = bodies;
-    let mut bodies_on_disk = HashSet::new();
+    let mut bodies_on_disk_from = None;
     state.check_placed().map_err(Attempt::Rebuild)?;
     let live = state.queues();
     let mut wanted: Vec<(MessageKey, usize)> =
@@ -1004,7 +1005,7 @@ fn build_recovered(
                 } else {
                     bodies_left = 0;
                     message.body = Default::default();
-                    bodies_on_disk.insert(key);
+                    bodies_on_disk_from.get_or_insert(key);
                 }
                 message
             }
@@ -1025,6 +1026,6 @@ fn build_recovered(
         queues,
         subscriptions: state.subscriptions(),
         producers: state.producers(),
-        bodies_on_disk,
+        bodies_on_disk_from,
     })
 }

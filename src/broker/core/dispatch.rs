@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::{now_ms, priority_of, Core, SCAN_LIMIT};
+use super::{now_ms, priority_of, Core, Publish, SCAN_LIMIT};
 use crate::broker::queue::{has_credit, Consumer, Entry, InFlight, Source};
 use crate::broker::Delivery;
 use crate::store::{Header, Message};
@@ -41,6 +41,48 @@ impl Core {
         if !touched.contains(&queue) {
             touched.insert(queue);
         }
+    }
+
+    /// Publishes the messages the store recovered for `queue` (in key order): one not yet due
+    /// (scheduled, and stored at its destination by an older version) is held until it is, the
+    /// others go to the tail of the queue at once, as [`Core::push_ready`] would put them one
+    /// by one. A takeover publishes its whole backlog this way, under the core's lock.
+    pub(super) fn push_recovered(
+        &mut self,
+        queue: String,
+        entries: Vec<Entry>,
+        touched: &mut BTreeSet<String>,
+    ) {
+        let now = now_ms();
+        let mut ready = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let due = entry.message.deliver_at;
+            if due > 0 && due > now {
+                self.hold(due, Publish::Recovered(queue.clone(), vec![entry]));
+            } else {
+                ready.push(entry);
+            }
+        }
+        if ready.is_empty() {
+            return;
+        }
+        if queue.starts_with("durable://") && !self.durables.contains_key(&queue) {
+            for entry in ready {
+                self.push_ready(queue.clone(), entry, touched);
+            }
+            return;
+        }
+        let mut admitted = Vec::with_capacity(ready.len());
+        for mut entry in ready {
+            entry.seq = self.next_seq;
+            self.next_seq += 1;
+            admitted.push(self.admit(entry));
+        }
+        self.queues
+            .entry(queue.clone())
+            .or_default()
+            .push_all(admitted);
+        touched.insert(queue);
     }
 
     pub(super) fn dispatch_all(&mut self, touched: BTreeSet<String>) {

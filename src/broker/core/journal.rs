@@ -262,7 +262,7 @@ impl Core {
                 self.stats.enqueued += 1;
                 self.push_ready(queue, entry, touched);
             }
-            Publish::Recovered(queue, entry) => self.push_ready(queue, entry, touched),
+            Publish::Recovered(queue, entries) => self.push_recovered(queue, entries, touched),
             Publish::Topic(topic, message, origin) => {
                 self.publish_to_subscribers(&topic, message, origin)
             }

@@ -133,9 +133,9 @@ enum Publish {
     Queue(String, Entry),
     /// A topic message, and the session that sent it (for noLocal subscribers).
     Topic(String, Arc<Message>, u64),
-    /// A message the store recovered, shown once the epoch-start record is confirmed (not a
-    /// new enqueue).
-    Recovered(String, Entry),
+    /// The messages the store recovered for one queue, in key order, shown once the
+    /// epoch-start record is confirmed (not new enqueues); see [`Core::push_recovered`].
+    Recovered(String, Vec<Entry>),
     /// A scheduled message stored on [`HOLDING`] until due, then routed to its destination
     /// (`message.destination`) as a send made then (see [`Core::release_due`]).
     Scheduled(Entry),
@@ -151,9 +151,9 @@ impl Publish {
     /// [`schedule`](crate::broker::schedule)); costs a field read for any other.
     fn due_after(&self, now: impl FnOnce() -> i64) -> Option<i64> {
         let deliver_at = match self {
-            Publish::Queue(_, entry) | Publish::Recovered(_, entry) | Publish::Scheduled(entry) => {
-                entry.message.deliver_at
-            }
+            Publish::Queue(_, entry) | Publish::Scheduled(entry) => entry.message.deliver_at,
+            // Each is looked at as it is published.
+            Publish::Recovered(..) => 0,
             Publish::Topic(_, message, _) => message.deliver_at,
         };
         (deliver_at > 0 && deliver_at > now()).then_some(deliver_at)

@@ -79,26 +79,33 @@ impl Core {
         for subscription in recovered.subscriptions {
             core.register_durable(subscription);
         }
-        // Sized at once: a backlog of millions would otherwise be copied as the list grows.
-        let mut inherited = Vec::with_capacity(recovered.queues.iter().map(|q| q.1.len()).sum());
+        let mut inherited = Vec::new();
         for (queue, messages) in recovered.queues {
             let holding = queue == HOLDING;
             if !holding {
                 // The queue exists (and a consumer may subscribe) before its messages show.
                 core.queues.entry(queue.clone()).or_default();
             }
+            let mut entries = Vec::with_capacity(if holding { 0 } else { messages.len() });
             for (key, message) in messages {
                 let redeliveries = message.redelivery_count;
                 let origin = stored_origin(&message.producer_id);
                 let mut entry = Entry::new(Some(key), Arc::new(message), redeliveries).from(origin);
-                if recovered.bodies_on_disk.contains(&key) {
+                if entry.message.body.is_empty()
+                    && recovered
+                        .bodies_on_disk_from
+                        .is_some_and(|from| key >= from)
+                {
                     entry.body = Body::OnDisk;
                 }
-                inherited.push(if holding {
-                    Publish::Scheduled(entry)
+                if holding {
+                    inherited.push(Publish::Scheduled(entry));
                 } else {
-                    Publish::Recovered(queue.clone(), entry)
-                });
+                    entries.push(entry);
+                }
+            }
+            if !entries.is_empty() {
+                inherited.push(Publish::Recovered(queue, entries));
             }
         }
         // The epoch-start record comes first: nothing written under this epoch is confirmed

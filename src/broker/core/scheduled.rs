@@ -30,12 +30,15 @@ impl Core {
     /// when due), so a backlog of scheduled messages costs memory only for their headers. (Every
     /// held message is stored: non-persistent delayed messages go to the holding area too.)
     pub(super) fn hold(&mut self, due: i64, mut publish: Publish) {
-        if let Publish::Queue(_, entry) | Publish::Recovered(_, entry) | Publish::Scheduled(entry) =
-            &mut publish
-        {
+        let spill = |entry: &mut Entry| {
             if entry.key.is_some() && matches!(entry.body, Body::Uncounted) {
                 leave_body_on_disk(entry);
             }
+        };
+        match &mut publish {
+            Publish::Queue(_, entry) | Publish::Scheduled(entry) => spill(entry),
+            Publish::Recovered(_, entries) => entries.iter_mut().for_each(spill),
+            Publish::Topic(..) => {}
         }
         let earliest = self.scheduled.keys().next().is_none_or(|(d, _)| due < *d);
         self.scheduled.insert((due, self.next_scheduled), publish);
