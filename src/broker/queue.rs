@@ -108,25 +108,26 @@ pub(super) struct Queue {
 
 impl Queue {
     pub fn push(&mut self, entry: Entry) {
+        self.note_pushed(&entry);
+        self.ready.insert(entry.seq, entry);
+    }
+
+    /// What a waiting entry adds to the queue's bookkeeping: an expiration to sweep, the
+    /// first message group.
+    fn note_pushed(&mut self, entry: &Entry) {
         if entry.message.expiration > 0 {
             self.expiring += 1;
         }
         if !self.subscription && self.groups.is_none() && group_of(&entry.message).is_some() {
             self.groups = Some(Groups::new());
         }
-        self.ready.insert(entry.seq, entry);
     }
 
     /// [`Queue::push`] for each of `entries`, whose sequences ascend: the map is built in
     /// one pass instead of one descent per entry.
     pub fn push_all(&mut self, entries: Vec<Entry>) {
         for entry in &entries {
-            if entry.message.expiration > 0 {
-                self.expiring += 1;
-            }
-            if !self.subscription && self.groups.is_none() && group_of(&entry.message).is_some() {
-                self.groups = Some(Groups::new());
-            }
+            self.note_pushed(entry);
         }
         let mut tail: BTreeMap<u64, Entry> = entries.into_iter().map(|e| (e.seq, e)).collect();
         self.ready.append(&mut tail);

@@ -399,6 +399,15 @@ mod tests {
     use super::*;
     use crate::election::MemberData;
 
+    /// A whole cluster: a master (the second) and two slaves.
+    fn three_members() -> [MemberView; 3] {
+        [
+            member("00000000001", "slave"),
+            member("00000000002", "master"),
+            member("00000000003", "slave"),
+        ]
+    }
+
     fn member(znode: &str, role: &str) -> MemberView {
         let master = role == ROLE_MASTER;
         MemberView {
@@ -514,11 +523,7 @@ mod tests {
 
     #[test]
     fn a_full_cluster_with_a_master_is_ok() {
-        let members = [
-            member("00000000001", "slave"),
-            member("00000000002", "master"),
-            member("00000000003", "slave"),
-        ];
+        let members = three_members();
         let verdict = check(&members, 3);
         assert_eq!(verdict.health, Health::Ok);
         assert_eq!(
@@ -532,11 +537,7 @@ mod tests {
     /// (a WARNING); without one, it may be why no master is elected.
     #[test]
     fn a_damaged_member_is_named() {
-        let mut members = [
-            member("00000000001", "slave"),
-            member("00000000002", "master"),
-            member("00000000003", "slave"),
-        ];
+        let mut members = three_members();
         members[2].data.as_mut().unwrap().damaged = true;
         let verdict = check(&members, 3);
         assert_eq!(verdict.health, Health::Warning);
@@ -577,11 +578,7 @@ mod tests {
     /// joined; not OK either way.
     #[test]
     fn more_members_than_expected_is_a_warning() {
-        let members = [
-            member("00000000001", "slave"),
-            member("00000000002", "master"),
-            member("00000000003", "slave"),
-        ];
+        let members = three_members();
         let verdict = check(&members, 2);
         assert_eq!(verdict.health, Health::Warning);
         assert!(

@@ -923,9 +923,9 @@ impl Store {
     /// Reads back the message `key` names (a live message added to some queue), body
     /// included, from the journal.
     pub fn read_message(&self, key: MessageKey) -> Result<Message, StoreError> {
-        let record = self.journal.reader().read(key.position())?;
-        match added_by(&record, key) {
-            Some(add) => Ok(add.message.clone().unwrap_or_default()),
+        let mut record = self.journal.reader().read(key.position())?;
+        match added_by(&mut record, key) {
+            Some(add) => Ok(add.message.take().unwrap_or_default()),
             None => Err(StoreError::Inconsistent(format!(
                 "message {} is not entry {} of the record at {}",
                 key.0,
@@ -937,15 +937,7 @@ impl Store {
 }
 
 /// The entry of `record` (read at `key`'s position) that added the message `key` names.
-fn added_by(record: &Record, key: MessageKey) -> Option<&MessageAdd> {
-    match record.entries.get(key.entry_index())?.kind.as_ref()? {
-        entry::Kind::Add(add) => Some(add),
-        _ => None,
-    }
-}
-
-/// [`added_by`], to take the message out.
-fn added_by_mut(record: &mut Record, key: MessageKey) -> Option<&mut MessageAdd> {
+fn added_by(record: &mut Record, key: MessageKey) -> Option<&mut MessageAdd> {
     match record.entries.get_mut(key.entry_index())?.kind.as_mut()? {
         entry::Kind::Add(add) => Some(add),
         _ => None,
@@ -990,7 +982,7 @@ fn build_recovered(
         // The last queue that wants this message (the keys are sorted) takes it; others copy.
         let last = wanted.peek().is_none_or(|(next, _)| *next != key);
         let name = &queues[queue].0;
-        let message = match added_by_mut(record, key) {
+        let message = match added_by(record, key) {
             Some(add) if add.queues.iter().any(|q| q == name) => {
                 let mut message = if last {
                     add.message.take()

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::{now_ms, priority_of, Core, Publish, SCAN_LIMIT};
+use super::{due_after, now_ms, priority_of, Core, Publish, SCAN_LIMIT};
 use crate::broker::queue::{has_credit, Consumer, Entry, InFlight, Source};
 use crate::broker::Delivery;
 use crate::store::{Header, Message};
@@ -38,9 +38,7 @@ impl Core {
             Some(existing) => existing.push(entry),
             None => self.queues.entry(queue.clone()).or_default().push(entry),
         }
-        if !touched.contains(&queue) {
-            touched.insert(queue);
-        }
+        touched.insert(queue);
     }
 
     /// Publishes the messages the store recovered for `queue` (in key order): one not yet due
@@ -56,11 +54,9 @@ impl Core {
         let now = now_ms();
         let mut ready = Vec::with_capacity(entries.len());
         for entry in entries {
-            let due = entry.message.deliver_at;
-            if due > 0 && due > now {
-                self.hold(due, Publish::Recovered(queue.clone(), vec![entry]));
-            } else {
-                ready.push(entry);
+            match due_after(entry.message.deliver_at, || now) {
+                Some(due) => self.hold(due, Publish::Recovered(queue.clone(), vec![entry])),
+                None => ready.push(entry),
             }
         }
         if ready.is_empty() {

@@ -156,8 +156,13 @@ impl Publish {
             Publish::Recovered(..) => 0,
             Publish::Topic(_, message, _) => message.deliver_at,
         };
-        (deliver_at > 0 && deliver_at > now()).then_some(deliver_at)
+        due_after(deliver_at, now)
     }
+}
+
+/// `deliver_at` when that is still ahead (0: deliver at once).
+fn due_after(deliver_at: i64, now: impl FnOnce() -> i64) -> Option<i64> {
+    (deliver_at > 0 && deliver_at > now()).then_some(deliver_at)
 }
 
 struct SessionState {

@@ -186,6 +186,11 @@ impl JournalReader {
     /// The record at `position`.
     pub fn read(&self, position: Position) -> Result<Record, StoreError> {
         let frame = self.read_frame(position)?;
+        self.decode(position, frame)
+    }
+
+    /// The record in `frame`, read at `position` (an undecodable body is corruption there).
+    fn decode(&self, position: Position, frame: Bytes) -> Result<Record, StoreError> {
         decode_frame(frame).map_err(|cause| StoreError::Corrupt {
             path: self.path_of(position),
             position,
@@ -291,9 +296,7 @@ impl Frames {
         self.position += frame_len as u64;
         Ok((position, frame))
     }
-}
 
-impl Frames {
     /// The record at `position` (a frame boundary below the written watermark), read through
     /// this iterator's read-ahead: reading records in ascending order this way costs one read
     /// per read-ahead chunk (1 MiB) where they lie close together, instead of two per record (what
@@ -309,11 +312,7 @@ impl Frames {
             });
         }
         let (position, frame) = self.next_frame()?;
-        decode_frame(frame).map_err(|cause| StoreError::Corrupt {
-            path: self.reader.path_of(position),
-            position,
-            cause,
-        })
+        self.reader.decode(position, frame)
     }
 }
 
@@ -345,16 +344,8 @@ impl Iterator for Records {
             Err(e) => return Some(Err(e)),
         };
         let len = frame.len() as u64;
-        match decode_frame(frame) {
-            Ok(record) => Some(Ok((position, record, len))),
-            Err(cause) => {
-                self.frames.failed = true;
-                Some(Err(StoreError::Corrupt {
-                    path: self.frames.reader.path_of(position),
-                    position,
-                    cause,
-                }))
-            }
-        }
+        let record = self.frames.reader.decode(position, frame);
+        self.frames.failed = record.is_err();
+        Some(record.map(|record| (position, record, len)))
     }
 }
