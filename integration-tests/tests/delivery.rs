@@ -554,10 +554,11 @@ fn with_send_fail_if_no_space_a_persistent_send_at_the_store_limit_gets_an_error
     Ok(())
 }
 
-/// Test 6: slow non-durable topic subscribers (one that never acknowledges, one that never
-/// reads its socket) cost neither the producer nor the fast subscriber anything; the slow
+/// Test 6: slow non-durable topic subscribers (one that never acknowledges, two that never
+/// read their socket) cost neither the producer nor the fast subscriber anything; the slow
 /// client-ack subscriber keeps only the newest `topic_pending_limit` messages beyond its
-/// prefetch.
+/// prefetch, and the one with ActiveMQ's default topic prefetch (32,767, more than is sent)
+/// is held to `memory_limit` bytes, past which its messages are discarded.
 #[test]
 fn slow_topic_subscribers_do_not_stall_producers_or_others() -> Result<()> {
     const LIMIT: usize = 50;
@@ -566,7 +567,7 @@ fn slow_topic_subscribers_do_not_stall_producers_or_others() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let broker = BrokerProcess::start(
         dir.path(),
-        &format!("[broker]\ntopic_pending_limit = {LIMIT}\n"),
+        &format!("[broker]\ntopic_pending_limit = {LIMIT}\nmemory_limit = \"1MiB\"\n"),
     )?;
     let topic = "/topic/firehose";
 
@@ -583,6 +584,9 @@ fn slow_topic_subscribers_do_not_stall_producers_or_others() -> Result<()> {
     // Never reads its socket after subscribing.
     let mut deaf = broker.client()?;
     deaf.subscribe("deaf", topic, &[("activemq.prefetchSize", "20")])?;
+    // Never reads either, with the default prefetch: 16 MB are sent.
+    let mut hoarder = broker.client()?;
+    hoarder.subscribe("hoarder", topic, &[])?;
     // Reads everything, in its own thread.
     let mut fast = broker.client()?;
     fast.subscribe("fast", topic, &[])?;
@@ -662,7 +666,14 @@ fn slow_topic_subscribers_do_not_stall_producers_or_others() -> Result<()> {
             .logs_contain("slow topic subscriber")),
         "no log line about discarding for a slow topic subscriber"
     );
-    drop(deaf);
+    let hoarder_discarded = broker.logs().iter().any(|line| {
+        line.contains("slow topic subscriber") && line.contains("subscription=hoarder")
+    });
+    assert!(
+        hoarder_discarded,
+        "a subscriber that stopped reading was handed more than memory_limit"
+    );
+    drop((deaf, hoarder));
     Ok(())
 }
 

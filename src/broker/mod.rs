@@ -167,7 +167,8 @@ pub struct BrokerOptions {
     /// How often queues are swept for expired messages.
     pub expiry_sweep: Duration,
     /// Bytes of queued message bodies kept in memory; past it, persistent messages are queued
-    /// with their bodies left in the journal (see `core::paging`).
+    /// with their bodies left in the journal (see `core::paging`). Also what one non-durable
+    /// topic subscriber may hold (see `queue::Consumer::topic_window`).
     pub memory_limit: u64,
     /// Bytes the journal's retained segments may take on disk (ActiveMQ's `<storeUsage
     /// limit>`; see `broker::store_limit`); at or past it, persistent sends wait or are refused.

@@ -61,6 +61,11 @@ impl Entry {
         }
     }
 
+    /// Bytes of its body held in memory (none while the body is [`Body::OnDisk`]).
+    pub fn body_bytes(&self) -> u64 {
+        self.message.body.len() as u64
+    }
+
     /// The same, sent by session `origin`.
     pub fn from(mut self, origin: u64) -> Entry {
         self.origin = origin;
@@ -309,12 +314,19 @@ pub(super) struct Consumer {
     pub delivered_upto: u64,
     /// How many of `in_flight` are at or below `delivered_upto`.
     pub delivered: usize,
+    /// Body bytes of `in_flight` held in memory, and the part of them at or below
+    /// `delivered_upto`: the rest bounds a non-durable topic subscriber's window in bytes (see
+    /// [`Consumer::topic_window`]).
+    pub in_flight_bytes: u64,
+    pub delivered_bytes: u64,
     /// Only messages this selector accepts are delivered (JMS selector).
     pub selector: Option<Arc<Selector>>,
     /// Delivered and not acknowledged, by tag (tags grow, so this is delivery order).
     pub in_flight: BTreeMap<u64, InFlight>,
-    /// Topic messages beyond the prefetch window, oldest first (non-durable topics only).
+    /// Topic messages beyond the prefetch window, oldest first (non-durable topics only), and
+    /// their body bytes.
     pub pending: std::collections::VecDeque<Entry>,
+    pub pending_bytes: u64,
     pub deliveries: mpsc::UnboundedSender<Delivery>,
     /// Topic messages discarded because this subscriber fell too far behind.
     pub discarded: u64,
@@ -378,11 +390,28 @@ impl Consumer {
         self.pulls > 0 || self.window_used() < self.prefetch as usize
     }
 
+    /// Hands it delivery `tag`, unacknowledged.
+    pub fn hold(&mut self, tag: u64, f: InFlight) {
+        let bytes = f.entry.body_bytes();
+        self.in_flight_bytes += bytes;
+        if tag <= self.delivered_upto {
+            self.delivered += 1;
+            self.delivered_bytes += bytes;
+        }
+        self.in_flight.insert(tag, f);
+    }
+
     /// Bookkeeping after deliveries left `in_flight` (acknowledged or returned).
-    pub fn forget(&mut self, tags: impl IntoIterator<Item = u64>) {
+    pub fn forget<'a>(&mut self, released: impl IntoIterator<Item = (u64, &'a InFlight)>) {
         let upto = self.delivered_upto;
-        let gone = tags.into_iter().filter(|t| *t <= upto).count();
-        self.delivered = self.delivered.saturating_sub(gone);
+        for (tag, f) in released {
+            let bytes = f.entry.body_bytes();
+            self.in_flight_bytes = self.in_flight_bytes.saturating_sub(bytes);
+            if tag <= upto {
+                self.delivered = self.delivered.saturating_sub(1);
+                self.delivered_bytes = self.delivered_bytes.saturating_sub(bytes);
+            }
+        }
     }
 
     /// Marks every delivery up to `tag` consumed by the client.
@@ -390,8 +419,50 @@ impl Consumer {
         if tag <= self.delivered_upto {
             return;
         }
-        let newly = self.in_flight.range(self.delivered_upto + 1..=tag).count();
-        self.delivered += newly;
+        for f in self
+            .in_flight
+            .range(self.delivered_upto + 1..=tag)
+            .map(|(_, f)| f)
+        {
+            self.delivered += 1;
+            self.delivered_bytes += f.entry.body_bytes();
+        }
         self.delivered_upto = tag;
+    }
+
+    /// Whether a non-durable topic subscriber's window has room in bytes: the bodies it was
+    /// handed and has not reported consumed stay under `byte_limit` (the broker's
+    /// `memory_limit`), whatever its prefetch, so one that stops reading holds that much at most.
+    pub fn topic_window(&self, byte_limit: u64) -> bool {
+        self.in_flight_bytes - self.delivered_bytes < byte_limit
+    }
+
+    /// Buffers topic message `entry` for this subscriber past its window. Past `limit` pending
+    /// messages, or once what it holds (window and buffer) exceeds `byte_limit`, its oldest
+    /// pending messages are discarded, keeping at least the newest one within the byte bound.
+    /// Returns how many were discarded.
+    pub fn push_pending(&mut self, entry: Entry, limit: usize, byte_limit: u64) -> u64 {
+        self.pending_bytes += entry.body_bytes();
+        self.pending.push_back(entry);
+        let window = self.in_flight_bytes - self.delivered_bytes;
+        let mut discarded = 0;
+        while self.pending.len() > limit
+            || (self.pending.len() > 1 && window + self.pending_bytes > byte_limit)
+        {
+            let Some(oldest) = self.pending.pop_front() else {
+                break;
+            };
+            self.pending_bytes -= oldest.body_bytes();
+            discarded += 1;
+        }
+        self.discarded += discarded;
+        discarded
+    }
+
+    /// The oldest buffered topic message.
+    pub fn pop_pending(&mut self) -> Option<Entry> {
+        let entry = self.pending.pop_front()?;
+        self.pending_bytes -= entry.body_bytes();
+        Some(entry)
     }
 }

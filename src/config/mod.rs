@@ -191,7 +191,8 @@ pub struct BrokerConfig {
     /// Bytes of message bodies the broker keeps in memory for queued messages (ActiveMQ's
     /// `<memoryUsage limit>`, default 64 MiB). Past it, the bodies of further persistent
     /// messages stay in the journal and are read back when their turn comes; non-persistent
-    /// messages, which are nowhere else, always stay in memory.
+    /// messages, which are nowhere else, always stay in memory. Also the most body bytes one
+    /// non-durable topic subscriber is handed unacknowledged, and keeps pending.
     #[serde(with = "units::size")]
     pub memory_limit: u64,
     /// ActiveMQ's `<systemUsage sendFailIfNoSpace>` (default false): while the store is at

@@ -53,7 +53,7 @@ impl Core {
                         .collect()
                 }
             };
-            consumer.forget(mine.iter().map(|(t, _)| *t));
+            consumer.forget(mine.iter().map(|(t, f)| (*t, f)));
             for (t, f) in mine {
                 self.tags.remove(&t);
                 taken.push((cid, t, f));

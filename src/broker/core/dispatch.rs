@@ -130,7 +130,7 @@ impl Core {
             redelivery_count: entry.redeliveries,
             group_first,
         };
-        consumer.in_flight.insert(tag, InFlight { queue, entry });
+        consumer.hold(tag, InFlight { queue, entry });
         let pulled =
             others + consumer.window_used() > consumer.prefetch as usize && consumer.pulls > 0;
         if pulled {
@@ -349,16 +349,17 @@ impl Core {
             Source::Queue(queue) => self.dispatch_queue(&queue),
             Source::Topic(_) => {
                 let now = now_ms();
+                let byte_limit = self.options.memory_limit;
                 while self
                     .consumers
                     .get(&cid)
-                    .is_some_and(|c| !c.pending.is_empty())
+                    .is_some_and(|c| !c.pending.is_empty() && c.topic_window(byte_limit))
                     && has_credit(&self.consumers, cid)
                 {
                     let entry = self
                         .consumers
                         .get_mut(&cid)
-                        .and_then(|c| c.pending.pop_front())
+                        .and_then(Consumer::pop_pending)
                         .expect("checked non-empty");
                     // Non-durable topic messages are stored nowhere: one that expired while
                     // it waited for this slow subscriber is dropped.

@@ -335,6 +335,7 @@ impl Core {
             });
         }
         let limit = self.options.topic_pending_limit;
+        let byte_limit = self.options.memory_limit;
         for cid in subscribers {
             let entry = Entry::new(None, message.clone(), 0).from(origin);
             let credit = has_credit(&self.consumers, cid);
@@ -344,24 +345,26 @@ impl Core {
             if !consumer.accepts(&entry) {
                 continue;
             }
-            if credit && consumer.pending.is_empty() {
+            if credit && consumer.pending.is_empty() && consumer.topic_window(byte_limit) {
                 self.deliver(cid, None, entry, false);
-            } else {
-                consumer.pending.push_back(entry);
-                if consumer.pending.len() > limit {
-                    consumer.pending.pop_front();
-                    consumer.discarded += 1;
-                    self.stats.topic_discarded += 1;
-                    if consumer.discarded == 1 || consumer.discarded.is_power_of_two() {
-                        tracing::warn!(
-                            topic,
-                            subscription = %consumer.subscription,
-                            discarded = consumer.discarded,
-                            limit,
-                            "slow topic subscriber: discarding its oldest pending messages"
-                        );
-                    }
-                }
+                continue;
+            }
+            let before = consumer.discarded;
+            let discarded = consumer.push_pending(entry, limit, byte_limit);
+            if discarded == 0 {
+                continue;
+            }
+            self.stats.topic_discarded += discarded;
+            // Logged at the first discard and each time the count passes a power of two.
+            if before == 0 || before.ilog2() != consumer.discarded.ilog2() {
+                tracing::warn!(
+                    topic,
+                    subscription = %consumer.subscription,
+                    discarded = consumer.discarded,
+                    limit,
+                    held_bytes = consumer.in_flight_bytes + consumer.pending_bytes,
+                    "slow topic subscriber: discarding its oldest pending messages"
+                );
             }
         }
     }

@@ -224,11 +224,14 @@ impl Core {
                 pulls: 0,
                 delivered_upto: 0,
                 delivered: 0,
+                in_flight_bytes: 0,
+                delivered_bytes: 0,
                 // A durable subscription's queue holds only matching messages already (and
                 // none of its noLocal connection's, see `route`).
                 selector: if durable { None } else { selector },
                 in_flight: Default::default(),
                 pending: VecDeque::new(),
+                pending_bytes: 0,
                 deliveries,
                 discarded: 0,
                 exclusive,

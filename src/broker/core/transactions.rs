@@ -119,10 +119,7 @@ impl Core {
                     .get_mut(&cid)
                     .filter(|c| c.session == session)
                 {
-                    if tag <= consumer.delivered_upto {
-                        consumer.delivered += 1;
-                    }
-                    consumer.in_flight.insert(tag, f);
+                    consumer.hold(tag, f);
                     self.tags.insert(tag, cid);
                     kept.push(tag);
                     continue;

@@ -35,6 +35,88 @@ async fn a_slow_topic_subscriber_loses_its_oldest_messages_not_the_producer() {
     assert_eq!(f.broker.stats().topic_discarded, 44);
 }
 
+/// A subscriber that stops reading holds at most `memory_limit` bytes of bodies whatever its
+/// prefetch (ActiveMQ's default topic prefetch of 32,767 large messages would be gigabytes):
+/// past that its newest message waits and older ones are discarded; a subscriber that reads
+/// and acknowledges, here with the same prefetch, gets every message.
+#[tokio::test]
+async fn a_stalled_topic_subscriber_holds_at_most_memory_limit_bytes() {
+    let f = fixture(BrokerOptions {
+        memory_limit: 10_000,
+        ..BrokerOptions::default()
+    })
+    .await;
+    let topic = Destination::Topic("logs".into());
+    let (stalled, mut stalled_rx) = f.broker.open_session(None);
+    subscribe(&stalled, "s", topic.clone(), 1000);
+    let (reader, mut reader_rx) = f.broker.open_session(None);
+    subscribe(&reader, "r", topic.clone(), 1000);
+    let (producer, _) = f.broker.open_session(None);
+    for i in 0..100 {
+        producer
+            .send(&topic, log_line(i), None)
+            .unwrap()
+            .await
+            .unwrap();
+        let d = next(&mut reader_rx).await;
+        assert_eq!(body(&d), line_text(i));
+        reader.ack(d.tag, AckScope::Single, None).unwrap();
+    }
+    // Ten 1,000-byte bodies fill its 10,000 bytes; the eleventh and later waited, one at a
+    // time, the newest replacing the older.
+    let held = take_all(&mut stalled_rx);
+    assert_eq!(
+        bodies(&held),
+        (0..10).map(line_text).collect::<Vec<_>>(),
+        "the window holds what fits in memory_limit"
+    );
+    assert_eq!(f.broker.stats().topic_discarded, 89);
+    stalled
+        .ack(held[9].tag, AckScope::Cumulative, None)
+        .unwrap();
+    assert_eq!(body(&next(&mut stalled_rx).await), line_text(99));
+}
+
+/// A 1,000-byte body starting with `i`.
+fn line_text(i: usize) -> String {
+    format!("{i:04}{}", "x".repeat(996))
+}
+
+fn log_line(i: usize) -> NewMessage {
+    NewMessage {
+        body: Bytes::from(line_text(i)),
+        ..NewMessage::default()
+    }
+}
+
+/// Bytes the client reported consumed (OpenWire's delivered ack, as for a CLIENT_ACKNOWLEDGE
+/// subscriber that acknowledges in batches) leave the byte window as they leave the count one.
+#[tokio::test]
+async fn delivered_topic_messages_free_the_byte_window() {
+    let f = fixture(BrokerOptions {
+        memory_limit: 2_500,
+        ..BrokerOptions::default()
+    })
+    .await;
+    let topic = Destination::Topic("logs".into());
+    let (subscriber, mut rx) = f.broker.open_session(None);
+    subscribe(&subscriber, "s", topic.clone(), 1000);
+    let (producer, _) = f.broker.open_session(None);
+    let mut received = Vec::new();
+    for i in 0..20 {
+        producer
+            .send(&topic, log_line(i), None)
+            .unwrap()
+            .await
+            .unwrap();
+        let d = next(&mut rx).await;
+        subscriber.delivered("s", d.tag).unwrap();
+        received.push(d);
+    }
+    assert_eq!(received.len(), 20, "every message reached the subscriber");
+    assert_eq!(f.broker.stats().topic_discarded, 0);
+}
+
 /// ActiveMQ's wildcard rules (`broker::wildcard`).
 fn matches(pattern: &str, name: &str) -> bool {
     wildcard::Pattern::parse(pattern).unwrap().matches(name)
