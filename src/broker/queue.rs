@@ -434,7 +434,12 @@ impl Consumer {
     /// handed and has not reported consumed stay under `byte_limit` (the broker's
     /// `memory_limit`), whatever its prefetch, so one that stops reading holds that much at most.
     pub fn topic_window(&self, byte_limit: u64) -> bool {
-        self.in_flight_bytes - self.delivered_bytes < byte_limit
+        self.window_bytes() < byte_limit
+    }
+
+    /// Body bytes of its deliveries not reported consumed.
+    fn window_bytes(&self) -> u64 {
+        self.in_flight_bytes.saturating_sub(self.delivered_bytes)
     }
 
     /// Buffers topic message `entry` for this subscriber past its window. Past `limit` pending
@@ -444,7 +449,7 @@ impl Consumer {
     pub fn push_pending(&mut self, entry: Entry, limit: usize, byte_limit: u64) -> u64 {
         self.pending_bytes += entry.body_bytes();
         self.pending.push_back(entry);
-        let window = self.in_flight_bytes - self.delivered_bytes;
+        let window = self.window_bytes();
         let mut discarded = 0;
         while self.pending.len() > limit
             || (self.pending.len() > 1 && window + self.pending_bytes > byte_limit)
