@@ -2392,6 +2392,23 @@ fn java_clients_through_a_master_kill(
         "{total} sent ({before_kill} before the kill); consumer: {}",
         consumed.last_with("RESULT ").unwrap_or_default()
     );
+    // Whatever the consumer acknowledged or committed is gone from the queue: an ack the new
+    // master failed to match (it names the old master's delivery) would leave its message
+    // behind for the next consumer, though the application was told the commit succeeded.
+    let name = queue.strip_prefix("queue=").expect("queue=NAME");
+    // (A transacted consumer stops at its sentinel without committing it.)
+    let left: Vec<String> = drain(&cluster, m1, &format!("/queue/{name}"))
+        .unwrap_or_else(|e| panic!("draining what the consumer left: {e:#}"))
+        .into_keys()
+        .filter(|body| !body.starts_with("sentinel-"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{} messages the consumer had acknowledged or committed were still queued: {:?}\n{}",
+        left.len(),
+        &left[..left.len().min(20)],
+        consumed.summary()
+    );
     // The survivors refuse connections during the election without a ConnectionError, so the
     // applications' exception listeners hear nothing of an ordinary failover.
     for outcome in [&produced, &consumed] {
@@ -2437,7 +2454,20 @@ fn openwire_java_clients_fail_over_exactly_once_zk38() {
 /// sentinel.
 #[test]
 fn openwire_transacted_java_clients_fail_over_zk38() {
-    let (produced, consumed, total) = java_clients_through_a_master_kill(&["transacted=10"]);
+    transacted_java_clients_through_a_master_kill("transacted=10");
+}
+
+/// The same committing every message: the consumer's commit right after the failover acks a
+/// message the old master delivered (its broker sequence id is the old master's), which the
+/// new master must match to its own delivery of it, or the message stays queued for the next
+/// consumer though the commit succeeded (the check in `java_clients_through_a_master_kill`).
+#[test]
+fn openwire_java_clients_committing_each_message_fail_over_zk38() {
+    transacted_java_clients_through_a_master_kill("transacted=1");
+}
+
+fn transacted_java_clients_through_a_master_kill(transacted: &str) {
+    let (produced, consumed, total) = java_clients_through_a_master_kill(&[transacted]);
     consumed.assert_passed("the transacted Java consumer through the failover URL");
     // The numbers on each line of `outcome` that starts with `prefix`, one list per line.
     let numbered = |outcome: &ferromq_integration_tests::java::JavaOutcome, prefix: &str| {

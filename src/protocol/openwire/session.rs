@@ -499,6 +499,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             acks: HashMap::new(),
             tx_acks: HashMap::new(),
             rollback_only: HashMap::new(),
+            failover_reconnect: info.failover_reconnect,
             now: now_ms(),
             connection_id: connection_id.clone(),
             options: options.clone(),
@@ -1202,11 +1203,14 @@ struct State {
     pulls: Vec<(Instant, String)>,
     /// Standard acks without a transaction received in this batch of input: consumer -> tag.
     acks: HashMap<String, u64>,
-    /// Acks inside each open transaction: (consumer, tag, scope), settled at commit.
+    /// Acks inside each open transaction: (consumer, tag, scope), settled at commit. A
+    /// transaction is here (its list maybe empty) once it carried a send or a matched ack.
     tx_acks: HashMap<String, Vec<(String, u64, AckScope)>>,
     /// Open transactions with a refused send the client was not told of (it did not wait for
     /// a response): their commit is refused and rolls them back, as ActiveMQ does.
     rollback_only: HashMap<String, String>,
+    /// This connection replaces one the client lost (`ConnectionInfo.failoverReconnect`).
+    failover_reconnect: bool,
     now: i64,
     connection_id: String,
     options: Arc<OpenWireOptions>,
@@ -1240,19 +1244,32 @@ impl State {
         if let Some(tx) = &transaction {
             // The client begins transactions lazily; a replay may omit the BEGIN.
             let _ = self.session.begin(tx);
+            self.tx_acks.entry(tx.clone()).or_default();
         }
         self.session
             .send_to_each(&members, message, transaction.as_deref())
             .map(Some)
     }
 
-    /// The delivery tag an ack names, checked against what this consumer was sent (a client
-    /// that failed over may ack ids of another broker's deliveries).
+    /// The delivery tag an ack names: the broker sequence id this broker gave the delivery,
+    /// checked against what this consumer was sent. A client that failed over acks copies
+    /// another broker delivered (a transaction redelivered from its own memory after an
+    /// in-doubt commit, or messages received just before the failover and committed just
+    /// after), whose broker sequence ids are that broker's: as in ActiveMQ, whose `MessageId`
+    /// equality leaves the broker sequence id out, the ack then means this consumer's delivery
+    /// of the same message, if it has one.
     fn acked_tag(&self, key: &str, id: Option<&super::MessageId>) -> Option<u64> {
         let id = id?;
-        let tag = u64::try_from(id.broker_sequence_id).ok()?;
-        let sent = self.consumers.get(key)?.dispatched.get(&tag)?;
-        (convert::message_id_text(id) == sent.message_id).then_some(tag)
+        let text = convert::message_id_text(id);
+        let dispatched = &self.consumers.get(key)?.dispatched;
+        let tag = u64::try_from(id.broker_sequence_id).ok();
+        if let Some(tag) = tag.filter(|t| dispatched.get(t).is_some_and(|m| m.message_id == text)) {
+            return Some(tag);
+        }
+        dispatched
+            .iter()
+            .find(|(_, m)| m.message_id == text)
+            .map(|(tag, _)| *tag)
     }
 
     fn ack(&mut self, ack: &MessageAck) -> Result<(), BrokerError> {
@@ -1527,6 +1544,23 @@ impl State {
                     Err(e) => return Err(e),
                 }
                 Err(BrokerError::RolledBack(key, reason))
+            }
+            // Nothing reached this broker of a transaction committed on a connection that
+            // replaces a lost one: the stock client's failover transport replays a
+            // transaction's BEGIN and sends but not its acknowledgements, so a consumer that
+            // acked on the old connection and committed on this one would be told its messages
+            // were consumed while they stay queued. Rolled back instead: the client delivers
+            // them again (JMSRedelivered) and acks them here. A commit always carries work
+            // (the client sends none for a transaction it never started).
+            2 | 3 if self.failover_reconnect && !self.tx_acks.contains_key(&key) => {
+                match self.session.rollback_keeping_deliveries(&key) {
+                    Ok(_) | Err(BrokerError::UnknownTransaction(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                Err(BrokerError::RolledBack(
+                    key,
+                    "its acknowledgements were sent to the broker before the failover".into(),
+                ))
             }
             2 | 3 => {
                 let acks: Vec<String> = self.acks.keys().cloned().collect();

@@ -45,6 +45,8 @@ struct Client {
     input: BytesMut,
     format: Format,
     next_id: i32,
+    /// Sent in ConnectionInfo: this connection replaces one the client lost.
+    failover_reconnect: bool,
 }
 
 impl Client {
@@ -88,6 +90,7 @@ impl Client {
             input: BytesMut::new(),
             format: Format::new(12),
             next_id: 1,
+            failover_reconnect: false,
         };
         (client, session)
     }
@@ -167,6 +170,7 @@ impl Client {
             client_id,
             user_name: user.map(|u| u.0.to_string()),
             password: user.map(|u| u.1.to_string()),
+            failover_reconnect: c.failover_reconnect,
             ..Default::default()
         }))
         .await;
@@ -175,8 +179,24 @@ impl Client {
     }
 
     async fn connected(f: &Fixture, connection: &str) -> Client {
-        let (mut c, answer) = Client::connect(f, connection, None).await;
+        let (c, answer) = Client::connect(f, connection, None).await;
         assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+        c.with_session(connection).await
+    }
+
+    /// As [`Client::connected`], by a failover transport replacing a lost connection.
+    async fn reconnected(f: &Fixture, connection: &str) -> Client {
+        let mut c = Client::open(f);
+        c.failover_reconnect = true;
+        let client_id = Some(format!("client-{connection}"));
+        let (c, answer) = c.handshake(connection, client_id, None).await;
+        assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+        c.with_session(connection).await
+    }
+
+    /// Opens session 1.
+    async fn with_session(mut self, connection: &str) -> Client {
+        let c = &mut self;
         c.write(&Command::SessionInfo(SessionInfo {
             session_id: Some(SessionId {
                 connection_id: Some(connection.into()),
@@ -185,7 +205,7 @@ impl Client {
             ..Default::default()
         }))
         .await;
-        c
+        self
     }
 
     async fn request(&mut self, mut command: Command) -> Command {
@@ -672,14 +692,9 @@ fn ranged_ack(connection: &str, kind: u8, first: &MessageId, last: &MessageId) -
     })
 }
 
-/// A standard ack covers `firstMessageId..lastMessageId`, not every earlier delivery: with
-/// `nonBlockingRedelivery` the client acks m2..m3 while m1 waits for a local redelivery, then
-/// poisons m1, which must reach the DLQ.
-#[tokio::test]
-async fn a_standard_ack_covers_only_its_range() {
-    let f = fixture(&[]);
-    let conn = "ID:t-4:1";
-    let mut c = Client::connected(&f, conn).await;
+/// Sends m1..m3 to queue `ranged`, subscribes to it and returns the ids of the three
+/// dispatches.
+async fn three_dispatched(c: &mut Client, conn: &str) -> Vec<MessageId> {
     for n in 1..=3 {
         c.request(text(conn, "ranged", n, &format!("m{n}"))).await;
     }
@@ -691,6 +706,18 @@ async fn a_standard_ack_covers_only_its_range() {
         };
         ids.push(d.message.unwrap().message_id.unwrap());
     }
+    ids
+}
+
+/// A standard ack covers `firstMessageId..lastMessageId`, not every earlier delivery: with
+/// `nonBlockingRedelivery` the client acks m2..m3 while m1 waits for a local redelivery, then
+/// poisons m1, which must reach the DLQ.
+#[tokio::test]
+async fn a_standard_ack_covers_only_its_range() {
+    let f = fixture(&[]);
+    let conn = "ID:t-4:1";
+    let mut c = Client::connected(&f, conn).await;
+    let ids = three_dispatched(&mut c, conn).await;
     c.write(&ranged_ack(conn, 2, &ids[1], &ids[2])).await;
     c.write(&ranged_ack(conn, 1, &ids[0], &ids[0])).await;
     eventually("m1 on the DLQ", || {
@@ -698,6 +725,99 @@ async fn a_standard_ack_covers_only_its_range() {
     })
     .await;
     assert_eq!(f.broker.queue_depth("queue://ranged"), 0);
+}
+
+/// After a failover the client commits acks naming the copies the old master delivered
+/// (their broker sequence ids are the old master's): the commit removes this broker's
+/// deliveries of the same messages, as ActiveMQ matches acks by producer id and sequence only.
+/// Without it the commit succeeds, the messages stay, and another consumer gets them again.
+#[tokio::test]
+async fn a_transacted_ack_naming_another_brokers_delivery_removes_the_message_at_commit() {
+    let f = fixture(&[]);
+    let conn = "ID:t-9:1";
+    let mut c = Client::connected(&f, conn).await;
+    let mut ids = three_dispatched(&mut c, conn).await;
+    for id in &mut ids {
+        // As the old master numbered its deliveries.
+        id.broker_sequence_id += 1_000_000;
+    }
+    let tx = local_tx(conn, 1);
+    c.write(&tx_info(conn, &tx, 0, 0)).await;
+    let mut ack = ranged_ack(conn, 2, &ids[0], &ids[1]);
+    if let Command::MessageAck(a) = &mut ack {
+        a.transaction_id = Some(tx.clone());
+        a.message_count = 2;
+    }
+    c.write(&ack).await;
+    let answer = commit(&mut c, conn, &tx).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    // m3, not acknowledged, goes back to the queue when its consumer leaves; m1 and m2 do not.
+    drop(c);
+    eventually("only m3 left", || {
+        f.broker.queue_depth("queue://ranged") == 1
+    })
+    .await;
+    let mut other = Client::connected(&f, "ID:t-10:1").await;
+    other.request(subscribe("ID:t-10:1", 1, "ranged", 10)).await;
+    let next = other.next().await;
+    assert_eq!(body_of(&next).as_deref(), Some("m3"), "{next:?}");
+}
+
+/// The stock client acked a message inside a transaction on the connection it then lost, and
+/// commits on the new one: its failover transport replays the transaction's BEGIN but not the
+/// ack, so the commit reaches this broker empty. Accepting it would tell the application its
+/// message was consumed while it stays queued; the commit is refused as rolled back, and the
+/// client delivers the message again and acks it on this connection. A transaction with work
+/// (here a replayed send) commits as usual on such a connection.
+#[tokio::test]
+async fn an_empty_commit_after_a_failover_is_rolled_back_not_confirmed() {
+    let f = fixture(&[]);
+    let conn = "ID:t-11:1";
+    let mut c = Client::connected(&f, conn).await;
+    c.request(text(conn, "lost-ack", 1, "job")).await;
+    c.request(subscribe(conn, 1, "lost-ack", 10)).await;
+    let Command::MessageDispatch(d) = c.next().await else {
+        panic!("expected the dispatch")
+    };
+    let id = d.message.unwrap().message_id.unwrap();
+    drop(c);
+
+    let mut c = Client::reconnected(&f, conn).await;
+    c.request(subscribe(conn, 1, "lost-ack", 10)).await;
+    let tx = local_tx(conn, 1);
+    c.write(&tx_info(conn, &tx, 0, 0)).await;
+    let answer = commit(&mut c, conn, &tx).await;
+    let Command::ExceptionResponse(e) = &answer else {
+        panic!("an empty commit after the failover was confirmed: {answer:?}");
+    };
+    let class = e.exception.as_ref().and_then(|t| t.class_name.clone());
+    assert_eq!(
+        class.as_deref(),
+        Some("javax.jms.TransactionRolledBackException")
+    );
+    // The client redelivers and acks again in a new transaction: now the message goes.
+    let tx2 = local_tx(conn, 2);
+    c.write(&tx_info(conn, &tx2, 0, 0)).await;
+    let mut ack = ranged_ack(conn, 2, &id, &id);
+    if let Command::MessageAck(a) = &mut ack {
+        a.destination = Some(OwDestination::queue("lost-ack"));
+        a.transaction_id = Some(tx2.clone());
+    }
+    c.write(&ack).await;
+    let answer = commit(&mut c, conn, &tx2).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    let tx3 = local_tx(conn, 3);
+    c.write(&tx_info(conn, &tx3, 0, 0)).await;
+    c.write(&in_tx(text(conn, "lost-ack-sent", 2, "sent"), &tx3))
+        .await;
+    let answer = commit(&mut c, conn, &tx3).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    drop(c);
+    eventually("the acknowledged message gone, the sent one stored", || {
+        f.broker.queue_depth("queue://lost-ack") == 0
+            && f.broker.queue_depth("queue://lost-ack-sent") == 1
+    })
+    .await;
 }
 
 /// With prefetch 0, `receive(100)` answered at once by a message, then `receive()`: the first

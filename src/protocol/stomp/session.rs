@@ -459,6 +459,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             awaiting: VecDeque::new(),
             auto_acks: HashMap::new(),
             next_browse_tag: BROWSE_TAGS,
+            ack_prefix: format!("{:08x}", rand::random::<u32>()),
             version: self.version,
             temps,
         };
@@ -781,7 +782,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .header("subscription", delivery.subscription.clone())
             .header("message-id", message.message_id.clone())
             .header("destination", destination)
-            .header("ack", delivery.tag.to_string());
+            .header("ack", format!("{}-{}", state.ack_prefix, delivery.tag));
         if message.persistent {
             out = out.header("persistent", "true");
         }
@@ -879,6 +880,11 @@ struct State {
     auto_acks: HashMap<String, u64>,
     /// The tag of the next browsed copy (see [`BROWSE_TAGS`]).
     next_browse_tag: u64,
+    /// Starts this connection's `ack` header values (`<prefix>-<tag>`). Tags are numbered by
+    /// the broker core from 1 again after a restart or a failover, so a client that reconnects
+    /// and acknowledges a message of its previous connection would otherwise name whatever
+    /// this connection was handed under the same number (ActiveMQ's ack ids are unique).
+    ack_prefix: String,
     version: Version,
     /// Declared after `session`, so dropped after it: by then the connection's consumers of
     /// its temporary destinations are gone and the destinations can be deleted.
@@ -1275,9 +1281,11 @@ impl State {
     fn acked_tag(&self, frame: &Frame) -> Result<u64, Refusal> {
         if self.version == Version::V1_2 {
             let id = required(frame, "id")?;
-            return id
-                .parse()
-                .map_err(|_| Refusal::frame(format!("header 'id' names no delivery: '{id}'")));
+            return self.tag_of(id).ok_or_else(|| {
+                Refusal::frame(format!(
+                    "header 'id' names no delivery of this connection: '{id}'"
+                ))
+            });
         }
         let message_id = required(frame, "message-id")?;
         // Two subscriptions (on one topic, say) hold deliveries of the same message: the
@@ -1289,9 +1297,14 @@ impl State {
             return Ok(*tag);
         }
         // Clients that use our `ack` header value as the id are served too.
-        message_id
-            .parse()
-            .map_err(|_| Refusal::frame(format!("no unacknowledged message '{message_id}'")))
+        self.tag_of(message_id)
+            .ok_or_else(|| Refusal::frame(format!("no unacknowledged message '{message_id}'")))
+    }
+
+    /// The tag in an `ack` header value this connection wrote.
+    fn tag_of(&self, ack: &str) -> Option<u64> {
+        let (prefix, tag) = ack.split_once('-')?;
+        (prefix == self.ack_prefix).then(|| tag.parse().ok())?
     }
 
     fn ack(&mut self, frame: &Frame) -> Result<Confirmation, Refusal> {

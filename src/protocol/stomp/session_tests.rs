@@ -1021,6 +1021,23 @@ async fn frames_written_with_connect_are_answered() {
     }
 }
 
+/// A client-individual subscriber of `/queue/work` and the delivery of one receipted `job`.
+async fn one_job_delivered(broker: &Broker) -> (Peer, Frame) {
+    let mut consumer = subscribed(
+        broker,
+        "id:s\ndestination:/queue/work\nack:client-individual",
+    )
+    .await;
+    let (mut producer, _) = Peer::connect(broker, "1.2", "").await;
+    producer
+        .write("SEND\ndestination:/queue/work\npersistent:true\nreceipt:p\n\njob\0")
+        .await;
+    producer.frames_until(is_receipt("p")).await;
+    let delivery = consumer.next_frame().await;
+    assert_eq!(delivery.command, Command::Message, "{delivery:?}");
+    (consumer, delivery)
+}
+
 /// As ActiveMQ's STOMP: a well-formed frame the broker refuses (an ACK of an unknown delivery,
 /// an UNSUBSCRIBE or COMMIT of something that is not there, a bad selector or header value) gets
 /// an ERROR answering its receipt, and the connection carries on. Its unacknowledged delivery
@@ -1029,18 +1046,7 @@ async fn frames_written_with_connect_are_answered() {
 async fn a_refused_frame_leaves_the_connection_and_its_deliveries_alone() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start_for_tests(dir.path(), Default::default());
-    let mut consumer = subscribed(
-        &broker,
-        "id:s\ndestination:/queue/work\nack:client-individual",
-    )
-    .await;
-    let (mut producer, _) = Peer::connect(&broker, "1.2", "").await;
-    producer
-        .write("SEND\ndestination:/queue/work\npersistent:true\nreceipt:p\n\njob\0")
-        .await;
-    producer.frames_until(is_receipt("p")).await;
-    let delivery = consumer.next_frame().await;
-    assert_eq!(delivery.command, Command::Message, "{delivery:?}");
+    let (mut consumer, delivery) = one_job_delivered(&broker).await;
     let ack = delivery.get("ack").unwrap().to_string();
     for (n, frame) in [
         "ACK\nid:424242",
@@ -1069,6 +1075,34 @@ async fn a_refused_frame_leaves_the_connection_and_its_deliveries_alone() {
     consumer.frames_until(is_receipt("done")).await;
     assert_eq!(broker.queue_depth("queue://work"), 0, "the ACK counted");
     assert!(!consumer.task.is_finished(), "the connection was kept");
+}
+
+/// A client that reconnected (to a new master, or to this broker restarted) may acknowledge a
+/// message of its previous connection. The broker numbers deliveries from 1 again after a
+/// restart, so that number alone could name another message handed to the new connection,
+/// which would then be acknowledged unprocessed: the ack id says which connection wrote it,
+/// and another connection's is refused, as ActiveMQ refuses an ack id it did not hand out.
+#[tokio::test]
+async fn an_ack_id_of_a_previous_connection_never_acknowledges_this_ones_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_for_tests(dir.path(), Default::default());
+    let (mut consumer, delivery) = one_job_delivered(&broker).await;
+    let ack = delivery.get("ack").unwrap().to_string();
+    let (prefix, tag) = ack.split_once('-').expect("<connection>-<tag>");
+    let other = if prefix.starts_with('0') { "1" } else { "0" };
+    for stale in [format!("{other}{}-{tag}", &prefix[1..]), tag.to_string()] {
+        consumer
+            .write(&format!("ACK\nid:{stale}\nreceipt:stale\n\n\0"))
+            .await;
+        let error = consumer.next_frame().await;
+        assert_eq!(error.command, Command::Error, "{stale}: {error:?}");
+    }
+    // Still unacknowledged: its own id acknowledges it.
+    consumer
+        .write(&format!("ACK\nid:{ack}\nreceipt:done\n\n\0"))
+        .await;
+    let answer = consumer.next_frame().await;
+    assert!(is_receipt("done")(&answer), "{answer:?}");
 }
 
 /// As ActiveMQ's STOMP: a destination without `/queue/` or `/topic/` is a queue, a
