@@ -20,25 +20,40 @@ impl Core {
     pub(super) fn push_ready(
         &mut self,
         queue: String,
-        mut entry: Entry,
+        entry: Entry,
         touched: &mut BTreeSet<String>,
     ) {
-        if queue.starts_with("durable://") && !self.durables.contains_key(&queue) {
-            // Its subscription was removed while the message waited for its confirmation.
-            if let Err(e) = self.discard_stored(&queue, &entry) {
-                tracing::warn!(queue, error = %e, "could not remove a message of a removed subscription");
-            }
+        if self.subscription_removed(&queue) {
+            self.discard_for_removed(&queue, &entry);
             return;
         }
-        entry.seq = self.next_seq;
-        self.next_seq += 1;
-        let entry = self.admit(entry);
+        let entry = self.sequenced(entry);
         // Looked up before a copy of the name is made: it exists but for a queue's first send.
         match self.queues.get_mut(&queue) {
             Some(existing) => existing.push(entry),
             None => self.queues.entry(queue.clone()).or_default().push(entry),
         }
         touched.insert(queue);
+    }
+
+    /// Whether `queue` is a durable subscription's that was removed while its messages waited
+    /// for their confirmation.
+    fn subscription_removed(&self, queue: &str) -> bool {
+        queue.starts_with("durable://") && !self.durables.contains_key(queue)
+    }
+
+    /// Removes from the store a message of a subscription that was removed.
+    fn discard_for_removed(&mut self, queue: &str, entry: &Entry) {
+        if let Err(e) = self.discard_stored(queue, entry) {
+            tracing::warn!(queue, error = %e, "could not remove a message of a removed subscription");
+        }
+    }
+
+    /// `entry` numbered in arrival order (its place in its queue), its body counted.
+    fn sequenced(&mut self, mut entry: Entry) -> Entry {
+        entry.seq = self.next_seq;
+        self.next_seq += 1;
+        self.admit(entry)
     }
 
     /// Publishes the messages the store recovered for `queue` (in key order): one not yet due
@@ -62,18 +77,13 @@ impl Core {
         if ready.is_empty() {
             return;
         }
-        if queue.starts_with("durable://") && !self.durables.contains_key(&queue) {
-            for entry in ready {
-                self.push_ready(queue.clone(), entry, touched);
+        if self.subscription_removed(&queue) {
+            for entry in &ready {
+                self.discard_for_removed(&queue, entry);
             }
             return;
         }
-        let mut admitted = Vec::with_capacity(ready.len());
-        for mut entry in ready {
-            entry.seq = self.next_seq;
-            self.next_seq += 1;
-            admitted.push(self.admit(entry));
-        }
+        let admitted: Vec<Entry> = ready.into_iter().map(|e| self.sequenced(e)).collect();
         self.queues
             .entry(queue.clone())
             .or_default()

@@ -1536,33 +1536,11 @@ impl State {
                 Err(e) => Err(e),
             },
             // COMMIT_ONE_PHASE (and two-phase, which a local transaction never uses).
-            2 | 3 if self.rollback_only.contains_key(&key) => {
-                let reason = self.rollback_only.remove(&key).unwrap_or_default();
-                self.tx_acks.remove(&key);
-                match self.session.rollback_keeping_deliveries(&key) {
-                    Ok(_) | Err(BrokerError::UnknownTransaction(_)) => {}
-                    Err(e) => return Err(e),
-                }
-                Err(BrokerError::RolledBack(key, reason))
-            }
-            // Nothing reached this broker of a transaction committed on a connection that
-            // replaces a lost one: the stock client's failover transport replays a
-            // transaction's BEGIN and sends but not its acknowledgements, so a consumer that
-            // acked on the old connection and committed on this one would be told its messages
-            // were consumed while they stay queued. Rolled back instead: the client delivers
-            // them again (JMSRedelivered) and acks them here. A commit always carries work
-            // (the client sends none for a transaction it never started).
-            2 | 3 if self.failover_reconnect && !self.tx_acks.contains_key(&key) => {
-                match self.session.rollback_keeping_deliveries(&key) {
-                    Ok(_) | Err(BrokerError::UnknownTransaction(_)) => {}
-                    Err(e) => return Err(e),
-                }
-                Err(BrokerError::RolledBack(
-                    key,
-                    "its acknowledgements were sent to the broker before the failover".into(),
-                ))
-            }
             2 | 3 => {
+                if let Some(reason) = self.commit_refusal(&key) {
+                    self.rollback(&key)?;
+                    return Err(BrokerError::RolledBack(key, reason));
+                }
                 let acks: Vec<String> = self.acks.keys().cloned().collect();
                 for k in acks {
                     self.flush_consumer_ack(&k)?;
@@ -1581,21 +1559,40 @@ impl State {
                 }
                 self.session.commit(&key).map(Some)
             }
-            // ROLLBACK: the client redelivers what it consumed itself, so those messages stay
-            // delivered to it (to be acknowledged again, or poisoned).
-            4 => {
-                self.tx_acks.remove(&key);
-                self.rollback_only.remove(&key);
-                match self.session.rollback_keeping_deliveries(&key) {
-                    Ok(_) | Err(BrokerError::UnknownTransaction(_)) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            }
+            // ROLLBACK.
+            4 => self.rollback(&key).map(|()| None),
             // END and FORGET of a local transaction mean nothing here.
             6 | 7 => Ok(None),
             other => Err(BrokerError::UnknownTransaction(format!(
                 "transaction operation {other} (XA) is not supported"
             ))),
+        }
+    }
+
+    /// Why the commit of transaction `key` is refused (it is then rolled back), if it is.
+    fn commit_refusal(&mut self, key: &str) -> Option<String> {
+        if let Some(reason) = self.rollback_only.remove(key) {
+            return Some(reason);
+        }
+        // Nothing reached this broker of a transaction committed on a connection that replaces
+        // a lost one: the stock client's failover transport replays a transaction's BEGIN and
+        // sends but not its acknowledgements, so a consumer that acked on the old connection
+        // and committed on this one would be told its messages were consumed while they stay
+        // queued. Rolled back instead: the client delivers them again and acks them here. A
+        // commit always carries work (the client sends none for a transaction it never
+        // started).
+        (self.failover_reconnect && !self.tx_acks.contains_key(key))
+            .then(|| "its acknowledgements were sent to the broker before the failover".to_string())
+    }
+
+    /// Rolls transaction `key` back. The client redelivers what it consumed itself, so those
+    /// messages stay delivered to it (to be acknowledged again, or poisoned).
+    fn rollback(&mut self, key: &str) -> Result<(), BrokerError> {
+        self.tx_acks.remove(key);
+        self.rollback_only.remove(key);
+        match self.session.rollback_keeping_deliveries(key) {
+            Ok(_) | Err(BrokerError::UnknownTransaction(_)) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 }
