@@ -14,6 +14,7 @@
 //!   connection, shutdown.
 //! - [`client`]: ferromq's own STOMP client with ActiveMQ-style failover URLs.
 //! - [`cli`]: the `ferromq` command line: `broker`, `produce`, `consume`, `bench`, `status`.
+//! - [`heap`]: hands the memory a drained backlog freed back to the operating system.
 //!
 //! The send path: a protocol session calls [`broker::Session::send`]; the core encodes one
 //! write-ahead record and appends it to the journal (position assigned under the core lock);
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod election;
+pub mod heap;
 pub mod node;
 pub mod protocol;
 pub mod replication;

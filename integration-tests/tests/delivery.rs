@@ -699,6 +699,75 @@ fn a_stalled_topic_subscriber_is_held_to_memory_limit_bytes() -> Result<()> {
     Ok(())
 }
 
+/// The broker process's resident size in KiB (`VmRSS` of `/proc/PID/status`).
+#[cfg(target_os = "linux")]
+fn resident_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .context("no VmRSS line")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("no VmRSS value")?
+        .parse()?)
+}
+
+/// Once a backlog drains, the broker hands the memory it took back to the operating system:
+/// an operator watching its resident size after a burst sees it fall, not stay at the peak
+/// (glibc keeps freed memory unless asked to trim it).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_drained_backlog_gives_its_memory_back() -> Result<()> {
+    use ferromq_integration_tests::run_cli;
+    const N: &str = "30000";
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), "[broker]\nmemory_limit = \"512MiB\"\n")?;
+    let pid = broker.pid().context("the broker is not running")?;
+    let url = broker.url();
+    let bench = |extra: &[&str]| -> Result<String> {
+        let mut args = vec!["bench", "--url", &url, "-d", "queue://backlog", "--json"];
+        args.extend_from_slice(extra);
+        let (status, stdout, stderr) = run_cli(&args, Duration::from_secs(120))?;
+        ensure!(status.success(), "ferromq bench {extra:?}: {stderr}");
+        Ok(stdout)
+    };
+    // 30,000 non-persistent messages of 4 KiB, all held in memory (~120 MiB of bodies).
+    bench(&[
+        "-p",
+        "4",
+        "-w",
+        "32",
+        "-n",
+        N,
+        "-s",
+        "4096",
+        "--persistent",
+        "false",
+    ])?;
+    let peak = resident_kib(pid)?;
+    ensure!(
+        peak > 100 << 10,
+        "the backlog should hold over 100 MiB, the broker is at {peak} KiB"
+    );
+    let drained = bench(&["--drain-only", "-c", "1", "--idle-timeout", "1s"])?;
+    ensure!(
+        drained.contains(&format!("\"received\":{N}")),
+        "the drain did not receive every message: {drained}"
+    );
+    let mut now = peak;
+    let fell = wait_until(deadline(Duration::from_secs(30)), || {
+        now = resident_kib(pid).unwrap_or(peak);
+        now < peak / 2
+    });
+    assert!(
+        fell,
+        "the broker stayed at {now} KiB resident after its backlog drained (peak {peak} KiB)"
+    );
+    Ok(())
+}
+
 /// A STOMP subscriber on the wildcard topic `/topic/logs.>` (ActiveMQ's log-collection
 /// pattern) receives what is published to each matching topic, each with the topic it was
 /// published to as its `destination`, and nothing of a topic the pattern does not match. A

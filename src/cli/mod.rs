@@ -245,6 +245,7 @@ async fn broker(args: BrokerArgs) -> ExitCode {
             return ExitCode::from(USAGE_ERROR);
         }
     };
+    crate::heap::spawn_trimmer();
     match crate::server::run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
