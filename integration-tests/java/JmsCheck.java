@@ -117,6 +117,7 @@ public final class JmsCheck {
         SCENARIOS.put("failover-produce", JmsCheck::failoverProduce);
         SCENARIOS.put("failover-consume", JmsCheck::failoverConsume);
         SCENARIOS.put("flow-control", JmsCheck::flowControl);
+        SCENARIOS.put("oversized", JmsCheck::oversized);
         SCENARIOS.put("producer-window", JmsCheck::producerWindow);
         SCENARIOS.put("scheduled-delay", JmsCheck::scheduledDelay);
         SCENARIOS.put("scheduled-topic-later", JmsCheck::scheduledTopicLater);
@@ -2147,6 +2148,73 @@ public final class JmsCheck {
      * send completed for 1 s: the broker stopped reading it). Every message arrives, once, in
      * order, and the producer finishes. The broker's side (how much it held) is the test's.
      */
+    /**
+     * A message over the broker's frame limit ({@code max=BYTES}, the broker's configured
+     * limit; the test sends twice that), on a failover URL as applications use: a synchronous
+     * send fails with an exception instead of the failover transport re-sending it forever (the
+     * broker carries on: ferromq keeps the connection, stock ActiveMQ's client closes the session); in a transaction (an asynchronous send) the send or the commit
+     * fails and nothing of the transaction is delivered; the next transaction commits.
+     */
+    static void oversized() throws Exception {
+        int max = (int) longOpt("max", 1 << 20);
+        byte[] big = new byte[2 * max];
+        Connection c = connect("failover:(" + url + ")?initialReconnectDelay=100&maxReconnectAttempts=3", null);
+        Queue q = queue(c, "oversized");
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = s.createProducer(q);
+        p.setDeliveryMode(DeliveryMode.PERSISTENT);
+        BytesMessage m = s.createBytesMessage();
+        m.writeBytes(big);
+        JMSException refused = null;
+        try {
+            p.send(m);
+        } catch (JMSException e) {
+            refused = e;
+        }
+        check("a synchronous send over the frame limit fails", refused != null, "a JMSException",
+                "send() returned");
+        ok("the oversized send failed: " + refused.getMessage());
+        // Stock ActiveMQ closes the session (its client refuses the frame and fails the
+        // transport); ferromq keeps it. Either way a new connection carries on.
+        c = connect("failover:(" + url + ")?initialReconnectDelay=100&maxReconnectAttempts=3", null);
+        s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        p = s.createProducer(q);
+        p.send(s.createTextMessage("after-sync"));
+        Session tx = c.createSession(true, Session.SESSION_TRANSACTED);
+        MessageProducer tp = tx.createProducer(q);
+        tp.send(tx.createTextMessage("in-doomed-tx"));
+        BytesMessage m2 = tx.createBytesMessage();
+        m2.writeBytes(big);
+        JMSException told = null;
+        try {
+            // Stock ActiveMQ (tight encoding) refuses it in the client, here; ferromq (loose
+            // encoding, the size known only to the broker) makes the commit fail.
+            tp.send(m2);
+            tp.send(tx.createTextMessage("also-in-doomed-tx"));
+            tx.commit();
+        } catch (JMSException e) {
+            told = e;
+        }
+        check("a transaction with an oversized send is not committed", told != null,
+                "a JMSException from send() or commit()", "commit() returned");
+        ok("the transaction failed: " + told.getClass().getSimpleName());
+        // Stock ActiveMQ's client has disposed of this connection; ferromq rolled the
+        // transaction back and kept it. A new connection again for what follows.
+        c = connect("failover:(" + url + ")?initialReconnectDelay=100&maxReconnectAttempts=3", null);
+        s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        tx = c.createSession(true, Session.SESSION_TRANSACTED);
+        tp = tx.createProducer(q);
+        tp.send(tx.createTextMessage("next-tx"));
+        tx.commit();
+        MessageConsumer consumer = s.createConsumer(q);
+        List<String> got = new ArrayList<>();
+        for (Message r; (r = consumer.receive(2000)) != null; ) {
+            got.add(r instanceof TextMessage ? ((TextMessage) r).getText() : "a BytesMessage");
+        }
+        expectEq("what the queue holds", List.of("after-sync", "next-tx"), got);
+        close(c);
+    }
+
     static void flowControl() throws Exception {
         int n = (int) longOpt("count", 3000);
         int size = (int) longOpt("size", 1024);

@@ -20,7 +20,8 @@ import org.apache.activemq.broker.region.policy.PolicyMap;
  * <p>System property {@code refbroker.deadLetterStrategy}: {@code shared} (the default, ActiveMQ's
  * own default) or {@code individual}, an {@code <individualDeadLetterStrategy/>} with its default
  * prefixes in a default policy entry, so on every destination (DLQs included), as ferromq's
- * {@code dead_letter_strategy = "individual"} is.
+ * {@code dead_letter_strategy = "individual"} is. System property {@code refbroker.maxFrameSize}:
+ * the connector's {@code wireFormat.maxFrameSize} in bytes.
  */
 public final class RefBroker {
     public static void main(String[] args) throws Exception {
@@ -45,8 +46,11 @@ public final class RefBroker {
         // For the scheduled-delay scenario (AMQ_SCHEDULED_DELAY); the other scenarios send no
         // scheduling properties.
         broker.setSchedulerSupport(true);
-        TransportConnector connector =
-                broker.addConnector("tcp://127.0.0.1:" + port);
+        // For the oversized scenario: the connector's frame limit (ActiveMQ's
+        // wireFormat.maxFrameSize), as ferromq's max_frame_size.
+        String maxFrameSize = System.getProperty("refbroker.maxFrameSize", "");
+        TransportConnector connector = broker.addConnector("tcp://127.0.0.1:" + port
+                + (maxFrameSize.isEmpty() ? "" : "?wireFormat.maxFrameSize=" + maxFrameSize));
         broker.start();
         broker.waitUntilStarted();
         URI bound = connector.getConnectUri();

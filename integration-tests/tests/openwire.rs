@@ -452,6 +452,22 @@ fn a_non_persistent_jms_producer_is_held_back_at_the_memory_limit() {
     );
 }
 
+/// A JMS message over the broker's `max_frame_size` (ActiveMQ's `wireFormat.maxFrameSize`),
+/// sent on a failover URL: a synchronous send fails with an exception naming the limit and the
+/// connection carries on (the stock client would otherwise re-send it on every reconnect,
+/// forever); in a transaction the commit fails and nothing of it is delivered.
+#[test]
+fn a_message_over_the_frame_limit_is_refused_and_the_connection_carries_on() {
+    check_with(
+        &Setting {
+            ferromq: "[broker]\nmax_frame_size = \"1MiB\"\n",
+            reference: &[("refbroker.maxFrameSize", "1048576")],
+        },
+        "oversized",
+        &["max=1048576"],
+    );
+}
+
 /// A JMS producer with a producer window (`jms.producerWindowSize`, ActiveMQ's client-side
 /// producer flow control) blocks once its window of asynchronous sends is full until the
 /// broker's ProducerAcks give credit back: without them it would stop for good after 64 KiB.

@@ -105,7 +105,7 @@ impl Default for ClientOptions {
             client_id: None,
             heartbeat: HeartBeat::DEFAULT,
             connect_timeout: Duration::from_secs(10),
-            max_frame_size: 64 * 1024 * 1024,
+            max_frame_size: 100 * 1024 * 1024,
         }
     }
 }

@@ -155,7 +155,8 @@ pub struct BrokerConfig {
     /// is the `id` in their znodes).
     #[serde(deserialize_with = "units::lenient_string")]
     pub name: String,
-    /// The largest frame a client may send, in bytes (default 64 MiB; `"64MiB"` or an integer).
+    /// The largest frame a client may send, in bytes (default 100 MiB, the `wireFormat.maxFrameSize`
+    /// of ActiveMQ's shipped `activemq.xml`; `"100MiB"` or an integer).
     #[serde(with = "units::size")]
     pub max_frame_size: u64,
     /// After this many redeliveries a message goes to its DLQ (ActiveMQ's
@@ -227,7 +228,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             name: "localhost".to_owned(),
-            max_frame_size: 64 * MIB,
+            max_frame_size: 100 * MIB,
             max_redeliveries: 6,
             dead_letter_strategy: DeadLetterStrategyKind::Shared,
             dead_letter_queue_prefix: "ActiveMQ.DLQ.Queue.".to_owned(),
@@ -941,7 +942,7 @@ mod tests {
         let c = Config::load_with_env(None, NO_ENV).unwrap();
         assert_eq!(c, Config::default());
         assert_eq!(c.broker.name, "localhost");
-        assert_eq!(c.broker.max_frame_size, 64 * MIB);
+        assert_eq!(c.broker.max_frame_size, 100 * MIB);
         assert_eq!(c.broker.max_redeliveries, 6);
         assert_eq!(c.broker.topic_pending_limit, 1000);
         assert_eq!(c.broker.max_browse_page_size, 400);

@@ -87,6 +87,11 @@ pub(crate) fn is_command(code: u8) -> bool {
     matches!(code, WIRE_FORMAT_INFO..=INTEGER_RESPONSE) && is_known(code)
 }
 
+/// A message type (`ActiveMQMessage` to `ActiveMQBlobMessage`).
+pub(crate) fn is_message(code: u8) -> bool {
+    matches!(code, ACTIVEMQ_MESSAGE..=ACTIVEMQ_BLOB_MESSAGE)
+}
+
 /// The first OpenWire version that has type `code` (every other known type is in v1).
 fn type_since(code: u8) -> i32 {
     match code {
@@ -896,7 +901,7 @@ fn write_message(out: &mut BytesMut, f: Format, m: &Message) -> Result<()> {
 impl Nested for Message {
     const EXPECTED: &'static str = "a message";
     fn accepts(code: u8) -> bool {
-        matches!(code, ACTIVEMQ_MESSAGE..=ACTIVEMQ_BLOB_MESSAGE)
+        is_message(code)
     }
     fn read_typed(r: &mut Reader<'_>, f: Format, code: u8) -> Result<Self> {
         read_message(r, f, code)

@@ -217,12 +217,80 @@ pub fn negotiate(client: &WireFormatInfo, ours: &WireFormatInfo) -> Result<Negot
 #[derive(Debug, Clone, Copy)]
 pub struct FrameReader {
     max_frame_size: usize,
+    /// Bytes of a skipped message still to drop (see [`FrameReader::next_or_skip`]).
+    discarding: usize,
 }
+
+/// What [`FrameReader::next_or_skip`] took off the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// A whole frame, size prefix included.
+    Frame(BytesMut),
+    /// A message over the frame limit, whose bytes are being dropped.
+    Skipped(Oversized),
+}
+
+/// The head of a message frame over the limit: what the client must be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Oversized {
+    pub size: u64,
+    pub max: usize,
+    pub command_id: i32,
+    pub response_required: bool,
+}
+
+/// Size prefix, type, command id and response flag: the head of a loose-encoded command.
+const COMMAND_HEAD_LEN: usize = 10;
 
 impl FrameReader {
     /// A reader refusing frames whose size prefix exceeds `max_frame_size` bytes.
     pub fn new(max_frame_size: usize) -> Self {
-        FrameReader { max_frame_size }
+        FrameReader {
+            max_frame_size,
+            discarding: 0,
+        }
+    }
+
+    /// As [`FrameReader::next_frame`], except that a message (not another command) over the
+    /// limit is skipped instead of being an error: its head is returned as soon as it has
+    /// arrived and its remaining bytes are dropped as they arrive, never buffered, so the
+    /// connection carries on and the client can be told. (The stock client on a failover URL
+    /// re-sends a message whose connection closed under it, forever.)
+    pub fn next_or_skip(&mut self, buf: &mut BytesMut) -> Result<Option<Next>, CodecError> {
+        if self.discarding > 0 {
+            let dropped = self.discarding.min(buf.len());
+            bytes::Buf::advance(buf, dropped);
+            self.discarding -= dropped;
+            if self.discarding > 0 {
+                return Ok(None);
+            }
+        }
+        match self.next_frame(buf) {
+            Err(CodecError::FrameTooLarge { size, max }) => {
+                match buf.get(4) {
+                    None => return Ok(None),
+                    Some(&code) if !marshal::is_message(code) => {
+                        return Err(CodecError::FrameTooLarge { size, max })
+                    }
+                    Some(_) => {}
+                }
+                let Some(head) = buf.get(..COMMAND_HEAD_LEN) else {
+                    return Ok(None);
+                };
+                let skipped = Oversized {
+                    size,
+                    max,
+                    command_id: i32::from_be_bytes([head[5], head[6], head[7], head[8]]),
+                    response_required: head[9] != 0,
+                };
+                let total = 4 + size as usize;
+                let dropped = total.min(buf.len());
+                bytes::Buf::advance(buf, dropped);
+                self.discarding = total - dropped;
+                Ok(Some(Next::Skipped(skipped)))
+            }
+            other => other.map(|frame| frame.map(Next::Frame)),
+        }
     }
 
     /// Removes one complete frame (size prefix included) from the front of `buf`, or returns

@@ -28,8 +28,8 @@ use super::{
     decode, encode, negotiate, BaseCommand, BrokerId, BrokerInfo, Command, ConnectionError,
     ConnectionId, ConsumerId, ConsumerInfo, DataStructure, Destination as OwDestination,
     DestinationInfo, DestinationKind, ExceptionResponse, Format, FrameReader, MessageAck,
-    MessageDispatch, MessageId, MessageKind, MessagePull, ProducerAck, ProducerId, ProducerInfo,
-    RemoveInfo, Response, Throwable, TransactionId, TransactionInfo, WireFormatInfo,
+    MessageDispatch, MessageId, MessageKind, MessagePull, Next, Oversized, ProducerAck, ProducerId,
+    ProducerInfo, RemoveInfo, Response, Throwable, TransactionId, TransactionInfo, WireFormatInfo,
 };
 use crate::broker::{
     AckScope, Broker, BrokerError, Confirmation, Delivery, Destination, Session, SubscribeRequest,
@@ -498,6 +498,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             pulls: Vec::new(),
             acks: HashMap::new(),
             tx_acks: HashMap::new(),
+            begun: HashSet::new(),
             rollback_only: HashMap::new(),
             failover_reconnect: info.failover_reconnect,
             now: now_ms(),
@@ -737,8 +738,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Handles every whole frame in the input buffer.
     fn handle_input(&mut self, state: &mut State) -> Result<(), Close> {
         loop {
-            let frame = match self.reader.next_frame(&mut self.input) {
-                Ok(Some(frame)) => frame,
+            let frame = match self.reader.next_or_skip(&mut self.input) {
+                Ok(Some(Next::Frame(frame))) => frame,
+                Ok(Some(Next::Skipped(oversized))) => {
+                    self.oversized(state, oversized)?;
+                    continue;
+                }
                 Ok(None) => break,
                 Err(e) => return Err(Close::Error(e.to_string())),
             };
@@ -845,6 +850,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// A send was refused. Inside a transaction, the transaction can no longer commit. An
     /// asynchronous send outside one (no response awaited) is reported to the connection's
     /// exception listener with a `ConnectionError`, instead of vanishing.
+    /// Refuses a message over the frame limit, whose bytes the reader skips: the connection
+    /// carries on. A client waiting for an answer gets an exception naming the limit; otherwise
+    /// (an asynchronous send) every transaction open on the connection is made rollback-only,
+    /// as the message may belong to one (its commit then fails instead of confirming without
+    /// it), and with none open the client's exception listener is told.
+    fn oversized(&mut self, state: &mut State, oversized: Oversized) -> Result<(), Close> {
+        let reason = format!(
+            "message of {} bytes refused: over the broker's max_frame_size of {} bytes",
+            oversized.size, oversized.max
+        );
+        tracing::warn!(peer = %self.peer, "{reason}");
+        if oversized.response_required {
+            return self.exception(oversized.command_id, "javax.jms.JMSException", reason);
+        }
+        let open: Vec<String> = state
+            .begun
+            .iter()
+            .chain(state.tx_acks.keys())
+            .cloned()
+            .collect();
+        if open.is_empty() {
+            return self.queue(&Command::ConnectionError(ConnectionError {
+                exception: Some(throwable("javax.jms.JMSException", reason)),
+                ..ConnectionError::default()
+            }));
+        }
+        for key in open {
+            state
+                .rollback_only
+                .entry(key)
+                .or_insert_with(|| reason.clone());
+        }
+        Ok(())
+    }
+
     fn refused_send(
         &mut self,
         state: &mut State,
@@ -1206,6 +1246,8 @@ struct State {
     /// Acks inside each open transaction: (consumer, tag, scope), settled at commit. A
     /// transaction is here (its list maybe empty) once it carried a send or a matched ack.
     tx_acks: HashMap<String, Vec<(String, u64, AckScope)>>,
+    /// Transactions begun (BEGIN) and not yet committed or rolled back.
+    begun: HashSet<String>,
     /// Open transactions with a refused send the client was not told of (it did not wait for
     /// a response): their commit is refused and rolls them back, as ActiveMQ does.
     rollback_only: HashMap<String, String>,
@@ -1532,7 +1574,10 @@ impl State {
         match tx.transaction_type {
             // BEGIN (a replay may repeat one).
             0 => match self.session.begin(&key) {
-                Ok(()) | Err(BrokerError::TransactionExists(_)) => Ok(None),
+                Ok(()) | Err(BrokerError::TransactionExists(_)) => {
+                    self.begun.insert(key);
+                    Ok(None)
+                }
                 Err(e) => Err(e),
             },
             // COMMIT_ONE_PHASE (and two-phase, which a local transaction never uses).
@@ -1557,6 +1602,7 @@ impl State {
                         }
                     }
                 }
+                self.begun.remove(&key);
                 self.session.commit(&key).map(Some)
             }
             // ROLLBACK.
@@ -1588,6 +1634,7 @@ impl State {
     /// Rolls transaction `key` back. The client redelivers what it consumed itself, so those
     /// messages stay delivered to it (to be acknowledged again, or poisoned).
     fn rollback(&mut self, key: &str) -> Result<(), BrokerError> {
+        self.begun.remove(key);
         self.tx_acks.remove(key);
         self.rollback_only.remove(key);
         match self.session.rollback_keeping_deliveries(key) {

@@ -605,6 +605,44 @@ fn framing_errors() {
 }
 
 #[test]
+fn an_oversized_message_is_skipped_and_the_next_frame_read() {
+    let message = fixture("CLIENT", "ActiveMQTextMessage", 0);
+    let next = fixture("CLIENT", "ShutdownInfo", 0);
+    let command_id = i32::from_be_bytes(message[5..9].try_into().unwrap());
+    let mut reader = FrameReader::new(16);
+    let mut buf = BytesMut::new();
+    let mut got = Vec::new();
+    // Byte by byte: the head once it has arrived, then nothing of its body, then the next
+    // frame whole (under the limit).
+    for &byte in message.iter().chain(&next) {
+        buf.extend_from_slice(&[byte]);
+        while let Some(item) = reader.next_or_skip(&mut buf).unwrap() {
+            got.push(item);
+        }
+    }
+    assert_eq!(
+        got,
+        vec![
+            Next::Skipped(Oversized {
+                size: (message.len() - 4) as u64,
+                max: 16,
+                command_id,
+                response_required: message[9] != 0,
+            }),
+            Next::Frame(BytesMut::from(&next[..])),
+        ]
+    );
+    assert!(buf.is_empty());
+    // Any other command over the limit is an error, as from next_frame.
+    let info = fixture("CLIENT", "ConnectionInfo", 0);
+    let mut buf = BytesMut::from(&info[..]);
+    assert!(matches!(
+        FrameReader::new(16).next_or_skip(&mut buf),
+        Err(CodecError::FrameTooLarge { max: 16, .. })
+    ));
+}
+
+#[test]
 fn frame_reader_splits_and_limits() {
     let a = fixture("CLIENT", "ConnectionInfo", 0);
     let b = fixture("CLIENT", "ShutdownInfo", 0);
