@@ -421,7 +421,7 @@ pub enum BrokerError {
     /// ActiveMQ's `InvalidClientIDException` for a second connection with a client id.
     #[error("client id '{client_id}' is already connected from {peer}")]
     ClientIdInUse { client_id: String, peer: String },
-    #[error("durable subscription '{0}' is already active on another connection")]
+    #[error("durable subscription '{0}' is in use: a subscriber is active on it")]
     DurableInUse(String),
     #[error("durable subscriptions are for topics; '{0}' is a queue")]
     DurableOnQueue(String),
