@@ -847,9 +847,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    /// A send was refused. Inside a transaction, the transaction can no longer commit. An
-    /// asynchronous send outside one (no response awaited) is reported to the connection's
-    /// exception listener with a `ConnectionError`, instead of vanishing.
     /// Refuses a message over the frame limit, whose bytes the reader skips: the connection
     /// carries on. A client waiting for an answer gets an exception naming the limit; otherwise
     /// (an asynchronous send) every transaction open on the connection is made rollback-only,
@@ -885,6 +882,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Ok(())
     }
 
+    /// A send was refused. Inside a transaction, the transaction can no longer commit. An
+    /// asynchronous send outside one (no response awaited) is reported to the connection's
+    /// exception listener with a `ConnectionError`, instead of vanishing.
     fn refused_send(
         &mut self,
         state: &mut State,
