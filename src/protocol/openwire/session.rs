@@ -868,10 +868,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .cloned()
             .collect();
         if open.is_empty() {
-            return self.queue(&Command::ConnectionError(ConnectionError {
-                exception: Some(throwable("javax.jms.JMSException", reason)),
-                ..ConnectionError::default()
-            }));
+            return self.connection_error("javax.jms.JMSException", reason);
         }
         for key in open {
             state
@@ -901,11 +898,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             Some(Err(_)) => Ok(()),
             None if m.response_required => Ok(()),
-            None => self.queue(&Command::ConnectionError(ConnectionError {
-                exception: Some(throwable(exception_class(error), error.to_string())),
-                ..ConnectionError::default()
-            })),
+            None => self.connection_error(exception_class(error), error.to_string()),
         }
+    }
+
+    /// Tells the client's exception listener, without closing the connection.
+    fn connection_error(&mut self, class: &str, message: String) -> Result<(), Close> {
+        self.queue(&Command::ConnectionError(ConnectionError {
+            exception: Some(throwable(class, message)),
+            ..ConnectionError::default()
+        }))
     }
 
     fn add_consumer(
