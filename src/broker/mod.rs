@@ -1096,12 +1096,6 @@ impl Session {
         lock(&self.shared).delete_destination(destination)
     }
 
-    /// The client redelivered delivery `tag` itself (a JMS rollback): it counts as a
-    /// redelivery should the message return to its queue. Unknown tags are ignored.
-    pub fn redelivered(&self, tag: u64) {
-        lock(&self.shared).redelivered(self.id, tag)
-    }
-
     pub fn begin(&self, transaction: &str) -> Result<(), BrokerError> {
         lock(&self.shared).begin(self.id, transaction)
     }

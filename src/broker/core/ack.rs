@@ -224,21 +224,6 @@ impl Core {
         Ok(())
     }
 
-    /// Counts a client-side redelivery of an in-flight delivery of this session.
-    pub fn redelivered(&mut self, session: u64, tag: u64) {
-        let Some(cid) = self.tags.get(&tag).copied() else {
-            return;
-        };
-        if let Some(f) = self
-            .consumers
-            .get_mut(&cid)
-            .filter(|c| c.session == session)
-            .and_then(|c| c.in_flight.get_mut(&tag))
-        {
-            f.entry.redeliveries += 1;
-        }
-    }
-
     /// Lets one more message through to subscription `id` (a consumer with prefetch 0). On a
     /// composite destination, each member's consumer may answer it; the first to do so takes
     /// it from the others (see [`Core::deliver`]).

@@ -73,27 +73,6 @@ async fn a_prefetch_returned_by_consumers_that_leave_is_not_dead_lettered() {
     assert_eq!(f.broker.queue_depth("queue://ActiveMQ.DLQ"), 0);
 }
 
-/// Redeliveries a JMS client made itself (rollbacks under its redelivery policy, which may
-/// allow any number) are shown again, but do not count against `max_redeliveries`: the
-/// message returns once its consumer leaves, as from ActiveMQ.
-#[tokio::test]
-async fn client_side_redeliveries_do_not_dead_letter() {
-    let f = one_redelivery_allowed(&["retried"]).await;
-    let (c, mut rx) = f.broker.open_session(None);
-    subscribe(&c, "s", queue("q"), 1);
-    let d = next(&mut rx).await;
-    for _ in 0..15 {
-        c.redelivered(d.tag);
-    }
-    drop(c);
-    let (c, mut rx) = f.broker.open_session(None);
-    subscribe(&c, "s", queue("q"), 1);
-    let again = next(&mut rx).await;
-    assert_eq!(body(&again), "retried");
-    assert_eq!(again.redelivery_count, 16);
-    assert_eq!(f.broker.queue_depth("queue://ActiveMQ.DLQ"), 0);
-}
-
 /// A poison ack's cause (an OpenWire client's, which counts redeliveries itself) is what the
 /// message says on its DLQ; a rejection without one says nothing.
 #[tokio::test]
@@ -126,24 +105,6 @@ async fn a_poison_cause_travels_to_the_dlq() {
     assert_eq!(body(&second), "second");
     assert_eq!(header(&second, "dlqDeliveryFailureCause"), None);
     assert_eq!(header(&second, "originalExpiration"), Some("0"));
-}
-
-#[tokio::test]
-async fn client_side_redeliveries_count_when_the_message_comes_back() {
-    let f = fixture(BrokerOptions::default()).await;
-    let (session, mut rx, d) = one_delivered(&f).await;
-    assert_eq!(d.redelivery_count, 0);
-    // The JMS client rolled it back twice and redelivered it itself.
-    session.redelivered(d.tag);
-    session.redelivered(d.tag);
-    session.unsubscribe("s", false).unwrap();
-    subscribe(&session, "t", queue("q"), 10);
-    let again = next(&mut rx).await;
-    assert_eq!(body(&again), "m");
-    assert_eq!(
-        again.redelivery_count, 3,
-        "two client rollbacks and one return"
-    );
 }
 
 /// Polls `condition` every 5 ms for up to 10 s.

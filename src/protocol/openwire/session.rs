@@ -1400,23 +1400,11 @@ impl State {
                 }
                 Ok(())
             }
-            // Redelivered: the client rolled these back and redelivers them itself; count it,
-            // so the messages keep their delivery count if they come back from the broker.
-            3 => {
-                let first = self
-                    .acked_tag(&key, ack.first_message_id.as_ref())
-                    .unwrap_or(tag);
-                let tags: Vec<u64> = self.consumers[&key]
-                    .dispatched
-                    .range(first.min(tag)..=tag)
-                    .map(|(t, _)| *t)
-                    .collect();
-                for t in tags {
-                    self.session.redelivered(t);
-                }
-                Ok(())
-            }
-            // Unknown types change nothing.
+            // Redelivered (the client rolled these back and redelivers them itself) and unknown
+            // types change nothing. As in ActiveMQ's PrefetchSubscription, a client's own
+            // redeliveries do not count at the broker: a message that returns to its queue
+            // counts one redelivery for its consumer's departure, however often the client
+            // rolled it back (counting both sent it to the DLQ after four deliveries).
             _ => Ok(()),
         }
     }

@@ -709,6 +709,33 @@ async fn three_dispatched(c: &mut Client, conn: &str) -> Vec<MessageId> {
     ids
 }
 
+/// The stock client acks each rollback of an already redelivered message as REDELIVERED (type
+/// 3). As at ActiveMQ's broker these do not count: a message rolled back three times and then
+/// left by its consumer comes back with one redelivery, not four (counted both ways, a
+/// transacted consumer that closes without committing had its messages dead-lettered by its
+/// client's redelivery policy after four deliveries instead of seven).
+#[tokio::test]
+async fn redelivered_acks_do_not_add_to_the_delivery_count() {
+    let f = fixture(&[]);
+    let conn = "ID:t-11:1";
+    let mut c = Client::connected(&f, conn).await;
+    let ids = three_dispatched(&mut c, conn).await;
+    for _ in 0..3 {
+        c.write(&ranged_ack(conn, 3, &ids[0], &ids[0])).await;
+    }
+    drop(c);
+    let mut other = Client::connected(&f, "ID:t-12:1").await;
+    other.request(subscribe("ID:t-12:1", 1, "ranged", 10)).await;
+    let Command::MessageDispatch(d) = other.next().await else {
+        panic!("expected m1 again")
+    };
+    let m = d.message.unwrap();
+    assert_eq!(
+        m.redelivery_counter, 1,
+        "one return, no client rollbacks counted"
+    );
+}
+
 /// A standard ack covers `firstMessageId..lastMessageId`, not every earlier delivery: with
 /// `nonBlockingRedelivery` the client acks m2..m3 while m1 waits for a local redelivery, then
 /// poisons m1, which must reach the DLQ.
