@@ -28,7 +28,7 @@
 //!   Any other name (`JMSXGroupID` included) is the header of that name.
 //! - Operators, loosest first: `OR`; `AND`; `NOT`; `=` `<>` `IS [NOT] NULL`;
 //!   `<` `>` `<=` `>=` `[NOT] LIKE 'pattern' [ESCAPE 'c']` `[NOT] BETWEEN a AND b`
-//!   `[NOT] IN ('a', 'b')`; `+` `-`; `*` `/`; unary `+` `-`; parentheses. Keywords are
+//!   `[NOT] IN ('a', 'b')`; `+` `-`; `*` `/` `%`; unary `+` `-`; parentheses. Keywords are
 //!   case-insensitive. Comments `-- to end of line` and `/* ... */` are skipped, as in ActiveMQ.
 //!
 //! # Values and comparisons
@@ -41,8 +41,9 @@
 //! - booleans compare (`=`, `<>` only) with `TRUE`/`FALSE` and with strings `'true'`/`'false'`
 //!   (any case); a property used as a condition (`WHERE flag`) is true when it says `true`;
 //! - `LIKE` and `IN` apply to strings only; arithmetic to numbers (and numeric strings);
-//!   integer arithmetic that overflows continues in floating point; integer division by zero
-//!   is UNKNOWN.
+//!   integer arithmetic that overflows continues in floating point; `/` divides in floating
+//!   point, as ActiveMQ does (`5 / 2` is 2.5, `1 / 0` infinity); `%` is Java's remainder, and
+//!   an integer remainder by zero is UNKNOWN.
 //!
 //! Anything involving a missing property is UNKNOWN, so `x = 1` and `NOT (x = 1)` are both
 //! false when `x` is missing, while `x IS NULL` is true.
@@ -205,6 +206,7 @@ enum Sym {
     Minus,
     Star,
     Slash,
+    Percent,
     LParen,
     RParen,
     Comma,
@@ -357,6 +359,7 @@ fn lex(text: &str) -> Result<Vec<Token>, SelectorError> {
                 '-' => Sym::Minus,
                 '*' => Sym::Star,
                 '/' => Sym::Slash,
+                '%' => Sym::Percent,
                 '(' => Sym::LParen,
                 ')' => Sym::RParen,
                 ',' => Sym::Comma,
@@ -530,7 +533,10 @@ enum ArithOp {
     Add,
     Sub,
     Mul,
+    /// Always in floating point, as ActiveMQ divides (`5 / 2` is 2.5).
     Div,
+    /// `%`: integer remainder of two integers, else floating point (Java's `%`).
+    Rem,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -837,7 +843,7 @@ impl Parser {
                 Tok::Sym(Sym::Lt | Sym::Le | Sym::Gt | Sym::Ge)
                 | Tok::Kw(Kw::Not | Kw::Like | Kw::Between | Kw::In) => COMPARISON,
                 Tok::Sym(Sym::Plus | Sym::Minus) => ADDITIVE,
-                Tok::Sym(Sym::Star | Sym::Slash) => MULTIPLICATIVE,
+                Tok::Sym(Sym::Star | Sym::Slash | Sym::Percent) => MULTIPLICATIVE,
                 _ => return Ok(left),
             };
             if power < min {
@@ -1119,13 +1125,14 @@ impl Parser {
     }
 
     #[inline(never)]
-    /// One `+` `-` `*` `/` after `left`.
+    /// One `+` `-` `*` `/` `%` after `left`.
     fn arithmetic(&mut self, left: Parsed) -> Result<Parsed, SelectorError> {
         let token = self.advance();
         let (op, right) = match token.tok {
             Tok::Sym(Sym::Plus) => (ArithOp::Add, self.expr(MULTIPLICATIVE)?),
             Tok::Sym(Sym::Minus) => (ArithOp::Sub, self.expr(MULTIPLICATIVE)?),
             Tok::Sym(Sym::Star) => (ArithOp::Mul, self.unary()?),
+            Tok::Sym(Sym::Percent) => (ArithOp::Rem, self.unary()?),
             _ => (ArithOp::Div, self.unary()?),
         };
         Self::numeric(&left, &token.text)?;
@@ -1387,6 +1394,7 @@ fn arithmetic(op: ArithOp, left: Value<'_>, right: Value<'_>) -> Value<'static> 
         ArithOp::Sub => x - y,
         ArithOp::Mul => x * y,
         ArithOp::Div => x / y,
+        ArithOp::Rem => x % y,
     };
     match (a, b) {
         (Num::Long(x), Num::Long(y)) => {
@@ -1394,10 +1402,13 @@ fn arithmetic(op: ArithOp, left: Value<'_>, right: Value<'_>) -> Value<'static> 
                 ArithOp::Add => x.checked_add(y),
                 ArithOp::Sub => x.checked_sub(y),
                 ArithOp::Mul => x.checked_mul(y),
-                ArithOp::Div if y == 0 => return Value::Null,
-                ArithOp::Div => x.checked_div(y),
+                // Java's integer remainder by zero throws: the selector does not match.
+                ArithOp::Rem if y == 0 => return Value::Null,
+                ArithOp::Rem => x.checked_rem(y),
+                ArithOp::Div => None,
             };
-            // Java would wrap around on overflow; continuing in floating point is kinder.
+            // Division is in floating point (see `ArithOp::Div`); Java would wrap around on
+            // overflow, and continuing in floating point is kinder.
             exact.map_or_else(|| Value::Double(float(x as f64, y as f64)), Value::Long)
         }
         _ => Value::Double(float(a.float(), b.float())),
@@ -1589,8 +1600,14 @@ mod tests {
         ("size + 1 = 11", true),
         ("size - 1 = 9", true),
         ("size * 2 = 20", true),
-        ("size / 3 = 3", true), // integer division
+        ("size / 3 = 3", false), // no integer division: ActiveMQ divides as decimals
+        ("size / 4 = 2.5", true),
         ("size / 4.0 = 2.5", true),
+        ("size % 3 = 1", true),
+        ("size % 3 = 1.0", true),
+        ("weight % 2 = 0.5", true),
+        ("2 + 7 % 4 * 2 = 8", true),
+        ("size % 0 IS NULL", true),
         ("weight * 2 = 5", true),
         ("-size = -10", true),
         ("+size = 10", true),
@@ -1601,8 +1618,8 @@ mod tests {
         ("12 / 2 / 3 = 2", true),
         ("1 - -1 = 2", true),
         ("size / 0 = 1", false),
-        ("size / 0 IS NULL", true),
-        ("size / 0.0 > 1000", true),           // infinity
+        ("size / 0 > 1000", true),   // infinity, as Java's double division
+        ("size / 0.0 > 1000", true), // infinity
         ("9223372036854775807 + 1 > 0", true), // overflow goes on in floating point
         ("color + 1 IS NULL", true),
         ("missing + 1 IS NULL", true),
