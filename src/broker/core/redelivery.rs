@@ -90,10 +90,15 @@ impl Core {
     /// A delivery the consumer rejected (NACK, poison ack, with the client's `cause` if it gave
     /// one) goes to its DLQ.
     pub(super) fn reject(&mut self, f: InFlight, cause: Option<&str>) -> Result<(), BrokerError> {
-        match f.queue {
-            Some(queue) => self.dead_letter(&queue, f.entry, cause),
-            None => Ok(()),
+        let Some(queue) = f.queue else {
+            return Ok(());
+        };
+        // Rejected for no stated reason once expired (the JMS client's expired ack, for a
+        // message that expired in its prefetch): it says it expired, as from ActiveMQ.
+        if cause.is_none() && f.entry.is_expired(now_ms()) {
+            return self.dead_letter_expired(&queue, f.entry);
         }
+        self.dead_letter(&queue, f.entry, cause)
     }
 
     /// Expired `entry` on `queue` goes to its DLQ, saying so as ActiveMQ does.

@@ -157,6 +157,32 @@ async fn an_expired_message_is_dead_lettered_once_and_consumable_there() {
     );
 }
 
+/// A message that expired in a JMS client's prefetch comes back in the client's expired ack,
+/// which names no cause: on the DLQ it says it expired, as from ActiveMQ.
+#[tokio::test]
+async fn a_message_rejected_after_it_expired_says_so_on_the_dlq() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (s, mut rx) = f.broker.open_session(None);
+    subscribe(&s, "s", queue("q"), 10);
+    let mut m = persistent("stale");
+    let expiration = now_millis() + 200;
+    m.expiration = expiration;
+    s.send(&queue("q"), m, None).unwrap().await.unwrap();
+    let d = next(&mut rx).await;
+    eventually("the delivered message expired", || {
+        now_millis() > expiration
+    })
+    .await;
+    s.poison(d.tag, None).unwrap().await.unwrap();
+    subscribe(&s, "dlq", queue("ActiveMQ.DLQ"), 10);
+    let dead = next(&mut rx).await;
+    assert_eq!(body(&dead), "stale");
+    assert_eq!(
+        header(&dead, "dlqDeliveryFailureCause"),
+        Some(format!("java.lang.Throwable: Message Expired. Expiration:{expiration}").as_str())
+    );
+}
+
 /// A negative expiration means none, as in ActiveMQ (`expireTime > 0`).
 #[tokio::test]
 async fn a_negative_expiration_never_expires() {
