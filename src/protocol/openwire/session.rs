@@ -26,10 +26,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::convert::{self, ADVISORY_PREFIX};
 use super::{
     decode, encode, negotiate, BaseCommand, BrokerId, BrokerInfo, Command, ConnectionError,
-    ConnectionId, ConsumerId, ConsumerInfo, DataStructure, Destination as OwDestination,
-    DestinationInfo, DestinationKind, ExceptionResponse, Format, FrameReader, MessageAck,
-    MessageDispatch, MessageId, MessageKind, MessagePull, Next, Oversized, ProducerAck, ProducerId,
-    ProducerInfo, RemoveInfo, Response, Throwable, TransactionId, TransactionInfo, WireFormatInfo,
+    ConnectionId, ConsumerId, ConsumerInfo, DataArrayResponse, DataStructure,
+    Destination as OwDestination, DestinationInfo, DestinationKind, ExceptionResponse, Format,
+    FrameReader, MessageAck, MessageDispatch, MessageId, MessageKind, MessagePull, Next, Oversized,
+    ProducerAck, ProducerId, ProducerInfo, RemoveInfo, Response, Throwable, TransactionId,
+    TransactionInfo, WireFormatInfo,
 };
 use crate::broker::{
     AckScope, Broker, BrokerError, Confirmation, Delivery, Destination, Session, SubscribeRequest,
@@ -311,6 +312,9 @@ fn exception_class(e: &BrokerError) -> &'static str {
         _ => "javax.jms.JMSException",
     }
 }
+
+/// `TransactionInfo.type` of an XA recovery scan (ActiveMQ's `TransactionInfo.RECOVER`).
+const XA_RECOVER: u8 = 5;
 
 /// Errors after which this node cannot serve the client at all: close without answering.
 fn is_not_serving(e: &BrokerError) -> bool {
@@ -770,6 +774,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Command::ProducerInfo(info) => {
                 state.add_producer(info);
                 Ok(None)
+            }
+            // XA RECOVER (a transaction manager's recovery scan): nothing is ever prepared
+            // here (XA is refused at END), so the list of in-doubt transactions is empty.
+            Command::TransactionInfo(tx) if tx.transaction_type == XA_RECOVER => {
+                return self.queue(&Command::DataArrayResponse(DataArrayResponse {
+                    correlation_id: id,
+                    data: Some(Vec::new()),
+                    ..DataArrayResponse::default()
+                }));
             }
             Command::TransactionInfo(tx) => state.transaction(tx),
             Command::DestinationInfo(info) => {

@@ -709,6 +709,28 @@ async fn three_dispatched(c: &mut Client, conn: &str) -> Vec<MessageId> {
     ids
 }
 
+/// A transaction manager's XA recovery scan (`XAResource.recover`, a TransactionInfo of type
+/// RECOVER) is answered with no in-doubt transactions, as nothing is ever prepared here, instead
+/// of an error at every scan.
+#[tokio::test]
+async fn an_xa_recovery_scan_finds_nothing_in_doubt() {
+    let f = fixture(&[]);
+    let conn = "ID:t-13:1";
+    let mut c = Client::connected(&f, conn).await;
+    let mut recover = tx_info(conn, &local_tx(conn, 1), 5, 77);
+    if let Command::TransactionInfo(t) = &mut recover {
+        t.transaction_id = None;
+    }
+    c.write(&recover).await;
+    match c.next().await {
+        Command::DataArrayResponse(r) => {
+            assert_eq!(r.correlation_id, 77);
+            assert_eq!(r.data.map(|d| d.len()), Some(0));
+        }
+        other => panic!("expected a DataArrayResponse, got {other:?}"),
+    }
+}
+
 /// The stock client acks each rollback of an already redelivered message as REDELIVERED (type
 /// 3). As at ActiveMQ's broker these do not count: a message rolled back three times and then
 /// left by its consumer comes back with one redelivery, not four (counted both ways, a
