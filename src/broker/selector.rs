@@ -25,7 +25,8 @@
 //!   | `JMSType`           | header `jms-type` (STOMP's `type`)                       |
 //!   | `JMSReplyTo`        | header `reply-to` (`queue://x`, as ActiveMQ prints it)   |
 //!
-//!   Any other name (`JMSXGroupID` included) is the header of that name.
+//!   `JMSXGroupSeq` is its header, or 0 without one, as in ActiveMQ. Any other name
+//!   (`JMSXGroupID` included) is the header of that name.
 //! - Operators, loosest first: `OR`; `AND`; `NOT`; `=` `<>` `IS [NOT] NULL`;
 //!   `<` `>` `<=` `>=` `[NOT] LIKE 'pattern' [ESCAPE 'c']` `[NOT] BETWEEN a AND b`
 //!   `[NOT] IN ('a', 'b')`; `+` `-`; `*` `/` `%`; unary `+` `-`; parentheses. Keywords are
@@ -526,6 +527,8 @@ enum Prop {
     Expiration,
     Redelivered,
     DeliveryCount,
+    /// `JMSXGroupSeq`: the header, or 0 without one (a JMS message always has the property).
+    GroupSeq,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -597,6 +600,7 @@ fn resolve(name: &str) -> (Prop, Kind) {
         "JMSExpiration" => (Prop::Expiration, Kind::Num),
         "JMSRedelivered" => (Prop::Redelivered, Kind::Bool),
         "JMSXDeliveryCount" => (Prop::DeliveryCount, Kind::Num),
+        "JMSXGroupSeq" => (Prop::GroupSeq, Kind::Any),
         "JMSCorrelationID" => (Prop::Header("correlation-id".into()), Kind::Any),
         "JMSType" => (Prop::Header(super::JMS_TYPE_HEADER.into()), Kind::Any),
         "JMSReplyTo" => (Prop::Header(super::REPLY_TO_HEADER.into()), Kind::Any),
@@ -1292,13 +1296,16 @@ impl<'a> Ctx<'a> {
                 Value::Str(s)
             }
         };
-        match prop {
-            Prop::Header(name) => m
-                .headers
+        let header = |name: &str| {
+            m.headers
                 .iter()
-                .find(|h| h.name == *name)
+                .find(|h| h.name == name)
                 .filter(|h| h.kind != PropertyType::Null as i32)
-                .map_or(Value::Null, |h| Value::Str(&h.value)),
+                .map(|h| Value::Str(&h.value))
+        };
+        match prop {
+            Prop::Header(name) => header(name).unwrap_or(Value::Null),
+            Prop::GroupSeq => header("JMSXGroupSeq").unwrap_or(Value::Long(0)),
             Prop::MessageId => text(&m.message_id),
             Prop::Destination => text(&m.destination),
             Prop::DeliveryMode => Value::Mode(m.persistent),
@@ -1623,6 +1630,9 @@ mod tests {
         ("9223372036854775807 + 1 > 0", true), // overflow goes on in floating point
         ("color + 1 IS NULL", true),
         ("missing + 1 IS NULL", true),
+        // JMSXGroupSeq is 0 on a message outside any group, as in ActiveMQ.
+        ("JMSXGroupSeq = 0", true),
+        ("JMSXGroupSeq IS NULL", false),
         // Missing properties and three-valued logic.
         ("missing = 1", false),
         ("missing <> 1", false),
