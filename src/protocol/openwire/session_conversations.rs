@@ -986,6 +986,10 @@ async fn listen(mut io: ReadHalf<DuplexStream>, mut input: BytesMut, heard: Arc<
                 Command::Response(r) => {
                     h.answered.insert(r.correlation_id);
                 }
+                // The answer to an XA recovery scan.
+                Command::DataArrayResponse(r) => {
+                    h.answered.insert(r.correlation_id);
+                }
                 Command::ExceptionResponse(r) => {
                     if unexplained(&r.exception) {
                         h.problems.push(format!(

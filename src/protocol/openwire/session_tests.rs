@@ -595,15 +595,7 @@ async fn a_refused_send_in_a_transaction_fails_its_commit() {
         }
         c.write(&send).await;
     }
-    let answer = commit(&mut c, conn, &tx).await;
-    let Command::ExceptionResponse(e) = &answer else {
-        panic!("the commit was accepted: {answer:?}");
-    };
-    let class = e.exception.as_ref().and_then(|t| t.class_name.clone());
-    assert_eq!(
-        class.as_deref(),
-        Some("javax.jms.TransactionRolledBackException")
-    );
+    assert_rolled_back(&commit(&mut c, conn, &tx).await, "the commit was accepted");
     assert_eq!(f.broker.queue_depth("queue://txq2"), 0);
     // The session goes on: a new transaction commits.
     let tx2 = local_tx(conn, 2);
@@ -678,6 +670,19 @@ async fn a_refused_asynchronous_send_is_reported_with_a_connection_error() {
     // The connection stays usable.
     let answer = c.request(text(conn, "async", 2, "plain")).await;
     assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+}
+
+/// `answer` refuses a commit with `TransactionRolledBackException`; `what` if it does not.
+fn assert_rolled_back(answer: &Command, what: &str) {
+    let Command::ExceptionResponse(e) = answer else {
+        panic!("{what}: {answer:?}");
+    };
+    let class = e.exception.as_ref().and_then(|t| t.class_name.clone());
+    assert_eq!(
+        class.as_deref(),
+        Some("javax.jms.TransactionRolledBackException"),
+        "{what}"
+    );
 }
 
 fn ranged_ack(connection: &str, kind: u8, first: &MessageId, last: &MessageId) -> Command {
@@ -835,14 +840,9 @@ async fn an_empty_commit_after_a_failover_is_rolled_back_not_confirmed() {
     c.request(subscribe(conn, 1, "lost-ack", 10)).await;
     let tx = local_tx(conn, 1);
     c.write(&tx_info(conn, &tx, 0, 0)).await;
-    let answer = commit(&mut c, conn, &tx).await;
-    let Command::ExceptionResponse(e) = &answer else {
-        panic!("an empty commit after the failover was confirmed: {answer:?}");
-    };
-    let class = e.exception.as_ref().and_then(|t| t.class_name.clone());
-    assert_eq!(
-        class.as_deref(),
-        Some("javax.jms.TransactionRolledBackException")
+    assert_rolled_back(
+        &commit(&mut c, conn, &tx).await,
+        "an empty commit after the failover was confirmed",
     );
     // The client redelivers and acks again in a new transaction: now the message goes.
     let tx2 = local_tx(conn, 2);
