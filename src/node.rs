@@ -391,6 +391,8 @@ impl Lifecycle {
                 // The cluster's, if larger than this node's own (`Election::replicas`).
                 replicas: self.election.replicas(),
                 epoch,
+                // The core appends this epoch's `EpochStart` at the end (`Broker::start`).
+                epoch_floor: store.end(),
             },
             store.reader(),
             store.history(),

@@ -1,82 +1,46 @@
 //! Where two journals stop agreeing. Pure.
 //!
 //! Only one master ever writes a given epoch, and it writes it in order at the same positions
-//! on every node that copies it. So two journals agree on a stretch written under one epoch
-//! wherever both hold it, and the longest common prefix is found by walking the epochs both
-//! have, with the same start, until the first that differs or ends earlier on one side.
+//! on every node that copies it; a slave receives a master's records only after cutting its
+//! journal back to what it shares with that master. So two journals that both hold records of
+//! an epoch agree on everything before the end of the shorter stretch of it, and the longest
+//! common prefix ends there for the newest epoch both hold.
+//!
+//! Where an epoch *starts* is not compared: a master's mark is where it wrote the epoch's first
+//! record, while a slave that received a snapshot over a released range notes the epoch where
+//! its first retained record is, and either side may have released older segments since.
 
 use crate::store::{EpochMark, Position};
 
-#[derive(Debug, Clone, Copy)]
-struct Interval {
-    epoch: u64,
-    start: Position,
-    end: Position,
-}
-
-fn intervals(history: &[EpochMark], end: Position) -> Vec<Interval> {
-    history
-        .iter()
-        .enumerate()
-        .map(|(i, mark)| Interval {
-            epoch: mark.epoch,
-            start: mark.start,
-            end: history.get(i + 1).map_or(end, |next| next.start),
-        })
-        .collect()
+/// Where `epoch`'s records end in a journal (the next epoch's start, or the journal's end),
+/// if the history holds that epoch.
+fn epoch_end(history: &[EpochMark], end: Position, epoch: u64) -> Option<Position> {
+    let i = history.iter().position(|mark| mark.epoch == epoch)?;
+    Some(history.get(i + 1).map_or(end, |next| next.start))
 }
 
 /// The end of the longest common prefix of the master's journal (`master_history`, ending at
 /// `master_end`) and the slave's: the slave keeps what is before it and drops the rest.
-/// `Position(0)` when nothing can be shown to be shared.
+/// `Position(0)` when the two hold no epoch in common, so nothing can be shown to be shared.
 ///
 /// A history may start later than the log it describes (older segments released, or a slave
-/// that was reset for a snapshot): only the epoch each side holds first may then start at
-/// different positions on the two sides; what either side no longer holds is not compared.
-/// The caller checks that the result is retained on both sides (a snapshot otherwise).
+/// that was reset for a snapshot). The caller checks that the result is retained on both
+/// sides (a snapshot otherwise).
 pub fn shared_prefix(
     master_history: &[EpochMark],
     master_end: Position,
     slave_history: &[EpochMark],
     slave_end: Position,
 ) -> Position {
-    let master = intervals(master_history, master_end);
-    let slave = intervals(slave_history, slave_end);
-    let (Some(master_oldest), Some(slave_oldest)) = (master.first(), slave.first()) else {
-        return Position(0);
-    };
-    // What one side holds entirely before the other's oldest position cannot be compared.
-    let mut i = master
+    slave_history
         .iter()
-        .take_while(|m| m.end <= slave_oldest.start && m.end < master_end)
-        .count();
-    let mut j = slave
-        .iter()
-        .take_while(|s| s.end <= master_oldest.start && s.end < slave_end)
-        .count();
-    let mut shared = Position(0);
-    let mut first = true;
-    while let (Some(m), Some(s)) = (master.get(i), slave.get(j)) {
-        if m.epoch != s.epoch {
-            break;
-        }
-        if m.start != s.start {
-            // Only the first epoch compared may start at different positions, and only where
-            // that side's history begins (its older records are gone).
-            let truncated_side_first = if m.start > s.start { i == 0 } else { j == 0 };
-            if !(first && truncated_side_first) {
-                break;
-            }
-        }
-        first = false;
-        shared = m.end.min(s.end);
-        if m.end != s.end {
-            break;
-        }
-        i += 1;
-        j += 1;
-    }
-    shared
+        .rev()
+        .find_map(|mark| {
+            let master = epoch_end(master_history, master_end, mark.epoch)?;
+            let slave = epoch_end(slave_history, slave_end, mark.epoch)?;
+            Some(master.min(slave))
+        })
+        .unwrap_or(Position(0))
 }
 
 #[cfg(test)]
@@ -166,5 +130,20 @@ mod tests {
         assert_eq!(shared(&master, 2000, &[(1, 0)], 400), 0);
         // Different epochs where the master's history begins: nothing provable.
         assert_eq!(shared(&master, 2000, &[(1, 0)], 1100), 0);
+    }
+
+    #[test]
+    fn an_epoch_start_seen_at_different_positions_still_matches() {
+        // The master wrote epoch 2's first record at 500 and released 500..900 since; the
+        // slave received a snapshot that skipped that range and noted epoch 2 at 900. Both
+        // then hold the master's epoch-3 records: everything up to the slave's end is shared.
+        let master = [(1, 0), (2, 500), (3, 1500)];
+        let slave = [(1, 0), (2, 900), (3, 1500)];
+        assert_eq!(shared(&master, 2000, &slave, 2000), 2000);
+        assert_eq!(shared(&master, 2000, &slave, 1700), 1700);
+        // The same with the slave as the master: the starts are not compared either way.
+        assert_eq!(shared(&slave, 2000, &master, 1800), 1800);
+        // But a slave still in epoch 2 past the master's move to epoch 3 is cut there.
+        assert_eq!(shared(&master, 2000, &[(1, 0), (2, 900)], 1800), 1500);
     }
 }

@@ -21,7 +21,7 @@ use super::repeated::{repeated_note, RepeatedFailure};
 use super::wire::{self, envelope::Kind};
 use super::{
     frame_epoch, socket_address, write_message, ConnectionId, MessageReader, ReplicationError,
-    HEARTBEAT_INTERVAL, MAX_RECORDS_BYTES, PEER_TIMEOUT, READ_CHUNK,
+    HEARTBEAT_INTERVAL, MAX_RECORDS_BYTES, PEER_TIMEOUT, PREPARE_TIMEOUT, READ_CHUNK,
 };
 use crate::store::{EpochMark, JournalReader, Position, StoreError};
 
@@ -35,6 +35,11 @@ pub struct MasterOptions {
     pub replicas: usize,
     /// This master's epoch (its `EpochStart` record is the first it appended).
     pub epoch: u64,
+    /// Every record before this position is of an older epoch: the store's end before the
+    /// core appended this epoch's `EpochStart` (`Position(0)` if not known). The start of this
+    /// epoch is looked up in the journal from here, not from the start of the previous epoch,
+    /// which may lie gigabytes back or in a released segment.
+    pub epoch_floor: Position,
 }
 
 /// A connected slave, for status pages and tests.
@@ -111,24 +116,19 @@ impl Shared {
         if history.last().is_some_and(|m| m.epoch >= epoch) {
             return history.clone();
         }
-        let oldest = self.reader.oldest();
-        let from = history.last().map_or(oldest, |m| m.start).max(oldest);
+        let from = history
+            .last()
+            .map_or(Position(0), |m| m.start)
+            .max(self.options.epoch_floor)
+            .max(self.reader.oldest());
         let written = self.reader.written();
-        for item in self.reader.frames(from, written) {
-            match item {
-                Ok((position, frame)) if frame_epoch(&frame) >= epoch => {
-                    history.push(EpochMark {
-                        epoch,
-                        start: position,
-                    });
-                    return history.clone();
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    warn!("looking for the start of epoch {epoch} in the journal: {e}");
-                    break;
-                }
+        match first_frame_of_epoch(&self.reader, epoch, from, written) {
+            Ok(Some(start)) => {
+                history.push(EpochMark { epoch, start });
+                return history.clone();
             }
+            Ok(None) => {}
+            Err(e) => warn!("looking for the start of epoch {epoch} in the journal: {e}"),
         }
         let mut provisional = history.clone();
         provisional.push(EpochMark {
@@ -378,6 +378,38 @@ async fn refuse(
     Err(ReplicationError::Refused(reason))
 }
 
+/// The position of the first retained frame of `epoch` (or a later one) in `from..to`,
+/// stepping over released ranges (their records are gone, and epochs never decrease along a
+/// journal, so the first retained one is the epoch's start as [`EpochMark`] defines it).
+fn first_frame_of_epoch(
+    reader: &JournalReader,
+    epoch: u64,
+    from: Position,
+    to: Position,
+) -> Result<Option<Position>, StoreError> {
+    let mut spans = Vec::new();
+    let mut at = from;
+    for (start, end) in reader.released_ranges() {
+        if end <= at {
+            continue;
+        }
+        if start > at {
+            spans.push((at, start.min(to)));
+        }
+        at = end;
+    }
+    spans.push((at, to));
+    for (start, end) in spans.into_iter().filter(|(s, e)| s < e) {
+        for item in reader.frames(start, end) {
+            let (position, frame) = item?;
+            if frame_epoch(&frame) >= epoch {
+                return Ok(Some(position));
+            }
+        }
+    }
+    Ok(None)
+}
+
 async fn serve_slave(
     shared: &Arc<Shared>,
     stream: TcpStream,
@@ -551,7 +583,9 @@ async fn serve_slave(
     result
 }
 
-/// Reads the slave's acks until it goes silent or closes.
+/// Reads the slave's acks until it goes silent or closes. Its first message may take up to
+/// [`PREPARE_TIMEOUT`]: before it, the slave cuts or resets its store as the login's answer
+/// asked, and dropping a copy of gigabytes takes seconds.
 async fn read_acks(
     shared: Arc<Shared>,
     node: String,
@@ -559,11 +593,13 @@ async fn read_acks(
     mut reader: MessageReader<OwnedReadHalf>,
     sent: Arc<AtomicU64>,
 ) -> Result<(), ReplicationError> {
+    let mut silence = PREPARE_TIMEOUT;
     loop {
-        let message = match timeout(PEER_TIMEOUT, reader.next()).await {
-            Err(_) => return Err(ReplicationError::Timeout(PEER_TIMEOUT)),
+        let message = match timeout(silence, reader.next()).await {
+            Err(_) => return Err(ReplicationError::Timeout(silence)),
             Ok(message) => message?,
         };
+        silence = PEER_TIMEOUT;
         match message {
             None => return Ok(()),
             Some(Kind::Ack(ack)) => {

@@ -170,7 +170,7 @@ pub async fn run_slave(
             master_end = accepted.master_end,
             "receiving a snapshot from the master"
         );
-        store.reset(start)?;
+        blocking(|| store.reset(start))?;
         start
     } else {
         let to = Position(accepted.truncate_to);
@@ -180,7 +180,7 @@ pub async fn run_slave(
             )));
         }
         if to < before {
-            store.truncate(to)?;
+            blocking(|| store.truncate(to))?;
         }
         info!(
             master = %options.master,
@@ -329,5 +329,16 @@ pub async fn run_slave(
                 write_message(&mut writer, Kind::Ack(wire::Ack { position: acked.0 })).await?;
             }
         }
+    }
+}
+
+/// Runs a store operation that can take seconds (resetting or cutting a copy of gigabytes)
+/// without holding up the other tasks of this runtime worker (ZooKeeper's session among them):
+/// on a multi-threaded runtime they move to another worker meanwhile.
+fn blocking<T>(operation: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|handle| handle.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(operation),
+        _ => operation(),
     }
 }
