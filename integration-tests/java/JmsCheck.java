@@ -110,6 +110,7 @@ public final class JmsCheck {
         SCENARIOS.put("temp-queue-reply", JmsCheck::tempQueueReply);
         SCENARIOS.put("selectors", JmsCheck::selectors);
         SCENARIOS.put("browser", JmsCheck::browser);
+        SCENARIOS.put("browser-deep", JmsCheck::browserDeep);
         SCENARIOS.put("prefetch-zero", JmsCheck::prefetchZero);
         SCENARIOS.put("stomp-interop", JmsCheck::stompInterop);
         SCENARIOS.put("poison-dlq", JmsCheck::poisonDlq);
@@ -1778,6 +1779,44 @@ public final class JmsCheck {
         expectOnlySentinel(c, q, consumer, "nothing more in the queue");
         consumer.close();
         expectEq("browsing the consumed queue", List.of(), browse(s, q, null));
+        close(c);
+    }
+
+    /**
+     * A QueueBrowser of a queue deeper than the browser's prefetch (500) and the broker's browse
+     * page (ActiveMQ's {@code maxBrowsePageSize}, 400) shows every message in order, in an
+     * AUTO_ACKNOWLEDGE session, a CLIENT_ACKNOWLEDGE one and a transacted one, and with a
+     * selector that matches every seventh message; a consumer then still gets them all.
+     * Option {@code count} (default 2000).
+     */
+    static void browserDeep() throws Exception {
+        int count = (int) longOpt("count", 2000);
+        Connection c = connect();
+        Queue q = queue(c, "browse-deep");
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = s.createProducer(q);
+        p.setDeliveryMode(DeliveryMode.PERSISTENT);
+        List<String> sent = bodies("deep", 0, count);
+        List<String> sevenths = new ArrayList<>();
+        for (int i = 0; i < count; i++) {
+            TextMessage m = s.createTextMessage(sent.get(i));
+            m.setIntProperty("n", i);
+            p.send(m);
+            if (i % 7 == 0) {
+                sevenths.add(sent.get(i));
+            }
+        }
+        expectEq("browse (AUTO_ACKNOWLEDGE)", sent, browse(s, q, null));
+        Session client = c.createSession(false, Session.CLIENT_ACKNOWLEDGE);
+        expectEq("browse (CLIENT_ACKNOWLEDGE)", sent, browse(client, q, null));
+        Session transacted = c.createSession(true, Session.SESSION_TRANSACTED);
+        expectEq("browse (transacted)", sent, browse(transacted, q, null));
+        transacted.commit();
+        expectEq("browse with selector n % 7 = 0", sevenths, browse(s, q, "n % 7 = 0"));
+        MessageConsumer consumer = s.createConsumer(q);
+        receiveTexts(consumer, sent, "a consumer still gets every browsed message");
+        expectOnlySentinel(c, q, consumer, "nothing more in the queue");
+        consumer.close();
         close(c);
     }
 

@@ -275,6 +275,15 @@ fn queue_browser_does_not_consume() {
     check("browser", &[]);
 }
 
+/// A QueueBrowser of a queue deeper than its prefetch (500) and the broker's browse page (400)
+/// shows all 2,000 messages, in order, whatever the session's acknowledge mode, and with a
+/// selector that passes over most of them (ActiveMQ 5.17.2 shows them all too; ferromq showed
+/// the first 400).
+#[test]
+fn a_queue_browser_shows_a_deep_queue_whole() {
+    check("browser-deep", &[]);
+}
+
 /// Prefetch 0 (`jms.prefetchPolicy.all=0`, MessagePull): receive(timeout) and receiveNoWait()
 /// work, two consumers share the queue message by message, an empty queue answers a pull after
 /// its timeout, and a waiting pull gets a message sent meanwhile.

@@ -41,7 +41,7 @@ use crate::store::{Message, Position, Recovered, Store};
 
 pub use crate::store::{BodyType, Header, PropertyType};
 
-pub use self::core::Stats;
+pub use self::core::{BrowseCursor, Stats};
 pub use self::flow::{FlowGate, Hold};
 pub use self::memory::MemoryGate;
 pub use self::store_limit::{StoreGate, DEFAULT_STORE_LIMIT};
@@ -162,7 +162,7 @@ pub struct BrokerOptions {
     /// Messages held for one slow non-durable topic subscriber beyond its prefetch; past this
     /// the oldest are discarded (ActiveMQ's pending-message-limit policy for topics).
     pub topic_pending_limit: usize,
-    /// The most messages one browse returns (ActiveMQ's `maxBrowsePageSize`).
+    /// The most messages one page of a browse returns (ActiveMQ's `maxBrowsePageSize`).
     pub max_browse_page_size: usize,
     /// How often queues are swept for expired messages.
     pub expiry_sweep: Duration,
@@ -1082,13 +1082,34 @@ impl Session {
     }
 
     /// A snapshot of the messages waiting on a queue that `selector` accepts, in delivery
-    /// order, with their redelivery counts; nothing is consumed.
+    /// order, with their redelivery counts, at most `max_browse_page_size`; nothing is
+    /// consumed.
     pub fn browse(
         &self,
         destination: &Destination,
         selector: Option<&str>,
     ) -> Result<Vec<(Arc<Message>, u32)>, BrokerError> {
         lock(&self.shared).browse(destination, selector)
+    }
+
+    /// Begins a queue browser read page by page (see [`BrowseCursor`]).
+    pub fn open_browse(
+        &self,
+        destination: &Destination,
+        selector: Option<&str>,
+    ) -> Result<BrowseCursor, BrokerError> {
+        lock(&self.shared).open_browse(destination, selector)
+    }
+
+    /// A browser's next page: at most `limit` (and `max_browse_page_size`) messages, fewer
+    /// (even none) when a selector passes over many; [`BrowseCursor::is_done`] once the queue
+    /// has been looked at to the end.
+    pub fn browse_next(
+        &self,
+        cursor: &mut BrowseCursor,
+        limit: usize,
+    ) -> Result<Vec<(Arc<Message>, u32)>, BrokerError> {
+        lock(&self.shared).browse_next(cursor, limit)
     }
 
     /// See [`Broker::delete_destination`].

@@ -78,10 +78,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> ExitCode {
         Ok(report) => {
             let reason = match &report.stopped {
                 Stopped::Complete => String::new(),
-                Stopped::EndOfQueue => "; the end of the browse (left on the queue; a browse \
-                                        shows at most the broker's max_browse_page_size \
-                                        messages, 400 by default, as ActiveMQ's does)"
-                    .into(),
+                Stopped::EndOfQueue => "; the end of the browse (left on the queue)".into(),
                 Stopped::Idle(timeout) => {
                     format!("; stopped: no message for {} ms", timeout.as_millis())
                 }

@@ -184,10 +184,10 @@ pub struct BrokerConfig {
     /// Messages buffered for one slow non-durable topic subscriber beyond its prefetch before
     /// the oldest are discarded (default 1000).
     pub topic_pending_limit: usize,
-    /// The most messages a queue browser (a JMS `QueueBrowser`, a STOMP `browser:true`
-    /// subscription) is shown, the first ones in delivery order (ActiveMQ's
-    /// `<policyEntry maxBrowsePageSize>`, default 400). It bounds what one browse reads back
-    /// from the journal and holds in memory, and how long it holds the broker's lock.
+    /// The most messages one page of a queue browse (a JMS `QueueBrowser`, a STOMP
+    /// `browser:true` subscription) reads (ActiveMQ's `<policyEntry maxBrowsePageSize>`,
+    /// default 400). A browser is shown the whole queue, page after page; this bounds what one
+    /// page reads back from the journal and holds, and how long it holds the broker's lock.
     pub max_browse_page_size: usize,
     /// Bytes of message bodies the broker keeps in memory for queued messages (ActiveMQ's
     /// `<memoryUsage limit>`, default 64 MiB). Past it, the bodies of further persistent

@@ -10,56 +10,119 @@ use super::{
     Routed, ADMIN_BATCH, ADMIN_BATCH_BYTES, HOLDING,
 };
 use crate::broker::queue::{Entry, InFlight};
+use crate::broker::selector::Selector;
 use crate::broker::{AdminError, BrokerError, Destination, Purged, Retried};
 use crate::store::Message;
 
+/// How many entries one [`Core::browse_next`] looks at, matching or not, under the lock.
+const BROWSE_SCAN: usize = 10_000;
+
+/// Where a queue browser is in its queue: the messages it may show are those there when it
+/// began (sequences below `ceiling`), in delivery order, and it has looked at every one up to
+/// `after`.
+pub struct BrowseCursor {
+    queue: String,
+    selector: Option<Arc<Selector>>,
+    after: u64,
+    ceiling: u64,
+    done: bool,
+}
+
+impl BrowseCursor {
+    /// Every message the browser may show has been looked at.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
 impl Core {
-    /// The messages on a queue (waiting, or delivered and not yet acknowledged), in delivery
-    /// order, that `selector` accepts, with how
-    /// often each was delivered before; nothing is consumed (a queue browser). At most
-    /// `max_browse_page_size` of them (the first), so one browse of a deep queue neither reads
-    /// the whole backlog back from the journal nor holds the lock for it.
-    pub fn browse(
+    /// Begins browsing a queue: the messages on it now (waiting, or delivered and not yet
+    /// acknowledged) that `selector` accepts, read page by page with [`Core::browse_next`];
+    /// nothing is consumed (a queue browser).
+    pub fn open_browse(
         &self,
         destination: &Destination,
         selector: Option<&str>,
+    ) -> Result<BrowseCursor, BrokerError> {
+        Ok(BrowseCursor {
+            queue: destination.canonical(),
+            selector: parse_selector(selector)?,
+            after: 0,
+            ceiling: self.next_seq,
+            done: false,
+        })
+    }
+
+    /// The browser's next messages in delivery order, at most `limit` and at most
+    /// `max_browse_page_size`, with how often each was delivered before. One call looks at no
+    /// more than [`BROWSE_SCAN`] entries, so a selective browse of a deep queue can return
+    /// fewer (even none) without being done.
+    pub fn browse_next(
+        &self,
+        cursor: &mut BrowseCursor,
+        limit: usize,
     ) -> Result<Vec<(Arc<Message>, u32)>, BrokerError> {
-        let selector = parse_selector(selector)?;
+        let limit = limit.clamp(1, self.options.max_browse_page_size);
         let now = now_ms();
-        let name = destination.canonical();
-        let Some(q) = self.queues.get(&name) else {
+        let name = cursor.queue.as_str();
+        let Some(q) = self.queues.get(name).filter(|_| !cursor.done) else {
+            cursor.done = true;
             return Ok(Vec::new());
         };
+        let range = cursor.after.saturating_add(1)..cursor.ceiling;
         // As ActiveMQ's browser: messages delivered and not yet acknowledged are still on the
         // queue, in their place.
         let mut in_flight: Vec<&Entry> = self
             .consumers
             .values()
             .flat_map(|c| c.in_flight.values())
-            .filter(|f| f.queue.as_deref() == Some(name.as_str()))
+            .filter(|f| f.queue.as_deref() == Some(name) && range.contains(&f.entry.seq))
             .map(|f| &f.entry)
             .collect();
         in_flight.sort_unstable_by_key(|e| e.seq);
         let mut in_flight = in_flight.into_iter().peekable();
-        let mut ready = q.ready.values().peekable();
-        std::iter::from_fn(|| match (ready.peek(), in_flight.peek()) {
+        let mut ready = q.ready.range(range).map(|(_, e)| e).peekable();
+        let mut entries = std::iter::from_fn(|| match (ready.peek(), in_flight.peek()) {
             (Some(r), Some(f)) if f.seq < r.seq => in_flight.next(),
             (Some(_), _) => ready.next(),
             (None, _) => in_flight.next(),
-        })
-        .filter(|e| !e.is_expired(now))
-        .filter(|e| {
-            selector
-                .as_ref()
-                .is_none_or(|s| s.matches_with_redeliveries(&e.message, e.redeliveries))
-        })
-        .take(self.options.max_browse_page_size)
-        .map(|e| {
-            // A virtual topic's consumer queue shows its copies, as its consumers get them.
-            let message = self.as_on_queue(&self.with_body(e)?, &name);
-            Ok((message, e.redeliveries))
-        })
-        .collect()
+        });
+        let mut out = Vec::new();
+        let mut looked = 0;
+        while out.len() < limit && looked < BROWSE_SCAN {
+            let Some(e) = entries.next() else {
+                cursor.done = true;
+                break;
+            };
+            looked += 1;
+            cursor.after = e.seq;
+            let shown = !e.is_expired(now)
+                && cursor
+                    .selector
+                    .as_ref()
+                    .is_none_or(|s| s.matches_with_redeliveries(&e.message, e.redeliveries));
+            if shown {
+                // A virtual topic's consumer queue shows its copies, as its consumers get them.
+                out.push((self.as_on_queue(&self.with_body(e)?, name), e.redeliveries));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first `max_browse_page_size` messages a browser of the queue would see (see
+    /// [`Core::open_browse`]), for a browser shown in one go.
+    pub fn browse(
+        &self,
+        destination: &Destination,
+        selector: Option<&str>,
+    ) -> Result<Vec<(Arc<Message>, u32)>, BrokerError> {
+        let mut cursor = self.open_browse(destination, selector)?;
+        let mut out = Vec::new();
+        while out.len() < self.options.max_browse_page_size && !cursor.is_done() {
+            let room = self.options.max_browse_page_size - out.len();
+            out.extend(self.browse_next(&mut cursor, room)?);
+        }
+        Ok(out)
     }
 
     /// Forgets a destination nobody uses any more (a deleted temporary queue or topic): a

@@ -24,6 +24,7 @@
 
 mod ack;
 mod admin;
+pub use admin::BrowseCursor;
 mod dispatch;
 mod durable;
 mod journal;

@@ -384,10 +384,9 @@ async fn a_browse_shows_delivered_unacknowledged_messages_in_their_place() {
     assert_eq!(shown, ["0", "1", "2", "3", "4"]);
 }
 
-/// A browse shows at most `max_browse_page_size` messages, the first in delivery order among
-/// those its selector matches (ActiveMQ's `maxBrowsePageSize`), and consumes none.
-#[tokio::test]
-async fn a_browse_shows_at_most_a_page_of_the_queue() {
+/// A broker whose browse pages hold 3 messages, and a session that sent ten to `queue://q`:
+/// `red<i>` for every `red_every`-th, `blue<i>` for the others (property `color`).
+async fn browse_fixture(red_every: usize) -> (Fixture, Session) {
     let f = fixture(BrokerOptions {
         max_browse_page_size: 3,
         ..BrokerOptions::default()
@@ -395,12 +394,20 @@ async fn a_browse_shows_at_most_a_page_of_the_queue() {
     .await;
     let (s, _) = f.broker.open_session(None);
     for i in 0..10 {
-        let color = if i % 2 == 0 { "red" } else { "blue" };
+        let color = if i % red_every == 0 { "red" } else { "blue" };
         s.send(&queue("q"), colored(color, &format!("{color}{i}")), None)
             .unwrap()
             .await
             .unwrap();
     }
+    (f, s)
+}
+
+/// A browse shows at most `max_browse_page_size` messages, the first in delivery order among
+/// those its selector matches (ActiveMQ's `maxBrowsePageSize`), and consumes none.
+#[tokio::test]
+async fn a_browse_shows_at_most_a_page_of_the_queue() {
+    let (f, s) = browse_fixture(2).await;
     let shown = |selector: Option<&str>| -> Vec<String> {
         s.browse(&queue("q"), selector)
             .unwrap()
@@ -417,4 +424,50 @@ async fn a_browse_shows_at_most_a_page_of_the_queue() {
         .map(|q| (q.name, q.ready))
         .collect();
     assert_eq!(waiting, [("queue://q".to_string(), 10)]);
+}
+
+/// A browser reads the whole queue page by page (a page at most `max_browse_page_size`):
+/// delivered and unacknowledged messages in their place, nothing sent after it began, and
+/// with a selector only the matches; it is done after the last.
+#[tokio::test]
+async fn a_browser_pages_through_the_whole_queue() {
+    let (f, s) = browse_fixture(3).await;
+    let (consumer, mut rx) = f.broker.open_session(None);
+    subscribe(&consumer, "c", queue("q"), 1);
+    assert_eq!(body(&next(&mut rx).await), "red0");
+    let read_all = |selector: Option<&str>, late: bool| -> Vec<Vec<String>> {
+        let mut cursor = s.open_browse(&queue("q"), selector).unwrap();
+        if late {
+            // Sent after the browse began: not shown.
+            drop(s.send(&queue("q"), colored("red", "late"), None).unwrap());
+        }
+        let mut pages = Vec::new();
+        while !cursor.is_done() {
+            let page = s.browse_next(&mut cursor, 10).unwrap();
+            pages.push(
+                page.iter()
+                    .map(|(m, _)| String::from_utf8_lossy(&m.body).into_owned())
+                    .collect(),
+            );
+        }
+        pages
+    };
+    assert_eq!(
+        read_all(None, true),
+        [
+            vec!["red0", "blue1", "blue2"],
+            vec!["red3", "blue4", "blue5"],
+            vec!["red6", "blue7", "blue8"],
+            vec!["red9"],
+        ]
+    );
+    let reds: Vec<String> = read_all(Some("color = 'red'"), false)
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(reds, ["red0", "red3", "red6", "red9", "late"]);
+    // A page is also at most what the caller has room for.
+    let mut cursor = s.open_browse(&queue("q"), None).unwrap();
+    assert_eq!(s.browse_next(&mut cursor, 2).unwrap().len(), 2);
+    assert!(!cursor.is_done());
 }

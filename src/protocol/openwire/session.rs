@@ -33,7 +33,8 @@ use super::{
     TransactionInfo, WireFormatInfo,
 };
 use crate::broker::{
-    AckScope, Broker, BrokerError, Confirmation, Delivery, Destination, Session, SubscribeRequest,
+    AckScope, Broker, BrokerError, BrowseCursor, Confirmation, Delivery, Destination, Session,
+    SubscribeRequest,
 };
 use crate::protocol::temps::{TempDestinations, TempEvent};
 use crate::protocol::write::{flush, Unwritten};
@@ -217,6 +218,19 @@ struct ConsumerState {
     inert: bool,
     /// Deliveries not yet acknowledged, by tag: an ack must name the same message id.
     dispatched: BTreeMap<u64, Arc<crate::store::Message>>,
+    /// A queue browser's progress.
+    browse: Option<Browsing>,
+}
+
+/// A queue browser reads its queue page by page, as ActiveMQ's does: it is sent copies up to
+/// its prefetch window, more as it acknowledges them, and a dispatch without a message once
+/// the queue has been looked at to the end.
+struct Browsing {
+    cursor: BrowseCursor,
+    /// Message ids of the copies sent and not yet acknowledged, oldest first.
+    outstanding: VecDeque<String>,
+    /// The end-of-browse dispatch was sent.
+    ended: bool,
 }
 
 /// Serves one connection whose first bytes (already read, in `initial`) are OpenWire.
@@ -767,6 +781,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let rr = command.response_required();
         let result: Result<Option<Confirmation>, BrokerError> = match &command {
             Command::Message(m) => state.send(m),
+            Command::MessageAck(ack) if state.is_browsing(ack) => {
+                self.browser_acked(state, ack)?;
+                Ok(None)
+            }
             Command::MessageAck(ack) => state.ack(ack).map(|()| None),
             Command::ConsumerInfo(info) => return self.add_consumer(state, &command, info),
             Command::RemoveInfo(remove) => state.remove(remove),
@@ -952,6 +970,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             prefetch: info.prefetch_size.clamp(0, MAX_PREFETCH) as u32,
             inert,
             dispatched: BTreeMap::new(),
+            browse: None,
         };
         if inert {
             state.consumers.insert(key, consumer);
@@ -981,30 +1000,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     BrokerError::Unsupported(format!("browsing topic '{name}': browse queues")),
                 );
             };
-            let messages = match state.session.browse(&core, selector.as_deref()) {
-                Ok(m) => m,
+            let cursor = match state.session.open_browse(&core, selector.as_deref()) {
+                Ok(cursor) => cursor,
                 Err(e) => return self.refuse(command, e),
             };
             self.respond(info.command_id, info.response_required)?;
-            for (message, redeliveries) in messages {
-                let m = convert::to_openwire(&message, &destination, redeliveries, 0, state.now)
-                    .map_err(|e| Close::Error(e.to_string()))?;
-                self.queue(&Command::MessageDispatch(MessageDispatch {
-                    consumer_id: Some(cid.clone()),
-                    destination: Some(destination.clone()),
-                    message: Some(Box::new(m)),
-                    redelivery_counter: redeliveries as i32,
-                    ..MessageDispatch::default()
-                }))?;
-            }
-            // A dispatch without a message ends the browse.
-            self.queue(&Command::MessageDispatch(MessageDispatch {
-                consumer_id: Some(cid),
-                destination: Some(destination),
-                ..MessageDispatch::default()
-            }))?;
-            state.consumers.insert(key, consumer);
-            return Ok(());
+            let consumer = ConsumerState {
+                browse: Some(Browsing {
+                    cursor,
+                    outstanding: VecDeque::new(),
+                    ended: false,
+                }),
+                ..consumer
+            };
+            state.consumers.insert(key.clone(), consumer);
+            return self.fill_browser(state, &key);
         }
         let durable_name = match core {
             Destination::Topic(_) => info.subscription_name.clone(),
@@ -1043,6 +1053,82 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 self.refuse(command, e)
             }
         }
+    }
+
+    /// Sends a browser copies until its window is full or its queue has been looked at to
+    /// the end, then the end-of-browse dispatch. A page the store cannot read closes the
+    /// connection (a failover client browses again from the start elsewhere).
+    fn fill_browser(&mut self, state: &mut State, key: &str) -> Result<(), Close> {
+        loop {
+            let Some(consumer) = state.consumers.get_mut(key) else {
+                return Ok(());
+            };
+            let window = consumer.prefetch.max(1) as usize;
+            let Some(browsing) = consumer.browse.as_mut() else {
+                return Ok(());
+            };
+            if browsing.ended {
+                return Ok(());
+            }
+            if browsing.cursor.is_done() {
+                browsing.ended = true;
+                // A dispatch without a message ends the browse.
+                let end = Command::MessageDispatch(MessageDispatch {
+                    consumer_id: Some(consumer.id.clone()),
+                    destination: Some(consumer.destination.clone()),
+                    ..MessageDispatch::default()
+                });
+                return self.queue(&end);
+            }
+            let room = window.saturating_sub(browsing.outstanding.len());
+            if room == 0 {
+                return Ok(());
+            }
+            let page = state
+                .session
+                .browse_next(&mut browsing.cursor, room)
+                .map_err(|e| Close::Error(format!("browsing for consumer {}: {e}", consumer.id)))?;
+            for (message, redeliveries) in page {
+                let m = convert::to_openwire(
+                    &message,
+                    &consumer.destination,
+                    redeliveries,
+                    0,
+                    state.now,
+                )
+                .map_err(|e| Close::Error(e.to_string()))?;
+                browsing.outstanding.push_back(message.message_id.clone());
+                self.queue(&Command::MessageDispatch(MessageDispatch {
+                    consumer_id: Some(consumer.id.clone()),
+                    destination: Some(consumer.destination.clone()),
+                    message: Some(Box::new(m)),
+                    redelivery_counter: redeliveries as i32,
+                    ..MessageDispatch::default()
+                }))?;
+            }
+        }
+    }
+
+    /// A browser acknowledged copies (any ack type: it consumed them): up to the one the ack
+    /// names, they leave its window, and it is sent more.
+    fn browser_acked(&mut self, state: &mut State, ack: &MessageAck) -> Result<(), Close> {
+        let Some(cid) = &ack.consumer_id else {
+            return Ok(());
+        };
+        let key = cid.to_string();
+        if let (Some(browsing), Some(last)) = (
+            state
+                .consumers
+                .get_mut(&key)
+                .and_then(|c| c.browse.as_mut()),
+            ack.last_message_id.as_ref(),
+        ) {
+            let last = convert::message_id_text(last);
+            if let Some(i) = browsing.outstanding.iter().position(|id| *id == last) {
+                browsing.outstanding.drain(..=i);
+            }
+        }
+        self.fill_browser(state, &key)
     }
 
     fn pull(&mut self, state: &mut State, pull: &MessagePull) -> Result<(), Close> {
@@ -1306,6 +1392,14 @@ impl State {
         self.session
             .send_to_each(&members, message, transaction.as_deref())
             .map(Some)
+    }
+
+    /// Whether an ack is for a queue browser's copies.
+    fn is_browsing(&self, ack: &MessageAck) -> bool {
+        ack.consumer_id
+            .as_ref()
+            .and_then(|cid| self.consumers.get(&cid.to_string()))
+            .is_some_and(|c| c.browse.is_some())
     }
 
     /// The delivery tag an ack names: the broker sequence id this broker gave the delivery,

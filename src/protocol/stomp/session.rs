@@ -17,9 +17,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::frame::{self, Command, Decoder, Frame, Item, Version};
 use crate::broker::{
-    composite_members, AckScope, BodyType, Broker, BrokerError, Confirmation, Delivery,
-    Destination, Header, NewMessage, PropertyType, Session, SubscribeRequest, JMS_TYPE_HEADER,
-    REPLY_TO_HEADER,
+    composite_members, AckScope, BodyType, Broker, BrokerError, BrowseCursor, Confirmation,
+    Delivery, Destination, Header, NewMessage, PropertyType, Session, SubscribeRequest,
+    JMS_TYPE_HEADER, REPLY_TO_HEADER,
 };
 use crate::protocol::openwire::{Destination as OwDestination, DestinationKind};
 use crate::protocol::temps::TempDestinations;
@@ -459,6 +459,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             awaiting: VecDeque::new(),
             auto_acks: HashMap::new(),
             next_browse_tag: BROWSE_TAGS,
+            browsing: VecDeque::new(),
             ack_prefix: format!("{:08x}", rand::random::<u32>()),
             version: self.version,
             temps,
@@ -532,6 +533,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                             }
                         }
                         Ok(Step::Continue)
+                    }
+                    () = std::future::ready(()), if !state.browsing.is_empty() => {
+                        self.browse_page(&mut state)
                     }
                     result = front(&mut state.awaiting), if !state.awaiting.is_empty() => {
                         let (awaiting, _) = state.awaiting.pop_front().expect("non-empty");
@@ -715,22 +719,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     ) -> Result<Step, Refusal> {
         match (awaiting, result) {
             (Awaiting::Browse(plan, receipt), Ok(())) => {
-                // As ActiveMQ: the RECEIPT, the copies, then a MESSAGE with `browser:end`.
-                let browse = match state.browse_copies(plan) {
-                    Ok(browse) => browse,
-                    Err(mut refusal) => {
-                        refusal.receipt = receipt;
-                        return self.refuse(refusal);
-                    }
-                };
+                // As ActiveMQ: the RECEIPT, the copies, then a MESSAGE with `browser:end`. The
+                // copies go out a page at a time (`browse_page`), between other work.
+                if let Err(mut refusal) = state.start_browse(plan) {
+                    refusal.receipt = receipt;
+                    return self.refuse(refusal);
+                }
                 if let Some(id) = &receipt {
                     self.queue_frame(&frame::receipt(id));
-                }
-                if let Some(browse) = browse {
-                    for copy in browse.copies {
-                        self.write_delivery(state, copy);
-                    }
-                    self.queue_frame(&browse.end);
                 }
                 Ok(Step::Continue)
             }
@@ -762,6 +758,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 ..Refusal::from(e)
             }),
         }
+    }
+
+    /// Writes the next page of the oldest queue browser (the session loop flushes it before
+    /// the next, so a deep queue is never held in the output whole).
+    fn browse_page(&mut self, state: &mut State) -> Result<Step, Refusal> {
+        if let Some(page) = state.next_browse_page()? {
+            for copy in page.copies {
+                self.write_delivery(state, copy);
+            }
+            if let Some(end) = page.end {
+                self.queue_frame(&end);
+            }
+        }
+        Ok(Step::Continue)
     }
 
     fn write_delivery(&mut self, state: &mut State, delivery: Delivery) {
@@ -851,10 +861,16 @@ struct BrowsePlan {
     selector: Option<String>,
 }
 
-/// What a queue browser's snapshot writes: the copies, then the end marker.
-struct Browse {
+/// A queue browser being written, page by page, between the connection's other work.
+struct Browsing {
+    plan: BrowsePlan,
+    cursor: BrowseCursor,
+}
+
+/// One page of a queue browser: its copies, then (after the last page) the end marker.
+struct BrowsePage {
     copies: Vec<Delivery>,
-    end: Frame,
+    end: Option<Frame>,
 }
 
 /// Polls the oldest queued confirmation (the core resolves them in order).
@@ -880,6 +896,8 @@ struct State {
     auto_acks: HashMap<String, u64>,
     /// The tag of the next browsed copy (see [`BROWSE_TAGS`]).
     next_browse_tag: u64,
+    /// Queue browsers whose copies are being written, in SUBSCRIBE order.
+    browsing: VecDeque<Browsing>,
     /// Starts this connection's `ack` header values (`<prefix>-<tag>`). Tags are numbered by
     /// the broker core from 1 again after a restart or a failover, so a client that reconnects
     /// and acknowledges a message of its previous connection would otherwise name whatever
@@ -1424,47 +1442,63 @@ impl State {
         })
     }
 
-    /// A copy of each message the browser's queue holds now (that its selector matches),
-    /// oldest first, and the `browser:end` frame; `None` if the browser was unsubscribed
-    /// before its turn came.
-    fn browse_copies(&mut self, plan: BrowsePlan) -> Result<Option<Browse>, Refusal> {
-        let BrowsePlan {
-            id,
-            first_tag,
-            destination,
-            selector,
-        } = plan;
-        let registered = self
-            .subscriptions
-            .get(&id)
-            .is_some_and(|s| s.browser && s.first_tag == first_tag);
-        if !registered {
+    /// Begins writing a browser's copies: those of the messages its queue holds now (that its
+    /// selector matches), oldest first, then the `browser:end` frame. Nothing if the browser
+    /// was unsubscribed before its turn came.
+    fn start_browse(&mut self, plan: BrowsePlan) -> Result<(), Refusal> {
+        if !self.is_registered(&plan) {
+            return Ok(());
+        }
+        let cursor = self
+            .session
+            .open_browse(&plan.destination, plan.selector.as_deref())?;
+        self.browsing.push_back(Browsing { plan, cursor });
+        Ok(())
+    }
+
+    fn is_registered(&self, plan: &BrowsePlan) -> bool {
+        self.subscriptions
+            .get(&plan.id)
+            .is_some_and(|s| s.browser && s.first_tag == plan.first_tag)
+    }
+
+    /// The oldest browser's next page of copies (at most `max_browse_page_size`), with the end
+    /// marker after its last; a browser unsubscribed meanwhile just stops.
+    fn next_browse_page(&mut self) -> Result<Option<BrowsePage>, Refusal> {
+        let Some(browsing) = self.browsing.front() else {
+            return Ok(None);
+        };
+        if !self.is_registered(&browsing.plan) {
+            self.browsing.pop_front();
             return Ok(None);
         }
-        let messages = self.session.browse(&destination, selector.as_deref())?;
-        let copies = messages
-            .into_iter()
-            .map(|(message, redelivery_count)| {
-                let tag = self.next_browse_tag;
-                self.next_browse_tag += 1;
-                Delivery {
-                    subscription: id.clone(),
-                    tag,
-                    destination: destination.clone(),
-                    message,
-                    redelivery_count,
-                    group_first: false,
-                }
-            })
-            .collect();
-        Ok(Some(Browse {
-            end: Frame::new(Command::Message)
-                .header("subscription", id)
+        let browsing = self.browsing.front_mut().expect("checked");
+        let messages = self.session.browse_next(&mut browsing.cursor, usize::MAX)?;
+        let plan = &browsing.plan;
+        let mut copies = Vec::with_capacity(messages.len());
+        for (message, redelivery_count) in messages {
+            let tag = self.next_browse_tag;
+            self.next_browse_tag += 1;
+            copies.push(Delivery {
+                subscription: plan.id.clone(),
+                tag,
+                destination: plan.destination.clone(),
+                message,
+                redelivery_count,
+                group_first: false,
+            });
+        }
+        let end = browsing.cursor.is_done().then(|| {
+            Frame::new(Command::Message)
+                .header("subscription", plan.id.clone())
                 .header("browser", "end")
-                .header("destination", self.temps.to_stomp(&destination))
-                .header("message-id", "0"),
-            copies,
-        }))
+                .header("destination", self.temps.to_stomp(&plan.destination))
+                .header("message-id", "0")
+        });
+        if end.is_some() {
+            self.browsing.pop_front();
+        }
+        Ok(Some(BrowsePage { copies, end }))
     }
 
     fn flush_auto_acks(&mut self) {

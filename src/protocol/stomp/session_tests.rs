@@ -222,6 +222,47 @@ async fn a_browser_subscription_copies_the_queue_then_says_end() {
     assert_eq!(bodies(&taken), ["m0", "m1", "m2"]);
 }
 
+/// A browser of a queue deeper than a browse page (`max_browse_page_size`, 400 by default)
+/// gets a copy of every message, in order, page after page, then the end marker; a SEND in
+/// the same connection meanwhile is still answered.
+#[tokio::test]
+async fn a_browser_gets_a_deep_queue_page_by_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_for_tests(dir.path(), Default::default());
+    let (mut p, _) = Peer::connect(&broker, "1.2", "").await;
+    let sends: String = (0..1000)
+        .map(|n| format!("SEND\ndestination:/queue/deep\n\nm{n}\0"))
+        .collect();
+    p.write(&format!(
+        "{sends}SEND\ndestination:/queue/deep\nreceipt:sent\n\nlast\0"
+    ))
+    .await;
+    p.frames_until(is_receipt("sent")).await;
+    p.write(concat!(
+        "SUBSCRIBE\nid:look\ndestination:/queue/deep\nbrowser:true\n\n\0",
+        "SEND\ndestination:/queue/other\nreceipt:meanwhile\n\nx\0",
+    ))
+    .await;
+    let frames = p.frames_until(|f| f.get("browser") == Some("end")).await;
+    let copies: Vec<&Frame> = frames
+        .iter()
+        .filter(|f| f.command == Command::Message && f.get("browser").is_none())
+        .collect();
+    let mut expected: Vec<String> = (0..1000).map(|n| format!("m{n}")).collect();
+    expected.push("last".into());
+    let shown: Vec<String> = copies
+        .iter()
+        .map(|f| String::from_utf8_lossy(&f.body).into_owned())
+        .collect();
+    assert_eq!(shown, expected);
+    if !frames
+        .iter()
+        .any(|f| f.get("receipt-id") == Some("meanwhile"))
+    {
+        p.frames_until(is_receipt("meanwhile")).await;
+    }
+}
+
 /// A browser subscribed right behind sends still being confirmed (one write, no wait):
 /// their RECEIPTs come first, then the browser's, and its copies include those sends.
 #[tokio::test]
