@@ -435,15 +435,10 @@ async fn a_browser_pages_through_the_whole_queue() {
     let (consumer, mut rx) = f.broker.open_session(None);
     subscribe(&consumer, "c", queue("q"), 1);
     assert_eq!(body(&next(&mut rx).await), "red0");
-    let read_all = |selector: Option<&str>, late: bool| -> Vec<Vec<String>> {
-        let mut cursor = s.open_browse(&queue("q"), selector).unwrap();
-        if late {
-            // Sent after the browse began: not shown.
-            drop(s.send(&queue("q"), colored("red", "late"), None).unwrap());
-        }
+    let pages = |cursor: &mut BrowseCursor| -> Vec<Vec<String>> {
         let mut pages = Vec::new();
         while !cursor.is_done() {
-            let page = s.browse_next(&mut cursor, 10).unwrap();
+            let page = s.browse_next(cursor, 10).unwrap();
             pages.push(
                 page.iter()
                     .map(|(m, _)| String::from_utf8_lossy(&m.body).into_owned())
@@ -452,8 +447,14 @@ async fn a_browser_pages_through_the_whole_queue() {
         }
         pages
     };
+    let mut cursor = s.open_browse(&queue("q"), None).unwrap();
+    // Sent after the browse began: not shown to it.
+    s.send(&queue("q"), colored("red", "late"), None)
+        .unwrap()
+        .await
+        .unwrap();
     assert_eq!(
-        read_all(None, true),
+        pages(&mut cursor),
         [
             vec!["red0", "blue1", "blue2"],
             vec!["red3", "blue4", "blue5"],
@@ -461,10 +462,8 @@ async fn a_browser_pages_through_the_whole_queue() {
             vec!["red9"],
         ]
     );
-    let reds: Vec<String> = read_all(Some("color = 'red'"), false)
-        .into_iter()
-        .flatten()
-        .collect();
+    let mut cursor = s.open_browse(&queue("q"), Some("color = 'red'")).unwrap();
+    let reds: Vec<String> = pages(&mut cursor).into_iter().flatten().collect();
     assert_eq!(reds, ["red0", "red3", "red6", "red9", "late"]);
     // A page is also at most what the caller has room for.
     let mut cursor = s.open_browse(&queue("q"), None).unwrap();
