@@ -1785,8 +1785,9 @@ public final class JmsCheck {
     /**
      * A QueueBrowser of a queue deeper than the browser's prefetch (500) and the broker's browse
      * page (ActiveMQ's {@code maxBrowsePageSize}, 400) shows every message in order, in an
-     * AUTO_ACKNOWLEDGE session, a CLIENT_ACKNOWLEDGE one and a transacted one, and with a
-     * selector that matches every seventh message; a consumer then still gets them all.
+     * AUTO_ACKNOWLEDGE session, a CLIENT_ACKNOWLEDGE one and a transacted one, with a selector
+     * that matches every seventh message, and with prefetch 0 (the client pulls each copy); a
+     * consumer then still gets them all.
      * Option {@code count} (default 2000).
      */
     static void browserDeep() throws Exception {
@@ -1813,6 +1814,11 @@ public final class JmsCheck {
         expectEq("browse (transacted)", sent, browse(transacted, q, null));
         transacted.commit();
         expectEq("browse with selector n % 7 = 0", sevenths, browse(s, q, "n % 7 = 0"));
+        Connection pulling = connect(withOption(url, "jms.prefetchPolicy.queueBrowserPrefetch=0"),
+                null);
+        Session ps = pulling.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        expectEq("browse with prefetch 0 (a pull per message)", sent, browse(ps, q, null));
+        close(pulling);
         MessageConsumer consumer = s.createConsumer(q);
         receiveTexts(consumer, sent, "a consumer still gets every browsed message");
         expectOnlySentinel(c, q, consumer, "nothing more in the queue");

@@ -229,6 +229,8 @@ struct Browsing {
     cursor: BrowseCursor,
     /// Message ids of the copies sent and not yet acknowledged, oldest first.
     outstanding: VecDeque<String>,
+    /// With prefetch 0: pulls not yet answered (each gets one copy).
+    pulls: usize,
     /// The end-of-browse dispatch was sent.
     ended: bool,
 }
@@ -1009,6 +1011,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 browse: Some(Browsing {
                     cursor,
                     outstanding: VecDeque::new(),
+                    pulls: 0,
                     ended: false,
                 }),
                 ..consumer
@@ -1055,15 +1058,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    /// Sends a browser copies until its window is full or its queue has been looked at to
-    /// the end, then the end-of-browse dispatch. A page the store cannot read closes the
+    /// Sends a browser copies until its window is full (with prefetch 0: one per pull) or its
+    /// queue has been looked at to the end, then the end-of-browse dispatch. A page the store cannot read closes the
     /// connection (a failover client browses again from the start elsewhere).
     fn fill_browser(&mut self, state: &mut State, key: &str) -> Result<(), Close> {
         loop {
             let Some(consumer) = state.consumers.get_mut(key) else {
                 return Ok(());
             };
-            let window = consumer.prefetch.max(1) as usize;
+            let window = consumer.prefetch as usize;
             let Some(browsing) = consumer.browse.as_mut() else {
                 return Ok(());
             };
@@ -1080,7 +1083,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 });
                 return self.queue(&end);
             }
-            let room = window.saturating_sub(browsing.outstanding.len());
+            let room = match consumer.prefetch {
+                0 => browsing.pulls,
+                _ => window.saturating_sub(browsing.outstanding.len()),
+            };
             if room == 0 {
                 return Ok(());
             }
@@ -1098,6 +1104,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 )
                 .map_err(|e| Close::Error(e.to_string()))?;
                 browsing.outstanding.push_back(message.message_id.clone());
+                browsing.pulls = browsing.pulls.saturating_sub(1);
                 self.queue(&Command::MessageDispatch(MessageDispatch {
                     consumer_id: Some(consumer.id.clone()),
                     destination: Some(consumer.destination.clone()),
@@ -1136,9 +1143,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             return Ok(());
         };
         let key = cid.to_string();
-        let Some(consumer) = state.consumers.get(&key) else {
+        let Some(consumer) = state.consumers.get_mut(&key) else {
             return Ok(());
         };
+        if let (Some(browsing), 0) = (consumer.browse.as_mut(), consumer.prefetch) {
+            // A browser with prefetch 0 is sent a copy per pull (the end once there is none).
+            browsing.pulls += 1;
+            return self.fill_browser(state, &key);
+        }
         if consumer.inert || consumer.browser || consumer.prefetch > 0 {
             return Ok(());
         }
