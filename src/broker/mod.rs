@@ -1109,7 +1109,12 @@ impl Session {
         cursor: &mut BrowseCursor,
         limit: usize,
     ) -> Result<Vec<(Arc<Message>, u32)>, BrokerError> {
-        lock(&self.shared).browse_next(cursor, limit)
+        let (page, reader) = {
+            let core = lock(&self.shared);
+            (core.browse_next(cursor, limit)?, core.message_reader()?)
+        };
+        // Bodies left in the journal are read without the lock.
+        self::core::read_bodies(page, reader)
     }
 
     /// See [`Broker::delete_destination`].

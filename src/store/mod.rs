@@ -923,9 +923,36 @@ impl Store {
     /// Reads back the message `key` names (a live message added to some queue), body
     /// included, from the journal.
     pub fn read_message(&self, key: MessageKey) -> Result<Message, StoreError> {
-        let mut record = self.journal.reader().read(key.position())?;
-        match added_by(&mut record, key) {
-            Some(add) => Ok(add.message.take().unwrap_or_default()),
+        self.message_reader().read(key)
+    }
+
+    /// Reads stored messages without the store (so without a lock around it).
+    pub fn message_reader(&self) -> MessageReader {
+        MessageReader {
+            reader: self.journal.reader(),
+            last: None,
+        }
+    }
+}
+
+/// Reads stored messages back from the journal. It keeps the last record it decoded, so
+/// messages read in order (a browse's page) decode each record once, however many messages
+/// it holds.
+pub struct MessageReader {
+    reader: JournalReader,
+    last: Option<(Position, Record)>,
+}
+
+impl MessageReader {
+    /// The stored message `key` names, body included.
+    pub fn read(&mut self, key: MessageKey) -> Result<Message, StoreError> {
+        let position = key.position();
+        let record = match &mut self.last {
+            Some((at, record)) if *at == position => record,
+            last => &mut last.insert((position, self.reader.read(position)?)).1,
+        };
+        match added_by(record, key) {
+            Some(add) => Ok(add.message.clone().unwrap_or_default()),
             None => Err(StoreError::Inconsistent(format!(
                 "message {} is not entry {} of the record at {}",
                 key.0,

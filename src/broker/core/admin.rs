@@ -9,13 +9,44 @@ use super::{
     now_ms, parse_selector, record_len, remove_entry, set_original_destination, Core, Publish,
     Routed, ADMIN_BATCH, ADMIN_BATCH_BYTES, HOLDING,
 };
-use crate::broker::queue::{Entry, InFlight};
+use crate::broker::queue::{Body, Entry, InFlight};
 use crate::broker::selector::Selector;
 use crate::broker::{AdminError, BrokerError, Destination, Purged, Retried};
-use crate::store::Message;
+use crate::store::{Message, MessageKey, MessageReader};
 
 /// How many entries one [`Core::browse_next`] looks at, matching or not, under the lock.
 const BROWSE_SCAN: usize = 10_000;
+
+/// A message a browser is shown, its body still in the journal when `body_at` is set.
+pub struct Browsed {
+    message: Arc<Message>,
+    redeliveries: u32,
+    body_at: Option<MessageKey>,
+}
+
+/// The browsed messages with their bodies (read from the journal where left there), and how
+/// often each was delivered before.
+pub fn read_bodies(
+    page: Vec<Browsed>,
+    mut reader: MessageReader,
+) -> Result<Vec<(Arc<Message>, u32)>, BrokerError> {
+    page.into_iter()
+        .map(|b| {
+            let message = match b.body_at {
+                None => b.message,
+                Some(key) => {
+                    let stored = reader
+                        .read(key)
+                        .map_err(|e| BrokerError::StoreFailed(e.to_string()))?;
+                    let mut message = (*b.message).clone();
+                    message.body = stored.body;
+                    Arc::new(message)
+                }
+            };
+            Ok((message, b.redeliveries))
+        })
+        .collect()
+}
 
 /// Where a queue browser is in its queue: the messages it may show are those there when it
 /// began (sequences below `ceiling`), in delivery order, and it has looked at every one up to
@@ -54,14 +85,16 @@ impl Core {
     }
 
     /// The browser's next messages in delivery order, at most `limit` and at most
-    /// `max_browse_page_size`, with how often each was delivered before. One call looks at no
+    /// `max_browse_page_size`, with how often each was delivered before, and the key of each
+    /// whose body is still to be read from the journal ([`read_bodies`], best outside the
+    /// core's lock: a page of bodies left on disk is hundreds of reads). One call looks at no
     /// more than [`BROWSE_SCAN`] entries, so a selective browse of a deep queue can return
     /// fewer (even none) without being done.
     pub fn browse_next(
         &self,
         cursor: &mut BrowseCursor,
         limit: usize,
-    ) -> Result<Vec<(Arc<Message>, u32)>, BrokerError> {
+    ) -> Result<Vec<Browsed>, BrokerError> {
         let limit = limit.clamp(1, self.options.max_browse_page_size);
         let now = now_ms();
         let name = cursor.queue.as_str();
@@ -103,7 +136,12 @@ impl Core {
                     .is_none_or(|s| s.matches_with_redeliveries(&e.message, e.redeliveries));
             if shown {
                 // A virtual topic's consumer queue shows its copies, as its consumers get them.
-                out.push((self.as_on_queue(&self.with_body(e)?, name), e.redeliveries));
+                let on_disk = matches!(e.body, Body::OnDisk);
+                out.push(Browsed {
+                    message: self.as_on_queue(&e.message, name),
+                    redeliveries: e.redeliveries,
+                    body_at: e.key.filter(|_| on_disk),
+                });
             }
         }
         Ok(out)
@@ -122,7 +160,15 @@ impl Core {
             let room = self.options.max_browse_page_size - out.len();
             out.extend(self.browse_next(&mut cursor, room)?);
         }
-        Ok(out)
+        read_bodies(out, self.message_reader()?)
+    }
+
+    /// Reads stored messages without the core (see [`read_bodies`]).
+    pub fn message_reader(&self) -> Result<MessageReader, BrokerError> {
+        self.store
+            .as_ref()
+            .map(|store| store.message_reader())
+            .ok_or_else(|| BrokerError::NotMaster("the node stepped down".into()))
     }
 
     /// Forgets a destination nobody uses any more (a deleted temporary queue or topic): a

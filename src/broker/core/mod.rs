@@ -24,7 +24,7 @@
 
 mod ack;
 mod admin;
-pub use admin::BrowseCursor;
+pub use admin::{read_bodies, BrowseCursor};
 mod dispatch;
 mod durable;
 mod journal;

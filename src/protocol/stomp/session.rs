@@ -509,7 +509,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 self.answer(&mut state, awaiting, result)
             } else {
                 tokio::select! {
-                    read = self.stream.read_buf(&mut self.input), if paused.is_none() => match read {
+                    // A browsing connection is read even when held back: its UNSUBSCRIBE, or a SEND
+                    // it waits on, must not wait for the whole browse.
+                    read = self.stream.read_buf(&mut self.input), if paused.is_none() || !state.browsing.is_empty() => match read {
                         Ok(0) | Err(_) => break Ok(()),
                         Ok(_) => {
                             last_read = Instant::now();
@@ -534,7 +536,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         }
                         Ok(Step::Continue)
                     }
-                    () = std::future::ready(()), if !state.browsing.is_empty() => {
+                    // Lets the runtime run other tasks between pages.
+                    () = tokio::task::yield_now(), if !state.browsing.is_empty() => {
                         self.browse_page(&mut state)
                     }
                     result = front(&mut state.awaiting), if !state.awaiting.is_empty() => {
@@ -592,7 +595,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             // Auto-ack what has now been written to the socket.
             state.flush_auto_acks();
-            if let Some(hold) = state.session.hold_back() {
+            if let Some(hold) = state
+                .session
+                .hold_back()
+                .filter(|_| state.browsing.is_empty())
+            {
                 tracing::debug!(peer = %self.peer, "{hold}: reading paused");
                 paused = Some(hold);
             }

@@ -222,16 +222,22 @@ async fn a_browser_subscription_copies_the_queue_then_says_end() {
     assert_eq!(bodies(&taken), ["m0", "m1", "m2"]);
 }
 
-/// A browser of a queue deeper than a browse page (`max_browse_page_size`, 400 by default)
-/// gets a copy of every message, in order, page after page, then the end marker; a SEND in
-/// the same connection meanwhile is still answered.
+/// A browser of a queue deeper than a browse page (`max_browse_page_size`, 400 by default),
+/// its bodies left in the journal past `memory_limit`, gets a copy of every message, in order,
+/// page after page, then the end marker; a SEND in the same connection meanwhile is still
+/// answered.
 #[tokio::test]
 async fn a_browser_gets_a_deep_queue_page_by_page() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start_for_tests(dir.path(), Default::default());
+    // Bodies past 4 KiB stay in the journal: the browse reads them back.
+    let options = crate::broker::BrokerOptions {
+        memory_limit: 4096,
+        ..Default::default()
+    };
+    let broker = Broker::start_for_tests(dir.path(), options);
     let (mut p, _) = Peer::connect(&broker, "1.2", "").await;
     let sends: String = (0..1000)
-        .map(|n| format!("SEND\ndestination:/queue/deep\n\nm{n}\0"))
+        .map(|n| format!("SEND\ndestination:/queue/deep\npersistent:true\n\nm{n}\0"))
         .collect();
     p.write(&format!(
         "{sends}SEND\ndestination:/queue/deep\nreceipt:sent\n\nlast\0"
