@@ -287,6 +287,9 @@ struct Durable {
 pub(crate) struct Core {
     /// `None` once the core is closed (this node stopped being the master).
     store: Option<Store>,
+    /// Reads bodies left in the journal back for delivery, keeping the last record it decoded:
+    /// consecutive messages of one record (a batch of sends) decode it once.
+    bodies: std::sync::Mutex<Option<crate::store::MessageReader>>,
     /// The journal end when the store was taken away.
     closed_end: Position,
     epoch: u64,

@@ -100,8 +100,10 @@ impl Core {
             .ok_or_else(|| BrokerError::NotMaster("the node stepped down".into()))?;
         // The stored message is the one the entry was made from (the core never changes a
         // message once stored), body included.
-        store
-            .read_message(key)
+        let mut bodies = self.bodies.lock().unwrap_or_else(|p| p.into_inner());
+        bodies
+            .get_or_insert_with(|| store.message_reader())
+            .read(key)
             .map(Arc::new)
             .map_err(|e| BrokerError::StoreFailed(e.to_string()))
     }

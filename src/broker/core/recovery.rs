@@ -35,6 +35,7 @@ impl Core {
         let mut core = Core {
             confirmed: Position(0),
             store: Some(store),
+            bodies: std::sync::Mutex::new(None),
             closed_end: Position(0),
             epoch,
             options,
