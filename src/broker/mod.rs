@@ -1081,18 +1081,8 @@ impl Session {
         lock(&self.shared).set_prefetch(self.id, id, prefetch)
     }
 
-    /// A snapshot of the messages waiting on a queue that `selector` accepts, in delivery
-    /// order, with their redelivery counts, at most `max_browse_page_size`; nothing is
-    /// consumed.
-    pub fn browse(
-        &self,
-        destination: &Destination,
-        selector: Option<&str>,
-    ) -> Result<Vec<(Arc<Message>, u32)>, BrokerError> {
-        lock(&self.shared).browse(destination, selector)
-    }
-
-    /// Begins a queue browser read page by page (see [`BrowseCursor`]).
+    /// Begins a queue browser read page by page (see [`BrowseCursor`]): the messages on a
+    /// queue that `selector` accepts, in delivery order; nothing is consumed.
     pub fn open_browse(
         &self,
         destination: &Destination,

@@ -270,6 +270,20 @@ impl RunningSlave {
     }
 }
 
+/// The login of slave "a", holding nothing, to the master of `epoch`, as a raw peer sends it.
+fn empty_login(epoch: u64, connection: ConnectionId) -> wire::Login {
+    wire::Login {
+        node: "a".into(),
+        security_token: TOKEN.into(),
+        expected_epoch: epoch,
+        last_epoch: 0,
+        end: 0,
+        history: Vec::new(),
+        incarnation: connection.incarnation,
+        attempt: connection.attempt,
+    }
+}
+
 fn acked(master: &Master, name: &str) -> Option<SlaveStatus> {
     master
         .replication
@@ -727,16 +741,7 @@ async fn a_stale_login_of_a_slave_leaves_its_live_connection_alone() {
     let before = wait_acked(&master, "a", end).await;
 
     // The late login: same node and process, an earlier attempt.
-    let login = |connection: ConnectionId| wire::Login {
-        node: "a".into(),
-        security_token: TOKEN.into(),
-        expected_epoch: 2,
-        last_epoch: 0,
-        end: 0,
-        history: Vec::new(),
-        incarnation: connection.incarnation,
-        attempt: connection.attempt,
-    };
+    let login = |connection: ConnectionId| empty_login(2, connection);
     let address = socket_address(&master.address).unwrap();
     let stream = tokio::net::TcpStream::connect(address).await.unwrap();
     let (reader, mut writer) = stream.into_split();
@@ -792,17 +797,7 @@ async fn a_slave_slow_to_prepare_its_store_is_not_dropped() {
     let address = socket_address(&master.address).unwrap();
     let stream = tokio::net::TcpStream::connect(address).await.unwrap();
     let (reader, mut writer) = stream.into_split();
-    let login = wire::Login {
-        node: "a".into(),
-        security_token: TOKEN.into(),
-        expected_epoch: 1,
-        last_epoch: 0,
-        end: 0,
-        history: Vec::new(),
-        incarnation: connection.incarnation,
-        attempt: connection.attempt,
-    };
-    write_message(&mut writer, Kind::Login(login))
+    write_message(&mut writer, Kind::Login(empty_login(1, connection)))
         .await
         .unwrap();
     // What the master sends is read meanwhile, so that its writes never wait on this slave.
@@ -952,12 +947,13 @@ async fn released_ranges_are_skipped_in_a_snapshot() {
     assert_identical(&master.node.store, &node.store, Position(0));
 }
 
-/// A new master looks up where its own epoch starts in its journal. The previous epoch's
-/// start can lie in a segment released since (a hole after the oldest retained segment): the
-/// lookup steps over it and starts at the end the node had when it became master, so a slave
+/// A new master looks up where its own epoch starts in its journal, from the previous epoch's
+/// start when it knows no later floor. That start can lie in a segment released since (a hole
+/// after the oldest retained segment): the lookup steps over it. So a slave holding records of
+/// the previous epoch that the new master never had is cut back to exactly where the new epoch
+/// starts (a failed lookup took the written end for it and kept those records), and a slave
 /// that already holds records of the new epoch logs in again incrementally, nothing dropped
-/// (a lookup that failed there took the written end for the epoch's start, the slave's history
-/// disagreed with it, and the slave was cut back or sent a whole snapshot).
+/// (comparing where each side saw an epoch start sent such a slave a whole snapshot).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_master_finds_its_epoch_start_past_a_released_segment() {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -998,7 +994,9 @@ async fn a_new_master_finds_its_epoch_start_past_a_released_segment() {
         2,
     );
     wait_acked(&master, "a", end).await;
-    let (slave_node, _) = slave.stop().await;
+    let (mut slave_node, _) = slave.stop().await;
+    // Records the master of epoch 2 wrote after that, which the next master never had.
+    append_adds(&mut slave_node.store, 2, 900, 2, 100);
     let Master {
         mut node,
         mut replication,
@@ -1011,14 +1009,15 @@ async fn a_new_master_finds_its_epoch_start_past_a_released_segment() {
     // The node becomes master of epoch 3: its listener starts before the core appends the
     // epoch's first record, as a node's does.
     let history = node.store.history();
-    let epoch_floor = node.store.end();
+    let epoch_3 = node.store.end();
     let (replication, confirmed) = ReplicationMaster::start(
         MasterOptions {
             bind: "127.0.0.1:0".into(),
             security_token: TOKEN.into(),
             replicas: 2,
             epoch: 3,
-            epoch_floor,
+            // Not known: the lookup starts at epoch 2's start, which is released below.
+            epoch_floor: Position(0),
         },
         node.store.reader(),
         history,
@@ -1051,11 +1050,14 @@ async fn a_new_master_finds_its_epoch_start_past_a_released_segment() {
         confirmed,
     };
 
-    // The slave receives records of epoch 3, goes away and comes back.
+    // The slave is cut back to where epoch 3 starts and receives its records; it goes away
+    // and comes back.
     let end = master.node.store.end();
     let slave = spawn_slave(slave_node, &master.address, "a", TOKEN, 3);
-    wait_acked(&master, "a", end).await;
+    let status = wait_acked(&master, "a", end).await;
+    assert_eq!(status.stream_start, epoch_3, "cut where epoch 3 starts");
     let (slave_node, _) = slave.stop().await;
+    assert_identical(&master.node.store, &slave_node.store, epoch_3);
     wait_for("the slave to be gone", || {
         master.replication.connected_slaves() == 0
     })
@@ -1071,7 +1073,7 @@ async fn a_new_master_finds_its_epoch_start_past_a_released_segment() {
         "the slave's records of epoch 3 are kept, not cut and sent again"
     );
     let (slave_node, _) = slave.stop().await;
-    assert_identical(&master.node.store, &slave_node.store, epoch_floor);
+    assert_identical(&master.node.store, &slave_node.store, epoch_3);
 }
 
 /// A slave cut back to the shared prefix (or reset for a snapshot) and elected before it

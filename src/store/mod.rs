@@ -108,7 +108,7 @@ pub struct Recovered {
     /// The first message whose body was left in the journal (past
     /// [`StoreOptions::recovered_bodies`]; the bodies are kept oldest first): from this key on,
     /// a message with an empty body here has its body, if any, in the journal, where
-    /// [`Store::read_message`] reads it. A comparison rather than a set: a backlog of millions
+    /// a [`MessageReader`] reads it. A comparison rather than a set: a backlog of millions
     /// is looked up once per message at a takeover.
     pub bodies_on_disk_from: Option<MessageKey>,
 }
@@ -920,12 +920,6 @@ impl Store {
         self.journal.set_fsync(fsync)
     }
 
-    /// Reads back the message `key` names (a live message added to some queue), body
-    /// included, from the journal.
-    pub fn read_message(&self, key: MessageKey) -> Result<Message, StoreError> {
-        self.message_reader().read(key)
-    }
-
     /// Reads stored messages without the store (so without a lock around it).
     pub fn message_reader(&self) -> MessageReader {
         MessageReader {
@@ -944,7 +938,8 @@ pub struct MessageReader {
 }
 
 impl MessageReader {
-    /// The stored message `key` names, body included.
+    /// Reads back the message `key` names (a live message added to some queue), body
+    /// included.
     pub fn read(&mut self, key: MessageKey) -> Result<Message, StoreError> {
         let position = key.position();
         let record = match &mut self.last {

@@ -147,22 +147,6 @@ impl Core {
         Ok(out)
     }
 
-    /// The first `max_browse_page_size` messages a browser of the queue would see (see
-    /// [`Core::open_browse`]), for a browser shown in one go.
-    pub fn browse(
-        &self,
-        destination: &Destination,
-        selector: Option<&str>,
-    ) -> Result<Vec<(Arc<Message>, u32)>, BrokerError> {
-        let mut cursor = self.open_browse(destination, selector)?;
-        let mut out = Vec::new();
-        while out.len() < self.options.max_browse_page_size && !cursor.is_done() {
-            let room = self.options.max_browse_page_size - out.len();
-            out.extend(self.browse_next(&mut cursor, room)?);
-        }
-        read_bodies(out, self.message_reader()?)
-    }
-
     /// Reads stored messages without the core (see [`read_bodies`]).
     pub fn message_reader(&self) -> Result<MessageReader, BrokerError> {
         self.store

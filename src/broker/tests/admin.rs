@@ -375,13 +375,10 @@ async fn a_browse_shows_delivered_unacknowledged_messages_in_their_place() {
     assert_eq!(body(&next(&mut rx).await), "0");
     assert_eq!(body(&next(&mut rx).await), "1");
     let (browser, _) = f.broker.open_session(None);
-    let shown: Vec<String> = browser
-        .browse(&queue("q"), None)
-        .unwrap()
-        .iter()
-        .map(|(m, _)| String::from_utf8_lossy(&m.body).into_owned())
-        .collect();
-    assert_eq!(shown, ["0", "1", "2", "3", "4"]);
+    assert_eq!(
+        browsed_bodies(&browser, &queue("q"), None),
+        ["0", "1", "2", "3", "4"]
+    );
 }
 
 /// A broker whose browse pages hold 3 messages, and a session that sent ten to `queue://q`:
@@ -403,13 +400,15 @@ async fn browse_fixture(red_every: usize) -> (Fixture, Session) {
     (f, s)
 }
 
-/// A browse shows at most `max_browse_page_size` messages, the first in delivery order among
-/// those its selector matches (ActiveMQ's `maxBrowsePageSize`), and consumes none.
+/// A page of a browse holds at most `max_browse_page_size` messages, the first in delivery
+/// order among those its selector matches (ActiveMQ's `maxBrowsePageSize`), and a browse
+/// consumes none.
 #[tokio::test]
-async fn a_browse_shows_at_most_a_page_of_the_queue() {
+async fn a_browse_page_holds_at_most_max_browse_page_size() {
     let (f, s) = browse_fixture(2).await;
     let shown = |selector: Option<&str>| -> Vec<String> {
-        s.browse(&queue("q"), selector)
+        let mut cursor = s.open_browse(&queue("q"), selector).unwrap();
+        s.browse_next(&mut cursor, usize::MAX)
             .unwrap()
             .iter()
             .map(|(m, _)| String::from_utf8_lossy(&m.body).into_owned())

@@ -48,6 +48,28 @@ async fn one_delivered(f: &Fixture) -> (Session, UnboundedReceiver<Delivery>, De
     (session, rx, d)
 }
 
+/// Everything a browser of `destination` is shown, page after page, with redelivery counts.
+fn browse_all(
+    s: &Session,
+    destination: &Destination,
+    selector: Option<&str>,
+) -> Vec<(Arc<Message>, u32)> {
+    let mut cursor = s.open_browse(destination, selector).unwrap();
+    let mut shown = Vec::new();
+    while !cursor.is_done() {
+        shown.extend(s.browse_next(&mut cursor, usize::MAX).unwrap());
+    }
+    shown
+}
+
+/// The bodies a browser of `destination` is shown (see [`browse_all`]).
+fn browsed_bodies(s: &Session, destination: &Destination, selector: Option<&str>) -> Vec<String> {
+    browse_all(s, destination, selector)
+        .iter()
+        .map(|(m, _)| String::from_utf8_lossy(&m.body).into_owned())
+        .collect()
+}
+
 fn queue(name: &str) -> Destination {
     Destination::Queue(name.into())
 }

@@ -20,13 +20,7 @@ async fn a_delayed_message_is_delivered_only_when_due() {
     if in_time_to_tell(sent + 400) {
         assert!(rx.try_recv().is_err());
         assert_eq!(f.broker.stats().scheduled, 1);
-        let shown: Vec<String> = c
-            .browse(&queue("q"), None)
-            .unwrap()
-            .iter()
-            .map(|(m, _)| String::from_utf8_lossy(&m.body).into_owned())
-            .collect();
-        assert_eq!(shown, ["now"]);
+        assert_eq!(browsed_bodies(&c, &queue("q"), None), ["now"]);
     }
     let later = next(&mut rx).await;
     assert!(now_millis() >= sent + 400, "delivered early");

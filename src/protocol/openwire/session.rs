@@ -224,15 +224,14 @@ struct ConsumerState {
 
 /// A queue browser reads its queue page by page, as ActiveMQ's does: it is sent copies up to
 /// its prefetch window, more as it acknowledges them, and a dispatch without a message once
-/// the queue has been looked at to the end.
+/// the queue has been looked at to the end (the consumer then browses no more: `browse` is
+/// `None` again).
 struct Browsing {
     cursor: BrowseCursor,
     /// Message ids of the copies sent and not yet acknowledged, oldest first.
     outstanding: VecDeque<String>,
     /// With prefetch 0: pulls not yet answered (each gets one copy).
     pulls: usize,
-    /// The end-of-browse dispatch was sent.
-    ended: bool,
 }
 
 /// Serves one connection whose first bytes (already read, in `initial`) are OpenWire.
@@ -783,11 +782,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let rr = command.response_required();
         let result: Result<Option<Confirmation>, BrokerError> = match &command {
             Command::Message(m) => state.send(m),
-            Command::MessageAck(ack) if state.is_browsing(ack) => {
-                self.browser_acked(state, ack)?;
-                Ok(None)
-            }
-            Command::MessageAck(ack) => state.ack(ack).map(|()| None),
+            Command::MessageAck(ack) => match &ack.consumer_id {
+                None => Ok(None),
+                Some(cid) => {
+                    let key = cid.to_string();
+                    if state.browser_acked(&key, ack) {
+                        self.fill_browser(state, &key)?;
+                        Ok(None)
+                    } else {
+                        state.ack(key, ack).map(|()| None)
+                    }
+                }
+            },
             Command::ConsumerInfo(info) => return self.add_consumer(state, &command, info),
             Command::RemoveInfo(remove) => state.remove(remove),
             Command::SessionInfo(_) => Ok(None),
@@ -1012,7 +1018,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     cursor,
                     outstanding: VecDeque::new(),
                     pulls: 0,
-                    ended: false,
                 }),
                 ..consumer
             };
@@ -1059,22 +1064,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Sends a browser copies until its window is full (with prefetch 0: one per pull) or its
-    /// queue has been looked at to the end, then the end-of-browse dispatch. A page the store cannot read closes the
-    /// connection (a failover client browses again from the start elsewhere).
+    /// queue has been looked at to the end, then the end-of-browse dispatch. A page the store
+    /// cannot read closes the connection (a failover client browses again elsewhere).
     fn fill_browser(&mut self, state: &mut State, key: &str) -> Result<(), Close> {
         loop {
             let Some(consumer) = state.consumers.get_mut(key) else {
                 return Ok(());
             };
-            let window = consumer.prefetch as usize;
             let Some(browsing) = consumer.browse.as_mut() else {
                 return Ok(());
             };
-            if browsing.ended {
-                return Ok(());
-            }
             if browsing.cursor.is_done() {
-                browsing.ended = true;
+                consumer.browse = None;
                 // A dispatch without a message ends the browse.
                 let end = Command::MessageDispatch(MessageDispatch {
                     consumer_id: Some(consumer.id.clone()),
@@ -1085,7 +1086,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             let room = match consumer.prefetch {
                 0 => browsing.pulls,
-                _ => window.saturating_sub(browsing.outstanding.len()),
+                window => (window as usize).saturating_sub(browsing.outstanding.len()),
             };
             if room == 0 {
                 return Ok(());
@@ -1114,28 +1115,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }))?;
             }
         }
-    }
-
-    /// A browser acknowledged copies (any ack type: it consumed them): up to the one the ack
-    /// names, they leave its window, and it is sent more.
-    fn browser_acked(&mut self, state: &mut State, ack: &MessageAck) -> Result<(), Close> {
-        let Some(cid) = &ack.consumer_id else {
-            return Ok(());
-        };
-        let key = cid.to_string();
-        if let (Some(browsing), Some(last)) = (
-            state
-                .consumers
-                .get_mut(&key)
-                .and_then(|c| c.browse.as_mut()),
-            ack.last_message_id.as_ref(),
-        ) {
-            let last = convert::message_id_text(last);
-            if let Some(i) = browsing.outstanding.iter().position(|id| *id == last) {
-                browsing.outstanding.drain(..=i);
-            }
-        }
-        self.fill_browser(state, &key)
     }
 
     fn pull(&mut self, state: &mut State, pull: &MessagePull) -> Result<(), Close> {
@@ -1406,12 +1385,19 @@ impl State {
             .map(Some)
     }
 
-    /// Whether an ack is for a queue browser's copies.
-    fn is_browsing(&self, ack: &MessageAck) -> bool {
-        ack.consumer_id
-            .as_ref()
-            .and_then(|cid| self.consumers.get(&cid.to_string()))
-            .is_some_and(|c| c.browse.is_some())
+    /// If consumer `key` is browsing, the copies up to the one `ack` names (any ack type: the
+    /// client consumed them) leave its window, and it may be sent more: true.
+    fn browser_acked(&mut self, key: &str, ack: &MessageAck) -> bool {
+        let Some(browsing) = self.consumers.get_mut(key).and_then(|c| c.browse.as_mut()) else {
+            return false;
+        };
+        if let Some(last) = ack.last_message_id.as_ref() {
+            let last = convert::message_id_text(last);
+            if let Some(i) = browsing.outstanding.iter().position(|id| *id == last) {
+                browsing.outstanding.drain(..=i);
+            }
+        }
+        true
     }
 
     /// The delivery tag an ack names: the broker sequence id this broker gave the delivery,
@@ -1435,11 +1421,8 @@ impl State {
             .map(|(tag, _)| *tag)
     }
 
-    fn ack(&mut self, ack: &MessageAck) -> Result<(), BrokerError> {
-        let Some(cid) = &ack.consumer_id else {
-            return Ok(());
-        };
-        let key = cid.to_string();
+    /// Consumer `key`'s ack.
+    fn ack(&mut self, key: String, ack: &MessageAck) -> Result<(), BrokerError> {
         if self
             .consumers
             .get(&key)
