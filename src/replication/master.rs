@@ -21,7 +21,7 @@ use super::repeated::{repeated_note, RepeatedFailure};
 use super::wire::{self, envelope::Kind};
 use super::{
     frame_epoch, socket_address, write_message, ConnectionId, MessageReader, ReplicationError,
-    HEARTBEAT_INTERVAL, MAX_RECORDS_BYTES, PEER_TIMEOUT, PREPARE_TIMEOUT, READ_CHUNK,
+    HEARTBEAT_INTERVAL, MAX_RECORDS_BYTES, PEER_TIMEOUT, READ_CHUNK,
 };
 use crate::store::{EpochMark, JournalReader, Position, StoreError};
 
@@ -583,9 +583,8 @@ async fn serve_slave(
     result
 }
 
-/// Reads the slave's acks until it goes silent or closes. Its first message may take up to
-/// [`PREPARE_TIMEOUT`]: before it, the slave cuts or resets its store as the login's answer
-/// asked, and dropping a copy of gigabytes takes seconds.
+/// Reads the slave's acks until it goes silent for [`PEER_TIMEOUT`] or closes. A slave cutting
+/// or resetting its store, as the login's answer asked, sends heartbeats meanwhile.
 async fn read_acks(
     shared: Arc<Shared>,
     node: String,
@@ -593,13 +592,11 @@ async fn read_acks(
     mut reader: MessageReader<OwnedReadHalf>,
     sent: Arc<AtomicU64>,
 ) -> Result<(), ReplicationError> {
-    let mut silence = PREPARE_TIMEOUT;
     loop {
-        let message = match timeout(silence, reader.next()).await {
-            Err(_) => return Err(ReplicationError::Timeout(silence)),
+        let message = match timeout(PEER_TIMEOUT, reader.next()).await {
+            Err(_) => return Err(ReplicationError::Timeout(PEER_TIMEOUT)),
             Ok(message) => message?,
         };
-        silence = PEER_TIMEOUT;
         match message {
             None => return Ok(()),
             Some(Kind::Ack(ack)) => {

@@ -62,11 +62,6 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// A peer silent for this long is dropped.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long a master waits for a slave's first message after accepting its login: the slave
-/// first truncates its journal or resets its store for a snapshot, which can take seconds for
-/// a large copy (a dead slave's connection still closes at once).
-pub const PREPARE_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Connecting to the master.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

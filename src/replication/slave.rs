@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use bytes::BytesMut;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{interval, timeout, MissedTickBehavior};
@@ -97,7 +98,8 @@ pub struct SlaveExit {
 /// the store was opened for the sync policy); the slave acknowledges what it reports.
 ///
 /// The store stays consistent at every await point, so dropping the future simply stops
-/// following. Truncation and reset block the calling thread while the store works.
+/// following. Truncation and reset block the calling thread while the store works, and
+/// send heartbeats meanwhile (see `preparing`).
 pub async fn run_slave(
     options: SlaveOptions,
     store: &mut Store,
@@ -170,7 +172,7 @@ pub async fn run_slave(
             master_end = accepted.master_end,
             "receiving a snapshot from the master"
         );
-        blocking(|| store.reset(start))?;
+        preparing(&mut writer, || store.reset(start))??;
         start
     } else {
         let to = Position(accepted.truncate_to);
@@ -180,7 +182,7 @@ pub async fn run_slave(
             )));
         }
         if to < before {
-            blocking(|| store.truncate(to))?;
+            preparing(&mut writer, || store.truncate(to))??;
         }
         info!(
             master = %options.master,
@@ -333,12 +335,47 @@ pub async fn run_slave(
 }
 
 /// Runs a store operation that can take seconds (resetting or cutting a copy of gigabytes)
-/// without holding up the other tasks of this runtime worker (ZooKeeper's session among them):
-/// on a multi-threaded runtime they move to another worker meanwhile.
-fn blocking<T>(operation: impl FnOnce() -> T) -> T {
+/// while telling the master this slave is alive: an `Ack` of 0 (which acknowledges nothing)
+/// every [`HEARTBEAT_INTERVAL`], so the master's usual [`PEER_TIMEOUT`] still holds and a
+/// link cut meanwhile is noticed as soon as any other.
+///
+/// On a multi-threaded runtime the operation runs on a thread of its own while this one (moved
+/// off the runtime's shared workers with `block_in_place`, so ZooKeeper's session and the
+/// other tasks carry on) writes the heartbeats; elsewhere it simply runs. A failed heartbeat
+/// write is returned once the operation has finished, never in the middle of it.
+pub(super) fn preparing<T: Send>(
+    writer: &mut OwnedWriteHalf,
+    operation: impl FnOnce() -> T + Send,
+) -> Result<T, ReplicationError> {
+    use std::sync::mpsc::{channel, RecvTimeoutError};
     use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current().map(|handle| handle.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(operation),
-        _ => operation(),
-    }
+    let handle = match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => handle,
+        _ => return Ok(operation()),
+    };
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let (done, finished) = channel();
+            scope.spawn(move || {
+                let _ = done.send(operation());
+            });
+            let mut failed = None;
+            loop {
+                match finished.recv_timeout(HEARTBEAT_INTERVAL) {
+                    Ok(value) => return failed.map_or(Ok(value), Err),
+                    Err(RecvTimeoutError::Timeout) if failed.is_none() => {
+                        let beat = Kind::Ack(wire::Ack { position: 0 });
+                        failed = handle.block_on(write_message(writer, beat)).err();
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {
+                        // The operation panicked; the scope re-raises it when it ends.
+                        return Err(ReplicationError::Protocol(
+                            "the store operation did not finish".into(),
+                        ));
+                    }
+                }
+            }
+        })
+    })
 }

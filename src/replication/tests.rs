@@ -784,27 +784,23 @@ async fn a_stale_login_of_a_slave_leaves_its_live_connection_alone() {
     let _ = slave.stop().await;
 }
 
-/// A slave's first message after its login may come long after it: it cuts or resets its
-/// store first, which takes seconds for a copy of gigabytes (5.2 s for 860 MB in a soak). The
-/// master waits for it longer than its usual peer timeout, then counts the slave's acks.
+/// A slave's first ack after its login may come long after it: it cuts or resets its store
+/// first, which takes seconds for a copy of gigabytes (5.2 s for 860 MB in a soak). It sends
+/// heartbeats meanwhile, so the master keeps it although the work outlasts the peer timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slave_slow_to_prepare_its_store_is_not_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let mut master = start_master(open(dir.path(), 1 << 20), 1, 2).await;
     append_adds(&mut master.node.store, 1, 0, 10, 100);
     let end = master.node.store.end();
-    let connection = ConnectionId::new_incarnation().next_attempt();
-    let address = socket_address(&master.address).unwrap();
-    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let (reader, mut writer) = stream.into_split();
-    write_message(&mut writer, Kind::Login(empty_login(1, connection)))
-        .await
-        .unwrap();
+    let (mut reader, mut writer) = raw_login(&master).await;
     // What the master sends is read meanwhile, so that its writes never wait on this slave.
-    let mut reader = MessageReader::new(reader);
     let drain = tokio::spawn(async move { while let Ok(Some(_)) = reader.next().await {} });
-    // The store reset: no word from the slave for longer than the peer timeout.
-    tokio::time::sleep(PEER_TIMEOUT + Duration::from_secs(1)).await;
+    // The store reset, as the slave runs it: longer than the peer timeout.
+    slave::preparing(&mut writer, || {
+        std::thread::sleep(PEER_TIMEOUT + Duration::from_secs(1))
+    })
+    .unwrap();
     write_message(&mut writer, Kind::Ack(wire::Ack { position: end.0 }))
         .await
         .unwrap();
@@ -812,6 +808,42 @@ async fn a_slave_slow_to_prepare_its_store_is_not_dropped() {
     assert_eq!(status.acked, end);
     assert!(!drain.is_finished(), "the master closed the connection");
     drain.abort();
+}
+
+/// A slave that logs in and then falls silent (its link cut before its first ack) is dropped
+/// after the usual peer timeout, so the master reports its quorum lost in seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slave_silent_after_its_login_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = start_master(open(dir.path(), 1 << 20), 1, 2).await;
+    let (mut reader, _writer) = raw_login(&master).await;
+    let closed = tokio::time::timeout(PEER_TIMEOUT * 2, async {
+        while let Ok(Some(_)) = reader.next().await {}
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a silent slave was still connected after {:?}",
+        PEER_TIMEOUT * 2
+    );
+    assert_eq!(master.replication.connected_slaves(), 0);
+}
+
+/// Logs in to `master` as slave "a" of epoch 1 with an empty store, over a raw connection.
+async fn raw_login(
+    master: &Master,
+) -> (
+    MessageReader<tokio::net::tcp::OwnedReadHalf>,
+    tokio::net::tcp::OwnedWriteHalf,
+) {
+    let connection = ConnectionId::new_incarnation().next_attempt();
+    let address = socket_address(&master.address).unwrap();
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (reader, mut writer) = stream.into_split();
+    write_message(&mut writer, Kind::Login(empty_login(1, connection)))
+        .await
+        .unwrap();
+    (MessageReader::new(reader), writer)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
