@@ -13,6 +13,14 @@ fn bodies(frames: &[Frame]) -> Vec<String> {
     frames.iter().map(Frame::text).collect()
 }
 
+/// Runs the CLI with `args` (60 s at most), which must succeed; its standard output.
+fn cli_ok(args: &[&str]) -> Result<String> {
+    let (status, stdout, stderr) =
+        ferromq_integration_tests::run_cli(args, Duration::from_secs(60))?;
+    assert!(status.success(), "{args:?}: {status}\n{stderr}");
+    Ok(stdout)
+}
+
 /// The harness is blocking; run it without stalling the runtime's other tasks.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
@@ -248,15 +256,10 @@ fn bench_json_without_a_broker_is_a_json_error() -> Result<()> {
 /// broker pushed beyond the count was not acknowledged and is there for the next consumer.
 #[test]
 fn consume_with_a_count_leaves_the_rest_on_the_queue() -> Result<()> {
-    use ferromq_integration_tests::run_cli;
     let dir = tempfile::tempdir()?;
     let broker = BrokerProcess::start(dir.path(), "")?;
     let url = broker.url();
-    let run = |args: &[&str]| -> Result<String> {
-        let (status, stdout, stderr) = run_cli(args, Duration::from_secs(60))?;
-        assert!(status.success(), "{args:?}: {status}\n{stderr}");
-        Ok(stdout)
-    };
+    let run = cli_ok;
     run(&[
         "produce",
         "--url",
@@ -289,6 +292,35 @@ fn consume_with_a_count_leaves_the_rest_on_the_queue() -> Result<()> {
         (2, 3, 5),
         "first:\n{first}\nrest:\n{rest}"
     );
+    Ok(())
+}
+
+/// `consume` of large messages, more than the client's unread limits in one prefetch: it
+/// acknowledges each message and waits for the RECEIPT, which comes behind the prefetched
+/// messages; all 40 x 1 MiB arrive (before, the consumer stopped reading and hung for good).
+#[test]
+fn consume_takes_a_prefetch_of_large_messages() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), "")?;
+    let url = broker.url();
+    let run = cli_ok;
+    let queue = "queue://large";
+    run(&[
+        "produce",
+        "--url",
+        &url,
+        "-d",
+        queue,
+        "-n",
+        "40",
+        "-s",
+        "1MiB",
+        "--persistent",
+    ])?;
+    let lines = run(&["consume", "--url", &url, "-d", queue, "-n", "40"])?;
+    let sizes: Vec<usize> = lines.lines().map(str::len).collect();
+    assert_eq!(sizes.len(), 40, "messages consumed");
+    assert!(sizes.iter().all(|&n| n == 1 << 20), "sizes {sizes:?}");
     Ok(())
 }
 

@@ -47,6 +47,17 @@ impl FakeListener {
         format!("tcp://127.0.0.1:{}", self.port())
     }
 
+    /// Accepts a client, completes its handshake, takes its SUBSCRIBE (whose ack mode must be
+    /// `ack`) and confirms it; the connection and the SUBSCRIBE frame.
+    pub(crate) async fn subscribed(&self, ack: &str) -> (FakeConnection, Frame) {
+        let mut connection = self.accept().await;
+        connection.handshake().await;
+        let subscribe = connection.expect(Command::Subscribe).await;
+        assert_eq!(subscribe.get("ack"), Some(ack));
+        connection.receipt(&subscribe).await;
+        (connection, subscribe)
+    }
+
     pub(crate) async fn accept(&self) -> FakeConnection {
         let (stream, _) = tokio::time::timeout(PATIENCE, self.listener.accept())
             .await

@@ -181,18 +181,26 @@ struct Status {
     terminal: Option<ClientError>,
 }
 
-/// Past this many bytes of received messages the application has not taken, the connection
-/// stops reading from the broker, whose writes then wait (TCP holds it back): a slow
-/// application does not buffer a whole queue, which auto-ack would count as consumed.
+/// Past this many bytes of received auto-ack messages the application has not taken, the
+/// connection stops reading from the broker, whose writes then wait (TCP holds it back): a
+/// slow application does not buffer a whole queue, which auto-ack would count as consumed.
+/// Messages to acknowledge are not counted: the subscription's prefetch already bounds what
+/// the broker sends of them, and an application waiting for an ACK's RECEIPT behind a
+/// prefetch of large messages must be able to read up to it.
 pub(crate) const UNREAD_HIGH_WATER: usize = 8 << 20;
 
 /// Past [`UNREAD_HIGH_WATER`], the connection still reads while a request waits for its
 /// RECEIPT, up to this many unread bytes (see the connection task).
 pub(crate) const UNREAD_HARD_LIMIT: usize = 4 * UNREAD_HIGH_WATER;
 
-/// What one received message counts against [`UNREAD_HIGH_WATER`].
+/// What one received message counts against [`UNREAD_HIGH_WATER`]: nothing for a message to
+/// acknowledge (its subscription's prefetch bounds those).
 pub(crate) fn unread_cost(message: &Message) -> usize {
-    message.body().len() + 512
+    if message.needs_ack() {
+        0
+    } else {
+        message.body().len() + 512
+    }
 }
 
 impl Shared {

@@ -225,6 +225,11 @@ impl Message {
         self.body
     }
 
+    /// Whether it came on a subscription whose messages are acknowledged (not auto-ack).
+    pub(crate) fn needs_ack(&self) -> bool {
+        self.acker.is_some()
+    }
+
     /// Acknowledges the message (ACK, waits for the RECEIPT). Does nothing on an auto-ack
     /// subscription. Fails with [`ClientError::StaleDelivery`] if the connection that delivered
     /// it was lost: the broker will deliver it again.

@@ -452,11 +452,7 @@ async fn acks_for_messages_from_a_lost_connection_are_stale() {
     let server = FakeListener::bind().await;
     let url = format!("failover:({})?{FAST}", server.url());
     let peer = tokio::spawn(async move {
-        let mut connection = server.accept().await;
-        connection.handshake().await;
-        let subscribe = connection.expect(Command::Subscribe).await;
-        assert_eq!(subscribe.get("ack"), Some("client-individual"));
-        connection.receipt(&subscribe).await;
+        let (mut connection, subscribe) = server.subscribed("client-individual").await;
         for n in 1..=2 {
             connection
                 .send(
@@ -781,6 +777,46 @@ async fn take_big_messages(subscription: &mut Subscription, count: usize, body: 
             .unwrap();
         assert_eq!(message.body().len(), body);
     }
+}
+
+/// An ACK's RECEIPT behind a prefetch of large messages (more than the unread limits) still
+/// arrives: messages to acknowledge do not hold the connection back, as the subscription's
+/// prefetch bounds them. `ferromq consume` of 40 x 1 MiB (it acknowledges each message and
+/// waits for the RECEIPT) hung here for good before.
+#[tokio::test]
+async fn an_ack_receipt_behind_a_large_prefetch_still_arrives() {
+    const MESSAGES: usize = 400;
+    const BODY: usize = 100 * 1024;
+    const { assert!(MESSAGES * BODY > UNREAD_HARD_LIMIT) };
+    let server = FakeListener::bind().await;
+    let url = format!("failover:({})?{FAST}", server.url());
+    let peer = tokio::spawn(async move {
+        let (mut connection, subscribe) = server.subscribed("client-individual").await;
+        let id = subscribe.get("id").unwrap().to_string();
+        // The whole prefetch first, as a broker does; the ACK is read after it.
+        send_big_messages(&mut connection, &id, MESSAGES, BODY).await;
+        let ack = connection.expect(Command::Ack).await;
+        assert_eq!(ack.get("id"), Some("0"));
+        connection.receipt(&ack).await;
+        connection
+    });
+    let client = connect(&url).await;
+    let options = SubscribeOptions {
+        ack: AckMode::ClientIndividual,
+        prefetch: Some(MESSAGES as u32),
+        ..SubscribeOptions::default()
+    };
+    let mut subscription = client.subscribe("/queue/big", options).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("the first message did not come")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), first.ack())
+        .await
+        .expect("the ACK's RECEIPT did not arrive behind the prefetched messages")
+        .unwrap();
+    take_big_messages(&mut subscription, MESSAGES - 1, BODY).await;
+    let _connection = peer.await.unwrap();
 }
 
 /// An application that does not take its messages holds the connection back: past
