@@ -8,7 +8,8 @@
 //!   standalone node) and its store accepts writes, 503 otherwise. For load balancers that
 //!   send clients to the master only.
 //! - `GET /metrics`: Prometheus text format: role, epoch, positions, sessions, per-queue depth,
-//!   consumers and unacknowledged deliveries, message counters, memory held for queued bodies.
+//!   consumers and unacknowledged deliveries, message counters, memory held for queued bodies;
+//!   on a node that does not serve (a slave), its store's journal end and disk use.
 //! - `GET /queues`: the queues as JSON (503 when this node serves no clients).
 //! - Destination operations, as the web console's (JSON answers; 503 where `/queues` is):
 //!   `POST /queues/<name>/purge` (ActiveMQ's `purge()`), `DELETE /queues/<name>`
@@ -39,6 +40,7 @@ use tokio::sync::watch;
 
 use crate::broker::{AdminError, Broker};
 use crate::server::Mode;
+use crate::store::{StoreFigures, StoreGauge};
 
 /// The longest request head read; longer ones get 431.
 const MAX_HEAD: usize = 8 * 1024;
@@ -89,6 +91,8 @@ pub struct Status {
     role: Mutex<Role>,
     /// Set while this node is master.
     replication: Mutex<Option<ReplicationSource>>,
+    /// The node's store, whichever role holds it (a slave's figures come from here).
+    store: Mutex<Option<StoreGauge>>,
 }
 
 impl std::fmt::Debug for Status {
@@ -110,7 +114,21 @@ impl Status {
                 position: 0,
             }),
             replication: Mutex::new(None),
+            store: Mutex::new(None),
         })
+    }
+
+    /// The store this node opened (again at each reopening).
+    pub fn set_store(&self, gauge: StoreGauge) {
+        *self.store.lock().unwrap_or_else(|p| p.into_inner()) = Some(gauge);
+    }
+
+    fn store_figures(&self) -> Option<StoreFigures> {
+        self.store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(StoreGauge::figures)
     }
 
     /// Where a master's replication is read (`None` when this node stops being master).
@@ -300,6 +318,8 @@ struct View {
     position: u64,
     /// A master's slaves.
     replication: Option<Replication>,
+    /// The store's figures when no broker core serves (a slave's, a candidate's).
+    store: Option<StoreFigures>,
 }
 
 impl View {
@@ -316,6 +336,7 @@ impl View {
         let position = broker
             .as_ref()
             .map_or(role.position, |broker| broker.stats().journal_end);
+        let store = broker.is_none().then(|| status.store_figures()).flatten();
         View {
             node: status.node.clone(),
             role,
@@ -323,6 +344,7 @@ impl View {
             refusal,
             store_failure,
             replication: status.replication(),
+            store,
             position,
         }
     }
@@ -558,6 +580,17 @@ fn route(request: &Request, view: &View) -> Response {
     }
 }
 
+/// Metrics of the store, shown by every node (name, help).
+const JOURNAL_END: (&str, &str) = ("ferromq_journal_end_bytes", "Journal end position");
+const JOURNAL_RETAINED: (&str, &str) = (
+    "ferromq_journal_retained_bytes",
+    "Journal bytes of segments not yet released (disk use grows with it)",
+);
+const STORE_SIZE: (&str, &str) = (
+    "ferromq_store_size_bytes",
+    "Disk the journal's retained segments take, each at least log_size (compared with store_limit)",
+);
+
 /// Prometheus text exposition of `view`.
 fn metrics(view: &View) -> String {
     let mut out = String::new();
@@ -631,6 +664,17 @@ fn metrics(view: &View) -> String {
         );
     }
     let Some(broker) = &view.broker else {
+        // Not serving: the store's own figures (a slave's copy grows with the master's journal).
+        if let Some(store) = view.store {
+            let figures = [
+                (JOURNAL_END, store.journal_end),
+                (JOURNAL_RETAINED, store.journal_retained),
+                (STORE_SIZE, store.disk_bytes),
+            ];
+            for ((name, help), value) in figures {
+                gauge(name, help, "gauge", &[(String::new(), value)]);
+            }
+        }
         return out;
     };
     let stats = broker.stats();
@@ -680,21 +724,9 @@ fn metrics(view: &View) -> String {
         gauge(name, help, "counter", &[(String::new(), value)]);
     }
     let gauges: [(&str, &str, u64); 13] = [
-        (
-            "ferromq_journal_end_bytes",
-            "Journal end position",
-            stats.journal_end,
-        ),
-        (
-            "ferromq_journal_retained_bytes",
-            "Journal bytes of segments not yet released (disk use grows with it)",
-            stats.journal_retained,
-        ),
-        (
-            "ferromq_store_size_bytes",
-            "Disk the journal's retained segments take, each at least log_size (compared with store_limit)",
-            stats.store_bytes,
-        ),
+        (JOURNAL_END.0, JOURNAL_END.1, stats.journal_end),
+        (JOURNAL_RETAINED.0, JOURNAL_RETAINED.1, stats.journal_retained),
+        (STORE_SIZE.0, STORE_SIZE.1, stats.store_bytes),
         (
             "ferromq_store_limit_bytes",
             "store_limit, capped at start to the disk's room",
@@ -885,6 +917,7 @@ mod tests {
             store_failure: None,
             position: 42,
             replication: None,
+            store: None,
         }
     }
 
@@ -953,6 +986,24 @@ mod tests {
         );
         assert!(text.contains("ferromq_serving 0\n"), "{text}");
         assert!(text.contains("ferromq_store_failed 0\n"), "{text}");
+        assert!(!text.contains("ferromq_store_size_bytes"), "{text}");
+        // A slave's store, read through its gauge.
+        let slave = View {
+            store: Some(StoreFigures {
+                journal_end: 5000,
+                journal_retained: 4000,
+                disk_bytes: 1 << 20,
+            }),
+            ..view(false)
+        };
+        let text = metrics(&slave);
+        for line in [
+            "ferromq_journal_end_bytes 5000\n",
+            "ferromq_journal_retained_bytes 4000\n",
+            "ferromq_store_size_bytes 1048576\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 
     fn write(method: &str, path: &str, authorization: Option<&str>) -> Request {

@@ -99,6 +99,7 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
     .await?;
     let status = crate::admin::Status::new(&node);
     status.set_role("candidate", log.epoch, log.position);
+    status.set_store(kept.store.gauge());
     let _admin = crate::server::start_admin(&config, &status, &listeners).await?;
     let client_address = listeners.addresses.first().map(|a| {
         format!(
@@ -664,7 +665,9 @@ impl Lifecycle {
                 }
             }
         }
-        open_kept(&self.config, fsync, &self.hook).await
+        let kept = open_kept(&self.config, fsync, &self.hook).await?;
+        self.status.set_store(kept.store.gauge());
+        Ok(kept)
     }
 
     /// The store and recovered state a master starts from: the open store of the previous
@@ -683,6 +686,8 @@ impl Lifecycle {
                 }
             }
         }
-        open_hooked(&self.config, fsync, &self.hook).await
+        let opened = open_hooked(&self.config, fsync, &self.hook).await?;
+        self.status.set_store(opened.0.gauge());
+        Ok(opened)
     }
 }

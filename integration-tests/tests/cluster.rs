@@ -1180,6 +1180,12 @@ both_versions!(
 
 /// Node `i`'s `/metrics` shows `slaves` replication slaves connected and one needed, within
 /// 30 s; fails naming `what` otherwise.
+/// The value of an unlabelled sample `name` in a Prometheus text.
+fn metric_value(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 fn expect_slaves_metric(cluster: &Cluster, i: usize, slaves: usize, what: &str) {
     let admin = cluster.nodes[i]
         .broker
@@ -1472,6 +1478,34 @@ fn restarted_slave_catches_up_zk38() {
         !logs.iter().any(|l| l.contains("snapshot from the master")),
         "the restarted slave received a snapshot instead of catching up incrementally:\n{}",
         logs.join("\n")
+    );
+    // Its metrics show its own store (disk use to alert on), its journal end moving with the
+    // master's as sends go on.
+    let slave_store = || -> (Option<u64>, Option<u64>) {
+        let admin = cluster.nodes[s]
+            .broker
+            .admin_addr()
+            .expect("an admin endpoint");
+        let text = http_get(&admin, "/metrics").map_or_else(|e| e.to_string(), |r| r.1);
+        (
+            metric_value(&text, "ferromq_journal_end_bytes"),
+            metric_value(&text, "ferromq_store_size_bytes"),
+        )
+    };
+    let (first_end, size) = slave_store();
+    assert!(
+        first_end.is_some_and(|end| end > 0) && size.is_some_and(|size| size > 0),
+        "the slave's /metrics should show its journal end and store size: {:?}",
+        (first_end, size)
+    );
+    let mut now = (first_end, size);
+    let moved = wait_until(deadline(ELECTION), || {
+        now = slave_store();
+        now.0 > first_end
+    });
+    assert!(
+        moved,
+        "the slave's journal end stayed at {first_end:?}: {now:?}"
     );
     sends.wait_more(100, ELECTION, "after the slave caught up");
     let n = cluster.kill_master(m, deadline(ELECTION));

@@ -324,6 +324,41 @@ impl Attempt {
     }
 }
 
+/// Disk taken by `segments` retained segments holding `bytes`: each is written full of zeros
+/// before use, so it takes at least `log_size` (see [`Store::disk_bytes`]).
+fn disk_use(segments: usize, bytes: u64, log_size: u64) -> u64 {
+    bytes.max(segments as u64 * log_size)
+}
+
+/// Reads a store's figures without the store (see [`Store::gauge`]). Cheap to clone.
+#[derive(Clone)]
+pub struct StoreGauge {
+    reader: JournalReader,
+    log_size: u64,
+}
+
+/// What a [`StoreGauge`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreFigures {
+    /// Everything before this is written.
+    pub journal_end: u64,
+    /// Bytes of the retained segments.
+    pub journal_retained: u64,
+    /// As [`Store::disk_bytes`].
+    pub disk_bytes: u64,
+}
+
+impl StoreGauge {
+    pub fn figures(&self) -> StoreFigures {
+        let retained = self.reader.retained();
+        StoreFigures {
+            journal_end: retained.written.0,
+            journal_retained: retained.bytes,
+            disk_bytes: disk_use(retained.segments, retained.bytes, self.log_size),
+        }
+    }
+}
+
 /// The state, what is live, records replayed, and where replay started.
 type Opened = (LiveState, Recovered, u64, Position);
 
@@ -681,7 +716,16 @@ impl Store {
     /// until the journal's writer has deleted it.
     pub fn disk_bytes(&self) -> u64 {
         let journal = self.journal.stats();
-        journal.bytes.max(journal.segments as u64 * self.log_size)
+        disk_use(journal.segments, journal.bytes, self.log_size)
+    }
+
+    /// A handle that reads this store's disk use and written end from any thread, for the
+    /// status of a node whose store a replication task holds.
+    pub fn gauge(&self) -> StoreGauge {
+        StoreGauge {
+            reader: self.journal.reader(),
+            log_size: self.log_size,
+        }
     }
 
     /// The journal's segment size.

@@ -1153,3 +1153,28 @@ fn many_short_lived_producers_do_not_make_every_append_rewrite_the_audit() {
     assert!(stats.bytes < 24 * 4096, "{stats:?}");
     assert_eq!(store.state.producers().len(), 600);
 }
+
+/// A gauge taken once reads the store's figures as they move (what a slave's metrics show
+/// while its replication task holds the store): the written end, and the same disk use as
+/// the store's own, through rotations and releases.
+#[test]
+fn a_store_gauge_follows_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _, durable) = open(dir.path(), 4096);
+    let gauge = store.gauge();
+    let keys: Vec<MessageKey> = (0..100)
+        .map(|i| add(&mut store, "q", &format!("m{i}")))
+        .collect();
+    wait_durable(&durable, store.end());
+    let figures = gauge.figures();
+    assert_eq!(figures.journal_end, store.end().0);
+    assert_eq!(figures.disk_bytes, store.disk_bytes());
+    assert!(figures.disk_bytes > 4096, "{figures:?}: segments rotated");
+    for key in keys {
+        remove(&mut store, "q", key);
+    }
+    wait_durable(&durable, store.end());
+    let drained = gauge.figures();
+    assert_eq!(drained.journal_end, store.end().0);
+    assert_eq!(drained.disk_bytes, store.disk_bytes());
+}

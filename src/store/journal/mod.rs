@@ -124,6 +124,44 @@ pub struct SegmentInfo {
     pub end: Position,
 }
 
+/// The retained segments now (see [`JournalReader::retained`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retained {
+    /// Segments holding data (released ones excluded).
+    pub segments: usize,
+    /// Bytes in those segments (written so far).
+    pub bytes: u64,
+    /// First retained position.
+    pub oldest: Position,
+    /// Everything before this is written (and readable).
+    pub written: Position,
+}
+
+impl Shared {
+    /// What is retained now, read from any thread.
+    fn retained(&self) -> Retained {
+        let written = self.written.load(Ordering::Acquire);
+        let map = self.segments.read().unwrap();
+        let mut segments = 0;
+        let mut bytes = 0;
+        let mut iter = map.iter().peekable();
+        while let Some((&start, segment)) = iter.next() {
+            if segment.state == SegmentState::Released {
+                continue;
+            }
+            let end = iter.peek().map(|(&next, _)| next).unwrap_or(written);
+            segments += 1;
+            bytes += end.saturating_sub(start);
+        }
+        Retained {
+            segments,
+            bytes,
+            oldest: oldest_of(&map),
+            written: Position(written),
+        }
+    }
+}
+
 /// Counters for logs and status pages.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JournalStats {
@@ -851,25 +889,13 @@ impl Journal {
 
     pub fn stats(&self) -> JournalStats {
         let shared = &self.shared;
-        let written = shared.written.load(Ordering::Acquire);
-        let map = shared.segments.read().unwrap();
-        let mut segments = 0;
-        let mut bytes = 0;
-        let mut iter = map.iter().peekable();
-        while let Some((&start, segment)) = iter.next() {
-            if segment.state == SegmentState::Released {
-                continue;
-            }
-            let end = iter.peek().map(|(&next, _)| next).unwrap_or(written);
-            segments += 1;
-            bytes += end.saturating_sub(start);
-        }
+        let retained = shared.retained();
         JournalStats {
-            segments,
-            bytes,
-            oldest: oldest_of(&map),
+            segments: retained.segments,
+            bytes: retained.bytes,
+            oldest: retained.oldest,
             end: Position(self.end),
-            written: Position(written),
+            written: retained.written,
             durable: Position(shared.durable.load(Ordering::Acquire)),
             fsyncs: shared.fsyncs.load(Ordering::Relaxed),
             batches: shared.batches.load(Ordering::Relaxed),

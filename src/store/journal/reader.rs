@@ -37,6 +37,11 @@ impl JournalReader {
         Position(self.shared.written.load(Ordering::Acquire))
     }
 
+    /// The retained segments now (what a status page shows of a journal it does not own).
+    pub fn retained(&self) -> super::Retained {
+        self.shared.retained()
+    }
+
     /// The first retained position.
     pub fn oldest(&self) -> Position {
         oldest_of(&self.shared.segments.read().unwrap())
