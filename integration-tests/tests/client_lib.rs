@@ -259,8 +259,7 @@ fn consume_with_a_count_leaves_the_rest_on_the_queue() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let broker = BrokerProcess::start(dir.path(), "")?;
     let url = broker.url();
-    let run = cli_ok;
-    run(&[
+    cli_ok(&[
         "produce",
         "--url",
         &url,
@@ -272,8 +271,8 @@ fn consume_with_a_count_leaves_the_rest_on_the_queue() -> Result<()> {
         "8",
         "--persistent",
     ])?;
-    let first = run(&["consume", "--url", &url, "-d", "queue://rest", "-n", "2"])?;
-    let rest = run(&[
+    let first = cli_ok(&["consume", "--url", &url, "-d", "queue://rest", "-n", "2"])?;
+    let rest = cli_ok(&[
         "consume",
         "--url",
         &url,
@@ -303,9 +302,8 @@ fn consume_takes_a_prefetch_of_large_messages() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let broker = BrokerProcess::start(dir.path(), "")?;
     let url = broker.url();
-    let run = cli_ok;
     let queue = "queue://large";
-    run(&[
+    cli_ok(&[
         "produce",
         "--url",
         &url,
@@ -317,7 +315,7 @@ fn consume_takes_a_prefetch_of_large_messages() -> Result<()> {
         "1MiB",
         "--persistent",
     ])?;
-    let lines = run(&["consume", "--url", &url, "-d", queue, "-n", "40"])?;
+    let lines = cli_ok(&["consume", "--url", &url, "-d", queue, "-n", "40"])?;
     let sizes: Vec<usize> = lines.lines().map(str::len).collect();
     assert_eq!(sizes.len(), 40, "messages consumed");
     assert!(sizes.iter().all(|&n| n == 1 << 20), "sizes {sizes:?}");

@@ -741,14 +741,7 @@ async fn a_stale_login_of_a_slave_leaves_its_live_connection_alone() {
     let before = wait_acked(&master, "a", end).await;
 
     // The late login: same node and process, an earlier attempt.
-    let login = |connection: ConnectionId| empty_login(2, connection);
-    let address = socket_address(&master.address).unwrap();
-    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let (reader, mut writer) = stream.into_split();
-    write_message(&mut writer, Kind::Login(login(stale)))
-        .await
-        .unwrap();
-    let mut reader = MessageReader::new(reader);
+    let (mut reader, _writer) = raw_login(&master, 2, stale).await;
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match reader.next().await {
@@ -772,11 +765,7 @@ async fn a_stale_login_of_a_slave_leaves_its_live_connection_alone() {
     wait_acked(&master, "a", end).await;
 
     // A newer connection of the same process replaces the live one, as before.
-    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let (_reader, mut writer) = stream.into_split();
-    write_message(&mut writer, Kind::Login(login(ids.next_attempt())))
-        .await
-        .unwrap();
+    let _newer = raw_login(&master, 2, ids.next_attempt()).await;
     wait_for("the newer connection replaced the live one", || {
         acked(&master, "a").is_some_and(|s| s.address != before.address)
     })
@@ -793,7 +782,8 @@ async fn a_slave_slow_to_prepare_its_store_is_not_dropped() {
     let mut master = start_master(open(dir.path(), 1 << 20), 1, 2).await;
     append_adds(&mut master.node.store, 1, 0, 10, 100);
     let end = master.node.store.end();
-    let (mut reader, mut writer) = raw_login(&master).await;
+    let (mut reader, mut writer) =
+        raw_login(&master, 1, ConnectionId::new_incarnation().next_attempt()).await;
     // What the master sends is read meanwhile, so that its writes never wait on this slave.
     let drain = tokio::spawn(async move { while let Ok(Some(_)) = reader.next().await {} });
     // The store reset, as the slave runs it: longer than the peer timeout.
@@ -816,7 +806,8 @@ async fn a_slave_slow_to_prepare_its_store_is_not_dropped() {
 async fn a_slave_silent_after_its_login_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let master = start_master(open(dir.path(), 1 << 20), 1, 2).await;
-    let (mut reader, _writer) = raw_login(&master).await;
+    let (mut reader, _writer) =
+        raw_login(&master, 1, ConnectionId::new_incarnation().next_attempt()).await;
     let closed = tokio::time::timeout(PEER_TIMEOUT * 2, async {
         while let Ok(Some(_)) = reader.next().await {}
     })
@@ -829,18 +820,20 @@ async fn a_slave_silent_after_its_login_is_dropped() {
     assert_eq!(master.replication.connected_slaves(), 0);
 }
 
-/// Logs in to `master` as slave "a" of epoch 1 with an empty store, over a raw connection.
+/// Logs in to `master` as slave "a" of `epoch` with an empty store, as `connection`, over a
+/// raw connection.
 async fn raw_login(
     master: &Master,
+    epoch: u64,
+    connection: ConnectionId,
 ) -> (
     MessageReader<tokio::net::tcp::OwnedReadHalf>,
     tokio::net::tcp::OwnedWriteHalf,
 ) {
-    let connection = ConnectionId::new_incarnation().next_attempt();
     let address = socket_address(&master.address).unwrap();
     let stream = tokio::net::TcpStream::connect(address).await.unwrap();
     let (reader, mut writer) = stream.into_split();
-    write_message(&mut writer, Kind::Login(empty_login(1, connection)))
+    write_message(&mut writer, Kind::Login(empty_login(epoch, connection)))
         .await
         .unwrap();
     (MessageReader::new(reader), writer)
