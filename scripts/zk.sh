@@ -171,7 +171,7 @@ cmd_start() {
   done
   for i in $(seq 1 $MEMBERS); do
     for p in $((base + i - 1)) $((base + MEMBERS + i - 1)) $((base + 2 * MEMBERS + i - 1)); do
-      zk_port_busy "$p" && die "port $p already in use; choose another CLIENT_PORT_BASE"
+      zk_port_busy "$p" && die "port $p already in use; choose another base port (ZK_PORT_BASE for scripts/local-cluster.sh)"
     done
   done
   write_configs "$dir" "$version" "$base"

@@ -9,11 +9,14 @@
 //! - [`election`]: membership znodes and master election in ZooKeeper, epochs, fencing.
 //! - [`replication`]: the master streams write-ahead records to slaves; the quorum watermark.
 //! - [`node`]: a replicated node's lifecycle: candidate, master, slave, and back.
-//! - [`protocol`]: wire protocols that translate client frames into broker-core calls (STOMP).
+//! - [`protocol`]: wire protocols that translate client frames into broker-core calls (STOMP
+//!   and OpenWire), and the detection of which one a client speaks.
 //! - [`server`]: listeners (serving or refusing clients), protocol detection, one task per
 //!   connection, shutdown.
 //! - [`client`]: ferromq's own STOMP client with ActiveMQ-style failover URLs.
 //! - [`cli`]: the `ferromq` command line: `broker`, `produce`, `consume`, `bench`, `status`.
+//! - [`admin`]: the HTTP admin endpoint: health, readiness, metrics, and purge, delete and DLQ
+//!   retry for operators.
 //! - [`heap`]: hands the memory a drained backlog freed back to the operating system.
 //!
 //! The send path: a protocol session calls [`broker::Session::send`]; the core encodes one

@@ -801,6 +801,49 @@ fn a_health_check_with_a_bad_command_line_is_unknown() {
     // Without --expect-members it is no check: a usage error keeps clap's code.
     let (status, _, _) = run_cli(&["status", "--zk-adress", "x"], Duration::from_secs(30)).unwrap();
     assert_eq!(status.code(), Some(2));
+    // With --json every verdict is one JSON object, an UNKNOWN or a CRITICAL as much as an OK,
+    // so that a script reading it breaks on no failure. ZooKeeper unreachable: CRITICAL.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("127.0.0.1:{}", closed.local_addr().unwrap().port());
+    drop(closed);
+    for (args, state, named) in [
+        (
+            vec!["status", "--expect-members", "three", "--json"],
+            "UNKNOWN",
+            "'three'",
+        ),
+        (
+            vec![
+                "status",
+                "--expect-members",
+                "3",
+                "--json",
+                "--zk-address",
+                &address,
+            ],
+            "CRITICAL",
+            "cannot read the members from ZooKeeper",
+        ),
+    ] {
+        let (status, stdout, stderr) = run_cli(&args, Duration::from_secs(30)).unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("{args:?}: not one JSON document ({e}):\n{stdout}"));
+        assert_eq!(parsed["state"], state, "{args:?}: {stdout}\n{stderr}");
+        let code = if state == "UNKNOWN" { 3 } else { 2 };
+        assert_eq!(status.code(), Some(code), "{args:?}: {stdout}\n{stderr}");
+        assert!(
+            parsed["summary"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(named),
+            "{args:?}: {stdout}"
+        );
+        assert_eq!(
+            parsed["members"],
+            serde_json::json!([]),
+            "{args:?}: {stdout}"
+        );
+    }
 }
 
 /// With two of three nodes down the survivor refuses clients for want of a quorum, a send with
@@ -821,24 +864,40 @@ fn no_quorum_then_back_zk38() {
     // The health check a monitor runs (Nagios plugin codes): OK, then WARNING when a node
     // dies while a master still serves, then CRITICAL when no master can.
     expect_health(&cluster, 0, "FERROMQ OK - master ", "all three up");
+    // `ferromq status` against this cluster's ZooKeeper, with `args` after its address.
+    let zk = cluster.zk_address();
+    let status_of = |args: &[&str]| {
+        let mut argv = vec!["status", "--zk-address", &zk];
+        argv.extend_from_slice(args);
+        let (status, out, err) =
+            ferromq_integration_tests::run_cli(&argv, Duration::from_secs(30)).unwrap();
+        (status.code(), out, err)
+    };
     // A mistyped --zk-path is the check's own mistake (UNKNOWN, naming the path), not a page
     // saying that no master serves.
-    let (status, out, err) = ferromq_integration_tests::run_cli(
-        &[
-            "status",
-            "--zk-address",
-            &cluster.zk_address(),
-            "--zk-path",
-            "/activemq/leveldb-storse",
-            "--expect-members",
-            "3",
-        ],
-        Duration::from_secs(30),
-    )
-    .unwrap();
-    assert_eq!(status.code(), Some(3), "{out}\n{err}");
+    let (code, out, err) = status_of(&[
+        "--zk-path",
+        "/activemq/leveldb-storse",
+        "--expect-members",
+        "3",
+    ]);
+    assert_eq!(code, Some(3), "{out}\n{err}");
     assert!(
         out.starts_with("FERROMQ UNKNOWN - no znode /activemq/leveldb-storse in ZooKeeper"),
+        "{out}"
+    );
+    // A mistyped --cluster: the table command fails naming the clusters that are there (it
+    // used to print an empty table and exit 0), the check says UNKNOWN.
+    let (code, out, err) = status_of(&["--cluster", "othr"]);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(
+        err.contains("no member of cluster othr") && err.contains("registered there: "),
+        "{err}"
+    );
+    let (code, out, err) = status_of(&["--cluster", "othr", "--expect-members", "3"]);
+    assert_eq!(code, Some(3), "{out}\n{err}");
+    assert!(
+        out.starts_with("FERROMQ UNKNOWN - no member of cluster othr"),
         "{out}"
     );
     cluster.kill9(down);

@@ -19,9 +19,16 @@ pub(crate) struct ConsumeArgs {
     /// Destination: queue://NAME, topic://NAME, /queue/NAME or /topic/NAME.
     #[arg(long, short = 'd', value_name = "DESTINATION")]
     destination: String,
-    /// How many messages to receive; the exit code is 0 only if all of them arrive.
+    /// How many messages to receive; the exit code is 0 only if all of them arrive (with
+    /// --browse, also once the end of the queue is reached; with --follow, see there).
     #[arg(long, short = 'n', default_value_t = 1000, value_name = "N")]
     count: u64,
+    /// Keep receiving, however many messages arrive (--count is ignored), until interrupted
+    /// or until --timeout passes without a message (exit code 0): a long-running collector.
+    /// Each message is written out before it is acknowledged, so one interrupted in between
+    /// comes again.
+    #[arg(long, short = 'f', conflicts_with = "browse")]
+    follow: bool,
     /// Stop after this long without a message (e.g. 5s, 500ms); by default wait indefinitely.
     #[arg(long, short = 't', value_parser = duration_arg, value_name = "DURATION")]
     timeout: Option<Duration>,
@@ -31,7 +38,7 @@ pub(crate) struct ConsumeArgs {
     #[arg(long, value_enum, default_value_t = AckArg::Auto)]
     ack: AckArg,
     /// How many unacknowledged messages the broker may push at once (activemq.prefetchSize;
-    /// by default --count, at most 1000).
+    /// by default --count, at most 1000; 1000 with --follow).
     #[arg(long, value_name = "N")]
     prefetch: Option<u32>,
     /// Receive only the messages this JMS selector matches (SQL-92 on headers and properties,
@@ -84,13 +91,19 @@ pub(crate) async fn run(args: ConsumeArgs) -> ExitCode {
                 }
                 Stopped::Failed(error) => format!("; stopped: {error}"),
             };
-            errln!(
-                "received {} of {} in {}{reason}",
-                report.received,
-                args.count,
-                report.rate
-            );
-            if matches!(report.stopped, Stopped::Complete | Stopped::EndOfQueue) {
+            if args.follow {
+                errln!("received {} in {}{reason}", report.received, report.rate);
+            } else {
+                errln!(
+                    "received {} of {} in {}{reason}",
+                    report.received,
+                    args.count,
+                    report.rate
+                );
+            }
+            // Following, going idle for --timeout is the expected end.
+            let idle_end = args.follow && matches!(report.stopped, Stopped::Idle(_));
+            if idle_end || matches!(report.stopped, Stopped::Complete | Stopped::EndOfQueue) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -127,10 +140,10 @@ pub(crate) async fn execute(
     };
     let options = SubscribeOptions {
         ack,
-        prefetch: Some(
-            args.prefetch
-                .unwrap_or_else(|| args.count.clamp(1, 1000) as u32),
-        ),
+        prefetch: Some(args.prefetch.unwrap_or_else(|| match args.follow {
+            true => 1000,
+            false => args.count.clamp(1, 1000) as u32,
+        })),
         selector: args.selector.clone(),
         durable_name: args.durable.clone(),
         headers: if args.browse {
@@ -142,7 +155,7 @@ pub(crate) async fn execute(
     let started = Instant::now();
     let (mut received, mut bytes) = (0u64, 0u64);
     let mut last = started;
-    if args.count == 0 {
+    if args.count == 0 && !args.follow {
         client.close().await.ok();
         return Ok(ConsumeReport {
             received,
@@ -159,7 +172,7 @@ pub(crate) async fn execute(
     // does come again is acknowledged and neither printed nor counted twice.
     let mut in_doubt = HashSet::new();
     let stopped = loop {
-        if received >= args.count {
+        if received >= args.count && !args.follow {
             break Stopped::Complete;
         }
         let next = match args.timeout {
@@ -306,6 +319,38 @@ mod tests {
         assert_eq!(brokers.await.unwrap(), 5);
         assert_eq!(String::from_utf8(out).unwrap(), "m1\nm2\nm3\n");
         assert_eq!((report.received, report.stopped), (3, Stopped::EndOfQueue));
+    }
+
+    /// `--follow` is a collector: it takes every message whatever --count says, and ends only
+    /// when --timeout passes without one.
+    #[tokio::test]
+    async fn follow_receives_past_the_count_until_idle() {
+        let broker = MemoryBroker::start().await;
+        let url = broker.url();
+        produce(&produce_args(&[
+            "-u", &url, "-d", "/queue/q", "-n", "5", "-s", "4",
+        ]))
+        .await
+        .unwrap();
+        let mut out = Vec::new();
+        let args = consume_args(&[
+            "-u",
+            &url,
+            "-d",
+            "queue://q",
+            "-n",
+            "2",
+            "--follow",
+            "-t",
+            "200ms",
+        ]);
+        let report = execute(&args, &mut out).await.unwrap();
+        assert_eq!(report.received, 5);
+        assert_eq!(report.stopped, Stopped::Idle(Duration::from_millis(200)));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "1 xx\n2 xx\n3 xx\n4 xx\n5 xx\n"
+        );
     }
 
     #[tokio::test]

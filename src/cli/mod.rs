@@ -174,7 +174,7 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let args: Vec<String> = std::env::args().skip(1).collect();
             if e.use_stderr() && status::is_check(&args) {
-                return status::usage_error(&e);
+                return status::usage_error(&e, &args);
             }
             e.exit()
         }

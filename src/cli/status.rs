@@ -5,7 +5,8 @@
 //! Zabbix agents, cron mail and systemd's `OnFailure=` all understand: the first line of
 //! standard output is the verdict (`FERROMQ OK - ...`, `FERROMQ WARNING - ...`,
 //! `FERROMQ CRITICAL - ...`), the table follows as the long output, and the exit code is the
-//! state (0 OK, 1 WARNING, 2 CRITICAL; 3 UNKNOWN for a bad command line). It only reads
+//! state (0 OK, 1 WARNING, 2 CRITICAL; 3 UNKNOWN when the check cannot judge, e.g. a bad
+//! command line). With `--json` every verdict is one JSON object instead. It only reads
 //! ZooKeeper; it never writes there.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,9 +34,9 @@ pub(crate) struct StatusArgs {
     #[arg(long, value_name = "PASSWORD")]
     zk_password: Option<String>,
     /// Print the members as one JSON array instead of a table: each member's znode data, with
-    /// its znode name added as "znode". With --expect-members, one JSON object instead:
-    /// "state" (OK, WARNING, CRITICAL), "summary" and "members" (that array); the exit code
-    /// is the check's.
+    /// its znode name added as "znode". With --expect-members, one JSON object instead,
+    /// whatever the verdict: "state" (OK, WARNING, CRITICAL, UNKNOWN), "summary" and "members"
+    /// (that array); the exit code is the check's.
     #[arg(long)]
     json: bool,
     /// Health check for monitoring (Nagios/Icinga plugin, systemd timer, cron): the first
@@ -43,6 +44,8 @@ pub(crate) struct StatusArgs {
     /// serves but fewer than N members are registered (a node is down: one more failure may
     /// stop writes), or fewer than N-1 slaves follow it. CRITICAL: no master serves, the master
     /// has fewer slaves than a confirmation needs (N/2), or ZooKeeper cannot be read.
+    /// UNKNOWN (exit 3): the check could not judge (a bad command line, nothing registered
+    /// under --zk-path, no member of --cluster, several clusters and no --cluster).
     #[arg(long, value_name = "N", value_parser = members_count)]
     expect_members: Option<usize>,
 }
@@ -102,9 +105,10 @@ pub(crate) fn is_check(args: &[String]) -> bool {
 }
 
 /// A usage error of the health check, the Nagios way: `FERROMQ UNKNOWN - <what is wrong>` on
-/// standard output, clap's full message on standard error, exit code 3 (not clap's 2, which a
-/// monitor would take for CRITICAL).
-pub(crate) fn usage_error(error: &clap::Error) -> ExitCode {
+/// standard output (or its JSON object, when the command line asks for `--json`), clap's full
+/// message on standard error, exit code 3 (not clap's 2, which a monitor would take for
+/// CRITICAL).
+pub(crate) fn usage_error(error: &clap::Error, args: &[String]) -> ExitCode {
     let text = error.to_string();
     let what = text
         .lines()
@@ -112,22 +116,50 @@ pub(crate) fn usage_error(error: &clap::Error) -> ExitCode {
         .unwrap_or_default()
         .trim_start_matches("error: ");
     errout!("{text}");
-    unknown(what)
+    let json = args.iter().any(|a| a == "--json");
+    unknown(what, json)
 }
 
-/// `FERROMQ UNKNOWN - bad command line: <what>` on standard output, exit code 3.
-fn unknown(what: &str) -> ExitCode {
-    unknown_because(&format!("bad command line: {what}"))
+/// `FERROMQ UNKNOWN - bad command line: <what>`, exit code 3.
+fn unknown(what: &str, json: bool) -> ExitCode {
+    unknown_because(&format!("bad command line: {what}"), json)
 }
 
-/// `FERROMQ UNKNOWN - <why>` on standard output, exit code 3: the check cannot judge.
-fn unknown_because(why: &str) -> ExitCode {
-    let verdict = Verdict {
-        health: Health::Unknown,
-        summary: why.to_string(),
-    };
-    outln!("{verdict}");
+/// `FERROMQ UNKNOWN - <why>`, exit code 3: the check cannot judge.
+fn unknown_because(why: &str, json: bool) -> ExitCode {
+    report(
+        &Verdict {
+            health: Health::Unknown,
+            summary: why.to_string(),
+        },
+        &[],
+        json,
+    )
+}
+
+/// Prints the check's verdict on standard output, whatever it is: its line and the members'
+/// table, or (`--json`) one JSON object with "state", "summary" and "members", so that a
+/// script parses the output of a failing check as it parses a passing one. Returns the
+/// verdict's exit code.
+fn report(verdict: &Verdict, members: &[MemberView], json: bool) -> ExitCode {
+    if json {
+        outln!("{}", verdict_json(verdict, members));
+    } else {
+        outln!("{verdict}");
+        if !members.is_empty() {
+            out!("{}", crate::election::format_table(members));
+        }
+    }
     verdict.health.exit_code()
+}
+
+/// The `--json` form of a verdict: "state", "summary" and "members" (as [`members_json`]).
+fn verdict_json(verdict: &Verdict, members: &[MemberView]) -> serde_json::Value {
+    serde_json::json!({
+        "state": verdict.health.word(),
+        "summary": verdict.summary,
+        "members": members_json(members),
+    })
 }
 
 /// Runs `ferromq status`.
@@ -143,7 +175,7 @@ pub(crate) async fn run(args: StatusArgs) -> ExitCode {
         errln!("ferromq status: {what}");
         return match args.expect_members {
             None => ExitCode::from(2),
-            Some(_) => unknown(&what),
+            Some(_) => unknown(&what, args.json),
         };
     }
     let read =
@@ -153,7 +185,7 @@ pub(crate) async fn run(args: StatusArgs) -> ExitCode {
         (Ok(members), _) => members,
         // A path nobody registered under is most likely the check's own mistake.
         (Err(e @ crate::election::ElectionError::NoPath { .. }), Some(_)) => {
-            return unknown_because(&format!("{e} (--zk-path)"));
+            return unknown_because(&format!("{e} (--zk-path)"), args.json);
         }
         (Err(e), None) => {
             errln!("ferromq status: {e}");
@@ -166,51 +198,46 @@ pub(crate) async fn run(args: StatusArgs) -> ExitCode {
                 health: Health::Critical,
                 summary: format!("cannot read the members from ZooKeeper: {e}"),
             };
-            outln!("{verdict}");
-            return verdict.health.exit_code();
+            return report(&verdict, &[], args.json);
         }
     };
     if let Some(name) = &args.cluster {
         members = match of_cluster(members, name) {
             Ok(ours) => ours,
             // Other clusters there and none of this name: a mistyped --cluster, most likely.
-            Err(others) if args.expect_members.is_some() => {
-                return unknown_because(&format!(
-                    "no member of cluster {name} under {} (registered there: {others}) \
-                     (--cluster)",
+            Err(others) => {
+                let what = format!(
+                    "no member of cluster {name} under {} (registered there: {others})",
                     args.zk_path
-                ));
+                );
+                if args.expect_members.is_some() {
+                    return unknown_because(&format!("{what} (--cluster)"), args.json);
+                }
+                errln!("ferromq status: {what}");
+                return ExitCode::FAILURE;
             }
-            Err(_) => Vec::new(),
         };
     }
     if args.expect_members.is_some() && args.cluster.is_none() {
         if let Some(names) = several_clusters(&members) {
-            return unknown_because(&format!(
-                "members of several clusters register under {} ({}): name the one to check \
+            return unknown_because(
+                &format!(
+                    "members of several clusters register under {} ({}): name the one to check \
                  with --cluster",
-                args.zk_path,
-                names.join(", ")
-            ));
+                    args.zk_path,
+                    names.join(", ")
+                ),
+                args.json,
+            );
         }
     }
-    let verdict = args.expect_members.map(|n| check(&members, n));
-    match (&verdict, args.json) {
-        // One JSON document for a script: the verdict with the members.
-        (Some(verdict), true) => outln!(
-            "{}",
-            serde_json::json!({
-                "state": verdict.health.word(),
-                "summary": verdict.summary,
-                "members": members_json(&members),
-            })
-        ),
-        (None, true) => outln!("{}", members_json(&members)),
-        (Some(verdict), false) => {
-            outln!("{verdict}");
-            out!("{}", crate::election::format_table(&members));
-        }
-        (None, false) => out!("{}", crate::election::format_table(&members)),
+    if let Some(expected) = args.expect_members {
+        return report(&check(&members, expected), &members, args.json);
+    }
+    if args.json {
+        outln!("{}", members_json(&members));
+    } else {
+        out!("{}", crate::election::format_table(&members));
     }
     if members.is_empty() {
         errln!(
@@ -219,7 +246,7 @@ pub(crate) async fn run(args: StatusArgs) -> ExitCode {
             args.zk_address
         );
     }
-    verdict.map_or(ExitCode::SUCCESS, |v| v.health.exit_code())
+    ExitCode::SUCCESS
 }
 
 /// When the members are not all configured with the same `replicas`: which says what. A node

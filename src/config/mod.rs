@@ -591,9 +591,11 @@ impl Config {
             return Err(invalid(
                 "store.store_limit",
                 format!(
-                    "{} bytes is too small: it must be at least twice log_size ({} bytes), \
-                     since the current journal segment alone takes log_size",
-                    s.store_limit, s.log_size
+                    "{} bytes is too small: it must be at least twice log_size (2 × {} = {} \
+                     bytes), since the current journal segment alone takes log_size",
+                    s.store_limit,
+                    s.log_size,
+                    s.log_size.saturating_mul(2)
                 ),
             ));
         }
@@ -1047,7 +1049,7 @@ mod tests {
         assert!(
             err.contains("store.store_limit")
                 && err.contains(&file)
-                && err.contains("at least twice log_size (104857600 bytes)"),
+                && err.contains("at least twice log_size (2 × 104857600 = 209715200 bytes)"),
             "{err}"
         );
         let (err, file) = load_err("[store]\nstore_limit = \"lots\"\n");

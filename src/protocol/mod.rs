@@ -1,6 +1,7 @@
 //! Wire protocols that translate client frames into broker-core calls.
 //!
 //! - [`stomp`]: STOMP 1.0, 1.1 and 1.2 (the frame codec in [`stomp::frame`]).
+//! - [`openwire`]: OpenWire versions 1 to 12, for stock ActiveMQ JMS clients.
 //! - [`temps`]: the temporary destinations live on this node, whichever protocol made them.
 //! - `write`: writing to a client while still noticing that it went silent.
 //! - [`detect`]: tells STOMP from OpenWire by the first bytes a client sends, so that one

@@ -262,11 +262,16 @@ impl Core {
                 for t in self.wildcards_matching(name) {
                     durables.extend(t.durables.iter().cloned());
                 }
+                // A non-persistent message is kept only for the durable subscriptions active
+                // now, as ActiveMQ does (`DurableTopicSubscription.add`): an offline
+                // subscription misses it, so offline subscriptions never fill `memory_limit`
+                // with non-persistent bodies and pause every non-persistent producer.
                 let durables: Vec<String> = durables
                     .into_iter()
                     .filter(|q| {
                         self.durables.get(q).is_none_or(|d| {
-                            d.selector.as_ref().is_none_or(|s| s.matches(&message))
+                            (message.persistent || d.active.is_some())
+                                && d.selector.as_ref().is_none_or(|s| s.matches(&message))
                                 && d.no_local_session != Some(origin)
                         })
                     })

@@ -2,16 +2,19 @@
 
 use super::*;
 
+/// Subscribes `s` durably (subscription "sub", id "d", prefetch 10) to `topic`.
+fn durable_sub(s: &Session, topic: &Destination) -> Result<Confirmation, BrokerError> {
+    s.subscribe(SubscribeRequest {
+        durable_name: Some("sub".into()),
+        ..request("d", topic.clone(), 10)
+    })
+}
+
 #[tokio::test]
 async fn a_durable_subscription_keeps_messages_while_away() {
     let f = fixture(BrokerOptions::default()).await;
     let topic = Destination::Topic("news".into());
-    let durable = |s: &Session| {
-        s.subscribe(SubscribeRequest {
-            durable_name: Some("sub".into()),
-            ..request("d", topic.clone(), 10)
-        })
-    };
+    let durable = |s: &Session| durable_sub(s, &topic);
     let (s, _) = f.broker.open_session(Some("client-1".into()));
     durable(&s).unwrap().await.unwrap();
     drop(s);
@@ -30,6 +33,33 @@ async fn a_durable_subscription_keeps_messages_while_away() {
         ..request("d2", topic.clone(), 10)
     });
     assert_eq!(again.unwrap_err(), BrokerError::DurableInUse("sub".into()));
+}
+
+/// As in ActiveMQ, an offline durable subscription misses non-persistent messages (they are
+/// kept only for the subscriptions active when they are published) and keeps persistent ones.
+/// Kept, they would pile up in memory for a subscriber that may never come back, and once they
+/// filled `memory_limit` every non-persistent producer of the broker would be paused.
+#[tokio::test]
+async fn an_offline_durable_subscription_misses_non_persistent_messages() {
+    let f = fixture(BrokerOptions::default()).await;
+    let topic = Destination::Topic("news".into());
+    let durable = |s: &Session| durable_sub(s, &topic);
+    let (producer, _) = f.broker.open_session(None);
+    let (s, mut rx) = f.broker.open_session(Some("client-1".into()));
+    durable(&s).unwrap().await.unwrap();
+    send_settled(&producer, &topic, non_persistent("while active")).await;
+    let d = next(&mut rx).await;
+    assert_eq!(body(&d), "while active");
+    s.ack(d.tag, AckScope::Single, None).unwrap();
+    drop(s);
+    send_settled(&producer, &topic, non_persistent("missed")).await;
+    send_settled(&producer, &topic, persistent("kept")).await;
+    assert_eq!(f.broker.queue_depth("durable://client-1:sub"), 1);
+    let (s, mut rx) = f.broker.open_session(Some("client-1".into()));
+    durable(&s).unwrap().await.unwrap();
+    assert_eq!(body(&next(&mut rx).await), "kept");
+    send_settled(&producer, &topic, non_persistent("active again")).await;
+    assert_eq!(body(&next(&mut rx).await), "active again");
 }
 
 /// A client id is held by one connection at a time, as in ActiveMQ: a second connection with
