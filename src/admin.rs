@@ -218,7 +218,9 @@ async fn answer(
                 let mut sink = tokio::io::sink();
                 let drained = tokio::io::copy(&mut unread, &mut sink);
                 if tokio::time::timeout(READ_DEADLINE, drained).await.is_err() {
-                    return Ok(());
+                    let response = Response::text(408, "request body not received in time\n");
+                    stream.write_all(&response.to_bytes()).await?;
+                    return stream.shutdown().await;
                 }
                 let view = View::of(status, mode);
                 let mut response = match Operation::of(&request.path) {
@@ -241,7 +243,7 @@ async fn answer(
 async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() <= MAX_HEAD {
+    while head_end(&head).is_none() && head.len() <= MAX_HEAD {
         let n = stream.read(&mut buf).await?;
         if n == 0 {
             break;
@@ -261,12 +263,26 @@ struct Request {
     body_unread: usize,
 }
 
+/// Where the head's header lines end and where its body starts: at the first blank line,
+/// `\r\n\r\n`, or `\n\n` from a client that ends its lines with LF alone (which HTTP lets a
+/// server accept).
+fn head_end(head: &[u8]) -> Option<(usize, usize)> {
+    let crlf = head.windows(4).position(|w| w == b"\r\n\r\n");
+    let lf = head.windows(2).position(|w| w == b"\n\n");
+    match (crlf, lf) {
+        (Some(c), Some(l)) if l + 1 < c => Some((l, l + 2)),
+        (Some(c), _) => Some((c, c + 4)),
+        (None, Some(l)) => Some((l, l + 2)),
+        (None, None) => None,
+    }
+}
+
 /// The method and path of a request head; a 4xx response when it is not a usable one.
 fn parse_request(head: &[u8]) -> Result<Request, Response> {
     if head.len() > MAX_HEAD {
         return Err(Response::text(431, "request head too large\n"));
     }
-    let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+    let Some((end, body_start)) = head_end(head) else {
         return Err(Response::text(400, "incomplete request head\n"));
     };
     let Ok(text) = std::str::from_utf8(&head[..end]) else {
@@ -301,7 +317,7 @@ fn parse_request(head: &[u8]) -> Result<Request, Response> {
         method: method.to_string(),
         path: path.to_string(),
         authorization: header("authorization"),
-        body_unread: body.saturating_sub(head.len() - (end + 4)),
+        body_unread: body.saturating_sub(head.len() - body_start),
     })
 }
 
@@ -1059,6 +1075,14 @@ mod tests {
         assert_eq!(parse_request(huge).map_err(|r| r.code).unwrap_err(), 413);
         let bad = b"POST /queues/q/purge HTTP/1.1\r\nContent-Length: -1\r\n\r\n";
         assert_eq!(parse_request(bad).map_err(|r| r.code).unwrap_err(), 400);
+        // Lines ended with LF alone, as some hand-written clients send them.
+        let bare = parse_request(b"POST /queues/q/purge HTTP/1.1\nContent-Length: 4\n\nab");
+        let bare = bare.map_err(|r| r.code).unwrap();
+        assert_eq!(
+            (bare.path.as_str(), bare.body_unread),
+            ("/queues/q/purge", 2)
+        );
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nx\n\n"), Some((14, 18)));
         assert_eq!(percent_decoded("%zz"), None);
         assert_eq!(percent_decoded("%4"), None);
         assert_eq!(percent_decoded("%ff"), None);
@@ -1084,6 +1108,35 @@ mod tests {
         assert!(!same_secret("s3cre", "s3cret"));
         assert!(!same_secret("s3cretx", "s3cret"));
         assert!(!same_secret("", "s3cret"));
+    }
+
+    /// A client that stops sending before its head ends, or before the body its
+    /// Content-Length announces, is answered 408 once the read deadline passes, rather than
+    /// closed without a word. In paused time: the deadline passes as soon as nothing else runs.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_cut_short_is_answered_408() {
+        let (_tx, mode) = watch::channel(Mode::Refuse("not serving".into()));
+        let (address, task) = serve("127.0.0.1:0", Status::new("n1"), mode, None)
+            .await
+            .unwrap();
+        for (request, says) in [
+            (
+                &b"GET /health HTTP/1.1\r\n"[..],
+                "request head not received in time",
+            ),
+            (
+                &b"GET /health HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc"[..],
+                "request body not received in time",
+            ),
+        ] {
+            let mut stream = TcpStream::connect(address).await.unwrap();
+            stream.write_all(request).await.unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.unwrap();
+            assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+            assert!(answer.contains(says), "{answer}");
+        }
+        task.abort();
     }
 
     #[tokio::test]

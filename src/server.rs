@@ -225,7 +225,12 @@ pub(crate) async fn open_store_with(
     let directory = options.directory.clone();
     tokio::task::spawn_blocking(move || Store::open(options, on_durable))
         .await?
-        .with_context(|| format!("opening the store in {}", directory.display()))
+        .with_context(|| {
+            format!(
+                "opening the store in {} (store.directory)",
+                directory.display()
+            )
+        })
 }
 
 /// The broker core's options from the configuration.

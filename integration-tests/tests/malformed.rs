@@ -168,6 +168,20 @@ fn malformed_header_line_is_refused() -> Result<()> {
     })
 }
 
+/// More than ActiveMQ's 1000 headers in one frame, each costing the broker far more than its
+/// bytes: refused, though the frame is within `max_frame_size`.
+#[test]
+fn a_frame_with_too_many_headers_is_refused() -> Result<()> {
+    with_bystander(|broker| {
+        let mut frame = b"SEND\ndestination:/queue/x\n".to_vec();
+        frame.extend(b"a:\n".repeat(1000));
+        frame.extend_from_slice(b"\nhi\0");
+        assert!(frame.len() < MAX_FRAME_SIZE);
+        expect_error(broker, &frame, &["more than 1000 headers"])?;
+        Ok(())
+    })
+}
+
 #[test]
 fn durable_subscription_without_client_id_is_refused() -> Result<()> {
     with_bystander(|broker| {

@@ -419,6 +419,7 @@ async fn serve_slave(
     stream.set_nodelay(true)?;
     let (reader, mut writer) = stream.into_split();
     let mut reader = MessageReader::new(reader);
+    reader.set_limit(super::MAX_LOGIN_LEN);
     let login = match timeout(PEER_TIMEOUT, reader.next()).await {
         Err(_) => return Err(ReplicationError::Timeout(PEER_TIMEOUT)),
         Ok(Ok(Some(Kind::Login(login)))) => login,
@@ -430,6 +431,7 @@ async fn serve_slave(
         }
         Ok(Err(e)) => return Err(e),
     };
+    reader.set_limit(super::MAX_MESSAGE_LEN);
     let node = login.node.clone();
     *node_name = node.clone();
     let epoch = shared.options.epoch;
@@ -440,6 +442,16 @@ async fn serve_slave(
             &node,
             peer,
             "security token mismatch".into(),
+        )
+        .await;
+    }
+    if node.trim().is_empty() {
+        return refuse(
+            shared,
+            &mut writer,
+            &node,
+            peer,
+            "the login names no node".into(),
         )
         .await;
     }

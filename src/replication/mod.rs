@@ -53,6 +53,9 @@ use wire::envelope::Kind;
 
 /// Largest replication message (length prefix excluded).
 pub const MAX_MESSAGE_LEN: usize = 64 << 20;
+/// Largest first message a master reads from a peer not yet logged in: a login (its epoch
+/// history included) is far smaller, and nobody unauthenticated gets a 64 MiB buffer.
+const MAX_LOGIN_LEN: usize = 1 << 20;
 /// Largest `Records.frames` the master sends in one message (frames larger are split).
 const MAX_RECORDS_BYTES: usize = 16 << 20;
 /// Journal bytes the master reads at once for a slave.
@@ -124,6 +127,8 @@ async fn write_message<W: AsyncWrite + Unpin>(
 struct MessageReader<R> {
     reader: R,
     buffer: BytesMut,
+    /// The largest message accepted ([`MAX_MESSAGE_LEN`], or less before a login).
+    limit: usize,
 }
 
 /// What one read asks for at least.
@@ -134,7 +139,13 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         MessageReader {
             reader,
             buffer: BytesMut::new(),
+            limit: MAX_MESSAGE_LEN,
         }
+    }
+
+    /// Accepts messages of at most `limit` bytes from now on.
+    fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.min(MAX_MESSAGE_LEN);
     }
 
     /// The next message; `None` when the peer closed the connection between messages.
@@ -159,9 +170,10 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             return Ok(None);
         };
         let len = u32::from_le_bytes(header.try_into().expect("4 bytes")) as usize;
-        if len > MAX_MESSAGE_LEN {
+        if len > self.limit {
             return Err(ReplicationError::Protocol(format!(
-                "message of {len} bytes exceeds the limit of {MAX_MESSAGE_LEN}"
+                "message of {len} bytes exceeds the limit of {}",
+                self.limit
             )));
         }
         if self.buffer.len() < 4 + len {

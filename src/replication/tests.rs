@@ -1159,3 +1159,50 @@ fn only_an_earlier_attempt_of_the_same_process_is_a_stale_login() {
     assert!(!unknown.is_stale_beside(&second));
     assert!(!second.is_stale_beside(&unknown));
 }
+
+/// A login must name its node (the master reports and counts slaves by it): one that names
+/// none is refused, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_login_without_a_node_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = start_master(open(dir.path(), 1 << 20), 2, 2).await;
+    let address = socket_address(&master.address).unwrap();
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (reader, mut writer) = stream.into_split();
+    let login = wire::Login {
+        node: String::new(),
+        ..empty_login(2, ConnectionId::default())
+    };
+    write_message(&mut writer, Kind::Login(login))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(PEER_TIMEOUT * 2, MessageReader::new(reader).next()).await;
+    match answer {
+        Ok(Ok(Some(Kind::Refused(refused)))) => {
+            assert_eq!(refused.reason, "the login names no node")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(master.replication.connected_slaves(), 0);
+}
+
+/// Before a login, a peer cannot make the master hold more than a login's worth: a length
+/// prefix past [`MAX_LOGIN_LEN`] is refused at once, without waiting for its bytes.
+#[tokio::test]
+async fn a_message_longer_than_the_limit_is_refused_before_its_bytes_arrive() {
+    use tokio::io::AsyncWriteExt;
+    let (mut peer, ours) = tokio::io::duplex(1 << 10);
+    let mut reader = MessageReader::new(ours);
+    reader.set_limit(MAX_LOGIN_LEN);
+    peer.write_all(&((MAX_LOGIN_LEN as u32) + 1).to_le_bytes())
+        .await
+        .unwrap();
+    // The connection stays open: only the limit can end this read.
+    match tokio::time::timeout(PEER_TIMEOUT, reader.next()).await {
+        Ok(Err(ReplicationError::Protocol(reason))) => {
+            assert!(reason.contains("exceeds the limit of 1048576"), "{reason}")
+        }
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    drop(peer);
+}

@@ -488,6 +488,8 @@ pub fn to_openwire(
         None => destination.clone(),
     });
     let mut props = PrimitiveMap::new();
+    // The first of repeated names wins; a set, since a message may carry many thousands.
+    let mut named = std::collections::HashSet::new();
     for h in &stored.headers {
         match h.name.as_str() {
             CORRELATION_ID => m.correlation_id = Some(h.value.clone()),
@@ -497,7 +499,7 @@ pub fn to_openwire(
             GROUP_SEQ => m.group_sequence = h.value.parse().unwrap_or(0),
             ORIGINAL_DESTINATION => m.original_destination = parse_destination(&h.value),
             _ => {
-                if props.get(&h.name).is_none() {
+                if named.insert(h.name.as_str()) {
                     props.entries.push((h.name.clone(), property_value(h)));
                 }
             }

@@ -25,8 +25,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::convert::{self, ADVISORY_PREFIX};
 use super::{
-    decode, encode, negotiate, BaseCommand, BrokerId, BrokerInfo, Command, ConnectionError,
-    ConnectionId, ConsumerId, ConsumerInfo, DataArrayResponse, DataStructure,
+    decode, encode, negotiate, BaseCommand, BrokerId, BrokerInfo, CodecError, Command,
+    ConnectionError, ConnectionId, ConsumerId, ConsumerInfo, DataArrayResponse, DataStructure,
     Destination as OwDestination, DestinationInfo, DestinationKind, ExceptionResponse, Format,
     FrameReader, MessageAck, MessageDispatch, MessageId, MessageKind, MessagePull, Next, Oversized,
     ProducerAck, ProducerId, ProducerInfo, RemoveInfo, Response, Throwable, TransactionId,
@@ -343,6 +343,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             tracing::error!(peer = %self.peer, command = command.name(), error = %e, "cannot encode a reply");
             Close::Error(format!("cannot encode {}: {e}", command.name()))
         })
+    }
+
+    /// Queues a message's dispatch, or, when the message cannot be written in OpenWire (a
+    /// field past what the wire format holds, such as a STOMP header of more than 65,535
+    /// bytes mapped to JMSCorrelationID), leaves the output as it was and says why: the caller
+    /// then passes the message over instead of closing the connection, which would only send
+    /// the message back to be dispatched again, to this consumer or another.
+    fn queue_dispatch(&mut self, dispatch: MessageDispatch) -> Result<(), CodecError> {
+        let command = Command::MessageDispatch(dispatch);
+        tracing::trace!(peer = %self.peer, command = command.name(), "OpenWire out");
+        // On error `encode` appends nothing.
+        encode(&command, self.format, &mut self.output)
     }
 
     async fn flush_output(&mut self) -> std::io::Result<()> {
@@ -1096,23 +1108,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 .browse_next(&mut browsing.cursor, room)
                 .map_err(|e| Close::Error(format!("browsing for consumer {}: {e}", consumer.id)))?;
             for (message, redeliveries) in page {
-                let m = convert::to_openwire(
+                // A message OpenWire cannot carry is left out of the browse (it stays on the
+                // queue), not a reason to close the browsing connection.
+                let queued = convert::to_openwire(
                     &message,
                     &consumer.destination,
                     redeliveries,
                     0,
                     state.now,
                 )
-                .map_err(|e| Close::Error(e.to_string()))?;
+                .map_err(|e| e.to_string())
+                .and_then(|m| {
+                    self.queue_dispatch(MessageDispatch {
+                        consumer_id: Some(consumer.id.clone()),
+                        destination: Some(consumer.destination.clone()),
+                        message: Some(Box::new(m)),
+                        redelivery_counter: redeliveries as i32,
+                        ..MessageDispatch::default()
+                    })
+                    .map_err(|e| e.to_string())
+                });
+                if let Err(error) = queued {
+                    tracing::warn!(message_id = %message.message_id, %error, "cannot show a message to an OpenWire queue browser; left out of the browse");
+                    continue;
+                }
                 browsing.outstanding.push_back(message.message_id.clone());
                 browsing.pulls = browsing.pulls.saturating_sub(1);
-                self.queue(&Command::MessageDispatch(MessageDispatch {
-                    consumer_id: Some(consumer.id.clone()),
-                    destination: Some(consumer.destination.clone()),
-                    message: Some(Box::new(m)),
-                    redelivery_counter: redeliveries as i32,
-                    ..MessageDispatch::default()
-                }))?;
             }
         }
     }
@@ -1199,18 +1220,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             Err(e) => {
                 tracing::warn!(message_id = %delivery.message.message_id, error = %e, "cannot hand a message to an OpenWire consumer; dead-lettering it");
-                let _ = state.session.nack(delivery.tag, None);
+                let cause = format!("ferromq: the message cannot be written in OpenWire: {e}");
+                let _ = state.session.poison(delivery.tag, Some(&cause));
                 return Ok(());
             }
         };
-        consumer
-            .dispatched
-            .insert(delivery.tag, delivery.message.clone());
-        if consumer.prefetch == 0 {
-            // This answers the consumer's pull (a JMS client has one receive outstanding): its
-            // deadline must not answer a later pull with nothing.
-            state.pulls.retain(|(_, k)| *k != delivery.subscription);
-        }
         let dispatch = MessageDispatch {
             consumer_id: Some(consumer.id.clone()),
             destination: Some(consumer.destination.clone()),
@@ -1218,7 +1232,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             redelivery_counter: i32::try_from(delivery.redelivery_count).unwrap_or(i32::MAX),
             ..MessageDispatch::default()
         };
-        self.queue(&Command::MessageDispatch(dispatch))
+        let prefetch = consumer.prefetch;
+        if let Err(e) = self.queue_dispatch(dispatch) {
+            tracing::warn!(message_id = %delivery.message.message_id, error = %e, "cannot write a message in OpenWire for a consumer; dead-lettering it");
+            let cause = format!("ferromq: the message cannot be written in OpenWire: {e}");
+            let _ = state.session.poison(delivery.tag, Some(&cause));
+            return Ok(());
+        }
+        if let Some(consumer) = state.consumers.get_mut(&delivery.subscription) {
+            consumer
+                .dispatched
+                .insert(delivery.tag, delivery.message.clone());
+        }
+        if prefetch == 0 {
+            // This answers the consumer's pull (a JMS client has one receive outstanding): its
+            // deadline must not answer a later pull with nothing.
+            state.pulls.retain(|(_, k)| *k != delivery.subscription);
+        }
+        Ok(())
     }
 
     /// Tells this connection's advisory consumers of temporary destinations created or

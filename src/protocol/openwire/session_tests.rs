@@ -1306,3 +1306,34 @@ async fn the_inactivity_monitor_waits_for_the_initial_delay() {
     assert!(silent < Duration::from_secs(15), "open {silent:?}");
     assert!(refused.is_some(), "closed without a ConnectionError");
 }
+
+/// A message OpenWire cannot carry (here a correlation id of more than 65,535 bytes, which a
+/// STOMP producer could once send, and a store may still hold) is dead-lettered, saying why,
+/// and the consumer's connection stays open and gets the messages behind it. Closing it would
+/// only have sent the message back to the queue, to fail the same way at every reconnect.
+#[tokio::test]
+async fn a_message_openwire_cannot_carry_is_dead_lettered_and_the_consumer_carries_on() {
+    let f = fixture(&[]);
+    let (s, _rx) = f.broker.open_session(None);
+    for (body, correlation) in [("unwritable", "c".repeat(70_000)), ("after", "ok".into())] {
+        let message = crate::broker::NewMessage {
+            persistent: true,
+            headers: vec![crate::store::Header::text("correlation-id", correlation)],
+            body: bytes::Bytes::from(body),
+            ..Default::default()
+        };
+        let queue = Destination::Queue("poison".into());
+        s.send(&queue, message, None).unwrap().await.unwrap();
+    }
+    let conn = "ID:t-poison:1";
+    let mut c = Client::connected(&f, conn).await;
+    c.request(subscribe(conn, 1, "poison", 10)).await;
+    assert_eq!(body_of(&c.next().await).as_deref(), Some("after"));
+    eventually("the unwritable message on the DLQ", || {
+        f.broker.queue_depth("queue://ActiveMQ.DLQ") == 1
+    })
+    .await;
+    // The connection is still served.
+    let answer = c.request(text(conn, "poison", 1, "more")).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+}

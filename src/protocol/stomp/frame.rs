@@ -231,7 +231,16 @@ pub enum FrameError {
     BadEscape(String),
     #[error("NUL byte in the command or headers (is the blank line after the headers missing?)")]
     NulInHeaders,
+    #[error("a header line is longer than {limit} bytes")]
+    HeaderTooLong { limit: usize },
+    #[error("more than {limit} headers in one frame")]
+    TooManyHeaders { limit: usize },
 }
+
+/// The longest command or header line a broker accepts (ActiveMQ's STOMP limit, 10 KiB).
+pub const MAX_HEADER_LINE: usize = 10 * 1024;
+/// The most headers a broker accepts in one frame (ActiveMQ's STOMP limit).
+pub const MAX_HEADERS: usize = 1000;
 
 /// Where the decoder is within the frame at the front of the buffer.
 #[derive(Debug)]
@@ -239,8 +248,13 @@ enum State {
     /// Between frames: heart-beats or the start of a command line.
     Idle,
     /// Looking for the blank line that ends the headers. `line_start` is where the line being
-    /// scanned begins; bytes before `scanned` contain neither LF nor NUL beyond that line.
-    Head { line_start: usize, scanned: usize },
+    /// scanned begins; bytes before `scanned` contain neither LF nor NUL beyond that line;
+    /// `lines` is how many lines (the command's included) ended before it.
+    Head {
+        line_start: usize,
+        scanned: usize,
+        lines: usize,
+    },
     /// Headers parsed; waiting for the body and its NUL. `body_start` is the offset of the body
     /// in the buffer; without content-length, bytes in `body_start..scanned` hold no NUL.
     Body {
@@ -260,6 +274,8 @@ enum State {
 #[derive(Debug)]
 pub struct Decoder {
     max_frame_size: usize,
+    /// Whether [`MAX_HEADER_LINE`] and [`MAX_HEADERS`] apply (a broker's decoder).
+    header_limits: bool,
     version: Version,
     state: State,
 }
@@ -270,9 +286,20 @@ impl Decoder {
     pub fn new(max_frame_size: usize) -> Decoder {
         Decoder {
             max_frame_size,
+            header_limits: false,
             version: Version::V1_0,
             state: State::Idle,
         }
+    }
+
+    /// The same decoder, also refusing a command or header line longer than
+    /// [`MAX_HEADER_LINE`] and a frame with more than [`MAX_HEADERS`] headers, as ActiveMQ's
+    /// broker does: what a broker reads from clients. Without them, a frame within the size
+    /// limit could carry millions of headers, each costing the broker far more memory and
+    /// work than its bytes on the wire.
+    pub fn with_header_limits(mut self) -> Decoder {
+        self.header_limits = true;
+        self
     }
 
     /// Sets the negotiated version; it applies to frames whose headers are not yet parsed.
@@ -333,6 +360,7 @@ impl Decoder {
                             self.state = State::Head {
                                 line_start: 0,
                                 scanned: 0,
+                                lines: 0,
                             }
                         }
                     },
@@ -340,14 +368,19 @@ impl Decoder {
                         self.state = State::Head {
                             line_start: 0,
                             scanned: 0,
+                            lines: 0,
                         }
                     }
                 },
                 State::Head {
                     line_start,
                     scanned,
+                    lines,
                 } => {
-                    let Some(body_start) = find_header_end(buf, line_start, scanned)? else {
+                    let limits = self.header_limits;
+                    let Some(body_start) =
+                        find_header_end(buf, line_start, scanned, lines, limits)?
+                    else {
                         if buf.len() > self.max_frame_size {
                             return Err(self.too_large(buf.len()));
                         }
@@ -433,14 +466,27 @@ impl Decoder {
 
 /// Scans for the blank line ending the headers, resuming at `*scanned`; returns the offset just
 /// past it (the body's start). A NUL before it is an error: the frame would never end well.
+/// With `limits`, a line longer than [`MAX_HEADER_LINE`] (even before its end arrives) or more
+/// than [`MAX_HEADERS`] header lines is an error too.
 fn find_header_end(
     buf: &[u8],
     line_start: &mut usize,
     scanned: &mut usize,
+    lines: &mut usize,
+    limits: bool,
 ) -> Result<Option<usize>, FrameError> {
+    // A line's bytes without its EOL: a CR before the LF is not counted.
+    let too_long = |len: usize| match limits && len > MAX_HEADER_LINE {
+        true => Err(FrameError::HeaderTooLong {
+            limit: MAX_HEADER_LINE,
+        }),
+        false => Ok(()),
+    };
     loop {
         let Some(at) = buf[*scanned..].iter().position(|&b| b == b'\n' || b == 0) else {
             *scanned = buf.len();
+            // The line's CR may still come: allow it one byte.
+            too_long((buf.len() - *line_start).saturating_sub(1))?;
             return Ok(None);
         };
         let end = *scanned + at;
@@ -451,6 +497,11 @@ fn find_header_end(
         let line = &buf[*line_start..end];
         if *line_start > 0 && (line.is_empty() || line == b"\r") {
             return Ok(Some(end + 1));
+        }
+        too_long(line.strip_suffix(b"\r").unwrap_or(line).len())?;
+        *lines += 1;
+        if limits && *lines > MAX_HEADERS + 1 {
+            return Err(FrameError::TooManyHeaders { limit: MAX_HEADERS });
         }
         *line_start = end + 1;
         *scanned = end + 1;
@@ -655,6 +706,62 @@ mod tests {
     use proptest::prelude::*;
 
     const LIMIT: usize = 64 * 1024;
+
+    /// A broker's decoder takes ActiveMQ's limits: 1000 headers of 10 KiB lines at most, the
+    /// command line included; past them the frame is refused however small it is, and a long
+    /// line as soon as it is longer than the limit, before its end arrives. A client's decoder
+    /// (what the broker sends) has no such limits.
+    #[test]
+    fn a_brokers_decoder_refuses_too_many_or_too_long_header_lines() {
+        // A SEND with `headers` headers (2 or more), the last one `long:` and `value` x's.
+        let frame = |headers: usize, value: usize| {
+            let mut bytes = b"SEND\r\ndestination:/queue/q\r\n".to_vec();
+            for i in 2..headers {
+                bytes.extend_from_slice(format!("h{i}:v\r\n").as_bytes());
+            }
+            bytes.extend_from_slice(b"long:");
+            bytes.extend(std::iter::repeat_n(b'x', value));
+            bytes.extend_from_slice(b"\r\n\r\nbody\0");
+            bytes
+        };
+        let decode = |bytes: &[u8], limits: bool| {
+            let decoder = Decoder::new(1 << 20);
+            let mut decoder = match limits {
+                true => decoder.with_header_limits(),
+                false => decoder,
+            };
+            decoder.set_version(Version::V1_2);
+            decoder.decode(&mut BytesMut::from(bytes))
+        };
+        // "long:" and the value make a line of exactly MAX_HEADER_LINE bytes (the CR apart).
+        let longest = MAX_HEADER_LINE - "long:".len();
+        let Ok(Some(Item::Frame(f))) = decode(&frame(MAX_HEADERS, longest), true) else {
+            panic!("a frame at both limits is refused");
+        };
+        assert_eq!(f.headers.len(), MAX_HEADERS);
+        assert_eq!(
+            decode(&frame(MAX_HEADERS + 1, 1), true),
+            Err(FrameError::TooManyHeaders { limit: MAX_HEADERS })
+        );
+        let too_long = Err(FrameError::HeaderTooLong {
+            limit: MAX_HEADER_LINE,
+        });
+        assert_eq!(decode(&frame(1, longest + 1), true), too_long);
+        // The start of a line already too long, its end not yet read.
+        let partial = &frame(1, longest + 2)[..30 + MAX_HEADER_LINE];
+        assert_eq!(decode(partial, true), too_long);
+        assert_eq!(
+            decode(&frame(1, longest)[..30 + MAX_HEADER_LINE], true),
+            Ok(None)
+        );
+        let mut command = vec![b'S'; MAX_HEADER_LINE + 2];
+        command.push(b'\n');
+        assert_eq!(decode(&command, true), too_long);
+        // Without the limits, the same frames decode.
+        for bytes in [frame(MAX_HEADERS + 1, 1), frame(1, 4 * MAX_HEADER_LINE)] {
+            assert!(matches!(decode(&bytes, false), Ok(Some(Item::Frame(_)))));
+        }
+    }
 
     /// Decodes everything `bytes` holds; the buffer must be left empty.
     fn decode_all(bytes: &[u8], version: Version) -> Result<Vec<Item>, FrameError> {

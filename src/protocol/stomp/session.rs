@@ -198,7 +198,7 @@ pub async fn serve<S>(
         stream,
         input: initial,
         output: BytesMut::with_capacity(64 * 1024),
-        decoder: Decoder::new(options.max_frame_size),
+        decoder: Decoder::new(options.max_frame_size).with_header_limits(),
         version: Version::V1_0,
         options,
         peer,
