@@ -91,14 +91,18 @@ pub(crate) async fn run(args: ConsumeArgs) -> ExitCode {
                 }
                 Stopped::Failed(error) => format!("; stopped: {error}"),
             };
+            // The rate runs to the last message received: none, no rate.
+            let rate = match report.received {
+                0 => String::new(),
+                _ => format!(" in {}", report.rate),
+            };
             if args.follow {
-                errln!("received {} in {}{reason}", report.received, report.rate);
+                errln!("received {}{rate}{reason}", report.received);
             } else {
                 errln!(
-                    "received {} of {} in {}{reason}",
+                    "received {} of {}{rate}{reason}",
                     report.received,
-                    args.count,
-                    report.rate
+                    args.count
                 );
             }
             // Following, going idle for --timeout is the expected end.
