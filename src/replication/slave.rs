@@ -165,7 +165,7 @@ pub async fn run_slave(
     let before = store.end();
     // Acks are only sent for positions past this: a reset store holds nothing before it.
     let ack_floor = if accepted.snapshot {
-        let start = Position(accepted.snapshot_start);
+        let start = Position(within_reach(accepted.snapshot_start, "snapshot start")?);
         info!(
             master = %options.master,
             start = %start,
@@ -263,6 +263,7 @@ pub async fn run_slave(
                                 r.position
                             )));
                         }
+                        within_reach(expected + r.frames.len() as u64, "records' end")?;
                         pending.extend_from_slice(&r.frames);
                         let (len, epochs) = whole_frames(&pending)?;
                         if len == 0 {
@@ -296,6 +297,7 @@ pub async fn run_slave(
                                 store.end().0 + pending.len() as u64
                             )));
                         }
+                        within_reach(skip.to, "skip target")?;
                         debug!(from = skip.from, to = skip.to, "skipping a range the master released");
                         store.skip_to(Position(skip.to))?;
                     }
@@ -378,4 +380,19 @@ pub(super) fn preparing<T: Send>(
             }
         })
     })
+}
+
+/// The furthest position a master may send a slave to: far beyond any real journal (4 EiB),
+/// and far enough from `u64::MAX` that the store's arithmetic on positions never overflows.
+/// A position past it is a master's bug (or not a master), refused before the store sees it.
+const MAX_POSITION: u64 = 1 << 62;
+
+/// `position`, or a protocol error naming `what` when it is past [`MAX_POSITION`].
+fn within_reach(position: u64, what: &str) -> Result<u64, ReplicationError> {
+    if position > MAX_POSITION {
+        return Err(ReplicationError::Protocol(format!(
+            "the master sent a {what} of {position}, past any journal's reach ({MAX_POSITION})"
+        )));
+    }
+    Ok(position)
 }

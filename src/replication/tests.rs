@@ -1206,3 +1206,70 @@ async fn a_message_longer_than_the_limit_is_refused_before_its_bytes_arrive() {
     }
     drop(peer);
 }
+
+/// A slave bounds what a master sends it: a snapshot start, a skip or records past any
+/// journal's reach (a master's bug, or a peer posing as one) end the connection with a
+/// protocol error naming it, before the store's position arithmetic could overflow; the
+/// store is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slave_refuses_positions_past_any_journals_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = open(dir.path(), 1 << 20);
+    let far = u64::MAX - 3;
+    let answers = [
+        (
+            "snapshot start",
+            wire::Accepted {
+                master_epoch: 2,
+                snapshot: true,
+                snapshot_start: far,
+                ..Default::default()
+            },
+            None,
+        ),
+        (
+            "skip target",
+            wire::Accepted {
+                master_epoch: 2,
+                ..Default::default()
+            },
+            Some(Kind::Skip(wire::Skip { from: 0, to: far })),
+        ),
+    ];
+    for (what, accepted, then) in answers {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("tcp://{}", listener.local_addr().unwrap());
+        let fake_master = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (reader, mut writer) = stream.into_split();
+            let mut reader = MessageReader::new(reader);
+            assert!(matches!(reader.next().await, Ok(Some(Kind::Login(_)))));
+            write_message(&mut writer, Kind::Accepted(accepted))
+                .await
+                .unwrap();
+            if let Some(then) = then {
+                write_message(&mut writer, then).await.unwrap();
+            }
+            // Held open until the slave hangs up.
+            while let Ok(Some(_)) = reader.next().await {}
+        });
+        let slave = spawn_slave(node, &address, "a", TOKEN, 2);
+        let (back, result) = slave.task.await.unwrap();
+        node = back;
+        match result {
+            Some(Err(ReplicationError::Protocol(reason))) => {
+                assert!(
+                    reason.contains(what) && reason.contains("past any journal"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{what}: expected a protocol error, got {other:?}"),
+        }
+        assert_eq!(
+            node.store.end(),
+            Position(0),
+            "{what}: the store is untouched"
+        );
+        fake_master.await.unwrap();
+    }
+}

@@ -414,7 +414,9 @@ impl Decoder {
                     let body_start = *body_start;
                     let body_end = match *content_length {
                         Some(length) => {
-                            let body_end = body_start + length;
+                            // Checked against the size limit already; saturating for a
+                            // limit near usize::MAX (a client may set one).
+                            let body_end = body_start.saturating_add(length);
                             match buf.get(body_end) {
                                 None => return Ok(None),
                                 Some(0) => body_end,
@@ -706,6 +708,16 @@ mod tests {
     use proptest::prelude::*;
 
     const LIMIT: usize = 64 * 1024;
+
+    /// A decoder without a practical size limit (a client may set `usize::MAX`) given a
+    /// content-length near `usize::MAX` waits for the body rather than overflowing.
+    #[test]
+    fn a_huge_content_length_under_an_unbounded_limit_does_not_overflow() {
+        let mut decoder = Decoder::new(usize::MAX);
+        let frame = format!("MESSAGE\ncontent-length:{}\n\nabc", usize::MAX);
+        let mut buf = BytesMut::from(frame.as_bytes());
+        assert_eq!(decoder.decode(&mut buf), Ok(None));
+    }
 
     /// A broker's decoder takes ActiveMQ's limits: 1000 headers of 10 KiB lines at most, the
     /// command line included; past them the frame is refused however small it is, and a long
