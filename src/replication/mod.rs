@@ -53,9 +53,10 @@ use wire::envelope::Kind;
 
 /// Largest replication message (length prefix excluded).
 pub const MAX_MESSAGE_LEN: usize = 64 << 20;
-/// Largest first message a master reads from a peer not yet logged in: a login (its epoch
-/// history included) is far smaller, and nobody unauthenticated gets a 64 MiB buffer.
-const MAX_LOGIN_LEN: usize = 1 << 20;
+/// Largest first message a master reads from a peer not yet logged in: a login is far
+/// smaller (its epoch history takes about 15 bytes per epoch the slave's journal saw, so this
+/// holds a million elections), and nobody unauthenticated gets a 64 MiB buffer.
+const MAX_LOGIN_LEN: usize = 16 << 20;
 /// Largest `Records.frames` the master sends in one message (frames larger are split).
 const MAX_RECORDS_BYTES: usize = 16 << 20;
 /// Journal bytes the master reads at once for a slave.

@@ -1200,7 +1200,8 @@ async fn a_message_longer_than_the_limit_is_refused_before_its_bytes_arrive() {
     // The connection stays open: only the limit can end this read.
     match tokio::time::timeout(PEER_TIMEOUT, reader.next()).await {
         Ok(Err(ReplicationError::Protocol(reason))) => {
-            assert!(reason.contains("exceeds the limit of 1048576"), "{reason}")
+            let limit = format!("exceeds the limit of {MAX_LOGIN_LEN}");
+            assert!(reason.contains(&limit), "{reason}")
         }
         other => panic!("expected a protocol error, got {other:?}"),
     }
