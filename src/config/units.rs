@@ -45,6 +45,12 @@ fn split_number(input: &str, what: &str, expected: &str) -> Result<(u64, String)
     let number = digits
         .parse::<u64>()
         .map_err(|_| ParseError::new(format!("invalid {what} {input:?}: number too large")))?;
+    if unit.starts_with(['.', ',']) && unit[1..].starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(ParseError::new(format!(
+            "invalid {what} {input:?}: fractions are not accepted, write a whole number of a \
+             smaller unit (e.g. \"1536MiB\", \"1500ms\")"
+        )));
+    }
     Ok((number, unit.trim().to_ascii_lowercase()))
 }
 
@@ -345,6 +351,15 @@ mod tests {
             let err = parse_size(bad).unwrap_err().to_string();
             assert!(err.contains("invalid size"), "{bad}: {err}");
         }
+        for fraction in ["1.5GiB", "2,5 MB"] {
+            let err = parse_size(fraction).unwrap_err().to_string();
+            assert!(
+                err.contains("fractions are not accepted"),
+                "{fraction}: {err}"
+            );
+        }
+        let err = parse_duration("1.5s").unwrap_err().to_string();
+        assert!(err.contains("fractions are not accepted"), "{err}");
         assert_eq!(format_size(64 << 20), "64MiB");
         assert_eq!(format_size(1000), "1000");
         assert_eq!(format_size(0), "0");
