@@ -478,13 +478,11 @@ fn find_header_end(
     limits: bool,
 ) -> Result<Option<usize>, FrameError> {
     // A line's bytes without its EOL: a CR before the LF is not counted.
-    let too_long = |len: usize| {
-        if limits && len > MAX_HEADER_LINE {
-            return Err(FrameError::HeaderTooLong {
-                limit: MAX_HEADER_LINE,
-            });
-        }
-        Ok(())
+    let too_long = |len: usize| match limits && len > MAX_HEADER_LINE {
+        true => Err(FrameError::HeaderTooLong {
+            limit: MAX_HEADER_LINE,
+        }),
+        false => Ok(()),
     };
     loop {
         let Some(at) = buf[*scanned..].iter().position(|&b| b == b'\n' || b == 0) else {
@@ -739,10 +737,11 @@ mod tests {
             bytes
         };
         let decode = |bytes: &[u8], limits: bool| {
-            let mut decoder = Decoder::new(1 << 20);
-            if limits {
-                decoder = decoder.with_header_limits();
-            }
+            let decoder = Decoder::new(1 << 20);
+            let mut decoder = match limits {
+                true => decoder.with_header_limits(),
+                false => decoder,
+            };
             decoder.set_version(Version::V1_2);
             decoder.decode(&mut BytesMut::from(bytes))
         };
