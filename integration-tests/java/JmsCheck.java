@@ -1786,9 +1786,9 @@ public final class JmsCheck {
      * A QueueBrowser of a queue deeper than the browser's prefetch (500) and the broker's browse
      * page (ActiveMQ's {@code maxBrowsePageSize}, 400) shows every message in order, in an
      * AUTO_ACKNOWLEDGE session, a CLIENT_ACKNOWLEDGE one and a transacted one, with a selector
-     * that matches every seventh message, and with prefetch 0 (the client pulls each copy); a
-     * consumer then still gets them all.
-     * Option {@code count} (default 2000).
+     * that matches every seventh message; a consumer then still gets them all. A second queue
+     * is browsed with prefetch 0 (the client pulls each copy), then consumed.
+     * Options {@code count} (default 2000) and {@code pull_count} (default 200).
      */
     static void browserDeep() throws Exception {
         int count = (int) longOpt("count", 2000);
@@ -1814,15 +1814,29 @@ public final class JmsCheck {
         expectEq("browse (transacted)", sent, browse(transacted, q, null));
         transacted.commit();
         expectEq("browse with selector n % 7 = 0", sevenths, browse(s, q, "n % 7 = 0"));
-        Connection pulling = connect(withOption(url, "jms.prefetchPolicy.queueBrowserPrefetch=0"),
-                null);
-        Session ps = pulling.createSession(false, Session.AUTO_ACKNOWLEDGE);
-        expectEq("browse with prefetch 0 (a pull per message)", sent, browse(ps, q, null));
-        close(pulling);
         MessageConsumer consumer = s.createConsumer(q);
         receiveTexts(consumer, sent, "a consumer still gets every browsed message");
         expectOnlySentinel(c, q, consumer, "nothing more in the queue");
         consumer.close();
+
+        // Prefetch 0: the client pulls each copy, and its browser then waits for the answer
+        // with a lost-wakeup race (ActiveMQQueueBrowser.waitForMessage sends the pull, then
+        // waits up to 2 s on a monitor the answer may have notified already): about one pull
+        // in a hundred costs 2 s, against ActiveMQ too. So a shallower queue and a longer wait.
+        int pulled = (int) longOpt("pull_count", 200);
+        Queue pq = queue(c, "browse-pull");
+        List<String> pullSent = bodies("pull", 0, pulled);
+        sendTexts(c, pq, pullSent);
+        Connection pulling = connect(withOption(url, "jms.prefetchPolicy.queueBrowserPrefetch=0"),
+                null);
+        Session ps = pulling.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        expectEq("browse with prefetch 0 (a pull per message)", pullSent,
+                browse(ps, pq, null, 3 * receiveTimeoutMs));
+        close(pulling);
+        MessageConsumer pullConsumer = s.createConsumer(pq);
+        receiveTexts(pullConsumer, pullSent, "a consumer gets every message browsed by pulls");
+        expectOnlySentinel(c, pq, pullConsumer, "nothing more in the pulled queue");
+        pullConsumer.close();
         close(c);
     }
 
@@ -2112,13 +2126,18 @@ public final class JmsCheck {
     }
 
     static List<String> browse(Session s, Queue q, String selector) throws Exception {
+        return browse(s, q, selector, receiveTimeoutMs);
+    }
+
+    static List<String> browse(Session s, Queue q, String selector, long timeoutMs)
+            throws Exception {
         QueueBrowser b = selector == null ? s.createBrowser(q) : s.createBrowser(q, selector);
         List<String> out = new ArrayList<>();
-        long end = System.currentTimeMillis() + receiveTimeoutMs;
+        long end = System.currentTimeMillis() + timeoutMs;
         for (Enumeration<?> e = b.getEnumeration(); e.hasMoreElements();) {
             out.add(((TextMessage) e.nextElement()).getText());
             if (System.currentTimeMillis() > end) {
-                throw new Failure("FAIL browse: not finished within " + receiveTimeoutMs
+                throw new Failure("FAIL browse: not finished within " + timeoutMs
                         + " ms; got " + out);
             }
         }

@@ -276,9 +276,9 @@ fn queue_browser_does_not_consume() {
 }
 
 /// A QueueBrowser of a queue deeper than its prefetch (500) and the broker's browse page (400)
-/// shows all 2,000 messages, in order, whatever the session's acknowledge mode, with a selector
-/// that passes over most of them, and with prefetch 0 (a pull per copy). ActiveMQ 5.17.2 shows
-/// them all too; ferromq showed the first 400.
+/// shows all 2,000 messages, in order, whatever the session's acknowledge mode and with a selector
+/// that passes over most of them; with prefetch 0 (a pull per copy) a browser shows all of a
+/// 200-message queue. ActiveMQ 5.17.2 shows them all too; ferromq showed the first 400.
 #[test]
 fn a_queue_browser_shows_a_deep_queue_whole() {
     check("browser-deep", &[]);
