@@ -92,9 +92,10 @@ pub(crate) async fn run(args: ConsumeArgs) -> ExitCode {
                 Stopped::Failed(error) => format!("; stopped: {error}"),
             };
             // The rate runs to the last message received: none, no rate.
-            let rate = match report.received {
-                0 => String::new(),
-                _ => format!(" in {}", report.rate),
+            let rate = if report.received == 0 {
+                String::new()
+            } else {
+                format!(" in {}", report.rate)
             };
             if args.follow {
                 errln!("received {}{rate}{reason}", report.received);
@@ -144,9 +145,12 @@ pub(crate) async fn execute(
     };
     let options = SubscribeOptions {
         ack,
-        prefetch: Some(args.prefetch.unwrap_or_else(|| match args.follow {
-            true => 1000,
-            false => args.count.clamp(1, 1000) as u32,
+        prefetch: Some(args.prefetch.unwrap_or_else(|| {
+            if args.follow {
+                1000
+            } else {
+                args.count.clamp(1, 1000) as u32
+            }
         })),
         selector: args.selector.clone(),
         durable_name: args.durable.clone(),

@@ -25,8 +25,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::convert::{self, ADVISORY_PREFIX};
 use super::{
-    decode, encode, negotiate, BaseCommand, BrokerId, BrokerInfo, CodecError, Command,
-    ConnectionError, ConnectionId, ConsumerId, ConsumerInfo, DataArrayResponse, DataStructure,
+    decode, encode, negotiate, BaseCommand, BrokerId, BrokerInfo, Command, ConnectionError,
+    ConnectionId, ConsumerId, ConsumerInfo, DataArrayResponse, DataStructure,
     Destination as OwDestination, DestinationInfo, DestinationKind, ExceptionResponse, Format,
     FrameReader, MessageAck, MessageDispatch, MessageId, MessageKind, MessagePull, Next, Oversized,
     ProducerAck, ProducerId, ProducerInfo, RemoveInfo, Response, Throwable, TransactionId,
@@ -345,16 +345,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         })
     }
 
-    /// Queues a message's dispatch, or, when the message cannot be written in OpenWire (a
-    /// field past what the wire format holds, such as a STOMP header of more than 65,535
-    /// bytes mapped to JMSCorrelationID), leaves the output as it was and says why: the caller
-    /// then passes the message over instead of closing the connection, which would only send
-    /// the message back to be dispatched again, to this consumer or another.
-    fn queue_dispatch(&mut self, dispatch: MessageDispatch) -> Result<(), CodecError> {
-        let command = Command::MessageDispatch(dispatch);
+    /// Queues the dispatch of stored `message` to consumer `id` on `destination` (`sequence`
+    /// is the delivery's tag, echoed in acks; 0 for a browser's copy). When the message cannot
+    /// be written in OpenWire (it does not convert, or a field is past what the wire format
+    /// holds, such as a STOMP header of more than 65,535 bytes mapped to JMSCorrelationID),
+    /// the output is left as it was and the error says why: the caller passes the message
+    /// over instead of closing the connection, which would only send it back to be
+    /// dispatched again, to this consumer or another.
+    fn queue_message(
+        &mut self,
+        (id, destination): (&ConsumerId, &OwDestination),
+        message: &crate::store::Message,
+        redeliveries: u32,
+        sequence: i64,
+        group_first: bool,
+        now: i64,
+    ) -> Result<(), String> {
+        let mut m = convert::to_openwire(message, destination, redeliveries, sequence, now)
+            .map_err(|e| e.to_string())?;
+        m.jmsx_group_first_for_consumer = group_first;
+        let command = Command::MessageDispatch(MessageDispatch {
+            consumer_id: Some(id.clone()),
+            destination: Some(destination.clone()),
+            message: Some(Box::new(m)),
+            redelivery_counter: i32::try_from(redeliveries).unwrap_or(i32::MAX),
+            ..MessageDispatch::default()
+        });
         tracing::trace!(peer = %self.peer, command = command.name(), "OpenWire out");
         // On error `encode` appends nothing.
-        encode(&command, self.format, &mut self.output)
+        encode(&command, self.format, &mut self.output).map_err(|e| e.to_string())
     }
 
     async fn flush_output(&mut self) -> std::io::Result<()> {
@@ -1110,24 +1129,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             for (message, redeliveries) in page {
                 // A message OpenWire cannot carry is left out of the browse (it stays on the
                 // queue), not a reason to close the browsing connection.
-                let queued = convert::to_openwire(
-                    &message,
-                    &consumer.destination,
-                    redeliveries,
-                    0,
-                    state.now,
-                )
-                .map_err(|e| e.to_string())
-                .and_then(|m| {
-                    self.queue_dispatch(MessageDispatch {
-                        consumer_id: Some(consumer.id.clone()),
-                        destination: Some(consumer.destination.clone()),
-                        message: Some(Box::new(m)),
-                        redelivery_counter: redeliveries as i32,
-                        ..MessageDispatch::default()
-                    })
-                    .map_err(|e| e.to_string())
-                });
+                let to = (&consumer.id, &consumer.destination);
+                let queued = self.queue_message(to, &message, redeliveries, 0, false, state.now);
                 if let Err(error) = queued {
                     tracing::warn!(message_id = %message.message_id, %error, "cannot show a message to an OpenWire queue browser; left out of the browse");
                     continue;
@@ -1207,44 +1210,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let Some(consumer) = state.consumers.get_mut(&delivery.subscription) else {
             return Ok(()); // removed meanwhile; the core took it back
         };
-        let message = match convert::to_openwire(
+        let queued = self.queue_message(
+            (&consumer.id, &consumer.destination),
             &delivery.message,
-            &consumer.destination,
             delivery.redelivery_count,
             delivery.tag as i64,
+            delivery.group_first,
             state.now,
-        ) {
-            Ok(mut m) => {
-                m.jmsx_group_first_for_consumer = delivery.group_first;
-                m
-            }
-            Err(e) => {
-                tracing::warn!(message_id = %delivery.message.message_id, error = %e, "cannot hand a message to an OpenWire consumer; dead-lettering it");
-                let cause = format!("ferromq: the message cannot be written in OpenWire: {e}");
-                let _ = state.session.poison(delivery.tag, Some(&cause));
-                return Ok(());
-            }
-        };
-        let dispatch = MessageDispatch {
-            consumer_id: Some(consumer.id.clone()),
-            destination: Some(consumer.destination.clone()),
-            message: Some(Box::new(message)),
-            redelivery_counter: i32::try_from(delivery.redelivery_count).unwrap_or(i32::MAX),
-            ..MessageDispatch::default()
-        };
-        let prefetch = consumer.prefetch;
-        if let Err(e) = self.queue_dispatch(dispatch) {
+        );
+        if let Err(e) = queued {
             tracing::warn!(message_id = %delivery.message.message_id, error = %e, "cannot write a message in OpenWire for a consumer; dead-lettering it");
             let cause = format!("ferromq: the message cannot be written in OpenWire: {e}");
             let _ = state.session.poison(delivery.tag, Some(&cause));
             return Ok(());
         }
-        if let Some(consumer) = state.consumers.get_mut(&delivery.subscription) {
-            consumer
-                .dispatched
-                .insert(delivery.tag, delivery.message.clone());
-        }
-        if prefetch == 0 {
+        consumer
+            .dispatched
+            .insert(delivery.tag, delivery.message.clone());
+        if consumer.prefetch == 0 {
             // This answers the consumer's pull (a JMS client has one receive outstanding): its
             // deadline must not answer a later pull with nothing.
             state.pulls.retain(|(_, k)| *k != delivery.subscription);

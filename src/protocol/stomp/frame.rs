@@ -478,11 +478,13 @@ fn find_header_end(
     limits: bool,
 ) -> Result<Option<usize>, FrameError> {
     // A line's bytes without its EOL: a CR before the LF is not counted.
-    let too_long = |len: usize| match limits && len > MAX_HEADER_LINE {
-        true => Err(FrameError::HeaderTooLong {
-            limit: MAX_HEADER_LINE,
-        }),
-        false => Ok(()),
+    let too_long = |len: usize| {
+        if limits && len > MAX_HEADER_LINE {
+            return Err(FrameError::HeaderTooLong {
+                limit: MAX_HEADER_LINE,
+            });
+        }
+        Ok(())
     };
     loop {
         let Some(at) = buf[*scanned..].iter().position(|&b| b == b'\n' || b == 0) else {
@@ -737,11 +739,10 @@ mod tests {
             bytes
         };
         let decode = |bytes: &[u8], limits: bool| {
-            let decoder = Decoder::new(1 << 20);
-            let mut decoder = match limits {
-                true => decoder.with_header_limits(),
-                false => decoder,
-            };
+            let mut decoder = Decoder::new(1 << 20);
+            if limits {
+                decoder = decoder.with_header_limits();
+            }
             decoder.set_version(Version::V1_2);
             decoder.decode(&mut BytesMut::from(bytes))
         };
