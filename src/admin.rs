@@ -264,17 +264,24 @@ struct Request {
 }
 
 /// Where the head's header lines end and where its body starts: at the first blank line,
-/// `\r\n\r\n`, or `\n\n` from a client that ends its lines with LF alone (which HTTP lets a
-/// server accept).
+/// whether its lines end with `\r\n` or with LF alone (which HTTP lets a server accept), or a
+/// mix of both.
 fn head_end(head: &[u8]) -> Option<(usize, usize)> {
-    let crlf = head.windows(4).position(|w| w == b"\r\n\r\n");
-    let lf = head.windows(2).position(|w| w == b"\n\n");
-    match (crlf, lf) {
-        (Some(c), Some(l)) if l + 1 < c => Some((l, l + 2)),
-        (Some(c), _) => Some((c, c + 4)),
-        (None, Some(l)) => Some((l, l + 2)),
-        (None, None) => None,
-    }
+    head.iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .find_map(|(i, _)| {
+            let end = if i > 0 && head[i - 1] == b'\r' {
+                i - 1
+            } else {
+                i
+            };
+            match head.get(i + 1..) {
+                Some([b'\n', ..]) => Some((end, i + 2)),
+                Some([b'\r', b'\n', ..]) => Some((end, i + 3)),
+                _ => None,
+            }
+        })
 }
 
 /// The method and path of a request head; a 4xx response when it is not a usable one.
@@ -1083,6 +1090,10 @@ mod tests {
             ("/queues/q/purge", 2)
         );
         assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nx\n\n"), Some((14, 18)));
+        // Mixed line ends: the first blank line ends the head all the same.
+        assert_eq!(head_end(b"GET / HTTP/1.1\n\r\nx"), Some((14, 17)));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\nx"), Some((14, 17)));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
         assert_eq!(percent_decoded("%zz"), None);
         assert_eq!(percent_decoded("%4"), None);
         assert_eq!(percent_decoded("%ff"), None);

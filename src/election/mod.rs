@@ -182,12 +182,15 @@ pub enum ElectionError {
     #[error("invalid election configuration: {0}")]
     Config(String),
     /// No session with the ZooKeeper ensemble.
-    #[error("cannot connect to ZooKeeper at {address}: {source}")]
+    #[error("cannot connect to ZooKeeper at {address}: {source}{servers}")]
     Connect {
         /// The connect string.
         address: String,
         /// The client's error.
         source: zk::Error,
+        /// What a TCP connection to each server found, when no session was had; empty
+        /// otherwise.
+        servers: String,
     },
     /// A ZooKeeper request failed.
     #[error("ZooKeeper {op} {path}: {source}")]
@@ -466,13 +469,93 @@ async fn connect(
     if let Some(password) = password {
         connector = connector.with_auth("digest", format!("fabric:{password}").as_bytes());
     }
-    connector
-        .connect(address)
-        .await
-        .map_err(|source| ElectionError::Connect {
-            address: address.to_owned(),
-            source,
+    match connector.connect(address).await {
+        Ok(client) => Ok(client),
+        Err(source) => {
+            // The client only says it had no session in time; say why, server by server.
+            let servers = match source {
+                zk::Error::Timeout | zk::Error::ConnectionLoss | zk::Error::NoHosts => {
+                    probe_servers(address).await
+                }
+                _ => String::new(),
+            };
+            Err(ElectionError::Connect {
+                address: address.to_owned(),
+                source,
+                servers,
+            })
+        }
+    }
+}
+
+/// The servers of a connect string (`zk1:2181,zk2,[::1]:2182/chroot`) as `host:port`, the port
+/// 2181 where none is given.
+fn servers_of(address: &str) -> Vec<String> {
+    let servers = address
+        .split_once('/')
+        .map_or(address, |(servers, _)| servers);
+    servers
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|server| {
+            let has_port = match server.strip_prefix('[') {
+                Some(rest) => rest
+                    .split_once(']')
+                    .is_some_and(|(_, p)| p.starts_with(':')),
+                None => server.contains(':'),
+            };
+            if has_port {
+                server.to_owned()
+            } else {
+                format!("{server}:2181")
+            }
         })
+        .collect()
+}
+
+/// Opens a TCP connection to each server of `address` (at most a second each, all at once)
+/// to tell an operator why no session came: "; no server accepted a connection (...)" with
+/// each one's error, or, when some did, that they gave no session (a server outside a quorum
+/// does not).
+async fn probe_servers(address: &str) -> String {
+    const PROBE: Duration = Duration::from_secs(1);
+    let probes: Vec<_> =
+        servers_of(address)
+            .into_iter()
+            .map(|server| {
+                tokio::spawn(async move {
+                    let outcome =
+                        match tokio::time::timeout(PROBE, tokio::net::TcpStream::connect(&server))
+                            .await
+                        {
+                            Ok(Ok(_)) => None,
+                            Ok(Err(e)) => Some(e.to_string()),
+                            Err(_) => Some(format!("no answer within {} s", PROBE.as_secs())),
+                        };
+                    (server, outcome)
+                })
+            })
+            .collect();
+    let mut results = Vec::new();
+    for probe in probes {
+        results.extend(probe.await);
+    }
+    let (up, down): (Vec<_>, Vec<_>) = results.into_iter().partition(|(_, e)| e.is_none());
+    if up.is_empty() {
+        let each: Vec<String> = down
+            .iter()
+            .map(|(server, e)| format!("{server}: {}", e.as_deref().unwrap_or_default()))
+            .collect();
+        format!("; no server accepted a connection ({})", each.join("; "))
+    } else {
+        let up: Vec<&str> = up.iter().map(|(server, _)| server.as_str()).collect();
+        format!(
+            "; {} accepted a connection but gave no session: a server outside a quorum gives \
+             none (are most of the ensemble's servers running?)",
+            up.join(", ")
+        )
+    }
 }
 
 /// Connects, creates `zk_path` if missing, registers a new member znode with `json`, removes
@@ -1853,6 +1936,40 @@ pub fn format_table(members: &[MemberView]) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_connect_strings_servers_get_zookeepers_port_when_they_name_none() {
+        assert_eq!(
+            servers_of("zk1:2182, zk2,[::1]:2183,[fe80::1]/activemq"),
+            ["zk1:2182", "zk2:2181", "[::1]:2183", "[fe80::1]:2181"]
+        );
+    }
+
+    /// `status` and a joining node say why ZooKeeper gave no session: nothing listening (the
+    /// refusal named), or servers that listen but give no session (no quorum).
+    #[tokio::test]
+    async fn a_failed_connect_names_what_each_server_did() {
+        let closed = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        let refused = probe_servers(&closed.to_string()).await;
+        assert!(
+            refused.starts_with(&format!("; no server accepted a connection ({closed}: ")),
+            "{refused}"
+        );
+        assert!(refused.to_lowercase().contains("refused"), "{refused}");
+
+        let listening = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = listening.local_addr().unwrap();
+        let mixed = probe_servers(&format!("{closed},{open}")).await;
+        assert!(
+            mixed.starts_with(&format!(
+                "; {open} accepted a connection but gave no session"
+            )),
+            "{mixed}"
+        );
+    }
+
     /// Joining at start waits out an unreachable or unsteady ensemble and stops only on what
     /// no retry fixes.
     #[test]
@@ -1860,6 +1977,7 @@ mod tests {
         let connect = |source| ElectionError::Connect {
             address: "zk:2181".into(),
             source,
+            servers: String::new(),
         };
         let request = |source| ElectionError::ZooKeeper {
             op: "create",
