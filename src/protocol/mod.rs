@@ -12,6 +12,19 @@ pub mod stomp;
 pub mod temps;
 pub(crate) mod write;
 
+/// Free room a connection's input buffer has before each read (see [`room_to_read`]).
+const READ_ROOM: usize = 4 * 1024;
+
+/// Makes sure `input` has [`READ_ROOM`] bytes free after its data before a read. Without it a
+/// buffer left with a few hundred free bytes (frames split off its front take their room with
+/// them) reads a frame in two system calls; with it, one read takes a whole 1 KiB message and
+/// more.
+pub(crate) fn room_to_read(input: &mut bytes::BytesMut) {
+    if input.capacity() - input.len() < READ_ROOM {
+        input.reserve(2 * READ_ROOM);
+    }
+}
+
 /// A destination named in a header, as STOMP writes it and as the core keeps it: ActiveMQ's
 /// printed form (`queue://x`, `temp-queue://x`), which is what a JMS selector on JMSReplyTo
 /// compares with.
@@ -147,6 +160,23 @@ mod tests {
 
     /// The start of a real OpenWire 5.x connection: WireFormatInfo, size 0x00000106.
     const OPENWIRE_HELLO: &[u8] = b"\x00\x00\x01\x06\x01ActiveMQ\x00\x00\x00\x0c\x01\x00";
+
+    /// A buffer whose free end a split-off frame left short gets room for a whole frame of
+    /// 1 KiB and more before the next read, and keeps the bytes it holds.
+    #[test]
+    fn a_read_buffer_always_has_room_for_a_frame() {
+        let mut input = bytes::BytesMut::with_capacity(4096);
+        input.extend_from_slice(&[7; 3800]);
+        let frame = input.split_to(3700);
+        assert!(input.capacity() - input.len() < 1024);
+        room_to_read(&mut input);
+        assert!(input.capacity() - input.len() >= READ_ROOM);
+        assert_eq!(&input[..], &[7; 100][..]);
+        drop(frame);
+        let room = input.capacity();
+        room_to_read(&mut input);
+        assert_eq!(input.capacity(), room, "enough room: nothing more reserved");
+    }
 
     #[test]
     fn stomp_connect_and_stomp() {

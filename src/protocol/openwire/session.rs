@@ -396,6 +396,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     .map(Some)
                     .map_err(|e| Close::Error(e.to_string()));
             }
+            crate::protocol::room_to_read(&mut self.input);
             match self.stream.read_buf(&mut self.input).await {
                 Ok(0) | Err(_) => return Ok(None),
                 Ok(_) => {}
@@ -671,6 +672,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 state.now = now_ms();
                 self.handle_input(state)
             } else {
+                crate::protocol::room_to_read(&mut self.input);
                 tokio::select! {
                     read = self.stream.read_buf(&mut self.input), if paused.is_none() => match read {
                         Ok(0) | Err(_) => Err(Close::Quietly),

@@ -348,6 +348,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Ok(None) => {}
                 Err(e) => return Err(Refusal::new(e.to_string())),
             }
+            crate::protocol::room_to_read(&mut self.input);
             match self.stream.read_buf(&mut self.input).await {
                 Ok(0) | Err(_) => return Ok(None),
                 Ok(_) => {}
@@ -508,6 +509,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 let (awaiting, _) = state.awaiting.pop_front().expect("non-empty");
                 self.answer(&mut state, awaiting, result)
             } else {
+                crate::protocol::room_to_read(&mut self.input);
                 tokio::select! {
                     // A browsing connection is read even when held back: its UNSUBSCRIBE, or a SEND
                     // it waits on, must not wait for the whole browse.
