@@ -514,32 +514,31 @@ fn servers_of(address: &str) -> Vec<String> {
         .collect()
 }
 
+/// How long [`probe`] waits for a server to accept a TCP connection.
+const PROBE: Duration = Duration::from_secs(1);
+
+/// Opens a TCP connection to `server` and closes it: `None` if it accepted one, else why not.
+async fn probe(server: String) -> (String, Option<String>) {
+    let outcome = match tokio::time::timeout(PROBE, tokio::net::TcpStream::connect(&server)).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {} s", PROBE.as_secs())),
+    };
+    (server, outcome)
+}
+
 /// Opens a TCP connection to each server of `address` (at most a second each, all at once)
 /// to tell an operator why no session came: "; no server accepted a connection (...)" with
 /// each one's error, or, when some did, that they gave no session (a server outside a quorum
 /// does not).
 async fn probe_servers(address: &str) -> String {
-    const PROBE: Duration = Duration::from_secs(1);
-    let probes: Vec<_> =
-        servers_of(address)
-            .into_iter()
-            .map(|server| {
-                tokio::spawn(async move {
-                    let outcome =
-                        match tokio::time::timeout(PROBE, tokio::net::TcpStream::connect(&server))
-                            .await
-                        {
-                            Ok(Ok(_)) => None,
-                            Ok(Err(e)) => Some(e.to_string()),
-                            Err(_) => Some(format!("no answer within {} s", PROBE.as_secs())),
-                        };
-                    (server, outcome)
-                })
-            })
-            .collect();
+    let probes: Vec<_> = servers_of(address)
+        .into_iter()
+        .map(|server| tokio::spawn(probe(server)))
+        .collect();
     let mut results = Vec::new();
-    for probe in probes {
-        results.extend(probe.await);
+    for handle in probes {
+        results.extend(handle.await);
     }
     let (up, down): (Vec<_>, Vec<_>) = results.into_iter().partition(|(_, e)| e.is_none());
     if up.is_empty() {
