@@ -60,6 +60,10 @@ start_node() {
     echo "node$i is already running (pid $(cat "$d/broker.pid")); kill it first" >&2
     return 1
   fi
+  if [ ! -x "$BIN" ]; then
+    echo "no ferromq binary at $BIN: run 'cargo build --release' or set FERROMQ_BIN" >&2
+    return 1
+  fi
   mkdir -p "$d"
   node_config "$i" > "$d/broker.toml"
   setsid nohup "$BIN" broker --config "$d/broker.toml" >> "$d/broker.log" 2>&1 < /dev/null &
