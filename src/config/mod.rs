@@ -734,41 +734,50 @@ fn same_listen_addr(a: &HostPort, b: &HostPort) -> bool {
 
 /// `host[:port],host[:port],...[/chroot]`
 pub(crate) fn check_zk_address(zk: &str) -> Result<(), String> {
-    let (servers, chroot) = match zk.find('/') {
-        Some(i) => (&zk[..i], Some(&zk[i..])),
-        None => (zk, None),
-    };
-    for server in servers.split(',') {
-        let server = server.trim();
-        let bad = |why: &str| Err(format!("{zk:?}: server {server:?} {why}"));
-        let (host, port) = if let Some(rest) = server.strip_prefix('[') {
-            match rest.split_once(']') {
-                Some((host, "")) => (host, None),
-                Some((host, after)) => match after.strip_prefix(':') {
-                    Some(port) => (host, Some(port)),
-                    None => return bad("is not host:port"),
-                },
-                None => return bad("lacks a `]`"),
-            }
-        } else {
-            match server.split_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (server, None),
-            }
-        };
-        if host.is_empty() || host.contains(char::is_whitespace) {
-            return bad("has no valid host; expected host:port, e.g. zk1:2181");
-        }
-        if let Some(port) = port {
-            if !matches!(port.parse::<u16>(), Ok(p) if p != 0) {
-                return bad("has an invalid port");
-            }
-        }
-    }
-    if let Some(chroot) = chroot {
-        check_zk_path(chroot).map_err(|m| format!("{zk:?}: chroot {m}"))?;
+    zk_servers(zk)?;
+    if let Some(i) = zk.find('/') {
+        check_zk_path(&zk[i..]).map_err(|m| format!("{zk:?}: chroot {m}"))?;
     }
     Ok(())
+}
+
+/// The servers of a ZooKeeper connect string `host[:port],host[:port],...[/chroot]`, each as
+/// `host:port` (`[::1]:port` for IPv6), with ZooKeeper's port 2181 where none is given; the
+/// error names the first server that is not `host[:port]`.
+pub(crate) fn zk_servers(zk: &str) -> Result<Vec<String>, String> {
+    let servers = zk.find('/').map_or(zk, |i| &zk[..i]);
+    servers
+        .split(',')
+        .map(|server| {
+            let server = server.trim();
+            let bad = |why: &str| format!("{zk:?}: server {server:?} {why}");
+            let (host, port) = if let Some(rest) = server.strip_prefix('[') {
+                match rest.split_once(']') {
+                    Some((host, "")) => (host, None),
+                    Some((host, after)) => match after.strip_prefix(':') {
+                        Some(port) => (host, Some(port)),
+                        None => return Err(bad("is not host:port")),
+                    },
+                    None => return Err(bad("lacks a `]`")),
+                }
+            } else {
+                match server.split_once(':') {
+                    Some((host, port)) => (host, Some(port)),
+                    None => (server, None),
+                }
+            };
+            if host.is_empty() || host.contains(char::is_whitespace) {
+                return Err(bad("has no valid host; expected host:port, e.g. zk1:2181"));
+            }
+            match port {
+                Some(port) if !matches!(port.parse::<u16>(), Ok(p) if p != 0) => {
+                    Err(bad("has an invalid port"))
+                }
+                Some(_) => Ok(server.to_owned()),
+                None => Ok(format!("{server}:2181")),
+            }
+        })
+        .collect()
 }
 
 /// An absolute znode path: starts with '/', no trailing '/', no empty, `.` or `..` segments.
@@ -861,6 +870,16 @@ mod tests {
     use std::io::Write;
 
     const NO_ENV: [(&str, &str); 0] = [];
+
+    /// What `ferromq status` and a node probe when ZooKeeper gives no session.
+    #[test]
+    fn a_connect_strings_servers_get_zookeepers_port_when_they_name_none() {
+        assert_eq!(
+            zk_servers("zk1:2182, zk2,[::1]:2183,[fe80::1]/activemq").unwrap(),
+            ["zk1:2182", "zk2:2181", "[::1]:2183", "[fe80::1]:2181"]
+        );
+        assert!(zk_servers("zk1:2181,:2181").is_err());
+    }
 
     fn toml_file(contents: &str) -> tempfile::NamedTempFile {
         let mut f = tempfile::Builder::new()

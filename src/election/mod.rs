@@ -488,32 +488,6 @@ async fn connect(
     }
 }
 
-/// The servers of a connect string (`zk1:2181,zk2,[::1]:2182/chroot`) as `host:port`, the port
-/// 2181 where none is given.
-fn servers_of(address: &str) -> Vec<String> {
-    let servers = address
-        .split_once('/')
-        .map_or(address, |(servers, _)| servers);
-    servers
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|server| {
-            let has_port = match server.strip_prefix('[') {
-                Some(rest) => rest
-                    .split_once(']')
-                    .is_some_and(|(_, p)| p.starts_with(':')),
-                None => server.contains(':'),
-            };
-            if has_port {
-                server.to_owned()
-            } else {
-                format!("{server}:2181")
-            }
-        })
-        .collect()
-}
-
 /// How long [`probe`] waits for a server to accept a TCP connection.
 const PROBE: Duration = Duration::from_secs(1);
 
@@ -532,7 +506,11 @@ async fn probe(server: String) -> (String, Option<String>) {
 /// each one's error, or, when some did, that they gave no session (a server outside a quorum
 /// does not).
 async fn probe_servers(address: &str) -> String {
-    let probes: Vec<_> = servers_of(address)
+    // The node's configuration and `status` checked the connect string before any connect.
+    let Ok(servers) = crate::config::zk_servers(address) else {
+        return String::new();
+    };
+    let probes: Vec<_> = servers
         .into_iter()
         .map(|server| tokio::spawn(probe(server)))
         .collect();
@@ -1934,14 +1912,6 @@ pub fn format_table(members: &[MemberView]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_connect_strings_servers_get_zookeepers_port_when_they_name_none() {
-        assert_eq!(
-            servers_of("zk1:2182, zk2,[::1]:2183,[fe80::1]/activemq"),
-            ["zk1:2182", "zk2:2181", "[::1]:2183", "[fe80::1]:2181"]
-        );
-    }
 
     /// `status` and a joining node say why ZooKeeper gave no session: nothing listening (the
     /// refusal named), or servers that listen but give no session (no quorum).
