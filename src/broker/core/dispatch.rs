@@ -7,7 +7,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::{due_after, now_ms, priority_of, Core, Publish, SCAN_LIMIT};
+use super::{
+    due_after, now_ms, priority_of, Core, Publish, SCAN_CHECKS, SCAN_LIMIT, SWEEP_SCAN_CHECKS,
+};
 use crate::broker::queue::{has_credit, Consumer, Entry, InFlight, Source};
 use crate::broker::Delivery;
 use crate::store::{Header, Message};
@@ -174,7 +176,8 @@ impl Core {
                     .any(|c| self.consumers.get(c).is_some_and(|c| c.is_selective()))
         });
         if selective {
-            if let Some(stopped) = self.dispatch_selective(queue, None, SCAN_LIMIT) {
+            let mut checks = SCAN_CHECKS;
+            if let Some(stopped) = self.dispatch_selective(queue, None, SCAN_LIMIT, &mut checks) {
                 if let Some(q) = self.queues.get_mut(queue) {
                     match q.scan_resume {
                         Some(r) if r > stopped => {
@@ -236,29 +239,39 @@ impl Core {
     /// delivered; a consumer's groups are freed when it goes away.
     ///
     /// The walk starts strictly after `after` (from the head if `None`) and stops once it has
-    /// passed over `limit` messages nobody could take: it returns the sequence it stopped at,
-    /// `None` if it ran out of messages or of consumers with credit. See [`SCAN_LIMIT`].
+    /// passed over `limit` messages nobody could take, or asked selectors `checks` times (it
+    /// takes off what it asked): it returns the sequence it stopped at, `None` if it ran out
+    /// of messages or of consumers with credit. See [`SCAN_LIMIT`] and [`SCAN_CHECKS`].
     fn dispatch_selective(
         &mut self,
         queue: &str,
         mut after: Option<u64>,
         limit: usize,
+        checks: &mut usize,
     ) -> Option<u64> {
         use std::ops::Bound::{Excluded, Unbounded};
         let now = now_ms();
         let mut expired = Vec::new();
         let mut passed_over = 0;
         let mut stopped = None;
+        // Whether some consumer has room: only a delivery uses credit up during the walk, so
+        // it is asked again after each one (`None`), not for every message passed over.
+        let mut any_credit: Option<bool> = None;
         loop {
             let q = self.queues.get_mut(queue)?;
             let n = q.consumers.len();
             // Only the exclusive consumer's room counts while there is one: the others take
             // nothing, so a walk for them would pass over every message.
-            let any_credit = q
-                .consumers
-                .iter()
-                .any(|c| q.admits(*c) && has_credit(&self.consumers, *c));
-            if n == 0 || !any_credit {
+            let credit = *any_credit.get_or_insert_with(|| {
+                q.consumers
+                    .iter()
+                    .any(|c| q.admits(*c) && has_credit(&self.consumers, *c))
+            });
+            if n == 0 || !credit {
+                break;
+            }
+            if *checks == 0 {
+                stopped = after;
                 break;
             }
             let next = match after {
@@ -289,8 +302,11 @@ impl Core {
             let chosen = q.choose(|cid| {
                 q.admits(cid)
                     && pinned.is_none_or(|p| p == cid)
-                    && self.consumers.get(&cid).is_some_and(|c| c.accepts(entry))
                     && has_credit(&self.consumers, cid)
+                    && {
+                        *checks = checks.saturating_sub(1);
+                        self.consumers.get(&cid).is_some_and(|c| c.accepts(entry))
+                    }
             });
             let Some(index) = chosen else {
                 self.stats.passed_over += 1;
@@ -318,6 +334,7 @@ impl Core {
                 break;
             };
             self.deliver(cid, Some(queue.to_string()), entry, group_first);
+            any_credit = None;
         }
         for entry in expired {
             self.stats.expired += 1;
@@ -329,24 +346,36 @@ impl Core {
     /// Goes on with the selective dispatches that stopped at [`SCAN_LIMIT`] (called by the
     /// periodic sweep), [`SWEEP_SCAN_LIMIT`] messages further each time, from the head again
     /// once a walk reaches the end if a dispatch stopped behind it meanwhile (`scan_again`).
+    /// All queues share [`SWEEP_SCAN_CHECKS`] selector questions; the queues are taken in name
+    /// order from where the last sweep stopped, so each is reached in turn.
     pub fn continue_scans(&mut self) {
-        let pending: Vec<(String, Option<u64>)> = self
+        let mut pending: Vec<(String, Option<u64>)> = self
             .queues
             .iter()
             .filter(|(_, q)| q.scan_resume.is_some() || q.scan_again)
             .map(|(name, q)| (name.clone(), q.scan_resume))
             .collect();
+        pending.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if let Some(last) = &self.sweep_after {
+            let first = pending.partition_point(|(name, _)| name <= last);
+            pending.rotate_left(first);
+        }
+        let mut checks = SWEEP_SCAN_CHECKS;
         for (queue, after) in pending {
+            if checks == 0 {
+                break;
+            }
             if after.is_none() {
                 // From the head once more, since a dispatch stopped behind the last walk.
                 if let Some(q) = self.queues.get_mut(&queue) {
                     q.scan_again = false;
                 }
             }
-            let stopped = self.dispatch_selective(&queue, after, SWEEP_SCAN_LIMIT);
+            let stopped = self.dispatch_selective(&queue, after, SWEEP_SCAN_LIMIT, &mut checks);
             if let Some(q) = self.queues.get_mut(&queue) {
                 q.scan_resume = stopped;
             }
+            self.sweep_after = Some(queue);
         }
     }
 

@@ -62,6 +62,15 @@ use crate::store::{
 /// waits; here the periodic sweep walks on ([`Core::continue_scans`]), so such a message is
 /// found within a few sweeps.
 pub(super) const SCAN_LIMIT: usize = 1_000;
+/// How many times one selective dispatch may ask a consumer's selector (or noLocal) whether it
+/// takes a message, whatever it passes over: with many selective consumers, each message
+/// passed over costs one question per consumer with credit, so [`SCAN_LIMIT`] messages alone
+/// would not bound the work under the core's lock (200 consumers on a deep queue: 200,000
+/// questions per send). The periodic sweep walks on from where such a dispatch stopped.
+pub(super) const SCAN_CHECKS: usize = 16 * SCAN_LIMIT;
+/// How many selector (and noLocal) questions one periodic sweep asks over all queues (see
+/// [`SCAN_CHECKS`]); queues it did not reach are walked first by the next sweep.
+pub(super) const SWEEP_SCAN_CHECKS: usize = 200_000;
 /// How many due scheduled messages [`Core::release_due`] publishes under one hold of the core
 /// lock; the sweep task takes the lock again at once for the rest.
 pub(super) const RELEASE_BATCH: usize = 1_000;
@@ -305,6 +314,12 @@ pub(crate) struct Core {
     confirmed: Position,
     pending: VecDeque<Pending>,
     queues: HashMap<String, Queue>,
+    /// Body bytes of the sends of every open transaction, all sessions together: at most
+    /// `memory_limit` (each transaction's own share is its `Transaction::bytes`).
+    transaction_bytes: u64,
+    /// The last queue the sweep's selective walk reached (see [`Core::continue_scans`]): the
+    /// next sweep starts after it, so that a budget used up early leaves no queue behind.
+    sweep_after: Option<String>,
     topics: HashMap<String, Topic>,
     /// Subscriptions on wildcard patterns, by canonical pattern (`topic://logs.>`); removed
     /// once unused, so that a publish with none iterates an empty map.

@@ -49,6 +49,8 @@ impl Core {
             wildcards: HashMap::new(),
             durables: HashMap::new(),
             virtual_queues: BTreeSet::new(),
+            sweep_after: None,
+            transaction_bytes: 0,
             sessions: HashMap::new(),
             client_ids: HashMap::new(),
             session_closed: Arc::default(),

@@ -116,16 +116,27 @@ impl Core {
             // rolled back, or lost with its connection, may be sent again with the same ids.
             let stored = self.is_repeat(&message);
             let limit = self.options.memory_limit;
+            let added = (message.body.len() * sends.len() * weight) as u64;
+            let held = self.transaction_bytes;
             let state = self.session(session)?;
             let Some(open) = state.transactions.get_mut(tx) else {
                 return Err(BrokerError::UnknownTransaction(tx.to_string()));
             };
-            let bytes = open.bytes + (message.body.len() * sends.len() * weight) as u64;
+            let bytes = open.bytes + added;
             if bytes > limit {
                 return Err(BrokerError::TransactionTooLarge(
                     tx.to_string(),
                     format!("more than memory_limit ({limit} bytes) of message bodies"),
                 ));
+            }
+            if held + added > limit {
+                // Each transaction within the limit, but many open at once (on one connection
+                // or several) would hold their bodies without bound.
+                return Err(BrokerError::OpenTransactionsFull {
+                    tx: tx.to_string(),
+                    held,
+                    limit,
+                });
             }
             if open.entries() + sends.len() * weight > crate::store::MAX_ENTRIES {
                 return Err(too_many_entries(tx));
@@ -142,6 +153,7 @@ impl Core {
                 tx.bytes = bytes;
                 tx.repeats += sends.len() * (weight - 1);
                 tx.sends.extend(sends);
+                self.transaction_bytes += added;
             }
             return Ok(Confirmation::done());
         }

@@ -72,6 +72,7 @@ impl Core {
             .transactions
             .remove(tx)
             .expect("looked up above, under the same lock");
+        self.transaction_bytes = self.transaction_bytes.saturating_sub(transaction.bytes);
         for (_, message) in &transaction.sends {
             if !message.producer_id.is_empty() {
                 self.record_producer(&message.producer_id, message.producer_sequence);
@@ -110,6 +111,7 @@ impl Core {
             .transactions
             .remove(tx)
             .ok_or_else(|| BrokerError::UnknownTransaction(tx.to_string()))?;
+        self.transaction_bytes = self.transaction_bytes.saturating_sub(transaction.bytes);
         let mut touched = BTreeSet::new();
         let mut kept = Vec::new();
         for (cid, tag, f) in transaction.acks {

@@ -172,3 +172,85 @@ async fn a_match_the_sweep_passed_while_its_consumer_was_full_is_offered_again()
     assert_eq!(bodies(&r1), ["r1"], "r1 was never offered again");
     assert!(take_all(&mut blue_rx).is_empty());
 }
+
+/// Many selective consumers on a deep backlog none of them takes: each send, and each sweep,
+/// asks a bounded number of selector questions (so a connection subscribing one selector
+/// after another cannot hold the core's lock for seconds), and a match deep in the backlog
+/// is still found by the sweeps that follow.
+#[tokio::test]
+async fn many_selective_consumers_on_a_deep_backlog_cost_bounded_work() {
+    const CONSUMERS: usize = 100;
+    const BACKLOG: usize = 3 * super::core::SCAN_LIMIT;
+    let f = fixture(BrokerOptions {
+        // The test runs the sweep itself.
+        expiry_sweep: Duration::from_secs(3600),
+        ..BrokerOptions::default()
+    })
+    .await;
+    let (producer, _) = f.broker.open_session(None);
+    let green = |i: usize| NewMessage {
+        persistent: false,
+        ..colored("green", &format!("g{i}"))
+    };
+    for i in 0..BACKLOG {
+        producer.send(&queue("q"), green(i), None).unwrap();
+    }
+    let red = NewMessage {
+        persistent: false,
+        ..colored("red", "r")
+    };
+    producer.send(&queue("q"), red, None).unwrap();
+    let mut sessions = Vec::new();
+    for i in 0..CONSUMERS - 1 {
+        let (session, rx) = f.broker.open_session(None);
+        session
+            .subscribe(SubscribeRequest {
+                selector: Some(format!("color = 'blue{i}'")),
+                ..request("s", queue("q"), 10)
+            })
+            .unwrap();
+        sessions.push((session, rx));
+    }
+    let (red_session, mut red_rx) = f.broker.open_session(None);
+    red_session
+        .subscribe(SubscribeRequest {
+            selector: Some("color = 'red'".into()),
+            ..request("s", queue("q"), 10)
+        })
+        .unwrap();
+    assert!(
+        take_all(&mut red_rx).is_empty(),
+        "beyond one dispatch's walk"
+    );
+
+    let passed_over = || f.broker.stats().passed_over;
+    let before = passed_over();
+    producer.send(&queue("q"), green(BACKLOG), None).unwrap();
+    let walked = passed_over() - before;
+    let most = super::core::SCAN_CHECKS / CONSUMERS + 1;
+    assert!(
+        walked <= most as u64,
+        "one send walked past {walked} messages with {CONSUMERS} selective consumers \
+         (at most {most} expected)"
+    );
+
+    let sweep = || super::lock(&f.broker.shared).continue_scans();
+    let most = super::core::SWEEP_SCAN_CHECKS / CONSUMERS + 1;
+    let mut sweeps = 0;
+    let got = loop {
+        let before = passed_over();
+        sweep();
+        sweeps += 1;
+        let walked = passed_over() - before;
+        assert!(
+            walked <= most as u64,
+            "one sweep walked past {walked} messages (at most {most} expected)"
+        );
+        let got = take_all(&mut red_rx);
+        if !got.is_empty() || sweeps == 10 {
+            break got;
+        }
+    };
+    assert_eq!(bodies(&got), ["r"], "after {sweeps} sweeps");
+    assert!(sessions.iter_mut().all(|(_, rx)| take_all(rx).is_empty()));
+}

@@ -139,6 +139,55 @@ async fn a_transaction_holds_at_most_memory_limit_of_bodies() {
     assert_eq!(f.broker.queue_depth("queue://q"), 1);
 }
 
+/// The open transactions of all connections together hold at most `memory_limit` bytes of
+/// bodies, however many there are: one connection opening transaction after transaction, each
+/// within the limit, is refused once they add up to it, and what a commit, a rollback or a
+/// closed connection frees can be used again.
+#[tokio::test]
+async fn open_transactions_together_hold_at_most_memory_limit_of_bodies() {
+    let f = fixture(BrokerOptions {
+        memory_limit: 1000,
+        ..BrokerOptions::default()
+    })
+    .await;
+    let body = |c: &str| persistent(&c.repeat(400));
+    let (a, _) = f.broker.open_session(None);
+    let (b, _) = f.broker.open_session(None);
+    for tx in ["t1", "t2"] {
+        a.begin(tx).unwrap();
+        a.send(&queue("q"), body("a"), Some(tx)).unwrap();
+    }
+    b.begin("t3").unwrap();
+    let refused = b.send(&queue("q"), body("b"), Some("t3"));
+    let Err(error) = refused else {
+        panic!("a third 400-byte body was taken with 800 held and a 1000-byte memory_limit");
+    };
+    assert!(
+        matches!(
+            error,
+            BrokerError::OpenTransactionsFull {
+                held: 800,
+                limit: 1000,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("memory_limit"), "{error}");
+    a.commit("t1").unwrap().await.unwrap();
+    b.send(&queue("q"), body("b"), Some("t3")).unwrap();
+    a.abort("t2").unwrap();
+    b.send(&queue("q"), body("b"), Some("t3")).unwrap();
+    // 800 held by t3; a closed connection's transaction frees its share too.
+    drop(b);
+    a.begin("t4").unwrap();
+    for _ in 0..2 {
+        a.send(&queue("q"), body("c"), Some("t4")).unwrap();
+    }
+    a.commit("t4").unwrap().await.unwrap();
+    assert_eq!(f.broker.queue_depth("queue://q"), 3);
+}
+
 /// A transaction whose commit would not fit one journal record is refused at the commit,
 /// naming the limit, and stays open: the client rolls it back (its acknowledged message is
 /// then redelivered), nothing of it is stored, and the store keeps working.

@@ -322,8 +322,10 @@ fn exception_class(e: &BrokerError) -> &'static str {
             "javax.jms.InvalidClientIDException"
         }
         BrokerError::RolledBack(..) => "javax.jms.TransactionRolledBackException",
-        // ActiveMQ's refusal with sendFailIfNoSpace.
-        BrokerError::StoreFull { .. } => "javax.jms.ResourceAllocationException",
+        // ActiveMQ's refusal with sendFailIfNoSpace; its usage limits refuse the same way.
+        BrokerError::StoreFull { .. }
+        | BrokerError::TransactionTooLarge(..)
+        | BrokerError::OpenTransactionsFull { .. } => "javax.jms.ResourceAllocationException",
         _ => "javax.jms.JMSException",
     }
 }
