@@ -240,8 +240,10 @@ impl Core {
     ///
     /// The walk starts strictly after `after` (from the head if `None`) and stops once it has
     /// passed over `limit` messages nobody could take, or asked selectors `checks` times (it
-    /// takes off what it asked): it returns the sequence it stopped at, `None` if it ran out
-    /// of messages or of consumers with credit. See [`SCAN_LIMIT`] and [`SCAN_CHECKS`].
+    /// takes off what it asked; callers pass a positive budget, so a stop for want of one
+    /// always follows a message examined): it returns the sequence it stopped at, `None` if it
+    /// ran out of messages or of consumers with credit. See [`SCAN_LIMIT`] and
+    /// [`SCAN_CHECKS`].
     fn dispatch_selective(
         &mut self,
         queue: &str,

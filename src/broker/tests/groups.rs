@@ -248,11 +248,7 @@ async fn a_stuck_group_costs_each_ack_bounded_work() {
 #[tokio::test]
 async fn a_full_exclusive_consumer_makes_no_walk_for_the_others() {
     const BACKLOG: usize = 3 * super::core::SCAN_LIMIT;
-    let f = fixture(BrokerOptions {
-        expiry_sweep: Duration::from_secs(3600),
-        ..BrokerOptions::default()
-    })
-    .await;
+    let f = fixture_swept_by_hand().await;
     let (exclusive, mut exclusive_rx) = f.broker.open_session(None);
     subscribe_exclusive(&exclusive, "s", 1);
     let (_plain, mut plain_rx) = consumer_on_q(&f, 100);

@@ -131,6 +131,24 @@ fn colored(color: &str, body: &str) -> NewMessage {
     }
 }
 
+/// [`colored`], not persistent (sent without waiting for a confirmation).
+fn colored_transient(color: &str, body: &str) -> NewMessage {
+    NewMessage {
+        persistent: false,
+        ..colored(color, body)
+    }
+}
+
+/// A broker whose periodic sweep never runs by itself: the test runs it
+/// (`Core::continue_scans`).
+async fn fixture_swept_by_hand() -> Fixture {
+    fixture(BrokerOptions {
+        expiry_sweep: Duration::from_secs(3600),
+        ..BrokerOptions::default()
+    })
+    .await
+}
+
 fn topic(name: &str) -> Destination {
     Destination::Topic(name.into())
 }

@@ -117,25 +117,14 @@ async fn a_selector_match_deep_in_a_backlog_is_found_by_the_sweep() {
 async fn a_match_the_sweep_passed_while_its_consumer_was_full_is_offered_again() {
     const GREEN_BEFORE: usize = super::core::SCAN_LIMIT + 500;
     const GREEN_AFTER: usize = 60_000;
-    let f = fixture(BrokerOptions {
-        // The test runs the sweep itself.
-        expiry_sweep: Duration::from_secs(3600),
-        ..BrokerOptions::default()
-    })
-    .await;
+    let f = fixture_swept_by_hand().await;
     let (producer, _) = f.broker.open_session(None);
-    let green = |i: usize| NewMessage {
-        persistent: false,
-        ..colored("green", &format!("g{i}"))
-    };
+    let green = |i: usize| colored_transient("green", &format!("g{i}"));
     for i in 0..GREEN_BEFORE {
         producer.send(&queue("q"), green(i), None).unwrap();
     }
     for i in 0..3 {
-        let red = NewMessage {
-            persistent: false,
-            ..colored("red", &format!("r{i}"))
-        };
+        let red = colored_transient("red", &format!("r{i}"));
         producer.send(&queue("q"), red, None).unwrap();
     }
     for i in 0..GREEN_AFTER {
@@ -181,24 +170,13 @@ async fn a_match_the_sweep_passed_while_its_consumer_was_full_is_offered_again()
 async fn many_selective_consumers_on_a_deep_backlog_cost_bounded_work() {
     const CONSUMERS: usize = 100;
     const BACKLOG: usize = 3 * super::core::SCAN_LIMIT;
-    let f = fixture(BrokerOptions {
-        // The test runs the sweep itself.
-        expiry_sweep: Duration::from_secs(3600),
-        ..BrokerOptions::default()
-    })
-    .await;
+    let f = fixture_swept_by_hand().await;
     let (producer, _) = f.broker.open_session(None);
-    let green = |i: usize| NewMessage {
-        persistent: false,
-        ..colored("green", &format!("g{i}"))
-    };
+    let green = |i: usize| colored_transient("green", &format!("g{i}"));
     for i in 0..BACKLOG {
         producer.send(&queue("q"), green(i), None).unwrap();
     }
-    let red = NewMessage {
-        persistent: false,
-        ..colored("red", "r")
-    };
+    let red = colored_transient("red", "r");
     producer.send(&queue("q"), red, None).unwrap();
     let mut sessions = Vec::new();
     for i in 0..CONSUMERS - 1 {
