@@ -46,6 +46,7 @@ import org.apache.activemq.ActiveMQSession;
 import org.apache.activemq.ScheduledMessage;
 import org.apache.activemq.command.ActiveMQDestination;
 import org.apache.activemq.command.ActiveMQMessage;
+import org.apache.activemq.command.ActiveMQTempQueue;
 
 /**
  * JmsCheck: drives a broker with the stock ActiveMQ 5.x JMS client, one scenario per run, the
@@ -1706,6 +1707,33 @@ public final class JmsCheck {
         replyConsumer.close();
         replies.delete();
         ok("deleted the temporary queue");
+
+        // A client that does not watch advisories (watchTopicAdvisories=false) cannot know the
+        // temporary queue is gone and sends anyway: the broker refuses, as ActiveMQ's does,
+        // rather than making it an ordinary queue anyone could read. So is a send to a
+        // temporary queue that never existed.
+        ActiveMQConnectionFactory blindFactory = factory(url);
+        blindFactory.setWatchTopicAdvisories(false);
+        Connection blind = blindFactory.createConnection();
+        OPEN.add(blind);
+        blind.start();
+        Session bs = blind.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer anywhere = bs.createProducer(null);
+        for (Destination gone : List.of(replies, new ActiveMQTempQueue("ID:never-made-1:1:1"))) {
+            String name = ((TemporaryQueue) gone).getQueueName();
+            String refusal = null;
+            try {
+                anywhere.send(gone, bs.createTextMessage("to nobody"));
+            } catch (JMSException e) {
+                refusal = String.valueOf(e.getMessage());
+            }
+            check("a send to " + name + " (deleted or never made) is refused",
+                    refusal != null && refusal.contains(name) && refusal.contains("does not exist"),
+                    "a JMSException naming " + name + " that does not exist",
+                    refusal == null ? "the send accepted" : refusal);
+            ok("a send to the temporary queue " + name + " is refused: " + refusal);
+        }
+        close(blind);
         close(c);
     }
 

@@ -255,7 +255,8 @@ fn message_groups_stick_to_one_consumer_in_order() {
 }
 
 /// Request/reply through a TemporaryQueue: the responder (another connection) answers on
-/// JMSReplyTo with the request's JMSCorrelationID.
+/// JMSReplyTo with the request's JMSCorrelationID. Once deleted (or if it never existed), a
+/// send to it from a client that does not watch advisories is refused.
 #[test]
 fn temporary_queue_request_reply() {
     check("temp-queue-reply", &[]);

@@ -397,7 +397,7 @@ pub enum BrokerError {
     /// A composite destination (`a,b`) one of whose members is not acceptable: the reason.
     #[error("invalid composite destination '{0}': {1}")]
     InvalidComposite(String, String),
-    #[error("temporary destination '{0}' does not exist (any more): the connection that made it has closed")]
+    #[error("temporary destination '{0}' does not exist: it was deleted, its connection has closed, or it was never made")]
     TemporaryGone(String),
     #[error("subscription id '{0}' is already in use on this connection")]
     DuplicateSubscription(String),

@@ -816,7 +816,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let id = command.command_id();
         let rr = command.response_required();
         let result: Result<Option<Confirmation>, BrokerError> = match &command {
-            Command::Message(m) => state.send(m),
+            Command::Message(m) => state.send(m, &self.options.temps),
             Command::MessageAck(ack) => match &ack.consumer_id {
                 None => Ok(None),
                 Some(cid) => {
@@ -1377,18 +1377,34 @@ struct State {
 }
 
 impl State {
-    fn send(&mut self, m: &super::Message) -> Result<Option<Confirmation>, BrokerError> {
+    fn send(
+        &mut self,
+        m: &super::Message,
+        temps: &TempDestinations,
+    ) -> Result<Option<Confirmation>, BrokerError> {
         let destination = m
             .destination
             .as_ref()
             .ok_or_else(|| BrokerError::InvalidDestination("(none)".into()))?;
         let members = convert::core_destinations(destination)?;
-        let mut message = convert::to_new_message(m, self.options.max_frame_size)
-            .map_err(|e| BrokerError::InvalidMessage(e.to_string()))?;
-        if matches!(
+        let temporary = matches!(
             destination.kind,
             super::DestinationKind::TempQueue | super::DestinationKind::TempTopic
-        ) {
+        );
+        // As in ActiveMQ, a temporary destination is there only while the connection that
+        // made it lives: a send to one deleted or never made is refused, not turned into an
+        // ordinary queue anyone could read.
+        if temporary && temps.owner(destination).is_none() {
+            let scheme = match destination.kind {
+                super::DestinationKind::TempTopic => "temp-topic",
+                _ => "temp-queue",
+            };
+            let name = destination.physical_name.as_deref().unwrap_or_default();
+            return Err(BrokerError::TemporaryGone(format!("{scheme}://{name}")));
+        }
+        let mut message = convert::to_new_message(m, self.options.max_frame_size)
+            .map_err(|e| BrokerError::InvalidMessage(e.to_string()))?;
+        if temporary {
             // Temporary destinations live as long as their connection: never on disk.
             message.persistent = false;
         }

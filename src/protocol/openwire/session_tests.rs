@@ -9,8 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use super::*;
 use crate::broker::BrokerOptions;
 use crate::protocol::openwire::{
-    encode_text_body, ConnectionId, ConsumerInfo, DataStructure, Message, MessageId, MessageKind,
-    ProducerId, SessionId, SessionInfo,
+    encode_text_body, ConnectionId, ConsumerInfo, DataStructure, DestinationInfo, DestinationKind,
+    Message, MessageId, MessageKind, ProducerId, SessionId, SessionInfo,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -222,6 +222,10 @@ impl Client {
             Command::ProducerInfo(p) => {
                 p.command_id = id;
                 p.response_required = true;
+            }
+            Command::DestinationInfo(d) => {
+                d.command_id = id;
+                d.response_required = true;
             }
             _ => unreachable!("not used by these tests"),
         }
@@ -672,6 +676,93 @@ async fn a_refused_asynchronous_send_is_reported_with_a_connection_error() {
     assert!(matches!(answer, Command::Response(_)), "{answer:?}");
 }
 
+/// `answer` refuses a send to `name` with `InvalidDestinationException`, saying `problem`.
+fn assert_invalid_destination(answer: Command, name: &str, problem: &str) {
+    let Command::ExceptionResponse(e) = answer else {
+        panic!("{name}: accepted ({answer:?})");
+    };
+    let e = e.exception.unwrap();
+    assert_eq!(
+        e.class_name.as_deref(),
+        Some("javax.jms.InvalidDestinationException"),
+        "{name}"
+    );
+    let message = e.message.unwrap_or_default();
+    assert!(
+        message.contains(name) && message.contains(problem),
+        "{name}: {message}"
+    );
+}
+
+/// A send to a temporary destination is taken while the connection that made it lives, and
+/// refused with `InvalidDestinationException` once it is deleted, or when it never existed
+/// (a client with `watchTopicAdvisories=false` does not check): it is not turned into an
+/// ordinary queue anyone could read.
+#[tokio::test]
+async fn a_send_to_a_deleted_or_unknown_temporary_destination_is_refused() {
+    let f = fixture(&[]);
+    let (owner, sender) = ("ID:t-tmp-owner:1", "ID:t-tmp-sender:1");
+    let mut a = Client::connected(&f, owner).await;
+    let mut b = Client::connected(&f, sender).await;
+    let temp = |kind, name: &str| OwDestination {
+        kind,
+        physical_name: Some(name.to_string()),
+    };
+    let to = |destination: &OwDestination, sequence| {
+        let mut send = text(sender, "unused", sequence, "reply");
+        if let Command::Message(m) = &mut send {
+            m.destination = Some(destination.clone());
+        }
+        send
+    };
+    let info = |destination: &OwDestination, operation_type| {
+        Command::DestinationInfo(DestinationInfo {
+            connection_id: Some(ConnectionId {
+                value: Some(owner.into()),
+            }),
+            destination: Some(destination.clone()),
+            operation_type,
+            ..Default::default()
+        })
+    };
+    let refused = |answer, what| assert_invalid_destination(answer, what, "does not exist");
+    let queue = temp(DestinationKind::TempQueue, "ID:t-tmp-owner:1:1");
+    let topic = temp(DestinationKind::TempTopic, "ID:t-tmp-owner:1:2");
+    for d in [&queue, &topic] {
+        assert!(matches!(a.request(info(d, 0)).await, Command::Response(_)));
+    }
+    let answer = b.request(to(&queue, 1)).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    assert_eq!(f.broker.queue_depth("queue://ID:t-tmp-owner:1:1"), 1);
+    let answer = b.request(to(&topic, 2)).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+
+    let bogus = temp(DestinationKind::TempQueue, "ID:bogus-1:1:1");
+    refused(
+        b.request(to(&bogus, 3)).await,
+        "temp-queue://ID:bogus-1:1:1",
+    );
+    let bogus = temp(DestinationKind::TempTopic, "ID:bogus-1:1:2");
+    refused(
+        b.request(to(&bogus, 4)).await,
+        "temp-topic://ID:bogus-1:1:2",
+    );
+    assert_eq!(f.broker.queue_depth("queue://ID:bogus-1:1:1"), 0);
+
+    for d in [&queue, &topic] {
+        assert!(matches!(a.request(info(d, 1)).await, Command::Response(_)));
+    }
+    refused(
+        b.request(to(&queue, 5)).await,
+        "temp-queue://ID:t-tmp-owner:1:1",
+    );
+    refused(
+        b.request(to(&topic, 6)).await,
+        "temp-topic://ID:t-tmp-owner:1:2",
+    );
+    assert_eq!(f.broker.queue_depth("queue://ID:t-tmp-owner:1:1"), 0);
+}
+
 /// `answer` refuses a commit with `TransactionRolledBackException`; `what` if it does not.
 fn assert_rolled_back(answer: &Command, what: &str) {
     let Command::ExceptionResponse(e) = answer else {
@@ -993,21 +1084,8 @@ async fn a_bad_composite_destination_is_refused_naming_the_problem() {
     .into_iter()
     .enumerate()
     {
-        let Command::ExceptionResponse(e) = c.request(text(conn, name, n as i64 + 1, "m")).await
-        else {
-            panic!("{name} accepted");
-        };
-        let e = e.exception.unwrap();
-        assert_eq!(
-            e.class_name.as_deref(),
-            Some("javax.jms.InvalidDestinationException"),
-            "{name}"
-        );
-        let message = e.message.unwrap_or_default();
-        assert!(
-            message.contains(name) && message.contains(problem),
-            "{name}: {message}"
-        );
+        let answer = c.request(text(conn, name, n as i64 + 1, "m")).await;
+        assert_invalid_destination(answer, name, problem);
     }
     assert_eq!(f.broker.queue_depth("queue://a"), 0);
 }
