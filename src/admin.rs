@@ -227,9 +227,8 @@ async fn answer(
                     Some(operation) => operation.answer(&request, &view, token).await,
                     None => route(&request, &view),
                 };
-                if request.method == "HEAD" {
-                    response.body.clear();
-                }
+                // HEAD: GET's headers, Content-Length included, without the body.
+                response.head_only = request.method == "HEAD";
                 response
             }
         },
@@ -523,11 +522,17 @@ impl Operation {
         let Some(broker) = &view.broker else {
             return Err(Response::json(503, view.health_json()));
         };
-        let queue = match percent_decoded(self.name()) {
-            Some(name) if name.contains("://") => name,
-            Some(name) if !name.is_empty() => format!("queue://{name}"),
-            _ => return Err(Response::text(404, "not found: no such queue name\n")),
-        };
+        let queue =
+            match percent_decoded(self.name()) {
+                Some(name) if name.contains("://") => name,
+                Some(name) if !name.is_empty() => format!("queue://{name}"),
+                Some(_) => return Err(Response::text(404, "not found: no such queue name\n")),
+                None => return Err(Response::text(
+                    400,
+                    "bad request: the queue name's percent-encoding is malformed (each % takes \
+                     two hex digits, and the name decodes to UTF-8)\n",
+                )),
+            };
         Ok((queue, broker.clone()))
     }
 }
@@ -589,6 +594,7 @@ fn route(request: &Request, view: &View) -> Response {
                 "text/plain; version=0.0.4; charset=utf-8".into(),
             )],
             body: metrics(view).into_bytes(),
+            head_only: false,
         },
         _ => match &view.broker {
             Some(broker) => {
@@ -841,6 +847,8 @@ struct Response {
     code: u16,
     headers: Vec<(&'static str, String)>,
     body: Vec<u8>,
+    /// Written without its body (the answer to a HEAD), Content-Length still the body's.
+    head_only: bool,
 }
 
 impl Response {
@@ -849,6 +857,7 @@ impl Response {
             code,
             headers: vec![("Content-Type", "text/plain; charset=utf-8".into())],
             body: body.as_bytes().to_vec(),
+            head_only: false,
         }
     }
 
@@ -857,6 +866,7 @@ impl Response {
             code,
             headers: vec![("Content-Type", "application/json".into())],
             body: body.into_bytes(),
+            head_only: false,
         }
     }
 
@@ -886,7 +896,9 @@ impl Response {
             self.body.len()
         );
         let mut bytes = out.into_bytes();
-        bytes.extend_from_slice(&self.body);
+        if !self.head_only {
+            bytes.extend_from_slice(&self.body);
+        }
         bytes
     }
 }
@@ -1150,6 +1162,38 @@ mod tests {
         task.abort();
     }
 
+    /// HEAD answers GET's status and headers, Content-Length the length GET's body has, and
+    /// no body.
+    #[tokio::test]
+    async fn head_announces_the_length_of_the_body_it_leaves_out() {
+        let (_tx, mode) = watch::channel(Mode::Refuse("not serving".into()));
+        let (address, task) = serve("127.0.0.1:0", Status::new("n1"), mode, None)
+            .await
+            .unwrap();
+        let ask = |method: &'static str| async move {
+            let mut stream = TcpStream::connect(address).await.unwrap();
+            let request = format!("{method} /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.unwrap();
+            let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+            (head.to_string(), body.to_string())
+        };
+        let (get_head, get_body) = ask("GET").await;
+        let (head_head, head_body) = ask("HEAD").await;
+        assert!(!get_body.is_empty());
+        assert!(
+            get_head.contains(&format!("Content-Length: {}\r\n", get_body.len())),
+            "{get_head}"
+        );
+        assert_eq!(head_body, "");
+        assert!(
+            head_head.contains(&format!("Content-Length: {}\r\n", get_body.len())),
+            "{head_head}"
+        );
+        task.abort();
+    }
+
     #[tokio::test]
     async fn write_operations_are_refused_without_the_token_a_serving_core_or_a_queue() {
         let token = Some("s3cret");
@@ -1209,6 +1253,11 @@ mod tests {
         master.broker = Some(broker.clone());
         let request = write("POST", "/queues/nope/purge", right);
         assert_eq!(operate(&request, &master, token).await.0, 404);
+        // A malformed escape is named, not taken for a queue that does not exist.
+        let request = write("POST", "/queues/q%zz/purge", right);
+        let (code, body) = operate(&request, &master, token).await;
+        assert_eq!(code, 400, "{body}");
+        assert!(body.contains("percent-encoding"), "{body}");
         let request = write("POST", "/queues/q/retry", right);
         let (code, body) = operate(&request, &master, token).await;
         assert_eq!(code, 409, "{body}");

@@ -229,13 +229,19 @@ impl Destination {
         } else {
             return Err(BrokerError::InvalidDestination(text.to_string()));
         };
-        if name.is_empty() || name.contains(['\n', '\0']) {
+        if !Destination::is_valid_name(name) {
             return Err(BrokerError::InvalidDestination(text.to_string()));
         }
         Ok(match kind {
             "queue" => Destination::Queue(name.to_string()),
             _ => Destination::Topic(name.to_string()),
         })
+    }
+
+    /// Whether `name` may name a queue or topic, whatever protocol brings it: not empty, and
+    /// no newline or NUL (which no STOMP header, status line or log line can carry).
+    pub fn is_valid_name(name: &str) -> bool {
+        !name.is_empty() && !name.contains(['\n', '\0'])
     }
 
     /// The canonical form stored in records: `queue://x` or `topic://x`.
@@ -394,6 +400,9 @@ pub struct Delivery {
 pub enum BrokerError {
     #[error("invalid destination '{0}': use /queue/NAME or /topic/NAME")]
     InvalidDestination(String),
+    /// A destination that names nothing acceptable: the reason, naming it.
+    #[error("invalid destination: {0}")]
+    InvalidName(String),
     /// A composite destination (`a,b`) one of whose members is not acceptable: the reason.
     #[error("invalid composite destination '{0}': {1}")]
     InvalidComposite(String, String),

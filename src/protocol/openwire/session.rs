@@ -315,6 +315,7 @@ fn exception_class(e: &BrokerError) -> &'static str {
     match e {
         BrokerError::InvalidSelector(_) => "javax.jms.InvalidSelectorException",
         BrokerError::InvalidDestination(_)
+        | BrokerError::InvalidName(_)
         | BrokerError::InvalidComposite(..)
         | BrokerError::TemporaryGone(_)
         | BrokerError::UnknownDurable(_) => "javax.jms.InvalidDestinationException",

@@ -1090,6 +1090,26 @@ async fn a_bad_composite_destination_is_refused_naming_the_problem() {
     assert_eq!(f.broker.queue_depth("queue://a"), 0);
 }
 
+/// A destination named with a newline or NUL (which no STOMP header, status page or log line
+/// can carry) is refused for a send and for a consumer, as STOMP refuses it, naming it.
+#[tokio::test]
+async fn a_destination_name_with_a_newline_or_nul_is_refused() {
+    let f = fixture(&[]);
+    let conn = "ID:t-ctl:1";
+    let mut c = Client::connected(&f, conn).await;
+    for (n, name) in ["bad\0queue", "bad\nqueue", "ok,bad\0member"]
+        .into_iter()
+        .enumerate()
+    {
+        let answer = c.request(text(conn, name, n as i64 + 1, "m")).await;
+        let shown = name.rsplit(',').next().unwrap().escape_debug().to_string();
+        assert_invalid_destination(answer, &shown, "");
+        let answer = c.request(subscribe(conn, n as i64 + 1, name, 10)).await;
+        assert_invalid_destination(answer, &shown, "");
+    }
+    assert!(f.broker.queue_stats().is_empty());
+}
+
 /// A consumer on a composite queue (`a,b`) gets what is sent to either member; a browser on
 /// one is refused, naming it (a browser takes one queue).
 #[tokio::test]

@@ -227,7 +227,10 @@ pub enum FrameError {
     MissingNul,
     #[error("command or header is not valid UTF-8")]
     InvalidUtf8,
-    #[error("invalid escape sequence {0:?} in a header")]
+    #[error(
+        "invalid escape sequence '{0}' in a header: STOMP 1.1 and 1.2 escape only \\\\, \\n, \\c \
+         (and \\r in 1.2); send a backslash as \\\\"
+    )]
     BadEscape(String),
     #[error("NUL byte in the command or headers (is the blank line after the headers missing?)")]
     NulInHeaders,
@@ -1011,6 +1014,12 @@ mod tests {
                 FrameError::BadEscape(escape.into())
             );
         }
+        // Shown as sent, not quoted with its backslash doubled.
+        let shown = decode_err(b"SEND\nk:a\\q\n\n\0", Version::V1_2, LIMIT).to_string();
+        assert!(
+            shown.starts_with("invalid escape sequence '\\q' in a header"),
+            "{shown}"
+        );
     }
 
     #[test]
