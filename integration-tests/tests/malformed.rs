@@ -98,10 +98,14 @@ fn unknown_command_is_named_in_the_error() -> Result<()> {
     })
 }
 
+/// A SEND without a destination, or with an empty one, gets an ERROR naming the header, and
+/// its connection closes.
 #[test]
 fn send_without_destination_names_the_header() -> Result<()> {
     with_bystander(|broker| {
         expect_error(broker, b"SEND\nreceipt:r1\n\nhello\0", &["destination"])?;
+        // An empty one is as missing.
+        expect_error(broker, b"SEND\ndestination:\n\nhello\0", &["destination"])?;
         Ok(())
     })
 }

@@ -316,6 +316,17 @@ fn required<'a>(frame: &'a Frame, header: &str) -> Result<&'a str, Refusal> {
     })
 }
 
+/// A frame's `destination` header: an empty one is as missing (the connection ends).
+fn required_destination(frame: &Frame) -> Result<&str, Refusal> {
+    match required(frame, "destination")? {
+        "" => Err(Refusal::new(format!(
+            "empty header 'destination' on {:?} frame",
+            frame.command
+        ))),
+        text => Ok(text),
+    }
+}
+
 /// A SUBSCRIBE's `ack` header (default auto).
 fn ack_mode(frame: &Frame) -> Result<AckMode, Refusal> {
     match frame.get("ack").unwrap_or("auto") {
@@ -1103,7 +1114,7 @@ impl Drop for Temps {
 
 impl State {
     fn send(&mut self, frame: &Frame) -> Result<Confirmation, Refusal> {
-        let destination_text = required(frame, "destination")?;
+        let destination_text = required_destination(frame)?;
         let (destinations, temporary) = self.temps.resolve_members(destination_text)?;
         // As in ActiveMQ, messages to temporary destinations are never stored: they live as
         // long as the connection that made the destination, and a stored one would outlive it
@@ -1196,7 +1207,7 @@ impl State {
     }
 
     fn subscribe(&mut self, frame: &Frame) -> Result<Confirmation, Refusal> {
-        let destination_text = required(frame, "destination")?;
+        let destination_text = required_destination(frame)?;
         let (members, _) = self.temps.resolve_members(destination_text)?;
         let destination = members[0].clone();
         // A header, else the destination's ActiveMQ option (`?consumer.prefetchSize=10`).
@@ -1413,7 +1424,7 @@ impl State {
                 "header 'browser' needs STOMP 1.1 or later (as ActiveMQ's queue browser does)",
             ));
         }
-        let destination_text = required(frame, "destination")?;
+        let destination_text = required_destination(frame)?;
         let id = required(frame, "id")?.to_string();
         let (members, _) = self.temps.resolve_members(destination_text)?;
         let [destination] = &members[..] else {
