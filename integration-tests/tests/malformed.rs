@@ -110,6 +110,47 @@ fn send_without_destination_names_the_header() -> Result<()> {
     })
 }
 
+/// Persistent SENDs pipelined ahead of a bad frame, in the same write, are stored: their
+/// RECEIPTs come before the ERROR that closes the connection (a client never told of a stored
+/// send sends it again, and the message is then there twice).
+#[test]
+fn sends_ahead_of_a_bad_frame_get_their_receipts_before_the_error() -> Result<()> {
+    with_bystander(|broker| {
+        let mut bad = broker.client()?;
+        let mut bytes = Vec::new();
+        for i in 0..3 {
+            bytes.extend_from_slice(
+                format!("SEND\ndestination:/queue/ahead\npersistent:true\nreceipt:r{i}\n\nm{i}\0")
+                    .as_bytes(),
+            );
+        }
+        bytes.extend_from_slice(b"FROBNICATE\n\n\0");
+        bad.write_raw(&bytes)?;
+        let mut commands = Vec::new();
+        loop {
+            match bad.poll(FRAME_TIMEOUT)? {
+                Incoming::Frame(f) => {
+                    let receipt = f.get("receipt-id").unwrap_or_default().to_string();
+                    commands.push(format!("{} {receipt}", f.command).trim().to_string());
+                }
+                Incoming::Closed => break,
+                Incoming::TimedOut => anyhow::bail!("still open after {commands:?}"),
+            }
+        }
+        ensure!(
+            commands == ["RECEIPT r0", "RECEIPT r1", "RECEIPT r2", "ERROR"],
+            "frames before the close: {commands:?}"
+        );
+        let mut reader = broker.client()?;
+        reader.subscribe("s", "/queue/ahead", &[])?;
+        for i in 0..3 {
+            ensure!(reader.recv_message(FRAME_TIMEOUT)?.text() == format!("m{i}"));
+        }
+        reader.disconnect()?;
+        Ok(())
+    })
+}
+
 #[test]
 fn non_numeric_content_length_is_refused() -> Result<()> {
     with_bystander(|broker| {

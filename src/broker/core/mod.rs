@@ -355,6 +355,9 @@ pub(crate) struct Core {
     paging: bool,
     /// Non-persistent bodies fill `memory_limit` (logged when it starts and when it ends).
     transient_full: bool,
+    /// Durable subscriptions whose subscriber is away are missing non-persistent messages, for
+    /// want of room (logged when it starts and when it ends; see [`Core::route`]).
+    away_durables_missing: bool,
     /// The store's size against `store_limit` (see [`Core::measure_store`]).
     store_usage: StoreUsage,
     /// The journal end past which an append measures the store again.

@@ -68,6 +68,7 @@ impl Core {
             memory,
             paging: false,
             transient_full: false,
+            away_durables_missing: false,
             store_usage,
             measure_at: Position(0),
             started: Confirmation::done(),

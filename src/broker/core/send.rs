@@ -274,20 +274,20 @@ impl Core {
                 for t in self.wildcards_matching(name) {
                     durables.extend(t.durables.iter().cloned());
                 }
-                // A non-persistent message is kept only for the durable subscriptions active
-                // now, as ActiveMQ does (`DurableTopicSubscription.add`): an offline
-                // subscription misses it, so offline subscriptions never fill `memory_limit`
-                // with non-persistent bodies and pause every non-persistent producer.
                 let durables: Vec<String> = durables
                     .into_iter()
                     .filter(|q| {
                         self.durables.get(q).is_none_or(|d| {
-                            (message.persistent || d.active.is_some())
-                                && d.selector.as_ref().is_none_or(|s| s.matches(&message))
+                            d.selector.as_ref().is_none_or(|s| s.matches(&message))
                                 && d.no_local_session != Some(origin)
                         })
                     })
                     .collect();
+                let durables = if message.persistent {
+                    durables
+                } else {
+                    self.transient_for_durables(durables, message.body.len() as u64)
+                };
                 let mut publish: Vec<Publish> = durables
                     .iter()
                     .map(|q| Publish::Queue(q.clone(), entry(&message)))
@@ -301,6 +301,48 @@ impl Core {
                 (entries, publish)
             }
         }
+    }
+
+    /// Of the durable subscriptions a non-persistent message of `bytes` matches, those that
+    /// keep it. As in ActiveMQ (whose `keepDurableSubsActive` is on by default), one whose
+    /// subscriber is away keeps it in memory too (never stored: a restart or a failover loses
+    /// it, as ActiveMQ's restart does), but only while the non-persistent bodies held stay
+    /// under half of `memory_limit`: past that, subscriptions nobody reads miss them (logged),
+    /// rather than fill the limit and pause every producer of non-persistent messages.
+    fn transient_for_durables(&mut self, durables: Vec<String>, bytes: u64) -> Vec<String> {
+        let room = (self.memory.limit() / 2).saturating_sub(self.memory.transient());
+        let mut taken = 0u64;
+        let mut missed = 0usize;
+        let kept: Vec<String> = durables
+            .into_iter()
+            .filter(|q| {
+                if self.durables.get(q).is_none_or(|d| d.active.is_some()) {
+                    return true;
+                }
+                if taken + bytes <= room {
+                    taken += bytes;
+                    true
+                } else {
+                    missed += 1;
+                    false
+                }
+            })
+            .collect();
+        if missed > 0 && !std::mem::replace(&mut self.away_durables_missing, true) {
+            tracing::warn!(
+                memory_limit = self.memory.limit(),
+                non_persistent = self.memory.transient(),
+                "non-persistent message bodies held reached half the memory_limit: durable \
+                 subscriptions whose subscriber is away miss non-persistent messages until \
+                 there is room again (send persistent to keep them)"
+            );
+        } else if missed == 0 && taken > 0 && self.away_durables_missing {
+            self.away_durables_missing = false;
+            tracing::info!(
+                "durable subscriptions whose subscriber is away keep non-persistent messages again"
+            );
+        }
+        kept
     }
 
     /// [`Core::route`] for each of `sends`, their entries gathered for one record.

@@ -35,31 +35,48 @@ async fn a_durable_subscription_keeps_messages_while_away() {
     assert_eq!(again.unwrap_err(), BrokerError::DurableInUse("sub".into()));
 }
 
-/// As in ActiveMQ, an offline durable subscription misses non-persistent messages (they are
-/// kept only for the subscriptions active when they are published) and keeps persistent ones.
-/// Kept, they would pile up in memory for a subscriber that may never come back, and once they
-/// filled `memory_limit` every non-persistent producer of the broker would be paused.
+/// As in ActiveMQ (`keepDurableSubsActive`, on by default), a durable subscription whose
+/// subscriber is away keeps non-persistent messages as well as persistent ones, in the order
+/// sent; but only while the non-persistent bodies held stay under half of `memory_limit`: past
+/// that it misses them, rather than fill the limit and pause every non-persistent producer.
 #[tokio::test]
-async fn an_offline_durable_subscription_misses_non_persistent_messages() {
-    let f = fixture(BrokerOptions::default()).await;
+async fn an_offline_durable_subscription_keeps_non_persistent_messages_within_half_the_memory_limit(
+) {
+    let f = fixture(BrokerOptions {
+        memory_limit: 1000,
+        ..BrokerOptions::default()
+    })
+    .await;
     let topic = Destination::Topic("news".into());
     let durable = |s: &Session| durable_sub(s, &topic);
+    let hundred = |i: usize| non_persistent(&format!("{i:0>100}"));
     let (producer, _) = f.broker.open_session(None);
-    let (s, mut rx) = f.broker.open_session(Some("client-1".into()));
+    let (s, rx) = f.broker.open_session(Some("client-1".into()));
     durable(&s).unwrap().await.unwrap();
-    send_settled(&producer, &topic, non_persistent("while active")).await;
-    let d = next(&mut rx).await;
-    assert_eq!(body(&d), "while active");
-    s.ack(d.tag, AckScope::Single, None).unwrap();
     drop(s);
-    send_settled(&producer, &topic, non_persistent("missed")).await;
+    // Five bodies of 100 bytes fill half of the 1000-byte limit; the rest are missed.
+    for i in 0..8 {
+        send_settled(&producer, &topic, hundred(i)).await;
+    }
     send_settled(&producer, &topic, persistent("kept")).await;
+    assert_eq!(f.broker.queue_depth("durable://client-1:sub"), 6);
+    let (s, mut rx2) = f.broker.open_session(Some("client-1".into()));
+    durable(&s).unwrap().await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        let d = next(&mut rx2).await;
+        got.push(body(&d).trim_start_matches('0').to_string());
+        s.ack(d.tag, AckScope::Single, None).unwrap();
+    }
+    assert_eq!(got, ["", "1", "2", "3", "4", "kept"]);
+    drop(s);
+    drop(rx);
+    // Read, they made room: away again, it keeps them again.
+    send_settled(&producer, &topic, non_persistent("away again")).await;
     assert_eq!(f.broker.queue_depth("durable://client-1:sub"), 1);
     let (s, mut rx) = f.broker.open_session(Some("client-1".into()));
     durable(&s).unwrap().await.unwrap();
-    assert_eq!(body(&next(&mut rx).await), "kept");
-    send_settled(&producer, &topic, non_persistent("active again")).await;
-    assert_eq!(body(&next(&mut rx).await), "active again");
+    assert_eq!(body(&next(&mut rx).await), "away again");
 }
 
 /// A client id is held by one connection at a time, as in ActiveMQ: a second connection with

@@ -227,6 +227,10 @@ struct Connection<S> {
 /// EOL: the only way to notice that it left, since nothing is read from it meanwhile.
 const HELD_BACK_PROBE: Duration = Duration::from_secs(1);
 
+/// How long a connection about to be closed for a bad frame waits for the confirmations of
+/// what it sent before it, to write their RECEIPTs first.
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
 /// Negotiated heart-beat periods: how often we send, how long the client may stay silent.
 #[derive(Debug, Clone, Copy)]
 struct Heartbeat {
@@ -316,9 +320,11 @@ fn required<'a>(frame: &'a Frame, header: &str) -> Result<&'a str, Refusal> {
     })
 }
 
-/// A frame's `destination` header: an empty one is as missing (the connection ends).
+/// A frame's `destination` header, blanks around it dropped as ActiveMQ drops them (else
+/// `destination: /queue/x` would name a queue nobody reads); an empty one is as missing (the
+/// connection ends).
 fn required_destination(frame: &Frame) -> Result<&str, Refusal> {
-    match required(frame, "destination")? {
+    match required(frame, "destination")?.trim() {
         "" => Err(Refusal::new(format!(
             "empty header 'destination' on {:?} frame",
             frame.command
@@ -329,7 +335,7 @@ fn required_destination(frame: &Frame) -> Result<&str, Refusal> {
 
 /// A SUBSCRIBE's `ack` header (default auto).
 fn ack_mode(frame: &Frame) -> Result<AckMode, Refusal> {
-    match frame.get("ack").unwrap_or("auto") {
+    match frame.get("ack").map_or("auto", str::trim) {
         "auto" => Ok(AckMode::Auto),
         "client" => Ok(AckMode::Client),
         "client-individual" => Ok(AckMode::ClientIndividual),
@@ -445,6 +451,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.output.clear();
         }
         Ok(())
+    }
+
+    /// Before the ERROR that closes the connection: the RECEIPTs of the frames it sent before
+    /// the bad one, as their changes are confirmed (a client told nothing of a stored send
+    /// sends it again), in order, for at most [`SETTLE_LIMIT`]; up to the first that fails.
+    async fn settle(&mut self, state: &mut State) {
+        let deadline = Instant::now() + SETTLE_LIMIT;
+        while let Some((awaiting, confirmation)) = state.awaiting.pop_front() {
+            let Ok(Ok(())) = tokio::time::timeout_at(deadline, confirmation).await else {
+                break;
+            };
+            if let Awaiting::Receipt(id) = awaiting {
+                self.queue_frame(&frame::receipt(&id));
+            }
+        }
     }
 
     /// Sends an ERROR frame and closes.
@@ -623,6 +644,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
         };
         if let Err(refusal) = result {
+            self.settle(&mut state).await;
             self.fail(refusal).await;
         } else {
             let _ = self.stream.shutdown().await;
@@ -1238,7 +1260,7 @@ impl State {
         };
         let prefetch = match setting("activemq.prefetchSize", "consumer.prefetchSize") {
             None => default_prefetch,
-            Some(v) => v.parse::<u32>().map_err(|_| {
+            Some(v) => v.trim().parse::<u32>().map_err(|_| {
                 Refusal::frame(format!(
                     "header 'activemq.prefetchSize' (or option consumer.prefetchSize) is not a \
                      number: '{v}'"
@@ -1400,6 +1422,13 @@ impl State {
     }
 
     fn nack(&mut self, frame: &Frame) -> Result<Confirmation, Refusal> {
+        if self.version == Version::V1_0 {
+            // As ActiveMQ answers: the message stays delivered, awaiting its ACK.
+            return Err(Refusal::frame(
+                "NACK is not a STOMP 1.0 command: connect with accept-version 1.1 or 1.2 to \
+                 use it",
+            ));
+        }
         let tag = self.acked_tag(frame)?;
         let Some((subscription, _)) = self.unacked.remove(&tag) else {
             return Err(BrokerError::UnknownDelivery(tag).into());

@@ -1152,6 +1152,17 @@ async fn an_ack_id_of_a_previous_connection_never_acknowledges_this_ones_deliver
     assert!(is_receipt("done")(&answer), "{answer:?}");
 }
 
+/// A consumer subscribed with `headers`, after another connection wrote `sends` (the last
+/// asking for receipt `b`): the consumer and the first MESSAGE it got.
+async fn sent_to_a_subscriber(broker: &Broker, headers: &str, sends: &str) -> (Peer, Frame) {
+    let mut consumer = subscribed(broker, headers).await;
+    let (mut producer, _) = Peer::connect(broker, "1.2", "").await;
+    producer.write(sends).await;
+    producer.frames_until(is_receipt("b")).await;
+    let first = consumer.next_frame().await;
+    (consumer, first)
+}
+
 /// As ActiveMQ's STOMP: a destination without `/queue/` or `/topic/` is a queue, a
 /// destination's options (`?consumer.prefetchSize=1`) are taken off its name and the
 /// `consumer.` ones apply to the subscription, and a priority outside 0..9 is taken as the
@@ -1160,20 +1171,13 @@ async fn an_ack_id_of_a_previous_connection_never_acknowledges_this_ones_deliver
 async fn bare_names_options_and_priorities_are_read_as_activemq_reads_them() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start_for_tests(dir.path(), Default::default());
-    let mut consumer = subscribed(
+    let (mut consumer, first) = sent_to_a_subscriber(
         &broker,
         "id:s\ndestination:/queue/orders?consumer.prefetchSize=1\nack:client-individual",
+        "SEND\ndestination:orders\npriority:12\nreceipt:a\n\nfirst\0\
+         SEND\ndestination:orders?producer.ignored=1\npriority:-3\nreceipt:b\n\nsecond\0",
     )
     .await;
-    let (mut producer, _) = Peer::connect(&broker, "1.2", "").await;
-    producer
-        .write(
-            "SEND\ndestination:orders\npriority:12\nreceipt:a\n\nfirst\0\
-             SEND\ndestination:orders?producer.ignored=1\npriority:-3\nreceipt:b\n\nsecond\0",
-        )
-        .await;
-    producer.frames_until(is_receipt("b")).await;
-    let first = consumer.next_frame().await;
     assert_eq!(first.get("destination"), Some("/queue/orders"));
     assert_eq!(first.get("priority"), Some("9"));
     // Never expires: written as ActiveMQ writes it.
@@ -1189,6 +1193,59 @@ async fn bare_names_options_and_priorities_are_read_as_activemq_reads_them() {
     let second = consumer.next_frame().await;
     assert_eq!(String::from_utf8_lossy(&second.body), "second");
     assert_eq!(second.get("priority"), Some("0"));
+}
+
+/// Blanks around a destination, an `ack` mode or a prefetch size are dropped, as ActiveMQ
+/// drops them: `destination: /queue/x` is queue `x`, not a queue named " /queue/x" that its
+/// consumers never read.
+#[tokio::test]
+async fn blanks_around_destination_ack_and_prefetch_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_for_tests(dir.path(), Default::default());
+    let (mut consumer, first) = sent_to_a_subscriber(
+        &broker,
+        "id:s\ndestination: /queue/blank \nack: client\nactivemq.prefetchSize: 1",
+        "SEND\ndestination:/queue/blank \nreceipt:a\n\nfirst\0\
+         SEND\ndestination: /queue/blank\nreceipt:b\n\nsecond\0",
+    )
+    .await;
+    assert_eq!(first.get("destination"), Some("/queue/blank"));
+    assert_eq!(String::from_utf8_lossy(&first.body), "first");
+    assert_eq!(broker.queue_depth("queue://blank"), 1);
+    // Client acks and a prefetch of 1: the second comes once the first is acknowledged.
+    let ack = first.get("ack").unwrap();
+    consumer.write(&format!("ACK\nid:{ack}\n\n\0")).await;
+    let second = consumer.next_frame().await;
+    assert_eq!(String::from_utf8_lossy(&second.body), "second");
+}
+
+/// NACK is not a STOMP 1.0 command: on a 1.0 connection it is an ERROR, as ActiveMQ answers,
+/// and the message stays delivered (not dead-lettered), acknowledged by the ACK that follows.
+#[tokio::test]
+async fn a_nack_on_stomp_1_0_is_an_error_and_dead_letters_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_for_tests(dir.path(), Default::default());
+    let (mut peer, _) = Peer::connect(&broker, "1.0", "").await;
+    peer.write(
+        "SUBSCRIBE\ndestination:/queue/old\nack:client\n\n\0\
+         SEND\ndestination:/queue/old\npersistent:true\n\njob\0",
+    )
+    .await;
+    let delivery = peer.next_frame().await;
+    assert_eq!(delivery.command, Command::Message, "{delivery:?}");
+    let id = delivery.get("message-id").unwrap().to_string();
+    peer.write(&format!("NACK\nmessage-id:{id}\nreceipt:n\n\n\0"))
+        .await;
+    let error = peer.next_frame().await;
+    assert_eq!(error.command, Command::Error, "{error:?}");
+    assert!(error.get("message").unwrap().contains("1.0"), "{error:?}");
+    assert_eq!(error.get("receipt-id"), Some("n"));
+    assert_eq!(broker.queue_depth("queue://ActiveMQ.DLQ"), 0);
+    peer.write(&format!("ACK\nmessage-id:{id}\nreceipt:a\n\n\0"))
+        .await;
+    peer.frames_until(is_receipt("a")).await;
+    assert_eq!(broker.queue_depth("queue://old"), 0);
+    assert_eq!(broker.queue_depth("queue://ActiveMQ.DLQ"), 0);
 }
 
 /// Headers named as JMS headers set those headers, as at ActiveMQ (JMSPriority wins over
