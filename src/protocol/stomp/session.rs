@@ -433,6 +433,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if version == Version::V1_0 {
             connected.headers.retain(|(k, _)| k != "version");
         }
+        // As ActiveMQ answers a CONNECT's `request-id` (or, lacking one, its `receipt`): a
+        // client waiting for that receipt gets it with CONNECTED.
+        if let Some(id) = frame.get("request-id").or_else(|| frame.get("receipt")) {
+            connected = connected
+                .header("response-id", id.to_string())
+                .header("receipt-id", id.to_string());
+        }
         self.queue_frame(&connected);
         self.flush_output()
             .await

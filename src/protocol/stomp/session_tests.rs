@@ -1068,6 +1068,21 @@ async fn frames_written_with_connect_are_answered() {
     }
 }
 
+/// A CONNECT's `receipt` (or `request-id`) is answered in CONNECTED, as ActiveMQ answers it
+/// (`receipt-id` and `response-id`): a client that waits for that receipt does not hang.
+#[tokio::test]
+async fn a_connect_receipt_is_answered_in_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_for_tests(dir.path(), Default::default());
+    let (_, connected) = Peer::connect(&broker, "1.2", "receipt:c1\n").await;
+    assert_eq!(connected.get("receipt-id"), Some("c1"), "{connected:?}");
+    assert_eq!(connected.get("response-id"), Some("c1"), "{connected:?}");
+    let (_, connected) = Peer::connect(&broker, "1.0", "request-id:q7\n").await;
+    assert_eq!(connected.get("response-id"), Some("q7"), "{connected:?}");
+    let (_, connected) = Peer::connect(&broker, "1.1", "").await;
+    assert_eq!(connected.get("receipt-id"), None, "{connected:?}");
+}
+
 /// A client-individual subscriber of `/queue/work` and the delivery of one receipted `job`.
 async fn one_job_delivered(broker: &Broker) -> (Peer, Frame) {
     let mut consumer = subscribed(
