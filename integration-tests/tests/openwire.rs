@@ -181,7 +181,8 @@ fn topic_subscribers_each_get_every_message() {
 }
 
 /// A durable subscriber (client id + subscription name) gets what was published while it was
-/// offline; unsubscribe drops the subscription and its backlog.
+/// offline, non-persistent messages included; unsubscribe drops the subscription and its
+/// backlog.
 #[test]
 fn durable_subscriber_gets_what_was_published_offline() {
     check("durable-topic", &[]);

@@ -314,10 +314,11 @@ fn throwable(class: &str, message: impl Into<String>) -> Throwable {
 fn exception_class(e: &BrokerError) -> &'static str {
     match e {
         BrokerError::InvalidSelector(_) => "javax.jms.InvalidSelectorException",
+        // ActiveMQ's own subclass of InvalidDestinationException, as its broker throws.
+        BrokerError::TemporaryGone(_) => "org.apache.activemq.DestinationDoesNotExistException",
         BrokerError::InvalidDestination(_)
         | BrokerError::InvalidName(_)
         | BrokerError::InvalidComposite(..)
-        | BrokerError::TemporaryGone(_)
         | BrokerError::UnknownDurable(_) => "javax.jms.InvalidDestinationException",
         BrokerError::DurableNeedsClientId | BrokerError::ClientIdInUse { .. } => {
             "javax.jms.InvalidClientIDException"

@@ -678,15 +678,21 @@ async fn a_refused_asynchronous_send_is_reported_with_a_connection_error() {
 
 /// `answer` refuses a send to `name` with `InvalidDestinationException`, saying `problem`.
 fn assert_invalid_destination(answer: Command, name: &str, problem: &str) {
+    assert_refused(
+        answer,
+        "javax.jms.InvalidDestinationException",
+        name,
+        problem,
+    );
+}
+
+/// `answer` refuses a send to `name` with exception `class`, saying `problem`.
+fn assert_refused(answer: Command, class: &str, name: &str, problem: &str) {
     let Command::ExceptionResponse(e) = answer else {
         panic!("{name}: accepted ({answer:?})");
     };
     let e = e.exception.unwrap();
-    assert_eq!(
-        e.class_name.as_deref(),
-        Some("javax.jms.InvalidDestinationException"),
-        "{name}"
-    );
+    assert_eq!(e.class_name.as_deref(), Some(class), "{name}");
     let message = e.message.unwrap_or_default();
     assert!(
         message.contains(name) && message.contains(problem),
@@ -725,7 +731,10 @@ async fn a_send_to_a_deleted_or_unknown_temporary_destination_is_refused() {
             ..Default::default()
         })
     };
-    let refused = |answer, what| assert_invalid_destination(answer, what, "does not exist");
+    let refused = |answer, what| {
+        let class = "org.apache.activemq.DestinationDoesNotExistException";
+        assert_refused(answer, class, what, "does not exist");
+    };
     let queue = temp(DestinationKind::TempQueue, "ID:t-tmp-owner:1:1");
     let topic = temp(DestinationKind::TempTopic, "ID:t-tmp-owner:1:2");
     for d in [&queue, &topic] {
