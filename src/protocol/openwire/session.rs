@@ -310,6 +310,16 @@ fn throwable(class: &str, message: impl Into<String>) -> Throwable {
     }
 }
 
+/// The message of the exception a client sees for a refusal: the error's text, except that
+/// `DestinationDoesNotExistException` takes only the destination (the client's constructor
+/// makes it "The destination temp-queue://... does not exist.").
+fn exception_message(e: &BrokerError) -> String {
+    match e {
+        BrokerError::TemporaryGone(destination) => destination.clone(),
+        _ => e.to_string(),
+    }
+}
+
 /// The JMS exception class a client should see for a refusal.
 fn exception_class(e: &BrokerError) -> &'static str {
     match e {
@@ -621,7 +631,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.exception(
                 command.command_id(),
                 exception_class(&error),
-                error.to_string(),
+                exception_message(&error),
             )
         } else {
             Ok(())
@@ -974,7 +984,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             Some(Err(_)) => Ok(()),
             None if m.response_required => Ok(()),
-            None => self.connection_error(exception_class(error), error.to_string()),
+            None => self.connection_error(exception_class(error), exception_message(error)),
         }
     }
 
@@ -1326,7 +1336,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             (Awaiting::Silent, Ok(())) => Ok(()),
             (_, Err(e)) if is_not_serving(&e) => Err(Close::Silently(e.to_string())),
             (Awaiting::Response(id), Err(e)) => {
-                self.exception(id, exception_class(&e), e.to_string())
+                self.exception(id, exception_class(&e), exception_message(&e))
             }
             (Awaiting::Silent, Err(e)) => Err(Close::Error(e.to_string())),
         }
