@@ -400,7 +400,8 @@ fn is_virtual_subscription(subscription: &SubscriptionAdd) -> bool {
 }
 
 /// The distinct members of a composite destination, in order; more than
-/// [`super::MAX_COMPOSITE_MEMBERS`] are refused before they are compared.
+/// [`super::MAX_COMPOSITE_MEMBERS`] are refused before they are compared, and so is a member
+/// whose name [`Destination::is_valid_name`] refuses.
 fn distinct(members: &[Destination]) -> Result<Vec<&Destination>, BrokerError> {
     if members.len() > super::MAX_COMPOSITE_MEMBERS {
         let first = members
@@ -411,6 +412,17 @@ fn distinct(members: &[Destination]) -> Result<Vec<&Destination>, BrokerError> {
             format!("{first},..."),
             super::too_many_members(members.len()),
         ));
+    }
+    // Here rather than in each protocol: whatever brings a name, it must fit in a STOMP
+    // header, a status page and a log line.
+    if let Some(bad) = members
+        .iter()
+        .find(|d| !Destination::is_valid_name(d.name()))
+    {
+        return Err(BrokerError::InvalidName(format!(
+            "destination name {:?} is empty or contains a newline or NUL character",
+            bad.name()
+        )));
     }
     let mut seen = std::collections::HashSet::with_capacity(members.len());
     Ok(members.iter().filter(|d| seen.insert(*d)).collect())

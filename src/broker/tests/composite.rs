@@ -390,11 +390,7 @@ async fn a_bad_composite_subscription_is_refused_whole() {
 /// as stored (sent to fewer members it is stored).
 #[tokio::test]
 async fn a_composite_send_too_large_for_one_record_is_refused_and_the_store_carries_on() {
-    let f = fixture(BrokerOptions {
-        memory_limit: u64::MAX,
-        ..BrokerOptions::default()
-    })
-    .await;
+    let f = fixture_with_memory_limit(u64::MAX).await;
     let (s, _) = f.broker.open_session(None);
     let members: Vec<Destination> = (0..260).map(|i| queue(&format!("q{i}"))).collect();
     let mut big = persistent("");

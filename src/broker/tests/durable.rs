@@ -42,11 +42,7 @@ async fn a_durable_subscription_keeps_messages_while_away() {
 #[tokio::test]
 async fn an_offline_durable_subscription_keeps_non_persistent_messages_within_half_the_memory_limit(
 ) {
-    let f = fixture(BrokerOptions {
-        memory_limit: 1000,
-        ..BrokerOptions::default()
-    })
-    .await;
+    let f = fixture_with_memory_limit(1000).await;
     let topic = Destination::Topic("news".into());
     let durable = |s: &Session| durable_sub(s, &topic);
     let hundred = |i: usize| non_persistent(&format!("{i:0>100}"));

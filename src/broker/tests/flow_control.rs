@@ -68,11 +68,7 @@ async fn a_backlog_past_the_memory_limit_keeps_its_bodies_on_disk_and_delivers_t
 /// takes one. Persistent bodies (which can wait on disk) never close it.
 #[tokio::test]
 async fn non_persistent_bodies_at_the_memory_limit_hold_back_their_senders_until_consumed() {
-    let f = fixture(BrokerOptions {
-        memory_limit: 4 * 1024,
-        ..BrokerOptions::default()
-    })
-    .await;
+    let f = fixture_with_memory_limit(4 * 1024).await;
     let (producer, _) = f.broker.open_session(None);
     let gate = producer.flow_gate().memory;
     let body_of = |i: usize| format!("{i:04}:{}", "x".repeat(1019));

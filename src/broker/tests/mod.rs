@@ -34,6 +34,15 @@ async fn fixture(options: BrokerOptions) -> Fixture {
     Fixture { _dir: dir, broker }
 }
 
+/// A broker with `memory_limit` at `bytes` and every other option at its default.
+async fn fixture_with_memory_limit(bytes: u64) -> Fixture {
+    fixture(BrokerOptions {
+        memory_limit: bytes,
+        ..BrokerOptions::default()
+    })
+    .await
+}
+
 /// A session that sent one persistent message "m" to `queue://q`, subscribed with prefetch 10,
 /// and received it as `d`.
 async fn one_delivered(f: &Fixture) -> (Session, UnboundedReceiver<Delivery>, Delivery) {

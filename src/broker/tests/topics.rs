@@ -41,11 +41,7 @@ async fn a_slow_topic_subscriber_loses_its_oldest_messages_not_the_producer() {
 /// and acknowledges, here with the same prefetch, gets every message.
 #[tokio::test]
 async fn a_stalled_topic_subscriber_holds_at_most_memory_limit_bytes() {
-    let f = fixture(BrokerOptions {
-        memory_limit: 10_000,
-        ..BrokerOptions::default()
-    })
-    .await;
+    let f = fixture_with_memory_limit(10_000).await;
     let topic = Destination::Topic("logs".into());
     let (stalled, mut stalled_rx) = f.broker.open_session(None);
     subscribe(&stalled, "s", topic.clone(), 1000);
@@ -93,11 +89,7 @@ fn log_line(i: usize) -> NewMessage {
 /// subscriber that acknowledges in batches) leave the byte window as they leave the count one.
 #[tokio::test]
 async fn delivered_topic_messages_free_the_byte_window() {
-    let f = fixture(BrokerOptions {
-        memory_limit: 2_500,
-        ..BrokerOptions::default()
-    })
-    .await;
+    let f = fixture_with_memory_limit(2_500).await;
     let topic = Destination::Topic("logs".into());
     let (subscriber, mut rx) = f.broker.open_session(None);
     subscribe(&subscriber, "s", topic.clone(), 1000);

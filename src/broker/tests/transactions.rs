@@ -121,11 +121,7 @@ async fn a_nack_in_a_transaction_takes_effect_at_commit_only() {
 /// growing without bound.
 #[tokio::test]
 async fn a_transaction_holds_at_most_memory_limit_of_bodies() {
-    let f = fixture(BrokerOptions {
-        memory_limit: 1000,
-        ..BrokerOptions::default()
-    })
-    .await;
+    let f = fixture_with_memory_limit(1000).await;
     let (s, _) = f.broker.open_session(None);
     s.begin("t").unwrap();
     s.send(&queue("q"), persistent(&"a".repeat(600)), Some("t"))
@@ -145,11 +141,7 @@ async fn a_transaction_holds_at_most_memory_limit_of_bodies() {
 /// closed connection frees can be used again.
 #[tokio::test]
 async fn open_transactions_together_hold_at_most_memory_limit_of_bodies() {
-    let f = fixture(BrokerOptions {
-        memory_limit: 1000,
-        ..BrokerOptions::default()
-    })
-    .await;
+    let f = fixture_with_memory_limit(1000).await;
     let body = |c: &str| persistent(&c.repeat(400));
     let (a, _) = f.broker.open_session(None);
     let (b, _) = f.broker.open_session(None);
@@ -193,11 +185,7 @@ async fn open_transactions_together_hold_at_most_memory_limit_of_bodies() {
 /// then redelivered), nothing of it is stored, and the store keeps working.
 #[tokio::test]
 async fn a_commit_too_large_for_one_record_is_refused_and_can_be_rolled_back() {
-    let f = fixture(BrokerOptions {
-        memory_limit: u64::MAX,
-        ..BrokerOptions::default()
-    })
-    .await;
+    let f = fixture_with_memory_limit(u64::MAX).await;
     let (producer, _) = f.broker.open_session(None);
     send_settled(&producer, &queue("in"), persistent("work")).await;
     let (s, mut rx) = f.broker.open_session(None);

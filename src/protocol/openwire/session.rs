@@ -1407,12 +1407,8 @@ impl State {
         // made it lives: a send to one deleted or never made is refused, not turned into an
         // ordinary queue anyone could read.
         if temporary && temps.owner(destination).is_none() {
-            let scheme = match destination.kind {
-                super::DestinationKind::TempTopic => "temp-topic",
-                _ => "temp-queue",
-            };
-            let name = destination.physical_name.as_deref().unwrap_or_default();
-            return Err(BrokerError::TemporaryGone(format!("{scheme}://{name}")));
+            let named = crate::protocol::destination_to_core(&convert::stomp_name(destination));
+            return Err(BrokerError::TemporaryGone(named));
         }
         let mut message = convert::to_new_message(m, self.options.max_frame_size)
             .map_err(|e| BrokerError::InvalidMessage(e.to_string()))?;
