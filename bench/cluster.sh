@@ -26,8 +26,8 @@
 #
 # Environment (defaults in brackets):
 #   SCENARIOS ["failover catchup throughput"]  WORK [/tmp/ferromq-cluster-bench]
-#   RESULTS [$WORK/results-<date>]  ZK_PORT_BASE [22181]  CLIENT_PORT_BASE [51616]
-#   AMQ_OPENWIRE_PORT [51626] AMQ_STOMP_PORT [51623]
+#   RESULTS [$WORK/results-<date>]  ZK_PORT_BASE [22181]  CLIENT_PORT_BASE [21616]
+#   AMQ_OPENWIRE_PORT [21626] AMQ_STOMP_PORT [21623]
 #   FAILOVER_REPS [5] FAILOVER_DURATION [12s] KILL_AFTER [4]
 #   CATCHUP_REPS [3] CATCHUP_N [100000]
 #   REPS [3] N_SYNC [5000] N_CONC [40000] WARMUP [100000] SIZE [1024]
@@ -41,7 +41,7 @@ SCENARIOS=${SCENARIOS:-"failover catchup throughput"}
 WORK=${WORK:-/tmp/ferromq-cluster-bench}
 RESULTS=${RESULTS:-$WORK/results-$(date -u +%Y%m%dT%H%M%SZ)}
 export ZK_PORT_BASE=${ZK_PORT_BASE:-22181}
-export CLIENT_PORT_BASE=${CLIENT_PORT_BASE:-51616}
+export CLIENT_PORT_BASE=${CLIENT_PORT_BASE:-21616}
 export ADMIN_PORT_BASE=${ADMIN_PORT_BASE-}   # no admin endpoints unless asked for
 export CLUSTER_DIR=$RESULTS/cluster
 FAILOVER_REPS=${FAILOVER_REPS:-5}
@@ -57,8 +57,8 @@ SIZE=${SIZE:-1024}
 BUSY_MAX=${BUSY_MAX:-30}
 LOAD_WAIT=${LOAD_WAIT:-120}
 export AMQ_WORK=${AMQ_WORK:-$WORK/activemq}
-export AMQ_OPENWIRE_PORT=${AMQ_OPENWIRE_PORT:-51626}
-export AMQ_STOMP_PORT=${AMQ_STOMP_PORT:-51623}
+export AMQ_OPENWIRE_PORT=${AMQ_OPENWIRE_PORT:-21626}
+export AMQ_STOMP_PORT=${AMQ_STOMP_PORT:-21623}
 export AMQ_FRESH=1
 
 ZK="127.0.0.1:$ZK_PORT_BASE,127.0.0.1:$((ZK_PORT_BASE+1)),127.0.0.1:$((ZK_PORT_BASE+2))"
@@ -180,14 +180,15 @@ failover() {
   wait_healthy 60
   m=$(master_node)
   local dest="queue://cluster.failover.$rep"
-  "$B" bench --url "$FAILOVER_URL" -d "$dest" -p 1 -w 1 --size "$SIZE" --duration "$FAILOVER_DURATION" --json > "$out" 2> "$err" &
+  # A failover that never completes (no master elected) ends the run instead of hanging it.
+  timeout 120 "$B" bench --url "$FAILOVER_URL" -d "$dest" -p 1 -w 1 --size "$SIZE" --duration "$FAILOVER_DURATION" --json > "$out" 2> "$err" &
   local bpid=$!
   sleep "$KILL_AFTER"
   for i in 1 2 3; do eval "off$i=\$(log_lines $i)"; done
   kill_t=$(now)
   kill_node "$m"
   log "failover #$rep: kill -9 node$m (the master) at $(date -u -d "@$kill_t" +%T.%N)"
-  wait "$bpid" || { log "bench failed: $(tail -3 "$err")"; exit 1; }
+  wait "$bpid" || { log "bench failed (status $?; 124: no failover within 120 s): $(tail -3 "$err")"; exit 1; }
   # the new master's `role change: master` line
   local new="" line="" t_master=null t_reconnect=null
   for i in 1 2 3; do

@@ -18,6 +18,7 @@
 //! - [`admin`]: the HTTP admin endpoint: health, readiness, metrics, and purge, delete and DLQ
 //!   retry for operators.
 //! - [`heap`]: hands the memory a drained backlog freed back to the operating system.
+//! - [`files`]: the open-file limit: raised at start, and the share client connections may take.
 //!
 //! The send path: a protocol session calls [`broker::Session::send`]; the core encodes one
 //! write-ahead record and appends it to the journal (position assigned under the core lock);
@@ -32,6 +33,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod election;
+pub mod files;
 pub mod heap;
 pub mod node;
 pub mod protocol;

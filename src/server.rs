@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 use crate::broker::{Broker, BrokerOptions, ConfirmLater, DeadLetterStrategy};
 use crate::config::{BrokerConfig, Config, ConnectorScheme, DeadLetterStrategyKind};
+use crate::files::ClientSlots;
 use crate::protocol::openwire::session::{self as openwire, OpenWireOptions};
 use crate::protocol::stomp::session::{self as stomp, StompOptions};
 use crate::protocol::temps::TempDestinations;
@@ -125,6 +126,7 @@ impl Listeners {
                 Listener {
                     scheme: connector.scheme,
                     maximum_connections: connector.options.maximum_connections,
+                    slots: crate::files::client_slots(),
                     protocols,
                 },
                 mode_tx.subscribe(),
@@ -405,6 +407,8 @@ struct Listener {
     scheme: ConnectorScheme,
     /// `maximumConnections`: connections served at once, past which a new one is refused.
     maximum_connections: Option<usize>,
+    /// The process's share of open files for client connections, shared by every listener.
+    slots: ClientSlots,
     protocols: Protocols,
 }
 
@@ -429,21 +433,30 @@ async fn accept_loop(
         }
     };
     let mut listener = Some(listener);
+    // While the port is closed: the socket that keeps it bound (see `reserve`).
+    let mut reserved: Option<TcpSocket> = None;
     // Connections served under the current mode; dropped (so aborted) when the mode changes.
     let mut connections = JoinSet::new();
     // Connections accepted while pending, with when they were accepted, oldest first.
     let mut held: VecDeque<(TcpStream, SocketAddr, Instant)> = VecDeque::new();
     loop {
         let closed = matches!(&*mode.borrow(), Mode::Closed(_));
-        if closed && listener.is_some() {
+        if closed {
             // A slave does not listen: clients get "connection refused" and try the next
             // address at once (stomp.py and other clients without ferromq's ERROR handling too).
-            listener = None;
-            tracing::info!(%address, "client port closed while this node is not the master");
-        } else if closed {
+            if listener.take().is_some() {
+                tracing::info!(%address, "client port closed while this node is not the master");
+            }
+            if reserved.is_none() {
+                reserved = reserve(address);
+            }
             set_failure(address, None);
         } else if listener.is_none() {
-            match TcpListener::bind(address).await {
+            let opened = match reserved.take() {
+                Some(socket) => socket.listen(LISTEN_BACKLOG),
+                None => TcpListener::bind(address).await,
+            };
+            match opened {
                 Ok(l) => {
                     tracing::info!(%address, "client port open again");
                     set_failure(address, None);
@@ -545,10 +558,24 @@ fn dispatch(
             ));
         }
         Mode::Serve(broker) => {
+            let Some(slot) = serves.slots.take() else {
+                if serves.slots.first_refusal() {
+                    tracing::warn!(
+                        %peer,
+                        open = serves.slots.taken(),
+                        limit = serves.slots.limit,
+                        "refusing client connections: they would take the open files kept for \
+                         the store"
+                    );
+                }
+                tokio::spawn(refuse(socket, peer, serves.slots.refusal(), true));
+                return;
+            };
             let broker = broker.clone();
             let protocols = serves.protocols.clone();
             let scheme = serves.scheme;
             connections.spawn(async move {
+                let _slot = slot;
                 handle_connection(socket, peer, scheme, broker, protocols).await;
             });
         }
@@ -560,6 +587,34 @@ fn dispatch(
             tokio::spawn(refuse(socket, peer, reason.clone(), tell_openwire));
         }
     }
+}
+
+/// The backlog of a client port reopened from its reservation (tokio's own for a bind).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Keeps a closed client port bound without listening: a client's connection is refused as
+/// at any closed port, while no outgoing connection of this machine can be given the port as
+/// its own. Inside the system's range of such ports (32768-60999 on Linux, 49152-65535 on
+/// Windows, where 61616 lies) one could be, and the node could not serve once elected.
+/// Bound as a listener is (`SO_REUSEADDR` except on Windows), so another program can still
+/// take the port on purpose, and the node finds that out when it reopens. `None` when the bind
+/// fails: the port is then reopened by a plain bind.
+fn reserve(address: SocketAddr) -> Option<TcpSocket> {
+    let bound = (|| {
+        let socket = match address {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        #[cfg(not(windows))]
+        socket.set_reuseaddr(true)?;
+        socket.bind(address)?;
+        Ok::<_, std::io::Error>(socket)
+    })();
+    bound
+        .inspect_err(
+            |e| tracing::debug!(%address, error = %e, "cannot keep the closed client port bound"),
+        )
+        .ok()
 }
 
 /// Accepts on `listener`, or waits forever when the port is closed.
@@ -687,16 +742,21 @@ mod tests {
         answer
     }
 
+    /// Listeners of the default configuration on one free loopback port, in `mode`.
+    async fn listening_on_a_free_port(mode: Mode) -> (Listeners, SocketAddr) {
+        let mut config = Config::default();
+        config.transport.connectors = vec!["tcp://127.0.0.1:0".parse().unwrap()];
+        let listeners = Listeners::bind(&config, mode).await.unwrap();
+        let address = listeners.addresses[0];
+        (listeners, address)
+    }
+
     /// A client that connects while the node is taking over is held, then served (or refused)
     /// as the node's mode settles, instead of being refused at once.
     #[tokio::test]
     async fn a_connection_accepted_while_taking_over_is_served_once_the_node_serves() {
-        let mut config = Config::default();
-        config.transport.connectors = vec!["tcp://127.0.0.1:0".parse().unwrap()];
-        let listeners = Listeners::bind(&config, Mode::Pending("elected; taking over".into()))
-            .await
-            .unwrap();
-        let address = listeners.addresses[0];
+        let (listeners, address) =
+            listening_on_a_free_port(Mode::Pending("elected; taking over".into())).await;
         let hello = b"CONNECT\naccept-version:1.2\nhost:x\n\n\0";
         let answer = |mut client: TcpStream| async move {
             let mut answer = vec![0u8; 256];
@@ -735,6 +795,51 @@ mod tests {
         let text = answer(client).await;
         assert!(text.starts_with("ERROR\n"), "{text}");
         assert!(text.contains("no quorum"), "{text}");
+    }
+
+    /// A slave's closed client port refuses clients but stays bound, so that no outgoing
+    /// connection of the machine is given it as its own port; elected, the node listens on it.
+    #[tokio::test]
+    async fn a_closed_client_port_stays_bound_and_opens_again() {
+        let (listeners, address) = listening_on_a_free_port(Mode::Refuse("no quorum".into())).await;
+        listeners.set_mode(Mode::Closed("a slave".into()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match TcpStream::connect(address).await {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+                other => assert!(Instant::now() < deadline, "still accepting: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // What the system does to give an outgoing connection a port of its own.
+        let outgoing = TcpSocket::new_v4().unwrap();
+        let taken = outgoing.bind(address);
+        assert_eq!(
+            taken.map_err(|e| e.kind()).err(),
+            Some(std::io::ErrorKind::AddrInUse),
+            "the closed port is free for any socket to take"
+        );
+
+        listeners.set_mode(Mode::Refuse("no quorum".into()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut client = loop {
+            match TcpStream::connect(address).await {
+                Ok(client) => break client,
+                Err(e) => assert!(Instant::now() < deadline, "port not reopened: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        client
+            .write_all(b"CONNECT\naccept-version:1.2\n\n\0")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            text.starts_with("ERROR\n") && text.contains("no quorum"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

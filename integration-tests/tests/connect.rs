@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use ferromq_integration_tests::{
-    deadline, toml_string, wait_until, BrokerProcess, Incoming, StompClient, FRAME_TIMEOUT,
+    deadline, ferromq_bin, toml_string, wait_until, BrokerProcess, Incoming, Launcher, StompClient,
+    FRAME_TIMEOUT,
 };
 
 const USERS: &str = "[broker.users]\napp = \"s3cret\"\n";
@@ -231,5 +232,63 @@ fn a_connector_uri_from_activemq_xml_limits_connections_and_frames() -> Result<(
         last.starts_with("CONNECTED")
     });
     ensure!(served, "no room after a connection ended: {last}");
+    Ok(())
+}
+
+/// A node whose open-file limit is low serves client connections only up to its share of it
+/// (all but 512 files, kept for its store): one more is told why and closed instead of being
+/// left unanswered while the store's next file fails to open; the connections already served
+/// go on storing, and once one of them closes a new client is served again.
+#[test]
+fn client_connections_stop_short_of_the_open_file_limit() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // `ulimit -n` in sh lowers the hard limit too, so the broker cannot raise it back.
+    let launcher = Launcher {
+        program: "sh".into(),
+        args: vec![
+            "-c".into(),
+            "ulimit -n 520 && exec \"$0\" \"$@\"".into(),
+            ferromq_bin().into(),
+        ],
+        env: Vec::new(),
+    };
+    let broker = BrokerProcess::start_with_launcher(launcher, dir.path(), "")?;
+    ensure!(
+        broker.logs_contain("open-file limit") && broker.logs_contain("client_connections=8"),
+        "the limit and the clients' share are logged:\n{}",
+        broker.logs().join("\n")
+    );
+    let mut served = (0..8)
+        .map(|_| StompClient::connect(broker.addr()))
+        .collect::<Result<Vec<_>>>()?;
+
+    let (command, message, closed) = connect_outcome(&broker, &[])?;
+    ensure!(
+        command == "ERROR" && closed,
+        "a ninth client is refused and closed: {command} {message}"
+    );
+    ensure!(
+        message.contains("at most 8 client connections")
+            && message.contains("open-file limit is 520"),
+        "the ERROR names the limit: {message}"
+    );
+    for (i, client) in served.iter_mut().enumerate() {
+        client.send_persistent("/queue/files", format!("m{i}").as_bytes())?;
+    }
+
+    served.pop().expect("eight").disconnect()?;
+    let again = wait_until(
+        deadline(Duration::from_secs(10)),
+        || matches!(connect_outcome(&broker, &[]), Ok((c, _, _)) if c == "CONNECTED"),
+    );
+    ensure!(again, "a client is served once a connection has closed");
+    let mut consumer = served.pop().expect("seven");
+    let mut bodies = consumer.consume_acked("/queue/files", 8)?;
+    bodies.sort();
+    let sent: Vec<String> = (0..8).map(|i| format!("m{i}")).collect();
+    ensure!(
+        bodies == sent,
+        "every receipted message is delivered: {bodies:?}"
+    );
     Ok(())
 }

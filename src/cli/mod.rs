@@ -246,6 +246,7 @@ async fn broker(args: BrokerArgs) -> ExitCode {
         }
     };
     crate::heap::spawn_trimmer();
+    crate::files::raise_limit();
     match crate::server::run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -341,6 +341,11 @@ pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 /// LevelDB's memtable: the larger, the rarer the compactions (run inline in a write).
 const WRITE_BUFFER_SIZE: usize = 32 << 20;
 
+/// Files the index keeps open (LevelDB's table cache; its default is 1024): bounded, so that
+/// the open files the process keeps for its store (`files::RESERVED_MIN`) cover it. A larger
+/// index reopens the tables it reads least.
+const MAX_OPEN_TABLES: usize = 256;
+
 impl Index {
     /// Opens (or creates) the LevelDB database at `path` on its own thread. A database that
     /// does not open (other than being locked) is wiped and recreated: the reason is returned.
@@ -506,6 +511,7 @@ impl Worker {
         let options = Options {
             create_if_missing: true,
             write_buffer_size: WRITE_BUFFER_SIZE,
+            max_open_files: MAX_OPEN_TABLES,
             ..Options::default()
         };
         DB::open(&self.path, options)

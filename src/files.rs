@@ -1,0 +1,219 @@
+//! The process's open files: raises their limit at start, as the JVM does for ActiveMQ, and
+//! decides how many of them client connections may take, so that a flood of connections never
+//! takes the files the store needs (measured on 2026-11-29 with `ulimit -n 128`: 110 idle
+//! clients took every free one, the index's next write failed with "Too many open files" and
+//! the index was given up until a restart rebuilt it).
+//!
+//! Owns the limit and the count of client connections only. It must never open or close a
+//! file or a socket itself: the server takes a [`ClientSlot`] before it serves a connection
+//! and refuses the connection, naming the limit, when none is left.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// Files kept back from client connections whatever the limit: the journal's segments, the
+/// index's tables (at most `store::index` `MAX_OPEN_TABLES`), replication links, ZooKeeper,
+/// the admin endpoint and connections being refused.
+pub const RESERVED_MIN: u64 = 512;
+
+/// The share of a large limit kept back (one eighth), for a store whose journal has many
+/// segments open for reading.
+const RESERVED_SHARE: u64 = 8;
+
+/// The slots of this process, once [`raise_limit`] has run (`ferromq broker`); unlimited
+/// until then (the tests' in-process brokers).
+static SLOTS: OnceLock<ClientSlots> = OnceLock::new();
+
+/// Raises the soft limit of open files to the hard one (Unix; elsewhere nothing to do),
+/// logs it, and from then on lets client connections take all but the reserve of it.
+/// Returns the slots, which [`client_slots`] hands out from then on.
+pub fn raise_limit() -> ClientSlots {
+    let slots = match limit::raise() {
+        Some((limit, raised_from)) => {
+            let slots = ClientSlots::for_limit(limit);
+            match raised_from {
+                Some(from) => tracing::info!(
+                    limit,
+                    raised_from = from,
+                    client_connections = slots.max,
+                    "open-file limit raised to the hard limit"
+                ),
+                None => tracing::info!(limit, client_connections = slots.max, "open-file limit"),
+            }
+            if (slots.max as u64) < RESERVED_MIN {
+                tracing::warn!(
+                    limit,
+                    client_connections = slots.max,
+                    "the open-file limit leaves room for few client connections; raise it \
+                     (ulimit -n, or LimitNOFILE in the systemd unit)"
+                );
+            }
+            slots
+        }
+        None => ClientSlots::unlimited(),
+    };
+    SLOTS.get_or_init(|| slots).clone()
+}
+
+/// The process's client slots ([`raise_limit`]'s, or unlimited when it has not run).
+pub fn client_slots() -> ClientSlots {
+    SLOTS.get().cloned().unwrap_or_else(ClientSlots::unlimited)
+}
+
+/// How many client connections may be open at once, shared by every connector.
+#[derive(Clone, Debug)]
+pub struct ClientSlots {
+    taken: Arc<AtomicUsize>,
+    /// Most connections at once.
+    pub max: usize,
+    /// The open-file limit it was derived from (0: none known).
+    pub limit: u64,
+    /// Set once a connection has been refused, until one is served again (one warning each).
+    refusing: Arc<AtomicBool>,
+}
+
+impl ClientSlots {
+    /// Slots for an open-file limit of `limit`: all but the reserve.
+    pub fn for_limit(limit: u64) -> ClientSlots {
+        let reserved = (limit / RESERVED_SHARE).max(RESERVED_MIN);
+        let max = usize::try_from(limit.saturating_sub(reserved)).unwrap_or(usize::MAX);
+        ClientSlots {
+            taken: Arc::default(),
+            max,
+            limit,
+            refusing: Arc::default(),
+        }
+    }
+
+    /// No limit known: every connection gets a slot.
+    pub fn unlimited() -> ClientSlots {
+        ClientSlots {
+            max: usize::MAX,
+            ..ClientSlots::for_limit(0)
+        }
+    }
+
+    /// A slot for one more connection, held until dropped; `None` when all are taken.
+    pub fn take(&self) -> Option<ClientSlot> {
+        let before = self.taken.fetch_add(1, Ordering::AcqRel);
+        let slot = ClientSlot(self.taken.clone());
+        if before >= self.max {
+            return None; // dropping `slot` gives the count back
+        }
+        if self.refusing.swap(false, Ordering::AcqRel) {
+            tracing::info!(
+                open = before + 1,
+                "client connections are served again below the open-file limit's share"
+            );
+        }
+        Some(slot)
+    }
+
+    /// Whether this refusal is the first since connections were last served (warn once).
+    pub fn first_refusal(&self) -> bool {
+        !self.refusing.swap(true, Ordering::AcqRel)
+    }
+
+    /// Connections holding a slot now.
+    pub fn taken(&self) -> usize {
+        self.taken.load(Ordering::Acquire)
+    }
+
+    /// The sentence a refused client reads.
+    pub fn refusal(&self) -> String {
+        format!(
+            "this node serves at most {} client connections at once: its open-file limit is {} \
+             (ulimit -n; LimitNOFILE in a systemd unit), and the rest is kept for its store; \
+             try again later",
+            self.max, self.limit
+        )
+    }
+}
+
+/// One connection's place among [`ClientSlots`]; given back when dropped.
+#[derive(Debug)]
+pub struct ClientSlot(Arc<AtomicUsize>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(unix)]
+mod limit {
+    /// The open-file limit after raising the soft limit to the hard one, and the soft limit
+    /// before when it was raised; `None` when the limit cannot be read or is unlimited.
+    #[allow(clippy::unnecessary_cast)] // `rlim_t` is u64 on Linux, not on every Unix
+    pub fn raise() -> Option<(u64, Option<u64>)> {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct it is given, which lives for the call.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            return None;
+        }
+        let mut raised_from = None;
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            // SAFETY: setrlimit reads the struct it is given, which lives for the call.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                raised_from = Some(limit.rlim_cur as u64);
+                limit = raised;
+            }
+        }
+        (limit.rlim_cur != libc::RLIM_INFINITY).then_some((limit.rlim_cur as u64, raised_from))
+    }
+}
+
+#[cfg(not(unix))]
+mod limit {
+    /// Windows has no per-process limit of sockets to raise or to share out.
+    pub fn raise() -> Option<(u64, Option<u64>)> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_connections_get_all_but_the_reserve() {
+        assert_eq!(ClientSlots::for_limit(1024).max, 512);
+        assert_eq!(ClientSlots::for_limit(65536).max, 65536 - 8192);
+        assert_eq!(ClientSlots::for_limit(300).max, 0);
+    }
+
+    #[test]
+    fn a_slot_is_given_back_when_its_connection_ends() {
+        let slots = ClientSlots::for_limit(514);
+        assert_eq!(slots.max, 2);
+        let first = slots.take().expect("a first slot");
+        let second = slots.take().expect("a second slot");
+        assert!(slots.take().is_none(), "a third connection past the share");
+        assert_eq!(slots.taken(), 2, "a refused take holds nothing");
+        assert!(slots.first_refusal());
+        assert!(!slots.first_refusal(), "one warning per episode");
+        drop(first);
+        let third = slots.take().expect("a slot once one connection ended");
+        assert!(
+            slots.first_refusal(),
+            "served again: the next refusal warns again"
+        );
+        drop((second, third));
+        assert_eq!(slots.taken(), 0);
+        assert!(slots.refusal().contains("open-file limit is 514"));
+    }
+
+    #[test]
+    fn without_a_known_limit_every_connection_is_served() {
+        let slots = ClientSlots::unlimited();
+        let held: Vec<_> = (0..1000).map(|_| slots.take().expect("a slot")).collect();
+        assert_eq!(slots.taken(), held.len());
+    }
+}
