@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::election::{Election, ElectionConfig, LogState, Role};
 use crate::replication::repeated::{repeated_note, RepeatedFailure};
 use crate::replication::{self, ConnectionId, MasterOptions, ReplicationMaster, SlaveOptions};
-use crate::server::{broker_options, open_store_with, AbortOnDrop, Listeners, Mode};
+use crate::server::{broker_options, open_store_with, reserve, AbortOnDrop, Listeners, Mode};
 use crate::store::{Position, Store};
 
 /// How long a slave waits before it dials its master again after a lost connection.
@@ -154,6 +154,7 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
         hook,
         status,
         connections: ConnectionId::new_incarnation(),
+        replication_port: None,
     };
     let result = tokio::select! {
         result = lifecycle.run() => result,
@@ -274,6 +275,14 @@ fn log_state(store: &Store) -> LogState {
     }
 }
 
+/// Binds the replication `bind` address without listening (`server::reserve`), unless its
+/// port is 0 (any free one) or its host is a name.
+fn reserve_replication_port(config: &Config) -> Option<tokio::net::TcpSocket> {
+    let bind = &config.replication.bind;
+    let address = bind.as_str().parse::<std::net::SocketAddr>().ok()?;
+    (address.port() != 0).then(|| reserve(address)).flatten()
+}
+
 /// Closes a store on a blocking thread (it joins the journal's writer thread).
 async fn close_store(store: Store) {
     let _ = tokio::task::spawn_blocking(move || drop(store)).await;
@@ -294,6 +303,9 @@ struct Lifecycle {
     /// This process's replication connections as a slave, numbered so that a master can tell
     /// a late login of one given up on from the live one.
     connections: ConnectionId,
+    /// The replication `bind` port, kept bound while this node is not master (as a slave's
+    /// client port is, `server::reserve`) and let go just before the master binds it.
+    replication_port: Option<tokio::net::TcpSocket>,
 }
 
 impl Lifecycle {
@@ -304,6 +316,10 @@ impl Lifecycle {
         loop {
             let role = roles.borrow_and_update().clone();
             let taking_over = role.is_taking_over();
+            if !matches!(role, Role::Master { .. }) && self.replication_port.is_none() {
+                // Retried at each role change: a master's listener may still be closing.
+                self.replication_port = reserve_replication_port(&self.config);
+            }
             match role {
                 Role::Candidate { reason } => {
                     let no_quorum = reason.contains("not enough cluster members");
@@ -385,6 +401,7 @@ impl Lifecycle {
         let config = &self.config;
         self.log = log_state(&store);
         self.log_role("master", "master", epoch);
+        drop(self.replication_port.take());
         let (mut replication, confirmed) = ReplicationMaster::start(
             MasterOptions {
                 bind: config.replication.bind.as_str().to_string(),
@@ -689,5 +706,38 @@ impl Lifecycle {
         let opened = open_hooked(&self.config, fsync, &self.hook).await?;
         self.status.set_store(opened.0.gauge());
         Ok(opened)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node that is not master holds its replication port, so that no outgoing connection
+    /// of the machine can be given it; let go, it is there for the master's listener.
+    #[tokio::test]
+    async fn the_replication_port_is_held_until_the_master_binds_it() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let config =
+            Config::from_toml_str(&format!("[replication]\nbind = \"tcp://{free}\"\n")).unwrap();
+        let held = reserve_replication_port(&config).expect("the port held");
+        let outgoing = tokio::net::TcpSocket::new_v4().unwrap();
+        assert_eq!(
+            outgoing.bind(free).map_err(|e| e.kind()).err(),
+            Some(std::io::ErrorKind::AddrInUse),
+            "the port is free for any socket to take"
+        );
+        drop(held);
+        tokio::net::TcpListener::bind(free)
+            .await
+            .expect("the master binds it");
+
+        let any = Config::from_toml_str("[replication]\nbind = \"tcp://127.0.0.1:0\"\n").unwrap();
+        assert!(
+            reserve_replication_port(&any).is_none(),
+            "port 0: nothing to hold"
+        );
     }
 }

@@ -592,14 +592,14 @@ fn dispatch(
 /// The backlog of a client port reopened from its reservation (tokio's own for a bind).
 const LISTEN_BACKLOG: u32 = 1024;
 
-/// Keeps a closed client port bound without listening: a client's connection is refused as
-/// at any closed port, while no outgoing connection of this machine can be given the port as
-/// its own. Inside the system's range of such ports (32768-60999 on Linux, 49152-65535 on
-/// Windows, where 61616 lies) one could be, and the node could not serve once elected.
-/// Bound as a listener is (`SO_REUSEADDR` except on Windows), so another program can still
-/// take the port on purpose, and the node finds that out when it reopens. `None` when the bind
-/// fails: the port is then reopened by a plain bind.
-fn reserve(address: SocketAddr) -> Option<TcpSocket> {
+/// Keeps a closed client port (or a slave's replication port, `node`) bound without
+/// listening: a connection to it is refused as at any closed port, while no outgoing
+/// connection of this machine can be given the port as its own. Inside the system's range of
+/// such ports (32768-60999 on Linux, 49152-65535 on Windows, where 61616 and 61619 lie) one
+/// could be, and the node could not serve once elected. Bound as a listener is (`SO_REUSEADDR`
+/// except on Windows), so another program can still take the port on purpose, and the node
+/// finds that out when it listens. `None` when the bind fails: the port is then bound anew.
+pub(crate) fn reserve(address: SocketAddr) -> Option<TcpSocket> {
     let bound = (|| {
         let socket = match address {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
