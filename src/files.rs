@@ -20,6 +20,11 @@ pub const RESERVED_MIN: u64 = 512;
 /// segments open for reading.
 const RESERVED_SHARE: u64 = 8;
 
+/// Connections being refused at once (each is read for up to half a second to tell its
+/// protocol, then told why), when a limit is known: past it a connection is closed unanswered,
+/// so that a flood of clients that connect and say nothing cannot take the reserve either.
+pub const REFUSALS_AT_ONCE: usize = 64;
+
 /// The slots of this process, once [`raise_limit`] has run (`ferromq broker`); unlimited
 /// until then (the tests' in-process brokers).
 static SLOTS: OnceLock<ClientSlots> = OnceLock::new();
@@ -70,6 +75,9 @@ pub struct ClientSlots {
     pub limit: u64,
     /// Set once a connection has been refused, until one is served again (one warning each).
     refusing: Arc<AtomicBool>,
+    /// Connections being refused now, and the most at once.
+    refusals: Arc<AtomicUsize>,
+    max_refusals: usize,
 }
 
 impl ClientSlots {
@@ -82,6 +90,8 @@ impl ClientSlots {
             max,
             limit,
             refusing: Arc::default(),
+            refusals: Arc::default(),
+            max_refusals: REFUSALS_AT_ONCE,
         }
     }
 
@@ -89,6 +99,7 @@ impl ClientSlots {
     pub fn unlimited() -> ClientSlots {
         ClientSlots {
             max: usize::MAX,
+            max_refusals: usize::MAX,
             ..ClientSlots::for_limit(0)
         }
     }
@@ -107,6 +118,14 @@ impl ClientSlots {
             );
         }
         Some(slot)
+    }
+
+    /// A place for one more connection being refused, held until dropped; `None` when
+    /// [`REFUSALS_AT_ONCE`] are under way (close the connection unanswered).
+    pub fn take_refusal(&self) -> Option<ClientSlot> {
+        let before = self.refusals.fetch_add(1, Ordering::AcqRel);
+        let slot = ClientSlot(self.refusals.clone());
+        (before < self.max_refusals).then_some(slot)
     }
 
     /// Whether this refusal is the first since connections were last served (warn once).
@@ -208,6 +227,18 @@ mod tests {
         drop((second, third));
         assert_eq!(slots.taken(), 0);
         assert!(slots.refusal().contains("open-file limit is 514"));
+    }
+
+    #[test]
+    fn refusals_under_way_are_bounded_too() {
+        let slots = ClientSlots::for_limit(1024);
+        let held: Vec<_> = (0..REFUSALS_AT_ONCE)
+            .map(|_| slots.take_refusal().expect("a refusal"))
+            .collect();
+        assert!(slots.take_refusal().is_none(), "one refusal too many");
+        drop(held);
+        assert!(slots.take_refusal().is_some(), "refusals done, room again");
+        assert_eq!(slots.taken(), 0, "refusals take no client slot");
     }
 
     #[test]

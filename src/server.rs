@@ -435,6 +435,8 @@ async fn accept_loop(
     let mut listener = Some(listener);
     // While the port is closed: the socket that keeps it bound (see `reserve`).
     let mut reserved: Option<TcpSocket> = None;
+    // Accepts failed in a row (out of open files, say).
+    let mut accept_failures: u64 = 0;
     // Connections served under the current mode; dropped (so aborted) when the mode changes.
     let mut connections = JoinSet::new();
     // Connections accepted while pending, with when they were accepted, oldest first.
@@ -478,12 +480,20 @@ async fn accept_loop(
                 let (socket, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
-                        // Out of file descriptors and the like: back off rather than spin.
-                        tracing::warn!(error = %e, "accept failed");
+                        // Out of file descriptors and the like: back off rather than spin, and
+                        // say so once, not ten times a second.
+                        if accept_failures == 0 {
+                            tracing::warn!(%address, error = %e, "accept failed; retrying every 100 ms");
+                        }
+                        accept_failures += 1;
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 };
+                if accept_failures > 0 {
+                    tracing::info!(%address, failures = accept_failures, "accepting again");
+                    accept_failures = 0;
+                }
                 let _ = socket.set_nodelay(true);
                 let current = mode.borrow().clone();
                 match current {
@@ -547,7 +557,8 @@ fn dispatch(
                 maximum_connections = max,
                 "refusing a client connection: the connector's maximumConnections is reached"
             );
-            tokio::spawn(refuse(
+            spawn_refusal(
+                &serves.slots,
                 socket,
                 peer,
                 format!(
@@ -555,7 +566,7 @@ fn dispatch(
                      try again later"
                 ),
                 true,
-            ));
+            );
         }
         Mode::Serve(broker) => {
             let Some(slot) = serves.slots.take() else {
@@ -568,7 +579,7 @@ fn dispatch(
                          the store"
                     );
                 }
-                tokio::spawn(refuse(socket, peer, serves.slots.refusal(), true));
+                spawn_refusal(&serves.slots, socket, peer, serves.slots.refusal(), true);
                 return;
             };
             let broker = broker.clone();
@@ -584,8 +595,28 @@ fn dispatch(
         | Mode::Closed(reason)
         | Mode::Pending(reason) => {
             let tell_openwire = !matches!(mode, Mode::Electing(_));
-            tokio::spawn(refuse(socket, peer, reason.clone(), tell_openwire));
+            spawn_refusal(&serves.slots, socket, peer, reason.clone(), tell_openwire);
         }
+    }
+}
+
+/// Refuses `socket` on a task of its own (see [`refuse`]), or closes it unanswered when
+/// [`crate::files::REFUSALS_AT_ONCE`] refusals are already under way.
+fn spawn_refusal(
+    slots: &ClientSlots,
+    socket: TcpStream,
+    peer: SocketAddr,
+    reason: String,
+    tell_openwire: bool,
+) {
+    match slots.take_refusal() {
+        Some(slot) => {
+            tokio::spawn(async move {
+                let _slot = slot;
+                refuse(socket, peer, reason, tell_openwire).await;
+            });
+        }
+        None => tracing::debug!(%peer, "closing a connection unanswered: too many being refused"),
     }
 }
 
