@@ -8,8 +8,9 @@
 //! file or a socket itself: the server takes a [`ClientSlot`] before it serves a connection
 //! and refuses the connection, naming the limit, when none is left.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Files kept back from client connections whatever the limit: the journal's segments, the
 /// index's tables (at most `store::index` `MAX_OPEN_TABLES`), replication links, ZooKeeper,
@@ -19,6 +20,10 @@ pub const RESERVED_MIN: u64 = 512;
 /// The share of a large limit kept back (one eighth), for a store whose journal has many
 /// segments open for reading.
 const RESERVED_SHARE: u64 = 8;
+
+/// At most one warning about refused connections this often (each says how many since the
+/// last), however the count flaps around the limit.
+pub const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Connections being refused at once (each is read for up to half a second to tell its
 /// protocol, then told why), when a limit is known: past it a connection is closed unanswered,
@@ -73,8 +78,8 @@ pub struct ClientSlots {
     pub max: usize,
     /// The open-file limit it was derived from (0: none known).
     pub limit: u64,
-    /// Set once a connection has been refused, until one is served again (one warning each).
-    refusing: Arc<AtomicBool>,
+    /// When refusals were last warned about, and how many came since.
+    warned: Arc<Mutex<(Option<Instant>, u64)>>,
     /// Connections being refused now, and the most at once.
     refusals: Arc<AtomicUsize>,
     max_refusals: usize,
@@ -89,7 +94,7 @@ impl ClientSlots {
             taken: Arc::default(),
             max,
             limit,
-            refusing: Arc::default(),
+            warned: Arc::default(),
             refusals: Arc::default(),
             max_refusals: REFUSALS_AT_ONCE,
         }
@@ -108,16 +113,8 @@ impl ClientSlots {
     pub fn take(&self) -> Option<ClientSlot> {
         let before = self.taken.fetch_add(1, Ordering::AcqRel);
         let slot = ClientSlot(self.taken.clone());
-        if before >= self.max {
-            return None; // dropping `slot` gives the count back
-        }
-        if self.refusing.swap(false, Ordering::AcqRel) {
-            tracing::info!(
-                open = before + 1,
-                "client connections are served again below the open-file limit's share"
-            );
-        }
-        Some(slot)
+        // A refused take gives its count back as `slot` drops.
+        (before < self.max).then_some(slot)
     }
 
     /// A place for one more connection being refused, held until dropped; `None` when
@@ -128,9 +125,21 @@ impl ClientSlots {
         (before < self.max_refusals).then_some(slot)
     }
 
-    /// Whether this refusal is the first since connections were last served (warn once).
-    pub fn first_refusal(&self) -> bool {
-        !self.refusing.swap(true, Ordering::AcqRel)
+    /// Counts a refused connection; the number refused since the last warning when one is
+    /// due now (the first refusal, then at most once per [`WARN_EVERY`]).
+    pub fn note_refusal(&self) -> Option<u64> {
+        self.note_refusal_at(Instant::now())
+    }
+
+    fn note_refusal_at(&self, now: Instant) -> Option<u64> {
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, count) = &mut *warned;
+        *count += 1;
+        if last.is_some_and(|last| now.saturating_duration_since(last) < WARN_EVERY) {
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(count))
     }
 
     /// Connections holding a slot now.
@@ -216,17 +225,27 @@ mod tests {
         let second = slots.take().expect("a second slot");
         assert!(slots.take().is_none(), "a third connection past the share");
         assert_eq!(slots.taken(), 2, "a refused take holds nothing");
-        assert!(slots.first_refusal());
-        assert!(!slots.first_refusal(), "one warning per episode");
         drop(first);
         let third = slots.take().expect("a slot once one connection ended");
-        assert!(
-            slots.first_refusal(),
-            "served again: the next refusal warns again"
-        );
         drop((second, third));
         assert_eq!(slots.taken(), 0);
         assert!(slots.refusal().contains("open-file limit is 514"));
+    }
+
+    #[test]
+    fn refusals_are_warned_about_at_most_once_a_minute_with_their_count() {
+        let slots = ClientSlots::for_limit(1024);
+        let start = Instant::now();
+        assert_eq!(slots.note_refusal_at(start), Some(1), "the first warns");
+        for i in 1..=5 {
+            assert_eq!(slots.note_refusal_at(start + Duration::from_secs(i)), None);
+        }
+        assert_eq!(
+            slots.note_refusal_at(start + WARN_EVERY),
+            Some(6),
+            "a minute on: the refusals since the last warning, this one included"
+        );
+        assert_eq!(slots.note_refusal_at(start + WARN_EVERY), None);
     }
 
     #[test]

@@ -514,7 +514,8 @@ impl Lifecycle {
         *self.hook.write().unwrap_or_else(|p| p.into_inner()) = None;
         self.status.set_replication(None);
         let store = broker.close("this node is no longer the master");
-        replication.stop();
+        // Its port closed before the next role holds it again (`replication_port`).
+        replication.stop_and_wait().await;
         if let Some(mut store) = store {
             // Kept open for the next role, once what was appended is written: elected again
             // (a ZooKeeper blip, or another attempt after its client port was found taken) it

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::broker::{Broker, BrokerOptions, ConfirmLater, DeadLetterStrategy};
 use crate::config::{BrokerConfig, Config, ConnectorScheme, DeadLetterStrategyKind};
-use crate::files::ClientSlots;
+use crate::files::{ClientSlot, ClientSlots};
 use crate::protocol::openwire::session::{self as openwire, OpenWireOptions};
 use crate::protocol::stomp::session::{self as stomp, StompOptions};
 use crate::protocol::temps::TempDestinations;
@@ -440,7 +440,8 @@ async fn accept_loop(
     // Connections served under the current mode; dropped (so aborted) when the mode changes.
     let mut connections = JoinSet::new();
     // Connections accepted while pending, with when they were accepted, oldest first.
-    let mut held: VecDeque<(TcpStream, SocketAddr, Instant)> = VecDeque::new();
+    // Each holds its client slot, so that held connections count against the open files too.
+    let mut held: VecDeque<(TcpStream, SocketAddr, Instant, ClientSlot)> = VecDeque::new();
     loop {
         let closed = matches!(&*mode.borrow(), Mode::Closed(_));
         if closed {
@@ -497,8 +498,12 @@ async fn accept_loop(
                 let _ = socket.set_nodelay(true);
                 let current = mode.borrow().clone();
                 match current {
-                    Mode::Pending(_) => held.push_back((socket, peer, Instant::now())),
-                    other => dispatch(&other, socket, peer, &serves, &mut connections),
+                    Mode::Pending(_) => {
+                        if let Some((socket, slot)) = slot_or_refuse(&serves, socket, peer) {
+                            held.push_back((socket, peer, Instant::now(), slot));
+                        }
+                    }
+                    other => dispatch(&other, socket, peer, &serves, &mut connections, None),
                 }
             }
             changed = mode.changed() => {
@@ -514,8 +519,8 @@ async fn accept_loop(
                     if !held.is_empty() {
                         tracing::info!(connections = held.len(), "handing over the connections held while taking over");
                     }
-                    for (socket, peer, _) in held.drain(..) {
-                        dispatch(&current, socket, peer, &serves, &mut connections);
+                    for (socket, peer, _, slot) in held.drain(..) {
+                        dispatch(&current, socket, peer, &serves, &mut connections, Some(slot));
                     }
                 }
             }
@@ -523,8 +528,8 @@ async fn accept_loop(
                 // Still pending (a change hands every held connection over): refused, with why.
                 let current = mode.borrow().clone();
                 while held.front().is_some_and(|h| h.2.elapsed() >= PENDING_HOLD) {
-                    let (socket, peer, _) = held.pop_front().expect("checked");
-                    dispatch(&current, socket, peer, &serves, &mut connections);
+                    let (socket, peer, _, slot) = held.pop_front().expect("checked");
+                    dispatch(&current, socket, peer, &serves, &mut connections, Some(slot));
                 }
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -533,13 +538,15 @@ async fn accept_loop(
 }
 
 /// Serves `socket` under `mode` (in `connections`, aborted at the next change) or refuses it;
-/// refused too when the listener already serves its `maximumConnections`.
+/// refused too when the listener already serves its `maximumConnections`, or when no client
+/// slot is left (`slot`: the one a connection held while the node took over took then).
 fn dispatch(
     mode: &Mode,
     socket: TcpStream,
     peer: SocketAddr,
     serves: &Listener,
     connections: &mut JoinSet<()>,
+    slot: Option<ClientSlot>,
 ) {
     if serves.maximum_connections.is_some() {
         // Connections that ended count no more, even if the loop has not reaped them yet.
@@ -569,18 +576,12 @@ fn dispatch(
             );
         }
         Mode::Serve(broker) => {
-            let Some(slot) = serves.slots.take() else {
-                if serves.slots.first_refusal() {
-                    tracing::warn!(
-                        %peer,
-                        open = serves.slots.taken(),
-                        limit = serves.slots.limit,
-                        "refusing client connections: they would take the open files kept for \
-                         the store"
-                    );
-                }
-                spawn_refusal(&serves.slots, socket, peer, serves.slots.refusal(), true);
-                return;
+            let (socket, slot) = match slot {
+                Some(slot) => (socket, slot),
+                None => match slot_or_refuse(serves, socket, peer) {
+                    Some(taken) => taken,
+                    None => return,
+                },
             };
             let broker = broker.clone();
             let protocols = serves.protocols.clone();
@@ -598,6 +599,29 @@ fn dispatch(
             spawn_refusal(&serves.slots, socket, peer, reason.clone(), tell_openwire);
         }
     }
+}
+
+/// `socket` with a client slot for it, or `None` once it is refused for want of one (the
+/// open files left would be the store's).
+fn slot_or_refuse(
+    serves: &Listener,
+    socket: TcpStream,
+    peer: SocketAddr,
+) -> Option<(TcpStream, ClientSlot)> {
+    if let Some(slot) = serves.slots.take() {
+        return Some((socket, slot));
+    }
+    if let Some(refused) = serves.slots.note_refusal() {
+        tracing::warn!(
+            %peer,
+            open = serves.slots.taken(),
+            limit = serves.slots.limit,
+            refused,
+            "refusing client connections: they would take the open files kept for the store"
+        );
+    }
+    spawn_refusal(&serves.slots, socket, peer, serves.slots.refusal(), true);
+    None
 }
 
 /// Refuses `socket` on a task of its own (see [`refuse`]), or closes it unanswered when

@@ -302,15 +302,30 @@ impl ReplicationMaster {
         }
     }
 
-    /// Closes the listener and every slave connection.
+    /// Closes the listener and every slave connection (as their tasks end, soon after).
     pub fn stop(&mut self) {
-        for task in self.tasks.drain(..) {
+        drop(self.abort());
+    }
+
+    /// Like [`stop`](Self::stop), returning once the listener is closed, so that its port is
+    /// free for the node to hold again.
+    pub async fn stop_and_wait(&mut self) {
+        for task in self.abort() {
+            let _ = task.await;
+        }
+    }
+
+    /// Aborts the listener's and the slaves' tasks; their handles.
+    fn abort(&mut self) -> Vec<JoinHandle<()>> {
+        let tasks: Vec<_> = self.tasks.drain(..).collect();
+        for task in &tasks {
             task.abort();
         }
         let slaves = std::mem::take(&mut *self.shared.slaves.lock().unwrap());
-        if !slaves.is_empty() || !self.tasks.is_empty() {
+        if !slaves.is_empty() || !tasks.is_empty() {
             info!(address = %self.local_addr, "replication listener closed");
         }
+        tasks
     }
 }
 
