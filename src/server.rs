@@ -435,8 +435,9 @@ async fn accept_loop(
     let mut listener = Some(listener);
     // While the port is closed: the socket that keeps it bound (see `reserve`).
     let mut reserved: Option<TcpSocket> = None;
-    // Accepts failed in a row (out of open files, say).
+    // Accepts failed in a row (out of open files, say), and attempts to listen again.
     let mut accept_failures: u64 = 0;
+    let mut reopen_failures: u64 = 0;
     // Connections served under the current mode; dropped (so aborted) when the mode changes.
     let mut connections = JoinSet::new();
     // Connections accepted while pending, with when they were accepted, oldest first.
@@ -454,6 +455,7 @@ async fn accept_loop(
                 reserved = reserve(address);
             }
             set_failure(address, None);
+            reopen_failures = 0;
         } else if listener.is_none() {
             let opened = match reserved.take() {
                 Some(socket) => socket.listen(LISTEN_BACKLOG),
@@ -464,9 +466,14 @@ async fn accept_loop(
                     tracing::info!(%address, "client port open again");
                     set_failure(address, None);
                     listener = Some(l);
+                    reopen_failures = 0;
                 }
                 Err(e) => {
-                    tracing::warn!(%address, error = %e, "cannot reopen the client port; retrying");
+                    // Once per episode: the node reports the failure itself (`bind_failures`).
+                    if reopen_failures == 0 {
+                        tracing::warn!(%address, error = %e, "cannot reopen the client port; retrying every 200 ms");
+                    }
+                    reopen_failures += 1;
                     set_failure(address, Some(e.to_string()));
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(200)) => {}
