@@ -35,9 +35,9 @@ pub const REFUSALS_AT_ONCE: usize = 64;
 static SLOTS: OnceLock<ClientSlots> = OnceLock::new();
 
 /// Raises the soft limit of open files to the hard one (Unix; elsewhere nothing to do),
-/// logs it, and from then on lets client connections take all but the reserve of it.
-/// Returns the slots, which [`client_slots`] hands out from then on.
-pub fn raise_limit() -> ClientSlots {
+/// logs it, and from then on lets client connections take all but the reserve of it (the
+/// slots [`client_slots`] hands out).
+pub fn raise_limit() {
     let slots = match limit::raise() {
         Some((limit, raised_from)) => {
             let slots = ClientSlots::for_limit(limit);
@@ -62,7 +62,7 @@ pub fn raise_limit() -> ClientSlots {
         }
         None => ClientSlots::unlimited(),
     };
-    SLOTS.get_or_init(|| slots).clone()
+    SLOTS.get_or_init(|| slots);
 }
 
 /// The process's client slots ([`raise_limit`]'s, or unlimited when it has not run).

@@ -863,8 +863,9 @@ mod tests {
     /// connection of the machine is given it as its own port; elected, the node listens on it.
     #[tokio::test]
     async fn a_closed_client_port_stays_bound_and_opens_again() {
-        let (listeners, address) = listening_on_a_free_port(Mode::Refuse("no quorum".into())).await;
-        listeners.set_mode(Mode::Closed("a slave".into()));
+        // Closed from the start, so no connection is ever accepted: no socket but the
+        // reservation can be left on the port when it is checked below.
+        let (listeners, address) = listening_on_a_free_port(Mode::Closed("a slave".into())).await;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match TcpStream::connect(address).await {

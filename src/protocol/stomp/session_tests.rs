@@ -1197,16 +1197,7 @@ async fn bare_names_options_and_priorities_are_read_as_activemq_reads_them() {
     assert_eq!(first.get("priority"), Some("9"));
     // Never expires: written as ActiveMQ writes it.
     assert_eq!(first.get("expires"), Some("0"));
-    // A prefetch of 1: the second comes only once the first is acknowledged.
-    consumer
-        .write("SUBSCRIBE\nid:probe\ndestination:/queue/none\nreceipt:r\n\n\0")
-        .await;
-    let before_ack = consumer.frames_until(is_receipt("r")).await;
-    assert!(bodies(&before_ack).is_empty(), "{before_ack:?}");
-    let ack = first.get("ack").unwrap();
-    consumer.write(&format!("ACK\nid:{ack}\n\n\0")).await;
-    let second = consumer.next_frame().await;
-    assert_eq!(String::from_utf8_lossy(&second.body), "second");
+    let second = next_only_once_acknowledged(&mut consumer, &first).await;
     assert_eq!(second.get("priority"), Some("0"));
 }
 
@@ -1227,11 +1218,23 @@ async fn blanks_around_destination_ack_and_prefetch_are_dropped() {
     assert_eq!(first.get("destination"), Some("/queue/blank"));
     assert_eq!(String::from_utf8_lossy(&first.body), "first");
     assert_eq!(broker.queue_depth("queue://blank"), 1);
-    // Client acks and a prefetch of 1: the second comes once the first is acknowledged.
+    // Client acks and a prefetch of 1, both read through the blanks.
+    next_only_once_acknowledged(&mut consumer, &first).await;
+}
+
+/// With a prefetch of 1, the message after `first` (body "second") comes only once `first`
+/// is acknowledged: nothing else arrives before the ACK; that message after it.
+async fn next_only_once_acknowledged(consumer: &mut Peer, first: &Frame) -> Frame {
+    consumer
+        .write("SUBSCRIBE\nid:probe\ndestination:/queue/none\nreceipt:r\n\n\0")
+        .await;
+    let before_ack = consumer.frames_until(is_receipt("r")).await;
+    assert!(bodies(&before_ack).is_empty(), "{before_ack:?}");
     let ack = first.get("ack").unwrap();
     consumer.write(&format!("ACK\nid:{ack}\n\n\0")).await;
     let second = consumer.next_frame().await;
     assert_eq!(String::from_utf8_lossy(&second.body), "second");
+    second
 }
 
 /// NACK is not a STOMP 1.0 command: on a 1.0 connection it is an ERROR, as ActiveMQ answers,
