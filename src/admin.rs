@@ -49,6 +49,9 @@ const MAX_HEAD: usize = 8 * 1024;
 const MAX_BODY: usize = 64 * 1024;
 /// A client has this long to send its request head.
 const READ_DEADLINE: Duration = Duration::from_secs(5);
+/// Requests answered at once; past that, connections wait to be accepted, so a flood of
+/// admin connections cannot take the open files kept for the store (see `files`).
+const REQUESTS_AT_ONCE: usize = 32;
 /// How long a write operation's answer waits for it to finish and its last record to be
 /// confirmed (a cluster that lost its quorum confirms nothing) before it answers 503; the
 /// operation goes on, and may still be confirmed.
@@ -177,15 +180,32 @@ pub async fn serve(
         "admin endpoint listening (/health, /ready, /metrics, /queues)"
     );
     let task = tokio::spawn(async move {
+        let at_once = Arc::new(tokio::sync::Semaphore::new(REQUESTS_AT_ONCE));
+        let mut accept_failures: u64 = 0;
         loop {
+            // A place first, so connections past the bound wait in the listen backlog, where
+            // they take none of this process's files.
+            let Ok(permit) = at_once.clone().acquire_owned().await else {
+                return;
+            };
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin endpoint: accept failed");
+                    if accept_failures == 0 {
+                        tracing::warn!(error = %e, "admin endpoint: accept failed; retrying every 100 ms");
+                    }
+                    accept_failures += 1;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
+            if accept_failures > 0 {
+                tracing::info!(
+                    failures = accept_failures,
+                    "admin endpoint: accepting again"
+                );
+                accept_failures = 0;
+            }
             let status = status.clone();
             let mode = mode.clone();
             let token = token.clone();
@@ -193,6 +213,7 @@ pub async fn serve(
                 if let Err(e) = answer(stream, &status, &mode, token.as_deref()).await {
                     tracing::debug!(%peer, error = %e, "admin endpoint: request failed");
                 }
+                drop(permit);
             });
         }
     });
@@ -1159,6 +1180,39 @@ mod tests {
             assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
             assert!(answer.contains(says), "{answer}");
         }
+        task.abort();
+    }
+
+    /// Connections that send nothing hold their request's place only up to the bound: the
+    /// next request waits, unanswered, and is answered once one of them leaves.
+    #[tokio::test]
+    async fn requests_at_once_are_bounded() {
+        let (_tx, mode) = watch::channel(Mode::Refuse("not serving".into()));
+        let (address, task) = serve("127.0.0.1:0", Status::new("n1"), mode, None)
+            .await
+            .unwrap();
+        let mut silent = Vec::new();
+        for _ in 0..REQUESTS_AT_ONCE {
+            silent.push(TcpStream::connect(address).await.unwrap());
+        }
+        let mut waiting = TcpStream::connect(address).await.unwrap();
+        waiting
+            .write_all(b"GET /health HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        let early = tokio::time::timeout(
+            Duration::from_millis(500),
+            waiting.read_to_string(&mut answer),
+        )
+        .await;
+        assert!(early.is_err(), "answered past the bound: {answer}");
+        silent.pop();
+        tokio::time::timeout(Duration::from_secs(4), waiting.read_to_string(&mut answer))
+            .await
+            .expect("answered once a place is free")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
         task.abort();
     }
 

@@ -25,7 +25,7 @@ struct Setting {
 /// The broker a test talks to.
 enum Target {
     Ferromq {
-        broker: BrokerProcess,
+        broker: Box<BrokerProcess>,
         _dir: tempfile::TempDir,
     },
     Reference(ReferenceBroker),
@@ -47,7 +47,10 @@ impl Target {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let broker = BrokerProcess::start(dir.path(), setting.ferromq)
             .unwrap_or_else(|e| panic!("starting ferromq: {e:#}"));
-        Target::Ferromq { broker, _dir: dir }
+        Target::Ferromq {
+            broker: Box::new(broker),
+            _dir: dir,
+        }
     }
 
     fn url(&self) -> String {

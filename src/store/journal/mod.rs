@@ -191,6 +191,9 @@ const LOCK_FILE: &str = "journal.lock";
 const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Bytes a [`Frames`] iterator reads at once.
 const READ_CHUNK: usize = 1 << 20;
+/// Read handles kept open at once (one per segment read back); opening one more closes the
+/// one opened first. Counted in the open files `files` keeps out of clients' reach.
+const MAX_OPEN_READERS: usize = 64;
 
 fn io_error(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
     let path = path.to_path_buf();
@@ -230,6 +233,10 @@ struct Shared {
     directory: PathBuf,
     /// Every segment file by start position, tombstones included.
     segments: RwLock<BTreeMap<u64, Segment>>,
+    /// The segments whose read handle was opened, oldest first: at most
+    /// [`MAX_OPEN_READERS`], so a store retaining hundreds of segments does not hold a file
+    /// open for each one it ever read back (see [`JournalReader`]).
+    opened_readers: Mutex<VecDeque<u64>>,
     written: AtomicU64,
     durable: AtomicU64,
     fsyncs: AtomicU64,
@@ -465,6 +472,7 @@ impl Journal {
         let shared = Arc::new(Shared {
             directory: directory.clone(),
             segments: RwLock::new(segments),
+            opened_readers: Mutex::new(VecDeque::new()),
             written: AtomicU64::new(recovery.end),
             durable: AtomicU64::new(recovery.end),
             fsyncs: AtomicU64::new(0),

@@ -4,6 +4,7 @@
 //! It must never let a reader see bytes that are not yet written, nor interpret records beyond
 //! checking that their frames decode; a retained segment it cannot read fails the journal.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::segment::{segment_path, FileExt};
-use super::{io_error, oldest_of, SegmentState, Shared, READ_CHUNK};
+use super::{io_error, oldest_of, Segment, SegmentState, Shared, MAX_OPEN_READERS, READ_CHUNK};
 use crate::store::record::{
     check_frame, decode_frame, FrameError, Position, Record, FRAME_HEADER_LEN, MAX_RECORD_LEN,
 };
@@ -104,6 +105,8 @@ impl JournalReader {
                 Ok(file) => {
                     let file = Arc::new(file);
                     *reader = Some(file.clone());
+                    drop(reader);
+                    self.close_readers_past_the_bound(&map, start);
                     file
                 }
                 Err(e) => {
@@ -119,6 +122,24 @@ impl JournalReader {
             start,
             limit,
         })
+    }
+
+    /// Notes that the segment at `opened` has just had its read handle opened and closes the
+    /// handles opened longest ago past [`MAX_OPEN_READERS`] (a read under way keeps its own
+    /// handle until it ends; the next read of that segment opens it again). Called with no
+    /// segment's handle locked, so two readers never wait on each other's.
+    fn close_readers_past_the_bound(&self, map: &BTreeMap<u64, Segment>, opened: u64) {
+        let mut opened_readers = self.shared.opened_readers.lock().unwrap();
+        opened_readers.push_back(opened);
+        while opened_readers.len() > MAX_OPEN_READERS {
+            let oldest = opened_readers.pop_front().expect("longer than the bound");
+            if oldest == opened {
+                continue;
+            }
+            if let Some(segment) = map.get(&oldest) {
+                segment.reader.lock().unwrap().take();
+            }
+        }
     }
 
     /// A retained segment could not be opened or read: the disk or the files are broken, and

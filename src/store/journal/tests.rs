@@ -1238,3 +1238,43 @@ fn a_second_open_of_the_same_directory_is_refused() {
     );
     assert!(matches!(second, Err(StoreError::Locked(_))));
 }
+
+/// The files of `dir` this process holds open.
+#[cfg(target_os = "linux")]
+fn open_files_in(dir: &Path) -> usize {
+    fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .count()
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn reading_back_many_segments_keeps_a_bounded_number_of_files_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().canonicalize().unwrap();
+    let len = frame_len(&record(0, 100));
+    // One record per segment: reading them all back touches every segment.
+    let (mut journal, rx) = open(&dir, len + len / 2, false);
+    let segments = MAX_OPEN_READERS as u64 * 2;
+    let positions: Vec<Position> = (0..segments)
+        .map(|n| journal.append(&record(n, 100)).unwrap().position)
+        .collect();
+    wait_durable(&rx, journal.end());
+    assert_eq!(segment_files(&dir).len() as u64, segments);
+    let reader = journal.reader();
+    for round in 0..2 {
+        for (n, &position) in positions.iter().enumerate() {
+            let record = reader.read(position).unwrap();
+            assert_eq!(record, self::record(n as u64, 100), "round {round}");
+        }
+        // The bound, plus the lock file, the segment being written and the one prepared next.
+        let open = open_files_in(&dir);
+        assert!(
+            open <= MAX_OPEN_READERS + 3,
+            "{open} files open after reading {segments} segments back"
+        );
+    }
+    assert!(journal.failure().is_none());
+}
