@@ -660,7 +660,9 @@ impl Escaping {
 ///
 /// A non-empty body gets a `content-length` header unless the frame has one; an existing
 /// `content-length` is written with the body's actual length, so the output always frames
-/// correctly. An empty body gets none.
+/// correctly. An empty body gets none, and neither does an `ERROR` whose body holds no NUL
+/// (ActiveMQ sends its ERRORs without one, and a widely used Node client, stompit 1.0, fails
+/// on an ERROR with both `content-type: text/plain` and a `content-length`).
 pub fn encode(frame: &Frame, version: Version, out: &mut BytesMut) {
     let escaping = Escaping::of(frame.command, version);
     let headers_len: usize = frame
@@ -683,7 +685,7 @@ pub fn encode(frame: &Frame, version: Version, out: &mut BytesMut) {
         }
         out.put_u8(b'\n');
     }
-    if !has_length && !frame.body.is_empty() {
+    if !has_length && gets_a_length(frame) {
         out.extend_from_slice(CONTENT_LENGTH.as_bytes());
         out.put_u8(b':');
         out.extend_from_slice(frame.body.len().to_string().as_bytes());
@@ -692,6 +694,14 @@ pub fn encode(frame: &Frame, version: Version, out: &mut BytesMut) {
     out.put_u8(b'\n');
     out.extend_from_slice(&frame.body);
     out.put_u8(0);
+}
+
+/// Whether [`encode`] adds a `content-length` to `frame` (when it has none).
+fn gets_a_length(frame: &Frame) -> bool {
+    match frame.command {
+        Command::Error => frame.body.contains(&0),
+        _ => !frame.body.is_empty(),
+    }
 }
 
 /// An `ERROR` frame: `message` header (short), `detail` as its `text/plain` body.
@@ -1284,6 +1294,16 @@ mod tests {
         assert_eq!(error.get("message"), Some("bad frame"));
         assert_eq!(error.get("content-type"), Some("text/plain"));
         assert_eq!(&error.body[..], b"details\nhere");
+        // As ActiveMQ's: no content-length on an ERROR, unless its body holds a NUL.
+        assert_eq!(
+            encoded(&error, Version::V1_2),
+            b"ERROR\nmessage:bad frame\ncontent-type:text/plain\n\ndetails\nhere\0"
+        );
+        let with_nul = error_frame("bad frame", "a\0b");
+        assert_eq!(
+            encoded(&with_nul, Version::V1_2),
+            b"ERROR\nmessage:bad frame\ncontent-type:text/plain\ncontent-length:3\n\na\0b\0"
+        );
         let receipt = receipt("77");
         assert_eq!(receipt.command, Command::Receipt);
         assert_eq!(receipt.get("receipt-id"), Some("77"));
@@ -1414,7 +1434,7 @@ mod tests {
                     *value = trim_blanks(value).to_owned();
                 }
             }
-            if !frame.body.is_empty() {
+            if gets_a_length(&frame) {
                 expected
                     .headers
                     .push((CONTENT_LENGTH.to_owned(), frame.body.len().to_string()));
@@ -1453,7 +1473,7 @@ mod tests {
             let frame = frame.header(name, value);
             let bytes = encoded(&frame, version);
             let decoded = decode_one(&bytes, version).unwrap();
-            prop_assert_eq!(decoded.headers.len(), frame.headers.len() + usize::from(!frame.body.is_empty()));
+            prop_assert_eq!(decoded.headers.len(), frame.headers.len() + usize::from(gets_a_length(&frame)));
             prop_assert_eq!(decoded.body, frame.body);
         }
     }

@@ -202,6 +202,7 @@ pub async fn serve<S>(
         version: Version::V1_0,
         options,
         peer,
+        anonymous: true,
     };
     match connection.handshake(&broker).await {
         Ok(Some((session, deliveries, heartbeat))) => {
@@ -221,6 +222,8 @@ struct Connection<S> {
     version: Version,
     options: Arc<StompOptions>,
     peer: SocketAddr,
+    /// CONNECT named no `client-id`.
+    anonymous: bool,
 }
 
 /// How often a client held back by producer flow control, without heart-beats, is sent an
@@ -230,6 +233,12 @@ const HELD_BACK_PROBE: Duration = Duration::from_secs(1);
 /// How long a connection about to be closed for a bad frame waits for the confirmations of
 /// what it sent before it, to write their RECEIPTs first.
 const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// How many of its promised heart-beat periods a client may stay silent before it is dropped.
+/// ActiveMQ checks every 1.5 periods and drops a client at the second check that finds nothing
+/// read, so between 1.5 and 3 periods after its last byte: 3 keeps every client ActiveMQ keeps
+/// (a client paused by its garbage collector or a busy event loop).
+const SILENCE_ALLOWED: u32 = 3;
 
 /// Negotiated heart-beat periods: how often we send, how long the client may stay silent.
 #[derive(Debug, Clone, Copy)]
@@ -391,7 +400,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         let version = negotiate_version(frame.get("accept-version"))
             .ok_or_else(|| Refusal::new("Supported protocol versions are 1.0,1.1,1.2"))?;
-        self.version = version;
+        // `self.version` stays 1.0 until CONNECTED is sent: a refusal's ERROR goes to a client
+        // that does not know the version yet, so its headers are not escaped (as ActiveMQ's).
         self.decoder.set_version(version);
         if !self.options.users.is_empty() {
             let login = frame.get("login").unwrap_or("");
@@ -404,13 +414,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
         }
         let (client_send, client_receive) = parse_heartbeat(frame.get("heart-beat"))?;
-        // Mirror the client's wishes: we send as often as it asks, and allow it twice the
-        // period it promises before we call it dead.
+        // Mirror the client's wishes: we send as often as it asks, and expect its beats as
+        // often as it promises them.
+        let promised = (client_send > 0).then(|| heartbeat_period(client_send));
         let heartbeat = Heartbeat {
             send: (client_receive > 0).then(|| heartbeat_period(client_receive)),
-            receive: (client_send > 0).then(|| heartbeat_period(client_send) * 2),
+            receive: promised.map(|period| period * SILENCE_ALLOWED),
         };
         let client_id = frame.get("client-id").map(str::to_string);
+        self.anonymous = client_id.is_none();
         let (session, deliveries) = broker
             .connect(client_id, &format!("tcp://{}", self.peer))
             .await
@@ -427,12 +439,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 format!(
                     "{},{}",
                     heartbeat.send.map_or(0, |d| d.as_millis()),
-                    heartbeat.receive.map_or(0, |d| d.as_millis() / 2)
+                    promised.map_or(0, |d| d.as_millis())
                 ),
             );
-        if version == Version::V1_0 {
-            connected.headers.retain(|(k, _)| k != "version");
-        }
         // As ActiveMQ answers a CONNECT's `request-id` (or, lacking one, its `receipt`): a
         // client waiting for that receipt gets it with CONNECTED.
         if let Some(id) = frame.get("request-id").or_else(|| frame.get("receipt")) {
@@ -440,6 +449,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 .header("response-id", id.to_string())
                 .header("receipt-id", id.to_string());
         }
+        self.version = version;
         self.queue_frame(&connected);
         self.flush_output()
             .await
@@ -502,6 +512,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             browsing: VecDeque::new(),
             ack_prefix: format!("{:08x}", rand::random::<u32>()),
             version: self.version,
+            anonymous: self.anonymous,
+            peer: self.peer,
             temps,
         };
         // Producer flow control: see `Session::hold_back`.
@@ -953,6 +965,9 @@ struct State {
     /// this connection was handed under the same number (ActiveMQ's ack ids are unique).
     ack_prefix: String,
     version: Version,
+    /// CONNECT named no `client-id` (see [`State::subscribe`]).
+    anonymous: bool,
+    peer: SocketAddr,
     /// Declared after `session`, so dropped after it: by then the connection's consumers of
     /// its temporary destinations are gone and the destinations can be deleted.
     temps: Temps,
@@ -1256,7 +1271,7 @@ impl State {
             (None, _) => return Err(Refusal::new("missing header 'id' on SUBSCRIBE frame")),
         };
         let ack = ack_mode(frame)?;
-        let durable_name = frame
+        let mut durable_name = frame
             .get("activemq.subscriptionName")
             .or_else(|| frame.get("durable-subscription-name"))
             .map(str::to_string);
@@ -1265,6 +1280,21 @@ impl State {
             (Destination::Topic(_), Some(_)) => DURABLE_PREFETCH,
             (Destination::Topic(_), None) => TOPIC_PREFETCH,
         };
+        if self.anonymous && matches!(destination, Destination::Topic(_)) {
+            // ActiveMQ names such a connection after its own connection id, so the durable
+            // subscription it makes can never be resumed (a new connection has a new id) and
+            // keeps every message for nobody. Served as what it can only be: a subscription
+            // for this connection's life.
+            if let Some(name) = durable_name.take() {
+                tracing::warn!(
+                    peer = %self.peer,
+                    subscription = %name,
+                    destination = %destination_text,
+                    "durable subscription without a client-id on CONNECT: served as a \
+                     non-durable one (it could not be resumed by another connection)"
+                );
+            }
+        }
         let prefetch = match setting("activemq.prefetchSize", "consumer.prefetchSize") {
             None => default_prefetch,
             Some(v) => v.trim().parse::<u32>().map_err(|_| {

@@ -1343,3 +1343,52 @@ async fn heart_beats_come_once_per_agreed_period() {
         }
     }
 }
+
+/// As ActiveMQ's: a 1.0 CONNECTED says `version:1.0`, and the ERROR refusing a CONNECT is
+/// written unescaped, since the client does not know the version yet (`tcp://`, not `tcp\c//`).
+#[tokio::test]
+async fn connect_answers_name_the_version_and_a_refusal_is_not_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_for_tests(dir.path(), Default::default());
+    let (_first, connected) = Peer::connect(&broker, "1.0", "client-id:twice\n").await;
+    assert_eq!(connected.get("version"), Some("1.0"), "{connected:?}");
+    let mut second = Peer::start(&broker, 1 << 20);
+    second
+        .write("CONNECT\naccept-version:1.2\nclient-id:twice\n\n\0")
+        .await;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), second.io.read_to_end(&mut raw))
+        .await
+        .expect("the refusal within 10 s")
+        .unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    assert!(raw.starts_with("ERROR\n"), "{raw:?}");
+    let message = raw
+        .lines()
+        .find_map(|line| line.strip_prefix("message:"))
+        .unwrap_or_else(|| panic!("no message header: {raw:?}"));
+    assert!(message.contains("already connected from tcp://"), "{raw:?}");
+    assert!(!raw.contains("content-length"), "{raw:?}");
+}
+
+/// A durable SUBSCRIBE on a connection without a client id is served, as ActiveMQ serves it,
+/// but as a subscription for the connection's life: ActiveMQ would keep it under the
+/// connection's own id, where no later connection could resume it and its messages would pile
+/// up for nobody.
+#[tokio::test]
+async fn a_durable_subscription_without_a_client_id_lasts_as_long_as_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_for_tests(dir.path(), Default::default());
+    let (mut p, _) = Peer::connect(&broker, "1.2", "").await;
+    p.write(concat!(
+        "SUBSCRIBE\nid:1\ndestination:/topic/anon\nactivemq.subscriptionName:D\n",
+        "receipt:s\n\n\0",
+        "SEND\ndestination:/topic/anon\npersistent:true\n\nx\0",
+    ))
+    .await;
+    let frames = p.frames_until(|f| f.command == Command::Message).await;
+    assert!(frames.iter().any(is_receipt("s")), "{frames:?}");
+    assert_eq!(&frames.last().unwrap().body[..], b"x");
+    let names: Vec<String> = broker.queue_stats().into_iter().map(|q| q.name).collect();
+    assert!(!names.iter().any(|n| n.ends_with(":D")), "{names:?}");
+}
