@@ -39,7 +39,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::broker::{AdminError, Broker};
-use crate::server::Mode;
+use crate::server::{FailureRun, Mode};
 use crate::store::{StoreFigures, StoreGauge};
 
 /// The longest request head read; longer ones get 431.
@@ -181,7 +181,7 @@ pub async fn serve(
     );
     let task = tokio::spawn(async move {
         let at_once = Arc::new(tokio::sync::Semaphore::new(REQUESTS_AT_ONCE));
-        let mut accept_failures: u64 = 0;
+        let mut accept_failures = FailureRun::default();
         loop {
             // A place first, so connections past the bound wait in the listen backlog, where
             // they take none of this process's files.
@@ -191,20 +191,15 @@ pub async fn serve(
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    if accept_failures == 0 {
+                    if accept_failures.failed() {
                         tracing::warn!(error = %e, "admin endpoint: accept failed; retrying every 100 ms");
                     }
-                    accept_failures += 1;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
-            if accept_failures > 0 {
-                tracing::info!(
-                    failures = accept_failures,
-                    "admin endpoint: accepting again"
-                );
-                accept_failures = 0;
+            if let Some(failures) = accept_failures.ended() {
+                tracing::info!(failures, "admin endpoint: accepting again");
             }
             let status = status.clone();
             let mode = mode.clone();
@@ -1154,15 +1149,22 @@ mod tests {
         assert!(!same_secret("", "s3cret"));
     }
 
+    /// The endpoint of a node that serves no clients, on a free port; keep the sender, or
+    /// its mode ends.
+    async fn serve_not_serving() -> (watch::Sender<Mode>, SocketAddr, tokio::task::JoinHandle<()>) {
+        let (tx, mode) = watch::channel(Mode::Refuse("not serving".into()));
+        let (address, task) = serve("127.0.0.1:0", Status::new("n1"), mode, None)
+            .await
+            .unwrap();
+        (tx, address, task)
+    }
+
     /// A client that stops sending before its head ends, or before the body its
     /// Content-Length announces, is answered 408 once the read deadline passes, rather than
     /// closed without a word. In paused time: the deadline passes as soon as nothing else runs.
     #[tokio::test(start_paused = true)]
     async fn a_request_cut_short_is_answered_408() {
-        let (_tx, mode) = watch::channel(Mode::Refuse("not serving".into()));
-        let (address, task) = serve("127.0.0.1:0", Status::new("n1"), mode, None)
-            .await
-            .unwrap();
+        let (_tx, address, task) = serve_not_serving().await;
         for (request, says) in [
             (
                 &b"GET /health HTTP/1.1\r\n"[..],
@@ -1187,10 +1189,7 @@ mod tests {
     /// next request waits, unanswered, and is answered once one of them leaves.
     #[tokio::test]
     async fn requests_at_once_are_bounded() {
-        let (_tx, mode) = watch::channel(Mode::Refuse("not serving".into()));
-        let (address, task) = serve("127.0.0.1:0", Status::new("n1"), mode, None)
-            .await
-            .unwrap();
+        let (_tx, address, task) = serve_not_serving().await;
         let mut silent = Vec::new();
         for _ in 0..REQUESTS_AT_ONCE {
             silent.push(TcpStream::connect(address).await.unwrap());
@@ -1220,10 +1219,7 @@ mod tests {
     /// no body.
     #[tokio::test]
     async fn head_announces_the_length_of_the_body_it_leaves_out() {
-        let (_tx, mode) = watch::channel(Mode::Refuse("not serving".into()));
-        let (address, task) = serve("127.0.0.1:0", Status::new("n1"), mode, None)
-            .await
-            .unwrap();
+        let (_tx, address, task) = serve_not_serving().await;
         let ask = |method: &'static str| async move {
             let mut stream = TcpStream::connect(address).await.unwrap();
             let request = format!("{method} /metrics HTTP/1.1\r\nHost: x\r\n\r\n");

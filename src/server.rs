@@ -436,8 +436,8 @@ async fn accept_loop(
     // While the port is closed: the socket that keeps it bound (see `reserve`).
     let mut reserved: Option<TcpSocket> = None;
     // Accepts failed in a row (out of open files, say), and attempts to listen again.
-    let mut accept_failures: u64 = 0;
-    let mut reopen_failures: u64 = 0;
+    let mut accept_failures = FailureRun::default();
+    let mut reopen_failures = FailureRun::default();
     // Connections served under the current mode; dropped (so aborted) when the mode changes.
     let mut connections = JoinSet::new();
     // Connections accepted while pending, with when they were accepted, oldest first.
@@ -455,7 +455,7 @@ async fn accept_loop(
                 reserved = reserve(address);
             }
             set_failure(address, None);
-            reopen_failures = 0;
+            reopen_failures = FailureRun::default();
         } else if listener.is_none() {
             let opened = match reserved.take() {
                 Some(socket) => socket.listen(LISTEN_BACKLOG),
@@ -466,14 +466,13 @@ async fn accept_loop(
                     tracing::info!(%address, "client port open again");
                     set_failure(address, None);
                     listener = Some(l);
-                    reopen_failures = 0;
+                    reopen_failures = FailureRun::default();
                 }
                 Err(e) => {
                     // Once per episode: the node reports the failure itself (`bind_failures`).
-                    if reopen_failures == 0 {
+                    if reopen_failures.failed() {
                         tracing::warn!(%address, error = %e, "cannot reopen the client port; retrying every 200 ms");
                     }
-                    reopen_failures += 1;
                     set_failure(address, Some(e.to_string()));
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -490,17 +489,15 @@ async fn accept_loop(
                     Err(e) => {
                         // Out of file descriptors and the like: back off rather than spin, and
                         // say so once, not ten times a second.
-                        if accept_failures == 0 {
+                        if accept_failures.failed() {
                             tracing::warn!(%address, error = %e, "accept failed; retrying every 100 ms");
                         }
-                        accept_failures += 1;
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 };
-                if accept_failures > 0 {
-                    tracing::info!(%address, failures = accept_failures, "accepting again");
-                    accept_failures = 0;
+                if let Some(failures) = accept_failures.ended() {
+                    tracing::info!(%address, failures, "accepting again");
                 }
                 let _ = socket.set_nodelay(true);
                 let current = mode.borrow().clone();
@@ -648,6 +645,24 @@ fn spawn_refusal(
             });
         }
         None => tracing::debug!(%peer, "closing a connection unanswered: too many being refused"),
+    }
+}
+
+/// Failures in a row of something retried (an accept, a listen): the first is worth a
+/// warning, the end of the run a line saying how many there were; the others, nothing.
+#[derive(Default)]
+pub(crate) struct FailureRun(u64);
+
+impl FailureRun {
+    /// Counts a failure; true for the first of a run.
+    pub(crate) fn failed(&mut self) -> bool {
+        self.0 += 1;
+        self.0 == 1
+    }
+
+    /// Ends the run: how many failures it had, if any.
+    pub(crate) fn ended(&mut self) -> Option<u64> {
+        Some(std::mem::take(&mut self.0)).filter(|&n| n > 0)
     }
 }
 

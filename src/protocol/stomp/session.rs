@@ -234,10 +234,11 @@ const HELD_BACK_PROBE: Duration = Duration::from_secs(1);
 /// what it sent before it, to write their RECEIPTs first.
 const SETTLE_LIMIT: Duration = Duration::from_secs(10);
 
-/// How many of its promised heart-beat periods a client may stay silent before it is dropped.
-/// ActiveMQ checks every 1.5 periods and drops a client at the second check that finds nothing
-/// read, so between 1.5 and 3 periods after its last byte: 3 keeps every client ActiveMQ keeps
-/// (a client paused by its garbage collector or a busy event loop).
+/// How many of its promised heart-beat periods a client may stay silent before it is dropped
+/// (at the next check: they fall every half of that, so after 3 to 4.5 periods). ActiveMQ
+/// checks every 1.5 periods and drops a client at the second check that finds nothing read,
+/// so between 1.5 and 3 periods after its last byte: 3 keeps every client ActiveMQ keeps (a
+/// client paused by its garbage collector or a busy event loop).
 const SILENCE_ALLOWED: u32 = 3;
 
 /// Negotiated heart-beat periods: how often we send, how long the client may stay silent.

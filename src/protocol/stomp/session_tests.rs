@@ -1392,3 +1392,24 @@ async fn a_durable_subscription_without_a_client_id_lasts_as_long_as_its_connect
     let names: Vec<String> = broker.queue_stats().into_iter().map(|q| q.name).collect();
     assert!(!names.iter().any(|n| n.ends_with(":D")), "{names:?}");
 }
+
+/// A client that promised a heart-beat every second and then says nothing is kept for more
+/// than three periods, the longest ActiveMQ keeps one, and dropped at the next check. Silent
+/// from CONNECT, when the checks start: they fall at 1.5, 3 and 4.5 s, and only the last finds
+/// more than three periods of silence (with two periods allowed, the one at 3 s would).
+#[tokio::test(start_paused = true)]
+async fn a_silent_client_is_kept_three_promised_periods() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_for_tests(dir.path(), Default::default());
+    let (mut peer, connected) = Peer::connect(&broker, "1.2", "heart-beat:1000,0\n").await;
+    assert_eq!(connected.get("heart-beat"), Some("0,1000"));
+    let silent_since = tokio::time::Instant::now();
+    let mut rest = Vec::new();
+    let early =
+        tokio::time::timeout(Duration::from_millis(4400), peer.io.read_to_end(&mut rest)).await;
+    assert!(early.is_err(), "closed after {:?}", silent_since.elapsed());
+    tokio::time::timeout(Duration::from_millis(200), peer.io.read_to_end(&mut rest))
+        .await
+        .expect("closed by the check at 4.5 s")
+        .unwrap();
+}

@@ -1252,8 +1252,9 @@ fn open_files_in(dir: &Path) -> usize {
 #[test]
 #[cfg(target_os = "linux")]
 fn reading_back_many_segments_keeps_a_bounded_number_of_files_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let dir = dir.path().canonicalize().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // As /proc/self/fd names the files.
+    let dir = tmp.path().canonicalize().unwrap();
     let len = frame_len(&record(0, 100));
     // One record per segment: reading them all back touches every segment.
     let (mut journal, rx) = open(&dir, len + len / 2, false);
