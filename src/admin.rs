@@ -74,6 +74,9 @@ pub struct Replication {
     pub needed: usize,
     /// The connected slaves.
     pub slaves: Vec<Slave>,
+    /// ZooKeeper vouches for this mastership now (its lease holds: see
+    /// [`crate::election::Lease`]); without it nothing is confirmed and `/ready` answers 503.
+    pub lease_held: bool,
 }
 
 /// A slave connected to this master.
@@ -399,6 +402,7 @@ impl View {
             "store_failure": self.store_failure,
             "slaves": self.replication.as_ref().map(|r| &r.slaves),
             "slaves_needed": self.replication.as_ref().map(|r| r.needed),
+            "lease_held": self.replication.as_ref().map(|r| r.lease_held),
         })
         .to_string()
             + "\n"
@@ -599,7 +603,9 @@ fn route(request: &Request, view: &View) -> Response {
     match request.path.as_str() {
         "/health" => Response::json(200, view.health_json()),
         "/ready" => {
-            let ready = view.broker.is_some() && view.store_failure.is_none();
+            let ready = view.broker.is_some()
+                && view.store_failure.is_none()
+                && view.replication.as_ref().is_none_or(|r| r.lease_held);
             let code = if ready { 200 } else { 503 };
             Response::json(code, view.health_json())
         }
@@ -686,6 +692,12 @@ fn metrics(view: &View) -> String {
             "Slave acknowledgements a confirmation needs (replicas/2); fewer connected: nothing is confirmed",
             "gauge",
             &[(String::new(), replication.needed as u64)],
+        );
+        gauge(
+            "ferromq_master_lease_held",
+            "1 while ZooKeeper vouches for this master (a request answered within 0.9 session timeouts); 0: nothing is confirmed",
+            "gauge",
+            &[(String::new(), u64::from(replication.lease_held))],
         );
         let acked: Vec<(String, u64)> = replication
             .slaves
@@ -984,11 +996,13 @@ mod tests {
                 address: "10.0.0.2:40000".into(),
                 acked: 4096,
             }],
+            lease_held: true,
         });
         let text = metrics(&master);
         for line in [
             "ferromq_replication_slaves 1\n",
             "ferromq_replication_slaves_needed 1\n",
+            "ferromq_master_lease_held 1\n",
             "ferromq_replication_slave_acked_bytes{slave=\"n2\",address=\"10.0.0.2:40000\"} 4096\n",
         ] {
             assert!(text.contains(line), "{line} in {text}");
@@ -997,20 +1011,47 @@ mod tests {
         assert_eq!(json["slaves_needed"], 1);
         assert_eq!(json["slaves"][0]["node"], "n2");
         assert_eq!(json["slaves"][0]["acked"], 4096);
+        assert_eq!(json["lease_held"], true);
         let slave = view(false);
         assert!(!metrics(&slave).contains("ferromq_replication"));
         let json: serde_json::Value = serde_json::from_str(&slave.health_json()).unwrap();
         assert!(json["slaves"].is_null());
     }
 
-    #[test]
-    fn routes_answer_by_role() {
-        let get = |path: &str| Request {
+    /// A serving master is ready only while its lease holds: one resumed after a pause past
+    /// its ZooKeeper session, whose clients a new master may already serve, answers 503 (and
+    /// confirms nothing) until it steps down or ZooKeeper vouches for it again.
+    #[tokio::test]
+    async fn a_master_is_ready_only_while_its_lease_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut master = view(true);
+        master.broker = Some(Broker::start_for_tests(dir.path(), Default::default()));
+        let ready = |master: &View| route(&get_request("/ready"), master).code;
+        assert_eq!(ready(&master), 200, "standalone: no lease");
+        for (held, code) in [(true, 200), (false, 503)] {
+            master.replication = Some(Replication {
+                needed: 1,
+                slaves: Vec::new(),
+                lease_held: held,
+            });
+            assert_eq!(ready(&master), code, "lease held: {held}");
+            let gauge = format!("ferromq_master_lease_held {}\n", u8::from(held));
+            assert!(metrics(&master).contains(&gauge), "{gauge}");
+        }
+    }
+
+    fn get_request(path: &str) -> Request {
+        Request {
             method: "GET".into(),
             path: path.into(),
             authorization: None,
             body_unread: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn routes_answer_by_role() {
+        let get = get_request;
         let slave = view(false);
         assert_eq!(route(&get("/health"), &slave).code, 200);
         assert_eq!(route(&get("/ready"), &slave).code, 503);

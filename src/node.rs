@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
-use crate::election::{Election, ElectionConfig, LogState, Role};
+use crate::election::{Election, ElectionConfig, Lease, LogState, Role};
 use crate::replication::repeated::{repeated_note, RepeatedFailure};
 use crate::replication::{self, ConnectionId, MasterOptions, ReplicationMaster, SlaveOptions};
 use crate::server::{broker_options, open_store_with, reserve, AbortOnDrop, Listeners, Mode};
@@ -411,6 +411,7 @@ impl Lifecycle {
                 epoch,
                 // The core appends this epoch's `EpochStart` at the end (`Broker::start`).
                 epoch_floor: store.end(),
+                lease: Some(self.election.lease()),
             },
             store.reader(),
             store.history(),
@@ -439,9 +440,11 @@ impl Lifecycle {
         broker.confirm(replication.confirmed());
         let slaves = replication.observer();
         let needed = replication.slaves_needed();
+        let lease = self.election.lease();
         self.status
             .set_replication(Some(Box::new(move || crate::admin::Replication {
                 needed,
+                lease_held: Lease::holds(lease.borrow().as_ref(), epoch),
                 slaves: slaves()
                     .into_iter()
                     .map(|s| crate::admin::Slave {

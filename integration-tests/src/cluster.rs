@@ -94,7 +94,8 @@ impl Node {
 
 /// Three ferromq nodes and their ZooKeeper ensemble.
 pub struct Cluster {
-    /// The nodes, 0..3. Dropped first (killed).
+    /// The nodes, 0..3 (0..2 for [`Cluster::start_pair_of_one_replica`]). Dropped first
+    /// (killed).
     pub nodes: Vec<Node>,
     /// The ensemble (dropped after the nodes).
     pub zk: ZkEnsemble,
@@ -104,6 +105,8 @@ pub struct Cluster {
     broker_extra: String,
     /// Every node's `zk_session_timeout` (see [`Cluster::start_with_session_timeout`]).
     zk_session_timeout: &'static str,
+    /// Every node's `replicas`.
+    replicas: usize,
     /// Per node, one proxy per ensemble member that the node reaches ZooKeeper through (see
     /// [`Cluster::start_partitionable`]); empty when the nodes connect directly.
     zk_proxies: Vec<Vec<Proxy>>,
@@ -155,6 +158,7 @@ impl ReplicationAddress {
 
 /// A node's whole config; `broker_extra` adds lines to its `[broker]` section.
 pub fn node_config(
+    replicas: usize,
     port: u16,
     replication: ReplicationAddress,
     data: &std::path::Path,
@@ -176,7 +180,7 @@ pub fn node_config(
          {log_size}\n\
          \n\
          [replication]\n\
-         replicas = 3\n\
+         replicas = {replicas}\n\
          bind = \"tcp://127.0.0.1:{replication_port}\"\n\
          zk_address = {zk}\n\
          zk_path = {path}\n\
@@ -210,13 +214,20 @@ impl Cluster {
     /// Like [`start`](Self::start), every node's `[broker]` section with `broker_extra` too
     /// (`"scheduler_support = true"`).
     pub fn start_with(version: ZkVersion, replicas: usize, broker_extra: &str) -> Cluster {
-        Cluster::start_inner(version, replicas, broker_extra, false, "2s")
+        assert_eq!(replicas, 3, "the cluster tests run three nodes");
+        Cluster::start_inner(version, 3, 3, broker_extra, false, "2s")
+    }
+
+    /// Two nodes with `replicas = 1`: a master confirms on its own fsync, and its slave follows
+    /// without holding confirmations up (what a user with two machines may configure).
+    pub fn start_pair_of_one_replica(version: ZkVersion) -> Cluster {
+        Cluster::start_inner(version, 2, 1, "", false, "2s")
     }
 
     /// Like [`start`](Self::start), with every node's `zk_session_timeout` set to `timeout`
     /// instead of 2 s (at most 10 s: the servers' `tickTime` is 500 ms).
     pub fn start_with_session_timeout(version: ZkVersion, timeout: &'static str) -> Cluster {
-        Cluster::start_inner(version, 3, "", false, timeout)
+        Cluster::start_inner(version, 3, 3, "", false, timeout)
     }
 
     /// Like [`start`](Self::start), each node reaching ZooKeeper through proxies of its own, so
@@ -226,17 +237,17 @@ impl Cluster {
     /// [`cut_replication`](Self::cut_replication) can partition a master from its slaves while
     /// it keeps ZooKeeper and its clients.
     pub fn start_partitionable(version: ZkVersion) -> Cluster {
-        Cluster::start_inner(version, 3, "", true, "2s")
+        Cluster::start_inner(version, 3, 3, "", true, "2s")
     }
 
     fn start_inner(
         version: ZkVersion,
+        nodes: usize,
         replicas: usize,
         broker_extra: &str,
         partitionable: bool,
         zk_session_timeout: &'static str,
     ) -> Cluster {
-        assert_eq!(replicas, 3, "the cluster tests run three nodes");
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let name = std::thread::current()
             .name()
@@ -249,7 +260,7 @@ impl Cluster {
                 .split(',')
                 .map(|a| a.parse().expect("a member's address"))
                 .collect();
-            (0..replicas)
+            (0..nodes)
                 .map(|_| {
                     members
                         .iter()
@@ -261,7 +272,7 @@ impl Cluster {
             Vec::new()
         };
         let replication_proxies = if partitionable {
-            (0..replicas).map(|_| replication_proxy()).collect()
+            (0..nodes).map(|_| replication_proxy()).collect()
         } else {
             Vec::new()
         };
@@ -276,11 +287,12 @@ impl Cluster {
             name,
             broker_extra: broker_extra.to_string(),
             zk_session_timeout,
+            replicas,
             zk_proxies,
             replication_proxies,
             _serial: serial,
         };
-        for i in 0..replicas {
+        for i in 0..nodes {
             let node = cluster
                 .start_node(i)
                 .unwrap_or_else(|e| panic!("starting node {i}: {e:#}"));
@@ -319,6 +331,7 @@ impl Cluster {
                 .find(|p| !reserved.contains(p))
                 .expect("a free port");
             let config = node_config(
+                self.replicas,
                 port,
                 replication,
                 &dir.join("data"),

@@ -44,6 +44,10 @@
 //!   itself (the process paused there) is seen too: a watch made after it would never fire.
 //! - Fewer registered members than a quorum, or a member reporting a master epoch newer than
 //!   ours: a master becomes a candidate.
+//! - A master's [`Lease`]: until 0.9 session timeouts after the latest request ZooKeeper
+//!   answered was sent (a read of its own znode every quarter of the session timeout). No
+//!   other master can be elected before it ends; the master confirms nothing outside it. It
+//!   needs no event to lapse, so a process resumed after a long pause is fenced at once.
 //!
 //! # ZooKeeper 3.4 and 3.5+ alike
 //! The client always speaks the 3.4 protocol subset: plain `create` (3.4 closes the connection on
@@ -175,6 +179,32 @@ impl fmt::Display for Role {
     }
 }
 
+/// ZooKeeper's word that this node's mastership of `epoch` still holds, until `until`.
+///
+/// The servers expire a session only after hearing nothing from it for its timeout, and only
+/// then can another master be elected. A request sent at `t` that was answered means they heard
+/// from the session at `t` or later, so it cannot expire before `t` + the timeout: the lease
+/// runs to nine tenths of that. A master confirms nothing outside its lease (see
+/// [`Election::lease`]), so one that was paused past its session (SIGSTOP, a long stall) and
+/// resumes confirms nothing before it notices it was replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The epoch this node is master of.
+    pub epoch: u64,
+    /// Until when ZooKeeper vouches for it.
+    pub until: Instant,
+}
+
+impl Lease {
+    /// Whether the lease covers mastership of `epoch` now.
+    pub fn holds(lease: Option<&Lease>, epoch: u64) -> bool {
+        lease.is_some_and(|l| l.epoch == epoch && Instant::now() < l.until)
+    }
+}
+
+/// How often a master renews its lease, as a fraction of the session timeout: every quarter.
+const LEASE_RENEWALS_PER_TIMEOUT: u32 = 4;
+
 /// Errors of the election.
 #[derive(Debug, thiserror::Error)]
 pub enum ElectionError {
@@ -270,6 +300,7 @@ pub struct Election {
     roles: watch::Receiver<Role>,
     generation: RoleGeneration,
     replicas: Arc<AtomicUsize>,
+    lease: watch::Receiver<Option<Lease>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -305,7 +336,8 @@ impl Election {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let (roles_tx, roles_rx) = watch::channel(Role::candidate("joining the election"));
-        let mut core = Core::new(config, log, events_tx, roles_tx);
+        let (lease_tx, lease_rx) = watch::channel(None);
+        let mut core = Core::new(config, log, events_tx, roles_tx, lease_tx);
         if let Some(file) = &core.cfg.registration_file {
             core.leftovers.extend(leftover::read(file));
         }
@@ -336,6 +368,7 @@ impl Election {
             roles: roles_rx,
             generation,
             replicas,
+            lease: lease_rx,
             task,
         })
     }
@@ -350,6 +383,13 @@ impl Election {
     /// What this node should be now; changes are announced on the receiver.
     pub fn roles(&self) -> watch::Receiver<Role> {
         self.roles.clone()
+    }
+
+    /// This node's [`Lease`] as master (`None` while it is not master): renewed every quarter
+    /// of the session timeout by a read answered by ZooKeeper, and revoked as the role ends.
+    /// A master must confirm nothing unless [`Lease::holds`] for its epoch.
+    pub fn lease(&self) -> watch::Receiver<Option<Lease>> {
+        self.lease.clone()
     }
 
     /// Where this node's journal ends now. Cheap: call it whenever the journal moves. It is
@@ -627,19 +667,23 @@ async fn join(
         cas_in_flight: false,
         cas_retry_at: None,
         granted_epoch: None,
+        alive_at: None,
+        renewal_in_flight: false,
+        renew_at: None,
     })
 }
 
 /// Takes a new epoch for `broker` with compare-and-set on the epoch table in `zk_path`'s data:
 /// max(stored, `floor`) + 1, recording `replicas` as the cluster's if it is larger. Returns the
-/// epoch and the cluster's `replicas` (the larger).
+/// epoch, the cluster's `replicas` (the larger) and when the write that took it was sent (the
+/// session was alive then: the start of the master's lease).
 async fn take_epoch(
     client: &zk::Client,
     zk_path: &str,
     broker: &str,
     floor: u64,
     replicas: usize,
-) -> Result<(u64, usize), ElectionError> {
+) -> Result<(u64, usize, Instant), ElectionError> {
     loop {
         let (bytes, stat) = client
             .get_data(zk_path)
@@ -655,11 +699,12 @@ async fn take_epoch(
         table.epochs.insert(broker.to_owned(), epoch);
         let replicas = table.replicas(broker).max(replicas);
         table.replicas.insert(broker.to_owned(), replicas as u64);
+        let sent = Instant::now();
         match client
             .set_data(zk_path, table.to_json().as_bytes(), Some(stat.version))
             .await
         {
-            Ok(_) => return Ok((epoch, replicas)),
+            Ok(_) => return Ok((epoch, replicas, sent)),
             Err(zk::Error::BadVersion) => {
                 debug!("epoch table of {zk_path} changed under us; retrying");
                 continue;
@@ -701,8 +746,14 @@ enum Event {
     },
     Epoch {
         incarnation: u64,
-        /// The epoch taken, and the cluster's `replicas`.
-        result: Result<(u64, usize), ElectionError>,
+        /// The epoch taken, the cluster's `replicas`, and when the write was sent.
+        result: Result<(u64, usize, Instant), ElectionError>,
+    },
+    /// A lease renewal's read, sent at `sent`, was answered (`ok`) or failed.
+    Renewed {
+        incarnation: u64,
+        sent: Instant,
+        ok: bool,
     },
 }
 
@@ -753,6 +804,11 @@ struct Session {
     cas_in_flight: bool,
     cas_retry_at: Option<Instant>,
     granted_epoch: Option<u64>,
+    /// When the latest request that ZooKeeper answered (the epoch's write, a lease renewal)
+    /// was sent: the session was alive on the servers then.
+    alive_at: Option<Instant>,
+    renewal_in_flight: bool,
+    renew_at: Option<Instant>,
 }
 
 /// A complete picture of our cluster's registered members, sorted by sequence.
@@ -830,6 +886,8 @@ struct Core {
     replicas: Arc<AtomicUsize>,
     events: mpsc::UnboundedSender<Event>,
     roles: watch::Sender<Role>,
+    /// The master's lease (see [`Lease`]), published by [`Core::publish_lease`].
+    lease: watch::Sender<Option<Lease>>,
     /// The generation of the role on `roles`.
     generation: RoleGeneration,
     /// The generation of the last master or slave role issued (the lifecycle takes the store
@@ -857,6 +915,8 @@ struct Core {
     /// The znodes of our earlier sessions (and of our previous process, from the registration
     /// file) that the next join removes.
     leftovers: Vec<leftover::Registration>,
+    /// The most nodes seen registered beyond `replicas` (warned about once per new count).
+    warned_nodes: usize,
 }
 
 impl Core {
@@ -865,12 +925,14 @@ impl Core {
         log: LogState,
         events: mpsc::UnboundedSender<Event>,
         roles: watch::Sender<Role>,
+        lease: watch::Sender<Option<Lease>>,
     ) -> Core {
         Core {
             replicas: Arc::new(AtomicUsize::new(cfg.replicas)),
             cfg,
             events,
             roles,
+            lease,
             log,
             // The watch's initial role, a candidate's, is the first.
             generation: Arc::new(Mutex::new(1)),
@@ -887,6 +949,7 @@ impl Core {
             disconnected_at: None,
             previous_eids: Vec::new(),
             leftovers: Vec::new(),
+            warned_nodes: 0,
         }
     }
 
@@ -1142,15 +1205,35 @@ impl Core {
                 };
                 s.cas_in_flight = false;
                 match result {
-                    Ok((epoch, replicas)) => {
+                    Ok((epoch, replicas, sent)) => {
                         info!("{node}: took epoch {epoch}");
                         s.granted_epoch = Some(epoch);
+                        s.alive_at = s.alive_at.max(Some(sent));
                         self.adopt_replicas(replicas);
                     }
                     Err(e) => {
                         warn!("{node}: cannot take a new epoch: {e}");
                         s.cas_retry_at = Some(Instant::now() + Duration::from_secs(1));
                     }
+                }
+            }
+            Event::Renewed {
+                incarnation,
+                sent,
+                ok,
+            } => {
+                let Some(s) = self.current(incarnation) else {
+                    return;
+                };
+                s.renewal_in_flight = false;
+                if ok {
+                    s.alive_at = s.alive_at.max(Some(sent));
+                    s.renew_at = Some(sent + s.timeout / LEASE_RENEWALS_PER_TIMEOUT);
+                } else {
+                    // Not connected, or the request failed: try again soon (the disconnection
+                    // grace decides whether this node steps down).
+                    s.renew_at =
+                        Some(Instant::now() + s.timeout / (LEASE_RENEWALS_PER_TIMEOUT * 4));
                 }
             }
         }
@@ -1425,8 +1508,59 @@ impl Core {
 
     /// Recomputes the election from what we know, emits our role and writes our znode.
     fn update(&mut self) {
-        self.step(Instant::now());
+        let now = Instant::now();
+        self.step(now);
+        self.renew_lease(now);
+        self.publish_lease();
         self.settle_publishes();
+    }
+
+    /// While master, sends a read to ZooKeeper every quarter of the session timeout: its answer
+    /// renews the lease (see [`Lease`]).
+    fn renew_lease(&mut self, now: Instant) {
+        let master = self.roles.borrow().is_master();
+        let connected = self.connected;
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        if !master {
+            s.renew_at = None;
+            return;
+        }
+        if !connected || s.renewal_in_flight || s.renew_at.is_some_and(|t| now < t) {
+            return;
+        }
+        s.renewal_in_flight = true;
+        s.renew_at = None;
+        let read = s.client.check_stat(&s.path);
+        let events = self.events.clone();
+        let incarnation = s.incarnation;
+        tokio::spawn(async move {
+            // Our own znode: it exists while the session does.
+            let ok = matches!(read.await, Ok(Some(_)));
+            let _ = events.send(Event::Renewed {
+                incarnation,
+                sent: now,
+                ok,
+            });
+        });
+    }
+
+    /// Publishes the lease of the current role: the master's epoch until nine tenths of a
+    /// session timeout after the latest answered request was sent; nothing otherwise.
+    fn publish_lease(&self) {
+        let lease = match (&*self.roles.borrow(), &self.session) {
+            (Role::Master { epoch }, Some(s)) => s.alive_at.map(|t| Lease {
+                epoch: *epoch,
+                until: t + s.timeout * 9 / 10,
+            }),
+            _ => None,
+        };
+        self.lease.send_if_modified(|current| {
+            let changed = *current != lease;
+            *current = lease;
+            changed
+        });
     }
 
     fn step(&mut self, now: Instant) {
@@ -1530,6 +1664,15 @@ impl Core {
         s.effective = effective.clone();
         let nodes = decide::count_nodes(view.members.iter().map(|m| &m.data));
         s.quorum = nodes >= quorum;
+        if nodes > replicas && nodes > self.warned_nodes {
+            warn!(
+                "{node}: {nodes} nodes of this cluster are registered, but replicas = \
+                 {replicas}: a confirmation needs {quorum} of them, and two groups of {quorum} \
+                 need not share a node, so a failover can lose confirmed messages. Set replicas \
+                 = {nodes} on every node (or stop the extra node)"
+            );
+            self.warned_nodes = nodes;
+        }
 
         // Our role.
         let current_role = self.roles.borrow().clone();
@@ -1721,6 +1864,7 @@ impl Core {
                 deadlines.push(t + s.timeout);
             }
             deadlines.extend(s.cas_retry_at);
+            deadlines.extend(s.renew_at);
             deadlines.extend(s.refresh_at);
             deadlines.extend(s.write_retry_at);
         }
@@ -2152,6 +2296,7 @@ mod tests {
     fn test_core() -> Core {
         let (events, _events_rx) = mpsc::unbounded_channel();
         let (roles, _roles_rx) = watch::channel(Role::candidate("joining"));
+        let (lease, _lease_rx) = watch::channel(None);
         Core::new(
             ElectionConfig {
                 zk_address: "127.0.0.1:2181".into(),
@@ -2173,6 +2318,7 @@ mod tests {
             },
             events,
             roles,
+            lease,
         )
     }
 

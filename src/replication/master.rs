@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
@@ -23,6 +23,7 @@ use super::{
     frame_epoch, socket_address, write_message, ConnectionId, MessageReader, ReplicationError,
     HEARTBEAT_INTERVAL, MAX_RECORDS_BYTES, PEER_TIMEOUT, READ_CHUNK,
 };
+use crate::election::Lease;
 use crate::store::{EpochMark, JournalReader, Position, StoreError};
 
 #[derive(Debug, Clone)]
@@ -40,6 +41,10 @@ pub struct MasterOptions {
     /// epoch is looked up in the journal from here, not from the start of the previous epoch,
     /// which may lie gigabytes back or in a released segment.
     pub epoch_floor: Position,
+    /// The election's lease on this mastership ([`crate::election::Election::lease`]): nothing
+    /// is confirmed while it does not hold for `epoch`; what was held back is confirmed as soon
+    /// as it is renewed. `None`: no lease (tests).
+    pub lease: Option<watch::Receiver<Option<Lease>>>,
 }
 
 /// A connected slave, for status pages and tests.
@@ -80,6 +85,8 @@ struct Shared {
     /// Refusals logged at most once per period while the same one repeats (a slave with
     /// another `security_token` retries five times a second).
     refusals: Mutex<RepeatedFailure>,
+    /// The watermark was held back because the lease had lapsed (logged once per lapse).
+    held_back: AtomicBool,
 }
 
 /// See [`ReplicationMaster::on_confirmed`].
@@ -87,6 +94,18 @@ pub type ConfirmedCallback = Box<dyn Fn(Position) + Send + Sync>;
 
 impl Shared {
     fn publish(&self, confirmed: Position) {
+        if !self.lease_holds() {
+            // The tracker keeps the watermark; `lease_loop` publishes it once renewed.
+            if !self.held_back.swap(true, Ordering::Relaxed) {
+                warn!(
+                    epoch = self.options.epoch,
+                    held_back = confirmed.0,
+                    "confirmations wait: ZooKeeper has not vouched for this master within its \
+                     lease (paused, or cut off from ZooKeeper?)"
+                );
+            }
+            return;
+        }
         let moved = self.confirmed.send_if_modified(|current| {
             if confirmed > *current {
                 *current = confirmed;
@@ -100,6 +119,13 @@ impl Shared {
                 callback(confirmed);
             }
         }
+    }
+
+    fn lease_holds(&self) -> bool {
+        self.options
+            .lease
+            .as_ref()
+            .is_none_or(|lease| Lease::holds(lease.borrow().as_ref(), self.options.epoch))
     }
 
     fn held_locally(&self, position: Position) {
@@ -214,6 +240,7 @@ impl ReplicationMaster {
             confirmed: confirmed_tx,
             on_confirmed: OnceLock::new(),
             refusals: Mutex::default(),
+            held_back: AtomicBool::new(false),
             slaves: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         });
@@ -223,12 +250,15 @@ impl ReplicationMaster {
             replicas = shared.options.replicas,
             "replication listener open"
         );
-        let accept = tokio::spawn(accept_loop(shared.clone(), listener));
+        let mut tasks = vec![tokio::spawn(accept_loop(shared.clone(), listener))];
+        if let Some(lease) = shared.options.lease.clone() {
+            tasks.push(tokio::spawn(lease_loop(shared.clone(), lease)));
+        }
         Ok((
             ReplicationMaster {
                 shared,
                 local_addr,
-                tasks: vec![accept],
+                tasks,
             },
             confirmed_rx,
         ))
@@ -332,6 +362,23 @@ impl ReplicationMaster {
 impl Drop for ReplicationMaster {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Publishes the watermark held back while the lease had lapsed, at each renewal.
+async fn lease_loop(shared: Arc<Shared>, mut lease: watch::Receiver<Option<Lease>>) {
+    while lease.changed().await.is_ok() {
+        if !shared.lease_holds() {
+            continue;
+        }
+        if shared.held_back.swap(false, Ordering::Relaxed) {
+            info!(
+                epoch = shared.options.epoch,
+                "confirmations resume: ZooKeeper vouched for this master again"
+            );
+        }
+        let confirmed = shared.tracker.lock().unwrap().confirmed();
+        shared.publish(confirmed);
     }
 }
 

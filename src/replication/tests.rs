@@ -9,6 +9,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::*;
+use crate::election::Lease;
 use crate::store::{
     entry, Entry, EpochStart, JournalReader, Message, MessageAdd, MessageKey, MessageRemove,
     Position, Record, Store, StoreError, StoreOptions,
@@ -147,7 +148,17 @@ struct Master {
     address: String,
 }
 
-async fn start_master(mut node: Node, epoch: u64, replicas: usize) -> Master {
+async fn start_master(node: Node, epoch: u64, replicas: usize) -> Master {
+    start_master_leased(node, epoch, replicas, None).await
+}
+
+/// Like `start_master`, under the election's `lease`.
+async fn start_master_leased(
+    mut node: Node,
+    epoch: u64,
+    replicas: usize,
+    lease: Option<watch::Receiver<Option<Lease>>>,
+) -> Master {
     if node.store.last_epoch() < epoch || node.store.history().is_empty() {
         node.store.append(&epoch_start(epoch)).unwrap();
     }
@@ -158,6 +169,7 @@ async fn start_master(mut node: Node, epoch: u64, replicas: usize) -> Master {
             replicas,
             epoch,
             epoch_floor: Position(0),
+            lease,
         },
         node.store.reader(),
         node.store.history(),
@@ -924,6 +936,51 @@ async fn a_single_replica_confirms_on_its_own() {
     wait_for("confirmation", || *confirmed.borrow_and_update() >= end).await;
 }
 
+/// A master confirms nothing outside the election's lease on its epoch, even what only its own
+/// fsync needs (`replicas = 1`): one resumed after a pause past its ZooKeeper session must not
+/// confirm while a newer master may serve. Held back, the watermark moves as soon as the lease
+/// is renewed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_confirms_nothing_outside_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lease, leased) = watch::channel(None);
+    let mut master = start_master_leased(open(dir.path(), 1 << 20), 1, 1, Some(leased)).await;
+    let mut confirmed = master.confirmed.clone();
+    let vouched = |epoch, for_| {
+        Some(Lease {
+            epoch,
+            until: tokio::time::Instant::now() + for_,
+        })
+    };
+    let lapses: [(&str, Option<Lease>); 3] = [
+        ("no lease", None),
+        (
+            "a lease of another epoch",
+            vouched(2, Duration::from_secs(60)),
+        ),
+        ("a lapsed lease", vouched(1, Duration::ZERO)),
+    ];
+    for (lapse, held) in lapses {
+        let before = master.replication.confirmed();
+        lease.send_replace(held);
+        append_adds(&mut master.node.store, 1, 0, 10, 10);
+        let end = master.node.store.end();
+        let durable = master.node.durable.clone();
+        wait_for("the master's own fsync", || *durable.borrow() >= end).await;
+        // As the store's durable callback reports it (on the caller's thread, so the refusal
+        // to confirm is already decided when it returns).
+        master.replication.held_locally()(end);
+        assert_eq!(master.replication.confirmed(), before, "{lapse}");
+        assert_eq!(*confirmed.borrow_and_update(), before, "{lapse}");
+
+        lease.send_replace(vouched(1, Duration::from_secs(60)));
+        wait_for("confirmation once renewed", || {
+            *confirmed.borrow_and_update() >= end
+        })
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn released_ranges_are_skipped_in_a_snapshot() {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -1043,6 +1100,7 @@ async fn a_new_master_finds_its_epoch_start_past_a_released_segment() {
             epoch: 3,
             // Not known: the lookup starts at epoch 2's start, which is released below.
             epoch_floor: Position(0),
+            lease: None,
         },
         node.store.reader(),
         history,
@@ -1124,6 +1182,7 @@ async fn a_cut_journal_is_not_counted_past_its_end_by_a_new_master() {
             replicas: 1,
             epoch: 3,
             epoch_floor: Position(0),
+            lease: None,
         },
         node.store.reader(),
         node.store.history(),
