@@ -63,7 +63,7 @@ use connection::{Driver, Request};
 
 pub use destination::stomp_destination;
 pub use error::ClientError;
-pub use subscription::{AckMode, Message, SubscribeOptions, Subscription};
+pub use subscription::{AckMode, Message, PendingAck, SubscribeOptions, Subscription};
 pub use transaction::Transaction;
 pub use url::{AttemptLimit, BrokerAddress, FailoverOptions, FailoverUrl, UrlError};
 

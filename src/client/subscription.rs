@@ -237,6 +237,14 @@ impl Message {
         self.acknowledge(Command::Ack, None).await
     }
 
+    /// Sends the ACK now and returns its answer to wait for later, so that many
+    /// acknowledgements can be in flight at once (one round trip each, waited for one after
+    /// another, would bound a consumer to one message per round trip). The answers are those
+    /// of [`Message::ack`].
+    pub fn send_ack(&self) -> Result<PendingAck, ClientError> {
+        self.request(Command::Ack, None)
+    }
+
     /// Tells the broker the message was not consumed (NACK, STOMP 1.1 and later).
     pub async fn nack(&self) -> Result<(), ClientError> {
         self.acknowledge(Command::Nack, None).await
@@ -247,8 +255,17 @@ impl Message {
         command: Command,
         transaction: Option<&str>,
     ) -> Result<(), ClientError> {
+        self.request(command, transaction)?.answer().await
+    }
+
+    /// Hands the ACK or NACK to the connection task; the answer comes through the result.
+    fn request(
+        &self,
+        command: Command,
+        transaction: Option<&str>,
+    ) -> Result<PendingAck, ClientError> {
         let Some(acker) = &self.acker else {
-            return Ok(());
+            return Ok(PendingAck { reply: None });
         };
         let mut frame = Frame::new(command);
         match acker.version {
@@ -279,6 +296,40 @@ impl Message {
         requests
             .send(request)
             .map_err(|_| acker.shared.terminal_error())?;
-        answer(answered, &acker.shared).await
+        Ok(PendingAck {
+            reply: Some((answered, acker.shared.clone())),
+        })
+    }
+}
+
+/// An acknowledgement sent and not answered yet (see [`Message::send_ack`]).
+#[derive(Debug)]
+pub struct PendingAck {
+    /// `None`: nothing to wait for (an auto-ack subscription).
+    reply: Option<(Reply, Arc<Shared>)>,
+}
+
+/// Where the connection task answers a request.
+type Reply = oneshot::Receiver<Result<(), ClientError>>;
+
+impl PendingAck {
+    /// Waits for the answer.
+    pub async fn answer(self) -> Result<(), ClientError> {
+        match self.reply {
+            None => Ok(()),
+            Some((reply, shared)) => answer(reply, &shared).await,
+        }
+    }
+
+    /// The answer if it has come, without waiting (once given, it is not given again).
+    pub fn try_answer(&mut self) -> Option<Result<(), ClientError>> {
+        let Some((reply, shared)) = &mut self.reply else {
+            return Some(Ok(()));
+        };
+        match reply.try_recv() {
+            Ok(answer) => Some(answer),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(shared.terminal_error())),
+        }
     }
 }
