@@ -495,10 +495,7 @@ mod tests {
         let server = FakeListener::bind().await;
         let url = fast_failover(&[&server]);
         let peer = tokio::spawn(async move {
-            let mut connection = server.accept().await;
-            connection.handshake().await;
-            let subscribe = connection.expect(Command::Subscribe).await;
-            connection.receipt(&subscribe).await;
+            let (mut connection, subscribe) = server.subscribed("client-individual").await;
             let id = subscribe.get("id").unwrap().to_string();
             connection
                 .send(message_frame(&id, "/queue/q", 1, "a1"))
@@ -532,10 +529,7 @@ mod tests {
         let server = FakeListener::bind().await;
         let url = server.url();
         let peer = tokio::spawn(async move {
-            let mut connection = server.accept().await;
-            connection.handshake().await;
-            let subscribe = connection.expect(Command::Subscribe).await;
-            connection.receipt(&subscribe).await;
+            let (mut connection, subscribe) = server.subscribed("client-individual").await;
             let id = subscribe.get("id").unwrap().to_string();
             for n in 1..=5 {
                 let ack = format!("a{n}");
@@ -574,10 +568,7 @@ mod tests {
         let url = fast_failover(&[&server]);
         let message = |id: &str, n: u32, ack: &str| message_frame(id, "/queue/q", n, ack);
         let peer = tokio::spawn(async move {
-            let mut connection = server.accept().await;
-            connection.handshake().await;
-            let subscribe = connection.expect(Command::Subscribe).await;
-            connection.receipt(&subscribe).await;
+            let (mut connection, subscribe) = server.subscribed("client-individual").await;
             let id = subscribe.get("id").unwrap().to_string();
             connection.send(message(&id, 1, "a1")).await;
             connection.send(message(&id, 2, "a2")).await;
