@@ -340,14 +340,14 @@ fn cli_ships_lines_filters_by_selector_and_keeps_a_durable_subscription() -> Res
         );
         stdout
     };
-    let produce = |level: &str, input: &[u8]| -> Result<String> {
+    let produce = |destination: &str, level: &str, input: &[u8]| -> Result<String> {
         let header = format!("level={level}");
         let args = [
             "produce",
             "--url",
             &url,
             "-d",
-            "queue://logs",
+            destination,
             "--stdin",
             "--persistent",
             "-w",
@@ -358,9 +358,9 @@ fn cli_ships_lines_filters_by_selector_and_keeps_a_durable_subscription() -> Res
         Ok(ok(run_cli_with_input(&args, input, timeout)?))
     };
     // The info lines are ahead on the queue: only the selector skips them.
-    let shipped = produce("info", b"started\nlistening\nready")?;
+    let shipped = produce("queue://logs", "info", b"started\nlistening\nready")?;
     assert!(shipped.contains("confirmed 3"), "{shipped}");
-    let shipped = produce("error", b"disk full\r\nretrying\n")?;
+    let shipped = produce("queue://logs", "error", b"disk full\r\nretrying\n")?;
     assert!(shipped.contains("confirmed 2"), "{shipped}");
 
     let consume = |extra: &[&str]| -> Result<(std::process::ExitStatus, String, String)> {
@@ -422,6 +422,38 @@ fn cli_ships_lines_filters_by_selector_and_keeps_a_durable_subscription() -> Res
     )?);
     let kept = ok(consume(&[&durable[..], &["-n", "3"]].concat())?);
     assert_eq!(kept, "event\nevent\nevent\n");
+
+    // docs/operations.md's virtual-topic recipe: the archive's consumer queue gets every line,
+    // the alerting system's durable subscription with a selector keeps only the errors.
+    let archive = ["-d", "queue://Consumer.archive.VirtualTopic.logs"];
+    let alerting = [
+        "-d",
+        "topic://VirtualTopic.logs",
+        "--client-id",
+        "alerting",
+        "--durable",
+        "errors",
+        "--selector",
+        "level = 'error'",
+    ];
+    for first in [&archive[..], &alerting[..]] {
+        let (status, _, stderr) = consume(&[first, &["-n", "1", "--timeout", "200ms"]].concat())?;
+        assert!(stderr.contains("received 0 of 1"), "{status}\n{stderr}");
+    }
+    let ship = |level: &str, input: &[u8]| produce("topic://VirtualTopic.logs", level, input);
+    ship("info", b"started\nready\n")?;
+    ship("error", b"disk full\n")?;
+    ship("info", b"stopping\n")?;
+    let all = ok(consume(&[&archive[..], &["-n", "4"]].concat())?);
+    assert_eq!(all, "started\nready\ndisk full\nstopping\n");
+    let errors = ok(consume(&[&alerting[..], &["-n", "1"]].concat())?);
+    assert_eq!(errors, "disk full\n");
+    let (status, rest, stderr) =
+        consume(&[&alerting[..], &["-n", "1", "--timeout", "300ms"]].concat())?;
+    assert!(
+        rest.is_empty() && stderr.contains("received 0 of 1"),
+        "the durable subscription kept lines its selector does not match: {status}\n{rest}\n{stderr}"
+    );
 
     // Usage errors name what is wrong.
     let (status, _, stderr) = consume(&["-d", "topic://events", "--durable", "audit"])?;
