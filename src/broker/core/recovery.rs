@@ -60,7 +60,7 @@ impl Core {
             producer_stamp: 0,
             next_session: 1,
             next_consumer: 1,
-            next_tag: 1,
+            next_tag: first_tag(epoch),
             next_seq: 1,
             next_message: 1,
             boot,
@@ -138,4 +138,16 @@ fn stored_origin(producer_id: &str) -> u64 {
         }
         _ => 0,
     }
+}
+
+/// The first delivery tag of a core of `epoch`: `epoch << 40`, plus one. Each core numbers its
+/// deliveries upwards from there, so a tag of a later epoch (a new master, or a standalone node
+/// restarted) is above every tag an earlier core gave. A JMS client that failed over still
+/// reports the tag of the last message it delivered, from the old master, when it closes its
+/// consumer (`RemoveInfo.lastDeliveredSequenceId`): it is then below every tag of this core,
+/// and none of this core's deliveries to that consumer counts as seen by its application (where
+/// small tags starting at 1 in each core made the new master's whole prefetch come back
+/// "redelivered"). 2^40 deliveries per epoch; epochs past 2^23 share the last range.
+fn first_tag(epoch: u64) -> u64 {
+    (epoch.min((1 << 23) - 1) << 40) + 1
 }
