@@ -145,9 +145,10 @@ fn stored_origin(producer_id: &str) -> u64 {
 /// restarted) is above every tag an earlier core gave. A JMS client that failed over still
 /// reports the tag of the last message it delivered, from the old master, when it closes its
 /// consumer (`RemoveInfo.lastDeliveredSequenceId`): it is then below every tag of this core,
-/// and none of this core's deliveries to that consumer counts as seen by its application (where
-/// small tags starting at 1 in each core made the new master's whole prefetch come back
-/// "redelivered"). 2^40 deliveries per epoch; epochs past 2^23 share the last range.
-fn first_tag(epoch: u64) -> u64 {
+/// which tells it apart (see `Core::remove_consumer`; with small tags starting at 1 in each
+/// core it was compared with this core's as if they were its own, and the new master's whole
+/// prefetch came back "redelivered"). 2^40 deliveries per epoch; epochs past 2^23 share the
+/// last range.
+pub(super) fn first_tag(epoch: u64) -> u64 {
     (epoch.min((1 << 23) - 1) << 40) + 1
 }

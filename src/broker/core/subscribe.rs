@@ -364,6 +364,16 @@ impl Core {
                 self.change_topic(topic, |t| t.subscribers.retain(|c| *c != cid));
             }
         }
+        // A tag of an earlier core (a JMS client that failed over reports the last message
+        // its application got from the old master): which of this core's deliveries the
+        // application saw is not known. It was working on one, presumably the oldest, back
+        // first on the queue: that one counts as seen, the rest of the prefetch as unseen (as
+        // ActiveMQ counts them, its sequence ids being the same on every broker).
+        let seen_upto = if seen_upto != 0 && seen_upto < super::recovery::first_tag(self.epoch) {
+            in_flight.keys().next().copied().unwrap_or(0)
+        } else {
+            seen_upto
+        };
         // In tag order: the first one seen is the oldest the consumer held unacknowledged,
         // the one it was presumably working on when it went away. Only that one fails; the
         // rest of its prefetch comes back marked redelivered, so that a consumer taking one
