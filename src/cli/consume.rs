@@ -209,10 +209,8 @@ pub(crate) async fn execute(
         }
         let id = message.header("message-id").unwrap_or_default().to_string();
         // Delivered again while its first ACK is unanswered (a failover): that answer decides.
-        if acks.sent.contains(&id) {
-            if let Err(error) = acks.settle_through(&id, &mut in_doubt).await {
-                break Stopped::Failed(error);
-            }
+        if let Err(error) = acks.settle_through(&id, &mut in_doubt).await {
+            break Stopped::Failed(error);
         }
         let again = in_doubt.remove(&id);
         if !args.quiet && !again {
@@ -277,32 +275,19 @@ impl Acks {
         in_doubt: &mut HashSet<String>,
         wait: bool,
     ) -> Result<bool, ClientError> {
-        let answer = match self.pending.front_mut() {
+        let Some((_, pending)) = self.pending.front_mut() else {
+            return Ok(false);
+        };
+        let answer = match pending.try_answer() {
+            Some(answer) => answer,
+            None if wait => pending.answer().await,
             None => return Ok(false),
-            Some((_, pending)) => match pending.try_answer() {
-                Some(answer) => answer,
-                None if !wait => return Ok(false),
-                None => {
-                    let (id, pending) = self.pending.pop_front().expect("a front");
-                    let answer = pending.answer().await;
-                    return self.settled(id, answer, in_doubt);
-                }
-            },
         };
         let (id, _) = self.pending.pop_front().expect("a front");
-        self.settled(id, answer, in_doubt)
-    }
-
-    /// An ACK whose connection was lost before the RECEIPT leaves its message in doubt.
-    fn settled(
-        &mut self,
-        id: String,
-        answer: Result<(), ClientError>,
-        in_doubt: &mut HashSet<String>,
-    ) -> Result<bool, ClientError> {
         self.sent.remove(&id);
         match answer {
             Ok(()) => Ok(true),
+            // Its connection was lost before the RECEIPT: the message is in doubt.
             Err(ClientError::StaleDelivery) => {
                 in_doubt.insert(id);
                 Ok(true)

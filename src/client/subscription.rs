@@ -313,11 +313,11 @@ pub struct PendingAck {
 type Reply = oneshot::Receiver<Result<(), ClientError>>;
 
 impl PendingAck {
-    /// Waits for the answer.
-    pub async fn answer(self) -> Result<(), ClientError> {
-        match self.reply {
+    /// Waits for the answer (once given, it is not given again).
+    pub async fn answer(&mut self) -> Result<(), ClientError> {
+        match &mut self.reply {
             None => Ok(()),
-            Some((reply, shared)) => answer(reply, &shared).await,
+            Some((reply, shared)) => reply.await.unwrap_or_else(|_| Err(shared.terminal_error())),
         }
     }
 

@@ -94,6 +94,9 @@ pub type ConfirmedCallback = Box<dyn Fn(Position) + Send + Sync>;
 
 impl Shared {
     fn publish(&self, confirmed: Position) {
+        if confirmed <= *self.confirmed.borrow() {
+            return; // nothing to confirm: no need to look at the lease
+        }
         if !self.lease_holds() {
             // The tracker keeps the watermark; `lease_loop` publishes it once renewed.
             if !self.held_back.swap(true, Ordering::Relaxed) {
