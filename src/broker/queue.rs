@@ -213,9 +213,9 @@ impl Queue {
 pub(super) const GROUP_ID: &str = "JMSXGroupID";
 /// The message's place in its group; `-1` (any negative value) closes the group.
 pub(super) const GROUP_SEQ: &str = "JMSXGroupSeq";
-/// How many buckets message groups hash to, per queue: ActiveMQ's `MessageGroupHashBucket`
-/// default.
-pub(super) const GROUP_BUCKETS: usize = 1024;
+/// How many message groups a queue remembers the owner of: ActiveMQ's default group map
+/// (`messageGroupMapFactoryType = "cached"`, a least-recently-used map of 1024 group ids).
+pub(super) const GROUP_CACHE_SIZE: usize = 1024;
 
 /// A message's group id and sequence (0 when absent or not a number), if it has a group.
 pub(super) fn group_of(message: &Message) -> Option<(&str, i64)> {
@@ -232,52 +232,73 @@ pub(super) fn group_of(message: &Message) -> Option<(&str, i64)> {
     Some((&id.value, seq))
 }
 
-/// Which consumer owns each message group of a queue, bounded as ActiveMQ's hash-bucket group
-/// map is: a group id hashes to one of [`GROUP_BUCKETS`] buckets and the bucket has the owner,
-/// so groups that share a bucket share their consumer (and a closed group frees its bucket).
-#[derive(Debug)]
+/// Which consumer owns each message group of a queue, as ActiveMQ's default ("cached") group
+/// map keeps it: keyed by the exact group id, at most [`GROUP_CACHE_SIZE`] groups, the least
+/// recently used forgotten first (its next message is assigned afresh, as a new group's).
+/// Two groups never share an owner slot, so closing or restarting one leaves the others alone.
+#[derive(Debug, Default)]
 pub(super) struct Groups {
-    owners: Box<[Option<u64>]>,
+    /// Group id → (owner, when last used).
+    owners: HashMap<String, (u64, u64)>,
+    /// When last used → group id: the eviction order.
+    recency: BTreeMap<u64, String>,
+    clock: u64,
 }
 
 impl Groups {
     pub fn new() -> Groups {
-        Groups {
-            owners: vec![None; GROUP_BUCKETS].into_boxed_slice(),
-        }
-    }
-
-    fn bucket(group: &str) -> usize {
-        // FNV-1a: stable and cheap; the map lives in memory only.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in group.bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        (hash % GROUP_BUCKETS as u64) as usize
+        Groups::default()
     }
 
     /// The consumer `group` is assigned to.
     pub fn owner(&self, group: &str) -> Option<u64> {
-        self.owners[Self::bucket(group)]
+        self.owners.get(group).map(|&(cid, _)| cid)
     }
 
+    /// `group`'s messages go to `cid` (also called for each message its owner receives, which
+    /// keeps the group from being the least recently used).
     pub fn assign(&mut self, group: &str, cid: u64) {
-        self.owners[Self::bucket(group)] = Some(cid);
+        self.clock += 1;
+        let now = self.clock;
+        match self.owners.get_mut(group) {
+            Some((owner, used)) => {
+                self.recency.remove(used);
+                *owner = cid;
+                *used = now;
+            }
+            None => {
+                if self.owners.len() >= GROUP_CACHE_SIZE {
+                    if let Some((_, oldest)) = self.recency.pop_first() {
+                        self.owners.remove(&oldest);
+                    }
+                }
+                self.owners.insert(group.to_string(), (cid, now));
+            }
+        }
+        self.recency.insert(now, group.to_string());
     }
 
     /// The group ended (`JMSXGroupSeq` -1): its next message is assigned afresh.
     pub fn close(&mut self, group: &str) {
-        self.owners[Self::bucket(group)] = None;
+        if let Some((_, used)) = self.owners.remove(group) {
+            self.recency.remove(&used);
+        }
     }
 
     /// Consumer `cid` went away: its groups move to whoever gets their next message.
     pub fn forget_consumer(&mut self, cid: u64) {
-        for owner in self.owners.iter_mut() {
-            if *owner == Some(cid) {
-                *owner = None;
+        let recency = &mut self.recency;
+        self.owners.retain(|_, &mut (owner, used)| {
+            if owner == cid {
+                recency.remove(&used);
             }
-        }
+            owner != cid
+        });
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.owners.len()
     }
 }
 
@@ -469,5 +490,31 @@ impl Consumer {
         let entry = self.pending.pop_front()?;
         self.pending_bytes -= entry.body_bytes();
         Some(entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_forget_the_least_recently_used_past_the_cache_size() {
+        let mut groups = Groups::new();
+        for i in 0..GROUP_CACHE_SIZE {
+            groups.assign(&format!("g{i}"), 1);
+        }
+        // g0 is used again (a message to its owner), so g1 is now the least recently used.
+        groups.assign("g0", 1);
+        groups.assign("new", 2);
+        assert_eq!(groups.len(), GROUP_CACHE_SIZE);
+        assert_eq!(groups.owner("g0"), Some(1));
+        assert_eq!(groups.owner("g1"), None);
+        assert_eq!(groups.owner("g2"), Some(1));
+        assert_eq!(groups.owner("new"), Some(2));
+        groups.forget_consumer(1);
+        assert_eq!(groups.len(), 1);
+        groups.close("new");
+        assert_eq!(groups.len(), 0);
+        assert!(groups.recency.is_empty());
     }
 }

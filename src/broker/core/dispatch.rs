@@ -322,10 +322,8 @@ impl Core {
             let cid = q.consumers[index];
             let mut group_first = false;
             if let (Some(groups), Some((id, group_seq))) = (&mut q.groups, group) {
-                if owner != Some(cid) || group_seq == 1 {
-                    groups.assign(id, cid);
-                    group_first = true;
-                }
+                group_first = owner != Some(cid) || group_seq == 1;
+                groups.assign(id, cid);
                 if group_seq < 0 {
                     groups.close(id);
                 }

@@ -205,6 +205,36 @@ async fn group_sequence_minus_one_closes_the_group() {
     assert!(take_all(&mut a_rx).is_empty());
 }
 
+/// Each group keeps its own owner (ActiveMQ's default "cached" group map): closing one group,
+/// or starting one afresh, leaves every other group with its consumer. "g16" and "g140" are
+/// ids a 1024-bucket FNV-1a hash map (this broker's map before) put in one bucket, where the
+/// close of one freed the other too and its next message went to another consumer while its
+/// first was still unacknowledged.
+#[tokio::test]
+async fn closing_or_restarting_a_group_leaves_the_other_groups_alone() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (_a, mut a_rx) = consumer_on_q(&f, 100);
+    let (_b, mut b_rx) = consumer_on_q(&f, 100);
+    let (producer, _) = f.broker.open_session(None);
+    send_to_q(&producer, grouped("x1", "g16", None)).await;
+    send_to_q(&producer, grouped("y1", "g140", None)).await;
+    send_to_q(&producer, grouped("z1", "g7", None)).await;
+    // Round-robin: g16 to a, g140 to b, g7 to a.
+    assert_eq!(bodies(&take_all(&mut a_rx)), ["x1", "z1"]);
+    assert_eq!(bodies(&take_all(&mut b_rx)), ["y1"]);
+    // g16 closes, then g7 starts again (sequence 1, assigned afresh: b's turn).
+    send_to_q(&producer, grouped("x2", "g16", Some(-1))).await;
+    send_to_q(&producer, grouped("z2", "g7", Some(1))).await;
+    assert_eq!(bodies(&take_all(&mut a_rx)), ["x2"]);
+    assert_eq!(bodies(&take_all(&mut b_rx)), ["z2"]);
+    // g140 still goes to b, g7 now to b too, and the closed g16 is assigned afresh (a's turn).
+    send_to_q(&producer, grouped("y2", "g140", None)).await;
+    send_to_q(&producer, grouped("z3", "g7", None)).await;
+    send_to_q(&producer, grouped("x3", "g16", None)).await;
+    assert_eq!(bodies(&take_all(&mut b_rx)), ["y2", "z3"]);
+    assert_eq!(bodies(&take_all(&mut a_rx)), ["x3"]);
+}
+
 /// A group whose consumer's window is full, with a backlog behind it, while another consumer
 /// has room: each ack makes the core walk the queue for that other consumer, and the walk
 /// stops after `SCAN_LIMIT` messages it cannot take instead of going through the whole
