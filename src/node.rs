@@ -468,7 +468,7 @@ impl Lifecycle {
         // whether that was logged (after `DEGRADED_TICKS`: slaves take a moment to connect to
         // a new master, and a restarted one to come back).
         let (mut short_ticks, mut degraded) = (0, false);
-        let ended = loop {
+        let mut ended = loop {
             tokio::select! {
                 changed = roles.changed() => {
                     if changed.is_err() || *roles.borrow() != (Role::Master { epoch }) {
@@ -528,7 +528,10 @@ impl Lifecycle {
                 && match tokio::task::block_in_place(|| store.set_fsync(fsync)) {
                     Ok(()) => true,
                     Err(e) => {
-                        tracing::warn!(node = %self.node, epoch, error = %e, "cannot keep the store open for the next role; closing it");
+                        // The journal failed on its last writes: a failed store.
+                        let reason = format!("writing the journal's last batches failed: {e}");
+                        tracing::error!(node = %self.node, epoch, %reason, "the store failed: stepping down so that another node takes over");
+                        ended = MasterEnd::StoreFailed(reason);
                         false
                     }
                 };
@@ -629,7 +632,14 @@ impl Lifecycle {
                     store = returned;
                     outcome
                 }
-                Err(e) => return Err(anyhow::anyhow!("the replication task failed: {e}")),
+                // The store went down with the task, so this node's final log is unknown:
+                // it must not report the one it had when it started following.
+                Err(e) => {
+                    return Err(BrokerError::StoreFailed(format!(
+                        "the replication task failed: {e}"
+                    ))
+                    .into())
+                }
             };
             if let Some(Err(e)) = &outcome {
                 if let Some(unlogged) = failures.failed(&e.to_string(), Instant::now()) {
@@ -681,14 +691,53 @@ impl Lifecycle {
                     return Ok(kept);
                 }
                 Err(e) => {
-                    tracing::warn!(node = %self.node, error = %e, "cannot switch fsync on the open store; reopening it");
+                    // The journal failed (its writer ends on any error): what it wrote may not
+                    // be on disk whatever a reopen reads back from the page cache.
                     close_store(kept.store).await;
+                    return Err(BrokerError::StoreFailed(format!(
+                        "switching fsync on the open store failed: {e}"
+                    ))
+                    .into());
                 }
             }
         }
         let kept = open_kept(&self.config, fsync, &self.hook).await?;
+        self.check_reopened(&kept.store, false)?;
         self.status.set_store(kept.store.gauge());
         Ok(kept)
+    }
+
+    /// A store opened again between roles must still hold the log this node last reported
+    /// (`self.log`, what elections compared) and be no more damaged than it was. Its recovery
+    /// cuts the journal at a frame that no longer matches its CRC (bit rot, a misdirected
+    /// write) and may mark the copy damaged: elected on the longer log, such a node would
+    /// serve the cut one and make every slave truncate confirmed records to it; as a slave
+    /// it would count as whole in elections. Either is a store failure: the node leaves the
+    /// cluster, and once restarted it registers marked damaged and catches up.
+    fn check_reopened(&self, store: &Store, was_damaged: bool) -> anyhow::Result<()> {
+        let now = log_state(store);
+        let cut = now.position < self.log.position
+            || (now.position == self.log.position && now.epoch != self.log.epoch);
+        let newly_damaged = !was_damaged && store.damage().is_some();
+        if cut || newly_damaged {
+            return Err(BrokerError::StoreFailed(format!(
+                "the store opened again holds less than this node reported (position {} of \
+                 epoch {} against {} of epoch {}{}): it leaves the cluster so that it is not \
+                 elected on records it no longer has; restarted, it rejoins marked damaged and \
+                 catches up",
+                now.position,
+                now.epoch,
+                self.log.position,
+                self.log.epoch,
+                if newly_damaged {
+                    ", and it is now marked damaged"
+                } else {
+                    ""
+                }
+            ))
+            .into());
+        }
+        Ok(())
     }
 
     /// The store and recovered state a master starts from: the open store of the previous
@@ -697,17 +746,32 @@ impl Lifecycle {
         &mut self,
         fsync: bool,
     ) -> anyhow::Result<(Store, crate::store::Recovered, watch::Receiver<Position>)> {
+        let mut was_damaged = false;
         if let Some(mut kept) = self.kept.take() {
             let recovered = tokio::task::block_in_place(|| kept.store.recover_open(fsync));
             match recovered {
                 Ok(recovered) => return Ok((kept.store, recovered, kept.durable)),
+                Err(e) if kept.store.failure().is_some() => {
+                    close_store(kept.store).await;
+                    return Err(BrokerError::StoreFailed(format!(
+                        "taking over the open store failed: {e}"
+                    ))
+                    .into());
+                }
                 Err(e) => {
+                    // A live message that cannot be read back (a frame that fails its CRC,
+                    // say): a reopen's recovery decides what the journal still holds.
                     tracing::warn!(node = %self.node, error = %e, "cannot take over the open store; reopening it");
+                    was_damaged = kept.store.damage().is_some();
                     close_store(kept.store).await;
                 }
             }
         }
         let opened = open_hooked(&self.config, fsync, &self.hook).await?;
+        if let Err(e) = self.check_reopened(&opened.0, was_damaged) {
+            close_store(opened.0).await;
+            return Err(e);
+        }
         self.status.set_store(opened.0.gauge());
         Ok(opened)
     }

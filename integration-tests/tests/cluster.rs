@@ -136,6 +136,43 @@ fn send_raw(client: &mut StompClient, queue: &str, prefix: &str, count: usize) -
         .collect()
 }
 
+/// Sends `count` persistent messages of 64 KiB, `"big-{i} xxx..."`, each waiting for its
+/// RECEIPT (10 MiB for 160: enough batches after an early frame that cutting them marks a
+/// cluster node's journal damaged). Returns their first words, as [`drain_first_words`] counts.
+fn send_big(client: &mut StompClient, queue: &str, count: usize) -> Vec<String> {
+    let pad = "x".repeat(64 << 10);
+    (0..count)
+        .map(|i| {
+            let body = format!("big-{i} {pad}");
+            client
+                .send_persistent(queue, body.as_bytes())
+                .unwrap_or_else(|e| panic!("receipted send of big-{i}: {e:#}"));
+            format!("big-{i}")
+        })
+        .collect()
+}
+
+/// Drains `queue` from node `n`, counting each message by its body's first word.
+fn drain_first_words(cluster: &Cluster, n: usize, queue: &str) -> BTreeMap<String, usize> {
+    drain(cluster, n, queue)
+        .expect("consuming")
+        .into_iter()
+        .map(|(body, count)| (body.split(' ').next().unwrap_or("").to_owned(), count))
+        .collect()
+}
+
+/// Node `i`'s journal segment files, oldest first.
+fn journal_segments(cluster: &Cluster, i: usize) -> Vec<std::path::PathBuf> {
+    let data = cluster.nodes[i].dir.join("data");
+    let mut segments: Vec<_> = std::fs::read_dir(&data)
+        .unwrap_or_else(|e| panic!("node {i}'s store {}: {e}", data.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    segments.sort();
+    segments
+}
+
 /// Sends persistent messages `"{prefix}-{i}"` with the raw client, one at a time, each waiting
 /// for its RECEIPT, until a send fails (an ERROR, the connection closed); counts them in `sent`.
 /// Returns the bodies confirmed.
@@ -2233,28 +2270,17 @@ fn a_node_whose_journal_was_cut_after_corruption_elects_nobody_alone_zk38() {
     send_raw(&mut client, queue, "before", 5);
     // Node c falls behind; the master and node a confirm 10 MiB more.
     cluster.kill9(c);
-    let pad = "x".repeat(64 << 10);
     let mut confirmed: Vec<String> = (0..5).map(|i| format!("before-{i}")).collect();
-    for i in 0..160 {
-        let body = format!("big-{i} {pad}");
-        client
-            .send_persistent(queue, body.as_bytes())
-            .unwrap_or_else(|e| panic!("receipted send of big-{i}: {e:#}"));
-        confirmed.push(format!("big-{i}"));
-    }
+    confirmed.extend(send_big(&mut client, queue, 160));
     drop(client);
     cluster.kill9(m);
     cluster.kill9(a);
 
     // A byte flipped in the first frame of node a's oldest segment.
-    let data = cluster.nodes[a].dir.join("data");
-    let mut segments: Vec<_> = std::fs::read_dir(&data)
-        .expect("node a's store")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+    let segments: Vec<_> = journal_segments(&cluster, a)
+        .into_iter()
         .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 64))
         .collect();
-    segments.sort();
     let oldest = segments.first().expect("a journal segment");
     let mut bytes = std::fs::read(oldest).unwrap();
     bytes[13] ^= 0x10;
@@ -2319,12 +2345,109 @@ fn a_node_whose_journal_was_cut_after_corruption_elects_nobody_alone_zk38() {
         "node a should count again once caught up:\n{}",
         logs(&cluster, a, from_a)
     );
-    let counts: BTreeMap<String, usize> = drain(&cluster, n, queue)
-        .expect("consuming")
-        .into_iter()
-        .map(|(body, count)| (body.split(' ').next().unwrap_or("").to_owned(), count))
-        .collect();
+    let counts = drain_first_words(&cluster, n, queue);
     check_exactly_once("damaged journal", &counts, &confirmed, &[]);
+}
+
+/// A slave elected after the master dies reads its open store back to serve it. If a frame of a
+/// live message no longer matches its CRC (bit rot under a running node), reopening the store
+/// cuts the journal there, short of the log the node was elected on. Such a node must leave
+/// rather than serve the cut journal: as master it would make every other node truncate the
+/// confirmed records after the cut. Here the slave an election prefers (the lower znode
+/// sequence, the logs being equal) rots; it leaves, the old master comes back and a whole node
+/// is elected, the rotted node rejoins marked damaged and catches up, and every confirmed
+/// message is consumed exactly once.
+#[test]
+fn a_slave_whose_open_journal_rotted_leaves_rather_than_serve_it_zk38() {
+    let mut cluster = Cluster::start(ZkVersion::V3_8, 3);
+    let m = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let queue = "/queue/rotted";
+    let mut client = cluster.client(m).expect("a client of the master");
+    let mut confirmed = send_raw(&mut client, queue, "before", 5);
+    confirmed.extend(send_big(&mut client, queue, 160));
+    drop(client);
+    // Both slaves hold the whole journal before anything rots.
+    let end = |i: usize| -> Option<u64> {
+        let admin = cluster.nodes[i].broker.admin_addr()?;
+        let text = http_get(&admin, "/metrics").ok()?.1;
+        metric_value(&text, "ferromq_journal_end_bytes")
+    };
+    let master_end = end(m).expect("the master's journal end");
+    let slaves: Vec<usize> = (0..3).filter(|&i| i != m).collect();
+    assert!(
+        wait_until(deadline(ELECTION), || slaves
+            .iter()
+            .all(|&s| end(s) == Some(master_end))),
+        "the slaves did not reach the master's journal end {master_end}: {:?}",
+        slaves.iter().map(|&s| end(s)).collect::<Vec<_>>()
+    );
+    // The slave whose znode has the lower sequence wins the tie.
+    let mut by_sequence: Vec<(String, usize)> = cluster
+        .znodes()
+        .into_iter()
+        .filter_map(|z| {
+            let data = cluster.zkcli(&["get", &format!("{ZK_PATH}/{z}")]);
+            let s = *slaves.iter().find(|&&s| {
+                cluster
+                    .node_id(s)
+                    .is_some_and(|id| data.contains(&format!("\"node\":\"{id}\"")))
+            })?;
+            Some((z[z.len().saturating_sub(10)..].to_string(), s))
+        })
+        .collect();
+    by_sequence.sort();
+    assert_eq!(by_sequence.len(), 2, "the slaves' znodes: {by_sequence:?}");
+    let a = by_sequence[0].1;
+    // One byte of the first message's body flipped in node a's journal, under the running
+    // process (its page cache sees the change).
+    let (path, at) = journal_segments(&cluster, a)
+        .iter()
+        .find_map(|path| {
+            let bytes = std::fs::read(path).ok()?;
+            let at = bytes.windows(8).position(|w| w == b"before-0")?;
+            Some((path.clone(), at))
+        })
+        .expect("the first message's body in node a's journal");
+    let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(at as u64)).unwrap();
+    std::io::Write::write_all(&mut file, b"B").unwrap();
+
+    let from_a = cluster.log_len(a);
+    cluster.kill9(m);
+    assert_left_with_error(
+        &mut cluster,
+        a,
+        "its journal rotted under it",
+        &["holds less than this node reported"],
+    );
+    let logs_a = cluster.logs_since(a, from_a).join("\n");
+    assert!(
+        !logs_a.contains("role change: master"),
+        "node {a} served a journal cut short of the log it was elected on:\n{logs_a}"
+    );
+
+    cluster.restart(m).expect("restarting the old master");
+    let n = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("with the old master back: {e:#}"));
+    assert_ne!(n, a);
+    let from_a = cluster.log_len(a);
+    cluster.restart(a).expect("restarting the rotted node");
+    let repaired = wait_until(deadline(ELECTION), || {
+        cluster
+            .logs_since(a, from_a)
+            .iter()
+            .any(|l| l.contains("counts in elections again"))
+    });
+    let logs_a = cluster.logs_since(a, from_a).join("\n");
+    assert!(
+        repaired && logs_a.contains("store is marked damaged"),
+        "node {a} should come back marked damaged and count again once caught up:\n{logs_a}"
+    );
+    let counts = drain_first_words(&cluster, n, queue);
+    check_exactly_once("a rotted slave", &counts, &confirmed, &[]);
 }
 
 /// A node whose `hostname` (the address it advertises as master) does not resolve says so at
