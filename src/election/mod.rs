@@ -1532,12 +1532,16 @@ impl Core {
         }
         s.renewal_in_flight = true;
         s.renew_at = None;
-        let read = s.client.check_stat(&s.path);
+        let (client, path) = (s.client.clone(), s.path.clone());
         let events = self.events.clone();
         let incarnation = s.incarnation;
         tokio::spawn(async move {
-            // Our own znode: it exists while the session does.
-            let ok = matches!(read.await, Ok(Some(_)));
+            // A `sync` first: the server answers it only through the ensemble's leader, which
+            // expires sessions. A read alone may be answered by a follower cut off from the
+            // leader (for up to `syncLimit` ticks) while the leader expires this session.
+            // Then our own znode: it exists while the session does.
+            let ok = client.sync(&path).await.is_ok()
+                && matches!(client.check_stat(&path).await, Ok(Some(_)));
             let _ = events.send(Event::Renewed {
                 incarnation,
                 sent: now,
