@@ -811,6 +811,16 @@ struct Session {
     renew_at: Option<Instant>,
 }
 
+impl Session {
+    /// Our znode, as last written, publishes no final position (`position: -1`).
+    fn withdrew_position(&self) -> bool {
+        self.written
+            .as_deref()
+            .and_then(|json| MemberData::parse(json.as_bytes()).ok())
+            .is_some_and(|data| data.position < 0)
+    }
+}
+
 /// A complete picture of our cluster's registered members, sorted by sequence.
 struct View {
     members: Vec<ViewMember>,
@@ -1727,6 +1737,13 @@ impl Core {
                      to vanish"
                 )),
                 Some(eid) => match view.get(eid).and_then(|m| m.data.serving_master()) {
+                    // Only once our znode says `position: -1`: a slave acknowledges records
+                    // past its last final report, which an election would otherwise still
+                    // compare as final (the write failed, or this node is cut off from
+                    // ZooKeeper) and so could elect a node lacking what this one confirmed.
+                    Some(_) if !s.withdrew_position() => Role::candidate(
+                        "waiting for our znode to withdraw our final position before following",
+                    ),
                     Some((address, epoch)) => Role::Slave {
                         master: address.to_owned(),
                         epoch,
