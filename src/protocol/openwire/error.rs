@@ -94,6 +94,17 @@ pub enum CodecError {
         /// The maximum depth.
         max: u32,
     },
+    /// More primitive values than the codec decodes in one frame (a guard against hostile
+    /// input that would decode into many times its size).
+    #[error("{what} at offset {offset} holds more than {max} values")]
+    TooManyValues {
+        /// The field being decoded.
+        what: &'static str,
+        /// Where the value past the limit starts.
+        offset: usize,
+        /// The maximum count.
+        max: u32,
+    },
     /// An OpenWire version this codec does not marshal.
     #[error(
         "OpenWire version {version} is not supported (ferromq speaks versions {min} to {max})"

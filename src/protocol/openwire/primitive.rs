@@ -128,8 +128,8 @@ impl PrimitiveMap {
 pub(crate) fn read_map(r: &mut Reader<'_>, what: &'static str) -> Result<PrimitiveMap, CodecError> {
     let count = r.i32(what)?;
     let count = usize::try_from(count).unwrap_or(0);
-    // Each entry takes at least 3 bytes (key length and type): bound the allocation.
-    let mut entries = Vec::with_capacity(count.min(r.remaining() / 3));
+    // Grown as entries arrive: an announced count is no promise (see `MAX_VALUES`).
+    let mut entries = Vec::with_capacity(count.min(INITIAL_CAPACITY));
     for _ in 0..count {
         let key = r.utf(what)?;
         let value = read_value(r, what)?;
@@ -138,8 +138,12 @@ pub(crate) fn read_map(r: &mut Reader<'_>, what: &'static str) -> Result<Primiti
     Ok(PrimitiveMap { entries })
 }
 
+/// The most entries a map or list reserves room for before any arrives.
+const INITIAL_CAPACITY: usize = 64;
+
 fn read_value(r: &mut Reader<'_>, what: &'static str) -> Result<PrimitiveValue, CodecError> {
     let at = r.offset();
+    r.count_value(what)?;
     let value = match r.u8(what)? {
         NULL => PrimitiveValue::Null,
         BOOLEAN => PrimitiveValue::Bool(r.bool(what)?),
@@ -178,7 +182,7 @@ fn read_value(r: &mut Reader<'_>, what: &'static str) -> Result<PrimitiveValue, 
         LIST => {
             r.enter(what)?;
             let count = usize::try_from(r.i32(what)?).unwrap_or(0);
-            let mut list = Vec::with_capacity(count.min(r.remaining()));
+            let mut list = Vec::with_capacity(count.min(INITIAL_CAPACITY));
             for _ in 0..count {
                 list.push(read_value(r, what)?);
             }

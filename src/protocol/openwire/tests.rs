@@ -756,6 +756,27 @@ fn hostile_nesting_is_bounded() {
     assert!(decode(&frame[..], V12).is_err());
 }
 
+/// A primitive map announcing a list of 2^31 - 1 items, followed by a few million one-byte
+/// nulls: refused once it holds more than `MAX_VALUES` values, without reserving room for the
+/// announced count (each null would take tens of bytes in memory: a 100 MiB frame of them,
+/// within the default frame limit, would decode into gigabytes).
+#[test]
+fn a_primitive_map_of_millions_of_values_is_refused() {
+    let mut blob = vec![0, 0, 0, 1, 0, 1, b'a', 12];
+    blob.extend_from_slice(&i32::MAX.to_be_bytes());
+    blob.resize(blob.len() + (1 << 21), 0);
+    assert!(matches!(
+        PrimitiveMap::decode(&blob),
+        Err(CodecError::TooManyValues { .. })
+    ));
+    // A million values are still decoded.
+    let mut blob = vec![0, 0, 0, 1, 0, 1, b'a', 12];
+    blob.extend_from_slice(&((1 << 20) - 1i32).to_be_bytes());
+    blob.resize(blob.len() + (1 << 20) - 1, 0);
+    let map = PrimitiveMap::decode(&blob).unwrap();
+    assert!(matches!(&map.entries[0].1, PrimitiveValue::List(l) if l.len() == (1 << 20) - 1));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Property tests
 // ---------------------------------------------------------------------------------------------

@@ -15,6 +15,12 @@ use super::error::CodecError;
 /// spends roughly 25 KiB of stack per level).
 pub(crate) const MAX_DEPTH: u32 = 16;
 
+/// How many primitive values (map entries, list items, nested ones included) one reader
+/// decodes at most. A value takes as little as one byte on the wire and tens of bytes in
+/// memory, so a frame within the size limit could otherwise decode into many times its size
+/// (a list of a hundred million nulls: gigabytes). Real message properties hold a few dozen.
+pub(crate) const MAX_VALUES: u32 = 1 << 20;
+
 /// A cursor over a byte slice whose every read is bounds-checked.
 pub(crate) struct Reader<'a> {
     buf: &'a [u8],
@@ -22,6 +28,8 @@ pub(crate) struct Reader<'a> {
     /// Added to `pos` in error offsets, when `buf` is a slice of a larger frame.
     base: usize,
     depth: u32,
+    /// Primitive values decoded so far (see [`MAX_VALUES`]).
+    values: u32,
 }
 
 impl<'a> Reader<'a> {
@@ -31,6 +39,7 @@ impl<'a> Reader<'a> {
             pos: 0,
             base,
             depth: 0,
+            values: 0,
         }
     }
 
@@ -155,6 +164,19 @@ impl<'a> Reader<'a> {
             });
         }
         self.depth += 1;
+        Ok(())
+    }
+
+    /// Counts one more primitive value; fails past [`MAX_VALUES`].
+    pub(crate) fn count_value(&mut self, what: &'static str) -> Result<(), CodecError> {
+        if self.values >= MAX_VALUES {
+            return Err(CodecError::TooManyValues {
+                what,
+                offset: self.offset(),
+                max: MAX_VALUES,
+            });
+        }
+        self.values += 1;
         Ok(())
     }
 
