@@ -240,10 +240,10 @@ async fn open_hooked(
             hook(position);
         }
     });
-    let (mut store, recovered) = open_store_with(config, fsync, on_durable).await?;
-    // A record past the quorum-confirmed position may be cut by a new master: what it made
-    // releasable must stay until it is confirmed.
-    store.hold_releases_until_confirmed();
+    // A cluster node's store holds its releases until confirmed, from the open on
+    // (`StoreOptions::hold_releases`): a record past the quorum-confirmed position may be cut by
+    // a new master, and what it made releasable must stay until it is confirmed.
+    let (store, recovered) = open_store_with(config, fsync, on_durable).await?;
     Ok((store, recovered, durable))
 }
 

@@ -223,6 +223,7 @@ pub(crate) async fn open_store_with(
         fsync,
         recovered_bodies: config.broker.memory_limit,
         only_copy: config.is_standalone(),
+        hold_releases: !config.is_standalone(),
     };
     let directory = options.directory.clone();
     tokio::task::spawn_blocking(move || Store::open(options, on_durable))

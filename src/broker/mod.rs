@@ -704,6 +704,7 @@ impl Broker {
                 log_size: 1 << 20,
                 fsync: false,
                 only_copy: false,
+                hold_releases: false,
                 recovered_bodies: options.memory_limit,
             },
             || confirm.callback(),

@@ -42,6 +42,7 @@ fn open_seeded(dir: &Path, log_size: u64, seed: bool) -> Node {
             log_size,
             fsync: false,
             only_copy: false,
+            hold_releases: false,
             recovered_bodies: u64::MAX,
         },
         Box::new(move |p| {

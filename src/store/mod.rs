@@ -67,6 +67,11 @@ pub struct StoreOptions {
     pub fsync: bool,
     /// See [`JournalOptions::only_copy`].
     pub only_copy: bool,
+    /// A cluster node's store: a segment is released only once the records that made it
+    /// releasable are confirmed by the quorum ([`Store::hold_releases_until_confirmed`]), from
+    /// the open on. What made a segment releasable at open may be an unconfirmed tail that a
+    /// new master cuts, which would leave this copy without records it needs.
+    pub hold_releases: bool,
     /// Bytes of message bodies [`Recovered`] carries; the bodies of later messages are left in
     /// the journal (see [`Recovered::bodies_on_disk_from`]). `u64::MAX`: all of them.
     pub recovered_bodies: u64,
@@ -454,7 +459,7 @@ impl Store {
             forward_limit: (options.log_size / 2).clamp(64, 16 << 20) as usize,
             forwarded_records: 0,
             awaiting_forward: None,
-            confirmed: None,
+            confirmed: options.hold_releases.then_some(Position(0)),
             held_releases: std::collections::VecDeque::new(),
             index_rebuilt: rebuild.is_some() && !journal_empty,
             index_replayed: replayed,

@@ -18,6 +18,7 @@ fn options(dir: &Path, log_size: u64, fsync: bool) -> StoreOptions {
         log_size,
         fsync,
         only_copy: false,
+        hold_releases: false,
         recovered_bodies: u64::MAX,
     }
 }
@@ -1031,6 +1032,47 @@ fn a_segment_freed_by_an_unconfirmed_record_stays_until_it_is_confirmed() {
     wait_durable(&rx, store.end());
     // The writer runs a batch's releases just after reporting it durable.
     wait_oldest_beyond(&store, Position(0), "segment A never released");
+}
+
+/// A cluster node's store holds releases from its open on. Here a segment was made
+/// releasable only by an ack no quorum confirmed, written just before the node stopped: it is
+/// still there after the restart, so the truncation of that ack at a new master's login
+/// brings its message back. (Anonymous messages: a producer's audit entry would keep the
+/// segment anyway.)
+#[test]
+fn a_cluster_store_holds_the_releases_it_finds_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = |dir: &Path| StoreOptions {
+        hold_releases: true,
+        ..options(dir, 100, true)
+    };
+    let (mut store, _, rx) = open_with(cluster(dir.path()));
+    let append = |store: &mut Store, id: &str| {
+        let position = store
+            .append(&record(1, vec![add_entry(&["q"], message(id, "", 0))]))
+            .unwrap();
+        MessageKey::new(position, 0)
+    };
+    let m = append(&mut store, "confirmed"); // segment A
+    append(&mut store, "keep"); // segment B (A is complete)
+    wait_durable(&rx, store.end());
+    let shared = store.end();
+    store.set_confirmed(shared);
+    remove(&mut store, "q", m); // an ack no quorum confirmed, in segment B
+    wait_durable(&rx, store.end());
+    assert_eq!(store.oldest(), Position(0));
+    store.close().unwrap();
+
+    let (mut store, _, rx) = open_with(cluster(dir.path()));
+    append(&mut store, "later"); // an append: any release found at open has run by its end
+    wait_durable(&rx, store.end());
+    assert_eq!(
+        store.oldest(),
+        Position(0),
+        "segment A released at open, before the removal that freed it was confirmed"
+    );
+    store.truncate(shared).unwrap();
+    assert_eq!(store.stats().live_messages, 2);
 }
 
 /// Polls (10 s deadline) until the journal's oldest segment starts after `position`.

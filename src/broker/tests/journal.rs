@@ -14,6 +14,7 @@ fn open_store(
             log_size: 1 << 20,
             fsync: false,
             only_copy: false,
+            hold_releases: false,
             recovered_bodies: u64::MAX,
         },
         on_durable,

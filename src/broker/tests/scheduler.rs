@@ -381,6 +381,7 @@ async fn a_delayed_message_stored_at_its_queue_by_an_older_version_is_held_until
                 log_size: 1 << 20,
                 fsync: false,
                 only_copy: false,
+                hold_releases: false,
                 recovered_bodies: u64::MAX,
             },
             Box::new(move |p| {
