@@ -1428,12 +1428,14 @@ impl State {
                 .map(|(t, _)| *t)
                 .collect(),
         };
+        let transaction = frame.get("transaction");
+        // The core first: an ACK it refuses (an unknown transaction, say) leaves the
+        // deliveries awaiting their ACK here as there.
+        let confirmation = self.session.ack(tag, scope, transaction)?;
         let taken: Vec<_> = covered
             .into_iter()
             .filter_map(|t| self.unacked.remove(&t).map(|entry| (t, entry)))
             .collect();
-        let transaction = frame.get("transaction");
-        let confirmation = self.session.ack(tag, scope, transaction)?;
         if let Some(tx) = transaction {
             self.acked_in
                 .entry(tx.to_string())
@@ -1468,13 +1470,17 @@ impl State {
             ));
         }
         let tag = self.acked_tag(frame)?;
-        let Some((subscription, _)) = self.unacked.remove(&tag) else {
+        let Some((subscription, _)) = self.unacked.get(&tag) else {
             return Err(BrokerError::UnknownDelivery(tag).into());
         };
-        if self.is_browser(&subscription) {
+        if self.is_browser(subscription) {
+            self.unacked.remove(&tag);
             return Ok(Confirmation::done());
         }
-        Ok(self.session.nack(tag, frame.get("transaction"))?)
+        // The core first, as for an ACK.
+        let confirmation = self.session.nack(tag, frame.get("transaction"))?;
+        self.unacked.remove(&tag);
+        Ok(confirmation)
     }
 
     fn is_browser(&self, subscription: &str) -> bool {

@@ -1101,7 +1101,7 @@ async fn one_job_delivered(broker: &Broker) -> (Peer, Frame) {
 }
 
 /// As ActiveMQ's STOMP: a well-formed frame the broker refuses (an ACK of an unknown delivery,
-/// an UNSUBSCRIBE or COMMIT of something that is not there, a bad selector or header value) gets
+/// an ACK or NACK of its delivery in a transaction that does not exist, an UNSUBSCRIBE or COMMIT of something that is not there, a bad selector or header value) gets
 /// an ERROR answering its receipt, and the connection carries on. Its unacknowledged delivery
 /// is not taken back and sent again, so the client's ACK of it still counts.
 #[tokio::test]
@@ -1110,9 +1110,15 @@ async fn a_refused_frame_leaves_the_connection_and_its_deliveries_alone() {
     let broker = Broker::start_for_tests(dir.path(), Default::default());
     let (mut consumer, delivery) = one_job_delivered(&broker).await;
     let ack = delivery.get("ack").unwrap().to_string();
+    let in_unknown_transaction = [
+        format!("ACK\nid:{ack}\ntransaction:nope"),
+        format!("NACK\nid:{ack}\ntransaction:nope"),
+    ];
     for (n, frame) in [
         "ACK\nid:424242",
         "NACK\nid:424242",
+        &in_unknown_transaction[0],
+        &in_unknown_transaction[1],
         "UNSUBSCRIBE\nid:nobody",
         "COMMIT\ntransaction:none",
         "ABORT\ntransaction:none",
