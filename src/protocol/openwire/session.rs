@@ -1724,6 +1724,17 @@ impl State {
                 for k in acks {
                     self.flush_consumer_ack(&k)?;
                 }
+                let confirmation = match self.session.commit(&key) {
+                    Ok(confirmation) => confirmation,
+                    Err(e) => {
+                        // As ActiveMQ's LocalTransaction: a commit the store refuses (full,
+                        // say) rolls the transaction back. The stock client then redelivers
+                        // what it acknowledged in it, and acknowledges those again: they stay
+                        // dispatched here.
+                        self.rollback(&key)?;
+                        return Err(e);
+                    }
+                };
                 for (consumer, tag, scope) in self.tx_acks.remove(&key).unwrap_or_default() {
                     if let Some(c) = self.consumers.get_mut(&consumer) {
                         match scope {
@@ -1737,7 +1748,7 @@ impl State {
                     }
                 }
                 self.begun.remove(&key);
-                self.session.commit(&key).map(Some)
+                Ok(Some(confirmation))
             }
             // ROLLBACK.
             4 => self.rollback(&key).map(|()| None),

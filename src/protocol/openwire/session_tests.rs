@@ -680,6 +680,66 @@ async fn a_send_at_the_store_limit_is_refused_with_resource_allocation_exception
     assert!(matches!(c.request(light).await, Command::Response(_)));
 }
 
+/// A commit the store refuses (full, under `send_fail_if_no_space`) rolls the transaction
+/// back, as ActiveMQ's does: the stock client then redelivers what it acknowledged in it and
+/// acknowledges it again in its next transaction, whose commit consumes it. (The transaction
+/// was left open while this connection forgot its acknowledgements, so the second ack was
+/// ignored and the message came back when the connection ended.)
+#[tokio::test]
+async fn a_commit_the_store_refuses_rolls_the_transaction_back() {
+    let f = fixture_with(
+        &[],
+        BrokerOptions {
+            store_limit: 2 << 20,
+            send_fail_if_no_space: true,
+            ..BrokerOptions::default()
+        },
+    );
+    let conn = "ID:t-11:1";
+    let mut c = Client::connected(&f, conn).await;
+    let ids = three_dispatched(&mut c, conn).await;
+    let acked_in = |tx: &TransactionId| {
+        let mut ack = ranged_ack(conn, 2, &ids[0], &ids[0]);
+        if let Command::MessageAck(a) = &mut ack {
+            a.transaction_id = Some(tx.clone());
+        }
+        ack
+    };
+    let tx = local_tx(conn, 1);
+    c.write(&tx_info(conn, &tx, 0, 0)).await;
+    c.write(&acked_in(&tx)).await;
+    c.write(&in_tx(text(conn, "txq", 100, "in tx"), &tx)).await;
+    let body = "b".repeat(64 * 1024);
+    let filled = async {
+        for sequence in 1..64 {
+            if let Command::ExceptionResponse(_) =
+                c.request(text(conn, "full", sequence, &body)).await
+            {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(filled.await, "64 messages of 64 KiB fill a 2 MiB store");
+    let answer = commit(&mut c, conn, &tx).await;
+    assert!(
+        matches!(answer, Command::ExceptionResponse(_)),
+        "{answer:?}"
+    );
+    let tx2 = local_tx(conn, 2);
+    c.write(&tx_info(conn, &tx2, 0, 0)).await;
+    c.write(&acked_in(&tx2)).await;
+    let answer = commit(&mut c, conn, &tx2).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    drop(c);
+    // m2 and m3 go back to the queue; m1 was consumed by the second transaction.
+    eventually("m1 consumed, m2 and m3 back", || {
+        f.broker.queue_depth("queue://ranged") == 2
+    })
+    .await;
+    assert_eq!(f.broker.queue_depth("queue://txq"), 0);
+}
+
 /// An asynchronous send outside a transaction that the broker refuses is reported to the
 /// connection (its exception listener) with a ConnectionError instead of vanishing.
 #[tokio::test]
