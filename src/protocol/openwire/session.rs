@@ -873,13 +873,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Command::ConsumerControl(control) => {
                 if let Some(cid) = &control.consumer_id {
                     let key = cid.to_string();
-                    if let Some(c) = state
-                        .consumers
-                        .get_mut(&key)
-                        .filter(|c| !c.inert && !c.browser)
-                    {
+                    if let Some(c) = state.consumers.get_mut(&key).filter(|c| !c.inert) {
                         c.prefetch = control.prefetch.clamp(0, MAX_PREFETCH) as u32;
-                        let _ = state.session.set_prefetch(&key, c.prefetch);
+                        if !c.browser {
+                            let _ = state.session.set_prefetch(&key, c.prefetch);
+                        } else if c.prefetch > 0 {
+                            // A browser's window is this connection's alone (the core never
+                            // sees a browser): the stock client replays an open browser with
+                            // prefetch 0 after a failover and gives its window back with this
+                            // command.
+                            self.fill_browser(state, &key)?;
+                        }
                     }
                 }
                 Ok(None)

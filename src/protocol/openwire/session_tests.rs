@@ -1206,6 +1206,52 @@ async fn a_destination_name_with_a_newline_or_nul_is_refused() {
     assert!(f.broker.queue_stats().is_empty());
 }
 
+/// The stock client replays an open QueueBrowser after a failover with prefetch 0, then gives
+/// its window back with a ConsumerControl (as for any consumer): the browser then gets its
+/// copies and the end of the browse. (The ConsumerControl was ignored for browsers, and
+/// `hasMoreElements()`, which sends no pull, waited for ever.)
+#[tokio::test]
+async fn a_browser_replayed_with_prefetch_0_gets_its_window_back_with_consumer_control() {
+    let f = fixture(&[]);
+    let conn = "ID:t-browse:1";
+    let mut c = Client::connected(&f, conn).await;
+    for n in 1..=3 {
+        c.request(text(conn, "browsed", n, &format!("m{n}"))).await;
+    }
+    let Command::ConsumerInfo(mut browser) = subscribe(conn, 1, "browsed", 0) else {
+        unreachable!()
+    };
+    browser.browser = true;
+    let answer = c.request(Command::ConsumerInfo(browser)).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    c.write(&Command::ConsumerControl(
+        crate::protocol::openwire::ConsumerControl {
+            consumer_id: Some(consumer(conn, 1)),
+            destination: Some(OwDestination::queue("browsed")),
+            prefetch: 500,
+            ..Default::default()
+        },
+    ))
+    .await;
+    let copies: Vec<Option<String>> = [c.next().await, c.next().await, c.next().await]
+        .iter()
+        .map(body_of)
+        .collect();
+    assert_eq!(
+        copies,
+        [Some("m1".into()), Some("m2".into()), Some("m3".into())]
+    );
+    let Command::MessageDispatch(end) = c.next().await else {
+        panic!("expected the browse's end")
+    };
+    assert!(end.message.is_none(), "{end:?}");
+    assert_eq!(
+        f.broker.queue_depth("queue://browsed"),
+        3,
+        "a browse takes nothing"
+    );
+}
+
 /// A consumer on a composite queue (`a,b`) gets what is sent to either member; a browser on
 /// one is refused, naming it (a browser takes one queue).
 #[tokio::test]
