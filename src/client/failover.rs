@@ -92,18 +92,21 @@ pub(crate) fn connect_order(
 /// Whether a broker's ERROR `message` says the broker cannot serve now (not the master, no
 /// quorum, its store failed, shutting down): then the request it names is not refused, the
 /// client fails over and sends it again. Any other ERROR that names a request (by `receipt-id`)
-/// refuses that request.
+/// refuses that request. Only how the message starts counts: a refusal quotes what the
+/// client wrote (a destination, a selector), which may contain any of these words.
 pub(crate) fn broker_unavailable(message: &str) -> bool {
-    const MARKERS: &[&str] = &[
+    const PREFIXES: &[&str] = &[
         "not the master",
+        "this node is not the master",
         "not master",
-        "quorum",
-        "shutting down",
-        "store failed",
-        "unavailable",
+        "no quorum",
+        "the broker is shutting down",
+        "the node is shutting down",
+        "the store failed",
+        "broker unavailable",
     ];
-    let message = message.to_ascii_lowercase();
-    MARKERS.iter().any(|m| message.contains(m))
+    let message = message.trim_start().to_ascii_lowercase();
+    PREFIXES.iter().any(|p| message.starts_with(p))
 }
 
 #[cfg(test)]
@@ -240,6 +243,16 @@ mod tests {
         ));
         assert!(!broker_unavailable(
             "invalid destination 'x': use /queue/NAME or /topic/NAME"
+        ));
+        // Words of the client's own request, quoted in a refusal.
+        assert!(!broker_unavailable(
+            "invalid selector: state = 'unavailable' AND x: expected an operator, found end"
+        ));
+        assert!(!broker_unavailable(
+            "invalid destination 'quorum.not the master': use /queue/NAME or /topic/NAME"
+        ));
+        assert!(broker_unavailable(
+            "not the master: this node is a slave of tcp://a:1"
         ));
     }
 }

@@ -33,6 +33,12 @@ impl AckMode {
     }
 }
 
+/// Headers the client sets itself on SUBSCRIBE; the same names in
+/// [`SubscribeOptions::headers`] are dropped (a `receipt` of the caller's would be answered in
+/// place of the client's own, which then never resolves).
+const RESERVED_SUBSCRIBE_HEADERS: &[&str] =
+    &["id", "destination", "ack", "receipt", "content-length"];
+
 /// Options of one subscription.
 #[derive(Debug, Clone, Default)]
 pub struct SubscribeOptions {
@@ -44,7 +50,8 @@ pub struct SubscribeOptions {
     pub durable_name: Option<String>,
     /// A JMS message selector (the `selector` header).
     pub selector: Option<String>,
-    /// Extra SUBSCRIBE headers.
+    /// Extra SUBSCRIBE headers (not `id`, `destination`, `ack`, `receipt` or
+    /// `content-length`, which the client sets).
     pub headers: Vec<(String, String)>,
 }
 
@@ -64,7 +71,12 @@ impl SubscribeOptions {
         if let Some(selector) = &self.selector {
             frame = frame.header("selector", selector.as_str());
         }
-        frame.headers.extend(self.headers.iter().cloned());
+        frame.headers.extend(
+            self.headers
+                .iter()
+                .filter(|(name, _)| !RESERVED_SUBSCRIBE_HEADERS.contains(&name.as_str()))
+                .cloned(),
+        );
         frame
     }
 }
@@ -331,5 +343,29 @@ impl PendingAck {
             Err(oneshot::error::TryRecvError::Empty) => None,
             Err(oneshot::error::TryRecvError::Closed) => Some(Err(shared.terminal_error())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A caller's `receipt` header would be answered in place of the client's own (whose
+    /// request then never resolves), and its `id` would name another subscription.
+    #[test]
+    fn caller_headers_cannot_replace_what_the_client_sets() {
+        let options = SubscribeOptions {
+            headers: vec![
+                ("receipt".into(), "1".into()),
+                ("id".into(), "other".into()),
+                ("activemq.priority".into(), "5".into()),
+            ],
+            ..SubscribeOptions::default()
+        };
+        let frame = options.frame("sub-1", "/queue/a");
+        assert_eq!(frame.get("id"), Some("sub-1"));
+        assert_eq!(frame.headers.iter().filter(|(n, _)| n == "id").count(), 1);
+        assert!(frame.headers.iter().all(|(n, _)| n != "receipt"));
+        assert_eq!(frame.get("activemq.priority"), Some("5"));
     }
 }

@@ -408,9 +408,11 @@ fn parse_options(
                 options.startup_max_reconnect_attempts = parse_attempts(name, value)?;
             }
             "randomize" => options.randomize = parse_bool(name, value)?,
+            // As ActiveMQ's FailoverTransport: only a positive timeout limits (0 as -1).
             "timeout" => {
-                options.timeout =
-                    parse_minus_one(name, value, "-1 or milliseconds")?.map(Duration::from_millis)
+                options.timeout = parse_minus_one(name, value, "-1 or milliseconds")?
+                    .filter(|&ms| ms > 0)
+                    .map(Duration::from_millis)
             }
             _ => {
                 check_known(pair, query, &[FAILOVER_OPTIONS, FAILOVER_OPTIONS_IGNORED])?;
@@ -632,6 +634,9 @@ mod tests {
             FailoverUrl::parse("failover:tcp://a:1,tcp://b:2?randomize=false&timeout=-1").unwrap();
         assert_eq!(url.brokers, vec![addr("a", 1), addr("b", 2)]);
         assert!(!url.options.randomize);
+        assert_eq!(url.options.timeout, None);
+        // As ActiveMQ's FailoverTransport, 0 sets no timeout either (it used to fail at once).
+        let url = FailoverUrl::parse("failover:(tcp://a:1)?timeout=0").unwrap();
         assert_eq!(url.options.timeout, None);
 
         let url = FailoverUrl::parse("FAILOVER://(tcp://a:1)").unwrap();
