@@ -215,6 +215,27 @@ fn deferred_appends_are_written_by_the_flushing_caller_or_the_busy_writer() {
     assert_eq!(all_records(&journal), expected);
 }
 
+/// A batch holds at most `MAX_BATCH_BYTES`, or one larger frame alone: recovery takes at most
+/// that much after a bad frame for a torn write. A frame that would pass the bound starts a
+/// batch of its own (it used to join the batch, which could then hold 8 MiB plus a frame of
+/// up to 256 MiB, and a power loss tearing its start made a sealed only copy refuse to open).
+#[test]
+fn a_batch_never_holds_more_than_the_torn_write_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut journal, rx) = open(dir.path(), 64 << 20, true);
+    let before = journal.stats().batches;
+    let hold = journal.hold_writer();
+    // 7.9 MiB of small frames, then one of 300 KiB, all queued while the writer is held.
+    for n in 0..79 {
+        journal.append(&record(n, 100 << 10)).unwrap();
+    }
+    journal.append(&record(79, 300 << 10)).unwrap();
+    drop(hold);
+    wait_durable(&rx, journal.end());
+    assert_eq!(journal.stats().batches - before, 2);
+    journal.close().unwrap();
+}
+
 /// The owner of a journal can go away on the journal's own thread: its durable callback
 /// (a broker core confirmed from the writer thread) may hold the last handle. Dropping the
 /// journal there must not try to join that very thread, and what was written stays. The

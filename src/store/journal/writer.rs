@@ -126,6 +126,14 @@ impl Writer {
                 return self.finish_batch();
             }
             for command in commands {
+                // A batch holds at most MAX_BATCH_BYTES, or one larger frame alone: recovery
+                // takes what follows a bad frame for a torn write only within that bound.
+                if let Command::Append { bytes, .. } = &command {
+                    if !self.buffer.is_empty() && self.buffer.len() + bytes.len() > MAX_BATCH_BYTES
+                    {
+                        self.finish_batch()?;
+                    }
+                }
                 self.handle(command)?;
                 if self.buffer.len() >= MAX_BATCH_BYTES {
                     self.finish_batch()?;
