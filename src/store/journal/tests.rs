@@ -823,6 +823,32 @@ fn readers_see_only_written_positions() {
     assert_eq!(other_thread.join().unwrap(), record(1, 10));
 }
 
+/// A release that cannot delete its segment fails the journal, as a failed write does: the
+/// live state has let the segment go, and carrying on would release later segments as if it
+/// were gone, leaving a gap the next start reads as lost records.
+#[test]
+fn a_release_that_cannot_delete_its_segment_fails_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut journal, rx, _positions) = four_segments(dir.path(), true);
+    wait_durable(&rx, journal.end());
+    // The first segment's name taken by a directory that is not empty: deleting fails.
+    let first = segment_path(dir.path(), 0);
+    fs::remove_file(&first).unwrap();
+    fs::create_dir(&first).unwrap();
+    fs::write(first.join("keep"), b"x").unwrap();
+    journal.release(Position(0)).unwrap();
+    journal.append(&record(100, 50)).unwrap(); // its batch runs the release
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while journal.failure().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the journal carried on after a failed release"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(journal.append(&record(101, 50)).is_err());
+}
+
 #[test]
 fn release_waits_for_the_batch_and_leaves_tombstones_in_the_middle() {
     let dir = tempfile::tempdir().unwrap();

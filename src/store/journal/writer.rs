@@ -323,8 +323,10 @@ impl Writer {
     }
 
     /// Deletes a released segment, or truncates it to a tombstone when a segment with data
-    /// precedes it (see the journal's module docs). A failure here is logged, not fatal: the
-    /// segment merely stays on disk until it is released again after the next start.
+    /// precedes it (see the journal's module docs). A failure is a failure of the journal, like
+    /// a failed write: the live state has already let the segment go, so later releases would
+    /// count on it being gone, and a segment left with data before deleted ones would read as
+    /// a gap at the next start.
     fn release(&mut self, start: u64) -> Result<(), StoreError> {
         let directory = self.shared.directory.clone();
         let mut map = self.shared.segments.write().unwrap();
@@ -356,7 +358,7 @@ impl Writer {
         };
         if let Err(e) = result {
             error!("releasing journal segment {}: {e}", path.display());
-            return Ok(());
+            return Err(e);
         }
         // A tombstone right after what was just released is now redundant.
         let next_tombstone = map
@@ -374,9 +376,9 @@ impl Writer {
         drop(map);
         if self.fsync {
             // The next release may depend on this one having happened (see store::state).
-            if let Err(e) = sync_directory(&directory) {
+            sync_directory(&directory).inspect_err(|e| {
                 error!("after releasing journal segment {}: {e}", path.display());
-            }
+            })?;
         }
         self.shared.released.fetch_add(1, Ordering::Relaxed);
         debug!(file = %path.display(), "released journal segment");
