@@ -49,6 +49,8 @@ const MAX_HEAD: usize = 8 * 1024;
 const MAX_BODY: usize = 64 * 1024;
 /// A client has this long to send its request head.
 const READ_DEADLINE: Duration = Duration::from_secs(5);
+/// A client has this long to take the response.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// Requests answered at once; past that, connections wait to be accepted, so a flood of
 /// admin connections cannot take the open files kept for the store (see `files`).
 const REQUESTS_AT_ONCE: usize = 32;
@@ -238,8 +240,7 @@ async fn answer(
                 let drained = tokio::io::copy(&mut unread, &mut sink);
                 if tokio::time::timeout(READ_DEADLINE, drained).await.is_err() {
                     let response = Response::text(408, "request body not received in time\n");
-                    stream.write_all(&response.to_bytes()).await?;
-                    return stream.shutdown().await;
+                    return write_response(&mut stream, &response).await;
                 }
                 let view = View::of(status, mode);
                 let mut response = match Operation::of(&request.path) {
@@ -252,8 +253,24 @@ async fn answer(
             }
         },
     };
-    stream.write_all(&response.to_bytes()).await?;
-    stream.shutdown().await
+    write_response(&mut stream, &response).await
+}
+
+/// Writes `response` and closes, within [`WRITE_DEADLINE`]: a client that stops reading (a hung
+/// scraper, a slow network) must not keep one of the [`REQUESTS_AT_ONCE`] places for good, or
+/// enough of them would leave `/ready` and `/health` unanswered.
+async fn write_response(stream: &mut TcpStream, response: &Response) -> std::io::Result<()> {
+    let written = async {
+        stream.write_all(&response.to_bytes()).await?;
+        stream.shutdown().await
+    };
+    match tokio::time::timeout(WRITE_DEADLINE, written).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client did not read the response in time",
+        )),
+    }
 }
 
 /// The request head (through the blank line), or what arrived of it when the client stopped
@@ -1254,6 +1271,23 @@ mod tests {
             .unwrap();
         assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
         task.abort();
+    }
+
+    /// A client that stops reading (a hung scraper) gives its request's place back once the
+    /// write deadline passes; without it, 32 of them left `/ready` unanswered for good.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_does_not_read_the_response_gives_its_place_back() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        // Far more than the socket buffers hold: the write blocks while the client reads
+        // nothing.
+        let response = Response::text(200, &"x".repeat(64 << 20));
+        let result = write_response(&mut server, &response).await;
+        assert_eq!(result.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+        drop(client);
     }
 
     /// HEAD answers GET's status and headers, Content-Length the length GET's body has, and
