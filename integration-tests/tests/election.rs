@@ -743,3 +743,74 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// With `zk_password`, ActiveMQ's digest authentication: the nodes elect as usual, their
+/// znodes readable only with the password. The health check run with it reads them; run
+/// without it (or with a wrong one) it says UNKNOWN, the check's own mistake, not CRITICAL, which would
+/// page someone about a healthy cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_with_a_zookeeper_password_elect_and_the_check_needs_it_zk38() {
+    let zk = start_ensemble(ZkVersion::V3_8).await;
+    let config = |name: &str, port: u16| ElectionConfig {
+        zk_address: zk.connect_string(),
+        zk_password: Some("s3cret".to_owned()),
+        zk_path: ZK_PATH.to_owned(),
+        session_timeout: SESSION_TIMEOUT,
+        broker_name: BROKER.to_owned(),
+        replicas: 3,
+        weight: 1,
+        container: Some(name.to_owned()),
+        client_address: Some(format!("tcp://127.0.0.1:{}", port + 1)),
+        registration_file: None,
+        damaged: false,
+        node: Some(name.to_owned()),
+    };
+    let a = Node::start_with("a", config("a", 40101), log(0, 500), 40101).await;
+    let b = Node::start_with("b", config("b", 40111), log(0, 300), 40111).await;
+    let c = Node::start_with("c", config("c", 40121), log(0, 100), 40121).await;
+    wait_stable(&a, &[&b, &c], 0).await;
+
+    let check = |password: Option<&'static str>| {
+        let zk_address = zk.connect_string();
+        async move {
+            let mut args = vec![
+                "status".to_owned(),
+                "--zk-address".to_owned(),
+                zk_address,
+                "--zk-path".to_owned(),
+                ZK_PATH.to_owned(),
+                "--expect-members".to_owned(),
+                "3".to_owned(),
+            ];
+            if let Some(password) = password {
+                args.extend(["--zk-password".to_owned(), password.to_owned()]);
+            }
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                ferromq_integration_tests::run_cli(&args, Duration::from_secs(30))
+                    .expect("running ferromq status")
+            })
+            .await
+            .unwrap()
+        }
+    };
+    // With the password the check reads every member. (It says CRITICAL here: these nodes
+    // elect but run no replication, so the master has no slaves following it.)
+    let (status, out, err) = check(Some("s3cret")).await;
+    assert!(
+        out.contains("3 of 3 members registered") && status.code() != Some(3),
+        "the check with the password should read the members:\n{out}\n{err}"
+    );
+    for password in [None, Some("wrong")] {
+        let (status, out, err) = check(password).await;
+        assert_eq!(
+            status.code(),
+            Some(3),
+            "the check with password {password:?} should be UNKNOWN:\n{out}\n{err}"
+        );
+        assert!(out.contains("--zk-password"), "{out}");
+    }
+    for node in [a, b, c] {
+        node.close().await;
+    }
+}

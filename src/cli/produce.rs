@@ -43,7 +43,7 @@ pub(crate) struct ProduceArgs {
     #[arg(long = "header", short = 'H', value_name = "NAME=VALUE", value_parser = header_arg)]
     headers: Vec<(String, String)>,
     /// Time to live: the message expires this long after it is sent (the `expires` header,
-    /// JMSExpiration); e.g. 30s, 10m.
+    /// JMSExpiration); e.g. 30s, 10m. 0 (as in JMS): it never expires.
     #[arg(long, value_parser = duration_arg, value_name = "DURATION")]
     ttl: Option<Duration>,
     /// Mark messages persistent: the broker stores each one before it confirms it.
@@ -281,7 +281,8 @@ pub(crate) async fn execute_from<R: AsyncRead + Unpin>(
 /// now.
 fn send_options(args: &ProduceArgs) -> SendOptions {
     let mut headers = args.headers.clone();
-    if let Some(ttl) = args.ttl {
+    // A time to live of 0 means the message never expires (JMS, ActiveMQ's tools).
+    if let Some(ttl) = args.ttl.filter(|ttl| !ttl.is_zero()) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -377,6 +378,9 @@ pub(crate) mod tests {
             (now + 29_000..now + 31_000).contains(&expires),
             "{expires} vs {now}"
         );
+        // 0 is JMS's "never expires", not "expired on arrival".
+        let args = produce_args(&["-d", "queue://q", "--ttl", "0s"]);
+        assert!(send_options(&args).headers.is_empty());
     }
 
     #[tokio::test]

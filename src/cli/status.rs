@@ -187,6 +187,10 @@ pub(crate) async fn run(args: StatusArgs) -> ExitCode {
         (Err(e @ crate::election::ElectionError::NoPath { .. }), Some(_)) => {
             return unknown_because(&format!("{e} (--zk-path)"), args.json);
         }
+        // So is a password ZooKeeper refuses, or none where the nodes set one.
+        (Err(e), Some(_)) if e.is_auth() => {
+            return unknown_because(&format!("{e} (--zk-password)"), args.json);
+        }
         (Err(e), None) => {
             errln!("ferromq status: {e}");
             return ExitCode::FAILURE;

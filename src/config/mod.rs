@@ -415,12 +415,14 @@ impl ReplicationConfig {
 }
 
 /// The machine's hostname (Linux: /proc/sys/kernel/hostname, else /etc/hostname, else
-/// `$HOSTNAME`), or `localhost`.
+/// `$HOSTNAME`; Windows: `%COMPUTERNAME%`, which Windows sets for every process, services
+/// included), or `localhost`.
 pub fn local_hostname() -> String {
     ["/proc/sys/kernel/hostname", "/etc/hostname"]
         .iter()
         .filter_map(|p| std::fs::read_to_string(p).ok())
         .chain(std::env::var("HOSTNAME").ok())
+        .chain(std::env::var("COMPUTERNAME").ok())
         .map(|s| s.trim().to_owned())
         .find(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())
@@ -604,11 +606,13 @@ impl Config {
         if r.replicas < 1 {
             return Err(invalid("replication.replicas", "must be at least 1"));
         }
-        if let Some(c) = t
-            .connectors
-            .iter()
-            .find(|c| same_listen_addr(&c.address, &r.bind))
-        {
+        // A standalone node never binds `replication.bind`.
+        let replication_bind = (!self.is_standalone()).then_some(&r.bind);
+        if let Some(c) = replication_bind.and_then(|bind| {
+            t.connectors
+                .iter()
+                .find(|c| same_listen_addr(&c.address, bind))
+        }) {
             return Err(invalid(
                 "replication.bind",
                 format!(
@@ -625,7 +629,10 @@ impl Config {
                 .connectors
                 .iter()
                 .map(|c| (c.to_string(), &c.address))
-                .chain([(format!("replication.bind {}", r.bind.to_tcp_uri()), &r.bind)])
+                .chain(
+                    replication_bind
+                        .map(|bind| (format!("replication.bind {}", bind.to_tcp_uri()), bind)),
+                )
                 .find(|(_, address)| same_listen_addr(address, admin));
             if let Some((other, _)) = clash {
                 return Err(invalid(
@@ -725,10 +732,21 @@ fn check_dead_letter_names(b: &BrokerConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Two listeners that cannot both bind: same non-zero port, and the same host or a wildcard.
+/// Two listeners that cannot both bind: same non-zero port, and the same host or a wildcard of
+/// the same address family (`0.0.0.0` and `[::]` on one port is how a node listens on both
+/// IPv4 and IPv6 where `[::]` takes IPv6 alone, as on Windows; where it takes both, the bind
+/// itself says so).
 fn same_listen_addr(a: &HostPort, b: &HostPort) -> bool {
+    let family = |h: &HostPort| {
+        h.host()
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| ip.is_ipv4())
+    };
+    let other_families = matches!((family(a), family(b)), (Some(x), Some(y)) if x != y);
     a.port() != 0
         && a.port() == b.port()
+        && !other_families
         && (a.host().eq_ignore_ascii_case(b.host()) || a.is_unspecified() || b.is_unspecified())
 }
 
@@ -1340,7 +1358,7 @@ mod tests {
                 "transport.connectors",
             ),
             (
-                "[replication]\nbind = \"tcp://0.0.0.0:61616\"",
+                "[replication]\nzk_address = \"zk1:2181\"\nbind = \"tcp://0.0.0.0:61616\"",
                 "replication.bind",
             ),
             (
@@ -1386,6 +1404,10 @@ mod tests {
             "[replication]\nzk_address = \"zk1:2181,[::1]:2181,zk3/chroot/x\"",
             "[replication]\nbind = \"tcp://127.0.0.1:61616\"\n[transport]\nconnectors = [\"tcp://10.0.0.1:61616\"]",
             "[transport]\nconnectors = [\"tcp://0.0.0.0:0\", \"stomp://0.0.0.0:0\"]",
+            // IPv4 and IPv6 on one port (where `[::]` takes IPv6 alone, as on Windows).
+            "[transport]\nconnectors = [\"tcp://0.0.0.0:61616\", \"tcp://[::]:61616\"]",
+            // A standalone node never binds replication.bind (61619 by default).
+            "[transport]\nconnectors = [\"stomp://0.0.0.0:61619\"]",
         ];
         for toml in ok {
             Config::from_toml_str(toml).unwrap_or_else(|e| panic!("{toml}: {e}"));

@@ -253,6 +253,16 @@ pub enum ElectionError {
 }
 
 impl ElectionError {
+    /// ZooKeeper refused this client's credentials (a wrong `zk_password`, or none where the
+    /// znodes' ACLs want one).
+    pub fn is_auth(&self) -> bool {
+        matches!(
+            self,
+            ElectionError::Connect { source, .. } | ElectionError::ZooKeeper { source, .. }
+                if matches!(source, zk::Error::NoAuth | zk::Error::AuthFailed)
+        )
+    }
+
     /// Whether joining again can succeed with the same configuration: false for a wrong
     /// configuration and for what ZooKeeper refuses for good (authentication, ACLs, a request
     /// it does not support); true for an unreachable ensemble, a lost connection or an expired
