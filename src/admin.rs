@@ -548,7 +548,7 @@ impl Operation {
             .and_then(|value| value.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, credentials)| credentials.trim());
-        if !offered.is_some_and(|offered| same_secret(offered, token)) {
+        if !offered.is_some_and(|offered| crate::secret::same(offered, token)) {
             let mut response = Response::text(
                 401,
                 "write operations need Authorization: Bearer <[admin] token>\n",
@@ -572,16 +572,6 @@ impl Operation {
             };
         Ok((queue, broker.clone()))
     }
-}
-
-/// Whether `offered` is `secret`, in time that depends only on their lengths.
-fn same_secret(offered: &str, secret: &str) -> bool {
-    let (a, b) = (offered.as_bytes(), secret.as_bytes());
-    let mut diff = u8::from(a.len() != b.len());
-    for (i, byte) in b.iter().enumerate() {
-        diff |= byte ^ a.get(i).copied().unwrap_or(!byte);
-    }
-    diff == 0
 }
 
 /// `text` with its `%XX` escapes decoded; `None` when one is malformed or the result is not
@@ -1201,10 +1191,10 @@ mod tests {
             body_unread: 0,
         };
         assert_eq!(route(&misspelt, &view(true)).code, 404);
-        assert!(same_secret("s3cret", "s3cret"));
-        assert!(!same_secret("s3cre", "s3cret"));
-        assert!(!same_secret("s3cretx", "s3cret"));
-        assert!(!same_secret("", "s3cret"));
+        assert!(crate::secret::same("s3cret", "s3cret"));
+        assert!(!crate::secret::same("s3cre", "s3cret"));
+        assert!(!crate::secret::same("s3cretx", "s3cret"));
+        assert!(!crate::secret::same("", "s3cret"));
     }
 
     /// The endpoint of a node that serves no clients, on a free port; keep the sender, or

@@ -19,6 +19,7 @@
 //!   retry for operators.
 //! - [`heap`]: hands the memory a drained backlog freed back to the operating system.
 //! - [`files`]: the open-file limit: raised at start, and the share client connections may take.
+//! - [`secret`]: comparing an offered token with the configured one in constant time.
 //!
 //! The send path: a protocol session calls [`broker::Session::send`]; the core encodes one
 //! write-ahead record and appends it to the journal (position assigned under the core lock);
@@ -38,6 +39,7 @@ pub mod heap;
 pub mod node;
 pub mod protocol;
 pub mod replication;
+pub mod secret;
 pub mod server;
 pub mod store;
 

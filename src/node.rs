@@ -80,6 +80,15 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
             replicas - 1
         );
     }
+    if replicas > 1 && config.replication.security_token.is_empty() {
+        tracing::warn!(
+            bind = %config.replication.bind.to_tcp_uri(),
+            "replication.security_token is empty: any process that reaches the replication \
+             port can log in as a slave, and its acknowledgements count towards the quorum \
+             that confirms sends; set the same secret security_token on every node (and keep \
+             the port behind a firewall)"
+        );
+    }
     let log = log_state(&kept.store);
     let damage = kept.store.damage();
     if let Some(damage) = &damage {

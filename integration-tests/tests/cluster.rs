@@ -2473,6 +2473,9 @@ fn questionable_replication_settings_are_reported_at_start() {
         logs.iter()
             .any(|l| l.contains("\"no-such-host.invalid\"") && l.contains("does not resolve"))
             && logs.iter().any(|l| l.contains("replicas = 2 is even"))
+            && logs
+                .iter()
+                .any(|l| l.contains("replication.security_token is empty"))
     });
     assert!(warned, "{}", broker.logs().join("\n"));
 }

@@ -388,11 +388,31 @@ async fn lease_loop(shared: Arc<Shared>, mut lease: watch::Receiver<Option<Lease
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     // Dropped (aborting every connection) when this task is aborted.
     let mut connections = tokio::task::JoinSet::new();
+    let logins = Arc::new(tokio::sync::Semaphore::new(super::LOGINS_AT_ONCE));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(serve(shared.clone(), stream, peer));
+                    // Whoever can reach `bind` could otherwise hold any number of files
+                    // (which the store needs) and login buffers without ever logging in.
+                    let Ok(login) = logins.clone().try_acquire_owned() else {
+                        let logged = shared
+                            .refusals
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .failed("logins at once", Instant::now());
+                        if let Some(unlogged) = logged {
+                            warn!(
+                                peer = %peer,
+                                "replication connection closed: {} others have not logged in \
+                                 yet{}",
+                                super::LOGINS_AT_ONCE,
+                                repeated_note(unlogged)
+                            );
+                        }
+                        continue;
+                    };
+                    connections.spawn(serve(shared.clone(), stream, peer, login));
                 }
                 Err(e) => {
                     warn!("accepting a replication connection: {e}");
@@ -404,9 +424,14 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    login: tokio::sync::OwnedSemaphorePermit,
+) {
     let mut node = String::new();
-    match serve_slave(&shared, stream, peer, &mut node).await {
+    match serve_slave(&shared, stream, peer, &mut node, login).await {
         // Logged by `refuse`, at most once per period while it repeats.
         Err(ReplicationError::Refused(_)) => {}
         Err(e) => warn!(node = %node, peer = %peer, "replication connection ended: {e}"),
@@ -480,6 +505,7 @@ async fn serve_slave(
     stream: TcpStream,
     peer: SocketAddr,
     node_name: &mut String,
+    login_permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(), ReplicationError> {
     stream.set_nodelay(true)?;
     let (reader, mut writer) = stream.into_split();
@@ -497,10 +523,21 @@ async fn serve_slave(
         Ok(Err(e)) => return Err(e),
     };
     reader.set_limit(super::MAX_MESSAGE_LEN);
-    let node = login.node.clone();
+    drop(login_permit);
+    let mut node = login.node.clone();
+    if node.len() > super::MAX_NODE_LEN {
+        let cut = (0..=super::MAX_NODE_LEN)
+            .rev()
+            .find(|&i| node.is_char_boundary(i))
+            .unwrap_or(0);
+        node.truncate(cut);
+        *node_name = node.clone();
+        let reason = format!("the login's node id is over {} bytes", super::MAX_NODE_LEN);
+        return refuse(shared, &mut writer, &node, peer, reason).await;
+    }
     *node_name = node.clone();
     let epoch = shared.options.epoch;
-    if login.security_token != shared.options.security_token {
+    if !crate::secret::same(&login.security_token, &shared.options.security_token) {
         return refuse(
             shared,
             &mut writer,

@@ -55,8 +55,14 @@ use wire::envelope::Kind;
 pub const MAX_MESSAGE_LEN: usize = 64 << 20;
 /// Largest first message a master reads from a peer not yet logged in: a login is far
 /// smaller (its epoch history takes about 15 bytes per epoch the slave's journal saw, so this
-/// holds a million elections), and nobody unauthenticated gets a 64 MiB buffer.
-const MAX_LOGIN_LEN: usize = 16 << 20;
+/// holds some 70,000 elections), and nobody unauthenticated gets a large buffer, nor the
+/// several times its size that decoding it takes.
+const MAX_LOGIN_LEN: usize = 1 << 20;
+/// Longest node id a login may name (ids are `<hostname>-<16 hex digits>`); it is logged.
+const MAX_NODE_LEN: usize = 1024;
+/// Connections that have not logged in yet, at most: each holds a file and, while its login
+/// is read and decoded, memory; the rest are closed at once.
+const LOGINS_AT_ONCE: usize = 16;
 /// Largest `Records.frames` the master sends in one message (frames larger are split).
 const MAX_RECORDS_BYTES: usize = 16 << 20;
 /// Journal bytes the master reads at once for a slave.

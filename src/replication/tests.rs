@@ -1334,3 +1334,50 @@ async fn a_slave_refuses_positions_past_any_journals_reach() {
         fake_master.await.unwrap();
     }
 }
+
+/// Connections that never log in hold at most `LOGINS_AT_ONCE` places: the next one is closed
+/// at once instead of holding a file (which the store needs) and a login buffer; once the
+/// silent ones are gone, a slave logs in as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_that_never_log_in_are_bounded() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let master = start_master(open(dir.path(), 1 << 20), 1, 2).await;
+    let address = socket_address(&master.address).unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..super::LOGINS_AT_ONCE {
+        silent.push(tokio::net::TcpStream::connect(address).await.unwrap());
+    }
+    // Each is accepted in turn: one more is closed once all of them hold their places.
+    let closed_at_once = async {
+        loop {
+            let mut extra = tokio::net::TcpStream::connect(address).await.unwrap();
+            let mut byte = [0u8; 1];
+            match tokio::time::timeout(Duration::from_millis(500), extra.read(&mut byte)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), closed_at_once)
+        .await
+        .expect("a connection past the bound is closed at once");
+    drop(silent);
+    // The master frees their places as it sees them close: a login is answered soon after.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let connection = ConnectionId::new_incarnation().next_attempt();
+        let (mut reader, _writer) = raw_login(&master, 1, connection).await;
+        match tokio::time::timeout(Duration::from_secs(5), reader.next()).await {
+            Ok(Ok(Some(answer))) => {
+                assert!(!matches!(answer, Kind::Refused(_)), "{answer:?}");
+                break;
+            }
+            _ => assert!(
+                Instant::now() < deadline,
+                "the master never answered a login after the silent connections went"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
