@@ -136,6 +136,8 @@ struct MessageReader<R> {
     buffer: BytesMut,
     /// The largest message accepted ([`MAX_MESSAGE_LEN`], or less before a login).
     limit: usize,
+    /// Bytes read so far: a message of many megabytes takes many reads, each a sign of life.
+    received: u64,
 }
 
 /// What one read asks for at least.
@@ -147,7 +149,13 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             reader,
             buffer: BytesMut::new(),
             limit: MAX_MESSAGE_LEN,
+            received: 0,
         }
+    }
+
+    /// Bytes read from the peer so far, whole messages or not.
+    fn received(&self) -> u64 {
+        self.received
     }
 
     /// Accepts messages of at most `limit` bytes from now on.
@@ -162,7 +170,9 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                 return Ok(Some(kind));
             }
             self.buffer.reserve(READ_BUFFER);
-            if self.reader.read_buf(&mut self.buffer).await? == 0 {
+            let read = self.reader.read_buf(&mut self.buffer).await?;
+            self.received += read as u64;
+            if read == 0 {
                 if self.buffer.is_empty() {
                     return Ok(None);
                 }

@@ -216,6 +216,7 @@ pub async fn run_slave(
     let mut tick = interval(HEARTBEAT_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    let mut last_received = reader.received();
     let exit = |cause, caught_up, store: &Store| SlaveExit {
         cause,
         snapshot: accepted.snapshot,
@@ -325,6 +326,12 @@ pub async fn run_slave(
                 }
             }
             _ = tick.tick() => {
+                // Part of a large message (a big record, over a slow link) counts as heard too:
+                // it may take longer than the timeout to arrive whole.
+                if reader.received() != last_received {
+                    last_received = reader.received();
+                    last_heard = Instant::now();
+                }
                 if last_heard.elapsed() > PEER_TIMEOUT {
                     error!(master = %options.master, "the master was silent for {PEER_TIMEOUT:?}");
                     return Ok(exit(ExitCause::TimedOut, caught_up, store));
