@@ -246,9 +246,13 @@ pub async fn run_slave(
                 "caught up with the master"
             );
         }
+        // With fsync, appends queue for the journal's writer: while too much waits there (a
+        // disk slower than the master's stream), the master is not read, so TCP holds it back
+        // instead of this process's memory growing.
+        let room = store.end().0.saturating_sub(store.durable().0) <= MAX_UNWRITTEN;
         tokio::select! {
             // Cancel-safe: what a dropped `next` read stays in the reader's buffer.
-            message = reader.next() => {
+            message = reader.next(), if room => {
                 let message = match message {
                     Ok(None) => return Ok(exit(ExitCause::Closed, caught_up, store)),
                     Err(e) => return Err(e),
@@ -328,7 +332,14 @@ pub async fn run_slave(
             _ = tick.tick() => {
                 // Part of a large message (a big record, over a slow link) counts as heard too:
                 // it may take longer than the timeout to arrive whole.
-                if reader.received() != last_received {
+                // A failed journal writes nothing more: waiting for room would be for ever.
+                if let Some(reason) = store.failure() {
+                    return Err(ReplicationError::Store(
+                        crate::store::StoreError::JournalFailed(reason),
+                    ));
+                }
+                // Not reading by choice (see `room`) is no silence of the master's either.
+                if reader.received() != last_received || !room {
                     last_received = reader.received();
                     last_heard = Instant::now();
                 }
@@ -342,6 +353,10 @@ pub async fn run_slave(
         }
     }
 }
+
+/// Bytes appended but not yet written (and synced) by the journal past which a slave stops
+/// reading the master's stream until its disk catches up.
+const MAX_UNWRITTEN: u64 = 64 << 20;
 
 /// Runs a store operation that can take seconds (resetting or cutting a copy of gigabytes)
 /// while telling the master this slave is alive: an `Ack` of 0 (which acknowledges nothing)
