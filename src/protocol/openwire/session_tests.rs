@@ -636,19 +636,25 @@ async fn a_refused_send_in_a_transaction_fails_its_commit() {
     assert_eq!(f.broker.queue_depth("queue://txq2"), 1);
 }
 
-/// With `send_fail_if_no_space`, a synchronous persistent send while the store is at
-/// `store_limit` is answered as ActiveMQ answers it: a ResourceAllocationException naming the
-/// limit; the connection goes on.
-#[tokio::test]
-async fn a_send_at_the_store_limit_is_refused_with_resource_allocation_exception() {
-    let f = fixture_with(
+/// A broker whose store takes 2 MiB, refusing persistent sends past it
+/// (`send_fail_if_no_space`).
+fn refusing_at_2_mib() -> Fixture {
+    fixture_with(
         &[],
         BrokerOptions {
             store_limit: 2 << 20,
             send_fail_if_no_space: true,
             ..BrokerOptions::default()
         },
-    );
+    )
+}
+
+/// With `send_fail_if_no_space`, a synchronous persistent send while the store is at
+/// `store_limit` is answered as ActiveMQ answers it: a ResourceAllocationException naming the
+/// limit; the connection goes on.
+#[tokio::test]
+async fn a_send_at_the_store_limit_is_refused_with_resource_allocation_exception() {
+    let f = refusing_at_2_mib();
     let conn = "ID:t-9:1";
     let mut c = Client::connected(&f, conn).await;
     let body = "b".repeat(64 * 1024);
@@ -687,14 +693,7 @@ async fn a_send_at_the_store_limit_is_refused_with_resource_allocation_exception
 /// ignored and the message came back when the connection ended.)
 #[tokio::test]
 async fn a_commit_the_store_refuses_rolls_the_transaction_back() {
-    let f = fixture_with(
-        &[],
-        BrokerOptions {
-            store_limit: 2 << 20,
-            send_fail_if_no_space: true,
-            ..BrokerOptions::default()
-        },
-    );
+    let f = refusing_at_2_mib();
     let conn = "ID:t-11:1";
     let mut c = Client::connected(&f, conn).await;
     let ids = three_dispatched(&mut c, conn).await;
