@@ -18,7 +18,7 @@ mod tests {
     fn only_the_same_text_is_the_same_secret() {
         assert!(super::same("s3cret", "s3cret"));
         assert!(super::same("", ""));
-        for offered in ["s3cre", "s3cret!", "S3cret", "", "x"] {
+        for offered in ["s3cre", "s3cretx", "S3cret", "", "x"] {
             assert!(!super::same(offered, "s3cret"), "{offered}");
         }
         assert!(!super::same("x", ""));

@@ -260,11 +260,14 @@ impl Groups {
     pub fn assign(&mut self, group: &str, cid: u64) {
         self.clock += 1;
         let now = self.clock;
-        match self.owners.get_mut(group) {
+        // A known group's name moves to its new place in the eviction order (no copy made for
+        // each message it receives).
+        let name = match self.owners.get_mut(group) {
             Some((owner, used)) => {
-                self.recency.remove(used);
+                let name = self.recency.remove(used);
                 *owner = cid;
                 *used = now;
+                name.unwrap_or_else(|| group.to_string())
             }
             None => {
                 if self.owners.len() >= GROUP_CACHE_SIZE {
@@ -273,9 +276,10 @@ impl Groups {
                     }
                 }
                 self.owners.insert(group.to_string(), (cid, now));
+                group.to_string()
             }
-        }
-        self.recency.insert(now, group.to_string());
+        };
+        self.recency.insert(now, name);
     }
 
     /// The group ended (`JMSXGroupSeq` -1): its next message is assigned afresh.

@@ -103,7 +103,6 @@ pub(crate) fn broker_unavailable(message: &str) -> bool {
         "the broker is shutting down",
         "the node is shutting down",
         "the store failed",
-        "broker unavailable",
     ];
     let message = message.trim_start().to_ascii_lowercase();
     PREFIXES.iter().any(|p| message.starts_with(p))

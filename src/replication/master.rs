@@ -526,11 +526,7 @@ async fn serve_slave(
     drop(login_permit);
     let mut node = login.node.clone();
     if node.len() > super::MAX_NODE_LEN {
-        let cut = (0..=super::MAX_NODE_LEN)
-            .rev()
-            .find(|&i| node.is_char_boundary(i))
-            .unwrap_or(0);
-        node.truncate(cut);
+        node.truncate(node.floor_char_boundary(super::MAX_NODE_LEN));
         *node_name = node.clone();
         let reason = format!("the login's node id is over {} bytes", super::MAX_NODE_LEN);
         return refuse(shared, &mut writer, &node, peer, reason).await;

@@ -123,7 +123,7 @@ impl Store {
     /// Everything before this is durable as the store was opened (fsynced, or written when
     /// fsync is off).
     pub fn durable(&self) -> Position {
-        self.journal.stats().durable
+        self.journal.durable()
     }
 
     /// The first retained position.

@@ -295,6 +295,17 @@ fn subscribe(connection: &str, value: i64, queue: &str, prefetch: i32) -> Comman
     })
 }
 
+/// The ConsumerControl giving consumer 1 of `connection`, on queue `queue`, a window of
+/// `prefetch` (as the stock client sends after a failover's replay).
+fn consumer_control(connection: &str, queue: &str, prefetch: i32) -> Command {
+    Command::ConsumerControl(crate::protocol::openwire::ConsumerControl {
+        consumer_id: Some(consumer(connection, 1)),
+        destination: Some(OwDestination::queue(queue)),
+        prefetch,
+        ..Default::default()
+    })
+}
+
 fn body_of(command: &Command) -> Option<String> {
     let Command::MessageDispatch(d) = command else {
         panic!("expected a MessageDispatch, got {command:?}");
@@ -1223,15 +1234,7 @@ async fn a_browser_replayed_with_prefetch_0_gets_its_window_back_with_consumer_c
     browser.browser = true;
     let answer = c.request(Command::ConsumerInfo(browser)).await;
     assert!(matches!(answer, Command::Response(_)), "{answer:?}");
-    c.write(&Command::ConsumerControl(
-        crate::protocol::openwire::ConsumerControl {
-            consumer_id: Some(consumer(conn, 1)),
-            destination: Some(OwDestination::queue("browsed")),
-            prefetch: 500,
-            ..Default::default()
-        },
-    ))
-    .await;
+    c.write(&consumer_control(conn, "browsed", 500)).await;
     let copies: Vec<Option<String>> = [c.next().await, c.next().await, c.next().await]
         .iter()
         .map(body_of)
@@ -1298,15 +1301,7 @@ async fn a_replayed_composite_consumer_gets_its_one_window_back_with_consumer_co
     let answer = c.request(subscribe(conn, 1, "a,b", 0)).await;
     assert!(matches!(answer, Command::Response(_)), "{answer:?}");
     assert_eq!(depth(&f), 4, "prefetch 0: nothing dispatched");
-    c.write(&Command::ConsumerControl(
-        crate::protocol::openwire::ConsumerControl {
-            consumer_id: Some(consumer(conn, 1)),
-            destination: Some(OwDestination::queue("a,b")),
-            prefetch: 2,
-            ..Default::default()
-        },
-    ))
-    .await;
+    c.write(&consumer_control(conn, "a,b", 2)).await;
     let first = [body_of(&c.next().await), body_of(&c.next().await)];
     eventually("two dispatched", || depth(&f) == 2).await;
     // Still two after a round trip: one window of 2 for both members.

@@ -895,6 +895,12 @@ impl Journal {
         self.shared.written_watch.subscribe()
     }
 
+    /// Everything before this position is written (and synced, with fsync): one atomic read,
+    /// where [`Journal::stats`] also walks the segments.
+    pub fn durable(&self) -> Position {
+        Position(self.shared.durable.load(Ordering::Acquire))
+    }
+
     pub fn stats(&self) -> JournalStats {
         let shared = &self.shared;
         let retained = shared.retained();
@@ -904,7 +910,7 @@ impl Journal {
             oldest: retained.oldest,
             end: Position(self.end),
             written: retained.written,
-            durable: Position(shared.durable.load(Ordering::Acquire)),
+            durable: self.durable(),
             fsyncs: shared.fsyncs.load(Ordering::Relaxed),
             batches: shared.batches.load(Ordering::Relaxed),
             released: shared.released.load(Ordering::Relaxed),
