@@ -6,7 +6,20 @@
 # under Wine: the x86_64-pc-windows-gnu target, MinGW and Wine. Run by scripts/test.sh and .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -c 'import stomp' 2>/dev/null || python3 -m pip install --quiet 'stomp.py>=8'
+# stomp.py for whichever python3 the tests run: pip where it may install (a virtualenv, pyenv),
+# Debian's package where the system python3 refuses pip (PEP 668: EXTERNALLY-MANAGED).
+if ! python3 -c 'import stomp' 2>/dev/null; then
+    if ! command -v python3 >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 >/dev/null
+    fi
+    python3 -m pip install --quiet 'stomp.py>=8,<10' 2>/dev/null || {
+        echo "installing stomp.py from Debian (python3-stomp)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-stomp >/dev/null
+    }
+    python3 -c 'import stomp' || { echo "stomp.py is still missing for $(command -v python3)" >&2; exit 1; }
+fi
 scripts/zk.sh install
 java_client_ok() {
     command -v javac >/dev/null || return 1

@@ -5,8 +5,8 @@
 //!   end: current on the node that serves, where the role began on the others) and whether it
 //!   serves clients (JSON). For "is the node alive" checks and restart supervisors.
 //! - `GET /ready`: the same body; 200 only while this node serves clients (the master, or a
-//!   standalone node) and its store accepts writes, 503 otherwise. For load balancers that
-//!   send clients to the master only.
+//!   standalone node), its store accepts writes and, on a master, its ZooKeeper lease holds;
+//!   503 otherwise. For load balancers that send clients to the master only.
 //! - `GET /metrics`: Prometheus text format: role, epoch, positions, sessions, per-queue depth,
 //!   consumers and unacknowledged deliveries, message counters, memory held for queued bodies;
 //!   on a node that does not serve (a slave), its store's journal end and disk use.

@@ -6,8 +6,9 @@
 //! what is confirmed from [`crate::replication`]. One role at a time holds the store: a slave's
 //! (or a candidate's) open store is handed to the next role, with its fsync setting changed,
 //! instead of being closed and reopened (which would scan the whole journal again during a
-//! failover); a master's store is closed when it steps down. Every role change logs one line
-//! with node, epoch and position.
+//! failover); a master that steps down keeps its store open for its next role (once what it
+//! appended is written); only a failed store is closed. Every role change logs one line with
+//! node, epoch and position.
 //!
 //! A store that fails (a full disk, say) ends the node's membership: it steps down, leaves the
 //! election so that the others elect a master at once, and the process exits with the

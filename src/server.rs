@@ -2,7 +2,9 @@
 //! connectors and gives each connection to the protocol its first bytes name.
 //!
 //! It owns sockets and tasks, never broker state; it must never answer a client itself beyond
-//! refusing a protocol it cannot tell.
+//! refusing its connection with the reason (not the master, no quorum, a connector's
+//! `maximumConnections` or the open-file limit reached, a protocol it cannot tell) as a STOMP
+//! ERROR frame or an OpenWire `ConnectionError`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;

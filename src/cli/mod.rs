@@ -65,7 +65,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum CliCommand {
-    /// Run a broker node until SIGINT or SIGTERM.
+    /// Run a broker node until SIGINT, SIGTERM or SIGHUP.
     Broker(BrokerArgs),
     /// Send messages to a destination and report how fast the broker confirmed them.
     Produce(produce::ProduceArgs),
@@ -154,7 +154,7 @@ pub(crate) fn duration_arg(value: &str) -> Result<Duration, String> {
 }
 
 /// The largest message body the tools make: far above any broker's frame limit (ferromq's
-/// default is 64 MiB, ActiveMQ's 100 MiB), far below what would exhaust memory.
+/// default is 100 MiB, as ActiveMQ's), far below what would exhaust memory.
 const MAX_BODY_SIZE: u64 = 1 << 30;
 
 /// Parses a message size, `1024`, `4KiB`, `1MiB`, as the configuration does; at most 1 GiB.

@@ -45,9 +45,10 @@
 //! - Fewer registered members than a quorum, or a member reporting a master epoch newer than
 //!   ours: a master becomes a candidate.
 //! - A master's [`Lease`]: until 0.9 session timeouts after the latest request ZooKeeper
-//!   answered was sent (a read of its own znode every quarter of the session timeout). No
-//!   other master can be elected before it ends; the master confirms nothing outside it. It
-//!   needs no event to lapse, so a process resumed after a long pause is fenced at once.
+//!   answered was sent (a renewal every quarter of the session timeout: a `sync`, answered
+//!   only through the ensemble's leader, then a read of its own znode). No other master can be
+//!   elected before it ends; the master confirms nothing outside it. It needs no event to
+//!   lapse, so a process resumed after a long pause is fenced at once.
 //!
 //! # ZooKeeper 3.4 and 3.5+ alike
 //! The client always speaks the 3.4 protocol subset: plain `create` (3.4 closes the connection on

@@ -16,8 +16,13 @@
 //! change nothing live; they only move what a rebuild needs forward.
 //!
 //! Files in the store directory: the segments `%016x.log`, `next-segment.tmp` (the next
-//! segment being prepared), `journal.lock` (held while open), `index/` (LevelDB) and
-//! `index.state` (whether the index was closed cleanly). The node adds `node.id`.
+//! segment being prepared), `journal.lock` (held while open), `journal.sealed` (present while
+//! the journal runs with fsync: every finished segment was fsynced before the next was
+//! written), `journal.damaged` (this copy lost records after a corrupt frame; removed once it
+//! has caught up with a master), `index/` (LevelDB) and `index.state` (whether the index was
+//! closed cleanly). The node adds `node.id` and `zk.registration` (its znode and session, so
+//! that a restarted process removes the znode it left; a store that holds it refuses to start
+//! standalone).
 
 pub mod journal;
 pub mod record;

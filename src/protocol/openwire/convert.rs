@@ -12,7 +12,7 @@
 //! | a compressed body       | inflated (bounded by `max_frame_size`), then as above   |
 //! | JMSCorrelationID        | header `correlation-id`                                 |
 //! | JMSReplyTo              | header `reply-to` as `queue://x`, `topic://x`, `temp-queue://x`, `temp-topic://x` (STOMP: `/queue/x`, ...) |
-//! | JMSType                 | header `type`                                           |
+//! | JMSType                 | header `jms-type` (STOMP: `type`)                       |
 //! | JMSXGroupID, JMSXGroupSeq | headers of those names                                |
 //! | JMSMessageID            | the message id, `<producer id>:<sequence>`              |
 //! | properties              | headers, with their JMS type in `Header.kind`           |
