@@ -41,7 +41,7 @@ use crate::store::{Message, Position, Recovered, Store};
 
 pub use crate::store::{BodyType, Header, PropertyType};
 
-pub use self::core::{BrowseCursor, Stats};
+pub use self::core::{BrowseCursor, Seen, Stats};
 pub use self::flow::{FlowGate, Hold};
 pub use self::memory::MemoryGate;
 pub use self::store_limit::{StoreGate, DEFAULT_STORE_LIMIT};
@@ -1046,7 +1046,18 @@ impl Session {
     }
 
     pub fn close_consumer(&self, id: &str, seen_upto: u64) -> Result<Confirmation, BrokerError> {
-        lock(&self.shared).unsubscribe_seen(self.id, id, false, seen_upto)
+        lock(&self.shared).unsubscribe_seen(self.id, id, false, Seen::Upto(seen_upto))
+    }
+
+    /// Closes a consumer as its session or connection closes, `last` being the tag of the
+    /// last delivery the client handed to any of their consumers: this consumer's deliveries
+    /// up to it count as seen only if it holds that delivery (see [`Seen::LastOf`]).
+    pub fn close_consumer_of_closing(
+        &self,
+        id: &str,
+        last: u64,
+    ) -> Result<Confirmation, BrokerError> {
+        lock(&self.shared).unsubscribe_seen(self.id, id, false, Seen::LastOf(last))
     }
 
     /// Deletes a durable subscription that is not active, by name.

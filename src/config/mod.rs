@@ -47,8 +47,11 @@ pub const MIB: u64 = 1024 * 1024;
 pub const MIN_LOG_SIZE: u64 = MIB;
 /// The smallest accepted `broker.max_frame_size`.
 pub const MIN_FRAME_SIZE: u64 = 1024;
-/// The largest accepted `broker.max_frame_size` (frame and record lengths are 32-bit).
-pub const MAX_FRAME_SIZE: u64 = u32::MAX as u64;
+/// The largest accepted `broker.max_frame_size`: 255 MiB, so that a persistent message as
+/// large as a frame, with what the journal adds to it, stays within the journal's record limit
+/// of 256 MiB (a larger one would be taken off the wire and then refused at the store).
+pub const MAX_FRAME_SIZE: u64 = 255 * MIB;
+const _: () = assert!(MAX_FRAME_SIZE < crate::store::record::MAX_RECORD_LEN as u64);
 
 /// A value that could not be parsed (a duration, size, sync word or address). When it comes
 /// from a configuration source, figment adds the key and the source to the message.
@@ -509,7 +512,7 @@ impl Config {
                 "broker.max_frame_size",
                 format!(
                     "{} bytes is out of range: must be between {MIN_FRAME_SIZE} and \
-                     {MAX_FRAME_SIZE} bytes",
+                     {MAX_FRAME_SIZE} bytes (255 MiB, below the journal's 256 MiB record limit)",
                     b.max_frame_size
                 ),
             ));
@@ -586,6 +589,18 @@ impl Config {
                 format!(
                     "{} bytes is too small: the minimum is {MIN_LOG_SIZE} (1 MiB)",
                     s.log_size
+                ),
+            ));
+        }
+        if s.store_limit / 2 < s.log_size && s.store_limit == crate::broker::DEFAULT_STORE_LIMIT {
+            // store_limit was left at its default: the value to change is log_size.
+            return Err(invalid(
+                "store.log_size",
+                format!(
+                    "{} bytes is too large: store_limit (default {} bytes) must be at least \
+                     twice log_size, since the current journal segment alone takes log_size; \
+                     lower log_size or raise store.store_limit",
+                    s.log_size, s.store_limit
                 ),
             ));
         }
@@ -1344,6 +1359,16 @@ mod tests {
         let cases = [
             ("[store]\nlog_size = \"512KiB\"", "store.log_size"),
             ("[broker]\nmax_frame_size = 10", "broker.max_frame_size"),
+            (
+                "[broker]\nmax_frame_size = \"256MiB\"",
+                "broker.max_frame_size",
+            ),
+            // store_limit left at its default: the error names the key that was set.
+            ("[store]\nlog_size = \"60GiB\"", "store.log_size"),
+            (
+                "[transport]\nconnectors = [\"tcp://0.0.0.0:1?wireFormat.maxFrameSize=268435456\"]",
+                "wireFormat.maxFrameSize",
+            ),
             ("[admin]\nbind = \"tcp://0.0.0.0:61616\"", "admin.bind"),
             ("[admin]\ntoken = \"a b\"", "admin.token"),
             ("[admin]\ntoken = [\"a\"]", "admin.token"),
@@ -1408,6 +1433,8 @@ mod tests {
             "[transport]\nconnectors = [\"tcp://0.0.0.0:61616\", \"tcp://[::]:61616\"]",
             // A standalone node never binds replication.bind (61619 by default).
             "[transport]\nconnectors = [\"stomp://0.0.0.0:61619\"]",
+            "[store]\nlog_size = \"60GiB\"\nstore_limit = \"120GiB\"",
+            "[broker]\nmax_frame_size = \"255MiB\"",
         ];
         for toml in ok {
             Config::from_toml_str(toml).unwrap_or_else(|e| panic!("{toml}: {e}"));

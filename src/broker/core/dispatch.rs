@@ -25,7 +25,7 @@ impl Core {
         entry: Entry,
         touched: &mut BTreeSet<String>,
     ) {
-        if self.subscription_removed(&queue) {
+        if self.held_for_removed(&queue, &entry) {
             self.discard_for_removed(&queue, &entry);
             return;
         }
@@ -36,12 +36,6 @@ impl Core {
             None => self.queues.entry(queue.clone()).or_default().push(entry),
         }
         touched.insert(queue);
-    }
-
-    /// Whether `queue` is a durable subscription's that was removed while its messages waited
-    /// for their confirmation.
-    fn subscription_removed(&self, queue: &str) -> bool {
-        queue.starts_with("durable://") && !self.durables.contains_key(queue)
     }
 
     /// Removes from the store a message of a subscription that was removed.
@@ -76,13 +70,13 @@ impl Core {
                 None => ready.push(entry),
             }
         }
-        if ready.is_empty() {
-            return;
+        let (gone, ready): (Vec<Entry>, Vec<Entry>) = ready
+            .into_iter()
+            .partition(|e| self.held_for_removed(&queue, e));
+        for entry in &gone {
+            self.discard_for_removed(&queue, entry);
         }
-        if self.subscription_removed(&queue) {
-            for entry in &ready {
-                self.discard_for_removed(&queue, entry);
-            }
+        if ready.is_empty() {
             return;
         }
         let admitted: Vec<Entry> = ready.into_iter().map(|e| self.sequenced(e)).collect();

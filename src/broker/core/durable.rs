@@ -5,8 +5,9 @@
 //! its stored messages behind when it goes.
 
 use super::{durable_queue, is_virtual_subscription, parse_selector, remove_entry, Core, Durable};
+use crate::broker::queue::Entry;
 use crate::broker::{BrokerError, Confirmation};
-use crate::store::{entry, SubscriptionAdd, SubscriptionRemove};
+use crate::store::{entry, MessageKey, SubscriptionAdd, SubscriptionRemove};
 
 impl Core {
     /// Journals a new durable subscription (or virtual topic consumer queue) and registers it;
@@ -15,10 +16,16 @@ impl Core {
         &mut self,
         subscription: SubscriptionAdd,
     ) -> Result<Confirmation, BrokerError> {
-        self.append(vec![crate::store::Entry {
+        let (at, _) = self.append(vec![crate::store::Entry {
             kind: Some(entry::Kind::Subscribe(subscription.clone())),
         }])?;
+        let queue = subscription.queue.clone();
         self.register_durable(subscription);
+        let from_seq = self.next_seq;
+        if let Some(durable) = self.durables.get_mut(&queue) {
+            durable.from_key = Some(MessageKey::new(at, 0));
+            durable.from_seq = from_seq;
+        }
         Ok(self.flush())
     }
 
@@ -63,8 +70,26 @@ impl Core {
                 selector,
                 active: None,
                 no_local_session: None,
+                from_key: None,
+                from_seq: 0,
             },
         );
+    }
+
+    /// Whether `entry`, held for `queue` (a message confirmed late, or coming back from a
+    /// rolled-back transaction), belongs to a durable subscription that was removed, or to an
+    /// earlier one under the same name: then it is dropped, not queued.
+    pub(super) fn held_for_removed(&self, queue: &str, entry: &Entry) -> bool {
+        if !queue.starts_with("durable://") {
+            return false;
+        }
+        let Some(durable) = self.durables.get(queue) else {
+            return true;
+        };
+        let stored_before =
+            matches!((entry.key, durable.from_key), (Some(key), Some(from)) if key < from);
+        let queued_before = entry.seq != 0 && entry.seq < durable.from_seq;
+        stored_before || queued_before
     }
 
     pub fn remove_durable_by_name(

@@ -65,9 +65,9 @@ impl Core {
                 return self.dead_letter(&queue, entry, Some(&cause));
             }
         }
-        if !self.queues.contains_key(&queue) {
-            // Deleted (a removed durable subscription, say) while its consumer or a
-            // transaction held the message.
+        if !self.queues.contains_key(&queue) || self.held_for_removed(&queue, &entry) {
+            // Deleted (a removed durable subscription, say, perhaps made again since) while
+            // its consumer or a transaction held the message.
             return self.discard_stored(&queue, &entry);
         }
         let entry = self.admit(entry);

@@ -15,6 +15,17 @@ use crate::broker::wildcard::{self, Pattern};
 use crate::broker::{BrokerError, Confirmation, Destination, SubscribeRequest};
 use crate::store::SubscriptionAdd;
 
+/// What the application saw of a closing consumer's deliveries (OpenWire's
+/// `lastDeliveredSequenceId`; our delivery tags are ActiveMQ's broker sequence ids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Every delivery up to this tag: the consumer's own last delivered (`u64::MAX`: all).
+    Upto(u64),
+    /// The last delivery of a closing session or connection, which may be another consumer's:
+    /// it counts for this consumer only if this consumer holds it.
+    LastOf(u64),
+}
+
 impl Core {
     /// The subscriptions on topic or wildcard pattern `canonical` (`topic://x`), made if
     /// missing; `None` for an invalid pattern (refused before anything is stored).
@@ -281,17 +292,17 @@ impl Core {
         id: &str,
         remove_durable: bool,
     ) -> Result<Confirmation, BrokerError> {
-        self.unsubscribe_seen(session, id, remove_durable, u64::MAX)
+        self.unsubscribe_seen(session, id, remove_durable, Seen::Upto(u64::MAX))
     }
 
-    /// Like `unsubscribe`; deliveries with a tag above `seen_upto` never reached the
-    /// application, so they return without counting as a redelivery.
+    /// Like `unsubscribe`; deliveries the application did not see (see [`Seen`]) return
+    /// without counting as a redelivery.
     pub fn unsubscribe_seen(
         &mut self,
         session: u64,
         id: &str,
         remove_durable: bool,
-        seen_upto: u64,
+        seen: Seen,
     ) -> Result<Confirmation, BrokerError> {
         let cids = self
             .session(session)?
@@ -305,6 +316,20 @@ impl Core {
                 .consumers
                 .remove(&cid)
                 .expect("a session's subscription has a consumer");
+            let seen_upto = match seen {
+                Seen::Upto(tag) => tag,
+                // Another consumer's delivery, or one acknowledged already: as ActiveMQ, which
+                // marks deliveries up to the one named only in the list that holds it, none of
+                // this consumer's counts as seen. (A tag of an earlier core is left to
+                // `remove_consumer`.)
+                Seen::LastOf(tag)
+                    if tag >= super::recovery::first_tag(self.epoch)
+                        && !consumer.in_flight.contains_key(&tag) =>
+                {
+                    0
+                }
+                Seen::LastOf(tag) => tag,
+            };
             let source = self.remove_consumer(cid, consumer, seen_upto, &mut touched)?;
             if remove_durable {
                 if let Source::Queue(queue) = &source {

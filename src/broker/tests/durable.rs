@@ -222,6 +222,20 @@ async fn a_durable_wildcard_subscription_is_recovered_from_the_journal() {
     assert!(rx.try_recv().is_err());
 }
 
+/// `p` sends `message` to `topic`; `c` acknowledges its delivery in transaction "t".
+async fn ack_in_transaction(
+    p: &Session,
+    c: &Session,
+    rx: &mut UnboundedReceiver<Delivery>,
+    topic: &Destination,
+    message: NewMessage,
+) {
+    p.send(topic, message, None).unwrap().await.unwrap();
+    let d = next(rx).await;
+    c.begin("t").unwrap();
+    c.ack(d.tag, AckScope::Single, Some("t")).unwrap();
+}
+
 /// A durable subscription removed while a transaction holds one of its messages (acked, then
 /// rolled back): the message is gone, and stays gone after a restart.
 #[tokio::test]
@@ -239,13 +253,7 @@ async fn a_removed_durable_subscription_leaves_no_message_behind() {
         .await
         .unwrap();
         let (p, _) = broker.open_session(None);
-        p.send(&topic, persistent("old"), None)
-            .unwrap()
-            .await
-            .unwrap();
-        let d = next(&mut rx).await;
-        c.begin("t").unwrap();
-        c.ack(d.tag, AckScope::Single, Some("t")).unwrap();
+        ack_in_transaction(&p, &c, &mut rx, &topic, persistent("old")).await;
         c.unsubscribe("s", true).unwrap().await.unwrap();
         c.abort("t").unwrap();
         assert_eq!(broker.queue_depth("durable://cid:d"), 0);
@@ -258,6 +266,58 @@ async fn a_removed_durable_subscription_leaves_no_message_behind() {
         "{:?}",
         broker.queue_stats()
     );
+}
+
+/// A durable subscription made again under its name with another selector starts afresh, as
+/// in ActiveMQ: neither a message acknowledged to the old one in a transaction rolled back
+/// after the change, nor one routed to the old one and confirmed after the change, reaches
+/// it, now or after a restart (both match the new selector).
+#[tokio::test]
+async fn a_durable_subscription_made_again_with_another_selector_starts_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = Destination::Topic("t".into());
+    let durable = |id: &str, selector: Option<&str>| SubscribeRequest {
+        durable_name: Some("d".into()),
+        selector: selector.map(str::to_string),
+        ..request(id, topic.clone(), 10)
+    };
+    {
+        let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+        let (c, mut rx) = broker.open_session(Some("cid".into()));
+        c.subscribe(durable("s", None)).unwrap().await.unwrap();
+        let (p, _) = broker.open_session(None);
+        let rolled_back = colored("red", "acked, rolled back");
+        ack_in_transaction(&p, &c, &mut rx, &topic, rolled_back).await;
+        c.unsubscribe("s", false).unwrap().await.unwrap(); // inactive, kept
+                                                           // Routed to the old subscription; its confirmation comes after the change.
+        let hold = lock(&broker.shared).store().hold_journal();
+        let late = p
+            .send(&topic, colored("red", "confirmed late"), None)
+            .unwrap();
+        let remade = c.subscribe(durable("s2", Some("color = 'red'"))).unwrap();
+        drop(hold);
+        remade.await.unwrap();
+        late.await.unwrap();
+        c.abort("t").unwrap();
+        c.flush().await.unwrap();
+        // Whatever reached the new subscriber comes back to its queue, unacknowledged.
+        c.unsubscribe("s2", false).unwrap().await.unwrap(); // inactive, kept
+        assert_eq!(broker.queue_depth("durable://cid:d"), 0);
+        p.send(&topic, colored("red", "new"), None)
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(broker.queue_depth("durable://cid:d"), 1);
+    }
+    let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
+    let (c, mut rx) = broker.open_session(Some("cid".into()));
+    c.subscribe(durable("s", Some("color = 'red'")))
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(body(&next(&mut rx).await), "new");
+    assert!(rx.try_recv().is_err());
+    assert_eq!(broker.queue_depth("durable://cid:d"), 0);
 }
 
 /// Removing a durable subscription whose backlog holds more messages than one journal record

@@ -1656,7 +1656,10 @@ impl State {
                 Ok(None)
             }
             Some(D::ConsumerId(cid)) => {
-                self.remove_consumer(&cid.to_string(), remove.last_delivered_sequence_id);
+                self.remove_consumer(
+                    &cid.to_string(),
+                    Last::Own(remove.last_delivered_sequence_id),
+                );
                 Ok(None)
             }
             Some(D::SessionId(sid)) => {
@@ -1671,7 +1674,7 @@ impl State {
                     .map(|(k, _)| k.clone())
                     .collect();
                 for key in keys {
-                    self.remove_consumer(&key, remove.last_delivered_sequence_id);
+                    self.remove_consumer(&key, Last::OfMany(remove.last_delivered_sequence_id));
                 }
                 Ok(None)
             }
@@ -1683,7 +1686,7 @@ impl State {
                 self.windows.clear();
                 let keys: Vec<String> = self.consumers.keys().cloned().collect();
                 for key in keys {
-                    self.remove_consumer(&key, remove.last_delivered_sequence_id);
+                    self.remove_consumer(&key, Last::OfMany(remove.last_delivered_sequence_id));
                 }
                 Ok(Some(self.session.flush()))
             }
@@ -1691,15 +1694,22 @@ impl State {
         }
     }
 
-    /// Closes a consumer; `last_delivered` is the broker sequence id (our delivery tag) of
-    /// the last message the client handed to the application (-1: none).
-    fn remove_consumer(&mut self, key: &str, last_delivered: i64) {
+    /// Closes a consumer; `last` holds the broker sequence id (our delivery tag) of the last
+    /// message the client handed to the application (-1: none): this consumer's, or its
+    /// session's or connection's, which may be another consumer's.
+    fn remove_consumer(&mut self, key: &str, last: Last) {
         let _ = self.flush_consumer_ack(key);
         self.pulls.retain(|(_, k)| k != key);
         if let Some(consumer) = self.consumers.remove(key) {
             if !consumer.inert && !consumer.browser {
-                let seen = u64::try_from(last_delivered).unwrap_or(0);
-                let _ = self.session.close_consumer(key, seen);
+                let _ = match last {
+                    Last::Own(id) => self
+                        .session
+                        .close_consumer(key, u64::try_from(id).unwrap_or(0)),
+                    Last::OfMany(id) => self
+                        .session
+                        .close_consumer_of_closing(key, u64::try_from(id).unwrap_or(0)),
+                };
             }
         }
     }
@@ -1791,6 +1801,15 @@ impl State {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The `lastDeliveredSequenceId` of a RemoveInfo, by what it removes.
+#[derive(Debug, Clone, Copy)]
+enum Last {
+    /// A consumer's own.
+    Own(i64),
+    /// A session's or connection's: the last delivery handed to any of their consumers.
+    OfMany(i64),
 }
 
 #[cfg(test)]

@@ -455,6 +455,55 @@ async fn a_last_delivered_tag_of_an_earlier_master_counts_only_the_oldest_delive
     );
 }
 
+/// A session (or connection) closing reports the last message handed to any of its
+/// consumers: only the consumer that got it counts its deliveries up to it as seen, as in
+/// ActiveMQ. Before, a consumer's whole unread prefetch came back marked redelivered (its
+/// tags were all below another consumer's last delivery), and after a few restarts of such
+/// an application its messages went to the DLQ unprocessed.
+#[tokio::test]
+async fn a_closing_sessions_last_delivery_marks_only_the_consumer_that_got_it() {
+    let f = fixture(&[]);
+    let mut c = Client::connected(&f, "ID:c-8:1").await;
+    for n in 1..=3 {
+        c.request(text("ID:c-8:1", "unread", n, &format!("u{n}")))
+            .await;
+    }
+    c.request(text("ID:c-8:1", "read", 4, "r1")).await;
+    c.request(subscribe("ID:c-8:1", 1, "unread", 10)).await;
+    for _ in 0..3 {
+        assert!(matches!(c.next().await, Command::MessageDispatch(_)));
+    }
+    c.request(subscribe("ID:c-8:1", 2, "read", 10)).await;
+    let Command::MessageDispatch(d) = c.next().await else {
+        panic!("expected a dispatch")
+    };
+    let last = d.message.unwrap().message_id.unwrap().broker_sequence_id;
+    c.write(&Command::RemoveInfo(RemoveInfo {
+        object_id: Some(DataStructure::SessionId(SessionId {
+            connection_id: Some("ID:c-8:1".into()),
+            value: 1,
+        })),
+        last_delivered_sequence_id: last,
+        ..Default::default()
+    }))
+    .await;
+    let mut other = Client::connected(&f, "ID:c-9:1").await;
+    other.request(subscribe("ID:c-9:1", 1, "unread", 10)).await;
+    let mut counters = Vec::new();
+    for _ in 0..3 {
+        let Command::MessageDispatch(d) = other.next().await else {
+            panic!("expected dispatches")
+        };
+        counters.push(d.redelivery_counter);
+    }
+    assert_eq!(counters, vec![0, 0, 0], "nobody read them");
+    other.request(subscribe("ID:c-9:1", 2, "read", 10)).await;
+    let Command::MessageDispatch(d) = other.next().await else {
+        panic!("expected a dispatch")
+    };
+    assert_eq!(d.redelivery_counter, 1, "the one the application got");
+}
+
 /// Three messages dispatched to a consumer, which closes reporting `last_delivered(tags)` as
 /// the last its application got; the redelivery counters a second consumer then sees.
 async fn redelivery_counters_after_a_close(
