@@ -6,7 +6,9 @@ stomp.py), sends N receipted persistent messages, prints `CONFIRMED <body>` for 
 prints `PHASE1` and waits for a line on stdin (the test kills the master meanwhile), then
 reconnects (stomp.py again walks its list: a non-master answers ERROR and closes, and the
 script calls connect again, as a stomp.py application does) and sends N more. Every send
-carries a `message-id` of the form ID:<producer>:<sequence>, so that a re-send after a lost
+carries a `message-id` of the form ID:<producer>:<sequence> and the header
+`ferromq.dedupe:true`, which tells the broker that the id is the producer's own and never
+reused (without it the broker ignores a SEND's `message-id`), so that a re-send after a lost
 RECEIPT is stored once. Prints `DONE` and exits 0 on success.
 
 Usage: stomp_py_failover.py HOST:PORT HOST:PORT HOST:PORT
@@ -25,6 +27,9 @@ QUEUE = "/queue/stomp-py-failover"
 RECONNECT_TIMEOUT = 60.0
 RECEIPT_TIMEOUT = 10.0
 PRODUCER = "stomppy%016x" % random.getrandbits(64)
+# The broker dedupes a SEND by its message-id only with this header (ferromq's
+# src/protocol/stomp/mod.rs, DEDUPE_HEADER).
+DEDUPE_HEADER = "ferromq.dedupe"
 
 
 def say(line):
@@ -128,7 +133,12 @@ class Sender:
                 self.conn.send(
                     QUEUE,
                     body,
-                    headers={"persistent": "true", "message-id": message_id, "receipt": receipt},
+                    headers={
+                        "persistent": "true",
+                        "message-id": message_id,
+                        DEDUPE_HEADER: "true",
+                        "receipt": receipt,
+                    },
                 )
                 if self.listener.wait_receipt(receipt, RECEIPT_TIMEOUT):
                     say(f"CONFIRMED {body}")

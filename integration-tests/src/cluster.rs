@@ -4,8 +4,9 @@
 //! `sync = local_disk`, a 2 s session timeout; ZooKeeper runs with `tickTime=500`, so 2 s is
 //! honoured).
 //!
-//! Each node listens for clients on a port picked when the cluster starts and written into its
-//! config, so it keeps the port across restarts and [`Cluster::failover_url`] stays valid.
+//! Each node listens for clients on a port picked when the cluster starts (below the kernel's
+//! ephemeral range, see [`stable_ports`](crate::stable_ports)) and written into its config, so
+//! it keeps the port across restarts and [`Cluster::failover_url`] stays valid.
 //!
 //! A partitionable cluster ([`Cluster::start_partitionable`]) puts proxies on the links a
 //! network partition cuts: each node reaches every ZooKeeper server through proxies of its
@@ -325,11 +326,15 @@ impl Cluster {
             .map(|p| p.addr().port())
             .collect();
         let mut last = None;
-        // A port picked now may be taken before the broker binds it: then pick another.
-        for _ in 0..5 {
-            let port = std::iter::repeat_with(free_port)
-                .find(|p| !reserved.contains(p))
-                .expect("a free port");
+        // The port is written into the node's config and not held while the node is down (a
+        // kill -9, then a restart on it): one below the ephemeral range, which no `bind(0)`
+        // and no outgoing connection is given meanwhile (see `stable_ports`). One found taken
+        // (by a listener, or before the broker binds it) is replaced by another.
+        let candidates = crate::stable_ports()
+            .filter(|p| !reserved.contains(p))
+            .filter(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+            .take(5);
+        for port in candidates {
             let config = node_config(
                 self.replicas,
                 port,
@@ -358,7 +363,7 @@ impl Cluster {
                 }
             }
         }
-        Err(last.expect("at least one attempt"))
+        Err(last.unwrap_or_else(|| anyhow!("no free port for node {i}")))
     }
 
     /// Partitions node `i` from every ZooKeeper server (its proxies stop forwarding); it keeps
@@ -666,28 +671,15 @@ const REPLICATION_PROXY_HOST: &str = "127.0.0.2";
 /// A proxy from `127.0.0.2:R` to `127.0.0.1:R`, for a port R free on both when picked: the
 /// node whose replication listener binds `127.0.0.1:R` advertises `127.0.0.2:R`.
 ///
-/// Nothing holds `127.0.0.1:R` while the node is not master, so R is picked below the kernel's
-/// ephemeral range where there is room: no `bind(0)` (an admin endpoint's, another test's) and
-/// no outgoing connection is given it meanwhile. The proxy holding `127.0.0.2:R` keeps other
-/// clusters, which pick the same way, off it.
+/// Nothing holds `127.0.0.1:R` while the node is not master, so R is one of
+/// [`stable_ports`](crate::stable_ports), below the kernel's ephemeral range where there is
+/// room: no `bind(0)` (an admin endpoint's, another test's) and no outgoing connection is given
+/// it meanwhile. The proxy holding `127.0.0.2:R` keeps other clusters, which pick the same way,
+/// off it.
 fn replication_proxy() -> Proxy {
     let host: std::net::IpAddr = REPLICATION_PROXY_HOST.parse().expect("an IP address");
-    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .filter(|&low| low > 2048);
-    let mut rng = crate::Rng::new(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-            ^ (u64::from(std::process::id()) << 32),
-    );
     let mut last = None;
-    for _ in 0..50 {
-        let port = match below {
-            Some(low) => 1024 + rng.below(usize::from(low - 1024)) as u16,
-            None => free_port(),
-        };
+    for port in crate::stable_ports().take(50) {
         let master = SocketAddr::from(([127, 0, 0, 1], port));
         if let Err(e) = TcpListener::bind(master) {
             last = Some(e);

@@ -261,10 +261,34 @@ pub fn http_request(addr: &str, request: &str) -> Result<(u16, String)> {
     Ok((code, body))
 }
 
-/// Runs `ferromq ARGS...` to completion with a deadline; returns (status, stdout, stderr).
-pub fn run_cli(args: &[&str], timeout: Duration) -> Result<(ExitStatus, String, String)> {
+/// Removes every `FERROMQ_*` variable this process inherited from `command`'s environment:
+/// the developer's own overrides must not leak into a test's broker or CLI. Variables the
+/// caller sets on `command` afterwards are kept.
+pub fn without_ferromq_env(command: &mut Command) -> &mut Command {
+    for (key, _) in std::env::vars_os() {
+        if key
+            .to_str()
+            .is_some_and(|k| k.to_ascii_uppercase().starts_with("FERROMQ_"))
+        {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// `ferromq` ([`ferromq_bin`]) without the inherited `FERROMQ_*` variables
+/// ([`without_ferromq_env`]) and with `NO_COLOR=1`; no arguments yet.
+pub fn ferromq_command() -> Command {
     let mut command = Command::new(ferromq_bin());
-    command.args(args).env("NO_COLOR", "1");
+    without_ferromq_env(&mut command).env("NO_COLOR", "1");
+    command
+}
+
+/// Runs `ferromq ARGS...` ([`ferromq_command`]) to completion with a deadline; returns
+/// (status, stdout, stderr).
+pub fn run_cli(args: &[&str], timeout: Duration) -> Result<(ExitStatus, String, String)> {
+    let mut command = ferromq_command();
+    command.args(args);
     run_with_timeout(command, timeout)
 }
 
@@ -275,8 +299,8 @@ pub fn run_cli_with_input(
     input: &[u8],
     timeout: Duration,
 ) -> Result<(ExitStatus, String, String)> {
-    let mut command = Command::new(ferromq_bin());
-    command.args(args).env("NO_COLOR", "1");
+    let mut command = ferromq_command();
+    command.args(args);
     run_with_input(command, Some(input.to_vec()), timeout)
 }
 
@@ -339,6 +363,154 @@ fn read_all_in_thread(mut pipe: impl Read + Send + 'static) -> JoinHandle<String
         let mut bytes = Vec::new();
         let _ = pipe.read_to_end(&mut bytes);
         String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+// ----- child processes -----------------------------------------------------------------------
+
+/// Sends a signal by name (`"TERM"`, `"STOP"`, ...) to process `pid` with `kill -SIG`; an
+/// error if `kill` cannot be run or fails (no such process).
+pub fn send_signal(pid: u32, signal: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("running kill -{signal} {pid}"))?;
+    if !status.success() {
+        bail!("kill -{signal} {pid} failed: {status}");
+    }
+    Ok(())
+}
+
+/// A child process that a test starts itself (not a [`BrokerProcess`]), killed (SIGKILL) and
+/// reaped when the guard drops, also when the test panics or returns early with an error:
+/// no test leaves a process behind. Derefs to the [`Child`] (its pipes, `id`, `try_wait`).
+pub struct ChildGuard {
+    child: Child,
+    what: String,
+}
+
+impl ChildGuard {
+    /// Spawns `command`; `what` names it in errors.
+    pub fn spawn(what: &str, command: &mut Command) -> Result<ChildGuard> {
+        let child = command
+            .spawn()
+            .with_context(|| format!("spawning {what} ({command:?})"))?;
+        Ok(ChildGuard {
+            child,
+            what: what.to_string(),
+        })
+    }
+
+    /// Sends a signal by name (`"TERM"`, ...) with `kill -SIG`; an error if that fails.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        send_signal(self.child.id(), signal).with_context(|| format!("signalling {}", self.what))
+    }
+
+    /// Waits until the process exits, polling, for up to `timeout`; past it the process is
+    /// killed and this is an error. Its standard output and error must be read elsewhere (or
+    /// not be pipes), or a process that fills them never exits.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let mut status = None;
+        let exited = wait_until(deadline(timeout), || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        if !exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            bail!("{} did not exit within {timeout:?}; killed", self.what);
+        }
+        Ok(status.expect("exited"))
+    }
+}
+
+impl std::ops::Deref for ChildGuard {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ----- ports ---------------------------------------------------------------------------------
+
+/// An address on which connections are refused for as long as this lives: a loopback socket
+/// bound to a port the OS picks, never listening. A connection to it is answered with a reset
+/// (`ECONNREFUSED`), and no other socket can take the port meanwhile: the socket is bound
+/// without `SO_REUSEADDR`, so binding the port fails for every other socket (a broker's or a
+/// ZooKeeper server's listener of another test) and the kernel gives it to no outgoing
+/// connection. A port bound, released and then used would do neither: another test may listen
+/// on it by then, and "nothing listens there" would turn into a connection to a stranger.
+pub struct RefusingAddr {
+    _socket: tokio::net::TcpSocket,
+    addr: SocketAddr,
+}
+
+impl RefusingAddr {
+    /// Binds `127.0.0.1:0` without listening.
+    pub fn new() -> Result<RefusingAddr> {
+        let socket = tokio::net::TcpSocket::new_v4().context("creating a TCP socket")?;
+        socket.set_reuseaddr(false)?;
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .context("binding 127.0.0.1:0")?;
+        let addr = socket.local_addr()?;
+        Ok(RefusingAddr {
+            _socket: socket,
+            addr,
+        })
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// Candidate loopback ports, endless, for a listener that must get the same port again after
+/// its process is killed and started again (a cluster node on its failover URL's port): while
+/// the process is down nothing holds the port, and a port of the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`) may meanwhile be given to a `bind(0)` (another
+/// test's broker or admin endpoint) or to an outgoing connection as its local port (a client
+/// reconnecting to that very port would even connect to itself). So the candidates are random
+/// ports below that range, which the kernel never hands out on its own; where the range leaves
+/// no room (it starts at 2048 or below), free ports from `bind(0)`. A candidate may be taken
+/// by something listening already: the caller tries to bind it and takes the next one if that
+/// fails.
+pub fn stable_ports() -> impl Iterator<Item = u16> {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|&low| low > 2048);
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        ^ (u64::from(std::process::id()) << 32)
+        ^ CALLS
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(seed);
+    std::iter::repeat_with(move || match below {
+        Some(low) => 1024 + rng.below(usize::from(low - 1024)) as u16,
+        None => cluster::free_port(),
     })
 }
 
@@ -412,6 +584,18 @@ fn parse_address(line: &str) -> Option<SocketAddr> {
         .and_then(|a| a.trim_matches(|c| c == '"' || c == ',').parse().ok())
 }
 
+/// The address clients reach a broker at, from its `accepting clients ... address=HOST:PORT`
+/// log line (ANSI colours allowed); `None` for any other line. This is how a broker started
+/// on port 0 is found (see [`BrokerProcess`]), for tests that read the broker's log
+/// themselves.
+pub fn accepting_clients_address(line: &str) -> Option<SocketAddr> {
+    let line = strip_ansi(line);
+    if !line.contains("accepting clients") {
+        return None;
+    }
+    parse_address(&line)
+}
+
 /// The `[store]` line every test broker gets: segments of 16 MiB instead of the default
 /// 100 MiB, since each node writes its segment and the prepared next one in full at start.
 pub const TEST_LOG_SIZE: &str = "log_size = \"16MiB\"";
@@ -464,9 +648,41 @@ impl BrokerProcess {
         Ok(broker)
     }
 
+    /// Like [`start`](Self::start), the broker listening on a port from [`stable_ports`]
+    /// (below the kernel's ephemeral range) written into its config, so that after a kill it
+    /// can come back on that port ([`restart_retrying`](Self::restart_retrying),
+    /// [`restart_on_same_port`](Self::restart_on_same_port)) without the port being given to
+    /// another socket meanwhile. A port found taken at start is replaced by another.
+    pub fn start_on_stable_port(dir: &Path, extra_toml: &str) -> Result<BrokerProcess> {
+        let mut last = None;
+        let candidates = stable_ports()
+            .filter(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+            .take(5);
+        for port in candidates {
+            let mut broker = BrokerProcess::configure_on(dir, port, extra_toml)?;
+            match broker.spawn() {
+                Ok(()) if broker.addr.port() == port => return Ok(broker),
+                Ok(()) => bail!(
+                    "the broker listens on {} instead of port {port}",
+                    broker.addr
+                ),
+                Err(e) => {
+                    eprintln!("a broker on port {port} did not start: {e:#}");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("no port to try")))
+    }
+
     /// Writes the config of a broker in `dir` (a port chosen at start, the store in
     /// `dir/data`, then `extra_toml`); starts nothing.
     fn configure(dir: &Path, extra_toml: &str) -> Result<BrokerProcess> {
+        BrokerProcess::configure_on(dir, 0, extra_toml)
+    }
+
+    /// [`configure`](Self::configure) with the client connector on `port` (0: any).
+    fn configure_on(dir: &Path, port: u16, extra_toml: &str) -> Result<BrokerProcess> {
         let name = std::thread::current()
             .name()
             .filter(|n| *n != "main")
@@ -475,7 +691,7 @@ impl BrokerProcess {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("ferromq.toml");
         let text = format!(
-            "[transport]\nconnectors = [\"tcp://127.0.0.1:0\"]\n\n[store]\ndirectory = {}\n{}\n\n{}\n",
+            "[transport]\nconnectors = [\"tcp://127.0.0.1:{port}\"]\n\n[store]\ndirectory = {}\n{}\n\n{}\n",
             toml_string(&dir.join("data").to_string_lossy()),
             TEST_LOG_SIZE,
             extra_toml
@@ -517,15 +733,7 @@ impl BrokerProcess {
     /// Sends a signal by name (`"STOP"`, `"CONT"`, ...) to the running broker with `kill -SIG`.
     pub fn signal(&self, signal: &str) -> Result<()> {
         let child = self.child.as_ref().ok_or_else(|| anyhow!("not running"))?;
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(child.id().to_string())
-            .status()
-            .with_context(|| format!("running kill -{signal}"))?;
-        if !status.success() {
-            bail!("kill -{signal} {} failed: {status}", child.id());
-        }
-        Ok(())
+        send_signal(child.id(), signal)
     }
 
     fn spawn(&mut self) -> Result<()> {
@@ -552,14 +760,7 @@ impl BrokerProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // The developer's own overrides must not leak into a test broker.
-        for (key, _) in std::env::vars_os() {
-            if key
-                .to_str()
-                .is_some_and(|k| k.to_ascii_uppercase().starts_with("FERROMQ_"))
-            {
-                command.env_remove(key);
-            }
-        }
+        without_ferromq_env(&mut command);
         let mut child = command.spawn().context("spawning ferromq broker")?;
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
@@ -670,7 +871,10 @@ impl BrokerProcess {
 
     /// Like [`restart`](Self::restart), but listening on the port of the previous run, so that
     /// clients with that address (failover URLs) find the broker again. The config keeps the
-    /// fixed port from then on.
+    /// fixed port from then on. Start such a broker with
+    /// [`start_on_stable_port`](Self::start_on_stable_port): a port of the ephemeral range, as
+    /// port 0 gives, may be handed to another socket (a reconnecting client's own) while the
+    /// broker is down.
     pub fn restart_on_same_port(&mut self) -> Result<()> {
         self.kill9();
         let text = std::fs::read_to_string(&self.config)?;
@@ -1382,6 +1586,30 @@ mod tests {
             parse_address(&line),
             Some("127.0.0.1:40123".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn a_refusing_address_refuses_and_keeps_its_port() {
+        let refusing = RefusingAddr::new().unwrap();
+        for _ in 0..3 {
+            let error = TcpStream::connect_timeout(&refusing.addr(), Duration::from_secs(5))
+                .expect_err("a connection to a socket that does not listen");
+            assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused, "{error}");
+        }
+        let taken = std::net::TcpListener::bind(refusing.addr());
+        assert!(taken.is_err(), "another socket bound {}", refusing.addr());
+    }
+
+    #[test]
+    fn stable_ports_are_below_the_ephemeral_range() {
+        let Some(low) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+            .filter(|&low| low > 2048)
+        else {
+            return;
+        };
+        assert!(stable_ports().take(1000).all(|p| (1024..low).contains(&p)));
     }
 
     #[test]

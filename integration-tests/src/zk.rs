@@ -465,13 +465,19 @@ pub fn four_letter_word(port: u16, word: &str) -> Option<String> {
     (!reply.is_empty()).then_some(reply)
 }
 
-/// `n` distinct free loopback ports (all bound at once, then released).
+/// `n` distinct loopback ports free now, from [`stable_ports`](crate::stable_ports): a member
+/// killed and started again ([`ZkEnsemble::start_member`]) binds its ports anew, and ports
+/// below the kernel's ephemeral range are not given to another socket while it is down.
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("bound").port())
-        .collect()
+    let mut ports = Vec::with_capacity(n);
+    for port in crate::stable_ports().take(50 * n) {
+        if ports.len() == n {
+            break;
+        }
+        if !ports.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    assert_eq!(ports.len(), n, "no {n} free loopback ports: {ports:?}");
+    ports
 }

@@ -14,6 +14,7 @@ fn metric(text: &str, sample: &str) -> Option<u64> {
 
 #[test]
 fn the_admin_endpoint_reports_role_queues_and_metrics_and_refuses_bad_requests() -> Result<()> {
+    const BODY: usize = 1024;
     let dir = tempfile::tempdir()?;
     let broker = BrokerProcess::start(dir.path(), "[admin]\nbind = \"tcp://127.0.0.1:0\"\n")?;
     let admin = broker
@@ -26,10 +27,17 @@ fn the_admin_endpoint_reports_role_queues_and_metrics_and_refuses_bad_requests()
     assert!(body.contains("\"serving\":true"), "{body}");
     assert_eq!(http_get(&admin, "/ready")?.0, 200);
 
-    // Three waiting, then one delivered and not acknowledged.
+    // Three waiting, then one delivered and not acknowledged. Bodies of 1 KiB: what the
+    // journal retains must grow by at least that much per message.
+    let (_, text) = http_get(&admin, "/metrics")?;
+    let retained_before =
+        metric(&text, "ferromq_journal_retained_bytes").expect("the journal retained metric");
     let mut producer = broker.client()?;
     for i in 0..3 {
-        producer.send_persistent("/queue/adm", format!("m{i}").as_bytes())?;
+        producer.send_persistent(
+            "/queue/adm",
+            format!("m{i}-{}", "x".repeat(BODY)).as_bytes(),
+        )?;
     }
     let (_, text) = http_get(&admin, "/metrics")?;
     assert_eq!(
@@ -72,10 +80,17 @@ fn the_admin_endpoint_reports_role_queues_and_metrics_and_refuses_bad_requests()
     assert!(end > 0, "{text}");
     let (_, body) = http_get(&admin, "/health")?;
     assert!(body.contains(&format!("\"position\":{end},")), "{body}");
-    // Three stored messages (and the records before them) are retained in the journal.
+    // The three stored messages are retained in the journal: it grew by at least their bodies
+    // and a frame header (length and checksum, 8 bytes) each. Nothing was released (one fresh
+    // segment), so it retains no more than was written.
+    let retained = metric(&text, "ferromq_journal_retained_bytes").expect("the retained metric");
     assert!(
-        metric(&text, "ferromq_journal_retained_bytes").is_some_and(|b| b > 3 * 2),
-        "{text}"
+        retained >= retained_before + 3 * (BODY as u64 + 8),
+        "retained {retained} bytes, {retained_before} before three {BODY}-byte messages:\n{text}"
+    );
+    assert!(
+        retained <= end,
+        "retained {retained} bytes of a journal ending at {end}"
     );
     let (code, body) = http_get(&admin, "/queues")?;
     assert_eq!(code, 200);

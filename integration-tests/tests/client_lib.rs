@@ -46,7 +46,10 @@ async fn failover_client_replays_sends_across_kill9_without_duplicates() -> Resu
     const KILL_AFTER: u64 = 1_000;
     const AFTER_RECONNECT: u64 = 1_000;
     let dir = tempfile::tempdir()?;
-    let mut broker = blocking(|| BrokerProcess::start(dir.path(), ""))?;
+    // On a port below the ephemeral range: while the broker is down, the client reconnecting to
+    // the port must not be given it as its own local port (a connection to itself), nor
+    // another socket take it (see `stable_ports`).
+    let mut broker = blocking(|| BrokerProcess::start_on_stable_port(dir.path(), ""))?;
     let url = format!(
         "failover:(tcp://{})?initialReconnectDelay=20&maxReconnectDelay=200&randomize=false",
         broker.addr()
@@ -233,10 +236,10 @@ async fn a_message_over_the_frame_limit_is_refused_not_resent_for_ever() -> Resu
 #[test]
 fn bench_json_without_a_broker_is_a_json_error() -> Result<()> {
     use ferromq_integration_tests::run_cli;
-    // A port nothing listens on: bound, then released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    // A port where connections are refused for the whole test: held by a socket that does not
+    // listen, so no other test's listener can take it meanwhile (see `RefusingAddr`).
+    let refusing = ferromq_integration_tests::RefusingAddr::new()?;
+    let port = refusing.addr().port();
     let url = format!("tcp://127.0.0.1:{port}?maxReconnectAttempts=0");
     let (status, stdout, stderr) = run_cli(
         &["bench", "--url", &url, "-n", "1", "--json"],
@@ -249,6 +252,7 @@ fn bench_json_without_a_broker_is_a_json_error() -> Result<()> {
         "not one JSON error document: {stdout:?}"
     );
     assert!(line.contains(&port.to_string()), "{line}");
+    drop(refusing);
     Ok(())
 }
 

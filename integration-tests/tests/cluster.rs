@@ -862,9 +862,10 @@ fn a_health_check_with_a_bad_command_line_is_unknown() {
     // With --json every verdict is one JSON object, an UNKNOWN or a CRITICAL as much as an OK,
     // so that a script reading it breaks on no failure. ZooKeeper unreachable: CRITICAL, with
     // why.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = format!("127.0.0.1:{}", closed.local_addr().unwrap().port());
-    drop(closed);
+    // Refused for the whole test, and no other test's ZooKeeper can take the port meanwhile:
+    // a socket holds it without listening (see `RefusingAddr`).
+    let refusing = ferromq_integration_tests::RefusingAddr::new().unwrap();
+    let address = refusing.addr().to_string();
     for (args, state, named) in [
         (
             vec!["status", "--expect-members", "three", "--json"],
@@ -2155,28 +2156,21 @@ fn a_cluster_nodes_store_is_refused_standalone_zk38() {
     let s = (0..3).find(|&i| i != m).unwrap();
     cluster.kill9(s);
     let dir = cluster.nodes[s].dir.clone();
-    let mut child = std::process::Command::new(ferromq_integration_tests::ferromq_bin())
+    let mut command = ferromq_integration_tests::ferromq_command();
+    command
         .arg("broker")
         .arg("--config")
         .arg(dir.join("ferromq.toml"))
         .env("FERROMQ_REPLICATION__ZK_ADDRESS", "")
-        .current_dir(&dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("starting the node without zk_address");
-    let exited = wait_until(deadline(Duration::from_secs(30)), || {
-        child.try_wait().ok().flatten().is_some()
-    });
-    if !exited {
-        let _ = child.kill();
-        panic!("node {s} started standalone on its cluster store");
-    }
-    let output = child.wait_with_output().expect("its output");
-    let stderr = String::from_utf8_lossy(&output.stderr);
+        .current_dir(&dir);
+    // Its output read as it comes, and killed past the deadline.
+    let (status, _, stderr) =
+        ferromq_integration_tests::run_with_timeout(command, Duration::from_secs(30))
+            .unwrap_or_else(|e| {
+                panic!("node {s} without zk_address did not refuse to start: {e:#}")
+            });
     assert_eq!(
-        output.status.code(),
+        status.code(),
         Some(2),
         "a refusal only a person can mend exits 2, which supervisors do not retry: {stderr}"
     );
@@ -2457,9 +2451,11 @@ fn a_slave_whose_open_journal_rotted_leaves_rather_than_serve_it_zk38() {
 #[test]
 fn questionable_replication_settings_are_reported_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let zk = unused.local_addr().unwrap();
-    drop(unused);
+    // No ZooKeeper there for the whole test: a socket holds the port without listening, so
+    // connections are refused and no other test's ZooKeeper can take it (the node would then
+    // register under the shared zk_path).
+    let refusing = ferromq_integration_tests::RefusingAddr::new().unwrap();
+    let zk = refusing.addr();
     let broker = ferromq_integration_tests::BrokerProcess::start(
         dir.path(),
         &format!(
@@ -2523,7 +2519,8 @@ fn stomp_py_fails_over_zk38() {
     let order: Vec<usize> = (0..3).filter(|&i| i != m).chain([m]).collect();
     let script = ferromq_integration_tests::workspace_root()
         .join("integration-tests/python/stomp_py_failover.py");
-    let mut child = Command::new("python3")
+    let mut command = Command::new("python3");
+    command
         .arg(&script)
         .args(
             order
@@ -2532,9 +2529,10 @@ fn stomp_py_fails_over_zk38() {
         )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running python3");
+        .stderr(Stdio::piped());
+    // Killed when dropped: a failed assertion below leaves no stomp.py behind.
+    let mut child = ferromq_integration_tests::ChildGuard::spawn("stomp.py", &mut command)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let mut stdin = child.stdin.take().expect("piped");
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");

@@ -668,23 +668,41 @@ fn slow_topic_subscribers_do_not_stall_producers_or_others() -> Result<()> {
 
 /// A subscriber with ActiveMQ's default topic prefetch (32,767, more than is sent) that never
 /// reads its socket is handed at most `memory_limit` bytes: past them its messages are
-/// discarded (and logged), instead of the broker holding all 16 MB sent, and the producer is
-/// not held up.
+/// discarded (logged, and counted in `ferromq_topic_discarded_total`), instead of the broker
+/// holding all 16 MB sent, and the producer is not held up. Reading again, it gets exactly
+/// the messages not counted as discarded, the newest last.
 #[test]
 fn a_stalled_topic_subscriber_is_held_to_memory_limit_bytes() -> Result<()> {
     const N: usize = 4000;
+    const MEMORY_LIMIT: usize = 1 << 20;
+    /// What the kernel may hold of a connection on top of what the broker does: the broker's
+    /// send buffer (`tcp_wmem` grows it to 4 MiB by default) and the subscriber's receive
+    /// buffer (not grown: it does not read). The broker counts what it wrote there as consumed
+    /// (auto ack). Here about 3.7 MB were, so the subscriber got ~1,150 of the 4,000 messages;
+    /// without the limit it would get all 16 MB.
+    const SOCKET_BUFFERS: usize = 6 << 20;
     let dir = tempfile::tempdir()?;
-    let broker = BrokerProcess::start(dir.path(), "[broker]\nmemory_limit = \"1MiB\"\n")?;
+    let broker = BrokerProcess::start(
+        dir.path(),
+        &format!(
+            "[broker]\nmemory_limit = \"{}KiB\"\n\n[admin]\nbind = \"tcp://127.0.0.1:0\"\n",
+            MEMORY_LIMIT >> 10
+        ),
+    )?;
+    let admin = broker
+        .admin_addr()
+        .context("the broker logs its admin endpoint")?;
     let topic = "/topic/firehose";
     let mut hoarder = broker.client()?;
     hoarder.subscribe("hoarder", topic, &[])?;
     let padding = "x".repeat(4096);
+    let body = |i: usize| format!("{i}:{padding}");
     let mut producer = broker.client()?;
     for i in 0..N - 1 {
-        producer.send_nowait(topic, format!("{i}:{padding}").as_bytes(), &[])?;
+        producer.send_nowait(topic, body(i).as_bytes(), &[])?;
     }
     producer
-        .send(topic, format!("{}:{padding}", N - 1).as_bytes(), &[])
+        .send(topic, body(N - 1).as_bytes(), &[])
         .context("the producer's last send was not receipted: it was held up")?;
     let hoarder_discarded = || {
         broker.logs().iter().any(|line| {
@@ -694,6 +712,49 @@ fn a_stalled_topic_subscriber_is_held_to_memory_limit_bytes() -> Result<()> {
     assert!(
         wait_until(deadline(Duration::from_secs(5)), hoarder_discarded),
         "a subscriber that stopped reading was handed more than memory_limit"
+    );
+    // Reading again, it gets what it was handed and what the broker kept for it, in order,
+    // up to the last message sent.
+    let mut got = Vec::new();
+    loop {
+        let m = hoarder
+            .recv_message(FRAME_TIMEOUT)
+            .with_context(|| format!("the hoarder reading again, after {} messages", got.len()))?;
+        let n: usize = m.text().split(':').next().unwrap_or_default().parse()?;
+        got.push(n);
+        if n == N - 1 {
+            break;
+        }
+    }
+    ensure!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "out of order or repeated: {got:?}"
+    );
+    let (code, text) = ferromq_integration_tests::http_get(&admin, "/metrics")?;
+    ensure!(code == 200, "{text}");
+    let discarded = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("ferromq_topic_discarded_total ")?
+                .parse::<usize>()
+                .ok()
+        })
+        .with_context(|| format!("no ferromq_topic_discarded_total:\n{text}"))?;
+    eprintln!(
+        "the hoarder got {} of {N} messages, {discarded} discarded",
+        got.len()
+    );
+    ensure!(
+        got.len() + discarded == N,
+        "the hoarder got {} of {N} messages, but {discarded} are counted as discarded",
+        got.len()
+    );
+    let handed = got.len() * body(0).len();
+    ensure!(
+        handed <= MEMORY_LIMIT + SOCKET_BUFFERS,
+        "the hoarder was handed {handed} bytes ({} messages), more than memory_limit \
+         ({MEMORY_LIMIT}) and what socket buffers hold ({SOCKET_BUFFERS})",
+        got.len()
     );
     drop(hoarder);
     Ok(())
@@ -1369,7 +1430,9 @@ fn two_clients_with_the_same_temp_queue_name_get_their_own_replies() -> Result<(
 /// that is not a number gets an ERROR naming the header.
 #[test]
 fn a_delayed_message_is_delivered_when_due_even_across_a_kill_and_restart() -> Result<()> {
-    const DELAY_MS: i64 = 4000;
+    // Long enough for the kill, the restart and the new subscription to be over well before
+    // the message is due, also on a loaded machine (checked below).
+    const DELAY_MS: i64 = 10_000;
     let dir = tempfile::tempdir()?;
     let mut broker = BrokerProcess::start(dir.path(), "[broker]\nscheduler_support = true\n")?;
     let queue = "/queue/delayed";
@@ -1400,6 +1463,16 @@ fn a_delayed_message_is_delivered_when_due_even_across_a_kill_and_restart() -> R
     broker.restart()?;
     let mut consumer = broker.client()?;
     consumer.subscribe("s", queue, &[])?;
+    // Restarted and subscribed before the due time: a delivery before it would be seen (and
+    // fail the check below), rather than the check holding because the restart took longer
+    // than the delay.
+    let subscribed = ferromq_integration_tests::now_ms();
+    ensure!(
+        subscribed < sent + DELAY_MS,
+        "the kill, restart and subscription took {} ms, longer than the {DELAY_MS} ms delay: \
+         nothing to tell",
+        subscribed - sent
+    );
     let m = consumer.recv_message(LONG)?;
     let at = ferromq_integration_tests::now_ms();
     assert_eq!(m.text(), "later");

@@ -448,12 +448,13 @@ fn a_store_directory_that_is_a_file_is_refused_with_status_2() -> Result<()> {
             ferromq_integration_tests::toml_string(&file.to_string_lossy())
         ),
     )?;
-    let output = std::process::Command::new(ferromq_integration_tests::ferromq_bin())
-        .args(["broker", "--config"])
-        .arg(&config)
-        .output()?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let config = config.to_string_lossy();
+    // A broker that started instead of refusing is killed at the deadline (an error here).
+    let (status, _, stderr) = ferromq_integration_tests::run_cli(
+        &["broker", "--config", &config],
+        Duration::from_secs(60),
+    )?;
+    assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("create directory") && stderr.contains("not-a-directory"),
         "the refusal should name the directory: {stderr}"

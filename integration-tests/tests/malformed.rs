@@ -171,38 +171,41 @@ fn frame_over_max_frame_size_is_refused() -> Result<()> {
             "SEND\ndestination:/queue/x\ncontent-length:{}\n\n",
             MAX_FRAME_SIZE * 10
         );
-        expect_error(
-            broker,
-            head.as_bytes(),
-            &["too large", "max_frame_size", "size"],
-        )?;
+        let error = expect_error(broker, head.as_bytes(), &["too large", "max_frame_size"])?;
+        ensure!(
+            names_the_limit(&error),
+            "the ERROR for a declared oversized frame should name the limit \
+             ({MAX_FRAME_SIZE} or max_frame_size): {error:?}"
+        );
 
         // Streamed past the limit without content-length: the broker must not buffer on.
         let mut bad = broker.client()?;
         let mut frame = b"SEND\ndestination:/queue/x\n\n".to_vec();
         frame.extend(std::iter::repeat_n(b'x', MAX_FRAME_SIZE + 1));
         bad.write_raw(&frame)?;
-        let mut error = None;
-        loop {
-            match bad.poll(FRAME_TIMEOUT)? {
-                Incoming::Frame(f) if f.command == "ERROR" => error = Some(f),
-                Incoming::Frame(f) => anyhow::bail!("unexpected frame {f:?}"),
-                Incoming::Closed => break,
-                Incoming::TimedOut => anyhow::bail!(
-                    "a frame body streamed past max_frame_size ({MAX_FRAME_SIZE}) neither got \
-                     an ERROR nor closed the connection within {FRAME_TIMEOUT:?}"
-                ),
-            }
-        }
-        if let Some(error) = error {
-            let message = error.get("message").unwrap_or_default().to_lowercase();
-            ensure!(
-                message.contains("large") || message.contains("size"),
-                "ERROR for an oversized frame: {error:?}"
-            );
-        }
+        let error = bad
+            .expect_error_then_close(FRAME_TIMEOUT)
+            .with_context(|| {
+                format!("a frame body streamed past max_frame_size ({MAX_FRAME_SIZE})")
+            })?;
+        ensure!(
+            names_the_limit(&error),
+            "the ERROR for a frame streamed past the limit should name it \
+             ({MAX_FRAME_SIZE} or max_frame_size): {error:?}"
+        );
         Ok(())
     })
+}
+
+/// Whether an ERROR's `message` names the size limit: `max_frame_size`, or the number
+/// [`MAX_FRAME_SIZE`] as a whole number (not a part of a larger one, such as the frame's own
+/// size).
+fn names_the_limit(error: &Frame) -> bool {
+    let message = error.get("message").unwrap_or_default();
+    message.contains("max_frame_size")
+        || message
+            .split(|c: char| !c.is_ascii_digit())
+            .any(|number| number == MAX_FRAME_SIZE.to_string())
 }
 
 #[test]
@@ -301,42 +304,59 @@ fn a_client_silent_after_connecting_does_not_block_others() -> Result<()> {
 /// closed pipe, and a SIGTERM still ends it cleanly (exit 0, not a panic's 101).
 #[test]
 fn a_closed_log_pipe_does_not_stop_the_broker() -> Result<()> {
-    use std::io::Read as _;
-    use std::process::{Command, Stdio};
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    use ferromq_integration_tests::{accepting_clients_address, ChildGuard, STARTUP_TIMEOUT};
 
     let dir = tempfile::tempdir()?;
-    let port = ferromq_integration_tests::cluster::free_port();
     let config = dir.path().join("ferromq.toml");
     std::fs::write(
         &config,
         format!(
-            "[transport]\nconnectors = [\"tcp://127.0.0.1:{port}\"]\n\n[store]\ndirectory = {}\n{}\n",
+            "[transport]\nconnectors = [\"tcp://127.0.0.1:0\"]\n\n[store]\ndirectory = {}\n{}\n",
             ferromq_integration_tests::toml_string(&dir.path().join("data").to_string_lossy()),
             ferromq_integration_tests::TEST_LOG_SIZE
         ),
     )?;
-    let mut child = Command::new(ferromq_integration_tests::ferromq_bin())
+    let mut command = ferromq_integration_tests::ferromq_command();
+    command
         .arg("broker")
         .arg("--config")
         .arg(&config)
+        .env("RUST_LOG", "info")
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting the broker")?;
-    // Its first log line, then the reader goes away.
-    let mut stderr = child.stderr.take().expect("piped");
-    let mut first = [0u8; 1];
-    stderr.read_exact(&mut first)?;
-    drop(stderr);
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        .stderr(Stdio::piped());
+    // Killed when dropped: an early return or a panic below leaves no broker behind.
+    let mut broker = ChildGuard::spawn("the broker", &mut command)?;
+    // Its log up to the line that says where it listens (the OS picked the port); then the
+    // reader goes away, closing the pipe, before the address is handed over.
+    let stderr = broker.stderr.take().expect("piped");
+    let (found, listening) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut addr = None;
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        for line in lines.by_ref().map_while(Result::ok) {
+            addr = accepting_clients_address(&line);
+            if addr.is_some() {
+                break;
+            }
+        }
+        drop(lines);
+        let _ = found.send(addr);
+    });
+    let addr = match listening.recv_timeout(STARTUP_TIMEOUT) {
+        Ok(Some(addr)) => addr,
+        Ok(None) => anyhow::bail!(
+            "the broker's log ended without an `accepting clients` line (exit: {:?})",
+            broker.try_wait()?
+        ),
+        Err(_) => anyhow::bail!("no `accepting clients` log line within {STARTUP_TIMEOUT:?}"),
+    };
     let result = (|| -> Result<()> {
-        ensure!(
-            ferromq_integration_tests::wait_until(
-                ferromq_integration_tests::deadline(std::time::Duration::from_secs(30)),
-                || StompClient::open(addr).is_ok()
-            ),
-            "the broker never accepted a connection"
-        );
         // Each of these is logged (at INFO) into the closed pipe.
         for _ in 0..3 {
             let mut bad = StompClient::open(addr)?;
@@ -351,11 +371,10 @@ fn a_closed_log_pipe_does_not_stop_the_broker() -> Result<()> {
         client.disconnect()?;
         Ok(())
     })();
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let status = child.wait()?;
+    broker.signal("TERM")?;
+    let status = broker
+        .wait_timeout(Duration::from_secs(30))
+        .context("after SIGTERM")?;
     result?;
     ensure!(
         status.success(),
