@@ -692,8 +692,13 @@ fn modified_utf8() {
     assert_eq!(wire::decode_mutf8(&out[2..]).unwrap(), s);
     // Java also accepts a raw NUL byte.
     assert_eq!(wire::decode_mutf8(&[b'x', 0]).unwrap(), "x\u{0}");
-    // Unpaired surrogates, 4-byte UTF-8 and stray continuation bytes are rejected.
-    assert!(wire::decode_mutf8(&[0xED, 0xA0, 0xBD]).is_err());
+    // An unpaired surrogate (a Java string cut through an emoji) becomes U+FFFD; 4-byte UTF-8
+    // and stray continuation bytes are rejected.
+    assert_eq!(
+        wire::decode_mutf8(&[b'a', 0xED, 0xA0, 0xBD, b'b']).unwrap(),
+        "a\u{FFFD}b"
+    );
+    assert_eq!(wire::decode_mutf8(&[0xED, 0xB8, 0x80]).unwrap(), "\u{FFFD}");
     assert!(wire::decode_mutf8("\u{1F600}".as_bytes()).is_err());
     assert!(wire::decode_mutf8(&[0x80]).is_err());
     assert!(wire::decode_mutf8(&[0xC3]).is_err());

@@ -200,7 +200,9 @@ impl<'a> Reader<'a> {
 /// Decodes modified UTF-8 (Java's `readUTF` body) into a string.
 ///
 /// Accepts what Java accepts (1-, 2- and 3-byte forms, including a raw NUL and overlong
-/// forms) and additionally rejects unpaired surrogates, which a Rust string cannot hold.
+/// forms). An unpaired surrogate, which a Java string may hold (one cut through an emoji) and
+/// `writeUTF` sends, but a Rust string cannot, becomes U+FFFD: refusing it would close the
+/// connection, and a failover client would replay the same command on every reconnect.
 pub(crate) fn decode_mutf8(bytes: &[u8]) -> Result<String, &'static str> {
     if bytes.is_ascii() {
         return std::str::from_utf8(bytes)
@@ -236,7 +238,7 @@ pub(crate) fn decode_mutf8(bytes: &[u8]) -> Result<String, &'static str> {
             return Err("invalid modified UTF-8 lead byte");
         }
     }
-    String::from_utf16(&units).map_err(|_| "unpaired UTF-16 surrogate")
+    Ok(String::from_utf16_lossy(&units))
 }
 
 fn plain(s: &str) -> bool {
