@@ -514,6 +514,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             ack_prefix: format!("{:08x}", rand::random::<u32>()),
             version: self.version,
             anonymous: self.anonymous,
+            disconnecting: false,
             peer: self.peer,
             temps,
         };
@@ -542,7 +543,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         // at first whatever came with CONNECT (a client need not wait for CONNECTED).
         let mut unhandled_input = !self.input.is_empty();
         let result: Result<(), Refusal> = loop {
-            let handle_input = std::mem::take(&mut unhandled_input);
+            let handle_input = std::mem::take(&mut unhandled_input) && !state.disconnecting;
             let ready = if handle_input {
                 None
             } else {
@@ -565,7 +566,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 tokio::select! {
                     // A browsing connection is read even when held back: its UNSUBSCRIBE, or a SEND
                     // it waits on, must not wait for the whole browse.
-                    read = self.stream.read_buf(&mut self.input), if paused.is_none() || !state.browsing.is_empty() => match read {
+                    read = self.stream.read_buf(&mut self.input), if !state.disconnecting && (paused.is_none() || !state.browsing.is_empty()) => match read {
                         Ok(0) | Err(_) => break Ok(()),
                         Ok(_) => {
                             last_read = Instant::now();
@@ -579,7 +580,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         tracing::debug!(peer = %self.peer, "room again: reading resumed");
                         Ok(Step::Continue)
                     }
-                    Some(delivery) = deliveries.recv() => {
+                    Some(delivery) = deliveries.recv(), if !state.disconnecting => {
                         self.write_delivery(&mut state, delivery);
                         // Batch what else is ready into the same write.
                         for _ in 0..255 {
@@ -591,7 +592,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         Ok(Step::Continue)
                     }
                     // Lets the runtime run other tasks between pages.
-                    () = tokio::task::yield_now(), if !state.browsing.is_empty() => {
+                    () = tokio::task::yield_now(), if !state.browsing.is_empty() && !state.disconnecting => {
                         self.browse_page(&mut state)
                     }
                     result = front(&mut state.awaiting), if !state.awaiting.is_empty() => {
@@ -682,6 +683,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     if let Step::Close = self.handle_frame(state, frame)? {
                         return Ok(Step::Close);
                     }
+                    if state.disconnecting {
+                        // Whatever the client sent after its DISCONNECT is not handled.
+                        self.input.clear();
+                        return Ok(Step::Continue);
+                    }
                 }
                 Ok(Some(Item::HeartBeat)) => {}
                 Ok(None) => return Ok(Step::Continue),
@@ -746,6 +752,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             Command::Abort => state.abort(required(frame, "transaction")?)?,
             Command::Disconnect => {
+                state.disconnecting = true;
                 let flush = state.session.flush();
                 state
                     .awaiting
@@ -968,6 +975,12 @@ struct State {
     version: Version,
     /// CONNECT named no `client-id` (see [`State::subscribe`]).
     anonymous: bool,
+    /// A DISCONNECT was read: its RECEIPT waits for what came before it, and meanwhile the
+    /// session is over for the client (as ActiveMQ removes the connection at once): nothing
+    /// after the DISCONNECT is read or handled, and no more MESSAGE is written (what an
+    /// auto-ack subscription had written would count as consumed, by a client that has stopped
+    /// reading).
+    disconnecting: bool,
     peer: SocketAddr,
     /// Declared after `session`, so dropped after it: by then the connection's consumers of
     /// its temporary destinations are gone and the destinations can be deleted.

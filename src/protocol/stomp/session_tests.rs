@@ -1419,3 +1419,29 @@ async fn a_silent_client_is_kept_three_promised_periods() {
         .expect("closed by the check at 4.5 s")
         .unwrap();
 }
+
+/// After a DISCONNECT nothing the client sent is handled and no MESSAGE is written: the
+/// session is over for the client (ActiveMQ removes the connection at once), while the
+/// RECEIPT waits for what came before. Before, a SEND after it was stored and an auto-ack
+/// subscription made after it consumed messages the client would never read.
+#[tokio::test]
+async fn nothing_after_a_disconnect_is_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_for_tests(dir.path(), Default::default());
+    let (mut p, _) = Peer::connect(&broker, "1.2", "").await;
+    p.write(
+        "SEND\ndestination:/queue/before\npersistent:true\n\nb\0\
+         DISCONNECT\nreceipt:bye\n\n\0\
+         SEND\ndestination:/queue/after\n\nlate\0\
+         SUBSCRIBE\nid:s\ndestination:/queue/before\n\n\0",
+    )
+    .await;
+    let frames = p.frames_until(is_receipt("bye")).await;
+    assert_eq!(frames.len(), 1, "only the RECEIPT: {frames:?}");
+    tokio::time::timeout(Duration::from_secs(10), &mut p.task)
+        .await
+        .expect("the session ends")
+        .unwrap();
+    assert_eq!(broker.queue_depth("queue://before"), 1);
+    assert_eq!(broker.queue_depth("queue://after"), 0);
+}
