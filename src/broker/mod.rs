@@ -1145,6 +1145,16 @@ impl Session {
         lock(&self.shared).begin(self.id, transaction)
     }
 
+    /// Drops the sends of open transaction `transaction` to `destination` (see
+    /// `Core::drop_sends_to`); how many were dropped.
+    pub fn drop_transaction_sends_to(
+        &self,
+        transaction: &str,
+        destination: &Destination,
+    ) -> Result<usize, BrokerError> {
+        lock(&self.shared).drop_sends_to(self.id, transaction, destination)
+    }
+
     pub fn commit(&self, transaction: &str) -> Result<Confirmation, BrokerError> {
         let confirmation = self.then_flush(|core| core.commit(self.id, transaction))?;
         self.sent_persistent.store(true, Ordering::Relaxed);

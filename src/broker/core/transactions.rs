@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use super::{fits_one_record, remove_entry, with_keys, Core, Routed, Transaction};
-use crate::broker::{BrokerError, Confirmation};
+use crate::broker::{BrokerError, Confirmation, Destination};
 
 impl Core {
     pub fn begin(&mut self, session: u64, tx: &str) -> Result<(), BrokerError> {
@@ -88,6 +88,26 @@ impl Core {
         }
         let (start, _) = self.append_deferred(entries)?;
         Ok(self.wait_for(with_keys(publish, &keyed, start)))
+    }
+
+    /// Drops the sends of open transaction `tx` to `destination` (a temporary destination
+    /// deleted before the commit, whose messages ActiveMQ's commit hands to the deleted
+    /// destination: nobody); the commit must not make it again as an ordinary queue. Their
+    /// bodies stay counted until the commit or rollback. Returns how many were dropped.
+    pub fn drop_sends_to(
+        &mut self,
+        session: u64,
+        tx: &str,
+        destination: &Destination,
+    ) -> Result<usize, BrokerError> {
+        let open = self
+            .session(session)?
+            .transactions
+            .get_mut(tx)
+            .ok_or_else(|| BrokerError::UnknownTransaction(tx.to_string()))?;
+        let before = open.sends.len();
+        open.sends.retain(|(d, _)| d != destination);
+        Ok(before - open.sends.len())
     }
 
     /// Drops a transaction's sends; its acknowledged messages are redelivered.

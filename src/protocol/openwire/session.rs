@@ -563,6 +563,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             pulls: Vec::new(),
             acks: HashMap::new(),
             tx_acks: HashMap::new(),
+            tx_temps: HashMap::new(),
             begun: HashSet::new(),
             rollback_only: HashMap::new(),
             failover_reconnect: info.failover_reconnect,
@@ -857,7 +858,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     ..DataArrayResponse::default()
                 }));
             }
-            Command::TransactionInfo(tx) => state.transaction(tx),
+            Command::TransactionInfo(tx) => state.transaction(tx, &self.options.temps),
             Command::DestinationInfo(info) => {
                 state.destination_info(info, &self.options.temps);
                 Ok(None)
@@ -1372,6 +1373,9 @@ struct State {
     /// Acks inside each open transaction: (consumer, tag, scope), settled at commit. A
     /// transaction is here (its list maybe empty) once it carried a send or a matched ack.
     tx_acks: HashMap<String, Vec<(String, u64, AckScope)>>,
+    /// The temporary destinations each open transaction sent to: one deleted before the
+    /// commit gets nothing from it (see `State::transaction`).
+    tx_temps: HashMap<String, Vec<OwDestination>>,
     /// Transactions begun (BEGIN) and not yet committed or rolled back.
     begun: HashSet<String>,
     /// Open transactions with a refused send the client was not told of (it did not wait for
@@ -1425,6 +1429,12 @@ impl State {
             // The client begins transactions lazily; a replay may omit the BEGIN.
             let _ = self.session.begin(tx);
             self.tx_acks.entry(tx.clone()).or_default();
+            if temporary {
+                let sent_to = self.tx_temps.entry(tx.clone()).or_default();
+                if !sent_to.contains(destination) {
+                    sent_to.push(destination.clone());
+                }
+            }
         }
         self.session
             .send_to_each(&members, message, transaction.as_deref())
@@ -1714,7 +1724,11 @@ impl State {
         }
     }
 
-    fn transaction(&mut self, tx: &TransactionInfo) -> Result<Option<Confirmation>, BrokerError> {
+    fn transaction(
+        &mut self,
+        tx: &TransactionInfo,
+        temps: &TempDestinations,
+    ) -> Result<Option<Confirmation>, BrokerError> {
         let Some(id) = &tx.transaction_id else {
             return Err(BrokerError::UnknownTransaction("(none)".into()));
         };
@@ -1737,6 +1751,15 @@ impl State {
                 let acks: Vec<String> = self.acks.keys().cloned().collect();
                 for k in acks {
                     self.flush_consumer_ack(&k)?;
+                }
+                // A reply to a temporary queue deleted meanwhile (its requestor gave up) goes
+                // nowhere, as in ActiveMQ; routed at the commit it would make an ordinary queue
+                // of that name that nobody can read, kept for good.
+                let sent_to = self.tx_temps.remove(&key).unwrap_or_default();
+                for gone in sent_to.iter().filter(|d| temps.owner(d).is_none()) {
+                    for member in convert::core_destinations(gone)? {
+                        self.session.drop_transaction_sends_to(&key, &member)?;
+                    }
                 }
                 let confirmation = match self.session.commit(&key) {
                     Ok(confirmation) => confirmation,
@@ -1795,6 +1818,7 @@ impl State {
     fn rollback(&mut self, key: &str) -> Result<(), BrokerError> {
         self.begun.remove(key);
         self.tx_acks.remove(key);
+        self.tx_temps.remove(key);
         self.rollback_only.remove(key);
         match self.session.rollback_keeping_deliveries(key) {
             Ok(_) | Err(BrokerError::UnknownTransaction(_)) => Ok(()),

@@ -867,14 +867,7 @@ async fn a_send_to_a_deleted_or_unknown_temporary_destination_is_refused() {
         send
     };
     let info = |destination: &OwDestination, operation_type| {
-        Command::DestinationInfo(DestinationInfo {
-            connection_id: Some(ConnectionId {
-                value: Some(owner.into()),
-            }),
-            destination: Some(destination.clone()),
-            operation_type,
-            ..Default::default()
-        })
+        destination_info(owner, destination, operation_type)
     };
     let refused = |answer, what| {
         // The client's constructor adds "The destination ... does not exist." around it.
@@ -916,6 +909,50 @@ async fn a_send_to_a_deleted_or_unknown_temporary_destination_is_refused() {
         "temp-topic://ID:t-tmp-owner:1:2",
     );
     assert_eq!(f.broker.queue_depth("queue://ID:t-tmp-owner:1:1"), 0);
+}
+
+/// A transacted reply to a temporary queue its requestor deleted before the commit (it gave
+/// up waiting) goes nowhere, as in ActiveMQ. Before, the commit routed it and made an ordinary
+/// queue of that name, which nobody could read and nothing deleted.
+#[tokio::test]
+async fn a_transacted_send_to_a_temporary_queue_deleted_before_the_commit_goes_nowhere() {
+    let f = fixture(&[]);
+    let (owner, sender) = ("ID:t-late-owner:1", "ID:t-late-sender:1");
+    let mut a = Client::connected(&f, owner).await;
+    let mut b = Client::connected(&f, sender).await;
+    let queue = OwDestination {
+        kind: DestinationKind::TempQueue,
+        physical_name: Some("ID:t-late-owner:1:1".into()),
+    };
+    let info = |operation_type| destination_info(owner, &queue, operation_type);
+    assert!(matches!(a.request(info(0)).await, Command::Response(_)));
+    let tx = local_tx(sender, 1);
+    b.write(&tx_info(sender, &tx, 0, 0)).await;
+    let mut reply = in_tx(text(sender, "unused", 1, "late reply"), &tx);
+    if let Command::Message(m) = &mut reply {
+        m.destination = Some(queue.clone());
+    }
+    assert!(matches!(b.request(reply).await, Command::Response(_)));
+    assert!(matches!(a.request(info(1)).await, Command::Response(_)));
+    let answer = commit(&mut b, sender, &tx).await;
+    assert!(matches!(answer, Command::Response(_)), "{answer:?}");
+    let names: Vec<String> = f.broker.queue_stats().into_iter().map(|q| q.name).collect();
+    assert!(
+        !names.iter().any(|n| n.contains("t-late-owner")),
+        "{names:?}"
+    );
+}
+
+/// Connection `owner` adds (`operation_type` 0) or removes (1) temporary `destination`.
+fn destination_info(owner: &str, destination: &OwDestination, operation_type: u8) -> Command {
+    Command::DestinationInfo(DestinationInfo {
+        connection_id: Some(ConnectionId {
+            value: Some(owner.into()),
+        }),
+        destination: Some(destination.clone()),
+        operation_type,
+        ..Default::default()
+    })
 }
 
 /// `answer` refuses a commit with `TransactionRolledBackException`; `what` if it does not.
