@@ -109,9 +109,10 @@ struct Subscription {
 
 /// Why a frame is answered with an ERROR, and whether the connection ends with it.
 ///
-/// As ActiveMQ's STOMP does, only what leaves the conversation unusable closes the connection:
-/// bytes that are no frame, an unknown or misplaced command, a missing header, a frame over the
-/// size limit, or a node that no longer serves. A well-formed frame the broker refuses (an ACK
+/// Only what leaves the conversation unusable closes the connection: bytes that are no frame,
+/// an unknown or misplaced command, a missing header, a frame over the size limit, or a node
+/// that no longer serves (ActiveMQ's STOMP keeps even a connection whose frame lacked a
+/// required header; the STOMP specification closes after every ERROR). A well-formed frame the broker refuses (an ACK
 /// of a delivery it does not know, an unknown transaction or subscription, a bad selector or
 /// header value, a destination refused) gets its ERROR and the connection carries on with its
 /// subscriptions and unacknowledged messages: closing it would send those messages to other
@@ -121,6 +122,9 @@ struct Refusal {
     detail: String,
     receipt: Option<String>,
     closes: bool,
+    /// The ERROR names the versions this broker speaks (`version:1.0,1.1,1.2`), as the STOMP
+    /// 1.1 and 1.2 specifications require of a refused version negotiation.
+    versions: bool,
 }
 
 impl Refusal {
@@ -131,6 +135,7 @@ impl Refusal {
             detail: String::new(),
             receipt: None,
             closes: true,
+            versions: false,
         }
     }
 
@@ -143,7 +148,10 @@ impl Refusal {
     }
 
     fn error_frame(&self) -> Frame {
-        let error = frame::error_frame(&self.message, &self.detail);
+        let mut error = frame::error_frame(&self.message, &self.detail);
+        if self.versions {
+            error = error.header("version", "1.0,1.1,1.2");
+        }
         match &self.receipt {
             Some(receipt) => error.header("receipt-id", receipt.clone()),
             None => error,
@@ -399,8 +407,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 frame.command
             )));
         }
-        let version = negotiate_version(frame.get("accept-version"))
-            .ok_or_else(|| Refusal::new("Supported protocol versions are 1.0,1.1,1.2"))?;
+        // A refused CONNECT's ERROR answers its `receipt`, as ActiveMQ's does.
+        let receipt = frame.get("receipt").map(str::to_string);
+        self.accept_connect(broker, &frame)
+            .await
+            .map_err(|refusal| Refusal {
+                receipt: refusal.receipt.or(receipt),
+                ..refusal
+            })
+    }
+
+    /// Negotiates a CONNECT (or STOMP) frame's version, login and heart-beats and answers
+    /// CONNECTED.
+    async fn accept_connect(
+        &mut self,
+        broker: &Broker,
+        frame: &Frame,
+    ) -> Result<Option<(Session, mpsc::UnboundedReceiver<Delivery>, Heartbeat)>, Refusal> {
+        let version = negotiate_version(frame.get("accept-version")).ok_or_else(|| Refusal {
+            versions: true,
+            ..Refusal::new("Supported protocol versions are 1.0,1.1,1.2")
+        })?;
         // `self.version` stays 1.0 until CONNECTED is sent: a refusal's ERROR goes to a client
         // that does not know the version yet, so its headers are not escaped (as ActiveMQ's).
         self.decoder.set_version(version);

@@ -1445,3 +1445,29 @@ async fn nothing_after_a_disconnect_is_handled() {
     assert_eq!(broker.queue_depth("queue://before"), 1);
     assert_eq!(broker.queue_depth("queue://after"), 0);
 }
+
+/// A CONNECT the broker refuses gets an ERROR that answers its `receipt` (as ActiveMQ's), and a
+/// refused version negotiation names the versions spoken (`version:1.0,1.1,1.2`, as the STOMP
+/// 1.1 and 1.2 specifications require).
+#[tokio::test]
+async fn a_refused_connect_names_the_versions_and_answers_its_receipt() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_for_tests(dir.path(), Default::default());
+    for (connect, versions) in [
+        (
+            "CONNECT\naccept-version:2.0\nreceipt:c1\n\n\0",
+            Some("1.0,1.1,1.2"),
+        ),
+        (
+            "CONNECT\naccept-version:1.2\nheart-beat:x\nreceipt:c1\n\n\0",
+            None,
+        ),
+    ] {
+        let mut p = Peer::start(&broker, 1 << 20);
+        p.write(connect).await;
+        let error = p.next_frame().await;
+        assert_eq!(error.command, Command::Error, "{error:?}");
+        assert_eq!(error.get("receipt-id"), Some("c1"), "{connect:?}");
+        assert_eq!(error.get("version"), versions, "{connect:?}");
+    }
+}
