@@ -765,6 +765,41 @@ where
     }
 }
 
+/// Two clusters under one zk_path, one with `zk_password`: a node of the other cannot read
+/// the first one's member znodes (NoAuth). It counts them as no members and elects; before,
+/// it waited for them to become readable and never elected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_znode_this_node_may_not_read_does_not_hold_its_election_zk38() {
+    let zk = start_ensemble(ZkVersion::V3_8).await;
+    let config = |name: &str, password: Option<&str>, broker: &str| ElectionConfig {
+        zk_address: zk.connect_string(),
+        zk_password: password.map(str::to_owned),
+        zk_path: ZK_PATH.to_owned(),
+        session_timeout: SESSION_TIMEOUT,
+        broker_name: broker.to_owned(),
+        replicas: 1,
+        weight: 1,
+        container: Some(name.to_owned()),
+        client_address: None,
+        registration_file: None,
+        damaged: false,
+        node: Some(name.to_owned()),
+    };
+    // The open cluster makes the path (open to all), then leaves.
+    let first = Node::start_with("first", config("first", None, "open"), log(0, 0), 40201).await;
+    wait_stable(&first, &[], 0).await;
+    first.close().await;
+    // A node of the password cluster registers under it, readable with the password only.
+    let guarded = config("guarded", Some("s3cret"), BROKER);
+    let guarded = Node::start_with("guarded", guarded, log(0, 0), 40211).await;
+    wait_stable(&guarded, &[], 0).await;
+    let open = Node::start_with("open", config("open", None, "open"), log(0, 0), 40221).await;
+    wait_stable(&open, &[], 0).await;
+    for node in [guarded, open] {
+        node.close().await;
+    }
+}
+
 /// With `zk_password`, ActiveMQ's digest authentication: the nodes elect as usual, their
 /// znodes readable only with the password. The health check run with it reads them; run
 /// without it (or with a wrong one) it says UNKNOWN, the check's own mistake, not CRITICAL, which would

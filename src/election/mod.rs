@@ -1344,6 +1344,18 @@ impl Core {
                 }
                 if e == zk::Error::NoNode {
                     s.members.remove(&name);
+                } else if e == zk::Error::NoAuth {
+                    // Not ours to read (another cluster's member, made with its zk_password,
+                    // under the same zk_path): not a member. Waiting for it to become readable
+                    // would hold this cluster's election for good.
+                    warn!("{node}: znode {name} under the election path cannot be read with this node's credentials (NoAuth): not counted as a member; give each cluster its own zk_path");
+                    if let Some(slot) = s.members.get_mut(&name) {
+                        // Version -1: a later read (the ACL changed) is taken.
+                        *slot = Slot::Loaded {
+                            version: -1,
+                            data: None,
+                        };
+                    }
                 } else {
                     debug!("{node}: reading member {name} failed: {e}");
                     s.refresh_at = Some(Instant::now() + Duration::from_millis(500));

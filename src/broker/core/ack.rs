@@ -226,12 +226,15 @@ impl Core {
 
     /// Lets one more message through to subscription `id` (a consumer with prefetch 0). On a
     /// composite destination, each member's consumer may answer it; the first to do so takes
-    /// it from the others (see [`Core::deliver`]).
+    /// it from the others (see [`Core::deliver`]). Pulls do not add up: one is outstanding at
+    /// most, as ActiveMQ sets a pulling consumer's window to the pull (a JMS consumer pulls
+    /// once per `receive`; a client sending pulls by the thousand is not given as many
+    /// messages it never reads).
     pub fn pull(&mut self, session: u64, id: &str) -> Result<(), BrokerError> {
         let cids = self.consumers_of(session, id)?;
         for cid in &cids {
             if let Some(c) = self.consumers.get_mut(cid) {
-                c.pulls += 1;
+                c.pulls = c.pulls.max(1);
             }
         }
         for cid in cids {

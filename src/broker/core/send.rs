@@ -196,6 +196,12 @@ impl Core {
             self.record_producer(&message.producer_id, message.producer_sequence);
         }
         if routed.entries.is_empty() {
+            if message.persistent {
+                // Stored nowhere (a topic message no durable subscription takes), it still
+                // goes out after the persistent messages sent before it, which wait for their
+                // records: subscribers get a producer's persistent messages in order.
+                return Ok(self.wait_for(routed.publish));
+            }
             self.publish_now(routed.publish);
             return Ok(Confirmation::done());
         }

@@ -83,8 +83,9 @@ impl Core {
             self.reject(f, None)?;
         }
         if entries.is_empty() {
-            self.publish_now(publish);
-            return Ok(self.flush());
+            // After what was sent before it, which may still wait for its records (see
+            // `Core::send`).
+            return Ok(self.wait_for(publish));
         }
         let (start, _) = self.append_deferred(entries)?;
         Ok(self.wait_for(with_keys(publish, &keyed, start)))

@@ -110,3 +110,24 @@ async fn a_deleted_destination_drops_its_unstored_messages_but_never_stored_or_u
     subscribe(&session, "s", queue("used"), 10);
     assert!(!f.broker.delete_destination(&queue("used")));
 }
+
+/// Pulls waiting for a message do not add up (ActiveMQ sets a pulling consumer's window to
+/// the pull): a client that sent many pulls to an empty queue gets one message when messages
+/// come, not one per pull.
+#[tokio::test]
+async fn pulls_waiting_on_an_empty_queue_do_not_add_up() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (c, mut rx) = f.broker.open_session(None);
+    c.subscribe(request("s", queue("q"), 0)).unwrap();
+    for _ in 0..3 {
+        c.pull("s").unwrap();
+    }
+    let (producer, _) = f.broker.open_session(None);
+    for i in 0..3 {
+        send_settled(&producer, &queue("q"), persistent(&i.to_string())).await;
+    }
+    let first = next(&mut rx).await;
+    assert_eq!(body(&first), "0");
+    assert!(take_all(&mut rx).is_empty(), "one message for three pulls");
+    assert_eq!(f.broker.queue_depth("queue://q"), 2);
+}

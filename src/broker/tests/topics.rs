@@ -369,3 +369,32 @@ async fn a_wildcard_subscriber_never_sees_temporary_topics() {
     }
     assert_eq!(bodies(&take_all(&mut rx)), ["o"]);
 }
+
+/// A producer's persistent topic messages reach a subscriber in the order sent, also when the
+/// first is stored for a durable subscription (and waits for its record) and the next one is
+/// stored for nobody. Before, the second went out at once, ahead of the first.
+#[tokio::test]
+async fn persistent_topic_messages_keep_their_order_whether_stored_or_not() {
+    let f = fixture(BrokerOptions::default()).await;
+    let topic = Destination::Topic("prices".into());
+    let (d, _) = f.broker.open_session(Some("c1".into()));
+    d.subscribe(SubscribeRequest {
+        durable_name: Some("only-a".into()),
+        selector: Some("color = 'a'".into()),
+        ..request("d", topic.clone(), 100)
+    })
+    .unwrap()
+    .await
+    .unwrap();
+    let (s, mut rx) = f.broker.open_session(None);
+    s.subscribe(request("s", topic.clone(), 100)).unwrap();
+    let (p, _) = f.broker.open_session(None);
+    let hold = lock(&f.broker.shared).store().hold_journal();
+    let first = p.send(&topic, colored("a", "first"), None).unwrap();
+    let second = p.send(&topic, colored("b", "second"), None).unwrap();
+    drop(hold);
+    first.await.unwrap();
+    second.await.unwrap();
+    assert_eq!(body(&next(&mut rx).await), "first");
+    assert_eq!(body(&next(&mut rx).await), "second");
+}

@@ -182,6 +182,11 @@ const MAX_PREFETCH: i32 = 1 << 20;
 /// The shortest inactivity period honoured (keep-alives go out every third of it).
 const MIN_INACTIVITY: Duration = Duration::from_secs(1);
 
+/// How long a connection that negotiated no inactivity period may stay silent before its
+/// ConnectionInfo (one that did is held to that period, as ActiveMQ's inactivity monitor holds
+/// it from the wire format negotiation on).
+const PRE_LOGIN_IDLE: Duration = Duration::from_secs(60);
+
 /// Pull timeouts longer than this wait this long (and are then answered with nothing).
 const MAX_PULL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
@@ -490,12 +495,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Serves commands until the connection ends: first a `ConnectionInfo`, then the JMS
     /// conversation.
     async fn run(&mut self, broker: &Broker) -> Close {
-        // Until ConnectionInfo arrives only a few commands make sense.
+        // Until ConnectionInfo arrives only a few commands make sense. The stock client sends
+        // it lazily (at its first session), and keep-alives meanwhile; a connection that sends
+        // nothing is closed, or silent ones could hold every client slot without a login.
+        let idle = self
+            .inactivity
+            .map_or(PRE_LOGIN_IDLE, |d| d + self.inactivity_initial_delay);
         let info = loop {
-            let command = match self.read_command().await {
-                Ok(Some(c)) => c,
-                Ok(None) => return Close::Quietly,
-                Err(close) => return close,
+            let command = match tokio::time::timeout(idle, self.read_command()).await {
+                Err(_) => {
+                    return Close::Silently(format!(
+                        "nothing received for {idle:?} before ConnectionInfo"
+                    ))
+                }
+                Ok(Ok(Some(c))) => c,
+                Ok(Ok(None)) => return Close::Quietly,
+                Ok(Err(close)) => return close,
             };
             match command {
                 Command::ConnectionInfo(info) => break info,
@@ -1194,10 +1209,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     self.queue_empty_dispatch(state, &key)?;
                 }
             }
-            t => state.pulls.push((
-                Instant::now() + Duration::from_millis(t as u64).min(MAX_PULL_TIMEOUT),
-                key,
-            )),
+            t => {
+                // One timer per consumer, as one pull is outstanding at most.
+                state.pulls.retain(|(_, k)| *k != key);
+                state.pulls.push((
+                    Instant::now() + Duration::from_millis(t as u64).min(MAX_PULL_TIMEOUT),
+                    key,
+                ))
+            }
         }
         Ok(())
     }

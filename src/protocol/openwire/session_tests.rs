@@ -571,6 +571,34 @@ async fn connected_with_inactivity(
     c
 }
 
+/// A connection that negotiated its wire format and then sends nothing (no ConnectionInfo, no
+/// keep-alive) is closed once its inactivity period has passed, as ActiveMQ's inactivity
+/// monitor closes it: silent connections cannot hold client slots without a login.
+#[tokio::test]
+async fn a_connection_silent_before_its_connection_info_is_closed() {
+    let f = fixture(&[]);
+    let mut c = Client::open(&f);
+    assert!(matches!(c.read().await, Some(Command::WireFormatInfo(_))));
+    let mut wire = WireFormatInfo::ferromq(0, 1_000, 0);
+    wire.version = 12;
+    c.write(&Command::WireFormatInfo(wire)).await;
+    assert!(matches!(c.read().await, Some(Command::BrokerInfo(_))));
+    // A keep-alive is something: the connection stays while they come.
+    c.write(&Command::KeepAliveInfo(Default::default())).await;
+    assert!(matches!(
+        c.read().await,
+        Some(Command::KeepAliveInfo(_)) | None
+    ));
+    let closed = loop {
+        match c.read().await {
+            None => break true,
+            Some(Command::KeepAliveInfo(_)) => continue,
+            Some(other) => panic!("{other:?}"),
+        }
+    };
+    assert!(closed);
+}
+
 #[tokio::test]
 async fn absurd_timeouts_from_a_client_are_bounded_not_fatal() {
     let f = fixture(&[]);
