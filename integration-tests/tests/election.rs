@@ -765,6 +765,76 @@ where
     }
 }
 
+/// The election path deleted while the nodes run (zk_path wiped by an operator, or
+/// ZooKeeper's data lost): the nodes join again, the sequence numbers start over, and they
+/// elect and follow as before. Before, a node whose expired znode's eid had become the new
+/// master's refused to follow it for as long as it ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_elect_again_after_the_election_path_is_deleted_zk38() {
+    let zk = start_ensemble(ZkVersion::V3_8).await;
+    let a = Node::start(&zk, "a", log(0, 500), 1, 40301, SESSION_TIMEOUT).await;
+    let b = Node::start(&zk, "b", log(0, 300), 1, 40311, SESSION_TIMEOUT).await;
+    let c = Node::start(&zk, "c", log(0, 100), 1, 40321, SESSION_TIMEOUT).await;
+    wait_stable(&a, &[&b, &c], 0).await;
+    for round in 0..3 {
+        let seen = [&a, &b, &c].map(|n| n.changes().len());
+        let wiped = {
+            let zk = &zk;
+            tokio::task::block_in_place(|| zk.zkcli(&["deleteall", ZK_PATH]))
+        };
+        // Every node noticed (its znode went with the path) before it is judged settled.
+        wait_for(
+            SETTLE,
+            || {
+                [&a, &b, &c]
+                    .iter()
+                    .zip(seen)
+                    .all(|(n, before)| n.changes().len() > before)
+            },
+            || {
+                format!(
+                    "round {round}: every node to react to the wipe ({wiped}); now {}",
+                    describe(&[&a, &b, &c])
+                )
+            },
+        )
+        .await;
+        wait_stable(&a, &[&b, &c], 0).await;
+    }
+    for node in [a, b, c] {
+        node.close().await;
+    }
+}
+
+/// A chroot in zk_address that does not exist in ZooKeeper (which makes none) is an error
+/// naming it, not a retry for ever saying the election path does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_chroot_is_named_zk38() {
+    let zk = start_ensemble(ZkVersion::V3_8).await;
+    let config = ElectionConfig {
+        zk_address: format!("{}/no-such-chroot", zk.connect_string()),
+        zk_password: None,
+        zk_path: ZK_PATH.to_owned(),
+        session_timeout: SESSION_TIMEOUT,
+        broker_name: BROKER.to_owned(),
+        replicas: 1,
+        weight: 1,
+        container: None,
+        client_address: None,
+        registration_file: None,
+        damaged: false,
+        node: Some("a".to_owned()),
+    };
+    let error = tokio::time::timeout(SETTLE, Election::start(config, log(0, 0)))
+        .await
+        .expect("an answer within the settle time")
+        .err()
+        .expect("a missing chroot is an error");
+    let text = error.to_string();
+    assert!(text.contains("chroot /no-such-chroot"), "{text}");
+    assert!(!error.is_transient(), "{text}");
+}
+
 /// Two clusters under one zk_path, one with `zk_password`: a node of the other cannot read
 /// the first one's member znodes (NoAuth). It counts them as no members and elects; before,
 /// it waited for them to become readable and never elected.

@@ -294,6 +294,14 @@ fn join_retry_delay(failures: u32) -> Duration {
     Duration::from_millis(250 << failures.min(5)).min(Duration::from_secs(5))
 }
 
+/// The chroot of a connect string `host:port,host:port/chroot`, if it has one.
+fn chroot_of(zk_address: &str) -> Option<&str> {
+    zk_address
+        .find('/')
+        .map(|i| &zk_address[i..])
+        .filter(|c| *c != "/")
+}
+
 fn zk_error<'a>(op: &'static str, path: &'a str) -> impl FnOnce(zk::Error) -> ElectionError + 'a {
     move |source| ElectionError::ZooKeeper {
         op,
@@ -609,7 +617,16 @@ async fn join(
     client
         .mkdir(&cfg.zk_path, &zk::CreateMode::Persistent.with_acls(acls))
         .await
-        .map_err(zk_error("create", &cfg.zk_path))?;
+        .map_err(|source| match chroot_of(&cfg.zk_address) {
+            // ZooKeeper makes no chroot: the path cannot be made below a missing one, and
+            // retrying would not change that.
+            Some(chroot) if source == zk::Error::NoNode => ElectionError::Config(format!(
+                "the chroot {chroot} of zk_address {:?} does not exist in ZooKeeper: create it \
+                 (zkCli.sh create {chroot} \"\") or leave it out of zk_address",
+                cfg.zk_address
+            )),
+            _ => zk_error("create", &cfg.zk_path)(source),
+        })?;
     let prefix = format!("{}/0", cfg.zk_path);
     let (_, sequence) = client
         .create(
@@ -1294,12 +1311,18 @@ impl Core {
             .collect();
         s.members.retain(|name, _| names.contains(name));
         let new: Vec<String> = names
-            .into_iter()
-            .filter(|n| !s.members.contains_key(n))
+            .iter()
+            .filter(|n| !s.members.contains_key(*n))
+            .cloned()
             .collect();
         for name in &new {
             s.members.insert(name.clone(), Slot::Loading);
         }
+        // An expired session's znode, once gone from a listing, is gone for good; its eid may
+        // come back only as another node's, after the election path was made again (sequence
+        // numbers start over), and must not stop this node from following that one.
+        self.previous_eids
+            .retain(|eid| names.iter().any(|n| znode::eid_of(n) == Some(eid.as_str())));
         for name in new {
             self.read_member(&name);
         }
@@ -1755,10 +1778,19 @@ impl Core {
                         }
                     }
                 }
-                Some(eid) if self.previous_eids.contains(eid) => Role::candidate(format!(
-                    "the elected member {eid} is our expired session's znode; waiting for it \
-                     to vanish"
-                )),
+                // Ours unless its data names another node: after the election path was made
+                // again, sequence numbers start over, and our old eid may be another node's.
+                Some(eid)
+                    if self.previous_eids.contains(eid)
+                        && !view.get(eid).is_some_and(|m| {
+                            m.data.node.is_some() && m.data.node != self.cfg.node
+                        }) =>
+                {
+                    Role::candidate(format!(
+                        "the elected member {eid} is our expired session's znode; waiting for \
+                         it to vanish"
+                    ))
+                }
                 Some(eid) => match view.get(eid).and_then(|m| m.data.serving_master()) {
                     // Only once our znode says `position: -1`: a slave acknowledges records
                     // past its last final report, which an election would otherwise still
