@@ -989,7 +989,8 @@ impl Session {
             while self.then_flush(|core| core.manage_step(self.id, &mut request))? {}
             return Ok(Confirmation::done());
         }
-        let sent = if message.persistent {
+        // A delayed message is stored even when not persistent: held back by the store too.
+        let sent = if message.persistent || schedule::is_held(&message.headers, core::now_ms()) {
             &self.sent_persistent
         } else {
             &self.sent_transient

@@ -84,6 +84,16 @@ impl Schedule {
     }
 }
 
+/// Whether a message with these `headers` waits in the holding area, stored in the journal
+/// even when it is not persistent (a delay, a repeat), when the broker schedules (with
+/// `scheduler_support`).
+pub(super) fn is_held(headers: &[Header], now: i64) -> bool {
+    plan(headers, now)
+        .ok()
+        .flatten()
+        .is_some_and(|p| p.due > now || p.repeat > 0)
+}
+
 /// When a message with these `headers`, stored at `now` (ms since the epoch), is delivered;
 /// `None` when it is not scheduled. Errors name the property at fault.
 pub(super) fn plan(headers: &[Header], now: i64) -> Result<Option<Schedule>, BrokerError> {

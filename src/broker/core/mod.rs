@@ -382,7 +382,7 @@ pub(crate) struct Core {
     scheduler_wake: Arc<tokio::sync::Notify>,
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -23,10 +23,12 @@ impl Core {
         new: NewMessage,
     ) -> Arc<Message> {
         // Only a client's own ids identify a producer's sequence; ids the broker makes up are
-        // never compared for duplicates.
+        // never compared for duplicates. Only stored messages are (a delayed one is stored
+        // even when not persistent: a re-send after a lost receipt must not store it twice).
+        let stored = new.persistent || self.held_when_sent(&new.headers);
         let (message_id, producer_id, producer_sequence) = match new.message_id {
             Some(id) if !id.is_empty() => match producer_of(&id) {
-                Some((p, s)) if new.persistent => {
+                Some((p, s)) if stored => {
                     let p = p.to_string();
                     (id, p, s)
                 }
@@ -107,7 +109,7 @@ impl Core {
             )));
         }
         if let Some(tx) = transaction {
-            if message.persistent {
+            if message.persistent || self.held_when_sent(&message.headers) {
                 self.refuse_if_full()?;
             }
             // A repeat of a stored message is recognised when it is sent, in send order, like
@@ -189,7 +191,9 @@ impl Core {
             self.stats.duplicates_dropped += 1;
             return Ok(self.flush());
         }
-        if message.persistent && !routed.entries.is_empty() {
+        // Whatever is stored (persistent, or delayed in the holding area) counts against
+        // `store_limit`.
+        if !routed.entries.is_empty() {
             self.refuse_if_full()?;
         }
         if !message.producer_id.is_empty() {
@@ -207,6 +211,12 @@ impl Core {
         }
         let (start, _) = self.append_deferred(routed.entries)?;
         Ok(self.wait_for(with_keys(routed.publish, &routed.keyed, start)))
+    }
+
+    /// Whether a message with these headers is stored in the holding area until due, whatever
+    /// its persistence (see [`schedule::is_held`]).
+    pub(super) fn held_when_sent(&self, headers: &[crate::store::Header]) -> bool {
+        self.options.scheduler_support && schedule::is_held(headers, now_ms())
     }
 
     /// A message whose producer sequence was already stored: the client re-sent it after

@@ -38,7 +38,10 @@ impl Core {
                 .collect();
             (open.sends.clone(), removes)
         };
-        if sends.iter().any(|(_, m)| m.persistent) {
+        if sends
+            .iter()
+            .any(|(_, m)| m.persistent || self.held_when_sent(&m.headers))
+        {
             // Refused with the transaction still open, as a commit too large for a record.
             self.refuse_if_full()?;
         }

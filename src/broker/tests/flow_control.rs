@@ -294,3 +294,33 @@ async fn with_send_fail_if_no_space_persistent_sends_are_refused_at_the_store_li
         .await
         .unwrap();
 }
+
+/// A delayed message is stored (in the holding area) even when not persistent: with
+/// `send_fail_if_no_space` it is refused at the store limit like a persistent one, while
+/// plain non-persistent sends go on. Before, delayed non-persistent sends filled the disk.
+#[tokio::test]
+async fn a_delayed_non_persistent_send_is_refused_at_the_store_limit() {
+    let f = fixture(BrokerOptions {
+        store_limit: 2 << 20,
+        send_fail_if_no_space: true,
+        expiry_sweep: Duration::from_millis(20),
+        scheduler_support: true,
+        ..BrokerOptions::default()
+    })
+    .await;
+    let (producer, _) = f.broker.open_session(None);
+    fill_store(&producer).await;
+    let delayed_transient = NewMessage {
+        persistent: false,
+        headers: vec![Header::text(schedule::SCHEDULED_DELAY, "60000")],
+        ..non_persistent("later")
+    };
+    let refused = producer.send(&queue("np"), delayed_transient, None);
+    assert!(
+        matches!(refused, Err(BrokerError::StoreFull { .. })),
+        "{refused:?}"
+    );
+    producer
+        .send(&queue("np"), non_persistent("now"), None)
+        .expect("plain non-persistent sends go on");
+}

@@ -621,3 +621,19 @@ async fn delayed_non_persistent_messages_wait_in_the_store_not_in_memory() {
     assert!(now_millis() >= sent + 600, "delivered early");
     assert_eq!(f.broker.stats().bodies_read_back, 16);
 }
+
+/// A delayed message is stored (in the holding area) even when not persistent, so a re-send
+/// of its producer sequence (a client that lost the receipt) is recognised and stored once.
+#[tokio::test]
+async fn a_resent_delayed_non_persistent_message_is_stored_once() {
+    let f = fixture(scheduling()).await;
+    let (s, _) = f.broker.open_session(None);
+    let m = NewMessage {
+        persistent: false,
+        message_id: Some("ID:producer-1:7".into()),
+        ..delayed("once", "60000")
+    };
+    s.send(&queue("q"), m.clone(), None).unwrap().await.unwrap();
+    s.send(&queue("q"), m, None).unwrap().await.unwrap();
+    assert_eq!(f.broker.stats().duplicates_dropped, 1);
+}
