@@ -106,6 +106,9 @@ pub(super) struct Queue {
     /// lies between was passed over earlier, so the sweep walks from the head again once it
     /// reaches the end. The sweep has work while either is set.
     pub scan_again: bool,
+    /// Where the expiry sweep stopped in this queue (it looks at a bounded number of entries
+    /// per tick), strictly after which it goes on; `None`: from the head.
+    pub expiry_cursor: Option<u64>,
     /// A durable topic subscription's queue: message groups, a queue feature in ActiveMQ, do
     /// not apply (its one subscriber gets every message, with no group flag).
     pub subscription: bool,

@@ -104,10 +104,12 @@ impl Core {
         };
         let range = cursor.after.saturating_add(1)..cursor.ceiling;
         // As ActiveMQ's browser: messages delivered and not yet acknowledged are still on the
-        // queue, in their place.
-        let mut in_flight: Vec<&Entry> = self
+        // queue, in their place. Only this queue's consumers hold its deliveries: the others'
+        // (every consumer of the broker, with their windows) are not walked for each page.
+        let mut in_flight: Vec<&Entry> = q
             .consumers
-            .values()
+            .iter()
+            .filter_map(|cid| self.consumers.get(cid))
             .flat_map(|c| c.in_flight.values())
             .filter(|f| f.queue.as_deref() == Some(name) && range.contains(&f.entry.seq))
             .map(|f| &f.entry)

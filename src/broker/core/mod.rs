@@ -25,6 +25,8 @@
 mod ack;
 mod admin;
 pub use admin::{read_bodies, BrowseCursor};
+#[cfg(test)]
+pub(crate) use redelivery::EXPIRY_BATCH;
 pub use subscribe::Seen;
 mod dispatch;
 mod durable;
@@ -370,6 +372,9 @@ pub(crate) struct Core {
     store_usage: StoreUsage,
     /// The journal end past which an append measures the store again.
     measure_at: Position,
+    /// The queue the next expiry sweep starts with (the one the last sweep stopped in, or
+    /// after): every queue gets its turn however many entries the others hold.
+    expiry_from: String,
     /// Resolves once the epoch-start record is confirmed and the recovered messages are
     /// delivered (see [`Core::new`]); taken by whoever waits for it.
     started: Confirmation,

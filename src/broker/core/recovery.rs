@@ -71,6 +71,7 @@ impl Core {
             away_durables_missing: false,
             store_usage,
             measure_at: Position(0),
+            expiry_from: String::new(),
             started: Confirmation::done(),
             scheduled: BTreeMap::new(),
             next_scheduled: 0,

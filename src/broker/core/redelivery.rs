@@ -5,6 +5,7 @@
 //! place).
 
 use std::collections::BTreeSet;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use super::{add_entry, now_ms, remove_entry, set_original_destination, Core, Publish};
@@ -16,6 +17,11 @@ use crate::store::MessageKey;
 pub const FAILURE_CAUSE: &str = "dlqDeliveryFailureCause";
 /// The property holding a dead-lettered message's expiration (its own is cleared on the DLQ).
 pub const ORIGINAL_EXPIRATION: &str = "originalExpiration";
+
+/// How many waiting entries one expiry sweep looks at, over all queues.
+pub(super) const EXPIRY_SCAN_LIMIT: usize = 20_000;
+/// How many expired messages one expiry sweep dead-letters, over all queues.
+pub(crate) const EXPIRY_BATCH: usize = 1_000;
 
 /// How an unacknowledged delivery returns to its queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,36 +204,59 @@ impl Core {
         Ok(())
     }
 
-    /// Removes expired messages waiting on queues (called periodically).
+    /// Removes expired messages waiting on queues (called periodically), a bounded amount of
+    /// work per call under the core's lock: it looks at up to [`EXPIRY_SCAN_LIMIT`] waiting
+    /// entries and dead-letters up to [`EXPIRY_BATCH`] messages (as ActiveMQ expires a page at
+    /// a time), and the next call goes on where this one stopped. A backlog of millions that
+    /// expires at once then goes to its DLQ over many ticks, between other work, instead of
+    /// in one hold of the lock that every client waits behind.
     pub fn expire_messages(&mut self) {
         let now = now_ms();
-        let queues: Vec<String> = self
+        let mut names: Vec<String> = self
             .queues
             .iter()
             .filter(|(_, q)| q.expiring > 0)
             .map(|(name, _)| name.clone())
             .collect();
-        for queue in queues {
+        names.sort_unstable();
+        // From where the last call stopped, round to the start.
+        let first = names.partition_point(|n| *n < self.expiry_from);
+        names.rotate_left(first);
+        let mut budget = EXPIRY_SCAN_LIMIT;
+        let mut batch = EXPIRY_BATCH;
+        self.expiry_from.clear();
+        for queue in names {
+            if budget == 0 || batch == 0 {
+                self.expiry_from = queue;
+                break;
+            }
             let Some(q) = self.queues.get_mut(&queue) else {
                 continue;
             };
-            let expired: Vec<u64> = q
-                .ready
-                .iter()
-                .filter(|(_, e)| e.is_expired(now))
-                .map(|(seq, _)| *seq)
-                .collect();
-            let mut removed = Vec::new();
-            for seq in expired {
-                if let Some(e) = q.ready.remove(&seq) {
-                    removed.push(e);
+            let from = q.expiry_cursor.map_or(Bound::Unbounded, Bound::Excluded);
+            let mut expired = Vec::new();
+            let mut last = None;
+            let mut finished = true;
+            for (seq, e) in q.ready.range((from, Bound::Unbounded)) {
+                if budget == 0 || expired.len() == batch {
+                    finished = false;
+                    break;
+                }
+                budget -= 1;
+                last = Some(*seq);
+                if e.is_expired(now) {
+                    expired.push(*seq);
                 }
             }
-            q.expiring = q
-                .ready
-                .values()
-                .filter(|e| e.message.expiration > 0)
-                .count();
+            q.expiry_cursor = if finished { None } else { last };
+            batch -= expired.len();
+            let removed: Vec<Entry> = expired
+                .into_iter()
+                .filter_map(|seq| q.remove_ready(seq))
+                .collect();
+            if !finished {
+                self.expiry_from = queue.clone();
+            }
             for entry in removed {
                 self.stats.expired += 1;
                 // Failing here means the store failed (the node is stopping) or the body could
@@ -236,6 +265,9 @@ impl Core {
                 if let Err(error) = self.dead_letter_expired(&queue, entry) {
                     tracing::warn!(%queue, %error, "could not dead-letter an expired message");
                 }
+            }
+            if !finished {
+                break;
             }
         }
     }

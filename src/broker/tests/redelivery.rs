@@ -471,3 +471,49 @@ async fn a_message_with_a_foreign_original_destination_does_not_walk_a_chain_of_
     );
     assert_eq!(f.broker.stats().dead_lettered, 1);
 }
+
+/// A backlog that expires at once goes to the DLQ a bounded batch per sweep (each sweep holds
+/// the core's lock that every client waits behind), the next sweep going on where the last
+/// stopped, until none is left; the queues' other messages stay.
+#[tokio::test]
+async fn an_expired_backlog_is_dead_lettered_a_batch_per_sweep() {
+    use crate::broker::core::EXPIRY_BATCH;
+    let f = fixture(BrokerOptions {
+        expiry_sweep: Duration::from_secs(3600), // the test runs each sweep itself
+        ..BrokerOptions::default()
+    })
+    .await;
+    let (p, _) = f.broker.open_session(None);
+    let expires = now_millis() + 200;
+    let total = 2 * EXPIRY_BATCH + 10;
+    for i in 0..total {
+        let m = NewMessage {
+            persistent: false,
+            expiration: expires,
+            ..non_persistent(&i.to_string())
+        };
+        for q in ["a", "b"] {
+            p.send(&queue(q), m.clone(), None).unwrap();
+        }
+    }
+    p.send(&queue("a"), non_persistent("kept"), None).unwrap();
+    // The scenario is time passing: the backlog expires.
+    while now_millis() <= expires {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut sweeps = 0;
+    loop {
+        let before = f.broker.stats().expired;
+        lock(&f.broker.shared).expire_messages();
+        let expired = f.broker.stats().expired - before;
+        assert!(expired <= EXPIRY_BATCH as u64, "{expired} in one sweep");
+        if expired == 0 {
+            break;
+        }
+        sweeps += 1;
+    }
+    assert_eq!(f.broker.stats().expired, 2 * total as u64);
+    assert!(sweeps >= 4, "{sweeps} sweeps");
+    assert_eq!(f.broker.queue_depth("queue://a"), 1);
+    assert_eq!(f.broker.queue_depth("queue://b"), 0);
+}
