@@ -362,6 +362,8 @@ impl Lifecycle {
                     Err(e) => {
                         failed_as_master += 1;
                         tracing::error!(node = %self.node, epoch, attempt = failed_as_master, error = %format!("{e:#}"), "master role failed");
+                        // Not serving: the role change back, for the log and the admin status.
+                        self.log_role("candidate (the master role failed)", "candidate", epoch);
                         if failed_as_master >= MASTER_ATTEMPTS {
                             // Still the best candidate, it would be elected again and again,
                             // and no other node could serve.

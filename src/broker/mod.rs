@@ -990,13 +990,16 @@ impl Session {
             return Ok(Confirmation::done());
         }
         // A delayed message is stored even when not persistent: held back by the store too.
-        let sent = if message.persistent || schedule::is_held(&message.headers, core::now_ms()) {
+        let mut stored = message.persistent;
+        let confirmation = self.then_flush(|core| {
+            stored = stored || core.held_when_sent(&message.headers);
+            core.send(self.id, destinations, message, transaction)
+        })?;
+        let sent = if stored {
             &self.sent_persistent
         } else {
             &self.sent_transient
         };
-        let confirmation =
-            self.then_flush(|core| core.send(self.id, destinations, message, transaction))?;
         sent.store(true, Ordering::Relaxed);
         Ok(confirmation)
     }

@@ -33,6 +33,11 @@ pub(super) struct Entry {
     /// failover client keeps across reconnects; also read back from a recovered message's
     /// producer id); 0 when unknown (nobody's own).
     pub origin: u64,
+    /// For a copy routed to a durable subscription's queue: how many durable subscriptions
+    /// the core had made when it was routed (`Core::subscriptions_made`); a subscription made
+    /// again under the same name since counts more, and the copy was the old one's. 0 for
+    /// anything else.
+    pub routed_under: u64,
 }
 
 /// Where a queue entry's body is, as the broker's `memory_limit` sees it.
@@ -58,6 +63,7 @@ impl Entry {
             failures: 0,
             body: Body::Uncounted,
             origin: 0,
+            routed_under: 0,
         }
     }
 

@@ -41,8 +41,8 @@
 //! - string with number: numeric when the string parses as a number (`'10'`, `'2.5'`);
 //! - string with string: `=` and `<>` compare the text exactly; `<` `>` `<=` `>=` are numeric
 //!   when both parse as numbers, else in text order (ActiveMQ orders two strings as text
-//!   always, so `'9' < '10'` differs); a string literal cannot be ordered (`x > 'a'` is
-//!   refused, as by ActiveMQ);
+//!   always, so `'9' < '10'` differs); a string literal that is no number cannot be ordered
+//!   (`x > 'a'` is refused, as by ActiveMQ; `x > '100'` orders as 100);
 //! - booleans compare (`=`, `<>` only) with `TRUE`/`FALSE` and with strings `'true'`/`'false'`
 //!   (any case); a property used as a condition (`WHERE flag`) is true when it says `true`,
 //!   and any other value is FALSE there (`NOT color` holds), as ActiveMQ's boolean cast;
@@ -841,7 +841,9 @@ impl Parser {
     }
 
     /// An operand of an ordering (`<` `>` `<=` `>=`, BETWEEN): not a condition, and not a
-    /// string literal (ActiveMQ refuses `x > 'a'` with "cannot be compared").
+    /// string literal that is no number (ActiveMQ refuses `x > 'a'` with "cannot be
+    /// compared"; a quoted number, `x > '100'`, which STOMP users write since headers are
+    /// text, orders as that number, as it always has here).
     fn ordered(operand: &Parsed, op: &str) -> Result<(), SelectorError> {
         if operand.kind == Kind::Bool {
             return Err(error(
@@ -849,7 +851,7 @@ impl Parser {
                 format!("{op} compares values, not conditions"),
             ));
         }
-        if matches!(operand.expr, Expr::Lit(Lit::Str(_))) {
+        if matches!(&operand.expr, Expr::Lit(Lit::Str(text)) if parse_number(text).is_none()) {
             return Err(error(
                 operand.column,
                 format!("{op} compares numbers: a string literal cannot be compared with it"),
@@ -1685,6 +1687,8 @@ mod tests {
         ("size = '10'", true),    // string with string: exact text
         ("size = '10.0'", false), // ... so not equal
         ("'5' = 5", true),        // string with number: numeric when it parses
+        ("size > '9'", true),     // a quoted number orders as that number
+        ("size BETWEEN '5' AND '10'", true),
         ("size = 'ten'", false),
         // Values that cannot be compared are not equal: FALSE (`<>` TRUE), as in ActiveMQ.
         ("color = 1", false),
@@ -2015,7 +2019,7 @@ mod tests {
         ("color LIKE 'a' ESCAPE ''", 23, "the ESCAPE string must be exactly one character, not ''"),
         ("color LIKE 'a' ESCAPE", 22, "expected a one-character string literal after 'ESCAPE'"),
         ("color > 'a'", 9, "'>' compares numbers: a string literal cannot be compared with it"),
-        ("'9' <= size", 1, "'<=' compares numbers: a string literal cannot be compared with it"),
+        ("'nine' <= size", 1, "'<=' compares numbers: a string literal cannot be compared with it"),
         ("size BETWEEN 'a' AND 'c'", 14, "BETWEEN compares numbers: a string literal cannot be compared with it"),
         ("size LIKE 'a%' OR 5 LIKE 'a'", 19, "LIKE needs a string on its left, not a number"),
         ("size BETWEEN 1 10", 16, "expected AND after '1', found '10'"),

@@ -22,9 +22,12 @@ impl Core {
         let queue = subscription.queue.clone();
         self.register_durable(subscription);
         let from_seq = self.next_seq;
+        self.subscriptions_made += 1;
+        let made = self.subscriptions_made;
         if let Some(durable) = self.durables.get_mut(&queue) {
             durable.from_key = Some(MessageKey::new(at, 0));
             durable.from_seq = from_seq;
+            durable.made = made;
         }
         Ok(self.flush())
     }
@@ -35,6 +38,14 @@ impl Core {
     /// subscriber, a client id, unsubscribe) apply to it.
     pub(super) fn register_durable(&mut self, subscription: SubscriptionAdd) {
         let queue = subscription.queue.clone();
+        if is_virtual_subscription(&subscription) && !self.feeds(&subscription) {
+            // Made under other virtual topic settings (turned off, or another prefix or
+            // name since): an ordinary queue now, its messages kept, fed by no topic (ActiveMQ
+            // keeps such a queue, and its interceptor feeds only what the settings match).
+            tracing::warn!(queue, topic = %subscription.topic, "a virtual topic consumer queue the current virtual topic settings do not match: it keeps its messages, and its topic no longer feeds it");
+            self.queues.entry(queue).or_default();
+            return;
+        }
         // A wildcard durable (its topic is the pattern) is registered as when it was made, on
         // start, after an index rebuild or on a promoted slave alike.
         match self.topic_mut(&subscription.topic) {
@@ -56,7 +67,11 @@ impl Core {
             q.subscription = true;
             q.groups = None;
         }
-        let selector = match parse_selector(Some(&subscription.selector)) {
+        // A selector stored by an earlier version whose rules were looser: a `--` comment
+        // with no line end after it then ran to the end, so it parses with one added.
+        let selector = match parse_selector(Some(&subscription.selector))
+            .or_else(|_| parse_selector(Some(&format!("{}\n", subscription.selector))))
+        {
             Ok(selector) => selector,
             Err(e) => {
                 tracing::warn!(queue, error = %e, "stored durable selector does not parse; delivering everything");
@@ -72,8 +87,23 @@ impl Core {
                 no_local_session: None,
                 from_key: None,
                 from_seq: 0,
+                made: 0,
             },
         );
+    }
+
+    /// Whether the current virtual topic settings make `subscription` (a virtual topic
+    /// consumer queue's record) a queue its topic feeds.
+    fn feeds(&self, subscription: &SubscriptionAdd) -> bool {
+        let name = subscription
+            .queue
+            .strip_prefix("queue://")
+            .unwrap_or(&subscription.queue);
+        self.options
+            .virtual_topics
+            .as_ref()
+            .and_then(|v| v.topic_of(name))
+            .is_some_and(|topic| topic == subscription.topic)
     }
 
     /// Whether `entry`, held for `queue` (a message confirmed late, or coming back from a
@@ -89,7 +119,8 @@ impl Core {
         let stored_before =
             matches!((entry.key, durable.from_key), (Some(key), Some(from)) if key < from);
         let queued_before = entry.seq != 0 && entry.seq < durable.from_seq;
-        stored_before || queued_before
+        let routed_before = entry.routed_under < durable.made;
+        stored_before || queued_before || routed_before
     }
 
     pub fn remove_durable_by_name(

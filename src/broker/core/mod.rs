@@ -297,6 +297,9 @@ struct Durable {
     /// back, a confirmation arriving late). Not set for one recovered at start.
     from_key: Option<crate::store::MessageKey>,
     from_seq: u64,
+    /// `Core::subscriptions_made` when it was made while running (0: recovered at start):
+    /// copies routed before (`Entry::routed_under` below it) were an earlier one's.
+    made: u64,
     /// With noLocal, the origin (session or client connection, see `Entry::origin`) it was
     /// last active on: its messages are not stored for it, even while it is inactive (see
     /// [`Core::route`]). In memory only.
@@ -375,6 +378,8 @@ pub(crate) struct Core {
     /// The queue the next expiry sweep starts with (the one the last sweep stopped in, or
     /// after): every queue gets its turn however many entries the others hold.
     expiry_from: String,
+    /// Durable subscriptions made while running (see `Durable::made`).
+    subscriptions_made: u64,
     /// Resolves once the epoch-start record is confirmed and the recovered messages are
     /// delivered (see [`Core::new`]); taken by whoever waits for it.
     started: Confirmation,

@@ -72,6 +72,7 @@ impl Core {
             store_usage,
             measure_at: Position(0),
             expiry_from: String::new(),
+            subscriptions_made: 0,
             started: Confirmation::done(),
             scheduled: BTreeMap::new(),
             next_scheduled: 0,

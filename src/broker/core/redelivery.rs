@@ -255,7 +255,10 @@ impl Core {
                 .filter_map(|seq| q.remove_ready(seq))
                 .collect();
             if !finished {
-                self.expiry_from = queue.clone();
+                // The next sweep starts with the next queue (this one goes on from its cursor
+                // on its next turn): a queue that never finishes cannot keep the others'
+                // expired messages from their turn.
+                self.expiry_from = format!("{queue}\0");
             }
             for entry in removed {
                 self.stats.expired += 1;

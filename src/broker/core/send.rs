@@ -215,7 +215,7 @@ impl Core {
 
     /// Whether a message with these headers is stored in the holding area until due, whatever
     /// its persistence (see [`schedule::is_held`]).
-    pub(super) fn held_when_sent(&self, headers: &[crate::store::Header]) -> bool {
+    pub(crate) fn held_when_sent(&self, headers: &[crate::store::Header]) -> bool {
         self.options.scheduler_support && schedule::is_held(headers, now_ms())
     }
 
@@ -304,9 +304,14 @@ impl Core {
                 } else {
                     self.transient_for_durables(durables, message.body.len() as u64)
                 };
+                let routed_under = self.subscriptions_made;
                 let mut publish: Vec<Publish> = durables
                     .iter()
-                    .map(|q| Publish::Queue(q.clone(), entry(&message)))
+                    .map(|q| {
+                        let mut copy = entry(&message);
+                        copy.routed_under = routed_under;
+                        Publish::Queue(q.clone(), copy)
+                    })
                     .collect();
                 publish.push(Publish::Topic(topic, message.clone(), origin));
                 let entries = if message.persistent && !durables.is_empty() {

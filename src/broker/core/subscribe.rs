@@ -311,25 +311,30 @@ impl Core {
             .ok_or_else(|| BrokerError::UnknownSubscription(id.to_string()))?;
         let mut touched = BTreeSet::new();
         let mut confirmation = Confirmation::done();
+        // Another consumer's delivery, or one acknowledged already: as ActiveMQ, which marks
+        // deliveries up to the one named only in the list that holds it, none of this
+        // subscription's counts as seen. (Its consumers, one per member of a composite
+        // destination, are one list, as in ActiveMQ. A tag of an earlier core is left to
+        // `remove_consumer`.)
+        let seen_upto = match seen {
+            Seen::Upto(tag) => tag,
+            Seen::LastOf(tag)
+                if tag >= super::recovery::first_tag(self.epoch)
+                    && !cids.iter().any(|cid| {
+                        self.consumers
+                            .get(cid)
+                            .is_some_and(|c| c.in_flight.contains_key(&tag))
+                    }) =>
+            {
+                0
+            }
+            Seen::LastOf(tag) => tag,
+        };
         for cid in cids {
             let consumer = self
                 .consumers
                 .remove(&cid)
                 .expect("a session's subscription has a consumer");
-            let seen_upto = match seen {
-                Seen::Upto(tag) => tag,
-                // Another consumer's delivery, or one acknowledged already: as ActiveMQ, which
-                // marks deliveries up to the one named only in the list that holds it, none of
-                // this consumer's counts as seen. (A tag of an earlier core is left to
-                // `remove_consumer`.)
-                Seen::LastOf(tag)
-                    if tag >= super::recovery::first_tag(self.epoch)
-                        && !consumer.in_flight.contains_key(&tag) =>
-                {
-                    0
-                }
-                Seen::LastOf(tag) => tag,
-            };
             let source = self.remove_consumer(cid, consumer, seen_upto, &mut touched)?;
             if remove_durable {
                 if let Source::Queue(queue) = &source {

@@ -406,3 +406,26 @@ async fn a_composite_send_too_large_for_one_record_is_refused_and_the_store_carr
     assert_eq!(f.broker.queue_depth("queue://q1"), 1);
     assert_eq!(f.broker.store_failure(), None);
 }
+
+/// A composite subscription's consumers (one per member) are one dispatched list, as in
+/// ActiveMQ: a closing session's last delivered message, on one member, marks the deliveries
+/// of every member up to it as seen.
+#[tokio::test]
+async fn a_closing_sessions_last_delivery_counts_for_every_member_of_a_composite() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (producer, _) = f.broker.open_session(None);
+    send_settled(&producer, &queue("b"), persistent("b1")).await;
+    let (c, mut rx) = f.broker.open_session(None);
+    c.subscribe_to_each(request("s", queue("unused"), 10), &[queue("a"), queue("b")])
+        .unwrap();
+    let b1 = next(&mut rx).await;
+    assert_eq!(body(&b1), "b1");
+    send_settled(&producer, &queue("a"), persistent("a1")).await;
+    let a1 = next(&mut rx).await;
+    c.close_consumer_of_closing("s", a1.tag).unwrap();
+    let (other, mut other_rx) = f.broker.open_session(None);
+    subscribe(&other, "o", queue("b"), 10);
+    let again = next(&mut other_rx).await;
+    assert_eq!(body(&again), "b1");
+    assert!(again.redelivery_count > 0, "b1 was seen: {again:?}");
+}

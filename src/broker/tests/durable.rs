@@ -320,6 +320,45 @@ async fn a_durable_subscription_made_again_with_another_selector_starts_empty() 
     assert_eq!(broker.queue_depth("durable://cid:d"), 0);
 }
 
+/// A non-persistent copy routed to a durable subscription by a commit still waiting behind
+/// earlier records is the subscription's of that moment: made again meanwhile (another
+/// selector), the new one does not get it.
+#[tokio::test]
+async fn a_waiting_non_persistent_copy_is_not_given_to_a_durable_made_again() {
+    let f = fixture(BrokerOptions::default()).await;
+    let topic = Destination::Topic("t".into());
+    let durable = |id: &str, selector: &str| SubscribeRequest {
+        durable_name: Some("d".into()),
+        selector: Some(selector.into()),
+        ..request(id, topic.clone(), 10)
+    };
+    let (c, _rx) = f.broker.open_session(Some("cid".into()));
+    c.subscribe(durable("s", "color = 'red'"))
+        .unwrap()
+        .await
+        .unwrap();
+    c.unsubscribe("s", false).unwrap().await.unwrap(); // inactive, kept
+    let (p, _) = f.broker.open_session(None);
+    let hold = lock(&f.broker.shared).store().hold_journal();
+    // Something earlier waits for its record, so the commit below waits behind it.
+    let earlier = p.send(&queue("q"), persistent("earlier"), None).unwrap();
+    p.begin("tx").unwrap();
+    p.send(
+        &topic,
+        colored_transient("red", "routed to the old one"),
+        Some("tx"),
+    )
+    .unwrap();
+    let committed = p.commit("tx").unwrap();
+    let remade = c.subscribe(durable("s2", "color = 'blue'")).unwrap();
+    drop(hold);
+    earlier.await.unwrap();
+    committed.await.unwrap();
+    remade.await.unwrap();
+    c.unsubscribe("s2", false).unwrap().await.unwrap();
+    assert_eq!(f.broker.queue_depth("durable://cid:d"), 0);
+}
+
 /// Removing a durable subscription whose backlog holds more messages than one journal record
 /// has entries (65,536) writes its removals in several records: the store goes on, and after a
 /// restart none of them is back.

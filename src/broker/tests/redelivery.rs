@@ -501,7 +501,18 @@ async fn an_expired_backlog_is_dead_lettered_a_batch_per_sweep() {
     while now_millis() <= expires {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let mut sweeps = 0;
+    // Each queue gets its turn: the second sweep starts with b, not where a stopped.
+    let depths = || {
+        (
+            f.broker.queue_depth("queue://a"),
+            f.broker.queue_depth("queue://b"),
+        )
+    };
+    lock(&f.broker.shared).expire_messages();
+    assert_eq!(depths(), (total + 1 - EXPIRY_BATCH, total));
+    lock(&f.broker.shared).expire_messages();
+    assert_eq!(depths(), (total + 1 - EXPIRY_BATCH, total - EXPIRY_BATCH));
+    let mut sweeps = 2;
     loop {
         let before = f.broker.stats().expired;
         lock(&f.broker.shared).expire_messages();

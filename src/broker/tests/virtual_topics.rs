@@ -213,16 +213,47 @@ async fn a_virtual_topic_consumer_queue_is_an_ordinary_queue_to_its_consumers() 
     );
 }
 
+/// A broker on `dir` whose virtual topic consumer queue `Consumer.A.VirtualTopic.Orders` is
+/// recorded, with no consumer left on it.
+async fn consumer_queue_recorded(dir: &std::path::Path) -> Broker {
+    let broker = Broker::start_for_tests(dir, BrokerOptions::default());
+    let (c, _) = broker.open_session(None);
+    subscribe_virtual(&c, "a", "Consumer.A.VirtualTopic.Orders", None).await;
+    c.unsubscribe("a", false).unwrap();
+    broker
+}
+
+/// A consumer queue made while virtual topics were on is no longer fed once a restart turns
+/// them off: it keeps its messages as an ordinary queue, consumable and deletable. Before, its
+/// stored record kept its topic feeding it for good.
+#[tokio::test]
+async fn a_consumer_queue_is_not_fed_once_virtual_topics_are_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = "queue://Consumer.A.VirtualTopic.Orders";
+    {
+        let broker = consumer_queue_recorded(dir.path()).await;
+        let (p, _) = broker.open_session(None);
+        send_confirmed(&p, &topic("VirtualTopic.Orders"), "while on").await;
+        assert_eq!(broker.queue_depth(q), 1);
+    }
+    let off = BrokerOptions {
+        virtual_topics: None,
+        ..BrokerOptions::default()
+    };
+    let broker = Broker::start_for_tests(dir.path(), off);
+    let (p, _) = broker.open_session(None);
+    send_confirmed(&p, &topic("VirtualTopic.Orders"), "while off").await;
+    assert_eq!(broker.queue_depth(q), 1, "only the message sent while on");
+    let (c, mut rx) = broker.open_session(None);
+    subscribe(&c, "a", queue("Consumer.A.VirtualTopic.Orders"), 10);
+    assert_eq!(body(&next(&mut rx).await), "while on");
+}
+
 #[tokio::test]
 async fn a_virtual_topic_consumer_queue_stays_known_across_restarts_and_index_rebuilds() {
     let dir = tempfile::tempdir().unwrap();
     let q = "queue://Consumer.A.VirtualTopic.Orders";
-    {
-        let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());
-        let (c, _) = broker.open_session(None);
-        subscribe_virtual(&c, "a", "Consumer.A.VirtualTopic.Orders", None).await;
-        c.unsubscribe("a", false).unwrap();
-    }
+    drop(consumer_queue_recorded(dir.path()).await);
     {
         // Restarted with no consumer: the queue still receives.
         let broker = Broker::start_for_tests(dir.path(), BrokerOptions::default());

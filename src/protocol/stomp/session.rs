@@ -534,6 +534,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             subscriptions: HashMap::new(),
             unacked: BTreeMap::new(),
             acked_in: HashMap::new(),
+            tx_temps: HashMap::new(),
             awaiting: VecDeque::new(),
             auto_acks: HashMap::new(),
             next_browse_tag: BROWSE_TAGS,
@@ -644,7 +645,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         self.output.extend_from_slice(b"\n");
                         Ok(Step::Continue)
                     }
-                    _ = receive_tick.tick(), if heartbeat.receive.is_some() => {
+                    // Not while disconnecting: the client is no longer read then, so its
+                    // heart-beats would not count, and its RECEIPT would be lost to a slow flush.
+                    _ = receive_tick.tick(), if heartbeat.receive.is_some() && !state.disconnecting => {
                         if paused.is_none() && last_read.elapsed() > heartbeat.receive.expect("guarded") {
                             tracing::info!(peer = %self.peer, "no heart-beat from client; closing");
                             break Ok(());
@@ -771,12 +774,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 state.session.begin(required(frame, "transaction")?)?;
                 Confirmation::done()
             }
-            Command::Commit => {
-                let transaction = required(frame, "transaction")?;
-                let confirmation = state.session.commit(transaction)?;
-                state.acked_in.remove(transaction);
-                confirmation
-            }
+            Command::Commit => state.commit(required(frame, "transaction")?)?,
             Command::Abort => state.abort(required(frame, "transaction")?)?,
             Command::Disconnect => {
                 state.disconnecting = true;
@@ -987,6 +985,9 @@ struct State {
     /// Deliveries acknowledged inside each open transaction, as they were in `unacked`: an
     /// ABORT puts them back (the messages stay delivered, awaiting an ACK again).
     acked_in: HashMap<String, Vec<(u64, Unacked)>>,
+    /// Temporary destinations each open transaction sent to, as named and as resolved: one
+    /// deleted before the COMMIT gets nothing from it (see [`State::commit`]).
+    tx_temps: HashMap<String, Vec<(String, Destination)>>,
     awaiting: VecDeque<(Awaiting, Confirmation)>,
     /// Auto-ack subscriptions written to since the last flush -> their last tag written.
     auto_acks: HashMap<String, u64>,
@@ -1286,9 +1287,31 @@ impl State {
             body_type,
             body: frame.body.clone(),
         };
+        let transaction = frame.get("transaction");
+        if let (true, Some(tx)) = (temporary, transaction) {
+            let sent_to = self.tx_temps.entry(tx.to_string()).or_default();
+            if !sent_to.iter().any(|(text, _)| text == destination_text) {
+                sent_to.push((destination_text.to_string(), destinations[0].clone()));
+            }
+        }
         Ok(self
             .session
-            .send_to_each(&destinations, message, frame.get("transaction"))?)
+            .send_to_each(&destinations, message, transaction)?)
+    }
+
+    /// Commits `transaction`. Its sends to another connection's temporary destination deleted
+    /// meanwhile go nowhere, as in ActiveMQ: routed at the commit they would make an ordinary
+    /// queue of that name that nobody can read and nothing deletes.
+    fn commit(&mut self, transaction: &str) -> Result<Confirmation, Refusal> {
+        for (text, destination) in self.tx_temps.remove(transaction).unwrap_or_default() {
+            if let Err(BrokerError::TemporaryGone(_)) = self.temps.resolve(&text) {
+                self.session
+                    .drop_transaction_sends_to(transaction, &destination)?;
+            }
+        }
+        let confirmation = self.session.commit(transaction)?;
+        self.acked_in.remove(transaction);
+        Ok(confirmation)
     }
 
     fn subscribe(&mut self, frame: &Frame) -> Result<Confirmation, Refusal> {
@@ -1490,6 +1513,7 @@ impl State {
     /// to be acknowledged again with the same ack ids; those whose consumer is gone are
     /// redelivered. Its NACKs are dropped, and their messages redelivered.
     fn abort(&mut self, transaction: &str) -> Result<Confirmation, Refusal> {
+        self.tx_temps.remove(transaction);
         let kept: HashSet<u64> = self
             .session
             .rollback_keeping_deliveries(transaction)?

@@ -671,15 +671,11 @@ async fn temp_destinations_are_deleted_when_their_connection_ends() {
     }
 }
 
-/// Another connection's temporary queue exists only while that connection lives, as in
-/// ActiveMQ: a SEND to it afterwards (or to one that never existed) is an ERROR naming it,
-/// where it used to make a plain queue of that name that nobody would ever read.
-#[tokio::test]
-async fn a_temp_queue_of_a_closed_connection_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start_for_tests(dir.path(), Default::default());
-    let mut responder = responder_on_requests(&broker).await;
-    let (mut client, _) = Peer::connect(&broker, "1.2", "").await;
+/// A responder on `/queue/requests`, a client that sent it a request with reply-to its own
+/// `/temp-queue/r`, and that reply-to as the responder got it (`/remote-temp-queue/ID:...`).
+async fn a_request_with_a_temp_reply_to(broker: &Broker) -> (Peer, Peer, String) {
+    let mut responder = responder_on_requests(broker).await;
+    let (mut client, _) = Peer::connect(broker, "1.2", "").await;
     client
         .write("SEND\ndestination:/queue/requests\nreply-to:/temp-queue/r\nreceipt:x\n\nq\0")
         .await;
@@ -690,6 +686,17 @@ async fn a_temp_queue_of_a_closed_connection_is_refused() {
         .get("reply-to")
         .unwrap()
         .to_string();
+    (responder, client, reply_to)
+}
+
+/// Another connection's temporary queue exists only while that connection lives, as in
+/// ActiveMQ: a SEND to it afterwards (or to one that never existed) is an ERROR naming it,
+/// where it used to make a plain queue of that name that nobody would ever read.
+#[tokio::test]
+async fn a_temp_queue_of_a_closed_connection_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_for_tests(dir.path(), Default::default());
+    let (mut responder, mut client, reply_to) = a_request_with_a_temp_reply_to(&broker).await;
     // While its connection lives, a reply goes through.
     responder
         .write(&format!(
@@ -1470,4 +1477,36 @@ async fn a_refused_connect_names_the_versions_and_answers_its_receipt() {
         assert_eq!(error.get("receipt-id"), Some("c1"), "{connect:?}");
         assert_eq!(error.get("version"), versions, "{connect:?}");
     }
+}
+
+/// A transacted reply to another connection's temporary queue, which that connection deleted
+/// (it closed) before the COMMIT, goes nowhere, as in ActiveMQ; before, the COMMIT made an
+/// ordinary queue of that name that nobody could read and nothing deleted.
+#[tokio::test]
+async fn a_transacted_reply_to_a_temp_queue_gone_before_the_commit_goes_nowhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_for_tests(dir.path(), Default::default());
+    let (mut responder, mut client, reply_to) = a_request_with_a_temp_reply_to(&broker).await;
+    responder
+        .write(&format!(
+            "BEGIN\ntransaction:t\n\n\0SEND\ndestination:{reply_to}\ntransaction:t\nreceipt:s\n\nlate\0"
+        ))
+        .await;
+    responder.frames_until(is_receipt("s")).await;
+    client.write("DISCONNECT\nreceipt:bye\n\n\0").await;
+    client.frames_until(is_receipt("bye")).await;
+    drop(client);
+    wait_for_no_temp_queues(&broker).await;
+    // The owner is gone once a plain SEND to its queue is refused.
+    wait_until_refused(&mut responder, &reply_to).await;
+    responder
+        .write("COMMIT\ntransaction:t\nreceipt:c\n\n\0")
+        .await;
+    let frames = responder.frames_until(is_receipt("c")).await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert!(
+        temp_queues(&broker).is_empty(),
+        "{:?}",
+        temp_queues(&broker)
+    );
 }

@@ -329,21 +329,39 @@ impl Writer {
     /// a gap at the next start.
     fn release(&mut self, start: u64) -> Result<(), StoreError> {
         let directory = self.shared.directory.clone();
-        let mut map = self.shared.segments.write().unwrap();
-        let leading_or_after_tombstone = map
-            .range(..start)
-            .next_back()
-            .is_none_or(|(_, s)| s.state == SegmentState::Released);
-        let Some(segment) = map.get_mut(&start) else {
-            return Ok(());
+        // The segment map changes under its lock; the files after it is released: readers (a
+        // delivery paging a body in under the broker core's lock, say) never wait for an
+        // unlink or a truncating fsync.
+        let (delete, next_tombstone) = {
+            let mut map = self.shared.segments.write().unwrap();
+            let leading_or_after_tombstone = map
+                .range(..start)
+                .next_back()
+                .is_none_or(|(_, s)| s.state == SegmentState::Released);
+            let Some(segment) = map.get_mut(&start) else {
+                return Ok(());
+            };
+            segment.reader.lock().unwrap().take();
+            if leading_or_after_tombstone {
+                map.remove(&start);
+            } else {
+                segment.state = SegmentState::Released;
+            }
+            // A tombstone right after what is released now is then redundant.
+            let next_tombstone = map
+                .range(start + 1..)
+                .next()
+                .filter(|(_, s)| s.state == SegmentState::Released)
+                .map(|(&next, _)| next);
+            if let Some(next) = next_tombstone {
+                map.remove(&next);
+            }
+            (leading_or_after_tombstone, next_tombstone)
         };
-        segment.reader.lock().unwrap().take();
         let path = segment_path(&directory, start);
-        let result = if leading_or_after_tombstone {
-            map.remove(&start);
+        let result = if delete {
             fs::remove_file(&path).map_err(io_error("delete", &path))
         } else {
-            segment.state = SegmentState::Released;
             OpenOptions::new()
                 .write(true)
                 .open(&path)
@@ -360,20 +378,12 @@ impl Writer {
             error!("releasing journal segment {}: {e}", path.display());
             return Err(e);
         }
-        // A tombstone right after what was just released is now redundant.
-        let next_tombstone = map
-            .range(start + 1..)
-            .next()
-            .filter(|(_, s)| s.state == SegmentState::Released)
-            .map(|(&next, _)| next);
         if let Some(next) = next_tombstone {
-            map.remove(&next);
             let next_path = segment_path(&directory, next);
             if let Err(e) = fs::remove_file(&next_path) {
                 error!("deleting journal tombstone {}: {e}", next_path.display());
             }
         }
-        drop(map);
         if self.fsync {
             // The next release may depend on this one having happened (see store::state).
             sync_directory(&directory).inspect_err(|e| {
