@@ -529,7 +529,14 @@ fn parse_head(
     let escaping = Escaping::of(command, version);
     let mut headers = Vec::new();
     for line in lines.take_while(|line| !line.is_empty()) {
-        let line = std::str::from_utf8(line).map_err(|_| FrameError::InvalidUtf8)?;
+        // STOMP 1.1 and 1.2 require UTF-8; a 1.0 header in another encoding (a Latin-1 script,
+        // say) is read as ActiveMQ reads it, its bad bytes replaced by U+FFFD.
+        let line = match (std::str::from_utf8(line), version) {
+            (Ok(line), _) => std::borrow::Cow::Borrowed(line),
+            (Err(_), Version::V1_0) => String::from_utf8_lossy(line),
+            (Err(_), _) => return Err(FrameError::InvalidUtf8),
+        };
+        let line = line.as_ref();
         let Some((name, value)) = line.split_once(':') else {
             return Err(FrameError::BadHeader(quote(line.as_bytes())));
         };
@@ -1136,7 +1143,7 @@ mod tests {
             FrameError::BadHeader(":value".into())
         );
         assert_eq!(
-            decode_err(b"SEND\nk:\xff\n\n\0", Version::V1_0, LIMIT),
+            decode_err(b"SEND\nk:\xff\n\n\0", Version::V1_1, LIMIT),
             FrameError::InvalidUtf8
         );
         // A frame without the blank line runs into its NUL.
@@ -1144,6 +1151,18 @@ mod tests {
             decode_err(b"SEND\ndestination:/q\n\0", Version::V1_0, LIMIT),
             FrameError::NulInHeaders
         );
+    }
+
+    /// A STOMP 1.0 header in another encoding than UTF-8 (a Latin-1 script's `café`) is read
+    /// as ActiveMQ reads it, its bad bytes replaced; 1.1 and 1.2 require UTF-8.
+    #[test]
+    fn a_stomp_1_0_header_that_is_not_utf8_is_read_lossily() {
+        let frame = decode_one(
+            b"SEND\ndestination:/queue/q\nname:caf\xe9\n\nx\0",
+            Version::V1_0,
+        )
+        .unwrap();
+        assert_eq!(frame.get("name"), Some("caf\u{FFFD}"));
     }
 
     #[test]
