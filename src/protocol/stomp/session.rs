@@ -105,6 +105,9 @@ struct Subscription {
     /// Deliveries with a lower tag were made to an earlier subscription with the same id
     /// (UNSUBSCRIBE, then SUBSCRIBE again): the core took them back, so they are not written.
     first_tag: u64,
+    /// Its destination as the SUBSCRIBE named it, options left out: an UNSUBSCRIBE without an
+    /// `id` (STOMP 1.0) names it so, as ActiveMQ matches it.
+    destination: String,
 }
 
 /// Why a frame is answered with an ERROR, and whether the connection ends with it.
@@ -112,11 +115,11 @@ struct Subscription {
 /// Only what leaves the conversation unusable closes the connection: bytes that are no frame,
 /// an unknown or misplaced command, a missing header, a frame over the size limit, or a node
 /// that no longer serves (ActiveMQ's STOMP keeps even a connection whose frame lacked a
-/// required header; the STOMP specification closes after every ERROR). A well-formed frame the broker refuses (an ACK
-/// of a delivery it does not know, an unknown transaction or subscription, a bad selector or
-/// header value, a destination refused) gets its ERROR and the connection carries on with its
-/// subscriptions and unacknowledged messages: closing it would send those messages to other
-/// consumers again, after the client had processed them.
+/// required header; the STOMP specification closes after every ERROR). A well-formed frame the
+/// broker refuses (an ACK of a delivery it does not know, an unknown transaction or
+/// subscription, a bad selector or header value, a destination refused) gets its ERROR and the
+/// connection carries on with its subscriptions and unacknowledged messages: closing it would
+/// send those messages to other consumers again, after the client had processed them.
 struct Refusal {
     message: String,
     detail: String,
@@ -1331,7 +1334,17 @@ impl State {
         let on = |header: &str, option: &str| setting(header, option).is_some_and(is_true);
         let id = match (frame.get("id"), self.version) {
             (Some(id), _) => id.to_string(),
-            (None, Version::V1_0) => destination_text.to_string(),
+            // STOMP 1.0 without an id: named after its destination, and told apart from an
+            // earlier one to the same destination (ActiveMQ makes each a consumer of its own).
+            (None, Version::V1_0) => {
+                let mut id = destination_text.to_string();
+                let mut n = 1;
+                while self.subscriptions.contains_key(&id) {
+                    n += 1;
+                    id = format!("{destination_text}#{n}");
+                }
+                id
+            }
             (None, _) => return Err(Refusal::new("missing header 'id' on SUBSCRIBE frame")),
         };
         let ack = ack_mode(frame)?;
@@ -1393,6 +1406,7 @@ impl State {
                 ack,
                 first_tag,
                 browser: false,
+                destination: split_options(destination_text).0.to_string(),
             },
         );
         let request = SubscribeRequest {
@@ -1414,9 +1428,22 @@ impl State {
     }
 
     fn unsubscribe(&mut self, frame: &Frame) -> Result<Confirmation, Refusal> {
-        let id = match frame.get("id").or_else(|| frame.get("destination")) {
-            Some(id) => id.to_string(),
-            None => return Err(Refusal::new("missing header 'id' on UNSUBSCRIBE frame")),
+        let id = match (frame.get("id"), frame.get("destination")) {
+            (Some(id), _) => id.to_string(),
+            // Without an id (STOMP 1.0), the subscription to that destination, whatever id it
+            // was made with and options it named, as ActiveMQ matches it.
+            (None, Some(destination)) => {
+                let named = split_options(destination).0;
+                if self.subscriptions.contains_key(destination) {
+                    destination.to_string()
+                } else {
+                    self.subscriptions
+                        .iter()
+                        .find(|(_, s)| s.destination == named)
+                        .map_or_else(|| destination.to_string(), |(id, _)| id.clone())
+                }
+            }
+            (None, None) => return Err(Refusal::new("missing header 'id' on UNSUBSCRIBE frame")),
         };
         let remove_durable = frame.get("activemq.subscriptionName").is_some()
             || frame.get("durable-subscription-name").is_some();
@@ -1589,6 +1616,7 @@ impl State {
                 ack,
                 first_tag,
                 browser: true,
+                destination: split_options(destination_text).0.to_string(),
             },
         );
         Ok(BrowsePlan {

@@ -1510,3 +1510,46 @@ async fn a_transacted_reply_to_a_temp_queue_gone_before_the_commit_goes_nowhere(
         temp_queues(&broker)
     );
 }
+
+/// STOMP 1.0 subscriptions without an `id`, as ActiveMQ takes them: two to one destination
+/// (another selector each) are two subscriptions, and an UNSUBSCRIBE naming only a destination
+/// ends the subscription made to it, whatever id and options it was made with.
+#[tokio::test]
+async fn stomp_1_0_subscriptions_without_an_id_work_as_in_activemq() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_for_tests(dir.path(), Default::default());
+    let (mut p, _) = Peer::connect(&broker, "1.0", "").await;
+    p.write(
+        "SUBSCRIBE\ndestination:/topic/p\nselector:a = 1\nreceipt:s1\n\n\0\
+         SUBSCRIBE\ndestination:/topic/p\nselector:a = 2\nreceipt:s2\n\n\0\
+         SUBSCRIBE\nid:foo\ndestination:/queue/a?consumer.prefetchSize=1\nreceipt:s3\n\n\0",
+    )
+    .await;
+    let frames = p.frames_until(is_receipt("s3")).await;
+    assert!(
+        frames.iter().all(|f| f.command == Command::Receipt),
+        "{frames:?}"
+    );
+    let consumers = |broker: &Broker, name: &str| {
+        broker
+            .queue_stats()
+            .into_iter()
+            .find(|q| q.name == name)
+            .map_or(0, |q| q.consumers)
+    };
+    assert_eq!(consumers(&broker, "queue://a"), 1);
+    p.write("UNSUBSCRIBE\ndestination:/queue/a\nreceipt:u\n\n\0")
+        .await;
+    let frames = p.frames_until(is_receipt("u")).await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(consumers(&broker, "queue://a"), 0);
+    // Both topic subscriptions live: each gets what its selector takes.
+    let (mut sender, _) = Peer::connect(&broker, "1.2", "").await;
+    sender
+        .write("SEND\ndestination:/topic/p\na:2\nreceipt:r\n\ntwo\0")
+        .await;
+    sender.frames_until(is_receipt("r")).await;
+    let message = p.next_frame().await;
+    assert_eq!(message.command, Command::Message, "{message:?}");
+    assert_eq!(message.body.as_ref(), b"two");
+}
