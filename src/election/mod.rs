@@ -405,7 +405,8 @@ impl Election {
     }
 
     /// This node's [`Lease`] as master (`None` while it is not master): renewed every quarter
-    /// of the session timeout by a read answered by ZooKeeper, and revoked as the role ends.
+    /// of the session timeout by a `sync` and a read answered by ZooKeeper, and revoked as the
+    /// role ends.
     /// A master must confirm nothing unless [`Lease::holds`] for its epoch.
     pub fn lease(&self) -> watch::Receiver<Option<Lease>> {
         self.lease.clone()
@@ -1571,8 +1572,9 @@ impl Core {
         self.settle_publishes();
     }
 
-    /// While master, sends a read to ZooKeeper every quarter of the session timeout: its answer
-    /// renews the lease (see [`Lease`]).
+    /// While master, sends a `sync` (answered only through the ensemble's leader) and a read
+    /// of its own znode to ZooKeeper every quarter of the session timeout: their answer renews
+    /// the lease (see [`Lease`]).
     fn renew_lease(&mut self, now: Instant) {
         let master = self.roles.borrow().is_master();
         let connected = self.connected;
