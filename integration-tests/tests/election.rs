@@ -806,6 +806,29 @@ async fn nodes_elect_again_after_the_election_path_is_deleted_zk38() {
     }
 }
 
+/// An epoch table behind the members' journals (ZooKeeper's data lost, the path deleted to
+/// unstick an election, a restore from an older copy) makes the next master jump its epoch
+/// well past theirs: a master that vanished may have taken epochs above them unseen, and
+/// taking one of those numbers again would make two histories look like one. With the table
+/// in step, epochs go up by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_epoch_table_behind_the_journals_makes_the_epoch_jump_zk38() {
+    let zk = start_ensemble(ZkVersion::V3_8).await;
+    // Journals of epoch 9; the (fresh) table knows nothing.
+    let a = Node::start(&zk, "a", log(9, 500), 1, 40401, SESSION_TIMEOUT).await;
+    let b = Node::start(&zk, "b", log(9, 300), 1, 40411, SESSION_TIMEOUT).await;
+    let epoch = wait_stable(&a, &[&b], 0).await;
+    assert_eq!(epoch, 9 + 1000);
+    // The master leaves: b takes the next epoch, one up (the table is in step).
+    a.close().await;
+    let c = Node::start(&zk, "c", log(9, 100), 1, 40421, SESSION_TIMEOUT).await;
+    let next = wait_stable(&b, &[&c], epoch).await;
+    assert_eq!(next, epoch + 1);
+    for node in [b, c] {
+        node.close().await;
+    }
+}
+
 /// A chroot in zk_address that does not exist in ZooKeeper (which makes none) is an error
 /// naming it, not a retry for ever saying the election path does not exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -702,6 +702,11 @@ async fn join(
     })
 }
 
+/// How far past the members' newest epoch a master goes when the epoch table has fallen
+/// behind their journals (see [`take_epoch`]): more epochs than a master could take unseen
+/// before it vanished.
+const EPOCH_JUMP_AFTER_LOSS: u64 = 1000;
+
 /// Takes a new epoch for `broker` with compare-and-set on the epoch table in `zk_path`'s data:
 /// max(stored, `floor`) + 1, recording `replicas` as the cluster's if it is larger. Returns the
 /// epoch, the cluster's `replicas` (the larger) and when the write that took it was sent (the
@@ -724,7 +729,21 @@ async fn take_epoch(
         })?;
         // Saturating: a member's JSON could name any epoch (the election then waits, unable
         // to take one above it, rather than this task panicking).
-        let epoch = table.get(broker).max(floor).saturating_add(1);
+        let stored = table.get(broker);
+        let epoch = if stored < floor {
+            // The table is behind a journal: it was lost (ZooKeeper's data wiped, the path
+            // deleted to unstick an election as ActiveMQ users did) or restored from an older
+            // copy. A master that is down now may have taken epochs above `floor` that no live
+            // member holds, and wrote records under them; taking one of those numbers again
+            // would make two different histories look like one (see
+            // `replication::history`). So the epoch jumps well past anything it could have
+            // taken.
+            let epoch = floor.saturating_add(EPOCH_JUMP_AFTER_LOSS);
+            warn!(broker, stored, floor, epoch, "the epoch table in {zk_path} is behind the members' journals (lost or restored from an older copy): taking epoch {epoch}, well past any a vanished master may have used");
+            epoch
+        } else {
+            stored.saturating_add(1)
+        };
         table.epochs.insert(broker.to_owned(), epoch);
         let replicas = table.replicas(broker).max(replicas);
         table.replicas.insert(broker.to_owned(), replicas as u64);
