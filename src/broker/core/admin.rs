@@ -287,8 +287,8 @@ impl Core {
         }
         if self.virtual_queues.contains(queue) {
             return Err(AdminError::Conflict(format!(
-                "{queue} is a virtual topic's consumer queue, which its topic keeps filling: \
-                 purge it instead"
+                "{queue} is a virtual topic's consumer queue (recorded as one, fed while the \
+                 virtual topic settings match it): purge it instead"
             )));
         }
         let batch = self.purge_batch(queue, first)?;

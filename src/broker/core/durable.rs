@@ -40,10 +40,12 @@ impl Core {
         let queue = subscription.queue.clone();
         if is_virtual_subscription(&subscription) && !self.feeds(&subscription) {
             // Made under other virtual topic settings (turned off, or another prefix or
-            // name since): an ordinary queue now, its messages kept, fed by no topic (ActiveMQ
-            // keeps such a queue, and its interceptor feeds only what the settings match).
+            // name since): its messages kept, fed by no topic (ActiveMQ keeps such a queue, and
+            // its interceptor feeds only what the settings match). Still a consumer queue to
+            // address its messages (they name the topic: see `Core::as_on_queue`).
             tracing::warn!(queue, topic = %subscription.topic, "a virtual topic consumer queue the current virtual topic settings do not match: it keeps its messages, and its topic no longer feeds it");
-            self.queues.entry(queue).or_default();
+            self.queues.entry(queue.clone()).or_default();
+            self.virtual_queues.insert(queue);
             return;
         }
         // A wildcard durable (its topic is the pattern) is registered as when it was made, on

@@ -153,8 +153,21 @@ impl Core {
         let deliveries = state.deliveries.clone();
         let origin = state.origin;
         check_subscribable(&request.destination)?;
-        let selector = parse_selector(request.selector.as_deref())?;
         let selector_text = request.selector.clone().unwrap_or_default();
+        let selector = match parse_selector(request.selector.as_deref()) {
+            Ok(selector) => selector,
+            // A durable subscription resumed with the very text stored for it, which an
+            // earlier version's looser rules accepted: the selector it was recovered with.
+            Err(e) => match (&request.destination, &request.durable_name, &client_id) {
+                (Destination::Topic(_), Some(name), Some(client_id)) => self
+                    .durables
+                    .get(&durable_queue(client_id, name))
+                    .filter(|d| d.subscription.selector == selector_text)
+                    .map(|d| d.selector.clone())
+                    .ok_or(e)?,
+                _ => return Err(e),
+            },
+        };
         let mut confirmation = Confirmation::done();
         let source = match (&request.destination, &request.durable_name) {
             (Destination::Topic(_), Some(name)) => {

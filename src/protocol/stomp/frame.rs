@@ -530,10 +530,13 @@ fn parse_head(
     let mut headers = Vec::new();
     for line in lines.take_while(|line| !line.is_empty()) {
         // STOMP 1.1 and 1.2 require UTF-8; a 1.0 header in another encoding (a Latin-1 script,
-        // say) is read as ActiveMQ reads it, its bad bytes replaced by U+FFFD.
+        // say) is read as ActiveMQ reads it, its bad bytes replaced by U+FFFD. Not a CONNECT's,
+        // read as 1.0 before the version is known: a client id or login must not be mangled
+        // into another's.
+        let connect = matches!(command, Command::Connect | Command::Stomp);
         let line = match (std::str::from_utf8(line), version) {
             (Ok(line), _) => std::borrow::Cow::Borrowed(line),
-            (Err(_), Version::V1_0) => String::from_utf8_lossy(line),
+            (Err(_), Version::V1_0) if !connect => String::from_utf8_lossy(line),
             (Err(_), _) => return Err(FrameError::InvalidUtf8),
         };
         let line = line.as_ref();
@@ -1163,6 +1166,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(frame.get("name"), Some("caf\u{FFFD}"));
+        assert_eq!(
+            decode_err(b"CONNECT\nclient-id:Jos\xe9\n\n\0", Version::V1_0, LIMIT),
+            FrameError::InvalidUtf8
+        );
     }
 
     #[test]

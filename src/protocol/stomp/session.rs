@@ -1292,9 +1292,10 @@ impl State {
         };
         let transaction = frame.get("transaction");
         if let (true, Some(tx)) = (temporary, transaction) {
+            let named = split_options(destination_text).0;
             let sent_to = self.tx_temps.entry(tx.to_string()).or_default();
-            if !sent_to.iter().any(|(text, _)| text == destination_text) {
-                sent_to.push((destination_text.to_string(), destinations[0].clone()));
+            if !sent_to.iter().any(|(text, _)| text == named) {
+                sent_to.push((named.to_string(), destinations[0].clone()));
             }
         }
         Ok(self
@@ -1306,13 +1307,15 @@ impl State {
     /// meanwhile go nowhere, as in ActiveMQ: routed at the commit they would make an ordinary
     /// queue of that name that nobody can read and nothing deletes.
     fn commit(&mut self, transaction: &str) -> Result<Confirmation, Refusal> {
-        for (text, destination) in self.tx_temps.remove(transaction).unwrap_or_default() {
+        // Kept until the commit succeeds: a refused one leaves the transaction open.
+        for (text, destination) in self.tx_temps.get(transaction).cloned().unwrap_or_default() {
             if let Err(BrokerError::TemporaryGone(_)) = self.temps.resolve(&text) {
                 self.session
                     .drop_transaction_sends_to(transaction, &destination)?;
             }
         }
         let confirmation = self.session.commit(transaction)?;
+        self.tx_temps.remove(transaction);
         self.acked_in.remove(transaction);
         Ok(confirmation)
     }
@@ -1428,11 +1431,17 @@ impl State {
     }
 
     fn unsubscribe(&mut self, frame: &Frame) -> Result<Confirmation, Refusal> {
+        let durable_name = frame
+            .get("activemq.subscriptionName")
+            .or_else(|| frame.get("durable-subscription-name"));
         let id = match (frame.get("id"), frame.get("destination")) {
             (Some(id), _) => id.to_string(),
-            // Without an id (STOMP 1.0), the subscription to that destination, whatever id it
-            // was made with and options it named, as ActiveMQ matches it.
-            (None, Some(destination)) => {
+            // Without an id in STOMP 1.0 (1.1 and 1.2 require one), the subscription to that
+            // destination, whatever id it was made with and options it named, as ActiveMQ
+            // matches it; but one naming a durable subscription is about that one (below).
+            (None, Some(destination))
+                if self.version == Version::V1_0 && durable_name.is_none() =>
+            {
                 let named = split_options(destination).0;
                 if self.subscriptions.contains_key(destination) {
                     destination.to_string()
@@ -1443,6 +1452,7 @@ impl State {
                         .map_or_else(|| destination.to_string(), |(id, _)| id.clone())
                 }
             }
+            (None, Some(destination)) => destination.to_string(),
             (None, None) => return Err(Refusal::new("missing header 'id' on UNSUBSCRIBE frame")),
         };
         let remove_durable = frame.get("activemq.subscriptionName").is_some()

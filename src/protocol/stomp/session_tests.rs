@@ -1553,3 +1553,36 @@ async fn stomp_1_0_subscriptions_without_an_id_work_as_in_activemq() {
     assert_eq!(message.command, Command::Message, "{message:?}");
     assert_eq!(message.body.as_ref(), b"two");
 }
+
+/// An UNSUBSCRIBE without an `id` naming a durable subscription removes that one, not a live
+/// subscription to the same destination; and only STOMP 1.0 may leave out the `id` to end a
+/// subscription by its destination (1.1 and 1.2 require it).
+#[tokio::test]
+async fn an_unsubscribe_by_destination_ends_only_what_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_for_tests(dir.path(), Default::default());
+    let (mut p, _) = Peer::connect(&broker, "1.0", "client-id:c\n").await;
+    p.write(
+        "SUBSCRIBE\nid:sub-bar\ndestination:/topic/x\nactivemq.subscriptionName:bar\nreceipt:1\n\n\0\
+         SUBSCRIBE\nid:f\ndestination:/topic/x\nactivemq.subscriptionName:foo\nreceipt:2\n\n\0\
+         UNSUBSCRIBE\nid:f\nreceipt:3\n\n\0\
+         UNSUBSCRIBE\ndestination:/topic/x\nactivemq.subscriptionName:foo\nreceipt:4\n\n\0",
+    )
+    .await;
+    let frames = p.frames_until(is_receipt("4")).await;
+    assert!(
+        frames.iter().all(|f| f.command == Command::Receipt),
+        "{frames:?}"
+    );
+    let names: Vec<String> = broker.queue_stats().into_iter().map(|q| q.name).collect();
+    assert!(names.contains(&"durable://c:bar".to_string()), "{names:?}");
+    assert!(!names.contains(&"durable://c:foo".to_string()), "{names:?}");
+    let (mut q, _) = Peer::connect(&broker, "1.2", "").await;
+    q.write(
+        "SUBSCRIBE\nid:s1\ndestination:/queue/y\nreceipt:1\n\n\0\
+         UNSUBSCRIBE\ndestination:/queue/y\nreceipt:2\n\n\0",
+    )
+    .await;
+    let frames = q.frames_until(|f| f.get("receipt-id") == Some("2")).await;
+    assert_eq!(frames.last().unwrap().command, Command::Error, "{frames:?}");
+}
