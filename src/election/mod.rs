@@ -708,7 +708,7 @@ async fn join(
 const EPOCH_JUMP_AFTER_LOSS: u64 = 1000;
 
 /// Takes a new epoch for `broker` with compare-and-set on the epoch table in `zk_path`'s data:
-/// max(stored, `floor`) + 1, recording `replicas` as the cluster's if it is larger. Returns the
+/// stored + 1, or `floor` + [`EPOCH_JUMP_AFTER_LOSS`] when the table is behind `floor`, recording `replicas` as the cluster's if it is larger. Returns the
 /// epoch, the cluster's `replicas` (the larger) and when the write that took it was sent (the
 /// session was alive then: the start of the master's lease).
 async fn take_epoch(
@@ -718,6 +718,7 @@ async fn take_epoch(
     floor: u64,
     replicas: usize,
 ) -> Result<(u64, usize, Instant), ElectionError> {
+    let mut warned = false;
     loop {
         let (bytes, stat) = client
             .get_data(zk_path)
@@ -739,7 +740,10 @@ async fn take_epoch(
             // `replication::history`). So the epoch jumps well past anything it could have
             // taken.
             let epoch = floor.saturating_add(EPOCH_JUMP_AFTER_LOSS);
-            warn!(broker, stored, floor, epoch, "the epoch table in {zk_path} is behind the members' journals (lost or restored from an older copy): taking epoch {epoch}, well past any a vanished master may have used");
+            if !warned {
+                warned = true;
+                warn!(broker, stored, floor, epoch, "the epoch table in {zk_path} is behind the members' journals (lost, restored from an older copy, or a store that ran standalone or under another broker name): taking epoch {epoch}, well past any a vanished master may have used");
+            }
             epoch
         } else {
             stored.saturating_add(1)

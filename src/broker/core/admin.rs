@@ -285,10 +285,15 @@ impl Core {
                 q.consumers.len().max(1)
             )));
         }
-        if self.virtual_queues.contains(queue) {
+        if self.virtual_queues.contains(queue)
+            && self
+                .topics
+                .values()
+                .any(|t| t.durables.iter().any(|q| q == queue))
+        {
             return Err(AdminError::Conflict(format!(
-                "{queue} is a virtual topic's consumer queue (recorded as one, fed while the \
-                 virtual topic settings match it): purge it instead"
+                "{queue} is a virtual topic's consumer queue, which its topic keeps filling: \
+                 purge it instead"
             )));
         }
         let batch = self.purge_batch(queue, first)?;

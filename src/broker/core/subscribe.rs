@@ -162,7 +162,11 @@ impl Core {
                 (Destination::Topic(_), Some(name), Some(client_id)) => self
                     .durables
                     .get(&durable_queue(client_id, name))
-                    .filter(|d| d.subscription.selector == selector_text)
+                    .filter(|d| {
+                        d.subscription.selector == selector_text
+                            && d.subscription.topic == request.destination.canonical()
+                            && d.subscription.no_local == request.no_local
+                    })
                     .map(|d| d.selector.clone())
                     .ok_or(e)?,
                 _ => return Err(e),
@@ -209,23 +213,29 @@ impl Core {
             (Destination::Topic(_), None) => Source::Topic(request.destination.canonical()),
             (Destination::Queue(name), _) => {
                 let queue = request.destination.canonical();
-                if !self.virtual_queues.contains(&queue) {
-                    let rule = self.options.virtual_topics.as_ref();
-                    if let Some(topic) = rule.and_then(|v| v.topic_of(name)) {
-                        // A virtual topic's consumer queue exists from its first consumer on
-                        // (ActiveMQ creates the queue then and keeps it, persisted, until an
-                        // admin removes it): recorded once, in the journal, so that restarts,
-                        // failovers and index rebuilds keep feeding it.
-                        let subscription = SubscriptionAdd {
-                            client_id: String::new(),
-                            subscription_name: queue.clone(),
-                            topic,
-                            selector: String::new(),
-                            queue: queue.clone(),
-                            no_local: false,
-                        };
-                        confirmation = self.record_subscription(subscription)?;
-                    }
+                let rule = self.options.virtual_topics.as_ref();
+                // Recorded unless its topic feeds it already (a consumer queue recorded under
+                // other settings is known, and fed by nothing, until recorded for these).
+                let topic = rule.and_then(|v| v.topic_of(name)).filter(|topic| {
+                    !self
+                        .topics
+                        .get(topic)
+                        .is_some_and(|t| t.durables.contains(&queue))
+                });
+                if let Some(topic) = topic {
+                    // A virtual topic's consumer queue exists from its first consumer on
+                    // (ActiveMQ creates the queue then and keeps it, persisted, until an
+                    // admin removes it): recorded once, in the journal, so that restarts,
+                    // failovers and index rebuilds keep feeding it.
+                    let subscription = SubscriptionAdd {
+                        client_id: String::new(),
+                        subscription_name: queue.clone(),
+                        topic,
+                        selector: String::new(),
+                        queue: queue.clone(),
+                        no_local: false,
+                    };
+                    confirmation = self.record_subscription(subscription)?;
                 }
                 Source::Queue(queue)
             }

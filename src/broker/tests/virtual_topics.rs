@@ -249,6 +249,30 @@ async fn a_consumer_queue_is_not_fed_once_virtual_topics_are_off() {
     assert_eq!(body(&next(&mut rx).await), "while on");
 }
 
+/// A consumer queue recorded for one topic, with settings that now make it another topic's
+/// (`Consumer.*.VirtualTopic.` as the prefix: `Consumer.A.VirtualTopic.Orders` is `Orders`'s),
+/// is recorded again for that topic at its next consumer, and fed by it.
+#[tokio::test]
+async fn a_consumer_queue_is_fed_by_the_topic_new_settings_give_it() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(consumer_queue_recorded(dir.path()).await);
+    let rule =
+        crate::broker::virtual_topic::VirtualTopics::new(">", "Consumer.*.VirtualTopic.", "")
+            .unwrap();
+    let broker = Broker::start_for_tests(
+        dir.path(),
+        BrokerOptions {
+            virtual_topics: Some(rule),
+            ..BrokerOptions::default()
+        },
+    );
+    let (c, mut rx) = broker.open_session(None);
+    subscribe_virtual(&c, "a", "Consumer.A.VirtualTopic.Orders", None).await;
+    let (p, _) = broker.open_session(None);
+    send_confirmed(&p, &topic("Orders"), "fed").await;
+    assert_eq!(body(&next(&mut rx).await), "fed");
+}
+
 #[tokio::test]
 async fn a_virtual_topic_consumer_queue_stays_known_across_restarts_and_index_rebuilds() {
     let dir = tempfile::tempdir().unwrap();

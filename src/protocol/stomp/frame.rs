@@ -515,6 +515,21 @@ fn find_header_end(
     }
 }
 
+/// Headers whose value names something, which must be UTF-8 even in STOMP 1.0 (see
+/// `parse_head`).
+const NAMING_HEADERS: [&str; 10] = [
+    "destination",
+    "id",
+    "client-id",
+    "login",
+    "passcode",
+    "activemq.subscriptionName",
+    "durable-subscription-name",
+    "transaction",
+    "reply-to",
+    "message-id",
+];
+
 /// Parses the command line and the header lines; `head` ends with the blank line.
 fn parse_head(
     head: &[u8],
@@ -530,13 +545,19 @@ fn parse_head(
     let mut headers = Vec::new();
     for line in lines.take_while(|line| !line.is_empty()) {
         // STOMP 1.1 and 1.2 require UTF-8; a 1.0 header in another encoding (a Latin-1 script,
-        // say) is read as ActiveMQ reads it, its bad bytes replaced by U+FFFD. Not a CONNECT's,
-        // read as 1.0 before the version is known: a client id or login must not be mangled
-        // into another's.
-        let connect = matches!(command, Command::Connect | Command::Stomp);
+        // say) is read as ActiveMQ reads it, its bad bytes replaced by U+FFFD. Not one that
+        // names something (a destination, a subscription, a client id, a login): two names
+        // would become one.
         let line = match (std::str::from_utf8(line), version) {
             (Ok(line), _) => std::borrow::Cow::Borrowed(line),
-            (Err(_), Version::V1_0) if !connect => String::from_utf8_lossy(line),
+            (Err(_), Version::V1_0) => {
+                let lossy = String::from_utf8_lossy(line);
+                let name = lossy.split_once(':').map_or("", |(name, _)| name);
+                if NAMING_HEADERS.contains(&name) {
+                    return Err(FrameError::InvalidUtf8);
+                }
+                lossy
+            }
             (Err(_), _) => return Err(FrameError::InvalidUtf8),
         };
         let line = line.as_ref();
@@ -1166,10 +1187,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(frame.get("name"), Some("caf\u{FFFD}"));
-        assert_eq!(
-            decode_err(b"CONNECT\nclient-id:Jos\xe9\n\n\0", Version::V1_0, LIMIT),
-            FrameError::InvalidUtf8
-        );
+        for naming in [
+            &b"CONNECT\nclient-id:Jos\xe9\n\n\0"[..],
+            b"SEND\ndestination:/queue/caf\xe9\n\nx\0",
+            b"SUBSCRIBE\ndestination:/topic/t\nactivemq.subscriptionName:caf\xe9\n\n\0",
+        ] {
+            assert_eq!(
+                decode_err(naming, Version::V1_0, LIMIT),
+                FrameError::InvalidUtf8
+            );
+        }
     }
 
     #[test]

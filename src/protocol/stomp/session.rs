@@ -1452,6 +1452,13 @@ impl State {
                         .map_or_else(|| destination.to_string(), |(id, _)| id.clone())
                 }
             }
+            // Without an id but naming a durable subscription: that subscription, deleted by
+            // its name (as ActiveMQ's RemoveSubscriptionInfo), whatever else this connection
+            // subscribed to at that destination.
+            (None, Some(_)) if durable_name.is_some() => {
+                let name = durable_name.expect("guarded");
+                return Ok(self.session.remove_durable(name)?);
+            }
             (None, Some(destination)) => destination.to_string(),
             (None, None) => return Err(Refusal::new("missing header 'id' on UNSUBSCRIBE frame")),
         };

@@ -1563,7 +1563,7 @@ async fn an_unsubscribe_by_destination_ends_only_what_it_names() {
     let broker = Broker::start_for_tests(dir.path(), Default::default());
     let (mut p, _) = Peer::connect(&broker, "1.0", "client-id:c\n").await;
     p.write(
-        "SUBSCRIBE\nid:sub-bar\ndestination:/topic/x\nactivemq.subscriptionName:bar\nreceipt:1\n\n\0\
+        "SUBSCRIBE\ndestination:/topic/x\nactivemq.subscriptionName:bar\nreceipt:1\n\n\0\
          SUBSCRIBE\nid:f\ndestination:/topic/x\nactivemq.subscriptionName:foo\nreceipt:2\n\n\0\
          UNSUBSCRIBE\nid:f\nreceipt:3\n\n\0\
          UNSUBSCRIBE\ndestination:/topic/x\nactivemq.subscriptionName:foo\nreceipt:4\n\n\0",
