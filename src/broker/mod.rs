@@ -1049,19 +1049,10 @@ impl Session {
         lock(&self.shared).set_connection(self.id, connection);
     }
 
-    pub fn close_consumer(&self, id: &str, seen_upto: u64) -> Result<Confirmation, BrokerError> {
-        lock(&self.shared).unsubscribe_seen(self.id, id, false, Seen::Upto(seen_upto))
-    }
-
-    /// Closes a consumer as its session or connection closes, `last` being the tag of the
-    /// last delivery the client handed to any of their consumers: this consumer's deliveries
-    /// up to it count as seen only if it holds that delivery (see [`Seen::LastOf`]).
-    pub fn close_consumer_of_closing(
-        &self,
-        id: &str,
-        last: u64,
-    ) -> Result<Confirmation, BrokerError> {
-        lock(&self.shared).unsubscribe_seen(self.id, id, false, Seen::LastOf(last))
+    /// Closes subscription `id`; its deliveries the application did not see (see [`Seen`])
+    /// return to their queues without counting as redelivered.
+    pub fn close_consumer(&self, id: &str, seen: Seen) -> Result<Confirmation, BrokerError> {
+        lock(&self.shared).unsubscribe_seen(self.id, id, false, seen)
     }
 
     /// Deletes a durable subscription that is not active, by name.

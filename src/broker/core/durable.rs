@@ -7,7 +7,7 @@
 use super::{durable_queue, is_virtual_subscription, parse_selector, remove_entry, Core, Durable};
 use crate::broker::queue::Entry;
 use crate::broker::{BrokerError, Confirmation};
-use crate::store::{entry, MessageKey, SubscriptionAdd, SubscriptionRemove};
+use crate::store::{entry, SubscriptionAdd, SubscriptionRemove};
 
 impl Core {
     /// Journals a new durable subscription (or virtual topic consumer queue) and registers it;
@@ -16,17 +16,14 @@ impl Core {
         &mut self,
         subscription: SubscriptionAdd,
     ) -> Result<Confirmation, BrokerError> {
-        let (at, _) = self.append(vec![crate::store::Entry {
+        self.append(vec![crate::store::Entry {
             kind: Some(entry::Kind::Subscribe(subscription.clone())),
         }])?;
         let queue = subscription.queue.clone();
         self.register_durable(subscription);
-        let from_seq = self.next_seq;
         self.subscriptions_made += 1;
         let made = self.subscriptions_made;
         if let Some(durable) = self.durables.get_mut(&queue) {
-            durable.from_key = Some(MessageKey::new(at, 0));
-            durable.from_seq = from_seq;
             durable.made = made;
         }
         Ok(self.flush())
@@ -87,8 +84,6 @@ impl Core {
                 selector,
                 active: None,
                 no_local_session: None,
-                from_key: None,
-                from_seq: 0,
                 made: 0,
             },
         );
@@ -118,11 +113,7 @@ impl Core {
         let Some(durable) = self.durables.get(queue) else {
             return true;
         };
-        let stored_before =
-            matches!((entry.key, durable.from_key), (Some(key), Some(from)) if key < from);
-        let queued_before = entry.seq != 0 && entry.seq < durable.from_seq;
-        let routed_before = entry.routed_under < durable.made;
-        stored_before || queued_before || routed_before
+        entry.routed_under < durable.made
     }
 
     pub fn remove_durable_by_name(

@@ -290,15 +290,10 @@ struct Durable {
     selector: Option<Arc<Selector>>,
     /// The consumer currently attached, if any.
     active: Option<u64>,
-    /// Where this incarnation begins, for a subscription made while running (a name may be
-    /// reused after an unsubscribe, or for another selector): messages stored before it
-    /// (keys below `from_key`) and entries queued before it (sequences below `from_seq`) were
-    /// the previous subscription's, and are dropped if they come back (a transaction rolled
-    /// back, a confirmation arriving late). Not set for one recovered at start.
-    from_key: Option<crate::store::MessageKey>,
-    from_seq: u64,
-    /// `Core::subscriptions_made` when it was made while running (0: recovered at start):
-    /// copies routed before (`Entry::routed_under` below it) were an earlier one's.
+    /// `Core::subscriptions_made` when it was made while running (0: recovered at start). A
+    /// name may be reused after an unsubscribe, or for another selector: a copy routed before
+    /// (`Entry::routed_under` below it) was an earlier subscription's, and is dropped if it
+    /// comes back (a transaction rolled back, a confirmation arriving late).
     made: u64,
     /// With noLocal, the origin (session or client connection, see `Entry::origin`) it was
     /// last active on: its messages are not stored for it, even while it is inactive (see

@@ -422,7 +422,7 @@ async fn a_closing_sessions_last_delivery_counts_for_every_member_of_a_composite
     assert_eq!(body(&b1), "b1");
     send_settled(&producer, &queue("a"), persistent("a1")).await;
     let a1 = next(&mut rx).await;
-    c.close_consumer_of_closing("s", a1.tag).unwrap();
+    c.close_consumer("s", Seen::LastOf(a1.tag)).unwrap();
     let (other, mut other_rx) = f.broker.open_session(None);
     subscribe(&other, "o", queue("b"), 10);
     let again = next(&mut other_rx).await;

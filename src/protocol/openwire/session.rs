@@ -33,8 +33,8 @@ use super::{
     TransactionInfo, WireFormatInfo,
 };
 use crate::broker::{
-    AckScope, Broker, BrokerError, BrowseCursor, Confirmation, Delivery, Destination, Session,
-    SubscribeRequest,
+    AckScope, Broker, BrokerError, BrowseCursor, Confirmation, Delivery, Destination, Seen,
+    Session, SubscribeRequest,
 };
 use crate::protocol::temps::{TempDestinations, TempEvent};
 use crate::protocol::write::{flush, Unwritten};
@@ -1687,7 +1687,7 @@ impl State {
             Some(D::ConsumerId(cid)) => {
                 self.remove_consumer(
                     &cid.to_string(),
-                    Last::Own(remove.last_delivered_sequence_id),
+                    Seen::Upto(tag_of(remove.last_delivered_sequence_id)),
                 );
                 Ok(None)
             }
@@ -1703,7 +1703,10 @@ impl State {
                     .map(|(k, _)| k.clone())
                     .collect();
                 for key in keys {
-                    self.remove_consumer(&key, Last::OfMany(remove.last_delivered_sequence_id));
+                    self.remove_consumer(
+                        &key,
+                        Seen::LastOf(tag_of(remove.last_delivered_sequence_id)),
+                    );
                 }
                 Ok(None)
             }
@@ -1715,7 +1718,10 @@ impl State {
                 self.windows.clear();
                 let keys: Vec<String> = self.consumers.keys().cloned().collect();
                 for key in keys {
-                    self.remove_consumer(&key, Last::OfMany(remove.last_delivered_sequence_id));
+                    self.remove_consumer(
+                        &key,
+                        Seen::LastOf(tag_of(remove.last_delivered_sequence_id)),
+                    );
                 }
                 Ok(Some(self.session.flush()))
             }
@@ -1726,19 +1732,12 @@ impl State {
     /// Closes a consumer; `last` holds the broker sequence id (our delivery tag) of the last
     /// message the client handed to the application (-1: none): this consumer's, or its
     /// session's or connection's, which may be another consumer's.
-    fn remove_consumer(&mut self, key: &str, last: Last) {
+    fn remove_consumer(&mut self, key: &str, last: Seen) {
         let _ = self.flush_consumer_ack(key);
         self.pulls.retain(|(_, k)| k != key);
         if let Some(consumer) = self.consumers.remove(key) {
             if !consumer.inert && !consumer.browser {
-                let _ = match last {
-                    Last::Own(id) => self
-                        .session
-                        .close_consumer(key, u64::try_from(id).unwrap_or(0)),
-                    Last::OfMany(id) => self
-                        .session
-                        .close_consumer_of_closing(key, u64::try_from(id).unwrap_or(0)),
-                };
+                let _ = self.session.close_consumer(key, last);
             }
         }
     }
@@ -1846,13 +1845,9 @@ impl State {
     }
 }
 
-/// The `lastDeliveredSequenceId` of a RemoveInfo, by what it removes.
-#[derive(Debug, Clone, Copy)]
-enum Last {
-    /// A consumer's own.
-    Own(i64),
-    /// A session's or connection's: the last delivery handed to any of their consumers.
-    OfMany(i64),
+/// A RemoveInfo's `lastDeliveredSequenceId` as a delivery tag (-1, none: 0).
+fn tag_of(last_delivered_sequence_id: i64) -> u64 {
+    u64::try_from(last_delivered_sequence_id).unwrap_or(0)
 }
 
 #[cfg(test)]
