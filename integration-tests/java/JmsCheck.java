@@ -1678,6 +1678,10 @@ public final class JmsCheck {
             expectEq("reply " + i + ": body", "reply to request-" + i, text(reply, "reply"));
             expectEq("reply " + i + ": JMSCorrelationID", "corr-" + i, reply.getJMSCorrelationID());
             expectEq("reply " + i + ": JMSDestination", replies, reply.getJMSDestination());
+            // Sent PERSISTENT (the default): so it arrives, though a temporary queue's messages
+            // are never stored.
+            expectEq("reply " + i + ": JMSDeliveryMode", DeliveryMode.PERSISTENT,
+                    reply.getJMSDeliveryMode());
         }
         expectEq("responder problems", null, problem.get());
         close(responderConnection);

@@ -320,7 +320,12 @@ pub struct NewMessage {
     /// The client's id for the message. When it has the form `<producer>:<n>` (ActiveMQ's
     /// `ID:...:<sequence>`), `(producer, n)` identifies it for duplicate detection.
     pub message_id: Option<String>,
+    /// The delivery mode, as consumers see it. Stored only when true and not `temporary`.
     pub persistent: bool,
+    /// Sent to a temporary destination: kept in memory only, whatever its delivery mode, as
+    /// ActiveMQ gives temporary destinations no store (they live as long as the connection
+    /// that made them, and a stored message would outlive them on disk).
+    pub temporary: bool,
     /// Milliseconds since the Unix epoch; 0 = never expires.
     pub expiration: i64,
     pub priority: u32,
@@ -990,7 +995,7 @@ impl Session {
             return Ok(Confirmation::done());
         }
         // A delayed message is stored even when not persistent: held back by the store too.
-        let mut stored = message.persistent;
+        let mut stored = message.persistent && !message.temporary;
         let confirmation = self.then_flush(|core| {
             stored = stored || core.held_when_sent(&message.headers);
             core.send(self.id, destinations, message, transaction)

@@ -25,6 +25,14 @@ impl Header {
     }
 }
 
+impl Message {
+    /// Whether its delivery mode has it stored: persistent, and not sent to a temporary
+    /// destination (a delayed message is stored whatever this says, in the holding area).
+    pub fn stored_for_mode(&self) -> bool {
+        self.persistent && !self.temporary
+    }
+}
+
 /// Bytes before the body of every frame: length then checksum.
 pub const FRAME_HEADER_LEN: usize = 8;
 

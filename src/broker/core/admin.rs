@@ -182,7 +182,7 @@ impl Core {
                     self.scheduled.retain(|_, p| match p {
                         Publish::Queue(q, e) => !(*q == name && e.key.is_none()),
                         Publish::Scheduled(e)
-                            if e.message.destination == name && !e.message.persistent =>
+                            if e.message.destination == name && !e.message.stored_for_mode() =>
                         {
                             removes.extend(e.key.map(|key| remove_entry(HOLDING, key)));
                             false

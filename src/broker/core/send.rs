@@ -25,7 +25,7 @@ impl Core {
         // Only a client's own ids identify a producer's sequence; ids the broker makes up are
         // never compared for duplicates. Only stored messages are (a delayed one is stored
         // even when not persistent: a re-send after a lost receipt must not store it twice).
-        let stored = new.persistent || self.held_when_sent(&new.headers);
+        let stored = (new.persistent && !new.temporary) || self.held_when_sent(&new.headers);
         let (message_id, producer_id, producer_sequence) = match new.message_id {
             Some(id) if !id.is_empty() => match producer_of(&id) {
                 Some((p, s)) if stored => {
@@ -42,6 +42,7 @@ impl Core {
             producer_sequence,
             destination: destination.canonical(),
             persistent: new.persistent,
+            temporary: new.temporary,
             expiration: new.expiration,
             timestamp: if new.timestamp > 0 {
                 new.timestamp
@@ -109,7 +110,7 @@ impl Core {
             )));
         }
         if let Some(tx) = transaction {
-            if message.persistent || self.held_when_sent(&message.headers) {
+            if message.stored_for_mode() || self.held_when_sent(&message.headers) {
                 self.refuse_if_full()?;
             }
             // A repeat of a stored message is recognised when it is sent, in send order, like
@@ -175,7 +176,7 @@ impl Core {
                 )
             } else {
                 // A delayed message is stored (in the holding area) even when non-persistent.
-                let kind = if message.persistent {
+                let kind = if message.stored_for_mode() {
                     "persistent"
                 } else {
                     "delayed"
@@ -200,7 +201,7 @@ impl Core {
             self.record_producer(&message.producer_id, message.producer_sequence);
         }
         if routed.entries.is_empty() {
-            if message.persistent {
+            if message.stored_for_mode() {
                 // Stored nowhere (a topic message no durable subscription takes), it still
                 // goes out after the persistent messages sent before it, which wait for their
                 // records: subscribers get a producer's persistent messages in order.
@@ -273,7 +274,7 @@ impl Core {
             Destination::Queue(_) => {
                 let queue = destination.canonical();
                 let publish = vec![Publish::Queue(queue.clone(), entry(&message))];
-                let entries = if message.persistent {
+                let entries = if message.stored_for_mode() {
                     vec![add_entry(vec![queue], message)]
                 } else {
                     Vec::new()
@@ -299,7 +300,7 @@ impl Core {
                         })
                     })
                     .collect();
-                let durables = if message.persistent {
+                let durables = if message.stored_for_mode() {
                     durables
                 } else {
                     self.transient_for_durables(durables, message.body.len() as u64)
@@ -314,7 +315,7 @@ impl Core {
                     })
                     .collect();
                 publish.push(Publish::Topic(topic, message.clone(), origin));
-                let entries = if message.persistent && !durables.is_empty() {
+                let entries = if message.stored_for_mode() && !durables.is_empty() {
                     vec![add_entry(durables, message)]
                 } else {
                     Vec::new()

@@ -40,7 +40,7 @@ impl Core {
         };
         if sends
             .iter()
-            .any(|(_, m)| m.persistent || self.held_when_sent(&m.headers))
+            .any(|(_, m)| m.stored_for_mode() || self.held_when_sent(&m.headers))
         {
             // Refused with the transaction still open, as a commit too large for a record.
             self.refuse_if_full()?;

@@ -93,7 +93,12 @@ async fn a_deleted_destination_drops_its_unstored_messages_but_never_stored_or_u
         ..persistent("reply")
     };
     session.send(&queue("temp"), transient, None).unwrap();
-    assert_eq!(f.broker.queue_depth("queue://temp"), 1);
+    let to_temporary = NewMessage {
+        temporary: true,
+        ..persistent("persistent reply")
+    };
+    session.send(&queue("temp"), to_temporary, None).unwrap();
+    assert_eq!(f.broker.queue_depth("queue://temp"), 2);
     assert!(f.broker.delete_destination(&queue("temp")));
     assert_eq!(f.broker.queue_depth("queue://temp"), 0);
 
@@ -109,6 +114,38 @@ async fn a_deleted_destination_drops_its_unstored_messages_but_never_stored_or_u
     // So does a queue with a consumer.
     subscribe(&session, "s", queue("used"), 10);
     assert!(!f.broker.delete_destination(&queue("used")));
+}
+
+/// A persistent message sent to a temporary destination is kept in memory only (ActiveMQ gives
+/// temporary destinations no store), and reaches its consumer as persistent, as it was sent:
+/// a JMS reply's `JMSDeliveryMode` is the replier's.
+#[tokio::test]
+async fn a_persistent_message_to_a_temporary_queue_is_not_stored_yet_stays_persistent() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (session, mut rx) = f.broker.open_session(None);
+    let before = f.broker.stats().journal_end;
+    let reply = NewMessage {
+        temporary: true,
+        ..persistent("reply")
+    };
+    let confirmation = session.send(&queue("temp"), reply, None).unwrap();
+    assert!(
+        confirmation.is_done(),
+        "nothing to wait for: it is not stored"
+    );
+    assert_eq!(
+        f.broker.stats().journal_end,
+        before,
+        "nothing was journaled"
+    );
+    let selected = SubscribeRequest {
+        selector: Some("JMSDeliveryMode = 'PERSISTENT'".into()),
+        ..request("s", queue("temp"), 10)
+    };
+    session.subscribe(selected).unwrap();
+    let delivery = next(&mut rx).await;
+    assert_eq!(body(&delivery), "reply");
+    assert!(delivery.message.persistent, "delivered as it was sent");
 }
 
 /// Pulls waiting for a message do not add up (ActiveMQ sets a pulling consumer's window to

@@ -354,6 +354,8 @@ pub fn to_new_message(m: &Message, max_body: usize) -> Result<NewMessage, Conver
     Ok(NewMessage {
         message_id,
         persistent: m.persistent,
+        // The session knows whether the destination is temporary.
+        temporary: false,
         expiration: m.expiration.max(0),
         priority: u32::from(m.priority.min(9)),
         timestamp: m.timestamp,

@@ -1439,10 +1439,9 @@ impl State {
         }
         let mut message = convert::to_new_message(m, self.options.max_frame_size)
             .map_err(|e| BrokerError::InvalidMessage(e.to_string()))?;
-        if temporary {
-            // Temporary destinations live as long as their connection: never on disk.
-            message.persistent = false;
-        }
+        // Temporary destinations live as long as their connection: never on disk, whatever
+        // the delivery mode (which consumers still see as sent).
+        message.temporary = temporary;
         let transaction = m.transaction_id.as_ref().map(transaction_key).transpose()?;
         if let Some(tx) = &transaction {
             // The client begins transactions lazily; a replay may omit the BEGIN.

@@ -1205,9 +1205,6 @@ impl State {
     fn send(&mut self, frame: &Frame) -> Result<Confirmation, Refusal> {
         let destination_text = required_destination(frame)?;
         let (destinations, temporary) = self.temps.resolve_members(destination_text)?;
-        // As in ActiveMQ, messages to temporary destinations are never stored: they live as
-        // long as the connection that made the destination, and a stored one would outlive it
-        // on disk (and keep its journal segment) with nobody left to consume it.
         // A header named as a JMS header sets that header, as at ActiveMQ (whose message takes
         // each STOMP header as a property, and a property named JMSPriority, say, sets the
         // JMSPriority): it wins over the STOMP header of the same meaning.
@@ -1220,7 +1217,7 @@ impl State {
         let persistent = match frame.get("JMSDeliveryMode") {
             Some(mode) => delivery_mode(mode)?,
             None => frame.get("persistent") == Some("true"),
-        } && !temporary;
+        };
         let expiration = match jms_or("JMSExpiration", "expires") {
             None => 0,
             Some((name, v)) => v
@@ -1283,6 +1280,10 @@ impl State {
                 .filter(|_| flag(frame, super::DEDUPE_HEADER))
                 .map(str::to_string),
             persistent,
+            // As in ActiveMQ, messages to temporary destinations are never stored: they live as
+            // long as the connection that made the destination, and a stored one would outlive
+            // it on disk (and keep its journal segment) with nobody left to consume it.
+            temporary,
             expiration,
             priority,
             timestamp,

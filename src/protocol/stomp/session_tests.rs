@@ -549,6 +549,7 @@ async fn each_connection_has_its_own_temp_queue() {
         clients.push(c);
     }
     let mut reply_tos = Vec::new();
+    let journal_end = broker.stats().journal_end;
     for _ in 0..2 {
         let request = responder.next_frame().await;
         let reply_to = request.get("reply-to").unwrap().to_string();
@@ -566,8 +567,17 @@ async fn each_connection_has_its_own_temp_queue() {
         let reply = c.next_frame().await;
         assert_eq!(String::from_utf8_lossy(&reply.body), format!("for {name}"));
         assert_eq!(reply.get("destination"), Some("/temp-queue/replies"));
-        assert_eq!(reply.get("persistent"), None, "never stored");
+        assert_eq!(
+            reply.get("persistent"),
+            Some("true"),
+            "delivered as it was sent"
+        );
     }
+    assert_eq!(
+        broker.stats().journal_end,
+        journal_end,
+        "replies to temporary queues are never stored"
+    );
     // Nothing else arrives: a sentinel on each client's own queue comes next.
     for c in &mut clients {
         c.write("SEND\ndestination:/temp-queue/replies\n\nend\0")
@@ -934,7 +944,8 @@ async fn a_jms_temporary_queue_reply_to_reaches_its_queue() {
         .unwrap();
     assert_eq!(&reply.message.body[..], b"reply");
     assert_eq!(reply.destination, temp);
-    assert!(!reply.message.persistent);
+    assert!(reply.message.persistent, "delivered as it was sent");
+    assert!(reply.message.temporary, "kept in memory only");
 }
 
 /// A heart-beat period past any sensible value is bounded (a day), not overflowed.
