@@ -252,7 +252,9 @@ fn durable_subscription_survives_reconnect_and_restart() -> Result<()> {
     );
     reader.ack(got.last().expect("non-empty"))?;
 
-    // UNSUBSCRIBE with the subscription name deletes it: what is published next is not kept.
+    // UNSUBSCRIBE by id, then with the subscription name, deletes it (as in ActiveMQ, naming
+    // it while subscribed is refused): what is published next is not kept.
+    reader.request(Frame::new("UNSUBSCRIBE").header("id", "d"))?;
     reader.request(
         Frame::new("UNSUBSCRIBE")
             .header("id", "d")

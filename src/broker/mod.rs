@@ -1037,10 +1037,10 @@ impl Session {
         lock(&self.shared).next_tag()
     }
 
-    /// Ends a subscription; with `remove_durable`, a durable subscription and its stored
-    /// messages are deleted too (else it stays and keeps collecting messages).
-    pub fn unsubscribe(&self, id: &str, remove_durable: bool) -> Result<Confirmation, BrokerError> {
-        lock(&self.shared).unsubscribe(self.id, id, remove_durable)
+    /// Ends a subscription; a durable one stays and keeps collecting messages (see
+    /// [`Session::remove_durable`]).
+    pub fn unsubscribe(&self, id: &str) -> Result<Confirmation, BrokerError> {
+        lock(&self.shared).unsubscribe(self.id, id)
     }
 
     /// Ends a subscription whose client reports that only deliveries up to tag `seen_upto`
@@ -1057,7 +1057,7 @@ impl Session {
     /// Closes subscription `id`; its deliveries the application did not see (see [`Seen`])
     /// return to their queues without counting as redelivered.
     pub fn close_consumer(&self, id: &str, seen: Seen) -> Result<Confirmation, BrokerError> {
-        lock(&self.shared).unsubscribe_seen(self.id, id, false, seen)
+        lock(&self.shared).unsubscribe_seen(self.id, id, seen)
     }
 
     /// Deletes a durable subscription that is not active, by name.

@@ -68,7 +68,7 @@ impl Core {
         // Subscriptions first: an aborted transaction's messages must not go back to a
         // consumer of this session, which would count a second redelivery when it ends.
         for sub in subscriptions {
-            let _ = self.unsubscribe(session, &sub, false);
+            let _ = self.unsubscribe(session, &sub);
         }
         for tx in transactions {
             let _ = self.abort(session, &tx);

@@ -132,7 +132,7 @@ impl Core {
                 Ok(c) if c.is_done() => {}
                 Ok(c) => confirmation = c,
                 Err(e) => {
-                    let _ = self.unsubscribe(session, &request.id, false);
+                    let _ = self.unsubscribe(session, &request.id);
                     return Err(e);
                 }
             }
@@ -309,13 +309,8 @@ impl Core {
         Ok(confirmation)
     }
 
-    pub fn unsubscribe(
-        &mut self,
-        session: u64,
-        id: &str,
-        remove_durable: bool,
-    ) -> Result<Confirmation, BrokerError> {
-        self.unsubscribe_seen(session, id, remove_durable, Seen::Upto(u64::MAX))
+    pub fn unsubscribe(&mut self, session: u64, id: &str) -> Result<Confirmation, BrokerError> {
+        self.unsubscribe_seen(session, id, Seen::Upto(u64::MAX))
     }
 
     /// Like `unsubscribe`; deliveries the application did not see (see [`Seen`]) return
@@ -324,7 +319,6 @@ impl Core {
         &mut self,
         session: u64,
         id: &str,
-        remove_durable: bool,
         seen: Seen,
     ) -> Result<Confirmation, BrokerError> {
         let cids = self
@@ -333,7 +327,6 @@ impl Core {
             .remove(id)
             .ok_or_else(|| BrokerError::UnknownSubscription(id.to_string()))?;
         let mut touched = BTreeSet::new();
-        let mut confirmation = Confirmation::done();
         // Another consumer's delivery, or one acknowledged already: as ActiveMQ, which marks
         // deliveries up to the one named only in the list that holds it, none of this
         // subscription's counts as seen. (Its consumers, one per member of a composite
@@ -358,31 +351,21 @@ impl Core {
                 .consumers
                 .remove(&cid)
                 .expect("a session's subscription has a consumer");
-            let source = self.remove_consumer(cid, consumer, seen_upto, &mut touched)?;
-            if remove_durable {
-                if let Source::Queue(queue) = &source {
-                    if self.durables.contains_key(queue) {
-                        touched.remove(queue);
-                        self.remove_durable(queue)?;
-                        confirmation = self.flush();
-                    }
-                }
-            }
+            self.remove_consumer(cid, consumer, seen_upto, &mut touched)?;
         }
         self.dispatch_all(touched);
-        Ok(confirmation)
+        Ok(Confirmation::done())
     }
 
     /// Detaches a removed consumer from its queue or topic and returns its unacknowledged
     /// deliveries to their queues (those past `seen_upto` not counting as redelivered).
-    /// Returns where it consumed from.
     fn remove_consumer(
         &mut self,
         cid: u64,
         consumer: Consumer,
         seen_upto: u64,
         touched: &mut BTreeSet<String>,
-    ) -> Result<Source, BrokerError> {
+    ) -> Result<(), BrokerError> {
         let Consumer {
             source, in_flight, ..
         } = consumer;
@@ -444,7 +427,7 @@ impl Core {
             };
             self.requeue(in_flight, how, touched)?;
         }
-        Ok(source)
+        Ok(())
     }
 }
 

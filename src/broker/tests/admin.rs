@@ -344,7 +344,7 @@ async fn deleting_a_durable_subscriptions_queue_removes_the_subscription() {
             broker.delete_queue(name).await,
             Err(AdminError::Conflict(_))
         ));
-        s.unsubscribe("news", false).unwrap().await.unwrap();
+        s.unsubscribe("news").unwrap().await.unwrap();
         let (p, _) = broker.open_session(None);
         for body in ["a", "b"] {
             p.send(&topic("news"), persistent(body), None)

@@ -204,7 +204,7 @@ async fn a_composite_subscription_receives_from_every_member() {
         .unwrap()
         .await
         .unwrap();
-    c.unsubscribe("s", false).unwrap().await.unwrap();
+    c.unsubscribe("s").unwrap().await.unwrap();
     let left = f.broker.queue_depth("queue://a") + f.broker.queue_depth("queue://b");
     let last_on_a_queue = got[3].message.destination.starts_with("queue://");
     assert_eq!(left, usize::from(last_on_a_queue));
@@ -382,7 +382,7 @@ async fn a_bad_composite_subscription_is_refused_whole() {
     send_settled(&producer, &queue("a"), persistent("a1")).await;
     assert_eq!(f.broker.queue_depth("queue://a"), 1);
     assert!(take_all(&mut rx).is_empty());
-    assert!(c.unsubscribe("s", false).is_err());
+    assert!(c.unsubscribe("s").is_err());
 }
 
 /// A persistent composite send whose copies would not fit one journal record is refused,

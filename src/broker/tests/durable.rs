@@ -156,7 +156,8 @@ async fn a_durable_wildcard_subscription_keeps_matching_messages_while_away() {
     assert_eq!(body(&next(&mut rx).await), "2");
     assert!(rx.try_recv().is_err());
     // Removed, it stops collecting; the pattern is forgotten.
-    s.unsubscribe("d", true).unwrap().await.unwrap();
+    s.unsubscribe("d").unwrap().await.unwrap();
+    s.remove_durable("logs").unwrap().await.unwrap();
     producer
         .send(&topic("logs.app1.error"), persistent("after"), None)
         .unwrap()
@@ -254,7 +255,8 @@ async fn a_removed_durable_subscription_leaves_no_message_behind() {
         .unwrap();
         let (p, _) = broker.open_session(None);
         ack_in_transaction(&p, &c, &mut rx, &topic, persistent("old")).await;
-        c.unsubscribe("s", true).unwrap().await.unwrap();
+        c.unsubscribe("s").unwrap().await.unwrap();
+        c.remove_durable("d").unwrap().await.unwrap();
         c.abort("t").unwrap();
         assert_eq!(broker.queue_depth("durable://cid:d"), 0);
         c.flush().await.unwrap();
@@ -288,8 +290,8 @@ async fn a_durable_subscription_made_again_with_another_selector_starts_empty() 
         let (p, _) = broker.open_session(None);
         let rolled_back = colored("red", "acked, rolled back");
         ack_in_transaction(&p, &c, &mut rx, &topic, rolled_back).await;
-        c.unsubscribe("s", false).unwrap().await.unwrap(); // inactive, kept
-                                                           // Routed to the old subscription; its confirmation comes after the change.
+        c.unsubscribe("s").unwrap().await.unwrap(); // inactive, kept
+                                                    // Routed to the old subscription; its confirmation comes after the change.
         let hold = lock(&broker.shared).store().hold_journal();
         let late = p
             .send(&topic, colored("red", "confirmed late"), None)
@@ -301,7 +303,7 @@ async fn a_durable_subscription_made_again_with_another_selector_starts_empty() 
         c.abort("t").unwrap();
         c.flush().await.unwrap();
         // Whatever reached the new subscriber comes back to its queue, unacknowledged.
-        c.unsubscribe("s2", false).unwrap().await.unwrap(); // inactive, kept
+        c.unsubscribe("s2").unwrap().await.unwrap(); // inactive, kept
         assert_eq!(broker.queue_depth("durable://cid:d"), 0);
         p.send(&topic, colored("red", "new"), None)
             .unwrap()
@@ -337,7 +339,7 @@ async fn a_waiting_non_persistent_copy_is_not_given_to_a_durable_made_again() {
         .unwrap()
         .await
         .unwrap();
-    c.unsubscribe("s", false).unwrap().await.unwrap(); // inactive, kept
+    c.unsubscribe("s").unwrap().await.unwrap(); // inactive, kept
     let (p, _) = f.broker.open_session(None);
     let hold = lock(&f.broker.shared).store().hold_journal();
     // Something earlier waits for its record, so the commit below waits behind it.
@@ -355,7 +357,7 @@ async fn a_waiting_non_persistent_copy_is_not_given_to_a_durable_made_again() {
     earlier.await.unwrap();
     committed.await.unwrap();
     remade.await.unwrap();
-    c.unsubscribe("s2", false).unwrap().await.unwrap();
+    c.unsubscribe("s2").unwrap().await.unwrap();
     assert_eq!(f.broker.queue_depth("durable://cid:d"), 0);
 }
 
@@ -377,7 +379,7 @@ async fn removing_a_durable_subscription_with_a_huge_backlog_keeps_the_store_run
         .unwrap()
         .await
         .unwrap();
-        c.unsubscribe("s", false).unwrap().await.unwrap(); // inactive, kept
+        c.unsubscribe("s").unwrap().await.unwrap(); // inactive, kept
         let (p, _) = broker.open_session(None);
         let mut last = None;
         for i in 0..BACKLOG {

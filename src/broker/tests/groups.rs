@@ -68,7 +68,7 @@ async fn next_exclusive_consumer_takes_over_with_the_unacknowledged_in_order() {
     assert!(take_all(&mut plain_rx).is_empty());
     // With no exclusive consumer left, the others are served again, this one's messages
     // first.
-    second.unsubscribe("s", false).unwrap();
+    second.unsubscribe("s").unwrap();
     assert_eq!(bodies(&take_all(&mut plain_rx)), ["1", "2", "3", "4", "5"]);
 }
 
@@ -109,7 +109,7 @@ async fn without_an_exclusive_consumer_the_queue_is_shared() {
     for d in take_all(&mut exclusive_rx) {
         exclusive.ack(d.tag, AckScope::Single, None).unwrap();
     }
-    exclusive.unsubscribe("s", false).unwrap();
+    exclusive.unsubscribe("s").unwrap();
     // Its four unacknowledged messages are shared round-robin, in order.
     let a_got = take_all(&mut a_rx);
     let b_got = take_all(&mut b_rx);

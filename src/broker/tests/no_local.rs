@@ -148,7 +148,7 @@ async fn a_no_local_durable_subscriber_is_not_kept_its_last_connections_messages
     send_settled(&other, &t, persistent("theirs")).await;
     assert_eq!(bodies(&take_all(&mut own_rx)), ["theirs"]);
     // Inactive, it is still not kept what its connection sends (as in ActiveMQ).
-    own.unsubscribe("s", false).unwrap();
+    own.unsubscribe("s").unwrap();
     send_settled(&own, &t, persistent("mine while away")).await;
     send_settled(&other, &t, persistent("theirs while away")).await;
     drop(own);
@@ -184,7 +184,7 @@ async fn a_durable_subscription_resubscribed_with_another_no_local_starts_afresh
         s.subscribe(durable(false)).unwrap().await.unwrap();
         send_settled(&other, &t, persistent("theirs, before noLocal")).await;
         assert_eq!(bodies(&take_all(&mut rx)), ["theirs, before noLocal"]);
-        s.unsubscribe("d", false).unwrap();
+        s.unsubscribe("d").unwrap();
         s.subscribe(durable(true)).unwrap().await.unwrap();
         assert!(take_all(&mut rx).is_empty(), "started afresh");
         assert_eq!(broker.queue_depth("durable://c:sub"), 0);

@@ -234,7 +234,8 @@ async fn a_delayed_topic_message_goes_to_the_durable_subscriptions_of_its_due_ti
             .unwrap();
         let (p, _) = broker.open_session(None);
         send_settled(&p, &topic("t"), delayed("news", "500")).await;
-        gone.unsubscribe("d", true).unwrap().await.unwrap();
+        gone.unsubscribe("d").unwrap().await.unwrap();
+        gone.remove_durable("sub").unwrap().await.unwrap();
         let (active, mut active_rx) = broker.open_session(Some("active".into()));
         subscribe_to(&active, "d", topic("t"), Some("sub"), None)
             .unwrap()
@@ -245,7 +246,7 @@ async fn a_delayed_topic_message_goes_to_the_durable_subscriptions_of_its_due_ti
             .unwrap()
             .await
             .unwrap();
-        away.unsubscribe("d", false).unwrap().await.unwrap();
+        away.unsubscribe("d").unwrap().await.unwrap();
         if in_time_to_tell(sent + 500) {
             assert!(active_rx.try_recv().is_err());
         }
@@ -317,7 +318,7 @@ async fn messages_due_while_the_broker_was_down_are_delivered_after_the_restart(
             .unwrap()
             .await
             .unwrap();
-        d.unsubscribe("d", false).unwrap().await.unwrap();
+        d.unsubscribe("d").unwrap().await.unwrap();
         assert!(
             now_millis() < sent + DELAY,
             "stopping the broker came too late to tell"

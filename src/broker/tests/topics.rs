@@ -306,8 +306,8 @@ async fn wildcard_topic_subscribers_get_every_matching_topic_as_published() {
         [triple("red-errors", "logs.app1.error", "1")]
     );
 
-    a.unsubscribe("all", false).unwrap();
-    b.unsubscribe("red-errors", false).unwrap();
+    a.unsubscribe("all").unwrap();
+    b.unsubscribe("red-errors").unwrap();
     producer
         .send(&topic("logs.app1.error"), colored("red", "8"), None)
         .unwrap()

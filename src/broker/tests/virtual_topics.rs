@@ -118,8 +118,8 @@ async fn virtual_topics_follow_the_configured_rule_or_none() {
     let (c, _rx) = f.broker.open_session(None);
     subscribe_virtual(&c, "billing", "VirtualTopicConsumers.billing.orders", None).await;
     subscribe_virtual(&c, "default", "Consumer.A.VirtualTopic.Orders", None).await;
-    c.unsubscribe("billing", false).unwrap();
-    c.unsubscribe("default", false).unwrap();
+    c.unsubscribe("billing").unwrap();
+    c.unsubscribe("default").unwrap();
     send_confirmed(&p, &topic("orders"), "1").await;
     send_confirmed(&p, &topic("VirtualTopic.Orders"), "2").await;
     assert_eq!(
@@ -143,7 +143,7 @@ async fn virtual_topics_follow_the_configured_rule_or_none() {
     let (p, _) = f.broker.open_session(None);
     let (c, _rx) = f.broker.open_session(None);
     subscribe_virtual(&c, "a", "Consumer.A.VirtualTopic.Orders", None).await;
-    c.unsubscribe("a", false).unwrap();
+    c.unsubscribe("a").unwrap();
     send_confirmed(&p, &topic("VirtualTopic.Orders"), "3").await;
     assert_eq!(
         f.broker
@@ -182,8 +182,8 @@ async fn a_virtual_topic_consumer_queue_is_an_ordinary_queue_to_its_consumers() 
     let red = next(&mut rx1).await;
     assert_eq!(body(&red), "r");
     assert_eq!(body(&next(&mut rx2).await), "b");
-    // Unsubscribing with "remove durable" leaves the queue and its messages alone.
-    c2.unsubscribe("blue", true).unwrap().await.unwrap();
+    // Unsubscribing leaves the queue and its messages alone.
+    c2.unsubscribe("blue").unwrap().await.unwrap();
     // A NACK dead-letters the copy, naming the consumer queue it was on.
     c1.nack(red.tag, None).unwrap().await.unwrap();
     let (d, mut rx_d) = f.broker.open_session(None);
@@ -219,7 +219,7 @@ async fn consumer_queue_recorded(dir: &std::path::Path) -> Broker {
     let broker = Broker::start_for_tests(dir, BrokerOptions::default());
     let (c, _) = broker.open_session(None);
     subscribe_virtual(&c, "a", "Consumer.A.VirtualTopic.Orders", None).await;
-    c.unsubscribe("a", false).unwrap();
+    c.unsubscribe("a").unwrap();
     broker
 }
 
@@ -356,7 +356,7 @@ async fn a_browser_on_a_virtual_topic_consumer_queue_sees_the_queue_copies() {
     let f = fixture(BrokerOptions::default()).await;
     let (c, _) = f.broker.open_session(None);
     subscribe_virtual(&c, "a", "Consumer.A.VirtualTopic.Orders", None).await;
-    c.unsubscribe("a", false).unwrap().await.unwrap();
+    c.unsubscribe("a").unwrap().await.unwrap();
     let (p, _) = f.broker.open_session(None);
     send_confirmed(&p, &topic("VirtualTopic.Orders"), "m").await;
     let browsed = browse_all(&p, &queue("Consumer.A.VirtualTopic.Orders"), None);

@@ -1432,17 +1432,22 @@ impl State {
     }
 
     fn unsubscribe(&mut self, frame: &Frame) -> Result<Confirmation, Refusal> {
-        let durable_name = frame
+        // Naming a durable subscription deletes that subscription with its stored messages, and
+        // nothing else, as ActiveMQ's RemoveSubscriptionInfo: refused while a subscriber is on
+        // it (this connection's too, which stays subscribed), and an unknown name is an error.
+        // To stop and delete, a client first UNSUBSCRIBEs by id, then names the subscription.
+        if let Some(name) = frame
             .get("activemq.subscriptionName")
-            .or_else(|| frame.get("durable-subscription-name"));
+            .or_else(|| frame.get("durable-subscription-name"))
+        {
+            return Ok(self.session.remove_durable(name)?);
+        }
         let id = match (frame.get("id"), frame.get("destination")) {
             (Some(id), _) => id.to_string(),
             // Without an id in STOMP 1.0 (1.1 and 1.2 require one), the subscription to that
             // destination, whatever id it was made with and options it named, as ActiveMQ
-            // matches it; but one naming a durable subscription is about that one (below).
-            (None, Some(destination))
-                if self.version == Version::V1_0 && durable_name.is_none() =>
-            {
+            // matches it.
+            (None, Some(destination)) if self.version == Version::V1_0 => {
                 let named = split_options(destination).0;
                 if self.subscriptions.contains_key(destination) {
                     destination.to_string()
@@ -1453,26 +1458,10 @@ impl State {
                         .map_or_else(|| destination.to_string(), |(id, _)| id.clone())
                 }
             }
-            // Without an id but naming a durable subscription: that subscription, deleted by
-            // its name (as ActiveMQ's RemoveSubscriptionInfo), whatever else this connection
-            // subscribed to at that destination.
-            (None, Some(_)) if durable_name.is_some() => {
-                let name = durable_name.expect("guarded");
-                return Ok(self.session.remove_durable(name)?);
-            }
             (None, Some(destination)) => destination.to_string(),
             (None, None) => return Err(Refusal::new("missing header 'id' on UNSUBSCRIBE frame")),
         };
-        let remove_durable = frame.get("activemq.subscriptionName").is_some()
-            || frame.get("durable-subscription-name").is_some();
         let Some(removed) = self.subscriptions.remove(&id) else {
-            // ActiveMQ lets a client delete an inactive durable subscription by name.
-            if let Some(name) = frame
-                .get("activemq.subscriptionName")
-                .or_else(|| frame.get("durable-subscription-name"))
-            {
-                return Ok(self.session.remove_durable(name)?);
-            }
             return Err(BrokerError::UnknownSubscription(id).into());
         };
         self.unacked.retain(|_, (sub, _)| *sub != id);
@@ -1480,7 +1469,7 @@ impl State {
             // The core never knew it.
             return Ok(Confirmation::done());
         }
-        Ok(self.session.unsubscribe(&id, remove_durable)?)
+        Ok(self.session.unsubscribe(&id)?)
     }
 
     /// Finds the delivery an ACK/NACK names: `id` (1.2) or `message-id` (1.0, 1.1).

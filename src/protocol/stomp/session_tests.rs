@@ -1565,6 +1565,45 @@ async fn stomp_1_0_subscriptions_without_an_id_work_as_in_activemq() {
     assert_eq!(message.body.as_ref(), b"two");
 }
 
+/// As in ActiveMQ, an UNSUBSCRIBE naming a durable subscription deletes only that
+/// subscription, and not while a subscriber is on it: this connection's own stays subscribed
+/// and keeps receiving, and nothing stored for it is lost. Unsubscribed by id first, it can be
+/// deleted by name.
+#[tokio::test]
+async fn naming_an_active_durable_subscription_in_unsubscribe_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_for_tests(dir.path(), Default::default());
+    let (mut p, _) = Peer::connect(&broker, "1.2", "client-id:c\n").await;
+    p.write(
+        "SUBSCRIBE\nid:d1\ndestination:/topic/t\nactivemq.subscriptionName:n\nreceipt:1\n\n\0\
+         UNSUBSCRIBE\nid:d1\nactivemq.subscriptionName:n\nreceipt:2\n\n\0\
+         SEND\ndestination:/topic/t\npersistent:true\nreceipt:3\n\nstill subscribed\0",
+    )
+    .await;
+    let frames = p.frames_until(|f| f.command == Command::Message).await;
+    let refused = frames
+        .iter()
+        .find(|f| f.get("receipt-id") == Some("2"))
+        .expect("an answer to the UNSUBSCRIBE");
+    assert_eq!(refused.command, Command::Error, "{frames:?}");
+    assert_eq!(&frames.last().unwrap().body[..], b"still subscribed");
+    let names: Vec<String> = broker.queue_stats().into_iter().map(|q| q.name).collect();
+    assert!(names.contains(&"durable://c:n".to_string()), "{names:?}");
+
+    p.write(
+        "UNSUBSCRIBE\nid:d1\nreceipt:4\n\n\0\
+         UNSUBSCRIBE\nid:d1\nactivemq.subscriptionName:n\nreceipt:5\n\n\0",
+    )
+    .await;
+    let frames = p.frames_until(is_receipt("5")).await;
+    assert!(
+        frames.iter().all(|f| f.command == Command::Receipt),
+        "{frames:?}"
+    );
+    let names: Vec<String> = broker.queue_stats().into_iter().map(|q| q.name).collect();
+    assert!(!names.contains(&"durable://c:n".to_string()), "{names:?}");
+}
+
 /// An UNSUBSCRIBE without an `id` naming a durable subscription removes that one, not a live
 /// subscription to the same destination; and only STOMP 1.0 may leave out the `id` to end a
 /// subscription by its destination (1.1 and 1.2 require it).
