@@ -612,6 +612,10 @@ async fn the_owner_reads_its_temp_destinations_by_name() {
     assert_eq!(&p.next_frame().await.body[..], b"mine");
 }
 
+fn queue_names(broker: &Broker) -> Vec<String> {
+    broker.queue_stats().into_iter().map(|q| q.name).collect()
+}
+
 fn temp_queues(broker: &Broker) -> Vec<(String, usize)> {
     broker
         .queue_stats()
@@ -1413,7 +1417,7 @@ async fn a_durable_subscription_without_a_client_id_lasts_as_long_as_its_connect
     let frames = p.frames_until(|f| f.command == Command::Message).await;
     assert!(frames.iter().any(is_receipt("s")), "{frames:?}");
     assert_eq!(&frames.last().unwrap().body[..], b"x");
-    let names: Vec<String> = broker.queue_stats().into_iter().map(|q| q.name).collect();
+    let names = queue_names(&broker);
     assert!(!names.iter().any(|n| n.ends_with(":D")), "{names:?}");
 }
 
@@ -1587,7 +1591,7 @@ async fn naming_an_active_durable_subscription_in_unsubscribe_is_refused() {
         .expect("an answer to the UNSUBSCRIBE");
     assert_eq!(refused.command, Command::Error, "{frames:?}");
     assert_eq!(&frames.last().unwrap().body[..], b"still subscribed");
-    let names: Vec<String> = broker.queue_stats().into_iter().map(|q| q.name).collect();
+    let names = queue_names(&broker);
     assert!(names.contains(&"durable://c:n".to_string()), "{names:?}");
 
     p.write(
@@ -1600,7 +1604,7 @@ async fn naming_an_active_durable_subscription_in_unsubscribe_is_refused() {
         frames.iter().all(|f| f.command == Command::Receipt),
         "{frames:?}"
     );
-    let names: Vec<String> = broker.queue_stats().into_iter().map(|q| q.name).collect();
+    let names = queue_names(&broker);
     assert!(!names.contains(&"durable://c:n".to_string()), "{names:?}");
 }
 
@@ -1624,7 +1628,7 @@ async fn an_unsubscribe_by_destination_ends_only_what_it_names() {
         frames.iter().all(|f| f.command == Command::Receipt),
         "{frames:?}"
     );
-    let names: Vec<String> = broker.queue_stats().into_iter().map(|q| q.name).collect();
+    let names = queue_names(&broker);
     assert!(names.contains(&"durable://c:bar".to_string()), "{names:?}");
     assert!(!names.contains(&"durable://c:foo".to_string()), "{names:?}");
     let (mut q, _) = Peer::connect(&broker, "1.2", "").await;
