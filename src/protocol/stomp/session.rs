@@ -309,11 +309,20 @@ fn stomp_destination(d: &Destination) -> String {
 }
 
 /// A STOMP destination (or composite member) as the core knows it: `/queue/NAME`,
-/// `/topic/NAME` (or `queue://NAME`, `topic://NAME`); as ActiveMQ does, a name without a prefix
-/// is a queue's.
+/// `/topic/NAME` (or `queue://NAME`, `topic://NAME`); as ActiveMQ does, a name with none of its
+/// prefixes is a queue's, whole (`orders`, or `/exchange/orders`, which reads back as
+/// `/queue//exchange/orders`).
 fn parse_destination(text: &str) -> Result<Destination, BrokerError> {
+    const PREFIXES: [&str; 6] = [
+        "/queue/",
+        "/topic/",
+        "/temp-queue/",
+        "/temp-topic/",
+        "/remote-temp-queue/",
+        "/remote-temp-topic/",
+    ];
     match Destination::parse(text) {
-        Err(_) if !text.starts_with('/') && !text.contains("://") && !text.is_empty() => {
+        Err(_) if !text.contains("://") && !PREFIXES.iter().any(|p| text.starts_with(p)) => {
             Destination::parse(&format!("queue://{text}"))
         }
         parsed => parsed,

@@ -857,7 +857,7 @@ async fn a_bad_composite_destination_is_an_error_naming_the_problem() {
     for (destination, problem) in [
         ("/queue/a,,/queue/b", "empty member"),
         ("/queue/a,/queue/b,", "empty member"),
-        ("/queue/a,/queues/b", "member '/queues/b'"),
+        ("/queue/a,/queue/", "member '/queue/'"),
         (
             "/queue/a,/temp-queue/r",
             "member '/temp-queue/r' is temporary",
@@ -875,6 +875,33 @@ async fn a_bad_composite_destination_is_an_error_naming_the_problem() {
         assert!(message.contains(problem), "{destination}: {message}");
     }
     assert_eq!(broker.queue_depth("queue://a"), 0);
+}
+
+/// As in ActiveMQ, a destination with none of its prefixes names a queue, whole: a client
+/// ported from another broker with names such as `/exchange/orders` or `orders` goes on
+/// working. A known prefix with no name after it is still refused.
+#[tokio::test]
+async fn a_destination_without_a_known_prefix_is_a_queue_of_that_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_for_tests(dir.path(), Default::default());
+    let (mut p, _) = Peer::connect(&broker, "1.2", "").await;
+    p.write(
+        "SUBSCRIBE\nid:1\ndestination:/exchange/orders\nreceipt:s\n\n\0\
+         SEND\ndestination:/exchange/orders\nreceipt:r\n\nm\0",
+    )
+    .await;
+    let frames = p.frames_until(|f| f.command == Command::Message).await;
+    let message = frames.last().unwrap();
+    assert_eq!(message.get("destination"), Some("/queue//exchange/orders"));
+    assert_eq!(&message.body[..], b"m");
+    assert!(queue_names(&broker).contains(&"queue:///exchange/orders".to_string()));
+    p.write("SEND\ndestination:/topic/\nreceipt:t\n\nm\0").await;
+    let refused = p.frames_until(|f| f.get("receipt-id") == Some("t")).await;
+    assert_eq!(
+        refused.last().unwrap().command,
+        Command::Error,
+        "{refused:?}"
+    );
 }
 
 /// Sends to `reply_to` until the broker answers with something else than a receipt (the
