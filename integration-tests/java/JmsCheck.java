@@ -42,6 +42,7 @@ import javax.jms.Topic;
 import javax.jms.TopicSubscriber;
 
 import org.apache.activemq.ActiveMQConnectionFactory;
+import org.apache.activemq.ActiveMQMessageConsumer;
 import org.apache.activemq.ActiveMQSession;
 import org.apache.activemq.ScheduledMessage;
 import org.apache.activemq.command.ActiveMQDestination;
@@ -95,6 +96,7 @@ public final class JmsCheck {
         SCENARIOS.put("ack-auto", JmsCheck::ackAuto);
         SCENARIOS.put("ack-client", JmsCheck::ackClient);
         SCENARIOS.put("ack-dups-ok", JmsCheck::ackDupsOk);
+        SCENARIOS.put("ack-client-out-of-order", JmsCheck::ackClientOutOfOrder);
         SCENARIOS.put("ack-individual", JmsCheck::ackIndividual);
         SCENARIOS.put("tx-producer", JmsCheck::txProducer);
         SCENARIOS.put("tx-consumer", JmsCheck::txConsumer);
@@ -819,6 +821,62 @@ public final class JmsCheck {
         m.acknowledge();
         ok("acknowledged messages are gone: next is the sentinel");
         close(third);
+        close(producer);
+    }
+
+    /**
+     * CLIENT_ACKNOWLEDGE with a client that hands its prefetched messages to the application by
+     * priority (messagePrioritySupported): the application gets the two priority-9 messages
+     * first, and acknowledging them sends one ack whose range holds the 9 messages between
+     * them that the application never got. As ActiveMQ does, the broker refuses that ack
+     * (telling the exception listener) rather than acknowledge the unseen ones: once the
+     * connection closes, all 20 messages are there again.
+     */
+    static void ackClientOutOfOrder() throws Exception {
+        Connection producer = connect();
+        Queue q = queue(producer, "client-out-of-order");
+        Session ps = producer.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = ps.createProducer(q);
+        for (int i = 0; i < 20; i++) {
+            p.send(ps.createTextMessage("m-" + i), DeliveryMode.PERSISTENT, i % 10 == 9 ? 9 : 4,
+                    0);
+        }
+        ok("sent m-0..m-19, m-9 and m-19 at priority 9");
+
+        ActiveMQConnectionFactory f = factory(url);
+        f.setMessagePrioritySupported(true);
+        Connection c = f.createConnection();
+        OPEN.add(c);
+        AtomicReference<JMSException> heard = new AtomicReference<>();
+        c.setExceptionListener(heard::set);
+        c.start();
+        Session s = c.createSession(false, Session.CLIENT_ACKNOWLEDGE);
+        ActiveMQMessageConsumer consumer = (ActiveMQMessageConsumer) s.createConsumer(q);
+        long deadline = System.currentTimeMillis() + receiveTimeoutMs;
+        while (consumer.getMessageSize() < 20 && System.currentTimeMillis() < deadline) {
+            Thread.sleep(10);
+        }
+        expectEq("messages prefetched", 20, consumer.getMessageSize());
+        expectEq("first message handed over", "m-9", text(receive(consumer, "first"), "first"));
+        Message second = receive(consumer, "second");
+        expectEq("second message handed over", "m-19", text(second, "second"));
+        second.acknowledge();
+        while (heard.get() == null && System.currentTimeMillis() < deadline + receiveTimeoutMs) {
+            Thread.sleep(10);
+        }
+        check("the exception listener hears of the refused ack", heard.get() != null,
+                "an Unmatched acknowledge exception", heard.get());
+        ok("the ack was refused: " + heard.get().getMessage());
+        close(c);
+
+        Connection again = connect();
+        MessageConsumer drain = consumer(again, Session.AUTO_ACKNOWLEDGE, q);
+        Set<String> left = new TreeSet<>();
+        for (Message m; left.size() < 20 && (m = drain.receive(receiveTimeoutMs)) != null; ) {
+            left.add(text(m, "left"));
+        }
+        expectEq("messages left after the refused ack", 20, left.size());
+        close(again);
         close(producer);
     }
 

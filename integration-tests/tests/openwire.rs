@@ -149,6 +149,14 @@ fn client_acknowledge_redelivers_until_acknowledged() {
     check("ack-client", &[]);
 }
 
+/// CLIENT_ACKNOWLEDGE with a client that reorders its prefetch by priority: its ack's range
+/// holds messages the application never got, so the broker refuses it (the exception
+/// listener hears of it), as ActiveMQ does, and nothing is lost.
+#[test]
+fn a_client_ack_over_messages_never_handed_over_is_refused() {
+    check("ack-client-out-of-order", &[]);
+}
+
 /// DUPS_OK_ACKNOWLEDGE: everything arrives; the lazy acknowledgements are settled when the
 /// connection closes, so nothing comes back.
 #[test]

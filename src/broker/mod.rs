@@ -421,6 +421,10 @@ pub enum BrokerError {
     UnknownDurable(String),
     #[error("no delivery '{0}' awaiting acknowledgement on this connection")]
     UnknownDelivery(u64),
+    /// An acknowledgement of a range that does not match the deliveries outstanding (ActiveMQ's
+    /// "Unmatched acknowledge"): refused whole, acknowledging nothing.
+    #[error("unmatched acknowledge, nothing acknowledged: {0}")]
+    UnmatchedAck(String),
     #[error("transaction '{0}' is already open")]
     TransactionExists(String),
     #[error("no transaction '{0}' is open")]

@@ -649,6 +649,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 exception_class(&error),
                 exception_message(&error),
             )
+        } else if let BrokerError::UnmatchedAck(_) = error {
+            // As ActiveMQ tells of an ack it refused: the client's exception listener hears it.
+            tracing::warn!(peer = %self.peer, %error, "ack refused");
+            self.connection_error(exception_class(&error), exception_message(&error))
         } else {
             Ok(())
         }
@@ -1513,6 +1517,9 @@ impl State {
             .as_ref()
             .map(transaction_key)
             .transpose()?;
+        if ack.ack_type == 2 && transaction.is_none() {
+            self.check_standard_ack(&key, ack, tag)?;
+        }
         let ranged = match ack.ack_type {
             2 => self.ranged(&key, ack.first_message_id.as_ref(), tag),
             _ => None,
@@ -1606,6 +1613,43 @@ impl State {
             tag,
             AckScope::Single,
         ));
+        Ok(())
+    }
+
+    /// Checks a standard ack outside a transaction against consumer `key`'s outstanding
+    /// deliveries, as ActiveMQ's PrefetchSubscription does: its first message (the oldest
+    /// outstanding one when it names none) must be outstanding, and so must be exactly the
+    /// ack's count of deliveries from there to `last`. A client that hands prefetched messages
+    /// to its application out of dispatch order (`messagePrioritySupported`) acknowledges a
+    /// range holding messages the application never got; acknowledged, they would be lost.
+    fn check_standard_ack(
+        &self,
+        key: &str,
+        ack: &MessageAck,
+        last: u64,
+    ) -> Result<(), BrokerError> {
+        let Some(consumer) = self.consumers.get(key) else {
+            return Ok(());
+        };
+        let first = match &ack.first_message_id {
+            None => consumer.dispatched.keys().next().copied(),
+            Some(id) => self.acked_tag(key, Some(id)),
+        };
+        let outstanding = match first {
+            Some(first) if first <= last => consumer.dispatched.range(first..=last).count(),
+            _ => {
+                return Err(BrokerError::UnmatchedAck(format!(
+                    "consumer {key}: the ack's first message is not awaiting acknowledgement"
+                )))
+            }
+        };
+        if usize::try_from(ack.message_count).ok() != Some(outstanding) {
+            return Err(BrokerError::UnmatchedAck(format!(
+                "consumer {key}: the ack counts {} messages, {outstanding} are outstanding \
+                 from its first to its last",
+                ack.message_count
+            )));
+        }
         Ok(())
     }
 
