@@ -16,7 +16,7 @@
 //!   | `JMSMessageID`      | the message id (string)                                  |
 //!   | `JMSDestination`    | the destination, e.g. `'queue://orders'`; on a DLQ the one |
 //!   |                     | the message came from (`original-destination`)           |
-//!   | `JMSDeliveryMode`   | `'PERSISTENT'` / `'NON_PERSISTENT'` (also equal to 2 / 1) |
+//!   | `JMSDeliveryMode`   | `'PERSISTENT'` / `'NON_PERSISTENT'` (text only, as in ActiveMQ: never equal to 2 / 1) |
 //!   | `JMSPriority`       | 0..9                                                     |
 //!   | `JMSTimestamp`      | milliseconds since the Unix epoch                        |
 //!   | `JMSExpiration`     | milliseconds since the Unix epoch; 0 = never             |
@@ -1290,7 +1290,7 @@ enum Value<'a> {
     Long(i64),
     Double(f64),
     Str(&'a str),
-    /// `JMSDeliveryMode`: `'PERSISTENT'` (2) when true, `'NON_PERSISTENT'` (1) when false.
+    /// `JMSDeliveryMode`: `'PERSISTENT'` when true, `'NON_PERSISTENT'` when false; text only.
     Mode(bool),
 }
 
@@ -1367,9 +1367,11 @@ fn typed(kind: i32, value: &str) -> Option<Value<'_>> {
         PropertyType::Null => return None,
         PropertyType::Boolean => Value::Bool(value.eq_ignore_ascii_case("true")),
         k if INTEGERS.contains(&k) => value.parse().map_or(Value::Str(value), Value::Long),
-        PropertyType::Double | PropertyType::Float => {
-            value.parse().map_or(Value::Str(value), Value::Double)
-        }
+        PropertyType::Double => value.parse().map_or(Value::Str(value), Value::Double),
+        // A float widened to a double, as Java compares it: 0.1f is not 0.1.
+        PropertyType::Float => value
+            .parse::<f32>()
+            .map_or(Value::Str(value), |v| Value::Double(f64::from(v))),
         _ => Value::Str(value),
     })
 }
@@ -1394,8 +1396,7 @@ fn as_number(v: Value<'_>) -> Option<Num> {
         Value::Long(v) => Some(Num::Long(v)),
         Value::Double(v) => Some(Num::Double(v)),
         Value::Str(s) => parse_number(s),
-        Value::Mode(persistent) => Some(Num::Long(if persistent { 2 } else { 1 })),
-        Value::Null | Value::Bool(_) => None,
+        Value::Null | Value::Bool(_) | Value::Mode(_) => None,
     }
 }
 
@@ -1843,7 +1844,8 @@ mod tests {
         ("JMSDestination = 'queue://orders'", true),
         ("JMSDeliveryMode = 'PERSISTENT'", true),
         ("JMSDeliveryMode = 'NON_PERSISTENT'", false),
-        ("JMSDeliveryMode = 2", true),
+        // Text only, as in ActiveMQ.
+        ("JMSDeliveryMode = 2", false),
         ("JMSDeliveryMode IN ('PERSISTENT')", true),
         ("JMSPriority = 7", true),
         ("JMSPriority > 4", true),
@@ -1894,7 +1896,7 @@ mod tests {
             ("JMSRedelivered = TRUE", true),
             ("JMSXDeliveryCount = 3", true),
             ("JMSDeliveryMode = 'NON_PERSISTENT'", true),
-            ("JMSDeliveryMode = 1", true),
+            ("JMSDeliveryMode = 1", false),
             ("JMSDeliveryMode = 'PERSISTENT'", false),
         ] {
             assert_eq!(
@@ -1921,6 +1923,7 @@ mod tests {
             headers: vec![
                 typed("code", "3", PropertyType::Int),
                 typed("ratio", "0.5", PropertyType::Double),
+                typed("tenth", "0.1", PropertyType::Float),
                 typed("ok", "true", PropertyType::Boolean),
                 typed("a", "abc", PropertyType::String),
                 typed("b", "abd", PropertyType::String),
@@ -1939,6 +1942,8 @@ mod tests {
             ("ok = TRUE", true),
             ("ok = 1", false),
             ("ratio < 1", true),
+            ("tenth = 0.1", false), // a float widened: 0.100000001490116...
+            ("tenth > 0.1", true),
             ("a < b", true), // two strings: in text order
             ("a > b", false),
         ] {
