@@ -1292,6 +1292,9 @@ enum Value<'a> {
     Str(&'a str),
     /// `JMSDeliveryMode`: `'PERSISTENT'` when true, `'NON_PERSISTENT'` when false; text only.
     Mode(bool),
+    /// A Java char property: equal to no literal, no number, no text (as in ActiveMQ, whose
+    /// `Character` compares with nothing a selector can write).
+    Char,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1366,6 +1369,7 @@ fn typed(kind: i32, value: &str) -> Option<Value<'_>> {
     Some(match kind {
         PropertyType::Null => return None,
         PropertyType::Boolean => Value::Bool(value.eq_ignore_ascii_case("true")),
+        PropertyType::Char => Value::Char,
         k if INTEGERS.contains(&k) => value.parse().map_or(Value::Str(value), Value::Long),
         PropertyType::Double => value.parse().map_or(Value::Str(value), Value::Double),
         // A float widened to a double, as Java compares it: 0.1f is not 0.1.
@@ -1396,7 +1400,7 @@ fn as_number(v: Value<'_>) -> Option<Num> {
         Value::Long(v) => Some(Num::Long(v)),
         Value::Double(v) => Some(Num::Double(v)),
         Value::Str(s) => parse_number(s),
-        Value::Null | Value::Bool(_) | Value::Mode(_) => None,
+        Value::Null | Value::Bool(_) | Value::Mode(_) | Value::Char => None,
     }
 }
 
@@ -1924,6 +1928,7 @@ mod tests {
                 typed("code", "3", PropertyType::Int),
                 typed("ratio", "0.5", PropertyType::Double),
                 typed("tenth", "0.1", PropertyType::Float),
+                typed("initial", "x", PropertyType::Char),
                 typed("ok", "true", PropertyType::Boolean),
                 typed("a", "abc", PropertyType::String),
                 typed("b", "abd", PropertyType::String),
@@ -1944,6 +1949,9 @@ mod tests {
             ("ratio < 1", true),
             ("tenth = 0.1", false), // a float widened: 0.100000001490116...
             ("tenth > 0.1", true),
+            ("initial = 'x'", false), // a Java char: equal to nothing
+            ("initial <> 'x'", true),
+            ("initial IS NOT NULL", true),
             ("a < b", true), // two strings: in text order
             ("a > b", false),
         ] {

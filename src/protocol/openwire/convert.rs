@@ -381,7 +381,7 @@ fn property_header(name: String, value: PrimitiveValue) -> Option<Header> {
             char::from_u32(u32::from(c))
                 .unwrap_or('\u{fffd}')
                 .to_string(),
-            PropertyType::String,
+            PropertyType::Char,
         ),
         PrimitiveValue::Null => (String::new(), PropertyType::Null),
         PrimitiveValue::Bytes(_) | PrimitiveValue::Map(_) | PrimitiveValue::List(_) => {
@@ -429,6 +429,13 @@ fn property_value(h: &Header) -> PrimitiveValue {
             .value
             .parse()
             .map_or_else(|_| text(), PrimitiveValue::Float),
+        PropertyType::Char => {
+            let mut units = h.value.encode_utf16();
+            match (units.next(), units.next()) {
+                (Some(unit), None) => PrimitiveValue::Char(unit),
+                _ => text(),
+            }
+        }
     }
 }
 
@@ -618,6 +625,8 @@ mod tests {
         props.insert("big", PrimitiveValue::Long(1 << 40));
         props.insert("ratio", PrimitiveValue::Double(0.1));
         props.insert("name", PrimitiveValue::String("x y".into()));
+        props.insert("initial", PrimitiveValue::Char(u16::from(b'x')));
+        props.insert("tenth", PrimitiveValue::Float(0.1));
         props.insert("unset", PrimitiveValue::Null);
         let mut marshalled = BytesMut::new();
         props.encode(&mut marshalled).unwrap();
