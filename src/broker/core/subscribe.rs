@@ -153,6 +153,10 @@ impl Core {
         let deliveries = state.deliveries.clone();
         let origin = state.origin;
         check_subscribable(&request.destination)?;
+        if let (Destination::Queue(_), Some(_)) = (&request.destination, &request.durable_name) {
+            // As ActiveMQ refuses it ("cannot durably subscribe to a Queue destination").
+            return Err(BrokerError::DurableOnQueue(request.destination.canonical()));
+        }
         let selector_text = request.selector.clone().unwrap_or_default();
         let selector = match parse_selector(request.selector.as_deref()) {
             Ok(selector) => selector,

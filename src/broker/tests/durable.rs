@@ -35,6 +35,20 @@ async fn a_durable_subscription_keeps_messages_while_away() {
     assert_eq!(again.unwrap_err(), BrokerError::DurableInUse("sub".into()));
 }
 
+/// A durable subscription to a queue is refused, as ActiveMQ refuses it (a STOMP SUBSCRIBE
+/// naming `activemq.subscriptionName` on `/queue/...`), rather than taken as a plain one.
+#[tokio::test]
+async fn a_durable_subscription_to_a_queue_is_refused() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (s, _) = f.broker.open_session(Some("client-1".into()));
+    let refused = durable_sub(&s, &queue("orders")).unwrap_err();
+    assert_eq!(
+        refused,
+        BrokerError::DurableOnQueue("queue://orders".into())
+    );
+    assert!(f.broker.queue_stats().iter().all(|q| q.consumers == 0));
+}
+
 /// As in ActiveMQ (`keepDurableSubsActive`, on by default), a durable subscription whose
 /// subscriber is away keeps non-persistent messages as well as persistent ones, in the order
 /// sent; but only while the non-persistent bodies held stay under half of `memory_limit`: past
