@@ -1445,10 +1445,12 @@ impl State {
         // nothing else, as ActiveMQ's RemoveSubscriptionInfo: refused while a subscriber is on
         // it (this connection's too, which stays subscribed), and an unknown name is an error.
         // To stop and delete, a client first UNSUBSCRIBEs by id, then names the subscription.
-        if let Some(name) = frame
+        // On a connection without a client-id, whose durable SUBSCRIBEs are served as plain
+        // ones, the name means nothing.
+        let named = frame
             .get("activemq.subscriptionName")
-            .or_else(|| frame.get("durable-subscription-name"))
-        {
+            .or_else(|| frame.get("durable-subscription-name"));
+        if let Some(name) = named.filter(|_| !self.anonymous) {
             return Ok(self.session.remove_durable(name)?);
         }
         let id = match (frame.get("id"), frame.get("destination")) {

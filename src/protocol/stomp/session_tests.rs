@@ -1446,6 +1446,17 @@ async fn a_durable_subscription_without_a_client_id_lasts_as_long_as_its_connect
     assert_eq!(&frames.last().unwrap().body[..], b"x");
     let names = queue_names(&broker);
     assert!(!names.iter().any(|n| n.ends_with(":D")), "{names:?}");
+    // Its UNSUBSCRIBE, naming it, ends it like any plain subscription.
+    p.write(concat!(
+        "UNSUBSCRIBE\nid:1\nactivemq.subscriptionName:D\nreceipt:u\n\n\0",
+        "SEND\ndestination:/topic/anon\npersistent:true\nreceipt:r\n\ny\0",
+    ))
+    .await;
+    let frames = p.frames_until(is_receipt("r")).await;
+    assert!(
+        frames.iter().all(|f| f.command == Command::Receipt),
+        "{frames:?}"
+    );
 }
 
 /// A client that promised a heart-beat every second and then says nothing is kept for more
