@@ -121,7 +121,8 @@ impl Core {
     }
 
     /// Moves a message from `queue` to its DLQ (see [`crate::broker::DeadLetterStrategy`]) in one
-    /// record (non-persistent messages are dropped, as ActiveMQ does by default). As ActiveMQ
+    /// record (non-persistent messages are dropped, as ActiveMQ does by default; a persistent one
+    /// from a temporary destination, never stored there, is stored on the DLQ). As ActiveMQ
     /// does, it carries `dlqDeliveryFailureCause` (why, when known: `cause`) and
     /// `originalExpiration` there.
     pub(super) fn dead_letter(
@@ -149,10 +150,12 @@ impl Core {
             tracing::warn!(message_id = %entry.message.message_id, why, "a message on {queue}, a DLQ, was dead-lettered again: discarded");
             return self.discard_stored(queue, &entry);
         }
-        let Some(key) = entry.key else {
+        if entry.key.is_none() && !entry.message.persistent {
             return Ok(());
-        };
+        }
         let mut message = (*self.with_body(&entry)?).clone();
+        // The DLQ is an ordinary queue: there a persistent message is stored.
+        message.temporary = false;
         self.stats.dead_lettered += 1;
         // Delivered afresh from the DLQ (JMSRedelivered false, JMSXDeliveryCount 1), as from
         // ActiveMQ's, whose copy does not count the client's local redeliveries: a DLQ
@@ -192,13 +195,17 @@ impl Core {
         set_original_destination(&mut message, origin);
         message.destination = dlq.clone();
         let message = Arc::new(message);
-        let (start, _) = self.append(vec![
-            remove_entry(queue, key),
-            add_entry(vec![dlq.clone()], message.clone()),
-        ])?;
+        let mut entries: Vec<_> = entry
+            .key
+            .map(|key| remove_entry(queue, key))
+            .into_iter()
+            .collect();
+        entries.push(add_entry(vec![dlq.clone()], message.clone()));
+        let added = entries.len() - 1;
+        let (start, _) = self.append(entries)?;
         let publish = vec![Publish::Queue(
             dlq,
-            Entry::new(Some(MessageKey::new(start, 1)), message, 0).from(entry.origin),
+            Entry::new(Some(MessageKey::new(start, added)), message, 0).from(entry.origin),
         )];
         drop(self.wait_for(publish));
         Ok(())

@@ -228,6 +228,38 @@ async fn a_topic_message_that_expired_while_waiting_is_not_delivered() {
     assert_eq!(f.broker.stats().expired, 1);
 }
 
+/// A persistent message rejected on a temporary queue (where it was never stored) goes to the
+/// DLQ as ActiveMQ sends it there, and is stored on it: the DLQ is an ordinary queue. A
+/// non-persistent one is dropped, as from any queue.
+#[tokio::test]
+async fn a_persistent_message_rejected_on_a_temporary_queue_is_stored_on_the_dlq() {
+    let f = fixture(BrokerOptions::default()).await;
+    let (session, mut rx) = f.broker.open_session(None);
+    for (body, persistent) in [("kept", true), ("dropped", false)] {
+        let message = NewMessage {
+            temporary: true,
+            persistent,
+            ..super::persistent(body)
+        };
+        session.send(&queue("temp"), message, None).unwrap();
+    }
+    subscribe(&session, "s", queue("temp"), 10);
+    let journal_end = f.broker.stats().journal_end;
+    for _ in 0..2 {
+        let d = next(&mut rx).await;
+        session.nack(d.tag, None).unwrap().await.unwrap();
+    }
+    assert!(
+        f.broker.stats().journal_end > journal_end,
+        "stored on the DLQ"
+    );
+    assert_eq!(f.broker.queue_depth("queue://ActiveMQ.DLQ"), 1);
+    let dead = take_from(&f.broker, "ActiveMQ.DLQ").await;
+    assert_eq!(body(&dead), "kept");
+    assert!(dead.message.persistent && !dead.message.temporary);
+    assert_eq!(header(&dead, "original-destination"), Some("queue://temp"));
+}
+
 /// Options with ActiveMQ's `<individualDeadLetterStrategy/>` (default names).
 fn individual_dlqs() -> BrokerOptions {
     BrokerOptions {
