@@ -221,6 +221,10 @@ struct ConsumerState {
     prefetch: u32,
     /// Subscribed to nothing in the core (advisory topics).
     inert: bool,
+    /// A plain (not durable) topic subscriber: as ActiveMQ's TopicSubscription, its standard
+    /// acks are taken as they come, never checked against its deliveries (see
+    /// `State::check_standard_ack`).
+    plain_topic: bool,
     /// Deliveries not yet acknowledged, by tag: an ack must name the same message id.
     dispatched: BTreeMap<u64, Arc<crate::store::Message>>,
     /// A queue browser's progress.
@@ -1048,6 +1052,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             browser: info.browser,
             prefetch: info.prefetch_size.clamp(0, MAX_PREFETCH) as u32,
             inert,
+            plain_topic: matches!(
+                destination.kind,
+                DestinationKind::Topic | DestinationKind::TempTopic
+            ) && info.subscription_name.is_none(),
             dispatched: BTreeMap::new(),
             browse: None,
         };
@@ -1518,7 +1526,16 @@ impl State {
             .map(transaction_key)
             .transpose()?;
         if ack.ack_type == 2 && transaction.is_none() {
-            self.check_standard_ack(&key, ack, tag)?;
+            if let Err(e) = self.check_standard_ack(&key, ack, tag) {
+                if !self.failover_reconnect {
+                    return Err(e);
+                }
+                // An ack the client's failover transport held from the node it lost may name
+                // messages this node dispatched again: ActiveMQ ignores acks that come before
+                // a replayed subscription's first dispatch. Nothing is acknowledged either way.
+                tracing::debug!(consumer = %key, %e, "unmatched ack after a failover; ignored");
+                return Ok(());
+            }
         }
         let ranged = match ack.ack_type {
             2 => self.ranged(&key, ack.first_message_id.as_ref(), tag),
@@ -1628,7 +1645,7 @@ impl State {
         ack: &MessageAck,
         last: u64,
     ) -> Result<(), BrokerError> {
-        let Some(consumer) = self.consumers.get(key) else {
+        let Some(consumer) = self.consumers.get(key).filter(|c| !c.plain_topic) else {
             return Ok(());
         };
         let first = match &ack.first_message_id {

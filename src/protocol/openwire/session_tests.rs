@@ -1083,13 +1083,101 @@ async fn a_standard_ack_covers_only_its_range() {
     let conn = "ID:t-4:1";
     let mut c = Client::connected(&f, conn).await;
     let ids = three_dispatched(&mut c, conn).await;
-    c.write(&ranged_ack(conn, 2, &ids[1], &ids[2])).await;
+    let mut ack = ranged_ack(conn, 2, &ids[1], &ids[2]);
+    if let Command::MessageAck(a) = &mut ack {
+        a.message_count = 2;
+    }
+    c.write(&ack).await;
     c.write(&ranged_ack(conn, 1, &ids[0], &ids[0])).await;
     eventually("m1 on the DLQ", || {
         f.broker.queue_depth("queue://ActiveMQ.DLQ") == 1
     })
     .await;
-    assert_eq!(f.broker.queue_depth("queue://ranged"), 0);
+    let ranged = |f: &Fixture| {
+        f.broker
+            .queue_stats()
+            .into_iter()
+            .find(|q| q.name == "queue://ranged")
+            .map(|q| (q.ready, q.in_flight))
+    };
+    eventually("m2 and m3 acknowledged", || ranged(&f) == Some((0, 0))).await;
+}
+
+/// A standard ack whose count is not the number of deliveries outstanding from its first to
+/// its last (a client that handed its prefetch over out of order) is refused whole, as
+/// ActiveMQ refuses it, and the client's exception listener is told; a plain topic
+/// subscriber's is taken as it comes, as ActiveMQ's TopicSubscription takes it.
+#[tokio::test]
+async fn a_standard_ack_counting_other_deliveries_is_refused() {
+    let f = fixture(&[]);
+    let conn = "ID:t-14:1";
+    let mut c = Client::connected(&f, conn).await;
+    let ids = three_dispatched(&mut c, conn).await;
+    let mut ack = ranged_ack(conn, 2, &ids[0], &ids[2]);
+    if let Command::MessageAck(a) = &mut ack {
+        a.message_count = 2;
+    }
+    c.write(&ack).await;
+    match c.next().await {
+        Command::ConnectionError(e) => {
+            let message = e.exception.and_then(|t| t.message).unwrap_or_default();
+            assert!(message.contains("unmatched acknowledge"), "{message}");
+        }
+        other => panic!("expected a ConnectionError, got {other:?}"),
+    }
+    let in_flight = f
+        .broker
+        .queue_stats()
+        .into_iter()
+        .find(|q| q.name == "queue://ranged")
+        .map(|q| q.in_flight);
+    assert_eq!(in_flight, Some(3), "nothing acknowledged");
+
+    // A plain topic subscriber (consumer 2): the same ack is taken.
+    c.request(Command::ConsumerInfo(ConsumerInfo {
+        consumer_id: Some(consumer(conn, 2)),
+        destination: Some(OwDestination::topic("news")),
+        prefetch_size: 10,
+        ..Default::default()
+    }))
+    .await;
+    let mut topic_ids = Vec::new();
+    for n in 4..=6 {
+        let mut m = text(conn, "unused", n, "t");
+        if let Command::Message(m) = &mut m {
+            m.destination = Some(OwDestination::topic("news"));
+        }
+        // Not awaited: `request` would pass over the dispatches.
+        c.write(&m).await;
+    }
+    while topic_ids.len() < 3 {
+        if let Command::MessageDispatch(d) = c.next().await {
+            topic_ids.push(d.message.unwrap().message_id.unwrap());
+        }
+    }
+    c.write(&Command::MessageAck(MessageAck {
+        destination: Some(OwDestination::topic("news")),
+        consumer_id: Some(consumer(conn, 2)),
+        ack_type: 2,
+        first_message_id: Some(topic_ids[0].clone()),
+        last_message_id: Some(topic_ids[2].clone()),
+        message_count: 1,
+        ..Default::default()
+    }))
+    .await;
+    let mut marker = text(conn, "marker", 7, "m");
+    if let Command::Message(m) = &mut marker {
+        m.command_id = 999;
+        m.response_required = true;
+    }
+    c.write(&marker).await;
+    loop {
+        match c.next().await {
+            Command::Response(r) if r.correlation_id == 999 => break,
+            Command::ConnectionError(e) => panic!("a topic subscriber's ack refused: {e:?}"),
+            _ => {}
+        }
+    }
 }
 
 /// After a failover the client commits acks naming the copies the old master delivered

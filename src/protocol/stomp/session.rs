@@ -1152,7 +1152,15 @@ impl Temps {
                 return format!("{core}{}", self.id_of(topic, name));
             }
         }
-        destination_to_core(text)
+        let core = destination_to_core(text);
+        // Without a known prefix, a queue's name, whole, as for a destination (a JMS reader
+        // then has its JMSReplyTo).
+        if core == text && !text.contains("://") {
+            if let Ok(queue) = parse_destination(text) {
+                return queue.canonical();
+            }
+        }
+        core
     }
 
     /// A stored `reply-to` as this connection reads it: its own temporary destinations by

@@ -887,12 +887,14 @@ async fn a_destination_without_a_known_prefix_is_a_queue_of_that_name() {
     let (mut p, _) = Peer::connect(&broker, "1.2", "").await;
     p.write(
         "SUBSCRIBE\nid:1\ndestination:/exchange/orders\nreceipt:s\n\n\0\
-         SEND\ndestination:/exchange/orders\nreceipt:r\n\nm\0",
+         SEND\ndestination:/exchange/orders\nreply-to:replies\nreceipt:r\n\nm\0",
     )
     .await;
     let frames = p.frames_until(|f| f.command == Command::Message).await;
     let message = frames.last().unwrap();
     assert_eq!(message.get("destination"), Some("/queue//exchange/orders"));
+    // So is a reply-to (which a JMS reader then has as its JMSReplyTo).
+    assert_eq!(message.get("reply-to"), Some("/queue/replies"));
     assert_eq!(&message.body[..], b"m");
     assert!(queue_names(&broker).contains(&"queue:///exchange/orders".to_string()));
     p.write("SEND\ndestination:/topic/\nreceipt:t\n\nm\0").await;
