@@ -997,15 +997,34 @@ fn assert_rolled_back(answer: &Command, what: &str) {
 }
 
 fn ranged_ack(connection: &str, kind: u8, first: &MessageId, last: &MessageId) -> Command {
+    counted_ack(connection, kind, first, last, 1)
+}
+
+fn counted_ack(
+    connection: &str,
+    kind: u8,
+    first: &MessageId,
+    last: &MessageId,
+    count: i32,
+) -> Command {
     Command::MessageAck(MessageAck {
         destination: Some(OwDestination::queue("ranged")),
         consumer_id: Some(consumer(connection, 1)),
         ack_type: kind,
         first_message_id: Some(first.clone()),
         last_message_id: Some(last.clone()),
-        message_count: 1,
+        message_count: count,
         ..Default::default()
     })
+}
+
+/// Queue `ranged`'s messages waiting and in flight.
+fn ranged_state(f: &Fixture) -> Option<(usize, usize)> {
+    f.broker
+        .queue_stats()
+        .into_iter()
+        .find(|q| q.name == "queue://ranged")
+        .map(|q| (q.ready, q.in_flight))
 }
 
 /// Sends m1..m3 to queue `ranged`, subscribes to it and returns the ids of the three
@@ -1083,24 +1102,16 @@ async fn a_standard_ack_covers_only_its_range() {
     let conn = "ID:t-4:1";
     let mut c = Client::connected(&f, conn).await;
     let ids = three_dispatched(&mut c, conn).await;
-    let mut ack = ranged_ack(conn, 2, &ids[1], &ids[2]);
-    if let Command::MessageAck(a) = &mut ack {
-        a.message_count = 2;
-    }
-    c.write(&ack).await;
+    c.write(&counted_ack(conn, 2, &ids[1], &ids[2], 2)).await;
     c.write(&ranged_ack(conn, 1, &ids[0], &ids[0])).await;
     eventually("m1 on the DLQ", || {
         f.broker.queue_depth("queue://ActiveMQ.DLQ") == 1
     })
     .await;
-    let ranged = |f: &Fixture| {
-        f.broker
-            .queue_stats()
-            .into_iter()
-            .find(|q| q.name == "queue://ranged")
-            .map(|q| (q.ready, q.in_flight))
-    };
-    eventually("m2 and m3 acknowledged", || ranged(&f) == Some((0, 0))).await;
+    eventually("m2 and m3 acknowledged", || {
+        ranged_state(&f) == Some((0, 0))
+    })
+    .await;
 }
 
 /// A standard ack whose count is not the number of deliveries outstanding from its first to
@@ -1113,11 +1124,7 @@ async fn a_standard_ack_counting_other_deliveries_is_refused() {
     let conn = "ID:t-14:1";
     let mut c = Client::connected(&f, conn).await;
     let ids = three_dispatched(&mut c, conn).await;
-    let mut ack = ranged_ack(conn, 2, &ids[0], &ids[2]);
-    if let Command::MessageAck(a) = &mut ack {
-        a.message_count = 2;
-    }
-    c.write(&ack).await;
+    c.write(&counted_ack(conn, 2, &ids[0], &ids[2], 2)).await;
     match c.next().await {
         Command::ConnectionError(e) => {
             let message = e.exception.and_then(|t| t.message).unwrap_or_default();
@@ -1125,13 +1132,7 @@ async fn a_standard_ack_counting_other_deliveries_is_refused() {
         }
         other => panic!("expected a ConnectionError, got {other:?}"),
     }
-    let in_flight = f
-        .broker
-        .queue_stats()
-        .into_iter()
-        .find(|q| q.name == "queue://ranged")
-        .map(|q| q.in_flight);
-    assert_eq!(in_flight, Some(3), "nothing acknowledged");
+    assert_eq!(ranged_state(&f), Some((0, 3)), "nothing acknowledged");
 
     // A plain topic subscriber (consumer 2): the same ack is taken.
     c.request(Command::ConsumerInfo(ConsumerInfo {
