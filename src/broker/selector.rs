@@ -1293,8 +1293,8 @@ enum Value<'a> {
     /// `JMSDeliveryMode`: `'PERSISTENT'` when true, `'NON_PERSISTENT'` when false; text only.
     Mode(bool),
     /// A Java char property: equal to no literal, no number, no text (as in ActiveMQ, whose
-    /// `Character` compares with nothing a selector can write).
-    Char,
+    /// `Character` compares with nothing a selector can write), only to another char.
+    Char(&'a str),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1369,7 +1369,7 @@ fn typed(kind: i32, value: &str) -> Option<Value<'_>> {
     Some(match kind {
         PropertyType::Null => return None,
         PropertyType::Boolean => Value::Bool(value.eq_ignore_ascii_case("true")),
-        PropertyType::Char => Value::Char,
+        PropertyType::Char => Value::Char(value),
         k if INTEGERS.contains(&k) => value.parse().map_or(Value::Str(value), Value::Long),
         PropertyType::Double => value.parse().map_or(Value::Str(value), Value::Double),
         // A float widened to a double, as Java compares it: 0.1f is not 0.1.
@@ -1400,7 +1400,7 @@ fn as_number(v: Value<'_>) -> Option<Num> {
         Value::Long(v) => Some(Num::Long(v)),
         Value::Double(v) => Some(Num::Double(v)),
         Value::Str(s) => parse_number(s),
-        Value::Null | Value::Bool(_) | Value::Mode(_) | Value::Char => None,
+        Value::Null | Value::Bool(_) | Value::Mode(_) | Value::Char(_) => None,
     }
 }
 
@@ -1455,6 +1455,11 @@ fn compare(op: CmpOp, left: Value<'_>, right: Value<'_>) -> Option<bool> {
         return None;
     }
     let unlike = Some(op == CmpOp::Ne);
+    match (left, right) {
+        (Value::Char(a), Value::Char(b)) => return Some(op.holds(a.cmp(b))),
+        (Value::Char(_), _) | (_, Value::Char(_)) => return unlike,
+        _ => {}
+    }
     if matches!(left, Value::Bool(_)) || matches!(right, Value::Bool(_)) {
         let (Some(a), Some(b)) = (as_bool(left), as_bool(right)) else {
             return unlike;
@@ -1929,6 +1934,8 @@ mod tests {
                 typed("ratio", "0.5", PropertyType::Double),
                 typed("tenth", "0.1", PropertyType::Float),
                 typed("initial", "x", PropertyType::Char),
+                typed("same", "x", PropertyType::Char),
+                typed("later", "y", PropertyType::Char),
                 typed("ok", "true", PropertyType::Boolean),
                 typed("a", "abc", PropertyType::String),
                 typed("b", "abd", PropertyType::String),
@@ -1952,6 +1959,8 @@ mod tests {
             ("initial = 'x'", false), // a Java char: equal to nothing
             ("initial <> 'x'", true),
             ("initial IS NOT NULL", true),
+            ("initial = same", true), // two chars compare as chars
+            ("initial < later", true),
             ("a < b", true), // two strings: in text order
             ("a > b", false),
         ] {
