@@ -1152,15 +1152,9 @@ impl Temps {
                 return format!("{core}{}", self.id_of(topic, name));
             }
         }
-        let core = destination_to_core(text);
-        // Without a known prefix, a queue's name, whole, as for a destination (a JMS reader
-        // then has its JMSReplyTo).
-        if core == text && !text.contains("://") {
-            if let Ok(queue) = parse_destination(text) {
-                return queue.canonical();
-            }
-        }
-        core
+        // Without a known prefix it is kept as text (not a queue's name, as a destination
+        // would be), as ActiveMQ keeps it: a JMS reader then has no JMSReplyTo.
+        destination_to_core(text)
     }
 
     /// A stored `reply-to` as this connection reads it: its own temporary destinations by
