@@ -502,6 +502,13 @@ pub fn to_openwire(
     for h in &stored.headers {
         match h.name.as_str() {
             CORRELATION_ID => m.correlation_id = Some(h.value.clone()),
+            // One that names no destination (a STOMP client's free text) is a string
+            // property, as ActiveMQ keeps it.
+            REPLY_TO if parse_destination(&h.value).is_none() => {
+                if named.insert(h.name.as_str()) {
+                    props.entries.push((h.name.clone(), property_value(h)));
+                }
+            }
             REPLY_TO => m.reply_to = parse_destination(&h.value),
             TYPE => m.jms_type = Some(h.value.clone()),
             GROUP_ID => m.group_id = Some(h.value.clone()),
@@ -932,5 +939,22 @@ mod tests {
             (back.jms_type.as_deref(), props_back.string("type")),
             (Some("order"), Some("invoice"))
         );
+    }
+
+    /// A STOMP client's `reply-to` that names no destination reaches a JMS client as the
+    /// string property `reply-to`, with no JMSReplyTo, as ActiveMQ hands it over.
+    #[test]
+    fn a_reply_to_naming_no_destination_is_a_string_property() {
+        let stored = StoredMessage {
+            message_id: "ID:h-1:1:1:1".into(),
+            destination: "queue://orders".into(),
+            headers: vec![Header::text(REPLY_TO, "plainname")],
+            body_type: BodyType::Text as i32,
+            ..StoredMessage::default()
+        };
+        let back = to_openwire(&stored, &OwDestination::queue("orders"), 0, 1, 0).unwrap();
+        assert_eq!(back.reply_to, None);
+        let props = PrimitiveMap::decode(back.marshalled_properties.as_ref().unwrap()).unwrap();
+        assert_eq!(props.string(REPLY_TO), Some("plainname"));
     }
 }
