@@ -374,8 +374,11 @@ fn property_header(name: String, value: PrimitiveValue) -> Option<Header> {
         PrimitiveValue::Short(v) => (v.to_string(), PropertyType::Short),
         PrimitiveValue::Int(v) => (v.to_string(), PropertyType::Int),
         PrimitiveValue::Long(v) => (v.to_string(), PropertyType::Long),
-        PrimitiveValue::Double(v) => (v.to_string(), PropertyType::Double),
-        PrimitiveValue::Float(v) => (v.to_string(), PropertyType::Float),
+        PrimitiveValue::Double(v) => (
+            java_text(v.is_nan(), format!("{v:e}")),
+            PropertyType::Double,
+        ),
+        PrimitiveValue::Float(v) => (java_text(v.is_nan(), format!("{v:e}")), PropertyType::Float),
         PrimitiveValue::String(v) => (v, PropertyType::String),
         PrimitiveValue::Char(c) => (
             char::from_u32(u32::from(c))
@@ -394,6 +397,53 @@ fn property_header(name: String, value: PrimitiveValue) -> Option<Header> {
         value,
         kind: kind as i32,
     })
+}
+
+/// A floating-point number as Java's `Double.toString` (or `Float.toString`) writes it, which is
+/// what ActiveMQ shows a STOMP reader of a JMS client's property: `1.0`, `0.001`, `1.0E7`,
+/// `1.5E-4`, `Infinity`, `NaN`, `-0.0`. `scientific` is Rust's shortest `{:e}` form of it
+/// (`1e7`, `-1.5e-4`, `inf`), whose digits it keeps.
+fn java_text(nan: bool, scientific: String) -> String {
+    if nan {
+        return "NaN".into();
+    }
+    let (sign, unsigned) = match scientific.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", scientific.as_str()),
+    };
+    let Some((mantissa, exponent)) = unsigned.split_once('e') else {
+        return format!("{sign}Infinity");
+    };
+    let Ok(exponent) = exponent.parse::<i32>() else {
+        return scientific;
+    };
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    if digits.bytes().all(|d| d == b'0') {
+        return format!("{sign}0.0");
+    }
+    if (-3..7).contains(&exponent) {
+        let point = exponent + 1;
+        let (whole, fraction) = if point <= 0 {
+            (
+                "0".to_string(),
+                format!("{}{digits}", "0".repeat(point.unsigned_abs() as usize)),
+            )
+        } else {
+            let point = point as usize;
+            let whole = format!("{digits:0<point$}");
+            let fraction = digits.get(point..).unwrap_or("").to_string();
+            (whole[..point].to_string(), fraction)
+        };
+        let fraction = if fraction.is_empty() {
+            "0".into()
+        } else {
+            fraction
+        };
+        return format!("{sign}{whole}.{fraction}");
+    }
+    let (first, rest) = digits.split_at(1);
+    let rest = if rest.is_empty() { "0" } else { rest };
+    format!("{sign}{first}.{rest}E{exponent}")
 }
 
 /// A header's value as the typed property a JMS client expects (a string when it does not
@@ -939,6 +989,39 @@ mod tests {
             (back.jms_type.as_deref(), props_back.string("type")),
             (Some("order"), Some("invoice"))
         );
+    }
+
+    /// Doubles and floats are written as Java writes them (what ActiveMQ shows a STOMP reader),
+    /// and read back to the same value.
+    #[test]
+    fn floating_point_properties_are_written_as_java_writes_them() {
+        let double = |v: f64| java_text(v.is_nan(), format!("{v:e}"));
+        for (v, text) in [
+            (1.0, "1.0"),
+            (0.1, "0.1"),
+            (123.456, "123.456"),
+            (1e20, "1.0E20"),
+            (1e-7, "1.0E-7"),
+            (1.5e-4, "1.5E-4"),
+            (0.001, "0.001"),
+            (1234567.0, "1234567.0"),
+            (1e7, "1.0E7"),
+            (-2.5e10, "-2.5E10"),
+            (f64::INFINITY, "Infinity"),
+            (f64::NEG_INFINITY, "-Infinity"),
+            (f64::NAN, "NaN"),
+            (0.0, "0.0"),
+            (-0.0, "-0.0"),
+            (f64::MAX, "1.7976931348623157E308"),
+        ] {
+            assert_eq!(double(v), text, "{v:e}");
+            let back: f64 = text.parse().unwrap();
+            assert!(back == v || (v.is_nan() && back.is_nan()), "{text}");
+        }
+        let float = |v: f32| java_text(v.is_nan(), format!("{v:e}"));
+        assert_eq!(float(1e10), "1.0E10");
+        assert_eq!(float(0.1), "0.1");
+        assert_eq!(float(2.5), "2.5");
     }
 
     /// A STOMP client's `reply-to` that names no destination reaches a JMS client as the
