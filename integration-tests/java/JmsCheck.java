@@ -6,6 +6,7 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Collections;
 import java.util.Enumeration;
+import java.util.HashMap;
 import java.util.HashSet;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -500,6 +501,10 @@ public final class JmsCheck {
         PROPERTIES.put("pEmpty", "");
         // Set to null: it exists (propertyExists, getPropertyNames) and reads as null.
         PROPERTIES.put("pNull", null);
+        // ActiveMQ's extensions to JMS property types: a Character, a Map and a List.
+        PROPERTIES.put("pChar", 'x');
+        PROPERTIES.put("pMap", new HashMap<>(Map.of("a", 1, "b", "two")));
+        PROPERTIES.put("pList", new ArrayList<>(List.of(1, "x")));
     }
 
     static final String TEXT_BODY = "text \u00e9\u2603\ud83d\ude00 nul:\u0000 end";

@@ -1295,6 +1295,9 @@ enum Value<'a> {
     /// A Java char property: equal to no literal, no number, no text (as in ActiveMQ, whose
     /// `Character` compares with nothing a selector can write), only to another char.
     Char(&'a str),
+    /// A JMS client's map or list property, in its stored form: equal only to the same map or
+    /// list (as Java's `equals`), never ordered.
+    Opaque(&'a str),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1370,6 +1373,7 @@ fn typed(kind: i32, value: &str) -> Option<Value<'_>> {
         PropertyType::Null => return None,
         PropertyType::Boolean => Value::Bool(value.eq_ignore_ascii_case("true")),
         PropertyType::Char => Value::Char(value),
+        PropertyType::Openwire => Value::Opaque(value),
         k if INTEGERS.contains(&k) => value.parse().map_or(Value::Str(value), Value::Long),
         PropertyType::Double => value.parse().map_or(Value::Str(value), Value::Double),
         // A float widened to a double, as Java compares it: 0.1f is not 0.1.
@@ -1400,7 +1404,7 @@ fn as_number(v: Value<'_>) -> Option<Num> {
         Value::Long(v) => Some(Num::Long(v)),
         Value::Double(v) => Some(Num::Double(v)),
         Value::Str(s) => parse_number(s),
-        Value::Null | Value::Bool(_) | Value::Mode(_) | Value::Char(_) => None,
+        Value::Null | Value::Bool(_) | Value::Mode(_) | Value::Char(_) | Value::Opaque(_) => None,
     }
 }
 
@@ -1457,7 +1461,12 @@ fn compare(op: CmpOp, left: Value<'_>, right: Value<'_>) -> Option<bool> {
     let unlike = Some(op == CmpOp::Ne);
     match (left, right) {
         (Value::Char(a), Value::Char(b)) => return Some(op.holds(a.cmp(b))),
-        (Value::Char(_), _) | (_, Value::Char(_)) => return unlike,
+        (Value::Opaque(a), Value::Opaque(b)) if op.is_equality() => {
+            return Some(op.holds(a.cmp(b)))
+        }
+        (Value::Char(_) | Value::Opaque(_), _) | (_, Value::Char(_) | Value::Opaque(_)) => {
+            return unlike
+        }
         _ => {}
     }
     if matches!(left, Value::Bool(_)) || matches!(right, Value::Bool(_)) {
@@ -1936,6 +1945,8 @@ mod tests {
                 typed("initial", "x", PropertyType::Char),
                 typed("same", "x", PropertyType::Char),
                 typed("later", "y", PropertyType::Char),
+                typed("map1", "0a0b", PropertyType::Openwire),
+                typed("map2", "0a0b", PropertyType::Openwire),
                 typed("ok", "true", PropertyType::Boolean),
                 typed("a", "abc", PropertyType::String),
                 typed("b", "abd", PropertyType::String),
@@ -1961,6 +1972,9 @@ mod tests {
             ("initial IS NOT NULL", true),
             ("initial = same", true), // two chars compare as chars
             ("initial < later", true),
+            ("map1 = map2", true), // the same map
+            ("map1 = '0a0b'", false),
+            ("map1 > map2", false),
             ("a < b", true), // two strings: in text order
             ("a > b", false),
         ] {

@@ -387,7 +387,18 @@ fn property_header(name: String, value: PrimitiveValue) -> Option<Header> {
             PropertyType::Char,
         ),
         PrimitiveValue::Null => (String::new(), PropertyType::Null),
-        PrimitiveValue::Bytes(_) | PrimitiveValue::Map(_) | PrimitiveValue::List(_) => {
+        PrimitiveValue::Map(_) | PrimitiveValue::List(_) => {
+            let mut wrapped = PrimitiveMap::new();
+            wrapped.insert(WRAPPED, value);
+            let mut out = BytesMut::new();
+            if let Err(e) = wrapped.encode(&mut out) {
+                tracing::debug!(property = %name, error = %e, "dropping a property that cannot be encoded");
+                return None;
+            }
+            let hex = out.iter().map(|b| format!("{b:02x}")).collect();
+            (hex, PropertyType::Openwire)
+        }
+        PrimitiveValue::Bytes(_) => {
             tracing::debug!(property = %name, "dropping a property JMS cannot carry");
             return None;
         }
@@ -486,7 +497,20 @@ fn property_value(h: &Header) -> PrimitiveValue {
                 _ => text(),
             }
         }
+        PropertyType::Openwire => unwrap_property(&h.value).unwrap_or_else(text),
     }
+}
+
+/// The entry of the one-entry map a map or list property is kept in (see `property_header`).
+const WRAPPED: &str = "v";
+
+/// A map or list property back from its hex form; `None` if it is not one.
+fn unwrap_property(hex: &str) -> Option<PrimitiveValue> {
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    PrimitiveMap::decode(&bytes).ok()?.get(WRAPPED).cloned()
 }
 
 /// The OpenWire message a consumer on `destination` receives for a stored message.
@@ -683,6 +707,16 @@ mod tests {
         props.insert("ratio", PrimitiveValue::Double(0.1));
         props.insert("name", PrimitiveValue::String("x y".into()));
         props.insert("initial", PrimitiveValue::Char(u16::from(b'x')));
+        let mut nested = PrimitiveMap::new();
+        nested.insert("a", PrimitiveValue::Int(1));
+        props.insert("mapped", PrimitiveValue::Map(nested));
+        props.insert(
+            "listed",
+            PrimitiveValue::List(vec![
+                PrimitiveValue::Int(1),
+                PrimitiveValue::String("x".into()),
+            ]),
+        );
         props.insert("tenth", PrimitiveValue::Float(0.1));
         props.insert("unset", PrimitiveValue::Null);
         let mut marshalled = BytesMut::new();

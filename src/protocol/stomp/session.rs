@@ -912,7 +912,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 .header("redelivered", "true")
                 .header("redelivery-count", delivery.redelivery_count.to_string());
         }
-        for h in &message.headers {
+        // A JMS client's map or list property is kept in OpenWire's form: not shown here.
+        let shown = message
+            .headers
+            .iter()
+            .filter(|h| h.kind != PropertyType::Openwire as i32);
+        for h in shown {
             let value = match h.name.as_str() {
                 // Stored in the core's form (queue://x); STOMP clients expect /queue/x.
                 "original-destination" => Destination::parse(&h.value)

@@ -981,6 +981,35 @@ async fn a_jms_temporary_queue_reply_to_reaches_its_queue() {
     assert!(reply.message.temporary, "kept in memory only");
 }
 
+/// A JMS client's map or list property, kept in OpenWire's form, is not shown to a STOMP
+/// reader; its other properties are.
+#[tokio::test]
+async fn a_jms_map_property_is_not_shown_to_stomp() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_for_tests(dir.path(), Default::default());
+    let mut reader = subscribed(&broker, "id:r\ndestination:/queue/maps").await;
+    let (jms, _) = broker.open_session(None);
+    let message = NewMessage {
+        headers: vec![
+            Header {
+                name: "mapped".into(),
+                value: "0a0b".into(),
+                kind: PropertyType::Openwire as i32,
+            },
+            Header::text("plain", "shown"),
+        ],
+        body: b"m".to_vec().into(),
+        ..Default::default()
+    };
+    jms.send(&Destination::Queue("maps".into()), message, None)
+        .unwrap()
+        .await
+        .unwrap();
+    let m = reader.next_frame().await;
+    assert_eq!(m.get("plain"), Some("shown"));
+    assert_eq!(m.get("mapped"), None);
+}
+
 /// A heart-beat period past any sensible value is bounded (a day), not overflowed.
 #[tokio::test]
 async fn a_huge_heart_beat_is_bounded() {
