@@ -338,6 +338,13 @@ pub struct NewMessage {
     pub body: Bytes,
 }
 
+impl NewMessage {
+    /// Whether its delivery mode has it stored (see [`crate::store::Message::stored_for_mode`]).
+    pub fn stored_for_mode(&self) -> bool {
+        self.persistent && !self.temporary
+    }
+}
+
 /// What a subscriber asks for.
 #[derive(Debug, Clone)]
 pub struct SubscribeRequest {
@@ -999,7 +1006,7 @@ impl Session {
             return Ok(Confirmation::done());
         }
         // A delayed message is stored even when not persistent: held back by the store too.
-        let mut stored = message.persistent && !message.temporary;
+        let mut stored = message.stored_for_mode();
         let confirmation = self.then_flush(|core| {
             stored = stored || core.held_when_sent(&message.headers);
             core.send(self.id, destinations, message, transaction)

@@ -41,6 +41,12 @@ const DESTINATION_FORMS: [(&str, &str); 6] = [
     ("/temp-topic/", "temp-topic://"),
 ];
 
+/// Whether `stomp` starts with one of the STOMP destination prefixes ActiveMQ knows
+/// (`/queue/`, `/topic/`, `/temp-queue/`, `/remote-temp-queue/`, and the topics').
+pub(crate) fn has_destination_prefix(stomp: &str) -> bool {
+    DESTINATION_FORMS.iter().any(|(s, _)| stomp.starts_with(s))
+}
+
 /// `/queue/x` → `queue://x` (other text unchanged).
 pub(crate) fn destination_to_core(stomp: &str) -> String {
     DESTINATION_FORMS

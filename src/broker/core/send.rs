@@ -25,7 +25,7 @@ impl Core {
         // Only a client's own ids identify a producer's sequence; ids the broker makes up are
         // never compared for duplicates. Only stored messages are (a delayed one is stored
         // even when not persistent: a re-send after a lost receipt must not store it twice).
-        let stored = (new.persistent && !new.temporary) || self.held_when_sent(&new.headers);
+        let stored = new.stored_for_mode() || self.held_when_sent(&new.headers);
         let (message_id, producer_id, producer_sequence) = match new.message_id {
             Some(id) if !id.is_empty() => match producer_of(&id) {
                 Some((p, s)) if stored => {

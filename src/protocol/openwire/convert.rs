@@ -374,11 +374,8 @@ fn property_header(name: String, value: PrimitiveValue) -> Option<Header> {
         PrimitiveValue::Short(v) => (v.to_string(), PropertyType::Short),
         PrimitiveValue::Int(v) => (v.to_string(), PropertyType::Int),
         PrimitiveValue::Long(v) => (v.to_string(), PropertyType::Long),
-        PrimitiveValue::Double(v) => (
-            java_text(v.is_nan(), format!("{v:e}")),
-            PropertyType::Double,
-        ),
-        PrimitiveValue::Float(v) => (java_text(v.is_nan(), format!("{v:e}")), PropertyType::Float),
+        PrimitiveValue::Double(v) => (java_text(format!("{v:e}")), PropertyType::Double),
+        PrimitiveValue::Float(v) => (java_text(format!("{v:e}")), PropertyType::Float),
         PrimitiveValue::String(v) => (v, PropertyType::String),
         PrimitiveValue::Char(c) => (
             char::from_u32(u32::from(c))
@@ -413,10 +410,10 @@ fn property_header(name: String, value: PrimitiveValue) -> Option<Header> {
 /// A floating-point number as Java's `Double.toString` (or `Float.toString`) writes it, which is
 /// what ActiveMQ shows a STOMP reader of a JMS client's property: `1.0`, `0.001`, `1.0E7`,
 /// `1.5E-4`, `Infinity`, `NaN`, `-0.0`. `scientific` is Rust's shortest `{:e}` form of it
-/// (`1e7`, `-1.5e-4`, `inf`), whose digits it keeps.
-fn java_text(nan: bool, scientific: String) -> String {
-    if nan {
-        return "NaN".into();
+/// (`1e7`, `-1.5e-4`, `inf`, `NaN`), whose digits it keeps.
+fn java_text(scientific: String) -> String {
+    if scientific == "NaN" {
+        return scientific;
     }
     let (sign, unsigned) = match scientific.strip_prefix('-') {
         Some(rest) => ("-", rest),
@@ -1029,7 +1026,7 @@ mod tests {
     /// and read back to the same value.
     #[test]
     fn floating_point_properties_are_written_as_java_writes_them() {
-        let double = |v: f64| java_text(v.is_nan(), format!("{v:e}"));
+        let double = |v: f64| java_text(format!("{v:e}"));
         for (v, text) in [
             (1.0, "1.0"),
             (0.1, "0.1"),
@@ -1052,7 +1049,7 @@ mod tests {
             let back: f64 = text.parse().unwrap();
             assert!(back == v || (v.is_nan() && back.is_nan()), "{text}");
         }
-        let float = |v: f32| java_text(v.is_nan(), format!("{v:e}"));
+        let float = |v: f32| java_text(format!("{v:e}"));
         assert_eq!(float(1e10), "1.0E10");
         assert_eq!(float(0.1), "0.1");
         assert_eq!(float(2.5), "2.5");

@@ -313,16 +313,8 @@ fn stomp_destination(d: &Destination) -> String {
 /// prefixes is a queue's, whole (`orders`, or `/exchange/orders`, which reads back as
 /// `/queue//exchange/orders`).
 fn parse_destination(text: &str) -> Result<Destination, BrokerError> {
-    const PREFIXES: [&str; 6] = [
-        "/queue/",
-        "/topic/",
-        "/temp-queue/",
-        "/temp-topic/",
-        "/remote-temp-queue/",
-        "/remote-temp-topic/",
-    ];
     match Destination::parse(text) {
-        Err(_) if !text.contains("://") && !PREFIXES.iter().any(|p| text.starts_with(p)) => {
+        Err(_) if !text.contains("://") && !crate::protocol::has_destination_prefix(text) => {
             Destination::parse(&format!("queue://{text}"))
         }
         parsed => parsed,
