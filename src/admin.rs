@@ -5,8 +5,8 @@
 //!   end: current on the node that serves, where the role began on the others) and whether it
 //!   serves clients (JSON). For "is the node alive" checks and restart supervisors.
 //! - `GET /ready`: the same body; 200 only while this node serves clients (the master, or a
-//!   standalone node), its store accepts writes and, on a master, its ZooKeeper lease holds;
-//!   503 otherwise. For load balancers that send clients to the master only.
+//!   standalone node), its store accepts writes and its disk has not stalled
+//!   (`store.stall_timeout`) and, on a master, its ZooKeeper lease holds; 503 otherwise. For load balancers that send clients to the master only.
 //! - `GET /metrics`: Prometheus text format: role, epoch, positions, sessions, per-queue depth,
 //!   consumers and unacknowledged deliveries, message counters, memory held for queued bodies;
 //!   on a node that does not serve (a slave), its store's journal end and disk use.
@@ -101,6 +101,8 @@ pub struct Status {
     replication: Mutex<Option<ReplicationSource>>,
     /// The node's store, whichever role holds it (a slave's figures come from here).
     store: Mutex<Option<StoreGauge>>,
+    /// Why the store's disk counts as stalled, while it does (see [`crate::watchdog`]).
+    store_stall: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Status {
@@ -123,7 +125,13 @@ impl Status {
             }),
             replication: Mutex::new(None),
             store: Mutex::new(None),
+            store_stall: Mutex::new(None),
         })
+    }
+
+    /// The store's disk stalled (`Some(why)`), or answers again (`None`).
+    pub fn set_store_stall(&self, stall: Option<String>) {
+        *self.store_stall.lock().unwrap_or_else(|p| p.into_inner()) = stall;
     }
 
     /// The store this node opened (again at each reopening).
@@ -372,6 +380,8 @@ struct View {
     refusal: Option<String>,
     /// Why the store accepts no more writes, once it failed (a full disk, say).
     store_failure: Option<String>,
+    /// Why the store's disk counts as stalled, while it does.
+    store_stall: Option<String>,
     /// The journal's end: the serving node's current one, else where the role began.
     position: u64,
     /// A master's slaves.
@@ -401,6 +411,11 @@ impl View {
             broker,
             refusal,
             store_failure,
+            store_stall: status
+                .store_stall
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             replication: status.replication(),
             store,
             position,
@@ -417,6 +432,7 @@ impl View {
             "serving": self.broker.is_some(),
             "reason": self.refusal,
             "store_failure": self.store_failure,
+            "store_stall": self.store_stall,
             "slaves": self.replication.as_ref().map(|r| &r.slaves),
             "slaves_needed": self.replication.as_ref().map(|r| r.needed),
             "lease_held": self.replication.as_ref().map(|r| r.lease_held),
@@ -612,6 +628,7 @@ fn route(request: &Request, view: &View) -> Response {
         "/ready" => {
             let ready = view.broker.is_some()
                 && view.store_failure.is_none()
+                && view.store_stall.is_none()
                 && view.replication.as_ref().is_none_or(|r| r.lease_held);
             let code = if ready { 200 } else { 503 };
             Response::json(code, view.health_json())
@@ -680,6 +697,12 @@ fn metrics(view: &View) -> String {
         "1 once the store accepts no more writes (see the log for why)",
         "gauge",
         &[(String::new(), u64::from(view.store_failure.is_some()))],
+    );
+    gauge(
+        "ferromq_store_stalled",
+        "1 while a journal write or fsync has been unfinished for store.stall_timeout",
+        "gauge",
+        &[(String::new(), u64::from(view.store_stall.is_some()))],
     );
     gauge(
         "ferromq_epoch",
@@ -985,6 +1008,7 @@ mod tests {
             broker: None,
             refusal: (!serving).then(|| "a master serves elsewhere".into()),
             store_failure: None,
+            store_stall: None,
             position: 42,
             replication: None,
             store: None,
@@ -1045,6 +1069,24 @@ mod tests {
             let gauge = format!("ferromq_master_lease_held {}\n", u8::from(held));
             assert!(metrics(&master).contains(&gauge), "{gauge}");
         }
+    }
+
+    /// A standalone node whose disk stalled serves on (nothing to hand over to) but is not
+    /// ready, says why in `/health`, and shows it in `/metrics`, so a monitor alerts on it.
+    #[tokio::test]
+    async fn a_node_whose_disk_stalled_is_not_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = view(true);
+        node.broker = Some(Broker::start_for_tests(dir.path(), Default::default()));
+        assert_eq!(route(&get_request("/ready"), &node).code, 200);
+        assert!(metrics(&node).contains("ferromq_store_stalled 0\n"));
+        node.store_stall = Some("the store's disk stalled".into());
+        assert_eq!(route(&get_request("/ready"), &node).code, 503);
+        let health = route(&get_request("/health"), &node);
+        assert_eq!(health.code, 200, "the process runs");
+        let json: serde_json::Value = serde_json::from_slice(&health.body).unwrap();
+        assert_eq!(json["store_stall"], "the store's disk stalled");
+        assert!(metrics(&node).contains("ferromq_store_stalled 1\n"));
     }
 
     fn get_request(path: &str) -> Request {

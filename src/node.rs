@@ -13,7 +13,9 @@
 //! A store that fails (a full disk, say) ends the node's membership: it steps down, leaves the
 //! election so that the others elect a master at once, and the process exits with the
 //! store's reason for its supervisor to restart it once the disk is fixed. So does an elected
-//! node that cannot start serving (`MASTER_ATTEMPTS` times in a row). It must never stay
+//! node that cannot start serving (`MASTER_ATTEMPTS` times in a row). A disk that stalls
+//! ([`crate::watchdog`]) ends it too, without a step-down that would wait on that disk: the
+//! node closes its client connections, leaves the election and exits. It must never stay
 //! master, or keep following, on a store that accepts no writes, nor hold the election while
 //! serving nobody.
 
@@ -31,6 +33,7 @@ use crate::replication::repeated::{repeated_note, RepeatedFailure};
 use crate::replication::{self, ConnectionId, MasterOptions, ReplicationMaster, SlaveOptions};
 use crate::server::{broker_options, open_store_with, reserve, AbortOnDrop, Listeners, Mode};
 use crate::store::{Position, Store};
+use crate::watchdog::DiskWatchdog;
 
 /// How long a slave waits before it dials its master again after a lost connection.
 const SLAVE_RETRY: Duration = Duration::from_millis(200);
@@ -67,6 +70,21 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
     let kept = open_kept(&config, false, &hook).await?;
     // Every node of a cluster has the same broker name: log lines name the node by its id.
     let node = node_id(&config)?;
+    let (stalled_tx, stalled) = watch::channel(None);
+    let (left_tx, left) = std::sync::mpsc::channel();
+    let watchdog = DiskWatchdog::start(
+        config.store.stall_timeout,
+        &config.store.directory,
+        Box::new({
+            let node = node.clone();
+            move |stall| {
+                if let Some(stall) = stall {
+                    leave_on_stall(&node, stall, &stalled_tx, &left);
+                }
+            }
+        }),
+    );
+    watchdog.watch(kept.store.write_clock());
     // In the background: a slow resolver must not hold the start up.
     tokio::spawn(warn_if_unresolvable(
         config.replication.advertised_hostname(),
@@ -154,6 +172,12 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
         }
     };
     tracing::info!(%node, epoch = log.epoch, position = log.position, "role change: candidate (joined the election)");
+    let _stall_exit = AbortOnDrop(tokio::spawn(close_on_stall(
+        stalled,
+        listeners.mode_setter(),
+        election.leaver(),
+        left_tx,
+    )));
     let mut lifecycle = Lifecycle {
         node: node.clone(),
         config,
@@ -165,6 +189,7 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
         status,
         connections: ConnectionId::new_incarnation(),
         replication_port: None,
+        watchdog,
     };
     let result = tokio::select! {
         result = lifecycle.run() => result,
@@ -187,6 +212,57 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
         close_store(kept.store).await;
     }
     result
+}
+
+/// How long a node whose disk stalled gives its runtime to close the client connections and
+/// leave the election before the process exits anyway (the runtime's workers may be blocked
+/// on that disk; then the ZooKeeper session expires instead).
+const STALL_EXIT_GRACE: Duration = Duration::from_secs(3);
+
+/// On the disk watchdog's thread, once this node's disk stalled: asks the runtime to close the
+/// client connections and leave the election ([`close_on_stall`]), then exits the process,
+/// when that is done or after [`STALL_EXIT_GRACE`]. Only a restart can serve from that store
+/// again: its writer may stay blocked in the kernel, and what it wrote is recovered from disk
+/// as after a kill.
+fn leave_on_stall(
+    node: &str,
+    stall: Duration,
+    stalled: &watch::Sender<Option<String>>,
+    left: &std::sync::mpsc::Receiver<()>,
+) {
+    let reason = format!(
+        "its store's disk stalled (a journal write or fsync unfinished for {stall:?}, \
+         store.stall_timeout)"
+    );
+    tracing::error!(%node, %reason, "leaving the cluster and exiting so that another node takes over");
+    stalled.send_replace(Some(reason));
+    let closed = left.recv_timeout(STALL_EXIT_GRACE).is_ok();
+    tracing::error!(
+        %node,
+        closed,
+        "exiting: the store's disk stalled (restart this node once its disk answers)"
+    );
+    std::process::exit(1);
+}
+
+/// Waits for the disk watchdog to report a stall ([`leave_on_stall`]), then refuses clients
+/// (closing every connection, so that failover clients move on at once), leaves the election
+/// (its znode deleted, so that the others elect at once) and tells the watchdog's thread.
+async fn close_on_stall(
+    mut stalled: watch::Receiver<Option<String>>,
+    mode: watch::Sender<Mode>,
+    election: crate::election::Leaver,
+    left: std::sync::mpsc::Sender<()>,
+) {
+    let Ok(reason) = stalled.wait_for(Option::is_some).await.map(|r| r.clone()) else {
+        return;
+    };
+    let reason = reason.unwrap_or_default();
+    mode.send_replace(Mode::Refuse(format!(
+        "the node is leaving the cluster: {reason}"
+    )));
+    let _ = tokio::time::timeout(STALL_EXIT_GRACE, election.leave()).await;
+    let _ = left.send(());
 }
 
 /// The store accepts no more writes ([`BrokerError::StoreFailed`], as clients are told): fatal
@@ -316,6 +392,8 @@ struct Lifecycle {
     /// The replication `bind` port, kept bound while this node is not master (as a slave's
     /// client port is, `server::reserve`) and let go just before the master binds it.
     replication_port: Option<tokio::net::TcpSocket>,
+    /// Watches the disk of whichever store this node has open.
+    watchdog: DiskWatchdog,
 }
 
 impl Lifecycle {
@@ -715,7 +793,7 @@ impl Lifecycle {
         }
         let kept = open_kept(&self.config, fsync, &self.hook).await?;
         self.check_reopened(&kept.store, false)?;
-        self.status.set_store(kept.store.gauge());
+        self.opened(&kept.store);
         Ok(kept)
     }
 
@@ -784,8 +862,14 @@ impl Lifecycle {
             close_store(opened.0).await;
             return Err(e);
         }
-        self.status.set_store(opened.0.gauge());
+        self.opened(&opened.0);
         Ok(opened)
+    }
+
+    /// A store opened again: the status and the disk watchdog follow it.
+    fn opened(&self, store: &Store) {
+        self.status.set_store(store.gauge());
+        self.watchdog.watch(store.write_clock());
     }
 }
 

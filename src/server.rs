@@ -159,6 +159,12 @@ impl Listeners {
         self.mode.send_replace(mode);
     }
 
+    /// A handle that sets the mode as [`Listeners::set_mode`] does, for a task that does not
+    /// own the listeners (a node whose disk stalled, `crate::watchdog`).
+    pub fn mode_setter(&self) -> watch::Sender<Mode> {
+        self.mode.clone()
+    }
+
     /// Follows the mode (the admin endpoint reads whether, and with which core, this node
     /// serves).
     pub fn mode(&self) -> watch::Receiver<Mode> {
@@ -210,6 +216,9 @@ pub struct Node {
     pub broker: Broker,
     pub listeners: Listeners,
     pub admin: Option<AbortOnDrop<()>>,
+    /// Reports a stalled disk in the log and through the admin endpoint: a standalone node has
+    /// no other to hand over to.
+    pub watchdog: crate::watchdog::DiskWatchdog,
 }
 
 /// Opens the store with `on_durable` called (on the journal's writer thread) with each new
@@ -284,6 +293,7 @@ impl Node {
         .await?;
         let epoch = recovered.epoch + 1;
         let recovered_end = recovered.end;
+        let write_clock = store.write_clock();
         let messages: usize = recovered.queues.iter().map(|(_, m)| m.len()).sum();
         tracing::info!(
             node = %config.broker.name,
@@ -301,10 +311,24 @@ impl Node {
         let status = crate::admin::Status::new(&config.broker.name);
         status.set_role("standalone", epoch, recovered_end.0);
         let admin = start_admin(config, &status, &listeners).await?;
+        let watchdog = crate::watchdog::DiskWatchdog::start(
+            config.store.stall_timeout,
+            &config.store.directory,
+            Box::new(move |stall| {
+                status.set_store_stall(stall.map(|stall| {
+                    format!(
+                        "the store's disk stalled: a journal write or fsync unfinished for \
+                         {stall:?} (store.stall_timeout)"
+                    )
+                }))
+            }),
+        );
+        watchdog.watch(write_clock);
         Ok(Node {
             broker,
             listeners,
             admin,
+            watchdog,
         })
     }
 }

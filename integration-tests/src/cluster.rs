@@ -114,6 +114,8 @@ pub struct Cluster {
     /// Per node, the proxy in front of its replication listener (see the module doc); empty
     /// when slaves connect directly.
     replication_proxies: Vec<Proxy>,
+    /// What runs each node (see [`Cluster::start_stallable`]); `None`: the binary itself.
+    launcher: Option<crate::Launcher>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -216,19 +218,19 @@ impl Cluster {
     /// (`"scheduler_support = true"`).
     pub fn start_with(version: ZkVersion, replicas: usize, broker_extra: &str) -> Cluster {
         assert_eq!(replicas, 3, "the cluster tests run three nodes");
-        Cluster::start_inner(version, 3, 3, broker_extra, false, "2s")
+        Cluster::start_inner(version, 3, 3, broker_extra, false, "2s", None)
     }
 
     /// Two nodes with `replicas = 1`: a master confirms on its own fsync, and its slave follows
     /// without holding confirmations up (what a user with two machines may configure).
     pub fn start_pair_of_one_replica(version: ZkVersion) -> Cluster {
-        Cluster::start_inner(version, 2, 1, "", false, "2s")
+        Cluster::start_inner(version, 2, 1, "", false, "2s", None)
     }
 
     /// Like [`start`](Self::start), with every node's `zk_session_timeout` set to `timeout`
     /// instead of 2 s (at most 10 s: the servers' `tickTime` is 500 ms).
     pub fn start_with_session_timeout(version: ZkVersion, timeout: &'static str) -> Cluster {
-        Cluster::start_inner(version, 3, 3, "", false, timeout)
+        Cluster::start_inner(version, 3, 3, "", false, timeout, None)
     }
 
     /// Like [`start`](Self::start), each node reaching ZooKeeper through proxies of its own, so
@@ -238,7 +240,27 @@ impl Cluster {
     /// [`cut_replication`](Self::cut_replication) can partition a master from its slaves while
     /// it keeps ZooKeeper and its clients.
     pub fn start_partitionable(version: ZkVersion) -> Cluster {
-        Cluster::start_inner(version, 3, 3, "", true, "2s")
+        Cluster::start_inner(version, 3, 3, "", true, "2s", None)
+    }
+
+    /// Like [`start`](Self::start), each node run with a disk that can be made to stall
+    /// ([`crate::stall`]: [`stall_disk`](Self::stall_disk)) and `store.stall_timeout = "2s"`.
+    pub fn start_stallable(version: ZkVersion) -> Cluster {
+        Cluster::start_inner(
+            version,
+            3,
+            3,
+            "",
+            false,
+            "2s",
+            Some(crate::stall::launcher("2s")),
+        )
+    }
+
+    /// Stalls node `i`'s disk: its fsyncs wait from now on.
+    pub fn stall_disk(&self, i: usize) {
+        assert!(self.launcher.is_some(), "needs Cluster::start_stallable");
+        crate::stall::set_stalled(&self.nodes[i].dir, true);
     }
 
     fn start_inner(
@@ -248,6 +270,7 @@ impl Cluster {
         broker_extra: &str,
         partitionable: bool,
         zk_session_timeout: &'static str,
+        launcher: Option<crate::Launcher>,
     ) -> Cluster {
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let name = std::thread::current()
@@ -291,6 +314,7 @@ impl Cluster {
             replicas,
             zk_proxies,
             replication_proxies,
+            launcher,
             _serial: serial,
         };
         for i in 0..nodes {
@@ -344,7 +368,12 @@ impl Cluster {
                 &self.broker_extra,
                 self.zk_session_timeout,
             );
-            match BrokerProcess::start_with_config(&format!("{}/n{i}", self.name), &dir, &config) {
+            match BrokerProcess::start_with_config_by(
+                self.launcher.clone(),
+                &format!("{}/n{i}", self.name),
+                &dir,
+                &config,
+            ) {
                 Ok(broker) => {
                     if broker.addr().port() != port {
                         bail!("node {i} listens on {} instead of {port}", broker.addr());

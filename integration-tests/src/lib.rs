@@ -15,6 +15,7 @@
 //!   wait for something to happen.
 //! - [`Watchdog`] bounds a whole test: one that hangs ends its test process within minutes,
 //!   with the logs of every broker still alive, instead of running until CI's time is out.
+//! - [`stall`] makes a broker's disk stall (its fsyncs wait) and answer again.
 //! - [`java`] runs the stock ActiveMQ Java JMS client (OpenWire) scenarios of
 //!   `integration-tests/java/`.
 
@@ -33,6 +34,7 @@ use anyhow::{anyhow, bail, Context, Result};
 pub mod cluster;
 pub mod java;
 pub mod proxy;
+pub mod stall;
 pub mod windows;
 pub mod zk;
 
@@ -722,10 +724,21 @@ impl BrokerProcess {
     /// connectors and the store directory) and starts the broker; returns once it accepts
     /// clients. Its log lines are echoed to stderr prefixed with `[name]`.
     pub fn start_with_config(name: &str, dir: &Path, config_text: &str) -> Result<BrokerProcess> {
+        BrokerProcess::start_with_config_by(None, name, dir, config_text)
+    }
+
+    /// Like [`start_with_config`](Self::start_with_config), run by `launcher` if given.
+    pub fn start_with_config_by(
+        launcher: Option<Launcher>,
+        name: &str,
+        dir: &Path,
+        config_text: &str,
+    ) -> Result<BrokerProcess> {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("ferromq.toml");
         std::fs::write(&config, config_text).context("writing the broker config")?;
         let mut broker = BrokerProcess::new(name.to_string(), config, dir);
+        broker.launcher = launcher;
         broker.spawn()?;
         Ok(broker)
     }

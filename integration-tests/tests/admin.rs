@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use ferromq_integration_tests::{
-    deadline, http_get, http_request, wait_until, BrokerProcess, FRAME_TIMEOUT,
+    deadline, http_get, http_request, stall, wait_until, BrokerProcess, Frame, FRAME_TIMEOUT,
 };
 
 fn metric(text: &str, sample: &str) -> Option<u64> {
@@ -163,6 +163,73 @@ fn a_failed_store_turns_ready_off_and_loses_nothing_receipted() -> Result<()> {
         bodies.len() >= receipted && bodies[..receipted] == expected[..],
         "{receipted} receipted before the failure, {} recovered",
         bodies.len()
+    );
+    Ok(())
+}
+
+/// The disk of a standalone node stalls (its fsyncs wait, as on a hung NFS mount; no error is
+/// ever returned): a receipted send waits, and past `store.stall_timeout` the log says so,
+/// `/ready` turns 503 and `/health` and `/metrics` say why, so that a monitor alerts. Once the
+/// disk answers, the receipt comes, `/ready` is 200 again and the log says so.
+#[test]
+fn a_stalled_disk_turns_ready_off_until_it_answers() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start_with_launcher(
+        stall::launcher("1s"),
+        dir.path(),
+        "[admin]\nbind = \"tcp://127.0.0.1:0\"\n",
+    )?;
+    let admin = broker
+        .admin_addr()
+        .expect("the broker logs its admin endpoint");
+    let mut producer = broker.client()?;
+    producer.send_persistent("/queue/stall", b"before")?;
+
+    stall::set_stalled(dir.path(), true);
+    let receipt = producer.receipt_id();
+    producer.send_frame(
+        &Frame::new("SEND")
+            .header("destination", "/queue/stall")
+            .header("persistent", "true")
+            .header("receipt", receipt.clone())
+            .body(&b"during"[..]),
+    )?;
+    let mut body = String::new();
+    assert!(
+        wait_until(deadline(FRAME_TIMEOUT), || {
+            match http_get(&admin, "/ready") {
+                Ok((code, text)) => {
+                    body = text;
+                    code == 503
+                }
+                Err(_) => false,
+            }
+        }),
+        "/ready never turned 503 while the disk stalled: {body}"
+    );
+    assert!(
+        body.contains("\"store_stall\":\"the store's disk stalled"),
+        "{body}"
+    );
+    let (_, text) = http_get(&admin, "/metrics")?;
+    assert_eq!(metric(&text, "ferromq_store_stalled"), Some(1), "{text}");
+    assert!(broker.logs_contain("the store's disk stalled"));
+
+    stall::set_stalled(dir.path(), false);
+    producer.wait_receipt(&receipt, FRAME_TIMEOUT)?;
+    assert!(
+        wait_until(deadline(FRAME_TIMEOUT), || http_get(&admin, "/ready")
+            .is_ok_and(|(code, _)| code == 200)),
+        "/ready stayed 503 once the disk answered"
+    );
+    assert!(
+        wait_until(deadline(FRAME_TIMEOUT), || broker
+            .logs_contain("the store's disk answers again")),
+        "the log never said the disk answered"
+    );
+    assert_eq!(
+        broker.remaining_bodies("/queue/stall")?,
+        vec!["before".to_string(), "during".to_string()]
     );
     Ok(())
 }

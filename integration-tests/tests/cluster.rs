@@ -539,6 +539,56 @@ fn master_killed_while_sending(version: ZkVersion) {
     );
 }
 
+/// Sends `bodies` persistently to `queue` through a failover client, 16 in flight, while a
+/// master goes away (`after`: what happened to it); returns them once every send resolved,
+/// failing the test if any send failed or the sends took over 120 s (the client has no
+/// failover timeout: a cluster that never served again would hold them for ever).
+fn send_through_failover(
+    cluster: &Cluster,
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
+    queue: &str,
+    bodies: impl Iterator<Item = String>,
+    after: &str,
+) -> Vec<String> {
+    let sending = async {
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut outcomes = Vec::new();
+        for body in bodies {
+            let handle = client.send_nowait(queue, body.clone(), SendOptions::persistent());
+            in_flight.push_back((body, handle));
+            if in_flight.len() >= 16 {
+                let (body, handle) = in_flight.pop_front().expect("not empty");
+                outcomes.push((body, handle.await.map_err(|e| e.to_string())));
+            }
+        }
+        for (body, handle) in in_flight {
+            outcomes.push((body, handle.await.map_err(|e| e.to_string())));
+        }
+        outcomes
+    };
+    let outcomes: Vec<(String, Result<(), String>)> = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(120), sending).await })
+        .unwrap_or_else(|_| {
+            panic!(
+                "the sends did not resolve within 120 s of {after}\n{}",
+                cluster.describe()
+            )
+        });
+    let failed: Vec<&(String, Result<(), String>)> =
+        outcomes.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} sends failed after {after}; the client should have moved to the new master \
+         (first: {:?})\n{}",
+        failed.len(),
+        outcomes.len(),
+        failed.first().map(|(b, r)| (&b[..b.len().min(12)], r)),
+        cluster.describe()
+    );
+    outcomes.into_iter().map(|(body, _)| body).collect()
+}
+
 // ----- 3. the master's store fails ----------------------------------------------------------
 
 /// The master's store fails while clients send (its directory disappears, so the next journal
@@ -565,41 +615,13 @@ fn master_store_failure_hands_over_zk38() {
         .expect("moving the master's store directory away");
 
     let pad = "x".repeat(PAD);
-    let sending = async {
-        let mut in_flight = std::collections::VecDeque::new();
-        let mut outcomes = Vec::new();
-        for i in 0..COUNT {
-            let body = format!("s-{i}-{pad}");
-            let handle = client.send_nowait(&queue, body.clone(), SendOptions::persistent());
-            in_flight.push_back((body, handle));
-            if in_flight.len() >= 16 {
-                let (body, handle) = in_flight.pop_front().expect("not empty");
-                outcomes.push((body, handle.await.map_err(|e| e.to_string())));
-            }
-        }
-        for (body, handle) in in_flight {
-            outcomes.push((body, handle.await.map_err(|e| e.to_string())));
-        }
-        outcomes
-    };
-    // The client has no failover timeout: a cluster that never serves again would hold the
-    // sends for ever.
-    let outcomes: Vec<(String, Result<(), String>)> = rt
-        .block_on(async { tokio::time::timeout(Duration::from_secs(120), sending).await })
-        .unwrap_or_else(|_| {
-            panic!(
-                "the sends did not resolve within 120 s of the store failure\n{}",
-                cluster.describe()
-            )
-        });
-    let failed: Vec<&(String, Result<(), String>)> =
-        outcomes.iter().filter(|(_, r)| r.is_err()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {COUNT} sends failed; the client should have moved to the new master (first: {:?})\n{}",
-        failed.len(),
-        failed.first().map(|(b, r)| (&b[..b.len().min(12)], r)),
-        cluster.describe()
+    let sent = send_through_failover(
+        &cluster,
+        &rt,
+        &client,
+        &queue,
+        (0..COUNT).map(|i| format!("s-{i}-{pad}")),
+        "the store failure",
     );
     assert_left_with_error(&mut cluster, m0, "its store failed", &[]);
     assert!(
@@ -616,7 +638,7 @@ fn master_store_failure_hands_over_zk38() {
     let short = |body: &str| body.trim_end_matches('x').to_string();
     let confirmed: Vec<String> = before
         .into_iter()
-        .chain(outcomes.iter().map(|(body, _)| short(body)))
+        .chain(sent.iter().map(|body| short(body)))
         .collect();
     let mut counts = BTreeMap::new();
     for (body, n) in drain(&cluster, m1, &queue).expect("consuming from the new master") {
@@ -624,6 +646,54 @@ fn master_store_failure_hands_over_zk38() {
     }
     check_exactly_once(
         &format!("store failure on node {m0}, new master {m1}"),
+        &counts,
+        &confirmed,
+        &[],
+    );
+}
+
+/// The master's disk stalls while clients send: every fsync waits (as on a dead SAN path)
+/// while the process, its ZooKeeper session and its sockets stay up, so nothing reports an
+/// error and the election alone would keep it master for ever. After `store.stall_timeout`
+/// (2 s here) it closes its client connections, leaves the cluster and exits with an error
+/// naming the stall; another node is elected, and a failover client's sends go on there.
+/// Every confirmed message is consumed exactly once.
+#[test]
+fn a_master_whose_disk_stalls_leaves_zk38() {
+    const COUNT: usize = 200;
+    let mut cluster = Cluster::start_stallable(ZkVersion::V3_8);
+    let m0 = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let rt = runtime();
+    let client = connect(&rt, &cluster.failover_url());
+    let queue = format!("/queue/{}", unique("disk-stall"));
+    let before = rt.block_on(send_confirmed(&client, &queue, "before", 10));
+    cluster.stall_disk(m0);
+    let sent = send_through_failover(
+        &cluster,
+        &rt,
+        &client,
+        &queue,
+        (0..COUNT).map(|i| format!("s-{i}")),
+        "the disk stall",
+    );
+    assert_left_with_error(
+        &mut cluster,
+        m0,
+        "its disk stalled",
+        &[
+            "the store's disk stalled",
+            "exiting: the store's disk stalled",
+        ],
+    );
+    let m1 = cluster
+        .wait_for_new_master(m0, deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let confirmed: Vec<String> = before.into_iter().chain(sent).collect();
+    let counts = drain(&cluster, m1, &queue).expect("consuming from the new master");
+    check_exactly_once(
+        &format!("disk stall on node {m0}, new master {m1}"),
         &counts,
         &confirmed,
         &[],

@@ -332,7 +332,16 @@ pub struct StoreConfig {
     /// Capped at start to the directory's free space plus what the journal takes.
     #[serde(with = "units::size")]
     pub store_limit: u64,
+    /// How long a journal write or fsync may go unfinished before the disk counts as stalled
+    /// (default 30 s; `"0s"`: never). A cluster node whose disk stalls leaves the cluster and
+    /// exits, so that another node takes over; a standalone one logs it (see
+    /// [`crate::watchdog`]).
+    #[serde(with = "units::duration")]
+    pub stall_timeout: Duration,
 }
+
+/// The default of `store.stall_timeout`.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -341,6 +350,7 @@ impl Default for StoreConfig {
             log_size: 100 * MIB,
             sync: SyncPolicy::default(),
             store_limit: crate::broker::DEFAULT_STORE_LIMIT,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         }
     }
 }
@@ -666,6 +676,16 @@ impl Config {
                     "must not hold spaces or control characters (it is sent in an HTTP header)",
                 ));
             }
+        }
+        if !s.stall_timeout.is_zero() && s.stall_timeout < Duration::from_secs(1) {
+            return Err(invalid(
+                "store.stall_timeout",
+                format!(
+                    "{:?} is too short: \"0s\" (never) or at least 1s (a busy disk takes that \
+                     long now and then; the default is \"30s\")",
+                    s.stall_timeout
+                ),
+            ));
         }
         check_zk_path(&r.zk_path).map_err(|m| invalid("replication.zk_path", m))?;
         if r.zk_session_timeout > MAX_ZK_SESSION_TIMEOUT {
@@ -1065,6 +1085,26 @@ mod tests {
         ] {
             let (err, file) = load_err(&format!("[broker]\n{toml}\n"));
             assert!(err.contains(key) && err.contains(&file), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn stall_timeout_defaults_to_30s_takes_zero_for_never_and_refuses_a_hair_trigger() {
+        assert_eq!(
+            Config::default().store.stall_timeout,
+            Duration::from_secs(30)
+        );
+        let f = toml_file("[store]\nstall_timeout = \"5s\"\n");
+        let c = Config::load_with_env(Some(f.path()), NO_ENV).unwrap();
+        assert_eq!(c.store.stall_timeout, Duration::from_secs(5));
+        let c = Config::load_with_env(None, [("FERROMQ_STORE__STALL_TIMEOUT", "0s")]).unwrap();
+        assert!(c.store.stall_timeout.is_zero(), "\"0s\": never");
+        for (value, says) in [("\"500ms\"", "too short"), ("\"soon\"", "")] {
+            let (err, file) = load_err(&format!("[store]\nstall_timeout = {value}\n"));
+            assert!(
+                err.contains("store.stall_timeout") && err.contains(&file) && err.contains(says),
+                "{value}: {err}"
+            );
         }
     }
 

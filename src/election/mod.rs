@@ -470,11 +470,30 @@ impl Election {
 
     /// Leaves the election: deletes this node's znode and closes the ZooKeeper session.
     pub async fn close(self) {
+        self.leaver().leave().await;
+        let _ = self.task.await;
+    }
+
+    /// A handle that leaves the election as [`Election::close`] does, for a task that does not
+    /// own it (a node whose disk stalled, `crate::watchdog`).
+    pub fn leaver(&self) -> Leaver {
+        Leaver(self.commands.clone())
+    }
+}
+
+/// Leaves the election from outside the lifecycle that owns it ([`Election::leaver`]); the
+/// owner then sees its role end.
+#[derive(Clone)]
+pub struct Leaver(mpsc::UnboundedSender<Command>);
+
+impl Leaver {
+    /// Deletes this node's znode and closes the ZooKeeper session; returns once done (at once
+    /// if the election already ended).
+    pub async fn leave(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Close(tx)).is_ok() {
+        if self.0.send(Command::Close(tx)).is_ok() {
             let _ = rx.await;
         }
-        let _ = self.task.await;
     }
 }
 

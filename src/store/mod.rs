@@ -41,7 +41,7 @@ use tracing::{error, info, warn};
 
 pub use journal::{
     Appended, DurableCallback, Flusher, Frames, Journal, JournalOptions, JournalReader,
-    JournalStats, Records, SegmentInfo, DAMAGED_FILE,
+    JournalStats, Records, SegmentInfo, WriteClock, DAMAGED_FILE,
 };
 pub use record::{
     entry, BodyType, Entry, EpochStart, FrameError, Header, Message, MessageAdd, MessageKey,
@@ -727,6 +727,11 @@ impl Store {
     pub fn disk_bytes(&self) -> u64 {
         let journal = self.journal.stats();
         disk_use(journal.segments, journal.bytes, self.log_size)
+    }
+
+    /// The journal writer's clock, for the disk watchdog (`crate::watchdog`).
+    pub fn write_clock(&self) -> WriteClock {
+        self.journal.write_clock()
     }
 
     /// A handle that reads this store's disk use and written end from any thread, for the

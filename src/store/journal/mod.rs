@@ -56,6 +56,7 @@
 //! carry no information and are deleted. Only a zero-length file is a tombstone: a segment of
 //! zeros before the next one is data lost, and recovery treats it as a corrupt frame.
 
+mod clock;
 mod reader;
 mod recovery;
 mod segment;
@@ -77,6 +78,7 @@ use super::record::{
     check_frame, encode_frame, encoded_body_len, FrameError, Position, Record, MAX_RECORD_LEN,
 };
 use super::StoreError;
+pub use clock::WriteClock;
 pub use reader::{Frames, JournalReader, Records};
 use recovery::recover;
 pub use recovery::DAMAGED_FILE;
@@ -250,6 +252,8 @@ struct Shared {
     ready: Condvar,
     /// The written end, for replication (updated after each write, before the fsync).
     written_watch: tokio::sync::watch::Sender<Position>,
+    /// Since when the writer has been at its current work, for the disk watchdog.
+    clock: WriteClock,
     /// Tests: the writer stops without writing anything more (a killed process).
     #[cfg(test)]
     crashed: AtomicBool,
@@ -460,7 +464,7 @@ impl Journal {
                 .iter()
                 .filter(|(_, state)| matches!(state, SegmentState::Live))
                 .map(|&(start, _)| start);
-            sync_segments(&directory, live)?;
+            sync_segments(&directory, live, || {})?;
         }
         // Every retained segment is durable now, and the writer seals each one it finishes.
         segment::set_sealed(&directory, options.fsync)?;
@@ -483,6 +487,7 @@ impl Journal {
             inbox: Mutex::new(Inbox::default()),
             ready: Condvar::new(),
             written_watch: tokio::sync::watch::channel(Position(recovery.end)).0,
+            clock: WriteClock::default(),
             #[cfg(test)]
             crashed: AtomicBool::new(false),
         });
@@ -667,6 +672,7 @@ impl Journal {
     fn handle_directly(&mut self, command: Command) -> Result<(), StoreError> {
         let mut writer = self.state.lock().unwrap();
         self.check_failed()?;
+        let _busy = self.shared.clock.busy();
         // Commands leave the queue only under the writer's mutex, which this thread holds.
         if !self.shared.inbox.lock().unwrap().commands.is_empty() {
             drop(writer);
@@ -692,6 +698,7 @@ impl Journal {
         }
         let mut writer = self.state.lock().unwrap();
         self.check_failed()?;
+        let _busy = self.shared.clock.busy();
         writer
             .finish_batch()
             .inspect_err(|e| self.shared.fail(e.to_string()))
@@ -704,6 +711,11 @@ impl Journal {
         self.request(|reply| Command::SetFsync { on, reply })?;
         self.fsync = on;
         Ok(())
+    }
+
+    /// The writer's clock, for the disk watchdog: readable while the writer is blocked.
+    pub fn write_clock(&self) -> WriteClock {
+        self.shared.clock.clone()
     }
 
     /// A handle that writes queued appends on the caller's thread when the writer is idle.

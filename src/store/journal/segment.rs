@@ -118,9 +118,11 @@ pub(super) fn set_sealed(directory: &Path, on: bool) -> Result<(), StoreError> {
     sync_directory(directory)
 }
 
+/// Fsyncs the segments at `starts` (calling `synced` after each), then the directory.
 pub(super) fn sync_segments(
     directory: &Path,
     starts: impl IntoIterator<Item = u64>,
+    mut synced: impl FnMut(),
 ) -> Result<(), StoreError> {
     for start in starts {
         let path = segment_path(directory, start);
@@ -129,6 +131,7 @@ pub(super) fn sync_segments(
             .open(&path)
             .map_err(io_error("open to fsync", &path))?;
         file.sync_data().map_err(io_error("fsync", &path))?;
+        synced();
     }
     sync_directory(directory)
 }

@@ -215,6 +215,40 @@ fn deferred_appends_are_written_by_the_flushing_caller_or_the_busy_writer() {
     assert_eq!(all_records(&journal), expected);
 }
 
+/// The writer clock the disk watchdog reads: idle between batches, running while the writer
+/// is held in the middle of its work (as on a disk that stalls), readable meanwhile from
+/// another thread, and idle again once the batch is done.
+#[test]
+fn the_write_clock_runs_while_the_writer_is_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut journal, rx) = open(dir.path(), 1 << 20, true);
+    let clock = journal.write_clock();
+    journal.append(&record(1, 100)).unwrap();
+    wait_durable(&rx, journal.end());
+    journal.wait_writer_asleep();
+    assert_eq!(clock.stalled_for(), None, "an idle writer is not stalled");
+
+    let hold = journal.hold_writer();
+    journal.append(&record(2, 100)).unwrap();
+    let reader = clock.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let seen = std::thread::spawn(move || loop {
+        match reader.stalled_for() {
+            Some(stalled) if stalled >= Duration::from_millis(50) => return stalled,
+            _ if std::time::Instant::now() > deadline => panic!("the clock never ran"),
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    })
+    .join()
+    .unwrap();
+    assert!(seen >= Duration::from_millis(50));
+    drop(hold);
+    wait_durable(&rx, journal.end());
+    journal.wait_writer_asleep();
+    assert_eq!(clock.stalled_for(), None, "the batch is done");
+    journal.close().unwrap();
+}
+
 /// A batch holds at most `MAX_BATCH_BYTES`, or one larger frame alone: recovery takes at most
 /// that much after a bad frame for a torn write. A frame that would pass the bound starts a
 /// batch of its own (it used to join the batch, which could then hold 8 MiB plus a frame of

@@ -119,6 +119,8 @@ impl Writer {
     /// [`MAX_BATCH_BYTES`], the durable end reported after each. Runs under the writer's mutex
     /// (the only place commands leave the queue, so they are handled in queue order).
     pub(super) fn handle_queued(&mut self) -> Result<(), StoreError> {
+        let clock = self.shared.clock.clone();
+        let _busy = clock.busy();
         loop {
             // What was queued while these were handled joins the same batch.
             let commands = std::mem::take(&mut self.shared.inbox.lock().unwrap().commands);
@@ -186,7 +188,10 @@ impl Writer {
                         .filter(|(_, s)| matches!(s.state, SegmentState::Live))
                         .map(|(&start, _)| start)
                         .collect();
-                    sync_segments(&self.shared.directory, live)?;
+                    // Each segment synced is the disk answering (see `WriteClock`): the page cache
+                    // of a slave that wrote without fsync can take long to sync whole.
+                    let clock = &self.shared.clock;
+                    sync_segments(&self.shared.directory, live, || clock.progressed())?;
                 }
                 if on {
                     set_sealed(&self.shared.directory, true)?;
@@ -319,6 +324,7 @@ impl Writer {
         for start in std::mem::take(&mut self.releases) {
             self.release(start)?;
         }
+        self.shared.clock.progressed();
         Ok(())
     }
 

@@ -1,0 +1,91 @@
+//! The writer's clock: since when the journal's writer has been at its current work (a batch's
+//! write and `fdatasync`, a rotation, a truncation) without finishing a batch.
+//!
+//! Whoever holds the writer's mutex for work marks it busy ([`WriteClock::busy`]) and moves it
+//! on at each finished batch ([`WriteClock::progressed`]); the disk watchdog
+//! (`crate::watchdog`) reads it from a thread of its own. It is atomics only: a writer blocked
+//! in the kernel on a stalled disk must never block its reader.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A handle on a journal's writer clock, read from any thread.
+#[derive(Clone, Debug)]
+pub struct WriteClock(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    base: Instant,
+    /// Milliseconds since `base`, plus one, at which the current work began or last finished a
+    /// batch; 0 while the writer is idle.
+    since: AtomicU64,
+}
+
+/// The writer is at work until this is dropped.
+pub(super) struct Busy<'a>(&'a Inner);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.since.store(0, Ordering::Release);
+    }
+}
+
+impl Default for WriteClock {
+    fn default() -> Self {
+        WriteClock(Arc::new(Inner {
+            base: Instant::now(),
+            since: AtomicU64::new(0),
+        }))
+    }
+}
+
+impl Inner {
+    fn now(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    }
+}
+
+impl WriteClock {
+    /// The writer starts work (it holds the writer's mutex); idle again when the guard drops.
+    pub(super) fn busy(&self) -> Busy<'_> {
+        self.0.since.store(self.0.now(), Ordering::Release);
+        Busy(&self.0)
+    }
+
+    /// The writer finished a batch: its work so far did not stall.
+    pub(super) fn progressed(&self) {
+        if self.0.since.load(Ordering::Acquire) != 0 {
+            self.0.since.store(self.0.now(), Ordering::Release);
+        }
+    }
+
+    /// How long the writer has been at work without finishing a batch; `None` while it is idle.
+    pub fn stalled_for(&self) -> Option<Duration> {
+        let since = self.0.since.load(Ordering::Acquire);
+        (since != 0).then(|| Duration::from_millis(self.0.now().saturating_sub(since)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_runs_only_while_the_writer_is_busy_and_restarts_at_each_batch() {
+        let clock = WriteClock::default();
+        assert_eq!(clock.stalled_for(), None);
+        clock.progressed();
+        assert_eq!(clock.stalled_for(), None, "progress while idle is no work");
+        {
+            let _busy = clock.busy();
+            std::thread::sleep(Duration::from_millis(30));
+            let stalled = clock.stalled_for().expect("busy");
+            assert!(stalled >= Duration::from_millis(30), "{stalled:?}");
+            clock.progressed();
+            let restarted = clock.stalled_for().expect("still busy");
+            assert!(restarted < stalled, "{restarted:?} after {stalled:?}");
+        }
+        assert_eq!(clock.stalled_for(), None);
+    }
+}
