@@ -223,19 +223,26 @@ const STALL_EXIT_GRACE: Duration = Duration::from_secs(3);
 /// client connections and leave the election ([`close_on_stall`]), then exits the process,
 /// when that is done or after [`STALL_EXIT_GRACE`]. Only a restart can serve from that store
 /// again: its writer may stay blocked in the kernel, and what it wrote is recovered from disk
-/// as after a kill.
+/// as after a kill. The exit is armed before anything is logged: a log written to a file on the
+/// stalled disk could block the line that says so.
 fn leave_on_stall(
     node: &str,
     stall: Duration,
     stalled: &watch::Sender<Option<String>>,
     left: &std::sync::mpsc::Receiver<()>,
 ) {
+    let armed = std::thread::Builder::new()
+        .name("stall-exit".into())
+        .spawn(|| {
+            std::thread::sleep(STALL_EXIT_GRACE + Duration::from_secs(1));
+            std::process::exit(1);
+        });
     let reason = format!(
-        "its store's disk stalled (a journal write or fsync unfinished for {stall:?}, \
-         store.stall_timeout)"
+        "the store's disk stalled: a journal write or fsync unfinished for {stall:?} \
+         (store.stall_timeout)"
     );
-    tracing::error!(%node, %reason, "leaving the cluster and exiting so that another node takes over");
-    stalled.send_replace(Some(reason));
+    stalled.send_replace(Some(reason.clone()));
+    tracing::error!(%node, %reason, armed = armed.is_ok(), "leaving the cluster and exiting so that another node takes over");
     let closed = left.recv_timeout(STALL_EXIT_GRACE).is_ok();
     tracing::error!(
         %node,

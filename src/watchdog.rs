@@ -14,7 +14,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::store::WriteClock;
 
@@ -65,7 +65,7 @@ impl Drop for DiskWatchdog {
 }
 
 /// The watchdog thread: looks four times per `limit` (at most once a second, at least every
-/// 100 ms) until stopped.
+/// 100 ms) until stopped; a look after a sleep that overran by far is skipped.
 fn watch(
     limit: Duration,
     directory: &Path,
@@ -76,12 +76,21 @@ fn watch(
     let tick = (limit / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut stalled = false;
     while !stop.load(Ordering::Relaxed) {
+        let asleep = Instant::now();
         std::thread::sleep(tick);
+        if asleep.elapsed() > 2 * tick + Duration::from_secs(1) {
+            // The whole process was paused (a VM snapshot, SIGSTOP) or starved: its writer,
+            // paused with it, gets a tick to go on before its clock counts.
+            continue;
+        }
         let current = clock.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let busy = current.and_then(|clock| clock.stalled_for());
         match busy.filter(|&busy| busy >= limit) {
             Some(busy) if !stalled => {
                 stalled = true;
+                // The owner first: a cluster node exits from here, and arms its exit before
+                // logging (a log on the stalled disk could block).
+                on_stall(Some(busy));
                 tracing::error!(
                     directory = %directory.display(),
                     stalled_for = ?busy,
@@ -89,7 +98,6 @@ fn watch(
                      {busy:?} (store.stall_timeout is {limit:?}); nothing can be confirmed until \
                      it does"
                 );
-                on_stall(Some(busy));
             }
             None if stalled => {
                 stalled = false;

@@ -244,17 +244,12 @@ impl Cluster {
     }
 
     /// Like [`start`](Self::start), each node run with a disk that can be made to stall
-    /// ([`crate::stall`]: [`stall_disk`](Self::stall_disk)) and `store.stall_timeout = "2s"`.
+    /// ([`crate::stall`]: [`stall_disk`](Self::stall_disk)) and `store.stall_timeout = "2s"`,
+    /// and a `zk_session_timeout` of 10 s: a node that leaves the election is replaced well
+    /// before its session could expire.
     pub fn start_stallable(version: ZkVersion) -> Cluster {
-        Cluster::start_inner(
-            version,
-            3,
-            3,
-            "",
-            false,
-            "2s",
-            Some(crate::stall::launcher("2s")),
-        )
+        let launcher = Some(crate::stall::launcher("2s"));
+        Cluster::start_inner(version, 3, 3, "", false, "10s", launcher)
     }
 
     /// Stalls node `i`'s disk: its fsyncs wait from now on.

@@ -213,7 +213,11 @@ fn a_stalled_disk_turns_ready_off_until_it_answers() -> Result<()> {
     );
     let (_, text) = http_get(&admin, "/metrics")?;
     assert_eq!(metric(&text, "ferromq_store_stalled"), Some(1), "{text}");
-    assert!(broker.logs_contain("the store's disk stalled"));
+    assert!(
+        wait_until(deadline(FRAME_TIMEOUT), || broker
+            .logs_contain("the store's disk stalled")),
+        "the log never said the disk stalled"
+    );
 
     stall::set_stalled(dir.path(), false);
     producer.wait_receipt(&receipt, FRAME_TIMEOUT)?;

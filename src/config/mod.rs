@@ -332,8 +332,9 @@ pub struct StoreConfig {
     /// Capped at start to the directory's free space plus what the journal takes.
     #[serde(with = "units::size")]
     pub store_limit: u64,
-    /// How long a journal write or fsync may go unfinished before the disk counts as stalled
-    /// (default 30 s; `"0s"`: never). A cluster node whose disk stalls leaves the cluster and
+    /// How long the journal's writer may be at work (a write, an fsync, preparing or releasing
+    /// a segment) without finishing any of it before the disk counts as stalled (default 30 s;
+    /// `"0s"`: never). A cluster node whose disk stalls leaves the cluster and
     /// exits, so that another node takes over; a standalone one logs it (see
     /// [`crate::watchdog`]).
     #[serde(with = "units::duration")]

@@ -2,7 +2,8 @@
 //! write and `fdatasync`, a rotation, a truncation) without finishing a batch.
 //!
 //! Whoever holds the writer's mutex for work marks it busy ([`WriteClock::busy`]) and moves it
-//! on at each finished batch ([`WriteClock::progressed`]); the disk watchdog
+//! on at each finished batch, release, synced segment or preallocated chunk
+//! ([`WriteClock::progressed`]); the disk watchdog
 //! (`crate::watchdog`) reads it from a thread of its own. It is atomics only: a writer blocked
 //! in the kernel on a stalled disk must never block its reader.
 
@@ -53,11 +54,17 @@ impl WriteClock {
         Busy(&self.0)
     }
 
-    /// The writer finished a batch: its work so far did not stall.
+    /// The writer finished a batch, or some other write of this journal finished (the disk
+    /// answers): its work so far did not stall. Nothing while it is idle, even against a
+    /// writer going idle at the same moment on another thread.
     pub(super) fn progressed(&self) {
-        if self.0.since.load(Ordering::Acquire) != 0 {
-            self.0.since.store(self.0.now(), Ordering::Release);
-        }
+        let now = self.0.now();
+        let _ = self
+            .0
+            .since
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |since| {
+                (since != 0).then_some(now)
+            });
     }
 
     /// How long the writer has been at work without finishing a batch; `None` while it is idle.

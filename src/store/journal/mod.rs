@@ -455,7 +455,13 @@ impl Journal {
             .write(true)
             .open(&current_path)
             .map_err(io_error("open for append", &current_path))?;
-        preallocate(&file, options.log_size, &current_path)?;
+        // Not watched yet (the journal's clock is made below): any clock will do.
+        preallocate(
+            &file,
+            options.log_size,
+            &current_path,
+            &WriteClock::default(),
+        )?;
         if options.fsync {
             // A previous run without fsync may have left recovered bytes only in the page cache,
             // in any segment it wrote.
@@ -672,12 +678,13 @@ impl Journal {
     fn handle_directly(&mut self, command: Command) -> Result<(), StoreError> {
         let mut writer = self.state.lock().unwrap();
         self.check_failed()?;
-        let _busy = self.shared.clock.busy();
         // Commands leave the queue only under the writer's mutex, which this thread holds.
         if !self.shared.inbox.lock().unwrap().commands.is_empty() {
             drop(writer);
             return self.send(command);
         }
+        // Only now: the writer thread, woken by the send above, keeps its own clock.
+        let _busy = self.shared.clock.busy();
         writer
             .handle(command)
             .inspect_err(|e| self.shared.fail(e.to_string()))

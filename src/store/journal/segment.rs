@@ -16,7 +16,7 @@ use tracing::warn;
 #[cfg(windows)]
 pub(super) use windows_io::FileExt;
 
-use super::io_error;
+use super::{io_error, WriteClock};
 use crate::store::record::Position;
 use crate::store::StoreError;
 /// The file name of the segment starting at `start`.
@@ -39,7 +39,14 @@ pub(super) fn parse_segment_name(name: &str) -> Option<u64> {
 /// Extends `file` to `len` bytes of written zeros (never shrinks it). Zeros are written, not
 /// `fallocate`d: overwriting an unwritten extent makes every later `fdatasync` update extent
 /// metadata too, which costs a third more per fsync on ext4 (see the journal's module docs).
-pub(super) fn preallocate(file: &File, len: u64, path: &Path) -> Result<(), StoreError> {
+/// Each 256 KiB written moves `clock` on: the disk is answering (a large `log_size` on a slow
+/// disk takes a while once the page cache throttles the writes).
+pub(super) fn preallocate(
+    file: &File,
+    len: u64,
+    path: &Path,
+    clock: &WriteClock,
+) -> Result<(), StoreError> {
     let size = file.metadata().map_err(io_error("stat", path))?.len();
     static ZEROS: [u8; 256 << 10] = [0; 256 << 10];
     let mut at = size;
@@ -48,6 +55,7 @@ pub(super) fn preallocate(file: &File, len: u64, path: &Path) -> Result<(), Stor
         file.write_all_at(&ZEROS[..n], at)
             .map_err(io_error("preallocate", path))?;
         at += n as u64;
+        clock.progressed();
     }
     Ok(())
 }
@@ -63,6 +71,7 @@ pub(super) fn prepare_spare(
     directory: &Path,
     len: u64,
     fsync: bool,
+    clock: WriteClock,
 ) -> Option<JoinHandle<Result<File, StoreError>>> {
     let path = directory.join(SPARE_FILE);
     let prepare = move || {
@@ -75,7 +84,8 @@ pub(super) fn prepare_spare(
             .create_new(true)
             .open(&path)
             .map_err(io_error("create", &path))?;
-        preallocate(&file, len, &path)?;
+        // A writer waiting for it at rotation sees the disk answer as it is written.
+        preallocate(&file, len, &path, &clock)?;
         if fsync {
             file.sync_data().map_err(io_error("fsync", &path))?;
         }

@@ -65,6 +65,7 @@ impl Writer {
         file_start: u64,
         end: u64,
     ) -> Writer {
+        let clock = shared.clock.clone();
         Writer {
             shared,
             fsync: options.fsync,
@@ -79,7 +80,7 @@ impl Writer {
             unsynced: false,
             directory_dirty: false,
             releases: Vec::new(),
-            spare: prepare_spare(&options.directory, options.log_size, options.fsync),
+            spare: prepare_spare(&options.directory, options.log_size, options.fsync, clock),
         }
     }
 
@@ -249,7 +250,12 @@ impl Writer {
         ))?;
         let path = segment_path(&self.shared.directory, start);
         let file = self.take_spare(&path)?;
-        self.spare = prepare_spare(&self.shared.directory, self.log_size, self.fsync);
+        self.spare = prepare_spare(
+            &self.shared.directory,
+            self.log_size,
+            self.fsync,
+            self.shared.clock.clone(),
+        );
         let previous = std::mem::replace(&mut self.file, file);
         if self.fsync {
             // Sealed before a byte of the next segment is written: a power loss tears only the
@@ -292,7 +298,7 @@ impl Writer {
             .create_new(true)
             .open(path)
             .map_err(io_error("create segment", path))?;
-        preallocate(&file, self.log_size, path)?;
+        preallocate(&file, self.log_size, path, &self.shared.clock)?;
         Ok(file)
     }
 
@@ -321,10 +327,13 @@ impl Writer {
             self.shared.durable.store(self.end, Ordering::Release);
             (self.on_durable)(Position(self.end));
         }
+        self.shared.clock.progressed();
         for start in std::mem::take(&mut self.releases) {
             self.release(start)?;
+            // A delete and a directory sync each: hundreds of them (a purged backlog) take a
+            // while on a healthy disk.
+            self.shared.clock.progressed();
         }
-        self.shared.clock.progressed();
         Ok(())
     }
 
@@ -430,7 +439,7 @@ impl Writer {
         self.file
             .set_len(position - containing)
             .map_err(io_error("truncate", &path))?;
-        preallocate(&self.file, self.log_size, &path)?;
+        preallocate(&self.file, self.log_size, &path, &self.shared.clock)?;
         // Always synced: new frames must never land before stale ones in a file whose
         // truncation was lost.
         self.file.sync_all().map_err(io_error("fsync", &path))?;
@@ -473,7 +482,7 @@ impl Writer {
             .map_err(io_error("create segment", &path))?;
         map.insert(start, Segment::new(SegmentState::Live));
         drop(map);
-        preallocate(&self.file, self.log_size, &path)?;
+        preallocate(&self.file, self.log_size, &path, &self.shared.clock)?;
         self.file.sync_all().map_err(io_error("fsync", &path))?;
         sync_directory(&directory)?;
         self.file_start = start;
