@@ -175,20 +175,20 @@ fn journal_segments(cluster: &Cluster, i: usize) -> Vec<std::path::PathBuf> {
 
 /// Sends persistent messages `"{prefix}-{i}"` with the raw client, one at a time, each waiting
 /// for its RECEIPT, until a send fails (an ERROR, the connection closed); counts them in `sent`.
-/// Returns the bodies confirmed.
+/// Returns the bodies confirmed, each with when its RECEIPT was read.
 fn send_until_refused(
     mut client: StompClient,
     queue: &str,
     prefix: &str,
     sent: &AtomicUsize,
-) -> Vec<String> {
+) -> Vec<(String, Instant)> {
     let mut confirmed = Vec::new();
     for i in 0.. {
         let body = format!("{prefix}-{i}");
         if client.send_persistent(queue, body.as_bytes()).is_err() {
             break;
         }
-        confirmed.push(body);
+        confirmed.push((body, Instant::now()));
         sent.fetch_add(1, Ordering::SeqCst);
     }
     confirmed
@@ -1137,7 +1137,9 @@ fn paused_master_is_fenced(version: ZkVersion) {
 /// no slave can refuse the stale master's records: its lease on the epoch (lapsed while it was
 /// paused) is what keeps it from confirming once it resumes, before it learns that its session
 /// expired. Each node warns that two nodes with `replicas = 1` can lose confirmed messages in
-/// a failover (a confirmation waits for no slave).
+/// a failover (a confirmation waits for no slave): a message confirmed just before the pause,
+/// which the slave had not copied yet, may be missing (seen in CI on a loaded machine); one
+/// confirmed after it never.
 #[test]
 fn paused_master_of_a_pair_with_one_replica_is_fenced_zk38() {
     let version = ZkVersion::V3_8;
@@ -1212,6 +1214,8 @@ fn paused_master_confirms_nothing(version: ZkVersion, mut cluster: Cluster) {
     let stale = vec!["stale-1".to_string(), "stale-2".to_string()];
     let written_paused = old.send_frame(&stale_frame(&stale[0]));
     let from = cluster.log_len(m);
+    // Every RECEIPT read before this was sent before the pause.
+    let resumed = Instant::now();
     cluster.sigcont(m);
     let written_resumed = old.send_frame(&stale_frame(&stale[1]));
     let written = (written_paused, written_resumed);
@@ -1242,8 +1246,19 @@ fn paused_master_confirms_nothing(version: ZkVersion, mut cluster: Cluster) {
         }
     };
     eprintln!("{version:?}: the stale master's client got: {answer}");
+    // With one replica a master confirms on its own fsync, before its slave need have copied
+    // the record (each node warns of it): in a pair, what was confirmed before the pause may
+    // be lost with the failover. What the resumed master confirmed must never be.
+    let pair = cluster.nodes.len() == 2;
+    let mut may_be_lost = Vec::new();
     for stream in streams {
-        confirmed.extend(stream.join().expect("a streaming producer"));
+        for (body, at) in stream.join().expect("a streaming producer") {
+            if pair && at < resumed {
+                may_be_lost.push(body);
+            } else {
+                confirmed.push(body);
+            }
+        }
     }
     eprintln!(
         "{version:?}: the streaming producers had {} sends confirmed",
@@ -1304,6 +1319,17 @@ fn paused_master_confirms_nothing(version: ZkVersion, mut cluster: Cluster) {
         &confirmed,
         &stale,
     );
+    if pair {
+        let lost = may_be_lost
+            .iter()
+            .filter(|b| !counts.contains_key(b.as_str()))
+            .count();
+        eprintln!(
+            "{version:?}: of {} messages the paused master confirmed before the pause, its slave \
+             had not copied {lost} (replicas = 1 waits for no slave)",
+            may_be_lost.len()
+        );
+    }
 }
 
 // ----- 6b. a master cut off from ZooKeeper ---------------------------------------------------------
