@@ -237,10 +237,7 @@ fn leave_on_stall(
             std::thread::sleep(STALL_EXIT_GRACE + Duration::from_secs(1));
             std::process::exit(1);
         });
-    let reason = format!(
-        "the store's disk stalled: a journal write or fsync unfinished for {stall:?} \
-         (store.stall_timeout)"
-    );
+    let reason = crate::watchdog::stall_reason(stall);
     stalled.send_replace(Some(reason.clone()));
     tracing::error!(%node, %reason, armed = armed.is_ok(), "leaving the cluster and exiting so that another node takes over");
     let closed = left.recv_timeout(STALL_EXIT_GRACE).is_ok();

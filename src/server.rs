@@ -315,12 +315,7 @@ impl Node {
             config.store.stall_timeout,
             &config.store.directory,
             Box::new(move |stall| {
-                status.set_store_stall(stall.map(|stall| {
-                    format!(
-                        "the store's disk stalled: a journal write or fsync unfinished for \
-                         {stall:?} (store.stall_timeout)"
-                    )
-                }))
+                status.set_store_stall(stall.map(crate::watchdog::stall_reason));
             }),
         );
         watchdog.watch(write_clock);

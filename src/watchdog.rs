@@ -22,6 +22,15 @@ use crate::store::WriteClock;
 /// `None` if it answers again.
 pub type OnStall = Box<dyn FnMut(Option<Duration>) + Send>;
 
+/// Why a node whose writer made no progress for `stall` counts its disk as stalled, for its
+/// log lines and the admin endpoint.
+pub fn stall_reason(stall: Duration) -> String {
+    format!(
+        "the store's disk stalled: the journal's writer (a write, an fsync, a segment's \
+         preparation or release) made no progress for {stall:?} (store.stall_timeout)"
+    )
+}
+
 /// Watches the write clock of the store a node has open (the last one given to
 /// [`DiskWatchdog::watch`]); stops when dropped.
 pub struct DiskWatchdog {
@@ -93,10 +102,8 @@ fn watch(
                 on_stall(Some(busy));
                 tracing::error!(
                     directory = %directory.display(),
-                    stalled_for = ?busy,
-                    "the store's disk stalled: a journal write or fsync has not finished for \
-                     {busy:?} (store.stall_timeout is {limit:?}); nothing can be confirmed until \
-                     it does"
+                    "{}; nothing can be confirmed until it answers",
+                    stall_reason(busy)
                 );
             }
             None if stalled => {

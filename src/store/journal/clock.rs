@@ -18,8 +18,8 @@ pub struct WriteClock(Arc<Inner>);
 #[derive(Debug)]
 struct Inner {
     base: Instant,
-    /// Milliseconds since `base`, plus one, at which the current work began or last finished a
-    /// batch; 0 while the writer is idle.
+    /// Milliseconds since `base`, plus one, at which the current work began or last made
+    /// progress; 0 while the writer is idle.
     since: AtomicU64,
 }
 

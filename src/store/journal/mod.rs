@@ -683,7 +683,8 @@ impl Journal {
             drop(writer);
             return self.send(command);
         }
-        // Only now: the writer thread, woken by the send above, keeps its own clock.
+        // Busy only once this thread writes: a command handed to the writer thread above runs
+        // under that thread's own busy mark, which this one's end would otherwise clear.
         let _busy = self.shared.clock.busy();
         writer
             .handle(command)
