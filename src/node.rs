@@ -174,7 +174,7 @@ pub async fn run_cluster(config: Config, shutdown: impl Future<Output = ()>) -> 
     tracing::info!(%node, epoch = log.epoch, position = log.position, "role change: candidate (joined the election)");
     let _stall_exit = AbortOnDrop(tokio::spawn(close_on_stall(
         stalled,
-        listeners.mode_setter(),
+        listeners.closer(),
         election.leaver(),
         left_tx,
     )));
@@ -235,7 +235,7 @@ fn leave_on_stall(
         .name("stall-exit".into())
         .spawn(|| {
             std::thread::sleep(STALL_EXIT_GRACE + Duration::from_secs(1));
-            std::process::exit(1);
+            exit_now();
         });
     let reason = crate::watchdog::stall_reason(stall);
     stalled.send_replace(Some(reason.clone()));
@@ -249,12 +249,26 @@ fn leave_on_stall(
     std::process::exit(1);
 }
 
-/// Waits for the disk watchdog to report a stall ([`leave_on_stall`]), then refuses clients
-/// (closing every connection, so that failover clients move on at once), leaves the election
-/// (its znode deleted, so that the others elect at once) and tells the watchdog's thread.
+/// Ends the process at once with status 1, running no exit handler (any could wait on what
+/// is stuck).
+fn exit_now() -> ! {
+    #[cfg(unix)]
+    // SAFETY: `_exit` ends the process; no Rust state is used afterwards.
+    unsafe {
+        libc::_exit(1)
+    }
+    #[cfg(not(unix))]
+    std::process::exit(1)
+}
+
+/// Waits for the disk watchdog to report a stall ([`leave_on_stall`]), then closes the client
+/// ports for good (every connection closed, every new one refused at connect, so that failover
+/// clients move on at once; a port left listening by a process whose exit waits on the disk
+/// would hold them instead), leaves the election (its znode deleted, so that the others elect
+/// at once) and tells the watchdog's thread.
 async fn close_on_stall(
     mut stalled: watch::Receiver<Option<String>>,
-    mode: watch::Sender<Mode>,
+    ports: crate::server::PortCloser,
     election: crate::election::Leaver,
     left: std::sync::mpsc::Sender<()>,
 ) {
@@ -262,9 +276,7 @@ async fn close_on_stall(
         return;
     };
     let reason = reason.unwrap_or_default();
-    mode.send_replace(Mode::Refuse(format!(
-        "the node is leaving the cluster: {reason}"
-    )));
+    ports.close(format!("the node is leaving the cluster: {reason}"));
     let _ = tokio::time::timeout(STALL_EXIT_GRACE, election.leave()).await;
     let _ = left.send(());
 }

@@ -65,6 +65,9 @@ pub enum Mode {
 pub struct Listeners {
     pub addresses: Vec<SocketAddr>,
     mode: watch::Sender<Mode>,
+    /// Set once the node closed its client ports for good ([`PortCloser`]): later modes are
+    /// ignored.
+    closed_for_good: Arc<std::sync::atomic::AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Connectors that should listen and cannot (their port was taken while this node did not
     /// listen, as a slave), with the last error.
@@ -138,6 +141,7 @@ impl Listeners {
         Ok(Listeners {
             addresses,
             mode: mode_tx,
+            closed_for_good: Arc::default(),
             tasks,
             bind_failures,
         })
@@ -156,13 +160,26 @@ impl Listeners {
 
     /// Switches every listener to `mode`, closing the connections of the previous mode.
     pub fn set_mode(&self, mode: Mode) {
-        self.mode.send_replace(mode);
+        // Under the watch's lock, as `PortCloser::close` sets the flag: never after it.
+        self.mode.send_if_modified(|current| {
+            if self
+                .closed_for_good
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                return false;
+            }
+            *current = mode;
+            true
+        });
     }
 
-    /// A handle that sets the mode as [`Listeners::set_mode`] does, for a task that does not
-    /// own the listeners (a node whose disk stalled, `crate::watchdog`).
-    pub fn mode_setter(&self) -> watch::Sender<Mode> {
-        self.mode.clone()
+    /// A handle that closes the client ports for good, for a task that does not own the
+    /// listeners (a node whose disk stalled, `crate::node`).
+    pub fn closer(&self) -> PortCloser {
+        PortCloser {
+            mode: self.mode.clone(),
+            closed_for_good: self.closed_for_good.clone(),
+        }
     }
 
     /// Follows the mode (the admin endpoint reads whether, and with which core, this node
@@ -201,6 +218,25 @@ pub(crate) async fn start_admin(
     let (_, task) =
         crate::admin::serve(bind.as_str(), status.clone(), listeners.mode(), token).await?;
     Ok(Some(AbortOnDrop(task)))
+}
+
+/// Closes a node's client ports for good ([`Listeners::closer`]).
+pub struct PortCloser {
+    mode: watch::Sender<Mode>,
+    closed_for_good: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PortCloser {
+    /// Every client connection is closed and every client port stops listening (a connection
+    /// is refused, and a client tries its next address at once), whatever mode the node's
+    /// lifecycle sets afterwards.
+    pub fn close(&self, reason: String) {
+        self.mode.send_modify(|current| {
+            self.closed_for_good
+                .store(true, std::sync::atomic::Ordering::Release);
+            *current = Mode::Closed(reason);
+        });
+    }
 }
 
 impl Drop for Listeners {
@@ -896,6 +932,35 @@ mod tests {
         assert!(text.contains("no quorum"), "{text}");
     }
 
+    /// Polls until a connection to `address` is refused at connect (the port does not listen).
+    async fn refused_within_10s(address: SocketAddr) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match TcpStream::connect(address).await {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+                other => assert!(Instant::now() < deadline, "still accepting: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A node leaving for good (its disk stalled) closes its client ports through a
+    /// `PortCloser`: connections are refused at connect, and a mode its lifecycle sets
+    /// afterwards (stepping down: "electing") does not open them again.
+    #[tokio::test]
+    async fn ports_closed_for_good_stay_closed_whatever_the_lifecycle_sets() {
+        let (listeners, address) = listening_on_a_free_port(Mode::Refuse("no quorum".into())).await;
+        listeners
+            .closer()
+            .close("the node is leaving the cluster".into());
+        listeners.set_mode(Mode::Electing("stepped down".into()));
+        assert!(
+            matches!(&*listeners.mode().borrow(), Mode::Closed(reason) if reason.contains("leaving")),
+            "a later mode replaced the closed one"
+        );
+        refused_within_10s(address).await;
+    }
+
     /// A slave's closed client port refuses clients but stays bound, so that no outgoing
     /// connection of the machine is given it as its own port; elected, the node listens on it.
     #[tokio::test]
@@ -903,14 +968,7 @@ mod tests {
         // Closed from the start, so no connection is ever accepted: no socket but the
         // reservation can be left on the port when it is checked below.
         let (listeners, address) = listening_on_a_free_port(Mode::Closed("a slave".into())).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match TcpStream::connect(address).await {
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
-                other => assert!(Instant::now() < deadline, "still accepting: {other:?}"),
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        refused_within_10s(address).await;
         // What the system does to give an outgoing connection a port of its own.
         let outgoing = TcpSocket::new_v4().unwrap();
         let taken = outgoing.bind(address);

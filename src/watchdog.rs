@@ -74,7 +74,7 @@ impl Drop for DiskWatchdog {
 }
 
 /// The watchdog thread: looks four times per `limit` (at most once a second, at least every
-/// 100 ms) until stopped; a look after a sleep that overran by far is skipped.
+/// 100 ms) until stopped; after a sleep that overran by far, a stall counts from its end.
 fn watch(
     limit: Duration,
     directory: &Path,
@@ -84,16 +84,19 @@ fn watch(
 ) {
     let tick = (limit / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut stalled = false;
+    // The end of the last sleep that overran by far: the whole process was paused (a VM
+    // snapshot, SIGSTOP) or starved, its writer with it, so a stall counts from then at most.
+    let mut resumed: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         let asleep = Instant::now();
         std::thread::sleep(tick);
         if asleep.elapsed() > 2 * tick + Duration::from_secs(1) {
-            // The whole process was paused (a VM snapshot, SIGSTOP) or starved: its writer,
-            // paused with it, gets a tick to go on before its clock counts.
-            continue;
+            resumed = Some(Instant::now());
         }
         let current = clock.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let busy = current.and_then(|clock| clock.stalled_for());
+        let busy = current
+            .and_then(|clock| clock.stalled_for())
+            .map(|busy| resumed.map_or(busy, |resumed| busy.min(resumed.elapsed())));
         match busy.filter(|&busy| busy >= limit) {
             Some(busy) if !stalled => {
                 stalled = true;

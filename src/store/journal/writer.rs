@@ -325,7 +325,8 @@ impl Writer {
             self.shared.batches.fetch_add(1, Ordering::Relaxed);
             self.reported = self.end;
             self.shared.durable.store(self.end, Ordering::Release);
-            (self.on_durable)(Position(self.end));
+            let end = Position(self.end);
+            self.shared.clock.outside(|| (self.on_durable)(end));
         }
         self.shared.clock.progressed();
         for start in std::mem::take(&mut self.releases) {
@@ -425,6 +426,7 @@ impl Writer {
             }
             let path = segment_path(&directory, start);
             fs::remove_file(&path).map_err(io_error("delete", &path))?;
+            self.shared.clock.progressed();
         }
         if containing != self.file_start {
             let path = segment_path(&directory, containing);
@@ -452,7 +454,9 @@ impl Writer {
         self.shared.written_watch.send_replace(Position(position));
         // Whoever counts this journal's durable end (a master's quorum, once this node is
         // elected) must not go on counting the records cut.
-        (self.on_durable)(Position(position));
+        self.shared
+            .clock
+            .outside(|| (self.on_durable)(Position(position)));
         info!(file = %path.display(), position, "journal truncated");
         Ok(())
     }
@@ -473,6 +477,7 @@ impl Writer {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_error("delete", &path)(e)),
             }
+            self.shared.clock.progressed();
         }
         let path = segment_path(&directory, start);
         self.file = OpenOptions::new()
@@ -496,7 +501,9 @@ impl Writer {
         self.shared.written.store(start, Ordering::Release);
         self.shared.durable.store(start, Ordering::Release);
         self.shared.written_watch.send_replace(Position(start));
-        (self.on_durable)(Position(start));
+        self.shared
+            .clock
+            .outside(|| (self.on_durable)(Position(start)));
         info!(file = %path.display(), start, "journal reset");
         Ok(())
     }
