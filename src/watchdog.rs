@@ -1,8 +1,9 @@
-//! The disk watchdog: notices a store whose disk stopped answering. A journal write or
-//! `fdatasync` that has not finished after `store.stall_timeout` (a dead SAN path, a hung NFS
-//! mount, a failing disk retrying for minutes) returns no error for the journal to report, and
-//! a master stuck on it would keep its ZooKeeper session, and so its role, while confirming
-//! nothing.
+//! The disk watchdog: notices a store whose disk stopped answering, when the journal's writer
+//! has made no progress for `store.stall_timeout`. A write or `fdatasync` that never returns (a
+//! dead SAN path, a hung NFS mount, a failing disk retrying for minutes) gives the journal no
+//! error to report, and a master stuck on it would keep its ZooKeeper session, and so its role,
+//! while confirming nothing. Reads, and a store being opened, taken over or closed, are not
+//! watched.
 //!
 //! It owns one thread, which reads only the journal's [`WriteClock`] (atomics), so that a
 //! runtime whose workers are blocked on that disk cannot hold it up. What a stall leads to is
