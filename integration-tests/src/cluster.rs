@@ -244,12 +244,16 @@ impl Cluster {
     }
 
     /// Like [`start`](Self::start), each node run with a disk that can be made to stall
-    /// ([`crate::stall`]: [`stall_disk`](Self::stall_disk)) and `store.stall_timeout = "2s"`,
+    /// ([`crate::stall`]: [`stall_disk`](Self::stall_disk)), `store.stall_timeout = "2s"`,
+    /// `store.sync = sync` (`"quorum_disk"`: slaves fsync too, so a slave's disk can stall)
     /// and a `zk_session_timeout` of 10 s: a node that leaves the election is replaced well
     /// before its session could expire.
-    pub fn start_stallable(version: ZkVersion) -> Cluster {
-        let launcher = Some(crate::stall::launcher("2s"));
-        Cluster::start_inner(version, 3, 3, "", false, "10s", launcher)
+    pub fn start_stallable(version: ZkVersion, sync: &str) -> Cluster {
+        let mut launcher = crate::stall::launcher("2s");
+        launcher
+            .env
+            .push(("FERROMQ_STORE__SYNC".into(), sync.into()));
+        Cluster::start_inner(version, 3, 3, "", false, "10s", Some(launcher))
     }
 
     /// Stalls node `i`'s disk: its fsyncs wait from now on.

@@ -654,7 +654,7 @@ fn master_store_failure_hands_over_zk38() {
 #[test]
 fn a_master_whose_disk_stalls_leaves_zk38() {
     const COUNT: usize = 200;
-    let mut cluster = Cluster::start_stallable(ZkVersion::V3_8);
+    let mut cluster = Cluster::start_stallable(ZkVersion::V3_8, "local_disk");
     let m0 = cluster
         .wait_for_master(deadline(ELECTION))
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -698,6 +698,43 @@ fn a_master_whose_disk_stalls_leaves_zk38() {
     let counts = drain(&cluster, m1, &queue).expect("consuming from the new master");
     check_exactly_once(
         &format!("disk stall on node {m0}, new master {m1}"),
+        &counts,
+        &confirmed,
+        &[],
+    );
+}
+
+/// A slave's disk stalls (`sync = "quorum_disk"`: slaves fsync what they copy): it leaves the
+/// cluster and exits with an error naming the stall, while the master stays master and goes on
+/// confirming with the other slave. Every confirmed message is consumed exactly once.
+#[test]
+fn a_slave_whose_disk_stalls_leaves_and_the_master_goes_on_zk38() {
+    let mut cluster = Cluster::start_stallable(ZkVersion::V3_8, "quorum_disk");
+    let m = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let s = (m + 1) % 3;
+    let rt = runtime();
+    let client = connect(&rt, &cluster.failover_url());
+    let queue = format!("/queue/{}", unique("slave-disk-stall"));
+    let mut confirmed = rt.block_on(send_confirmed(&client, &queue, "before", 10));
+    cluster.stall_disk(s);
+    // Its next fsync (of what it copies from these) waits; the other slave acknowledges them.
+    confirmed.extend(rt.block_on(send_confirmed(&client, &queue, "during", 20)));
+    assert_left_with_error(
+        &mut cluster,
+        s,
+        "its disk stalled",
+        &[
+            "the store's disk stalled",
+            "exiting: the store's disk stalled",
+        ],
+    );
+    assert_stays_master(&cluster, m);
+    confirmed.extend(rt.block_on(send_confirmed(&client, &queue, "after", 10)));
+    let counts = drain(&cluster, m, &queue).expect("consuming from the master");
+    check_exactly_once(
+        &format!("disk stall on slave {s}, master {m}"),
         &counts,
         &confirmed,
         &[],
