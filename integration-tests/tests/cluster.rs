@@ -175,7 +175,7 @@ fn journal_segments(cluster: &Cluster, i: usize) -> Vec<std::path::PathBuf> {
 
 /// Sends persistent messages `"{prefix}-{i}"` with the raw client, one at a time, each waiting
 /// for its RECEIPT, until a send fails (an ERROR, the connection closed); counts them in `sent`.
-/// Returns the bodies confirmed, each with when its RECEIPT was read.
+/// Returns the bodies confirmed, each with when its SEND was written.
 fn send_until_refused(
     mut client: StompClient,
     queue: &str,
@@ -185,10 +185,11 @@ fn send_until_refused(
     let mut confirmed = Vec::new();
     for i in 0.. {
         let body = format!("{prefix}-{i}");
+        let sent_at = Instant::now();
         if client.send_persistent(queue, body.as_bytes()).is_err() {
             break;
         }
-        confirmed.push((body, Instant::now()));
+        confirmed.push((body, sent_at));
         sent.fetch_add(1, Ordering::SeqCst);
     }
     confirmed
@@ -1174,9 +1175,9 @@ fn paused_master_is_fenced(version: ZkVersion) {
 /// no slave can refuse the stale master's records: its lease on the epoch (lapsed while it was
 /// paused) is what keeps it from confirming once it resumes, before it learns that its session
 /// expired. Each node warns that two nodes with `replicas = 1` can lose confirmed messages in
-/// a failover (a confirmation waits for no slave): a message confirmed just before the pause,
-/// which the slave had not copied yet, may be missing (seen in CI on a loaded machine); one
-/// confirmed after it never.
+/// a failover (a confirmation waits for no slave): a message sent before the pause, confirmed
+/// then while the slave had not copied it yet, may be missing (seen in CI on a loaded machine,
+/// its RECEIPT written once the master resumed); one sent after it never.
 #[test]
 fn paused_master_of_a_pair_with_one_replica_is_fenced_zk38() {
     let version = ZkVersion::V3_8;
@@ -1251,7 +1252,8 @@ fn paused_master_confirms_nothing(version: ZkVersion, mut cluster: Cluster) {
     let stale = vec!["stale-1".to_string(), "stale-2".to_string()];
     let written_paused = old.send_frame(&stale_frame(&stale[0]));
     let from = cluster.log_len(m);
-    // Every RECEIPT read before this was sent before the pause.
+    // A SEND written before this may have been confirmed before the pause, its RECEIPT
+    // written only once the master resumed.
     let resumed = Instant::now();
     cluster.sigcont(m);
     let written_resumed = old.send_frame(&stale_frame(&stale[1]));
@@ -1284,8 +1286,10 @@ fn paused_master_confirms_nothing(version: ZkVersion, mut cluster: Cluster) {
     };
     eprintln!("{version:?}: the stale master's client got: {answer}");
     // With one replica a master confirms on its own fsync, before its slave need have copied
-    // the record (each node warns of it): in a pair, what was confirmed before the pause may
-    // be lost with the failover. What the resumed master confirmed must never be.
+    // the record (each node warns of it): in a pair, what was sent before the pause may have
+    // been confirmed then and be lost with the failover, even when its RECEIPT came after
+    // the resumption (seen in CI). A send the resumed master read must never be confirmed and
+    // lost (the stale frames below, and the streams' sends after `resumed`).
     let pair = cluster.nodes.len() == 2;
     let mut may_be_lost = Vec::new();
     for stream in streams {
@@ -1846,6 +1850,7 @@ fn zookeeper_leader_killed_zk38() {
     let sends = Background::start(&cluster, queue, "z");
     sends.wait_more(100, ELECTION, "before the ZooKeeper leader is killed");
     let leader = cluster.zk.leader().expect("a ZooKeeper leader");
+    let before_kill: Vec<usize> = (0..3).map(|i| cluster.log_len(i)).collect();
     let killed = Instant::now();
     cluster.zk.kill(leader);
     assert!(
@@ -1863,6 +1868,22 @@ fn zookeeper_leader_killed_zk38() {
         cluster.nodes[m].role_changes().len()
     );
     let confirmed = sends.finish("ZooKeeper leader killed");
+    // Every node back in ZooKeeper first: a master still within its grace (it steps down
+    // unless reconnected within half its session) may yet step down under the drain.
+    assert!(
+        wait_until(deadline(ELECTION), || (0..3).all(|i| {
+            let logs = cluster.logs_since(i, before_kill[i]);
+            logs.iter()
+                .rposition(|l| l.contains("disconnected from ZooKeeper"))
+                .is_none_or(|d| {
+                    logs[d..].iter().any(|l| {
+                        l.contains("reconnected to ZooKeeper") || l.contains("registered as")
+                    })
+                })
+        })),
+        "the nodes did not all reach ZooKeeper again\n{}",
+        cluster.describe()
+    );
     let n = cluster
         .wait_for_master(deadline(ELECTION))
         .unwrap_or_else(|e| panic!("{e:#}"));
