@@ -103,6 +103,9 @@ pub struct Status {
     store: Mutex<Option<StoreGauge>>,
     /// Why the store's disk counts as stalled, while it does (see [`crate::watchdog`]).
     store_stall: Mutex<Option<String>>,
+    /// Stalls seen since start: the endpoint may not answer during one (a runtime worker can
+    /// be blocked on that disk), so a monitor also sees it afterwards.
+    store_stalls: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Status {
@@ -126,11 +129,16 @@ impl Status {
             replication: Mutex::new(None),
             store: Mutex::new(None),
             store_stall: Mutex::new(None),
+            store_stalls: Default::default(),
         })
     }
 
     /// The store's disk stalled (`Some(why)`), or answers again (`None`).
     pub fn set_store_stall(&self, stall: Option<String>) {
+        if stall.is_some() {
+            self.store_stalls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         *self.store_stall.lock().unwrap_or_else(|p| p.into_inner()) = stall;
     }
 
@@ -382,6 +390,8 @@ struct View {
     store_failure: Option<String>,
     /// Why the store's disk counts as stalled, while it does.
     store_stall: Option<String>,
+    /// Stalls seen since start.
+    store_stalls: u64,
     /// The journal's end: the serving node's current one, else where the role began.
     position: u64,
     /// A master's slaves.
@@ -416,6 +426,9 @@ impl View {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            store_stalls: status
+                .store_stalls
+                .load(std::sync::atomic::Ordering::Relaxed),
             replication: status.replication(),
             store,
             position,
@@ -703,6 +716,12 @@ fn metrics(view: &View) -> String {
         "1 while a journal write or fsync has been unfinished for store.stall_timeout",
         "gauge",
         &[(String::new(), u64::from(view.store_stall.is_some()))],
+    );
+    gauge(
+        "ferromq_store_stalls_total",
+        "Disk stalls seen since start (the endpoint may not answer during one)",
+        "counter",
+        &[(String::new(), view.store_stalls)],
     );
     gauge(
         "ferromq_epoch",
@@ -1009,6 +1028,7 @@ mod tests {
             refusal: (!serving).then(|| "a master serves elsewhere".into()),
             store_failure: None,
             store_stall: None,
+            store_stalls: 0,
             position: 42,
             replication: None,
             store: None,
