@@ -397,9 +397,11 @@ impl Flusher {
         if self.shared.failed.load(Ordering::Acquire) {
             return;
         }
+        let busy = self.shared.clock.busy();
         if let Err(e) = writer.handle_queued() {
             self.shared.fail(e.to_string());
         }
+        drop(busy);
         drop(writer);
         // Whatever was queued while this batch was written (its senders found the mutex taken)
         // goes to the thread. Looked at after the unlock: a sender that found the mutex free

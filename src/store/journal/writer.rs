@@ -109,6 +109,7 @@ impl Writer {
                 }
             }
             let mut writer = state.lock().unwrap();
+            let _busy = shared.clock.busy();
             if let Err(e) = writer.handle_queued() {
                 shared.fail(e.to_string());
                 return;
@@ -118,10 +119,9 @@ impl Writer {
 
     /// Handles every queued command: one write and one fsync per batch of up to
     /// [`MAX_BATCH_BYTES`], the durable end reported after each. Runs under the writer's mutex
-    /// (the only place commands leave the queue, so they are handled in queue order).
+    /// (the only place commands leave the queue, so they are handled in queue order), with the
+    /// writer's clock marked busy by the caller.
     pub(super) fn handle_queued(&mut self) -> Result<(), StoreError> {
-        let clock = self.shared.clock.clone();
-        let _busy = clock.busy();
         loop {
             // What was queued while these were handled joins the same batch.
             let commands = std::mem::take(&mut self.shared.inbox.lock().unwrap().commands);
