@@ -18,6 +18,9 @@
 //!   queue name (`orders`). They are refused (403) unless `[admin] token` is set, and then
 //!   need `Authorization: Bearer <token>` (401), compared in constant time.
 //!
+//! It runs on a thread and runtime of its own ([`serve_on_own_thread`]): the node's runtime
+//! workers can all wait on a stalled disk at once, and the endpoint must answer then.
+//!
 //! It owns the listener, the parsing of requests (a bounded head read under a deadline; a
 //! body of at most 64 KiB is read and ignored, a longer one refused), the authorization of
 //! write operations and the rendering of what [`Status`] and the broker core report. It
@@ -103,8 +106,8 @@ pub struct Status {
     store: Mutex<Option<StoreGauge>>,
     /// Why the store's disk counts as stalled, while it does (see [`crate::watchdog`]).
     store_stall: Mutex<Option<String>>,
-    /// Stalls seen since start: the endpoint may not answer during one (a runtime worker can
-    /// be blocked on that disk), so a monitor also sees it afterwards.
+    /// Stalls seen since start, so that a monitor that polls less often than they last sees
+    /// them too.
     store_stalls: std::sync::atomic::AtomicU64,
 }
 
@@ -179,6 +182,82 @@ impl Status {
     pub fn role(&self) -> Role {
         self.role.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+}
+
+/// The endpoint served on a thread and runtime of its own ([`serve_on_own_thread`]); it stops
+/// when this is dropped.
+#[derive(Debug)]
+pub struct AdminThread {
+    address: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl AdminThread {
+    /// Where the endpoint listens.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+impl Drop for AdminThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// [`serve`] on a thread of its own, with a single-threaded runtime: the node's runtime
+/// workers can all be blocked at once (each waiting on the store's disk in an inline batch
+/// while it stalls, say), and `/health` and `/ready` must still answer then, for the monitor
+/// that is to notice.
+pub async fn serve_on_own_thread(
+    bind: &str,
+    status: Arc<Status>,
+    mode: watch::Receiver<Mode>,
+    token: Option<String>,
+) -> anyhow::Result<AdminThread> {
+    let (started, start) = tokio::sync::oneshot::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let bind = bind.to_string();
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ =
+                        started
+                            .send(Err(anyhow::Error::new(e)
+                                .context("starting the admin endpoint's runtime")));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match serve(&bind, status, mode, token).await {
+                    Err(e) => {
+                        let _ = started.send(Err(e));
+                    }
+                    Ok((address, task)) => {
+                        let _ = started.send(Ok(address));
+                        // Until the handle is dropped (or its owner is gone).
+                        let _ = stopped.await;
+                        task.abort();
+                    }
+                }
+            });
+        })
+        .context("starting the admin endpoint's thread")?;
+    let address = start
+        .await
+        .context("the admin endpoint's thread ended at start")??;
+    Ok(AdminThread {
+        address,
+        stop: Some(stop),
+    })
 }
 
 /// Binds `bind` and serves the endpoint until the returned task is aborted. `mode` is the
@@ -719,7 +798,7 @@ fn metrics(view: &View) -> String {
     );
     gauge(
         "ferromq_store_stalls_total",
-        "Disk stalls seen since start (the endpoint may not answer during one)",
+        "Disk stalls seen since start",
         "counter",
         &[(String::new(), view.store_stalls)],
     );
@@ -1253,6 +1332,52 @@ mod tests {
             body_unread: 0,
         };
         assert_eq!(route(&misspelt, &view(true)).code, 404);
+    }
+
+    /// `GET path` over a plain socket, with a read deadline: the whole response, or why none.
+    fn blocking_get(address: SocketAddr, path: &str) -> std::io::Result<String> {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(address)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: a\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    }
+
+    /// The endpoint answers while the runtime that started it runs nothing at all (as when
+    /// every worker waits on a stalled disk): it has a thread and runtime of its own. Served
+    /// on the caller's runtime instead ([`serve`]), the same request would get no answer
+    /// until that runtime ran again. Dropping the handle closes the port.
+    #[test]
+    fn the_endpoint_answers_while_the_nodes_runtime_is_blocked() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (_tx, mode) = watch::channel(Mode::Refuse("not serving".into()));
+        let status = Status::new("n1");
+        status.set_store_stall(Some("no write finished for 31s".into()));
+        let admin = runtime
+            .block_on(serve_on_own_thread("127.0.0.1:0", status, mode, None))
+            .unwrap();
+        // Outside `block_on`, this thread's runtime runs no task.
+        let health = blocking_get(admin.address(), "/health").unwrap();
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        assert!(health.contains("no write finished for 31s"), "{health}");
+        let ready = blocking_get(admin.address(), "/ready").unwrap();
+        assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+
+        let address = admin.address();
+        drop(admin);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(address).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the port still accepts after the handle was dropped"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The endpoint of a node that serves no clients, on a free port; keep the sender, or

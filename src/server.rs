@@ -189,8 +189,8 @@ impl Listeners {
     }
 }
 
-/// A task aborted when its handle is dropped (the admin endpoint; a slave's replication loop,
-/// which a cancelled role must not leave running on with the store).
+/// A task aborted when its handle is dropped (a slave's replication loop, which a cancelled
+/// role must not leave running on with the store).
 pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
@@ -204,7 +204,7 @@ pub(crate) async fn start_admin(
     config: &Config,
     status: &Arc<crate::admin::Status>,
     listeners: &Listeners,
-) -> anyhow::Result<Option<AbortOnDrop<()>>> {
+) -> anyhow::Result<Option<crate::admin::AdminThread>> {
     let Some(bind) = &config.admin.bind else {
         if config.admin.token.is_some() {
             tracing::warn!(
@@ -215,9 +215,10 @@ pub(crate) async fn start_admin(
         return Ok(None);
     };
     let token = config.admin.token.clone();
-    let (_, task) =
-        crate::admin::serve(bind.as_str(), status.clone(), listeners.mode(), token).await?;
-    Ok(Some(AbortOnDrop(task)))
+    let admin =
+        crate::admin::serve_on_own_thread(bind.as_str(), status.clone(), listeners.mode(), token)
+            .await?;
+    Ok(Some(admin))
 }
 
 /// Closes a node's client ports for good ([`Listeners::closer`]).
@@ -251,7 +252,7 @@ impl Drop for Listeners {
 pub struct Node {
     pub broker: Broker,
     pub listeners: Listeners,
-    pub admin: Option<AbortOnDrop<()>>,
+    pub admin: Option<crate::admin::AdminThread>,
     /// Reports a stalled disk in the log and through the admin endpoint: a standalone node has
     /// no other to hand over to.
     pub watchdog: crate::watchdog::DiskWatchdog,

@@ -168,12 +168,13 @@ fn a_failed_store_turns_ready_off_and_loses_nothing_receipted() -> Result<()> {
 }
 
 /// The disk of a standalone node stalls (its fsyncs wait, as on a hung NFS mount; no error is
-/// ever returned): a receipted send waits, and past `store.stall_timeout` the log says so (the
-/// admin endpoint may not answer meanwhile: the runtime worker that writes the batch waits on
-/// the disk, and tasks queued behind it with it). Once the disk answers, the receipt comes, the
-/// log says so, `/ready` is 200 and `/metrics` counts the stall.
+/// ever returned): a receipted send waits, and past `store.stall_timeout` the log says so and
+/// the admin endpoint (on a thread of its own, so it answers while the runtime worker that
+/// writes the batch waits on the disk) answers `/ready` 503 and shows the stall in `/health`
+/// and `/metrics`. Once the disk answers, the receipt comes, the log says so, `/ready` is 200
+/// and `/metrics` counts the stall.
 #[test]
-fn a_stalled_disk_is_logged_and_counted_until_it_answers() -> Result<()> {
+fn a_stalled_disk_is_reported_until_it_answers() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let broker = BrokerProcess::start_with_launcher(
         stall::launcher("1s"),
@@ -206,6 +207,17 @@ fn a_stalled_disk_is_logged_and_counted_until_it_answers() -> Result<()> {
             .logs_contain("the store's disk stalled")),
         "the log never said the disk stalled"
     );
+    let (code, body) = http_get(&admin, "/ready")?;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("made no progress"), "{body}");
+    let (code, body) = http_get(&admin, "/health")?;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("\"store_stall\":\"the store's disk stalled"),
+        "{body}"
+    );
+    let (_, text) = http_get(&admin, "/metrics")?;
+    assert_eq!(metric(&text, "ferromq_store_stalled"), Some(1), "{text}");
 
     stall::set_stalled(dir.path(), false);
     producer.wait_receipt(&receipt, FRAME_TIMEOUT)?;
