@@ -351,7 +351,7 @@ pub struct SubscribeRequest {
     /// The session-unique id deliveries are tagged with.
     pub id: String,
     pub destination: Destination,
-    /// Messages delivered and not yet acknowledged, at most.
+    /// Messages delivered and not yet acknowledged, at most ([`MAX_PREFETCH`] at most).
     pub prefetch: u32,
     /// A durable topic subscription's name (needs the session's client id).
     pub durable_name: Option<String>,
@@ -406,6 +406,11 @@ pub struct Delivery {
     /// (ActiveMQ's `JMSXGroupFirstForConsumer`).
     pub group_first: bool,
 }
+
+/// The largest prefetch window a protocol takes from a client: a consumer that asks for
+/// more (ActiveMQ takes any `int`) gets this many, so that one that never acknowledges cannot
+/// draw a whole backlog into memory.
+pub const MAX_PREFETCH: u32 = 1 << 20;
 
 /// Why the core refused a request. Each message is fit to show a client.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::redelivery::Return;
 use super::{distinct, durable_queue, parse_selector, priority_of, Core, Topic, Wildcard};
 use crate::broker::queue::{Consumer, Source};
+use crate::broker::selector::Selector;
 use crate::broker::wildcard::{self, Pattern};
 use crate::broker::{BrokerError, Confirmation, Destination, SubscribeRequest};
 use crate::store::SubscriptionAdd;
@@ -122,12 +123,14 @@ impl Core {
         } else {
             Arc::new([])
         };
+        // Once for all members: a composite may have a thousand, and the lock is held.
+        let parsed = parse_selector(request.selector.as_deref());
         for d in distinct {
             let member = SubscribeRequest {
                 destination: d.clone(),
                 ..request.clone()
             };
-            match self.add_consumer(session, member, members.clone()) {
+            match self.add_consumer(session, member, &parsed, members.clone()) {
                 // Confirmations resolve in order: the last one waiting covers the others.
                 Ok(c) if c.is_done() => {}
                 Ok(c) => confirmation = c,
@@ -141,11 +144,12 @@ impl Core {
     }
 
     /// Adds one consumer of `request.destination` to `session`'s subscription `request.id`
-    /// (already registered, see [`Core::subscribe_each`]).
+    /// (already registered, see [`Core::subscribe_each`]); `parsed` is its selector, parsed.
     fn add_consumer(
         &mut self,
         session: u64,
         request: SubscribeRequest,
+        parsed: &Result<Option<Arc<Selector>>, BrokerError>,
         members: Arc<[u64]>,
     ) -> Result<Confirmation, BrokerError> {
         let state = self.session(session)?;
@@ -158,7 +162,7 @@ impl Core {
             return Err(BrokerError::DurableOnQueue(request.destination.canonical()));
         }
         let selector_text = request.selector.clone().unwrap_or_default();
-        let selector = match parse_selector(request.selector.as_deref()) {
+        let selector = match parsed.clone() {
             Ok(selector) => selector,
             // A durable subscription resumed with the very text stored for it, which an
             // earlier version's looser rules accepted: the selector it was recovered with.

@@ -177,7 +177,7 @@ impl Registry {
 }
 
 /// The largest prefetch window taken from a client (`ConsumerInfo`, `ConsumerControl`).
-const MAX_PREFETCH: i32 = 1 << 20;
+const MAX_PREFETCH: i32 = crate::broker::MAX_PREFETCH as i32;
 
 /// The shortest inactivity period honoured (keep-alives go out every third of it).
 const MIN_INACTIVITY: Duration = Duration::from_secs(1);

@@ -1386,12 +1386,16 @@ impl State {
         }
         let prefetch = match setting("activemq.prefetchSize", "consumer.prefetchSize") {
             None => default_prefetch,
-            Some(v) => v.trim().parse::<u32>().map_err(|_| {
-                Refusal::frame(format!(
-                    "header 'activemq.prefetchSize' (or option consumer.prefetchSize) is not a \
-                     number: '{v}'"
-                ))
-            })?,
+            Some(v) => v
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| {
+                    Refusal::frame(format!(
+                        "header 'activemq.prefetchSize' (or option consumer.prefetchSize) is \
+                         not a number: '{v}'"
+                    ))
+                })?
+                .min(crate::broker::MAX_PREFETCH),
         };
         // ActiveMQ's documented consumer priorities are 0 (the default) to 127.
         let priority = match setting("activemq.priority", "consumer.priority") {

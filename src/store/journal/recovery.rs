@@ -64,7 +64,7 @@ pub(super) fn recover(
         match parse_segment_name(name) {
             Some(start) => files.push(start),
             None if name.ends_with(".log") => {
-                warn!(file = %entry.path().display(), "ignoring a .log file that is not named like a journal segment")
+                warn!(file = %entry.path().display(), "ignoring a .log file that is not named like a journal segment (16 lower-case hex digits, at most 4000000000000000)")
             }
             None => {}
         }

@@ -28,12 +28,18 @@ pub(super) fn segment_path(directory: &Path, start: u64) -> PathBuf {
     directory.join(segment_file_name(Position(start)))
 }
 
+/// No journal reaches this far (4 EiB written); a segment name past it was not written by a
+/// journal, and position arithmetic on it could overflow.
+const MAX_SEGMENT_START: u64 = 1 << 62;
+
 pub(super) fn parse_segment_name(name: &str) -> Option<u64> {
     let hex = name.strip_suffix(".log")?;
     if hex.len() != 16 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
-    u64::from_str_radix(hex, 16).ok()
+    u64::from_str_radix(hex, 16)
+        .ok()
+        .filter(|&start| start <= MAX_SEGMENT_START)
 }
 
 /// Extends `file` to `len` bytes of written zeros (never shrinks it). Zeros are written, not

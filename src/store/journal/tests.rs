@@ -115,6 +115,25 @@ fn positions_are_stable_across_reopen() {
     assert_eq!(appended.position, Position(next));
 }
 
+/// A file named like a segment but starting past any journal's reach (copied or renamed by
+/// hand) is not taken for one: its start plus its length would overflow the positions.
+#[test]
+fn a_segment_name_past_any_journals_reach_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut journal, rx) = open(dir.path(), 1 << 20, false);
+    let end = journal.append(&record(1, 10)).unwrap().len;
+    wait_durable(&rx, Position(end));
+    journal.close().unwrap();
+    let segment = dir.path().join(segment_file_name(Position(0)));
+    fs::copy(&segment, dir.path().join("ffffffffffffff00.log")).unwrap();
+    assert_eq!(parse_segment_name("ffffffffffffff00.log"), None);
+    assert_eq!(parse_segment_name("4000000000000000.log"), Some(1 << 62));
+
+    let (journal, _rx) = open(dir.path(), 1 << 20, false);
+    assert_eq!(journal.end(), Position(end));
+    assert_eq!(all_records(&journal), vec![(Position(0), record(1, 10))]);
+}
+
 /// Direct writes (a slave without fsync): durable when `end_direct` returns, on the
 /// caller's thread; in append order with what was queued for the thread before; across a
 /// rotation; and never with fsync on.
