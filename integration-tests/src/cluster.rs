@@ -249,7 +249,13 @@ impl Cluster {
     /// and a `zk_session_timeout` of 10 s: a node that leaves the election is replaced well
     /// before its session could expire.
     pub fn start_stallable(version: ZkVersion, sync: &str) -> Cluster {
-        let mut launcher = crate::stall::launcher("2s");
+        Cluster::start_stallable_with(version, sync, "2s")
+    }
+
+    /// Like [`start_stallable`](Self::start_stallable) with `store.stall_timeout =
+    /// stall_timeout` (`"0s"`: a node whose disk stalls waits for it, as long as it takes).
+    pub fn start_stallable_with(version: ZkVersion, sync: &str, stall_timeout: &str) -> Cluster {
+        let mut launcher = crate::stall::launcher(stall_timeout);
         launcher
             .env
             .push(("FERROMQ_STORE__SYNC".into(), sync.into()));
@@ -260,6 +266,11 @@ impl Cluster {
     pub fn stall_disk(&self, i: usize) {
         assert!(self.launcher.is_some(), "needs Cluster::start_stallable");
         crate::stall::set_stalled(&self.nodes[i].dir, true);
+    }
+
+    /// Ends the stall of node `i`'s disk: its waiting fsyncs go ahead.
+    pub fn unstall_disk(&self, i: usize) {
+        crate::stall::set_stalled(&self.nodes[i].dir, false);
     }
 
     fn start_inner(

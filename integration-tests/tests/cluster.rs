@@ -742,6 +742,67 @@ fn a_slave_whose_disk_stalls_leaves_and_the_master_goes_on_zk38() {
     );
 }
 
+/// `sync = "quorum_disk"`: a send is confirmed once a slave holds it on disk, not merely
+/// written. With both slaves' fsyncs held (their disks stalled, the watchdog off), the master
+/// stores the send and both slaves write it, and no RECEIPT comes; once one slave's disk
+/// answers, it comes. A slave that acknowledged what it had written but not fsynced would
+/// have let it through at once.
+#[test]
+fn quorum_disk_confirms_only_what_a_slave_fsynced_zk38() {
+    let cluster = Cluster::start_stallable_with(ZkVersion::V3_8, "quorum_disk", "0s");
+    let m = cluster
+        .wait_for_master(deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let queue = "/queue/quorum-disk";
+    let mut client = cluster.client(m).expect("a client of the master");
+    let mut confirmed = send_raw(&mut client, queue, "before", 5);
+    let slaves: Vec<usize> = (0..3).filter(|&i| i != m).collect();
+    // Both slaves have fsynced everything (a slave stalled in the fsync of an earlier batch
+    // would not write the next one either).
+    let all_acked = || -> Option<bool> {
+        let admin = cluster.nodes[m].broker.admin_addr()?;
+        let health: serde_json::Value =
+            serde_json::from_str(&http_get(&admin, "/health").ok()?.1).ok()?;
+        let position = health["position"].as_u64()?;
+        let slaves = health["slaves"].as_array()?;
+        Some(slaves.len() == 2 && slaves.iter().all(|s| s["acked"].as_u64() == Some(position)))
+    };
+    assert!(
+        wait_until(deadline(ELECTION), || all_acked() == Some(true)),
+        "the slaves did not acknowledge the master's whole journal:\n{}",
+        cluster.describe()
+    );
+    for &s in &slaves {
+        cluster.stall_disk(s);
+    }
+    let frame = Frame::new("SEND")
+        .header("destination", queue)
+        .header("persistent", "true")
+        .header("receipt", "receipt-held")
+        .body(&b"held"[..]);
+    client.send_frame(&frame).expect("sending");
+    // Written by both slaves (their journals' written ends reach the master's), fsynced by
+    // neither.
+    wait_for_slaves_at_masters_end(&cluster, m, &slaves);
+    match client.poll(Duration::from_secs(2)) {
+        Ok(Incoming::TimedOut) => {}
+        other => panic!(
+            "with no slave's fsync done, the master answered {other:?}:\n{}",
+            cluster.describe()
+        ),
+    }
+    cluster.unstall_disk(slaves[0]);
+    client
+        .wait_receipt("receipt-held", Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("once a slave's disk answered: {e:#}"));
+    confirmed.push("held".to_string());
+    cluster.unstall_disk(slaves[1]);
+    confirmed.extend(send_raw(&mut client, queue, "after", 5));
+    drop(client);
+    let counts = drain(&cluster, m, queue).expect("consuming from the master");
+    check_exactly_once("quorum_disk", &counts, &confirmed, &[]);
+}
+
 /// Node `n` is the master (probed until it answers as one, within 10 s: a probe may meet a
 /// moment of a ZooKeeper reconnect).
 fn assert_stays_master(cluster: &Cluster, n: usize) {
@@ -1344,12 +1405,10 @@ fn paused_master_confirms_nothing(version: ZkVersion, mut cluster: Cluster) {
         &format!("{version:?}: node {m}, following node {n}"),
     );
     let k = if cluster.nodes.len() == 3 {
-        // The old master's store serves again: kill the new master, so that the old master and
-        // the third node elect one of themselves; what the old master wrote while stale must be
-        // gone. (A pair with one replica would lose what its slave had not copied yet.)
-        let k = cluster.kill_master(n, deadline(ELECTION));
-        eprintln!("{version:?}: node {k} master after node {n} was killed (old master: node {m})");
-        k
+        // The old master's store serves again: kill the new master so that the old master is
+        // elected; what it wrote while stale must be gone. (A pair with one replica would lose
+        // what its slave had not copied yet.)
+        kill_master_electing(&mut cluster, n, m)
     } else {
         n
     };
@@ -1473,10 +1532,9 @@ fn master_cut_off_from_zookeeper_is_fenced(version: ZkVersion) {
         "after",
         20,
     ));
-    // The old master's store serves again once the new master is killed: what it holds must
-    // be what the cluster confirmed.
-    let k = cluster.kill_master(n, deadline(ELECTION));
-    eprintln!("node {k} master after node {n} was killed (old master: node {m})");
+    // The old master's store serves again once the new master is killed and it is elected:
+    // what it holds must be what the cluster confirmed.
+    let k = kill_master_electing(&mut cluster, n, m);
     let counts = drain(&cluster, k, queue).expect("consuming");
     check_exactly_once(
         &format!("{version:?} master cut off from ZooKeeper"),
@@ -1494,8 +1552,55 @@ both_versions!(
     master_cut_off_from_slaves_waits_for_them_zk34
 );
 
-/// Node `i`'s `/metrics` shows `slaves` replication slaves connected and one needed, within
-/// 30 s; fails naming `what` otherwise.
+/// Node `i`'s journal end, from its `/metrics`.
+fn journal_end(cluster: &Cluster, i: usize) -> Option<u64> {
+    let admin = cluster.nodes[i].broker.admin_addr()?;
+    let text = http_get(&admin, "/metrics").ok()?.1;
+    metric_value(&text, "ferromq_journal_end_bytes")
+}
+
+/// Waits until each of `slaves` holds master `m`'s whole journal (nothing is being sent).
+fn wait_for_slaves_at_masters_end(cluster: &Cluster, m: usize, slaves: &[usize]) {
+    let master_end = journal_end(cluster, m).expect("the master's journal end");
+    assert!(
+        wait_until(deadline(ELECTION), || slaves.iter().all(|&s| journal_end(
+            cluster, s
+        ) == Some(
+            master_end
+        ))),
+        "the slaves did not reach the master's journal end {master_end}: {:?}",
+        slaves
+            .iter()
+            .map(|&s| journal_end(cluster, s))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// Kills master `n` of three so that its slave `m` (an old master that held records it must
+/// have dropped since) is elected next, and returns it. Left to itself the election would pick
+/// the third node, which never held those records: both slaves catch up, so the tie on (epoch,
+/// position, weight) goes to the older znode, the third node's whenever `m` rejoined after it.
+/// So once both hold `n`'s whole journal, the third node is killed and restarted with `n`, and
+/// `m`'s znode is the older one.
+fn kill_master_electing(cluster: &mut Cluster, n: usize, m: usize) -> usize {
+    let third = (0..3).find(|&i| i != n && i != m).expect("three nodes");
+    wait_for_slaves_at_masters_end(cluster, n, &[m, third]);
+    cluster.kill9(n);
+    cluster.kill9(third);
+    cluster.restart(third).expect("restarting the third node");
+    let elected = cluster
+        .wait_for_new_master(n, deadline(ELECTION))
+        .unwrap_or_else(|e| panic!("after node {n} was killed: {e:#}"));
+    assert_eq!(
+        elected,
+        m,
+        "node {m} (as up to date as node {third}, with the older znode) should have been \
+         elected:\n{}",
+        cluster.describe()
+    );
+    elected
+}
+
 /// The value of an unlabelled sample `name` in a Prometheus text.
 fn metric_value(text: &str, name: &str) -> Option<u64> {
     text.lines()
@@ -2141,10 +2246,9 @@ fn divergent_tail_truncated_zk38() {
         20,
     ));
 
-    // The old master's store serves again: kill the master, so that the old master and the
-    // other node elect one of themselves.
-    let k = cluster.kill_master(n, deadline(ELECTION));
-    eprintln!("node {k} master after node {n} was killed (old master: node {m})");
+    // The old master's store serves again: kill the master so that the old master is
+    // elected; its unconfirmed tail must be gone.
+    let k = kill_master_electing(&mut cluster, n, m);
     let counts = drain(&cluster, k, queue).expect("consuming");
     check_exactly_once("divergent tail", &counts, &confirmed, &unconfirmed);
 }
@@ -2521,20 +2625,8 @@ fn a_slave_whose_open_journal_rotted_leaves_rather_than_serve_it_zk38() {
     confirmed.extend(send_big(&mut client, queue, 160));
     drop(client);
     // Both slaves hold the whole journal before anything rots.
-    let end = |i: usize| -> Option<u64> {
-        let admin = cluster.nodes[i].broker.admin_addr()?;
-        let text = http_get(&admin, "/metrics").ok()?.1;
-        metric_value(&text, "ferromq_journal_end_bytes")
-    };
-    let master_end = end(m).expect("the master's journal end");
     let slaves: Vec<usize> = (0..3).filter(|&i| i != m).collect();
-    assert!(
-        wait_until(deadline(ELECTION), || slaves
-            .iter()
-            .all(|&s| end(s) == Some(master_end))),
-        "the slaves did not reach the master's journal end {master_end}: {:?}",
-        slaves.iter().map(|&s| end(s)).collect::<Vec<_>>()
-    );
+    wait_for_slaves_at_masters_end(&cluster, m, &slaves);
     // The slave whose znode has the lower sequence wins the tie.
     let mut by_sequence: Vec<(String, usize)> = cluster
         .znodes()
