@@ -936,7 +936,7 @@ fn metrics(view: &View) -> String {
         ),
         (
             "ferromq_queued_body_bytes",
-            "Bytes of queued message bodies held in memory (see memory_limit)",
+            "Bytes of queued messages held in memory, bodies and headers (see memory_limit)",
             stats.resident_bytes,
         ),
         (

@@ -52,6 +52,18 @@ pub(super) enum Body {
     OnDisk,
 }
 
+/// A message's body and its headers' names and values, in bytes: what it holds in memory
+/// beyond a fixed overhead. Headers count as a body does: a client could send little body
+/// and megabytes of headers.
+pub fn held_bytes(message: &Message) -> u64 {
+    let headers: usize = message
+        .headers
+        .iter()
+        .map(|h| h.name.len() + h.value.len())
+        .sum();
+    (message.body.len() + headers) as u64
+}
+
 impl Entry {
     /// A new entry, its body not yet counted (see `Core::admit`).
     pub fn new(key: Option<MessageKey>, message: Arc<Message>, redeliveries: u32) -> Entry {
@@ -67,9 +79,10 @@ impl Entry {
         }
     }
 
-    /// Bytes of its body held in memory (none while the body is [`Body::OnDisk`]).
-    pub fn body_bytes(&self) -> u64 {
-        self.message.body.len() as u64
+    /// Bytes of its message counted against `memory_limit`: [`held_bytes`](fn@held_bytes) of the message
+    /// (its body none while the body is [`Body::OnDisk`]).
+    pub fn held_bytes(&self) -> u64 {
+        held_bytes(&self.message)
     }
 
     /// The same, sent by session `origin`.
@@ -426,7 +439,7 @@ impl Consumer {
 
     /// Hands it delivery `tag`, unacknowledged.
     pub fn hold(&mut self, tag: u64, f: InFlight) {
-        let bytes = f.entry.body_bytes();
+        let bytes = f.entry.held_bytes();
         self.in_flight_bytes += bytes;
         if tag <= self.delivered_upto {
             self.delivered += 1;
@@ -439,7 +452,7 @@ impl Consumer {
     pub fn forget<'a>(&mut self, released: impl IntoIterator<Item = (u64, &'a InFlight)>) {
         let upto = self.delivered_upto;
         for (tag, f) in released {
-            let bytes = f.entry.body_bytes();
+            let bytes = f.entry.held_bytes();
             self.in_flight_bytes = self.in_flight_bytes.saturating_sub(bytes);
             if tag <= upto {
                 self.delivered = self.delivered.saturating_sub(1);
@@ -459,7 +472,7 @@ impl Consumer {
             .map(|(_, f)| f)
         {
             self.delivered += 1;
-            self.delivered_bytes += f.entry.body_bytes();
+            self.delivered_bytes += f.entry.held_bytes();
         }
         self.delivered_upto = tag;
     }
@@ -481,7 +494,7 @@ impl Consumer {
     /// pending messages are discarded, keeping at least the newest one within the byte bound.
     /// Returns how many were discarded.
     pub fn push_pending(&mut self, entry: Entry, limit: usize, byte_limit: u64) -> u64 {
-        self.pending_bytes += entry.body_bytes();
+        self.pending_bytes += entry.held_bytes();
         self.pending.push_back(entry);
         let window = self.window_bytes();
         let mut discarded = 0;
@@ -491,7 +504,7 @@ impl Consumer {
             let Some(oldest) = self.pending.pop_front() else {
                 break;
             };
-            self.pending_bytes -= oldest.body_bytes();
+            self.pending_bytes -= oldest.held_bytes();
             discarded += 1;
         }
         self.discarded += discarded;
@@ -501,7 +514,7 @@ impl Consumer {
     /// The oldest buffered topic message.
     pub fn pop_pending(&mut self) -> Option<Entry> {
         let entry = self.pending.pop_front()?;
-        self.pending_bytes -= entry.body_bytes();
+        self.pending_bytes -= entry.held_bytes();
         Some(entry)
     }
 }

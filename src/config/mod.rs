@@ -192,8 +192,8 @@ pub struct BrokerConfig {
     /// default 400). A browser is shown the whole queue, page after page; this bounds what one
     /// page reads back from the journal and holds, and how long it holds the broker's lock.
     pub max_browse_page_size: usize,
-    /// Bytes of message bodies the broker keeps in memory for queued messages (ActiveMQ's
-    /// `<memoryUsage limit>`, default 64 MiB). Past it, the bodies of further persistent
+    /// Bytes of message bodies and headers the broker keeps in memory for queued messages
+    /// (ActiveMQ's `<memoryUsage limit>`, default 64 MiB). Past it, the bodies of further persistent
     /// messages stay in the journal and are read back when their turn comes; non-persistent
     /// messages, which are nowhere else, always stay in memory. Also the most body bytes one
     /// non-durable topic subscriber is handed unacknowledged, and keeps pending.

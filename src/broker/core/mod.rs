@@ -114,7 +114,8 @@ pub struct Stats {
     pub topic_discarded: u64,
     /// Ready messages selective dispatches examined and left (no consumer could take them).
     pub passed_over: u64,
-    /// Bytes of queued message bodies held in memory (see `memory_limit`).
+    /// Bytes of queued messages held in memory, bodies and headers (see `memory_limit`;
+    /// the headers of a message whose body waits in the journal are not counted).
     pub resident_bytes: u64,
     /// The non-persistent part of `resident_bytes`; at `memory_limit`, connections that send
     /// non-persistent messages stop being read (producer flow control).

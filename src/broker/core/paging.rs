@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::{leave_body_on_disk, Core};
-use crate::broker::queue::{Body, Entry};
+use crate::broker::queue::{held_bytes, Body, Entry};
 use crate::broker::BrokerError;
 use crate::store::Message;
 
@@ -26,11 +26,11 @@ impl Core {
             }
             Body::Uncounted => {}
         }
-        let bytes = entry.message.body.len() as u64;
+        let bytes = entry.held_bytes();
         let total = self.memory.bytes();
         let limit = self.memory.limit();
         let transient = entry.key.is_none();
-        if !transient && bytes > 0 && total + bytes > limit {
+        if !transient && !entry.message.body.is_empty() && total + bytes > limit {
             if !std::mem::replace(&mut self.paging, true) {
                 tracing::warn!(
                     memory_limit = limit,
@@ -118,7 +118,7 @@ impl Core {
             Ok(message) => {
                 self.stats.bodies_read_back += 1;
                 entry.body = Body::InMemory {
-                    _share: self.memory.share(message.body.len() as u64, false),
+                    _share: self.memory.share(held_bytes(&message), false),
                 };
                 entry.message = message;
                 Some(entry)

@@ -10,7 +10,7 @@ use super::{
     add_entry, distinct, fits_one_record, now_ms, too_many_entries, with_keys, Core, Publish,
     Routed, HOLDING,
 };
-use crate::broker::queue::{has_credit, Entry};
+use crate::broker::queue::{has_credit, held_bytes, Entry};
 use crate::broker::wildcard;
 use crate::broker::{schedule, BrokerError, Confirmation, Destination, NewMessage};
 use crate::store::Message;
@@ -119,7 +119,7 @@ impl Core {
             // rolled back, or lost with its connection, may be sent again with the same ids.
             let stored = self.is_repeat(&message);
             let limit = self.options.memory_limit;
-            let added = (message.body.len() * sends.len() * weight) as u64;
+            let added = held_bytes(&message) * (sends.len() * weight) as u64;
             let held = self.transaction_bytes;
             let state = self.session(session)?;
             let Some(open) = state.transactions.get_mut(tx) else {
@@ -303,7 +303,7 @@ impl Core {
                 let durables = if message.stored_for_mode() {
                     durables
                 } else {
-                    self.transient_for_durables(durables, message.body.len() as u64)
+                    self.transient_for_durables(durables, held_bytes(&message))
                 };
                 let routed_under = self.subscriptions_made;
                 let mut publish: Vec<Publish> = durables

@@ -126,6 +126,30 @@ async fn non_persistent_bodies_at_the_memory_limit_hold_back_their_senders_until
     assert!(!gate.is_full());
 }
 
+/// Headers count against `memory_limit` as bodies do: non-persistent messages with empty
+/// bodies and 1 KiB of headers each close the gate after four, as 1 KiB bodies do, rather than
+/// fill memory without bound.
+#[tokio::test]
+async fn non_persistent_headers_count_against_the_memory_limit() {
+    let f = fixture_with_memory_limit(4 * 1024).await;
+    let (producer, _) = f.broker.open_session(None);
+    let gate = producer.flow_gate().memory;
+    let headers_only = |i: usize| NewMessage {
+        headers: vec![Header::text(
+            "padding",
+            format!("{i:04}:{}", "x".repeat(1012)),
+        )],
+        ..non_persistent("")
+    };
+    for i in 0..4 {
+        assert!(!gate.is_full(), "not full before message {i}");
+        producer.send(&queue("q"), headers_only(i), None).unwrap();
+    }
+    assert!(gate.is_full());
+    assert_eq!(f.broker.stats().transient_bytes, 4 * 1024);
+    assert_eq!(f.broker.stats().resident_bytes, 4 * 1024);
+}
+
 /// A core whose store may take 2 MiB (two of the test store's 1 MiB segments), measured
 /// every 20 ms.
 async fn store_limited(send_fail_if_no_space: bool) -> Fixture {
