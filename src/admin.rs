@@ -190,6 +190,9 @@ impl Status {
 pub struct AdminThread {
     address: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Disconnected once the thread has dropped its runtime, and with it every clone of the
+    /// broker core its tasks held.
+    ended: std::sync::mpsc::Receiver<()>,
 }
 
 impl AdminThread {
@@ -199,11 +202,19 @@ impl AdminThread {
     }
 }
 
+/// How long dropping an [`AdminThread`] waits for its thread to end.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
 impl Drop for AdminThread {
+    /// Stops the endpoint and waits (up to 5 s: a request may be blocked on the
+    /// core's lock) until its thread has let go of the broker core, so that the core, and its
+    /// store, is closed by whoever drops it last on the node's side, not on this thread while
+    /// the process exits; and its port is closed.
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        let _ = self.ended.recv_timeout(STOP_WAIT);
     }
 }
 
@@ -219,10 +230,13 @@ pub async fn serve_on_own_thread(
 ) -> anyhow::Result<AdminThread> {
     let (started, start) = tokio::sync::oneshot::channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (end, ended) = std::sync::mpsc::channel::<()>();
     let bind = bind.to_string();
     std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || {
+            // Dropped last, after the runtime below.
+            let _end = end;
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -257,6 +271,7 @@ pub async fn serve_on_own_thread(
     Ok(AdminThread {
         address,
         stop: Some(stop),
+        ended,
     })
 }
 

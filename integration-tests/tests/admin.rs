@@ -176,8 +176,14 @@ fn a_failed_store_turns_ready_off_and_loses_nothing_receipted() -> Result<()> {
 #[test]
 fn a_stalled_disk_is_reported_until_it_answers() -> Result<()> {
     let dir = tempfile::tempdir()?;
+    // One runtime worker, which the stalled batch blocks: an endpoint served on the node's
+    // runtime would not answer during the stall.
+    let mut launcher = stall::launcher("1s");
+    launcher
+        .env
+        .push(("TOKIO_WORKER_THREADS".into(), "1".into()));
     let broker = BrokerProcess::start_with_launcher(
-        stall::launcher("1s"),
+        launcher,
         dir.path(),
         "[admin]\nbind = \"tcp://127.0.0.1:0\"\n",
     )?;
@@ -194,6 +200,11 @@ fn a_stalled_disk_is_reported_until_it_answers() -> Result<()> {
     );
 
     stall::set_stalled(dir.path(), true);
+    // Time passing is the condition here: a session that has been the only sender for 10 ms
+    // (`SOLE_SENDER_FOR`) writes and fsyncs its batch on its runtime worker, the one worker,
+    // rather than on the journal's thread. (Without this pause the test passed with the
+    // endpoint on the node's runtime.)
+    std::thread::sleep(std::time::Duration::from_millis(100));
     let receipt = producer.receipt_id();
     producer.send_frame(
         &Frame::new("SEND")

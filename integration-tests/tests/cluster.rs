@@ -780,9 +780,15 @@ fn quorum_disk_confirms_only_what_a_slave_fsynced_zk38() {
         .header("persistent", "true")
         .header("receipt", "receipt-held")
         .body(&b"held"[..]);
+    let before = journal_end(&cluster, m).expect("the master's journal end");
     client.send_frame(&frame).expect("sending");
-    // Written by both slaves (their journals' written ends reach the master's), fsynced by
-    // neither.
+    // Stored by the master, written by both slaves (their journals' written ends reach the
+    // master's), fsynced by neither.
+    assert!(
+        wait_until(deadline(ELECTION), || journal_end(&cluster, m)
+            .is_some_and(|end| end > before)),
+        "the master did not store the send"
+    );
     wait_for_slaves_at_masters_end(&cluster, m, &slaves);
     match client.poll(Duration::from_secs(2)) {
         Ok(Incoming::TimedOut) => {}

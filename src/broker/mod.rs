@@ -444,11 +444,11 @@ pub enum BrokerError {
     #[error("transaction '{0}' would hold {1}: commit in smaller transactions")]
     TransactionTooLarge(String, String),
     /// A transactional send refused because the open transactions of all connections
-    /// together already hold `memory_limit` bytes of bodies.
+    /// together already hold `memory_limit` bytes of messages.
     #[error(
         "transaction '{tx}' cannot take this send: open transactions already hold {held} bytes \
-         of message bodies in all, and memory_limit is {limit} bytes; commit or roll back \
-         open transactions first"
+         of messages in all, and memory_limit is {limit} bytes; commit or roll back open \
+         transactions first"
     )]
     OpenTransactionsFull { tx: String, held: u64, limit: u64 },
     /// A commit refused because part of the transaction was refused: it was rolled back.

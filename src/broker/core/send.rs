@@ -129,7 +129,9 @@ impl Core {
             if bytes > limit {
                 return Err(BrokerError::TransactionTooLarge(
                     tx.to_string(),
-                    format!("more than memory_limit ({limit} bytes) of message bodies"),
+                    format!(
+                        "more than memory_limit ({limit} bytes) of messages (bodies and headers)"
+                    ),
                 ));
             }
             if held + added > limit {
