@@ -122,6 +122,15 @@ async fn send_confirmed(client: &Client, queue: &str, prefix: &str, count: usize
     p.confirmed.iter().cloned().collect()
 }
 
+/// A persistent SEND of `body` to `queue` asking for the RECEIPT `receipt-{body}`.
+fn receipted_send(queue: &str, body: &str) -> Frame {
+    Frame::new("SEND")
+        .header("destination", queue)
+        .header("persistent", "true")
+        .header("receipt", format!("receipt-{body}"))
+        .body(body.as_bytes())
+}
+
 /// Sends `count` persistent messages `"{prefix}-{i}"` with the raw client, each waiting for its
 /// RECEIPT. Returns the bodies.
 fn send_raw(client: &mut StompClient, queue: &str, prefix: &str, count: usize) -> Vec<String> {
@@ -775,13 +784,10 @@ fn quorum_disk_confirms_only_what_a_slave_fsynced_zk38() {
     for &s in &slaves {
         cluster.stall_disk(s);
     }
-    let frame = Frame::new("SEND")
-        .header("destination", queue)
-        .header("persistent", "true")
-        .header("receipt", "receipt-held")
-        .body(&b"held"[..]);
     let before = journal_end(&cluster, m).expect("the master's journal end");
-    client.send_frame(&frame).expect("sending");
+    client
+        .send_frame(&receipted_send(queue, "held"))
+        .expect("sending");
     // Stored by the master, written by both slaves (their journals' written ends reach the
     // master's), fsynced by neither.
     assert!(
@@ -1309,21 +1315,14 @@ fn paused_master_confirms_nothing(version: ZkVersion, mut cluster: Cluster) {
     // The old master's client sends as if nothing happened: once while the master is paused
     // (the frame waits in the socket buffer and is the first thing it reads when it resumes),
     // once after SIGCONT.
-    let stale_frame = |body: &str| {
-        Frame::new("SEND")
-            .header("destination", queue)
-            .header("persistent", "true")
-            .header("receipt", format!("receipt-{body}"))
-            .body(body.as_bytes())
-    };
     let stale = vec!["stale-1".to_string(), "stale-2".to_string()];
-    let written_paused = old.send_frame(&stale_frame(&stale[0]));
+    let written_paused = old.send_frame(&receipted_send(queue, &stale[0]));
     let from = cluster.log_len(m);
     // A SEND written before this may have been confirmed before the pause, its RECEIPT
     // written only once the master resumed.
     let resumed = Instant::now();
     cluster.sigcont(m);
-    let written_resumed = old.send_frame(&stale_frame(&stale[1]));
+    let written_resumed = old.send_frame(&receipted_send(queue, &stale[1]));
     let written = (written_paused, written_resumed);
     // Read until the connection closes: any RECEIPT fails; an ERROR or the close is required.
     let end = deadline(Duration::from_secs(15));
@@ -2176,13 +2175,8 @@ fn divergent_tail_truncated_zk38() {
     // Stored by the master alone: never confirmed.
     let unconfirmed: Vec<String> = (0..5).map(|i| format!("unconfirmed-{i}")).collect();
     for body in &unconfirmed {
-        let frame = Frame::new("SEND")
-            .header("destination", queue)
-            .header("persistent", "true")
-            .header("receipt", format!("receipt-{body}"))
-            .body(body.as_bytes());
         client
-            .send_frame(&frame)
+            .send_frame(&receipted_send(queue, body))
             .unwrap_or_else(|e| panic!("writing {body}: {e:#}"));
     }
     let end = deadline(Duration::from_secs(4));
